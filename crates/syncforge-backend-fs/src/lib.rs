@@ -1,0 +1,1 @@
+//! syncforge-backend-fs (being written).

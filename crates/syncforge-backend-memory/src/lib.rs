@@ -1,0 +1,1 @@
+//! syncforge-backend-memory (being written).

@@ -1,0 +1,137 @@
+//! Classifying incoming records against local state.
+
+use std::collections::HashMap;
+
+use crate::error::Result;
+use crate::merge::{is_conflict, merge, resolve_conflict, ConflictDetail, ConflictStrategy};
+use crate::record::Record;
+
+/// What an incoming record does to local state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// A record that was not known (or was deleted) becomes visible.
+    Added,
+    /// A known record changes.
+    Updated,
+    /// A record becomes deleted (or a tombstone for an unknown record arrives).
+    Deleted,
+    /// Local state already contains everything the incoming record says.
+    Unchanged,
+}
+
+/// The merge of one incoming record into local state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Classified {
+    /// What the merge does.
+    pub kind: ChangeKind,
+    /// The state to store (the local state when unchanged).
+    pub merged: Record,
+    /// Set when the two states were written concurrently (neither version
+    /// vector dominates).
+    pub conflict: Option<ConflictDetail>,
+}
+
+/// Merges `remote` into `local` (absent when the record is unknown) and says
+/// what that changes. Classification follows from the version vectors and the
+/// merged state, never from client ids.
+pub fn classify(
+    collection: &str,
+    local: Option<&Record>,
+    remote: &Record,
+    strategy: ConflictStrategy,
+) -> Result<Classified> {
+    let Some(local) = local else {
+        let kind = if remote.is_deleted() {
+            ChangeKind::Deleted
+        } else {
+            ChangeKind::Added
+        };
+        return Ok(Classified {
+            kind,
+            merged: remote.clone(),
+            conflict: None,
+        });
+    };
+    if local == remote {
+        return Ok(unchanged(local));
+    }
+    let (merged, conflict) = if is_conflict(local, remote) {
+        let detail = resolve_conflict(collection, local, remote, strategy)?;
+        (detail.resolved_record.clone(), Some(detail))
+    } else {
+        (merge(local, remote, strategy)?, None)
+    };
+    if merged == *local {
+        return Ok(unchanged(local));
+    }
+    let kind = match (local.is_deleted(), merged.is_deleted()) {
+        (false, true) => ChangeKind::Deleted,
+        (true, false) => ChangeKind::Added,
+        _ => ChangeKind::Updated,
+    };
+    Ok(Classified {
+        kind,
+        merged,
+        conflict,
+    })
+}
+
+fn unchanged(local: &Record) -> Classified {
+    Classified {
+        kind: ChangeKind::Unchanged,
+        merged: local.clone(),
+        conflict: None,
+    }
+}
+
+/// Incoming records sorted by what they do to local state, holding the
+/// merged states that would be stored.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Delta {
+    /// Records that become visible.
+    pub added: Vec<Record>,
+    /// Records that change.
+    pub updated: Vec<Record>,
+    /// Records that become deleted.
+    pub deleted: Vec<Record>,
+    /// Ids of records that change nothing.
+    pub unchanged: Vec<String>,
+    /// Concurrent edits found, with their resolution.
+    pub conflicts: Vec<ConflictDetail>,
+}
+
+/// Classifies every remote record against a map of local records by id.
+/// A remote record that appears several times is merged cumulatively.
+pub fn compute_delta(
+    collection: &str,
+    local: &HashMap<String, Record>,
+    remote: &[Record],
+    strategy: ConflictStrategy,
+) -> Result<Delta> {
+    let mut pending: HashMap<&str, Record> = HashMap::new();
+    let mut order: Vec<&str> = Vec::new();
+    let mut delta = Delta::default();
+    for incoming in remote {
+        let id = incoming.id();
+        let current = match pending.get(id) {
+            Some(merged) => merge(merged, incoming, strategy)?,
+            None => {
+                order.push(id);
+                incoming.clone()
+            }
+        };
+        pending.insert(id, current);
+    }
+    for id in order {
+        let Some(incoming) = pending.get(id) else { continue };
+        let out = classify(collection, local.get(id), incoming, strategy)?;
+        delta.conflicts.extend(out.conflict);
+        match out.kind {
+            ChangeKind::Added => delta.added.push(out.merged),
+            ChangeKind::Updated => delta.updated.push(out.merged),
+            ChangeKind::Deleted => delta.deleted.push(out.merged),
+            ChangeKind::Unchanged => delta.unchanged.push(id.to_owned()),
+        }
+    }
+    Ok(delta)
+}

@@ -1,0 +1,377 @@
+//! Hybrid logical clock: stamps that follow wall time but never go backwards.
+//!
+//! A [`Stamp`] is `(millis, counter, client)`, totally ordered in that order.
+//! [`Hlc::now`] issues a stamp for a local write; [`Hlc::observe`] takes in a
+//! stamp received from another replica, refusing it when it lies more than the
+//! configured drift ahead of local physical time. Because the counter breaks
+//! ties within a millisecond and the client id breaks ties between replicas, a
+//! replica never issues the same stamp twice and no two replicas issue equal
+//! stamps.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::error::{Error, Result};
+use crate::validate::validate_id;
+
+/// Identifies a replica. Cheap to clone (shared string).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientId(Arc<str>);
+
+impl ClientId {
+    /// A client id: 1 to 1024 bytes, no control characters.
+    pub fn new(id: &str) -> Result<Self> {
+        validate_id(id)?;
+        Ok(ClientId(Arc::from(id)))
+    }
+
+    /// The id as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for ClientId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl serde::Serialize for ClientId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ClientId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        ClientId::new(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A hybrid-logical-clock stamp: `(millis, counter, client)`.
+///
+/// Ordered by milliseconds, then counter, then client id. Its string form,
+/// `"{millis:012x}.{counter:08x}.{client}"`, sorts the same way as the stamp.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Stamp {
+    millis: u64,
+    counter: u32,
+    client: ClientId,
+}
+
+/// Largest millisecond value a stamp can carry (12 hex digits; year 10889).
+pub const MAX_STAMP_MILLIS: u64 = (1 << 48) - 1;
+
+impl Stamp {
+    /// A stamp from its parts. Fails when `millis` exceeds [`MAX_STAMP_MILLIS`].
+    pub fn new(millis: u64, counter: u32, client: ClientId) -> Result<Self> {
+        if millis > MAX_STAMP_MILLIS {
+            return Err(Error::invalid_record(
+                None,
+                format!("stamp milliseconds {millis} exceed the maximum {MAX_STAMP_MILLIS}"),
+            ));
+        }
+        Ok(Stamp {
+            millis,
+            counter,
+            client,
+        })
+    }
+
+    /// Milliseconds since the Unix epoch (hybrid: at least the physical time of the write).
+    pub fn millis(&self) -> u64 {
+        self.millis
+    }
+
+    /// Logical counter, breaking ties within one millisecond.
+    pub fn counter(&self) -> u32 {
+        self.counter
+    }
+
+    /// The replica that issued the stamp.
+    pub fn client(&self) -> &ClientId {
+        &self.client
+    }
+}
+
+impl fmt::Display for Stamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:012x}.{:08x}.{}", self.millis, self.counter, self.client)
+    }
+}
+
+impl fmt::Debug for Stamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Stamp({self})")
+    }
+}
+
+impl FromStr for Stamp {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = |why: &str| {
+            Error::invalid_record(
+                None,
+                format!("stamp {:?} is malformed: {why}", crate::error::shorten(s)),
+            )
+        };
+        let millis_hex = s.get(..12).ok_or_else(|| bad("too short"))?;
+        let counter_hex = s.get(13..21).ok_or_else(|| bad("too short"))?;
+        if s.as_bytes().get(12) != Some(&b'.') || s.as_bytes().get(21) != Some(&b'.') {
+            return Err(bad("expected `MMMMMMMMMMMM.CCCCCCCC.client`"));
+        }
+        let is_lower_hex = |h: &str| h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if !is_lower_hex(millis_hex) || !is_lower_hex(counter_hex) {
+            return Err(bad("milliseconds and counter must be lowercase hex"));
+        }
+        let millis = u64::from_str_radix(millis_hex, 16).map_err(|_| bad("bad milliseconds"))?;
+        let counter = u32::from_str_radix(counter_hex, 16).map_err(|_| bad("bad counter"))?;
+        let client = ClientId::new(&s[22..]).map_err(|_| bad("bad client id"))?;
+        Stamp::new(millis, counter, client)
+    }
+}
+
+impl serde::Serialize for Stamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Stamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A source of physical time in milliseconds since the Unix epoch.
+///
+/// Injectable so that tests can drive time (see [`ManualTime`]).
+pub trait TimeSource: Send + Sync + fmt::Debug {
+    /// Current physical time, milliseconds since the Unix epoch.
+    fn now_millis(&self) -> u64;
+}
+
+/// The system wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl TimeSource for SystemClock {
+    fn now_millis(&self) -> u64 {
+        // A clock before 1970 reads as 0; the HLC then runs on its counter.
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+/// A clock that only moves when told to: for tests and simulations.
+#[derive(Debug, Default)]
+pub struct ManualTime(AtomicU64);
+
+impl ManualTime {
+    /// A manual clock showing `millis`.
+    pub fn new(millis: u64) -> Self {
+        ManualTime(AtomicU64::new(millis))
+    }
+
+    /// Sets the time (it may go backwards, as real wall clocks do).
+    pub fn set(&self, millis: u64) {
+        self.0.store(millis, Ordering::SeqCst);
+    }
+
+    /// Moves the time forward by `millis`.
+    pub fn advance(&self, millis: u64) {
+        self.0.fetch_add(millis, Ordering::SeqCst);
+    }
+}
+
+impl TimeSource for ManualTime {
+    fn now_millis(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+impl<T: TimeSource + ?Sized> TimeSource for Arc<T> {
+    fn now_millis(&self) -> u64 {
+        (**self).now_millis()
+    }
+}
+
+/// Default maximum drift of remote stamps ahead of local time: 5 minutes.
+pub const DEFAULT_MAX_DRIFT: Duration = Duration::from_secs(300);
+
+/// A hybrid logical clock for one replica.
+#[derive(Debug, Clone)]
+pub struct Hlc {
+    client: ClientId,
+    millis: u64,
+    counter: u32,
+    max_drift_ms: u64,
+    time: Arc<dyn TimeSource>,
+}
+
+impl Hlc {
+    /// A clock for `client` reading the system wall clock, with the default drift bound.
+    pub fn new(client: ClientId) -> Self {
+        Hlc::with_time(client, Arc::new(SystemClock))
+    }
+
+    /// A clock reading `time` (inject [`ManualTime`] in tests).
+    pub fn with_time(client: ClientId, time: Arc<dyn TimeSource>) -> Self {
+        Hlc {
+            client,
+            millis: 0,
+            counter: 0,
+            max_drift_ms: duration_ms(DEFAULT_MAX_DRIFT),
+            time,
+        }
+    }
+
+    /// Sets how far ahead of local physical time a remote stamp may be.
+    pub fn with_max_drift(mut self, drift: Duration) -> Self {
+        self.max_drift_ms = duration_ms(drift);
+        self
+    }
+
+    /// The replica this clock stamps for.
+    pub fn client(&self) -> &ClientId {
+        &self.client
+    }
+
+    /// The configured maximum drift in milliseconds.
+    pub fn max_drift_ms(&self) -> u64 {
+        self.max_drift_ms
+    }
+
+    /// Current physical time of the injected time source.
+    pub fn physical_millis(&self) -> u64 {
+        self.time.now_millis()
+    }
+
+    /// Issues a stamp for a local event. Strictly greater than every stamp this
+    /// clock issued or observed before, whatever the wall clock does.
+    pub fn now(&mut self) -> Stamp {
+        let physical = self.time.now_millis().min(MAX_STAMP_MILLIS);
+        if physical > self.millis {
+            self.millis = physical;
+            self.counter = 0;
+        } else if self.counter == u32::MAX {
+            // The counter is exhausted within this millisecond: borrow the next one.
+            self.millis += 1;
+            self.counter = 0;
+        } else {
+            self.counter += 1;
+        }
+        Stamp {
+            millis: self.millis,
+            counter: self.counter,
+            client: self.client.clone(),
+        }
+    }
+
+    /// How far `stamp` lies ahead of local physical time beyond the drift
+    /// bound, if it does: `Some(ahead_ms)` means it must be refused.
+    pub fn drift_excess(&self, stamp: &Stamp) -> Option<u64> {
+        let physical = self.time.now_millis();
+        let ahead = stamp.millis.saturating_sub(physical);
+        (ahead > self.max_drift_ms).then_some(ahead)
+    }
+
+    /// Takes in a stamp received from another replica (the HLC receive rule):
+    /// later local stamps will be greater than it. Refuses, without changing the
+    /// clock, a stamp more than the drift bound ahead of local physical time.
+    pub fn observe(&mut self, stamp: &Stamp) -> Result<()> {
+        if let Some(ahead_ms) = self.drift_excess(stamp) {
+            return Err(Error::ClockDrift {
+                ids: Vec::new(),
+                ahead_ms,
+                max_drift_ms: self.max_drift_ms,
+            });
+        }
+        self.seed(stamp);
+        Ok(())
+    }
+
+    /// Moves the clock past `stamp` without a drift check: used when opening a
+    /// store, whose stamps this replica already accepted.
+    pub fn seed(&mut self, stamp: &Stamp) {
+        if (stamp.millis, stamp.counter) > (self.millis, self.counter) {
+            self.millis = stamp.millis;
+            self.counter = stamp.counter;
+        }
+    }
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(s: &str) -> ClientId {
+        ClientId::new(s).unwrap()
+    }
+
+    #[test]
+    fn string_form_round_trips_and_sorts_like_the_stamp() {
+        let a = Stamp::new(1_700_000_000_000, 3, client("phone")).unwrap();
+        let b = Stamp::new(1_700_000_000_000, 10, client("laptop")).unwrap();
+        assert_eq!(a.to_string(), "018bcfe56800.00000003.phone");
+        assert_eq!(a.to_string().parse::<Stamp>().unwrap(), a);
+        assert!(a < b);
+        assert!(a.to_string() < b.to_string());
+    }
+
+    #[test]
+    fn malformed_stamps_are_refused() {
+        for s in ["", "x", "018bcfe56800.00000003.", "018BCFE56800.00000003.a", "018bcfe56800-00000003.a", "018bcfe56800.0000000g.a"] {
+            assert!(s.parse::<Stamp>().is_err(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn stamps_increase_when_wall_clock_goes_backwards() {
+        let time = Arc::new(ManualTime::new(1000));
+        let mut hlc = Hlc::with_time(client("a"), time.clone());
+        let s1 = hlc.now();
+        time.set(500);
+        let s2 = hlc.now();
+        assert!(s2 > s1);
+        assert_eq!(s2.millis(), 1000);
+    }
+
+    #[test]
+    fn observe_refuses_stamps_beyond_drift_and_keeps_state() {
+        let time = Arc::new(ManualTime::new(1_000_000));
+        let mut hlc =
+            Hlc::with_time(client("a"), time.clone()).with_max_drift(Duration::from_secs(1));
+        let far = Stamp::new(1_002_000, 0, client("b")).unwrap();
+        assert!(matches!(hlc.observe(&far), Err(Error::ClockDrift { ahead_ms: 2000, .. })));
+        assert_eq!(hlc.now().millis(), 1_000_000);
+        let near = Stamp::new(1_000_900, 7, client("b")).unwrap();
+        hlc.observe(&near).unwrap();
+        let next = hlc.now();
+        assert!(next > near);
+    }
+}

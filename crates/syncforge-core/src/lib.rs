@@ -1,0 +1,69 @@
+//! # syncforge-core
+//!
+//! The pure core of [syncforge](https://docs.rs/syncforge): everything that
+//! decides *what* replicas hold, with no I/O and no async runtime.
+//!
+//! * [`Hlc`] — a hybrid logical clock issuing [`Stamp`]s `(millis, counter, client)`.
+//! * [`Record`] — a JSON record with a stamp per field, a tombstone and a
+//!   version vector, in a canonical JSON form compatible with the TypeScript
+//!   original's metadata.
+//! * [`merge`](mod@merge) — the merge rules of both [`ConflictStrategy`]s, in one file.
+//! * [`LwwRegister`], [`LwwMap`] — the last-writer-wins primitives.
+//! * [`compute_delta`], [`classify`], [`resolve_conflict`] — what an incoming
+//!   record changes.
+//! * [`StorageBackend`] — the storage contract every backend crate implements.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use serde_json::json;
+//! use syncforge_core::{merge, ClientId, ConflictStrategy, Content, Hlc, ManualTime, Record};
+//!
+//! let time = Arc::new(ManualTime::new(1_000));
+//! let mut phone = Hlc::with_time(ClientId::new("phone")?, time.clone());
+//! let mut laptop = Hlc::with_time(ClientId::new("laptop")?, time.clone());
+//!
+//! let note = Content::from_value(json!({"id": "n1", "title": "Meeting", "body": "Q3"}))?;
+//! let base = Record::create(note, &phone.now());
+//! // The laptop receives the note; its clock takes in the note's stamps.
+//! laptop.observe(base.newest_stamp())?;
+//!
+//! // Each device edits a different field.
+//! let mut on_laptop = base.clone();
+//! on_laptop.apply_put(Content::from_value(json!({"id": "n1", "title": "Q3 Planning", "body": "Q3"}))?, &laptop.now())?;
+//! let mut on_phone = base.clone();
+//! on_phone.apply_put(Content::from_value(json!({"id": "n1", "title": "Meeting", "body": "Q3 + revenue"}))?, &phone.now())?;
+//!
+//! // Field-level merge keeps both edits, whichever side merges.
+//! let a = merge(&on_laptop, &on_phone, ConflictStrategy::Crdt)?;
+//! let b = merge(&on_phone, &on_laptop, ConflictStrategy::Crdt)?;
+//! assert_eq!(a.to_json_string(), b.to_json_string());
+//! assert_eq!(a.get("title"), Some(&json!("Q3 Planning")));
+//! assert_eq!(a.get("body"), Some(&json!("Q3 + revenue")));
+//! # Ok::<(), syncforge_core::Error>(())
+//! ```
+
+pub mod backend;
+mod delta;
+mod error;
+mod hlc;
+mod lww;
+pub mod merge;
+mod record;
+mod validate;
+mod version_vector;
+
+pub use backend::{Change, ChangePage, StorageBackend, Stored, Token, Write, WriteOutcome};
+pub use delta::{classify, compute_delta, ChangeKind, Classified, Delta};
+pub use error::{BoxError, Error, Result};
+pub use hlc::{ClientId, Hlc, ManualTime, Stamp, SystemClock, TimeSource, DEFAULT_MAX_DRIFT, MAX_STAMP_MILLIS};
+pub use lww::{LwwMap, LwwMapState, LwwRegister, MergedRecords, RegisterState};
+pub use merge::{conflicted_fields, is_conflict, merge, resolve_conflict, ConflictDetail, ConflictStrategy};
+pub use record::{
+    Content, FieldState, Record, CLIENT_ID_KEY, DELETED_KEY, ID_KEY, RESERVED_KEYS, SYNC_KEY,
+    TIMESTAMP_KEY, VERSION_KEY,
+};
+pub use validate::{validate_collection, validate_id, MAX_NAME_BYTES};
+pub use version_vector::{Causality, VersionVector};
+
+/// Re-exported so backends implement [`StorageBackend`] with the same macro version.
+pub use async_trait::async_trait;

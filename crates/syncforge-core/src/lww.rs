@@ -1,0 +1,253 @@
+//! Last-writer-wins building blocks: a register and a map of registers.
+//!
+//! These are the primitives the CRDT strategy is made of, exposed for users who
+//! want field-level merging of their own data. Ties between equal stamps (only
+//! possible for imported data) are broken by the value's canonical JSON, the
+//! same rule as in [`crate::merge`].
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+
+use crate::error::Result;
+use crate::hlc::Stamp;
+use crate::merge::{merge, merge_field_maps, pick_field, conflicted_fields, ConflictStrategy};
+use crate::record::{FieldState, Record};
+
+/// The serialisable state of an [`LwwRegister`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RegisterState {
+    /// The value.
+    pub value: Value,
+    /// The stamp of the write that set it.
+    pub stamp: Stamp,
+}
+
+/// A last-writer-wins register holding one JSON value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LwwRegister {
+    state: FieldState,
+}
+
+impl LwwRegister {
+    /// A register holding `value`, written at `stamp`.
+    pub fn new(value: Value, stamp: Stamp) -> Self {
+        LwwRegister {
+            state: FieldState::new(Some(value), stamp),
+        }
+    }
+
+    /// Rebuilds a register from its state.
+    pub fn from_state(state: RegisterState) -> Self {
+        LwwRegister::new(state.value, state.stamp)
+    }
+
+    /// Writes `value` at `stamp`; returns whether it won (a newer stamp).
+    pub fn set(&mut self, value: Value, stamp: Stamp) -> bool {
+        self.offer(FieldState::new(Some(value), stamp))
+    }
+
+    /// Merges another register's state; returns whether it won.
+    pub fn merge(&mut self, other: &RegisterState) -> bool {
+        self.offer(FieldState::new(Some(other.value.clone()), other.stamp.clone()))
+    }
+
+    fn offer(&mut self, candidate: FieldState) -> bool {
+        let wins = std::ptr::eq(pick_field(&self.state, &candidate), &candidate) && candidate != self.state;
+        if wins {
+            self.state = candidate;
+        }
+        wins
+    }
+
+    /// The current value.
+    pub fn get(&self) -> &Value {
+        // A register always holds a value: it is built with one and only set with one.
+        self.state.value.as_ref().unwrap_or(&Value::Null)
+    }
+
+    /// The stamp of the current value.
+    pub fn stamp(&self) -> &Stamp {
+        &self.state.stamp
+    }
+
+    /// The serialisable state.
+    pub fn state(&self) -> RegisterState {
+        RegisterState {
+            value: self.get().clone(),
+            stamp: self.state.stamp.clone(),
+        }
+    }
+}
+
+/// The serialisable state of an [`LwwMap`]: every key with its value (absent
+/// once removed) and stamp.
+pub type LwwMapState = BTreeMap<String, FieldState>;
+
+/// A last-writer-wins map: each key is a register; removals are stamped too,
+/// so a removal and a concurrent write resolve by stamp like any two writes.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LwwMap {
+    entries: LwwMapState,
+}
+
+/// The outcome of [`LwwMap::merge_records`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct MergedRecords {
+    /// The field-level merge of both records.
+    pub merged: Record,
+    /// Fields both records hold with different values.
+    pub conflicted_fields: Vec<String>,
+}
+
+impl LwwMap {
+    /// An empty map.
+    pub fn new() -> Self {
+        LwwMap::default()
+    }
+
+    /// Writes `key = value` at `stamp`; returns whether the write won.
+    pub fn set(&mut self, key: &str, value: Value, stamp: Stamp) -> bool {
+        self.offer(key, FieldState::new(Some(value), stamp))
+    }
+
+    /// Removes `key` at `stamp`; returns whether the removal won.
+    pub fn remove(&mut self, key: &str, stamp: Stamp) -> bool {
+        self.offer(key, FieldState::new(None, stamp))
+    }
+
+    fn offer(&mut self, key: &str, candidate: FieldState) -> bool {
+        match self.entries.get_mut(key) {
+            Some(current) => {
+                let wins = std::ptr::eq(pick_field(current, &candidate), &candidate) && candidate != *current;
+                if wins {
+                    *current = candidate;
+                }
+                wins
+            }
+            None => {
+                self.entries.insert(key.to_owned(), candidate);
+                true
+            }
+        }
+    }
+
+    /// The value of `key`, unless absent or removed.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.entries.get(key).and_then(FieldState::value)
+    }
+
+    /// Merges another map's state into this one, key by key.
+    pub fn merge(&mut self, other: &LwwMapState) {
+        merge_field_maps(&mut self.entries, other);
+    }
+
+    /// The serialisable state.
+    pub fn state(&self) -> &LwwMapState {
+        &self.entries
+    }
+
+    /// The visible key/value pairs as a JSON object.
+    pub fn to_record(&self) -> Map<String, Value> {
+        self.entries
+            .iter()
+            .filter_map(|(k, s)| s.value().map(|v| (k.clone(), v.clone())))
+            .collect()
+    }
+
+    /// The fields of a record, with their stamps.
+    pub fn from_record(record: &Record) -> Self {
+        LwwMap {
+            entries: record.field_states().clone(),
+        }
+    }
+
+    /// Field-level merge of two states of one record, with the fields both hold
+    /// with different values.
+    pub fn merge_records(local: &Record, remote: &Record) -> Result<MergedRecords> {
+        Ok(MergedRecords {
+            merged: merge(local, remote, ConflictStrategy::Crdt)?,
+            conflicted_fields: conflicted_fields(local, remote),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hlc::ClientId;
+    use serde_json::json;
+
+    fn stamp(millis: u64, client: &str) -> Stamp {
+        Stamp::new(millis, 0, ClientId::new(client).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn register_follows_the_original_example() {
+        let mut reg = LwwRegister::new(json!("initial"), stamp(1000, "client-a"));
+        assert!(reg.set(json!("updated"), stamp(2000, "client-b")));
+        assert_eq!(reg.get(), &json!("updated"));
+        assert!(!reg.set(json!("old"), stamp(500, "client-c")));
+        assert_eq!(reg.get(), &json!("updated"));
+        assert!(reg.merge(&RegisterState { value: json!("merged"), stamp: stamp(3000, "client-c") }));
+        assert_eq!(reg.get(), &json!("merged"));
+        let restored = LwwRegister::from_state(reg.state());
+        assert_eq!(restored, reg);
+    }
+
+    #[test]
+    fn register_ties_break_by_value_in_both_orders() {
+        let mut a = LwwRegister::new(json!("x"), stamp(1, "c"));
+        let mut b = LwwRegister::new(json!("y"), stamp(1, "c"));
+        a.merge(&b.state());
+        b.merge(&LwwRegister::new(json!("x"), stamp(1, "c")).state());
+        assert_eq!(a, b);
+        assert_eq!(a.get(), &json!("y"));
+    }
+
+    #[test]
+    fn map_follows_the_original_example() {
+        let mut map = LwwMap::new();
+        map.set("name", json!("Alice"), stamp(1000, "client-a"));
+        map.set("age", json!(30), stamp(1000, "client-a"));
+        assert_eq!(Value::Object(map.to_record()), json!({"name": "Alice", "age": 30}));
+        let mut other = LwwMap::new();
+        other.set("name", json!("Bob"), stamp(2000, "client-b"));
+        other.set("email", json!("bob@example.com"), stamp(2000, "client-b"));
+        map.merge(other.state());
+        assert_eq!(map.get("name"), Some(&json!("Bob")));
+        assert_eq!(map.get("email"), Some(&json!("bob@example.com")));
+        assert_eq!(map.get("age"), Some(&json!(30)));
+    }
+
+    #[test]
+    fn map_removal_is_stamped() {
+        let mut map = LwwMap::new();
+        map.set("k", json!(1), stamp(1, "a"));
+        assert!(map.remove("k", stamp(2, "a")));
+        assert!(!map.set("k", json!(2), stamp(1, "b")));
+        assert_eq!(map.get("k"), None);
+        let state = serde_json::to_value(map.state()).unwrap();
+        assert_eq!(state, json!({"k": {"stamp": "000000000002.00000000.a"}}));
+        let back: LwwMapState = serde_json::from_value(state).unwrap();
+        assert_eq!(&back, map.state());
+    }
+
+    #[test]
+    fn merge_records_follows_the_original_example() {
+        let local = Record::from_json(json!({
+            "id": "1", "name": "Alice", "age": 31,
+            "_version": 2, "_timestamp": 2000, "_deleted": false, "_clientId": "a"
+        }))
+        .unwrap();
+        let remote = Record::from_json(json!({
+            "id": "1", "name": "Alice", "email": "alice@example.com",
+            "_version": 2, "_timestamp": 2000, "_deleted": false, "_clientId": "b"
+        }))
+        .unwrap();
+        let out = LwwMap::merge_records(&local, &remote).unwrap();
+        assert_eq!(out.merged.get("age"), Some(&json!(31)));
+        assert_eq!(out.merged.get("email"), Some(&json!("alice@example.com")));
+        assert!(out.conflicted_fields.is_empty());
+    }
+}

@@ -1,0 +1,232 @@
+//! The merge rules. Everything syncforge decides about concurrent edits is in
+//! this file.
+//!
+//! Both strategies are joins (commutative, associative, idempotent), so
+//! replicas that have seen the same writes, in any order and any number of
+//! times, hold equal records and print byte-identical JSON.
+//!
+//! * [`ConflictStrategy::Crdt`]: field by field, the higher stamp wins. A
+//!   record is deleted when its tombstone is newer than every write. Version
+//!   vectors merge by pointwise maximum.
+//! * [`ConflictStrategy::Timestamp`]: the whole record of the side with the
+//!   newest stamp wins; version vectors still merge by pointwise maximum.
+//!
+//! A replica never issues the same stamp twice, so equal stamps normally mean
+//! the same write. Records imported from the TypeScript library can carry equal
+//! stamps with different values; those ties are broken by comparing canonical
+//! JSON, which keeps merge a join.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::record::{FieldState, Record};
+use crate::version_vector::Causality;
+
+/// How concurrent edits of one record are resolved.
+///
+/// Every replica of a collection must merge it with the same strategy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConflictStrategy {
+    /// Last writer wins for the whole record (the default, as in the original).
+    #[default]
+    Timestamp,
+    /// Field-level last writer wins: concurrent edits of different fields are
+    /// both kept.
+    Crdt,
+}
+
+impl std::fmt::Display for ConflictStrategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ConflictStrategy::Timestamp => "timestamp",
+            ConflictStrategy::Crdt => "crdt",
+        })
+    }
+}
+
+impl std::str::FromStr for ConflictStrategy {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "timestamp" => Ok(ConflictStrategy::Timestamp),
+            "crdt" => Ok(ConflictStrategy::Crdt),
+            other => Err(Error::InvalidConfig {
+                option: "conflict_strategy",
+                reason: format!("unknown strategy {other:?}; expected \"timestamp\" or \"crdt\""),
+            }),
+        }
+    }
+}
+
+/// Orders two values written with equal stamps: removed < present, then by
+/// canonical JSON. Only imports produce such ties.
+pub(crate) fn cmp_tied_values(a: Option<&Value>, b: Option<&Value>) -> Ordering {
+    match (a, b) {
+        (None, None) => Ordering::Equal,
+        (None, Some(_)) => Ordering::Less,
+        (Some(_), None) => Ordering::Greater,
+        (Some(x), Some(y)) if x == y => Ordering::Equal,
+        (Some(x), Some(y)) => x.to_string().cmp(&y.to_string()),
+    }
+}
+
+/// The winner of two states of one field: the higher stamp, ties broken by value.
+pub(crate) fn pick_field<'a>(a: &'a FieldState, b: &'a FieldState) -> &'a FieldState {
+    match a.stamp.cmp(&b.stamp) {
+        Ordering::Greater => a,
+        Ordering::Less => b,
+        Ordering::Equal => match cmp_tied_values(a.value.as_ref(), b.value.as_ref()) {
+            Ordering::Less => b,
+            _ => a,
+        },
+    }
+}
+
+/// Merges two states of the same record with `strategy`.
+///
+/// Fails only when the records have different ids.
+pub fn merge(local: &Record, remote: &Record, strategy: ConflictStrategy) -> Result<Record> {
+    if local.id() != remote.id() {
+        return Err(Error::invalid_record(
+            Some(remote.id()),
+            format!("cannot merge it with record {:?}", local.id()),
+        ));
+    }
+    if local == remote {
+        return Ok(local.clone());
+    }
+    let versions = local.versions().merge(remote.versions());
+    let merged = match strategy {
+        ConflictStrategy::Crdt => {
+            let mut fields = local.field_states().clone();
+            merge_field_maps(&mut fields, remote.field_states());
+            let written = local.written().max(remote.written()).clone();
+            let tombstone = local.tombstone().max(remote.tombstone()).cloned();
+            Record::from_parts(local.id(), fields, written, tombstone, versions)?
+        }
+        ConflictStrategy::Timestamp => {
+            let winner = match timestamp_order(local, remote) {
+                Ordering::Less => remote,
+                _ => local,
+            };
+            Record::from_parts(
+                winner.id(),
+                winner.field_states().clone(),
+                winner.written().clone(),
+                winner.tombstone().cloned(),
+                versions,
+            )?
+        }
+    };
+    Ok(merged)
+}
+
+/// Whole-record order of the timestamp strategy: newest stamp, then (for
+/// imports with equal stamps) the canonical JSON of the state.
+fn timestamp_order(a: &Record, b: &Record) -> Ordering {
+    a.newest_stamp().cmp(b.newest_stamp()).then_with(|| {
+        if same_state(a, b) {
+            Ordering::Equal
+        } else {
+            state_json(a).cmp(&state_json(b))
+        }
+    })
+}
+
+fn same_state(a: &Record, b: &Record) -> bool {
+    a.field_states() == b.field_states() && a.written() == b.written() && a.tombstone() == b.tombstone()
+}
+
+/// Canonical JSON of everything but the version vector.
+fn state_json(r: &Record) -> String {
+    let mut json = r.to_json();
+    if let Some(sync) = json.get_mut(crate::record::SYNC_KEY).and_then(Value::as_object_mut) {
+        sync.remove("versions");
+    }
+    if let Some(map) = json.as_object_mut() {
+        map.remove(crate::record::VERSION_KEY);
+    }
+    json.to_string()
+}
+
+/// Fields held by both sides (live or removed) whose visible values differ.
+pub fn conflicted_fields(local: &Record, remote: &Record) -> Vec<String> {
+    let theirs = remote.field_states();
+    local
+        .field_states()
+        .iter()
+        .filter_map(|(name, ours)| {
+            let theirs = theirs.get(name)?;
+            (ours.value != theirs.value).then(|| name.clone())
+        })
+        .collect()
+}
+
+/// Whether two states of a record were written concurrently: neither version
+/// vector dominates the other. A plain newer copy is not a conflict.
+pub fn is_conflict(local: &Record, remote: &Record) -> bool {
+    local.versions().compare(remote.versions()) == Causality::Concurrent
+}
+
+/// A resolved conflict between two states of one record.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConflictDetail {
+    /// The collection of the record.
+    pub collection: String,
+    /// The record id.
+    pub record_id: String,
+    /// The strategy that resolved it.
+    pub strategy: ConflictStrategy,
+    /// The local state before the merge.
+    pub local_record: Record,
+    /// The incoming state.
+    pub remote_record: Record,
+    /// The merged state that was kept.
+    pub resolved_record: Record,
+    /// Fields both sides hold with different values.
+    pub fields_conflicted: Vec<String>,
+}
+
+/// Resolves two states of one record with `strategy`, describing the outcome.
+pub fn resolve_conflict(
+    collection: &str,
+    local: &Record,
+    remote: &Record,
+    strategy: ConflictStrategy,
+) -> Result<ConflictDetail> {
+    let resolved = merge(local, remote, strategy)?;
+    Ok(ConflictDetail {
+        collection: collection.to_owned(),
+        record_id: local.id().to_owned(),
+        strategy,
+        fields_conflicted: conflicted_fields(local, remote),
+        local_record: local.clone(),
+        remote_record: remote.clone(),
+        resolved_record: resolved,
+    })
+}
+
+/// Field-level merge of two field maps (the CRDT rule, shared with [`crate::LwwMap`]).
+pub(crate) fn merge_field_maps(
+    ours: &mut BTreeMap<String, FieldState>,
+    theirs: &BTreeMap<String, FieldState>,
+) {
+    for (name, state) in theirs {
+        match ours.get_mut(name) {
+            Some(mine) => {
+                if std::ptr::eq(pick_field(mine, state), state) {
+                    *mine = state.clone();
+                }
+            }
+            None => {
+                ours.insert(name.clone(), state.clone());
+            }
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! Validation of ids and collection names.
+//!
+//! Ids and collection names are 1 to [`MAX_NAME_BYTES`] bytes of UTF-8 without
+//! control characters. Backends rely on this: they may encode names in keys,
+//! paths and object names, but they never need to guess what a name means.
+
+use crate::error::{shorten, Error, Result};
+
+/// The longest accepted id or collection name, in bytes of UTF-8.
+pub const MAX_NAME_BYTES: usize = 1024;
+
+fn check_name(name: &str) -> std::result::Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(format!(
+            "is {} bytes long, the limit is {MAX_NAME_BYTES}",
+            name.len()
+        ));
+    }
+    if let Some(c) = name.chars().find(|c| c.is_control()) {
+        return Err(format!("contains the control character {c:?}"));
+    }
+    Ok(())
+}
+
+/// Checks a record id (or a client id): 1 to 1024 bytes, no control characters.
+pub fn validate_id(id: &str) -> Result<()> {
+    check_name(id).map_err(|reason| Error::InvalidId {
+        id: shorten(id),
+        reason,
+    })
+}
+
+/// Checks a collection name: 1 to 1024 bytes, no control characters.
+pub fn validate_collection(name: &str) -> Result<()> {
+    check_name(name).map_err(|reason| Error::InvalidCollection {
+        name: shorten(name),
+        reason,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_ordinary_and_unusual_names() {
+        for name in ["a", "a/b", "../x", "con", "名前", " spaced ", &"x".repeat(1024)] {
+            assert!(validate_id(name).is_ok(), "{name:?}");
+            assert!(validate_collection(name).is_ok(), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn refuses_empty_long_and_control_characters() {
+        for name in ["", "a\nb", "\u{0}", "tab\there", "\u{7f}", &"x".repeat(1025)] {
+            assert!(matches!(validate_id(name), Err(Error::InvalidId { .. })), "{name:?}");
+            assert!(
+                matches!(validate_collection(name), Err(Error::InvalidCollection { .. })),
+                "{name:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn long_names_are_shortened_in_messages() {
+        let err = validate_id(&"y".repeat(5000)).unwrap_err().to_string();
+        assert!(err.len() < 300, "{err}");
+        assert!(err.contains("5000 bytes"), "{err}");
+    }
+}

@@ -1,0 +1,192 @@
+//! Version vectors: how many writes of each client a record has seen.
+
+use std::cmp::Ordering;
+
+use crate::hlc::ClientId;
+
+/// Per-client write counts of one record. Merged by pointwise maximum.
+///
+/// Kept as a vector sorted by client id: records are usually written by a
+/// handful of clients, and a small sorted vector compares and merges faster
+/// than a tree.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct VersionVector(Vec<(ClientId, u64)>);
+
+/// How two version vectors relate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Causality {
+    /// Both saw exactly the same writes.
+    Equal,
+    /// The left side saw every write of the right side and more.
+    Dominates,
+    /// The right side saw every write of the left side and more.
+    DominatedBy,
+    /// Each side saw a write the other did not: concurrent edits.
+    Concurrent,
+}
+
+impl VersionVector {
+    /// An empty vector.
+    pub fn new() -> Self {
+        VersionVector(Vec::new())
+    }
+
+    /// The count for `client` (0 when absent).
+    pub fn get(&self, client: &ClientId) -> u64 {
+        self.0
+            .binary_search_by(|(c, _)| c.cmp(client))
+            .map_or(0, |i| self.0[i].1)
+    }
+
+    /// Sets the count for `client`; a count of 0 removes the entry.
+    pub fn set(&mut self, client: ClientId, count: u64) {
+        match self.0.binary_search_by(|(c, _)| c.cmp(&client)) {
+            Ok(i) if count == 0 => {
+                self.0.remove(i);
+            }
+            Ok(i) => self.0[i].1 = count,
+            Err(_) if count == 0 => {}
+            Err(i) => self.0.insert(i, (client, count)),
+        }
+    }
+
+    /// Counts one more write by `client`.
+    pub fn increment(&mut self, client: &ClientId) {
+        match self.0.binary_search_by(|(c, _)| c.cmp(client)) {
+            Ok(i) => self.0[i].1 = self.0[i].1.saturating_add(1),
+            Err(i) => self.0.insert(i, (client.clone(), 1)),
+        }
+    }
+
+    /// Total number of writes seen: the record's `_version`.
+    pub fn total(&self) -> u64 {
+        self.0.iter().fold(0u64, |sum, (_, n)| sum.saturating_add(*n))
+    }
+
+    /// Entries, sorted by client id.
+    pub fn iter(&self) -> impl Iterator<Item = (&ClientId, u64)> + '_ {
+        self.0.iter().map(|(c, n)| (c, *n))
+    }
+
+    /// Whether no write was counted.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Pointwise maximum of both vectors.
+    pub fn merge(&self, other: &VersionVector) -> VersionVector {
+        let (a, b) = (&self.0, &other.0);
+        let mut out = Vec::with_capacity(a.len().max(b.len()));
+        let (mut i, mut j) = (0, 0);
+        while i < a.len() && j < b.len() {
+            match a[i].0.cmp(&b[j].0) {
+                Ordering::Less => {
+                    out.push(a[i].clone());
+                    i += 1;
+                }
+                Ordering::Greater => {
+                    out.push(b[j].clone());
+                    j += 1;
+                }
+                Ordering::Equal => {
+                    out.push((a[i].0.clone(), a[i].1.max(b[j].1)));
+                    i += 1;
+                    j += 1;
+                }
+            }
+        }
+        out.extend_from_slice(&a[i..]);
+        out.extend_from_slice(&b[j..]);
+        VersionVector(out)
+    }
+
+    /// How `self` relates to `other`.
+    pub fn compare(&self, other: &VersionVector) -> Causality {
+        let (a, b) = (&self.0, &other.0);
+        let (mut left_ahead, mut right_ahead) = (false, false);
+        let (mut i, mut j) = (0, 0);
+        while i < a.len() || j < b.len() {
+            let order = match (a.get(i), b.get(j)) {
+                (Some(x), Some(y)) => x.0.cmp(&y.0),
+                (Some(_), None) => Ordering::Less,
+                _ => Ordering::Greater,
+            };
+            match order {
+                Ordering::Less => {
+                    left_ahead = true;
+                    i += 1;
+                }
+                Ordering::Greater => {
+                    right_ahead = true;
+                    j += 1;
+                }
+                Ordering::Equal => {
+                    left_ahead |= a[i].1 > b[j].1;
+                    right_ahead |= a[i].1 < b[j].1;
+                    i += 1;
+                    j += 1;
+                }
+            }
+        }
+        match (left_ahead, right_ahead) {
+            (false, false) => Causality::Equal,
+            (true, false) => Causality::Dominates,
+            (false, true) => Causality::DominatedBy,
+            (true, true) => Causality::Concurrent,
+        }
+    }
+}
+
+impl std::fmt::Debug for VersionVector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl FromIterator<(ClientId, u64)> for VersionVector {
+    fn from_iter<I: IntoIterator<Item = (ClientId, u64)>>(iter: I) -> Self {
+        let mut vv = VersionVector::new();
+        for (client, count) in iter {
+            let current = vv.get(&client);
+            vv.set(client, current.max(count));
+        }
+        vv
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vv(entries: &[(&str, u64)]) -> VersionVector {
+        entries
+            .iter()
+            .map(|(c, n)| (ClientId::new(c).unwrap(), *n))
+            .collect()
+    }
+
+    #[test]
+    fn compare_detects_dominance_and_concurrency() {
+        assert_eq!(vv(&[("a", 1)]).compare(&vv(&[("a", 1)])), Causality::Equal);
+        assert_eq!(vv(&[("a", 2)]).compare(&vv(&[("a", 1)])), Causality::Dominates);
+        assert_eq!(vv(&[("a", 1)]).compare(&vv(&[("a", 1), ("b", 1)])), Causality::DominatedBy);
+        assert_eq!(vv(&[("a", 2)]).compare(&vv(&[("a", 1), ("b", 1)])), Causality::Concurrent);
+        assert_eq!(vv(&[]).compare(&vv(&[])), Causality::Equal);
+    }
+
+    #[test]
+    fn merge_is_pointwise_max_and_total_sums() {
+        let m = vv(&[("a", 2), ("c", 1)]).merge(&vv(&[("a", 1), ("b", 4)]));
+        assert_eq!(m, vv(&[("a", 2), ("b", 4), ("c", 1)]));
+        assert_eq!(m.total(), 7);
+    }
+
+    #[test]
+    fn zero_counts_are_not_stored() {
+        let mut v = vv(&[("a", 0)]);
+        assert!(v.is_empty());
+        v.set(ClientId::new("a").unwrap(), 3);
+        v.set(ClientId::new("a").unwrap(), 0);
+        assert_eq!(v, VersionVector::new());
+    }
+}

@@ -1,0 +1,1 @@
+//! syncforge-testkit (being written).

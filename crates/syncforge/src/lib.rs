@@ -1,0 +1,1 @@
+//! syncforge (being written).
