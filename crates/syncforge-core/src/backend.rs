@@ -134,11 +134,16 @@ pub trait StorageBackend: Send + Sync + Debug {
     /// Outcomes come in the order of `writes`. An `Err` means the outcome of
     /// the batch is unknown (some writes may have happened); each record is
     /// then either old or new, never torn.
-    async fn put_batch(&self, collection: &str, writes: Vec<Write>) -> Result<Vec<WriteOutcome>>;
+    ///
+    /// Writes are borrowed so that the caller can retry them after a transient
+    /// failure without copying.
+    async fn put_batch(&self, collection: &str, writes: &[Write]) -> Result<Vec<WriteOutcome>>;
 
     /// One conditional write.
-    async fn put(&self, collection: &str, write: Write) -> Result<WriteOutcome> {
-        let mut outcomes = self.put_batch(collection, vec![write]).await?;
+    async fn put(&self, collection: &str, write: &Write) -> Result<WriteOutcome> {
+        let mut outcomes = self
+            .put_batch(collection, std::slice::from_ref(write))
+            .await?;
         outcomes
             .pop()
             .ok_or_else(|| Error::storage(self.name(), "put_batch returned no outcome for a write"))
