@@ -33,11 +33,12 @@ pub struct Classified {
 
 /// Merges `remote` into `local` (absent when the record is unknown) and says
 /// what that changes. Classification follows from the version vectors and the
-/// merged state, never from client ids.
+/// merged state, never from client ids. Takes `remote` by value so that a
+/// record new to this replica is stored without a copy.
 pub fn classify(
     collection: &str,
     local: Option<&Record>,
-    remote: &Record,
+    remote: Record,
     strategy: ConflictStrategy,
 ) -> Result<Classified> {
     let Some(local) = local else {
@@ -48,18 +49,18 @@ pub fn classify(
         };
         return Ok(Classified {
             kind,
-            merged: remote.clone(),
+            merged: remote,
             conflict: None,
         });
     };
-    if local == remote {
+    if *local == remote {
         return Ok(unchanged(local));
     }
-    let (merged, conflict) = if is_conflict(local, remote) {
-        let detail = resolve_conflict(collection, local, remote, strategy)?;
+    let (merged, conflict) = if is_conflict(local, &remote) {
+        let detail = resolve_conflict(collection, local, &remote, strategy)?;
         (detail.resolved_record.clone(), Some(detail))
     } else {
-        (merge(local, remote, strategy)?, None)
+        (merge(local, &remote, strategy)?, None)
     };
     if merged == *local {
         return Ok(unchanged(local));
@@ -108,30 +109,34 @@ pub fn compute_delta(
     remote: &[Record],
     strategy: ConflictStrategy,
 ) -> Result<Delta> {
-    let mut pending: HashMap<&str, Record> = HashMap::new();
-    let mut order: Vec<&str> = Vec::new();
     let mut delta = Delta::default();
-    for incoming in remote {
-        let id = incoming.id();
-        let current = match pending.get(id) {
-            Some(merged) => merge(merged, incoming, strategy)?,
-            None => {
-                order.push(id);
-                incoming.clone()
-            }
-        };
-        pending.insert(id, current);
-    }
-    for id in order {
-        let Some(incoming) = pending.get(id) else { continue };
-        let out = classify(collection, local.get(id), incoming, strategy)?;
+    for incoming in dedupe(remote.to_vec(), strategy)? {
+        let id = incoming.id().to_owned();
+        let out = classify(collection, local.get(&id), incoming, strategy)?;
         delta.conflicts.extend(out.conflict);
         match out.kind {
             ChangeKind::Added => delta.added.push(out.merged),
             ChangeKind::Updated => delta.updated.push(out.merged),
             ChangeKind::Deleted => delta.deleted.push(out.merged),
-            ChangeKind::Unchanged => delta.unchanged.push(id.to_owned()),
+            ChangeKind::Unchanged => delta.unchanged.push(id),
         }
     }
     Ok(delta)
+}
+
+/// Merges records that share an id into one, keeping the order of first
+/// appearance: a batch may carry several states of one record.
+pub fn dedupe(records: Vec<Record>, strategy: ConflictStrategy) -> Result<Vec<Record>> {
+    let mut position: HashMap<String, usize> = HashMap::with_capacity(records.len());
+    let mut out: Vec<Record> = Vec::with_capacity(records.len());
+    for record in records {
+        match position.get(record.id()) {
+            Some(&i) => out[i] = merge(&out[i], &record, strategy)?,
+            None => {
+                position.insert(record.id().to_owned(), out.len());
+                out.push(record);
+            }
+        }
+    }
+    Ok(out)
 }

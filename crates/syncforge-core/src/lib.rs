@@ -53,7 +53,7 @@ mod validate;
 mod version_vector;
 
 pub use backend::{Change, ChangePage, StorageBackend, Stored, Token, Write, WriteOutcome};
-pub use delta::{classify, compute_delta, ChangeKind, Classified, Delta};
+pub use delta::{classify, compute_delta, dedupe, ChangeKind, Classified, Delta};
 pub use error::{BoxError, Error, Result};
 pub use hlc::{ClientId, Hlc, ManualTime, Stamp, SystemClock, TimeSource, DEFAULT_MAX_DRIFT, MAX_STAMP_MILLIS};
 pub use lww::{LwwMap, LwwMapState, LwwRegister, MergedRecords, RegisterState};
