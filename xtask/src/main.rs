@@ -1,1 +1,141 @@
-fn main() {}
+//! Project automation for syncforge, run as `cargo xtask <command>` from
+//! anywhere in the workspace (the alias lives in `.cargo/config.toml`).
+//!
+//! * `ci` — everything CI checks, in order, stopping at the first failure.
+//! * `deny` — the offline `cargo deny` checks (bans, licenses, sources).
+//!
+//! Plain `std` is enough here: two commands do not earn an argument parser.
+
+// A command-line tool talks to its user through stdout and stderr.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod ci;
+mod cmd;
+mod deny;
+mod services;
+
+use std::process::ExitCode;
+
+const HELP: &str = "\
+Project automation for syncforge.
+
+Usage: cargo xtask <COMMAND>
+
+Commands:
+  ci     Run every CI check: fmt, clippy, feature combinations of `syncforge`,
+         then the workspace tests (doc tests included). Stops at the first
+         failing step. Sets SYNCFORGE_REQUIRE_SERVICES=1 and PROPTEST_CASES=1000
+         for the tests unless they are already set.
+  deny   Run `cargo deny check bans licenses sources` (needs cargo-deny).
+  help   Print this help.
+";
+
+/// A command given on the command line.
+#[derive(Debug, PartialEq, Eq)]
+enum Command {
+    Ci,
+    Deny,
+    Help,
+}
+
+/// Why the command line was not understood.
+#[derive(Debug, PartialEq, Eq)]
+enum UsageError {
+    MissingCommand,
+    UnknownCommand(String),
+    UnexpectedArgument {
+        command: &'static str,
+        argument: String,
+    },
+}
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UsageError::MissingCommand => write!(f, "no command given"),
+            UsageError::UnknownCommand(name) => write!(f, "unknown command `{name}`"),
+            UsageError::UnexpectedArgument { command, argument } => {
+                write!(f, "`{command}` takes no arguments, got `{argument}`")
+            }
+        }
+    }
+}
+
+fn parse(args: &[String]) -> Result<Command, UsageError> {
+    let (first, rest) = args.split_first().ok_or(UsageError::MissingCommand)?;
+    let (command, name) = match first.as_str() {
+        "ci" => (Command::Ci, "ci"),
+        "deny" => (Command::Deny, "deny"),
+        "help" | "-h" | "--help" => return Ok(Command::Help),
+        other => return Err(UsageError::UnknownCommand(other.to_owned())),
+    };
+    match rest.first() {
+        Some(argument) => Err(UsageError::UnexpectedArgument {
+            command: name,
+            argument: argument.clone(),
+        }),
+        None => Ok(command),
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = match parse(&args) {
+        Ok(command) => command,
+        Err(error) => {
+            eprintln!("xtask: {error}\n\n{HELP}");
+            return ExitCode::from(2);
+        }
+    };
+    let outcome = match command {
+        Command::Help => {
+            print!("{HELP}");
+            return ExitCode::SUCCESS;
+        }
+        Command::Ci => ci::run(),
+        Command::Deny => deny::run(),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("xtask: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|arg| (*arg).to_owned()).collect()
+    }
+
+    #[test]
+    fn known_commands_parse() {
+        assert_eq!(parse(&args(&["ci"])), Ok(Command::Ci));
+        assert_eq!(parse(&args(&["deny"])), Ok(Command::Deny));
+        assert_eq!(parse(&args(&["--help"])), Ok(Command::Help));
+    }
+
+    #[test]
+    fn unknown_or_missing_command_is_a_usage_error() {
+        assert_eq!(parse(&[]), Err(UsageError::MissingCommand));
+        assert_eq!(
+            parse(&args(&["bench"])),
+            Err(UsageError::UnknownCommand("bench".to_owned()))
+        );
+    }
+
+    #[test]
+    fn stray_arguments_are_refused_not_ignored() {
+        assert_eq!(
+            parse(&args(&["ci", "--quick"])),
+            Err(UsageError::UnexpectedArgument {
+                command: "ci",
+                argument: "--quick".to_owned()
+            })
+        );
+    }
+}

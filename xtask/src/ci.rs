@@ -1,0 +1,152 @@
+//! `cargo xtask ci`: every check CI runs, in order, stopping at the first
+//! failure. `.ci/run` runs exactly this, so a green local run means a green CI.
+
+use std::ffi::OsString;
+use std::time::Instant;
+
+use crate::cmd::Cargo;
+use crate::services;
+
+/// Test settings `ci` uses unless the caller already set them: services are
+/// required (a missing one fails instead of skipping), and property tests run
+/// more cases than the quick default of a plain `cargo test`.
+const TEST_ENV_DEFAULTS: [(&str, &str); 2] = [
+    ("SYNCFORGE_REQUIRE_SERVICES", "1"),
+    ("PROPTEST_CASES", "1000"),
+];
+
+/// A named group of commands that pass or fail together.
+struct Step {
+    name: &'static str,
+    commands: Vec<Cargo>,
+    needs_services: bool,
+}
+
+fn steps(test_env: Vec<(&'static str, OsString)>) -> Vec<Step> {
+    let tests = test_env.into_iter().fold(
+        // Plain `cargo test` runs unit, integration and doc tests alike.
+        Cargo::new(&["test", "--workspace", "--all-features"]),
+        |command, (name, value)| command.env(name, value),
+    );
+    vec![
+        Step {
+            name: "fmt",
+            commands: vec![Cargo::new(&["fmt", "--all", "--", "--check"])],
+            needs_services: false,
+        },
+        Step {
+            name: "clippy",
+            commands: vec![Cargo::new(&[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--all-features",
+                "--",
+                "-D",
+                "warnings",
+            ])],
+            needs_services: false,
+        },
+        Step {
+            // Each feature set of the facade must build on its own, not only
+            // the union `--all-features` that clippy and the tests see.
+            name: "feature combinations of syncforge",
+            commands: vec![
+                Cargo::new(&["check", "-p", "syncforge", "--no-default-features"]),
+                Cargo::new(&[
+                    "check",
+                    "-p",
+                    "syncforge",
+                    "--no-default-features",
+                    "--features",
+                    "fs",
+                ]),
+                Cargo::new(&["check", "-p", "syncforge"]),
+            ],
+            needs_services: false,
+        },
+        Step {
+            name: "tests (unit, integration, doc)",
+            commands: vec![tests],
+            needs_services: true,
+        },
+    ]
+}
+
+/// The test environment: each default unless `lookup` finds the variable set.
+fn test_env(lookup: impl Fn(&str) -> Option<OsString>) -> Vec<(&'static str, OsString)> {
+    TEST_ENV_DEFAULTS
+        .iter()
+        .map(|&(name, default)| (name, lookup(name).unwrap_or_else(|| default.into())))
+        .collect()
+}
+
+/// Runs every step; the error names the step that failed and why.
+pub(crate) fn run() -> Result<(), String> {
+    let started = Instant::now();
+    let steps = steps(test_env(|name| std::env::var_os(name)));
+    let total = steps.len();
+    for (index, step) in steps.iter().enumerate() {
+        let number = index + 1;
+        eprintln!("\n==> [{number}/{total}] {}", step.name);
+        // Held until the step ends, so services stop even when it fails.
+        let _services = step.needs_services.then(services::start_needed);
+        for command in &step.commands {
+            eprintln!("--> {command}");
+            command.run().map_err(|reason| {
+                format!("ci step {number}/{total} ({}) failed: {reason}", step.name)
+            })?;
+        }
+    }
+    eprintln!(
+        "\n==> xtask ci: all {total} steps passed in {}s",
+        started.elapsed().as_secs()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_env_fills_in_defaults() {
+        let env = test_env(|_| None);
+        assert_eq!(
+            env,
+            vec![
+                ("SYNCFORGE_REQUIRE_SERVICES", OsString::from("1")),
+                ("PROPTEST_CASES", OsString::from("1000")),
+            ]
+        );
+    }
+
+    #[test]
+    fn test_env_keeps_what_the_caller_set() {
+        let env = test_env(|name| (name == "PROPTEST_CASES").then(|| OsString::from("100000")));
+        assert_eq!(
+            env,
+            vec![
+                ("SYNCFORGE_REQUIRE_SERVICES", OsString::from("1")),
+                ("PROPTEST_CASES", OsString::from("100000")),
+            ]
+        );
+    }
+
+    #[test]
+    fn lint_and_test_steps_cover_the_whole_workspace() {
+        let steps = steps(test_env(|_| None));
+        let shown: Vec<String> = steps
+            .iter()
+            .flat_map(|step| step.commands.iter().map(ToString::to_string))
+            .collect();
+        assert!(shown.contains(&"cargo fmt --all -- --check".to_owned()));
+        assert!(shown.contains(
+            &"cargo clippy --workspace --all-targets --all-features -- -D warnings".to_owned()
+        ));
+        assert!(shown.contains(
+            &"SYNCFORGE_REQUIRE_SERVICES=1 PROPTEST_CASES=1000 cargo test --workspace --all-features"
+                .to_owned()
+        ));
+    }
+}
