@@ -79,7 +79,9 @@ pub enum Error {
     },
 
     /// A conditional write lost a race: the record changed since it was read.
-    #[error("precondition failed: record {id:?} in collection {collection:?} changed since it was read")]
+    #[error(
+        "precondition failed: record {id:?} in collection {collection:?} changed since it was read"
+    )]
     Precondition {
         /// The collection.
         collection: String,

@@ -113,7 +113,11 @@ impl Stamp {
 
 impl fmt::Display for Stamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:012x}.{:08x}.{}", self.millis, self.counter, self.client)
+        write!(
+            f,
+            "{:012x}.{:08x}.{}",
+            self.millis, self.counter, self.client
+        )
     }
 }
 
@@ -345,7 +349,14 @@ mod tests {
 
     #[test]
     fn malformed_stamps_are_refused() {
-        for s in ["", "x", "018bcfe56800.00000003.", "018BCFE56800.00000003.a", "018bcfe56800-00000003.a", "018bcfe56800.0000000g.a"] {
+        for s in [
+            "",
+            "x",
+            "018bcfe56800.00000003.",
+            "018BCFE56800.00000003.a",
+            "018bcfe56800-00000003.a",
+            "018bcfe56800.0000000g.a",
+        ] {
             assert!(s.parse::<Stamp>().is_err(), "{s:?}");
         }
     }
@@ -365,9 +376,12 @@ mod tests {
     fn observe_refuses_stamps_beyond_drift_and_keeps_state() {
         let time = Arc::new(ManualTime::new(1_000_000));
         let mut hlc =
-            Hlc::with_time(client("a"), time.clone()).with_max_drift(Duration::from_secs(1));
+            Hlc::with_time(client("a"), time).with_max_drift(Duration::from_secs(1));
         let far = Stamp::new(1_002_000, 0, client("b")).unwrap();
-        assert!(matches!(hlc.observe(&far), Err(Error::ClockDrift { ahead_ms: 2000, .. })));
+        assert!(matches!(
+            hlc.observe(&far),
+            Err(Error::ClockDrift { ahead_ms: 2000, .. })
+        ));
         assert_eq!(hlc.now().millis(), 1_000_000);
         let near = Stamp::new(1_000_900, 7, client("b")).unwrap();
         hlc.observe(&near).unwrap();

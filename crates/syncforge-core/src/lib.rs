@@ -55,9 +55,13 @@ mod version_vector;
 pub use backend::{Change, ChangePage, StorageBackend, Stored, Token, Write, WriteOutcome};
 pub use delta::{classify, compute_delta, dedupe, ChangeKind, Classified, Delta};
 pub use error::{BoxError, Error, Result};
-pub use hlc::{ClientId, Hlc, ManualTime, Stamp, SystemClock, TimeSource, DEFAULT_MAX_DRIFT, MAX_STAMP_MILLIS};
+pub use hlc::{
+    ClientId, Hlc, ManualTime, Stamp, SystemClock, TimeSource, DEFAULT_MAX_DRIFT, MAX_STAMP_MILLIS,
+};
 pub use lww::{LwwMap, LwwMapState, LwwRegister, MergedRecords, RegisterState};
-pub use merge::{conflicted_fields, is_conflict, merge, resolve_conflict, ConflictDetail, ConflictStrategy};
+pub use merge::{
+    conflicted_fields, is_conflict, merge, resolve_conflict, ConflictDetail, ConflictStrategy,
+};
 pub use record::{
     Content, FieldState, Record, CLIENT_ID_KEY, DELETED_KEY, ID_KEY, RESERVED_KEYS, SYNC_KEY,
     TIMESTAMP_KEY, VERSION_KEY,

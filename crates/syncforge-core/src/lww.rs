@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 
 use crate::error::Result;
 use crate::hlc::Stamp;
-use crate::merge::{merge, merge_field_maps, pick_field, conflicted_fields, ConflictStrategy};
+use crate::merge::{conflicted_fields, merge, merge_field_maps, pick_field, ConflictStrategy};
 use crate::record::{FieldState, Record};
 
 /// The serialisable state of an [`LwwRegister`].
@@ -49,11 +49,15 @@ impl LwwRegister {
 
     /// Merges another register's state; returns whether it won.
     pub fn merge(&mut self, other: &RegisterState) -> bool {
-        self.offer(FieldState::new(Some(other.value.clone()), other.stamp.clone()))
+        self.offer(FieldState::new(
+            Some(other.value.clone()),
+            other.stamp.clone(),
+        ))
     }
 
     fn offer(&mut self, candidate: FieldState) -> bool {
-        let wins = std::ptr::eq(pick_field(&self.state, &candidate), &candidate) && candidate != self.state;
+        let wins = std::ptr::eq(pick_field(&self.state, &candidate), &candidate)
+            && candidate != self.state;
         if wins {
             self.state = candidate;
         }
@@ -119,7 +123,8 @@ impl LwwMap {
     fn offer(&mut self, key: &str, candidate: FieldState) -> bool {
         match self.entries.get_mut(key) {
             Some(current) => {
-                let wins = std::ptr::eq(pick_field(current, &candidate), &candidate) && candidate != *current;
+                let wins = std::ptr::eq(pick_field(current, &candidate), &candidate)
+                    && candidate != *current;
                 if wins {
                     *current = candidate;
                 }
@@ -189,7 +194,10 @@ mod tests {
         assert_eq!(reg.get(), &json!("updated"));
         assert!(!reg.set(json!("old"), stamp(500, "client-c")));
         assert_eq!(reg.get(), &json!("updated"));
-        assert!(reg.merge(&RegisterState { value: json!("merged"), stamp: stamp(3000, "client-c") }));
+        assert!(reg.merge(&RegisterState {
+            value: json!("merged"),
+            stamp: stamp(3000, "client-c")
+        }));
         assert_eq!(reg.get(), &json!("merged"));
         let restored = LwwRegister::from_state(reg.state());
         assert_eq!(restored, reg);
@@ -210,7 +218,10 @@ mod tests {
         let mut map = LwwMap::new();
         map.set("name", json!("Alice"), stamp(1000, "client-a"));
         map.set("age", json!(30), stamp(1000, "client-a"));
-        assert_eq!(Value::Object(map.to_record()), json!({"name": "Alice", "age": 30}));
+        assert_eq!(
+            Value::Object(map.to_record()),
+            json!({"name": "Alice", "age": 30})
+        );
         let mut other = LwwMap::new();
         other.set("name", json!("Bob"), stamp(2000, "client-b"));
         other.set("email", json!("bob@example.com"), stamp(2000, "client-b"));

@@ -28,7 +28,9 @@ use crate::version_vector::Causality;
 /// How concurrent edits of one record are resolved.
 ///
 /// Every replica of a collection must merge it with the same strategy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ConflictStrategy {
     /// Last writer wins for the whole record (the default, as in the original).
@@ -139,13 +141,18 @@ fn timestamp_order(a: &Record, b: &Record) -> Ordering {
 }
 
 fn same_state(a: &Record, b: &Record) -> bool {
-    a.field_states() == b.field_states() && a.written() == b.written() && a.tombstone() == b.tombstone()
+    a.field_states() == b.field_states()
+        && a.written() == b.written()
+        && a.tombstone() == b.tombstone()
 }
 
 /// Canonical JSON of everything but the version vector.
 fn state_json(r: &Record) -> String {
     let mut json = r.to_json();
-    if let Some(sync) = json.get_mut(crate::record::SYNC_KEY).and_then(Value::as_object_mut) {
+    if let Some(sync) = json
+        .get_mut(crate::record::SYNC_KEY)
+        .and_then(Value::as_object_mut)
+    {
         sync.remove("versions");
     }
     if let Some(map) = json.as_object_mut() {

@@ -77,7 +77,11 @@ fn is_reserved(key: &str) -> bool {
 /// `value` key (so a JSON `null` value stays distinct from removal).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct FieldState {
-    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub(crate) value: Option<Value>,
     pub(crate) stamp: Stamp,
 }
@@ -279,7 +283,10 @@ impl Record {
         } else {
             Err(Error::invalid_record(
                 Some(id),
-                format!("cannot apply content of record {id:?} to record {:?}", self.id),
+                format!(
+                    "cannot apply content of record {id:?} to record {:?}",
+                    self.id
+                ),
             ))
         }
     }
@@ -372,7 +379,10 @@ impl Record {
     /// The content deserialised as `T` (metadata left out).
     pub fn get_as<T: DeserializeOwned>(&self) -> Result<T> {
         serde_json::from_value(Value::Object(self.content())).map_err(|e| {
-            Error::invalid_record(Some(&self.id), format!("cannot be read as the requested type: {e}"))
+            Error::invalid_record(
+                Some(&self.id),
+                format!("cannot be read as the requested type: {e}"),
+            )
         })
     }
 
@@ -400,7 +410,11 @@ impl Record {
         let mut live = Map::new();
         let mut removed = Map::new();
         for (name, state) in &self.fields {
-            let target = if state.value.is_some() { &mut live } else { &mut removed };
+            let target = if state.value.is_some() {
+                &mut live
+            } else {
+                &mut removed
+            };
             target.insert(name.clone(), Value::String(state.stamp.to_string()));
         }
         let versions: Map<String, Value> = self
@@ -409,7 +423,10 @@ impl Record {
             .map(|(c, n)| (c.as_str().to_owned(), Value::from(n)))
             .collect();
         let mut sync = Map::new();
-        sync.insert("written".to_owned(), Value::String(self.written.to_string()));
+        sync.insert(
+            "written".to_owned(),
+            Value::String(self.written.to_string()),
+        );
         sync.insert("fields".to_owned(), Value::Object(live));
         if !removed.is_empty() {
             sync.insert("removed".to_owned(), Value::Object(removed));
@@ -445,7 +462,7 @@ impl Record {
             client: client.as_ref().and_then(Value::as_str),
         };
         let record = match sync {
-            Some(Value::Object(sync)) => from_sync_state(&id, map, sync)?,
+            Some(Value::Object(sync)) => from_sync_state(&id, map, &sync)?,
             Some(_) => unreachable_type(&id, SYNC_KEY)?,
             None => from_seed(&id, map, &meta)?,
         };
@@ -459,16 +476,25 @@ impl Record {
         let newest = self.newest_stamp();
         let mut problems = Vec::new();
         if let Some(v) = meta.version.filter(|v| *v != self.version()) {
-            problems.push(format!("_version {v} disagrees with its version vector ({})", self.version()));
+            problems.push(format!(
+                "_version {v} disagrees with its version vector ({})",
+                self.version()
+            ));
         }
         if let Some(t) = meta.timestamp.filter(|t| *t != newest.millis()) {
-            problems.push(format!("_timestamp {t} disagrees with its newest stamp ({})", newest.millis()));
+            problems.push(format!(
+                "_timestamp {t} disagrees with its newest stamp ({})",
+                newest.millis()
+            ));
         }
         if let Some(d) = meta.deleted.filter(|d| *d != self.is_deleted()) {
             problems.push(format!("_deleted {d} disagrees with its stamps"));
         }
         if let Some(c) = meta.client.filter(|c| *c != newest.client().as_str()) {
-            problems.push(format!("_clientId {c:?} disagrees with its newest stamp ({})", newest.client()));
+            problems.push(format!(
+                "_clientId {c:?} disagrees with its newest stamp ({})",
+                newest.client()
+            ));
         }
         if problems.is_empty() {
             Ok(())
@@ -487,7 +513,10 @@ struct SeedMeta<'a> {
 }
 
 fn unreachable_type<T>(id: &str, key: &str) -> Result<T> {
-    Err(Error::invalid_record(Some(id), format!("`{key}` has the wrong type")))
+    Err(Error::invalid_record(
+        Some(id),
+        format!("`{key}` has the wrong type"),
+    ))
 }
 
 fn kind_of(value: &Value) -> &'static str {
@@ -528,7 +557,11 @@ fn check_metadata_types(id: &str, map: &Map<String, Value>) -> Result<()> {
     }
     if let Some(v) = map.get(TIMESTAMP_KEY) {
         if v.as_u64().is_none_or(|t| t > MAX_STAMP_MILLIS) {
-            return wrong(TIMESTAMP_KEY, "milliseconds since 1970 as a non-negative integer", v);
+            return wrong(
+                TIMESTAMP_KEY,
+                "milliseconds since 1970 as a non-negative integer",
+                v,
+            );
         }
     }
     if let Some(v) = map.get(DELETED_KEY).filter(|v| !v.is_boolean()) {
@@ -537,7 +570,8 @@ fn check_metadata_types(id: &str, map: &Map<String, Value>) -> Result<()> {
     if let Some(v) = map.get(CLIENT_ID_KEY) {
         match v.as_str() {
             Some(c) => {
-                validate_id(c).map_err(|e| Error::invalid_record(Some(id), format!("`_clientId`: {e}")))?;
+                validate_id(c)
+                    .map_err(|e| Error::invalid_record(Some(id), format!("`_clientId`: {e}")))?;
             }
             None => return wrong(CLIENT_ID_KEY, "a string", v),
         }
@@ -584,7 +618,11 @@ fn from_seed(id: &str, fields: Map<String, Value>, meta: &SeedMeta<'_>) -> Resul
     })
 }
 
-fn from_sync_state(id: &str, mut values: Map<String, Value>, sync: Map<String, Value>) -> Result<Record> {
+fn from_sync_state(
+    id: &str,
+    mut values: Map<String, Value>,
+    sync: &Map<String, Value>,
+) -> Result<Record> {
     let bad = |why: String| Error::invalid_record(Some(id), format!("`_sync`: {why}"));
     let stamp = |what: &str, v: &Value| -> Result<Stamp> {
         v.as_str()
@@ -597,32 +635,60 @@ fn from_sync_state(id: &str, mut values: Map<String, Value>, sync: Map<String, V
     let mut live = None;
     let mut removed = None;
     let mut versions = None;
-    for (key, value) in &sync {
+    for (key, value) in sync {
         match key.as_str() {
             "written" => written = Some(stamp("`written`", value)?),
             "deleted" => tombstone = Some(stamp("`deleted`", value)?),
-            "fields" => live = Some(value.as_object().ok_or_else(|| bad("`fields` must be an object".into()))?),
-            "removed" => removed = Some(value.as_object().ok_or_else(|| bad("`removed` must be an object".into()))?),
-            "versions" => versions = Some(value.as_object().ok_or_else(|| bad("`versions` must be an object".into()))?),
+            "fields" => {
+                live = Some(
+                    value
+                        .as_object()
+                        .ok_or_else(|| bad("`fields` must be an object".into()))?,
+                )
+            }
+            "removed" => {
+                removed = Some(
+                    value
+                        .as_object()
+                        .ok_or_else(|| bad("`removed` must be an object".into()))?,
+                )
+            }
+            "versions" => {
+                versions = Some(
+                    value
+                        .as_object()
+                        .ok_or_else(|| bad("`versions` must be an object".into()))?,
+                )
+            }
             other => return Err(bad(format!("unknown key `{other}`"))),
         }
     }
     let written = written.ok_or_else(|| bad("missing `written`".into()))?;
     let mut fields = BTreeMap::new();
     for (name, s) in live.into_iter().flatten() {
-        let value = values
-            .remove(name)
-            .ok_or_else(|| bad(format!("has a stamp for field `{name}`, which the record lacks")))?;
-        fields.insert(name.clone(), FieldState::new(Some(value), stamp(&format!("field `{name}`"), s)?));
+        let value = values.remove(name).ok_or_else(|| {
+            bad(format!(
+                "has a stamp for field `{name}`, which the record lacks"
+            ))
+        })?;
+        fields.insert(
+            name.clone(),
+            FieldState::new(Some(value), stamp(&format!("field `{name}`"), s)?),
+        );
     }
     if let Some(name) = values.keys().next() {
         return Err(bad(format!("field `{name}` has no stamp")));
     }
     for (name, s) in removed.into_iter().flatten() {
         if is_reserved(name) || fields.contains_key(name) {
-            return Err(bad(format!("field `{name}` is listed as removed but present")));
+            return Err(bad(format!(
+                "field `{name}` is listed as removed but present"
+            )));
         }
-        fields.insert(name.clone(), FieldState::new(None, stamp(&format!("removed field `{name}`"), s)?));
+        fields.insert(
+            name.clone(),
+            FieldState::new(None, stamp(&format!("removed field `{name}`"), s)?),
+        );
     }
     let mut vv = VersionVector::new();
     for (client, n) in versions.into_iter().flatten() {
@@ -670,23 +736,37 @@ mod tests {
 
     #[test]
     fn put_stamps_only_changed_fields_and_removes_missing_ones() {
-        let mut r = Record::create(content(json!({"id": "n1", "title": "A", "body": "B"})), &stamp(1, 0, "p"));
+        let mut r = Record::create(
+            content(json!({"id": "n1", "title": "A", "body": "B"})),
+            &stamp(1, 0, "p"),
+        );
         let changed = r
-            .apply_put(content(json!({"id": "n1", "title": "A2", "tags": []})), &stamp(2, 0, "p"))
+            .apply_put(
+                content(json!({"id": "n1", "title": "A2", "tags": []})),
+                &stamp(2, 0, "p"),
+            )
             .unwrap();
         assert!(changed);
         assert_eq!(r.field_states()["title"].stamp(), &stamp(2, 0, "p"));
-        assert_eq!(r.field_states()["body"], FieldState::new(None, stamp(2, 0, "p")));
+        assert_eq!(
+            r.field_states()["body"],
+            FieldState::new(None, stamp(2, 0, "p"))
+        );
         assert_eq!(r.get("body"), None);
         assert_eq!(r.version(), 2);
-        assert_eq!(Value::Object(r.content()), json!({"id": "n1", "title": "A2", "tags": []}));
+        assert_eq!(
+            Value::Object(r.content()),
+            json!({"id": "n1", "title": "A2", "tags": []})
+        );
     }
 
     #[test]
     fn unchanged_put_writes_nothing() {
         let mut r = Record::create(content(json!({"id": "x", "a": 1})), &stamp(1, 0, "p"));
         let before = r.clone();
-        assert!(!r.apply_put(content(json!({"id": "x", "a": 1})), &stamp(2, 0, "p")).unwrap());
+        assert!(!r
+            .apply_put(content(json!({"id": "x", "a": 1})), &stamp(2, 0, "p"))
+            .unwrap());
         assert_eq!(r, before);
     }
 
@@ -696,7 +776,9 @@ mod tests {
         assert!(r.apply_delete(&stamp(2, 0, "p")).unwrap());
         assert!(r.is_deleted());
         assert!(!r.apply_delete(&stamp(3, 0, "p")).unwrap());
-        assert!(r.apply_put(content(json!({"id": "e"})), &stamp(4, 0, "p")).unwrap());
+        assert!(r
+            .apply_put(content(json!({"id": "e"})), &stamp(4, 0, "p"))
+            .unwrap());
         assert!(!r.is_deleted());
         assert_eq!(r.version(), 3);
     }
@@ -704,7 +786,9 @@ mod tests {
     #[test]
     fn writes_with_stale_stamps_are_refused() {
         let mut r = Record::create(content(json!({"id": "a", "x": 1})), &stamp(5, 0, "p"));
-        assert!(r.apply_put(content(json!({"id": "a", "x": 2})), &stamp(5, 0, "a")).is_err());
+        assert!(r
+            .apply_put(content(json!({"id": "a", "x": 2})), &stamp(5, 0, "a"))
+            .is_err());
         assert!(r.apply_delete(&stamp(4, 9, "z")).is_err());
         assert_eq!(r.get("x"), Some(&json!(1)));
     }
@@ -712,13 +796,22 @@ mod tests {
     #[test]
     fn put_with_other_id_is_refused() {
         let mut r = Record::create(content(json!({"id": "a"})), &stamp(1, 0, "p"));
-        assert!(r.apply_put(content(json!({"id": "b"})), &stamp(2, 0, "p")).is_err());
+        assert!(r
+            .apply_put(content(json!({"id": "b"})), &stamp(2, 0, "p"))
+            .is_err());
     }
 
     #[test]
     fn json_form_is_canonical_and_round_trips() {
-        let mut r = Record::create(content(json!({"id": "n1", "z": 1, "a": {"y": 2, "b": 3}})), &stamp(1000, 0, "phone"));
-        r.apply_put(content(json!({"id": "n1", "a": 5})), &stamp(2000, 3, "laptop")).unwrap();
+        let mut r = Record::create(
+            content(json!({"id": "n1", "z": 1, "a": {"y": 2, "b": 3}})),
+            &stamp(1000, 0, "phone"),
+        );
+        r.apply_put(
+            content(json!({"id": "n1", "a": 5})),
+            &stamp(2000, 3, "laptop"),
+        )
+        .unwrap();
         let text = r.to_json_string();
         assert_eq!(
             text,
@@ -753,17 +846,47 @@ mod tests {
             (json!({"name": "x"}), "missing the string field `id`"),
             (json!({"id": 5}), "`id` must be a string"),
             (json!({"id": ""}), "must not be empty"),
-            (json!({"id": "a", "_version": null, "_timestamp": 1, "_clientId": "c"}), "`_version` must be a non-negative integer"),
-            (json!({"id": "a", "_version": 1, "_timestamp": "1", "_clientId": "c"}), "`_timestamp` must be"),
-            (json!({"id": "a", "_version": 1, "_timestamp": 1.5, "_clientId": "c"}), "`_timestamp` must be"),
-            (json!({"id": "a", "_version": 1, "_timestamp": 1, "_clientId": 3}), "`_clientId` must be a string"),
-            (json!({"id": "a", "_version": 1, "_timestamp": 1}), "missing `_clientId`"),
-            (json!({"id": "a", "_version": 1, "_timestamp": 1, "_clientId": "c", "_deleted": "no"}), "`_deleted` must be a boolean"),
+            (
+                json!({"id": "a", "_version": null, "_timestamp": 1, "_clientId": "c"}),
+                "`_version` must be a non-negative integer",
+            ),
+            (
+                json!({"id": "a", "_version": 1, "_timestamp": "1", "_clientId": "c"}),
+                "`_timestamp` must be",
+            ),
+            (
+                json!({"id": "a", "_version": 1, "_timestamp": 1.5, "_clientId": "c"}),
+                "`_timestamp` must be",
+            ),
+            (
+                json!({"id": "a", "_version": 1, "_timestamp": 1, "_clientId": 3}),
+                "`_clientId` must be a string",
+            ),
+            (
+                json!({"id": "a", "_version": 1, "_timestamp": 1}),
+                "missing `_clientId`",
+            ),
+            (
+                json!({"id": "a", "_version": 1, "_timestamp": 1, "_clientId": "c", "_deleted": "no"}),
+                "`_deleted` must be a boolean",
+            ),
             (json!({"id": "a", "_sync": 1}), "`_sync` must be an object"),
-            (json!({"id": "a", "x": 1, "_sync": {"written": "000000000001.00000000.c", "fields": {}}}), "field `x` has no stamp"),
-            (json!({"id": "a", "_sync": {"written": "garbage"}}), "malformed"),
-            (json!({"id": "a", "_sync": {"fields": {}}}), "missing `written`"),
-            (json!({"id": "a", "_version": 9, "_sync": {"written": "000000000001.00000000.c", "fields": {}, "versions": {"c": 1}}}), "_version 9 disagrees"),
+            (
+                json!({"id": "a", "x": 1, "_sync": {"written": "000000000001.00000000.c", "fields": {}}}),
+                "field `x` has no stamp",
+            ),
+            (
+                json!({"id": "a", "_sync": {"written": "garbage"}}),
+                "malformed",
+            ),
+            (
+                json!({"id": "a", "_sync": {"fields": {}}}),
+                "missing `written`",
+            ),
+            (
+                json!({"id": "a", "_version": 9, "_sync": {"written": "000000000001.00000000.c", "fields": {}, "versions": {"c": 1}}}),
+                "_version 9 disagrees",
+            ),
         ];
         for (value, expected) in cases {
             let err = Record::from_json(value.clone()).unwrap_err().to_string();
@@ -786,7 +909,13 @@ mod tests {
             title: String,
         }
         let r = Record::create(content(json!({"id": "n", "title": "t"})), &stamp(1, 0, "p"));
-        assert_eq!(r.get_as::<Note>().unwrap(), Note { id: "n".into(), title: "t".into() });
+        assert_eq!(
+            r.get_as::<Note>().unwrap(),
+            Note {
+                id: "n".into(),
+                title: "t".into()
+            }
+        );
         assert!(r.get_as::<u32>().is_err());
     }
 }

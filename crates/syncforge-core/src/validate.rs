@@ -47,7 +47,15 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_and_unusual_names() {
-        for name in ["a", "a/b", "../x", "con", "名前", " spaced ", &"x".repeat(1024)] {
+        for name in [
+            "a",
+            "a/b",
+            "../x",
+            "con",
+            "名前",
+            " spaced ",
+            &"x".repeat(1024),
+        ] {
             assert!(validate_id(name).is_ok(), "{name:?}");
             assert!(validate_collection(name).is_ok(), "{name:?}");
         }
@@ -55,10 +63,23 @@ mod tests {
 
     #[test]
     fn refuses_empty_long_and_control_characters() {
-        for name in ["", "a\nb", "\u{0}", "tab\there", "\u{7f}", &"x".repeat(1025)] {
-            assert!(matches!(validate_id(name), Err(Error::InvalidId { .. })), "{name:?}");
+        for name in [
+            "",
+            "a\nb",
+            "\u{0}",
+            "tab\there",
+            "\u{7f}",
+            &"x".repeat(1025),
+        ] {
             assert!(
-                matches!(validate_collection(name), Err(Error::InvalidCollection { .. })),
+                matches!(validate_id(name), Err(Error::InvalidId { .. })),
+                "{name:?}"
+            );
+            assert!(
+                matches!(
+                    validate_collection(name),
+                    Err(Error::InvalidCollection { .. })
+                ),
                 "{name:?}"
             );
         }

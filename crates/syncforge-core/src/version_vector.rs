@@ -60,7 +60,9 @@ impl VersionVector {
 
     /// Total number of writes seen: the record's `_version`.
     pub fn total(&self) -> u64 {
-        self.0.iter().fold(0u64, |sum, (_, n)| sum.saturating_add(*n))
+        self.0
+            .iter()
+            .fold(0u64, |sum, (_, n)| sum.saturating_add(*n))
     }
 
     /// Entries, sorted by client id.
@@ -168,9 +170,18 @@ mod tests {
     #[test]
     fn compare_detects_dominance_and_concurrency() {
         assert_eq!(vv(&[("a", 1)]).compare(&vv(&[("a", 1)])), Causality::Equal);
-        assert_eq!(vv(&[("a", 2)]).compare(&vv(&[("a", 1)])), Causality::Dominates);
-        assert_eq!(vv(&[("a", 1)]).compare(&vv(&[("a", 1), ("b", 1)])), Causality::DominatedBy);
-        assert_eq!(vv(&[("a", 2)]).compare(&vv(&[("a", 1), ("b", 1)])), Causality::Concurrent);
+        assert_eq!(
+            vv(&[("a", 2)]).compare(&vv(&[("a", 1)])),
+            Causality::Dominates
+        );
+        assert_eq!(
+            vv(&[("a", 1)]).compare(&vv(&[("a", 1), ("b", 1)])),
+            Causality::DominatedBy
+        );
+        assert_eq!(
+            vv(&[("a", 2)]).compare(&vv(&[("a", 1), ("b", 1)])),
+            Causality::Concurrent
+        );
         assert_eq!(vv(&[]).compare(&vv(&[])), Causality::Equal);
     }
 
