@@ -1,1 +1,75 @@
-//! syncforge (being written).
+//! # syncforge
+//!
+//! Incremental, conflict-free synchronisation of JSON records between replicas
+//! — phones, laptops, edge devices, services — over pluggable storage.
+//!
+//! Each replica runs a [`SyncEngine`] over a backend. Local writes are stamped
+//! with a hybrid logical clock, field by field; [`SyncEngine::sync`] merges
+//! records from another replica with a [`ConflictStrategy`]; both strategies
+//! are joins, so replicas that saw the same writes hold byte-identical JSON.
+//! The change feed ([`SyncEngine::changes`]) lets a replica send only what
+//! changed since its last sync.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> syncforge::Result<()> {
+//! use serde_json::json;
+//! use syncforge::{ConflictStrategy, SyncEngine};
+//!
+//! let phone = SyncEngine::builder().client_id("phone").conflict_strategy(ConflictStrategy::Crdt).build().await?;
+//! let laptop = SyncEngine::builder().client_id("laptop").conflict_strategy(ConflictStrategy::Crdt).build().await?;
+//!
+//! phone.put("notes", &json!({"id": "n1", "title": "Meeting Notes", "body": "Discuss Q3 targets"})).await?;
+//! laptop.sync("notes", phone.get_all("notes").await?).await?;
+//!
+//! // The laptop edits the title while the phone edits the body.
+//! laptop.put("notes", &json!({"id": "n1", "title": "Q3 Planning Notes", "body": "Discuss Q3 targets"})).await?;
+//! phone.put("notes", &json!({"id": "n1", "title": "Meeting Notes", "body": "Discuss Q3 targets\n- Revenue goals"})).await?;
+//!
+//! phone.sync("notes", laptop.get_all("notes").await?).await?;
+//! laptop.sync("notes", phone.get_all("notes").await?).await?;
+//!
+//! let on_phone = phone.get("notes", "n1").await?.expect("synced");
+//! let on_laptop = laptop.get("notes", "n1").await?.expect("synced");
+//! assert_eq!(on_phone.get("title"), Some(&json!("Q3 Planning Notes")));
+//! assert_eq!(on_phone.get("body"), Some(&json!("Discuss Q3 targets\n- Revenue goals")));
+//! assert_eq!(on_phone.to_json_string(), on_laptop.to_json_string());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## Cargo features
+//!
+//! | feature | default | provides |
+//! |---------|---------|----------|
+//! | `memory` | yes | [`MemoryBackend`], the in-process store |
+//! | `fs` | no | `FsBackend`: a directory per collection, one JSON file per record |
+//!
+//! The merge rules live in [`syncforge_core`] (re-exported as [`core`]).
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod backends;
+mod builder;
+mod engine;
+mod retry;
+
+pub use backends::{create_backend, BackendConfig};
+pub use builder::{
+    Config, EngineBuilder, DEFAULT_AUTO_SYNC_INTERVAL, DEFAULT_BATCH_SIZE, DEFAULT_MAX_RETRIES,
+    MAX_BATCH_SIZE, MAX_RETRIES, MIN_AUTO_SYNC_INTERVAL,
+};
+pub use engine::{SyncEngine, SyncResult};
+
+pub use syncforge_core as core;
+pub use syncforge_core::{
+    compute_delta, merge, resolve_conflict, ChangePage, ClientId, ConflictDetail, ConflictStrategy,
+    Error, Hlc, LwwMap, LwwRegister, ManualTime, Record, Result, Stamp, StorageBackend, TimeSource,
+};
+
+#[cfg(feature = "memory")]
+#[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
+pub use syncforge_backend_memory::MemoryBackend;
+
+#[cfg(feature = "fs")]
+#[cfg_attr(docsrs, doc(cfg(feature = "fs")))]
+pub use syncforge_backend_fs::FsBackend;

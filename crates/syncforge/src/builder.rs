@@ -1,0 +1,242 @@
+//! Configuring and opening a [`SyncEngine`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use syncforge_core::{
+    ClientId, ConflictStrategy, Error, Result, StorageBackend, SystemClock, TimeSource,
+    DEFAULT_MAX_DRIFT,
+};
+
+use crate::backends::{create_backend, BackendConfig};
+use crate::engine::SyncEngine;
+
+/// Default number of records merged and written per batch.
+pub const DEFAULT_BATCH_SIZE: usize = 100;
+/// Largest accepted batch size.
+pub const MAX_BATCH_SIZE: usize = 100_000;
+/// Default number of retries of a transient backend failure.
+pub const DEFAULT_MAX_RETRIES: u32 = 3;
+/// Largest accepted number of retries.
+pub const MAX_RETRIES: u32 = 20;
+/// Default auto-sync interval.
+pub const DEFAULT_AUTO_SYNC_INTERVAL: Duration = Duration::from_secs(30);
+/// Shortest accepted auto-sync interval.
+pub const MIN_AUTO_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The validated settings of an engine.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This replica's id.
+    pub client_id: ClientId,
+    /// How concurrent edits are merged.
+    pub conflict_strategy: ConflictStrategy,
+    /// Records merged and written per batch during a sync.
+    pub batch_size: usize,
+    /// Retries of a transient backend failure, with exponential back-off.
+    pub max_retries: u32,
+    /// Whether the periodic sync window is on.
+    pub auto_sync: bool,
+    /// Interval of the periodic sync window.
+    pub auto_sync_interval: Duration,
+    /// How far ahead of local time a remote stamp may be.
+    pub max_clock_drift: Duration,
+}
+
+enum BackendChoice {
+    Default,
+    Config(BackendConfig),
+    Ready(Arc<dyn StorageBackend>),
+}
+
+/// Builds a [`SyncEngine`]; every option has the original library's default.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> syncforge::Result<()> {
+/// use syncforge::{ConflictStrategy, MemoryBackend, SyncEngine};
+/// let engine = SyncEngine::builder()
+///     .client_id("phone")
+///     .conflict_strategy(ConflictStrategy::Crdt)
+///     .backend(MemoryBackend::new())
+///     .batch_size(100)
+///     .max_retries(3)
+///     .build()
+///     .await?;
+/// assert_eq!(engine.client_id().as_str(), "phone");
+/// # Ok(())
+/// # }
+/// ```
+pub struct EngineBuilder {
+    client_id: Option<String>,
+    conflict_strategy: ConflictStrategy,
+    batch_size: usize,
+    max_retries: u32,
+    auto_sync: bool,
+    auto_sync_interval: Duration,
+    max_clock_drift: Duration,
+    time: Arc<dyn TimeSource>,
+    backend: BackendChoice,
+}
+
+impl Default for EngineBuilder {
+    fn default() -> Self {
+        EngineBuilder {
+            client_id: None,
+            conflict_strategy: ConflictStrategy::default(),
+            batch_size: DEFAULT_BATCH_SIZE,
+            max_retries: DEFAULT_MAX_RETRIES,
+            auto_sync: false,
+            auto_sync_interval: DEFAULT_AUTO_SYNC_INTERVAL,
+            max_clock_drift: DEFAULT_MAX_DRIFT,
+            time: Arc::new(SystemClock),
+            backend: BackendChoice::Default,
+        }
+    }
+}
+
+impl std::fmt::Debug for EngineBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineBuilder")
+            .field("client_id", &self.client_id)
+            .field("conflict_strategy", &self.conflict_strategy)
+            .field("batch_size", &self.batch_size)
+            .field("max_retries", &self.max_retries)
+            .field("auto_sync", &self.auto_sync)
+            .field("auto_sync_interval", &self.auto_sync_interval)
+            .field("max_clock_drift", &self.max_clock_drift)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EngineBuilder {
+    /// This replica's id (default: a fresh ULID). 1 to 1024 bytes, no control
+    /// characters; it must be unique among the replicas that sync together.
+    pub fn client_id(mut self, id: impl Into<String>) -> Self {
+        self.client_id = Some(id.into());
+        self
+    }
+
+    /// The merge strategy (default [`ConflictStrategy::Timestamp`]). Every
+    /// replica of a collection must use the same one.
+    pub fn conflict_strategy(mut self, strategy: ConflictStrategy) -> Self {
+        self.conflict_strategy = strategy;
+        self
+    }
+
+    /// The storage backend (default: a new in-process memory store).
+    pub fn backend(mut self, backend: impl StorageBackend + 'static) -> Self {
+        self.backend = BackendChoice::Ready(Arc::new(backend));
+        self
+    }
+
+    /// A storage backend already shared behind an `Arc`.
+    pub fn shared_backend(mut self, backend: Arc<dyn StorageBackend>) -> Self {
+        self.backend = BackendChoice::Ready(backend);
+        self
+    }
+
+    /// A backend chosen by name, built by [`create_backend`] on `build`.
+    pub fn backend_config(mut self, config: BackendConfig) -> Self {
+        self.backend = BackendChoice::Config(config);
+        self
+    }
+
+    /// Records merged and written per batch during a sync (default 100, 1 to 100,000).
+    pub fn batch_size(mut self, size: usize) -> Self {
+        self.batch_size = size;
+        self
+    }
+
+    /// Retries of a transient backend failure (default 3, at most 20), with
+    /// exponential back-off from 100 ms. Invalid input is never retried.
+    pub fn max_retries(mut self, retries: u32) -> Self {
+        self.max_retries = retries;
+        self
+    }
+
+    /// Turns the periodic sync window on or off (default off).
+    pub fn auto_sync(mut self, enabled: bool) -> Self {
+        self.auto_sync = enabled;
+        self
+    }
+
+    /// Interval of the periodic sync window (default 30 s, at least 1 s).
+    pub fn auto_sync_interval(mut self, interval: Duration) -> Self {
+        self.auto_sync_interval = interval;
+        self
+    }
+
+    /// How far ahead of local physical time a remote stamp may be before a sync
+    /// refuses it (default 5 minutes).
+    pub fn max_clock_drift(mut self, drift: Duration) -> Self {
+        self.max_clock_drift = drift;
+        self
+    }
+
+    /// The physical time source (default: the system clock). Inject a
+    /// [`syncforge_core::ManualTime`] to drive time in tests.
+    pub fn time_source(mut self, time: Arc<dyn TimeSource>) -> Self {
+        self.time = time;
+        self
+    }
+
+    fn validate(&self) -> Result<Config> {
+        let client_id = match &self.client_id {
+            Some(id) => ClientId::new(id).map_err(|e| Error::InvalidConfig {
+                option: "client_id",
+                reason: e.to_string(),
+            })?,
+            None => ClientId::new(&ulid::Ulid::new().to_string())?,
+        };
+        if !(1..=MAX_BATCH_SIZE).contains(&self.batch_size) {
+            return Err(Error::InvalidConfig {
+                option: "batch_size",
+                reason: format!("{} is outside 1..={MAX_BATCH_SIZE}", self.batch_size),
+            });
+        }
+        if self.max_retries > MAX_RETRIES {
+            return Err(Error::InvalidConfig {
+                option: "max_retries",
+                reason: format!("{} is more than {MAX_RETRIES}", self.max_retries),
+            });
+        }
+        if self.auto_sync_interval < MIN_AUTO_SYNC_INTERVAL {
+            return Err(Error::InvalidConfig {
+                option: "auto_sync_interval",
+                reason: format!(
+                    "{:?} is shorter than the minimum of {MIN_AUTO_SYNC_INTERVAL:?}",
+                    self.auto_sync_interval
+                ),
+            });
+        }
+        if self.max_clock_drift.is_zero() {
+            return Err(Error::InvalidConfig {
+                option: "max_clock_drift",
+                reason: "must be greater than zero".to_owned(),
+            });
+        }
+        Ok(Config {
+            client_id,
+            conflict_strategy: self.conflict_strategy,
+            batch_size: self.batch_size,
+            max_retries: self.max_retries,
+            auto_sync: self.auto_sync,
+            auto_sync_interval: self.auto_sync_interval,
+            max_clock_drift: self.max_clock_drift,
+        })
+    }
+
+    /// Validates the configuration, opens the backend and seeds the clock from
+    /// the newest stamp the store holds, so this replica's stamps never go
+    /// backwards across restarts.
+    pub async fn build(self) -> Result<SyncEngine> {
+        let config = self.validate()?;
+        let backend = match self.backend {
+            BackendChoice::Ready(backend) => backend,
+            BackendChoice::Config(choice) => create_backend(&choice).await?,
+            BackendChoice::Default => create_backend(&BackendConfig::Memory).await?,
+        };
+        SyncEngine::open(config, backend, self.time).await
+    }
+}

@@ -1,0 +1,91 @@
+//! Retrying transient backend failures with exponential back-off.
+
+use std::future::Future;
+use std::time::Duration;
+
+use syncforge_core::{Error, Result};
+
+/// First back-off delay; doubled after every failed attempt (100 ms, 200 ms,
+/// 400 ms, ...), as in the original library.
+pub(crate) const BASE_DELAY: Duration = Duration::from_millis(100);
+
+/// Longest single back-off delay.
+const MAX_DELAY: Duration = Duration::from_secs(30);
+
+/// Runs `call`, retrying up to `max_retries` times when it fails with a
+/// transient storage error ([`Error::Unavailable`]). Bad input and permanent
+/// failures are returned at once.
+pub(crate) async fn retry_transient<T, F, Fut>(
+    max_retries: u32,
+    what: &str,
+    mut call: F,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut attempt = 0u32;
+    loop {
+        match call().await {
+            Err(error @ Error::Unavailable { .. }) if attempt < max_retries => {
+                let delay = backoff(attempt);
+                tracing::warn!(
+                    operation = what,
+                    attempt = attempt + 1,
+                    max_retries,
+                    delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                    %error,
+                    "transient storage failure; retrying"
+                );
+                tokio::time::sleep(delay).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The delay before retry number `attempt + 1`.
+pub(crate) fn backoff(attempt: u32) -> Duration {
+    BASE_DELAY
+        .checked_mul(1u32.checked_shl(attempt).unwrap_or(u32::MAX))
+        .map_or(MAX_DELAY, |d| d.min(MAX_DELAY))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        assert_eq!(backoff(0), Duration::from_millis(100));
+        assert_eq!(backoff(1), Duration::from_millis(200));
+        assert_eq!(backoff(2), Duration::from_millis(400));
+        assert_eq!(backoff(40), MAX_DELAY);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_errors_are_retried_then_given_up() {
+        let calls = AtomicU32::new(0);
+        let out: Result<()> = retry_transient(3, "test", || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err(Error::unavailable("test", "down"))
+        })
+        .await;
+        assert!(matches!(out, Err(Error::Unavailable { .. })));
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bad_input_is_never_retried() {
+        let calls = AtomicU32::new(0);
+        let out: Result<()> = retry_transient(3, "test", || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err(Error::invalid_record(Some("x"), "bad"))
+        })
+        .await;
+        assert!(matches!(out, Err(Error::InvalidRecord { .. })));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+}

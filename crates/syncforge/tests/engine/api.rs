@@ -1,0 +1,426 @@
+//! The engine's API contract: configuration, bad input, typed access, close,
+//! clock seeding.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use syncforge::{
+    BackendConfig, ConflictStrategy, Error, ManualTime, MemoryBackend, Record, SyncEngine,
+};
+
+use crate::support::{engine, engine_at, T0};
+
+#[tokio::test]
+async fn invalid_configuration_is_refused_naming_the_option() {
+    let cases: Vec<(syncforge::EngineBuilder, &str)> = vec![
+        (SyncEngine::builder().batch_size(0), "batch_size"),
+        (SyncEngine::builder().batch_size(1_000_000), "batch_size"),
+        (SyncEngine::builder().max_retries(21), "max_retries"),
+        (
+            SyncEngine::builder().auto_sync_interval(Duration::from_millis(999)),
+            "auto_sync_interval",
+        ),
+        (SyncEngine::builder().client_id(""), "client_id"),
+        (SyncEngine::builder().client_id("a\nb"), "client_id"),
+        (
+            SyncEngine::builder().max_clock_drift(Duration::ZERO),
+            "max_clock_drift",
+        ),
+    ];
+    for (builder, option) in cases {
+        match builder.build().await {
+            Err(Error::InvalidConfig {
+                option: got,
+                reason,
+            }) => {
+                assert_eq!(got, option);
+                assert!(!reason.is_empty());
+            }
+            other => panic!("{option}: expected InvalidConfig, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn defaults_follow_the_original() {
+    let engine = SyncEngine::builder().build().await.unwrap();
+    let config = engine.config();
+    assert_eq!(config.conflict_strategy, ConflictStrategy::Timestamp);
+    assert_eq!(config.batch_size, 100);
+    assert_eq!(config.max_retries, 3);
+    assert!(!config.auto_sync);
+    assert_eq!(config.auto_sync_interval, Duration::from_secs(30));
+    assert_eq!(config.max_clock_drift, Duration::from_secs(300));
+    assert_eq!(engine.backend().name(), "memory");
+    let other = SyncEngine::builder().build().await.unwrap();
+    assert_ne!(engine.client_id(), other.client_id(), "fresh ULIDs");
+}
+
+#[cfg(not(feature = "fs"))]
+#[tokio::test]
+async fn a_backend_whose_feature_is_off_is_a_clear_error() {
+    let err = SyncEngine::builder()
+        .backend_config(BackendConfig::Filesystem {
+            directory: "unused".into(),
+        })
+        .build()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::FeatureDisabled { feature: "fs", .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("enable the cargo feature `fs`"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn backend_by_name() {
+    let engine = SyncEngine::builder()
+        .backend_config(BackendConfig::Memory)
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(engine.backend().name(), "memory");
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_and_writes_nothing() {
+    let engine = engine("e", ConflictStrategy::Crdt).await;
+    let bad_docs = [
+        json!({"name": "no id"}),
+        json!({"id": 7}),
+        json!({"id": ""}),
+        json!({"id": "x\u{0}"}),
+        json!({"id": "x".repeat(1025)}),
+        json!(["not", "an", "object"]),
+        json!("text"),
+        json!({"id": "ok", "_version": "three"}),
+        json!({"id": "ok", "_deleted": 1}),
+    ];
+    for doc in &bad_docs {
+        let err = engine.put("c", doc).await.unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidRecord { .. } | Error::InvalidId { .. }),
+            "{doc}: {err:?}"
+        );
+    }
+    for name in ["", "a\nb", &"c".repeat(1025)] {
+        let err = engine.put(name, &json!({"id": "1"})).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidCollection { .. }), "{err:?}");
+        assert!(matches!(
+            engine.get_all(name).await,
+            Err(Error::InvalidCollection { .. })
+        ));
+        assert!(matches!(
+            engine.sync(name, vec![]).await,
+            Err(Error::InvalidCollection { .. })
+        ));
+    }
+    assert!(matches!(
+        engine.get("c", "").await,
+        Err(Error::InvalidId { .. })
+    ));
+    assert!(matches!(
+        engine.delete("c", "\n").await,
+        Err(Error::InvalidId { .. })
+    ));
+    assert!(
+        engine
+            .backend()
+            .list_collections()
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing was written"
+    );
+}
+
+#[tokio::test]
+async fn non_serialisable_values_are_an_error_not_a_panic() {
+    use std::collections::HashMap;
+    let engine = engine("e", ConflictStrategy::Crdt).await;
+    // Maps with non-string keys cannot become JSON objects.
+    let mut doc: HashMap<(u8, u8), u8> = HashMap::new();
+    doc.insert((1, 2), 3);
+    assert!(matches!(
+        engine.put("c", &doc).await,
+        Err(Error::InvalidRecord { .. })
+    ));
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Clone)]
+struct Task {
+    id: String,
+    title: String,
+    done: bool,
+}
+
+#[tokio::test]
+async fn typed_records() {
+    let engine = engine("e", ConflictStrategy::Timestamp).await;
+    let task = Task {
+        id: "t1".into(),
+        title: "Write tests".into(),
+        done: false,
+    };
+    let stored = engine.put("tasks", &task).await.unwrap();
+    assert_eq!(stored.get_as::<Task>().unwrap(), task);
+    assert_eq!(
+        engine.get_as::<Task>("tasks", "t1").await.unwrap(),
+        Some(task.clone())
+    );
+    engine
+        .put(
+            "tasks",
+            &Task {
+                id: "t2".into(),
+                title: "Ship".into(),
+                done: true,
+            },
+        )
+        .await
+        .unwrap();
+    engine.delete("tasks", "t2").await.unwrap();
+    assert_eq!(
+        engine.get_all_as::<Task>("tasks").await.unwrap(),
+        vec![task]
+    );
+    assert!(engine
+        .get_as::<Task>("tasks", "missing")
+        .await
+        .unwrap()
+        .is_none());
+}
+
+#[tokio::test]
+async fn put_without_change_writes_nothing_and_records_can_be_put_back() {
+    let engine = engine("e", ConflictStrategy::Crdt).await;
+    let first = engine.put("c", &json!({"id": "a", "x": 1})).await.unwrap();
+    let again = engine.put("c", &json!({"id": "a", "x": 1})).await.unwrap();
+    assert_eq!(first, again);
+    // A record read back, metadata and all, can be put again.
+    let back = engine.put("c", &first.to_json()).await.unwrap();
+    assert_eq!(back, first);
+    let page = engine.changes("c", 0, 10).await.unwrap();
+    assert_eq!(page.changes.len(), 1);
+}
+
+#[tokio::test]
+async fn empty_records_can_be_written_deleted_and_written_again() {
+    let engine = engine("e", ConflictStrategy::Crdt).await;
+    engine.put("c", &json!({"id": "empty"})).await.unwrap();
+    assert!(engine
+        .delete("c", "empty")
+        .await
+        .unwrap()
+        .unwrap()
+        .is_deleted());
+    let again = engine.put("c", &json!({"id": "empty"})).await.unwrap();
+    assert!(!again.is_deleted());
+    assert_eq!(again.version(), 3);
+}
+
+#[tokio::test]
+async fn deleting_unknown_or_deleted_records_writes_nothing() {
+    let engine = engine("e", ConflictStrategy::Crdt).await;
+    assert!(engine.delete("c", "nope").await.unwrap().is_none());
+    assert!(engine
+        .backend()
+        .list_collections()
+        .await
+        .unwrap()
+        .is_empty());
+    engine.put("c", &json!({"id": "a"})).await.unwrap();
+    let deleted = engine.delete("c", "a").await.unwrap().unwrap();
+    let cursor = engine.changes("c", 0, 10).await.unwrap().next;
+    let again = engine.delete("c", "a").await.unwrap().unwrap();
+    assert_eq!(deleted, again);
+    assert!(engine
+        .changes("c", cursor, 10)
+        .await
+        .unwrap()
+        .changes
+        .is_empty());
+}
+
+#[tokio::test]
+async fn close_keeps_data_and_refuses_later_calls() {
+    let store = MemoryBackend::new();
+    let engine = SyncEngine::builder()
+        .backend(store.clone())
+        .build()
+        .await
+        .unwrap();
+    engine.put("c", &json!({"id": "a", "v": 1})).await.unwrap();
+    engine.close().await.unwrap();
+    engine.close().await.unwrap();
+    assert!(engine.is_closed());
+    assert!(matches!(
+        engine.put("c", &json!({"id": "b"})).await,
+        Err(Error::Closed { .. })
+    ));
+    assert!(matches!(
+        engine.get("c", "a").await,
+        Err(Error::Closed { .. })
+    ));
+    assert!(matches!(
+        engine.sync("c", vec![]).await,
+        Err(Error::Closed { .. })
+    ));
+
+    let reopened = SyncEngine::builder().backend(store).build().await.unwrap();
+    assert_eq!(
+        reopened.get("c", "a").await.unwrap().unwrap().get("v"),
+        Some(&json!(1))
+    );
+}
+
+#[tokio::test]
+async fn clock_is_seeded_from_the_store_on_open() {
+    let store = MemoryBackend::new();
+    let ahead = Arc::new(ManualTime::new(T0 + 60_000));
+    let first = SyncEngine::builder()
+        .client_id("device")
+        .backend(store.clone())
+        .time_source(ahead)
+        .build()
+        .await
+        .unwrap();
+    let written = first.put("c", &json!({"id": "a", "v": 1})).await.unwrap();
+    first.close().await.unwrap();
+
+    // The device restarts with its wall clock a minute behind.
+    let behind = Arc::new(ManualTime::new(T0));
+    let second = SyncEngine::builder()
+        .client_id("device")
+        .backend(store)
+        .time_source(behind)
+        .build()
+        .await
+        .unwrap();
+    let other = second.put("c", &json!({"id": "b"})).await.unwrap();
+    assert!(other.newest_stamp() > written.newest_stamp());
+}
+
+#[tokio::test]
+async fn sync_rejects_a_whole_batch_with_a_far_future_stamp() {
+    let time = Arc::new(ManualTime::new(T0));
+    let local = engine_at("local", ConflictStrategy::Timestamp, &time).await;
+    let good =
+        Record::from_json(json!({"id": "ok", "_version": 1, "_timestamp": T0, "_clientId": "r"}))
+            .unwrap();
+    let ahead = Record::from_json(
+        json!({"id": "late", "_version": 1, "_timestamp": T0 + 3_600_000, "_clientId": "r"}),
+    )
+    .unwrap();
+    let err = local
+        .sync("c", vec![good.clone(), ahead])
+        .await
+        .unwrap_err();
+    match &err {
+        Error::ClockDrift {
+            ids,
+            ahead_ms,
+            max_drift_ms,
+        } => {
+            assert_eq!(ids, &vec!["late".to_owned()]);
+            assert_eq!(*ahead_ms, 3_600_000);
+            assert_eq!(*max_drift_ms, 300_000);
+        }
+        other => panic!("expected ClockDrift, got {other:?}"),
+    }
+    assert!(err.to_string().contains("late"));
+    assert!(
+        local.get_all("c").await.unwrap().is_empty(),
+        "nothing written"
+    );
+    // Within the bound the batch is taken, and later local stamps follow it.
+    let near = Record::from_json(
+        json!({"id": "near", "_version": 1, "_timestamp": T0 + 60_000, "_clientId": "r"}),
+    )
+    .unwrap();
+    local.sync("c", vec![good, near.clone()]).await.unwrap();
+    let mine = local.put("c", &json!({"id": "mine"})).await.unwrap();
+    assert!(mine.newest_stamp() > near.newest_stamp());
+}
+
+#[tokio::test]
+async fn sync_batches_and_repeated_ids() {
+    let source = engine("source", ConflictStrategy::Crdt).await;
+    for i in 0..250 {
+        source
+            .put("c", &json!({"id": format!("r{i:03}"), "i": i}))
+            .await
+            .unwrap();
+    }
+    let target = SyncEngine::builder()
+        .client_id("target")
+        .conflict_strategy(ConflictStrategy::Crdt)
+        .batch_size(7)
+        .build()
+        .await
+        .unwrap();
+    let mut records = source.get_all("c").await.unwrap();
+    let r5_old = records.iter().find(|r| r.id() == "r005").unwrap().clone();
+    let r5_new = source
+        .put("c", &json!({"id": "r005", "i": "new"}))
+        .await
+        .unwrap();
+    records.push(r5_new.clone());
+    records.push(r5_old);
+    let result = target.sync("c", records).await.unwrap();
+    assert_eq!(result.added, 250);
+    assert_eq!(target.get("c", "r005").await.unwrap().unwrap(), r5_new);
+    assert_eq!(target.get_all("c").await.unwrap().len(), 250);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engines_sharing_one_store_lose_no_update() {
+    // Two engines write into one store concurrently; each merges remote
+    // edits of different fields into the same records.
+    let store = MemoryBackend::new();
+    let make = |id: &'static str| {
+        let store = store.clone();
+        async move {
+            SyncEngine::builder()
+                .client_id(id)
+                .conflict_strategy(ConflictStrategy::Crdt)
+                .batch_size(1)
+                .backend(store)
+                .build()
+                .await
+                .unwrap()
+        }
+    };
+    let (a, b) = (make("a").await, make("b").await);
+    let writers = [
+        engine("w1", ConflictStrategy::Crdt).await,
+        engine("w2", ConflictStrategy::Crdt).await,
+    ];
+    for (n, w) in writers.iter().enumerate() {
+        for i in 0..20 {
+            w.put("c", &json!({"id": format!("r{i}"), format!("field{n}"): i}))
+                .await
+                .unwrap();
+        }
+    }
+    let batch0 = writers[0].get_all("c").await.unwrap();
+    let batch1 = writers[1].get_all("c").await.unwrap();
+    let (ra, rb) = tokio::join!(
+        tokio::spawn(async move { a.sync("c", batch0).await }),
+        tokio::spawn(async move { b.sync("c", batch1).await })
+    );
+    ra.unwrap().unwrap();
+    rb.unwrap().unwrap();
+    let check = SyncEngine::builder().backend(store).build().await.unwrap();
+    for i in 0..20 {
+        let r = check.get("c", &format!("r{i}")).await.unwrap().unwrap();
+        assert_eq!(r.get("field0"), Some(&json!(i)), "{r:?}");
+        assert_eq!(r.get("field1"), Some(&json!(i)), "{r:?}");
+    }
+}

@@ -1,0 +1,58 @@
+//! Helpers shared by the engine tests.
+
+use std::sync::Arc;
+
+use syncforge::{ConflictStrategy, ManualTime, MemoryBackend, SyncEngine};
+
+/// 2023-11-14T22:13:20Z: a fixed, realistic wall-clock start.
+pub(crate) const T0: u64 = 1_700_000_000_000;
+
+/// An engine over a fresh memory store with the given id and strategy.
+pub(crate) async fn engine(client: &str, strategy: ConflictStrategy) -> SyncEngine {
+    SyncEngine::builder()
+        .client_id(client)
+        .conflict_strategy(strategy)
+        .backend(MemoryBackend::new())
+        .build()
+        .await
+        .unwrap()
+}
+
+/// An engine whose wall clock is `time`.
+pub(crate) async fn engine_at(
+    client: &str,
+    strategy: ConflictStrategy,
+    time: &Arc<ManualTime>,
+) -> SyncEngine {
+    SyncEngine::builder()
+        .client_id(client)
+        .conflict_strategy(strategy)
+        .backend(MemoryBackend::new())
+        .time_source(time.clone())
+        .build()
+        .await
+        .unwrap()
+}
+
+/// Canonical JSON of a whole collection, sorted by id: equal strings mean
+/// byte-identical replicas.
+pub(crate) async fn snapshot(engine: &SyncEngine, collection: &str) -> String {
+    let mut records = engine.get_all(collection).await.unwrap();
+    records.sort_by(|a, b| a.id().cmp(b.id()));
+    records
+        .iter()
+        .map(|r| r.to_json_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Syncs everything of `from` into `to`.
+pub(crate) async fn push_all(
+    from: &SyncEngine,
+    to: &SyncEngine,
+    collection: &str,
+) -> syncforge::SyncResult {
+    to.sync(collection, from.get_all(collection).await.unwrap())
+        .await
+        .unwrap()
+}
