@@ -1,1 +1,500 @@
-//! syncforge-backend-fs (being written).
+//! # syncforge-backend-fs
+//!
+//! A [`StorageBackend`] that keeps a store in a directory you can read with
+//! any file manager: a directory per collection, one JSON file per record
+//! holding the record's canonical JSON ([`Record::to_json`]).
+//!
+//! ```
+//! use serde_json::json;
+//! use syncforge_backend_fs::FsBackend;
+//! use syncforge_core::{ClientId, Content, Record, Stamp, StorageBackend, Write, WriteOutcome};
+//!
+//! # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+//! let dir = std::env::temp_dir().join(format!("syncforge-doc-{}", std::process::id()));
+//! let store = FsBackend::open(&dir).await?;
+//! let stamp = Stamp::new(1_000, 0, ClientId::new("laptop")?)?;
+//! let note = Record::create(Content::from_value(json!({"id": "n1", "title": "Q3"}))?, &stamp);
+//! let outcome = store.put("notes", &Write::create(note)).await?;
+//! assert!(matches!(outcome, WriteOutcome::Written { .. }));
+//! assert!(dir.join("notes").join("n1.json").is_file());
+//! assert_eq!(store.changes("notes", 0, 10).await?.changes.len(), 1);
+//! store.close().await?; // closing never deletes anything
+//! # std::fs::remove_dir_all(&dir).ok();
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Layout
+//!
+//! ```text
+//! <dir>/
+//!   .meta.json              engine metadata (per-peer cursors, ...)
+//!   .lock                   lock for the metadata
+//!   notes/                  a collection
+//!     n1.json               a record: its canonical JSON, nothing else
+//!     ^readme.json          the record "Readme"
+//!     .changes              change log: sequence of each record's last change
+//!     .lock                 lock for writers (exclusive) and readers (shared)
+//!     .name                 the collection's name, when the directory name is hashed
+//! ```
+//!
+//! Names starting with a dot belong to the store; record and collection names
+//! never produce one.
+//!
+//! # File names
+//!
+//! Ids and collection names are encoded one-to-one, so that `a/b`, `a_b`,
+//! `a.b`, `a b` and `A.b` are different files even on case-insensitive
+//! filesystems, and nothing can point outside the directory:
+//!
+//! * `a`–`z`, `0`–`9`, `-`, `_` stay as they are, and so does a `.` that is
+//!   neither first nor last;
+//! * an uppercase letter `X` becomes `^x`;
+//! * every other byte of the UTF-8 form (space, `/`, `\`, `%`, `^`, `~`, any
+//!   non-ASCII character, a first or last `.`) becomes `%XX` (uppercase hex),
+//!   so Unicode normalisation by the filesystem cannot merge two names;
+//! * a Windows device name (`con`, `nul`, `com1`, ... also before a dot) gets
+//!   its first letter escaped: `con` is stored as `%63on.json`;
+//! * a name whose encoding exceeds 120 bytes is stored as its first 64
+//!   encoded bytes, `~` and 32 hex digits of its SHA-256, keeping file names
+//!   under 255 bytes and paths short. The name is then read from the file (a
+//!   record's `id`, a collection's `.name`); a file found under a name that
+//!   does not match its content is reported, never overwritten.
+//!
+//! # Durability and crashes
+//!
+//! Every record file is replaced atomically: the new content goes to a
+//! temporary file, which is synced and then renamed over the old one, and the
+//! directory is synced. A crash at any moment leaves each record old or new,
+//! never torn. [`FsBackend::put_batch`](StorageBackend::put_batch) writes and
+//! syncs all temporaries, appends all change-log entries with one sync, renames
+//! all files and syncs the directory once. [`Durability::Buffered`] skips the
+//! syncs: a crash of the process still loses nothing, but a power failure or
+//! kernel crash can lose recent writes or leave them empty.
+//!
+//! # Change feed and concurrency
+//!
+//! Each collection's `.changes` log gives every write a sequence number,
+//! strictly increasing, kept across reopen; [`StorageBackend::changes`] reads
+//! only the files that changed after the cursor. Writers hold an exclusive
+//! advisory lock on the collection's `.lock` and readers a shared one, so
+//! conditional writes from several handles or processes on the same directory
+//! never lose an update. The log is rewritten without superseded entries once
+//! it grows to twice the live records; if it is deleted or damaged it is
+//! rebuilt from the record files, giving them all new sequences (readers then
+//! see every record again instead of missing any).
+//!
+//! # Corrupt files
+//!
+//! A record file that cannot be read as the record its name says (edited by
+//! hand, say) makes [`get`](StorageBackend::get) of that record fail with
+//! [`Error::Storage`] naming the file. It does not block the rest:
+//! [`get_all`](StorageBackend::get_all) and the change feed skip it with a
+//! `tracing` warning naming the file, and [`FsBackend::corrupt_files`] lists
+//! such files. After repairing a file by hand, write the record again through
+//! the engine so that it re-enters the change feed.
+//!
+//! [`close`](StorageBackend::close) never deletes anything; only
+//! [`clear_collection`](StorageBackend::clear_collection) removes records in
+//! bulk.
+
+mod collection;
+mod encoding;
+mod files;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use syncforge_core::{
+    async_trait, validate_collection, validate_id, ChangePage, Error, Record, Result,
+    StorageBackend, Stored, Write, WriteOutcome,
+};
+
+use crate::collection::{has_records, read_all, Collection, PreparedWrite, NAME_FILE};
+use crate::encoding::{decode, is_hashed};
+use crate::files::{create_dir, io_error, open_lock_file, read_if_exists, replace_atomically};
+
+/// The backend's name in messages and errors.
+pub(crate) const BACKEND_NAME: &str = "fs";
+
+/// Engine metadata file in the store's root.
+const META_FILE: &str = ".meta.json";
+/// Lock guarding the metadata file.
+const META_LOCK_FILE: &str = ".lock";
+
+/// How hard writes work to survive a power failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Durability {
+    /// Sync files and directories before a write returns: an acknowledged
+    /// write survives a power failure or kernel crash. The default.
+    #[default]
+    Full,
+    /// Leave flushing to the operating system: much faster, still atomic, and
+    /// an acknowledged write survives a crash of the process; a power failure
+    /// or kernel crash can lose recent writes or leave their files empty
+    /// (reported as corrupt).
+    Buffered,
+}
+
+impl Durability {
+    fn is_full(self) -> bool {
+        self == Durability::Full
+    }
+}
+
+/// Options of [`FsBackend::open_with`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FsOptions {
+    /// How hard writes work to survive a power failure.
+    pub durability: Durability,
+}
+
+impl FsOptions {
+    /// The options with the given durability.
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+}
+
+/// A record file that cannot be read, as listed by [`FsBackend::corrupt_files`].
+#[derive(Debug)]
+pub struct CorruptFile {
+    /// What is wrong, naming the file.
+    pub error: Error,
+}
+
+impl fmt::Display for CorruptFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+/// A store in a directory. See the [crate documentation](crate) for the
+/// layout and guarantees.
+pub struct FsBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    root: PathBuf,
+    options: FsOptions,
+    closed: AtomicBool,
+    /// Collections opened by this handle, each with its own lock so that
+    /// calls on different collections run in parallel.
+    collections: Mutex<HashMap<String, Arc<Mutex<Collection>>>>,
+}
+
+impl fmt::Debug for FsBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FsBackend")
+            .field("root", &self.inner.root)
+            .field("options", &self.inner.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FsBackend {
+    /// Opens (creating if needed) the store in `dir` with default options.
+    pub async fn open(dir: impl AsRef<Path>) -> Result<FsBackend> {
+        Self::open_with(dir, FsOptions::default()).await
+    }
+
+    /// Opens (creating if needed) the store in `dir`.
+    pub async fn open_with(dir: impl AsRef<Path>, options: FsOptions) -> Result<FsBackend> {
+        let root = dir.as_ref().to_path_buf();
+        let durable = options.durability.is_full();
+        let root = blocking(move || {
+            create_dir(&root, durable)?;
+            Ok(root)
+        })
+        .await?;
+        Ok(FsBackend {
+            inner: Arc::new(Inner {
+                root,
+                options,
+                closed: AtomicBool::new(false),
+                collections: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The store's directory.
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// The options the store was opened with.
+    pub fn options(&self) -> &FsOptions {
+        &self.inner.options
+    }
+
+    /// The record files of a collection that cannot be read as the record
+    /// their name says (skipped by `get_all` and the change feed).
+    pub async fn corrupt_files(&self, collection: &str) -> Result<Vec<CorruptFile>> {
+        validate_collection(collection)?;
+        let dir = Collection::dir_for(&self.inner.root, collection);
+        self.run(move |_| {
+            let (_, skipped) = read_all(&dir)?;
+            Ok(skipped.into_iter().map(|error| CorruptFile { error }).collect())
+        })
+        .await
+    }
+
+    /// Runs blocking file work off the async runtime, failing once closed.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Inner) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.check_open()?;
+        let inner = Arc::clone(&self.inner);
+        blocking(move || work(&inner)).await
+    }
+
+    /// Runs `work` on a collection's state, opening it first; `None` when the
+    /// collection does not exist and `create` is false.
+    async fn with_collection<T: Send + 'static>(
+        &self,
+        collection: &str,
+        create: bool,
+        work: impl FnOnce(&mut Collection) -> Result<T> + Send + 'static,
+    ) -> Result<Option<T>> {
+        validate_collection(collection)?;
+        let name = collection.to_owned();
+        self.run(move |inner| {
+            let Some(state) = inner.collection(&name, create)? else {
+                return Ok(None);
+            };
+            let mut state = lock(&state)?;
+            work(&mut state).map(Some)
+        })
+        .await
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            Err(Error::Closed {
+                what: "filesystem backend",
+            })
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Inner {
+    fn collection(&self, name: &str, create: bool) -> Result<Option<Arc<Mutex<Collection>>>> {
+        let mut open = lock(&self.collections)?;
+        if let Some(state) = open.get(name) {
+            return Ok(Some(Arc::clone(state)));
+        }
+        let Some(state) = Collection::open(&self.root, name, self.options.durability, create)?
+        else {
+            return Ok(None);
+        };
+        let state = Arc::new(Mutex::new(state));
+        open.insert(name.to_owned(), Arc::clone(&state));
+        Ok(Some(state))
+    }
+
+    fn read_meta(&self) -> Result<BTreeMap<String, String>> {
+        let path = self.root.join(META_FILE);
+        let Some(bytes) = read_if_exists(&path)? else {
+            return Ok(BTreeMap::new());
+        };
+        serde_json::from_slice(&bytes)
+            .map_err(|err| files::corrupt(&path, format!("not a JSON object of strings: {err}")))
+    }
+
+    fn meta_lock(&self, exclusive: bool) -> Result<std::fs::File> {
+        let path = self.root.join(META_LOCK_FILE);
+        let file = open_lock_file(&path)?;
+        let locked = if exclusive {
+            file.lock()
+        } else {
+            file.lock_shared()
+        };
+        locked.map_err(|err| io_error("locking", &path, err))?;
+        // Dropping the file releases the lock.
+        Ok(file)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> Result<MutexGuard<'_, T>> {
+    mutex.lock().map_err(|_| {
+        Error::storage(
+            BACKEND_NAME,
+            "a previous call panicked while holding the store's state",
+        )
+    })
+}
+
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| Error::storage(BACKEND_NAME, format!("file task failed: {err}")))?
+}
+
+#[async_trait]
+impl StorageBackend for FsBackend {
+    fn name(&self) -> &'static str {
+        BACKEND_NAME
+    }
+
+    async fn get(&self, collection: &str, id: &str) -> Result<Option<Stored>> {
+        validate_id(id)?;
+        let id = id.to_owned();
+        let found = self
+            .with_collection(collection, false, move |c| c.shared(|c| c.read_stored(&id)))
+            .await?;
+        Ok(found.flatten())
+    }
+
+    async fn get_many(&self, collection: &str, ids: &[&str]) -> Result<Vec<Option<Stored>>> {
+        for id in ids {
+            validate_id(id)?;
+        }
+        let owned: Vec<String> = ids.iter().map(|id| (*id).to_owned()).collect();
+        let count = owned.len();
+        let found = self
+            .with_collection(collection, false, move |c| {
+                c.shared(|c| owned.iter().map(|id| c.read_stored(id)).collect())
+            })
+            .await?;
+        Ok(found.unwrap_or_else(|| vec![None; count]))
+    }
+
+    async fn get_all(&self, collection: &str) -> Result<Vec<Record>> {
+        validate_collection(collection)?;
+        let dir = Collection::dir_for(&self.inner.root, collection);
+        self.run(move |_| read_all(&dir).map(|(records, _)| records))
+            .await
+    }
+
+    async fn put_batch(&self, collection: &str, writes: &[Write]) -> Result<Vec<WriteOutcome>> {
+        let mut prepared = Vec::with_capacity(writes.len());
+        for write in writes {
+            validate_id(write.record.id())?;
+            prepared.push(PreparedWrite {
+                id: write.record.id().to_owned(),
+                json: write.record.to_json_string(),
+                expected: write.expected.clone(),
+            });
+        }
+        validate_collection(collection)?;
+        if prepared.is_empty() {
+            return Ok(Vec::new());
+        }
+        let outcomes = self
+            .with_collection(collection, true, move |c| c.exclusive(|c| c.put_batch(prepared)))
+            .await?;
+        outcomes.ok_or_else(|| {
+            Error::storage(BACKEND_NAME, "collection directory could not be created")
+        })
+    }
+
+    async fn delete(&self, collection: &str, id: &str) -> Result<bool> {
+        validate_id(id)?;
+        let id = id.to_owned();
+        let existed = self
+            .with_collection(collection, false, move |c| c.exclusive(|c| c.delete(&id)))
+            .await?;
+        Ok(existed.unwrap_or(false))
+    }
+
+    async fn changes(&self, collection: &str, after: u64, limit: usize) -> Result<ChangePage> {
+        let page = self
+            .with_collection(collection, false, move |c| c.shared(|c| c.changes(after, limit)))
+            .await?;
+        Ok(page.unwrap_or(ChangePage {
+            changes: Vec::new(),
+            next: after,
+            more: false,
+        }))
+    }
+
+    async fn changes_since_timestamp(&self, collection: &str, millis: u64) -> Result<Vec<Record>> {
+        let mut records = self.get_all(collection).await?;
+        records.retain(|r| r.timestamp() > millis);
+        Ok(records)
+    }
+
+    async fn list_collections(&self) -> Result<Vec<String>> {
+        self.run(|inner| {
+            let entries = std::fs::read_dir(&inner.root)
+                .and_then(|entries| entries.collect::<std::io::Result<Vec<_>>>())
+                .map_err(|err| io_error("listing", &inner.root, err))?;
+            let mut names = Vec::new();
+            for entry in entries {
+                let path = entry.path();
+                let Some(stem) = entry.file_name().to_str().map(str::to_owned) else {
+                    continue;
+                };
+                if stem.starts_with('.') || !path.is_dir() {
+                    continue;
+                }
+                let name = if is_hashed(&stem) {
+                    read_if_exists(&path.join(NAME_FILE))?
+                        .and_then(|bytes| String::from_utf8(bytes).ok())
+                } else {
+                    decode(&stem)
+                };
+                let Some(name) = name else {
+                    continue;
+                };
+                if Collection::dir_for(&inner.root, &name) == path && has_records(&path)? {
+                    names.push(name);
+                }
+            }
+            names.sort();
+            Ok(names)
+        })
+        .await
+    }
+
+    async fn clear_collection(&self, collection: &str) -> Result<()> {
+        self.with_collection(collection, false, |c| c.exclusive(Collection::clear))
+            .await?;
+        Ok(())
+    }
+
+    async fn get_meta(&self, key: &str) -> Result<Option<String>> {
+        let key = key.to_owned();
+        self.run(move |inner| {
+            let _lock = inner.meta_lock(false)?;
+            Ok(inner.read_meta()?.remove(&key))
+        })
+        .await
+    }
+
+    async fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        let (key, value) = (key.to_owned(), value.to_owned());
+        self.run(move |inner| {
+            let _lock = inner.meta_lock(true)?;
+            let mut meta = inner.read_meta()?;
+            meta.insert(key, value);
+            let bytes = serde_json::to_vec_pretty(&meta).map_err(|err| {
+                Error::storage(BACKEND_NAME, format!("encoding metadata: {err}"))
+            })?;
+            replace_atomically(
+                &inner.root.join(META_FILE),
+                &bytes,
+                inner.options.durability.is_full(),
+            )
+        })
+        .await
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.inner.closed.store(true, Ordering::Release);
+        // Dropping the states closes the lock files; nothing is deleted.
+        lock(&self.inner.collections)?.clear();
+        Ok(())
+    }
+}
