@@ -1,1 +1,132 @@
-//! syncforge-testkit (being written).
+//! # syncforge-testkit
+//!
+//! The conformance suite every syncforge [`StorageBackend`] runs, with one
+//! call. It checks the whole storage contract — conditional writes, batches,
+//! the change feed, deletes, collections, metadata, closing, concurrent
+//! writers through two handles, bad input and unusual names — so every
+//! backend behaves the same way for the engine above it.
+//!
+//! A backend crate implements [`StoreFactory`] (how to open another handle on
+//! the same store) and calls [`run_conformance`] from one test:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use syncforge_backend_memory::MemoryBackend;
+//! use syncforge_core::StorageBackend;
+//! use syncforge_testkit::{run_conformance, StoreFactory};
+//!
+//! /// Opens handles on one store, as separate processes would.
+//! struct SharedMemory(MemoryBackend);
+//!
+//! #[syncforge_core::async_trait]
+//! impl StoreFactory for SharedMemory {
+//!     async fn open(&self) -> Arc<dyn StorageBackend> {
+//!         Arc::new(self.0.clone())
+//!     }
+//! }
+//!
+//! // In the backend crate's tests/conformance.rs this is the body of
+//! // `#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn conforms()`.
+//! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+//! # async fn main() {
+//! run_conformance(&SharedMemory(MemoryBackend::new())).await;
+//! # }
+//! ```
+//!
+//! Every check writes to its own collections, named with a run id unique to
+//! the process and moment, so stores shared between test runs (a Redis, a
+//! bucket) need no cleaning; the last check clears them again (only the few
+//! run-unique metadata keys stay, as the trait cannot delete metadata). The checks of unusual collection names must use
+//! those names literally; they write only run-unique ids there and delete them
+//! again. Each check is bounded in work and time (see [`CHECK_TIMEOUT`]); the
+//! whole suite takes seconds on the in-memory backend.
+//!
+//! It needs a tokio runtime with timers enabled (`#[tokio::test]` has them).
+//! On a failure it panics — it is test code — with a message naming the check.
+
+// This crate is test code: failing loudly is its job.
+#![allow(clippy::panic)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use syncforge_core::StorageBackend;
+
+mod checks;
+mod support;
+
+/// How long one check may take before the suite reports it as hung.
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Opens handles on the store under test.
+#[async_trait::async_trait]
+pub trait StoreFactory: Send + Sync {
+    /// A new handle on the same underlying store (as another process or engine
+    /// would open it).
+    async fn open(&self) -> Arc<dyn StorageBackend>;
+}
+
+/// Runs every conformance check against the store `factory` opens.
+///
+/// # Panics
+///
+/// On the first failed check, with a message naming the check, the backend and
+/// what went wrong; also when a check takes longer than [`CHECK_TIMEOUT`].
+pub async fn run_conformance(factory: &dyn StoreFactory) {
+    let store = factory.open().await;
+    let backend = store.name();
+    let ctx = support::Ctx::new(factory, store, unique_run_id());
+
+    macro_rules! run {
+        ($($check:ident),+ $(,)?) => {$(
+            match tokio::time::timeout(CHECK_TIMEOUT, checks::$check(&ctx)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(message)) => panic!(
+                    "conformance check `{}` failed on backend `{backend}`: {message}",
+                    stringify!($check)
+                ),
+                Err(_) => panic!(
+                    "conformance check `{}` did not finish within {CHECK_TIMEOUT:?} on backend `{backend}`",
+                    stringify!($check)
+                ),
+            }
+        )+};
+    }
+
+    run!(
+        crud,
+        get_many,
+        get_all,
+        batch_with_mixed_outcomes,
+        change_feed,
+        change_feed_paging_with_rewrites,
+        changes_since_timestamp,
+        hard_delete,
+        collections_list_and_clear,
+        newest_stamp,
+        meta,
+        close_keeps_data,
+        concurrent_writers_lose_no_update,
+        concurrent_creates_have_one_winner,
+        invalid_collection_names,
+        invalid_ids,
+        unusual_ids,
+        unusual_collection_names,
+        clear_run_collections,
+    );
+
+    if let Err(e) = ctx.store.close().await {
+        panic!("closing the suite's handle failed on backend `{backend}`: {e}");
+    }
+}
+
+/// A run id unique across processes and across calls within one process.
+fn unique_run_id() -> String {
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let call = CALLS.fetch_add(1, Ordering::Relaxed);
+    format!("sfk{}-{nanos:x}-{call}", std::process::id())
+}

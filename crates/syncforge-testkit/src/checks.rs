@@ -1,0 +1,1686 @@
+//! The conformance checks, one function each. Every check uses collections of
+//! its own (see [`Ctx::collection`]) and bounded work.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use syncforge_core::{Record, StorageBackend, Write, WriteOutcome, MAX_NAME_BYTES};
+use tokio::sync::Barrier;
+use tokio::task::JoinSet;
+
+use crate::support::{
+    edited, ensure, ensure_eq, expect_closed, expect_invalid_collection, expect_invalid_id, n_of,
+    record, shortened, soft_deleted, sorted, written, CheckResult, Ctx, OrFail,
+};
+
+/// Reads every change after `after` page by page, checking each page's
+/// invariants, and returns them in feed order with the final cursor.
+async fn read_feed(
+    store: &dyn StorageBackend,
+    collection: &str,
+    after: u64,
+    limit: usize,
+) -> CheckResult<(Vec<syncforge_core::Change>, u64)> {
+    const MAX_PAGES: usize = 10_000;
+    let mut cursor = after;
+    let mut all = Vec::new();
+    for _ in 0..MAX_PAGES {
+        let page = store
+            .changes(collection, cursor, limit)
+            .await
+            .or_fail("changes")?;
+        ensure!(
+            page.changes.len() <= limit,
+            "changes(after {cursor}, limit {limit}) returned {} changes",
+            page.changes.len()
+        );
+        let mut previous = cursor;
+        for change in &page.changes {
+            ensure!(
+                change.sequence > previous,
+                "changes(after {cursor}) returned sequence {} after {previous}: sequences must be strictly increasing and greater than the cursor",
+                change.sequence
+            );
+            previous = change.sequence;
+        }
+        ensure_eq!(
+            page.next,
+            previous,
+            "changes(after {cursor}).next must be the last sequence returned (or the cursor when empty)"
+        );
+        all.extend(page.changes);
+        if !page.more {
+            return Ok((all, page.next));
+        }
+        ensure!(
+            page.next > cursor,
+            "changes(after {cursor}) reported more changes but made no progress"
+        );
+        cursor = page.next;
+    }
+    Err(format!(
+        "the change feed did not end within {MAX_PAGES} pages"
+    ))
+}
+
+/// Get, create-only put, replace with the right token, stale tokens.
+pub(crate) async fn crud(ctx: &Ctx<'_>) -> CheckResult {
+    let store = &*ctx.store;
+    let coll = ctx.collection("crud");
+    let mut hlc = ctx.clock("crud")?;
+
+    ensure!(
+        store.get(&coll, "a").await.or_fail("get")?.is_none(),
+        "get of a record never written must be None"
+    );
+
+    let first = record(&mut hlc, "a", 1)?;
+    let (token1, seq1) = written(
+        &store
+            .put(&coll, &Write::create(first.clone()))
+            .await
+            .or_fail("create")?,
+        "create-only put of a new record",
+    )?;
+    let stored = store.get(&coll, "a").await.or_fail("get")?;
+    let stored = stored.ok_or("get after create returned None")?;
+    ensure_eq!(
+        stored.record,
+        first,
+        "get after create returns the record written"
+    );
+    ensure_eq!(
+        stored.token,
+        token1,
+        "get after create returns the token of the write"
+    );
+
+    let rival = record(&mut hlc, "a", 99)?;
+    let outcome = store
+        .put(&coll, &Write::create(rival))
+        .await
+        .or_fail("create")?;
+    ensure_eq!(
+        outcome,
+        WriteOutcome::Conflict,
+        "create-only put of an existing record"
+    );
+    let stored = store
+        .get(&coll, "a")
+        .await
+        .or_fail("get")?
+        .ok_or("record vanished")?;
+    ensure_eq!(
+        stored.record,
+        first,
+        "a conflicting create must leave the record unchanged"
+    );
+    ensure_eq!(
+        stored.token,
+        token1,
+        "a conflicting create must leave the token unchanged"
+    );
+
+    let second = edited(&mut hlc, &first, 2)?;
+    let (token2, seq2) = written(
+        &store
+            .put(&coll, &Write::replace(second.clone(), token1.clone()))
+            .await
+            .or_fail("replace")?,
+        "replace with the current token",
+    )?;
+    ensure!(
+        seq2 > seq1,
+        "sequence of a later write ({seq2}) must exceed the earlier one ({seq1})"
+    );
+    ensure!(token2 != token1, "a write must change the record's token");
+    let stored = store
+        .get(&coll, "a")
+        .await
+        .or_fail("get")?
+        .ok_or("record vanished")?;
+    ensure_eq!(
+        stored.record,
+        second,
+        "get after replace returns the new record"
+    );
+    ensure_eq!(
+        stored.token,
+        token2,
+        "get after replace returns the new token"
+    );
+
+    let stale = edited(&mut hlc, &second, 3)?;
+    let outcome = store
+        .put(&coll, &Write::replace(stale, token1.clone()))
+        .await
+        .or_fail("replace")?;
+    ensure_eq!(
+        outcome,
+        WriteOutcome::Conflict,
+        "replace with a stale token"
+    );
+    let stored = store
+        .get(&coll, "a")
+        .await
+        .or_fail("get")?
+        .ok_or("record vanished")?;
+    ensure_eq!(
+        stored.record,
+        second,
+        "a stale replace must leave the record unchanged"
+    );
+    ensure_eq!(
+        stored.token,
+        token2,
+        "a stale replace must leave the token unchanged"
+    );
+
+    let absent = record(&mut hlc, "b", 1)?;
+    let outcome = store
+        .put(&coll, &Write::replace(absent, token2.clone()))
+        .await
+        .or_fail("replace")?;
+    ensure_eq!(
+        outcome,
+        WriteOutcome::Conflict,
+        "replace of a record that does not exist"
+    );
+    ensure!(
+        store.get(&coll, "b").await.or_fail("get")?.is_none(),
+        "a replace that conflicted must not create the record"
+    );
+
+    let deleted = soft_deleted(&mut hlc, &second)?;
+    written(
+        &store
+            .put(&coll, &Write::replace(deleted.clone(), token2))
+            .await
+            .or_fail("replace")?,
+        "writing a soft-deleted record",
+    )?;
+    let stored = store
+        .get(&coll, "a")
+        .await
+        .or_fail("get")?
+        .ok_or("soft-deleted record vanished")?;
+    ensure!(
+        stored.record.is_deleted(),
+        "a soft-deleted record reads back deleted"
+    );
+    ensure_eq!(
+        stored.record,
+        deleted,
+        "a soft-deleted record reads back as written"
+    );
+    Ok(())
+}
+
+/// `get_many` answers in the order asked, with `None` for missing ids.
+pub(crate) async fn get_many(ctx: &Ctx<'_>) -> CheckResult {
+    let store = &*ctx.store;
+    let coll = ctx.collection("get-many");
+    let mut hlc = ctx.clock("get-many")?;
+    let mut tokens = BTreeMap::new();
+    let mut records = BTreeMap::new();
+    for (i, id) in ["a", "b", "c"].into_iter().enumerate() {
+        let rec = record(&mut hlc, id, i as i64)?;
+        let (token, _) = written(
+            &store
+                .put(&coll, &Write::create(rec.clone()))
+                .await
+                .or_fail("create")?,
+            "create",
+        )?;
+        tokens.insert(id, token);
+        records.insert(id, rec);
+    }
+
+    let ids = ["c", "missing", "a", "a", "b"];
+    let got = store.get_many(&coll, &ids).await.or_fail("get_many")?;
+    ensure_eq!(
+        got.len(),
+        ids.len(),
+        "get_many returns one entry per id asked"
+    );
+    for (id, entry) in ids.iter().zip(&got) {
+        match (entry, records.get(id)) {
+            (None, None) => {}
+            (Some(stored), Some(expected)) => {
+                ensure_eq!(&stored.record, expected, "get_many entry for {id:?}");
+                ensure_eq!(
+                    Some(&stored.token),
+                    tokens.get(id),
+                    "get_many token for {id:?}"
+                );
+            }
+            (entry, _) => return Err(format!("get_many entry for {id:?} is wrong: {entry:?}")),
+        }
+    }
+
+    ensure!(
+        store
+            .get_many(&coll, &[])
+            .await
+            .or_fail("get_many")?
+            .is_empty(),
+        "get_many of no ids returns nothing"
+    );
+    let unknown = store
+        .get_many(&ctx.collection("get-many-unknown"), &["a", "b"])
+        .await
+        .or_fail("get_many")?;
+    ensure_eq!(
+        unknown.len(),
+        2,
+        "get_many on an unknown collection returns one entry per id"
+    );
+    ensure!(
+        unknown.iter().all(Option::is_none),
+        "get_many on an unknown collection finds nothing"
+    );
+    Ok(())
+}
+
+/// `get_all` returns every record, soft-deleted ones included.
+pub(crate) async fn get_all(ctx: &Ctx<'_>) -> CheckResult {
+    let store = &*ctx.store;
+    let coll = ctx.collection("get-all");
+    let mut hlc = ctx.clock("get-all")?;
+    let mut expected = Vec::new();
+    for i in 0..6 {
+        let mut rec = record(&mut hlc, &format!("r{i}"), i)?;
+        if i % 3 == 0 {
+            rec = soft_deleted(&mut hlc, &rec)?;
+        }
+        written(
+            &store
+                .put(&coll, &Write::create(rec.clone()))
+                .await
+                .or_fail("create")?,
+            "create",
+        )?;
+        expected.push(rec);
+    }
+    let all = sorted(store.get_all(&coll).await.or_fail("get_all")?);
+    ensure_eq!(
+        all,
+        sorted(expected),
+        "get_all returns every record, soft-deleted ones too"
+    );
+    ensure!(
+        store
+            .get_all(&ctx.collection("get-all-unknown"))
+            .await
+            .or_fail("get_all")?
+            .is_empty(),
+        "get_all of an unknown collection is empty"
+    );
+    Ok(())
+}
+
+/// Each write of a batch succeeds or conflicts on its own, in order.
+pub(crate) async fn batch_with_mixed_outcomes(ctx: &Ctx<'_>) -> CheckResult {
+    let store = &*ctx.store;
+    let coll = ctx.collection("batch");
+    let mut hlc = ctx.clock("batch")?;
+    let mut tokens = BTreeMap::new();
+    let mut before = BTreeMap::new();
+    for id in ["existing", "current", "stale"] {
+        let rec = record(&mut hlc, id, 0)?;
+        let (token, _) = written(
+            &store
+                .put(&coll, &Write::create(rec.clone()))
+                .await
+                .or_fail("create")?,
+            "create",
+        )?;
+        tokens.insert(id, token);
+        before.insert(id, rec);
+    }
+    let stale_token = tokens["stale"].clone();
+    // Move "stale" on, so its first token is out of date.
+    let moved = edited(&mut hlc, &before["stale"], 1)?;
+    let (stale_now, _) = written(
+        &store
+            .put(&coll, &Write::replace(moved.clone(), stale_token.clone()))
+            .await
+            .or_fail("replace")?,
+        "replace",
+    )?;
+
+    let new_record = record(&mut hlc, "new", 1)?;
+    let current_next = edited(&mut hlc, &before["current"], 1)?;
+    let twice_first = record(&mut hlc, "twice", 1)?;
+    let writes = vec![
+        Write::create(new_record.clone()),
+        Write::create(record(&mut hlc, "existing", 1)?),
+        Write::replace(current_next.clone(), tokens["current"].clone()),
+        Write::replace(edited(&mut hlc, &moved, 2)?, stale_token),
+        Write::replace(record(&mut hlc, "absent", 1)?, tokens["existing"].clone()),
+        Write::create(twice_first.clone()),
+        Write::create(record(&mut hlc, "twice", 2)?),
+    ];
+    let outcomes = store.put_batch(&coll, &writes).await.or_fail("put_batch")?;
+    ensure_eq!(
+        outcomes.len(),
+        writes.len(),
+        "put_batch returns one outcome per write"
+    );
+    let expect_written = [true, false, true, false, false, true, false];
+    let mut last_sequence = 0;
+    for (i, (outcome, should_write)) in outcomes.iter().zip(expect_written).enumerate() {
+        match outcome {
+            WriteOutcome::Written { sequence, .. } if should_write => {
+                ensure!(
+                    *sequence > last_sequence,
+                    "batch write #{i}: sequences of a batch must increase in write order"
+                );
+                last_sequence = *sequence;
+            }
+            WriteOutcome::Conflict if !should_write => {}
+            other => {
+                return Err(format!(
+                    "batch write #{i} ({}): expected {}, got {other:?}",
+                    writes[i].record.id(),
+                    if should_write { "Written" } else { "Conflict" }
+                ))
+            }
+        }
+    }
+
+    let coll = coll.as_str();
+    let get = |id: &'static str| async move {
+        store
+            .get(coll, id)
+            .await
+            .or_fail("get")
+            .map(|s| s.map(|s| (s.record, s.token)))
+    };
+    ensure_eq!(
+        get("new").await?.map(|s| s.0),
+        Some(new_record),
+        "batch: new record created"
+    );
+    ensure_eq!(
+        get("existing").await?,
+        Some((before["existing"].clone(), tokens["existing"].clone())),
+        "batch: a conflicting create leaves the record unchanged"
+    );
+    ensure_eq!(
+        get("current").await?.map(|s| s.0),
+        Some(current_next),
+        "batch: replace with the current token"
+    );
+    ensure_eq!(
+        get("stale").await?,
+        Some((moved, stale_now)),
+        "batch: a stale replace leaves the record unchanged"
+    );
+    ensure_eq!(
+        get("absent").await?,
+        None,
+        "batch: a replace of an absent record creates nothing"
+    );
+    ensure_eq!(
+        get("twice").await?.map(|s| s.0),
+        Some(twice_first),
+        "batch: of two creates of one id, the first wins"
+    );
+
+    ensure!(
+        store
+            .put_batch(coll, &[])
+            .await
+            .or_fail("put_batch")?
+            .is_empty(),
+        "an empty batch has no outcomes"
+    );
+    Ok(())
+}
+
+/// The change feed: increasing sequences, each record once at its latest
+/// change, `limit`, `next` and `more`, records arriving with old stamps.
+pub(crate) async fn change_feed(ctx: &Ctx<'_>) -> CheckResult {
+    let store = &*ctx.store;
+    let coll = ctx.collection("feed");
+    let mut hlc = ctx.clock("feed")?;
+
+    let empty = store.changes(&coll, 0, 10).await.or_fail("changes")?;
+    ensure!(
+        empty.changes.is_empty() && !empty.more,
+        "the feed of an unknown collection is empty"
+    );
+    ensure_eq!(
+        empty.next,
+        0,
+        "an empty page's next is the cursor asked for"
+    );
+
+    let mut records = Vec::new();
+    for i in 0..30 {
+        records.push(record(&mut hlc, &format!("r{i:02}"), i)?);
+    }
+    let writes: Vec<Write> = records.iter().cloned().map(Write::create).collect();
+    let outcomes = store.put_batch(&coll, &writes).await.or_fail("put_batch")?;
+    let mut sequences = BTreeMap::new();
+    for (rec, outcome) in records.iter().zip(&outcomes) {
+        sequences.insert(rec.id().to_owned(), written(outcome, "batch create")?.1);
+    }
+    // Rewrite a third of them: each must then appear once, at its rewrite.
+    for rec in records.iter_mut().step_by(3) {
+        let stored = store
+            .get(&coll, rec.id())
+            .await
+            .or_fail("get")?
+            .ok_or("record vanished")?;
+        let next = edited(&mut hlc, rec, 100)?;
+        let (_, seq) = written(
+            &store
+                .put(&coll, &Write::replace(next.clone(), stored.token))
+                .await
+                .or_fail("replace")?,
+            "replace",
+        )?;
+        sequences.insert(rec.id().to_owned(), seq);
+        *rec = next;
+    }
+
+    let (all, end) = read_feed(store, &coll, 0, 1_000).await?;
+    ensure_eq!(all.len(), records.len(), "the feed holds each record once");
+    for change in &all {
+        ensure_eq!(
+            sequences.get(change.record.id()),
+            Some(&change.sequence),
+            "the feed lists {} at the sequence of its latest write",
+            change.record.id()
+        );
+    }
+    let feed_records: Vec<Record> = all.iter().map(|c| c.record.clone()).collect();
+    ensure_eq!(
+        sorted(feed_records),
+        sorted(records.clone()),
+        "the feed holds the latest records"
+    );
+
+    for limit in [1, 7, 30] {
+        let (paged, paged_end) = read_feed(store, &coll, 0, limit).await?;
+        ensure_eq!(
+            paged,
+            all,
+            "paging with limit {limit} reaches every change exactly once"
+        );
+        ensure_eq!(
+            paged_end,
+            end,
+            "paging with limit {limit} ends at the same cursor"
+        );
+    }
+    let page = store.changes(&coll, 0, 7).await.or_fail("changes")?;
+    ensure!(
+        page.changes.len() == 7 && page.more,
+        "a page of 7 out of 30 is full and has more"
+    );
+    let page = store
+        .changes(&coll, 0, records.len())
+        .await
+        .or_fail("changes")?;
+    ensure!(
+        page.changes.len() == records.len() && !page.more,
+        "a page holding exactly the remaining changes reports no more"
+    );
+    let page = store.changes(&coll, 0, 0).await.or_fail("changes")?;
+    ensure!(page.changes.is_empty(), "limit 0 returns no changes");
+    ensure_eq!(page.next, 0, "limit 0 keeps the cursor");
+    ensure!(page.more, "limit 0 on a non-empty feed reports more");
+
+    let tail = store.changes(&coll, end, 10).await.or_fail("changes")?;
+    ensure!(
+        tail.changes.is_empty() && !tail.more,
+        "nothing lies after the end of the feed"
+    );
+    ensure_eq!(
+        tail.next,
+        end,
+        "at the end of the feed next stays at the cursor"
+    );
+
+    // A record arriving by sync, stamped long ago, still appears after the cursor.
+    let (_, mut old_clock) = ctx.manual_clock("feed-old", 1_000)?;
+    let synced = record(&mut old_clock, "synced", 1)?;
+    let (_, seq) = written(
+        &store
+            .put(&coll, &Write::create(synced.clone()))
+            .await
+            .or_fail("create")?,
+        "create",
+    )?;
+    let after = store.changes(&coll, end, 10).await.or_fail("changes")?;
+    ensure_eq!(
+        after.changes.len(),
+        1,
+        "a record synced with an old stamp appears in the feed"
+    );
+    ensure_eq!(
+        after.changes[0].record,
+        synced,
+        "the synced record in the feed"
+    );
+    ensure_eq!(
+        after.changes[0].sequence,
+        seq,
+        "the synced record's sequence"
+    );
+    ensure!(
+        seq > end,
+        "a later write gets a greater sequence, whatever its stamp"
+    );
+    Ok(())
+}
+
+/// Rewriting records between pages of a read loses none of them.
+pub(crate) async fn change_feed_paging_with_rewrites(ctx: &Ctx<'_>) -> CheckResult {
+    let store = &*ctx.store;
+    let coll = ctx.collection("feed-rewrites");
+    let mut hlc = ctx.clock("feed-rewrites")?;
+    let mut current = BTreeMap::new();
+    let writes: Vec<Write> = (0..20)
+        .map(|i| record(&mut hlc, &format!("r{i:02}"), i).map(Write::create))
+        .collect::<CheckResult<_>>()?;
+    for outcome in store.put_batch(&coll, &writes).await.or_fail("put_batch")? {
+        written(&outcome, "batch create")?;
+    }
+    for w in &writes {
+        current.insert(w.record.id().to_owned(), w.record.clone());
+    }
+
+    // The reader keeps the newest state it saw of each record.
+    let mut seen: BTreeMap<String, Record> = BTreeMap::new();
+    let mut cursor = 0;
+    for round in 0..40 {
+        let page = store.changes(&coll, cursor, 3).await.or_fail("changes")?;
+        for change in page.changes {
+            seen.insert(change.record.id().to_owned(), change.record);
+        }
+        cursor = page.next;
+        if !page.more {
+            break;
+        }
+        // Between pages, rewrite one record already read and one not yet read.
+        for id in [
+            format!("r{:02}", (round * 7) % 20),
+            format!("r{:02}", (round * 3 + 11) % 20),
+        ] {
+            if round >= 6 {
+                break;
+            }
+            let stored = store
+                .get(&coll, &id)
+                .await
+                .or_fail("get")?
+                .ok_or("record vanished")?;
+            let next = edited(&mut hlc, &stored.record, 1_000 + round)?;
+            written(
+                &store
+                    .put(&coll, &Write::replace(next.clone(), stored.token))
+                    .await
+                    .or_fail("replace")?,
+                "replace between pages",
+            )?;
+            current.insert(id, next);
+        }
+    }
+    let tail = store.changes(&coll, cursor, 100).await.or_fail("changes")?;
+    ensure!(
+        tail.changes.is_empty(),
+        "the reader reached the end of the feed"
+    );
+    ensure_eq!(
+        seen,
+        current,
+        "a reader paging through rewrites ends with every record's latest state"
+    );
+    Ok(())
+}
+
+/// `changes_since_timestamp` returns records whose timestamp is strictly greater.
+pub(crate) async fn changes_since_timestamp(ctx: &Ctx<'_>) -> CheckResult {
+    let store = &*ctx.store;
+    let coll = ctx.collection("since");
+    let (time, mut hlc) = ctx.manual_clock("since", 1_000)?;
+    let mut at = BTreeMap::new();
+    for (id, millis) in [("t1", 1_000), ("t2a", 2_000), ("t2b", 2_000), ("t3", 3_000)] {
+        time.set(millis);
+        let rec = record(&mut hlc, id, 0)?;
+        written(
+            &store
+                .put(&coll, &Write::create(rec.clone()))
+                .await
+                .or_fail("create")?,
+            "create",
+        )?;
+        at.insert(id, rec);
+    }
+    let ids = |records: Vec<Record>| -> Vec<String> {
+        let mut ids: Vec<String> = records.iter().map(|r| r.id().to_owned()).collect();
+        ids.sort();
+        ids
+    };
+    let since = |millis: u64| {
+        let coll = &coll;
+        async move {
+            store
+                .changes_since_timestamp(coll, millis)
+                .await
+                .or_fail("changes_since_timestamp")
+        }
+    };
+    ensure_eq!(ids(since(0).await?), ["t1", "t2a", "t2b", "t3"], "since 0");
+    ensure_eq!(ids(since(1_999).await?), ["t2a", "t2b", "t3"], "since 1999");
+    ensure_eq!(
+        ids(since(2_000).await?),
+        ["t3"],
+        "since 2000 (strictly greater)"
+    );
+    ensure!(
+        since(3_000).await?.is_empty(),
+        "since the newest timestamp is empty"
+    );
+    let all = since(0).await?;
+    ensure_eq!(
+        sorted(all),
+        sorted(at.values().cloned().collect()),
+        "the records returned are the stored ones"
+    );
+
+    // A rewrite moves the record in time; it is found once, at its new time.
+    time.set(5_000);
+    let t1 = store
+        .get(&coll, "t1")
+        .await
+        .or_fail("get")?
+        .ok_or("record vanished")?;
+    let moved = edited(&mut hlc, &t1.record, 1)?;
+    written(
+        &store
+            .put(&coll, &Write::replace(moved.clone(), t1.token))
+            .await
+            .or_fail("replace")?,
+        "replace",
+    )?;
+    ensure_eq!(
+        since(3_000).await?,
+        vec![moved.clone()],
+        "a rewritten record at its new timestamp"
+    );
+    ensure_eq!(
+        ids(since(0).await?),
+        ["t1", "t2a", "t2b", "t3"],
+        "a rewritten record appears once"
+    );
+
+    // A soft delete counts at the tombstone's time; a hard delete removes it.
+    time.set(6_000);
+    let t2a = store
+        .get(&coll, "t2a")
+        .await
+        .or_fail("get")?
+        .ok_or("record vanished")?;
+    let gone = soft_deleted(&mut hlc, &t2a.record)?;
+    written(
+        &store
+            .put(&coll, &Write::replace(gone, t2a.token))
+            .await
+            .or_fail("replace")?,
+        "soft delete",
+    )?;
+    ensure_eq!(
+        ids(since(5_000).await?),
+        ["t2a"],
+        "a soft delete counts at its tombstone's time"
+    );
+    ensure!(
+        store.delete(&coll, "t3").await.or_fail("delete")?,
+        "hard delete of t3"
+    );
+    ensure_eq!(
+        ids(since(2_000).await?),
+        ["t1", "t2a"],
+        "a hard-deleted record is gone"
+    );
+    ensure!(
+        store
+            .changes_since_timestamp(&ctx.collection("since-unknown"), 0)
+            .await
+            .or_fail("changes_since_timestamp")?
+            .is_empty(),
+        "an unknown collection has no changes"
+    );
+    Ok(())
+}
+
+/// Hard delete removes a record for good and says whether it existed.
+pub(crate) async fn hard_delete(ctx: &Ctx<'_>) -> CheckResult {
+    let store = &*ctx.store;
+    let coll = ctx.collection("delete");
+    let mut hlc = ctx.clock("delete")?;
+    let keep = record(&mut hlc, "keep", 1)?;
+    let doomed = record(&mut hlc, "doomed", 1)?;
+    written(
+        &store
+            .put(&coll, &Write::create(keep.clone()))
+            .await
+            .or_fail("create")?,
+        "create",
+    )?;
+    let (_, seq) = written(
+        &store
+            .put(&coll, &Write::create(doomed))
+            .await
+            .or_fail("create")?,
+        "create",
+    )?;
+
+    ensure!(
+        store.delete(&coll, "doomed").await.or_fail("delete")?,
+        "delete of an existing record returns true"
+    );
+    ensure!(
+        store.get(&coll, "doomed").await.or_fail("get")?.is_none(),
+        "a deleted record is gone"
+    );
+    ensure!(
+        !store.delete(&coll, "doomed").await.or_fail("delete")?,
+        "deleting again returns false"
+    );
+    ensure!(
+        !store
+            .delete(&ctx.collection("delete-unknown"), "x")
+            .await
+            .or_fail("delete")?,
+        "deleting in an unknown collection returns false"
+    );
+    ensure_eq!(
+        store.get_all(&coll).await.or_fail("get_all")?,
+        vec![keep.clone()],
+        "get_all after delete"
+    );
+    let (feed, _) = read_feed(store, &coll, 0, 100).await?;
+    ensure!(
+        feed.iter().all(|c| c.record.id() == "keep") && feed.len() == 1,
+        "a hard-deleted record leaves the change feed"
+    );
+
+    let again = record(&mut hlc, "doomed", 2)?;
+    let (_, seq_again) = written(
+        &store
+            .put(&coll, &Write::create(again.clone()))
+            .await
+            .or_fail("create")?,
+        "create-only put of a hard-deleted id",
+    )?;
+    ensure!(
+        seq_again > seq,
+        "a record written after a delete gets a greater sequence"
+    );
+    ensure_eq!(
+        store
+            .get(&coll, "doomed")
+            .await
+            .or_fail("get")?
+            .map(|s| s.record),
+        Some(again),
+        "a re-created record"
+    );
+    Ok(())
+}
+
+/// `list_collections` lists non-empty collections; `clear_collection` empties one.
+pub(crate) async fn collections_list_and_clear(ctx: &Ctx<'_>) -> CheckResult {
+    let store = &*ctx.store;
+    let first = ctx.collection("list-1");
+    let second = ctx.collection("list-2");
+    let mut hlc = ctx.clock("list")?;
+    let listed = |name: String| async move {
+        store
+            .list_collections()
+            .await
+            .or_fail("list_collections")
+            .map(|names| names.contains(&name))
+    };
+    ensure!(
+        !listed(first.clone()).await?,
+        "a collection never written is not listed"
+    );
+
+    let mut last_sequence = 0;
+    for id in ["a", "b"] {
+        let (_, seq) = written(
+            &store
+                .put(&first, &Write::create(record(&mut hlc, id, 1)?))
+                .await
+                .or_fail("create")?,
+            "create",
+        )?;
+        last_sequence = seq;
+    }
+    let survivor = record(&mut hlc, "only", 1)?;
+    written(
+        &store
+            .put(&second, &Write::create(survivor.clone()))
+            .await
+            .or_fail("create")?,
+        "create",
+    )?;
+    ensure!(
+        listed(first.clone()).await?,
+        "a written collection is listed"
+    );
+    ensure!(
+        listed(second.clone()).await?,
+        "a written collection is listed"
+    );
+    let names = store.list_collections().await.or_fail("list_collections")?;
+    ensure!(
+        names.iter().filter(|n| **n == first).count() == 1,
+        "list_collections names each collection once"
+    );
+
+    store
+        .clear_collection(&first)
+        .await
+        .or_fail("clear_collection")?;
+    ensure!(
+        store.get_all(&first).await.or_fail("get_all")?.is_empty(),
+        "a cleared collection is empty"
+    );
+    ensure!(
+        store.get(&first, "a").await.or_fail("get")?.is_none(),
+        "a cleared record is gone"
+    );
+    let (feed, _) = read_feed(store, &first, 0, 100).await?;
+    ensure!(feed.is_empty(), "a cleared collection's feed is empty");
+    ensure!(
+        !listed(first.clone()).await?,
+        "a cleared collection is not listed"
+    );
+    ensure_eq!(
+        store.get_all(&second).await.or_fail("get_all")?,
+        vec![survivor],
+        "clearing one collection leaves the others"
+    );
+
+    // A reader's cursor from before the clear still sees later writes.
+    let (_, seq) = written(
+        &store
+            .put(&first, &Write::create(record(&mut hlc, "a", 2)?))
+            .await
+            .or_fail("create")?,
+        "create after clear",
+    )?;
+    ensure!(
+        seq > last_sequence,
+        "sequences keep increasing after a clear ({seq} after {last_sequence})"
+    );
+    let page = store
+        .changes(&first, last_sequence, 10)
+        .await
+        .or_fail("changes")?;
+    ensure_eq!(
+        page.changes.len(),
+        1,
+        "a write after a clear appears after the old cursor"
+    );
+
+    ensure!(
+        store.delete(&second, "only").await.or_fail("delete")?,
+        "delete"
+    );
+    ensure!(
+        !listed(second).await?,
+        "a collection whose last record was deleted is not listed"
+    );
+    store
+        .clear_collection(&ctx.collection("list-unknown"))
+        .await
+        .or_fail("clear_collection of an unknown collection")?;
+    Ok(())
+}
+
+/// `newest_stamp` is at least the newest stamp written.
+pub(crate) async fn newest_stamp(ctx: &Ctx<'_>) -> CheckResult {
+    let store = &*ctx.store;
+    let coll = ctx.collection("newest");
+    let mut hlc = ctx.clock("newest")?;
+    let rec = record(&mut hlc, "a", 1)?;
+    written(
+        &store
+            .put(&coll, &Write::create(rec.clone()))
+            .await
+            .or_fail("create")?,
+        "create",
+    )?;
+    let newest = store.newest_stamp().await.or_fail("newest_stamp")?;
+    ensure!(
+        newest.as_ref().is_some_and(|n| n >= rec.newest_stamp()),
+        "newest_stamp ({newest:?}) must be at least the stamp just written ({:?})",
+        rec.newest_stamp()
+    );
+    let later = edited(&mut hlc, &rec, 2)?;
+    let token = store
+        .get(&coll, "a")
+        .await
+        .or_fail("get")?
+        .ok_or("record vanished")?
+        .token;
+    written(
+        &store
+            .put(&coll, &Write::replace(later.clone(), token))
+            .await
+            .or_fail("replace")?,
+        "replace",
+    )?;
+    let (_, mut old_clock) = ctx.manual_clock("newest-old", 1_000)?;
+    written(
+        &store
+            .put(&coll, &Write::create(record(&mut old_clock, "old", 1)?))
+            .await
+            .or_fail("create")?,
+        "create",
+    )?;
+    let newest = store.newest_stamp().await.or_fail("newest_stamp")?;
+    ensure!(
+        newest.as_ref().is_some_and(|n| n >= later.newest_stamp()),
+        "newest_stamp ({newest:?}) must be at least the newest stamp written ({:?}), also after an older record arrives",
+        later.newest_stamp()
+    );
+    Ok(())
+}
+
+/// Metadata: absent is `None`, values overwrite, keys are independent.
+pub(crate) async fn meta(ctx: &Ctx<'_>) -> CheckResult {
+    let store = &*ctx.store;
+    let key = format!("{}-meta", ctx.run);
+    let other = format!("{}-meta-other", ctx.run);
+    ensure_eq!(
+        store.get_meta(&key).await.or_fail("get_meta")?,
+        None,
+        "an absent meta key"
+    );
+    for value in ["v1", "v2", "", "line 1\nline 2 — ünïcode 🙂"] {
+        store.set_meta(&key, value).await.or_fail("set_meta")?;
+        ensure_eq!(
+            store.get_meta(&key).await.or_fail("get_meta")?.as_deref(),
+            Some(value),
+            "get_meta after set_meta overwrote the value"
+        );
+    }
+    ensure_eq!(
+        store.get_meta(&other).await.or_fail("get_meta")?,
+        None,
+        "meta keys are independent"
+    );
+    Ok(())
+}
+
+/// `close` keeps data; a closed handle refuses every call; other handles work.
+pub(crate) async fn close_keeps_data(ctx: &Ctx<'_>) -> CheckResult {
+    let coll = ctx.collection("close");
+    let key = format!("{}-close-meta", ctx.run);
+    let mut hlc = ctx.clock("close")?;
+    let handle = ctx.factory.open().await;
+    let bystander = ctx.factory.open().await;
+
+    let mut records = Vec::new();
+    for i in 0..3 {
+        let mut rec = record(&mut hlc, &format!("r{i}"), i)?;
+        if i == 2 {
+            rec = soft_deleted(&mut hlc, &rec)?;
+        }
+        written(
+            &handle
+                .put(&coll, &Write::create(rec.clone()))
+                .await
+                .or_fail("create")?,
+            "create",
+        )?;
+        records.push(rec);
+    }
+    handle.set_meta(&key, "kept").await.or_fail("set_meta")?;
+    handle.close().await.or_fail("close")?;
+
+    let probe = record(&mut hlc, "probe", 1)?;
+    expect_closed(handle.get(&coll, "r0").await, "get")?;
+    expect_closed(handle.get_many(&coll, &["r0"]).await, "get_many")?;
+    expect_closed(handle.get_all(&coll).await, "get_all")?;
+    expect_closed(
+        handle.put(&coll, &Write::create(probe.clone())).await,
+        "put",
+    )?;
+    expect_closed(
+        handle.put_batch(&coll, &[Write::create(probe)]).await,
+        "put_batch",
+    )?;
+    expect_closed(handle.delete(&coll, "r0").await, "delete")?;
+    expect_closed(handle.changes(&coll, 0, 10).await, "changes")?;
+    expect_closed(
+        handle.changes_since_timestamp(&coll, 0).await,
+        "changes_since_timestamp",
+    )?;
+    expect_closed(handle.list_collections().await, "list_collections")?;
+    expect_closed(handle.clear_collection(&coll).await, "clear_collection")?;
+    expect_closed(handle.newest_stamp().await, "newest_stamp")?;
+    expect_closed(handle.get_meta(&key).await, "get_meta")?;
+    expect_closed(handle.set_meta(&key, "changed").await, "set_meta")?;
+
+    ensure_eq!(
+        sorted(
+            bystander
+                .get_all(&coll)
+                .await
+                .or_fail("get_all on another handle")?
+        ),
+        sorted(records.clone()),
+        "closing one handle leaves other handles working"
+    );
+    bystander.close().await.or_fail("close")?;
+
+    let reopened = ctx.factory.open().await;
+    ensure_eq!(
+        sorted(
+            reopened
+                .get_all(&coll)
+                .await
+                .or_fail("get_all after reopen")?
+        ),
+        sorted(records.clone()),
+        "close keeps every record (read back after reopening)"
+    );
+    let (feed, _) = read_feed(&*reopened, &coll, 0, 2).await?;
+    ensure_eq!(
+        feed.len(),
+        records.len(),
+        "the change feed survives reopening"
+    );
+    ensure_eq!(
+        reopened
+            .get_meta(&key)
+            .await
+            .or_fail("get_meta after reopen")?
+            .as_deref(),
+        Some("kept"),
+        "meta survives close and reopen"
+    );
+    ensure!(
+        reopened.get(&coll, "probe").await.or_fail("get")?.is_none(),
+        "writes refused by a closed handle must not have happened"
+    );
+    let newest = reopened
+        .newest_stamp()
+        .await
+        .or_fail("newest_stamp after reopen")?;
+    ensure!(
+        newest
+            .as_ref()
+            .is_some_and(|n| n >= records[2].newest_stamp()),
+        "newest_stamp survives reopening"
+    );
+    let stored = reopened
+        .get(&coll, "r0")
+        .await
+        .or_fail("get")?
+        .ok_or("record lost on reopen")?;
+    let next = edited(&mut hlc, &stored.record, 10)?;
+    written(
+        &reopened
+            .put(&coll, &Write::replace(next, stored.token))
+            .await
+            .or_fail("replace after reopen")?,
+        "a reopened handle writes with the token it read",
+    )?;
+    reopened.close().await.or_fail("close")?;
+    Ok(())
+}
+
+const HANDLES: usize = 2;
+const TASKS_PER_HANDLE: usize = 4;
+const INCREMENTS_PER_TASK: i64 = 25;
+const MAX_ATTEMPTS_PER_INCREMENT: usize = 2_000;
+
+/// Read → merge → conditional write through two handles, retried on
+/// conflict: every increment survives.
+pub(crate) async fn concurrent_writers_lose_no_update(ctx: &Ctx<'_>) -> CheckResult {
+    let coll = Arc::<str>::from(ctx.collection("concurrent"));
+    let mut setup = ctx.clock("concurrent-setup")?;
+    let counter = record(&mut setup, "counter", 0)?;
+    written(
+        &ctx.store
+            .put(&coll, &Write::create(counter))
+            .await
+            .or_fail("create")?,
+        "create the counter",
+    )?;
+
+    let writers = HANDLES * TASKS_PER_HANDLE;
+    let start = Arc::new(Barrier::new(writers));
+    let mut tasks = JoinSet::new();
+    let mut handles = Vec::new();
+    let mut clients = Vec::new();
+    for h in 0..HANDLES {
+        let handle = ctx.factory.open().await;
+        handles.push(Arc::clone(&handle));
+        for t in 0..TASKS_PER_HANDLE {
+            let hlc = ctx.clock(&format!("writer-{h}-{t}"))?;
+            clients.push(hlc.client().clone());
+            tasks.spawn(increment(
+                Arc::clone(&handle),
+                Arc::clone(&coll),
+                hlc,
+                Arc::clone(&start),
+            ));
+        }
+    }
+    let mut conflicts = 0;
+    while let Some(joined) = tasks.join_next().await {
+        conflicts += joined.map_err(|e| format!("a writer task failed: {e}"))??;
+    }
+    close_all(&handles).await?;
+
+    let stored = ctx
+        .store
+        .get(&coll, "counter")
+        .await
+        .or_fail("get")?
+        .ok_or("the counter vanished")?;
+    let total = (HANDLES * TASKS_PER_HANDLE) as i64 * INCREMENTS_PER_TASK;
+    ensure_eq!(
+        n_of(&stored.record),
+        Some(total),
+        "the counter after every increment (lost updates?)"
+    );
+    ensure_eq!(
+        stored.record.version(),
+        total as u64 + 1,
+        "the version vector total counts the create and every increment"
+    );
+    for client in &clients {
+        ensure_eq!(
+            stored.record.versions().get(client),
+            INCREMENTS_PER_TASK as u64,
+            "the version vector entry of writer {client}"
+        );
+    }
+    // All writers first read the same state and only then write: one wins,
+    // every other one must have been refused, whatever the scheduling.
+    ensure!(
+        conflicts >= writers - 1,
+        "only {conflicts} conflicts among {writers} writers that all wrote over the same read state"
+    );
+    Ok(())
+}
+
+/// One writer: increments the counter, retrying lost races. Returns how many
+/// conflicts it met. Its first write waits at `start` until every writer has
+/// read the counter, so the first round is a real race.
+async fn increment(
+    store: Arc<dyn StorageBackend>,
+    coll: Arc<str>,
+    mut hlc: syncforge_core::Hlc,
+    start: Arc<Barrier>,
+) -> CheckResult<usize> {
+    let mut conflicts = 0;
+    let mut first_write = true;
+    for _ in 0..INCREMENTS_PER_TASK {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            ensure!(
+                attempts <= MAX_ATTEMPTS_PER_INCREMENT,
+                "writer {} gave up after {MAX_ATTEMPTS_PER_INCREMENT} conflicts in a row",
+                hlc.client()
+            );
+            let stored = store
+                .get(&coll, "counter")
+                .await
+                .or_fail("get")?
+                .ok_or("the counter vanished")?;
+            let n = n_of(&stored.record).ok_or("the counter has no number")?;
+            let next = edited(&mut hlc, &stored.record, n + 1)?;
+            if first_write {
+                first_write = false;
+                start.wait().await;
+            } else {
+                // Let the other writers read the same state, so races happen.
+                tokio::task::yield_now().await;
+            }
+            match store
+                .put(&coll, &Write::replace(next, stored.token))
+                .await
+                .or_fail("conditional put")?
+            {
+                WriteOutcome::Written { .. } => break,
+                WriteOutcome::Conflict => conflicts += 1,
+            }
+        }
+    }
+    Ok(conflicts)
+}
+
+/// Of several writers creating the same id at once, exactly one wins.
+pub(crate) async fn concurrent_creates_have_one_winner(ctx: &Ctx<'_>) -> CheckResult {
+    let coll = Arc::<str>::from(ctx.collection("concurrent-create"));
+    let start = Arc::new(Barrier::new(HANDLES * TASKS_PER_HANDLE));
+    let mut tasks = JoinSet::new();
+    let mut handles = Vec::new();
+    for h in 0..HANDLES {
+        let handle = ctx.factory.open().await;
+        handles.push(Arc::clone(&handle));
+        for t in 0..TASKS_PER_HANDLE {
+            let mut hlc = ctx.clock(&format!("creator-{h}-{t}"))?;
+            let rec = record(&mut hlc, "contested", (h * TASKS_PER_HANDLE + t) as i64)?;
+            let handle = Arc::clone(&handle);
+            let coll = Arc::clone(&coll);
+            let start = Arc::clone(&start);
+            tasks.spawn(async move {
+                start.wait().await;
+                let outcome = handle.put(&coll, &Write::create(rec.clone())).await;
+                (rec, outcome)
+            });
+        }
+    }
+    let mut winners = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (rec, outcome) = joined.map_err(|e| format!("a creator task failed: {e}"))?;
+        if let WriteOutcome::Written { .. } = outcome.or_fail("create")? {
+            winners.push(rec);
+        }
+    }
+    close_all(&handles).await?;
+    ensure_eq!(
+        winners.len(),
+        1,
+        "exactly one concurrent create of an id wins"
+    );
+    let stored = ctx
+        .store
+        .get(&coll, "contested")
+        .await
+        .or_fail("get")?
+        .map(|s| s.record);
+    ensure_eq!(
+        stored.as_ref(),
+        winners.first(),
+        "the stored record is the winner's"
+    );
+    Ok(())
+}
+
+/// Closes the extra handles a check opened.
+async fn close_all(handles: &[Arc<dyn StorageBackend>]) -> CheckResult {
+    for handle in handles {
+        handle.close().await.or_fail("close")?;
+    }
+    Ok(())
+}
+
+/// Clears every collection this run wrote, so shared stores do not collect
+/// test data, and checks that none is listed afterwards.
+pub(crate) async fn clear_run_collections(ctx: &Ctx<'_>) -> CheckResult {
+    let store = &*ctx.store;
+    let prefix = format!("{}-", ctx.run);
+    let ours = |names: Vec<String>| -> Vec<String> {
+        names
+            .into_iter()
+            .filter(|n| n.starts_with(&prefix))
+            .collect()
+    };
+    let written = ours(store.list_collections().await.or_fail("list_collections")?);
+    ensure!(
+        !written.is_empty(),
+        "list_collections lists none of the collections this run wrote"
+    );
+    for name in &written {
+        store
+            .clear_collection(name)
+            .await
+            .or_fail("clear_collection")?;
+    }
+    let left = ours(store.list_collections().await.or_fail("list_collections")?);
+    ensure_eq!(
+        left,
+        Vec::<String>::new(),
+        "collections left after clearing them all"
+    );
+    Ok(())
+}
+
+/// A name of exactly `len` bytes starting with `prefix`.
+fn padded(prefix: &str, len: usize) -> String {
+    let mut name = prefix.to_owned();
+    while name.len() < len {
+        name.push('x');
+    }
+    name
+}
+
+/// Invalid collection names are refused by every method, and nothing is written.
+pub(crate) async fn invalid_collection_names(ctx: &Ctx<'_>) -> CheckResult {
+    let store = &*ctx.store;
+    let prefix = ctx.collection("bad-coll");
+    let mut hlc = ctx.clock("bad-coll")?;
+    let too_long = padded(&prefix, MAX_NAME_BYTES + 1);
+    let bad = [
+        String::new(),
+        "a\nb".to_owned(),
+        format!("{prefix}a\nb"),
+        format!("{prefix}\t"),
+        format!("{prefix}\u{0}"),
+        format!("{prefix}\u{7f}"),
+        too_long.clone(),
+    ];
+    let lookalikes = [
+        format!("{prefix}ab"),
+        format!("{prefix}a b"),
+        format!("{prefix}a_b"),
+        format!("{prefix}a"),
+        prefix.clone(),
+        too_long[..MAX_NAME_BYTES].to_owned(),
+    ];
+    let ours = |names: Vec<String>| -> Vec<String> {
+        names
+            .into_iter()
+            .filter(|n| n.starts_with(&prefix))
+            .collect()
+    };
+    let before = ours(store.list_collections().await.or_fail("list_collections")?);
+
+    for name in &bad {
+        let rec = record(&mut hlc, "ok", 1)?;
+        expect_invalid_collection(store.get(name, "ok").await, "get", name)?;
+        expect_invalid_collection(store.get_many(name, &["ok"]).await, "get_many", name)?;
+        expect_invalid_collection(store.get_all(name).await, "get_all", name)?;
+        expect_invalid_collection(
+            store.put(name, &Write::create(rec.clone())).await,
+            "put",
+            name,
+        )?;
+        expect_invalid_collection(
+            store.put_batch(name, &[Write::create(rec)]).await,
+            "put_batch",
+            name,
+        )?;
+        expect_invalid_collection(store.delete(name, "ok").await, "delete", name)?;
+        expect_invalid_collection(store.changes(name, 0, 10).await, "changes", name)?;
+        expect_invalid_collection(
+            store.changes_since_timestamp(name, 0).await,
+            "changes_since_timestamp",
+            name,
+        )?;
+        expect_invalid_collection(store.clear_collection(name).await, "clear_collection", name)?;
+    }
+
+    let after = ours(store.list_collections().await.or_fail("list_collections")?);
+    ensure_eq!(
+        after,
+        before,
+        "refused writes must not create any collection"
+    );
+    for name in &lookalikes {
+        ensure!(
+            store.get_all(name).await.or_fail("get_all")?.is_empty(),
+            "a refused write must not land in a similar collection {:?}",
+            shortened(name)
+        );
+    }
+    Ok(())
+}
+
+/// Invalid ids are refused by every method taking an id, and nothing changes.
+pub(crate) async fn invalid_ids(ctx: &Ctx<'_>) -> CheckResult {
+    let store = &*ctx.store;
+    let coll = ctx.collection("bad-id");
+    let mut hlc = ctx.clock("bad-id")?;
+    let mut kept = Vec::new();
+    for id in ["ok", "ab", "a b", "a", "a_b"] {
+        let rec = record(&mut hlc, id, 1)?;
+        written(
+            &store
+                .put(&coll, &Write::create(rec.clone()))
+                .await
+                .or_fail("create")?,
+            "create",
+        )?;
+        kept.push(rec);
+    }
+    let (feed_before, _) = read_feed(store, &coll, 0, 100).await?;
+    let too_long = padded("a", MAX_NAME_BYTES + 1);
+    for id in ["", "a\nb", "\u{0}", "a\u{7f}", "\tab", too_long.as_str()] {
+        expect_invalid_id(store.get(&coll, id).await, "get", id)?;
+        expect_invalid_id(store.get_many(&coll, &["ok", id]).await, "get_many", id)?;
+        expect_invalid_id(store.delete(&coll, id).await, "delete", id)?;
+    }
+    ensure_eq!(
+        sorted(store.get_all(&coll).await.or_fail("get_all")?),
+        sorted(kept),
+        "refused calls leave every record in place"
+    );
+    let (feed_after, _) = read_feed(store, &coll, 0, 100).await?;
+    ensure_eq!(
+        feed_after,
+        feed_before,
+        "refused calls leave the change feed unchanged"
+    );
+    Ok(())
+}
+
+/// Names that are valid but unusual: path-like, case variants, reserved
+/// device names, unicode in both normal forms, the longest allowed.
+fn unusual_names(run: &str) -> Vec<String> {
+    let mut names: Vec<String> = [
+        "../x",
+        "a/b",
+        "a%2Fb",
+        "a%2fb",
+        "a\\b",
+        "a_b",
+        "a.b",
+        "a b",
+        " a",
+        "a ",
+        "A",
+        "a",
+        "con",
+        "CON",
+        "nul",
+        "aux.txt",
+        ".",
+        "..",
+        "...",
+        "~",
+        "a:b",
+        "*",
+        "?",
+        "#",
+        "名前",
+        "\u{e9}",
+        "e\u{301}",
+        "🙂",
+        "a\u{200b}b",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    // Longest names, differing only at the end: truncating or plainly hashing
+    // a prefix would merge them.
+    names.push(padded(run, MAX_NAME_BYTES - 1) + "1");
+    names.push(padded(run, MAX_NAME_BYTES - 1) + "2");
+    names.push("é".repeat(MAX_NAME_BYTES / 2));
+    names
+}
+
+/// Unusual but valid ids work and are all distinct.
+pub(crate) async fn unusual_ids(ctx: &Ctx<'_>) -> CheckResult {
+    let store = &*ctx.store;
+    let coll = ctx.collection("odd-ids");
+    let mut hlc = ctx.clock("odd-ids")?;
+    let names = unusual_names(&ctx.run);
+    for (i, id) in names.iter().enumerate() {
+        let outcome = store
+            .put(&coll, &Write::create(record(&mut hlc, id, i as i64)?))
+            .await
+            .or_fail("create")?;
+        written(
+            &outcome,
+            &format!(
+                "create of id {:?} (is it confused with another id?)",
+                shortened(id)
+            ),
+        )?;
+    }
+    for (i, id) in names.iter().enumerate() {
+        let stored = store.get(&coll, id).await.or_fail("get")?;
+        let stored = stored.ok_or_else(|| format!("id {:?} not found", shortened(id)))?;
+        ensure_eq!(stored.record.id(), id.as_str(), "the id reads back exactly");
+        ensure_eq!(
+            n_of(&stored.record),
+            Some(i as i64),
+            "the record of id {:?}",
+            shortened(id)
+        );
+    }
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let many = store.get_many(&coll, &refs).await.or_fail("get_many")?;
+    for (i, (id, entry)) in names.iter().zip(&many).enumerate() {
+        ensure_eq!(
+            entry.as_ref().and_then(|s| n_of(&s.record)),
+            Some(i as i64),
+            "get_many entry for id {:?}",
+            shortened(id)
+        );
+    }
+    let all_ids: BTreeSet<String> = store
+        .get_all(&coll)
+        .await
+        .or_fail("get_all")?
+        .iter()
+        .map(|r| r.id().to_owned())
+        .collect();
+    ensure_eq!(
+        all_ids,
+        names.iter().cloned().collect::<BTreeSet<_>>(),
+        "get_all returns every id exactly"
+    );
+    let (feed, _) = read_feed(store, &coll, 0, 7).await?;
+    ensure_eq!(
+        feed.len(),
+        names.len(),
+        "the feed lists every unusual id once"
+    );
+
+    ensure!(
+        store.delete(&coll, "a").await.or_fail("delete")?,
+        "delete of id \"a\""
+    );
+    ensure_eq!(
+        store.get_all(&coll).await.or_fail("get_all")?.len(),
+        names.len() - 1,
+        "deleting \"a\" removes only it (not \"A\", \"a \", ...)"
+    );
+    ensure!(
+        store.get(&coll, "A").await.or_fail("get")?.is_some(),
+        "\"A\" survives deleting \"a\""
+    );
+    Ok(())
+}
+
+/// Unusual but valid collection names work literally and are all distinct.
+/// They are shared between runs, so only run-unique ids are written there,
+/// and deleted again.
+pub(crate) async fn unusual_collection_names(ctx: &Ctx<'_>) -> CheckResult {
+    let store = &*ctx.store;
+    let mut hlc = ctx.clock("odd-colls")?;
+    let names = unusual_names(&ctx.run);
+    let id_prefix = format!("{}-odd-coll-", ctx.run);
+    let id_of = |i: usize| format!("{id_prefix}{i}");
+    for (i, name) in names.iter().enumerate() {
+        let outcome = store
+            .put(name, &Write::create(record(&mut hlc, &id_of(i), i as i64)?))
+            .await
+            .or_fail("create")?;
+        written(
+            &outcome,
+            &format!("create in collection {:?}", shortened(name)),
+        )?;
+    }
+    let listed: BTreeSet<String> = store
+        .list_collections()
+        .await
+        .or_fail("list_collections")?
+        .into_iter()
+        .collect();
+    for (i, name) in names.iter().enumerate() {
+        ensure!(
+            listed.contains(name),
+            "list_collections names collection {:?} exactly",
+            shortened(name)
+        );
+        let ours: Vec<String> = store
+            .get_all(name)
+            .await
+            .or_fail("get_all")?
+            .iter()
+            .map(|r| r.id().to_owned())
+            .filter(|id| id.starts_with(&id_prefix))
+            .collect();
+        ensure_eq!(
+            ours,
+            vec![id_of(i)],
+            "collection {:?} holds only its own record (is it confused with another collection?)",
+            shortened(name)
+        );
+        ensure_eq!(
+            store
+                .get(name, &id_of(i))
+                .await
+                .or_fail("get")?
+                .and_then(|s| n_of(&s.record)),
+            Some(i as i64),
+            "the record in collection {:?}",
+            shortened(name)
+        );
+    }
+    for (i, name) in names.iter().enumerate() {
+        ensure!(
+            store.delete(name, &id_of(i)).await.or_fail("delete")?,
+            "cleaning up collection {:?}",
+            shortened(name)
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unusual_names_are_valid_and_distinct() {
+        let names = unusual_names("run");
+        let distinct: BTreeSet<&String> = names.iter().collect();
+        assert_eq!(distinct.len(), names.len());
+        for name in &names {
+            assert!(
+                syncforge_core::validate_collection(name).is_ok(),
+                "{name:?}"
+            );
+            assert!(syncforge_core::validate_id(name).is_ok(), "{name:?}");
+        }
+        assert!(names.iter().any(|n| n.len() == MAX_NAME_BYTES));
+    }
+
+    #[test]
+    fn padded_names_have_the_asked_length() {
+        assert_eq!(padded("abc", 10), "abcxxxxxxx");
+        assert_eq!(padded("abc", MAX_NAME_BYTES + 1).len(), MAX_NAME_BYTES + 1);
+    }
+}

@@ -1,0 +1,206 @@
+//! What the checks share: the context, failure helpers and record builders.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use serde_json::json;
+use syncforge_core::{
+    ClientId, Content, Error, Hlc, ManualTime, Record, StorageBackend, Token, WriteOutcome,
+};
+
+use crate::StoreFactory;
+
+/// A check's result: `Err` carries the failure message.
+pub(crate) type CheckResult<T = ()> = Result<T, String>;
+
+/// Fails the check with a message unless the condition holds.
+macro_rules! ensure {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(format!($($msg)+));
+        }
+    };
+}
+
+/// Fails the check unless both sides are equal, showing both.
+macro_rules! ensure_eq {
+    ($left:expr, $right:expr, $($msg:tt)+) => {
+        match (&$left, &$right) {
+            (left, right) => {
+                if left != right {
+                    return Err(format!(
+                        "{}\n  got:      {:?}\n  expected: {:?}",
+                        format_args!($($msg)+),
+                        left,
+                        right
+                    ));
+                }
+            }
+        }
+    };
+}
+
+pub(crate) use {ensure, ensure_eq};
+
+/// Shared by all checks of one run.
+pub(crate) struct Ctx<'a> {
+    pub(crate) factory: &'a dyn StoreFactory,
+    pub(crate) store: Arc<dyn StorageBackend>,
+    pub(crate) run: String,
+}
+
+impl<'a> Ctx<'a> {
+    pub(crate) fn new(
+        factory: &'a dyn StoreFactory,
+        store: Arc<dyn StorageBackend>,
+        run: String,
+    ) -> Self {
+        Ctx {
+            factory,
+            store,
+            run,
+        }
+    }
+
+    /// A collection name no other check or run uses.
+    pub(crate) fn collection(&self, tag: &str) -> String {
+        format!("{}-{tag}", self.run)
+    }
+
+    /// A clock on the system time for a client unique to this run.
+    pub(crate) fn clock(&self, who: &str) -> CheckResult<Hlc> {
+        Ok(Hlc::new(self.client(who)?))
+    }
+
+    /// A clock on a manual time (for records "arriving by sync" with old stamps).
+    pub(crate) fn manual_clock(
+        &self,
+        who: &str,
+        millis: u64,
+    ) -> CheckResult<(Arc<ManualTime>, Hlc)> {
+        let time = Arc::new(ManualTime::new(millis));
+        let hlc = Hlc::with_time(self.client(who)?, time.clone());
+        Ok((time, hlc))
+    }
+
+    fn client(&self, who: &str) -> CheckResult<ClientId> {
+        ClientId::new(&format!("{}-{who}", self.run)).or_fail("building a client id")
+    }
+}
+
+/// Turns a backend error into a check failure saying what was being done.
+pub(crate) trait OrFail<T> {
+    fn or_fail(self, what: &str) -> CheckResult<T>;
+}
+
+impl<T> OrFail<T> for syncforge_core::Result<T> {
+    fn or_fail(self, what: &str) -> CheckResult<T> {
+        self.map_err(|e| format!("{what}: unexpected error: {e}"))
+    }
+}
+
+/// The content `{"id": id, "n": n}`.
+pub(crate) fn content(id: &str, n: i64) -> CheckResult<Content> {
+    Content::from_value(json!({"id": id, "n": n})).or_fail("building content")
+}
+
+/// A new record `{"id": id, "n": n}` stamped now.
+pub(crate) fn record(hlc: &mut Hlc, id: &str, n: i64) -> CheckResult<Record> {
+    Ok(Record::create(content(id, n)?, &hlc.now()))
+}
+
+/// `base` with `n` set by a later local write, as the engine would produce it.
+pub(crate) fn edited(hlc: &mut Hlc, base: &Record, n: i64) -> CheckResult<Record> {
+    hlc.observe(base.newest_stamp())
+        .or_fail("observing a record's stamp")?;
+    let mut next = base.clone();
+    next.apply_put(content(base.id(), n)?, &hlc.now())
+        .or_fail("applying a put")?;
+    Ok(next)
+}
+
+/// `base`, soft-deleted by a later local write.
+pub(crate) fn soft_deleted(hlc: &mut Hlc, base: &Record) -> CheckResult<Record> {
+    hlc.observe(base.newest_stamp())
+        .or_fail("observing a record's stamp")?;
+    let mut next = base.clone();
+    next.apply_delete(&hlc.now()).or_fail("applying a delete")?;
+    Ok(next)
+}
+
+/// The token and sequence of a write that must have happened.
+pub(crate) fn written(outcome: &WriteOutcome, what: &str) -> CheckResult<(Token, u64)> {
+    match outcome {
+        WriteOutcome::Written { token, sequence } => Ok((token.clone(), *sequence)),
+        WriteOutcome::Conflict => Err(format!(
+            "{what}: expected the write to happen, got Conflict"
+        )),
+    }
+}
+
+/// The `n` field of a record.
+pub(crate) fn n_of(record: &Record) -> Option<i64> {
+    record.get("n").and_then(serde_json::Value::as_i64)
+}
+
+/// Records sorted by id, for comparing unordered results.
+pub(crate) fn sorted(mut records: Vec<Record>) -> Vec<Record> {
+    records.sort_by(|a, b| a.id().cmp(b.id()));
+    records
+}
+
+/// Fails unless `result` is [`Error::Closed`].
+pub(crate) fn expect_closed<T: Debug>(
+    result: syncforge_core::Result<T>,
+    what: &str,
+) -> CheckResult {
+    match result {
+        Err(Error::Closed { .. }) => Ok(()),
+        other => Err(format!(
+            "{what} on a closed handle: expected Error::Closed, got {other:?}"
+        )),
+    }
+}
+
+/// Fails unless `result` is [`Error::InvalidCollection`].
+pub(crate) fn expect_invalid_collection<T: Debug>(
+    result: syncforge_core::Result<T>,
+    what: &str,
+    name: &str,
+) -> CheckResult {
+    match result {
+        Err(Error::InvalidCollection { .. }) => Ok(()),
+        other => Err(format!(
+            "{what} with collection name {:?}: expected Error::InvalidCollection, got {other:?}",
+            shortened(name)
+        )),
+    }
+}
+
+/// Fails unless `result` is [`Error::InvalidId`].
+pub(crate) fn expect_invalid_id<T: Debug>(
+    result: syncforge_core::Result<T>,
+    what: &str,
+    id: &str,
+) -> CheckResult {
+    match result {
+        Err(Error::InvalidId { .. }) => Ok(()),
+        other => Err(format!(
+            "{what} with id {:?}: expected Error::InvalidId, got {other:?}",
+            shortened(id)
+        )),
+    }
+}
+
+/// A long name cut for a failure message.
+pub(crate) fn shortened(name: &str) -> String {
+    let mut end = name.len().min(60);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    if end == name.len() {
+        name.to_owned()
+    } else {
+        format!("{}... ({} bytes)", &name[..end], name.len())
+    }
+}
