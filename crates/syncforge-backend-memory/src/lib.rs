@@ -1,1 +1,611 @@
-//! syncforge-backend-memory (being written).
+//! # syncforge-backend-memory
+//!
+//! [`MemoryBackend`]: an in-process [`StorageBackend`] for syncforge. Data lives
+//! as long as any handle on it; nothing is persisted. It is the default backend
+//! and the fastest one, meant for tests, caches and short-lived replicas.
+//!
+//! Every clone is another handle on the same data, so two engines built on
+//! clones of one `MemoryBackend` share their records exactly as two processes
+//! sharing one Redis would.
+//!
+//! ```
+//! use serde_json::json;
+//! use syncforge_core::{ClientId, Content, Hlc, Record, StorageBackend, Write, WriteOutcome};
+//! use syncforge_backend_memory::MemoryBackend;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> syncforge_core::Result<()> {
+//! let store = MemoryBackend::new();
+//! let mut clock = Hlc::new(ClientId::new("phone")?);
+//! let note = Record::create(Content::from_value(json!({"id": "n1", "title": "Q3"}))?, &clock.now());
+//!
+//! let outcome = store.put("notes", &Write::create(note.clone())).await?;
+//! assert!(matches!(outcome, WriteOutcome::Written { sequence: 1, .. }));
+//!
+//! // Another handle sees the same data.
+//! let other = store.clone();
+//! let stored = other.get("notes", "n1").await?;
+//! assert_eq!(stored.map(|s| s.record), Some(note));
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound::{Excluded, Unbounded};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use syncforge_core::{
+    async_trait, validate_collection, validate_id, Change, ChangePage, Error, Record, Result,
+    Stamp, StorageBackend, Stored, Token, Write, WriteOutcome,
+};
+
+const BACKEND_NAME: &str = "memory";
+
+/// An in-process storage backend.
+///
+/// `Clone` gives another handle on the same data (in the same open or closed
+/// state as the handle it was cloned from). [`close`](StorageBackend::close)
+/// closes only the handle it is called on and never drops data.
+///
+/// [`newest_stamp`](StorageBackend::newest_stamp) is the newest stamp ever
+/// written, kept at hand: deleting records never moves it back, so a clock
+/// seeded from it stays ahead of every stamp this store has held.
+///
+/// All data sits behind one mutex, which is never held across an `.await`;
+/// batch calls take it once.
+pub struct MemoryBackend {
+    state: Arc<Mutex<State>>,
+    closed: AtomicBool,
+}
+
+/// Everything shared by the handles of one store.
+#[derive(Default)]
+struct State {
+    collections: HashMap<String, Collection>,
+    meta: HashMap<String, String>,
+    /// The newest stamp ever written. Kept instead of recomputed so that
+    /// `newest_stamp` is O(1); after deletes it may be newer than any record
+    /// left, which is harmless for its one use (seeding a clock forward).
+    newest: Option<Stamp>,
+}
+
+/// One collection: the records and two indexes over them.
+///
+/// Ids are shared `Arc<str>` between the map and the indexes so that an
+/// update moves no string.
+#[derive(Default)]
+struct Collection {
+    records: HashMap<Arc<str>, Slot>,
+    /// Sequence of each record's latest change → id: the change feed.
+    by_sequence: BTreeMap<u64, Arc<str>>,
+    /// (`_timestamp` millis, sequence) → id: for `changes_since_timestamp`.
+    by_millis: BTreeMap<(u64, u64), Arc<str>>,
+    /// Last sequence handed out. Survives deletes and clears, so a reader's
+    /// cursor never skips records written after a clear.
+    last_sequence: u64,
+}
+
+struct Slot {
+    record: Record,
+    sequence: u64,
+    millis: u64,
+}
+
+impl MemoryBackend {
+    /// A new, empty store.
+    pub fn new() -> Self {
+        MemoryBackend {
+            state: Arc::new(Mutex::new(State::default())),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// Locks the shared state for one call, refusing if this handle is closed.
+    fn lock(&self) -> Result<MutexGuard<'_, State>> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed {
+                what: "memory backend handle",
+            });
+        }
+        // A panic while holding the lock cannot leave the state torn: every
+        // mutation below completes without calling out. So the data of a
+        // poisoned lock is still consistent and usable.
+        Ok(self.state.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+impl Default for MemoryBackend {
+    fn default() -> Self {
+        MemoryBackend::new()
+    }
+}
+
+impl Clone for MemoryBackend {
+    fn clone(&self) -> Self {
+        MemoryBackend {
+            state: Arc::clone(&self.state),
+            closed: AtomicBool::new(self.closed.load(Ordering::Acquire)),
+        }
+    }
+}
+
+impl std::fmt::Debug for MemoryBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Deliberately not the data: it can be huge, and printing it would lock.
+        f.debug_struct("MemoryBackend")
+            .field("closed", &self.closed.load(Ordering::Acquire))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Collection {
+    fn stored(&self, id: &str) -> Option<Stored> {
+        self.records.get(id).map(|slot| Stored {
+            record: slot.record.clone(),
+            token: Token::Sequence(slot.sequence),
+        })
+    }
+
+    /// Applies one conditional write; a write that happens moves `newest`
+    /// forward to its stamp if that is newer.
+    fn apply(&mut self, write: &Write, newest: &mut Option<Stamp>) -> WriteOutcome {
+        let Write { record, expected } = write;
+        let sequence = self.last_sequence + 1;
+        let stamp = record.newest_stamp();
+        let millis = stamp.millis();
+        match self.records.get_mut(record.id()) {
+            Some(slot) => {
+                if !matches!(expected, Some(Token::Sequence(s)) if *s == slot.sequence) {
+                    return WriteOutcome::Conflict;
+                }
+                take_newer(newest, stamp);
+                self.by_millis.remove(&(slot.millis, slot.sequence));
+                let id = match self.by_sequence.remove(&slot.sequence) {
+                    Some(id) => id,
+                    // Unreachable while the indexes agree; rebuilding the key
+                    // is still correct if they ever did not.
+                    None => Arc::from(record.id()),
+                };
+                self.by_sequence.insert(sequence, Arc::clone(&id));
+                self.by_millis.insert((millis, sequence), id);
+                slot.record = record.clone();
+                slot.sequence = sequence;
+                slot.millis = millis;
+            }
+            None => {
+                if expected.is_some() {
+                    return WriteOutcome::Conflict;
+                }
+                take_newer(newest, stamp);
+                let id: Arc<str> = Arc::from(record.id());
+                self.by_sequence.insert(sequence, Arc::clone(&id));
+                self.by_millis.insert((millis, sequence), Arc::clone(&id));
+                self.records.insert(
+                    id,
+                    Slot {
+                        record: record.clone(),
+                        sequence,
+                        millis,
+                    },
+                );
+            }
+        }
+        self.last_sequence = sequence;
+        WriteOutcome::Written {
+            token: Token::Sequence(sequence),
+            sequence,
+        }
+    }
+
+    fn remove(&mut self, id: &str) -> bool {
+        match self.records.remove(id) {
+            Some(slot) => {
+                self.by_sequence.remove(&slot.sequence);
+                self.by_millis.remove(&(slot.millis, slot.sequence));
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+fn take_newer(newest: &mut Option<Stamp>, stamp: &Stamp) {
+    if newest.as_ref().is_none_or(|n| stamp > n) {
+        *newest = Some(stamp.clone());
+    }
+}
+
+#[async_trait]
+impl StorageBackend for MemoryBackend {
+    fn name(&self) -> &'static str {
+        BACKEND_NAME
+    }
+
+    async fn get(&self, collection: &str, id: &str) -> Result<Option<Stored>> {
+        validate_collection(collection)?;
+        validate_id(id)?;
+        let state = self.lock()?;
+        Ok(state.collections.get(collection).and_then(|c| c.stored(id)))
+    }
+
+    async fn get_many(&self, collection: &str, ids: &[&str]) -> Result<Vec<Option<Stored>>> {
+        validate_collection(collection)?;
+        for id in ids {
+            validate_id(id)?;
+        }
+        let state = self.lock()?;
+        Ok(match state.collections.get(collection) {
+            Some(c) => ids.iter().map(|id| c.stored(id)).collect(),
+            None => vec![None; ids.len()],
+        })
+    }
+
+    async fn get_all(&self, collection: &str) -> Result<Vec<Record>> {
+        validate_collection(collection)?;
+        let state = self.lock()?;
+        Ok(state
+            .collections
+            .get(collection)
+            .map(|c| c.records.values().map(|s| s.record.clone()).collect())
+            .unwrap_or_default())
+    }
+
+    async fn put_batch(&self, collection: &str, writes: &[Write]) -> Result<Vec<WriteOutcome>> {
+        validate_collection(collection)?;
+        // Record ids need no check here: every `Record` constructor validates its id.
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut guard = self.lock()?;
+        let state = &mut *guard;
+        let target = match state.collections.get_mut(collection) {
+            Some(c) => c,
+            None => state.collections.entry(collection.to_owned()).or_default(),
+        };
+        let newest = &mut state.newest;
+        Ok(writes
+            .iter()
+            .map(|write| target.apply(write, newest))
+            .collect())
+    }
+
+    async fn delete(&self, collection: &str, id: &str) -> Result<bool> {
+        validate_collection(collection)?;
+        validate_id(id)?;
+        let mut state = self.lock()?;
+        Ok(state
+            .collections
+            .get_mut(collection)
+            .is_some_and(|c| c.remove(id)))
+    }
+
+    async fn changes(&self, collection: &str, after: u64, limit: usize) -> Result<ChangePage> {
+        validate_collection(collection)?;
+        let state = self.lock()?;
+        let Some(c) = state.collections.get(collection) else {
+            return Ok(ChangePage {
+                changes: Vec::new(),
+                next: after,
+                more: false,
+            });
+        };
+        let mut entries = c.by_sequence.range((Excluded(after), Unbounded));
+        let mut changes = Vec::with_capacity(limit.min(c.records.len()));
+        for (&sequence, id) in entries.by_ref().take(limit) {
+            if let Some(slot) = c.records.get(id) {
+                changes.push(Change {
+                    sequence,
+                    record: slot.record.clone(),
+                });
+            }
+        }
+        let more = entries.next().is_some();
+        let next = changes.last().map_or(after, |change| change.sequence);
+        Ok(ChangePage {
+            changes,
+            next,
+            more,
+        })
+    }
+
+    async fn changes_since_timestamp(&self, collection: &str, millis: u64) -> Result<Vec<Record>> {
+        validate_collection(collection)?;
+        let state = self.lock()?;
+        let Some(c) = state.collections.get(collection) else {
+            return Ok(Vec::new());
+        };
+        // Keys are (millis, sequence): everything above (millis, MAX) has a
+        // strictly greater timestamp.
+        Ok(c.by_millis
+            .range((Excluded((millis, u64::MAX)), Unbounded))
+            .filter_map(|(_, id)| c.records.get(id).map(|s| s.record.clone()))
+            .collect())
+    }
+
+    async fn list_collections(&self) -> Result<Vec<String>> {
+        let state = self.lock()?;
+        Ok(state
+            .collections
+            .iter()
+            .filter(|(_, c)| !c.records.is_empty())
+            .map(|(name, _)| name.clone())
+            .collect())
+    }
+
+    async fn clear_collection(&self, collection: &str) -> Result<()> {
+        validate_collection(collection)?;
+        let mut state = self.lock()?;
+        if let Some(c) = state.collections.get_mut(collection) {
+            // The collection itself stays, with its last sequence (see `Collection`).
+            c.records.clear();
+            c.by_sequence.clear();
+            c.by_millis.clear();
+        }
+        Ok(())
+    }
+
+    async fn newest_stamp(&self) -> Result<Option<Stamp>> {
+        Ok(self.lock()?.newest.clone())
+    }
+
+    async fn get_meta(&self, key: &str) -> Result<Option<String>> {
+        Ok(self.lock()?.meta.get(key).cloned())
+    }
+
+    async fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        self.lock()?.meta.insert(key.to_owned(), value.to_owned());
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.closed.store(true, Ordering::Release);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+    use syncforge_core::{ClientId, Content, Hlc, ManualTime};
+
+    use super::*;
+
+    fn clock(millis: u64) -> (Arc<ManualTime>, Hlc) {
+        let time = Arc::new(ManualTime::new(millis));
+        let hlc = Hlc::with_time(ClientId::new("unit").unwrap(), time.clone());
+        (time, hlc)
+    }
+
+    fn record(hlc: &mut Hlc, id: &str, n: u64) -> Record {
+        Record::create(
+            Content::from_value(json!({"id": id, "n": n})).unwrap(),
+            &hlc.now(),
+        )
+    }
+
+    fn assert_indexes_agree(store: &MemoryBackend) {
+        let state = store.state.lock().unwrap();
+        for c in state.collections.values() {
+            assert_eq!(c.by_sequence.len(), c.records.len());
+            assert_eq!(c.by_millis.len(), c.records.len());
+            for (id, slot) in &c.records {
+                assert_eq!(c.by_sequence.get(&slot.sequence), Some(id));
+                assert_eq!(c.by_millis.get(&(slot.millis, slot.sequence)), Some(id));
+                assert_eq!(slot.millis, slot.record.timestamp());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn tokens_are_the_sequences_of_the_writes() {
+        let store = MemoryBackend::new();
+        let (_, mut hlc) = clock(1_000);
+        let first = store
+            .put("c", &Write::create(record(&mut hlc, "a", 1)))
+            .await
+            .unwrap();
+        assert_eq!(
+            first,
+            WriteOutcome::Written {
+                token: Token::Sequence(1),
+                sequence: 1
+            }
+        );
+        let second = store
+            .put("c", &Write::create(record(&mut hlc, "b", 1)))
+            .await
+            .unwrap();
+        assert!(matches!(second, WriteOutcome::Written { sequence: 2, .. }));
+        assert_eq!(
+            store.get("c", "a").await.unwrap().unwrap().token,
+            Token::Sequence(1)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_tag_token_never_matches() {
+        let store = MemoryBackend::new();
+        let (_, mut hlc) = clock(1_000);
+        store
+            .put("c", &Write::create(record(&mut hlc, "a", 1)))
+            .await
+            .unwrap();
+        let outcome = store
+            .put(
+                "c",
+                &Write::replace(record(&mut hlc, "a", 2), Token::Tag("1".to_owned())),
+            )
+            .await
+            .unwrap();
+        assert_eq!(outcome, WriteOutcome::Conflict);
+        assert_eq!(
+            store.get("c", "a").await.unwrap().unwrap().record.get("n"),
+            Some(&json!(1))
+        );
+    }
+
+    #[tokio::test]
+    async fn clones_share_data_but_close_alone() {
+        let store = MemoryBackend::default();
+        let other = store.clone();
+        let (_, mut hlc) = clock(1_000);
+        store
+            .put("c", &Write::create(record(&mut hlc, "a", 1)))
+            .await
+            .unwrap();
+        assert!(other.get("c", "a").await.unwrap().is_some());
+
+        other.close().await.unwrap();
+        assert!(matches!(
+            other.get("c", "a").await,
+            Err(Error::Closed { .. })
+        ));
+        // Closing twice is harmless.
+        other.close().await.unwrap();
+        // A clone of a closed handle is closed too; the original stays open.
+        assert!(matches!(
+            other.clone().get_all("c").await,
+            Err(Error::Closed { .. })
+        ));
+        assert!(store.get("c", "a").await.unwrap().is_some());
+        assert!(store.clone().get("c", "a").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn newest_stamp_is_exact_and_never_goes_back() {
+        let store = MemoryBackend::new();
+        assert_eq!(store.newest_stamp().await.unwrap(), None);
+        let (time, mut hlc) = clock(5_000);
+        let late = record(&mut hlc, "late", 1);
+        store.put("c", &Write::create(late.clone())).await.unwrap();
+        assert_eq!(
+            store.newest_stamp().await.unwrap().as_ref(),
+            Some(late.newest_stamp())
+        );
+
+        // An older record arriving by sync does not move it back.
+        time.set(1_000);
+        let (_, mut old_clock) = clock(1_000);
+        store
+            .put("d", &Write::create(record(&mut old_clock, "old", 1)))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.newest_stamp().await.unwrap().as_ref(),
+            Some(late.newest_stamp())
+        );
+
+        // A conflicting write is not stored, so its stamp does not count.
+        let (_, mut future_clock) = clock(9_000);
+        let lost = store
+            .put("c", &Write::create(record(&mut future_clock, "late", 2)))
+            .await
+            .unwrap();
+        assert_eq!(lost, WriteOutcome::Conflict);
+        assert_eq!(
+            store.newest_stamp().await.unwrap().as_ref(),
+            Some(late.newest_stamp())
+        );
+
+        // Deleting keeps it: a clock seeded from it must not move backwards.
+        store.delete("c", "late").await.unwrap();
+        assert_eq!(
+            store.newest_stamp().await.unwrap().as_ref(),
+            Some(late.newest_stamp())
+        );
+    }
+
+    #[tokio::test]
+    async fn sequences_continue_after_a_clear() {
+        let store = MemoryBackend::new();
+        let (_, mut hlc) = clock(1_000);
+        for id in ["a", "b", "c"] {
+            store
+                .put("c", &Write::create(record(&mut hlc, id, 1)))
+                .await
+                .unwrap();
+        }
+        store.clear_collection("c").await.unwrap();
+        let outcome = store
+            .put("c", &Write::create(record(&mut hlc, "a", 2)))
+            .await
+            .unwrap();
+        assert!(matches!(outcome, WriteOutcome::Written { sequence: 4, .. }));
+        let page = store.changes("c", 3, 10).await.unwrap();
+        assert_eq!(page.changes.len(), 1);
+        assert_indexes_agree(&store);
+    }
+
+    #[tokio::test]
+    async fn indexes_stay_consistent_through_updates_deletes_and_clears() {
+        let store = MemoryBackend::new();
+        let (time, mut hlc) = clock(1_000);
+        for round in 0..5u64 {
+            let mut writes = Vec::new();
+            for i in 0..20u64 {
+                let id = format!("r{i}");
+                let mut rec = match store.get("c", &id).await.unwrap() {
+                    Some(stored) => {
+                        let mut rec = stored.record;
+                        let content = Content::from_value(json!({"id": id, "n": round})).unwrap();
+                        rec.apply_put(content, &hlc.now()).unwrap();
+                        writes.push(Write::replace(rec, stored.token));
+                        continue;
+                    }
+                    None => record(&mut hlc, &id, round),
+                };
+                // Some records arrive "by sync" with old stamps.
+                if i % 3 == 0 {
+                    let (_, mut old) = clock(10 + i);
+                    rec = record(&mut old, &id, round);
+                }
+                writes.push(Write::create(rec));
+            }
+            let outcomes = store.put_batch("c", &writes).await.unwrap();
+            assert!(outcomes
+                .iter()
+                .all(|o| matches!(o, WriteOutcome::Written { .. })));
+            for i in (0..20u64).step_by(4 + round as usize) {
+                store.delete("c", &format!("r{i}")).await.unwrap();
+            }
+            time.advance(7);
+            assert_indexes_agree(&store);
+        }
+        store.clear_collection("c").await.unwrap();
+        assert_indexes_agree(&store);
+        assert!(store.list_collections().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_poisoned_lock_is_recovered() {
+        let store = MemoryBackend::new();
+        let (_, mut hlc) = clock(1_000);
+        store
+            .put("c", &Write::create(record(&mut hlc, "a", 1)))
+            .await
+            .unwrap();
+        let shared = Arc::clone(&store.state);
+        let poisoner = std::thread::spawn(move || {
+            let _guard = shared.lock().unwrap();
+            panic!("poison the lock on purpose");
+        });
+        assert!(poisoner.join().is_err());
+        assert!(store.state.is_poisoned());
+        assert!(store.get("c", "a").await.unwrap().is_some());
+        store
+            .put("c", &Write::create(record(&mut hlc, "b", 1)))
+            .await
+            .unwrap();
+        assert_eq!(store.get_all("c").await.unwrap().len(), 2);
+    }
+
+    #[test]
+    fn debug_does_not_print_the_data() {
+        let text = format!("{:?}", MemoryBackend::new());
+        assert_eq!(text, "MemoryBackend { closed: false, .. }");
+    }
+}
