@@ -73,3 +73,13 @@ pub use syncforge_backend_memory::MemoryBackend;
 #[cfg(feature = "fs")]
 #[cfg_attr(docsrs, doc(cfg(feature = "fs")))]
 pub use syncforge_backend_fs::FsBackend;
+
+/// The guide's examples, compiled and run as doctests so the guide stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/guide.md")]
+struct GuideDoctests;
+
+/// The migration guide's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/migrating-from-typescript.md")]
+struct MigrationDoctests;
