@@ -83,3 +83,8 @@ struct GuideDoctests;
 #[cfg(doctest)]
 #[doc = include_str!("../../../docs/migrating-from-typescript.md")]
 struct MigrationDoctests;
+
+/// The README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
