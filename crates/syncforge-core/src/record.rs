@@ -607,7 +607,10 @@ fn from_seed(id: &str, fields: Map<String, Value>, meta: &SeedMeta<'_>) -> Resul
     versions.set(client, version);
     let fields = fields
         .into_iter()
-        .map(|(k, v)| (k, FieldState::new(Some(v), written.clone())))
+        .map(|(k, mut v)| {
+            positive_zero(&mut v);
+            (k, FieldState::new(Some(v), written.clone()))
+        })
         .collect();
     Ok(Record {
         id: id.to_owned(),
@@ -616,6 +619,24 @@ fn from_seed(id: &str, fields: Map<String, Value>, meta: &SeedMeta<'_>) -> Resul
         tombstone,
         versions,
     })
+}
+
+/// Reads `-0.0` as `0.0`, as JavaScript prints it. Imported values can share a
+/// stamp, and ties are broken by value; `-0.0` and `0.0` are equal JSON values
+/// with different text, so without this two replicas importing one each would
+/// keep different JSON.
+fn positive_zero(value: &mut Value) {
+    match value {
+        Value::Number(n) if is_negative_zero(n) => *value = Value::from(0.0),
+        Value::Array(items) => items.iter_mut().for_each(positive_zero),
+        Value::Object(map) => map.values_mut().for_each(positive_zero),
+        _ => {}
+    }
+}
+
+fn is_negative_zero(n: &serde_json::Number) -> bool {
+    n.as_f64()
+        .is_some_and(|f| f.to_bits() == (-0.0f64).to_bits())
 }
 
 fn from_sync_state(
