@@ -21,9 +21,7 @@ use std::io::{self, Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use syncforge_core::{
-    Change, ChangePage, Error, Record, Result, Stored, Token, WriteOutcome,
-};
+use syncforge_core::{Change, ChangePage, Error, Record, Result, Stored, Token, WriteOutcome};
 
 use crate::encoding::{decode, is_hashed, stem_for};
 use crate::files::{
@@ -221,7 +219,10 @@ impl Collection {
         if header.format != LOG_FORMAT || header.version != 1 {
             return Err(corrupt(
                 &path,
-                format!("unknown format {:?} version {}", header.format, header.version),
+                format!(
+                    "unknown format {:?} version {}",
+                    header.format, header.version
+                ),
             ));
         }
         if header.generation != self.generation {
@@ -281,8 +282,9 @@ impl Collection {
 
     /// Rebuilds a missing or unreadable log from the record files (under the
     /// exclusive lock). Every record gets a fresh sequence above any the old
-    /// log held, so change-feed readers see everything again rather than miss
-    /// anything. A new collection directory takes this path too.
+    /// log can have handed out, so change-feed readers see everything again
+    /// rather than miss anything. A new collection directory takes this path
+    /// too, and starts at 1.
     fn rebuild(&mut self, problem: &str) -> Result<()> {
         let path = self.log_path();
         let old = read_if_exists(&path)?;
@@ -295,9 +297,18 @@ impl Collection {
                 .filter_map(|line| serde_json::from_slice::<serde_json::Value>(line).ok())
             {
                 let number = |key: &str| value.get(key).and_then(serde_json::Value::as_u64);
-                highest_seq = highest_seq.max(number("seq").unwrap_or(0)).max(number("base").unwrap_or(0));
+                highest_seq = highest_seq
+                    .max(number("seq").unwrap_or(0))
+                    .max(number("base").unwrap_or(0));
                 highest_generation = highest_generation.max(number("generation").unwrap_or(0));
             }
+        }
+        if old.is_some() || has_records(&self.dir)? {
+            // What the lost log held is unknown, so readers' cursors could
+            // be anywhere up to its last sequence. No count of writes comes
+            // near the current time in microseconds: starting above it keeps
+            // the new sequences above every cursor.
+            highest_seq = highest_seq.max(micros_since_epoch());
         }
         self.reset(highest_generation, highest_seq);
         self.rewrite_log(highest_seq)?;
@@ -348,17 +359,18 @@ impl Collection {
                 on_disk.insert(id);
             }
         }
-        let mut entries = Vec::new();
-        let mut next = self.last_seq;
-        let mut unknown: Vec<&String> = on_disk.iter().filter(|id| !self.seqs.contains_key(*id)).collect();
+        let mut unknown: Vec<&String> = on_disk
+            .iter()
+            .filter(|id| !self.seqs.contains_key(*id))
+            .collect();
         unknown.sort();
-        for id in unknown {
-            next += 1;
-            entries.push(LogEntry::Written {
-                seq: next,
+        let mut entries: Vec<LogEntry> = (self.last_seq + 1..)
+            .zip(unknown)
+            .map(|(seq, id)| LogEntry::Written {
+                seq,
                 id: id.clone(),
-            });
-        }
+            })
+            .collect();
         for id in self.seqs.keys().filter(|id| !on_disk.contains(*id)) {
             entries.push(LogEntry::Removed {
                 removed: id.clone(),
@@ -449,16 +461,21 @@ impl Collection {
     /// Applies conditional writes (under the exclusive lock); see
     /// [`crate::FsBackend`] for the order of operations that keeps every
     /// record old or new on a crash.
-    pub(crate) fn put_batch(&mut self, writes: Vec<PreparedWrite>) -> Result<Vec<WriteOutcome>> {
+    pub(crate) fn put_batch(&mut self, writes: &[PreparedWrite]) -> Result<Vec<WriteOutcome>> {
         let mut outcomes = Vec::with_capacity(writes.len());
         let mut current: HashMap<&str, u64> = HashMap::new();
         let mut planned: Vec<(&PreparedWrite, u64)> = Vec::new();
         let mut next = self.last_seq;
-        for write in &writes {
-            let stored = current
-                .get(write.id.as_str())
-                .or_else(|| self.seqs.get(&write.id))
-                .copied();
+        for write in writes {
+            let stored =
+                match current.get(write.id.as_str()) {
+                    Some(planned) => Some(*planned),
+                    // A file removed by hand leaves its log entry behind until
+                    // the next open; the record is absent all the same.
+                    None => self.seqs.get(&write.id).copied().filter(|_| {
+                        write.expected.is_some() || self.record_path(&write.id).exists()
+                    }),
+                };
             let matches = match (&write.expected, stored) {
                 (None, None) => true,
                 (Some(Token::Sequence(expected)), Some(stored)) => *expected == stored,
@@ -592,10 +609,7 @@ impl Collection {
             next: after,
             more: false,
         };
-        let mut pending = self
-            .by_seq
-            .range(after.saturating_add(1)..)
-            .peekable();
+        let mut pending = self.by_seq.range(after.saturating_add(1)..).peekable();
         while page.changes.len() < limit {
             let Some((seq, id)) = pending.next() else {
                 break;
@@ -650,7 +664,10 @@ pub(crate) fn read_all(dir: &Path) -> Result<(Vec<Record>, Vec<Error>)> {
             Ok(Some(record)) if stem_for(record.id()) == stem => records.push(record),
             Ok(Some(record)) => skipped.push(corrupt(
                 &path,
-                format!("holds record {:?}, which belongs in another file", record.id()),
+                format!(
+                    "holds record {:?}, which belongs in another file",
+                    record.id()
+                ),
             )),
             Ok(None) => {}
             Err(err) => skipped.push(err),
@@ -666,9 +683,10 @@ pub(crate) fn read_all(dir: &Path) -> Result<(Vec<Record>, Vec<Error>)> {
 pub(crate) fn has_records(dir: &Path) -> Result<bool> {
     for entry in read_dir(dir)? {
         let file_name = entry.file_name();
-        if file_name.to_str().is_some_and(|n| {
-            !n.starts_with('.') && n.ends_with(&format!(".{RECORD_EXTENSION}"))
-        }) {
+        if file_name
+            .to_str()
+            .is_some_and(|n| !n.starts_with('.') && n.ends_with(&format!(".{RECORD_EXTENSION}")))
+        {
             return Ok(true);
         }
     }
@@ -723,4 +741,11 @@ fn remove_all(paths: &[PathBuf]) {
         // Best effort: leftovers are removed on the next open.
         let _ = fs::remove_file(path);
     }
+}
+
+fn micros_since_epoch() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2))
+        .unwrap_or(0)
 }

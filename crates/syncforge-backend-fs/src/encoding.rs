@@ -190,11 +190,23 @@ mod tests {
 
     #[test]
     fn dots_and_separators_never_form_paths() {
-        for name in [".", "..", "../x", "x/..", "/etc/passwd", ".hidden", "trailing.", "a\\..\\b"] {
+        for name in [
+            ".",
+            "..",
+            "../x",
+            "x/..",
+            "/etc/passwd",
+            ".hidden",
+            "trailing.",
+            "a\\..\\b",
+        ] {
             let stem = stem_for(name);
             assert!(!stem.starts_with('.'), "{name:?} -> {stem}");
             assert!(!stem.ends_with('.'), "{name:?} -> {stem}");
-            assert!(!stem.contains('/') && !stem.contains('\\'), "{name:?} -> {stem}");
+            assert!(
+                !stem.contains('/') && !stem.contains('\\'),
+                "{name:?} -> {stem}"
+            );
             assert_eq!(decode(&stem).as_deref(), Some(name));
         }
         assert_eq!(stem_for(".."), "%2E%2E");
@@ -234,12 +246,17 @@ mod tests {
         }
         assert_ne!(stem_for(&long), stem_for(&format!("{}y", "x".repeat(1023))));
         let escaped_cut = format!("{}{}", "a".repeat(63), "/".repeat(200));
-        assert_eq!(stem_for(&escaped_cut).split('~').next().unwrap(), "a".repeat(63));
+        assert_eq!(
+            stem_for(&escaped_cut).split('~').next().unwrap(),
+            "a".repeat(63)
+        );
     }
 
     #[test]
     fn only_canonical_forms_decode() {
-        for foreign in ["", "%2e", "a%2fb", "%41", "^A", "^1", "Note", "a~b", "%4", "%ZZ", "%FF", "con"] {
+        for foreign in [
+            "", "%2e", "a%2fb", "%41", "^A", "^1", "Note", "a~b", "%4", "%ZZ", "%FF", "con",
+        ] {
             assert_eq!(decode(foreign), None, "{foreign:?}");
         }
     }

@@ -49,7 +49,10 @@ pub(crate) fn temp_path(dir: &Path) -> PathBuf {
 pub(crate) fn write_temp(dir: &Path, bytes: &[u8], durable: bool) -> Result<PathBuf, Error> {
     let path = temp_path(dir);
     let result = (|| {
-        let mut file = OpenOptions::new().write(true).create_new(true).open(&path)?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
         file.write_all(bytes)?;
         if durable {
             file.sync_data()?;

@@ -242,7 +242,10 @@ impl FsBackend {
         let dir = Collection::dir_for(&self.inner.root, collection);
         self.run(move |_| {
             let (_, skipped) = read_all(&dir)?;
-            Ok(skipped.into_iter().map(|error| CorruptFile { error }).collect())
+            Ok(skipped
+                .into_iter()
+                .map(|error| CorruptFile { error })
+                .collect())
         })
         .await
     }
@@ -335,7 +338,9 @@ fn lock<T>(mutex: &Mutex<T>) -> Result<MutexGuard<'_, T>> {
     })
 }
 
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|err| Error::storage(BACKEND_NAME, format!("file task failed: {err}")))?
@@ -392,7 +397,9 @@ impl StorageBackend for FsBackend {
             return Ok(Vec::new());
         }
         let outcomes = self
-            .with_collection(collection, true, move |c| c.exclusive(|c| c.put_batch(prepared)))
+            .with_collection(collection, true, move |c| {
+                c.exclusive(|c| c.put_batch(&prepared))
+            })
             .await?;
         outcomes.ok_or_else(|| {
             Error::storage(BACKEND_NAME, "collection directory could not be created")
@@ -410,7 +417,9 @@ impl StorageBackend for FsBackend {
 
     async fn changes(&self, collection: &str, after: u64, limit: usize) -> Result<ChangePage> {
         let page = self
-            .with_collection(collection, false, move |c| c.shared(|c| c.changes(after, limit)))
+            .with_collection(collection, false, move |c| {
+                c.shared(|c| c.changes(after, limit))
+            })
             .await?;
         Ok(page.unwrap_or(ChangePage {
             changes: Vec::new(),
@@ -479,9 +488,8 @@ impl StorageBackend for FsBackend {
             let _lock = inner.meta_lock(true)?;
             let mut meta = inner.read_meta()?;
             meta.insert(key, value);
-            let bytes = serde_json::to_vec_pretty(&meta).map_err(|err| {
-                Error::storage(BACKEND_NAME, format!("encoding metadata: {err}"))
-            })?;
+            let bytes = serde_json::to_vec_pretty(&meta)
+                .map_err(|err| Error::storage(BACKEND_NAME, format!("encoding metadata: {err}")))?;
             replace_atomically(
                 &inner.root.join(META_FILE),
                 &bytes,

@@ -1,0 +1,174 @@
+//! Crash test: a child process writes in a loop and is killed with SIGKILL at
+//! random moments; after each kill every record file parses, the store opens
+//! and no acknowledged write is lost.
+
+use std::collections::HashMap;
+use std::io::{BufRead as _, BufReader};
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use syncforge_backend_fs::FsBackend;
+use syncforge_core::{Record, StorageBackend, Write, WriteOutcome};
+
+use crate::{child_process, count_of, counter, increment, tree};
+
+const DIR_ENV: &str = "SYNCFORGE_FS_TEST_CRASH_DIR";
+const KILLS: usize = 30;
+const COLLECTION: &str = "crash";
+const BATCH_IDS: usize = 20;
+
+/// A small xorshift generator: the kill moments only need to vary.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, bound: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % bound
+    }
+}
+
+#[test]
+fn killed_writers_leave_whole_files_and_lose_no_acknowledged_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_str().unwrap().to_owned();
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    let mut rng = Rng(seed);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let mut acknowledged: HashMap<String, u64> = HashMap::new();
+    let mut killed_mid_run = 0;
+
+    for round in 0..KILLS {
+        let mut child = child_process("crash::child_writer", &[(DIR_ENV, &dir)])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (lines_tx, lines_rx) = mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if lines_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        // Wait for the first acknowledged write, then kill a few ms later.
+        let mut lines = Vec::new();
+        while let Ok(line) = lines_rx.recv_timeout(Duration::from_secs(20)) {
+            let started = line.starts_with("ack ");
+            lines.push(line);
+            if started {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(rng.below(25)));
+        child.kill().unwrap();
+        let status = child.wait().unwrap();
+        reader.join().unwrap();
+        lines.extend(lines_rx.try_iter());
+        if !status.success() {
+            killed_mid_run += 1;
+        }
+        for line in &lines {
+            let mut parts = line.split(' ');
+            if parts.next() != Some("ack") {
+                continue;
+            }
+            let (Some(id), Some(count)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let count: u64 = count.parse().unwrap();
+            let best = acknowledged.entry(id.to_owned()).or_default();
+            *best = (*best).max(count);
+        }
+
+        // Every record file parses and holds the record its name says.
+        let collection_dir = tmp.path().join(COLLECTION);
+        for name in tree(&collection_dir) {
+            if name.starts_with('.') {
+                continue;
+            }
+            let text = std::fs::read_to_string(collection_dir.join(&name)).unwrap();
+            let value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("round {round} (seed {seed}): {name} is torn: {e}"));
+            let record = Record::from_json(value).unwrap();
+            assert_eq!(format!("{}.json", record.id()), name, "seed {seed}");
+        }
+        // The store opens, and holds at least every acknowledged count.
+        runtime.block_on(async {
+            let store = FsBackend::open(&dir).await.unwrap();
+            let feed = store.changes(COLLECTION, 0, 10_000).await.unwrap();
+            for (id, count) in &acknowledged {
+                let stored = store.get(COLLECTION, id).await.unwrap();
+                let stored =
+                    stored.unwrap_or_else(|| panic!("round {round} (seed {seed}): {id} lost"));
+                assert!(
+                    count_of(&stored.record) >= *count,
+                    "round {round} (seed {seed}): {id} holds {} but {count} was acknowledged",
+                    count_of(&stored.record)
+                );
+                assert!(
+                    feed.changes.iter().any(|c| c.record.id() == id),
+                    "seed {seed}"
+                );
+            }
+            assert!(store.corrupt_files(COLLECTION).await.unwrap().is_empty());
+            store.close().await.unwrap();
+        });
+        assert!(
+            !tree(&collection_dir).iter().any(|n| n.starts_with(".tmp-")),
+            "seed {seed}"
+        );
+    }
+    assert!(!acknowledged.is_empty());
+    assert!(
+        killed_mid_run > KILLS / 2,
+        "the writer was rarely killed mid-run: {killed_mid_run}"
+    );
+}
+
+/// Run by the crash test in a child process: increments counters with single
+/// puts and batches, printing `ack <id> <count>` after each acknowledged write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "helper process, started by killed_writers_leave_whole_files_and_lose_no_acknowledged_write"]
+async fn child_writer() {
+    let Ok(dir) = std::env::var(DIR_ENV) else {
+        return;
+    };
+    let store = FsBackend::open(&dir).await.unwrap();
+    for round in 0..5_000u64 {
+        if round % 3 == 0 {
+            let ids: Vec<String> = (0..BATCH_IDS).map(|n| format!("b{n}")).collect();
+            let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+            let current = store.get_many(COLLECTION, &refs).await.unwrap();
+            let writes: Vec<Write> = ids
+                .iter()
+                .zip(current)
+                .map(|(id, stored)| match stored {
+                    None => Write::create(counter(id, 1)),
+                    Some(s) => Write::replace(counter(id, count_of(&s.record) + 1), s.token),
+                })
+                .collect();
+            let outcomes = store.put_batch(COLLECTION, &writes).await.unwrap();
+            for (write, outcome) in writes.iter().zip(outcomes) {
+                if matches!(outcome, WriteOutcome::Written { .. }) {
+                    println!("ack {} {}", write.record.id(), count_of(&write.record));
+                }
+            }
+        } else {
+            let id = format!("s{}", round % 10);
+            let count = increment(&store, COLLECTION, &id).await;
+            println!("ack {id} {count}");
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! Reopening, corrupt files, the change log's recovery, closing and clearing.
+
+use syncforge_backend_fs::{Durability, FsBackend, FsOptions};
+use syncforge_core::{Error, StorageBackend, Token, Write, WriteOutcome};
+
+use crate::{count_of, counter, put_any, token_of, tree};
+
+#[tokio::test]
+async fn records_are_plain_json_files_in_a_directory_per_collection() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FsBackend::open(tmp.path()).await.unwrap();
+    let record = counter("n1", 7);
+    put_any(&store, "notes", record.clone()).await;
+    let text = std::fs::read_to_string(tmp.path().join("notes").join("n1.json")).unwrap();
+    // The canonical JSON and nothing else: the local sequence is not in it.
+    assert_eq!(text, record.to_json_string());
+}
+
+#[tokio::test]
+async fn reopening_resumes_the_sequence_and_the_feed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FsBackend::open(tmp.path()).await.unwrap();
+    let mut last = 0;
+    for n in 0..5 {
+        last = put_any(&store, "notes", counter(&format!("r{n}"), n)).await;
+    }
+    store.close().await.unwrap();
+
+    let reopened = FsBackend::open(tmp.path()).await.unwrap();
+    let stored = reopened.get("notes", "r4").await.unwrap().unwrap();
+    assert_eq!(stored.token, Token::Sequence(last));
+    let next = put_any(&reopened, "notes", counter("r0", 10)).await;
+    assert_eq!(next, last + 1);
+    let page = reopened.changes("notes", last, 10).await.unwrap();
+    assert_eq!(page.changes.len(), 1);
+    assert_eq!(page.changes[0].record.id(), "r0");
+    assert_eq!(page.next, next);
+    // Each record appears once, at its latest change.
+    let all = reopened.changes("notes", 0, 100).await.unwrap();
+    let ids: Vec<&str> = all.changes.iter().map(|c| c.record.id()).collect();
+    assert_eq!(ids, ["r1", "r2", "r3", "r4", "r0"]);
+}
+
+#[tokio::test]
+async fn a_corrupt_file_is_named_and_does_not_hide_the_others() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FsBackend::open(tmp.path()).await.unwrap();
+    for n in 0..3 {
+        put_any(&store, "notes", counter(&format!("r{n}"), n)).await;
+    }
+    let broken = tmp.path().join("notes").join("r1.json");
+    std::fs::write(&broken, b"{\"id\": \"r1\", \"count\": ").unwrap();
+
+    let err = store.get("notes", "r1").await.unwrap_err();
+    assert!(matches!(err, Error::Storage { .. }), "{err}");
+    assert!(
+        err.to_string().contains(&broken.display().to_string()),
+        "{err}"
+    );
+    assert_eq!(
+        count_of(&store.get("notes", "r2").await.unwrap().unwrap().record),
+        2
+    );
+
+    let mut ids: Vec<String> = store
+        .get_all("notes")
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id().to_owned())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["r0", "r2"]);
+    let feed = store.changes("notes", 0, 10).await.unwrap();
+    assert_eq!(feed.changes.len(), 2);
+    assert!(!feed.more);
+    let corrupt = store.corrupt_files("notes").await.unwrap();
+    assert_eq!(corrupt.len(), 1);
+    assert!(corrupt[0].to_string().contains("r1.json"), "{}", corrupt[0]);
+
+    // A file holding another record than its name says is reported too.
+    std::fs::write(&broken, counter("r2", 5).to_json_string()).unwrap();
+    let err = store.get("notes", "r1").await.unwrap_err();
+    assert!(err.to_string().contains("r1.json"), "{err}");
+
+    // Writing the record again repairs it.
+    let repaired = store.get("notes", "r0").await.unwrap().unwrap();
+    assert_eq!(repaired.record.id(), "r0");
+    std::fs::remove_file(&broken).unwrap();
+    put_any(&store, "notes", counter("r1", 9)).await;
+    assert_eq!(
+        count_of(&store.get("notes", "r1").await.unwrap().unwrap().record),
+        9
+    );
+    assert!(store.corrupt_files("notes").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_lost_or_damaged_change_log_is_rebuilt_without_hiding_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FsBackend::open(tmp.path()).await.unwrap();
+    let mut last = 0;
+    for n in 0..4 {
+        last = put_any(&store, "notes", counter(&format!("r{n}"), n)).await;
+    }
+    store.close().await.unwrap();
+    let log = tmp.path().join("notes").join(".changes");
+
+    std::fs::write(&log, b"garbage\n").unwrap();
+    let reopened = FsBackend::open(tmp.path()).await.unwrap();
+    let page = reopened.changes("notes", last, 100).await.unwrap();
+    assert_eq!(
+        page.changes.len(),
+        4,
+        "every record is seen again after the cursor"
+    );
+    reopened.close().await.unwrap();
+
+    std::fs::remove_file(&log).unwrap();
+    let reopened = FsBackend::open(tmp.path()).await.unwrap();
+    assert_eq!(reopened.get_all("notes").await.unwrap().len(), 4);
+    let stored = reopened.get("notes", "r2").await.unwrap().unwrap();
+    let outcome = reopened
+        .put("notes", &Write::replace(counter("r2", 20), stored.token))
+        .await
+        .unwrap();
+    assert!(matches!(outcome, WriteOutcome::Written { .. }));
+}
+
+#[tokio::test]
+async fn an_incomplete_log_line_from_a_crash_is_ignored_and_cut_off() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FsBackend::open(tmp.path()).await.unwrap();
+    let first = put_any(&store, "notes", counter("r0", 0)).await;
+    let log = tmp.path().join("notes").join(".changes");
+    let mut bytes = std::fs::read(&log).unwrap();
+    bytes.extend_from_slice(b"{\"seq\":99,\"id\":\"gho");
+    std::fs::write(&log, &bytes).unwrap();
+    // A temporary left by a crashed writer.
+    std::fs::write(tmp.path().join("notes").join(".tmp-1-1"), b"{\"id\":").unwrap();
+
+    let other = FsBackend::open(tmp.path()).await.unwrap();
+    assert_eq!(
+        other.changes("notes", 0, 10).await.unwrap().changes.len(),
+        1
+    );
+    let second = put_any(&other, "notes", counter("r1", 1)).await;
+    assert_eq!(second, first + 1);
+    assert_eq!(
+        store.changes("notes", 0, 10).await.unwrap().changes.len(),
+        2
+    );
+    assert!(!tree(tmp.path()).iter().any(|n| n.contains(".tmp-")));
+}
+
+#[tokio::test]
+async fn close_keeps_data_and_clearing_is_explicit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FsBackend::open(tmp.path()).await.unwrap();
+    put_any(&store, "notes", counter("r0", 0)).await;
+    let last = put_any(&store, "notes", counter("r1", 1)).await;
+    store.set_meta("cursor:peer", "42").await.unwrap();
+    store.close().await.unwrap();
+    assert!(matches!(
+        store.get("notes", "r0").await.unwrap_err(),
+        Error::Closed { .. }
+    ));
+
+    let reopened = FsBackend::open(tmp.path()).await.unwrap();
+    assert_eq!(reopened.get_all("notes").await.unwrap().len(), 2);
+    assert_eq!(
+        reopened.get_meta("cursor:peer").await.unwrap().as_deref(),
+        Some("42")
+    );
+    reopened.clear_collection("notes").await.unwrap();
+    assert!(reopened.get_all("notes").await.unwrap().is_empty());
+    assert!(reopened.list_collections().await.unwrap().is_empty());
+    // Sequences keep growing after a clear, so cursors stay valid.
+    let after = put_any(&reopened, "notes", counter("r2", 2)).await;
+    assert!(after > last);
+    assert_eq!(
+        reopened
+            .changes("notes", last, 10)
+            .await
+            .unwrap()
+            .changes
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn buffered_durability_stores_the_same_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let options = FsOptions::default().durability(Durability::Buffered);
+    let store = FsBackend::open_with(tmp.path(), options).await.unwrap();
+    let writes: Vec<Write> = (0..50)
+        .map(|n| Write::create(counter(&format!("r{n}"), n)))
+        .collect();
+    let outcomes = store.put_batch("notes", &writes).await.unwrap();
+    assert_eq!(outcomes.len(), 50);
+    let token = token_of(&outcomes[10]);
+    store.close().await.unwrap();
+    let reopened = FsBackend::open(tmp.path()).await.unwrap();
+    assert_eq!(
+        reopened.get("notes", "r10").await.unwrap().unwrap().token,
+        token
+    );
+    assert_eq!(reopened.get_all("notes").await.unwrap().len(), 50);
+}
+
+#[tokio::test]
+async fn deletes_are_gone_after_reopening() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FsBackend::open(tmp.path()).await.unwrap();
+    put_any(&store, "notes", counter("r0", 0)).await;
+    put_any(&store, "notes", counter("r1", 1)).await;
+    assert!(store.delete("notes", "r0").await.unwrap());
+    assert!(!store.delete("notes", "r0").await.unwrap());
+    assert!(!store.delete("elsewhere", "r0").await.unwrap());
+    store.close().await.unwrap();
+    let reopened = FsBackend::open(tmp.path()).await.unwrap();
+    assert!(reopened.get("notes", "r0").await.unwrap().is_none());
+    let feed = reopened.changes("notes", 0, 10).await.unwrap();
+    assert_eq!(feed.changes.len(), 1);
+    assert!(!tree(tmp.path()).iter().any(|n| n == "elsewhere"));
+}

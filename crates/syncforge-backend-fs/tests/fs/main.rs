@@ -1,0 +1,115 @@
+//! Integration tests of the filesystem backend, in one binary: the conformance
+//! suite, names, corruption, concurrency across handles and processes, and
+//! the crash test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout
+)]
+
+mod concurrency;
+mod conformance;
+mod crash;
+mod durability;
+mod names;
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::json;
+use syncforge_backend_fs::FsBackend;
+use syncforge_core::{
+    ClientId, Content, Record, Stamp, StorageBackend, Token, Write, WriteOutcome,
+};
+
+/// A record holding `count`, stamped so that higher counts are newer.
+pub(crate) fn counter(id: &str, count: u64) -> Record {
+    let stamp = Stamp::new(1_000 + count, 0, ClientId::new("tester").unwrap()).unwrap();
+    Record::create(
+        Content::from_value(json!({"id": id, "count": count})).unwrap(),
+        &stamp,
+    )
+}
+
+/// The count a stored record holds.
+pub(crate) fn count_of(record: &Record) -> u64 {
+    record.get("count").and_then(|v| v.as_u64()).unwrap()
+}
+
+/// Adds one to a counter record, re-reading and retrying on lost races, as
+/// the engine does. Returns the count written.
+pub(crate) async fn increment(store: &dyn StorageBackend, collection: &str, id: &str) -> u64 {
+    for _ in 0..10_000 {
+        let current = store.get(collection, id).await.unwrap();
+        let (next, write) = match current {
+            None => (1, Write::create(counter(id, 1))),
+            Some(stored) => {
+                let next = count_of(&stored.record) + 1;
+                (next, Write::replace(counter(id, next), stored.token))
+            }
+        };
+        match store.put(collection, &write).await.unwrap() {
+            WriteOutcome::Written { .. } => return next,
+            WriteOutcome::Conflict => tokio::task::yield_now().await,
+        }
+    }
+    panic!("increment of {id} lost 10,000 races in a row");
+}
+
+/// Writes `record` unconditionally enough for a test: creates it or replaces
+/// whatever is stored.
+pub(crate) async fn put_any(store: &FsBackend, collection: &str, record: Record) -> u64 {
+    let expected = store
+        .get(collection, record.id())
+        .await
+        .unwrap()
+        .map(|s| s.token);
+    let write = Write { record, expected };
+    match store.put(collection, &write).await.unwrap() {
+        WriteOutcome::Written { sequence, .. } => sequence,
+        WriteOutcome::Conflict => panic!("unexpected conflict"),
+    }
+}
+
+/// Every entry under `dir`, recursively, as paths relative to it.
+pub(crate) fn tree(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            out.push(path.strip_prefix(dir).unwrap().display().to_string());
+            if path.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The token a write produced.
+pub(crate) fn token_of(outcome: &WriteOutcome) -> Token {
+    match outcome {
+        WriteOutcome::Written { token, .. } => token.clone(),
+        WriteOutcome::Conflict => panic!("write was refused"),
+    }
+}
+
+/// A command that runs one of this binary's ignored helper tests as a child
+/// process, with `env` telling it what to do.
+pub(crate) fn child_process(test: &str, env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command.args([
+        test,
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command
+}

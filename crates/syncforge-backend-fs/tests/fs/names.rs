@@ -1,0 +1,170 @@
+//! Ids and collection names map to distinct files inside the store only.
+
+use syncforge_backend_fs::FsBackend;
+use syncforge_core::{Error, StorageBackend, Write};
+
+use crate::{count_of, counter, put_any, tree};
+
+fn awkward_names() -> Vec<String> {
+    let mut names: Vec<String> = [
+        "a/b",
+        "a_b",
+        "a.b",
+        "a b",
+        "A.b",
+        "a%2Fb",
+        "a\\b",
+        "a:b",
+        "..",
+        ".",
+        "../escape",
+        "../../etc",
+        "/abs",
+        ".hidden",
+        "trailing.",
+        "trailing ",
+        "con",
+        "CON",
+        "nul.txt",
+        "com1",
+        "Lpt9",
+        "caf\u{e9}",
+        "cafe\u{301}",
+        "名前",
+        "emoji 🎉",
+        "Note",
+        "note",
+        "NOTE",
+        "~tilde",
+        "^caret",
+        "a*b?c",
+        "<>|\"",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    names.push("x".repeat(1024));
+    names.push(format!("{}y", "x".repeat(1023)));
+    names.push("/".repeat(1024));
+    names.push("é".repeat(512));
+    names
+}
+
+#[tokio::test]
+async fn awkward_ids_are_distinct_records_inside_the_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let store = FsBackend::open(&root).await.unwrap();
+    let names = awkward_names();
+    for (n, id) in names.iter().enumerate() {
+        put_any(&store, "notes", counter(id, n as u64)).await;
+    }
+    for (n, id) in names.iter().enumerate() {
+        let stored = store.get("notes", id).await.unwrap().expect(id);
+        assert_eq!(stored.record.id(), id);
+        assert_eq!(count_of(&stored.record), n as u64, "{id:?}");
+    }
+    assert_eq!(store.get_all("notes").await.unwrap().len(), names.len());
+    assert_eq!(
+        store.changes("notes", 0, 1000).await.unwrap().changes.len(),
+        names.len()
+    );
+    // Nothing outside the store's directory, and every file name within limits.
+    assert_eq!(tree(tmp.path()).first().map(String::as_str), Some("store"));
+    for entry in tree(&root) {
+        assert!(
+            entry.starts_with(".") || entry.starts_with("notes"),
+            "{entry}"
+        );
+        let file_name = entry.rsplit('/').next().unwrap();
+        assert!(file_name.len() <= 255, "{file_name}");
+    }
+    // After reopening, the same names are found again.
+    store.close().await.unwrap();
+    let reopened = FsBackend::open(&root).await.unwrap();
+    for id in &names {
+        assert!(reopened.get("notes", id).await.unwrap().is_some(), "{id:?}");
+    }
+}
+
+#[tokio::test]
+async fn awkward_collection_names_are_distinct_directories_inside_the_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let store = FsBackend::open(&root).await.unwrap();
+    let names = awkward_names();
+    for (n, collection) in names.iter().enumerate() {
+        put_any(&store, collection, counter("r", n as u64)).await;
+    }
+    for (n, collection) in names.iter().enumerate() {
+        let all = store.get_all(collection).await.unwrap();
+        assert_eq!(all.len(), 1, "{collection:?}");
+        assert_eq!(count_of(&all[0]), n as u64, "{collection:?}");
+    }
+    let mut expected = names.clone();
+    expected.sort();
+    assert_eq!(store.list_collections().await.unwrap(), expected);
+    let top: Vec<String> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(top, ["store"]);
+}
+
+#[tokio::test]
+async fn invalid_names_are_refused_and_nothing_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let store = FsBackend::open(&root).await.unwrap();
+    let before = tree(&root);
+    for bad in ["", "a\nb", "tab\t", &"x".repeat(1025)] {
+        let err = store
+            .put(bad, &Write::create(counter("r", 1)))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidCollection { .. }), "{err}");
+        let err = store.get(bad, "r").await.unwrap_err();
+        assert!(matches!(err, Error::InvalidCollection { .. }), "{err}");
+        let err = store.get("notes", bad).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidId { .. }), "{err}");
+        let err = store.delete("notes", bad).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidId { .. }), "{err}");
+    }
+    assert_eq!(tree(&root), before);
+}
+
+#[tokio::test]
+async fn a_foreign_file_under_a_hashed_name_is_reported_not_overwritten() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let store = FsBackend::open(&root).await.unwrap();
+    let long_a = "a".repeat(300);
+    let long_b = "b".repeat(300);
+    put_any(&store, "notes", counter(&long_a, 1)).await;
+    let file_a = tree(&root.join("notes"))
+        .into_iter()
+        .find(|n| n.ends_with(".json"))
+        .unwrap();
+    // Simulate two names sharing a hash: move a's file to where b would live.
+    put_any(&store, "notes", counter(&long_b, 2)).await;
+    let file_b = tree(&root.join("notes"))
+        .into_iter()
+        .find(|n| n.ends_with(".json") && *n != file_a)
+        .unwrap();
+    store.delete("notes", &long_b).await.unwrap();
+    std::fs::copy(
+        root.join("notes").join(&file_a),
+        root.join("notes").join(&file_b),
+    )
+    .unwrap();
+    let reopened = FsBackend::open(&root).await.unwrap();
+    let err = reopened
+        .put("notes", &Write::create(counter(&long_b, 3)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Storage { .. }), "{err}");
+    assert!(err.to_string().contains(&file_b), "{err}");
+    // The file that was there is untouched.
+    let kept = std::fs::read_to_string(root.join("notes").join(&file_b)).unwrap();
+    assert!(kept.contains(&long_a));
+}
