@@ -956,6 +956,86 @@ mod behaviour {
         }
     }
 
+    /// The worked example of docs/semantics.md, JSON for JSON.
+    #[test]
+    fn semantics_worked_example() {
+        let start = 1_700_000_000_000;
+        let (phone_time, mut phone) = replica("phone", start);
+        let (_lt, mut laptop) = replica("laptop", start + 300);
+        let base = Record::create(
+            content(json!({"id": "n1", "title": "Meeting", "body": "Q3"})),
+            &phone.now(),
+        );
+        laptop.observe(base.newest_stamp()).unwrap();
+        let mut on_laptop = base.clone();
+        on_laptop
+            .apply_put(
+                content(json!({"id": "n1", "title": "Q3 Planning", "body": "Q3"})),
+                &laptop.now(),
+            )
+            .unwrap();
+        phone_time.set(start + 200);
+        let mut on_phone = base.clone();
+        on_phone
+            .apply_put(
+                content(json!({"id": "n1", "title": "Meeting", "body": "Q3 + revenue"})),
+                &phone.now(),
+            )
+            .unwrap();
+        let expected = [
+            (
+                ConflictStrategy::Crdt,
+                json!({"id": "n1", "title": "Q3 Planning", "body": "Q3 + revenue",
+                 "_clientId": "laptop", "_deleted": false, "_timestamp": 1700000000300u64, "_version": 3,
+                 "_sync": {"written": "018bcfe5692c.00000000.laptop",
+                           "fields": {"body": "018bcfe568c8.00000000.phone", "title": "018bcfe5692c.00000000.laptop"},
+                           "versions": {"laptop": 1, "phone": 2}}}),
+            ),
+            (
+                ConflictStrategy::Timestamp,
+                json!({"id": "n1", "title": "Q3 Planning", "body": "Q3",
+                 "_clientId": "laptop", "_deleted": false, "_timestamp": 1700000000300u64, "_version": 3,
+                 "_sync": {"written": "018bcfe5692c.00000000.laptop",
+                           "fields": {"body": "018bcfe56800.00000000.phone", "title": "018bcfe5692c.00000000.laptop"},
+                           "versions": {"laptop": 1, "phone": 2}}}),
+            ),
+        ];
+        for (strategy, json) in expected {
+            let at_phone = classify("notes", Some(&on_phone), on_laptop.clone(), strategy).unwrap();
+            let at_laptop =
+                classify("notes", Some(&on_laptop), on_phone.clone(), strategy).unwrap();
+            assert_eq!(at_phone.merged.to_json(), json, "{strategy}");
+            assert_eq!(
+                at_laptop.merged.to_json_string(),
+                at_phone.merged.to_json_string()
+            );
+            for side in [&at_phone, &at_laptop] {
+                let detail = side.conflict.as_ref().unwrap();
+                assert_eq!(detail.fields_conflicted, ["body", "title"]);
+            }
+        }
+        // A delete on the phone instead: older than the laptop's edit keeps the
+        // note alive, newer deletes it, in both strategies and both orders.
+        for (delete_at, deleted) in [(200, false), (400, true)] {
+            let (_pt, mut phone) = replica("phone", start + delete_at);
+            phone.observe(base.newest_stamp()).unwrap();
+            let mut removed = base.clone();
+            removed.apply_delete(&phone.now()).unwrap();
+            for strategy in STRATEGIES {
+                let merged = merge(&removed, &on_laptop, strategy).unwrap();
+                assert_eq!(
+                    merged.is_deleted(),
+                    deleted,
+                    "{strategy} delete at +{delete_at}"
+                );
+                assert_eq!(merged, merge(&on_laptop, &removed, strategy).unwrap());
+                if !deleted {
+                    assert_eq!(merged.content(), on_laptop.content());
+                }
+            }
+        }
+    }
+
     /// DESIGN flaw 1: the README's multi-device story keeps both edits under the
     /// CRDT strategy, in both sync directions.
     #[test]
