@@ -956,6 +956,24 @@ mod behaviour {
         }
     }
 
+    /// Byte-identical JSON needs sorted keys, inside values too. serde_json
+    /// sorts only while no crate in the build enables its `preserve_order`
+    /// feature; this fails if one does.
+    #[test]
+    fn json_form_sorts_keys_whatever_order_they_arrive_in() {
+        let texts = [
+            r#"{"id":"k","z":{"b":1,"a":[{"d":1,"c":2}]},"a":0,"_version":1,"_timestamp":5,"_clientId":"c"}"#,
+            r#"{"_clientId":"c","_timestamp":5,"_version":1,"a":0,"z":{"a":[{"c":2,"d":1}],"b":1},"id":"k"}"#,
+        ];
+        let printed: Vec<String> = texts
+            .iter()
+            .map(|t| serde_json::from_str::<Record>(t).unwrap().to_json_string())
+            .collect();
+        assert_eq!(printed[0], printed[1]);
+        assert!(printed[0].starts_with(r#"{"_clientId":"c","_deleted":false,"_sync":"#));
+        assert!(printed[0].ends_with(r#""a":0,"id":"k","z":{"a":[{"c":2,"d":1}],"b":1}}"#));
+    }
+
     /// The worked example of docs/semantics.md, JSON for JSON.
     #[test]
     fn semantics_worked_example() {
