@@ -26,7 +26,7 @@ use syncforge_core::{Change, ChangePage, Error, Record, Result, Stored, Token, W
 use crate::encoding::{decode, is_hashed, stem_for};
 use crate::files::{
     corrupt, create_dir, io_error, open_lock_file, read_if_exists, replace_atomically, sync_dir,
-    write_temp, TEMP_PREFIX,
+    sync_files, write_temp, TEMP_PREFIX,
 };
 use crate::Durability;
 
@@ -503,7 +503,10 @@ impl Collection {
         let mut temps = Vec::with_capacity(planned.len());
         let staged = (|| {
             for (write, _) in &planned {
-                temps.push(write_temp(&self.dir, write.json.as_bytes(), durable)?);
+                temps.push(write_temp(&self.dir, write.json.as_bytes(), false)?);
+            }
+            if durable {
+                sync_files(&temps)?;
             }
             Ok::<_, Error>(())
         })();

@@ -8,12 +8,14 @@ use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use syncforge_backend_fs::FsBackend;
+use syncforge_backend_fs::{Durability, FsBackend, FsOptions};
 use syncforge_core::{Record, StorageBackend, Write, WriteOutcome};
 
 use crate::{child_process, count_of, counter, increment, tree};
 
 const DIR_ENV: &str = "SYNCFORGE_FS_TEST_CRASH_DIR";
+/// Set (to anything) to make the child write with `Durability::Buffered`.
+const BUFFERED_ENV: &str = "SYNCFORGE_FS_TEST_CRASH_BUFFERED";
 const KILLS: usize = 30;
 const COLLECTION: &str = "crash";
 const BATCH_IDS: usize = 20;
@@ -48,7 +50,13 @@ fn killed_writers_leave_whole_files_and_lose_no_acknowledged_write() {
     let mut killed_mid_run = 0;
 
     for round in 0..KILLS {
-        let mut child = child_process("crash::child_writer", &[(DIR_ENV, &dir)])
+        // A killed process loses nothing the kernel holds, so both durability
+        // levels must pass; odd rounds skip the syncs.
+        let mut env = vec![(DIR_ENV, dir.as_str())];
+        if round % 2 == 1 {
+            env.push((BUFFERED_ENV, "1"));
+        }
+        let mut child = child_process("crash::child_writer", &env)
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
@@ -145,7 +153,13 @@ async fn child_writer() {
     let Ok(dir) = std::env::var(DIR_ENV) else {
         return;
     };
-    let store = FsBackend::open(&dir).await.unwrap();
+    let durability = if std::env::var_os(BUFFERED_ENV).is_some() {
+        Durability::Buffered
+    } else {
+        Durability::Full
+    };
+    let options = FsOptions::default().durability(durability);
+    let store = FsBackend::open_with(&dir, options).await.unwrap();
     for round in 0..5_000u64 {
         if round % 3 == 0 {
             let ids: Vec<String> = (0..BATCH_IDS).map(|n| format!("b{n}")).collect();
