@@ -54,6 +54,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use syncforge_core::StorageBackend;
 
 mod checks;
+pub mod faults;
 mod support;
 
 /// How long one check may take before the suite reports it as hung.

@@ -1,0 +1,392 @@
+//! Fault injection: a backend wrapper that fails a chosen fraction of calls
+//! and delays the others, deterministically from a seed, and counts every
+//! call by operation.
+//!
+//! Injected failures are [`Error::Unavailable`] — transient, what a network
+//! blip or an overloaded server gives — so the engine's retries see them as
+//! real outages. A failed `put_batch` fails either before writing anything or
+//! after writing everything (the client lost the answer, not the write): both
+//! happen in reality, and the second is the one that tests whether a retry is
+//! safe.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use syncforge_backend_memory::MemoryBackend;
+//! use syncforge_testkit::faults::{FaultyBackend, Operation};
+//!
+//! // 20% of calls fail; the others wait up to 2 ms.
+//! let store = FaultyBackend::new(Arc::new(MemoryBackend::new()), 42, 0.2, Duration::from_millis(2));
+//! assert_eq!(store.calls(Operation::GetAll), 0);
+//! ```
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use syncforge_core::{
+    ChangePage, Error, Record, Result, Stamp, StorageBackend, Stored, Write, WriteOutcome,
+};
+
+/// The calls of the [`StorageBackend`] trait, for counting and for choosing
+/// which of them may fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Operation {
+    /// `get`.
+    Get,
+    /// `get_many`.
+    GetMany,
+    /// `get_all`.
+    GetAll,
+    /// `put_batch`, and `put` (which goes through it).
+    PutBatch,
+    /// `delete` (the hard delete).
+    Delete,
+    /// `changes`.
+    Changes,
+    /// `changes_since_timestamp`.
+    ChangesSinceTimestamp,
+    /// `list_collections`.
+    ListCollections,
+    /// `clear_collection`.
+    ClearCollection,
+    /// `newest_stamp`.
+    NewestStamp,
+    /// `get_meta`.
+    GetMeta,
+    /// `set_meta`.
+    SetMeta,
+    /// `close` (counted, never failed or delayed).
+    Close,
+}
+
+const OPERATIONS: usize = 13;
+
+impl Operation {
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// What happens to one call.
+enum Fate {
+    Proceed { delay: Duration },
+    FailBefore,
+    FailAfter,
+}
+
+struct Dice {
+    rng: fastrand::Rng,
+    failure_rate: f64,
+    max_delay: Duration,
+    /// Operations that may fail; `None`: all but `close`.
+    failing: Option<Vec<Operation>>,
+}
+
+/// A [`StorageBackend`] wrapper that injects transient failures and delays.
+///
+/// Deterministic: the same seed and the same sequence of calls give the same
+/// failures and delays. (Calls racing on several tasks reach the dice in
+/// whatever order they arrive.)
+pub struct FaultyBackend {
+    inner: Arc<dyn StorageBackend>,
+    dice: Mutex<Dice>,
+    calls: [AtomicU64; OPERATIONS],
+    injected: AtomicU64,
+}
+
+impl fmt::Debug for FaultyBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let dice = self.lock();
+        f.debug_struct("FaultyBackend")
+            .field("inner", &self.inner)
+            .field("failure_rate", &dice.failure_rate)
+            .field("max_delay", &dice.max_delay)
+            .field("injected", &self.injected_failures())
+            .finish_non_exhaustive()
+    }
+}
+
+impl FaultyBackend {
+    /// Wraps `inner`: each call fails with probability `failure_rate` (0 to
+    /// 1) and otherwise waits a random time up to `max_delay` first.
+    ///
+    /// # Panics
+    ///
+    /// If `failure_rate` is not within 0 to 1.
+    pub fn new(
+        inner: Arc<dyn StorageBackend>,
+        seed: u64,
+        failure_rate: f64,
+        max_delay: Duration,
+    ) -> Self {
+        check_rate(failure_rate);
+        FaultyBackend {
+            inner,
+            dice: Mutex::new(Dice {
+                rng: fastrand::Rng::with_seed(seed),
+                failure_rate,
+                max_delay,
+                failing: None,
+            }),
+            calls: std::array::from_fn(|_| AtomicU64::new(0)),
+            injected: AtomicU64::new(0),
+        }
+    }
+
+    /// Limits failures to the given operations (the others are only delayed).
+    pub fn failing_only(self, operations: &[Operation]) -> Self {
+        self.lock().failing = Some(operations.to_vec());
+        self
+    }
+
+    /// Changes the failure rate from now on (0 to stop injecting).
+    ///
+    /// # Panics
+    ///
+    /// If `failure_rate` is not within 0 to 1.
+    pub fn set_failure_rate(&self, failure_rate: f64) {
+        check_rate(failure_rate);
+        self.lock().failure_rate = failure_rate;
+    }
+
+    /// How many times `operation` was called on this wrapper (failed calls
+    /// included).
+    pub fn calls(&self, operation: Operation) -> u64 {
+        self.calls[operation.index()].load(Ordering::SeqCst)
+    }
+
+    /// How many calls failed by injection.
+    pub fn injected_failures(&self) -> u64 {
+        self.injected.load(Ordering::SeqCst)
+    }
+
+    /// The wrapped backend.
+    pub fn inner(&self) -> &Arc<dyn StorageBackend> {
+        &self.inner
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Dice> {
+        self.dice
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn roll(&self, operation: Operation) -> Fate {
+        self.calls[operation.index()].fetch_add(1, Ordering::SeqCst);
+        if operation == Operation::Close {
+            return Fate::Proceed {
+                delay: Duration::ZERO,
+            };
+        }
+        let mut dice = self.lock();
+        let may_fail = dice
+            .failing
+            .as_ref()
+            .is_none_or(|ops| ops.contains(&operation));
+        if may_fail && dice.rng.f64() < dice.failure_rate {
+            self.injected.fetch_add(1, Ordering::SeqCst);
+            return if operation == Operation::PutBatch && dice.rng.bool() {
+                Fate::FailAfter
+            } else {
+                Fate::FailBefore
+            };
+        }
+        let max = u64::try_from(dice.max_delay.as_micros()).unwrap_or(u64::MAX);
+        let delay = if max == 0 { 0 } else { dice.rng.u64(0..=max) };
+        Fate::Proceed {
+            delay: Duration::from_micros(delay),
+        }
+    }
+
+    /// Runs `call` unless the dice say fail; a failure "after" runs it and
+    /// throws its answer away.
+    async fn faulty<T, F>(&self, operation: Operation, call: F) -> Result<T>
+    where
+        F: std::future::Future<Output = Result<T>>,
+    {
+        match self.roll(operation) {
+            Fate::Proceed { delay } => {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                call.await
+            }
+            Fate::FailBefore => Err(injected(operation, "before the call")),
+            Fate::FailAfter => {
+                // The outcome is thrown away: the caller must not learn it.
+                let _ = call.await;
+                Err(injected(operation, "after the call took effect"))
+            }
+        }
+    }
+}
+
+fn check_rate(failure_rate: f64) {
+    assert!(
+        (0.0..=1.0).contains(&failure_rate),
+        "failure rate {failure_rate} is not within 0 to 1"
+    );
+}
+
+fn injected(operation: Operation, when: &str) -> Error {
+    Error::unavailable(
+        "faulty",
+        format!("injected failure of {operation:?} {when}"),
+    )
+}
+
+#[async_trait]
+impl StorageBackend for FaultyBackend {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    async fn get(&self, collection: &str, id: &str) -> Result<Option<Stored>> {
+        self.faulty(Operation::Get, self.inner.get(collection, id))
+            .await
+    }
+
+    async fn get_many(&self, collection: &str, ids: &[&str]) -> Result<Vec<Option<Stored>>> {
+        self.faulty(Operation::GetMany, self.inner.get_many(collection, ids))
+            .await
+    }
+
+    async fn get_all(&self, collection: &str) -> Result<Vec<Record>> {
+        self.faulty(Operation::GetAll, self.inner.get_all(collection))
+            .await
+    }
+
+    async fn put_batch(&self, collection: &str, writes: &[Write]) -> Result<Vec<WriteOutcome>> {
+        self.faulty(
+            Operation::PutBatch,
+            self.inner.put_batch(collection, writes),
+        )
+        .await
+    }
+
+    async fn delete(&self, collection: &str, id: &str) -> Result<bool> {
+        self.faulty(Operation::Delete, self.inner.delete(collection, id))
+            .await
+    }
+
+    async fn changes(&self, collection: &str, after: u64, limit: usize) -> Result<ChangePage> {
+        self.faulty(
+            Operation::Changes,
+            self.inner.changes(collection, after, limit),
+        )
+        .await
+    }
+
+    async fn changes_since_timestamp(&self, collection: &str, millis: u64) -> Result<Vec<Record>> {
+        self.faulty(
+            Operation::ChangesSinceTimestamp,
+            self.inner.changes_since_timestamp(collection, millis),
+        )
+        .await
+    }
+
+    async fn list_collections(&self) -> Result<Vec<String>> {
+        self.faulty(Operation::ListCollections, self.inner.list_collections())
+            .await
+    }
+
+    async fn clear_collection(&self, collection: &str) -> Result<()> {
+        self.faulty(
+            Operation::ClearCollection,
+            self.inner.clear_collection(collection),
+        )
+        .await
+    }
+
+    async fn newest_stamp(&self) -> Result<Option<Stamp>> {
+        self.faulty(Operation::NewestStamp, self.inner.newest_stamp())
+            .await
+    }
+
+    async fn get_meta(&self, key: &str) -> Result<Option<String>> {
+        self.faulty(Operation::GetMeta, self.inner.get_meta(key))
+            .await
+    }
+
+    async fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        self.faulty(Operation::SetMeta, self.inner.set_meta(key, value))
+            .await
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.faulty(Operation::Close, self.inner.close()).await
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use syncforge_backend_memory::MemoryBackend;
+
+    async fn failures(seed: u64) -> Vec<bool> {
+        let store = FaultyBackend::new(Arc::new(MemoryBackend::new()), seed, 0.3, Duration::ZERO);
+        let mut out = Vec::new();
+        for _ in 0..200 {
+            out.push(store.get_meta("k").await.is_err());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn the_same_seed_fails_the_same_calls() {
+        let a = failures(7).await;
+        assert_eq!(a, failures(7).await);
+        assert_ne!(a, failures(8).await);
+        let failed = a.iter().filter(|f| **f).count();
+        // 30% of 200, within a wide margin: the rate is honoured.
+        assert!((30..=90).contains(&failed), "{failed} of 200 failed");
+    }
+
+    #[tokio::test]
+    async fn failures_are_transient_and_counted() {
+        let store = FaultyBackend::new(Arc::new(MemoryBackend::new()), 1, 1.0, Duration::ZERO);
+        let err = store.list_collections().await.unwrap_err();
+        assert!(matches!(err, Error::Unavailable { .. }), "{err}");
+        assert_eq!(store.calls(Operation::ListCollections), 1);
+        assert_eq!(store.injected_failures(), 1);
+        store.set_failure_rate(0.0);
+        store.list_collections().await.unwrap();
+        assert_eq!(store.calls(Operation::ListCollections), 2);
+        assert_eq!(store.injected_failures(), 1);
+    }
+
+    #[tokio::test]
+    async fn only_chosen_operations_fail() {
+        let store = FaultyBackend::new(Arc::new(MemoryBackend::new()), 3, 1.0, Duration::ZERO)
+            .failing_only(&[Operation::SetMeta]);
+        assert!(store.get_meta("k").await.unwrap().is_none());
+        assert!(store.set_meta("k", "v").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_failed_put_batch_may_have_written() {
+        use syncforge_core::{ClientId, Content, Hlc};
+        let memory = MemoryBackend::new();
+        let store = FaultyBackend::new(Arc::new(memory.clone()), 11, 1.0, Duration::ZERO)
+            .failing_only(&[Operation::PutBatch]);
+        let mut clock = Hlc::new(ClientId::new("w").unwrap());
+        let mut written_anyway = 0;
+        for i in 0..40 {
+            let content = Content::from_value(serde_json::json!({"id": format!("r{i}")})).unwrap();
+            let write = Write::create(Record::create(content, &clock.now()));
+            assert!(store.put("c", &write).await.is_err());
+            if memory.get("c", &format!("r{i}")).await.unwrap().is_some() {
+                written_anyway += 1;
+            }
+        }
+        // Both kinds of failure happen.
+        assert!(
+            (1..40).contains(&written_anyway),
+            "{written_anyway} of 40 failed writes took effect"
+        );
+    }
+}
