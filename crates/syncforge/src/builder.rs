@@ -4,12 +4,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use syncforge_core::{
-    ClientId, ConflictStrategy, Error, Result, StorageBackend, SystemClock, TimeSource,
-    DEFAULT_MAX_DRIFT,
+    validate_collection, ClientId, ConflictStrategy, Error, Result, StorageBackend, SystemClock,
+    TimeSource, DEFAULT_MAX_DRIFT,
 };
 
 use crate::backends::{create_backend, BackendConfig};
 use crate::engine::SyncEngine;
+use crate::events::DEFAULT_EVENT_CAPACITY;
 
 /// Default number of records merged and written per batch.
 pub const DEFAULT_BATCH_SIZE: usize = 100;
@@ -39,6 +40,11 @@ pub struct Config {
     pub auto_sync: bool,
     /// Interval of the periodic sync window.
     pub auto_sync_interval: Duration,
+    /// The collections each auto-sync window covers; `None`: those the store
+    /// lists at that moment.
+    pub auto_sync_collections: Option<Vec<String>>,
+    /// Events a receiver may fall behind before it lags.
+    pub event_capacity: usize,
     /// How far ahead of local time a remote stamp may be.
     pub max_clock_drift: Duration,
 }
@@ -74,6 +80,8 @@ pub struct EngineBuilder {
     max_retries: u32,
     auto_sync: bool,
     auto_sync_interval: Duration,
+    auto_sync_collections: Option<Vec<String>>,
+    event_capacity: usize,
     max_clock_drift: Duration,
     time: Arc<dyn TimeSource>,
     backend: BackendChoice,
@@ -88,6 +96,8 @@ impl Default for EngineBuilder {
             max_retries: DEFAULT_MAX_RETRIES,
             auto_sync: false,
             auto_sync_interval: DEFAULT_AUTO_SYNC_INTERVAL,
+            auto_sync_collections: None,
+            event_capacity: DEFAULT_EVENT_CAPACITY,
             max_clock_drift: DEFAULT_MAX_DRIFT,
             time: Arc::new(SystemClock),
             backend: BackendChoice::Default,
@@ -104,6 +114,8 @@ impl std::fmt::Debug for EngineBuilder {
             .field("max_retries", &self.max_retries)
             .field("auto_sync", &self.auto_sync)
             .field("auto_sync_interval", &self.auto_sync_interval)
+            .field("auto_sync_collections", &self.auto_sync_collections)
+            .field("event_capacity", &self.event_capacity)
             .field("max_clock_drift", &self.max_clock_drift)
             .finish_non_exhaustive()
     }
@@ -167,6 +179,25 @@ impl EngineBuilder {
         self
     }
 
+    /// The collections each auto-sync window covers (default: every
+    /// collection the store lists at that moment). Name them when a peer may
+    /// hold collections this store does not have yet.
+    pub fn auto_sync_collections<I, S>(mut self, collections: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.auto_sync_collections = Some(collections.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// How many events a receiver from `subscribe()` may fall behind before
+    /// it loses the oldest and is told it lagged (default 1024, at least 1).
+    pub fn event_capacity(mut self, capacity: usize) -> Self {
+        self.event_capacity = capacity;
+        self
+    }
+
     /// How far ahead of local physical time a remote stamp may be before a sync
     /// refuses it (default 5 minutes).
     pub fn max_clock_drift(mut self, drift: Duration) -> Self {
@@ -210,6 +241,22 @@ impl EngineBuilder {
                 ),
             });
         }
+        if let Some(collections) = &self.auto_sync_collections {
+            for name in collections {
+                validate_collection(name).map_err(|e| Error::InvalidConfig {
+                    option: "auto_sync_collections",
+                    reason: e.to_string(),
+                })?;
+            }
+        }
+        // The broadcast channel cannot hold fewer than one event, nor more
+        // than half of usize::MAX.
+        if !(1..=usize::MAX / 2).contains(&self.event_capacity) {
+            return Err(Error::InvalidConfig {
+                option: "event_capacity",
+                reason: format!("{} is outside 1..={}", self.event_capacity, usize::MAX / 2),
+            });
+        }
         if self.max_clock_drift.is_zero() {
             return Err(Error::InvalidConfig {
                 option: "max_clock_drift",
@@ -223,13 +270,16 @@ impl EngineBuilder {
             max_retries: self.max_retries,
             auto_sync: self.auto_sync,
             auto_sync_interval: self.auto_sync_interval,
+            auto_sync_collections: self.auto_sync_collections.clone(),
+            event_capacity: self.event_capacity,
             max_clock_drift: self.max_clock_drift,
         })
     }
 
     /// Validates the configuration, opens the backend and seeds the clock from
     /// the newest stamp the store holds, so this replica's stamps never go
-    /// backwards across restarts.
+    /// backwards across restarts. Starts the auto-sync timer when
+    /// `auto_sync(true)` was set.
     pub async fn build(self) -> Result<SyncEngine> {
         let config = self.validate()?;
         let backend = match self.backend {
@@ -237,6 +287,10 @@ impl EngineBuilder {
             BackendChoice::Config(choice) => create_backend(&choice).await?,
             BackendChoice::Default => create_backend(&BackendConfig::Memory).await?,
         };
-        SyncEngine::open(config, backend, self.time).await
+        let engine = SyncEngine::open(config, backend, self.time).await?;
+        if engine.config().auto_sync {
+            engine.start_auto_sync()?;
+        }
+        Ok(engine)
     }
 }

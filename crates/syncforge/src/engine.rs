@@ -1,5 +1,6 @@
 //! The sync engine: local writes, reads, the change feed and merging remote records.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -11,8 +12,12 @@ use syncforge_core::{
     ConflictDetail, Content, Error, Hlc, Record, Result, Stamp, StorageBackend, TimeSource, Write,
     WriteOutcome,
 };
+use tracing::field::Empty;
+use tracing::Instrument;
 
+use crate::auto_sync::AutoSync;
 use crate::builder::{Config, EngineBuilder};
+use crate::events::{EventKind, EventReceiver, Events, SyncEvent, SyncTrigger};
 use crate::retry::retry_transient;
 
 /// How many times one write is re-read and merged again after losing a race
@@ -41,7 +46,7 @@ pub struct SyncResult {
 }
 
 impl SyncResult {
-    fn new(collection: &str) -> Self {
+    pub(crate) fn new(collection: &str) -> Self {
         SyncResult {
             collection: collection.to_owned(),
             added: 0,
@@ -62,6 +67,28 @@ impl SyncResult {
             ChangeKind::Unchanged => self.unchanged += 1,
         }
     }
+
+    /// Adds the counts and conflicts of a later sync of the same collection.
+    pub(crate) fn absorb(&mut self, later: SyncResult) {
+        self.added += later.added;
+        self.updated += later.updated;
+        self.deleted += later.deleted;
+        self.unchanged += later.unchanged;
+        self.conflicts.extend(later.conflicts);
+        self.timestamp = later.timestamp;
+        self.duration += later.duration;
+    }
+}
+
+/// What one write of a sync batch is, kept beside the write until the store
+/// confirms it.
+struct Planned {
+    kind: ChangeKind,
+    conflict: Option<ConflictDetail>,
+    /// The local state before the write, kept only when someone listens.
+    previous: Option<Record>,
+    /// The merged state is exactly the incoming record (see `sync_batch`).
+    echo: bool,
 }
 
 /// Synchronises JSON records between replicas over a pluggable backend.
@@ -69,15 +96,17 @@ impl SyncResult {
 /// Cheap to clone: clones share one engine.
 #[derive(Clone)]
 pub struct SyncEngine {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     config: Config,
     backend: Arc<dyn StorageBackend>,
     clock: Mutex<Hlc>,
     time: Arc<dyn TimeSource>,
     closed: AtomicBool,
+    pub(crate) events: Events,
+    pub(crate) auto_sync: AutoSync,
 }
 
 impl std::fmt::Debug for SyncEngine {
@@ -109,6 +138,7 @@ impl SyncEngine {
         if let Some(stamp) = newest {
             clock.seed(&stamp);
         }
+        let config_event_capacity = config.event_capacity;
         Ok(SyncEngine {
             inner: Arc::new(Inner {
                 config,
@@ -116,6 +146,8 @@ impl SyncEngine {
                 clock: Mutex::new(clock),
                 time,
                 closed: AtomicBool::new(false),
+                events: Events::new(config_event_capacity),
+                auto_sync: AutoSync::default(),
             }),
         })
     }
@@ -133,6 +165,23 @@ impl SyncEngine {
     /// The storage backend (the original's `getBackend()`).
     pub fn backend(&self) -> &Arc<dyn StorageBackend> {
         &self.inner.backend
+    }
+
+    /// The event hub: closure handlers (`on`, `once`, `off`, ...) and
+    /// receivers (the original's `engine.events`).
+    pub fn events(&self) -> &Events {
+        &self.inner.events
+    }
+
+    /// A receiver of every event emitted from now on; shorthand for
+    /// `events().subscribe()`.
+    pub fn subscribe(&self) -> EventReceiver {
+        self.inner.events.subscribe()
+    }
+
+    /// Milliseconds since the Unix epoch, from the engine's time source.
+    pub(crate) fn now_millis(&self) -> u64 {
+        self.inner.time.now_millis()
     }
 
     fn clock(&self) -> MutexGuard<'_, Hlc> {
@@ -153,16 +202,21 @@ impl SyncEngine {
         clock.now()
     }
 
-    fn check_open(&self, collection: &str) -> Result<()> {
+    pub(crate) fn check_open(&self, collection: &str) -> Result<()> {
+        self.check_open_engine()?;
+        validate_collection(collection)
+    }
+
+    pub(crate) fn check_open_engine(&self) -> Result<()> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(Error::Closed {
                 what: "sync engine",
             });
         }
-        validate_collection(collection)
+        Ok(())
     }
 
-    fn retries(&self) -> u32 {
+    pub(crate) fn retries(&self) -> u32 {
         self.inner.config.max_retries
     }
 
@@ -179,11 +233,13 @@ impl SyncEngine {
         })?;
         let mut content = Content::from_value(value)?;
         let backend = &self.inner.backend;
+        let listening = self.inner.events.any_listener();
         for _ in 0..MAX_RACE_ATTEMPTS {
             let stored = retry_transient(self.retries(), "get", || {
                 backend.get(collection, content.id())
             })
             .await?;
+            let mut previous = None;
             let write = match stored {
                 None => {
                     let stamp = self.stamp_after(None);
@@ -191,6 +247,9 @@ impl SyncEngine {
                 }
                 Some(stored) => {
                     let mut record = stored.record;
+                    if listening {
+                        previous = Some(record.clone());
+                    }
                     let stamp = self.stamp_after(Some(&record));
                     if !record.apply_put(content, &stamp)? {
                         return Ok(record);
@@ -200,7 +259,16 @@ impl SyncEngine {
             };
             match retry_transient(self.retries(), "put", || backend.put(collection, &write)).await?
             {
-                WriteOutcome::Written { .. } => return Ok(write.record),
+                WriteOutcome::Written { .. } => {
+                    if listening {
+                        let kind = match &previous {
+                            Some(p) if !p.is_deleted() => ChangeKind::Updated,
+                            _ => ChangeKind::Added,
+                        };
+                        self.emit_record_event(collection, kind, write.record.clone(), previous);
+                    }
+                    return Ok(write.record);
+                }
                 // Lost a race: the visible record is exactly what was put, so
                 // its content is the content to apply again on the new state.
                 WriteOutcome::Conflict => {
@@ -284,7 +352,17 @@ impl SyncEngine {
             let write = Write::replace(record, stored.token);
             match retry_transient(self.retries(), "put", || backend.put(collection, &write)).await?
             {
-                WriteOutcome::Written { .. } => return Ok(Some(write.record)),
+                WriteOutcome::Written { .. } => {
+                    if self.inner.events.wants(EventKind::RecordDeleted) {
+                        self.emit_record_event(
+                            collection,
+                            ChangeKind::Deleted,
+                            write.record.clone(),
+                            None,
+                        );
+                    }
+                    return Ok(Some(write.record));
+                }
                 WriteOutcome::Conflict => continue,
             }
         }
@@ -322,20 +400,127 @@ impl SyncEngine {
     /// [`Error::ClockDrift`] naming the records, and nothing is written.
     /// Records are then merged and written `batch_size` at a time, each write
     /// conditional on what was read (a lost race is re-read and merged again),
-    /// transient backend failures retried with back-off.
+    /// transient backend failures retried with back-off. Reads only the
+    /// records the batch names, never the whole collection.
+    ///
+    /// Emits `sync:start`, then per batch the record and conflict events of
+    /// the writes the store confirmed and a `sync:progress`, then exactly one
+    /// of `sync:success` or `sync:error` (the error is also returned). A
+    /// failed sync leaves every record either as it was or fully merged: the
+    /// batches written before the failure stay, and syncing the same records
+    /// again completes the rest.
     pub async fn sync(&self, collection: &str, remote: Vec<Record>) -> Result<SyncResult> {
+        self.sync_triggered(collection, remote, SyncTrigger::Call, None)
+            .await
+    }
+
+    /// [`sync`](Self::sync) with its trigger named in `sync:start`. With
+    /// `echoes`, collects the change sequences of writes whose result is
+    /// exactly the incoming record: the sender already holds those states.
+    pub(crate) async fn sync_triggered(
+        &self,
+        collection: &str,
+        remote: Vec<Record>,
+        trigger: SyncTrigger,
+        echoes: Option<&mut HashSet<u64>>,
+    ) -> Result<SyncResult> {
+        let events = &self.inner.events;
+        if events.wants(EventKind::SyncStart) {
+            events.emit(SyncEvent::SyncStart {
+                collection: collection.to_owned(),
+                record_count: remote.len(),
+                timestamp: self.now_millis(),
+                trigger,
+            });
+        }
+        let span = tracing::info_span!(
+            "sync",
+            collection,
+            records = remote.len(),
+            added = Empty,
+            updated = Empty,
+            deleted = Empty,
+            unchanged = Empty,
+            conflicts = Empty,
+            duration_ms = Empty,
+        );
+        let outcome = self
+            .sync_unreported(collection, remote, echoes)
+            .instrument(span.clone())
+            .await;
+        match &outcome {
+            Ok(result) => {
+                let duration_ms = millis(result.duration);
+                span.record("added", result.added)
+                    .record("updated", result.updated)
+                    .record("deleted", result.deleted)
+                    .record("unchanged", result.unchanged)
+                    .record("conflicts", result.conflicts.len())
+                    .record("duration_ms", duration_ms);
+                tracing::info!(
+                    parent: &span,
+                    added = result.added,
+                    updated = result.updated,
+                    deleted = result.deleted,
+                    unchanged = result.unchanged,
+                    conflicts = result.conflicts.len(),
+                    duration_ms,
+                    "sync finished"
+                );
+                if events.wants(EventKind::SyncSuccess) {
+                    events.emit(SyncEvent::SyncSuccess(Arc::new(result.clone())));
+                }
+            }
+            Err(error) => {
+                tracing::warn!(parent: &span, %error, "sync failed");
+                self.emit_sync_error(collection, error);
+            }
+        }
+        outcome
+    }
+
+    /// Emits `sync:error` for `error` if anyone listens.
+    pub(crate) fn emit_sync_error(&self, collection: &str, error: &Error) {
+        let events = &self.inner.events;
+        if events.wants(EventKind::SyncError) {
+            events.emit(SyncEvent::SyncError {
+                collection: collection.to_owned(),
+                error: error.to_string(),
+                transient: error.is_transient(),
+                timestamp: self.now_millis(),
+            });
+        }
+    }
+
+    async fn sync_unreported(
+        &self,
+        collection: &str,
+        remote: Vec<Record>,
+        mut echoes: Option<&mut HashSet<u64>>,
+    ) -> Result<SyncResult> {
         self.check_open(collection)?;
         let started = Instant::now();
         self.observe_batch(&remote)?;
         let strategy = self.inner.config.conflict_strategy;
         let mut incoming = dedupe(remote, strategy)?;
+        let total = incoming.len();
+        let mut done = 0;
         let mut result = SyncResult::new(collection);
         while !incoming.is_empty() {
             let rest = incoming.split_off(incoming.len().min(self.inner.config.batch_size));
-            self.sync_batch(collection, incoming, &mut result).await?;
+            done += incoming.len();
+            self.sync_batch(collection, incoming, &mut result, echoes.as_deref_mut())
+                .await?;
+            if self.inner.events.wants(EventKind::SyncProgress) {
+                self.inner.events.emit(SyncEvent::SyncProgress {
+                    collection: collection.to_owned(),
+                    done,
+                    total,
+                });
+            }
             incoming = rest;
         }
-        result.timestamp = self.inner.time.now_millis();
+        result.timestamp = self.now_millis();
         result.duration = started.elapsed();
         Ok(result)
     }
@@ -375,10 +560,18 @@ impl SyncEngine {
         collection: &str,
         mut pending: Vec<Record>,
         result: &mut SyncResult,
+        mut echoes: Option<&mut HashSet<u64>>,
     ) -> Result<()> {
         let strategy = self.inner.config.conflict_strategy;
         let backend = &self.inner.backend;
-        for _ in 0..MAX_RACE_ATTEMPTS {
+        // Checked once per batch: without listeners nothing below copies a
+        // record for an event.
+        let listening = self.inner.events.any_listener();
+        for attempt in 0..MAX_RACE_ATTEMPTS {
+            // Echoes are recognised on the first attempt only: after a lost
+            // race the pending record is our own merge, not what the sender
+            // holds, and calling a write "not an echo" only costs a resend.
+            let track_echoes = echoes.is_some() && attempt == 0;
             let ids: Vec<&str> = pending.iter().map(Record::id).collect();
             let locals = retry_transient(self.retries(), "get_many", || {
                 backend.get_many(collection, &ids)
@@ -392,16 +585,25 @@ impl SyncEngine {
                     Some(stored) => (Some(stored.record), Some(stored.token)),
                     None => (None, None),
                 };
+                // A record new here is stored as received, so it is an echo
+                // without comparing; otherwise compare the merge with a copy.
+                let sent = (track_echoes && local.is_some()).then(|| remote.clone());
                 let classified = classify(collection, local.as_ref(), remote, strategy)?;
                 if classified.kind == ChangeKind::Unchanged {
                     result.count(ChangeKind::Unchanged);
                     continue;
                 }
+                let echo = track_echoes && sent.is_none_or(|sent| sent == classified.merged);
                 writes.push(Write {
                     record: classified.merged,
                     expected: token,
                 });
-                plans.push((classified.kind, classified.conflict));
+                plans.push(Planned {
+                    kind: classified.kind,
+                    conflict: classified.conflict,
+                    previous: if listening { local } else { None },
+                    echo,
+                });
             }
             if writes.is_empty() {
                 return Ok(());
@@ -421,12 +623,31 @@ impl SyncEngine {
                 ));
             }
             pending = Vec::new();
-            for ((write, (kind, conflict)), outcome) in writes.into_iter().zip(plans).zip(outcomes)
-            {
+            for ((write, plan), outcome) in writes.into_iter().zip(plans).zip(outcomes) {
                 match outcome {
-                    WriteOutcome::Written { .. } => {
-                        result.count(kind);
-                        result.conflicts.extend(conflict);
+                    WriteOutcome::Written { sequence, .. } => {
+                        result.count(plan.kind);
+                        if plan.echo {
+                            if let Some(echoes) = echoes.as_deref_mut() {
+                                echoes.insert(sequence);
+                            }
+                        }
+                        if let Some(conflict) = plan.conflict {
+                            if listening && self.inner.events.wants(EventKind::Conflict) {
+                                self.inner
+                                    .events
+                                    .emit(SyncEvent::Conflict(Arc::new(conflict.clone())));
+                            }
+                            result.conflicts.push(conflict);
+                        }
+                        if listening {
+                            self.emit_record_event(
+                                collection,
+                                plan.kind,
+                                write.record,
+                                plan.previous,
+                            );
+                        }
                     }
                     // Lost a race: merge what we meant to write (local ⊔ remote)
                     // into the new stored state. Merge is a join, so nothing of
@@ -442,12 +663,45 @@ impl SyncEngine {
         Err(self.lost_races(collection, id))
     }
 
+    /// Emits the `record:*` event of a confirmed write of `kind`.
+    fn emit_record_event(
+        &self,
+        collection: &str,
+        kind: ChangeKind,
+        record: Record,
+        previous: Option<Record>,
+    ) {
+        let collection = collection.to_owned();
+        let event = match (kind, previous) {
+            (ChangeKind::Deleted, _) => SyncEvent::RecordDeleted { collection, record },
+            (ChangeKind::Updated, Some(previous)) => SyncEvent::RecordUpdated {
+                collection,
+                record,
+                previous,
+            },
+            // An update of a record this replica did not hold shows as new.
+            (ChangeKind::Added | ChangeKind::Updated, _) => {
+                SyncEvent::RecordAdded { collection, record }
+            }
+            (ChangeKind::Unchanged, _) => return,
+        };
+        if self.inner.events.wants(event.kind()) {
+            self.inner.events.emit(event);
+        }
+    }
+
     /// Closes the engine and its backend handle. Never deletes stored data.
-    /// Later calls fail with [`Error::Closed`]; closing twice is harmless.
+    /// Stops auto-sync, forgets its peers and removes every event handler (as
+    /// the original's `destroy` does); receivers see the stream end when the
+    /// last handle on the engine is dropped. Later calls fail with
+    /// [`Error::Closed`]; closing twice is harmless.
     pub async fn close(&self) -> Result<()> {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
+        self.stop_auto_sync();
+        self.inner.auto_sync.clear_peers();
+        self.inner.events.remove_all_listeners(None);
         self.inner.backend.close().await
     }
 
@@ -455,4 +709,9 @@ impl SyncEngine {
     pub fn is_closed(&self) -> bool {
         self.inner.closed.load(Ordering::Acquire)
     }
+}
+
+/// A duration in whole milliseconds, saturating.
+pub(crate) fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }

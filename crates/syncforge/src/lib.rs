@@ -48,9 +48,12 @@
 //! The merge rules live in [`syncforge_core`] (re-exported as [`core`]).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod auto_sync;
 mod backends;
 mod builder;
 mod engine;
+pub mod events;
+mod peer;
 mod retry;
 
 pub use backends::{create_backend, BackendConfig};
@@ -59,6 +62,8 @@ pub use builder::{
     MAX_BATCH_SIZE, MAX_RETRIES, MIN_AUTO_SYNC_INTERVAL,
 };
 pub use engine::{SyncEngine, SyncResult};
+pub use events::{EventKind, EventReceiver, Events, ListenerId, SyncEvent, SyncTrigger};
+pub use peer::{PeerCursors, PeerSyncReport, SyncPeer};
 
 pub use syncforge_core as core;
 pub use syncforge_core::{

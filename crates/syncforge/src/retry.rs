@@ -4,6 +4,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use syncforge_core::{Error, Result};
+use tracing::field::Empty;
+use tracing::Instrument;
 
 /// First back-off delay; doubled after every failed attempt (100 ms, 200 ms,
 /// 400 ms, ...), as in the original library.
@@ -14,8 +16,32 @@ const MAX_DELAY: Duration = Duration::from_secs(30);
 
 /// Runs `call`, retrying up to `max_retries` times when it fails with a
 /// transient storage error ([`Error::Unavailable`]). Bad input and permanent
-/// failures are returned at once.
+/// failures are returned at once. Retries run in a `retry` tracing span that
+/// records the operation and how many retries it took.
 pub(crate) async fn retry_transient<T, F, Fut>(
+    max_retries: u32,
+    what: &str,
+    mut call: F,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    match call().await {
+        Err(error @ Error::Unavailable { .. }) if max_retries > 0 => {
+            // The span exists only once something failed: the common path
+            // pays nothing for it.
+            let span = tracing::info_span!("retry", operation = what, max_retries, retries = Empty);
+            retry_after(error, max_retries, what, call)
+                .instrument(span)
+                .await
+        }
+        other => other,
+    }
+}
+
+async fn retry_after<T, F, Fut>(
+    mut error: Error,
     max_retries: u32,
     what: &str,
     mut call: F,
@@ -26,19 +52,23 @@ where
 {
     let mut attempt = 0u32;
     loop {
+        let delay = backoff(attempt);
+        tracing::warn!(
+            operation = what,
+            attempt = attempt + 1,
+            max_retries,
+            delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            %error,
+            "transient storage failure; retrying"
+        );
+        tokio::time::sleep(delay).await;
+        attempt += 1;
+        tracing::Span::current().record("retries", attempt);
         match call().await {
-            Err(error @ Error::Unavailable { .. }) if attempt < max_retries => {
-                let delay = backoff(attempt);
-                tracing::warn!(
-                    operation = what,
-                    attempt = attempt + 1,
-                    max_retries,
-                    delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-                    %error,
-                    "transient storage failure; retrying"
-                );
-                tokio::time::sleep(delay).await;
-                attempt += 1;
+            Err(again @ Error::Unavailable { .. }) if attempt < max_retries => error = again,
+            Err(again @ Error::Unavailable { .. }) => {
+                tracing::warn!(operation = what, retries = attempt, error = %again, "giving up");
+                return Err(again);
             }
             other => return other,
         }

@@ -1,0 +1,182 @@
+//! The periodic sync window (the original's auto-sync timer), optionally
+//! syncing with peers on each tick.
+
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use syncforge_core::{Error, Result};
+use tokio::task::AbortHandle;
+use tokio::time::{interval_at, Instant, MissedTickBehavior};
+use tracing::Instrument;
+
+use crate::engine::{Inner, SyncEngine};
+use crate::events::{EventKind, SyncEvent, SyncTrigger};
+use crate::peer::SyncPeer;
+use crate::retry::retry_transient;
+
+/// The timer task and the peers it syncs with.
+#[derive(Default)]
+pub(crate) struct AutoSync {
+    task: Mutex<Option<AbortHandle>>,
+    peers: Mutex<Vec<Arc<dyn SyncPeer>>>,
+}
+
+/// Locks a mutex whose data stays valid whatever panicked while it was held
+/// (an `Option` of a handle, a `Vec` of peers: replaced or pushed whole).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl AutoSync {
+    pub(crate) fn clear_peers(&self) {
+        lock(&self.peers).clear();
+    }
+}
+
+impl Drop for AutoSync {
+    fn drop(&mut self) {
+        // The engine is gone: stop the timer now rather than at its next tick.
+        if let Some(task) = self
+            .task
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+        {
+            task.abort();
+        }
+    }
+}
+
+impl SyncEngine {
+    /// Starts the periodic sync window (the original's `startAutoSync`); a
+    /// no-op when it runs already. `build()` calls it when the builder's
+    /// `auto_sync(true)` is set.
+    ///
+    /// Every `auto_sync_interval` (first one interval after the start), for
+    /// each collection — those set with
+    /// [`EngineBuilder::auto_sync_collections`](crate::EngineBuilder::auto_sync_collections),
+    /// otherwise those the store lists at that moment — the engine emits
+    /// `sync:start` with [`SyncTrigger::AutoSyncWindow`] and then runs
+    /// [`sync_with`](Self::sync_with) with every peer added by
+    /// [`add_auto_sync_peer`](Self::add_auto_sync_peer). A failed peer sync
+    /// emits `sync:error` and the window goes on with the next. When a window
+    /// takes longer than the interval, the next one waits instead of
+    /// bunching up.
+    ///
+    /// The timer holds only a weak handle on the engine: dropping the last
+    /// `SyncEngine` handle, [`close`](Self::close) or
+    /// [`stop_auto_sync`](Self::stop_auto_sync) ends it. Needs a tokio runtime
+    /// with timers; outside one it fails with [`Error::InvalidConfig`].
+    pub fn start_auto_sync(&self) -> Result<()> {
+        self.check_open_engine()?;
+        let mut task = lock(&self.inner.auto_sync.task);
+        if task.as_ref().is_some_and(|t| !t.is_finished()) {
+            return Ok(());
+        }
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|err| Error::InvalidConfig {
+                option: "auto_sync",
+                reason: format!("auto-sync needs a running tokio runtime: {err}"),
+            })?;
+        let period = self.config().auto_sync_interval;
+        let engine = Arc::downgrade(&self.inner);
+        let handle = runtime.spawn(async move {
+            let mut ticker = interval_at(Instant::now() + period, period);
+            ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let Some(engine) = upgrade(&engine) else {
+                    break;
+                };
+                if engine.is_closed() {
+                    break;
+                }
+                engine.run_sync_window().await;
+            }
+        });
+        *task = Some(handle.abort_handle());
+        Ok(())
+    }
+
+    /// Stops the periodic sync window (the original's `stopAutoSync`). A
+    /// window in progress is cancelled between two storage calls, which is
+    /// safe: every write is conditional and cursors advance only past applied
+    /// changes. Stopping a stopped timer does nothing.
+    pub fn stop_auto_sync(&self) {
+        if let Some(task) = lock(&self.inner.auto_sync.task).take() {
+            task.abort();
+        }
+    }
+
+    /// Whether the periodic sync window is running.
+    pub fn is_auto_syncing(&self) -> bool {
+        lock(&self.inner.auto_sync.task)
+            .as_ref()
+            .is_some_and(|task| !task.is_finished())
+    }
+
+    /// Adds a peer that every auto-sync window syncs with, replacing one with
+    /// the same [`peer_id`](SyncPeer::peer_id). The engine holds the peer
+    /// until it is removed or the engine is closed (two engines that are each
+    /// other's peers keep each other alive until then).
+    pub fn add_auto_sync_peer(&self, peer: Arc<dyn SyncPeer>) {
+        let mut peers = lock(&self.inner.auto_sync.peers);
+        peers.retain(|p| p.peer_id() != peer.peer_id());
+        peers.push(peer);
+    }
+
+    /// Removes an auto-sync peer by id; returns whether it was there.
+    pub fn remove_auto_sync_peer(&self, peer_id: &str) -> bool {
+        let mut peers = lock(&self.inner.auto_sync.peers);
+        let before = peers.len();
+        peers.retain(|p| p.peer_id() != peer_id);
+        peers.len() != before
+    }
+
+    /// One tick: the window events, then a `sync_with` per collection and peer.
+    async fn run_sync_window(&self) {
+        let peers: Vec<Arc<dyn SyncPeer>> = lock(&self.inner.auto_sync.peers).clone();
+        let span = tracing::info_span!("auto_sync_window", peers = peers.len());
+        async {
+            let collections = match &self.config().auto_sync_collections {
+                Some(list) => list.clone(),
+                None => {
+                    let backend = self.backend();
+                    match retry_transient(self.retries(), "list_collections", || {
+                        backend.list_collections()
+                    })
+                    .await
+                    {
+                        Ok(list) => list,
+                        Err(error) => {
+                            tracing::warn!(%error, "auto-sync could not list collections");
+                            return;
+                        }
+                    }
+                }
+            };
+            for collection in &collections {
+                let events = &self.inner.events;
+                if events.wants(EventKind::SyncStart) {
+                    events.emit(SyncEvent::SyncStart {
+                        collection: collection.clone(),
+                        record_count: 0,
+                        timestamp: self.now_millis(),
+                        trigger: SyncTrigger::AutoSyncWindow,
+                    });
+                }
+                for peer in &peers {
+                    // sync_with reports its own failure (event and log).
+                    let _ = self.sync_with(peer.as_ref(), collection).await;
+                }
+            }
+        }
+        .instrument(span)
+        .await;
+    }
+}
+
+fn upgrade(engine: &Weak<Inner>) -> Option<SyncEngine> {
+    engine.upgrade().map(|inner| SyncEngine { inner })
+}

@@ -1,0 +1,418 @@
+//! What the engine did, as typed events: for broadcast receivers
+//! ([`Events::subscribe`]) and for closure handlers with the original
+//! library's `on` / `once` / `off` / `removeAllListeners` / `listenerCount`.
+//!
+//! Emitting costs one atomic load and one uncontended lock when nobody
+//! listens: the engine checks for listeners before it builds a payload, so an
+//! engine without listeners never copies a record for an event.
+
+use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use syncforge_core::{ConflictDetail, Record};
+use tokio::sync::broadcast;
+
+use crate::engine::SyncResult;
+
+pub use tokio::sync::broadcast::error::RecvError;
+
+/// A stream of [`SyncEvent`]s from [`Events::subscribe`].
+///
+/// A receiver that falls more than the channel capacity behind loses the
+/// oldest events and is told so: its next `recv` returns
+/// [`RecvError::Lagged`] with the number of events it missed. A slow or
+/// dropped receiver never blocks or fails a sync.
+pub type EventReceiver = broadcast::Receiver<SyncEvent>;
+
+/// Default number of events a receiver may fall behind before it lags.
+pub const DEFAULT_EVENT_CAPACITY: usize = 1024;
+
+/// The kinds of [`SyncEvent`], named as in the original library.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// `sync:start`: a sync began, or an auto-sync window opened.
+    SyncStart,
+    /// `sync:success`: a sync finished.
+    SyncSuccess,
+    /// `sync:error`: a sync failed (after its retries).
+    SyncError,
+    /// `conflict`: concurrent edits of one record were found and merged.
+    Conflict,
+    /// `record:added`: a record became visible.
+    RecordAdded,
+    /// `record:updated`: a visible record changed.
+    RecordUpdated,
+    /// `record:deleted`: a record was soft-deleted.
+    RecordDeleted,
+    /// `sync:progress`: a batch of a sync was applied (not in the original).
+    SyncProgress,
+}
+
+const KIND_COUNT: usize = 8;
+
+impl EventKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [EventKind; KIND_COUNT] = [
+        EventKind::SyncStart,
+        EventKind::SyncSuccess,
+        EventKind::SyncError,
+        EventKind::Conflict,
+        EventKind::RecordAdded,
+        EventKind::RecordUpdated,
+        EventKind::RecordDeleted,
+        EventKind::SyncProgress,
+    ];
+
+    /// The original library's event name (`"sync:start"`, `"record:added"`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::SyncStart => "sync:start",
+            EventKind::SyncSuccess => "sync:success",
+            EventKind::SyncError => "sync:error",
+            EventKind::Conflict => "conflict",
+            EventKind::RecordAdded => "record:added",
+            EventKind::RecordUpdated => "record:updated",
+            EventKind::RecordDeleted => "record:deleted",
+            EventKind::SyncProgress => "sync:progress",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What started a sync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SyncTrigger {
+    /// A call of [`SyncEngine::sync`](crate::SyncEngine::sync) (or a peer
+    /// pushing records into this engine).
+    Call,
+    /// A tick of the auto-sync timer: a *window* in which handlers may fetch
+    /// remote records and call `sync`. No `sync:success` follows this event;
+    /// the syncs run in the window emit their own. Handlers that sync on
+    /// `sync:start` should act only on this trigger, or each sync they run
+    /// would start another.
+    AutoSyncWindow,
+    /// [`SyncEngine::sync_with`](crate::SyncEngine::sync_with) applying a page
+    /// of changes pulled from the peer with this id.
+    Pull {
+        /// The peer's id.
+        peer: String,
+    },
+}
+
+/// One thing the engine did.
+///
+/// Big payloads are shared (`Arc`) so that handing an event to many receivers
+/// does not copy them.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum SyncEvent {
+    /// `sync:start`.
+    SyncStart {
+        /// The collection.
+        collection: String,
+        /// Records offered to the sync (0 for an auto-sync window).
+        record_count: usize,
+        /// When it began, milliseconds since the Unix epoch.
+        timestamp: u64,
+        /// What started it.
+        trigger: SyncTrigger,
+    },
+    /// `sync:success`: what the sync did.
+    SyncSuccess(Arc<SyncResult>),
+    /// `sync:error`: the sync failed after its retries; the error is also
+    /// returned to the caller.
+    SyncError {
+        /// The collection.
+        collection: String,
+        /// The error's message (the caller gets the typed error).
+        error: String,
+        /// Whether the failure was transient (the store was unreachable), so
+        /// that trying again later may succeed.
+        transient: bool,
+        /// When it failed, milliseconds since the Unix epoch.
+        timestamp: u64,
+    },
+    /// `conflict`: concurrent edits found and how they were resolved.
+    Conflict(Arc<ConflictDetail>),
+    /// `record:added`: a record became visible (new, or written again after a
+    /// delete).
+    RecordAdded {
+        /// The collection.
+        collection: String,
+        /// The record as stored.
+        record: Record,
+    },
+    /// `record:updated`: a visible record changed.
+    RecordUpdated {
+        /// The collection.
+        collection: String,
+        /// The record as stored.
+        record: Record,
+        /// The record before the change.
+        previous: Record,
+    },
+    /// `record:deleted`: a record was soft-deleted.
+    RecordDeleted {
+        /// The collection.
+        collection: String,
+        /// The deleted record (a tombstone).
+        record: Record,
+    },
+    /// `sync:progress`: after each applied batch of a sync, for progress bars.
+    SyncProgress {
+        /// The collection.
+        collection: String,
+        /// Records processed so far.
+        done: usize,
+        /// Records in the whole sync, repeated ids counted once.
+        total: usize,
+    },
+}
+
+impl SyncEvent {
+    /// This event's kind.
+    pub fn kind(&self) -> EventKind {
+        match self {
+            SyncEvent::SyncStart { .. } => EventKind::SyncStart,
+            SyncEvent::SyncSuccess(_) => EventKind::SyncSuccess,
+            SyncEvent::SyncError { .. } => EventKind::SyncError,
+            SyncEvent::Conflict(_) => EventKind::Conflict,
+            SyncEvent::RecordAdded { .. } => EventKind::RecordAdded,
+            SyncEvent::RecordUpdated { .. } => EventKind::RecordUpdated,
+            SyncEvent::RecordDeleted { .. } => EventKind::RecordDeleted,
+            SyncEvent::SyncProgress { .. } => EventKind::SyncProgress,
+        }
+    }
+
+    /// The collection the event is about.
+    pub fn collection(&self) -> &str {
+        match self {
+            SyncEvent::SyncStart { collection, .. }
+            | SyncEvent::SyncError { collection, .. }
+            | SyncEvent::RecordAdded { collection, .. }
+            | SyncEvent::RecordUpdated { collection, .. }
+            | SyncEvent::RecordDeleted { collection, .. }
+            | SyncEvent::SyncProgress { collection, .. } => collection,
+            SyncEvent::SyncSuccess(result) => &result.collection,
+            SyncEvent::Conflict(detail) => &detail.collection,
+        }
+    }
+}
+
+/// Identifies a handler registered with [`Events::on`] or [`Events::once`],
+/// to remove it with [`Events::off`]. (Rust closures cannot be compared, so
+/// the original's `off(event, handler)` takes this id instead.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ListenerId(u64);
+
+type Handler = Arc<dyn Fn(&SyncEvent) + Send + Sync>;
+
+struct Listener {
+    id: ListenerId,
+    kind: EventKind,
+    once: bool,
+    handler: Handler,
+}
+
+/// The engine's event hub, reached with
+/// [`SyncEngine::events`](crate::SyncEngine::events).
+///
+/// Handlers run on the task that emits the event, in registration order, so
+/// they must be quick: to do slow or async work, spawn a task or use
+/// [`subscribe`](Self::subscribe). A handler may register or remove handlers.
+/// A handler that panics is caught: the panic is logged (`tracing` error),
+/// counted in [`handler_panics`](Self::handler_panics), and the engine and
+/// other handlers carry on. (This needs the default `panic = "unwind"`.)
+pub struct Events {
+    sender: broadcast::Sender<SyncEvent>,
+    listeners: Mutex<Vec<Listener>>,
+    /// Handlers per kind, kept beside the list so that checking for listeners
+    /// needs no lock.
+    counts: [AtomicUsize; KIND_COUNT],
+    next_id: AtomicU64,
+    panics: AtomicU64,
+}
+
+impl fmt::Debug for Events {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Events")
+            .field("receivers", &self.receiver_count())
+            .field("handlers", &self.lock().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Events {
+    pub(crate) fn new(capacity: usize) -> Self {
+        let (sender, _) = broadcast::channel(capacity);
+        Events {
+            sender,
+            listeners: Mutex::new(Vec::new()),
+            counts: std::array::from_fn(|_| AtomicUsize::new(0)),
+            next_id: AtomicU64::new(1),
+            panics: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Listener>> {
+        // Handlers never run under this lock, so a poisoned lock only means a
+        // panic between two plain Vec operations: the list is still valid.
+        self.listeners
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A new receiver of every event emitted from now on.
+    pub fn subscribe(&self) -> EventReceiver {
+        self.sender.subscribe()
+    }
+
+    /// How many receivers from [`subscribe`](Self::subscribe) are alive.
+    pub fn receiver_count(&self) -> usize {
+        self.sender.receiver_count()
+    }
+
+    /// Calls `handler` on every event of `kind` (the original's `on`).
+    pub fn on(
+        &self,
+        kind: EventKind,
+        handler: impl Fn(&SyncEvent) + Send + Sync + 'static,
+    ) -> ListenerId {
+        self.add(kind, false, Arc::new(handler))
+    }
+
+    /// Calls `handler` on the next event of `kind` only (the original's `once`).
+    pub fn once(
+        &self,
+        kind: EventKind,
+        handler: impl Fn(&SyncEvent) + Send + Sync + 'static,
+    ) -> ListenerId {
+        self.add(kind, true, Arc::new(handler))
+    }
+
+    fn add(&self, kind: EventKind, once: bool, handler: Handler) -> ListenerId {
+        let id = ListenerId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        let mut listeners = self.lock();
+        listeners.push(Listener {
+            id,
+            kind,
+            once,
+            handler,
+        });
+        self.counts[kind.index()].fetch_add(1, Ordering::Release);
+        id
+    }
+
+    /// Removes one handler (the original's `off`). Returns whether it was
+    /// still registered (a `once` handler that already ran is not).
+    pub fn off(&self, id: ListenerId) -> bool {
+        let mut listeners = self.lock();
+        let Some(position) = listeners.iter().position(|l| l.id == id) else {
+            return false;
+        };
+        let removed = listeners.remove(position);
+        self.counts[removed.kind.index()].fetch_sub(1, Ordering::Release);
+        true
+    }
+
+    /// Removes every handler of `kind`, or every handler at all with `None`
+    /// (the original's `removeAllListeners(event?)`). Receivers from
+    /// [`subscribe`](Self::subscribe) are not affected. Returns how many
+    /// handlers were removed.
+    pub fn remove_all_listeners(&self, kind: impl Into<Option<EventKind>>) -> usize {
+        let kind = kind.into();
+        let mut listeners = self.lock();
+        let before = listeners.len();
+        listeners.retain(|l| {
+            let remove = kind.is_none_or(|k| k == l.kind);
+            if remove {
+                self.counts[l.kind.index()].fetch_sub(1, Ordering::Release);
+            }
+            !remove
+        });
+        before - listeners.len()
+    }
+
+    /// Handlers registered for `kind` (the original's `listenerCount`).
+    pub fn listener_count(&self, kind: EventKind) -> usize {
+        self.counts[kind.index()].load(Ordering::Acquire)
+    }
+
+    /// How many handler calls panicked since the engine was built.
+    pub fn handler_panics(&self) -> u64 {
+        self.panics.load(Ordering::Relaxed)
+    }
+
+    /// Whether an event of `kind` would reach anyone; checked before building
+    /// a payload.
+    pub(crate) fn wants(&self, kind: EventKind) -> bool {
+        self.listener_count(kind) > 0 || self.sender.receiver_count() > 0
+    }
+
+    /// Whether any event at all would reach anyone.
+    pub(crate) fn any_listener(&self) -> bool {
+        self.counts
+            .iter()
+            .any(|count| count.load(Ordering::Acquire) > 0)
+            || self.sender.receiver_count() > 0
+    }
+
+    /// Delivers `event` to the handlers of its kind, then to every receiver.
+    pub(crate) fn emit(&self, event: SyncEvent) {
+        let kind = event.kind();
+        if self.listener_count(kind) > 0 {
+            self.call_handlers(kind, &event);
+        }
+        // Fails only when no receiver is left, which is nobody's problem.
+        let _ = self.sender.send(event);
+    }
+
+    fn call_handlers(&self, kind: EventKind, event: &SyncEvent) {
+        let due: Vec<(ListenerId, Handler)> = {
+            let mut listeners = self.lock();
+            let due = listeners
+                .iter()
+                .filter(|l| l.kind == kind)
+                .map(|l| (l.id, Arc::clone(&l.handler)))
+                .collect();
+            // A `once` handler is removed before it runs, so an event emitted
+            // by the handler itself cannot run it again.
+            listeners.retain(|l| {
+                let spent = l.once && l.kind == kind;
+                if spent {
+                    self.counts[kind.index()].fetch_sub(1, Ordering::Release);
+                }
+                !spent
+            });
+            due
+        };
+        for (id, handler) in due {
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| handler(event))) {
+                self.panics.fetch_add(1, Ordering::Relaxed);
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "(non-string panic payload)".to_owned());
+                tracing::error!(
+                    event = kind.name(),
+                    listener = id.0,
+                    panic = %message,
+                    "event handler panicked; the engine carries on"
+                );
+            }
+        }
+    }
+}
