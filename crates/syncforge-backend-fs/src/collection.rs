@@ -42,7 +42,7 @@ pub(crate) const NAME_FILE: &str = ".name";
 const LOG_FORMAT: &str = "syncforge-fs/changes";
 /// Rewrite the log once it holds this many lines and more than twice as many
 /// as there are live records.
-const COMPACT_MIN_LINES: usize = 4096;
+const COMPACT_MIN_LINES: usize = 1024;
 
 #[derive(Serialize, Deserialize)]
 struct LogHeader {
@@ -317,7 +317,10 @@ impl Collection {
 
     /// Writes a new log holding the live entries, with a new generation.
     fn rewrite_log(&mut self, base: u64) -> Result<()> {
-        let generation = self.generation + 1;
+        // Other handles tell a rewritten log by its generation. Taking the
+        // time keeps it new even when the old log was deleted and its
+        // generation is unknown here.
+        let generation = (self.generation + 1).max(micros_since_epoch());
         let header = LogHeader {
             format: LOG_FORMAT.to_owned(),
             version: 1,

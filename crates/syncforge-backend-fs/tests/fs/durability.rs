@@ -225,3 +225,63 @@ async fn deletes_are_gone_after_reopening() {
     assert_eq!(feed.changes.len(), 1);
     assert!(!tree(tmp.path()).iter().any(|n| n == "elsewhere"));
 }
+
+#[tokio::test]
+async fn a_handle_follows_a_log_rebuilt_by_another() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = FsBackend::open(tmp.path()).await.unwrap();
+    put_any(&first, "notes", counter("r0", 0)).await;
+    let cursor = put_any(&first, "notes", counter("r1", 1)).await;
+    std::fs::remove_file(tmp.path().join("notes").join(".changes")).unwrap();
+
+    let second = FsBackend::open(tmp.path()).await.unwrap();
+    let written = put_any(&second, "notes", counter("r2", 2)).await;
+    let seen = first.get("notes", "r2").await.unwrap().unwrap();
+    assert_eq!(seen.token, Token::Sequence(written));
+    let page = first.changes("notes", cursor, 10).await.unwrap();
+    let mut ids: Vec<&str> = page.changes.iter().map(|c| c.record.id()).collect();
+    ids.sort();
+    assert_eq!(ids, ["r0", "r1", "r2"]);
+}
+
+#[tokio::test]
+async fn the_log_is_compacted_and_other_handles_follow() {
+    let tmp = tempfile::tempdir().unwrap();
+    let options = FsOptions::default().durability(Durability::Buffered);
+    let writer = FsBackend::open_with(tmp.path(), options.clone())
+        .await
+        .unwrap();
+    let reader = FsBackend::open_with(tmp.path(), options).await.unwrap();
+    put_any(&writer, "notes", counter("stays", 0)).await;
+    assert_eq!(
+        reader.changes("notes", 0, 10).await.unwrap().changes.len(),
+        1
+    );
+    let mut tokens: Vec<Option<Token>> = vec![None; 20];
+    for round in 0..60u64 {
+        let writes: Vec<Write> = tokens
+            .iter()
+            .enumerate()
+            .map(|(n, token)| Write {
+                record: counter(&format!("r{n}"), round),
+                expected: token.clone(),
+            })
+            .collect();
+        let outcomes = writer.put_batch("notes", &writes).await.unwrap();
+        tokens = outcomes.iter().map(|o| Some(token_of(o))).collect();
+    }
+    let last = match tokens.last().cloned().flatten() {
+        Some(Token::Sequence(last)) => last,
+        other => panic!("unexpected token {other:?}"),
+    };
+    let log = std::fs::read_to_string(tmp.path().join("notes").join(".changes")).unwrap();
+    assert!(log.lines().count() < 1024, "the log was never compacted");
+    let stored = reader.get("notes", "r19").await.unwrap().unwrap();
+    assert_eq!(stored.token, Token::Sequence(last));
+    assert_eq!(count_of(&stored.record), 59);
+    let feed = reader.changes("notes", 0, 100).await.unwrap();
+    assert_eq!(feed.changes.len(), 21);
+    assert_eq!(feed.changes[0].record.id(), "stays");
+    let next = put_any(&reader, "notes", counter("new", 1)).await;
+    assert_eq!(next, last + 1);
+}
