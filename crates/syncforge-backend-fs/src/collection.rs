@@ -28,7 +28,7 @@ use crate::files::{
     corrupt, create_dir, io_error, open_lock_file, read_if_exists, replace_atomically, sync_dir,
     sync_files, write_temp, TEMP_PREFIX,
 };
-use crate::Durability;
+use crate::{CorruptFile, Durability};
 
 /// File extension of record files.
 pub(crate) const RECORD_EXTENSION: &str = "json";
@@ -645,7 +645,7 @@ impl Collection {
 /// replaced atomically, so each one is whole. Files that cannot be read as the
 /// record their name says are skipped with a warning and returned in
 /// `skipped`, so one bad file cannot make the others unreadable.
-pub(crate) fn read_all(dir: &Path) -> Result<(Vec<Record>, Vec<Error>)> {
+pub(crate) fn read_all(dir: &Path) -> Result<(Vec<Record>, Vec<CorruptFile>)> {
     let mut records = Vec::new();
     let mut skipped = Vec::new();
     let entries = match fs::read_dir(dir) {
@@ -668,19 +668,22 @@ pub(crate) fn read_all(dir: &Path) -> Result<(Vec<Record>, Vec<Error>)> {
         let path = entry.path();
         match read_record_file(&path) {
             Ok(Some(record)) if stem_for(record.id()) == stem => records.push(record),
-            Ok(Some(record)) => skipped.push(corrupt(
-                &path,
-                format!(
-                    "holds record {:?}, which belongs in another file",
-                    record.id()
-                ),
-            )),
+            Ok(Some(record)) => {
+                let err = corrupt(
+                    &path,
+                    format!(
+                        "holds record {:?}, which belongs in another file",
+                        record.id()
+                    ),
+                );
+                skipped.push(CorruptFile { path, error: err });
+            }
             Ok(None) => {}
-            Err(err) => skipped.push(err),
+            Err(error) => skipped.push(CorruptFile { path, error }),
         }
     }
-    for err in &skipped {
-        tracing::warn!(%err, "skipping a record file that cannot be read");
+    for file in &skipped {
+        tracing::warn!(err = %file.error, "skipping a record file that cannot be read");
     }
     Ok((records, skipped))
 }

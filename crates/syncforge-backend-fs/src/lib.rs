@@ -167,7 +167,10 @@ impl FsOptions {
 
 /// A record file that cannot be read, as listed by [`FsBackend::corrupt_files`].
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct CorruptFile {
+    /// The file.
+    pub path: PathBuf,
     /// What is wrong, naming the file.
     pub error: Error,
 }
@@ -244,10 +247,7 @@ impl FsBackend {
         let dir = Collection::dir_for(&self.inner.root, collection);
         self.run(move |_| {
             let (_, skipped) = read_all(&dir)?;
-            Ok(skipped
-                .into_iter()
-                .map(|error| CorruptFile { error })
-                .collect())
+            Ok(skipped)
         })
         .await
     }

@@ -76,6 +76,7 @@ async fn a_corrupt_file_is_named_and_does_not_hide_the_others() {
     assert!(!feed.more);
     let corrupt = store.corrupt_files("notes").await.unwrap();
     assert_eq!(corrupt.len(), 1);
+    assert_eq!(corrupt[0].path, broken);
     assert!(corrupt[0].to_string().contains("r1.json"), "{}", corrupt[0]);
 
     // A file holding another record than its name says is reported too.
