@@ -461,9 +461,10 @@ impl Collection {
         }
     }
 
-    /// Applies conditional writes (under the exclusive lock); see
-    /// [`crate::FsBackend`] for the order of operations that keeps every
-    /// record old or new on a crash.
+    /// Applies conditional writes (under the exclusive lock). Order matters
+    /// for crashes: temporaries are written and synced first (a crash leaves
+    /// only temporaries), then the log (a crash leaves new sequences for old
+    /// content: harmless), then the renames (each atomic) and the directory.
     pub(crate) fn put_batch(&mut self, writes: &[PreparedWrite]) -> Result<Vec<WriteOutcome>> {
         let mut outcomes = Vec::with_capacity(writes.len());
         let mut current: HashMap<&str, u64> = HashMap::new();
