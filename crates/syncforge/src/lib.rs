@@ -84,6 +84,11 @@ pub use syncforge_backend_fs::FsBackend;
 #[doc = include_str!("../../../docs/guide.md")]
 struct GuideDoctests;
 
+/// The examples of the events, auto-sync and peers guide, run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/guide-events-and-peers.md")]
+struct GuideEventsAndPeersDoctests;
+
 /// The migration guide's examples, compiled and run as doctests.
 #[cfg(doctest)]
 #[doc = include_str!("../../../docs/migrating-from-typescript.md")]

@@ -32,8 +32,8 @@ where
             // The span exists only once something failed: the common path
             // pays nothing for it.
             let span = tracing::info_span!("retry", operation = what, max_retries, retries = Empty);
-            retry_after(error, max_retries, what, call)
-                .instrument(span)
+            retry_after(error, max_retries, what, call, &span)
+                .instrument(span.clone())
                 .await
         }
         other => other,
@@ -45,6 +45,7 @@ async fn retry_after<T, F, Fut>(
     max_retries: u32,
     what: &str,
     mut call: F,
+    span: &tracing::Span,
 ) -> Result<T>
 where
     F: FnMut() -> Fut,
@@ -63,7 +64,7 @@ where
         );
         tokio::time::sleep(delay).await;
         attempt += 1;
-        tracing::Span::current().record("retries", attempt);
+        span.record("retries", attempt);
         match call().await {
             Err(again @ Error::Unavailable { .. }) if attempt < max_retries => error = again,
             Err(again @ Error::Unavailable { .. }) => {

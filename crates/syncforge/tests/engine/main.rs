@@ -2,6 +2,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod api;
+mod auto_sync;
+mod events;
+mod faults;
 mod flaws;
+mod peers;
 mod scenarios;
 mod support;
+mod tracing_spans;

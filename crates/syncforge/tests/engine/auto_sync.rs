@@ -1,0 +1,296 @@
+//! Auto-sync: the periodic window (events per collection on an interval,
+//! start / stop / close), the original's handler-driven pattern, and syncing
+//! with peers on each tick. Time is paused: tokio advances it, nobody sleeps.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use syncforge::{
+    ConflictStrategy, Error, EventReceiver, MemoryBackend, SyncEngine, SyncEvent, SyncTrigger,
+};
+use tokio::time::timeout;
+
+use crate::support::snapshot;
+
+const INTERVAL: Duration = Duration::from_secs(10);
+/// Added to a wait that ends when a tick is due: a timeout due at the same
+/// instant as the tick may fire before the timer task has run.
+const SLACK: Duration = Duration::from_millis(1);
+
+async fn auto_engine(client: &str) -> SyncEngine {
+    SyncEngine::builder()
+        .client_id(client)
+        .conflict_strategy(ConflictStrategy::Crdt)
+        .backend(MemoryBackend::new())
+        .auto_sync(true)
+        .auto_sync_interval(INTERVAL)
+        .build()
+        .await
+        .unwrap()
+}
+
+/// The collection of the next window event within `within`, or `None`.
+async fn next_window(rx: &mut EventReceiver, within: Duration) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let event = timeout(deadline - tokio::time::Instant::now(), rx.recv())
+            .await
+            .ok()?
+            .unwrap();
+        if let SyncEvent::SyncStart {
+            collection,
+            trigger: SyncTrigger::AutoSyncWindow,
+            record_count,
+            ..
+        } = event
+        {
+            assert_eq!(record_count, 0);
+            return Some(collection);
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn windows_open_per_listed_collection_on_every_interval() {
+    let e = auto_engine("a").await;
+    assert!(e.is_auto_syncing());
+    e.put("notes", &json!({"id": "n"})).await.unwrap();
+    e.put("tasks", &json!({"id": "t"})).await.unwrap();
+    let mut rx = e.subscribe();
+    let started = tokio::time::Instant::now();
+
+    // Nothing before the first interval has passed.
+    assert_eq!(
+        next_window(&mut rx, INTERVAL - Duration::from_millis(1)).await,
+        None
+    );
+    let mut seen = vec![
+        next_window(&mut rx, 2 * SLACK).await.unwrap(),
+        next_window(&mut rx, Duration::ZERO).await.unwrap(),
+    ];
+    seen.sort();
+    assert_eq!(seen, ["notes", "tasks"]);
+    assert_eq!(started.elapsed(), INTERVAL);
+
+    // And again one interval later.
+    let mut again = vec![
+        next_window(&mut rx, INTERVAL + SLACK).await.unwrap(),
+        next_window(&mut rx, Duration::ZERO).await.unwrap(),
+    ];
+    again.sort();
+    assert_eq!(again, ["notes", "tasks"]);
+    assert_eq!(started.elapsed(), 2 * INTERVAL);
+}
+
+#[tokio::test(start_paused = true)]
+async fn configured_collections_are_used_and_validated() {
+    let e = SyncEngine::builder()
+        .client_id("a")
+        .auto_sync(true)
+        .auto_sync_interval(INTERVAL)
+        .auto_sync_collections(["inbox"])
+        .build()
+        .await
+        .unwrap();
+    // "inbox" holds nothing yet: it is named, so its window opens anyway.
+    e.put("other", &json!({"id": "x"})).await.unwrap();
+    let mut rx = e.subscribe();
+    assert_eq!(
+        next_window(&mut rx, INTERVAL + SLACK).await.as_deref(),
+        Some("inbox")
+    );
+    assert_eq!(next_window(&mut rx, Duration::ZERO).await, None);
+
+    let err = SyncEngine::builder()
+        .auto_sync_collections(["ok", ""])
+        .build()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidConfig {
+                option: "auto_sync_collections",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn stop_start_and_close() {
+    let e = auto_engine("a").await;
+    e.put("c", &json!({"id": "x"})).await.unwrap();
+    let mut rx = e.subscribe();
+
+    e.stop_auto_sync();
+    e.stop_auto_sync();
+    assert!(!e.is_auto_syncing());
+    assert_eq!(next_window(&mut rx, 3 * INTERVAL).await, None);
+
+    e.start_auto_sync().unwrap();
+    e.start_auto_sync().unwrap(); // already running: still one timer
+    assert!(e.is_auto_syncing());
+    assert_eq!(
+        next_window(&mut rx, INTERVAL + SLACK).await.as_deref(),
+        Some("c")
+    );
+    assert_eq!(next_window(&mut rx, INTERVAL / 2).await, None);
+
+    e.close().await.unwrap();
+    assert!(!e.is_auto_syncing());
+    assert!(matches!(e.start_auto_sync(), Err(Error::Closed { .. })));
+    assert_eq!(next_window(&mut rx, 3 * INTERVAL).await, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn off_by_default_and_the_timer_does_not_keep_the_engine_alive() {
+    let quiet = SyncEngine::builder().build().await.unwrap();
+    assert!(!quiet.is_auto_syncing());
+
+    let e = auto_engine("a").await;
+    let mut rx = e.subscribe();
+    drop(e);
+    // The timer holds only a weak handle: with the last handle gone, the
+    // engine (and its event channel) is gone.
+    let ended = timeout(3 * INTERVAL, rx.recv()).await.unwrap();
+    assert!(matches!(
+        ended,
+        Err(tokio::sync::broadcast::error::RecvError::Closed)
+    ));
+}
+
+#[test]
+fn starting_outside_a_runtime_is_an_error_not_a_panic() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let e = runtime.block_on(SyncEngine::builder().build()).unwrap();
+    let outcome = std::thread::spawn(move || e.start_auto_sync())
+        .join()
+        .unwrap();
+    assert!(
+        matches!(
+            outcome,
+            Err(Error::InvalidConfig {
+                option: "auto_sync",
+                ..
+            })
+        ),
+        "{outcome:?}"
+    );
+}
+
+/// The original's pattern: a `sync:start` handler fetches remote records in
+/// the window and syncs them. Handlers cannot await, so it spawns a task.
+#[tokio::test(start_paused = true)]
+async fn a_window_handler_can_pull_from_a_server() {
+    let server = SyncEngine::builder()
+        .client_id("server")
+        .build()
+        .await
+        .unwrap();
+    server
+        .put("c", &json!({"id": "from-server"}))
+        .await
+        .unwrap();
+    let device = SyncEngine::builder()
+        .client_id("device")
+        .auto_sync(true)
+        .auto_sync_interval(INTERVAL)
+        .auto_sync_collections(["c"])
+        .build()
+        .await
+        .unwrap();
+    let mut rx = device.subscribe();
+    let (this, remote) = (device.clone(), server.clone());
+    device
+        .events()
+        .on(syncforge::EventKind::SyncStart, move |event| {
+            if let SyncEvent::SyncStart {
+                collection,
+                trigger: SyncTrigger::AutoSyncWindow,
+                ..
+            } = event
+            {
+                let (this, remote, collection) = (this.clone(), remote.clone(), collection.clone());
+                tokio::spawn(async move {
+                    let records = remote.get_all(&collection).await.unwrap();
+                    this.sync(&collection, records).await.unwrap();
+                });
+            }
+        });
+    let success = timeout(2 * INTERVAL, async {
+        loop {
+            if let SyncEvent::SyncSuccess(result) = rx.recv().await.unwrap() {
+                return result;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(success.added, 1);
+    assert!(device.get("c", "from-server").await.unwrap().is_some());
+    device.close().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn auto_sync_with_peers_converges_both_ways() {
+    let a = SyncEngine::builder()
+        .client_id("a")
+        .conflict_strategy(ConflictStrategy::Crdt)
+        .auto_sync(true)
+        .auto_sync_interval(INTERVAL)
+        .auto_sync_collections(["c"])
+        .build()
+        .await
+        .unwrap();
+    let b = SyncEngine::builder()
+        .client_id("b")
+        .conflict_strategy(ConflictStrategy::Crdt)
+        .build()
+        .await
+        .unwrap();
+    a.add_auto_sync_peer(Arc::new(b.clone()));
+    a.put("c", &json!({"id": "from-a"})).await.unwrap();
+    b.put("c", &json!({"id": "from-b"})).await.unwrap();
+
+    let mut rx = a.subscribe();
+    tokio::time::sleep(INTERVAL).await;
+    // Let the window run to its end (its pulled page emits sync:success).
+    timeout(INTERVAL / 2, async {
+        loop {
+            if let SyncEvent::SyncSuccess(_) = rx.recv().await.unwrap() {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    timeout(INTERVAL / 2, async {
+        while b.get_all("c").await.unwrap().len() < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(snapshot(&a, "c").await, snapshot(&b, "c").await);
+
+    // A later edit on b arrives with the next window.
+    b.put("c", &json!({"id": "from-b", "v": 2})).await.unwrap();
+    tokio::time::sleep(INTERVAL + Duration::from_millis(100)).await;
+    assert_eq!(
+        a.get("c", "from-b").await.unwrap().unwrap().get("v"),
+        Some(&json!(2))
+    );
+
+    assert!(a.remove_auto_sync_peer("b"));
+    assert!(!a.remove_auto_sync_peer("b"));
+    b.put("c", &json!({"id": "late"})).await.unwrap();
+    tokio::time::sleep(2 * INTERVAL).await;
+    assert!(a.get("c", "late").await.unwrap().is_none());
+    a.close().await.unwrap();
+}

@@ -1,0 +1,353 @@
+//! Syncs under injected storage faults (testkit's `FaultyBackend`): retried
+//! syncs converge and lose nothing; an exhausted sync leaves every record old
+//! or fully merged; a peer cursor never passes an unapplied change.
+//!
+//! Time is paused: back-off sleeps and injected delays pass instantly, in a
+//! deterministic order, so each seed replays the same faults.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use syncforge::{
+    merge, ConflictStrategy, Error, EventKind, MemoryBackend, Record, StorageBackend, SyncEngine,
+    SyncEvent,
+};
+use syncforge_testkit::faults::{FaultyBackend, Operation};
+
+use crate::support::snapshot;
+
+const STRATEGY: ConflictStrategy = ConflictStrategy::Crdt;
+
+async fn faulty_engine(
+    client: &str,
+    store: &Arc<FaultyBackend>,
+    max_retries: u32,
+    batch_size: usize,
+) -> SyncEngine {
+    let shared: Arc<dyn StorageBackend> = store.clone();
+    SyncEngine::builder()
+        .client_id(client)
+        .conflict_strategy(STRATEGY)
+        .shared_backend(shared)
+        .max_retries(max_retries)
+        .batch_size(batch_size)
+        .build()
+        .await
+        .unwrap()
+}
+
+fn faulty(seed: u64, rate: f64) -> Arc<FaultyBackend> {
+    Arc::new(FaultyBackend::new(
+        Arc::new(MemoryBackend::new()),
+        seed,
+        rate,
+        Duration::from_millis(3),
+    ))
+}
+
+/// Retries a local write until it goes through; each attempt already retried
+/// inside the engine, so this loop rarely turns.
+async fn put_retrying(e: &SyncEngine, collection: &str, doc: serde_json::Value) {
+    for _ in 0..20 {
+        match e.put(collection, &doc).await {
+            Ok(_) => return,
+            Err(err) => assert!(err.is_transient(), "{err}"),
+        }
+    }
+    panic!("put kept failing: {doc}");
+}
+
+async fn get_retrying(e: &SyncEngine, id: &str) -> Option<Record> {
+    for _ in 0..20 {
+        match e.get("c", id).await {
+            Ok(found) => return found,
+            Err(err) => assert!(err.is_transient(), "{err}"),
+        }
+    }
+    panic!("get kept failing: {id}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn three_engines_under_twenty_percent_failures_converge_and_lose_nothing() {
+    let stores: Vec<Arc<FaultyBackend>> = (0..3).map(|i| faulty(100 + i, 0.2)).collect();
+    let names = ["alpha", "beta", "gamma"];
+    let mut engines = Vec::new();
+    for (name, store) in names.iter().zip(&stores) {
+        // Few retries, so that some syncs do fail and must be resumed.
+        engines.push(faulty_engine(name, store, 2, 8).await);
+    }
+
+    // Each engine writes records of its own, and its own field of shared
+    // records; one deletes a shared record another edits.
+    for (e, name) in engines.iter().zip(names) {
+        for i in 0..25 {
+            put_retrying(e, "c", json!({"id": format!("{name}-{i}"), "n": i})).await;
+        }
+    }
+    let mut failures = 0;
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        assert!(rounds <= 30, "no convergence after 30 rounds");
+        if rounds == 2 {
+            for (e, name) in engines.iter().zip(names) {
+                for i in 0..10 {
+                    let id = format!("shared-{i}");
+                    let mut doc = match get_retrying(e, &id).await {
+                        Some(r) => serde_json::Value::Object(r.content()),
+                        None => json!({"id": id}),
+                    };
+                    doc[name] = json!(i);
+                    put_retrying(e, "c", doc).await;
+                }
+            }
+        }
+        let mut clean = true;
+        for i in 0..3 {
+            for j in 0..3 {
+                if i != j {
+                    if let Err(err) = engines[i].sync_with(&engines[j], "c").await {
+                        assert!(err.is_transient(), "{err}");
+                        failures += 1;
+                        clean = false;
+                    }
+                }
+            }
+        }
+        if clean && rounds > 2 {
+            break;
+        }
+    }
+    assert!(failures > 0, "the faults never made a sync fail");
+    for store in &stores {
+        assert!(store.injected_failures() > 10);
+    }
+
+    // Converged: byte-identical replicas...
+    for store in &stores {
+        store.set_failure_rate(0.0);
+    }
+    let first = snapshot(&engines[0], "c").await;
+    for e in &engines[1..] {
+        assert_eq!(snapshot(e, "c").await, first);
+    }
+    // ...holding every write.
+    let records = engines[0].get_all("c").await.unwrap();
+    assert_eq!(records.len(), 3 * 25 + 10);
+    for name in names {
+        for i in 0..25 {
+            let r = engines[0]
+                .get("c", &format!("{name}-{i}"))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(r.get("n"), Some(&json!(i)));
+        }
+    }
+    for i in 0..10 {
+        let r = engines[0]
+            .get("c", &format!("shared-{i}"))
+            .await
+            .unwrap()
+            .unwrap();
+        for name in names {
+            assert_eq!(
+                r.get(name),
+                Some(&json!(i)),
+                "lost {name}'s edit of shared-{i}"
+            );
+        }
+    }
+}
+
+/// A local state, an incoming batch, and what a failed sync left: each record
+/// is either exactly as it was or exactly the merge, and syncing again
+/// completes the rest. Half of the batch writes fail, before or after writing,
+/// and the engine has one retry.
+#[tokio::test(start_paused = true)]
+async fn an_exhausted_sync_emits_sync_error_and_leaves_no_record_half_written() {
+    let mut partial_seen = false;
+    let mut failed_syncs = 0;
+    for seed in 0..12 {
+        let store = Arc::new(
+            FaultyBackend::new(Arc::new(MemoryBackend::new()), seed, 0.0, Duration::ZERO)
+                .failing_only(&[Operation::PutBatch]),
+        );
+        let local = faulty_engine("local", &store, 1, 10).await;
+        let remote = SyncEngine::builder()
+            .client_id("remote")
+            .conflict_strategy(STRATEGY)
+            .build()
+            .await
+            .unwrap();
+        for i in 0..60 {
+            remote
+                .put("c", &json!({"id": format!("r{i}"), "remote": i}))
+                .await
+                .unwrap();
+            if i % 2 == 0 {
+                local
+                    .put("c", &json!({"id": format!("r{i}"), "local": i}))
+                    .await
+                    .unwrap();
+            }
+        }
+        let before: BTreeMap<String, Record> = local
+            .get_all("c")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.id().to_owned(), r))
+            .collect();
+        let incoming = remote.get_all("c").await.unwrap();
+        let expected = |id: &str, remote_record: &Record| match before.get(id) {
+            Some(prior) => merge(prior, remote_record, STRATEGY).unwrap(),
+            None => remote_record.clone(),
+        };
+
+        store.set_failure_rate(0.5);
+        let mut rx = local.subscribe();
+        let outcome = local.sync("c", incoming.clone()).await;
+        store.set_failure_rate(0.0);
+        let Err(err) = outcome else {
+            continue;
+        };
+        failed_syncs += 1;
+        assert!(matches!(err, Error::Unavailable { .. }), "{err}");
+        let mut kinds = Vec::new();
+        while let Ok(event) = rx.try_recv() {
+            kinds.push(event.kind());
+            if let SyncEvent::SyncError {
+                transient, error, ..
+            } = &event
+            {
+                assert!(transient);
+                assert_eq!(error, &err.to_string());
+            }
+        }
+        assert_eq!(kinds.first(), Some(&EventKind::SyncStart));
+        assert_eq!(kinds.last(), Some(&EventKind::SyncError));
+        assert!(!kinds.contains(&EventKind::SyncSuccess));
+
+        let mut old = 0;
+        let mut merged = 0;
+        for remote_record in &incoming {
+            let id = remote_record.id();
+            let now = local.get("c", id).await.unwrap();
+            if now.as_ref() == Some(&expected(id, remote_record)) {
+                merged += 1;
+            } else {
+                assert_eq!(
+                    now.as_ref(),
+                    before.get(id),
+                    "{id} is neither old nor merged"
+                );
+                old += 1;
+            }
+        }
+        if old > 0 && merged > 0 {
+            partial_seen = true;
+        }
+        // Syncing the same records again completes the rest.
+        local.sync("c", incoming.clone()).await.unwrap();
+        for remote_record in &incoming {
+            let id = remote_record.id();
+            assert_eq!(
+                local.get("c", id).await.unwrap(),
+                Some(expected(id, remote_record))
+            );
+        }
+    }
+    assert!(failed_syncs > 0, "no sync exhausted its retries");
+    assert!(
+        partial_seen,
+        "no seed failed a sync after some batches were written"
+    );
+}
+
+/// Checks that `holder` contains (is at least as new as) `record`.
+async fn assert_contains(holder: &SyncEngine, record: &Record, what: &str) {
+    let held = holder
+        .get("c", record.id())
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("{what}: {} missing", record.id()));
+    assert_eq!(
+        merge(&held, record, STRATEGY).unwrap(),
+        held,
+        "{what}: {} not applied",
+        record.id()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn peer_cursors_never_pass_a_change_that_was_not_applied() {
+    let here_store = Arc::new(
+        FaultyBackend::new(
+            Arc::new(MemoryBackend::new()),
+            7,
+            0.3,
+            Duration::from_millis(1),
+        )
+        .failing_only(&[Operation::PutBatch, Operation::GetMany, Operation::SetMeta]),
+    );
+    let there_store = Arc::new(
+        FaultyBackend::new(
+            Arc::new(MemoryBackend::new()),
+            8,
+            0.3,
+            Duration::from_millis(1),
+        )
+        .failing_only(&[Operation::PutBatch, Operation::Changes]),
+    );
+    let here = faulty_engine("here", &here_store, 0, 7).await;
+    let there = faulty_engine("there", &there_store, 0, 7).await;
+    for i in 0..40 {
+        put_retrying(&there, "c", json!({"id": format!("t{i}")})).await;
+        put_retrying(&here, "c", json!({"id": format!("h{i}")})).await;
+    }
+
+    let mut failures = 0;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        assert!(attempts <= 200, "never completed");
+        let outcome = here.sync_with(&there, "c").await;
+        if outcome.is_err() {
+            failures += 1;
+        }
+        // Read the truth without faults, then let them resume.
+        here_store.set_failure_rate(0.0);
+        there_store.set_failure_rate(0.0);
+        let cursors = here.peer_cursors("there", "c").await.unwrap();
+        let pulled = there.changes("c", 0, 10_000).await.unwrap();
+        for change in pulled
+            .changes
+            .iter()
+            .filter(|c| c.sequence <= cursors.pulled)
+        {
+            assert_contains(&here, &change.record, "pull cursor").await;
+        }
+        let pushed = here.changes("c", 0, 10_000).await.unwrap();
+        for change in pushed
+            .changes
+            .iter()
+            .filter(|c| c.sequence <= cursors.pushed)
+        {
+            assert_contains(&there, &change.record, "push cursor").await;
+        }
+        let done = outcome.is_ok();
+        here_store.set_failure_rate(0.3);
+        there_store.set_failure_rate(0.3);
+        if done {
+            break;
+        }
+    }
+    assert!(failures > 0, "the faults never made a sync fail");
+    here_store.set_failure_rate(0.0);
+    there_store.set_failure_rate(0.0);
+    assert_eq!(snapshot(&here, "c").await, snapshot(&there, "c").await);
+    assert_eq!(here.get_all("c").await.unwrap().len(), 80);
+}

@@ -1,0 +1,337 @@
+//! Replica-to-replica sync with `SyncPeer` / `sync_with`: bidirectional,
+//! incremental, relayed, with per-peer cursors that survive a restart.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use syncforge::core::{Change, ChangePage};
+use syncforge::{
+    ConflictStrategy, Error, EventKind, PeerCursors, Record, Result, StorageBackend, SyncEngine,
+    SyncEvent, SyncPeer, SyncTrigger,
+};
+use syncforge_testkit::faults::{FaultyBackend, Operation};
+
+use crate::support::{engine, snapshot};
+
+async fn put_many(e: &SyncEngine, collection: &str, prefix: &str, n: usize) {
+    for i in 0..n {
+        e.put(collection, &json!({"id": format!("{prefix}{i}"), "n": i}))
+            .await
+            .unwrap();
+    }
+}
+
+/// The newest sequence in an engine's feed.
+async fn head(e: &SyncEngine, collection: &str) -> u64 {
+    let mut cursor = 0;
+    loop {
+        let page = e.changes(collection, cursor, 1000).await.unwrap();
+        cursor = page.next;
+        if !page.more {
+            return cursor;
+        }
+    }
+}
+
+#[tokio::test]
+async fn sync_with_is_bidirectional_and_incremental() {
+    let a = engine("a", ConflictStrategy::Crdt).await;
+    let b = engine("b", ConflictStrategy::Crdt).await;
+    put_many(&a, "c", "a", 3).await;
+    put_many(&b, "c", "b", 2).await;
+
+    let first = a.sync_with(&b, "c").await.unwrap();
+    assert_eq!(first.peer_id, "b");
+    assert_eq!(first.pulled.added, 2);
+    assert_eq!(first.pushed, 3);
+    // The two records just pulled come back in a's own feed; they are not
+    // sent back to b, which holds them.
+    assert_eq!(first.echoes_skipped, 2);
+    assert_eq!(snapshot(&a, "c").await, snapshot(&b, "c").await);
+    assert_eq!(a.get_all("c").await.unwrap().len(), 5);
+    assert_eq!(
+        a.peer_cursors("b", "c").await.unwrap(),
+        PeerCursors {
+            pulled: 2,
+            pushed: head(&a, "c").await
+        }
+    );
+
+    // The records a pushed are now in b's feed: they merge as unchanged.
+    let second = a.sync_with(&b, "c").await.unwrap();
+    assert_eq!(
+        (second.pulled.added, second.pulled.unchanged, second.pushed),
+        (0, 3, 0)
+    );
+    let third = a.sync_with(&b, "c").await.unwrap();
+    assert_eq!(
+        (
+            third.pulled.added + third.pulled.updated + third.pulled.unchanged,
+            third.pushed
+        ),
+        (0, 0)
+    );
+
+    // Only what changed travels.
+    b.put("c", &json!({"id": "b0", "n": 100})).await.unwrap();
+    a.put("c", &json!({"id": "a1", "n": 200})).await.unwrap();
+    let fourth = a.sync_with(&b, "c").await.unwrap();
+    assert_eq!((fourth.pulled.updated, fourth.pushed), (1, 1));
+    assert_eq!(snapshot(&a, "c").await, snapshot(&b, "c").await);
+}
+
+#[tokio::test]
+async fn concurrent_edits_converge_through_sync_with() {
+    let a = engine("a", ConflictStrategy::Crdt).await;
+    let b = engine("b", ConflictStrategy::Crdt).await;
+    a.put("notes", &json!({"id": "n", "title": "t", "body": "b"}))
+        .await
+        .unwrap();
+    a.sync_with(&b, "notes").await.unwrap();
+    a.put(
+        "notes",
+        &json!({"id": "n", "title": "new title", "body": "b"}),
+    )
+    .await
+    .unwrap();
+    b.put(
+        "notes",
+        &json!({"id": "n", "title": "t", "body": "new body"}),
+    )
+    .await
+    .unwrap();
+    let report = a.sync_with(&b, "notes").await.unwrap();
+    assert_eq!(report.pulled.conflicts.len(), 1);
+    let n = b.get("notes", "n").await.unwrap().unwrap();
+    assert_eq!(n.get("title"), Some(&json!("new title")));
+    assert_eq!(n.get("body"), Some(&json!("new body")));
+    assert_eq!(snapshot(&a, "notes").await, snapshot(&b, "notes").await);
+}
+
+#[tokio::test]
+async fn changes_relay_through_a_middle_replica_over_many_pages() {
+    let a = SyncEngine::builder()
+        .client_id("a")
+        .batch_size(7)
+        .build()
+        .await
+        .unwrap();
+    let hub = engine("hub", ConflictStrategy::Timestamp).await;
+    let c = SyncEngine::builder()
+        .client_id("c")
+        .batch_size(5)
+        .build()
+        .await
+        .unwrap();
+    put_many(&a, "c", "a", 40).await;
+    put_many(&c, "c", "c", 23).await;
+    a.sync_with(&hub, "c").await.unwrap();
+    c.sync_with(&hub, "c").await.unwrap();
+    a.sync_with(&hub, "c").await.unwrap();
+    assert_eq!(a.get_all("c").await.unwrap().len(), 63);
+    assert_eq!(snapshot(&a, "c").await, snapshot(&c, "c").await);
+    assert_eq!(snapshot(&a, "c").await, snapshot(&hub, "c").await);
+}
+
+#[tokio::test]
+async fn pulled_pages_are_syncs_with_a_pull_trigger() {
+    let a = engine("a", ConflictStrategy::Crdt).await;
+    let b = engine("b", ConflictStrategy::Crdt).await;
+    put_many(&b, "c", "b", 2).await;
+    let mut rx = a.subscribe();
+    a.sync_with(&b, "c").await.unwrap();
+    let mut starts = Vec::new();
+    let mut successes = 0;
+    while let Ok(event) = rx.try_recv() {
+        match event {
+            SyncEvent::SyncStart { trigger, .. } => starts.push(trigger),
+            SyncEvent::SyncSuccess(_) => successes += 1,
+            _ => {}
+        }
+    }
+    assert_eq!(
+        starts,
+        [SyncTrigger::Pull {
+            peer: "b".to_owned()
+        }]
+    );
+    assert_eq!(successes, 1);
+}
+
+#[tokio::test]
+async fn a_trait_object_peer_works_and_bad_peer_ids_are_refused() {
+    let a = engine("a", ConflictStrategy::Crdt).await;
+    let b: Arc<dyn SyncPeer> = Arc::new(engine("b", ConflictStrategy::Crdt).await);
+    a.put("c", &json!({"id": "x"})).await.unwrap();
+    let report = a.sync_with(b.as_ref(), "c").await.unwrap();
+    assert_eq!(report.pushed, 1);
+
+    let err = a.peer_cursors("", "c").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidConfig {
+                option: "peer_id",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+/// A peer answering pages that do not advance would loop forever; it is
+/// refused with an error instead, and its records are not applied.
+struct StuckPeer;
+
+#[syncforge::core::async_trait]
+impl SyncPeer for StuckPeer {
+    fn peer_id(&self) -> &str {
+        "stuck"
+    }
+
+    async fn pull(&self, _collection: &str, cursor: u64, _limit: usize) -> Result<ChangePage> {
+        let record = Record::from_json(json!({
+            "id": "r", "_version": 1, "_timestamp": 1, "_deleted": false, "_clientId": "stuck"
+        }))?;
+        Ok(ChangePage {
+            changes: vec![Change {
+                sequence: cursor,
+                record,
+            }],
+            next: cursor,
+            more: true,
+        })
+    }
+
+    async fn push(&self, _collection: &str, _records: Vec<Record>) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_misbehaving_peer_is_refused_with_an_error_event() {
+    let a = engine("a", ConflictStrategy::Crdt).await;
+    let mut rx = a.subscribe();
+    let err = tokio::time::timeout(Duration::from_secs(10), a.sync_with(&StuckPeer, "c"))
+        .await
+        .expect("no endless loop")
+        .unwrap_err();
+    assert!(err.to_string().contains("stuck"), "{err}");
+    assert!(a.get("c", "r").await.unwrap().is_none());
+    assert_eq!(a.peer_cursors("stuck", "c").await.unwrap().pulled, 0);
+    let mut errors = 0;
+    while let Ok(event) = rx.try_recv() {
+        if event.kind() == EventKind::SyncError {
+            errors += 1;
+        }
+    }
+    assert_eq!(errors, 1);
+}
+
+/// DESIGN flaw 11: cost grows with the change, not the collection. The
+/// engine never loads a whole collection to sync, neither in `sync` nor in
+/// `sync_with`.
+#[tokio::test]
+async fn sync_and_sync_with_never_read_the_whole_collection() {
+    let counting = Arc::new(FaultyBackend::new(
+        Arc::new(syncforge::MemoryBackend::new()),
+        1,
+        0.0,
+        Duration::ZERO,
+    ));
+    let store: Arc<dyn StorageBackend> = counting.clone();
+    let local = SyncEngine::builder()
+        .client_id("local")
+        .batch_size(50)
+        .shared_backend(store)
+        .build()
+        .await
+        .unwrap();
+    put_many(&local, "c", "l", 500).await;
+    let remote = engine("remote", ConflictStrategy::Timestamp).await;
+    put_many(&remote, "c", "r", 120).await;
+
+    let before_get_many = counting.calls(Operation::GetMany);
+    local
+        .sync("c", remote.get_all("c").await.unwrap())
+        .await
+        .unwrap();
+    local.sync_with(&remote, "c").await.unwrap();
+    remote
+        .put("c", &json!({"id": "r0", "n": -1}))
+        .await
+        .unwrap();
+    local.sync_with(&remote, "c").await.unwrap();
+
+    assert_eq!(counting.calls(Operation::GetAll), 0);
+    // Reads grow with what travels, in batches of 50: 3 for the sync of 120
+    // records, 3 for the first pull of the same 120, and 11 for the second
+    // pull: the changed record plus the 500 records pushed the first time,
+    // which come back once from the peer's feed and merge as unchanged.
+    assert_eq!(
+        counting.calls(Operation::GetMany) - before_get_many,
+        3 + 3 + 11
+    );
+    assert_eq!(local.get_all("c").await.unwrap().len(), 620);
+}
+
+#[cfg(feature = "fs")]
+mod persistent {
+    use super::*;
+    use syncforge::FsBackend;
+
+    async fn fs_engine(client: &str, dir: &std::path::Path) -> SyncEngine {
+        SyncEngine::builder()
+            .client_id(client)
+            .conflict_strategy(ConflictStrategy::Crdt)
+            .backend(FsBackend::open(dir).await.unwrap())
+            .build()
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn cursors_survive_a_restart_on_the_filesystem() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = engine("server", ConflictStrategy::Crdt).await;
+        put_many(&server, "c", "s", 5).await;
+
+        let device = fs_engine("device", dir.path()).await;
+        put_many(&device, "c", "d", 3).await;
+        let first = device.sync_with(&server, "c").await.unwrap();
+        assert_eq!((first.pulled.added, first.pushed), (5, 3));
+        let cursors = device.peer_cursors("server", "c").await.unwrap();
+        device.close().await.unwrap();
+        drop(device);
+
+        let device = fs_engine("device", dir.path()).await;
+        assert_eq!(device.peer_cursors("server", "c").await.unwrap(), cursors);
+        server.put("c", &json!({"id": "s-new"})).await.unwrap();
+        device.put("c", &json!({"id": "d-new"})).await.unwrap();
+        let second = device.sync_with(&server, "c").await.unwrap();
+        // Only the new record is merged as new; the three device records the
+        // server stored last time come back once and change nothing.
+        assert_eq!(
+            (second.pulled.added, second.pulled.unchanged, second.pushed),
+            (1, 3, 1)
+        );
+        assert_eq!(snapshot(&device, "c").await, snapshot(&server, "c").await);
+    }
+
+    #[tokio::test]
+    async fn two_filesystem_engines_sync_with_each_other() {
+        let dir_a = tempfile::tempdir().unwrap();
+        let dir_b = tempfile::tempdir().unwrap();
+        let a = fs_engine("a", dir_a.path()).await;
+        let b = fs_engine("b", dir_b.path()).await;
+        put_many(&a, "c", "a", 12).await;
+        put_many(&b, "c", "b", 9).await;
+        a.sync_with(&b, "c").await.unwrap();
+        b.delete("c", "a3").await.unwrap();
+        b.sync_with(&a, "c").await.unwrap();
+        assert!(a.get("c", "a3").await.unwrap().unwrap().is_deleted());
+        assert_eq!(a.get_all("c").await.unwrap().len(), 21);
+        assert_eq!(snapshot(&a, "c").await, snapshot(&b, "c").await);
+    }
+}

@@ -1,0 +1,136 @@
+//! Tracing: every sync, peer sync and retry shows up as a span with its
+//! collection, counts and duration, without any custom logging.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+use syncforge::{ConflictStrategy, MemoryBackend, StorageBackend, SyncEngine};
+use syncforge_testkit::faults::{FaultyBackend, Operation};
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Metadata, Subscriber};
+
+use crate::support::engine;
+
+type Fields = BTreeMap<String, String>;
+
+/// A subscriber that keeps every span's name and fields.
+#[derive(Default)]
+struct Capture {
+    next: AtomicU64,
+    spans: Mutex<BTreeMap<u64, (String, Fields)>>,
+}
+
+struct Collect<'a>(&'a mut Fields);
+
+impl Visit for Collect<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn Debug) {
+        self.0.insert(
+            field.name().to_owned(),
+            format!("{value:?}").trim_matches('"').to_owned(),
+        );
+    }
+}
+
+impl Subscriber for Capture {
+    fn enabled(&self, _: &Metadata<'_>) -> bool {
+        true
+    }
+
+    fn new_span(&self, attrs: &Attributes<'_>) -> Id {
+        let id = self.next.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut fields = Fields::new();
+        attrs.record(&mut Collect(&mut fields));
+        self.spans
+            .lock()
+            .unwrap()
+            .insert(id, (attrs.metadata().name().to_owned(), fields));
+        Id::from_u64(id)
+    }
+
+    fn record(&self, span: &Id, values: &Record<'_>) {
+        if let Some((_, fields)) = self.spans.lock().unwrap().get_mut(&span.into_u64()) {
+            values.record(&mut Collect(fields));
+        }
+    }
+
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+    fn event(&self, _: &Event<'_>) {}
+    fn enter(&self, _: &Id) {}
+    fn exit(&self, _: &Id) {}
+}
+
+impl Capture {
+    fn named(&self, name: &str) -> Vec<Fields> {
+        self.spans
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|(n, _)| n == name)
+            .map(|(_, f)| f.clone())
+            .collect()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn syncs_peer_syncs_and_retries_are_spans() {
+    let capture = Arc::new(Capture::default());
+    let _guard = tracing::subscriber::set_default(capture.clone());
+
+    let flaky = Arc::new(
+        FaultyBackend::new(Arc::new(MemoryBackend::new()), 5, 0.0, Duration::ZERO)
+            .failing_only(&[Operation::GetMany]),
+    );
+    let store: Arc<dyn StorageBackend> = flaky.clone();
+    let local = SyncEngine::builder()
+        .client_id("local")
+        .shared_backend(store)
+        .max_retries(20)
+        .build()
+        .await
+        .unwrap();
+    let remote = engine("remote", ConflictStrategy::Timestamp).await;
+    for i in 0..3 {
+        remote
+            .put("notes", &json!({"id": format!("n{i}")}))
+            .await
+            .unwrap();
+    }
+
+    flaky.set_failure_rate(0.6);
+    local
+        .sync("notes", remote.get_all("notes").await.unwrap())
+        .await
+        .unwrap();
+    flaky.set_failure_rate(0.0);
+    local.sync_with(&remote, "notes").await.unwrap();
+
+    let syncs = capture.named("sync");
+    let first = syncs
+        .iter()
+        .find(|f| f.get("added").map(String::as_str) == Some("3"))
+        .expect("a sync span with its counts");
+    assert_eq!(first["collection"], "notes");
+    assert_eq!(first["records"], "3");
+    assert!(first.contains_key("duration_ms"));
+
+    let retries = capture.named("retry");
+    assert!(flaky.injected_failures() > 0);
+    assert!(!retries.is_empty(), "retries show as spans");
+    assert!(
+        retries
+            .iter()
+            .all(|f| f["operation"] == "get_many" && f.contains_key("retries")),
+        "{retries:?}"
+    );
+
+    let peer = capture.named("sync_with");
+    assert_eq!(peer.len(), 1);
+    assert_eq!(peer[0]["peer"], "remote");
+    assert_eq!(peer[0]["pushed"], "3");
+    assert!(peer[0].contains_key("duration_ms"));
+}
