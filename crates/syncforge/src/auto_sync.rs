@@ -137,6 +137,12 @@ impl SyncEngine {
     /// One tick: the window events, then a `sync_with` per collection and peer.
     async fn run_sync_window(&self) {
         let peers: Vec<Arc<dyn SyncPeer>> = lock(&self.inner.auto_sync.peers).clone();
+        let events = &self.inner.events;
+        // With no peer and nobody to tell, a window has nothing to do: skip
+        // listing the collections.
+        if peers.is_empty() && !events.wants(EventKind::SyncStart) {
+            return;
+        }
         let span = tracing::info_span!("auto_sync_window", peers = peers.len());
         async {
             let collections = match &self.config().auto_sync_collections {
@@ -157,7 +163,6 @@ impl SyncEngine {
                 }
             };
             for collection in &collections {
-                let events = &self.inner.events;
                 if events.wants(EventKind::SyncStart) {
                     events.emit(SyncEvent::SyncStart {
                         collection: collection.clone(),

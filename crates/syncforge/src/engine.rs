@@ -24,6 +24,14 @@ use crate::retry::retry_transient;
 /// against another writer before giving up with [`Error::Precondition`].
 const MAX_RACE_ATTEMPTS: u32 = 64;
 
+/// The events a sync batch emits per written record.
+const RECORD_EVENTS: [EventKind; 4] = [
+    EventKind::Conflict,
+    EventKind::RecordAdded,
+    EventKind::RecordUpdated,
+    EventKind::RecordDeleted,
+];
+
 /// What a [`SyncEngine::sync`] did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SyncResult {
@@ -233,7 +241,10 @@ impl SyncEngine {
         })?;
         let mut content = Content::from_value(value)?;
         let backend = &self.inner.backend;
-        let listening = self.inner.events.any_listener();
+        let listening = self
+            .inner
+            .events
+            .wants_any(&[EventKind::RecordAdded, EventKind::RecordUpdated]);
         for _ in 0..MAX_RACE_ATTEMPTS {
             let stored = retry_transient(self.retries(), "get", || {
                 backend.get(collection, content.id())
@@ -566,7 +577,7 @@ impl SyncEngine {
         let backend = &self.inner.backend;
         // Checked once per batch: without listeners nothing below copies a
         // record for an event.
-        let listening = self.inner.events.any_listener();
+        let listening = self.inner.events.wants_any(&RECORD_EVENTS);
         for attempt in 0..MAX_RACE_ATTEMPTS {
             // Echoes are recognised on the first attempt only: after a lost
             // race the pending record is our own merge, not what the sender

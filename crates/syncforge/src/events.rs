@@ -31,6 +31,7 @@ pub const DEFAULT_EVENT_CAPACITY: usize = 1024;
 
 /// The kinds of [`SyncEvent`], named as in the original library.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum EventKind {
     /// `sync:start`: a sync began, or an auto-sync window opened.
     SyncStart,
@@ -361,12 +362,9 @@ impl Events {
         self.listener_count(kind) > 0 || self.sender.receiver_count() > 0
     }
 
-    /// Whether any event at all would reach anyone.
-    pub(crate) fn any_listener(&self) -> bool {
-        self.counts
-            .iter()
-            .any(|count| count.load(Ordering::Acquire) > 0)
-            || self.sender.receiver_count() > 0
+    /// Whether an event of any of `kinds` would reach anyone.
+    pub(crate) fn wants_any(&self, kinds: &[EventKind]) -> bool {
+        kinds.iter().any(|kind| self.listener_count(*kind) > 0) || self.sender.receiver_count() > 0
     }
 
     /// Delivers `event` to the handlers of its kind, then to every receiver.

@@ -8,7 +8,11 @@
 //! records from another replica with a [`ConflictStrategy`]; both strategies
 //! are joins, so replicas that saw the same writes hold byte-identical JSON.
 //! The change feed ([`SyncEngine::changes`]) lets a replica send only what
-//! changed since its last sync.
+//! changed since its last sync; [`SyncEngine::sync_with`] does that both ways
+//! with any [`SyncPeer`] (another engine, or a network transport), by hand or
+//! on the auto-sync timer. Typed [`SyncEvent`]s report what happened, to
+//! receivers ([`SyncEngine::subscribe`]) and closure handlers
+//! ([`SyncEngine::events`]).
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
