@@ -95,7 +95,8 @@
 //! [`get_all`](StorageBackend::get_all) and the change feed skip it with a
 //! `tracing` warning naming the file, and [`FsBackend::corrupt_files`] lists
 //! such files. After repairing a file by hand, write the record again through
-//! the engine so that it re-enters the change feed.
+//! the engine so that it re-enters the change feed. Record files added or
+//! removed by hand are indexed the next time a handle opens the collection.
 //!
 //! [`close`](StorageBackend::close) never deletes anything; only
 //! [`clear_collection`](StorageBackend::clear_collection) removes records in
