@@ -286,3 +286,24 @@ async fn the_log_is_compacted_and_other_handles_follow() {
     let next = put_any(&reader, "notes", counter("new", 1)).await;
     assert_eq!(next, last + 1);
 }
+
+#[tokio::test]
+async fn a_record_file_added_by_hand_enters_the_feed_on_the_next_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FsBackend::open(tmp.path()).await.unwrap();
+    let cursor = put_any(&store, "notes", counter("r0", 0)).await;
+    store.close().await.unwrap();
+    let by_hand = counter("Hand Made", 3);
+    std::fs::write(
+        tmp.path().join("notes").join("^hand%20^made.json"),
+        by_hand.to_json_string(),
+    )
+    .unwrap();
+
+    let reopened = FsBackend::open(tmp.path()).await.unwrap();
+    let page = reopened.changes("notes", cursor, 10).await.unwrap();
+    assert_eq!(page.changes.len(), 1);
+    assert_eq!(page.changes[0].record, by_hand);
+    let stored = reopened.get("notes", "Hand Made").await.unwrap().unwrap();
+    assert_eq!(stored.token, Token::Sequence(page.changes[0].sequence));
+}
