@@ -167,7 +167,9 @@ impl EngineBuilder {
         self
     }
 
-    /// Turns the periodic sync window on or off (default off).
+    /// Turns the periodic sync window on or off (default off). When on,
+    /// `build()` starts the timer; see
+    /// [`SyncEngine::start_auto_sync`] for what each window does.
     pub fn auto_sync(mut self, enabled: bool) -> Self {
         self.auto_sync = enabled;
         self
