@@ -1,6 +1,6 @@
 //! Classifying incoming records against local state.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::error::Result;
 use crate::merge::{is_conflict, merge, resolve_conflict, ConflictDetail, ConflictStrategy};
@@ -127,6 +127,13 @@ pub fn compute_delta(
 /// Merges records that share an id into one, keeping the order of first
 /// appearance: a batch may carry several states of one record.
 pub fn dedupe(records: Vec<Record>, strategy: ConflictStrategy) -> Result<Vec<Record>> {
+    // Batches rarely repeat an id: checking with borrowed ids first spares
+    // the common case a copy of every id.
+    let mut seen: HashSet<&str> = HashSet::with_capacity(records.len());
+    if records.iter().all(|r| seen.insert(r.id())) {
+        return Ok(records);
+    }
+    drop(seen);
     let mut position: HashMap<String, usize> = HashMap::with_capacity(records.len());
     let mut out: Vec<Record> = Vec::with_capacity(records.len());
     for record in records {
@@ -139,4 +146,43 @@ pub fn dedupe(records: Vec<Record>, strategy: ConflictStrategy) -> Result<Vec<Re
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hlc::{ClientId, Stamp};
+    use crate::record::Content;
+    use serde_json::json;
+
+    fn record(id: &str, field: &str, millis: u64) -> Record {
+        let stamp = Stamp::new(millis, 0, ClientId::new("c").unwrap()).unwrap();
+        Record::create(
+            Content::from_value(json!({"id": id, field: millis})).unwrap(),
+            &stamp,
+        )
+    }
+
+    #[test]
+    fn dedupe_keeps_distinct_ids_in_order() {
+        let batch = vec![record("b", "x", 1), record("a", "x", 2)];
+        let out = dedupe(batch.clone(), ConflictStrategy::Crdt).unwrap();
+        assert_eq!(out, batch);
+    }
+
+    #[test]
+    fn dedupe_merges_repeated_ids_at_first_position() {
+        let batch = vec![
+            record("a", "x", 1),
+            record("b", "x", 2),
+            record("a", "y", 3),
+        ];
+        let out = dedupe(batch.clone(), ConflictStrategy::Crdt).unwrap();
+        assert_eq!(out.len(), 2);
+        assert_eq!(
+            out[0],
+            merge(&batch[0], &batch[2], ConflictStrategy::Crdt).unwrap()
+        );
+        assert_eq!(out[1], batch[1]);
+    }
 }

@@ -375,8 +375,7 @@ mod tests {
     #[test]
     fn observe_refuses_stamps_beyond_drift_and_keeps_state() {
         let time = Arc::new(ManualTime::new(1_000_000));
-        let mut hlc =
-            Hlc::with_time(client("a"), time).with_max_drift(Duration::from_secs(1));
+        let mut hlc = Hlc::with_time(client("a"), time).with_max_drift(Duration::from_secs(1));
         let far = Stamp::new(1_002_000, 0, client("b")).unwrap();
         assert!(matches!(
             hlc.observe(&far),

@@ -34,6 +34,7 @@
 //! `{_clientId: _version}`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
@@ -149,13 +150,43 @@ impl Content {
 }
 
 /// A synchronised record. See the [module documentation](self) for its JSON form.
-#[derive(Clone, PartialEq)]
+///
+/// Cheap to clone: clones share one immutable state until one of them is
+/// written (`apply_put`, `apply_delete`), which copies it first. Stores, change
+/// feeds and merges hand records around constantly, so a clone must not copy
+/// every field.
+#[derive(Clone)]
 pub struct Record {
+    state: Arc<RecordState>,
+}
+
+/// What a [`Record`] holds.
+#[derive(Clone)]
+struct RecordState {
     id: String,
     fields: BTreeMap<String, FieldState>,
     written: Stamp,
     tombstone: Option<Stamp>,
     versions: VersionVector,
+}
+
+impl PartialEq for RecordState {
+    /// Cheapest differences first: two states of one record that differ
+    /// almost always differ in their version vectors or write stamps, and
+    /// equal ones are then confirmed field by field.
+    fn eq(&self, other: &Self) -> bool {
+        self.versions == other.versions
+            && self.written == other.written
+            && self.tombstone == other.tombstone
+            && self.id == other.id
+            && self.fields == other.fields
+    }
+}
+
+impl PartialEq for Record {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.state, &other.state) || *self.state == *other.state
+    }
 }
 
 impl std::fmt::Debug for Record {
@@ -174,12 +205,18 @@ impl Record {
             .collect();
         let mut versions = VersionVector::new();
         versions.increment(stamp.client());
-        Record {
+        Record::from_state(RecordState {
             id: content.id,
             fields,
             written: stamp.clone(),
             tombstone: None,
             versions,
+        })
+    }
+
+    fn from_state(state: RecordState) -> Record {
+        Record {
+            state: Arc::new(state),
         }
     }
 
@@ -199,13 +236,13 @@ impl Record {
                 format!("`{key}` is reserved and cannot be a field"),
             ));
         }
-        Ok(Record {
+        Ok(Record::from_state(RecordState {
             id: id.to_owned(),
             fields,
             written,
             tombstone,
             versions,
-        })
+        }))
     }
 
     /// Replaces the visible content with `content` (same id), as written at
@@ -221,7 +258,10 @@ impl Record {
         self.check_newer(stamp)?;
         let deleted = self.is_deleted();
         let mut changed = deleted;
-        for (name, state) in self.fields.iter_mut() {
+        // Copies the state only if another clone shares it; an unchanged put
+        // then leaves an equal copy, which is harmless.
+        let record = Arc::make_mut(&mut self.state);
+        for (name, state) in record.fields.iter_mut() {
             if state.value.is_some() && !content.fields.contains_key(name) {
                 state.value = None;
                 state.stamp = stamp.clone();
@@ -229,7 +269,7 @@ impl Record {
             }
         }
         for (name, value) in content.fields {
-            match self.fields.get_mut(&name) {
+            match record.fields.get_mut(&name) {
                 Some(state) if !deleted && state.value.as_ref() == Some(&value) => {}
                 Some(state) => {
                     state.value = Some(value);
@@ -237,15 +277,16 @@ impl Record {
                     changed = true;
                 }
                 None => {
-                    self.fields
+                    record
+                        .fields
                         .insert(name, FieldState::new(Some(value), stamp.clone()));
                     changed = true;
                 }
             }
         }
         if changed {
-            self.written = stamp.clone();
-            self.versions.increment(stamp.client());
+            record.written = stamp.clone();
+            record.versions.increment(stamp.client());
         }
         Ok(changed)
     }
@@ -258,8 +299,9 @@ impl Record {
             return Ok(false);
         }
         self.check_newer(stamp)?;
-        self.tombstone = Some(stamp.clone());
-        self.versions.increment(stamp.client());
+        let record = Arc::make_mut(&mut self.state);
+        record.tombstone = Some(stamp.clone());
+        record.versions.increment(stamp.client());
         Ok(true)
     }
 
@@ -271,21 +313,21 @@ impl Record {
             Ok(())
         } else {
             Err(Error::invalid_record(
-                Some(&self.id),
+                Some(&self.state.id),
                 format!("write stamp {stamp} is not newer than the record's newest stamp {newest}; observe the record's stamps with the clock first"),
             ))
         }
     }
 
     fn check_same_id(&self, id: &str) -> Result<()> {
-        if self.id == id {
+        if self.state.id == id {
             Ok(())
         } else {
             Err(Error::invalid_record(
                 Some(id),
                 format!(
                     "cannot apply content of record {id:?} to record {:?}",
-                    self.id
+                    self.state.id
                 ),
             ))
         }
@@ -293,34 +335,35 @@ impl Record {
 
     /// The record id.
     pub fn id(&self) -> &str {
-        &self.id
+        &self.state.id
     }
 
     /// The value of a visible field.
     pub fn get(&self, field: &str) -> Option<&Value> {
-        self.fields.get(field).and_then(|s| s.value.as_ref())
+        self.state.fields.get(field).and_then(|s| s.value.as_ref())
     }
 
     /// Visible fields (removed ones are left out), sorted by name.
     pub fn fields(&self) -> impl Iterator<Item = (&str, &Value)> + '_ {
-        self.fields
+        self.state
+            .fields
             .iter()
             .filter_map(|(k, s)| s.value.as_ref().map(|v| (k.as_str(), v)))
     }
 
     /// Every field with its stamp, removed ones included.
     pub fn field_states(&self) -> &BTreeMap<String, FieldState> {
-        &self.fields
+        &self.state.fields
     }
 
     /// The version: total number of writes this record has seen (`_version`).
     pub fn version(&self) -> u64 {
-        self.versions.total()
+        self.state.versions.total()
     }
 
     /// The version vector.
     pub fn versions(&self) -> &VersionVector {
-        &self.versions
+        &self.state.versions
     }
 
     /// Milliseconds of the newest stamp (`_timestamp`).
@@ -335,33 +378,35 @@ impl Record {
 
     /// Stamp of the latest write of content.
     pub fn written(&self) -> &Stamp {
-        &self.written
+        &self.state.written
     }
 
     /// Stamp of the latest delete, if any.
     pub fn tombstone(&self) -> Option<&Stamp> {
-        self.tombstone.as_ref()
+        self.state.tombstone.as_ref()
     }
 
     /// The newest stamp anywhere in the record.
     pub fn newest_stamp(&self) -> &Stamp {
         let mut newest = self.newest_content_stamp();
-        if let Some(t) = &self.tombstone {
+        if let Some(t) = &self.state.tombstone {
             newest = newest.max(t);
         }
         newest
     }
 
     fn newest_content_stamp(&self) -> &Stamp {
-        self.fields
+        self.state
+            .fields
             .values()
             .map(|s| &s.stamp)
-            .fold(&self.written, |a, b| a.max(b))
+            .fold(&self.state.written, |a, b| a.max(b))
     }
 
     /// Whether the record is soft-deleted: its tombstone is newer than every write.
     pub fn is_deleted(&self) -> bool {
-        self.tombstone
+        self.state
+            .tombstone
             .as_ref()
             .is_some_and(|t| t > self.newest_content_stamp())
     }
@@ -369,7 +414,7 @@ impl Record {
     /// The user content: `id` and the visible fields, without metadata.
     pub fn content(&self) -> Map<String, Value> {
         let mut map = Map::new();
-        map.insert(ID_KEY.to_owned(), Value::String(self.id.clone()));
+        map.insert(ID_KEY.to_owned(), Value::String(self.state.id.clone()));
         for (k, v) in self.fields() {
             map.insert(k.to_owned(), v.clone());
         }
@@ -380,7 +425,7 @@ impl Record {
     pub fn get_as<T: DeserializeOwned>(&self) -> Result<T> {
         serde_json::from_value(Value::Object(self.content())).map_err(|e| {
             Error::invalid_record(
-                Some(&self.id),
+                Some(&self.state.id),
                 format!("cannot be read as the requested type: {e}"),
             )
         })
@@ -409,7 +454,7 @@ impl Record {
     fn sync_state(&self) -> Map<String, Value> {
         let mut live = Map::new();
         let mut removed = Map::new();
-        for (name, state) in &self.fields {
+        for (name, state) in &self.state.fields {
             let target = if state.value.is_some() {
                 &mut live
             } else {
@@ -418,6 +463,7 @@ impl Record {
             target.insert(name.clone(), Value::String(state.stamp.to_string()));
         }
         let versions: Map<String, Value> = self
+            .state
             .versions
             .iter()
             .map(|(c, n)| (c.as_str().to_owned(), Value::from(n)))
@@ -425,13 +471,13 @@ impl Record {
         let mut sync = Map::new();
         sync.insert(
             "written".to_owned(),
-            Value::String(self.written.to_string()),
+            Value::String(self.state.written.to_string()),
         );
         sync.insert("fields".to_owned(), Value::Object(live));
         if !removed.is_empty() {
             sync.insert("removed".to_owned(), Value::Object(removed));
         }
-        if let Some(t) = &self.tombstone {
+        if let Some(t) = &self.state.tombstone {
             sync.insert("deleted".to_owned(), Value::String(t.to_string()));
         }
         sync.insert("versions".to_owned(), Value::Object(versions));
@@ -499,7 +545,10 @@ impl Record {
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(Error::invalid_record(Some(&self.id), problems.join("; ")))
+            Err(Error::invalid_record(
+                Some(&self.state.id),
+                problems.join("; "),
+            ))
         }
     }
 }
@@ -612,13 +661,13 @@ fn from_seed(id: &str, fields: Map<String, Value>, meta: &SeedMeta<'_>) -> Resul
             (k, FieldState::new(Some(v), written.clone()))
         })
         .collect();
-    Ok(Record {
+    Ok(Record::from_state(RecordState {
         id: id.to_owned(),
         fields,
         written,
         tombstone,
         versions,
-    })
+    }))
 }
 
 /// Reads `-0.0` as `0.0`, as JavaScript prints it. Imported values can share a
@@ -720,13 +769,13 @@ fn from_sync_state(
             .ok_or_else(|| bad(format!("`versions` of {client} must be a positive integer")))?;
         vv.set(client, n);
     }
-    Ok(Record {
+    Ok(Record::from_state(RecordState {
         id: id.to_owned(),
         fields,
         written,
         tombstone,
         versions: vv,
-    })
+    }))
 }
 
 impl serde::Serialize for Record {
