@@ -569,10 +569,14 @@ impl SyncEngine {
     async fn sync_batch(
         &self,
         collection: &str,
-        mut pending: Vec<Record>,
+        incoming: Vec<Record>,
         result: &mut SyncResult,
         mut echoes: Option<&mut HashSet<u64>>,
     ) -> Result<()> {
+        // Each record to merge, with the plan of a write of it that lost a
+        // race (or whose outcome a transient failure hid).
+        let mut pending: Vec<(Record, Option<Planned>)> =
+            incoming.into_iter().map(|record| (record, None)).collect();
         let strategy = self.inner.config.conflict_strategy;
         let backend = &self.inner.backend;
         // Checked once per batch: without listeners nothing below copies a
@@ -583,7 +587,7 @@ impl SyncEngine {
             // race the pending record is our own merge, not what the sender
             // holds, and calling a write "not an echo" only costs a resend.
             let track_echoes = echoes.is_some() && attempt == 0;
-            let ids: Vec<&str> = pending.iter().map(Record::id).collect();
+            let ids: Vec<&str> = pending.iter().map(|(record, _)| record.id()).collect();
             let locals = retry_transient(self.retries(), "get_many", || {
                 backend.get_many(collection, &ids)
             })
@@ -591,11 +595,20 @@ impl SyncEngine {
             drop(ids);
             let mut writes = Vec::with_capacity(pending.len());
             let mut plans = Vec::with_capacity(pending.len());
-            for (remote, local) in pending.into_iter().zip(locals) {
+            for ((remote, raced), local) in pending.into_iter().zip(locals) {
                 let (local, token) = match local {
                     Some(stored) => (Some(stored.record), Some(stored.token)),
                     None => (None, None),
                 };
+                if let Some(plan) = raced {
+                    // The store holds exactly what we meant to write: the
+                    // write whose answer was lost did happen (or another
+                    // writer made the same change). Report it as planned.
+                    if local.as_ref() == Some(&remote) {
+                        self.confirm(collection, remote, plan, result, listening);
+                        continue;
+                    }
+                }
                 // A record new here is stored as received, so it is an echo
                 // without comparing; otherwise compare the merge with a copy.
                 let sent = (track_echoes && local.is_some()).then(|| remote.clone());
@@ -637,41 +650,48 @@ impl SyncEngine {
             for ((write, plan), outcome) in writes.into_iter().zip(plans).zip(outcomes) {
                 match outcome {
                     WriteOutcome::Written { sequence, .. } => {
-                        result.count(plan.kind);
                         if plan.echo {
                             if let Some(echoes) = echoes.as_deref_mut() {
                                 echoes.insert(sequence);
                             }
                         }
-                        if let Some(conflict) = plan.conflict {
-                            if listening && self.inner.events.wants(EventKind::Conflict) {
-                                self.inner
-                                    .events
-                                    .emit(SyncEvent::Conflict(Arc::new(conflict.clone())));
-                            }
-                            result.conflicts.push(conflict);
-                        }
-                        if listening {
-                            self.emit_record_event(
-                                collection,
-                                plan.kind,
-                                write.record,
-                                plan.previous,
-                            );
-                        }
+                        self.confirm(collection, write.record, plan, result, listening);
                     }
                     // Lost a race: merge what we meant to write (local ⊔ remote)
                     // into the new stored state. Merge is a join, so nothing of
                     // the remote record is lost.
-                    WriteOutcome::Conflict => pending.push(write.record),
+                    WriteOutcome::Conflict => pending.push((write.record, Some(plan))),
                 }
             }
             if pending.is_empty() {
                 return Ok(());
             }
         }
-        let id = pending.first().map_or("", Record::id);
+        let id = pending.first().map_or("", |(record, _)| record.id());
         Err(self.lost_races(collection, id))
+    }
+
+    /// Counts a write the store holds and emits its events.
+    fn confirm(
+        &self,
+        collection: &str,
+        written: Record,
+        plan: Planned,
+        result: &mut SyncResult,
+        listening: bool,
+    ) {
+        result.count(plan.kind);
+        if let Some(conflict) = plan.conflict {
+            if listening && self.inner.events.wants(EventKind::Conflict) {
+                self.inner
+                    .events
+                    .emit(SyncEvent::Conflict(Arc::new(conflict.clone())));
+            }
+            result.conflicts.push(conflict);
+        }
+        if listening {
+            self.emit_record_event(collection, plan.kind, written, plan.previous);
+        }
     }
 
     /// Emits the `record:*` event of a confirmed write of `kind`.

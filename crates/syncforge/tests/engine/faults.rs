@@ -351,3 +351,41 @@ async fn peer_cursors_never_pass_a_change_that_was_not_applied() {
     assert_eq!(snapshot(&here, "c").await, snapshot(&there, "c").await);
     assert_eq!(here.get_all("c").await.unwrap().len(), 80);
 }
+
+/// A batch write whose answer is lost after it took effect is retried, finds
+/// its own write in place, and is still reported as what it was: the counts
+/// and the record events are exact under faults.
+#[tokio::test(start_paused = true)]
+async fn writes_whose_answer_was_lost_are_still_counted_and_announced() {
+    let source = SyncEngine::builder()
+        .client_id("source")
+        .conflict_strategy(STRATEGY)
+        .build()
+        .await
+        .unwrap();
+    for i in 0..30 {
+        source
+            .put("c", &json!({"id": format!("r{i}")}))
+            .await
+            .unwrap();
+    }
+    let store = Arc::new(
+        FaultyBackend::new(Arc::new(MemoryBackend::new()), 21, 0.5, Duration::ZERO)
+            .failing_only(&[Operation::PutBatch]),
+    );
+    let target = faulty_engine("target", &store, 10, 5).await;
+    let mut rx = target.subscribe();
+    let result = target
+        .sync("c", source.get_all("c").await.unwrap())
+        .await
+        .unwrap();
+    assert!(store.injected_failures() > 0);
+    assert_eq!((result.added, result.unchanged), (30, 0));
+    let mut added = 0;
+    while let Ok(event) = rx.try_recv() {
+        if event.kind() == EventKind::RecordAdded {
+            added += 1;
+        }
+    }
+    assert_eq!(added, 30);
+}
