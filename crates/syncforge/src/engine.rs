@@ -245,11 +245,23 @@ impl SyncEngine {
             .inner
             .events
             .wants_any(&[EventKind::RecordAdded, EventKind::RecordUpdated]);
+        // A write that lost a race, or whose answer a transient failure hid:
+        // what it meant to store and the state it replaced.
+        let mut raced: Option<(Record, Option<Record>)> = None;
         for _ in 0..MAX_RACE_ATTEMPTS {
             let stored = retry_transient(self.retries(), "get", || {
                 backend.get(collection, content.id())
             })
             .await?;
+            if let Some((intended, previous)) = raced.take() {
+                if stored.as_ref().is_some_and(|s| s.record == intended) {
+                    // It happened after all (or someone made the same change).
+                    if listening {
+                        self.emit_put_event(collection, intended.clone(), previous);
+                    }
+                    return Ok(intended);
+                }
+            }
             let mut previous = None;
             let write = match stored {
                 None => {
@@ -272,11 +284,7 @@ impl SyncEngine {
             {
                 WriteOutcome::Written { .. } => {
                     if listening {
-                        let kind = match &previous {
-                            Some(p) if !p.is_deleted() => ChangeKind::Updated,
-                            _ => ChangeKind::Added,
-                        };
-                        self.emit_record_event(collection, kind, write.record.clone(), previous);
+                        self.emit_put_event(collection, write.record.clone(), previous);
                     }
                     return Ok(write.record);
                 }
@@ -284,11 +292,22 @@ impl SyncEngine {
                 // its content is the content to apply again on the new state.
                 WriteOutcome::Conflict => {
                     content =
-                        Content::from_value(serde_json::Value::Object(write.record.content()))?
+                        Content::from_value(serde_json::Value::Object(write.record.content()))?;
+                    raced = Some((write.record, previous));
                 }
             }
         }
         Err(self.lost_races(collection, content.id()))
+    }
+
+    /// Emits `record:added` or `record:updated` for a put that replaced
+    /// `previous` (none, or a deleted record: added).
+    fn emit_put_event(&self, collection: &str, record: Record, previous: Option<Record>) {
+        let kind = match &previous {
+            Some(p) if !p.is_deleted() => ChangeKind::Updated,
+            _ => ChangeKind::Added,
+        };
+        self.emit_record_event(collection, kind, record, previous);
     }
 
     fn lost_races(&self, collection: &str, id: &str) -> Error {
@@ -349,12 +368,30 @@ impl SyncEngine {
         self.check_open(collection)?;
         validate_id(id)?;
         let backend = &self.inner.backend;
+        let listening = self.inner.events.wants(EventKind::RecordDeleted);
+        // The tombstone of a write that lost a race or whose answer was lost.
+        let mut raced: Option<Record> = None;
         for _ in 0..MAX_RACE_ATTEMPTS {
             let Some(stored) =
                 retry_transient(self.retries(), "get", || backend.get(collection, id)).await?
             else {
                 return Ok(None);
             };
+            if raced
+                .take()
+                .is_some_and(|intended| intended == stored.record)
+            {
+                // It happened after all (or someone made the same change).
+                if listening {
+                    self.emit_record_event(
+                        collection,
+                        ChangeKind::Deleted,
+                        stored.record.clone(),
+                        None,
+                    );
+                }
+                return Ok(Some(stored.record));
+            }
             let mut record = stored.record;
             let stamp = self.stamp_after(Some(&record));
             if !record.apply_delete(&stamp)? {
@@ -364,7 +401,7 @@ impl SyncEngine {
             match retry_transient(self.retries(), "put", || backend.put(collection, &write)).await?
             {
                 WriteOutcome::Written { .. } => {
-                    if self.inner.events.wants(EventKind::RecordDeleted) {
+                    if listening {
                         self.emit_record_event(
                             collection,
                             ChangeKind::Deleted,
@@ -374,7 +411,7 @@ impl SyncEngine {
                     }
                     return Ok(Some(write.record));
                 }
-                WriteOutcome::Conflict => continue,
+                WriteOutcome::Conflict => raced = Some(write.record),
             }
         }
         Err(self.lost_races(collection, id))

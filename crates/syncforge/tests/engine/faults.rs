@@ -389,3 +389,38 @@ async fn writes_whose_answer_was_lost_are_still_counted_and_announced() {
     }
     assert_eq!(added, 30);
 }
+
+/// The same for local writes: a put or delete whose answer was lost is
+/// announced exactly once.
+#[tokio::test(start_paused = true)]
+async fn local_writes_whose_answer_was_lost_are_announced_once() {
+    let store = Arc::new(
+        FaultyBackend::new(Arc::new(MemoryBackend::new()), 33, 0.5, Duration::ZERO)
+            .failing_only(&[Operation::PutBatch]),
+    );
+    let e = faulty_engine("local", &store, 10, 10).await;
+    let mut rx = e.subscribe();
+    for i in 0..20 {
+        e.put("c", &json!({"id": format!("r{i}"), "v": 1}))
+            .await
+            .unwrap();
+        e.put("c", &json!({"id": format!("r{i}"), "v": 2}))
+            .await
+            .unwrap();
+        let deleted = e.delete("c", &format!("r{i}")).await.unwrap().unwrap();
+        assert!(deleted.is_deleted());
+    }
+    assert!(store.injected_failures() > 10);
+    let mut counts = BTreeMap::new();
+    while let Ok(event) = rx.try_recv() {
+        *counts.entry(event.kind().name()).or_insert(0) += 1;
+    }
+    assert_eq!(
+        counts,
+        BTreeMap::from([
+            ("record:added", 20),
+            ("record:deleted", 20),
+            ("record:updated", 20)
+        ])
+    );
+}
