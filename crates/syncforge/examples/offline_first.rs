@@ -24,21 +24,27 @@ async fn exchange(
     link: &mut Link,
 ) -> syncforge::Result<()> {
     let up = device.changes("notes", link.device_cursor, 1000).await?;
-    let wire = to_wire(up.changes.into_iter().map(|c| c.record).collect());
+    let wire = to_wire(&up.changes.into_iter().map(|c| c.record).collect::<Vec<_>>());
     let pushed = server.sync("notes", from_wire(&wire)?).await?;
     link.device_cursor = up.next;
     report(&format!("{name} -> server"), &pushed, wire.len());
 
     let down = server.changes("notes", link.server_cursor, 1000).await?;
-    let wire = to_wire(down.changes.into_iter().map(|c| c.record).collect());
+    let wire = to_wire(
+        &down
+            .changes
+            .into_iter()
+            .map(|c| c.record)
+            .collect::<Vec<_>>(),
+    );
     let pulled = device.sync("notes", from_wire(&wire)?).await?;
     link.server_cursor = down.next;
     report(&format!("server -> {name}"), &pulled, wire.len());
     Ok(())
 }
 
-fn to_wire(records: Vec<Record>) -> String {
-    serde_json::to_string(&records).unwrap_or_else(|_| "[]".to_owned())
+fn to_wire(records: &[Record]) -> String {
+    serde_json::to_string(records).unwrap_or_else(|_| "[]".to_owned())
 }
 
 fn from_wire(text: &str) -> syncforge::Result<Vec<Record>> {
