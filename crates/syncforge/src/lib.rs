@@ -81,7 +81,7 @@ pub use syncforge_backend_memory::MemoryBackend;
 
 #[cfg(feature = "fs")]
 #[cfg_attr(docsrs, doc(cfg(feature = "fs")))]
-pub use syncforge_backend_fs::FsBackend;
+pub use syncforge_backend_fs::{Durability, FsBackend, FsOptions};
 
 /// The guide's examples, compiled and run as doctests so the guide stays true.
 #[cfg(doctest)]
