@@ -63,8 +63,8 @@ pub use merge::{
     conflicted_fields, is_conflict, merge, resolve_conflict, ConflictDetail, ConflictStrategy,
 };
 pub use record::{
-    Content, FieldState, Record, CLIENT_ID_KEY, DELETED_KEY, ID_KEY, RESERVED_KEYS, SYNC_KEY,
-    TIMESTAMP_KEY, VERSION_KEY,
+    Content, FieldState, FieldStates, Record, CLIENT_ID_KEY, DELETED_KEY, ID_KEY, RESERVED_KEYS,
+    SYNC_KEY, TIMESTAMP_KEY, VERSION_KEY,
 };
 pub use validate::{validate_collection, validate_id, MAX_NAME_BYTES};
 pub use version_vector::{Causality, VersionVector};

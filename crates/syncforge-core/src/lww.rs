@@ -163,7 +163,11 @@ impl LwwMap {
     /// The fields of a record, with their stamps.
     pub fn from_record(record: &Record) -> Self {
         LwwMap {
-            entries: record.field_states().clone(),
+            entries: record
+                .field_states()
+                .iter()
+                .map(|(name, state)| (name.clone(), state.clone()))
+                .collect(),
         }
     }
 

@@ -105,8 +105,7 @@ pub fn merge(local: &Record, remote: &Record, strategy: ConflictStrategy) -> Res
     let versions = local.versions().merge(remote.versions());
     let merged = match strategy {
         ConflictStrategy::Crdt => {
-            let mut fields = local.field_states().clone();
-            merge_field_maps(&mut fields, remote.field_states());
+            let fields = local.field_states().merged(remote.field_states());
             let written = local.written().max(remote.written()).clone();
             let tombstone = local.tombstone().max(remote.tombstone()).cloned();
             Record::from_parts(local.id(), fields, written, tombstone, versions)?

@@ -41,6 +41,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 use crate::hlc::{ClientId, Stamp, MAX_STAMP_MILLIS};
+use crate::merge::pick_field;
 use crate::validate::validate_id;
 use crate::version_vector::VersionVector;
 
@@ -109,6 +110,148 @@ impl FieldState {
     }
 }
 
+/// Every field of a record with its state, removed ones included, sorted by
+/// name.
+///
+/// A sorted vector, not a tree: a record holds a handful of fields, and a
+/// vector of them takes a fraction of the memory of a tree node (which has
+/// room for eleven) and is compared and merged in one linear pass.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FieldStates(Vec<(String, FieldState)>);
+
+impl FieldStates {
+    /// No fields.
+    pub fn new() -> Self {
+        FieldStates(Vec::new())
+    }
+
+    fn position(&self, name: &str) -> std::result::Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| k.as_str().cmp(name))
+    }
+
+    /// The state of field `name` (any string-like key, as a map's `get` takes).
+    pub fn get<Q: AsRef<str> + ?Sized>(&self, name: &Q) -> Option<&FieldState> {
+        self.position(name.as_ref()).ok().map(|i| &self.0[i].1)
+    }
+
+    pub(crate) fn get_mut(&mut self, name: &str) -> Option<&mut FieldState> {
+        self.position(name).ok().map(|i| &mut self.0[i].1)
+    }
+
+    /// Whether the record holds a state (live or removed) for `name`.
+    pub fn contains_key<Q: AsRef<str> + ?Sized>(&self, name: &Q) -> bool {
+        self.position(name.as_ref()).is_ok()
+    }
+
+    /// Sets the state of field `name`, returning the state it replaces.
+    pub fn insert(&mut self, name: String, state: FieldState) -> Option<FieldState> {
+        match self.position(&name) {
+            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, state)),
+            Err(i) => {
+                self.0.insert(i, (name, state));
+                None
+            }
+        }
+    }
+
+    /// Fields and their states, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &FieldState)> + '_ {
+        self.0.iter().map(|(k, s)| (k, s))
+    }
+
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (&String, &mut FieldState)> + '_ {
+        self.0.iter_mut().map(|(k, s)| (&*k, s))
+    }
+
+    /// Field names, sorted.
+    pub fn keys(&self) -> impl Iterator<Item = &String> + '_ {
+        self.0.iter().map(|(k, _)| k)
+    }
+
+    /// Field states, in name order.
+    pub fn values(&self) -> impl Iterator<Item = &FieldState> + '_ {
+        self.0.iter().map(|(_, s)| s)
+    }
+
+    /// Number of fields, removed ones included.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are no fields at all.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Field-level merge (the CRDT rule): for each field the state that
+    /// [`pick_field`] prefers, in one pass over both sorted lists.
+    pub(crate) fn merged(&self, other: &FieldStates) -> FieldStates {
+        let (a, b) = (&self.0, &other.0);
+        let mut out = Vec::with_capacity(a.len().max(b.len()));
+        let (mut i, mut j) = (0, 0);
+        while i < a.len() && j < b.len() {
+            match a[i].0.cmp(&b[j].0) {
+                std::cmp::Ordering::Less => {
+                    out.push(a[i].clone());
+                    i += 1;
+                }
+                std::cmp::Ordering::Greater => {
+                    out.push(b[j].clone());
+                    j += 1;
+                }
+                std::cmp::Ordering::Equal => {
+                    out.push((a[i].0.clone(), pick_field(&a[i].1, &b[j].1).clone()));
+                    i += 1;
+                    j += 1;
+                }
+            }
+        }
+        out.extend_from_slice(&a[i..]);
+        out.extend_from_slice(&b[j..]);
+        FieldStates(out)
+    }
+}
+
+impl FromIterator<(String, FieldState)> for FieldStates {
+    /// Collects fields in any order; of a name given twice, the last state
+    /// counts (as with a map).
+    fn from_iter<I: IntoIterator<Item = (String, FieldState)>>(iter: I) -> Self {
+        let mut entries: Vec<(String, FieldState)> = iter.into_iter().collect();
+        if !entries.windows(2).all(|w| w[0].0 < w[1].0) {
+            // A stable sort keeps repeats in input order; keep the last of each.
+            entries.sort_by(|x, y| x.0.cmp(&y.0));
+            let mut unique: Vec<(String, FieldState)> = Vec::with_capacity(entries.len());
+            for entry in entries {
+                match unique.last_mut() {
+                    Some(last) if last.0 == entry.0 => *last = entry,
+                    _ => unique.push(entry),
+                }
+            }
+            entries = unique;
+        }
+        FieldStates(entries)
+    }
+}
+
+impl From<BTreeMap<String, FieldState>> for FieldStates {
+    fn from(map: BTreeMap<String, FieldState>) -> Self {
+        // A map iterates sorted and without repeats already.
+        FieldStates(map.into_iter().collect())
+    }
+}
+
+impl<'a> IntoIterator for &'a FieldStates {
+    type Item = (&'a String, &'a FieldState);
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'a, (String, FieldState)>,
+        fn(&'a (String, FieldState)) -> (&'a String, &'a FieldState),
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(k, s)| (k, s))
+    }
+}
+
 /// The user content of a write: a valid id and the fields, without metadata.
 ///
 /// Built from any JSON object with a string `id`; the reserved metadata keys
@@ -164,7 +307,7 @@ pub struct Record {
 #[derive(Clone)]
 struct RecordState {
     id: String,
-    fields: BTreeMap<String, FieldState>,
+    fields: FieldStates,
     written: Stamp,
     tombstone: Option<Stamp>,
     versions: VersionVector,
@@ -224,12 +367,13 @@ impl Record {
     /// names only.
     pub fn from_parts(
         id: &str,
-        fields: BTreeMap<String, FieldState>,
+        fields: impl Into<FieldStates>,
         written: Stamp,
         tombstone: Option<Stamp>,
         versions: VersionVector,
     ) -> Result<Record> {
         validate_id(id)?;
+        let fields = fields.into();
         if let Some(key) = fields.keys().find(|k| is_reserved(k)) {
             return Err(Error::invalid_record(
                 Some(id),
@@ -352,7 +496,7 @@ impl Record {
     }
 
     /// Every field with its stamp, removed ones included.
-    pub fn field_states(&self) -> &BTreeMap<String, FieldState> {
+    pub fn field_states(&self) -> &FieldStates {
         &self.state.fields
     }
 
@@ -734,7 +878,7 @@ fn from_sync_state(
         }
     }
     let written = written.ok_or_else(|| bad("missing `written`".into()))?;
-    let mut fields = BTreeMap::new();
+    let mut fields = FieldStates::new();
     for (name, s) in live.into_iter().flatten() {
         let value = values.remove(name).ok_or_else(|| {
             bad(format!(
@@ -817,9 +961,12 @@ mod tests {
             )
             .unwrap();
         assert!(changed);
-        assert_eq!(r.field_states()["title"].stamp(), &stamp(2, 0, "p"));
         assert_eq!(
-            r.field_states()["body"],
+            r.field_states().get("title").unwrap().stamp(),
+            &stamp(2, 0, "p")
+        );
+        assert_eq!(
+            *r.field_states().get("body").unwrap(),
             FieldState::new(None, stamp(2, 0, "p"))
         );
         assert_eq!(r.get("body"), None);
@@ -828,6 +975,27 @@ mod tests {
             Value::Object(r.content()),
             json!({"id": "n1", "title": "A2", "tags": []})
         );
+    }
+
+    #[test]
+    fn field_states_sort_keep_the_last_repeat_and_merge_by_stamp() {
+        let live = |v: i64, millis| FieldState::new(Some(json!(v)), stamp(millis, 0, "p"));
+        let states: FieldStates = [
+            ("b".to_owned(), live(1, 1)),
+            ("a".to_owned(), live(2, 1)),
+            ("b".to_owned(), live(3, 1)),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(states.keys().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(states.get("b"), Some(&live(3, 1)));
+        let other: FieldStates = [("b".to_owned(), live(9, 2)), ("c".to_owned(), live(4, 1))]
+            .into_iter()
+            .collect();
+        let merged = states.merged(&other);
+        assert_eq!(merged.keys().collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert_eq!(merged.get("b"), Some(&live(9, 2)));
+        assert_eq!(other.merged(&states), merged);
     }
 
     #[test]
@@ -897,7 +1065,10 @@ mod tests {
             "id": "1", "name": "Alice", "_version": 2, "_timestamp": 2000, "_deleted": false, "_clientId": "a"
         }))
         .unwrap();
-        assert_eq!(r.field_states()["name"].stamp(), &stamp(2000, 0, "a"));
+        assert_eq!(
+            r.field_states().get("name").unwrap().stamp(),
+            &stamp(2000, 0, "a")
+        );
         assert_eq!(r.version(), 2);
         assert!(!r.is_deleted());
         let d = Record::from_json(json!({
