@@ -3,12 +3,14 @@
 //!
 //! * `ci` — everything CI checks, in order, stopping at the first failure.
 //! * `deny` — the offline `cargo deny` checks (bans, licenses, sources).
+//! * `bench` — the benchmarks, summed up in one table against the targets.
 //!
-//! Plain `std` is enough here: two commands do not earn an argument parser.
+//! Plain `std` is enough here: three commands do not earn an argument parser.
 
 // A command-line tool talks to its user through stdout and stderr.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod bench;
 mod ci;
 mod cmd;
 mod deny;
@@ -27,6 +29,10 @@ Commands:
          failing step. Sets SYNCFORGE_REQUIRE_SERVICES=1 and PROPTEST_CASES=1000
          for the tests unless they are already set.
   deny   Run `cargo deny check bans licenses sources` (needs cargo-deny).
+  bench  Run the benchmarks (core workloads, peak memory, filesystem backend,
+         peers) and print a table of medians against the targets. `--quick`
+         runs few samples and skips the peers (everyday use); without it,
+         enough for numbers worth reporting.
   help   Print this help.
 ";
 
@@ -35,6 +41,7 @@ Commands:
 enum Command {
     Ci,
     Deny,
+    Bench { quick: bool },
     Help,
 }
 
@@ -55,7 +62,7 @@ impl std::fmt::Display for UsageError {
             UsageError::MissingCommand => write!(f, "no command given"),
             UsageError::UnknownCommand(name) => write!(f, "unknown command `{name}`"),
             UsageError::UnexpectedArgument { command, argument } => {
-                write!(f, "`{command}` takes no arguments, got `{argument}`")
+                write!(f, "`{command}` does not take `{argument}`")
             }
         }
     }
@@ -63,11 +70,13 @@ impl std::fmt::Display for UsageError {
 
 fn parse(args: &[String]) -> Result<Command, UsageError> {
     let (first, rest) = args.split_first().ok_or(UsageError::MissingCommand)?;
-    let (command, name) = match first.as_str() {
-        "ci" => (Command::Ci, "ci"),
-        "deny" => (Command::Deny, "deny"),
-        "help" | "-h" | "--help" => return Ok(Command::Help),
-        other => return Err(UsageError::UnknownCommand(other.to_owned())),
+    let (command, name) = match (first.as_str(), rest) {
+        ("bench", [flag]) if flag == "--quick" => return Ok(Command::Bench { quick: true }),
+        ("bench", _) => (Command::Bench { quick: false }, "bench"),
+        ("ci", _) => (Command::Ci, "ci"),
+        ("deny", _) => (Command::Deny, "deny"),
+        ("help" | "-h" | "--help", _) => return Ok(Command::Help),
+        (other, _) => return Err(UsageError::UnknownCommand(other.to_owned())),
     };
     match rest.first() {
         Some(argument) => Err(UsageError::UnexpectedArgument {
@@ -94,6 +103,7 @@ fn main() -> ExitCode {
         }
         Command::Ci => ci::run(),
         Command::Deny => deny::run(),
+        Command::Bench { quick } => bench::run(quick),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -116,6 +126,14 @@ mod tests {
     fn known_commands_parse() {
         assert_eq!(parse(&args(&["ci"])), Ok(Command::Ci));
         assert_eq!(parse(&args(&["deny"])), Ok(Command::Deny));
+        assert_eq!(
+            parse(&args(&["bench"])),
+            Ok(Command::Bench { quick: false })
+        );
+        assert_eq!(
+            parse(&args(&["bench", "--quick"])),
+            Ok(Command::Bench { quick: true })
+        );
         assert_eq!(parse(&args(&["--help"])), Ok(Command::Help));
     }
 
@@ -123,13 +141,20 @@ mod tests {
     fn unknown_or_missing_command_is_a_usage_error() {
         assert_eq!(parse(&[]), Err(UsageError::MissingCommand));
         assert_eq!(
-            parse(&args(&["bench"])),
-            Err(UsageError::UnknownCommand("bench".to_owned()))
+            parse(&args(&["bench-all"])),
+            Err(UsageError::UnknownCommand("bench-all".to_owned()))
         );
     }
 
     #[test]
     fn stray_arguments_are_refused_not_ignored() {
+        assert_eq!(
+            parse(&args(&["bench", "--fast"])),
+            Err(UsageError::UnexpectedArgument {
+                command: "bench",
+                argument: "--fast".to_owned()
+            })
+        );
         assert_eq!(
             parse(&args(&["ci", "--quick"])),
             Err(UsageError::UnexpectedArgument {

@@ -1,0 +1,212 @@
+//! The filesystem backend: 10,000 puts (durable and buffered), `get_all` of
+//! 10,000 records, a sync of 10,000 records into an empty store, and an
+//! incremental sync of 100 changes (read from the sender's change feed) into
+//! a store of 100,000 records. Stores live in a temporary directory under the
+//! bench output directory — on the disk the target directory is on, not on a
+//! tmpfs, so that durable writes really reach the device.
+//!
+//! `cargo xtask bench` compares the durable sync with the durable puts: a
+//! sync writes a batch with one group commit, a put commits on its own.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod support;
+
+use std::path::Path;
+use std::time::SystemTime;
+
+use criterion::Criterion;
+use syncforge::core::{StorageBackend, Write};
+use syncforge::{ConflictStrategy, Record, SyncEngine};
+use syncforge_backend_fs::{Durability, FsBackend, FsOptions};
+use tempfile::TempDir;
+use tokio::runtime::Runtime;
+
+use support::{runtime, timed, timed_checked, written_records, Person, COLLECTION};
+
+const GROUP: &str = "fs";
+/// Records of the put, get_all and sync rows.
+const RECORDS: usize = 10_000;
+/// Records of the store the incremental sync goes into.
+const LARGE: usize = 100_000;
+/// Changes per incremental sync.
+const INCREMENTAL: usize = 100;
+
+fn scratch() -> TempDir {
+    let parent = support::out_dir().join("fs-scratch");
+    std::fs::create_dir_all(&parent).unwrap();
+    tempfile::tempdir_in(parent).unwrap()
+}
+
+async fn fs_engine(client: &str, dir: &Path, durability: Durability) -> SyncEngine {
+    let backend = FsBackend::open_with(dir, FsOptions::default().durability(durability))
+        .await
+        .unwrap();
+    SyncEngine::builder()
+        .client_id(client)
+        .conflict_strategy(ConflictStrategy::Crdt)
+        .backend(backend)
+        .build()
+        .await
+        .unwrap()
+}
+
+fn puts(c: &mut Criterion, rt: &Runtime, durability: Durability, id: &str) {
+    let people: Vec<Person> = (0..RECORDS).map(Person::nth).collect();
+    c.benchmark_group(GROUP).bench_function(id, |b| {
+        b.iter_custom(|iters| {
+            timed(
+                iters,
+                || {
+                    let dir = scratch();
+                    let engine = rt.block_on(fs_engine("putter", dir.path(), durability));
+                    (dir, engine)
+                },
+                |(dir, engine)| {
+                    rt.block_on(async {
+                        for person in &people {
+                            engine.put(COLLECTION, person).await.unwrap();
+                        }
+                    });
+                    (dir, engine)
+                },
+            )
+        })
+    });
+}
+
+/// A durable store in a new directory holding `records`, written buffered
+/// (it is only the starting point) and reopened durable.
+fn durable_store_holding(rt: &Runtime, client: &str, records: &[Record]) -> (TempDir, SyncEngine) {
+    let dir = scratch();
+    rt.block_on(async {
+        let loader = FsBackend::open_with(
+            dir.path(),
+            FsOptions::default().durability(Durability::Buffered),
+        )
+        .await
+        .unwrap();
+        for chunk in records.chunks(10_000) {
+            let writes: Vec<Write> = chunk.iter().cloned().map(Write::create).collect();
+            loader.put_batch(COLLECTION, &writes).await.unwrap();
+        }
+        loader.close().await.unwrap();
+    });
+    let engine = rt.block_on(fs_engine(client, dir.path(), Durability::Full));
+    (dir, engine)
+}
+
+fn get_all(c: &mut Criterion, rt: &Runtime, records: &[Record]) {
+    c.benchmark_group(GROUP)
+        .bench_function("fs_get_all_10k", |b| {
+            let (_dir, engine) = durable_store_holding(rt, "reader", records);
+            b.iter_custom(|iters| {
+                timed_checked(
+                    iters,
+                    || (),
+                    |()| rt.block_on(engine.get_all(COLLECTION)).unwrap(),
+                    |all| assert_eq!(all.len(), RECORDS),
+                )
+            })
+        });
+}
+
+fn sync_into_empty(c: &mut Criterion, rt: &Runtime, records: &[Record]) {
+    c.benchmark_group(GROUP)
+        .bench_function("fs_sync_10k_durable", |b| {
+            b.iter_custom(|iters| {
+                timed_checked(
+                    iters,
+                    || {
+                        let dir = scratch();
+                        let engine = rt.block_on(fs_engine("syncer", dir.path(), Durability::Full));
+                        (dir, engine, records.to_vec())
+                    },
+                    |(dir, engine, batch)| {
+                        let result = rt.block_on(engine.sync(COLLECTION, batch)).unwrap();
+                        (dir, engine, result)
+                    },
+                    |(_, _, result)| assert_eq!(result.added, RECORDS),
+                )
+            })
+        });
+}
+
+/// A memory-backed sender and a durable fs receiver holding the same 100,000
+/// records; each iteration the sender makes 100 edits (untimed) and the
+/// receiver syncs them from the sender's change feed (timed).
+fn incremental(c: &mut Criterion, rt: &Runtime) {
+    c.benchmark_group(GROUP)
+        .bench_function("fs_incremental_100_into_100k", |b| {
+            let base = written_records(rt, "writer", LARGE);
+            let sender = rt.block_on(support::engine_holding("sender", &base));
+            let (_dir, receiver) = durable_store_holding(rt, "receiver", &base);
+            drop(base);
+            let mut cursor = rt.block_on(async {
+                let mut cursor = 0;
+                loop {
+                    let page = sender.changes(COLLECTION, cursor, 100_000).await.unwrap();
+                    cursor = page.next;
+                    if !page.more {
+                        break cursor;
+                    }
+                }
+            });
+            let mut round = 0usize;
+            b.iter_custom(|iters| {
+                timed_checked(
+                    iters,
+                    || {
+                        round += 1;
+                        rt.block_on(async {
+                            for k in 0..INCREMENTAL {
+                                let i = (k * LARGE / INCREMENTAL + round) % LARGE;
+                                let mut person = Person::nth(i);
+                                person.email = format!("round{round}@example.org");
+                                sender.put(COLLECTION, &person).await.unwrap();
+                            }
+                        });
+                    },
+                    |()| {
+                        rt.block_on(async {
+                            let page = sender
+                                .changes(COLLECTION, cursor, INCREMENTAL)
+                                .await
+                                .unwrap();
+                            cursor = page.next;
+                            let batch = page.changes.into_iter().map(|c| c.record).collect();
+                            receiver.sync(COLLECTION, batch).await.unwrap()
+                        })
+                    },
+                    |result| assert_eq!(result.updated, INCREMENTAL),
+                )
+            })
+        });
+}
+
+fn main() {
+    let since = SystemTime::now();
+    let rt = runtime();
+    let mut c = support::criterion();
+    let records = written_records(&rt, "writer", RECORDS);
+    puts(&mut c, &rt, Durability::Full, "fs_put_10k_durable");
+    puts(&mut c, &rt, Durability::Buffered, "fs_put_10k_buffered");
+    get_all(&mut c, &rt, &records);
+    sync_into_empty(&mut c, &rt, &records);
+    incremental(&mut c, &rt);
+    c.final_summary();
+    support::report_medians(
+        GROUP,
+        &[
+            ("fs_put_10k_durable", RECORDS),
+            ("fs_put_10k_buffered", RECORDS),
+            ("fs_get_all_10k", RECORDS),
+            ("fs_sync_10k_durable", RECORDS),
+            ("fs_incremental_100_into_100k", INCREMENTAL),
+        ],
+        since,
+    );
+    // Scratch directories are removed as each TempDir drops; remove the parent too.
+    std::fs::remove_dir(support::out_dir().join("fs-scratch")).ok();
+}

@@ -1,0 +1,214 @@
+//! The four core workloads on the memory backend, and the plain baseline they
+//! are compared with. Run through `cargo xtask bench`, which prints the table.
+//!
+//! * baseline: 100,000 ready-made records inserted into a `HashMap`;
+//! * W1: 100,000 puts into an empty collection;
+//! * W2: a sync of 100,000 records into an empty store;
+//! * W3: a CRDT sync of 100,000 records into a store holding the same
+//!   100,000, 10,000 changed on each side, 5,000 of them on both (one side
+//!   changed `email`, the other `age`); afterwards, outside the timing, every
+//!   edit is checked to have survived;
+//! * W4: 100 changes read from the change feed of one replica and synced into
+//!   another, with collections of 1,000 and of 1,000,000 records.
+//!
+//! Every workload is set up outside the timing (`iter_custom`). The remote
+//! records of W3 are deep copies of the sender's, as if they had arrived over
+//! the wire, so no shortcut on shared memory can make them look unchanged.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+use criterion::Criterion;
+use syncforge::core::Content;
+use syncforge::{ClientId, MemoryBackend, Record, Stamp};
+use tokio::runtime::Runtime;
+
+use support::w3::{assert_no_edit_lost, diverge, CHANGED_EACH_SIDE};
+use support::{
+    engine, engine_holding, runtime, timed, timed_checked, written_records, Person, COLLECTION,
+    RECORDS,
+};
+
+const GROUP: &str = "workloads";
+/// W4: changes per incremental sync.
+const INCREMENTAL: usize = 100;
+
+fn baseline(c: &mut Criterion, records: &[Record]) {
+    c.benchmark_group(GROUP)
+        .bench_function("baseline_hashmap", |b| {
+            b.iter_custom(|iters| {
+                timed(
+                    iters,
+                    || records.to_vec(),
+                    |ready| {
+                        let mut map = HashMap::new();
+                        for record in ready {
+                            map.insert(record.id().to_owned(), record);
+                        }
+                        map
+                    },
+                )
+            })
+        });
+}
+
+fn w1_put(c: &mut Criterion, rt: &Runtime) {
+    let people: Vec<Person> = (0..RECORDS).map(Person::nth).collect();
+    c.benchmark_group(GROUP).bench_function("w1_put", |b| {
+        b.iter_custom(|iters| {
+            timed(
+                iters,
+                || rt.block_on(engine("w1", MemoryBackend::new())),
+                |target| {
+                    rt.block_on(async {
+                        for person in &people {
+                            target.put(COLLECTION, person).await.unwrap();
+                        }
+                    });
+                    target
+                },
+            )
+        })
+    });
+}
+
+fn w2_sync_into_empty(c: &mut Criterion, rt: &Runtime, records: &[Record]) {
+    c.benchmark_group(GROUP)
+        .bench_function("w2_sync_empty", |b| {
+            b.iter_custom(|iters| {
+                timed(
+                    iters,
+                    || {
+                        let target = rt.block_on(engine("w2", MemoryBackend::new()));
+                        (target, records.to_vec())
+                    },
+                    |(target, batch)| {
+                        let result = rt.block_on(target.sync(COLLECTION, batch)).unwrap();
+                        assert_eq!(result.added, RECORDS);
+                        target
+                    },
+                )
+            })
+        });
+}
+
+fn w3_sync_diverged(c: &mut Criterion, rt: &Runtime, base: &[Record]) {
+    c.benchmark_group(GROUP)
+        .bench_function("w3_sync_crdt", |b| {
+            // Set up inside the closure, so a filtered-out run skips it.
+            let sides = diverge(rt, base);
+            b.iter_custom(|iters| {
+                timed_checked(
+                    iters,
+                    || {
+                        let receiver = rt.block_on(engine_holding("receiver", &sides.local));
+                        (receiver, sides.remote.clone())
+                    },
+                    |(receiver, batch)| {
+                        let result = rt.block_on(receiver.sync(COLLECTION, batch)).unwrap();
+                        (receiver, result)
+                    },
+                    |(receiver, result)| {
+                        // Sender-only and overlapping records change; the
+                        // receiver's own newer edits and untouched records do not.
+                        assert_eq!(result.updated, CHANGED_EACH_SIDE);
+                        assert_eq!(result.unchanged, RECORDS - CHANGED_EACH_SIDE);
+                        assert_no_edit_lost(rt, receiver);
+                    },
+                )
+            })
+        });
+}
+
+/// Two replicas holding the same `size` records; each iteration the sender
+/// makes 100 edits (untimed), and the receiver reads them from the sender's
+/// change feed and syncs them (timed).
+fn w4_incremental(c: &mut Criterion, rt: &Runtime, size: usize, id: &str) {
+    c.benchmark_group(GROUP).bench_function(id, |b| {
+        // Set up inside the closure, so a filtered-out run skips it.
+        // Made directly in core: a million puts would only slow the setup down.
+        let maker = ClientId::new("maker").unwrap();
+        let base: Vec<Record> = (0..size)
+            .map(|i| {
+                let content = Content::from_value(serde_json::to_value(Person::nth(i)).unwrap());
+                let stamp = Stamp::new(1_700_000_000_000 + i as u64, 0, maker.clone()).unwrap();
+                Record::create(content.unwrap(), &stamp)
+            })
+            .collect();
+        let sender = rt.block_on(engine_holding("sender", &base));
+        let receiver = rt.block_on(engine_holding("receiver", &base));
+        drop(base);
+        let mut cursor = rt.block_on(async {
+            let mut cursor = 0;
+            loop {
+                let page = sender.changes(COLLECTION, cursor, 100_000).await.unwrap();
+                cursor = page.next;
+                if !page.more {
+                    break cursor;
+                }
+            }
+        });
+        let mut round = 0usize;
+        b.iter_custom(|iters| {
+            timed(
+                iters,
+                || {
+                    round += 1;
+                    rt.block_on(async {
+                        for k in 0..INCREMENTAL {
+                            // Spread the edits over the whole collection.
+                            let i = (k * size / INCREMENTAL + round) % size;
+                            let mut person = Person::nth(i);
+                            person.email = format!("round{round}@example.org");
+                            sender.put(COLLECTION, &person).await.unwrap();
+                        }
+                    });
+                },
+                |()| {
+                    rt.block_on(async {
+                        let page = sender
+                            .changes(COLLECTION, cursor, INCREMENTAL)
+                            .await
+                            .unwrap();
+                        cursor = page.next;
+                        let batch = page.changes.into_iter().map(|c| c.record).collect();
+                        let result = receiver.sync(COLLECTION, batch).await.unwrap();
+                        assert_eq!(result.updated, INCREMENTAL);
+                    })
+                },
+            )
+        })
+    });
+}
+
+fn main() {
+    let since = SystemTime::now();
+    let rt = runtime();
+    let mut c = support::criterion();
+    let base = written_records(&rt, "writer", RECORDS);
+    baseline(&mut c, &base);
+    w1_put(&mut c, &rt);
+    w2_sync_into_empty(&mut c, &rt, &base);
+    w3_sync_diverged(&mut c, &rt, &base);
+    drop(base);
+    w4_incremental(&mut c, &rt, 1_000, "w4_incremental_1k");
+    w4_incremental(&mut c, &rt, 1_000_000, "w4_incremental_1m");
+    c.final_summary();
+    support::report_medians(
+        GROUP,
+        &[
+            ("baseline_hashmap", RECORDS),
+            ("w1_put", RECORDS),
+            ("w2_sync_empty", RECORDS),
+            ("w3_sync_crdt", RECORDS),
+            ("w4_incremental_1k", INCREMENTAL),
+            ("w4_incremental_1m", INCREMENTAL),
+        ],
+        since,
+    );
+}

@@ -1,0 +1,496 @@
+//! `cargo xtask bench [--quick]`: runs the benchmarks and prints one table of
+//! what they measured against the project's targets.
+//!
+//! The bench binaries (criterion, in `crates/syncforge/benches` and in the
+//! separate `benches/peers` workspace) append their medians of this run to
+//! `summary.tsv` in the output directory; this module clears that file first,
+//! runs them, then reads it back. So every figure in the table comes from the
+//! run that printed it. `--quick` keeps criterion's samples few (under two
+//! minutes once built); the full mode is for numbers worth reporting.
+//!
+//! Peers (`crdts`, `automerge`) live in their own workspace so that neither CI
+//! nor users ever compile them unless they ask for the benchmarks.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use crate::cmd::Cargo;
+
+/// The peers workspace, built only here.
+const PEERS_MANIFEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../benches/peers/Cargo.toml");
+
+/// The bench runs, in order: the core workloads, peak memory, the
+/// filesystem backend, and (full mode only: building `automerge` and its
+/// documents alone takes minutes) the peers comparison.
+fn runs(quick: bool) -> Vec<Cargo> {
+    let mut runs = vec![
+        Cargo::new(&["bench", "-p", "syncforge", "--bench", "workloads"]),
+        Cargo::new(&["bench", "-p", "syncforge", "--bench", "peak_memory"]),
+        Cargo::new(&["bench", "-p", "syncforge", "--bench", "fs"]),
+    ];
+    if !quick {
+        // The peers workspace builds into this workspace's target directory,
+        // so the two share what they compiled and nothing lands in the tree.
+        runs.push(
+            Cargo::new(&[
+                "bench",
+                "--manifest-path",
+                PEERS_MANIFEST,
+                "--bench",
+                "peers",
+            ])
+            .env("CARGO_TARGET_DIR", target_dir().into_os_string()),
+        );
+    }
+    runs
+}
+
+/// How a row is judged.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Target {
+    /// A reference figure, judged by nothing.
+    None,
+    /// At least this many records per second.
+    RatePerSec(f64),
+    /// Time per record at most `factor` times that of row `of`.
+    WithinTimeOf { of: &'static str, factor: f64 },
+    /// Row `ours` at least `factor` times faster per record than this row.
+    OursFasterBy { ours: &'static str, factor: f64 },
+    /// At least `factor` times faster per record than row `than`.
+    FasterThan { than: &'static str, factor: f64 },
+    /// A size in bytes below this.
+    BytesBelow(f64),
+}
+
+/// A row of the table: the key the bench binaries write, its label and target.
+struct RowSpec {
+    key: &'static str,
+    label: &'static str,
+    target: Target,
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+const ROWS: &[RowSpec] = &[
+    RowSpec {
+        key: "baseline_hashmap",
+        label: "baseline: 100k ready records into a HashMap",
+        target: Target::None,
+    },
+    RowSpec {
+        key: "w1_put",
+        label: "W1 put 100k into an empty collection",
+        target: Target::RatePerSec(1.5e6),
+    },
+    RowSpec {
+        key: "w2_sync_empty",
+        label: "W2 sync 100k into an empty store",
+        target: Target::RatePerSec(3e6),
+    },
+    RowSpec {
+        key: "w3_sync_crdt",
+        label: "W3 CRDT sync 100k, 10k changed per side",
+        target: Target::RatePerSec(5e6),
+    },
+    RowSpec {
+        key: "w4_incremental_1k",
+        label: "W4 100 changes via feed+sync, 1k records",
+        target: Target::None,
+    },
+    RowSpec {
+        key: "w4_incremental_1m",
+        label: "W4 100 changes via feed+sync, 1M records",
+        target: Target::WithinTimeOf {
+            of: "w4_incremental_1k",
+            factor: 2.0,
+        },
+    },
+    RowSpec {
+        key: "peak_rss_1m",
+        label: "peak RSS holding 1M records (memory backend)",
+        target: Target::BytesBelow(1024.0 * MIB),
+    },
+    RowSpec {
+        key: "fs_put_10k_durable",
+        label: "fs: put 10k, durable",
+        target: Target::None,
+    },
+    RowSpec {
+        key: "fs_put_10k_buffered",
+        label: "fs: put 10k, buffered",
+        target: Target::None,
+    },
+    RowSpec {
+        key: "fs_get_all_10k",
+        label: "fs: get_all of 10k",
+        target: Target::None,
+    },
+    RowSpec {
+        key: "fs_sync_10k_durable",
+        label: "fs: sync 10k into an empty store, durable",
+        target: Target::FasterThan {
+            than: "fs_put_10k_durable",
+            factor: 10.0,
+        },
+    },
+    RowSpec {
+        key: "fs_incremental_100_into_100k",
+        label: "fs: 100 changes via feed+sync into 100k, durable",
+        target: Target::None,
+    },
+    RowSpec {
+        key: "peers_w3_syncforge",
+        label: "peers: W3 merge, syncforge",
+        target: Target::None,
+    },
+    RowSpec {
+        key: "peers_w3_crdts",
+        label: "peers: W3 merge, crdts (map of LWW registers)",
+        target: Target::OursFasterBy {
+            ours: "peers_w3_syncforge",
+            factor: 10.0,
+        },
+    },
+    RowSpec {
+        key: "peers_w3_automerge",
+        label: "peers: W3 merge, automerge (map of maps)",
+        target: Target::OursFasterBy {
+            ours: "peers_w3_syncforge",
+            factor: 10.0,
+        },
+    },
+];
+
+/// What the bench binaries reported for one row.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Measured {
+    /// Median nanoseconds per iteration of `records` records.
+    Timing { records: f64, median_ns: f64 },
+    /// A plain figure (bytes of memory).
+    Value(f64),
+}
+
+impl Measured {
+    fn per_second(self) -> Option<f64> {
+        match self {
+            Measured::Timing { records, median_ns } if median_ns > 0.0 => {
+                Some(records * 1e9 / median_ns)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Reads `summary.tsv`: `key \t records \t median ns` or `key \t value \t figure`.
+/// A key reported twice keeps its last figure; malformed lines are named.
+fn parse_summary(text: &str) -> Result<HashMap<String, Measured>, String> {
+    let mut rows = HashMap::new();
+    for (number, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = || format!("summary line {}: cannot read {line:?}", number + 1);
+        let mut parts = line.split('\t');
+        let (Some(key), Some(kind), Some(figure), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad());
+        };
+        let figure: f64 = figure.parse().map_err(|_| bad())?;
+        let measured = if kind == "value" {
+            Measured::Value(figure)
+        } else {
+            Measured::Timing {
+                records: kind.parse().map_err(|_| bad())?,
+                median_ns: figure,
+            }
+        };
+        rows.insert(key.to_owned(), measured);
+    }
+    Ok(rows)
+}
+
+/// One printed line of the table.
+#[derive(Debug, PartialEq)]
+struct Line {
+    label: &'static str,
+    figure: String,
+    vs_baseline: String,
+    target: String,
+    verdict: &'static str,
+}
+
+fn rate(per_second: f64) -> String {
+    if per_second >= 1e6 {
+        format!("{:.2} M/s", per_second / 1e6)
+    } else if per_second >= 1e3 {
+        format!("{:.1} k/s", per_second / 1e3)
+    } else {
+        format!("{per_second:.0} /s")
+    }
+}
+
+fn verdict(pass: bool) -> &'static str {
+    if pass {
+        "pass"
+    } else {
+        "MISS"
+    }
+}
+
+/// Whether `--quick` leaves the row out (the peers comparison).
+fn quick_skips(key: &str) -> bool {
+    key.starts_with("peers_")
+}
+
+/// Builds the table from what was measured. Rows not measured say so.
+fn table(measured: &HashMap<String, Measured>) -> Vec<Line> {
+    let speed = |key: &str| measured.get(key).and_then(|m| m.per_second());
+    let baseline = speed("baseline_hashmap");
+    ROWS.iter()
+        .map(|row| {
+            let Some(&this) = measured.get(row.key) else {
+                return Line {
+                    label: row.label,
+                    figure: if quick_skips(row.key) {
+                        "full mode only".to_owned()
+                    } else {
+                        "not measured".to_owned()
+                    },
+                    vs_baseline: String::new(),
+                    target: String::new(),
+                    verdict: "-",
+                };
+            };
+            let own = this.per_second();
+            let figure = match this {
+                Measured::Value(bytes) => format!("{:.0} MiB", bytes / MIB),
+                Measured::Timing { .. } => own.map_or_else(|| "-".to_owned(), rate),
+            };
+            let vs_baseline = match (own, baseline) {
+                (Some(own), Some(base)) => format!("{:.3}x", own / base),
+                _ => String::new(),
+            };
+            let (target, verdict) = judge(row.target, this, own, &speed);
+            Line {
+                label: row.label,
+                figure,
+                vs_baseline,
+                target,
+                verdict,
+            }
+        })
+        .collect()
+}
+
+/// The target text and verdict of one row.
+fn judge(
+    target: Target,
+    this: Measured,
+    own: Option<f64>,
+    speed: &dyn Fn(&str) -> Option<f64>,
+) -> (String, &'static str) {
+    match target {
+        Target::None => (String::new(), ""),
+        Target::RatePerSec(min) => (
+            format!(">= {}", rate(min)),
+            own.map_or("-", |own| verdict(own >= min)),
+        ),
+        Target::BytesBelow(max) => (
+            format!("< {:.0} MiB", max / MIB),
+            match this {
+                Measured::Value(bytes) => verdict(bytes < max),
+                Measured::Timing { .. } => "-",
+            },
+        ),
+        Target::WithinTimeOf { of, factor } => match (own, speed(of)) {
+            // Time per record is the inverse of the rate.
+            (Some(own), Some(other)) => (
+                format!("<= {factor}x time of {of} (is {:.2}x)", other / own),
+                verdict(other / own <= factor),
+            ),
+            _ => (format!("<= {factor}x time of {of}"), "-"),
+        },
+        Target::OursFasterBy { ours, factor } => match (own, speed(ours)) {
+            (Some(own), Some(ours_speed)) => (
+                format!("ours >= {factor}x faster (is {:.1}x)", ours_speed / own),
+                verdict(ours_speed / own >= factor),
+            ),
+            _ => (format!("ours >= {factor}x faster"), "-"),
+        },
+        Target::FasterThan { than, factor } => match (own, speed(than)) {
+            (Some(own), Some(other)) => (
+                format!(">= {factor}x faster than {than} (is {:.1}x)", own / other),
+                verdict(own / other >= factor),
+            ),
+            _ => (format!(">= {factor}x faster than {than}"), "-"),
+        },
+    }
+}
+
+fn render(lines: &[Line]) -> String {
+    let header = Line {
+        label: "row",
+        figure: "records/s (median)".to_owned(),
+        vs_baseline: "vs baseline".to_owned(),
+        target: "target".to_owned(),
+        verdict: "result",
+    };
+    let all: Vec<&Line> = std::iter::once(&header).chain(lines).collect();
+    let width = |cell: fn(&Line) -> usize| all.iter().map(|l| cell(l)).max().unwrap_or(0);
+    let widths = [
+        width(|l| l.label.len()),
+        width(|l| l.figure.len()),
+        width(|l| l.vs_baseline.len()),
+        width(|l| l.target.len()),
+    ];
+    let mut out = String::new();
+    for line in all {
+        out.push_str(&format!(
+            "{:<w0$}  {:>w1$}  {:>w2$}  {:<w3$}  {}\n",
+            line.label,
+            line.figure,
+            line.vs_baseline,
+            line.target,
+            line.verdict,
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2],
+            w3 = widths[3],
+        ));
+    }
+    out
+}
+
+/// This workspace's target directory (`CARGO_TARGET_DIR` when set).
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")))
+}
+
+/// Where the bench binaries write their summaries and criterion's data.
+fn out_dir() -> PathBuf {
+    target_dir().join("syncforge-bench")
+}
+
+/// Runs every benchmark, then prints the table. A failing bench run stops
+/// the command (its figures would be missing anyway).
+pub(crate) fn run(quick: bool) -> Result<(), String> {
+    let out = out_dir();
+    let summary = out.join("summary.tsv");
+    match std::fs::remove_file(&summary) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(format!("cannot clear {}: {error}", summary.display())),
+    }
+    let quick_flag = OsString::from(if quick { "1" } else { "0" });
+    for run in runs(quick) {
+        let run = run
+            .env("SYNCFORGE_BENCH_OUT", out.clone().into_os_string())
+            .env("SYNCFORGE_BENCH_QUICK", quick_flag.clone());
+        eprintln!("==> {run}");
+        run.run()?;
+    }
+    let text = std::fs::read_to_string(&summary)
+        .map_err(|error| format!("cannot read {}: {error}", summary.display()))?;
+    let measured = parse_summary(&text)?;
+    let mode = if quick { "quick" } else { "full" };
+    println!("\nsyncforge benchmarks ({mode} mode, medians of this run)\n");
+    print!("{}", render(&table(&measured)));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn measured(text: &str) -> HashMap<String, Measured> {
+        parse_summary(text).unwrap()
+    }
+
+    fn line<'a>(lines: &'a [Line], label_start: &str) -> &'a Line {
+        lines
+            .iter()
+            .find(|l| l.label.starts_with(label_start))
+            .unwrap()
+    }
+
+    #[test]
+    fn summary_lines_parse_and_bad_ones_are_named() {
+        let rows = measured("w1_put\t100000\t50000000\npeak_rss_1m\tvalue\t1024\n");
+        assert_eq!(
+            rows["w1_put"],
+            Measured::Timing {
+                records: 100_000.0,
+                median_ns: 50_000_000.0
+            }
+        );
+        assert_eq!(rows["w1_put"].per_second(), Some(2e6));
+        assert_eq!(rows["peak_rss_1m"], Measured::Value(1024.0));
+        let error = parse_summary("w1_put\t100000\n").unwrap_err();
+        assert!(error.contains("line 1"), "{error}");
+        assert!(parse_summary("w1_put\tmany\t5\n").is_err());
+    }
+
+    #[test]
+    fn rates_are_judged_against_targets_and_the_baseline() {
+        // Baseline 10 M/s; W1 2 M/s passes 1.5 M/s; W2 1 M/s misses 3 M/s.
+        let rows = measured(
+            "baseline_hashmap\t100000\t10000000\nw1_put\t100000\t50000000\nw2_sync_empty\t100000\t100000000\n",
+        );
+        let lines = table(&rows);
+        let w1 = line(&lines, "W1");
+        assert_eq!(
+            (w1.figure.as_str(), w1.vs_baseline.as_str(), w1.verdict),
+            ("2.00 M/s", "0.200x", "pass")
+        );
+        assert_eq!(line(&lines, "W2").verdict, "MISS");
+        assert_eq!(line(&lines, "W3").figure, "not measured");
+        assert_eq!(
+            line(&lines, "peers: W3 merge, crdts").figure,
+            "full mode only"
+        );
+    }
+
+    #[test]
+    fn relative_targets_compare_rows_of_the_same_run() {
+        // 1M-record W4 takes 3x the time of the 1k one: a miss.
+        let rows = measured(
+            "w4_incremental_1k\t100\t100000\nw4_incremental_1m\t100\t300000\n\
+             peers_w3_syncforge\t100000\t10000000\npeers_w3_crdts\t100000\t200000000\n\
+             peers_w3_automerge\t100000\t50000000\npeak_rss_1m\tvalue\t536870912\n\
+             fs_put_10k_durable\t10000\t1000000000\nfs_sync_10k_durable\t10000\t50000000\n",
+        );
+        let lines = table(&rows);
+        let w4 = line(&lines, "W4 100 changes via feed+sync, 1M");
+        assert_eq!(w4.verdict, "MISS");
+        assert!(w4.target.contains("is 3.00x"), "{}", w4.target);
+        assert_eq!(line(&lines, "peers: W3 merge, crdts").verdict, "pass");
+        assert_eq!(line(&lines, "peers: W3 merge, automerge").verdict, "MISS");
+        let fs_sync = line(&lines, "fs: sync 10k");
+        assert_eq!(fs_sync.verdict, "pass");
+        assert!(fs_sync.target.contains("is 20.0x"), "{}", fs_sync.target);
+        let memory = line(&lines, "peak RSS");
+        assert_eq!(
+            (memory.figure.as_str(), memory.verdict),
+            ("512 MiB", "pass")
+        );
+    }
+
+    #[test]
+    fn the_table_lines_up() {
+        let lines = table(&measured("w1_put\t100000\t50000000\n"));
+        let text = render(&lines);
+        let verdicts = std::iter::once("result").chain(lines.iter().map(|l| l.verdict));
+        // Every column but the last has a fixed width.
+        let widths: Vec<usize> = text
+            .lines()
+            .zip(verdicts)
+            .map(|(l, verdict)| l.len() - verdict.len())
+            .collect();
+        assert_eq!(widths.len(), ROWS.len() + 1);
+        assert!(widths.windows(2).all(|w| w[0] == w[1]), "{text}");
+    }
+}
