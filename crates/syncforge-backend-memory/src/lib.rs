@@ -165,7 +165,7 @@ impl Collection {
                     Some(id) => id,
                     // Unreachable while the indexes agree; rebuilding the key
                     // is still correct if they ever did not.
-                    None => Arc::from(record.id()),
+                    None => Arc::clone(record.shared_id()),
                 };
                 self.by_sequence.insert(sequence, Arc::clone(&id));
                 self.by_millis.insert((millis, sequence), id);
@@ -178,7 +178,8 @@ impl Collection {
                     return WriteOutcome::Conflict;
                 }
                 take_newer(newest, stamp);
-                let id: Arc<str> = Arc::from(record.id());
+                // The record's own id: indexing it costs no copy.
+                let id: Arc<str> = Arc::clone(record.shared_id());
                 self.by_sequence.insert(sequence, Arc::clone(&id));
                 self.by_millis.insert((millis, sequence), Arc::clone(&id));
                 self.records.insert(

@@ -166,7 +166,7 @@ impl LwwMap {
             entries: record
                 .field_states()
                 .iter()
-                .map(|(name, state)| (name.clone(), state.clone()))
+                .map(|(name, state)| (name.to_owned(), state.clone()))
                 .collect(),
         }
     }

@@ -168,7 +168,7 @@ pub fn conflicted_fields(local: &Record, remote: &Record) -> Vec<String> {
         .iter()
         .filter_map(|(name, ours)| {
             let theirs = theirs.get(name)?;
-            (ours.value != theirs.value).then(|| name.clone())
+            (ours.value != theirs.value).then(|| name.to_owned())
         })
         .collect()
 }

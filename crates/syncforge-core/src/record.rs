@@ -33,7 +33,8 @@
 //! the tombstone `(_timestamp, 1, _clientId)`, and the version vector
 //! `{_clientId: _version}`.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
@@ -115,9 +116,37 @@ impl FieldState {
 ///
 /// A sorted vector, not a tree: a record holds a handful of fields, and a
 /// vector of them takes a fraction of the memory of a tree node (which has
-/// room for eleven) and is compared and merged in one linear pass.
+/// room for eleven) and is compared and merged in one linear pass. Names are
+/// shared between records (see [`shared_name`]).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct FieldStates(Vec<(String, FieldState)>);
+pub struct FieldStates(Vec<(Arc<str>, FieldState)>);
+
+/// A field name as records hold it: records with the same fields share their
+/// names, so a million records of five fields hold five names, not five
+/// million. Each thread keeps a table of the short names it has seen, bounded
+/// so that records with ever-new field names cannot grow it without limit
+/// (names beyond the bound are simply not shared).
+fn shared_name(name: String) -> Arc<str> {
+    const MAX_SHARED_LEN: usize = 64;
+    const MAX_SHARED_NAMES: usize = 4096;
+    thread_local! {
+        static NAMES: RefCell<HashSet<Arc<str>>> = RefCell::new(HashSet::new());
+    }
+    if name.len() > MAX_SHARED_LEN {
+        return Arc::from(name);
+    }
+    NAMES.with(|names| {
+        let mut names = names.borrow_mut();
+        if let Some(shared) = names.get(name.as_str()) {
+            return Arc::clone(shared);
+        }
+        let fresh: Arc<str> = Arc::from(name);
+        if names.len() < MAX_SHARED_NAMES {
+            names.insert(Arc::clone(&fresh));
+        }
+        fresh
+    })
+}
 
 impl FieldStates {
     /// No fields.
@@ -126,7 +155,7 @@ impl FieldStates {
     }
 
     fn position(&self, name: &str) -> std::result::Result<usize, usize> {
-        self.0.binary_search_by(|(k, _)| k.as_str().cmp(name))
+        self.0.binary_search_by(|(k, _)| (**k).cmp(name))
     }
 
     /// The state of field `name` (any string-like key, as a map's `get` takes).
@@ -148,24 +177,24 @@ impl FieldStates {
         match self.position(&name) {
             Ok(i) => Some(std::mem::replace(&mut self.0[i].1, state)),
             Err(i) => {
-                self.0.insert(i, (name, state));
+                self.0.insert(i, (shared_name(name), state));
                 None
             }
         }
     }
 
     /// Fields and their states, sorted by name.
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &FieldState)> + '_ {
-        self.0.iter().map(|(k, s)| (k, s))
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &FieldState)> + '_ {
+        self.0.iter().map(|(k, s)| (&**k, s))
     }
 
-    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (&String, &mut FieldState)> + '_ {
-        self.0.iter_mut().map(|(k, s)| (&*k, s))
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (&str, &mut FieldState)> + '_ {
+        self.0.iter_mut().map(|(k, s)| (&**k, s))
     }
 
     /// Field names, sorted.
-    pub fn keys(&self) -> impl Iterator<Item = &String> + '_ {
-        self.0.iter().map(|(k, _)| k)
+    pub fn keys(&self) -> impl Iterator<Item = &str> + '_ {
+        self.0.iter().map(|(k, _)| &**k)
     }
 
     /// Field states, in name order.
@@ -229,26 +258,31 @@ impl FromIterator<(String, FieldState)> for FieldStates {
             }
             entries = unique;
         }
-        FieldStates(entries)
+        FieldStates(
+            entries
+                .into_iter()
+                .map(|(name, state)| (shared_name(name), state))
+                .collect(),
+        )
     }
 }
 
 impl From<BTreeMap<String, FieldState>> for FieldStates {
     fn from(map: BTreeMap<String, FieldState>) -> Self {
-        // A map iterates sorted and without repeats already.
-        FieldStates(map.into_iter().collect())
+        // A map iterates sorted and without repeats: the collect keeps its order.
+        map.into_iter().collect()
     }
 }
 
 impl<'a> IntoIterator for &'a FieldStates {
-    type Item = (&'a String, &'a FieldState);
+    type Item = (&'a str, &'a FieldState);
     type IntoIter = std::iter::Map<
-        std::slice::Iter<'a, (String, FieldState)>,
-        fn(&'a (String, FieldState)) -> (&'a String, &'a FieldState),
+        std::slice::Iter<'a, (Arc<str>, FieldState)>,
+        fn(&'a (Arc<str>, FieldState)) -> (&'a str, &'a FieldState),
     >;
 
     fn into_iter(self) -> Self::IntoIter {
-        self.0.iter().map(|(k, s)| (k, s))
+        self.0.iter().map(|(k, s)| (&**k, s))
     }
 }
 
@@ -306,7 +340,7 @@ pub struct Record {
 /// What a [`Record`] holds.
 #[derive(Clone)]
 struct RecordState {
-    id: String,
+    id: Arc<str>,
     fields: FieldStates,
     written: Stamp,
     tombstone: Option<Stamp>,
@@ -349,7 +383,7 @@ impl Record {
         let mut versions = VersionVector::new();
         versions.increment(stamp.client());
         Record::from_state(RecordState {
-            id: content.id,
+            id: Arc::from(content.id),
             fields,
             written: stamp.clone(),
             tombstone: None,
@@ -381,7 +415,7 @@ impl Record {
             ));
         }
         Ok(Record::from_state(RecordState {
-            id: id.to_owned(),
+            id: Arc::from(id),
             fields,
             written,
             tombstone,
@@ -464,7 +498,7 @@ impl Record {
     }
 
     fn check_same_id(&self, id: &str) -> Result<()> {
-        if self.state.id == id {
+        if *self.state.id == *id {
             Ok(())
         } else {
             Err(Error::invalid_record(
@@ -482,6 +516,12 @@ impl Record {
         &self.state.id
     }
 
+    /// The record id as a shared string: stores that index records by id
+    /// keep this instead of a copy.
+    pub fn shared_id(&self) -> &Arc<str> {
+        &self.state.id
+    }
+
     /// The value of a visible field.
     pub fn get(&self, field: &str) -> Option<&Value> {
         self.state.fields.get(field).and_then(|s| s.value.as_ref())
@@ -492,7 +532,7 @@ impl Record {
         self.state
             .fields
             .iter()
-            .filter_map(|(k, s)| s.value.as_ref().map(|v| (k.as_str(), v)))
+            .filter_map(|(k, s)| s.value.as_ref().map(|v| (k, v)))
     }
 
     /// Every field with its stamp, removed ones included.
@@ -558,7 +598,7 @@ impl Record {
     /// The user content: `id` and the visible fields, without metadata.
     pub fn content(&self) -> Map<String, Value> {
         let mut map = Map::new();
-        map.insert(ID_KEY.to_owned(), Value::String(self.state.id.clone()));
+        map.insert(ID_KEY.to_owned(), Value::String(self.state.id.to_string()));
         for (k, v) in self.fields() {
             map.insert(k.to_owned(), v.clone());
         }
@@ -604,7 +644,7 @@ impl Record {
             } else {
                 &mut removed
             };
-            target.insert(name.clone(), Value::String(state.stamp.to_string()));
+            target.insert(name.to_owned(), Value::String(state.stamp.to_string()));
         }
         let versions: Map<String, Value> = self
             .state
@@ -806,7 +846,7 @@ fn from_seed(id: &str, fields: Map<String, Value>, meta: &SeedMeta<'_>) -> Resul
         })
         .collect();
     Ok(Record::from_state(RecordState {
-        id: id.to_owned(),
+        id: Arc::from(id),
         fields,
         written,
         tombstone,
@@ -914,7 +954,7 @@ fn from_sync_state(
         vv.set(client, n);
     }
     Ok(Record::from_state(RecordState {
-        id: id.to_owned(),
+        id: Arc::from(id),
         fields,
         written,
         tombstone,
