@@ -119,6 +119,27 @@ pub enum Error {
         what: &'static str,
     },
 
+    /// An argument of a call is out of its range (a page limit of 0, ...).
+    /// Nothing was read or written.
+    #[error("invalid argument `{name}`: {reason}")]
+    InvalidArgument {
+        /// The argument's name.
+        name: &'static str,
+        /// Why it was refused.
+        reason: String,
+    },
+
+    /// Another replica answered something that breaks the sync protocol (a
+    /// change page that does not advance, ...). Nothing of that answer was
+    /// applied.
+    #[error("peer {peer:?} broke the sync protocol: {reason}")]
+    PeerProtocol {
+        /// The peer's id.
+        peer: String,
+        /// What was wrong with its answer.
+        reason: String,
+    },
+
     /// A feature needed for this request was not compiled in.
     #[error("backend `{backend}` is not available: enable the cargo feature `{feature}`")]
     FeatureDisabled {
