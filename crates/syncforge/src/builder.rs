@@ -20,6 +20,8 @@ pub const MAX_BATCH_SIZE: usize = 100_000;
 pub const DEFAULT_MAX_RETRIES: u32 = 3;
 /// Largest accepted number of retries.
 pub const MAX_RETRIES: u32 = 20;
+/// Largest accepted event buffer: the channel allocates every slot up front.
+pub const MAX_EVENT_CAPACITY: usize = 1 << 16;
 /// Default auto-sync interval.
 pub const DEFAULT_AUTO_SYNC_INTERVAL: Duration = Duration::from_secs(30);
 /// Shortest accepted auto-sync interval.
@@ -253,10 +255,13 @@ impl EngineBuilder {
         }
         // The broadcast channel cannot hold fewer than one event, nor more
         // than half of usize::MAX.
-        if !(1..=usize::MAX / 2).contains(&self.event_capacity) {
+        if !(1..=MAX_EVENT_CAPACITY).contains(&self.event_capacity) {
             return Err(Error::InvalidConfig {
                 option: "event_capacity",
-                reason: format!("{} is outside 1..={}", self.event_capacity, usize::MAX / 2),
+                reason: format!(
+                    "{} is outside 1..={MAX_EVENT_CAPACITY}",
+                    self.event_capacity
+                ),
             });
         }
         if self.max_clock_drift.is_zero() {

@@ -420,8 +420,17 @@ impl SyncEngine {
     /// Changes after the sequence `cursor` (0 for the beginning), at most
     /// `limit`: every change applied to this replica, local or synced, in the
     /// order applied. Continue from the returned page's `next`.
+    ///
+    /// A `limit` of 0 is refused with [`Error::InvalidArgument`]: a page that
+    /// can hold nothing would never let a reader advance.
     pub async fn changes(&self, collection: &str, cursor: u64, limit: usize) -> Result<ChangePage> {
         self.check_open(collection)?;
+        if limit == 0 {
+            return Err(Error::InvalidArgument {
+                name: "limit",
+                reason: "a change page must hold at least one change".to_owned(),
+            });
+        }
         let backend = &self.inner.backend;
         retry_transient(self.retries(), "changes", || {
             backend.changes(collection, cursor, limit)

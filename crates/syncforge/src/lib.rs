@@ -63,7 +63,7 @@ mod retry;
 pub use backends::{create_backend, BackendConfig};
 pub use builder::{
     Config, EngineBuilder, DEFAULT_AUTO_SYNC_INTERVAL, DEFAULT_BATCH_SIZE, DEFAULT_MAX_RETRIES,
-    MAX_BATCH_SIZE, MAX_RETRIES, MIN_AUTO_SYNC_INTERVAL,
+    MAX_BATCH_SIZE, MAX_EVENT_CAPACITY, MAX_RETRIES, MIN_AUTO_SYNC_INTERVAL,
 };
 pub use engine::{SyncEngine, SyncResult};
 pub use events::{EventKind, EventReceiver, Events, ListenerId, SyncEvent, SyncTrigger};

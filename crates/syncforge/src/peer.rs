@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use syncforge_core::{ChangePage, Error, Record, Result};
+use syncforge_core::{validate_id, ChangePage, Error, Record, Result};
 use tracing::field::Empty;
 use tracing::Instrument;
 
@@ -99,13 +99,10 @@ fn cursor_key(peer_id: &str, collection: &str, direction: Direction) -> String {
 }
 
 fn validate_peer_id(peer_id: &str) -> Result<()> {
-    if peer_id.is_empty() || peer_id.chars().any(char::is_control) {
-        return Err(Error::InvalidConfig {
-            option: "peer_id",
-            reason: format!("peer id {peer_id:?} must be non-empty, without control characters"),
-        });
-    }
-    Ok(())
+    validate_id(peer_id).map_err(|e| Error::InvalidConfig {
+        option: "peer_id",
+        reason: e.to_string(),
+    })
 }
 
 impl SyncEngine {
@@ -292,11 +289,11 @@ fn check_page(peer_id: &str, cursor: u64, page: &ChangePage) -> Result<()> {
         .iter()
         .any(|change| change.sequence <= cursor || change.sequence > page.next);
     if page.next < cursor || out_of_order || (page.more && page.next == cursor) {
-        return Err(Error::InvalidRecord {
-            id: None,
+        return Err(Error::PeerProtocol {
+            peer: peer_id.to_owned(),
             reason: format!(
-                "peer {peer_id:?} answered a change page after cursor {cursor} that does not \
-                 advance in order (next {}, more {}, {} changes)",
+                "answered a change page after cursor {cursor} that does not advance in order \
+                 (next {}, more {}, {} changes)",
                 page.next,
                 page.more,
                 page.changes.len()

@@ -28,6 +28,11 @@ async fn invalid_configuration_is_refused_naming_the_option() {
             SyncEngine::builder().max_clock_drift(Duration::ZERO),
             "max_clock_drift",
         ),
+        (SyncEngine::builder().event_capacity(0), "event_capacity"),
+        (
+            SyncEngine::builder().event_capacity(usize::MAX / 2),
+            "event_capacity",
+        ),
     ];
     for (builder, option) in cases {
         match builder.build().await {
@@ -423,4 +428,12 @@ async fn engines_sharing_one_store_lose_no_update() {
         assert_eq!(r.get("field0"), Some(&json!(i)), "{r:?}");
         assert_eq!(r.get("field1"), Some(&json!(i)), "{r:?}");
     }
+}
+
+#[tokio::test]
+async fn a_change_page_of_zero_is_refused() {
+    let engine = engine("e", ConflictStrategy::Crdt).await;
+    engine.put("c", &json!({"id": "a"})).await.unwrap();
+    let err = engine.changes("c", 0, 0).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { name: "limit", .. }), "{err:?}");
 }

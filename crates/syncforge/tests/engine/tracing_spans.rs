@@ -64,6 +64,37 @@ impl Subscriber for Capture {
     fn exit(&self, _: &Id) {}
 }
 
+/// Keeps nothing; installed as the process-wide default so that no callsite
+/// is ever registered against "no subscriber".
+struct Sink;
+
+impl Subscriber for Sink {
+    fn enabled(&self, _: &Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &Attributes<'_>) -> Id {
+        Id::from_u64(1)
+    }
+    fn record(&self, _: &Id, _: &Record<'_>) {}
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+    fn event(&self, _: &Event<'_>) {}
+    fn enter(&self, _: &Id) {}
+    fn exit(&self, _: &Id) {}
+}
+
+/// tracing caches each callsite's interest for the whole process, computed
+/// against the subscriber of whichever thread reaches it first. A test running
+/// in parallel without a subscriber would pin the engine's spans to "never"
+/// and blind the capture below. With an interested global default, every
+/// thread's first look sees an interested subscriber.
+fn install_global_sink() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Fails only if a global default exists already, which serves as well.
+        let _ = tracing::subscriber::set_global_default(Sink);
+    });
+}
+
 impl Capture {
     fn named(&self, name: &str) -> Vec<Fields> {
         self.spans
@@ -78,6 +109,7 @@ impl Capture {
 
 #[tokio::test(start_paused = true)]
 async fn syncs_peer_syncs_and_retries_are_spans() {
+    install_global_sink();
     let capture = Arc::new(Capture::default());
     let _guard = tracing::subscriber::set_default(capture.clone());
 
