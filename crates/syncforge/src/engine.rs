@@ -88,6 +88,20 @@ impl SyncResult {
     }
 }
 
+/// The metadata key of the store's id.
+const STORE_ID_KEY: &str = "syncforge/store-id/v1";
+
+/// Reads the store's id, creating it on the store's first open.
+async fn load_store_id(backend: &dyn StorageBackend, retries: u32) -> Result<String> {
+    let existing = retry_transient(retries, "get_meta", || backend.get_meta(STORE_ID_KEY)).await?;
+    if let Some(id) = existing {
+        return Ok(id);
+    }
+    let id = ulid::Ulid::new().to_string();
+    retry_transient(retries, "set_meta", || backend.set_meta(STORE_ID_KEY, &id)).await?;
+    Ok(id)
+}
+
 /// What one write of a sync batch is, kept beside the write until the store
 /// confirms it.
 struct Planned {
@@ -110,6 +124,8 @@ pub struct SyncEngine {
 pub(crate) struct Inner {
     config: Config,
     backend: Arc<dyn StorageBackend>,
+    /// Identifies this store's change-feed numbering (see [`SyncPeer::feed_id`](crate::SyncPeer::feed_id)).
+    store_id: String,
     clock: Mutex<Hlc>,
     time: Arc<dyn TimeSource>,
     closed: AtomicBool,
@@ -146,11 +162,13 @@ impl SyncEngine {
         if let Some(stamp) = newest {
             clock.seed(&stamp);
         }
+        let store_id = load_store_id(backend.as_ref(), config.max_retries).await?;
         let config_event_capacity = config.event_capacity;
         Ok(SyncEngine {
             inner: Arc::new(Inner {
                 config,
                 backend,
+                store_id,
                 clock: Mutex::new(clock),
                 time,
                 closed: AtomicBool::new(false),
@@ -158,6 +176,12 @@ impl SyncEngine {
                 auto_sync: AutoSync::default(),
             }),
         })
+    }
+
+    /// The id of this engine's store, created on its first open: peers use it
+    /// to notice that a replica's store (and so its change feed) was replaced.
+    pub fn store_id(&self) -> &str {
+        &self.inner.store_id
     }
 
     /// The validated configuration.

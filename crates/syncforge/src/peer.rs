@@ -28,10 +28,19 @@ pub trait SyncPeer: Send + Sync {
     /// this engine keeps its cursors for the peer under it.
     fn peer_id(&self) -> &str;
 
+    /// Identifies the numbering of the peer's change feed. When it changes —
+    /// the peer's store was replaced or wiped and its feed starts again —
+    /// [`SyncEngine::sync_with`] restarts both cursors for this peer from 0,
+    /// so nothing is skipped in either direction. The default, `None`,
+    /// promises that the numbering never restarts under this [`peer_id`](Self::peer_id).
+    async fn feed_id(&self) -> Result<Option<String>> {
+        Ok(None)
+    }
+
     /// Changes of `collection` after the feed sequence `cursor`, at most
     /// `limit`, with the cursor to continue from (see
-    /// [`SyncEngine::changes`]). Sequences must stay stable: a peer whose
-    /// store is wiped and starts its feed again must get a new id.
+    /// [`SyncEngine::changes`]). Sequences must stay stable while
+    /// [`feed_id`](Self::feed_id) does.
     async fn pull(&self, collection: &str, cursor: u64, limit: usize) -> Result<ChangePage>;
 
     /// Merges `records` into the peer's `collection`. Must not return `Ok`
@@ -43,6 +52,10 @@ pub trait SyncPeer: Send + Sync {
 impl SyncPeer for SyncEngine {
     fn peer_id(&self) -> &str {
         self.client_id().as_str()
+    }
+
+    async fn feed_id(&self) -> Result<Option<String>> {
+        Ok(Some(self.store_id().to_owned()))
     }
 
     async fn pull(&self, collection: &str, cursor: u64, limit: usize) -> Result<ChangePage> {
@@ -80,21 +93,26 @@ pub struct PeerCursors {
     pub pushed: u64,
 }
 
-/// Which of the two cursors.
+/// What this engine keeps about a peer, per collection.
 #[derive(Clone, Copy)]
-enum Direction {
+enum PeerState {
+    /// The pull cursor.
     Pull,
+    /// The push cursor.
     Push,
+    /// The peer's feed id the cursors refer to.
+    Feed,
 }
 
-/// The metadata key of one cursor. The parts are JSON-encoded so that no peer
-/// id or collection name can make two keys collide.
-fn cursor_key(peer_id: &str, collection: &str, direction: Direction) -> String {
-    let direction = match direction {
-        Direction::Pull => "pulled",
-        Direction::Push => "pushed",
+/// The metadata key of one piece of peer state. The parts are JSON-encoded so
+/// that no peer id or collection name can make two keys collide.
+fn cursor_key(peer_id: &str, collection: &str, state: PeerState) -> String {
+    let state = match state {
+        PeerState::Pull => "pulled",
+        PeerState::Push => "pushed",
+        PeerState::Feed => "feed",
     };
-    let parts = serde_json::Value::from(vec![peer_id, collection, direction]);
+    let parts = serde_json::Value::from(vec![peer_id, collection, state]);
     format!("syncforge/peer-cursor/v1/{parts}")
 }
 
@@ -191,7 +209,8 @@ impl SyncEngine {
             echoes_skipped: 0,
         };
 
-        let pull_key = cursor_key(peer_id, collection, Direction::Pull);
+        self.follow_feed(peer, collection).await?;
+        let pull_key = cursor_key(peer_id, collection, PeerState::Pull);
         let mut cursor = self.load_cursor(&pull_key).await?;
         let mut echoes = HashSet::new();
         loop {
@@ -217,7 +236,7 @@ impl SyncEngine {
             }
         }
 
-        let push_key = cursor_key(peer_id, collection, Direction::Push);
+        let push_key = cursor_key(peer_id, collection, PeerState::Push);
         let mut cursor = self.load_cursor(&push_key).await?;
         loop {
             let page = self.changes(collection, cursor, limit).await?;
@@ -252,12 +271,45 @@ impl SyncEngine {
         validate_peer_id(peer_id)?;
         Ok(PeerCursors {
             pulled: self
-                .load_cursor(&cursor_key(peer_id, collection, Direction::Pull))
+                .load_cursor(&cursor_key(peer_id, collection, PeerState::Pull))
                 .await?,
             pushed: self
-                .load_cursor(&cursor_key(peer_id, collection, Direction::Push))
+                .load_cursor(&cursor_key(peer_id, collection, PeerState::Push))
                 .await?,
         })
+    }
+
+    /// Restarts both cursors for `peer` when its feed numbering changed since
+    /// they were stored: they would point past its new feed and skip
+    /// everything, and what was pushed to its old store is gone.
+    async fn follow_feed<P: SyncPeer + ?Sized>(&self, peer: &P, collection: &str) -> Result<()> {
+        let Some(feed) = peer.feed_id().await? else {
+            return Ok(());
+        };
+        let peer_id = peer.peer_id();
+        let feed_key = cursor_key(peer_id, collection, PeerState::Feed);
+        let backend = self.backend();
+        let known =
+            retry_transient(self.retries(), "get_meta", || backend.get_meta(&feed_key)).await?;
+        if known.as_deref() == Some(feed.as_str()) {
+            return Ok(());
+        }
+        if known.is_some() {
+            tracing::info!(
+                peer = peer_id,
+                collection,
+                "peer's change feed restarted; syncing from the beginning"
+            );
+        }
+        // Cursors first: a crash before the feed id is stored only resets them again.
+        self.store_cursor(&cursor_key(peer_id, collection, PeerState::Pull), 0)
+            .await?;
+        self.store_cursor(&cursor_key(peer_id, collection, PeerState::Push), 0)
+            .await?;
+        retry_transient(self.retries(), "set_meta", || {
+            backend.set_meta(&feed_key, &feed)
+        })
+        .await
     }
 
     async fn load_cursor(&self, key: &str) -> Result<u64> {
