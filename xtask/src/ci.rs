@@ -5,11 +5,12 @@ use std::ffi::OsString;
 use std::time::Instant;
 
 use crate::cmd::Cargo;
-use crate::services;
 
 /// Test settings `ci` uses unless the caller already set them: services are
-/// required (a missing one fails instead of skipping), and property tests run
-/// more cases than the quick default of a plain `cargo test`.
+/// required (a test that needs a missing one fails instead of skipping; no
+/// test needs one yet, and `ci` will start those a backend's tests need when
+/// such a backend exists), and property tests run more cases than the quick
+/// default of a plain `cargo test`.
 const TEST_ENV_DEFAULTS: [(&str, &str); 2] = [
     ("SYNCFORGE_REQUIRE_SERVICES", "1"),
     ("PROPTEST_CASES", "1000"),
@@ -19,7 +20,6 @@ const TEST_ENV_DEFAULTS: [(&str, &str); 2] = [
 struct Step {
     name: &'static str,
     commands: Vec<Cargo>,
-    needs_services: bool,
 }
 
 fn steps(test_env: Vec<(&'static str, OsString)>) -> Vec<Step> {
@@ -32,7 +32,6 @@ fn steps(test_env: Vec<(&'static str, OsString)>) -> Vec<Step> {
         Step {
             name: "fmt",
             commands: vec![Cargo::new(&["fmt", "--all", "--", "--check"])],
-            needs_services: false,
         },
         Step {
             name: "clippy",
@@ -45,7 +44,6 @@ fn steps(test_env: Vec<(&'static str, OsString)>) -> Vec<Step> {
                 "-D",
                 "warnings",
             ])],
-            needs_services: false,
         },
         Step {
             // Each feature set of the facade must build on its own, not only
@@ -63,12 +61,10 @@ fn steps(test_env: Vec<(&'static str, OsString)>) -> Vec<Step> {
                 ]),
                 Cargo::new(&["check", "-p", "syncforge"]),
             ],
-            needs_services: false,
         },
         Step {
             name: "tests (unit, integration, doc)",
             commands: vec![tests],
-            needs_services: true,
         },
     ]
 }
@@ -89,8 +85,6 @@ pub(crate) fn run() -> Result<(), String> {
     for (index, step) in steps.iter().enumerate() {
         let number = index + 1;
         eprintln!("\n==> [{number}/{total}] {}", step.name);
-        // Held until the step ends, so services stop even when it fails.
-        let _services = step.needs_services.then(services::start_needed);
         for command in &step.commands {
             eprintln!("--> {command}");
             command.run().map_err(|reason| {

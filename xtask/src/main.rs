@@ -14,7 +14,6 @@ mod bench;
 mod ci;
 mod cmd;
 mod deny;
-mod services;
 
 use std::process::ExitCode;
 
