@@ -30,8 +30,16 @@ use crate::files::{
 };
 use crate::{CorruptFile, Durability};
 
-/// File extension of record files.
-pub(crate) const RECORD_EXTENSION: &str = "json";
+/// What ends a record file's name.
+const RECORD_SUFFIX: &str = ".json";
+/// Directory (in a collection directory) where corrupt record files are moved
+/// when a write replaces them, so that nothing is silently destroyed.
+pub(crate) const CORRUPT_DIR: &str = ".corrupt";
+/// The highest sequence, base or generation the log may hold: the largest
+/// integer a JSON number keeps exactly everywhere (2^53). A value above it
+/// read from disk makes the log unreadable (and rebuilt), and no increment
+/// goes past it, so arithmetic on sequences can never overflow.
+const MAX_SEQUENCE: u64 = 1 << 53;
 /// Name of the change log in a collection directory.
 const LOG_FILE: &str = ".changes";
 /// Name of the lock file in a collection directory.
@@ -108,11 +116,6 @@ impl Collection {
             }
             create_dir(&dir, durability.is_full())?;
         }
-        let stem = stem_for(name);
-        let name_file = dir.join(NAME_FILE);
-        if is_hashed(&stem) && !name_file.exists() {
-            replace_atomically(&name_file, name.as_bytes(), durability.is_full())?;
-        }
         let lock_file = open_lock_file(&dir.join(LOCK_FILE))?;
         let mut collection = Collection {
             dir,
@@ -125,8 +128,23 @@ impl Collection {
             seqs: HashMap::new(),
             by_seq: BTreeMap::new(),
         };
-        collection.exclusive(Collection::reconcile)?;
+        // Under the lock: another process reconciling the directory removes
+        // temporaries, which would include this write's.
+        collection.exclusive(|c| {
+            c.write_name_file(name)?;
+            c.reconcile()
+        })?;
         Ok(Some(collection))
+    }
+
+    /// Writes `.name` when the directory name is hashed and it is missing
+    /// (under the exclusive lock).
+    fn write_name_file(&self, name: &str) -> Result<()> {
+        let name_file = self.dir.join(NAME_FILE);
+        if is_hashed(&stem_for(name)) && !name_file.exists() {
+            replace_atomically(&name_file, name.as_bytes(), self.durable())?;
+        }
+        Ok(())
     }
 
     fn durable(&self) -> bool {
@@ -139,8 +157,7 @@ impl Collection {
 
     /// Path of a record's file.
     pub(crate) fn record_path(&self, id: &str) -> PathBuf {
-        self.dir
-            .join(format!("{}.{RECORD_EXTENSION}", stem_for(id)))
+        self.dir.join(format!("{}{RECORD_SUFFIX}", stem_for(id)))
     }
 
     /// Runs `f` under the shared lock, after catching up with the log.
@@ -225,6 +242,13 @@ impl Collection {
                 ),
             ));
         }
+        if header.generation > MAX_SEQUENCE || header.base > MAX_SEQUENCE {
+            self.generation = 0;
+            return Ok(Some(format!(
+                "header generation {} or base {} above {MAX_SEQUENCE}",
+                header.generation, header.base
+            )));
+        }
         if header.generation != self.generation {
             self.reset(header.generation, header.base);
             self.offset = header_line.len() as u64 + 1;
@@ -241,6 +265,10 @@ impl Collection {
                 break;
             };
             let entry: LogEntry = match serde_json::from_slice(content) {
+                Ok(LogEntry::Written { seq, .. }) if seq > MAX_SEQUENCE => {
+                    self.generation = 0;
+                    return Ok(Some(format!("entry sequence {seq} above {MAX_SEQUENCE}")));
+                }
                 Ok(entry) => entry,
                 Err(err) => {
                     self.generation = 0;
@@ -296,7 +324,13 @@ impl Collection {
                 .split(|b| *b == b'\n')
                 .filter_map(|line| serde_json::from_slice::<serde_json::Value>(line).ok())
             {
-                let number = |key: &str| value.get(key).and_then(serde_json::Value::as_u64);
+                // Out-of-range numbers are what made the log unreadable.
+                let number = |key: &str| {
+                    value
+                        .get(key)
+                        .and_then(serde_json::Value::as_u64)
+                        .filter(|n| *n <= MAX_SEQUENCE)
+                };
                 highest_seq = highest_seq
                     .max(number("seq").unwrap_or(0))
                     .max(number("base").unwrap_or(0));
@@ -320,7 +354,9 @@ impl Collection {
         // Other handles tell a rewritten log by its generation. Taking the
         // time keeps it new even when the old log was deleted and its
         // generation is unknown here.
-        let generation = (self.generation + 1).max(micros_since_epoch());
+        let generation = self
+            .checked_next(self.generation, "generation")?
+            .max(micros_since_epoch());
         let header = LogHeader {
             format: LOG_FORMAT.to_owned(),
             version: 1,
@@ -367,13 +403,15 @@ impl Collection {
             .filter(|id| !self.seqs.contains_key(*id))
             .collect();
         unknown.sort();
-        let mut entries: Vec<LogEntry> = (self.last_seq + 1..)
-            .zip(unknown)
-            .map(|(seq, id)| LogEntry::Written {
+        let mut entries = Vec::with_capacity(unknown.len());
+        let mut seq = self.last_seq;
+        for id in unknown {
+            seq = self.checked_next(seq, "sequence")?;
+            entries.push(LogEntry::Written {
                 seq,
                 id: id.clone(),
-            })
-            .collect();
+            });
+        }
         for id in self.seqs.keys().filter(|id| !on_disk.contains(*id)) {
             entries.push(LogEntry::Removed {
                 removed: id.clone(),
@@ -382,16 +420,27 @@ impl Collection {
         self.append(entries)
     }
 
+    /// `value + 1`, or a typed error once the log's numbers reach
+    /// [`MAX_SEQUENCE`] (only a log damaged by hand gets there).
+    fn checked_next(&self, value: u64, what: &str) -> Result<u64> {
+        value
+            .checked_add(1)
+            .filter(|next| *next <= MAX_SEQUENCE)
+            .ok_or_else(|| {
+                corrupt(
+                    &self.log_path(),
+                    format!("the {what} {value} cannot grow past {MAX_SEQUENCE}; delete the log to rebuild it"),
+                )
+            })
+    }
+
     /// The id a directory entry stores, if it is a record file. Hashed names
     /// are read from the file; unreadable ones are left alone (and reported
     /// when read).
     fn id_of_file(&self, file_name: &str) -> Result<Option<String>> {
-        let Some(stem) = file_name.strip_suffix(&format!(".{RECORD_EXTENSION}")) else {
+        let Some(stem) = record_stem(file_name) else {
             return Ok(None);
         };
-        if stem.starts_with('.') {
-            return Ok(None);
-        }
         if !is_hashed(stem) {
             return Ok(decode(stem));
         }
@@ -435,30 +484,90 @@ impl Collection {
         Ok(())
     }
 
-    fn maybe_compact(&mut self) -> Result<()> {
+    /// Rewrites the log without superseded entries once it has grown enough.
+    /// Best effort: it runs after writes that are already committed, which
+    /// must not be reported as failed; the next write tries again.
+    fn maybe_compact(&mut self) {
         if self.lines >= COMPACT_MIN_LINES && self.lines > 2 * self.seqs.len() {
-            self.rewrite_log(self.last_seq)?;
+            if let Err(err) = self.rewrite_log(self.last_seq) {
+                tracing::warn!(%err, "could not compact the change log; will retry on a later write");
+            }
         }
-        Ok(())
     }
 
-    /// Reads one record with its token (under a lock).
+    /// Reads one record with its token (under a lock); a corrupt file is an
+    /// error naming it.
     pub(crate) fn read_stored(&self, id: &str) -> Result<Option<Stored>> {
         let Some(seq) = self.seqs.get(id) else {
             return Ok(None);
         };
-        let path = self.record_path(id);
-        match read_record_file(&path)? {
-            None => Ok(None),
-            Some(record) if record.id() == id => Ok(Some(Stored {
+        match self.load(id)? {
+            RecordFile::Missing => Ok(None),
+            RecordFile::Valid(record) => Ok(Some(Stored {
                 record,
                 token: Token::Sequence(*seq),
             })),
-            Some(record) => Err(corrupt(
+            RecordFile::Corrupt(err) => Err(err),
+        }
+    }
+
+    /// Reads one record with its token (under a lock); a corrupt file reads
+    /// as absent, with a warning, so that it cannot fail a whole batch of
+    /// reads, and a write expecting the record to be absent replaces it.
+    pub(crate) fn read_stored_skipping_corrupt(&self, id: &str) -> Result<Option<Stored>> {
+        match self.read_stored(id) {
+            Err(err) if self.is_corrupt(id)? => {
+                tracing::warn!(%err, "reading a corrupt record file as absent");
+                Ok(None)
+            }
+            other => other,
+        }
+    }
+
+    /// Whether the file of `id` exists but is not that record.
+    fn is_corrupt(&self, id: &str) -> Result<bool> {
+        Ok(matches!(self.load(id)?, RecordFile::Corrupt(_)))
+    }
+
+    /// What the file of `id` holds. I/O errors stay errors: only content that
+    /// is not the record counts as corrupt.
+    fn load(&self, id: &str) -> Result<RecordFile> {
+        let path = self.record_path(id);
+        Ok(match load_record_file(&path)? {
+            RecordFile::Valid(record) if record.id() != id => RecordFile::Corrupt(corrupt(
                 &path,
                 format!("holds record {:?}, not {id:?}", record.id()),
             )),
+            other => other,
+        })
+    }
+
+    /// Moves a corrupt record file into [`CORRUPT_DIR`] under a new name
+    /// (under the exclusive lock), so a write can take its place while the
+    /// content stays available for inspection.
+    fn move_aside(&self, id: &str) -> Result<()> {
+        let path = self.record_path(id);
+        let aside_dir = self.dir.join(CORRUPT_DIR);
+        create_dir(&aside_dir, self.durable())?;
+        let file_name = format!("{}{RECORD_SUFFIX}.{}", stem_for(id), micros_since_epoch());
+        let mut target = aside_dir.join(&file_name);
+        // Two files moved aside in the same microsecond: add a counter.
+        for attempt in 1..=1000 {
+            if !target.exists() {
+                break;
+            }
+            target = aside_dir.join(format!("{file_name}-{attempt}"));
         }
+        fs::rename(&path, &target).map_err(|err| io_error("moving aside", &path, err))?;
+        tracing::warn!(
+            file = %path.display(),
+            moved_to = %target.display(),
+            "moved a corrupt record file aside to write the record"
+        );
+        if self.durable() {
+            sync_dir(&aside_dir)?;
+        }
+        Ok(())
     }
 
     /// Applies conditional writes (under the exclusive lock). Order matters
@@ -469,17 +578,27 @@ impl Collection {
         let mut outcomes = Vec::with_capacity(writes.len());
         let mut current: HashMap<&str, u64> = HashMap::new();
         let mut planned: Vec<(&PreparedWrite, u64)> = Vec::new();
+        let mut corrupt_files: Vec<&str> = Vec::new();
         let mut next = self.last_seq;
         for write in writes {
-            let stored =
-                match current.get(write.id.as_str()) {
-                    Some(planned) => Some(*planned),
+            let stored = match current.get(write.id.as_str()) {
+                Some(planned) => Some(*planned),
+                None => match self.seqs.get(&write.id) {
+                    None => None,
+                    Some(seq) if write.expected.is_some() => Some(*seq),
                     // A file removed by hand leaves its log entry behind until
-                    // the next open; the record is absent all the same.
-                    None => self.seqs.get(&write.id).copied().filter(|_| {
-                        write.expected.is_some() || self.record_path(&write.id).exists()
-                    }),
-                };
+                    // the next open; the record is absent all the same. So is
+                    // a corrupt file, which reads as absent and is moved aside.
+                    Some(seq) => match self.load(&write.id)? {
+                        RecordFile::Missing => None,
+                        RecordFile::Valid(_) => Some(*seq),
+                        RecordFile::Corrupt(_) => {
+                            corrupt_files.push(&write.id);
+                            None
+                        }
+                    },
+                },
+            };
             let matches = match (&write.expected, stored) {
                 (None, None) => true,
                 (Some(Token::Sequence(expected)), Some(stored)) => *expected == stored,
@@ -489,10 +608,13 @@ impl Collection {
                 outcomes.push(WriteOutcome::Conflict);
                 continue;
             }
-            if stored.is_none() {
-                self.check_free(&write.id)?;
+            if stored.is_none()
+                && !corrupt_files.contains(&write.id.as_str())
+                && self.check_free(&write.id)?
+            {
+                corrupt_files.push(&write.id);
             }
-            next += 1;
+            next = self.checked_next(next, "sequence")?;
             current.insert(&write.id, next);
             planned.push((write, next));
             outcomes.push(WriteOutcome::Written {
@@ -529,6 +651,16 @@ impl Collection {
             remove_all(&temps);
             return Err(err);
         }
+        // The moves only happen for writes that will be renamed into place
+        // right after, so a corrupt file never vanishes without replacement
+        // (unless the process dies in between: then it reads as absent, as
+        // it did before, and is still in the sidecar directory).
+        for id in &corrupt_files {
+            if let Err(err) = self.move_aside(id) {
+                remove_all(&temps);
+                return Err(err);
+            }
+        }
         for (index, ((write, _), temp)) in planned.iter().zip(&temps).enumerate() {
             let target = self.record_path(&write.id);
             if let Err(err) = fs::rename(temp, &target) {
@@ -539,29 +671,32 @@ impl Collection {
         if durable {
             sync_dir(&self.dir)?;
         }
-        self.maybe_compact()?;
+        self.maybe_compact();
         Ok(outcomes)
     }
 
-    /// A new record's file must not exist: with a hashed name it could hold
-    /// another record whose name has the same hash (or a hand-made file), which
-    /// must be reported rather than overwritten.
-    fn check_free(&self, id: &str) -> Result<()> {
-        let path = self.record_path(id);
-        if !is_hashed(&stem_for(id)) {
-            return Ok(());
+    /// Whether a new record's file is free to write; `true` when it holds a
+    /// corrupt file that must be moved aside first. With a hashed name it could
+    /// hold another record whose name has the same hash, which must be
+    /// reported rather than overwritten.
+    fn check_free(&self, id: &str) -> Result<bool> {
+        let stem = stem_for(id);
+        if !is_hashed(&stem) {
+            return Ok(false);
         }
-        match read_record_file(&path) {
-            Ok(None) => Ok(()),
-            Ok(Some(record)) if record.id() == id => Ok(()),
-            Ok(Some(record)) => Err(corrupt(
+        let path = self.record_path(id);
+        match load_record_file(&path)? {
+            RecordFile::Missing => Ok(false),
+            RecordFile::Valid(record) if record.id() == id => Ok(false),
+            RecordFile::Valid(record) if stem_for(record.id()) == stem => Err(corrupt(
                 &path,
                 format!(
                     "holds record {:?} whose name has the same hash as {id:?}; move it away to store {id:?}",
                     record.id()
                 ),
             )),
-            Err(err) => Err(err),
+            // A record that belongs in another file, or no record at all.
+            RecordFile::Valid(_) | RecordFile::Corrupt(_) => Ok(true),
         }
     }
 
@@ -582,7 +717,7 @@ impl Collection {
             self.append(vec![LogEntry::Removed {
                 removed: id.to_owned(),
             }])?;
-            self.maybe_compact()?;
+            self.maybe_compact();
         }
         Ok(existed)
     }
@@ -592,10 +727,7 @@ impl Collection {
     pub(crate) fn clear(&mut self) -> Result<()> {
         for entry in read_dir(&self.dir)? {
             let file_name = entry.file_name();
-            let is_record = file_name.to_str().is_some_and(|n| {
-                !n.starts_with('.') && n.ends_with(&format!(".{RECORD_EXTENSION}"))
-            });
-            if is_record {
+            if file_name.to_str().and_then(record_stem).is_some() {
                 let path = entry.path();
                 fs::remove_file(&path).map_err(|err| io_error("removing", &path, err))?;
             }
@@ -657,15 +789,9 @@ pub(crate) fn read_all(dir: &Path) -> Result<(Vec<Record>, Vec<CorruptFile>)> {
     for entry in entries {
         let entry = entry.map_err(|err| io_error("listing", dir, err))?;
         let file_name = entry.file_name();
-        let Some(stem) = file_name
-            .to_str()
-            .and_then(|n| n.strip_suffix(&format!(".{RECORD_EXTENSION}")))
-        else {
+        let Some(stem) = file_name.to_str().and_then(record_stem) else {
             continue;
         };
-        if stem.starts_with('.') {
-            continue;
-        }
         let path = entry.path();
         match read_record_file(&path) {
             Ok(Some(record)) if stem_for(record.id()) == stem => records.push(record),
@@ -692,28 +818,59 @@ pub(crate) fn read_all(dir: &Path) -> Result<(Vec<Record>, Vec<CorruptFile>)> {
 /// Whether a collection directory holds at least one record file.
 pub(crate) fn has_records(dir: &Path) -> Result<bool> {
     for entry in read_dir(dir)? {
-        let file_name = entry.file_name();
-        if file_name
-            .to_str()
-            .is_some_and(|n| !n.starts_with('.') && n.ends_with(&format!(".{RECORD_EXTENSION}")))
-        {
+        if entry.file_name().to_str().and_then(record_stem).is_some() {
             return Ok(true);
         }
     }
     Ok(false)
 }
 
+/// The stem of a record file's name (the encoded id), or `None` for anything
+/// else: names starting with a dot belong to the store.
+pub(crate) fn record_stem(file_name: &str) -> Option<&str> {
+    file_name
+        .strip_suffix(RECORD_SUFFIX)
+        .filter(|stem| !stem.starts_with('.'))
+}
+
+/// What a record file holds.
+enum RecordFile {
+    /// There is no such file.
+    Missing,
+    /// A record (not yet checked against the file's name).
+    Valid(Record),
+    /// Something that is not a record, with the error naming the file.
+    Corrupt(Error),
+}
+
+/// Reads and parses one record file. Only failing to read it is an error.
+fn load_record_file(path: &Path) -> Result<RecordFile> {
+    let Some(bytes) = read_if_exists(path)? else {
+        return Ok(RecordFile::Missing);
+    };
+    let value: serde_json::Value = match serde_json::from_slice(&bytes) {
+        Ok(value) => value,
+        Err(err) => {
+            return Ok(RecordFile::Corrupt(corrupt(
+                path,
+                format!("not JSON: {err}"),
+            )))
+        }
+    };
+    Ok(match Record::from_json(value) {
+        Ok(record) => RecordFile::Valid(record),
+        Err(err) => RecordFile::Corrupt(corrupt(path, err)),
+    })
+}
+
 /// Reads and parses one record file; `None` when it does not exist. A file
 /// that is not a record gives an error naming it.
 pub(crate) fn read_record_file(path: &Path) -> Result<Option<Record>> {
-    let Some(bytes) = read_if_exists(path)? else {
-        return Ok(None);
-    };
-    let value: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|err| corrupt(path, format!("not JSON: {err}")))?;
-    Record::from_json(value)
-        .map(Some)
-        .map_err(|err| corrupt(path, err))
+    match load_record_file(path)? {
+        RecordFile::Missing => Ok(None),
+        RecordFile::Valid(record) => Ok(Some(record)),
+        RecordFile::Corrupt(err) => Err(err),
+    }
 }
 
 fn read_dir(dir: &Path) -> Result<Vec<fs::DirEntry>> {

@@ -37,6 +37,7 @@
 //!     .changes              change log: sequence of each record's last change
 //!     .lock                 lock for writers (exclusive) and readers (shared)
 //!     .name                 the collection's name, when the directory name is hashed
+//!     .corrupt/             corrupt record files a write moved aside, kept for inspection
 //! ```
 //!
 //! Names starting with a dot belong to the store; record and collection names
@@ -60,7 +61,7 @@
 //!   encoded bytes, `~` and 32 hex digits of its SHA-256, keeping file names
 //!   under 255 bytes and paths short. The name is then read from the file (a
 //!   record's `id`, a collection's `.name`); a file found under a name that
-//!   does not match its content is reported, never overwritten.
+//!   does not match its content is corrupt (see below), never overwritten.
 //!
 //! # Durability and crashes
 //!
@@ -85,18 +86,28 @@
 //! never lose an update. The log is rewritten without superseded entries once
 //! it grows to twice the live records; if it is deleted or damaged it is
 //! rebuilt from the record files, giving them all new sequences (readers then
-//! see every record again instead of missing any).
+//! see every record again instead of missing any). Sequences stay at or below
+//! 2^53 (exact in every JSON implementation): a log holding a bigger number is
+//! treated as damaged and rebuilt, and a log that would need one refuses
+//! writes with [`Error::Storage`].
 //!
 //! # Corrupt files
 //!
 //! A record file that cannot be read as the record its name says (edited by
 //! hand, say) makes [`get`](StorageBackend::get) of that record fail with
 //! [`Error::Storage`] naming the file. It does not block the rest:
-//! [`get_all`](StorageBackend::get_all) and the change feed skip it with a
-//! `tracing` warning naming the file, and [`FsBackend::corrupt_files`] lists
-//! such files. After repairing a file by hand, write the record again through
-//! the engine so that it re-enters the change feed. Record files added or
-//! removed by hand are indexed the next time a handle opens the collection.
+//! [`get_many`](StorageBackend::get_many) (which the engine's sync uses) reads
+//! it as absent, [`get_all`](StorageBackend::get_all) and the change feed skip
+//! it, each with a `tracing` warning naming the file, and
+//! [`FsBackend::corrupt_files`] lists such files. A write that creates the
+//! record (expects it absent, as a sync does after reading it as absent)
+//! takes the file's place: the corrupt file is first moved to
+//! `.corrupt/<file name>.<microseconds>` in the collection's directory, so
+//! nothing is destroyed and it can still be inspected; the store never
+//! deletes anything from `.corrupt/`. After repairing a file by hand instead,
+//! write the record again through the engine so that it re-enters the change
+//! feed. Record files added or removed by hand are indexed the next time a
+//! handle opens the collection.
 //!
 //! [`close`](StorageBackend::close) never deletes anything; only
 //! [`clear_collection`](StorageBackend::clear_collection) removes records in
@@ -372,7 +383,12 @@ impl StorageBackend for FsBackend {
         let count = owned.len();
         let found = self
             .with_collection(collection, false, move |c| {
-                c.shared(|c| owned.iter().map(|id| c.read_stored(id)).collect())
+                c.shared(|c| {
+                    owned
+                        .iter()
+                        .map(|id| c.read_stored_skipping_corrupt(id))
+                        .collect()
+                })
             })
             .await?;
         Ok(found.unwrap_or_else(|| vec![None; count]))

@@ -1,7 +1,7 @@
 //! Ids and collection names map to distinct files inside the store only.
 
 use syncforge_backend_fs::FsBackend;
-use syncforge_core::{Error, StorageBackend, Write};
+use syncforge_core::{Error, StorageBackend, Write, WriteOutcome};
 
 use crate::{count_of, counter, put_any, tree};
 
@@ -134,7 +134,7 @@ async fn invalid_names_are_refused_and_nothing_is_written() {
 }
 
 #[tokio::test]
-async fn a_foreign_file_under_a_hashed_name_is_reported_not_overwritten() {
+async fn a_foreign_file_under_a_hashed_name_is_moved_aside_not_overwritten() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("store");
     let store = FsBackend::open(&root).await.unwrap();
@@ -145,7 +145,7 @@ async fn a_foreign_file_under_a_hashed_name_is_reported_not_overwritten() {
         .into_iter()
         .find(|n| n.ends_with(".json"))
         .unwrap();
-    // Simulate two names sharing a hash: move a's file to where b would live.
+    // A hand-made copy of a's file where b would live.
     put_any(&store, "notes", counter(&long_b, 2)).await;
     let file_b = tree(&root.join("notes"))
         .into_iter()
@@ -158,13 +158,26 @@ async fn a_foreign_file_under_a_hashed_name_is_reported_not_overwritten() {
     )
     .unwrap();
     let reopened = FsBackend::open(&root).await.unwrap();
-    let err = reopened
+    let corrupt = reopened.corrupt_files("notes").await.unwrap();
+    assert_eq!(corrupt.len(), 1);
+    assert!(corrupt[0].to_string().contains(&file_b), "{}", corrupt[0]);
+
+    // Creating b takes the file's place: the copy is moved aside, not lost.
+    let outcome = reopened
         .put("notes", &Write::create(counter(&long_b, 3)))
         .await
-        .unwrap_err();
-    assert!(matches!(err, Error::Storage { .. }), "{err}");
-    assert!(err.to_string().contains(&file_b), "{err}");
-    // The file that was there is untouched.
-    let kept = std::fs::read_to_string(root.join("notes").join(&file_b)).unwrap();
+        .unwrap();
+    assert!(matches!(outcome, WriteOutcome::Written { .. }));
+    let stored = reopened.get("notes", &long_b).await.unwrap().unwrap();
+    assert_eq!(count_of(&stored.record), 3);
+    let aside: Vec<String> = tree(&root.join("notes").join(".corrupt"));
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert!(aside[0].starts_with(&file_b), "{aside:?}");
+    let kept =
+        std::fs::read_to_string(root.join("notes").join(".corrupt").join(&aside[0])).unwrap();
     assert!(kept.contains(&long_a));
+    // a itself is untouched.
+    let a = reopened.get("notes", &long_a).await.unwrap().unwrap();
+    assert_eq!(count_of(&a.record), 1);
+    assert!(reopened.corrupt_files("notes").await.unwrap().is_empty());
 }

@@ -1,0 +1,320 @@
+//! Recovering from what a damaged directory holds: corrupt record files,
+//! out-of-range change-log numbers and a compaction that fails after a write.
+
+use std::path::Path;
+use std::time::Duration;
+
+use syncforge_backend_fs::FsBackend;
+use syncforge_core::{Error, StorageBackend, Token, Write, WriteOutcome};
+
+use crate::{count_of, counter, put_any, token_of, tree};
+
+/// The largest sequence the log may hold (2^53).
+const MAX_SEQUENCE: u64 = 1 << 53;
+
+/// Writes a change log by hand: a header, then `entries` as they are.
+fn write_log(dir: &Path, generation: u64, base: u64, entries: &[String]) {
+    let mut text = format!(
+        "{{\"format\":\"syncforge-fs/changes\",\"version\":1,\"generation\":{generation},\"base\":{base}}}\n"
+    );
+    for entry in entries {
+        text.push_str(entry);
+        text.push('\n');
+    }
+    std::fs::write(dir.join(".changes"), text).unwrap();
+}
+
+/// A collection directory holding the files of `records`, and no log.
+fn collection_with(dir: &Path, records: &[(&str, u64)]) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (id, count) in records {
+        std::fs::write(
+            dir.join(format!("{id}.json")),
+            counter(id, *count).to_json_string(),
+        )
+        .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_corrupt_file_reads_as_absent_in_a_batch_and_the_others_arrive() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FsBackend::open(tmp.path()).await.unwrap();
+    for n in 0..3 {
+        put_any(&store, "notes", counter(&format!("r{n}"), n)).await;
+    }
+    let broken = tmp.path().join("notes").join("r1.json");
+    std::fs::write(&broken, b"{\"id\": \"r1\", \"count\": ").unwrap();
+
+    let found = store
+        .get_many("notes", &["r0", "r1", "r2", "missing"])
+        .await
+        .unwrap();
+    let counts: Vec<Option<u64>> = found
+        .iter()
+        .map(|s| s.as_ref().map(|s| count_of(&s.record)))
+        .collect();
+    assert_eq!(counts, [Some(0), None, Some(2), None]);
+    // A single get still names the file, which is what a person debugging wants.
+    let err = store.get("notes", "r1").await.unwrap_err();
+    assert!(err.to_string().contains("r1.json"), "{err}");
+}
+
+#[tokio::test]
+async fn a_batch_creating_a_record_over_its_corrupt_file_moves_the_file_aside() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FsBackend::open(tmp.path()).await.unwrap();
+    let dir = tmp.path().join("notes");
+    for n in 0..3 {
+        put_any(&store, "notes", counter(&format!("r{n}"), n)).await;
+    }
+    let cursor = store.changes("notes", 0, 10).await.unwrap().next;
+    let damaged = b"{\"id\": \"r1\", \"count\": ";
+    std::fs::write(dir.join("r1.json"), damaged).unwrap();
+    // A record holding another id under r2's name is corrupt too.
+    std::fs::write(dir.join("r2.json"), counter("r0", 9).to_json_string()).unwrap();
+    assert_eq!(store.corrupt_files("notes").await.unwrap().len(), 2);
+
+    // What a sync does: read the batch, then create what reads as absent.
+    let ids = ["r1", "r2", "r3"];
+    let found = store.get_many("notes", &ids).await.unwrap();
+    assert!(found.iter().all(Option::is_none));
+    let writes: Vec<Write> = ids
+        .iter()
+        .map(|id| Write::create(counter(id, 10)))
+        .collect();
+    let outcomes = store.put_batch("notes", &writes).await.unwrap();
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, WriteOutcome::Written { .. })),
+        "{outcomes:?}"
+    );
+    for id in ids {
+        let stored = store.get("notes", id).await.unwrap().unwrap();
+        assert_eq!(count_of(&stored.record), 10, "{id}");
+    }
+    assert!(store.corrupt_files("notes").await.unwrap().is_empty());
+    let page = store.changes("notes", cursor, 10).await.unwrap();
+    let ids_in_feed: Vec<&str> = page.changes.iter().map(|c| c.record.id()).collect();
+    assert_eq!(ids_in_feed, ["r1", "r2", "r3"]);
+
+    // Nothing was destroyed: both files wait in the sidecar directory.
+    let aside = tree(&dir.join(".corrupt"));
+    assert_eq!(aside.len(), 2, "{aside:?}");
+    let r1_aside = aside.iter().find(|n| n.starts_with("r1.json.")).unwrap();
+    assert_eq!(
+        std::fs::read(dir.join(".corrupt").join(r1_aside)).unwrap(),
+        damaged
+    );
+    assert!(aside.iter().any(|n| n.starts_with("r2.json.")), "{aside:?}");
+    // The sidecar is the store's, not a collection of records.
+    assert_eq!(store.get_all("notes").await.unwrap().len(), 4);
+    store.close().await.unwrap();
+    let reopened = FsBackend::open(tmp.path()).await.unwrap();
+    assert_eq!(reopened.get_all("notes").await.unwrap().len(), 4);
+    assert_eq!(reopened.list_collections().await.unwrap(), ["notes"]);
+}
+
+#[tokio::test]
+async fn only_a_create_moves_a_corrupt_file_aside() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FsBackend::open(tmp.path()).await.unwrap();
+    let outcome = store
+        .put("notes", &Write::create(counter("r1", 1)))
+        .await
+        .unwrap();
+    let broken = tmp.path().join("notes").join("r1.json");
+    std::fs::write(&broken, b"not json").unwrap();
+    let outcome = store
+        .put(
+            "notes",
+            &Write::replace(counter("r1", 2), token_of(&outcome)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        WriteOutcome::Written {
+            token: Token::Sequence(2),
+            sequence: 2
+        }
+    );
+    // The token still matched the log: that write replaced the file as any
+    // replace does (the engine only sends tokens it read from a valid file).
+    assert!(!tmp.path().join("notes").join(".corrupt").exists());
+}
+
+#[tokio::test]
+async fn a_failed_compaction_after_a_committed_batch_still_reports_the_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("notes");
+    collection_with(&dir, &[("r1", 1)]);
+    // Enough superseded lines to compact on the next write, and a generation
+    // that cannot grow: the rewrite fails after the write is committed.
+    let entries: Vec<String> = (1..=1100)
+        .map(|seq| format!("{{\"seq\":{seq},\"id\":\"r1\"}}"))
+        .collect();
+    write_log(&dir, MAX_SEQUENCE, 0, &entries);
+
+    let store = FsBackend::open(tmp.path()).await.unwrap();
+    let stored = store.get("notes", "r1").await.unwrap().unwrap();
+    assert_eq!(stored.token, Token::Sequence(1100));
+    let outcomes = store
+        .put_batch(
+            "notes",
+            &[
+                Write::replace(counter("r1", 2), stored.token),
+                Write::create(counter("r2", 1)),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        outcomes,
+        [
+            WriteOutcome::Written {
+                token: Token::Sequence(1101),
+                sequence: 1101
+            },
+            WriteOutcome::Written {
+                token: Token::Sequence(1102),
+                sequence: 1102
+            },
+        ]
+    );
+    let r1 = store.get("notes", "r1").await.unwrap().unwrap();
+    assert_eq!(count_of(&r1.record), 2);
+    assert!(store.delete("notes", "r2").await.unwrap());
+    let page = store.changes("notes", 1100, 10).await.unwrap();
+    assert_eq!(page.changes.len(), 1);
+    assert_eq!(page.next, 1101);
+}
+
+#[tokio::test]
+async fn log_sequences_beyond_the_limit_rebuild_the_log_instead_of_overflowing() {
+    for (name, generation, base, entry) in [
+        (
+            "entry",
+            7,
+            0,
+            format!("{{\"seq\":{},\"id\":\"r1\"}}", u64::MAX),
+        ),
+        ("base", 7, u64::MAX, "{\"seq\":1,\"id\":\"r1\"}".to_owned()),
+        (
+            "generation",
+            u64::MAX,
+            0,
+            "{\"seq\":1,\"id\":\"r1\"}".to_owned(),
+        ),
+        (
+            "just above",
+            7,
+            0,
+            format!("{{\"seq\":{},\"id\":\"r1\"}}", MAX_SEQUENCE + 1),
+        ),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("notes");
+        collection_with(&dir, &[("r1", 1)]);
+        write_log(&dir, generation, base, &[entry]);
+
+        let store = FsBackend::open(tmp.path()).await.unwrap();
+        let outcome = store
+            .put("notes", &Write::create(counter("r2", 1)))
+            .await
+            .unwrap_or_else(|err| panic!("{name}: {err}"));
+        let WriteOutcome::Written { sequence, .. } = outcome else {
+            panic!("{name}: {outcome:?}");
+        };
+        assert!(sequence <= MAX_SEQUENCE, "{name}: {sequence}");
+        let r1 = store.get("notes", "r1").await.unwrap().unwrap();
+        assert!(
+            matches!(r1.token, Token::Sequence(s) if s < sequence),
+            "{name}"
+        );
+        let page = store.changes("notes", 0, 10).await.unwrap();
+        let ids: Vec<&str> = page.changes.iter().map(|c| c.record.id()).collect();
+        assert_eq!(ids, ["r1", "r2"], "{name}");
+        assert_eq!(page.next, sequence, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn a_log_at_the_sequence_limit_refuses_writes_with_a_typed_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("notes");
+    collection_with(&dir, &[("r1", 1)]);
+    write_log(
+        &dir,
+        7,
+        0,
+        &[format!("{{\"seq\":{MAX_SEQUENCE},\"id\":\"r1\"}}")],
+    );
+
+    let store = FsBackend::open(tmp.path()).await.unwrap();
+    let r1 = store.get("notes", "r1").await.unwrap().unwrap();
+    assert_eq!(r1.token, Token::Sequence(MAX_SEQUENCE));
+    let before = tree(&dir);
+    for _ in 0..2 {
+        let err = store
+            .put("notes", &Write::create(counter("r2", 1)))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Storage { .. }), "{err}");
+        assert!(err.to_string().contains(".changes"), "{err}");
+    }
+    assert_eq!(tree(&dir), before, "a refused write writes nothing");
+    // The handle is not poisoned: reads keep working.
+    let r1 = store.get("notes", "r1").await.unwrap().unwrap();
+    assert_eq!(r1.token, Token::Sequence(MAX_SEQUENCE));
+    assert_eq!(
+        store.changes("notes", 0, 10).await.unwrap().changes.len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn the_name_file_of_a_hashed_collection_is_written_under_the_lock() {
+    let tmp = tempfile::tempdir().unwrap();
+    let collection = "c".repeat(300);
+    let first = FsBackend::open(tmp.path()).await.unwrap();
+    put_any(&first, &collection, counter("r1", 1)).await;
+    first.close().await.unwrap();
+    let dir_name = tree(tmp.path())
+        .into_iter()
+        .find(|n| n.contains('~') && !n.contains('/'))
+        .unwrap();
+    let dir = tmp.path().join(dir_name);
+    std::fs::remove_file(dir.join(".name")).unwrap();
+
+    // Another process holds the collection's lock (its reconcile removes
+    // temporaries): nothing may be written into the directory meanwhile.
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dir.join(".lock"))
+        .unwrap();
+    lock.lock().unwrap();
+    let second = FsBackend::open(tmp.path()).await.unwrap();
+    let reader = {
+        let collection = collection.clone();
+        tokio::spawn(async move { second.get(&collection, "r1").await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !dir.join(".name").exists(),
+        "the name file was written without the lock"
+    );
+    lock.unlock().unwrap();
+    let found = tokio::time::timeout(Duration::from_secs(10), reader)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(count_of(&found.unwrap().record), 1);
+    assert_eq!(
+        std::fs::read_to_string(dir.join(".name")).unwrap(),
+        collection
+    );
+}
