@@ -5,7 +5,11 @@
 //! rewritten) and a base sequence (the highest sequence ever assigned when it
 //! was rewritten, so sequences never go back). Each further line says that a
 //! record got a sequence (`{"seq":7,"id":"n1"}`) or was removed for good
-//! (`{"removed":"n1"}`). Every handle keeps the log's content in memory and
+//! (`{"removed":"n1"}`). A line `{"newest":"<stamp>"}` (or `null` for none)
+//! bounds the newest stamp of every record written before it, so opening an
+//! engine need not read the record files; a log without one (rebuilt from
+//! the files, say) gets one the first time the newest stamp is asked for.
+//! Every handle keeps the log's content in memory and
 //! reads only what was appended since it last looked, so a change read by
 //! another handle or process is seen on the next call.
 //!
@@ -21,7 +25,9 @@ use std::io::{self, Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use syncforge_core::{Change, ChangePage, Error, Record, Result, Stored, Token, WriteOutcome};
+use syncforge_core::{
+    Change, ChangePage, Error, Record, Result, Stamp, Stored, Token, WriteOutcome,
+};
 
 use crate::encoding::{decode, is_hashed, stem_for};
 use crate::files::{
@@ -65,6 +71,33 @@ struct LogHeader {
 enum LogEntry {
     Written { seq: u64, id: String },
     Removed { removed: String },
+    Newest { newest: Option<Stamp> },
+}
+
+/// What the log says about the newest stamp among the collection's records.
+#[derive(Clone)]
+enum NewestStamp {
+    /// The log has no `newest` line since it was last rewritten from the
+    /// record files: only reading them tells.
+    Unknown,
+    /// At least as new as every stamp stored (`None`: nothing was stored).
+    Known(Option<Stamp>),
+}
+
+impl NewestStamp {
+    /// The line to append when `stamp` was just stored and is newer than what
+    /// is known; nothing when unknown (the next read of the files covers it).
+    fn raised_by(&self, stamp: Option<&Stamp>) -> Option<LogEntry> {
+        let (NewestStamp::Known(known), Some(stamp)) = (self, stamp) else {
+            return None;
+        };
+        if known.as_ref().is_some_and(|known| known >= stamp) {
+            return None;
+        }
+        Some(LogEntry::Newest {
+            newest: Some(stamp.clone()),
+        })
+    }
 }
 
 /// A write that passed its condition, ready to be stored.
@@ -75,6 +108,8 @@ pub(crate) struct PreparedWrite {
     pub(crate) json: String,
     /// The token the write expects.
     pub(crate) expected: Option<Token>,
+    /// The newest stamp the record holds.
+    pub(crate) newest: Stamp,
 }
 
 /// The in-memory view of one collection, shared by the calls of one handle.
@@ -92,6 +127,7 @@ pub(crate) struct Collection {
     last_seq: u64,
     seqs: HashMap<String, u64>,
     by_seq: BTreeMap<u64, String>,
+    newest: NewestStamp,
 }
 
 impl Collection {
@@ -127,6 +163,7 @@ impl Collection {
             last_seq: 0,
             seqs: HashMap::new(),
             by_seq: BTreeMap::new(),
+            newest: NewestStamp::Unknown,
         };
         // Under the lock: another process reconciling the directory removes
         // temporaries, which would include this write's.
@@ -288,6 +325,7 @@ impl Collection {
         self.last_seq = base;
         self.seqs.clear();
         self.by_seq.clear();
+        self.newest = NewestStamp::Unknown;
     }
 
     fn apply(&mut self, entry: LogEntry) {
@@ -304,6 +342,13 @@ impl Collection {
                 if let Some(old) = self.seqs.remove(&removed) {
                     self.by_seq.remove(&old);
                 }
+            }
+            LogEntry::Newest { newest } => {
+                let known = match &self.newest {
+                    NewestStamp::Known(known) => known.clone().max(newest),
+                    NewestStamp::Unknown => newest,
+                };
+                self.newest = NewestStamp::Known(known);
             }
         }
     }
@@ -337,7 +382,8 @@ impl Collection {
                 highest_generation = highest_generation.max(number("generation").unwrap_or(0));
             }
         }
-        if old.is_some() || has_records(&self.dir)? {
+        let has_records = has_records(&self.dir)?;
+        if old.is_some() || has_records {
             // What the lost log held is unknown, so readers' cursors could
             // be anywhere up to its last sequence. No count of writes comes
             // near the current time in microseconds: starting above it keeps
@@ -345,6 +391,9 @@ impl Collection {
             highest_seq = highest_seq.max(micros_since_epoch());
         }
         self.reset(highest_generation, highest_seq);
+        if !has_records {
+            self.newest = NewestStamp::Known(None);
+        }
         self.rewrite_log(highest_seq)?;
         self.reconcile()
     }
@@ -364,6 +413,11 @@ impl Collection {
             base,
         };
         let mut text = json_line(&header)?;
+        if let NewestStamp::Known(newest) = &self.newest {
+            text.push_str(&json_line(&LogEntry::Newest {
+                newest: newest.clone(),
+            })?);
+        }
         for (seq, id) in &self.by_seq {
             text.push_str(&json_line(&LogEntry::Written {
                 seq: *seq,
@@ -373,7 +427,7 @@ impl Collection {
         replace_atomically(&self.log_path(), text.as_bytes(), self.durable())?;
         self.generation = generation;
         self.offset = text.len() as u64;
-        self.lines = self.by_seq.len();
+        self.lines = self.by_seq.len() + usize::from(matches!(self.newest, NewestStamp::Known(_)));
         self.last_seq = self.last_seq.max(base);
         Ok(())
     }
@@ -403,15 +457,24 @@ impl Collection {
             .filter(|id| !self.seqs.contains_key(*id))
             .collect();
         unknown.sort();
-        let mut entries = Vec::with_capacity(unknown.len());
+        let mut entries = Vec::with_capacity(unknown.len() + 1);
         let mut seq = self.last_seq;
+        let mut newest = None;
         for id in unknown {
             seq = self.checked_next(seq, "sequence")?;
+            if matches!(self.newest, NewestStamp::Known(_)) {
+                // Files added by hand: their stamps count too. A corrupt one
+                // reads as absent, and whatever replaces it is a write.
+                if let RecordFile::Valid(record) = self.load(id)? {
+                    newest = newest.max(Some(record.newest_stamp().clone()));
+                }
+            }
             entries.push(LogEntry::Written {
                 seq,
                 id: id.clone(),
             });
         }
+        entries.extend(self.newest.raised_by(newest.as_ref()));
         for id in self.seqs.keys().filter(|id| !on_disk.contains(*id)) {
             entries.push(LogEntry::Removed {
                 removed: id.clone(),
@@ -640,13 +703,15 @@ impl Collection {
             remove_all(&temps);
             return Err(err);
         }
-        let entries = planned
+        let mut entries: Vec<LogEntry> = planned
             .iter()
             .map(|(write, seq)| LogEntry::Written {
                 seq: *seq,
                 id: write.id.clone(),
             })
             .collect();
+        let batch_newest = planned.iter().map(|(write, _)| &write.newest).max();
+        entries.extend(self.newest.raised_by(batch_newest));
         if let Err(err) = self.append(entries) {
             remove_all(&temps);
             return Err(err);
@@ -698,6 +763,21 @@ impl Collection {
             // A record that belongs in another file, or no record at all.
             RecordFile::Valid(_) | RecordFile::Corrupt(_) => Ok(true),
         }
+    }
+
+    /// At least the newest stamp of the collection's records (under the
+    /// exclusive lock). Read from the log when it knows; otherwise from every
+    /// record file once, and then written to the log for the next time.
+    pub(crate) fn newest_stamp(&mut self) -> Result<Option<Stamp>> {
+        if let NewestStamp::Known(newest) = &self.newest {
+            return Ok(newest.clone());
+        }
+        let (records, _) = read_all(&self.dir)?;
+        let newest = records.iter().map(Record::newest_stamp).max().cloned();
+        self.append(vec![LogEntry::Newest {
+            newest: newest.clone(),
+        }])?;
+        Ok(newest)
     }
 
     /// Removes a record for good (under the exclusive lock). The file goes

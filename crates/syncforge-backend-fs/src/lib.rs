@@ -91,6 +91,14 @@
 //! treated as damaged and rebuilt, and a log that would need one refuses
 //! writes with [`Error::Storage`].
 //!
+//! The log also keeps a bound on the newest stamp stored (raised by every
+//! write, and by files added by hand when they are indexed), so
+//! [`newest_stamp`](StorageBackend::newest_stamp), which seeds an engine's
+//! clock when it opens, reads no record file. A log that does not know it
+//! (rebuilt, say) reads the record files once and then remembers. Like the
+//! change feed, it does not notice a record file edited by hand in place until
+//! the record is written again.
+//!
 //! # Corrupt files
 //!
 //! A record file that cannot be read as the record its name says (edited by
@@ -124,7 +132,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use syncforge_core::{
-    async_trait, validate_collection, validate_id, ChangePage, Error, Record, Result,
+    async_trait, validate_collection, validate_id, ChangePage, Error, Record, Result, Stamp,
     StorageBackend, Stored, Write, WriteOutcome,
 };
 
@@ -409,6 +417,7 @@ impl StorageBackend for FsBackend {
                 id: write.record.id().to_owned(),
                 json: write.record.to_json_string(),
                 expected: write.expected.clone(),
+                newest: write.record.newest_stamp().clone(),
             });
         }
         validate_collection(collection)?;
@@ -490,6 +499,23 @@ impl StorageBackend for FsBackend {
         self.with_collection(collection, false, |c| c.exclusive(Collection::clear))
             .await?;
         Ok(())
+    }
+
+    /// Read from each collection's change log, which keeps it on every write;
+    /// record files are read only for a log that does not know it yet
+    /// (rebuilt, or written by an older version), once.
+    async fn newest_stamp(&self) -> Result<Option<Stamp>> {
+        let mut newest = None;
+        for collection in self.list_collections().await? {
+            let found = self
+                .with_collection(&collection, false, |c| {
+                    c.exclusive(Collection::newest_stamp)
+                })
+                .await?
+                .flatten();
+            newest = newest.max(found);
+        }
+        Ok(newest)
     }
 
     async fn get_meta(&self, key: &str) -> Result<Option<String>> {

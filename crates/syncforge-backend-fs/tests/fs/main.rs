@@ -13,6 +13,7 @@ mod conformance;
 mod crash;
 mod durability;
 mod names;
+mod newest;
 mod recovery;
 
 use std::path::Path;
