@@ -318,3 +318,25 @@ async fn the_name_file_of_a_hashed_collection_is_written_under_the_lock() {
         collection
     );
 }
+
+#[tokio::test]
+async fn a_page_ending_in_corrupt_entries_moves_its_cursor_past_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FsBackend::open(tmp.path()).await.unwrap();
+    let first = put_any(&store, "notes", counter("r0", 0)).await;
+    put_any(&store, "notes", counter("r1", 1)).await;
+    let last = put_any(&store, "notes", counter("r2", 2)).await;
+    for id in ["r1", "r2"] {
+        std::fs::write(tmp.path().join("notes").join(format!("{id}.json")), b"x").unwrap();
+    }
+    let page = store.changes("notes", 0, 2).await.unwrap();
+    assert_eq!(page.changes.len(), 1);
+    assert_eq!(page.changes[0].sequence, first);
+    // `next` is the last sequence examined, not the last returned: a reader
+    // paging on does not read the skipped entries again.
+    assert_eq!(page.next, last);
+    assert!(!page.more);
+    let rest = store.changes("notes", page.next, 2).await.unwrap();
+    assert!(rest.changes.is_empty());
+    assert_eq!(rest.next, last);
+}
