@@ -40,7 +40,7 @@ use crate::{CorruptFile, Durability};
 const RECORD_SUFFIX: &str = ".json";
 /// Directory (in a collection directory) where corrupt record files are moved
 /// when a write replaces them, so that nothing is silently destroyed.
-pub(crate) const CORRUPT_DIR: &str = ".corrupt";
+const CORRUPT_DIR: &str = ".corrupt";
 /// The highest sequence, base or generation the log may hold: the largest
 /// integer a JSON number keeps exactly everywhere (2^53). A value above it
 /// read from disk makes the log unreadable (and rebuilt), and no increment
@@ -561,6 +561,24 @@ impl Collection {
     /// Reads one record with its token (under a lock); a corrupt file is an
     /// error naming it.
     pub(crate) fn read_stored(&self, id: &str) -> Result<Option<Stored>> {
+        self.read_stored_or(id, Err)
+    }
+
+    /// Reads one record with its token (under a lock); a corrupt file reads
+    /// as absent, with a warning, so that it cannot fail a whole batch of
+    /// reads, and a write expecting the record to be absent replaces it.
+    pub(crate) fn read_stored_skipping_corrupt(&self, id: &str) -> Result<Option<Stored>> {
+        self.read_stored_or(id, |err| {
+            tracing::warn!(%err, "reading a corrupt record file as absent");
+            Ok(None)
+        })
+    }
+
+    fn read_stored_or(
+        &self,
+        id: &str,
+        on_corrupt: impl FnOnce(Error) -> Result<Option<Stored>>,
+    ) -> Result<Option<Stored>> {
         let Some(seq) = self.seqs.get(id) else {
             return Ok(None);
         };
@@ -570,26 +588,8 @@ impl Collection {
                 record,
                 token: Token::Sequence(*seq),
             })),
-            RecordFile::Corrupt(err) => Err(err),
+            RecordFile::Corrupt(err) => on_corrupt(err),
         }
-    }
-
-    /// Reads one record with its token (under a lock); a corrupt file reads
-    /// as absent, with a warning, so that it cannot fail a whole batch of
-    /// reads, and a write expecting the record to be absent replaces it.
-    pub(crate) fn read_stored_skipping_corrupt(&self, id: &str) -> Result<Option<Stored>> {
-        match self.read_stored(id) {
-            Err(err) if self.is_corrupt(id)? => {
-                tracing::warn!(%err, "reading a corrupt record file as absent");
-                Ok(None)
-            }
-            other => other,
-        }
-    }
-
-    /// Whether the file of `id` exists but is not that record.
-    fn is_corrupt(&self, id: &str) -> Result<bool> {
-        Ok(matches!(self.load(id)?, RecordFile::Corrupt(_)))
     }
 
     /// What the file of `id` holds. I/O errors stay errors: only content that
