@@ -113,22 +113,22 @@ const ROWS: &[RowSpec] = &[
     },
     RowSpec {
         key: "fs_put_10k_durable",
-        label: "fs: put 10k, durable",
+        label: "fs: put 10k (quick 1k), durable",
         target: Target::None,
     },
     RowSpec {
         key: "fs_put_10k_buffered",
-        label: "fs: put 10k, buffered",
+        label: "fs: put 10k (quick 1k), buffered",
         target: Target::None,
     },
     RowSpec {
         key: "fs_get_all_10k",
-        label: "fs: get_all of 10k",
+        label: "fs: get_all of 10k (quick 1k)",
         target: Target::None,
     },
     RowSpec {
         key: "fs_sync_10k_durable",
-        label: "fs: sync 10k into an empty store, durable",
+        label: "fs: sync 10k (quick 1k) into empty, durable",
         target: Target::FasterThan {
             than: "fs_put_10k_durable",
             factor: 10.0,
@@ -136,7 +136,7 @@ const ROWS: &[RowSpec] = &[
     },
     RowSpec {
         key: "fs_incremental_100_into_100k",
-        label: "fs: 100 changes via feed+sync into 100k, durable",
+        label: "fs: 100 changes feed+sync into 100k (quick 10k)",
         target: Target::None,
     },
     RowSpec {

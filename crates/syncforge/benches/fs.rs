@@ -1,9 +1,10 @@
 //! The filesystem backend: 10,000 puts (durable and buffered), `get_all` of
 //! 10,000 records, a sync of 10,000 records into an empty store, and an
 //! incremental sync of 100 changes (read from the sender's change feed) into
-//! a store of 100,000 records. Stores live in a temporary directory under the
-//! bench output directory — on the disk the target directory is on, not on a
-//! tmpfs, so that durable writes really reach the device.
+//! a store of 100,000 records. The quick mode uses a tenth of each count.
+//! Stores live in a temporary directory under the bench output directory — on
+//! the disk the target directory is on, not on a tmpfs, so that durable
+//! writes really reach the device.
 //!
 //! `cargo xtask bench` compares the durable sync with the durable puts: a
 //! sync writes a batch with one group commit, a put commits on its own.
@@ -27,9 +28,9 @@ use support::{runtime, timed, timed_checked, written_records, Person, COLLECTION
 
 const GROUP: &str = "fs";
 /// Records of the put, get_all and sync rows.
-const RECORDS: usize = 10_000;
+const FULL_RECORDS: usize = 10_000;
 /// Records of the store the incremental sync goes into.
-const LARGE: usize = 100_000;
+const FULL_LARGE: usize = 100_000;
 /// Changes per incremental sync.
 const INCREMENTAL: usize = 100;
 
@@ -52,8 +53,30 @@ async fn fs_engine(client: &str, dir: &Path, durability: Durability) -> SyncEngi
         .unwrap()
 }
 
+/// Records of the put, get_all and sync rows: 10,000, or 1,000 in the
+/// quick mode. Every file write costs the same whatever the count (durable
+/// ones wait for their own `fsync`s, milliseconds on most disks), so the rate
+/// per record holds; the smaller count keeps the quick mode quick.
+fn records() -> usize {
+    if support::quick() {
+        FULL_RECORDS / 10
+    } else {
+        FULL_RECORDS
+    }
+}
+
+/// Records of the store the incremental sync goes into: 100,000, or 10,000
+/// in the quick mode (loading 100,000 files takes minutes).
+fn large() -> usize {
+    if support::quick() {
+        FULL_LARGE / 10
+    } else {
+        FULL_LARGE
+    }
+}
+
 fn puts(c: &mut Criterion, rt: &Runtime, durability: Durability, id: &str) {
-    let people: Vec<Person> = (0..RECORDS).map(Person::nth).collect();
+    let people: Vec<Person> = (0..records()).map(Person::nth).collect();
     c.benchmark_group(GROUP).bench_function(id, |b| {
         b.iter_custom(|iters| {
             timed(
@@ -106,7 +129,7 @@ fn get_all(c: &mut Criterion, rt: &Runtime, records: &[Record]) {
                     iters,
                     || (),
                     |()| rt.block_on(engine.get_all(COLLECTION)).unwrap(),
-                    |all| assert_eq!(all.len(), RECORDS),
+                    |all| assert_eq!(all.len(), records()),
                 )
             })
         });
@@ -127,7 +150,7 @@ fn sync_into_empty(c: &mut Criterion, rt: &Runtime, records: &[Record]) {
                         let result = rt.block_on(engine.sync(COLLECTION, batch)).unwrap();
                         (dir, engine, result)
                     },
-                    |(_, _, result)| assert_eq!(result.added, RECORDS),
+                    |(_, _, result)| assert_eq!(result.added, records()),
                 )
             })
         });
@@ -139,7 +162,7 @@ fn sync_into_empty(c: &mut Criterion, rt: &Runtime, records: &[Record]) {
 fn incremental(c: &mut Criterion, rt: &Runtime) {
     c.benchmark_group(GROUP)
         .bench_function("fs_incremental_100_into_100k", |b| {
-            let base = written_records(rt, "writer", LARGE);
+            let base = written_records(rt, "writer", large());
             let sender = rt.block_on(support::engine_holding("sender", &base));
             let (_dir, receiver) = durable_store_holding(rt, "receiver", &base);
             drop(base);
@@ -161,7 +184,7 @@ fn incremental(c: &mut Criterion, rt: &Runtime) {
                         round += 1;
                         rt.block_on(async {
                             for k in 0..INCREMENTAL {
-                                let i = (k * LARGE / INCREMENTAL + round) % LARGE;
+                                let i = (k * large() / INCREMENTAL + round) % large();
                                 let mut person = Person::nth(i);
                                 person.email = format!("round{round}@example.org");
                                 sender.put(COLLECTION, &person).await.unwrap();
@@ -189,7 +212,7 @@ fn main() {
     let since = SystemTime::now();
     let rt = runtime();
     let mut c = support::criterion();
-    let records = written_records(&rt, "writer", RECORDS);
+    let records = written_records(&rt, "writer", records());
     puts(&mut c, &rt, Durability::Full, "fs_put_10k_durable");
     puts(&mut c, &rt, Durability::Buffered, "fs_put_10k_buffered");
     get_all(&mut c, &rt, &records);
@@ -199,10 +222,10 @@ fn main() {
     support::report_medians(
         GROUP,
         &[
-            ("fs_put_10k_durable", RECORDS),
-            ("fs_put_10k_buffered", RECORDS),
-            ("fs_get_all_10k", RECORDS),
-            ("fs_sync_10k_durable", RECORDS),
+            ("fs_put_10k_durable", records()),
+            ("fs_put_10k_buffered", records()),
+            ("fs_get_all_10k", records()),
+            ("fs_sync_10k_durable", records()),
             ("fs_incremental_100_into_100k", INCREMENTAL),
         ],
         since,
