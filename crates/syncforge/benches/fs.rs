@@ -57,7 +57,7 @@ async fn fs_engine(client: &str, dir: &Path, durability: Durability) -> SyncEngi
 /// quick mode. Every file write costs the same whatever the count (durable
 /// ones wait for their own `fsync`s, milliseconds on most disks), so the rate
 /// per record holds; the smaller count keeps the quick mode quick.
-fn records() -> usize {
+fn record_count() -> usize {
     if support::quick() {
         FULL_RECORDS / 10
     } else {
@@ -67,7 +67,7 @@ fn records() -> usize {
 
 /// Records of the store the incremental sync goes into: 100,000, or 10,000
 /// in the quick mode (loading 100,000 files takes minutes).
-fn large() -> usize {
+fn large_count() -> usize {
     if support::quick() {
         FULL_LARGE / 10
     } else {
@@ -76,7 +76,7 @@ fn large() -> usize {
 }
 
 fn puts(c: &mut Criterion, rt: &Runtime, durability: Durability, id: &str) {
-    let people: Vec<Person> = (0..records()).map(Person::nth).collect();
+    let people: Vec<Person> = (0..record_count()).map(Person::nth).collect();
     c.benchmark_group(GROUP).bench_function(id, |b| {
         b.iter_custom(|iters| {
             timed(
@@ -129,7 +129,7 @@ fn get_all(c: &mut Criterion, rt: &Runtime, records: &[Record]) {
                     iters,
                     || (),
                     |()| rt.block_on(engine.get_all(COLLECTION)).unwrap(),
-                    |all| assert_eq!(all.len(), records()),
+                    |all| assert_eq!(all.len(), record_count()),
                 )
             })
         });
@@ -150,7 +150,7 @@ fn sync_into_empty(c: &mut Criterion, rt: &Runtime, records: &[Record]) {
                         let result = rt.block_on(engine.sync(COLLECTION, batch)).unwrap();
                         (dir, engine, result)
                     },
-                    |(_, _, result)| assert_eq!(result.added, records()),
+                    |(_, _, result)| assert_eq!(result.added, record_count()),
                 )
             })
         });
@@ -162,7 +162,7 @@ fn sync_into_empty(c: &mut Criterion, rt: &Runtime, records: &[Record]) {
 fn incremental(c: &mut Criterion, rt: &Runtime) {
     c.benchmark_group(GROUP)
         .bench_function("fs_incremental_100_into_100k", |b| {
-            let base = written_records(rt, "writer", large());
+            let base = written_records(rt, "writer", large_count());
             let sender = rt.block_on(support::engine_holding("sender", &base));
             let (_dir, receiver) = durable_store_holding(rt, "receiver", &base);
             drop(base);
@@ -184,7 +184,7 @@ fn incremental(c: &mut Criterion, rt: &Runtime) {
                         round += 1;
                         rt.block_on(async {
                             for k in 0..INCREMENTAL {
-                                let i = (k * large() / INCREMENTAL + round) % large();
+                                let i = (k * large_count() / INCREMENTAL + round) % large_count();
                                 let mut person = Person::nth(i);
                                 person.email = format!("round{round}@example.org");
                                 sender.put(COLLECTION, &person).await.unwrap();
@@ -212,7 +212,7 @@ fn main() {
     let since = SystemTime::now();
     let rt = runtime();
     let mut c = support::criterion();
-    let records = written_records(&rt, "writer", records());
+    let records = written_records(&rt, "writer", record_count());
     puts(&mut c, &rt, Durability::Full, "fs_put_10k_durable");
     puts(&mut c, &rt, Durability::Buffered, "fs_put_10k_buffered");
     get_all(&mut c, &rt, &records);
@@ -222,10 +222,10 @@ fn main() {
     support::report_medians(
         GROUP,
         &[
-            ("fs_put_10k_durable", records()),
-            ("fs_put_10k_buffered", records()),
-            ("fs_get_all_10k", records()),
-            ("fs_sync_10k_durable", records()),
+            ("fs_put_10k_durable", record_count()),
+            ("fs_put_10k_buffered", record_count()),
+            ("fs_get_all_10k", record_count()),
+            ("fs_sync_10k_durable", record_count()),
             ("fs_incremental_100_into_100k", INCREMENTAL),
         ],
         since,
