@@ -36,8 +36,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use syncforge_core::{
-    async_trait, validate_collection, validate_id, Change, ChangePage, Error, Record, Result,
-    Stamp, StorageBackend, Stored, Token, Write, WriteOutcome,
+    async_trait, validate_collection, validate_id, validate_page_limit, Change, ChangePage, Error,
+    Record, Result, Stamp, StorageBackend, Stored, Token, Write, WriteOutcome,
 };
 
 const BACKEND_NAME: &str = "memory";
@@ -283,6 +283,7 @@ impl StorageBackend for MemoryBackend {
 
     async fn changes(&self, collection: &str, after: u64, limit: usize) -> Result<ChangePage> {
         validate_collection(collection)?;
+        validate_page_limit(limit)?;
         let state = self.lock()?;
         let Some(c) = state.collections.get(collection) else {
             return Ok(ChangePage {

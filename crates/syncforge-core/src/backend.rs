@@ -93,8 +93,10 @@ pub struct ChangePage {
     /// Changed records, in increasing sequence order; each record at most once,
     /// at its latest change.
     pub changes: Vec<Change>,
-    /// The cursor to continue from: the last sequence returned, or the cursor
-    /// asked for when nothing was returned.
+    /// The cursor to continue from: the sequence up to which the feed was
+    /// read. That is the last sequence returned, or beyond it when a backend
+    /// skipped unreadable entries after it, or the cursor asked for when
+    /// nothing was read.
     pub next: u64,
     /// Whether more changes lie beyond this page.
     pub more: bool,
@@ -154,7 +156,8 @@ pub trait StorageBackend: Send + Sync + Debug {
     async fn delete(&self, collection: &str, id: &str) -> Result<bool>;
 
     /// Changes with a sequence greater than `after`, oldest first, at most
-    /// `limit` of them.
+    /// `limit` of them. A `limit` of 0 is refused with
+    /// [`Error::InvalidArgument`]: such a page could never advance a reader.
     async fn changes(&self, collection: &str, after: u64, limit: usize) -> Result<ChangePage>;
 
     /// Records whose `_timestamp` is greater than `millis`. Time-based: it can

@@ -8,6 +8,8 @@
 //! replica never issues the same stamp twice and no two replicas issue equal
 //! stamps.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,20 +23,78 @@ use crate::validate::validate_id;
 ///
 /// A thin pointer (`Arc<String>`, not the two-word `Arc<str>`): every field of
 /// every record carries a stamp, and a stamp with a one-word client id is a
-/// quarter smaller.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// quarter smaller. Ids are shared: the same id made twice on one thread is
+/// one string, so comparing the stamps of one writer (all fields of a record
+/// written together have equal stamps) stops at the pointer instead of
+/// reading both strings.
+#[derive(Clone)]
 pub struct ClientId(Arc<String>);
 
 impl ClientId {
     /// A client id: 1 to 1024 bytes, no control characters.
     pub fn new(id: &str) -> Result<Self> {
         validate_id(id)?;
-        Ok(ClientId(Arc::new(id.to_owned())))
+        Ok(shared_client(id))
     }
 
     /// The id as a string slice.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// The shared copy of client id `id`. Each thread keeps a table of the short
+/// ids it has seen, bounded so that a stream of ever-new ids cannot grow it
+/// without limit (ids beyond the bound are simply not shared).
+fn shared_client(id: &str) -> ClientId {
+    const MAX_SHARED_LEN: usize = 128;
+    const MAX_SHARED_IDS: usize = 1024;
+    thread_local! {
+        static IDS: RefCell<HashMap<String, ClientId>> = RefCell::new(HashMap::new());
+    }
+    if id.len() > MAX_SHARED_LEN {
+        return ClientId(Arc::new(id.to_owned()));
+    }
+    IDS.with(|ids| {
+        let mut ids = ids.borrow_mut();
+        if let Some(shared) = ids.get(id) {
+            return shared.clone();
+        }
+        let fresh = ClientId(Arc::new(id.to_owned()));
+        if ids.len() < MAX_SHARED_IDS {
+            ids.insert(id.to_owned(), fresh.clone());
+        }
+        fresh
+    })
+}
+
+impl PartialEq for ClientId {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
+
+impl Eq for ClientId {}
+
+impl std::hash::Hash for ClientId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl Ord for ClientId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        if Arc::ptr_eq(&self.0, &other.0) {
+            std::cmp::Ordering::Equal
+        } else {
+            self.as_str().cmp(other.as_str())
+        }
+    }
+}
+
+impl PartialOrd for ClientId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
     }
 }
 
@@ -276,16 +336,22 @@ impl Hlc {
     }
 
     /// Issues a stamp for a local event. Strictly greater than every stamp this
-    /// clock issued or observed before, whatever the wall clock does.
+    /// clock issued or observed before, whatever the wall clock does (short of
+    /// the largest representable stamp, where it stays).
     pub fn now(&mut self) -> Stamp {
         let physical = self.time.now_millis().min(MAX_STAMP_MILLIS);
         if physical > self.millis {
             self.millis = physical;
             self.counter = 0;
         } else if self.counter == u32::MAX {
-            // The counter is exhausted within this millisecond: borrow the next one.
-            self.millis += 1;
-            self.counter = 0;
+            if self.millis < MAX_STAMP_MILLIS {
+                // The counter is exhausted within this millisecond: borrow the next one.
+                self.millis += 1;
+                self.counter = 0;
+            }
+            // At the very last stamp (year 10889, reachable only from a
+            // hand-made record) the clock stays put: the repeated stamp is
+            // refused by the write it would stamp, never written out of range.
         } else {
             self.counter += 1;
         }
@@ -352,6 +418,16 @@ mod tests {
     }
 
     #[test]
+    fn client_ids_are_shared_and_order_by_their_text() {
+        let (a, again) = (client("phone"), client("phone"));
+        assert!(Arc::ptr_eq(&a.0, &again.0));
+        let unshared = ClientId(Arc::new("phone".to_owned()));
+        assert_eq!(a, unshared);
+        assert_eq!(a.cmp(&unshared), std::cmp::Ordering::Equal);
+        assert!(client("laptop") < a);
+    }
+
+    #[test]
     fn stamps_stay_three_words() {
         // Every field of every record holds one: its size is the records' size.
         assert_eq!(std::mem::size_of::<Stamp>(), 24);
@@ -381,6 +457,18 @@ mod tests {
         let s2 = hlc.now();
         assert!(s2 > s1);
         assert_eq!(s2.millis(), 1000);
+    }
+
+    #[test]
+    fn the_last_representable_stamp_is_never_exceeded() {
+        let mut hlc = Hlc::with_time(client("a"), Arc::new(ManualTime::new(0)));
+        hlc.seed(&Stamp::new(MAX_STAMP_MILLIS, u32::MAX, client("z")).unwrap());
+        let stamp = hlc.now();
+        assert_eq!(
+            (stamp.millis(), stamp.counter()),
+            (MAX_STAMP_MILLIS, u32::MAX)
+        );
+        assert_eq!(stamp.to_string().parse::<Stamp>().unwrap(), stamp);
     }
 
     #[test]

@@ -66,7 +66,7 @@ pub use record::{
     Content, FieldState, FieldStates, Record, CLIENT_ID_KEY, DELETED_KEY, ID_KEY, RESERVED_KEYS,
     SYNC_KEY, TIMESTAMP_KEY, VERSION_KEY,
 };
-pub use validate::{validate_collection, validate_id, MAX_NAME_BYTES};
+pub use validate::{validate_collection, validate_id, validate_page_limit, MAX_NAME_BYTES};
 pub use version_vector::{Causality, VersionVector};
 
 /// Re-exported so backends implement [`StorageBackend`] with the same macro version.

@@ -41,6 +41,18 @@ pub fn validate_collection(name: &str) -> Result<()> {
     })
 }
 
+/// Checks the size of a change-feed page: at least 1, since a page that can
+/// hold nothing never lets a reader advance.
+pub fn validate_page_limit(limit: usize) -> Result<()> {
+    if limit == 0 {
+        return Err(Error::InvalidArgument {
+            name: "limit",
+            reason: "a change page must hold at least one change".to_owned(),
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

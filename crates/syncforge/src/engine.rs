@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use syncforge_core::{
-    classify, dedupe, validate_collection, validate_id, ChangeKind, ChangePage, ClientId,
-    ConflictDetail, Content, Error, Hlc, Record, Result, Stamp, StorageBackend, TimeSource, Write,
-    WriteOutcome,
+    classify, dedupe, validate_collection, validate_id, validate_page_limit, ChangeKind,
+    ChangePage, ClientId, ConflictDetail, Content, Error, Hlc, Record, Result, Stamp,
+    StorageBackend, TimeSource, Write, WriteOutcome,
 };
 use tracing::field::Empty;
 use tracing::Instrument;
@@ -449,12 +449,7 @@ impl SyncEngine {
     /// can hold nothing would never let a reader advance.
     pub async fn changes(&self, collection: &str, cursor: u64, limit: usize) -> Result<ChangePage> {
         self.check_open(collection)?;
-        if limit == 0 {
-            return Err(Error::InvalidArgument {
-                name: "limit",
-                reason: "a change page must hold at least one change".to_owned(),
-            });
-        }
+        validate_page_limit(limit)?;
         let backend = &self.inner.backend;
         retry_transient(self.retries(), "changes", || {
             backend.changes(collection, cursor, limit)
