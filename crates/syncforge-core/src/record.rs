@@ -91,12 +91,18 @@ pub struct FieldState {
 
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<Value>, D::Error> {
     use serde::Deserialize;
-    Value::deserialize(d).map(Some)
+    let mut value = Value::deserialize(d)?;
+    positive_zero(&mut value);
+    Ok(Some(value))
 }
 
 impl FieldState {
     /// A field holding `value` (or removed, for `None`) as written at `stamp`.
-    pub fn new(value: Option<Value>, stamp: Stamp) -> Self {
+    /// A `-0.0` in the value is stored as `0.0`, as everywhere in syncforge.
+    pub fn new(mut value: Option<Value>, stamp: Stamp) -> Self {
+        if let Some(value) = &mut value {
+            positive_zero(value);
+        }
         FieldState { value, stamp }
     }
 
@@ -301,14 +307,7 @@ pub struct Content {
 impl Content {
     /// Validates a JSON value as record content.
     pub fn from_value(value: Value) -> Result<Content> {
-        let Value::Object(mut map) = value else {
-            return Err(Error::invalid_record(
-                None,
-                format!("expected a JSON object, found {}", kind_of(&value)),
-            ));
-        };
-        let id = take_id(&mut map)?;
-        check_metadata_types(&id, &map)?;
+        let (id, mut map) = open_object(value)?;
         for key in RESERVED_KEYS {
             map.remove(key);
         }
@@ -672,14 +671,7 @@ impl Record {
     /// (no `_sync`). Refuses, naming the record and the reason, anything that is
     /// not a well-formed record.
     pub fn from_json(value: Value) -> Result<Record> {
-        let Value::Object(mut map) = value else {
-            return Err(Error::invalid_record(
-                None,
-                format!("expected a JSON object, found {}", kind_of(&value)),
-            ));
-        };
-        let id = take_id(&mut map)?;
-        check_metadata_types(&id, &map)?;
+        let (id, mut map) = open_object(value)?;
         let version = map.remove(VERSION_KEY);
         let timestamp = map.remove(TIMESTAMP_KEY);
         let deleted = map.remove(DELETED_KEY);
@@ -763,6 +755,24 @@ fn kind_of(value: &Value) -> &'static str {
     }
 }
 
+/// A JSON value offered as a record (content or stored form): an object with a
+/// valid string id, its metadata of the right types, and its user values
+/// normalised. Returns the id and the remaining keys.
+fn open_object(value: Value) -> Result<(String, Map<String, Value>)> {
+    let Value::Object(mut map) = value else {
+        return Err(Error::invalid_record(
+            None,
+            format!("expected a JSON object, found {}", kind_of(&value)),
+        ));
+    };
+    let id = take_id(&mut map)?;
+    check_metadata_types(&id, &map)?;
+    map.iter_mut()
+        .filter(|(key, _)| !is_reserved(key))
+        .for_each(|(_, value)| positive_zero(value));
+    Ok((id, map))
+}
+
 fn take_id(map: &mut Map<String, Value>) -> Result<String> {
     match map.remove(ID_KEY) {
         Some(Value::String(id)) => {
@@ -840,10 +850,7 @@ fn from_seed(id: &str, fields: Map<String, Value>, meta: &SeedMeta<'_>) -> Resul
     versions.set(client, version);
     let fields = fields
         .into_iter()
-        .map(|(k, mut v)| {
-            positive_zero(&mut v);
-            (k, FieldState::new(Some(v), written.clone()))
-        })
+        .map(|(k, v)| (k, FieldState::new(Some(v), written.clone())))
         .collect();
     Ok(Record::from_state(RecordState {
         id: Arc::from(id),
@@ -854,10 +861,10 @@ fn from_seed(id: &str, fields: Map<String, Value>, meta: &SeedMeta<'_>) -> Resul
     }))
 }
 
-/// Reads `-0.0` as `0.0`, as JavaScript prints it. Imported values can share a
-/// stamp, and ties are broken by value; `-0.0` and `0.0` are equal JSON values
-/// with different text, so without this two replicas importing one each would
-/// keep different JSON.
+/// Reads `-0.0` as `0.0`, as JavaScript prints it. `-0.0` and `0.0` are equal
+/// JSON values with different text; were both allowed in, records equal as
+/// values could print differently, and ties between imported values (broken
+/// by value) could leave two replicas with different JSON.
 fn positive_zero(value: &mut Value) {
     match value {
         Value::Number(n) if is_negative_zero(n) => *value = Value::from(0.0),

@@ -1164,4 +1164,35 @@ mod regressions {
         }
         assert_eq!(b.to_json_string(), a.to_json_string());
     }
+
+    /// Found in review: records in the stored form (with `_sync`) whose tied
+    /// stamps hold `0.0` and `-0.0` merged to different JSON in each order,
+    /// because only imports were normalised. Every way in now reads `-0.0` as
+    /// `0.0`.
+    #[test]
+    fn stored_form_negative_zero_ties_print_the_same_in_any_order() {
+        let stored = |v: Value| {
+            Record::from_json(json!({
+                "id": "r", "v": v,
+                "_sync": {"fields": {"v": "000000000001.00000000.a"}, "versions": {"a": 1}, "written": "000000000001.00000000.a"}
+            }))
+            .unwrap()
+        };
+        let (a, b) = (stored(json!(0.0)), stored(json!([-0.0])));
+        let (c, d) = (stored(json!(-0.0)), stored(json!([0.0])));
+        for strategy in STRATEGIES {
+            for (x, y) in [(&a, &c), (&b, &d)] {
+                let xy = merge(x, y, strategy).unwrap();
+                let yx = merge(y, x, strategy).unwrap();
+                assert_eq!(xy.to_json_string(), yx.to_json_string());
+            }
+        }
+        assert_eq!(c.to_json_string(), a.to_json_string());
+        let content = Content::from_value(json!({"id": "p", "v": {"x": -0.0}})).unwrap();
+        assert_eq!(content.fields()["v"], json!({"x": 0.0}));
+        assert_eq!(
+            serde_json::to_string(&content.fields()["v"]).unwrap(),
+            r#"{"x":0.0}"#
+        );
+    }
 }
