@@ -34,6 +34,14 @@ const FULL_LARGE: usize = 100_000;
 /// Changes per incremental sync.
 const INCREMENTAL: usize = 100;
 
+/// The fs group: ten samples (criterion's least) in both modes, since one
+/// iteration of durable writes takes seconds to most of a minute.
+fn group(c: &mut Criterion) -> criterion::BenchmarkGroup<'_, criterion::measurement::WallTime> {
+    let mut group = c.benchmark_group(GROUP);
+    group.sample_size(10);
+    group
+}
+
 fn scratch() -> TempDir {
     let parent = support::out_dir().join("fs-scratch");
     std::fs::create_dir_all(&parent).unwrap();
@@ -77,7 +85,7 @@ fn large_count() -> usize {
 
 fn puts(c: &mut Criterion, rt: &Runtime, durability: Durability, id: &str) {
     let people: Vec<Person> = (0..record_count()).map(Person::nth).collect();
-    c.benchmark_group(GROUP).bench_function(id, |b| {
+    group(c).bench_function(id, |b| {
         b.iter_custom(|iters| {
             timed(
                 iters,
@@ -121,91 +129,88 @@ fn durable_store_holding(rt: &Runtime, client: &str, records: &[Record]) -> (Tem
 }
 
 fn get_all(c: &mut Criterion, rt: &Runtime, records: &[Record]) {
-    c.benchmark_group(GROUP)
-        .bench_function("fs_get_all_10k", |b| {
-            let (_dir, engine) = durable_store_holding(rt, "reader", records);
-            b.iter_custom(|iters| {
-                timed_checked(
-                    iters,
-                    || (),
-                    |()| rt.block_on(engine.get_all(COLLECTION)).unwrap(),
-                    |all| assert_eq!(all.len(), record_count()),
-                )
-            })
-        });
+    group(c).bench_function("fs_get_all_10k", |b| {
+        let (_dir, engine) = durable_store_holding(rt, "reader", records);
+        b.iter_custom(|iters| {
+            timed_checked(
+                iters,
+                || (),
+                |()| rt.block_on(engine.get_all(COLLECTION)).unwrap(),
+                |all| assert_eq!(all.len(), record_count()),
+            )
+        })
+    });
 }
 
 fn sync_into_empty(c: &mut Criterion, rt: &Runtime, records: &[Record]) {
-    c.benchmark_group(GROUP)
-        .bench_function("fs_sync_10k_durable", |b| {
-            b.iter_custom(|iters| {
-                timed_checked(
-                    iters,
-                    || {
-                        let dir = scratch();
-                        let engine = rt.block_on(fs_engine("syncer", dir.path(), Durability::Full));
-                        (dir, engine, records.to_vec())
-                    },
-                    |(dir, engine, batch)| {
-                        let result = rt.block_on(engine.sync(COLLECTION, batch)).unwrap();
-                        (dir, engine, result)
-                    },
-                    |(_, _, result)| assert_eq!(result.added, record_count()),
-                )
-            })
-        });
+    group(c).bench_function("fs_sync_10k_durable", |b| {
+        b.iter_custom(|iters| {
+            timed_checked(
+                iters,
+                || {
+                    let dir = scratch();
+                    let engine = rt.block_on(fs_engine("syncer", dir.path(), Durability::Full));
+                    (dir, engine, records.to_vec())
+                },
+                |(dir, engine, batch)| {
+                    let result = rt.block_on(engine.sync(COLLECTION, batch)).unwrap();
+                    (dir, engine, result)
+                },
+                |(_, _, result)| assert_eq!(result.added, record_count()),
+            )
+        })
+    });
 }
 
 /// A memory-backed sender and a durable fs receiver holding the same 100,000
 /// records; each iteration the sender makes 100 edits (untimed) and the
 /// receiver syncs them from the sender's change feed (timed).
 fn incremental(c: &mut Criterion, rt: &Runtime) {
-    c.benchmark_group(GROUP)
-        .bench_function("fs_incremental_100_into_100k", |b| {
-            let base = written_records(rt, "writer", large_count());
-            let sender = rt.block_on(support::engine_holding("sender", &base));
-            let (_dir, receiver) = durable_store_holding(rt, "receiver", &base);
-            drop(base);
-            let mut cursor = rt.block_on(async {
-                let mut cursor = 0;
-                loop {
-                    let page = sender.changes(COLLECTION, cursor, 100_000).await.unwrap();
-                    cursor = page.next;
-                    if !page.more {
-                        break cursor;
-                    }
+    group(c).bench_function("fs_incremental_100_into_100k", |b| {
+        let base = written_records(rt, "writer", large_count());
+        let sender = rt.block_on(support::engine_holding("sender", &base));
+        let (_dir, receiver) = durable_store_holding(rt, "receiver", &base);
+        drop(base);
+        let mut cursor = rt.block_on(async {
+            let mut cursor = 0;
+            loop {
+                let page = sender.changes(COLLECTION, cursor, 100_000).await.unwrap();
+                cursor = page.next;
+                if !page.more {
+                    break cursor;
                 }
-            });
-            let mut round = 0usize;
-            b.iter_custom(|iters| {
-                timed_checked(
-                    iters,
-                    || {
-                        round += 1;
-                        rt.block_on(async {
-                            for k in 0..INCREMENTAL {
-                                let i = (k * large_count() / INCREMENTAL + round) % large_count();
-                                let mut person = Person::nth(i);
-                                person.email = format!("round{round}@example.org");
-                                sender.put(COLLECTION, &person).await.unwrap();
-                            }
-                        });
-                    },
-                    |()| {
-                        rt.block_on(async {
-                            let page = sender
-                                .changes(COLLECTION, cursor, INCREMENTAL)
-                                .await
-                                .unwrap();
-                            cursor = page.next;
-                            let batch = page.changes.into_iter().map(|c| c.record).collect();
-                            receiver.sync(COLLECTION, batch).await.unwrap()
-                        })
-                    },
-                    |result| assert_eq!(result.updated, INCREMENTAL),
-                )
-            })
+            }
         });
+        let mut round = 0usize;
+        b.iter_custom(|iters| {
+            timed_checked(
+                iters,
+                || {
+                    round += 1;
+                    rt.block_on(async {
+                        for k in 0..INCREMENTAL {
+                            let i = (k * large_count() / INCREMENTAL + round) % large_count();
+                            let mut person = Person::nth(i);
+                            person.email = format!("round{round}@example.org");
+                            sender.put(COLLECTION, &person).await.unwrap();
+                        }
+                    });
+                },
+                |()| {
+                    rt.block_on(async {
+                        let page = sender
+                            .changes(COLLECTION, cursor, INCREMENTAL)
+                            .await
+                            .unwrap();
+                        cursor = page.next;
+                        let batch = page.changes.into_iter().map(|c| c.record).collect();
+                        receiver.sync(COLLECTION, batch).await.unwrap()
+                    })
+                },
+                |result| assert_eq!(result.updated, INCREMENTAL),
+            )
+        })
+    });
 }
 
 fn main() {

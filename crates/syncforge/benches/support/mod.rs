@@ -83,7 +83,7 @@ pub fn criterion() -> Criterion {
             .measurement_time(Duration::from_millis(10))
             .nresamples(10_000)
     } else {
-        base.sample_size(30)
+        base.sample_size(20)
             .warm_up_time(Duration::from_millis(500))
             .measurement_time(Duration::from_secs(2))
     };
