@@ -5,14 +5,12 @@
 //! possible for imported data) are broken by the value's canonical JSON, the
 //! same rule as in [`crate::merge`].
 
-use std::collections::BTreeMap;
-
 use serde_json::{Map, Value};
 
 use crate::error::Result;
 use crate::hlc::Stamp;
-use crate::merge::{conflicted_fields, merge, merge_field_maps, pick_field, ConflictStrategy};
-use crate::record::{FieldState, Record};
+use crate::merge::{conflicted_fields, merge, merge_field_states, pick_field, ConflictStrategy};
+use crate::record::{FieldState, FieldStates, Record};
 
 /// The serialisable state of an [`LwwRegister`].
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -85,8 +83,8 @@ impl LwwRegister {
 }
 
 /// The serialisable state of an [`LwwMap`]: every key with its value (absent
-/// once removed) and stamp.
-pub type LwwMapState = BTreeMap<String, FieldState>;
+/// once removed) and stamp, serialised as a JSON object.
+pub type LwwMapState = FieldStates;
 
 /// A last-writer-wins map: each key is a register; removals are stamped too,
 /// so a removal and a concurrent write resolve by stamp like any two writes.
@@ -144,7 +142,7 @@ impl LwwMap {
 
     /// Merges another map's state into this one, key by key.
     pub fn merge(&mut self, other: &LwwMapState) {
-        merge_field_maps(&mut self.entries, other);
+        self.entries = merge_field_states(&self.entries, other);
     }
 
     /// The serialisable state.
@@ -156,18 +154,14 @@ impl LwwMap {
     pub fn to_record(&self) -> Map<String, Value> {
         self.entries
             .iter()
-            .filter_map(|(k, s)| s.value().map(|v| (k.clone(), v.clone())))
+            .filter_map(|(k, s)| s.value().map(|v| (k.to_owned(), v.clone())))
             .collect()
     }
 
     /// The fields of a record, with their stamps.
     pub fn from_record(record: &Record) -> Self {
         LwwMap {
-            entries: record
-                .field_states()
-                .iter()
-                .map(|(name, state)| (name.to_owned(), state.clone()))
-                .collect(),
+            entries: record.field_states().clone(),
         }
     }
 

@@ -17,12 +17,11 @@
 //! JSON, which keeps merge a join.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
 
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::record::{FieldState, Record};
+use crate::record::{FieldState, FieldStates, Record};
 use crate::version_vector::Causality;
 
 /// How concurrent edits of one record are resolved.
@@ -105,7 +104,7 @@ pub fn merge(local: &Record, remote: &Record, strategy: ConflictStrategy) -> Res
     let versions = local.versions().merge(remote.versions());
     let merged = match strategy {
         ConflictStrategy::Crdt => {
-            let fields = local.field_states().merged(remote.field_states());
+            let fields = merge_field_states(local.field_states(), remote.field_states());
             let written = local.written().max(remote.written()).clone();
             let tombstone = local.tombstone().max(remote.tombstone()).cloned();
             Record::from_parts(local.id(), fields, written, tombstone, versions)?
@@ -218,21 +217,30 @@ pub fn resolve_conflict(
     })
 }
 
-/// Field-level merge of two field maps (the CRDT rule, shared with [`crate::LwwMap`]).
-pub(crate) fn merge_field_maps(
-    ours: &mut BTreeMap<String, FieldState>,
-    theirs: &BTreeMap<String, FieldState>,
-) {
-    for (name, state) in theirs {
-        match ours.get_mut(name) {
-            Some(mine) => {
-                if std::ptr::eq(pick_field(mine, state), state) {
-                    *mine = state.clone();
-                }
+/// Field-level merge (the CRDT rule): for each field the state that
+/// [`pick_field`] prefers, in one pass over both name-sorted lists.
+pub(crate) fn merge_field_states(ours: &FieldStates, theirs: &FieldStates) -> FieldStates {
+    let (a, b) = (&ours.0, &theirs.0);
+    let mut out = Vec::with_capacity(a.len().max(b.len()));
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].0.cmp(&b[j].0) {
+            Ordering::Less => {
+                out.push(a[i].clone());
+                i += 1;
             }
-            None => {
-                ours.insert(name.clone(), state.clone());
+            Ordering::Greater => {
+                out.push(b[j].clone());
+                j += 1;
+            }
+            Ordering::Equal => {
+                out.push((a[i].0.clone(), pick_field(&a[i].1, &b[j].1).clone()));
+                i += 1;
+                j += 1;
             }
         }
     }
+    out.extend_from_slice(&a[i..]);
+    out.extend_from_slice(&b[j..]);
+    FieldStates(out)
 }

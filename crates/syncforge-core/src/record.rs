@@ -42,7 +42,6 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 use crate::hlc::{ClientId, Stamp, MAX_STAMP_MILLIS};
-use crate::merge::pick_field;
 use crate::validate::validate_id;
 use crate::version_vector::VersionVector;
 
@@ -125,7 +124,7 @@ impl FieldState {
 /// room for eleven) and is compared and merged in one linear pass. Names are
 /// shared between records (see [`shared_name`]).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct FieldStates(Vec<(Arc<str>, FieldState)>);
+pub struct FieldStates(pub(crate) Vec<(Arc<str>, FieldState)>);
 
 /// A field name as records hold it: records with the same fields share their
 /// names, so a million records of five fields hold five names, not five
@@ -217,33 +216,18 @@ impl FieldStates {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+}
 
-    /// Field-level merge (the CRDT rule): for each field the state that
-    /// [`pick_field`] prefers, in one pass over both sorted lists.
-    pub(crate) fn merged(&self, other: &FieldStates) -> FieldStates {
-        let (a, b) = (&self.0, &other.0);
-        let mut out = Vec::with_capacity(a.len().max(b.len()));
-        let (mut i, mut j) = (0, 0);
-        while i < a.len() && j < b.len() {
-            match a[i].0.cmp(&b[j].0) {
-                std::cmp::Ordering::Less => {
-                    out.push(a[i].clone());
-                    i += 1;
-                }
-                std::cmp::Ordering::Greater => {
-                    out.push(b[j].clone());
-                    j += 1;
-                }
-                std::cmp::Ordering::Equal => {
-                    out.push((a[i].0.clone(), pick_field(&a[i].1, &b[j].1).clone()));
-                    i += 1;
-                    j += 1;
-                }
-            }
-        }
-        out.extend_from_slice(&a[i..]);
-        out.extend_from_slice(&b[j..]);
-        FieldStates(out)
+/// Serialised as a JSON object from field name to [`FieldState`].
+impl serde::Serialize for FieldStates {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_map(self.iter())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for FieldStates {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        BTreeMap::<String, FieldState>::deserialize(d).map(FieldStates::from)
     }
 }
 
@@ -1039,10 +1023,10 @@ mod tests {
         let other: FieldStates = [("b".to_owned(), live(9, 2)), ("c".to_owned(), live(4, 1))]
             .into_iter()
             .collect();
-        let merged = states.merged(&other);
+        let merged = crate::merge::merge_field_states(&states, &other);
         assert_eq!(merged.keys().collect::<Vec<_>>(), ["a", "b", "c"]);
         assert_eq!(merged.get("b"), Some(&live(9, 2)));
-        assert_eq!(other.merged(&states), merged);
+        assert_eq!(crate::merge::merge_field_states(&other, &states), merged);
     }
 
     #[test]
