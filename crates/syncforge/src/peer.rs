@@ -236,6 +236,9 @@ impl SyncEngine {
             }
         }
 
+        // When the pulled pages were merged (or found empty), as a sync reports it.
+        report.pulled.timestamp = self.now_millis();
+
         let push_key = cursor_key(peer_id, collection, PeerState::Push);
         let mut cursor = self.load_cursor(&push_key).await?;
         loop {
