@@ -89,7 +89,8 @@
 //! see every record again instead of missing any). Sequences stay at or below
 //! 2^53 (exact in every JSON implementation): a log holding a bigger number is
 //! treated as damaged and rebuilt, and a log that would need one refuses
-//! writes with [`Error::Storage`].
+//! writes with [`Error::Storage`]. A page limit of 0 is refused with
+//! [`Error::InvalidArgument`], since such a page could never advance.
 //!
 //! The log also keeps a bound on the newest stamp stored (raised by every
 //! write, and by files added by hand when they are indexed), so
@@ -132,8 +133,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use syncforge_core::{
-    async_trait, validate_collection, validate_id, ChangePage, Error, Record, Result, Stamp,
-    StorageBackend, Stored, Write, WriteOutcome,
+    async_trait, validate_collection, validate_id, validate_page_limit, ChangePage, Error, Record,
+    Result, Stamp, StorageBackend, Stored, Write, WriteOutcome,
 };
 
 use crate::collection::{has_records, read_all, Collection, PreparedWrite, NAME_FILE};
@@ -444,6 +445,9 @@ impl StorageBackend for FsBackend {
     }
 
     async fn changes(&self, collection: &str, after: u64, limit: usize) -> Result<ChangePage> {
+        // A page that can hold nothing never advances: a caller paging while
+        // `more` would loop for ever.
+        validate_page_limit(limit)?;
         let page = self
             .with_collection(collection, false, move |c| {
                 c.shared(|c| c.changes(after, limit))

@@ -1,5 +1,6 @@
 //! Recovering from what a damaged directory holds: corrupt record files,
-//! out-of-range change-log numbers and a compaction that fails after a write.
+//! out-of-range change-log numbers, a compaction that fails after a write,
+//! and arguments that could make a caller loop.
 
 use std::path::Path;
 use std::time::Duration;
@@ -339,4 +340,18 @@ async fn a_page_ending_in_corrupt_entries_moves_its_cursor_past_them() {
     let rest = store.changes("notes", page.next, 2).await.unwrap();
     assert!(rest.changes.is_empty());
     assert_eq!(rest.next, last);
+}
+
+#[tokio::test]
+async fn a_change_page_of_zero_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FsBackend::open(tmp.path()).await.unwrap();
+    put_any(&store, "notes", counter("r1", 1)).await;
+    for collection in ["notes", "empty"] {
+        let err = store.changes(collection, 0, 0).await.unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidArgument { name: "limit", .. }),
+            "{err}"
+        );
+    }
 }
