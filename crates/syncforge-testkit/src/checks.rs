@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 
 use crate::support::{
     edited, ensure, ensure_eq, expect_closed, expect_invalid_collection, expect_invalid_id, n_of,
-    record, shortened, soft_deleted, sorted, written, CheckResult, Ctx, OrFail,
+    put_ok, record, shortened, soft_deleted, sorted, written, CheckResult, Ctx, OrFail,
 };
 
 /// Reads every change after `after` page by page, checking each page's
@@ -75,13 +75,13 @@ pub(crate) async fn crud(ctx: &Ctx<'_>) -> CheckResult {
     );
 
     let first = record(&mut hlc, "a", 1)?;
-    let (token1, seq1) = written(
-        &store
-            .put(&coll, &Write::create(first.clone()))
-            .await
-            .or_fail("create")?,
+    let (token1, seq1) = put_ok(
+        store,
+        &coll,
+        &Write::create(first.clone()),
         "create-only put of a new record",
-    )?;
+    )
+    .await?;
     let stored = store.get(&coll, "a").await.or_fail("get")?;
     let stored = stored.ok_or("get after create returned None")?;
     ensure_eq!(
@@ -122,13 +122,13 @@ pub(crate) async fn crud(ctx: &Ctx<'_>) -> CheckResult {
     );
 
     let second = edited(&mut hlc, &first, 2)?;
-    let (token2, seq2) = written(
-        &store
-            .put(&coll, &Write::replace(second.clone(), token1.clone()))
-            .await
-            .or_fail("replace")?,
+    let (token2, seq2) = put_ok(
+        store,
+        &coll,
+        &Write::replace(second.clone(), token1.clone()),
         "replace with the current token",
-    )?;
+    )
+    .await?;
     ensure!(
         seq2 > seq1,
         "sequence of a later write ({seq2}) must exceed the earlier one ({seq1})"
@@ -192,13 +192,13 @@ pub(crate) async fn crud(ctx: &Ctx<'_>) -> CheckResult {
     );
 
     let deleted = soft_deleted(&mut hlc, &second)?;
-    written(
-        &store
-            .put(&coll, &Write::replace(deleted.clone(), token2))
-            .await
-            .or_fail("replace")?,
+    put_ok(
+        store,
+        &coll,
+        &Write::replace(deleted.clone(), token2),
         "writing a soft-deleted record",
-    )?;
+    )
+    .await?;
     let stored = store
         .get(&coll, "a")
         .await
@@ -225,13 +225,7 @@ pub(crate) async fn get_many(ctx: &Ctx<'_>) -> CheckResult {
     let mut records = BTreeMap::new();
     for (i, id) in ["a", "b", "c"].into_iter().enumerate() {
         let rec = record(&mut hlc, id, i as i64)?;
-        let (token, _) = written(
-            &store
-                .put(&coll, &Write::create(rec.clone()))
-                .await
-                .or_fail("create")?,
-            "create",
-        )?;
+        let (token, _) = put_ok(store, &coll, &Write::create(rec.clone()), "create").await?;
         tokens.insert(id, token);
         records.insert(id, rec);
     }
@@ -293,13 +287,7 @@ pub(crate) async fn get_all(ctx: &Ctx<'_>) -> CheckResult {
         if i % 3 == 0 {
             rec = soft_deleted(&mut hlc, &rec)?;
         }
-        written(
-            &store
-                .put(&coll, &Write::create(rec.clone()))
-                .await
-                .or_fail("create")?,
-            "create",
-        )?;
+        put_ok(store, &coll, &Write::create(rec.clone()), "create").await?;
         expected.push(rec);
     }
     let all = sorted(store.get_all(&coll).await.or_fail("get_all")?);
@@ -328,26 +316,20 @@ pub(crate) async fn batch_with_mixed_outcomes(ctx: &Ctx<'_>) -> CheckResult {
     let mut before = BTreeMap::new();
     for id in ["existing", "current", "stale"] {
         let rec = record(&mut hlc, id, 0)?;
-        let (token, _) = written(
-            &store
-                .put(&coll, &Write::create(rec.clone()))
-                .await
-                .or_fail("create")?,
-            "create",
-        )?;
+        let (token, _) = put_ok(store, &coll, &Write::create(rec.clone()), "create").await?;
         tokens.insert(id, token);
         before.insert(id, rec);
     }
     let stale_token = tokens["stale"].clone();
     // Move "stale" on, so its first token is out of date.
     let moved = edited(&mut hlc, &before["stale"], 1)?;
-    let (stale_now, _) = written(
-        &store
-            .put(&coll, &Write::replace(moved.clone(), stale_token.clone()))
-            .await
-            .or_fail("replace")?,
+    let (stale_now, _) = put_ok(
+        store,
+        &coll,
+        &Write::replace(moved.clone(), stale_token.clone()),
         "replace",
-    )?;
+    )
+    .await?;
 
     let new_record = record(&mut hlc, "new", 1)?;
     let current_next = edited(&mut hlc, &before["current"], 1)?;
@@ -475,13 +457,13 @@ pub(crate) async fn change_feed(ctx: &Ctx<'_>) -> CheckResult {
             .or_fail("get")?
             .ok_or("record vanished")?;
         let next = edited(&mut hlc, rec, 100)?;
-        let (_, seq) = written(
-            &store
-                .put(&coll, &Write::replace(next.clone(), stored.token))
-                .await
-                .or_fail("replace")?,
+        let (_, seq) = put_ok(
+            store,
+            &coll,
+            &Write::replace(next.clone(), stored.token),
             "replace",
-        )?;
+        )
+        .await?;
         sequences.insert(rec.id().to_owned(), seq);
         *rec = next;
     }
@@ -551,13 +533,7 @@ pub(crate) async fn change_feed(ctx: &Ctx<'_>) -> CheckResult {
     // A record arriving by sync, stamped long ago, still appears after the cursor.
     let (_, mut old_clock) = ctx.manual_clock("feed-old", 1_000)?;
     let synced = record(&mut old_clock, "synced", 1)?;
-    let (_, seq) = written(
-        &store
-            .put(&coll, &Write::create(synced.clone()))
-            .await
-            .or_fail("create")?,
-        "create",
-    )?;
+    let (_, seq) = put_ok(store, &coll, &Write::create(synced.clone()), "create").await?;
     let after = store.changes(&coll, end, 10).await.or_fail("changes")?;
     ensure_eq!(
         after.changes.len(),
@@ -623,13 +599,13 @@ pub(crate) async fn change_feed_paging_with_rewrites(ctx: &Ctx<'_>) -> CheckResu
                 .or_fail("get")?
                 .ok_or("record vanished")?;
             let next = edited(&mut hlc, &stored.record, 1_000 + round)?;
-            written(
-                &store
-                    .put(&coll, &Write::replace(next.clone(), stored.token))
-                    .await
-                    .or_fail("replace")?,
+            put_ok(
+                store,
+                &coll,
+                &Write::replace(next.clone(), stored.token),
                 "replace between pages",
-            )?;
+            )
+            .await?;
             current.insert(id, next);
         }
     }
@@ -655,13 +631,7 @@ pub(crate) async fn changes_since_timestamp(ctx: &Ctx<'_>) -> CheckResult {
     for (id, millis) in [("t1", 1_000), ("t2a", 2_000), ("t2b", 2_000), ("t3", 3_000)] {
         time.set(millis);
         let rec = record(&mut hlc, id, 0)?;
-        written(
-            &store
-                .put(&coll, &Write::create(rec.clone()))
-                .await
-                .or_fail("create")?,
-            "create",
-        )?;
+        put_ok(store, &coll, &Write::create(rec.clone()), "create").await?;
         at.insert(id, rec);
     }
     let ids = |records: Vec<Record>| -> Vec<String> {
@@ -704,13 +674,13 @@ pub(crate) async fn changes_since_timestamp(ctx: &Ctx<'_>) -> CheckResult {
         .or_fail("get")?
         .ok_or("record vanished")?;
     let moved = edited(&mut hlc, &t1.record, 1)?;
-    written(
-        &store
-            .put(&coll, &Write::replace(moved.clone(), t1.token))
-            .await
-            .or_fail("replace")?,
+    put_ok(
+        store,
+        &coll,
+        &Write::replace(moved.clone(), t1.token),
         "replace",
-    )?;
+    )
+    .await?;
     ensure_eq!(
         since(3_000).await?,
         vec![moved.clone()],
@@ -730,13 +700,13 @@ pub(crate) async fn changes_since_timestamp(ctx: &Ctx<'_>) -> CheckResult {
         .or_fail("get")?
         .ok_or("record vanished")?;
     let gone = soft_deleted(&mut hlc, &t2a.record)?;
-    written(
-        &store
-            .put(&coll, &Write::replace(gone, t2a.token))
-            .await
-            .or_fail("replace")?,
+    put_ok(
+        store,
+        &coll,
+        &Write::replace(gone, t2a.token),
         "soft delete",
-    )?;
+    )
+    .await?;
     ensure_eq!(
         ids(since(5_000).await?),
         ["t2a"],
@@ -769,20 +739,8 @@ pub(crate) async fn hard_delete(ctx: &Ctx<'_>) -> CheckResult {
     let mut hlc = ctx.clock("delete")?;
     let keep = record(&mut hlc, "keep", 1)?;
     let doomed = record(&mut hlc, "doomed", 1)?;
-    written(
-        &store
-            .put(&coll, &Write::create(keep.clone()))
-            .await
-            .or_fail("create")?,
-        "create",
-    )?;
-    let (_, seq) = written(
-        &store
-            .put(&coll, &Write::create(doomed))
-            .await
-            .or_fail("create")?,
-        "create",
-    )?;
+    put_ok(store, &coll, &Write::create(keep.clone()), "create").await?;
+    let (_, seq) = put_ok(store, &coll, &Write::create(doomed), "create").await?;
 
     ensure!(
         store.delete(&coll, "doomed").await.or_fail("delete")?,
@@ -815,13 +773,13 @@ pub(crate) async fn hard_delete(ctx: &Ctx<'_>) -> CheckResult {
     );
 
     let again = record(&mut hlc, "doomed", 2)?;
-    let (_, seq_again) = written(
-        &store
-            .put(&coll, &Write::create(again.clone()))
-            .await
-            .or_fail("create")?,
+    let (_, seq_again) = put_ok(
+        store,
+        &coll,
+        &Write::create(again.clone()),
         "create-only put of a hard-deleted id",
-    )?;
+    )
+    .await?;
     ensure!(
         seq_again > seq,
         "a record written after a delete gets a greater sequence"
@@ -858,23 +816,17 @@ pub(crate) async fn collections_list_and_clear(ctx: &Ctx<'_>) -> CheckResult {
 
     let mut last_sequence = 0;
     for id in ["a", "b"] {
-        let (_, seq) = written(
-            &store
-                .put(&first, &Write::create(record(&mut hlc, id, 1)?))
-                .await
-                .or_fail("create")?,
+        let (_, seq) = put_ok(
+            store,
+            &first,
+            &Write::create(record(&mut hlc, id, 1)?),
             "create",
-        )?;
+        )
+        .await?;
         last_sequence = seq;
     }
     let survivor = record(&mut hlc, "only", 1)?;
-    written(
-        &store
-            .put(&second, &Write::create(survivor.clone()))
-            .await
-            .or_fail("create")?,
-        "create",
-    )?;
+    put_ok(store, &second, &Write::create(survivor.clone()), "create").await?;
     ensure!(
         listed(first.clone()).await?,
         "a written collection is listed"
@@ -914,13 +866,13 @@ pub(crate) async fn collections_list_and_clear(ctx: &Ctx<'_>) -> CheckResult {
     );
 
     // A reader's cursor from before the clear still sees later writes.
-    let (_, seq) = written(
-        &store
-            .put(&first, &Write::create(record(&mut hlc, "a", 2)?))
-            .await
-            .or_fail("create")?,
+    let (_, seq) = put_ok(
+        store,
+        &first,
+        &Write::create(record(&mut hlc, "a", 2)?),
         "create after clear",
-    )?;
+    )
+    .await?;
     ensure!(
         seq > last_sequence,
         "sequences keep increasing after a clear ({seq} after {last_sequence})"
@@ -956,13 +908,7 @@ pub(crate) async fn newest_stamp(ctx: &Ctx<'_>) -> CheckResult {
     let coll = ctx.collection("newest");
     let mut hlc = ctx.clock("newest")?;
     let rec = record(&mut hlc, "a", 1)?;
-    written(
-        &store
-            .put(&coll, &Write::create(rec.clone()))
-            .await
-            .or_fail("create")?,
-        "create",
-    )?;
+    put_ok(store, &coll, &Write::create(rec.clone()), "create").await?;
     let newest = store.newest_stamp().await.or_fail("newest_stamp")?;
     ensure!(
         newest.as_ref().is_some_and(|n| n >= rec.newest_stamp()),
@@ -976,21 +922,21 @@ pub(crate) async fn newest_stamp(ctx: &Ctx<'_>) -> CheckResult {
         .or_fail("get")?
         .ok_or("record vanished")?
         .token;
-    written(
-        &store
-            .put(&coll, &Write::replace(later.clone(), token))
-            .await
-            .or_fail("replace")?,
+    put_ok(
+        store,
+        &coll,
+        &Write::replace(later.clone(), token),
         "replace",
-    )?;
+    )
+    .await?;
     let (_, mut old_clock) = ctx.manual_clock("newest-old", 1_000)?;
-    written(
-        &store
-            .put(&coll, &Write::create(record(&mut old_clock, "old", 1)?))
-            .await
-            .or_fail("create")?,
+    put_ok(
+        store,
+        &coll,
+        &Write::create(record(&mut old_clock, "old", 1)?),
         "create",
-    )?;
+    )
+    .await?;
     let newest = store.newest_stamp().await.or_fail("newest_stamp")?;
     ensure!(
         newest.as_ref().is_some_and(|n| n >= later.newest_stamp()),
@@ -1446,13 +1392,7 @@ pub(crate) async fn invalid_ids(ctx: &Ctx<'_>) -> CheckResult {
     let mut kept = Vec::new();
     for id in ["ok", "ab", "a b", "a", "a_b"] {
         let rec = record(&mut hlc, id, 1)?;
-        written(
-            &store
-                .put(&coll, &Write::create(rec.clone()))
-                .await
-                .or_fail("create")?,
-            "create",
-        )?;
+        put_ok(store, &coll, &Write::create(rec.clone()), "create").await?;
         kept.push(rec);
     }
     let (feed_before, _) = read_feed(store, &coll, 0, 100).await?;

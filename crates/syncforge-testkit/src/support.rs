@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 use syncforge_core::{
-    ClientId, Content, Error, Hlc, ManualTime, Record, StorageBackend, Token, WriteOutcome,
+    ClientId, Content, Error, Hlc, ManualTime, Record, StorageBackend, Token, Write, WriteOutcome,
 };
 
 use crate::StoreFactory;
@@ -136,6 +136,17 @@ pub(crate) fn written(outcome: &WriteOutcome, what: &str) -> CheckResult<(Token,
             "{what}: expected the write to happen, got Conflict"
         )),
     }
+}
+
+/// Puts `write`, failing the check unless the backend answers and writes it.
+pub(crate) async fn put_ok(
+    store: &dyn StorageBackend,
+    collection: &str,
+    write: &Write,
+    what: &str,
+) -> CheckResult<(Token, u64)> {
+    let outcome = store.put(collection, write).await.or_fail(what)?;
+    written(&outcome, what)
 }
 
 /// The `n` field of a record.
