@@ -49,6 +49,7 @@ mod hlc;
 mod lww;
 pub mod merge;
 mod record;
+mod sorted;
 mod validate;
 mod version_vector;
 

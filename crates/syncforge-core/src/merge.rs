@@ -22,6 +22,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::record::{FieldState, FieldStates, Record};
+use crate::sorted::merge_sorted;
 use crate::version_vector::Causality;
 
 /// How concurrent edits of one record are resolved.
@@ -220,27 +221,7 @@ pub fn resolve_conflict(
 /// Field-level merge (the CRDT rule): for each field the state that
 /// [`pick_field`] prefers, in one pass over both name-sorted lists.
 pub(crate) fn merge_field_states(ours: &FieldStates, theirs: &FieldStates) -> FieldStates {
-    let (a, b) = (&ours.0, &theirs.0);
-    let mut out = Vec::with_capacity(a.len().max(b.len()));
-    let (mut i, mut j) = (0, 0);
-    while i < a.len() && j < b.len() {
-        match a[i].0.cmp(&b[j].0) {
-            Ordering::Less => {
-                out.push(a[i].clone());
-                i += 1;
-            }
-            Ordering::Greater => {
-                out.push(b[j].clone());
-                j += 1;
-            }
-            Ordering::Equal => {
-                out.push((a[i].0.clone(), pick_field(&a[i].1, &b[j].1).clone()));
-                i += 1;
-                j += 1;
-            }
-        }
-    }
-    out.extend_from_slice(&a[i..]);
-    out.extend_from_slice(&b[j..]);
-    FieldStates(out)
+    FieldStates(merge_sorted(&ours.0, &theirs.0, |a, b| {
+        pick_field(a, b).clone()
+    }))
 }

@@ -3,6 +3,7 @@
 use std::cmp::Ordering;
 
 use crate::hlc::ClientId;
+use crate::sorted::merge_sorted;
 
 /// Per-client write counts of one record. Merged by pointwise maximum.
 ///
@@ -77,29 +78,7 @@ impl VersionVector {
 
     /// Pointwise maximum of both vectors.
     pub fn merge(&self, other: &VersionVector) -> VersionVector {
-        let (a, b) = (&self.0, &other.0);
-        let mut out = Vec::with_capacity(a.len().max(b.len()));
-        let (mut i, mut j) = (0, 0);
-        while i < a.len() && j < b.len() {
-            match a[i].0.cmp(&b[j].0) {
-                Ordering::Less => {
-                    out.push(a[i].clone());
-                    i += 1;
-                }
-                Ordering::Greater => {
-                    out.push(b[j].clone());
-                    j += 1;
-                }
-                Ordering::Equal => {
-                    out.push((a[i].0.clone(), a[i].1.max(b[j].1)));
-                    i += 1;
-                    j += 1;
-                }
-            }
-        }
-        out.extend_from_slice(&a[i..]);
-        out.extend_from_slice(&b[j..]);
-        VersionVector(out)
+        VersionVector(merge_sorted(&self.0, &other.0, |a, b| *a.max(b)))
     }
 
     /// How `self` relates to `other`.
