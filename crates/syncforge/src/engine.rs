@@ -578,14 +578,23 @@ impl SyncEngine {
         let started = Instant::now();
         self.observe_batch(&remote)?;
         let strategy = self.inner.config.conflict_strategy;
-        let mut incoming = dedupe(remote, strategy)?;
+        let mut incoming = dedupe(remote, strategy)?.into_iter();
         let total = incoming.len();
         let mut done = 0;
         let mut result = SyncResult::new(collection);
-        while !incoming.is_empty() {
-            let rest = incoming.split_off(incoming.len().min(self.inner.config.batch_size));
-            done += incoming.len();
-            self.sync_batch(collection, incoming, &mut result, echoes.as_deref_mut())
+        loop {
+            // Batches come off the front of one iterator: splitting the rest
+            // off the vector instead moved every remaining record once per
+            // batch, quadratic in the size of the sync.
+            let batch: Vec<Record> = incoming
+                .by_ref()
+                .take(self.inner.config.batch_size)
+                .collect();
+            if batch.is_empty() {
+                break;
+            }
+            done += batch.len();
+            self.sync_batch(collection, batch, &mut result, echoes.as_deref_mut())
                 .await?;
             if self.inner.events.wants(EventKind::SyncProgress) {
                 self.inner.events.emit(SyncEvent::SyncProgress {
@@ -594,7 +603,6 @@ impl SyncEngine {
                     total,
                 });
             }
-            incoming = rest;
         }
         result.timestamp = self.now_millis();
         result.duration = started.elapsed();
