@@ -435,5 +435,8 @@ async fn a_change_page_of_zero_is_refused() {
     let engine = engine("e", ConflictStrategy::Crdt).await;
     engine.put("c", &json!({"id": "a"})).await.unwrap();
     let err = engine.changes("c", 0, 0).await.unwrap_err();
-    assert!(matches!(err, Error::InvalidArgument { name: "limit", .. }), "{err:?}");
+    assert!(
+        matches!(err, Error::InvalidArgument { name: "limit", .. }),
+        "{err:?}"
+    );
 }

@@ -218,7 +218,10 @@ async fn a_misbehaving_peer_is_refused_with_an_error_event() {
         .expect("no endless loop")
         .unwrap_err();
     assert!(err.to_string().contains("stuck"), "{err}");
-    assert!(matches!(err, syncforge::Error::PeerProtocol { .. }), "{err:?}");
+    assert!(
+        matches!(err, syncforge::Error::PeerProtocol { .. }),
+        "{err:?}"
+    );
     assert!(a.get("c", "r").await.unwrap().is_none());
     assert_eq!(a.peer_cursors("stuck", "c").await.unwrap().pulled, 0);
     let mut errors = 0;
