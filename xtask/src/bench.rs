@@ -113,12 +113,12 @@ const ROWS: &[RowSpec] = &[
     },
     RowSpec {
         key: "fs_put_10k_durable",
-        label: "fs: put 10k (quick 1k), durable",
+        label: "fs: put 10k (quick 200), durable",
         target: Target::None,
     },
     RowSpec {
         key: "fs_put_10k_buffered",
-        label: "fs: put 10k (quick 1k), buffered",
+        label: "fs: put 10k (quick 200), buffered",
         target: Target::None,
     },
     RowSpec {
