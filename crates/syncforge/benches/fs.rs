@@ -20,21 +20,21 @@ use std::time::SystemTime;
 
 use criterion::Criterion;
 use syncforge::core::{StorageBackend, Write};
-use syncforge::{ConflictStrategy, Record, SyncEngine};
+use syncforge::{Record, SyncEngine};
 use syncforge_backend_fs::{Durability, FsBackend, FsOptions};
 use tempfile::TempDir;
 use tokio::runtime::Runtime;
 
-use support::{runtime, timed, timed_checked, written_records, Person, COLLECTION};
+use support::{
+    edit_spread, feed_and_sync, runtime, timed, timed_checked, written_records, Person, COLLECTION,
+    INCREMENTAL,
+};
 
 const GROUP: &str = "fs";
 /// Records of the put, get_all and sync rows in the full mode.
 const FULL_RECORDS: usize = 10_000;
 /// Records of the store the incremental sync goes into.
 const FULL_LARGE: usize = 100_000;
-/// Changes per incremental sync.
-const INCREMENTAL: usize = 100;
-
 /// The fs group: ten samples (criterion's least) in both modes, since one
 /// iteration of durable writes takes seconds to most of a minute.
 fn group(c: &mut Criterion) -> criterion::BenchmarkGroup<'_, criterion::measurement::WallTime> {
@@ -53,13 +53,7 @@ async fn fs_engine(client: &str, dir: &Path, durability: Durability) -> SyncEngi
     let backend = FsBackend::open_with(dir, FsOptions::default().durability(durability))
         .await
         .unwrap();
-    SyncEngine::builder()
-        .client_id(client)
-        .conflict_strategy(ConflictStrategy::Crdt)
-        .backend(backend)
-        .build()
-        .await
-        .unwrap()
+    support::engine(client, backend).await
 }
 
 /// Records of the get_all and sync rows: 10,000, or 1,000 in the
@@ -237,26 +231,9 @@ fn incremental(c: &mut Criterion, rt: &Runtime) {
                 iters,
                 || {
                     round += 1;
-                    rt.block_on(async {
-                        for k in 0..INCREMENTAL {
-                            let i = (k * large_count() / INCREMENTAL + round) % large_count();
-                            let mut person = Person::nth(i);
-                            person.email = format!("round{round}@example.org");
-                            sender.put(COLLECTION, &person).await.unwrap();
-                        }
-                    });
+                    rt.block_on(edit_spread(sender, large_count(), round));
                 },
-                |()| {
-                    rt.block_on(async {
-                        let page = sender
-                            .changes(COLLECTION, *cursor, INCREMENTAL)
-                            .await
-                            .unwrap();
-                        *cursor = page.next;
-                        let batch = page.changes.into_iter().map(|c| c.record).collect();
-                        receiver.sync(COLLECTION, batch).await.unwrap()
-                    })
-                },
+                |()| rt.block_on(feed_and_sync(sender, receiver, cursor)),
                 |result| assert_eq!(result.updated, INCREMENTAL),
             )
         })

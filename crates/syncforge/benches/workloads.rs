@@ -30,14 +30,11 @@ use tokio::runtime::Runtime;
 
 use support::w3::{assert_no_edit_lost, diverge, CHANGED_EACH_SIDE};
 use support::{
-    engine, engine_holding, runtime, timed, timed_checked, written_records, Person, COLLECTION,
-    RECORDS,
+    edit_spread, engine, engine_holding, feed_and_sync, runtime, timed, timed_checked,
+    written_records, Person, COLLECTION, INCREMENTAL, RECORDS,
 };
 
 const GROUP: &str = "workloads";
-/// W4: changes per incremental sync.
-const INCREMENTAL: usize = 100;
-
 fn baseline(c: &mut Criterion, records: &[Record]) {
     c.benchmark_group(GROUP)
         .bench_function("baseline_hashmap", |b| {
@@ -188,27 +185,11 @@ fn w4_incremental(c: &mut Criterion, rt: &Runtime, size: usize, id: &str) {
                 iters,
                 || {
                     round += 1;
-                    rt.block_on(async {
-                        for k in 0..INCREMENTAL {
-                            // Spread the edits over the whole collection.
-                            let i = (k * size / INCREMENTAL + round) % size;
-                            let mut person = Person::nth(i);
-                            person.email = format!("round{round}@example.org");
-                            sender.put(COLLECTION, &person).await.unwrap();
-                        }
-                    });
+                    rt.block_on(edit_spread(sender, size, round));
                 },
                 |()| {
-                    rt.block_on(async {
-                        let page = sender
-                            .changes(COLLECTION, *cursor, INCREMENTAL)
-                            .await
-                            .unwrap();
-                        *cursor = page.next;
-                        let batch = page.changes.into_iter().map(|c| c.record).collect();
-                        let result = receiver.sync(COLLECTION, batch).await.unwrap();
-                        assert_eq!(result.updated, INCREMENTAL);
-                    })
+                    let result = rt.block_on(feed_and_sync(sender, receiver, cursor));
+                    assert_eq!(result.updated, INCREMENTAL);
                 },
             )
         })

@@ -160,7 +160,37 @@ pub fn runtime() -> Runtime {
         .unwrap()
 }
 
-pub async fn engine(client: &str, backend: MemoryBackend) -> SyncEngine {
+/// Edits per round of the incremental workloads (W4 and its fs twin).
+pub const INCREMENTAL: usize = 100;
+
+/// One round of incremental edits on `sender`: [`INCREMENTAL`] people spread
+/// over a collection of `size`, each given an email naming the round.
+pub async fn edit_spread(sender: &SyncEngine, size: usize, round: usize) {
+    for k in 0..INCREMENTAL {
+        let i = (k * size / INCREMENTAL + round) % size;
+        let mut person = Person::nth(i);
+        person.email = format!("round{round}@example.org");
+        sender.put(COLLECTION, &person).await.unwrap();
+    }
+}
+
+/// Incremental sync: `sender`'s changes after `cursor`, read with the change
+/// feed and applied to `receiver` with sync; the cursor moves past them.
+pub async fn feed_and_sync(
+    sender: &SyncEngine,
+    receiver: &SyncEngine,
+    cursor: &mut u64,
+) -> syncforge::SyncResult {
+    let page = sender
+        .changes(COLLECTION, *cursor, INCREMENTAL)
+        .await
+        .unwrap();
+    *cursor = page.next;
+    let batch = page.changes.into_iter().map(|c| c.record).collect();
+    receiver.sync(COLLECTION, batch).await.unwrap()
+}
+
+pub async fn engine(client: &str, backend: impl StorageBackend + 'static) -> SyncEngine {
     SyncEngine::builder()
         .client_id(client)
         .conflict_strategy(ConflictStrategy::Crdt)
