@@ -3,7 +3,7 @@
 use syncforge_backend_fs::{Durability, FsBackend, FsOptions};
 use syncforge_core::{Error, StorageBackend, Token, Write, WriteOutcome};
 
-use crate::{count_of, counter, put_any, token_of, tree};
+use crate::{count_of, counter, put_any, store_with_torn_r1, token_of, tree};
 
 #[tokio::test]
 async fn records_are_plain_json_files_in_a_directory_per_collection() {
@@ -44,12 +44,7 @@ async fn reopening_resumes_the_sequence_and_the_feed() {
 #[tokio::test]
 async fn a_corrupt_file_is_named_and_does_not_hide_the_others() {
     let tmp = tempfile::tempdir().unwrap();
-    let store = FsBackend::open(tmp.path()).await.unwrap();
-    for n in 0..3 {
-        put_any(&store, "notes", counter(&format!("r{n}"), n)).await;
-    }
-    let broken = tmp.path().join("notes").join("r1.json");
-    std::fs::write(&broken, b"{\"id\": \"r1\", \"count\": ").unwrap();
+    let (store, broken) = store_with_torn_r1(tmp.path()).await;
 
     let err = store.get("notes", "r1").await.unwrap_err();
     assert!(matches!(err, Error::Storage { .. }), "{err}");

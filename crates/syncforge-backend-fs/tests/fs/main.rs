@@ -61,6 +61,18 @@ pub(crate) async fn increment(store: &dyn StorageBackend, collection: &str, id: 
 
 /// Writes `record` unconditionally enough for a test: creates it or replaces
 /// whatever is stored.
+/// A store in `dir` holding `r0`, `r1`, `r2` in "notes", with `r1`'s file
+/// then torn by hand (cut off mid-JSON). Returns the store and that file.
+pub(crate) async fn store_with_torn_r1(dir: &std::path::Path) -> (FsBackend, std::path::PathBuf) {
+    let store = FsBackend::open(dir).await.unwrap();
+    for n in 0..3 {
+        put_any(&store, "notes", counter(&format!("r{n}"), n)).await;
+    }
+    let broken = dir.join("notes").join("r1.json");
+    std::fs::write(&broken, b"{\"id\": \"r1\", \"count\": ").unwrap();
+    (store, broken)
+}
+
 pub(crate) async fn put_any(store: &FsBackend, collection: &str, record: Record) -> u64 {
     let expected = store
         .get(collection, record.id())

@@ -8,7 +8,7 @@ use std::time::Duration;
 use syncforge_backend_fs::FsBackend;
 use syncforge_core::{Error, StorageBackend, Token, Write, WriteOutcome};
 
-use crate::{count_of, counter, put_any, token_of, tree};
+use crate::{count_of, counter, put_any, store_with_torn_r1, token_of, tree};
 
 /// The largest sequence the log may hold (2^53).
 const MAX_SEQUENCE: u64 = 1 << 53;
@@ -40,12 +40,7 @@ fn collection_with(dir: &Path, records: &[(&str, u64)]) {
 #[tokio::test]
 async fn a_corrupt_file_reads_as_absent_in_a_batch_and_the_others_arrive() {
     let tmp = tempfile::tempdir().unwrap();
-    let store = FsBackend::open(tmp.path()).await.unwrap();
-    for n in 0..3 {
-        put_any(&store, "notes", counter(&format!("r{n}"), n)).await;
-    }
-    let broken = tmp.path().join("notes").join("r1.json");
-    std::fs::write(&broken, b"{\"id\": \"r1\", \"count\": ").unwrap();
+    let (store, _broken) = store_with_torn_r1(tmp.path()).await;
 
     let found = store
         .get_many("notes", &["r0", "r1", "r2", "missing"])
