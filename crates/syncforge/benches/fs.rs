@@ -26,8 +26,8 @@ use tempfile::TempDir;
 use tokio::runtime::Runtime;
 
 use support::{
-    edit_spread, feed_and_sync, runtime, timed, timed_checked, written_records, Person, COLLECTION,
-    INCREMENTAL,
+    edit_spread, feed_and_sync, feed_head, runtime, timed, timed_checked, written_records, Person,
+    COLLECTION, INCREMENTAL,
 };
 
 const GROUP: &str = "fs";
@@ -192,16 +192,7 @@ impl Replicas {
         let sender = rt.block_on(support::engine_holding("sender", &base));
         let (dir, receiver) = durable_store_holding(rt, "receiver", &base);
         drop(base);
-        let cursor = rt.block_on(async {
-            let mut cursor = 0;
-            loop {
-                let page = sender.changes(COLLECTION, cursor, 100_000).await.unwrap();
-                cursor = page.next;
-                if !page.more {
-                    break cursor;
-                }
-            }
-        });
+        let cursor = rt.block_on(feed_head(&sender));
         Replicas {
             sender,
             _dir: dir,

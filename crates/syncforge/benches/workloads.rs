@@ -30,7 +30,7 @@ use tokio::runtime::Runtime;
 
 use support::w3::{assert_no_edit_lost, diverge, CHANGED_EACH_SIDE};
 use support::{
-    edit_spread, engine, engine_holding, feed_and_sync, runtime, timed, timed_checked,
+    edit_spread, engine, engine_holding, feed_and_sync, feed_head, runtime, timed, timed_checked,
     written_records, Person, COLLECTION, INCREMENTAL, RECORDS,
 };
 
@@ -147,16 +147,7 @@ impl Replicas {
         let sender = rt.block_on(engine_holding("sender", &base));
         let receiver = rt.block_on(engine_holding("receiver", &base));
         drop(base);
-        let cursor = rt.block_on(async {
-            let mut cursor = 0;
-            loop {
-                let page = sender.changes(COLLECTION, cursor, 100_000).await.unwrap();
-                cursor = page.next;
-                if !page.more {
-                    break cursor;
-                }
-            }
-        });
+        let cursor = rt.block_on(feed_head(&sender));
         Replicas {
             sender,
             receiver,

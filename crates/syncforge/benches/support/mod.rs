@@ -174,6 +174,18 @@ pub async fn edit_spread(sender: &SyncEngine, size: usize, round: usize) {
     }
 }
 
+/// The end of `sender`'s change feed: the cursor after everything it holds.
+pub async fn feed_head(sender: &SyncEngine) -> u64 {
+    let mut cursor = 0;
+    loop {
+        let page = sender.changes(COLLECTION, cursor, 100_000).await.unwrap();
+        cursor = page.next;
+        if !page.more {
+            return cursor;
+        }
+    }
+}
+
 /// Incremental sync: `sender`'s changes after `cursor`, read with the change
 /// feed and applied to `receiver` with sync; the cursor moves past them.
 pub async fn feed_and_sync(
