@@ -5,17 +5,76 @@
 //! happens if the record still has that token, so two engines sharing one store
 //! never lose an update (the loser re-reads and merges again).
 //!
-//! Every applied write gets a sequence number, strictly increasing per
-//! collection, which feeds [`StorageBackend::changes`]: a reader that keeps the
-//! last sequence it saw never misses a change, whatever the record's timestamp.
+//! Every applied write gets a [`Cursor`], strictly increasing per collection,
+//! which feeds [`StorageBackend::changes`]: a reader that keeps the cursor of
+//! the last change it saw never misses a change, whatever the record's
+//! timestamp.
 
-use std::fmt::Debug;
+use std::fmt::{self, Debug};
+use std::num::NonZeroUsize;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
 use crate::error::{Error, Result};
 use crate::hlc::Stamp;
+use crate::names::{CollectionName, RecordId};
 use crate::record::Record;
+
+/// A position in a collection's change feed.
+///
+/// Every applied write gets a cursor, strictly greater than every cursor
+/// handed out before in that collection; a reader keeps the cursor of the
+/// last change it saw and asks for what came after. [`Cursor::START`] is
+/// before every change. Cursors are opaque positions (not times, not counts)
+/// and only comparable within one collection of one store. Serialised as a
+/// JSON number, at most 2^53 so that every JSON reader keeps it exact.
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct Cursor(u64);
+
+impl Cursor {
+    /// Before every change: reading from here returns the whole feed.
+    pub const START: Cursor = Cursor(0);
+
+    /// The cursor with this position.
+    pub const fn new(position: u64) -> Self {
+        Cursor(position)
+    }
+
+    /// The position as a number (for storing a cursor).
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Debug for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Cursor({})", self.0)
+    }
+}
+
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::str::FromStr for Cursor {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        s.parse().map(Cursor).map_err(|_| Error::InvalidArgument {
+            name: "cursor",
+            reason: format!(
+                "{:?} is not a change-feed cursor (a non-negative integer)",
+                crate::error::shorten(s)
+            ),
+        })
+    }
+}
 
 /// Identifies the stored state of a record, for conditional writes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -67,12 +126,13 @@ impl Write {
 /// What happened to one conditional write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteOutcome {
-    /// Written; the record now has this token and change sequence.
+    /// Written; the record now has this token and this position in the
+    /// change feed.
     Written {
         /// The new token.
         token: Token,
-        /// The change sequence assigned to this write.
-        sequence: u64,
+        /// The feed position assigned to this write.
+        cursor: Cursor,
     },
     /// Not written: the record no longer matched the expected state.
     Conflict,
@@ -81,45 +141,85 @@ pub enum WriteOutcome {
 /// One entry of the change feed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Change {
-    /// The sequence of the record's latest change.
-    pub sequence: u64,
+    /// The feed position of the record's latest change.
+    pub cursor: Cursor,
     /// The record as it is now.
     pub record: Record,
 }
 
 /// A page of the change feed.
+///
+/// Iterating a page by value yields its records, so a page pulled from one
+/// replica can be handed to another's `sync` as it is.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ChangePage {
-    /// Changed records, in increasing sequence order; each record at most once,
+    /// Changed records, in increasing cursor order; each record at most once,
     /// at its latest change.
     pub changes: Vec<Change>,
-    /// The cursor to continue from: the sequence up to which the feed was
-    /// read. That is the last sequence returned, or beyond it when a backend
-    /// skipped unreadable entries after it, or the cursor asked for when
-    /// nothing was read.
-    pub next: u64,
-    /// Whether more changes lie beyond this page.
+    /// The cursor to continue from: the position up to which the feed was
+    /// read. That is the cursor of the last change returned, or beyond it
+    /// when the backend passed entries that hold no current change (skipped
+    /// as unreadable, or superseded), or the cursor asked for when nothing
+    /// was read.
+    pub next: Cursor,
+    /// Whether more changes may lie beyond this page.
     pub more: bool,
+}
+
+impl ChangePage {
+    /// The page's records, in feed order.
+    pub fn records(&self) -> impl ExactSizeIterator<Item = &Record> + '_ {
+        self.changes.iter().map(|change| &change.record)
+    }
+
+    /// Whether the page holds no change.
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    /// Number of changes in the page.
+    pub fn len(&self) -> usize {
+        self.changes.len()
+    }
+}
+
+impl IntoIterator for ChangePage {
+    type Item = Record;
+    type IntoIter = std::iter::Map<std::vec::IntoIter<Change>, fn(Change) -> Record>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.changes.into_iter().map(|change| change.record)
+    }
 }
 
 /// Storage for records, organised in named collections.
 ///
-/// Collection names and ids reaching a backend are already validated (see
-/// [`crate::validate_id`]), but backends must still never interpret them as
-/// paths or patterns. Errors are mapped into the semantic variants of
-/// [`crate::Error`]: `Unavailable` for transient failures (retried by the
-/// engine), `Storage` for permanent ones, `Closed` after [`close`](Self::close).
+/// Collection names and ids arrive validated ([`CollectionName`],
+/// [`RecordId`]); backends must still never interpret them as paths or
+/// patterns. Each backend maps its own errors, in one place, into the
+/// semantic variants of [`crate::Error`]: [`Unavailable`](Error::Unavailable)
+/// for transient failures (the engine retries them),
+/// [`Storage`](Error::Storage) for permanent ones, [`Corrupt`](Error::Corrupt)
+/// for stored data it cannot read, [`Closed`](Error::Closed) after
+/// [`close`](Self::close).
+///
+/// `Arc<B>` and `Box<B>` of a backend are backends too, so a store can be
+/// shared between engines or chosen at run time (`Arc<dyn StorageBackend>`).
 #[async_trait]
 pub trait StorageBackend: Send + Sync + Debug {
-    /// A short name for messages and logs (`"memory"`, `"fs"`, ...).
+    /// A short name for messages and logs (`"memory"`, `"filesystem"`, ...).
     fn name(&self) -> &'static str;
 
     /// One record with its token, or `None`.
-    async fn get(&self, collection: &str, id: &str) -> Result<Option<Stored>>;
+    async fn get(&self, collection: &CollectionName, id: &RecordId) -> Result<Option<Stored>>;
 
     /// Several records at once, in the order of `ids`. Backends should override
     /// this with one round trip where they can.
-    async fn get_many(&self, collection: &str, ids: &[&str]) -> Result<Vec<Option<Stored>>> {
+    async fn get_many(
+        &self,
+        collection: &CollectionName,
+        ids: &[RecordId],
+    ) -> Result<Vec<Option<Stored>>> {
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             out.push(self.get(collection, id).await?);
@@ -129,7 +229,7 @@ pub trait StorageBackend: Send + Sync + Debug {
 
     /// Every record of the collection, soft-deleted ones included, in no
     /// particular order.
-    async fn get_all(&self, collection: &str) -> Result<Vec<Record>>;
+    async fn get_all(&self, collection: &CollectionName) -> Result<Vec<Record>>;
 
     /// Applies conditional writes, each on its own: a write whose expectation
     /// fails reports [`WriteOutcome::Conflict`] and the others still happen.
@@ -139,10 +239,14 @@ pub trait StorageBackend: Send + Sync + Debug {
     ///
     /// Writes are borrowed so that the caller can retry them after a transient
     /// failure without copying.
-    async fn put_batch(&self, collection: &str, writes: &[Write]) -> Result<Vec<WriteOutcome>>;
+    async fn put_batch(
+        &self,
+        collection: &CollectionName,
+        writes: &[Write],
+    ) -> Result<Vec<WriteOutcome>>;
 
     /// One conditional write.
-    async fn put(&self, collection: &str, write: &Write) -> Result<WriteOutcome> {
+    async fn put(&self, collection: &CollectionName, write: &Write) -> Result<WriteOutcome> {
         let mut outcomes = self
             .put_batch(collection, std::slice::from_ref(write))
             .await?;
@@ -153,27 +257,36 @@ pub trait StorageBackend: Send + Sync + Debug {
 
     /// Removes a record for good (no tombstone: it will not sync). Returns
     /// whether it existed.
-    async fn delete(&self, collection: &str, id: &str) -> Result<bool>;
+    async fn delete(&self, collection: &CollectionName, id: &RecordId) -> Result<bool>;
 
-    /// Changes with a sequence greater than `after`, oldest first, at most
-    /// `limit` of them. A `limit` of 0 is refused with
-    /// [`Error::InvalidArgument`]: such a page could never advance a reader.
-    async fn changes(&self, collection: &str, after: u64, limit: usize) -> Result<ChangePage>;
+    /// Changes after the cursor `after`, oldest first, at most `limit` of them.
+    async fn changes(
+        &self,
+        collection: &CollectionName,
+        after: Cursor,
+        limit: NonZeroUsize,
+    ) -> Result<ChangePage>;
 
     /// Records whose `_timestamp` is greater than `millis`. Time-based: it can
     /// miss records that arrive later with older stamps; prefer
     /// [`changes`](Self::changes).
-    async fn changes_since_timestamp(&self, collection: &str, millis: u64) -> Result<Vec<Record>>;
+    async fn changes_since_timestamp(
+        &self,
+        collection: &CollectionName,
+        millis: u64,
+    ) -> Result<Vec<Record>>;
 
     /// Names of the collections holding at least one record.
-    async fn list_collections(&self) -> Result<Vec<String>>;
+    async fn list_collections(&self) -> Result<Vec<CollectionName>>;
 
     /// Removes every record of one collection (explicit; never done implicitly).
-    async fn clear_collection(&self, collection: &str) -> Result<()>;
+    /// The change feed's numbering goes on: a reader's cursor never skips
+    /// records written after a clear.
+    async fn clear_collection(&self, collection: &CollectionName) -> Result<()>;
 
-    /// The newest stamp stored anywhere, used to seed the engine's clock on
-    /// open. The default scans every collection; backends that keep it at hand
-    /// should override.
+    /// The newest stamp stored anywhere (or newer), used to seed the engine's
+    /// clock on open. The default scans every collection; backends that keep
+    /// it at hand should override.
     async fn newest_stamp(&self) -> Result<Option<Stamp>> {
         let mut newest: Option<Stamp> = None;
         for collection in self.list_collections().await? {
@@ -197,3 +310,99 @@ pub trait StorageBackend: Send + Sync + Debug {
     /// this handle fail with [`crate::Error::Closed`].
     async fn close(&self) -> Result<()>;
 }
+
+/// Forwards every call to the backend behind the pointer.
+macro_rules! forward_backend {
+    ($pointer:ident) => {
+        #[async_trait]
+        impl<B: StorageBackend + ?Sized> StorageBackend for $pointer<B> {
+            fn name(&self) -> &'static str {
+                (**self).name()
+            }
+
+            async fn get(
+                &self,
+                collection: &CollectionName,
+                id: &RecordId,
+            ) -> Result<Option<Stored>> {
+                (**self).get(collection, id).await
+            }
+
+            async fn get_many(
+                &self,
+                collection: &CollectionName,
+                ids: &[RecordId],
+            ) -> Result<Vec<Option<Stored>>> {
+                (**self).get_many(collection, ids).await
+            }
+
+            async fn get_all(&self, collection: &CollectionName) -> Result<Vec<Record>> {
+                (**self).get_all(collection).await
+            }
+
+            async fn put_batch(
+                &self,
+                collection: &CollectionName,
+                writes: &[Write],
+            ) -> Result<Vec<WriteOutcome>> {
+                (**self).put_batch(collection, writes).await
+            }
+
+            async fn put(
+                &self,
+                collection: &CollectionName,
+                write: &Write,
+            ) -> Result<WriteOutcome> {
+                (**self).put(collection, write).await
+            }
+
+            async fn delete(&self, collection: &CollectionName, id: &RecordId) -> Result<bool> {
+                (**self).delete(collection, id).await
+            }
+
+            async fn changes(
+                &self,
+                collection: &CollectionName,
+                after: Cursor,
+                limit: NonZeroUsize,
+            ) -> Result<ChangePage> {
+                (**self).changes(collection, after, limit).await
+            }
+
+            async fn changes_since_timestamp(
+                &self,
+                collection: &CollectionName,
+                millis: u64,
+            ) -> Result<Vec<Record>> {
+                (**self).changes_since_timestamp(collection, millis).await
+            }
+
+            async fn list_collections(&self) -> Result<Vec<CollectionName>> {
+                (**self).list_collections().await
+            }
+
+            async fn clear_collection(&self, collection: &CollectionName) -> Result<()> {
+                (**self).clear_collection(collection).await
+            }
+
+            async fn newest_stamp(&self) -> Result<Option<Stamp>> {
+                (**self).newest_stamp().await
+            }
+
+            async fn get_meta(&self, key: &str) -> Result<Option<String>> {
+                (**self).get_meta(key).await
+            }
+
+            async fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+                (**self).set_meta(key, value).await
+            }
+
+            async fn close(&self) -> Result<()> {
+                (**self).close().await
+            }
+        }
+    };
+}
+
+forward_backend!(Arc);
+forward_backend!(Box);

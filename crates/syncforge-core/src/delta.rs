@@ -4,6 +4,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::error::Result;
 use crate::merge::{is_conflict, merge, resolve_conflict, ConflictDetail, ConflictStrategy};
+use crate::names::{CollectionName, IntoName, RecordId};
 use crate::record::Record;
 
 /// What an incoming record does to local state.
@@ -36,7 +37,7 @@ pub struct Classified {
 /// merged state, never from client ids. Takes `remote` by value so that a
 /// record new to this replica is stored without a copy.
 pub fn classify(
-    collection: &str,
+    collection: &CollectionName,
     local: Option<&Record>,
     remote: Record,
     strategy: ConflictStrategy,
@@ -96,7 +97,7 @@ pub struct Delta {
     /// Records that become deleted.
     pub deleted: Vec<Record>,
     /// Ids of records that change nothing.
-    pub unchanged: Vec<String>,
+    pub unchanged: Vec<RecordId>,
     /// Concurrent edits found, with their resolution.
     pub conflicts: Vec<ConflictDetail>,
 }
@@ -104,15 +105,16 @@ pub struct Delta {
 /// Classifies every remote record against a map of local records by id.
 /// A remote record that appears several times is merged cumulatively.
 pub fn compute_delta(
-    collection: &str,
+    collection: impl IntoName<CollectionName>,
     local: &HashMap<String, Record>,
     remote: &[Record],
     strategy: ConflictStrategy,
 ) -> Result<Delta> {
+    let collection = collection.into_name()?;
     let mut delta = Delta::default();
     for incoming in dedupe(remote.to_vec(), strategy)? {
-        let id = incoming.id().to_owned();
-        let out = classify(collection, local.get(&id), incoming, strategy)?;
+        let id = incoming.id().clone();
+        let out = classify(&collection, local.get(id.as_str()), incoming, strategy)?;
         delta.conflicts.extend(out.conflict);
         match out.kind {
             ChangeKind::Added => delta.added.push(out.merged),
@@ -130,17 +132,17 @@ pub fn dedupe(records: Vec<Record>, strategy: ConflictStrategy) -> Result<Vec<Re
     // Batches rarely repeat an id: checking with borrowed ids first spares
     // the common case a copy of every id.
     let mut seen: HashSet<&str> = HashSet::with_capacity(records.len());
-    if records.iter().all(|r| seen.insert(r.id())) {
+    if records.iter().all(|r| seen.insert(r.id().as_str())) {
         return Ok(records);
     }
     drop(seen);
-    let mut position: HashMap<String, usize> = HashMap::with_capacity(records.len());
+    let mut position: HashMap<RecordId, usize> = HashMap::with_capacity(records.len());
     let mut out: Vec<Record> = Vec::with_capacity(records.len());
     for record in records {
         match position.get(record.id()) {
             Some(&i) => out[i] = merge(&out[i], &record, strategy)?,
             None => {
-                position.insert(record.id().to_owned(), out.len());
+                position.insert(record.id().clone(), out.len());
                 out.push(record);
             }
         }
@@ -151,12 +153,12 @@ pub fn dedupe(records: Vec<Record>, strategy: ConflictStrategy) -> Result<Vec<Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hlc::{ClientId, Stamp};
+    use crate::hlc::Stamp;
     use crate::record::Content;
     use serde_json::json;
 
     fn record(id: &str, field: &str, millis: u64) -> Record {
-        let stamp = Stamp::new(millis, 0, ClientId::new("c").unwrap()).unwrap();
+        let stamp = Stamp::new(millis, 0, "c").unwrap();
         Record::create(
             Content::from_value(json!({"id": id, field: millis})).unwrap(),
             &stamp,

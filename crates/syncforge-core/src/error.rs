@@ -1,10 +1,10 @@
 //! The one error type of syncforge.
 //!
 //! Every refusal names the record, id or value it refused and why. Backends map
-//! their private errors into the storage variants ([`Error::NotFound`],
-//! [`Error::Precondition`], [`Error::Unavailable`], [`Error::Storage`]) so that
-//! the engine can tell a lost race or a transient outage (retried) from bad
-//! input (never retried).
+//! their private errors into the storage variants ([`Error::Unavailable`],
+//! [`Error::Storage`], [`Error::Corrupt`]) in one place each, so that the
+//! engine can tell a transient outage (retried) from bad input and permanent
+//! failures (never retried).
 
 use std::error::Error as StdError;
 
@@ -15,14 +15,23 @@ pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong in syncforge.
+///
+/// Refusals of input (`Invalid*`, [`ClockDrift`](Error::ClockDrift),
+/// [`StampAhead`](Error::StampAhead)) wrote nothing and are never retried.
+/// Storage failures are mapped by each backend, in one place, into
+/// [`Unavailable`](Error::Unavailable) (transient: the engine retries it),
+/// [`Storage`](Error::Storage) (permanent) and [`Corrupt`](Error::Corrupt)
+/// (stored data that cannot be read).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A record (or something offered as one) is malformed. Nothing was written.
-    #[error("invalid record {}: {reason}", display_id(.id))]
+    #[error("invalid record {}{}: {reason}", display_id(.id), display_field(.field))]
     InvalidRecord {
         /// The record's id, when it had a readable one.
         id: Option<String>,
+        /// The field (or metadata key) at fault, when one is.
+        field: Option<String>,
         /// What is wrong with it.
         reason: String,
     },
@@ -45,8 +54,17 @@ pub enum Error {
         reason: String,
     },
 
-    /// Remote stamps lie further in the future than the allowed clock drift.
-    /// The whole batch was refused; nothing was written.
+    /// A stamp (or its string form) is malformed or out of range.
+    #[error("invalid stamp {stamp:?}: {reason}")]
+    InvalidStamp {
+        /// The refused stamp as given (shortened when very long).
+        stamp: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// Records of a sync batch carry stamps further in the future than the
+    /// allowed clock drift. The whole batch was refused; nothing was written.
     #[error(
         "clock drift: {} record(s) carry stamps up to {ahead_ms} ms ahead of local time \
          (limit {max_drift_ms} ms): {}",
@@ -54,9 +72,23 @@ pub enum Error {
         ids.join(", ")
     )]
     ClockDrift {
-        /// Ids of the offending records.
+        /// Ids of the offending records (never empty).
         ids: Vec<String>,
         /// How far the newest offending stamp is ahead of local physical time.
+        ahead_ms: u64,
+        /// The configured maximum drift.
+        max_drift_ms: u64,
+    },
+
+    /// The clock refused to take in one stamp lying further in the future
+    /// than the allowed drift (see [`Hlc::observe`](crate::Hlc::observe)).
+    #[error(
+        "stamp {stamp} is {ahead_ms} ms ahead of local time, more than the allowed drift of {max_drift_ms} ms"
+    )]
+    StampAhead {
+        /// The refused stamp.
+        stamp: String,
+        /// How far it is ahead of local physical time.
         ahead_ms: u64,
         /// The configured maximum drift.
         max_drift_ms: u64,
@@ -71,16 +103,19 @@ pub enum Error {
         reason: String,
     },
 
-    /// The requested object does not exist in the store.
-    #[error("not found: {what}")]
-    NotFound {
-        /// What was looked for.
-        what: String,
+    /// An argument of a call is out of its range. Nothing was read or written.
+    #[error("invalid argument `{name}`: {reason}")]
+    InvalidArgument {
+        /// The argument's name.
+        name: &'static str,
+        /// Why it was refused.
+        reason: String,
     },
 
-    /// A conditional write lost a race: the record changed since it was read.
+    /// A conditional write lost its race again and again: the record kept
+    /// changing between the read and the write. Nothing was written.
     #[error(
-        "precondition failed: record {id:?} in collection {collection:?} changed since it was read"
+        "precondition failed: record {id:?} in collection {collection:?} kept changing between read and write"
     )]
     Precondition {
         /// The collection.
@@ -89,7 +124,8 @@ pub enum Error {
         id: String,
     },
 
-    /// The store could not be reached or timed out. Transient: worth a retry.
+    /// The store could not be reached or timed out. Transient: the engine
+    /// retries it with back-off.
     #[error("storage unavailable ({backend}): {source}")]
     Unavailable {
         /// Which backend.
@@ -99,17 +135,36 @@ pub enum Error {
         source: BoxError,
     },
 
-    /// The store answered with a permanent failure (corrupt data, permission
-    /// denied, ...). Not retried.
+    /// The store answered with a permanent failure (permission denied,
+    /// misconfiguration, ...). Not retried.
     #[error("storage error ({backend}): {message}")]
     Storage {
         /// Which backend.
         backend: &'static str,
-        /// What went wrong, naming the object concerned.
+        /// What went wrong, naming the object concerned and what to do.
         message: String,
         /// The underlying failure, if any.
         #[source]
         source: Option<BoxError>,
+    },
+
+    /// Stored data cannot be read as what it should be (a record file edited
+    /// by hand, a damaged object). Not retried.
+    #[error(
+        "corrupt data ({backend}) in collection {collection:?}{} at {location}: {reason}",
+        display_record(.id)
+    )]
+    Corrupt {
+        /// Which backend.
+        backend: &'static str,
+        /// The collection holding the data.
+        collection: String,
+        /// The record concerned, when known.
+        id: Option<String>,
+        /// Where the data is: a path, a key, an object name.
+        location: String,
+        /// What is wrong with it.
+        reason: String,
     },
 
     /// The engine or backend was closed.
@@ -117,16 +172,6 @@ pub enum Error {
     Closed {
         /// What was closed.
         what: &'static str,
-    },
-
-    /// An argument of a call is out of its range (a page limit of 0, ...).
-    /// Nothing was read or written.
-    #[error("invalid argument `{name}`: {reason}")]
-    InvalidArgument {
-        /// The argument's name.
-        name: &'static str,
-        /// Why it was refused.
-        reason: String,
     },
 
     /// Another replica answered something that breaks the sync protocol (a
@@ -157,18 +202,50 @@ fn display_id(id: &Option<String>) -> String {
     }
 }
 
+fn display_field(field: &Option<String>) -> String {
+    match field {
+        Some(field) => format!(", field `{field}`"),
+        None => String::new(),
+    }
+}
+
+fn display_record(id: &Option<String>) -> String {
+    match id {
+        Some(id) => format!(", record {id:?},"),
+        None => String::new(),
+    }
+}
+
 impl Error {
-    /// Whether retrying the same call may succeed: true for
-    /// [`Error::Unavailable`] and [`Error::Precondition`] (re-read, merge again),
-    /// false for everything caused by input or permanent failures.
+    /// Whether retrying the same call later may succeed: true exactly for
+    /// [`Error::Unavailable`], which is what the engine retries with back-off.
+    /// Everything caused by input, permanent failures and corrupt data is not.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Unavailable { .. } | Error::Precondition { .. })
+        matches!(self, Error::Unavailable { .. })
     }
 
-    /// Shorthand for [`Error::InvalidRecord`].
+    /// Shorthand for [`Error::InvalidRecord`] not about one field.
     pub fn invalid_record(id: Option<&str>, reason: impl Into<String>) -> Self {
         Error::InvalidRecord {
             id: id.map(shorten),
+            field: None,
+            reason: reason.into(),
+        }
+    }
+
+    /// Shorthand for [`Error::InvalidRecord`] about field `field`.
+    pub fn invalid_field(id: Option<&str>, field: &str, reason: impl Into<String>) -> Self {
+        Error::InvalidRecord {
+            id: id.map(shorten),
+            field: Some(shorten(field)),
+            reason: reason.into(),
+        }
+    }
+
+    /// Shorthand for [`Error::InvalidStamp`].
+    pub fn invalid_stamp(stamp: &str, reason: impl Into<String>) -> Self {
+        Error::InvalidStamp {
+            stamp: shorten(stamp),
             reason: reason.into(),
         }
     }

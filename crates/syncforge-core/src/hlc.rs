@@ -110,6 +110,51 @@ impl fmt::Display for ClientId {
     }
 }
 
+impl TryFrom<&str> for ClientId {
+    type Error = Error;
+
+    fn try_from(id: &str) -> Result<Self> {
+        ClientId::new(id)
+    }
+}
+
+/// A client id given as a string or as a [`ClientId`]: what
+/// [`Stamp::new`] takes, so that building a stamp is one fallible step.
+pub trait IntoClientId {
+    /// The validated client id.
+    fn into_client_id(self) -> Result<ClientId>;
+}
+
+impl IntoClientId for ClientId {
+    fn into_client_id(self) -> Result<ClientId> {
+        Ok(self)
+    }
+}
+
+impl IntoClientId for &ClientId {
+    fn into_client_id(self) -> Result<ClientId> {
+        Ok(self.clone())
+    }
+}
+
+impl IntoClientId for &str {
+    fn into_client_id(self) -> Result<ClientId> {
+        ClientId::new(self)
+    }
+}
+
+impl IntoClientId for &String {
+    fn into_client_id(self) -> Result<ClientId> {
+        ClientId::new(self)
+    }
+}
+
+impl IntoClientId for String {
+    fn into_client_id(self) -> Result<ClientId> {
+        ClientId::new(&self)
+    }
+}
+
 impl AsRef<str> for ClientId {
     fn as_ref(&self) -> &str {
         &self.0
@@ -144,13 +189,23 @@ pub struct Stamp {
 pub const MAX_STAMP_MILLIS: u64 = (1 << 48) - 1;
 
 impl Stamp {
-    /// A stamp from its parts. Fails when `millis` exceeds [`MAX_STAMP_MILLIS`].
-    pub fn new(millis: u64, counter: u32, client: ClientId) -> Result<Self> {
+    /// A stamp from its parts; the client is a [`ClientId`] or a string.
+    /// Fails when `millis` exceeds [`MAX_STAMP_MILLIS`] or the client id is
+    /// not valid.
+    ///
+    /// ```
+    /// use syncforge_core::Stamp;
+    /// let stamp = Stamp::new(1_000, 0, "phone")?;
+    /// assert_eq!(stamp.to_string(), "0000000003e8.00000000.phone");
+    /// # Ok::<(), syncforge_core::Error>(())
+    /// ```
+    pub fn new(millis: u64, counter: u32, client: impl IntoClientId) -> Result<Self> {
+        let client = client.into_client_id()?;
         if millis > MAX_STAMP_MILLIS {
-            return Err(Error::invalid_record(
-                None,
-                format!("stamp milliseconds {millis} exceed the maximum {MAX_STAMP_MILLIS}"),
-            ));
+            return Err(Error::InvalidStamp {
+                stamp: format!("({millis}, {counter}, {client})"),
+                reason: format!("milliseconds {millis} exceed the maximum {MAX_STAMP_MILLIS}"),
+            });
         }
         Ok(Stamp {
             millis,
@@ -195,12 +250,7 @@ impl FromStr for Stamp {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        let bad = |why: &str| {
-            Error::invalid_record(
-                None,
-                format!("stamp {:?} is malformed: {why}", crate::error::shorten(s)),
-            )
-        };
+        let bad = |why: &str| Error::invalid_stamp(s, format!("malformed: {why}"));
         let millis_hex = s.get(..12).ok_or_else(|| bad("too short"))?;
         let counter_hex = s.get(13..21).ok_or_else(|| bad("too short"))?;
         if s.as_bytes().get(12) != Some(&b'.') || s.as_bytes().get(21) != Some(&b'.') {
@@ -213,7 +263,12 @@ impl FromStr for Stamp {
         let millis = u64::from_str_radix(millis_hex, 16).map_err(|_| bad("bad milliseconds"))?;
         let counter = u32::from_str_radix(counter_hex, 16).map_err(|_| bad("bad counter"))?;
         let client = ClientId::new(&s[22..]).map_err(|_| bad("bad client id"))?;
-        Stamp::new(millis, counter, client)
+        // Twelve hex digits never exceed MAX_STAMP_MILLIS.
+        Ok(Stamp {
+            millis,
+            counter,
+            client,
+        })
     }
 }
 
@@ -375,8 +430,8 @@ impl Hlc {
     /// clock, a stamp more than the drift bound ahead of local physical time.
     pub fn observe(&mut self, stamp: &Stamp) -> Result<()> {
         if let Some(ahead_ms) = self.drift_excess(stamp) {
-            return Err(Error::ClockDrift {
-                ids: Vec::new(),
+            return Err(Error::StampAhead {
+                stamp: stamp.to_string(),
                 ahead_ms,
                 max_drift_ms: self.max_drift_ms,
             });
@@ -478,7 +533,7 @@ mod tests {
         let far = Stamp::new(1_002_000, 0, client("b")).unwrap();
         assert!(matches!(
             hlc.observe(&far),
-            Err(Error::ClockDrift { ahead_ms: 2000, .. })
+            Err(Error::StampAhead { ahead_ms: 2000, .. })
         ));
         assert_eq!(hlc.now().millis(), 1_000_000);
         let near = Stamp::new(1_000_900, 7, client("b")).unwrap();

@@ -48,27 +48,30 @@ mod error;
 mod hlc;
 mod lww;
 pub mod merge;
+mod names;
 mod record;
 mod sorted;
 mod validate;
 mod version_vector;
 
-pub use backend::{Change, ChangePage, StorageBackend, Stored, Token, Write, WriteOutcome};
+pub use backend::{Change, ChangePage, Cursor, StorageBackend, Stored, Token, Write, WriteOutcome};
 pub use delta::{classify, compute_delta, dedupe, ChangeKind, Classified, Delta};
 pub use error::{BoxError, Error, Result};
 pub use hlc::{
-    ClientId, Hlc, ManualTime, Stamp, SystemClock, TimeSource, DEFAULT_MAX_DRIFT, MAX_STAMP_MILLIS,
+    ClientId, Hlc, IntoClientId, ManualTime, Stamp, SystemClock, TimeSource, DEFAULT_MAX_DRIFT,
+    MAX_STAMP_MILLIS,
 };
 pub use lww::{LwwMap, LwwMapState, LwwRegister, MergedRecords, RegisterState};
 pub use merge::{
     conflicted_fields, is_conflict, merge, resolve_conflict, ConflictDetail, ConflictStrategy,
 };
+pub use names::{CollectionName, IntoName, RecordId};
 pub use record::{
     Content, FieldState, FieldStates, Record, CLIENT_ID_KEY, DELETED_KEY, ID_KEY, RESERVED_KEYS,
     SYNC_KEY, TIMESTAMP_KEY, VERSION_KEY,
 };
-pub use validate::{validate_collection, validate_id, validate_page_limit, MAX_NAME_BYTES};
-pub use version_vector::{Causality, VersionVector};
+pub use validate::{page_limit, validate_collection, validate_id, MAX_NAME_BYTES};
+pub use version_vector::{Causality, VersionVector, MAX_VERSION};
 
 /// Re-exported so backends implement [`StorageBackend`] with the same macro version.
 pub use async_trait::async_trait;

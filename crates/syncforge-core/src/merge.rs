@@ -21,6 +21,7 @@ use std::cmp::Ordering;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::names::{CollectionName, IntoName, RecordId};
 use crate::record::{FieldState, FieldStates, Record};
 use crate::sorted::merge_sorted;
 use crate::version_vector::Causality;
@@ -184,9 +185,9 @@ pub fn is_conflict(local: &Record, remote: &Record) -> bool {
 #[serde(rename_all = "camelCase")]
 pub struct ConflictDetail {
     /// The collection of the record.
-    pub collection: String,
+    pub collection: CollectionName,
     /// The record id.
-    pub record_id: String,
+    pub record_id: RecordId,
     /// The strategy that resolved it.
     pub strategy: ConflictStrategy,
     /// The local state before the merge.
@@ -201,15 +202,16 @@ pub struct ConflictDetail {
 
 /// Resolves two states of one record with `strategy`, describing the outcome.
 pub fn resolve_conflict(
-    collection: &str,
+    collection: impl IntoName<CollectionName>,
     local: &Record,
     remote: &Record,
     strategy: ConflictStrategy,
 ) -> Result<ConflictDetail> {
+    let collection = collection.into_name()?;
     let resolved = merge(local, remote, strategy)?;
     Ok(ConflictDetail {
-        collection: collection.to_owned(),
-        record_id: local.id().to_owned(),
+        collection,
+        record_id: local.id().clone(),
         strategy,
         fields_conflicted: conflicted_fields(local, remote),
         local_record: local.clone(),

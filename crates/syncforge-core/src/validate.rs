@@ -4,12 +4,14 @@
 //! control characters. Backends rely on this: they may encode names in keys,
 //! paths and object names, but they never need to guess what a name means.
 
+use std::num::NonZeroUsize;
+
 use crate::error::{shorten, Error, Result};
 
 /// The longest accepted id or collection name, in bytes of UTF-8.
 pub const MAX_NAME_BYTES: usize = 1024;
 
-fn check_name(name: &str) -> std::result::Result<(), String> {
+pub(crate) fn check_name(name: &str) -> std::result::Result<(), String> {
     if name.is_empty() {
         return Err("must not be empty".to_owned());
     }
@@ -49,14 +51,11 @@ pub fn validate_collection(name: &str) -> Result<()> {
 
 /// Checks the size of a change-feed page: at least 1, since a page that can
 /// hold nothing never lets a reader advance.
-pub fn validate_page_limit(limit: usize) -> Result<()> {
-    if limit == 0 {
-        return Err(Error::InvalidArgument {
-            name: "limit",
-            reason: "a change page must hold at least one change".to_owned(),
-        });
-    }
-    Ok(())
+pub fn page_limit(limit: usize) -> Result<NonZeroUsize> {
+    NonZeroUsize::new(limit).ok_or_else(|| Error::InvalidArgument {
+        name: "limit",
+        reason: "a change page must hold at least one change".to_owned(),
+    })
 }
 
 #[cfg(test)]

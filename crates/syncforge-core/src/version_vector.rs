@@ -5,6 +5,12 @@ use std::cmp::Ordering;
 use crate::hlc::ClientId;
 use crate::sorted::merge_sorted;
 
+/// The largest write count a version vector entry may hold: 2^53 - 1, the
+/// largest integer every JSON reader keeps exact. Records carrying a bigger
+/// count are refused where they enter; reaching it by writing would take
+/// 2^53 writes by one client.
+pub const MAX_VERSION: u64 = (1 << 53) - 1;
+
 /// Per-client write counts of one record. Merged by pointwise maximum.
 ///
 /// Kept as a vector sorted by client id: records are usually written by a
@@ -39,8 +45,10 @@ impl VersionVector {
             .map_or(0, |i| self.0[i].1)
     }
 
-    /// Sets the count for `client`; a count of 0 removes the entry.
+    /// Sets the count for `client`, at most [`MAX_VERSION`]; a count of 0
+    /// removes the entry.
     pub fn set(&mut self, client: ClientId, count: u64) {
+        let count = count.min(MAX_VERSION);
         match self.0.binary_search_by(|(c, _)| c.cmp(&client)) {
             Ok(i) if count == 0 => {
                 self.0.remove(i);
@@ -54,7 +62,7 @@ impl VersionVector {
     /// Counts one more write by `client`.
     pub fn increment(&mut self, client: &ClientId) {
         match self.0.binary_search_by(|(c, _)| c.cmp(client)) {
-            Ok(i) => self.0[i].1 = self.0[i].1.saturating_add(1),
+            Ok(i) => self.0[i].1 = (self.0[i].1 + 1).min(MAX_VERSION),
             Err(i) => self.0.insert(i, (client.clone(), 1)),
         }
     }

@@ -16,8 +16,8 @@ use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use serde_json::{json, Map, Value};
 use syncforge_core::{
-    classify, merge, ChangeKind, ClientId, ConflictStrategy, Content, FieldState, Hlc, LwwMapState,
-    ManualTime, Record, Stamp, VersionVector,
+    classify, merge, ChangeKind, ClientId, CollectionName, ConflictStrategy, Content, FieldState,
+    Hlc, LwwMapState, ManualTime, Record, Stamp, VersionVector,
 };
 
 /// Cases per property: `PROPTEST_CASES` when set (soak runs), else 1,000.
@@ -34,6 +34,11 @@ fn config() -> ProptestConfig {
 
 const STRATEGIES: [ConflictStrategy; 2] = [ConflictStrategy::Timestamp, ConflictStrategy::Crdt];
 const FIELD_NAMES: [&str; 5] = ["f0", "f1", "f2", "f3", "f4"];
+
+/// The collection every property's records belong to.
+fn notes() -> CollectionName {
+    CollectionName::new("notes").unwrap()
+}
 
 fn client(name: &str) -> ClientId {
     ClientId::new(name).unwrap()
@@ -304,7 +309,6 @@ mod merge_laws {
 mod convergence {
     use super::*;
 
-    const COLLECTION: &str = "notes";
     const IDS: [&str; 3] = ["n1", "n2", "n3"];
     /// Physical time every replica's clock is set around.
     const BASE_MILLIS: u64 = 1_700_000_000_000;
@@ -532,8 +536,8 @@ mod convergence {
             let strategy = self.strategy;
             let r = &mut self.replicas[to];
             prop_assert!(r.hlc.observe(incoming.newest_stamp()).is_ok());
-            let local = r.store.get(incoming.id());
-            let out = classify(COLLECTION, local, incoming.clone(), strategy).unwrap();
+            let local = r.store.get(incoming.id().as_str());
+            let out = classify(&notes(), local, incoming.clone(), strategy).unwrap();
             if let Some(local) = local {
                 let merged = merge(local, incoming, strategy).unwrap();
                 same(&out.merged, &merged)?;
@@ -545,13 +549,13 @@ mod convergence {
                     same(&out.merged, local)?;
                 }
             }
-            r.store.insert(incoming.id().to_owned(), out.merged);
+            r.store.insert(incoming.id().to_string(), out.merged);
             Ok(out.kind)
         }
 
         fn import(&mut self, replica: usize, seed: &Value) -> Result<(), TestCaseError> {
             let record = Record::from_json(seed.clone()).unwrap();
-            self.imported.push(record.id().to_owned());
+            self.imported.push(record.id().to_string());
             self.receive(replica, &record)?;
             self.broadcast(replica, &record);
             Ok(())
@@ -738,7 +742,7 @@ mod clock {
                                 ceiling = ceiling.max(remote.millis());
                                 newest_accepted = newest_accepted.max(Some(remote));
                             }
-                            Err(syncforge_core::Error::ClockDrift { ahead_ms, max_drift_ms, .. }) => {
+                            Err(syncforge_core::Error::StampAhead { ahead_ms, max_drift_ms, .. }) => {
                                 prop_assert_eq!(ahead_ms, remote.millis() - physical);
                                 prop_assert_eq!(max_drift_ms, DRIFT_MS);
                                 prop_assert!(ahead_ms > DRIFT_MS);
@@ -850,7 +854,7 @@ mod behaviour {
                 let (mut on_a, mut on_b) = (original.clone(), original.clone());
                 let a_writes = apply(&mut on_a, &mut hlc_a, &a_edits);
                 let b_writes = apply(&mut on_b, &mut hlc_b, &b_edits);
-                let out = classify("notes", Some(&on_a), on_b.clone(), strategy).unwrap();
+                let out = classify(&notes(), Some(&on_a), on_b.clone(), strategy).unwrap();
                 same(&out.merged, &merge(&on_a, &on_b, strategy).unwrap())?;
                 match (a_writes > 0, b_writes > 0) {
                     (false, false) => {
@@ -1019,9 +1023,10 @@ mod behaviour {
             ),
         ];
         for (strategy, json) in expected {
-            let at_phone = classify("notes", Some(&on_phone), on_laptop.clone(), strategy).unwrap();
+            let at_phone =
+                classify(&notes(), Some(&on_phone), on_laptop.clone(), strategy).unwrap();
             let at_laptop =
-                classify("notes", Some(&on_laptop), on_phone.clone(), strategy).unwrap();
+                classify(&notes(), Some(&on_laptop), on_phone.clone(), strategy).unwrap();
             assert_eq!(at_phone.merged.to_json(), json, "{strategy}");
             assert_eq!(
                 at_laptop.merged.to_json_string(),
@@ -1082,14 +1087,14 @@ mod behaviour {
             )
             .unwrap();
         let phone_after = classify(
-            "notes",
+            &notes(),
             Some(&on_phone),
             on_laptop.clone(),
             ConflictStrategy::Crdt,
         )
         .unwrap();
         let laptop_after = classify(
-            "notes",
+            &notes(),
             Some(&on_laptop),
             phone_after.merged.clone(),
             ConflictStrategy::Crdt,

@@ -1,0 +1,267 @@
+//! Validated names: collection names and record ids.
+//!
+//! Both are 1 to [`MAX_NAME_BYTES`](crate::MAX_NAME_BYTES) bytes of UTF-8
+//! without control characters. They are checked once, where they enter (a
+//! user call, a JSON record, a stored file), and then carried in these types,
+//! so that backends and the engine never check them again. Both are a shared
+//! string: cloning one copies a pointer.
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::validate::{validate_collection, validate_id};
+
+macro_rules! validated_name {
+    ($(#[$doc:meta])* $name:ident, $validate:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(Arc<str>);
+
+        impl $name {
+            #[doc = concat!("A ", $what, ": 1 to 1024 bytes of UTF-8, no control characters.")]
+            pub fn new(name: impl AsRef<str> + Into<Arc<str>>) -> Result<Self> {
+                $validate(name.as_ref())?;
+                Ok($name(name.into()))
+            }
+
+            /// The name as a string slice.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            /// The name as a shared string (no copy).
+            pub fn as_shared(&self) -> &Arc<str> {
+                &self.0
+            }
+        }
+
+        impl Deref for $name {
+            type Target = str;
+
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(&*self.0, f)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                *self.0 == *other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                *self.0 == **other
+            }
+        }
+
+        impl PartialEq<String> for $name {
+            fn eq(&self, other: &String) -> bool {
+                *self.0 == **other
+            }
+        }
+
+        impl PartialEq<$name> for str {
+            fn eq(&self, other: &$name) -> bool {
+                *self == *other.0
+            }
+        }
+
+        impl PartialEq<$name> for &str {
+            fn eq(&self, other: &$name) -> bool {
+                **self == *other.0
+            }
+        }
+
+        impl TryFrom<&str> for $name {
+            type Error = Error;
+
+            fn try_from(name: &str) -> Result<Self> {
+                $name::new(name)
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = Error;
+
+            fn try_from(name: String) -> Result<Self> {
+                $name::new(name)
+            }
+        }
+
+        impl TryFrom<&String> for $name {
+            type Error = Error;
+
+            fn try_from(name: &String) -> Result<Self> {
+                $name::new(name.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = Error;
+
+            fn from_str(name: &str) -> Result<Self> {
+                $name::new(name)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(name: $name) -> String {
+                name.0.to_string()
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                $name::new(&*s).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+validated_name!(
+    /// The name of a collection, validated.
+    ///
+    /// ```
+    /// use syncforge_core::CollectionName;
+    /// let notes = CollectionName::new("notes")?;
+    /// assert_eq!(notes, "notes");
+    /// assert!(CollectionName::new("").is_err());
+    /// # Ok::<(), syncforge_core::Error>(())
+    /// ```
+    CollectionName,
+    validate_collection,
+    "collection name"
+);
+
+validated_name!(
+    /// The id of a record, validated.
+    ///
+    /// ```
+    /// use syncforge_core::RecordId;
+    /// let id = RecordId::new("n1")?;
+    /// assert_eq!(id, "n1");
+    /// assert!(RecordId::new("a\nb").is_err());
+    /// # Ok::<(), syncforge_core::Error>(())
+    /// ```
+    RecordId,
+    validate_id,
+    "record id"
+);
+
+/// Converts a name given as a string, or already validated, into a validated
+/// name type: lets a call take `"notes"` and a [`CollectionName`] alike.
+/// Strings are validated; names already validated are taken as they are.
+pub trait IntoName<T> {
+    /// The validated name.
+    fn into_name(self) -> Result<T>;
+}
+
+macro_rules! into_name {
+    ($name:ident) => {
+        impl IntoName<$name> for $name {
+            fn into_name(self) -> Result<$name> {
+                Ok(self)
+            }
+        }
+
+        impl IntoName<$name> for &$name {
+            fn into_name(self) -> Result<$name> {
+                Ok(self.clone())
+            }
+        }
+
+        impl IntoName<$name> for &str {
+            fn into_name(self) -> Result<$name> {
+                $name::new(self)
+            }
+        }
+
+        impl IntoName<$name> for String {
+            fn into_name(self) -> Result<$name> {
+                $name::new(self)
+            }
+        }
+
+        impl IntoName<$name> for &String {
+            fn into_name(self) -> Result<$name> {
+                $name::new(self.as_str())
+            }
+        }
+    };
+}
+
+into_name!(CollectionName);
+into_name!(RecordId);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn names_compare_with_strings_and_look_up_by_str() {
+        let id = RecordId::new("n1").unwrap();
+        assert_eq!(id, "n1");
+        assert_eq!("n1", id);
+        assert_eq!(id.to_string(), "n1");
+        let mut map = HashMap::new();
+        map.insert(id.clone(), 1);
+        assert_eq!(map.get("n1"), Some(&1));
+    }
+
+    #[test]
+    fn invalid_names_are_refused_with_their_own_errors() {
+        assert!(matches!(
+            CollectionName::new(""),
+            Err(Error::InvalidCollection { .. })
+        ));
+        assert!(matches!(RecordId::new(""), Err(Error::InvalidId { .. })));
+        assert!(serde_json::from_str::<RecordId>("\"a\\u0000\"").is_err());
+        let back: CollectionName = serde_json::from_str("\"notes\"").unwrap();
+        assert_eq!(back, "notes");
+    }
+
+    #[test]
+    fn into_name_takes_strings_and_names() {
+        let a: CollectionName = "notes".into_name().unwrap();
+        let b: CollectionName = (&a).into_name().unwrap();
+        let c: CollectionName = String::from("notes").into_name().unwrap();
+        assert_eq!(a, b);
+        assert_eq!(b, c);
+    }
+}

@@ -1,0 +1,245 @@
+//! Field states and the table that shares field names between records.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::json::positive_zero;
+use crate::hlc::Stamp;
+
+/// One field of a record: its value (`None` once removed) and the stamp of the
+/// write that set it.
+///
+/// Serialised as `{"value": ..., "stamp": "..."}`; a removed field has no
+/// `value` key (so a JSON `null` value stays distinct from removal).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FieldState {
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub(crate) value: Option<Value>,
+    pub(crate) stamp: Stamp,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<Value>, D::Error> {
+    use serde::Deserialize;
+    let mut value = Value::deserialize(d)?;
+    positive_zero(&mut value);
+    Ok(Some(value))
+}
+
+impl FieldState {
+    /// A field holding `value` (or removed, for `None`) as written at `stamp`.
+    /// A `-0.0` in the value is stored as `0.0`, as everywhere in syncforge.
+    pub fn new(mut value: Option<Value>, stamp: Stamp) -> Self {
+        if let Some(value) = &mut value {
+            positive_zero(value);
+        }
+        FieldState { value, stamp }
+    }
+
+    /// The value, or `None` when the field was removed.
+    pub fn value(&self) -> Option<&Value> {
+        self.value.as_ref()
+    }
+
+    /// The stamp of the write that set (or removed) the field.
+    pub fn stamp(&self) -> &Stamp {
+        &self.stamp
+    }
+}
+
+/// Every field of a record with its state, removed ones included, sorted by
+/// name.
+///
+/// A sorted vector, not a tree: a record holds a handful of fields, and a
+/// vector of them takes a fraction of the memory of a tree node (which has
+/// room for eleven) and is compared and merged in one linear pass. Names are
+/// shared between records (see [`shared_name`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FieldStates(pub(crate) Vec<(Arc<str>, FieldState)>);
+
+/// A field name as records hold it: records with the same fields share their
+/// names, so a million records of five fields hold five names, not five
+/// million. Each thread keeps a table of the short names it has seen, bounded
+/// so that records with ever-new field names cannot grow it without limit
+/// (names beyond the bound are simply not shared).
+fn shared_name(name: String) -> Arc<str> {
+    const MAX_SHARED_LEN: usize = 64;
+    const MAX_SHARED_NAMES: usize = 4096;
+    thread_local! {
+        static NAMES: RefCell<HashSet<Arc<str>>> = RefCell::new(HashSet::new());
+    }
+    if name.len() > MAX_SHARED_LEN {
+        return Arc::from(name);
+    }
+    NAMES.with(|names| {
+        let mut names = names.borrow_mut();
+        if let Some(shared) = names.get(name.as_str()) {
+            return Arc::clone(shared);
+        }
+        let fresh: Arc<str> = Arc::from(name);
+        if names.len() < MAX_SHARED_NAMES {
+            names.insert(Arc::clone(&fresh));
+        }
+        fresh
+    })
+}
+
+impl FieldStates {
+    /// No fields.
+    pub fn new() -> Self {
+        FieldStates(Vec::new())
+    }
+
+    fn position(&self, name: &str) -> std::result::Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| (**k).cmp(name))
+    }
+
+    /// The state of field `name` (any string-like key, as a map's `get` takes).
+    pub fn get<Q: AsRef<str> + ?Sized>(&self, name: &Q) -> Option<&FieldState> {
+        self.position(name.as_ref()).ok().map(|i| &self.0[i].1)
+    }
+
+    pub(crate) fn get_mut(&mut self, name: &str) -> Option<&mut FieldState> {
+        self.position(name).ok().map(|i| &mut self.0[i].1)
+    }
+
+    /// Whether the record holds a state (live or removed) for `name`.
+    pub fn contains_key<Q: AsRef<str> + ?Sized>(&self, name: &Q) -> bool {
+        self.position(name.as_ref()).is_ok()
+    }
+
+    /// Sets the state of field `name`, returning the state it replaces.
+    pub fn insert(&mut self, name: String, state: FieldState) -> Option<FieldState> {
+        match self.position(&name) {
+            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, state)),
+            Err(i) => {
+                self.0.insert(i, (shared_name(name), state));
+                None
+            }
+        }
+    }
+
+    /// Fields and their states, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &FieldState)> + '_ {
+        self.0.iter().map(|(k, s)| (&**k, s))
+    }
+
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (&str, &mut FieldState)> + '_ {
+        self.0.iter_mut().map(|(k, s)| (&**k, s))
+    }
+
+    /// Field names, sorted.
+    pub fn keys(&self) -> impl Iterator<Item = &str> + '_ {
+        self.0.iter().map(|(k, _)| &**k)
+    }
+
+    /// Field states, in name order.
+    pub fn values(&self) -> impl Iterator<Item = &FieldState> + '_ {
+        self.0.iter().map(|(_, s)| s)
+    }
+
+    /// Number of fields, removed ones included.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are no fields at all.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Serialised as a JSON object from field name to [`FieldState`].
+impl serde::Serialize for FieldStates {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_map(self.iter())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for FieldStates {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        BTreeMap::<String, FieldState>::deserialize(d).map(FieldStates::from)
+    }
+}
+
+impl FromIterator<(String, FieldState)> for FieldStates {
+    /// Collects fields in any order; of a name given twice, the last state
+    /// counts (as with a map).
+    fn from_iter<I: IntoIterator<Item = (String, FieldState)>>(iter: I) -> Self {
+        let mut entries: Vec<(String, FieldState)> = iter.into_iter().collect();
+        if !entries.windows(2).all(|w| w[0].0 < w[1].0) {
+            // A stable sort keeps repeats in input order; keep the last of each.
+            entries.sort_by(|x, y| x.0.cmp(&y.0));
+            let mut unique: Vec<(String, FieldState)> = Vec::with_capacity(entries.len());
+            for entry in entries {
+                match unique.last_mut() {
+                    Some(last) if last.0 == entry.0 => *last = entry,
+                    _ => unique.push(entry),
+                }
+            }
+            entries = unique;
+        }
+        FieldStates(
+            entries
+                .into_iter()
+                .map(|(name, state)| (shared_name(name), state))
+                .collect(),
+        )
+    }
+}
+
+impl From<BTreeMap<String, FieldState>> for FieldStates {
+    fn from(map: BTreeMap<String, FieldState>) -> Self {
+        // A map iterates sorted and without repeats: the collect keeps its order.
+        map.into_iter().collect()
+    }
+}
+
+impl<'a> IntoIterator for &'a FieldStates {
+    type Item = (&'a str, &'a FieldState);
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'a, (Arc<str>, FieldState)>,
+        fn(&'a (Arc<str>, FieldState)) -> (&'a str, &'a FieldState),
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(k, s)| (&**k, s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn stamp(millis: u64, counter: u32, client: &str) -> Stamp {
+        Stamp::new(millis, counter, client).unwrap()
+    }
+
+    #[test]
+    fn field_states_sort_keep_the_last_repeat_and_merge_by_stamp() {
+        let live = |v: i64, millis| FieldState::new(Some(json!(v)), stamp(millis, 0, "p"));
+        let states: FieldStates = [
+            ("b".to_owned(), live(1, 1)),
+            ("a".to_owned(), live(2, 1)),
+            ("b".to_owned(), live(3, 1)),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(states.keys().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(states.get("b"), Some(&live(3, 1)));
+        let other: FieldStates = [("b".to_owned(), live(9, 2)), ("c".to_owned(), live(4, 1))]
+            .into_iter()
+            .collect();
+        let merged = crate::merge::merge_field_states(&states, &other);
+        assert_eq!(merged.keys().collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert_eq!(merged.get("b"), Some(&live(9, 2)));
+        assert_eq!(crate::merge::merge_field_states(&other, &states), merged);
+    }
+}

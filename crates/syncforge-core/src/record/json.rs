@@ -1,0 +1,461 @@
+//! The canonical JSON form of records: writing it, and reading it back with
+//! every check a record from outside needs.
+
+use serde_json::{Map, Value};
+
+use super::fields::{FieldState, FieldStates};
+use super::typescript::from_seed;
+use super::{
+    is_reserved, Record, RecordState, CLIENT_ID_KEY, DELETED_KEY, ID_KEY, SYNC_KEY, TIMESTAMP_KEY,
+    VERSION_KEY,
+};
+use crate::error::{Error, Result};
+use crate::hlc::{ClientId, Stamp, MAX_STAMP_MILLIS};
+use crate::names::RecordId;
+use crate::validate::check_name;
+use crate::version_vector::{VersionVector, MAX_VERSION};
+
+impl Record {
+    /// The canonical JSON form (see the [module documentation](self)).
+    pub fn to_json(&self) -> Value {
+        let mut map = self.content();
+        let newest = self.newest_stamp();
+        map.insert(VERSION_KEY.to_owned(), Value::from(self.version()));
+        map.insert(TIMESTAMP_KEY.to_owned(), Value::from(newest.millis()));
+        map.insert(DELETED_KEY.to_owned(), Value::Bool(self.is_deleted()));
+        map.insert(
+            CLIENT_ID_KEY.to_owned(),
+            Value::String(newest.client().as_str().to_owned()),
+        );
+        map.insert(SYNC_KEY.to_owned(), Value::Object(self.sync_state()));
+        Value::Object(map)
+    }
+
+    /// The canonical JSON form as a string.
+    pub fn to_json_string(&self) -> String {
+        self.to_json().to_string()
+    }
+
+    fn sync_state(&self) -> Map<String, Value> {
+        let mut live = Map::new();
+        let mut removed = Map::new();
+        for (name, state) in &self.state.fields {
+            let target = if state.value.is_some() {
+                &mut live
+            } else {
+                &mut removed
+            };
+            target.insert(name.to_owned(), Value::String(state.stamp.to_string()));
+        }
+        let versions: Map<String, Value> = self
+            .state
+            .versions
+            .iter()
+            .map(|(c, n)| (c.as_str().to_owned(), Value::from(n)))
+            .collect();
+        let mut sync = Map::new();
+        sync.insert(
+            "written".to_owned(),
+            Value::String(self.state.written.to_string()),
+        );
+        sync.insert("fields".to_owned(), Value::Object(live));
+        if !removed.is_empty() {
+            sync.insert("removed".to_owned(), Value::Object(removed));
+        }
+        if let Some(t) = &self.state.tombstone {
+            sync.insert("deleted".to_owned(), Value::String(t.to_string()));
+        }
+        sync.insert("versions".to_owned(), Value::Object(versions));
+        sync
+    }
+
+    /// Reads a record from its JSON form, or from the TypeScript library's form
+    /// (no `_sync`). Refuses, naming the record, the field and the reason,
+    /// anything that is not a well-formed record.
+    pub fn from_json(value: Value) -> Result<Record> {
+        let (id, mut map) = open_object(value)?;
+        let version = map.remove(VERSION_KEY);
+        let timestamp = map.remove(TIMESTAMP_KEY);
+        let deleted = map.remove(DELETED_KEY);
+        let client = map.remove(CLIENT_ID_KEY);
+        let sync = map.remove(SYNC_KEY);
+        let meta = SeedMeta {
+            version: version.as_ref().and_then(Value::as_u64),
+            timestamp: timestamp.as_ref().and_then(Value::as_u64),
+            deleted: deleted.as_ref().and_then(Value::as_bool),
+            client: client.as_ref().and_then(Value::as_str),
+        };
+        let record = match sync {
+            Some(Value::Object(sync)) => from_sync_state(id, map, &sync)?,
+            // `open_object` checked that `_sync`, when present, is an object.
+            Some(other) => return Err(wrong_type(&id, SYNC_KEY, "an object", &other)),
+            None => from_seed(id, map, &meta)?,
+        };
+        record.check_metadata(&meta)?;
+        Ok(record)
+    }
+
+    /// Checks that the TypeScript-style metadata given with a record agrees with
+    /// what its stamps say.
+    fn check_metadata(&self, meta: &SeedMeta<'_>) -> Result<()> {
+        let newest = self.newest_stamp();
+        let disagree =
+            |key: &str, reason: String| Error::invalid_field(Some(self.id()), key, reason);
+        if let Some(v) = meta.version.filter(|v| *v != self.version()) {
+            return Err(disagree(
+                VERSION_KEY,
+                format!(
+                    "{v} disagrees with the version vector, which sums to {}",
+                    self.version()
+                ),
+            ));
+        }
+        if let Some(t) = meta.timestamp.filter(|t| *t != newest.millis()) {
+            return Err(disagree(
+                TIMESTAMP_KEY,
+                format!(
+                    "{t} disagrees with the newest stamp, written at {}",
+                    newest.millis()
+                ),
+            ));
+        }
+        if let Some(d) = meta.deleted.filter(|d| *d != self.is_deleted()) {
+            return Err(disagree(
+                DELETED_KEY,
+                format!(
+                    "{d} disagrees with the stamps, which say {}",
+                    self.is_deleted()
+                ),
+            ));
+        }
+        if let Some(c) = meta.client.filter(|c| *c != newest.client().as_str()) {
+            return Err(disagree(
+                CLIENT_ID_KEY,
+                format!(
+                    "{c:?} disagrees with the newest stamp, written by {:?}",
+                    newest.client().as_str()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The TypeScript-style metadata read from a JSON record (types already checked).
+pub(super) struct SeedMeta<'a> {
+    pub(super) version: Option<u64>,
+    pub(super) timestamp: Option<u64>,
+    pub(super) deleted: Option<bool>,
+    pub(super) client: Option<&'a str>,
+}
+
+/// Describes a JSON value for a message: its kind, and the value itself when
+/// it is short and scalar ("null", "1.5", "the string \"x\"", "an array").
+pub(super) fn describe(value: &Value) -> String {
+    match value {
+        Value::Null => "null".to_owned(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => format!("the string {:?}", crate::error::shorten(s)),
+        Value::Array(_) => "an array".to_owned(),
+        Value::Object(_) => "an object".to_owned(),
+    }
+}
+
+fn wrong_type(id: &str, key: &str, expected: &str, found: &Value) -> Error {
+    Error::invalid_field(
+        Some(id),
+        key,
+        format!("must be {expected}, found {}", describe(found)),
+    )
+}
+
+/// A JSON value offered as a record (content or stored form): an object with a
+/// valid string id, its metadata of the right types, and its user values
+/// normalised. Returns the id and the remaining keys.
+pub(super) fn open_object(value: Value) -> Result<(RecordId, Map<String, Value>)> {
+    let Value::Object(mut map) = value else {
+        return Err(Error::invalid_record(
+            None,
+            format!("expected a JSON object, found {}", describe(&value)),
+        ));
+    };
+    let id = take_id(&mut map)?;
+    check_metadata_types(&id, &map)?;
+    map.iter_mut()
+        .filter(|(key, _)| !is_reserved(key))
+        .for_each(|(_, value)| positive_zero(value));
+    Ok((id, map))
+}
+
+fn take_id(map: &mut Map<String, Value>) -> Result<RecordId> {
+    match map.remove(ID_KEY) {
+        Some(Value::String(id)) => RecordId::new(id),
+        Some(other) => Err(Error::invalid_field(
+            None,
+            ID_KEY,
+            format!("must be a string, found {}", describe(&other)),
+        )),
+        None => Err(Error::invalid_record(None, "missing the string field `id`")),
+    }
+}
+
+/// Checks the types of the metadata keys that are present.
+fn check_metadata_types(id: &str, map: &Map<String, Value>) -> Result<()> {
+    if let Some(v) = map.get(VERSION_KEY) {
+        if v.as_u64().is_none_or(|n| n > MAX_VERSION) {
+            return Err(wrong_type(
+                id,
+                VERSION_KEY,
+                &format!("an integer from 0 to {MAX_VERSION}"),
+                v,
+            ));
+        }
+    }
+    if let Some(v) = map.get(TIMESTAMP_KEY) {
+        if v.as_u64().is_none_or(|t| t > MAX_STAMP_MILLIS) {
+            return Err(wrong_type(
+                id,
+                TIMESTAMP_KEY,
+                &format!("milliseconds since 1970, an integer from 0 to {MAX_STAMP_MILLIS}"),
+                v,
+            ));
+        }
+    }
+    if let Some(v) = map.get(DELETED_KEY).filter(|v| !v.is_boolean()) {
+        return Err(wrong_type(id, DELETED_KEY, "a boolean", v));
+    }
+    if let Some(v) = map.get(CLIENT_ID_KEY) {
+        match v.as_str() {
+            Some(c) => {
+                check_name(c)
+                    .map_err(|reason| Error::invalid_field(Some(id), CLIENT_ID_KEY, reason))?;
+            }
+            None => return Err(wrong_type(id, CLIENT_ID_KEY, "a string", v)),
+        }
+    }
+    if let Some(v) = map.get(SYNC_KEY).filter(|v| !v.is_object()) {
+        return Err(wrong_type(id, SYNC_KEY, "an object", v));
+    }
+    Ok(())
+}
+
+/// Reads `-0.0` as `0.0`, as JavaScript prints it. `-0.0` and `0.0` are equal
+/// JSON values with different text; were both allowed in, records equal as
+/// values could print differently, and ties between imported values (broken
+/// by value) could leave two replicas with different JSON.
+pub(super) fn positive_zero(value: &mut Value) {
+    match value {
+        Value::Number(n) if is_negative_zero(n) => *value = Value::from(0.0),
+        Value::Array(items) => items.iter_mut().for_each(positive_zero),
+        Value::Object(map) => map.values_mut().for_each(positive_zero),
+        _ => {}
+    }
+}
+
+fn is_negative_zero(n: &serde_json::Number) -> bool {
+    n.as_f64()
+        .is_some_and(|f| f.to_bits() == (-0.0f64).to_bits())
+}
+
+/// Reads the `_sync` state. `values` are the user fields beside it; every
+/// one must have a stamp, and every stamp a field.
+fn from_sync_state(
+    id: RecordId,
+    mut values: Map<String, Value>,
+    sync: &Map<String, Value>,
+) -> Result<Record> {
+    let bad = |key: String, why: String| Error::invalid_field(Some(&id), &key, why);
+    let stamp = |key: String, v: &Value| -> Result<Stamp> {
+        let text = v.as_str().ok_or_else(|| {
+            bad(
+                key.clone(),
+                format!("must be a stamp string, found {}", describe(v)),
+            )
+        })?;
+        text.parse::<Stamp>().map_err(|e| match e {
+            Error::InvalidStamp { reason, .. } => bad(
+                key,
+                format!("stamp {:?} is {reason}", crate::error::shorten(text)),
+            ),
+            other => other,
+        })
+    };
+    let object = |key: &str, v: &'_ Value| -> Result<Map<String, Value>> {
+        v.as_object().cloned().ok_or_else(|| {
+            bad(
+                format!("_sync.{key}"),
+                format!("must be an object, found {}", describe(v)),
+            )
+        })
+    };
+    let mut written = None;
+    let mut tombstone = None;
+    let mut live = Map::new();
+    let mut removed = Map::new();
+    let mut versions = Map::new();
+    for (key, value) in sync {
+        match key.as_str() {
+            "written" => written = Some(stamp("_sync.written".to_owned(), value)?),
+            "deleted" => tombstone = Some(stamp("_sync.deleted".to_owned(), value)?),
+            "fields" => live = object(key, value)?,
+            "removed" => removed = object(key, value)?,
+            "versions" => versions = object(key, value)?,
+            other => {
+                return Err(bad(
+                    format!("_sync.{other}"),
+                    "is not a key `_sync` can hold".to_owned(),
+                ))
+            }
+        }
+    }
+    let written =
+        written.ok_or_else(|| bad("_sync.written".to_owned(), "is missing".to_owned()))?;
+    let mut fields = FieldStates::new();
+    for (name, s) in &live {
+        let value = values.remove(name).ok_or_else(|| {
+            bad(
+                name.clone(),
+                "has a stamp in `_sync.fields` but no value".to_owned(),
+            )
+        })?;
+        fields.insert(
+            name.clone(),
+            FieldState::new(Some(value), stamp(format!("_sync.fields.{name}"), s)?),
+        );
+    }
+    if let Some(name) = values.keys().next() {
+        return Err(bad(
+            name.clone(),
+            "has no stamp in `_sync.fields`".to_owned(),
+        ));
+    }
+    for (name, s) in &removed {
+        if is_reserved(name) || fields.contains_key(name) {
+            return Err(bad(
+                name.clone(),
+                "is listed in `_sync.removed` but present".to_owned(),
+            ));
+        }
+        fields.insert(
+            name.clone(),
+            FieldState::new(None, stamp(format!("_sync.removed.{name}"), s)?),
+        );
+    }
+    let mut vv = VersionVector::new();
+    for (client, n) in &versions {
+        let key = format!("_sync.versions.{client}");
+        check_name(client)
+            .map_err(|reason| bad(key.clone(), format!("names a client id that {reason}")))?;
+        let n = n
+            .as_u64()
+            .filter(|n| (1..=MAX_VERSION).contains(n))
+            .ok_or_else(|| {
+                bad(
+                    key.clone(),
+                    format!(
+                        "must be an integer from 1 to {MAX_VERSION}, found {}",
+                        describe(n)
+                    ),
+                )
+            })?;
+        vv.set(ClientId::new(client)?, n);
+    }
+    Ok(Record::from_state(RecordState {
+        id,
+        fields,
+        written,
+        tombstone,
+        versions: vv,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Content;
+    use super::*;
+    use serde_json::json;
+
+    fn stamp(millis: u64, counter: u32, client: &str) -> Stamp {
+        Stamp::new(millis, counter, client).unwrap()
+    }
+
+    fn content(v: Value) -> Content {
+        Content::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn json_form_is_canonical_and_round_trips() {
+        let mut r = Record::create(
+            content(json!({"id": "n1", "z": 1, "a": {"y": 2, "b": 3}})),
+            &stamp(1000, 0, "phone"),
+        );
+        r.apply_put(
+            content(json!({"id": "n1", "a": 5})),
+            &stamp(2000, 3, "laptop"),
+        )
+        .unwrap();
+        let text = r.to_json_string();
+        assert_eq!(
+            text,
+            r#"{"_clientId":"laptop","_deleted":false,"_sync":{"fields":{"a":"0000000007d0.00000003.laptop"},"removed":{"z":"0000000007d0.00000003.laptop"},"versions":{"laptop":1,"phone":1},"written":"0000000007d0.00000003.laptop"},"_timestamp":2000,"_version":2,"a":5,"id":"n1"}"#
+        );
+        let back: Record = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn bad_records_are_refused_with_reasons() {
+        let cases = [
+            (json!([1]), "expected a JSON object"),
+            (json!({"name": "x"}), "missing the string field `id`"),
+            (json!({"id": 5}), "field `id`: must be a string, found 5"),
+            (json!({"id": ""}), "must not be empty"),
+            (
+                json!({"id": "a", "_version": null, "_timestamp": 1, "_clientId": "c"}),
+                "field `_version`: must be an integer from 0 to 9007199254740991, found null",
+            ),
+            (
+                json!({"id": "a", "_version": 1, "_timestamp": "1", "_clientId": "c"}),
+                "field `_timestamp`: must be milliseconds since 1970, an integer from 0 to 281474976710655, found the string \"1\"",
+            ),
+            (
+                json!({"id": "a", "_version": 1, "_timestamp": 1.5, "_clientId": "c"}),
+                "field `_timestamp`: must be milliseconds since 1970, an integer from 0 to 281474976710655, found 1.5",
+            ),
+            (
+                json!({"id": "a", "_version": 1, "_timestamp": 1, "_clientId": 3}),
+                "field `_clientId`: must be a string, found 3",
+            ),
+            (
+                json!({"id": "a", "_version": 1, "_timestamp": 1}),
+                "field `_clientId`: is missing",
+            ),
+            (
+                json!({"id": "a", "_version": 1, "_timestamp": 1, "_clientId": "c", "_deleted": "no"}),
+                "field `_deleted`: must be a boolean, found the string \"no\"",
+            ),
+            (json!({"id": "a", "_sync": 1}), "field `_sync`: must be an object, found 1"),
+            (
+                json!({"id": "a", "x": 1, "_sync": {"written": "000000000001.00000000.c", "fields": {}}}),
+                "field `x`: has no stamp in `_sync.fields`",
+            ),
+            (
+                json!({"id": "a", "_sync": {"written": "garbage"}}),
+                "field `_sync.written`: stamp \"garbage\" is malformed",
+            ),
+            (
+                json!({"id": "a", "_sync": {"fields": {}}}),
+                "field `_sync.written`: is missing",
+            ),
+            (
+                json!({"id": "a", "_version": 9, "_sync": {"written": "000000000001.00000000.c", "fields": {}, "versions": {"c": 1}}}),
+                "field `_version`: 9 disagrees with the version vector, which sums to 1",
+            ),
+        ];
+        for (value, expected) in cases {
+            let err = Record::from_json(value.clone()).unwrap_err().to_string();
+            assert!(err.contains(expected), "{value}: {err}");
+        }
+    }
+}

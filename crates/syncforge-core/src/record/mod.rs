@@ -1,0 +1,479 @@
+//! Records: an id, JSON fields with a stamp each, a tombstone and a version
+//! vector, and their canonical JSON form.
+//!
+//! # JSON form
+//!
+//! ```json
+//! {
+//!   "id": "n1",
+//!   "title": "Q3 Planning Notes",
+//!   "_clientId": "laptop",
+//!   "_deleted": false,
+//!   "_timestamp": 1700000000500,
+//!   "_version": 3,
+//!   "_sync": {
+//!     "written": "018bcfe569f4.00000000.laptop",
+//!     "fields": { "title": "018bcfe569f4.00000000.laptop" },
+//!     "removed": { "body": "018bcfe569f4.00000000.laptop" },
+//!     "deleted": "018bcfe56800.00000002.phone",
+//!     "versions": { "laptop": 1, "phone": 2 }
+//!   }
+//! }
+//! ```
+//!
+//! `_version`, `_timestamp`, `_deleted` and `_clientId` are the TypeScript
+//! library's metadata, derived from the stamps: the sum of the version vector,
+//! the milliseconds and client of the newest stamp, and whether the record is
+//! deleted. `_sync` holds the state that makes merging a join. Keys are sorted
+//! (serde_json's default map), so the form is canonical: replicas holding equal
+//! records print byte-identical JSON.
+//!
+//! A record without `_sync` — as the TypeScript library writes it — is read by
+//! giving every field the stamp `(_timestamp, 0, _clientId)`, a deleted record
+//! the tombstone `(_timestamp, 1, _clientId)`, and the version vector
+//! `{_clientId: _version}`.
+
+mod content;
+mod fields;
+mod json;
+mod typescript;
+
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+use crate::hlc::{ClientId, Stamp};
+use crate::names::{IntoName, RecordId};
+use crate::version_vector::VersionVector;
+
+pub use content::Content;
+pub use fields::{FieldState, FieldStates};
+
+/// Key of the record id.
+pub const ID_KEY: &str = "id";
+/// Key of the version (sum of the version vector).
+pub const VERSION_KEY: &str = "_version";
+/// Key of the milliseconds of the newest stamp.
+pub const TIMESTAMP_KEY: &str = "_timestamp";
+/// Key of the deleted flag.
+pub const DELETED_KEY: &str = "_deleted";
+/// Key of the client that wrote the newest stamp.
+pub const CLIENT_ID_KEY: &str = "_clientId";
+/// Key of the merge state (stamps and version vector).
+pub const SYNC_KEY: &str = "_sync";
+
+/// Keys that are not user fields.
+pub const RESERVED_KEYS: [&str; 6] = [
+    ID_KEY,
+    VERSION_KEY,
+    TIMESTAMP_KEY,
+    DELETED_KEY,
+    CLIENT_ID_KEY,
+    SYNC_KEY,
+];
+
+fn is_reserved(key: &str) -> bool {
+    RESERVED_KEYS.contains(&key)
+}
+
+/// A synchronised record. See the [module documentation](self) for its JSON form.
+///
+/// Cheap to clone: clones share one immutable state until one of them is
+/// written (`apply_put`, `apply_delete`), which copies it first. Stores, change
+/// feeds and merges hand records around constantly, so a clone must not copy
+/// every field.
+#[derive(Clone)]
+pub struct Record {
+    state: Arc<RecordState>,
+}
+
+/// What a [`Record`] holds.
+#[derive(Clone)]
+struct RecordState {
+    id: RecordId,
+    fields: FieldStates,
+    written: Stamp,
+    tombstone: Option<Stamp>,
+    versions: VersionVector,
+}
+
+impl PartialEq for RecordState {
+    /// Cheapest differences first: two states of one record that differ
+    /// almost always differ in their version vectors or write stamps, and
+    /// equal ones are then confirmed field by field.
+    fn eq(&self, other: &Self) -> bool {
+        self.versions == other.versions
+            && self.written == other.written
+            && self.tombstone == other.tombstone
+            && self.id == other.id
+            && self.fields == other.fields
+    }
+}
+
+impl PartialEq for Record {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.state, &other.state) || *self.state == *other.state
+    }
+}
+
+impl std::fmt::Debug for Record {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Record({})", self.to_json())
+    }
+}
+
+impl Record {
+    /// A new record holding `content`, every field stamped with `stamp`.
+    pub fn create(content: Content, stamp: &Stamp) -> Record {
+        let fields = content
+            .fields
+            .into_iter()
+            .map(|(k, v)| (k, FieldState::new(Some(v), stamp.clone())))
+            .collect();
+        let mut versions = VersionVector::new();
+        versions.increment(stamp.client());
+        Record::from_state(RecordState {
+            id: content.id,
+            fields,
+            written: stamp.clone(),
+            tombstone: None,
+            versions,
+        })
+    }
+
+    fn from_state(state: RecordState) -> Record {
+        Record {
+            state: Arc::new(state),
+        }
+    }
+
+    /// A record from its parts, checked for consistency: a valid id, user field
+    /// names only.
+    pub fn from_parts(
+        id: impl IntoName<RecordId>,
+        fields: impl Into<FieldStates>,
+        written: Stamp,
+        tombstone: Option<Stamp>,
+        versions: VersionVector,
+    ) -> Result<Record> {
+        let id = id.into_name()?;
+        let fields = fields.into();
+        if let Some(key) = fields.keys().find(|k| is_reserved(k)) {
+            return Err(Error::invalid_field(
+                Some(&id),
+                key,
+                "is reserved for metadata and cannot be a field",
+            ));
+        }
+        Ok(Record::from_state(RecordState {
+            id,
+            fields,
+            written,
+            tombstone,
+            versions,
+        }))
+    }
+
+    /// Replaces the visible content with `content` (same id), as written at
+    /// `stamp`. Only fields whose value changed get the new stamp; fields left out
+    /// are removed with it. On a deleted record every given field is stamped,
+    /// which resurrects it. Returns whether anything changed; when nothing did,
+    /// the record is untouched and nothing needs writing.
+    ///
+    /// `stamp` must be newer than every stamp in the record (the engine's clock
+    /// guarantees this).
+    pub fn apply_put(&mut self, content: Content, stamp: &Stamp) -> Result<bool> {
+        self.check_same_id(&content.id)?;
+        self.check_newer(stamp)?;
+        let deleted = self.is_deleted();
+        let mut changed = deleted;
+        // Copies the state only if another clone shares it; an unchanged put
+        // then leaves an equal copy, which is harmless.
+        let record = Arc::make_mut(&mut self.state);
+        for (name, state) in record.fields.iter_mut() {
+            if state.value.is_some() && !content.fields.contains_key(name) {
+                state.value = None;
+                state.stamp = stamp.clone();
+                changed = true;
+            }
+        }
+        for (name, value) in content.fields {
+            match record.fields.get_mut(&name) {
+                Some(state) if !deleted && state.value.as_ref() == Some(&value) => {}
+                Some(state) => {
+                    state.value = Some(value);
+                    state.stamp = stamp.clone();
+                    changed = true;
+                }
+                None => {
+                    record
+                        .fields
+                        .insert(name, FieldState::new(Some(value), stamp.clone()));
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            record.written = stamp.clone();
+            record.versions.increment(stamp.client());
+        }
+        Ok(changed)
+    }
+
+    /// Soft-deletes the record at `stamp`. Returns false (and changes nothing)
+    /// when it is already deleted. `stamp` must be newer than every stamp in
+    /// the record.
+    pub fn apply_delete(&mut self, stamp: &Stamp) -> Result<bool> {
+        if self.is_deleted() {
+            return Ok(false);
+        }
+        self.check_newer(stamp)?;
+        let record = Arc::make_mut(&mut self.state);
+        record.tombstone = Some(stamp.clone());
+        record.versions.increment(stamp.client());
+        Ok(true)
+    }
+
+    /// A local write must be stamped after everything the record holds,
+    /// otherwise it could silently lose to an older write.
+    fn check_newer(&self, stamp: &Stamp) -> Result<()> {
+        let newest = self.newest_stamp();
+        if stamp > newest {
+            Ok(())
+        } else {
+            Err(Error::invalid_record(
+                Some(&self.state.id),
+                format!("write stamp {stamp} is not newer than the record's newest stamp {newest}; observe the record's stamps with the clock first"),
+            ))
+        }
+    }
+
+    fn check_same_id(&self, id: &str) -> Result<()> {
+        if *self.state.id == *id {
+            Ok(())
+        } else {
+            Err(Error::invalid_record(
+                Some(id),
+                format!(
+                    "cannot apply content of record {id:?} to record {:?}",
+                    self.state.id
+                ),
+            ))
+        }
+    }
+
+    /// The record id (a shared string: cloning it copies no bytes).
+    pub fn id(&self) -> &RecordId {
+        &self.state.id
+    }
+
+    /// The value of a visible field.
+    pub fn get(&self, field: &str) -> Option<&Value> {
+        self.state.fields.get(field).and_then(|s| s.value.as_ref())
+    }
+
+    /// Visible fields (removed ones are left out), sorted by name.
+    pub fn fields(&self) -> impl Iterator<Item = (&str, &Value)> + '_ {
+        self.state
+            .fields
+            .iter()
+            .filter_map(|(k, s)| s.value.as_ref().map(|v| (k, v)))
+    }
+
+    /// Every field with its stamp, removed ones included.
+    pub fn field_states(&self) -> &FieldStates {
+        &self.state.fields
+    }
+
+    /// The version: total number of writes this record has seen (`_version`).
+    pub fn version(&self) -> u64 {
+        self.state.versions.total()
+    }
+
+    /// The version vector.
+    pub fn versions(&self) -> &VersionVector {
+        &self.state.versions
+    }
+
+    /// Milliseconds of the newest stamp (`_timestamp`).
+    pub fn timestamp(&self) -> u64 {
+        self.newest_stamp().millis()
+    }
+
+    /// Client that wrote the newest stamp (`_clientId`).
+    pub fn client_id(&self) -> &ClientId {
+        self.newest_stamp().client()
+    }
+
+    /// Stamp of the latest write of content.
+    pub fn written(&self) -> &Stamp {
+        &self.state.written
+    }
+
+    /// Stamp of the latest delete, if any.
+    pub fn tombstone(&self) -> Option<&Stamp> {
+        self.state.tombstone.as_ref()
+    }
+
+    /// The newest stamp anywhere in the record.
+    pub fn newest_stamp(&self) -> &Stamp {
+        let mut newest = self.newest_content_stamp();
+        if let Some(t) = &self.state.tombstone {
+            newest = newest.max(t);
+        }
+        newest
+    }
+
+    fn newest_content_stamp(&self) -> &Stamp {
+        self.state
+            .fields
+            .values()
+            .map(|s| &s.stamp)
+            .fold(&self.state.written, |a, b| a.max(b))
+    }
+
+    /// Whether the record is soft-deleted: its tombstone is newer than every write.
+    pub fn is_deleted(&self) -> bool {
+        self.state
+            .tombstone
+            .as_ref()
+            .is_some_and(|t| t > self.newest_content_stamp())
+    }
+
+    /// The user content: `id` and the visible fields, without metadata.
+    pub fn content(&self) -> Map<String, Value> {
+        let mut map = Map::new();
+        map.insert(ID_KEY.to_owned(), Value::String(self.state.id.to_string()));
+        for (k, v) in self.fields() {
+            map.insert(k.to_owned(), v.clone());
+        }
+        map
+    }
+
+    /// The content deserialised as `T` (metadata left out).
+    pub fn get_as<T: DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_value(Value::Object(self.content())).map_err(|e| {
+            Error::invalid_record(
+                Some(&self.state.id),
+                format!("cannot be read as the requested type: {e}"),
+            )
+        })
+    }
+}
+
+impl serde::Serialize for Record {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.to_json().serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Record {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let value = Value::deserialize(d)?;
+        Record::from_json(value).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn stamp(millis: u64, counter: u32, client: &str) -> Stamp {
+        Stamp::new(millis, counter, client).unwrap()
+    }
+
+    fn content(v: Value) -> Content {
+        Content::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn put_stamps_only_changed_fields_and_removes_missing_ones() {
+        let mut r = Record::create(
+            content(json!({"id": "n1", "title": "A", "body": "B"})),
+            &stamp(1, 0, "p"),
+        );
+        let changed = r
+            .apply_put(
+                content(json!({"id": "n1", "title": "A2", "tags": []})),
+                &stamp(2, 0, "p"),
+            )
+            .unwrap();
+        assert!(changed);
+        assert_eq!(
+            r.field_states().get("title").unwrap().stamp(),
+            &stamp(2, 0, "p")
+        );
+        assert_eq!(
+            *r.field_states().get("body").unwrap(),
+            FieldState::new(None, stamp(2, 0, "p"))
+        );
+        assert_eq!(r.get("body"), None);
+        assert_eq!(r.version(), 2);
+        assert_eq!(
+            Value::Object(r.content()),
+            json!({"id": "n1", "title": "A2", "tags": []})
+        );
+    }
+
+    #[test]
+    fn unchanged_put_writes_nothing() {
+        let mut r = Record::create(content(json!({"id": "x", "a": 1})), &stamp(1, 0, "p"));
+        let before = r.clone();
+        assert!(!r
+            .apply_put(content(json!({"id": "x", "a": 1})), &stamp(2, 0, "p"))
+            .unwrap());
+        assert_eq!(r, before);
+    }
+
+    #[test]
+    fn empty_record_can_be_written_deleted_and_written_again() {
+        let mut r = Record::create(content(json!({"id": "e"})), &stamp(1, 0, "p"));
+        assert!(r.apply_delete(&stamp(2, 0, "p")).unwrap());
+        assert!(r.is_deleted());
+        assert!(!r.apply_delete(&stamp(3, 0, "p")).unwrap());
+        assert!(r
+            .apply_put(content(json!({"id": "e"})), &stamp(4, 0, "p"))
+            .unwrap());
+        assert!(!r.is_deleted());
+        assert_eq!(r.version(), 3);
+    }
+
+    #[test]
+    fn writes_with_stale_stamps_are_refused() {
+        let mut r = Record::create(content(json!({"id": "a", "x": 1})), &stamp(5, 0, "p"));
+        assert!(r
+            .apply_put(content(json!({"id": "a", "x": 2})), &stamp(5, 0, "a"))
+            .is_err());
+        assert!(r.apply_delete(&stamp(4, 9, "z")).is_err());
+        assert_eq!(r.get("x"), Some(&json!(1)));
+    }
+
+    #[test]
+    fn put_with_other_id_is_refused() {
+        let mut r = Record::create(content(json!({"id": "a"})), &stamp(1, 0, "p"));
+        assert!(r
+            .apply_put(content(json!({"id": "b"})), &stamp(2, 0, "p"))
+            .is_err());
+    }
+
+    #[test]
+    fn typed_access() {
+        #[derive(serde::Deserialize, PartialEq, Debug)]
+        struct Note {
+            id: String,
+            title: String,
+        }
+        let r = Record::create(content(json!({"id": "n", "title": "t"})), &stamp(1, 0, "p"));
+        assert_eq!(
+            r.get_as::<Note>().unwrap(),
+            Note {
+                id: "n".into(),
+                title: "t".into()
+            }
+        );
+        assert!(r.get_as::<u32>().is_err());
+    }
+}
