@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use syncforge_core::{
-    Change, ChangePage, Error, Record, Result, Stamp, Stored, Token, WriteOutcome,
+    Change, ChangePage, Cursor, Error, Record, Result, Stamp, Stored, Token, WriteOutcome,
 };
 
 use crate::encoding::{decode, is_hashed, stem_for};
@@ -509,7 +509,7 @@ impl Collection {
         }
         let path = self.dir.join(file_name);
         match read_record_file(&path) {
-            Ok(Some(record)) if stem_for(record.id()) == stem => Ok(Some(record.id().to_owned())),
+            Ok(Some(record)) if stem_for(record.id()) == stem => Ok(Some(record.id().to_string())),
             Ok(_) => Ok(None),
             Err(err) => {
                 tracing::warn!(%err, "skipping an unreadable record file");
@@ -682,7 +682,7 @@ impl Collection {
             planned.push((write, next));
             outcomes.push(WriteOutcome::Written {
                 token: Token::Sequence(next),
-                sequence: next,
+                cursor: Cursor::new(next),
             });
         }
         if planned.is_empty() {
@@ -822,27 +822,30 @@ impl Collection {
 
     /// The change feed after `after` (under the shared lock). A record whose
     /// file is corrupt is skipped with a warning: the feed must keep moving.
-    pub(crate) fn changes(&self, after: u64, limit: usize) -> Result<ChangePage> {
+    pub(crate) fn changes(&self, after: Cursor, limit: usize) -> Result<ChangePage> {
         let mut page = ChangePage {
             changes: Vec::new(),
             next: after,
             more: false,
         };
-        let mut pending = self.by_seq.range(after.saturating_add(1)..).peekable();
+        let mut pending = self
+            .by_seq
+            .range(after.get().saturating_add(1)..)
+            .peekable();
         while page.changes.len() < limit {
             let Some((seq, id)) = pending.next() else {
                 break;
             };
-            page.next = *seq;
+            page.next = Cursor::new(*seq);
             let path = self.record_path(id);
             match read_record_file(&path) {
                 Ok(Some(record)) if record.id() == id => page.changes.push(Change {
-                    sequence: *seq,
+                    cursor: Cursor::new(*seq),
                     record,
                 }),
                 Ok(Some(record)) => tracing::warn!(
                     file = %path.display(),
-                    found = record.id(),
+                    found = record.id().as_str(),
                     "skipping a record file that holds another record"
                 ),
                 Ok(None) => {}

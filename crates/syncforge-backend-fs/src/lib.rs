@@ -7,17 +7,21 @@
 //! ```
 //! use serde_json::json;
 //! use syncforge_backend_fs::FsBackend;
-//! use syncforge_core::{ClientId, Content, Record, Stamp, StorageBackend, Write, WriteOutcome};
+//! use syncforge_core::{
+//!     CollectionName, Content, Cursor, Record, Stamp, StorageBackend, Write, WriteOutcome,
+//! };
 //!
 //! # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
 //! let dir = std::env::temp_dir().join(format!("syncforge-doc-{}", std::process::id()));
 //! let store = FsBackend::open(&dir).await?;
-//! let stamp = Stamp::new(1_000, 0, ClientId::new("laptop")?)?;
+//! let stamp = Stamp::new(1_000, 0, "laptop")?;
 //! let note = Record::create(Content::from_value(json!({"id": "n1", "title": "Q3"}))?, &stamp);
-//! let outcome = store.put("notes", &Write::create(note)).await?;
+//! let notes = CollectionName::new("notes")?;
+//! let outcome = store.put(&notes, &Write::create(note)).await?;
 //! assert!(matches!(outcome, WriteOutcome::Written { .. }));
 //! assert!(dir.join("notes").join("n1.json").is_file());
-//! assert_eq!(store.changes("notes", 0, 10).await?.changes.len(), 1);
+//! let page = store.changes(&notes, Cursor::START, 10.try_into()?).await?;
+//! assert_eq!(page.changes.len(), 1);
 //! store.close().await?; // closing never deletes anything
 //! # std::fs::remove_dir_all(&dir).ok();
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -130,11 +134,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use std::num::NonZeroUsize;
 
 use syncforge_core::{
-    async_trait, validate_collection, validate_id, validate_page_limit, ChangePage, Error, Record,
-    Result, Stamp, StorageBackend, Stored, Write, WriteOutcome,
+    async_trait, ChangePage, CollectionName, Cursor, Error, Record, RecordId, Result, Stamp,
+    StorageBackend, Stored, Write, WriteOutcome,
 };
 
 use crate::collection::{has_records, read_all, Collection, PreparedWrite, NAME_FILE};
@@ -214,7 +222,7 @@ struct Inner {
     closed: AtomicBool,
     /// Collections opened by this handle, each with its own lock so that
     /// calls on different collections run in parallel.
-    collections: Mutex<HashMap<String, Arc<Mutex<Collection>>>>,
+    collections: Mutex<HashMap<CollectionName, Arc<Mutex<Collection>>>>,
 }
 
 impl fmt::Debug for FsBackend {
@@ -263,8 +271,7 @@ impl FsBackend {
 
     /// The record files of a collection that cannot be read as the record
     /// their name says (skipped by `get_all` and the change feed).
-    pub async fn corrupt_files(&self, collection: &str) -> Result<Vec<CorruptFile>> {
-        validate_collection(collection)?;
+    pub async fn corrupt_files(&self, collection: &CollectionName) -> Result<Vec<CorruptFile>> {
         let dir = Collection::dir_for(&self.inner.root, collection);
         self.run(move |_| {
             let (_, skipped) = read_all(&dir)?;
@@ -287,17 +294,16 @@ impl FsBackend {
     /// collection does not exist and `create` is false.
     async fn with_collection<T: Send + 'static>(
         &self,
-        collection: &str,
+        collection: &CollectionName,
         create: bool,
         work: impl FnOnce(&mut Collection) -> Result<T> + Send + 'static,
     ) -> Result<Option<T>> {
-        validate_collection(collection)?;
-        let name = collection.to_owned();
+        let name = collection.clone();
         self.run(move |inner| {
             let Some(state) = inner.collection(&name, create)? else {
                 return Ok(None);
             };
-            let mut state = lock(&state)?;
+            let mut state = state.lock();
             work(&mut state).map(Some)
         })
         .await
@@ -315,8 +321,12 @@ impl FsBackend {
 }
 
 impl Inner {
-    fn collection(&self, name: &str, create: bool) -> Result<Option<Arc<Mutex<Collection>>>> {
-        let mut open = lock(&self.collections)?;
+    fn collection(
+        &self,
+        name: &CollectionName,
+        create: bool,
+    ) -> Result<Option<Arc<Mutex<Collection>>>> {
+        let mut open = self.collections.lock();
         if let Some(state) = open.get(name) {
             return Ok(Some(Arc::clone(state)));
         }
@@ -325,7 +335,7 @@ impl Inner {
             return Ok(None);
         };
         let state = Arc::new(Mutex::new(state));
-        open.insert(name.to_owned(), Arc::clone(&state));
+        open.insert(name.clone(), Arc::clone(&state));
         Ok(Some(state))
     }
 
@@ -352,15 +362,6 @@ impl Inner {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> Result<MutexGuard<'_, T>> {
-    mutex.lock().map_err(|_| {
-        Error::storage(
-            BACKEND_NAME,
-            "a previous call panicked while holding the store's state",
-        )
-    })
-}
-
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
@@ -375,20 +376,20 @@ impl StorageBackend for FsBackend {
         BACKEND_NAME
     }
 
-    async fn get(&self, collection: &str, id: &str) -> Result<Option<Stored>> {
-        validate_id(id)?;
-        let id = id.to_owned();
+    async fn get(&self, collection: &CollectionName, id: &RecordId) -> Result<Option<Stored>> {
+        let id = id.clone();
         let found = self
             .with_collection(collection, false, move |c| c.shared(|c| c.read_stored(&id)))
             .await?;
         Ok(found.flatten())
     }
 
-    async fn get_many(&self, collection: &str, ids: &[&str]) -> Result<Vec<Option<Stored>>> {
-        for id in ids {
-            validate_id(id)?;
-        }
-        let owned: Vec<String> = ids.iter().map(|id| (*id).to_owned()).collect();
+    async fn get_many(
+        &self,
+        collection: &CollectionName,
+        ids: &[RecordId],
+    ) -> Result<Vec<Option<Stored>>> {
+        let owned: Vec<RecordId> = ids.to_vec();
         let count = owned.len();
         let found = self
             .with_collection(collection, false, move |c| {
@@ -403,25 +404,26 @@ impl StorageBackend for FsBackend {
         Ok(found.unwrap_or_else(|| vec![None; count]))
     }
 
-    async fn get_all(&self, collection: &str) -> Result<Vec<Record>> {
-        validate_collection(collection)?;
+    async fn get_all(&self, collection: &CollectionName) -> Result<Vec<Record>> {
         let dir = Collection::dir_for(&self.inner.root, collection);
         self.run(move |_| read_all(&dir).map(|(records, _)| records))
             .await
     }
 
-    async fn put_batch(&self, collection: &str, writes: &[Write]) -> Result<Vec<WriteOutcome>> {
+    async fn put_batch(
+        &self,
+        collection: &CollectionName,
+        writes: &[Write],
+    ) -> Result<Vec<WriteOutcome>> {
         let mut prepared = Vec::with_capacity(writes.len());
         for write in writes {
-            validate_id(write.record.id())?;
             prepared.push(PreparedWrite {
-                id: write.record.id().to_owned(),
+                id: write.record.id().to_string(),
                 json: write.record.to_json_string(),
                 expected: write.expected.clone(),
                 newest: write.record.newest_stamp().clone(),
             });
         }
-        validate_collection(collection)?;
         if prepared.is_empty() {
             return Ok(Vec::new());
         }
@@ -435,22 +437,23 @@ impl StorageBackend for FsBackend {
         })
     }
 
-    async fn delete(&self, collection: &str, id: &str) -> Result<bool> {
-        validate_id(id)?;
-        let id = id.to_owned();
+    async fn delete(&self, collection: &CollectionName, id: &RecordId) -> Result<bool> {
+        let id = id.clone();
         let existed = self
             .with_collection(collection, false, move |c| c.exclusive(|c| c.delete(&id)))
             .await?;
         Ok(existed.unwrap_or(false))
     }
 
-    async fn changes(&self, collection: &str, after: u64, limit: usize) -> Result<ChangePage> {
-        // A page that can hold nothing never advances: a caller paging while
-        // `more` would loop for ever.
-        validate_page_limit(limit)?;
+    async fn changes(
+        &self,
+        collection: &CollectionName,
+        after: Cursor,
+        limit: NonZeroUsize,
+    ) -> Result<ChangePage> {
         let page = self
             .with_collection(collection, false, move |c| {
-                c.shared(|c| c.changes(after, limit))
+                c.shared(|c| c.changes(after, limit.get()))
             })
             .await?;
         Ok(page.unwrap_or(ChangePage {
@@ -460,13 +463,17 @@ impl StorageBackend for FsBackend {
         }))
     }
 
-    async fn changes_since_timestamp(&self, collection: &str, millis: u64) -> Result<Vec<Record>> {
+    async fn changes_since_timestamp(
+        &self,
+        collection: &CollectionName,
+        millis: u64,
+    ) -> Result<Vec<Record>> {
         let mut records = self.get_all(collection).await?;
         records.retain(|r| r.timestamp() > millis);
         Ok(records)
     }
 
-    async fn list_collections(&self) -> Result<Vec<String>> {
+    async fn list_collections(&self) -> Result<Vec<CollectionName>> {
         self.run(|inner| {
             let entries = std::fs::read_dir(&inner.root)
                 .and_then(|entries| entries.collect::<std::io::Result<Vec<_>>>())
@@ -486,7 +493,7 @@ impl StorageBackend for FsBackend {
                 } else {
                     decode(&stem)
                 };
-                let Some(name) = name else {
+                let Some(name) = name.and_then(|name| CollectionName::new(name).ok()) else {
                     continue;
                 };
                 if Collection::dir_for(&inner.root, &name) == path && has_records(&path)? {
@@ -499,7 +506,7 @@ impl StorageBackend for FsBackend {
         .await
     }
 
-    async fn clear_collection(&self, collection: &str) -> Result<()> {
+    async fn clear_collection(&self, collection: &CollectionName) -> Result<()> {
         self.with_collection(collection, false, |c| c.exclusive(Collection::clear))
             .await?;
         Ok(())
@@ -551,7 +558,7 @@ impl StorageBackend for FsBackend {
     async fn close(&self) -> Result<()> {
         self.inner.closed.store(true, Ordering::Release);
         // Dropping the states closes the lock files; nothing is deleted.
-        lock(&self.inner.collections)?.clear();
+        self.inner.collections.lock().clear();
         Ok(())
     }
 }

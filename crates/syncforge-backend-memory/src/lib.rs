@@ -10,7 +10,10 @@
 //!
 //! ```
 //! use serde_json::json;
-//! use syncforge_core::{ClientId, Content, Hlc, Record, StorageBackend, Write, WriteOutcome};
+//! use syncforge_core::{
+//!     ClientId, CollectionName, Content, Cursor, Hlc, Record, RecordId, StorageBackend, Write,
+//!     WriteOutcome,
+//! };
 //! use syncforge_backend_memory::MemoryBackend;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -19,25 +22,28 @@
 //! let mut clock = Hlc::new(ClientId::new("phone")?);
 //! let note = Record::create(Content::from_value(json!({"id": "n1", "title": "Q3"}))?, &clock.now());
 //!
-//! let outcome = store.put("notes", &Write::create(note.clone())).await?;
-//! assert!(matches!(outcome, WriteOutcome::Written { sequence: 1, .. }));
+//! let notes = CollectionName::new("notes")?;
+//! let outcome = store.put(&notes, &Write::create(note.clone())).await?;
+//! assert!(matches!(outcome, WriteOutcome::Written { cursor, .. } if cursor == Cursor::new(1)));
 //!
 //! // Another handle sees the same data.
 //! let other = store.clone();
-//! let stored = other.get("notes", "n1").await?;
+//! let stored = other.get(&notes, &RecordId::new("n1")?).await?;
 //! assert_eq!(stored.map(|s| s.record), Some(note));
 //! # Ok(())
 //! # }
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroUsize;
 use std::ops::Bound::{Excluded, Unbounded};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 
+use parking_lot::{Mutex, MutexGuard};
 use syncforge_core::{
-    async_trait, validate_collection, validate_id, validate_page_limit, Change, ChangePage, Error,
-    Record, Result, Stamp, StorageBackend, Stored, Token, Write, WriteOutcome,
+    async_trait, Change, ChangePage, CollectionName, Cursor, Error, Record, RecordId, Result,
+    Stamp, StorageBackend, Stored, Token, Write, WriteOutcome,
 };
 
 const BACKEND_NAME: &str = "memory";
@@ -62,7 +68,7 @@ pub struct MemoryBackend {
 /// Everything shared by the handles of one store.
 #[derive(Default)]
 struct State {
-    collections: HashMap<String, Collection>,
+    collections: HashMap<CollectionName, Collection>,
     meta: HashMap<String, String>,
     /// The newest stamp ever written. Kept instead of recomputed so that
     /// `newest_stamp` is O(1); after deletes it may be newer than any record
@@ -72,15 +78,15 @@ struct State {
 
 /// One collection: the records and two indexes over them.
 ///
-/// Ids are shared `Arc<str>` between the map and the indexes so that an
-/// update moves no string.
+/// Ids are shared between the map and the indexes so that an update moves
+/// no string.
 #[derive(Default)]
 struct Collection {
-    records: HashMap<Arc<str>, Slot>,
+    records: HashMap<RecordId, Slot>,
     /// Sequence of each record's latest change → id: the change feed.
-    by_sequence: BTreeMap<u64, Arc<str>>,
+    by_sequence: BTreeMap<u64, RecordId>,
     /// (`_timestamp` millis, sequence) → id: for `changes_since_timestamp`.
-    by_millis: BTreeMap<(u64, u64), Arc<str>>,
+    by_millis: BTreeMap<(u64, u64), RecordId>,
     /// Last sequence handed out. Survives deletes and clears, so a reader's
     /// cursor never skips records written after a clear.
     last_sequence: u64,
@@ -108,10 +114,7 @@ impl MemoryBackend {
                 what: "memory backend handle",
             });
         }
-        // A panic while holding the lock cannot leave the state torn: every
-        // mutation below completes without calling out. So the data of a
-        // poisoned lock is still consistent and usable.
-        Ok(self.state.lock().unwrap_or_else(PoisonError::into_inner))
+        Ok(self.state.lock())
     }
 }
 
@@ -165,9 +168,9 @@ impl Collection {
                     Some(id) => id,
                     // Unreachable while the indexes agree; rebuilding the key
                     // is still correct if they ever did not.
-                    None => Arc::clone(record.shared_id()),
+                    None => record.id().clone(),
                 };
-                self.by_sequence.insert(sequence, Arc::clone(&id));
+                self.by_sequence.insert(sequence, id.clone());
                 self.by_millis.insert((millis, sequence), id);
                 slot.record = record.clone();
                 slot.sequence = sequence;
@@ -179,9 +182,9 @@ impl Collection {
                 }
                 take_newer(newest, stamp);
                 // The record's own id: indexing it costs no copy.
-                let id: Arc<str> = Arc::clone(record.shared_id());
-                self.by_sequence.insert(sequence, Arc::clone(&id));
-                self.by_millis.insert((millis, sequence), Arc::clone(&id));
+                let id = record.id().clone();
+                self.by_sequence.insert(sequence, id.clone());
+                self.by_millis.insert((millis, sequence), id.clone());
                 self.records.insert(
                     id,
                     Slot {
@@ -195,7 +198,7 @@ impl Collection {
         self.last_sequence = sequence;
         WriteOutcome::Written {
             token: Token::Sequence(sequence),
-            sequence,
+            cursor: Cursor::new(sequence),
         }
     }
 
@@ -223,18 +226,16 @@ impl StorageBackend for MemoryBackend {
         BACKEND_NAME
     }
 
-    async fn get(&self, collection: &str, id: &str) -> Result<Option<Stored>> {
-        validate_collection(collection)?;
-        validate_id(id)?;
+    async fn get(&self, collection: &CollectionName, id: &RecordId) -> Result<Option<Stored>> {
         let state = self.lock()?;
         Ok(state.collections.get(collection).and_then(|c| c.stored(id)))
     }
 
-    async fn get_many(&self, collection: &str, ids: &[&str]) -> Result<Vec<Option<Stored>>> {
-        validate_collection(collection)?;
-        for id in ids {
-            validate_id(id)?;
-        }
+    async fn get_many(
+        &self,
+        collection: &CollectionName,
+        ids: &[RecordId],
+    ) -> Result<Vec<Option<Stored>>> {
         let state = self.lock()?;
         Ok(match state.collections.get(collection) {
             Some(c) => ids.iter().map(|id| c.stored(id)).collect(),
@@ -242,8 +243,7 @@ impl StorageBackend for MemoryBackend {
         })
     }
 
-    async fn get_all(&self, collection: &str) -> Result<Vec<Record>> {
-        validate_collection(collection)?;
+    async fn get_all(&self, collection: &CollectionName) -> Result<Vec<Record>> {
         let state = self.lock()?;
         Ok(state
             .collections
@@ -252,9 +252,11 @@ impl StorageBackend for MemoryBackend {
             .unwrap_or_default())
     }
 
-    async fn put_batch(&self, collection: &str, writes: &[Write]) -> Result<Vec<WriteOutcome>> {
-        validate_collection(collection)?;
-        // Record ids need no check here: every `Record` constructor validates its id.
+    async fn put_batch(
+        &self,
+        collection: &CollectionName,
+        writes: &[Write],
+    ) -> Result<Vec<WriteOutcome>> {
         if writes.is_empty() {
             return Ok(Vec::new());
         }
@@ -262,7 +264,7 @@ impl StorageBackend for MemoryBackend {
         let state = &mut *guard;
         let target = match state.collections.get_mut(collection) {
             Some(c) => c,
-            None => state.collections.entry(collection.to_owned()).or_default(),
+            None => state.collections.entry(collection.clone()).or_default(),
         };
         let newest = &mut state.newest;
         Ok(writes
@@ -271,9 +273,7 @@ impl StorageBackend for MemoryBackend {
             .collect())
     }
 
-    async fn delete(&self, collection: &str, id: &str) -> Result<bool> {
-        validate_collection(collection)?;
-        validate_id(id)?;
+    async fn delete(&self, collection: &CollectionName, id: &RecordId) -> Result<bool> {
         let mut state = self.lock()?;
         Ok(state
             .collections
@@ -281,10 +281,14 @@ impl StorageBackend for MemoryBackend {
             .is_some_and(|c| c.remove(id)))
     }
 
-    async fn changes(&self, collection: &str, after: u64, limit: usize) -> Result<ChangePage> {
-        validate_collection(collection)?;
-        validate_page_limit(limit)?;
+    async fn changes(
+        &self,
+        collection: &CollectionName,
+        after: Cursor,
+        limit: NonZeroUsize,
+    ) -> Result<ChangePage> {
         let state = self.lock()?;
+        let limit = limit.get();
         let Some(c) = state.collections.get(collection) else {
             return Ok(ChangePage {
                 changes: Vec::new(),
@@ -292,18 +296,18 @@ impl StorageBackend for MemoryBackend {
                 more: false,
             });
         };
-        let mut entries = c.by_sequence.range((Excluded(after), Unbounded));
+        let mut entries = c.by_sequence.range((Excluded(after.get()), Unbounded));
         let mut changes = Vec::with_capacity(limit.min(c.records.len()));
         for (&sequence, id) in entries.by_ref().take(limit) {
             if let Some(slot) = c.records.get(id) {
                 changes.push(Change {
-                    sequence,
+                    cursor: Cursor::new(sequence),
                     record: slot.record.clone(),
                 });
             }
         }
         let more = entries.next().is_some();
-        let next = changes.last().map_or(after, |change| change.sequence);
+        let next = changes.last().map_or(after, |change| change.cursor);
         Ok(ChangePage {
             changes,
             next,
@@ -311,8 +315,11 @@ impl StorageBackend for MemoryBackend {
         })
     }
 
-    async fn changes_since_timestamp(&self, collection: &str, millis: u64) -> Result<Vec<Record>> {
-        validate_collection(collection)?;
+    async fn changes_since_timestamp(
+        &self,
+        collection: &CollectionName,
+        millis: u64,
+    ) -> Result<Vec<Record>> {
         let state = self.lock()?;
         let Some(c) = state.collections.get(collection) else {
             return Ok(Vec::new());
@@ -325,7 +332,7 @@ impl StorageBackend for MemoryBackend {
             .collect())
     }
 
-    async fn list_collections(&self) -> Result<Vec<String>> {
+    async fn list_collections(&self) -> Result<Vec<CollectionName>> {
         let state = self.lock()?;
         Ok(state
             .collections
@@ -335,8 +342,7 @@ impl StorageBackend for MemoryBackend {
             .collect())
     }
 
-    async fn clear_collection(&self, collection: &str) -> Result<()> {
-        validate_collection(collection)?;
+    async fn clear_collection(&self, collection: &CollectionName) -> Result<()> {
         let mut state = self.lock()?;
         if let Some(c) = state.collections.get_mut(collection) {
             // The collection itself stays, with its last sequence (see `Collection`).
@@ -376,6 +382,14 @@ mod tests {
 
     use super::*;
 
+    fn coll(name: &str) -> CollectionName {
+        CollectionName::new(name).unwrap()
+    }
+
+    fn rid(id: &str) -> RecordId {
+        RecordId::new(id).unwrap()
+    }
+
     fn clock(millis: u64) -> (Arc<ManualTime>, Hlc) {
         let time = Arc::new(ManualTime::new(millis));
         let hlc = Hlc::with_time(ClientId::new("unit").unwrap(), time.clone());
@@ -390,7 +404,7 @@ mod tests {
     }
 
     fn assert_indexes_agree(store: &MemoryBackend) {
-        let state = store.state.lock().unwrap();
+        let state = store.state.lock();
         for c in state.collections.values() {
             assert_eq!(c.by_sequence.len(), c.records.len());
             assert_eq!(c.by_millis.len(), c.records.len());
@@ -407,23 +421,28 @@ mod tests {
         let store = MemoryBackend::new();
         let (_, mut hlc) = clock(1_000);
         let first = store
-            .put("c", &Write::create(record(&mut hlc, "a", 1)))
+            .put(&coll("c"), &Write::create(record(&mut hlc, "a", 1)))
             .await
             .unwrap();
         assert_eq!(
             first,
             WriteOutcome::Written {
                 token: Token::Sequence(1),
-                sequence: 1
+                cursor: Cursor::new(1)
             }
         );
         let second = store
-            .put("c", &Write::create(record(&mut hlc, "b", 1)))
+            .put(&coll("c"), &Write::create(record(&mut hlc, "b", 1)))
             .await
             .unwrap();
-        assert!(matches!(second, WriteOutcome::Written { sequence: 2, .. }));
+        assert!(matches!(second, WriteOutcome::Written { cursor, .. } if cursor == Cursor::new(2)));
         assert_eq!(
-            store.get("c", "a").await.unwrap().unwrap().token,
+            store
+                .get(&coll("c"), &rid("a"))
+                .await
+                .unwrap()
+                .unwrap()
+                .token,
             Token::Sequence(1)
         );
     }
@@ -433,19 +452,25 @@ mod tests {
         let store = MemoryBackend::new();
         let (_, mut hlc) = clock(1_000);
         store
-            .put("c", &Write::create(record(&mut hlc, "a", 1)))
+            .put(&coll("c"), &Write::create(record(&mut hlc, "a", 1)))
             .await
             .unwrap();
         let outcome = store
             .put(
-                "c",
+                &coll("c"),
                 &Write::replace(record(&mut hlc, "a", 2), Token::Tag("1".to_owned())),
             )
             .await
             .unwrap();
         assert_eq!(outcome, WriteOutcome::Conflict);
         assert_eq!(
-            store.get("c", "a").await.unwrap().unwrap().record.get("n"),
+            store
+                .get(&coll("c"), &rid("a"))
+                .await
+                .unwrap()
+                .unwrap()
+                .record
+                .get(&coll("n")),
             Some(&json!(1))
         );
     }
@@ -456,25 +481,30 @@ mod tests {
         let other = store.clone();
         let (_, mut hlc) = clock(1_000);
         store
-            .put("c", &Write::create(record(&mut hlc, "a", 1)))
+            .put(&coll("c"), &Write::create(record(&mut hlc, "a", 1)))
             .await
             .unwrap();
-        assert!(other.get("c", "a").await.unwrap().is_some());
+        assert!(other.get(&coll("c"), &rid("a")).await.unwrap().is_some());
 
         other.close().await.unwrap();
         assert!(matches!(
-            other.get("c", "a").await,
+            other.get(&coll("c"), &rid("a")).await,
             Err(Error::Closed { .. })
         ));
         // Closing twice is harmless.
         other.close().await.unwrap();
         // A clone of a closed handle is closed too; the original stays open.
         assert!(matches!(
-            other.clone().get_all("c").await,
+            other.clone().get_all(&coll("c")).await,
             Err(Error::Closed { .. })
         ));
-        assert!(store.get("c", "a").await.unwrap().is_some());
-        assert!(store.clone().get("c", "a").await.unwrap().is_some());
+        assert!(store.get(&coll("c"), &rid("a")).await.unwrap().is_some());
+        assert!(store
+            .clone()
+            .get(&coll("c"), &rid("a"))
+            .await
+            .unwrap()
+            .is_some());
     }
 
     #[tokio::test]
@@ -483,7 +513,10 @@ mod tests {
         assert_eq!(store.newest_stamp().await.unwrap(), None);
         let (time, mut hlc) = clock(5_000);
         let late = record(&mut hlc, "late", 1);
-        store.put("c", &Write::create(late.clone())).await.unwrap();
+        store
+            .put(&coll("c"), &Write::create(late.clone()))
+            .await
+            .unwrap();
         assert_eq!(
             store.newest_stamp().await.unwrap().as_ref(),
             Some(late.newest_stamp())
@@ -493,7 +526,7 @@ mod tests {
         time.set(1_000);
         let (_, mut old_clock) = clock(1_000);
         store
-            .put("d", &Write::create(record(&mut old_clock, "old", 1)))
+            .put(&coll("d"), &Write::create(record(&mut old_clock, "old", 1)))
             .await
             .unwrap();
         assert_eq!(
@@ -504,7 +537,10 @@ mod tests {
         // A conflicting write is not stored, so its stamp does not count.
         let (_, mut future_clock) = clock(9_000);
         let lost = store
-            .put("c", &Write::create(record(&mut future_clock, "late", 2)))
+            .put(
+                &coll("c"),
+                &Write::create(record(&mut future_clock, "late", 2)),
+            )
             .await
             .unwrap();
         assert_eq!(lost, WriteOutcome::Conflict);
@@ -514,7 +550,7 @@ mod tests {
         );
 
         // Deleting keeps it: a clock seeded from it must not move backwards.
-        store.delete("c", "late").await.unwrap();
+        store.delete(&coll("c"), &rid("late")).await.unwrap();
         assert_eq!(
             store.newest_stamp().await.unwrap().as_ref(),
             Some(late.newest_stamp())
@@ -527,17 +563,22 @@ mod tests {
         let (_, mut hlc) = clock(1_000);
         for id in ["a", "b", "c"] {
             store
-                .put("c", &Write::create(record(&mut hlc, id, 1)))
+                .put(&coll("c"), &Write::create(record(&mut hlc, id, 1)))
                 .await
                 .unwrap();
         }
-        store.clear_collection("c").await.unwrap();
+        store.clear_collection(&coll("c")).await.unwrap();
         let outcome = store
-            .put("c", &Write::create(record(&mut hlc, "a", 2)))
+            .put(&coll("c"), &Write::create(record(&mut hlc, "a", 2)))
             .await
             .unwrap();
-        assert!(matches!(outcome, WriteOutcome::Written { sequence: 4, .. }));
-        let page = store.changes("c", 3, 10).await.unwrap();
+        assert!(
+            matches!(outcome, WriteOutcome::Written { cursor, .. } if cursor == Cursor::new(4))
+        );
+        let page = store
+            .changes(&coll("c"), Cursor::new(3), NonZeroUsize::new(10).unwrap())
+            .await
+            .unwrap();
         assert_eq!(page.changes.len(), 1);
         assert_indexes_agree(&store);
     }
@@ -550,7 +591,7 @@ mod tests {
             let mut writes = Vec::new();
             for i in 0..20u64 {
                 let id = format!("r{i}");
-                let mut rec = match store.get("c", &id).await.unwrap() {
+                let mut rec = match store.get(&coll("c"), &rid(&id)).await.unwrap() {
                     Some(stored) => {
                         let mut rec = stored.record;
                         let content = Content::from_value(json!({"id": id, "n": round})).unwrap();
@@ -567,42 +608,44 @@ mod tests {
                 }
                 writes.push(Write::create(rec));
             }
-            let outcomes = store.put_batch("c", &writes).await.unwrap();
+            let outcomes = store.put_batch(&coll("c"), &writes).await.unwrap();
             assert!(outcomes
                 .iter()
                 .all(|o| matches!(o, WriteOutcome::Written { .. })));
             for i in (0..20u64).step_by(4 + round as usize) {
-                store.delete("c", &format!("r{i}")).await.unwrap();
+                store
+                    .delete(&coll("c"), &rid(&format!("r{i}")))
+                    .await
+                    .unwrap();
             }
             time.advance(7);
             assert_indexes_agree(&store);
         }
-        store.clear_collection("c").await.unwrap();
+        store.clear_collection(&coll("c")).await.unwrap();
         assert_indexes_agree(&store);
         assert!(store.list_collections().await.unwrap().is_empty());
     }
 
     #[tokio::test]
-    async fn a_poisoned_lock_is_recovered() {
+    async fn a_panic_while_holding_the_lock_leaves_the_store_usable() {
         let store = MemoryBackend::new();
         let (_, mut hlc) = clock(1_000);
         store
-            .put("c", &Write::create(record(&mut hlc, "a", 1)))
+            .put(&coll("c"), &Write::create(record(&mut hlc, "a", 1)))
             .await
             .unwrap();
         let shared = Arc::clone(&store.state);
-        let poisoner = std::thread::spawn(move || {
-            let _guard = shared.lock().unwrap();
-            panic!("poison the lock on purpose");
+        let panicker = std::thread::spawn(move || {
+            let _guard = shared.lock();
+            panic!("panic while holding the lock, on purpose");
         });
-        assert!(poisoner.join().is_err());
-        assert!(store.state.is_poisoned());
-        assert!(store.get("c", "a").await.unwrap().is_some());
+        assert!(panicker.join().is_err());
+        assert!(store.get(&coll("c"), &rid("a")).await.unwrap().is_some());
         store
-            .put("c", &Write::create(record(&mut hlc, "b", 1)))
+            .put(&coll("c"), &Write::create(record(&mut hlc, "b", 1)))
             .await
             .unwrap();
-        assert_eq!(store.get_all("c").await.unwrap().len(), 2);
+        assert_eq!(store.get_all(&coll("c")).await.unwrap().len(), 2);
     }
 
     #[test]

@@ -4,49 +4,52 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use syncforge_core::{Error, Record, StorageBackend, Write, WriteOutcome, MAX_NAME_BYTES};
+use syncforge_core::{
+    Change, CollectionName, Cursor, Record, RecordId, StorageBackend, Write, WriteOutcome,
+    MAX_NAME_BYTES,
+};
 use tokio::sync::Barrier;
 use tokio::task::JoinSet;
 
 use crate::support::{
-    edited, ensure, ensure_eq, expect_closed, expect_invalid_collection, expect_invalid_id, n_of,
-    put_ok, record, shortened, soft_deleted, sorted, written, CheckResult, Ctx, OrFail,
+    edited, ensure, ensure_eq, expect_closed, limit, n_of, put_ok, record, rid, rids, shortened,
+    soft_deleted, sorted, written, CheckResult, Ctx, OrFail,
 };
 
 /// Reads every change after `after` page by page, checking each page's
 /// invariants, and returns them in feed order with the final cursor.
 async fn read_feed(
     store: &dyn StorageBackend,
-    collection: &str,
-    after: u64,
-    limit: usize,
-) -> CheckResult<(Vec<syncforge_core::Change>, u64)> {
+    collection: &CollectionName,
+    after: Cursor,
+    page_size: usize,
+) -> CheckResult<(Vec<Change>, Cursor)> {
     const MAX_PAGES: usize = 10_000;
     let mut cursor = after;
     let mut all = Vec::new();
     for _ in 0..MAX_PAGES {
         let page = store
-            .changes(collection, cursor, limit)
+            .changes(collection, cursor, limit(page_size))
             .await
             .or_fail("changes")?;
         ensure!(
-            page.changes.len() <= limit,
-            "changes(after {cursor}, limit {limit}) returned {} changes",
+            page.changes.len() <= page_size,
+            "changes(after {cursor}, limit {page_size}) returned {} changes",
             page.changes.len()
         );
         let mut previous = cursor;
         for change in &page.changes {
             ensure!(
-                change.sequence > previous,
-                "changes(after {cursor}) returned sequence {} after {previous}: sequences must be strictly increasing and greater than the cursor",
-                change.sequence
+                change.cursor > previous,
+                "changes(after {cursor}) returned cursor {} after {previous}: cursors must be strictly increasing and greater than the cursor asked for",
+                change.cursor
             );
-            previous = change.sequence;
+            previous = change.cursor;
         }
-        ensure_eq!(
-            page.next,
-            previous,
-            "changes(after {cursor}).next must be the last sequence returned (or the cursor when empty)"
+        ensure!(
+            page.next >= previous,
+            "changes(after {cursor}).next ({}) must be at least the last cursor returned ({previous}), or the cursor asked for when empty",
+            page.next
         );
         all.extend(page.changes);
         if !page.more {
@@ -70,7 +73,7 @@ pub(crate) async fn crud(ctx: &Ctx<'_>) -> CheckResult {
     let mut hlc = ctx.clock("crud")?;
 
     ensure!(
-        store.get(&coll, "a").await.or_fail("get")?.is_none(),
+        store.get(&coll, &rid("a")).await.or_fail("get")?.is_none(),
         "get of a record never written must be None"
     );
 
@@ -82,7 +85,7 @@ pub(crate) async fn crud(ctx: &Ctx<'_>) -> CheckResult {
         "create-only put of a new record",
     )
     .await?;
-    let stored = store.get(&coll, "a").await.or_fail("get")?;
+    let stored = store.get(&coll, &rid("a")).await.or_fail("get")?;
     let stored = stored.ok_or("get after create returned None")?;
     ensure_eq!(
         stored.record,
@@ -106,7 +109,7 @@ pub(crate) async fn crud(ctx: &Ctx<'_>) -> CheckResult {
         "create-only put of an existing record"
     );
     let stored = store
-        .get(&coll, "a")
+        .get(&coll, &rid("a"))
         .await
         .or_fail("get")?
         .ok_or("record vanished")?;
@@ -135,7 +138,7 @@ pub(crate) async fn crud(ctx: &Ctx<'_>) -> CheckResult {
     );
     ensure!(token2 != token1, "a write must change the record's token");
     let stored = store
-        .get(&coll, "a")
+        .get(&coll, &rid("a"))
         .await
         .or_fail("get")?
         .ok_or("record vanished")?;
@@ -161,7 +164,7 @@ pub(crate) async fn crud(ctx: &Ctx<'_>) -> CheckResult {
         "replace with a stale token"
     );
     let stored = store
-        .get(&coll, "a")
+        .get(&coll, &rid("a"))
         .await
         .or_fail("get")?
         .ok_or("record vanished")?;
@@ -187,7 +190,7 @@ pub(crate) async fn crud(ctx: &Ctx<'_>) -> CheckResult {
         "replace of a record that does not exist"
     );
     ensure!(
-        store.get(&coll, "b").await.or_fail("get")?.is_none(),
+        store.get(&coll, &rid("b")).await.or_fail("get")?.is_none(),
         "a replace that conflicted must not create the record"
     );
 
@@ -200,7 +203,7 @@ pub(crate) async fn crud(ctx: &Ctx<'_>) -> CheckResult {
     )
     .await?;
     let stored = store
-        .get(&coll, "a")
+        .get(&coll, &rid("a"))
         .await
         .or_fail("get")?
         .ok_or("soft-deleted record vanished")?;
@@ -231,7 +234,10 @@ pub(crate) async fn get_many(ctx: &Ctx<'_>) -> CheckResult {
     }
 
     let ids = ["c", "missing", "a", "a", "b"];
-    let got = store.get_many(&coll, &ids).await.or_fail("get_many")?;
+    let got = store
+        .get_many(&coll, &rids(&ids))
+        .await
+        .or_fail("get_many")?;
     ensure_eq!(
         got.len(),
         ids.len(),
@@ -261,7 +267,7 @@ pub(crate) async fn get_many(ctx: &Ctx<'_>) -> CheckResult {
         "get_many of no ids returns nothing"
     );
     let unknown = store
-        .get_many(&ctx.collection("get-many-unknown"), &["a", "b"])
+        .get_many(&ctx.collection("get-many-unknown"), &rids(&["a", "b"]))
         .await
         .or_fail("get_many")?;
     ensure_eq!(
@@ -350,15 +356,15 @@ pub(crate) async fn batch_with_mixed_outcomes(ctx: &Ctx<'_>) -> CheckResult {
         "put_batch returns one outcome per write"
     );
     let expect_written = [true, false, true, false, false, true, false];
-    let mut last_sequence = 0;
+    let mut last_cursor = Cursor::START;
     for (i, (outcome, should_write)) in outcomes.iter().zip(expect_written).enumerate() {
         match outcome {
-            WriteOutcome::Written { sequence, .. } if should_write => {
+            WriteOutcome::Written { cursor, .. } if should_write => {
                 ensure!(
-                    *sequence > last_sequence,
-                    "batch write #{i}: sequences of a batch must increase in write order"
+                    *cursor > last_cursor,
+                    "batch write #{i}: cursors of a batch must increase in write order"
                 );
-                last_sequence = *sequence;
+                last_cursor = *cursor;
             }
             WriteOutcome::Conflict if !should_write => {}
             other => {
@@ -371,10 +377,10 @@ pub(crate) async fn batch_with_mixed_outcomes(ctx: &Ctx<'_>) -> CheckResult {
         }
     }
 
-    let coll = coll.as_str();
+    let coll = &coll;
     let get = |id: &'static str| async move {
         store
-            .get(coll, id)
+            .get(coll, &rid(id))
             .await
             .or_fail("get")
             .map(|s| s.map(|s| (s.record, s.token)))
@@ -428,14 +434,17 @@ pub(crate) async fn change_feed(ctx: &Ctx<'_>) -> CheckResult {
     let coll = ctx.collection("feed");
     let mut hlc = ctx.clock("feed")?;
 
-    let empty = store.changes(&coll, 0, 10).await.or_fail("changes")?;
+    let empty = store
+        .changes(&coll, Cursor::new(0), limit(10))
+        .await
+        .or_fail("changes")?;
     ensure!(
         empty.changes.is_empty() && !empty.more,
         "the feed of an unknown collection is empty"
     );
     ensure_eq!(
         empty.next,
-        0,
+        Cursor::START,
         "an empty page's next is the cursor asked for"
     );
 
@@ -447,7 +456,7 @@ pub(crate) async fn change_feed(ctx: &Ctx<'_>) -> CheckResult {
     let outcomes = store.put_batch(&coll, &writes).await.or_fail("put_batch")?;
     let mut sequences = BTreeMap::new();
     for (rec, outcome) in records.iter().zip(&outcomes) {
-        sequences.insert(rec.id().to_owned(), written(outcome, "batch create")?.1);
+        sequences.insert(rec.id().clone(), written(outcome, "batch create")?.1);
     }
     // Rewrite a third of them: each must then appear once, at its rewrite.
     for rec in records.iter_mut().step_by(3) {
@@ -464,17 +473,17 @@ pub(crate) async fn change_feed(ctx: &Ctx<'_>) -> CheckResult {
             "replace",
         )
         .await?;
-        sequences.insert(rec.id().to_owned(), seq);
+        sequences.insert(rec.id().clone(), seq);
         *rec = next;
     }
 
-    let (all, end) = read_feed(store, &coll, 0, 1_000).await?;
+    let (all, end) = read_feed(store, &coll, Cursor::START, 1_000).await?;
     ensure_eq!(all.len(), records.len(), "the feed holds each record once");
     for change in &all {
         ensure_eq!(
             sequences.get(change.record.id()),
-            Some(&change.sequence),
-            "the feed lists {} at the sequence of its latest write",
+            Some(&change.cursor),
+            "the feed lists {} at the cursor of its latest write",
             change.record.id()
         );
     }
@@ -485,41 +494,39 @@ pub(crate) async fn change_feed(ctx: &Ctx<'_>) -> CheckResult {
         "the feed holds the latest records"
     );
 
-    for limit in [1, 7, 30] {
-        let (paged, paged_end) = read_feed(store, &coll, 0, limit).await?;
+    for size in [1, 7, 30] {
+        let (paged, paged_end) = read_feed(store, &coll, Cursor::START, size).await?;
         ensure_eq!(
             paged,
             all,
-            "paging with limit {limit} reaches every change exactly once"
+            "paging with limit {size} reaches every change exactly once"
         );
         ensure_eq!(
             paged_end,
             end,
-            "paging with limit {limit} ends at the same cursor"
+            "paging with limit {size} ends at the same cursor"
         );
     }
-    let page = store.changes(&coll, 0, 7).await.or_fail("changes")?;
+    let page = store
+        .changes(&coll, Cursor::new(0), limit(7))
+        .await
+        .or_fail("changes")?;
     ensure!(
         page.changes.len() == 7 && page.more,
         "a page of 7 out of 30 is full and has more"
     );
     let page = store
-        .changes(&coll, 0, records.len())
+        .changes(&coll, Cursor::START, limit(records.len()))
         .await
         .or_fail("changes")?;
     ensure!(
         page.changes.len() == records.len() && !page.more,
         "a page holding exactly the remaining changes reports no more"
     );
-    ensure!(
-        matches!(
-            store.changes(&coll, 0, 0).await,
-            Err(Error::InvalidArgument { name: "limit", .. })
-        ),
-        "a page of 0 changes is refused: it could never advance a reader"
-    );
-
-    let tail = store.changes(&coll, end, 10).await.or_fail("changes")?;
+    let tail = store
+        .changes(&coll, end, limit(10))
+        .await
+        .or_fail("changes")?;
     ensure!(
         tail.changes.is_empty() && !tail.more,
         "nothing lies after the end of the feed"
@@ -534,7 +541,10 @@ pub(crate) async fn change_feed(ctx: &Ctx<'_>) -> CheckResult {
     let (_, mut old_clock) = ctx.manual_clock("feed-old", 1_000)?;
     let synced = record(&mut old_clock, "synced", 1)?;
     let (_, seq) = put_ok(store, &coll, &Write::create(synced.clone()), "create").await?;
-    let after = store.changes(&coll, end, 10).await.or_fail("changes")?;
+    let after = store
+        .changes(&coll, end, limit(10))
+        .await
+        .or_fail("changes")?;
     ensure_eq!(
         after.changes.len(),
         1,
@@ -545,14 +555,10 @@ pub(crate) async fn change_feed(ctx: &Ctx<'_>) -> CheckResult {
         synced,
         "the synced record in the feed"
     );
-    ensure_eq!(
-        after.changes[0].sequence,
-        seq,
-        "the synced record's sequence"
-    );
+    ensure_eq!(after.changes[0].cursor, seq, "the synced record's cursor");
     ensure!(
         seq > end,
-        "a later write gets a greater sequence, whatever its stamp"
+        "a later write gets a greater cursor, whatever its stamp"
     );
     Ok(())
 }
@@ -570,16 +576,19 @@ pub(crate) async fn change_feed_paging_with_rewrites(ctx: &Ctx<'_>) -> CheckResu
         written(&outcome, "batch create")?;
     }
     for w in &writes {
-        current.insert(w.record.id().to_owned(), w.record.clone());
+        current.insert(w.record.id().clone(), w.record.clone());
     }
 
     // The reader keeps the newest state it saw of each record.
-    let mut seen: BTreeMap<String, Record> = BTreeMap::new();
-    let mut cursor = 0;
+    let mut seen: BTreeMap<RecordId, Record> = BTreeMap::new();
+    let mut cursor = Cursor::START;
     for round in 0..40 {
-        let page = store.changes(&coll, cursor, 3).await.or_fail("changes")?;
+        let page = store
+            .changes(&coll, cursor, limit(3))
+            .await
+            .or_fail("changes")?;
         for change in page.changes {
-            seen.insert(change.record.id().to_owned(), change.record);
+            seen.insert(change.record.id().clone(), change.record);
         }
         cursor = page.next;
         if !page.more {
@@ -587,8 +596,8 @@ pub(crate) async fn change_feed_paging_with_rewrites(ctx: &Ctx<'_>) -> CheckResu
         }
         // Between pages, rewrite one record already read and one not yet read.
         for id in [
-            format!("r{:02}", (round * 7) % 20),
-            format!("r{:02}", (round * 3 + 11) % 20),
+            rid(&format!("r{:02}", (round * 7) % 20)),
+            rid(&format!("r{:02}", (round * 3 + 11) % 20)),
         ] {
             if round >= 6 {
                 break;
@@ -609,7 +618,10 @@ pub(crate) async fn change_feed_paging_with_rewrites(ctx: &Ctx<'_>) -> CheckResu
             current.insert(id, next);
         }
     }
-    let tail = store.changes(&coll, cursor, 100).await.or_fail("changes")?;
+    let tail = store
+        .changes(&coll, cursor, limit(100))
+        .await
+        .or_fail("changes")?;
     ensure!(
         tail.changes.is_empty(),
         "the reader reached the end of the feed"
@@ -635,7 +647,7 @@ pub(crate) async fn changes_since_timestamp(ctx: &Ctx<'_>) -> CheckResult {
         at.insert(id, rec);
     }
     let ids = |records: Vec<Record>| -> Vec<String> {
-        let mut ids: Vec<String> = records.iter().map(|r| r.id().to_owned()).collect();
+        let mut ids: Vec<String> = records.iter().map(|r| r.id().to_string()).collect();
         ids.sort();
         ids
     };
@@ -669,7 +681,7 @@ pub(crate) async fn changes_since_timestamp(ctx: &Ctx<'_>) -> CheckResult {
     // A rewrite moves the record in time; it is found once, at its new time.
     time.set(5_000);
     let t1 = store
-        .get(&coll, "t1")
+        .get(&coll, &rid("t1"))
         .await
         .or_fail("get")?
         .ok_or("record vanished")?;
@@ -695,7 +707,7 @@ pub(crate) async fn changes_since_timestamp(ctx: &Ctx<'_>) -> CheckResult {
     // A soft delete counts at the tombstone's time; a hard delete removes it.
     time.set(6_000);
     let t2a = store
-        .get(&coll, "t2a")
+        .get(&coll, &rid("t2a"))
         .await
         .or_fail("get")?
         .ok_or("record vanished")?;
@@ -713,7 +725,7 @@ pub(crate) async fn changes_since_timestamp(ctx: &Ctx<'_>) -> CheckResult {
         "a soft delete counts at its tombstone's time"
     );
     ensure!(
-        store.delete(&coll, "t3").await.or_fail("delete")?,
+        store.delete(&coll, &rid("t3")).await.or_fail("delete")?,
         "hard delete of t3"
     );
     ensure_eq!(
@@ -743,20 +755,30 @@ pub(crate) async fn hard_delete(ctx: &Ctx<'_>) -> CheckResult {
     let (_, seq) = put_ok(store, &coll, &Write::create(doomed), "create").await?;
 
     ensure!(
-        store.delete(&coll, "doomed").await.or_fail("delete")?,
+        store
+            .delete(&coll, &rid("doomed"))
+            .await
+            .or_fail("delete")?,
         "delete of an existing record returns true"
     );
     ensure!(
-        store.get(&coll, "doomed").await.or_fail("get")?.is_none(),
+        store
+            .get(&coll, &rid("doomed"))
+            .await
+            .or_fail("get")?
+            .is_none(),
         "a deleted record is gone"
     );
     ensure!(
-        !store.delete(&coll, "doomed").await.or_fail("delete")?,
+        !store
+            .delete(&coll, &rid("doomed"))
+            .await
+            .or_fail("delete")?,
         "deleting again returns false"
     );
     ensure!(
         !store
-            .delete(&ctx.collection("delete-unknown"), "x")
+            .delete(&ctx.collection("delete-unknown"), &rid("x"))
             .await
             .or_fail("delete")?,
         "deleting in an unknown collection returns false"
@@ -766,7 +788,7 @@ pub(crate) async fn hard_delete(ctx: &Ctx<'_>) -> CheckResult {
         vec![keep.clone()],
         "get_all after delete"
     );
-    let (feed, _) = read_feed(store, &coll, 0, 100).await?;
+    let (feed, _) = read_feed(store, &coll, Cursor::START, 100).await?;
     ensure!(
         feed.iter().all(|c| c.record.id() == "keep") && feed.len() == 1,
         "a hard-deleted record leaves the change feed"
@@ -786,7 +808,7 @@ pub(crate) async fn hard_delete(ctx: &Ctx<'_>) -> CheckResult {
     );
     ensure_eq!(
         store
-            .get(&coll, "doomed")
+            .get(&coll, &rid("doomed"))
             .await
             .or_fail("get")?
             .map(|s| s.record),
@@ -802,7 +824,7 @@ pub(crate) async fn collections_list_and_clear(ctx: &Ctx<'_>) -> CheckResult {
     let first = ctx.collection("list-1");
     let second = ctx.collection("list-2");
     let mut hlc = ctx.clock("list")?;
-    let listed = |name: String| async move {
+    let listed = |name: CollectionName| async move {
         store
             .list_collections()
             .await
@@ -814,7 +836,7 @@ pub(crate) async fn collections_list_and_clear(ctx: &Ctx<'_>) -> CheckResult {
         "a collection never written is not listed"
     );
 
-    let mut last_sequence = 0;
+    let mut last_sequence = Cursor::START;
     for id in ["a", "b"] {
         let (_, seq) = put_ok(
             store,
@@ -850,10 +872,10 @@ pub(crate) async fn collections_list_and_clear(ctx: &Ctx<'_>) -> CheckResult {
         "a cleared collection is empty"
     );
     ensure!(
-        store.get(&first, "a").await.or_fail("get")?.is_none(),
+        store.get(&first, &rid("a")).await.or_fail("get")?.is_none(),
         "a cleared record is gone"
     );
-    let (feed, _) = read_feed(store, &first, 0, 100).await?;
+    let (feed, _) = read_feed(store, &first, Cursor::START, 100).await?;
     ensure!(feed.is_empty(), "a cleared collection's feed is empty");
     ensure!(
         !listed(first.clone()).await?,
@@ -878,7 +900,7 @@ pub(crate) async fn collections_list_and_clear(ctx: &Ctx<'_>) -> CheckResult {
         "sequences keep increasing after a clear ({seq} after {last_sequence})"
     );
     let page = store
-        .changes(&first, last_sequence, 10)
+        .changes(&first, last_sequence, limit(10))
         .await
         .or_fail("changes")?;
     ensure_eq!(
@@ -888,7 +910,10 @@ pub(crate) async fn collections_list_and_clear(ctx: &Ctx<'_>) -> CheckResult {
     );
 
     ensure!(
-        store.delete(&second, "only").await.or_fail("delete")?,
+        store
+            .delete(&second, &rid("only"))
+            .await
+            .or_fail("delete")?,
         "delete"
     );
     ensure!(
@@ -917,7 +942,7 @@ pub(crate) async fn newest_stamp(ctx: &Ctx<'_>) -> CheckResult {
     );
     let later = edited(&mut hlc, &rec, 2)?;
     let token = store
-        .get(&coll, "a")
+        .get(&coll, &rid("a"))
         .await
         .or_fail("get")?
         .ok_or("record vanished")?
@@ -999,8 +1024,8 @@ pub(crate) async fn close_keeps_data(ctx: &Ctx<'_>) -> CheckResult {
     handle.close().await.or_fail("close")?;
 
     let probe = record(&mut hlc, "probe", 1)?;
-    expect_closed(handle.get(&coll, "r0").await, "get")?;
-    expect_closed(handle.get_many(&coll, &["r0"]).await, "get_many")?;
+    expect_closed(handle.get(&coll, &rid("r0")).await, "get")?;
+    expect_closed(handle.get_many(&coll, &rids(&["r0"])).await, "get_many")?;
     expect_closed(handle.get_all(&coll).await, "get_all")?;
     expect_closed(
         handle.put(&coll, &Write::create(probe.clone())).await,
@@ -1010,8 +1035,11 @@ pub(crate) async fn close_keeps_data(ctx: &Ctx<'_>) -> CheckResult {
         handle.put_batch(&coll, &[Write::create(probe)]).await,
         "put_batch",
     )?;
-    expect_closed(handle.delete(&coll, "r0").await, "delete")?;
-    expect_closed(handle.changes(&coll, 0, 10).await, "changes")?;
+    expect_closed(handle.delete(&coll, &rid("r0")).await, "delete")?;
+    expect_closed(
+        handle.changes(&coll, Cursor::new(0), limit(10)).await,
+        "changes",
+    )?;
     expect_closed(
         handle.changes_since_timestamp(&coll, 0).await,
         "changes_since_timestamp",
@@ -1045,7 +1073,7 @@ pub(crate) async fn close_keeps_data(ctx: &Ctx<'_>) -> CheckResult {
         sorted(records.clone()),
         "close keeps every record (read back after reopening)"
     );
-    let (feed, _) = read_feed(&*reopened, &coll, 0, 2).await?;
+    let (feed, _) = read_feed(&*reopened, &coll, Cursor::START, 2).await?;
     ensure_eq!(
         feed.len(),
         records.len(),
@@ -1061,7 +1089,11 @@ pub(crate) async fn close_keeps_data(ctx: &Ctx<'_>) -> CheckResult {
         "meta survives close and reopen"
     );
     ensure!(
-        reopened.get(&coll, "probe").await.or_fail("get")?.is_none(),
+        reopened
+            .get(&coll, &rid("probe"))
+            .await
+            .or_fail("get")?
+            .is_none(),
         "writes refused by a closed handle must not have happened"
     );
     let newest = reopened
@@ -1075,7 +1107,7 @@ pub(crate) async fn close_keeps_data(ctx: &Ctx<'_>) -> CheckResult {
         "newest_stamp survives reopening"
     );
     let stored = reopened
-        .get(&coll, "r0")
+        .get(&coll, &rid("r0"))
         .await
         .or_fail("get")?
         .ok_or("record lost on reopen")?;
@@ -1099,7 +1131,7 @@ const MAX_ATTEMPTS_PER_INCREMENT: usize = 2_000;
 /// Read → merge → conditional write through two handles, retried on
 /// conflict: every increment survives.
 pub(crate) async fn concurrent_writers_lose_no_update(ctx: &Ctx<'_>) -> CheckResult {
-    let coll = Arc::<str>::from(ctx.collection("concurrent"));
+    let coll = ctx.collection("concurrent");
     let mut setup = ctx.clock("concurrent-setup")?;
     let counter = record(&mut setup, "counter", 0)?;
     written(
@@ -1123,7 +1155,7 @@ pub(crate) async fn concurrent_writers_lose_no_update(ctx: &Ctx<'_>) -> CheckRes
             clients.push(hlc.client().clone());
             tasks.spawn(increment(
                 Arc::clone(&handle),
-                Arc::clone(&coll),
+                coll.clone(),
                 hlc,
                 Arc::clone(&start),
             ));
@@ -1137,7 +1169,7 @@ pub(crate) async fn concurrent_writers_lose_no_update(ctx: &Ctx<'_>) -> CheckRes
 
     let stored = ctx
         .store
-        .get(&coll, "counter")
+        .get(&coll, &rid("counter"))
         .await
         .or_fail("get")?
         .ok_or("the counter vanished")?;
@@ -1173,7 +1205,7 @@ pub(crate) async fn concurrent_writers_lose_no_update(ctx: &Ctx<'_>) -> CheckRes
 /// read the counter, so the first round is a real race.
 async fn increment(
     store: Arc<dyn StorageBackend>,
-    coll: Arc<str>,
+    coll: CollectionName,
     mut hlc: syncforge_core::Hlc,
     start: Arc<Barrier>,
 ) -> CheckResult<usize> {
@@ -1189,7 +1221,7 @@ async fn increment(
                 hlc.client()
             );
             let stored = store
-                .get(&coll, "counter")
+                .get(&coll, &rid("counter"))
                 .await
                 .or_fail("get")?
                 .ok_or("the counter vanished")?;
@@ -1217,7 +1249,7 @@ async fn increment(
 
 /// Of several writers creating the same id at once, exactly one wins.
 pub(crate) async fn concurrent_creates_have_one_winner(ctx: &Ctx<'_>) -> CheckResult {
-    let coll = Arc::<str>::from(ctx.collection("concurrent-create"));
+    let coll = ctx.collection("concurrent-create");
     let start = Arc::new(Barrier::new(HANDLES * TASKS_PER_HANDLE));
     let mut tasks = JoinSet::new();
     let mut handles = Vec::new();
@@ -1228,7 +1260,7 @@ pub(crate) async fn concurrent_creates_have_one_winner(ctx: &Ctx<'_>) -> CheckRe
             let mut hlc = ctx.clock(&format!("creator-{h}-{t}"))?;
             let rec = record(&mut hlc, "contested", (h * TASKS_PER_HANDLE + t) as i64)?;
             let handle = Arc::clone(&handle);
-            let coll = Arc::clone(&coll);
+            let coll = coll.clone();
             let start = Arc::clone(&start);
             tasks.spawn(async move {
                 start.wait().await;
@@ -1252,7 +1284,7 @@ pub(crate) async fn concurrent_creates_have_one_winner(ctx: &Ctx<'_>) -> CheckRe
     );
     let stored = ctx
         .store
-        .get(&coll, "contested")
+        .get(&coll, &rid("contested"))
         .await
         .or_fail("get")?
         .map(|s| s.record);
@@ -1277,7 +1309,7 @@ async fn close_all(handles: &[Arc<dyn StorageBackend>]) -> CheckResult {
 pub(crate) async fn clear_run_collections(ctx: &Ctx<'_>) -> CheckResult {
     let store = &*ctx.store;
     let prefix = format!("{}-", ctx.run);
-    let ours = |names: Vec<String>| -> Vec<String> {
+    let ours = |names: Vec<CollectionName>| -> Vec<CollectionName> {
         names
             .into_iter()
             .filter(|n| n.starts_with(&prefix))
@@ -1297,7 +1329,7 @@ pub(crate) async fn clear_run_collections(ctx: &Ctx<'_>) -> CheckResult {
     let left = ours(store.list_collections().await.or_fail("list_collections")?);
     ensure_eq!(
         left,
-        Vec::<String>::new(),
+        Vec::<CollectionName>::new(),
         "collections left after clearing them all"
     );
     Ok(())
@@ -1310,110 +1342,6 @@ fn padded(prefix: &str, len: usize) -> String {
         name.push('x');
     }
     name
-}
-
-/// Invalid collection names are refused by every method, and nothing is written.
-pub(crate) async fn invalid_collection_names(ctx: &Ctx<'_>) -> CheckResult {
-    let store = &*ctx.store;
-    let prefix = ctx.collection("bad-coll");
-    let mut hlc = ctx.clock("bad-coll")?;
-    let too_long = padded(&prefix, MAX_NAME_BYTES + 1);
-    let bad = [
-        String::new(),
-        "a\nb".to_owned(),
-        format!("{prefix}a\nb"),
-        format!("{prefix}\t"),
-        format!("{prefix}\u{0}"),
-        format!("{prefix}\u{7f}"),
-        too_long.clone(),
-    ];
-    let lookalikes = [
-        format!("{prefix}ab"),
-        format!("{prefix}a b"),
-        format!("{prefix}a_b"),
-        format!("{prefix}a"),
-        prefix.clone(),
-        too_long[..MAX_NAME_BYTES].to_owned(),
-    ];
-    let ours = |names: Vec<String>| -> Vec<String> {
-        names
-            .into_iter()
-            .filter(|n| n.starts_with(&prefix))
-            .collect()
-    };
-    let before = ours(store.list_collections().await.or_fail("list_collections")?);
-
-    for name in &bad {
-        let rec = record(&mut hlc, "ok", 1)?;
-        expect_invalid_collection(store.get(name, "ok").await, "get", name)?;
-        expect_invalid_collection(store.get_many(name, &["ok"]).await, "get_many", name)?;
-        expect_invalid_collection(store.get_all(name).await, "get_all", name)?;
-        expect_invalid_collection(
-            store.put(name, &Write::create(rec.clone())).await,
-            "put",
-            name,
-        )?;
-        expect_invalid_collection(
-            store.put_batch(name, &[Write::create(rec)]).await,
-            "put_batch",
-            name,
-        )?;
-        expect_invalid_collection(store.delete(name, "ok").await, "delete", name)?;
-        expect_invalid_collection(store.changes(name, 0, 10).await, "changes", name)?;
-        expect_invalid_collection(
-            store.changes_since_timestamp(name, 0).await,
-            "changes_since_timestamp",
-            name,
-        )?;
-        expect_invalid_collection(store.clear_collection(name).await, "clear_collection", name)?;
-    }
-
-    let after = ours(store.list_collections().await.or_fail("list_collections")?);
-    ensure_eq!(
-        after,
-        before,
-        "refused writes must not create any collection"
-    );
-    for name in &lookalikes {
-        ensure!(
-            store.get_all(name).await.or_fail("get_all")?.is_empty(),
-            "a refused write must not land in a similar collection {:?}",
-            shortened(name)
-        );
-    }
-    Ok(())
-}
-
-/// Invalid ids are refused by every method taking an id, and nothing changes.
-pub(crate) async fn invalid_ids(ctx: &Ctx<'_>) -> CheckResult {
-    let store = &*ctx.store;
-    let coll = ctx.collection("bad-id");
-    let mut hlc = ctx.clock("bad-id")?;
-    let mut kept = Vec::new();
-    for id in ["ok", "ab", "a b", "a", "a_b"] {
-        let rec = record(&mut hlc, id, 1)?;
-        put_ok(store, &coll, &Write::create(rec.clone()), "create").await?;
-        kept.push(rec);
-    }
-    let (feed_before, _) = read_feed(store, &coll, 0, 100).await?;
-    let too_long = padded("a", MAX_NAME_BYTES + 1);
-    for id in ["", "a\nb", "\u{0}", "a\u{7f}", "\tab", too_long.as_str()] {
-        expect_invalid_id(store.get(&coll, id).await, "get", id)?;
-        expect_invalid_id(store.get_many(&coll, &["ok", id]).await, "get_many", id)?;
-        expect_invalid_id(store.delete(&coll, id).await, "delete", id)?;
-    }
-    ensure_eq!(
-        sorted(store.get_all(&coll).await.or_fail("get_all")?),
-        sorted(kept),
-        "refused calls leave every record in place"
-    );
-    let (feed_after, _) = read_feed(store, &coll, 0, 100).await?;
-    ensure_eq!(
-        feed_after,
-        feed_before,
-        "refused calls leave the change feed unchanged"
-    );
-    Ok(())
 }
 
 /// Names that are valid but unusual: path-like, case variants, reserved
@@ -1481,7 +1409,7 @@ pub(crate) async fn unusual_ids(ctx: &Ctx<'_>) -> CheckResult {
         )?;
     }
     for (i, id) in names.iter().enumerate() {
-        let stored = store.get(&coll, id).await.or_fail("get")?;
+        let stored = store.get(&coll, &rid(id)).await.or_fail("get")?;
         let stored = stored.ok_or_else(|| format!("id {:?} not found", shortened(id)))?;
         ensure_eq!(stored.record.id(), id.as_str(), "the id reads back exactly");
         ensure_eq!(
@@ -1491,8 +1419,8 @@ pub(crate) async fn unusual_ids(ctx: &Ctx<'_>) -> CheckResult {
             shortened(id)
         );
     }
-    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let many = store.get_many(&coll, &refs).await.or_fail("get_many")?;
+    let ids: Vec<RecordId> = names.iter().map(|id| rid(id)).collect();
+    let many = store.get_many(&coll, &ids).await.or_fail("get_many")?;
     for (i, (id, entry)) in names.iter().zip(&many).enumerate() {
         ensure_eq!(
             entry.as_ref().and_then(|s| n_of(&s.record)),
@@ -1506,14 +1434,14 @@ pub(crate) async fn unusual_ids(ctx: &Ctx<'_>) -> CheckResult {
         .await
         .or_fail("get_all")?
         .iter()
-        .map(|r| r.id().to_owned())
+        .map(|r| r.id().to_string())
         .collect();
     ensure_eq!(
         all_ids,
         names.iter().cloned().collect::<BTreeSet<_>>(),
         "get_all returns every id exactly"
     );
-    let (feed, _) = read_feed(store, &coll, 0, 7).await?;
+    let (feed, _) = read_feed(store, &coll, Cursor::START, 7).await?;
     ensure_eq!(
         feed.len(),
         names.len(),
@@ -1521,7 +1449,7 @@ pub(crate) async fn unusual_ids(ctx: &Ctx<'_>) -> CheckResult {
     );
 
     ensure!(
-        store.delete(&coll, "a").await.or_fail("delete")?,
+        store.delete(&coll, &rid("a")).await.or_fail("delete")?,
         "delete of id \"a\""
     );
     ensure_eq!(
@@ -1530,7 +1458,7 @@ pub(crate) async fn unusual_ids(ctx: &Ctx<'_>) -> CheckResult {
         "deleting \"a\" removes only it (not \"A\", \"a \", ...)"
     );
     ensure!(
-        store.get(&coll, "A").await.or_fail("get")?.is_some(),
+        store.get(&coll, &rid("A")).await.or_fail("get")?.is_some(),
         "\"A\" survives deleting \"a\""
     );
     Ok(())
@@ -1545,6 +1473,13 @@ pub(crate) async fn unusual_collection_names(ctx: &Ctx<'_>) -> CheckResult {
     let names = unusual_names(&ctx.run);
     let id_prefix = format!("{}-odd-coll-", ctx.run);
     let id_of = |i: usize| format!("{id_prefix}{i}");
+    let names: Vec<CollectionName> = names
+        .iter()
+        .map(|name| {
+            CollectionName::new(name.as_str())
+                .map_err(|e| format!("an unusual but valid collection name was refused: {e}"))
+        })
+        .collect::<CheckResult<_>>()?;
     for (i, name) in names.iter().enumerate() {
         let outcome = store
             .put(name, &Write::create(record(&mut hlc, &id_of(i), i as i64)?))
@@ -1555,7 +1490,7 @@ pub(crate) async fn unusual_collection_names(ctx: &Ctx<'_>) -> CheckResult {
             &format!("create in collection {:?}", shortened(name)),
         )?;
     }
-    let listed: BTreeSet<String> = store
+    let listed: BTreeSet<CollectionName> = store
         .list_collections()
         .await
         .or_fail("list_collections")?
@@ -1572,7 +1507,7 @@ pub(crate) async fn unusual_collection_names(ctx: &Ctx<'_>) -> CheckResult {
             .await
             .or_fail("get_all")?
             .iter()
-            .map(|r| r.id().to_owned())
+            .map(|r| r.id().to_string())
             .filter(|id| id.starts_with(&id_prefix))
             .collect();
         ensure_eq!(
@@ -1583,7 +1518,7 @@ pub(crate) async fn unusual_collection_names(ctx: &Ctx<'_>) -> CheckResult {
         );
         ensure_eq!(
             store
-                .get(name, &id_of(i))
+                .get(name, &rid(&id_of(i)))
                 .await
                 .or_fail("get")?
                 .and_then(|s| n_of(&s.record)),
@@ -1594,7 +1529,10 @@ pub(crate) async fn unusual_collection_names(ctx: &Ctx<'_>) -> CheckResult {
     }
     for (i, name) in names.iter().enumerate() {
         ensure!(
-            store.delete(name, &id_of(i)).await.or_fail("delete")?,
+            store
+                .delete(name, &rid(&id_of(i)))
+                .await
+                .or_fail("delete")?,
             "cleaning up collection {:?}",
             shortened(name)
         );

@@ -21,13 +21,16 @@
 //! ```
 
 use std::fmt;
+use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use parking_lot::{Mutex, MutexGuard};
 use syncforge_core::{
-    ChangePage, Error, Record, Result, Stamp, StorageBackend, Stored, Write, WriteOutcome,
+    ChangePage, CollectionName, Cursor, Error, Record, RecordId, Result, Stamp, StorageBackend,
+    Stored, Write, WriteOutcome,
 };
 
 /// The calls of the [`StorageBackend`] trait, for counting and for choosing
@@ -169,9 +172,7 @@ impl FaultyBackend {
     }
 
     fn lock(&self) -> MutexGuard<'_, Dice> {
-        self.dice
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.dice.lock()
     }
 
     fn roll(&self, operation: Operation) -> Fate {
@@ -244,22 +245,30 @@ impl StorageBackend for FaultyBackend {
         self.inner.name()
     }
 
-    async fn get(&self, collection: &str, id: &str) -> Result<Option<Stored>> {
+    async fn get(&self, collection: &CollectionName, id: &RecordId) -> Result<Option<Stored>> {
         self.faulty(Operation::Get, self.inner.get(collection, id))
             .await
     }
 
-    async fn get_many(&self, collection: &str, ids: &[&str]) -> Result<Vec<Option<Stored>>> {
+    async fn get_many(
+        &self,
+        collection: &CollectionName,
+        ids: &[RecordId],
+    ) -> Result<Vec<Option<Stored>>> {
         self.faulty(Operation::GetMany, self.inner.get_many(collection, ids))
             .await
     }
 
-    async fn get_all(&self, collection: &str) -> Result<Vec<Record>> {
+    async fn get_all(&self, collection: &CollectionName) -> Result<Vec<Record>> {
         self.faulty(Operation::GetAll, self.inner.get_all(collection))
             .await
     }
 
-    async fn put_batch(&self, collection: &str, writes: &[Write]) -> Result<Vec<WriteOutcome>> {
+    async fn put_batch(
+        &self,
+        collection: &CollectionName,
+        writes: &[Write],
+    ) -> Result<Vec<WriteOutcome>> {
         self.faulty(
             Operation::PutBatch,
             self.inner.put_batch(collection, writes),
@@ -267,12 +276,17 @@ impl StorageBackend for FaultyBackend {
         .await
     }
 
-    async fn delete(&self, collection: &str, id: &str) -> Result<bool> {
+    async fn delete(&self, collection: &CollectionName, id: &RecordId) -> Result<bool> {
         self.faulty(Operation::Delete, self.inner.delete(collection, id))
             .await
     }
 
-    async fn changes(&self, collection: &str, after: u64, limit: usize) -> Result<ChangePage> {
+    async fn changes(
+        &self,
+        collection: &CollectionName,
+        after: Cursor,
+        limit: NonZeroUsize,
+    ) -> Result<ChangePage> {
         self.faulty(
             Operation::Changes,
             self.inner.changes(collection, after, limit),
@@ -280,7 +294,11 @@ impl StorageBackend for FaultyBackend {
         .await
     }
 
-    async fn changes_since_timestamp(&self, collection: &str, millis: u64) -> Result<Vec<Record>> {
+    async fn changes_since_timestamp(
+        &self,
+        collection: &CollectionName,
+        millis: u64,
+    ) -> Result<Vec<Record>> {
         self.faulty(
             Operation::ChangesSinceTimestamp,
             self.inner.changes_since_timestamp(collection, millis),
@@ -288,12 +306,12 @@ impl StorageBackend for FaultyBackend {
         .await
     }
 
-    async fn list_collections(&self) -> Result<Vec<String>> {
+    async fn list_collections(&self) -> Result<Vec<CollectionName>> {
         self.faulty(Operation::ListCollections, self.inner.list_collections())
             .await
     }
 
-    async fn clear_collection(&self, collection: &str) -> Result<()> {
+    async fn clear_collection(&self, collection: &CollectionName) -> Result<()> {
         self.faulty(
             Operation::ClearCollection,
             self.inner.clear_collection(collection),

@@ -55,6 +55,7 @@ use syncforge_core::StorageBackend;
 
 mod checks;
 pub mod faults;
+pub mod services;
 mod support;
 
 /// How long one check may take before the suite reports it as hung.
@@ -110,8 +111,6 @@ pub async fn run_conformance(factory: &dyn StoreFactory) {
         close_keeps_data,
         concurrent_writers_lose_no_update,
         concurrent_creates_have_one_winner,
-        invalid_collection_names,
-        invalid_ids,
         unusual_ids,
         unusual_collection_names,
         clear_run_collections,

@@ -4,8 +4,11 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use serde_json::json;
+use std::num::NonZeroUsize;
+
 use syncforge_core::{
-    ClientId, Content, Error, Hlc, ManualTime, Record, StorageBackend, Token, Write, WriteOutcome,
+    ClientId, CollectionName, Content, Cursor, Error, Hlc, ManualTime, Record, RecordId,
+    StorageBackend, Token, Write, WriteOutcome,
 };
 
 use crate::StoreFactory;
@@ -63,8 +66,10 @@ impl<'a> Ctx<'a> {
     }
 
     /// A collection name no other check or run uses.
-    pub(crate) fn collection(&self, tag: &str) -> String {
-        format!("{}-{tag}", self.run)
+    pub(crate) fn collection(&self, tag: &str) -> CollectionName {
+        // The run id and the tags are short and printable: always valid.
+        CollectionName::new(format!("{}-{tag}", self.run))
+            .unwrap_or_else(|e| panic!("the suite built an invalid collection name: {e}"))
     }
 
     /// A clock on the system time for a client unique to this run.
@@ -128,10 +133,10 @@ pub(crate) fn soft_deleted(hlc: &mut Hlc, base: &Record) -> CheckResult<Record> 
     Ok(next)
 }
 
-/// The token and sequence of a write that must have happened.
-pub(crate) fn written(outcome: &WriteOutcome, what: &str) -> CheckResult<(Token, u64)> {
+/// The token and feed position of a write that must have happened.
+pub(crate) fn written(outcome: &WriteOutcome, what: &str) -> CheckResult<(Token, Cursor)> {
     match outcome {
-        WriteOutcome::Written { token, sequence } => Ok((token.clone(), *sequence)),
+        WriteOutcome::Written { token, cursor } => Ok((token.clone(), *cursor)),
         WriteOutcome::Conflict => Err(format!(
             "{what}: expected the write to happen, got Conflict"
         )),
@@ -141,10 +146,10 @@ pub(crate) fn written(outcome: &WriteOutcome, what: &str) -> CheckResult<(Token,
 /// Puts `write`, failing the check unless the backend answers and writes it.
 pub(crate) async fn put_ok(
     store: &dyn StorageBackend,
-    collection: &str,
+    collection: &CollectionName,
     write: &Write,
     what: &str,
-) -> CheckResult<(Token, u64)> {
+) -> CheckResult<(Token, Cursor)> {
     let outcome = store.put(collection, write).await.or_fail(what)?;
     written(&outcome, what)
 }
@@ -152,6 +157,22 @@ pub(crate) async fn put_ok(
 /// The `n` field of a record.
 pub(crate) fn n_of(record: &Record) -> Option<i64> {
     record.get("n").and_then(serde_json::Value::as_i64)
+}
+
+/// A record id from a literal.
+pub(crate) fn rid(id: &str) -> RecordId {
+    // Every id the checks spell out is valid; a bad one is a bug in the suite.
+    RecordId::new(id).unwrap_or_else(|e| panic!("the suite spelled an invalid id: {e}"))
+}
+
+/// Record ids from literals.
+pub(crate) fn rids(ids: &[&str]) -> Vec<RecordId> {
+    ids.iter().map(|id| rid(id)).collect()
+}
+
+/// A page limit from a literal.
+pub(crate) fn limit(n: usize) -> NonZeroUsize {
+    NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN)
 }
 
 /// Records sorted by id, for comparing unordered results.
@@ -169,36 +190,6 @@ pub(crate) fn expect_closed<T: Debug>(
         Err(Error::Closed { .. }) => Ok(()),
         other => Err(format!(
             "{what} on a closed handle: expected Error::Closed, got {other:?}"
-        )),
-    }
-}
-
-/// Fails unless `result` is [`Error::InvalidCollection`].
-pub(crate) fn expect_invalid_collection<T: Debug>(
-    result: syncforge_core::Result<T>,
-    what: &str,
-    name: &str,
-) -> CheckResult {
-    match result {
-        Err(Error::InvalidCollection { .. }) => Ok(()),
-        other => Err(format!(
-            "{what} with collection name {:?}: expected Error::InvalidCollection, got {other:?}",
-            shortened(name)
-        )),
-    }
-}
-
-/// Fails unless `result` is [`Error::InvalidId`].
-pub(crate) fn expect_invalid_id<T: Debug>(
-    result: syncforge_core::Result<T>,
-    what: &str,
-    id: &str,
-) -> CheckResult {
-    match result {
-        Err(Error::InvalidId { .. }) => Ok(()),
-        other => Err(format!(
-            "{what} with id {:?}: expected Error::InvalidId, got {other:?}",
-            shortened(id)
         )),
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use syncforge_backend_fs::FsBackend;
 use syncforge_core::StorageBackend;
 
-use crate::{child_process, count_of, increment};
+use crate::{child_process, coll, count_of, increment, rid};
 
 const DIR_ENV: &str = "SYNCFORGE_FS_TEST_INCREMENT_DIR";
 const CHILD_INCREMENTS: u64 = 40;
@@ -24,17 +24,21 @@ async fn two_handles_in_one_process_lose_no_increment() {
         };
         tasks.push(tokio::spawn(async move {
             for _ in 0..25 {
-                increment(store.as_ref(), "counters", "c").await;
+                increment(store.as_ref(), &coll("counters"), "c").await;
             }
         }));
     }
     for task in tasks {
         task.await.unwrap();
     }
-    let stored = a.get("counters", "c").await.unwrap().unwrap();
+    let stored = a.get(&coll("counters"), &rid("c")).await.unwrap().unwrap();
     assert_eq!(count_of(&stored.record), 200);
     assert_eq!(
-        b.get("counters", "c").await.unwrap().unwrap().token,
+        b.get(&coll("counters"), &rid("c"))
+            .await
+            .unwrap()
+            .unwrap()
+            .token,
         stored.token
     );
 }
@@ -53,7 +57,7 @@ async fn two_processes_and_this_one_lose_no_increment() {
         .collect();
     let store = FsBackend::open(tmp.path()).await.unwrap();
     for _ in 0..20 {
-        increment(&store, "counters", "c").await;
+        increment(&store, &coll("counters"), "c").await;
     }
     for mut child in children {
         let status = tokio::task::spawn_blocking(move || child.wait())
@@ -62,7 +66,11 @@ async fn two_processes_and_this_one_lose_no_increment() {
             .unwrap();
         assert!(status.success(), "child failed: {status}");
     }
-    let stored = store.get("counters", "c").await.unwrap().unwrap();
+    let stored = store
+        .get(&coll("counters"), &rid("c"))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(count_of(&stored.record), 20 + 2 * CHILD_INCREMENTS);
 }
 
@@ -75,6 +83,6 @@ async fn child_incrementer() {
     };
     let store = FsBackend::open(&dir).await.unwrap();
     for _ in 0..CHILD_INCREMENTS {
-        increment(&store, "counters", "c").await;
+        increment(&store, &coll("counters"), "c").await;
     }
 }

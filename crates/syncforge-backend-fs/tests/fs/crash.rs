@@ -11,13 +11,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use syncforge_backend_fs::{Durability, FsBackend, FsOptions};
 use syncforge_core::{Record, StorageBackend, Write, WriteOutcome};
 
-use crate::{child_process, count_of, counter, increment, tree};
+use crate::{at, child_process, coll, count_of, counter, increment, limit, rid, tree};
 
 const DIR_ENV: &str = "SYNCFORGE_FS_TEST_CRASH_DIR";
 /// Set (to anything) to make the child write with `Durability::Buffered`.
 const BUFFERED_ENV: &str = "SYNCFORGE_FS_TEST_CRASH_BUFFERED";
 const KILLS: usize = 30;
 const COLLECTION: &str = "crash";
+
+fn collection() -> syncforge_core::CollectionName {
+    coll(COLLECTION)
+}
 const BATCH_IDS: usize = 20;
 
 /// A small xorshift generator: the kill moments only need to vary.
@@ -115,9 +119,12 @@ fn killed_writers_leave_whole_files_and_lose_no_acknowledged_write() {
         // The store opens, and holds at least every acknowledged count.
         runtime.block_on(async {
             let store = FsBackend::open(&dir).await.unwrap();
-            let feed = store.changes(COLLECTION, 0, 10_000).await.unwrap();
+            let feed = store
+                .changes(&collection(), at(0), limit(10_000))
+                .await
+                .unwrap();
             for (id, count) in &acknowledged {
-                let stored = store.get(COLLECTION, id).await.unwrap();
+                let stored = store.get(&collection(), &rid(id)).await.unwrap();
                 let stored =
                     stored.unwrap_or_else(|| panic!("round {round} (seed {seed}): {id} lost"));
                 assert!(
@@ -130,7 +137,7 @@ fn killed_writers_leave_whole_files_and_lose_no_acknowledged_write() {
                     "seed {seed}"
                 );
             }
-            assert!(store.corrupt_files(COLLECTION).await.unwrap().is_empty());
+            assert!(store.corrupt_files(&collection()).await.unwrap().is_empty());
             store.close().await.unwrap();
         });
         assert!(
@@ -163,8 +170,8 @@ async fn child_writer() {
     for round in 0..5_000u64 {
         if round % 3 == 0 {
             let ids: Vec<String> = (0..BATCH_IDS).map(|n| format!("b{n}")).collect();
-            let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-            let current = store.get_many(COLLECTION, &refs).await.unwrap();
+            let refs: Vec<syncforge_core::RecordId> = ids.iter().map(|id| rid(id)).collect();
+            let current = store.get_many(&collection(), &refs).await.unwrap();
             let writes: Vec<Write> = ids
                 .iter()
                 .zip(current)
@@ -173,7 +180,7 @@ async fn child_writer() {
                     Some(s) => Write::replace(counter(id, count_of(&s.record) + 1), s.token),
                 })
                 .collect();
-            let outcomes = store.put_batch(COLLECTION, &writes).await.unwrap();
+            let outcomes = store.put_batch(&collection(), &writes).await.unwrap();
             for (write, outcome) in writes.iter().zip(outcomes) {
                 if matches!(outcome, WriteOutcome::Written { .. }) {
                     println!("ack {} {}", write.record.id(), count_of(&write.record));
@@ -181,7 +188,7 @@ async fn child_writer() {
             }
         } else {
             let id = format!("s{}", round % 10);
-            let count = increment(&store, COLLECTION, &id).await;
+            let count = increment(&store, &collection(), &id).await;
             println!("ack {id} {count}");
         }
     }

@@ -3,7 +3,7 @@
 use syncforge_backend_fs::{Durability, FsBackend, FsOptions};
 use syncforge_core::{Error, StorageBackend, Token, Write, WriteOutcome};
 
-use crate::{count_of, counter, put_any, store_with_torn_r1, token_of, tree};
+use crate::{at, coll, count_of, counter, limit, put_any, rid, store_with_torn_r1, token_of, tree};
 
 #[tokio::test]
 async fn records_are_plain_json_files_in_a_directory_per_collection() {
@@ -27,17 +27,27 @@ async fn reopening_resumes_the_sequence_and_the_feed() {
     store.close().await.unwrap();
 
     let reopened = FsBackend::open(tmp.path()).await.unwrap();
-    let stored = reopened.get("notes", "r4").await.unwrap().unwrap();
+    let stored = reopened
+        .get(&coll("notes"), &rid("r4"))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(stored.token, Token::Sequence(last));
     let next = put_any(&reopened, "notes", counter("r0", 10)).await;
     assert_eq!(next, last + 1);
-    let page = reopened.changes("notes", last, 10).await.unwrap();
+    let page = reopened
+        .changes(&coll("notes"), at(last), limit(10))
+        .await
+        .unwrap();
     assert_eq!(page.changes.len(), 1);
     assert_eq!(page.changes[0].record.id(), "r0");
-    assert_eq!(page.next, next);
+    assert_eq!(page.next, at(next));
     // Each record appears once, at its latest change.
-    let all = reopened.changes("notes", 0, 100).await.unwrap();
-    let ids: Vec<&str> = all.changes.iter().map(|c| c.record.id()).collect();
+    let all = reopened
+        .changes(&coll("notes"), at(0), limit(100))
+        .await
+        .unwrap();
+    let ids: Vec<&str> = all.changes.iter().map(|c| c.record.id().as_str()).collect();
     assert_eq!(ids, ["r1", "r2", "r3", "r4", "r0"]);
 }
 
@@ -46,49 +56,74 @@ async fn a_corrupt_file_is_named_and_does_not_hide_the_others() {
     let tmp = tempfile::tempdir().unwrap();
     let (store, broken) = store_with_torn_r1(tmp.path()).await;
 
-    let err = store.get("notes", "r1").await.unwrap_err();
+    let err = store.get(&coll("notes"), &rid("r1")).await.unwrap_err();
     assert!(matches!(err, Error::Storage { .. }), "{err}");
     assert!(
         err.to_string().contains(&broken.display().to_string()),
         "{err}"
     );
     assert_eq!(
-        count_of(&store.get("notes", "r2").await.unwrap().unwrap().record),
+        count_of(
+            &store
+                .get(&coll("notes"), &rid("r2"))
+                .await
+                .unwrap()
+                .unwrap()
+                .record
+        ),
         2
     );
 
     let mut ids: Vec<String> = store
-        .get_all("notes")
+        .get_all(&coll("notes"))
         .await
         .unwrap()
         .iter()
-        .map(|r| r.id().to_owned())
+        .map(|r| r.id().to_string())
         .collect();
     ids.sort();
     assert_eq!(ids, ["r0", "r2"]);
-    let feed = store.changes("notes", 0, 10).await.unwrap();
+    let feed = store
+        .changes(&coll("notes"), at(0), limit(10))
+        .await
+        .unwrap();
     assert_eq!(feed.changes.len(), 2);
     assert!(!feed.more);
-    let corrupt = store.corrupt_files("notes").await.unwrap();
+    let corrupt = store.corrupt_files(&coll("notes")).await.unwrap();
     assert_eq!(corrupt.len(), 1);
     assert_eq!(corrupt[0].path, broken);
     assert!(corrupt[0].to_string().contains("r1.json"), "{}", corrupt[0]);
 
     // A file holding another record than its name says is reported too.
     std::fs::write(&broken, counter("r2", 5).to_json_string()).unwrap();
-    let err = store.get("notes", "r1").await.unwrap_err();
+    let err = store.get(&coll("notes"), &rid("r1")).await.unwrap_err();
     assert!(err.to_string().contains("r1.json"), "{err}");
 
     // Writing the record again repairs it.
-    let repaired = store.get("notes", "r0").await.unwrap().unwrap();
+    let repaired = store
+        .get(&coll("notes"), &rid("r0"))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(repaired.record.id(), "r0");
     std::fs::remove_file(&broken).unwrap();
     put_any(&store, "notes", counter("r1", 9)).await;
     assert_eq!(
-        count_of(&store.get("notes", "r1").await.unwrap().unwrap().record),
+        count_of(
+            &store
+                .get(&coll("notes"), &rid("r1"))
+                .await
+                .unwrap()
+                .unwrap()
+                .record
+        ),
         9
     );
-    assert!(store.corrupt_files("notes").await.unwrap().is_empty());
+    assert!(store
+        .corrupt_files(&coll("notes"))
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 #[tokio::test]
@@ -104,7 +139,10 @@ async fn a_lost_or_damaged_change_log_is_rebuilt_without_hiding_records() {
 
     std::fs::write(&log, b"garbage\n").unwrap();
     let reopened = FsBackend::open(tmp.path()).await.unwrap();
-    let page = reopened.changes("notes", last, 100).await.unwrap();
+    let page = reopened
+        .changes(&coll("notes"), at(last), limit(100))
+        .await
+        .unwrap();
     assert_eq!(
         page.changes.len(),
         4,
@@ -114,10 +152,17 @@ async fn a_lost_or_damaged_change_log_is_rebuilt_without_hiding_records() {
 
     std::fs::remove_file(&log).unwrap();
     let reopened = FsBackend::open(tmp.path()).await.unwrap();
-    assert_eq!(reopened.get_all("notes").await.unwrap().len(), 4);
-    let stored = reopened.get("notes", "r2").await.unwrap().unwrap();
+    assert_eq!(reopened.get_all(&coll("notes")).await.unwrap().len(), 4);
+    let stored = reopened
+        .get(&coll("notes"), &rid("r2"))
+        .await
+        .unwrap()
+        .unwrap();
     let outcome = reopened
-        .put("notes", &Write::replace(counter("r2", 20), stored.token))
+        .put(
+            &coll("notes"),
+            &Write::replace(counter("r2", 20), stored.token),
+        )
         .await
         .unwrap();
     assert!(matches!(outcome, WriteOutcome::Written { .. }));
@@ -137,13 +182,23 @@ async fn an_incomplete_log_line_from_a_crash_is_ignored_and_cut_off() {
 
     let other = FsBackend::open(tmp.path()).await.unwrap();
     assert_eq!(
-        other.changes("notes", 0, 10).await.unwrap().changes.len(),
+        other
+            .changes(&coll("notes"), at(0), limit(10))
+            .await
+            .unwrap()
+            .changes
+            .len(),
         1
     );
     let second = put_any(&other, "notes", counter("r1", 1)).await;
     assert_eq!(second, first + 1);
     assert_eq!(
-        store.changes("notes", 0, 10).await.unwrap().changes.len(),
+        store
+            .changes(&coll("notes"), at(0), limit(10))
+            .await
+            .unwrap()
+            .changes
+            .len(),
         2
     );
     assert!(!tree(tmp.path()).iter().any(|n| n.contains(".tmp-")));
@@ -158,25 +213,25 @@ async fn close_keeps_data_and_clearing_is_explicit() {
     store.set_meta("cursor:peer", "42").await.unwrap();
     store.close().await.unwrap();
     assert!(matches!(
-        store.get("notes", "r0").await.unwrap_err(),
+        store.get(&coll("notes"), &rid("r0")).await.unwrap_err(),
         Error::Closed { .. }
     ));
 
     let reopened = FsBackend::open(tmp.path()).await.unwrap();
-    assert_eq!(reopened.get_all("notes").await.unwrap().len(), 2);
+    assert_eq!(reopened.get_all(&coll("notes")).await.unwrap().len(), 2);
     assert_eq!(
         reopened.get_meta("cursor:peer").await.unwrap().as_deref(),
         Some("42")
     );
-    reopened.clear_collection("notes").await.unwrap();
-    assert!(reopened.get_all("notes").await.unwrap().is_empty());
+    reopened.clear_collection(&coll("notes")).await.unwrap();
+    assert!(reopened.get_all(&coll("notes")).await.unwrap().is_empty());
     assert!(reopened.list_collections().await.unwrap().is_empty());
     // Sequences keep growing after a clear, so cursors stay valid.
     let after = put_any(&reopened, "notes", counter("r2", 2)).await;
     assert!(after > last);
     assert_eq!(
         reopened
-            .changes("notes", last, 10)
+            .changes(&coll("notes"), at(last), limit(10))
             .await
             .unwrap()
             .changes
@@ -193,16 +248,21 @@ async fn buffered_durability_stores_the_same_records() {
     let writes: Vec<Write> = (0..50)
         .map(|n| Write::create(counter(&format!("r{n}"), n)))
         .collect();
-    let outcomes = store.put_batch("notes", &writes).await.unwrap();
+    let outcomes = store.put_batch(&coll("notes"), &writes).await.unwrap();
     assert_eq!(outcomes.len(), 50);
     let token = token_of(&outcomes[10]);
     store.close().await.unwrap();
     let reopened = FsBackend::open(tmp.path()).await.unwrap();
     assert_eq!(
-        reopened.get("notes", "r10").await.unwrap().unwrap().token,
+        reopened
+            .get(&coll("notes"), &rid("r10"))
+            .await
+            .unwrap()
+            .unwrap()
+            .token,
         token
     );
-    assert_eq!(reopened.get_all("notes").await.unwrap().len(), 50);
+    assert_eq!(reopened.get_all(&coll("notes")).await.unwrap().len(), 50);
 }
 
 #[tokio::test]
@@ -211,13 +271,20 @@ async fn deletes_are_gone_after_reopening() {
     let store = FsBackend::open(tmp.path()).await.unwrap();
     put_any(&store, "notes", counter("r0", 0)).await;
     put_any(&store, "notes", counter("r1", 1)).await;
-    assert!(store.delete("notes", "r0").await.unwrap());
-    assert!(!store.delete("notes", "r0").await.unwrap());
-    assert!(!store.delete("elsewhere", "r0").await.unwrap());
+    assert!(store.delete(&coll("notes"), &rid("r0")).await.unwrap());
+    assert!(!store.delete(&coll("notes"), &rid("r0")).await.unwrap());
+    assert!(!store.delete(&coll("elsewhere"), &rid("r0")).await.unwrap());
     store.close().await.unwrap();
     let reopened = FsBackend::open(tmp.path()).await.unwrap();
-    assert!(reopened.get("notes", "r0").await.unwrap().is_none());
-    let feed = reopened.changes("notes", 0, 10).await.unwrap();
+    assert!(reopened
+        .get(&coll("notes"), &rid("r0"))
+        .await
+        .unwrap()
+        .is_none());
+    let feed = reopened
+        .changes(&coll("notes"), at(0), limit(10))
+        .await
+        .unwrap();
     assert_eq!(feed.changes.len(), 1);
     assert!(!tree(tmp.path()).iter().any(|n| n == "elsewhere"));
 }
@@ -232,10 +299,21 @@ async fn a_handle_follows_a_log_rebuilt_by_another() {
 
     let second = FsBackend::open(tmp.path()).await.unwrap();
     let written = put_any(&second, "notes", counter("r2", 2)).await;
-    let seen = first.get("notes", "r2").await.unwrap().unwrap();
+    let seen = first
+        .get(&coll("notes"), &rid("r2"))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(seen.token, Token::Sequence(written));
-    let page = first.changes("notes", cursor, 10).await.unwrap();
-    let mut ids: Vec<&str> = page.changes.iter().map(|c| c.record.id()).collect();
+    let page = first
+        .changes(&coll("notes"), at(cursor), limit(10))
+        .await
+        .unwrap();
+    let mut ids: Vec<&str> = page
+        .changes
+        .iter()
+        .map(|c| c.record.id().as_str())
+        .collect();
     ids.sort();
     assert_eq!(ids, ["r0", "r1", "r2"]);
 }
@@ -250,7 +328,12 @@ async fn the_log_is_compacted_and_other_handles_follow() {
     let reader = FsBackend::open_with(tmp.path(), options).await.unwrap();
     put_any(&writer, "notes", counter("stays", 0)).await;
     assert_eq!(
-        reader.changes("notes", 0, 10).await.unwrap().changes.len(),
+        reader
+            .changes(&coll("notes"), at(0), limit(10))
+            .await
+            .unwrap()
+            .changes
+            .len(),
         1
     );
     let mut tokens: Vec<Option<Token>> = vec![None; 20];
@@ -263,7 +346,7 @@ async fn the_log_is_compacted_and_other_handles_follow() {
                 expected: token.clone(),
             })
             .collect();
-        let outcomes = writer.put_batch("notes", &writes).await.unwrap();
+        let outcomes = writer.put_batch(&coll("notes"), &writes).await.unwrap();
         tokens = outcomes.iter().map(|o| Some(token_of(o))).collect();
     }
     let last = match tokens.last().cloned().flatten() {
@@ -272,10 +355,17 @@ async fn the_log_is_compacted_and_other_handles_follow() {
     };
     let log = std::fs::read_to_string(tmp.path().join("notes").join(".changes")).unwrap();
     assert!(log.lines().count() < 1024, "the log was never compacted");
-    let stored = reader.get("notes", "r19").await.unwrap().unwrap();
+    let stored = reader
+        .get(&coll("notes"), &rid("r19"))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(stored.token, Token::Sequence(last));
     assert_eq!(count_of(&stored.record), 59);
-    let feed = reader.changes("notes", 0, 100).await.unwrap();
+    let feed = reader
+        .changes(&coll("notes"), at(0), limit(100))
+        .await
+        .unwrap();
     assert_eq!(feed.changes.len(), 21);
     assert_eq!(feed.changes[0].record.id(), "stays");
     let next = put_any(&reader, "notes", counter("new", 1)).await;
@@ -296,9 +386,16 @@ async fn a_record_file_added_by_hand_enters_the_feed_on_the_next_open() {
     .unwrap();
 
     let reopened = FsBackend::open(tmp.path()).await.unwrap();
-    let page = reopened.changes("notes", cursor, 10).await.unwrap();
+    let page = reopened
+        .changes(&coll("notes"), at(cursor), limit(10))
+        .await
+        .unwrap();
     assert_eq!(page.changes.len(), 1);
     assert_eq!(page.changes[0].record, by_hand);
-    let stored = reopened.get("notes", "Hand Made").await.unwrap().unwrap();
-    assert_eq!(stored.token, Token::Sequence(page.changes[0].sequence));
+    let stored = reopened
+        .get(&coll("notes"), &rid("Hand Made"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.token, Token::Sequence(page.changes[0].cursor.get()));
 }

@@ -20,14 +20,57 @@ use std::path::Path;
 use std::process::Command;
 
 use serde_json::json;
+use std::num::NonZeroUsize;
 use syncforge_backend_fs::FsBackend;
+
 use syncforge_core::{
-    ClientId, Content, Record, Stamp, StorageBackend, Token, Write, WriteOutcome,
+    CollectionName, Content, Cursor, Record, RecordId, Stamp, StorageBackend, Token, Write,
+    WriteOutcome,
 };
+
+/// A collection name from a literal.
+pub(crate) fn coll(name: &str) -> CollectionName {
+    CollectionName::new(name).unwrap()
+}
+
+/// A record id from a literal.
+pub(crate) fn rid(id: &str) -> RecordId {
+    RecordId::new(id).unwrap()
+}
+
+/// A feed position, from a number or a cursor.
+pub(crate) fn at(position: impl Into<CursorArg>) -> Cursor {
+    position.into().0
+}
+
+/// What [`at`] takes.
+pub(crate) struct CursorArg(Cursor);
+
+impl From<u64> for CursorArg {
+    fn from(n: u64) -> Self {
+        CursorArg(Cursor::new(n))
+    }
+}
+
+impl From<Cursor> for CursorArg {
+    fn from(c: Cursor) -> Self {
+        CursorArg(c)
+    }
+}
+
+/// Record ids from literals.
+pub(crate) fn rids(ids: &[&str]) -> Vec<RecordId> {
+    ids.iter().map(|id| rid(id)).collect()
+}
+
+/// A page limit from a literal.
+pub(crate) fn limit(n: usize) -> NonZeroUsize {
+    NonZeroUsize::new(n).unwrap()
+}
 
 /// A record holding `count`, stamped so that higher counts are newer.
 pub(crate) fn counter(id: &str, count: u64) -> Record {
-    let stamp = Stamp::new(1_000 + count, 0, ClientId::new("tester").unwrap()).unwrap();
+    let stamp = Stamp::new(1_000 + count, 0, "tester").unwrap();
     Record::create(
         Content::from_value(json!({"id": id, "count": count})).unwrap(),
         &stamp,
@@ -36,14 +79,18 @@ pub(crate) fn counter(id: &str, count: u64) -> Record {
 
 /// The count a stored record holds.
 pub(crate) fn count_of(record: &Record) -> u64 {
-    record.get("count").and_then(|v| v.as_u64()).unwrap()
+    record.get(&coll("count")).and_then(|v| v.as_u64()).unwrap()
 }
 
 /// Adds one to a counter record, re-reading and retrying on lost races, as
 /// the engine does. Returns the count written.
-pub(crate) async fn increment(store: &dyn StorageBackend, collection: &str, id: &str) -> u64 {
+pub(crate) async fn increment(
+    store: &dyn StorageBackend,
+    collection: &CollectionName,
+    id: &str,
+) -> u64 {
     for _ in 0..10_000 {
-        let current = store.get(collection, id).await.unwrap();
+        let current = store.get(collection, &rid(id)).await.unwrap();
         let (next, write) = match current {
             None => (1, Write::create(counter(id, 1))),
             Some(stored) => {
@@ -74,6 +121,7 @@ pub(crate) async fn store_with_torn_r1(dir: &std::path::Path) -> (FsBackend, std
 }
 
 pub(crate) async fn put_any(store: &FsBackend, collection: &str, record: Record) -> u64 {
+    let collection = &coll(collection);
     let expected = store
         .get(collection, record.id())
         .await
@@ -81,7 +129,7 @@ pub(crate) async fn put_any(store: &FsBackend, collection: &str, record: Record)
         .map(|s| s.token);
     let write = Write { record, expected };
     match store.put(collection, &write).await.unwrap() {
-        WriteOutcome::Written { sequence, .. } => sequence,
+        WriteOutcome::Written { cursor, .. } => cursor.get(),
         WriteOutcome::Conflict => panic!("unexpected conflict"),
     }
 }

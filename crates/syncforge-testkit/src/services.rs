@@ -1,0 +1,69 @@
+//! Finding the external services a backend's tests talk to (a Redis server,
+//! an S3-compatible endpoint), and skipping or failing when one is missing.
+//!
+//! Tests name a service by an environment variable holding its address
+//! (`cargo xtask ci` sets them for the services it starts) with a default
+//! for a developer's machine. When the service does not answer:
+//!
+//! * with `SYNCFORGE_REQUIRE_SERVICES=1` (set by `cargo xtask ci`) the test
+//!   fails, naming the service and the variable;
+//! * otherwise the test prints a visible `SKIPPED` line on stderr and
+//!   returns, so a plain `cargo test` passes on a machine without services.
+//!
+//! ```no_run
+//! use syncforge_testkit::services::{address, available};
+//!
+//! # async fn probe(_: &str) -> bool { true }
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let url = address("SYNCFORGE_TEST_REDIS_URL", "redis://127.0.0.1:6379");
+//! if !available("redis", "SYNCFORGE_TEST_REDIS_URL", &url, probe(&url).await) {
+//!     return; // skipped, and said so
+//! }
+//! // ... talk to the server at `url`
+//! # }
+//! ```
+
+/// The variable that turns a missing service from a skip into a failure.
+pub const REQUIRE_SERVICES_ENV: &str = "SYNCFORGE_REQUIRE_SERVICES";
+
+/// The address of a service: the value of `variable`, or `default` when it
+/// is unset or empty.
+pub fn address(variable: &str, default: &str) -> String {
+    std::env::var(variable)
+        .ok()
+        .filter(|value| !value.is_empty())
+        .unwrap_or_else(|| default.to_owned())
+}
+
+/// Whether services are required (`SYNCFORGE_REQUIRE_SERVICES=1`).
+pub fn required() -> bool {
+    std::env::var(REQUIRE_SERVICES_ENV).is_ok_and(|value| value == "1")
+}
+
+/// Decides what a test does about service `name` at `address` (taken from
+/// `variable`), given whether it answered a probe: returns `true` when the
+/// test can go on; prints a skip line and returns `false` when it should
+/// return early.
+///
+/// # Panics
+///
+/// When the service did not answer and services are [`required`].
+pub fn available(name: &str, variable: &str, address: &str, answered: bool) -> bool {
+    if answered {
+        return true;
+    }
+    assert!(
+        !required(),
+        "{name} is required ({REQUIRE_SERVICES_ENV}=1) but does not answer at {address}; \
+         start it (`cargo xtask ci` starts it itself) or point {variable} at one"
+    );
+    #[allow(clippy::print_stderr)] // the point: a skip must be seen
+    {
+        eprintln!(
+            "SKIPPED: {name} does not answer at {address} (set {variable}, or run `cargo xtask ci`, \
+             which starts it)"
+        );
+    }
+    false
+}
