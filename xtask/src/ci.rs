@@ -5,12 +5,12 @@ use std::ffi::OsString;
 use std::time::Instant;
 
 use crate::cmd::Cargo;
+use crate::services;
 
 /// Test settings `ci` uses unless the caller already set them: services are
-/// required (a test that needs a missing one fails instead of skipping; no
-/// test needs one yet, and `ci` will start those a backend's tests need when
-/// such a backend exists), and property tests run more cases than the quick
-/// default of a plain `cargo test`.
+/// required (a test that needs a missing one fails instead of skipping; `ci`
+/// starts those that are not running, see [`services`]), and property tests
+/// run more cases than the quick default of a plain `cargo test`.
 const TEST_ENV_DEFAULTS: [(&str, &str); 2] = [
     ("SYNCFORGE_REQUIRE_SERVICES", "1"),
     ("PROPTEST_CASES", "1000"),
@@ -20,6 +20,8 @@ const TEST_ENV_DEFAULTS: [(&str, &str); 2] = [
 struct Step {
     name: &'static str,
     commands: Vec<Cargo>,
+    /// Whether the commands talk to external services (started first).
+    needs_services: bool,
 }
 
 fn steps(test_env: Vec<(&'static str, OsString)>) -> Vec<Step> {
@@ -32,6 +34,7 @@ fn steps(test_env: Vec<(&'static str, OsString)>) -> Vec<Step> {
         Step {
             name: "fmt",
             commands: vec![Cargo::new(&["fmt", "--all", "--", "--check"])],
+            needs_services: false,
         },
         Step {
             name: "clippy",
@@ -44,6 +47,7 @@ fn steps(test_env: Vec<(&'static str, OsString)>) -> Vec<Step> {
                 "-D",
                 "warnings",
             ])],
+            needs_services: false,
         },
         Step {
             // Each feature set of the facade must build on its own, not only
@@ -61,10 +65,12 @@ fn steps(test_env: Vec<(&'static str, OsString)>) -> Vec<Step> {
                 ]),
                 Cargo::new(&["check", "-p", "syncforge"]),
             ],
+            needs_services: false,
         },
         Step {
             name: "tests (unit, integration, doc)",
             commands: vec![tests],
+            needs_services: true,
         },
     ]
 }
@@ -82,10 +88,22 @@ pub(crate) fn run() -> Result<(), String> {
     let started = Instant::now();
     let steps = steps(test_env(|name| std::env::var_os(name)));
     let total = steps.len();
-    for (index, step) in steps.iter().enumerate() {
+    // Started before the first step that needs them, stopped when `run` returns.
+    let mut running: Option<services::Services> = None;
+    for (index, step) in steps.into_iter().enumerate() {
         let number = index + 1;
         eprintln!("\n==> [{number}/{total}] {}", step.name);
-        for command in &step.commands {
+        if step.needs_services && running.is_none() {
+            running = Some(services::ensure_all().map_err(|reason| {
+                format!("ci step {number}/{total} ({}) failed: {reason}", step.name)
+            })?);
+        }
+        for mut command in step.commands {
+            if step.needs_services {
+                for (name, value) in running.iter().flat_map(services::Services::env) {
+                    command = command.env(name, value.into());
+                }
+            }
             eprintln!("--> {command}");
             command.run().map_err(|reason| {
                 format!("ci step {number}/{total} ({}) failed: {reason}", step.name)

@@ -14,6 +14,7 @@ mod bench;
 mod ci;
 mod cmd;
 mod deny;
+mod services;
 
 use std::process::ExitCode;
 

@@ -1,0 +1,111 @@
+//! The external services the tests talk to, started for `cargo xtask ci`
+//! (and `cargo xtask services`) when they are not already running, and
+//! stopped afterwards — exactly what was started, nothing else.
+//!
+//! Each service lives in a module of its own and is described by a
+//! [`Service`]: how to tell it already runs, how to start it under the
+//! workspace's `target/services/` directory, and which environment variables
+//! tell the tests where to find it. Tests read those variables through
+//! `syncforge_testkit::services`; with `SYNCFORGE_REQUIRE_SERVICES=1` (set by
+//! `cargo xtask ci`) a test whose service is unreachable fails instead of
+//! skipping.
+
+use std::path::{Path, PathBuf};
+
+/// One service the tests need.
+pub(crate) trait Service {
+    /// A short name for messages (`"redis"`, `"redis-cluster"`, `"s3"`).
+    fn name(&self) -> &'static str;
+
+    /// The environment variables that tell the tests where the service is,
+    /// as they are when the service runs (whether started here or not).
+    fn env(&self) -> Vec<(&'static str, String)>;
+
+    /// Whether the service already answers where [`env`](Self::env) says.
+    fn is_running(&self) -> bool;
+
+    /// Starts the service, using `dir` (created, empty or not) for its files,
+    /// and waits until it answers. The returned handle stops it.
+    fn start(&self, dir: &Path) -> Result<Started, String>;
+}
+
+/// A service this run started: dropping it stops the service.
+pub(crate) struct Started {
+    name: &'static str,
+    stop: Option<Box<dyn FnOnce()>>,
+}
+
+impl Started {
+    /// A started service, stopped by `stop`.
+    pub(crate) fn new(name: &'static str, stop: impl FnOnce() + 'static) -> Self {
+        Started {
+            name,
+            stop: Some(Box::new(stop)),
+        }
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            eprintln!("--> stopping {}", self.name);
+            stop();
+        }
+    }
+}
+
+/// The services of one run: the environment for the tests, and the handles
+/// of those this run started (stopped when this is dropped, in reverse
+/// order).
+pub(crate) struct Services {
+    env: Vec<(&'static str, String)>,
+    started: Vec<Started>,
+}
+
+impl Services {
+    /// The environment variables to pass to the tests.
+    pub(crate) fn env(&self) -> &[(&'static str, String)] {
+        &self.env
+    }
+}
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        while let Some(started) = self.started.pop() {
+            drop(started);
+        }
+    }
+}
+
+/// Every service the tests use.
+fn all() -> Vec<Box<dyn Service>> {
+    vec![]
+}
+
+/// Where services keep their files: `target/services/<name>`.
+fn service_dir(name: &str) -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/services")).join(name)
+}
+
+/// Makes every service available: those already running are used as they
+/// are, the others are started. On an error, what was started is stopped.
+pub(crate) fn ensure_all() -> Result<Services, String> {
+    let mut services = Services {
+        env: Vec::new(),
+        started: Vec::new(),
+    };
+    for service in all() {
+        if service.is_running() {
+            eprintln!("--> {} already runs; using it", service.name());
+        } else {
+            eprintln!("--> starting {}", service.name());
+            let dir = service_dir(service.name());
+            let started = service
+                .start(&dir)
+                .map_err(|reason| format!("could not start {}: {reason}", service.name()))?;
+            services.started.push(started);
+        }
+        services.env.extend(service.env());
+    }
+    Ok(services)
+}
