@@ -24,11 +24,7 @@ pub(crate) fn io_error(action: &str, path: &Path, err: io::Error) -> Error {
         io::ErrorKind::Interrupted | io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => {
             Error::unavailable(BACKEND_NAME, message)
         }
-        _ => Error::Storage {
-            backend: BACKEND_NAME,
-            message,
-            source: Some(Box::new(err)),
-        },
+        _ => Error::storage_caused(BACKEND_NAME, message, err),
     }
 }
 

@@ -7,9 +7,15 @@
 //! failures (never retried).
 
 use std::error::Error as StdError;
+use std::sync::Arc;
 
-/// A boxed error from a backend's own client library.
+/// A boxed error from a backend's own client library: what the error
+/// constructors take.
 pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// An underlying error kept inside an [`Error`]: shared, so that an `Error`
+/// can be cloned (events hand one error to many receivers).
+pub type SharedError = Arc<dyn StdError + Send + Sync + 'static>;
 
 /// Result alias used throughout syncforge.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -22,7 +28,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// [`Unavailable`](Error::Unavailable) (transient: the engine retries it),
 /// [`Storage`](Error::Storage) (permanent) and [`Corrupt`](Error::Corrupt)
 /// (stored data that cannot be read).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A record (or something offered as one) is malformed. Nothing was written.
@@ -132,7 +138,7 @@ pub enum Error {
         backend: &'static str,
         /// The underlying failure.
         #[source]
-        source: BoxError,
+        source: SharedError,
     },
 
     /// The store answered with a permanent failure (permission denied,
@@ -145,7 +151,7 @@ pub enum Error {
         message: String,
         /// The underlying failure, if any.
         #[source]
-        source: Option<BoxError>,
+        source: Option<SharedError>,
     },
 
     /// Stored data cannot be read as what it should be (a record file edited
@@ -250,6 +256,19 @@ impl Error {
         }
     }
 
+    /// Shorthand for [`Error::Storage`] with the underlying error.
+    pub fn storage_caused(
+        backend: &'static str,
+        message: impl Into<String>,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        Error::Storage {
+            backend,
+            message: message.into(),
+            source: Some(Arc::from(source.into())),
+        }
+    }
+
     /// Shorthand for [`Error::Storage`] without a source.
     pub fn storage(backend: &'static str, message: impl Into<String>) -> Self {
         Error::Storage {
@@ -263,7 +282,7 @@ impl Error {
     pub fn unavailable(backend: &'static str, source: impl Into<BoxError>) -> Self {
         Error::Unavailable {
             backend,
-            source: source.into(),
+            source: Arc::from(source.into()),
         }
     }
 }

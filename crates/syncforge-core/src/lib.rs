@@ -56,7 +56,7 @@ mod version_vector;
 
 pub use backend::{Change, ChangePage, Cursor, StorageBackend, Stored, Token, Write, WriteOutcome};
 pub use delta::{classify, compute_delta, dedupe, ChangeKind, Classified, Delta};
-pub use error::{BoxError, Error, Result};
+pub use error::{BoxError, Error, Result, SharedError};
 pub use hlc::{
     ClientId, Hlc, IntoClientId, ManualTime, Stamp, SystemClock, TimeSource, DEFAULT_MAX_DRIFT,
     MAX_STAMP_MILLIS,
