@@ -348,6 +348,16 @@ impl Inner {
             .map_err(|err| files::corrupt(&path, format!("not a JSON object of strings: {err}")))
     }
 
+    fn write_meta(&self, meta: &BTreeMap<String, String>) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(meta)
+            .map_err(|err| Error::storage(BACKEND_NAME, format!("encoding metadata: {err}")))?;
+        replace_atomically(
+            &self.root.join(META_FILE),
+            &bytes,
+            self.options.durability.is_full(),
+        )
+    }
+
     fn meta_lock(&self, exclusive: bool) -> Result<std::fs::File> {
         let path = self.root.join(META_LOCK_FILE);
         let file = open_lock_file(&path)?;
@@ -544,13 +554,24 @@ impl StorageBackend for FsBackend {
             let _lock = inner.meta_lock(true)?;
             let mut meta = inner.read_meta()?;
             meta.insert(key, value);
-            let bytes = serde_json::to_vec_pretty(&meta)
-                .map_err(|err| Error::storage(BACKEND_NAME, format!("encoding metadata: {err}")))?;
-            replace_atomically(
-                &inner.root.join(META_FILE),
-                &bytes,
-                inner.options.durability.is_full(),
-            )
+            inner.write_meta(&meta)
+        })
+        .await
+    }
+
+    async fn set_meta_if_absent(&self, key: &str, value: &str) -> Result<String> {
+        let (key, value) = (key.to_owned(), value.to_owned());
+        self.run(move |inner| {
+            // Under the exclusive lock, another handle or process cannot
+            // store the key between the read and the write.
+            let _lock = inner.meta_lock(true)?;
+            let mut meta = inner.read_meta()?;
+            if let Some(existing) = meta.get(&key) {
+                return Ok(existing.clone());
+            }
+            meta.insert(key, value.clone());
+            inner.write_meta(&meta)?;
+            Ok(value)
         })
         .await
     }

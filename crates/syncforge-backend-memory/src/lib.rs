@@ -366,6 +366,15 @@ impl StorageBackend for MemoryBackend {
         Ok(())
     }
 
+    async fn set_meta_if_absent(&self, key: &str, value: &str) -> Result<String> {
+        let mut state = self.lock()?;
+        Ok(state
+            .meta
+            .entry(key.to_owned())
+            .or_insert_with(|| value.to_owned())
+            .clone())
+    }
+
     async fn close(&self) -> Result<()> {
         self.closed.store(true, Ordering::Release);
         Ok(())

@@ -306,6 +306,12 @@ pub trait StorageBackend: Send + Sync + Debug {
     /// Stores a small piece of engine metadata.
     async fn set_meta(&self, key: &str, value: &str) -> Result<()>;
 
+    /// Stores `value` under `key` only if the key holds nothing yet, as one
+    /// atomic step, and returns what the key holds afterwards: `value`, or
+    /// the value another writer stored first. Two handles racing to create
+    /// the same key (two processes opening a fresh store) agree on one value.
+    async fn set_meta_if_absent(&self, key: &str, value: &str) -> Result<String>;
+
     /// Releases connections and handles. Never deletes data. Later calls on
     /// this handle fail with [`crate::Error::Closed`].
     async fn close(&self) -> Result<()>;
@@ -395,6 +401,10 @@ macro_rules! forward_backend {
 
             async fn set_meta(&self, key: &str, value: &str) -> Result<()> {
                 (**self).set_meta(key, value).await
+            }
+
+            async fn set_meta_if_absent(&self, key: &str, value: &str) -> Result<String> {
+                (**self).set_meta_if_absent(key, value).await
             }
 
             async fn close(&self) -> Result<()> {

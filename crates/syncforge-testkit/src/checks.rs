@@ -997,6 +997,72 @@ pub(crate) async fn meta(ctx: &Ctx<'_>) -> CheckResult {
     Ok(())
 }
 
+/// `set_meta_if_absent` stores only into an empty key, atomically: of
+/// writers racing through several handles, exactly one value wins and every
+/// writer is told that value.
+pub(crate) async fn meta_if_absent(ctx: &Ctx<'_>) -> CheckResult {
+    const RACERS: usize = 8;
+    let store = &*ctx.store;
+    let key = format!("{}-meta-once", ctx.run);
+    let kept = store
+        .set_meta_if_absent(&key, "first")
+        .await
+        .or_fail("set_meta_if_absent")?;
+    ensure_eq!(
+        kept,
+        "first",
+        "set_meta_if_absent on an empty key stores the value"
+    );
+    let kept = store
+        .set_meta_if_absent(&key, "second")
+        .await
+        .or_fail("set_meta_if_absent")?;
+    ensure_eq!(
+        kept,
+        "first",
+        "set_meta_if_absent on a set key keeps and returns the old value"
+    );
+    ensure_eq!(
+        store.get_meta(&key).await.or_fail("get_meta")?.as_deref(),
+        Some("first"),
+        "set_meta_if_absent on a set key changes nothing"
+    );
+
+    let raced = format!("{}-meta-race", ctx.run);
+    let start = Arc::new(Barrier::new(RACERS));
+    let mut tasks = JoinSet::new();
+    for n in 0..RACERS {
+        let handle = ctx.factory.open().await;
+        let (raced, start) = (raced.clone(), Arc::clone(&start));
+        tasks.spawn(async move {
+            start.wait().await;
+            let kept = handle
+                .set_meta_if_absent(&raced, &format!("racer-{n}"))
+                .await;
+            handle.close().await.ok();
+            kept
+        });
+    }
+    let mut answers = BTreeSet::new();
+    while let Some(joined) = tasks.join_next().await {
+        let kept = joined
+            .map_err(|e| format!("a racing task failed: {e}"))?
+            .or_fail("set_meta_if_absent")?;
+        answers.insert(kept);
+    }
+    ensure_eq!(
+        answers.len(),
+        1,
+        "racing set_meta_if_absent calls must all be told the one value that won: {answers:?}"
+    );
+    ensure_eq!(
+        store.get_meta(&raced).await.or_fail("get_meta")?,
+        answers.into_iter().next(),
+        "the stored value is the one every racer was told"
+    );
+    Ok(())
+}
+
 /// `close` keeps data; a closed handle refuses every call; other handles work.
 pub(crate) async fn close_keeps_data(ctx: &Ctx<'_>) -> CheckResult {
     let coll = ctx.collection("close");

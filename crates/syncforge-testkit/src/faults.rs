@@ -61,11 +61,13 @@ pub enum Operation {
     GetMeta,
     /// `set_meta`.
     SetMeta,
+    /// `set_meta_if_absent`.
+    SetMetaIfAbsent,
     /// `close` (counted, never failed or delayed).
     Close,
 }
 
-const OPERATIONS: usize = 13;
+const OPERATIONS: usize = 14;
 
 impl Operation {
     fn index(self) -> usize {
@@ -332,6 +334,14 @@ impl StorageBackend for FaultyBackend {
     async fn set_meta(&self, key: &str, value: &str) -> Result<()> {
         self.faulty(Operation::SetMeta, self.inner.set_meta(key, value))
             .await
+    }
+
+    async fn set_meta_if_absent(&self, key: &str, value: &str) -> Result<String> {
+        self.faulty(
+            Operation::SetMetaIfAbsent,
+            self.inner.set_meta_if_absent(key, value),
+        )
+        .await
     }
 
     async fn close(&self) -> Result<()> {

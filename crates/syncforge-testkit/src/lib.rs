@@ -108,6 +108,7 @@ pub async fn run_conformance(factory: &dyn StoreFactory) {
         collections_list_and_clear,
         newest_stamp,
         meta,
+        meta_if_absent,
         close_keeps_data,
         concurrent_writers_lose_no_update,
         concurrent_creates_have_one_winner,
