@@ -240,7 +240,7 @@ mod tests {
         assert_eq!("n1", id);
         assert_eq!(id.to_string(), "n1");
         let mut map = HashMap::new();
-        map.insert(id.clone(), 1);
+        map.insert(id, 1);
         assert_eq!(map.get("n1"), Some(&1));
     }
 

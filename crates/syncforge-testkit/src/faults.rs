@@ -403,11 +403,13 @@ mod tests {
             .failing_only(&[Operation::PutBatch]);
         let mut clock = Hlc::new(ClientId::new("w").unwrap());
         let mut written_anyway = 0;
+        let collection = CollectionName::new("c").unwrap();
         for i in 0..40 {
             let content = Content::from_value(serde_json::json!({"id": format!("r{i}")})).unwrap();
+            let id = content.id().clone();
             let write = Write::create(Record::create(content, &clock.now()));
-            assert!(store.put("c", &write).await.is_err());
-            if memory.get("c", &format!("r{i}")).await.unwrap().is_some() {
+            assert!(store.put(&collection, &write).await.is_err());
+            if memory.get(&collection, &id).await.unwrap().is_some() {
                 written_anyway += 1;
             }
         }

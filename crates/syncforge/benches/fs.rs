@@ -20,14 +20,14 @@ use std::time::SystemTime;
 
 use criterion::Criterion;
 use syncforge::core::{StorageBackend, Write};
-use syncforge::{Record, SyncEngine};
+use syncforge::{Cursor, Record, SyncEngine};
 use syncforge_backend_fs::{Durability, FsBackend, FsOptions};
 use tempfile::TempDir;
 use tokio::runtime::Runtime;
 
 use support::{
-    edit_spread, feed_and_sync, feed_head, runtime, timed, timed_checked, written_records, Person,
-    COLLECTION, INCREMENTAL,
+    collection, edit_spread, feed_and_sync, feed_head, runtime, timed, timed_checked,
+    written_records, Person, COLLECTION, INCREMENTAL,
 };
 
 const GROUP: &str = "fs";
@@ -128,7 +128,7 @@ fn durable_store_holding(rt: &Runtime, client: &str, records: &[Record]) -> (Tem
         .unwrap();
         for chunk in records.chunks(10_000) {
             let writes: Vec<Write> = chunk.iter().cloned().map(Write::create).collect();
-            loader.put_batch(COLLECTION, &writes).await.unwrap();
+            loader.put_batch(&collection(), &writes).await.unwrap();
         }
         loader.close().await.unwrap();
     });
@@ -183,7 +183,7 @@ struct Replicas {
     sender: SyncEngine,
     _dir: TempDir,
     receiver: SyncEngine,
-    cursor: u64,
+    cursor: Cursor,
 }
 
 impl Replicas {

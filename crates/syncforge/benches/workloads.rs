@@ -25,7 +25,7 @@ use std::time::SystemTime;
 
 use criterion::Criterion;
 use syncforge::core::Content;
-use syncforge::{ClientId, MemoryBackend, Record, Stamp, SyncEngine};
+use syncforge::{ClientId, Cursor, MemoryBackend, Record, Stamp, SyncEngine};
 use tokio::runtime::Runtime;
 
 use support::w3::{assert_no_edit_lost, diverge, CHANGED_EACH_SIDE};
@@ -45,7 +45,7 @@ fn baseline(c: &mut Criterion, records: &[Record]) {
                     |ready| {
                         let mut map = HashMap::new();
                         for record in ready {
-                            map.insert(record.id().to_owned(), record);
+                            map.insert(record.id().to_string(), record);
                         }
                         map
                     },
@@ -130,7 +130,7 @@ fn w3_sync_diverged(c: &mut Criterion, rt: &Runtime, base: &[Record]) {
 struct Replicas {
     sender: SyncEngine,
     receiver: SyncEngine,
-    cursor: u64,
+    cursor: Cursor,
 }
 
 impl Replicas {

@@ -6,13 +6,13 @@
 #![allow(clippy::print_stdout)]
 
 use serde_json::json;
-use syncforge::{ConflictStrategy, Record, SyncEngine, SyncResult};
+use syncforge::{ConflictStrategy, Cursor, PageOptions, Record, SyncEngine, SyncResult};
 
 /// A device's link to the server: how far it has read each side's change feed.
 #[derive(Default)]
 struct Link {
-    device_cursor: u64,
-    server_cursor: u64,
+    device_cursor: Cursor,
+    server_cursor: Cursor,
 }
 
 /// Sends the device's changes to the server and the server's to the device,
@@ -23,20 +23,26 @@ async fn exchange(
     server: &SyncEngine,
     link: &mut Link,
 ) -> syncforge::Result<()> {
-    let up = device.changes("notes", link.device_cursor, 1000).await?;
-    let wire = to_wire(&up.changes.into_iter().map(|c| c.record).collect::<Vec<_>>());
+    let up = device
+        .changes(
+            "notes",
+            link.device_cursor,
+            PageOptions::default().limit(1000),
+        )
+        .await?;
+    let wire = to_wire(&up.records().cloned().collect::<Vec<_>>());
     let pushed = server.sync("notes", from_wire(&wire)?).await?;
     link.device_cursor = up.next;
     report(&format!("{name} -> server"), &pushed, wire.len());
 
-    let down = server.changes("notes", link.server_cursor, 1000).await?;
-    let wire = to_wire(
-        &down
-            .changes
-            .into_iter()
-            .map(|c| c.record)
-            .collect::<Vec<_>>(),
-    );
+    let down = server
+        .changes(
+            "notes",
+            link.server_cursor,
+            PageOptions::default().limit(1000),
+        )
+        .await?;
+    let wire = to_wire(&down.records().cloned().collect::<Vec<_>>());
     let pulled = device.sync("notes", from_wire(&wire)?).await?;
     link.server_cursor = down.next;
     report(&format!("server -> {name}"), &pulled, wire.len());

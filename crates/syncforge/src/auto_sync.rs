@@ -1,52 +1,14 @@
-//! The periodic sync window (the original's auto-sync timer), optionally
-//! syncing with peers on each tick.
+//! The periodic sync window, optionally syncing with peers on each tick.
 
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Weak};
 
-use syncforge_core::{Error, Result};
-use tokio::task::AbortHandle;
+use syncforge_core::{CollectionName, Error, Result};
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 use tracing::Instrument;
 
 use crate::engine::{Inner, SyncEngine};
 use crate::events::{EventKind, SyncEvent, SyncTrigger};
 use crate::peer::SyncPeer;
-use crate::retry::retry_transient;
-
-/// The timer task and the peers it syncs with.
-#[derive(Default)]
-pub(crate) struct AutoSync {
-    task: Mutex<Option<AbortHandle>>,
-    peers: Mutex<Vec<Arc<dyn SyncPeer>>>,
-}
-
-/// Locks a mutex whose data stays valid whatever panicked while it was held
-/// (an `Option` of a handle, a `Vec` of peers: replaced or pushed whole).
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-impl AutoSync {
-    pub(crate) fn clear_peers(&self) {
-        lock(&self.peers).clear();
-    }
-}
-
-impl Drop for AutoSync {
-    fn drop(&mut self) {
-        // The engine is gone: stop the timer now rather than at its next tick.
-        if let Some(task) = self
-            .task
-            .get_mut()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take()
-        {
-            task.abort();
-        }
-    }
-}
 
 impl SyncEngine {
     /// Starts the periodic sync window (the original's `startAutoSync`); a
@@ -69,8 +31,8 @@ impl SyncEngine {
     /// [`stop_auto_sync`](Self::stop_auto_sync) ends it. Needs a tokio runtime
     /// with timers; outside one it fails with [`Error::InvalidConfig`].
     pub fn start_auto_sync(&self) -> Result<()> {
-        self.check_open_engine()?;
-        let mut task = lock(&self.inner.auto_sync.task);
+        self.check_open()?;
+        let mut task = self.inner.timer.lock();
         if task.as_ref().is_some_and(|t| !t.is_finished()) {
             return Ok(());
         }
@@ -79,7 +41,7 @@ impl SyncEngine {
                 option: "auto_sync",
                 reason: format!("auto-sync needs a running tokio runtime: {err}"),
             })?;
-        let period = self.config().auto_sync_interval;
+        let period = self.config().auto_sync_interval();
         let engine = Arc::downgrade(&self.inner);
         let handle = runtime.spawn(async move {
             let mut ticker = interval_at(Instant::now() + period, period);
@@ -104,14 +66,16 @@ impl SyncEngine {
     /// safe: every write is conditional and cursors advance only past applied
     /// changes. Stopping a stopped timer does nothing.
     pub fn stop_auto_sync(&self) {
-        if let Some(task) = lock(&self.inner.auto_sync.task).take() {
+        if let Some(task) = self.inner.timer.lock().take() {
             task.abort();
         }
     }
 
     /// Whether the periodic sync window is running.
     pub fn is_auto_syncing(&self) -> bool {
-        lock(&self.inner.auto_sync.task)
+        self.inner
+            .timer
+            .lock()
             .as_ref()
             .is_some_and(|task| !task.is_finished())
     }
@@ -121,14 +85,14 @@ impl SyncEngine {
     /// until it is removed or the engine is closed (two engines that are each
     /// other's peers keep each other alive until then).
     pub fn add_auto_sync_peer(&self, peer: Arc<dyn SyncPeer>) {
-        let mut peers = lock(&self.inner.auto_sync.peers);
+        let mut peers = self.inner.peers.lock();
         peers.retain(|p| p.peer_id() != peer.peer_id());
         peers.push(peer);
     }
 
     /// Removes an auto-sync peer by id; returns whether it was there.
     pub fn remove_auto_sync_peer(&self, peer_id: &str) -> bool {
-        let mut peers = lock(&self.inner.auto_sync.peers);
+        let mut peers = self.inner.peers.lock();
         let before = peers.len();
         peers.retain(|p| p.peer_id() != peer_id);
         peers.len() != before
@@ -136,8 +100,8 @@ impl SyncEngine {
 
     /// One tick: the window events, then a `sync_with` per collection and peer.
     async fn run_sync_window(&self) {
-        let peers: Vec<Arc<dyn SyncPeer>> = lock(&self.inner.auto_sync.peers).clone();
-        let events = &self.inner.events;
+        let peers: Vec<Arc<dyn SyncPeer>> = self.inner.peers.lock().clone();
+        let events = self.events();
         // With no peer and nobody to tell, a window has nothing to do: skip
         // listing the collections.
         if peers.is_empty() && !events.wants(EventKind::SyncStart) {
@@ -145,22 +109,15 @@ impl SyncEngine {
         }
         let span = tracing::info_span!("auto_sync_window", peers = peers.len());
         async {
-            let collections = match &self.config().auto_sync_collections {
-                Some(list) => list.clone(),
-                None => {
-                    let backend = self.backend();
-                    match retry_transient(self.retries(), "list_collections", || {
-                        backend.list_collections()
-                    })
-                    .await
-                    {
-                        Ok(list) => list,
-                        Err(error) => {
-                            tracing::warn!(%error, "auto-sync could not list collections");
-                            return;
-                        }
+            let collections: Vec<CollectionName> = match self.config().auto_sync_collections() {
+                Some(list) => list.to_vec(),
+                None => match self.list_collections().await {
+                    Ok(list) => list,
+                    Err(error) => {
+                        tracing::warn!(%error, "auto-sync could not list collections");
+                        return;
                     }
-                }
+                },
             };
             for collection in &collections {
                 if events.wants(EventKind::SyncStart) {

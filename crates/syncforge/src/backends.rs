@@ -1,4 +1,4 @@
-//! Building a backend by name, as the original's `backend` option does.
+//! Building a backend from a configuration chosen at run time.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,7 +23,8 @@ pub enum BackendConfig {
 }
 
 impl BackendConfig {
-    /// The original's name of this backend: `"memory"` or `"filesystem"`.
+    /// The backend's name, as its [`StorageBackend::name`] says it:
+    /// `"memory"` or `"filesystem"`.
     pub fn name(&self) -> &'static str {
         match self {
             BackendConfig::Memory => "memory",
@@ -43,8 +44,10 @@ impl BackendConfig {
 /// Builds the backend described by `config`.
 ///
 /// Fails with [`Error::FeatureDisabled`] naming the cargo feature when that
-/// backend was not compiled in, and with the backend's own error when it cannot
-/// be opened.
+/// backend was not compiled in, with [`Error::InvalidConfig`] naming the
+/// option when a setting cannot work (an empty directory path, a directory
+/// that cannot be created or written), and with the backend's own error when
+/// it cannot be opened.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -60,9 +63,28 @@ pub async fn create_backend(config: &BackendConfig) -> Result<Arc<dyn StorageBac
         #[cfg(feature = "memory")]
         BackendConfig::Memory => Ok(Arc::new(syncforge_backend_memory::MemoryBackend::new())),
         #[cfg(feature = "fs")]
-        BackendConfig::Filesystem { directory } => Ok(Arc::new(
-            syncforge_backend_fs::FsBackend::open(directory).await?,
-        )),
+        BackendConfig::Filesystem { directory } => {
+            if directory.as_os_str().is_empty() {
+                return Err(Error::InvalidConfig {
+                    option: "directory",
+                    reason: "the filesystem backend needs a directory; the path is empty"
+                        .to_owned(),
+                });
+            }
+            let store = syncforge_backend_fs::FsBackend::open(directory)
+                .await
+                .map_err(|error| match error {
+                    Error::Storage { message, .. } => Error::InvalidConfig {
+                        option: "directory",
+                        reason: format!(
+                            "{} cannot be used as a store: {message}",
+                            directory.display()
+                        ),
+                    },
+                    other => other,
+                })?;
+            Ok(Arc::new(store))
+        }
         #[allow(unreachable_patterns)] // reachable exactly when a feature is off
         other => Err(Error::FeatureDisabled {
             backend: other.name().to_owned(),

@@ -4,51 +4,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use syncforge_core::{
-    validate_collection, ClientId, ConflictStrategy, Error, Result, StorageBackend, SystemClock,
+    ClientId, CollectionName, ConflictStrategy, Error, Result, StorageBackend, SystemClock,
     TimeSource, DEFAULT_MAX_DRIFT,
 };
 
 use crate::backends::{create_backend, BackendConfig};
+use crate::config::{
+    Config, DEFAULT_AUTO_SYNC_INTERVAL, DEFAULT_BATCH_SIZE, DEFAULT_EVENT_CAPACITY,
+    DEFAULT_MAX_RETRIES, MAX_BATCH_SIZE, MAX_EVENT_CAPACITY, MAX_RETRIES, MIN_AUTO_SYNC_INTERVAL,
+};
 use crate::engine::SyncEngine;
-use crate::events::DEFAULT_EVENT_CAPACITY;
 
-/// Default number of records merged and written per batch.
-pub const DEFAULT_BATCH_SIZE: usize = 100;
-/// Largest accepted batch size.
-pub const MAX_BATCH_SIZE: usize = 100_000;
-/// Default number of retries of a transient backend failure.
-pub const DEFAULT_MAX_RETRIES: u32 = 3;
-/// Largest accepted number of retries.
-pub const MAX_RETRIES: u32 = 20;
-/// Largest accepted event buffer: the channel allocates every slot up front.
-pub const MAX_EVENT_CAPACITY: usize = 1 << 16;
-/// Default auto-sync interval.
-pub const DEFAULT_AUTO_SYNC_INTERVAL: Duration = Duration::from_secs(30);
-/// Shortest accepted auto-sync interval.
-pub const MIN_AUTO_SYNC_INTERVAL: Duration = Duration::from_secs(1);
-
-/// The validated settings of an engine.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// This replica's id.
-    pub client_id: ClientId,
-    /// How concurrent edits are merged.
-    pub conflict_strategy: ConflictStrategy,
-    /// Records merged and written per batch during a sync.
-    pub batch_size: usize,
-    /// Retries of a transient backend failure, with exponential back-off.
-    pub max_retries: u32,
-    /// Whether the periodic sync window is on.
-    pub auto_sync: bool,
-    /// Interval of the periodic sync window.
-    pub auto_sync_interval: Duration,
-    /// The collections each auto-sync window covers; `None`: those the store
-    /// lists at that moment.
-    pub auto_sync_collections: Option<Vec<String>>,
-    /// Events a receiver may fall behind before it lags.
-    pub event_capacity: usize,
-    /// How far ahead of local time a remote stamp may be.
-    pub max_clock_drift: Duration,
+impl SyncEngine {
+    /// A builder with the original library's defaults.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder::default()
+    }
 }
 
 enum BackendChoice {
@@ -75,6 +46,7 @@ enum BackendChoice {
 /// # Ok(())
 /// # }
 /// ```
+#[must_use]
 pub struct EngineBuilder {
     client_id: Option<String>,
     conflict_strategy: ConflictStrategy,
@@ -138,15 +110,11 @@ impl EngineBuilder {
         self
     }
 
-    /// The storage backend (default: a new in-process memory store).
+    /// The storage backend (default: a new in-process memory store). A
+    /// backend shared with other engines can be given as an `Arc` of it
+    /// (`Arc<dyn StorageBackend>` too).
     pub fn backend(mut self, backend: impl StorageBackend + 'static) -> Self {
         self.backend = BackendChoice::Ready(Arc::new(backend));
-        self
-    }
-
-    /// A storage backend already shared behind an `Arc`.
-    pub fn shared_backend(mut self, backend: Arc<dyn StorageBackend>) -> Self {
-        self.backend = BackendChoice::Ready(backend);
         self
     }
 
@@ -245,14 +213,20 @@ impl EngineBuilder {
                 ),
             });
         }
-        if let Some(collections) = &self.auto_sync_collections {
-            for name in collections {
-                validate_collection(name).map_err(|e| Error::InvalidConfig {
-                    option: "auto_sync_collections",
-                    reason: e.to_string(),
-                })?;
-            }
-        }
+        let auto_sync_collections = match &self.auto_sync_collections {
+            None => None,
+            Some(names) => Some(
+                names
+                    .iter()
+                    .map(|name| {
+                        CollectionName::new(name.as_str()).map_err(|e| Error::InvalidConfig {
+                            option: "auto_sync_collections",
+                            reason: e.to_string(),
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+            ),
+        };
         // The broadcast channel cannot hold fewer than one event, nor more
         // than half of usize::MAX.
         if !(1..=MAX_EVENT_CAPACITY).contains(&self.event_capacity) {
@@ -277,7 +251,7 @@ impl EngineBuilder {
             max_retries: self.max_retries,
             auto_sync: self.auto_sync,
             auto_sync_interval: self.auto_sync_interval,
-            auto_sync_collections: self.auto_sync_collections.clone(),
+            auto_sync_collections,
             event_capacity: self.event_capacity,
             max_clock_drift: self.max_clock_drift,
         })
@@ -295,7 +269,7 @@ impl EngineBuilder {
             BackendChoice::Default => create_backend(&BackendConfig::Memory).await?,
         };
         let engine = SyncEngine::open(config, backend, self.time).await?;
-        if engine.config().auto_sync {
+        if engine.config().auto_sync() {
             engine.start_auto_sync()?;
         }
         Ok(engine)

@@ -1,121 +1,54 @@
-//! The sync engine: local writes, reads, the change feed and merging remote records.
+//! The sync engine: its state, its clock, and the one read-merge-write loop
+//! every write goes through.
+//!
+//! Local puts, deletes, syncs and imports all become *intents* on records
+//! ([`Intent`]). [`SyncEngine::apply`] reads the records they name (one
+//! `get_many`), computes each new state in core (a stamped put, a tombstone,
+//! a merge), writes them back conditionally (one `put_batch`), and re-reads
+//! and re-applies the intents whose write lost a race with another writer,
+//! until each is written, unchanged, or the race budget is spent. The public
+//! operations on top of it live in [`crate::collection`].
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
+use parking_lot::{Mutex, MutexGuard};
 use syncforge_core::{
-    classify, dedupe, validate_collection, validate_id, validate_page_limit, ChangeKind,
-    ChangePage, ClientId, ConflictDetail, Content, Error, Hlc, Record, Result, Stamp,
-    StorageBackend, TimeSource, Write, WriteOutcome,
+    classify, dedupe, ChangeKind, ClientId, CollectionName, ConflictDetail, Content, Cursor, Error,
+    Hlc, Record, RecordId, Result, Stamp, StorageBackend, TimeSource, Write, WriteOutcome,
 };
+use tokio::task::AbortHandle;
 use tracing::field::Empty;
 use tracing::Instrument;
 
-use crate::auto_sync::AutoSync;
-use crate::builder::{Config, EngineBuilder};
+use crate::config::Config;
 use crate::events::{EventKind, EventReceiver, Events, SyncEvent, SyncTrigger};
+use crate::peer::SyncPeer;
+use crate::result::SyncResult;
 use crate::retry::retry_transient;
 
-/// How many times one write is re-read and merged again after losing a race
-/// against another writer before giving up with [`Error::Precondition`].
+/// How many times one write is re-read and applied again after losing a
+/// race against another writer before giving up with [`Error::Precondition`].
 const MAX_RACE_ATTEMPTS: u32 = 64;
 
-/// The events a sync batch emits per written record.
-const RECORD_EVENTS: [EventKind; 4] = [
+/// The events a confirmed write may emit.
+const WRITE_EVENTS: [EventKind; 4] = [
     EventKind::Conflict,
     EventKind::RecordAdded,
     EventKind::RecordUpdated,
     EventKind::RecordDeleted,
 ];
 
-/// What a [`SyncEngine::sync`] did.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SyncResult {
-    /// The collection synced.
-    pub collection: String,
-    /// Records that became visible.
-    pub added: usize,
-    /// Records that changed.
-    pub updated: usize,
-    /// Records that became deleted.
-    pub deleted: usize,
-    /// Records that changed nothing.
-    pub unchanged: usize,
-    /// Concurrent edits found and how each was resolved.
-    pub conflicts: Vec<ConflictDetail>,
-    /// When the sync finished, milliseconds since the Unix epoch.
-    pub timestamp: u64,
-    /// How long it took.
-    pub duration: Duration,
-}
-
-impl SyncResult {
-    pub(crate) fn new(collection: &str) -> Self {
-        SyncResult {
-            collection: collection.to_owned(),
-            added: 0,
-            updated: 0,
-            deleted: 0,
-            unchanged: 0,
-            conflicts: Vec::new(),
-            timestamp: 0,
-            duration: Duration::ZERO,
-        }
-    }
-
-    fn count(&mut self, kind: ChangeKind) {
-        match kind {
-            ChangeKind::Added => self.added += 1,
-            ChangeKind::Updated => self.updated += 1,
-            ChangeKind::Deleted => self.deleted += 1,
-            ChangeKind::Unchanged => self.unchanged += 1,
-        }
-    }
-
-    /// Adds the counts and conflicts of a later sync of the same collection.
-    pub(crate) fn absorb(&mut self, later: SyncResult) {
-        self.added += later.added;
-        self.updated += later.updated;
-        self.deleted += later.deleted;
-        self.unchanged += later.unchanged;
-        self.conflicts.extend(later.conflicts);
-        self.timestamp = later.timestamp;
-        self.duration += later.duration;
-    }
-}
-
 /// The metadata key of the store's id.
 const STORE_ID_KEY: &str = "syncforge/store-id/v1";
 
-/// Reads the store's id, creating it on the store's first open.
-async fn load_store_id(backend: &dyn StorageBackend, retries: u32) -> Result<String> {
-    let existing = retry_transient(retries, "get_meta", || backend.get_meta(STORE_ID_KEY)).await?;
-    if let Some(id) = existing {
-        return Ok(id);
-    }
-    let id = ulid::Ulid::new().to_string();
-    retry_transient(retries, "set_meta", || backend.set_meta(STORE_ID_KEY, &id)).await?;
-    Ok(id)
-}
-
-/// What one write of a sync batch is, kept beside the write until the store
-/// confirms it.
-struct Planned {
-    kind: ChangeKind,
-    conflict: Option<ConflictDetail>,
-    /// The local state before the write, kept only when someone listens.
-    previous: Option<Record>,
-    /// The merged state is exactly the incoming record (see `sync_batch`).
-    echo: bool,
-}
-
 /// Synchronises JSON records between replicas over a pluggable backend.
 ///
-/// Cheap to clone: clones share one engine.
+/// Cheap to clone: clones share one engine. Most work goes through a
+/// [`Collection`](crate::Collection) handle ([`collection`](Self::collection));
+/// the engine also offers every operation by collection name.
 #[derive(Clone)]
 pub struct SyncEngine {
     pub(crate) inner: Arc<Inner>,
@@ -124,13 +57,25 @@ pub struct SyncEngine {
 pub(crate) struct Inner {
     config: Config,
     backend: Arc<dyn StorageBackend>,
-    /// Identifies this store's change-feed numbering (see [`SyncPeer::feed_id`](crate::SyncPeer::feed_id)).
+    /// Identifies this store's change-feed numbering (see [`SyncPeer::feed_id`]).
     store_id: String,
     clock: Mutex<Hlc>,
     time: Arc<dyn TimeSource>,
     closed: AtomicBool,
-    pub(crate) events: Events,
-    pub(crate) auto_sync: AutoSync,
+    events: Events,
+    /// The auto-sync timer task, when it runs.
+    pub(crate) timer: Mutex<Option<AbortHandle>>,
+    /// The peers each auto-sync window syncs with.
+    pub(crate) peers: Mutex<Vec<Arc<dyn SyncPeer>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The engine is gone: stop the timer now rather than at its next tick.
+        if let Some(timer) = self.timer.get_mut().take() {
+            timer.abort();
+        }
+    }
 }
 
 impl std::fmt::Debug for SyncEngine {
@@ -142,12 +87,100 @@ impl std::fmt::Debug for SyncEngine {
     }
 }
 
-impl SyncEngine {
-    /// A builder with the original library's defaults.
-    pub fn builder() -> EngineBuilder {
-        EngineBuilder::default()
-    }
+/// What a write of one record means to do. It is applied to the record's
+/// stored state on every attempt, so a write that lost a race is applied
+/// again to the state that won.
+pub(crate) enum Intent {
+    /// Replace the visible content (a local put).
+    Put(Content),
+    /// Soft-delete (a local delete).
+    Delete,
+    /// Merge a record from another replica (a sync).
+    Merge(Record),
+    /// Store exactly this state (an import).
+    Replace(Record),
+}
 
+/// The kind of an [`Intent`], all that is needed to rebuild it from the
+/// state its write meant to store.
+#[derive(Clone, Copy)]
+enum IntentKind {
+    Put,
+    Delete,
+    Merge,
+    Replace,
+}
+
+impl Intent {
+    fn kind(&self) -> IntentKind {
+        match self {
+            Intent::Put(_) => IntentKind::Put,
+            Intent::Delete => IntentKind::Delete,
+            Intent::Merge(_) => IntentKind::Merge,
+            Intent::Replace(_) => IntentKind::Replace,
+        }
+    }
+}
+
+impl IntentKind {
+    /// The intent to apply again after its write of `intended` lost a race.
+    /// For a put, the content to apply is the visible content of what it
+    /// meant to store, which is exactly what was put; a merge goes on from
+    /// its merged state, which holds everything of the incoming record
+    /// (merge is a join); an import stores the same state again.
+    fn again(self, intended: &Record) -> Result<Intent> {
+        Ok(match self {
+            IntentKind::Put => Intent::Put(Content::from_value(serde_json::Value::Object(
+                intended.content(),
+            ))?),
+            IntentKind::Delete => Intent::Delete,
+            IntentKind::Merge => Intent::Merge(intended.clone()),
+            IntentKind::Replace => Intent::Replace(intended.clone()),
+        })
+    }
+}
+
+/// How one intent ended.
+#[derive(Debug)]
+pub(crate) struct Applied {
+    /// What it did to the record.
+    pub(crate) kind: ChangeKind,
+    /// The record as stored afterwards (`None`: a delete of an unknown id).
+    pub(crate) record: Option<Record>,
+    /// Set when the incoming record was written concurrently with the stored one.
+    pub(crate) conflict: Option<ConflictDetail>,
+    /// The feed position of the write, when this call wrote and saw the answer.
+    pub(crate) cursor: Option<Cursor>,
+    /// For a merge: the stored state is exactly the incoming record, so the
+    /// replica that sent it holds it already.
+    pub(crate) echo: bool,
+}
+
+/// One intent on its way through [`SyncEngine::apply`].
+struct Pending {
+    /// Where its result goes in the output.
+    slot: usize,
+    id: RecordId,
+    kind: IntentKind,
+    /// The intent to apply on the next attempt (taken while it is planned).
+    intent: Option<Intent>,
+    /// What an earlier attempt meant to store, when that write lost a race
+    /// or a transient failure hid its answer.
+    intended: Option<Record>,
+    /// The stored state before the write, kept for events.
+    previous: Option<Record>,
+    /// The plan of the earlier attempt (kind, conflict, echo).
+    planned: Option<Planned>,
+}
+
+/// What the write of one intent is, kept beside it until the store answers.
+struct Planned {
+    kind: ChangeKind,
+    conflict: Option<ConflictDetail>,
+    echo: bool,
+}
+
+impl SyncEngine {
     pub(crate) async fn open(
         config: Config,
         backend: Arc<dyn StorageBackend>,
@@ -155,15 +188,17 @@ impl SyncEngine {
     ) -> Result<SyncEngine> {
         let mut clock = Hlc::with_time(config.client_id.clone(), time.clone())
             .with_max_drift(config.max_clock_drift);
-        let newest = retry_transient(config.max_retries, "newest_stamp", || {
-            backend.newest_stamp()
-        })
-        .await?;
+        let retries = config.max_retries;
+        let newest = retry_transient(retries, "newest_stamp", || backend.newest_stamp()).await?;
         if let Some(stamp) = newest {
             clock.seed(&stamp);
         }
-        let store_id = load_store_id(backend.as_ref(), config.max_retries).await?;
-        let config_event_capacity = config.event_capacity;
+        let fresh_id = ulid::Ulid::new().to_string();
+        let store_id = retry_transient(retries, "set_meta_if_absent", || {
+            backend.set_meta_if_absent(STORE_ID_KEY, &fresh_id)
+        })
+        .await?;
+        let events = Events::new(config.event_capacity);
         Ok(SyncEngine {
             inner: Arc::new(Inner {
                 config,
@@ -172,8 +207,9 @@ impl SyncEngine {
                 clock: Mutex::new(clock),
                 time,
                 closed: AtomicBool::new(false),
-                events: Events::new(config_event_capacity),
-                auto_sync: AutoSync::default(),
+                events,
+                timer: Mutex::new(None),
+                peers: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -194,13 +230,13 @@ impl SyncEngine {
         &self.inner.config.client_id
     }
 
-    /// The storage backend (the original's `getBackend()`).
+    /// The storage backend.
     pub fn backend(&self) -> &Arc<dyn StorageBackend> {
         &self.inner.backend
     }
 
     /// The event hub: closure handlers (`on`, `once`, `off`, ...) and
-    /// receivers (the original's `engine.events`).
+    /// receivers.
     pub fn events(&self) -> &Events {
         &self.inner.events
     }
@@ -217,12 +253,7 @@ impl SyncEngine {
     }
 
     fn clock(&self) -> MutexGuard<'_, Hlc> {
-        // The clock's state is two integers updated together; a panic elsewhere
-        // cannot leave it torn, so a poisoned lock is still usable.
-        self.inner
-            .clock
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner.clock.lock()
     }
 
     /// A stamp for a local write to `record`: newer than anything it holds.
@@ -234,12 +265,8 @@ impl SyncEngine {
         clock.now()
     }
 
-    pub(crate) fn check_open(&self, collection: &str) -> Result<()> {
-        self.check_open_engine()?;
-        validate_collection(collection)
-    }
-
-    pub(crate) fn check_open_engine(&self) -> Result<()> {
+    /// Fails with [`Error::Closed`] once the engine is closed.
+    pub(crate) fn check_open(&self) -> Result<()> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(Error::Closed {
                 what: "sync engine",
@@ -252,258 +279,367 @@ impl SyncEngine {
         self.inner.config.max_retries
     }
 
-    /// Stores `doc` (any value serialising to a JSON object with a string
-    /// `id`), replacing the record's content: afterwards the visible record is
-    /// exactly `doc`. Only changed fields get a new stamp; left-out fields are
-    /// removed. A put that changes nothing writes nothing and returns the
-    /// stored record. Metadata keys (`_version`, ...) in `doc` are checked for
-    /// type and ignored, so a record read from the engine can be put back.
-    pub async fn put<T: Serialize + ?Sized>(&self, collection: &str, doc: &T) -> Result<Record> {
-        self.check_open(collection)?;
-        let value = serde_json::to_value(doc).map_err(|e| {
-            Error::invalid_record(None, format!("cannot be serialised to JSON: {e}"))
-        })?;
-        let mut content = Content::from_value(value)?;
-        let backend = &self.inner.backend;
-        let listening = self
-            .inner
-            .events
-            .wants_any(&[EventKind::RecordAdded, EventKind::RecordUpdated]);
-        // A write that lost a race, or whose answer a transient failure hid:
-        // what it meant to store and the state it replaced.
-        let mut raced: Option<(Record, Option<Record>)> = None;
-        for _ in 0..MAX_RACE_ATTEMPTS {
-            let stored = retry_transient(self.retries(), "get", || {
-                backend.get(collection, content.id())
-            })
-            .await?;
-            if let Some((intended, previous)) = raced.take() {
-                if stored.as_ref().is_some_and(|s| s.record == intended) {
-                    // It happened after all (or someone made the same change).
-                    if listening {
-                        self.emit_put_event(collection, intended.clone(), previous);
-                    }
-                    return Ok(intended);
-                }
+    /// Refuses the whole batch if any stamp lies too far ahead; otherwise
+    /// moves the clock past every stamp in it.
+    pub(crate) fn observe_batch(&self, remote: &[Record]) -> Result<()> {
+        let mut clock = self.clock();
+        let mut offenders = Vec::new();
+        let mut worst = 0;
+        let mut newest: Option<&Stamp> = None;
+        for record in remote {
+            let stamp = record.newest_stamp();
+            if let Some(ahead) = clock.drift_excess(stamp) {
+                offenders.push(record.id().to_string());
+                worst = worst.max(ahead);
             }
-            let mut previous = None;
-            let write = match stored {
-                None => {
-                    let stamp = self.stamp_after(None);
-                    Write::create(Record::create(content, &stamp))
-                }
-                Some(stored) => {
-                    let mut record = stored.record;
-                    if listening {
-                        previous = Some(record.clone());
-                    }
-                    let stamp = self.stamp_after(Some(&record));
-                    if !record.apply_put(content, &stamp)? {
-                        return Ok(record);
-                    }
-                    Write::replace(record, stored.token)
-                }
-            };
-            match retry_transient(self.retries(), "put", || backend.put(collection, &write)).await?
-            {
-                WriteOutcome::Written { .. } => {
-                    if listening {
-                        self.emit_put_event(collection, write.record.clone(), previous);
-                    }
-                    return Ok(write.record);
-                }
-                // Lost a race: the visible record is exactly what was put, so
-                // its content is the content to apply again on the new state.
-                WriteOutcome::Conflict => {
-                    content =
-                        Content::from_value(serde_json::Value::Object(write.record.content()))?;
-                    raced = Some((write.record, previous));
-                }
+            if newest.is_none_or(|n| stamp > n) {
+                newest = Some(stamp);
             }
         }
-        Err(self.lost_races(collection, content.id()))
+        if !offenders.is_empty() {
+            return Err(Error::ClockDrift {
+                ids: offenders,
+                ahead_ms: worst,
+                max_drift_ms: clock.max_drift_ms(),
+            });
+        }
+        if let Some(stamp) = newest {
+            clock.seed(stamp);
+        }
+        Ok(())
     }
 
-    /// Emits `record:added` or `record:updated` for a put that replaced
-    /// `previous` (none, or a deleted record: added).
-    fn emit_put_event(&self, collection: &str, record: Record, previous: Option<Record>) {
-        let kind = match &previous {
-            Some(p) if !p.is_deleted() => ChangeKind::Updated,
-            _ => ChangeKind::Added,
-        };
-        self.emit_record_event(collection, kind, record, previous);
+    /// Moves the clock past every stamp of `records` without a drift check:
+    /// for imports, whose stamps the caller vouches for.
+    pub(crate) fn seed_clock(&self, records: &[Record]) {
+        let mut clock = self.clock();
+        for record in records {
+            clock.seed(record.newest_stamp());
+        }
     }
 
-    fn lost_races(&self, collection: &str, id: &str) -> Error {
+    /// Applies `intents` (at most one per id) to `collection` and returns
+    /// how each ended, in order. Emits the record and conflict events of the
+    /// writes the store confirmed. With `track_echoes`, marks merges whose
+    /// stored result is exactly the incoming record.
+    pub(crate) async fn apply(
+        &self,
+        collection: &CollectionName,
+        intents: Vec<(RecordId, Intent)>,
+        track_echoes: bool,
+    ) -> Result<Vec<Applied>> {
+        let backend = &self.inner.backend;
+        // Checked once per call: without listeners nothing below copies a
+        // record for an event.
+        let listening = self.inner.events.wants_any(&WRITE_EVENTS);
+        let mut done: Vec<Option<Applied>> = intents.iter().map(|_| None).collect();
+        let mut pending: Vec<Pending> = intents
+            .into_iter()
+            .enumerate()
+            .map(|(slot, (id, intent))| Pending {
+                slot,
+                id,
+                kind: intent.kind(),
+                intent: Some(intent),
+                intended: None,
+                previous: None,
+                planned: None,
+            })
+            .collect();
+        for attempt in 0..MAX_RACE_ATTEMPTS {
+            let ids: Vec<RecordId> = pending.iter().map(|p| p.id.clone()).collect();
+            let stored = retry_transient(self.retries(), "get_many", || {
+                backend.get_many(collection, &ids)
+            })
+            .await?;
+            if stored.len() != ids.len() {
+                return Err(Error::storage(
+                    backend.name(),
+                    format!(
+                        "get_many answered {} entries for {} ids",
+                        stored.len(),
+                        ids.len()
+                    ),
+                ));
+            }
+            let mut writes = Vec::with_capacity(pending.len());
+            let mut waiting = Vec::with_capacity(pending.len());
+            for (mut item, stored) in pending.into_iter().zip(stored) {
+                let (local, token) = match stored {
+                    Some(stored) => (Some(stored.record), Some(stored.token)),
+                    None => (None, None),
+                };
+                // The store holds exactly what an earlier attempt meant to
+                // write: that write did happen after all (its answer was
+                // lost) or another writer made the same change. Report it
+                // as planned.
+                if item.intended.is_some() && local.as_ref() == item.intended.as_ref() {
+                    if let Some(planned) = item.planned.take() {
+                        done[item.slot] = Some(self.confirm(
+                            collection,
+                            item.intended.take(),
+                            planned,
+                            None,
+                            item.previous.take(),
+                            listening,
+                        ));
+                        continue;
+                    }
+                }
+                // Echoes are recognised on the first attempt only: after a
+                // lost race the intent is our own merge, not what the sender
+                // holds, and calling a write "not an echo" only costs a resend.
+                let echoes = track_echoes && attempt == 0;
+                let intent = match item.intent.take() {
+                    Some(intent) => intent,
+                    None => item.kind.again(item.intended.as_ref().ok_or_else(|| {
+                        Error::storage(backend.name(), "a write lost its intent")
+                    })?)?,
+                };
+                match self.plan(collection, intent, local, echoes)? {
+                    Step::Done(applied) => done[item.slot] = Some(applied),
+                    Step::Write {
+                        record,
+                        planned,
+                        previous,
+                    } => {
+                        writes.push(Write {
+                            record,
+                            expected: token,
+                        });
+                        item.planned = Some(planned);
+                        if listening {
+                            item.previous = previous;
+                        }
+                        waiting.push(item);
+                    }
+                }
+            }
+            if writes.is_empty() {
+                return Ok(done.into_iter().flatten().collect());
+            }
+            let outcomes = retry_transient(self.retries(), "put_batch", || {
+                backend.put_batch(collection, &writes)
+            })
+            .await?;
+            if outcomes.len() != writes.len() {
+                return Err(Error::storage(
+                    backend.name(),
+                    format!(
+                        "put_batch answered {} outcomes for {} writes",
+                        outcomes.len(),
+                        writes.len()
+                    ),
+                ));
+            }
+            pending = Vec::new();
+            for ((write, mut item), outcome) in writes.into_iter().zip(waiting).zip(outcomes) {
+                match outcome {
+                    WriteOutcome::Written { cursor, .. } => {
+                        let planned = item.planned.take().ok_or_else(|| {
+                            Error::storage(backend.name(), "a write lost its plan")
+                        })?;
+                        done[item.slot] = Some(self.confirm(
+                            collection,
+                            Some(write.record),
+                            planned,
+                            Some(cursor),
+                            item.previous.take(),
+                            listening,
+                        ));
+                    }
+                    // Lost a race: apply the intent again to the state that
+                    // won. Merge is a join, so nothing of it is lost.
+                    WriteOutcome::Conflict => {
+                        item.intended = Some(write.record);
+                        pending.push(item);
+                    }
+                }
+            }
+            if pending.is_empty() {
+                return Ok(done.into_iter().flatten().collect());
+            }
+        }
+        let id = pending.first().map_or("", |item| item.id.as_str());
         tracing::warn!(
-            collection,
+            collection = collection.as_str(),
             id,
             attempts = MAX_RACE_ATTEMPTS,
             "write kept losing races with other writers"
         );
-        Error::Precondition {
-            collection: collection.to_owned(),
+        Err(Error::Precondition {
+            collection: collection.to_string(),
             id: id.to_owned(),
-        }
+        })
     }
 
-    /// One record, soft-deleted ones included (`is_deleted()` tells).
-    pub async fn get(&self, collection: &str, id: &str) -> Result<Option<Record>> {
-        self.check_open(collection)?;
-        validate_id(id)?;
-        let backend = &self.inner.backend;
-        let stored = retry_transient(self.retries(), "get", || backend.get(collection, id)).await?;
-        Ok(stored.map(|s| s.record))
-    }
-
-    /// One record's content deserialised as `T` (metadata left out).
-    pub async fn get_as<T: DeserializeOwned>(
+    /// What `intent` does to the stored state `local`.
+    fn plan(
         &self,
-        collection: &str,
-        id: &str,
-    ) -> Result<Option<T>> {
-        self.get(collection, id)
-            .await?
-            .map(|r| r.get_as())
-            .transpose()
-    }
-
-    /// Every record of the collection, soft-deleted ones included.
-    pub async fn get_all(&self, collection: &str) -> Result<Vec<Record>> {
-        self.check_open(collection)?;
-        let backend = &self.inner.backend;
-        retry_transient(self.retries(), "get_all", || backend.get_all(collection)).await
-    }
-
-    /// The content of every live (not deleted) record deserialised as `T`.
-    pub async fn get_all_as<T: DeserializeOwned>(&self, collection: &str) -> Result<Vec<T>> {
-        self.get_all(collection)
-            .await?
-            .iter()
-            .filter(|r| !r.is_deleted())
-            .map(Record::get_as)
-            .collect()
-    }
-
-    /// Soft-deletes a record: it stays stored, marked deleted, so the deletion
-    /// travels in syncs. Returns the deleted record, or `None` (writing
-    /// nothing) when the id is unknown. Deleting a deleted record writes nothing.
-    pub async fn delete(&self, collection: &str, id: &str) -> Result<Option<Record>> {
-        self.check_open(collection)?;
-        validate_id(id)?;
-        let backend = &self.inner.backend;
-        let listening = self.inner.events.wants(EventKind::RecordDeleted);
-        // The tombstone of a write that lost a race or whose answer was lost.
-        let mut raced: Option<Record> = None;
-        for _ in 0..MAX_RACE_ATTEMPTS {
-            let Some(stored) =
-                retry_transient(self.retries(), "get", || backend.get(collection, id)).await?
-            else {
-                return Ok(None);
-            };
-            if raced
-                .take()
-                .is_some_and(|intended| intended == stored.record)
-            {
-                // It happened after all (or someone made the same change).
-                if listening {
-                    self.emit_record_event(
-                        collection,
-                        ChangeKind::Deleted,
-                        stored.record.clone(),
-                        None,
-                    );
+        collection: &CollectionName,
+        intent: Intent,
+        local: Option<Record>,
+        track_echo: bool,
+    ) -> Result<Step> {
+        let unchanged = |record: Option<Record>| {
+            Step::Done(Applied {
+                kind: ChangeKind::Unchanged,
+                record,
+                conflict: None,
+                cursor: None,
+                echo: false,
+            })
+        };
+        let write = |record: Record, kind, conflict, echo, previous| Step::Write {
+            record,
+            planned: Planned {
+                kind,
+                conflict,
+                echo,
+            },
+            previous,
+        };
+        Ok(match intent {
+            Intent::Put(content) => match local {
+                None => {
+                    let stamp = self.stamp_after(None);
+                    let record = Record::create(content, &stamp);
+                    write(record, ChangeKind::Added, None, false, None)
                 }
-                return Ok(Some(stored.record));
-            }
-            let mut record = stored.record;
-            let stamp = self.stamp_after(Some(&record));
-            if !record.apply_delete(&stamp)? {
-                return Ok(Some(record));
-            }
-            let write = Write::replace(record, stored.token);
-            match retry_transient(self.retries(), "put", || backend.put(collection, &write)).await?
-            {
-                WriteOutcome::Written { .. } => {
-                    if listening {
-                        self.emit_record_event(
-                            collection,
-                            ChangeKind::Deleted,
-                            write.record.clone(),
-                            None,
-                        );
+                Some(local) => {
+                    let mut record = local.clone();
+                    let stamp = self.stamp_after(Some(&record));
+                    let kind = if local.is_deleted() {
+                        ChangeKind::Added
+                    } else {
+                        ChangeKind::Updated
+                    };
+                    if !record.apply_put(content, &stamp)? {
+                        return Ok(unchanged(Some(local)));
                     }
-                    return Ok(Some(write.record));
+                    write(record, kind, None, false, Some(local))
                 }
-                WriteOutcome::Conflict => raced = Some(write.record),
+            },
+            Intent::Delete => match local {
+                None => unchanged(None),
+                Some(local) => {
+                    let mut record = local.clone();
+                    let stamp = self.stamp_after(Some(&record));
+                    if !record.apply_delete(&stamp)? {
+                        return Ok(unchanged(Some(local)));
+                    }
+                    write(record, ChangeKind::Deleted, None, false, Some(local))
+                }
+            },
+            Intent::Merge(remote) => {
+                // A record new here is stored as received, so it is an echo
+                // without comparing; otherwise compare the merge with a copy.
+                let sent = (track_echo && local.is_some()).then(|| remote.clone());
+                let classified = classify(
+                    collection,
+                    local.as_ref(),
+                    remote,
+                    self.inner.config.conflict_strategy,
+                )?;
+                if classified.kind == ChangeKind::Unchanged {
+                    return Ok(unchanged(Some(classified.merged)));
+                }
+                let echo = track_echo && sent.is_none_or(|sent| sent == classified.merged);
+                write(
+                    classified.merged,
+                    classified.kind,
+                    classified.conflict,
+                    echo,
+                    local,
+                )
+            }
+            Intent::Replace(record) => {
+                if local.as_ref() == Some(&record) {
+                    return Ok(unchanged(local));
+                }
+                let kind = match (local.as_ref().map(Record::is_deleted), record.is_deleted()) {
+                    (None | Some(true), false) => ChangeKind::Added,
+                    (None | Some(false), true) => ChangeKind::Deleted,
+                    (Some(false), false) | (Some(true), true) => ChangeKind::Updated,
+                };
+                write(record, kind, None, false, local)
+            }
+        })
+    }
+
+    /// Reports a write the store holds and emits its events.
+    fn confirm(
+        &self,
+        collection: &CollectionName,
+        record: Option<Record>,
+        planned: Planned,
+        cursor: Option<Cursor>,
+        previous: Option<Record>,
+        listening: bool,
+    ) -> Applied {
+        if listening {
+            let events = &self.inner.events;
+            if let Some(conflict) = &planned.conflict {
+                if events.wants(EventKind::Conflict) {
+                    events.emit(SyncEvent::Conflict(Arc::new(conflict.clone())));
+                }
+            }
+            if let Some(record) = &record {
+                self.emit_record_event(collection, planned.kind, record.clone(), previous);
             }
         }
-        Err(self.lost_races(collection, id))
+        Applied {
+            kind: planned.kind,
+            record,
+            conflict: planned.conflict,
+            cursor,
+            echo: planned.echo,
+        }
     }
 
-    /// Changes after the sequence `cursor` (0 for the beginning), at most
-    /// `limit`: every change applied to this replica, local or synced, in the
-    /// order applied. Continue from the returned page's `next`.
-    ///
-    /// A `limit` of 0 is refused with [`Error::InvalidArgument`]: a page that
-    /// can hold nothing would never let a reader advance.
-    pub async fn changes(&self, collection: &str, cursor: u64, limit: usize) -> Result<ChangePage> {
-        self.check_open(collection)?;
-        validate_page_limit(limit)?;
-        let backend = &self.inner.backend;
-        retry_transient(self.retries(), "changes", || {
-            backend.changes(collection, cursor, limit)
-        })
-        .await
-    }
-
-    /// Records whose `_timestamp` is later than `millis`. Time-based, as in the
-    /// original: it misses records that arrive by sync carrying older
-    /// timestamps. Prefer [`changes`](Self::changes) for incremental sync.
-    pub async fn get_changes_since(&self, collection: &str, millis: u64) -> Result<Vec<Record>> {
-        self.check_open(collection)?;
-        let backend = &self.inner.backend;
-        retry_transient(self.retries(), "changes_since_timestamp", || {
-            backend.changes_since_timestamp(collection, millis)
-        })
-        .await
-    }
-
-    /// Merges remote records into the collection with the configured strategy.
-    ///
-    /// The batch is checked whole first: a record with a stamp further ahead
-    /// of local time than the allowed drift fails the sync with
-    /// [`Error::ClockDrift`] naming the records, and nothing is written.
-    /// Records are then merged and written `batch_size` at a time, each write
-    /// conditional on what was read (a lost race is re-read and merged again),
-    /// transient backend failures retried with back-off. Reads only the
-    /// records the batch names, never the whole collection.
-    ///
-    /// Emits `sync:start`, then per batch the record and conflict events of
-    /// the writes the store confirmed and a `sync:progress`, then exactly one
-    /// of `sync:success` or `sync:error` (the error is also returned). A
-    /// failed sync leaves every record either as it was or fully merged: the
-    /// batches written before the failure stay, and syncing the same records
-    /// again completes the rest.
-    pub async fn sync(&self, collection: &str, remote: Vec<Record>) -> Result<SyncResult> {
-        self.sync_triggered(collection, remote, SyncTrigger::Call, None)
-            .await
-    }
-
-    /// [`sync`](Self::sync) with its trigger named in `sync:start`. With
-    /// `echoes`, collects the change sequences of writes whose result is
-    /// exactly the incoming record: the sender already holds those states.
-    pub(crate) async fn sync_triggered(
+    /// Emits the `record:*` event of a confirmed write of `kind`.
+    fn emit_record_event(
         &self,
-        collection: &str,
+        collection: &CollectionName,
+        kind: ChangeKind,
+        record: Record,
+        previous: Option<Record>,
+    ) {
+        let collection = collection.clone();
+        let event = match (kind, previous) {
+            (ChangeKind::Deleted, _) => SyncEvent::RecordDeleted { collection, record },
+            (ChangeKind::Updated, Some(previous)) => SyncEvent::RecordUpdated {
+                collection,
+                record,
+                previous,
+            },
+            // An update of a record this replica did not hold shows as new.
+            (ChangeKind::Added | ChangeKind::Updated, _) => {
+                SyncEvent::RecordAdded { collection, record }
+            }
+            (ChangeKind::Unchanged, _) => return,
+        };
+        if self.inner.events.wants(event.kind()) {
+            self.inner.events.emit(event);
+        }
+    }
+
+    /// Merges `remote` into `collection`: the sync behind
+    /// [`Collection::sync`](crate::Collection::sync), with its trigger named
+    /// in `sync:start`. With `echoes`, collects the feed positions of writes
+    /// whose result is exactly the incoming record: the sender holds those
+    /// states already.
+    pub(crate) async fn sync_records(
+        &self,
+        collection: &CollectionName,
         remote: Vec<Record>,
         trigger: SyncTrigger,
-        echoes: Option<&mut HashSet<u64>>,
+        echoes: Option<&mut HashSet<Cursor>>,
     ) -> Result<SyncResult> {
         let events = &self.inner.events;
         if events.wants(EventKind::SyncStart) {
             events.emit(SyncEvent::SyncStart {
-                collection: collection.to_owned(),
+                collection: collection.clone(),
                 record_count: remote.len(),
                 timestamp: self.now_millis(),
                 trigger,
@@ -511,7 +647,7 @@ impl SyncEngine {
         }
         let span = tracing::info_span!(
             "sync",
-            collection,
+            collection = collection.as_str(),
             records = remote.len(),
             added = Empty,
             updated = Empty,
@@ -556,13 +692,12 @@ impl SyncEngine {
     }
 
     /// Emits `sync:error` for `error` if anyone listens.
-    pub(crate) fn emit_sync_error(&self, collection: &str, error: &Error) {
+    pub(crate) fn emit_sync_error(&self, collection: &CollectionName, error: &Error) {
         let events = &self.inner.events;
         if events.wants(EventKind::SyncError) {
             events.emit(SyncEvent::SyncError {
-                collection: collection.to_owned(),
-                error: error.to_string(),
-                transient: error.is_transient(),
+                collection: collection.clone(),
+                error: Arc::new(error.clone()),
                 timestamp: self.now_millis(),
             });
         }
@@ -570,241 +705,86 @@ impl SyncEngine {
 
     async fn sync_unreported(
         &self,
-        collection: &str,
+        collection: &CollectionName,
         remote: Vec<Record>,
-        mut echoes: Option<&mut HashSet<u64>>,
+        echoes: Option<&mut HashSet<Cursor>>,
     ) -> Result<SyncResult> {
-        self.check_open(collection)?;
+        self.check_open()?;
         let started = Instant::now();
         self.observe_batch(&remote)?;
-        let strategy = self.inner.config.conflict_strategy;
-        let mut incoming = dedupe(remote, strategy)?.into_iter();
+        let incoming = dedupe(remote, self.inner.config.conflict_strategy)?;
         let total = incoming.len();
-        let mut done = 0;
         let mut result = SyncResult::new(collection);
-        loop {
-            // Batches come off the front of one iterator: splitting the rest
-            // off the vector instead moved every remaining record once per
-            // batch, quadratic in the size of the sync.
-            let batch: Vec<Record> = incoming
-                .by_ref()
-                .take(self.inner.config.batch_size)
-                .collect();
-            if batch.is_empty() {
-                break;
-            }
-            done += batch.len();
-            self.sync_batch(collection, batch, &mut result, echoes.as_deref_mut())
-                .await?;
-            if self.inner.events.wants(EventKind::SyncProgress) {
-                self.inner.events.emit(SyncEvent::SyncProgress {
-                    collection: collection.to_owned(),
-                    done,
-                    total,
-                });
-            }
-        }
+        self.apply_in_batches(
+            collection,
+            incoming
+                .into_iter()
+                .map(|record| (record.id().clone(), Intent::Merge(record))),
+            total,
+            &mut result,
+            echoes,
+        )
+        .await?;
         result.timestamp = self.now_millis();
         result.duration = started.elapsed();
         Ok(result)
     }
 
-    /// Refuses the whole batch if any stamp lies too far ahead; otherwise moves
-    /// the clock past every stamp in it.
-    fn observe_batch(&self, remote: &[Record]) -> Result<()> {
-        let mut clock = self.clock();
-        let mut offenders = Vec::new();
-        let mut worst = 0;
-        let mut newest: Option<&Stamp> = None;
-        for record in remote {
-            let stamp = record.newest_stamp();
-            if let Some(ahead) = clock.drift_excess(stamp) {
-                offenders.push(record.id().to_owned());
-                worst = worst.max(ahead);
+    /// Applies `intents` `batch_size` at a time, counting what each did in
+    /// `result`, and emits `sync:progress` after each batch.
+    pub(crate) async fn apply_in_batches(
+        &self,
+        collection: &CollectionName,
+        intents: impl Iterator<Item = (RecordId, Intent)>,
+        total: usize,
+        result: &mut SyncResult,
+        mut echoes: Option<&mut HashSet<Cursor>>,
+    ) -> Result<()> {
+        let mut intents = intents.peekable();
+        let mut done = 0;
+        while intents.peek().is_some() {
+            // Batches come off the front of one iterator: splitting the rest
+            // off a vector instead would move every remaining record once per
+            // batch, quadratic in the size of the sync.
+            let batch: Vec<(RecordId, Intent)> = intents
+                .by_ref()
+                .take(self.inner.config.batch_size)
+                .collect();
+            done += batch.len();
+            let applied = self.apply(collection, batch, echoes.is_some()).await?;
+            for outcome in applied {
+                result.count(outcome.kind);
+                result.conflicts.extend(outcome.conflict);
+                if let (true, Some(cursor), Some(echoes)) =
+                    (outcome.echo, outcome.cursor, echoes.as_deref_mut())
+                {
+                    echoes.insert(cursor);
+                }
             }
-            if newest.is_none_or(|n| stamp > n) {
-                newest = Some(stamp);
+            if self.inner.events.wants(EventKind::SyncProgress) {
+                self.inner.events.emit(SyncEvent::SyncProgress {
+                    collection: collection.clone(),
+                    done,
+                    total,
+                });
             }
-        }
-        if !offenders.is_empty() {
-            return Err(Error::ClockDrift {
-                ids: offenders,
-                ahead_ms: worst,
-                max_drift_ms: clock.max_drift_ms(),
-            });
-        }
-        if let Some(stamp) = newest {
-            clock.seed(stamp);
         }
         Ok(())
     }
 
-    async fn sync_batch(
-        &self,
-        collection: &str,
-        incoming: Vec<Record>,
-        result: &mut SyncResult,
-        mut echoes: Option<&mut HashSet<u64>>,
-    ) -> Result<()> {
-        // Each record to merge, with the plan of a write of it that lost a
-        // race (or whose outcome a transient failure hid).
-        let mut pending: Vec<(Record, Option<Planned>)> =
-            incoming.into_iter().map(|record| (record, None)).collect();
-        let strategy = self.inner.config.conflict_strategy;
-        let backend = &self.inner.backend;
-        // Checked once per batch: without listeners nothing below copies a
-        // record for an event.
-        let listening = self.inner.events.wants_any(&RECORD_EVENTS);
-        for attempt in 0..MAX_RACE_ATTEMPTS {
-            // Echoes are recognised on the first attempt only: after a lost
-            // race the pending record is our own merge, not what the sender
-            // holds, and calling a write "not an echo" only costs a resend.
-            let track_echoes = echoes.is_some() && attempt == 0;
-            let ids: Vec<&str> = pending.iter().map(|(record, _)| record.id()).collect();
-            let locals = retry_transient(self.retries(), "get_many", || {
-                backend.get_many(collection, &ids)
-            })
-            .await?;
-            drop(ids);
-            let mut writes = Vec::with_capacity(pending.len());
-            let mut plans = Vec::with_capacity(pending.len());
-            for ((remote, raced), local) in pending.into_iter().zip(locals) {
-                let (local, token) = match local {
-                    Some(stored) => (Some(stored.record), Some(stored.token)),
-                    None => (None, None),
-                };
-                if let Some(plan) = raced {
-                    // The store holds exactly what we meant to write: the
-                    // write whose answer was lost did happen (or another
-                    // writer made the same change). Report it as planned.
-                    if local.as_ref() == Some(&remote) {
-                        self.confirm(collection, remote, plan, result, listening);
-                        continue;
-                    }
-                }
-                // A record new here is stored as received, so it is an echo
-                // without comparing; otherwise compare the merge with a copy.
-                let sent = (track_echoes && local.is_some()).then(|| remote.clone());
-                let classified = classify(collection, local.as_ref(), remote, strategy)?;
-                if classified.kind == ChangeKind::Unchanged {
-                    result.count(ChangeKind::Unchanged);
-                    continue;
-                }
-                let echo = track_echoes && sent.is_none_or(|sent| sent == classified.merged);
-                writes.push(Write {
-                    record: classified.merged,
-                    expected: token,
-                });
-                plans.push(Planned {
-                    kind: classified.kind,
-                    conflict: classified.conflict,
-                    previous: if listening { local } else { None },
-                    echo,
-                });
-            }
-            if writes.is_empty() {
-                return Ok(());
-            }
-            let outcomes = retry_transient(self.retries(), "put_batch", || {
-                backend.put_batch(collection, &writes)
-            })
-            .await?;
-            if outcomes.len() != writes.len() {
-                return Err(Error::storage(
-                    backend.name(),
-                    format!(
-                        "put_batch answered {} outcomes for {} writes",
-                        outcomes.len(),
-                        writes.len()
-                    ),
-                ));
-            }
-            pending = Vec::new();
-            for ((write, plan), outcome) in writes.into_iter().zip(plans).zip(outcomes) {
-                match outcome {
-                    WriteOutcome::Written { sequence, .. } => {
-                        if plan.echo {
-                            if let Some(echoes) = echoes.as_deref_mut() {
-                                echoes.insert(sequence);
-                            }
-                        }
-                        self.confirm(collection, write.record, plan, result, listening);
-                    }
-                    // Lost a race: merge what we meant to write (local ⊔ remote)
-                    // into the new stored state. Merge is a join, so nothing of
-                    // the remote record is lost.
-                    WriteOutcome::Conflict => pending.push((write.record, Some(plan))),
-                }
-            }
-            if pending.is_empty() {
-                return Ok(());
-            }
-        }
-        let id = pending.first().map_or("", |(record, _)| record.id());
-        Err(self.lost_races(collection, id))
-    }
-
-    /// Counts a write the store holds and emits its events.
-    fn confirm(
-        &self,
-        collection: &str,
-        written: Record,
-        plan: Planned,
-        result: &mut SyncResult,
-        listening: bool,
-    ) {
-        result.count(plan.kind);
-        if let Some(conflict) = plan.conflict {
-            if listening && self.inner.events.wants(EventKind::Conflict) {
-                self.inner
-                    .events
-                    .emit(SyncEvent::Conflict(Arc::new(conflict.clone())));
-            }
-            result.conflicts.push(conflict);
-        }
-        if listening {
-            self.emit_record_event(collection, plan.kind, written, plan.previous);
-        }
-    }
-
-    /// Emits the `record:*` event of a confirmed write of `kind`.
-    fn emit_record_event(
-        &self,
-        collection: &str,
-        kind: ChangeKind,
-        record: Record,
-        previous: Option<Record>,
-    ) {
-        let collection = collection.to_owned();
-        let event = match (kind, previous) {
-            (ChangeKind::Deleted, _) => SyncEvent::RecordDeleted { collection, record },
-            (ChangeKind::Updated, Some(previous)) => SyncEvent::RecordUpdated {
-                collection,
-                record,
-                previous,
-            },
-            // An update of a record this replica did not hold shows as new.
-            (ChangeKind::Added | ChangeKind::Updated, _) => {
-                SyncEvent::RecordAdded { collection, record }
-            }
-            (ChangeKind::Unchanged, _) => return,
-        };
-        if self.inner.events.wants(event.kind()) {
-            self.inner.events.emit(event);
-        }
-    }
-
     /// Closes the engine and its backend handle. Never deletes stored data.
-    /// Stops auto-sync, forgets its peers and removes every event handler (as
-    /// the original's `destroy` does); receivers see the stream end when the
-    /// last handle on the engine is dropped. Later calls fail with
-    /// [`Error::Closed`]; closing twice is harmless.
+    /// Stops auto-sync, forgets its peers and removes every event handler;
+    /// receivers see the stream end when the last handle on the engine is
+    /// dropped. Later calls fail with [`Error::Closed`]; closing twice is
+    /// harmless.
     pub async fn close(&self) -> Result<()> {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        self.stop_auto_sync();
-        self.inner.auto_sync.clear_peers();
+        if let Some(timer) = self.inner.timer.lock().take() {
+            timer.abort();
+        }
+        self.inner.peers.lock().clear();
         self.inner.events.remove_all_listeners(None);
         self.inner.backend.close().await
     }
@@ -813,6 +793,18 @@ impl SyncEngine {
     pub fn is_closed(&self) -> bool {
         self.inner.closed.load(Ordering::Acquire)
     }
+}
+
+/// What one intent comes to against the stored state.
+enum Step {
+    /// Nothing to write.
+    Done(Applied),
+    /// Write `record`.
+    Write {
+        record: Record,
+        planned: Planned,
+        previous: Option<Record>,
+    },
 }
 
 /// A duration in whole milliseconds, saturating.

@@ -9,12 +9,13 @@
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
-use syncforge_core::{ConflictDetail, Record};
+use parking_lot::{Mutex, MutexGuard};
+use syncforge_core::{CollectionName, ConflictDetail, Error, Record};
 use tokio::sync::broadcast;
 
-use crate::engine::SyncResult;
+use crate::result::SyncResult;
 
 pub use tokio::sync::broadcast::error::RecvError;
 
@@ -25,9 +26,6 @@ pub use tokio::sync::broadcast::error::RecvError;
 /// [`RecvError::Lagged`] with the number of events it missed. A slow or
 /// dropped receiver never blocks or fails a sync.
 pub type EventReceiver = broadcast::Receiver<SyncEvent>;
-
-/// Default number of events a receiver may fall behind before it lags.
-pub const DEFAULT_EVENT_CAPACITY: usize = 1024;
 
 /// The kinds of [`SyncEvent`], named as in the original library.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -115,34 +113,33 @@ pub enum SyncTrigger {
 /// One thing the engine did.
 ///
 /// Big payloads are shared (`Arc`) so that handing an event to many receivers
-/// does not copy them.
+/// does not copy them. Every `timestamp` is in milliseconds since the Unix
+/// epoch, read from the engine's time source.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum SyncEvent {
     /// `sync:start`.
     SyncStart {
         /// The collection.
-        collection: String,
+        collection: CollectionName,
         /// Records offered to the sync (0 for an auto-sync window).
         record_count: usize,
-        /// When it began, milliseconds since the Unix epoch.
+        /// When it began, in milliseconds since the Unix epoch.
         timestamp: u64,
         /// What started it.
         trigger: SyncTrigger,
     },
     /// `sync:success`: what the sync did.
     SyncSuccess(Arc<SyncResult>),
-    /// `sync:error`: the sync failed after its retries; the error is also
-    /// returned to the caller.
+    /// `sync:error`: the sync failed after its retries; the same error is
+    /// returned to the caller. [`Error::is_transient`] tells whether trying
+    /// again later may succeed (the store or the peer was unreachable).
     SyncError {
         /// The collection.
-        collection: String,
-        /// The error's message (the caller gets the typed error).
-        error: String,
-        /// Whether the failure was transient (the store was unreachable), so
-        /// that trying again later may succeed.
-        transient: bool,
-        /// When it failed, milliseconds since the Unix epoch.
+        collection: CollectionName,
+        /// The typed error.
+        error: Arc<Error>,
+        /// When it failed, in milliseconds since the Unix epoch.
         timestamp: u64,
     },
     /// `conflict`: concurrent edits found and how they were resolved.
@@ -151,14 +148,14 @@ pub enum SyncEvent {
     /// delete).
     RecordAdded {
         /// The collection.
-        collection: String,
+        collection: CollectionName,
         /// The record as stored.
         record: Record,
     },
     /// `record:updated`: a visible record changed.
     RecordUpdated {
         /// The collection.
-        collection: String,
+        collection: CollectionName,
         /// The record as stored.
         record: Record,
         /// The record before the change.
@@ -167,14 +164,14 @@ pub enum SyncEvent {
     /// `record:deleted`: a record was soft-deleted.
     RecordDeleted {
         /// The collection.
-        collection: String,
+        collection: CollectionName,
         /// The deleted record (a tombstone).
         record: Record,
     },
     /// `sync:progress`: after each applied batch of a sync, for progress bars.
     SyncProgress {
         /// The collection.
-        collection: String,
+        collection: CollectionName,
         /// Records processed so far.
         done: usize,
         /// Records in the whole sync, repeated ids counted once.
@@ -198,7 +195,7 @@ impl SyncEvent {
     }
 
     /// The collection the event is about.
-    pub fn collection(&self) -> &str {
+    pub fn collection(&self) -> &CollectionName {
         match self {
             SyncEvent::SyncStart { collection, .. }
             | SyncEvent::SyncError { collection, .. }
@@ -268,11 +265,7 @@ impl Events {
     }
 
     fn lock(&self) -> MutexGuard<'_, Vec<Listener>> {
-        // Handlers never run under this lock, so a poisoned lock only means a
-        // panic between two plain Vec operations: the list is still valid.
-        self.listeners
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.listeners.lock()
     }
 
     /// A new receiver of every event emitted from now on.

@@ -52,27 +52,40 @@
 //! The merge rules live in [`syncforge_core`] (re-exported as [`core`]).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+// Modules below the engine first: each module uses only those above it in
+// this list, so dependencies run one way.
 mod auto_sync;
 mod backends;
 mod builder;
+mod collection;
+mod config;
 mod engine;
 pub mod events;
+mod feed;
 mod peer;
+mod peer_sync;
+mod result;
 mod retry;
 
 pub use backends::{create_backend, BackendConfig};
-pub use builder::{
-    Config, EngineBuilder, DEFAULT_AUTO_SYNC_INTERVAL, DEFAULT_BATCH_SIZE, DEFAULT_MAX_RETRIES,
-    MAX_BATCH_SIZE, MAX_EVENT_CAPACITY, MAX_RETRIES, MIN_AUTO_SYNC_INTERVAL,
+pub use builder::EngineBuilder;
+pub use collection::Collection;
+pub use config::{
+    Config, DEFAULT_AUTO_SYNC_INTERVAL, DEFAULT_BATCH_SIZE, DEFAULT_EVENT_CAPACITY,
+    DEFAULT_MAX_RETRIES, MAX_BATCH_SIZE, MAX_EVENT_CAPACITY, MAX_RETRIES, MIN_AUTO_SYNC_INTERVAL,
 };
-pub use engine::{SyncEngine, SyncResult};
+pub use engine::SyncEngine;
 pub use events::{EventKind, EventReceiver, Events, ListenerId, SyncEvent, SyncTrigger};
-pub use peer::{PeerCursors, PeerSyncReport, SyncPeer};
+pub use feed::{PageOptions, DEFAULT_PAGE_LIMIT};
+pub use peer::{PeerCursors, SyncPeer};
+pub use peer_sync::PeerSyncReport;
+pub use result::SyncResult;
 
 pub use syncforge_core as core;
 pub use syncforge_core::{
-    compute_delta, merge, resolve_conflict, ChangePage, ClientId, ConflictDetail, ConflictStrategy,
-    Error, Hlc, LwwMap, LwwRegister, ManualTime, Record, Result, Stamp, StorageBackend, TimeSource,
+    compute_delta, merge, resolve_conflict, Change, ChangePage, ClientId, CollectionName,
+    ConflictDetail, ConflictStrategy, Cursor, Error, Hlc, LwwMap, LwwRegister, ManualTime, Record,
+    RecordId, Result, Stamp, StorageBackend, TimeSource,
 };
 
 #[cfg(feature = "memory")]

@@ -15,7 +15,7 @@ pub(crate) const BASE_DELAY: Duration = Duration::from_millis(100);
 const MAX_DELAY: Duration = Duration::from_secs(30);
 
 /// Runs `call`, retrying up to `max_retries` times when it fails with a
-/// transient storage error ([`Error::Unavailable`]). Bad input and permanent
+/// transient error ([`Error::is_transient`]). Bad input and permanent
 /// failures are returned at once. Retries run in a `retry` tracing span that
 /// records the operation and how many retries it took.
 pub(crate) async fn retry_transient<T, F, Fut>(
@@ -28,7 +28,7 @@ where
     Fut: Future<Output = Result<T>>,
 {
     match call().await {
-        Err(error @ Error::Unavailable { .. }) if max_retries > 0 => {
+        Err(error) if error.is_transient() && max_retries > 0 => {
             // The span exists only once something failed: the common path
             // pays nothing for it.
             let span = tracing::info_span!("retry", operation = what, max_retries, retries = Empty);
@@ -66,8 +66,8 @@ where
         attempt += 1;
         span.record("retries", attempt);
         match call().await {
-            Err(again @ Error::Unavailable { .. }) if attempt < max_retries => error = again,
-            Err(again @ Error::Unavailable { .. }) => {
+            Err(again) if again.is_transient() && attempt < max_retries => error = again,
+            Err(again) if again.is_transient() => {
                 tracing::warn!(operation = what, retries = attempt, error = %again, "giving up");
                 return Err(again);
             }

@@ -19,7 +19,9 @@ use std::time::Instant;
 use criterion::Criterion;
 use serde::Serialize;
 use syncforge::core::{StorageBackend, Write};
-use syncforge::{ConflictStrategy, MemoryBackend, Record, SyncEngine};
+use syncforge::{
+    CollectionName, ConflictStrategy, Cursor, MemoryBackend, PageOptions, Record, SyncEngine,
+};
 use tokio::runtime::Runtime;
 
 pub mod w3;
@@ -175,10 +177,13 @@ pub async fn edit_spread(sender: &SyncEngine, size: usize, round: usize) {
 }
 
 /// The end of `sender`'s change feed: the cursor after everything it holds.
-pub async fn feed_head(sender: &SyncEngine) -> u64 {
-    let mut cursor = 0;
+pub async fn feed_head(sender: &SyncEngine) -> Cursor {
+    let mut cursor = Cursor::START;
     loop {
-        let page = sender.changes(COLLECTION, cursor, 100_000).await.unwrap();
+        let page = sender
+            .changes(COLLECTION, cursor, PageOptions::default().limit(100_000))
+            .await
+            .unwrap();
         cursor = page.next;
         if !page.more {
             return cursor;
@@ -191,15 +196,23 @@ pub async fn feed_head(sender: &SyncEngine) -> u64 {
 pub async fn feed_and_sync(
     sender: &SyncEngine,
     receiver: &SyncEngine,
-    cursor: &mut u64,
+    cursor: &mut Cursor,
 ) -> syncforge::SyncResult {
     let page = sender
-        .changes(COLLECTION, *cursor, INCREMENTAL)
+        .changes(
+            COLLECTION,
+            *cursor,
+            PageOptions::default().limit(INCREMENTAL),
+        )
         .await
         .unwrap();
     *cursor = page.next;
-    let batch = page.changes.into_iter().map(|c| c.record).collect();
-    receiver.sync(COLLECTION, batch).await.unwrap()
+    receiver.sync(COLLECTION, page).await.unwrap()
+}
+
+/// The benchmark collection as the storage layer names it.
+pub fn collection() -> CollectionName {
+    CollectionName::new(COLLECTION).unwrap()
 }
 
 pub async fn engine(client: &str, backend: impl StorageBackend + 'static) -> SyncEngine {
@@ -217,7 +230,7 @@ pub async fn engine(client: &str, backend: impl StorageBackend + 'static) -> Syn
 pub async fn engine_holding(client: &str, records: &[Record]) -> SyncEngine {
     let backend = MemoryBackend::new();
     let writes: Vec<Write> = records.iter().cloned().map(Write::create).collect();
-    backend.put_batch(COLLECTION, &writes).await.unwrap();
+    backend.put_batch(&collection(), &writes).await.unwrap();
     engine(client, backend).await
 }
 

@@ -7,7 +7,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use syncforge::{
-    BackendConfig, ConflictStrategy, Error, ManualTime, MemoryBackend, Record, SyncEngine,
+    BackendConfig, ConflictStrategy, Cursor, Error, ManualTime, MemoryBackend, PageOptions, Record,
+    SyncEngine,
 };
 
 use crate::support::{engine, engine_at, T0};
@@ -52,12 +53,12 @@ async fn invalid_configuration_is_refused_naming_the_option() {
 async fn defaults_follow_the_original() {
     let engine = SyncEngine::builder().build().await.unwrap();
     let config = engine.config();
-    assert_eq!(config.conflict_strategy, ConflictStrategy::Timestamp);
-    assert_eq!(config.batch_size, 100);
-    assert_eq!(config.max_retries, 3);
-    assert!(!config.auto_sync);
-    assert_eq!(config.auto_sync_interval, Duration::from_secs(30));
-    assert_eq!(config.max_clock_drift, Duration::from_secs(300));
+    assert_eq!(config.conflict_strategy(), ConflictStrategy::Timestamp);
+    assert_eq!(config.batch_size(), 100);
+    assert_eq!(config.max_retries(), 3);
+    assert!(!config.auto_sync());
+    assert_eq!(config.auto_sync_interval(), Duration::from_secs(30));
+    assert_eq!(config.max_clock_drift(), Duration::from_secs(300));
     assert_eq!(engine.backend().name(), "memory");
     let other = SyncEngine::builder().build().await.unwrap();
     assert_ne!(engine.client_id(), other.client_id(), "fresh ULIDs");
@@ -211,7 +212,10 @@ async fn put_without_change_writes_nothing_and_records_can_be_put_back() {
     // A record read back, metadata and all, can be put again.
     let back = engine.put("c", &first.to_json()).await.unwrap();
     assert_eq!(back, first);
-    let page = engine.changes("c", 0, 10).await.unwrap();
+    let page = engine
+        .changes("c", Cursor::START, PageOptions::default().limit(10))
+        .await
+        .unwrap();
     assert_eq!(page.changes.len(), 1);
 }
 
@@ -242,11 +246,15 @@ async fn deleting_unknown_or_deleted_records_writes_nothing() {
         .is_empty());
     engine.put("c", &json!({"id": "a"})).await.unwrap();
     let deleted = engine.delete("c", "a").await.unwrap().unwrap();
-    let cursor = engine.changes("c", 0, 10).await.unwrap().next;
+    let cursor = engine
+        .changes("c", Cursor::START, PageOptions::default().limit(10))
+        .await
+        .unwrap()
+        .next;
     let again = engine.delete("c", "a").await.unwrap().unwrap();
     assert_eq!(deleted, again);
     assert!(engine
-        .changes("c", cursor, 10)
+        .changes("c", cursor, PageOptions::default().limit(10))
         .await
         .unwrap()
         .changes
@@ -349,7 +357,7 @@ async fn sync_rejects_a_whole_batch_with_a_far_future_stamp() {
         json!({"id": "near", "_version": 1, "_timestamp": T0 + 60_000, "_clientId": "r"}),
     )
     .unwrap();
-    local.sync("c", vec![good, near.clone()]).await.unwrap();
+    let _ = local.sync("c", vec![good, near.clone()]).await.unwrap();
     let mine = local.put("c", &json!({"id": "mine"})).await.unwrap();
     assert!(mine.newest_stamp() > near.newest_stamp());
 }
@@ -420,8 +428,8 @@ async fn engines_sharing_one_store_lose_no_update() {
         tokio::spawn(async move { a.sync("c", batch0).await }),
         tokio::spawn(async move { b.sync("c", batch1).await })
     );
-    ra.unwrap().unwrap();
-    rb.unwrap().unwrap();
+    let _ = ra.unwrap().unwrap();
+    let _ = rb.unwrap().unwrap();
     let check = SyncEngine::builder().backend(store).build().await.unwrap();
     for i in 0..20 {
         let r = check.get("c", &format!("r{i}")).await.unwrap().unwrap();
@@ -434,7 +442,10 @@ async fn engines_sharing_one_store_lose_no_update() {
 async fn a_change_page_of_zero_is_refused() {
     let engine = engine("e", ConflictStrategy::Crdt).await;
     engine.put("c", &json!({"id": "a"})).await.unwrap();
-    let err = engine.changes("c", 0, 0).await.unwrap_err();
+    let err = engine
+        .changes("c", Cursor::START, PageOptions::default().limit(0))
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, Error::InvalidArgument { name: "limit", .. }),
         "{err:?}"

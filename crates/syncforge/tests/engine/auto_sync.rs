@@ -46,7 +46,7 @@ async fn next_window(rx: &mut EventReceiver, within: Duration) -> Option<String>
         } = event
         {
             assert_eq!(record_count, 0);
-            return Some(collection);
+            return Some(collection.to_string());
         }
     }
 }
@@ -219,7 +219,7 @@ async fn a_window_handler_can_pull_from_a_server() {
                 let (this, remote, collection) = (this.clone(), remote.clone(), collection.clone());
                 tokio::spawn(async move {
                     let records = remote.get_all(&collection).await.unwrap();
-                    this.sync(&collection, records).await.unwrap();
+                    let _ = this.sync(&collection, records).await.unwrap();
                 });
             }
         });

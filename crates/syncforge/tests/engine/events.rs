@@ -109,7 +109,7 @@ async fn sync_emits_start_conflict_record_progress_and_success() {
     a.put("c", &json!({"id": "shared", "x": 1, "y": 1}))
         .await
         .unwrap();
-    b.sync("c", a.get_all("c").await.unwrap()).await.unwrap();
+    let _ = b.sync("c", a.get_all("c").await.unwrap()).await.unwrap();
     time.advance(5);
     // Concurrent edits of the same record: a conflict on b's side.
     a.put("c", &json!({"id": "shared", "x": 2, "y": 1}))
@@ -164,7 +164,7 @@ async fn sync_emits_start_conflict_record_progress_and_success() {
         .filter_map(|e| match e {
             SyncEvent::RecordAdded { record, .. }
             | SyncEvent::RecordUpdated { record, .. }
-            | SyncEvent::RecordDeleted { record, .. } => Some((e.kind(), record.id().to_owned())),
+            | SyncEvent::RecordDeleted { record, .. } => Some((e.kind(), record.id().to_string())),
             _ => None,
         })
         .collect();
@@ -196,7 +196,7 @@ async fn unchanged_records_emit_no_record_events() {
     let a = engine("a", ConflictStrategy::Crdt).await;
     a.put("c", &json!({"id": "r"})).await.unwrap();
     let mut rx = a.subscribe();
-    a.sync("c", a.get_all("c").await.unwrap()).await.unwrap();
+    let _ = a.sync("c", a.get_all("c").await.unwrap()).await.unwrap();
     assert_eq!(
         kinds(&drain(&mut rx)),
         [
@@ -226,7 +226,7 @@ async fn progress_reports_every_batch_up_to_the_total() {
     let mut remote = source.get_all("c").await.unwrap();
     // A repeated id is counted once in the total.
     remote.push(remote[0].clone());
-    target.sync("c", remote).await.unwrap();
+    let _ = target.sync("c", remote).await.unwrap();
     let progress: Vec<(usize, usize)> = drain(&mut rx)
         .iter()
         .filter_map(|e| match e {
@@ -256,23 +256,22 @@ async fn a_failed_sync_emits_sync_error_and_returns_the_error() {
         SyncEvent::SyncError {
             collection,
             error,
-            transient,
             timestamp,
+            ..
         } => {
             assert_eq!(collection, "c");
-            assert_eq!(error, &err.to_string());
-            assert!(!transient);
+            assert_eq!(error.to_string(), err.to_string());
+            assert!(matches!(**error, Error::ClockDrift { .. }));
+            assert!(!error.is_transient());
             assert_eq!(*timestamp, T0);
         }
         other => panic!("expected sync:error, got {other:?}"),
     }
-    // Bad input is an error too, with its event.
+    // A collection name is checked before a sync begins: an invalid one is
+    // refused at once, with no sync to report.
     let err = local.sync("", Vec::new()).await.unwrap_err();
     assert!(matches!(err, Error::InvalidCollection { .. }));
-    assert_eq!(
-        kinds(&drain(&mut rx)),
-        [EventKind::SyncStart, EventKind::SyncError]
-    );
+    assert!(drain(&mut rx).is_empty());
 }
 
 #[tokio::test]
@@ -338,7 +337,7 @@ async fn handlers_may_register_handlers_and_see_payloads() {
     let log = seen.clone();
     e.events().on(EventKind::RecordAdded, move |event| {
         if let SyncEvent::RecordAdded { record, .. } = event {
-            log.lock().unwrap().push(record.id().to_owned());
+            log.lock().unwrap().push(record.id().to_string());
         }
         // Re-entrant use of the hub from inside a handler does not deadlock.
         let inner_log = log.clone();

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use syncforge::{
-    merge, ConflictStrategy, Error, EventKind, MemoryBackend, Record, StorageBackend, SyncEngine,
-    SyncEvent,
+    merge, ConflictStrategy, Cursor, Error, EventKind, MemoryBackend, PageOptions, Record,
+    StorageBackend, SyncEngine, SyncEvent,
 };
 use syncforge_testkit::faults::{FaultyBackend, Operation};
 
@@ -30,7 +30,7 @@ async fn faulty_engine(
     SyncEngine::builder()
         .client_id(client)
         .conflict_strategy(STRATEGY)
-        .shared_backend(shared)
+        .backend(shared)
         .max_retries(max_retries)
         .batch_size(batch_size)
         .build()
@@ -199,7 +199,7 @@ async fn an_exhausted_sync_emits_sync_error_and_leaves_no_record_half_written() 
             .await
             .unwrap()
             .into_iter()
-            .map(|r| (r.id().to_owned(), r))
+            .map(|r| (r.id().to_string(), r))
             .collect();
         let incoming = remote.get_all("c").await.unwrap();
         let expected = |id: &str, remote_record: &Record| match before.get(id) {
@@ -219,12 +219,10 @@ async fn an_exhausted_sync_emits_sync_error_and_leaves_no_record_half_written() 
         let mut kinds = Vec::new();
         while let Ok(event) = rx.try_recv() {
             kinds.push(event.kind());
-            if let SyncEvent::SyncError {
-                transient, error, ..
-            } = &event
-            {
-                assert!(transient);
-                assert_eq!(error, &err.to_string());
+            if let SyncEvent::SyncError { error, .. } = &event {
+                assert!(error.is_transient());
+                assert!(matches!(**error, Error::Unavailable { .. }));
+                assert_eq!(error.to_string(), err.to_string());
             }
         }
         assert_eq!(kinds.first(), Some(&EventKind::SyncStart));
@@ -241,7 +239,7 @@ async fn an_exhausted_sync_emits_sync_error_and_leaves_no_record_half_written() 
             } else {
                 assert_eq!(
                     now.as_ref(),
-                    before.get(id),
+                    before.get(id.as_str()),
                     "{id} is neither old nor merged"
                 );
                 old += 1;
@@ -251,7 +249,7 @@ async fn an_exhausted_sync_emits_sync_error_and_leaves_no_record_half_written() 
             partial_seen = true;
         }
         // Syncing the same records again completes the rest.
-        local.sync("c", incoming.clone()).await.unwrap();
+        let _ = local.sync("c", incoming.clone()).await.unwrap();
         for remote_record in &incoming {
             let id = remote_record.id();
             assert_eq!(
@@ -322,20 +320,18 @@ async fn peer_cursors_never_pass_a_change_that_was_not_applied() {
         here_store.set_failure_rate(0.0);
         there_store.set_failure_rate(0.0);
         let cursors = here.peer_cursors("there", "c").await.unwrap();
-        let pulled = there.changes("c", 0, 10_000).await.unwrap();
-        for change in pulled
-            .changes
-            .iter()
-            .filter(|c| c.sequence <= cursors.pulled)
-        {
+        let pulled = there
+            .changes("c", Cursor::START, PageOptions::default().limit(10_000))
+            .await
+            .unwrap();
+        for change in pulled.changes.iter().filter(|c| c.cursor <= cursors.pulled) {
             assert_contains(&here, &change.record, "pull cursor").await;
         }
-        let pushed = here.changes("c", 0, 10_000).await.unwrap();
-        for change in pushed
-            .changes
-            .iter()
-            .filter(|c| c.sequence <= cursors.pushed)
-        {
+        let pushed = here
+            .changes("c", Cursor::START, PageOptions::default().limit(10_000))
+            .await
+            .unwrap();
+        for change in pushed.changes.iter().filter(|c| c.cursor <= cursors.pushed) {
             assert_contains(&there, &change.record, "push cursor").await;
         }
         let done = outcome.is_ok();

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use serde_json::json;
-use syncforge::{ConflictStrategy, ManualTime, Record};
+use syncforge::{ConflictStrategy, Cursor, ManualTime, PageOptions, Record};
 
 use crate::support::{engine, engine_at, push_all, snapshot, T0};
 
@@ -23,7 +23,7 @@ async fn flaw_1_field_edits_on_both_sides_survive() {
         .await
         .unwrap();
     }
-    push_all(&a, &b, "c").await;
+    let _ = push_all(&a, &b, "c").await;
     time.advance(1);
     for i in 0..20 {
         a.put(
@@ -42,8 +42,8 @@ async fn flaw_1_field_edits_on_both_sides_survive() {
         .await
         .unwrap();
     }
-    push_all(&a, &b, "c").await;
-    push_all(&b, &a, "c").await;
+    let _ = push_all(&a, &b, "c").await;
+    let _ = push_all(&b, &a, "c").await;
     for i in 0..20 {
         let r = a.get("c", &format!("r{i}")).await.unwrap().unwrap();
         assert_eq!(
@@ -70,8 +70,8 @@ async fn flaw_2_same_millisecond_edits_converge() {
         b.put("c", &json!({"id": "x", "v": "from b"}))
             .await
             .unwrap();
-        push_all(&a, &b, "c").await;
-        push_all(&b, &a, "c").await;
+        let _ = push_all(&a, &b, "c").await;
+        let _ = push_all(&b, &a, "c").await;
         assert_eq!(
             snapshot(&a, "c").await,
             snapshot(&b, "c").await,
@@ -92,7 +92,7 @@ async fn flaw_3_a_newer_copy_is_not_a_conflict_but_concurrent_edits_are() {
     let a = engine("a", ConflictStrategy::Crdt).await;
     let b = engine("b", ConflictStrategy::Crdt).await;
     a.put("c", &json!({"id": "x", "v": 1})).await.unwrap();
-    push_all(&a, &b, "c").await;
+    let _ = push_all(&a, &b, "c").await;
     b.put("c", &json!({"id": "x", "v": 2})).await.unwrap();
     let result = push_all(&b, &a, "c").await;
     assert_eq!(result.updated, 1);
@@ -115,23 +115,30 @@ async fn flaw_4_change_feed_relays_records_with_old_timestamps() {
     let relay = engine_at("relay", ConflictStrategy::Crdt, &time_relay).await;
 
     relay.put("c", &json!({"id": "fresh"})).await.unwrap();
-    let cursor = relay.changes("c", 0, 100).await.unwrap().next;
+    let cursor = relay
+        .changes("c", Cursor::START, PageOptions::default().limit(100))
+        .await
+        .unwrap()
+        .next;
     let last_sync_time = T0 + 60_000;
 
     // A device that was offline for a minute brings an older write.
     offline.put("c", &json!({"id": "old-edit"})).await.unwrap();
-    push_all(&offline, &relay, "c").await;
+    let _ = push_all(&offline, &relay, "c").await;
 
     let by_time = relay.get_changes_since("c", last_sync_time).await.unwrap();
     assert!(
         by_time.is_empty(),
         "the time-based query misses it (documented)"
     );
-    let by_sequence = relay.changes("c", cursor, 100).await.unwrap();
+    let by_sequence = relay
+        .changes("c", cursor, PageOptions::default().limit(100))
+        .await
+        .unwrap();
     let ids: Vec<_> = by_sequence
         .changes
         .iter()
-        .map(|c| c.record.id().to_owned())
+        .map(|c| c.record.id().to_string())
         .collect();
     assert_eq!(ids, vec!["old-edit".to_owned()]);
 }
@@ -163,12 +170,12 @@ async fn flaw_5_a_clock_far_ahead_cannot_win_forever() {
         .await
         .unwrap();
     let y = fast.get("c", "y").await.unwrap().unwrap();
-    a.sync("c", vec![y]).await.unwrap();
+    let _ = a.sync("c", vec![y]).await.unwrap();
     honest.advance(1);
     a.put("c", &json!({"id": "y", "v": "later edit"}))
         .await
         .unwrap();
-    fast.sync("c", a.get_all("c").await.unwrap()).await.unwrap();
+    let _ = fast.sync("c", a.get_all("c").await.unwrap()).await.unwrap();
     assert_eq!(
         fast.get("c", "y").await.unwrap().unwrap().get("v"),
         Some(&json!("later edit"))
@@ -187,7 +194,7 @@ async fn flaw_6_delete_versus_update_does_not_depend_on_sync_order() {
                 let a = engine_at("a", strategy, &time).await;
                 let b = engine_at("b", strategy, &time).await;
                 a.put("c", &json!({"id": "x", "v": 1})).await.unwrap();
-                push_all(&a, &b, "c").await;
+                let _ = push_all(&a, &b, "c").await;
                 if delete_is_newer {
                     time.advance(1);
                     b.put("c", &json!({"id": "x", "v": 2})).await.unwrap();
@@ -200,11 +207,11 @@ async fn flaw_6_delete_versus_update_does_not_depend_on_sync_order() {
                     b.put("c", &json!({"id": "x", "v": 2})).await.unwrap();
                 }
                 if a_first {
-                    push_all(&a, &b, "c").await;
-                    push_all(&b, &a, "c").await;
+                    let _ = push_all(&a, &b, "c").await;
+                    let _ = push_all(&b, &a, "c").await;
                 } else {
-                    push_all(&b, &a, "c").await;
-                    push_all(&a, &b, "c").await;
+                    let _ = push_all(&b, &a, "c").await;
+                    let _ = push_all(&a, &b, "c").await;
                 }
                 assert_eq!(snapshot(&a, "c").await, snapshot(&b, "c").await);
                 let x = a.get("c", "x").await.unwrap().unwrap();

@@ -5,10 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
+use std::num::NonZeroUsize;
 use syncforge::core::{Change, ChangePage};
+
 use syncforge::{
-    ConflictStrategy, Error, EventKind, PeerCursors, Record, Result, StorageBackend, SyncEngine,
-    SyncEvent, SyncPeer, SyncTrigger,
+    CollectionName, ConflictStrategy, Cursor, Error, EventKind, PageOptions, PeerCursors, Record,
+    Result, StorageBackend, SyncEngine, SyncEvent, SyncPeer, SyncTrigger,
 };
 use syncforge_testkit::faults::{FaultyBackend, Operation};
 
@@ -22,11 +24,14 @@ async fn put_many(e: &SyncEngine, collection: &str, prefix: &str, n: usize) {
     }
 }
 
-/// The newest sequence in an engine's feed.
-async fn head(e: &SyncEngine, collection: &str) -> u64 {
-    let mut cursor = 0;
+/// The end of an engine's feed.
+async fn head(e: &SyncEngine, collection: &str) -> Cursor {
+    let mut cursor = Cursor::START;
     loop {
-        let page = e.changes(collection, cursor, 1000).await.unwrap();
+        let page = e
+            .changes(collection, cursor, PageOptions::default().limit(1000))
+            .await
+            .unwrap();
         cursor = page.next;
         if !page.more {
             return cursor;
@@ -53,7 +58,7 @@ async fn sync_with_is_bidirectional_and_incremental() {
     assert_eq!(
         a.peer_cursors("b", "c").await.unwrap(),
         PeerCursors {
-            pulled: 2,
+            pulled: Cursor::new(2),
             pushed: head(&a, "c").await
         }
     );
@@ -88,7 +93,7 @@ async fn concurrent_edits_converge_through_sync_with() {
     a.put("notes", &json!({"id": "n", "title": "t", "body": "b"}))
         .await
         .unwrap();
-    a.sync_with(&b, "notes").await.unwrap();
+    let _ = a.sync_with(&b, "notes").await.unwrap();
     a.put(
         "notes",
         &json!({"id": "n", "title": "new title", "body": "b"}),
@@ -126,9 +131,9 @@ async fn changes_relay_through_a_middle_replica_over_many_pages() {
         .unwrap();
     put_many(&a, "c", "a", 40).await;
     put_many(&c, "c", "c", 23).await;
-    a.sync_with(&hub, "c").await.unwrap();
-    c.sync_with(&hub, "c").await.unwrap();
-    a.sync_with(&hub, "c").await.unwrap();
+    let _ = a.sync_with(&hub, "c").await.unwrap();
+    let _ = c.sync_with(&hub, "c").await.unwrap();
+    let _ = a.sync_with(&hub, "c").await.unwrap();
     assert_eq!(a.get_all("c").await.unwrap().len(), 63);
     assert_eq!(snapshot(&a, "c").await, snapshot(&c, "c").await);
     assert_eq!(snapshot(&a, "c").await, snapshot(&hub, "c").await);
@@ -140,7 +145,7 @@ async fn pulled_pages_are_syncs_with_a_pull_trigger() {
     let b = engine("b", ConflictStrategy::Crdt).await;
     put_many(&b, "c", "b", 2).await;
     let mut rx = a.subscribe();
-    a.sync_with(&b, "c").await.unwrap();
+    let _ = a.sync_with(&b, "c").await.unwrap();
     let mut starts = Vec::new();
     let mut successes = 0;
     while let Ok(event) = rx.try_recv() {
@@ -190,21 +195,23 @@ impl SyncPeer for StuckPeer {
         "stuck"
     }
 
-    async fn pull(&self, _collection: &str, cursor: u64, _limit: usize) -> Result<ChangePage> {
+    async fn pull(
+        &self,
+        _collection: &CollectionName,
+        cursor: Cursor,
+        _limit: NonZeroUsize,
+    ) -> Result<ChangePage> {
         let record = Record::from_json(json!({
             "id": "r", "_version": 1, "_timestamp": 1, "_deleted": false, "_clientId": "stuck"
         }))?;
         Ok(ChangePage {
-            changes: vec![Change {
-                sequence: cursor,
-                record,
-            }],
+            changes: vec![Change { cursor, record }],
             next: cursor,
             more: true,
         })
     }
 
-    async fn push(&self, _collection: &str, _records: Vec<Record>) -> Result<()> {
+    async fn push(&self, _collection: &CollectionName, _records: Vec<Record>) -> Result<()> {
         Ok(())
     }
 }
@@ -223,7 +230,10 @@ async fn a_misbehaving_peer_is_refused_with_an_error_event() {
         "{err:?}"
     );
     assert!(a.get("c", "r").await.unwrap().is_none());
-    assert_eq!(a.peer_cursors("stuck", "c").await.unwrap().pulled, 0);
+    assert_eq!(
+        a.peer_cursors("stuck", "c").await.unwrap().pulled,
+        Cursor::START
+    );
     let mut errors = 0;
     while let Ok(event) = rx.try_recv() {
         if event.kind() == EventKind::SyncError {
@@ -248,7 +258,7 @@ async fn sync_and_sync_with_never_read_the_whole_collection() {
     let local = SyncEngine::builder()
         .client_id("local")
         .batch_size(50)
-        .shared_backend(store)
+        .backend(store)
         .build()
         .await
         .unwrap();
@@ -257,16 +267,16 @@ async fn sync_and_sync_with_never_read_the_whole_collection() {
     put_many(&remote, "c", "r", 120).await;
 
     let before_get_many = counting.calls(Operation::GetMany);
-    local
+    let _ = local
         .sync("c", remote.get_all("c").await.unwrap())
         .await
         .unwrap();
-    local.sync_with(&remote, "c").await.unwrap();
+    let _ = local.sync_with(&remote, "c").await.unwrap();
     remote
         .put("c", &json!({"id": "r0", "n": -1}))
         .await
         .unwrap();
-    local.sync_with(&remote, "c").await.unwrap();
+    let _ = local.sync_with(&remote, "c").await.unwrap();
 
     assert_eq!(counting.calls(Operation::GetAll), 0);
     // Reads grow with what travels, in batches of 50: 3 for the sync of 120
@@ -331,9 +341,9 @@ mod persistent {
         let b = fs_engine("b", dir_b.path()).await;
         put_many(&a, "c", "a", 12).await;
         put_many(&b, "c", "b", 9).await;
-        a.sync_with(&b, "c").await.unwrap();
+        let _ = a.sync_with(&b, "c").await.unwrap();
         b.delete("c", "a3").await.unwrap();
-        b.sync_with(&a, "c").await.unwrap();
+        let _ = b.sync_with(&a, "c").await.unwrap();
         assert!(a.get("c", "a3").await.unwrap().unwrap().is_deleted());
         assert_eq!(a.get_all("c").await.unwrap().len(), 21);
         assert_eq!(snapshot(&a, "c").await, snapshot(&b, "c").await);
@@ -349,7 +359,7 @@ async fn a_peer_restarted_on_a_fresh_store_is_synced_from_the_beginning() {
     let device = engine("device", ConflictStrategy::Crdt).await;
     put_many(&hub, "c", "h", 5).await;
     put_many(&device, "c", "d", 20).await;
-    hub.sync_with(&device, "c").await.unwrap();
+    let _ = hub.sync_with(&device, "c").await.unwrap();
     assert_eq!(hub.get_all("c").await.unwrap().len(), 25);
 
     // Same client id, new in-memory store: its feed numbering restarts.

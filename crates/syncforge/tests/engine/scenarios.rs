@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use serde_json::json;
-use syncforge::{ConflictStrategy, ManualTime, Record, SyncEngine};
+use syncforge::{ConflictStrategy, Cursor, ManualTime, PageOptions, Record, SyncEngine};
 
 use crate::support::{engine, engine_at, push_all, snapshot, T0};
 
@@ -60,7 +60,7 @@ async fn multi_device_notes_keep_both_field_edits() {
         )
         .await
         .unwrap();
-    push_all(&phone, &laptop, "notes").await;
+    let _ = push_all(&phone, &laptop, "notes").await;
 
     time.advance(10);
     laptop
@@ -76,8 +76,8 @@ async fn multi_device_notes_keep_both_field_edits() {
         .await
         .unwrap();
 
-    push_all(&laptop, &phone, "notes").await;
-    push_all(&phone, &laptop, "notes").await;
+    let _ = push_all(&laptop, &phone, "notes").await;
+    let _ = push_all(&phone, &laptop, "notes").await;
 
     for device in [&phone, &laptop] {
         let note = device.get("notes", "n1").await.unwrap().unwrap();
@@ -105,8 +105,8 @@ fn seed_task() -> Record {
 async fn collaborative_task_editing() {
     let alice = engine("alice", ConflictStrategy::Crdt).await;
     let bob = engine("bob", ConflictStrategy::Crdt).await;
-    alice.sync("tasks", vec![seed_task()]).await.unwrap();
-    bob.sync("tasks", vec![seed_task()]).await.unwrap();
+    let _ = alice.sync("tasks", vec![seed_task()]).await.unwrap();
+    let _ = bob.sync("tasks", vec![seed_task()]).await.unwrap();
 
     alice
         .put(
@@ -138,7 +138,7 @@ async fn collaborative_task_editing() {
     assert_eq!(task.get("assignee"), Some(&json!("bob")));
     assert_eq!(conflict.resolved_record, task);
 
-    push_all(&alice, &bob, "tasks").await;
+    let _ = push_all(&alice, &bob, "tasks").await;
     assert_eq!(
         snapshot(&alice, "tasks").await,
         snapshot(&bob, "tasks").await
@@ -176,8 +176,11 @@ async fn field_service_tablet_works_offline_then_syncs() {
     assert_eq!(changes.len(), 1);
     // The records travel as JSON, as they would over HTTP.
     let wire = serde_json::to_string(&changes).unwrap();
-    server
-        .sync("inspections", serde_json::from_str(&wire).unwrap())
+    let _ = server
+        .sync(
+            "inspections",
+            serde_json::from_str::<Vec<Record>>(&wire).unwrap(),
+        )
         .await
         .unwrap();
     let server_records =
@@ -185,7 +188,7 @@ async fn field_service_tablet_works_offline_then_syncs() {
     let result = tablet
         .sync(
             "inspections",
-            serde_json::from_str(&server_records).unwrap(),
+            serde_json::from_str::<Vec<Record>>(&server_records).unwrap(),
         )
         .await
         .unwrap();
@@ -275,7 +278,7 @@ fn time_now(time: &ManualTime) -> u64 {
 async fn microservice_regions_replicate_both_ways_incrementally() {
     let us = engine("us-east-1", ConflictStrategy::Timestamp).await;
     let eu = engine("eu-west-1", ConflictStrategy::Timestamp).await;
-    let (mut us_cursor, mut eu_cursor) = (0, 0);
+    let (mut us_cursor, mut eu_cursor) = (Cursor::START, Cursor::START);
     for round in 0..5 {
         for i in 0..10 {
             us.put(
@@ -305,22 +308,18 @@ async fn microservice_regions_replicate_both_ways_incrementally() {
         .await
         .unwrap();
 
-        let from_us = us.changes("products", us_cursor, 1000).await.unwrap();
-        let from_eu = eu.changes("products", eu_cursor, 1000).await.unwrap();
+        let from_us = us
+            .changes("products", us_cursor, PageOptions::default().limit(1000))
+            .await
+            .unwrap();
+        let from_eu = eu
+            .changes("products", eu_cursor, PageOptions::default().limit(1000))
+            .await
+            .unwrap();
         us_cursor = from_us.next;
         eu_cursor = from_eu.next;
-        eu.sync(
-            "products",
-            from_us.changes.into_iter().map(|c| c.record).collect(),
-        )
-        .await
-        .unwrap();
-        us.sync(
-            "products",
-            from_eu.changes.into_iter().map(|c| c.record).collect(),
-        )
-        .await
-        .unwrap();
+        let _ = eu.sync("products", from_us).await.unwrap();
+        let _ = us.sync("products", from_eu).await.unwrap();
         assert_eq!(
             snapshot(&us, "products").await,
             snapshot(&eu, "products").await,
@@ -355,7 +354,7 @@ async fn prototyping_concurrent_writes_in_memory() {
         result.conflicts[0].fields_conflicted,
         vec!["author".to_owned(), "title".to_owned()]
     );
-    push_all(&client2, &client1, "docs").await;
+    let _ = push_all(&client2, &client1, "docs").await;
     assert_eq!(
         snapshot(&client1, "docs").await,
         snapshot(&client2, "docs").await
@@ -435,10 +434,16 @@ async fn incremental_sync_transfers_only_changes() {
     );
 
     // The same with the sequence-based change feed.
-    let page = remote.changes("tasks", 0, 10).await.unwrap();
+    let page = remote
+        .changes("tasks", Cursor::START, PageOptions::default().limit(10))
+        .await
+        .unwrap();
     assert_eq!(page.changes.len(), 10);
     assert!(page.more);
-    let last = remote.changes("tasks", page.next, 1000).await.unwrap();
+    let last = remote
+        .changes("tasks", page.next, PageOptions::default().limit(1000))
+        .await
+        .unwrap();
     assert_eq!(page.changes.len() + last.changes.len(), 50);
     assert!(!last.more);
 }

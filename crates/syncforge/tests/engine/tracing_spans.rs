@@ -120,7 +120,7 @@ async fn syncs_peer_syncs_and_retries_are_spans() {
     let store: Arc<dyn StorageBackend> = flaky.clone();
     let local = SyncEngine::builder()
         .client_id("local")
-        .shared_backend(store)
+        .backend(store)
         .max_retries(20)
         .build()
         .await
@@ -134,12 +134,12 @@ async fn syncs_peer_syncs_and_retries_are_spans() {
     }
 
     flaky.set_failure_rate(0.6);
-    local
+    let _ = local
         .sync("notes", remote.get_all("notes").await.unwrap())
         .await
         .unwrap();
     flaky.set_failure_rate(0.0);
-    local.sync_with(&remote, "notes").await.unwrap();
+    let _ = local.sync_with(&remote, "notes").await.unwrap();
 
     let syncs = capture.named("sync");
     let first = syncs

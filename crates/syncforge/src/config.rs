@@ -1,0 +1,87 @@
+//! The validated settings of an engine, and their defaults and bounds.
+
+use std::time::Duration;
+
+use syncforge_core::{ClientId, CollectionName, ConflictStrategy};
+
+/// Default number of records merged and written per batch.
+pub const DEFAULT_BATCH_SIZE: usize = 100;
+/// Largest accepted batch size.
+pub const MAX_BATCH_SIZE: usize = 100_000;
+/// Default number of retries of a transient backend failure.
+pub const DEFAULT_MAX_RETRIES: u32 = 3;
+/// Largest accepted number of retries.
+pub const MAX_RETRIES: u32 = 20;
+/// Default number of events a receiver may fall behind before it lags.
+pub const DEFAULT_EVENT_CAPACITY: usize = 1024;
+/// Largest accepted event buffer: the channel allocates every slot up front.
+pub const MAX_EVENT_CAPACITY: usize = 1 << 16;
+/// Default auto-sync interval.
+pub const DEFAULT_AUTO_SYNC_INTERVAL: Duration = Duration::from_secs(30);
+/// Shortest accepted auto-sync interval.
+pub const MIN_AUTO_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The validated settings of an engine, read with
+/// [`SyncEngine::config`](crate::SyncEngine::config). Built by
+/// [`EngineBuilder`](crate::EngineBuilder), which documents each option.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    pub(crate) client_id: ClientId,
+    pub(crate) conflict_strategy: ConflictStrategy,
+    pub(crate) batch_size: usize,
+    pub(crate) max_retries: u32,
+    pub(crate) auto_sync: bool,
+    pub(crate) auto_sync_interval: Duration,
+    pub(crate) auto_sync_collections: Option<Vec<CollectionName>>,
+    pub(crate) event_capacity: usize,
+    pub(crate) max_clock_drift: Duration,
+}
+
+impl Config {
+    /// This replica's id.
+    pub fn client_id(&self) -> &ClientId {
+        &self.client_id
+    }
+
+    /// How concurrent edits are merged.
+    pub fn conflict_strategy(&self) -> ConflictStrategy {
+        self.conflict_strategy
+    }
+
+    /// Records merged and written per batch during a sync.
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    /// Retries of a transient backend failure, with exponential back-off.
+    pub fn max_retries(&self) -> u32 {
+        self.max_retries
+    }
+
+    /// Whether the periodic sync window starts when the engine is built.
+    pub fn auto_sync(&self) -> bool {
+        self.auto_sync
+    }
+
+    /// Interval of the periodic sync window.
+    pub fn auto_sync_interval(&self) -> Duration {
+        self.auto_sync_interval
+    }
+
+    /// The collections each auto-sync window covers; `None`: those the store
+    /// lists at that moment.
+    pub fn auto_sync_collections(&self) -> Option<&[CollectionName]> {
+        self.auto_sync_collections.as_deref()
+    }
+
+    /// Events a receiver may fall behind before it lags.
+    pub fn event_capacity(&self) -> usize {
+        self.event_capacity
+    }
+
+    /// How far ahead of local time a remote stamp may be.
+    pub fn max_clock_drift(&self) -> Duration {
+        self.max_clock_drift
+    }
+}

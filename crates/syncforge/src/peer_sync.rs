@@ -1,0 +1,356 @@
+//! Replica-to-replica sync: [`SyncEngine::sync_with`], and an engine as a
+//! [`SyncPeer`] of another.
+
+use std::collections::HashSet;
+use std::num::NonZeroUsize;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use syncforge_core::{
+    validate_id, ChangePage, CollectionName, Cursor, Error, IntoName, Record, Result,
+};
+use tracing::field::Empty;
+use tracing::Instrument;
+
+use crate::engine::{millis, SyncEngine};
+use crate::events::SyncTrigger;
+use crate::feed::PageOptions;
+use crate::peer::{PeerCursors, SyncPeer};
+use crate::result::SyncResult;
+use crate::retry::retry_transient;
+
+#[async_trait]
+impl SyncPeer for SyncEngine {
+    fn peer_id(&self) -> &str {
+        self.client_id().as_str()
+    }
+
+    async fn feed_id(&self) -> Result<Option<String>> {
+        Ok(Some(self.store_id().to_owned()))
+    }
+
+    async fn pull(
+        &self,
+        collection: &CollectionName,
+        after: Cursor,
+        limit: NonZeroUsize,
+    ) -> Result<ChangePage> {
+        self.collection(collection)?
+            .changes(after, PageOptions::default().limit(limit.get()))
+            .await
+    }
+
+    async fn push(&self, collection: &CollectionName, records: Vec<Record>) -> Result<()> {
+        self.collection(collection)?.sync(records).await.map(drop)
+    }
+}
+
+/// What one [`SyncEngine::sync_with`] did.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+#[must_use]
+pub struct PeerSyncReport {
+    /// The peer's id.
+    pub peer_id: String,
+    /// The collection.
+    pub collection: CollectionName,
+    /// What merging the peer's changes did here (summed over pages).
+    pub pulled: SyncResult,
+    /// Records sent to the peer.
+    pub pushed: usize,
+    /// Local changes not sent because they are exactly records just pulled
+    /// from the peer, which holds them already.
+    pub echoes_skipped: usize,
+}
+
+/// What this engine keeps about a peer, per collection.
+#[derive(Clone, Copy)]
+enum PeerState {
+    /// The pull cursor.
+    Pull,
+    /// The push cursor.
+    Push,
+    /// The peer's feed id the cursors refer to.
+    Feed,
+}
+
+/// The metadata key of one piece of peer state. The parts are JSON-encoded so
+/// that no peer id or collection name can make two keys collide.
+fn cursor_key(peer_id: &str, collection: &CollectionName, state: PeerState) -> String {
+    let state = match state {
+        PeerState::Pull => "pulled",
+        PeerState::Push => "pushed",
+        PeerState::Feed => "feed",
+    };
+    let parts = serde_json::Value::from(vec![peer_id, collection.as_str(), state]);
+    format!("syncforge/peer-cursor/v1/{parts}")
+}
+
+fn validate_peer_id(peer_id: &str) -> Result<()> {
+    validate_id(peer_id).map_err(|e| Error::InvalidConfig {
+        option: "peer_id",
+        reason: e.to_string(),
+    })
+}
+
+impl SyncEngine {
+    /// Bidirectional incremental sync of `collection` with `peer`.
+    ///
+    /// First pulls the peer's changes since the stored cursor, page by page
+    /// (`batch_size` records each), merging each page like
+    /// [`sync`](Self::sync) and advancing the cursor only after the page is
+    /// applied, so a failure never skips a change. Then pushes this engine's
+    /// changes since the cursor for this peer the same way. Both cursors live
+    /// in the store's metadata and survive a restart on a persistent backend.
+    ///
+    /// Records just pulled come back in the local change feed; those whose
+    /// stored state is exactly what the peer sent are not pushed back
+    /// (counted in [`PeerSyncReport::echoes_skipped`]). Changes this engine
+    /// pushed come back in the peer's feed on the next pull and merge as
+    /// unchanged, writing nothing.
+    ///
+    /// On failure emits `sync:error` (once) and returns the error; whatever
+    /// was applied stays, and the next call resumes from there.
+    pub async fn sync_with<P: SyncPeer + ?Sized>(
+        &self,
+        peer: &P,
+        collection: impl IntoName<CollectionName>,
+    ) -> Result<PeerSyncReport> {
+        let collection = collection.into_name()?;
+        let collection = &collection;
+        let span = tracing::info_span!(
+            "sync_with",
+            peer = peer.peer_id(),
+            collection = collection.as_str(),
+            pulled = Empty,
+            pushed = Empty,
+            duration_ms = Empty,
+        );
+        let started = Instant::now();
+        let mut reported = false;
+        let outcome = self
+            .sync_with_unreported(peer, collection, &mut reported)
+            .instrument(span.clone())
+            .await;
+        match &outcome {
+            Ok(report) => {
+                let duration_ms = millis(started.elapsed());
+                let pulled = report.pulled.total();
+                span.record("pulled", pulled)
+                    .record("pushed", report.pushed)
+                    .record("duration_ms", duration_ms);
+                tracing::info!(
+                    parent: &span,
+                    pulled,
+                    pushed = report.pushed,
+                    echoes_skipped = report.echoes_skipped,
+                    duration_ms,
+                    "sync with peer finished"
+                );
+            }
+            Err(error) => {
+                tracing::warn!(parent: &span, %error, "sync with peer failed");
+                if !reported {
+                    self.emit_sync_error(collection, error);
+                }
+            }
+        }
+        outcome
+    }
+
+    /// The body of `sync_with`; sets `reported` when the error was already
+    /// emitted as `sync:error` by the sync of a pulled page.
+    async fn sync_with_unreported<P: SyncPeer + ?Sized>(
+        &self,
+        peer: &P,
+        collection: &CollectionName,
+        reported: &mut bool,
+    ) -> Result<PeerSyncReport> {
+        self.check_open()?;
+        let peer_id = peer.peer_id();
+        validate_peer_id(peer_id)?;
+        let limit = syncforge_core::page_limit(self.config().batch_size())?;
+        let handle = self.collection(collection)?;
+        let mut report = PeerSyncReport {
+            peer_id: peer_id.to_owned(),
+            collection: collection.clone(),
+            pulled: SyncResult::new(collection),
+            pushed: 0,
+            echoes_skipped: 0,
+        };
+
+        self.follow_feed(peer, collection).await?;
+        let pull_key = cursor_key(peer_id, collection, PeerState::Pull);
+        let mut cursor = self.load_cursor(collection, &pull_key).await?;
+        let mut echoes = HashSet::new();
+        loop {
+            let page = peer.pull(collection, cursor, limit).await?;
+            check_page(peer_id, cursor, &page)?;
+            let next = page.next;
+            let more = page.more;
+            if !page.is_empty() {
+                let records = page.into_iter().collect();
+                let trigger = SyncTrigger::Pull {
+                    peer: peer_id.to_owned(),
+                };
+                let applied = self
+                    .sync_records(collection, records, trigger, Some(&mut echoes))
+                    .await
+                    .inspect_err(|_| *reported = true)?;
+                report.pulled.absorb(applied);
+            }
+            if next != cursor {
+                self.store_cursor(&pull_key, next).await?;
+                cursor = next;
+            }
+            if !more {
+                break;
+            }
+        }
+
+        // When the pulled pages were merged (or found empty), as a sync reports it.
+        report.pulled.timestamp = self.now_millis();
+
+        let push_key = cursor_key(peer_id, collection, PeerState::Push);
+        let mut cursor = self.load_cursor(collection, &push_key).await?;
+        let options = PageOptions::default().limit(limit.get());
+        loop {
+            let page = handle.changes(cursor, options).await?;
+            let before = page.changes.len();
+            let records: Vec<Record> = page
+                .changes
+                .into_iter()
+                .filter(|change| !echoes.contains(&change.cursor))
+                .map(|change| change.record)
+                .collect();
+            report.echoes_skipped += before - records.len();
+            if !records.is_empty() {
+                let count = records.len();
+                peer.push(collection, records).await?;
+                report.pushed += count;
+            }
+            if page.next != cursor {
+                self.store_cursor(&push_key, page.next).await?;
+                cursor = page.next;
+            }
+            if !page.more {
+                break;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Where this engine stands with `peer_id` on `collection` (both cursors
+    /// 0 before the first [`sync_with`](Self::sync_with)).
+    pub async fn peer_cursors(
+        &self,
+        peer_id: &str,
+        collection: impl IntoName<CollectionName>,
+    ) -> Result<PeerCursors> {
+        self.check_open()?;
+        let collection = &collection.into_name()?;
+        validate_peer_id(peer_id)?;
+        Ok(PeerCursors {
+            pulled: self
+                .load_cursor(
+                    collection,
+                    &cursor_key(peer_id, collection, PeerState::Pull),
+                )
+                .await?,
+            pushed: self
+                .load_cursor(
+                    collection,
+                    &cursor_key(peer_id, collection, PeerState::Push),
+                )
+                .await?,
+        })
+    }
+
+    /// Restarts both cursors for `peer` when its feed numbering changed since
+    /// they were stored: they would point past its new feed and skip
+    /// everything, and what was pushed to its old store is gone.
+    async fn follow_feed<P: SyncPeer + ?Sized>(
+        &self,
+        peer: &P,
+        collection: &CollectionName,
+    ) -> Result<()> {
+        let Some(feed) = peer.feed_id().await? else {
+            return Ok(());
+        };
+        let peer_id = peer.peer_id();
+        let feed_key = cursor_key(peer_id, collection, PeerState::Feed);
+        let backend = self.backend();
+        let known =
+            retry_transient(self.retries(), "get_meta", || backend.get_meta(&feed_key)).await?;
+        if known.as_deref() == Some(feed.as_str()) {
+            return Ok(());
+        }
+        if known.is_some() {
+            tracing::info!(
+                peer = peer_id,
+                collection = collection.as_str(),
+                "peer's change feed restarted; syncing from the beginning"
+            );
+        }
+        // Cursors first: a crash before the feed id is stored only resets them again.
+        self.store_cursor(
+            &cursor_key(peer_id, collection, PeerState::Pull),
+            Cursor::START,
+        )
+        .await?;
+        self.store_cursor(
+            &cursor_key(peer_id, collection, PeerState::Push),
+            Cursor::START,
+        )
+        .await?;
+        retry_transient(self.retries(), "set_meta", || {
+            backend.set_meta(&feed_key, &feed)
+        })
+        .await
+    }
+
+    async fn load_cursor(&self, collection: &CollectionName, key: &str) -> Result<Cursor> {
+        let backend = self.backend();
+        let stored = retry_transient(self.retries(), "get_meta", || backend.get_meta(key)).await?;
+        match stored {
+            None => Ok(Cursor::START),
+            Some(text) => text.parse().map_err(|_| Error::Corrupt {
+                backend: backend.name(),
+                collection: collection.to_string(),
+                id: None,
+                location: format!("metadata key {key:?}"),
+                reason: format!("holds {text:?}, not a change-feed cursor"),
+            }),
+        }
+    }
+
+    async fn store_cursor(&self, key: &str, cursor: Cursor) -> Result<()> {
+        let backend = self.backend();
+        let value = cursor.to_string();
+        retry_transient(self.retries(), "set_meta", || backend.set_meta(key, &value)).await
+    }
+}
+
+/// Refuses a page that would move the cursor backwards or loop forever: a
+/// peer's answer is input like any other.
+fn check_page(peer_id: &str, cursor: Cursor, page: &ChangePage) -> Result<()> {
+    let mut previous = cursor;
+    let out_of_order = page.changes.iter().any(|change| {
+        let bad = change.cursor <= previous || change.cursor > page.next;
+        previous = change.cursor;
+        bad
+    });
+    if page.next < cursor || out_of_order || (page.more && page.next == cursor) {
+        return Err(Error::PeerProtocol {
+            peer: peer_id.to_owned(),
+            reason: format!(
+                "answered a change page after cursor {cursor} that does not advance in order \
+                 (next {}, more {}, {} changes)",
+                page.next,
+                page.more,
+                page.changes.len()
+            ),
+        });
+    }
+    Ok(())
+}
