@@ -1,5 +1,10 @@
-//! The conformance checks, one function each. Every check uses collections of
-//! its own (see [`Ctx::collection`]) and bounded work.
+//! The conformance checks, one public function each, so a backend's tests can
+//! run one on its own (to debug it) or all of them
+//! ([`run_conformance`](crate::run_conformance)).
+//!
+//! Every check writes only to collections of its own, named with the run id
+//! of its [`Context`], does bounded work, and returns a message saying what
+//! was expected and what the backend did when it fails.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -13,7 +18,7 @@ use tokio::task::JoinSet;
 
 use crate::support::{
     edited, ensure, ensure_eq, expect_closed, limit, n_of, put_ok, record, rid, rids, shortened,
-    soft_deleted, sorted, written, CheckResult, Ctx, OrFail,
+    soft_deleted, sorted, written, CheckResult, Context, OrFail,
 };
 
 /// Reads every change after `after` page by page, checking each page's
@@ -67,7 +72,7 @@ async fn read_feed(
 }
 
 /// Get, create-only put, replace with the right token, stale tokens.
-pub(crate) async fn crud(ctx: &Ctx<'_>) -> CheckResult {
+pub async fn crud(ctx: &Context<'_>) -> CheckResult {
     let store = &*ctx.store;
     let coll = ctx.collection("crud");
     let mut hlc = ctx.clock("crud")?;
@@ -220,7 +225,7 @@ pub(crate) async fn crud(ctx: &Ctx<'_>) -> CheckResult {
 }
 
 /// `get_many` answers in the order asked, with `None` for missing ids.
-pub(crate) async fn get_many(ctx: &Ctx<'_>) -> CheckResult {
+pub async fn get_many(ctx: &Context<'_>) -> CheckResult {
     let store = &*ctx.store;
     let coll = ctx.collection("get-many");
     let mut hlc = ctx.clock("get-many")?;
@@ -283,7 +288,7 @@ pub(crate) async fn get_many(ctx: &Ctx<'_>) -> CheckResult {
 }
 
 /// `get_all` returns every record, soft-deleted ones included.
-pub(crate) async fn get_all(ctx: &Ctx<'_>) -> CheckResult {
+pub async fn get_all(ctx: &Context<'_>) -> CheckResult {
     let store = &*ctx.store;
     let coll = ctx.collection("get-all");
     let mut hlc = ctx.clock("get-all")?;
@@ -314,7 +319,7 @@ pub(crate) async fn get_all(ctx: &Ctx<'_>) -> CheckResult {
 }
 
 /// Each write of a batch succeeds or conflicts on its own, in order.
-pub(crate) async fn batch_with_mixed_outcomes(ctx: &Ctx<'_>) -> CheckResult {
+pub async fn batch_with_mixed_outcomes(ctx: &Context<'_>) -> CheckResult {
     let store = &*ctx.store;
     let coll = ctx.collection("batch");
     let mut hlc = ctx.clock("batch")?;
@@ -429,7 +434,7 @@ pub(crate) async fn batch_with_mixed_outcomes(ctx: &Ctx<'_>) -> CheckResult {
 
 /// The change feed: increasing sequences, each record once at its latest
 /// change, `limit`, `next` and `more`, records arriving with old stamps.
-pub(crate) async fn change_feed(ctx: &Ctx<'_>) -> CheckResult {
+pub async fn change_feed(ctx: &Context<'_>) -> CheckResult {
     let store = &*ctx.store;
     let coll = ctx.collection("feed");
     let mut hlc = ctx.clock("feed")?;
@@ -564,7 +569,7 @@ pub(crate) async fn change_feed(ctx: &Ctx<'_>) -> CheckResult {
 }
 
 /// Rewriting records between pages of a read loses none of them.
-pub(crate) async fn change_feed_paging_with_rewrites(ctx: &Ctx<'_>) -> CheckResult {
+pub async fn change_feed_paging_with_rewrites(ctx: &Context<'_>) -> CheckResult {
     let store = &*ctx.store;
     let coll = ctx.collection("feed-rewrites");
     let mut hlc = ctx.clock("feed-rewrites")?;
@@ -635,7 +640,7 @@ pub(crate) async fn change_feed_paging_with_rewrites(ctx: &Ctx<'_>) -> CheckResu
 }
 
 /// `changes_since_timestamp` returns records whose timestamp is strictly greater.
-pub(crate) async fn changes_since_timestamp(ctx: &Ctx<'_>) -> CheckResult {
+pub async fn changes_since_timestamp(ctx: &Context<'_>) -> CheckResult {
     let store = &*ctx.store;
     let coll = ctx.collection("since");
     let (time, mut hlc) = ctx.manual_clock("since", 1_000)?;
@@ -745,7 +750,7 @@ pub(crate) async fn changes_since_timestamp(ctx: &Ctx<'_>) -> CheckResult {
 }
 
 /// Hard delete removes a record for good and says whether it existed.
-pub(crate) async fn hard_delete(ctx: &Ctx<'_>) -> CheckResult {
+pub async fn hard_delete(ctx: &Context<'_>) -> CheckResult {
     let store = &*ctx.store;
     let coll = ctx.collection("delete");
     let mut hlc = ctx.clock("delete")?;
@@ -819,7 +824,7 @@ pub(crate) async fn hard_delete(ctx: &Ctx<'_>) -> CheckResult {
 }
 
 /// `list_collections` lists non-empty collections; `clear_collection` empties one.
-pub(crate) async fn collections_list_and_clear(ctx: &Ctx<'_>) -> CheckResult {
+pub async fn collections_list_and_clear(ctx: &Context<'_>) -> CheckResult {
     let store = &*ctx.store;
     let first = ctx.collection("list-1");
     let second = ctx.collection("list-2");
@@ -928,7 +933,7 @@ pub(crate) async fn collections_list_and_clear(ctx: &Ctx<'_>) -> CheckResult {
 }
 
 /// `newest_stamp` is at least the newest stamp written.
-pub(crate) async fn newest_stamp(ctx: &Ctx<'_>) -> CheckResult {
+pub async fn newest_stamp(ctx: &Context<'_>) -> CheckResult {
     let store = &*ctx.store;
     let coll = ctx.collection("newest");
     let mut hlc = ctx.clock("newest")?;
@@ -972,7 +977,7 @@ pub(crate) async fn newest_stamp(ctx: &Ctx<'_>) -> CheckResult {
 }
 
 /// Metadata: absent is `None`, values overwrite, keys are independent.
-pub(crate) async fn meta(ctx: &Ctx<'_>) -> CheckResult {
+pub async fn meta(ctx: &Context<'_>) -> CheckResult {
     let store = &*ctx.store;
     let key = format!("{}-meta", ctx.run);
     let other = format!("{}-meta-other", ctx.run);
@@ -1000,7 +1005,7 @@ pub(crate) async fn meta(ctx: &Ctx<'_>) -> CheckResult {
 /// `set_meta_if_absent` stores only into an empty key, atomically: of
 /// writers racing through several handles, exactly one value wins and every
 /// writer is told that value.
-pub(crate) async fn meta_if_absent(ctx: &Ctx<'_>) -> CheckResult {
+pub async fn meta_if_absent(ctx: &Context<'_>) -> CheckResult {
     const RACERS: usize = 8;
     let store = &*ctx.store;
     let key = format!("{}-meta-once", ctx.run);
@@ -1064,7 +1069,7 @@ pub(crate) async fn meta_if_absent(ctx: &Ctx<'_>) -> CheckResult {
 }
 
 /// `close` keeps data; a closed handle refuses every call; other handles work.
-pub(crate) async fn close_keeps_data(ctx: &Ctx<'_>) -> CheckResult {
+pub async fn close_keeps_data(ctx: &Context<'_>) -> CheckResult {
     let coll = ctx.collection("close");
     let key = format!("{}-close-meta", ctx.run);
     let mut hlc = ctx.clock("close")?;
@@ -1196,7 +1201,7 @@ const MAX_ATTEMPTS_PER_INCREMENT: usize = 2_000;
 
 /// Read → merge → conditional write through two handles, retried on
 /// conflict: every increment survives.
-pub(crate) async fn concurrent_writers_lose_no_update(ctx: &Ctx<'_>) -> CheckResult {
+pub async fn concurrent_writers_lose_no_update(ctx: &Context<'_>) -> CheckResult {
     let coll = ctx.collection("concurrent");
     let mut setup = ctx.clock("concurrent-setup")?;
     let counter = record(&mut setup, "counter", 0)?;
@@ -1314,7 +1319,7 @@ async fn increment(
 }
 
 /// Of several writers creating the same id at once, exactly one wins.
-pub(crate) async fn concurrent_creates_have_one_winner(ctx: &Ctx<'_>) -> CheckResult {
+pub async fn concurrent_creates_have_one_winner(ctx: &Context<'_>) -> CheckResult {
     let coll = ctx.collection("concurrent-create");
     let start = Arc::new(Barrier::new(HANDLES * TASKS_PER_HANDLE));
     let mut tasks = JoinSet::new();
@@ -1372,7 +1377,7 @@ async fn close_all(handles: &[Arc<dyn StorageBackend>]) -> CheckResult {
 
 /// Clears every collection this run wrote, so shared stores do not collect
 /// test data, and checks that none is listed afterwards.
-pub(crate) async fn clear_run_collections(ctx: &Ctx<'_>) -> CheckResult {
+pub async fn clear_run_collections(ctx: &Context<'_>) -> CheckResult {
     let store = &*ctx.store;
     let prefix = format!("{}-", ctx.run);
     let ours = |names: Vec<CollectionName>| -> Vec<CollectionName> {
@@ -1456,7 +1461,7 @@ fn unusual_names(run: &str) -> Vec<String> {
 }
 
 /// Unusual but valid ids work and are all distinct.
-pub(crate) async fn unusual_ids(ctx: &Ctx<'_>) -> CheckResult {
+pub async fn unusual_ids(ctx: &Context<'_>) -> CheckResult {
     let store = &*ctx.store;
     let coll = ctx.collection("odd-ids");
     let mut hlc = ctx.clock("odd-ids")?;
@@ -1533,7 +1538,7 @@ pub(crate) async fn unusual_ids(ctx: &Ctx<'_>) -> CheckResult {
 /// Unusual but valid collection names work literally and are all distinct.
 /// They are shared between runs, so only run-unique ids are written there,
 /// and deleted again.
-pub(crate) async fn unusual_collection_names(ctx: &Ctx<'_>) -> CheckResult {
+pub async fn unusual_collection_names(ctx: &Context<'_>) -> CheckResult {
     let store = &*ctx.store;
     let mut hlc = ctx.clock("odd-colls")?;
     let names = unusual_names(&ctx.run);

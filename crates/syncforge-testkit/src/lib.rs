@@ -1,13 +1,14 @@
 //! # syncforge-testkit
 //!
-//! The conformance suite every syncforge [`StorageBackend`] runs, with one
-//! call. It checks the whole storage contract — conditional writes, batches,
-//! the change feed, deletes, collections, metadata, closing, concurrent
-//! writers through two handles, bad input and unusual names — so every
-//! backend behaves the same way for the engine above it.
+//! The conformance suite every syncforge [`StorageBackend`] runs, published
+//! so that whoever writes a backend for another store can prove it. It checks
+//! the whole storage contract — conditional writes, batches, the change feed,
+//! deletes, collections, metadata (with its atomic create-if-absent),
+//! closing, concurrent writers through several handles, unusual names — so
+//! every backend behaves the same way for the engine above it.
 //!
-//! A backend crate implements [`StoreFactory`] (how to open another handle on
-//! the same store) and calls [`run_conformance`] from one test:
+//! A backend's tests implement [`StoreFactory`] (how to open another handle
+//! on the same store, as another process would) and call [`run_conformance`]:
 //!
 //! ```
 //! use std::sync::Arc;
@@ -25,7 +26,7 @@
 //!     }
 //! }
 //!
-//! // In the backend crate's tests/conformance.rs this is the body of
+//! // In a backend crate's tests/conformance.rs this is the body of
 //! // `#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn conforms()`.
 //! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 //! # async fn main() {
@@ -33,16 +34,48 @@
 //! # }
 //! ```
 //!
+//! Each check is also a public function of [`checks`] taking a [`Context`],
+//! to run one alone while a backend is being written:
+//!
+//! ```
+//! # use std::sync::Arc;
+//! # use syncforge_backend_memory::MemoryBackend;
+//! # use syncforge_core::StorageBackend;
+//! # use syncforge_testkit::StoreFactory;
+//! # struct SharedMemory(MemoryBackend);
+//! # #[syncforge_core::async_trait]
+//! # impl StoreFactory for SharedMemory {
+//! #     async fn open(&self) -> Arc<dyn StorageBackend> { Arc::new(self.0.clone()) }
+//! # }
+//! use syncforge_testkit::{checks, Context};
+//!
+//! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+//! # async fn main() -> Result<(), String> {
+//! let factory = SharedMemory(MemoryBackend::new());
+//! let ctx = Context::open(&factory).await;
+//! checks::change_feed(&ctx).await?;
+//! checks::concurrent_writers_lose_no_update(&ctx).await?;
+//! checks::clear_run_collections(&ctx).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! Every check writes to its own collections, named with a run id unique to
 //! the process and moment, so stores shared between test runs (a Redis, a
-//! bucket) need no cleaning; the last check clears them again (only the few
-//! run-unique metadata keys stay, as the trait cannot delete metadata). The checks of unusual collection names must use
-//! those names literally; they write only run-unique ids there and delete them
+//! bucket) need no cleaning; [`checks::clear_run_collections`] clears them
+//! again (only the few run-unique metadata keys stay, as the trait cannot
+//! delete metadata). The checks of unusual collection names must use those
+//! names literally; they write only run-unique ids there and delete them
 //! again. Each check is bounded in work and time (see [`CHECK_TIMEOUT`]); the
 //! whole suite takes seconds on the in-memory backend.
 //!
-//! It needs a tokio runtime with timers enabled (`#[tokio::test]` has them).
-//! On a failure it panics — it is test code — with a message naming the check.
+//! Beside the suite: [`faults`] wraps a backend to inject transient failures
+//! and delays, and [`services`] finds the servers a backend's tests need
+//! (skipping visibly, or failing under `SYNCFORGE_REQUIRE_SERVICES=1`).
+//!
+//! The suite needs a tokio runtime with timers enabled (`#[tokio::test]` has
+//! them). [`run_conformance`] panics on a failure — it is test code — with a
+//! message naming the check.
 
 // This crate is test code: failing loudly is its job.
 #![allow(clippy::panic)]
@@ -53,10 +86,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use syncforge_core::StorageBackend;
 
-mod checks;
+pub mod checks;
 pub mod faults;
 pub mod services;
 mod support;
+
+pub use support::{CheckResult, Context};
 
 /// How long one check may take before the suite reports it as hung.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(60);
@@ -76,9 +111,8 @@ pub trait StoreFactory: Send + Sync {
 /// On the first failed check, with a message naming the check, the backend and
 /// what went wrong; also when a check takes longer than [`CHECK_TIMEOUT`].
 pub async fn run_conformance(factory: &dyn StoreFactory) {
-    let store = factory.open().await;
-    let backend = store.name();
-    let ctx = support::Ctx::new(factory, store, unique_run_id());
+    let ctx = Context::open(factory).await;
+    let backend = ctx.store().name();
 
     macro_rules! run {
         ($($check:ident),+ $(,)?) => {$(
@@ -123,7 +157,7 @@ pub async fn run_conformance(factory: &dyn StoreFactory) {
 }
 
 /// A run id unique across processes and across calls within one process.
-fn unique_run_id() -> String {
+pub(crate) fn unique_run_id() -> String {
     static CALLS: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)

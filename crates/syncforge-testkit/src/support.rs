@@ -13,8 +13,9 @@ use syncforge_core::{
 
 use crate::StoreFactory;
 
-/// A check's result: `Err` carries the failure message.
-pub(crate) type CheckResult<T = ()> = Result<T, String>;
+/// A check's result: `Err` carries the failure message, naming what was
+/// expected and what the backend did.
+pub type CheckResult<T = ()> = Result<T, String>;
 
 /// Fails the check with a message unless the condition holds.
 macro_rules! ensure {
@@ -45,24 +46,49 @@ macro_rules! ensure_eq {
 
 pub(crate) use {ensure, ensure_eq};
 
-/// Shared by all checks of one run.
-pub(crate) struct Ctx<'a> {
+/// What the checks of one run share: the store under test, how to open
+/// more handles on it, and a run id that makes every name a check writes
+/// unique to this run.
+///
+/// Made by [`Context::open`]; pass it to any function of
+/// [`checks`](crate::checks). End a run with
+/// [`checks::clear_run_collections`](crate::checks::clear_run_collections)
+/// to leave a shared store (a Redis, a bucket) clean.
+pub struct Context<'a> {
     pub(crate) factory: &'a dyn StoreFactory,
     pub(crate) store: Arc<dyn StorageBackend>,
     pub(crate) run: String,
 }
 
-impl<'a> Ctx<'a> {
-    pub(crate) fn new(
-        factory: &'a dyn StoreFactory,
-        store: Arc<dyn StorageBackend>,
-        run: String,
-    ) -> Self {
-        Ctx {
+impl std::fmt::Debug for Context<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("backend", &self.store.name())
+            .field("run", &self.run)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Context<'a> {
+    /// Opens a handle on the store with `factory` and picks a run id unique
+    /// to this process and moment.
+    pub async fn open(factory: &'a dyn StoreFactory) -> Context<'a> {
+        Context {
             factory,
-            store,
-            run,
+            store: factory.open().await,
+            run: crate::unique_run_id(),
         }
+    }
+
+    /// The handle the checks use.
+    pub fn store(&self) -> &Arc<dyn StorageBackend> {
+        &self.store
+    }
+
+    /// The run id: a prefix of every collection name and metadata key the
+    /// checks write.
+    pub fn run_id(&self) -> &str {
+        &self.run
     }
 
     /// A collection name no other check or run uses.
@@ -111,7 +137,8 @@ pub(crate) fn content(id: &str, n: i64) -> CheckResult<Content> {
 
 /// A new record `{"id": id, "n": n}` stamped now.
 pub(crate) fn record(hlc: &mut Hlc, id: &str, n: i64) -> CheckResult<Record> {
-    Ok(Record::create(content(id, n)?, &hlc.now()))
+    let stamp = hlc.now().or_fail("stamping a record")?;
+    Ok(Record::create(content(id, n)?, &stamp))
 }
 
 /// `base` with `n` set by a later local write, as the engine would produce it.
@@ -119,7 +146,8 @@ pub(crate) fn edited(hlc: &mut Hlc, base: &Record, n: i64) -> CheckResult<Record
     hlc.observe(base.newest_stamp())
         .or_fail("observing a record's stamp")?;
     let mut next = base.clone();
-    next.apply_put(content(base.id(), n)?, &hlc.now())
+    let stamp = hlc.now().or_fail("stamping a put")?;
+    next.apply_put(content(base.id(), n)?, &stamp)
         .or_fail("applying a put")?;
     Ok(next)
 }
@@ -129,7 +157,8 @@ pub(crate) fn soft_deleted(hlc: &mut Hlc, base: &Record) -> CheckResult<Record> 
     hlc.observe(base.newest_stamp())
         .or_fail("observing a record's stamp")?;
     let mut next = base.clone();
-    next.apply_delete(&hlc.now()).or_fail("applying a delete")?;
+    let stamp = hlc.now().or_fail("stamping a delete")?;
+    next.apply_delete(&stamp).or_fail("applying a delete")?;
     Ok(next)
 }
 
