@@ -50,6 +50,16 @@ fn steps(test_env: Vec<(&'static str, OsString)>) -> Vec<Step> {
             needs_services: false,
         },
         Step {
+            // Rustdoc's own lints (broken links, bad code blocks) are errors,
+            // on every feature, as docs.rs would build the crates.
+            name: "docs",
+            commands: vec![
+                Cargo::new(&["doc", "--workspace", "--no-deps", "--all-features"])
+                    .env("RUSTDOCFLAGS", "-D warnings".into()),
+            ],
+            needs_services: false,
+        },
+        Step {
             // Each feature set of the facade must build on its own, not only
             // the union `--all-features` that clippy and the tests see.
             name: "feature combinations of syncforge",

@@ -59,7 +59,8 @@ impl FieldState {
 /// A sorted vector, not a tree: a record holds a handful of fields, and a
 /// vector of them takes a fraction of the memory of a tree node (which has
 /// room for eleven) and is compared and merged in one linear pass. Names are
-/// shared between records (see [`shared_name`]).
+/// shared between records: records with the same fields hold one copy of
+/// each name.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FieldStates(pub(crate) Vec<(Arc<str>, FieldState)>);
 

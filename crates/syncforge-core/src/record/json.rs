@@ -16,7 +16,7 @@ use crate::validate::check_name;
 use crate::version_vector::{VersionVector, MAX_VERSION};
 
 impl Record {
-    /// The canonical JSON form (see the [module documentation](self)).
+    /// The canonical JSON form (see [`Record`]).
     pub fn to_json(&self) -> Value {
         let mut map = self.content();
         let newest = self.newest_stamp();

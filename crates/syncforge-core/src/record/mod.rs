@@ -1,37 +1,7 @@
 //! Records: an id, JSON fields with a stamp each, a tombstone and a version
 //! vector, and their canonical JSON form.
 //!
-//! # JSON form
-//!
-//! ```json
-//! {
-//!   "id": "n1",
-//!   "title": "Q3 Planning Notes",
-//!   "_clientId": "laptop",
-//!   "_deleted": false,
-//!   "_timestamp": 1700000000500,
-//!   "_version": 3,
-//!   "_sync": {
-//!     "written": "018bcfe569f4.00000000.laptop",
-//!     "fields": { "title": "018bcfe569f4.00000000.laptop" },
-//!     "removed": { "body": "018bcfe569f4.00000000.laptop" },
-//!     "deleted": "018bcfe56800.00000002.phone",
-//!     "versions": { "laptop": 1, "phone": 2 }
-//!   }
-//! }
-//! ```
-//!
-//! `_version`, `_timestamp`, `_deleted` and `_clientId` are the TypeScript
-//! library's metadata, derived from the stamps: the sum of the version vector,
-//! the milliseconds and client of the newest stamp, and whether the record is
-//! deleted. `_sync` holds the state that makes merging a join. Keys are sorted
-//! (serde_json's default map), so the form is canonical: replicas holding equal
-//! records print byte-identical JSON.
-//!
-//! A record without `_sync` — as the TypeScript library writes it — is read by
-//! giving every field the stamp `(_timestamp, 0, _clientId)`, a deleted record
-//! the tombstone `(_timestamp, 1, _clientId)`, and the version vector
-//! `{_clientId: _version}`.
+//! The JSON form is described on [`Record`].
 
 mod content;
 mod fields;
@@ -78,7 +48,39 @@ fn is_reserved(key: &str) -> bool {
     RESERVED_KEYS.contains(&key)
 }
 
-/// A synchronised record. See the [module documentation](self) for its JSON form.
+/// A synchronised record: an id, JSON fields with a stamp each, a tombstone
+/// and a version vector.
+///
+/// # JSON form
+///
+/// ```json
+/// {
+///   "id": "n1",
+///   "title": "Q3 Planning Notes",
+///   "_clientId": "laptop",
+///   "_deleted": false,
+///   "_timestamp": 1700000000500,
+///   "_version": 3,
+///   "_sync": {
+///     "written": "018bcfe569f4.00000000.laptop",
+///     "fields": { "title": "018bcfe569f4.00000000.laptop" },
+///     "removed": { "body": "018bcfe569f4.00000000.laptop" },
+///     "deleted": "018bcfe56800.00000002.phone",
+///     "versions": { "laptop": 1, "phone": 2 }
+///   }
+/// }
+/// ```
+///
+/// `_version`, `_timestamp`, `_deleted` and `_clientId` are derived from the
+/// stamps: the sum of the version vector, the milliseconds and client of the
+/// newest stamp, and whether the record is deleted. `_sync` holds the state that makes merging a join. Keys are sorted
+/// (serde_json's default map), so the form is canonical: replicas holding equal
+/// records print byte-identical JSON.
+///
+/// A record without `_sync` — as the TypeScript library writes it — is read by
+/// giving every field the stamp `(_timestamp, 0, _clientId)`, a deleted record
+/// the tombstone `(_timestamp, 1, _clientId)`, and the version vector
+/// `{_clientId: _version}`.
 ///
 /// Cheap to clone: clones share one immutable state until one of them is
 /// written (`apply_put`, `apply_delete`), which copies it first. Stores, change
