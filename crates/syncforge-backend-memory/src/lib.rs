@@ -20,7 +20,7 @@
 //! # async fn main() -> syncforge_core::Result<()> {
 //! let store = MemoryBackend::new();
 //! let mut clock = Hlc::new(ClientId::new("phone")?);
-//! let note = Record::create(Content::from_value(json!({"id": "n1", "title": "Q3"}))?, &clock.now());
+//! let note = Record::create(Content::from_value(json!({"id": "n1", "title": "Q3"}))?, &clock.now()?);
 //!
 //! let notes = CollectionName::new("notes")?;
 //! let outcome = store.put(&notes, &Write::create(note.clone())).await?;
@@ -408,7 +408,7 @@ mod tests {
     fn record(hlc: &mut Hlc, id: &str, n: u64) -> Record {
         Record::create(
             Content::from_value(json!({"id": id, "n": n})).unwrap(),
-            &hlc.now(),
+            &hlc.now().unwrap(),
         )
     }
 
@@ -604,7 +604,7 @@ mod tests {
                     Some(stored) => {
                         let mut rec = stored.record;
                         let content = Content::from_value(json!({"id": id, "n": round})).unwrap();
-                        rec.apply_put(content, &hlc.now()).unwrap();
+                        rec.apply_put(content, &hlc.now().unwrap()).unwrap();
                         writes.push(Write::replace(rec, stored.token));
                         continue;
                     }

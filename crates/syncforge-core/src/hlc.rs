@@ -390,31 +390,38 @@ impl Hlc {
         self.time.now_millis()
     }
 
-    /// Issues a stamp for a local event. Strictly greater than every stamp this
-    /// clock issued or observed before, whatever the wall clock does (short of
-    /// the largest representable stamp, where it stays).
-    pub fn now(&mut self) -> Stamp {
+    /// Issues a stamp for a local event: strictly greater than every stamp
+    /// this clock issued or observed before, whatever the wall clock does.
+    ///
+    /// Fails with [`Error::InvalidStamp`] only when no greater stamp can be
+    /// represented: the clock has reached the last stamp (year 10889, which
+    /// only a hand-made record seeding the clock can bring about). It never
+    /// issues the same stamp twice.
+    pub fn now(&mut self) -> Result<Stamp> {
         let physical = self.time.now_millis().min(MAX_STAMP_MILLIS);
         if physical > self.millis {
             self.millis = physical;
             self.counter = 0;
-        } else if self.counter == u32::MAX {
-            if self.millis < MAX_STAMP_MILLIS {
-                // The counter is exhausted within this millisecond: borrow the next one.
-                self.millis += 1;
-                self.counter = 0;
-            }
-            // At the very last stamp (year 10889, reachable only from a
-            // hand-made record) the clock stays put: the repeated stamp is
-            // refused by the write it would stamp, never written out of range.
-        } else {
+        } else if self.counter < u32::MAX {
             self.counter += 1;
+        } else if self.millis < MAX_STAMP_MILLIS {
+            // The counter is exhausted within this millisecond: borrow the next one.
+            self.millis += 1;
+            self.counter = 0;
+        } else {
+            return Err(Error::InvalidStamp {
+                stamp: format!("{:012x}.{:08x}.{}", self.millis, self.counter, self.client),
+                reason: "the clock has reached the largest representable stamp and cannot \
+                         issue a newer one; a record stamped this far in the future was \
+                         stored by hand"
+                    .to_owned(),
+            });
         }
-        Stamp {
+        Ok(Stamp {
             millis: self.millis,
             counter: self.counter,
             client: self.client.clone(),
-        }
+        })
     }
 
     /// How far `stamp` lies ahead of local physical time beyond the drift
@@ -507,23 +514,26 @@ mod tests {
     fn stamps_increase_when_wall_clock_goes_backwards() {
         let time = Arc::new(ManualTime::new(1000));
         let mut hlc = Hlc::with_time(client("a"), time.clone());
-        let s1 = hlc.now();
+        let s1 = hlc.now().unwrap();
         time.set(500);
-        let s2 = hlc.now();
+        let s2 = hlc.now().unwrap();
         assert!(s2 > s1);
         assert_eq!(s2.millis(), 1000);
     }
 
     #[test]
-    fn the_last_representable_stamp_is_never_exceeded() {
+    fn the_last_representable_stamp_is_issued_once_then_refused() {
         let mut hlc = Hlc::with_time(client("a"), Arc::new(ManualTime::new(0)));
-        hlc.seed(&Stamp::new(MAX_STAMP_MILLIS, u32::MAX, client("z")).unwrap());
-        let stamp = hlc.now();
+        hlc.seed(&Stamp::new(MAX_STAMP_MILLIS, u32::MAX - 1, client("z")).unwrap());
+        let last = hlc.now().unwrap();
         assert_eq!(
-            (stamp.millis(), stamp.counter()),
+            (last.millis(), last.counter()),
             (MAX_STAMP_MILLIS, u32::MAX)
         );
-        assert_eq!(stamp.to_string().parse::<Stamp>().unwrap(), stamp);
+        assert_eq!(last.to_string().parse::<Stamp>().unwrap(), last);
+        // No greater stamp exists: refused, never the same stamp again.
+        assert!(matches!(hlc.now(), Err(Error::InvalidStamp { .. })));
+        assert!(matches!(hlc.now(), Err(Error::InvalidStamp { .. })));
     }
 
     #[test]
@@ -535,10 +545,10 @@ mod tests {
             hlc.observe(&far),
             Err(Error::StampAhead { ahead_ms: 2000, .. })
         ));
-        assert_eq!(hlc.now().millis(), 1_000_000);
+        assert_eq!(hlc.now().unwrap().millis(), 1_000_000);
         let near = Stamp::new(1_000_900, 7, client("b")).unwrap();
         hlc.observe(&near).unwrap();
-        let next = hlc.now();
+        let next = hlc.now().unwrap();
         assert!(next > near);
     }
 }

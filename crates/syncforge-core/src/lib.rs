@@ -23,15 +23,15 @@
 //! let mut laptop = Hlc::with_time(ClientId::new("laptop")?, time.clone());
 //!
 //! let note = Content::from_value(json!({"id": "n1", "title": "Meeting", "body": "Q3"}))?;
-//! let base = Record::create(note, &phone.now());
+//! let base = Record::create(note, &phone.now()?);
 //! // The laptop receives the note; its clock takes in the note's stamps.
 //! laptop.observe(base.newest_stamp())?;
 //!
 //! // Each device edits a different field.
 //! let mut on_laptop = base.clone();
-//! on_laptop.apply_put(Content::from_value(json!({"id": "n1", "title": "Q3 Planning", "body": "Q3"}))?, &laptop.now())?;
+//! on_laptop.apply_put(Content::from_value(json!({"id": "n1", "title": "Q3 Planning", "body": "Q3"}))?, &laptop.now()?)?;
 //! let mut on_phone = base.clone();
-//! on_phone.apply_put(Content::from_value(json!({"id": "n1", "title": "Meeting", "body": "Q3 + revenue"}))?, &phone.now())?;
+//! on_phone.apply_put(Content::from_value(json!({"id": "n1", "title": "Meeting", "body": "Q3 + revenue"}))?, &phone.now()?)?;
 //!
 //! // Field-level merge keeps both edits, whichever side merges.
 //! let a = merge(&on_laptop, &on_phone, ConflictStrategy::Crdt)?;

@@ -464,7 +464,7 @@ mod convergence {
         /// than every stamp this replica issued before.
         fn issue(&mut self, replica: usize) -> Result<Stamp, TestCaseError> {
             let r = &mut self.replicas[replica];
-            let stamp = r.hlc.now();
+            let stamp = r.hlc.now().unwrap();
             if let Some(last) = &r.last_issued {
                 prop_assert!(stamp > *last, "stamp {:?} not after {:?}", stamp, last);
             }
@@ -721,7 +721,7 @@ mod clock {
                     }
                     ClockOp::Now => {
                         let physical = hlc.physical_millis();
-                        let s = hlc.now();
+                        let s = hlc.now().unwrap();
                         prop_assert!(s.millis() >= physical);
                         prop_assert!(s.millis() <= ceiling + 1, "{:?} above ceiling {}", s, ceiling);
                         if let Some(last) = &last_issued {
@@ -819,7 +819,7 @@ mod behaviour {
         let mut changed = 0;
         for e in edits {
             hlc.observe(record.newest_stamp()).unwrap();
-            let s = hlc.now();
+            let s = hlc.now().unwrap();
             let did = match e {
                 Edit::Put(values) => record.apply_put(note(values), &s).unwrap(),
                 Edit::Delete => record.apply_delete(&s).unwrap(),
@@ -850,7 +850,7 @@ mod behaviour {
             for strategy in STRATEGIES {
                 let (_ta, mut hlc_a) = replica("a", 1_000);
                 let (_tb, mut hlc_b) = replica("b", 1_000u64.saturating_add_signed(b_offset));
-                let original = Record::create(note(&base), &hlc_a.now());
+                let original = Record::create(note(&base), &hlc_a.now().unwrap());
                 let (mut on_a, mut on_b) = (original.clone(), original.clone());
                 let a_writes = apply(&mut on_a, &mut hlc_a, &a_edits);
                 let b_writes = apply(&mut on_b, &mut hlc_b, &b_edits);
@@ -910,7 +910,7 @@ mod behaviour {
                 let (_t0, mut origin) = replica("o", 1_000);
                 let (_ta, mut hlc_a) = replica("a", 1_000u64.saturating_add_signed(a_offset));
                 let (_tb, mut hlc_b) = replica("b", 1_000u64.saturating_add_signed(b_offset));
-                let original = Record::create(note(&base), &origin.now());
+                let original = Record::create(note(&base), &origin.now().unwrap());
                 let mut deleted = original.clone();
                 apply(&mut deleted, &mut hlc_a, &[Edit::Delete]);
                 let mut updated = original.clone();
@@ -934,10 +934,10 @@ mod behaviour {
             after in prop::collection::vec(prop::option::of(gen::small_value()), 3),
         ) {
             let (time, mut hlc) = replica("p", 1_000);
-            let mut record = Record::create(note(&before), &hlc.now());
+            let mut record = Record::create(note(&before), &hlc.now().unwrap());
             let old = record.clone();
             time.advance(1);
-            let s = hlc.now();
+            let s = hlc.now().unwrap();
             let changed = record.apply_put(note(&after), &s).unwrap();
             prop_assert_eq!(changed, before != after);
             let mut expected = note(&after).fields().clone();
@@ -986,14 +986,14 @@ mod behaviour {
         let (_lt, mut laptop) = replica("laptop", start + 300);
         let base = Record::create(
             content(json!({"id": "n1", "title": "Meeting", "body": "Q3"})),
-            &phone.now(),
+            &phone.now().unwrap(),
         );
         laptop.observe(base.newest_stamp()).unwrap();
         let mut on_laptop = base.clone();
         on_laptop
             .apply_put(
                 content(json!({"id": "n1", "title": "Q3 Planning", "body": "Q3"})),
-                &laptop.now(),
+                &laptop.now().unwrap(),
             )
             .unwrap();
         phone_time.set(start + 200);
@@ -1001,7 +1001,7 @@ mod behaviour {
         on_phone
             .apply_put(
                 content(json!({"id": "n1", "title": "Meeting", "body": "Q3 + revenue"})),
-                &phone.now(),
+                &phone.now().unwrap(),
             )
             .unwrap();
         let expected = [
@@ -1043,7 +1043,7 @@ mod behaviour {
             let (_pt, mut phone) = replica("phone", start + delete_at);
             phone.observe(base.newest_stamp()).unwrap();
             let mut removed = base.clone();
-            removed.apply_delete(&phone.now()).unwrap();
+            removed.apply_delete(&phone.now().unwrap()).unwrap();
             for strategy in STRATEGIES {
                 let merged = merge(&removed, &on_laptop, strategy).unwrap();
                 assert_eq!(
@@ -1067,7 +1067,7 @@ mod behaviour {
         let (_tl, mut laptop) = replica("laptop", 1_000);
         let base = Record::create(
             content(json!({"id": "n1", "title": "Meeting Notes", "body": "Discuss Q3 targets"})),
-            &phone.now(),
+            &phone.now().unwrap(),
         );
         laptop.observe(base.newest_stamp()).unwrap();
         let mut on_laptop = base.clone();
@@ -1076,14 +1076,14 @@ mod behaviour {
                 content(
                     json!({"id": "n1", "title": "Q3 Planning Notes", "body": "Discuss Q3 targets"}),
                 ),
-                &laptop.now(),
+                &laptop.now().unwrap(),
             )
             .unwrap();
         let mut on_phone = base.clone();
         on_phone
             .apply_put(
                 content(json!({"id": "n1", "title": "Meeting Notes", "body": "Discuss Q3 targets\n- Revenue goals"})),
-                &phone.now(),
+                &phone.now().unwrap(),
             )
             .unwrap();
         let phone_after = classify(

@@ -257,7 +257,7 @@ impl SyncEngine {
     }
 
     /// A stamp for a local write to `record`: newer than anything it holds.
-    fn stamp_after(&self, record: Option<&Record>) -> Stamp {
+    fn stamp_after(&self, record: Option<&Record>) -> Result<Stamp> {
         let mut clock = self.clock();
         if let Some(record) = record {
             clock.seed(record.newest_stamp());
@@ -502,13 +502,13 @@ impl SyncEngine {
         Ok(match intent {
             Intent::Put(content) => match local {
                 None => {
-                    let stamp = self.stamp_after(None);
+                    let stamp = self.stamp_after(None)?;
                     let record = Record::create(content, &stamp);
                     write(record, ChangeKind::Added, None, false, None)
                 }
                 Some(local) => {
                     let mut record = local.clone();
-                    let stamp = self.stamp_after(Some(&record));
+                    let stamp = self.stamp_after(Some(&record))?;
                     let kind = if local.is_deleted() {
                         ChangeKind::Added
                     } else {
@@ -524,7 +524,7 @@ impl SyncEngine {
                 None => unchanged(None),
                 Some(local) => {
                     let mut record = local.clone();
-                    let stamp = self.stamp_after(Some(&record));
+                    let stamp = self.stamp_after(Some(&record))?;
                     if !record.apply_delete(&stamp)? {
                         return Ok(unchanged(Some(local)));
                     }
