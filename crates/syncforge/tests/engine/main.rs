@@ -6,6 +6,7 @@ mod auto_sync;
 mod events;
 mod faults;
 mod flaws;
+mod handles;
 mod peers;
 mod scenarios;
 mod support;
