@@ -70,8 +70,10 @@
 //! whole suite takes seconds on the in-memory backend.
 //!
 //! Beside the suite: [`faults`] wraps a backend to inject transient failures
-//! and delays, and [`services`] finds the servers a backend's tests need
-//! (skipping visibly, or failing under `SYNCFORGE_REQUIRE_SERVICES=1`).
+//! and delays, [`hostile`] generates seeded random records (valid and not)
+//! and checks what the library promises about input, and [`services`] finds
+//! the servers a backend's tests need (skipping visibly, or failing under
+//! `SYNCFORGE_REQUIRE_SERVICES=1`).
 //!
 //! The suite needs a tokio runtime with timers enabled (`#[tokio::test]` has
 //! them). [`run_conformance`] panics on a failure — it is test code — with a
@@ -88,6 +90,7 @@ use syncforge_core::StorageBackend;
 
 pub mod checks;
 pub mod faults;
+pub mod hostile;
 pub mod services;
 mod support;
 

@@ -456,6 +456,10 @@ mod tests {
         for (value, expected) in cases {
             let err = Record::from_json(value.clone()).unwrap_err().to_string();
             assert!(err.contains(expected), "{value}: {err}");
+            // One sentence: never a refusal nested inside another, never a
+            // value described twice ("found null null").
+            assert!(err.matches("invalid").count() <= 1, "{err}");
+            assert!(!err.contains("null null"), "{err}");
         }
     }
 }

@@ -7,6 +7,7 @@ mod events;
 mod faults;
 mod flaws;
 mod handles;
+mod hostile;
 mod peers;
 mod scenarios;
 mod support;
