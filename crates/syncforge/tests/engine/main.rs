@@ -1,5 +1,10 @@
 //! Integration tests of the `syncforge` facade: one binary, one module per theme.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stderr
+)]
 
 mod api;
 mod auto_sync;
