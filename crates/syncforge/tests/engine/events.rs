@@ -2,7 +2,9 @@
 //! handlers (on / once / off / remove-all / count), panicking handlers.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use serde_json::json;
@@ -337,17 +339,17 @@ async fn handlers_may_register_handlers_and_see_payloads() {
     let log = seen.clone();
     e.events().on(EventKind::RecordAdded, move |event| {
         if let SyncEvent::RecordAdded { record, .. } = event {
-            log.lock().unwrap().push(record.id().to_string());
+            log.lock().push(record.id().to_string());
         }
         // Re-entrant use of the hub from inside a handler does not deadlock.
         let inner_log = log.clone();
         hub.events().once(EventKind::RecordUpdated, move |_| {
-            inner_log.lock().unwrap().push("updated".to_owned());
+            inner_log.lock().push("updated".to_owned());
         });
     });
     e.put("c", &json!({"id": "x", "v": 1})).await.unwrap();
     e.put("c", &json!({"id": "x", "v": 2})).await.unwrap();
-    assert_eq!(*seen.lock().unwrap(), ["x", "updated"]);
+    assert_eq!(*seen.lock(), ["x", "updated"]);
 }
 
 #[tokio::test]

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use serde_json::json;
@@ -47,13 +49,12 @@ impl Subscriber for Capture {
         attrs.record(&mut Collect(&mut fields));
         self.spans
             .lock()
-            .unwrap()
             .insert(id, (attrs.metadata().name().to_owned(), fields));
         Id::from_u64(id)
     }
 
     fn record(&self, span: &Id, values: &Record<'_>) {
-        if let Some((_, fields)) = self.spans.lock().unwrap().get_mut(&span.into_u64()) {
+        if let Some((_, fields)) = self.spans.lock().get_mut(&span.into_u64()) {
             values.record(&mut Collect(fields));
         }
     }
@@ -99,7 +100,6 @@ impl Capture {
     fn named(&self, name: &str) -> Vec<Fields> {
         self.spans
             .lock()
-            .unwrap()
             .values()
             .filter(|(n, _)| n == name)
             .map(|(_, f)| f.clone())
