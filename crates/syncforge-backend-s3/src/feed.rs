@@ -116,8 +116,13 @@ impl Store {
         items: Vec<Item>,
     ) -> Result<Vec<Outcome>> {
         if let Some(newest) = items.iter().map(|item| item.record.newest_stamp()).max() {
-            let newest: Stamp = newest.clone();
-            self.raise_newest(collection, keys, &newest).await?;
+            // Raised to the end of the stamp's second, so that a busy writer
+            // raises it about once a second rather than once a batch; a clock
+            // seeded from it starts at most a second ahead.
+            let millis = (newest.millis() / 1000 + 1) * 1000;
+            let bound =
+                Stamp::new(millis, 0, newest.client().clone()).unwrap_or_else(|_| newest.clone());
+            self.raise_newest(collection, keys, &bound).await?;
         }
         let entry = Entry { items };
         let body = format::to_bytes(&entry)?;
@@ -209,6 +214,7 @@ impl Store {
             Some(head) => head,
             None => self.find_head(keys, 0).await?,
         };
+        let mut lost_before = false;
         for _ in 0..MAX_RACES {
             let number = head + 1;
             if number > format::MAX_ENTRY {
@@ -235,7 +241,16 @@ impl Store {
                     self.heads.lock().insert(collection.clone(), number);
                     return Ok(number);
                 }
-                Put::Lost => head = self.find_head(keys, number).await?,
+                // Taken: usually by a writer just as fast, so try the next
+                // number; list where the feed ends only when behind further.
+                Put::Lost if !lost_before => {
+                    lost_before = true;
+                    head = number;
+                }
+                Put::Lost => {
+                    lost_before = false;
+                    head = self.find_head(keys, number).await?;
+                }
             }
         }
         Err(kept_changing(&keys.entries()))

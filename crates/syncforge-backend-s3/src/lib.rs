@@ -90,6 +90,8 @@ impl S3Backend {
     ///
     /// [`Error::InvalidConfig`](syncforge_core::Error::InvalidConfig) for a
     /// bucket name, prefix, credentials or timeout that cannot work.
+    // By value, as every backend's constructor takes its configuration.
+    #[allow(clippy::needless_pass_by_value)]
     pub fn new(config: S3Config) -> Result<Self> {
         let client = config.build()?;
         let description = format!(

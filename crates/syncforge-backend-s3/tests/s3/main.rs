@@ -5,4 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod conformance;
+mod costs;
+mod errors;
 mod support;
+mod wrapper;
+mod writers;

@@ -5,32 +5,22 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use object_store::aws::AmazonS3Builder;
 use object_store::ObjectStore;
-use syncforge_backend_s3::S3Config;
 use syncforge_testkit::services::{address, available};
 
 /// Where the S3-compatible test server is (`cargo xtask ci` sets it).
-pub const ENDPOINT_ENV: &str = "SYNCFORGE_TEST_S3_ENDPOINT";
+pub(crate) const ENDPOINT_ENV: &str = "SYNCFORGE_TEST_S3_ENDPOINT";
 /// Its bucket.
-pub const BUCKET_ENV: &str = "SYNCFORGE_TEST_S3_BUCKET";
+pub(crate) const BUCKET_ENV: &str = "SYNCFORGE_TEST_S3_BUCKET";
 
 /// The test server's coordinates.
-pub struct Server {
-    pub endpoint: String,
-    pub bucket: String,
+pub(crate) struct Server {
+    pub(crate) endpoint: String,
+    pub(crate) bucket: String,
 }
 
 impl Server {
-    /// A configuration for the server with test credentials.
-    pub fn config(&self) -> S3Config {
-        S3Config::new(&self.bucket)
-            .with_endpoint(&self.endpoint)
-            .with_allow_http(true)
-            .with_path_style(true)
-            .with_credentials("testing", "testing")
-    }
-
     /// The raw object store on the server.
-    pub fn store(&self) -> Arc<dyn ObjectStore> {
+    pub(crate) fn store(&self) -> Arc<dyn ObjectStore> {
         Arc::new(
             AmazonS3Builder::new()
                 .with_bucket_name(&self.bucket)
@@ -47,7 +37,7 @@ impl Server {
 }
 
 /// The S3 test server, or `None` (after a visible SKIPPED line) when it does not answer.
-pub async fn s3_server() -> Option<Server> {
+pub(crate) async fn s3_server() -> Option<Server> {
     let endpoint = address(ENDPOINT_ENV, "http://127.0.0.1:5055");
     let bucket = address(BUCKET_ENV, "syncforge-test");
     let answered = probe(&endpoint).await;
@@ -68,7 +58,7 @@ async fn probe(endpoint: &str) -> bool {
 }
 
 /// A prefix no other test or run uses.
-pub fn unique_prefix(tag: &str) -> String {
+pub(crate) fn unique_prefix(tag: &str) -> String {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
