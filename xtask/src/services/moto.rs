@@ -40,7 +40,10 @@ impl Service for Moto {
 
     fn env(&self) -> Vec<(&'static str, String)> {
         vec![
-            ("SYNCFORGE_TEST_S3_ENDPOINT", format!("http://{HOST}:{PORT}")),
+            (
+                "SYNCFORGE_TEST_S3_ENDPOINT",
+                format!("http://{HOST}:{PORT}"),
+            ),
             ("SYNCFORGE_TEST_S3_BUCKET", BUCKET.to_owned()),
         ]
     }
@@ -66,7 +69,11 @@ impl Service for Moto {
             .stderr(errors)
             .spawn()
             .map_err(|e| format!("running {}: {e}", python.display()))?;
-        eprintln!("--> moto runs as process {} (log: {})", child.id(), log_path.display());
+        eprintln!(
+            "--> moto runs as process {} (log: {})",
+            child.id(),
+            log_path.display()
+        );
         if let Err(reason) = wait_until_up(&mut child).and_then(|()| create_bucket()) {
             stop(&mut child);
             return Err(format!("{reason} (see {})", log_path.display()));
@@ -121,7 +128,9 @@ fn wait_until_up(child: &mut Child) -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    Err(format!("moto did not answer on {HOST}:{PORT} within {START_TIMEOUT:?}"))
+    Err(format!(
+        "moto did not answer on {HOST}:{PORT} within {START_TIMEOUT:?}"
+    ))
 }
 
 /// `PUT /bucket`: object_store does not create buckets.
