@@ -21,7 +21,7 @@
 //! // Any object store; S3Backend::new(S3Config::new("bucket")) for a bucket.
 //! let store = S3Backend::from_store(Arc::new(InMemory::new()), "dse")?;
 //! let mut clock = Hlc::new(ClientId::new("sensor-3")?);
-//! let reading = Record::create(Content::from_value(json!({"id": "r-1", "celsius": 4.5}))?, &clock.now());
+//! let reading = Record::create(Content::from_value(json!({"id": "r-1", "celsius": 4.5}))?, &clock.now()?);
 //!
 //! let readings = CollectionName::new("readings")?;
 //! store.put(&readings, &Write::create(reading.clone())).await?;

@@ -74,7 +74,7 @@ async fn a_store_without_conditional_updates_is_refused_with_a_clear_error() {
     let mut clock = Hlc::new(ClientId::new("c").unwrap());
     let record = Record::create(
         Content::from_value(json!({"id": "n1"})).unwrap(),
-        &clock.now(),
+        &clock.now().unwrap(),
     );
     // Creating works (create-if-absent is supported) ...
     backend

@@ -93,7 +93,7 @@ async fn increment_concurrently(
         .map(|i| {
             Write::create(Record::create(
                 content(&format!("r{i:02}"), 0),
-                &clock.now(),
+                &clock.now().unwrap(),
             ))
         })
         .collect();
@@ -115,7 +115,8 @@ async fn increment_concurrently(
                     let n = stored.record.get("n").and_then(|v| v.as_i64()).unwrap();
                     clock.observe(stored.record.newest_stamp()).unwrap();
                     let mut next = stored.record.clone();
-                    next.apply_put(content(&id, n + 1), &clock.now()).unwrap();
+                    next.apply_put(content(&id, n + 1), &clock.now().unwrap())
+                        .unwrap();
                     tokio::task::yield_now().await;
                     match backend
                         .put(&collection, &Write::replace(next, stored.token))
@@ -197,11 +198,14 @@ async fn clocks_apart_and_a_follower(store: Arc<dyn ObjectStore>, prefix: &str, 
                         Some(stored) => {
                             clock.observe(stored.record.newest_stamp()).unwrap();
                             let mut next = stored.record.clone();
-                            next.apply_put(content(&id, i as i64), &clock.now())
+                            next.apply_put(content(&id, i as i64), &clock.now().unwrap())
                                 .unwrap();
                             Write::replace(next, stored.token)
                         }
-                        None => Write::create(Record::create(content(&id, i as i64), &clock.now())),
+                        None => Write::create(Record::create(
+                            content(&id, i as i64),
+                            &clock.now().unwrap(),
+                        )),
                     };
                     if let WriteOutcome::Written { .. } =
                         backend.put(&collection, &write).await.unwrap()
@@ -259,7 +263,7 @@ async fn doomed_workload(backend: &S3Backend, collection: &CollectionName) -> Ve
     let mut acknowledged = Vec::new();
     let batch: Vec<Write> = ["a", "b", "c"]
         .iter()
-        .map(|id| Write::create(Record::create(content(id, 1), &clock.now())))
+        .map(|id| Write::create(Record::create(content(id, 1), &clock.now().unwrap())))
         .collect();
     let Ok(outcomes) = backend.put_batch(collection, &batch).await else {
         return acknowledged;
@@ -273,10 +277,11 @@ async fn doomed_workload(backend: &S3Backend, collection: &CollectionName) -> Ve
         return acknowledged;
     };
     let mut next = stored.record.clone();
-    next.apply_put(content("b", 2), &clock.now()).unwrap();
+    next.apply_put(content("b", 2), &clock.now().unwrap())
+        .unwrap();
     let more = [
         Write::replace(next, stored.token),
-        Write::create(Record::create(content("d", 1), &clock.now())),
+        Write::create(Record::create(content("d", 1), &clock.now().unwrap())),
     ];
     if let Ok(outcomes) = backend.put_batch(collection, &more).await {
         for (write, outcome) in more.iter().zip(&outcomes) {
@@ -330,7 +335,7 @@ async fn a_writer_dying_between_any_two_requests_loses_nothing_acknowledged() {
             }
             // Another writer carries on; a reader from the old end sees it.
             let mut clock = Hlc::new(ClientId::new("survivor").unwrap());
-            let write = Write::create(Record::create(content("e", 1), &clock.now()));
+            let write = Write::create(Record::create(content("e", 1), &clock.now().unwrap()));
             assert!(matches!(
                 survivor.put(&collection, &write).await.unwrap(),
                 WriteOutcome::Written { .. }
@@ -355,7 +360,7 @@ async fn readers_complete_a_slow_writers_items() {
         Arc::new(Wrapped::new(Arc::clone(&memory)).slow_puts("/r/", Duration::from_millis(500)));
     let writer = S3Backend::from_store(slow, "dse").unwrap();
     let mut clock = Hlc::new(ClientId::new("slow").unwrap());
-    let record = Record::create(content("late", 1), &clock.now());
+    let record = Record::create(content("late", 1), &clock.now().unwrap());
     let write = Write::create(record.clone());
     let writing = tokio::spawn(async move { writer.put(&coll("slow"), &write).await });
     tokio::time::sleep(Duration::from_millis(150)).await;
@@ -394,10 +399,11 @@ async fn compaction_bounds_the_feed_and_readers_miss_nothing() {
         let write = match backend.get(&collection, &rid(&id)).await.unwrap() {
             Some(stored) => {
                 let mut next = stored.record.clone();
-                next.apply_put(content(&id, i), &clock.now()).unwrap();
+                next.apply_put(content(&id, i), &clock.now().unwrap())
+                    .unwrap();
                 Write::replace(next, stored.token)
             }
-            None => Write::create(Record::create(content(&id, i), &clock.now())),
+            None => Write::create(Record::create(content(&id, i), &clock.now().unwrap())),
         };
         match backend.put(&collection, &write).await.unwrap() {
             WriteOutcome::Written { cursor, .. } => cursors.push(cursor),
