@@ -10,6 +10,8 @@
 //! `cargo xtask ci`) a test whose service is unreachable fails instead of
 //! skipping.
 
+mod moto;
+
 use std::path::{Path, PathBuf};
 
 /// One service the tests need.
@@ -79,7 +81,7 @@ impl Drop for Services {
 
 /// Every service the tests use.
 fn all() -> Vec<Box<dyn Service>> {
-    vec![]
+    vec![Box::new(moto::Moto)]
 }
 
 /// Where services keep their files: `target/services/<name>`.

@@ -1,0 +1,364 @@
+//! [`S3Config`]: where the bucket is, how to sign in, and how hard to try.
+
+use std::fmt;
+use std::num::{NonZeroU64, NonZeroUsize};
+use std::time::Duration;
+
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::{BackoffConfig, ClientOptions, RetryConfig};
+use syncforge_core::{Error, Result};
+
+/// Everything [`S3Backend::new`](crate::S3Backend::new) needs to reach a
+/// bucket on S3 or an S3-compatible server.
+///
+/// Built with [`S3Config::new`] and the `with_*` methods. Credentials are
+/// optional: without them the default chain is used (the `AWS_*`
+/// environment variables, web identity, ECS and EC2 instance metadata).
+/// `Debug` never shows the access key id, the secret or the session token.
+///
+/// ```
+/// use std::time::Duration;
+/// use syncforge_backend_s3::S3Config;
+///
+/// // A MinIO, LocalStack or moto server on this machine.
+/// let config = S3Config::new("readings")
+///     .with_endpoint("http://127.0.0.1:9000")
+///     .with_allow_http(true)
+///     .with_path_style(true)
+///     .with_credentials("minio", "minio-secret")
+///     .with_request_timeout(Duration::from_secs(10));
+/// assert!(!format!("{config:?}").contains("minio-secret"));
+/// ```
+#[derive(Clone)]
+pub struct S3Config {
+    pub(crate) bucket: String,
+    pub(crate) region: String,
+    pub(crate) prefix: String,
+    pub(crate) access_key_id: Option<String>,
+    pub(crate) secret_access_key: Option<String>,
+    pub(crate) session_token: Option<String>,
+    pub(crate) endpoint: Option<String>,
+    pub(crate) allow_http: bool,
+    pub(crate) path_style: bool,
+    pub(crate) request_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) max_retries: usize,
+    pub(crate) retry_timeout: Duration,
+    pub(crate) options: StoreOptions,
+}
+
+/// Tuning shared by [`S3Config`] and [`S3Backend::from_store`](crate::S3Backend::from_store).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Requests one handle keeps in flight at most (default 32).
+    pub max_in_flight: NonZeroUsize,
+    /// Every this many feed entries, the writer of the entry folds the older
+    /// entries of its collection into a segment (default 256). Lower values
+    /// keep fewer objects in the bucket and cost more compaction work.
+    pub compaction_interval: NonZeroU64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            max_in_flight: NonZeroUsize::new(32).unwrap_or(NonZeroUsize::MIN),
+            compaction_interval: NonZeroU64::new(256).unwrap_or(NonZeroU64::MIN),
+        }
+    }
+}
+
+/// The prefix used when none is given (the TypeScript library's).
+pub const DEFAULT_PREFIX: &str = "dse";
+
+impl S3Config {
+    /// A configuration for `bucket` in region `us-east-1`, prefix `dse`,
+    /// HTTPS, virtual-hosted-style requests, credentials from the default
+    /// chain, 30 s per request, 5 s to connect, 3 retries within 30 s, 32
+    /// requests in flight.
+    pub fn new(bucket: impl Into<String>) -> Self {
+        S3Config {
+            bucket: bucket.into(),
+            region: "us-east-1".to_owned(),
+            prefix: DEFAULT_PREFIX.to_owned(),
+            access_key_id: None,
+            secret_access_key: None,
+            session_token: None,
+            endpoint: None,
+            allow_http: false,
+            path_style: false,
+            request_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            max_retries: 3,
+            retry_timeout: Duration::from_secs(30),
+            options: StoreOptions::default(),
+        }
+    }
+
+    /// The AWS region (default `us-east-1`).
+    pub fn with_region(mut self, region: impl Into<String>) -> Self {
+        self.region = region.into();
+        self
+    }
+
+    /// The key prefix under which this store keeps everything (default `dse`).
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Static credentials instead of the default chain.
+    pub fn with_credentials(
+        mut self,
+        access_key_id: impl Into<String>,
+        secret_access_key: impl Into<String>,
+    ) -> Self {
+        self.access_key_id = Some(access_key_id.into());
+        self.secret_access_key = Some(secret_access_key.into());
+        self
+    }
+
+    /// A session token for temporary credentials.
+    pub fn with_session_token(mut self, token: impl Into<String>) -> Self {
+        self.session_token = Some(token.into());
+        self
+    }
+
+    /// The endpoint of an S3-compatible server (MinIO, LocalStack, R2, ...).
+    /// Such servers usually also need [`with_path_style`](Self::with_path_style).
+    pub fn with_endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.endpoint = Some(endpoint.into());
+        self
+    }
+
+    /// Allows plain HTTP (for a server on a trusted network or this machine).
+    pub fn with_allow_http(mut self, allow: bool) -> Self {
+        self.allow_http = allow;
+        self
+    }
+
+    /// Path-style requests (`endpoint/bucket/key`) instead of
+    /// virtual-hosted-style ones (`bucket.endpoint/key`).
+    pub fn with_path_style(mut self, path_style: bool) -> Self {
+        self.path_style = path_style;
+        self
+    }
+
+    /// How long one request may take (default 30 s).
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// How long connecting may take (default 5 s).
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Retries of a failed request (default 3), all within `within`
+    /// (default 30 s). After that the error reaches the caller as
+    /// `Error::Unavailable`, which the engine retries with its own back-off.
+    pub fn with_retries(mut self, max_retries: usize, within: Duration) -> Self {
+        self.max_retries = max_retries;
+        self.retry_timeout = within;
+        self
+    }
+
+    /// Requests kept in flight at most (default 32).
+    pub fn with_max_in_flight(mut self, max: NonZeroUsize) -> Self {
+        self.options.max_in_flight = max;
+        self
+    }
+
+    /// Feed entries between two compactions (default 256).
+    pub fn with_compaction_interval(mut self, entries: NonZeroU64) -> Self {
+        self.options.compaction_interval = entries;
+        self
+    }
+
+    /// The upper bound on how long one request can take to fail, retries
+    /// included: what "an unreachable endpoint gives an error within a
+    /// bounded time" means for this configuration.
+    pub fn failure_bound(&self) -> Duration {
+        let retries = u32::try_from(self.max_retries).unwrap_or(u32::MAX);
+        let per_attempt = self.request_timeout.max(self.connect_timeout);
+        let every_attempt = per_attempt
+            .saturating_mul(retries.saturating_add(1))
+            .saturating_add(MAX_BACKOFF.saturating_mul(retries));
+        // A retry starts only within retry_timeout; the last one may then run its full time.
+        every_attempt.min(self.retry_timeout + MAX_BACKOFF + per_attempt)
+    }
+
+    /// The object store client for this configuration.
+    pub(crate) fn build(&self) -> Result<AmazonS3> {
+        if self.bucket.len() < 3 {
+            return Err(Error::InvalidConfig {
+                option: "bucket",
+                reason: format!(
+                    "{:?} is not a bucket name (3 to 63 characters)",
+                    self.bucket
+                ),
+            });
+        }
+        if self.access_key_id.is_some() != self.secret_access_key.is_some() {
+            return Err(Error::InvalidConfig {
+                option: "credentials",
+                reason: "an access key id needs its secret and the other way round".to_owned(),
+            });
+        }
+        for (option, duration) in [
+            ("request_timeout", self.request_timeout),
+            ("connect_timeout", self.connect_timeout),
+        ] {
+            if duration.is_zero() {
+                return Err(Error::InvalidConfig {
+                    option,
+                    reason: "must be longer than zero".to_owned(),
+                });
+            }
+        }
+        // Without static credentials, the default chain: the AWS_* environment
+        // (keys, web identity, container credentials), then instance metadata.
+        let mut builder = if self.access_key_id.is_some() {
+            AmazonS3Builder::new()
+        } else {
+            AmazonS3Builder::from_env()
+        };
+        builder = builder
+            .with_bucket_name(&self.bucket)
+            .with_region(&self.region)
+            .with_allow_http(self.allow_http)
+            .with_virtual_hosted_style_request(!self.path_style)
+            .with_client_options(
+                ClientOptions::new()
+                    .with_timeout(self.request_timeout)
+                    .with_connect_timeout(self.connect_timeout)
+                    .with_allow_http(self.allow_http),
+            )
+            .with_retry(RetryConfig {
+                backoff: BackoffConfig {
+                    init_backoff: Duration::from_millis(100),
+                    max_backoff: MAX_BACKOFF,
+                    base: 2.0,
+                },
+                max_retries: self.max_retries,
+                retry_timeout: self.retry_timeout,
+            });
+        if let Some(endpoint) = &self.endpoint {
+            builder = builder.with_endpoint(endpoint);
+        }
+        if let (Some(id), Some(secret)) = (&self.access_key_id, &self.secret_access_key) {
+            builder = builder
+                .with_access_key_id(id)
+                .with_secret_access_key(secret);
+        }
+        if let Some(token) = &self.session_token {
+            builder = builder.with_token(token);
+        }
+        // The builder's own error can quote configuration values; say what is wrong
+        // in our words without them.
+        builder.build().map_err(|e| Error::InvalidConfig {
+            option: "s3",
+            reason: describe_build_error(&e),
+        })
+    }
+}
+
+/// The longest pause between two retries of one request.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// The builder's error without values that may be credentials.
+fn describe_build_error(error: &object_store::Error) -> String {
+    let text = error.to_string();
+    if text.contains("ccess") || text.contains("ecret") || text.contains("oken") {
+        "the credentials are incomplete or malformed".to_owned()
+    } else {
+        text
+    }
+}
+
+impl fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hidden = |set: bool| if set { "<redacted>" } else { "<default chain>" };
+        f.debug_struct("S3Config")
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("prefix", &self.prefix)
+            .field("access_key_id", &hidden(self.access_key_id.is_some()))
+            .field(
+                "secret_access_key",
+                &hidden(self.secret_access_key.is_some()),
+            )
+            .field(
+                "session_token",
+                &if self.session_token.is_some() {
+                    "<redacted>"
+                } else {
+                    "<none>"
+                },
+            )
+            .field("endpoint", &self.endpoint)
+            .field("allow_http", &self.allow_http)
+            .field("path_style", &self.path_style)
+            .field("request_timeout", &self.request_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_retries", &self.max_retries)
+            .field("retry_timeout", &self.retry_timeout)
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_credentials() {
+        let config = S3Config::new("bucket")
+            .with_credentials("AKIDEXAMPLE", "wJalrXUtnFEMI")
+            .with_session_token("FwoGZXIvYXdzEXAMPLE");
+        let text = format!("{config:?}");
+        for secret in ["AKIDEXAMPLE", "wJalrXUtnFEMI", "FwoGZXIvYXdzEXAMPLE"] {
+            assert!(!text.contains(secret), "{text}");
+        }
+        assert!(text.contains("<redacted>"));
+    }
+
+    #[test]
+    fn bad_configurations_are_refused() {
+        assert!(matches!(
+            S3Config::new("ab").build(),
+            Err(Error::InvalidConfig {
+                option: "bucket",
+                ..
+            })
+        ));
+        let mut half = S3Config::new("bucket");
+        half.access_key_id = Some("id".to_owned());
+        assert!(matches!(
+            half.build(),
+            Err(Error::InvalidConfig {
+                option: "credentials",
+                ..
+            })
+        ));
+        assert!(S3Config::new("bucket")
+            .with_request_timeout(Duration::ZERO)
+            .build()
+            .is_err());
+    }
+
+    #[test]
+    fn the_failure_bound_covers_every_attempt() {
+        let config = S3Config::new("bucket")
+            .with_request_timeout(Duration::from_secs(1))
+            .with_connect_timeout(Duration::from_millis(500))
+            .with_retries(2, Duration::from_secs(10));
+        assert_eq!(
+            config.failure_bound(),
+            Duration::from_secs(3) + 2 * MAX_BACKOFF
+        );
+    }
+}

@@ -1,0 +1,744 @@
+//! Conditional writes through the change feed, reading the feed, and
+//! compacting it. docs/backends.md ("S3: the change feed") gives the design
+//! and the argument that no change is missed; the comments here point to
+//! the step of the argument each piece of code carries.
+
+use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroUsize;
+
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use syncforge_core::{
+    Change, ChangePage, CollectionName, Cursor, Error, RecordId, Result, Stamp, Token, Write,
+    WriteOutcome,
+};
+
+use crate::format::{self, cursor, end_of, entry_of, Entry, Horizon, Item, RecordBody, Segment};
+use crate::io::{Condition, Put};
+use crate::keys::CollectionKeys;
+use crate::store::{kept_changing, State, Store, MAX_RACES};
+use crate::BACKEND_NAME;
+
+/// How often a page is read again because compaction moved the feed under
+/// it before giving up with [`Error::Unavailable`].
+const MAX_PAGE_ATTEMPTS: usize = 8;
+
+/// How one item of a writer's own entry ended.
+enum Outcome {
+    Written {
+        etag: String,
+        cursor: Cursor,
+    },
+    Conflict,
+    /// Expected absent, found a delete marker: write again over the marker.
+    OnMarker(String),
+}
+
+/// A feed item being read: from an entry (with what it writes) or from a
+/// segment (only the cursor of a write known to have happened).
+struct Candidate<'a> {
+    cursor: Cursor,
+    id: RecordId,
+    item: Option<&'a Item>,
+}
+
+impl Store {
+    /// Conditional writes: each goes into a feed entry first, then onto its
+    /// record object with a compare-and-swap.
+    pub(crate) async fn put_batch(
+        &self,
+        collection: &CollectionName,
+        writes: &[Write],
+    ) -> Result<Vec<WriteOutcome>> {
+        let keys = self.keys.collection(collection);
+        let mut outcomes = vec![WriteOutcome::Conflict; writes.len()];
+        let mut pending: Vec<(usize, Item)> = Vec::with_capacity(writes.len());
+        for (index, write) in writes.iter().enumerate() {
+            let expect = match &write.expected {
+                None => None,
+                Some(Token::Tag(etag)) => Some(etag.clone()),
+                // Not a token this backend hands out: it never matches.
+                Some(_) => continue,
+            };
+            pending.push((
+                index,
+                Item {
+                    record: write.record.clone(),
+                    expect,
+                },
+            ));
+        }
+        if pending.is_empty() {
+            return Ok(outcomes);
+        }
+        self.ensure_named(collection, &keys).await?;
+        // A create that finds a delete marker is written again, over that
+        // marker's ETag, in a second entry: once, as a marker is only ever
+        // replaced by a record.
+        for round in 0..2 {
+            let mut over_markers = Vec::new();
+            for chunk in pending.chunks(format::MAX_ITEMS) {
+                let items: Vec<Item> = chunk.iter().map(|(_, item)| item.clone()).collect();
+                let results = self.write_entry(collection, &keys, items).await?;
+                for ((index, item), result) in chunk.iter().zip(results) {
+                    match result {
+                        Outcome::Written { etag, cursor } => {
+                            outcomes[*index] = WriteOutcome::Written {
+                                token: Token::Tag(etag),
+                                cursor,
+                            }
+                        }
+                        Outcome::OnMarker(etag) if round == 0 => over_markers.push((
+                            *index,
+                            Item {
+                                record: item.record.clone(),
+                                expect: Some(etag),
+                            },
+                        )),
+                        Outcome::OnMarker(_) | Outcome::Conflict => {}
+                    }
+                }
+            }
+            if over_markers.is_empty() {
+                break;
+            }
+            pending = over_markers;
+        }
+        Ok(outcomes)
+    }
+
+    /// Raises the newest stamp, claims an entry holding `items`, then
+    /// commits each item onto its record object.
+    async fn write_entry(
+        &self,
+        collection: &CollectionName,
+        keys: &CollectionKeys,
+        items: Vec<Item>,
+    ) -> Result<Vec<Outcome>> {
+        if let Some(newest) = items.iter().map(|item| item.record.newest_stamp()).max() {
+            // Raised to the end of the stamp's second, so that a busy writer
+            // raises it about once a second rather than once a batch; a clock
+            // seeded from it starts at most a second ahead.
+            let millis = (newest.millis() / 1000 + 1) * 1000;
+            let bound =
+                Stamp::new(millis, 0, newest.client().clone()).unwrap_or_else(|_| newest.clone());
+            self.raise_newest(collection, keys, &bound).await?;
+        }
+        let entry = Entry { items };
+        let body = format::to_bytes(&entry)?;
+        let number = self.claim(collection, keys, body).await?;
+
+        // Items of one id are committed in their order (the first of two
+        // creates wins); different ids concurrently.
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        let mut group_of: HashMap<&RecordId, usize> = HashMap::new();
+        for (index, item) in entry.items.iter().enumerate() {
+            let group = *group_of.entry(item.id()).or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            groups[group].push(index);
+        }
+        let commits = groups.into_iter().map(|group| {
+            let entry = &entry;
+            async move {
+                let mut results = Vec::with_capacity(group.len());
+                for index in group {
+                    let item = &entry.items[index];
+                    results.push((
+                        index,
+                        self.commit_own(collection, keys, cursor(number, index), item)
+                            .await?,
+                    ));
+                }
+                Ok::<_, Error>(results)
+            }
+        });
+        let committed: Vec<Vec<(usize, Outcome)>> = futures::stream::iter(commits)
+            .buffer_unordered(self.in_flight())
+            .try_collect()
+            .await?;
+        let mut outcomes: Vec<Option<Outcome>> = entry.items.iter().map(|_| None).collect();
+        for (index, outcome) in committed.into_iter().flatten() {
+            outcomes[index] = Some(outcome);
+        }
+        if number % self.options.compaction_interval.get() == 0 {
+            // Best effort: a failed compaction leaves more entries for the next one.
+            if let Err(e) = self.compact(collection, keys, number).await {
+                tracing::warn!(collection = %collection, error = %e, "feed compaction failed");
+            }
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|outcome| outcome.unwrap_or(Outcome::Conflict))
+            .collect())
+    }
+
+    /// Commits one item of the caller's own entry.
+    async fn commit_own(
+        &self,
+        collection: &CollectionName,
+        keys: &CollectionKeys,
+        at: Cursor,
+        item: &Item,
+    ) -> Result<Outcome> {
+        let path = keys.record(item.id());
+        let body = format::to_bytes(&RecordBody::record(at, item.record.clone()))?;
+        let condition = match &item.expect {
+            Some(etag) => Condition::Tag(etag),
+            None => Condition::Absent,
+        };
+        if let Put::Done(etag) = self.io.put(&path, body, condition).await? {
+            return Ok(Outcome::Written { etag, cursor: at });
+        }
+        Ok(match self.read(collection, keys, item.id()).await? {
+            // A reader or compactor completed it first (helping).
+            State::Record { etag, seq, .. } if seq == at => Outcome::Written { etag, cursor: at },
+            State::Marker { etag } if item.expect.is_none() => Outcome::OnMarker(etag),
+            _ => Outcome::Conflict,
+        })
+    }
+
+    /// Claims the next entry number with create-if-absent, so every number
+    /// is taken by one entry and entries come into existence in number
+    /// order. A number freed by compaction (at or below the horizon) is
+    /// abandoned before anything of it is committed.
+    async fn claim(
+        &self,
+        collection: &CollectionName,
+        keys: &CollectionKeys,
+        body: bytes::Bytes,
+    ) -> Result<u64> {
+        let cached = self.heads.lock().get(collection).copied();
+        let mut head = match cached {
+            Some(head) => head,
+            None => self.find_head(keys, 0).await?,
+        };
+        let mut lost_before = false;
+        for _ in 0..MAX_RACES {
+            let number = head + 1;
+            if number > format::MAX_ENTRY {
+                return Err(Error::storage(
+                    BACKEND_NAME,
+                    format!("the feed of {} has used every entry number", keys.dir()),
+                ));
+            }
+            match self
+                .io
+                .put(&keys.entry(number), body.clone(), Condition::Absent)
+                .await?
+            {
+                Put::Done(_) => {
+                    let (horizon, _) = self.read_horizon(keys).await?;
+                    if horizon.horizon >= number {
+                        // Abandoned: compaction folded this number already. The
+                        // entry stays unread (readers and compactors skip
+                        // entries at or below the horizon) until compaction
+                        // deletes it.
+                        head = horizon.horizon;
+                        continue;
+                    }
+                    self.heads.lock().insert(collection.clone(), number);
+                    return Ok(number);
+                }
+                // Taken: usually by a writer just as fast, so try the next
+                // number; list where the feed ends only when behind further.
+                Put::Lost if !lost_before => {
+                    lost_before = true;
+                    head = number;
+                }
+                Put::Lost => {
+                    lost_before = false;
+                    head = self.find_head(keys, number).await?;
+                }
+            }
+        }
+        Err(kept_changing(&keys.entries()))
+    }
+
+    /// The highest entry number in use, at least `at_least`.
+    async fn find_head(&self, keys: &CollectionKeys, at_least: u64) -> Result<u64> {
+        let mut head = at_least;
+        let offset = (at_least > 0).then(|| keys.entry(at_least - 1));
+        if at_least == 0 {
+            head = self.read_horizon(keys).await?.0.horizon;
+        }
+        let listed = self.io.list(&keys.entries(), offset.as_ref(), None).await?;
+        for meta in &listed {
+            if let Some(number) = CollectionKeys::entry_number(&meta.location) {
+                head = head.max(number);
+            }
+        }
+        Ok(head)
+    }
+
+    /// The horizon object and its ETag (`None`: none written yet).
+    async fn read_horizon(&self, keys: &CollectionKeys) -> Result<(Horizon, Option<String>)> {
+        let path = keys.horizon();
+        match self.io.get(&path).await? {
+            Some(fetched) => Ok((
+                format::parse(&fetched.body, keys.dir(), &path)?,
+                Some(fetched.etag),
+            )),
+            None => Ok((Horizon::default(), None)),
+        }
+    }
+
+    /// Brings one item to its final fate against `state`, the record
+    /// object's state read *after* the item's entry was seen to exist:
+    /// committed (the object carries its cursor), pending (the object is
+    /// still in the state it expects: complete it, as its writer would), or
+    /// void for good (the object left that state, and never returns to it).
+    async fn settle(
+        &self,
+        collection: &CollectionName,
+        keys: &CollectionKeys,
+        at: Cursor,
+        item: &Item,
+        state: &mut State,
+    ) -> Result<()> {
+        let path = keys.record(item.id());
+        for _ in 0..MAX_RACES {
+            let pending = match (&item.expect, &*state) {
+                (_, State::Record { seq, .. }) if *seq == at => return Ok(()),
+                (None, State::Absent) => true,
+                (Some(expected), current) => current.etag() == Some(expected.as_str()),
+                (None, _) => false,
+            };
+            if !pending {
+                return Ok(());
+            }
+            let body = format::to_bytes(&RecordBody::record(at, item.record.clone()))?;
+            let condition = match &item.expect {
+                Some(etag) => Condition::Tag(etag),
+                None => Condition::Absent,
+            };
+            match self.io.put(&path, body, condition).await? {
+                Put::Done(etag) => {
+                    *state = State::Record {
+                        etag,
+                        seq: at,
+                        record: item.record.clone(),
+                    };
+                    return Ok(());
+                }
+                Put::Lost => *state = self.read(collection, keys, item.id()).await?,
+            }
+        }
+        Err(kept_changing(&path))
+    }
+
+    /// Settles every candidate (grouped by id, each id's items in cursor
+    /// order, one read per id unless `states` already holds a state read in
+    /// this pass) and returns each id's state afterwards.
+    async fn settle_all(
+        &self,
+        collection: &CollectionName,
+        keys: &CollectionKeys,
+        candidates: Vec<Candidate<'_>>,
+        states: &mut HashMap<RecordId, State>,
+    ) -> Result<Vec<(RecordId, State)>> {
+        let mut groups: BTreeMap<RecordId, Vec<Candidate<'_>>> = BTreeMap::new();
+        for candidate in candidates {
+            groups
+                .entry(candidate.id.clone())
+                .or_default()
+                .push(candidate);
+        }
+        let work: Vec<_> = groups
+            .into_iter()
+            .map(|(id, mut group)| {
+                let known = states.remove(&id);
+                async move {
+                    group.sort_by_key(|candidate| candidate.cursor);
+                    let mut state = match known {
+                        Some(state) => state,
+                        None => self.read(collection, keys, &id).await?,
+                    };
+                    for candidate in &group {
+                        if let Some(item) = candidate.item {
+                            self.settle(collection, keys, candidate.cursor, item, &mut state)
+                                .await?;
+                        }
+                    }
+                    Ok::<_, Error>((id, state))
+                }
+            })
+            .collect();
+        futures::stream::iter(work)
+            .buffer_unordered(self.in_flight())
+            .try_collect()
+            .await
+    }
+
+    /// A page of the change feed; see [`Store::try_changes`].
+    pub(crate) async fn changes(
+        &self,
+        collection: &CollectionName,
+        after: Cursor,
+        limit: NonZeroUsize,
+    ) -> Result<ChangePage> {
+        let keys = self.keys.collection(collection);
+        for _ in 0..MAX_PAGE_ATTEMPTS {
+            if let Some(page) = self
+                .try_changes(collection, &keys, after, limit.get())
+                .await?
+            {
+                return Ok(page);
+            }
+        }
+        Err(Error::unavailable(
+            BACKEND_NAME,
+            format!(
+                "the feed of {} was compacted under each of {MAX_PAGE_ATTEMPTS} attempts to read it; try again",
+                keys.dir()
+            ),
+        ))
+    }
+
+    /// Reads a page, or `None` when compaction moved the feed meanwhile.
+    ///
+    /// Order matters: the horizon, then the listing of entries, then the
+    /// horizon again (unchanged, or start over), then the entries, each
+    /// checked to be the very object listed (a number freed by compaction
+    /// and claimed again is another object), and only then the records.
+    /// Every record state is therefore read after every entry of the page
+    /// existed, which is what makes "the object left the expected state"
+    /// final (docs/backends.md, step 2).
+    async fn try_changes(
+        &self,
+        collection: &CollectionName,
+        keys: &CollectionKeys,
+        after: Cursor,
+        limit: usize,
+    ) -> Result<Option<ChangePage>> {
+        let (horizon, horizon_tag) = self.read_horizon(keys).await?;
+        let mut folded: Vec<(Cursor, RecordId)> = Vec::new();
+        if horizon.horizon > 0 && after < end_of(horizon.horizon) {
+            if let Some(name) = &horizon.segment {
+                let path = keys.segment_named(name)?;
+                let Some(fetched) = self.io.get(&path).await? else {
+                    return Ok(None);
+                };
+                let segment: Segment = format::parse(&fetched.body, collection, &path)?;
+                folded = segment
+                    .writes
+                    .into_iter()
+                    .filter(|(at, _)| *at > after)
+                    .collect();
+            }
+        }
+        let first = entry_of(after).max(horizon.horizon + 1);
+        let offset = keys.entry(first - 1);
+        let listed: Vec<(u64, Path, Option<String>)> = self
+            .io
+            .list(&keys.entries(), Some(&offset), None)
+            .await?
+            .into_iter()
+            .filter_map(|meta| {
+                let number = CollectionKeys::entry_number(&meta.location)?;
+                (number >= first).then_some((number, meta.location, meta.e_tag))
+            })
+            .collect();
+        if self.read_horizon(keys).await?.1 != horizon_tag {
+            return Ok(None);
+        }
+
+        let mut page = PageBuilder::new(after, limit);
+        let mut states: HashMap<RecordId, State> = HashMap::new();
+
+        // The folded part: cursors of writes known to have happened.
+        let mut folded = folded.into_iter().peekable();
+        while !page.full() && folded.peek().is_some() {
+            let chunk: Vec<(Cursor, RecordId)> = folded.by_ref().take(page.room()).collect();
+            let upto = chunk.last().map_or(after, |(at, _)| *at);
+            let candidates = chunk
+                .into_iter()
+                .map(|(at, id)| Candidate {
+                    cursor: at,
+                    id,
+                    item: None,
+                })
+                .collect();
+            let settled = self
+                .settle_all(collection, keys, candidates, &mut states)
+                .await?;
+            page.take(settled, upto, &mut states);
+        }
+        if folded.peek().is_none() && horizon.horizon > 0 && after < end_of(horizon.horizon) {
+            // Everything up to the horizon was settled by the compaction that folded it.
+            page.read_to = page.read_to.max(end_of(horizon.horizon));
+        }
+
+        // The entries after the horizon, fetched a few at a time.
+        let mut listed = listed.into_iter().peekable();
+        while !page.full() && listed.peek().is_some() && folded.peek().is_none() {
+            // Each entry holds at least one item: as many entries as the page
+            // has room for changes, as many as can be read at once.
+            let batch: Vec<_> = listed
+                .by_ref()
+                .take(page.room().min(self.in_flight()))
+                .collect();
+            let fetched: Vec<Option<(u64, Entry)>> = futures::stream::iter(batch.into_iter().map(
+                |(number, path, listed_tag)| async move {
+                    let Some(fetched) = self.io.get(&path).await? else {
+                        return Ok::<_, Error>(None);
+                    };
+                    if listed_tag.is_some() && listed_tag.as_deref() != Some(fetched.etag.as_str())
+                    {
+                        return Ok(None);
+                    }
+                    let entry: Entry = format::parse(&fetched.body, collection, &path)?;
+                    Ok(Some((number, entry)))
+                },
+            ))
+            .buffered(self.in_flight())
+            .try_collect()
+            .await?;
+            let mut entries = Vec::with_capacity(fetched.len());
+            for entry in fetched {
+                // Deleted or replaced since the listing: compaction moved on.
+                let Some(entry) = entry else { return Ok(None) };
+                entries.push(entry);
+            }
+            let mut upto = page.read_to;
+            let mut candidates = Vec::new();
+            for (number, entry) in &entries {
+                for (index, item) in entry.items.iter().enumerate() {
+                    let at = cursor(*number, index);
+                    upto = upto.max(at);
+                    if at > after {
+                        candidates.push(Candidate {
+                            cursor: at,
+                            id: item.id().clone(),
+                            item: Some(item),
+                        });
+                    }
+                }
+            }
+            let settled = self
+                .settle_all(collection, keys, candidates, &mut states)
+                .await?;
+            page.take(settled, upto, &mut states);
+        }
+        let unread = folded.peek().is_some() || listed.peek().is_some();
+        Ok(Some(page.finish(unread)))
+    }
+
+    /// Folds the entries more than one interval behind `claimed` into a new
+    /// segment: settles every item in them (helping), records for each id
+    /// the cursor of its latest write at or before the new horizon, moves
+    /// the horizon with a compare-and-swap, and only then deletes the
+    /// folded entries and the old segment.
+    pub(crate) async fn compact(
+        &self,
+        collection: &CollectionName,
+        keys: &CollectionKeys,
+        claimed: u64,
+    ) -> Result<()> {
+        let target = claimed.saturating_sub(self.options.compaction_interval.get());
+        let (horizon, horizon_tag) = self.read_horizon(keys).await?;
+        if target <= horizon.horizon {
+            return Ok(());
+        }
+        let listed = self.io.list(&keys.entries(), None, None).await?;
+        if self.read_horizon(keys).await?.1 != horizon_tag {
+            return Ok(());
+        }
+        let mut obsolete: Vec<Path> = Vec::new();
+        let mut to_fold = Vec::new();
+        for meta in listed {
+            let Some(number) = CollectionKeys::entry_number(&meta.location) else {
+                continue;
+            };
+            if number <= target {
+                if number > horizon.horizon {
+                    to_fold.push((number, meta.location.clone(), meta.e_tag));
+                }
+                // Entries at or below the old horizon are abandoned claims
+                // or leftovers of an interrupted compaction.
+                obsolete.push(meta.location);
+            }
+        }
+        let fetched: Vec<Option<(u64, Entry)>> = futures::stream::iter(to_fold.into_iter().map(
+            |(number, path, listed_tag)| async move {
+                let Some(fetched) = self.io.get(&path).await? else {
+                    return Ok::<_, Error>(None);
+                };
+                if listed_tag.is_some() && listed_tag.as_deref() != Some(fetched.etag.as_str()) {
+                    return Ok(None);
+                }
+                Ok(Some((
+                    number,
+                    format::parse::<Entry>(&fetched.body, collection, &path)?,
+                )))
+            },
+        ))
+        .buffer_unordered(self.in_flight())
+        .try_collect()
+        .await?;
+        let mut entries = Vec::with_capacity(fetched.len());
+        for entry in fetched {
+            // Another compaction got there first.
+            let Some(entry) = entry else { return Ok(()) };
+            entries.push(entry);
+        }
+
+        let mut latest: HashMap<RecordId, Cursor> = HashMap::new();
+        let old_segment = match &horizon.segment {
+            Some(name) => {
+                let path = keys.segment_named(name)?;
+                let Some(fetched) = self.io.get(&path).await? else {
+                    return Ok(());
+                };
+                let segment: Segment = format::parse(&fetched.body, collection, &path)?;
+                latest.extend(segment.writes.into_iter().map(|(at, id)| (id, at)));
+                Some(path)
+            }
+            None => None,
+        };
+        let candidates = entries
+            .iter()
+            .flat_map(|(number, entry)| {
+                entry
+                    .items
+                    .iter()
+                    .enumerate()
+                    .map(|(index, item)| Candidate {
+                        cursor: cursor(*number, index),
+                        id: item.id().clone(),
+                        item: Some(item),
+                    })
+            })
+            .collect();
+        let settled = self
+            .settle_all(collection, keys, candidates, &mut HashMap::new())
+            .await?;
+        let end = end_of(target);
+        for (id, state) in settled {
+            match state.seq() {
+                Some(seq) if seq <= end => {
+                    latest.insert(id, seq);
+                }
+                // Written again after the horizon (the tail lists it), or
+                // deleted: nothing to keep.
+                _ => {
+                    latest.remove(&id);
+                }
+            }
+        }
+        let mut writes: Vec<(Cursor, RecordId)> =
+            latest.into_iter().map(|(id, at)| (at, id)).collect();
+        writes.sort();
+        let unique = ulid::Ulid::new().to_string();
+        let segment_path = keys.segment(target, &unique);
+        let segment = Segment {
+            horizon: target,
+            writes,
+        };
+        self.io
+            .put(&segment_path, format::to_bytes(&segment)?, Condition::None)
+            .await?;
+        let moved = Horizon {
+            horizon: target,
+            segment: segment_path.filename().map(str::to_owned),
+        };
+        let condition = match &horizon_tag {
+            Some(etag) => Condition::Tag(etag),
+            None => Condition::Absent,
+        };
+        if let Put::Lost = self
+            .io
+            .put(&keys.horizon(), format::to_bytes(&moved)?, condition)
+            .await?
+        {
+            // Someone else moved the horizon: this segment is nobody's.
+            self.io.delete(vec![segment_path]).await?;
+            return Ok(());
+        }
+        obsolete.extend(old_segment);
+        self.io.delete(obsolete).await?;
+        Ok(())
+    }
+}
+
+/// Collects a page: the changes found so far (each id once, at its latest
+/// write) and how far the feed was read.
+struct PageBuilder {
+    after: Cursor,
+    limit: usize,
+    changes: BTreeMap<Cursor, Change>,
+    at: HashMap<RecordId, Cursor>,
+    /// Every item up to here is settled.
+    read_to: Cursor,
+}
+
+impl PageBuilder {
+    fn new(after: Cursor, limit: usize) -> Self {
+        PageBuilder {
+            after,
+            limit,
+            changes: BTreeMap::new(),
+            at: HashMap::new(),
+            read_to: after,
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.changes.len() >= self.limit
+    }
+
+    fn room(&self) -> usize {
+        self.limit.saturating_sub(self.changes.len()).max(1)
+    }
+
+    /// Takes the states of a settled pass that covered the feed up to `upto`:
+    /// a record whose write lies in `(after, upto]` is a change (replacing an
+    /// earlier one of the same id); the states are kept for later passes.
+    fn take(
+        &mut self,
+        settled: Vec<(RecordId, State)>,
+        upto: Cursor,
+        states: &mut HashMap<RecordId, State>,
+    ) {
+        for (id, state) in settled {
+            if let State::Record { seq, record, .. } = &state {
+                if *seq > self.after && *seq <= upto {
+                    if let Some(previous) = self.at.insert(id.clone(), *seq) {
+                        if previous != *seq {
+                            self.changes.remove(&previous);
+                        }
+                    }
+                    self.changes.insert(
+                        *seq,
+                        Change {
+                            cursor: *seq,
+                            record: record.clone(),
+                        },
+                    );
+                }
+            }
+            states.insert(id, state);
+        }
+        self.read_to = self.read_to.max(upto);
+    }
+
+    fn finish(mut self, unread: bool) -> ChangePage {
+        let mut more = unread;
+        let mut next = self.read_to;
+        if self.changes.len() > self.limit {
+            // Keep the oldest `limit`; the rest are read again next time.
+            let keep: Vec<Cursor> = self.changes.keys().copied().take(self.limit).collect();
+            if let Some(last) = keep.last() {
+                next = *last;
+                self.changes.split_off(&Cursor::new(last.get() + 1));
+            }
+            more = true;
+        }
+        ChangePage {
+            changes: self.changes.into_values().collect(),
+            next,
+            more,
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! What the objects hold, as JSON.
+
+use bytes::Bytes;
+use object_store::path::Path;
+use serde::{Deserialize, Serialize};
+use syncforge_core::{CollectionName, Cursor, Error, Record, RecordId, Result, Stamp};
+
+use crate::BACKEND_NAME;
+
+/// Items per feed entry at most: a cursor is `entry << 20 | item`.
+pub(crate) const ITEM_BITS: u32 = 20;
+/// The largest number of items one entry holds.
+pub(crate) const MAX_ITEMS: usize = 1 << ITEM_BITS;
+/// The largest entry number whose cursors stay within 2^53.
+pub(crate) const MAX_ENTRY: u64 = (1 << (53 - ITEM_BITS)) - 1;
+
+/// The cursor of item `item` of entry `entry`.
+pub(crate) fn cursor(entry: u64, item: usize) -> Cursor {
+    Cursor::new((entry << ITEM_BITS) | item as u64)
+}
+
+/// The entry a cursor lies in.
+pub(crate) fn entry_of(cursor: Cursor) -> u64 {
+    cursor.get() >> ITEM_BITS
+}
+
+/// The last cursor of entry `entry`.
+pub(crate) fn end_of(entry: u64) -> Cursor {
+    Cursor::new((entry << ITEM_BITS) | (MAX_ITEMS as u64 - 1))
+}
+
+/// The body of a record object: the record with the cursor of the write
+/// that put it there, or a marker left by a hard delete.
+///
+/// Every body is unique — a cursor is handed out once per collection, a
+/// marker holds a fresh ULID — so an ETag never comes back once an object
+/// has moved on (S3's ETag is the MD5 of the body; other stores use
+/// counters or generations).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RecordBody {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) seq: Option<Cursor>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) record: Option<Record>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) void: Option<String>,
+}
+
+/// The exact size of a marker body: `{"void":"<26-character ULID>"}`.
+/// Listings tell markers from records by size alone: every record body is
+/// larger (it holds at least `seq`, the id and the record's metadata).
+pub(crate) const MARKER_SIZE: u64 = 37;
+
+impl RecordBody {
+    pub(crate) fn record(seq: Cursor, record: Record) -> Self {
+        RecordBody {
+            seq: Some(seq),
+            record: Some(record),
+            void: None,
+        }
+    }
+
+    pub(crate) fn marker() -> Self {
+        RecordBody {
+            seq: None,
+            record: None,
+            void: Some(ulid::Ulid::new().to_string()),
+        }
+    }
+}
+
+/// One write of a feed entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Item {
+    /// The record written (its id is the object's).
+    pub(crate) record: Record,
+    /// The ETag the record object must have, or `None`: it must not exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) expect: Option<String>,
+}
+
+impl Item {
+    pub(crate) fn id(&self) -> &RecordId {
+        self.record.id()
+    }
+}
+
+/// A feed entry: the writes of one batch, in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Entry {
+    pub(crate) items: Vec<Item>,
+}
+
+/// The horizon: entries up to `horizon` are folded into `segment`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Horizon {
+    pub(crate) horizon: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) segment: Option<String>,
+}
+
+/// A segment: for each record whose latest write lies at or before the
+/// horizon, the cursor of that write — sorted by cursor.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Segment {
+    pub(crate) horizon: u64,
+    pub(crate) writes: Vec<(Cursor, RecordId)>,
+}
+
+/// The bound on the newest stamp of a collection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Newest {
+    pub(crate) stamp: Stamp,
+}
+
+/// A metadata value with its key (hashed keys are checked against it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Meta {
+    pub(crate) key: String,
+    pub(crate) value: String,
+}
+
+/// The full name of a collection whose directory name is hashed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Name {
+    pub(crate) name: CollectionName,
+}
+
+/// Serialises a body.
+pub(crate) fn to_bytes<T: Serialize>(value: &T) -> Result<Bytes> {
+    serde_json::to_vec(value)
+        .map(Bytes::from)
+        .map_err(|e| Error::storage_caused(BACKEND_NAME, "serialising an object failed", e))
+}
+
+/// Parses a body, naming the object when it cannot be read.
+pub(crate) fn parse<T: for<'de> Deserialize<'de>>(
+    body: &[u8],
+    collection: &str,
+    path: &Path,
+) -> Result<T> {
+    serde_json::from_slice(body).map_err(|e| Error::Corrupt {
+        backend: BACKEND_NAME,
+        collection: collection.to_owned(),
+        id: None,
+        location: path.to_string(),
+        reason: format!("not what syncforge writes there: {e}"),
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use syncforge_core::{ClientId, Content, Hlc};
+
+    #[test]
+    fn markers_have_one_size_and_records_are_larger() {
+        assert_eq!(
+            to_bytes(&RecordBody::marker()).unwrap().len() as u64,
+            MARKER_SIZE
+        );
+        let mut clock = Hlc::new(ClientId::new("c").unwrap());
+        let smallest = Record::create(
+            Content::from_value(json!({"id": "a"})).unwrap(),
+            &clock.now().unwrap(),
+        );
+        let body = to_bytes(&RecordBody::record(Cursor::new(1), smallest)).unwrap();
+        assert!(body.len() as u64 > 2 * MARKER_SIZE, "{}", body.len());
+    }
+
+    #[test]
+    fn cursors_pack_entry_and_item() {
+        let c = cursor(5, 3);
+        assert_eq!(entry_of(c), 5);
+        assert!(cursor(5, MAX_ITEMS - 1) < cursor(6, 0));
+        assert_eq!(end_of(5), cursor(5, MAX_ITEMS - 1));
+        assert!(end_of(MAX_ENTRY).get() < 1 << 53);
+    }
+}

@@ -1,0 +1,326 @@
+//! Every request to the object store goes through [`Io`]: one bound on the
+//! requests in flight, and the one place where `object_store` errors become
+//! syncforge errors.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{
+    GetOptions, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
+    UpdateVersion,
+};
+use syncforge_core::{Error, Result};
+use tokio::sync::{Semaphore, SemaphorePermit};
+
+use crate::BACKEND_NAME;
+
+/// An object as read: its ETag and its bytes.
+#[derive(Debug, Clone)]
+pub(crate) struct Fetched {
+    pub(crate) etag: String,
+    pub(crate) body: Bytes,
+}
+
+/// How a conditional put ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Put {
+    /// Written; the object's new ETag.
+    Done(String),
+    /// The condition did not hold (the object exists, or has another ETag,
+    /// or is gone).
+    Lost,
+}
+
+/// The condition of a put.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Condition<'a> {
+    /// Only if no object is there.
+    Absent,
+    /// Only if the object has this ETag.
+    Tag(&'a str),
+    /// Unconditionally.
+    None,
+}
+
+/// The object store and the bound on requests in flight.
+#[derive(Debug, Clone)]
+pub(crate) struct Io {
+    store: Arc<dyn ObjectStore>,
+    in_flight: Arc<Semaphore>,
+}
+
+impl Io {
+    pub(crate) fn new(store: Arc<dyn ObjectStore>, max_in_flight: usize) -> Self {
+        Io {
+            store,
+            in_flight: Arc::new(Semaphore::new(max_in_flight)),
+        }
+    }
+
+    pub(crate) fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    async fn permit(&self) -> Result<SemaphorePermit<'_>> {
+        // The semaphore is never closed; failing to acquire means the handle is being torn down.
+        self.in_flight
+            .acquire()
+            .await
+            .map_err(|_| Error::Closed { what: "S3 backend" })
+    }
+
+    /// Reads an object; `None` when there is none.
+    pub(crate) async fn get(&self, path: &Path) -> Result<Option<Fetched>> {
+        let _permit = self.permit().await?;
+        let result = match self.store.get_opts(path, GetOptions::default()).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(map_error(e, "reading", path)),
+        };
+        let etag = result.meta.e_tag.clone();
+        let body = result
+            .bytes()
+            .await
+            .map_err(|e| map_error(e, "reading", path))?;
+        let etag = etag.ok_or_else(|| no_etag(path))?;
+        Ok(Some(Fetched { etag, body }))
+    }
+
+    /// Writes an object under `condition`.
+    pub(crate) async fn put(
+        &self,
+        path: &Path,
+        body: Bytes,
+        condition: Condition<'_>,
+    ) -> Result<Put> {
+        let mode = match condition {
+            Condition::Absent => PutMode::Create,
+            Condition::Tag(etag) => PutMode::Update(UpdateVersion {
+                e_tag: Some(etag.to_owned()),
+                version: None,
+            }),
+            Condition::None => PutMode::Overwrite,
+        };
+        let _permit = self.permit().await?;
+        let options = PutOptions {
+            mode,
+            ..PutOptions::default()
+        };
+        match self
+            .store
+            .put_opts(path, PutPayload::from_bytes(body), options)
+            .await
+        {
+            Ok(result) => result.e_tag.map(Put::Done).ok_or_else(|| no_etag(path)),
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. }
+                | object_store::Error::NotFound { .. },
+            ) if !matches!(condition, Condition::None) => Ok(Put::Lost),
+            Err(e) => Err(map_error(e, "writing", path)),
+        }
+    }
+
+    /// Deletes objects (missing ones are fine).
+    pub(crate) async fn delete(&self, paths: Vec<Path>) -> Result<()> {
+        let results: Vec<Result<()>> = futures::stream::iter(paths)
+            .map(|path| async move {
+                let _permit = self.permit().await?;
+                match self.store.delete(&path).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                    Err(e) => Err(map_error(e, "deleting", &path)),
+                }
+            })
+            .buffer_unordered(self.in_flight.available_permits().max(1))
+            .collect()
+            .await;
+        results.into_iter().collect()
+    }
+
+    /// Lists objects under `prefix` after `offset` (exclusive), at most
+    /// `max` of them, sorted by key. S3 answers 1,000 keys per request and
+    /// in key order, so reading at most 1,000 costs one request.
+    pub(crate) async fn list(
+        &self,
+        prefix: &Path,
+        offset: Option<&Path>,
+        max: Option<usize>,
+    ) -> Result<Vec<ObjectMeta>> {
+        let _permit = self.permit().await?;
+        let stream = match offset {
+            Some(offset) => self.store.list_with_offset(Some(prefix), offset),
+            None => self.store.list(Some(prefix)),
+        };
+        let mut all: Vec<ObjectMeta> = stream
+            .take(max.unwrap_or(usize::MAX))
+            .try_collect()
+            .await
+            .map_err(|e| map_error(e, "listing", prefix))?;
+        all.sort_by(|a, b| a.location.cmp(&b.location));
+        Ok(all)
+    }
+
+    /// The "directories" directly under `prefix`.
+    pub(crate) async fn list_dirs(&self, prefix: &Path) -> Result<Vec<Path>> {
+        let _permit = self.permit().await?;
+        let listed = self
+            .store
+            .list_with_delimiter(Some(prefix))
+            .await
+            .map_err(|e| map_error(e, "listing", prefix))?;
+        Ok(listed.common_prefixes)
+    }
+}
+
+fn no_etag(path: &Path) -> Error {
+    Error::storage(
+        BACKEND_NAME,
+        format!(
+            "the object store returned no ETag for {path}: compare-and-swap writes need a store \
+             with ETags (S3, GCS, Azure, MinIO, object_store's InMemory)"
+        ),
+    )
+}
+
+/// The one place where `object_store` errors become syncforge errors.
+///
+/// "Absent" and "condition failed" are answers, not errors, and are taken
+/// out before this (see [`Io::get`], [`Io::put`]). What is left:
+/// transport failures, timeouts, throttling and server errors are
+/// [`Error::Unavailable`] (transient: the engine retries them); refused
+/// credentials or permissions, unsupported operations and other client
+/// errors are [`Error::Storage`] saying what to check. Messages name the
+/// object and never carry credentials (object_store does not put them in
+/// its errors; requests are signed in headers it does not print).
+pub(crate) fn map_error(error: object_store::Error, doing: &str, path: &Path) -> Error {
+    use object_store::Error as E;
+    match error {
+        E::PermissionDenied { .. } | E::Unauthenticated { .. } => Error::storage_caused(
+            BACKEND_NAME,
+            format!(
+                "{doing} {path} was refused: check the credentials and that they may read, write, \
+                 list and delete objects under the prefix"
+            ),
+            error,
+        ),
+        E::NotImplemented { .. } | E::NotSupported { .. } => Error::storage_caused(
+            BACKEND_NAME,
+            format!(
+                "{doing} {path}: this object store cannot do what the backend needs (conditional \
+                 create and conditional update on ETags); use S3, an S3-compatible server with \
+                 conditional writes, GCS, Azure, or syncforge-backend-fs for a local directory"
+            ),
+            error,
+        ),
+        E::InvalidPath { .. } | E::UnknownConfigurationKey { .. } => Error::storage_caused(
+            BACKEND_NAME,
+            format!("{doing} {path}: the store refused the key"),
+            error,
+        ),
+        other if is_transient(&other) => Error::unavailable(
+            BACKEND_NAME,
+            Described {
+                message: format!("{doing} {path}"),
+                source: other,
+            },
+        ),
+        other => Error::storage_caused(BACKEND_NAME, format!("{doing} {path} failed"), other),
+    }
+}
+
+/// Whether an error may go away by itself: no answer at all (connection,
+/// timeout), or an HTTP status that says "later" (5xx, 429, 408).
+fn is_transient(error: &object_store::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = cause {
+        if current.is::<object_store::client::HttpError>() {
+            return true;
+        }
+        cause = current.source();
+    }
+    match http_status(&error.to_string()) {
+        Some(status) => status >= 500 || status == 429 || status == 408,
+        // No status and no transport error: an error of the store's own
+        // (a test wrapper's, a task join): treat as transient, the engine's
+        // retries are bounded.
+        None => true,
+    }
+}
+
+/// The status code object_store quotes in its message ("status code: 503 ...").
+fn http_status(message: &str) -> Option<u16> {
+    let (_, rest) = message.split_once("status code: ")?;
+    rest.get(..3)?.parse().ok()
+}
+
+/// An underlying error with what was being done.
+#[derive(Debug)]
+struct Described {
+    message: String,
+    source: object_store::Error,
+}
+
+impl std::fmt::Display for Described {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.message, self.source)
+    }
+}
+
+impl std::error::Error for Described {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn generic(message: &str) -> object_store::Error {
+        object_store::Error::Generic {
+            store: "S3",
+            source: message.to_owned().into(),
+        }
+    }
+
+    #[test]
+    fn statuses_are_classified() {
+        let path = Path::from("p/k");
+        let server = map_error(
+            generic("Error performing PUT in 1s - Server returned non-2xx status code: 503 Service Unavailable"),
+            "writing",
+            &path,
+        );
+        assert!(server.is_transient(), "{server}");
+        let bad = map_error(
+            generic("Server returned non-2xx status code: 400 Bad Request: <Error/>"),
+            "writing",
+            &path,
+        );
+        assert!(matches!(bad, Error::Storage { .. }), "{bad}");
+        let denied = map_error(
+            object_store::Error::PermissionDenied {
+                path: "p/k".to_owned(),
+                source: "403".into(),
+            },
+            "reading",
+            &path,
+        );
+        assert!(
+            matches!(&denied, Error::Storage { message, .. } if message.contains("credentials"))
+        );
+        let unsupported = map_error(
+            object_store::Error::NotImplemented {
+                operation: "put_opts with PutMode::Update".to_owned(),
+                implementer: "LocalFileSystem".to_owned(),
+            },
+            "writing",
+            &path,
+        );
+        assert!(
+            matches!(&unsupported, Error::Storage { message, .. } if message.contains("conditional"))
+        );
+    }
+}

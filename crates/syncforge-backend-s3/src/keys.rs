@@ -1,0 +1,360 @@
+//! Object keys: where each piece of a store lives, and the one-to-one
+//! encoding of collection names, record ids and metadata keys into key
+//! segments.
+//!
+//! ```text
+//! {prefix}/m/k{key}                 metadata
+//! {prefix}/c/{collection}/name      the full name, only for hashed names
+//! {prefix}/c/{collection}/t         bound on the newest stamp written
+//! {prefix}/c/{collection}/h         feed horizon: entries folded so far
+//! {prefix}/c/{collection}/s/...     segment: what the folded entries left
+//! {prefix}/c/{collection}/f/{N}     feed entry N (16 hex digits)
+//! {prefix}/c/{collection}/r/{id}    one record
+//! ```
+
+use object_store::path::Path;
+use sha2::{Digest, Sha256};
+use syncforge_core::{CollectionName, Error, RecordId, Result};
+
+/// Longest encoded collection segment kept as it is; longer ones are hashed.
+const MAX_PLAIN_COLLECTION: usize = 180;
+/// Longest encoded id segment kept as it is; longer ones are hashed.
+const MAX_PLAIN_ID: usize = 600;
+/// Longest accepted prefix, so that every key stays under S3's 1,024 bytes.
+pub(crate) const MAX_PREFIX: usize = 120;
+/// Separates the readable head from the hash in a hashed segment.
+const HASH_MARK: char = '!';
+/// Encoded bytes kept before the hash in a hashed segment.
+const HASHED_HEAD: usize = 64;
+
+/// Encodes a name as a key segment: `A`-`Z`, `a`-`z`, `0`-`9`, `-` and `_`
+/// stay, every other byte of the UTF-8 form becomes `.XX` (uppercase hex).
+/// The result decodes back to exactly one name. Segments longer than `max`
+/// become the first encoded bytes, `!` and 128 bits of the name's SHA-256:
+/// `!` never appears in the plain form, so the two forms never meet (and
+/// object_store keeps it as it is, unlike `~`).
+fn encode(name: &str, max: usize) -> String {
+    let mut out = String::with_capacity(name.len());
+    for &byte in name.as_bytes() {
+        if byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_' {
+            out.push(char::from(byte));
+        } else {
+            out.push('.');
+            out.push_str(&format!("{byte:02X}"));
+        }
+    }
+    if out.len() <= max {
+        return out;
+    }
+    // Cut on an escape boundary so the head stays readable.
+    let mut cut = HASHED_HEAD;
+    while out.as_bytes().get(cut.saturating_sub(1)) == Some(&b'.')
+        || out.as_bytes().get(cut.saturating_sub(2)) == Some(&b'.')
+    {
+        cut -= 1;
+    }
+    let digest = Sha256::digest(name.as_bytes());
+    let hash: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}{HASH_MARK}{hash}", &out[..cut])
+}
+
+/// Decodes a plain segment; `None` for a hashed one or one that is not the
+/// canonical encoding of any name.
+fn decode(segment: &str) -> Option<String> {
+    if segment.contains(HASH_MARK) {
+        return None;
+    }
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let byte = bytes[i];
+        if byte == b'.' {
+            let hex = segment.get(i + 1..i + 3)?;
+            if hex.bytes().any(|b| b.is_ascii_lowercase()) {
+                return None;
+            }
+            let value = u8::from_str_radix(hex, 16).ok()?;
+            // Only the canonical form decodes: a byte that stays plain must not be escaped.
+            if value.is_ascii_alphanumeric() || value == b'-' || value == b'_' {
+                return None;
+            }
+            out.push(value);
+            i += 3;
+        } else if byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_' {
+            out.push(byte);
+            i += 1;
+        } else {
+            return None;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Whether a segment is the hashed form (the full name is stored elsewhere).
+pub(crate) fn is_hashed(segment: &str) -> bool {
+    segment.contains(HASH_MARK)
+}
+
+/// What a key segment of a collection directory says.
+pub(crate) enum SegmentName {
+    /// The name, decoded.
+    Plain(CollectionName),
+    /// A hashed name: read the `name` object.
+    Hashed,
+}
+
+/// The key layout of one store (one prefix).
+#[derive(Debug, Clone)]
+pub(crate) struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// Checks the prefix: non-empty segments separated by `/`, without `.`
+    /// or `..`, of characters that need no escaping in any object store.
+    pub(crate) fn new(prefix: &str) -> Result<Keys> {
+        let prefix = prefix.trim_matches('/');
+        let refuse = |reason: &str| Error::InvalidConfig {
+            option: "prefix",
+            reason: format!("{prefix:?} {reason}"),
+        };
+        if prefix.is_empty() {
+            return Err(refuse("is empty: give the store a prefix of its own"));
+        }
+        if prefix.len() > MAX_PREFIX {
+            return Err(refuse(&format!("is longer than {MAX_PREFIX} bytes")));
+        }
+        for segment in prefix.split('/') {
+            if segment.is_empty() || segment == "." || segment == ".." {
+                return Err(refuse("has an empty, `.` or `..` segment"));
+            }
+            if !segment
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.!'()".contains(&b))
+            {
+                return Err(refuse(
+                    "may hold only letters, digits and - _ . ! ' ( ) between slashes",
+                ));
+            }
+        }
+        Ok(Keys {
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    /// The prefix as given (without surrounding slashes).
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The directory holding every collection.
+    pub(crate) fn collections(&self) -> Path {
+        Path::from(format!("{}/c", self.prefix))
+    }
+
+    /// The key of a metadata value.
+    pub(crate) fn meta(&self, key: &str) -> Path {
+        Path::from(format!("{}/m/k{}", self.prefix, encode(key, MAX_PLAIN_ID)))
+    }
+
+    /// The key paths of one collection.
+    pub(crate) fn collection(&self, name: &CollectionName) -> CollectionKeys {
+        CollectionKeys::at(format!(
+            "{}/c/{}",
+            self.prefix,
+            encode(name, MAX_PLAIN_COLLECTION)
+        ))
+    }
+
+    /// The keys of the collection stored under directory segment `segment`.
+    pub(crate) fn collection_at(&self, segment: &str) -> CollectionKeys {
+        CollectionKeys::at(format!("{}/c/{segment}", self.prefix))
+    }
+
+    /// Reads a collection directory's segment.
+    pub(crate) fn collection_name(segment: &str) -> Option<SegmentName> {
+        if is_hashed(segment) {
+            return Some(SegmentName::Hashed);
+        }
+        decode(segment)
+            .and_then(|name| CollectionName::new(name).ok())
+            .map(SegmentName::Plain)
+    }
+}
+
+/// The keys of one collection.
+#[derive(Debug, Clone)]
+pub(crate) struct CollectionKeys {
+    dir: String,
+    hashed: bool,
+}
+
+impl CollectionKeys {
+    fn at(dir: String) -> Self {
+        let hashed = dir.rsplit('/').next().is_some_and(is_hashed);
+        CollectionKeys { dir, hashed }
+    }
+
+    /// Whether the directory name is hashed (the `name` object holds the name).
+    pub(crate) fn is_hashed(&self) -> bool {
+        self.hashed
+    }
+
+    /// The object holding the full name of a hashed collection.
+    pub(crate) fn name(&self) -> Path {
+        Path::from(format!("{}/name", self.dir))
+    }
+
+    /// The bound on the newest stamp written to the collection.
+    pub(crate) fn newest(&self) -> Path {
+        Path::from(format!("{}/t", self.dir))
+    }
+
+    /// The feed's horizon object.
+    pub(crate) fn horizon(&self) -> Path {
+        Path::from(format!("{}/h", self.dir))
+    }
+
+    /// A new segment object's key (unique: two compactors never share one).
+    pub(crate) fn segment(&self, horizon: u64, unique: &str) -> Path {
+        Path::from(format!("{}/s/{horizon:016x}-{unique}", self.dir))
+    }
+
+    /// A segment object's key from its name in the horizon object.
+    pub(crate) fn segment_named(&self, name: &str) -> Result<Path> {
+        Path::parse(format!("{}/s/{name}", self.dir)).map_err(|e| Error::Corrupt {
+            backend: crate::BACKEND_NAME,
+            collection: self.dir.clone(),
+            id: None,
+            location: self.horizon().to_string(),
+            reason: format!("names an invalid segment {name:?}: {e}"),
+        })
+    }
+
+    /// Directory of the feed entries.
+    pub(crate) fn entries(&self) -> Path {
+        Path::from(format!("{}/f", self.dir))
+    }
+
+    /// Feed entry `number`.
+    pub(crate) fn entry(&self, number: u64) -> Path {
+        Path::from(format!("{}/f/{number:016x}", self.dir))
+    }
+
+    /// The entry number of a feed key.
+    pub(crate) fn entry_number(path: &Path) -> Option<u64> {
+        let last = path.filename()?;
+        if last.len() != 16 {
+            return None;
+        }
+        u64::from_str_radix(last, 16).ok()
+    }
+
+    /// Directory of the records.
+    pub(crate) fn records(&self) -> Path {
+        Path::from(format!("{}/r", self.dir))
+    }
+
+    /// The object of record `id`.
+    pub(crate) fn record(&self, id: &RecordId) -> Path {
+        Path::from(format!("{}/r/{}", self.dir, encode(id, MAX_PLAIN_ID)))
+    }
+
+    /// The directory as a string, for messages.
+    pub(crate) fn dir(&self) -> &str {
+        &self.dir
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn plain_names_round_trip_and_stay_distinct() {
+        let names = [
+            "a", "A", "a b", "a_b", "a.b", "a/b", "a%2Fb", "a%2fb", "..", ".", "../x", "~", "名前",
+            "e\u{301}", "\u{e9}", "a.2Fb", "-", "_",
+        ];
+        let mut seen = BTreeSet::new();
+        for name in names {
+            let encoded = encode(name, MAX_PLAIN_ID);
+            assert!(seen.insert(encoded.clone()), "{name:?} collides");
+            assert_eq!(decode(&encoded).as_deref(), Some(name), "{encoded}");
+            assert!(encoded
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)));
+            // object_store keeps the segment as it is (no escaping of its own).
+            assert_eq!(Path::from(encoded.as_str()).as_ref(), encoded);
+        }
+    }
+
+    #[test]
+    fn only_the_canonical_form_decodes() {
+        assert_eq!(decode(".61"), None); // "a" escaped
+        assert_eq!(decode(".2f"), None); // lowercase hex
+        assert_eq!(decode("a."), None);
+        assert_eq!(decode("a b"), None);
+        assert_eq!(decode(".2F"), Some("/".to_owned()));
+    }
+
+    #[test]
+    fn long_names_are_hashed_and_never_meet_plain_ones() {
+        let a = format!("{}1", "x".repeat(1023));
+        let b = format!("{}2", "x".repeat(1023));
+        let (ea, eb) = (encode(&a, MAX_PLAIN_ID), encode(&b, MAX_PLAIN_ID));
+        assert_ne!(ea, eb);
+        assert!(is_hashed(&ea) && ea.len() <= HASHED_HEAD + 33);
+        assert_eq!(decode(&ea), None);
+        let wide = "é".repeat(512);
+        let encoded = encode(&wide, MAX_PLAIN_COLLECTION);
+        assert!(is_hashed(&encoded));
+        assert!(!encoded.split(HASH_MARK).next().unwrap().ends_with('.'));
+        assert_eq!(Path::from(encoded.as_str()).as_ref(), encoded);
+    }
+
+    #[test]
+    fn keys_stay_under_the_s3_limit() {
+        let keys = Keys::new(&"p".repeat(MAX_PREFIX)).unwrap();
+        let coll = CollectionName::new("é".repeat(512)).unwrap();
+        let id = RecordId::new("é".repeat(512)).unwrap();
+        assert!(keys.collection(&coll).record(&id).as_ref().len() <= 1024);
+        let coll = CollectionName::new("a".repeat(180)).unwrap();
+        let id = RecordId::new("b".repeat(600)).unwrap();
+        assert!(keys.collection(&coll).record(&id).as_ref().len() <= 1024);
+    }
+
+    #[test]
+    fn bad_prefixes_are_refused() {
+        for prefix in [
+            "",
+            "/",
+            "a//b",
+            "a/../b",
+            "a b",
+            "a%b",
+            "a~b",
+            "a*b",
+            "..",
+            &"x".repeat(121),
+        ] {
+            assert!(Keys::new(prefix).is_err(), "{prefix:?}");
+        }
+        assert_eq!(Keys::new("/dse/").unwrap().prefix(), "dse");
+        assert_eq!(
+            Keys::new("team-a/sync.v1").unwrap().prefix(),
+            "team-a/sync.v1"
+        );
+    }
+
+    #[test]
+    fn entry_keys_sort_by_number() {
+        let keys = Keys::new("dse").unwrap();
+        let coll = keys.collection(&CollectionName::new("c").unwrap());
+        assert!(coll.entry(9).as_ref() < coll.entry(10).as_ref());
+        assert_eq!(CollectionKeys::entry_number(&coll.entry(300)), Some(300));
+    }
+}

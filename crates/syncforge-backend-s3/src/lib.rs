@@ -1,0 +1,258 @@
+//! # syncforge-backend-s3
+//!
+//! [`S3Backend`]: a syncforge [`StorageBackend`] on an object store — Amazon
+//! S3 and S3-compatible servers through [`S3Config`], or any
+//! [`object_store::ObjectStore`] that does conditional writes on ETags
+//! (Google Cloud Storage, Azure, object_store's `InMemory`) through
+//! [`S3Backend::from_store`]. Many writers on many machines can share one
+//! bucket: every write is a compare-and-swap on the record's ETag, so no
+//! update is lost, and the change feed never misses a change even when a
+//! writer dies between two requests or clocks disagree.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use object_store::memory::InMemory;
+//! use serde_json::json;
+//! use syncforge_backend_s3::S3Backend;
+//! use syncforge_core::{ClientId, CollectionName, Content, Cursor, Hlc, Record, StorageBackend, Write};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> syncforge_core::Result<()> {
+//! // Any object store; S3Backend::new(S3Config::new("bucket")) for a bucket.
+//! let store = S3Backend::from_store(Arc::new(InMemory::new()), "dse")?;
+//! let mut clock = Hlc::new(ClientId::new("sensor-3")?);
+//! let reading = Record::create(Content::from_value(json!({"id": "r-1", "celsius": 4.5}))?, &clock.now()?);
+//!
+//! let readings = CollectionName::new("readings")?;
+//! store.put(&readings, &Write::create(reading.clone())).await?;
+//! let page = store.changes(&readings, Cursor::START, 100.try_into().unwrap()).await?;
+//! assert_eq!(page.records().next(), Some(&reading));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! How records, the feed and its compaction are laid out in the bucket, and
+//! why no change is missed: docs/backends.md, section "S3".
+
+use std::fmt;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+
+use object_store::ObjectStore;
+use syncforge_core::{
+    async_trait, ChangePage, CollectionName, Cursor, Record, RecordId, Result, Stamp,
+    StorageBackend, Stored, Write, WriteOutcome,
+};
+
+mod config;
+mod feed;
+mod format;
+mod io;
+mod keys;
+mod store;
+
+pub use config::{S3Config, StoreOptions, DEFAULT_PREFIX};
+
+/// The backend's name in messages and errors.
+pub(crate) const BACKEND_NAME: &str = "s3";
+
+/// A storage backend on S3 or any conditional-write object store.
+///
+/// Each value is one handle: it remembers the feed's head and the newest
+/// stamp it wrote to save requests, and [`close`](StorageBackend::close)
+/// closes only it. Open another handle on the same bucket (as another
+/// process would) with another `new` or `from_store`. All requests of a
+/// handle share one bound on how many are in flight
+/// ([`StoreOptions::max_in_flight`]).
+pub struct S3Backend {
+    store: store::Store,
+    description: String,
+}
+
+impl fmt::Debug for S3Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the object store's own Debug: it can show credentials.
+        f.debug_struct("S3Backend")
+            .field("store", &self.description)
+            .field("prefix", &self.store.keys.prefix())
+            .field("options", &self.store.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl S3Backend {
+    /// A handle on the bucket `config` names. Nothing is requested yet: a
+    /// wrong endpoint or credentials show at the first call, as
+    /// [`Error::Unavailable`](syncforge_core::Error::Unavailable) or
+    /// [`Error::Storage`](syncforge_core::Error::Storage) naming what to check.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`](syncforge_core::Error::InvalidConfig) for a
+    /// bucket name, prefix, credentials or timeout that cannot work.
+    // By value, as every backend's constructor takes its configuration.
+    #[allow(clippy::needless_pass_by_value)]
+    pub fn new(config: S3Config) -> Result<Self> {
+        let client = config.build()?;
+        let description = format!(
+            "s3://{}{}",
+            config.bucket,
+            config
+                .endpoint
+                .as_deref()
+                .map(|endpoint| format!(" at {endpoint}"))
+                .unwrap_or_default()
+        );
+        Self::assemble(
+            Arc::new(client),
+            &config.prefix,
+            config.options,
+            description,
+        )
+    }
+
+    /// A handle on any object store, keeping everything under `prefix`.
+    /// The store must support conditional puts (`PutMode::Create` and
+    /// `PutMode::Update` on ETags): S3, GCS, Azure and `InMemory` do;
+    /// object_store's `LocalFileSystem` does not support `PutMode::Update`,
+    /// and the first write that needs it fails with
+    /// [`Error::Storage`](syncforge_core::Error::Storage) saying so — use
+    /// `syncforge-backend-fs` for a local directory.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`](syncforge_core::Error::InvalidConfig) for a
+    /// prefix that is empty, too long, or not plain key characters.
+    pub fn from_store(store: Arc<dyn ObjectStore>, prefix: &str) -> Result<Self> {
+        let description = store.to_string();
+        Self::assemble(store, prefix, StoreOptions::default(), description)
+    }
+
+    /// The same handle with other tuning.
+    pub fn with_options(self, options: StoreOptions) -> Self {
+        let io = io::Io::new(
+            Arc::clone(self.store.io.store()),
+            options.max_in_flight.get(),
+        );
+        S3Backend {
+            store: store::Store::new(io, self.store.keys.clone(), options),
+            description: self.description,
+        }
+    }
+
+    fn assemble(
+        object_store: Arc<dyn ObjectStore>,
+        prefix: &str,
+        options: StoreOptions,
+        description: String,
+    ) -> Result<Self> {
+        let keys = keys::Keys::new(prefix)?;
+        let io = io::Io::new(object_store, options.max_in_flight.get());
+        Ok(S3Backend {
+            store: store::Store::new(io, keys, options),
+            description,
+        })
+    }
+}
+
+#[async_trait]
+impl StorageBackend for S3Backend {
+    fn name(&self) -> &'static str {
+        BACKEND_NAME
+    }
+
+    async fn get(&self, collection: &CollectionName, id: &RecordId) -> Result<Option<Stored>> {
+        self.store.check_open()?;
+        self.store.get(collection, id).await
+    }
+
+    async fn get_many(
+        &self,
+        collection: &CollectionName,
+        ids: &[RecordId],
+    ) -> Result<Vec<Option<Stored>>> {
+        self.store.check_open()?;
+        self.store.get_many(collection, ids).await
+    }
+
+    async fn get_all(&self, collection: &CollectionName) -> Result<Vec<Record>> {
+        self.store.check_open()?;
+        self.store.get_all(collection).await
+    }
+
+    async fn put_batch(
+        &self,
+        collection: &CollectionName,
+        writes: &[Write],
+    ) -> Result<Vec<WriteOutcome>> {
+        self.store.check_open()?;
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.store.put_batch(collection, writes).await
+    }
+
+    async fn delete(&self, collection: &CollectionName, id: &RecordId) -> Result<bool> {
+        self.store.check_open()?;
+        self.store.delete(collection, id).await
+    }
+
+    async fn changes(
+        &self,
+        collection: &CollectionName,
+        after: Cursor,
+        limit: NonZeroUsize,
+    ) -> Result<ChangePage> {
+        self.store.check_open()?;
+        self.store.changes(collection, after, limit).await
+    }
+
+    /// Time-based and not incremental: reads every record of the collection
+    /// (object stores keep no index by time). Prefer
+    /// [`changes`](StorageBackend::changes).
+    async fn changes_since_timestamp(
+        &self,
+        collection: &CollectionName,
+        millis: u64,
+    ) -> Result<Vec<Record>> {
+        self.store.check_open()?;
+        let mut all = self.store.get_all(collection).await?;
+        all.retain(|record| record.timestamp() > millis);
+        Ok(all)
+    }
+
+    async fn list_collections(&self) -> Result<Vec<CollectionName>> {
+        self.store.check_open()?;
+        self.store.list_collections().await
+    }
+
+    async fn clear_collection(&self, collection: &CollectionName) -> Result<()> {
+        self.store.check_open()?;
+        self.store.clear(collection).await
+    }
+
+    async fn newest_stamp(&self) -> Result<Option<Stamp>> {
+        self.store.check_open()?;
+        self.store.newest_stamp().await
+    }
+
+    async fn get_meta(&self, key: &str) -> Result<Option<String>> {
+        self.store.check_open()?;
+        self.store.get_meta(key).await
+    }
+
+    async fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        self.store.check_open()?;
+        self.store.set_meta(key, value).await
+    }
+
+    async fn set_meta_if_absent(&self, key: &str, value: &str) -> Result<String> {
+        self.store.check_open()?;
+        self.store.set_meta_if_absent(key, value).await
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.store.close();
+        Ok(())
+    }
+}

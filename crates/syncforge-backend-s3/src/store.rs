@@ -1,0 +1,510 @@
+//! Records, metadata and collections: everything but the change feed.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::ObjectMeta;
+use parking_lot::Mutex;
+use syncforge_core::{
+    CollectionName, Cursor, Error, Record, RecordId, Result, Stamp, Stored, Token,
+};
+
+use crate::config::StoreOptions;
+use crate::format::{self, Meta, Name, Newest, RecordBody, MARKER_SIZE};
+use crate::io::{Condition, Io, Put};
+use crate::keys::{CollectionKeys, Keys, SegmentName};
+use crate::BACKEND_NAME;
+
+/// How often a read-then-write loop on one object may lose its race before
+/// giving up with [`Error::Unavailable`] (each lost race is another
+/// writer's success, so this only trips under extreme contention).
+pub(crate) const MAX_RACES: usize = 64;
+
+/// Keys per listing request on S3.
+pub(crate) const LIST_PAGE: usize = 1000;
+
+/// What a record object holds now.
+#[derive(Debug, Clone)]
+pub(crate) enum State {
+    /// No object: the record was never written.
+    Absent,
+    /// A hard delete's marker: reads as absent.
+    Marker { etag: String },
+    /// A record, written by the feed item at `seq`.
+    Record {
+        etag: String,
+        seq: Cursor,
+        record: Record,
+    },
+}
+
+impl State {
+    pub(crate) fn etag(&self) -> Option<&str> {
+        match self {
+            State::Absent => None,
+            State::Marker { etag } | State::Record { etag, .. } => Some(etag),
+        }
+    }
+
+    pub(crate) fn seq(&self) -> Option<Cursor> {
+        match self {
+            State::Record { seq, .. } => Some(*seq),
+            _ => None,
+        }
+    }
+}
+
+/// One handle's view of a store: the object store, the key layout, and
+/// what this handle remembers to save requests.
+#[derive(Debug)]
+pub(crate) struct Store {
+    pub(crate) io: Io,
+    pub(crate) keys: Keys,
+    pub(crate) options: StoreOptions,
+    /// The highest feed entry number this handle knows of, per collection.
+    pub(crate) heads: Mutex<HashMap<CollectionName, u64>>,
+    /// The newest-stamp object as this handle last saw or wrote it.
+    pub(crate) newest: Mutex<HashMap<CollectionName, (Stamp, String)>>,
+    /// Hashed collections whose `name` object this handle has written.
+    named: Mutex<HashSet<CollectionName>>,
+    closed: AtomicBool,
+}
+
+impl Store {
+    pub(crate) fn new(io: Io, keys: Keys, options: StoreOptions) -> Self {
+        Store {
+            io,
+            keys,
+            options,
+            heads: Mutex::new(HashMap::new()),
+            newest: Mutex::new(HashMap::new()),
+            named: Mutex::new(HashSet::new()),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(Error::Closed {
+                what: "S3 backend handle",
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.options.max_in_flight.get()
+    }
+
+    /// Reads the record object at `path` (of collection `collection`).
+    pub(crate) async fn read_at(&self, collection: &str, path: &Path) -> Result<State> {
+        let Some(fetched) = self.io.get(path).await? else {
+            return Ok(State::Absent);
+        };
+        let body: RecordBody = format::parse(&fetched.body, collection, path)?;
+        match body {
+            RecordBody {
+                seq: Some(seq),
+                record: Some(record),
+                void: None,
+            } => Ok(State::Record {
+                etag: fetched.etag,
+                seq,
+                record,
+            }),
+            RecordBody {
+                seq: None,
+                record: None,
+                void: Some(_),
+            } => Ok(State::Marker { etag: fetched.etag }),
+            _ => Err(Error::Corrupt {
+                backend: BACKEND_NAME,
+                collection: collection.to_owned(),
+                id: None,
+                location: path.to_string(),
+                reason: "neither a record with its cursor nor a delete marker".to_owned(),
+            }),
+        }
+    }
+
+    /// Reads record `id`, checking the object holds that id (a hashed key
+    /// could, astronomically rarely, be shared).
+    pub(crate) async fn read(
+        &self,
+        collection: &CollectionName,
+        keys: &CollectionKeys,
+        id: &RecordId,
+    ) -> Result<State> {
+        let path = keys.record(id);
+        let state = self.read_at(collection, &path).await?;
+        if let State::Record { record, .. } = &state {
+            if record.id() != id {
+                return Err(Error::Corrupt {
+                    backend: BACKEND_NAME,
+                    collection: collection.to_string(),
+                    id: Some(id.to_string()),
+                    location: path.to_string(),
+                    reason: format!("holds record {:?} instead", record.id().as_str()),
+                });
+            }
+        }
+        Ok(state)
+    }
+
+    pub(crate) async fn get(
+        &self,
+        collection: &CollectionName,
+        id: &RecordId,
+    ) -> Result<Option<Stored>> {
+        let keys = self.keys.collection(collection);
+        Ok(stored(self.read(collection, &keys, id).await?))
+    }
+
+    /// One listing tells which of the ids exist when they lie close together
+    /// (a sync into a new or small collection); the records found, and ids
+    /// the listing did not reach, are read one request each, concurrently.
+    pub(crate) async fn get_many(
+        &self,
+        collection: &CollectionName,
+        ids: &[RecordId],
+    ) -> Result<Vec<Option<Stored>>> {
+        let keys = self.keys.collection(collection);
+        let paths: Vec<Path> = ids.iter().map(|id| keys.record(id)).collect();
+        // What the listing says, for the paths it covers: Some(true) = a record
+        // to read, Some(false) = nothing or a marker, None = not covered.
+        let mut known: HashMap<&Path, bool> = HashMap::new();
+        if ids.len() > 2 {
+            if let Some(smallest) = paths.iter().min() {
+                let text = smallest.as_ref();
+                // Exclusive offset just below the smallest key.
+                let offset = Path::from(&text[..text.len().saturating_sub(1)]);
+                let listed = self
+                    .io
+                    .list(&keys.records(), Some(&offset), Some(LIST_PAGE))
+                    .await?;
+                let complete = listed.len() < LIST_PAGE;
+                let by_path: HashMap<&Path, &ObjectMeta> =
+                    listed.iter().map(|meta| (&meta.location, meta)).collect();
+                let last = listed.last().map(|meta| meta.location.clone());
+                for path in &paths {
+                    let covered = complete || last.as_ref().is_some_and(|last| path <= last);
+                    if covered {
+                        let live = by_path.get(path).is_some_and(|m| m.size != MARKER_SIZE);
+                        known.insert(path, live);
+                    }
+                }
+            }
+        }
+        let keys = &keys;
+        let reads: Vec<_> = ids
+            .iter()
+            .zip(&paths)
+            .map(|(id, path)| {
+                let skip = known.get(path) == Some(&false);
+                async move {
+                    if skip {
+                        Ok(None)
+                    } else {
+                        self.read(collection, keys, id).await.map(stored)
+                    }
+                }
+            })
+            .collect();
+        futures::stream::iter(reads)
+            .buffered(self.in_flight())
+            .try_collect()
+            .await
+    }
+
+    /// Every record: one listing, then the records read concurrently.
+    pub(crate) async fn get_all(&self, collection: &CollectionName) -> Result<Vec<Record>> {
+        let keys = self.keys.collection(collection);
+        let listed = self.io.list(&keys.records(), None, None).await?;
+        let reads = listed
+            .into_iter()
+            .filter(|meta| meta.size != MARKER_SIZE)
+            .map(|meta| async move { self.read_at(collection, &meta.location).await });
+        let states: Vec<State> = futures::stream::iter(reads)
+            .buffer_unordered(self.in_flight())
+            .try_collect()
+            .await?;
+        Ok(states
+            .into_iter()
+            .filter_map(|state| match state {
+                State::Record { record, .. } => Some(record),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Replaces a record by a marker; whether there was a record.
+    pub(crate) async fn delete(&self, collection: &CollectionName, id: &RecordId) -> Result<bool> {
+        let keys = self.keys.collection(collection);
+        let path = keys.record(id);
+        for _ in 0..MAX_RACES {
+            match self.read(collection, &keys, id).await? {
+                State::Absent | State::Marker { .. } => return Ok(false),
+                State::Record { etag, .. } => {
+                    if let Put::Done(_) = self.put_marker(&path, &etag).await? {
+                        return Ok(true);
+                    }
+                }
+            }
+        }
+        Err(kept_changing(&path))
+    }
+
+    async fn put_marker(&self, path: &Path, etag: &str) -> Result<Put> {
+        let body = format::to_bytes(&RecordBody::marker())?;
+        self.io.put(path, body, Condition::Tag(etag)).await
+    }
+
+    /// Replaces every record by a marker, concurrently. The feed's numbering
+    /// goes on (entries and horizon stay).
+    pub(crate) async fn clear(&self, collection: &CollectionName) -> Result<()> {
+        let keys = self.keys.collection(collection);
+        let listed = self.io.list(&keys.records(), None, None).await?;
+        let marks = listed
+            .into_iter()
+            .filter(|meta| meta.size != MARKER_SIZE)
+            .map(|meta| async move {
+                let mut etag = meta.e_tag.clone();
+                for _ in 0..MAX_RACES {
+                    let current = match etag.take() {
+                        Some(etag) => etag,
+                        None => match self.read_at(collection, &meta.location).await? {
+                            State::Record { etag, .. } => etag,
+                            State::Absent | State::Marker { .. } => return Ok(()),
+                        },
+                    };
+                    if let Put::Done(_) = self.put_marker(&meta.location, &current).await? {
+                        return Ok(());
+                    }
+                }
+                Err(kept_changing(&meta.location))
+            });
+        futures::stream::iter(marks)
+            .buffer_unordered(self.in_flight())
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
+    /// Collections holding at least one record (markers do not count).
+    pub(crate) async fn list_collections(&self) -> Result<Vec<CollectionName>> {
+        let dirs = self.io.list_dirs(&self.keys.collections()).await?;
+        let checks = dirs.into_iter().map(|dir| async move {
+            let Some(segment) = dir.filename().map(str::to_owned) else {
+                return Ok(None);
+            };
+            let keys = self.keys.collection_at(&segment);
+            if !self.holds_records(&keys).await? {
+                return Ok(None);
+            }
+            match Keys::collection_name(&segment) {
+                Some(SegmentName::Plain(name)) => Ok(Some(name)),
+                Some(SegmentName::Hashed) => self.read_name(&keys).await,
+                // Not a directory this backend made: not a collection.
+                None => Ok(None),
+            }
+        });
+        let names: Vec<Option<CollectionName>> = futures::stream::iter(checks)
+            .buffer_unordered(self.in_flight())
+            .try_collect()
+            .await?;
+        let mut names: Vec<CollectionName> = names.into_iter().flatten().collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
+    async fn holds_records(&self, keys: &CollectionKeys) -> Result<bool> {
+        let dir = keys.records();
+        let mut offset: Option<Path> = None;
+        loop {
+            let page = self.io.list(&dir, offset.as_ref(), Some(LIST_PAGE)).await?;
+            if page.iter().any(|meta| meta.size != MARKER_SIZE) {
+                return Ok(true);
+            }
+            if page.len() < LIST_PAGE {
+                return Ok(false);
+            }
+            offset = page.last().map(|meta| meta.location.clone());
+        }
+    }
+
+    async fn read_name(&self, keys: &CollectionKeys) -> Result<Option<CollectionName>> {
+        let path = keys.name();
+        match self.io.get(&path).await? {
+            Some(fetched) => {
+                let name: Name = format::parse(&fetched.body, keys.dir(), &path)?;
+                Ok(Some(name.name))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Writes the `name` object of a hashed collection, once per handle.
+    pub(crate) async fn ensure_named(
+        &self,
+        collection: &CollectionName,
+        keys: &CollectionKeys,
+    ) -> Result<()> {
+        if !keys.is_hashed() || self.named.lock().contains(collection) {
+            return Ok(());
+        }
+        let body = format::to_bytes(&Name {
+            name: collection.clone(),
+        })?;
+        // Already there is as good as written: the hash names one collection.
+        self.io.put(&keys.name(), body, Condition::Absent).await?;
+        self.named.lock().insert(collection.clone());
+        Ok(())
+    }
+
+    /// Reads the newest-stamp object of a collection.
+    pub(crate) async fn read_newest(
+        &self,
+        keys: &CollectionKeys,
+    ) -> Result<Option<(Stamp, String)>> {
+        let path = keys.newest();
+        match self.io.get(&path).await? {
+            Some(fetched) => {
+                let newest: Newest = format::parse(&fetched.body, keys.dir(), &path)?;
+                Ok(Some((newest.stamp, fetched.etag)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Raises the collection's newest-stamp object to at least `stamp`,
+    /// before any record carrying it is committed, so it is never behind an
+    /// acknowledged write. Costs nothing when this handle already knows a
+    /// stamp at least as new, one request when its copy is current.
+    pub(crate) async fn raise_newest(
+        &self,
+        collection: &CollectionName,
+        keys: &CollectionKeys,
+        stamp: &Stamp,
+    ) -> Result<()> {
+        let mut known = self.newest.lock().get(collection).cloned();
+        let path = keys.newest();
+        for _ in 0..MAX_RACES {
+            if let Some((stored, etag)) = &known {
+                if stored >= stamp {
+                    self.newest
+                        .lock()
+                        .insert(collection.clone(), (stored.clone(), etag.clone()));
+                    return Ok(());
+                }
+            }
+            let body = format::to_bytes(&Newest {
+                stamp: stamp.clone(),
+            })?;
+            let condition = match &known {
+                Some((_, etag)) => Condition::Tag(etag),
+                None => Condition::Absent,
+            };
+            match self.io.put(&path, body, condition).await? {
+                Put::Done(etag) => {
+                    self.newest
+                        .lock()
+                        .insert(collection.clone(), (stamp.clone(), etag));
+                    return Ok(());
+                }
+                Put::Lost => known = self.read_newest(keys).await?,
+            }
+        }
+        Err(kept_changing(&path))
+    }
+
+    /// The newest stamp of every collection: one listing and one small read
+    /// per collection; no record is read.
+    pub(crate) async fn newest_stamp(&self) -> Result<Option<Stamp>> {
+        let dirs = self.io.list_dirs(&self.keys.collections()).await?;
+        let reads = dirs.into_iter().filter_map(|dir| {
+            let segment = dir.filename()?.to_owned();
+            Some(async move {
+                let keys = self.keys.collection_at(&segment);
+                self.read_newest(&keys).await
+            })
+        });
+        let all: Vec<Option<(Stamp, String)>> = futures::stream::iter(reads)
+            .buffer_unordered(self.in_flight())
+            .try_collect()
+            .await?;
+        Ok(all.into_iter().flatten().map(|(stamp, _)| stamp).max())
+    }
+
+    pub(crate) async fn get_meta(&self, key: &str) -> Result<Option<String>> {
+        let path = self.keys.meta(key);
+        let Some(fetched) = self.io.get(&path).await? else {
+            return Ok(None);
+        };
+        let meta: Meta = format::parse(&fetched.body, "(metadata)", &path)?;
+        if meta.key != key {
+            return Err(Error::Corrupt {
+                backend: BACKEND_NAME,
+                collection: "(metadata)".to_owned(),
+                id: None,
+                location: path.to_string(),
+                reason: "holds the value of another key".to_owned(),
+            });
+        }
+        Ok(Some(meta.value))
+    }
+
+    pub(crate) async fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        let body = format::to_bytes(&Meta {
+            key: key.to_owned(),
+            value: value.to_owned(),
+        })?;
+        self.io
+            .put(&self.keys.meta(key), body, Condition::None)
+            .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn set_meta_if_absent(&self, key: &str, value: &str) -> Result<String> {
+        let path = self.keys.meta(key);
+        let body = format::to_bytes(&Meta {
+            key: key.to_owned(),
+            value: value.to_owned(),
+        })?;
+        for _ in 0..MAX_RACES {
+            if let Put::Done(_) = self.io.put(&path, body.clone(), Condition::Absent).await? {
+                return Ok(value.to_owned());
+            }
+            if let Some(kept) = self.get_meta(key).await? {
+                return Ok(kept);
+            }
+        }
+        Err(kept_changing(&path))
+    }
+}
+
+/// A record state as the trait returns it.
+pub(crate) fn stored(state: State) -> Option<Stored> {
+    match state {
+        State::Record { etag, record, .. } => Some(Stored {
+            record,
+            token: Token::Tag(etag),
+        }),
+        State::Absent | State::Marker { .. } => None,
+    }
+}
+
+/// An object that changed under every one of [`MAX_RACES`] attempts.
+pub(crate) fn kept_changing(path: &Path) -> Error {
+    Error::unavailable(
+        BACKEND_NAME,
+        format!("{path} changed under each of {MAX_RACES} attempts to write it; try again"),
+    )
+}

@@ -1,0 +1,52 @@
+//! The conformance suite, on each store the backend runs on.
+
+use std::sync::Arc;
+
+use object_store::memory::InMemory;
+use object_store::ObjectStore;
+use std::time::Duration;
+use syncforge_backend_s3::S3Backend;
+use syncforge_core::StorageBackend;
+
+use syncforge_testkit::{run_conformance, run_conformance_within, StoreFactory};
+
+use crate::support;
+
+/// Opens handles on one object store, as separate processes would.
+struct OnStore {
+    store: Arc<dyn ObjectStore>,
+    prefix: String,
+}
+
+#[syncforge_core::async_trait]
+impl StoreFactory for OnStore {
+    async fn open(&self) -> Arc<dyn StorageBackend> {
+        Arc::new(S3Backend::from_store(Arc::clone(&self.store), &self.prefix).unwrap())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conforms_on_object_stores_in_memory_store() {
+    run_conformance(&OnStore {
+        store: Arc::new(InMemory::new()),
+        prefix: "dse".to_owned(),
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conforms_on_a_real_s3_server() {
+    let Some(server) = support::s3_server().await else {
+        return;
+    };
+    // moto serves one request at a time (~140/s): the checks with eight
+    // racing writers make thousands of requests there.
+    run_conformance_within(
+        &OnStore {
+            store: server.store(),
+            prefix: support::unique_prefix("conformance"),
+        },
+        Duration::from_secs(300),
+    )
+    .await;
+}

@@ -1,0 +1,118 @@
+//! Requests counted with a wrapper store: a sync into an empty collection
+//! costs about one request per record, and an incremental read grows with
+//! the change, not the collection.
+
+use std::sync::Arc;
+
+use object_store::memory::InMemory;
+use object_store::ObjectStore;
+use serde_json::json;
+use syncforge_backend_s3::S3Backend;
+use syncforge_core::{
+    ClientId, CollectionName, Content, Cursor, Hlc, Record, RecordId, StorageBackend, Write,
+};
+
+use crate::wrapper::Wrapped;
+
+fn record(clock: &mut Hlc, id: &str, n: i64) -> Record {
+    Record::create(
+        Content::from_value(json!({"id": id, "n": n})).unwrap(),
+        &clock.now().unwrap(),
+    )
+}
+
+/// What the engine's sync does per batch: one get_many, one put_batch.
+async fn sync_in(backend: &S3Backend, collection: &CollectionName, records: &[Record]) {
+    for batch in records.chunks(100) {
+        let ids: Vec<RecordId> = batch.iter().map(|r| r.id().clone()).collect();
+        let found = backend.get_many(collection, &ids).await.unwrap();
+        let writes: Vec<Write> = batch
+            .iter()
+            .zip(found)
+            .map(|(r, found)| match found {
+                Some(stored) => Write::replace(r.clone(), stored.token),
+                None => Write::create(r.clone()),
+            })
+            .collect();
+        backend.put_batch(collection, &writes).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_into_an_empty_collection_costs_at_most_1_2_requests_per_record() {
+    let counted = Arc::new(Wrapped::new(Arc::new(InMemory::new())));
+    let backend = S3Backend::from_store(counted.clone(), "dse").unwrap();
+    let mut clock = Hlc::new(ClientId::new("w").unwrap());
+    let records: Vec<Record> = (0..1000)
+        .map(|i| record(&mut clock, &format!("r{i:04}"), i))
+        .collect();
+    sync_in(
+        &backend,
+        &CollectionName::new("readings").unwrap(),
+        &records,
+    )
+    .await;
+    let per_record = counted.requests() as f64 / 1000.0;
+    assert!(per_record <= 1.2, "{per_record} requests per record");
+}
+
+/// Requests a reader at the end of the feed spends to read 10 changes, in a
+/// collection of `size` records.
+async fn incremental_cost(size: usize) -> (u64, u64) {
+    let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let collection = CollectionName::new("big").unwrap();
+    let writer = S3Backend::from_store(Arc::clone(&memory), "dse").unwrap();
+    let mut clock = Hlc::new(ClientId::new("w").unwrap());
+    let records: Vec<Record> = (0..size)
+        .map(|i| record(&mut clock, &format!("r{i:05}"), 0))
+        .collect();
+    sync_in(&writer, &collection, &records).await;
+    let mut end = Cursor::START;
+    loop {
+        let page = writer
+            .changes(&collection, end, 1000.try_into().unwrap())
+            .await
+            .unwrap();
+        end = page.next;
+        if !page.more {
+            break;
+        }
+    }
+    let changed: Vec<Record> = (0..10)
+        .map(|i| record(&mut clock, &format!("r{:05}", i * size / 10), 1))
+        .collect();
+    let counted_writer = Arc::new(Wrapped::new(Arc::clone(&memory)));
+    let writer = S3Backend::from_store(counted_writer.clone(), "dse").unwrap();
+    sync_in(&writer, &collection, &changed).await;
+    let counted_reader = Arc::new(Wrapped::new(Arc::clone(&memory)));
+    let reader = S3Backend::from_store(counted_reader.clone(), "dse").unwrap();
+    let page = reader
+        .changes(&collection, end, 100.try_into().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 10);
+    assert!(!page.more);
+    (counted_writer.requests(), counted_reader.requests())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_cost_grows_with_the_change_not_the_collection() {
+    let (write_small, read_small) = incremental_cost(300).await;
+    let (write_large, read_large) = incremental_cost(3000).await;
+    assert_eq!(
+        read_small, read_large,
+        "reading 10 changes of 300 vs of 3,000 records"
+    );
+    assert!(read_small <= 16, "{read_small} requests to read 10 changes");
+    // The writer's get_many may need one more listing in the larger collection.
+    assert!(
+        write_large <= write_small + 2,
+        "{write_small} vs {write_large}"
+    );
+    // 10 reads and 10 writes, a listing, and a fresh handle's first batch:
+    // newest stamp (3), finding the feed's head (2), claim, horizon.
+    assert!(
+        write_large <= 30,
+        "{write_large} requests to write 10 changes"
+    );
+}

@@ -1,0 +1,98 @@
+//! Honest errors: an unreachable server is an error within the bound, never
+//! an empty collection; credentials never show; a store without
+//! conditional updates is refused with a message saying so.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use object_store::local::LocalFileSystem;
+use serde_json::json;
+use syncforge_backend_s3::{S3Backend, S3Config};
+use syncforge_core::{
+    ClientId, CollectionName, Content, Error, Hlc, Record, RecordId, StorageBackend, Write,
+};
+
+const SECRET: &str = "wJalrXUtnFEMI-K7MDENG-SECRET";
+const KEY_ID: &str = "AKIDSYNCFORGEKEYID";
+const TOKEN: &str = "FwoGZXIvYXdzSESSIONTOKEN";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_is_down_gives_a_clear_error_within_the_bound() {
+    // Nothing listens on the discard port of this machine.
+    let config = S3Config::new("bucket")
+        .with_endpoint("http://127.0.0.1:9")
+        .with_allow_http(true)
+        .with_path_style(true)
+        .with_credentials(KEY_ID, SECRET)
+        .with_session_token(TOKEN)
+        .with_connect_timeout(Duration::from_millis(500))
+        .with_request_timeout(Duration::from_secs(1))
+        .with_retries(2, Duration::from_secs(2));
+    let bound = config.failure_bound();
+    let backend = S3Backend::new(config.clone()).unwrap();
+    let collection = CollectionName::new("notes").unwrap();
+    let started = Instant::now();
+    let error = backend.get_all(&collection).await.unwrap_err();
+    assert!(
+        started.elapsed() <= bound + Duration::from_secs(1),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(matches!(error, Error::Unavailable { .. }), "{error}");
+    let started = Instant::now();
+    let error = backend
+        .get(&collection, &RecordId::new("n1").unwrap())
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() <= bound + Duration::from_secs(1));
+    assert!(error.is_transient(), "{error}");
+
+    // Nothing says the credentials: not the error with its causes, not Debug.
+    let mut texts = vec![
+        format!("{config:?}"),
+        format!("{backend:?}"),
+        format!("{error:?}"),
+    ];
+    let mut cause: Option<&dyn std::error::Error> = Some(&error);
+    while let Some(current) = cause {
+        texts.push(current.to_string());
+        cause = current.source();
+    }
+    for text in texts {
+        for secret in [SECRET, KEY_ID, TOKEN] {
+            assert!(!text.contains(secret), "{secret} shows in {text}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_without_conditional_updates_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = Arc::new(LocalFileSystem::new_with_prefix(dir.path()).unwrap());
+    let backend = S3Backend::from_store(local, "dse").unwrap();
+    let collection = CollectionName::new("notes").unwrap();
+    let mut clock = Hlc::new(ClientId::new("c").unwrap());
+    let record = Record::create(
+        Content::from_value(json!({"id": "n1"})).unwrap(),
+        &clock.now().unwrap(),
+    );
+    // Creating works (create-if-absent is supported) ...
+    backend
+        .put(&collection, &Write::create(record.clone()))
+        .await
+        .unwrap();
+    let stored = backend
+        .get(&collection, record.id())
+        .await
+        .unwrap()
+        .unwrap();
+    // ... replacing needs PutMode::Update, which LocalFileSystem lacks.
+    let error = backend
+        .put(&collection, &Write::replace(record, stored.token))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, Error::Storage { message, .. } if message.contains("conditional")),
+        "{error}"
+    );
+}

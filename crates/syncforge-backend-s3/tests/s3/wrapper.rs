@@ -1,0 +1,206 @@
+//! An `ObjectStore` wrapper for tests and benchmarks: counts requests, adds
+//! latency, and makes a writer "die" after a chosen number of requests (every
+//! later request fails, as if the process were gone; optionally the last one
+//! takes effect but its answer is lost).
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult, Result,
+};
+
+/// Keys per listing request on S3.
+const LIST_PAGE: u64 = 1000;
+
+/// The wrapper.
+#[derive(Debug)]
+pub(crate) struct Wrapped {
+    inner: Arc<dyn ObjectStore>,
+    latency: Duration,
+    requests: Arc<AtomicU64>,
+    /// Requests allowed before dying (u64::MAX: never).
+    dies_after: AtomicU64,
+    /// Whether the request that finds the writer dead still takes effect.
+    last_lands: AtomicBool,
+    /// Extra delay for puts whose key contains this text (a slow writer).
+    slow_puts: parking_lot::Mutex<Option<(String, Duration)>>,
+}
+
+impl Wrapped {
+    pub(crate) fn new(inner: Arc<dyn ObjectStore>) -> Self {
+        Wrapped {
+            inner,
+            latency: Duration::ZERO,
+            requests: Arc::new(AtomicU64::new(0)),
+            dies_after: AtomicU64::new(u64::MAX),
+            last_lands: AtomicBool::new(false),
+            slow_puts: parking_lot::Mutex::new(None),
+        }
+    }
+
+    /// Every request waits this long first (the benches' 20 ms region).
+    #[allow(dead_code)]
+    pub(crate) fn with_latency(mut self, latency: Duration) -> Self {
+        self.latency = latency;
+        self
+    }
+
+    /// Dies once `requests` requests were made: later ones fail; with
+    /// `last_lands`, the first failing one takes effect before failing.
+    pub(crate) fn dying_after(self, requests: u64, last_lands: bool) -> Self {
+        self.dies_after.store(requests, Ordering::SeqCst);
+        self.last_lands.store(last_lands, Ordering::SeqCst);
+        self
+    }
+
+    /// Puts to keys containing `key_part` wait `delay` first.
+    #[allow(dead_code)]
+    pub(crate) fn slow_puts(self, key_part: &str, delay: Duration) -> Self {
+        *self.slow_puts.lock() = Some((key_part.to_owned(), delay));
+        self
+    }
+
+    /// Requests made so far (a listing counts one per 1,000 keys, as on S3).
+    pub(crate) fn requests(&self) -> u64 {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    /// What happens to the next request: `Ok(true)` proceed, `Ok(false)`
+    /// proceed but report failure, `Err` fail without effect.
+    async fn enter(&self) -> Result<bool> {
+        let number = self.requests.fetch_add(1, Ordering::SeqCst);
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
+        let limit = self.dies_after.load(Ordering::SeqCst);
+        if number < limit {
+            Ok(true)
+        } else if number == limit && self.last_lands.load(Ordering::SeqCst) {
+            Ok(false)
+        } else {
+            Err(dead())
+        }
+    }
+
+    async fn around<T>(&self, call: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        match self.enter().await? {
+            true => call.await,
+            false => {
+                let _ = call.await;
+                Err(dead())
+            }
+        }
+    }
+
+    fn counted_list(
+        &self,
+        stream: BoxStream<'static, Result<ObjectMeta>>,
+    ) -> BoxStream<'static, Result<ObjectMeta>> {
+        let number = self.requests.fetch_add(1, Ordering::SeqCst);
+        if number >= self.dies_after.load(Ordering::SeqCst) {
+            return futures::stream::once(async { Err(dead()) }).boxed();
+        }
+        // One request for the first page, one more per further 1,000 keys.
+        let requests = Arc::clone(&self.requests);
+        let mut keys = 0u64;
+        let latency = self.latency;
+        futures::stream::once(async move {
+            tokio::time::sleep(latency).await;
+            stream
+        })
+        .flatten()
+        .inspect_ok(move |_| {
+            keys += 1;
+            if keys > 1 && keys % LIST_PAGE == 1 {
+                requests.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+        .boxed()
+    }
+}
+
+fn dead() -> object_store::Error {
+    object_store::Error::Generic {
+        store: "test wrapper",
+        source: "the writer died: no more requests leave this process".into(),
+    }
+}
+
+impl fmt::Display for Wrapped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Wrapped({})", self.inner)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for Wrapped {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> Result<PutResult> {
+        let slow = self.slow_puts.lock().clone();
+        if let Some((part, delay)) = slow {
+            if location.as_ref().contains(&part) {
+                tokio::time::sleep(delay).await;
+            }
+        }
+        self.around(self.inner.put_opts(location, payload, opts))
+            .await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> Result<Box<dyn MultipartUpload>> {
+        self.around(self.inner.put_multipart_opts(location, opts))
+            .await
+    }
+
+    async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+        self.around(self.inner.get_opts(location, options)).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, Result<Path>>,
+    ) -> BoxStream<'static, Result<Path>> {
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        if self.requests.load(Ordering::SeqCst) > self.dies_after.load(Ordering::SeqCst) {
+            return futures::stream::once(async { Err(dead()) }).boxed();
+        }
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+        let stream = self.inner.list(prefix);
+        self.counted_list(stream)
+    }
+
+    fn list_with_offset(
+        &self,
+        prefix: Option<&Path>,
+        offset: &Path,
+    ) -> BoxStream<'static, Result<ObjectMeta>> {
+        let stream = self.inner.list_with_offset(prefix, offset);
+        self.counted_list(stream)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
+        self.around(self.inner.list_with_delimiter(prefix)).await
+    }
+
+    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
+        self.around(self.inner.copy_opts(from, to, options)).await
+    }
+}

@@ -1,0 +1,440 @@
+//! Many writers, disagreeing clocks, writers that die between requests, and
+//! what a reader of the change feed sees afterwards.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::memory::InMemory;
+use object_store::ObjectStore;
+use serde_json::json;
+use syncforge_backend_s3::{S3Backend, StoreOptions};
+use syncforge_core::{
+    ClientId, CollectionName, Content, Cursor, Hlc, ManualTime, Record, RecordId, StorageBackend,
+    Write, WriteOutcome,
+};
+use tokio::task::JoinSet;
+
+use crate::support;
+use crate::wrapper::Wrapped;
+
+fn coll(name: &str) -> CollectionName {
+    CollectionName::new(name).unwrap()
+}
+
+fn rid(id: &str) -> RecordId {
+    RecordId::new(id).unwrap()
+}
+
+fn content(id: &str, n: i64) -> Content {
+    Content::from_value(json!({"id": id, "n": n})).unwrap()
+}
+
+fn handle(store: &Arc<dyn ObjectStore>, prefix: &str) -> S3Backend {
+    S3Backend::from_store(Arc::clone(store), prefix).unwrap()
+}
+
+/// Reads the whole feed after `after`: each id's latest state, checking
+/// that no id comes twice in one page and cursors increase.
+async fn follow(
+    store: &dyn StorageBackend,
+    collection: &CollectionName,
+    mut after: Cursor,
+    seen: &mut BTreeMap<RecordId, Record>,
+) -> Cursor {
+    for _ in 0..10_000 {
+        let page = store
+            .changes(collection, after, 7.try_into().unwrap())
+            .await
+            .unwrap();
+        let mut previous = after;
+        for change in page.changes {
+            assert!(change.cursor > previous, "cursors must increase");
+            previous = change.cursor;
+            seen.insert(change.record.id().clone(), change.record);
+        }
+        assert!(page.next >= previous);
+        after = page.next;
+        if !page.more {
+            return after;
+        }
+    }
+    panic!("the feed did not end");
+}
+
+/// Every record of the collection, by id.
+async fn all(
+    store: &dyn StorageBackend,
+    collection: &CollectionName,
+) -> BTreeMap<RecordId, Record> {
+    store
+        .get_all(collection)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.id().clone(), r))
+        .collect()
+}
+
+/// `writers` tasks, each on its own handle, increment `n` of records among
+/// `records` ids, `rounds` times each, retrying lost races. Returns the
+/// increments each id received.
+async fn increment_concurrently(
+    store: &Arc<dyn ObjectStore>,
+    prefix: &str,
+    collection: &CollectionName,
+    writers: usize,
+    records: usize,
+    rounds: usize,
+) -> BTreeMap<String, i64> {
+    let setup = handle(store, prefix);
+    let mut clock = Hlc::new(ClientId::new("setup").unwrap());
+    let creates: Vec<Write> = (0..records)
+        .map(|i| {
+            Write::create(Record::create(
+                content(&format!("r{i:02}"), 0),
+                &clock.now().unwrap(),
+            ))
+        })
+        .collect();
+    for outcome in setup.put_batch(collection, &creates).await.unwrap() {
+        assert!(matches!(outcome, WriteOutcome::Written { .. }));
+    }
+    let mut tasks = JoinSet::new();
+    for w in 0..writers {
+        let backend = handle(store, prefix);
+        let collection = collection.clone();
+        tasks.spawn(async move {
+            let mut clock = Hlc::new(ClientId::new(&format!("writer-{w}")).unwrap());
+            let mut done = BTreeMap::new();
+            for round in 0..rounds {
+                let id = format!("r{:02}", (w * 7 + round * 3) % records);
+                for attempt in 0.. {
+                    assert!(attempt < 500, "writer {w} kept losing on {id}");
+                    let stored = backend.get(&collection, &rid(&id)).await.unwrap().unwrap();
+                    let n = stored.record.get("n").and_then(|v| v.as_i64()).unwrap();
+                    clock.observe(stored.record.newest_stamp()).unwrap();
+                    let mut next = stored.record.clone();
+                    next.apply_put(content(&id, n + 1), &clock.now().unwrap())
+                        .unwrap();
+                    tokio::task::yield_now().await;
+                    match backend
+                        .put(&collection, &Write::replace(next, stored.token))
+                        .await
+                        .unwrap()
+                    {
+                        WriteOutcome::Written { .. } => break,
+                        WriteOutcome::Conflict => continue,
+                    }
+                }
+                *done.entry(id).or_insert(0) += 1;
+            }
+            done
+        });
+    }
+    let mut expected = BTreeMap::new();
+    while let Some(done) = tasks.join_next().await {
+        for (id, count) in done.unwrap() {
+            *expected.entry(id).or_insert(0) += count;
+        }
+    }
+    expected
+}
+
+async fn sixteen_writers_lose_nothing(store: Arc<dyn ObjectStore>, prefix: &str, rounds: usize) {
+    let collection = coll("counters");
+    let expected = increment_concurrently(&store, prefix, &collection, 16, 20, rounds).await;
+    let reader = handle(&store, prefix);
+    let stored = all(&reader, &collection).await;
+    for (id, count) in &expected {
+        let n = stored[&rid(id)].get("n").and_then(|v| v.as_i64());
+        assert_eq!(n, Some(*count), "increments of {id} (lost updates?)");
+    }
+    // And the feed, read from the start, ends with exactly those states.
+    let mut seen = BTreeMap::new();
+    follow(&reader, &collection, Cursor::START, &mut seen).await;
+    assert_eq!(seen, stored);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_writers_on_twenty_records_lose_no_update_in_memory() {
+    sixteen_writers_lose_nothing(Arc::new(InMemory::new()), "dse", 25).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_writers_on_twenty_records_lose_no_update_on_s3() {
+    let Some(server) = support::s3_server().await else {
+        return;
+    };
+    // moto answers about 140 requests/s: a few increments per writer.
+    sixteen_writers_lose_nothing(server.store(), &support::unique_prefix("sixteen"), 4).await;
+}
+
+/// Two writers whose clocks are two minutes apart and a third replica that
+/// follows the feed while they write: the follower ends with every record's
+/// latest state, whatever the stamps.
+async fn clocks_apart_and_a_follower(store: Arc<dyn ObjectStore>, prefix: &str, writes: usize) {
+    let collection = coll("readings");
+    let now = 1_700_000_000_000;
+    let mut tasks = JoinSet::new();
+    for (w, skew) in [(0usize, 0u64), (1, 120_000)] {
+        let backend = handle(&store, prefix);
+        let collection = collection.clone();
+        tasks.spawn(async move {
+            let time = Arc::new(ManualTime::new(now + skew));
+            let mut clock =
+                Hlc::with_time(ClientId::new(&format!("sensor-{w}")).unwrap(), time.clone());
+            for i in 0..writes {
+                time.advance(1_000);
+                // Both write the shared ids, and each its own ones.
+                let id = if i % 2 == 0 {
+                    format!("shared-{}", i % 6)
+                } else {
+                    format!("own-{w}-{i}")
+                };
+                loop {
+                    let stored = backend.get(&collection, &rid(&id)).await.unwrap();
+                    let write = match stored {
+                        Some(stored) => {
+                            clock.observe(stored.record.newest_stamp()).unwrap();
+                            let mut next = stored.record.clone();
+                            next.apply_put(content(&id, i as i64), &clock.now().unwrap())
+                                .unwrap();
+                            Write::replace(next, stored.token)
+                        }
+                        None => Write::create(Record::create(
+                            content(&id, i as i64),
+                            &clock.now().unwrap(),
+                        )),
+                    };
+                    if let WriteOutcome::Written { .. } =
+                        backend.put(&collection, &write).await.unwrap()
+                    {
+                        break;
+                    }
+                }
+            }
+        });
+    }
+    let follower = handle(&store, prefix);
+    let mut seen = BTreeMap::new();
+    let mut cursor = Cursor::START;
+    let writers_done = async {
+        while let Some(joined) = tasks.join_next().await {
+            joined.unwrap();
+        }
+    };
+    tokio::pin!(writers_done);
+    loop {
+        tokio::select! {
+            () = &mut writers_done => break,
+            () = tokio::time::sleep(Duration::from_millis(20)) => {
+                cursor = follow(&follower, &collection, cursor, &mut seen).await;
+            }
+        }
+    }
+    follow(&follower, &collection, cursor, &mut seen).await;
+    assert_eq!(
+        seen,
+        all(&follower, &collection).await,
+        "the follower missed a change"
+    );
+    assert_eq!(seen.len(), 3 + writes, "every id written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clocks_two_minutes_apart_and_a_follower_that_misses_nothing_in_memory() {
+    clocks_apart_and_a_follower(Arc::new(InMemory::new()), "dse", 60).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clocks_two_minutes_apart_and_a_follower_that_misses_nothing_on_s3() {
+    let Some(server) = support::s3_server().await else {
+        return;
+    };
+    clocks_apart_and_a_follower(server.store(), &support::unique_prefix("clocks"), 16).await;
+}
+
+/// A writer's workload: a batch creating three records, then an update of
+/// one of them and a create. Returns the writes acknowledged (`Written`)
+/// before the writer died, in order.
+async fn doomed_workload(backend: &S3Backend, collection: &CollectionName) -> Vec<Record> {
+    let mut clock = Hlc::new(ClientId::new("doomed").unwrap());
+    let mut acknowledged = Vec::new();
+    let batch: Vec<Write> = ["a", "b", "c"]
+        .iter()
+        .map(|id| Write::create(Record::create(content(id, 1), &clock.now().unwrap())))
+        .collect();
+    let Ok(outcomes) = backend.put_batch(collection, &batch).await else {
+        return acknowledged;
+    };
+    for (write, outcome) in batch.iter().zip(&outcomes) {
+        if let WriteOutcome::Written { .. } = outcome {
+            acknowledged.push(write.record.clone());
+        }
+    }
+    let Ok(Some(stored)) = backend.get(collection, &rid("b")).await else {
+        return acknowledged;
+    };
+    let mut next = stored.record.clone();
+    next.apply_put(content("b", 2), &clock.now().unwrap())
+        .unwrap();
+    let more = [
+        Write::replace(next, stored.token),
+        Write::create(Record::create(content("d", 1), &clock.now().unwrap())),
+    ];
+    if let Ok(outcomes) = backend.put_batch(collection, &more).await {
+        for (write, outcome) in more.iter().zip(&outcomes) {
+            if let WriteOutcome::Written { .. } = outcome {
+                acknowledged.push(write.record.clone());
+            }
+        }
+    }
+    acknowledged
+}
+
+/// Kills the writer before each of its requests in turn (and, separately,
+/// right after each request took effect but before it learned so): every
+/// acknowledged write stays visible, the feed read from the start delivers
+/// every record's current state exactly once, and another writer carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_dying_between_any_two_requests_loses_nothing_acknowledged() {
+    let collection = coll("dying");
+    // How many requests the whole workload makes when nobody dies.
+    let probe = Arc::new(Wrapped::new(Arc::new(InMemory::new())));
+    let total = {
+        let backend = S3Backend::from_store(probe.clone(), "dse").unwrap();
+        assert_eq!(doomed_workload(&backend, &collection).await.len(), 5);
+        probe.requests()
+    };
+    assert!(total > 8, "{total} requests");
+    for last_lands in [false, true] {
+        for dies_after in 0..=total {
+            let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+            let dying =
+                Arc::new(Wrapped::new(Arc::clone(&memory)).dying_after(dies_after, last_lands));
+            let doomed = S3Backend::from_store(dying, "dse").unwrap();
+            let acknowledged = doomed_workload(&doomed, &collection).await;
+
+            let survivor = handle(&memory, "dse");
+            // Reading the feed completes what the dead writer claimed.
+            let mut seen = BTreeMap::new();
+            let end = follow(&survivor, &collection, Cursor::START, &mut seen).await;
+            let stored = all(&survivor, &collection).await;
+            assert_eq!(
+                seen, stored,
+                "died after {dies_after}: the feed disagrees with the records"
+            );
+            for record in &acknowledged {
+                let now = &stored[record.id()];
+                assert!(
+                    now == record || now.version() > record.version(),
+                    "died after {dies_after} (last lands: {last_lands}): acknowledged {} lost",
+                    record.id()
+                );
+            }
+            // Another writer carries on; a reader from the old end sees it.
+            let mut clock = Hlc::new(ClientId::new("survivor").unwrap());
+            let write = Write::create(Record::create(content("e", 1), &clock.now().unwrap()));
+            assert!(matches!(
+                survivor.put(&collection, &write).await.unwrap(),
+                WriteOutcome::Written { .. }
+            ));
+            let mut later = BTreeMap::new();
+            follow(&survivor, &collection, end, &mut later).await;
+            assert!(
+                later.contains_key(&rid("e")),
+                "died after {dies_after}: a later write is missed"
+            );
+        }
+    }
+}
+
+/// A slow writer (its record writes take long) does not hold readers up:
+/// a reader completes its claimed items, and the writer still hears Written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_complete_a_slow_writers_items() {
+    let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let collection = coll("slow");
+    let slow =
+        Arc::new(Wrapped::new(Arc::clone(&memory)).slow_puts("/r/", Duration::from_millis(500)));
+    let writer = S3Backend::from_store(slow, "dse").unwrap();
+    let mut clock = Hlc::new(ClientId::new("slow").unwrap());
+    let record = Record::create(content("late", 1), &clock.now().unwrap());
+    let write = Write::create(record.clone());
+    let writing = tokio::spawn(async move { writer.put(&coll("slow"), &write).await });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let reader = handle(&memory, "dse");
+    let page = reader
+        .changes(&collection, Cursor::START, 10.try_into().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        page.records().cloned().collect::<Vec<_>>(),
+        vec![record],
+        "the reader completed the claimed write"
+    );
+    let outcome = writing.await.unwrap().unwrap();
+    assert!(
+        matches!(outcome, WriteOutcome::Written { cursor, .. } if cursor == page.changes[0].cursor)
+    );
+}
+
+/// With a small compaction interval, entries are folded and deleted: the
+/// bucket keeps a bounded number of feed objects, and readers from any
+/// cursor still see every change once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_bounds_the_feed_and_readers_miss_nothing() {
+    let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let options = StoreOptions {
+        compaction_interval: 4.try_into().unwrap(),
+        ..StoreOptions::default()
+    };
+    let backend = handle(&memory, "dse").with_options(options);
+    let collection = coll("compacted");
+    let mut clock = Hlc::new(ClientId::new("w").unwrap());
+    let mut cursors = vec![Cursor::START];
+    for i in 0..60 {
+        let id = format!("r{}", i % 13);
+        let write = match backend.get(&collection, &rid(&id)).await.unwrap() {
+            Some(stored) => {
+                let mut next = stored.record.clone();
+                next.apply_put(content(&id, i), &clock.now().unwrap())
+                    .unwrap();
+                Write::replace(next, stored.token)
+            }
+            None => Write::create(Record::create(content(&id, i), &clock.now().unwrap())),
+        };
+        match backend.put(&collection, &write).await.unwrap() {
+            WriteOutcome::Written { cursor, .. } => cursors.push(cursor),
+            WriteOutcome::Conflict => panic!("a lone writer conflicted"),
+        }
+    }
+    let entries = memory
+        .list_with_delimiter(Some(&"dse/c/compacted/f".into()))
+        .await
+        .unwrap()
+        .objects
+        .len();
+    assert!(entries <= 2 * 4 + 1, "{entries} feed entries left");
+    let stored = all(&backend, &collection).await;
+    for from in cursors {
+        let mut seen = BTreeMap::new();
+        follow(&backend, &collection, from, &mut seen).await;
+        let expected: BTreeMap<RecordId, Record> = stored
+            .iter()
+            .filter(|(_, r)| r.get("n").and_then(|v| v.as_i64()).is_some())
+            .map(|(id, r)| (id.clone(), r.clone()))
+            .collect();
+        for (id, record) in &seen {
+            assert_eq!(
+                Some(record),
+                expected.get(id),
+                "from {from}: {id} is not current"
+            );
+        }
+        if from == Cursor::START {
+            assert_eq!(seen, stored, "from the start every record once");
+        }
+    }
+}
