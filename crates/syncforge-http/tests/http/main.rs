@@ -9,3 +9,4 @@ mod client;
 mod convergence;
 mod long_poll;
 mod support;
+mod tracing_spans;
