@@ -70,9 +70,37 @@ const FALLBACK_LIMITS: Limits = Limits {
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Debug, Clone)]
+///
+/// One `HttpPeer` serves one engine: the echoes it remembers are that
+/// engine's writes, and it leaves them out of every pull made through it. An
+/// engine that pulled through the peer of another would miss the other's
+/// writes. A clone shares the connection pool and settings but starts with
+/// an empty echo memory, so a clone may go to another engine.
+#[derive(Debug)]
 pub struct HttpPeer {
     inner: Arc<Inner>,
+}
+
+impl Clone for HttpPeer {
+    fn clone(&self) -> Self {
+        let inner = &self.inner;
+        HttpPeer {
+            inner: Arc::new(Inner {
+                base: inner.base.clone(),
+                peer_id: inner.peer_id.clone(),
+                client: inner.client.clone(),
+                token: inner.token.clone(),
+                timeout: inner.timeout,
+                retries: inner.retries,
+                retry_delay: inner.retry_delay,
+                state: Mutex::new(PeerState {
+                    feed_id: None,
+                    limits: inner.state.lock().limits,
+                    echoes: HashMap::new(),
+                }),
+            }),
+        }
+    }
 }
 
 #[derive(Debug)]

@@ -46,8 +46,6 @@ struct Shared {
     watchers: Arc<Watchers>,
     /// Set when the server shuts down: long polls return at once.
     closing: watch::Receiver<bool>,
-    /// Keeps the replica calling `watchers` on each write.
-    _watch: WatchGuard,
 }
 
 type AppState = Arc<Shared>;
@@ -64,13 +62,7 @@ pub(super) fn build(
             "sync server without access tokens: every client may read and write every collection"
         );
     }
-    let watchers = Arc::new(Watchers::default());
-    let woken = Arc::downgrade(&watchers);
-    let guard = replica.watch(Box::new(move |collection: &CollectionName| {
-        if let Some(watchers) = woken.upgrade() {
-            watchers.wake(collection);
-        }
-    }));
+    let watchers = Arc::new(Watchers::new(replica.clone()));
     let cors = cors_layer(&options.cors);
     let compression = options.compression;
     let state = Arc::new(Shared {
@@ -78,7 +70,6 @@ pub(super) fn build(
         options,
         watchers,
         closing,
-        _watch: guard,
     });
     let mut app = Router::new()
         .route("/v1/health", get(health))
@@ -437,8 +428,12 @@ impl Shared {
         collection: &CollectionName,
         query: &FeedQuery,
     ) -> Result<ChangePage, ApiError> {
+        if query.wait.is_zero() {
+            return self.read_skipping(collection, query).await;
+        }
         let deadline = tokio::time::Instant::now() + query.wait;
-        let notify = self.watchers.notify(collection);
+        let waiting = Watchers::wait(&self.watchers, collection);
+        let notify = &waiting.notify;
         let mut closing = self.closing.clone();
         loop {
             // Registered before reading, so a write landing between the read
@@ -533,13 +528,72 @@ async fn closed(closing: &mut watch::Receiver<bool>) {
     }
 }
 
-/// Long-poll wake-ups, one `Notify` per collection being waited on.
-#[derive(Default)]
+/// Long-poll wake-ups, one `Notify` per collection being waited on. The
+/// replica is watched only while a request waits, so that writes cost
+/// nothing extra when nobody long-polls.
 struct Watchers {
+    replica: Arc<dyn Replica>,
     by_collection: Mutex<HashMap<CollectionName, Weak<Notify>>>,
+    /// Requests waiting, and the watch on the replica while there are any.
+    /// Never locked on the writing path (`wake`), so that installing or
+    /// dropping the watch, which takes the replica's own locks, cannot
+    /// deadlock with a write calling `wake`.
+    watching: Mutex<(usize, Option<WatchGuard>)>,
+}
+
+/// One waiting request: its collection's notifier, and its share in
+/// keeping the replica watched.
+struct Waiting {
+    notify: Arc<Notify>,
+    watchers: Arc<Watchers>,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let unwatched = {
+            let mut watching = self.watchers.watching.lock();
+            watching.0 -= 1;
+            if watching.0 == 0 {
+                watching.1.take()
+            } else {
+                None
+            }
+        };
+        drop(unwatched);
+    }
 }
 
 impl Watchers {
+    fn new(replica: Arc<dyn Replica>) -> Self {
+        Watchers {
+            replica,
+            by_collection: Mutex::new(HashMap::new()),
+            watching: Mutex::new((0, None)),
+        }
+    }
+
+    /// Registers a request waiting on `collection`; the replica is watched
+    /// from now until the returned value is dropped.
+    fn wait(watchers: &Arc<Watchers>, collection: &CollectionName) -> Waiting {
+        let notify = watchers.notify(collection);
+        let mut watching = watchers.watching.lock();
+        watching.0 += 1;
+        if watching.1.is_none() {
+            let woken = Arc::downgrade(watchers);
+            watching.1 = Some(watchers.replica.watch(Box::new(
+                move |collection: &CollectionName| {
+                    if let Some(watchers) = woken.upgrade() {
+                        watchers.wake(collection);
+                    }
+                },
+            )));
+        }
+        Waiting {
+            notify,
+            watchers: watchers.clone(),
+        }
+    }
+
     /// The notifier of `collection`, shared by everyone waiting on it.
     fn notify(&self, collection: &CollectionName) -> Arc<Notify> {
         let mut map = self.by_collection.lock();

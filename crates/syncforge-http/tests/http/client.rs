@@ -80,6 +80,12 @@ async fn a_client_does_not_download_its_own_writes() {
         0,
         "the pushed edit came back: {report:?}"
     );
+
+    // A clone of the phone's peer remembers none of its echoes: another
+    // engine syncing through it gets every record.
+    let tablet = memory_engine("tablet").await;
+    let report = tablet.sync_with(&fresh.clone(), "notes").await.unwrap();
+    assert_eq!(report.pulled.added, 251);
     server.shutdown().await.unwrap();
 }
 
