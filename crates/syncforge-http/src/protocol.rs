@@ -2,7 +2,7 @@
 //! accepts, the error body and its codes, and the compact form of cursor
 //! ranges. `docs/http-protocol.md` specifies the same for clients in other
 //! languages; these types are that specification in Rust, shared by the
-//! server and [`HttpPeer`](crate::HttpPeer).
+//! server and the client (`HttpPeer`).
 //!
 //! Records travel in their canonical JSON form (the `Record` serde form):
 //! the content fields, `_version`, `_timestamp`, `_deleted`, `_clientId` and

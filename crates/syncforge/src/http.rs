@@ -2,9 +2,10 @@
 //!
 //! Feature `http-server`: [`router`] (an axum `Router` to mount in your
 //! app), [`Server`] and [`serve`] (standalone, with graceful shutdown),
-//! [`ServerOptions`] and [`AccessToken`]; a [`SyncEngine`] is the replica
-//! they serve. Feature `http-client`: [`HttpPeer`], a `SyncPeer`, so that
-//! [`SyncEngine::sync_with`] syncs with a server as with another engine.
+//! [`ServerOptions`] and [`AccessToken`]; a [`SyncEngine`](crate::SyncEngine)
+//! is the replica they serve. Feature `http-client`: [`HttpPeer`], a
+//! `SyncPeer`, so that [`SyncEngine::sync_with`](crate::SyncEngine::sync_with)
+//! syncs with a server as with another engine.
 //! The protocol is in [`protocol`] and `docs/http-protocol.md`.
 //!
 //! ```no_run

@@ -5,6 +5,7 @@
 
 mod auth;
 mod bad_input;
+mod browser;
 mod client;
 mod convergence;
 mod long_poll;
