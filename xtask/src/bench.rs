@@ -21,13 +21,22 @@ use crate::cmd::Cargo;
 const PEERS_MANIFEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../benches/peers/Cargo.toml");
 
 /// The bench runs, in order: the core workloads, peak memory, the
-/// filesystem backend, and (full mode only: building `automerge` and its
+/// filesystem backend, sync over HTTP, and (full mode only: building `automerge` and its
 /// documents alone takes minutes) the peers comparison.
 fn runs(quick: bool) -> Vec<Cargo> {
     let mut runs = vec![
         Cargo::new(&["bench", "-p", "syncforge", "--bench", "workloads"]),
         Cargo::new(&["bench", "-p", "syncforge", "--bench", "peak_memory"]),
         Cargo::new(&["bench", "-p", "syncforge", "--bench", "fs"]),
+        Cargo::new(&[
+            "bench",
+            "-p",
+            "syncforge-http",
+            "--features",
+            "server,client",
+            "--bench",
+            "http",
+        ]),
     ];
     if !quick {
         // The peers workspace builds into this workspace's target directory,
@@ -61,6 +70,8 @@ enum Target {
     FasterThan { than: &'static str, factor: f64 },
     /// A size in bytes below this.
     BytesBelow(f64),
+    /// A reference figure in bytes per record, judged by nothing.
+    BytesPerRecord,
 }
 
 /// A row of the table: the key the bench binaries write, its label and target.
@@ -138,6 +149,39 @@ const ROWS: &[RowSpec] = &[
         key: "fs_incremental_100_into_100k",
         label: "fs: 100 changes feed+sync into 100k (quick 10k)",
         target: Target::None,
+    },
+    RowSpec {
+        key: "http_push_10k",
+        label: "http: push 10k to an empty server (loopback)",
+        target: Target::RatePerSec(1e5),
+    },
+    RowSpec {
+        key: "http_pull_10k",
+        label: "http: pull 10k from a server (gzip)",
+        target: Target::None,
+    },
+    RowSpec {
+        key: "http_round_trip_100_in_1k",
+        label: "http: round trip of 100 changes, 1k records",
+        target: Target::None,
+    },
+    RowSpec {
+        key: "http_round_trip_100_in_100k",
+        label: "http: round trip of 100 changes, 100k (quick 10k)",
+        target: Target::WithinTimeOf {
+            of: "http_round_trip_100_in_1k",
+            factor: 2.0,
+        },
+    },
+    RowSpec {
+        key: "http_push_bytes_per_record",
+        label: "http: bytes on the wire per record pushed",
+        target: Target::BytesPerRecord,
+    },
+    RowSpec {
+        key: "http_pull_bytes_per_record",
+        label: "http: bytes on the wire per record pulled (gzip)",
+        target: Target::BytesPerRecord,
     },
     RowSpec {
         key: "peers_w3_syncforge",
@@ -265,6 +309,9 @@ fn table(measured: &HashMap<String, Measured>) -> Vec<Line> {
             };
             let own = this.per_second();
             let figure = match this {
+                Measured::Value(bytes) if row.target == Target::BytesPerRecord => {
+                    format!("{bytes:.0} B/record")
+                }
                 Measured::Value(bytes) => format!("{:.0} MiB", bytes / MIB),
                 Measured::Timing { .. } => own.map_or_else(|| "-".to_owned(), rate),
             };
@@ -292,7 +339,7 @@ fn judge(
     speed: &dyn Fn(&str) -> Option<f64>,
 ) -> (String, &'static str) {
     match target {
-        Target::None => (String::new(), ""),
+        Target::None | Target::BytesPerRecord => (String::new(), ""),
         Target::RatePerSec(min) => (
             format!(">= {}", rate(min)),
             own.map_or("-", |own| verdict(own >= min)),
@@ -472,6 +519,12 @@ mod tests {
         let fs_sync = line(&lines, "fs: sync 10k");
         assert_eq!(fs_sync.verdict, "pass");
         assert!(fs_sync.target.contains("is 20.0x"), "{}", fs_sync.target);
+        let wire = table(&measured("http_push_bytes_per_record\tvalue\t412.4\n"));
+        let pushed = line(&wire, "http: bytes on the wire per record pushed");
+        assert_eq!(
+            (pushed.figure.as_str(), pushed.verdict),
+            ("412 B/record", "")
+        );
         let memory = line(&lines, "peak RSS");
         assert_eq!(
             (memory.figure.as_str(), memory.verdict),

@@ -74,6 +74,8 @@ fn steps(test_env: Vec<(&'static str, OsString)>) -> Vec<Step> {
                     "fs",
                 ]),
                 Cargo::new(&["check", "-p", "syncforge"]),
+                Cargo::new(&["check", "-p", "syncforge", "--features", "http-server"]),
+                Cargo::new(&["check", "-p", "syncforge", "--features", "http-client"]),
             ],
             needs_services: false,
         },

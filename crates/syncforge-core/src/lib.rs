@@ -49,6 +49,7 @@ mod hlc;
 mod lww;
 pub mod merge;
 mod names;
+mod peer;
 mod record;
 mod sorted;
 mod validate;
@@ -66,6 +67,7 @@ pub use merge::{
     conflicted_fields, is_conflict, merge, resolve_conflict, ConflictDetail, ConflictStrategy,
 };
 pub use names::{CollectionName, IntoName, RecordId};
+pub use peer::SyncPeer;
 pub use record::{
     Content, FieldState, FieldStates, Record, CLIENT_ID_KEY, DELETED_KEY, ID_KEY, RESERVED_KEYS,
     SYNC_KEY, TIMESTAMP_KEY, VERSION_KEY,

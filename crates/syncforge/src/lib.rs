@@ -48,6 +48,8 @@
 //! |---------|---------|----------|
 //! | `memory` | yes | [`MemoryBackend`], the in-process store |
 //! | `fs` | no | `FsBackend`: a directory per collection, one JSON file per record |
+//! | `http-server` | no | `http::{router, Server, serve, ...}`: serve an engine over HTTP |
+//! | `http-client` | no | `http::HttpPeer`: sync with such a server like with a peer |
 //!
 //! The merge rules live in [`syncforge_core`] (re-exported as [`core`]).
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -62,6 +64,12 @@ mod config;
 mod engine;
 pub mod events;
 mod feed;
+#[cfg(any(feature = "http-server", feature = "http-client"))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(feature = "http-server", feature = "http-client")))
+)]
+pub mod http;
 mod peer;
 mod peer_sync;
 mod result;

@@ -1,0 +1,785 @@
+//! [`HttpPeer`]: a sync server as a [`SyncPeer`], so that
+//! `engine.sync_with(&peer, collection)` works across the network as it
+//! does in process.
+
+use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use reqwest::{Method, StatusCode, Url};
+use serde::de::DeserializeOwned;
+use syncforge_core::{
+    Change, ChangePage, CollectionName, Cursor, Error, IntoName, Record, Result, SyncPeer,
+};
+
+use crate::protocol::{
+    ChangesResponse, CollectionList, CursorRanges, ErrorBody, ErrorCode, Health, Limits,
+    SyncResponse, MAX_SKIP_RANGES,
+};
+
+/// The backend name in this crate's errors.
+const BACKEND: &str = "http";
+
+/// Default whole-request timeout (a long poll adds its wait to it).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default connect timeout.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default number of retries of a transient failure inside one call.
+pub const DEFAULT_RETRIES: u32 = 2;
+
+/// Feed ranges remembered per collection as echoes to skip; past this, the
+/// newest are forgotten (they are only downloaded again, never lost).
+const MAX_REMEMBERED_RANGES: usize = 4096;
+
+/// Used until the server's health answer tells its own limits.
+const FALLBACK_LIMITS: Limits = Limits {
+    max_body_bytes: 16 * 1024 * 1024,
+    max_records: 10_000,
+    max_page: 10_000,
+    max_wait_ms: 25_000,
+};
+
+/// A sync server reached over HTTP, as a [`SyncPeer`].
+///
+/// Pulls read the server's change feed after the cursor the engine keeps
+/// for this peer; pushes send records to merge. The feed positions of what
+/// a push stored exactly as sent (the server's echoes) are remembered and
+/// left out of later pulls, so a client does not download its own writes.
+/// Transient failures — connection refused or reset, timeouts, 502, 503,
+/// 504 — are retried a few times inside, then reported as
+/// [`Error::Unavailable`], which auto-sync rides out; 401, 403 and other
+/// refusals are permanent errors carrying the server's message (a refused
+/// record comes back as the same typed error a local engine gives).
+///
+/// ```no_run
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> syncforge_core::Result<()> {
+/// use std::time::Duration;
+/// use syncforge_http::HttpPeer;
+///
+/// let server = HttpPeer::builder("https://sync.example.com")
+///     .bearer_token("tablet-secret")
+///     .timeout(Duration::from_secs(20))
+///     .user_agent("field-app/2.1")
+///     .build()?;
+/// // engine.sync_with(&server, "inspections").await?;
+/// # let _ = server;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// One `HttpPeer` serves one engine: the echoes it remembers are that
+/// engine's writes, and it leaves them out of every pull made through it. An
+/// engine that pulled through the peer of another would miss the other's
+/// writes. A clone shares the connection pool and settings but starts with
+/// an empty echo memory, so a clone may go to another engine.
+#[derive(Debug)]
+pub struct HttpPeer {
+    inner: Arc<Inner>,
+}
+
+impl Clone for HttpPeer {
+    fn clone(&self) -> Self {
+        let inner = &self.inner;
+        HttpPeer {
+            inner: Arc::new(Inner {
+                base: inner.base.clone(),
+                peer_id: inner.peer_id.clone(),
+                client: inner.client.clone(),
+                token: inner.token.clone(),
+                timeout: inner.timeout,
+                retries: inner.retries,
+                retry_delay: inner.retry_delay,
+                state: Mutex::new(PeerState {
+                    feed_id: None,
+                    limits: inner.state.lock().limits,
+                    echoes: HashMap::new(),
+                }),
+            }),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    base: Url,
+    peer_id: String,
+    client: reqwest::Client,
+    token: Option<String>,
+    timeout: Duration,
+    retries: u32,
+    retry_delay: Duration,
+    state: Mutex<PeerState>,
+}
+
+/// What the peer learnt from the server.
+#[derive(Debug, Default)]
+struct PeerState {
+    /// The server's feed id, as last seen.
+    feed_id: Option<String>,
+    /// The server's limits, once its health was read.
+    limits: Option<Limits>,
+    /// Per collection, echo ranges (start -> end) still ahead of the pulls.
+    echoes: HashMap<CollectionName, BTreeMap<u64, u64>>,
+}
+
+impl PeerState {
+    /// Takes note of the feed id of an answer: a new one voids every echo
+    /// position. Returns whether it changed from one known before.
+    fn follow_feed(&mut self, feed_id: &str) -> bool {
+        if self.feed_id.as_deref() == Some(feed_id) {
+            return false;
+        }
+        let changed = self.feed_id.is_some();
+        self.echoes.clear();
+        self.feed_id = Some(feed_id.to_owned());
+        changed
+    }
+
+    fn remember_echoes(&mut self, collection: &CollectionName, echoes: &CursorRanges) {
+        if echoes.is_empty() {
+            return;
+        }
+        let ranges = self.echoes.entry(collection.clone()).or_default();
+        for &[start, end] in echoes.ranges() {
+            ranges.insert(start, end);
+        }
+        // Merge touching or overlapping ranges.
+        let mut merged: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut current: Option<(u64, u64)> = None;
+        for (&start, &end) in ranges.iter() {
+            current = match current {
+                Some((s, e)) if start <= e.saturating_add(1) => Some((s, e.max(end))),
+                Some((s, e)) => {
+                    merged.insert(s, e);
+                    Some((start, end))
+                }
+                None => Some((start, end)),
+            };
+        }
+        if let Some((s, e)) = current {
+            merged.insert(s, e);
+        }
+        while merged.len() > MAX_REMEMBERED_RANGES {
+            merged.pop_last();
+        }
+        *ranges = merged;
+    }
+
+    /// The echo ranges after `after` to send with a pull.
+    fn skip_after(&self, collection: &CollectionName, after: Cursor) -> CursorRanges {
+        let Some(ranges) = self.echoes.get(collection) else {
+            return CursorRanges::default();
+        };
+        let after = after.get();
+        let ranges: Vec<[u64; 2]> = ranges
+            .iter()
+            .filter(|&(_, &end)| end > after)
+            .map(|(&start, &end)| [start.max(after.saturating_add(1)), end])
+            .take(MAX_SKIP_RANGES)
+            .collect();
+        CursorRanges::new(ranges).unwrap_or_default()
+    }
+
+    /// Forgets echo ranges the pulls have passed.
+    fn prune(&mut self, collection: &CollectionName, next: Cursor) {
+        if let Some(ranges) = self.echoes.get_mut(collection) {
+            ranges.retain(|_, end| *end > next.get());
+            if ranges.is_empty() {
+                self.echoes.remove(collection);
+            }
+        }
+    }
+}
+
+/// Builds an [`HttpPeer`]: [`HttpPeer::builder`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct HttpPeerBuilder {
+    base_url: String,
+    peer_id: Option<String>,
+    token: Option<String>,
+    timeout: Duration,
+    connect_timeout: Duration,
+    user_agent: String,
+    retries: u32,
+    retry_delay: Duration,
+}
+
+impl HttpPeerBuilder {
+    /// The peer id the engine keeps its cursors under (default: the base
+    /// URL). Keep it stable for one server.
+    pub fn peer_id(mut self, peer_id: impl Into<String>) -> Self {
+        self.peer_id = Some(peer_id.into());
+        self
+    }
+
+    /// Sends `Authorization: Bearer <token>` with every request.
+    pub fn bearer_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Longest time one request may take (default 30 s); a long poll gets
+    /// its wait on top.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Longest time to establish a connection (default 5 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The `User-Agent` header (default `syncforge-http/VERSION`).
+    pub fn user_agent(mut self, user_agent: impl Into<String>) -> Self {
+        self.user_agent = user_agent.into();
+        self
+    }
+
+    /// How many times a call retries a transient failure before reporting
+    /// [`Error::Unavailable`] (default 2), and the first delay, which
+    /// quadruples with each retry (default 100 ms).
+    pub fn retries(mut self, retries: u32, first_delay: Duration) -> Self {
+        self.retries = retries;
+        self.retry_delay = first_delay;
+        self
+    }
+
+    /// The peer, or [`Error::InvalidConfig`] naming what is wrong.
+    pub fn build(self) -> Result<HttpPeer> {
+        let invalid =
+            |option: &'static str, reason: String| Error::InvalidConfig { option, reason };
+        let mut base = Url::parse(&self.base_url)
+            .map_err(|error| invalid("base_url", format!("{:?}: {error}", self.base_url)))?;
+        if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
+            return Err(invalid(
+                "base_url",
+                format!("{:?} is not an http:// or https:// URL", self.base_url),
+            ));
+        }
+        if base.query().is_some() || base.fragment().is_some() {
+            return Err(invalid(
+                "base_url",
+                format!("{:?} must not have a query or fragment", self.base_url),
+            ));
+        }
+        // Routes are appended to the base's path.
+        if let Ok(mut segments) = base.path_segments_mut() {
+            segments.pop_if_empty();
+        }
+        if let Some(token) = &self.token {
+            if token.is_empty() || token.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                return Err(invalid(
+                    "bearer_token",
+                    "must be non-empty, without spaces or control characters".to_owned(),
+                ));
+            }
+        }
+        let peer_id = self
+            .peer_id
+            .unwrap_or_else(|| base.as_str().trim_end_matches('/').to_owned());
+        syncforge_core::validate_id(&peer_id)
+            .map_err(|error| invalid("peer_id", error.to_string()))?;
+        if self.timeout.is_zero() || self.connect_timeout.is_zero() {
+            return Err(invalid("timeout", "must be longer than zero".to_owned()));
+        }
+        let client = reqwest::Client::builder()
+            .user_agent(self.user_agent)
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|error| invalid("client", format!("cannot build the HTTP client: {error}")))?;
+        Ok(HttpPeer {
+            inner: Arc::new(Inner {
+                base,
+                peer_id,
+                client,
+                token: self.token,
+                timeout: self.timeout,
+                retries: self.retries,
+                retry_delay: self.retry_delay,
+                state: Mutex::new(PeerState::default()),
+            }),
+        })
+    }
+}
+
+/// One request to make, possibly several times.
+struct Call<'a> {
+    method: Method,
+    url: Url,
+    body: Option<&'a [u8]>,
+    extra_time: Duration,
+}
+
+/// How one attempt failed.
+enum Failure {
+    /// Worth trying again.
+    Transient(Error),
+    /// Final.
+    Permanent(Error),
+}
+
+impl HttpPeer {
+    /// A peer for the server at `base_url` with the default settings.
+    pub fn new(base_url: impl Into<String>) -> Result<HttpPeer> {
+        HttpPeer::builder(base_url).build()
+    }
+
+    /// A builder for a peer at `base_url` (`http://host:port`, or with a
+    /// path prefix where the router is nested: `https://host/sync`).
+    pub fn builder(base_url: impl Into<String>) -> HttpPeerBuilder {
+        HttpPeerBuilder {
+            base_url: base_url.into(),
+            peer_id: None,
+            token: None,
+            timeout: DEFAULT_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            user_agent: concat!("syncforge-http/", env!("CARGO_PKG_VERSION")).to_owned(),
+            retries: DEFAULT_RETRIES,
+            retry_delay: Duration::from_millis(100),
+        }
+    }
+
+    /// The server's base URL.
+    pub fn base_url(&self) -> &str {
+        self.inner.base.as_str()
+    }
+
+    /// The server's health: its feed id and limits. Also refreshes what this
+    /// peer knows of them.
+    pub async fn health(&self) -> Result<Health> {
+        let health: Health = self
+            .call(Call {
+                method: Method::GET,
+                url: self.url(&["health"]),
+                body: None,
+                extra_time: Duration::ZERO,
+            })
+            .await?;
+        let mut state = self.inner.state.lock();
+        state.follow_feed(&health.feed_id);
+        state.limits = Some(health.limits);
+        Ok(health)
+    }
+
+    /// The collections on the server this peer's token may read.
+    pub async fn collections(&self) -> Result<Vec<CollectionName>> {
+        let list: CollectionList = self
+            .call(Call {
+                method: Method::GET,
+                url: self.url(&["collections"]),
+                body: None,
+                extra_time: Duration::ZERO,
+            })
+            .await?;
+        self.inner.state.lock().follow_feed(&list.feed_id);
+        list.collections
+            .into_iter()
+            .map(|name| {
+                CollectionName::new(name).map_err(|error| self.protocol_error(error.to_string()))
+            })
+            .collect()
+    }
+
+    /// A long poll: the server's changes of `collection` after `after` (at
+    /// most `limit`), waiting up to `wait` (bounded by the server's
+    /// `max_wait`) for one to arrive if there is none yet. Returns as soon as
+    /// a change lands; the page is empty when the wait ran out. This peer's
+    /// own echoes are left out, as in [`pull`](SyncPeer::pull).
+    ///
+    /// Use it to sync as soon as another client writes: wait on the cursor
+    /// the engine keeps for this peer (`engine.peer_cursors(peer_id,
+    /// collection)`), then `sync_with`.
+    pub async fn wait_for_changes(
+        &self,
+        collection: impl IntoName<CollectionName>,
+        after: Cursor,
+        limit: NonZeroUsize,
+        wait: Duration,
+    ) -> Result<ChangePage> {
+        let collection = collection.into_name()?;
+        self.read_feed(&collection, after, limit, wait).await
+    }
+
+    /// Sends `records` to merge into the server's `collection`, in as many
+    /// requests as the server's limits need, and returns the summed answer
+    /// (`echoes` of the last request only).
+    pub async fn push_records(
+        &self,
+        collection: impl IntoName<CollectionName>,
+        records: Vec<Record>,
+    ) -> Result<SyncResponse> {
+        let collection = collection.into_name()?;
+        let limits = self.inner.state.lock().limits.unwrap_or(FALLBACK_LIMITS);
+        // `{"records":[` ... `]}` around the records and their commas.
+        const ENVELOPE: usize = 16;
+        let mut total: Option<SyncResponse> = None;
+        let mut body: Vec<u8> = Vec::new();
+        let mut count = 0;
+        let mut records = records.into_iter().peekable();
+        while let Some(record) = records.next() {
+            let text = serde_json::to_vec(&record).map_err(|error| {
+                Error::invalid_record(Some(record.id().as_str()), error.to_string())
+            })?;
+            if text.len() + ENVELOPE > limits.max_body_bytes {
+                return Err(Error::invalid_record(
+                    Some(record.id().as_str()),
+                    format!(
+                        "is {} bytes of JSON, more than the server accepts in one request ({} bytes)",
+                        text.len(),
+                        limits.max_body_bytes
+                    ),
+                ));
+            }
+            let full = count == limits.max_records
+                || body.len() + text.len() + 1 + ENVELOPE > limits.max_body_bytes;
+            if full {
+                let answer = self.send_records(&collection, &mut body, count).await?;
+                total = Some(sum(total, answer));
+                count = 0;
+            }
+            body.push(if count == 0 { b'[' } else { b',' });
+            body.extend_from_slice(&text);
+            count += 1;
+            if records.peek().is_none() {
+                let answer = self.send_records(&collection, &mut body, count).await?;
+                total = Some(sum(total, answer));
+                count = 0;
+            }
+        }
+        match total {
+            Some(total) => Ok(total),
+            None => {
+                let answer = self.send_records(&collection, &mut body, 0).await?;
+                Ok(answer)
+            }
+        }
+    }
+
+    /// Sends the records gathered in `items` (`[a,b,c` or empty) and clears it.
+    async fn send_records(
+        &self,
+        collection: &CollectionName,
+        items: &mut Vec<u8>,
+        count: usize,
+    ) -> Result<SyncResponse> {
+        let mut body = Vec::with_capacity(items.len() + 16);
+        body.extend_from_slice(b"{\"records\":");
+        if count == 0 {
+            body.extend_from_slice(b"[");
+        } else {
+            body.append(items);
+        }
+        body.extend_from_slice(b"]}");
+        items.clear();
+        let answer: SyncResponse = self
+            .call(Call {
+                method: Method::POST,
+                url: self.url(&["collections", collection.as_str(), "sync"]),
+                body: Some(&body),
+                extra_time: Duration::ZERO,
+            })
+            .await?;
+        let mut state = self.inner.state.lock();
+        state.follow_feed(&answer.feed_id);
+        state.remember_echoes(collection, &answer.echoes);
+        Ok(answer)
+    }
+
+    async fn read_feed(
+        &self,
+        collection: &CollectionName,
+        after: Cursor,
+        limit: NonZeroUsize,
+        wait: Duration,
+    ) -> Result<ChangePage> {
+        let skip = self.inner.state.lock().skip_after(collection, after);
+        let mut url = self.url(&["collections", collection.as_str(), "changes"]);
+        {
+            let mut query = url.query_pairs_mut();
+            query.append_pair("after", &after.to_string());
+            query.append_pair("limit", &limit.to_string());
+            if !wait.is_zero() {
+                query.append_pair("wait", &wait.as_millis().to_string());
+            }
+            if !skip.is_empty() {
+                query.append_pair("skip", &skip.to_string());
+            }
+        }
+        let answer: ChangesResponse = self
+            .call(Call {
+                method: Method::GET,
+                url,
+                body: None,
+                extra_time: wait,
+            })
+            .await?;
+        let mut state = self.inner.state.lock();
+        if state.follow_feed(&answer.feed_id) {
+            // The server now runs on another store: `after` meant nothing
+            // there. The next sync sees the new feed id and starts over.
+            return Err(Error::unavailable(
+                BACKEND,
+                format!(
+                    "{} changed stores during the sync (feed {}); sync again",
+                    self.inner.base, answer.feed_id
+                ),
+            ));
+        }
+        state.prune(collection, answer.next);
+        drop(state);
+        Ok(ChangePage {
+            changes: answer
+                .changes
+                .into_iter()
+                .map(|change| Change {
+                    cursor: change.cursor,
+                    record: change.record,
+                })
+                .collect(),
+            next: answer.next,
+            more: answer.more,
+        })
+    }
+
+    /// The URL of a route: the base, `v1`, then `segments`, each
+    /// percent-encoded as one path segment.
+    fn url(&self, segments: &[&str]) -> Url {
+        let mut url = self.inner.base.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().push("v1").extend(segments);
+        }
+        url
+    }
+
+    /// Makes `call`, retrying transient failures, and reads the answer.
+    async fn call<T: DeserializeOwned>(&self, call: Call<'_>) -> Result<T> {
+        let mut delay = self.inner.retry_delay;
+        let mut attempt = 0;
+        loop {
+            match self.attempt(&call).await {
+                Ok(answer) => return Ok(answer),
+                Err(Failure::Transient(error)) if attempt < self.inner.retries => {
+                    tracing::debug!(%error, attempt, url = %call.url, "retrying a transient failure");
+                    tokio::time::sleep(delay).await;
+                    delay = delay.saturating_mul(4);
+                    attempt += 1;
+                }
+                Err(Failure::Transient(error) | Failure::Permanent(error)) => return Err(error),
+            }
+        }
+    }
+
+    async fn attempt<T: DeserializeOwned>(&self, call: &Call<'_>) -> Result<T, Failure> {
+        let mut request = self
+            .inner
+            .client
+            .request(call.method.clone(), call.url.clone())
+            .timeout(self.inner.timeout.saturating_add(call.extra_time));
+        if let Some(token) = &self.inner.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = call.body {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.to_vec());
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|error| self.transport(error))?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|error| self.transport(error))?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).map_err(|error| {
+                Failure::Permanent(self.protocol_error(format!(
+                    "answered {} with a body that is not the expected JSON: {error}",
+                    call.url.path()
+                )))
+            });
+        }
+        Err(self.refusal(status, &bytes, &call.url))
+    }
+
+    /// A failure to exchange a request at all.
+    fn transport(&self, error: reqwest::Error) -> Failure {
+        if error.is_builder() || error.is_redirect() {
+            Failure::Permanent(Error::storage_caused(
+                BACKEND,
+                format!("cannot call {}", self.inner.base),
+                error,
+            ))
+        } else {
+            // Refused, reset, timed out, cut off mid-answer: the server may
+            // be back later.
+            Failure::Transient(Error::unavailable(BACKEND, error))
+        }
+    }
+
+    /// An error answer, as the matching syncforge error.
+    fn refusal(&self, status: StatusCode, bytes: &[u8], url: &Url) -> Failure {
+        let detail = serde_json::from_slice::<ErrorBody>(bytes)
+            .ok()
+            .map(|body| body.error);
+        let message = detail.as_ref().map_or_else(
+            || String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned(),
+            |detail| detail.message.clone(),
+        );
+        let described = format!(
+            "{} answered {status} to {}: {message}",
+            self.inner.base,
+            url.path()
+        );
+        let transient = matches!(
+            status,
+            StatusCode::REQUEST_TIMEOUT
+                | StatusCode::TOO_MANY_REQUESTS
+                | StatusCode::BAD_GATEWAY
+                | StatusCode::SERVICE_UNAVAILABLE
+                | StatusCode::GATEWAY_TIMEOUT
+        );
+        if transient {
+            return Failure::Transient(Error::unavailable(BACKEND, described));
+        }
+        let Some(detail) = detail else {
+            return Failure::Permanent(Error::storage(BACKEND, described));
+        };
+        let error = match detail.code {
+            ErrorCode::ClockDrift if !detail.ids.is_empty() => Error::ClockDrift {
+                ids: detail.ids,
+                ahead_ms: detail.ahead_ms.unwrap_or(0),
+                max_drift_ms: detail.max_drift_ms.unwrap_or(0),
+            },
+            ErrorCode::InvalidRecord => Error::InvalidRecord {
+                id: detail.id,
+                field: detail.field,
+                reason: detail.reason.unwrap_or(message),
+            },
+            ErrorCode::InvalidId => Error::InvalidId {
+                id: detail.id.unwrap_or_default(),
+                reason: detail.reason.unwrap_or(message),
+            },
+            _ => Error::storage(BACKEND, described),
+        };
+        Failure::Permanent(error)
+    }
+
+    fn protocol_error(&self, reason: String) -> Error {
+        Error::PeerProtocol {
+            peer: self.inner.peer_id.clone(),
+            reason,
+        }
+    }
+}
+
+fn sum(total: Option<SyncResponse>, answer: SyncResponse) -> SyncResponse {
+    match total {
+        None => answer,
+        Some(total) => SyncResponse {
+            added: total.added + answer.added,
+            updated: total.updated + answer.updated,
+            deleted: total.deleted + answer.deleted,
+            unchanged: total.unchanged + answer.unchanged,
+            conflicts: total.conflicts + answer.conflicts,
+            ..answer
+        },
+    }
+}
+
+#[async_trait]
+impl SyncPeer for HttpPeer {
+    fn peer_id(&self) -> &str {
+        &self.inner.peer_id
+    }
+
+    async fn feed_id(&self) -> Result<Option<String>> {
+        Ok(Some(self.health().await?.feed_id))
+    }
+
+    async fn pull(
+        &self,
+        collection: &CollectionName,
+        after: Cursor,
+        limit: NonZeroUsize,
+    ) -> Result<ChangePage> {
+        self.read_feed(collection, after, limit, Duration::ZERO)
+            .await
+    }
+
+    async fn push(&self, collection: &CollectionName, records: Vec<Record>) -> Result<()> {
+        self.push_records(collection.clone(), records)
+            .await
+            .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(text: &str) -> CollectionName {
+        CollectionName::new(text).unwrap()
+    }
+
+    #[test]
+    fn echoes_merge_are_sent_after_the_cursor_and_pruned() {
+        let mut state = PeerState::default();
+        state.follow_feed("f1");
+        let notes = name("notes");
+        state.remember_echoes(&notes, &CursorRanges::new(vec![[3, 5], [9, 9]]).unwrap());
+        state.remember_echoes(&notes, &CursorRanges::new(vec![[6, 7], [20, 30]]).unwrap());
+        assert_eq!(
+            state.skip_after(&notes, Cursor::START).to_string(),
+            "3-7,9,20-30"
+        );
+        assert_eq!(
+            state.skip_after(&notes, Cursor::new(4)).to_string(),
+            "5-7,9,20-30"
+        );
+        state.prune(&notes, Cursor::new(9));
+        assert_eq!(
+            state.skip_after(&notes, Cursor::new(9)).to_string(),
+            "20-30"
+        );
+        assert!(state.skip_after(&name("other"), Cursor::START).is_empty());
+        // Another store: every position is void.
+        assert!(!state.follow_feed("f1"));
+        assert!(state.follow_feed("f2"));
+        assert!(state.skip_after(&notes, Cursor::START).is_empty());
+    }
+
+    #[test]
+    fn bad_settings_are_refused_by_name() {
+        let refused = |builder: HttpPeerBuilder| match builder.build() {
+            Err(Error::InvalidConfig { option, .. }) => option,
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        };
+        assert_eq!(refused(HttpPeer::builder("not a url")), "base_url");
+        assert_eq!(refused(HttpPeer::builder("ftp://host")), "base_url");
+        assert_eq!(refused(HttpPeer::builder("http://host/?q=1")), "base_url");
+        assert_eq!(
+            refused(HttpPeer::builder("http://host").bearer_token("a b")),
+            "bearer_token"
+        );
+        assert_eq!(
+            refused(HttpPeer::builder("http://host").peer_id("")),
+            "peer_id"
+        );
+        let peer = HttpPeer::new("http://127.0.0.1:8080/sync/").unwrap();
+        assert_eq!(peer.peer_id(), "http://127.0.0.1:8080/sync");
+        assert_eq!(
+            peer.url(&["collections", "a/b c", "changes"]).as_str(),
+            "http://127.0.0.1:8080/sync/v1/collections/a%2Fb%20c/changes"
+        );
+    }
+}

@@ -1,0 +1,128 @@
+//! Every refusal as a typed JSON error response: the one place where
+//! syncforge's errors become HTTP statuses and error codes.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use syncforge_core::Error;
+
+use crate::protocol::{ErrorBody, ErrorCode, ErrorDetail};
+
+/// A request refused or failed, as the client will see it.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    /// Boxed: errors travel in every handler's `Result`, rarely taken.
+    detail: Box<ErrorDetail>,
+}
+
+impl ApiError {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError {
+            detail: Box::new(ErrorDetail::new(code, message)),
+        }
+    }
+
+    /// Names the position of the refused record in the request.
+    pub(crate) fn at_index(mut self, index: usize) -> Self {
+        self.detail.index = Some(index);
+        self
+    }
+
+    #[cfg(test)]
+    pub(crate) fn code(&self) -> ErrorCode {
+        self.detail.code
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(error: Error) -> Self {
+        let message = error.to_string();
+        let mut detail = match &error {
+            Error::InvalidRecord { id, field, reason } => {
+                let mut detail = ErrorDetail::new(ErrorCode::InvalidRecord, message);
+                detail.id.clone_from(id);
+                detail.field.clone_from(field);
+                detail.reason = Some(reason.clone());
+                detail
+            }
+            Error::InvalidId { id, reason } => {
+                let mut detail = ErrorDetail::new(ErrorCode::InvalidId, message);
+                detail.id = Some(id.clone());
+                detail.reason = Some(reason.clone());
+                detail
+            }
+            Error::InvalidStamp { reason, .. } => {
+                let mut detail = ErrorDetail::new(ErrorCode::InvalidStamp, message);
+                detail.reason = Some(reason.clone());
+                detail
+            }
+            Error::StampAhead { .. } => ErrorDetail::new(ErrorCode::ClockDrift, message),
+            Error::ClockDrift {
+                ids,
+                ahead_ms,
+                max_drift_ms,
+            } => {
+                let mut detail = ErrorDetail::new(ErrorCode::ClockDrift, message);
+                detail.ids.clone_from(ids);
+                detail.ahead_ms = Some(*ahead_ms);
+                detail.max_drift_ms = Some(*max_drift_ms);
+                detail
+            }
+            Error::InvalidCollection { reason, .. } => {
+                let mut detail = ErrorDetail::new(ErrorCode::InvalidCollection, message);
+                detail.reason = Some(reason.clone());
+                detail
+            }
+            Error::InvalidArgument { reason, .. } | Error::InvalidConfig { reason, .. } => {
+                let mut detail = ErrorDetail::new(ErrorCode::InvalidArgument, message);
+                detail.reason = Some(reason.clone());
+                detail
+            }
+            // Transient, or the engine is closing, or a record kept changing
+            // under concurrent writers: the same request later may succeed.
+            Error::Unavailable { .. } | Error::Closed { .. } | Error::Precondition { .. } => {
+                ErrorDetail::new(ErrorCode::Unavailable, message)
+            }
+            // The store's own failures, not the request's: the one 500.
+            _ => {
+                tracing::error!(%error, "request failed in the store");
+                ErrorDetail::new(ErrorCode::Internal, message)
+            }
+        };
+        if detail.code == ErrorCode::Unknown {
+            detail.code = ErrorCode::Internal;
+        }
+        ApiError {
+            detail: Box::new(detail),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let code = self.detail.code;
+        let status =
+            StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = (
+            status,
+            Json(ErrorBody {
+                error: *self.detail,
+            }),
+        )
+            .into_response();
+        let headers = response.headers_mut();
+        match code {
+            ErrorCode::Unauthorized => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"syncforge\""),
+                );
+            }
+            ErrorCode::Unavailable | ErrorCode::Timeout => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        response
+    }
+}

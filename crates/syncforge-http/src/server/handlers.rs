@@ -1,0 +1,829 @@
+//! The routes: health, collections, the change feed (with long polls and
+//! echo skipping) and sync; authorisation, body limits, the request span and
+//! the request timeout around them.
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
+use subtle::ConstantTimeEq;
+use syncforge_core::{ChangePage, CollectionName, Cursor, Record, Result};
+use tokio::sync::{watch, Notify};
+use tower_http::compression::{CompressionLayer, CompressionLevel};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tracing::field::Empty;
+use tracing::Instrument;
+
+use super::error::ApiError;
+use super::options::{digest, Access, AccessToken, Cors, ServerOptions, DEFAULT_PAGE};
+use super::{Replica, WatchGuard};
+use crate::protocol::{
+    ChangesResponse, CollectionList, CursorRanges, ErrorCode, Health, SyncResponse, WireChange,
+    MAX_SKIP_RANGES, PROTOCOL_HEADER, PROTOCOL_VERSION,
+};
+
+/// Most backend pages one feed request reads while skipping echoes, so that
+/// a request's work stays bounded whatever the skip list.
+const MAX_READS_PER_PAGE: usize = 16;
+
+/// What every handler shares.
+struct Shared {
+    replica: Arc<dyn Replica>,
+    options: ServerOptions,
+    watchers: Arc<Watchers>,
+    /// Set when the server shuts down: long polls return at once.
+    closing: watch::Receiver<bool>,
+}
+
+type AppState = Arc<Shared>;
+
+/// Builds the router over `replica`.
+pub(super) fn build(
+    replica: Arc<dyn Replica>,
+    options: ServerOptions,
+    closing: watch::Receiver<bool>,
+) -> Result<Router> {
+    options.validate()?;
+    if options.tokens.is_empty() {
+        tracing::warn!(
+            "sync server without access tokens: every client may read and write every collection"
+        );
+    }
+    let watchers = Arc::new(Watchers::new(replica.clone()));
+    let cors = cors_layer(&options.cors);
+    let compression = options.compression;
+    let state = Arc::new(Shared {
+        replica,
+        options,
+        watchers,
+        closing,
+    });
+    let mut app = Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/collections", get(collections))
+        .route("/v1/collections/{collection}/changes", get(changes))
+        .route("/v1/collections/{collection}/sync", post(sync))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), time_limit))
+        .with_state(state);
+    if compression {
+        app = app.layer(
+            CompressionLayer::new()
+                .gzip(true)
+                .quality(CompressionLevel::Fastest),
+        );
+    }
+    if let Some(cors) = cors {
+        app = app.layer(cors);
+    }
+    Ok(app.layer(middleware::from_fn(observe)))
+}
+
+fn cors_layer(cors: &Cors) -> Option<CorsLayer> {
+    let origins = match cors {
+        Cors::Off => return None,
+        Cors::AnyOrigin => AllowOrigin::any(),
+        Cors::Origins(origins) => AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|origin| HeaderValue::from_str(origin).ok()),
+        ),
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(origins)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            .expose_headers([header::HeaderName::from_static(PROTOCOL_HEADER)])
+            .max_age(Duration::from_secs(600)),
+    )
+}
+
+/// The request span (method, route, collection, records, status,
+/// duration), and the protocol header on every response.
+async fn observe(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
+    let span = tracing::info_span!(
+        "http_request",
+        method = %request.method(),
+        route = %route,
+        collection = Empty,
+        records = Empty,
+        status = Empty,
+        duration_ms = Empty,
+    );
+    let started = Instant::now();
+    let mut response = next.run(request).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    span.record("status", status)
+        .record("duration_ms", duration_ms);
+    tracing::debug!(parent: &span, status, duration_ms, "request finished");
+    response.headers_mut().insert(
+        header::HeaderName::from_static(PROTOCOL_HEADER),
+        HeaderValue::from(PROTOCOL_VERSION),
+    );
+    response
+}
+
+/// Answers 503 `timeout` when a request takes longer than allowed.
+async fn time_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let limit = state.options.request_timeout;
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            ErrorCode::Timeout,
+            format!("the request took longer than the server's limit of {limit:?}"),
+        )
+        .into_response(),
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        ErrorCode::NotFound,
+        "no such route (routes start with /v1/)",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "this route does not take this method",
+    )
+}
+
+async fn health(State(state): State<AppState>) -> Json<Health> {
+    Json(Health {
+        status: "ok".to_owned(),
+        protocol: PROTOCOL_VERSION,
+        feed_id: state.replica.feed_id().to_owned(),
+        limits: state.options.limits(),
+    })
+}
+
+async fn collections(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<CollectionList>, ApiError> {
+    let token = state.authenticate(&headers)?;
+    let mut collections: Vec<String> = state
+        .replica
+        .collections()
+        .await?
+        .into_iter()
+        .map(|name| name.as_str().to_owned())
+        .filter(|name| token.is_none_or(|token| token.covers(name)))
+        .collect();
+    collections.sort();
+    Ok(Json(CollectionList {
+        feed_id: state.replica.feed_id().to_owned(),
+        collections,
+    }))
+}
+
+/// The query of a feed read.
+struct FeedQuery {
+    after: Cursor,
+    limit: NonZeroUsize,
+    wait: Duration,
+    skip: CursorRanges,
+}
+
+impl FeedQuery {
+    fn parse(pairs: Vec<(String, String)>, options: &ServerOptions) -> Result<Self, ApiError> {
+        let mut seen: HashMap<String, String> = HashMap::new();
+        for (name, value) in pairs {
+            if seen.contains_key(&name) {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidArgument,
+                    format!("query parameter `{name}` is given more than once"),
+                ));
+            }
+            seen.insert(name, value);
+        }
+        let number = |name: &str| -> Result<Option<u64>, ApiError> {
+            let Some(text) = seen.get(name) else {
+                return Ok(None);
+            };
+            if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+                let code = if name == "after" {
+                    ErrorCode::InvalidCursor
+                } else {
+                    ErrorCode::InvalidArgument
+                };
+                return Err(ApiError::new(
+                    code,
+                    format!(
+                        "`{name}` must be a non-negative integer, not {:?}",
+                        shorten(text)
+                    ),
+                ));
+            }
+            text.parse().map(Some).map_err(|_| {
+                ApiError::new(
+                    ErrorCode::InvalidArgument,
+                    format!("`{name}` is out of range: {}", shorten(text)),
+                )
+            })
+        };
+        let after = number("after")?.map_or(Cursor::START, Cursor::new);
+        let limit = match number("limit")? {
+            None => DEFAULT_PAGE,
+            Some(0) => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidArgument,
+                    "`limit` must be at least 1: a page that can hold nothing never advances",
+                ))
+            }
+            Some(limit) => usize::try_from(limit).unwrap_or(usize::MAX),
+        };
+        let limit = NonZeroUsize::new(limit.min(options.max_page)).unwrap_or(NonZeroUsize::MIN);
+        let wait = number("wait")?
+            .map_or(Duration::ZERO, Duration::from_millis)
+            .min(options.max_wait);
+        let skip = match seen.get("skip") {
+            None => CursorRanges::default(),
+            Some(text) => CursorRanges::parse_query(text, MAX_SKIP_RANGES).map_err(|reason| {
+                ApiError::new(ErrorCode::InvalidArgument, format!("`skip`: {reason}"))
+            })?,
+        };
+        Ok(FeedQuery {
+            after,
+            limit,
+            wait,
+            skip,
+        })
+    }
+}
+
+async fn changes(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<ChangesResponse>, ApiError> {
+    let collection = state.collection(&headers, path, Access::Read)?;
+    let Query(pairs) = query.map_err(|rejection| {
+        ApiError::new(
+            ErrorCode::InvalidArgument,
+            format!("malformed query string: {rejection}"),
+        )
+    })?;
+    let query = FeedQuery::parse(pairs, &state.options)?;
+    let page = state.feed_page(&collection, &query).await?;
+    tracing::Span::current().record("records", page.changes.len());
+    Ok(Json(ChangesResponse {
+        feed_id: state.replica.feed_id().to_owned(),
+        collection: collection.as_str().to_owned(),
+        changes: page
+            .changes
+            .into_iter()
+            .map(|change| WireChange {
+                cursor: change.cursor,
+                record: change.record,
+            })
+            .collect(),
+        next: page.next,
+        more: page.more,
+    }))
+}
+
+async fn sync(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> Result<Json<SyncResponse>, ApiError> {
+    let collection = state.collection(&headers, path, Access::ReadWrite)?;
+    check_json_content_type(&headers)?;
+    let bytes = read_body(&headers, body, state.options.max_body_bytes).await?;
+    let values = parse_records(&bytes, state.options.max_records)?;
+    drop(bytes);
+    tracing::Span::current().record("records", values.len());
+    // Every record is read before anything is written: one bad record
+    // refuses the whole request.
+    let records = values
+        .into_iter()
+        .enumerate()
+        .map(|(index, value)| {
+            Record::from_json(value).map_err(|error| ApiError::from(error).at_index(index))
+        })
+        .collect::<Result<Vec<Record>, ApiError>>()?;
+    // The merge runs on its own task: a client that goes away or a request
+    // that times out does not cut a write in half.
+    let replica = state.replica.clone();
+    let target = collection.clone();
+    let outcome = tokio::spawn(
+        async move { replica.sync(&target, records).await }.instrument(tracing::Span::current()),
+    )
+    .await
+    .map_err(|error| {
+        tracing::error!(%error, "the sync task failed");
+        ApiError::new(ErrorCode::Internal, "the sync task failed")
+    })??;
+    Ok(Json(SyncResponse {
+        feed_id: state.replica.feed_id().to_owned(),
+        collection: collection.as_str().to_owned(),
+        added: outcome.added,
+        updated: outcome.updated,
+        deleted: outcome.deleted,
+        unchanged: outcome.unchanged,
+        conflicts: outcome.conflicts,
+        echoes: CursorRanges::from_cursors(outcome.echoes),
+    }))
+}
+
+impl Shared {
+    /// The token presented, checked against every configured token in
+    /// constant time. `Ok(None)`: the server has no tokens (open).
+    fn authenticate(&self, headers: &HeaderMap) -> Result<Option<&AccessToken>, ApiError> {
+        if self.options.tokens.is_empty() {
+            return Ok(None);
+        }
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| {
+                let (scheme, token) = value.trim().split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+            })
+            .filter(|token| !token.is_empty())
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::Unauthorized,
+                    "this server needs `Authorization: Bearer <token>`",
+                )
+            })?;
+        let presented = digest(presented);
+        // Every configured token is compared, whichever matches.
+        let mut found = None;
+        for token in &self.options.tokens {
+            if bool::from(token.digest.ct_eq(&presented)) {
+                found = Some(token);
+            }
+        }
+        found.map(Some).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Unauthorized,
+                "the bearer token is not known here",
+            )
+        })
+    }
+
+    /// The collection of a route, once the caller is known to be allowed
+    /// `needed` on it.
+    fn collection(
+        &self,
+        headers: &HeaderMap,
+        path: Result<Path<String>, PathRejection>,
+        needed: Access,
+    ) -> Result<CollectionName, ApiError> {
+        let token = self.authenticate(headers)?;
+        let Path(name) = path.map_err(|rejection| {
+            ApiError::new(
+                ErrorCode::InvalidCollection,
+                format!("the collection in the path cannot be read: {rejection}"),
+            )
+        })?;
+        tracing::Span::current().record("collection", shorten(&name));
+        if let Some(token) = token {
+            if !token.allows(&name, needed) {
+                let what = match needed {
+                    Access::Read => "read",
+                    Access::ReadWrite => "write",
+                };
+                return Err(ApiError::new(
+                    ErrorCode::Forbidden,
+                    format!("this token may not {what} collection {:?}", shorten(&name)),
+                ));
+            }
+        }
+        Ok(CollectionName::new(name)?)
+    }
+
+    /// A page of the feed after `query.after`, leaving out the positions in
+    /// `query.skip`; with `query.wait`, waits for a change if there is none
+    /// yet.
+    async fn feed_page(
+        &self,
+        collection: &CollectionName,
+        query: &FeedQuery,
+    ) -> Result<ChangePage, ApiError> {
+        if query.wait.is_zero() {
+            return self.read_skipping(collection, query).await;
+        }
+        let deadline = tokio::time::Instant::now() + query.wait;
+        let waiting = Watchers::wait(&self.watchers, collection);
+        let notify = &waiting.notify;
+        let mut closing = self.closing.clone();
+        loop {
+            // Registered before reading, so a write landing between the read
+            // and the wait still wakes this request.
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let page = self.read_skipping(collection, query).await?;
+            if !page.changes.is_empty()
+                || tokio::time::Instant::now() >= deadline
+                || *closing.borrow()
+            {
+                return Ok(page);
+            }
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep_until(deadline) => {}
+                () = closed(&mut closing) => {}
+            }
+        }
+    }
+
+    /// Reads the feed after `query.after` until `query.limit` changes not in
+    /// `query.skip` are found, the feed ends, or the read budget is spent.
+    async fn read_skipping(
+        &self,
+        collection: &CollectionName,
+        query: &FeedQuery,
+    ) -> Result<ChangePage, ApiError> {
+        let limit = query.limit;
+        if query.skip.is_empty() {
+            return Ok(self.replica.changes(collection, query.after, limit).await?);
+        }
+        let mut kept = Vec::new();
+        let mut position = query.after;
+        for _ in 0..MAX_READS_PER_PAGE {
+            // Positions right after this one that are all skipped need no read.
+            if let Some([_, end]) = query.skip.find(position.get().saturating_add(1)) {
+                position = Cursor::new(end);
+            }
+            let page = self.replica.changes(collection, position, limit).await?;
+            let last = page.changes.last().map(|change| change.cursor);
+            let mut changes = page.changes.into_iter().peekable();
+            let mut jumped = None;
+            while let Some(change) = changes.next() {
+                match query.skip.find(change.cursor.get()) {
+                    // A skipped run reaching past this page: read on after it.
+                    Some([_, end]) if Some(Cursor::new(end)) > last => {
+                        jumped = Some(Cursor::new(end));
+                        break;
+                    }
+                    Some(_) => {}
+                    None => {
+                        let cursor = change.cursor;
+                        kept.push(change);
+                        if kept.len() == limit.get() {
+                            let more = changes.peek().is_some() || page.more;
+                            return Ok(ChangePage {
+                                changes: kept,
+                                next: cursor,
+                                more,
+                            });
+                        }
+                    }
+                }
+            }
+            position = match jumped {
+                Some(end) => end.max(page.next),
+                None => page.next,
+            };
+            if jumped.is_none() && !page.more {
+                return Ok(ChangePage {
+                    changes: kept,
+                    next: position,
+                    more: false,
+                });
+            }
+        }
+        Ok(ChangePage {
+            changes: kept,
+            next: position,
+            more: true,
+        })
+    }
+}
+
+/// Resolves when the server starts shutting down; never, for a router
+/// without a server.
+async fn closed(closing: &mut watch::Receiver<bool>) {
+    if closing.wait_for(|closing| *closing).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Long-poll wake-ups, one `Notify` per collection being waited on. The
+/// replica is watched only while a request waits, so that writes cost
+/// nothing extra when nobody long-polls.
+struct Watchers {
+    replica: Arc<dyn Replica>,
+    by_collection: Mutex<HashMap<CollectionName, Weak<Notify>>>,
+    /// Requests waiting, and the watch on the replica while there are any.
+    /// Never locked on the writing path (`wake`), so that installing or
+    /// dropping the watch, which takes the replica's own locks, cannot
+    /// deadlock with a write calling `wake`.
+    watching: Mutex<(usize, Option<WatchGuard>)>,
+}
+
+/// One waiting request: its collection's notifier, and its share in
+/// keeping the replica watched.
+struct Waiting {
+    notify: Arc<Notify>,
+    watchers: Arc<Watchers>,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let unwatched = {
+            let mut watching = self.watchers.watching.lock();
+            watching.0 -= 1;
+            if watching.0 == 0 {
+                watching.1.take()
+            } else {
+                None
+            }
+        };
+        drop(unwatched);
+    }
+}
+
+impl Watchers {
+    fn new(replica: Arc<dyn Replica>) -> Self {
+        Watchers {
+            replica,
+            by_collection: Mutex::new(HashMap::new()),
+            watching: Mutex::new((0, None)),
+        }
+    }
+
+    /// Registers a request waiting on `collection`; the replica is watched
+    /// from now until the returned value is dropped.
+    fn wait(watchers: &Arc<Watchers>, collection: &CollectionName) -> Waiting {
+        let notify = watchers.notify(collection);
+        let mut watching = watchers.watching.lock();
+        watching.0 += 1;
+        if watching.1.is_none() {
+            let woken = Arc::downgrade(watchers);
+            watching.1 = Some(watchers.replica.watch(Box::new(
+                move |collection: &CollectionName| {
+                    if let Some(watchers) = woken.upgrade() {
+                        watchers.wake(collection);
+                    }
+                },
+            )));
+        }
+        Waiting {
+            notify,
+            watchers: watchers.clone(),
+        }
+    }
+
+    /// The notifier of `collection`, shared by everyone waiting on it.
+    fn notify(&self, collection: &CollectionName) -> Arc<Notify> {
+        let mut map = self.by_collection.lock();
+        if let Some(notify) = map.get(collection).and_then(Weak::upgrade) {
+            return notify;
+        }
+        // Forget collections nobody waits on any more before adding one.
+        map.retain(|_, notify| notify.strong_count() > 0);
+        let notify = Arc::new(Notify::new());
+        map.insert(collection.clone(), Arc::downgrade(&notify));
+        notify
+    }
+
+    fn wake(&self, collection: &CollectionName) {
+        let notify = self
+            .by_collection
+            .lock()
+            .get(collection)
+            .and_then(Weak::upgrade);
+        if let Some(notify) = notify {
+            notify.notify_waiters();
+        }
+    }
+}
+
+/// POST bodies must say they are JSON: a browser cannot send that
+/// cross-origin without a CORS preflight.
+fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("");
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    if essence.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            format!(
+                "the body must be `application/json`, not {:?}",
+                shorten(content_type)
+            ),
+        ))
+    }
+}
+
+/// The whole body, refused with 413 past `max` bytes (a `Content-Length`
+/// over it is refused before reading).
+async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("the body is larger than the server accepts ({max} bytes)"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > max as u64) {
+        return Err(too_large());
+    }
+    let capacity = declared.map_or(0, |length| usize::try_from(length).unwrap_or(0));
+    let mut collected = Vec::with_capacity(capacity);
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|error| {
+            ApiError::new(
+                ErrorCode::MalformedJson,
+                format!("the body could not be read: {error}"),
+            )
+        })?;
+        if collected.len() + chunk.len() > max {
+            return Err(too_large());
+        }
+        collected.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(collected))
+}
+
+/// Reads `{"records": [...]}`, refusing more than `max` records while
+/// reading, before they are all held in memory.
+fn parse_records(bytes: &[u8], max: usize) -> Result<Vec<Value>, ApiError> {
+    let mut over_limit = false;
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let parsed = EnvelopeSeed {
+        max,
+        over_limit: &mut over_limit,
+    }
+    .deserialize(&mut deserializer)
+    .and_then(|records| deserializer.end().map(|()| records));
+    match parsed {
+        Ok(records) => Ok(records),
+        Err(_) if over_limit => Err(ApiError::new(
+            ErrorCode::TooManyRecords,
+            format!("more than {max} records in one request; send them in several"),
+        )),
+        Err(error) => Err(ApiError::new(
+            ErrorCode::MalformedJson,
+            format!("the body is not a sync request ({{\"records\": [...]}}): {error}"),
+        )),
+    }
+}
+
+struct EnvelopeSeed<'a> {
+    max: usize,
+    over_limit: &'a mut bool,
+}
+
+impl<'de> DeserializeSeed<'de> for EnvelopeSeed<'_> {
+    type Value = Vec<Value>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> std::result::Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EnvelopeSeed<'_> {
+    type Value = Vec<Value>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an object with a `records` array")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        let mut records = None;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if key == "records" {
+                if records.is_some() {
+                    return Err(serde::de::Error::duplicate_field("records"));
+                }
+                records = Some(map.next_value_seed(RecordsSeed {
+                    max: self.max,
+                    over_limit: &mut *self.over_limit,
+                })?);
+            } else {
+                // Fields a later protocol version may add.
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        records.ok_or_else(|| serde::de::Error::missing_field("records"))
+    }
+}
+
+struct RecordsSeed<'a> {
+    max: usize,
+    over_limit: &'a mut bool,
+}
+
+impl<'de> DeserializeSeed<'de> for RecordsSeed<'_> {
+    type Value = Vec<Value>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> std::result::Result<Self::Value, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RecordsSeed<'_> {
+    type Value = Vec<Value>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an array of records")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        let mut records = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(self.max));
+        while let Some(record) = seq.next_element::<Value>()? {
+            if records.len() == self.max {
+                *self.over_limit = true;
+                return Err(serde::de::Error::custom("too many records"));
+            }
+            records.push(record);
+        }
+        Ok(records)
+    }
+}
+
+/// A user-supplied string cut short for a message.
+fn shorten(text: &str) -> String {
+    const KEEP: usize = 80;
+    if text.len() <= KEEP {
+        return text.to_owned();
+    }
+    let mut end = KEEP;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &text[..end], text.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_bodies_are_counted_while_read() {
+        assert_eq!(
+            parse_records(br#"{"records":[{"id":"a"},{"id":"b"}]}"#, 2)
+                .unwrap()
+                .len(),
+            2
+        );
+        let too_many = parse_records(br#"{"records":[{},{},{}]}"#, 2).unwrap_err();
+        assert_eq!(too_many.code(), ErrorCode::TooManyRecords);
+        for malformed in [
+            &b"{"[..],
+            b"[]",
+            b"{}",
+            br#"{"records":{}}"#,
+            br#"{"records":[],"records":[]}"#,
+            br#"{"records":[]} trailing"#,
+            b"\xff",
+        ] {
+            let error = parse_records(malformed, 10).unwrap_err();
+            assert_eq!(error.code(), ErrorCode::MalformedJson, "{malformed:?}");
+        }
+        assert!(parse_records(br#"{"records":[],"later":{"x":1}}"#, 10)
+            .unwrap()
+            .is_empty());
+    }
+}

@@ -1,0 +1,361 @@
+//! What a sync server is configured with: access tokens, CORS, compression
+//! and limits.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use syncforge_core::{validate_collection, Error, Result};
+
+use crate::protocol::Limits;
+
+/// Default largest request body: 16 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+/// Default most records per sync request.
+pub const DEFAULT_MAX_RECORDS: usize = 10_000;
+/// Default most changes per feed page.
+pub const DEFAULT_MAX_PAGE: usize = 10_000;
+/// Default page size when a feed request names no `limit`.
+pub const DEFAULT_PAGE: usize = 100;
+/// Default longest long-poll wait.
+pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(25);
+/// Default request timeout (longer than the longest wait).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a token may do with the collections it covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Access {
+    /// Read the change feed and list collections.
+    Read,
+    /// Read, and push records to sync.
+    ReadWrite,
+}
+
+/// A bearer token the server accepts: its secret (kept only as a SHA-256
+/// digest, compared in constant time), what it may do, and on which
+/// collections.
+///
+/// ```
+/// use syncforge_http::AccessToken;
+/// let technicians = AccessToken::read_write("s3cret-tablet-token").collections(["inspections"]);
+/// let dashboard = AccessToken::read_only("s3cret-dashboard-token"); // every collection
+/// # let _ = (technicians, dashboard);
+/// ```
+#[derive(Clone)]
+pub struct AccessToken {
+    pub(crate) digest: [u8; 32],
+    secret_len: usize,
+    pub(crate) access: Access,
+    /// `None`: every collection.
+    pub(crate) collections: Option<BTreeSet<String>>,
+}
+
+impl fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the secret, nor its digest.
+        f.debug_struct("AccessToken")
+            .field("access", &self.access)
+            .field("collections", &self.collections)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AccessToken {
+    /// A token with `secret` and `access` on every collection.
+    pub fn new(secret: impl AsRef<str>, access: Access) -> Self {
+        let secret = secret.as_ref();
+        AccessToken {
+            digest: digest(secret),
+            secret_len: secret.len(),
+            access,
+            collections: None,
+        }
+    }
+
+    /// A token that may read and write every collection.
+    pub fn read_write(secret: impl AsRef<str>) -> Self {
+        AccessToken::new(secret, Access::ReadWrite)
+    }
+
+    /// A token that may only read, every collection.
+    pub fn read_only(secret: impl AsRef<str>) -> Self {
+        AccessToken::new(secret, Access::Read)
+    }
+
+    /// Limits the token to these collections (checked as names when the
+    /// router is built).
+    #[must_use]
+    pub fn collections<S: Into<String>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
+        self.collections = Some(names.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// What the token may do.
+    pub fn access(&self) -> Access {
+        self.access
+    }
+
+    /// Whether the token may do `needed` on `collection`.
+    pub(crate) fn allows(&self, collection: &str, needed: Access) -> bool {
+        self.access >= needed && self.covers(collection)
+    }
+
+    /// Whether the token reaches `collection` at all.
+    pub(crate) fn covers(&self, collection: &str) -> bool {
+        self.collections
+            .as_ref()
+            .is_none_or(|names| names.contains(collection))
+    }
+}
+
+/// SHA-256 of a presented or configured secret: compared digests have one
+/// length whatever the secrets' lengths.
+pub(crate) fn digest(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+/// Which browser origins may call the server (CORS).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Cors {
+    /// No CORS headers: browsers refuse cross-origin calls (the default).
+    #[default]
+    Off,
+    /// Any origin.
+    AnyOrigin,
+    /// Exactly these origins (`https://app.example.com`).
+    Origins(Vec<String>),
+}
+
+/// How a sync server behaves: tokens, CORS, compression, limits, timeouts.
+///
+/// With no token configured the server is open: every client may read and
+/// write every collection (for a trusted network only; the router logs a
+/// warning). With tokens, every route but `/v1/health` needs
+/// `Authorization: Bearer <token>`.
+///
+/// ```
+/// use std::time::Duration;
+/// use syncforge_http::{AccessToken, ServerOptions};
+///
+/// let options = ServerOptions::default()
+///     .token(AccessToken::read_write("tablet-secret").collections(["inspections"]))
+///     .token(AccessToken::read_only("dashboard-secret"))
+///     .cors_allow_origins(["https://dashboard.example.com"])
+///     .max_records(5_000)
+///     .max_wait(Duration::from_secs(20));
+/// # let _ = options;
+/// ```
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub(crate) tokens: Vec<AccessToken>,
+    pub(crate) cors: Cors,
+    pub(crate) compression: bool,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) max_records: usize,
+    pub(crate) max_page: usize,
+    pub(crate) max_wait: Duration,
+    pub(crate) request_timeout: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            tokens: Vec::new(),
+            cors: Cors::Off,
+            compression: true,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_records: DEFAULT_MAX_RECORDS,
+            max_page: DEFAULT_MAX_PAGE,
+            max_wait: DEFAULT_MAX_WAIT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+        }
+    }
+}
+
+impl ServerOptions {
+    /// Accepts `token` (in addition to those already added).
+    #[must_use]
+    pub fn token(mut self, token: AccessToken) -> Self {
+        self.tokens.push(token);
+        self
+    }
+
+    /// Lets browser apps from these origins call the server.
+    #[must_use]
+    pub fn cors_allow_origins<S: Into<String>>(
+        mut self,
+        origins: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.cors = Cors::Origins(origins.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Lets browser apps from any origin call the server.
+    #[must_use]
+    pub fn cors_allow_any_origin(mut self) -> Self {
+        self.cors = Cors::AnyOrigin;
+        self
+    }
+
+    /// Whether responses are gzip-compressed for clients that accept it
+    /// (default on).
+    #[must_use]
+    pub fn compression(mut self, enabled: bool) -> Self {
+        self.compression = enabled;
+        self
+    }
+
+    /// Largest request body in bytes (default 16 MiB); larger ones get 413.
+    #[must_use]
+    pub fn max_body_bytes(mut self, bytes: usize) -> Self {
+        self.max_body_bytes = bytes;
+        self
+    }
+
+    /// Most records one sync request may carry (default 10,000); more get 413.
+    #[must_use]
+    pub fn max_records(mut self, records: usize) -> Self {
+        self.max_records = records;
+        self
+    }
+
+    /// Most changes in one feed page (default 10,000); a larger `limit` is
+    /// lowered to it.
+    #[must_use]
+    pub fn max_page(mut self, changes: usize) -> Self {
+        self.max_page = changes;
+        self
+    }
+
+    /// Longest long-poll wait (default 25 s); a larger `wait` is lowered to
+    /// it. Must be shorter than the request timeout.
+    #[must_use]
+    pub fn max_wait(mut self, wait: Duration) -> Self {
+        self.max_wait = wait;
+        self
+    }
+
+    /// How long one request may take before the server answers 503
+    /// `timeout` (default 30 s). A sync still running then completes in the
+    /// background; the client, told to retry, merges again harmlessly.
+    #[must_use]
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// The limits as the health route reports them.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_body_bytes: self.max_body_bytes,
+            max_records: self.max_records,
+            max_page: self.max_page,
+            max_wait_ms: u64::try_from(self.max_wait.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// Refuses settings that cannot work, naming the option.
+    pub(crate) fn validate(&self) -> Result<()> {
+        let invalid =
+            |option: &'static str, reason: String| Err(Error::InvalidConfig { option, reason });
+        for (option, value) in [
+            ("max_body_bytes", self.max_body_bytes),
+            ("max_records", self.max_records),
+            ("max_page", self.max_page),
+        ] {
+            if value == 0 {
+                return invalid(option, "must be at least 1".to_owned());
+            }
+        }
+        if self.request_timeout.is_zero() {
+            return invalid("request_timeout", "must be longer than zero".to_owned());
+        }
+        if self.max_wait >= self.request_timeout {
+            return invalid(
+                "max_wait",
+                format!(
+                    "{:?} is not shorter than the request timeout {:?}: every long poll would time out",
+                    self.max_wait, self.request_timeout
+                ),
+            );
+        }
+        let mut digests = BTreeSet::new();
+        for token in &self.tokens {
+            if token.secret_len == 0 {
+                return invalid("token", "a token's secret must not be empty".to_owned());
+            }
+            if !digests.insert(token.digest) {
+                return invalid("token", "the same secret is configured twice".to_owned());
+            }
+            for name in token.collections.iter().flatten() {
+                validate_collection(name).map_err(|error| Error::InvalidConfig {
+                    option: "token",
+                    reason: format!("a token names an invalid collection: {error}"),
+                })?;
+            }
+        }
+        if let Cors::Origins(origins) = &self.cors {
+            for origin in origins {
+                if axum::http::HeaderValue::from_str(origin).is_err() {
+                    return invalid(
+                        "cors_allow_origins",
+                        format!("{origin:?} is not a valid origin header value"),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_that_cannot_work_are_refused_by_name() {
+        let refused = |options: ServerOptions| match options.validate() {
+            Err(Error::InvalidConfig { option, .. }) => option,
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        };
+        assert!(ServerOptions::default().validate().is_ok());
+        assert_eq!(
+            refused(ServerOptions::default().max_records(0)),
+            "max_records"
+        );
+        assert_eq!(
+            refused(ServerOptions::default().max_wait(Duration::from_secs(40))),
+            "max_wait"
+        );
+        assert_eq!(
+            refused(ServerOptions::default().token(AccessToken::read_only(""))),
+            "token"
+        );
+        assert_eq!(
+            refused(
+                ServerOptions::default()
+                    .token(AccessToken::read_only("a"))
+                    .token(AccessToken::read_write("a"))
+            ),
+            "token"
+        );
+        assert_eq!(
+            refused(
+                ServerOptions::default().token(AccessToken::read_only("a").collections(["bad\n"]))
+            ),
+            "token"
+        );
+    }
+
+    #[test]
+    fn tokens_allow_what_they_were_given() {
+        let scoped = AccessToken::read_only("s").collections(["notes"]);
+        assert!(scoped.allows("notes", Access::Read));
+        assert!(!scoped.allows("notes", Access::ReadWrite));
+        assert!(!scoped.allows("tasks", Access::Read));
+        let all = AccessToken::read_write("t");
+        assert!(all.allows("anything", Access::ReadWrite));
+        assert!(!format!("{all:?}").contains("digest"));
+    }
+}

@@ -1,0 +1,144 @@
+//! Helpers shared by the HTTP tests: engines on memory and filesystem
+//! stores, a server that can be stopped and started again on its port, and
+//! canonical snapshots.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use syncforge::http::{HttpPeer, Server, ServerOptions};
+use syncforge::{ConflictStrategy, Cursor, FsBackend, MemoryBackend, PageOptions, SyncEngine};
+
+/// An engine over a fresh memory store.
+pub(crate) async fn memory_engine(client: &str) -> SyncEngine {
+    SyncEngine::builder()
+        .client_id(client)
+        .conflict_strategy(ConflictStrategy::Crdt)
+        .backend(MemoryBackend::new())
+        .build()
+        .await
+        .unwrap()
+}
+
+/// An engine over the filesystem store in `dir`.
+pub(crate) async fn fs_engine(client: &str, dir: &Path) -> SyncEngine {
+    SyncEngine::builder()
+        .client_id(client)
+        .conflict_strategy(ConflictStrategy::Crdt)
+        .backend(FsBackend::open(dir).await.unwrap())
+        .build()
+        .await
+        .unwrap()
+}
+
+/// A sync server over a filesystem store, which can be stopped (engine
+/// closed, port free) and started again on the same port and directory.
+pub(crate) struct FsServer {
+    pub(crate) dir: PathBuf,
+    pub(crate) address: SocketAddr,
+    options: ServerOptions,
+    running: Option<(Server, SyncEngine)>,
+}
+
+impl FsServer {
+    /// Starts on a free port of 127.0.0.1.
+    pub(crate) async fn start(dir: &Path, options: ServerOptions) -> FsServer {
+        let engine = fs_engine("server", dir).await;
+        let server = Server::bind(engine.clone(), "127.0.0.1:0", options.clone())
+            .await
+            .unwrap();
+        FsServer {
+            dir: dir.to_owned(),
+            address: server.local_addr(),
+            options,
+            running: Some((server, engine)),
+        }
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    pub(crate) fn engine(&self) -> &SyncEngine {
+        &self.running.as_ref().expect("server is running").1
+    }
+
+    pub(crate) fn is_running(&self) -> bool {
+        self.running.is_some()
+    }
+
+    /// Shuts the server down and closes its store.
+    pub(crate) async fn stop(&mut self) {
+        if let Some((server, engine)) = self.running.take() {
+            server.shutdown().await.unwrap();
+            engine.close().await.unwrap();
+        }
+    }
+
+    /// Opens the store again and serves it on the same port.
+    pub(crate) async fn restart(&mut self) {
+        self.stop().await;
+        let engine = fs_engine("server", &self.dir).await;
+        // The port was just released; binding it again may need a moment.
+        let mut attempts = 0;
+        let server = loop {
+            match Server::bind(engine.clone(), self.address, self.options.clone()).await {
+                Ok(server) => break server,
+                Err(error) if attempts < 50 => {
+                    attempts += 1;
+                    eprintln!("rebinding {}: {error}", self.address);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(error) => panic!("cannot rebind {}: {error}", self.address),
+            }
+        };
+        self.running = Some((server, engine));
+    }
+}
+
+/// A client of `url` with quick retries, as the tests want failures fast.
+pub(crate) fn peer(url: &str, token: Option<&str>) -> HttpPeer {
+    let mut builder = HttpPeer::builder(url)
+        .peer_id("server")
+        .timeout(Duration::from_secs(10))
+        .retries(1, Duration::from_millis(20));
+    if let Some(token) = token {
+        builder = builder.bearer_token(token);
+    }
+    builder.build().unwrap()
+}
+
+/// Canonical JSON of a whole collection, sorted by id: equal strings mean
+/// byte-identical replicas.
+pub(crate) async fn snapshot(engine: &SyncEngine, collection: &str) -> String {
+    let mut records = engine.get_all(collection).await.unwrap();
+    records.sort_by(|a, b| a.id().cmp(b.id()));
+    records
+        .iter()
+        .map(|r| r.to_json_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The end of `collection`'s change feed: moves with every write.
+pub(crate) async fn feed_head(engine: &SyncEngine, collection: &str) -> Cursor {
+    let mut cursor = Cursor::START;
+    loop {
+        let page = engine
+            .changes(collection, cursor, PageOptions::default().limit(1000))
+            .await
+            .unwrap();
+        cursor = page.next;
+        if !page.more {
+            return cursor;
+        }
+    }
+}
+
+/// A plain HTTP client for hand-made requests.
+pub(crate) fn raw_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
