@@ -18,4 +18,5 @@
 )]
 
 mod conformance;
+mod flaws;
 mod support;

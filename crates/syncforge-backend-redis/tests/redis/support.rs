@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -71,11 +70,18 @@ pub struct PrivateServer {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    extra: Vec<String>,
+    password: Option<String>,
 }
 
 impl PrivateServer {
     /// Starts one, or returns `None` (skipped) when `redis-server` is missing.
     pub async fn start() -> Option<PrivateServer> {
+        PrivateServer::start_with_password(None).await
+    }
+
+    /// Starts one that requires `password` (when given) from every client.
+    pub async fn start_with_password(password: Option<&str>) -> Option<PrivateServer> {
         let bin = address(SERVER_BIN_ENV, "redis-server");
         let found = Command::new(&bin)
             .arg("--version")
@@ -90,6 +96,10 @@ impl PrivateServer {
             port,
             dir: tempfile::tempdir().unwrap(),
             child: None,
+            extra: password
+                .map(|p| vec!["--requirepass".to_owned(), p.to_owned()])
+                .unwrap_or_default(),
+            password: password.map(str::to_owned),
         };
         server.spawn().await;
         Some(server)
@@ -101,6 +111,7 @@ impl PrivateServer {
             key_prefix: prefix.to_owned(),
             connect_timeout: Duration::from_secs(2),
             command_timeout: Duration::from_secs(2),
+            password: self.password.clone(),
             ..RedisConfig::default()
         }
     }
@@ -119,6 +130,7 @@ impl PrivateServer {
             ])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -155,10 +167,6 @@ impl PrivateServer {
         self.kill();
         self.spawn().await;
     }
-
-    pub fn dir(&self) -> PathBuf {
-        self.dir.path().to_owned()
-    }
 }
 
 impl Drop for PrivateServer {
@@ -183,6 +191,7 @@ pub async fn raw_client(config: &RedisConfig) -> Result<Client, fred::error::Err
     };
     let client = Builder::from_config(FredConfig {
         server,
+        password: config.password.clone(),
         database: (config.db != 0).then_some(config.db),
         ..FredConfig::default()
     })
