@@ -82,6 +82,9 @@ pub(crate) fn map(error: FredError, operation: impl Into<String>, address: &str)
         (ErrorKind::Auth, _) | (_, "WRONGPASS" | "NOAUTH") => {
             "authentication failed: check the username and password".to_owned()
         }
+        _ if details.contains("without any password configured") => {
+            "authentication failed: check the username and password".to_owned()
+        }
         (_, "NOPERM") => {
             "the ACL user may not run this command or touch this key: grant it the key prefix's keys and EVALSHA, SCRIPT LOAD, HMGET, HGET, HSET, SADD, SMEMBERS, EXISTS, ZRANGE".to_owned()
         }

@@ -13,7 +13,7 @@
 //! use syncforge_core::{CollectionName, Content, Cursor, Record, Stamp, StorageBackend, Write};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> syncforge_core::Result<()> {
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let store = RedisBackend::connect(RedisConfig::from_url("redis://127.0.0.1:6379/0?prefix=catalog")?).await?;
 //! let products = CollectionName::new("products")?;
 //! let stamp = Stamp::new(1_000, 0, "us-east-1")?;
@@ -77,7 +77,7 @@ use fred::interfaces::{
     ClientLike, HashesInterface, KeysInterface, SetsInterface, SortedSetsInterface,
 };
 use fred::types::config::{Config as FredConfig, ReconnectPolicy, ServerConfig};
-use fred::types::{Builder, Value};
+use fred::types::{Builder, ConnectHandle, Value};
 use parking_lot::Mutex;
 use syncforge_core::{
     async_trait, Change, ChangePage, CollectionName, Cursor, Error, Record, RecordId, Result,
@@ -107,7 +107,11 @@ const CHUNK: usize = 1_000;
 ///
 /// Lost connections are re-established in the background; a command that
 /// fails meanwhile, or takes longer than the command timeout, fails with
-/// [`Error::Unavailable`], which the engine retries.
+/// [`Error::Unavailable`], which the engine retries. The client itself
+/// sends a command again when its connection dropped before the answer
+/// came: a conditional write that did happen then reports
+/// [`WriteOutcome::Conflict`] (its token moved), and the engine, re-reading,
+/// finds its own write there — nothing is lost or applied twice.
 pub struct RedisBackend {
     client: Client,
     keys: Keys,
@@ -116,6 +120,12 @@ pub struct RedisBackend {
     address: String,
     key_prefix: String,
     closed: AtomicBool,
+    connect_timeout: Duration,
+    /// The client's connection task. fred ends it for good on some routing
+    /// failures (an `ASK` redirection during a slot migration is one, see
+    /// [`ensure_connected`](Self::ensure_connected)); the next call then
+    /// starts a new one.
+    connection: tokio::sync::Mutex<ConnectHandle>,
     /// Collections this handle has added to the registry: later writes to
     /// them skip that round trip.
     registered: Mutex<HashSet<CollectionName>>,
@@ -134,18 +144,21 @@ impl RedisBackend {
         let address = config.address();
         let client =
             build_client(&config).map_err(|e| error::map(e, "configuring the client", &address))?;
-        match tokio::time::timeout(config.connect_timeout, client.init()).await {
-            // The connection task runs on its own until `quit`.
-            Ok(Ok(_connection_task)) => {}
+        // Connecting ends with a PING: a server that accepts connections but
+        // does not answer, or wants credentials that were not given, fails
+        // here rather than at the first command.
+        let connection = match tokio::time::timeout(config.connect_timeout, connect(&client)).await
+        {
+            Ok(Ok(task)) => task,
             Ok(Err(e)) => {
-                quit_quietly(&client).await;
+                stop_in_background(&client);
                 return Err(error::map(e, "connecting", &address));
             }
             Err(_) => {
-                quit_quietly(&client).await;
+                stop_in_background(&client);
                 return Err(error::connect_timeout(&address, config.connect_timeout));
             }
-        }
+        };
         Ok(RedisBackend {
             client,
             keys: Keys::new(&config.key_prefix),
@@ -153,6 +166,8 @@ impl RedisBackend {
             address,
             key_prefix: config.key_prefix,
             closed: AtomicBool::new(false),
+            connect_timeout: config.connect_timeout,
+            connection: tokio::sync::Mutex::new(connection),
             registered: Mutex::new(HashSet::new()),
         })
     }
@@ -172,11 +187,29 @@ impl RedisBackend {
         &self.key_prefix
     }
 
-    fn check_open(&self) -> Result<()> {
+    /// Refuses calls on a closed handle, and restarts the client's
+    /// connection task if it ended.
+    ///
+    /// fred 10.1 follows an `ASK` redirection (a slot half-way through a
+    /// migration) by sending `ASKING` to the new node but the command itself
+    /// to the old one again, until the command runs out of attempts; it then
+    /// ends its connection task, after which every command would time out.
+    /// The failed command reaches the caller as [`Error::Unavailable`] (the
+    /// engine retries it), and the next call reconnects here. Once the
+    /// migration completes, the old node answers `MOVED`, which fred follows.
+    async fn check_open(&self) -> Result<()> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed {
                 what: "redis backend handle",
             });
+        }
+        let mut connection = self.connection.lock().await;
+        if connection.is_finished() {
+            tracing::warn!(address = %self.address, "the redis connection task ended; reconnecting");
+            *connection = tokio::time::timeout(self.connect_timeout, connect(&self.client))
+                .await
+                .map_err(|_| error::connect_timeout(&self.address, self.connect_timeout))?
+                .map_err(self.fail("reconnecting", None))?;
         }
         Ok(())
     }
@@ -364,6 +397,16 @@ impl RedisBackend {
     }
 }
 
+/// Starts the client's connection task and checks with a PING that the
+/// server answers: one that accepts connections but does not answer, or
+/// wants credentials that were not given, fails here rather than at the
+/// first command.
+async fn connect(client: &Client) -> std::result::Result<ConnectHandle, fred::error::Error> {
+    let task = client.init().await?;
+    client.ping::<String>(None).await?;
+    Ok(task)
+}
+
 /// Builds (without connecting) the client for `config`.
 fn build_client(config: &RedisConfig) -> std::result::Result<Client, fred::error::Error> {
     let server = if config.cluster {
@@ -392,10 +435,8 @@ fn build_client(config: &RedisConfig) -> std::result::Result<Client, fred::error
         .with_connection_config(|connection| {
             connection.connection_timeout = connect_timeout;
             connection.internal_command_timeout = connect_timeout;
-            // A command whose connection dropped is not sent again by the
-            // client: a write may have happened, so the caller must hear
-            // "unknown outcome" (an error) and re-read, which the engine does.
-            connection.max_command_attempts = 1;
+            connection.max_command_attempts = 10;
+            connection.max_redirections = 10;
         })
         .with_performance_config(|performance| {
             performance.default_command_timeout = command_timeout;
@@ -405,7 +446,14 @@ fn build_client(config: &RedisConfig) -> std::result::Result<Client, fred::error
         .build()
 }
 
-/// Stops a client that failed to connect, so it does not keep retrying.
+/// Stops a client that failed to connect, so it does not keep retrying,
+/// without making the caller wait for it.
+fn stop_in_background(client: &Client) {
+    let client = client.clone();
+    tokio::spawn(async move { quit_quietly(&client).await });
+}
+
+/// Asks the connection task to end, waiting at most a second.
 async fn quit_quietly(client: &Client) {
     if tokio::time::timeout(Duration::from_secs(1), client.quit())
         .await
@@ -457,9 +505,8 @@ impl Drop for RedisBackend {
         if !self.closed.load(Ordering::Acquire) {
             // Without a runtime there is nothing to stop; with one, ask the
             // connection task to end instead of reconnecting forever.
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                let client = self.client.clone();
-                runtime.spawn(async move { quit_quietly(&client).await });
+            if tokio::runtime::Handle::try_current().is_ok() {
+                stop_in_background(&self.client);
             }
         }
     }
@@ -483,7 +530,7 @@ impl StorageBackend for RedisBackend {
     }
 
     async fn get(&self, collection: &CollectionName, id: &RecordId) -> Result<Option<Stored>> {
-        self.check_open()?;
+        self.check_open().await?;
         let keys = self.keys.collection(collection);
         let value: Option<String> = self
             .client
@@ -506,7 +553,7 @@ impl StorageBackend for RedisBackend {
         collection: &CollectionName,
         ids: &[RecordId],
     ) -> Result<Vec<Option<Stored>>> {
-        self.check_open()?;
+        self.check_open().await?;
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -536,7 +583,7 @@ impl StorageBackend for RedisBackend {
     }
 
     async fn get_all(&self, collection: &CollectionName) -> Result<Vec<Record>> {
-        self.check_open()?;
+        self.check_open().await?;
         let keys = self.keys.collection(collection);
         // Walk the feed in slices: no reply grows with the collection, and a
         // record rewritten meanwhile shows up again later, never missed.
@@ -559,7 +606,7 @@ impl StorageBackend for RedisBackend {
         collection: &CollectionName,
         writes: &[Write],
     ) -> Result<Vec<WriteOutcome>> {
-        self.check_open()?;
+        self.check_open().await?;
         if writes.is_empty() {
             return Ok(Vec::new());
         }
@@ -635,7 +682,7 @@ impl StorageBackend for RedisBackend {
     }
 
     async fn delete(&self, collection: &CollectionName, id: &RecordId) -> Result<bool> {
-        self.check_open()?;
+        self.check_open().await?;
         let keys = self.keys.collection(collection);
         let removed = self
             .eval(
@@ -655,7 +702,7 @@ impl StorageBackend for RedisBackend {
         after: Cursor,
         limit: NonZeroUsize,
     ) -> Result<ChangePage> {
-        self.check_open()?;
+        self.check_open().await?;
         let keys = self.keys.collection(collection);
         let mut remaining = limit.get();
         let mut changes = Vec::with_capacity(remaining.min(CHUNK));
@@ -683,7 +730,7 @@ impl StorageBackend for RedisBackend {
         millis: u64,
     ) -> Result<Vec<Record>> {
         const OP: &str = "reading records by time";
-        self.check_open()?;
+        self.check_open().await?;
         let keys = self.keys.collection(collection);
         let unexpected = |what: &str| error::unexpected_reply(OP, &self.address, what);
         let mut latest: HashMap<RecordId, Record> = HashMap::new();
@@ -727,7 +774,7 @@ impl StorageBackend for RedisBackend {
 
     async fn list_collections(&self) -> Result<Vec<CollectionName>> {
         const OP: &str = "listing collections";
-        self.check_open()?;
+        self.check_open().await?;
         let names = self.registered_names(OP).await?;
         if names.is_empty() {
             return Ok(names);
@@ -750,7 +797,7 @@ impl StorageBackend for RedisBackend {
     }
 
     async fn clear_collection(&self, collection: &CollectionName) -> Result<()> {
-        self.check_open()?;
+        self.check_open().await?;
         let keys = self.keys.collection(collection);
         self.eval(
             &self.scripts.clear,
@@ -765,7 +812,7 @@ impl StorageBackend for RedisBackend {
 
     async fn newest_stamp(&self) -> Result<Option<Stamp>> {
         const OP: &str = "reading the newest stamps";
-        self.check_open()?;
+        self.check_open().await?;
         let names = self.registered_names(OP).await?;
         if names.is_empty() {
             return Ok(None);
@@ -806,7 +853,7 @@ impl StorageBackend for RedisBackend {
     }
 
     async fn get_meta(&self, key: &str) -> Result<Option<String>> {
-        self.check_open()?;
+        self.check_open().await?;
         self.client
             .hget(self.keys.meta(), key)
             .await
@@ -814,7 +861,7 @@ impl StorageBackend for RedisBackend {
     }
 
     async fn set_meta(&self, key: &str, value: &str) -> Result<()> {
-        self.check_open()?;
+        self.check_open().await?;
         let _: i64 = self
             .client
             .hset(self.keys.meta(), (key, value))
@@ -825,7 +872,7 @@ impl StorageBackend for RedisBackend {
 
     async fn set_meta_if_absent(&self, key: &str, value: &str) -> Result<String> {
         const OP: &str = "writing metadata once";
-        self.check_open()?;
+        self.check_open().await?;
         let kept = self
             .eval(
                 &self.scripts.meta_if_absent,

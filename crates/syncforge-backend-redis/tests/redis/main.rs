@@ -18,5 +18,6 @@
 )]
 
 mod conformance;
+mod faults;
 mod flaws;
 mod support;

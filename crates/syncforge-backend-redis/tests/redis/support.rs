@@ -19,12 +19,12 @@ use syncforge_core::{
 };
 use syncforge_testkit::services::{address, available};
 
-pub const STANDALONE_ENV: &str = "SYNCFORGE_TEST_REDIS_URL";
-pub const CLUSTER_ENV: &str = "SYNCFORGE_TEST_REDIS_CLUSTER_URL";
-pub const SERVER_BIN_ENV: &str = "SYNCFORGE_TEST_REDIS_SERVER_BIN";
+pub(crate) const STANDALONE_ENV: &str = "SYNCFORGE_TEST_REDIS_URL";
+pub(crate) const CLUSTER_ENV: &str = "SYNCFORGE_TEST_REDIS_CLUSTER_URL";
+pub(crate) const SERVER_BIN_ENV: &str = "SYNCFORGE_TEST_REDIS_SERVER_BIN";
 
 /// A key prefix no other test or run uses.
-pub fn fresh_prefix(tag: &str) -> String {
+pub(crate) fn fresh_prefix(tag: &str) -> String {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -48,7 +48,7 @@ async fn answers(config: &RedisConfig) -> bool {
 }
 
 /// The standalone test server with a fresh prefix, or `None` (skipped).
-pub async fn standalone(tag: &str) -> Option<RedisConfig> {
+pub(crate) async fn standalone(tag: &str) -> Option<RedisConfig> {
     let url = address(STANDALONE_ENV, "redis://127.0.0.1:6379/0");
     let mut config = RedisConfig::from_url(&url).unwrap();
     config.key_prefix = fresh_prefix(tag);
@@ -56,7 +56,7 @@ pub async fn standalone(tag: &str) -> Option<RedisConfig> {
 }
 
 /// The test cluster with a fresh prefix, or `None` (skipped).
-pub async fn cluster(tag: &str) -> Option<RedisConfig> {
+pub(crate) async fn cluster(tag: &str) -> Option<RedisConfig> {
     let url = address(CLUSTER_ENV, "redis-cluster://127.0.0.1:7001");
     let mut config = RedisConfig::from_url(&url).unwrap();
     config.key_prefix = fresh_prefix(tag);
@@ -66,8 +66,8 @@ pub async fn cluster(tag: &str) -> Option<RedisConfig> {
 /// A `redis-server` this test started and owns: it may kill, restart and
 /// count it. Persists every acknowledged write (`appendfsync always`) in a
 /// directory of its own, so a restart keeps exactly what was acknowledged.
-pub struct PrivateServer {
-    pub port: u16,
+pub(crate) struct PrivateServer {
+    pub(crate) port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
     extra: Vec<String>,
@@ -76,12 +76,12 @@ pub struct PrivateServer {
 
 impl PrivateServer {
     /// Starts one, or returns `None` (skipped) when `redis-server` is missing.
-    pub async fn start() -> Option<PrivateServer> {
+    pub(crate) async fn start() -> Option<PrivateServer> {
         PrivateServer::start_with_password(None).await
     }
 
     /// Starts one that requires `password` (when given) from every client.
-    pub async fn start_with_password(password: Option<&str>) -> Option<PrivateServer> {
+    pub(crate) async fn start_with_password(password: Option<&str>) -> Option<PrivateServer> {
         let bin = address(SERVER_BIN_ENV, "redis-server");
         let found = Command::new(&bin)
             .arg("--version")
@@ -105,7 +105,7 @@ impl PrivateServer {
         Some(server)
     }
 
-    pub fn config(&self, prefix: &str) -> RedisConfig {
+    pub(crate) fn config(&self, prefix: &str) -> RedisConfig {
         RedisConfig {
             port: self.port,
             key_prefix: prefix.to_owned(),
@@ -155,7 +155,7 @@ impl PrivateServer {
     }
 
     /// Kills the server at once (SIGKILL: no shutdown, no final save).
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             child.kill().ok();
             child.wait().ok();
@@ -163,7 +163,7 @@ impl PrivateServer {
     }
 
     /// Starts the server again on the same port and directory.
-    pub async fn restart(&mut self) {
+    pub(crate) async fn restart(&mut self) {
         self.kill();
         self.spawn().await;
     }
@@ -183,7 +183,7 @@ fn free_port() -> u16 {
 
 /// A plain client on the server of `config` (cluster or not), for looking
 /// at keys the way any Redis user would.
-pub async fn raw_client(config: &RedisConfig) -> Result<Client, fred::error::Error> {
+pub(crate) async fn raw_client(config: &RedisConfig) -> Result<Client, fred::error::Error> {
     let server = if config.cluster {
         fred::types::config::ServerConfig::new_clustered(vec![(config.host.clone(), config.port)])
     } else {
@@ -203,23 +203,23 @@ pub async fn raw_client(config: &RedisConfig) -> Result<Client, fred::error::Err
 
 /// Key names as docs/backends.md lays them out, for names that need no
 /// encoding (letters, digits, `-`, `_`, `.`).
-pub fn key(prefix: &str, collection: &str, part: &str) -> String {
+pub(crate) fn key(prefix: &str, collection: &str, part: &str) -> String {
     assert!(collection
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)));
     format!("{prefix}:c:{{{collection}}}:{part}")
 }
 
-pub fn coll(name: &str) -> CollectionName {
+pub(crate) fn coll(name: &str) -> CollectionName {
     CollectionName::new(name).unwrap()
 }
 
-pub fn rid(id: &str) -> RecordId {
+pub(crate) fn rid(id: &str) -> RecordId {
     RecordId::new(id).unwrap()
 }
 
 /// A new record `{"id", "n", "body"}` stamped now.
-pub fn record(hlc: &mut Hlc, id: &str, n: i64) -> Record {
+pub(crate) fn record(hlc: &mut Hlc, id: &str, n: i64) -> Record {
     Record::create(
         Content::from_value(json!({"id": id, "n": n, "body": format!("body of {id}")})).unwrap(),
         &hlc.now(),
@@ -227,7 +227,7 @@ pub fn record(hlc: &mut Hlc, id: &str, n: i64) -> Record {
 }
 
 /// `base` with `n` set by a later write of `hlc`'s client.
-pub fn edited(hlc: &mut Hlc, base: &Record, n: i64) -> Record {
+pub(crate) fn edited(hlc: &mut Hlc, base: &Record, n: i64) -> Record {
     hlc.observe(base.newest_stamp()).unwrap();
     let mut next = base.clone();
     next.apply_put(
@@ -241,22 +241,24 @@ pub fn edited(hlc: &mut Hlc, base: &Record, n: i64) -> Record {
     next
 }
 
-pub fn n_of(record: &Record) -> i64 {
+pub(crate) fn n_of(record: &Record) -> i64 {
     record.get("n").and_then(serde_json::Value::as_i64).unwrap()
 }
 
 /// Records stored by `sync_records`.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Synced {
-    pub written: usize,
-    pub unchanged: usize,
+pub(crate) struct Synced {
+    pub(crate) written: usize,
+    pub(crate) unchanged: usize,
+    /// Transient failures retried.
+    pub(crate) retried: u32,
 }
 
 /// Applies `incoming` the way the engine's `sync` does: in batches, one
 /// `get_many` and one conditional `put_batch` each; lost races are read
 /// and merged again; transient errors are retried with exponential
 /// back-off, at most `retries` times in a row. Any other error ends it.
-pub async fn sync_records(
+pub(crate) async fn sync_records(
     store: &dyn StorageBackend,
     collection: &CollectionName,
     incoming: &[Record],
@@ -277,6 +279,7 @@ pub async fn sync_records(
                 }
                 Err(error) if error.is_transient() && failures < retries => {
                     failures += 1;
+                    synced.retried += 1;
                     let wait = Duration::from_millis(50 << failures.min(6));
                     tokio::time::sleep(wait).await;
                 }
@@ -330,7 +333,7 @@ async fn sync_step<'a>(
 /// exactly: the same ids; each record's feed score is the sequence stored
 /// with it, its time score its `_timestamp`; the counter is at least every
 /// sequence. Returns the records by id.
-pub async fn assert_consistent(
+pub(crate) async fn assert_consistent(
     client: &Client,
     prefix: &str,
     collection: &str,
@@ -403,7 +406,7 @@ pub async fn assert_consistent(
 
 /// Deletes every key under `prefix` on a standalone server (SCAN + UNLINK):
 /// tests on a shared server leave nothing behind.
-pub async fn remove_prefix(config: &RedisConfig) {
+pub(crate) async fn remove_prefix(config: &RedisConfig) {
     let client = raw_client(config).await.unwrap();
     let mut cursor = "0".to_owned();
     loop {
