@@ -31,9 +31,10 @@ Commands:
          for the tests unless they are already set.
   deny   Run `cargo deny check bans licenses sources` (needs cargo-deny).
   bench  Run the benchmarks (core workloads, peak memory, filesystem backend,
-         peers) and print a table of medians against the targets. `--quick`
-         runs few samples and skips the peers (everyday use); without it,
-         enough for numbers worth reporting.
+         Redis backend against the standalone test server, which it starts
+         if needed, peers) and print a table of medians against the targets.
+         `--quick` runs few samples and skips the peers (everyday use);
+         without it, enough for numbers worth reporting.
   services
          Start the services the tests need (a standalone Redis on port 6391,
          a 3-master Redis Cluster on 7001-7003) unless they already run,
