@@ -136,7 +136,7 @@ fn person(hlc: &mut Hlc, i: usize) -> Record {
         "tags": [format!("tag-{}", i % 10), format!("group-{}", i % 7)],
         "score": (i % 1000) as f64 / 10.0,
     });
-    Record::create(Content::from_value(content).unwrap(), &hlc.now())
+    Record::create(Content::from_value(content).unwrap(), &hlc.now().unwrap())
 }
 
 fn people(client: &str, count: usize) -> Vec<Record> {
@@ -322,7 +322,7 @@ fn incremental(c: &mut Criterion, rt: &Runtime, store: &RedisBackend, size: usiz
                             );
                             next.apply_put(
                                 Content::from_value(content.into()).unwrap(),
-                                &editor.now(),
+                                &editor.now().unwrap(),
                             )
                             .unwrap();
                             Write::replace(next, s.token)

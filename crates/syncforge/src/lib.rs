@@ -48,6 +48,7 @@
 //! |---------|---------|----------|
 //! | `memory` | yes | [`MemoryBackend`], the in-process store |
 //! | `fs` | no | `FsBackend`: a directory per collection, one JSON file per record |
+//! | `redis` | no | `RedisBackend` and `RedisConfig`: Redis and Redis Cluster, atomic Lua-script writes |
 //!
 //! The merge rules live in [`syncforge_core`] (re-exported as [`core`]).
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -95,6 +96,10 @@ pub use syncforge_backend_memory::MemoryBackend;
 #[cfg(feature = "fs")]
 #[cfg_attr(docsrs, doc(cfg(feature = "fs")))]
 pub use syncforge_backend_fs::{Durability, FsBackend, FsOptions};
+
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use syncforge_backend_redis::{RedisBackend, RedisConfig};
 
 /// The guide's examples, compiled and run as doctests so the guide stays true.
 #[cfg(doctest)]

@@ -222,7 +222,7 @@ pub(crate) fn rid(id: &str) -> RecordId {
 pub(crate) fn record(hlc: &mut Hlc, id: &str, n: i64) -> Record {
     Record::create(
         Content::from_value(json!({"id": id, "n": n, "body": format!("body of {id}")})).unwrap(),
-        &hlc.now(),
+        &hlc.now().unwrap(),
     )
 }
 
@@ -235,7 +235,7 @@ pub(crate) fn edited(hlc: &mut Hlc, base: &Record, n: i64) -> Record {
             json!({"id": base.id().as_str(), "n": n, "body": format!("body of {}", base.id())}),
         )
         .unwrap(),
-        &hlc.now(),
+        &hlc.now().unwrap(),
     )
     .unwrap();
     next
