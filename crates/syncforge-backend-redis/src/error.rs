@@ -28,6 +28,15 @@ const TRANSIENT_REPLIES: &[&str] = &[
     "ASK",
 ];
 
+/// The client's own words for a command it gave up routing: redirected
+/// (`MOVED`/`ASK`) more often than its attempts allow while a slot moves.
+const TRANSIENT_CLIENT_ERRORS: &[&str] = &[
+    "Too many failed write attempts",
+    "Max attempts reached",
+    "Too many redirections",
+    "Failed to route command",
+];
+
 /// A failure, with the operation and the server it concerned.
 #[derive(Debug)]
 struct RedisFailure {
@@ -66,7 +75,12 @@ pub(crate) fn map(error: FredError, operation: impl Into<String>, address: &str)
         | ErrorKind::Backpressure
         | ErrorKind::Cluster
         | ErrorKind::Routing => true,
-        _ => TRANSIENT_REPLIES.contains(&reply_code),
+        _ => {
+            TRANSIENT_REPLIES.contains(&reply_code)
+                || TRANSIENT_CLIENT_ERRORS
+                    .iter()
+                    .any(|e| details.starts_with(e))
+        }
     };
     if transient {
         return Error::unavailable(
