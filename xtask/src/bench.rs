@@ -10,12 +10,18 @@
 //!
 //! Peers (`crdts`, `automerge`) live in their own workspace so that neither CI
 //! nor users ever compile them unless they ask for the benchmarks.
+//!
+//! The Redis rows run against the standalone test server, started here like
+//! for `cargo xtask ci` when it is not running (and stopped afterwards), and
+//! the same run measures `redis-benchmark -q -P 100 -t hset` on that server,
+//! the ceiling the sync row is judged against.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::PathBuf;
 
 use crate::cmd::Cargo;
+use crate::services;
 
 /// The peers workspace, built only here.
 const PEERS_MANIFEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../benches/peers/Cargo.toml");
@@ -37,6 +43,7 @@ fn runs(quick: bool) -> Vec<Cargo> {
             "--bench",
             "http",
         ]),
+        Cargo::new(&["bench", "-p", "syncforge-backend-redis", "--bench", "redis"]),
     ];
     if !quick {
         // The peers workspace builds into this workspace's target directory,
@@ -72,6 +79,8 @@ enum Target {
     BytesBelow(f64),
     /// A reference figure in bytes per record, judged by nothing.
     BytesPerRecord,
+    /// The rate as a share of row `of`'s rate (a reference, not judged).
+    ShareOf { of: &'static str },
 }
 
 /// A row of the table: the key the bench binaries write, its label and target.
@@ -182,6 +191,46 @@ const ROWS: &[RowSpec] = &[
         key: "http_pull_bytes_per_record",
         label: "http: bytes on the wire per record pulled (gzip)",
         target: Target::BytesPerRecord,
+    },
+    RowSpec {
+        key: "redis_put_10k_one_by_one",
+        label: "redis: put 10k (quick 1k) one by one",
+        target: Target::RatePerSec(13_200.0),
+    },
+    RowSpec {
+        key: "redis_sync_10k_empty",
+        label: "redis: sync 10k (quick 1k) into empty, batches of 100",
+        target: Target::RatePerSec(300_000.0),
+    },
+    RowSpec {
+        key: "redis_benchmark_hset",
+        label: "redis: redis-benchmark -P 100 -t hset, same server",
+        target: Target::None,
+    },
+    RowSpec {
+        key: "redis_sync_10k_empty",
+        label: "redis: sync 10k into empty, share of hset",
+        target: Target::ShareOf {
+            of: "redis_benchmark_hset",
+        },
+    },
+    RowSpec {
+        key: "redis_get_all_10k",
+        label: "redis: get_all of 10k (quick 1k)",
+        target: Target::None,
+    },
+    RowSpec {
+        key: "redis_incremental_100_into_1k",
+        label: "redis: 100 changes feed+sync into 1k",
+        target: Target::None,
+    },
+    RowSpec {
+        key: "redis_incremental_100_into_100k",
+        label: "redis: 100 changes feed+sync into 100k (quick 10k)",
+        target: Target::WithinTimeOf {
+            of: "redis_incremental_100_into_1k",
+            factor: 2.0,
+        },
     },
     RowSpec {
         key: "peers_w3_syncforge",
@@ -366,6 +415,10 @@ fn judge(
             ),
             _ => (format!("ours >= {factor}x faster"), "-"),
         },
+        Target::ShareOf { of } => match (own, speed(of)) {
+            (Some(own), Some(other)) => (format!("{:.1}% of {of}", 100.0 * own / other), ""),
+            _ => (format!("share of {of}"), ""),
+        },
         Target::FasterThan { than, factor } => match (own, speed(than)) {
             (Some(own), Some(other)) => (
                 format!(">= {factor}x faster than {than} (is {:.1}x)", own / other),
@@ -433,10 +486,15 @@ pub(crate) fn run(quick: bool) -> Result<(), String> {
         Err(error) => return Err(format!("cannot clear {}: {error}", summary.display())),
     }
     let quick_flag = OsString::from(if quick { "1" } else { "0" });
+    // The Redis rows need the test server; stopped when `run` returns.
+    let running = services::ensure_all()?;
     for run in runs(quick) {
-        let run = run
+        let mut run = run
             .env("SYNCFORGE_BENCH_OUT", out.clone().into_os_string())
             .env("SYNCFORGE_BENCH_QUICK", quick_flag.clone());
+        for (name, value) in running.env() {
+            run = run.env(name, value.into());
+        }
         eprintln!("==> {run}");
         run.run()?;
     }
@@ -511,6 +569,11 @@ mod tests {
              fs_put_10k_durable\t10000\t1000000000\nfs_sync_10k_durable\t10000\t50000000\n",
         );
         let lines = table(&rows);
+        let share = lines
+            .iter()
+            .find(|l| l.label.contains("share of hset"))
+            .unwrap();
+        assert_eq!(share.figure, "not measured");
         let w4 = line(&lines, "W4 100 changes via feed+sync, 1M");
         assert_eq!(w4.verdict, "MISS");
         assert!(w4.target.contains("is 3.00x"), "{}", w4.target);
@@ -530,6 +593,22 @@ mod tests {
             (memory.figure.as_str(), memory.verdict),
             ("512 MiB", "pass")
         );
+    }
+
+    #[test]
+    fn the_redis_sync_row_is_shown_as_a_share_of_redis_benchmark() {
+        // hset 1 M/s; sync 250 k/s: 25%, and the sync misses its 300 k/s target.
+        let rows = measured(
+            "redis_benchmark_hset\t1000000\t1000000000\nredis_sync_10k_empty\t10000\t40000000\n",
+        );
+        let lines = table(&rows);
+        let share = lines
+            .iter()
+            .find(|l| l.label.contains("share of hset"))
+            .unwrap();
+        assert_eq!(share.target, "25.0% of redis_benchmark_hset");
+        let sync = line(&lines, "redis: sync 10k (quick 1k)");
+        assert_eq!((sync.figure.as_str(), sync.verdict), ("250.0 k/s", "MISS"));
     }
 
     #[test]

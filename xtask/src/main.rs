@@ -4,6 +4,7 @@
 //! * `ci` — everything CI checks, in order, stopping at the first failure.
 //! * `deny` — the offline `cargo deny` checks (bans, licenses, sources).
 //! * `bench` — the benchmarks, summed up in one table against the targets.
+//! * `services` — the test services, in the foreground until Enter.
 //!
 //! Plain `std` is enough here: three commands do not earn an argument parser.
 
@@ -30,9 +31,15 @@ Commands:
          for the tests unless they are already set.
   deny   Run `cargo deny check bans licenses sources` (needs cargo-deny).
   bench  Run the benchmarks (core workloads, peak memory, filesystem backend,
-         peers) and print a table of medians against the targets. `--quick`
-         runs few samples and skips the peers (everyday use); without it,
-         enough for numbers worth reporting.
+         Redis backend against the standalone test server, which it starts
+         if needed, peers) and print a table of medians against the targets.
+         `--quick` runs few samples and skips the peers (everyday use);
+         without it, enough for numbers worth reporting.
+  services
+         Start the services the tests need (a standalone Redis on port 6391,
+         a 3-master Redis Cluster on 7001-7003) unless they already run,
+         print the variables to export for a plain `cargo test`, and stop
+         what was started when Enter is pressed.
   help   Print this help.
 ";
 
@@ -42,6 +49,7 @@ enum Command {
     Ci,
     Deny,
     Bench { quick: bool },
+    Services,
     Help,
 }
 
@@ -75,6 +83,7 @@ fn parse(args: &[String]) -> Result<Command, UsageError> {
         ("bench", _) => (Command::Bench { quick: false }, "bench"),
         ("ci", _) => (Command::Ci, "ci"),
         ("deny", _) => (Command::Deny, "deny"),
+        ("services", _) => (Command::Services, "services"),
         ("help" | "-h" | "--help", _) => return Ok(Command::Help),
         (other, _) => return Err(UsageError::UnknownCommand(other.to_owned())),
     };
@@ -104,6 +113,7 @@ fn main() -> ExitCode {
         Command::Ci => ci::run(),
         Command::Deny => deny::run(),
         Command::Bench { quick } => bench::run(quick),
+        Command::Services => services::run_in_foreground(),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -126,6 +136,7 @@ mod tests {
     fn known_commands_parse() {
         assert_eq!(parse(&args(&["ci"])), Ok(Command::Ci));
         assert_eq!(parse(&args(&["deny"])), Ok(Command::Deny));
+        assert_eq!(parse(&args(&["services"])), Ok(Command::Services));
         assert_eq!(
             parse(&args(&["bench"])),
             Ok(Command::Bench { quick: false })

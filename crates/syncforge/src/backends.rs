@@ -10,7 +10,10 @@ use syncforge_core::{Error, Result, StorageBackend};
 /// Every variant exists whatever features are enabled, so that asking for a
 /// backend whose feature is off gives a clear error instead of a compile error
 /// somewhere else.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// `Debug` never shows a password: the one a Redis URL may carry is printed
+/// as `***`.
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum BackendConfig {
     /// The in-process store (feature `memory`, on by default).
@@ -20,15 +23,58 @@ pub enum BackendConfig {
         /// The store's root directory; created when missing.
         directory: PathBuf,
     },
+    /// A Redis server or Redis Cluster (feature `redis`), by URL:
+    /// `redis://[user[:password]@]host[:port][/db][?prefix=...]`,
+    /// `rediss://...` for TLS, or
+    /// `redis-cluster://host:port?node=host:port&node=...`. For every other
+    /// setting (timeouts, ...), build `RedisBackend::connect(RedisConfig
+    /// { .. })` and pass it to the builder's `backend`.
+    Redis {
+        /// The server's URL.
+        url: String,
+    },
+}
+
+impl std::fmt::Debug for BackendConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BackendConfig::Memory => f.write_str("Memory"),
+            BackendConfig::Filesystem { directory } => f
+                .debug_struct("Filesystem")
+                .field("directory", directory)
+                .finish(),
+            BackendConfig::Redis { url } => f
+                .debug_struct("Redis")
+                .field("url", &without_password(url))
+                .finish(),
+        }
+    }
+}
+
+/// `url` with the password of its user part, if any, replaced by `***`.
+fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((user, host)) => {
+            let user = user.split_once(':').map_or(user, |(name, _)| name);
+            format!("{scheme}://{user}:***@{host}{tail}")
+        }
+        None => url.to_owned(),
+    }
 }
 
 impl BackendConfig {
     /// The backend's name, as its [`StorageBackend::name`] says it:
-    /// `"memory"` or `"filesystem"`.
+    /// `"memory"`, `"filesystem"` or `"redis"`.
     pub fn name(&self) -> &'static str {
         match self {
             BackendConfig::Memory => "memory",
             BackendConfig::Filesystem { .. } => "filesystem",
+            BackendConfig::Redis { .. } => "redis",
         }
     }
 
@@ -37,6 +83,7 @@ impl BackendConfig {
         match self {
             BackendConfig::Memory => "memory",
             BackendConfig::Filesystem { .. } => "fs",
+            BackendConfig::Redis { .. } => "redis",
         }
     }
 }
@@ -85,10 +132,58 @@ pub async fn create_backend(config: &BackendConfig) -> Result<Arc<dyn StorageBac
                 })?;
             Ok(Arc::new(store))
         }
+        #[cfg(feature = "redis")]
+        BackendConfig::Redis { url } => Ok(Arc::new(
+            syncforge_backend_redis::RedisBackend::connect_url(url).await?,
+        )),
         #[allow(unreachable_patterns)] // reachable exactly when a feature is off
         other => Err(Error::FeatureDisabled {
             backend: other.name().to_owned(),
             feature: other.feature(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_a_redis_password() {
+        for (url, shown) in [
+            (
+                "redis://app:s3cret@cache:6379/2?prefix=x",
+                "redis://app:***@cache:6379/2?prefix=x",
+            ),
+            ("rediss://:s3cret@cache", "rediss://:***@cache"),
+            ("redis://app@cache/0", "redis://app:***@cache/0"),
+            ("redis://cache:6379", "redis://cache:6379"),
+        ] {
+            let text = format!(
+                "{:?}",
+                BackendConfig::Redis {
+                    url: url.to_owned()
+                }
+            );
+            assert!(text.contains(shown), "{text}");
+            assert!(!text.contains("s3cret"), "{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn redis_without_its_feature_names_the_feature() {
+        let config = BackendConfig::Redis {
+            url: "redis://127.0.0.1:1".to_owned(),
+        };
+        assert_eq!((config.name(), config.feature()), ("redis", "redis"));
+        if cfg!(not(feature = "redis")) {
+            assert!(matches!(
+                create_backend(&config).await,
+                Err(Error::FeatureDisabled {
+                    feature: "redis",
+                    ..
+                })
+            ));
+        }
     }
 }

@@ -50,6 +50,7 @@
 //! | `fs` | no | `FsBackend`: a directory per collection, one JSON file per record |
 //! | `http-server` | no | `http::{router, Server, serve, ...}`: serve an engine over HTTP |
 //! | `http-client` | no | `http::HttpPeer`: sync with such a server like with a peer |
+//! | `redis` | no | `RedisBackend` and `RedisConfig`: Redis and Redis Cluster, atomic Lua-script writes |
 //!
 //! The merge rules live in [`syncforge_core`] (re-exported as [`core`]).
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -103,6 +104,10 @@ pub use syncforge_backend_memory::MemoryBackend;
 #[cfg(feature = "fs")]
 #[cfg_attr(docsrs, doc(cfg(feature = "fs")))]
 pub use syncforge_backend_fs::{Durability, FsBackend, FsOptions};
+
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use syncforge_backend_redis::{RedisBackend, RedisConfig};
 
 /// The guide's examples, compiled and run as doctests so the guide stays true.
 #[cfg(doctest)]

@@ -11,7 +11,9 @@
 //! skipping.
 
 mod moto;
+mod redis;
 
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
 /// One service the tests need.
@@ -81,7 +83,11 @@ impl Drop for Services {
 
 /// Every service the tests use.
 fn all() -> Vec<Box<dyn Service>> {
-    vec![Box::new(moto::Moto)]
+    vec![
+        Box::new(moto::Moto),
+        Box::new(redis::Standalone),
+        Box::new(redis::Cluster),
+    ]
 }
 
 /// Where services keep their files: `target/services/<name>`.
@@ -110,4 +116,22 @@ pub(crate) fn ensure_all() -> Result<Services, String> {
         services.env.extend(service.env());
     }
     Ok(services)
+}
+
+/// `cargo xtask services`: starts what is missing, prints the variables to
+/// export for a plain `cargo test`, and stops what it started on Enter.
+pub(crate) fn run_in_foreground() -> Result<(), String> {
+    let services = ensure_all()?;
+    println!("# services are up; in another shell:");
+    for (name, value) in services.env() {
+        println!("export {name}='{value}'");
+    }
+    println!("# press Enter to stop the services this command started");
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| format!("cannot read stdin: {e}"))?;
+    drop(services);
+    Ok(())
 }

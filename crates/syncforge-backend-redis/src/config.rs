@@ -1,0 +1,514 @@
+//! [`RedisConfig`]: where the server is, how to log in, which key prefix to
+//! use; built by hand or from a `redis://`, `rediss://` or
+//! `redis-cluster://` URL.
+
+use std::fmt;
+use std::time::Duration;
+
+use syncforge_core::{Error, Result};
+
+/// The key prefix when none is given, as in the TypeScript original.
+pub const DEFAULT_KEY_PREFIX: &str = "dse";
+/// How long [`RedisBackend::connect`](crate::RedisBackend::connect) waits for
+/// the server by default.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one command may take by default before it fails as
+/// [`Error::Unavailable`] (which the engine retries).
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+/// The port when none is given.
+pub const DEFAULT_PORT: u16 = 6379;
+
+/// Where a Redis server or cluster is and how to use it.
+///
+/// Build it field by field from [`Default`] or parse a URL with
+/// [`from_url`](Self::from_url). `Debug` and `Display` never show the
+/// password, and neither does any error the backend returns.
+///
+/// ```
+/// use syncforge_backend_redis::RedisConfig;
+///
+/// let config = RedisConfig {
+///     host: "redis.internal".to_owned(),
+///     password: Some("s3cret".to_owned()),
+///     key_prefix: "catalog".to_owned(),
+///     ..RedisConfig::default()
+/// };
+/// assert_eq!(config.to_string(), "redis://:***@redis.internal:6379/0 (prefix \"catalog\")");
+///
+/// let cluster = RedisConfig::from_url("redis-cluster://10.0.0.1:7001?node=10.0.0.2:7001")?;
+/// assert!(cluster.cluster);
+/// assert_eq!(cluster.nodes, [("10.0.0.2".to_owned(), 7001)]);
+/// # Ok::<(), syncforge_core::Error>(())
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// Host name or IP address of the server (of one seed node for a cluster).
+    pub host: String,
+    /// Port of the server (default 6379).
+    pub port: u16,
+    /// Whether the server is a Redis Cluster: the client then discovers every
+    /// node from the seed nodes and follows `MOVED`/`ASK` redirections.
+    pub cluster: bool,
+    /// More seed nodes of a cluster besides `host:port`, tried when it is down.
+    pub nodes: Vec<(String, u16)>,
+    /// ACL user name (Redis 6+); `None` logs in as the default user.
+    pub username: Option<String>,
+    /// Password; never shown by `Debug`, `Display` or errors.
+    pub password: Option<String>,
+    /// Database number (default 0). A cluster has only database 0.
+    pub db: u8,
+    /// Prefix of every key this backend writes (default `"dse"`). Two stores
+    /// with different prefixes never see each other's data. Must not be
+    /// empty, nor contain `{`, `}` or control characters.
+    pub key_prefix: String,
+    /// Whether to connect over TLS (crate feature `tls`, on by default).
+    pub tls: bool,
+    /// How long connecting may take before it fails (default 5 s).
+    pub connect_timeout: Duration,
+    /// How long one command may take before it fails as transient (default 10 s).
+    pub command_timeout: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            host: "127.0.0.1".to_owned(),
+            port: DEFAULT_PORT,
+            cluster: false,
+            nodes: Vec::new(),
+            username: None,
+            password: None,
+            db: 0,
+            key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
+            tls: false,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
+        }
+    }
+}
+
+impl RedisConfig {
+    /// Reads a URL:
+    ///
+    /// * `redis://[user[:password]@]host[:port][/db]` — one server;
+    /// * `rediss://...` — the same over TLS;
+    /// * `redis-cluster://[user[:password]@]host:port[?node=host:port&node=...]`
+    ///   — a cluster, from one or more seed nodes (`rediss-cluster://` over TLS).
+    ///
+    /// Every form also takes `?prefix=...` for the key prefix. User and
+    /// password may be percent-encoded. Anything else is refused with
+    /// [`Error::InvalidConfig`], whose message never contains the password.
+    ///
+    /// ```
+    /// use syncforge_backend_redis::RedisConfig;
+    ///
+    /// let config = RedisConfig::from_url("rediss://app:p%40ss@cache.example:6380/2?prefix=shop")?;
+    /// assert_eq!((config.host.as_str(), config.port, config.db), ("cache.example", 6380, 2));
+    /// assert_eq!(config.username.as_deref(), Some("app"));
+    /// assert_eq!(config.password.as_deref(), Some("p@ss"));
+    /// assert!(config.tls);
+    /// assert_eq!(config.key_prefix, "shop");
+    /// # Ok::<(), syncforge_core::Error>(())
+    /// ```
+    pub fn from_url(url: &str) -> Result<RedisConfig> {
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+            url_error("expected scheme://host (for example redis://127.0.0.1:6379)")
+        })?;
+        let (cluster, tls) = match scheme {
+            "redis" => (false, false),
+            "rediss" => (false, true),
+            "redis-cluster" => (true, false),
+            "rediss-cluster" => (true, true),
+            other => {
+                return Err(url_error(format!(
+                    "unknown scheme {other:?}: use redis, rediss, redis-cluster or rediss-cluster"
+                )))
+            }
+        };
+        let (rest, query) = match rest.split_once('?') {
+            Some((rest, query)) => (rest, Some(query)),
+            None => (rest, None),
+        };
+        let (authority, path) = match rest.split_once('/') {
+            Some((authority, path)) => (authority, path),
+            None => (rest, ""),
+        };
+        // The password may contain '@' only percent-encoded; the last '@'
+        // still ends the user part, as browsers read it.
+        let (userinfo, hostport) = match authority.rsplit_once('@') {
+            Some((userinfo, hostport)) => (Some(userinfo), hostport),
+            None => (None, authority),
+        };
+        let mut config = RedisConfig {
+            cluster,
+            tls,
+            ..RedisConfig::default()
+        };
+        if let Some(userinfo) = userinfo {
+            let (user, password) = match userinfo.split_once(':') {
+                Some((user, password)) => (user, Some(password)),
+                None => (userinfo, None),
+            };
+            let user = percent_decode(user, "user name")?;
+            config.username = (!user.is_empty()).then_some(user);
+            config.password = match password {
+                Some(password) => Some(percent_decode(password, "password")?),
+                None => None,
+            };
+        }
+        let (host, port) = parse_host_port(hostport)?;
+        config.host = host;
+        config.port = port;
+        if !path.is_empty() {
+            config.db = path.parse().map_err(|_| {
+                url_error(format!(
+                    "the path {path:?} is not a database number from 0 to 255"
+                ))
+            })?;
+        }
+        for pair in query.into_iter().flat_map(|q| q.split('&')) {
+            if pair.is_empty() {
+                continue;
+            }
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match name {
+                "node" if cluster => config.nodes.push(parse_host_port(value)?),
+                "node" => {
+                    return Err(url_error(
+                        "`node=` names cluster nodes: use a redis-cluster:// URL",
+                    ))
+                }
+                "prefix" => config.key_prefix = percent_decode(value, "prefix")?,
+                other => {
+                    return Err(url_error(format!(
+                        "unknown parameter {other:?} (known: node, prefix)"
+                    )))
+                }
+            }
+        }
+        Ok(config)
+    }
+
+    /// The address for messages: scheme, host, port (and the other seed
+    /// nodes of a cluster), database; never the password.
+    pub fn address(&self) -> String {
+        let scheme = match (self.cluster, self.tls) {
+            (false, false) => "redis",
+            (false, true) => "rediss",
+            (true, false) => "redis-cluster",
+            (true, true) => "rediss-cluster",
+        };
+        let mut out = format!("{scheme}://{}", host_port(&self.host, self.port));
+        if self.cluster {
+            for (i, (host, port)) in self.nodes.iter().enumerate() {
+                out.push(if i == 0 { '?' } else { '&' });
+                out.push_str("node=");
+                out.push_str(&host_port(host, *port));
+            }
+        } else {
+            out.push_str(&format!("/{}", self.db));
+        }
+        out
+    }
+
+    /// Checks every setting, so that a bad one is refused before connecting.
+    pub(crate) fn validate(&self) -> Result<()> {
+        let invalid =
+            |option: &'static str, reason: String| Error::InvalidConfig { option, reason };
+        if self.host.is_empty() {
+            return Err(invalid("host", "is empty".to_owned()));
+        }
+        if self.port == 0 || self.nodes.iter().any(|(_, port)| *port == 0) {
+            return Err(invalid("port", "0 is not a port".to_owned()));
+        }
+        if self.nodes.iter().any(|(host, _)| host.is_empty()) {
+            return Err(invalid("nodes", "a seed node has an empty host".to_owned()));
+        }
+        if !self.cluster && !self.nodes.is_empty() {
+            return Err(invalid(
+                "nodes",
+                "seed nodes are for a cluster: set `cluster` (or use a redis-cluster:// URL)"
+                    .to_owned(),
+            ));
+        }
+        if self.cluster && self.db != 0 {
+            return Err(invalid(
+                "db",
+                format!("a Redis Cluster has only database 0, not {}", self.db),
+            ));
+        }
+        if self.key_prefix.is_empty() {
+            return Err(invalid("key_prefix", "is empty".to_owned()));
+        }
+        if let Some(bad) = self
+            .key_prefix
+            .chars()
+            .find(|c| matches!(c, '{' | '}') || c.is_control())
+        {
+            return Err(invalid(
+                "key_prefix",
+                format!(
+                    "{:?} contains {bad:?}: braces would change which cluster slot a collection's keys share, and control characters are refused",
+                    self.key_prefix
+                ),
+            ));
+        }
+        for (option, timeout) in [
+            ("connect_timeout", self.connect_timeout),
+            ("command_timeout", self.command_timeout),
+        ] {
+            if timeout.is_zero() {
+                return Err(invalid(option, "must be longer than zero".to_owned()));
+            }
+        }
+        if self.tls && !cfg!(feature = "tls") {
+            return Err(invalid(
+                "tls",
+                "TLS needs the `tls` feature of syncforge-backend-redis".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Shows the address and the user, with the password as `***`.
+impl fmt::Display for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let address = self.address();
+        let (scheme, rest) = address.split_once("://").unwrap_or(("redis", &address));
+        let user = self.username.as_deref().unwrap_or("");
+        match (&self.password, user.is_empty()) {
+            (Some(_), _) => write!(f, "{scheme}://{user}:***@{rest}")?,
+            (None, false) => write!(f, "{scheme}://{user}@{rest}")?,
+            (None, true) => write!(f, "{address}")?,
+        }
+        write!(f, " (prefix {:?})", self.key_prefix)
+    }
+}
+
+/// Every field, with the password as `***`.
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("cluster", &self.cluster)
+            .field("nodes", &self.nodes)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("db", &self.db)
+            .field("key_prefix", &self.key_prefix)
+            .field("tls", &self.tls)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("command_timeout", &self.command_timeout)
+            .finish()
+    }
+}
+
+fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// `host`, `host:port`, `[v6]` or `[v6]:port`.
+fn parse_host_port(text: &str) -> Result<(String, u16)> {
+    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or_else(|| url_error(format!("unclosed '[' in {text:?}")))?;
+        match after {
+            "" => (host, None),
+            _ => match after.strip_prefix(':') {
+                Some(port) => (host, Some(port)),
+                None => return Err(url_error(format!("expected ':port' after ']' in {text:?}"))),
+            },
+        }
+    } else {
+        match text.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (text, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(url_error(format!("no host in {text:?}")));
+    }
+    let port = match port {
+        Some(port) => port
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| url_error(format!("{port:?} is not a port")))?,
+        None => DEFAULT_PORT,
+    };
+    Ok((host.to_owned(), port))
+}
+
+/// Decodes `%XX` escapes. `what` names the part for the error, which never
+/// repeats the text (it may be a password).
+fn percent_decode(text: &str, what: &str) -> Result<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| url_error(format!("the {what} has a malformed %-escape")))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| url_error(format!("the {what} is not UTF-8 once decoded")))
+}
+
+fn url_error(reason: impl Into<String>) -> Error {
+    Error::InvalidConfig {
+        option: "url",
+        reason: reason.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_urls() {
+        let config = RedisConfig::from_url("redis://localhost").unwrap();
+        assert_eq!(
+            config,
+            RedisConfig {
+                host: "localhost".to_owned(),
+                ..RedisConfig::default()
+            }
+        );
+        let config = RedisConfig::from_url("redis://:pw@127.0.0.1:7000/3").unwrap();
+        assert_eq!(config.password.as_deref(), Some("pw"));
+        assert_eq!(config.username, None);
+        assert_eq!((config.port, config.db), (7000, 3));
+        let config = RedisConfig::from_url("redis://[::1]:7001/").unwrap();
+        assert_eq!((config.host.as_str(), config.port), ("::1", 7001));
+        assert_eq!(config.address(), "redis://[::1]:7001/0");
+    }
+
+    #[test]
+    fn cluster_urls() {
+        let config = RedisConfig::from_url(
+            "rediss-cluster://u:p@10.0.0.1:7001?node=10.0.0.2:7002&node=[fe80::1]:7003&prefix=x",
+        )
+        .unwrap();
+        assert!(config.cluster && config.tls);
+        assert_eq!(
+            config.nodes,
+            [("10.0.0.2".to_owned(), 7002), ("fe80::1".to_owned(), 7003)]
+        );
+        assert_eq!(config.key_prefix, "x");
+        assert_eq!(
+            config.address(),
+            "rediss-cluster://10.0.0.1:7001?node=10.0.0.2:7002&node=[fe80::1]:7003"
+        );
+    }
+
+    #[test]
+    fn bad_urls_are_refused_without_showing_the_password() {
+        for url in [
+            "http://h",
+            "redis:/h",
+            "redis://",
+            "redis://h:0",
+            "redis://h:99999",
+            "redis://h/256",
+            "redis://h/x",
+            "redis://h?node=a:1",
+            "redis://h?color=blue",
+            "redis://u:secret%zz@h",
+            "redis://[::1",
+        ] {
+            let error = RedisConfig::from_url(url).unwrap_err();
+            assert!(
+                matches!(error, Error::InvalidConfig { option: "url", .. }),
+                "{url}: {error:?}"
+            );
+            assert!(!error.to_string().contains("secret"), "{error}");
+        }
+    }
+
+    #[test]
+    fn debug_and_display_hide_the_password() {
+        let config = RedisConfig::from_url("redis://ann:hunter2@h:1/4?prefix=p").unwrap();
+        for text in [
+            format!("{config}"),
+            format!("{config:?}"),
+            format!("{config:#?}"),
+        ] {
+            assert!(!text.contains("hunter2"), "{text}");
+            assert!(text.contains("***"), "{text}");
+        }
+        assert_eq!(config.to_string(), "redis://ann:***@h:1/4 (prefix \"p\")");
+        let no_password = RedisConfig::from_url("redis://ann@h:1/4").unwrap();
+        assert_eq!(
+            no_password.to_string(),
+            "redis://ann@h:1/4 (prefix \"dse\")"
+        );
+    }
+
+    #[test]
+    fn validation_names_the_option() {
+        let check = |config: RedisConfig| match config.validate() {
+            Err(Error::InvalidConfig { option, .. }) => option,
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        };
+        let base = RedisConfig::default;
+        assert!(base().validate().is_ok());
+        assert_eq!(
+            check(RedisConfig {
+                key_prefix: "a{b}".to_owned(),
+                ..base()
+            }),
+            "key_prefix"
+        );
+        assert_eq!(
+            check(RedisConfig {
+                key_prefix: String::new(),
+                ..base()
+            }),
+            "key_prefix"
+        );
+        assert_eq!(
+            check(RedisConfig {
+                cluster: true,
+                db: 1,
+                ..base()
+            }),
+            "db"
+        );
+        assert_eq!(
+            check(RedisConfig {
+                nodes: vec![("h".to_owned(), 1)],
+                ..base()
+            }),
+            "nodes"
+        );
+        assert_eq!(
+            check(RedisConfig {
+                command_timeout: Duration::ZERO,
+                ..base()
+            }),
+            "command_timeout"
+        );
+        assert_eq!(
+            check(RedisConfig {
+                host: String::new(),
+                ..base()
+            }),
+            "host"
+        );
+    }
+}

@@ -1,0 +1,233 @@
+//! The one place where Redis and client errors become syncforge errors.
+//!
+//! Lost connections, timeouts, a server still loading its data, a cluster
+//! between two states (`CLUSTERDOWN`, `TRYAGAIN`, a failover's `READONLY`)
+//! are [`Error::Unavailable`]: transient, the engine retries them. Wrong
+//! credentials, a missing database, a key of the wrong type, ACL refusals,
+//! out-of-memory and script errors are [`Error::Storage`] with a message
+//! saying what to do. No message ever holds the password: the address comes
+//! from [`RedisConfig::address`](crate::RedisConfig::address), and Redis
+//! never repeats a password in its replies.
+
+use std::fmt;
+
+use fred::error::{Error as FredError, ErrorKind};
+use syncforge_core::Error;
+
+pub(crate) const BACKEND: &str = "redis";
+
+/// Server replies that mean "not now" rather than "never".
+const TRANSIENT_REPLIES: &[&str] = &[
+    "LOADING",
+    "BUSY",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "MASTERDOWN",
+    "READONLY",
+    "MOVED",
+    "ASK",
+];
+
+/// The client's own words for a command it gave up routing: redirected
+/// (`MOVED`/`ASK`) more often than its attempts allow while a slot moves.
+const TRANSIENT_CLIENT_ERRORS: &[&str] = &[
+    "Too many failed write attempts",
+    "Max attempts reached",
+    "Too many redirections",
+    "Failed to route command",
+];
+
+/// A failure, with the operation and the server it concerned.
+#[derive(Debug)]
+struct RedisFailure {
+    operation: String,
+    address: String,
+    source: FredError,
+}
+
+impl fmt::Display for RedisFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} at {}: {}",
+            self.operation,
+            self.address,
+            self.source.details()
+        )
+    }
+}
+
+impl std::error::Error for RedisFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+/// Maps a client error of `operation` against the server at `address`.
+pub(crate) fn map(error: FredError, operation: impl Into<String>, address: &str) -> Error {
+    let operation = operation.into();
+    let details = error.details().to_owned();
+    let reply_code = details.split_whitespace().next().unwrap_or("");
+    let transient = match error.kind() {
+        ErrorKind::IO
+        | ErrorKind::Timeout
+        | ErrorKind::Canceled
+        | ErrorKind::Backpressure
+        | ErrorKind::Cluster
+        | ErrorKind::Routing => true,
+        _ => {
+            TRANSIENT_REPLIES.contains(&reply_code)
+                || TRANSIENT_CLIENT_ERRORS
+                    .iter()
+                    .any(|e| details.starts_with(e))
+        }
+    };
+    if transient {
+        return Error::unavailable(
+            BACKEND,
+            RedisFailure {
+                operation,
+                address: address.to_owned(),
+                source: error,
+            },
+        );
+    }
+    let advice = match (error.kind(), reply_code) {
+        (ErrorKind::Auth, _) | (_, "WRONGPASS" | "NOAUTH") => {
+            "authentication failed: check the username and password".to_owned()
+        }
+        _ if details.contains("without any password configured") => {
+            "authentication failed: check the username and password".to_owned()
+        }
+        (_, "NOPERM") => {
+            "the ACL user may not run this command or touch this key: grant it the key prefix's keys and EVALSHA, SCRIPT LOAD, HMGET, HGET, HSET, SADD, SMEMBERS, EXISTS, ZRANGE".to_owned()
+        }
+        (_, "WRONGTYPE") => {
+            "a key under this key prefix holds a value of another type: is another application using the prefix? Use a key prefix of its own".to_owned()
+        }
+        (_, "OOM") => "the server is out of memory (maxmemory): free memory or raise the limit".to_owned(),
+        _ if details.contains("DB index is out of range") => {
+            "the database does not exist on this server: use a smaller db number".to_owned()
+        }
+        _ if details.contains("Error running script") || details.contains("user_script") => {
+            "a syncforge script failed on the server".to_owned()
+        }
+        (ErrorKind::Config | ErrorKind::Url, _) => "the client configuration was refused".to_owned(),
+        #[cfg(feature = "tls")]
+        (ErrorKind::Tls, _) => {
+            "TLS failed: check that the server speaks TLS and that its certificate is trusted".to_owned()
+        }
+        _ => "the server refused the command".to_owned(),
+    };
+    Error::storage_caused(
+        BACKEND,
+        format!("{operation} at {address}: {advice} ({details})"),
+        error,
+    )
+}
+
+/// The error for a connection attempt that did not finish in time.
+pub(crate) fn connect_timeout(address: &str, timeout: std::time::Duration) -> Error {
+    Error::unavailable(
+        BACKEND,
+        format!("connecting to {address}: no answer within {timeout:?}"),
+    )
+}
+
+/// The error for stored data this backend cannot read.
+pub(crate) fn corrupt(collection: &str, id: Option<&str>, key: &str, reason: String) -> Error {
+    Error::Corrupt {
+        backend: BACKEND,
+        collection: collection.to_owned(),
+        id: id.map(str::to_owned),
+        location: key.to_owned(),
+        reason,
+    }
+}
+
+/// The error for a reply whose shape is not what the command returns.
+pub(crate) fn unexpected_reply(operation: &str, address: &str, what: &str) -> Error {
+    Error::storage(
+        BACKEND,
+        format!(
+            "{operation} at {address}: unexpected reply ({what}); is the server a Redis 6.2 or newer?"
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind_of(error: &Error) -> &'static str {
+        match error {
+            Error::Unavailable { .. } => "unavailable",
+            Error::Storage { .. } => "storage",
+            _ => "other",
+        }
+    }
+
+    #[test]
+    fn transient_failures_are_unavailable() {
+        for (kind, details) in [
+            (ErrorKind::IO, "Connection reset by peer"),
+            (ErrorKind::Timeout, "Request timed out."),
+            (
+                ErrorKind::Unknown,
+                "LOADING Redis is loading the dataset in memory",
+            ),
+            (ErrorKind::Cluster, "CLUSTERDOWN The cluster is down"),
+            (
+                ErrorKind::Unknown,
+                "TRYAGAIN Multiple keys request during rehashing of slot",
+            ),
+            (
+                ErrorKind::Unknown,
+                "READONLY You can't write against a read only replica.",
+            ),
+        ] {
+            let error = map(FredError::new(kind, details), "get", "redis://h:1/0");
+            assert_eq!(kind_of(&error), "unavailable", "{details}");
+            assert!(error.is_transient());
+            assert!(error.to_string().contains("redis://h:1/0"), "{error}");
+        }
+    }
+
+    #[test]
+    fn permanent_failures_say_what_to_do() {
+        for (kind, details, advice) in [
+            (
+                ErrorKind::Auth,
+                "WRONGPASS invalid username-password pair or user is disabled.",
+                "check the username and password",
+            ),
+            (
+                ErrorKind::InvalidArgument,
+                "WRONGTYPE Operation against a key holding the wrong kind of value",
+                "key prefix of its own",
+            ),
+            (
+                ErrorKind::Unknown,
+                "ERR DB index is out of range",
+                "database does not exist",
+            ),
+            (
+                ErrorKind::Unknown,
+                "ERR Error running script (call to f_x): @user_script:1: boom",
+                "script failed",
+            ),
+            (
+                ErrorKind::Unknown,
+                "NOPERM this user has no permissions",
+                "ACL",
+            ),
+        ] {
+            let error = map(FredError::new(kind, details), "put_batch", "redis://h:1/0");
+            assert_eq!(kind_of(&error), "storage", "{details}");
+            assert!(!error.is_transient());
+            let text = error.to_string();
+            assert!(text.contains(advice), "{text}");
+            assert!(text.contains("put_batch at redis://h:1/0"), "{text}");
+        }
+    }
+}

@@ -1,0 +1,931 @@
+//! # syncforge-backend-redis
+//!
+//! [`RedisBackend`]: a [`StorageBackend`] on Redis or Redis Cluster, through
+//! the [`fred`] client. It is made for services that share state: several
+//! engines — in one process or in many — write through their own
+//! connections and never lose an update, because every write is a Lua
+//! script that checks each record's token and changes the record and all
+//! its index entries at once.
+//!
+//! ```no_run
+//! use serde_json::json;
+//! use syncforge_backend_redis::{RedisBackend, RedisConfig};
+//! use syncforge_core::{CollectionName, Content, Cursor, Record, Stamp, StorageBackend, Write};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = RedisBackend::connect(RedisConfig::from_url("redis://127.0.0.1:6379/0?prefix=catalog")?).await?;
+//! let products = CollectionName::new("products")?;
+//! let stamp = Stamp::new(1_000, 0, "us-east-1")?;
+//! let lamp = Record::create(Content::from_value(json!({"id": "p1", "name": "Lamp"}))?, &stamp);
+//! store.put(&products, &Write::create(lamp)).await?;
+//! let page = store.changes(&products, Cursor::START, 100.try_into()?).await?;
+//! assert_eq!(page.len(), 1);
+//! store.close().await?; // disconnects; never deletes anything
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Layout
+//!
+//! Every key of a collection carries the collection's name, encoded, as its
+//! hash tag, so the collection lives in one cluster slot:
+//!
+//! ```text
+//! dse:collections            set: names of the collections ever written
+//! dse:meta                   hash: engine metadata
+//! dse:c:{notes}:records      hash: id -> "<sequence> <record JSON>"
+//! dse:c:{notes}:feed         sorted set: id by the sequence of its last change
+//! dse:c:{notes}:time         sorted set: id by its `_timestamp`
+//! dse:c:{notes}:seq          the last sequence handed out
+//! dse:c:{notes}:newest       the newest stamp written
+//! ```
+//!
+//! Names are encoded one-to-one: ASCII letters, digits, `-`, `_` and `.`
+//! stay, every other byte becomes `%XX` — so `{`, `}`, `:`, `*`, spaces and
+//! unicode can neither collide nor leave the tag or the prefix.
+//!
+//! # Atomicity
+//!
+//! A conditional batch, a hard delete and a clear are each one Lua script,
+//! run by `EVALSHA` (reloaded after a `NOSCRIPT`, as after a restart or on
+//! a node that just took over a slot). Redis runs a script without
+//! interleaving other commands, so a record and its index entries are
+//! always in agreement, and a write whose token no longer matches reports
+//! [`WriteOutcome::Conflict`] while the others of the batch still happen.
+//!
+//! The set of collection names and the metadata hash each live in a slot of
+//! their own. A writer adds the collection's name to the set, and waits for
+//! the answer, before its first write to that collection; names are never
+//! removed, and [`list_collections`](StorageBackend::list_collections)
+//! lists those holding records. So the list is right on a cluster too,
+//! without a script spanning slots. Metadata changes are single commands
+//! (or a one-key script) on the one metadata key.
+
+mod config;
+mod error;
+mod keys;
+mod scripts;
+
+use std::collections::{HashMap, HashSet};
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use fred::clients::Client;
+use fred::interfaces::{
+    ClientLike, HashesInterface, KeysInterface, SetsInterface, SortedSetsInterface,
+};
+use fred::types::config::{Config as FredConfig, ReconnectPolicy, ServerConfig};
+use fred::types::{Builder, ConnectHandle, Value};
+use parking_lot::Mutex;
+use syncforge_core::{
+    async_trait, Change, ChangePage, CollectionName, Cursor, Error, Record, RecordId, Result,
+    Stamp, StorageBackend, Stored, Token, Write, WriteOutcome,
+};
+
+pub use config::{
+    RedisConfig, DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEY_PREFIX, DEFAULT_PORT,
+};
+
+use crate::error::BACKEND;
+use crate::keys::{CollectionKeys, Keys};
+use crate::scripts::Scripts;
+
+/// The largest sequence: every JSON reader and a sorted-set score keep it exact.
+const MAX_SEQUENCE: u64 = 1 << 53;
+/// Records read or written per script call: bounds how long one script
+/// keeps the server busy and how large one reply grows.
+const CHUNK: usize = 1_000;
+
+/// A store on a Redis server or a Redis Cluster.
+///
+/// Each `RedisBackend` is one client (one connection per server node).
+/// Open one per engine, or share one through an `Arc`; any number of
+/// handles, in any number of processes, may work on the same keys.
+/// [`close`](StorageBackend::close) disconnects and never deletes data.
+///
+/// Lost connections are re-established in the background; a command that
+/// fails meanwhile, or takes longer than the command timeout, fails with
+/// [`Error::Unavailable`], which the engine retries. The client itself
+/// sends a command again when its connection dropped before the answer
+/// came: a conditional write that did happen then reports
+/// [`WriteOutcome::Conflict`] (its token moved), and the engine, re-reading,
+/// finds its own write there — nothing is lost or applied twice.
+pub struct RedisBackend {
+    client: Client,
+    keys: Keys,
+    scripts: Scripts,
+    /// The server's address for messages (never the password).
+    address: String,
+    key_prefix: String,
+    closed: AtomicBool,
+    connect_timeout: Duration,
+    /// The client's connection task. fred ends it for good on some routing
+    /// failures (an `ASK` redirection during a slot migration is one, see
+    /// [`ensure_connected`](Self::ensure_connected)); the next call then
+    /// starts a new one.
+    connection: tokio::sync::Mutex<ConnectHandle>,
+    /// Collections this handle has added to the registry: later writes to
+    /// them skip that round trip.
+    registered: Mutex<HashSet<CollectionName>>,
+}
+
+impl RedisBackend {
+    /// Connects to the server (or cluster) `config` describes.
+    ///
+    /// Fails within the connect timeout with a typed error naming the
+    /// address (never the password): [`Error::InvalidConfig`] for a setting
+    /// that cannot work, [`Error::Unavailable`] when the server does not
+    /// answer, [`Error::Storage`] when it refuses the credentials or the
+    /// database.
+    pub async fn connect(config: RedisConfig) -> Result<RedisBackend> {
+        config.validate()?;
+        let address = config.address();
+        let client =
+            build_client(&config).map_err(|e| error::map(e, "configuring the client", &address))?;
+        // Connecting ends with a PING: a server that accepts connections but
+        // does not answer, or wants credentials that were not given, fails
+        // here rather than at the first command.
+        let connection = match tokio::time::timeout(config.connect_timeout, connect(&client)).await
+        {
+            Ok(Ok(task)) => task,
+            Ok(Err(e)) => {
+                stop_in_background(&client);
+                return Err(error::map(e, "connecting", &address));
+            }
+            Err(_) => {
+                stop_in_background(&client);
+                return Err(error::connect_timeout(&address, config.connect_timeout));
+            }
+        };
+        Ok(RedisBackend {
+            client,
+            keys: Keys::new(&config.key_prefix),
+            scripts: Scripts::new(),
+            address,
+            key_prefix: config.key_prefix,
+            closed: AtomicBool::new(false),
+            connect_timeout: config.connect_timeout,
+            connection: tokio::sync::Mutex::new(connection),
+            registered: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Connects to the server a URL names (see [`RedisConfig::from_url`]).
+    pub async fn connect_url(url: &str) -> Result<RedisBackend> {
+        RedisBackend::connect(RedisConfig::from_url(url)?).await
+    }
+
+    /// The address of the server, as in messages (never the password).
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// The key prefix of this store.
+    pub fn key_prefix(&self) -> &str {
+        &self.key_prefix
+    }
+
+    /// Refuses calls on a closed handle, and restarts the client's
+    /// connection task if it ended.
+    ///
+    /// fred 10.1 follows an `ASK` redirection (a slot half-way through a
+    /// migration) by sending `ASKING` to the new node but the command itself
+    /// to the old one again, until the command runs out of attempts; it then
+    /// ends its connection task, after which every command would time out.
+    /// The failed command reaches the caller as [`Error::Unavailable`] (the
+    /// engine retries it), and the next call reconnects here. Once the
+    /// migration completes, the old node answers `MOVED`, which fred follows.
+    async fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed {
+                what: "redis backend handle",
+            });
+        }
+        let mut connection = self.connection.lock().await;
+        if connection.is_finished() {
+            tracing::warn!(address = %self.address, "the redis connection task ended; reconnecting");
+            *connection = tokio::time::timeout(self.connect_timeout, connect(&self.client))
+                .await
+                .map_err(|_| error::connect_timeout(&self.address, self.connect_timeout))?
+                .map_err(self.fail("reconnecting", None))?;
+        }
+        Ok(())
+    }
+
+    fn fail(
+        &self,
+        operation: &str,
+        collection: Option<&CollectionName>,
+    ) -> impl FnOnce(fred::error::Error) -> Error + '_ {
+        let operation = match collection {
+            Some(c) => format!("{operation} in collection {:?}", c.as_str()),
+            None => operation.to_owned(),
+        };
+        move |e| error::map(e, operation, &self.address)
+    }
+
+    /// Runs a script, loading it first if the server does not know it.
+    async fn eval(
+        &self,
+        script: &fred::types::scripts::Script,
+        keys: Vec<String>,
+        args: Vec<Value>,
+        operation: &str,
+        collection: Option<&CollectionName>,
+    ) -> Result<Value> {
+        script
+            .evalsha_with_reload(&self.client, keys, args)
+            .await
+            .map_err(self.fail(operation, collection))
+    }
+
+    /// Adds the collection to the registry unless this handle already did.
+    /// Done, and answered, before the first write, so a collection holding
+    /// records is always registered, whichever node holds it.
+    async fn register(&self, collection: &CollectionName) -> Result<()> {
+        if self.registered.lock().contains(collection) {
+            return Ok(());
+        }
+        let _: i64 = self
+            .client
+            .sadd(self.keys.registry(), collection.as_str())
+            .await
+            .map_err(self.fail("registering", Some(collection)))?;
+        self.registered.lock().insert(collection.clone());
+        Ok(())
+    }
+
+    /// The names in the registry (collections ever written).
+    async fn registered_names(&self, operation: &str) -> Result<Vec<CollectionName>> {
+        let names: Vec<String> = self
+            .client
+            .smembers(self.keys.registry())
+            .await
+            .map_err(self.fail(operation, None))?;
+        names
+            .into_iter()
+            .map(|name| {
+                CollectionName::new(name.as_str()).map_err(|e| {
+                    error::corrupt(
+                        &name,
+                        None,
+                        &self.keys.registry(),
+                        format!("not a collection name: {e}"),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// Reads one stored value: `"<sequence> <record JSON>"`.
+    fn decode(
+        &self,
+        collection: &CollectionName,
+        keys: &CollectionKeys,
+        id: &str,
+        value: &str,
+    ) -> Result<(u64, Record)> {
+        let bad = |reason: String| error::corrupt(collection, Some(id), &keys.records, reason);
+        let (sequence, json) = value
+            .split_once(' ')
+            .ok_or_else(|| bad("expected \"<sequence> <record JSON>\"".to_owned()))?;
+        let sequence: u64 = sequence
+            .parse()
+            .map_err(|_| bad(format!("{sequence:?} is not a sequence number")))?;
+        let json: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| bad(format!("the record is not JSON: {e}")))?;
+        let record = Record::from_json(json).map_err(|e| bad(format!("not a record: {e}")))?;
+        if record.id().as_str() != id {
+            return Err(bad(format!(
+                "the record stored under this id has the id {:?}",
+                record.id().as_str()
+            )));
+        }
+        Ok((sequence, record))
+    }
+
+    /// One feed page script call: at most `limit` (≤ [`CHUNK`]) entries
+    /// after `after`. Returns the changes, the cursor of the last entry
+    /// examined, and whether more lie beyond.
+    async fn feed_chunk(
+        &self,
+        collection: &CollectionName,
+        keys: &CollectionKeys,
+        after: Cursor,
+        limit: usize,
+    ) -> Result<(Vec<Change>, Cursor, bool)> {
+        const OP: &str = "reading the change feed";
+        let reply = self
+            .eval(
+                &self.scripts.feed_page,
+                vec![keys.records.clone(), keys.feed.clone()],
+                vec![
+                    Value::from(after.get().to_string()),
+                    Value::from(limit as i64),
+                ],
+                OP,
+                Some(collection),
+            )
+            .await?;
+        let unexpected = |what: &str| error::unexpected_reply(OP, &self.address, what);
+        let [more, ids, scores, values] =
+            <[Value; 4]>::try_from(array(reply)).map_err(|_| unexpected("not four parts"))?;
+        let more = more.as_i64() == Some(1);
+        let (ids, scores, values) = (array(ids), array(scores), array(values));
+        if ids.len() != scores.len() || ids.len() != values.len() {
+            return Err(unexpected("parts of different lengths"));
+        }
+        let mut changes = Vec::with_capacity(ids.len());
+        let mut last = after;
+        for ((id, score), value) in ids.into_iter().zip(scores).zip(values) {
+            let id = text(&id).ok_or_else(|| unexpected("an id that is not text"))?;
+            last = Cursor::new(
+                parse_score(&score).ok_or_else(|| unexpected("a sequence that is not a number"))?,
+            );
+            // An index entry without its record cannot come from the scripts;
+            // skipping it (the page's `next` passes it) keeps the feed moving.
+            let Some(value) = text(&value) else {
+                tracing::warn!(
+                    collection = collection.as_str(),
+                    id = id.as_ref(),
+                    "feed entry without a record; skipped"
+                );
+                continue;
+            };
+            let (_, record) = self.decode(collection, keys, &id, &value)?;
+            changes.push(Change {
+                cursor: last,
+                record,
+            });
+        }
+        Ok((changes, last, more))
+    }
+
+    /// The values of `ids` in the hash, in order.
+    async fn hmget(
+        &self,
+        keys: &CollectionKeys,
+        ids: &[RecordId],
+        collection: &CollectionName,
+    ) -> Result<Vec<Option<String>>> {
+        const OP: &str = "reading records";
+        if ids.len() <= CHUNK {
+            let fields: Vec<&str> = ids.iter().map(RecordId::as_str).collect();
+            let values: Vec<Option<String>> = self
+                .client
+                .hmget(keys.records.as_str(), fields)
+                .await
+                .map_err(self.fail(OP, Some(collection)))?;
+            return Ok(values);
+        }
+        // Many ids: slices of one pipeline, still one round trip.
+        let pipeline = self.client.pipeline();
+        for slice in ids.chunks(CHUNK) {
+            let fields: Vec<&str> = slice.iter().map(RecordId::as_str).collect();
+            let () = pipeline
+                .hmget(keys.records.as_str(), fields)
+                .await
+                .map_err(self.fail(OP, Some(collection)))?;
+        }
+        let mut values = Vec::with_capacity(ids.len());
+        for reply in pipeline.try_all::<Vec<Option<String>>>().await {
+            values.extend(reply.map_err(self.fail(OP, Some(collection)))?);
+        }
+        Ok(values)
+    }
+}
+
+/// Starts the client's connection task and checks with a PING that the
+/// server answers: one that accepts connections but does not answer, or
+/// wants credentials that were not given, fails here rather than at the
+/// first command.
+async fn connect(client: &Client) -> std::result::Result<ConnectHandle, fred::error::Error> {
+    let task = client.init().await?;
+    client.ping::<String>(None).await?;
+    Ok(task)
+}
+
+/// Builds (without connecting) the client for `config`.
+fn build_client(config: &RedisConfig) -> std::result::Result<Client, fred::error::Error> {
+    let server = if config.cluster {
+        let mut hosts = vec![(config.host.clone(), config.port)];
+        hosts.extend(config.nodes.iter().cloned());
+        ServerConfig::new_clustered(hosts)
+    } else {
+        ServerConfig::new_centralized(config.host.clone(), config.port)
+    };
+    #[allow(unused_mut)] // mutated only with TLS
+    let mut fred_config = FredConfig {
+        server,
+        username: config.username.clone(),
+        password: config.password.clone(),
+        database: (config.db != 0).then_some(config.db),
+        fail_fast: true,
+        ..FredConfig::default()
+    };
+    #[cfg(feature = "tls")]
+    if config.tls {
+        fred_config.tls = Some(fred::types::config::TlsConnector::default_rustls()?.into());
+    }
+    let connect_timeout = config.connect_timeout;
+    let command_timeout = config.command_timeout;
+    Builder::from_config(fred_config)
+        .with_connection_config(|connection| {
+            connection.connection_timeout = connect_timeout;
+            connection.internal_command_timeout = connect_timeout;
+            connection.max_command_attempts = 10;
+            connection.max_redirections = 10;
+        })
+        .with_performance_config(|performance| {
+            performance.default_command_timeout = command_timeout;
+        })
+        // Reconnect in the background for as long as the handle is open.
+        .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
+        .build()
+}
+
+/// Stops a client that failed to connect, so it does not keep retrying,
+/// without making the caller wait for it.
+fn stop_in_background(client: &Client) {
+    let client = client.clone();
+    tokio::spawn(async move { quit_quietly(&client).await });
+}
+
+/// Asks the connection task to end, waiting at most a second.
+async fn quit_quietly(client: &Client) {
+    if tokio::time::timeout(Duration::from_secs(1), client.quit())
+        .await
+        .is_err()
+    {
+        tracing::debug!("the redis client did not stop within 1 s after a failed connect");
+    }
+}
+
+/// The elements of an array reply (nothing for nil).
+fn array(value: Value) -> Vec<Value> {
+    match value {
+        Value::Array(items) => items,
+        Value::Null => Vec::new(),
+        other => vec![other],
+    }
+}
+
+/// The text of a string reply; `None` for nil or bytes that are not UTF-8.
+fn text(value: &Value) -> Option<std::borrow::Cow<'_, str>> {
+    match value {
+        Value::Null | Value::Boolean(false) => None,
+        other => other.as_str(),
+    }
+}
+
+/// A sorted-set score as a whole number (scores of ours are integers ≤ 2^53).
+fn parse_score(value: &Value) -> Option<u64> {
+    let text = text(value)?;
+    text.parse::<u64>().ok().or_else(|| {
+        let float: f64 = text.parse().ok()?;
+        (float.is_finite() && float >= 0.0 && float.fract() == 0.0 && float <= MAX_SEQUENCE as f64)
+            .then_some(float as u64)
+    })
+}
+
+/// The argument telling the write script what the record must still hold.
+fn expected_argument(expected: Option<&Token>) -> String {
+    match expected {
+        None => String::new(),
+        Some(Token::Sequence(sequence)) if *sequence <= MAX_SEQUENCE => sequence.to_string(),
+        // A tag, or a sequence this store never hands out: never matches.
+        Some(_) => "-".to_owned(),
+    }
+}
+
+impl Drop for RedisBackend {
+    fn drop(&mut self) {
+        if !self.closed.load(Ordering::Acquire) {
+            // Without a runtime there is nothing to stop; with one, ask the
+            // connection task to end instead of reconnecting forever.
+            if tokio::runtime::Handle::try_current().is_ok() {
+                stop_in_background(&self.client);
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The client's own configuration holds the password: never shown.
+        f.debug_struct("RedisBackend")
+            .field("address", &self.address)
+            .field("key_prefix", &self.key_prefix)
+            .field("closed", &self.closed.load(Ordering::Acquire))
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl StorageBackend for RedisBackend {
+    fn name(&self) -> &'static str {
+        BACKEND
+    }
+
+    async fn get(&self, collection: &CollectionName, id: &RecordId) -> Result<Option<Stored>> {
+        self.check_open().await?;
+        let keys = self.keys.collection(collection);
+        let value: Option<String> = self
+            .client
+            .hget(keys.records.as_str(), id.as_str())
+            .await
+            .map_err(self.fail("reading a record", Some(collection)))?;
+        value
+            .map(|value| {
+                let (sequence, record) = self.decode(collection, &keys, id, &value)?;
+                Ok(Stored {
+                    record,
+                    token: Token::Sequence(sequence),
+                })
+            })
+            .transpose()
+    }
+
+    async fn get_many(
+        &self,
+        collection: &CollectionName,
+        ids: &[RecordId],
+    ) -> Result<Vec<Option<Stored>>> {
+        self.check_open().await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = self.keys.collection(collection);
+        let values = self.hmget(&keys, ids, collection).await?;
+        if values.len() != ids.len() {
+            return Err(error::unexpected_reply(
+                "reading records",
+                &self.address,
+                "HMGET answered another number of values",
+            ));
+        }
+        ids.iter()
+            .zip(values)
+            .map(|(id, value)| {
+                value
+                    .map(|value| {
+                        let (sequence, record) = self.decode(collection, &keys, id, &value)?;
+                        Ok(Stored {
+                            record,
+                            token: Token::Sequence(sequence),
+                        })
+                    })
+                    .transpose()
+            })
+            .collect()
+    }
+
+    async fn get_all(&self, collection: &CollectionName) -> Result<Vec<Record>> {
+        self.check_open().await?;
+        let keys = self.keys.collection(collection);
+        // Walk the feed in slices: no reply grows with the collection, and a
+        // record rewritten meanwhile shows up again later, never missed.
+        let mut latest: HashMap<RecordId, Record> = HashMap::new();
+        let mut after = Cursor::START;
+        loop {
+            let (changes, last, more) = self.feed_chunk(collection, &keys, after, CHUNK).await?;
+            for change in changes {
+                latest.insert(change.record.id().clone(), change.record);
+            }
+            if !more {
+                return Ok(latest.into_values().collect());
+            }
+            after = last;
+        }
+    }
+
+    async fn put_batch(
+        &self,
+        collection: &CollectionName,
+        writes: &[Write],
+    ) -> Result<Vec<WriteOutcome>> {
+        self.check_open().await?;
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.register(collection).await?;
+        let keys = self.keys.collection(collection);
+        let script_keys = vec![
+            keys.records.clone(),
+            keys.feed.clone(),
+            keys.time.clone(),
+            keys.seq.clone(),
+            keys.newest.clone(),
+        ];
+        let mut outcomes = Vec::with_capacity(writes.len());
+        for slice in writes.chunks(CHUNK) {
+            // Ranks by stamp, so the script keeps the newest stamp written
+            // without comparing stamps itself.
+            let mut order: Vec<usize> = (0..slice.len()).collect();
+            order.sort_by(|&a, &b| {
+                slice[a]
+                    .record
+                    .newest_stamp()
+                    .cmp(slice[b].record.newest_stamp())
+            });
+            let mut rank = vec![0; slice.len()];
+            for (position, &index) in order.iter().enumerate() {
+                rank[index] = position;
+            }
+            let mut args = Vec::with_capacity(slice.len() * 6);
+            for (write, rank) in slice.iter().zip(rank) {
+                let stamp = write.record.newest_stamp();
+                args.push(Value::from(write.record.id().as_str()));
+                args.push(Value::from(expected_argument(write.expected.as_ref())));
+                args.push(Value::from(stamp.millis().to_string()));
+                args.push(Value::from(rank as i64));
+                args.push(Value::from(stamp.to_string()));
+                args.push(Value::from(write.record.to_json_string()));
+            }
+            let reply = self
+                .eval(
+                    &self.scripts.put_batch,
+                    script_keys.clone(),
+                    args,
+                    "writing records",
+                    Some(collection),
+                )
+                .await?;
+            let sequences = array(reply);
+            if sequences.len() != slice.len() {
+                return Err(error::unexpected_reply(
+                    "writing records",
+                    &self.address,
+                    "not one outcome per write",
+                ));
+            }
+            for sequence in sequences {
+                outcomes.push(match sequence.as_u64() {
+                    Some(0) => WriteOutcome::Conflict,
+                    Some(sequence) => WriteOutcome::Written {
+                        token: Token::Sequence(sequence),
+                        cursor: Cursor::new(sequence),
+                    },
+                    None => {
+                        return Err(error::unexpected_reply(
+                            "writing records",
+                            &self.address,
+                            "an outcome that is not a number",
+                        ))
+                    }
+                });
+            }
+        }
+        Ok(outcomes)
+    }
+
+    async fn delete(&self, collection: &CollectionName, id: &RecordId) -> Result<bool> {
+        self.check_open().await?;
+        let keys = self.keys.collection(collection);
+        let removed = self
+            .eval(
+                &self.scripts.delete,
+                vec![keys.records, keys.feed, keys.time],
+                vec![Value::from(id.as_str())],
+                "deleting a record",
+                Some(collection),
+            )
+            .await?;
+        Ok(removed.as_i64().is_some_and(|n| n > 0))
+    }
+
+    async fn changes(
+        &self,
+        collection: &CollectionName,
+        after: Cursor,
+        limit: NonZeroUsize,
+    ) -> Result<ChangePage> {
+        self.check_open().await?;
+        let keys = self.keys.collection(collection);
+        let mut remaining = limit.get();
+        let mut changes = Vec::with_capacity(remaining.min(CHUNK));
+        let mut next = after;
+        loop {
+            let slice = remaining.min(CHUNK);
+            let (mut found, last, more) = self.feed_chunk(collection, &keys, next, slice).await?;
+            next = last;
+            // Entries examined count against the limit, found or skipped.
+            remaining = remaining.saturating_sub(slice);
+            changes.append(&mut found);
+            if !more || remaining == 0 {
+                return Ok(ChangePage {
+                    changes,
+                    next,
+                    more,
+                });
+            }
+        }
+    }
+
+    async fn changes_since_timestamp(
+        &self,
+        collection: &CollectionName,
+        millis: u64,
+    ) -> Result<Vec<Record>> {
+        const OP: &str = "reading records by time";
+        self.check_open().await?;
+        let keys = self.keys.collection(collection);
+        let unexpected = |what: &str| error::unexpected_reply(OP, &self.address, what);
+        let mut latest: HashMap<RecordId, Record> = HashMap::new();
+        let mut after = millis;
+        loop {
+            let reply = self
+                .eval(
+                    &self.scripts.time_slice,
+                    vec![keys.records.clone(), keys.time.clone()],
+                    vec![Value::from(after.to_string()), Value::from(CHUNK as i64)],
+                    OP,
+                    Some(collection),
+                )
+                .await?;
+            let [last, ids, values] =
+                <[Value; 3]>::try_from(array(reply)).map_err(|_| unexpected("not three parts"))?;
+            let (ids, values) = (array(ids), array(values));
+            if ids.len() != values.len() {
+                return Err(unexpected("parts of different lengths"));
+            }
+            for (id, value) in ids.iter().zip(&values) {
+                let id = text(id).ok_or_else(|| unexpected("an id that is not text"))?;
+                if let Some(value) = text(value) {
+                    let (_, record) = self.decode(collection, &keys, &id, &value)?;
+                    latest.insert(record.id().clone(), record);
+                }
+            }
+            match text(&last) {
+                None => return Ok(latest.into_values().collect()),
+                Some(_) => {
+                    let next = parse_score(&last)
+                        .ok_or_else(|| unexpected("a time that is not a number"))?;
+                    if next <= after {
+                        return Err(unexpected("a time slice that does not advance"));
+                    }
+                    after = next;
+                }
+            }
+        }
+    }
+
+    async fn list_collections(&self) -> Result<Vec<CollectionName>> {
+        const OP: &str = "listing collections";
+        self.check_open().await?;
+        let names = self.registered_names(OP).await?;
+        if names.is_empty() {
+            return Ok(names);
+        }
+        // One pipeline (split by node on a cluster): is each one non-empty?
+        let pipeline = self.client.pipeline();
+        for name in &names {
+            let () = pipeline
+                .exists(self.keys.collection(name).records)
+                .await
+                .map_err(self.fail(OP, None))?;
+        }
+        let mut listed = Vec::new();
+        for (name, exists) in names.into_iter().zip(pipeline.try_all::<i64>().await) {
+            if exists.map_err(self.fail(OP, None))? > 0 {
+                listed.push(name);
+            }
+        }
+        Ok(listed)
+    }
+
+    async fn clear_collection(&self, collection: &CollectionName) -> Result<()> {
+        self.check_open().await?;
+        let keys = self.keys.collection(collection);
+        self.eval(
+            &self.scripts.clear,
+            vec![keys.records, keys.feed, keys.time],
+            Vec::new(),
+            "clearing",
+            Some(collection),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn newest_stamp(&self) -> Result<Option<Stamp>> {
+        const OP: &str = "reading the newest stamps";
+        self.check_open().await?;
+        let names = self.registered_names(OP).await?;
+        if names.is_empty() {
+            return Ok(None);
+        }
+        // One small key per collection, in one pipeline: never the records.
+        let pipeline = self.client.pipeline();
+        for name in &names {
+            let () = pipeline
+                .zrange(
+                    self.keys.collection(name).newest,
+                    -1,
+                    -1,
+                    None,
+                    false,
+                    None,
+                    false,
+                )
+                .await
+                .map_err(self.fail(OP, None))?;
+        }
+        let mut newest: Option<Stamp> = None;
+        for (name, reply) in names.iter().zip(pipeline.try_all::<Vec<String>>().await) {
+            for text in reply.map_err(self.fail(OP, None))? {
+                let stamp: Stamp = text.parse().map_err(|e| {
+                    error::corrupt(
+                        name,
+                        None,
+                        &self.keys.collection(name).newest,
+                        format!("not a stamp: {e}"),
+                    )
+                })?;
+                if newest.as_ref().is_none_or(|n| stamp > *n) {
+                    newest = Some(stamp);
+                }
+            }
+        }
+        Ok(newest)
+    }
+
+    async fn get_meta(&self, key: &str) -> Result<Option<String>> {
+        self.check_open().await?;
+        self.client
+            .hget(self.keys.meta(), key)
+            .await
+            .map_err(self.fail("reading metadata", None))
+    }
+
+    async fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        self.check_open().await?;
+        let _: i64 = self
+            .client
+            .hset(self.keys.meta(), (key, value))
+            .await
+            .map_err(self.fail("writing metadata", None))?;
+        Ok(())
+    }
+
+    async fn set_meta_if_absent(&self, key: &str, value: &str) -> Result<String> {
+        const OP: &str = "writing metadata once";
+        self.check_open().await?;
+        let kept = self
+            .eval(
+                &self.scripts.meta_if_absent,
+                vec![self.keys.meta()],
+                vec![Value::from(key), Value::from(value)],
+                OP,
+                None,
+            )
+            .await?;
+        text(&kept)
+            .map(|kept| kept.into_owned())
+            .ok_or_else(|| error::unexpected_reply(OP, &self.address, "no value"))
+    }
+
+    async fn close(&self) -> Result<()> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        // Data stays; only the connections end. A server already gone is no
+        // reason to fail: the handle is closed either way.
+        quit_quietly(&self.client).await;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scores_parse_exactly() {
+        assert_eq!(parse_score(&Value::from("17")), Some(17));
+        assert_eq!(
+            parse_score(&Value::from("9007199254740992")),
+            Some(MAX_SEQUENCE)
+        );
+        assert_eq!(
+            parse_score(&Value::from("1e+15")),
+            Some(1_000_000_000_000_000)
+        );
+        assert_eq!(parse_score(&Value::from("1.5")), None);
+        assert_eq!(parse_score(&Value::from("-1")), None);
+        assert_eq!(parse_score(&Value::Null), None);
+    }
+
+    #[test]
+    fn expectations_beyond_the_store_never_match() {
+        assert_eq!(expected_argument(None), "");
+        assert_eq!(expected_argument(Some(&Token::Sequence(42))), "42");
+        assert_eq!(
+            expected_argument(Some(&Token::Sequence(MAX_SEQUENCE + 1))),
+            "-"
+        );
+        assert_eq!(expected_argument(Some(&Token::Tag("42".to_owned()))), "-");
+    }
+}

@@ -1,0 +1,189 @@
+//! The Lua scripts. Each write is one script, so Redis runs it without
+//! interleaving any other command: a record, its index entries, the sequence
+//! counter and the newest stamp change together or not at all. All keys a
+//! script touches are passed in `KEYS` and share the collection's hash tag,
+//! so the scripts run unchanged on a Redis Cluster.
+//!
+//! Numbers stay exact: sequences are at most 2^53 and always formatted with
+//! `%d` (Lua's default number format would print `1e+14`).
+
+use fred::types::scripts::Script;
+
+/// Reads values of many fields of a hash in slices, because Lua's `unpack`
+/// has a limit on how many values it spreads.
+const HMGET_HELPER: &str = r"
+local function hmget(key, ids)
+  local values = {}
+  for i = 1, #ids, 1000 do
+    local chunk = redis.call('HMGET', key, unpack(ids, i, math.min(i + 999, #ids)))
+    for j = 1, #chunk do values[#values + 1] = chunk[j] end
+  end
+  return values
+end
+";
+
+/// Conditional batch write.
+///
+/// KEYS: records, feed, time, seq, newest.
+/// ARGV: six per write — id, expected, millis, rank, stamp, json — where
+/// `expected` is `''` for "must not exist", the decimal sequence the record
+/// must still have, or anything else for "never matches"; `rank` orders the
+/// writes of the batch by stamp, so the script keeps the newest stamp
+/// without comparing stamp strings itself (Lua compares strings by locale).
+///
+/// Returns one integer per write: its new sequence, or 0 for a conflict.
+/// Checks run write by write, in order, against the state including the
+/// batch's earlier writes; the writes themselves are applied together at the
+/// end, so a script that fails writes nothing.
+const PUT_BATCH: &str = r"
+local records, feed = KEYS[1], KEYS[2]
+local seq = tonumber(redis.call('GET', KEYS[4]) or '0')
+local written = {}
+local out = {}
+local hset, zfeed, ztime = {}, {}, {}
+local newest_rank, newest_stamp = -1, false
+for i = 1, #ARGV, 6 do
+  local id, expected = ARGV[i], ARGV[i + 1]
+  local current = written[id]
+  if current == nil then
+    local score = redis.call('ZSCORE', feed, id)
+    current = score and tonumber(score) or false
+  end
+  local matches
+  if expected == '' then
+    matches = current == false
+  else
+    matches = current ~= false and current == tonumber(expected)
+  end
+  if matches then
+    seq = seq + 1
+    if seq > 9007199254740992 then
+      return redis.error_reply('ERR syncforge: the change sequence of ' .. feed .. ' is exhausted (2^53)')
+    end
+    local s = string.format('%d', seq)
+    written[id] = seq
+    hset[#hset + 1] = id
+    hset[#hset + 1] = s .. ' ' .. ARGV[i + 5]
+    zfeed[#zfeed + 1] = s
+    zfeed[#zfeed + 1] = id
+    ztime[#ztime + 1] = ARGV[i + 2]
+    ztime[#ztime + 1] = id
+    local rank = tonumber(ARGV[i + 3])
+    if rank > newest_rank then
+      newest_rank, newest_stamp = rank, ARGV[i + 4]
+    end
+    out[#out + 1] = seq
+  else
+    out[#out + 1] = 0
+  end
+end
+local function bulk(command, key, args)
+  for i = 1, #args, 1000 do
+    redis.call(command, key, unpack(args, i, math.min(i + 999, #args)))
+  end
+end
+if newest_stamp then
+  bulk('HSET', records, hset)
+  bulk('ZADD', feed, zfeed)
+  bulk('ZADD', KEYS[3], ztime)
+  redis.call('SET', KEYS[4], string.format('%d', seq))
+  redis.call('ZADD', KEYS[5], 0, newest_stamp)
+  redis.call('ZREMRANGEBYRANK', KEYS[5], 0, -2)
+end
+return out
+";
+
+/// Hard delete of one record from the hash and both indexes.
+///
+/// KEYS: records, feed, time. ARGV: id. Returns 1 if the record existed.
+const DELETE: &str = r"
+local removed = redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return removed
+";
+
+/// Removes a collection's records and indexes; keeps its sequence counter
+/// (cursors stay valid) and newest stamp (clocks never go back).
+///
+/// KEYS: records, feed, time.
+const CLEAR: &str = r"
+redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[3])
+return 1
+";
+
+/// A page of the change feed.
+///
+/// KEYS: records, feed. ARGV: after (exclusive), limit.
+/// Returns {more, ids, sequences, values}; a value is nil if the hash lost
+/// the record (which the write scripts never let happen).
+const FEED_PAGE: &str = r"
+local limit = tonumber(ARGV[2])
+local entries = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[1], '+inf', 'WITHSCORES', 'LIMIT', 0, limit + 1)
+local n = #entries / 2
+local more = 0
+if n > limit then
+  more, n = 1, limit
+end
+local ids, scores = {}, {}
+for i = 1, n do
+  ids[i], scores[i] = entries[2 * i - 1], entries[2 * i]
+end
+return {more, ids, scores, hmget(KEYS[1], ids)}
+";
+
+/// A slice of the records with `_timestamp` after a time.
+///
+/// KEYS: records, time. ARGV: after millis (exclusive), page size.
+/// A full page is extended by every record sharing its last timestamp, so
+/// the next slice can start strictly after that timestamp.
+/// Returns {last (or nil when this was the last slice), ids, values}.
+const TIME_SLICE: &str = r"
+local page = tonumber(ARGV[2])
+local entries = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[1], '+inf', 'WITHSCORES', 'LIMIT', 0, page)
+local ids = {}
+local last = false
+if #entries / 2 < page then
+  for i = 1, #entries, 2 do ids[#ids + 1] = entries[i] end
+else
+  last = entries[#entries]
+  for i = 1, #entries, 2 do
+    if entries[i + 1] ~= last then ids[#ids + 1] = entries[i] end
+  end
+  local tied = redis.call('ZRANGEBYSCORE', KEYS[2], last, last)
+  for i = 1, #tied do ids[#ids + 1] = tied[i] end
+end
+return {last, ids, hmget(KEYS[1], ids)}
+";
+
+/// Stores a metadata value unless the field holds one; returns what it holds.
+///
+/// KEYS: meta. ARGV: field, value.
+const META_IF_ABSENT: &str = r"
+redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
+return redis.call('HGET', KEYS[1], ARGV[1])
+";
+
+/// The scripts, with their SHA-1 digests for `EVALSHA`.
+#[derive(Debug)]
+pub(crate) struct Scripts {
+    pub(crate) put_batch: Script,
+    pub(crate) delete: Script,
+    pub(crate) clear: Script,
+    pub(crate) feed_page: Script,
+    pub(crate) time_slice: Script,
+    pub(crate) meta_if_absent: Script,
+}
+
+impl Scripts {
+    pub(crate) fn new() -> Self {
+        Scripts {
+            put_batch: Script::from_lua(PUT_BATCH),
+            delete: Script::from_lua(DELETE),
+            clear: Script::from_lua(CLEAR),
+            feed_page: Script::from_lua(format!("{HMGET_HELPER}{FEED_PAGE}")),
+            time_slice: Script::from_lua(format!("{HMGET_HELPER}{TIME_SLICE}")),
+            meta_if_absent: Script::from_lua(META_IF_ABSENT),
+        }
+    }
+}

@@ -1,0 +1,422 @@
+//! Faults: a server killed in the middle of a sync, a server down or
+//! refusing at start, a cluster slot moved while a sync runs.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fred::clients::Client;
+use fred::interfaces::{ClientLike, HashesInterface};
+use fred::types::config::{Config as FredConfig, ServerConfig};
+use fred::types::{Builder, ClusterHash, CustomCommand};
+use syncforge_backend_redis::{RedisBackend, RedisConfig};
+use syncforge_core::{ClientId, Error, Hlc, Record, StorageBackend};
+
+use crate::support::{
+    assert_consistent, cluster, coll, fresh_prefix, key, raw_client, record, sync_records,
+    PrivateServer,
+};
+
+const SYNCED: usize = 10_000;
+
+/// The server is killed (SIGKILL) while a sync of 10,000 records runs, and
+/// started again a second later from its append-only file. The sync either
+/// completes through its retries or fails with a clear transient error;
+/// either way every stored record agrees with both indexes, and every
+/// record stored is one that was sent.
+///
+/// The server runs with `appendfsync always`: Redis then acknowledges a
+/// script only once its effects are on disk (as one MULTI/EXEC block, which
+/// a torn tail never half-applies), so a restart keeps exactly what was
+/// acknowledged and the test can tell a lost write from a lost answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_mid_sync_loses_nothing_and_tears_nothing() {
+    let Some(mut server) = PrivateServer::start().await else {
+        return;
+    };
+    let prefix = fresh_prefix("killed");
+    let config = server.config(&prefix);
+    let store = Arc::new(RedisBackend::connect(config.clone()).await.unwrap());
+    let mut hlc = Hlc::new(ClientId::new("remote").unwrap());
+    let incoming: Vec<Record> = (0..SYNCED)
+        .map(|i| record(&mut hlc, &format!("k{i:05}"), i as i64))
+        .collect();
+    let sent = incoming.clone();
+    let syncing = {
+        let store = Arc::clone(&store);
+        tokio::spawn(
+            async move { sync_records(&*store, &coll("killed"), &incoming, 100, 10).await },
+        )
+    };
+
+    let raw = raw_client(&config).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stored: u64 = raw.hlen(key(&prefix, "killed", "records")).await.unwrap();
+        if stored >= 3_000 {
+            break;
+        }
+        assert!(!syncing.is_finished(), "the sync ended before the kill");
+        assert!(Instant::now() < deadline, "the sync does not progress");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    raw.quit().await.ok();
+    server.kill();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    server.restart().await;
+
+    let outcome = tokio::time::timeout(Duration::from_secs(120), syncing)
+        .await
+        .expect("the sync ends")
+        .unwrap();
+    let raw = raw_client(&config).await.unwrap();
+    let stored = assert_consistent(&raw, &prefix, "killed").await;
+    match outcome {
+        Ok(synced) => {
+            assert_eq!(stored.len(), SYNCED, "a completed sync holds every record");
+            println!(
+                "the sync completed after {} retried failures",
+                synced.retried
+            );
+        }
+        Err(error) => {
+            assert!(matches!(error, Error::Unavailable { .. }), "{error}");
+            assert!(
+                error
+                    .to_string()
+                    .contains(&format!("127.0.0.1:{}", server.port)),
+                "{error}"
+            );
+            println!("the sync gave up with a clear error: {error}");
+        }
+    }
+    for (id, record) in &stored {
+        let index: usize = id[1..].parse().unwrap();
+        assert_eq!(record, &sent[index], "{id} is not what was sent");
+    }
+    println!(
+        "after the kill and restart: {} of {SYNCED} records, all consistent",
+        stored.len()
+    );
+    raw.quit().await.ok();
+    store.close().await.unwrap();
+}
+
+/// Connecting to a port where nothing listens fails with a transient error
+/// naming the address, within the connect timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_down_at_start_is_a_clear_error_within_the_bound() {
+    let port = {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let bound = Duration::from_secs(2);
+    let config = RedisConfig {
+        port,
+        password: Some("never-shown-1f2e".to_owned()),
+        connect_timeout: bound,
+        ..RedisConfig::default()
+    };
+    let started = Instant::now();
+    let error = RedisBackend::connect(config).await.unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(error, Error::Unavailable { .. }), "{error:?}");
+    let text = error.to_string();
+    assert!(
+        text.contains(&format!("redis://127.0.0.1:{port}/0")),
+        "{text}"
+    );
+    assert!(!text.contains("never-shown") && !format!("{error:?}").contains("never-shown"));
+    assert!(took < bound + Duration::from_millis(500), "took {took:?}");
+
+    // A listener that accepts connections but never answers.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let started = Instant::now();
+    let result = RedisBackend::connect(RedisConfig {
+        port: silent_port,
+        connect_timeout: bound,
+        ..RedisConfig::default()
+    })
+    .await;
+    let took = started.elapsed();
+    let error = result.unwrap_err();
+    assert!(error.is_transient(), "{error:?}");
+    assert!(
+        error.to_string().contains(&silent_port.to_string()),
+        "{error}"
+    );
+    assert!(took < bound + Duration::from_millis(500), "took {took:?}");
+    drop(silent);
+}
+
+/// Wrong credentials, missing credentials and a database the server does
+/// not have are permanent errors that say what to do, name the address and
+/// never show a password. The server requires a password: it is one this
+/// test starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_and_a_missing_database_are_refused_clearly() {
+    let right = "right-pw-9d1e";
+    let Some(server) = PrivateServer::start_with_password(Some(right)).await else {
+        return;
+    };
+    let config = server.config(&fresh_prefix("refused"));
+    let wrong = "pw-5ecret-a7c3";
+    let auth = "check the username and password";
+    for (what, bad, advice) in [
+        (
+            "a wrong password",
+            RedisConfig {
+                password: Some(wrong.to_owned()),
+                ..config.clone()
+            },
+            auth,
+        ),
+        (
+            "an unknown user",
+            RedisConfig {
+                username: Some("nobody-here".to_owned()),
+                password: Some(wrong.to_owned()),
+                ..config.clone()
+            },
+            auth,
+        ),
+        (
+            "no password",
+            RedisConfig {
+                password: None,
+                ..config.clone()
+            },
+            auth,
+        ),
+        (
+            "a database that does not exist",
+            RedisConfig {
+                db: 200,
+                ..config.clone()
+            },
+            "database does not exist",
+        ),
+    ] {
+        let started = Instant::now();
+        let error = RedisBackend::connect(bad.clone()).await.unwrap_err();
+        assert!(started.elapsed() < bad.connect_timeout, "{what}");
+        let text = error.to_string();
+        println!("{what}: {text}");
+        assert!(matches!(error, Error::Storage { .. }), "{what}: {error:?}");
+        assert!(
+            text.contains(&format!("127.0.0.1:{}", server.port)),
+            "{what}: {text}"
+        );
+        assert!(text.contains(advice), "{what}: {text}");
+        for secret in [right, wrong] {
+            assert!(
+                !text.contains(secret) && !format!("{error:?}").contains(secret),
+                "{what}"
+            );
+        }
+    }
+    let store = RedisBackend::connect(config).await.unwrap();
+    store.close().await.unwrap();
+}
+
+/// One cluster slot — the one holding the collection — moves to another
+/// master (`CLUSTER SETSLOT ... IMPORTING/MIGRATING`, `MIGRATE`, `SETSLOT
+/// ... NODE`) while a sync writes into it. The client follows the `ASK`
+/// and `MOVED` redirections, a script that meets keys on both sides gets
+/// `TRYAGAIN` (transient, retried), and the sync completes with every
+/// record consistent, now served by the new master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_moved_during_a_sync_is_followed() {
+    const RECORDS: usize = 20_000;
+    let Some(config) = cluster("reshard").await else {
+        return;
+    };
+    let prefix = config.key_prefix.clone();
+    // A collection name unique to this run, so each run moves some slot.
+    let name = format!("reshard-{}", &prefix[prefix.len() - 8..]);
+    let records_key = key(&prefix, &name, "records");
+    let slot = fred::util::redis_keyslot(records_key.as_bytes());
+
+    let mut seeds = vec![(config.host.clone(), config.port)];
+    seeds.extend(config.nodes.iter().cloned());
+    let nodes = cluster_nodes(&seeds[0]).await;
+    let source = nodes
+        .iter()
+        .find(|n| n.slots.iter().any(|&(lo, hi)| lo <= slot && slot <= hi))
+        .expect("a master owns the slot")
+        .clone();
+    let target = nodes.iter().find(|n| n.id != source.id).unwrap().clone();
+
+    let store = Arc::new(RedisBackend::connect(config.clone()).await.unwrap());
+    let mut hlc = Hlc::new(ClientId::new("resharder").unwrap());
+    let incoming: Vec<Record> = (0..RECORDS)
+        .map(|i| record(&mut hlc, &format!("s{i:05}"), i as i64))
+        .collect();
+    let syncing = {
+        let store = Arc::clone(&store);
+        let name = name.clone();
+        tokio::spawn(async move { sync_records(&*store, &coll(&name), &incoming, 50, 10).await })
+    };
+
+    let source_client = node_client(&source.address).await;
+    let target_client = node_client(&target.address).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stored: u64 = source_client.hlen(&records_key).await.unwrap_or(0);
+        if stored >= 2_000 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the sync does not progress");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let slot_arg = slot.to_string();
+    cluster_cmd(
+        &target_client,
+        &["SETSLOT", &slot_arg, "IMPORTING", &source.id],
+    )
+    .await;
+    cluster_cmd(
+        &source_client,
+        &["SETSLOT", &slot_arg, "MIGRATING", &target.id],
+    )
+    .await;
+    let (target_host, target_port) = target.address.rsplit_once(':').unwrap();
+    loop {
+        let keys: Vec<String> = source_client
+            .custom(
+                CustomCommand::new_static("CLUSTER", ClusterHash::Random, false),
+                vec![
+                    "GETKEYSINSLOT".to_owned(),
+                    slot_arg.clone(),
+                    "100".to_owned(),
+                ],
+            )
+            .await
+            .unwrap();
+        if keys.is_empty() {
+            break;
+        }
+        let mut args = vec![
+            target_host.to_owned(),
+            target_port.to_owned(),
+            String::new(),
+            "0".to_owned(),
+            "10000".to_owned(),
+            "KEYS".to_owned(),
+        ];
+        args.extend(keys);
+        let _: String = source_client
+            .custom(
+                CustomCommand::new_static("MIGRATE", ClusterHash::Random, false),
+                args,
+            )
+            .await
+            .unwrap();
+    }
+    for node in &nodes {
+        let client = node_client(&node.address).await;
+        cluster_cmd(&client, &["SETSLOT", &slot_arg, "NODE", &target.id]).await;
+        client.quit().await.ok();
+    }
+    let moved_while_syncing = !syncing.is_finished();
+
+    let outcome = tokio::time::timeout(Duration::from_secs(180), syncing)
+        .await
+        .expect("the sync ends")
+        .unwrap();
+    let synced = outcome.expect("the sync completes across the move");
+    assert_eq!(synced.written, RECORDS);
+    assert!(
+        moved_while_syncing,
+        "the slot moved only after the sync ended"
+    );
+
+    let owner = cluster_nodes(&seeds[0]).await;
+    let now = owner
+        .iter()
+        .find(|n| n.slots.iter().any(|&(lo, hi)| lo <= slot && slot <= hi))
+        .unwrap();
+    assert_eq!(now.id, target.id, "slot {slot} is served by the target now");
+    let stored: u64 = target_client.hlen(&records_key).await.unwrap();
+    assert_eq!(stored, RECORDS as u64);
+    let raw = raw_client(&config).await.unwrap();
+    let consistent = assert_consistent(&raw, &prefix, &name).await;
+    assert_eq!(consistent.len(), RECORDS);
+    assert_eq!(store.get_all(&coll(&name)).await.unwrap().len(), RECORDS);
+    println!(
+        "slot {slot} moved from {} to {} during a sync of {RECORDS} records ({} transient failures retried); all consistent",
+        source.address, target.address, synced.retried
+    );
+    store.clear_collection(&coll(&name)).await.unwrap();
+    for client in [raw, source_client, target_client] {
+        client.quit().await.ok();
+    }
+    store.close().await.unwrap();
+}
+
+/// A master of the cluster, as `CLUSTER NODES` lists it.
+#[derive(Debug, Clone)]
+struct Node {
+    id: String,
+    address: String,
+    slots: Vec<(u16, u16)>,
+}
+
+async fn cluster_nodes(seed: &(String, u16)) -> Vec<Node> {
+    let client = node_client(&format!("{}:{}", seed.0, seed.1)).await;
+    let text: String = client
+        .custom(
+            CustomCommand::new_static("CLUSTER", ClusterHash::Random, false),
+            vec!["NODES"],
+        )
+        .await
+        .unwrap();
+    client.quit().await.ok();
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 8 || !fields[2].contains("master") {
+                return None;
+            }
+            let address = fields[1].split('@').next()?.to_owned();
+            let slots = fields[8..]
+                .iter()
+                .filter(|s| !s.starts_with('['))
+                .filter_map(|range| match range.split_once('-') {
+                    Some((lo, hi)) => Some((lo.parse().ok()?, hi.parse().ok()?)),
+                    None => range.parse().ok().map(|s| (s, s)),
+                })
+                .collect();
+            Some(Node {
+                id: fields[0].to_owned(),
+                address,
+                slots,
+            })
+        })
+        .collect()
+}
+
+/// A client on one cluster node alone (no redirections), for CLUSTER commands.
+async fn node_client(address: &str) -> Client {
+    let (host, port) = address.rsplit_once(':').unwrap();
+    let client = Builder::from_config(FredConfig {
+        server: ServerConfig::new_centralized(host, port.parse().unwrap()),
+        ..FredConfig::default()
+    })
+    .build()
+    .unwrap();
+    client.init().await.unwrap();
+    client
+}
+
+async fn cluster_cmd(client: &Client, args: &[&str]) {
+    let _: String = client
+        .custom(
+            CustomCommand::new_static("CLUSTER", ClusterHash::Random, false),
+            args.to_vec(),
+        )
+        .await
+        .unwrap();
+}

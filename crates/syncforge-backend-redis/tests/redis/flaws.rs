@@ -1,0 +1,391 @@
+//! One test per flaw of the TypeScript original's Redis backend (DESIGN.md,
+//! item 9): unguarded read-then-write, a delete that leaves index entries,
+//! a round trip per record in the change feed, and a `destroy()` that wipes
+//! every collection under the prefix.
+
+use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+
+use fred::interfaces::{ClientLike, HashesInterface, KeysInterface, SortedSetsInterface};
+use fred::types::{ClusterHash, CustomCommand, InfoKind};
+use syncforge_backend_redis::RedisBackend;
+use syncforge_core::{ClientId, Cursor, Hlc, Record, StorageBackend, Write, WriteOutcome};
+use tokio::sync::Barrier;
+
+use crate::support::{
+    assert_consistent, coll, edited, fresh_prefix, key, n_of, raw_client, record, remove_prefix,
+    rid, standalone, sync_records, PrivateServer,
+};
+
+const RECORDS: usize = 50;
+const ROUNDS: usize = 500;
+
+/// Two engines, each on its own connection, write the same 50 records in
+/// 500 rounds. In every round both read the same state and only then write,
+/// so one of them must lose the race and merge again: 1,000 increments, and
+/// every one of them must be in the final counters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_engines_hammering_the_same_records_lose_no_update() {
+    let Some(config) = standalone("hammer").await else {
+        return;
+    };
+    let notes = coll("hammer");
+    let setup = RedisBackend::connect(config.clone()).await.unwrap();
+    let mut hlc = Hlc::new(ClientId::new("setup").unwrap());
+    let creates: Vec<Write> = (0..RECORDS)
+        .map(|i| Write::create(record(&mut hlc, &format!("r{i:02}"), 0)))
+        .collect();
+    setup.put_batch(&notes, &creates).await.unwrap();
+
+    let barrier = Arc::new(Barrier::new(2));
+    let mut tasks = Vec::new();
+    for engine in 0..2 {
+        let store = RedisBackend::connect(config.clone()).await.unwrap();
+        let barrier = Arc::clone(&barrier);
+        let notes = notes.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut hlc = Hlc::new(ClientId::new(&format!("engine-{engine}")).unwrap());
+            let mut conflicts = 0;
+            for round in 0..ROUNDS {
+                let id = rid(&format!("r{:02}", round % RECORDS));
+                let mut first = true;
+                loop {
+                    let stored = store.get(&notes, &id).await.unwrap().unwrap();
+                    let next = edited(&mut hlc, &stored.record, n_of(&stored.record) + 1);
+                    if first {
+                        // Both engines hold the same state before either writes.
+                        barrier.wait().await;
+                        first = false;
+                    }
+                    match store
+                        .put(&notes, &Write::replace(next, stored.token))
+                        .await
+                        .unwrap()
+                    {
+                        WriteOutcome::Written { .. } => break,
+                        WriteOutcome::Conflict => conflicts += 1,
+                    }
+                }
+            }
+            store.close().await.unwrap();
+            conflicts
+        }));
+    }
+    let mut conflicts = 0;
+    for task in tasks {
+        conflicts += task.await.unwrap();
+    }
+
+    let all = setup.get_all(&notes).await.unwrap();
+    assert_eq!(all.len(), RECORDS);
+    let per_record = (2 * ROUNDS / RECORDS) as i64;
+    for record in &all {
+        assert_eq!(n_of(record), per_record, "{} lost an update", record.id());
+        assert_eq!(record.version(), per_record as u64 + 1, "{}", record.id());
+    }
+    let total: i64 = all.iter().map(n_of).sum();
+    assert_eq!(total, (2 * ROUNDS) as i64);
+    assert!(
+        conflicts >= ROUNDS,
+        "every round is a real race: {conflicts} conflicts in {ROUNDS} rounds"
+    );
+    println!(
+        "2 x {ROUNDS} writes on {RECORDS} records: {conflicts} lost races retried, no update lost"
+    );
+
+    let raw = raw_client(&config).await.unwrap();
+    assert_consistent(&raw, &config.key_prefix, "hammer").await;
+    raw.quit().await.ok();
+    setup.close().await.unwrap();
+    remove_prefix(&config).await;
+}
+
+/// A hard delete removes the record from the hash and from both indexes;
+/// nothing of it stays in the feed or the time query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_leaves_no_index_entry() {
+    let Some(config) = standalone("delete").await else {
+        return;
+    };
+    let prefix = config.key_prefix.clone();
+    let notes = coll("deletes");
+    let store = RedisBackend::connect(config.clone()).await.unwrap();
+    let mut hlc = Hlc::new(ClientId::new("deleter").unwrap());
+    let mut records: Vec<Record> = (0..20)
+        .map(|i| record(&mut hlc, &format!("d{i:02}"), i))
+        .collect();
+    let writes: Vec<Write> = records.iter().cloned().map(Write::create).collect();
+    store.put_batch(&notes, &writes).await.unwrap();
+    // Rewrite some first, so their index entries moved before the delete.
+    for rec in records.iter_mut().step_by(3) {
+        let stored = store.get(&notes, rec.id()).await.unwrap().unwrap();
+        let next = edited(&mut hlc, &stored.record, 100);
+        store
+            .put(&notes, &Write::replace(next.clone(), stored.token))
+            .await
+            .unwrap();
+        *rec = next;
+    }
+    let doomed: Vec<&Record> = records.iter().filter(|r| n_of(r) % 2 == 0).collect();
+    for rec in &doomed {
+        assert!(store.delete(&notes, rec.id()).await.unwrap());
+    }
+
+    let raw = raw_client(&config).await.unwrap();
+    for rec in &doomed {
+        let id = rec.id().as_str();
+        let in_hash: bool = raw
+            .hexists(key(&prefix, "deletes", "records"), id)
+            .await
+            .unwrap();
+        let in_feed: Option<f64> = raw
+            .zscore(key(&prefix, "deletes", "feed"), id)
+            .await
+            .unwrap();
+        let in_time: Option<f64> = raw
+            .zscore(key(&prefix, "deletes", "time"), id)
+            .await
+            .unwrap();
+        assert_eq!(
+            (in_hash, in_feed, in_time),
+            (false, None, None),
+            "{id} left something behind"
+        );
+    }
+    let left = assert_consistent(&raw, &prefix, "deletes").await;
+    assert_eq!(left.len(), records.len() - doomed.len());
+    let page = store
+        .changes(&notes, Cursor::START, NonZeroUsize::new(100).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(page.len(), left.len());
+    assert!(page.records().all(|r| left.contains_key(r.id().as_str())));
+    let since = store.changes_since_timestamp(&notes, 0).await.unwrap();
+    assert_eq!(since.len(), left.len());
+
+    raw.quit().await.ok();
+    store.close().await.unwrap();
+    remove_prefix(&config).await;
+}
+
+const CHANGES: usize = 100;
+
+/// The commands one incremental sync of 100 changes sends, counted by the
+/// server itself (`INFO commandstats`, calls inside scripts included), are
+/// the same whether the collections hold 1,000 or 100,000 records. The
+/// server is one this test starts, so nothing else is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incremental_sync_sends_as_many_commands_into_100k_records_as_into_1k() {
+    let Some(server) = PrivateServer::start().await else {
+        return;
+    };
+    let mut counts = Vec::new();
+    for size in [1_000, 100_000] {
+        counts.push((size, incremental_sync_commands(&server, size).await));
+    }
+    let (small, large) = (&counts[0].1, &counts[1].1);
+    println!("commands of an incremental sync of {CHANGES} changes: {small:?}");
+    assert_eq!(small, large, "the command count grew with the collection");
+    // Two scripts (one feed page, one conditional batch) and one HMGET
+    // (get_many) from the client; the receiving handle registered its
+    // collection when it was filled, so no SADD.
+    assert_eq!(small.get("evalsha"), Some(&2), "{small:?}");
+    assert_eq!(small.get("sadd"), None, "{small:?}");
+}
+
+/// Fills a sender and a receiver with `size` equal records, changes 100 of
+/// them on the sender, then counts the commands of reading the sender's
+/// feed after those changes and syncing them into the receiver.
+async fn incremental_sync_commands(server: &PrivateServer, size: usize) -> BTreeMap<String, u64> {
+    let people = coll("people");
+    let sender = RedisBackend::connect(server.config(&fresh_prefix("sender")))
+        .await
+        .unwrap();
+    let receiver = RedisBackend::connect(server.config(&fresh_prefix("receiver")))
+        .await
+        .unwrap();
+    let mut hlc = Hlc::new(ClientId::new("origin").unwrap());
+    let records: Vec<Record> = (0..size)
+        .map(|i| record(&mut hlc, &format!("p{i:06}"), 0))
+        .collect();
+    // The sender's feed ends at its last write: the cursor a peer that
+    // already synced everything holds.
+    let mut cursor = Cursor::START;
+    for chunk in records.chunks(1_000) {
+        let writes: Vec<Write> = chunk.iter().cloned().map(Write::create).collect();
+        for outcome in sender.put_batch(&people, &writes).await.unwrap() {
+            match outcome {
+                WriteOutcome::Written { cursor: c, .. } => cursor = cursor.max(c),
+                WriteOutcome::Conflict => panic!("a create conflicted"),
+            }
+        }
+        receiver.put_batch(&people, &writes).await.unwrap();
+    }
+    // Loads the feed script, so that loading is not counted below.
+    let empty = sender
+        .changes(&people, cursor, NonZeroUsize::MIN)
+        .await
+        .unwrap();
+    assert!(empty.is_empty());
+    // 100 changes spread over the collection.
+    let mut editor = Hlc::new(ClientId::new("editor").unwrap());
+    let ids: Vec<_> = (0..CHANGES)
+        .map(|k| records[k * size / CHANGES].id().clone())
+        .collect();
+    let stored = sender.get_many(&people, &ids).await.unwrap();
+    let edits: Vec<Write> = stored
+        .into_iter()
+        .map(|s| {
+            let s = s.unwrap();
+            Write::replace(edited(&mut editor, &s.record, 1), s.token)
+        })
+        .collect();
+    sender.put_batch(&people, &edits).await.unwrap();
+
+    let raw = raw_client(&server.config("count")).await.unwrap();
+    let _: () = raw
+        .custom(
+            CustomCommand::new_static("CONFIG", ClusterHash::Random, false),
+            vec!["RESETSTAT"],
+        )
+        .await
+        .unwrap();
+    let page = sender
+        .changes(&people, cursor, NonZeroUsize::new(CHANGES).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(page.len(), CHANGES);
+    let incoming: Vec<Record> = page.into_iter().collect();
+    let synced = sync_records(&receiver, &people, &incoming, CHANGES, 0)
+        .await
+        .unwrap();
+    assert_eq!(synced.written, CHANGES);
+    let stats: String = raw.info(Some(InfoKind::CommandStats)).await.unwrap();
+    raw.quit().await.ok();
+    sender.close().await.unwrap();
+    receiver.close().await.unwrap();
+    parse_commandstats(&stats)
+}
+
+/// `cmdstat_<name>:calls=N,...` lines, without the measuring commands.
+fn parse_commandstats(text: &str) -> BTreeMap<String, u64> {
+    text.lines()
+        .filter_map(|line| {
+            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest.split(',').find_map(|kv| kv.strip_prefix("calls="))?;
+            Some((name.to_owned(), calls.parse().ok()?))
+        })
+        .filter(|(name, _)| !name.starts_with("config") && name != "info")
+        .collect()
+}
+
+/// Clearing one collection and closing a handle leave every other
+/// collection, and every key of another prefix, exactly as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_and_clear_touch_nothing_else() {
+    let Some(first) = standalone("keep-a").await else {
+        return;
+    };
+    let mut second = first.clone();
+    second.key_prefix = fresh_prefix("keep-b");
+    let a = RedisBackend::connect(first.clone()).await.unwrap();
+    let b = RedisBackend::connect(second.clone()).await.unwrap();
+    let mut hlc = Hlc::new(ClientId::new("keeper").unwrap());
+    for (store, name) in [(&a, "c1"), (&a, "c2"), (&b, "c1")] {
+        let writes: Vec<Write> = (0..30)
+            .map(|i| Write::create(record(&mut hlc, &format!("{name}-{i}"), i)))
+            .collect();
+        store.put_batch(&coll(name), &writes).await.unwrap();
+    }
+    b.set_meta("peer", "cursor-1").await.unwrap();
+    let raw = raw_client(&first).await.unwrap();
+    let before_b = dump_prefix(&raw, &second.key_prefix).await;
+    let before_a_c2 = assert_consistent(&raw, &first.key_prefix, "c2").await;
+    assert!(!before_b.is_empty());
+
+    a.clear_collection(&coll("c1")).await.unwrap();
+    assert!(a.get_all(&coll("c1")).await.unwrap().is_empty());
+    assert_eq!(
+        assert_consistent(&raw, &first.key_prefix, "c2").await,
+        before_a_c2
+    );
+    assert_eq!(dump_prefix(&raw, &second.key_prefix).await, before_b);
+    assert_eq!(
+        a.list_collections().await.unwrap(),
+        vec![coll("c2")],
+        "the cleared collection is no longer listed"
+    );
+
+    a.close().await.unwrap();
+    assert_eq!(dump_prefix(&raw, &second.key_prefix).await, before_b);
+    assert_eq!(
+        b.get_meta("peer").await.unwrap().as_deref(),
+        Some("cursor-1")
+    );
+    let reopened = RedisBackend::connect(first.clone()).await.unwrap();
+    assert_eq!(
+        assert_consistent(&raw, &first.key_prefix, "c2").await,
+        before_a_c2
+    );
+    assert_eq!(reopened.get_all(&coll("c2")).await.unwrap().len(), 30);
+
+    raw.quit().await.ok();
+    reopened.close().await.unwrap();
+    b.close().await.unwrap();
+    remove_prefix(&first).await;
+    remove_prefix(&second).await;
+}
+
+/// Every key under `prefix` with a dump of its value.
+async fn dump_prefix(raw: &fred::clients::Client, prefix: &str) -> HashMap<String, String> {
+    let keys: Vec<String> = raw
+        .custom(
+            CustomCommand::new_static("KEYS", ClusterHash::Random, false),
+            vec![format!("{prefix}:*")],
+        )
+        .await
+        .unwrap();
+    let mut out = HashMap::new();
+    for key in keys {
+        let kind: String = raw
+            .custom(
+                CustomCommand::new_static("TYPE", ClusterHash::FirstKey, false),
+                vec![key.clone()],
+            )
+            .await
+            .unwrap();
+        let value = match kind.as_str() {
+            "hash" => format!("{:?}", {
+                let mut m: Vec<(String, String)> = raw
+                    .hgetall::<HashMap<String, String>, _>(&key)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .collect();
+                m.sort();
+                m
+            }),
+            "zset" => format!(
+                "{:?}",
+                raw.zrange::<Vec<(String, f64)>, _, _, _>(&key, 0, -1, None, false, None, true)
+                    .await
+                    .unwrap()
+            ),
+            "set" => {
+                let mut members: Vec<String> = raw
+                    .custom(
+                        CustomCommand::new_static("SMEMBERS", ClusterHash::FirstKey, false),
+                        vec![key.clone()],
+                    )
+                    .await
+                    .unwrap();
+                members.sort();
+                format!("{members:?}")
+            }
+            _ => format!("{:?}", raw.get::<Option<String>, _>(&key).await.unwrap()),
+        };
+        out.insert(key, format!("{kind}: {value}"));
+    }
+    out
+}

@@ -1,0 +1,439 @@
+//! What the tests share: finding servers, private servers the tests own,
+//! a raw client to look at keys, record builders, an engine-like sync loop
+//! and the check that every record agrees with both of its indexes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fred::clients::Client;
+use fred::interfaces::{ClientLike, HashesInterface, KeysInterface, SortedSetsInterface};
+use fred::types::config::Config as FredConfig;
+use fred::types::Builder;
+use serde_json::json;
+use syncforge_backend_redis::{RedisBackend, RedisConfig};
+use syncforge_core::{
+    classify, ChangeKind, CollectionName, ConflictStrategy, Content, Error, Hlc, Record, RecordId,
+    StorageBackend, Write, WriteOutcome,
+};
+use syncforge_testkit::services::{address, available};
+
+pub(crate) const STANDALONE_ENV: &str = "SYNCFORGE_TEST_REDIS_URL";
+pub(crate) const CLUSTER_ENV: &str = "SYNCFORGE_TEST_REDIS_CLUSTER_URL";
+pub(crate) const SERVER_BIN_ENV: &str = "SYNCFORGE_TEST_REDIS_SERVER_BIN";
+
+/// A key prefix no other test or run uses.
+pub(crate) fn fresh_prefix(tag: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("sft-{tag}-{}-{nanos:x}", std::process::id())
+}
+
+/// Whether a server answers at `config`, within two seconds.
+async fn answers(config: &RedisConfig) -> bool {
+    let probe = RedisConfig {
+        connect_timeout: Duration::from_secs(2),
+        ..config.clone()
+    };
+    match RedisBackend::connect(probe).await {
+        Ok(store) => {
+            store.close().await.unwrap();
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// The standalone test server with a fresh prefix, or `None` (skipped).
+pub(crate) async fn standalone(tag: &str) -> Option<RedisConfig> {
+    let url = address(STANDALONE_ENV, "redis://127.0.0.1:6379/0");
+    let mut config = RedisConfig::from_url(&url).unwrap();
+    config.key_prefix = fresh_prefix(tag);
+    available("redis", STANDALONE_ENV, &url, answers(&config).await).then_some(config)
+}
+
+/// The test cluster with a fresh prefix, or `None` (skipped).
+pub(crate) async fn cluster(tag: &str) -> Option<RedisConfig> {
+    let url = address(CLUSTER_ENV, "redis-cluster://127.0.0.1:7001");
+    let mut config = RedisConfig::from_url(&url).unwrap();
+    config.key_prefix = fresh_prefix(tag);
+    available("redis cluster", CLUSTER_ENV, &url, answers(&config).await).then_some(config)
+}
+
+/// A `redis-server` this test started and owns: it may kill, restart and
+/// count it. Persists every acknowledged write (`appendfsync always`) in a
+/// directory of its own, so a restart keeps exactly what was acknowledged.
+pub(crate) struct PrivateServer {
+    pub(crate) port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    extra: Vec<String>,
+    password: Option<String>,
+}
+
+impl PrivateServer {
+    /// Starts one, or returns `None` (skipped) when `redis-server` is missing.
+    pub(crate) async fn start() -> Option<PrivateServer> {
+        PrivateServer::start_with_password(None).await
+    }
+
+    /// Starts one that requires `password` (when given) from every client.
+    pub(crate) async fn start_with_password(password: Option<&str>) -> Option<PrivateServer> {
+        let bin = address(SERVER_BIN_ENV, "redis-server");
+        let found = Command::new(&bin)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !available("redis-server binary", SERVER_BIN_ENV, &bin, found) {
+            return None;
+        }
+        let port = free_port();
+        let mut server = PrivateServer {
+            port,
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+            extra: password
+                .map(|p| vec!["--requirepass".to_owned(), p.to_owned()])
+                .unwrap_or_default(),
+            password: password.map(str::to_owned),
+        };
+        server.spawn().await;
+        Some(server)
+    }
+
+    pub(crate) fn config(&self, prefix: &str) -> RedisConfig {
+        RedisConfig {
+            port: self.port,
+            key_prefix: prefix.to_owned(),
+            connect_timeout: Duration::from_secs(2),
+            command_timeout: Duration::from_secs(2),
+            password: self.password.clone(),
+            ..RedisConfig::default()
+        }
+    }
+
+    async fn spawn(&mut self) {
+        let bin = address(SERVER_BIN_ENV, "redis-server");
+        let child = Command::new(bin)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(client) = raw_client(&self.config("probe")).await {
+                let pong: Result<String, _> = client.ping(None).await;
+                client.quit().await.ok();
+                if pong.is_ok() {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "private redis-server did not start on {}",
+                self.port
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Kills the server at once (SIGKILL: no shutdown, no final save).
+    pub(crate) fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().ok();
+            child.wait().ok();
+        }
+    }
+
+    /// Starts the server again on the same port and directory.
+    pub(crate) async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A port free right now on 127.0.0.1 (and its cluster-bus twin unused).
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A plain client on the server of `config` (cluster or not), for looking
+/// at keys the way any Redis user would.
+pub(crate) async fn raw_client(config: &RedisConfig) -> Result<Client, fred::error::Error> {
+    let server = if config.cluster {
+        fred::types::config::ServerConfig::new_clustered(vec![(config.host.clone(), config.port)])
+    } else {
+        fred::types::config::ServerConfig::new_centralized(config.host.clone(), config.port)
+    };
+    let client = Builder::from_config(FredConfig {
+        server,
+        password: config.password.clone(),
+        database: (config.db != 0).then_some(config.db),
+        ..FredConfig::default()
+    })
+    .with_connection_config(|c| c.connection_timeout = Duration::from_secs(2))
+    .build()?;
+    client.init().await?;
+    Ok(client)
+}
+
+/// Key names as docs/backends.md lays them out, for names that need no
+/// encoding (letters, digits, `-`, `_`, `.`).
+pub(crate) fn key(prefix: &str, collection: &str, part: &str) -> String {
+    assert!(collection
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)));
+    format!("{prefix}:c:{{{collection}}}:{part}")
+}
+
+pub(crate) fn coll(name: &str) -> CollectionName {
+    CollectionName::new(name).unwrap()
+}
+
+pub(crate) fn rid(id: &str) -> RecordId {
+    RecordId::new(id).unwrap()
+}
+
+/// A new record `{"id", "n", "body"}` stamped now.
+pub(crate) fn record(hlc: &mut Hlc, id: &str, n: i64) -> Record {
+    Record::create(
+        Content::from_value(json!({"id": id, "n": n, "body": format!("body of {id}")})).unwrap(),
+        &hlc.now().unwrap(),
+    )
+}
+
+/// `base` with `n` set by a later write of `hlc`'s client.
+pub(crate) fn edited(hlc: &mut Hlc, base: &Record, n: i64) -> Record {
+    hlc.observe(base.newest_stamp()).unwrap();
+    let mut next = base.clone();
+    next.apply_put(
+        Content::from_value(
+            json!({"id": base.id().as_str(), "n": n, "body": format!("body of {}", base.id())}),
+        )
+        .unwrap(),
+        &hlc.now().unwrap(),
+    )
+    .unwrap();
+    next
+}
+
+pub(crate) fn n_of(record: &Record) -> i64 {
+    record.get("n").and_then(serde_json::Value::as_i64).unwrap()
+}
+
+/// Records stored by `sync_records`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Synced {
+    pub(crate) written: usize,
+    pub(crate) unchanged: usize,
+    /// Transient failures retried.
+    pub(crate) retried: u32,
+}
+
+/// Applies `incoming` the way the engine's `sync` does: in batches, one
+/// `get_many` and one conditional `put_batch` each; lost races are read
+/// and merged again; transient errors are retried with exponential
+/// back-off, at most `retries` times in a row. Any other error ends it.
+pub(crate) async fn sync_records(
+    store: &dyn StorageBackend,
+    collection: &CollectionName,
+    incoming: &[Record],
+    batch: usize,
+    retries: u32,
+) -> Result<Synced, Error> {
+    let mut synced = Synced::default();
+    for chunk in incoming.chunks(batch) {
+        let mut pending: Vec<&Record> = chunk.iter().collect();
+        let mut failures = 0;
+        while !pending.is_empty() {
+            match sync_step(store, collection, &pending).await {
+                Ok((lost, step)) => {
+                    failures = 0;
+                    synced.written += step.written;
+                    synced.unchanged += step.unchanged;
+                    pending = lost;
+                }
+                Err(error) if error.is_transient() && failures < retries => {
+                    failures += 1;
+                    synced.retried += 1;
+                    let wait = Duration::from_millis(50 << failures.min(6));
+                    tokio::time::sleep(wait).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+    Ok(synced)
+}
+
+/// One read-merge-write round; returns the records whose write lost a race.
+async fn sync_step<'a>(
+    store: &dyn StorageBackend,
+    collection: &CollectionName,
+    pending: &[&'a Record],
+) -> Result<(Vec<&'a Record>, Synced), Error> {
+    let ids: Vec<RecordId> = pending.iter().map(|r| r.id().clone()).collect();
+    let locals = store.get_many(collection, &ids).await?;
+    let mut writes = Vec::new();
+    let mut sources = Vec::new();
+    let mut synced = Synced::default();
+    for (remote, local) in pending.iter().zip(locals) {
+        let classified = classify(
+            collection,
+            local.as_ref().map(|s| &s.record),
+            (*remote).clone(),
+            ConflictStrategy::Crdt,
+        )?;
+        if classified.kind == ChangeKind::Unchanged {
+            synced.unchanged += 1;
+            continue;
+        }
+        writes.push(Write {
+            record: classified.merged,
+            expected: local.map(|s| s.token),
+        });
+        sources.push(*remote);
+    }
+    let outcomes = store.put_batch(collection, &writes).await?;
+    let mut lost = Vec::new();
+    for (outcome, source) in outcomes.iter().zip(sources) {
+        match outcome {
+            WriteOutcome::Written { .. } => synced.written += 1,
+            WriteOutcome::Conflict => lost.push(source),
+        }
+    }
+    Ok((lost, synced))
+}
+
+/// Checks that the hash of records and both indexes of a collection agree
+/// exactly: the same ids; each record's feed score is the sequence stored
+/// with it, its time score its `_timestamp`; the counter is at least every
+/// sequence. Returns the records by id.
+pub(crate) async fn assert_consistent(
+    client: &Client,
+    prefix: &str,
+    collection: &str,
+) -> BTreeMap<String, Record> {
+    let records: HashMap<String, String> = client
+        .hgetall(key(prefix, collection, "records"))
+        .await
+        .unwrap();
+    let feed: Vec<(String, f64)> = client
+        .zrange(
+            key(prefix, collection, "feed"),
+            0,
+            -1,
+            None,
+            false,
+            None,
+            true,
+        )
+        .await
+        .unwrap();
+    let time: Vec<(String, f64)> = client
+        .zrange(
+            key(prefix, collection, "time"),
+            0,
+            -1,
+            None,
+            false,
+            None,
+            true,
+        )
+        .await
+        .unwrap();
+    let counter: Option<u64> = client.get(key(prefix, collection, "seq")).await.unwrap();
+    let feed: HashMap<String, f64> = feed.into_iter().collect();
+    let time: HashMap<String, f64> = time.into_iter().collect();
+    assert_eq!(
+        feed.len(),
+        records.len(),
+        "feed index and records differ in size"
+    );
+    assert_eq!(
+        time.len(),
+        records.len(),
+        "time index and records differ in size"
+    );
+    let mut out = BTreeMap::new();
+    for (id, value) in records {
+        let (sequence, json) = value.split_once(' ').unwrap();
+        let sequence: u64 = sequence.parse().unwrap();
+        let record = Record::from_json(serde_json::from_str(json).unwrap()).unwrap();
+        assert_eq!(record.id().as_str(), id);
+        assert_eq!(
+            feed.get(&id),
+            Some(&(sequence as f64)),
+            "feed entry of {id}"
+        );
+        assert_eq!(
+            time.get(&id),
+            Some(&(record.timestamp() as f64)),
+            "time entry of {id}"
+        );
+        assert!(
+            counter.is_some_and(|c| c >= sequence),
+            "counter below {id}'s sequence"
+        );
+        out.insert(id, record);
+    }
+    out
+}
+
+/// Deletes every key under `prefix` on a standalone server (SCAN + UNLINK):
+/// tests on a shared server leave nothing behind.
+pub(crate) async fn remove_prefix(config: &RedisConfig) {
+    let client = raw_client(config).await.unwrap();
+    let mut cursor = "0".to_owned();
+    loop {
+        let (next, keys): (String, Vec<String>) = client
+            .custom(
+                fred::types::CustomCommand::new_static(
+                    "SCAN",
+                    fred::types::ClusterHash::Random,
+                    false,
+                ),
+                vec![
+                    cursor.clone(),
+                    "MATCH".to_owned(),
+                    format!("{}:*", config.key_prefix),
+                    "COUNT".to_owned(),
+                    "1000".to_owned(),
+                ],
+            )
+            .await
+            .unwrap();
+        if !keys.is_empty() {
+            let _: i64 = client.unlink(keys).await.unwrap();
+        }
+        if next == "0" {
+            break;
+        }
+        cursor = next;
+    }
+    client.quit().await.ok();
+}
