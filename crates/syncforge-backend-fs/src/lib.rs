@@ -93,7 +93,7 @@
 //! see every record again instead of missing any). Sequences stay at or below
 //! 2^53 (exact in every JSON implementation): a log holding a bigger number is
 //! treated as damaged and rebuilt, and a log that would need one refuses
-//! writes with [`Error::Storage`]. A page limit of 0 is refused with
+//! writes with [`Error::Corrupt`]. A page limit of 0 is refused with
 //! [`Error::InvalidArgument`], since such a page could never advance.
 //!
 //! The log also keeps a bound on the newest stamp stored (raised by every
@@ -104,14 +104,16 @@
 //! change feed, it does not notice a record file edited by hand in place until
 //! the record is written again.
 //!
-//! # Corrupt files
+//! # Corrupt files, unreadable files and links
 //!
-//! A record file that cannot be read as the record its name says (edited by
-//! hand, say) makes [`get`](StorageBackend::get) of that record fail with
-//! [`Error::Storage`] naming the file. It does not block the rest:
-//! [`get_many`](StorageBackend::get_many) (which the engine's sync uses) reads
-//! it as absent, [`get_all`](StorageBackend::get_all) and the change feed skip
-//! it, each with a `tracing` warning naming the file, and
+//! A record file is *corrupt* when its content was read and proven not to be
+//! the record its name says (edited by hand, say), or when it is a symbolic
+//! link. [`get`](StorageBackend::get) of that record fails with
+//! [`Error::Corrupt`] naming the collection, the record and the file. It does
+//! not block the rest: [`get_many`](StorageBackend::get_many) (which the
+//! engine's sync uses) reads it as absent, [`get_all`](StorageBackend::get_all)
+//! and the change feed skip it, each with a `tracing` warning naming the file,
+//! [`FsBackend::corrupt_skipped`] counts the skips and
 //! [`FsBackend::corrupt_files`] lists such files. A write that creates the
 //! record (expects it absent, as a sync does after reading it as absent)
 //! takes the file's place: the corrupt file is first moved to
@@ -121,6 +123,20 @@
 //! write the record again through the engine so that it re-enters the change
 //! feed. Record files added or removed by hand are indexed the next time a
 //! handle opens the collection.
+//!
+//! A file that cannot be read at all (permission denied, a directory in its
+//! place, a disk error) proves nothing about the record: every call that
+//! needs it fails with [`Error::Storage`] naming the path, and the change
+//! feed does not move past it.
+//!
+//! The store never follows a symbolic link inside its directory (the
+//! directory itself may be one). A link in a record file's place is corrupt
+//! (see above; writes replace or move aside the link itself, never its
+//! target); a link in place of a collection's directory, its `.lock` or
+//! `.corrupt/`, or the store's `.meta.json` fails the calls that need it
+//! with [`Error::Corrupt`]; a linked `.changes` is replaced by a rebuilt log.
+//! Files are opened with `O_NOFOLLOW`, and a collection's directory is checked
+//! before every call.
 //!
 //! [`close`](StorageBackend::close) never deletes anything; only
 //! [`clear_collection`](StorageBackend::clear_collection) removes records in
@@ -133,7 +149,7 @@ mod files;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -145,12 +161,17 @@ use syncforge_core::{
     StorageBackend, Stored, Write, WriteOutcome,
 };
 
-use crate::collection::{has_records, read_all, Collection, PreparedWrite, NAME_FILE};
+use crate::collection::records::{has_records, read_all};
+use crate::collection::{check_dir, Collection, PreparedWrite, NAME_FILE};
 use crate::encoding::{decode, is_hashed};
-use crate::files::{create_dir, io_error, open_lock_file, read_if_exists, replace_atomically};
+use crate::files::{
+    corrupt, create_dir_all, io_error, open_lock_file, read_dir, read_file, replace_atomically,
+    FileOps, OsFiles, Read, LINK_REASON,
+};
 
-/// The backend's name in messages and errors.
-pub(crate) const BACKEND_NAME: &str = "fs";
+/// The backend's name in messages and errors, the same as the facade's
+/// `BackendConfig::Filesystem`.
+pub(crate) const BACKEND_NAME: &str = "filesystem";
 
 /// Engine metadata file in the store's root.
 const META_FILE: &str = ".meta.json";
@@ -194,7 +215,24 @@ impl FsOptions {
     }
 }
 
-/// A record file that cannot be read, as listed by [`FsBackend::corrupt_files`].
+/// Sizes at which the store does its upkeep. Fixed for users; tests shrink
+/// them so that a short workload crosses them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Tuning {
+    /// Rewrite the change log once it holds this many lines and more than
+    /// twice as many as there are live records.
+    pub(crate) compact_min_lines: usize,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            compact_min_lines: 1024,
+        }
+    }
+}
+
+/// A record file proven corrupt, as listed by [`FsBackend::corrupt_files`].
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct CorruptFile {
@@ -219,7 +257,11 @@ pub struct FsBackend {
 struct Inner {
     root: PathBuf,
     options: FsOptions,
+    tuning: Tuning,
+    ops: Arc<dyn FileOps>,
     closed: AtomicBool,
+    /// Corrupt record files that reads of this handle skipped.
+    corrupt_skipped: AtomicU64,
     /// Collections opened by this handle, each with its own lock so that
     /// calls on different collections run in parallel.
     collections: Mutex<HashMap<CollectionName, Arc<Mutex<Collection>>>>,
@@ -242,18 +284,35 @@ impl FsBackend {
 
     /// Opens (creating if needed) the store in `dir`.
     pub async fn open_with(dir: impl AsRef<Path>, options: FsOptions) -> Result<FsBackend> {
-        let root = dir.as_ref().to_path_buf();
+        Self::open_on(Arc::new(OsFiles), dir.as_ref(), options, Tuning::default()).await
+    }
+
+    /// Opens the store with the given file operations and upkeep sizes.
+    pub(crate) async fn open_on(
+        ops: Arc<dyn FileOps>,
+        dir: &Path,
+        options: FsOptions,
+        tuning: Tuning,
+    ) -> Result<FsBackend> {
+        let root = dir.to_path_buf();
         let durable = options.durability.is_full();
-        let root = blocking(move || {
-            create_dir(&root, durable)?;
-            Ok(root)
+        let (root, ops) = blocking(move || {
+            // The root itself may be a link (the user chose the path);
+            // nothing inside it is followed.
+            if !root.is_dir() {
+                create_dir_all(ops.as_ref(), &root, durable, "")?;
+            }
+            Ok((root, ops))
         })
         .await?;
         Ok(FsBackend {
             inner: Arc::new(Inner {
                 root,
                 options,
+                tuning,
+                ops,
                 closed: AtomicBool::new(false),
+                corrupt_skipped: AtomicU64::new(0),
                 collections: Mutex::new(HashMap::new()),
             }),
         })
@@ -269,15 +328,28 @@ impl FsBackend {
         &self.inner.options
     }
 
-    /// The record files of a collection that cannot be read as the record
-    /// their name says (skipped by `get_all` and the change feed).
+    /// The record files of a collection proven corrupt: content that is not
+    /// the record their name says, or a symbolic link (skipped by `get_all`
+    /// and the change feed, read as absent by `get_many`).
     pub async fn corrupt_files(&self, collection: &CollectionName) -> Result<Vec<CorruptFile>> {
         let dir = Collection::dir_for(&self.inner.root, collection);
+        let name = collection.to_string();
         self.run(move |_| {
-            let (_, skipped) = read_all(&dir)?;
+            if !check_dir(&dir, &name)? {
+                return Ok(Vec::new());
+            }
+            let (_, skipped) = read_all(&dir, &name)?;
             Ok(skipped)
         })
         .await
+    }
+
+    /// How many times reads through this handle (`get_all`, `get_many`,
+    /// `changes`, `changes_since_timestamp`) skipped a corrupt record file
+    /// since it was opened. Each skip is also logged as a `tracing` warning
+    /// naming the file; [`corrupt_files`](Self::corrupt_files) lists them.
+    pub fn corrupt_skipped(&self) -> u64 {
+        self.inner.corrupt_skipped.load(Ordering::Relaxed)
     }
 
     /// Runs blocking file work off the async runtime, failing once closed.
@@ -330,7 +402,14 @@ impl Inner {
         if let Some(state) = open.get(name) {
             return Ok(Some(Arc::clone(state)));
         }
-        let Some(state) = Collection::open(&self.root, name, self.options.durability, create)?
+        let Some(state) = Collection::open(
+            Arc::clone(&self.ops),
+            &self.root,
+            name,
+            self.options.durability,
+            self.tuning,
+            create,
+        )?
         else {
             return Ok(None);
         };
@@ -341,17 +420,33 @@ impl Inner {
 
     fn read_meta(&self) -> Result<BTreeMap<String, String>> {
         let path = self.root.join(META_FILE);
-        let Some(bytes) = read_if_exists(&path)? else {
-            return Ok(BTreeMap::new());
+        let bytes = match read_file(&path)? {
+            Read::Missing => return Ok(BTreeMap::new()),
+            Read::Link => return Err(corrupt("", None, &path, LINK_REASON)),
+            Read::Bytes(bytes) => bytes,
         };
-        serde_json::from_slice(&bytes)
-            .map_err(|err| files::corrupt(&path, format!("not a JSON object of strings: {err}")))
+        serde_json::from_slice(&bytes).map_err(|err| {
+            corrupt(
+                "",
+                None,
+                &path,
+                format!("not a JSON object of strings: {err}"),
+            )
+        })
+    }
+
+    /// Counts corrupt files a read skipped.
+    fn count_skipped(&self, skipped: u64) {
+        if skipped > 0 {
+            self.corrupt_skipped.fetch_add(skipped, Ordering::Relaxed);
+        }
     }
 
     fn write_meta(&self, meta: &BTreeMap<String, String>) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(meta)
             .map_err(|err| Error::storage(BACKEND_NAME, format!("encoding metadata: {err}")))?;
         replace_atomically(
+            self.ops.as_ref(),
             &self.root.join(META_FILE),
             &bytes,
             self.options.durability.is_full(),
@@ -360,7 +455,7 @@ impl Inner {
 
     fn meta_lock(&self, exclusive: bool) -> Result<std::fs::File> {
         let path = self.root.join(META_LOCK_FILE);
-        let file = open_lock_file(&path)?;
+        let file = open_lock_file(self.ops.as_ref(), &path, "")?;
         let locked = if exclusive {
             file.lock()
         } else {
@@ -404,20 +499,31 @@ impl StorageBackend for FsBackend {
         let found = self
             .with_collection(collection, false, move |c| {
                 c.shared(|c| {
-                    owned
+                    let mut skipped = 0;
+                    let found = owned
                         .iter()
-                        .map(|id| c.read_stored_skipping_corrupt(id))
-                        .collect()
+                        .map(|id| c.read_stored_skipping_corrupt(id, &mut skipped))
+                        .collect::<Result<Vec<_>>>()?;
+                    Ok((found, skipped))
                 })
             })
             .await?;
-        Ok(found.unwrap_or_else(|| vec![None; count]))
+        let Some((found, skipped)) = found else {
+            return Ok(vec![None; count]);
+        };
+        self.inner.count_skipped(skipped);
+        Ok(found)
     }
 
     async fn get_all(&self, collection: &CollectionName) -> Result<Vec<Record>> {
-        let dir = Collection::dir_for(&self.inner.root, collection);
-        self.run(move |_| read_all(&dir).map(|(records, _)| records))
-            .await
+        let all = self
+            .with_collection(collection, false, |c| c.shared(Collection::read_all))
+            .await?;
+        let Some((records, skipped)) = all else {
+            return Ok(Vec::new());
+        };
+        self.inner.count_skipped(skipped.len() as u64);
+        Ok(records)
     }
 
     async fn put_batch(
@@ -463,14 +569,22 @@ impl StorageBackend for FsBackend {
     ) -> Result<ChangePage> {
         let page = self
             .with_collection(collection, false, move |c| {
-                c.shared(|c| c.changes(after, limit.get()))
+                c.shared(|c| {
+                    let mut skipped = 0;
+                    let page = c.changes(after, limit.get(), &mut skipped)?;
+                    Ok((page, skipped))
+                })
             })
             .await?;
-        Ok(page.unwrap_or(ChangePage {
-            changes: Vec::new(),
-            next: after,
-            more: false,
-        }))
+        let Some((page, skipped)) = page else {
+            return Ok(ChangePage {
+                changes: Vec::new(),
+                next: after,
+                more: false,
+            });
+        };
+        self.inner.count_skipped(skipped);
+        Ok(page)
     }
 
     async fn changes_since_timestamp(
@@ -485,21 +599,35 @@ impl StorageBackend for FsBackend {
 
     async fn list_collections(&self) -> Result<Vec<CollectionName>> {
         self.run(|inner| {
-            let entries = std::fs::read_dir(&inner.root)
-                .and_then(|entries| entries.collect::<std::io::Result<Vec<_>>>())
-                .map_err(|err| io_error("listing", &inner.root, err))?;
             let mut names = Vec::new();
-            for entry in entries {
+            for entry in read_dir(&inner.root)? {
                 let path = entry.path();
                 let Some(stem) = entry.file_name().to_str().map(str::to_owned) else {
                     continue;
                 };
-                if stem.starts_with('.') || !path.is_dir() {
+                if stem.starts_with('.') {
+                    continue;
+                }
+                let file_type = entry
+                    .file_type()
+                    .map_err(|err| io_error("inspecting", &path, err))?;
+                if file_type.is_symlink() {
+                    tracing::warn!(path = %path.display(), "{LINK_REASON}: not listed as a collection");
+                    continue;
+                }
+                if !file_type.is_dir() {
                     continue;
                 }
                 let name = if is_hashed(&stem) {
-                    read_if_exists(&path.join(NAME_FILE))?
-                        .and_then(|bytes| String::from_utf8(bytes).ok())
+                    let name_file = path.join(NAME_FILE);
+                    match read_file(&name_file)? {
+                        Read::Bytes(bytes) => String::from_utf8(bytes).ok(),
+                        Read::Missing => None,
+                        Read::Link => {
+                            tracing::warn!(path = %name_file.display(), "{LINK_REASON}: collection not listed");
+                            None
+                        }
+                    }
                 } else {
                     decode(&stem)
                 };

@@ -57,7 +57,7 @@ async fn a_corrupt_file_is_named_and_does_not_hide_the_others() {
     let (store, broken) = store_with_torn_r1(tmp.path()).await;
 
     let err = store.get(&coll("notes"), &rid("r1")).await.unwrap_err();
-    assert!(matches!(err, Error::Storage { .. }), "{err}");
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
     assert!(
         err.to_string().contains(&broken.display().to_string()),
         "{err}"

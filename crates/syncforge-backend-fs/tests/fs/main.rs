@@ -12,6 +12,7 @@ mod concurrency;
 mod conformance;
 mod crash;
 mod durability;
+mod hostile;
 mod names;
 mod newest;
 mod recovery;

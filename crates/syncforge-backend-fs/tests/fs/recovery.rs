@@ -301,7 +301,7 @@ async fn a_log_at_the_sequence_limit_refuses_writes_with_a_typed_error() {
             .put(&coll("notes"), &Write::create(counter("r2", 1)))
             .await
             .unwrap_err();
-        assert!(matches!(err, Error::Storage { .. }), "{err}");
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
         assert!(err.to_string().contains(".changes"), "{err}");
     }
     assert_eq!(tree(&dir), before, "a refused write writes nothing");
