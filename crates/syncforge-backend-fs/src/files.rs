@@ -252,8 +252,11 @@ pub(crate) fn open_for_reading(path: &Path) -> io::Result<Option<File>> {
 /// A fresh temporary path in `dir`, unique across threads and processes.
 pub(crate) fn temp_path(dir: &Path) -> PathBuf {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
+    // Asked once: each call is a system call, and a batch names many files.
+    static PROCESS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    dir.join(format!("{TEMP_PREFIX}{}-{n}", std::process::id()))
+    let process = PROCESS.get_or_init(std::process::id);
+    dir.join(format!("{TEMP_PREFIX}{process}-{n}"))
 }
 
 /// Writes `bytes` to a new temporary file in `dir`, synced when `sync`.

@@ -145,6 +145,8 @@
 mod collection;
 mod encoding;
 mod files;
+#[cfg(test)]
+mod power_loss;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -162,6 +164,7 @@ use syncforge_core::{
 };
 
 use crate::collection::records::{has_records, read_all};
+use crate::collection::wal::holds_records;
 use crate::collection::{check_dir, Collection, PreparedWrite, NAME_FILE};
 use crate::encoding::{decode, is_hashed};
 use crate::files::{
@@ -222,12 +225,16 @@ pub(crate) struct Tuning {
     /// Rewrite the change log once it holds this many lines and more than
     /// twice as many as there are live records.
     pub(crate) compact_min_lines: usize,
+    /// Checkpoint once the write-ahead log holds this many bytes of frames.
+    /// It bounds the work of replaying the log when a collection is opened.
+    pub(crate) checkpoint_bytes: u64,
 }
 
 impl Default for Tuning {
     fn default() -> Self {
         Tuning {
             compact_min_lines: 1024,
+            checkpoint_bytes: 4 << 20,
         }
     }
 }
@@ -634,7 +641,11 @@ impl StorageBackend for FsBackend {
                 let Some(name) = name.and_then(|name| CollectionName::new(name).ok()) else {
                     continue;
                 };
-                if Collection::dir_for(&inner.root, &name) == path && has_records(&path)? {
+                // Records committed to the write-ahead log count before their
+                // files are written (after a power cut, say).
+                if Collection::dir_for(&inner.root, &name) == path
+                    && (has_records(&path)? || holds_records(&path)?)
+                {
                     names.push(name);
                 }
             }
@@ -704,10 +715,31 @@ impl StorageBackend for FsBackend {
         .await
     }
 
+    /// Checkpoints every collection this handle opened, so that a closed
+    /// store holds all its records in their files, durably, and no
+    /// write-ahead log to replay. Nothing is deleted.
     async fn close(&self) -> Result<()> {
-        self.inner.closed.store(true, Ordering::Release);
-        // Dropping the states closes the lock files; nothing is deleted.
-        self.inner.collections.lock().clear();
-        Ok(())
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let open: Vec<Arc<Mutex<Collection>>> = self
+            .inner
+            .collections
+            .lock()
+            .drain()
+            .map(|(_, state)| state)
+            .collect();
+        // Dropping the states closes the lock files.
+        blocking(move || {
+            let mut first_error = None;
+            for state in open {
+                let checkpointed = state.lock().exclusive(|c| c.checkpoint_if_used());
+                if let Err(err) = checkpointed {
+                    first_error.get_or_insert(err);
+                }
+            }
+            first_error.map_or(Ok(()), Err)
+        })
+        .await
     }
 }

@@ -1,16 +1,23 @@
 //! One collection's directory: record files ([`records`]), the change log
-//! ([`log`]) and the lock ([`lock`]), put together into the operations of the
-//! backend.
+//! ([`log`]), the write-ahead log ([`wal`]) and the lock ([`lock`]), put
+//! together into the operations of the backend.
 //!
-//! Writes hold the exclusive lock, reads the shared one. A write appends to
-//! the log (and syncs it) *before* renaming record files into place, so a
-//! crash can leave a sequence for content that did not change (a harmless
-//! extra entry in the change feed) but never new content without its
-//! sequence (which a change-feed reader would miss).
+//! Writes hold the exclusive lock, reads the shared one. A write commits by
+//! appending one frame to the write-ahead log (one sync under
+//! [`Durability::Full`]); then it renames the record files into place and
+//! appends to the change log, without syncs. Every call first catches up
+//! with both logs: a frame whose sequences the change log does not have yet
+//! was committed by a writer that died before finishing, and is applied
+//! again ("replayed"). When a handle opens the collection it also compares
+//! every frame with the files, which repairs what a power cut took from
+//! files that were not synced yet. A checkpoint, once the write-ahead log
+//! has grown past [`Tuning::checkpoint_bytes`], syncs the record files, the
+//! directory and the change log, and only then empties the write-ahead log.
 
 pub(crate) mod lock;
 pub(crate) mod log;
 pub(crate) mod records;
+pub(crate) mod wal;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -22,7 +29,10 @@ use syncforge_core::{
 
 use self::lock::{DirLock, Mode};
 use self::log::{micros_since_epoch, salvage, ChangeLog, LogEntry, NewestStamp};
-use self::records::{file_name_for, has_records, id_of_file, load, move_aside, RecordFile};
+use self::records::{
+    file_name_for, has_records, id_of_file, load, move_aside, parse, RecordFile, CORRUPT_DIR,
+};
+use self::wal::{Frame, Refresh, Wal, WalOp};
 use crate::encoding::{is_hashed, stem_for};
 use crate::files::{
     corrupt, create_dir_all, io_error, read_dir, read_file, replace_atomically, sync_dir,
@@ -54,6 +64,7 @@ pub(crate) struct Collection {
     ops: Arc<dyn FileOps>,
     lock: DirLock,
     log: ChangeLog,
+    wal: Wal,
 }
 
 impl Collection {
@@ -84,6 +95,7 @@ impl Collection {
         let mut collection = Collection {
             name: name.to_owned(),
             log: ChangeLog::new(&dir, name),
+            wal: Wal::new(&dir),
             dir,
             durability,
             tuning,
@@ -94,6 +106,7 @@ impl Collection {
         // temporaries, which would include this write's.
         collection.exclusive(|c| {
             c.write_name_file()?;
+            c.replay_all()?;
             c.reconcile()
         })?;
         Ok(Some(collection))
@@ -143,15 +156,18 @@ impl Collection {
         if result.is_err() {
             // What is on disk is unknown after a failure; read it all again next time.
             self.log.invalidate();
+            self.wal.invalidate();
         }
         self.lock.unlock();
         result
     }
 
-    /// Catches up with the log; a missing or unreadable log is rebuilt from
-    /// the record files, which needs the exclusive lock (taken here if only the
-    /// shared one is held; the caller releases it). The directory is checked
-    /// first: a link swapped into its place is refused.
+    /// Catches up with both logs. A missing or unreadable change log is
+    /// rebuilt from the record files, a missing or damaged write-ahead log
+    /// started again, and frames a dead writer did not finish are replayed:
+    /// all of which needs the exclusive lock (taken here if only the shared
+    /// one is held; the caller releases it). The directory is checked first:
+    /// a link swapped into its place is refused.
     fn catch_up(&mut self, mode: Mode) -> Result<()> {
         if !check_dir(&self.dir, &self.name)? {
             return Err(corrupt(
@@ -161,19 +177,215 @@ impl Collection {
                 "the collection's directory has gone",
             ));
         }
-        let Some(problem) = self.log.refresh()? else {
+        let mut held = mode;
+        loop {
+            let problem = self.log.refresh()?;
+            let wal = self.wal.refresh()?;
+            let unfinished = match (&problem, &wal) {
+                (None, Refresh::Frames(frames)) => {
+                    let last_seq = self.log.last_seq();
+                    let unfinished: Vec<Frame> = frames
+                        .iter()
+                        .filter(|frame| frame.last_seq() > last_seq)
+                        .cloned()
+                        .collect();
+                    if unfinished.is_empty() {
+                        return Ok(());
+                    }
+                    unfinished
+                }
+                _ => Vec::new(),
+            };
+            if held == Mode::Shared {
+                // Upgrading in place is not portable: release, then wait for
+                // the exclusive lock, and look again from the start (another
+                // handle may have done the work meanwhile).
+                self.lock.unlock();
+                self.lock.lock(Mode::Exclusive)?;
+                held = Mode::Exclusive;
+                self.wal.invalidate();
+                continue;
+            }
+            if let Refresh::Damaged(why) = &wal {
+                if why != "missing" {
+                    tracing::warn!(log = %self.dir.join(wal::WAL_FILE).display(), why, "starting the write-ahead log again");
+                }
+                self.wal.reset(self.ops.as_ref(), self.durable())?;
+            }
+            return match problem {
+                Some(problem) => {
+                    self.rebuild(&problem)?;
+                    // The rebuilt log's sequences prove nothing about the frames.
+                    self.replay_all()
+                }
+                None => self.replay(&unfinished),
+            };
+        }
+    }
+
+    /// Compares every frame of the write-ahead log with the files and
+    /// repairs what differs (under the exclusive lock).
+    fn replay_all(&mut self) -> Result<()> {
+        match self.wal.read_all()? {
+            Refresh::Frames(frames) => self.replay(&frames),
+            Refresh::Damaged(_) => Ok(()),
+        }
+    }
+
+    /// Makes the files and the change log hold what `frames` committed
+    /// (under the exclusive lock). Replaying is idempotent: a record whose
+    /// file holds its last committed content and whose log entry is at least
+    /// as new as its frame is left alone. Anything repaired gets a fresh
+    /// sequence, above every sequence the frames and the log used, so no
+    /// change-feed reader misses it and no sequence is handed out twice.
+    fn replay(&mut self, frames: &[Frame]) -> Result<()> {
+        if frames.is_empty() {
             return Ok(());
+        }
+        let mut last: HashMap<&str, &WalOp> = HashMap::new();
+        for op in frames.iter().flat_map(|frame| &frame.ops) {
+            last.insert(op.id.as_str(), op);
+        }
+        let mut finals: Vec<&WalOp> = last.into_values().collect();
+        finals.sort_by_key(|op| op.seq);
+        let highest = frames.iter().map(Frame::last_seq).max().unwrap_or(0);
+        let mut next = self.log.last_seq().max(highest);
+        let mut entries = Vec::new();
+        for op in finals {
+            let path = self.record_path(&op.id);
+            let current = read_file(&path)?;
+            let repaired = match &op.record {
+                Some(json) => {
+                    let in_place =
+                        matches!(&current, Read::Bytes(bytes) if bytes == json.as_bytes());
+                    if in_place && self.log.seq_of(&op.id).is_some_and(|seq| seq >= op.seq) {
+                        continue;
+                    }
+                    if !in_place {
+                        self.clear_the_way(&op.id, &path, &current)?;
+                        let temp = write_temp(self.ops(), &self.dir, json.as_bytes(), false)?;
+                        if let Err(err) = self.ops().rename(&temp, &path) {
+                            self.remove_all(&[temp]);
+                            return Err(io_error("renaming into", &path, err));
+                        }
+                    }
+                    true
+                }
+                None => {
+                    let present = !matches!(current, Read::Missing);
+                    if !present && !self.log.knows(&op.id) && self.log.last_seq() >= op.seq {
+                        continue;
+                    }
+                    if present {
+                        self.clear_the_way(&op.id, &path, &current)?;
+                        match self.ops().remove_file(&path) {
+                            Ok(()) => {}
+                            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                            Err(err) => return Err(io_error("removing", &path, err)),
+                        }
+                    }
+                    false
+                }
+            };
+            next = self.log.checked_next(next, "sequence")?;
+            entries.push(if repaired {
+                LogEntry::Written {
+                    seq: next,
+                    id: op.id.clone(),
+                }
+            } else {
+                LogEntry::Removed {
+                    removed: op.id.clone(),
+                    seq: Some(next),
+                }
+            });
+        }
+        let newest = frames
+            .iter()
+            .filter_map(|frame| frame.newest.as_ref())
+            .max();
+        entries.extend(self.log.newest().raised_by(newest));
+        if !entries.is_empty() {
+            tracing::warn!(dir = %self.dir.display(), records = entries.len(), "replayed committed writes the record files did not hold yet");
+        }
+        // Synced: readers may see these sequences once the lock is released,
+        // so they must not be handed out again after a power cut.
+        let durable = self.durable();
+        self.log.append(self.ops.as_ref(), entries, durable)
+    }
+
+    /// Before a replay replaces or removes a record's file: a file that holds
+    /// something other than a version of that record (and not merely the
+    /// zeros a power cut leaves) is moved aside rather than destroyed.
+    fn clear_the_way(&self, id: &str, path: &Path, current: &Read) -> Result<()> {
+        let keep = match current {
+            Read::Missing => false,
+            Read::Link => true,
+            Read::Bytes(bytes) => {
+                !bytes.iter().all(|b| *b == 0)
+                    && !matches!(
+                        parse(bytes, path, &self.name, Some(id)),
+                        RecordFile::Valid(_)
+                    )
+            }
         };
-        if mode == Mode::Shared {
-            // Upgrading in place is not portable: release, then wait for the
-            // exclusive lock, and look again (another handle may have rebuilt).
-            self.lock.unlock();
-            self.lock.lock(Mode::Exclusive)?;
-            if self.log.refresh()?.is_none() {
-                return Ok(());
+        if keep {
+            move_aside(self.ops(), &self.dir, path, self.durable(), &self.name)?;
+        }
+        Ok(())
+    }
+
+    /// Makes everything the write-ahead log holds durable in the record files,
+    /// the directory and the change log, then empties it (under the exclusive
+    /// lock).
+    pub(crate) fn checkpoint(&mut self) -> Result<()> {
+        let frames = match self.wal.read_all()? {
+            Refresh::Frames(frames) => frames,
+            Refresh::Damaged(_) => Vec::new(),
+        };
+        if self.durable() {
+            let mut paths: Vec<PathBuf> = frames
+                .iter()
+                .flat_map(|frame| &frame.ops)
+                .filter(|op| op.record.is_some())
+                .map(|op| self.record_path(&op.id))
+                .collect();
+            paths.sort();
+            paths.dedup();
+            self.ops()
+                .sync_files(&paths)
+                .map_err(|err| io_error("syncing the record files in", &self.dir, err))?;
+            let aside = self.dir.join(CORRUPT_DIR);
+            if std::fs::symlink_metadata(&aside).is_ok_and(|meta| meta.is_dir()) {
+                sync_dir(self.ops(), &aside)?;
+            }
+            sync_dir(self.ops(), &self.dir)?;
+            match self.ops().sync_file(self.log.path()) {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => return Err(io_error("syncing", self.log.path(), err)),
             }
         }
-        self.rebuild(&problem)
+        let durable = self.durable();
+        self.wal.reset(self.ops.as_ref(), durable)
+    }
+
+    /// Checkpoints when the write-ahead log holds any frame.
+    pub(crate) fn checkpoint_if_used(&mut self) -> Result<()> {
+        if self.wal.frame_bytes() > 0 {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// Checkpoints once the write-ahead log has grown past its size. Best
+    /// effort after a committed write, which must not be reported as failed.
+    fn maybe_checkpoint(&mut self) {
+        if self.wal.frame_bytes() >= self.tuning.checkpoint_bytes {
+            if let Err(err) = self.checkpoint() {
+                tracing::warn!(%err, "could not checkpoint the write-ahead log; will retry on a later write");
+            }
+        }
     }
 
     /// Rebuilds a missing or unreadable log from the record files (under the
@@ -322,10 +534,9 @@ impl Collection {
         load(&self.record_path(id), &self.name, Some(id))
     }
 
-    /// Applies conditional writes (under the exclusive lock). Order matters
-    /// for crashes: temporaries are written and synced first (a crash leaves
-    /// only temporaries), then the log (a crash leaves new sequences for old
-    /// content: harmless), then the renames (each atomic) and the directory.
+    /// Applies conditional writes (under the exclusive lock): one frame in
+    /// the write-ahead log commits them all, then the record files and the
+    /// change log are written (see the module documentation).
     pub(crate) fn put_batch(&mut self, writes: &[PreparedWrite]) -> Result<Vec<WriteOutcome>> {
         let mut outcomes = Vec::with_capacity(writes.len());
         let mut current: HashMap<&str, u64> = HashMap::new();
@@ -378,27 +589,37 @@ impl Collection {
             return Ok(outcomes);
         }
         let durable = self.durable();
-        let mut temps = Vec::with_capacity(planned.len());
-        let staged = (|| {
-            for (write, _) in &planned {
-                temps.push(write_temp(
-                    self.ops(),
-                    &self.dir,
-                    write.json.as_bytes(),
-                    false,
-                )?);
-            }
-            if durable {
-                self.ops()
-                    .sync_files(&temps)
-                    .map_err(|err| io_error("syncing new files in", &self.dir, err))?;
-            }
-            Ok::<_, Error>(())
-        })();
-        if let Err(err) = staged {
-            self.remove_all(&temps);
-            return Err(err);
+        let frame = Frame {
+            ops: planned
+                .iter()
+                .map(|(write, seq)| WalOp {
+                    seq: *seq,
+                    id: write.id.clone(),
+                    record: Some(write.json.clone()),
+                })
+                .collect(),
+            newest: planned
+                .iter()
+                .map(|(write, _)| &write.newest)
+                .max()
+                .cloned(),
+        };
+        self.wal.append(self.ops.as_ref(), &frame, durable)?;
+        // Committed. Should what follows fail, the next call replays the frame.
+        for id in &corrupt_files {
+            let path = self.record_path(id);
+            move_aside(self.ops(), &self.dir, &path, durable, &self.name)?;
         }
+        for (write, _) in &planned {
+            let target = self.record_path(&write.id);
+            let temp = write_temp(self.ops(), &self.dir, write.json.as_bytes(), false)?;
+            if let Err(err) = self.ops().rename(&temp, &target) {
+                self.remove_all(&[temp]);
+                return Err(io_error("renaming into", &target, err));
+            }
+        }
+        // Last, so that a change log holding the frame's sequences proves the
+        // files were written (see `catch_up`).
         let mut entries: Vec<LogEntry> = planned
             .iter()
             .map(|(write, seq)| LogEntry::Written {
@@ -406,33 +627,9 @@ impl Collection {
                 id: write.id.clone(),
             })
             .collect();
-        let batch_newest = planned.iter().map(|(write, _)| &write.newest).max();
-        entries.extend(self.log.newest().raised_by(batch_newest));
-        if let Err(err) = self.log.append(self.ops.as_ref(), entries, durable) {
-            self.remove_all(&temps);
-            return Err(err);
-        }
-        // The moves only happen for writes that will be renamed into place
-        // right after, so a corrupt file never vanishes without replacement
-        // (unless the process dies in between: then it reads as absent, as
-        // it did before, and is still in the sidecar directory).
-        for id in &corrupt_files {
-            let path = self.record_path(id);
-            if let Err(err) = move_aside(self.ops(), &self.dir, &path, durable, &self.name) {
-                self.remove_all(&temps);
-                return Err(err);
-            }
-        }
-        for (index, ((write, _), temp)) in planned.iter().zip(&temps).enumerate() {
-            let target = self.record_path(&write.id);
-            if let Err(err) = self.ops().rename(temp, &target) {
-                self.remove_all(temps.get(index..).unwrap_or_default());
-                return Err(io_error("renaming into", &target, err));
-            }
-        }
-        if durable {
-            sync_dir(self.ops(), &self.dir)?;
-        }
+        entries.extend(self.log.newest().raised_by(frame.newest.as_ref()));
+        self.log.append(self.ops.as_ref(), entries, false)?;
+        self.maybe_checkpoint();
         self.maybe_compact();
         Ok(outcomes)
     }
@@ -450,11 +647,14 @@ impl Collection {
     /// reported rather than overwritten.
     fn check_free(&self, id: &str) -> Result<bool> {
         let stem = stem_for(id);
+        if !is_hashed(&stem) {
+            return Ok(false);
+        }
         let path = self.record_path(id);
         match load(&path, &self.name, None)? {
             RecordFile::Missing => Ok(false),
             RecordFile::Valid(record) if record.id() == id => Ok(false),
-            RecordFile::Valid(record) if is_hashed(&stem) => Err(corrupt(
+            RecordFile::Valid(record) if stem_for(record.id()) == stem => Err(corrupt(
                 &self.name,
                 Some(id),
                 &path,
@@ -488,38 +688,48 @@ impl Collection {
         Ok(newest)
     }
 
-    /// Removes a record for good (under the exclusive lock). The file goes
-    /// first: a crash before the log entry leaves an entry without a file,
-    /// which reads as absent and is dropped on the next open.
+    /// Removes a record for good (under the exclusive lock), committed by a
+    /// frame like a write.
     pub(crate) fn delete(&mut self, id: &str) -> Result<bool> {
         let path = self.record_path(id);
-        let existed = match self.ops().remove_file(&path) {
-            Ok(()) => true,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => false,
-            Err(err) => return Err(io_error("removing", &path, err)),
+        let existed = std::fs::symlink_metadata(&path).is_ok();
+        if !existed && !self.log.knows(id) {
+            return Ok(false);
+        }
+        let seq = self.log.checked_next(self.log.last_seq(), "sequence")?;
+        let frame = Frame {
+            ops: vec![WalOp {
+                seq,
+                id: id.to_owned(),
+                record: None,
+            }],
+            newest: None,
         };
-        if existed && self.durable() {
-            sync_dir(self.ops(), &self.dir)?;
+        let durable = self.durable();
+        self.wal.append(self.ops.as_ref(), &frame, durable)?;
+        match self.ops().remove_file(&path) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(io_error("removing", &path, err)),
         }
-        if self.log.knows(id) {
-            let seq = self.log.checked_next(self.log.last_seq(), "sequence")?;
-            let durable = self.durable();
-            self.log.append(
-                self.ops.as_ref(),
-                vec![LogEntry::Removed {
-                    removed: id.to_owned(),
-                    seq: Some(seq),
-                }],
-                durable,
-            )?;
-            self.maybe_compact();
-        }
+        self.log.append(
+            self.ops.as_ref(),
+            vec![LogEntry::Removed {
+                removed: id.to_owned(),
+                seq: Some(seq),
+            }],
+            false,
+        )?;
+        self.maybe_checkpoint();
+        self.maybe_compact();
         Ok(existed)
     }
 
     /// Removes every record file and starts an empty log that keeps the
     /// sequence, so change-feed cursors stay valid (under the exclusive lock).
     pub(crate) fn clear(&mut self) -> Result<()> {
+        // Nothing may be left to replay over the cleared collection.
+        self.checkpoint()?;
         for entry in read_dir(&self.dir)? {
             let file_name = entry.file_name();
             if file_name.to_str().and_then(records::record_stem).is_some() {
@@ -597,5 +807,134 @@ pub(crate) fn check_dir(dir: &Path, collection: &str) -> Result<bool> {
         )),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(err) => Err(io_error("inspecting", dir, err)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use serde_json::json;
+    use syncforge_core::{CollectionName, Content, RecordId, StorageBackend, Write};
+
+    use super::*;
+    use crate::files::OsFiles;
+    use crate::{FsBackend, FsOptions};
+
+    /// File operations whose renames fail while `failing` is set: a writer
+    /// that committed its frame and then could not (or did not live to)
+    /// write the record files.
+    #[derive(Debug, Default)]
+    struct BrokenRenames {
+        failing: AtomicBool,
+    }
+
+    impl FileOps for BrokenRenames {
+        fn create_dir(&self, path: &Path) -> io::Result<()> {
+            OsFiles.create_dir(path)
+        }
+        fn create_file(&self, path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
+            OsFiles.create_file(path, bytes, sync)
+        }
+        fn write_at(&self, path: &Path, offset: u64, bytes: &[u8], sync: bool) -> io::Result<()> {
+            OsFiles.write_at(path, offset, bytes, sync)
+        }
+        fn sync_file(&self, path: &Path) -> io::Result<()> {
+            OsFiles.sync_file(path)
+        }
+        fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+            if self.failing.load(Ordering::SeqCst) {
+                return Err(io::Error::other("the writer died here"));
+            }
+            OsFiles.rename(from, to)
+        }
+        fn remove_file(&self, path: &Path) -> io::Result<()> {
+            OsFiles.remove_file(path)
+        }
+        fn sync_dir(&self, path: &Path) -> io::Result<()> {
+            OsFiles.sync_dir(path)
+        }
+        fn open_lock_file(&self, path: &Path) -> io::Result<std::fs::File> {
+            OsFiles.open_lock_file(path)
+        }
+    }
+
+    fn note(id: &str, n: u64) -> Record {
+        let stamp = Stamp::new(1_000 + n, 0, "t").unwrap();
+        Record::create(
+            Content::from_value(json!({"id": id, "n": n})).unwrap(),
+            &stamp,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_frame_committed_by_a_writer_that_died_is_replayed_by_the_next_handle() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ops = Arc::new(BrokenRenames::default());
+        let notes = CollectionName::new("notes").unwrap();
+        let writer = FsBackend::open_on(
+            ops.clone(),
+            tmp.path(),
+            FsOptions::default(),
+            Tuning::default(),
+        )
+        .await
+        .unwrap();
+        let reader = FsBackend::open(tmp.path()).await.unwrap();
+        writer
+            .put(&notes, &Write::create(note("n1", 1)))
+            .await
+            .unwrap();
+        // The reader has the collection open, with the log read.
+        assert_eq!(reader.get_all(&notes).await.unwrap().len(), 1);
+
+        ops.failing.store(true, Ordering::SeqCst);
+        let stored = writer
+            .get(&notes, &RecordId::new("n1").unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        let err = writer
+            .put_batch(
+                &notes,
+                &[
+                    Write::replace(note("n1", 2), stored.token),
+                    Write::create(note("n2", 1)),
+                ],
+            )
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("died"), "{err}");
+        // Committed to the log, not to the files.
+        assert!(!tmp.path().join("notes").join("n2.json").exists());
+
+        let ids = [RecordId::new("n1").unwrap(), RecordId::new("n2").unwrap()];
+        let seen = reader.get_many(&notes, &ids).await.unwrap();
+        let counts: Vec<Option<u64>> = seen
+            .iter()
+            .map(|s| {
+                s.as_ref()
+                    .and_then(|s| s.record.get(&CollectionName::new("n").unwrap()))
+                    .and_then(serde_json::Value::as_u64)
+            })
+            .collect();
+        assert_eq!(counts, [Some(2), Some(1)]);
+        assert!(tmp.path().join("notes").join("n2.json").is_file());
+        // Replayed with sequences above the frame's, so a reader holding the
+        // frame's cursors still sees them, and nothing is numbered twice.
+        let page = reader
+            .changes(&notes, Cursor::new(3), 10.try_into().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(page.changes.len(), 2);
+        ops.failing.store(false, Ordering::SeqCst);
+        let outcome = writer
+            .put(&notes, &Write::create(note("n3", 1)))
+            .await
+            .unwrap();
+        assert!(
+            matches!(outcome, WriteOutcome::Written { cursor, .. } if cursor.get() > page.next.get())
+        );
     }
 }
