@@ -39,6 +39,7 @@
 //!     n1.json               a record: its canonical JSON, nothing else
 //!     ^readme.json          the record "Readme"
 //!     .changes              change log: sequence of each record's last change
+//!     .wal                  write-ahead log: batches committed since the last checkpoint
 //!     .lock                 lock for writers (exclusive) and readers (shared)
 //!     .name                 the collection's name, when the directory name is hashed
 //!     .corrupt/             corrupt record files a write moved aside, kept for inspection
@@ -69,16 +70,23 @@
 //!
 //! # Durability and crashes
 //!
-//! Every record file is replaced atomically: the new content goes to a
-//! temporary file, which is synced and then renamed over the old one, and the
-//! directory is synced. A crash at any moment leaves each record old or new,
-//! never torn. [`put_batch`](StorageBackend::put_batch) writes all
-//! temporaries, syncs them several at a time (the filesystem commits
-//! concurrent syncs together), appends all change-log entries with one sync,
-//! renames all files and syncs the directory once: a batch of 100 costs a few
-//! sync round trips, not 300. [`Durability::Buffered`] skips the
-//! syncs: a crash of the process still loses nothing, but a power failure or
-//! kernel crash can lose recent writes or leave them empty.
+//! Writes are committed through a write-ahead log per collection (group
+//! commit): a call appends one frame holding all its records to `.wal` and,
+//! under [`Durability::Full`], syncs it once; from then on the write is
+//! durable. The record files (each written to a temporary file renamed over
+//! the old one, so readers never see half a file) and the change log follow
+//! without syncs, before the call returns. Once the log holds 4 MiB of
+//! frames (and on [`close`](StorageBackend::close) and before
+//! [`clear_collection`](StorageBackend::clear_collection)), a checkpoint
+//! syncs those files, the directory and the change log, and only then
+//! empties the write-ahead log. Every call replays frames a writer that died
+//! left unapplied, and a handle opening a collection compares every frame
+//! with the files and rewrites what a power cut took, so an acknowledged
+//! write is always in a durable file or a durable frame. A sync of many
+//! records costs one flush per batch, not one per record.
+//! [`Durability::Buffered`] skips the syncs: a crash of the process still
+//! loses nothing, but a power failure or kernel crash can lose recent writes
+//! or leave them empty.
 //!
 //! # Change feed and concurrency
 //!
