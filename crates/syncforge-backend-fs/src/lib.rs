@@ -313,7 +313,12 @@ impl FsBackend {
         let durable = options.durability.is_full();
         let (root, ops) = blocking(move || {
             // The root itself may be a link (the user chose the path);
-            // nothing inside it is followed.
+            // nothing inside it is followed. Something else in its place is
+            // the caller's mistake, not corrupt data.
+            if root.exists() && !root.is_dir() {
+                let err = std::io::Error::from(std::io::ErrorKind::NotADirectory);
+                return Err(io_error("opening the store in", &root, err));
+            }
             if !root.is_dir() {
                 create_dir_all(ops.as_ref(), &root, durable, "")?;
             }
