@@ -19,6 +19,7 @@
 //! let notes = CollectionName::new("notes")?;
 //! let outcome = store.put(&notes, &Write::create(note)).await?;
 //! assert!(matches!(outcome, WriteOutcome::Written { .. }));
+//! store.checkpoint().await?; // the record's file is written at checkpoints
 //! assert!(dir.join("notes").join("n1.json").is_file());
 //! let page = store.changes(&notes, Cursor::START, 10.try_into()?).await?;
 //! assert_eq!(page.changes.len(), 1);
@@ -73,20 +74,20 @@
 //! Writes are committed through a write-ahead log per collection (group
 //! commit): a call appends one frame holding all its records to `.wal` and,
 //! under [`Durability::Full`], syncs it once; from then on the write is
-//! durable. The record files (each written to a temporary file renamed over
-//! the old one, so readers never see half a file) and the change log follow
-//! without syncs, before the call returns. Once the log holds 4 MiB of
-//! frames (and on [`close`](StorageBackend::close) and before
-//! [`clear_collection`](StorageBackend::clear_collection)), a checkpoint
-//! syncs those files, the directory and the change log, and only then
-//! empties the write-ahead log. Every call replays frames a writer that died
-//! left unapplied, and a handle opening a collection compares every frame
-//! with the files and rewrites what a power cut took, so an acknowledged
-//! write is always in a durable file or a durable frame. A sync of many
-//! records costs one flush per batch, not one per record.
-//! [`Durability::Buffered`] skips the syncs: a crash of the process still
-//! loses nothing, but a power failure or kernel crash can lose recent writes
-//! or leave them empty.
+//! durable and every handle, in this process or another, reads it from the
+//! log. The record files follow at a checkpoint — once the log holds 4 MiB
+//! of frames, when a handle opens the collection, on
+//! [`close`](StorageBackend::close) and [`FsBackend::checkpoint`] — which
+//! writes each file to a temporary file renamed over the old one (readers
+//! never see half a file), syncs the files, the directory and the change log,
+//! and only then empties the write-ahead log. So an acknowledged write is
+//! always in a durable file or a durable frame, and opening a collection
+//! after a crash writes the files again from the frames. A sync of many
+//! records costs one flush per batch, not one per record. Other programs
+//! reading the record files see every record once the store is closed or
+//! checkpointed. [`Durability::Buffered`] skips the syncs: a crash of the
+//! process still loses nothing, but a power failure or kernel crash can lose
+//! recent writes or leave them empty.
 //!
 //! # Change feed and concurrency
 //!
@@ -171,9 +172,9 @@ use syncforge_core::{
     StorageBackend, Stored, Write, WriteOutcome,
 };
 
-use crate::collection::records::{has_records, read_all};
+use crate::collection::records::has_records;
 use crate::collection::wal::holds_records;
-use crate::collection::{check_dir, Collection, PreparedWrite, NAME_FILE};
+use crate::collection::{Collection, PreparedWrite, NAME_FILE};
 use crate::encoding::{decode, is_hashed};
 use crate::files::{
     corrupt, create_dir_all, io_error, open_lock_file, read_dir, read_file, replace_atomically,
@@ -352,16 +353,25 @@ impl FsBackend {
     /// the record their name says, or a symbolic link (skipped by `get_all`
     /// and the change feed, read as absent by `get_many`).
     pub async fn corrupt_files(&self, collection: &CollectionName) -> Result<Vec<CorruptFile>> {
-        let dir = Collection::dir_for(&self.inner.root, collection);
-        let name = collection.to_string();
-        self.run(move |_| {
-            if !check_dir(&dir, &name)? {
-                return Ok(Vec::new());
-            }
-            let (_, skipped) = read_all(&dir, &name)?;
-            Ok(skipped)
-        })
-        .await
+        let found = self
+            .with_collection(collection, false, |c| c.shared(Collection::read_all))
+            .await?;
+        Ok(found.map(|(_, skipped)| skipped).unwrap_or_default())
+    }
+
+    /// Writes every record committed to a write-ahead log but not yet to
+    /// its file, in every collection, and makes the files durable (a
+    /// checkpoint; [`close`](StorageBackend::close) does the same for the
+    /// collections the handle used). Afterwards the record files hold every
+    /// record: call it before reading or editing them with other tools.
+    pub async fn checkpoint(&self) -> Result<()> {
+        for collection in self.list_collections().await? {
+            self.with_collection(&collection, false, |c| {
+                c.exclusive(Collection::checkpoint_if_used)
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     /// How many times reads through this handle (`get_all`, `get_many`,

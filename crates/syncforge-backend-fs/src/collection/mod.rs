@@ -4,15 +4,19 @@
 //!
 //! Writes hold the exclusive lock, reads the shared one. A write commits by
 //! appending one frame to the write-ahead log (one sync under
-//! [`Durability::Full`]); then it renames the record files into place and
-//! appends to the change log, without syncs. Every call first catches up
-//! with both logs: a frame whose sequences the change log does not have yet
-//! was committed by a writer that died before finishing, and is applied
-//! again ("replayed"). When a handle opens the collection it also compares
-//! every frame with the files, which repairs what a power cut took from
-//! files that were not synced yet. A checkpoint, once the write-ahead log
-//! has grown past [`Tuning::checkpoint_bytes`], syncs the record files, the
+//! [`Durability::Full`]) and then appends its sequences to the change log,
+//! unsynced. Its records are then *pending*: every handle keeps the content
+//! of the frames since the last checkpoint in memory and reads pending
+//! records from there. A checkpoint — once the frames reach
+//! [`Tuning::checkpoint_bytes`], when a handle opens the collection, before a
+//! clear, on close — writes the pending records' files, syncs them, the
 //! directory and the change log, and only then empties the write-ahead log.
+//!
+//! Every call first catches up with both logs. A frame whose sequences the
+//! change log lacks (its writer died between the two appends, or a power cut
+//! took the unsynced change-log lines) has its records entered again with
+//! fresh sequences, so no change-feed reader misses them and no sequence is
+//! handed out twice.
 
 pub(crate) mod lock;
 pub(crate) mod log;
@@ -65,6 +69,11 @@ pub(crate) struct Collection {
     lock: DirLock,
     log: ChangeLog,
     wal: Wal,
+    /// The last committed change of each record whose file the next
+    /// checkpoint writes: its canonical JSON, or `None` once removed.
+    pending: HashMap<String, Option<String>>,
+    /// The write-ahead log generation `pending` was read from.
+    pending_generation: u64,
 }
 
 impl Collection {
@@ -96,6 +105,8 @@ impl Collection {
             name: name.to_owned(),
             log: ChangeLog::new(&dir, name),
             wal: Wal::new(&dir),
+            pending: HashMap::new(),
+            pending_generation: 0,
             dir,
             durability,
             tuning,
@@ -106,7 +117,9 @@ impl Collection {
         // temporaries, which would include this write's.
         collection.exclusive(|c| {
             c.write_name_file()?;
-            c.replay_all()?;
+            // What the write-ahead log holds goes to the files now: after a
+            // crash they may hold older content, or half of the new.
+            c.checkpoint_if_used()?;
             c.reconcile()
         })?;
         Ok(Some(collection))
@@ -164,10 +177,10 @@ impl Collection {
 
     /// Catches up with both logs. A missing or unreadable change log is
     /// rebuilt from the record files, a missing or damaged write-ahead log
-    /// started again, and frames a dead writer did not finish are replayed:
-    /// all of which needs the exclusive lock (taken here if only the shared
-    /// one is held; the caller releases it). The directory is checked first:
-    /// a link swapped into its place is refused.
+    /// started again, and records of frames the change log lacks entered in
+    /// it again: all of which needs the exclusive lock (taken here if only
+    /// the shared one is held; the caller releases it). The directory is
+    /// checked first: a link swapped into its place is refused.
     fn catch_up(&mut self, mode: Mode) -> Result<()> {
         if !check_dir(&self.dir, &self.name)? {
             return Err(corrupt(
@@ -180,65 +193,82 @@ impl Collection {
         let mut held = mode;
         loop {
             let problem = self.log.refresh()?;
-            let wal = self.wal.refresh()?;
-            let unfinished = match (&problem, &wal) {
-                (None, Refresh::Frames(frames)) => {
-                    let last_seq = self.log.last_seq();
-                    let unfinished: Vec<Frame> = frames
-                        .iter()
-                        .filter(|frame| frame.last_seq() > last_seq)
-                        .cloned()
-                        .collect();
-                    if unfinished.is_empty() {
-                        return Ok(());
+            let frames = match self.wal.refresh()? {
+                Refresh::Frames(frames) => {
+                    self.absorb(&frames);
+                    frames
+                }
+                Refresh::Damaged(why) => {
+                    if held == Mode::Shared {
+                        held = self.upgrade()?;
+                        continue;
                     }
-                    unfinished
+                    if why != "missing" {
+                        tracing::warn!(log = %self.dir.join(wal::WAL_FILE).display(), why, "starting the write-ahead log again");
+                    }
+                    self.wal.reset(self.ops.as_ref(), self.durable())?;
+                    self.pending.clear();
+                    self.pending_generation = self.wal.generation();
+                    Vec::new()
                 }
-                _ => Vec::new(),
             };
-            if held == Mode::Shared {
-                // Upgrading in place is not portable: release, then wait for
-                // the exclusive lock, and look again from the start (another
-                // handle may have done the work meanwhile).
-                self.lock.unlock();
-                self.lock.lock(Mode::Exclusive)?;
-                held = Mode::Exclusive;
-                self.wal.invalidate();
-                continue;
+            let unregistered = problem.is_none()
+                && frames
+                    .iter()
+                    .any(|frame| frame.last_seq() > self.log.last_seq());
+            if problem.is_none() && !unregistered {
+                return Ok(());
             }
-            if let Refresh::Damaged(why) = &wal {
-                if why != "missing" {
-                    tracing::warn!(log = %self.dir.join(wal::WAL_FILE).display(), why, "starting the write-ahead log again");
-                }
-                self.wal.reset(self.ops.as_ref(), self.durable())?;
+            if held == Mode::Shared {
+                held = self.upgrade()?;
+                continue;
             }
             return match problem {
                 Some(problem) => {
                     self.rebuild(&problem)?;
                     // The rebuilt log's sequences prove nothing about the frames.
-                    self.replay_all()
+                    match self.wal.read_all()? {
+                        Refresh::Frames(all) => {
+                            self.absorb(&all);
+                            self.register(&all)
+                        }
+                        Refresh::Damaged(_) => Ok(()),
+                    }
                 }
-                None => self.replay(&unfinished),
+                None => self.register(&frames),
             };
         }
     }
 
-    /// Compares every frame of the write-ahead log with the files and
-    /// repairs what differs (under the exclusive lock).
-    fn replay_all(&mut self) -> Result<()> {
-        match self.wal.read_all()? {
-            Refresh::Frames(frames) => self.replay(&frames),
-            Refresh::Damaged(_) => Ok(()),
+    /// Trades the shared lock for the exclusive one. Upgrading in place is
+    /// not portable: release, then wait, and look at both logs again from
+    /// the start (another handle may have done the work meanwhile).
+    fn upgrade(&mut self) -> Result<Mode> {
+        self.lock.unlock();
+        self.lock.lock(Mode::Exclusive)?;
+        self.wal.invalidate();
+        Ok(Mode::Exclusive)
+    }
+
+    /// Takes the frames read from the write-ahead log into `pending`, after
+    /// forgetting what a checkpoint (a new generation) wrote to the files.
+    /// Reading the same frames again changes nothing.
+    fn absorb(&mut self, frames: &[Frame]) {
+        if self.wal.generation() != self.pending_generation {
+            self.pending.clear();
+            self.pending_generation = self.wal.generation();
+        }
+        for op in frames.iter().flat_map(|frame| &frame.ops) {
+            self.pending.insert(op.id.clone(), op.record.clone());
         }
     }
 
-    /// Makes the files and the change log hold what `frames` committed
-    /// (under the exclusive lock). Replaying is idempotent: a record whose
-    /// file holds its last committed content and whose log entry is at least
-    /// as new as its frame is left alone. Anything repaired gets a fresh
-    /// sequence, above every sequence the frames and the log used, so no
-    /// change-feed reader misses it and no sequence is handed out twice.
-    fn replay(&mut self, frames: &[Frame]) -> Result<()> {
+    /// Enters in the change log what `frames` committed and it lacks (under
+    /// the exclusive lock). A record whose entry is at least as new as its
+    /// last frame is left alone; any other gets a fresh sequence, above
+    /// every sequence the frames and the log used, so no change-feed reader
+    /// misses it and no sequence is handed out twice.
+    fn register(&mut self, frames: &[Frame]) -> Result<()> {
         if frames.is_empty() {
             return Ok(());
         }
@@ -252,52 +282,23 @@ impl Collection {
         let mut next = self.log.last_seq().max(highest);
         let mut entries = Vec::new();
         for op in finals {
-            let path = self.record_path(&op.id);
-            let current = read_file(&path)?;
-            let repaired = match &op.record {
-                Some(json) => {
-                    let in_place =
-                        matches!(&current, Read::Bytes(bytes) if bytes == json.as_bytes());
-                    if in_place && self.log.seq_of(&op.id).is_some_and(|seq| seq >= op.seq) {
-                        continue;
-                    }
-                    if !in_place {
-                        self.clear_the_way(&op.id, &path, &current)?;
-                        let temp = write_temp(self.ops(), &self.dir, json.as_bytes(), false)?;
-                        if let Err(err) = self.ops().rename(&temp, &path) {
-                            self.remove_all(&[temp]);
-                            return Err(io_error("renaming into", &path, err));
-                        }
-                    }
-                    true
-                }
-                None => {
-                    let present = !matches!(current, Read::Missing);
-                    if !present && !self.log.knows(&op.id) && self.log.last_seq() >= op.seq {
-                        continue;
-                    }
-                    if present {
-                        self.clear_the_way(&op.id, &path, &current)?;
-                        match self.ops().remove_file(&path) {
-                            Ok(()) => {}
-                            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-                            Err(err) => return Err(io_error("removing", &path, err)),
-                        }
-                    }
-                    false
-                }
+            let registered = match op.record {
+                Some(_) => self.log.seq_of(&op.id).is_some_and(|seq| seq >= op.seq),
+                None => !self.log.knows(&op.id) && self.log.last_seq() >= op.seq,
             };
+            if registered {
+                continue;
+            }
             next = self.log.checked_next(next, "sequence")?;
-            entries.push(if repaired {
-                LogEntry::Written {
+            entries.push(match op.record {
+                Some(_) => LogEntry::Written {
                     seq: next,
                     id: op.id.clone(),
-                }
-            } else {
-                LogEntry::Removed {
+                },
+                None => LogEntry::Removed {
                     removed: op.id.clone(),
                     seq: Some(next),
-                }
+                },
             });
         }
         let newest = frames
@@ -306,7 +307,7 @@ impl Collection {
             .max();
         entries.extend(self.log.newest().raised_by(newest));
         if !entries.is_empty() {
-            tracing::warn!(dir = %self.dir.display(), records = entries.len(), "replayed committed writes the record files did not hold yet");
+            tracing::warn!(dir = %self.dir.display(), records = entries.len(), "entered committed writes the change log lacked");
         }
         // Synced: readers may see these sequences once the lock is released,
         // so they must not be handed out again after a power cut.
@@ -314,7 +315,39 @@ impl Collection {
         self.log.append(self.ops.as_ref(), entries, durable)
     }
 
-    /// Before a replay replaces or removes a record's file: a file that holds
+    /// Writes a pending record's file (or removes it) unless it already
+    /// holds that content (under the exclusive lock).
+    fn write_file(&self, id: &str, content: Option<&str>) -> Result<()> {
+        let path = self.record_path(id);
+        let current = read_file(&path)?;
+        match content {
+            Some(json) => {
+                if matches!(&current, Read::Bytes(bytes) if bytes == json.as_bytes()) {
+                    return Ok(());
+                }
+                self.clear_the_way(id, &path, &current)?;
+                let temp = write_temp(self.ops(), &self.dir, json.as_bytes(), false)?;
+                if let Err(err) = self.ops().rename(&temp, &path) {
+                    self.remove_all(&[temp]);
+                    return Err(io_error("renaming into", &path, err));
+                }
+            }
+            None => {
+                if matches!(current, Read::Missing) {
+                    return Ok(());
+                }
+                self.clear_the_way(id, &path, &current)?;
+                match self.ops().remove_file(&path) {
+                    Ok(()) => {}
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(err) => return Err(io_error("removing", &path, err)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Before a record's file is replaced or removed: a file that holds
     /// something other than a version of that record (and not merely the
     /// zeros a power cut leaves) is moved aside rather than destroyed.
     fn clear_the_way(&self, id: &str, path: &Path, current: &Read) -> Result<()> {
@@ -335,23 +368,22 @@ impl Collection {
         Ok(())
     }
 
-    /// Makes everything the write-ahead log holds durable in the record files,
-    /// the directory and the change log, then empties it (under the exclusive
-    /// lock).
+    /// Writes every pending record's file, makes them, the directory and
+    /// the change log durable, then empties the write-ahead log (under the
+    /// exclusive lock). A cut anywhere before the log is emptied leaves the
+    /// frames in it, and the next opening writes the files again.
     pub(crate) fn checkpoint(&mut self) -> Result<()> {
-        let frames = match self.wal.read_all()? {
-            Refresh::Frames(frames) => frames,
-            Refresh::Damaged(_) => Vec::new(),
-        };
+        let mut ids: Vec<&String> = self.pending.keys().collect();
+        ids.sort();
+        for id in &ids {
+            self.write_file(id, self.pending[*id].as_deref())?;
+        }
         if self.durable() {
-            let mut paths: Vec<PathBuf> = frames
+            let paths: Vec<PathBuf> = ids
                 .iter()
-                .flat_map(|frame| &frame.ops)
-                .filter(|op| op.record.is_some())
-                .map(|op| self.record_path(&op.id))
+                .filter(|id| self.pending[**id].is_some())
+                .map(|id| self.record_path(id))
                 .collect();
-            paths.sort();
-            paths.dedup();
             self.ops()
                 .sync_files(&paths)
                 .map_err(|err| io_error("syncing the record files in", &self.dir, err))?;
@@ -367,7 +399,10 @@ impl Collection {
             }
         }
         let durable = self.durable();
-        self.wal.reset(self.ops.as_ref(), durable)
+        self.wal.reset(self.ops.as_ref(), durable)?;
+        self.pending.clear();
+        self.pending_generation = self.wal.generation();
+        Ok(())
     }
 
     /// Checkpoints when the write-ahead log holds any frame.
@@ -408,7 +443,9 @@ impl Collection {
             highest_seq = highest_seq.max(seq);
             highest_generation = highest_generation.max(generation);
         }
-        let has_records = has_records(&self.dir)?;
+        // Records committed to the write-ahead log count before their files
+        // are written.
+        let has_records = has_records(&self.dir)? || self.pending.values().any(Option::is_some);
         if old.is_some() || has_records {
             // What the lost log held is unknown, so readers' cursors could
             // be anywhere up to its last sequence. No count of writes comes
@@ -444,6 +481,14 @@ impl Collection {
             }
             if let Some(id) = id_of_file(&self.dir, file_name, &self.name)? {
                 on_disk.insert(id);
+            }
+        }
+        // Pending records are there even before their files are written.
+        for (id, content) in &self.pending {
+            if content.is_some() {
+                on_disk.insert(id.clone());
+            } else {
+                on_disk.remove(id);
             }
         }
         let mut unknown: Vec<&String> = on_disk.iter().filter(|id| !self.log.knows(id)).collect();
@@ -528,20 +573,24 @@ impl Collection {
         }
     }
 
-    /// What the file of `id` holds. I/O errors stay errors: only content that
-    /// is not the record counts as corrupt.
+    /// What `id` holds: its pending content, or else its file. I/O errors
+    /// stay errors: only content that is not the record counts as corrupt.
     fn load(&self, id: &str) -> Result<RecordFile> {
-        load(&self.record_path(id), &self.name, Some(id))
+        let path = self.record_path(id);
+        match self.pending.get(id) {
+            Some(Some(json)) => Ok(parse(json.as_bytes(), &path, &self.name, Some(id))),
+            Some(None) => Ok(RecordFile::Missing),
+            None => load(&path, &self.name, Some(id)),
+        }
     }
 
     /// Applies conditional writes (under the exclusive lock): one frame in
-    /// the write-ahead log commits them all, then the record files and the
-    /// change log are written (see the module documentation).
+    /// the write-ahead log commits them all, then the change log gets their
+    /// sequences (see the module documentation).
     pub(crate) fn put_batch(&mut self, writes: &[PreparedWrite]) -> Result<Vec<WriteOutcome>> {
         let mut outcomes = Vec::with_capacity(writes.len());
         let mut current: HashMap<&str, u64> = HashMap::new();
         let mut planned: Vec<(&PreparedWrite, u64)> = Vec::new();
-        let mut corrupt_files: Vec<&str> = Vec::new();
         let mut next = self.log.last_seq();
         for write in writes {
             let stored = match current.get(write.id.as_str()) {
@@ -551,14 +600,11 @@ impl Collection {
                     Some(seq) if write.expected.is_some() => Some(seq),
                     // A file removed by hand leaves its log entry behind until
                     // the next open; the record is absent all the same. So is
-                    // a corrupt file, which reads as absent and is moved aside.
+                    // a corrupt file, which reads as absent (the checkpoint
+                    // moves it aside before writing the record's file).
                     Some(seq) => match self.load(&write.id)? {
-                        RecordFile::Missing => None,
+                        RecordFile::Missing | RecordFile::Corrupt(_) => None,
                         RecordFile::Valid(_) => Some(seq),
-                        RecordFile::Corrupt(_) => {
-                            corrupt_files.push(&write.id);
-                            None
-                        }
                     },
                 },
             };
@@ -571,11 +617,8 @@ impl Collection {
                 outcomes.push(WriteOutcome::Conflict);
                 continue;
             }
-            if stored.is_none()
-                && !corrupt_files.contains(&write.id.as_str())
-                && self.check_free(&write.id)?
-            {
-                corrupt_files.push(&write.id);
+            if stored.is_none() {
+                self.check_free(&write.id)?;
             }
             next = self.log.checked_next(next, "sequence")?;
             current.insert(&write.id, next);
@@ -605,21 +648,11 @@ impl Collection {
                 .cloned(),
         };
         self.wal.append(self.ops.as_ref(), &frame, durable)?;
-        // Committed. Should what follows fail, the next call replays the frame.
-        for id in &corrupt_files {
-            let path = self.record_path(id);
-            move_aside(self.ops(), &self.dir, &path, durable, &self.name)?;
+        // Committed: the records are pending until the next checkpoint writes
+        // their files (moving a corrupt one aside first).
+        for op in &frame.ops {
+            self.pending.insert(op.id.clone(), op.record.clone());
         }
-        for (write, _) in &planned {
-            let target = self.record_path(&write.id);
-            let temp = write_temp(self.ops(), &self.dir, write.json.as_bytes(), false)?;
-            if let Err(err) = self.ops().rename(&temp, &target) {
-                self.remove_all(&[temp]);
-                return Err(io_error("renaming into", &target, err));
-            }
-        }
-        // Last, so that a change log holding the frame's sequences proves the
-        // files were written (see `catch_up`).
         let mut entries: Vec<LogEntry> = planned
             .iter()
             .map(|(write, seq)| LogEntry::Written {
@@ -641,30 +674,29 @@ impl Collection {
         }
     }
 
-    /// Whether a new record's file is free to write; `true` when it holds a
-    /// corrupt file that must be moved aside first. With a hashed name it could
-    /// hold another record whose name has the same hash, which must be
-    /// reported rather than overwritten.
-    fn check_free(&self, id: &str) -> Result<bool> {
+    /// Refuses to create a record whose hashed file name holds another
+    /// record whose name has the same hash: that is reported, never
+    /// overwritten. Anything else in the way is moved aside when the file is
+    /// written.
+    fn check_free(&self, id: &str) -> Result<()> {
         let stem = stem_for(id);
-        if !is_hashed(&stem) {
-            return Ok(false);
+        if !is_hashed(&stem) || self.pending.contains_key(id) {
+            return Ok(());
         }
         let path = self.record_path(id);
         match load(&path, &self.name, None)? {
-            RecordFile::Missing => Ok(false),
-            RecordFile::Valid(record) if record.id() == id => Ok(false),
-            RecordFile::Valid(record) if stem_for(record.id()) == stem => Err(corrupt(
-                &self.name,
-                Some(id),
-                &path,
-                format!(
-                    "holds record {:?} whose name has the same hash; move it away to store this one",
-                    record.id().as_str()
-                ),
-            )),
-            // A record that belongs in another file, no record at all, or a link.
-            RecordFile::Valid(_) | RecordFile::Corrupt(_) => Ok(true),
+            RecordFile::Valid(record) if record.id() != id && stem_for(record.id()) == stem => {
+                Err(corrupt(
+                    &self.name,
+                    Some(id),
+                    &path,
+                    format!(
+                        "holds record {:?} whose name has the same hash; move it away to store this one",
+                        record.id().as_str()
+                    ),
+                ))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -689,10 +721,12 @@ impl Collection {
     }
 
     /// Removes a record for good (under the exclusive lock), committed by a
-    /// frame like a write.
+    /// frame like a write; the next checkpoint removes its file.
     pub(crate) fn delete(&mut self, id: &str) -> Result<bool> {
-        let path = self.record_path(id);
-        let existed = std::fs::symlink_metadata(&path).is_ok();
+        let existed = match self.pending.get(id) {
+            Some(content) => content.is_some(),
+            None => std::fs::symlink_metadata(self.record_path(id)).is_ok(),
+        };
         if !existed && !self.log.knows(id) {
             return Ok(false);
         }
@@ -707,11 +741,7 @@ impl Collection {
         };
         let durable = self.durable();
         self.wal.append(self.ops.as_ref(), &frame, durable)?;
-        match self.ops().remove_file(&path) {
-            Ok(()) => {}
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => return Err(io_error("removing", &path, err)),
-        }
+        self.pending.insert(id.to_owned(), None);
         self.log.append(
             self.ops.as_ref(),
             vec![LogEntry::Removed {
@@ -751,7 +781,28 @@ impl Collection {
     /// Every record, read from the files (under a lock), and the corrupt
     /// files skipped.
     pub(crate) fn read_all(&mut self) -> Result<(Vec<Record>, Vec<crate::CorruptFile>)> {
-        records::read_all(&self.dir, &self.name)
+        let (mut records, mut skipped) = records::read_all(&self.dir, &self.name)?;
+        if self.pending.is_empty() {
+            return Ok((records, skipped));
+        }
+        // Pending records stand in for whatever their files hold.
+        records.retain(|record| !self.pending.contains_key(record.id().as_str()));
+        let pending_paths: HashSet<PathBuf> =
+            self.pending.keys().map(|id| self.record_path(id)).collect();
+        skipped.retain(|file| !pending_paths.contains(&file.path));
+        let mut ids: Vec<&String> = self.pending.keys().collect();
+        ids.sort();
+        for id in ids {
+            match self.load(id)? {
+                RecordFile::Valid(record) => records.push(record),
+                RecordFile::Missing => {}
+                RecordFile::Corrupt(error) => skipped.push(crate::CorruptFile {
+                    path: self.record_path(id),
+                    error,
+                }),
+            }
+        }
+        Ok((records, skipped))
     }
 
     /// The change feed after `after` (under the shared lock). A record whose
@@ -822,15 +873,15 @@ mod tests {
     use crate::files::OsFiles;
     use crate::{FsBackend, FsOptions};
 
-    /// File operations whose renames fail while `failing` is set: a writer
-    /// that committed its frame and then could not (or did not live to)
-    /// write the record files.
+    /// File operations whose appends to the change log fail while `failing`
+    /// is set: a writer that committed its frame and then could not (or did
+    /// not live to) enter its sequences in the change log.
     #[derive(Debug, Default)]
-    struct BrokenRenames {
+    struct BrokenLogAppends {
         failing: AtomicBool,
     }
 
-    impl FileOps for BrokenRenames {
+    impl FileOps for BrokenLogAppends {
         fn create_dir(&self, path: &Path) -> io::Result<()> {
             OsFiles.create_dir(path)
         }
@@ -838,15 +889,15 @@ mod tests {
             OsFiles.create_file(path, bytes, sync)
         }
         fn write_at(&self, path: &Path, offset: u64, bytes: &[u8], sync: bool) -> io::Result<()> {
+            if self.failing.load(Ordering::SeqCst) && path.ends_with(log::LOG_FILE) {
+                return Err(io::Error::other("the writer died here"));
+            }
             OsFiles.write_at(path, offset, bytes, sync)
         }
         fn sync_file(&self, path: &Path) -> io::Result<()> {
             OsFiles.sync_file(path)
         }
         fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-            if self.failing.load(Ordering::SeqCst) {
-                return Err(io::Error::other("the writer died here"));
-            }
             OsFiles.rename(from, to)
         }
         fn remove_file(&self, path: &Path) -> io::Result<()> {
@@ -869,9 +920,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_frame_committed_by_a_writer_that_died_is_replayed_by_the_next_handle() {
+    async fn a_frame_committed_by_a_writer_that_died_is_entered_by_the_next_handle() {
         let tmp = tempfile::tempdir().unwrap();
-        let ops = Arc::new(BrokenRenames::default());
+        let ops = Arc::new(BrokenLogAppends::default());
         let notes = CollectionName::new("notes").unwrap();
         let writer = FsBackend::open_on(
             ops.clone(),
@@ -906,8 +957,6 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("died"), "{err}");
-        // Committed to the log, not to the files.
-        assert!(!tmp.path().join("notes").join("n2.json").exists());
 
         let ids = [RecordId::new("n1").unwrap(), RecordId::new("n2").unwrap()];
         let seen = reader.get_many(&notes, &ids).await.unwrap();
@@ -920,7 +969,6 @@ mod tests {
             })
             .collect();
         assert_eq!(counts, [Some(2), Some(1)]);
-        assert!(tmp.path().join("notes").join("n2.json").is_file());
         // Replayed with sequences above the frame's, so a reader holding the
         // frame's cursors still sees them, and nothing is numbered twice.
         let page = reader

@@ -181,6 +181,11 @@ impl Wal {
         }
     }
 
+    /// The generation of the log the view was read from (0: not read).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// Bytes of frames in the log.
     pub(crate) fn frame_bytes(&self) -> u64 {
         self.end.saturating_sub(self.header_len)

@@ -11,6 +11,8 @@ async fn records_are_plain_json_files_in_a_directory_per_collection() {
     let store = FsBackend::open(tmp.path()).await.unwrap();
     let record = counter("n1", 7);
     put_any(&store, "notes", record.clone()).await;
+    // Written from the write-ahead log at a checkpoint (or on close).
+    store.checkpoint().await.unwrap();
     let text = std::fs::read_to_string(tmp.path().join("notes").join("n1.json")).unwrap();
     // The canonical JSON and nothing else: the local sequence is not in it.
     assert_eq!(text, record.to_json_string());
