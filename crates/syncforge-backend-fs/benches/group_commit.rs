@@ -1,9 +1,12 @@
 //! Group commit at the backend: 10,000 records written durably as 10,000
 //! `put` calls, and as `put_batch` calls of 100 (the engine's default batch
-//! size, what a sync of 10,000 records does). Each iteration writes into a
-//! fresh store in the target directory's scratch space, on the disk the
-//! build uses (not a tmpfs), so syncs reach the device. The last line printed
-//! is the ratio of the medians; `SYNCFORGE_BENCH_RECORDS` changes the count.
+//! size, what a sync of 10,000 records does), each also followed by `close`,
+//! whose checkpoint writes and syncs the record files: the first two rows
+//! time what callers wait for, the last two the whole cost. Each iteration
+//! writes into a fresh store in the target directory's scratch space, on the
+//! disk the build uses (not a tmpfs), so syncs reach the device. The last
+//! lines printed are the ratios of the medians; `SYNCFORGE_BENCH_RECORDS`
+//! changes the count.
 
 #![allow(clippy::unwrap_used, clippy::print_stdout, missing_docs)]
 
@@ -45,8 +48,9 @@ fn scratch() -> tempfile::TempDir {
     tempfile::tempdir_in(parent).unwrap()
 }
 
-/// Times one way of writing every record into a fresh durable store.
-fn run(rt: &Runtime, records: &[Record], batch: usize) -> Duration {
+/// Times one way of writing every record into a fresh durable store, and
+/// closing it (checkpoint included) when `close`.
+fn run(rt: &Runtime, records: &[Record], batch: usize, close: bool) -> Duration {
     let dir = scratch();
     let collection = CollectionName::new("people").unwrap();
     let store = rt
@@ -64,6 +68,9 @@ fn run(rt: &Runtime, records: &[Record], batch: usize) -> Duration {
             } else {
                 store.put_batch(&collection, chunk).await.unwrap();
             }
+        }
+        if close {
+            store.close().await.unwrap();
         }
     });
     let elapsed = started.elapsed();
@@ -90,7 +97,12 @@ fn main() {
         .without_plots()
         .configure_from_args();
     let mut medians = Vec::new();
-    for (name, batch) in [("puts_durable", 1), ("batches_of_100_durable", BATCH)] {
+    for (name, batch, close) in [
+        ("puts_durable", 1, false),
+        ("batches_of_100_durable", BATCH, false),
+        ("puts_durable_and_close", 1, true),
+        ("batches_of_100_durable_and_close", BATCH, true),
+    ] {
         let mut samples = Vec::new();
         c.benchmark_group("group_commit")
             .sample_size(10)
@@ -98,7 +110,7 @@ fn main() {
                 b.iter_custom(|iters| {
                     (0..iters)
                         .map(|_| {
-                            let took = run(&rt, &records, batch);
+                            let took = run(&rt, &records, batch, close);
                             samples.push(took);
                             took
                         })
@@ -118,11 +130,13 @@ fn main() {
             took.as_secs_f64() * 1e6 / count as f64
         );
     }
-    if let [(_, puts), (_, batches)] = medians[..] {
-        println!(
-            "durable batches vs durable puts: {:.1}x faster",
-            puts.as_secs_f64() / batches.as_secs_f64()
-        );
+    for pair in medians.chunks(2) {
+        if let [(puts_name, puts), (batches_name, batches)] = pair {
+            println!(
+                "{batches_name} vs {puts_name}: {:.1}x faster",
+                puts.as_secs_f64() / batches.as_secs_f64()
+            );
+        }
     }
     std::fs::remove_dir(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("group-commit")).ok();
 }
