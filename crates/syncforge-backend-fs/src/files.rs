@@ -1,11 +1,18 @@
-//! Small file-system helpers: error mapping, atomic replacement, directory sync.
+//! The store's file operations: the one place where I/O errors become
+//! [`Error`]s, the seam every change to the disk goes through, and reads that
+//! never follow a symbolic link.
+//!
+//! Every operation that changes what is on disk — creating a directory or a
+//! file, writing, syncing a file or a directory, renaming, removing — goes
+//! through [`FileOps`]. [`OsFiles`] performs them; the power-loss tests put a
+//! recorder in its place that replays them into a model of what a power cut
+//! keeps. Reads go straight to the operating system: they change nothing.
 
+use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write as _};
+use std::io::{self, Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
-#[cfg(not(target_os = "linux"))]
-use std::sync::atomic::AtomicUsize;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use syncforge_core::Error;
 
@@ -16,8 +23,14 @@ use crate::BACKEND_NAME;
 /// data and are safe to remove under the exclusive lock.
 pub(crate) const TEMP_PREFIX: &str = ".tmp-";
 
+/// How many files [`FileOps::sync_files`] syncs at once. Filesystems commit
+/// concurrent syncs together, so a checkpoint costs a few flushes rather than
+/// one per file.
+const PARALLEL_SYNCS: usize = 16;
+
 /// Maps an I/O error to the error variant the engine expects, naming what was
-/// being done and to which path.
+/// being done and to which path. Every I/O error of the backend goes through
+/// here.
 pub(crate) fn io_error(action: &str, path: &Path, err: io::Error) -> Error {
     let message = format!("{action} {}: {err}", path.display());
     match err.kind() {
@@ -28,159 +41,326 @@ pub(crate) fn io_error(action: &str, path: &Path, err: io::Error) -> Error {
     }
 }
 
-/// A corrupt file: named, with the reason.
-pub(crate) fn corrupt(path: &Path, reason: impl std::fmt::Display) -> Error {
-    Error::storage(
-        BACKEND_NAME,
-        format!("corrupt file {}: {reason}", path.display()),
-    )
+/// Stored data that cannot be what it should be: names the collection (empty
+/// for the store's own metadata), the record when known, and the path.
+pub(crate) fn corrupt(
+    collection: &str,
+    id: Option<&str>,
+    path: &Path,
+    reason: impl fmt::Display,
+) -> Error {
+    Error::Corrupt {
+        backend: BACKEND_NAME,
+        collection: collection.to_owned(),
+        id: id.map(str::to_owned),
+        location: path.display().to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// The reason given for a symbolic link found where the store keeps a file
+/// or directory of its own.
+pub(crate) const LINK_REASON: &str =
+    "is a symbolic link; the store never follows links inside its directory";
+
+/// The changes the store makes to the disk. Paths are whole; no operation
+/// follows a symbolic link in the last component of a path.
+pub(crate) trait FileOps: Send + Sync + fmt::Debug {
+    /// Creates a directory whose parent exists.
+    fn create_dir(&self, path: &Path) -> io::Result<()>;
+    /// Creates a new file holding `bytes`, failing if anything has its name;
+    /// synced when `sync`.
+    fn create_file(&self, path: &Path, bytes: &[u8], sync: bool) -> io::Result<()>;
+    /// Writes `bytes` at `offset` of an existing file and cuts off whatever
+    /// followed; synced when `sync`.
+    fn write_at(&self, path: &Path, offset: u64, bytes: &[u8], sync: bool) -> io::Result<()>;
+    /// Makes a file's content durable.
+    fn sync_file(&self, path: &Path) -> io::Result<()>;
+    /// Renames a file, replacing whatever `to` named (a link itself, never
+    /// its target).
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Removes a file (a link itself, never its target).
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Makes a directory's entries (creations, renames, removals) durable.
+    fn sync_dir(&self, path: &Path) -> io::Result<()>;
+    /// Opens a file to hold advisory locks on, creating it empty if missing.
+    fn open_lock_file(&self, path: &Path) -> io::Result<File>;
+
+    /// Makes the content of every file in `paths` durable, several at a
+    /// time. A file that no longer exists needs nothing.
+    fn sync_files(&self, paths: &[PathBuf]) -> io::Result<()> {
+        let skip_missing = |path: &PathBuf| match self.sync_file(path) {
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        };
+        if paths.len() <= 1 {
+            return paths.iter().try_for_each(skip_missing);
+        }
+        let next = AtomicUsize::new(0);
+        let workers = PARALLEL_SYNCS.min(paths.len());
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..workers)
+                .map(|_| {
+                    scope.spawn(|| loop {
+                        let index = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(path) = paths.get(index) else {
+                            return Ok(());
+                        };
+                        skip_missing(path)?;
+                    })
+                })
+                .collect();
+            handles.into_iter().try_for_each(|handle| {
+                handle
+                    .join()
+                    .unwrap_or_else(|_| Err(io::Error::other("a file-sync thread panicked")))
+            })
+        })
+    }
+}
+
+/// The operating system's file operations.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct OsFiles;
+
+impl FileOps for OsFiles {
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
+        fs::create_dir(path)
+    }
+
+    fn create_file(&self, path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
+        let mut file = OpenOptions::new().write(true).create_new(true).open(path)?;
+        file.write_all(bytes)?;
+        if sync {
+            file.sync_data()?;
+        }
+        Ok(())
+    }
+
+    fn write_at(&self, path: &Path, offset: u64, bytes: &[u8], sync: bool) -> io::Result<()> {
+        let mut file = no_follow(OpenOptions::new().write(true)).open(path)?;
+        file.set_len(offset)?;
+        file.seek(SeekFrom::Start(offset))?;
+        file.write_all(bytes)?;
+        if sync {
+            file.sync_data()?;
+        }
+        Ok(())
+    }
+
+    fn sync_file(&self, path: &Path) -> io::Result<()> {
+        // Windows needs write access to flush a file.
+        no_follow(OpenOptions::new().write(true))
+            .open(path)?
+            .sync_data()
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        fs::remove_file(path)
+    }
+
+    #[cfg(unix)]
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        no_follow(OpenOptions::new().read(true))
+            .open(path)?
+            .sync_all()
+    }
+
+    /// Windows cannot open directories as files; NTFS journals its metadata.
+    #[cfg(not(unix))]
+    fn sync_dir(&self, _path: &Path) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn open_lock_file(&self, path: &Path) -> io::Result<File> {
+        no_follow(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false),
+        )
+        .open(path)
+    }
+}
+
+/// Options that refuse to open a symbolic link (the last component).
+#[cfg(unix)]
+fn no_follow(options: &mut OpenOptions) -> &mut OpenOptions {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    options.custom_flags(libc::O_NOFOLLOW)
+}
+
+/// Windows: links are refused by [`is_link`] checks before opening.
+#[cfg(not(unix))]
+fn no_follow(options: &mut OpenOptions) -> &mut OpenOptions {
+    options
+}
+
+/// Whether `path` itself is a symbolic link.
+pub(crate) fn is_link(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|meta| meta.file_type().is_symlink())
+}
+
+/// What reading a file found.
+pub(crate) enum Read {
+    /// Its bytes.
+    Bytes(Vec<u8>),
+    /// Nothing has that name.
+    Missing,
+    /// A symbolic link has that name; it was not followed.
+    Link,
+}
+
+/// Reads a whole file without following a link. I/O errors (permission
+/// denied, a directory in the file's place, ...) are errors.
+pub(crate) fn read_file(path: &Path) -> Result<Read, Error> {
+    let opened = if cfg!(unix) || !is_link(path) {
+        no_follow(OpenOptions::new().read(true)).open(path)
+    } else {
+        return Ok(Read::Link);
+    };
+    let result = opened.and_then(|mut file| {
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map(|_| bytes)
+    });
+    match result {
+        Ok(bytes) => Ok(Read::Bytes(bytes)),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Read::Missing),
+        // O_NOFOLLOW reports a link as an error (ELOOP on most systems).
+        Err(_) if is_link(path) => Ok(Read::Link),
+        Err(err) => Err(io_error("reading", path, err)),
+    }
+}
+
+/// Opens a file for reading without following a link; `None` when missing.
+pub(crate) fn open_for_reading(path: &Path) -> io::Result<Option<File>> {
+    if !cfg!(unix) && is_link(path) {
+        return Err(io::Error::other(LINK_REASON));
+    }
+    match no_follow(OpenOptions::new().read(true)).open(path) {
+        Ok(file) => Ok(Some(file)),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(err),
+    }
 }
 
 /// A fresh temporary path in `dir`, unique across threads and processes.
 pub(crate) fn temp_path(dir: &Path) -> PathBuf {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
+    // Asked once: each call is a system call, and a batch names many files.
+    static PROCESS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    dir.join(format!("{TEMP_PREFIX}{}-{n}", std::process::id()))
+    let process = PROCESS.get_or_init(std::process::id);
+    dir.join(format!("{TEMP_PREFIX}{process}-{n}"))
 }
 
-/// Writes `bytes` to a new temporary file in `dir`, synced when `durable`.
-pub(crate) fn write_temp(dir: &Path, bytes: &[u8], durable: bool) -> Result<PathBuf, Error> {
+/// Writes `bytes` to a new temporary file in `dir`, synced when `sync`.
+pub(crate) fn write_temp(
+    ops: &dyn FileOps,
+    dir: &Path,
+    bytes: &[u8],
+    sync: bool,
+) -> Result<PathBuf, Error> {
     let path = temp_path(dir);
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
-        file.write_all(bytes)?;
-        if durable {
-            file.sync_data()?;
-        }
-        Ok(())
-    })();
-    match result {
+    match ops.create_file(&path, bytes, sync) {
         Ok(()) => Ok(path),
         Err(err) => {
             // Best effort: a leftover temporary is removed on the next open anyway.
-            let _ = fs::remove_file(&path);
+            let _ = ops.remove_file(&path);
             Err(io_error("writing", &path, err))
         }
     }
 }
 
-fn sync_one(path: &PathBuf) -> Result<(), Error> {
-    // Windows needs write access to flush a file.
-    OpenOptions::new()
-        .write(true)
-        .open(path)
-        .and_then(|file| file.sync_data())
-        .map_err(|err| io_error("syncing", path, err))
-}
-
-/// Syncs the content of every file in `paths`, which lie in one directory.
-///
-/// On Linux a batch takes one `syncfs(2)`: it flushes every dirty file of the
-/// filesystem at once, where one `fsync` per file would cost a disk flush per
-/// record. (It also flushes other programs' pending writes on that
-/// filesystem, which is the price of one flush per batch.)
-#[cfg(target_os = "linux")]
-pub(crate) fn sync_files(paths: &[PathBuf]) -> Result<(), Error> {
-    match paths {
-        [] => Ok(()),
-        [one] => sync_one(one),
-        [first, ..] => File::open(first)
-            .and_then(|file| rustix::fs::syncfs(&file).map_err(std::io::Error::from))
-            .map_err(|err| io_error("syncing the filesystem of", first, err)),
-    }
-}
-
-/// How many files a batch syncs at once. Filesystems commit concurrent syncs
-/// together, so a batch costs a few sync round trips instead of one per file.
-#[cfg(not(target_os = "linux"))]
-const PARALLEL_SYNCS: usize = 8;
-
-/// Syncs the content of every file in `paths`, several at a time.
-#[cfg(not(target_os = "linux"))]
-pub(crate) fn sync_files(paths: &[PathBuf]) -> Result<(), Error> {
-    if paths.len() <= 1 {
-        return paths.iter().try_for_each(sync_one);
-    }
-    let next = AtomicUsize::new(0);
-    let workers = PARALLEL_SYNCS.min(paths.len());
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..workers)
-            .map(|_| {
-                scope.spawn(|| loop {
-                    let index = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(path) = paths.get(index) else {
-                        return Ok(());
-                    };
-                    sync_one(path)?;
-                })
-            })
-            .collect();
-        handles.into_iter().try_for_each(|handle| {
-            handle.join().unwrap_or_else(|_| {
-                Err(Error::storage(BACKEND_NAME, "a file-sync thread panicked"))
-            })
-        })
-    })
-}
-
 /// Replaces `target` with `bytes` atomically: readers and crashes see the old
-/// or the new content, never a mix.
-pub(crate) fn replace_atomically(target: &Path, bytes: &[u8], durable: bool) -> Result<(), Error> {
+/// or the new content, never a mix. A link named `target` is replaced, never
+/// followed.
+pub(crate) fn replace_atomically(
+    ops: &dyn FileOps,
+    target: &Path,
+    bytes: &[u8],
+    durable: bool,
+) -> Result<(), Error> {
     let dir = parent(target)?;
-    let temp = write_temp(dir, bytes, durable)?;
-    if let Err(err) = fs::rename(&temp, target) {
-        let _ = fs::remove_file(&temp);
+    let temp = write_temp(ops, dir, bytes, durable)?;
+    if let Err(err) = ops.rename(&temp, target) {
+        let _ = ops.remove_file(&temp);
         return Err(io_error("replacing", target, err));
     }
     if durable {
-        sync_dir(dir)?;
+        sync_dir(ops, dir)?;
     }
     Ok(())
 }
 
-/// Makes the entries of a directory (creations, renames, removals) durable.
-#[cfg(unix)]
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), Error> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
+/// Makes the entries of a directory durable.
+pub(crate) fn sync_dir(ops: &dyn FileOps, dir: &Path) -> Result<(), Error> {
+    ops.sync_dir(dir)
         .map_err(|err| io_error("syncing directory", dir, err))
 }
 
-/// Makes the entries of a directory durable. Windows cannot open directories
-/// as files; NTFS journals its metadata.
-#[cfg(not(unix))]
-pub(crate) fn sync_dir(_dir: &Path) -> Result<(), Error> {
+/// Creates a directory and its missing parents, syncing each parent when
+/// `durable` so that a file written into it cannot vanish with it. A link in
+/// the directory's place is refused (`collection` names what it holds).
+pub(crate) fn create_dir_all(
+    ops: &dyn FileOps,
+    dir: &Path,
+    durable: bool,
+    collection: &str,
+) -> Result<(), Error> {
+    match fs::symlink_metadata(dir) {
+        Ok(meta) if meta.is_dir() => return Ok(()),
+        Ok(meta) if meta.file_type().is_symlink() => {
+            return Err(corrupt(collection, None, dir, LINK_REASON))
+        }
+        Ok(_) => {
+            return Err(corrupt(
+                collection,
+                None,
+                dir,
+                "is a file where the store keeps a directory",
+            ))
+        }
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+        Err(err) => return Err(io_error("inspecting", dir, err)),
+    }
+    let parent_dir = parent(dir)?;
+    if !parent_dir.as_os_str().is_empty() && !parent_dir.is_dir() {
+        create_dir_all(ops, parent_dir, durable, collection)?;
+    }
+    match ops.create_dir(dir) {
+        Ok(()) => {}
+        // Another handle or process created it meanwhile.
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => return Ok(()),
+        Err(err) => return Err(io_error("creating directory", dir, err)),
+    }
+    if durable && !parent_dir.as_os_str().is_empty() {
+        sync_dir(ops, parent_dir)?;
+    }
     Ok(())
 }
 
 /// Opens (creating if needed) a lock file, kept open for the handle's life.
-pub(crate) fn open_lock_file(path: &Path) -> Result<File, Error> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(|err| io_error("opening lock file", path, err))
+pub(crate) fn open_lock_file(
+    ops: &dyn FileOps,
+    path: &Path,
+    collection: &str,
+) -> Result<File, Error> {
+    ops.open_lock_file(path).map_err(|err| {
+        if is_link(path) {
+            corrupt(collection, None, path, LINK_REASON)
+        } else {
+            io_error("opening lock file", path, err)
+        }
+    })
 }
 
-/// Creates a directory and its parents, syncing the parent when `durable` so
-/// that a record written into it cannot vanish with its directory.
-pub(crate) fn create_dir(dir: &Path, durable: bool) -> Result<(), Error> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    fs::create_dir_all(dir).map_err(|err| io_error("creating directory", dir, err))?;
-    if durable {
-        sync_dir(parent(dir)?)?;
-    }
-    Ok(())
-}
-
-fn parent(path: &Path) -> Result<&Path, Error> {
+pub(crate) fn parent(path: &Path) -> Result<&Path, Error> {
     path.parent().ok_or_else(|| {
         Error::storage(
             BACKEND_NAME,
@@ -189,11 +369,101 @@ fn parent(path: &Path) -> Result<&Path, Error> {
     })
 }
 
-/// Reads a whole file; `None` when it does not exist.
-pub(crate) fn read_if_exists(path: &Path) -> Result<Option<Vec<u8>>, Error> {
-    match fs::read(path) {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(err) => Err(io_error("reading", path, err)),
+/// The entries of a directory.
+pub(crate) fn read_dir(dir: &Path) -> Result<Vec<fs::DirEntry>, Error> {
+    fs::read_dir(dir)
+        .and_then(|entries| entries.collect::<io::Result<Vec<_>>>())
+        .map_err(|err| io_error("listing", dir, err))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_is_read_as_a_link_never_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("target.json");
+        std::fs::write(&target, b"secret").unwrap();
+        let link = tmp.path().join("link.json");
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        #[cfg(unix)]
+        assert!(matches!(read_file(&link).unwrap(), Read::Link));
+        assert!(matches!(
+            read_file(&tmp.path().join("none")).unwrap(),
+            Read::Missing
+        ));
+        assert!(matches!(read_file(&target).unwrap(), Read::Bytes(b) if b == b"secret"));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn writes_never_go_through_a_link() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("outside");
+        std::fs::write(&target, b"keep").unwrap();
+        let link = tmp.path().join(".changes");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(OsFiles.write_at(&link, 0, b"x", false).is_err());
+        assert!(OsFiles.open_lock_file(&link).is_err());
+        assert!(OsFiles.sync_file(&link).is_err());
+        // Replacing renames over the link itself.
+        replace_atomically(&OsFiles, &link, b"new", false).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+        assert_eq!(std::fs::read(&link).unwrap(), b"new");
+        assert!(!is_link(&link));
+    }
+
+    #[test]
+    fn a_directory_in_a_files_place_is_an_io_error_not_absence() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("r1.json");
+        std::fs::create_dir(&dir).unwrap();
+        let err = read_file(&dir).err().unwrap();
+        assert!(matches!(err, Error::Storage { .. }), "{err}");
+        assert!(err.to_string().contains("r1.json"), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn creating_a_directory_refuses_a_link_in_its_place() {
+        let tmp = tempfile::tempdir().unwrap();
+        let elsewhere = tmp.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        let link = tmp.path().join("notes");
+        std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+        let err = create_dir_all(&OsFiles, &link, false, "notes").unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+        create_dir_all(&OsFiles, &tmp.path().join("a").join("b"), true, "b").unwrap();
+        assert!(tmp.path().join("a").join("b").is_dir());
+    }
+
+    #[test]
+    fn sync_files_syncs_many_and_skips_removed_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut paths: Vec<PathBuf> = (0..40)
+            .map(|n| {
+                let path = tmp.path().join(format!("f{n}"));
+                std::fs::write(&path, b"x").unwrap();
+                path
+            })
+            .collect();
+        paths.push(tmp.path().join("gone"));
+        OsFiles.sync_files(&paths).unwrap();
+    }
+
+    #[test]
+    fn io_errors_map_by_kind() {
+        let path = Path::new("/x");
+        let transient = io_error("reading", path, io::Error::from(io::ErrorKind::TimedOut));
+        assert!(transient.is_transient());
+        let permanent = io_error(
+            "reading",
+            path,
+            io::Error::from(io::ErrorKind::PermissionDenied),
+        );
+        assert!(matches!(permanent, Error::Storage { .. }));
+        assert!(permanent.to_string().contains("reading /x"), "{permanent}");
     }
 }

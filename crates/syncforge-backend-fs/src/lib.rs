@@ -19,6 +19,7 @@
 //! let notes = CollectionName::new("notes")?;
 //! let outcome = store.put(&notes, &Write::create(note)).await?;
 //! assert!(matches!(outcome, WriteOutcome::Written { .. }));
+//! store.checkpoint().await?; // the record's file is written at checkpoints
 //! assert!(dir.join("notes").join("n1.json").is_file());
 //! let page = store.changes(&notes, Cursor::START, 10.try_into()?).await?;
 //! assert_eq!(page.changes.len(), 1);
@@ -39,6 +40,7 @@
 //!     n1.json               a record: its canonical JSON, nothing else
 //!     ^readme.json          the record "Readme"
 //!     .changes              change log: sequence of each record's last change
+//!     .wal                  write-ahead log: batches committed since the last checkpoint
 //!     .lock                 lock for writers (exclusive) and readers (shared)
 //!     .name                 the collection's name, when the directory name is hashed
 //!     .corrupt/             corrupt record files a write moved aside, kept for inspection
@@ -69,16 +71,23 @@
 //!
 //! # Durability and crashes
 //!
-//! Every record file is replaced atomically: the new content goes to a
-//! temporary file, which is synced and then renamed over the old one, and the
-//! directory is synced. A crash at any moment leaves each record old or new,
-//! never torn. [`put_batch`](StorageBackend::put_batch) writes all
-//! temporaries, syncs them several at a time (the filesystem commits
-//! concurrent syncs together), appends all change-log entries with one sync,
-//! renames all files and syncs the directory once: a batch of 100 costs a few
-//! sync round trips, not 300. [`Durability::Buffered`] skips the
-//! syncs: a crash of the process still loses nothing, but a power failure or
-//! kernel crash can lose recent writes or leave them empty.
+//! Writes are committed through a write-ahead log per collection (group
+//! commit): a call appends one frame holding all its records to `.wal` and,
+//! under [`Durability::Full`], syncs it once; from then on the write is
+//! durable and every handle, in this process or another, reads it from the
+//! log. The record files follow at a checkpoint — once the log holds 4 MiB
+//! of frames, when a handle opens the collection, on
+//! [`close`](StorageBackend::close) and [`FsBackend::checkpoint`] — which
+//! writes each file to a temporary file renamed over the old one (readers
+//! never see half a file), syncs the files, the directory and the change log,
+//! and only then empties the write-ahead log. So an acknowledged write is
+//! always in a durable file or a durable frame, and opening a collection
+//! after a crash writes the files again from the frames. A sync of many
+//! records costs one flush per batch, not one per record. Other programs
+//! reading the record files see every record once the store is closed or
+//! checkpointed. [`Durability::Buffered`] skips the syncs: a crash of the
+//! process still loses nothing, but a power failure or kernel crash can lose
+//! recent writes or leave them empty.
 //!
 //! # Change feed and concurrency
 //!
@@ -93,7 +102,7 @@
 //! see every record again instead of missing any). Sequences stay at or below
 //! 2^53 (exact in every JSON implementation): a log holding a bigger number is
 //! treated as damaged and rebuilt, and a log that would need one refuses
-//! writes with [`Error::Storage`]. A page limit of 0 is refused with
+//! writes with [`Error::Corrupt`]. A page limit of 0 is refused with
 //! [`Error::InvalidArgument`], since such a page could never advance.
 //!
 //! The log also keeps a bound on the newest stamp stored (raised by every
@@ -104,14 +113,16 @@
 //! change feed, it does not notice a record file edited by hand in place until
 //! the record is written again.
 //!
-//! # Corrupt files
+//! # Corrupt files, unreadable files and links
 //!
-//! A record file that cannot be read as the record its name says (edited by
-//! hand, say) makes [`get`](StorageBackend::get) of that record fail with
-//! [`Error::Storage`] naming the file. It does not block the rest:
-//! [`get_many`](StorageBackend::get_many) (which the engine's sync uses) reads
-//! it as absent, [`get_all`](StorageBackend::get_all) and the change feed skip
-//! it, each with a `tracing` warning naming the file, and
+//! A record file is *corrupt* when its content was read and proven not to be
+//! the record its name says (edited by hand, say), or when it is a symbolic
+//! link. [`get`](StorageBackend::get) of that record fails with
+//! [`Error::Corrupt`] naming the collection, the record and the file. It does
+//! not block the rest: [`get_many`](StorageBackend::get_many) (which the
+//! engine's sync uses) reads it as absent, [`get_all`](StorageBackend::get_all)
+//! and the change feed skip it, each with a `tracing` warning naming the file,
+//! [`FsBackend::corrupt_skipped`] counts the skips and
 //! [`FsBackend::corrupt_files`] lists such files. A write that creates the
 //! record (expects it absent, as a sync does after reading it as absent)
 //! takes the file's place: the corrupt file is first moved to
@@ -122,6 +133,20 @@
 //! feed. Record files added or removed by hand are indexed the next time a
 //! handle opens the collection.
 //!
+//! A file that cannot be read at all (permission denied, a directory in its
+//! place, a disk error) proves nothing about the record: every call that
+//! needs it fails with [`Error::Storage`] naming the path, and the change
+//! feed does not move past it.
+//!
+//! The store never follows a symbolic link inside its directory (the
+//! directory itself may be one). A link in a record file's place is corrupt
+//! (see above; writes replace or move aside the link itself, never its
+//! target); a link in place of a collection's directory, its `.lock` or
+//! `.corrupt/`, or the store's `.meta.json` fails the calls that need it
+//! with [`Error::Corrupt`]; a linked `.changes` is replaced by a rebuilt log.
+//! Files are opened with `O_NOFOLLOW`, and a collection's directory is checked
+//! before every call.
+//!
 //! [`close`](StorageBackend::close) never deletes anything; only
 //! [`clear_collection`](StorageBackend::clear_collection) removes records in
 //! bulk.
@@ -129,11 +154,13 @@
 mod collection;
 mod encoding;
 mod files;
+#[cfg(test)]
+mod power_loss;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -145,12 +172,18 @@ use syncforge_core::{
     StorageBackend, Stored, Write, WriteOutcome,
 };
 
-use crate::collection::{has_records, read_all, Collection, PreparedWrite, NAME_FILE};
+use crate::collection::records::has_records;
+use crate::collection::wal::holds_records;
+use crate::collection::{Collection, PreparedWrite, NAME_FILE};
 use crate::encoding::{decode, is_hashed};
-use crate::files::{create_dir, io_error, open_lock_file, read_if_exists, replace_atomically};
+use crate::files::{
+    corrupt, create_dir_all, io_error, open_lock_file, read_dir, read_file, replace_atomically,
+    FileOps, OsFiles, Read, LINK_REASON,
+};
 
-/// The backend's name in messages and errors.
-pub(crate) const BACKEND_NAME: &str = "fs";
+/// The backend's name in messages and errors, the same as the facade's
+/// `BackendConfig::Filesystem`.
+pub(crate) const BACKEND_NAME: &str = "filesystem";
 
 /// Engine metadata file in the store's root.
 const META_FILE: &str = ".meta.json";
@@ -194,7 +227,28 @@ impl FsOptions {
     }
 }
 
-/// A record file that cannot be read, as listed by [`FsBackend::corrupt_files`].
+/// Sizes at which the store does its upkeep. Fixed for users; tests shrink
+/// them so that a short workload crosses them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Tuning {
+    /// Rewrite the change log once it holds this many lines and more than
+    /// twice as many as there are live records.
+    pub(crate) compact_min_lines: usize,
+    /// Checkpoint once the write-ahead log holds this many bytes of frames.
+    /// It bounds the work of replaying the log when a collection is opened.
+    pub(crate) checkpoint_bytes: u64,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            compact_min_lines: 1024,
+            checkpoint_bytes: 4 << 20,
+        }
+    }
+}
+
+/// A record file proven corrupt, as listed by [`FsBackend::corrupt_files`].
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct CorruptFile {
@@ -219,7 +273,11 @@ pub struct FsBackend {
 struct Inner {
     root: PathBuf,
     options: FsOptions,
+    tuning: Tuning,
+    ops: Arc<dyn FileOps>,
     closed: AtomicBool,
+    /// Corrupt record files that reads of this handle skipped.
+    corrupt_skipped: AtomicU64,
     /// Collections opened by this handle, each with its own lock so that
     /// calls on different collections run in parallel.
     collections: Mutex<HashMap<CollectionName, Arc<Mutex<Collection>>>>,
@@ -242,18 +300,40 @@ impl FsBackend {
 
     /// Opens (creating if needed) the store in `dir`.
     pub async fn open_with(dir: impl AsRef<Path>, options: FsOptions) -> Result<FsBackend> {
-        let root = dir.as_ref().to_path_buf();
+        Self::open_on(Arc::new(OsFiles), dir.as_ref(), options, Tuning::default()).await
+    }
+
+    /// Opens the store with the given file operations and upkeep sizes.
+    pub(crate) async fn open_on(
+        ops: Arc<dyn FileOps>,
+        dir: &Path,
+        options: FsOptions,
+        tuning: Tuning,
+    ) -> Result<FsBackend> {
+        let root = dir.to_path_buf();
         let durable = options.durability.is_full();
-        let root = blocking(move || {
-            create_dir(&root, durable)?;
-            Ok(root)
+        let (root, ops) = blocking(move || {
+            // The root itself may be a link (the user chose the path);
+            // nothing inside it is followed. Something else in its place is
+            // the caller's mistake, not corrupt data.
+            if root.exists() && !root.is_dir() {
+                let err = std::io::Error::from(std::io::ErrorKind::NotADirectory);
+                return Err(io_error("opening the store in", &root, err));
+            }
+            if !root.is_dir() {
+                create_dir_all(ops.as_ref(), &root, durable, "")?;
+            }
+            Ok((root, ops))
         })
         .await?;
         Ok(FsBackend {
             inner: Arc::new(Inner {
                 root,
                 options,
+                tuning,
+                ops,
                 closed: AtomicBool::new(false),
+                corrupt_skipped: AtomicU64::new(0),
                 collections: Mutex::new(HashMap::new()),
             }),
         })
@@ -269,15 +349,37 @@ impl FsBackend {
         &self.inner.options
     }
 
-    /// The record files of a collection that cannot be read as the record
-    /// their name says (skipped by `get_all` and the change feed).
+    /// The record files of a collection proven corrupt: content that is not
+    /// the record their name says, or a symbolic link (skipped by `get_all`
+    /// and the change feed, read as absent by `get_many`).
     pub async fn corrupt_files(&self, collection: &CollectionName) -> Result<Vec<CorruptFile>> {
-        let dir = Collection::dir_for(&self.inner.root, collection);
-        self.run(move |_| {
-            let (_, skipped) = read_all(&dir)?;
-            Ok(skipped)
-        })
-        .await
+        let found = self
+            .with_collection(collection, false, |c| c.shared(Collection::read_all))
+            .await?;
+        Ok(found.map(|(_, skipped)| skipped).unwrap_or_default())
+    }
+
+    /// Writes every record committed to a write-ahead log but not yet to
+    /// its file, in every collection, and makes the files durable (a
+    /// checkpoint; [`close`](StorageBackend::close) does the same for the
+    /// collections the handle used). Afterwards the record files hold every
+    /// record: call it before reading or editing them with other tools.
+    pub async fn checkpoint(&self) -> Result<()> {
+        for collection in self.list_collections().await? {
+            self.with_collection(&collection, false, |c| {
+                c.exclusive(Collection::checkpoint_if_used)
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// How many times reads through this handle (`get_all`, `get_many`,
+    /// `changes`, `changes_since_timestamp`) skipped a corrupt record file
+    /// since it was opened. Each skip is also logged as a `tracing` warning
+    /// naming the file; [`corrupt_files`](Self::corrupt_files) lists them.
+    pub fn corrupt_skipped(&self) -> u64 {
+        self.inner.corrupt_skipped.load(Ordering::Relaxed)
     }
 
     /// Runs blocking file work off the async runtime, failing once closed.
@@ -330,7 +432,14 @@ impl Inner {
         if let Some(state) = open.get(name) {
             return Ok(Some(Arc::clone(state)));
         }
-        let Some(state) = Collection::open(&self.root, name, self.options.durability, create)?
+        let Some(state) = Collection::open(
+            Arc::clone(&self.ops),
+            &self.root,
+            name,
+            self.options.durability,
+            self.tuning,
+            create,
+        )?
         else {
             return Ok(None);
         };
@@ -341,17 +450,33 @@ impl Inner {
 
     fn read_meta(&self) -> Result<BTreeMap<String, String>> {
         let path = self.root.join(META_FILE);
-        let Some(bytes) = read_if_exists(&path)? else {
-            return Ok(BTreeMap::new());
+        let bytes = match read_file(&path)? {
+            Read::Missing => return Ok(BTreeMap::new()),
+            Read::Link => return Err(corrupt("", None, &path, LINK_REASON)),
+            Read::Bytes(bytes) => bytes,
         };
-        serde_json::from_slice(&bytes)
-            .map_err(|err| files::corrupt(&path, format!("not a JSON object of strings: {err}")))
+        serde_json::from_slice(&bytes).map_err(|err| {
+            corrupt(
+                "",
+                None,
+                &path,
+                format!("not a JSON object of strings: {err}"),
+            )
+        })
+    }
+
+    /// Counts corrupt files a read skipped.
+    fn count_skipped(&self, skipped: u64) {
+        if skipped > 0 {
+            self.corrupt_skipped.fetch_add(skipped, Ordering::Relaxed);
+        }
     }
 
     fn write_meta(&self, meta: &BTreeMap<String, String>) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(meta)
             .map_err(|err| Error::storage(BACKEND_NAME, format!("encoding metadata: {err}")))?;
         replace_atomically(
+            self.ops.as_ref(),
             &self.root.join(META_FILE),
             &bytes,
             self.options.durability.is_full(),
@@ -360,7 +485,7 @@ impl Inner {
 
     fn meta_lock(&self, exclusive: bool) -> Result<std::fs::File> {
         let path = self.root.join(META_LOCK_FILE);
-        let file = open_lock_file(&path)?;
+        let file = open_lock_file(self.ops.as_ref(), &path, "")?;
         let locked = if exclusive {
             file.lock()
         } else {
@@ -404,20 +529,31 @@ impl StorageBackend for FsBackend {
         let found = self
             .with_collection(collection, false, move |c| {
                 c.shared(|c| {
-                    owned
+                    let mut skipped = 0;
+                    let found = owned
                         .iter()
-                        .map(|id| c.read_stored_skipping_corrupt(id))
-                        .collect()
+                        .map(|id| c.read_stored_skipping_corrupt(id, &mut skipped))
+                        .collect::<Result<Vec<_>>>()?;
+                    Ok((found, skipped))
                 })
             })
             .await?;
-        Ok(found.unwrap_or_else(|| vec![None; count]))
+        let Some((found, skipped)) = found else {
+            return Ok(vec![None; count]);
+        };
+        self.inner.count_skipped(skipped);
+        Ok(found)
     }
 
     async fn get_all(&self, collection: &CollectionName) -> Result<Vec<Record>> {
-        let dir = Collection::dir_for(&self.inner.root, collection);
-        self.run(move |_| read_all(&dir).map(|(records, _)| records))
-            .await
+        let all = self
+            .with_collection(collection, false, |c| c.shared(Collection::read_all))
+            .await?;
+        let Some((records, skipped)) = all else {
+            return Ok(Vec::new());
+        };
+        self.inner.count_skipped(skipped.len() as u64);
+        Ok(records)
     }
 
     async fn put_batch(
@@ -463,14 +599,22 @@ impl StorageBackend for FsBackend {
     ) -> Result<ChangePage> {
         let page = self
             .with_collection(collection, false, move |c| {
-                c.shared(|c| c.changes(after, limit.get()))
+                c.shared(|c| {
+                    let mut skipped = 0;
+                    let page = c.changes(after, limit.get(), &mut skipped)?;
+                    Ok((page, skipped))
+                })
             })
             .await?;
-        Ok(page.unwrap_or(ChangePage {
-            changes: Vec::new(),
-            next: after,
-            more: false,
-        }))
+        let Some((page, skipped)) = page else {
+            return Ok(ChangePage {
+                changes: Vec::new(),
+                next: after,
+                more: false,
+            });
+        };
+        self.inner.count_skipped(skipped);
+        Ok(page)
     }
 
     async fn changes_since_timestamp(
@@ -485,28 +629,46 @@ impl StorageBackend for FsBackend {
 
     async fn list_collections(&self) -> Result<Vec<CollectionName>> {
         self.run(|inner| {
-            let entries = std::fs::read_dir(&inner.root)
-                .and_then(|entries| entries.collect::<std::io::Result<Vec<_>>>())
-                .map_err(|err| io_error("listing", &inner.root, err))?;
             let mut names = Vec::new();
-            for entry in entries {
+            for entry in read_dir(&inner.root)? {
                 let path = entry.path();
                 let Some(stem) = entry.file_name().to_str().map(str::to_owned) else {
                     continue;
                 };
-                if stem.starts_with('.') || !path.is_dir() {
+                if stem.starts_with('.') {
+                    continue;
+                }
+                let file_type = entry
+                    .file_type()
+                    .map_err(|err| io_error("inspecting", &path, err))?;
+                if file_type.is_symlink() {
+                    tracing::warn!(path = %path.display(), "{LINK_REASON}: not listed as a collection");
+                    continue;
+                }
+                if !file_type.is_dir() {
                     continue;
                 }
                 let name = if is_hashed(&stem) {
-                    read_if_exists(&path.join(NAME_FILE))?
-                        .and_then(|bytes| String::from_utf8(bytes).ok())
+                    let name_file = path.join(NAME_FILE);
+                    match read_file(&name_file)? {
+                        Read::Bytes(bytes) => String::from_utf8(bytes).ok(),
+                        Read::Missing => None,
+                        Read::Link => {
+                            tracing::warn!(path = %name_file.display(), "{LINK_REASON}: collection not listed");
+                            None
+                        }
+                    }
                 } else {
                     decode(&stem)
                 };
                 let Some(name) = name.and_then(|name| CollectionName::new(name).ok()) else {
                     continue;
                 };
-                if Collection::dir_for(&inner.root, &name) == path && has_records(&path)? {
+                // Records committed to the write-ahead log count before their
+                // files are written (after a power cut, say).
+                if Collection::dir_for(&inner.root, &name) == path
+                    && (has_records(&path)? || holds_records(&path)?)
+                {
                     names.push(name);
                 }
             }
@@ -576,10 +738,31 @@ impl StorageBackend for FsBackend {
         .await
     }
 
+    /// Checkpoints every collection this handle opened, so that a closed
+    /// store holds all its records in their files, durably, and no
+    /// write-ahead log to replay. Nothing is deleted.
     async fn close(&self) -> Result<()> {
-        self.inner.closed.store(true, Ordering::Release);
-        // Dropping the states closes the lock files; nothing is deleted.
-        self.inner.collections.lock().clear();
-        Ok(())
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let open: Vec<Arc<Mutex<Collection>>> = self
+            .inner
+            .collections
+            .lock()
+            .drain()
+            .map(|(_, state)| state)
+            .collect();
+        // Dropping the states closes the lock files.
+        blocking(move || {
+            let mut first_error = None;
+            for state in open {
+                let checkpointed = state.lock().exclusive(|c| c.checkpoint_if_used());
+                if let Err(err) = checkpointed {
+                    first_error.get_or_insert(err);
+                }
+            }
+            first_error.map_or(Ok(()), Err)
+        })
+        .await
     }
 }

@@ -86,3 +86,84 @@ async fn child_incrementer() {
         increment(&store, &coll("counters"), "c").await;
     }
 }
+
+const FRESH_DIR_ENV: &str = "SYNCFORGE_FS_TEST_FRESH_DIR";
+const START_AT_ENV: &str = "SYNCFORGE_FS_TEST_START_AT_MS";
+const STORE_ID_KEY: &str = "syncforge/store-id/v1";
+
+fn now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+}
+
+/// Several processes open one directory that does not exist yet, at the same
+/// moment, and each offers its own store id: all of them are told the one
+/// that was stored.
+#[test]
+fn processes_opening_a_fresh_directory_at_once_agree_on_one_store_id() {
+    const PROCESSES: usize = 6;
+    for round in 0..3 {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("fresh").join("store");
+        let dir_arg = dir.to_str().unwrap().to_owned();
+        // Far enough ahead for every child to be waiting when it comes.
+        let start_at = (now_ms() + 1_500).to_string();
+        let children: Vec<_> = (0..PROCESSES)
+            .map(|_| {
+                child_process(
+                    "concurrency::child_store_id",
+                    &[(FRESH_DIR_ENV, &dir_arg), (START_AT_ENV, &start_at)],
+                )
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for child in children {
+            let output = child.wait_with_output().unwrap();
+            assert!(output.status.success(), "round {round}: child failed");
+            let stdout = String::from_utf8(output.stdout).unwrap();
+            let answer = stdout
+                .lines()
+                .find_map(|line| line.split("store-id ").nth(1))
+                .unwrap_or_else(|| panic!("round {round}: no answer in {stdout:?}"))
+                .to_owned();
+            answers.push(answer);
+        }
+        answers.dedup();
+        assert_eq!(answers.len(), 1, "round {round}: {answers:?}");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let stored = runtime.block_on(async {
+            let store = FsBackend::open(&dir).await.unwrap();
+            store.get_meta(STORE_ID_KEY).await.unwrap()
+        });
+        assert_eq!(
+            stored.as_deref(),
+            Some(answers[0].as_str()),
+            "round {round}"
+        );
+    }
+}
+
+/// Run by `processes_opening_a_fresh_directory_at_once_agree_on_one_store_id`.
+#[tokio::test]
+#[ignore = "helper process, started by processes_opening_a_fresh_directory_at_once_agree_on_one_store_id"]
+async fn child_store_id() {
+    let (Ok(dir), Ok(start_at)) = (std::env::var(FRESH_DIR_ENV), std::env::var(START_AT_ENV))
+    else {
+        return;
+    };
+    let start_at: u128 = start_at.parse().unwrap();
+    while now_ms() < start_at {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let store = FsBackend::open(&dir).await.unwrap();
+    let mine = format!("id-of-process-{}", std::process::id());
+    let agreed = store.set_meta_if_absent(STORE_ID_KEY, &mine).await.unwrap();
+    println!("store-id {agreed}");
+}

@@ -11,6 +11,8 @@ async fn records_are_plain_json_files_in_a_directory_per_collection() {
     let store = FsBackend::open(tmp.path()).await.unwrap();
     let record = counter("n1", 7);
     put_any(&store, "notes", record.clone()).await;
+    // Written from the write-ahead log at a checkpoint (or on close).
+    store.checkpoint().await.unwrap();
     let text = std::fs::read_to_string(tmp.path().join("notes").join("n1.json")).unwrap();
     // The canonical JSON and nothing else: the local sequence is not in it.
     assert_eq!(text, record.to_json_string());
@@ -57,7 +59,7 @@ async fn a_corrupt_file_is_named_and_does_not_hide_the_others() {
     let (store, broken) = store_with_torn_r1(tmp.path()).await;
 
     let err = store.get(&coll("notes"), &rid("r1")).await.unwrap_err();
-    assert!(matches!(err, Error::Storage { .. }), "{err}");
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
     assert!(
         err.to_string().contains(&broken.display().to_string()),
         "{err}"

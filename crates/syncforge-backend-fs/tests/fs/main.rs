@@ -12,6 +12,7 @@ mod concurrency;
 mod conformance;
 mod crash;
 mod durability;
+mod hostile;
 mod names;
 mod newest;
 mod recovery;
@@ -115,6 +116,7 @@ pub(crate) async fn store_with_torn_r1(dir: &std::path::Path) -> (FsBackend, std
     for n in 0..3 {
         put_any(&store, "notes", counter(&format!("r{n}"), n)).await;
     }
+    store.checkpoint().await.unwrap();
     let broken = dir.join("notes").join("r1.json");
     std::fs::write(&broken, b"{\"id\": \"r1\", \"count\": ").unwrap();
     (store, broken)

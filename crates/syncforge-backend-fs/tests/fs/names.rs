@@ -157,17 +157,20 @@ async fn a_foreign_file_under_a_hashed_name_is_moved_aside_not_overwritten() {
     let long_a = "a".repeat(300);
     let long_b = "b".repeat(300);
     put_any(&store, "notes", counter(&long_a, 1)).await;
+    store.checkpoint().await.unwrap();
     let file_a = tree(&root.join("notes"))
         .into_iter()
         .find(|n| n.ends_with(".json"))
         .unwrap();
     // A hand-made copy of a's file where b would live.
     put_any(&store, "notes", counter(&long_b, 2)).await;
+    store.checkpoint().await.unwrap();
     let file_b = tree(&root.join("notes"))
         .into_iter()
         .find(|n| n.ends_with(".json") && *n != file_a)
         .unwrap();
     store.delete(&coll("notes"), &rid(&long_b)).await.unwrap();
+    store.close().await.unwrap();
     std::fs::copy(
         root.join("notes").join(&file_a),
         root.join("notes").join(&file_b),
@@ -184,6 +187,7 @@ async fn a_foreign_file_under_a_hashed_name_is_moved_aside_not_overwritten() {
         .await
         .unwrap();
     assert!(matches!(outcome, WriteOutcome::Written { .. }));
+    reopened.checkpoint().await.unwrap();
     let stored = reopened
         .get(&coll("notes"), &rid(&long_b))
         .await

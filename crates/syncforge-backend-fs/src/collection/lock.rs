@@ -1,0 +1,114 @@
+//! The collection's advisory lock: writers take it exclusively, readers
+//! shared, so handles in one process and in several processes never
+//! interleave a read-check-write (`std::fs::File::lock`, `flock` on Unix).
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use syncforge_core::Result;
+
+use crate::files::{io_error, open_lock_file, FileOps};
+
+/// Name of the lock file in a collection directory.
+pub(crate) const LOCK_FILE: &str = ".lock";
+
+/// How a lock is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Readers: any number at once.
+    Shared,
+    /// Writers: alone.
+    Exclusive,
+}
+
+/// The lock file of one directory, kept open for a handle's life.
+#[derive(Debug)]
+pub(crate) struct DirLock {
+    path: PathBuf,
+    file: File,
+}
+
+impl DirLock {
+    /// Opens (creating if needed) the lock file in `dir`.
+    pub(crate) fn open(ops: &dyn FileOps, dir: &Path, collection: &str) -> Result<DirLock> {
+        let path = dir.join(LOCK_FILE);
+        let file = open_lock_file(ops, &path, collection)?;
+        Ok(DirLock { path, file })
+    }
+
+    /// Waits for the lock in `mode`.
+    pub(crate) fn lock(&self, mode: Mode) -> Result<()> {
+        let result = match mode {
+            Mode::Exclusive => self.file.lock(),
+            Mode::Shared => self.file.lock_shared(),
+        };
+        result.map_err(|err| io_error("locking", &self.path, err))
+    }
+
+    /// Releases the lock. Closing the file would release it too, so a
+    /// failure is only worth a warning.
+    pub(crate) fn unlock(&self) {
+        if let Err(err) = self.file.unlock() {
+            tracing::warn!(lock = %self.path.display(), %err, "could not release the lock");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::files::OsFiles;
+
+    #[test]
+    fn an_exclusive_lock_keeps_out_every_other_holder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let writer = DirLock::open(&OsFiles, tmp.path(), "c").unwrap();
+        let reader = DirLock::open(&OsFiles, tmp.path(), "c").unwrap();
+        writer.lock(Mode::Exclusive).unwrap();
+        let (done_tx, done_rx) = mpsc::channel();
+        let waiting = std::thread::spawn(move || {
+            reader.lock(Mode::Shared).unwrap();
+            done_tx.send(()).unwrap();
+            reader.unlock();
+        });
+        assert!(
+            done_rx.recv_timeout(Duration::from_millis(200)).is_err(),
+            "a shared lock was granted beside an exclusive one"
+        );
+        writer.unlock();
+        done_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        waiting.join().unwrap();
+    }
+
+    #[test]
+    fn shared_locks_are_held_together() {
+        let tmp = tempfile::tempdir().unwrap();
+        let first = DirLock::open(&OsFiles, tmp.path(), "c").unwrap();
+        let second = DirLock::open(&OsFiles, tmp.path(), "c").unwrap();
+        first.lock(Mode::Shared).unwrap();
+        second.lock(Mode::Shared).unwrap();
+        // Neither blocks the other; an exclusive attempt would.
+        let third = std::fs::File::open(tmp.path().join(LOCK_FILE)).unwrap();
+        assert!(third.try_lock().is_err());
+        first.unlock();
+        second.unlock();
+        third.try_lock().unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_link_in_the_lock_files_place_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        std::fs::write(&outside, b"").unwrap();
+        std::os::unix::fs::symlink(&outside, tmp.path().join(LOCK_FILE)).unwrap();
+        let err = DirLock::open(&OsFiles, tmp.path(), "c").unwrap_err();
+        assert!(
+            matches!(err, syncforge_core::Error::Corrupt { .. }),
+            "{err}"
+        );
+    }
+}

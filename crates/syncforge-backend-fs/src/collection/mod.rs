@@ -1,0 +1,988 @@
+//! One collection's directory: record files ([`records`]), the change log
+//! ([`log`]), the write-ahead log ([`wal`]) and the lock ([`lock`]), put
+//! together into the operations of the backend.
+//!
+//! Writes hold the exclusive lock, reads the shared one. A write commits by
+//! appending one frame to the write-ahead log (one sync under
+//! [`Durability::Full`]) and then appends its sequences to the change log,
+//! unsynced. Its records are then *pending*: every handle keeps the content
+//! of the frames since the last checkpoint in memory and reads pending
+//! records from there. A checkpoint — once the frames reach
+//! [`Tuning::checkpoint_bytes`], when a handle opens the collection, before a
+//! clear, on close — writes the pending records' files, syncs them, the
+//! directory and the change log, and only then empties the write-ahead log.
+//!
+//! Every call first catches up with both logs. A frame whose sequences the
+//! change log lacks (its writer died between the two appends, or a power cut
+//! took the unsynced change-log lines) has its records entered again with
+//! fresh sequences, so no change-feed reader misses them and no sequence is
+//! handed out twice.
+
+pub(crate) mod lock;
+pub(crate) mod log;
+pub(crate) mod records;
+pub(crate) mod wal;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use syncforge_core::{
+    Change, ChangePage, Cursor, Error, Record, Result, Stamp, Stored, Token, WriteOutcome,
+};
+
+use self::lock::{DirLock, Mode};
+use self::log::{micros_since_epoch, salvage, ChangeLog, LogEntry, NewestStamp};
+use self::records::{
+    file_name_for, has_records, id_of_file, load, move_aside, parse, RecordFile, CORRUPT_DIR,
+};
+use self::wal::{Frame, Refresh, Wal, WalOp};
+use crate::encoding::{is_hashed, stem_for};
+use crate::files::{
+    corrupt, create_dir_all, io_error, read_dir, read_file, replace_atomically, sync_dir,
+    write_temp, FileOps, Read, LINK_REASON, TEMP_PREFIX,
+};
+use crate::{Durability, Tuning};
+
+/// Name of the file holding a collection's name when its directory name is hashed.
+pub(crate) const NAME_FILE: &str = ".name";
+
+/// A write that passed its condition, ready to be stored.
+pub(crate) struct PreparedWrite {
+    /// The record id.
+    pub(crate) id: String,
+    /// The record's canonical JSON.
+    pub(crate) json: String,
+    /// The token the write expects.
+    pub(crate) expected: Option<Token>,
+    /// The newest stamp the record holds.
+    pub(crate) newest: Stamp,
+}
+
+/// The in-memory view of one collection, shared by the calls of one handle.
+pub(crate) struct Collection {
+    name: String,
+    dir: PathBuf,
+    durability: Durability,
+    tuning: Tuning,
+    ops: Arc<dyn FileOps>,
+    lock: DirLock,
+    log: ChangeLog,
+    wal: Wal,
+    /// The last committed change of each record whose file the next
+    /// checkpoint writes: its canonical JSON, or `None` once removed.
+    pending: HashMap<String, Option<String>>,
+    /// The write-ahead log generation `pending` was read from.
+    pending_generation: u64,
+}
+
+impl Collection {
+    /// Path of a collection's directory under the store root.
+    pub(crate) fn dir_for(root: &Path, name: &str) -> PathBuf {
+        root.join(stem_for(name))
+    }
+
+    /// Opens a collection, creating its directory when `create`; `None` when it
+    /// does not exist and `create` is false. Reconciles the log with the files
+    /// left by a crash or by hand. A link in the directory's place is refused.
+    pub(crate) fn open(
+        ops: Arc<dyn FileOps>,
+        root: &Path,
+        name: &str,
+        durability: Durability,
+        tuning: Tuning,
+        create: bool,
+    ) -> Result<Option<Collection>> {
+        let dir = Self::dir_for(root, name);
+        if !check_dir(&dir, name)? {
+            if !create {
+                return Ok(None);
+            }
+            create_dir_all(ops.as_ref(), &dir, durability.is_full(), name)?;
+        }
+        let lock = DirLock::open(ops.as_ref(), &dir, name)?;
+        let mut collection = Collection {
+            name: name.to_owned(),
+            log: ChangeLog::new(&dir, name),
+            wal: Wal::new(&dir),
+            pending: HashMap::new(),
+            pending_generation: 0,
+            dir,
+            durability,
+            tuning,
+            ops,
+            lock,
+        };
+        // Under the lock: another process reconciling the directory removes
+        // temporaries, which would include this write's.
+        collection.exclusive(|c| {
+            c.write_name_file()?;
+            // What the write-ahead log holds goes to the files now: after a
+            // crash they may hold older content, or half of the new.
+            c.checkpoint_if_used()?;
+            c.reconcile()
+        })?;
+        Ok(Some(collection))
+    }
+
+    /// Writes `.name` when the directory name is hashed and it is missing
+    /// (under the exclusive lock).
+    fn write_name_file(&self) -> Result<()> {
+        let name_file = self.dir.join(NAME_FILE);
+        if is_hashed(&stem_for(&self.name)) && std::fs::symlink_metadata(&name_file).is_err() {
+            replace_atomically(
+                self.ops.as_ref(),
+                &name_file,
+                self.name.as_bytes(),
+                self.durable(),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn durable(&self) -> bool {
+        self.durability.is_full()
+    }
+
+    fn ops(&self) -> &dyn FileOps {
+        self.ops.as_ref()
+    }
+
+    /// Path of a record's file.
+    pub(crate) fn record_path(&self, id: &str) -> PathBuf {
+        self.dir.join(file_name_for(id))
+    }
+
+    /// Runs `f` under the shared lock, after catching up with the log.
+    pub(crate) fn shared<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        self.locked(Mode::Shared, f)
+    }
+
+    /// Runs `f` under the exclusive lock, after catching up with the log.
+    pub(crate) fn exclusive<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        self.locked(Mode::Exclusive, f)
+    }
+
+    fn locked<T>(&mut self, mode: Mode, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        self.lock.lock(mode)?;
+        let result = self.catch_up(mode).and_then(|()| f(self));
+        if result.is_err() {
+            // What is on disk is unknown after a failure; read it all again next time.
+            self.log.invalidate();
+            self.wal.invalidate();
+        }
+        self.lock.unlock();
+        result
+    }
+
+    /// Catches up with both logs. A missing or unreadable change log is
+    /// rebuilt from the record files, a missing or damaged write-ahead log
+    /// started again, and records of frames the change log lacks entered in
+    /// it again: all of which needs the exclusive lock (taken here if only
+    /// the shared one is held; the caller releases it). The directory is
+    /// checked first: a link swapped into its place is refused.
+    fn catch_up(&mut self, mode: Mode) -> Result<()> {
+        if !check_dir(&self.dir, &self.name)? {
+            return Err(corrupt(
+                &self.name,
+                None,
+                &self.dir,
+                "the collection's directory has gone",
+            ));
+        }
+        let mut held = mode;
+        loop {
+            let problem = self.log.refresh()?;
+            let frames = match self.wal.refresh()? {
+                Refresh::Frames(frames) => {
+                    self.absorb(&frames);
+                    frames
+                }
+                Refresh::Damaged(why) => {
+                    if held == Mode::Shared {
+                        held = self.upgrade()?;
+                        continue;
+                    }
+                    if why != "missing" {
+                        tracing::warn!(log = %self.dir.join(wal::WAL_FILE).display(), why, "starting the write-ahead log again");
+                    }
+                    self.wal.reset(self.ops.as_ref(), self.durable())?;
+                    self.pending.clear();
+                    self.pending_generation = self.wal.generation();
+                    Vec::new()
+                }
+            };
+            let unregistered = problem.is_none()
+                && frames
+                    .iter()
+                    .any(|frame| frame.last_seq() > self.log.last_seq());
+            if problem.is_none() && !unregistered {
+                return Ok(());
+            }
+            if held == Mode::Shared {
+                held = self.upgrade()?;
+                continue;
+            }
+            return match problem {
+                Some(problem) => {
+                    self.rebuild(&problem)?;
+                    // The rebuilt log's sequences prove nothing about the frames.
+                    match self.wal.read_all()? {
+                        Refresh::Frames(all) => {
+                            self.absorb(&all);
+                            self.register(&all)
+                        }
+                        Refresh::Damaged(_) => Ok(()),
+                    }
+                }
+                None => self.register(&frames),
+            };
+        }
+    }
+
+    /// Trades the shared lock for the exclusive one. Upgrading in place is
+    /// not portable: release, then wait, and look at both logs again from
+    /// the start (another handle may have done the work meanwhile).
+    fn upgrade(&mut self) -> Result<Mode> {
+        self.lock.unlock();
+        self.lock.lock(Mode::Exclusive)?;
+        self.wal.invalidate();
+        Ok(Mode::Exclusive)
+    }
+
+    /// Takes the frames read from the write-ahead log into `pending`, after
+    /// forgetting what a checkpoint (a new generation) wrote to the files.
+    /// Reading the same frames again changes nothing.
+    fn absorb(&mut self, frames: &[Frame]) {
+        if self.wal.generation() != self.pending_generation {
+            self.pending.clear();
+            self.pending_generation = self.wal.generation();
+        }
+        for op in frames.iter().flat_map(|frame| &frame.ops) {
+            self.pending.insert(op.id.clone(), op.record.clone());
+        }
+    }
+
+    /// Enters in the change log what `frames` committed and it lacks (under
+    /// the exclusive lock). A record whose entry is at least as new as its
+    /// last frame is left alone; any other gets a fresh sequence, above
+    /// every sequence the frames and the log used, so no change-feed reader
+    /// misses it and no sequence is handed out twice.
+    fn register(&mut self, frames: &[Frame]) -> Result<()> {
+        if frames.is_empty() {
+            return Ok(());
+        }
+        let mut last: HashMap<&str, &WalOp> = HashMap::new();
+        for op in frames.iter().flat_map(|frame| &frame.ops) {
+            last.insert(op.id.as_str(), op);
+        }
+        let mut finals: Vec<&WalOp> = last.into_values().collect();
+        finals.sort_by_key(|op| op.seq);
+        let highest = frames.iter().map(Frame::last_seq).max().unwrap_or(0);
+        let mut next = self.log.last_seq().max(highest);
+        let mut entries = Vec::new();
+        for op in finals {
+            let registered = match op.record {
+                Some(_) => self.log.seq_of(&op.id).is_some_and(|seq| seq >= op.seq),
+                None => !self.log.knows(&op.id) && self.log.last_seq() >= op.seq,
+            };
+            if registered {
+                continue;
+            }
+            next = self.log.checked_next(next, "sequence")?;
+            entries.push(match op.record {
+                Some(_) => LogEntry::Written {
+                    seq: next,
+                    id: op.id.clone(),
+                },
+                None => LogEntry::Removed {
+                    removed: op.id.clone(),
+                    seq: Some(next),
+                },
+            });
+        }
+        let newest = frames
+            .iter()
+            .filter_map(|frame| frame.newest.as_ref())
+            .max();
+        entries.extend(self.log.newest().raised_by(newest));
+        if !entries.is_empty() {
+            tracing::warn!(dir = %self.dir.display(), records = entries.len(), "entered committed writes the change log lacked");
+        }
+        // Synced: readers may see these sequences once the lock is released,
+        // so they must not be handed out again after a power cut.
+        let durable = self.durable();
+        self.log.append(self.ops.as_ref(), entries, durable)
+    }
+
+    /// Writes a pending record's file (or removes it) unless it already
+    /// holds that content (under the exclusive lock).
+    fn write_file(&self, id: &str, content: Option<&str>) -> Result<()> {
+        let path = self.record_path(id);
+        let current = read_file(&path)?;
+        match content {
+            Some(json) => {
+                if matches!(&current, Read::Bytes(bytes) if bytes == json.as_bytes()) {
+                    return Ok(());
+                }
+                self.clear_the_way(id, &path, &current)?;
+                let temp = write_temp(self.ops(), &self.dir, json.as_bytes(), false)?;
+                if let Err(err) = self.ops().rename(&temp, &path) {
+                    self.remove_all(&[temp]);
+                    return Err(io_error("renaming into", &path, err));
+                }
+            }
+            None => {
+                if matches!(current, Read::Missing) {
+                    return Ok(());
+                }
+                self.clear_the_way(id, &path, &current)?;
+                match self.ops().remove_file(&path) {
+                    Ok(()) => {}
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(err) => return Err(io_error("removing", &path, err)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Before a record's file is replaced or removed: a file that holds
+    /// something other than a version of that record (and not merely the
+    /// zeros a power cut leaves) is moved aside rather than destroyed.
+    fn clear_the_way(&self, id: &str, path: &Path, current: &Read) -> Result<()> {
+        let keep = match current {
+            Read::Missing => false,
+            Read::Link => true,
+            Read::Bytes(bytes) => {
+                !bytes.iter().all(|b| *b == 0)
+                    && !matches!(
+                        parse(bytes, path, &self.name, Some(id)),
+                        RecordFile::Valid(_)
+                    )
+            }
+        };
+        if keep {
+            move_aside(self.ops(), &self.dir, path, self.durable(), &self.name)?;
+        }
+        Ok(())
+    }
+
+    /// Writes every pending record's file, makes them, the directory and
+    /// the change log durable, then empties the write-ahead log (under the
+    /// exclusive lock). A cut anywhere before the log is emptied leaves the
+    /// frames in it, and the next opening writes the files again.
+    pub(crate) fn checkpoint(&mut self) -> Result<()> {
+        let mut ids: Vec<&String> = self.pending.keys().collect();
+        ids.sort();
+        for id in &ids {
+            self.write_file(id, self.pending[*id].as_deref())?;
+        }
+        if self.durable() {
+            let paths: Vec<PathBuf> = ids
+                .iter()
+                .filter(|id| self.pending[**id].is_some())
+                .map(|id| self.record_path(id))
+                .collect();
+            self.ops()
+                .sync_files(&paths)
+                .map_err(|err| io_error("syncing the record files in", &self.dir, err))?;
+            let aside = self.dir.join(CORRUPT_DIR);
+            if std::fs::symlink_metadata(&aside).is_ok_and(|meta| meta.is_dir()) {
+                sync_dir(self.ops(), &aside)?;
+            }
+            sync_dir(self.ops(), &self.dir)?;
+            match self.ops().sync_file(self.log.path()) {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => return Err(io_error("syncing", self.log.path(), err)),
+            }
+        }
+        let durable = self.durable();
+        self.wal.reset(self.ops.as_ref(), durable)?;
+        self.pending.clear();
+        self.pending_generation = self.wal.generation();
+        Ok(())
+    }
+
+    /// Checkpoints when the write-ahead log holds any frame.
+    pub(crate) fn checkpoint_if_used(&mut self) -> Result<()> {
+        if self.wal.frame_bytes() > 0 {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// Checkpoints once the write-ahead log has grown past its size. Best
+    /// effort after a committed write, which must not be reported as failed.
+    fn maybe_checkpoint(&mut self) {
+        if self.wal.frame_bytes() >= self.tuning.checkpoint_bytes {
+            if let Err(err) = self.checkpoint() {
+                tracing::warn!(%err, "could not checkpoint the write-ahead log; will retry on a later write");
+            }
+        }
+    }
+
+    /// Rebuilds a missing or unreadable log from the record files (under the
+    /// exclusive lock). Every record gets a fresh sequence above any the old
+    /// log can have handed out, so change-feed readers see everything again
+    /// rather than miss anything. A new collection directory takes this path
+    /// too, and starts at 1.
+    fn rebuild(&mut self, problem: &str) -> Result<()> {
+        let path = self.log.path().to_path_buf();
+        let old = match read_file(&path)? {
+            Read::Bytes(bytes) => Some(bytes),
+            Read::Link => Some(Vec::new()),
+            Read::Missing => None,
+        };
+        let mut highest_seq = self.log.last_seq();
+        let mut highest_generation = self.log.generation();
+        if let Some(bytes) = &old {
+            tracing::warn!(log = %path.display(), problem, "rebuilding the change log from the record files");
+            let (seq, generation) = salvage(bytes);
+            highest_seq = highest_seq.max(seq);
+            highest_generation = highest_generation.max(generation);
+        }
+        // Records committed to the write-ahead log count before their files
+        // are written.
+        let has_records = has_records(&self.dir)? || self.pending.values().any(Option::is_some);
+        if old.is_some() || has_records {
+            // What the lost log held is unknown, so readers' cursors could
+            // be anywhere up to its last sequence. No count of writes comes
+            // near the current time in microseconds: starting above it keeps
+            // the new sequences above every cursor.
+            highest_seq = highest_seq.max(micros_since_epoch());
+        }
+        self.log.reset(highest_generation, highest_seq);
+        if !has_records {
+            self.log.set_newest(NewestStamp::Known(None));
+        }
+        self.log
+            .rewrite(self.ops.as_ref(), highest_seq, self.durable())?;
+        self.reconcile()
+    }
+
+    /// Brings the log in line with the files (under the exclusive lock):
+    /// gives a sequence to record files it does not know, forgets entries
+    /// whose file is gone, and removes temporaries left by a crashed writer.
+    fn reconcile(&mut self) -> Result<()> {
+        let mut on_disk = HashSet::new();
+        for entry in read_dir(&self.dir)? {
+            let file_name = entry.file_name();
+            let Some(file_name) = file_name.to_str() else {
+                continue;
+            };
+            if file_name.starts_with(TEMP_PREFIX) {
+                let path = entry.path();
+                self.ops()
+                    .remove_file(&path)
+                    .map_err(|err| io_error("removing", &path, err))?;
+                continue;
+            }
+            if let Some(id) = id_of_file(&self.dir, file_name, &self.name)? {
+                on_disk.insert(id);
+            }
+        }
+        // Pending records are there even before their files are written.
+        for (id, content) in &self.pending {
+            if content.is_some() {
+                on_disk.insert(id.clone());
+            } else {
+                on_disk.remove(id);
+            }
+        }
+        let mut unknown: Vec<&String> = on_disk.iter().filter(|id| !self.log.knows(id)).collect();
+        unknown.sort();
+        let mut entries = Vec::with_capacity(unknown.len() + 1);
+        let mut seq = self.log.last_seq();
+        let mut newest = None;
+        for id in unknown {
+            seq = self.log.checked_next(seq, "sequence")?;
+            if matches!(self.log.newest(), NewestStamp::Known(_)) {
+                // Files added by hand: their stamps count too. A corrupt one
+                // reads as absent, and whatever replaces it is a write.
+                if let RecordFile::Valid(record) = self.load(id)? {
+                    newest = newest.max(Some(record.newest_stamp().clone()));
+                }
+            }
+            entries.push(LogEntry::Written {
+                seq,
+                id: id.clone(),
+            });
+        }
+        entries.extend(self.log.newest().raised_by(newest.as_ref()));
+        for id in self.log.ids().filter(|id| !on_disk.contains(*id)) {
+            entries.push(LogEntry::Removed {
+                removed: id.clone(),
+                seq: None,
+            });
+        }
+        let durable = self.durable();
+        self.log.append(self.ops.as_ref(), entries, durable)
+    }
+
+    /// Rewrites the log without superseded entries once it has grown enough.
+    /// Best effort: it runs after writes that are already committed, which
+    /// must not be reported as failed; the next write tries again.
+    fn maybe_compact(&mut self) {
+        if self.log.needs_compaction(self.tuning.compact_min_lines) {
+            let base = self.log.last_seq();
+            let durable = self.durable();
+            if let Err(err) = self.log.rewrite(self.ops.as_ref(), base, durable) {
+                tracing::warn!(%err, "could not compact the change log; will retry on a later write");
+            }
+        }
+    }
+
+    /// Reads one record with its token (under a lock); a corrupt file is an
+    /// error naming it.
+    pub(crate) fn read_stored(&self, id: &str) -> Result<Option<Stored>> {
+        self.read_stored_or(id, Err)
+    }
+
+    /// Reads one record with its token (under a lock); a corrupt file reads
+    /// as absent, with a warning, so that it cannot fail a whole batch of
+    /// reads, and a write expecting the record to be absent replaces it.
+    pub(crate) fn read_stored_skipping_corrupt(
+        &self,
+        id: &str,
+        skipped: &mut u64,
+    ) -> Result<Option<Stored>> {
+        self.read_stored_or(id, |err| {
+            tracing::warn!(%err, "reading a corrupt record file as absent");
+            *skipped += 1;
+            Ok(None)
+        })
+    }
+
+    fn read_stored_or(
+        &self,
+        id: &str,
+        on_corrupt: impl FnOnce(Error) -> Result<Option<Stored>>,
+    ) -> Result<Option<Stored>> {
+        let Some(seq) = self.log.seq_of(id) else {
+            return Ok(None);
+        };
+        match self.load(id)? {
+            RecordFile::Missing => Ok(None),
+            RecordFile::Valid(record) => Ok(Some(Stored {
+                record,
+                token: Token::Sequence(seq),
+            })),
+            RecordFile::Corrupt(err) => on_corrupt(err),
+        }
+    }
+
+    /// What `id` holds: its pending content, or else its file. I/O errors
+    /// stay errors: only content that is not the record counts as corrupt.
+    fn load(&self, id: &str) -> Result<RecordFile> {
+        let path = self.record_path(id);
+        match self.pending.get(id) {
+            Some(Some(json)) => Ok(parse(json.as_bytes(), &path, &self.name, Some(id))),
+            Some(None) => Ok(RecordFile::Missing),
+            None => load(&path, &self.name, Some(id)),
+        }
+    }
+
+    /// Applies conditional writes (under the exclusive lock): one frame in
+    /// the write-ahead log commits them all, then the change log gets their
+    /// sequences (see the module documentation).
+    pub(crate) fn put_batch(&mut self, writes: &[PreparedWrite]) -> Result<Vec<WriteOutcome>> {
+        let mut outcomes = Vec::with_capacity(writes.len());
+        let mut current: HashMap<&str, u64> = HashMap::new();
+        let mut planned: Vec<(&PreparedWrite, u64)> = Vec::new();
+        let mut next = self.log.last_seq();
+        for write in writes {
+            let stored = match current.get(write.id.as_str()) {
+                Some(planned) => Some(*planned),
+                None => match self.log.seq_of(&write.id) {
+                    None => None,
+                    Some(seq) if write.expected.is_some() => Some(seq),
+                    // A file removed by hand leaves its log entry behind until
+                    // the next open; the record is absent all the same. So is
+                    // a corrupt file, which reads as absent (the checkpoint
+                    // moves it aside before writing the record's file).
+                    Some(seq) => match self.load(&write.id)? {
+                        RecordFile::Missing | RecordFile::Corrupt(_) => None,
+                        RecordFile::Valid(_) => Some(seq),
+                    },
+                },
+            };
+            let matches = match (&write.expected, stored) {
+                (None, None) => true,
+                (Some(Token::Sequence(expected)), Some(stored)) => *expected == stored,
+                _ => false,
+            };
+            if !matches {
+                outcomes.push(WriteOutcome::Conflict);
+                continue;
+            }
+            if stored.is_none() {
+                self.check_free(&write.id)?;
+            }
+            next = self.log.checked_next(next, "sequence")?;
+            current.insert(&write.id, next);
+            planned.push((write, next));
+            outcomes.push(WriteOutcome::Written {
+                token: Token::Sequence(next),
+                cursor: Cursor::new(next),
+            });
+        }
+        if planned.is_empty() {
+            return Ok(outcomes);
+        }
+        let durable = self.durable();
+        let frame = Frame {
+            ops: planned
+                .iter()
+                .map(|(write, seq)| WalOp {
+                    seq: *seq,
+                    id: write.id.clone(),
+                    record: Some(write.json.clone()),
+                })
+                .collect(),
+            newest: planned
+                .iter()
+                .map(|(write, _)| &write.newest)
+                .max()
+                .cloned(),
+        };
+        self.wal.append(self.ops.as_ref(), &frame, durable)?;
+        // Committed: the records are pending until the next checkpoint writes
+        // their files (moving a corrupt one aside first).
+        for op in &frame.ops {
+            self.pending.insert(op.id.clone(), op.record.clone());
+        }
+        let mut entries: Vec<LogEntry> = planned
+            .iter()
+            .map(|(write, seq)| LogEntry::Written {
+                seq: *seq,
+                id: write.id.clone(),
+            })
+            .collect();
+        entries.extend(self.log.newest().raised_by(frame.newest.as_ref()));
+        self.log.append(self.ops.as_ref(), entries, false)?;
+        self.maybe_checkpoint();
+        self.maybe_compact();
+        Ok(outcomes)
+    }
+
+    fn remove_all(&self, paths: &[PathBuf]) {
+        for path in paths {
+            // Best effort: leftovers are removed on the next open.
+            let _ = self.ops().remove_file(path);
+        }
+    }
+
+    /// Refuses to create a record whose hashed file name holds another
+    /// record whose name has the same hash: that is reported, never
+    /// overwritten. Anything else in the way is moved aside when the file is
+    /// written.
+    fn check_free(&self, id: &str) -> Result<()> {
+        let stem = stem_for(id);
+        if !is_hashed(&stem) || self.pending.contains_key(id) {
+            return Ok(());
+        }
+        let path = self.record_path(id);
+        match load(&path, &self.name, None)? {
+            RecordFile::Valid(record) if record.id() != id && stem_for(record.id()) == stem => {
+                Err(corrupt(
+                    &self.name,
+                    Some(id),
+                    &path,
+                    format!(
+                        "holds record {:?} whose name has the same hash; move it away to store this one",
+                        record.id().as_str()
+                    ),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// At least the newest stamp of the collection's records (under the
+    /// exclusive lock). Read from the log when it knows; otherwise from every
+    /// record file once, and then written to the log for the next time.
+    pub(crate) fn newest_stamp(&mut self) -> Result<Option<Stamp>> {
+        if let NewestStamp::Known(newest) = self.log.newest() {
+            return Ok(newest.clone());
+        }
+        let (records, _) = records::read_all(&self.dir, &self.name)?;
+        let newest = records.iter().map(Record::newest_stamp).max().cloned();
+        let durable = self.durable();
+        self.log.append(
+            self.ops.as_ref(),
+            vec![LogEntry::Newest {
+                newest: newest.clone(),
+            }],
+            durable,
+        )?;
+        Ok(newest)
+    }
+
+    /// Removes a record for good (under the exclusive lock), committed by a
+    /// frame like a write; the next checkpoint removes its file.
+    pub(crate) fn delete(&mut self, id: &str) -> Result<bool> {
+        let existed = match self.pending.get(id) {
+            Some(content) => content.is_some(),
+            None => std::fs::symlink_metadata(self.record_path(id)).is_ok(),
+        };
+        if !existed && !self.log.knows(id) {
+            return Ok(false);
+        }
+        let seq = self.log.checked_next(self.log.last_seq(), "sequence")?;
+        let frame = Frame {
+            ops: vec![WalOp {
+                seq,
+                id: id.to_owned(),
+                record: None,
+            }],
+            newest: None,
+        };
+        let durable = self.durable();
+        self.wal.append(self.ops.as_ref(), &frame, durable)?;
+        self.pending.insert(id.to_owned(), None);
+        self.log.append(
+            self.ops.as_ref(),
+            vec![LogEntry::Removed {
+                removed: id.to_owned(),
+                seq: Some(seq),
+            }],
+            false,
+        )?;
+        self.maybe_checkpoint();
+        self.maybe_compact();
+        Ok(existed)
+    }
+
+    /// Removes every record file and starts an empty log that keeps the
+    /// sequence, so change-feed cursors stay valid (under the exclusive lock).
+    pub(crate) fn clear(&mut self) -> Result<()> {
+        // Nothing may be left to replay over the cleared collection.
+        self.checkpoint()?;
+        for entry in read_dir(&self.dir)? {
+            let file_name = entry.file_name();
+            if file_name.to_str().and_then(records::record_stem).is_some() {
+                let path = entry.path();
+                self.ops()
+                    .remove_file(&path)
+                    .map_err(|err| io_error("removing", &path, err))?;
+            }
+        }
+        if self.durable() {
+            sync_dir(self.ops(), &self.dir)?;
+        }
+        self.log.forget_records();
+        let base = self.log.last_seq();
+        let durable = self.durable();
+        self.log.rewrite(self.ops.as_ref(), base, durable)
+    }
+
+    /// Every record, read from the files (under a lock), and the corrupt
+    /// files skipped.
+    pub(crate) fn read_all(&mut self) -> Result<(Vec<Record>, Vec<crate::CorruptFile>)> {
+        let (mut records, mut skipped) = records::read_all(&self.dir, &self.name)?;
+        if self.pending.is_empty() {
+            return Ok((records, skipped));
+        }
+        // Pending records stand in for whatever their files hold.
+        records.retain(|record| !self.pending.contains_key(record.id().as_str()));
+        let pending_paths: HashSet<PathBuf> =
+            self.pending.keys().map(|id| self.record_path(id)).collect();
+        skipped.retain(|file| !pending_paths.contains(&file.path));
+        let mut ids: Vec<&String> = self.pending.keys().collect();
+        ids.sort();
+        for id in ids {
+            match self.load(id)? {
+                RecordFile::Valid(record) => records.push(record),
+                RecordFile::Missing => {}
+                RecordFile::Corrupt(error) => skipped.push(crate::CorruptFile {
+                    path: self.record_path(id),
+                    error,
+                }),
+            }
+        }
+        Ok((records, skipped))
+    }
+
+    /// The change feed after `after` (under the shared lock). A record whose
+    /// file is corrupt is skipped with a warning and counted in `skipped`:
+    /// the feed must keep moving. A file that cannot be read fails the call.
+    pub(crate) fn changes(
+        &self,
+        after: Cursor,
+        limit: usize,
+        skipped: &mut u64,
+    ) -> Result<ChangePage> {
+        let mut page = ChangePage {
+            changes: Vec::new(),
+            next: after,
+            more: false,
+        };
+        let mut pending = self.log.after(after.get()).peekable();
+        while page.changes.len() < limit {
+            let Some((seq, id)) = pending.next() else {
+                break;
+            };
+            match self.load(id)? {
+                RecordFile::Valid(record) => page.changes.push(Change {
+                    cursor: Cursor::new(*seq),
+                    record,
+                }),
+                RecordFile::Missing => {}
+                RecordFile::Corrupt(err) => {
+                    tracing::warn!(%err, "skipping a corrupt record file in the change feed");
+                    *skipped += 1;
+                }
+            }
+            page.next = Cursor::new(*seq);
+        }
+        page.more = pending.peek().is_some();
+        Ok(page)
+    }
+}
+
+/// Whether a collection's directory exists: `false` when missing, a
+/// [`Error::Corrupt`] when a link or a file is in its place.
+pub(crate) fn check_dir(dir: &Path, collection: &str) -> Result<bool> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(meta) if meta.is_dir() => Ok(true),
+        Ok(meta) if meta.file_type().is_symlink() => {
+            Err(corrupt(collection, None, dir, LINK_REASON))
+        }
+        Ok(_) => Err(corrupt(
+            collection,
+            None,
+            dir,
+            "is a file where the store keeps the collection's directory",
+        )),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(err) => Err(io_error("inspecting", dir, err)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use serde_json::json;
+    use syncforge_core::{CollectionName, Content, RecordId, StorageBackend, Write};
+
+    use super::*;
+    use crate::files::OsFiles;
+    use crate::{FsBackend, FsOptions};
+
+    /// File operations whose appends to the change log fail while `failing`
+    /// is set: a writer that committed its frame and then could not (or did
+    /// not live to) enter its sequences in the change log.
+    #[derive(Debug, Default)]
+    struct BrokenLogAppends {
+        failing: AtomicBool,
+    }
+
+    impl FileOps for BrokenLogAppends {
+        fn create_dir(&self, path: &Path) -> io::Result<()> {
+            OsFiles.create_dir(path)
+        }
+        fn create_file(&self, path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
+            OsFiles.create_file(path, bytes, sync)
+        }
+        fn write_at(&self, path: &Path, offset: u64, bytes: &[u8], sync: bool) -> io::Result<()> {
+            if self.failing.load(Ordering::SeqCst) && path.ends_with(log::LOG_FILE) {
+                return Err(io::Error::other("the writer died here"));
+            }
+            OsFiles.write_at(path, offset, bytes, sync)
+        }
+        fn sync_file(&self, path: &Path) -> io::Result<()> {
+            OsFiles.sync_file(path)
+        }
+        fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+            OsFiles.rename(from, to)
+        }
+        fn remove_file(&self, path: &Path) -> io::Result<()> {
+            OsFiles.remove_file(path)
+        }
+        fn sync_dir(&self, path: &Path) -> io::Result<()> {
+            OsFiles.sync_dir(path)
+        }
+        fn open_lock_file(&self, path: &Path) -> io::Result<std::fs::File> {
+            OsFiles.open_lock_file(path)
+        }
+    }
+
+    fn note(id: &str, n: u64) -> Record {
+        let stamp = Stamp::new(1_000 + n, 0, "t").unwrap();
+        Record::create(
+            Content::from_value(json!({"id": id, "n": n})).unwrap(),
+            &stamp,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_frame_committed_by_a_writer_that_died_is_entered_by_the_next_handle() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ops = Arc::new(BrokenLogAppends::default());
+        let notes = CollectionName::new("notes").unwrap();
+        let writer = FsBackend::open_on(
+            ops.clone(),
+            tmp.path(),
+            FsOptions::default(),
+            Tuning::default(),
+        )
+        .await
+        .unwrap();
+        let reader = FsBackend::open(tmp.path()).await.unwrap();
+        writer
+            .put(&notes, &Write::create(note("n1", 1)))
+            .await
+            .unwrap();
+        // The reader has the collection open, with the log read.
+        assert_eq!(reader.get_all(&notes).await.unwrap().len(), 1);
+
+        ops.failing.store(true, Ordering::SeqCst);
+        let stored = writer
+            .get(&notes, &RecordId::new("n1").unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        let err = writer
+            .put_batch(
+                &notes,
+                &[
+                    Write::replace(note("n1", 2), stored.token),
+                    Write::create(note("n2", 1)),
+                ],
+            )
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("died"), "{err}");
+
+        let ids = [RecordId::new("n1").unwrap(), RecordId::new("n2").unwrap()];
+        let seen = reader.get_many(&notes, &ids).await.unwrap();
+        let counts: Vec<Option<u64>> = seen
+            .iter()
+            .map(|s| {
+                s.as_ref()
+                    .and_then(|s| s.record.get(&CollectionName::new("n").unwrap()))
+                    .and_then(serde_json::Value::as_u64)
+            })
+            .collect();
+        assert_eq!(counts, [Some(2), Some(1)]);
+        // Replayed with sequences above the frame's, so a reader holding the
+        // frame's cursors still sees them, and nothing is numbered twice.
+        let page = reader
+            .changes(&notes, Cursor::new(3), 10.try_into().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(page.changes.len(), 2);
+        ops.failing.store(false, Ordering::SeqCst);
+        let outcome = writer
+            .put(&notes, &Write::create(note("n3", 1)))
+            .await
+            .unwrap();
+        assert!(
+            matches!(outcome, WriteOutcome::Written { cursor, .. } if cursor.get() > page.next.get())
+        );
+    }
+}

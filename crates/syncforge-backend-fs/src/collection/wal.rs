@@ -1,0 +1,433 @@
+//! The write-ahead log (`.wal`): group commit for a collection.
+//!
+//! A write appends one *frame* holding every record of its batch (and every
+//! removal) to the log and syncs it once: from then on it is durable and is
+//! acknowledged. The record files and the change log are written afterwards
+//! without syncs; a *checkpoint* (see the collection) makes them durable when
+//! the log has grown, and only then empties the log. Opening a collection
+//! replays what the log holds, so a record whose file did not reach the disk
+//! before a power cut is written again from its frame.
+//!
+//! The first line is a header with a generation, new at every checkpoint, by
+//! which other handles notice that the log was emptied. Each frame is one
+//! line: 16 hex digits of the SHA-256 of the payload, a space, and the
+//! payload, `{"ops":[{"seq":7,"id":"n1","record":{...}},{"seq":8,"id":"n2"}],
+//! "newest":"<stamp>"}` (an op without `record` removes the record). A frame
+//! that is incomplete or whose digest does not match ends the log: it was
+//! being written when the process died or the power went, and was never
+//! acknowledged. The next append overwrites it.
+
+use std::borrow::Cow;
+use std::io::{Read as _, Seek as _, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+use syncforge_core::{Error, Result, Stamp};
+
+use crate::collection::log::micros_since_epoch;
+use crate::files::{io_error, is_link, open_for_reading, replace_atomically, FileOps};
+
+/// Name of the write-ahead log in a collection directory.
+pub(crate) const WAL_FILE: &str = ".wal";
+const WAL_FORMAT: &str = "syncforge-fs/wal";
+/// Hex digits of the digest that starts each frame (64 bits).
+const DIGEST_HEX: usize = 16;
+
+#[derive(Serialize, Deserialize)]
+struct WalHeader {
+    format: String,
+    version: u32,
+    generation: u64,
+}
+
+/// One change of a frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct WalOp {
+    /// The sequence the change was given.
+    pub(crate) seq: u64,
+    /// The record.
+    pub(crate) id: String,
+    /// Its canonical JSON, or `None` when it was removed.
+    pub(crate) record: Option<String>,
+}
+
+/// The changes of one batch, committed together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Frame {
+    pub(crate) ops: Vec<WalOp>,
+    /// The newest stamp among the records written.
+    pub(crate) newest: Option<Stamp>,
+}
+
+impl Frame {
+    /// The highest sequence the frame uses.
+    pub(crate) fn last_seq(&self) -> u64 {
+        self.ops.iter().map(|op| op.seq).max().unwrap_or(0)
+    }
+
+    /// The frame's line, digest first.
+    fn encode(&self) -> Result<String> {
+        let encode_error = |err: serde_json::Error| {
+            Error::storage(crate::BACKEND_NAME, format!("encoding a log frame: {err}"))
+        };
+        let mut payload = String::from("{\"ops\":[");
+        for (index, op) in self.ops.iter().enumerate() {
+            if index > 0 {
+                payload.push(',');
+            }
+            payload.push_str(&format!("{{\"seq\":{},\"id\":", op.seq));
+            payload.push_str(&serde_json::to_string(&op.id).map_err(encode_error)?);
+            if let Some(record) = &op.record {
+                // The record's canonical JSON, as it goes into its file.
+                payload.push_str(",\"record\":");
+                payload.push_str(record);
+            }
+            payload.push('}');
+        }
+        payload.push(']');
+        if let Some(newest) = &self.newest {
+            payload.push_str(",\"newest\":");
+            payload.push_str(&serde_json::to_string(newest).map_err(encode_error)?);
+        }
+        payload.push('}');
+        let mut line = digest(payload.as_bytes());
+        line.push(' ');
+        line.push_str(&payload);
+        line.push('\n');
+        Ok(line)
+    }
+
+    /// Reads a frame's line (without its newline); `None` when it is not a
+    /// whole, intact frame.
+    fn decode(line: &[u8]) -> Option<Frame> {
+        let (expected, payload) = (line.get(..DIGEST_HEX)?, line.get(DIGEST_HEX + 1..)?);
+        if line.get(DIGEST_HEX) != Some(&b' ') || digest(payload).as_bytes() != expected {
+            return None;
+        }
+        let wire: FrameWire<'_> = serde_json::from_slice(payload).ok()?;
+        Some(Frame {
+            ops: wire
+                .ops
+                .into_iter()
+                .map(|op| WalOp {
+                    seq: op.seq,
+                    id: op.id.into_owned(),
+                    record: op.record.map(|raw| raw.get().to_owned()),
+                })
+                .collect(),
+            newest: wire.newest,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct FrameWire<'a> {
+    #[serde(borrow)]
+    ops: Vec<OpWire<'a>>,
+    #[serde(default)]
+    newest: Option<Stamp>,
+}
+
+#[derive(Deserialize)]
+struct OpWire<'a> {
+    seq: u64,
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(borrow, default)]
+    record: Option<&'a RawValue>,
+}
+
+fn digest(payload: &[u8]) -> String {
+    let hash = Sha256::digest(payload);
+    hash.iter()
+        .take(DIGEST_HEX / 2)
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// What looking at the log found.
+#[derive(Debug)]
+pub(crate) enum Refresh {
+    /// Frames appended since the last look (all of them after a checkpoint
+    /// by another handle), oldest first.
+    Frames(Vec<Frame>),
+    /// The log is missing or its header unreadable: it must be started again
+    /// (under the exclusive lock).
+    Damaged(String),
+}
+
+/// A handle's view of one collection's write-ahead log.
+#[derive(Debug)]
+pub(crate) struct Wal {
+    path: PathBuf,
+    /// Generation of the log the view was read from; 0 when unknown.
+    generation: u64,
+    /// Where frames start (after the header).
+    header_len: u64,
+    /// The end of the last intact frame: where the next one goes.
+    end: u64,
+}
+
+impl Wal {
+    /// The view of the log in `dir`, empty until [`refresh`](Self::refresh).
+    pub(crate) fn new(dir: &Path) -> Wal {
+        Wal {
+            path: dir.join(WAL_FILE),
+            generation: 0,
+            header_len: 0,
+            end: 0,
+        }
+    }
+
+    /// The generation of the log the view was read from (0: not read).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Bytes of frames in the log.
+    pub(crate) fn frame_bytes(&self) -> u64 {
+        self.end.saturating_sub(self.header_len)
+    }
+
+    /// Forgets the view: the next refresh reads every frame again.
+    pub(crate) fn invalidate(&mut self) {
+        self.generation = 0;
+    }
+
+    /// Reads the frames appended since the last look.
+    pub(crate) fn refresh(&mut self) -> Result<Refresh> {
+        let path = self.path.clone();
+        let read_error = |err| io_error("reading", &path, err);
+        let mut file = match open_for_reading(&path) {
+            Ok(Some(file)) => file,
+            Ok(None) => return Ok(Refresh::Damaged("missing".to_owned())),
+            Err(_) if is_link(&path) => {
+                return Ok(Refresh::Damaged(crate::files::LINK_REASON.to_owned()))
+            }
+            Err(err) => return Err(io_error("opening", &path, err)),
+        };
+        let mut header = Vec::new();
+        let mut buf = [0u8; 128];
+        loop {
+            let n = file.read(&mut buf).map_err(read_error)?;
+            if n == 0 {
+                break;
+            }
+            header.extend_from_slice(&buf[..n]);
+            if header.contains(&b'\n') {
+                break;
+            }
+        }
+        let Some(newline) = header.iter().position(|b| *b == b'\n') else {
+            return Ok(Refresh::Damaged("no header".to_owned()));
+        };
+        let parsed: WalHeader = match serde_json::from_slice(&header[..newline]) {
+            Ok(parsed) => parsed,
+            Err(err) => return Ok(Refresh::Damaged(format!("unreadable header: {err}"))),
+        };
+        if parsed.format != WAL_FORMAT || parsed.version != 1 {
+            return Ok(Refresh::Damaged(format!(
+                "unknown format {:?} version {}",
+                parsed.format, parsed.version
+            )));
+        }
+        if parsed.generation != self.generation {
+            self.generation = parsed.generation;
+            self.header_len = newline as u64 + 1;
+            self.end = self.header_len;
+        }
+        file.seek(SeekFrom::Start(self.end)).map_err(read_error)?;
+        let mut tail = Vec::new();
+        file.read_to_end(&mut tail).map_err(read_error)?;
+        let mut frames = Vec::new();
+        for line in tail.split_inclusive(|b| *b == b'\n') {
+            let Some(frame) = line.strip_suffix(b"\n").and_then(Frame::decode) else {
+                break;
+            };
+            frames.push(frame);
+            self.end += line.len() as u64;
+        }
+        Ok(Refresh::Frames(frames))
+    }
+
+    /// Every frame the log holds, read again from the start.
+    pub(crate) fn read_all(&mut self) -> Result<Refresh> {
+        self.invalidate();
+        self.refresh()
+    }
+
+    /// Appends a frame after the last intact one (under the exclusive lock),
+    /// synced when `sync`: once this returns, the frame is committed.
+    pub(crate) fn append(&mut self, ops: &dyn FileOps, frame: &Frame, sync: bool) -> Result<()> {
+        let line = frame.encode()?;
+        ops.write_at(&self.path, self.end, line.as_bytes(), sync)
+            .map_err(|err| io_error("appending to", &self.path, err))?;
+        self.end += line.len() as u64;
+        Ok(())
+    }
+
+    /// Starts the log again, empty, with a new generation (under the
+    /// exclusive lock): a checkpoint made every frame durable elsewhere, or
+    /// the log was missing or damaged. A link in its place is replaced.
+    pub(crate) fn reset(&mut self, ops: &dyn FileOps, sync: bool) -> Result<()> {
+        let generation = self.generation.saturating_add(1).max(micros_since_epoch());
+        let mut header = serde_json::to_string(&WalHeader {
+            format: WAL_FORMAT.to_owned(),
+            version: 1,
+            generation,
+        })
+        .map_err(|err| {
+            Error::storage(crate::BACKEND_NAME, format!("encoding a log header: {err}"))
+        })?;
+        header.push('\n');
+        let regular = std::fs::symlink_metadata(&self.path).is_ok_and(|meta| meta.is_file());
+        if regular {
+            ops.write_at(&self.path, 0, header.as_bytes(), sync)
+                .map_err(|err| io_error("emptying", &self.path, err))?;
+        } else {
+            replace_atomically(ops, &self.path, header.as_bytes(), sync)?;
+        }
+        self.generation = generation;
+        self.header_len = header.len() as u64;
+        self.end = self.header_len;
+        Ok(())
+    }
+}
+
+/// Whether the log in `dir` holds a record whose last change is a write: a
+/// collection whose record files are not written yet (after a power cut,
+/// say) still has that record.
+pub(crate) fn holds_records(dir: &Path) -> Result<bool> {
+    let mut wal = Wal::new(dir);
+    let Refresh::Frames(frames) = wal.refresh()? else {
+        return Ok(false);
+    };
+    let mut last = std::collections::HashMap::new();
+    for op in frames.iter().flat_map(|frame| &frame.ops) {
+        last.insert(op.id.as_str(), op.record.is_some());
+    }
+    Ok(last.into_values().any(|written| written))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::files::OsFiles;
+
+    fn frame(first_seq: u64, ids: &[&str]) -> Frame {
+        Frame {
+            ops: ids
+                .iter()
+                .enumerate()
+                .map(|(n, id)| WalOp {
+                    seq: first_seq + n as u64,
+                    id: (*id).to_owned(),
+                    record: (!id.starts_with('-'))
+                        .then(|| format!("{{\"id\":{id:?},\"n\":\"a\\nb\"}}")),
+                })
+                .collect(),
+            newest: Some(Stamp::new(1_000, 0, "t").unwrap()),
+        }
+    }
+
+    fn started(dir: &Path) -> Wal {
+        let mut wal = Wal::new(dir);
+        assert!(matches!(wal.refresh().unwrap(), Refresh::Damaged(_)));
+        wal.reset(&OsFiles, false).unwrap();
+        wal
+    }
+
+    fn frames(refresh: Refresh) -> Vec<Frame> {
+        match refresh {
+            Refresh::Frames(frames) => frames,
+            Refresh::Damaged(why) => panic!("damaged: {why}"),
+        }
+    }
+
+    #[test]
+    fn frames_round_trip_and_other_views_read_only_new_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut writer = started(tmp.path());
+        let mut reader = Wal::new(tmp.path());
+        assert!(frames(reader.refresh().unwrap()).is_empty());
+        let first = frame(1, &["a", "b", "-gone"]);
+        writer.append(&OsFiles, &first, true).unwrap();
+        assert_eq!(
+            frames(reader.refresh().unwrap()),
+            std::slice::from_ref(&first)
+        );
+        assert_eq!(first.last_seq(), 3);
+        let second = frame(4, &["weird \"id\"\n"]);
+        writer.append(&OsFiles, &second, false).unwrap();
+        assert_eq!(
+            frames(reader.refresh().unwrap()),
+            std::slice::from_ref(&second)
+        );
+        assert_eq!(frames(reader.read_all().unwrap()), [first, second]);
+        assert_eq!(reader.frame_bytes(), writer.frame_bytes());
+        assert!(holds_records(tmp.path()).unwrap());
+    }
+
+    #[test]
+    fn a_torn_or_damaged_frame_ends_the_log_and_is_overwritten() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut writer = started(tmp.path());
+        writer.append(&OsFiles, &frame(1, &["a"]), false).unwrap();
+        let path = tmp.path().join(WAL_FILE);
+        let good = std::fs::read(&path).unwrap();
+        let whole = frame(2, &["b"]).encode().unwrap();
+        for damage in [
+            // Cut short: never acknowledged.
+            whole.as_bytes()[..whole.len() / 2].to_vec(),
+            // Whole line, wrong content (a disk that kept garbage).
+            whole.replace("\"b\"", "\"c\"").into_bytes(),
+            vec![0; 64],
+        ] {
+            let mut bytes = good.clone();
+            bytes.extend_from_slice(&damage);
+            std::fs::write(&path, &bytes).unwrap();
+            let mut reader = Wal::new(tmp.path());
+            assert_eq!(frames(reader.refresh().unwrap()).len(), 1);
+            let third = frame(3, &["c"]);
+            reader.append(&OsFiles, &third, false).unwrap();
+            let mut again = Wal::new(tmp.path());
+            let seen = frames(again.refresh().unwrap());
+            assert_eq!(seen.len(), 2);
+            assert_eq!(seen[1], third);
+        }
+    }
+
+    #[test]
+    fn a_reset_empties_the_log_and_other_views_notice() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut writer = started(tmp.path());
+        let mut reader = Wal::new(tmp.path());
+        writer.append(&OsFiles, &frame(1, &["a"]), false).unwrap();
+        assert_eq!(frames(reader.refresh().unwrap()).len(), 1);
+        writer.reset(&OsFiles, true).unwrap();
+        assert_eq!(writer.frame_bytes(), 0);
+        assert!(!holds_records(tmp.path()).unwrap());
+        let after = frame(2, &["b"]);
+        writer.append(&OsFiles, &after, false).unwrap();
+        assert_eq!(frames(reader.refresh().unwrap()), [after]);
+    }
+
+    #[test]
+    fn a_missing_or_foreign_log_is_damaged() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut wal = Wal::new(tmp.path());
+        assert!(matches!(wal.refresh().unwrap(), Refresh::Damaged(why) if why == "missing"));
+        std::fs::write(
+            tmp.path().join(WAL_FILE),
+            b"{\"format\":\"x\",\"version\":1,\"generation\":1}\n",
+        )
+        .unwrap();
+        assert!(matches!(wal.refresh().unwrap(), Refresh::Damaged(why) if why.contains("format")));
+        std::fs::write(tmp.path().join(WAL_FILE), b"").unwrap();
+        assert!(matches!(wal.refresh().unwrap(), Refresh::Damaged(_)));
+        wal.reset(&OsFiles, false).unwrap();
+        assert!(frames(wal.refresh().unwrap()).is_empty());
+    }
+}

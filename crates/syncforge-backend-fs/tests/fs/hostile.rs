@@ -1,0 +1,281 @@
+//! A hostile directory: symbolic links planted inside the store are never
+//! followed, and files that cannot be read are errors, not absences.
+
+use std::path::Path;
+
+use syncforge_backend_fs::FsBackend;
+use syncforge_core::{Error, StorageBackend, Write, WriteOutcome};
+
+use crate::{at, coll, count_of, counter, limit, put_any, rid, rids, store_with_torn_r1, tree};
+
+/// A directory outside the store holding one file, and its content.
+fn outside(tmp: &Path) -> (std::path::PathBuf, std::path::PathBuf, Vec<u8>) {
+    let dir = tmp.join("outside");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("precious.txt");
+    let content = counter("r1", 99).to_json_string().into_bytes();
+    std::fs::write(&file, &content).unwrap();
+    (dir, file, content)
+}
+
+fn assert_corrupt(err: &Error, path_part: &str) {
+    assert!(
+        matches!(err, Error::Corrupt { location, .. } if location.contains(path_part)),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_directory_in_a_record_files_place_is_an_error_not_an_absence() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FsBackend::open(tmp.path()).await.unwrap();
+    for n in 0..3 {
+        put_any(&store, "notes", counter(&format!("r{n}"), n)).await;
+    }
+    store.checkpoint().await.unwrap();
+    let file = tmp.path().join("notes").join("r1.json");
+    std::fs::remove_file(&file).unwrap();
+    std::fs::create_dir(&file).unwrap();
+
+    for err in [
+        store.get_all(&coll("notes")).await.unwrap_err(),
+        store.get(&coll("notes"), &rid("r1")).await.unwrap_err(),
+        store
+            .get_many(&coll("notes"), &rids(&["r0", "r1"]))
+            .await
+            .unwrap_err(),
+        store
+            .changes(&coll("notes"), at(0), limit(10))
+            .await
+            .unwrap_err(),
+        store.corrupt_files(&coll("notes")).await.unwrap_err(),
+    ] {
+        assert!(matches!(err, Error::Storage { .. }), "{err}");
+        assert!(err.to_string().contains("r1.json"), "{err}");
+    }
+    // The feed did not move past it: once it is readable again, it is there.
+    std::fs::remove_dir(&file).unwrap();
+    std::fs::write(&file, counter("r1", 7).to_json_string()).unwrap();
+    let page = store
+        .changes(&coll("notes"), at(0), limit(10))
+        .await
+        .unwrap();
+    assert_eq!(page.changes.len(), 3);
+    assert_eq!(store.corrupt_skipped(), 0);
+}
+
+#[tokio::test]
+async fn skipped_corrupt_files_are_counted_where_the_caller_sees_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, broken) = store_with_torn_r1(tmp.path()).await;
+    assert_eq!(store.corrupt_skipped(), 0);
+    assert_eq!(store.get_all(&coll("notes")).await.unwrap().len(), 2);
+    assert_eq!(store.corrupt_skipped(), 1);
+    let page = store
+        .changes(&coll("notes"), at(0), limit(10))
+        .await
+        .unwrap();
+    assert_eq!(page.changes.len(), 2);
+    assert_eq!(store.corrupt_skipped(), 2);
+    store
+        .get_many(&coll("notes"), &rids(&["r1"]))
+        .await
+        .unwrap();
+    assert_eq!(store.corrupt_skipped(), 3);
+    let err = store.get(&coll("notes"), &rid("r1")).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Corrupt { backend: "filesystem", collection, id: Some(id), location, .. }
+            if collection == "notes" && id == "r1" && *location == broken.display().to_string()),
+        "{err}"
+    );
+}
+
+#[cfg(unix)]
+mod links {
+    use std::os::unix::fs::symlink;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_linked_record_file_is_corrupt_and_a_write_moves_the_link_aside_not_its_target() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (_, precious, content) = outside(tmp.path());
+        let root = tmp.path().join("store");
+        let store = FsBackend::open(&root).await.unwrap();
+        put_any(&store, "notes", counter("r0", 0)).await;
+        let token = {
+            put_any(&store, "notes", counter("r1", 1)).await;
+            store
+                .get(&coll("notes"), &rid("r1"))
+                .await
+                .unwrap()
+                .unwrap()
+                .token
+        };
+        store.checkpoint().await.unwrap();
+        let file = root.join("notes").join("r1.json");
+        std::fs::remove_file(&file).unwrap();
+        symlink(&precious, &file).unwrap();
+
+        // It holds a valid "r1", but through a link: never read.
+        let err = store.get(&coll("notes"), &rid("r1")).await.unwrap_err();
+        assert_corrupt(&err, "r1.json");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(store.get_all(&coll("notes")).await.unwrap().len(), 1);
+        assert_eq!(store.corrupt_files(&coll("notes")).await.unwrap().len(), 1);
+
+        // Writing the record moves the link itself aside (at the checkpoint).
+        let outcome = store
+            .put(&coll("notes"), &Write::replace(counter("r1", 2), token))
+            .await
+            .unwrap();
+        assert!(matches!(outcome, WriteOutcome::Written { .. }));
+        store.checkpoint().await.unwrap();
+        assert_eq!(std::fs::read(&precious).unwrap(), content);
+        assert!(!std::fs::symlink_metadata(&file)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+
+        // A create over a link moves the link aside, still not touching its
+        // target. (Closing checkpoints: the write-ahead log no longer holds
+        // r1, which an opening handle would otherwise write again.)
+        store.close().await.unwrap();
+        std::fs::remove_file(&file).unwrap();
+        symlink(&precious, &file).unwrap();
+        let reopened = FsBackend::open(&root).await.unwrap();
+        let found = reopened
+            .get_many(&coll("notes"), &rids(&["r1"]))
+            .await
+            .unwrap();
+        assert!(found[0].is_none());
+        let outcome = reopened
+            .put(&coll("notes"), &Write::create(counter("r1", 3)))
+            .await
+            .unwrap();
+        assert!(matches!(outcome, WriteOutcome::Written { .. }));
+        reopened.checkpoint().await.unwrap();
+        assert_eq!(std::fs::read(&precious).unwrap(), content);
+        let stored = reopened
+            .get(&coll("notes"), &rid("r1"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(count_of(&stored.record), 3);
+        // Both links, kept for inspection, neither followed.
+        let aside = tree(&root.join("notes").join(".corrupt"));
+        assert_eq!(aside.len(), 2, "{aside:?}");
+    }
+
+    #[tokio::test]
+    async fn a_linked_collection_directory_is_refused_and_not_listed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (outside_dir, _, _) = outside(tmp.path());
+        let root = tmp.path().join("store");
+        let store = FsBackend::open(&root).await.unwrap();
+        put_any(&store, "real", counter("r0", 0)).await;
+        symlink(&outside_dir, root.join("notes")).unwrap();
+        let before = tree(&outside_dir);
+
+        let fresh = FsBackend::open(&root).await.unwrap();
+        let err = fresh
+            .put(&coll("notes"), &Write::create(counter("r1", 1)))
+            .await
+            .unwrap_err();
+        assert_corrupt(&err, "notes");
+        let err = fresh.get(&coll("notes"), &rid("r1")).await.unwrap_err();
+        assert_corrupt(&err, "notes");
+        assert!(fresh.get_all(&coll("notes")).await.is_err());
+        assert_eq!(fresh.list_collections().await.unwrap(), [coll("real")]);
+        assert_eq!(
+            tree(&outside_dir),
+            before,
+            "nothing was written through the link"
+        );
+
+        // A link swapped in after a handle opened the collection is refused too.
+        let swapped_dir = root.join("real");
+        std::fs::rename(&swapped_dir, tmp.path().join("moved")).unwrap();
+        symlink(&outside_dir, &swapped_dir).unwrap();
+        let err = store
+            .put(&coll("real"), &Write::create(counter("r2", 2)))
+            .await
+            .unwrap_err();
+        assert_corrupt(&err, "real");
+        assert_eq!(tree(&outside_dir), before);
+    }
+
+    #[tokio::test]
+    async fn a_linked_change_log_is_replaced_by_a_rebuilt_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (_, precious, content) = outside(tmp.path());
+        let root = tmp.path().join("store");
+        let store = FsBackend::open(&root).await.unwrap();
+        let cursor = put_any(&store, "notes", counter("r0", 0)).await;
+        store.close().await.unwrap();
+        let log = root.join("notes").join(".changes");
+        std::fs::remove_file(&log).unwrap();
+        symlink(&precious, &log).unwrap();
+
+        let reopened = FsBackend::open(&root).await.unwrap();
+        put_any(&reopened, "notes", counter("r1", 1)).await;
+        assert_eq!(std::fs::read(&precious).unwrap(), content);
+        assert!(!std::fs::symlink_metadata(&log)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        let page = reopened
+            .changes(&coll("notes"), at(cursor), limit(10))
+            .await
+            .unwrap();
+        assert_eq!(page.changes.len(), 2, "both records are seen again");
+    }
+
+    #[tokio::test]
+    async fn linked_store_files_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (outside_dir, precious, content) = outside(tmp.path());
+        let root = tmp.path().join("store");
+        let store = FsBackend::open(&root).await.unwrap();
+        put_any(&store, "notes", counter("r0", 0)).await;
+        store.close().await.unwrap();
+
+        // The metadata file.
+        symlink(&precious, root.join(".meta.json")).unwrap();
+        let reopened = FsBackend::open(&root).await.unwrap();
+        assert_corrupt(&reopened.get_meta("k").await.unwrap_err(), ".meta.json");
+        assert_corrupt(
+            &reopened.set_meta("k", "v").await.unwrap_err(),
+            ".meta.json",
+        );
+        assert_eq!(std::fs::read(&precious).unwrap(), content);
+
+        // A collection's lock file.
+        let lock = root.join("notes").join(".lock");
+        std::fs::remove_file(&lock).unwrap();
+        symlink(&precious, &lock).unwrap();
+        assert_corrupt(
+            &reopened.get_all(&coll("notes")).await.unwrap_err(),
+            ".lock",
+        );
+        std::fs::remove_file(&lock).unwrap();
+
+        // The sidecar for corrupt files: nothing is moved into a linked one.
+        std::fs::write(root.join("notes").join("r0.json"), b"torn").unwrap();
+        symlink(&outside_dir, root.join("notes").join(".corrupt")).unwrap();
+        let before = tree(&outside_dir);
+        // Committed to the write-ahead log; writing the file needs the
+        // corrupt one moved aside first, which the checkpoint refuses.
+        reopened
+            .put(&coll("notes"), &Write::create(counter("r0", 1)))
+            .await
+            .unwrap();
+        let err = reopened.checkpoint().await.unwrap_err();
+        assert_corrupt(&err, ".corrupt");
+        assert_eq!(tree(&outside_dir), before);
+        assert_eq!(
+            std::fs::read(root.join("notes").join("r0.json")).unwrap(),
+            b"torn"
+        );
+    }
+}
