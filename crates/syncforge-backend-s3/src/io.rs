@@ -210,7 +210,8 @@ pub(crate) fn map_error(error: object_store::Error, doing: &str, path: &Path) ->
             format!(
                 "{doing} {path}: this object store cannot do what the backend needs (conditional \
                  create and conditional update on ETags); use S3, an S3-compatible server with \
-                 conditional writes, GCS, Azure, or syncforge-backend-fs for a local directory"
+                 conditional writes, GCS, Azure, or S3Backend::local_directory for a local \
+                 directory"
             ),
             error,
         ),

@@ -34,6 +34,28 @@ async fn conforms_on_object_stores_in_memory_store() {
     .await;
 }
 
+/// Opens handles on one directory, each with a `LocalDirectory` of its own
+/// (as separate processes would: their writes exclude each other through
+/// the lock file, not through shared memory).
+struct OnDirectory {
+    dir: tempfile::TempDir,
+}
+
+#[syncforge_core::async_trait]
+impl StoreFactory for OnDirectory {
+    async fn open(&self) -> Arc<dyn StorageBackend> {
+        Arc::new(S3Backend::local_directory(self.dir.path(), "dse").unwrap())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conforms_on_a_local_directory() {
+    run_conformance(&OnDirectory {
+        dir: tempfile::tempdir().unwrap(),
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conforms_on_a_real_s3_server() {
     let Some(server) = support::s3_server().await else {

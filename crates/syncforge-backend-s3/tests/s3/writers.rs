@@ -36,7 +36,7 @@ fn handle(store: &Arc<dyn ObjectStore>, prefix: &str) -> S3Backend {
 
 /// Reads the whole feed after `after`: each id's latest state, checking
 /// that no id comes twice in one page and cursors increase.
-async fn follow(
+pub(crate) async fn follow(
     store: &dyn StorageBackend,
     collection: &CollectionName,
     mut after: Cursor,
@@ -63,7 +63,7 @@ async fn follow(
 }
 
 /// Every record of the collection, by id.
-async fn all(
+pub(crate) async fn all(
     store: &dyn StorageBackend,
     collection: &CollectionName,
 ) -> BTreeMap<RecordId, Record> {
