@@ -61,14 +61,18 @@ async fn conforms_on_a_real_s3_server() {
     let Some(server) = support::s3_server().await else {
         return;
     };
-    // moto serves one request at a time (~140/s): the checks with eight
-    // racing writers make thousands of requests there.
+    // moto serves one request at a time (~140/s, fewer as its bucket
+    // grows: it scans every key to list a prefix). The whole suite made
+    // about 15,900 requests in 285 s on a fresh server (load 6 on two
+    // cores), most in the checks where eight writers race; on a server
+    // already holding ~20,000 objects one of those checks passed 300 s.
+    // The bound is there to catch a hang, with room for a busier machine.
     run_conformance_within(
         &OnStore {
             store: server.store(),
             prefix: support::unique_prefix("conformance"),
         },
-        Duration::from_secs(300),
+        Duration::from_secs(600),
     )
     .await;
 }
