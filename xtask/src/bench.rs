@@ -1,12 +1,13 @@
 //! `cargo xtask bench [--quick]`: runs the benchmarks and prints one table of
 //! what they measured against the project's targets.
 //!
-//! The bench binaries (criterion, in `crates/syncforge/benches` and in the
-//! separate `benches/peers` workspace) append their medians of this run to
+//! The bench binaries (criterion, in `crates/syncforge/benches`, in the
+//! backends' and `syncforge-http`'s `benches`, and in the separate
+//! `benches/peers` workspace) append their figures of this run to
 //! `summary.tsv` in the output directory; this module clears that file first,
 //! runs them, then reads it back. So every figure in the table comes from the
-//! run that printed it. `--quick` keeps criterion's samples few (under two
-//! minutes once built); the full mode is for numbers worth reporting.
+//! run that printed it. `--quick` keeps criterion's samples few; the full
+//! mode is for numbers worth reporting.
 //!
 //! Peers (`crdts`, `automerge`) live in their own workspace so that neither CI
 //! nor users ever compile them unless they ask for the benchmarks.
@@ -15,6 +16,11 @@
 //! for `cargo xtask ci` when it is not running (and stopped afterwards), and
 //! the same run measures `redis-benchmark -q -P 100 -t hset` on that server,
 //! the ceiling the sync row is judged against.
+//!
+//! The S3 rows run against moto, started the same way. Against it they count
+//! requests per record (moto serves one request at a time, so its rate would
+//! measure moto); the latency rows time the same workloads on an in-memory
+//! store whose every request waits 20 ms.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -27,8 +33,9 @@ use crate::services;
 const PEERS_MANIFEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../benches/peers/Cargo.toml");
 
 /// The bench runs, in order: the core workloads, peak memory, the
-/// filesystem backend, sync over HTTP, and (full mode only: building `automerge` and its
-/// documents alone takes minutes) the peers comparison.
+/// filesystem backend, sync over HTTP, the Redis and S3 backends, and (full
+/// mode only: building `automerge` and its documents alone takes minutes) the
+/// peers comparison.
 fn runs(quick: bool) -> Vec<Cargo> {
     let mut runs = vec![
         Cargo::new(&["bench", "-p", "syncforge", "--bench", "workloads"]),
@@ -44,6 +51,7 @@ fn runs(quick: bool) -> Vec<Cargo> {
             "http",
         ]),
         Cargo::new(&["bench", "-p", "syncforge-backend-redis", "--bench", "redis"]),
+        Cargo::new(&["bench", "-p", "syncforge-backend-s3", "--bench", "s3"]),
     ];
     if !quick {
         // The peers workspace builds into this workspace's target directory,
@@ -81,6 +89,12 @@ enum Target {
     BytesPerRecord,
     /// The rate as a share of row `of`'s rate (a reference, not judged).
     ShareOf { of: &'static str },
+    /// At most this many requests per record.
+    RequestsAtMost(f64),
+    /// Requests per record at most `factor` times those of row `of`.
+    RequestsWithinOf { of: &'static str, factor: f64 },
+    /// One iteration (the whole workload) in at most this many seconds.
+    SecondsAtMost(f64),
 }
 
 /// A row of the table: the key the bench binaries write, its label and target.
@@ -233,6 +247,72 @@ const ROWS: &[RowSpec] = &[
         },
     },
     RowSpec {
+        key: "s3_moto_put_1k",
+        label: "s3 on moto: put 1k (quick 200), one at a time",
+        target: Target::None,
+    },
+    RowSpec {
+        key: "s3_moto_sync_1k_empty",
+        label: "s3 on moto: sync 1k into an empty collection",
+        target: Target::RequestsAtMost(1.2),
+    },
+    RowSpec {
+        key: "s3_moto_get_all_1k",
+        label: "s3 on moto: get_all of 1k",
+        target: Target::None,
+    },
+    RowSpec {
+        key: "s3_moto_incremental_100_into_500",
+        label: "s3 on moto: sync 100 changes into 500",
+        target: Target::None,
+    },
+    RowSpec {
+        key: "s3_moto_incremental_100_into_5k",
+        label: "s3 on moto: sync 100 changes into 5k",
+        target: Target::RequestsWithinOf {
+            of: "s3_moto_incremental_100_into_500",
+            factor: 1.1,
+        },
+    },
+    RowSpec {
+        key: "s3_moto_feed_100_of_500",
+        label: "s3 on moto: read 100 changes, feed of 500",
+        target: Target::None,
+    },
+    RowSpec {
+        key: "s3_moto_feed_100_of_5k",
+        label: "s3 on moto: read 100 changes, feed of 5k",
+        target: Target::RequestsWithinOf {
+            of: "s3_moto_feed_100_of_500",
+            factor: 1.1,
+        },
+    },
+    RowSpec {
+        key: "s3_20ms_put_50",
+        label: "s3 at 20 ms/request: put 50, one at a time",
+        target: Target::None,
+    },
+    RowSpec {
+        key: "s3_20ms_sync_1k_empty",
+        label: "s3 at 20 ms/request: sync 1k into empty",
+        target: Target::SecondsAtMost(1.5),
+    },
+    RowSpec {
+        key: "s3_20ms_get_all_1k",
+        label: "s3 at 20 ms/request: get_all of 1k",
+        target: Target::None,
+    },
+    RowSpec {
+        key: "s3_20ms_incremental_100_into_500",
+        label: "s3 at 20 ms/request: 100 changes feed+sync into 500",
+        target: Target::None,
+    },
+    RowSpec {
+        key: "s3_20ms_incremental_100_into_5k",
+        label: "s3 at 20 ms/request: 100 changes feed+sync into 5k",
+        target: Target::SecondsAtMost(0.5),
+    },
+    RowSpec {
         key: "peers_w3_syncforge",
         label: "peers: W3 merge, syncforge",
         target: Target::None,
@@ -262,6 +342,8 @@ enum Measured {
     Timing { records: f64, median_ns: f64 },
     /// A plain figure (bytes of memory).
     Value(f64),
+    /// Requests made per record.
+    Requests(f64),
 }
 
 impl Measured {
@@ -275,8 +357,9 @@ impl Measured {
     }
 }
 
-/// Reads `summary.tsv`: `key \t records \t median ns` or `key \t value \t figure`.
-/// A key reported twice keeps its last figure; malformed lines are named.
+/// Reads `summary.tsv`: `key \t records \t median ns`, `key \t value \t figure`
+/// or `key \t requests \t requests per record`. A key reported twice keeps
+/// its last figure; malformed lines are named.
 fn parse_summary(text: &str) -> Result<HashMap<String, Measured>, String> {
     let mut rows = HashMap::new();
     for (number, line) in text.lines().enumerate() {
@@ -291,13 +374,13 @@ fn parse_summary(text: &str) -> Result<HashMap<String, Measured>, String> {
             return Err(bad());
         };
         let figure: f64 = figure.parse().map_err(|_| bad())?;
-        let measured = if kind == "value" {
-            Measured::Value(figure)
-        } else {
-            Measured::Timing {
-                records: kind.parse().map_err(|_| bad())?,
+        let measured = match kind {
+            "value" => Measured::Value(figure),
+            "requests" => Measured::Requests(figure),
+            records => Measured::Timing {
+                records: records.parse().map_err(|_| bad())?,
                 median_ns: figure,
-            }
+            },
         };
         rows.insert(key.to_owned(), measured);
     }
@@ -340,6 +423,10 @@ fn quick_skips(key: &str) -> bool {
 /// Builds the table from what was measured. Rows not measured say so.
 fn table(measured: &HashMap<String, Measured>) -> Vec<Line> {
     let speed = |key: &str| measured.get(key).and_then(|m| m.per_second());
+    let requests = |key: &str| match measured.get(key) {
+        Some(Measured::Requests(per_record)) => Some(*per_record),
+        _ => None,
+    };
     let baseline = speed("baseline_hashmap");
     ROWS.iter()
         .map(|row| {
@@ -362,13 +449,14 @@ fn table(measured: &HashMap<String, Measured>) -> Vec<Line> {
                     format!("{bytes:.0} B/record")
                 }
                 Measured::Value(bytes) => format!("{:.0} MiB", bytes / MIB),
+                Measured::Requests(per_record) => format!("{per_record:.2} req/record"),
                 Measured::Timing { .. } => own.map_or_else(|| "-".to_owned(), rate),
             };
             let vs_baseline = match (own, baseline) {
                 (Some(own), Some(base)) => format!("{:.3}x", own / base),
                 _ => String::new(),
             };
-            let (target, verdict) = judge(row.target, this, own, &speed);
+            let (target, verdict) = judge(row.target, this, own, &speed, &requests);
             Line {
                 label: row.label,
                 figure,
@@ -386,6 +474,7 @@ fn judge(
     this: Measured,
     own: Option<f64>,
     speed: &dyn Fn(&str) -> Option<f64>,
+    requests: &dyn Fn(&str) -> Option<f64>,
 ) -> (String, &'static str) {
     match target {
         Target::None | Target::BytesPerRecord => (String::new(), ""),
@@ -397,9 +486,33 @@ fn judge(
             format!("< {:.0} MiB", max / MIB),
             match this {
                 Measured::Value(bytes) => verdict(bytes < max),
-                Measured::Timing { .. } => "-",
+                Measured::Timing { .. } | Measured::Requests(_) => "-",
             },
         ),
+        Target::RequestsAtMost(max) => (
+            format!("<= {max} req/record"),
+            match this {
+                Measured::Requests(per_record) => verdict(per_record <= max),
+                Measured::Timing { .. } | Measured::Value(_) => "-",
+            },
+        ),
+        Target::RequestsWithinOf { of, factor } => match (this, requests(of)) {
+            (Measured::Requests(per_record), Some(other)) if other > 0.0 => (
+                format!(
+                    "<= {factor}x req/record of {of} (is {:.2}x)",
+                    per_record / other
+                ),
+                verdict(per_record / other <= factor),
+            ),
+            _ => (format!("<= {factor}x req/record of {of}"), "-"),
+        },
+        Target::SecondsAtMost(max) => match this {
+            Measured::Timing { median_ns, .. } => (
+                format!("<= {max} s a run (is {:.2} s)", median_ns / 1e9),
+                verdict(median_ns / 1e9 <= max),
+            ),
+            Measured::Value(_) | Measured::Requests(_) => (format!("<= {max} s a run"), "-"),
+        },
         Target::WithinTimeOf { of, factor } => match (own, speed(of)) {
             // Time per record is the inverse of the rate.
             (Some(own), Some(other)) => (
@@ -609,6 +722,46 @@ mod tests {
         assert_eq!(share.target, "25.0% of redis_benchmark_hset");
         let sync = line(&lines, "redis: sync 10k (quick 1k)");
         assert_eq!((sync.figure.as_str(), sync.verdict), ("250.0 k/s", "MISS"));
+    }
+
+    #[test]
+    fn request_counts_and_run_times_are_judged() {
+        // 1.05 requests per record passes 1.2; into 5k costs 1.3x into 500:
+        // a miss; 1.4 s for the 1k sync passes 1.5 s, 0.6 s misses 0.5 s.
+        let rows = measured(
+            "s3_moto_sync_1k_empty\trequests\t1.05\n\
+             s3_moto_incremental_100_into_500\trequests\t2\n\
+             s3_moto_incremental_100_into_5k\trequests\t2.6\n\
+             s3_20ms_sync_1k_empty\t1000\t1400000000\n\
+             s3_20ms_incremental_100_into_5k\t100\t600000000\n",
+        );
+        assert_eq!(rows["s3_moto_sync_1k_empty"], Measured::Requests(1.05));
+        let lines = table(&rows);
+        let sync = line(&lines, "s3 on moto: sync 1k");
+        assert_eq!(
+            (
+                sync.figure.as_str(),
+                sync.vs_baseline.as_str(),
+                sync.verdict
+            ),
+            ("1.05 req/record", "", "pass")
+        );
+        let larger = line(&lines, "s3 on moto: sync 100 changes into 5k");
+        assert_eq!(larger.verdict, "MISS");
+        assert!(larger.target.contains("is 1.30x"), "{}", larger.target);
+        let timed = line(&lines, "s3 at 20 ms/request: sync 1k");
+        assert_eq!(timed.verdict, "pass");
+        assert!(timed.target.contains("is 1.40 s"), "{}", timed.target);
+        assert_eq!(
+            line(&lines, "s3 at 20 ms/request: 100 changes feed+sync into 5k").verdict,
+            "MISS"
+        );
+        // A relative target without its reference row is not judged.
+        let alone = table(&measured("s3_moto_feed_100_of_5k\trequests\t1\n"));
+        assert_eq!(
+            line(&alone, "s3 on moto: read 100 changes, feed of 5k").verdict,
+            "-"
+        );
     }
 
     #[test]

@@ -31,8 +31,8 @@ Commands:
          for the tests unless they are already set.
   deny   Run `cargo deny check bans licenses sources` (needs cargo-deny).
   bench  Run the benchmarks (core workloads, peak memory, filesystem backend,
-         Redis backend against the standalone test server, which it starts
-         if needed, peers) and print a table of medians against the targets.
+         Redis and S3 backends against the test servers, which it starts if
+         needed, peers) and print a table of medians against the targets.
          `--quick` runs few samples and skips the peers (everyday use);
          without it, enough for numbers worth reporting.
   services

@@ -50,7 +50,10 @@ pub struct S3Config {
 /// Tuning shared by [`S3Config`] and [`S3Backend::from_store`](crate::S3Backend::from_store).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreOptions {
-    /// Requests one handle keeps in flight at most (default 32).
+    /// Requests one handle keeps in flight at most (default 64: the writes
+    /// of an engine batch, 100 records by default, go out in two rounds; at
+    /// 20 ms a request, a sync of 1,000 records takes about 1.2 s instead of
+    /// 1.6 s with 32).
     pub max_in_flight: NonZeroUsize,
     /// Every this many feed entries, the writer of the entry folds the older
     /// entries of its collection into a segment (default 256). Lower values
@@ -61,7 +64,7 @@ pub struct StoreOptions {
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
-            max_in_flight: NonZeroUsize::new(32).unwrap_or(NonZeroUsize::MIN),
+            max_in_flight: NonZeroUsize::new(64).unwrap_or(NonZeroUsize::MIN),
             compaction_interval: NonZeroU64::new(256).unwrap_or(NonZeroU64::MIN),
         }
     }
@@ -73,7 +76,7 @@ pub const DEFAULT_PREFIX: &str = "dse";
 impl S3Config {
     /// A configuration for `bucket` in region `us-east-1`, prefix `dse`,
     /// HTTPS, virtual-hosted-style requests, credentials from the default
-    /// chain, 30 s per request, 5 s to connect, 3 retries within 30 s, 32
+    /// chain, 30 s per request, 5 s to connect, 3 retries within 30 s, 64
     /// requests in flight.
     pub fn new(bucket: impl Into<String>) -> Self {
         S3Config {
@@ -164,7 +167,7 @@ impl S3Config {
         self
     }
 
-    /// Requests kept in flight at most (default 32).
+    /// Requests kept in flight at most (default 64).
     pub fn with_max_in_flight(mut self, max: NonZeroUsize) -> Self {
         self.options.max_in_flight = max;
         self

@@ -8,8 +8,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{
-    GetOptions, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
-    UpdateVersion,
+    GetOptions, ObjectMeta, ObjectStore, PutMode, PutOptions, PutPayload, UpdateVersion,
 };
 use syncforge_core::{Error, Result};
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -123,20 +122,24 @@ impl Io {
         }
     }
 
-    /// Deletes objects (missing ones are fine).
+    /// Deletes objects (missing ones are fine) with the store's bulk delete:
+    /// on S3 one request per 1,000 keys (`DeleteObjects`); stores without
+    /// one delete each object themselves.
     pub(crate) async fn delete(&self, paths: Vec<Path>) -> Result<()> {
-        let results: Vec<Result<()>> = futures::stream::iter(paths)
-            .map(|path| async move {
-                let _permit = self.permit().await?;
-                match self.store.delete(&path).await {
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                    Err(e) => Err(map_error(e, "deleting", &path)),
-                }
-            })
-            .buffer_unordered(self.in_flight.available_permits().max(1))
-            .collect()
-            .await;
-        results.into_iter().collect()
+        let Some(first) = paths.first().cloned() else {
+            return Ok(());
+        };
+        let _permit = self.permit().await?;
+        let locations = futures::stream::iter(paths.into_iter().map(Ok)).boxed();
+        let results: Vec<object_store::Result<Path>> =
+            self.store.delete_stream(locations).collect().await;
+        for result in results {
+            match result {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(map_error(e, "deleting objects from", &first)),
+            }
+        }
+        Ok(())
     }
 
     /// Lists objects under `prefix` after `offset` (exclusive), at most
@@ -210,7 +213,8 @@ pub(crate) fn map_error(error: object_store::Error, doing: &str, path: &Path) ->
             format!(
                 "{doing} {path}: this object store cannot do what the backend needs (conditional \
                  create and conditional update on ETags); use S3, an S3-compatible server with \
-                 conditional writes, GCS, Azure, or syncforge-backend-fs for a local directory"
+                 conditional writes, GCS, Azure, or S3Backend::local_directory for a local \
+                 directory"
             ),
             error,
         ),

@@ -1,10 +1,13 @@
 //! # syncforge-backend-s3
 //!
 //! [`S3Backend`]: a syncforge [`StorageBackend`] on an object store — Amazon
-//! S3 and S3-compatible servers through [`S3Config`], or any
+//! S3 and S3-compatible servers through [`S3Config`], any
 //! [`object_store::ObjectStore`] that does conditional writes on ETags
 //! (Google Cloud Storage, Azure, object_store's `InMemory`) through
-//! [`S3Backend::from_store`]. Many writers on many machines can share one
+//! [`S3Backend::from_store`], or a directory of this machine through
+//! [`S3Backend::local_directory`] (on [`LocalDirectory`], which adds the
+//! conditional updates object_store's `LocalFileSystem` lacks, under a lock
+//! file shared by every process). Many writers on many machines can share one
 //! bucket: every write is a compare-and-swap on the record's ETag, so no
 //! update is lost, and the change feed never misses a change even when a
 //! writer dies between two requests or clocks disagree.
@@ -40,7 +43,7 @@ use std::sync::Arc;
 
 use object_store::ObjectStore;
 use syncforge_core::{
-    async_trait, ChangePage, CollectionName, Cursor, Record, RecordId, Result, Stamp,
+    async_trait, ChangePage, CollectionName, Cursor, Error, Record, RecordId, Result, Stamp,
     StorageBackend, Stored, Write, WriteOutcome,
 };
 
@@ -49,9 +52,11 @@ mod feed;
 mod format;
 mod io;
 mod keys;
+mod local;
 mod store;
 
 pub use config::{S3Config, StoreOptions, DEFAULT_PREFIX};
+pub use local::LocalDirectory;
 
 /// The backend's name in messages and errors.
 pub(crate) const BACKEND_NAME: &str = "s3";
@@ -83,13 +88,12 @@ impl fmt::Debug for S3Backend {
 impl S3Backend {
     /// A handle on the bucket `config` names. Nothing is requested yet: a
     /// wrong endpoint or credentials show at the first call, as
-    /// [`Error::Unavailable`](syncforge_core::Error::Unavailable) or
-    /// [`Error::Storage`](syncforge_core::Error::Storage) naming what to check.
+    /// [`Error::Unavailable`] or [`Error::Storage`] naming what to check.
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`](syncforge_core::Error::InvalidConfig) for a
-    /// bucket name, prefix, credentials or timeout that cannot work.
+    /// [`Error::InvalidConfig`] for a bucket name, prefix, credentials or
+    /// timeout that cannot work.
     // By value, as every backend's constructor takes its configuration.
     #[allow(clippy::needless_pass_by_value)]
     pub fn new(config: S3Config) -> Result<Self> {
@@ -113,19 +117,57 @@ impl S3Backend {
 
     /// A handle on any object store, keeping everything under `prefix`.
     /// The store must support conditional puts (`PutMode::Create` and
-    /// `PutMode::Update` on ETags): S3, GCS, Azure and `InMemory` do;
-    /// object_store's `LocalFileSystem` does not support `PutMode::Update`,
-    /// and the first write that needs it fails with
-    /// [`Error::Storage`](syncforge_core::Error::Storage) saying so — use
-    /// `syncforge-backend-fs` for a local directory.
+    /// `PutMode::Update` on ETags): S3, GCS, Azure, `InMemory` and
+    /// [`LocalDirectory`] do. object_store's own `LocalFileSystem` does not
+    /// support `PutMode::Update`, and the first write that needs it fails
+    /// with [`Error::Storage`] saying so: for a local directory use
+    /// [`local_directory`](Self::local_directory).
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`](syncforge_core::Error::InvalidConfig) for a
-    /// prefix that is empty, too long, or not plain key characters.
+    /// [`Error::InvalidConfig`] for a prefix that is empty, too long, or not
+    /// plain key characters.
     pub fn from_store(store: Arc<dyn ObjectStore>, prefix: &str) -> Result<Self> {
         let description = store.to_string();
         Self::assemble(store, prefix, StoreOptions::default(), description)
+    }
+
+    /// A handle on a directory of this machine (created if missing),
+    /// keeping everything under `prefix` in it: [`from_store`](Self::from_store)
+    /// on a [`LocalDirectory`], whose writes are durable when they return.
+    /// Handles and processes on this machine that open the same directory
+    /// share it safely, as writers on many machines share a bucket: each
+    /// conditional write runs under an advisory lock in the directory.
+    ///
+    /// ```
+    /// use syncforge_backend_s3::S3Backend;
+    ///
+    /// # fn main() -> syncforge_core::Result<()> {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let store = S3Backend::local_directory(dir.path(), "dse")?;
+    /// # drop(store);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] when the directory cannot be created or
+    /// opened for writing, or for a prefix that
+    /// [`from_store`](Self::from_store) refuses.
+    pub fn local_directory(path: impl AsRef<std::path::Path>, prefix: &str) -> Result<Self> {
+        let path = path.as_ref();
+        let directory = LocalDirectory::new(path).map_err(|e| Error::InvalidConfig {
+            option: "path",
+            reason: format!("cannot use {} as a store: {e}", path.display()),
+        })?;
+        let description = directory.to_string();
+        Self::assemble(
+            Arc::new(directory),
+            prefix,
+            StoreOptions::default(),
+            description,
+        )
     }
 
     /// The same handle with other tuning.

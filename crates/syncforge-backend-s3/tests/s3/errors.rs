@@ -1,6 +1,6 @@
 //! Honest errors: an unreachable server is an error within the bound, never
 //! an empty collection; credentials never show; a store without
-//! conditional updates is refused with a message saying so.
+//! conditional updates is refused with a message saying what to use.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -86,13 +86,15 @@ async fn a_store_without_conditional_updates_is_refused_with_a_clear_error() {
         .await
         .unwrap()
         .unwrap();
-    // ... replacing needs PutMode::Update, which LocalFileSystem lacks.
+    // ... replacing needs PutMode::Update, which LocalFileSystem lacks:
+    // the error says to use LocalDirectory's constructor instead.
     let error = backend
         .put(&collection, &Write::replace(record, stored.token))
         .await
         .unwrap_err();
     assert!(
-        matches!(&error, Error::Storage { message, .. } if message.contains("conditional")),
+        matches!(&error, Error::Storage { message, .. }
+            if message.contains("conditional") && message.contains("S3Backend::local_directory")),
         "{error}"
     );
 }

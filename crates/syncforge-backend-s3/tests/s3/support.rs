@@ -38,7 +38,7 @@ impl Server {
 
 /// The S3 test server, or `None` (after a visible SKIPPED line) when it does not answer.
 pub(crate) async fn s3_server() -> Option<Server> {
-    let endpoint = address(ENDPOINT_ENV, "http://127.0.0.1:5055");
+    let endpoint = address(ENDPOINT_ENV, "http://127.0.0.1:45655");
     let bucket = address(BUCKET_ENV, "syncforge-test");
     let answered = probe(&endpoint).await;
     available("S3 server (moto)", ENDPOINT_ENV, &endpoint, answered)

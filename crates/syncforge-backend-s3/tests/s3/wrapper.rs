@@ -17,7 +17,7 @@ use object_store::{
     PutMultipartOptions, PutOptions, PutPayload, PutResult, Result,
 };
 
-/// Keys per listing request on S3.
+/// Keys per listing or bulk delete request on S3.
 const LIST_PAGE: u64 = 1000;
 
 /// The wrapper.
@@ -175,11 +175,30 @@ impl ObjectStore for Wrapped {
         &self,
         locations: BoxStream<'static, Result<Path>>,
     ) -> BoxStream<'static, Result<Path>> {
-        self.requests.fetch_add(1, Ordering::SeqCst);
-        if self.requests.load(Ordering::SeqCst) > self.dies_after.load(Ordering::SeqCst) {
+        let number = self.requests.fetch_add(1, Ordering::SeqCst);
+        if number >= self.dies_after.load(Ordering::SeqCst) {
             return futures::stream::once(async { Err(dead()) }).boxed();
         }
-        self.inner.delete_stream(locations)
+        // One request for the first 1,000 keys, one more per further 1,000,
+        // as S3's DeleteObjects.
+        let requests = Arc::clone(&self.requests);
+        let mut keys = 0u64;
+        let counted = locations
+            .inspect_ok(move |_| {
+                keys += 1;
+                if keys > 1 && keys % LIST_PAGE == 1 {
+                    requests.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+            .boxed();
+        let deleting = self.inner.delete_stream(counted);
+        let latency = self.latency;
+        futures::stream::once(async move {
+            tokio::time::sleep(latency).await;
+            deleting
+        })
+        .flatten()
+        .boxed()
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {

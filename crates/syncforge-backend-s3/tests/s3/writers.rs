@@ -36,7 +36,7 @@ fn handle(store: &Arc<dyn ObjectStore>, prefix: &str) -> S3Backend {
 
 /// Reads the whole feed after `after`: each id's latest state, checking
 /// that no id comes twice in one page and cursors increase.
-async fn follow(
+pub(crate) async fn follow(
     store: &dyn StorageBackend,
     collection: &CollectionName,
     mut after: Cursor,
@@ -63,7 +63,7 @@ async fn follow(
 }
 
 /// Every record of the collection, by id.
-async fn all(
+pub(crate) async fn all(
     store: &dyn StorageBackend,
     collection: &CollectionName,
 ) -> BTreeMap<RecordId, Record> {
@@ -380,21 +380,19 @@ async fn readers_complete_a_slow_writers_items() {
     );
 }
 
-/// With a small compaction interval, entries are folded and deleted: the
-/// bucket keeps a bounded number of feed objects, and readers from any
-/// cursor still see every change once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn compaction_bounds_the_feed_and_readers_miss_nothing() {
-    let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+/// With a small compaction interval, entries are folded and deleted (in
+/// bulk): the bucket keeps a bounded number of feed objects, and readers
+/// from any cursor still see every change once.
+async fn compaction_bounds_the_feed(store: Arc<dyn ObjectStore>, prefix: &str, writes: i64) {
     let options = StoreOptions {
         compaction_interval: 4.try_into().unwrap(),
         ..StoreOptions::default()
     };
-    let backend = handle(&memory, "dse").with_options(options);
+    let backend = handle(&store, prefix).with_options(options);
     let collection = coll("compacted");
     let mut clock = Hlc::new(ClientId::new("w").unwrap());
     let mut cursors = vec![Cursor::START];
-    for i in 0..60 {
+    for i in 0..writes {
         let id = format!("r{}", i % 13);
         let write = match backend.get(&collection, &rid(&id)).await.unwrap() {
             Some(stored) => {
@@ -410,8 +408,8 @@ async fn compaction_bounds_the_feed_and_readers_miss_nothing() {
             WriteOutcome::Conflict => panic!("a lone writer conflicted"),
         }
     }
-    let entries = memory
-        .list_with_delimiter(Some(&"dse/c/compacted/f".into()))
+    let entries = store
+        .list_with_delimiter(Some(&format!("{prefix}/c/compacted/f").into()))
         .await
         .unwrap()
         .objects
@@ -437,4 +435,17 @@ async fn compaction_bounds_the_feed_and_readers_miss_nothing() {
             assert_eq!(seen, stored, "from the start every record once");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_bounds_the_feed_and_readers_miss_nothing_in_memory() {
+    compaction_bounds_the_feed(Arc::new(InMemory::new()), "dse", 60).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_bounds_the_feed_and_readers_miss_nothing_on_s3() {
+    let Some(server) = support::s3_server().await else {
+        return;
+    };
+    compaction_bounds_the_feed(server.store(), &support::unique_prefix("compaction"), 30).await;
 }

@@ -4,7 +4,9 @@
 //! Each binary lets criterion time its workloads, then reads criterion's own
 //! median of the run (`new/estimates.json`) and appends one line per row to
 //! `summary.tsv` in the output directory: `row \t records per iteration \t
-//! median ns per iteration`. The xtask turns those lines into the table.
+//! median ns per iteration`, or `row \t value \t figure` for a figure that is
+//! not a timing, or `row \t requests \t requests per record`. The xtask
+//! turns those lines into the table.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -117,6 +119,13 @@ pub fn report(row: &str, records: usize, median_ns: f64) {
 /// Appends a figure that is not a rate (peak memory in bytes, a plain ratio).
 pub fn report_value(row: &str, value: f64) {
     write_line(&format!("{row}\tvalue\t{value}"));
+}
+
+/// Appends a count of requests per record (the S3 backend's rows against a
+/// server whose own speed would make a rate meaningless).
+pub fn report_requests(row: &str, requests: u64, records: usize) {
+    let per_record = requests as f64 / records as f64;
+    write_line(&format!("{row}\trequests\t{per_record}"));
 }
 
 fn write_line(line: &str) {

@@ -1,0 +1,589 @@
+//! [`LocalDirectory`]: a directory on this machine as an object store with
+//! the conditional writes the backend needs, safe across handles and
+//! processes.
+//!
+//! object_store's `LocalFileSystem` refuses `PutMode::Update`: checking an
+//! ETag and replacing the file must happen as one step, which a file system
+//! gives only under a lock. This store takes an advisory lock on a file in
+//! the directory (`std::fs::File::lock`, `flock` on Unix) around every write
+//! and delete: look at the current file, check the condition, publish the new
+//! file by rename (or hard link for a create). Reads and listings are
+//! `LocalFileSystem`'s own; renames make every write atomic for them.
+//!
+//! ETags. `LocalFileSystem` derives an ETag from the file's inode, its
+//! modification time in microseconds and its size. A replacing write gets a
+//! new inode (the staged file's), but file systems recycle inode numbers at
+//! once (ext4 here handed out 4 distinct inode numbers over 2,000 replacing
+//! writes of one file), sizes repeat, and kernels without fine-grained
+//! timestamps stamp every write of one clock tick (1 to 10 ms) with the same
+//! time: an old ETag could come back (ABA), and a conditional write meant for
+//! a state long gone would succeed. So every write here sets its file's
+//! modification time itself, under the lock, to a time issued from a counter
+//! kept in the lock file: later than every time issued before in this
+//! directory and than the file it replaces. No two versions written through
+//! this store carry the same modification time, so no ETag comes back,
+//! whatever the inode numbers. A file system that cannot keep the
+//! microseconds (FAT, ext4 with 128-byte inodes) is refused at the first write.
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{
+    CopyMode, CopyOptions, Error, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta,
+    ObjectStore, ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult,
+    Result,
+};
+
+/// The name this store gives itself in errors.
+const STORE: &str = "LocalDirectory";
+
+/// The lock file, in the directory's root. The `#` and digits are the form
+/// `LocalFileSystem` gives its unfinished uploads: listings skip such files
+/// and no object key can name one, so the lock never shows as an object and
+/// never collides with one (uploads are numbered from 1).
+const LOCK_FILE: &str = ".syncforge-lock#0";
+
+/// A local directory as an [`ObjectStore`] with conditional writes:
+/// `PutMode::Create` and `PutMode::Update` on ETags, atomic across every
+/// handle and process on this machine that opens the same directory with
+/// `LocalDirectory`. What [`S3Backend::local_directory`] runs on.
+///
+/// [`S3Backend::local_directory`]: crate::S3Backend::local_directory
+///
+/// Writes and deletes take an advisory lock on a file in the directory, so
+/// they run one at a time; reads and listings do not wait. Every write
+/// stages the new file beside its destination and renames it into place.
+/// By default each write is made durable before it returns (the file, its
+/// modification time and the directory entry are synced); see
+/// [`with_fsync`](Self::with_fsync).
+///
+/// Writing into the directory by other means (a plain `LocalFileSystem`,
+/// another program) bypasses the lock and voids these guarantees. Multipart
+/// uploads are not supported.
+///
+/// ```
+/// use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, UpdateVersion};
+/// use syncforge_backend_s3::LocalDirectory;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> object_store::Result<()> {
+/// let dir = tempfile::tempdir().unwrap();
+/// let store = LocalDirectory::new(dir.path())?;
+/// let path = "counters/a".into();
+/// let first = store.put_opts(&path, "1".into(), PutMode::Create.into()).await?;
+/// let stale = UpdateVersion { e_tag: first.e_tag.clone(), version: None };
+/// store.put_opts(&path, "2".into(), PutMode::Update(stale.clone()).into()).await?;
+/// // The ETag read first no longer matches: the second update is refused.
+/// let refused = store.put_opts(&path, "3".into(), PutMode::Update(stale).into()).await;
+/// assert!(matches!(refused, Err(object_store::Error::Precondition { .. })));
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct LocalDirectory {
+    files: LocalFileSystem,
+    root: PathBuf,
+    lock_file: PathBuf,
+    fsync: bool,
+    /// Writers through this value (and its clones) queue here first, so that
+    /// at most one of them at a time holds a blocking thread waiting for the
+    /// file lock.
+    queue: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl LocalDirectory {
+    /// A store on the directory `path`, created if missing.
+    ///
+    /// # Errors
+    ///
+    /// When the directory cannot be created or opened, or its lock file
+    /// cannot be created (a read-only directory, for one).
+    pub fn new(path: impl AsRef<FsPath>) -> Result<Self> {
+        let path = path.as_ref();
+        std::fs::create_dir_all(path).map_err(|e| io_error(e, path))?;
+        let root = std::fs::canonicalize(path).map_err(|e| io_error(e, path))?;
+        let files = LocalFileSystem::new_with_prefix(&root)?;
+        let lock_file = root.join(LOCK_FILE);
+        open_lock_file(&lock_file).map_err(|e| io_error(e, &lock_file))?;
+        Ok(LocalDirectory {
+            files,
+            root,
+            lock_file,
+            fsync: true,
+            queue: Arc::new(tokio::sync::Mutex::new(())),
+        })
+    }
+
+    /// Whether each write is synced to the device before it returns
+    /// (default `true`). Without it, writes are faster and still atomic, and
+    /// a crash of the process loses nothing, but a power cut can lose the
+    /// last writes.
+    pub fn with_fsync(mut self, fsync: bool) -> Self {
+        self.fsync = fsync;
+        self
+    }
+
+    /// Holds the directory's write lock until the returned guard drops.
+    async fn lock(&self) -> Result<(tokio::sync::MutexGuard<'_, ()>, Locked)> {
+        let queued = self.queue.lock().await;
+        let lock_file = self.lock_file.clone();
+        let locked = blocking(move || Locked::acquire(&lock_file)).await?;
+        Ok((queued, locked))
+    }
+
+    /// The object at `location` now, or `None`.
+    async fn current(&self, location: &Path) -> Result<Option<ObjectMeta>> {
+        match self.files.head(location).await {
+            Ok(meta) => Ok(Some(meta)),
+            Err(Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn delete_one(&self, location: &Path) -> Result<()> {
+        let _locked = self.lock().await?;
+        self.files.delete(location).await
+    }
+}
+
+impl fmt::Display for LocalDirectory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LocalDirectory({})", self.root.display())
+    }
+}
+
+#[async_trait]
+impl ObjectStore for LocalDirectory {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> Result<PutResult> {
+        if !opts.attributes.is_empty() {
+            return Err(Error::NotImplemented {
+                operation: "`put_opts` with attributes".to_owned(),
+                implementer: self.to_string(),
+            });
+        }
+        let target = self.files.path_to_filesystem(location)?;
+        let fsync = self.fsync;
+        // Written and synced before taking the lock: only the check and the
+        // publication run one at a time.
+        let staged = blocking(move || Staged::write(target, &payload, fsync)).await?;
+        let locked = self.lock().await?;
+        let current = self.current(location).await?;
+        match &opts.mode {
+            PutMode::Create if current.is_some() => {
+                return Err(Error::AlreadyExists {
+                    path: location.to_string(),
+                    source: "the object exists".into(),
+                })
+            }
+            PutMode::Update(expected) => {
+                let Some(expected) = &expected.e_tag else {
+                    return Err(Error::Generic {
+                        store: STORE,
+                        source: "`PutMode::Update` needs an ETag".into(),
+                    });
+                };
+                let now = current.as_ref().and_then(|meta| meta.e_tag.as_ref());
+                if now != Some(expected) {
+                    return Err(Error::Precondition {
+                        path: location.to_string(),
+                        source: match now {
+                            Some(now) => format!("ETag {now} does not match {expected}").into(),
+                            None => "the object does not exist".into(),
+                        },
+                    });
+                }
+            }
+            PutMode::Create | PutMode::Overwrite => {}
+        }
+        let create = matches!(opts.mode, PutMode::Create);
+        let (queued, locked) = locked;
+        let locked = blocking(move || staged.publish(locked, create)).await?;
+        // Still under the lock: the ETag of the file just published.
+        let written = self.files.head(location).await?;
+        drop((locked, queued));
+        Ok(PutResult {
+            e_tag: written.e_tag,
+            version: None,
+            extensions: Default::default(),
+        })
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        _location: &Path,
+        _opts: PutMultipartOptions,
+    ) -> Result<Box<dyn MultipartUpload>> {
+        Err(Error::NotImplemented {
+            operation: "multipart uploads".to_owned(),
+            implementer: self.to_string(),
+        })
+    }
+
+    async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+        self.files.get_opts(location, options).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, Result<Path>>,
+    ) -> BoxStream<'static, Result<Path>> {
+        let store = self.clone();
+        locations
+            .then(move |location| {
+                let store = store.clone();
+                async move {
+                    let location = location?;
+                    store.delete_one(&location).await?;
+                    Ok(location)
+                }
+            })
+            .boxed()
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+        self.files.list(prefix)
+    }
+
+    fn list_with_offset(
+        &self,
+        prefix: Option<&Path>,
+        offset: &Path,
+    ) -> BoxStream<'static, Result<ObjectMeta>> {
+        self.files.list_with_offset(prefix, offset)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
+        self.files.list_with_delimiter(prefix).await
+    }
+
+    /// A copy is a read and a write: the copy gets a modification time of
+    /// its own (a hard link would share the source's, and its ETag).
+    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
+        let bytes = self.files.get(from).await?.bytes().await?;
+        let mode = match options.mode {
+            CopyMode::Overwrite => PutMode::Overwrite,
+            CopyMode::Create => PutMode::Create,
+        };
+        self.put_opts(to, bytes.into(), mode.into()).await?;
+        Ok(())
+    }
+}
+
+/// The directory's write lock, held while this lives (closing the file
+/// releases it). Each holder opens the file itself: `flock` excludes other
+/// open files, not other users of the same one.
+#[derive(Debug)]
+struct Locked {
+    file: File,
+    path: PathBuf,
+}
+
+impl Locked {
+    fn acquire(lock_file: &FsPath) -> Result<Locked> {
+        let file = open_lock_file(lock_file).map_err(|e| io_error(e, lock_file))?;
+        file.lock().map_err(|e| io_error(e, lock_file))?;
+        Ok(Locked {
+            file,
+            path: lock_file.to_owned(),
+        })
+    }
+
+    /// A modification time later than every one issued in this directory
+    /// before (the last is kept in the lock file) and than `replaced`.
+    fn issue_time(&mut self, replaced: Option<SystemTime>) -> Result<SystemTime> {
+        self.next_time(SystemTime::now(), replaced)
+            .map_err(|e| io_error(e, &self.path))
+    }
+
+    /// [`issue_time`](Self::issue_time) with the clock reading `now`.
+    fn next_time(
+        &mut self,
+        now: SystemTime,
+        replaced: Option<SystemTime>,
+    ) -> io::Result<SystemTime> {
+        let mut text = Vec::new();
+        self.file.seek(SeekFrom::Start(0))?;
+        self.file.read_to_end(&mut text)?;
+        // An empty or unreadable counter starts from the clock and `replaced`.
+        let last: u64 = std::str::from_utf8(&text)
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(0);
+        let issued = micros(now)
+            .max(last.saturating_add(1))
+            .max(replaced.map_or(0, |time| micros(time).saturating_add(1)));
+        self.file.seek(SeekFrom::Start(0))?;
+        self.file.set_len(0)?;
+        writeln!(self.file, "{issued}")?;
+        Ok(UNIX_EPOCH + Duration::from_micros(issued))
+    }
+}
+
+fn open_lock_file(path: &FsPath) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+}
+
+fn micros(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |since| {
+        u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
+    })
+}
+
+/// A new file written beside its destination, removed again unless published.
+struct Staged {
+    file: File,
+    path: PathBuf,
+    target: PathBuf,
+    fsync: bool,
+    published: bool,
+}
+
+impl Staged {
+    /// Writes `payload` to `{target}#N` (the first free N from 1, the form
+    /// `LocalFileSystem` uses, so listings skip it), creating directories.
+    fn write(target: PathBuf, payload: &PutPayload, fsync: bool) -> Result<Staged> {
+        let mut number = 1u32;
+        let mut staged = loop {
+            let mut name = target.clone().into_os_string();
+            name.push(format!("#{number}"));
+            let path = PathBuf::from(name);
+            match OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(file) => {
+                    break Staged {
+                        file,
+                        path,
+                        target,
+                        fsync,
+                        published: false,
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => number += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    create_parents(&path, fsync).map_err(|e| io_error(e, &path))?;
+                }
+                Err(e) => return Err(io_error(e, &path)),
+            }
+        };
+        for chunk in payload.iter() {
+            staged
+                .file
+                .write_all(chunk)
+                .map_err(|e| io_error(e, &staged.path))?;
+        }
+        if fsync {
+            staged
+                .file
+                .sync_data()
+                .map_err(|e| io_error(e, &staged.path))?;
+        }
+        Ok(staged)
+    }
+
+    /// Under the lock: gives the file its issued modification time and puts
+    /// it in place (a hard link for a create, which fails if the object
+    /// appeared meanwhile; a rename otherwise). Hands the lock back.
+    fn publish(mut self, mut locked: Locked, create: bool) -> Result<Locked> {
+        let replaced = std::fs::metadata(&self.target)
+            .and_then(|meta| meta.modified())
+            .ok();
+        let time = locked.issue_time(replaced)?;
+        self.file
+            .set_modified(time)
+            .map_err(|e| io_error(e, &self.path))?;
+        let kept = self
+            .file
+            .metadata()
+            .and_then(|meta| meta.modified())
+            .map_err(|e| io_error(e, &self.path))?;
+        if micros(kept) != micros(time) {
+            return Err(Error::NotSupported {
+                source: format!(
+                    "the file system under {} does not keep modification times to the \
+                     microsecond, so ETags could repeat and conditional writes would not be safe",
+                    self.target.display()
+                )
+                .into(),
+            });
+        }
+        if self.fsync {
+            self.file.sync_all().map_err(|e| io_error(e, &self.path))?;
+        }
+        if create {
+            match std::fs::hard_link(&self.path, &self.target) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    return Err(Error::AlreadyExists {
+                        path: self.target.display().to_string(),
+                        source: e.into(),
+                    })
+                }
+                Err(e) => return Err(io_error(e, &self.target)),
+            }
+            // The link is the object now; dropping `self` removes the staged name.
+        } else {
+            std::fs::rename(&self.path, &self.target).map_err(|e| io_error(e, &self.target))?;
+            self.published = true;
+        }
+        if self.fsync {
+            sync_parent(&self.target).map_err(|e| io_error(e, &self.target))?;
+        }
+        Ok(locked)
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.published {
+            // Best effort: a staged file left behind is skipped by listings.
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Creates the directories above `path`; with `fsync`, syncs each new one's
+/// parent so that the new entries are durable.
+fn create_parents(path: &FsPath, fsync: bool) -> io::Result<()> {
+    let Some(parent) = path.parent() else {
+        return Ok(());
+    };
+    let mut existing = parent;
+    while !existing.exists() {
+        match existing.parent() {
+            Some(up) => existing = up,
+            None => break,
+        }
+    }
+    std::fs::create_dir_all(parent)?;
+    if fsync {
+        let mut dir = parent;
+        while dir != existing {
+            sync_parent(dir)?;
+            match dir.parent() {
+                Some(up) => dir = up,
+                None => break,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Syncs the directory holding `path`, so that an entry added or replaced
+/// in it is durable (Unix; elsewhere directories cannot be synced).
+fn sync_parent(path: &FsPath) -> io::Result<()> {
+    #[cfg(unix)]
+    if let Some(parent) = path.parent() {
+        File::open(parent)?.sync_all()?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+/// An I/O error as object_store reports it.
+fn io_error(error: io::Error, path: &FsPath) -> Error {
+    let path = path.display().to_string();
+    match error.kind() {
+        io::ErrorKind::NotFound => Error::NotFound {
+            path,
+            source: error.into(),
+        },
+        io::ErrorKind::PermissionDenied => Error::PermissionDenied {
+            path,
+            source: error.into(),
+        },
+        _ => Error::Generic {
+            store: STORE,
+            source: format!("{path}: {error}").into(),
+        },
+    }
+}
+
+/// Runs blocking file work off the async threads (inline outside a runtime).
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => runtime
+            .spawn_blocking(work)
+            .await
+            .map_err(|source| Error::JoinError { source })?,
+        Err(_) => work(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A clock that stands still (one coarse tick) or steps back (NTP)
+    /// never makes a time come back, across holders of the lock too.
+    #[test]
+    fn issued_times_always_increase() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock_file = dir.path().join(LOCK_FILE);
+        let tick = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut last = UNIX_EPOCH;
+        for round in 0..3u64 {
+            let mut locked = Locked::acquire(&lock_file).unwrap();
+            // Round 1 reads a clock an hour behind the times issued so far.
+            let now = tick - Duration::from_secs(3600 * round);
+            for _ in 0..100 {
+                let issued = locked.next_time(now, None).unwrap();
+                assert!(issued > last, "{issued:?} after {last:?}");
+                last = issued;
+            }
+        }
+        // A file being replaced that carries a later time is passed as well.
+        let mut locked = Locked::acquire(&lock_file).unwrap();
+        let ahead = last + Duration::from_secs(60);
+        assert!(locked.next_time(tick, Some(ahead)).unwrap() > ahead);
+    }
+
+    /// Each written file carries the issued time: with the counter far
+    /// ahead of the clock, a write's modification time is later still.
+    #[tokio::test]
+    async fn writes_carry_the_issued_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDirectory::new(dir.path()).unwrap().with_fsync(false);
+        let year_2100 = Duration::from_secs(4_102_444_800);
+        std::fs::write(
+            dir.path().join(LOCK_FILE),
+            format!("{}\n", year_2100.as_micros()),
+        )
+        .unwrap();
+        store
+            .put_opts(&Path::from("a/b"), "x".into(), PutMode::Create.into())
+            .await
+            .unwrap();
+        let written = std::fs::metadata(dir.path().join("a/b"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        assert!(written > UNIX_EPOCH + year_2100, "{written:?}");
+    }
+}

@@ -1,0 +1,243 @@
+//! A local directory through `LocalDirectory`: an ETag once replaced never
+//! matches again (no ABA, whatever inode numbers the file system recycles),
+//! and conditional updates stay atomic between processes.
+
+use std::collections::{BTreeMap, HashSet};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use object_store::path::Path;
+use object_store::{Error, ObjectStore, ObjectStoreExt, PutMode, PutOptions, UpdateVersion};
+use serde_json::json;
+use syncforge_backend_s3::{LocalDirectory, S3Backend};
+use syncforge_core::{
+    ClientId, CollectionName, Content, Cursor, Hlc, Record, RecordId, StorageBackend, Write,
+    WriteOutcome,
+};
+
+use crate::writers::{all, follow};
+
+async fn update(
+    store: &LocalDirectory,
+    path: &Path,
+    body: &str,
+    e_tag: &str,
+) -> Result<String, Error> {
+    let mode = PutMode::Update(UpdateVersion {
+        e_tag: Some(e_tag.to_owned()),
+        version: None,
+    });
+    let written = store
+        .put_opts(path, body.to_owned().into(), PutOptions::from(mode))
+        .await?;
+    Ok(written.e_tag.unwrap())
+}
+
+/// The same two bodies of one size, written in turn over one object, then
+/// the object deleted and created again with the first body: a file system
+/// that recycles inode numbers (ext4 does, at once) and stamps writes with
+/// a coarse clock would give a later version the ETag of an earlier one.
+/// Every ETag here is new, reads report the ETag the write returned, and
+/// an update from any earlier ETag is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etag_once_replaced_never_matches_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalDirectory::new(dir.path()).unwrap();
+    let path = Path::from("dse/c/notes/r/n1");
+    let bodies = [r#"{"n":"aaaa"}"#, r#"{"n":"bbbb"}"#];
+    let mut seen: Vec<String> = Vec::new();
+    for cycle in 0..3 {
+        let created = store
+            .put_opts(&path, bodies[0].into(), PutMode::Create.into())
+            .await
+            .unwrap()
+            .e_tag
+            .unwrap();
+        seen.push(created);
+        for round in 1..100 {
+            let current = seen.last().unwrap().clone();
+            let written = update(&store, &path, bodies[round % 2], &current)
+                .await
+                .unwrap();
+            let read = store.get(&path).await.unwrap();
+            assert_eq!(read.meta.e_tag.as_deref(), Some(written.as_str()));
+            assert_eq!(read.bytes().await.unwrap(), bodies[round % 2].as_bytes());
+            seen.push(written);
+            // The ETag of the state two writes back: same bytes, same size.
+            let earlier = &seen[seen.len() - 3.min(seen.len())];
+            let refused = update(&store, &path, bodies[0], earlier).await;
+            assert!(
+                matches!(refused, Err(Error::Precondition { .. })),
+                "cycle {cycle}, round {round}: an update from an old ETag was {refused:?}"
+            );
+        }
+        store.delete(&path).await.unwrap();
+        let refused = update(&store, &path, bodies[0], seen.last().unwrap()).await;
+        assert!(matches!(refused, Err(Error::Precondition { .. })));
+    }
+    let distinct: HashSet<&String> = seen.iter().collect();
+    assert_eq!(distinct.len(), seen.len(), "an ETag came back");
+    // A create over an existing object is refused, and nothing is left staged.
+    store
+        .put_opts(&path, bodies[0].into(), PutMode::Create.into())
+        .await
+        .unwrap();
+    let again = store
+        .put_opts(&path, bodies[1].into(), PutMode::Create.into())
+        .await;
+    assert!(
+        matches!(again, Err(Error::AlreadyExists { .. })),
+        "{again:?}"
+    );
+    let names: Vec<String> = std::fs::read_dir(dir.path().join("dse/c/notes/r"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["n1"]);
+}
+
+/// Set in the child processes of the test below: the directory they share.
+const CHILD_DIR: &str = "SYNCFORGE_TEST_LOCAL_DIRECTORY_CHILD";
+/// Processes in all (this one and its children), handles per process,
+/// increments per handle, records.
+const PROCESSES: usize = 4;
+const HANDLES: usize = 2;
+const ROUNDS: usize = 15;
+const RECORDS: usize = 5;
+/// How long the children may take.
+const CHILDREN_TIMEOUT: Duration = Duration::from_secs(180);
+
+fn collection() -> CollectionName {
+    CollectionName::new("counters").unwrap()
+}
+
+fn id(i: usize) -> RecordId {
+    RecordId::new(format!("r{i}")).unwrap()
+}
+
+fn content(i: usize, n: i64) -> Content {
+    Content::from_value(json!({"id": format!("r{i}"), "n": n})).unwrap()
+}
+
+/// The record writer `w` increments in round `round`.
+fn target(w: usize, round: usize) -> usize {
+    (w * 3 + round) % RECORDS
+}
+
+/// Process `process` increments from `HANDLES` handles of its own, each
+/// opening the directory itself, retrying lost races.
+async fn increment(dir: &std::path::Path, process: usize) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for h in 0..HANDLES {
+        let backend = S3Backend::local_directory(dir, "dse").unwrap();
+        let w = process * HANDLES + h;
+        tasks.spawn(async move {
+            let mut clock = Hlc::new(ClientId::new(&format!("writer-{w}")).unwrap());
+            for round in 0..ROUNDS {
+                let i = target(w, round);
+                for attempt in 0.. {
+                    assert!(attempt < 1000, "writer {w} kept losing on r{i}");
+                    let stored = backend.get(&collection(), &id(i)).await.unwrap().unwrap();
+                    let n = stored.record.get("n").and_then(|v| v.as_i64()).unwrap();
+                    clock.observe(stored.record.newest_stamp()).unwrap();
+                    let mut next = stored.record.clone();
+                    next.apply_put(content(i, n + 1), &clock.now().unwrap())
+                        .unwrap();
+                    let write = Write::replace(next, stored.token);
+                    if let WriteOutcome::Written { .. } =
+                        backend.put(&collection(), &write).await.unwrap()
+                    {
+                        break;
+                    }
+                }
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+}
+
+/// This test runs itself again as child processes (the variable above tells
+/// them apart): all increment the same records of one directory at once,
+/// each from handles of its own. No increment is lost, and the change feed
+/// read from the start ends with exactly the stored states.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditional_updates_are_atomic_across_processes() {
+    if let Some(dir) = std::env::var_os(CHILD_DIR) {
+        let process = std::env::var("SYNCFORGE_TEST_LOCAL_DIRECTORY_PROCESS")
+            .unwrap()
+            .parse()
+            .unwrap();
+        increment(std::path::Path::new(&dir), process).await;
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let setup = S3Backend::local_directory(dir.path(), "dse").unwrap();
+    let mut clock = Hlc::new(ClientId::new("setup").unwrap());
+    let creates: Vec<Write> = (0..RECORDS)
+        .map(|i| Write::create(Record::create(content(i, 0), &clock.now().unwrap())))
+        .collect();
+    setup.put_batch(&collection(), &creates).await.unwrap();
+
+    let children: Vec<_> = (1..PROCESSES)
+        .map(|process| {
+            Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "local::conditional_updates_are_atomic_across_processes",
+                    "--test-threads",
+                    "1",
+                ])
+                .env(CHILD_DIR, dir.path())
+                .env(
+                    "SYNCFORGE_TEST_LOCAL_DIRECTORY_PROCESS",
+                    process.to_string(),
+                )
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    increment(dir.path(), 0).await;
+    let deadline = Instant::now() + CHILDREN_TIMEOUT;
+    for mut child in children {
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("a child process took longer than {CHILDREN_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "a child process failed:\n{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    let mut expected: BTreeMap<RecordId, i64> = BTreeMap::new();
+    for w in 0..PROCESSES * HANDLES {
+        for round in 0..ROUNDS {
+            *expected.entry(id(target(w, round))).or_insert(0) += 1;
+        }
+    }
+    let stored = all(&setup, &collection()).await;
+    let counts: BTreeMap<RecordId, i64> = stored
+        .iter()
+        .map(|(id, record)| {
+            (
+                id.clone(),
+                record.get("n").and_then(|v| v.as_i64()).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(counts, expected, "increments were lost");
+    let reader = S3Backend::local_directory(dir.path(), "dse").unwrap();
+    let mut seen = BTreeMap::new();
+    follow(&reader, &collection(), Cursor::START, &mut seen).await;
+    assert_eq!(seen, stored);
+}
