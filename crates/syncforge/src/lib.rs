@@ -75,6 +75,7 @@ mod peer;
 mod peer_sync;
 mod result;
 mod retry;
+mod store_url;
 
 pub use backends::{create_backend, BackendConfig};
 pub use builder::EngineBuilder;
@@ -89,6 +90,7 @@ pub use feed::{PageOptions, DEFAULT_PAGE_LIMIT};
 pub use peer::{PeerCursors, SyncPeer};
 pub use peer_sync::PeerSyncReport;
 pub use result::SyncResult;
+pub use store_url::{open_store, StoreUrl};
 
 pub use syncforge_core as core;
 pub use syncforge_core::{
