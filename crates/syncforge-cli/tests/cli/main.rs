@@ -1,0 +1,10 @@
+//! The `syncforge` binary, driven as a user runs it, on memory and
+//! filesystem stores.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod errors;
+mod records;
+mod stats_watch;
+mod support;
+mod sync;
+mod transfer;
