@@ -52,6 +52,10 @@
 //! | `http-client` | no | `http::HttpPeer`: sync with such a server like with a peer |
 //! | `redis` | no | `RedisBackend` and `RedisConfig`: Redis and Redis Cluster, atomic Lua-script writes |
 //!
+//! A store chosen at run time is named by a [`BackendConfig`] or by a URL
+//! ([`StoreUrl`], [`open_store`]: `memory:`, a directory path, ...), the
+//! form the `syncforge` command takes.
+//!
 //! The merge rules live in [`syncforge_core`] (re-exported as [`core`]).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
