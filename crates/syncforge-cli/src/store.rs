@@ -5,8 +5,8 @@ use std::num::NonZeroUsize;
 use anyhow::{Context, Result};
 use async_trait::async_trait;
 use syncforge::{
-    ChangePage, Collection, CollectionName, ConflictStrategy, Cursor, Record, RecordId, StoreUrl,
-    SyncEngine, SyncPeer,
+    BackendConfig, ChangePage, Collection, CollectionName, ConflictStrategy, Cursor, Record,
+    RecordId, StoreUrl, SyncEngine, SyncPeer,
 };
 
 use crate::failure::usage;
@@ -65,6 +65,21 @@ impl Store {
             other => anyhow::Error::new(other).context(format!("cannot open the store {url}")),
         })?;
         Ok(Store { url, engine })
+    }
+
+    /// Opens a store that must exist already: reading a directory that is
+    /// not there is a typo far more often than a wish for an empty store, so
+    /// it is refused instead of created. Commands that write create stores
+    /// ([`open`](Self::open)).
+    pub(crate) async fn open_existing(url: StoreUrl, options: &EngineOptions) -> Result<Store> {
+        if let Some(BackendConfig::Filesystem { directory }) = url.backend_config() {
+            if !directory.is_dir() {
+                anyhow::bail!(
+                    "there is no store at {url}: no such directory (put and import create one)"
+                );
+            }
+        }
+        Store::open(url, options).await
     }
 
     /// The store's URL, as it may be shown.

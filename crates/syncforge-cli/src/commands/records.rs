@@ -17,7 +17,7 @@ pub(crate) async fn ls(args: LsArgs, cx: &mut Context) -> Result<()> {
         .as_deref()
         .map(parse_collection)
         .transpose()?;
-    let store = Store::open(url, &cx.engine()).await?;
+    let store = Store::open_existing(url, &cx.engine()).await?;
     match collection {
         None => {
             let names = store.collections().await?;
@@ -70,7 +70,7 @@ pub(crate) async fn get(args: GetArgs, cx: &mut Context) -> Result<()> {
     let url = parse_url("STORE", &args.store)?;
     let name = parse_collection(&args.collection)?;
     let id = parse_id(&args.id)?;
-    let store = Store::open(url, &cx.engine()).await?;
+    let store = Store::open_existing(url, &cx.engine()).await?;
     let record = store
         .existing(&name)
         .await?
@@ -111,7 +111,7 @@ pub(crate) async fn delete(args: DeleteArgs, cx: &mut Context) -> Result<()> {
     let url = parse_url("STORE", &args.store)?;
     let name = parse_collection(&args.collection)?;
     let id = parse_id(&args.id)?;
-    let store = Store::open(url, &cx.engine()).await?;
+    let store = Store::open_existing(url, &cx.engine()).await?;
     let deleted = store
         .existing(&name)
         .await?

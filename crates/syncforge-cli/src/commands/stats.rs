@@ -27,7 +27,7 @@ struct Figures {
 
 pub(crate) async fn run(args: StatsArgs, cx: &mut Context) -> Result<()> {
     let url = parse_url("STORE", &args.store)?;
-    let store = Store::open(url, &cx.engine()).await?;
+    let store = Store::open_existing(url, &cx.engine()).await?;
     let names = store.collections().await?;
     let mut rows = Vec::with_capacity(names.len());
     for name in &names {

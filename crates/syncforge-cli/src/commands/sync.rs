@@ -26,7 +26,7 @@ pub(crate) async fn run(args: SyncArgs, cx: &mut Context) -> Result<()> {
         .map(|name| parse_collection(name))
         .collect::<Result<Vec<_>>>()?;
     let options = cx.merging(args.merge);
-    let src = Store::open(src_url, &options).await?;
+    let src = Store::open_existing(src_url, &options).await?;
     let dst = Store::open(dst_url, &options).await?;
     if src.engine().store_id() == dst.engine().store_id() {
         return Err(usage(format!(

@@ -16,7 +16,7 @@ use crate::store::{parse_collection, parse_url, Store};
 pub(crate) async fn export(args: ExportArgs, cx: &mut Context) -> Result<()> {
     let url = parse_url("STORE", &args.store)?;
     let name = parse_collection(&args.collection)?;
-    let store = Store::open(url, &cx.engine()).await?;
+    let store = Store::open_existing(url, &cx.engine()).await?;
     let mut records = store
         .existing(&name)
         .await?

@@ -14,7 +14,7 @@ const PAGE: usize = 500;
 pub(crate) async fn run(args: WatchArgs, cx: &mut Context) -> Result<()> {
     let url = parse_url("STORE", &args.store)?;
     let name = parse_collection(&args.collection)?;
-    let store = Store::open(url, &cx.engine()).await?;
+    let store = Store::open_existing(url, &cx.engine()).await?;
     let collection = store.existing(&name).await?;
     let mut cursor = match (args.from_start, args.after) {
         (true, _) => Cursor::START,

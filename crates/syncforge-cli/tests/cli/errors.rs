@@ -90,13 +90,29 @@ fn a_store_that_cannot_be_opened_is_a_runtime_error_with_its_cause() {
     let file = dir.path().join("a-file");
     std::fs::write(&file, "not a directory").unwrap();
     let inside = file.join("store");
-    let run = syncforge(&["ls", arg(&inside)]).fails(1);
+    let run = syncforge_with(&["put", arg(&inside), "notes"], "{\"id\": \"n1\"}").fails(1);
     let first = run.stderr.lines().next().unwrap();
     assert!(
         first.starts_with("error: cannot open the store "),
         "{run:?}"
     );
     assert!(run.stderr.contains("  caused by: "), "{run:?}");
+}
+
+#[test]
+fn reading_a_store_that_is_not_there_creates_nothing() {
+    let dir = TempDir::new().unwrap();
+    let typo = dir.path().join("tpyo");
+    for args in [
+        vec!["ls", arg(&typo)],
+        vec!["stats", arg(&typo)],
+        vec!["export", arg(&typo), "notes"],
+        vec!["sync", arg(&typo), "memory:"],
+    ] {
+        let run = syncforge(&args).fails(1);
+        assert!(run.stderr.contains("there is no store at "), "{run:?}");
+    }
+    assert!(!typo.exists());
 }
 
 #[test]
