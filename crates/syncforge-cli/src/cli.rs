@@ -156,10 +156,10 @@ pub(crate) struct GetArgs {
     pub(crate) id: String,
 }
 
-/// Write records: each JSON object with a string "id" read from FILE or
-/// stdin replaces that record's content.
+/// Write records read from FILE or stdin.
 ///
-/// The input is one object, a JSON array of objects, or JSON Lines (one
+/// Each JSON object with a string "id" replaces that record's content. The
+/// input is one object, a JSON array of objects, or JSON Lines (one
 /// object per line). All of it is checked first: one bad object refuses the
 /// whole input, naming its line, and nothing is written. Metadata keys
 /// (_version, _sync, ...) are ignored, so a record printed by `get` can be
@@ -177,8 +177,10 @@ pub(crate) struct PutArgs {
     pub(crate) file: Option<PathBuf>,
 }
 
-/// Soft-delete a record: it stays stored, marked deleted, so that the
-/// deletion travels in syncs. Prints the deleted record.
+/// Soft-delete a record.
+///
+/// The record stays stored, marked deleted, so that the deletion travels in
+/// syncs. Prints the deleted record.
 #[derive(Debug, Args)]
 #[command(after_help = format!("{STORES}\n\nExamples:\n  \
     syncforge delete ./data notes n1"))]
@@ -207,8 +209,8 @@ pub(crate) struct ExportArgs {
     pub(crate) collection: String,
 }
 
-/// Merge records into a store: from JSON Lines, a JSON array, or files
-/// written by the TypeScript original's filesystem backend.
+/// Merge records into a store from JSON Lines, a JSON array or the
+/// TypeScript original's files.
 ///
 /// Import is a sync: records merge with what the store holds (the newest
 /// write wins), so an import can be repeated. Records may be in syncforge's
@@ -245,8 +247,10 @@ pub(crate) struct ImportArgs {
     pub(crate) merge: MergeOptions,
 }
 
-/// Show each collection's records, deletions, feed head, newest stamp and
-/// size.
+/// Show what each collection of a store holds.
+///
+/// Per collection: records, deleted records, the feed head (the cursor after
+/// the last change), the newest stamp and the size.
 ///
 /// "records" counts every stored record, soft-deleted ones included; "json
 /// bytes" is the size of their canonical JSON (what the filesystem store's
