@@ -36,7 +36,7 @@ pub(crate) async fn run(args: SyncArgs, cx: &mut Context) -> Result<()> {
     }
     let collections = choose(&named, &src, &dst, args.both).await?;
     if collections.is_empty() && !cx.out.json() {
-        cx.out.line(&format!("nothing to sync: {}", listing(&[])))?;
+        cx.out.line("nothing to sync: SRC holds no collection")?;
     }
     let peer = StorePeer::new(&src);
     for collection in &collections {
