@@ -172,3 +172,33 @@ fn canonical(docs: &str) -> String {
         .ok()
         .stdout
 }
+
+#[test]
+fn progress_bars_are_drawn_on_a_terminal_only() {
+    let dir = TempDir::new().unwrap();
+    let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+    syncforge_with(&["put", arg(&src), "notes"], &docs("n", 50)).ok();
+
+    // Piped: the summary line, and nothing on stderr.
+    let piped = syncforge(&["sync", arg(&src), arg(&dst)]).ok();
+    assert_eq!(piped.stderr, "");
+
+    // On a terminal (script(1) runs the command on a pseudo-terminal): a bar
+    // per collection, then the summary line.
+    syncforge_with(&["put", arg(&src), "notes"], &docs("m", 50)).ok();
+    let line = format!(
+        "{} sync {} {} --batch-size 10",
+        env!("CARGO_BIN_EXE_syncforge"),
+        arg(&src),
+        arg(&dst)
+    );
+    let output = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env_remove("SYNCFORGE_CLIENT_ID")
+        .output()
+        .expect("script(1), from util-linux, runs the command on a terminal");
+    let screen = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{screen}");
+    assert!(screen.contains("50/50 records"), "{screen}");
+    assert!(screen.contains("notes: 50 added"), "{screen}");
+}
