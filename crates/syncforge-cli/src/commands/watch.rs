@@ -1,5 +1,7 @@
 //! `syncforge watch STORE COLLECTION`: follow the change feed.
 
+use std::io::Write as _;
+
 use anyhow::{Context as _, Result};
 use serde_json::{json, Value};
 use syncforge::{Change, Collection, Cursor, PageOptions};
@@ -21,6 +23,14 @@ pub(crate) async fn run(args: WatchArgs, cx: &mut Context) -> Result<()> {
         (false, Some(after)) => Cursor::new(after),
         (false, None) => head(&collection).await?,
     };
+    // Said on stderr, so that whoever starts a watch knows from which point
+    // on changes will be printed.
+    let _ = writeln!(
+        std::io::stderr(),
+        "watching collection {:?} of {} after cursor {cursor}",
+        name.as_str(),
+        store.url()
+    );
     let mut printed = 0u64;
     let interrupted = tokio::signal::ctrl_c();
     tokio::pin!(interrupted);

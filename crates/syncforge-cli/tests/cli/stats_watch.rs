@@ -69,7 +69,8 @@ fn watch_prints_the_feed_and_follows_new_changes() {
     assert_eq!(lines[0]["cursor"], 1);
     assert_eq!(lines[2]["record"]["id"], "n00002");
 
-    // From the end of the feed: only what is written from now on.
+    // From the end of the feed: only what is written from now on. The
+    // watcher says on stderr where it starts; write only after that.
     let mut watcher = command(&[
         "watch",
         arg(&store),
@@ -84,8 +85,10 @@ fn watch_prints_the_feed_and_follows_new_changes() {
     .spawn()
     .unwrap();
     let stdout = watcher.stdout.take().unwrap();
-    // Give the watcher time to find the end of the feed before writing.
-    std::thread::sleep(Duration::from_millis(500));
+    let mut stderr = BufReader::new(watcher.stderr.take().unwrap());
+    let mut said = String::new();
+    stderr.read_line(&mut said).unwrap();
+    assert!(said.ends_with("after cursor 3\n"), "{said:?}");
     syncforge_with(
         &["put", arg(&store), "notes"],
         "{\"id\": \"late\", \"x\": 1}",
