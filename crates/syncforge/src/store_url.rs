@@ -67,12 +67,14 @@ pub struct StoreUrl {
     shown: String,
 }
 
-/// What a [`StoreUrl`] names. One variant per way of reaching a store; a
-/// sync server (reached through a peer, not a backend) will be the second.
+/// What a [`StoreUrl`] names: one variant per way of reaching a store.
 #[derive(Clone, PartialEq, Eq)]
 enum Target {
     /// A storage backend, opened with [`create_backend`].
     Backend(BackendConfig),
+    /// A sync server, reached through its HTTP peer at this base URL.
+    #[cfg(feature = "http-client")]
+    Server(String),
 }
 
 impl StoreUrl {
@@ -100,6 +102,8 @@ impl StoreUrl {
         match lower.as_str() {
             "memory" => memory(rest),
             "file" => directory(file_path(rest)?),
+            #[cfg(feature = "http-client")]
+            "http" | "https" => server(&lower, rest),
             _ => Err(Error::FeatureDisabled {
                 backend: kind.to_owned(),
                 feature,
@@ -111,13 +115,28 @@ impl StoreUrl {
     pub fn backend_config(&self) -> Option<&BackendConfig> {
         match &self.target {
             Target::Backend(config) => Some(config),
+            #[cfg(feature = "http-client")]
+            Target::Server(_) => None,
         }
     }
 
-    /// The kind of store: `"memory"`, `"filesystem"`, ...
+    /// The base URL of the sync server this URL names, when it names one:
+    /// reach it with [`HttpPeer`](crate::http::HttpPeer).
+    #[cfg(feature = "http-client")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "http-client")))]
+    pub fn server_url(&self) -> Option<&str> {
+        match &self.target {
+            Target::Server(base) => Some(base),
+            Target::Backend(_) => None,
+        }
+    }
+
+    /// The kind of store: `"memory"`, `"filesystem"`, `"sync server"`, ...
     pub fn kind(&self) -> &'static str {
         match &self.target {
             Target::Backend(config) => config.name(),
+            #[cfg(feature = "http-client")]
+            Target::Server(_) => "sync server",
         }
     }
 
@@ -152,7 +171,8 @@ impl fmt::Debug for StoreUrl {
 
 /// Opens the storage backend a URL names: [`StoreUrl::parse`], then
 /// [`create_backend`]. A URL naming a sync server rather than a store is
-/// refused with [`Error::InvalidConfig`]; reach a server through its peer.
+/// refused with [`Error::InvalidConfig`]; reach a server through its peer
+/// ([`StoreUrl::server_url`]).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -166,6 +186,10 @@ pub async fn open_store(url: &str) -> Result<Arc<dyn StorageBackend>> {
     let url = StoreUrl::parse(url)?;
     match &url.target {
         Target::Backend(config) => create_backend(config).await,
+        #[cfg(feature = "http-client")]
+        Target::Server(_) => Err(invalid(format!(
+            "{url} is a sync server, not a store: sync with it through its HttpPeer"
+        ))),
     }
 }
 
@@ -198,6 +222,35 @@ fn memory(rest: &str) -> Result<StoreUrl> {
         BackendConfig::Memory,
         "memory:".to_owned(),
     ))
+}
+
+/// A sync server's base URL (`rest` follows `http:` or `https:`). Tokens
+/// are given to the peer, never in the URL.
+#[cfg(feature = "http-client")]
+fn server(scheme: &str, rest: &str) -> Result<StoreUrl> {
+    let Some(after_slashes) = rest.strip_prefix("//") else {
+        return Err(invalid(format!(
+            "a sync server's URL is {scheme}://host:port"
+        )));
+    };
+    let authority = after_slashes.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.is_empty() {
+        return Err(invalid("the sync server's URL names no host"));
+    }
+    if authority.contains('@') {
+        return Err(invalid(
+            "a sync server's URL carries no credentials: give the token to the peer \
+             (syncforge: --bearer-token or SYNCFORGE_TOKEN)",
+        ));
+    }
+    if after_slashes.contains(['?', '#']) {
+        return Err(invalid("a sync server's URL takes no query or fragment"));
+    }
+    let base = format!("{scheme}://{}", after_slashes.trim_end_matches('/'));
+    Ok(StoreUrl {
+        target: Target::Server(base.clone()),
+        shown: base,
+    })
 }
 
 /// The directory of a `file:` URL (the part after `file:`): `///path` or
@@ -300,6 +353,22 @@ mod tests {
         assert!(refused("memroy:").contains("./memroy:"));
     }
 
+    #[cfg(feature = "http-client")]
+    #[test]
+    fn sync_servers_are_named_by_their_base_url() {
+        let url = StoreUrl::parse("HTTPS://sync.example.com:8443/api/").unwrap();
+        assert_eq!(url.server_url(), Some("https://sync.example.com:8443/api"));
+        assert_eq!(url.backend_config(), None);
+        assert_eq!(url.kind(), "sync server");
+        assert_eq!(url.to_string(), "https://sync.example.com:8443/api");
+        let message = refused("http://tablet:secret@sync.example.com");
+        assert!(message.contains("no credentials"), "{message}");
+        assert!(!message.contains("secret"), "{message}");
+        assert!(refused("http:sync.example.com").contains("host:port"));
+        assert!(refused("http://").contains("no host"));
+        assert!(refused("http://h/?token=x").contains("no query"));
+    }
+
     #[test]
     fn kinds_not_built_in_name_their_feature() {
         let disabled = |url: &str| match StoreUrl::parse(url) {
@@ -314,6 +383,7 @@ mod tests {
             disabled("s3://bucket/prefix?region=eu-west-1"),
             ("s3".to_owned(), "s3")
         );
+        #[cfg(not(feature = "http-client"))]
         assert_eq!(
             disabled("https://sync.example.com"),
             ("sync server".to_owned(), "http-client")
