@@ -14,8 +14,10 @@ Stores are named by URL:
                            from one syncforge command to the next)
   ./data, /var/lib/app     the filesystem store in that directory (created
   file:///var/lib/app      when missing)
-A URL of a kind this build lacks (redis://, s3://, http://) is refused and
-names the cargo feature that builds it in.";
+  http://host:port         a sync server (`syncforge serve`); its token comes
+  https://host:port        from --bearer-token or SYNCFORGE_TOKEN
+A URL of a kind this build lacks (redis://, s3://) is refused and names the
+cargo feature that builds it in.";
 
 /// Sync, inspect, import and export syncforge stores.
 #[derive(Debug, Parser)]
@@ -46,6 +48,17 @@ pub(crate) struct Cli {
     #[arg(long, global = true)]
     pub(crate) no_progress: bool,
 
+    /// The token to present to sync servers (http:// and https:// stores).
+    #[cfg(feature = "http")]
+    #[arg(
+        long,
+        global = true,
+        env = "SYNCFORGE_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub(crate) bearer_token: Option<String>,
+
     #[command(subcommand)]
     pub(crate) command: Command,
 }
@@ -62,6 +75,8 @@ pub(crate) enum Command {
     Import(ImportArgs),
     Stats(StatsArgs),
     Watch(WatchArgs),
+    #[cfg(feature = "http")]
+    Serve(ServeArgs),
 }
 
 /// How concurrent edits are merged: every replica of a collection must use
@@ -292,4 +307,40 @@ pub(crate) struct WatchArgs {
     /// How often to look for new changes.
     #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = humantime::parse_duration)]
     pub(crate) interval: Duration,
+}
+
+/// Serve a store over HTTP: the sync server other replicas sync with.
+///
+/// Clients sync with it as with any store (`syncforge sync ./tablet
+/// http://host:8080 --both`, or `HttpPeer` in a program). Every request needs
+/// one of the tokens given with --token (read and write) or
+/// --read-only-token; --open serves without tokens, for a trusted network
+/// only. Prints the URL it listens on, then serves until interrupted (Ctrl-C
+/// or SIGTERM), finishing the requests in progress.
+#[cfg(feature = "http")]
+#[derive(Debug, Args)]
+#[command(after_help = format!("{STORES}\n\nExamples:\n  \
+    syncforge serve ./data --addr 127.0.0.1:8080 --token \"$SYNC_TOKEN\"\n  \
+    syncforge serve ./data --addr 0.0.0.0:8080 --token rw-secret --read-only-token dashboard\n  \
+    syncforge serve memory: --addr 127.0.0.1:0 --open      # a throwaway server"))]
+pub(crate) struct ServeArgs {
+    /// The store to serve (a local store, not another server).
+    pub(crate) store: String,
+    /// The address to listen on (port 0: any free port).
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8080")]
+    pub(crate) addr: String,
+    /// A token that may read and write every collection (repeatable).
+    #[arg(long = "token", value_name = "TOKEN")]
+    pub(crate) tokens: Vec<String>,
+    /// A token that may only read (repeatable).
+    #[arg(long = "read-only-token", value_name = "TOKEN")]
+    pub(crate) read_only_tokens: Vec<String>,
+    /// Serve without tokens: anyone who reaches the address may read and
+    /// write.
+    #[arg(long, conflicts_with_all = ["tokens", "read_only_tokens"])]
+    pub(crate) open: bool,
+    /// How concurrent edits pushed by clients are merged; use the strategy
+    /// the application uses for these collections.
+    #[arg(long, value_enum, default_value_t = Strategy::Timestamp)]
+    pub(crate) strategy: Strategy,
 }

@@ -22,6 +22,9 @@ mod failure;
 mod input;
 mod output;
 mod progress;
+mod reader;
+#[cfg(feature = "http")]
+mod remote;
 mod store;
 
 use std::process::ExitCode;

@@ -29,28 +29,32 @@ impl Progress {
         self.enabled
     }
 
-    /// A bar for `label`, `total` records long; a hidden one when bars are off.
-    pub(crate) fn bar(&self, label: &str, total: u64) -> Bar {
+    /// A bar for `label`, `total` records long, or a counter when the total
+    /// is not known; a hidden one when bars are off.
+    pub(crate) fn bar(&self, label: &str, total: Option<u64>) -> Bar {
         if !self.enabled {
             return Bar {
                 bar: ProgressBar::hidden(),
             };
         }
-        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-        // The template is a constant: it parses, and the default is a fine fallback.
-        let style = ProgressStyle::with_template(
-            "{prefix:>16} [{bar:30}] {pos}/{len} records  {rate}  ETA {eta}",
-        )
-        .map(|style| {
-            style.progress_chars("=> ").with_key(
-                "rate",
-                |state: &ProgressState, out: &mut dyn fmt::Write| {
-                    // Whole records per second; nothing to do when the terminal is gone.
-                    let _ = write!(out, "{:.0}/s", state.per_sec());
-                },
-            )
-        })
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
+        let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr());
+        let template = if total.is_some() {
+            "{prefix:>16} [{bar:30}] {pos}/{len} records  {rate}  ETA {eta}"
+        } else {
+            "{prefix:>16} {pos} records  {rate}"
+        };
+        // The templates are constants: they parse, and the default is a fine fallback.
+        let style = ProgressStyle::with_template(template)
+            .map(|style| {
+                style.progress_chars("=> ").with_key(
+                    "rate",
+                    |state: &ProgressState, out: &mut dyn fmt::Write| {
+                        // Whole records per second; nothing to do when the terminal is gone.
+                        let _ = write!(out, "{:.0}/s", state.per_sec());
+                    },
+                )
+            })
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
         bar.set_style(style);
         bar.set_prefix(label.to_owned());
         Bar { bar }

@@ -1,6 +1,8 @@
 //! The commands, and what several of them share.
 
 mod records;
+#[cfg(feature = "http")]
+mod serve;
 mod stats;
 mod sync;
 mod transfer;
@@ -20,6 +22,8 @@ pub(crate) struct Context {
     pub(crate) out: Output,
     pub(crate) progress: Progress,
     client_id: Option<String>,
+    #[cfg(feature = "http")]
+    bearer_token: Option<String>,
 }
 
 impl Context {
@@ -29,6 +33,12 @@ impl Context {
             client_id: self.client_id.clone(),
             ..EngineOptions::default()
         }
+    }
+
+    /// The token to present to sync servers.
+    #[cfg(feature = "http")]
+    pub(crate) fn bearer_token(&self) -> Option<&str> {
+        self.bearer_token.as_deref()
     }
 
     /// Engine settings for a command that merges records.
@@ -47,6 +57,8 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         out: Output::new(cli.json),
         progress: Progress::new(cli.no_progress),
         client_id: cli.client_id,
+        #[cfg(feature = "http")]
+        bearer_token: cli.bearer_token,
     };
     let outcome = match cli.command {
         Command::Sync(args) => sync::run(args, &mut context).await,
@@ -58,6 +70,8 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Import(args) => transfer::import(args, &mut context).await,
         Command::Stats(args) => stats::run(args, &mut context).await,
         Command::Watch(args) => watch::run(args, &mut context).await,
+        #[cfg(feature = "http")]
+        Command::Serve(args) => serve::run(args, &mut context).await,
     };
     // What was printed before a failure still goes out.
     let flushed = context.out.flush();
@@ -67,11 +81,11 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
 /// What a merge did to one collection of one store.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Counts {
-    added: usize,
-    updated: usize,
-    deleted: usize,
-    unchanged: usize,
-    conflicts: usize,
+    pub(crate) added: usize,
+    pub(crate) updated: usize,
+    pub(crate) deleted: usize,
+    pub(crate) unchanged: usize,
+    pub(crate) conflicts: usize,
 }
 
 impl Counts {

@@ -3,11 +3,13 @@
 use anyhow::{Context as _, Result};
 use serde_json::{json, Value};
 use syncforge::core::Content;
-use syncforge::{CollectionName, Record, RecordId};
+use syncforge::{CollectionName, Record, RecordId, StoreUrl};
 
 use super::Context;
 use crate::cli::{DeleteArgs, GetArgs, LsArgs, PutArgs};
+use crate::failure::usage;
 use crate::input;
+use crate::reader::Reader;
 use crate::store::{parse_collection, parse_id, parse_url, Store};
 
 pub(crate) async fn ls(args: LsArgs, cx: &mut Context) -> Result<()> {
@@ -17,7 +19,7 @@ pub(crate) async fn ls(args: LsArgs, cx: &mut Context) -> Result<()> {
         .as_deref()
         .map(parse_collection)
         .transpose()?;
-    let store = Store::open_existing(url, &cx.engine()).await?;
+    let store = Reader::open(url, cx).await?;
     match collection {
         None => {
             let names = store.collections().await?;
@@ -31,13 +33,8 @@ pub(crate) async fn ls(args: LsArgs, cx: &mut Context) -> Result<()> {
             }
         }
         Some(name) => {
-            let mut records = store
-                .existing(&name)
-                .await?
-                .get_all()
-                .await
-                .with_context(|| format!("cannot read collection {:?}", name.as_str()))?;
-            records.sort_by(|a, b| a.id().cmp(b.id()));
+            store.require(&name).await?;
+            let records = store.records(&name).await?;
             if cx.out.json() {
                 let listed: Vec<Value> = records.iter().map(summary).collect();
                 cx.out.value(&Value::Array(listed))?;
@@ -70,20 +67,18 @@ pub(crate) async fn get(args: GetArgs, cx: &mut Context) -> Result<()> {
     let url = parse_url("STORE", &args.store)?;
     let name = parse_collection(&args.collection)?;
     let id = parse_id(&args.id)?;
-    let store = Store::open_existing(url, &cx.engine()).await?;
+    let store = Reader::open(url, cx).await?;
+    store.require(&name).await?;
     let record = store
-        .existing(&name)
+        .get(&name, &id)
         .await?
-        .get(id.clone())
-        .await
-        .with_context(|| format!("cannot read record {:?}", id.as_str()))?;
-    let record = record.ok_or_else(|| missing(&store, &name, &id))?;
+        .ok_or_else(|| missing(store.url(), &name, &id))?;
     cx.out.record(&record)?;
     store.close().await
 }
 
 pub(crate) async fn put(args: PutArgs, cx: &mut Context) -> Result<()> {
-    let url = parse_url("STORE", &args.store)?;
+    let url = local("put", parse_url("STORE", &args.store)?)?;
     let name = parse_collection(&args.collection)?;
     // All of the input is read and checked before the store is opened.
     let values = input::read(args.file.as_deref())?;
@@ -108,7 +103,7 @@ pub(crate) async fn put(args: PutArgs, cx: &mut Context) -> Result<()> {
 }
 
 pub(crate) async fn delete(args: DeleteArgs, cx: &mut Context) -> Result<()> {
-    let url = parse_url("STORE", &args.store)?;
+    let url = local("delete", parse_url("STORE", &args.store)?)?;
     let name = parse_collection(&args.collection)?;
     let id = parse_id(&args.id)?;
     let store = Store::open_existing(url, &cx.engine()).await?;
@@ -118,16 +113,29 @@ pub(crate) async fn delete(args: DeleteArgs, cx: &mut Context) -> Result<()> {
         .delete(id.clone())
         .await
         .with_context(|| format!("cannot delete record {:?}", id.as_str()))?;
-    let record = deleted.ok_or_else(|| missing(&store, &name, &id))?;
+    let record = deleted.ok_or_else(|| missing(store.url(), &name, &id))?;
     cx.out.record(&record)?;
     store.close().await
 }
 
-fn missing(store: &Store, collection: &CollectionName, id: &RecordId) -> anyhow::Error {
+/// `url`, when it names a local store: local writes are stamped by this
+/// command's own engine, which a sync server does not run.
+fn local(command: &str, url: StoreUrl) -> Result<StoreUrl> {
+    if url.backend_config().is_none() {
+        return Err(usage(format!(
+            "{command} writes to a local store, and {url} is a {}: write to a local store \
+             and `syncforge sync` it there",
+            url.kind()
+        )));
+    }
+    Ok(url)
+}
+
+fn missing(url: &StoreUrl, collection: &CollectionName, id: &RecordId) -> anyhow::Error {
     anyhow::anyhow!(
         "collection {:?} of {} has no record {:?}",
         collection.as_str(),
-        store.url(),
+        url,
         id.as_str()
     )
 }

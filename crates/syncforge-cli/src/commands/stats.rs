@@ -2,17 +2,14 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use anyhow::{Context as _, Result};
-use futures_util::TryStreamExt;
+use anyhow::Result;
 use serde_json::{json, Value};
-use syncforge::{Collection, Cursor, PageOptions, Stamp};
+use syncforge::{CollectionName, Cursor, Stamp};
 
 use super::Context;
 use crate::cli::StatsArgs;
-use crate::store::{parse_url, Store};
-
-/// Changes read per page of the feed.
-const PAGE: usize = 1000;
+use crate::reader::Reader;
+use crate::store::parse_url;
 
 /// One collection's figures.
 struct Figures {
@@ -27,14 +24,12 @@ struct Figures {
 
 pub(crate) async fn run(args: StatsArgs, cx: &mut Context) -> Result<()> {
     let url = parse_url("STORE", &args.store)?;
-    let store = Store::open_existing(url, &cx.engine()).await?;
+    let store = Reader::open(url, cx).await?;
+    let id = store.id().await?;
     let names = store.collections().await?;
     let mut rows = Vec::with_capacity(names.len());
     for name in &names {
-        let figures = figures(&store.collection(name)?)
-            .await
-            .with_context(|| format!("cannot read collection {:?}", name.as_str()))?;
-        rows.push((name, figures));
+        rows.push((name, figures(&store, name).await?));
     }
     if cx.out.json() {
         let collections: Vec<Value> = rows
@@ -54,15 +49,14 @@ pub(crate) async fn run(args: StatsArgs, cx: &mut Context) -> Result<()> {
         cx.out.value(&json!({
             "store": store.url().to_string(),
             "kind": store.url().kind(),
-            "store_id": store.engine().store_id(),
+            "store_id": id,
             "collections": collections,
         }))?;
     } else {
         cx.out.line(&format!(
-            "{} ({} store {})",
+            "{} ({}, store {id})",
             store.url(),
             store.url().kind(),
-            store.engine().store_id()
         ))?;
         let header = [
             "collection",
@@ -94,28 +88,26 @@ pub(crate) async fn run(args: StatsArgs, cx: &mut Context) -> Result<()> {
 
 /// Reads the collection's change feed once: every stored record appears in
 /// it once, at its latest change.
-async fn figures(collection: &Collection) -> syncforge::Result<Figures> {
-    let start = Figures {
+async fn figures(store: &Reader, name: &CollectionName) -> Result<Figures> {
+    let mut f = Figures {
         records: 0,
         deleted: 0,
         head: Cursor::START,
         newest: None,
         json_bytes: 0,
     };
-    collection
-        .change_stream(Cursor::START, PageOptions::default().limit(PAGE))
-        .try_fold(start, |mut f, change| async move {
+    f.head = store
+        .each_change(name, |change| {
             f.records += 1;
             f.deleted += u64::from(change.record.is_deleted());
-            f.head = f.head.max(change.cursor);
             let stamp = change.record.newest_stamp();
             if f.newest.as_ref().is_none_or(|newest| stamp > newest) {
                 f.newest = Some(stamp.clone());
             }
             f.json_bytes += change.record.to_json_string().len() as u64;
-            Ok(f)
         })
-        .await
+        .await?;
+    Ok(f)
 }
 
 /// The stamp's physical time, RFC 3339 with milliseconds, UTC.

@@ -5,8 +5,10 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result};
 use futures_util::TryStreamExt;
 use parking_lot::Mutex;
-use serde_json::Value;
-use syncforge::{CollectionName, Cursor, EventKind, PageOptions, SyncEvent, SyncPeer};
+use serde_json::{Map, Value};
+use syncforge::{
+    CollectionName, Cursor, EventKind, PageOptions, PeerSyncReport, StoreUrl, SyncEvent, SyncPeer,
+};
 
 use super::{Context, Counts};
 use crate::cli::SyncArgs;
@@ -17,6 +19,26 @@ use crate::store::{listing, parse_collection, parse_url, Store, StorePeer};
 /// Changes read per page when counting what a sync will send.
 const COUNT_PAGE: usize = 1000;
 
+/// The two ends of a sync. The local end whose engine runs the sync keeps
+/// the cursors: DST when both are local (or SRC is a server), SRC when DST
+/// is a server (a server keeps nothing for its clients).
+enum Ends {
+    Local {
+        src: Store,
+        dst: Store,
+    },
+    #[cfg(feature = "http")]
+    FromServer {
+        src: crate::remote::Remote,
+        dst: Store,
+    },
+    #[cfg(feature = "http")]
+    ToServer {
+        src: Store,
+        dst: crate::remote::Remote,
+    },
+}
+
 pub(crate) async fn run(args: SyncArgs, cx: &mut Context) -> Result<()> {
     let src_url = parse_url("SRC", &args.src)?;
     let dst_url = parse_url("DST", &args.dst)?;
@@ -25,143 +47,336 @@ pub(crate) async fn run(args: SyncArgs, cx: &mut Context) -> Result<()> {
         .iter()
         .map(|name| parse_collection(name))
         .collect::<Result<Vec<_>>>()?;
-    let options = cx.merging(args.merge);
-    let src = Store::open_existing(src_url, &options).await?;
-    let dst = Store::open(dst_url, &options).await?;
-    if src.engine().store_id() == dst.engine().store_id() {
-        return Err(usage(format!(
-            "SRC and DST are the same store ({})",
-            src.url()
-        )));
-    }
-    let collections = choose(&named, &src, &dst, args.both).await?;
+    let ends = Ends::open(src_url, dst_url, cx, args.merge).await?;
+    let collections = ends.choose(&named, args.both).await?;
     if collections.is_empty() && !cx.out.json() {
         cx.out.line("nothing to sync: SRC holds no collection")?;
     }
-    let peer = StorePeer::new(&src);
     for collection in &collections {
-        sync_one(&src, &dst, &peer, collection, args.both, cx)
+        ends.sync(collection, args.both, cx)
             .await
             .with_context(|| {
                 format!(
                     "cannot sync collection {:?} from {} to {}",
                     collection.as_str(),
-                    src.url(),
-                    dst.url()
+                    ends.src_url(),
+                    ends.dst_url()
                 )
             })?;
         // A line per collection as it ends, not all at the end.
         cx.out.flush()?;
     }
-    src.close().await?;
-    dst.close().await
+    ends.close().await
 }
 
-/// The collections to sync: those named, each held by SRC (or, with
-/// --both, by either store); by default every collection of SRC (and DST).
-async fn choose(
-    named: &[CollectionName],
-    src: &Store,
-    dst: &Store,
-    both: bool,
-) -> Result<Vec<CollectionName>> {
-    let in_src = src.collections().await?;
-    let in_dst = if both {
-        dst.collections().await?
-    } else {
-        Vec::new()
-    };
-    if named.is_empty() {
-        let mut all: Vec<CollectionName> = in_src.into_iter().chain(in_dst).collect();
-        all.sort();
-        all.dedup();
-        return Ok(all);
-    }
-    for name in named {
-        if in_src.contains(name) || in_dst.contains(name) {
-            continue;
+impl Ends {
+    async fn open(
+        src: StoreUrl,
+        dst: StoreUrl,
+        cx: &Context,
+        merge: crate::cli::MergeOptions,
+    ) -> Result<Ends> {
+        let options = cx.merging(merge);
+        #[cfg(feature = "http")]
+        match (src.server_url().is_some(), dst.server_url().is_some()) {
+            (true, true) => {
+                return Err(usage(
+                    "SRC and DST are both sync servers: one end must be a local store, \
+                     whose engine runs the sync and keeps its cursors",
+                ))
+            }
+            (true, false) => {
+                return Ok(Ends::FromServer {
+                    src: crate::remote::Remote::connect(src, cx)?,
+                    dst: Store::open(dst, &options).await?,
+                })
+            }
+            (false, true) => {
+                return Ok(Ends::ToServer {
+                    src: Store::open_existing(src, &options).await?,
+                    dst: crate::remote::Remote::connect(dst, cx)?,
+                })
+            }
+            (false, false) => {}
         }
-        if both {
+        let src = Store::open_existing(src, &options).await?;
+        let dst = Store::open(dst, &options).await?;
+        if src.engine().store_id() == dst.engine().store_id() {
+            return Err(usage(format!(
+                "SRC and DST are the same store ({})",
+                src.url()
+            )));
+        }
+        Ok(Ends::Local { src, dst })
+    }
+
+    fn src_url(&self) -> &StoreUrl {
+        match self {
+            Ends::Local { src, .. } => src.url(),
+            #[cfg(feature = "http")]
+            Ends::FromServer { src, .. } => src.url(),
+            #[cfg(feature = "http")]
+            Ends::ToServer { src, .. } => src.url(),
+        }
+    }
+
+    fn dst_url(&self) -> &StoreUrl {
+        match self {
+            Ends::Local { dst, .. } => dst.url(),
+            #[cfg(feature = "http")]
+            Ends::FromServer { dst, .. } => dst.url(),
+            #[cfg(feature = "http")]
+            Ends::ToServer { dst, .. } => dst.url(),
+        }
+    }
+
+    async fn src_collections(&self) -> Result<Vec<CollectionName>> {
+        match self {
+            Ends::Local { src, .. } => src.collections().await,
+            #[cfg(feature = "http")]
+            Ends::FromServer { src, .. } => src.collections().await,
+            #[cfg(feature = "http")]
+            Ends::ToServer { src, .. } => src.collections().await,
+        }
+    }
+
+    async fn dst_collections(&self) -> Result<Vec<CollectionName>> {
+        match self {
+            Ends::Local { dst, .. } => dst.collections().await,
+            #[cfg(feature = "http")]
+            Ends::FromServer { dst, .. } => dst.collections().await,
+            #[cfg(feature = "http")]
+            Ends::ToServer { dst, .. } => dst.collections().await,
+        }
+    }
+
+    /// The collections to sync: those named, each held by SRC (or, with
+    /// --both, by either end); by default every collection of SRC (and DST).
+    async fn choose(&self, named: &[CollectionName], both: bool) -> Result<Vec<CollectionName>> {
+        let in_src = self.src_collections().await?;
+        let in_dst = if both {
+            self.dst_collections().await?
+        } else {
+            Vec::new()
+        };
+        if named.is_empty() {
+            let mut all: Vec<CollectionName> = in_src.into_iter().chain(in_dst).collect();
+            all.sort();
+            all.dedup();
+            return Ok(all);
+        }
+        for name in named {
+            if in_src.contains(name) || in_dst.contains(name) {
+                continue;
+            }
+            if both {
+                anyhow::bail!(
+                    "neither {} nor {} has a collection {:?} (SRC: {}; DST: {})",
+                    self.src_url(),
+                    self.dst_url(),
+                    name.as_str(),
+                    listing(&in_src),
+                    listing(&in_dst)
+                );
+            }
             anyhow::bail!(
-                "neither {} nor {} has a collection {:?} (SRC: {}; DST: {})",
-                src.url(),
-                dst.url(),
+                "{} has no collection {:?} ({})",
+                self.src_url(),
                 name.as_str(),
-                listing(&in_src),
-                listing(&in_dst)
+                listing(&in_src)
             );
         }
-        anyhow::bail!(
-            "{} has no collection {:?} ({})",
-            src.url(),
-            name.as_str(),
-            listing(&in_src)
-        );
+        let mut named = named.to_vec();
+        named.sort();
+        named.dedup();
+        Ok(named)
     }
-    let mut named = named.to_vec();
-    named.sort();
-    named.dedup();
-    Ok(named)
+
+    /// Syncs one collection and prints its summary line.
+    async fn sync(&self, collection: &CollectionName, both: bool, cx: &mut Context) -> Result<()> {
+        let summary = match self {
+            Ends::Local { src, dst } => {
+                let peer = StorePeer::new(src);
+                let total = if cx.progress.enabled() {
+                    pending(src, dst, &peer, collection, both).await?
+                } else {
+                    0
+                };
+                let bar = cx.progress.bar(collection.as_str(), Some(total));
+                let outcome = {
+                    let _pulling = bar.follow(dst.engine());
+                    let _pushing = both.then(|| bar.follow(src.engine()));
+                    let (sent_back, _tallying) = tally(src, collection);
+                    let report = if both {
+                        dst.engine().sync_with(&peer, collection.clone()).await
+                    } else {
+                        dst.engine().pull_from(&peer, collection.clone()).await
+                    };
+                    report.map(|report| (report, *sent_back.lock()))
+                };
+                match outcome {
+                    Ok((report, back)) => {
+                        bar.finish();
+                        Summary {
+                            into_dst: Leg::merged(&report),
+                            into_src: both.then_some(Leg {
+                                sent: Some(report.pushed),
+                                counts: Some(back),
+                            }),
+                        }
+                    }
+                    Err(error) => {
+                        bar.abandon();
+                        return Err(error.into());
+                    }
+                }
+            }
+            #[cfg(feature = "http")]
+            Ends::FromServer { src, dst } => {
+                let bar = cx.progress.bar(collection.as_str(), None);
+                let report = {
+                    let _pulling = bar.follow(dst.engine());
+                    if both {
+                        dst.engine().sync_with(src.peer(), collection.clone()).await
+                    } else {
+                        dst.engine().pull_from(src.peer(), collection.clone()).await
+                    }
+                };
+                let report = finished(&bar, report)?;
+                Summary {
+                    into_dst: Leg::merged(&report),
+                    // What the server's merges did is its own business.
+                    into_src: both.then(|| Leg::sent(report.pushed)),
+                }
+            }
+            #[cfg(feature = "http")]
+            Ends::ToServer { src, dst } => {
+                let bar = cx.progress.bar(collection.as_str(), None);
+                let report = {
+                    let _pulling = bar.follow(src.engine());
+                    if both {
+                        src.engine().sync_with(dst.peer(), collection.clone()).await
+                    } else {
+                        src.engine().push_to(dst.peer(), collection.clone()).await
+                    }
+                };
+                let report = finished(&bar, report)?;
+                Summary {
+                    into_dst: Leg::sent(report.pushed),
+                    into_src: both.then(|| Leg::merged(&report)),
+                }
+            }
+        };
+        summary.print(collection, cx)
+    }
+
+    async fn close(self) -> Result<()> {
+        match self {
+            Ends::Local { src, dst } => {
+                src.close().await?;
+                dst.close().await
+            }
+            #[cfg(feature = "http")]
+            Ends::FromServer { dst, .. } => dst.close().await,
+            #[cfg(feature = "http")]
+            Ends::ToServer { src, .. } => src.close().await,
+        }
+    }
 }
 
-async fn sync_one(
-    src: &Store,
-    dst: &Store,
-    peer: &StorePeer,
-    collection: &CollectionName,
-    both: bool,
-    cx: &mut Context,
-) -> Result<()> {
-    let total = if cx.progress.enabled() {
-        pending(src, dst, peer, collection, both).await?
-    } else {
-        0
-    };
-    let bar = cx.progress.bar(collection.as_str(), total);
-    let outcome = {
-        let _pulling = bar.follow(dst.engine());
-        let _pushing = both.then(|| bar.follow(src.engine()));
-        let (sent_back, _tallying) = tally(src, collection);
-        let report = if both {
-            dst.engine().sync_with(peer, collection.clone()).await
-        } else {
-            dst.engine().pull_from(peer, collection.clone()).await
-        };
-        report.map(|report| (report, *sent_back.lock()))
-    };
-    let (report, back) = match outcome {
-        Ok(done) => {
+/// Ends `bar` as `report` says.
+#[cfg(feature = "http")]
+fn finished(
+    bar: &crate::progress::Bar,
+    report: syncforge::Result<PeerSyncReport>,
+) -> Result<PeerSyncReport> {
+    match report {
+        Ok(report) => {
             bar.finish();
-            done
+            Ok(report)
         }
         Err(error) => {
             bar.abandon();
-            return Err(error.into());
+            Err(error.into())
         }
-    };
-    let into_dst = Counts::of(&report.pulled);
-    if cx.out.json() {
-        let mut line = serde_json::Map::new();
-        line.insert("collection".to_owned(), collection.as_str().into());
-        line.extend(into_dst.json());
-        if both {
-            let mut to_src = serde_json::Map::new();
-            to_src.insert("sent".to_owned(), report.pushed.into());
-            to_src.extend(back.json());
-            line.insert("to_src".to_owned(), Value::Object(to_src));
+    }
+}
+
+/// What a sync did to one collection, in each direction.
+struct Summary {
+    into_dst: Leg,
+    /// With --both only.
+    into_src: Option<Leg>,
+}
+
+/// What one direction of a sync did: records sent (when the sending end
+/// counted them) and what merging them did (when the receiving end is
+/// local and could tell).
+struct Leg {
+    sent: Option<usize>,
+    counts: Option<Counts>,
+}
+
+impl Leg {
+    /// Records pulled and merged by the engine that ran the sync.
+    fn merged(report: &PeerSyncReport) -> Leg {
+        Leg {
+            sent: None,
+            counts: Some(Counts::of(&report.pulled)),
         }
-        cx.out.value(&Value::Object(line))
-    } else if both {
-        cx.out.line(&format!(
-            "{}: into DST {}; into SRC {} sent: {}",
-            collection,
-            into_dst.human(),
-            report.pushed,
-            back.human()
-        ))
-    } else {
-        cx.out
-            .line(&format!("{}: {}", collection, into_dst.human()))
+    }
+
+    /// Records pushed to a server.
+    #[cfg(feature = "http")]
+    fn sent(count: usize) -> Leg {
+        Leg {
+            sent: Some(count),
+            counts: None,
+        }
+    }
+
+    fn human(&self) -> String {
+        match (self.sent, self.counts) {
+            (Some(sent), Some(counts)) => format!("{sent} sent: {}", counts.human()),
+            (Some(sent), None) => format!("{sent} sent"),
+            (None, Some(counts)) => counts.human(),
+            (None, None) => String::new(),
+        }
+    }
+
+    fn json(&self) -> Map<String, Value> {
+        let mut fields = Map::new();
+        if let Some(sent) = self.sent {
+            fields.insert("sent".to_owned(), sent.into());
+        }
+        if let Some(counts) = self.counts {
+            fields.extend(counts.json());
+        }
+        fields
+    }
+}
+
+impl Summary {
+    fn print(&self, collection: &CollectionName, cx: &mut Context) -> Result<()> {
+        if cx.out.json() {
+            let mut line = Map::new();
+            line.insert("collection".to_owned(), collection.as_str().into());
+            line.extend(self.into_dst.json());
+            if let Some(into_src) = &self.into_src {
+                line.insert("to_src".to_owned(), Value::Object(into_src.json()));
+            }
+            return cx.out.value(&Value::Object(line));
+        }
+        match &self.into_src {
+            None => cx
+                .out
+                .line(&format!("{collection}: {}", self.into_dst.human())),
+            Some(into_src) => cx.out.line(&format!(
+                "{collection}: into DST {}; into SRC {}",
+                self.into_dst.human(),
+                into_src.human()
+            )),
+        }
     }
 }
 

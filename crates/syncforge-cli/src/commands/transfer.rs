@@ -6,25 +6,21 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context as _, Result};
 use serde_json::Value;
 use syncforge::core::DEFAULT_MAX_DRIFT;
-use syncforge::{CollectionName, Error, Record};
+use syncforge::{CollectionName, Error, Record, StoreUrl};
 
 use super::{Context, Counts};
-use crate::cli::{ExportArgs, ImportArgs};
+use crate::cli::{ExportArgs, ImportArgs, MergeOptions};
 use crate::input::{self, Values};
+use crate::reader::Reader;
 use crate::store::{parse_collection, parse_url, Store};
 
 pub(crate) async fn export(args: ExportArgs, cx: &mut Context) -> Result<()> {
     let url = parse_url("STORE", &args.store)?;
     let name = parse_collection(&args.collection)?;
-    let store = Store::open_existing(url, &cx.engine()).await?;
-    let mut records = store
-        .existing(&name)
-        .await?
-        .get_all()
-        .await
-        .with_context(|| format!("cannot read collection {:?}", name.as_str()))?;
-    // Sorted, so that converged replicas export byte-identical files.
-    records.sort_by(|a, b| a.id().cmp(b.id()));
+    let store = Reader::open(url, cx).await?;
+    store.require(&name).await?;
+    // Sorted by id, so that converged replicas export byte-identical files.
+    let records = store.records(&name).await?;
     for record in &records {
         cx.out.line(&record.to_json_string())?;
     }
@@ -63,31 +59,16 @@ pub(crate) async fn import(args: ImportArgs, cx: &mut Context) -> Result<()> {
         anyhow::bail!("the input holds no record to import");
     }
 
-    let store = Store::open(url, &cx.merging(args.merge)).await?;
+    let store = Target::open(url, cx, args.merge).await?;
     for (name, records) in batches {
         let count = records.len();
-        let bar = cx.progress.bar(name.as_str(), count as u64);
-        let result = {
-            let _following = bar.follow(store.engine());
-            store.collection(&name)?.sync(records).await
-        };
-        let result = match result {
-            Ok(result) => {
-                bar.finish();
-                result
-            }
-            Err(error) => {
-                bar.abandon();
-                return Err(error).with_context(|| {
-                    format!(
-                        "cannot import into collection {:?} of {}",
-                        name.as_str(),
-                        store.url()
-                    )
-                });
-            }
-        };
-        let counts = Counts::of(&result);
+        let counts = store.merge(cx, &name, records).await.with_context(|| {
+            format!(
+                "cannot import into collection {:?} of {}",
+                name.as_str(),
+                store.url()
+            )
+        })?;
         if cx.out.json() {
             let mut line = serde_json::Map::new();
             line.insert("collection".to_owned(), name.as_str().into());
@@ -101,6 +82,71 @@ pub(crate) async fn import(args: ImportArgs, cx: &mut Context) -> Result<()> {
         cx.out.flush()?;
     }
     store.close().await
+}
+
+/// Where an import goes: a local store, or a sync server the records are
+/// sent to.
+enum Target {
+    Local(Store),
+    #[cfg(feature = "http")]
+    Remote(crate::remote::Remote),
+}
+
+impl Target {
+    async fn open(url: StoreUrl, cx: &Context, merge: MergeOptions) -> Result<Target> {
+        #[cfg(feature = "http")]
+        if url.server_url().is_some() {
+            return Ok(Target::Remote(crate::remote::Remote::connect(url, cx)?));
+        }
+        Ok(Target::Local(Store::open(url, &cx.merging(merge)).await?))
+    }
+
+    fn url(&self) -> &StoreUrl {
+        match self {
+            Target::Local(store) => store.url(),
+            #[cfg(feature = "http")]
+            Target::Remote(remote) => remote.url(),
+        }
+    }
+
+    /// Merges `records` into collection `name`, with a progress bar for a
+    /// local store (a server takes them in a few large requests).
+    async fn merge(
+        &self,
+        cx: &Context,
+        name: &CollectionName,
+        records: Vec<Record>,
+    ) -> Result<Counts> {
+        match self {
+            Target::Local(store) => {
+                let bar = cx.progress.bar(name.as_str(), Some(records.len() as u64));
+                let result = {
+                    let _following = bar.follow(store.engine());
+                    store.collection(name)?.sync(records).await
+                };
+                match result {
+                    Ok(result) => {
+                        bar.finish();
+                        Ok(Counts::of(&result))
+                    }
+                    Err(error) => {
+                        bar.abandon();
+                        Err(error.into())
+                    }
+                }
+            }
+            #[cfg(feature = "http")]
+            Target::Remote(remote) => remote.push(name, records).await,
+        }
+    }
+
+    async fn close(self) -> Result<()> {
+        match self {
+            Target::Local(store) => store.close().await,
+            #[cfg(feature = "http")]
+            Target::Remote(_) => Ok(()),
+        }
+    }
 }
 
 /// The records of one input, in canonical or TypeScript form. A record

@@ -1,14 +1,16 @@
 //! `syncforge watch STORE COLLECTION`: follow the change feed.
 
 use std::io::Write as _;
+use std::num::NonZeroUsize;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use serde_json::{json, Value};
-use syncforge::{Change, Collection, Cursor, PageOptions};
+use syncforge::{Change, Cursor};
 
 use super::Context;
 use crate::cli::WatchArgs;
-use crate::store::{parse_collection, parse_url, Store};
+use crate::reader::Reader;
+use crate::store::{parse_collection, parse_url};
 
 /// Changes read per page of the feed.
 const PAGE: usize = 500;
@@ -16,12 +18,12 @@ const PAGE: usize = 500;
 pub(crate) async fn run(args: WatchArgs, cx: &mut Context) -> Result<()> {
     let url = parse_url("STORE", &args.store)?;
     let name = parse_collection(&args.collection)?;
-    let store = Store::open_existing(url, &cx.engine()).await?;
-    let collection = store.existing(&name).await?;
+    let store = Reader::open(url, cx).await?;
+    store.require(&name).await?;
     let mut cursor = match (args.from_start, args.after) {
         (true, _) => Cursor::START,
         (false, Some(after)) => Cursor::new(after),
-        (false, None) => head(&collection).await?,
+        (false, None) => store.each_change(&name, drop).await?,
     };
     // Said on stderr, so that whoever starts a watch knows from which point
     // on changes will be printed.
@@ -31,54 +33,28 @@ pub(crate) async fn run(args: WatchArgs, cx: &mut Context) -> Result<()> {
         name.as_str(),
         store.url()
     );
+    let limit = NonZeroUsize::new(PAGE).unwrap_or(NonZeroUsize::MIN);
     let mut printed = 0u64;
     let interrupted = tokio::signal::ctrl_c();
     tokio::pin!(interrupted);
-    'follow: loop {
-        loop {
-            let page = collection
-                .changes(cursor, PageOptions::default().limit(PAGE))
-                .await
-                .with_context(|| format!("cannot read the change feed of {:?}", name.as_str()))?;
-            for change in &page.changes {
-                if args.count.is_some_and(|count| printed >= count) {
-                    break 'follow;
-                }
-                show(cx, change)?;
-                printed += 1;
-            }
-            // A page that does not move the cursor would be read forever.
-            let advanced = page.next > cursor;
-            cursor = cursor.max(page.next);
-            if !page.more || !advanced {
+    while args.count.is_none_or(|count| printed < count) {
+        cx.out.flush()?;
+        // Between pages a local store is looked at again every --interval;
+        // a server answers a long poll as soon as a change lands.
+        let page = tokio::select! {
+            page = store.next_page(&name, cursor, limit, args.interval) => page?,
+            _ = &mut interrupted => break,
+        };
+        for change in &page.changes {
+            if args.count.is_some_and(|count| printed >= count) {
                 break;
             }
+            show(cx, change)?;
+            printed += 1;
         }
-        if args.count.is_some_and(|count| printed >= count) {
-            break;
-        }
-        cx.out.flush()?;
-        tokio::select! {
-            _ = tokio::time::sleep(args.interval) => {}
-            _ = &mut interrupted => break,
-        }
+        cursor = cursor.max(page.next);
     }
     store.close().await
-}
-
-/// Where the feed ends now.
-async fn head(collection: &Collection) -> Result<Cursor> {
-    let mut cursor = Cursor::START;
-    loop {
-        let page = collection
-            .changes(cursor, PageOptions::default().limit(PAGE))
-            .await?;
-        let advanced = page.next > cursor;
-        cursor = cursor.max(page.next);
-        if !page.more || !advanced {
-            return Ok(cursor);
-        }
-    }
 }
 
 /// One change: `cursor  put|delete  id  {fields}`, or a JSON line.

@@ -3,6 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod errors;
+#[cfg(feature = "http")]
+mod http;
 mod records;
 mod stats_watch;
 mod support;
