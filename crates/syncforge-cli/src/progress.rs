@@ -70,7 +70,7 @@ pub(crate) struct Bar {
 impl Bar {
     /// `count` more records done; the bar grows when the work outgrows the
     /// estimate it started with.
-    fn advance(&self, count: u64) {
+    pub(crate) fn advance(&self, count: u64) {
         let position = self.bar.position() + count;
         if self.bar.length().is_some_and(|length| position > length) {
             self.bar.set_length(position);

@@ -234,12 +234,13 @@ impl Ends {
             #[cfg(feature = "http")]
             Ends::FromServer { src, dst } => {
                 let bar = cx.progress.bar(collection.as_str(), None);
+                let server = Counted::new(src.peer(), &bar);
                 let report = {
                     let _pulling = bar.follow(dst.engine());
                     if both {
-                        dst.engine().sync_with(src.peer(), collection.clone()).await
+                        dst.engine().sync_with(&server, collection.clone()).await
                     } else {
-                        dst.engine().pull_from(src.peer(), collection.clone()).await
+                        dst.engine().pull_from(&server, collection.clone()).await
                     }
                 };
                 let report = finished(&bar, report)?;
@@ -252,12 +253,13 @@ impl Ends {
             #[cfg(feature = "http")]
             Ends::ToServer { src, dst } => {
                 let bar = cx.progress.bar(collection.as_str(), None);
+                let server = Counted::new(dst.peer(), &bar);
                 let report = {
                     let _pulling = bar.follow(src.engine());
                     if both {
-                        src.engine().sync_with(dst.peer(), collection.clone()).await
+                        src.engine().sync_with(&server, collection.clone()).await
                     } else {
-                        src.engine().push_to(dst.peer(), collection.clone()).await
+                        src.engine().push_to(&server, collection.clone()).await
                     }
                 };
                 let report = finished(&bar, report)?;
@@ -281,6 +283,56 @@ impl Ends {
             #[cfg(feature = "http")]
             Ends::ToServer { src, .. } => src.close().await,
         }
+    }
+}
+
+/// A peer whose pushes move a progress bar: records sent to a server show
+/// no event on this side.
+#[cfg(feature = "http")]
+struct Counted<'a, P: SyncPeer> {
+    peer: &'a P,
+    bar: crate::progress::Bar,
+}
+
+#[cfg(feature = "http")]
+impl<'a, P: SyncPeer> Counted<'a, P> {
+    fn new(peer: &'a P, bar: &crate::progress::Bar) -> Self {
+        Counted {
+            peer,
+            bar: bar.clone(),
+        }
+    }
+}
+
+#[cfg(feature = "http")]
+#[async_trait::async_trait]
+impl<P: SyncPeer> SyncPeer for Counted<'_, P> {
+    fn peer_id(&self) -> &str {
+        self.peer.peer_id()
+    }
+
+    async fn feed_id(&self) -> syncforge::Result<Option<String>> {
+        self.peer.feed_id().await
+    }
+
+    async fn pull(
+        &self,
+        collection: &CollectionName,
+        after: Cursor,
+        limit: std::num::NonZeroUsize,
+    ) -> syncforge::Result<syncforge::ChangePage> {
+        self.peer.pull(collection, after, limit).await
+    }
+
+    async fn push(
+        &self,
+        collection: &CollectionName,
+        records: Vec<syncforge::Record>,
+    ) -> syncforge::Result<()> {
+        let count = records.len() as u64;
+        self.peer.push(collection, records).await?;
+        self.bar.advance(count);
+        Ok(())
     }
 }
 
