@@ -102,6 +102,8 @@ impl StoreUrl {
         match lower.as_str() {
             "memory" => memory(rest),
             "file" => directory(file_path(rest)?),
+            #[cfg(feature = "redis")]
+            "redis" | "rediss" | "redis-cluster" | "rediss-cluster" => redis(&lower, rest),
             #[cfg(feature = "http-client")]
             "http" | "https" => server(&lower, rest),
             _ => Err(Error::FeatureDisabled {
@@ -221,6 +223,19 @@ fn memory(rest: &str) -> Result<StoreUrl> {
     Ok(StoreUrl::backend(
         BackendConfig::Memory,
         "memory:".to_owned(),
+    ))
+}
+
+/// A Redis server or cluster: the URL is read by `RedisConfig::from_url`
+/// now, so that a bad one is refused before anything connects, and shown
+/// as its address, without the password.
+#[cfg(feature = "redis")]
+fn redis(scheme: &str, rest: &str) -> Result<StoreUrl> {
+    let url = format!("{scheme}:{rest}");
+    let config = syncforge_backend_redis::RedisConfig::from_url(&url)?;
+    Ok(StoreUrl::backend(
+        BackendConfig::Redis { url },
+        config.address(),
     ))
 }
 
@@ -369,12 +384,36 @@ mod tests {
         assert!(refused("http://h/?token=x").contains("no query"));
     }
 
+    #[cfg(feature = "redis")]
+    #[test]
+    fn redis_urls_are_read_and_shown_without_their_password() {
+        let url = StoreUrl::parse("rediss://app:hunter2@cache.example:6380/2?prefix=shop").unwrap();
+        assert_eq!(url.kind(), "redis");
+        assert_eq!(url.to_string(), "rediss://cache.example:6380/2");
+        assert!(!format!("{url:?}").contains("hunter2"));
+        match url.backend_config() {
+            Some(BackendConfig::Redis { url }) => assert!(url.starts_with("rediss://app:")),
+            other => panic!("{other:?}"),
+        }
+        let refused = StoreUrl::parse("redis://:hunter2@host:port")
+            .unwrap_err()
+            .to_string();
+        assert!(!refused.contains("hunter2"), "{refused}");
+        let cluster =
+            StoreUrl::parse("redis-cluster://127.0.0.1:7001?node=127.0.0.1:7002").unwrap();
+        assert_eq!(
+            cluster.to_string(),
+            "redis-cluster://127.0.0.1:7001?node=127.0.0.1:7002"
+        );
+    }
+
     #[test]
     fn kinds_not_built_in_name_their_feature() {
         let disabled = |url: &str| match StoreUrl::parse(url) {
             Err(Error::FeatureDisabled { backend, feature }) => (backend, feature),
             other => panic!("{url:?} gave {other:?}"),
         };
+        #[cfg(not(feature = "redis"))]
         assert_eq!(
             disabled("redis://:secret@127.0.0.1:6379"),
             ("redis".to_owned(), "redis")
@@ -388,7 +427,7 @@ mod tests {
             disabled("https://sync.example.com"),
             ("sync server".to_owned(), "http-client")
         );
-        let message = StoreUrl::parse("redis://:secret@127.0.0.1:6379")
+        let message = StoreUrl::parse("s3://:secret@bucket")
             .unwrap_err()
             .to_string();
         assert!(!message.contains("secret"), "{message}");
