@@ -14,10 +14,12 @@ Stores are named by URL:
                            from one syncforge command to the next)
   ./data, /var/lib/app     the filesystem store in that directory (created
   file:///var/lib/app      when missing)
+  redis://[:password@]host:port[/db][?prefix=P]   Redis (rediss:// over TLS;
+  redis-cluster://host:port?node=host:port         a cluster from seed nodes)
   http://host:port         a sync server (`syncforge serve`); its token comes
   https://host:port        from --bearer-token or SYNCFORGE_TOKEN
-A URL of a kind this build lacks (redis://, s3://) is refused and names the
-cargo feature that builds it in.";
+A URL of a kind this build lacks (s3://) is refused and names the cargo
+feature that builds it in.";
 
 /// Sync, inspect, import and export syncforge stores.
 #[derive(Debug, Parser)]

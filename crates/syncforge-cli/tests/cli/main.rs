@@ -6,6 +6,8 @@ mod errors;
 #[cfg(feature = "http")]
 mod http;
 mod records;
+#[cfg(feature = "redis")]
+mod redis;
 mod stats_watch;
 mod support;
 mod sync;
