@@ -52,6 +52,10 @@
 //! | `http-client` | no | `http::HttpPeer`: sync with such a server like with a peer |
 //! | `redis` | no | `RedisBackend` and `RedisConfig`: Redis and Redis Cluster, atomic Lua-script writes |
 //!
+//! A store chosen at run time is named by a [`BackendConfig`] or by a URL
+//! ([`StoreUrl`], [`open_store`]: `memory:`, a directory path, ...), the
+//! form the `syncforge` command takes.
+//!
 //! The merge rules live in [`syncforge_core`] (re-exported as [`core`]).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -75,6 +79,7 @@ mod peer;
 mod peer_sync;
 mod result;
 mod retry;
+mod store_url;
 
 pub use backends::{create_backend, BackendConfig};
 pub use builder::EngineBuilder;
@@ -89,6 +94,7 @@ pub use feed::{PageOptions, DEFAULT_PAGE_LIMIT};
 pub use peer::{PeerCursors, SyncPeer};
 pub use peer_sync::PeerSyncReport;
 pub use result::SyncResult;
+pub use store_url::{open_store, StoreUrl};
 
 pub use syncforge_core as core;
 pub use syncforge_core::{

@@ -93,6 +93,35 @@ fn validate_peer_id(peer_id: &str) -> Result<()> {
     })
 }
 
+/// Which way a peer sync moves changes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// The peer's changes come here, then this engine's go to the peer.
+    Both,
+    /// Only the peer's changes come here.
+    Pull,
+    /// Only this engine's changes go to the peer.
+    Push,
+}
+
+impl Direction {
+    fn pulls(self) -> bool {
+        matches!(self, Direction::Both | Direction::Pull)
+    }
+
+    fn pushes(self) -> bool {
+        matches!(self, Direction::Both | Direction::Push)
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Direction::Both => "both",
+            Direction::Pull => "pull",
+            Direction::Push => "push",
+        }
+    }
+}
+
 impl SyncEngine {
     /// Bidirectional incremental sync of `collection` with `peer`.
     ///
@@ -116,12 +145,66 @@ impl SyncEngine {
         peer: &P,
         collection: impl IntoName<CollectionName>,
     ) -> Result<PeerSyncReport> {
+        self.peer_sync(peer, collection, Direction::Both).await
+    }
+
+    /// One-way incremental sync: merges the peer's changes of `collection`
+    /// since the stored pull cursor into this engine, sending nothing back —
+    /// the pull half of [`sync_with`](Self::sync_with), with the same cursor,
+    /// so the two can be mixed. [`PeerSyncReport::pushed`] is 0.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> syncforge::Result<()> {
+    /// use serde_json::json;
+    /// use syncforge::SyncEngine;
+    ///
+    /// let source = SyncEngine::builder().client_id("source").build().await?;
+    /// let replica = SyncEngine::builder().client_id("replica").build().await?;
+    /// source.put("notes", &json!({"id": "n1"})).await?;
+    /// replica.put("notes", &json!({"id": "local-only"})).await?;
+    ///
+    /// let first = replica.pull_from(&source, "notes").await?;
+    /// assert_eq!((first.pulled.added, first.pushed), (1, 0));
+    /// assert!(source.get("notes", "local-only").await?.is_none());
+    /// // Nothing changed since: a repeat reads nothing.
+    /// assert_eq!(replica.pull_from(&source, "notes").await?.pulled.total(), 0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn pull_from<P: SyncPeer + ?Sized>(
+        &self,
+        peer: &P,
+        collection: impl IntoName<CollectionName>,
+    ) -> Result<PeerSyncReport> {
+        self.peer_sync(peer, collection, Direction::Pull).await
+    }
+
+    /// One-way incremental sync: sends this engine's changes of `collection`
+    /// since the stored push cursor to the peer, taking nothing from it — the
+    /// push half of [`sync_with`](Self::sync_with), with the same cursor.
+    /// The report's `pulled` counts are all 0.
+    pub async fn push_to<P: SyncPeer + ?Sized>(
+        &self,
+        peer: &P,
+        collection: impl IntoName<CollectionName>,
+    ) -> Result<PeerSyncReport> {
+        self.peer_sync(peer, collection, Direction::Push).await
+    }
+
+    async fn peer_sync<P: SyncPeer + ?Sized>(
+        &self,
+        peer: &P,
+        collection: impl IntoName<CollectionName>,
+        direction: Direction,
+    ) -> Result<PeerSyncReport> {
         let collection = collection.into_name()?;
         let collection = &collection;
         let span = tracing::info_span!(
             "sync_with",
             peer = peer.peer_id(),
             collection = collection.as_str(),
+            direction = direction.name(),
             pulled = Empty,
             pushed = Empty,
             duration_ms = Empty,
@@ -129,7 +212,7 @@ impl SyncEngine {
         let started = Instant::now();
         let mut reported = false;
         let outcome = self
-            .sync_with_unreported(peer, collection, &mut reported)
+            .sync_with_unreported(peer, collection, direction, &mut reported)
             .instrument(span.clone())
             .await;
         match &outcome {
@@ -158,12 +241,14 @@ impl SyncEngine {
         outcome
     }
 
-    /// The body of `sync_with`; sets `reported` when the error was already
-    /// emitted as `sync:error` by the sync of a pulled page.
+    /// The body of `sync_with`, `pull_from` and `push_to`; sets `reported`
+    /// when the error was already emitted as `sync:error` by the sync of a
+    /// pulled page.
     async fn sync_with_unreported<P: SyncPeer + ?Sized>(
         &self,
         peer: &P,
         collection: &CollectionName,
+        direction: Direction,
         reported: &mut bool,
     ) -> Result<PeerSyncReport> {
         self.check_open()?;
@@ -180,61 +265,66 @@ impl SyncEngine {
         };
 
         self.follow_feed(peer, collection).await?;
-        let pull_key = cursor_key(peer_id, collection, PeerState::Pull);
-        let mut cursor = self.load_cursor(collection, &pull_key).await?;
+        // Feed positions of pulled writes the peer holds already: not pushed back.
         let mut echoes = HashSet::new();
-        loop {
-            let page = peer.pull(collection, cursor, limit).await?;
-            check_page(peer_id, cursor, &page)?;
-            let next = page.next;
-            let more = page.more;
-            if !page.is_empty() {
-                let records = page.into_iter().collect();
-                let trigger = SyncTrigger::Pull {
-                    peer: peer_id.to_owned(),
-                };
-                let applied = self
-                    .sync_records(collection, records, trigger, Some(&mut echoes))
-                    .await
-                    .inspect_err(|_| *reported = true)?;
-                report.pulled.absorb(applied);
-            }
-            if next != cursor {
-                self.store_cursor(&pull_key, next).await?;
-                cursor = next;
-            }
-            if !more {
-                break;
+        if direction.pulls() {
+            let pull_key = cursor_key(peer_id, collection, PeerState::Pull);
+            let mut cursor = self.load_cursor(collection, &pull_key).await?;
+            loop {
+                let page = peer.pull(collection, cursor, limit).await?;
+                check_page(peer_id, cursor, &page)?;
+                let next = page.next;
+                let more = page.more;
+                if !page.is_empty() {
+                    let records = page.into_iter().collect();
+                    let trigger = SyncTrigger::Pull {
+                        peer: peer_id.to_owned(),
+                    };
+                    let applied = self
+                        .sync_records(collection, records, trigger, Some(&mut echoes))
+                        .await
+                        .inspect_err(|_| *reported = true)?;
+                    report.pulled.absorb(applied);
+                }
+                if next != cursor {
+                    self.store_cursor(&pull_key, next).await?;
+                    cursor = next;
+                }
+                if !more {
+                    break;
+                }
             }
         }
 
         // When the pulled pages were merged (or found empty), as a sync reports it.
         report.pulled.timestamp = self.now_millis();
 
-        let push_key = cursor_key(peer_id, collection, PeerState::Push);
-        let mut cursor = self.load_cursor(collection, &push_key).await?;
-        let options = PageOptions::default().limit(limit.get());
-        loop {
-            let page = handle.changes(cursor, options).await?;
-            let before = page.changes.len();
-            let records: Vec<Record> = page
-                .changes
-                .into_iter()
-                .filter(|change| !echoes.contains(&change.cursor))
-                .map(|change| change.record)
-                .collect();
-            report.echoes_skipped += before - records.len();
-            if !records.is_empty() {
-                let count = records.len();
-                peer.push(collection, records).await?;
-                report.pushed += count;
-            }
-            if page.next != cursor {
-                self.store_cursor(&push_key, page.next).await?;
-                cursor = page.next;
-            }
-            if !page.more {
-                break;
+        if direction.pushes() {
+            let push_key = cursor_key(peer_id, collection, PeerState::Push);
+            let mut cursor = self.load_cursor(collection, &push_key).await?;
+            let options = PageOptions::default().limit(limit.get());
+            loop {
+                let page = handle.changes(cursor, options).await?;
+                let before = page.changes.len();
+                let records: Vec<Record> = page
+                    .changes
+                    .into_iter()
+                    .filter(|change| !echoes.contains(&change.cursor))
+                    .map(|change| change.record)
+                    .collect();
+                report.echoes_skipped += before - records.len();
+                if !records.is_empty() {
+                    let count = records.len();
+                    peer.push(collection, records).await?;
+                    report.pushed += count;
+                }
+                if page.next != cursor {
+                    self.store_cursor(&push_key, page.next).await?;
+                    cursor = page.next;
+                }
+                if !page.more {
+                    break;
+                }
             }
         }
         Ok(report)

@@ -87,6 +87,45 @@ async fn sync_with_is_bidirectional_and_incremental() {
 }
 
 #[tokio::test]
+async fn pull_from_and_push_to_go_one_way_and_share_sync_with_cursors() {
+    let a = engine("a", ConflictStrategy::Crdt).await;
+    let b = engine("b", ConflictStrategy::Crdt).await;
+    put_many(&a, "c", "a", 3).await;
+    put_many(&b, "c", "b", 2).await;
+
+    let pulled = a.pull_from(&b, "c").await.unwrap();
+    assert_eq!((pulled.pulled.added, pulled.pushed), (2, 0));
+    assert_eq!(b.get_all("c").await.unwrap().len(), 2, "nothing went to b");
+    assert_eq!(
+        a.peer_cursors("b", "c").await.unwrap(),
+        PeerCursors {
+            pulled: Cursor::new(2),
+            pushed: Cursor::START
+        }
+    );
+    let again = a.pull_from(&b, "c").await.unwrap();
+    assert_eq!(again.pulled.total(), 0, "a repeat reads nothing");
+
+    let pushed = a.push_to(&b, "c").await.unwrap();
+    assert_eq!(pushed.pulled.total(), 0, "nothing taken from b");
+    // Every change of a's feed, the two pulled from b included: a one-way
+    // push knows no echoes of an earlier pull, and b merges those as unchanged.
+    assert_eq!(pushed.pushed, 5);
+    assert_eq!(snapshot(&a, "c").await, snapshot(&b, "c").await);
+    assert_eq!(
+        a.peer_cursors("b", "c").await.unwrap().pushed,
+        head(&a, "c").await
+    );
+    assert_eq!(a.push_to(&b, "c").await.unwrap().pushed, 0);
+
+    // sync_with goes on from the cursors the one-way syncs left.
+    b.put("c", &json!({"id": "b0", "n": 100})).await.unwrap();
+    let both = a.sync_with(&b, "c").await.unwrap();
+    assert_eq!(both.pulled.updated, 1);
+    assert_eq!(snapshot(&a, "c").await, snapshot(&b, "c").await);
+}
+
+#[tokio::test]
 async fn concurrent_edits_converge_through_sync_with() {
     let a = engine("a", ConflictStrategy::Crdt).await;
     let b = engine("b", ConflictStrategy::Crdt).await;

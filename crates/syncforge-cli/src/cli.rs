@@ -1,0 +1,348 @@
+//! The command line: every command, option and `--help` text.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use syncforge::ConflictStrategy;
+
+/// What every `--help` says about naming stores.
+const STORES: &str = "\
+Stores are named by URL:
+  memory:                  a new in-process store, gone when the command ends:
+                           useful only within one command (nothing carries
+                           from one syncforge command to the next)
+  ./data, /var/lib/app     the filesystem store in that directory (created
+  file:///var/lib/app      when missing)
+  redis://[:password@]host:port[/db][?prefix=P]   Redis (rediss:// over TLS;
+  redis-cluster://host:port?node=host:port         a cluster from seed nodes)
+  http://host:port         a sync server (`syncforge serve`); its token comes
+  https://host:port        from --bearer-token or SYNCFORGE_TOKEN
+A URL of a kind this build lacks (s3://) is refused and names the cargo
+feature that builds it in.";
+
+/// Sync, inspect, import and export syncforge stores.
+#[derive(Debug, Parser)]
+#[command(
+    name = "syncforge",
+    version,
+    about = "Sync, inspect, import and export syncforge stores",
+    after_help = format!("{STORES}\n\nExamples:\n  \
+        syncforge sync ./phone ./laptop --both\n  \
+        syncforge ls ./laptop notes\n  \
+        syncforge get ./laptop notes n1\n  \
+        syncforge export ./laptop notes > notes.jsonl\n  \
+        syncforge import ./server notes notes.jsonl\n\n\
+        Exit codes: 0 success, 1 failure at run time, 2 usage error.")
+)]
+pub(crate) struct Cli {
+    /// Print machine-readable JSON instead of the human form.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+
+    /// The client id this command writes as (default: a new one per run).
+    /// Must be unique among the replicas that sync together.
+    #[arg(long, global = true, env = "SYNCFORGE_CLIENT_ID", value_name = "ID")]
+    pub(crate) client_id: Option<String>,
+
+    /// Never draw progress bars (they are drawn only when stderr is a
+    /// terminal anyway).
+    #[arg(long, global = true)]
+    pub(crate) no_progress: bool,
+
+    /// The token to present to sync servers (http:// and https:// stores).
+    #[cfg(feature = "http")]
+    #[arg(
+        long,
+        global = true,
+        env = "SYNCFORGE_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub(crate) bearer_token: Option<String>,
+
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    Sync(SyncArgs),
+    Ls(LsArgs),
+    Get(GetArgs),
+    Put(PutArgs),
+    Delete(DeleteArgs),
+    Export(ExportArgs),
+    Import(ImportArgs),
+    Stats(StatsArgs),
+    Watch(WatchArgs),
+    #[cfg(feature = "http")]
+    Serve(ServeArgs),
+}
+
+/// How concurrent edits are merged: every replica of a collection must use
+/// the same strategy.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum Strategy {
+    /// The whole record with the newest stamp wins (the library's default).
+    Timestamp,
+    /// Field by field, the newest stamp wins.
+    Crdt,
+}
+
+impl From<Strategy> for ConflictStrategy {
+    fn from(strategy: Strategy) -> Self {
+        match strategy {
+            Strategy::Timestamp => ConflictStrategy::Timestamp,
+            Strategy::Crdt => ConflictStrategy::Crdt,
+        }
+    }
+}
+
+/// Options of the commands that merge records.
+#[derive(Debug, Clone, Copy, Args)]
+pub(crate) struct MergeOptions {
+    /// How concurrent edits are merged; use the strategy the application
+    /// uses for these collections.
+    #[arg(long, value_enum, default_value_t = Strategy::Timestamp)]
+    pub(crate) strategy: Strategy,
+
+    /// Records merged and written per batch, and the page size of the change
+    /// feed (1 to 100000).
+    #[arg(long, value_name = "N", default_value_t = syncforge::DEFAULT_BATCH_SIZE)]
+    pub(crate) batch_size: usize,
+}
+
+/// Sync collections from SRC to DST through the change feed.
+///
+/// Only what changed since the last sync between the two stores travels: the
+/// positions reached in SRC's change feed (and, with --both, in DST's) are
+/// kept in DST's metadata, so repeating the command sends nothing new, and a
+/// sync that was interrupted resumes where it stopped. Prints one summary
+/// line per collection: what the merge did to DST (added, updated, deleted,
+/// unchanged, conflicts), and with --both what was sent to SRC.
+#[derive(Debug, Args)]
+#[command(after_help = format!("{STORES}\n\nExamples:\n  \
+    syncforge sync ./phone ./backup                 # every collection, one way\n  \
+    syncforge sync ./phone ./laptop -c notes --both # both ways\n  \
+    syncforge sync ./a ./b --strategy crdt --json   # counts as JSON Lines"))]
+pub(crate) struct SyncArgs {
+    /// The store changes come from.
+    pub(crate) src: String,
+    /// The store changes go to; it keeps the sync's cursors.
+    pub(crate) dst: String,
+    /// A collection to sync (repeatable; default: every collection of SRC,
+    /// with --both of SRC and DST).
+    #[arg(short, long = "collection", value_name = "COLLECTION")]
+    pub(crate) collections: Vec<String>,
+    /// Sync both ways: DST's changes go to SRC too.
+    #[arg(long)]
+    pub(crate) both: bool,
+    #[command(flatten)]
+    pub(crate) merge: MergeOptions,
+}
+
+/// List the collections of a store, or the records of a collection.
+///
+/// Soft-deleted records are listed too, marked "deleted": they stay stored so
+/// that deletions travel in syncs.
+#[derive(Debug, Args)]
+#[command(after_help = format!("{STORES}\n\nExamples:\n  \
+    syncforge ls ./data            # collection names\n  \
+    syncforge ls ./data notes      # record ids\n  \
+    syncforge ls ./data notes --json"))]
+pub(crate) struct LsArgs {
+    /// The store.
+    pub(crate) store: String,
+    /// The collection whose records to list.
+    pub(crate) collection: Option<String>,
+}
+
+/// Print one record (pretty JSON; compact with --json).
+#[derive(Debug, Args)]
+#[command(after_help = format!("{STORES}\n\nExamples:\n  \
+    syncforge get ./data notes n1\n  \
+    syncforge get ./data notes n1 --json > n1.json"))]
+pub(crate) struct GetArgs {
+    /// The store.
+    pub(crate) store: String,
+    /// The collection.
+    pub(crate) collection: String,
+    /// The record's id.
+    pub(crate) id: String,
+}
+
+/// Write records read from FILE or stdin.
+///
+/// Each JSON object with a string "id" replaces that record's content. The
+/// input is one object, a JSON array of objects, or JSON Lines (one
+/// object per line). All of it is checked first: one bad object refuses the
+/// whole input, naming its line, and nothing is written. Metadata keys
+/// (_version, _sync, ...) are ignored, so a record printed by `get` can be
+/// edited and put back. Prints the stored records.
+#[derive(Debug, Args)]
+#[command(after_help = format!("{STORES}\n\nExamples:\n  \
+    echo '{{\"id\": \"n1\", \"title\": \"Q3\"}}' | syncforge put ./data notes\n  \
+    syncforge put ./data notes edited.json"))]
+pub(crate) struct PutArgs {
+    /// The store.
+    pub(crate) store: String,
+    /// The collection (created by the first record written to it).
+    pub(crate) collection: String,
+    /// The file to read (default, or `-`: stdin).
+    pub(crate) file: Option<PathBuf>,
+}
+
+/// Soft-delete a record.
+///
+/// The record stays stored, marked deleted, so that the deletion travels in
+/// syncs. Prints the deleted record.
+#[derive(Debug, Args)]
+#[command(after_help = format!("{STORES}\n\nExamples:\n  \
+    syncforge delete ./data notes n1"))]
+pub(crate) struct DeleteArgs {
+    /// The store.
+    pub(crate) store: String,
+    /// The collection.
+    pub(crate) collection: String,
+    /// The record's id.
+    pub(crate) id: String,
+}
+
+/// Print every record of a collection as JSON Lines, in canonical form.
+///
+/// One record per line, sorted by id, soft-deleted records included, each in
+/// the canonical JSON form (sorted keys, per-field stamps): replicas that
+/// have converged export byte-identical files, and `import` reads them back.
+#[derive(Debug, Args)]
+#[command(after_help = format!("{STORES}\n\nExamples:\n  \
+    syncforge export ./data notes > notes.jsonl\n  \
+    diff <(syncforge export ./phone notes) <(syncforge export ./laptop notes)"))]
+pub(crate) struct ExportArgs {
+    /// The store.
+    pub(crate) store: String,
+    /// The collection.
+    pub(crate) collection: String,
+}
+
+/// Merge records into a store from JSON Lines, a JSON array or the
+/// TypeScript original's files.
+///
+/// Import is a sync: records merge with what the store holds (the newest
+/// write wins), so an import can be repeated. Records may be in syncforge's
+/// canonical form (as `export` prints them) or in the TypeScript original's
+/// form ({id, ...fields, _version, _timestamp, _deleted, _clientId}). The
+/// whole input is checked first: a malformed line refuses the import with
+/// its line number, and nothing is written.
+///
+/// FILE may also be a directory holding one `<id>.json` file per record: a
+/// collection directory of the original's filesystem store. --store-dir
+/// imports a whole store directory of the original, each subdirectory into
+/// the collection of its name.
+#[derive(Debug, Args)]
+#[command(after_help = format!("{STORES}\n\nExamples:\n  \
+    syncforge import ./data notes notes.jsonl\n  \
+    syncforge export ./phone notes | syncforge import ./laptop notes\n  \
+    syncforge import ./data inspections ./ts-data/inspections\n  \
+    syncforge import ./data --store-dir ./ts-data"))]
+pub(crate) struct ImportArgs {
+    /// The store to import into.
+    pub(crate) store: String,
+    /// The collection to import into.
+    #[arg(required_unless_present = "store_dir")]
+    pub(crate) collection: Option<String>,
+    /// JSON Lines, a JSON array, or a directory of `<id>.json` files
+    /// (default, or `-`: stdin).
+    #[arg(conflicts_with = "store_dir")]
+    pub(crate) file: Option<PathBuf>,
+    /// A whole store directory of the TypeScript original: every
+    /// subdirectory is a collection.
+    #[arg(long, value_name = "DIR", conflicts_with = "collection")]
+    pub(crate) store_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) merge: MergeOptions,
+}
+
+/// Show what each collection of a store holds.
+///
+/// Per collection: records, deleted records, the feed head (the cursor after
+/// the last change), the newest stamp and the size.
+///
+/// "records" counts every stored record, soft-deleted ones included; "json
+/// bytes" is the size of their canonical JSON (what the filesystem store's
+/// record files hold). Reads every record once.
+#[derive(Debug, Args)]
+#[command(after_help = format!("{STORES}\n\nExamples:\n  \
+    syncforge stats ./data\n  \
+    syncforge stats ./data --json"))]
+pub(crate) struct StatsArgs {
+    /// The store.
+    pub(crate) store: String,
+}
+
+/// Follow a collection's change feed and print each change as it is applied.
+///
+/// Starts at the end of the feed (only changes made from now on), or at the
+/// start with --from-start, or after a cursor printed earlier with --after.
+/// Each line shows the change's cursor, so a later watch can go on from it.
+/// Runs until interrupted (Ctrl-C) or until --count changes were printed.
+#[derive(Debug, Args)]
+#[command(after_help = format!("{STORES}\n\nExamples:\n  \
+    syncforge watch ./data notes\n  \
+    syncforge watch ./data notes --from-start --json\n  \
+    syncforge watch ./data notes --after 1200 --count 10"))]
+pub(crate) struct WatchArgs {
+    /// The store.
+    pub(crate) store: String,
+    /// The collection.
+    pub(crate) collection: String,
+    /// Print the whole feed first.
+    #[arg(long, conflicts_with = "after")]
+    pub(crate) from_start: bool,
+    /// Start after this cursor.
+    #[arg(long, value_name = "CURSOR")]
+    pub(crate) after: Option<u64>,
+    /// Stop after printing this many changes.
+    #[arg(long, value_name = "N")]
+    pub(crate) count: Option<u64>,
+    /// How often to look for new changes.
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub(crate) interval: Duration,
+}
+
+/// Serve a store over HTTP: the sync server other replicas sync with.
+///
+/// Clients sync with it as with any store (`syncforge sync ./tablet
+/// http://host:8080 --both`, or `HttpPeer` in a program). Every request needs
+/// one of the tokens given with --token (read and write) or
+/// --read-only-token; --open serves without tokens, for a trusted network
+/// only. Prints the URL it listens on, then serves until interrupted (Ctrl-C
+/// or SIGTERM), finishing the requests in progress.
+#[cfg(feature = "http")]
+#[derive(Debug, Args)]
+#[command(after_help = format!("{STORES}\n\nExamples:\n  \
+    syncforge serve ./data --addr 127.0.0.1:8080 --token \"$SYNC_TOKEN\"\n  \
+    syncforge serve ./data --addr 0.0.0.0:8080 --token rw-secret --read-only-token dashboard\n  \
+    syncforge serve memory: --addr 127.0.0.1:0 --open      # a throwaway server"))]
+pub(crate) struct ServeArgs {
+    /// The store to serve (a local store, not another server).
+    pub(crate) store: String,
+    /// The address to listen on (port 0: any free port).
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8080")]
+    pub(crate) addr: String,
+    /// A token that may read and write every collection (repeatable).
+    #[arg(long = "token", value_name = "TOKEN")]
+    pub(crate) tokens: Vec<String>,
+    /// A token that may only read (repeatable).
+    #[arg(long = "read-only-token", value_name = "TOKEN")]
+    pub(crate) read_only_tokens: Vec<String>,
+    /// Serve without tokens: anyone who reaches the address may read and
+    /// write.
+    #[arg(long, conflicts_with_all = ["tokens", "read_only_tokens"])]
+    pub(crate) open: bool,
+    /// How concurrent edits pushed by clients are merged; use the strategy
+    /// the application uses for these collections.
+    #[arg(long, value_enum, default_value_t = Strategy::Timestamp)]
+    pub(crate) strategy: Strategy,
+}

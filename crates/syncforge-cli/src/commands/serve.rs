@@ -1,0 +1,80 @@
+//! `syncforge serve STORE`: the HTTP sync server.
+
+use anyhow::{Context as _, Result};
+use serde_json::json;
+use syncforge::http::{AccessToken, Server, ServerOptions};
+
+use super::Context;
+use crate::cli::ServeArgs;
+use crate::failure::usage;
+use crate::store::{parse_url, EngineOptions, Store};
+
+pub(crate) async fn run(args: ServeArgs, cx: &mut Context) -> Result<()> {
+    let url = parse_url("STORE", &args.store)?;
+    if url.backend_config().is_none() {
+        return Err(usage(format!(
+            "serve serves a local store, and {url} is a {}",
+            url.kind()
+        )));
+    }
+    if args.tokens.is_empty() && args.read_only_tokens.is_empty() && !args.open {
+        return Err(usage(
+            "give the clients' tokens with --token (read and write) or --read-only-token, \
+             or serve without tokens with --open (a trusted network only)",
+        ));
+    }
+    let options = args
+        .tokens
+        .iter()
+        .map(AccessToken::read_write)
+        .chain(args.read_only_tokens.iter().map(AccessToken::read_only))
+        .fold(ServerOptions::default(), ServerOptions::token);
+    let store = Store::open(
+        url,
+        &EngineOptions {
+            strategy: args.strategy.into(),
+            ..cx.engine()
+        },
+    )
+    .await?;
+    let server = Server::bind(store.engine().clone(), args.addr.as_str(), options)
+        .await
+        .with_context(|| format!("cannot serve {} at {}", store.url(), args.addr))?;
+    if cx.out.json() {
+        cx.out.value(&json!({
+            "store": store.url().to_string(),
+            "url": server.url(),
+        }))?;
+    } else {
+        cx.out.line(&format!(
+            "serving {} at {} (Ctrl-C stops)",
+            store.url(),
+            server.url()
+        ))?;
+    }
+    cx.out.flush()?;
+    stopped().await?;
+    server
+        .shutdown()
+        .await
+        .context("the server did not stop cleanly")?;
+    store.close().await
+}
+
+/// Waits for Ctrl-C, or on Unix for SIGTERM (what service managers send).
+async fn stopped() -> Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut terminate = signal(SignalKind::terminate()).context("cannot wait for SIGTERM")?;
+        tokio::select! {
+            interrupted = tokio::signal::ctrl_c() => interrupted.context("cannot wait for Ctrl-C")?,
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c()
+        .await
+        .context("cannot wait for Ctrl-C")?;
+    Ok(())
+}

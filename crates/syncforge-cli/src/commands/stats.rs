@@ -1,0 +1,184 @@
+//! `syncforge stats STORE`: what each collection holds.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use anyhow::Result;
+use serde_json::{json, Value};
+use syncforge::{CollectionName, Cursor, Stamp};
+
+use super::Context;
+use crate::cli::StatsArgs;
+use crate::reader::Reader;
+use crate::store::parse_url;
+
+/// One collection's figures.
+struct Figures {
+    records: u64,
+    deleted: u64,
+    /// The cursor after the last change: where a reader that has seen
+    /// everything stands.
+    head: Cursor,
+    newest: Option<Stamp>,
+    json_bytes: u64,
+}
+
+pub(crate) async fn run(args: StatsArgs, cx: &mut Context) -> Result<()> {
+    let url = parse_url("STORE", &args.store)?;
+    let store = Reader::open(url, cx).await?;
+    let id = store.id().await?;
+    let names = store.collections().await?;
+    let mut rows = Vec::with_capacity(names.len());
+    for name in &names {
+        rows.push((name, figures(&store, name).await?));
+    }
+    if cx.out.json() {
+        let collections: Vec<Value> = rows
+            .iter()
+            .map(|(name, f)| {
+                json!({
+                    "collection": name.as_str(),
+                    "records": f.records,
+                    "deleted": f.deleted,
+                    "feed_head": f.head.get(),
+                    "newest_stamp": f.newest,
+                    "newest_time": f.newest.as_ref().map(time),
+                    "json_bytes": f.json_bytes,
+                })
+            })
+            .collect();
+        cx.out.value(&json!({
+            "store": store.url().to_string(),
+            "kind": store.url().kind(),
+            "store_id": id,
+            "collections": collections,
+        }))?;
+    } else {
+        cx.out.line(&format!(
+            "{} ({}, store {id})",
+            store.url(),
+            store.url().kind(),
+        ))?;
+        let header = [
+            "collection",
+            "records",
+            "deleted",
+            "feed head",
+            "newest stamp",
+            "json bytes",
+        ];
+        let mut table = vec![header.map(str::to_owned).to_vec()];
+        for (name, f) in &rows {
+            table.push(vec![
+                name.to_string(),
+                f.records.to_string(),
+                f.deleted.to_string(),
+                f.head.to_string(),
+                f.newest
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), |s| format!("{} {}", time(s), s.client())),
+                f.json_bytes.to_string(),
+            ]);
+        }
+        for line in layout(&table) {
+            cx.out.line(&line)?;
+        }
+    }
+    store.close().await
+}
+
+/// Reads the collection's change feed once: every stored record appears in
+/// it once, at its latest change.
+async fn figures(store: &Reader, name: &CollectionName) -> Result<Figures> {
+    let mut f = Figures {
+        records: 0,
+        deleted: 0,
+        head: Cursor::START,
+        newest: None,
+        json_bytes: 0,
+    };
+    f.head = store
+        .each_change(name, |change| {
+            f.records += 1;
+            f.deleted += u64::from(change.record.is_deleted());
+            let stamp = change.record.newest_stamp();
+            if f.newest.as_ref().is_none_or(|newest| stamp > newest) {
+                f.newest = Some(stamp.clone());
+            }
+            f.json_bytes += change.record.to_json_string().len() as u64;
+        })
+        .await?;
+    Ok(f)
+}
+
+/// The stamp's physical time, RFC 3339 with milliseconds, UTC.
+fn time(stamp: &Stamp) -> String {
+    let at = UNIX_EPOCH + Duration::from_millis(stamp.millis());
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+/// Columns padded to their widest cell: text left, numbers right.
+fn layout(table: &[Vec<String>]) -> Vec<String> {
+    let columns = table.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            table
+                .iter()
+                .map(|row| row[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    table
+        .iter()
+        .map(|row| {
+            let cells: Vec<String> = row
+                .iter()
+                .zip(&widths)
+                .enumerate()
+                .map(|(c, (cell, &width))| {
+                    if c == 0 || c == 4 {
+                        format!("{cell:<width$}")
+                    } else {
+                        format!("{cell:>width$}")
+                    }
+                })
+                .collect();
+            cells.join("  ").trim_end().to_owned()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_line_up() {
+        let table = vec![
+            vec![
+                "collection",
+                "records",
+                "deleted",
+                "feed head",
+                "newest stamp",
+                "json bytes",
+            ],
+            vec!["notes", "3", "1", "7", "2026-01-01T00:00:00.000Z a", "842"],
+        ]
+        .into_iter()
+        .map(|row| row.into_iter().map(str::to_owned).collect())
+        .collect::<Vec<Vec<String>>>();
+        let lines = layout(&table);
+        assert_eq!(
+            lines[1],
+            "notes             3        1          7  2026-01-01T00:00:00.000Z a         842"
+        );
+        assert_eq!(lines[0].len(), lines[1].len());
+    }
+
+    #[test]
+    fn stamps_read_as_times() {
+        let stamp = Stamp::new(1_700_000_000_123, 0, "a").unwrap();
+        assert_eq!(time(&stamp), "2023-11-14T22:13:20.123Z");
+    }
+}

@@ -1,0 +1,483 @@
+//! `syncforge sync SRC DST`: one-way or two-way sync through the change feed.
+
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use futures_util::TryStreamExt;
+use parking_lot::Mutex;
+use serde_json::{Map, Value};
+use syncforge::{
+    CollectionName, Cursor, EventKind, PageOptions, PeerSyncReport, StoreUrl, SyncEvent, SyncPeer,
+};
+
+use super::{Context, Counts};
+use crate::cli::SyncArgs;
+use crate::failure::usage;
+use crate::progress::Following;
+use crate::store::{listing, parse_collection, parse_url, Store, StorePeer};
+
+/// Changes read per page when counting what a sync will send.
+const COUNT_PAGE: usize = 1000;
+
+/// The two ends of a sync. The local end whose engine runs the sync keeps
+/// the cursors: DST when both are local (or SRC is a server), SRC when DST
+/// is a server (a server keeps nothing for its clients).
+enum Ends {
+    Local {
+        src: Store,
+        dst: Store,
+    },
+    #[cfg(feature = "http")]
+    FromServer {
+        src: crate::remote::Remote,
+        dst: Store,
+    },
+    #[cfg(feature = "http")]
+    ToServer {
+        src: Store,
+        dst: crate::remote::Remote,
+    },
+}
+
+pub(crate) async fn run(args: SyncArgs, cx: &mut Context) -> Result<()> {
+    let src_url = parse_url("SRC", &args.src)?;
+    let dst_url = parse_url("DST", &args.dst)?;
+    let named = args
+        .collections
+        .iter()
+        .map(|name| parse_collection(name))
+        .collect::<Result<Vec<_>>>()?;
+    let ends = Ends::open(src_url, dst_url, cx, args.merge).await?;
+    let collections = ends.choose(&named, args.both).await?;
+    if collections.is_empty() && !cx.out.json() {
+        cx.out.line("nothing to sync: SRC holds no collection")?;
+    }
+    for collection in &collections {
+        ends.sync(collection, args.both, cx)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot sync collection {:?} from {} to {}",
+                    collection.as_str(),
+                    ends.src_url(),
+                    ends.dst_url()
+                )
+            })?;
+        // A line per collection as it ends, not all at the end.
+        cx.out.flush()?;
+    }
+    ends.close().await
+}
+
+impl Ends {
+    async fn open(
+        src: StoreUrl,
+        dst: StoreUrl,
+        cx: &Context,
+        merge: crate::cli::MergeOptions,
+    ) -> Result<Ends> {
+        let options = cx.merging(merge);
+        #[cfg(feature = "http")]
+        match (src.server_url().is_some(), dst.server_url().is_some()) {
+            (true, true) => {
+                return Err(usage(
+                    "SRC and DST are both sync servers: one end must be a local store, \
+                     whose engine runs the sync and keeps its cursors",
+                ))
+            }
+            (true, false) => {
+                return Ok(Ends::FromServer {
+                    src: crate::remote::Remote::connect(src, cx)?,
+                    dst: Store::open(dst, &options).await?,
+                })
+            }
+            (false, true) => {
+                return Ok(Ends::ToServer {
+                    src: Store::open_existing(src, &options).await?,
+                    dst: crate::remote::Remote::connect(dst, cx)?,
+                })
+            }
+            (false, false) => {}
+        }
+        let src = Store::open_existing(src, &options).await?;
+        let dst = Store::open(dst, &options).await?;
+        if src.engine().store_id() == dst.engine().store_id() {
+            return Err(usage(format!(
+                "SRC and DST are the same store ({})",
+                src.url()
+            )));
+        }
+        Ok(Ends::Local { src, dst })
+    }
+
+    fn src_url(&self) -> &StoreUrl {
+        match self {
+            Ends::Local { src, .. } => src.url(),
+            #[cfg(feature = "http")]
+            Ends::FromServer { src, .. } => src.url(),
+            #[cfg(feature = "http")]
+            Ends::ToServer { src, .. } => src.url(),
+        }
+    }
+
+    fn dst_url(&self) -> &StoreUrl {
+        match self {
+            Ends::Local { dst, .. } => dst.url(),
+            #[cfg(feature = "http")]
+            Ends::FromServer { dst, .. } => dst.url(),
+            #[cfg(feature = "http")]
+            Ends::ToServer { dst, .. } => dst.url(),
+        }
+    }
+
+    async fn src_collections(&self) -> Result<Vec<CollectionName>> {
+        match self {
+            Ends::Local { src, .. } => src.collections().await,
+            #[cfg(feature = "http")]
+            Ends::FromServer { src, .. } => src.collections().await,
+            #[cfg(feature = "http")]
+            Ends::ToServer { src, .. } => src.collections().await,
+        }
+    }
+
+    async fn dst_collections(&self) -> Result<Vec<CollectionName>> {
+        match self {
+            Ends::Local { dst, .. } => dst.collections().await,
+            #[cfg(feature = "http")]
+            Ends::FromServer { dst, .. } => dst.collections().await,
+            #[cfg(feature = "http")]
+            Ends::ToServer { dst, .. } => dst.collections().await,
+        }
+    }
+
+    /// The collections to sync: those named, each held by SRC (or, with
+    /// --both, by either end); by default every collection of SRC (and DST).
+    async fn choose(&self, named: &[CollectionName], both: bool) -> Result<Vec<CollectionName>> {
+        let in_src = self.src_collections().await?;
+        let in_dst = if both {
+            self.dst_collections().await?
+        } else {
+            Vec::new()
+        };
+        if named.is_empty() {
+            let mut all: Vec<CollectionName> = in_src.into_iter().chain(in_dst).collect();
+            all.sort();
+            all.dedup();
+            return Ok(all);
+        }
+        for name in named {
+            if in_src.contains(name) || in_dst.contains(name) {
+                continue;
+            }
+            if both {
+                anyhow::bail!(
+                    "neither {} nor {} has a collection {:?} (SRC: {}; DST: {})",
+                    self.src_url(),
+                    self.dst_url(),
+                    name.as_str(),
+                    listing(&in_src),
+                    listing(&in_dst)
+                );
+            }
+            anyhow::bail!(
+                "{} has no collection {:?} ({})",
+                self.src_url(),
+                name.as_str(),
+                listing(&in_src)
+            );
+        }
+        let mut named = named.to_vec();
+        named.sort();
+        named.dedup();
+        Ok(named)
+    }
+
+    /// Syncs one collection and prints its summary line.
+    async fn sync(&self, collection: &CollectionName, both: bool, cx: &mut Context) -> Result<()> {
+        let summary = match self {
+            Ends::Local { src, dst } => {
+                let peer = StorePeer::new(src);
+                let total = if cx.progress.enabled() {
+                    pending(src, dst, &peer, collection, both).await?
+                } else {
+                    0
+                };
+                let bar = cx.progress.bar(collection.as_str(), Some(total));
+                let outcome = {
+                    let _pulling = bar.follow(dst.engine());
+                    let _pushing = both.then(|| bar.follow(src.engine()));
+                    let (sent_back, _tallying) = tally(src, collection);
+                    let report = if both {
+                        dst.engine().sync_with(&peer, collection.clone()).await
+                    } else {
+                        dst.engine().pull_from(&peer, collection.clone()).await
+                    };
+                    report.map(|report| (report, *sent_back.lock()))
+                };
+                match outcome {
+                    Ok((report, back)) => {
+                        bar.finish();
+                        Summary {
+                            into_dst: Leg::merged(&report),
+                            into_src: both.then_some(Leg {
+                                sent: Some(report.pushed),
+                                counts: Some(back),
+                            }),
+                        }
+                    }
+                    Err(error) => {
+                        bar.abandon();
+                        return Err(error.into());
+                    }
+                }
+            }
+            #[cfg(feature = "http")]
+            Ends::FromServer { src, dst } => {
+                let bar = cx.progress.bar(collection.as_str(), None);
+                let server = Counted::new(src.peer(), &bar);
+                let report = {
+                    let _pulling = bar.follow(dst.engine());
+                    if both {
+                        dst.engine().sync_with(&server, collection.clone()).await
+                    } else {
+                        dst.engine().pull_from(&server, collection.clone()).await
+                    }
+                };
+                let report = finished(&bar, report)?;
+                Summary {
+                    into_dst: Leg::merged(&report),
+                    // What the server's merges did is its own business.
+                    into_src: both.then(|| Leg::sent(report.pushed)),
+                }
+            }
+            #[cfg(feature = "http")]
+            Ends::ToServer { src, dst } => {
+                let bar = cx.progress.bar(collection.as_str(), None);
+                let server = Counted::new(dst.peer(), &bar);
+                let report = {
+                    let _pulling = bar.follow(src.engine());
+                    if both {
+                        src.engine().sync_with(&server, collection.clone()).await
+                    } else {
+                        src.engine().push_to(&server, collection.clone()).await
+                    }
+                };
+                let report = finished(&bar, report)?;
+                Summary {
+                    into_dst: Leg::sent(report.pushed),
+                    into_src: both.then(|| Leg::merged(&report)),
+                }
+            }
+        };
+        summary.print(collection, cx)
+    }
+
+    async fn close(self) -> Result<()> {
+        match self {
+            Ends::Local { src, dst } => {
+                src.close().await?;
+                dst.close().await
+            }
+            #[cfg(feature = "http")]
+            Ends::FromServer { dst, .. } => dst.close().await,
+            #[cfg(feature = "http")]
+            Ends::ToServer { src, .. } => src.close().await,
+        }
+    }
+}
+
+/// A peer whose pushes move a progress bar: records sent to a server show
+/// no event on this side.
+#[cfg(feature = "http")]
+struct Counted<'a, P: SyncPeer> {
+    peer: &'a P,
+    bar: crate::progress::Bar,
+}
+
+#[cfg(feature = "http")]
+impl<'a, P: SyncPeer> Counted<'a, P> {
+    fn new(peer: &'a P, bar: &crate::progress::Bar) -> Self {
+        Counted {
+            peer,
+            bar: bar.clone(),
+        }
+    }
+}
+
+#[cfg(feature = "http")]
+#[async_trait::async_trait]
+impl<P: SyncPeer> SyncPeer for Counted<'_, P> {
+    fn peer_id(&self) -> &str {
+        self.peer.peer_id()
+    }
+
+    async fn feed_id(&self) -> syncforge::Result<Option<String>> {
+        self.peer.feed_id().await
+    }
+
+    async fn pull(
+        &self,
+        collection: &CollectionName,
+        after: Cursor,
+        limit: std::num::NonZeroUsize,
+    ) -> syncforge::Result<syncforge::ChangePage> {
+        self.peer.pull(collection, after, limit).await
+    }
+
+    async fn push(
+        &self,
+        collection: &CollectionName,
+        records: Vec<syncforge::Record>,
+    ) -> syncforge::Result<()> {
+        let count = records.len() as u64;
+        self.peer.push(collection, records).await?;
+        self.bar.advance(count);
+        Ok(())
+    }
+}
+
+/// Ends `bar` as `report` says.
+#[cfg(feature = "http")]
+fn finished(
+    bar: &crate::progress::Bar,
+    report: syncforge::Result<PeerSyncReport>,
+) -> Result<PeerSyncReport> {
+    match report {
+        Ok(report) => {
+            bar.finish();
+            Ok(report)
+        }
+        Err(error) => {
+            bar.abandon();
+            Err(error.into())
+        }
+    }
+}
+
+/// What a sync did to one collection, in each direction.
+struct Summary {
+    into_dst: Leg,
+    /// With --both only.
+    into_src: Option<Leg>,
+}
+
+/// What one direction of a sync did: records sent (when the sending end
+/// counted them) and what merging them did (when the receiving end is
+/// local and could tell).
+struct Leg {
+    sent: Option<usize>,
+    counts: Option<Counts>,
+}
+
+impl Leg {
+    /// Records pulled and merged by the engine that ran the sync.
+    fn merged(report: &PeerSyncReport) -> Leg {
+        Leg {
+            sent: None,
+            counts: Some(Counts::of(&report.pulled)),
+        }
+    }
+
+    /// Records pushed to a server.
+    #[cfg(feature = "http")]
+    fn sent(count: usize) -> Leg {
+        Leg {
+            sent: Some(count),
+            counts: None,
+        }
+    }
+
+    fn human(&self) -> String {
+        match (self.sent, self.counts) {
+            (Some(sent), Some(counts)) => format!("{sent} sent: {}", counts.human()),
+            (Some(sent), None) => format!("{sent} sent"),
+            (None, Some(counts)) => counts.human(),
+            (None, None) => String::new(),
+        }
+    }
+
+    fn json(&self) -> Map<String, Value> {
+        let mut fields = Map::new();
+        if let Some(sent) = self.sent {
+            fields.insert("sent".to_owned(), sent.into());
+        }
+        if let Some(counts) = self.counts {
+            fields.extend(counts.json());
+        }
+        fields
+    }
+}
+
+impl Summary {
+    fn print(&self, collection: &CollectionName, cx: &mut Context) -> Result<()> {
+        if cx.out.json() {
+            let mut line = Map::new();
+            line.insert("collection".to_owned(), collection.as_str().into());
+            line.extend(self.into_dst.json());
+            if let Some(into_src) = &self.into_src {
+                line.insert("to_src".to_owned(), Value::Object(into_src.json()));
+            }
+            return cx.out.value(&Value::Object(line));
+        }
+        match &self.into_src {
+            None => cx
+                .out
+                .line(&format!("{collection}: {}", self.into_dst.human())),
+            Some(into_src) => cx.out.line(&format!(
+                "{collection}: into DST {}; into SRC {}",
+                self.into_dst.human(),
+                into_src.human()
+            )),
+        }
+    }
+}
+
+/// Counts what the merges into SRC do (the records --both sends back) while
+/// the returned guard lives.
+fn tally(src: &Store, collection: &CollectionName) -> (Arc<Mutex<Counts>>, Following) {
+    let counts = Arc::new(Mutex::new(Counts::default()));
+    let into = counts.clone();
+    let name = collection.clone();
+    let listener = src
+        .engine()
+        .events()
+        .on(EventKind::SyncSuccess, move |event| {
+            if let SyncEvent::SyncSuccess(result) = event {
+                if result.collection == name {
+                    into.lock().add(Counts::of(result));
+                }
+            }
+        });
+    (counts, Following::new(src.engine(), vec![listener]))
+}
+
+/// How many changes the sync will read: SRC's since the pull cursor DST
+/// keeps for it, and with --both DST's since the push cursor. Only for the
+/// bar's length, so only when a bar is drawn: it reads those changes once
+/// more (the cost grows with the change, like the sync itself).
+async fn pending(
+    src: &Store,
+    dst: &Store,
+    peer: &StorePeer,
+    collection: &CollectionName,
+    both: bool,
+) -> Result<u64> {
+    let cursors = dst
+        .engine()
+        .peer_cursors(peer.peer_id(), collection.clone())
+        .await?;
+    let mut total = count_after(src, collection, cursors.pulled).await?;
+    if both {
+        total += count_after(dst, collection, cursors.pushed).await?;
+    }
+    Ok(total)
+}
+
+async fn count_after(store: &Store, collection: &CollectionName, after: Cursor) -> Result<u64> {
+    let count = store
+        .collection(collection)?
+        .change_stream(after, PageOptions::default().limit(COUNT_PAGE))
+        .try_fold(0u64, |count, _| async move { Ok(count + 1) })
+        .await?;
+    Ok(count)
+}

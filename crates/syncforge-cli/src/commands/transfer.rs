@@ -1,0 +1,171 @@
+//! `export` and `import`: whole collections as JSON Lines, and the
+//! TypeScript original's files.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, Result};
+use serde_json::Value;
+use syncforge::core::DEFAULT_MAX_DRIFT;
+use syncforge::{CollectionName, Error, Record, StoreUrl};
+
+use super::{Context, Counts};
+use crate::cli::{ExportArgs, ImportArgs, MergeOptions};
+use crate::input::{self, Values};
+use crate::reader::Reader;
+use crate::store::{parse_collection, parse_url, Store};
+
+pub(crate) async fn export(args: ExportArgs, cx: &mut Context) -> Result<()> {
+    let url = parse_url("STORE", &args.store)?;
+    let name = parse_collection(&args.collection)?;
+    let store = Reader::open(url, cx).await?;
+    store.require(&name).await?;
+    // Sorted by id, so that converged replicas export byte-identical files.
+    let records = store.records(&name).await?;
+    for record in &records {
+        cx.out.line(&record.to_json_string())?;
+    }
+    store.close().await
+}
+
+pub(crate) async fn import(args: ImportArgs, cx: &mut Context) -> Result<()> {
+    let url = parse_url("STORE", &args.store)?;
+    // Everything is read and checked before the store is even opened.
+    let inputs = match (&args.store_dir, &args.collection) {
+        (Some(dir), _) => input::collection_dirs(dir)?
+            .into_iter()
+            .map(|(name, path)| {
+                let name = CollectionName::new(name.as_str()).with_context(|| {
+                    format!("the directory {} names no collection", path.display())
+                })?;
+                Ok((name, input::read(Some(&path))?))
+            })
+            .collect::<Result<Vec<_>>>()?,
+        (None, Some(collection)) => vec![(
+            parse_collection(collection)?,
+            input::read(args.file.as_deref())?,
+        )],
+        (None, None) => anyhow::bail!("name a COLLECTION, or a --store-dir"),
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        });
+    let batches = inputs
+        .into_iter()
+        .map(|(name, values)| Ok((name, records(values, now)?)))
+        .collect::<Result<Vec<_>>>()?;
+    if batches.iter().all(|(_, records)| records.is_empty()) {
+        anyhow::bail!("the input holds no record to import");
+    }
+
+    let store = Target::open(url, cx, args.merge).await?;
+    for (name, records) in batches {
+        let count = records.len();
+        let counts = store.merge(cx, &name, records).await.with_context(|| {
+            format!(
+                "cannot import into collection {:?} of {}",
+                name.as_str(),
+                store.url()
+            )
+        })?;
+        if cx.out.json() {
+            let mut line = serde_json::Map::new();
+            line.insert("collection".to_owned(), name.as_str().into());
+            line.insert("records".to_owned(), count.into());
+            line.extend(counts.json());
+            cx.out.value(&Value::Object(line))?;
+        } else {
+            cx.out
+                .line(&format!("{name}: {count} records: {}", counts.human()))?;
+        }
+        cx.out.flush()?;
+    }
+    store.close().await
+}
+
+/// Where an import goes: a local store, or a sync server the records are
+/// sent to.
+enum Target {
+    Local(Store),
+    #[cfg(feature = "http")]
+    Remote(crate::remote::Remote),
+}
+
+impl Target {
+    async fn open(url: StoreUrl, cx: &Context, merge: MergeOptions) -> Result<Target> {
+        #[cfg(feature = "http")]
+        if url.server_url().is_some() {
+            return Ok(Target::Remote(crate::remote::Remote::connect(url, cx)?));
+        }
+        Ok(Target::Local(Store::open(url, &cx.merging(merge)).await?))
+    }
+
+    fn url(&self) -> &StoreUrl {
+        match self {
+            Target::Local(store) => store.url(),
+            #[cfg(feature = "http")]
+            Target::Remote(remote) => remote.url(),
+        }
+    }
+
+    /// Merges `records` into collection `name`, with a progress bar for a
+    /// local store (a server takes them in a few large requests).
+    async fn merge(
+        &self,
+        cx: &Context,
+        name: &CollectionName,
+        records: Vec<Record>,
+    ) -> Result<Counts> {
+        match self {
+            Target::Local(store) => {
+                let bar = cx.progress.bar(name.as_str(), Some(records.len() as u64));
+                let result = {
+                    let _following = bar.follow(store.engine());
+                    store.collection(name)?.sync(records).await
+                };
+                match result {
+                    Ok(result) => {
+                        bar.finish();
+                        Ok(Counts::of(&result))
+                    }
+                    Err(error) => {
+                        bar.abandon();
+                        Err(error.into())
+                    }
+                }
+            }
+            #[cfg(feature = "http")]
+            Target::Remote(remote) => remote.push(name, records).await,
+        }
+    }
+
+    async fn close(self) -> Result<()> {
+        match self {
+            Target::Local(store) => store.close().await,
+            #[cfg(feature = "http")]
+            Target::Remote(_) => Ok(()),
+        }
+    }
+}
+
+/// The records of one input, in canonical or TypeScript form. A record
+/// stamped further ahead of this machine's clock than a sync accepts is a
+/// fault of its line too, so that no collection of an import is written
+/// when another would be refused.
+fn records(values: Values, now: u64) -> Result<Vec<Record>> {
+    let max_drift_ms = u64::try_from(DEFAULT_MAX_DRIFT.as_millis()).unwrap_or(u64::MAX);
+    let records = values.convert(|value| {
+        let record = Record::from_json(value)?;
+        let millis = record.newest_stamp().millis();
+        if millis > now.saturating_add(max_drift_ms) {
+            return Err(Error::ClockDrift {
+                ids: vec![record.id().to_string()],
+                ahead_ms: millis - now,
+                max_drift_ms,
+            });
+        }
+        Ok(record)
+    })?;
+    Ok(records)
+}

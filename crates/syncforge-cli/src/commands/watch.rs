@@ -1,0 +1,78 @@
+//! `syncforge watch STORE COLLECTION`: follow the change feed.
+
+use std::io::Write as _;
+use std::num::NonZeroUsize;
+
+use anyhow::Result;
+use serde_json::{json, Value};
+use syncforge::{Change, Cursor};
+
+use super::Context;
+use crate::cli::WatchArgs;
+use crate::reader::Reader;
+use crate::store::{parse_collection, parse_url};
+
+/// Changes read per page of the feed.
+const PAGE: usize = 500;
+
+pub(crate) async fn run(args: WatchArgs, cx: &mut Context) -> Result<()> {
+    let url = parse_url("STORE", &args.store)?;
+    let name = parse_collection(&args.collection)?;
+    let store = Reader::open(url, cx).await?;
+    store.require(&name).await?;
+    let mut cursor = match (args.from_start, args.after) {
+        (true, _) => Cursor::START,
+        (false, Some(after)) => Cursor::new(after),
+        (false, None) => store.each_change(&name, drop).await?,
+    };
+    // Said on stderr, so that whoever starts a watch knows from which point
+    // on changes will be printed.
+    let _ = writeln!(
+        std::io::stderr(),
+        "watching collection {:?} of {} after cursor {cursor}",
+        name.as_str(),
+        store.url()
+    );
+    let limit = NonZeroUsize::new(PAGE).unwrap_or(NonZeroUsize::MIN);
+    let mut printed = 0u64;
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    while args.count.is_none_or(|count| printed < count) {
+        cx.out.flush()?;
+        // Between pages a local store is looked at again every --interval;
+        // a server answers a long poll as soon as a change lands.
+        let page = tokio::select! {
+            page = store.next_page(&name, cursor, limit, args.interval) => page?,
+            _ = &mut interrupted => break,
+        };
+        for change in &page.changes {
+            if args.count.is_some_and(|count| printed >= count) {
+                break;
+            }
+            show(cx, change)?;
+            printed += 1;
+        }
+        cursor = cursor.max(page.next);
+    }
+    store.close().await
+}
+
+/// One change: `cursor  put|delete  id  {fields}`, or a JSON line.
+fn show(cx: &mut Context, change: &Change) -> Result<()> {
+    let record = &change.record;
+    if cx.out.json() {
+        return cx.out.value(&json!({
+            "cursor": change.cursor.get(),
+            "record": record.to_json(),
+        }));
+    }
+    let what = if record.is_deleted() { "delete" } else { "put" };
+    let mut fields = record.content();
+    fields.remove("id");
+    cx.out.line(&format!(
+        "{}  {what:<6}  {}  {}",
+        change.cursor,
+        record.id(),
+        Value::Object(fields)
+    ))
+}

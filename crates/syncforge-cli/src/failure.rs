@@ -1,0 +1,108 @@
+//! How a failed command ends: its exit code and its message.
+
+use std::fmt;
+use std::io::{self, Write};
+use std::process::ExitCode;
+
+/// Exit code of a failure at run time (a store that cannot be reached,
+/// malformed input, an unknown record, ...).
+const RUNTIME_FAILURE: u8 = 1;
+/// Exit code of a command line that cannot be run as given (clap uses it too).
+const USAGE_ERROR: u8 = 2;
+
+/// An argument that cannot be used as given: the command exits with code 2.
+#[derive(Debug)]
+pub(crate) struct Usage(pub(crate) String);
+
+impl fmt::Display for Usage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// A usage error (exit code 2) with this message.
+pub(crate) fn usage(message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Usage(message.into()))
+}
+
+/// Prints `error` with its causes as one block on stderr and returns the
+/// exit code it calls for.
+pub(crate) fn report(error: &anyhow::Error) -> ExitCode {
+    match exit_code(error) {
+        0 => ExitCode::SUCCESS,
+        code => {
+            // Nothing more can be done when stderr itself is gone.
+            let _ = io::stderr().lock().write_all(message(error).as_bytes());
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// The exit code `error` calls for. A closed stdout (`syncforge export ..
+/// | head`) is the reader's choice, not a failure: 0, and nothing is printed.
+fn exit_code(error: &anyhow::Error) -> u8 {
+    let mut causes = error.chain();
+    if causes.clone().any(|cause| {
+        cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+    }) {
+        0
+    } else if causes.any(|cause| cause.is::<Usage>()) {
+        USAGE_ERROR
+    } else {
+        RUNTIME_FAILURE
+    }
+}
+
+/// `error: <what failed>` and one `caused by:` line per cause. A cause whose
+/// text the line above already contains (errors that print their source in
+/// their own message) is left out.
+fn message(error: &anyhow::Error) -> String {
+    let mut block = String::new();
+    let mut previous = String::new();
+    for (depth, cause) in error.chain().enumerate() {
+        let text = cause.to_string();
+        if depth > 0 && previous.contains(&text) {
+            continue;
+        }
+        let label = if depth == 0 { "error" } else { "  caused by" };
+        block.push_str(&format!("{label}: {text}\n"));
+        previous = text;
+    }
+    block
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_block_names_each_cause_once() {
+        let inner = io::Error::new(io::ErrorKind::ConnectionRefused, "connection refused");
+        let error = anyhow::Error::new(inner)
+            .context("storage unavailable (redis): connection refused")
+            .context("cannot open the store redis://127.0.0.1:1");
+        assert_eq!(
+            message(&error),
+            "error: cannot open the store redis://127.0.0.1:1\n  \
+             caused by: storage unavailable (redis): connection refused\n"
+        );
+    }
+
+    #[test]
+    fn usage_errors_are_told_apart() {
+        assert_eq!(
+            exit_code(&usage("bad").context("while reading SRC")),
+            USAGE_ERROR
+        );
+        assert_eq!(
+            exit_code(&anyhow::anyhow!("no such record")),
+            RUNTIME_FAILURE
+        );
+        let closed = anyhow::Error::new(io::Error::from(io::ErrorKind::BrokenPipe));
+        assert_eq!(exit_code(&closed), 0);
+    }
+}

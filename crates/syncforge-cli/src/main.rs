@@ -1,0 +1,51 @@
+//! # syncforge — the command
+//!
+//! Sync, inspect, import and export syncforge stores from the shell, without
+//! writing a program each time. Stores are named by URL
+//! ([`syncforge::StoreUrl`]): `memory:`, a directory path or `file:///path`,
+//! and each further kind its cargo feature builds in.
+//!
+//! ```text
+//! syncforge sync ./phone ./laptop --both        # two-way, incremental
+//! syncforge ls ./laptop notes                    # the records of a collection
+//! syncforge export ./laptop notes > notes.jsonl  # canonical JSON Lines
+//! syncforge import ./server --store-dir ./ts-data  # the TypeScript original's files
+//! ```
+//!
+//! Exit codes: 0 success, 1 failure at run time, 2 usage error. Errors print
+//! their cause chain in one block. `--json` makes every command print
+//! machine-readable output.
+
+mod cli;
+mod commands;
+mod failure;
+mod input;
+mod output;
+mod progress;
+mod reader;
+#[cfg(feature = "http")]
+mod remote;
+mod store;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::Cli;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            return failure::report(&anyhow::Error::new(error).context("cannot start the runtime"))
+        }
+    };
+    match runtime.block_on(commands::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => failure::report(&error),
+    }
+}

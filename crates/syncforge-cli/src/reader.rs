@@ -1,0 +1,197 @@
+//! Reading a store the commands that only read (`ls`, `get`, `export`,
+//! `stats`, `watch`) can name: a local store, or a sync server through its
+//! change feed.
+
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use syncforge::{ChangePage, CollectionName, Cursor, PageOptions, Record, RecordId, StoreUrl};
+
+use crate::commands::Context;
+use crate::store::{listing, Store};
+
+/// A store to read.
+pub(crate) enum Reader {
+    Local(Store),
+    #[cfg(feature = "http")]
+    Remote(crate::remote::Remote),
+}
+
+impl Reader {
+    /// Opens the store `url` names; a local one must exist already.
+    pub(crate) async fn open(url: StoreUrl, cx: &Context) -> Result<Reader> {
+        #[cfg(feature = "http")]
+        if url.server_url().is_some() {
+            return Ok(Reader::Remote(crate::remote::Remote::connect(url, cx)?));
+        }
+        Ok(Reader::Local(
+            Store::open_existing(url, &cx.engine()).await?,
+        ))
+    }
+
+    pub(crate) fn url(&self) -> &StoreUrl {
+        match self {
+            Reader::Local(store) => store.url(),
+            #[cfg(feature = "http")]
+            Reader::Remote(remote) => remote.url(),
+        }
+    }
+
+    /// The store's id: a local store's, or the id of the store a server
+    /// serves.
+    pub(crate) async fn id(&self) -> Result<String> {
+        match self {
+            Reader::Local(store) => Ok(store.engine().store_id().to_owned()),
+            #[cfg(feature = "http")]
+            Reader::Remote(remote) => remote.feed_id().await,
+        }
+    }
+
+    /// The collections holding records, sorted by name.
+    pub(crate) async fn collections(&self) -> Result<Vec<CollectionName>> {
+        match self {
+            Reader::Local(store) => store.collections().await,
+            #[cfg(feature = "http")]
+            Reader::Remote(remote) => remote.collections().await,
+        }
+    }
+
+    /// Fails, listing the collections there are, unless `name` is one.
+    pub(crate) async fn require(&self, name: &CollectionName) -> Result<()> {
+        let known = self.collections().await?;
+        if known.contains(name) {
+            return Ok(());
+        }
+        anyhow::bail!(
+            "{} has no collection {:?} ({})",
+            self.url(),
+            name.as_str(),
+            listing(&known)
+        )
+    }
+
+    /// A page of the collection's change feed after `after`.
+    pub(crate) async fn page(
+        &self,
+        name: &CollectionName,
+        after: Cursor,
+        limit: NonZeroUsize,
+    ) -> Result<ChangePage> {
+        let page = match self {
+            Reader::Local(store) => {
+                store
+                    .collection(name)?
+                    .changes(after, PageOptions::default().limit(limit.get()))
+                    .await
+            }
+            #[cfg(feature = "http")]
+            Reader::Remote(remote) => remote.page(name, after, limit, Duration::ZERO).await,
+        };
+        page.with_context(|| format!("cannot read the change feed of {:?}", name.as_str()))
+    }
+
+    /// Like [`page`](Self::page), but when nothing comes after `after`,
+    /// waits up to `wait` for a change: a server answers as soon as one
+    /// lands (a long poll); a local store is looked at again after `wait`.
+    pub(crate) async fn next_page(
+        &self,
+        name: &CollectionName,
+        after: Cursor,
+        limit: NonZeroUsize,
+        wait: Duration,
+    ) -> Result<ChangePage> {
+        match self {
+            Reader::Local(_) => {
+                let page = self.page(name, after, limit).await?;
+                if page.is_empty() && page.next == after {
+                    tokio::time::sleep(wait).await;
+                }
+                Ok(page)
+            }
+            #[cfg(feature = "http")]
+            Reader::Remote(remote) => remote
+                .page(name, after, limit, wait)
+                .await
+                .with_context(|| format!("cannot read the change feed of {:?}", name.as_str())),
+        }
+    }
+
+    /// Every record of the collection, soft-deleted ones included, sorted
+    /// by id.
+    pub(crate) async fn records(&self, name: &CollectionName) -> Result<Vec<Record>> {
+        let mut records = match self {
+            Reader::Local(store) => store
+                .collection(name)?
+                .get_all()
+                .await
+                .with_context(|| format!("cannot read collection {:?}", name.as_str()))?,
+            #[cfg(feature = "http")]
+            Reader::Remote(_) => {
+                let mut records = Vec::new();
+                self.each_change(name, |change| records.push(change.record))
+                    .await?;
+                records
+            }
+        };
+        records.sort_by(|a, b| a.id().cmp(b.id()));
+        Ok(records)
+    }
+
+    /// One record (soft-deleted ones too). A server has no route for one
+    /// record: its feed is read until the record turns up.
+    pub(crate) async fn get(&self, name: &CollectionName, id: &RecordId) -> Result<Option<Record>> {
+        match self {
+            Reader::Local(store) => store
+                .collection(name)?
+                .get(id.clone())
+                .await
+                .with_context(|| format!("cannot read record {:?}", id.as_str())),
+            #[cfg(feature = "http")]
+            Reader::Remote(_) => {
+                let mut found = None;
+                self.each_change(name, |change| {
+                    if change.record.id() == id {
+                        found = Some(change.record);
+                    }
+                })
+                .await?;
+                Ok(found)
+            }
+        }
+    }
+
+    /// Calls `visit` on every change of the collection's feed, oldest first;
+    /// returns where the feed ends.
+    pub(crate) async fn each_change(
+        &self,
+        name: &CollectionName,
+        mut visit: impl FnMut(syncforge::Change),
+    ) -> Result<Cursor> {
+        let limit = NonZeroUsize::new(PAGE).unwrap_or(NonZeroUsize::MIN);
+        let mut cursor = Cursor::START;
+        loop {
+            let page = self.page(name, cursor, limit).await?;
+            // A page that does not move the cursor would be read forever.
+            let advanced = page.next > cursor;
+            cursor = cursor.max(page.next);
+            let more = page.more;
+            page.changes.into_iter().for_each(&mut visit);
+            if !more || !advanced {
+                return Ok(cursor);
+            }
+        }
+    }
+
+    /// Closes a local store's engine; a server needs nothing.
+    pub(crate) async fn close(self) -> Result<()> {
+        match self {
+            Reader::Local(store) => store.close().await,
+            #[cfg(feature = "http")]
+            Reader::Remote(_) => Ok(()),
+        }
+    }
+}
+
+/// Changes read per page of a feed.
+const PAGE: usize = 1000;

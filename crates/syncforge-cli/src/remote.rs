@@ -1,0 +1,99 @@
+//! A sync server named by an `http(s)://` URL, reached through its
+//! [`HttpPeer`].
+
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use syncforge::http::HttpPeer;
+use syncforge::{ChangePage, CollectionName, Cursor, Record, StoreUrl, SyncPeer};
+
+use crate::commands::{Context, Counts};
+use crate::failure::usage;
+
+/// A sync server.
+pub(crate) struct Remote {
+    url: StoreUrl,
+    peer: HttpPeer,
+}
+
+impl Remote {
+    /// A peer for the server `url` names, presenting the command's token.
+    pub(crate) fn connect(url: StoreUrl, cx: &Context) -> Result<Remote> {
+        let Some(base) = url.server_url() else {
+            return Err(usage(format!("{url} is not a sync server")));
+        };
+        let mut builder = HttpPeer::builder(base)
+            .user_agent(concat!("syncforge-cli/", env!("CARGO_PKG_VERSION")));
+        if let Some(token) = cx.bearer_token() {
+            builder = builder.bearer_token(token);
+        }
+        // What the builder refuses (a malformed token) is the command line's fault.
+        let peer = builder.build().map_err(|error| usage(error.to_string()))?;
+        Ok(Remote { url, peer })
+    }
+
+    pub(crate) fn url(&self) -> &StoreUrl {
+        &self.url
+    }
+
+    /// The server as a peer of a local engine.
+    pub(crate) fn peer(&self) -> &HttpPeer {
+        &self.peer
+    }
+
+    /// The id of the store the server serves.
+    pub(crate) async fn feed_id(&self) -> Result<String> {
+        let health = self
+            .peer
+            .health()
+            .await
+            .with_context(|| format!("cannot reach the sync server {}", self.url))?;
+        Ok(health.feed_id)
+    }
+
+    /// The collections the token may read, sorted by name.
+    pub(crate) async fn collections(&self) -> Result<Vec<CollectionName>> {
+        let mut names = self
+            .peer
+            .collections()
+            .await
+            .with_context(|| format!("cannot list the collections of {}", self.url))?;
+        names.sort();
+        Ok(names)
+    }
+
+    /// A page of the server's feed; with a `wait`, a long poll.
+    pub(crate) async fn page(
+        &self,
+        name: &CollectionName,
+        after: Cursor,
+        limit: NonZeroUsize,
+        wait: Duration,
+    ) -> syncforge::Result<ChangePage> {
+        if wait.is_zero() {
+            self.peer.pull(name, after, limit).await
+        } else {
+            self.peer
+                .wait_for_changes(name.clone(), after, limit, wait)
+                .await
+        }
+    }
+
+    /// Sends `records` to merge into the server's collection; what the
+    /// merge did there.
+    pub(crate) async fn push(&self, name: &CollectionName, records: Vec<Record>) -> Result<Counts> {
+        let answer = self
+            .peer
+            .push_records(name.clone(), records)
+            .await
+            .with_context(|| format!("cannot send records to {}", self.url))?;
+        Ok(Counts {
+            added: answer.added,
+            updated: answer.updated,
+            deleted: answer.deleted,
+            unchanged: answer.unchanged,
+            conflicts: answer.conflicts,
+        })
+    }
+}

@@ -1,0 +1,186 @@
+//! Opening the stores a command names, and a store as the peer of another.
+
+use std::num::NonZeroUsize;
+
+use anyhow::{Context, Result};
+use async_trait::async_trait;
+use syncforge::{
+    BackendConfig, ChangePage, Collection, CollectionName, ConflictStrategy, Cursor, Record,
+    RecordId, StoreUrl, SyncEngine, SyncPeer,
+};
+
+use crate::failure::usage;
+
+/// Reads a store argument. The message names the argument and never repeats
+/// the URL (it may hold a password).
+pub(crate) fn parse_url(argument: &str, url: &str) -> Result<StoreUrl> {
+    StoreUrl::parse(url).map_err(|error| usage(format!("{argument}: {error}")))
+}
+
+/// Reads a collection name argument.
+pub(crate) fn parse_collection(name: &str) -> Result<CollectionName> {
+    CollectionName::new(name).map_err(|error| usage(error.to_string()))
+}
+
+/// Reads a record id argument.
+pub(crate) fn parse_id(id: &str) -> Result<RecordId> {
+    RecordId::new(id).map_err(|error| usage(error.to_string()))
+}
+
+/// How the engine over a store is set up.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct EngineOptions {
+    pub(crate) client_id: Option<String>,
+    pub(crate) strategy: ConflictStrategy,
+    pub(crate) batch_size: Option<usize>,
+}
+
+/// A store a command works on: an engine over the backend its URL names.
+pub(crate) struct Store {
+    url: StoreUrl,
+    engine: SyncEngine,
+}
+
+impl Store {
+    /// Opens the store `url` names. Settings the engine refuses (a batch
+    /// size out of range, a bad client id) are usage errors.
+    pub(crate) async fn open(url: StoreUrl, options: &EngineOptions) -> Result<Store> {
+        let Some(config) = url.backend_config() else {
+            return Err(usage(format!("{url} is not a store this command can open")));
+        };
+        let mut builder = SyncEngine::builder()
+            .backend_config(config.clone())
+            .conflict_strategy(options.strategy);
+        if let Some(client_id) = &options.client_id {
+            builder = builder.client_id(client_id.as_str());
+        }
+        if let Some(batch_size) = options.batch_size {
+            builder = builder.batch_size(batch_size);
+        }
+        let engine = builder.build().await.map_err(|error| match error {
+            syncforge::Error::InvalidConfig {
+                option: "client_id" | "batch_size",
+                ..
+            } => usage(error.to_string()),
+            other => anyhow::Error::new(other).context(format!("cannot open the store {url}")),
+        })?;
+        Ok(Store { url, engine })
+    }
+
+    /// Opens a store that must exist already: reading a directory that is
+    /// not there is a typo far more often than a wish for an empty store, so
+    /// it is refused instead of created. Commands that write create stores
+    /// ([`open`](Self::open)).
+    pub(crate) async fn open_existing(url: StoreUrl, options: &EngineOptions) -> Result<Store> {
+        if let Some(BackendConfig::Filesystem { directory }) = url.backend_config() {
+            if !directory.is_dir() {
+                anyhow::bail!(
+                    "there is no store at {url}: no such directory (put and import create one)"
+                );
+            }
+        }
+        Store::open(url, options).await
+    }
+
+    /// The store's URL, as it may be shown.
+    pub(crate) fn url(&self) -> &StoreUrl {
+        &self.url
+    }
+
+    pub(crate) fn engine(&self) -> &SyncEngine {
+        &self.engine
+    }
+
+    /// The collections holding records, sorted by name.
+    pub(crate) async fn collections(&self) -> Result<Vec<CollectionName>> {
+        let mut names = self
+            .engine
+            .list_collections()
+            .await
+            .with_context(|| format!("cannot list the collections of {}", self.url))?;
+        names.sort();
+        Ok(names)
+    }
+
+    /// A collection that must already exist: an unknown one is an error
+    /// listing those the store has.
+    pub(crate) async fn existing(&self, name: &CollectionName) -> Result<Collection> {
+        let known = self.collections().await?;
+        if !known.contains(name) {
+            anyhow::bail!(
+                "{} has no collection {:?} ({})",
+                self.url,
+                name.as_str(),
+                listing(&known)
+            );
+        }
+        Ok(self.engine.collection(name.clone())?)
+    }
+
+    /// A handle on a collection, existing or not (for writes).
+    pub(crate) fn collection(&self, name: &CollectionName) -> Result<Collection> {
+        Ok(self.engine.collection(name.clone())?)
+    }
+
+    /// Closes the engine, releasing the store's locks; never deletes data.
+    pub(crate) async fn close(self) -> Result<()> {
+        self.engine
+            .close()
+            .await
+            .with_context(|| format!("cannot close the store {}", self.url))
+    }
+}
+
+/// "its collections: a, b" or "it holds no collection".
+pub(crate) fn listing(names: &[CollectionName]) -> String {
+    if names.is_empty() {
+        return "it holds no collection".to_owned();
+    }
+    let names: Vec<&str> = names.iter().map(CollectionName::as_str).collect();
+    format!("its collections: {}", names.join(", "))
+}
+
+/// A store as the peer of another, known by its store id rather than by the
+/// client id of the engine this run happens to open on it: the cursors kept
+/// for it then stay valid from one run to the next.
+pub(crate) struct StorePeer {
+    engine: SyncEngine,
+    peer_id: String,
+}
+
+impl StorePeer {
+    pub(crate) fn new(store: &Store) -> StorePeer {
+        StorePeer {
+            engine: store.engine.clone(),
+            peer_id: format!("store:{}", store.engine.store_id()),
+        }
+    }
+}
+
+#[async_trait]
+impl SyncPeer for StorePeer {
+    fn peer_id(&self) -> &str {
+        &self.peer_id
+    }
+
+    async fn feed_id(&self) -> syncforge::Result<Option<String>> {
+        self.engine.feed_id().await
+    }
+
+    async fn pull(
+        &self,
+        collection: &CollectionName,
+        after: Cursor,
+        limit: NonZeroUsize,
+    ) -> syncforge::Result<ChangePage> {
+        self.engine.pull(collection, after, limit).await
+    }
+
+    async fn push(
+        &self,
+        collection: &CollectionName,
+        records: Vec<Record>,
+    ) -> syncforge::Result<()> {
+        self.engine.push(collection, records).await
+    }
+}

@@ -1,0 +1,122 @@
+//! Bad command lines, unknown names and unusable stores: clear messages and
+//! the exit codes the help promises (1 at run time, 2 for usage).
+
+use tempfile::TempDir;
+
+use crate::support::{arg, docs, syncforge, syncforge_with};
+
+#[test]
+fn every_command_shows_an_example_in_its_help() {
+    let commands = [
+        "sync", "ls", "get", "put", "delete", "export", "import", "stats", "watch",
+    ];
+    for command in commands {
+        let help = syncforge(&[command, "--help"]).ok();
+        assert!(help.stdout.contains("Examples:"), "{command}: {help:?}");
+        assert!(
+            help.stdout.contains(&format!("syncforge {command} ")),
+            "{command}: {help:?}"
+        );
+        assert!(help.stdout.contains("memory:"), "{command}: {help:?}");
+    }
+    let top = syncforge(&["--help"]).ok();
+    assert!(top
+        .stdout
+        .contains("Exit codes: 0 success, 1 failure at run time, 2 usage error"));
+}
+
+#[test]
+fn usage_errors_exit_with_2() {
+    syncforge(&[]).fails(2);
+    syncforge(&["frobnicate"]).fails(2);
+    syncforge(&["get", "memory:"]).fails(2);
+    syncforge(&["sync", "memory:", "memory:", "--strategy", "newest"]).fails(2);
+    let run = syncforge(&["ls", "memory:", "bad\u{7}name"]).fails(2);
+    assert!(run.stderr.contains("invalid collection name"), "{run:?}");
+    let run = syncforge(&["sync", "memory:", "memory:", "--batch-size", "0"]).fails(2);
+    assert!(run.stderr.contains("batch_size"), "{run:?}");
+}
+
+#[test]
+fn bad_store_urls_are_usage_errors_that_name_the_problem() {
+    let run = syncforge(&["ls", "ftp://example.com/data"]).fails(2);
+    assert!(run.stderr.contains("STORE: "), "{run:?}");
+    assert!(run.stderr.contains("unknown store kind \"ftp\""), "{run:?}");
+    let run = syncforge(&["ls", "memroy:"]).fails(2);
+    assert!(run.stderr.contains("./memroy:"), "{run:?}");
+    let run = syncforge(&["sync", "memory:", "file:relative/dir"]).fails(2);
+    assert!(run.stderr.contains("DST: "), "{run:?}");
+    assert!(run.stderr.contains("file:///absolute/path"), "{run:?}");
+}
+
+#[test]
+fn a_kind_not_built_in_names_its_feature() {
+    let run = syncforge(&["stats", "s3://bucket/prefix?region=eu-west-1"]).fails(2);
+    assert!(
+        run.stderr.contains("enable the cargo feature `s3`"),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn unknown_collections_and_records_are_runtime_errors() {
+    let dir = TempDir::new().unwrap();
+    let store = dir.path().join("store");
+    syncforge_with(&["put", arg(&store), "notes"], &docs("n", 2)).ok();
+
+    let run = syncforge(&["ls", arg(&store), "tasks"]).fails(1);
+    assert!(
+        run.stderr
+            .contains("has no collection \"tasks\" (its collections: notes)"),
+        "{run:?}"
+    );
+    syncforge(&["get", arg(&store), "tasks", "n00000"]).fails(1);
+    syncforge(&["export", arg(&store), "tasks"]).fails(1);
+    syncforge(&["watch", arg(&store), "tasks"]).fails(1);
+    let run = syncforge(&["sync", arg(&store), "memory:", "-c", "tasks"]).fails(1);
+    assert!(run.stderr.contains("no collection \"tasks\""), "{run:?}");
+
+    let run = syncforge(&["get", arg(&store), "notes", "n9"]).fails(1);
+    assert!(run.stderr.contains("has no record \"n9\""), "{run:?}");
+    syncforge(&["delete", arg(&store), "notes", "n9"]).fails(1);
+}
+
+#[test]
+fn a_store_that_cannot_be_opened_is_a_runtime_error_with_its_cause() {
+    let dir = TempDir::new().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    let inside = file.join("store");
+    let run = syncforge_with(&["put", arg(&inside), "notes"], "{\"id\": \"n1\"}").fails(1);
+    let first = run.stderr.lines().next().unwrap();
+    assert!(
+        first.starts_with("error: cannot open the store "),
+        "{run:?}"
+    );
+    assert!(run.stderr.contains("  caused by: "), "{run:?}");
+}
+
+#[test]
+fn reading_a_store_that_is_not_there_creates_nothing() {
+    let dir = TempDir::new().unwrap();
+    let typo = dir.path().join("tpyo");
+    for args in [
+        vec!["ls", arg(&typo)],
+        vec!["stats", arg(&typo)],
+        vec!["export", arg(&typo), "notes"],
+        vec!["sync", arg(&typo), "memory:"],
+    ] {
+        let run = syncforge(&args).fails(1);
+        assert!(run.stderr.contains("there is no store at "), "{run:?}");
+    }
+    assert!(!typo.exists());
+}
+
+#[test]
+fn one_store_cannot_sync_with_itself() {
+    let dir = TempDir::new().unwrap();
+    let store = dir.path().join("store");
+    syncforge_with(&["put", arg(&store), "notes"], &docs("n", 1)).ok();
+    let run = syncforge(&["sync", arg(&store), arg(&store)]).fails(2);
+    assert!(run.stderr.contains("same store"), "{run:?}");
+}

@@ -1,0 +1,184 @@
+//! Sync servers: `syncforge serve`, and http:// stores in the other commands.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+
+use tempfile::TempDir;
+
+use crate::support::{arg, command, counts, docs, export, syncforge, syncforge_with};
+
+/// A `syncforge serve` child process, stopped with SIGTERM when dropped.
+struct Served {
+    child: Child,
+    url: String,
+}
+
+impl Served {
+    fn start(store: &str, tokens: &[&str]) -> Served {
+        let mut args = vec!["serve", store, "--addr", "127.0.0.1:0", "--json"];
+        args.extend(tokens);
+        let mut child = command(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let said: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|_| panic!("serve printed {line:?} instead of its address"));
+        Served {
+            url: said["url"].as_str().unwrap().to_owned(),
+            child,
+        }
+    }
+
+    /// Stops the server as a service manager does, and returns whether it
+    /// exited cleanly.
+    fn stop(mut self) -> bool {
+        let pid = self.child.id().to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        self.child.wait().unwrap().success()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn stores_sync_with_a_served_store_and_read_it_like_any_other() {
+    let dir = TempDir::new().unwrap();
+    let (hq, tablet, laptop) = (
+        dir.path().join("hq"),
+        dir.path().join("tablet"),
+        dir.path().join("laptop"),
+    );
+    syncforge_with(&["put", arg(&hq), "inspections"], &docs("h", 3)).ok();
+    syncforge_with(&["put", arg(&tablet), "inspections"], &docs("t", 4)).ok();
+    let server = Served::start(
+        arg(&hq),
+        &["--token", "rw-secret", "--read-only-token", "ro"],
+    );
+    let url = server.url.as_str();
+    let token = ["--bearer-token", "rw-secret"];
+
+    // The tablet syncs both ways with the server; its engine keeps the cursors.
+    let first =
+        syncforge(&[&["sync", arg(&tablet), url, "--both", "--json"][..], &token].concat()).ok();
+    let line = &first.json_lines()[0];
+    assert_eq!(line["sent"], 4, "{first:?}");
+    assert_eq!(line["to_src"]["added"], 3, "{first:?}");
+    let again =
+        syncforge(&[&["sync", arg(&tablet), url, "--both", "--json"][..], &token].concat()).ok();
+    let line = &again.json_lines()[0];
+    assert_eq!(line["sent"], 0, "{again:?}");
+    let [added, updated, deleted, _, _] = counts(&line["to_src"]);
+    assert_eq!((added, updated, deleted), (0, 0, 0), "{again:?}");
+
+    // A laptop pulls from the server one way, with the read-only token.
+    let pulled = syncforge(&["sync", url, arg(&laptop), "--json", "--bearer-token", "ro"]).ok();
+    assert_eq!(counts(&pulled.json_lines()[0]), [7, 0, 0, 0, 0]);
+    assert_eq!(
+        export(&laptop, "inspections"),
+        export(&tablet, "inspections")
+    );
+
+    // The server reads like a store.
+    let listed = syncforge(&[&["ls", url][..], &token].concat()).ok();
+    assert_eq!(listed.stdout, "inspections\n");
+    let served = syncforge(&[&["export", url, "inspections"][..], &token].concat()).ok();
+    assert_eq!(served.stdout, export(&tablet, "inspections"));
+    let one =
+        syncforge(&[&["get", url, "inspections", "t00002", "--json"][..], &token].concat()).ok();
+    assert_eq!(one.json()["n"], 2);
+    let stats = syncforge(&[&["stats", url, "--json"][..], &token].concat())
+        .ok()
+        .json();
+    assert_eq!(stats["kind"], "sync server");
+    assert_eq!(stats["collections"][0]["records"], 7);
+
+    // Records can be imported into it; writing single records is local only.
+    let imported = syncforge_with(
+        &[&["import", url, "inspections", "--json"][..], &token].concat(),
+        &export(&tablet, "inspections"),
+    )
+    .ok();
+    assert_eq!(counts(&imported.json_lines()[0]), [0, 0, 0, 7, 0]);
+    let refused = syncforge_with(
+        &[&["put", url, "inspections"][..], &token].concat(),
+        "{\"id\": \"x\"}",
+    )
+    .fails(2);
+    assert!(
+        refused.stderr.contains("writes to a local store"),
+        "{refused:?}"
+    );
+
+    assert!(server.stop(), "the server stops cleanly on SIGTERM");
+    assert_eq!(
+        syncforge(&["ls", arg(&hq), "inspections"])
+            .ok()
+            .stdout
+            .lines()
+            .count(),
+        7
+    );
+}
+
+#[test]
+fn tokens_are_checked_and_never_shown() {
+    let dir = TempDir::new().unwrap();
+    let hq = dir.path().join("hq");
+    syncforge_with(&["put", arg(&hq), "notes"], &docs("n", 1)).ok();
+    let server = Served::start(
+        arg(&hq),
+        &["--token", "rw-secret", "--read-only-token", "ro"],
+    );
+    let url = server.url.as_str();
+
+    let none = syncforge(&["ls", url]).fails(1);
+    assert!(
+        none.stderr.contains("401") || none.stderr.to_lowercase().contains("token"),
+        "{none:?}"
+    );
+    let wrong = syncforge(&["ls", url, "--bearer-token", "guess"]).fails(1);
+    assert!(!wrong.stderr.contains("guess"), "{wrong:?}");
+    let read_only = syncforge_with(
+        &["import", url, "notes", "--bearer-token", "ro"],
+        &export(&hq, "notes"),
+    )
+    .fails(1);
+    assert!(!read_only.stderr.contains("ro\n"), "{read_only:?}");
+    let help = syncforge(&["sync", "--help"]).ok();
+    assert!(!help.stdout.contains("rw-secret"));
+    drop(server);
+
+    let run = syncforge(&["serve", arg(&hq), "--addr", "127.0.0.1:0"]).fails(2);
+    assert!(run.stderr.contains("--open"), "{run:?}");
+    let run = syncforge(&["sync", "http://127.0.0.1:1", "http://127.0.0.1:2"]).fails(2);
+    assert!(
+        run.stderr.contains("one end must be a local store"),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn an_unreachable_server_is_a_clear_runtime_error() {
+    let dir = TempDir::new().unwrap();
+    let local = dir.path().join("local");
+    syncforge_with(&["put", arg(&local), "notes"], &docs("n", 1)).ok();
+    // Port 9 (discard) on loopback: nothing listens there.
+    let run = syncforge(&["sync", arg(&local), "http://127.0.0.1:9", "--both"]).fails(1);
+    let first = run.stderr.lines().next().unwrap();
+    assert!(first.contains("http://127.0.0.1:9"), "{run:?}");
+    assert!(run.stderr.contains("caused by"), "{run:?}");
+}

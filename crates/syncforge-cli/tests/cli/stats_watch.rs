@@ -1,0 +1,118 @@
+//! `stats` and `watch`.
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use crate::support::{arg, command, docs, syncforge, syncforge_with};
+
+#[test]
+fn stats_counts_records_deletions_and_bytes() {
+    let dir = TempDir::new().unwrap();
+    let store = dir.path().join("store");
+    syncforge_with(&["put", arg(&store), "notes"], &docs("n", 4)).ok();
+    syncforge_with(&["put", arg(&store), "tasks"], &docs("t", 2)).ok();
+    syncforge(&["delete", arg(&store), "notes", "n00001"]).ok();
+
+    let stats = syncforge(&["stats", arg(&store), "--json"]).ok().json();
+    assert_eq!(stats["kind"], "filesystem");
+    let notes = &stats["collections"][0];
+    assert_eq!(notes["collection"], "notes");
+    assert_eq!(
+        (notes["records"].as_u64(), notes["deleted"].as_u64()),
+        (Some(4), Some(1))
+    );
+    // Five writes: four puts and a delete.
+    assert_eq!(notes["feed_head"], 5);
+    assert!(notes["newest_time"].as_str().unwrap().ends_with('Z'));
+    let bytes: u64 = syncforge(&["export", arg(&store), "notes"])
+        .ok()
+        .stdout
+        .lines()
+        .map(|line| line.len() as u64)
+        .sum();
+    assert_eq!(notes["json_bytes"], bytes);
+    assert_eq!(stats["collections"][1]["records"], 2);
+
+    let human = syncforge(&["stats", arg(&store)]).ok().stdout;
+    let lines: Vec<&str> = human.lines().collect();
+    assert!(
+        lines[1].starts_with("collection  records  deleted  feed head"),
+        "{human}"
+    );
+    assert!(
+        lines[2].starts_with("notes             4        1          5  "),
+        "{human}"
+    );
+}
+
+#[test]
+fn watch_prints_the_feed_and_follows_new_changes() {
+    let dir = TempDir::new().unwrap();
+    let store = dir.path().join("store");
+    syncforge_with(&["put", arg(&store), "notes"], &docs("n", 3)).ok();
+
+    let all = syncforge(&[
+        "watch",
+        arg(&store),
+        "notes",
+        "--from-start",
+        "--count",
+        "3",
+        "--json",
+    ])
+    .ok();
+    let lines = all.json_lines();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["cursor"], 1);
+    assert_eq!(lines[2]["record"]["id"], "n00002");
+
+    // From the end of the feed: only what is written from now on. The
+    // watcher says on stderr where it starts; write only after that.
+    let mut watcher = command(&[
+        "watch",
+        arg(&store),
+        "notes",
+        "--count",
+        "2",
+        "--interval",
+        "50ms",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let stdout = watcher.stdout.take().unwrap();
+    let mut stderr = BufReader::new(watcher.stderr.take().unwrap());
+    let mut said = String::new();
+    stderr.read_line(&mut said).unwrap();
+    assert!(said.ends_with("after cursor 3\n"), "{said:?}");
+    syncforge_with(
+        &["put", arg(&store), "notes"],
+        "{\"id\": \"late\", \"x\": 1}",
+    )
+    .ok();
+    syncforge(&["delete", arg(&store), "notes", "n00000"]).ok();
+    let reader = std::thread::spawn(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map(Result::unwrap)
+            .collect::<Vec<String>>()
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while watcher.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            watcher.kill().unwrap();
+            panic!("watch did not print two changes within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(watcher.wait().unwrap().success());
+    let printed = reader.join().unwrap();
+    assert_eq!(
+        printed,
+        vec!["4  put     late  {\"x\":1}", "5  delete  n00000  {\"n\":0}"]
+    );
+}

@@ -1,0 +1,97 @@
+//! Running the binary and reading what it printed.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+/// What one run of the binary did.
+#[derive(Debug)]
+pub(crate) struct Run {
+    pub(crate) code: i32,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+}
+
+impl Run {
+    /// Asserts success and returns the run.
+    #[track_caller]
+    pub(crate) fn ok(self) -> Run {
+        assert_eq!(self.code, 0, "expected success: {self:#?}");
+        self
+    }
+
+    /// Asserts the exit code and returns the run.
+    #[track_caller]
+    pub(crate) fn fails(self, code: i32) -> Run {
+        assert_eq!(self.code, code, "expected exit code {code}: {self:#?}");
+        self
+    }
+
+    /// Stdout as JSON Lines.
+    pub(crate) fn json_lines(&self) -> Vec<Value> {
+        self.stdout
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+
+    /// Stdout as one JSON value.
+    pub(crate) fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap()
+    }
+}
+
+/// The binary, without the environment variables it reads.
+pub(crate) fn command(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_syncforge"));
+    command.args(args).env_remove("SYNCFORGE_CLIENT_ID");
+    command
+}
+
+/// Runs the binary with `args` and no input.
+pub(crate) fn syncforge(args: &[&str]) -> Run {
+    syncforge_with(args, "")
+}
+
+/// Runs the binary with `args`, `stdin` on its standard input.
+pub(crate) fn syncforge_with(args: &[&str], stdin: &str) -> Run {
+    let mut child = command(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.as_bytes()).unwrap();
+    drop(input);
+    let output = child.wait_with_output().unwrap();
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8(output.stdout).unwrap(),
+        stderr: String::from_utf8(output.stderr).unwrap(),
+    }
+}
+
+/// A path argument.
+pub(crate) fn arg(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// `n` JSON Lines documents `{"id": "<prefix><i>", "n": i}`.
+pub(crate) fn docs(prefix: &str, n: usize) -> String {
+    (0..n)
+        .map(|i| format!("{{\"id\": \"{prefix}{i:05}\", \"n\": {i}}}\n"))
+        .collect()
+}
+
+/// The export of a collection.
+pub(crate) fn export(store: &Path, collection: &str) -> String {
+    syncforge(&["export", arg(store), collection]).ok().stdout
+}
+
+/// The counts of a summary line printed with `--json`.
+pub(crate) fn counts(line: &Value) -> [u64; 5] {
+    ["added", "updated", "deleted", "unchanged", "conflicts"].map(|key| line[key].as_u64().unwrap())
+}

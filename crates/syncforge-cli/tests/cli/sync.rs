@@ -1,0 +1,204 @@
+//! `syncforge sync`: incremental, one way and both ways, resuming after a kill.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tempfile::TempDir;
+
+use crate::support::{arg, command, counts, docs, export, syncforge, syncforge_with};
+
+#[test]
+fn a_repeated_sync_sends_nothing_and_then_only_what_changed() {
+    let dir = TempDir::new().unwrap();
+    let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+    syncforge_with(&["put", arg(&src), "notes"], &docs("n", 30)).ok();
+    syncforge_with(&["put", arg(&src), "tasks"], &docs("t", 5)).ok();
+
+    let first = syncforge(&["sync", arg(&src), arg(&dst), "--json"]).ok();
+    let lines = first.json_lines();
+    assert_eq!(lines.len(), 2, "{first:?}");
+    assert_eq!(lines[0]["collection"], "notes");
+    assert_eq!(counts(&lines[0]), [30, 0, 0, 0, 0]);
+    assert_eq!(counts(&lines[1]), [5, 0, 0, 0, 0]);
+    assert_eq!(export(&src, "notes"), export(&dst, "notes"));
+
+    // Nothing changed: nothing is read, let alone written.
+    let second = syncforge(&["sync", arg(&src), arg(&dst), "--json"]).ok();
+    for line in second.json_lines() {
+        assert_eq!(counts(&line), [0, 0, 0, 0, 0], "{second:?}");
+    }
+
+    // Only the changes travel.
+    syncforge_with(
+        &["put", arg(&src), "notes"],
+        "{\"id\": \"n00001\", \"n\": 100}\n{\"id\": \"new\"}\n",
+    )
+    .ok();
+    syncforge(&["delete", arg(&src), "notes", "n00002"]).ok();
+    let third = syncforge(&["sync", arg(&src), arg(&dst), "-c", "notes"]).ok();
+    assert_eq!(
+        third.stdout,
+        "notes: 1 added, 1 updated, 1 deleted, 0 unchanged, 0 conflicts\n"
+    );
+    assert_eq!(export(&src, "notes"), export(&dst, "notes"));
+}
+
+#[test]
+fn both_ways_converges_and_then_settles() {
+    let dir = TempDir::new().unwrap();
+    let (phone, laptop) = (dir.path().join("phone"), dir.path().join("laptop"));
+    syncforge_with(&["put", arg(&phone), "notes"], &docs("p", 4)).ok();
+    syncforge_with(&["put", arg(&laptop), "notes"], &docs("l", 3)).ok();
+    syncforge_with(&["put", arg(&laptop), "drafts"], &docs("d", 2)).ok();
+
+    let first = syncforge(&["sync", arg(&phone), arg(&laptop), "--both", "--json"]).ok();
+    let lines = first.json_lines();
+    // Every collection of either store, by name.
+    assert_eq!(lines[0]["collection"], "drafts");
+    assert_eq!(lines[1]["collection"], "notes");
+    assert_eq!(counts(&lines[1]), [4, 0, 0, 0, 0]);
+    assert_eq!(lines[1]["to_src"]["sent"], 3);
+    assert_eq!(lines[1]["to_src"]["added"], 3);
+    assert_eq!(lines[0]["to_src"]["added"], 2);
+    for collection in ["notes", "drafts"] {
+        assert_eq!(export(&phone, collection), export(&laptop, collection));
+    }
+
+    // What the laptop sent comes back once from the phone's feed and merges
+    // as unchanged; nothing is written anywhere.
+    let second = syncforge(&["sync", arg(&phone), arg(&laptop), "--both", "--json"]).ok();
+    for line in second.json_lines() {
+        let [added, updated, deleted, _, conflicts] = counts(&line);
+        assert_eq!((added, updated, deleted, conflicts), (0, 0, 0, 0), "{line}");
+        assert_eq!(line["to_src"]["sent"], 0, "{line}");
+    }
+    let third = syncforge(&["sync", arg(&phone), arg(&laptop), "--both", "--json"]).ok();
+    for line in third.json_lines() {
+        assert_eq!(counts(&line), [0, 0, 0, 0, 0], "{line}");
+        assert_eq!(line["to_src"]["sent"], 0, "{line}");
+    }
+}
+
+#[test]
+fn concurrent_edits_merge_field_by_field_with_crdt() {
+    let dir = TempDir::new().unwrap();
+    let (phone, laptop) = (dir.path().join("phone"), dir.path().join("laptop"));
+    let note = "{\"id\": \"n1\", \"title\": \"Meeting\", \"body\": \"Q3\"}";
+    syncforge_with(&["put", arg(&phone), "notes"], note).ok();
+    syncforge(&["sync", arg(&phone), arg(&laptop), "--strategy", "crdt"]).ok();
+    syncforge_with(
+        &["put", arg(&laptop), "notes"],
+        "{\"id\": \"n1\", \"title\": \"Q3 Planning\", \"body\": \"Q3\"}",
+    )
+    .ok();
+    syncforge_with(
+        &["put", arg(&phone), "notes"],
+        "{\"id\": \"n1\", \"title\": \"Meeting\", \"body\": \"Q3 + revenue\"}",
+    )
+    .ok();
+    let run = syncforge(&[
+        "sync",
+        arg(&phone),
+        arg(&laptop),
+        "--both",
+        "--strategy",
+        "crdt",
+        "--json",
+    ])
+    .ok();
+    assert_eq!(run.json_lines()[0]["conflicts"], 1, "{run:?}");
+    let merged = syncforge(&["get", arg(&laptop), "notes", "n1", "--json"])
+        .ok()
+        .json();
+    assert_eq!(merged["title"], json!("Q3 Planning"));
+    assert_eq!(merged["body"], json!("Q3 + revenue"));
+    assert_eq!(export(&phone, "notes"), export(&laptop, "notes"));
+}
+
+#[test]
+fn a_killed_sync_resumes_where_it_stopped() {
+    const RECORDS: usize = 2000;
+    let dir = TempDir::new().unwrap();
+    let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+    syncforge_with(
+        &["import", arg(&src), "c", "--batch-size", "1000"],
+        &canonical(&docs("r", RECORDS)),
+    )
+    .ok();
+
+    // Small pages, each a durable batch: slow enough to be killed halfway.
+    let mut child = command(&["sync", arg(&src), arg(&dst), "--batch-size", "10"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let copied = || {
+        std::fs::read_dir(dst.join("c"))
+            .map(|entries| entries.filter_map(Result::ok).count())
+            .unwrap_or(0)
+    };
+    while copied() < 200 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the sync copied nothing within a minute"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the sync ended before it could be killed"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the sync was killed, not finished");
+
+    let resumed = syncforge(&["sync", arg(&src), arg(&dst), "--json"]).ok();
+    let [added, updated, deleted, unchanged, _] = counts(&resumed.json_lines()[0]);
+    assert_eq!((updated, deleted), (0, 0));
+    // It went on from the last page whose cursor was stored (that page may
+    // come again, unchanged), not from the start.
+    assert!(added < RECORDS as u64, "{resumed:?}");
+    assert!(added + unchanged < RECORDS as u64, "{resumed:?}");
+    assert_eq!(export(&src, "c"), export(&dst, "c"));
+    let again = syncforge(&["sync", arg(&src), arg(&dst), "--json"]).ok();
+    assert_eq!(counts(&again.json_lines()[0]), [0, 0, 0, 0, 0]);
+}
+
+/// Documents stamped as records, in canonical form: what `put` into a
+/// memory store prints with `--json` (the store is gone afterwards).
+fn canonical(docs: &str) -> String {
+    syncforge_with(&["put", "memory:", "c", "--json"], docs)
+        .ok()
+        .stdout
+}
+
+#[test]
+fn progress_bars_are_drawn_on_a_terminal_only() {
+    let dir = TempDir::new().unwrap();
+    let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+    syncforge_with(&["put", arg(&src), "notes"], &docs("n", 50)).ok();
+
+    // Piped: the summary line, and nothing on stderr.
+    let piped = syncforge(&["sync", arg(&src), arg(&dst)]).ok();
+    assert_eq!(piped.stderr, "");
+
+    // On a terminal (script(1) runs the command on a pseudo-terminal): a bar
+    // per collection, then the summary line.
+    syncforge_with(&["put", arg(&src), "notes"], &docs("m", 50)).ok();
+    let line = format!(
+        "{} sync {} {} --batch-size 10",
+        env!("CARGO_BIN_EXE_syncforge"),
+        arg(&src),
+        arg(&dst)
+    );
+    let output = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env_remove("SYNCFORGE_CLIENT_ID")
+        .output()
+        .expect("script(1), from util-linux, runs the command on a terminal");
+    let screen = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{screen}");
+    assert!(screen.contains("50/50 records"), "{screen}");
+    assert!(screen.contains("notes: 50 added"), "{screen}");
+}

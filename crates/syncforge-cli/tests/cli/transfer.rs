@@ -1,0 +1,198 @@
+//! `export` and `import`, and the TypeScript original's files.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+use tempfile::TempDir;
+
+use crate::support::{arg, counts, docs, export, syncforge, syncforge_with};
+
+#[test]
+fn an_export_imports_into_another_store_and_an_import_can_be_repeated() {
+    let dir = TempDir::new().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    syncforge_with(&["put", arg(&a), "notes"], &docs("n", 20)).ok();
+    syncforge(&["delete", arg(&a), "notes", "n00003"]).ok();
+    let exported = export(&a, "notes");
+    assert_eq!(exported.lines().count(), 20);
+    // Sorted by id: converged replicas export the same bytes.
+    let ids: Vec<String> = exported
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["id"].to_string())
+        .collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(ids, sorted);
+
+    let first = syncforge_with(&["import", arg(&b), "notes", "--json"], &exported).ok();
+    let line = &first.json_lines()[0];
+    assert_eq!(line["records"], 20);
+    assert_eq!(counts(line), [19, 0, 1, 0, 0]);
+    assert_eq!(export(&b, "notes"), exported);
+
+    let again = syncforge_with(&["import", arg(&b), "notes"], &exported).ok();
+    assert_eq!(
+        again.stdout,
+        "notes: 20 records: 0 added, 0 updated, 0 deleted, 20 unchanged, 0 conflicts\n"
+    );
+
+    // A file works as well as stdin, and a JSON array as well as JSON Lines.
+    let file = dir.path().join("notes.json");
+    let array: Vec<serde_json::Value> = exported
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    std::fs::write(&file, serde_json::to_string_pretty(&array).unwrap()).unwrap();
+    let c = dir.path().join("c");
+    syncforge(&["import", arg(&c), "notes", arg(&file)]).ok();
+    assert_eq!(export(&c, "notes"), exported);
+}
+
+#[test]
+fn a_malformed_line_refuses_the_whole_import_with_its_number() {
+    let dir = TempDir::new().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    syncforge_with(&["put", arg(&a), "notes"], &docs("n", 5)).ok();
+    let mut lines: Vec<String> = export(&a, "notes").lines().map(str::to_owned).collect();
+    lines[2] = "{\"id\": \"broken\", ".to_owned();
+    lines.insert(4, "{\"id\": \"no-metadata\"}".to_owned());
+    let input = lines.join("\n");
+
+    let run = syncforge_with(&["import", arg(&b), "notes"], &input).fails(1);
+    assert!(
+        run.stderr
+            .contains("stdin has 2 faults; nothing was written"),
+        "{run:?}"
+    );
+    assert!(run.stderr.contains("\n  line 3: "), "{run:?}");
+    assert!(run.stderr.contains("\n  line 5: "), "{run:?}");
+    assert!(run.stderr.contains("no-metadata"), "{run:?}");
+    assert!(!b.exists(), "nothing written, not even the store");
+
+    let array = "[\n{\"id\": \"a\", \"_version\": 1, \"_timestamp\": 5, \"_clientId\": \"x\"},\n{\"id\": 7}\n]";
+    let run = syncforge_with(&["import", arg(&b), "notes"], array).fails(1);
+    assert!(run.stderr.contains("\n  line 3: "), "{run:?}");
+    assert!(!b.exists(), "nothing written, not even the store");
+}
+
+#[test]
+fn records_stamped_far_in_the_future_are_refused_before_any_write() {
+    let dir = TempDir::new().unwrap();
+    let store = dir.path().join("store");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let input = format!(
+        "{}\n{}\n",
+        json!({"id": "ok", "_version": 1, "_timestamp": now, "_clientId": "a", "_deleted": false}),
+        json!({"id": "ahead", "_version": 1, "_timestamp": now + 3_600_000, "_clientId": "a", "_deleted": false}),
+    );
+    let run = syncforge_with(&["import", arg(&store), "notes"], &input).fails(1);
+    assert!(run.stderr.contains("line 2: clock drift"), "{run:?}");
+    assert!(run.stderr.contains("ahead"), "{run:?}");
+    assert!(!store.exists(), "nothing written, not even the store");
+}
+
+/// One record file as the TypeScript original's filesystem backend writes it.
+fn write_original(dir: &Path, file: &str, record: &serde_json::Value) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join(file),
+        serde_json::to_string_pretty(record).unwrap(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_store_directory_of_the_typescript_original_imports_with_one_command() {
+    let dir = TempDir::new().unwrap();
+    let original = dir.path().join("local-data");
+    let inspections = original.join("inspections");
+    write_original(
+        &inspections,
+        "insp-001.json",
+        &json!({"id": "insp-001", "equipmentId": "pump-7", "status": "needs-repair",
+               "notes": "Bearing noise detected", "_version": 2, "_timestamp": 1_709_654_321_000u64,
+               "_deleted": false, "_clientId": "technician-42"}),
+    );
+    // The original's lossy file names: the id inside the file is what counts.
+    write_original(
+        &inspections,
+        "insp_002.json",
+        &json!({"id": "insp/002", "status": "ok", "_version": 1, "_timestamp": 1_709_654_000_000u64,
+               "_deleted": false, "_clientId": "technician-42"}),
+    );
+    write_original(
+        &inspections,
+        "insp-003.json",
+        &json!({"id": "insp-003", "status": "ok", "_version": 3, "_timestamp": 1_709_654_400_000u64,
+               "_deleted": true, "_clientId": "technician-7"}),
+    );
+    write_original(
+        &original.join("readings"),
+        "r-1.json",
+        &json!({"id": "r-1", "temperature": 21.5, "location": "warehouse-3", "_version": 1,
+               "_timestamp": 1_709_654_000_500u64, "_deleted": false, "_clientId": "sensor-3"}),
+    );
+    // Not records: left alone.
+    std::fs::write(inspections.join("notes.txt"), "not a record").unwrap();
+    std::fs::create_dir_all(original.join(".cache")).unwrap();
+
+    let store = dir.path().join("store");
+    let run = syncforge(&["import", arg(&store), "--store-dir", arg(&original)]).ok();
+    assert_eq!(
+        run.stdout,
+        "inspections: 3 records: 2 added, 0 updated, 1 deleted, 0 unchanged, 0 conflicts\n\
+         readings: 1 records: 1 added, 0 updated, 0 deleted, 0 unchanged, 0 conflicts\n"
+    );
+    let insp = syncforge(&["get", arg(&store), "inspections", "insp-001", "--json"])
+        .ok()
+        .json();
+    assert_eq!(insp["status"], "needs-repair");
+    assert_eq!(insp["_version"], 2);
+    assert_eq!(insp["_timestamp"], 1_709_654_321_000u64);
+    assert_eq!(insp["_clientId"], "technician-42");
+    let slash = syncforge(&["get", arg(&store), "inspections", "insp/002", "--json"]).ok();
+    assert_eq!(slash.json()["status"], "ok");
+    assert_eq!(
+        syncforge(&["ls", arg(&store), "inspections"]).ok().stdout,
+        "insp-001\ninsp-003  (deleted)\ninsp/002\n"
+    );
+
+    // Repeating the import changes nothing; so does importing one
+    // collection directory on its own.
+    let again = syncforge(&[
+        "import",
+        arg(&store),
+        "--store-dir",
+        arg(&original),
+        "--json",
+    ])
+    .ok();
+    for line in again.json_lines() {
+        let [added, updated, deleted, _, _] = counts(&line);
+        assert_eq!((added, updated, deleted), (0, 0, 0), "{line}");
+    }
+    let one = syncforge(&[
+        "import",
+        arg(&store),
+        "inspections",
+        arg(&inspections),
+        "--json",
+    ])
+    .ok();
+    assert_eq!(counts(&one.json_lines()[0]), [0, 0, 0, 3, 0]);
+
+    // A malformed file refuses the whole import, naming the file.
+    write_original(
+        &original.join("zz"),
+        "bad.json",
+        &json!({"id": "x", "_version": "one"}),
+    );
+    let store2 = dir.path().join("store2");
+    let refused = syncforge(&["import", arg(&store2), "--store-dir", arg(&original)]).fails(1);
+    assert!(refused.stderr.contains("bad.json"), "{refused:?}");
+    assert!(!store2.exists(), "nothing written, not even the store");
+}

@@ -1,0 +1,444 @@
+//! Naming a store by URL: one parser for programs and for the `syncforge`
+//! command.
+//!
+//! Each kind of store is one arm of [`StoreUrl::parse`], behind the cargo
+//! feature that builds it in; a URL of a kind that is not built in is refused
+//! with [`Error::FeatureDisabled`] naming the feature, never mistaken for a
+//! path.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use syncforge_core::{Error, Result, StorageBackend};
+
+use crate::backends::{create_backend, BackendConfig};
+
+/// The store kinds a URL can name, by scheme, and the cargo feature of each.
+/// Listed whatever features are on, so that a URL of a kind this build lacks
+/// is refused by name rather than read as a path.
+const KINDS: [(&str, &str, &str); 9] = [
+    // (scheme, kind, feature)
+    ("memory", "memory", "memory"),
+    ("file", "filesystem", "fs"),
+    ("redis", "redis", "redis"),
+    ("rediss", "redis", "redis"),
+    ("redis-cluster", "redis", "redis"),
+    ("rediss-cluster", "redis", "redis"),
+    ("s3", "s3", "s3"),
+    ("http", "sync server", "http-client"),
+    ("https", "sync server", "http-client"),
+];
+
+/// A store named by a URL: what [`StoreUrl::parse`] reads.
+///
+/// | URL | store | feature |
+/// |-----|-------|---------|
+/// | `memory:` | a new in-process store, gone when the process ends | `memory` |
+/// | `./data`, `/var/lib/app`, `file:///var/lib/app` | the filesystem store in that directory | `fs` |
+/// | `redis://`, `rediss://`, `redis-cluster://` | Redis | `redis` |
+/// | `s3://bucket/prefix?endpoint=..&region=..&allow_http=true` | S3 and compatibles | `s3` |
+/// | `http://host:port`, `https://..` | a sync server (through its HTTP peer) | `http-client` |
+///
+/// A string that names no known kind before a `:` is refused rather than
+/// taken for a directory (`memroy:` is a typo, not a directory name): write
+/// `./memroy:` to name such a directory. Credentials never come from a URL
+/// except a Redis password, which [`Display`](fmt::Display) and `Debug`
+/// never show.
+///
+/// ```
+/// use syncforge::{BackendConfig, StoreUrl};
+///
+/// let url: StoreUrl = "file:///var/lib/app%20data".parse()?;
+/// assert_eq!(
+///     url.backend_config(),
+///     Some(&BackendConfig::Filesystem { directory: "/var/lib/app data".into() })
+/// );
+/// assert_eq!("memory:".parse::<StoreUrl>()?.to_string(), "memory:");
+/// assert!("ftp://example.com".parse::<StoreUrl>().is_err());
+/// # Ok::<(), syncforge::Error>(())
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoreUrl {
+    target: Target,
+    /// The URL as it may be shown: rebuilt from what was parsed, so it
+    /// holds no password.
+    shown: String,
+}
+
+/// What a [`StoreUrl`] names: one variant per way of reaching a store.
+#[derive(Clone, PartialEq, Eq)]
+enum Target {
+    /// A storage backend, opened with [`create_backend`].
+    Backend(BackendConfig),
+    /// A sync server, reached through its HTTP peer at this base URL.
+    #[cfg(feature = "http-client")]
+    Server(String),
+}
+
+impl StoreUrl {
+    /// Reads a store URL (see the [type's documentation](StoreUrl)).
+    ///
+    /// Fails with [`Error::InvalidConfig`] (option `url`) when the string is
+    /// not a store URL, and with [`Error::FeatureDisabled`] when it names a
+    /// kind of store this build lacks. Messages never repeat a password.
+    pub fn parse(url: &str) -> Result<StoreUrl> {
+        if url.is_empty() {
+            return Err(invalid("the store URL is empty"));
+        }
+        let Some(scheme) = scheme_of(url) else {
+            return directory(PathBuf::from(url));
+        };
+        let lower = scheme.to_ascii_lowercase();
+        let Some(&(_, kind, feature)) = KINDS.iter().find(|(known, ..)| *known == lower) else {
+            return Err(invalid(format!(
+                "unknown store kind {scheme:?}: use memory:, a directory path, file:///path, \
+                 redis://host:port, rediss://, redis-cluster://, s3://bucket/prefix or \
+                 http(s)://host:port (a directory whose name has a ':' is written ./{scheme}:...)"
+            )));
+        };
+        let rest = &url[scheme.len() + 1..];
+        match lower.as_str() {
+            "memory" => memory(rest),
+            "file" => directory(file_path(rest)?),
+            #[cfg(feature = "redis")]
+            "redis" | "rediss" | "redis-cluster" | "rediss-cluster" => redis(&lower, rest),
+            #[cfg(feature = "http-client")]
+            "http" | "https" => server(&lower, rest),
+            _ => Err(Error::FeatureDisabled {
+                backend: kind.to_owned(),
+                feature,
+            }),
+        }
+    }
+
+    /// The backend this URL names, when it names one.
+    pub fn backend_config(&self) -> Option<&BackendConfig> {
+        match &self.target {
+            Target::Backend(config) => Some(config),
+            #[cfg(feature = "http-client")]
+            Target::Server(_) => None,
+        }
+    }
+
+    /// The base URL of the sync server this URL names, when it names one:
+    /// reach it with [`HttpPeer`](crate::http::HttpPeer).
+    #[cfg(feature = "http-client")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "http-client")))]
+    pub fn server_url(&self) -> Option<&str> {
+        match &self.target {
+            Target::Server(base) => Some(base),
+            Target::Backend(_) => None,
+        }
+    }
+
+    /// The kind of store: `"memory"`, `"filesystem"`, `"sync server"`, ...
+    pub fn kind(&self) -> &'static str {
+        match &self.target {
+            Target::Backend(config) => config.name(),
+            #[cfg(feature = "http-client")]
+            Target::Server(_) => "sync server",
+        }
+    }
+
+    fn backend(config: BackendConfig, shown: String) -> StoreUrl {
+        StoreUrl {
+            target: Target::Backend(config),
+            shown,
+        }
+    }
+}
+
+impl FromStr for StoreUrl {
+    type Err = Error;
+
+    fn from_str(url: &str) -> Result<StoreUrl> {
+        StoreUrl::parse(url)
+    }
+}
+
+/// The URL again, in a form that never shows a password.
+impl fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+impl fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StoreUrl({})", self.shown)
+    }
+}
+
+/// Opens the storage backend a URL names: [`StoreUrl::parse`], then
+/// [`create_backend`]. A URL naming a sync server rather than a store is
+/// refused with [`Error::InvalidConfig`]; reach a server through its peer
+/// ([`StoreUrl::server_url`]).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> syncforge::Result<()> {
+/// let store = syncforge::open_store("memory:").await?;
+/// assert_eq!(store.name(), "memory");
+/// # Ok(())
+/// # }
+/// ```
+pub async fn open_store(url: &str) -> Result<Arc<dyn StorageBackend>> {
+    let url = StoreUrl::parse(url)?;
+    match &url.target {
+        Target::Backend(config) => create_backend(config).await,
+        #[cfg(feature = "http-client")]
+        Target::Server(_) => Err(invalid(format!(
+            "{url} is a sync server, not a store: sync with it through its HttpPeer"
+        ))),
+    }
+}
+
+fn invalid(reason: impl Into<String>) -> Error {
+    Error::InvalidConfig {
+        option: "url",
+        reason: reason.into(),
+    }
+}
+
+/// The scheme before the first `:`, when the string starts with one: a
+/// letter, then letters, digits, `+`, `-`, `.`. A single letter is a Windows
+/// drive (`C:\data`), not a scheme.
+fn scheme_of(url: &str) -> Option<&str> {
+    let (scheme, _) = url.split_once(':')?;
+    let mut chars = scheme.chars();
+    let first = chars.next()?;
+    let valid = first.is_ascii_alphabetic()
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    (valid && scheme.len() > 1).then_some(scheme)
+}
+
+fn memory(rest: &str) -> Result<StoreUrl> {
+    if !rest.is_empty() && rest != "//" {
+        return Err(invalid(
+            "memory: takes nothing after the colon (each memory store is new and empty)",
+        ));
+    }
+    Ok(StoreUrl::backend(
+        BackendConfig::Memory,
+        "memory:".to_owned(),
+    ))
+}
+
+/// A Redis server or cluster: the URL is read by `RedisConfig::from_url`
+/// now, so that a bad one is refused before anything connects, and shown
+/// as its address, without the password.
+#[cfg(feature = "redis")]
+fn redis(scheme: &str, rest: &str) -> Result<StoreUrl> {
+    let url = format!("{scheme}:{rest}");
+    let config = syncforge_backend_redis::RedisConfig::from_url(&url)?;
+    Ok(StoreUrl::backend(
+        BackendConfig::Redis { url },
+        config.address(),
+    ))
+}
+
+/// A sync server's base URL (`rest` follows `http:` or `https:`). Tokens
+/// are given to the peer, never in the URL.
+#[cfg(feature = "http-client")]
+fn server(scheme: &str, rest: &str) -> Result<StoreUrl> {
+    let Some(after_slashes) = rest.strip_prefix("//") else {
+        return Err(invalid(format!(
+            "a sync server's URL is {scheme}://host:port"
+        )));
+    };
+    let authority = after_slashes.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.is_empty() {
+        return Err(invalid("the sync server's URL names no host"));
+    }
+    if authority.contains('@') {
+        return Err(invalid(
+            "a sync server's URL carries no credentials: give the token to the peer \
+             (syncforge: --bearer-token or SYNCFORGE_TOKEN)",
+        ));
+    }
+    if after_slashes.contains(['?', '#']) {
+        return Err(invalid("a sync server's URL takes no query or fragment"));
+    }
+    let base = format!("{scheme}://{}", after_slashes.trim_end_matches('/'));
+    Ok(StoreUrl {
+        target: Target::Server(base.clone()),
+        shown: base,
+    })
+}
+
+/// The directory of a `file:` URL (the part after `file:`): `///path` or
+/// `//localhost/path`, percent-encoded.
+fn file_path(rest: &str) -> Result<PathBuf> {
+    let Some(authority_and_path) = rest.strip_prefix("//") else {
+        return Err(invalid(
+            "a file URL is file:///absolute/path; name a relative directory by its path alone",
+        ));
+    };
+    let path = match authority_and_path.find('/') {
+        Some(0) => authority_and_path,
+        Some(slash) if authority_and_path[..slash].eq_ignore_ascii_case("localhost") => {
+            &authority_and_path[slash..]
+        }
+        _ => return Err(invalid(
+            "a file URL names a directory on this machine: file:///path or file://localhost/path",
+        )),
+    };
+    if path.contains(['?', '#']) {
+        return Err(invalid(
+            "a file URL takes no query or fragment (percent-encode '?' and '#' in names as %3F and %23)",
+        ));
+    }
+    let decoded = percent_encoding::percent_decode_str(path)
+        .decode_utf8()
+        .map_err(|_| invalid("the file URL's path is not UTF-8 once percent-decoded"))?;
+    Ok(PathBuf::from(decoded.into_owned()))
+}
+
+/// The filesystem store in `directory`, shown as its path.
+fn directory(directory: PathBuf) -> Result<StoreUrl> {
+    if directory.as_os_str().is_empty() {
+        return Err(invalid("the directory path is empty"));
+    }
+    let shown = directory.display().to_string();
+    Ok(StoreUrl::backend(
+        BackendConfig::Filesystem { directory },
+        shown,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(url: &str) -> BackendConfig {
+        StoreUrl::parse(url)
+            .unwrap()
+            .backend_config()
+            .unwrap()
+            .clone()
+    }
+
+    fn dir(path: &str) -> BackendConfig {
+        BackendConfig::Filesystem {
+            directory: PathBuf::from(path),
+        }
+    }
+
+    fn refused(url: &str) -> String {
+        match StoreUrl::parse(url) {
+            Err(Error::InvalidConfig {
+                option: "url",
+                reason,
+            }) => reason,
+            other => panic!("{url:?} gave {other:?}"),
+        }
+    }
+
+    #[test]
+    fn memory_and_paths() {
+        assert_eq!(backend("memory:"), BackendConfig::Memory);
+        assert_eq!(backend("MEMORY:"), BackendConfig::Memory);
+        assert_eq!(backend("./data"), dir("./data"));
+        assert_eq!(backend("data"), dir("data"));
+        assert_eq!(backend("/var/lib/app"), dir("/var/lib/app"));
+        assert_eq!(backend("C:\\data"), dir("C:\\data"));
+        assert_eq!(backend("./memroy:"), dir("./memroy:"));
+        assert_eq!(backend("dir/with:colon"), dir("dir/with:colon"));
+    }
+
+    #[test]
+    fn file_urls_are_decoded() {
+        assert_eq!(backend("file:///var/lib/app"), dir("/var/lib/app"));
+        assert_eq!(backend("file://localhost/srv/x"), dir("/srv/x"));
+        assert_eq!(backend("file:///a%20b/%C3%A9"), dir("/a b/é"));
+        assert!(refused("file:relative").contains("file:///absolute/path"));
+        assert!(refused("file://otherhost/x").contains("this machine"));
+        assert!(refused("file:///x?y=1").contains("no query"));
+        assert!(refused("file:///%FF").contains("UTF-8"));
+    }
+
+    #[test]
+    fn bad_urls_are_refused_by_name() {
+        assert!(refused("").contains("empty"));
+        assert!(refused("memory:x").contains("nothing after"));
+        let unknown = refused("ftp://example.com/x");
+        assert!(unknown.contains("\"ftp\""), "{unknown}");
+        assert!(refused("memroy:").contains("./memroy:"));
+    }
+
+    #[cfg(feature = "http-client")]
+    #[test]
+    fn sync_servers_are_named_by_their_base_url() {
+        let url = StoreUrl::parse("HTTPS://sync.example.com:8443/api/").unwrap();
+        assert_eq!(url.server_url(), Some("https://sync.example.com:8443/api"));
+        assert_eq!(url.backend_config(), None);
+        assert_eq!(url.kind(), "sync server");
+        assert_eq!(url.to_string(), "https://sync.example.com:8443/api");
+        let message = refused("http://tablet:secret@sync.example.com");
+        assert!(message.contains("no credentials"), "{message}");
+        assert!(!message.contains("secret"), "{message}");
+        assert!(refused("http:sync.example.com").contains("host:port"));
+        assert!(refused("http://").contains("no host"));
+        assert!(refused("http://h/?token=x").contains("no query"));
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn redis_urls_are_read_and_shown_without_their_password() {
+        let url = StoreUrl::parse("rediss://app:hunter2@cache.example:6380/2?prefix=shop").unwrap();
+        assert_eq!(url.kind(), "redis");
+        assert_eq!(url.to_string(), "rediss://cache.example:6380/2");
+        assert!(!format!("{url:?}").contains("hunter2"));
+        match url.backend_config() {
+            Some(BackendConfig::Redis { url }) => assert!(url.starts_with("rediss://app:")),
+            other => panic!("{other:?}"),
+        }
+        let refused = StoreUrl::parse("redis://:hunter2@host:port")
+            .unwrap_err()
+            .to_string();
+        assert!(!refused.contains("hunter2"), "{refused}");
+        let cluster =
+            StoreUrl::parse("redis-cluster://127.0.0.1:7001?node=127.0.0.1:7002").unwrap();
+        assert_eq!(
+            cluster.to_string(),
+            "redis-cluster://127.0.0.1:7001?node=127.0.0.1:7002"
+        );
+    }
+
+    #[test]
+    fn kinds_not_built_in_name_their_feature() {
+        let disabled = |url: &str| match StoreUrl::parse(url) {
+            Err(Error::FeatureDisabled { backend, feature }) => (backend, feature),
+            other => panic!("{url:?} gave {other:?}"),
+        };
+        #[cfg(not(feature = "redis"))]
+        assert_eq!(
+            disabled("redis://:secret@127.0.0.1:6379"),
+            ("redis".to_owned(), "redis")
+        );
+        assert_eq!(
+            disabled("s3://bucket/prefix?region=eu-west-1"),
+            ("s3".to_owned(), "s3")
+        );
+        #[cfg(not(feature = "http-client"))]
+        assert_eq!(
+            disabled("https://sync.example.com"),
+            ("sync server".to_owned(), "http-client")
+        );
+        let message = StoreUrl::parse("s3://:secret@bucket")
+            .unwrap_err()
+            .to_string();
+        assert!(!message.contains("secret"), "{message}");
+    }
+
+    #[test]
+    fn display_gives_the_store_back() {
+        for url in ["memory:", "./data", "/var/lib/app"] {
+            assert_eq!(StoreUrl::parse(url).unwrap().to_string(), url);
+        }
+        assert_eq!(StoreUrl::parse("file:///srv").unwrap().to_string(), "/srv");
+        assert_eq!(StoreUrl::parse("./d").unwrap().kind(), "filesystem");
+    }
+}
