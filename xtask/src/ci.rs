@@ -81,6 +81,14 @@ fn steps(test_env: Vec<(&'static str, OsString)>) -> Vec<Step> {
                     "--features",
                     "redis",
                 ]),
+                Cargo::new(&[
+                    "check",
+                    "-p",
+                    "syncforge",
+                    "--no-default-features",
+                    "--features",
+                    "s3",
+                ]),
                 Cargo::new(&["check", "-p", "syncforge"]),
                 Cargo::new(&["check", "-p", "syncforge", "--features", "http-server"]),
                 Cargo::new(&["check", "-p", "syncforge", "--features", "http-client"]),
@@ -89,7 +97,21 @@ fn steps(test_env: Vec<(&'static str, OsString)>) -> Vec<Step> {
         },
         Step {
             name: "tests (unit, integration, doc)",
-            commands: vec![tests],
+            commands: vec![
+                tests,
+                // The facade's own unit tests once more with only the memory
+                // backend: what a build without a backend's feature says
+                // about that backend (FeatureDisabled, naming the feature).
+                Cargo::new(&[
+                    "test",
+                    "-p",
+                    "syncforge",
+                    "--no-default-features",
+                    "--features",
+                    "memory",
+                    "--lib",
+                ]),
+            ],
             needs_services: true,
         },
     ]

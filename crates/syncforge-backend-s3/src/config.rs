@@ -97,6 +97,100 @@ impl S3Config {
         }
     }
 
+    /// A configuration from a store URL:
+    /// `s3://bucket[/prefix][?region=..&endpoint=..&allow_http=true&path_style=true]`.
+    ///
+    /// The prefix is the URL's path (default `dse`). An `endpoint` names an
+    /// S3-compatible server and turns on path-style requests unless
+    /// `path_style=false` says otherwise. Credentials never come from a URL
+    /// (URLs end up in logs and shell histories): they come from the
+    /// environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// `AWS_SESSION_TOKEN`) or the default credential chain, and a URL that
+    /// carries any is refused.
+    ///
+    /// ```
+    /// use syncforge_backend_s3::S3Config;
+    /// let config = S3Config::from_url("s3://readings/edge?endpoint=http://127.0.0.1:9000&allow_http=true")?;
+    /// assert!(format!("{config:?}").contains("readings"));
+    /// assert!(S3Config::from_url("s3://key:secret@readings").is_err());
+    /// # Ok::<(), syncforge_core::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] (option `url`) naming what is wrong.
+    pub fn from_url(url: &str) -> Result<Self> {
+        let invalid = |reason: String| Error::InvalidConfig {
+            option: "url",
+            reason,
+        };
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| invalid("an S3 store URL starts with s3://".to_owned()))?;
+        let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
+        if bucket.contains('@') || bucket.contains(':') {
+            return Err(invalid(
+                "an S3 store URL carries no credentials: set AWS_ACCESS_KEY_ID and \
+                 AWS_SECRET_ACCESS_KEY (or use the default credential chain)"
+                    .to_owned(),
+            ));
+        }
+        if bucket.is_empty() {
+            return Err(invalid(
+                "the S3 store URL names no bucket: s3://bucket/prefix".to_owned(),
+            ));
+        }
+        let mut config = S3Config::new(bucket);
+        let prefix = prefix.trim_matches('/');
+        if !prefix.is_empty() {
+            config = config.with_prefix(prefix);
+        }
+        let mut path_style = None;
+        for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = percent_encoding::percent_decode_str(value)
+                .decode_utf8()
+                .map_err(|_| {
+                    invalid(format!(
+                        "the value of {key:?} is not UTF-8 once percent-decoded"
+                    ))
+                })?
+                .into_owned();
+            let flag = |value: &str| match value {
+                "true" | "1" | "yes" => Ok(true),
+                "false" | "0" | "no" => Ok(false),
+                other => Err(invalid(format!(
+                    "{key} must be true or false, not {other:?}"
+                ))),
+            };
+            config = match key {
+                "region" => config.with_region(value),
+                "endpoint" => config.with_endpoint(value),
+                "allow_http" => config.with_allow_http(flag(&value)?),
+                "path_style" => {
+                    path_style = Some(flag(&value)?);
+                    config
+                }
+                "access_key_id" | "secret_access_key" | "session_token" | "access_key"
+                | "secret_key" => {
+                    return Err(invalid(format!(
+                        "an S3 store URL carries no credentials ({key}): set them in the \
+                         environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN)"
+                    )))
+                }
+                other => {
+                    return Err(invalid(format!(
+                        "unknown S3 URL parameter {other:?}: expected region, endpoint, \
+                         allow_http or path_style"
+                    )))
+                }
+            };
+        }
+        let path_style = path_style.unwrap_or(config.endpoint.is_some());
+        Ok(config.with_path_style(path_style))
+    }
+
     /// The AWS region (default `us-east-1`).
     pub fn with_region(mut self, region: impl Into<String>) -> Self {
         self.region = region.into();
@@ -316,6 +410,47 @@ impl fmt::Debug for S3Config {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn store_urls_give_bucket_prefix_and_endpoint() {
+        let config = S3Config::from_url(
+            "s3://readings/edge/site-3?region=eu-west-1&endpoint=http%3A%2F%2F127.0.0.1%3A9000&allow_http=true",
+        )
+        .unwrap();
+        assert_eq!(config.bucket, "readings");
+        assert_eq!(config.prefix, "edge/site-3");
+        assert_eq!(config.region, "eu-west-1");
+        assert_eq!(config.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert!(config.allow_http && config.path_style);
+
+        let plain = S3Config::from_url("s3://readings").unwrap();
+        assert_eq!(plain.prefix, DEFAULT_PREFIX);
+        assert!(!plain.path_style && !plain.allow_http && plain.endpoint.is_none());
+        let virtual_hosted =
+            S3Config::from_url("s3://readings?endpoint=https://s3.example&path_style=false")
+                .unwrap();
+        assert!(!virtual_hosted.path_style);
+    }
+
+    #[test]
+    fn store_urls_never_carry_credentials_and_refuse_what_they_do_not_know() {
+        for url in [
+            "s3://AKID:s3cr3tvalue@readings",
+            "s3://readings?access_key_id=AKID",
+            "s3://readings?secret_access_key=s3cr3tvalue",
+            "s3://readings?colour=blue",
+            "s3://readings?allow_http=maybe",
+            "s3://",
+            "http://readings",
+        ] {
+            let err = S3Config::from_url(url).unwrap_err();
+            assert!(
+                matches!(err, Error::InvalidConfig { option: "url", .. }),
+                "{url}: {err}"
+            );
+            assert!(!err.to_string().contains("s3cr3tvalue"), "{url}: {err}");
+        }
+    }
 
     #[test]
     fn debug_hides_credentials() {

@@ -33,6 +33,17 @@ pub enum BackendConfig {
         /// The server's URL.
         url: String,
     },
+    /// An S3 bucket or S3-compatible server (feature `s3`), by URL:
+    /// `s3://bucket[/prefix][?region=..&endpoint=..&allow_http=true&path_style=true]`.
+    /// Credentials come from the environment (`AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`) or the default chain,
+    /// never from the URL. For every other setting, build
+    /// `S3Backend::new(S3Config { .. })` and pass it to the builder's
+    /// `backend`.
+    S3 {
+        /// The bucket's URL.
+        url: String,
+    },
 }
 
 impl std::fmt::Debug for BackendConfig {
@@ -47,6 +58,7 @@ impl std::fmt::Debug for BackendConfig {
                 .debug_struct("Redis")
                 .field("url", &without_password(url))
                 .finish(),
+            BackendConfig::S3 { url } => f.debug_struct("S3").field("url", url).finish(),
         }
     }
 }
@@ -69,12 +81,13 @@ fn without_password(url: &str) -> String {
 
 impl BackendConfig {
     /// The backend's name, as its [`StorageBackend::name`] says it:
-    /// `"memory"`, `"filesystem"` or `"redis"`.
+    /// `"memory"`, `"filesystem"`, `"redis"` or `"s3"`.
     pub fn name(&self) -> &'static str {
         match self {
             BackendConfig::Memory => "memory",
             BackendConfig::Filesystem { .. } => "filesystem",
             BackendConfig::Redis { .. } => "redis",
+            BackendConfig::S3 { .. } => "s3",
         }
     }
 
@@ -84,6 +97,7 @@ impl BackendConfig {
             BackendConfig::Memory => "memory",
             BackendConfig::Filesystem { .. } => "fs",
             BackendConfig::Redis { .. } => "redis",
+            BackendConfig::S3 { .. } => "s3",
         }
     }
 }
@@ -136,6 +150,10 @@ pub async fn create_backend(config: &BackendConfig) -> Result<Arc<dyn StorageBac
         BackendConfig::Redis { url } => Ok(Arc::new(
             syncforge_backend_redis::RedisBackend::connect_url(url).await?,
         )),
+        #[cfg(feature = "s3")]
+        BackendConfig::S3 { url } => Ok(Arc::new(syncforge_backend_s3::S3Backend::new(
+            syncforge_backend_s3::S3Config::from_url(url)?,
+        )?)),
         #[allow(unreachable_patterns)] // reachable exactly when a feature is off
         other => Err(Error::FeatureDisabled {
             backend: other.name().to_owned(),

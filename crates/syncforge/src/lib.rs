@@ -51,6 +51,7 @@
 //! | `http-server` | no | `http::{router, Server, serve, ...}`: serve an engine over HTTP |
 //! | `http-client` | no | `http::HttpPeer`: sync with such a server like with a peer |
 //! | `redis` | no | `RedisBackend` and `RedisConfig`: Redis and Redis Cluster, atomic Lua-script writes |
+//! | `s3` | no | `S3Backend` and `S3Config`: S3, S3-compatible servers, any conditional-write `object_store`, a local directory |
 //!
 //! A store chosen at run time is named by a [`BackendConfig`] or by a URL
 //! ([`StoreUrl`], [`open_store`]: `memory:`, a directory path, ...), the
@@ -114,6 +115,12 @@ pub use syncforge_backend_fs::{Durability, FsBackend, FsOptions};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use syncforge_backend_redis::{RedisBackend, RedisConfig};
+
+#[cfg(feature = "s3")]
+#[cfg_attr(docsrs, doc(cfg(feature = "s3")))]
+pub use syncforge_backend_s3::{
+    LocalDirectory, S3Backend, S3Config, StoreOptions as S3StoreOptions,
+};
 
 /// The guide's examples, compiled and run as doctests so the guide stays true.
 #[cfg(doctest)]

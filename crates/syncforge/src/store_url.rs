@@ -104,6 +104,8 @@ impl StoreUrl {
             "file" => directory(file_path(rest)?),
             #[cfg(feature = "redis")]
             "redis" | "rediss" | "redis-cluster" | "rediss-cluster" => redis(&lower, rest),
+            #[cfg(feature = "s3")]
+            "s3" => s3(rest),
             #[cfg(feature = "http-client")]
             "http" | "https" => server(&lower, rest),
             _ => Err(Error::FeatureDisabled {
@@ -236,6 +238,18 @@ fn redis(scheme: &str, rest: &str) -> Result<StoreUrl> {
     Ok(StoreUrl::backend(
         BackendConfig::Redis { url },
         config.address(),
+    ))
+}
+
+/// An S3 bucket: the URL is read by `S3Config::from_url` now, so that a bad
+/// one (or one carrying credentials) is refused before anything connects.
+#[cfg(feature = "s3")]
+fn s3(rest: &str) -> Result<StoreUrl> {
+    let url = format!("s3:{rest}");
+    syncforge_backend_s3::S3Config::from_url(&url)?;
+    Ok(StoreUrl::backend(
+        BackendConfig::S3 { url: url.clone() },
+        url,
     ))
 }
 
@@ -407,30 +421,52 @@ mod tests {
         );
     }
 
-    #[test]
-    fn kinds_not_built_in_name_their_feature() {
-        let disabled = |url: &str| match StoreUrl::parse(url) {
+    /// The refusal a build without `feature` gives for `url`.
+    #[cfg(any(
+        not(feature = "redis"),
+        not(feature = "s3"),
+        not(feature = "http-client")
+    ))]
+    fn disabled(url: &str) -> (String, &'static str) {
+        match StoreUrl::parse(url) {
             Err(Error::FeatureDisabled { backend, feature }) => (backend, feature),
             other => panic!("{url:?} gave {other:?}"),
-        };
-        #[cfg(not(feature = "redis"))]
+        }
+    }
+
+    #[cfg(not(feature = "redis"))]
+    #[test]
+    fn redis_urls_name_their_feature_when_it_is_off() {
         assert_eq!(
             disabled("redis://:secret@127.0.0.1:6379"),
             ("redis".to_owned(), "redis")
         );
+    }
+
+    #[cfg(not(feature = "s3"))]
+    #[test]
+    fn s3_urls_name_their_feature_when_it_is_off() {
         assert_eq!(
             disabled("s3://bucket/prefix?region=eu-west-1"),
             ("s3".to_owned(), "s3")
         );
-        #[cfg(not(feature = "http-client"))]
+    }
+
+    #[cfg(not(feature = "http-client"))]
+    #[test]
+    fn server_urls_name_their_feature_when_it_is_off() {
         assert_eq!(
             disabled("https://sync.example.com"),
             ("sync server".to_owned(), "http-client")
         );
-        let message = StoreUrl::parse("s3://:secret@bucket")
+    }
+
+    #[test]
+    fn a_refused_s3_url_never_shows_its_credentials() {
+        let message = StoreUrl::parse("s3://:s3cr3tvalue@bucket")
             .unwrap_err()
             .to_string();
-        assert!(!message.contains("secret"), "{message}");
+        assert!(!message.contains("s3cr3tvalue"), "{message}");
     }
 
     #[test]

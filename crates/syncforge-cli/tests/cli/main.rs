@@ -8,6 +8,8 @@ mod http;
 mod records;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(feature = "s3")]
+mod s3;
 mod stats_watch;
 mod support;
 mod sync;

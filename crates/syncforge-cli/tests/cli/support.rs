@@ -57,7 +57,20 @@ pub(crate) fn syncforge(args: &[&str]) -> Run {
 
 /// Runs the binary with `args`, `stdin` on its standard input.
 pub(crate) fn syncforge_with(args: &[&str], stdin: &str) -> Run {
-    let mut child = command(args)
+    run(command(args), stdin)
+}
+
+/// Runs the binary with `args` and the environment variables `env`.
+#[cfg_attr(not(feature = "s3"), allow(dead_code))]
+pub(crate) fn syncforge_env(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut command = command(args);
+    command.envs(env.iter().copied());
+    run(command, "")
+}
+
+/// Runs `command` to its end, `stdin` on its standard input.
+fn run(mut command: Command, stdin: &str) -> Run {
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
