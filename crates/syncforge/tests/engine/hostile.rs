@@ -147,10 +147,26 @@ async fn run_cases(engine: &SyncEngine, seed: u64, cases: usize) {
         "seed {seed}: the generator must exercise acceptance and refusal \
          (parsed {parsed}, put {put_ok}, refused {put_refused} of {cases})"
     );
+    // A batch with one record stamped beyond the drift bound is refused
+    // whole, whatever the random cases happened to draw.
+    let ahead = syncforge::Record::from_json(serde_json::json!({
+        "id": "ahead", "_version": 1, "_timestamp": NOW + 3_600_000, "_deleted": false, "_clientId": "far"
+    }))
+    .unwrap();
+    let fine = syncforge::Record::from_json(serde_json::json!({
+        "id": "fine", "_version": 1, "_timestamp": NOW - 1, "_deleted": false, "_clientId": "near"
+    }))
+    .unwrap();
+    let error = collection.sync([fine, ahead]).await.unwrap_err();
     assert!(
-        synced > 0 && sync_refused > 0,
-        "seed {seed}: syncs accepted {synced}, refused {sync_refused}"
+        matches!(error, syncforge::Error::ClockDrift { .. }),
+        "seed {seed}: {error}"
     );
+    assert!(
+        !changed_after(&collection, cursor).await,
+        "seed {seed}: a refused sync wrote something"
+    );
+    assert!(synced > 0, "seed {seed}: no sync was applied");
     eprintln!(
         "hostile seed {seed}: {cases} cases, {parsed} parsed, {put_ok} put, {put_refused} refused, \
          {synced} syncs applied, {sync_refused} refused"
@@ -189,4 +205,71 @@ async fn hostile_records_on_the_filesystem_backend() {
     for record in reopened.get_all("hostile-3").await.unwrap() {
         hostile::round_trip(&record).unwrap();
     }
+}
+
+/// A key prefix no other test or run uses.
+#[cfg(any(feature = "redis", feature = "s3"))]
+fn unique_prefix(tag: &str) -> String {
+    format!(
+        "hostile-{tag}-{}",
+        ulid::Ulid::new().to_string().to_lowercase()
+    )
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_records_on_the_redis_backend() {
+    use syncforge::{RedisBackend, RedisConfig};
+    use syncforge_testkit::services::{address, available};
+
+    const ENV: &str = "SYNCFORGE_TEST_REDIS_URL";
+    let server = address(ENV, "redis://127.0.0.1:6379/0");
+    let mut config = RedisConfig::from_url(&server).unwrap();
+    config.key_prefix = unique_prefix("redis");
+    let store = RedisBackend::connect(config).await;
+    if !available("redis", ENV, &server, store.is_ok()) {
+        return;
+    }
+    let engine = engine_over(store.unwrap(), ConflictStrategy::Crdt).await;
+    run_cases(&engine, 4, hostile::cases(3_000) / 6).await;
+}
+
+#[cfg(feature = "s3")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_records_on_the_s3_backend_over_a_local_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = syncforge::S3Backend::local_directory(dir.path(), "dse").unwrap();
+    let engine = engine_over(store, ConflictStrategy::Timestamp).await;
+    run_cases(&engine, 5, hostile::cases(3_000) / 10).await;
+}
+
+/// Against the S3-compatible test server too, with fewer cases: it serves
+/// about 140 requests a second.
+#[cfg(feature = "s3")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_records_on_the_s3_backend_over_the_test_server() {
+    use syncforge::{S3Backend, S3Config};
+    use syncforge_testkit::services::{address, available};
+
+    const ENV: &str = "SYNCFORGE_TEST_S3_ENDPOINT";
+    let endpoint = address(ENV, "http://127.0.0.1:45655");
+    let bucket = address("SYNCFORGE_TEST_S3_BUCKET", "syncforge-test");
+    let host = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    let answers = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        tokio::net::TcpStream::connect(host),
+    )
+    .await
+    .is_ok_and(|connected| connected.is_ok());
+    if !available("S3 server (moto)", ENV, &endpoint, answers) {
+        return;
+    }
+    let config = S3Config::new(bucket)
+        .with_endpoint(endpoint)
+        .with_allow_http(true)
+        .with_path_style(true)
+        .with_credentials("testing", "testing")
+        .with_prefix(unique_prefix("s3"));
+    let engine = engine_over(S3Backend::new(config).unwrap(), ConflictStrategy::Crdt).await;
+    run_cases(&engine, 6, hostile::cases(3_000) / 30).await;
 }
