@@ -44,6 +44,7 @@
 
 pub mod backend;
 mod delta;
+mod depth;
 mod error;
 mod hlc;
 mod lww;
@@ -57,6 +58,7 @@ mod version_vector;
 
 pub use backend::{Change, ChangePage, Cursor, StorageBackend, Stored, Token, Write, WriteOutcome};
 pub use delta::{classify, compute_delta, dedupe, ChangeKind, Classified, Delta};
+pub use depth::{check_serialize, dismantle, nesting_depth, MAX_NESTING_DEPTH};
 pub use error::{BoxError, Error, Result, SharedError};
 pub use hlc::{
     ClientId, Hlc, IntoClientId, ManualTime, Stamp, SystemClock, TimeSource, DEFAULT_MAX_DRIFT,
