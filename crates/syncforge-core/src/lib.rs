@@ -12,6 +12,10 @@
 //! * [`compute_delta`], [`classify`], [`resolve_conflict`] — what an incoming
 //!   record changes.
 //! * [`StorageBackend`] — the storage contract every backend crate implements.
+//! * [`MAX_NESTING_DEPTH`] — how deep a record's values may nest arrays and
+//!   objects (64): every way of making a record refuses deeper values with
+//!   [`Error::InvalidRecord`], without recursing into them, and
+//!   [`check_serialize`] measures a `Serialize` value before it is converted.
 //!
 //! ```
 //! use std::sync::Arc;
