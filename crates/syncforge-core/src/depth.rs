@@ -242,16 +242,18 @@ impl Probe {
     }
 
     /// Serialises the value of key `key` of the container being written.
-    fn value<T: Serialize + ?Sized>(&mut self, key: Option<String>, value: &T) -> ProbeResult {
+    /// Keys are copied only at the top level, where they name the field:
+    /// a document's every key is not worth an allocation.
+    fn value<T: Serialize + ?Sized>(&mut self, key: Option<&str>, value: &T) -> ProbeResult {
         let top = self.depth == 1;
-        let is_id = top && key.as_deref() == Some(ID_KEY);
+        let is_id = top && key == Some(ID_KEY);
         if self.mode == Mode::FindId && !is_id {
             return Ok(());
         }
         if !top {
             return value.serialize(&mut *self);
         }
-        self.field = key;
+        self.field = key.map(str::to_owned);
         self.in_id = is_id;
         let result = value.serialize(&mut *self);
         self.in_id = false;
@@ -360,7 +362,7 @@ impl ser::Serializer for &mut Probe {
         value: &T,
     ) -> ProbeResult {
         self.open()?;
-        self.value(Some(variant.to_owned()), value)?;
+        self.value(Some(variant), value)?;
         self.close()
     }
     fn serialize_seq(self, _: Option<usize>) -> std::result::Result<Self, ProbeError> {
@@ -470,6 +472,9 @@ impl ser::SerializeMap for &mut Probe {
     /// Keys are read only for their string (a key serde_json would refuse is
     /// refused by it later); one that is a container counts as one.
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> ProbeResult {
+        if self.depth != 1 {
+            return key.serialize(&mut **self);
+        }
         self.key = None;
         self.in_key = true;
         let result = key.serialize(&mut **self);
@@ -478,7 +483,7 @@ impl ser::SerializeMap for &mut Probe {
     }
     fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> ProbeResult {
         let key = self.key.take();
-        self.value(key, value)
+        self.value(key.as_deref(), value)
     }
     fn end(self) -> ProbeResult {
         self.close()
@@ -493,7 +498,7 @@ impl ser::SerializeStruct for &mut Probe {
         key: &'static str,
         value: &T,
     ) -> ProbeResult {
-        self.value(Some(key.to_owned()), value)
+        self.value(Some(key), value)
     }
     fn end(self) -> ProbeResult {
         self.close()
@@ -508,7 +513,7 @@ impl ser::SerializeStructVariant for &mut Probe {
         key: &'static str,
         value: &T,
     ) -> ProbeResult {
-        self.value(Some(key.to_owned()), value)
+        self.value(Some(key), value)
     }
     fn end(self) -> ProbeResult {
         self.close()?;
