@@ -20,7 +20,10 @@ pub struct Content {
 }
 
 impl Content {
-    /// Validates a JSON value as record content.
+    /// Validates a JSON value as record content. A field nested deeper than
+    /// [`MAX_NESTING_DEPTH`](crate::MAX_NESTING_DEPTH) is refused with
+    /// [`Error::InvalidRecord`](crate::Error::InvalidRecord) naming it, and
+    /// the refused value is dropped without recursion.
     pub fn from_value(value: Value) -> Result<Content> {
         let (id, mut map) = open_object(value)?;
         for key in RESERVED_KEYS {
