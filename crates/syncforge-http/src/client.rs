@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use parking_lot::Mutex;
 use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use syncforge_core::{
-    Change, ChangePage, CollectionName, Cursor, Error, IntoName, Record, Result, SyncPeer,
+    Change, ChangePage, CollectionName, Cursor, Error, IntoName, Record, RecordId, Result, SyncPeer,
 };
 
 use crate::protocol::{
@@ -311,10 +312,10 @@ impl HttpPeerBuilder {
 }
 
 /// One request to make, possibly several times.
-struct Call<'a> {
+struct Call {
     method: Method,
     url: Url,
-    body: Option<&'a [u8]>,
+    body: Option<Bytes>,
     extra_time: Duration,
 }
 
@@ -418,72 +419,53 @@ impl HttpPeer {
     ) -> Result<SyncResponse> {
         let collection = collection.into_name()?;
         let limits = self.inner.state.lock().limits.unwrap_or(FALLBACK_LIMITS);
-        // `{"records":[` ... `]}` around the records and their commas.
-        const ENVELOPE: usize = 16;
         let mut total: Option<SyncResponse> = None;
-        let mut body: Vec<u8> = Vec::new();
-        let mut count = 0;
-        let mut records = records.into_iter().peekable();
-        while let Some(record) = records.next() {
-            let text = serde_json::to_vec(&record).map_err(|error| {
-                Error::invalid_record(Some(record.id().as_str()), error.to_string())
-            })?;
-            if text.len() + ENVELOPE > limits.max_body_bytes {
-                return Err(Error::invalid_record(
-                    Some(record.id().as_str()),
-                    format!(
-                        "is {} bytes of JSON, more than the server accepts in one request ({} bytes)",
-                        text.len(),
-                        limits.max_body_bytes
-                    ),
-                ));
-            }
-            let full = count == limits.max_records
-                || body.len() + text.len() + 1 + ENVELOPE > limits.max_body_bytes;
-            if full {
-                let answer = self.send_records(&collection, &mut body, count).await?;
-                total = Some(sum(total, answer));
-                count = 0;
-            }
-            body.push(if count == 0 { b'[' } else { b',' });
-            body.extend_from_slice(&text);
-            count += 1;
-            if records.peek().is_none() {
-                let answer = self.send_records(&collection, &mut body, count).await?;
-                total = Some(sum(total, answer));
-                count = 0;
-            }
-        }
-        match total {
-            Some(total) => Ok(total),
-            None => {
-                let answer = self.send_records(&collection, &mut body, 0).await?;
-                Ok(answer)
+        let mut body = RequestBody::new();
+        let mut records = records;
+        while !records.is_empty() {
+            // Encoded a window at a time, so that a huge push is never held
+            // twice in memory.
+            let rest = records.split_off(ENCODE_WINDOW.min(records.len()));
+            let window = std::mem::replace(&mut records, rest);
+            for chunk in encode(window).await? {
+                let mut start = 0;
+                for (&end, id) in chunk.ends.iter().zip(&chunk.ids) {
+                    let text = chunk.text.get(start..end).unwrap_or_default();
+                    start = end;
+                    if text.len() + ENVELOPE > limits.max_body_bytes {
+                        return Err(Error::invalid_record(
+                            Some(id.as_str()),
+                            format!(
+                                "is {} bytes of JSON, more than the server accepts in one request ({} bytes)",
+                                text.len(),
+                                limits.max_body_bytes
+                            ),
+                        ));
+                    }
+                    let full = body.count == limits.max_records
+                        || body.len() + text.len() + 1 + ENVELOPE > limits.max_body_bytes;
+                    if full {
+                        let answer = self.send_records(&collection, body.finish()).await?;
+                        total = Some(sum(total, answer));
+                    }
+                    body.push(text);
+                }
             }
         }
+        if body.count > 0 || total.is_none() {
+            let answer = self.send_records(&collection, body.finish()).await?;
+            total = Some(sum(total, answer));
+        }
+        total.ok_or_else(|| self.protocol_error("no request was sent".to_owned()))
     }
 
-    /// Sends the records gathered in `items` (`[a,b,c` or empty) and clears it.
-    async fn send_records(
-        &self,
-        collection: &CollectionName,
-        items: &mut Vec<u8>,
-        count: usize,
-    ) -> Result<SyncResponse> {
-        let mut body = Vec::with_capacity(items.len() + 16);
-        body.extend_from_slice(b"{\"records\":");
-        if count == 0 {
-            body.extend_from_slice(b"[");
-        } else {
-            body.append(items);
-        }
-        body.extend_from_slice(b"]}");
-        items.clear();
+    /// Sends a sync request's body.
+    async fn send_records(&self, collection: &CollectionName, body: Bytes) -> Result<SyncResponse> {
         let answer: SyncResponse = self
             .call(Call {
                 method: Method::POST,
                 url: self.url(&["collections", collection.as_str(), "sync"]),
-                body: Some(&body),
+                body: Some(body),
                 extra_time: Duration::ZERO,
             })
             .await?;
@@ -560,7 +542,7 @@ impl HttpPeer {
     }
 
     /// Makes `call`, retrying transient failures, and reads the answer.
-    async fn call<T: DeserializeOwned>(&self, call: Call<'_>) -> Result<T> {
+    async fn call<T: DeserializeOwned>(&self, call: Call) -> Result<T> {
         let mut delay = self.inner.retry_delay;
         let mut attempt = 0;
         loop {
@@ -577,7 +559,7 @@ impl HttpPeer {
         }
     }
 
-    async fn attempt<T: DeserializeOwned>(&self, call: &Call<'_>) -> Result<T, Failure> {
+    async fn attempt<T: DeserializeOwned>(&self, call: &Call) -> Result<T, Failure> {
         let mut request = self
             .inner
             .client
@@ -586,10 +568,11 @@ impl HttpPeer {
         if let Some(token) = &self.inner.token {
             request = request.bearer_auth(token);
         }
-        if let Some(body) = call.body {
+        if let Some(body) = &call.body {
+            // A clone of `Bytes` shares the buffer: a retry copies nothing.
             request = request
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body.to_vec());
+                .body(body.clone());
         }
         let response = request
             .send()
@@ -680,6 +663,115 @@ impl HttpPeer {
             reason,
         }
     }
+}
+
+/// `{"records":[` ... `]}` around the records and their commas.
+const ENVELOPE: usize = 16;
+/// Records encoded at a time by a push.
+const ENCODE_WINDOW: usize = 4096;
+/// Fewest records worth a thread of their own when encoding.
+const RECORDS_PER_THREAD: usize = 128;
+/// Most threads one push encodes on.
+const MAX_ENCODE_THREADS: usize = 8;
+
+/// The body of a sync request being filled.
+struct RequestBody {
+    text: Vec<u8>,
+    count: usize,
+}
+
+impl RequestBody {
+    const OPEN: &'static [u8] = b"{\"records\":[";
+
+    fn new() -> Self {
+        RequestBody {
+            text: Self::OPEN.to_vec(),
+            count: 0,
+        }
+    }
+
+    /// Bytes so far, without the envelope.
+    fn len(&self) -> usize {
+        self.text.len() - Self::OPEN.len()
+    }
+
+    fn push(&mut self, record: &[u8]) {
+        if self.count > 0 {
+            self.text.push(b',');
+        }
+        self.text.extend_from_slice(record);
+        self.count += 1;
+    }
+
+    /// The finished body; this one starts over empty.
+    fn finish(&mut self) -> Bytes {
+        let mut text = std::mem::replace(&mut self.text, Self::OPEN.to_vec());
+        self.count = 0;
+        text.extend_from_slice(b"]}");
+        Bytes::from(text)
+    }
+}
+
+/// Records encoded as JSON, one after the other.
+struct Encoded {
+    text: Vec<u8>,
+    /// Where each record's JSON ends in `text`.
+    ends: Vec<usize>,
+    /// Each record's id, to name one too large to send.
+    ids: Vec<RecordId>,
+}
+
+/// Encodes `records` in order, spread over the machine's cores on blocking
+/// threads when there are enough of them: writing records as JSON is most of
+/// a push's cost on the client.
+async fn encode(records: Vec<Record>) -> Result<Vec<Encoded>> {
+    let threads = (records.len() / RECORDS_PER_THREAD).clamp(1, encode_threads());
+    if threads == 1 {
+        return Ok(vec![encode_chunk(records)?]);
+    }
+    let per_chunk = records.len().div_ceil(threads);
+    let mut tasks = Vec::with_capacity(threads);
+    let mut rest = records;
+    while !rest.is_empty() {
+        let tail = rest.split_off(per_chunk.min(rest.len()));
+        let chunk = std::mem::replace(&mut rest, tail);
+        tasks.push(tokio::task::spawn_blocking(move || encode_chunk(chunk)));
+    }
+    let mut encoded = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        let chunk = task.await.map_err(|error| {
+            Error::storage(BACKEND, format!("a record encoding task failed: {error}"))
+        })??;
+        encoded.push(chunk);
+    }
+    Ok(encoded)
+}
+
+fn encode_chunk(records: Vec<Record>) -> Result<Encoded> {
+    let mut encoded = Encoded {
+        text: Vec::new(),
+        ends: Vec::with_capacity(records.len()),
+        ids: Vec::with_capacity(records.len()),
+    };
+    for record in records {
+        serde_json::to_writer(&mut encoded.text, &record).map_err(|error| {
+            Error::invalid_record(Some(record.id().as_str()), error.to_string())
+        })?;
+        encoded.ends.push(encoded.text.len());
+        encoded.ids.push(record.id().clone());
+    }
+    Ok(encoded)
+}
+
+/// Threads a push may encode on: the machine's cores, at most
+/// [`MAX_ENCODE_THREADS`].
+fn encode_threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map_or(1, NonZeroUsize::get)
+            .min(MAX_ENCODE_THREADS)
+    })
 }
 
 fn sum(total: Option<SyncResponse>, answer: SyncResponse) -> SyncResponse {

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
+use std::ops::Range;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,7 @@ use axum::{Json, Router};
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use subtle::ConstantTimeEq;
 use syncforge_core::{ChangePage, CollectionName, Cursor, Record, Result};
@@ -316,18 +318,11 @@ async fn sync(
     let collection = state.collection(&headers, path, Access::ReadWrite)?;
     check_json_content_type(&headers)?;
     let bytes = read_body(&headers, body, state.options.max_body_bytes).await?;
-    let values = parse_records(&bytes, state.options.max_records)?;
-    drop(bytes);
-    tracing::Span::current().record("records", values.len());
+    let spans = parse_records(&bytes, state.options.max_records)?;
+    tracing::Span::current().record("records", spans.len());
     // Every record is read before anything is written: one bad record
     // refuses the whole request.
-    let records = values
-        .into_iter()
-        .enumerate()
-        .map(|(index, value)| {
-            Record::from_json(value).map_err(|error| ApiError::from(error).at_index(index))
-        })
-        .collect::<Result<Vec<Record>, ApiError>>()?;
+    let records = decode_records(bytes, spans).await?;
     // The merge runs on its own task: a client that goes away or a request
     // that times out does not cut a write in half.
     let replica = state.replica.clone();
@@ -675,11 +670,14 @@ async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> Result<Bytes,
 }
 
 /// Reads `{"records": [...]}`, refusing more than `max` records while
-/// reading, before they are all held in memory.
-fn parse_records(bytes: &[u8], max: usize) -> Result<Vec<Value>, ApiError> {
+/// reading. Only the envelope is parsed here: each record is checked to be
+/// well-formed JSON and located (its byte range in `bytes`), to be decoded
+/// by [`decode_records`].
+fn parse_records(bytes: &[u8], max: usize) -> Result<Vec<Range<usize>>, ApiError> {
     let mut over_limit = false;
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let parsed = EnvelopeSeed {
+        base: bytes.as_ptr() as usize,
         max,
         over_limit: &mut over_limit,
     }
@@ -691,20 +689,142 @@ fn parse_records(bytes: &[u8], max: usize) -> Result<Vec<Value>, ApiError> {
             ErrorCode::TooManyRecords,
             format!("more than {max} records in one request; send them in several"),
         )),
-        Err(error) => Err(ApiError::new(
-            ErrorCode::MalformedJson,
-            format!("the body is not a sync request ({{\"records\": [...]}}): {error}"),
-        )),
+        Err(error) => Err(malformed(&error)),
     }
 }
 
+fn malformed(error: &serde_json::Error) -> ApiError {
+    ApiError::new(
+        ErrorCode::MalformedJson,
+        format!("the body is not a sync request ({{\"records\": [...]}}): {error}"),
+    )
+}
+
+/// Fewest records worth a thread of their own when decoding a request.
+const RECORDS_PER_THREAD: usize = 128;
+/// Most threads one request's records are decoded on.
+const MAX_DECODE_THREADS: usize = 8;
+
+/// Decodes the records at `spans` of `bytes` (from [`parse_records`]),
+/// spread over the machine's cores on blocking threads: reading JSON into
+/// records is most of a push's cost on the server, and the async workers
+/// stay free meanwhile. The first bad record (by index) refuses the whole
+/// request; a record that is not JSON the parser accepts (nested too deep)
+/// is reported before any refused record, as when the body was read whole.
+async fn decode_records(bytes: Bytes, spans: Vec<Range<usize>>) -> Result<Vec<Record>, ApiError> {
+    let threads = (spans.len() / RECORDS_PER_THREAD).clamp(1, decode_threads());
+    if threads == 1 {
+        return decode_chunk(&bytes, &spans, 0).map_err(ChunkError::into_api);
+    }
+    let per_chunk = spans.len().div_ceil(threads);
+    let mut tasks = Vec::with_capacity(threads);
+    let mut rest = spans;
+    let mut first = 0;
+    while !rest.is_empty() {
+        let tail = rest.split_off(per_chunk.min(rest.len()));
+        let chunk = std::mem::replace(&mut rest, tail);
+        let bytes = bytes.clone();
+        let offset = first;
+        first += chunk.len();
+        tasks.push(tokio::task::spawn_blocking(move || {
+            decode_chunk(&bytes, &chunk, offset)
+        }));
+    }
+    let mut records = Vec::with_capacity(first);
+    let mut refused: Option<ChunkError> = None;
+    for task in tasks {
+        let outcome = task.await.map_err(|error| {
+            tracing::error!(%error, "a record decoding task failed");
+            ApiError::new(ErrorCode::Internal, "the records could not be decoded")
+        })?;
+        match outcome {
+            Ok(chunk) if refused.is_none() => records.extend(chunk),
+            Ok(_) => {}
+            // Chunks come in index order: the first JSON error, else the
+            // first refused record.
+            Err(error) => {
+                refused = match refused {
+                    Some(ChunkError::Record(_)) if error.is_json() => Some(error),
+                    None => Some(error),
+                    kept => kept,
+                };
+            }
+        }
+    }
+    match refused {
+        Some(error) => Err(error.into_api()),
+        None => Ok(records),
+    }
+}
+
+/// Why a chunk of records was refused.
+enum ChunkError {
+    /// A record the JSON parser refuses (nested too deep).
+    Json(ApiError),
+    /// A record that is not a valid record.
+    Record(ApiError),
+}
+
+impl ChunkError {
+    fn is_json(&self) -> bool {
+        matches!(self, ChunkError::Json(_))
+    }
+
+    fn into_api(self) -> ApiError {
+        match self {
+            ChunkError::Json(error) | ChunkError::Record(error) => error,
+        }
+    }
+}
+
+/// Decodes the records at `spans`, the first of them at index `offset` of
+/// the request. After a refused record, the rest is only parsed, so that a
+/// JSON error anywhere still wins.
+fn decode_chunk(
+    bytes: &[u8],
+    spans: &[Range<usize>],
+    offset: usize,
+) -> Result<Vec<Record>, ChunkError> {
+    let mut records = Vec::with_capacity(spans.len());
+    let mut refused = None;
+    for (index, span) in spans.iter().enumerate() {
+        let text = bytes.get(span.clone()).unwrap_or_default();
+        let value: Value =
+            serde_json::from_slice(text).map_err(|error| ChunkError::Json(malformed(&error)))?;
+        if refused.is_some() {
+            continue;
+        }
+        match Record::from_json(value) {
+            Ok(record) => records.push(record),
+            Err(error) => refused = Some(ApiError::from(error).at_index(offset + index)),
+        }
+    }
+    match refused {
+        Some(error) => Err(ChunkError::Record(error)),
+        None => Ok(records),
+    }
+}
+
+/// Threads a request's records may be decoded on: the machine's cores, at
+/// most [`MAX_DECODE_THREADS`].
+fn decode_threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map_or(1, std::num::NonZeroUsize::get)
+            .min(MAX_DECODE_THREADS)
+    })
+}
+
 struct EnvelopeSeed<'a> {
+    /// Where the body starts in memory, to locate each record in it.
+    base: usize,
     max: usize,
     over_limit: &'a mut bool,
 }
 
 impl<'de> DeserializeSeed<'de> for EnvelopeSeed<'_> {
-    type Value = Vec<Value>;
+    type Value = Vec<Range<usize>>;
 
     fn deserialize<D: serde::Deserializer<'de>>(
         self,
@@ -715,7 +835,7 @@ impl<'de> DeserializeSeed<'de> for EnvelopeSeed<'_> {
 }
 
 impl<'de> Visitor<'de> for EnvelopeSeed<'_> {
-    type Value = Vec<Value>;
+    type Value = Vec<Range<usize>>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("an object with a `records` array")
@@ -732,6 +852,7 @@ impl<'de> Visitor<'de> for EnvelopeSeed<'_> {
                     return Err(serde::de::Error::duplicate_field("records"));
                 }
                 records = Some(map.next_value_seed(RecordsSeed {
+                    base: self.base,
                     max: self.max,
                     over_limit: &mut *self.over_limit,
                 })?);
@@ -745,12 +866,13 @@ impl<'de> Visitor<'de> for EnvelopeSeed<'_> {
 }
 
 struct RecordsSeed<'a> {
+    base: usize,
     max: usize,
     over_limit: &'a mut bool,
 }
 
 impl<'de> DeserializeSeed<'de> for RecordsSeed<'_> {
-    type Value = Vec<Value>;
+    type Value = Vec<Range<usize>>;
 
     fn deserialize<D: serde::Deserializer<'de>>(
         self,
@@ -761,7 +883,7 @@ impl<'de> DeserializeSeed<'de> for RecordsSeed<'_> {
 }
 
 impl<'de> Visitor<'de> for RecordsSeed<'_> {
-    type Value = Vec<Value>;
+    type Value = Vec<Range<usize>>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("an array of records")
@@ -772,12 +894,16 @@ impl<'de> Visitor<'de> for RecordsSeed<'_> {
         mut seq: A,
     ) -> std::result::Result<Self::Value, A::Error> {
         let mut records = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(self.max));
-        while let Some(record) = seq.next_element::<Value>()? {
+        // Each record is borrowed from the body as raw JSON (checked
+        // well-formed, not decoded), and kept as its byte range.
+        while let Some(record) = seq.next_element::<&'de RawValue>()? {
             if records.len() == self.max {
                 *self.over_limit = true;
                 return Err(serde::de::Error::custom("too many records"));
             }
-            records.push(record);
+            let text = record.get();
+            let start = (text.as_ptr() as usize).wrapping_sub(self.base);
+            records.push(start..start.saturating_add(text.len()));
         }
         Ok(records)
     }
