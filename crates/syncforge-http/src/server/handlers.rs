@@ -8,7 +8,7 @@ use std::ops::Range;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{MatchedPath, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method};
@@ -318,11 +318,18 @@ async fn sync(
     let collection = state.collection(&headers, path, Access::ReadWrite)?;
     check_json_content_type(&headers)?;
     let bytes = read_body(&headers, body, state.options.max_body_bytes).await?;
-    let spans = parse_records(&bytes, state.options.max_records)?;
+    // Checked UTF-8 once, whole: the parsers then read it as text.
+    let text = String::from_utf8(bytes).map_err(|error| {
+        ApiError::new(
+            ErrorCode::MalformedJson,
+            format!("the body is not UTF-8: {}", error.utf8_error()),
+        )
+    })?;
+    let spans = parse_records(&text, state.options.max_records)?;
     tracing::Span::current().record("records", spans.len());
     // Every record is read before anything is written: one bad record
     // refuses the whole request.
-    let records = decode_records(bytes, spans).await?;
+    let records = decode_records(Arc::new(text), spans).await?;
     // The merge runs on its own task: a client that goes away or a request
     // that times out does not cut a write in half.
     let replica = state.replica.clone();
@@ -637,7 +644,7 @@ fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
 
 /// The whole body, refused with 413 past `max` bytes (a `Content-Length`
 /// over it is refused before reading).
-async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> Result<Bytes, ApiError> {
+async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> Result<Vec<u8>, ApiError> {
     let too_large = || {
         ApiError::new(
             ErrorCode::PayloadTooLarge,
@@ -666,18 +673,18 @@ async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> Result<Bytes,
         }
         collected.extend_from_slice(&chunk);
     }
-    Ok(Bytes::from(collected))
+    Ok(collected)
 }
 
 /// Reads `{"records": [...]}`, refusing more than `max` records while
 /// reading. Only the envelope is parsed here: each record is checked to be
-/// well-formed JSON and located (its byte range in `bytes`), to be decoded
+/// well-formed JSON and located (its byte range in `text`), to be decoded
 /// by [`decode_records`].
-fn parse_records(bytes: &[u8], max: usize) -> Result<Vec<Range<usize>>, ApiError> {
+fn parse_records(text: &str, max: usize) -> Result<Vec<Range<usize>>, ApiError> {
     let mut over_limit = false;
-    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let mut deserializer = serde_json::Deserializer::from_str(text);
     let parsed = EnvelopeSeed {
-        base: bytes.as_ptr() as usize,
+        base: text.as_ptr() as usize,
         max,
         over_limit: &mut over_limit,
     }
@@ -711,10 +718,13 @@ const MAX_DECODE_THREADS: usize = 8;
 /// stay free meanwhile. The first bad record (by index) refuses the whole
 /// request; a record that is not JSON the parser accepts (nested too deep)
 /// is reported before any refused record, as when the body was read whole.
-async fn decode_records(bytes: Bytes, spans: Vec<Range<usize>>) -> Result<Vec<Record>, ApiError> {
+async fn decode_records(
+    text: Arc<String>,
+    spans: Vec<Range<usize>>,
+) -> Result<Vec<Record>, ApiError> {
     let threads = (spans.len() / RECORDS_PER_THREAD).clamp(1, decode_threads());
     if threads == 1 {
-        return decode_chunk(&bytes, &spans, 0).map_err(ChunkError::into_api);
+        return decode_chunk(&text, &spans, 0).map_err(ChunkError::into_api);
     }
     let per_chunk = spans.len().div_ceil(threads);
     let mut tasks = Vec::with_capacity(threads);
@@ -723,11 +733,11 @@ async fn decode_records(bytes: Bytes, spans: Vec<Range<usize>>) -> Result<Vec<Re
     while !rest.is_empty() {
         let tail = rest.split_off(per_chunk.min(rest.len()));
         let chunk = std::mem::replace(&mut rest, tail);
-        let bytes = bytes.clone();
+        let text = text.clone();
         let offset = first;
         first += chunk.len();
         tasks.push(tokio::task::spawn_blocking(move || {
-            decode_chunk(&bytes, &chunk, offset)
+            decode_chunk(&text, &chunk, offset)
         }));
     }
     let mut records = Vec::with_capacity(first);
@@ -781,16 +791,16 @@ impl ChunkError {
 /// the request. After a refused record, the rest is only parsed, so that a
 /// JSON error anywhere still wins.
 fn decode_chunk(
-    bytes: &[u8],
+    text: &str,
     spans: &[Range<usize>],
     offset: usize,
 ) -> Result<Vec<Record>, ChunkError> {
     let mut records = Vec::with_capacity(spans.len());
     let mut refused = None;
     for (index, span) in spans.iter().enumerate() {
-        let text = bytes.get(span.clone()).unwrap_or_default();
+        let record = text.get(span.clone()).unwrap_or_default();
         let value: Value =
-            serde_json::from_slice(text).map_err(|error| ChunkError::Json(malformed(&error)))?;
+            serde_json::from_str(record).map_err(|error| ChunkError::Json(malformed(&error)))?;
         if refused.is_some() {
             continue;
         }
@@ -926,15 +936,22 @@ fn shorten(text: &str) -> String {
 mod tests {
     use super::*;
 
+    /// The body checks of the sync route: UTF-8, then the envelope.
+    fn parse_body(bytes: &[u8], max: usize) -> Result<Vec<Range<usize>>, ApiError> {
+        let text = std::str::from_utf8(bytes)
+            .map_err(|error| ApiError::new(ErrorCode::MalformedJson, error.to_string()))?;
+        parse_records(text, max)
+    }
+
     #[test]
     fn record_bodies_are_counted_while_read() {
         assert_eq!(
-            parse_records(br#"{"records":[{"id":"a"},{"id":"b"}]}"#, 2)
+            parse_body(br#"{"records":[{"id":"a"},{"id":"b"}]}"#, 2)
                 .unwrap()
                 .len(),
             2
         );
-        let too_many = parse_records(br#"{"records":[{},{},{}]}"#, 2).unwrap_err();
+        let too_many = parse_body(br#"{"records":[{},{},{}]}"#, 2).unwrap_err();
         assert_eq!(too_many.code(), ErrorCode::TooManyRecords);
         for malformed in [
             &b"{"[..],
@@ -945,10 +962,10 @@ mod tests {
             br#"{"records":[]} trailing"#,
             b"\xff",
         ] {
-            let error = parse_records(malformed, 10).unwrap_err();
+            let error = parse_body(malformed, 10).unwrap_err();
             assert_eq!(error.code(), ErrorCode::MalformedJson, "{malformed:?}");
         }
-        assert!(parse_records(br#"{"records":[],"later":{"x":1}}"#, 10)
+        assert!(parse_body(br#"{"records":[],"later":{"x":1}}"#, 10)
             .unwrap()
             .is_empty());
     }
