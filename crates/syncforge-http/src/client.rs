@@ -16,6 +16,7 @@ use syncforge_core::{
     Change, ChangePage, CollectionName, Cursor, Error, IntoName, Record, RecordId, Result, SyncPeer,
 };
 
+use crate::canonical;
 use crate::protocol::{
     ChangesResponse, CollectionList, CursorRanges, ErrorBody, ErrorCode, Health, Limits,
     SyncResponse, MAX_SKIP_RANGES,
@@ -754,7 +755,7 @@ fn encode_chunk(records: Vec<Record>) -> Result<Encoded> {
         ids: Vec::with_capacity(records.len()),
     };
     for record in records {
-        serde_json::to_writer(&mut encoded.text, &record).map_err(|error| {
+        canonical::write_record(&mut encoded.text, &record).map_err(|error| {
             Error::invalid_record(Some(record.id().as_str()), error.to_string())
         })?;
         encoded.ends.push(encoded.text.len());

@@ -58,6 +58,8 @@ pub use server::{
 };
 
 #[cfg(feature = "client")]
+mod canonical;
+#[cfg(feature = "client")]
 #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
 mod client;
 
