@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroUsize;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,15 +13,16 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
 use syncforge_core::{
     Change, ChangePage, CollectionName, Cursor, Error, IntoName, Record, RecordId, Result, SyncPeer,
 };
 
-use crate::canonical;
 use crate::protocol::{
-    ChangesResponse, CollectionList, CursorRanges, ErrorBody, ErrorCode, Health, Limits,
-    SyncResponse, MAX_SKIP_RANGES,
+    CollectionList, CursorRanges, ErrorBody, ErrorCode, Health, Limits, SyncResponse,
+    MAX_SKIP_RANGES,
 };
+use crate::{canonical, parallel};
 
 /// The backend name in this crate's errors.
 const BACKEND: &str = "http";
@@ -496,39 +498,59 @@ impl HttpPeer {
                 query.append_pair("skip", &skip.to_string());
             }
         }
-        let answer: ChangesResponse = self
-            .call(Call {
-                method: Method::GET,
-                url,
-                body: None,
-                extra_time: wait,
-            })
-            .await?;
-        let mut state = self.inner.state.lock();
-        if state.follow_feed(&answer.feed_id) {
-            // The server now runs on another store: `after` meant nothing
-            // there. The next sync sees the new feed id and starts over.
-            return Err(Error::unavailable(
-                BACKEND,
-                format!(
-                    "{} changed stores during the sync (feed {}); sync again",
-                    self.inner.base, answer.feed_id
-                ),
-            ));
+        let call = Call {
+            method: Method::GET,
+            url,
+            body: None,
+            extra_time: wait,
+        };
+        let bytes = self.call_bytes(&call).await?;
+        let page: RawPage<'_> = serde_json::from_slice(&bytes)
+            .map_err(|error| self.unexpected_body(&call.url, &error))?;
+        {
+            let mut state = self.inner.state.lock();
+            if state.follow_feed(&page.feed_id) {
+                // The server now runs on another store: `after` meant nothing
+                // there. The next sync sees the new feed id and starts over.
+                return Err(Error::unavailable(
+                    BACKEND,
+                    format!(
+                        "{} changed stores during the sync (feed {}); sync again",
+                        self.inner.base, page.feed_id
+                    ),
+                ));
+            }
+            state.prune(collection, page.next);
         }
-        state.prune(collection, answer.next);
-        drop(state);
+        // Each record located in the body, to be read on every core.
+        let base = bytes.as_ptr() as usize;
+        let located: Vec<(Cursor, Range<usize>)> = page
+            .changes
+            .iter()
+            .map(|change| {
+                let text = change.record.get();
+                let start = (text.as_ptr() as usize).wrapping_sub(base);
+                (change.cursor, start..start.saturating_add(text.len()))
+            })
+            .collect();
+        let (next, more) = (page.next, page.more);
+        drop(page);
+        let mut changes = Vec::with_capacity(located.len());
+        let body = bytes.clone();
+        let chunks =
+            parallel::in_chunks(located, move |chunk, _| decode_changes(&body, chunk)).await;
+        for chunk in chunks {
+            let chunk = chunk
+                .map_err(|error| {
+                    Error::storage(BACKEND, format!("a record decoding task failed: {error}"))
+                })?
+                .map_err(|error| self.unexpected_body(&call.url, &error))?;
+            changes.extend(chunk);
+        }
         Ok(ChangePage {
-            changes: answer
-                .changes
-                .into_iter()
-                .map(|change| Change {
-                    cursor: change.cursor,
-                    record: change.record,
-                })
-                .collect(),
-            next: answer.next,
-            more: answer.more,
+            changes,
+            next,
+            more,
         })
     }
 
@@ -544,10 +566,16 @@ impl HttpPeer {
 
     /// Makes `call`, retrying transient failures, and reads the answer.
     async fn call<T: DeserializeOwned>(&self, call: Call) -> Result<T> {
+        let bytes = self.call_bytes(&call).await?;
+        serde_json::from_slice(&bytes).map_err(|error| self.unexpected_body(&call.url, &error))
+    }
+
+    /// Makes `call`, retrying transient failures: the body of its success.
+    async fn call_bytes(&self, call: &Call) -> Result<Bytes> {
         let mut delay = self.inner.retry_delay;
         let mut attempt = 0;
         loop {
-            match self.attempt(&call).await {
+            match self.attempt(call).await {
                 Ok(answer) => return Ok(answer),
                 Err(Failure::Transient(error)) if attempt < self.inner.retries => {
                     tracing::debug!(%error, attempt, url = %call.url, "retrying a transient failure");
@@ -560,7 +588,15 @@ impl HttpPeer {
         }
     }
 
-    async fn attempt<T: DeserializeOwned>(&self, call: &Call) -> Result<T, Failure> {
+    /// A success whose body is not what the route answers.
+    fn unexpected_body(&self, url: &Url, error: &dyn std::fmt::Display) -> Error {
+        self.protocol_error(format!(
+            "answered {} with a body that is not the expected JSON: {error}",
+            url.path()
+        ))
+    }
+
+    async fn attempt(&self, call: &Call) -> Result<Bytes, Failure> {
         let mut request = self
             .inner
             .client
@@ -585,12 +621,7 @@ impl HttpPeer {
             .await
             .map_err(|error| self.transport(error))?;
         if status.is_success() {
-            return serde_json::from_slice(&bytes).map_err(|error| {
-                Failure::Permanent(self.protocol_error(format!(
-                    "answered {} with a body that is not the expected JSON: {error}",
-                    call.url.path()
-                )))
-            });
+            return Ok(bytes);
         }
         Err(self.refusal(status, &bytes, &call.url))
     }
@@ -670,10 +701,6 @@ impl HttpPeer {
 const ENVELOPE: usize = 16;
 /// Records encoded at a time by a push.
 const ENCODE_WINDOW: usize = 4096;
-/// Fewest records worth a thread of their own when encoding.
-const RECORDS_PER_THREAD: usize = 128;
-/// Most threads one push encodes on.
-const MAX_ENCODE_THREADS: usize = 8;
 
 /// The body of a sync request being filled.
 struct RequestBody {
@@ -726,21 +753,9 @@ struct Encoded {
 /// threads when there are enough of them: writing records as JSON is most of
 /// a push's cost on the client.
 async fn encode(records: Vec<Record>) -> Result<Vec<Encoded>> {
-    let threads = (records.len() / RECORDS_PER_THREAD).clamp(1, encode_threads());
-    if threads == 1 {
-        return Ok(vec![encode_chunk(records)?]);
-    }
-    let per_chunk = records.len().div_ceil(threads);
-    let mut tasks = Vec::with_capacity(threads);
-    let mut rest = records;
-    while !rest.is_empty() {
-        let tail = rest.split_off(per_chunk.min(rest.len()));
-        let chunk = std::mem::replace(&mut rest, tail);
-        tasks.push(tokio::task::spawn_blocking(move || encode_chunk(chunk)));
-    }
-    let mut encoded = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        let chunk = task.await.map_err(|error| {
+    let mut encoded = Vec::new();
+    for chunk in parallel::in_chunks(records, |chunk, _| encode_chunk(chunk)).await {
+        let chunk = chunk.map_err(|error| {
             Error::storage(BACKEND, format!("a record encoding task failed: {error}"))
         })??;
         encoded.push(chunk);
@@ -764,15 +779,41 @@ fn encode_chunk(records: Vec<Record>) -> Result<Encoded> {
     Ok(encoded)
 }
 
-/// Threads a push may encode on: the machine's cores, at most
-/// [`MAX_ENCODE_THREADS`].
-fn encode_threads() -> usize {
-    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *THREADS.get_or_init(|| {
-        std::thread::available_parallelism()
-            .map_or(1, NonZeroUsize::get)
-            .min(MAX_ENCODE_THREADS)
-    })
+/// A feed page with its records still JSON text, borrowed from the body:
+/// the fields of `ChangesResponse`.
+#[derive(serde::Deserialize)]
+struct RawPage<'a> {
+    feed_id: String,
+    #[allow(dead_code)]
+    collection: serde::de::IgnoredAny,
+    #[serde(borrow)]
+    changes: Vec<RawChange<'a>>,
+    next: Cursor,
+    more: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct RawChange<'a> {
+    cursor: Cursor,
+    #[serde(borrow)]
+    record: &'a RawValue,
+}
+
+/// Reads the records of a page at their ranges of `body`.
+fn decode_changes(
+    body: &[u8],
+    located: Vec<(Cursor, Range<usize>)>,
+) -> std::result::Result<Vec<Change>, String> {
+    located
+        .into_iter()
+        .map(|(cursor, range)| {
+            let text = body.get(range).unwrap_or_default();
+            let value: serde_json::Value =
+                serde_json::from_slice(text).map_err(|error| error.to_string())?;
+            let record = Record::from_json(value).map_err(|error| error.to_string())?;
+            Ok(Change { cursor, record })
+        })
+        .collect()
 }
 
 fn sum(total: Option<SyncResponse>, answer: SyncResponse) -> SyncResponse {

@@ -57,11 +57,13 @@ pub use server::{
     DEFAULT_PAGE, DEFAULT_REQUEST_TIMEOUT,
 };
 
-#[cfg(feature = "client")]
+#[cfg(any(feature = "client", feature = "server"))]
 mod canonical;
 #[cfg(feature = "client")]
 #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
 mod client;
+#[cfg(any(feature = "client", feature = "server"))]
+mod parallel;
 
 #[cfg(feature = "client")]
 pub use client::{

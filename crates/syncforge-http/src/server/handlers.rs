@@ -33,9 +33,10 @@ use super::error::ApiError;
 use super::options::{digest, Access, AccessToken, Cors, ServerOptions, DEFAULT_PAGE};
 use super::{Replica, WatchGuard};
 use crate::protocol::{
-    ChangesResponse, CollectionList, CursorRanges, ErrorCode, Health, SyncResponse, WireChange,
-    MAX_SKIP_RANGES, PROTOCOL_HEADER, PROTOCOL_VERSION,
+    CollectionList, CursorRanges, ErrorCode, Health, SyncResponse, MAX_SKIP_RANGES,
+    PROTOCOL_HEADER, PROTOCOL_VERSION,
 };
+use crate::{canonical, parallel};
 
 /// Most backend pages one feed request reads while skipping echoes, so that
 /// a request's work stays bounded whatever the skip list.
@@ -282,7 +283,7 @@ async fn changes(
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-) -> Result<Json<ChangesResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let collection = state.collection(&headers, path, Access::Read)?;
     let Query(pairs) = query.map_err(|rejection| {
         ApiError::new(
@@ -293,20 +294,80 @@ async fn changes(
     let query = FeedQuery::parse(pairs, &state.options)?;
     let page = state.feed_page(&collection, &query).await?;
     tracing::Span::current().record("records", page.changes.len());
-    Ok(Json(ChangesResponse {
-        feed_id: state.replica.feed_id().to_owned(),
-        collection: collection.as_str().to_owned(),
-        changes: page
-            .changes
-            .into_iter()
-            .map(|change| WireChange {
-                cursor: change.cursor,
-                record: change.record,
-            })
-            .collect(),
-        next: page.next,
-        more: page.more,
-    }))
+    let body = page_body(state.replica.feed_id(), &collection, page).await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response())
+}
+
+/// A feed page as its `ChangesResponse` JSON, exactly as serde_json writes
+/// it, the records written straight from each record (see `canonical`) and
+/// spread over the cores: a page of thousands of records is most of a
+/// pull's cost on the server.
+async fn page_body(
+    feed_id: &str,
+    collection: &CollectionName,
+    page: ChangePage,
+) -> Result<Vec<u8>, ApiError> {
+    let failed = |error: &dyn std::fmt::Display| {
+        tracing::error!(%error, "a feed page could not be written");
+        ApiError::new(ErrorCode::Internal, "the feed page could not be written")
+    };
+    let ChangePage {
+        changes,
+        next,
+        more,
+    } = page;
+    let chunks = parallel::in_chunks(changes, |chunk, _| write_changes(&chunk)).await;
+    let mut body = Vec::new();
+    body.extend_from_slice(b"{\"feed_id\":");
+    serde_json::to_writer(&mut body, feed_id).map_err(|error| failed(&error))?;
+    body.extend_from_slice(b",\"collection\":");
+    serde_json::to_writer(&mut body, collection.as_str()).map_err(|error| failed(&error))?;
+    body.extend_from_slice(b",\"changes\":[");
+    let mut empty = true;
+    for chunk in chunks {
+        let chunk = chunk
+            .map_err(|error| failed(&error))?
+            .map_err(|error| failed(&error))?;
+        if chunk.is_empty() {
+            continue;
+        }
+        if !empty {
+            body.push(b',');
+        }
+        body.extend_from_slice(&chunk);
+        empty = false;
+    }
+    body.extend_from_slice(b"],\"next\":");
+    serde_json::to_writer(&mut body, &next).map_err(|error| failed(&error))?;
+    body.extend_from_slice(if more {
+        b",\"more\":true}"
+    } else {
+        b",\"more\":false}"
+    });
+    Ok(body)
+}
+
+/// `{"cursor":N,"record":{...}}` for each change, comma-separated.
+fn write_changes(changes: &[syncforge_core::Change]) -> serde_json::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    for (index, change) in changes.iter().enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"cursor\":");
+        serde_json::to_writer(&mut out, &change.cursor)?;
+        out.extend_from_slice(b",\"record\":");
+        canonical::write_record(&mut out, &change.record)?;
+        out.push(b'}');
+    }
+    Ok(out)
 }
 
 async fn sync(
@@ -707,11 +768,6 @@ fn malformed(error: &serde_json::Error) -> ApiError {
     )
 }
 
-/// Fewest records worth a thread of their own when decoding a request.
-const RECORDS_PER_THREAD: usize = 128;
-/// Most threads one request's records are decoded on.
-const MAX_DECODE_THREADS: usize = 8;
-
 /// Decodes the records at `spans` of `bytes` (from [`parse_records`]),
 /// spread over the machine's cores on blocking threads: reading JSON into
 /// records is most of a push's cost on the server, and the async workers
@@ -722,28 +778,14 @@ async fn decode_records(
     text: Arc<String>,
     spans: Vec<Range<usize>>,
 ) -> Result<Vec<Record>, ApiError> {
-    let threads = (spans.len() / RECORDS_PER_THREAD).clamp(1, decode_threads());
-    if threads == 1 {
-        return decode_chunk(&text, &spans, 0).map_err(ChunkError::into_api);
-    }
-    let per_chunk = spans.len().div_ceil(threads);
-    let mut tasks = Vec::with_capacity(threads);
-    let mut rest = spans;
-    let mut first = 0;
-    while !rest.is_empty() {
-        let tail = rest.split_off(per_chunk.min(rest.len()));
-        let chunk = std::mem::replace(&mut rest, tail);
-        let text = text.clone();
-        let offset = first;
-        first += chunk.len();
-        tasks.push(tokio::task::spawn_blocking(move || {
-            decode_chunk(&text, &chunk, offset)
-        }));
-    }
-    let mut records = Vec::with_capacity(first);
+    let mut records = Vec::with_capacity(spans.len());
     let mut refused: Option<ChunkError> = None;
-    for task in tasks {
-        let outcome = task.await.map_err(|error| {
+    let chunks = parallel::in_chunks(spans, move |chunk, offset| {
+        decode_chunk(&text, &chunk, offset)
+    })
+    .await;
+    for outcome in chunks {
+        let outcome = outcome.map_err(|error| {
             tracing::error!(%error, "a record decoding task failed");
             ApiError::new(ErrorCode::Internal, "the records could not be decoded")
         })?;
@@ -813,17 +855,6 @@ fn decode_chunk(
         Some(error) => Err(ChunkError::Record(error)),
         None => Ok(records),
     }
-}
-
-/// Threads a request's records may be decoded on: the machine's cores, at
-/// most [`MAX_DECODE_THREADS`].
-fn decode_threads() -> usize {
-    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *THREADS.get_or_init(|| {
-        std::thread::available_parallelism()
-            .map_or(1, std::num::NonZeroUsize::get)
-            .min(MAX_DECODE_THREADS)
-    })
 }
 
 struct EnvelopeSeed<'a> {
@@ -941,6 +972,53 @@ mod tests {
         let text = std::str::from_utf8(bytes)
             .map_err(|error| ApiError::new(ErrorCode::MalformedJson, error.to_string()))?;
         parse_records(text, max)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn feed_pages_are_written_as_serde_writes_them() {
+        use crate::protocol::{ChangesResponse, WireChange};
+        use serde_json::json;
+        use syncforge_core::{Change, Content, Stamp};
+        let collection = CollectionName::new("notes \"x\"").unwrap();
+        for count in [0, 1, 3, 1_000] {
+            let changes: Vec<Change> = (0..count)
+                .map(|i| {
+                    let content = Content::from_value(
+                        json!({"id": format!("n{i}"), "text": format!("note\n{i}"), "n": i}),
+                    )
+                    .unwrap();
+                    let stamp = Stamp::new(1_700_000_000_000 + i, 0, "tablet").unwrap();
+                    Change {
+                        cursor: Cursor::new(i + 1),
+                        record: Record::create(content, &stamp),
+                    }
+                })
+                .collect();
+            let expected = serde_json::to_vec(&ChangesResponse {
+                feed_id: "feed".to_owned(),
+                collection: collection.as_str().to_owned(),
+                changes: changes
+                    .iter()
+                    .map(|change| WireChange {
+                        cursor: change.cursor,
+                        record: change.record.clone(),
+                    })
+                    .collect(),
+                next: Cursor::new(count + 5),
+                more: count % 2 == 1,
+            })
+            .unwrap();
+            let page = ChangePage {
+                changes,
+                next: Cursor::new(count + 5),
+                more: count % 2 == 1,
+            };
+            let body = page_body("feed", &collection, page).await.unwrap();
+            assert_eq!(
+                String::from_utf8(body).unwrap(),
+                String::from_utf8(expected).unwrap()
+            );
+        }
     }
 
     #[test]
