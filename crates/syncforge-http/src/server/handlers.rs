@@ -1021,6 +1021,46 @@ mod tests {
         }
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_decoded_in_chunks_are_refused_as_when_read_whole() {
+        let body = |bad: &[(usize, String)]| {
+            let records: Vec<String> = (0..1_000)
+                .map(|i| {
+                    bad.iter().find(|(at, _)| *at == i).map_or_else(
+                        || format!(
+                                "{{\"id\":\"r{i}\",\"n\":{i},\"_version\":1,\"_timestamp\":5,\"_deleted\":false,\"_clientId\":\"web\"}}"
+                            ),
+                        |(_, text)| text.clone(),
+                    )
+                })
+                .collect();
+            format!("{{\"records\":[{}]}}", records.join(","))
+        };
+        let decode = |text: String| async move {
+            let spans = parse_records(&text, 10_000)?;
+            decode_records(Arc::new(text), spans).await
+        };
+        let records = decode(body(&[])).await.unwrap();
+        assert_eq!(records.len(), 1_000);
+        assert_eq!(records[999].id().as_str(), "r999");
+        // The first refused record by index, whichever chunk it is in.
+        let refused = decode(body(&[(900, "7".to_owned()), (700, "[]".to_owned())]))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), ErrorCode::InvalidRecord);
+        assert!(format!("{refused:?}").contains("700"), "{refused:?}");
+        // JSON the parser refuses wins over a refused record before it.
+        let deep = format!(
+            "{{\"id\":\"deep\",\"v\":{}{}}}",
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        let refused = decode(body(&[(10, "7".to_owned()), (990, deep)]))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), ErrorCode::MalformedJson);
+    }
+
     #[test]
     fn record_bodies_are_counted_while_read() {
         assert_eq!(
