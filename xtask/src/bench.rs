@@ -179,6 +179,18 @@ const ROWS: &[RowSpec] = &[
         target: Target::RatePerSec(1e5),
     },
     RowSpec {
+        key: "http_push_10k_in_process",
+        label: "http: the same push in process (engines only)",
+        target: Target::None,
+    },
+    RowSpec {
+        key: "http_push_10k",
+        label: "http: push 10k, engines' share of its time",
+        target: Target::ShareOf {
+            of: "http_push_10k_in_process",
+        },
+    },
+    RowSpec {
         key: "http_pull_10k",
         label: "http: pull 10k from a server (gzip)",
         target: Target::None,

@@ -1,5 +1,6 @@
 //! Sync over HTTP on loopback: an engine pushes 10,000 records to an empty
-//! server, an empty engine pulls 10,000 from a server, and a round trip of
+//! server (and, for comparison, the same push between the two engines in
+//! process), an empty engine pulls 10,000 from a server, and a round trip of
 //! 100 changes (one client pushes them, another pulls them) through a server
 //! holding 1,000 and 100,000 records (10,000 in the quick mode). Every engine
 //! is on a memory store, every client an `HttpPeer` with gzip, and engines
@@ -104,6 +105,32 @@ fn push(c: &mut Criterion, rt: &Runtime, records: &[Record]) {
                 },
                 |(server, client)| {
                     let report = rt.block_on(client.sync_with(&link(&server.url()), COLLECTION));
+                    (report, server)
+                },
+                |(report, _)| assert_eq!(report.as_ref().unwrap().pushed, RECORDS),
+            )
+        })
+    });
+}
+
+/// The same push without HTTP: the client engine syncs with the server's
+/// engine in process. What the engines cost of the push row; the rest is
+/// the transport (JSON both ways, HTTP, loopback).
+fn push_in_process(c: &mut Criterion, rt: &Runtime, records: &[Record]) {
+    group(c).bench_function("http_push_10k_in_process", |b| {
+        b.iter_custom(|iters| {
+            timed_checked(
+                iters,
+                || {
+                    rt.block_on(async {
+                        (
+                            engine("server").await,
+                            engine_holding("tablet", records).await,
+                        )
+                    })
+                },
+                |(server, client)| {
+                    let report = rt.block_on(client.sync_with(&server, COLLECTION));
                     (report, server)
                 },
                 |(report, _)| assert_eq!(report.as_ref().unwrap().pushed, RECORDS),
@@ -266,6 +293,7 @@ fn main() {
     let mut c = support::criterion();
     let records = written_records(&rt, "tablet", RECORDS);
     push(&mut c, &rt, &records);
+    push_in_process(&mut c, &rt, &records);
     pull(&mut c, &rt, &records);
     round_trip(&mut c, &rt, "http_round_trip_100_in_1k", SMALL);
     round_trip(&mut c, &rt, "http_round_trip_100_in_100k", large());
@@ -274,6 +302,7 @@ fn main() {
         GROUP,
         &[
             ("http_push_10k", RECORDS),
+            ("http_push_10k_in_process", RECORDS),
             ("http_pull_10k", RECORDS),
             ("http_round_trip_100_in_1k", INCREMENTAL),
             ("http_round_trip_100_in_100k", INCREMENTAL),

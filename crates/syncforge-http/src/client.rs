@@ -4,21 +4,25 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroUsize;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use parking_lot::Mutex;
 use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
 use syncforge_core::{
-    Change, ChangePage, CollectionName, Cursor, Error, IntoName, Record, Result, SyncPeer,
+    Change, ChangePage, CollectionName, Cursor, Error, IntoName, Record, RecordId, Result, SyncPeer,
 };
 
 use crate::protocol::{
-    ChangesResponse, CollectionList, CursorRanges, ErrorBody, ErrorCode, Health, Limits,
-    SyncResponse, MAX_SKIP_RANGES,
+    CollectionList, CursorRanges, ErrorBody, ErrorCode, Health, Limits, SyncResponse,
+    MAX_SKIP_RANGES,
 };
+use crate::{canonical, parallel};
 
 /// The backend name in this crate's errors.
 const BACKEND: &str = "http";
@@ -311,10 +315,10 @@ impl HttpPeerBuilder {
 }
 
 /// One request to make, possibly several times.
-struct Call<'a> {
+struct Call {
     method: Method,
     url: Url,
-    body: Option<&'a [u8]>,
+    body: Option<Bytes>,
     extra_time: Duration,
 }
 
@@ -418,72 +422,53 @@ impl HttpPeer {
     ) -> Result<SyncResponse> {
         let collection = collection.into_name()?;
         let limits = self.inner.state.lock().limits.unwrap_or(FALLBACK_LIMITS);
-        // `{"records":[` ... `]}` around the records and their commas.
-        const ENVELOPE: usize = 16;
         let mut total: Option<SyncResponse> = None;
-        let mut body: Vec<u8> = Vec::new();
-        let mut count = 0;
-        let mut records = records.into_iter().peekable();
-        while let Some(record) = records.next() {
-            let text = serde_json::to_vec(&record).map_err(|error| {
-                Error::invalid_record(Some(record.id().as_str()), error.to_string())
-            })?;
-            if text.len() + ENVELOPE > limits.max_body_bytes {
-                return Err(Error::invalid_record(
-                    Some(record.id().as_str()),
-                    format!(
-                        "is {} bytes of JSON, more than the server accepts in one request ({} bytes)",
-                        text.len(),
-                        limits.max_body_bytes
-                    ),
-                ));
-            }
-            let full = count == limits.max_records
-                || body.len() + text.len() + 1 + ENVELOPE > limits.max_body_bytes;
-            if full {
-                let answer = self.send_records(&collection, &mut body, count).await?;
-                total = Some(sum(total, answer));
-                count = 0;
-            }
-            body.push(if count == 0 { b'[' } else { b',' });
-            body.extend_from_slice(&text);
-            count += 1;
-            if records.peek().is_none() {
-                let answer = self.send_records(&collection, &mut body, count).await?;
-                total = Some(sum(total, answer));
-                count = 0;
-            }
-        }
-        match total {
-            Some(total) => Ok(total),
-            None => {
-                let answer = self.send_records(&collection, &mut body, 0).await?;
-                Ok(answer)
+        let mut body = RequestBody::new();
+        let mut records = records;
+        while !records.is_empty() {
+            // Encoded a window at a time, so that a huge push is never held
+            // twice in memory.
+            let rest = records.split_off(ENCODE_WINDOW.min(records.len()));
+            let window = std::mem::replace(&mut records, rest);
+            for chunk in encode(window).await? {
+                let mut start = 0;
+                for (&end, id) in chunk.ends.iter().zip(&chunk.ids) {
+                    let text = chunk.text.get(start..end).unwrap_or_default();
+                    start = end;
+                    if text.len() + ENVELOPE > limits.max_body_bytes {
+                        return Err(Error::invalid_record(
+                            Some(id.as_str()),
+                            format!(
+                                "is {} bytes of JSON, more than the server accepts in one request ({} bytes)",
+                                text.len(),
+                                limits.max_body_bytes
+                            ),
+                        ));
+                    }
+                    let full = body.count == limits.max_records
+                        || body.len() + text.len() + 1 + ENVELOPE > limits.max_body_bytes;
+                    if full {
+                        let answer = self.send_records(&collection, body.finish()).await?;
+                        total = Some(sum(total, answer));
+                    }
+                    body.push(text);
+                }
             }
         }
+        if body.count > 0 || total.is_none() {
+            let answer = self.send_records(&collection, body.finish()).await?;
+            total = Some(sum(total, answer));
+        }
+        total.ok_or_else(|| self.protocol_error("no request was sent".to_owned()))
     }
 
-    /// Sends the records gathered in `items` (`[a,b,c` or empty) and clears it.
-    async fn send_records(
-        &self,
-        collection: &CollectionName,
-        items: &mut Vec<u8>,
-        count: usize,
-    ) -> Result<SyncResponse> {
-        let mut body = Vec::with_capacity(items.len() + 16);
-        body.extend_from_slice(b"{\"records\":");
-        if count == 0 {
-            body.extend_from_slice(b"[");
-        } else {
-            body.append(items);
-        }
-        body.extend_from_slice(b"]}");
-        items.clear();
+    /// Sends a sync request's body.
+    async fn send_records(&self, collection: &CollectionName, body: Bytes) -> Result<SyncResponse> {
         let answer: SyncResponse = self
             .call(Call {
                 method: Method::POST,
                 url: self.url(&["collections", collection.as_str(), "sync"]),
-                body: Some(&body),
+                body: Some(body),
                 extra_time: Duration::ZERO,
             })
             .await?;
@@ -513,39 +498,59 @@ impl HttpPeer {
                 query.append_pair("skip", &skip.to_string());
             }
         }
-        let answer: ChangesResponse = self
-            .call(Call {
-                method: Method::GET,
-                url,
-                body: None,
-                extra_time: wait,
-            })
-            .await?;
-        let mut state = self.inner.state.lock();
-        if state.follow_feed(&answer.feed_id) {
-            // The server now runs on another store: `after` meant nothing
-            // there. The next sync sees the new feed id and starts over.
-            return Err(Error::unavailable(
-                BACKEND,
-                format!(
-                    "{} changed stores during the sync (feed {}); sync again",
-                    self.inner.base, answer.feed_id
-                ),
-            ));
+        let call = Call {
+            method: Method::GET,
+            url,
+            body: None,
+            extra_time: wait,
+        };
+        let bytes = self.call_bytes(&call).await?;
+        let page: RawPage<'_> = serde_json::from_slice(&bytes)
+            .map_err(|error| self.unexpected_body(&call.url, &error))?;
+        {
+            let mut state = self.inner.state.lock();
+            if state.follow_feed(&page.feed_id) {
+                // The server now runs on another store: `after` meant nothing
+                // there. The next sync sees the new feed id and starts over.
+                return Err(Error::unavailable(
+                    BACKEND,
+                    format!(
+                        "{} changed stores during the sync (feed {}); sync again",
+                        self.inner.base, page.feed_id
+                    ),
+                ));
+            }
+            state.prune(collection, page.next);
         }
-        state.prune(collection, answer.next);
-        drop(state);
+        // Each record located in the body, to be read on every core.
+        let base = bytes.as_ptr() as usize;
+        let located: Vec<(Cursor, Range<usize>)> = page
+            .changes
+            .iter()
+            .map(|change| {
+                let text = change.record.get();
+                let start = (text.as_ptr() as usize).wrapping_sub(base);
+                (change.cursor, start..start.saturating_add(text.len()))
+            })
+            .collect();
+        let (next, more) = (page.next, page.more);
+        drop(page);
+        let mut changes = Vec::with_capacity(located.len());
+        let body = bytes.clone();
+        let chunks =
+            parallel::in_chunks(located, move |chunk, _| decode_changes(&body, chunk)).await;
+        for chunk in chunks {
+            let chunk = chunk
+                .map_err(|error| {
+                    Error::storage(BACKEND, format!("a record decoding task failed: {error}"))
+                })?
+                .map_err(|error| self.unexpected_body(&call.url, &error))?;
+            changes.extend(chunk);
+        }
         Ok(ChangePage {
-            changes: answer
-                .changes
-                .into_iter()
-                .map(|change| Change {
-                    cursor: change.cursor,
-                    record: change.record,
-                })
-                .collect(),
-            next: answer.next,
-            more: answer.more,
+            changes,
+            next,
+            more,
         })
     }
 
@@ -560,11 +565,17 @@ impl HttpPeer {
     }
 
     /// Makes `call`, retrying transient failures, and reads the answer.
-    async fn call<T: DeserializeOwned>(&self, call: Call<'_>) -> Result<T> {
+    async fn call<T: DeserializeOwned>(&self, call: Call) -> Result<T> {
+        let bytes = self.call_bytes(&call).await?;
+        serde_json::from_slice(&bytes).map_err(|error| self.unexpected_body(&call.url, &error))
+    }
+
+    /// Makes `call`, retrying transient failures: the body of its success.
+    async fn call_bytes(&self, call: &Call) -> Result<Bytes> {
         let mut delay = self.inner.retry_delay;
         let mut attempt = 0;
         loop {
-            match self.attempt(&call).await {
+            match self.attempt(call).await {
                 Ok(answer) => return Ok(answer),
                 Err(Failure::Transient(error)) if attempt < self.inner.retries => {
                     tracing::debug!(%error, attempt, url = %call.url, "retrying a transient failure");
@@ -577,7 +588,15 @@ impl HttpPeer {
         }
     }
 
-    async fn attempt<T: DeserializeOwned>(&self, call: &Call<'_>) -> Result<T, Failure> {
+    /// A success whose body is not what the route answers.
+    fn unexpected_body(&self, url: &Url, error: &dyn std::fmt::Display) -> Error {
+        self.protocol_error(format!(
+            "answered {} with a body that is not the expected JSON: {error}",
+            url.path()
+        ))
+    }
+
+    async fn attempt(&self, call: &Call) -> Result<Bytes, Failure> {
         let mut request = self
             .inner
             .client
@@ -586,10 +605,11 @@ impl HttpPeer {
         if let Some(token) = &self.inner.token {
             request = request.bearer_auth(token);
         }
-        if let Some(body) = call.body {
+        if let Some(body) = &call.body {
+            // A clone of `Bytes` shares the buffer: a retry copies nothing.
             request = request
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body.to_vec());
+                .body(body.clone());
         }
         let response = request
             .send()
@@ -601,12 +621,7 @@ impl HttpPeer {
             .await
             .map_err(|error| self.transport(error))?;
         if status.is_success() {
-            return serde_json::from_slice(&bytes).map_err(|error| {
-                Failure::Permanent(self.protocol_error(format!(
-                    "answered {} with a body that is not the expected JSON: {error}",
-                    call.url.path()
-                )))
-            });
+            return Ok(bytes);
         }
         Err(self.refusal(status, &bytes, &call.url))
     }
@@ -680,6 +695,125 @@ impl HttpPeer {
             reason,
         }
     }
+}
+
+/// `{"records":[` ... `]}` around the records and their commas.
+const ENVELOPE: usize = 16;
+/// Records encoded at a time by a push.
+const ENCODE_WINDOW: usize = 4096;
+
+/// The body of a sync request being filled.
+struct RequestBody {
+    text: Vec<u8>,
+    count: usize,
+}
+
+impl RequestBody {
+    const OPEN: &'static [u8] = b"{\"records\":[";
+
+    fn new() -> Self {
+        RequestBody {
+            text: Self::OPEN.to_vec(),
+            count: 0,
+        }
+    }
+
+    /// Bytes so far, without the envelope.
+    fn len(&self) -> usize {
+        self.text.len() - Self::OPEN.len()
+    }
+
+    fn push(&mut self, record: &[u8]) {
+        if self.count > 0 {
+            self.text.push(b',');
+        }
+        self.text.extend_from_slice(record);
+        self.count += 1;
+    }
+
+    /// The finished body; this one starts over empty.
+    fn finish(&mut self) -> Bytes {
+        let mut text = std::mem::replace(&mut self.text, Self::OPEN.to_vec());
+        self.count = 0;
+        text.extend_from_slice(b"]}");
+        Bytes::from(text)
+    }
+}
+
+/// Records encoded as JSON, one after the other.
+struct Encoded {
+    text: Vec<u8>,
+    /// Where each record's JSON ends in `text`.
+    ends: Vec<usize>,
+    /// Each record's id, to name one too large to send.
+    ids: Vec<RecordId>,
+}
+
+/// Encodes `records` in order, spread over the machine's cores on blocking
+/// threads when there are enough of them: writing records as JSON is most of
+/// a push's cost on the client.
+async fn encode(records: Vec<Record>) -> Result<Vec<Encoded>> {
+    let mut encoded = Vec::new();
+    for chunk in parallel::in_chunks(records, |chunk, _| encode_chunk(chunk)).await {
+        let chunk = chunk.map_err(|error| {
+            Error::storage(BACKEND, format!("a record encoding task failed: {error}"))
+        })??;
+        encoded.push(chunk);
+    }
+    Ok(encoded)
+}
+
+fn encode_chunk(records: Vec<Record>) -> Result<Encoded> {
+    let mut encoded = Encoded {
+        text: Vec::new(),
+        ends: Vec::with_capacity(records.len()),
+        ids: Vec::with_capacity(records.len()),
+    };
+    for record in records {
+        canonical::write_record(&mut encoded.text, &record).map_err(|error| {
+            Error::invalid_record(Some(record.id().as_str()), error.to_string())
+        })?;
+        encoded.ends.push(encoded.text.len());
+        encoded.ids.push(record.id().clone());
+    }
+    Ok(encoded)
+}
+
+/// A feed page with its records still JSON text, borrowed from the body:
+/// the fields of `ChangesResponse`.
+#[derive(serde::Deserialize)]
+struct RawPage<'a> {
+    feed_id: String,
+    #[allow(dead_code)]
+    collection: serde::de::IgnoredAny,
+    #[serde(borrow)]
+    changes: Vec<RawChange<'a>>,
+    next: Cursor,
+    more: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct RawChange<'a> {
+    cursor: Cursor,
+    #[serde(borrow)]
+    record: &'a RawValue,
+}
+
+/// Reads the records of a page at their ranges of `body`.
+fn decode_changes(
+    body: &[u8],
+    located: Vec<(Cursor, Range<usize>)>,
+) -> std::result::Result<Vec<Change>, String> {
+    located
+        .into_iter()
+        .map(|(cursor, range)| {
+            let text = body.get(range).unwrap_or_default();
+            let value: serde_json::Value =
+                serde_json::from_slice(text).map_err(|error| error.to_string())?;
+            let record = Record::from_json(value).map_err(|error| error.to_string())?;
+            Ok(Change { cursor, record })
+        })
+        .collect()
 }
 
 fn sum(total: Option<SyncResponse>, answer: SyncResponse) -> SyncResponse {

@@ -17,6 +17,12 @@
 //! and request time, and refuses bad input with a typed JSON error, writing
 //! nothing.
 //!
+//! Writing and reading records as JSON is most of what a sync over HTTP
+//! costs, more than the engines' own work: on both sides, the records of a
+//! push or of a feed page (from 256 of them) are encoded and decoded in
+//! chunks on tokio's blocking threads, one per core, and the async workers
+//! stay free meanwhile.
+//!
 //! ```
 //! # #[cfg(all(feature = "server", feature = "client"))]
 //! # mod example {
@@ -57,9 +63,13 @@ pub use server::{
     DEFAULT_PAGE, DEFAULT_REQUEST_TIMEOUT,
 };
 
+#[cfg(any(feature = "client", feature = "server"))]
+mod canonical;
 #[cfg(feature = "client")]
 #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
 mod client;
+#[cfg(any(feature = "client", feature = "server"))]
+mod parallel;
 
 #[cfg(feature = "client")]
 pub use client::{

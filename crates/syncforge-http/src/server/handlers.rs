@@ -4,10 +4,11 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
+use std::ops::Range;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{MatchedPath, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method};
@@ -18,6 +19,7 @@ use axum::{Json, Router};
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use subtle::ConstantTimeEq;
 use syncforge_core::{ChangePage, CollectionName, Cursor, Record, Result};
@@ -31,9 +33,10 @@ use super::error::ApiError;
 use super::options::{digest, Access, AccessToken, Cors, ServerOptions, DEFAULT_PAGE};
 use super::{Replica, WatchGuard};
 use crate::protocol::{
-    ChangesResponse, CollectionList, CursorRanges, ErrorCode, Health, SyncResponse, WireChange,
-    MAX_SKIP_RANGES, PROTOCOL_HEADER, PROTOCOL_VERSION,
+    CollectionList, CursorRanges, ErrorCode, Health, SyncResponse, MAX_SKIP_RANGES,
+    PROTOCOL_HEADER, PROTOCOL_VERSION,
 };
+use crate::{canonical, parallel};
 
 /// Most backend pages one feed request reads while skipping echoes, so that
 /// a request's work stays bounded whatever the skip list.
@@ -280,7 +283,7 @@ async fn changes(
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-) -> Result<Json<ChangesResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let collection = state.collection(&headers, path, Access::Read)?;
     let Query(pairs) = query.map_err(|rejection| {
         ApiError::new(
@@ -291,20 +294,80 @@ async fn changes(
     let query = FeedQuery::parse(pairs, &state.options)?;
     let page = state.feed_page(&collection, &query).await?;
     tracing::Span::current().record("records", page.changes.len());
-    Ok(Json(ChangesResponse {
-        feed_id: state.replica.feed_id().to_owned(),
-        collection: collection.as_str().to_owned(),
-        changes: page
-            .changes
-            .into_iter()
-            .map(|change| WireChange {
-                cursor: change.cursor,
-                record: change.record,
-            })
-            .collect(),
-        next: page.next,
-        more: page.more,
-    }))
+    let body = page_body(state.replica.feed_id(), &collection, page).await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response())
+}
+
+/// A feed page as its `ChangesResponse` JSON, exactly as serde_json writes
+/// it, the records written straight from each record (see `canonical`) and
+/// spread over the cores: a page of thousands of records is most of a
+/// pull's cost on the server.
+async fn page_body(
+    feed_id: &str,
+    collection: &CollectionName,
+    page: ChangePage,
+) -> Result<Vec<u8>, ApiError> {
+    let failed = |error: &dyn std::fmt::Display| {
+        tracing::error!(%error, "a feed page could not be written");
+        ApiError::new(ErrorCode::Internal, "the feed page could not be written")
+    };
+    let ChangePage {
+        changes,
+        next,
+        more,
+    } = page;
+    let chunks = parallel::in_chunks(changes, |chunk, _| write_changes(&chunk)).await;
+    let mut body = Vec::new();
+    body.extend_from_slice(b"{\"feed_id\":");
+    serde_json::to_writer(&mut body, feed_id).map_err(|error| failed(&error))?;
+    body.extend_from_slice(b",\"collection\":");
+    serde_json::to_writer(&mut body, collection.as_str()).map_err(|error| failed(&error))?;
+    body.extend_from_slice(b",\"changes\":[");
+    let mut empty = true;
+    for chunk in chunks {
+        let chunk = chunk
+            .map_err(|error| failed(&error))?
+            .map_err(|error| failed(&error))?;
+        if chunk.is_empty() {
+            continue;
+        }
+        if !empty {
+            body.push(b',');
+        }
+        body.extend_from_slice(&chunk);
+        empty = false;
+    }
+    body.extend_from_slice(b"],\"next\":");
+    serde_json::to_writer(&mut body, &next).map_err(|error| failed(&error))?;
+    body.extend_from_slice(if more {
+        b",\"more\":true}"
+    } else {
+        b",\"more\":false}"
+    });
+    Ok(body)
+}
+
+/// `{"cursor":N,"record":{...}}` for each change, comma-separated.
+fn write_changes(changes: &[syncforge_core::Change]) -> serde_json::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    for (index, change) in changes.iter().enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"cursor\":");
+        serde_json::to_writer(&mut out, &change.cursor)?;
+        out.extend_from_slice(b",\"record\":");
+        canonical::write_record(&mut out, &change.record)?;
+        out.push(b'}');
+    }
+    Ok(out)
 }
 
 async fn sync(
@@ -316,18 +379,18 @@ async fn sync(
     let collection = state.collection(&headers, path, Access::ReadWrite)?;
     check_json_content_type(&headers)?;
     let bytes = read_body(&headers, body, state.options.max_body_bytes).await?;
-    let values = parse_records(&bytes, state.options.max_records)?;
-    drop(bytes);
-    tracing::Span::current().record("records", values.len());
+    // Checked UTF-8 once, whole: the parsers then read it as text.
+    let text = String::from_utf8(bytes).map_err(|error| {
+        ApiError::new(
+            ErrorCode::MalformedJson,
+            format!("the body is not UTF-8: {}", error.utf8_error()),
+        )
+    })?;
+    let spans = parse_records(&text, state.options.max_records)?;
+    tracing::Span::current().record("records", spans.len());
     // Every record is read before anything is written: one bad record
     // refuses the whole request.
-    let records = values
-        .into_iter()
-        .enumerate()
-        .map(|(index, value)| {
-            Record::from_json(value).map_err(|error| ApiError::from(error).at_index(index))
-        })
-        .collect::<Result<Vec<Record>, ApiError>>()?;
+    let records = decode_records(Arc::new(text), spans).await?;
     // The merge runs on its own task: a client that goes away or a request
     // that times out does not cut a write in half.
     let replica = state.replica.clone();
@@ -642,7 +705,7 @@ fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
 
 /// The whole body, refused with 413 past `max` bytes (a `Content-Length`
 /// over it is refused before reading).
-async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> Result<Bytes, ApiError> {
+async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> Result<Vec<u8>, ApiError> {
     let too_large = || {
         ApiError::new(
             ErrorCode::PayloadTooLarge,
@@ -671,15 +734,18 @@ async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> Result<Bytes,
         }
         collected.extend_from_slice(&chunk);
     }
-    Ok(Bytes::from(collected))
+    Ok(collected)
 }
 
 /// Reads `{"records": [...]}`, refusing more than `max` records while
-/// reading, before they are all held in memory.
-fn parse_records(bytes: &[u8], max: usize) -> Result<Vec<Value>, ApiError> {
+/// reading. Only the envelope is parsed here: each record is checked to be
+/// well-formed JSON and located (its byte range in `text`), to be decoded
+/// by [`decode_records`].
+fn parse_records(text: &str, max: usize) -> Result<Vec<Range<usize>>, ApiError> {
     let mut over_limit = false;
-    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let mut deserializer = serde_json::Deserializer::from_str(text);
     let parsed = EnvelopeSeed {
+        base: text.as_ptr() as usize,
         max,
         over_limit: &mut over_limit,
     }
@@ -691,20 +757,115 @@ fn parse_records(bytes: &[u8], max: usize) -> Result<Vec<Value>, ApiError> {
             ErrorCode::TooManyRecords,
             format!("more than {max} records in one request; send them in several"),
         )),
-        Err(error) => Err(ApiError::new(
-            ErrorCode::MalformedJson,
-            format!("the body is not a sync request ({{\"records\": [...]}}): {error}"),
-        )),
+        Err(error) => Err(malformed(&error)),
+    }
+}
+
+fn malformed(error: &serde_json::Error) -> ApiError {
+    ApiError::new(
+        ErrorCode::MalformedJson,
+        format!("the body is not a sync request ({{\"records\": [...]}}): {error}"),
+    )
+}
+
+/// Decodes the records at `spans` of `bytes` (from [`parse_records`]),
+/// spread over the machine's cores on blocking threads: reading JSON into
+/// records is most of a push's cost on the server, and the async workers
+/// stay free meanwhile. The first bad record (by index) refuses the whole
+/// request; a record that is not JSON the parser accepts (nested too deep)
+/// is reported before any refused record, as when the body was read whole.
+async fn decode_records(
+    text: Arc<String>,
+    spans: Vec<Range<usize>>,
+) -> Result<Vec<Record>, ApiError> {
+    let mut records = Vec::with_capacity(spans.len());
+    let mut refused: Option<ChunkError> = None;
+    let chunks = parallel::in_chunks(spans, move |chunk, offset| {
+        decode_chunk(&text, &chunk, offset)
+    })
+    .await;
+    for outcome in chunks {
+        let outcome = outcome.map_err(|error| {
+            tracing::error!(%error, "a record decoding task failed");
+            ApiError::new(ErrorCode::Internal, "the records could not be decoded")
+        })?;
+        match outcome {
+            Ok(chunk) if refused.is_none() => records.extend(chunk),
+            Ok(_) => {}
+            // Chunks come in index order: the first JSON error, else the
+            // first refused record.
+            Err(error) => {
+                refused = match refused {
+                    Some(ChunkError::Record(_)) if error.is_json() => Some(error),
+                    None => Some(error),
+                    kept => kept,
+                };
+            }
+        }
+    }
+    match refused {
+        Some(error) => Err(error.into_api()),
+        None => Ok(records),
+    }
+}
+
+/// Why a chunk of records was refused.
+enum ChunkError {
+    /// A record the JSON parser refuses (nested too deep).
+    Json(ApiError),
+    /// A record that is not a valid record.
+    Record(ApiError),
+}
+
+impl ChunkError {
+    fn is_json(&self) -> bool {
+        matches!(self, ChunkError::Json(_))
+    }
+
+    fn into_api(self) -> ApiError {
+        match self {
+            ChunkError::Json(error) | ChunkError::Record(error) => error,
+        }
+    }
+}
+
+/// Decodes the records at `spans`, the first of them at index `offset` of
+/// the request. After a refused record, the rest is only parsed, so that a
+/// JSON error anywhere still wins.
+fn decode_chunk(
+    text: &str,
+    spans: &[Range<usize>],
+    offset: usize,
+) -> Result<Vec<Record>, ChunkError> {
+    let mut records = Vec::with_capacity(spans.len());
+    let mut refused = None;
+    for (index, span) in spans.iter().enumerate() {
+        let record = text.get(span.clone()).unwrap_or_default();
+        let value: Value =
+            serde_json::from_str(record).map_err(|error| ChunkError::Json(malformed(&error)))?;
+        if refused.is_some() {
+            continue;
+        }
+        match Record::from_json(value) {
+            Ok(record) => records.push(record),
+            Err(error) => refused = Some(ApiError::from(error).at_index(offset + index)),
+        }
+    }
+    match refused {
+        Some(error) => Err(ChunkError::Record(error)),
+        None => Ok(records),
     }
 }
 
 struct EnvelopeSeed<'a> {
+    /// Where the body starts in memory, to locate each record in it.
+    base: usize,
     max: usize,
     over_limit: &'a mut bool,
 }
 
 impl<'de> DeserializeSeed<'de> for EnvelopeSeed<'_> {
-    type Value = Vec<Value>;
+    type Value = Vec<Range<usize>>;
 
     fn deserialize<D: serde::Deserializer<'de>>(
         self,
@@ -715,7 +876,7 @@ impl<'de> DeserializeSeed<'de> for EnvelopeSeed<'_> {
 }
 
 impl<'de> Visitor<'de> for EnvelopeSeed<'_> {
-    type Value = Vec<Value>;
+    type Value = Vec<Range<usize>>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("an object with a `records` array")
@@ -732,6 +893,7 @@ impl<'de> Visitor<'de> for EnvelopeSeed<'_> {
                     return Err(serde::de::Error::duplicate_field("records"));
                 }
                 records = Some(map.next_value_seed(RecordsSeed {
+                    base: self.base,
                     max: self.max,
                     over_limit: &mut *self.over_limit,
                 })?);
@@ -745,12 +907,13 @@ impl<'de> Visitor<'de> for EnvelopeSeed<'_> {
 }
 
 struct RecordsSeed<'a> {
+    base: usize,
     max: usize,
     over_limit: &'a mut bool,
 }
 
 impl<'de> DeserializeSeed<'de> for RecordsSeed<'_> {
-    type Value = Vec<Value>;
+    type Value = Vec<Range<usize>>;
 
     fn deserialize<D: serde::Deserializer<'de>>(
         self,
@@ -761,7 +924,7 @@ impl<'de> DeserializeSeed<'de> for RecordsSeed<'_> {
 }
 
 impl<'de> Visitor<'de> for RecordsSeed<'_> {
-    type Value = Vec<Value>;
+    type Value = Vec<Range<usize>>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("an array of records")
@@ -772,12 +935,16 @@ impl<'de> Visitor<'de> for RecordsSeed<'_> {
         mut seq: A,
     ) -> std::result::Result<Self::Value, A::Error> {
         let mut records = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(self.max));
-        while let Some(record) = seq.next_element::<Value>()? {
+        // Each record is borrowed from the body as raw JSON (checked
+        // well-formed, not decoded), and kept as its byte range.
+        while let Some(record) = seq.next_element::<&'de RawValue>()? {
             if records.len() == self.max {
                 *self.over_limit = true;
                 return Err(serde::de::Error::custom("too many records"));
             }
-            records.push(record);
+            let text = record.get();
+            let start = (text.as_ptr() as usize).wrapping_sub(self.base);
+            records.push(start..start.saturating_add(text.len()));
         }
         Ok(records)
     }
@@ -800,15 +967,109 @@ fn shorten(text: &str) -> String {
 mod tests {
     use super::*;
 
+    /// The body checks of the sync route: UTF-8, then the envelope.
+    fn parse_body(bytes: &[u8], max: usize) -> Result<Vec<Range<usize>>, ApiError> {
+        let text = std::str::from_utf8(bytes)
+            .map_err(|error| ApiError::new(ErrorCode::MalformedJson, error.to_string()))?;
+        parse_records(text, max)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn feed_pages_are_written_as_serde_writes_them() {
+        use crate::protocol::{ChangesResponse, WireChange};
+        use serde_json::json;
+        use syncforge_core::{Change, Content, Stamp};
+        let collection = CollectionName::new("notes \"x\"").unwrap();
+        for count in [0, 1, 3, 1_000] {
+            let changes: Vec<Change> = (0..count)
+                .map(|i| {
+                    let content = Content::from_value(
+                        json!({"id": format!("n{i}"), "text": format!("note\n{i}"), "n": i}),
+                    )
+                    .unwrap();
+                    let stamp = Stamp::new(1_700_000_000_000 + i, 0, "tablet").unwrap();
+                    Change {
+                        cursor: Cursor::new(i + 1),
+                        record: Record::create(content, &stamp),
+                    }
+                })
+                .collect();
+            let expected = serde_json::to_vec(&ChangesResponse {
+                feed_id: "feed".to_owned(),
+                collection: collection.as_str().to_owned(),
+                changes: changes
+                    .iter()
+                    .map(|change| WireChange {
+                        cursor: change.cursor,
+                        record: change.record.clone(),
+                    })
+                    .collect(),
+                next: Cursor::new(count + 5),
+                more: count % 2 == 1,
+            })
+            .unwrap();
+            let page = ChangePage {
+                changes,
+                next: Cursor::new(count + 5),
+                more: count % 2 == 1,
+            };
+            let body = page_body("feed", &collection, page).await.unwrap();
+            assert_eq!(
+                String::from_utf8(body).unwrap(),
+                String::from_utf8(expected).unwrap()
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_decoded_in_chunks_are_refused_as_when_read_whole() {
+        let body = |bad: &[(usize, String)]| {
+            let records: Vec<String> = (0..1_000)
+                .map(|i| {
+                    bad.iter().find(|(at, _)| *at == i).map_or_else(
+                        || format!(
+                                "{{\"id\":\"r{i}\",\"n\":{i},\"_version\":1,\"_timestamp\":5,\"_deleted\":false,\"_clientId\":\"web\"}}"
+                            ),
+                        |(_, text)| text.clone(),
+                    )
+                })
+                .collect();
+            format!("{{\"records\":[{}]}}", records.join(","))
+        };
+        let decode = |text: String| async move {
+            let spans = parse_records(&text, 10_000)?;
+            decode_records(Arc::new(text), spans).await
+        };
+        let records = decode(body(&[])).await.unwrap();
+        assert_eq!(records.len(), 1_000);
+        assert_eq!(records[999].id().as_str(), "r999");
+        // The first refused record by index, whichever chunk it is in.
+        let refused = decode(body(&[(900, "7".to_owned()), (700, "[]".to_owned())]))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), ErrorCode::InvalidRecord);
+        assert!(format!("{refused:?}").contains("700"), "{refused:?}");
+        // JSON the parser refuses wins over a refused record before it.
+        let deep = format!(
+            "{{\"id\":\"deep\",\"v\":{}{}}}",
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        let refused = decode(body(&[(10, "7".to_owned()), (990, deep)]))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), ErrorCode::MalformedJson);
+    }
+
     #[test]
     fn record_bodies_are_counted_while_read() {
         assert_eq!(
-            parse_records(br#"{"records":[{"id":"a"},{"id":"b"}]}"#, 2)
+            parse_body(br#"{"records":[{"id":"a"},{"id":"b"}]}"#, 2)
                 .unwrap()
                 .len(),
             2
         );
-        let too_many = parse_records(br#"{"records":[{},{},{}]}"#, 2).unwrap_err();
+        let too_many = parse_body(br#"{"records":[{},{},{}]}"#, 2).unwrap_err();
         assert_eq!(too_many.code(), ErrorCode::TooManyRecords);
         for malformed in [
             &b"{"[..],
@@ -819,10 +1080,10 @@ mod tests {
             br#"{"records":[]} trailing"#,
             b"\xff",
         ] {
-            let error = parse_records(malformed, 10).unwrap_err();
+            let error = parse_body(malformed, 10).unwrap_err();
             assert_eq!(error.code(), ErrorCode::MalformedJson, "{malformed:?}");
         }
-        assert!(parse_records(br#"{"records":[],"later":{"x":1}}"#, 10)
+        assert!(parse_body(br#"{"records":[],"later":{"x":1}}"#, 10)
             .unwrap()
             .is_empty());
     }

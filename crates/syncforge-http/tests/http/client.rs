@@ -167,3 +167,51 @@ async fn auto_sync_keeps_syncing_across_server_restarts() {
     tablet.close().await.unwrap();
     server.stop().await;
 }
+
+/// A push and a feed page big enough to be encoded and decoded on several
+/// threads arrive whole and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_pushes_and_pages_arrive_whole_and_in_order() {
+    let hq = memory_engine("hq").await;
+    let server = Server::bind(hq.clone(), "127.0.0.1:0", ServerOptions::default())
+        .await
+        .unwrap();
+    let phone = memory_engine("phone").await;
+    for n in 0..1_500 {
+        phone
+            .put(
+                "notes",
+                &json!({"id": format!("n{n:04}"), "text": format!("note \"{n}\"\n"), "n": n}),
+            )
+            .await
+            .unwrap();
+    }
+    let mut sent = phone.get_all("notes").await.unwrap();
+    let link = peer(&server.url(), None);
+    let answer = link.push_records("notes", sent.clone()).await.unwrap();
+    assert_eq!(answer.added, 1_500);
+
+    let notes = syncforge::CollectionName::new("notes").unwrap();
+    let page = SyncPeer::pull(
+        &peer(&server.url(), None),
+        &notes,
+        syncforge::Cursor::START,
+        2_000.try_into().unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(page.changes.len(), 1_500);
+    assert!(page
+        .changes
+        .windows(2)
+        .all(|pair| pair[0].cursor < pair[1].cursor));
+    let mut pulled: Vec<_> = page
+        .changes
+        .into_iter()
+        .map(|change| change.record)
+        .collect();
+    pulled.sort_by(|a, b| a.id().cmp(b.id()));
+    sent.sort_by(|a, b| a.id().cmp(b.id()));
+    assert_eq!(pulled, sent);
+    server.shutdown().await.unwrap();
+}
