@@ -38,7 +38,7 @@
 //! dse:c:{notes}:feed         sorted set: id by the sequence of its last change
 //! dse:c:{notes}:time         sorted set: id by its `_timestamp`
 //! dse:c:{notes}:seq          the last sequence handed out
-//! dse:c:{notes}:newest       the newest stamp written
+//! dse:c:{notes}:newest       the newest stamp written, or newer
 //! ```
 //!
 //! Names are encoded one-to-one: ASCII letters, digits, `-`, `_` and `.`
@@ -500,6 +500,35 @@ fn expected_argument(expected: Option<&Token>) -> String {
     }
 }
 
+/// The arguments of the batch script for `writes` (at most [`CHUNK`]): their
+/// number, the newest stamp among them, then the ids, the expectations, the
+/// `_timestamp`s and the record JSONs, each as one run.
+fn batch_arguments(writes: &[Write]) -> Vec<Value> {
+    let n = writes.len();
+    let mut args = Vec::with_capacity(2 + 4 * n);
+    args.push(Value::Integer(n as i64));
+    let newest = writes.iter().map(|w| w.record.newest_stamp()).max();
+    args.push(Value::from(
+        newest.map(Stamp::to_string).unwrap_or_default(),
+    ));
+    args.extend(writes.iter().map(|w| Value::from(w.record.id().as_str())));
+    args.extend(
+        writes
+            .iter()
+            .map(|w| Value::from(expected_argument(w.expected.as_ref()))),
+    );
+    args.extend(writes.iter().map(|w| {
+        // Millis stay far below 2^63 (a stamp holds 48 bits of them).
+        Value::Integer(i64::try_from(w.record.newest_stamp().millis()).unwrap_or(i64::MAX))
+    }));
+    args.extend(
+        writes
+            .iter()
+            .map(|w| Value::from(w.record.to_json_string())),
+    );
+    args
+}
+
 impl Drop for RedisBackend {
     fn drop(&mut self) {
         if !self.closed.load(Ordering::Acquire) {
@@ -621,29 +650,7 @@ impl StorageBackend for RedisBackend {
         ];
         let mut outcomes = Vec::with_capacity(writes.len());
         for slice in writes.chunks(CHUNK) {
-            // Ranks by stamp, so the script keeps the newest stamp written
-            // without comparing stamps itself.
-            let mut order: Vec<usize> = (0..slice.len()).collect();
-            order.sort_by(|&a, &b| {
-                slice[a]
-                    .record
-                    .newest_stamp()
-                    .cmp(slice[b].record.newest_stamp())
-            });
-            let mut rank = vec![0; slice.len()];
-            for (position, &index) in order.iter().enumerate() {
-                rank[index] = position;
-            }
-            let mut args = Vec::with_capacity(slice.len() * 6);
-            for (write, rank) in slice.iter().zip(rank) {
-                let stamp = write.record.newest_stamp();
-                args.push(Value::from(write.record.id().as_str()));
-                args.push(Value::from(expected_argument(write.expected.as_ref())));
-                args.push(Value::from(stamp.millis().to_string()));
-                args.push(Value::from(rank as i64));
-                args.push(Value::from(stamp.to_string()));
-                args.push(Value::from(write.record.to_json_string()));
-            }
+            let args = batch_arguments(slice);
             let reply = self
                 .eval(
                     &self.scripts.put_batch,
