@@ -129,6 +129,9 @@ pub struct RedisBackend {
     /// Collections this handle has added to the registry: later writes to
     /// them skip that round trip.
     registered: Mutex<HashSet<CollectionName>>,
+    /// The last sequence this handle saw handed out in each collection: the
+    /// batch script's guess of the next ones (see `scripts::PUT_BATCH`).
+    last_sequence: Mutex<HashMap<CollectionName, u64>>,
 }
 
 impl RedisBackend {
@@ -169,6 +172,7 @@ impl RedisBackend {
             connect_timeout: config.connect_timeout,
             connection: tokio::sync::Mutex::new(connection),
             registered: Mutex::new(HashSet::new()),
+            last_sequence: Mutex::new(HashMap::new()),
         })
     }
 
@@ -501,16 +505,26 @@ fn expected_argument(expected: Option<&Token>) -> String {
 }
 
 /// The arguments of the batch script for `writes` (at most [`CHUNK`]): their
-/// number, the newest stamp among them, then the ids, the expectations, the
-/// `_timestamp`s and the record JSONs, each as one run.
-fn batch_arguments(writes: &[Write]) -> Vec<Value> {
+/// number, the newest stamp among them, the guessed sequence of the first
+/// write (0 for none), then the ids, the expectations, the `_timestamp`s and
+/// the values — each record's JSON, after its guessed sequence and a space
+/// when there is a guess — each as one run.
+fn batch_arguments(writes: &[Write], guess: u64) -> Vec<Value> {
     let n = writes.len();
-    let mut args = Vec::with_capacity(2 + 4 * n);
+    // A guess is only worth sending while every guessed sequence is one
+    // the store may hand out.
+    let guess = if guess > 0 && guess.saturating_add(n as u64) <= MAX_SEQUENCE {
+        guess
+    } else {
+        0
+    };
+    let mut args = Vec::with_capacity(3 + 4 * n);
     args.push(Value::Integer(n as i64));
     let newest = writes.iter().map(|w| w.record.newest_stamp()).max();
     args.push(Value::from(
         newest.map(Stamp::to_string).unwrap_or_default(),
     ));
+    args.push(Value::Integer(guess as i64));
     args.extend(writes.iter().map(|w| Value::from(w.record.id().as_str())));
     args.extend(
         writes
@@ -521,11 +535,17 @@ fn batch_arguments(writes: &[Write]) -> Vec<Value> {
         // Millis stay far below 2^63 (a stamp holds 48 bits of them).
         Value::Integer(i64::try_from(w.record.newest_stamp().millis()).unwrap_or(i64::MAX))
     }));
-    args.extend(
-        writes
-            .iter()
-            .map(|w| Value::from(w.record.to_json_string())),
-    );
+    args.extend(writes.iter().zip(guess..).map(|(w, sequence)| {
+        let json = w.record.to_json_string();
+        if guess == 0 {
+            return Value::from(json);
+        }
+        let mut value = String::with_capacity(json.len() + 17);
+        value.push_str(&sequence.to_string());
+        value.push(' ');
+        value.push_str(&json);
+        Value::from(value)
+    }));
     args
 }
 
@@ -650,7 +670,12 @@ impl StorageBackend for RedisBackend {
         ];
         let mut outcomes = Vec::with_capacity(writes.len());
         for slice in writes.chunks(CHUNK) {
-            let args = batch_arguments(slice);
+            let guess = self
+                .last_sequence
+                .lock()
+                .get(collection)
+                .map_or(0, |last| last + 1);
+            let args = batch_arguments(slice, guess);
             let reply = self
                 .eval(
                     &self.scripts.put_batch,
@@ -668,13 +693,17 @@ impl StorageBackend for RedisBackend {
                     "not one outcome per write",
                 ));
             }
+            let mut last = None;
             for sequence in sequences {
                 outcomes.push(match sequence.as_u64() {
                     Some(0) => WriteOutcome::Conflict,
-                    Some(sequence) => WriteOutcome::Written {
-                        token: Token::Sequence(sequence),
-                        cursor: Cursor::new(sequence),
-                    },
+                    Some(sequence) => {
+                        last = last.max(Some(sequence));
+                        WriteOutcome::Written {
+                            token: Token::Sequence(sequence),
+                            cursor: Cursor::new(sequence),
+                        }
+                    }
                     None => {
                         return Err(error::unexpected_reply(
                             "writing records",
@@ -683,6 +712,9 @@ impl StorageBackend for RedisBackend {
                         ))
                     }
                 });
+            }
+            if let Some(last) = last {
+                self.last_sequence.lock().insert(collection.clone(), last);
             }
         }
         Ok(outcomes)

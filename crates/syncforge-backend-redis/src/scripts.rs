@@ -25,11 +25,20 @@ end
 /// Conditional batch write.
 ///
 /// KEYS: records, feed, time, seq, newest.
-/// ARGV: `n`, the newest stamp of the batch, then four runs of `n` values:
-/// the ids, the expectations, the millis (`_timestamp`) and the record
-/// JSONs. An expectation is `''` for "must not exist", the decimal sequence
-/// the record must still have, or anything else for "never matches". The
-/// ids come as one run so that one `ZMSCORE` reads every current sequence.
+/// ARGV: `n`, the newest stamp of the batch, the guessed sequence `g` (0 for
+/// none), then four runs of `n` values: the ids, the expectations, the
+/// millis (`_timestamp`) and the values. An expectation is `''` for "must
+/// not exist", the decimal sequence the record must still have, or anything
+/// else for "never matches". The ids come as one run so that one `ZMSCORE`
+/// reads every current sequence.
+///
+/// A value is the record's JSON, or, with a guess, `"<g + i - 1> <JSON>"`
+/// for the `i`-th write: the stored form if every write before it in the
+/// batch happens and the counter stood at `g - 1`, as it does for a handle
+/// that wrote last. A write whose sequence matches its guess stores its
+/// value as it came; any other gets its value rebuilt around its sequence —
+/// so the stored value is the same either way, and a right guess saves the
+/// server copying every record once more.
 ///
 /// Returns one integer per write: its new sequence, or 0 for a conflict.
 /// Checks run write by write, in order, against the state including the
@@ -41,11 +50,11 @@ end
 /// compares strings by locale).
 const PUT_BATCH: &str = r"
 local records, feed = KEYS[1], KEYS[2]
-local n = tonumber(ARGV[1])
-if n == nil or #ARGV ~= 4 * n + 2 then
+local n, guess = tonumber(ARGV[1]), tonumber(ARGV[3])
+if n == nil or guess == nil or #ARGV ~= 4 * n + 3 then
   return redis.error_reply('ERR syncforge: malformed batch')
 end
-local ids, expects, millis, jsons = 2, 2 + n, 2 + 2 * n, 2 + 3 * n
+local ids, expects, millis, values = 3, 3 + n, 3 + 2 * n, 3 + 3 * n
 local scores = {}
 for i = 1, n, 1000 do
   local part = redis.call('ZMSCORE', feed, unpack(ARGV, ids + i, ids + math.min(i + 999, n)))
@@ -73,9 +82,15 @@ for i = 1, n do
       return redis.error_reply('ERR syncforge: the change sequence of ' .. feed .. ' is exhausted (2^53)')
     end
     local s = string.format('%d', seq)
+    local value = ARGV[values + i]
+    if guess == 0 then
+      value = s .. ' ' .. value
+    elseif seq ~= guess + i - 1 then
+      value = s .. string.sub(value, (string.find(value, ' ', 1, true)))
+    end
     written[id] = seq
     hset[2 * w + 1] = id
-    hset[2 * w + 2] = s .. ' ' .. ARGV[jsons + i]
+    hset[2 * w + 2] = value
     zfeed[2 * w + 1] = s
     zfeed[2 * w + 2] = id
     ztime[2 * w + 1] = ARGV[millis + i]
