@@ -218,16 +218,19 @@ impl RedisBackend {
         Ok(())
     }
 
-    fn fail(
-        &self,
-        operation: &str,
-        collection: Option<&CollectionName>,
-    ) -> impl FnOnce(fred::error::Error) -> Error + '_ {
-        let operation = match collection {
-            Some(c) => format!("{operation} in collection {:?}", c.as_str()),
-            None => operation.to_owned(),
-        };
-        move |e| error::map(e, operation, &self.address)
+    /// Maps a client error; the message is only built when a call fails.
+    fn fail<'a>(
+        &'a self,
+        operation: &'a str,
+        collection: Option<&'a CollectionName>,
+    ) -> impl FnOnce(fred::error::Error) -> Error + 'a {
+        move |e| {
+            let operation = match collection {
+                Some(c) => format!("{operation} in collection {:?}", c.as_str()),
+                None => operation.to_owned(),
+            };
+            error::map(e, operation, &self.address)
+        }
     }
 
     /// Runs a script, loading it first if the server does not know it.
@@ -661,13 +664,7 @@ impl StorageBackend for RedisBackend {
         }
         self.register(collection).await?;
         let keys = self.keys.collection(collection);
-        let script_keys = vec![
-            keys.records.clone(),
-            keys.feed.clone(),
-            keys.time.clone(),
-            keys.seq.clone(),
-            keys.newest.clone(),
-        ];
+        let script_keys = vec![keys.records, keys.feed, keys.time, keys.seq, keys.newest];
         let mut outcomes = Vec::with_capacity(writes.len());
         for slice in writes.chunks(CHUNK) {
             let guess = self
