@@ -9,7 +9,7 @@
 //! <prefix>:c:{<name>}:feed      sorted set: id scored by its last change's sequence
 //! <prefix>:c:{<name>}:time      sorted set: id scored by its `_timestamp`
 //! <prefix>:c:{<name>}:seq       string: the last sequence handed out
-//! <prefix>:c:{<name>}:newest    sorted set: the newest stamp written (one member)
+//! <prefix>:c:{<name>}:newest    sorted set: the newest stamp written, or newer (one member)
 //! ```
 
 use syncforge_core::CollectionName;

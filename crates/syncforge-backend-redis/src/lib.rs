@@ -38,7 +38,7 @@
 //! dse:c:{notes}:feed         sorted set: id by the sequence of its last change
 //! dse:c:{notes}:time         sorted set: id by its `_timestamp`
 //! dse:c:{notes}:seq          the last sequence handed out
-//! dse:c:{notes}:newest       the newest stamp written
+//! dse:c:{notes}:newest       the newest stamp written, or newer
 //! ```
 //!
 //! Names are encoded one-to-one: ASCII letters, digits, `-`, `_` and `.`
@@ -129,6 +129,9 @@ pub struct RedisBackend {
     /// Collections this handle has added to the registry: later writes to
     /// them skip that round trip.
     registered: Mutex<HashSet<CollectionName>>,
+    /// The last sequence this handle saw handed out in each collection: the
+    /// batch script's guess of the next ones (see `scripts::PUT_BATCH`).
+    last_sequence: Mutex<HashMap<CollectionName, u64>>,
 }
 
 impl RedisBackend {
@@ -169,6 +172,7 @@ impl RedisBackend {
             connect_timeout: config.connect_timeout,
             connection: tokio::sync::Mutex::new(connection),
             registered: Mutex::new(HashSet::new()),
+            last_sequence: Mutex::new(HashMap::new()),
         })
     }
 
@@ -214,16 +218,19 @@ impl RedisBackend {
         Ok(())
     }
 
-    fn fail(
-        &self,
-        operation: &str,
-        collection: Option<&CollectionName>,
-    ) -> impl FnOnce(fred::error::Error) -> Error + '_ {
-        let operation = match collection {
-            Some(c) => format!("{operation} in collection {:?}", c.as_str()),
-            None => operation.to_owned(),
-        };
-        move |e| error::map(e, operation, &self.address)
+    /// Maps a client error; the message is only built when a call fails.
+    fn fail<'a>(
+        &'a self,
+        operation: &'a str,
+        collection: Option<&'a CollectionName>,
+    ) -> impl FnOnce(fred::error::Error) -> Error + 'a {
+        move |e| {
+            let operation = match collection {
+                Some(c) => format!("{operation} in collection {:?}", c.as_str()),
+                None => operation.to_owned(),
+            };
+            error::map(e, operation, &self.address)
+        }
     }
 
     /// Runs a script, loading it first if the server does not know it.
@@ -500,6 +507,51 @@ fn expected_argument(expected: Option<&Token>) -> String {
     }
 }
 
+/// The arguments of the batch script for `writes` (at most [`CHUNK`]): their
+/// number, the newest stamp among them, the guessed sequence of the first
+/// write (0 for none), then the ids, the expectations, the `_timestamp`s and
+/// the values — each record's JSON, after its guessed sequence and a space
+/// when there is a guess — each as one run.
+fn batch_arguments(writes: &[Write], guess: u64) -> Vec<Value> {
+    let n = writes.len();
+    // A guess is only worth sending while every guessed sequence is one
+    // the store may hand out.
+    let guess = if guess > 0 && guess.saturating_add(n as u64) <= MAX_SEQUENCE {
+        guess
+    } else {
+        0
+    };
+    let mut args = Vec::with_capacity(3 + 4 * n);
+    args.push(Value::Integer(n as i64));
+    let newest = writes.iter().map(|w| w.record.newest_stamp()).max();
+    args.push(Value::from(
+        newest.map(Stamp::to_string).unwrap_or_default(),
+    ));
+    args.push(Value::Integer(guess as i64));
+    args.extend(writes.iter().map(|w| Value::from(w.record.id().as_str())));
+    args.extend(
+        writes
+            .iter()
+            .map(|w| Value::from(expected_argument(w.expected.as_ref()))),
+    );
+    args.extend(writes.iter().map(|w| {
+        // Millis stay far below 2^63 (a stamp holds 48 bits of them).
+        Value::Integer(i64::try_from(w.record.newest_stamp().millis()).unwrap_or(i64::MAX))
+    }));
+    args.extend(writes.iter().zip(guess..).map(|(w, sequence)| {
+        let json = w.record.to_json_string();
+        if guess == 0 {
+            return Value::from(json);
+        }
+        let mut value = String::with_capacity(json.len() + 17);
+        value.push_str(&sequence.to_string());
+        value.push(' ');
+        value.push_str(&json);
+        Value::from(value)
+    }));
+    args
+}
+
 impl Drop for RedisBackend {
     fn drop(&mut self) {
         if !self.closed.load(Ordering::Acquire) {
@@ -612,38 +664,15 @@ impl StorageBackend for RedisBackend {
         }
         self.register(collection).await?;
         let keys = self.keys.collection(collection);
-        let script_keys = vec![
-            keys.records.clone(),
-            keys.feed.clone(),
-            keys.time.clone(),
-            keys.seq.clone(),
-            keys.newest.clone(),
-        ];
+        let script_keys = vec![keys.records, keys.feed, keys.time, keys.seq, keys.newest];
         let mut outcomes = Vec::with_capacity(writes.len());
         for slice in writes.chunks(CHUNK) {
-            // Ranks by stamp, so the script keeps the newest stamp written
-            // without comparing stamps itself.
-            let mut order: Vec<usize> = (0..slice.len()).collect();
-            order.sort_by(|&a, &b| {
-                slice[a]
-                    .record
-                    .newest_stamp()
-                    .cmp(slice[b].record.newest_stamp())
-            });
-            let mut rank = vec![0; slice.len()];
-            for (position, &index) in order.iter().enumerate() {
-                rank[index] = position;
-            }
-            let mut args = Vec::with_capacity(slice.len() * 6);
-            for (write, rank) in slice.iter().zip(rank) {
-                let stamp = write.record.newest_stamp();
-                args.push(Value::from(write.record.id().as_str()));
-                args.push(Value::from(expected_argument(write.expected.as_ref())));
-                args.push(Value::from(stamp.millis().to_string()));
-                args.push(Value::from(rank as i64));
-                args.push(Value::from(stamp.to_string()));
-                args.push(Value::from(write.record.to_json_string()));
-            }
+            let guess = self
+                .last_sequence
+                .lock()
+                .get(collection)
+                .map_or(0, |last| last + 1);
+            let args = batch_arguments(slice, guess);
             let reply = self
                 .eval(
                     &self.scripts.put_batch,
@@ -661,13 +690,17 @@ impl StorageBackend for RedisBackend {
                     "not one outcome per write",
                 ));
             }
+            let mut last = None;
             for sequence in sequences {
                 outcomes.push(match sequence.as_u64() {
                     Some(0) => WriteOutcome::Conflict,
-                    Some(sequence) => WriteOutcome::Written {
-                        token: Token::Sequence(sequence),
-                        cursor: Cursor::new(sequence),
-                    },
+                    Some(sequence) => {
+                        last = last.max(Some(sequence));
+                        WriteOutcome::Written {
+                            token: Token::Sequence(sequence),
+                            cursor: Cursor::new(sequence),
+                        }
+                    }
                     None => {
                         return Err(error::unexpected_reply(
                             "writing records",
@@ -676,6 +709,9 @@ impl StorageBackend for RedisBackend {
                         ))
                     }
                 });
+            }
+            if let Some(last) = last {
+                self.last_sequence.lock().insert(collection.clone(), last);
             }
         }
         Ok(outcomes)

@@ -25,29 +25,50 @@ end
 /// Conditional batch write.
 ///
 /// KEYS: records, feed, time, seq, newest.
-/// ARGV: six per write — id, expected, millis, rank, stamp, json — where
-/// `expected` is `''` for "must not exist", the decimal sequence the record
-/// must still have, or anything else for "never matches"; `rank` orders the
-/// writes of the batch by stamp, so the script keeps the newest stamp
-/// without comparing stamp strings itself (Lua compares strings by locale).
+/// ARGV: `n`, the newest stamp of the batch, the guessed sequence `g` (0 for
+/// none), then four runs of `n` values: the ids, the expectations, the
+/// millis (`_timestamp`) and the values. An expectation is `''` for "must
+/// not exist", the decimal sequence the record must still have, or anything
+/// else for "never matches". The ids come as one run so that one `ZMSCORE`
+/// reads every current sequence.
+///
+/// A value is the record's JSON, or, with a guess, `"<g + i - 1> <JSON>"`
+/// for the `i`-th write: the stored form if every write before it in the
+/// batch happens and the counter stood at `g - 1`, as it does for a handle
+/// that wrote last. A write whose sequence matches its guess stores its
+/// value as it came; any other gets its value rebuilt around its sequence —
+/// so the stored value is the same either way, and a right guess saves the
+/// server copying every record once more.
 ///
 /// Returns one integer per write: its new sequence, or 0 for a conflict.
 /// Checks run write by write, in order, against the state including the
 /// batch's earlier writes; the writes themselves are applied together at the
-/// end, so a script that fails writes nothing.
+/// end, so a script that fails writes nothing. Once any write happened the
+/// newest stamp of the batch is kept — at least the newest stamp written,
+/// which is what [`newest_stamp`](syncforge_core::StorageBackend::newest_stamp)
+/// promises — so the script never compares stamp strings itself (Lua
+/// compares strings by locale).
 const PUT_BATCH: &str = r"
 local records, feed = KEYS[1], KEYS[2]
+local n, guess = tonumber(ARGV[1]), tonumber(ARGV[3])
+if n == nil or guess == nil or #ARGV ~= 4 * n + 3 then
+  return redis.error_reply('ERR syncforge: malformed batch')
+end
+local ids, expects, millis, values = 3, 3 + n, 3 + 2 * n, 3 + 3 * n
+local scores = {}
+for i = 1, n, 1000 do
+  local part = redis.call('ZMSCORE', feed, unpack(ARGV, ids + i, ids + math.min(i + 999, n)))
+  for j = 1, #part do scores[i + j - 1] = part[j] end
+end
 local seq = tonumber(redis.call('GET', KEYS[4]) or '0')
 local written = {}
-local out = {}
-local hset, zfeed, ztime = {}, {}, {}
-local newest_rank, newest_stamp = -1, false
-for i = 1, #ARGV, 6 do
-  local id, expected = ARGV[i], ARGV[i + 1]
+local out, hset, zfeed, ztime = {}, {}, {}, {}
+local w = 0
+for i = 1, n do
+  local id, expected = ARGV[ids + i], ARGV[expects + i]
   local current = written[id]
   if current == nil then
-    local score = redis.call('ZSCORE', feed, id)
-    current = score and tonumber(score) or false
+    current = scores[i] and tonumber(scores[i]) or false
   end
   local matches
   if expected == '' then
@@ -61,33 +82,34 @@ for i = 1, #ARGV, 6 do
       return redis.error_reply('ERR syncforge: the change sequence of ' .. feed .. ' is exhausted (2^53)')
     end
     local s = string.format('%d', seq)
-    written[id] = seq
-    hset[#hset + 1] = id
-    hset[#hset + 1] = s .. ' ' .. ARGV[i + 5]
-    zfeed[#zfeed + 1] = s
-    zfeed[#zfeed + 1] = id
-    ztime[#ztime + 1] = ARGV[i + 2]
-    ztime[#ztime + 1] = id
-    local rank = tonumber(ARGV[i + 3])
-    if rank > newest_rank then
-      newest_rank, newest_stamp = rank, ARGV[i + 4]
+    local value = ARGV[values + i]
+    if guess == 0 then
+      value = s .. ' ' .. value
+    elseif seq ~= guess + i - 1 then
+      value = s .. string.sub(value, (string.find(value, ' ', 1, true)))
     end
-    out[#out + 1] = seq
+    written[id] = seq
+    hset[2 * w + 1] = id
+    hset[2 * w + 2] = value
+    zfeed[2 * w + 1] = s
+    zfeed[2 * w + 2] = id
+    ztime[2 * w + 1] = ARGV[millis + i]
+    ztime[2 * w + 2] = id
+    w = w + 1
+    out[i] = seq
   else
-    out[#out + 1] = 0
+    out[i] = 0
   end
 end
-local function bulk(command, key, args)
-  for i = 1, #args, 1000 do
-    redis.call(command, key, unpack(args, i, math.min(i + 999, #args)))
+if w > 0 then
+  for i = 1, 2 * w, 1000 do
+    local last = math.min(i + 999, 2 * w)
+    redis.call('HSET', records, unpack(hset, i, last))
+    redis.call('ZADD', feed, unpack(zfeed, i, last))
+    redis.call('ZADD', KEYS[3], unpack(ztime, i, last))
   end
-end
-if newest_stamp then
-  bulk('HSET', records, hset)
-  bulk('ZADD', feed, zfeed)
-  bulk('ZADD', KEYS[3], ztime)
   redis.call('SET', KEYS[4], string.format('%d', seq))
-  redis.call('ZADD', KEYS[5], 0, newest_stamp)
+  redis.call('ZADD', KEYS[5], 0, ARGV[2])
   redis.call('ZREMRANGEBYRANK', KEYS[5], 0, -2)
 end
 return out

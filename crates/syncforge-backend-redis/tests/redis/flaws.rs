@@ -101,6 +101,59 @@ async fn two_engines_hammering_the_same_records_lose_no_update() {
     remove_prefix(&config).await;
 }
 
+/// The batch script stores each value with the sequence it assigns, also
+/// when the handle's guess of the next sequences is wrong: after another
+/// handle wrote, and after a conflict in the middle of a batch shifts every
+/// later sequence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_sequence_guesses_still_store_the_assigned_sequences() {
+    let Some(config) = standalone("guess").await else {
+        return;
+    };
+    let prefix = config.key_prefix.clone();
+    let notes = coll("guesses");
+    let first = RedisBackend::connect(config.clone()).await.unwrap();
+    let second = RedisBackend::connect(config.clone()).await.unwrap();
+    let mut hlc = Hlc::new(ClientId::new("guesser").unwrap());
+    let batch = |hlc: &mut Hlc, from: usize| -> Vec<Write> {
+        (from..from + 10)
+            .map(|i| Write::create(record(hlc, &format!("g{i:03}"), 0)))
+            .collect()
+    };
+    // No guess yet, then a right one.
+    first.put_batch(&notes, &batch(&mut hlc, 0)).await.unwrap();
+    first.put_batch(&notes, &batch(&mut hlc, 10)).await.unwrap();
+    // Another handle moves the counter: the first one's guess is stale.
+    second
+        .put_batch(&notes, &batch(&mut hlc, 20))
+        .await
+        .unwrap();
+    let mut stale = batch(&mut hlc, 30);
+    // A conflict in the middle: every later write gets one sequence less
+    // than guessed.
+    stale[4] = Write::create(record(&mut hlc, "g000", 1));
+    let outcomes = first.put_batch(&notes, &stale).await.unwrap();
+    assert_eq!(outcomes[4], WriteOutcome::Conflict);
+    let sequences: Vec<u64> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            WriteOutcome::Written { cursor, .. } => Some(cursor.get()),
+            WriteOutcome::Conflict => None,
+        })
+        .collect();
+    assert_eq!(sequences, (31..=39).collect::<Vec<u64>>());
+    // And once more after the conflict, with the guess right again.
+    first.put_batch(&notes, &batch(&mut hlc, 40)).await.unwrap();
+
+    let raw = raw_client(&config).await.unwrap();
+    let stored = assert_consistent(&raw, &prefix, "guesses").await;
+    assert_eq!(stored.len(), 49);
+    raw.quit().await.ok();
+    first.close().await.unwrap();
+    second.close().await.unwrap();
+    remove_prefix(&config).await;
+}
+
 /// A hard delete removes the record from the hash and from both indexes;
 /// nothing of it stays in the feed or the time query.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
