@@ -18,11 +18,11 @@ use syncforge_core::{
     Change, ChangePage, CollectionName, Cursor, Error, IntoName, Record, RecordId, Result, SyncPeer,
 };
 
+use crate::parallel;
 use crate::protocol::{
     CollectionList, CursorRanges, ErrorBody, ErrorCode, Health, Limits, SyncResponse,
     MAX_SKIP_RANGES,
 };
-use crate::{canonical, parallel};
 
 /// The backend name in this crate's errors.
 const BACKEND: &str = "http";
@@ -451,7 +451,7 @@ impl HttpPeer {
                         let answer = self.send_records(&collection, body.finish()).await?;
                         total = Some(sum(total, answer));
                     }
-                    body.push(text);
+                    body.push(text.as_bytes());
                 }
             }
         }
@@ -742,7 +742,7 @@ impl RequestBody {
 
 /// Records encoded as JSON, one after the other.
 struct Encoded {
-    text: Vec<u8>,
+    text: String,
     /// Where each record's JSON ends in `text`.
     ends: Vec<usize>,
     /// Each record's id, to name one too large to send.
@@ -757,26 +757,24 @@ async fn encode(records: Vec<Record>) -> Result<Vec<Encoded>> {
     for chunk in parallel::in_chunks(records, |chunk, _| encode_chunk(chunk)).await {
         let chunk = chunk.map_err(|error| {
             Error::storage(BACKEND, format!("a record encoding task failed: {error}"))
-        })??;
+        })?;
         encoded.push(chunk);
     }
     Ok(encoded)
 }
 
-fn encode_chunk(records: Vec<Record>) -> Result<Encoded> {
+fn encode_chunk(records: Vec<Record>) -> Encoded {
     let mut encoded = Encoded {
-        text: Vec::new(),
+        text: String::new(),
         ends: Vec::with_capacity(records.len()),
         ids: Vec::with_capacity(records.len()),
     };
     for record in records {
-        canonical::write_record(&mut encoded.text, &record).map_err(|error| {
-            Error::invalid_record(Some(record.id().as_str()), error.to_string())
-        })?;
+        record.write_json(&mut encoded.text);
         encoded.ends.push(encoded.text.len());
         encoded.ids.push(record.id().clone());
     }
-    Ok(encoded)
+    encoded
 }
 
 /// A feed page with its records still JSON text, borrowed from the body:

@@ -64,7 +64,6 @@ pub use server::{
 };
 
 #[cfg(any(feature = "client", feature = "server"))]
-mod canonical;
 #[cfg(feature = "client")]
 #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
 mod client;

@@ -32,11 +32,6 @@ impl Record {
         Value::Object(map)
     }
 
-    /// The canonical JSON form as a string.
-    pub fn to_json_string(&self) -> String {
-        self.to_json().to_string()
-    }
-
     fn sync_state(&self) -> Map<String, Value> {
         let mut live = Map::new();
         let mut removed = Map::new();

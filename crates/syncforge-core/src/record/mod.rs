@@ -3,6 +3,7 @@
 //!
 //! The JSON form is described on [`Record`].
 
+mod canonical;
 mod content;
 mod fields;
 mod json;

@@ -32,11 +32,11 @@ use tracing::Instrument;
 use super::error::ApiError;
 use super::options::{digest, Access, AccessToken, Cors, ServerOptions, DEFAULT_PAGE};
 use super::{Replica, WatchGuard};
+use crate::parallel;
 use crate::protocol::{
     CollectionList, CursorRanges, ErrorCode, Health, SyncResponse, MAX_SKIP_RANGES,
     PROTOCOL_HEADER, PROTOCOL_VERSION,
 };
-use crate::{canonical, parallel};
 
 /// Most backend pages one feed request reads while skipping echoes, so that
 /// a request's work stays bounded whatever the skip list.
@@ -332,9 +332,7 @@ async fn page_body(
     body.extend_from_slice(b",\"changes\":[");
     let mut empty = true;
     for chunk in chunks {
-        let chunk = chunk
-            .map_err(|error| failed(&error))?
-            .map_err(|error| failed(&error))?;
+        let chunk = chunk.map_err(|error| failed(&error))?;
         if chunk.is_empty() {
             continue;
         }
@@ -355,19 +353,19 @@ async fn page_body(
 }
 
 /// `{"cursor":N,"record":{...}}` for each change, comma-separated.
-fn write_changes(changes: &[syncforge_core::Change]) -> serde_json::Result<Vec<u8>> {
-    let mut out = Vec::new();
+fn write_changes(changes: &[syncforge_core::Change]) -> Vec<u8> {
+    let mut out = String::new();
     for (index, change) in changes.iter().enumerate() {
         if index > 0 {
-            out.push(b',');
+            out.push(',');
         }
-        out.extend_from_slice(b"{\"cursor\":");
-        serde_json::to_writer(&mut out, &change.cursor)?;
-        out.extend_from_slice(b",\"record\":");
-        canonical::write_record(&mut out, &change.record)?;
-        out.push(b'}');
+        out.push_str("{\"cursor\":");
+        out.push_str(itoa::Buffer::new().format(change.cursor.get()));
+        out.push_str(",\"record\":");
+        change.record.write_json(&mut out);
+        out.push('}');
     }
-    Ok(out)
+    out.into_bytes()
 }
 
 async fn sync(

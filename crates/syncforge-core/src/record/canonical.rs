@@ -1,0 +1,323 @@
+//! The canonical JSON text of a record, written straight from the record:
+//! no `Value` is built, no content copied, no stamp formatted into a string
+//! of its own, and text that needs no escape copied whole. The output is the
+//! text serde_json writes for [`Record::to_json`] (objects sorted by key),
+//! byte for byte; the tests hold the two equal.
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+use super::{Record, CLIENT_ID_KEY, DELETED_KEY, ID_KEY, SYNC_KEY, TIMESTAMP_KEY, VERSION_KEY};
+use crate::hlc::Stamp;
+
+/// The record's own members, sorted by name (byte order, as serde_json's map
+/// sorts). Content field names are never one of these (they are reserved).
+const MEMBERS: [Member; 6] = [
+    Member::ClientId,
+    Member::Deleted,
+    Member::Sync,
+    Member::Timestamp,
+    Member::Version,
+    Member::Id,
+];
+
+#[derive(Clone, Copy)]
+enum Member {
+    ClientId,
+    Deleted,
+    Sync,
+    Timestamp,
+    Version,
+    Id,
+}
+
+impl Member {
+    fn name(self) -> &'static str {
+        match self {
+            Member::ClientId => CLIENT_ID_KEY,
+            Member::Deleted => DELETED_KEY,
+            Member::Sync => SYNC_KEY,
+            Member::Timestamp => TIMESTAMP_KEY,
+            Member::Version => VERSION_KEY,
+            Member::Id => ID_KEY,
+        }
+    }
+}
+
+impl Record {
+    /// The canonical JSON form as a string: the text of
+    /// [`to_json`](Record::to_json), written without building it.
+    pub fn to_json_string(&self) -> String {
+        let mut out = String::with_capacity(256);
+        self.write_json(&mut out);
+        out
+    }
+
+    /// Appends the canonical JSON form to `out`, as
+    /// [`to_json_string`](Record::to_json_string) returns it, so that many
+    /// records can be written into one buffer.
+    pub fn write_json(&self, out: &mut String) {
+        out.push('{');
+        let mut first = true;
+        let mut fields = self.fields().peekable();
+        for member in MEMBERS {
+            // Content fields sort among the record's own members: a walk
+            // of both sorted sequences keeps serde_json's key order.
+            while let Some((name, value)) = fields.next_if(|(name, _)| *name < member.name()) {
+                separate(out, &mut first);
+                write_key(out, name);
+                write_value(out, value);
+            }
+            separate(out, &mut first);
+            write_key(out, member.name());
+            self.write_member(out, member);
+        }
+        for (name, value) in fields {
+            separate(out, &mut first);
+            write_key(out, name);
+            write_value(out, value);
+        }
+        out.push('}');
+    }
+
+    fn write_member(&self, out: &mut String, member: Member) {
+        let newest = self.newest_stamp();
+        match member {
+            Member::ClientId => write_str(out, newest.client().as_str()),
+            Member::Deleted => out.push_str(if self.is_deleted() { "true" } else { "false" }),
+            Member::Sync => self.write_sync(out),
+            Member::Timestamp => write_u64(out, newest.millis()),
+            Member::Version => write_u64(out, self.version()),
+            Member::Id => write_str(out, self.id().as_str()),
+        }
+    }
+
+    /// `_sync`: `deleted`, `fields`, `removed`, `versions`, `written`, in
+    /// that (sorted) order.
+    fn write_sync(&self, out: &mut String) {
+        out.push('{');
+        if let Some(tombstone) = self.tombstone() {
+            out.push_str("\"deleted\":");
+            write_stamp(out, tombstone);
+            out.push(',');
+        }
+        out.push_str("\"fields\":");
+        self.write_field_stamps(out, true);
+        if self
+            .field_states()
+            .iter()
+            .any(|(_, state)| state.value().is_none())
+        {
+            out.push_str(",\"removed\":");
+            self.write_field_stamps(out, false);
+        }
+        out.push_str(",\"versions\":{");
+        let mut first = true;
+        for (client, count) in self.versions().iter() {
+            separate(out, &mut first);
+            write_key(out, client.as_str());
+            write_u64(out, count);
+        }
+        out.push_str("},\"written\":");
+        write_stamp(out, self.written());
+        out.push('}');
+    }
+
+    /// The stamps of the live (or the removed) fields, by name.
+    fn write_field_stamps(&self, out: &mut String, live: bool) {
+        out.push('{');
+        let mut first = true;
+        for (name, state) in self.field_states().iter() {
+            if state.value().is_some() == live {
+                separate(out, &mut first);
+                write_key(out, name);
+                write_stamp(out, state.stamp());
+            }
+        }
+        out.push('}');
+    }
+}
+
+fn separate(out: &mut String, first: &mut bool) {
+    if !std::mem::take(first) {
+        out.push(',');
+    }
+}
+
+fn write_key(out: &mut String, name: &str) {
+    write_str(out, name);
+    out.push(':');
+}
+
+/// A stamp as a JSON string: its `Display` form, `{:012x}.{:08x}.{client}`.
+fn write_stamp(out: &mut String, stamp: &Stamp) {
+    out.push('"');
+    // Writing into a String cannot fail.
+    let _ = write!(out, "{:012x}.{:08x}.", stamp.millis(), stamp.counter());
+    write_escaped(out, stamp.client().as_str());
+    out.push('"');
+}
+
+/// A JSON value as serde_json writes it (objects sorted by key, as its map
+/// keeps them).
+fn write_value(out: &mut String, value: &Value) {
+    match value {
+        Value::Null => out.push_str("null"),
+        Value::Bool(true) => out.push_str("true"),
+        Value::Bool(false) => out.push_str("false"),
+        Value::Number(number) => write_number(out, number),
+        Value::String(text) => write_str(out, text),
+        Value::Array(items) => {
+            out.push('[');
+            let mut first = true;
+            for item in items {
+                separate(out, &mut first);
+                write_value(out, item);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            out.push('{');
+            let mut first = true;
+            for (key, item) in map {
+                separate(out, &mut first);
+                write_key(out, key);
+                write_value(out, item);
+            }
+            out.push('}');
+        }
+    }
+}
+
+fn write_u64(out: &mut String, value: u64) {
+    out.push_str(itoa::Buffer::new().format(value));
+}
+
+/// Integers as serde_json writes them; a float in its `Display` form, which
+/// is serde_json's own (the shortest text that reads back the same).
+fn write_number(out: &mut String, number: &serde_json::Number) {
+    if let Some(value) = number.as_u64() {
+        write_u64(out, value);
+    } else if let Some(value) = number.as_i64() {
+        out.push_str(itoa::Buffer::new().format(value));
+    } else {
+        // Writing into a String cannot fail.
+        let _ = write!(out, "{number}");
+    }
+}
+
+fn write_str(out: &mut String, text: &str) {
+    out.push('"');
+    write_escaped(out, text);
+    out.push('"');
+}
+
+/// The inside of a JSON string, escaped as serde_json escapes: `"`, `\` and
+/// the control characters, with the short forms where JSON has them.
+fn write_escaped(out: &mut String, text: &str) {
+    let mut start = 0;
+    for (index, byte) in text.bytes().enumerate() {
+        let escape = match byte {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0x00..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&text[start..index]);
+        if escape.is_empty() {
+            let _ = write!(out, "\\u{byte:04x}");
+        } else {
+            out.push_str(escape);
+        }
+        start = index + 1;
+    }
+    out.push_str(&text[start..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::{merge, ConflictStrategy, Content, MAX_STAMP_MILLIS};
+
+    fn stamp(millis: u64, counter: u32, client: &str) -> Stamp {
+        Stamp::new(millis, counter, client).unwrap()
+    }
+
+    fn content(value: Value) -> Content {
+        Content::from_value(value).unwrap()
+    }
+
+    fn same_as_serde_json(record: &Record) {
+        let text = record.to_json_string();
+        assert_eq!(text, serde_json::to_string(&record.to_json()).unwrap());
+        assert_eq!(text, serde_json::to_string(record).unwrap());
+    }
+
+    #[test]
+    fn writes_exactly_the_canonical_form() {
+        let mut record = Record::create(
+            content(json!({
+                "id": "r-1", "name": "A \"quoted\"\n\u{7f} é 😀\u{1}\u{8}\u{c}\r\t", "age": 3,
+                "score": -0.0, "Upper": [1, {"b": null, "a": 2.5, "k\\\"\u{1f}": "\\"}],
+                "0digit": true, "zz": {}, "ü": "", "_under": 1, "i": 2, "idz": 3,
+                "we\"ird\tkey": [1e300, -7, 18446744073709551615u64, 0.1, -9223372036854775808i64],
+            })),
+            &stamp(1_700_000_000_000, 0, "tablet"),
+        );
+        same_as_serde_json(&record);
+        // A field removed, one changed, by another client.
+        record
+            .apply_put(
+                content(json!({"id": "r-1", "name": "B", "age": 4, "Upper": 1, "zz": {}, "ü": ""})),
+                &stamp(1_700_000_000_005, 2, "hq"),
+            )
+            .unwrap();
+        same_as_serde_json(&record);
+        // Deleted, then merged with a concurrent write of a third client.
+        let mut deleted = record.clone();
+        deleted
+            .apply_delete(&stamp(1_700_000_000_009, 0, "a-client"))
+            .unwrap();
+        same_as_serde_json(&deleted);
+        let mut concurrent = record.clone();
+        concurrent
+            .apply_put(
+                content(json!({"id": "r-1", "late": "x"})),
+                &stamp(1_700_000_000_010, 7, "Zed \"q\""),
+            )
+            .unwrap();
+        same_as_serde_json(&concurrent);
+        same_as_serde_json(&merge(&deleted, &concurrent, ConflictStrategy::Crdt).unwrap());
+        // A record read from the TypeScript library's form.
+        let seeded = Record::from_json(json!({
+            "id": "ts", "v": 1, "_version": 1, "_timestamp": 5, "_deleted": false, "_clientId": "web"
+        }))
+        .unwrap();
+        same_as_serde_json(&seeded);
+    }
+
+    #[test]
+    fn stamps_are_written_as_they_display() {
+        for (millis, counter) in [
+            (0, 0),
+            (1, 1),
+            (0xfff_ffff_ffff, u32::MAX),
+            (MAX_STAMP_MILLIS, 0x10),
+        ] {
+            for client in ["tablet", "client \"1\" \\"] {
+                let stamp = stamp(millis, counter, client);
+                let mut text = String::new();
+                write_stamp(&mut text, &stamp);
+                assert_eq!(text, serde_json::to_string(&stamp.to_string()).unwrap());
+            }
+        }
+    }
+}
