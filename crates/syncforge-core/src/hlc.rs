@@ -9,7 +9,6 @@
 //! stamps.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,7 +49,7 @@ fn shared_client(id: &str) -> ClientId {
     const MAX_SHARED_LEN: usize = 128;
     const MAX_SHARED_IDS: usize = 1024;
     thread_local! {
-        static IDS: RefCell<HashMap<String, ClientId>> = RefCell::new(HashMap::new());
+        static IDS: RefCell<foldhash::HashMap<String, ClientId>> = RefCell::new(foldhash::HashMap::default());
     }
     if id.len() > MAX_SHARED_LEN {
         return ClientId(Arc::new(id.to_owned()));

@@ -21,6 +21,7 @@
 mod support;
 
 use std::collections::HashMap;
+use std::hint::black_box;
 use std::time::SystemTime;
 
 use criterion::Criterion;
@@ -187,9 +188,58 @@ fn w4_incremental(c: &mut Criterion, rt: &Runtime, size: usize, id: &str) {
     });
 }
 
+/// Runs `run` once, outside criterion: the one function a profiler is told
+/// to record (`valgrind --tool=callgrind --toggle-collect='*profiled*'`), so
+/// setups and checks stay out of the counts.
+#[inline(never)]
+fn profiled<O>(run: impl FnOnce() -> O) -> O {
+    black_box(run())
+}
+
+/// `SYNCFORGE_BENCH_PROFILE=<row>`: one run of that row's workload under
+/// [`profiled`], set up as its benchmark sets it up; no criterion, no timing.
+fn profile(rt: &Runtime, row: &str) {
+    match row {
+        "w1_put" => {
+            let people: Vec<Person> = (0..RECORDS).map(Person::nth).collect();
+            let target = rt.block_on(engine("w1", MemoryBackend::new()));
+            profiled(|| {
+                rt.block_on(async {
+                    for person in &people {
+                        target.put(COLLECTION, person).await.unwrap();
+                    }
+                })
+            });
+        }
+        "w2_sync_empty" => {
+            let base = written_records(rt, "writer", RECORDS);
+            let target = rt.block_on(engine("w2", MemoryBackend::new()));
+            let result = profiled(|| rt.block_on(target.sync(COLLECTION, base)).unwrap());
+            assert_eq!(result.added, RECORDS);
+        }
+        "w3_sync_crdt" => {
+            let base = written_records(rt, "writer", RECORDS);
+            let sides = diverge(rt, &base);
+            drop(base);
+            let receiver = rt.block_on(engine_holding("receiver", &sides.local));
+            let result = profiled(|| {
+                rt.block_on(receiver.sync(COLLECTION, sides.remote))
+                    .unwrap()
+            });
+            assert_eq!(result.updated, CHANGED_EACH_SIDE);
+            assert_no_edit_lost(rt, &receiver);
+        }
+        other => panic!("no profile for row {other:?}; rows: w1_put, w2_sync_empty, w3_sync_crdt"),
+    }
+}
+
 fn main() {
     let since = SystemTime::now();
     let rt = runtime();
+    if let Some(row) = std::env::var_os("SYNCFORGE_BENCH_PROFILE") {
+        profile(&rt, &row.to_string_lossy());
+        return;
+    }
     let mut c = support::criterion();
     let base = written_records(&rt, "writer", RECORDS);
     baseline(&mut c, &base);

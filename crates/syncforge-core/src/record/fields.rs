@@ -1,7 +1,7 @@
 //! Field states and the table that shares field names between records.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -73,7 +73,7 @@ fn shared_name(name: String) -> Arc<str> {
     const MAX_SHARED_LEN: usize = 64;
     const MAX_SHARED_NAMES: usize = 4096;
     thread_local! {
-        static NAMES: RefCell<HashSet<Arc<str>>> = RefCell::new(HashSet::new());
+        static NAMES: RefCell<foldhash::HashSet<Arc<str>>> = RefCell::new(foldhash::HashSet::default());
     }
     if name.len() > MAX_SHARED_LEN {
         return Arc::from(name);
