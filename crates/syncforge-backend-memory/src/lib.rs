@@ -286,6 +286,10 @@ impl StorageBackend for MemoryBackend {
             Some(c) => c,
             None => state.collections.entry(collection.clone()).or_default(),
         };
+        // Room for every write up front: growing the table and the log
+        // step by step rehashed and copied them mid-batch.
+        target.records.reserve(writes.len());
+        target.log.reserve(writes.len());
         let newest = &mut state.newest;
         Ok(writes
             .iter()

@@ -426,7 +426,12 @@ impl Hlc {
     /// How far `stamp` lies ahead of local physical time beyond the drift
     /// bound, if it does: `Some(ahead_ms)` means it must be refused.
     pub fn drift_excess(&self, stamp: &Stamp) -> Option<u64> {
-        let physical = self.time.now_millis();
+        self.drift_excess_at(stamp, self.time.now_millis())
+    }
+
+    /// [`drift_excess`](Self::drift_excess) against a physical time read
+    /// beforehand, so that a batch of stamps is checked with one clock read.
+    pub fn drift_excess_at(&self, stamp: &Stamp, physical: u64) -> Option<u64> {
         let ahead = stamp.millis.saturating_sub(physical);
         (ahead > self.max_drift_ms).then_some(ahead)
     }

@@ -367,6 +367,7 @@ fn from_sync_state(
         written,
         tombstone,
         versions: vv,
+        newest: Default::default(),
     }))
 }
 

@@ -47,6 +47,7 @@ pub(super) fn from_seed(
         written,
         tombstone,
         versions,
+        newest: Default::default(),
     }))
 }
 
