@@ -172,10 +172,7 @@ impl Collection {
     /// type and ignored, so a record read from the engine can be put back.
     pub async fn put<T: Serialize + ?Sized>(&self, doc: &T) -> Result<Record> {
         self.engine.check_open()?;
-        let value = serde_json::to_value(doc).map_err(|e| {
-            Error::invalid_record(None, format!("cannot be serialised to JSON: {e}"))
-        })?;
-        let content = Content::from_value(value)?;
+        let content = Content::from_serialize(doc)?;
         let id = content.id().clone();
         let applied = self.apply_one(id.clone(), Intent::Put(content)).await?;
         applied.ok_or_else(|| self.lost_record(&id))

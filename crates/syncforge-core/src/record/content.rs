@@ -1,10 +1,14 @@
 //! The user content of a write.
 
+use std::sync::Arc;
+
+use serde::ser::{Impossible, Serialize, SerializeMap, SerializeStruct, Serializer};
 use serde_json::{Map, Value};
 
-use super::json::open_object;
-use super::RESERVED_KEYS;
-use crate::error::Result;
+use super::fields::shared_name;
+use super::is_reserved;
+use super::json::{check_metadata_types, open_object, positive_zero, take_id};
+use crate::error::{Error, Result};
 use crate::names::RecordId;
 
 /// The user content of a write: a valid id and the fields, without metadata.
@@ -16,17 +20,40 @@ use crate::names::RecordId;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Content {
     pub(super) id: RecordId,
-    pub(super) fields: Map<String, Value>,
+    /// Sorted by name, no name twice; names shared as records hold them, so
+    /// a record is built from them without copying a name.
+    pub(super) fields: Vec<(Arc<str>, Value)>,
 }
 
 impl Content {
     /// Validates a JSON value as record content.
     pub fn from_value(value: Value) -> Result<Content> {
-        let (id, mut map) = open_object(value)?;
-        for key in RESERVED_KEYS {
-            map.remove(key);
+        let (id, map) = open_object(value)?;
+        // A map iterates sorted and without repeats.
+        let fields = map
+            .into_iter()
+            .filter(|(key, _)| !is_reserved(key))
+            .map(|(key, value)| (shared_name(&key), value))
+            .collect();
+        Ok(Content { id, fields })
+    }
+
+    /// Validates any serialisable value as record content, with the same
+    /// checks and errors as [`from_value`](Self::from_value).
+    ///
+    /// A struct or a map with string keys (what nearly every caller puts) is
+    /// taken apart field by field: each value becomes JSON on its own, and no
+    /// map of the whole object is built and searched. Anything else takes
+    /// the route through [`Value`].
+    pub fn from_serialize<T: Serialize + ?Sized>(doc: &T) -> Result<Content> {
+        match doc.serialize(Fields::default()) {
+            Ok(fields) => fields.into_content(),
+            Err(Refusal::Unsupported) => {
+                let value = serde_json::to_value(doc).map_err(unserialisable)?;
+                Content::from_value(value)
+            }
+            Err(Refusal::Invalid(error)) => Err(error),
         }
-        Ok(Content { id, fields: map })
     }
 
     /// The record id.
@@ -34,9 +61,227 @@ impl Content {
         &self.id
     }
 
-    /// The user fields.
-    pub fn fields(&self) -> &Map<String, Value> {
-        &self.fields
+    /// The user fields, as a JSON map.
+    pub fn fields(&self) -> Map<String, Value> {
+        self.fields
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    }
+}
+
+fn unserialisable(e: serde_json::Error) -> Error {
+    Error::invalid_record(None, format!("cannot be serialised to JSON: {e}"))
+}
+
+/// Why the field-by-field route did not produce content.
+#[derive(Debug)]
+enum Refusal {
+    /// Not a struct or a map with string keys: take the route through `Value`.
+    Unsupported,
+    /// The content is invalid (or a value cannot be JSON): the final answer.
+    Invalid(Error),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Unsupported => f.write_str("not an object with string keys"),
+            Refusal::Invalid(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+impl serde::ser::Error for Refusal {
+    fn custom<T: std::fmt::Display>(msg: T) -> Self {
+        Refusal::Invalid(Error::invalid_record(
+            None,
+            format!("cannot be serialised to JSON: {msg}"),
+        ))
+    }
+}
+
+/// The top level of a put: collects `(name, value)` pairs of an object.
+#[derive(Default)]
+struct Fields {
+    fields: Vec<(Arc<str>, Value)>,
+    /// The id and the metadata keys, checked once the object is complete.
+    reserved: Map<String, Value>,
+    /// A map key waiting for its value.
+    key: Option<String>,
+}
+
+impl Fields {
+    fn push(&mut self, key: &str, value: Value) {
+        if is_reserved(key) {
+            self.reserved.insert(key.to_owned(), value);
+        } else {
+            self.fields.push((shared_name(key), value));
+        }
+    }
+
+    fn into_content(mut self) -> Result<Content> {
+        let id = take_id(&mut self.reserved)?;
+        check_metadata_types(&id, &self.reserved)?;
+        let mut fields = self.fields;
+        if !fields.windows(2).all(|w| w[0].0 < w[1].0) {
+            // As in a map, the last of a repeated name counts: a stable sort
+            // keeps repeats in order, and the dedupe keeps the last.
+            fields.sort_by(|a, b| a.0.cmp(&b.0));
+            let mut unique: Vec<(Arc<str>, Value)> = Vec::with_capacity(fields.len());
+            for entry in fields {
+                match unique.last_mut() {
+                    Some(last) if last.0 == entry.0 => *last = entry,
+                    _ => unique.push(entry),
+                }
+            }
+            fields = unique;
+        }
+        Ok(Content { id, fields })
+    }
+}
+
+/// One value as JSON, normalised as stored values are.
+fn json_value<T: Serialize + ?Sized>(value: &T) -> std::result::Result<Value, Refusal> {
+    let mut value = serde_json::to_value(value).map_err(|e| Refusal::Invalid(unserialisable(e)))?;
+    positive_zero(&mut value);
+    Ok(value)
+}
+
+macro_rules! unsupported {
+    ($($method:ident($($arg:ty),*) -> $ret:ty;)*) => {
+        $(fn $method(self, $(_: $arg),*) -> std::result::Result<$ret, Refusal> {
+            Err(Refusal::Unsupported)
+        })*
+    };
+}
+
+impl Serializer for Fields {
+    type Ok = Fields;
+    type Error = Refusal;
+    type SerializeSeq = Impossible<Fields, Refusal>;
+    type SerializeTuple = Impossible<Fields, Refusal>;
+    type SerializeTupleStruct = Impossible<Fields, Refusal>;
+    type SerializeTupleVariant = Impossible<Fields, Refusal>;
+    type SerializeMap = Fields;
+    type SerializeStruct = Fields;
+    type SerializeStructVariant = Impossible<Fields, Refusal>;
+
+    unsupported! {
+        serialize_bool(bool) -> Fields;
+        serialize_i8(i8) -> Fields;
+        serialize_i16(i16) -> Fields;
+        serialize_i32(i32) -> Fields;
+        serialize_i64(i64) -> Fields;
+        serialize_u8(u8) -> Fields;
+        serialize_u16(u16) -> Fields;
+        serialize_u32(u32) -> Fields;
+        serialize_u64(u64) -> Fields;
+        serialize_f32(f32) -> Fields;
+        serialize_f64(f64) -> Fields;
+        serialize_char(char) -> Fields;
+        serialize_str(&str) -> Fields;
+        serialize_bytes(&[u8]) -> Fields;
+        serialize_unit() -> Fields;
+        serialize_unit_struct(&'static str) -> Fields;
+        serialize_unit_variant(&'static str, u32, &'static str) -> Fields;
+        serialize_seq(Option<usize>) -> Self::SerializeSeq;
+        serialize_tuple(usize) -> Self::SerializeTuple;
+        serialize_tuple_struct(&'static str, usize) -> Self::SerializeTupleStruct;
+        serialize_tuple_variant(&'static str, u32, &'static str, usize) -> Self::SerializeTupleVariant;
+        serialize_struct_variant(&'static str, u32, &'static str, usize) -> Self::SerializeStructVariant;
+        serialize_none() -> Fields;
+    }
+
+    fn serialize_some<T: Serialize + ?Sized>(self, _: &T) -> std::result::Result<Fields, Refusal> {
+        Err(Refusal::Unsupported)
+    }
+
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        _: &T,
+    ) -> std::result::Result<Fields, Refusal> {
+        Err(Refusal::Unsupported)
+    }
+
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: &T,
+    ) -> std::result::Result<Fields, Refusal> {
+        Err(Refusal::Unsupported)
+    }
+
+    fn serialize_map(self, len: Option<usize>) -> std::result::Result<Fields, Refusal> {
+        Ok(Fields {
+            fields: Vec::with_capacity(len.unwrap_or(0)),
+            ..self
+        })
+    }
+
+    fn serialize_struct(self, _: &'static str, len: usize) -> std::result::Result<Fields, Refusal> {
+        Ok(Fields {
+            fields: Vec::with_capacity(len),
+            ..self
+        })
+    }
+}
+
+impl SerializeStruct for Fields {
+    type Ok = Fields;
+    type Error = Refusal;
+
+    fn serialize_field<T: Serialize + ?Sized>(
+        &mut self,
+        key: &'static str,
+        value: &T,
+    ) -> std::result::Result<(), Refusal> {
+        let value = json_value(value)?;
+        self.push(key, value);
+        Ok(())
+    }
+
+    fn end(self) -> std::result::Result<Fields, Refusal> {
+        Ok(self)
+    }
+}
+
+impl SerializeMap for Fields {
+    type Ok = Fields;
+    type Error = Refusal;
+
+    fn serialize_key<T: Serialize + ?Sized>(
+        &mut self,
+        key: &T,
+    ) -> std::result::Result<(), Refusal> {
+        // Only string keys: serde_json turns other keys (numbers, booleans)
+        // into strings its own way, which the route through `Value` keeps.
+        match json_value(key)? {
+            Value::String(key) => {
+                self.key = Some(key);
+                Ok(())
+            }
+            _ => Err(Refusal::Unsupported),
+        }
+    }
+
+    fn serialize_value<T: Serialize + ?Sized>(
+        &mut self,
+        value: &T,
+    ) -> std::result::Result<(), Refusal> {
+        let key = self.key.take().ok_or(Refusal::Unsupported)?;
+        let value = json_value(value)?;
+        self.push(&key, value);
+        Ok(())
+    }
+
+    fn end(self) -> std::result::Result<Fields, Refusal> {
+        Ok(self)
     }
 }
 
@@ -54,5 +299,47 @@ mod tests {
         let c = content(json!({"id": "a", "_version": 3, "_sync": {}, "x": 1}));
         assert_eq!(c.fields().len(), 1);
         assert!(Content::from_value(json!({"id": "a", "_deleted": 1})).is_err());
+    }
+
+    #[test]
+    fn from_serialize_agrees_with_from_value() {
+        #[derive(serde::Serialize)]
+        struct Note<'a> {
+            title: &'a str,
+            id: &'a str,
+            n: f64,
+            tags: Vec<&'a str>,
+            #[serde(rename = "_version")]
+            version: u64,
+        }
+        let note = Note {
+            title: "t",
+            id: "n1",
+            n: -0.0,
+            tags: vec!["a"],
+            version: 2,
+        };
+        let direct = Content::from_serialize(&note).unwrap();
+        let through_value = content(serde_json::to_value(&note).unwrap());
+        assert_eq!(direct, through_value);
+        assert_eq!(
+            Value::Object(direct.fields()),
+            json!({"n": 0.0, "tags": ["a"], "title": "t"})
+        );
+        let map = std::collections::BTreeMap::from([(1, "x")]);
+        let numbered = Content::from_serialize(&map).unwrap_err().to_string();
+        assert!(numbered.contains("`id`"), "{numbered}");
+        let cases = [
+            json!({"id": 5}),
+            json!({"x": 1}),
+            json!({"id": "a", "_deleted": 1}),
+            json!([1]),
+            json!({"id": "a", "b": 1, "a": {"z": -0.0}}),
+        ];
+        for case in cases {
+            let direct = Content::from_serialize(&case).map_err(|e| e.to_string());
+            let through = Content::from_value(case.clone()).map_err(|e| e.to_string());
+            assert_eq!(direct, through, "{case}");
+        }
     }
 }

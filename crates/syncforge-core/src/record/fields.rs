@@ -69,7 +69,7 @@ pub struct FieldStates(pub(crate) Vec<(Arc<str>, FieldState)>);
 /// million. Each thread keeps a table of the short names it has seen, bounded
 /// so that records with ever-new field names cannot grow it without limit
 /// (names beyond the bound are simply not shared).
-fn shared_name(name: String) -> Arc<str> {
+pub(super) fn shared_name(name: &str) -> Arc<str> {
     const MAX_SHARED_LEN: usize = 64;
     const MAX_SHARED_NAMES: usize = 4096;
     thread_local! {
@@ -80,7 +80,7 @@ fn shared_name(name: String) -> Arc<str> {
     }
     NAMES.with(|names| {
         let mut names = names.borrow_mut();
-        if let Some(shared) = names.get(name.as_str()) {
+        if let Some(shared) = names.get(name) {
             return Arc::clone(shared);
         }
         let fresh: Arc<str> = Arc::from(name);
@@ -120,7 +120,7 @@ impl FieldStates {
         match self.position(&name) {
             Ok(i) => Some(std::mem::replace(&mut self.0[i].1, state)),
             Err(i) => {
-                self.0.insert(i, (shared_name(name), state));
+                self.0.insert(i, (shared_name(&name), state));
                 None
             }
         }
@@ -129,10 +129,6 @@ impl FieldStates {
     /// Fields and their states, sorted by name.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &FieldState)> + '_ {
         self.0.iter().map(|(k, s)| (&**k, s))
-    }
-
-    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (&str, &mut FieldState)> + '_ {
-        self.0.iter_mut().map(|(k, s)| (&**k, s))
     }
 
     /// Field names, sorted.
@@ -189,7 +185,7 @@ impl FromIterator<(String, FieldState)> for FieldStates {
         FieldStates(
             entries
                 .into_iter()
-                .map(|(name, state)| (shared_name(name), state))
+                .map(|(name, state)| (shared_name(&name), state))
                 .collect(),
         )
     }

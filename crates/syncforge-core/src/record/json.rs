@@ -188,7 +188,7 @@ pub(super) fn open_object(value: Value) -> Result<(RecordId, Map<String, Value>)
     Ok((id, map))
 }
 
-fn take_id(map: &mut Map<String, Value>) -> Result<RecordId> {
+pub(super) fn take_id(map: &mut Map<String, Value>) -> Result<RecordId> {
     match map.remove(ID_KEY) {
         Some(Value::String(id)) => RecordId::new(id),
         Some(other) => Err(Error::invalid_field(
@@ -201,7 +201,7 @@ fn take_id(map: &mut Map<String, Value>) -> Result<RecordId> {
 }
 
 /// Checks the types of the metadata keys that are present.
-fn check_metadata_types(id: &str, map: &Map<String, Value>) -> Result<()> {
+pub(super) fn check_metadata_types(id: &str, map: &Map<String, Value>) -> Result<()> {
     if let Some(v) = map.get(VERSION_KEY) {
         if v.as_u64().is_none_or(|n| n > MAX_VERSION) {
             return Err(wrong_type(

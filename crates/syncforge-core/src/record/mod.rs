@@ -159,16 +159,26 @@ impl std::fmt::Debug for Record {
 impl Record {
     /// A new record holding `content`, every field stamped with `stamp`.
     pub fn create(content: Content, stamp: &Stamp) -> Record {
+        // Content is sorted, without repeats, and normalised: its entries
+        // become the field list as they are.
         let fields = content
             .fields
             .into_iter()
-            .map(|(k, v)| (k, FieldState::new(Some(v), stamp.clone())))
+            .map(|(k, v)| {
+                (
+                    k,
+                    FieldState {
+                        value: Some(v),
+                        stamp: stamp.clone(),
+                    },
+                )
+            })
             .collect();
         let mut versions = VersionVector::new();
         versions.increment(stamp.client());
         Record::from_state(RecordState {
             id: content.id,
-            fields,
+            fields: FieldStates(fields),
             written: stamp.clone(),
             tombstone: None,
             versions,
@@ -227,29 +237,53 @@ impl Record {
         // Copies the state only if another clone shares it; an unchanged put
         // then leaves an equal copy, which is harmless.
         let record = Arc::make_mut(&mut self.state);
-        for (name, state) in record.fields.iter_mut() {
-            if state.value.is_some() && !content.fields.contains_key(name) {
-                state.value = None;
-                state.stamp = stamp.clone();
-                changed = true;
+        // One pass over both name-sorted lists: linear in the fields, however
+        // many names the put adds or removes.
+        let old = std::mem::take(&mut record.fields.0);
+        let mut merged = Vec::with_capacity(old.len().max(content.fields.len()));
+        let mut old = old.into_iter().peekable();
+        let mut new = content.fields.into_iter().peekable();
+        loop {
+            let order = match (old.peek(), new.peek()) {
+                (Some((a, _)), Some((b, _))) => a.cmp(b),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (None, None) => break,
+            };
+            let stamped = |value| FieldState {
+                value,
+                stamp: stamp.clone(),
+            };
+            match (
+                order,
+                old.next_if(|_| order.is_le()),
+                new.next_if(|_| order.is_ge()),
+            ) {
+                // Left out of the put: removed, unless it already was.
+                (_, Some((name, state)), None) => {
+                    if state.value.is_some() {
+                        changed = true;
+                        merged.push((name, stamped(None)));
+                    } else {
+                        merged.push((name, state));
+                    }
+                }
+                (_, Some((name, state)), Some((_, value))) => {
+                    if !deleted && state.value.as_ref() == Some(&value) {
+                        merged.push((name, state));
+                    } else {
+                        changed = true;
+                        merged.push((name, stamped(Some(value))));
+                    }
+                }
+                (_, None, Some((name, value))) => {
+                    changed = true;
+                    merged.push((name, stamped(Some(value))));
+                }
+                (_, None, None) => break,
             }
         }
-        for (name, value) in content.fields {
-            match record.fields.get_mut(&name) {
-                Some(state) if !deleted && state.value.as_ref() == Some(&value) => {}
-                Some(state) => {
-                    state.value = Some(value);
-                    state.stamp = stamp.clone();
-                    changed = true;
-                }
-                None => {
-                    record
-                        .fields
-                        .insert(name, FieldState::new(Some(value), stamp.clone()));
-                    changed = true;
-                }
-            }
-        }
+        record.fields.0 = merged;
         if changed {
             record.written = stamp.clone();
             record.versions.increment(stamp.client());
