@@ -67,7 +67,7 @@ pub struct MemoryBackend {
 /// Everything shared by the handles of one store.
 #[derive(Default)]
 struct State {
-    collections: HashMap<CollectionName, Collection>,
+    collections: HashMap<CollectionName, Collection, IdHasher>,
     meta: HashMap<String, String>,
     /// The newest stamp ever written. Kept instead of recomputed so that
     /// `newest_stamp` is O(1); after deletes it may be newer than any record

@@ -6,8 +6,8 @@ use serde::ser::{Impossible, Serialize, SerializeMap, SerializeStruct, Serialize
 use serde_json::{Map, Value};
 
 use super::fields::shared_name;
-use super::is_reserved;
-use super::json::{check_metadata_types, open_object, positive_zero, take_id};
+use super::json::{check_metadata_types, open_object, positive_zero, read_id};
+use super::{is_reserved, ID_KEY};
 use crate::error::{Error, Result};
 use crate::names::RecordId;
 
@@ -107,7 +107,9 @@ impl serde::ser::Error for Refusal {
 #[derive(Default)]
 struct Fields {
     fields: Vec<(Arc<str>, Value)>,
-    /// The id and the metadata keys, checked once the object is complete.
+    /// The value of `id`, checked once the object is complete.
+    id: Option<Value>,
+    /// The metadata keys, checked once the object is complete.
     reserved: Map<String, Value>,
     /// A map key waiting for its value.
     key: Option<String>,
@@ -115,15 +117,17 @@ struct Fields {
 
 impl Fields {
     fn push(&mut self, key: &str, value: Value) {
-        if is_reserved(key) {
+        if key == ID_KEY {
+            self.id = Some(value);
+        } else if is_reserved(key) {
             self.reserved.insert(key.to_owned(), value);
         } else {
             self.fields.push((shared_name(key), value));
         }
     }
 
-    fn into_content(mut self) -> Result<Content> {
-        let id = take_id(&mut self.reserved)?;
+    fn into_content(self) -> Result<Content> {
+        let id = read_id(self.id)?;
         check_metadata_types(&id, &self.reserved)?;
         let mut fields = self.fields;
         if !fields.windows(2).all(|w| w[0].0 < w[1].0) {

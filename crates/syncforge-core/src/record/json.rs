@@ -188,8 +188,13 @@ pub(super) fn open_object(value: Value) -> Result<(RecordId, Map<String, Value>)
     Ok((id, map))
 }
 
-pub(super) fn take_id(map: &mut Map<String, Value>) -> Result<RecordId> {
-    match map.remove(ID_KEY) {
+fn take_id(map: &mut Map<String, Value>) -> Result<RecordId> {
+    read_id(map.remove(ID_KEY))
+}
+
+/// The record id from the value of the `id` key, if there was one.
+pub(super) fn read_id(id: Option<Value>) -> Result<RecordId> {
+    match id {
         Some(Value::String(id)) => RecordId::new(id),
         Some(other) => Err(Error::invalid_field(
             None,
