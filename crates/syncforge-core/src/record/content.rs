@@ -5,7 +5,7 @@ use std::sync::Arc;
 use serde::ser::{Impossible, Serialize, SerializeMap, SerializeStruct, Serializer};
 use serde_json::{Map, Value};
 
-use super::fields::shared_name;
+use super::fields::{shared_name, shared_static_name};
 use super::json::{check_metadata_types, open_object, positive_zero, read_id};
 use super::{is_reserved, ID_KEY};
 use crate::error::{Error, Result};
@@ -116,13 +116,14 @@ struct Fields {
 }
 
 impl Fields {
-    fn push(&mut self, key: &str, value: Value) {
+    /// Takes the id and metadata aside; `name` shares a user field's name.
+    fn push(&mut self, key: &str, value: Value, name: impl FnOnce(&str) -> Arc<str>) {
         if key == ID_KEY {
             self.id = Some(value);
         } else if is_reserved(key) {
             self.reserved.insert(key.to_owned(), value);
         } else {
-            self.fields.push((shared_name(key), value));
+            self.fields.push((name(key), value));
         }
     }
 
@@ -246,7 +247,7 @@ impl SerializeStruct for Fields {
         value: &T,
     ) -> std::result::Result<(), Refusal> {
         let value = json_value(value)?;
-        self.push(key, value);
+        self.push(key, value, |_| shared_static_name(key));
         Ok(())
     }
 
@@ -280,7 +281,7 @@ impl SerializeMap for Fields {
     ) -> std::result::Result<(), Refusal> {
         let key = self.key.take().ok_or(Refusal::Unsupported)?;
         let value = json_value(value)?;
-        self.push(&key, value);
+        self.push(&key, value, shared_name);
         Ok(())
     }
 

@@ -91,6 +91,34 @@ pub(super) fn shared_name(name: &str) -> Arc<str> {
     })
 }
 
+/// [`shared_name`] for a name with a fixed address, such as a struct's field
+/// name: remembered by address and length in a small direct-mapped table,
+/// so that the names of a struct put again and again are found without
+/// hashing them. Bytes behind a `'static` address never change, so an equal
+/// address and length is the same name.
+pub(super) fn shared_static_name(name: &'static str) -> Arc<str> {
+    const SLOTS: usize = 64;
+    type Slots = [Option<(usize, Arc<str>)>; SLOTS];
+    thread_local! {
+        static BY_ADDRESS: RefCell<Slots> = RefCell::new(std::array::from_fn(|_| None));
+    }
+    let address = name.as_ptr() as usize;
+    // Fibonacci hashing: names of one struct lie a few bytes apart, and the
+    // top bits of the product spread them over the slots.
+    let slot = (address.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) % SLOTS;
+    BY_ADDRESS.with(|slots| {
+        let mut slots = slots.borrow_mut();
+        match &slots[slot] {
+            Some((a, shared)) if *a == address && shared.len() == name.len() => Arc::clone(shared),
+            _ => {
+                let shared = shared_name(name);
+                slots[slot] = Some((address, Arc::clone(&shared)));
+                shared
+            }
+        }
+    })
+}
+
 impl FieldStates {
     /// No fields.
     pub fn new() -> Self {
