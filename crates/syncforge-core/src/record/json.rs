@@ -62,7 +62,7 @@ impl Record {
         if !removed.is_empty() {
             sync.insert("removed".to_owned(), Value::Object(removed));
         }
-        if let Some(t) = &self.state.tombstone {
+        if let Some(t) = self.state.tombstone.as_deref() {
             sync.insert("deleted".to_owned(), Value::String(t.to_string()));
         }
         sync.insert("versions".to_owned(), Value::Object(versions));
@@ -370,7 +370,7 @@ fn from_sync_state(
         id,
         fields,
         written,
-        tombstone,
+        tombstone: tombstone.map(Box::new),
         versions: vv,
         newest: Default::default(),
     }))

@@ -97,7 +97,9 @@ struct RecordState {
     id: RecordId,
     fields: FieldStates,
     written: Stamp,
-    tombstone: Option<Stamp>,
+    /// Boxed: most records are never deleted, and a pointer instead of a
+    /// stamp keeps every record 16 bytes smaller.
+    tombstone: Option<Box<Stamp>>,
     versions: VersionVector,
     /// Derived from the stamps above whenever they change: every merge,
     /// drift check and store write asks for the newest stamp, and folding
@@ -126,7 +128,7 @@ impl Newest {
                 field = u32::try_from(i).ok();
             }
         }
-        let deleted = state.tombstone.as_ref().is_some_and(|t| t > content);
+        let deleted = state.tombstone.as_deref().is_some_and(|t| t > content);
         Newest { field, deleted }
     }
 }
@@ -215,7 +217,7 @@ impl Record {
             id,
             fields,
             written,
-            tombstone,
+            tombstone: tombstone.map(Box::new),
             versions,
             newest: Newest::default(),
         }))
@@ -301,7 +303,7 @@ impl Record {
         }
         self.check_newer(stamp)?;
         let record = Arc::make_mut(&mut self.state);
-        record.tombstone = Some(stamp.clone());
+        record.tombstone = Some(Box::new(stamp.clone()));
         record.versions.increment(stamp.client());
         record.newest = Newest::of(record);
         Ok(true)
@@ -385,12 +387,12 @@ impl Record {
 
     /// Stamp of the latest delete, if any.
     pub fn tombstone(&self) -> Option<&Stamp> {
-        self.state.tombstone.as_ref()
+        self.state.tombstone.as_deref()
     }
 
     /// The newest stamp anywhere in the record.
     pub fn newest_stamp(&self) -> &Stamp {
-        match (&self.state.tombstone, self.state.newest.deleted) {
+        match (self.state.tombstone.as_deref(), self.state.newest.deleted) {
             (Some(tombstone), true) => tombstone,
             _ => self.newest_content_stamp(),
         }

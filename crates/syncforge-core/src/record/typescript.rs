@@ -45,7 +45,7 @@ pub(super) fn from_seed(
         id,
         fields,
         written,
-        tombstone,
+        tombstone: tombstone.map(Box::new),
         versions,
         newest: Default::default(),
     }))
