@@ -12,6 +12,10 @@
 //! * [`compute_delta`], [`classify`], [`resolve_conflict`] — what an incoming
 //!   record changes.
 //! * [`StorageBackend`] — the storage contract every backend crate implements.
+//! * [`MAX_NESTING_DEPTH`] — how deep a record's values may nest arrays and
+//!   objects (64): every way of making a record refuses deeper values with
+//!   [`Error::InvalidRecord`], without recursing into them, and
+//!   [`check_serialize`] measures a `Serialize` value before it is converted.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -44,6 +48,7 @@
 
 pub mod backend;
 mod delta;
+mod depth;
 mod error;
 mod hlc;
 mod lww;
@@ -57,6 +62,7 @@ mod version_vector;
 
 pub use backend::{Change, ChangePage, Cursor, StorageBackend, Stored, Token, Write, WriteOutcome};
 pub use delta::{classify, compute_delta, dedupe, ChangeKind, Classified, Delta};
+pub use depth::{check_serialize, dismantle, nesting_depth, MAX_NESTING_DEPTH};
 pub use error::{BoxError, Error, Result, SharedError};
 pub use hlc::{
     ClientId, Hlc, IntoClientId, ManualTime, Stamp, SystemClock, TimeSource, DEFAULT_MAX_DRIFT,

@@ -109,14 +109,14 @@ pub fn merge(local: &Record, remote: &Record, strategy: ConflictStrategy) -> Res
             let fields = merge_field_states(local.field_states(), remote.field_states());
             let written = local.written().max(remote.written()).clone();
             let tombstone = local.tombstone().max(remote.tombstone()).cloned();
-            Record::from_parts(local.id(), fields, written, tombstone, versions)?
+            Record::joined(local.id(), fields, written, tombstone, versions)?
         }
         ConflictStrategy::Timestamp => {
             let winner = match timestamp_order(local, remote) {
                 Ordering::Less => remote,
                 _ => local,
             };
-            Record::from_parts(
+            Record::joined(
                 winner.id(),
                 winner.field_states().clone(),
                 winner.written().clone(),

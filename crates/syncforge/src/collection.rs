@@ -170,8 +170,15 @@ impl Collection {
     /// removed. A put that changes nothing writes nothing and returns the
     /// stored record. Metadata keys (`_version`, ...) in `doc` are checked for
     /// type and ignored, so a record read from the engine can be put back.
+    ///
+    /// A field nested deeper than [`MAX_NESTING_DEPTH`](crate::MAX_NESTING_DEPTH)
+    /// is refused with [`Error::InvalidRecord`] naming the record and field,
+    /// before `doc` is converted to JSON: however deep `doc` nests, the put
+    /// fails and writes nothing, it never overflows the stack.
     pub async fn put<T: Serialize + ?Sized>(&self, doc: &T) -> Result<Record> {
         self.engine.check_open()?;
+        // Measures each field's nesting before it is converted: however
+        // deep `doc` nests, nothing recurses past the limit.
         let content = Content::from_serialize(doc)?;
         let id = content.id().clone();
         let applied = self.apply_one(id.clone(), Intent::Put(content)).await?;

@@ -101,7 +101,7 @@ pub use syncforge_core as core;
 pub use syncforge_core::{
     compute_delta, merge, resolve_conflict, Change, ChangePage, ClientId, CollectionName,
     ConflictDetail, ConflictStrategy, Cursor, Error, Hlc, LwwMap, LwwRegister, ManualTime, Record,
-    RecordId, Result, Stamp, StorageBackend, TimeSource,
+    RecordId, Result, Stamp, StorageBackend, TimeSource, MAX_NESTING_DEPTH,
 };
 
 #[cfg(feature = "memory")]

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use syncforge_backend_fs::FsBackend;
-use syncforge_core::{Error, StorageBackend, Write, WriteOutcome};
+use syncforge_core::{Error, Record, StorageBackend, Write, WriteOutcome, MAX_NESTING_DEPTH};
 
 use crate::{at, coll, count_of, counter, limit, put_any, rid, rids, store_with_torn_r1, tree};
 
@@ -88,6 +88,58 @@ async fn skipped_corrupt_files_are_counted_where_the_caller_sees_them() {
             if collection == "notes" && id == "r1" && *location == broken.display().to_string()),
         "{err}"
     );
+}
+
+/// The JSON form of `record` with one more field, `deep`, nested `levels`
+/// arrays deep and stamped like the others: well formed in every other way.
+fn with_deep_field(record: &Record, levels: usize) -> serde_json::Value {
+    let mut value = record.to_json();
+    let mut deep = serde_json::json!(1);
+    for _ in 0..levels {
+        deep = serde_json::Value::Array(vec![deep]);
+    }
+    value["deep"] = deep;
+    value["_sync"]["fields"]["deep"] = value["_sync"]["written"].clone();
+    value
+}
+
+/// A record file holding a field nested past the limit (edited by hand, or
+/// written before the limit) reads as corrupt, like any unreadable file:
+/// `get` fails naming it, listings skip it and count it. Before the limit it
+/// was read, and a record nested 127 deep could not be read at all.
+#[tokio::test]
+async fn a_record_file_nested_past_the_limit_is_corrupt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FsBackend::open(tmp.path()).await.unwrap();
+    for n in 0..3 {
+        put_any(&store, "notes", counter(&format!("r{n}"), n)).await;
+    }
+    store.checkpoint().await.unwrap();
+    let file = tmp.path().join("notes").join("r1.json");
+    let at_limit = with_deep_field(&counter("r1", 1), MAX_NESTING_DEPTH);
+    std::fs::write(&file, at_limit.to_string()).unwrap();
+    let read = store
+        .get(&coll("notes"), &rid("r1"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.record.to_json(), at_limit);
+
+    for levels in [MAX_NESTING_DEPTH + 1, 126] {
+        let deeper = with_deep_field(&counter("r1", 1), levels);
+        std::fs::write(&file, deeper.to_string()).unwrap();
+        let err = store.get(&coll("notes"), &rid("r1")).await.unwrap_err();
+        assert_corrupt(&err, "r1.json");
+        assert!(
+            err.to_string().contains(
+                "invalid record \"r1\", field `deep`: nests arrays and objects more than 64 levels deep"
+            ),
+            "{err}"
+        );
+        let before = store.corrupt_skipped();
+        assert_eq!(store.get_all(&coll("notes")).await.unwrap().len(), 2);
+        assert_eq!(store.corrupt_skipped(), before + 1);
+    }
 }
 
 #[cfg(unix)]

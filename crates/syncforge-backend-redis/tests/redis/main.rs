@@ -20,4 +20,5 @@
 mod conformance;
 mod faults;
 mod flaws;
+mod nesting;
 mod support;

@@ -241,3 +241,64 @@ async fn conditional_updates_are_atomic_across_processes() {
     follow(&reader, &collection(), Cursor::START, &mut seen).await;
     assert_eq!(seen, stored);
 }
+
+/// A stored record object holding a field nested past
+/// [`MAX_NESTING_DEPTH`](syncforge_core::MAX_NESTING_DEPTH) (written by
+/// hand, or before the limit) is corrupt data naming the object, record and
+/// field: the record body parses through `Record`'s own checks.
+#[tokio::test]
+async fn a_stored_record_nested_past_the_limit_is_corrupt() {
+    use syncforge_core::{Error as SyncError, MAX_NESTING_DEPTH};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = S3Backend::local_directory(dir.path(), "dse").unwrap();
+    let notes = CollectionName::new("notes").unwrap();
+    let mut hlc = Hlc::new(ClientId::new("nester").unwrap());
+    let base = Record::create(
+        Content::from_value(json!({"id": "r1", "n": 1})).unwrap(),
+        &hlc.now().unwrap(),
+    );
+    store
+        .put(&notes, &Write::create(base.clone()))
+        .await
+        .unwrap();
+    // The record's object: `{prefix}/c/{collection}/r/{id}`.
+    let mut stack = vec![dir.path().to_path_buf()];
+    let mut object = None;
+    while let Some(path) = stack.pop() {
+        if path.is_dir() {
+            stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else if path.ends_with("c/notes/r/r1") {
+            object = Some(path);
+        }
+    }
+    let object = object.expect("the record's object");
+    let body: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&object).unwrap()).unwrap();
+    let with_deep_field = |levels: usize| {
+        let mut body = body.clone();
+        let mut deep = json!(1);
+        for _ in 0..levels {
+            deep = serde_json::Value::Array(vec![deep]);
+        }
+        let record = &mut body["record"];
+        record["deep"] = deep;
+        record["_sync"]["fields"]["deep"] = record["_sync"]["written"].clone();
+        body.to_string()
+    };
+    let id = RecordId::new("r1").unwrap();
+
+    std::fs::write(&object, with_deep_field(MAX_NESTING_DEPTH)).unwrap();
+    let read = store.get(&notes, &id).await.unwrap().unwrap();
+    assert!(read.record.get("deep").is_some());
+
+    std::fs::write(&object, with_deep_field(MAX_NESTING_DEPTH + 1)).unwrap();
+    let err = store.get(&notes, &id).await.unwrap_err();
+    assert!(matches!(&err, SyncError::Corrupt { .. }), "{err}");
+    assert!(
+        err.to_string().contains(
+            "invalid record \"r1\", field `deep`: nests arrays and objects more than 64 levels deep"
+        ),
+        "{err}"
+    );
+}

@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 use super::fields::{shared_name, shared_static_name};
 use super::json::{check_metadata_types, open_object, positive_zero, read_id};
 use super::{is_reserved, ID_KEY};
+use crate::depth::{check_serialize, field_fits, too_deep_error};
 use crate::error::{Error, Result};
 use crate::names::RecordId;
 
@@ -26,7 +27,10 @@ pub struct Content {
 }
 
 impl Content {
-    /// Validates a JSON value as record content.
+    /// Validates a JSON value as record content. A field nested deeper than
+    /// [`MAX_NESTING_DEPTH`](crate::MAX_NESTING_DEPTH) is refused with
+    /// [`Error::InvalidRecord`](crate::Error::InvalidRecord) naming it, and
+    /// the refused value is dropped without recursion.
     pub fn from_value(value: Value) -> Result<Content> {
         let (id, map) = open_object(value)?;
         // A map iterates sorted and without repeats.
@@ -49,9 +53,17 @@ impl Content {
         match doc.serialize(Fields::default()) {
             Ok(fields) => fields.into_content(),
             Err(Refusal::Unsupported) => {
+                // `to_value` recurses once per level with no limit of its own.
+                check_serialize(doc)?;
                 let value = serde_json::to_value(doc).map_err(unserialisable)?;
                 Content::from_value(value)
             }
+            // The whole document is measured again only to name the record
+            // and the field in the refusal, as every other way in names them.
+            Err(Refusal::TooDeep) => match check_serialize(doc) {
+                Err(error) => Err(error),
+                Ok(()) => Err(too_deep_error(None, None)),
+            },
             Err(Refusal::Invalid(error)) => Err(error),
         }
     }
@@ -79,6 +91,8 @@ fn unserialisable(e: serde_json::Error) -> Error {
 enum Refusal {
     /// Not a struct or a map with string keys: take the route through `Value`.
     Unsupported,
+    /// A field nests deeper than [`MAX_NESTING_DEPTH`](crate::MAX_NESTING_DEPTH).
+    TooDeep,
     /// The content is invalid (or a value cannot be JSON): the final answer.
     Invalid(Error),
 }
@@ -87,6 +101,7 @@ impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Refusal::Unsupported => f.write_str("not an object with string keys"),
+            Refusal::TooDeep => f.write_str("a field nests too deep"),
             Refusal::Invalid(e) => e.fmt(f),
         }
     }
@@ -148,8 +163,19 @@ impl Fields {
     }
 }
 
-/// One value as JSON, normalised as stored values are.
+/// One field's value (or a map key) as JSON, normalised as stored values
+/// are; measured first, so that converting it cannot recurse past the limit.
 fn json_value<T: Serialize + ?Sized>(value: &T) -> std::result::Result<Value, Refusal> {
+    match field_fits(value) {
+        Ok(true) => {}
+        Ok(false) => return Err(Refusal::TooDeep),
+        Err(message) => {
+            return Err(Refusal::Invalid(Error::invalid_record(
+                None,
+                format!("cannot be serialised to JSON: {message}"),
+            )))
+        }
+    }
     let mut value = serde_json::to_value(value).map_err(|e| Refusal::Invalid(unserialisable(e)))?;
     positive_zero(&mut value);
     Ok(value)
@@ -346,5 +372,33 @@ mod tests {
             let through = Content::from_value(case.clone()).map_err(|e| e.to_string());
             assert_eq!(direct, through, "{case}");
         }
+    }
+
+    #[test]
+    fn from_serialize_refuses_a_field_nested_past_the_limit_without_recursing() {
+        #[derive(serde::Serialize)]
+        struct Doc {
+            deep: Value,
+            id: &'static str,
+        }
+        let nested = |levels: usize| (0..levels).fold(json!(1), |v, _| Value::Array(vec![v]));
+        let fits = Doc {
+            deep: nested(crate::MAX_NESTING_DEPTH),
+            id: "n1",
+        };
+        assert!(Content::from_serialize(&fits).is_ok());
+        // Deep enough to overflow the stack of a test thread if anything
+        // recursed into it.
+        let deep = Doc {
+            deep: nested(10_000),
+            id: "n1",
+        };
+        let refused = Content::from_serialize(&deep).unwrap_err();
+        assert!(
+            matches!(&refused, Error::InvalidRecord { id: Some(id), field: Some(field), .. } if id == "n1" && field == "deep"),
+            "{refused}"
+        );
+        crate::dismantle(deep.deep);
+        crate::dismantle(fits.deep);
     }
 }

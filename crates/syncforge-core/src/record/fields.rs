@@ -28,6 +28,13 @@ pub struct FieldState {
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<Value>, D::Error> {
     use serde::Deserialize;
     let mut value = Value::deserialize(d)?;
+    if crate::depth::too_deep(&value) {
+        crate::depth::dismantle(value);
+        return Err(serde::de::Error::custom(format!(
+            "a field value nests arrays and objects more than {} levels deep, the limit for a record's values",
+            crate::depth::MAX_NESTING_DEPTH
+        )));
+    }
     positive_zero(&mut value);
     Ok(Some(value))
 }

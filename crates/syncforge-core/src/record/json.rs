@@ -9,6 +9,7 @@ use super::{
     is_reserved, Record, RecordState, CLIENT_ID_KEY, DELETED_KEY, ID_KEY, SYNC_KEY, TIMESTAMP_KEY,
     VERSION_KEY,
 };
+use crate::depth::check_record_value;
 use crate::error::{Error, Result};
 use crate::hlc::{ClientId, Stamp, MAX_STAMP_MILLIS};
 use crate::names::RecordId;
@@ -71,7 +72,8 @@ impl Record {
 
     /// Reads a record from its JSON form, or from the TypeScript library's form
     /// (no `_sync`). Refuses, naming the record, the field and the reason,
-    /// anything that is not a well-formed record.
+    /// anything that is not a well-formed record, among them a field nested
+    /// deeper than [`MAX_NESTING_DEPTH`](crate::MAX_NESTING_DEPTH).
     pub fn from_json(value: Value) -> Result<Record> {
         let (id, mut map) = open_object(value)?;
         let version = map.remove(VERSION_KEY);
@@ -174,6 +176,9 @@ fn wrong_type(id: &str, key: &str, expected: &str, found: &Value) -> Error {
 /// valid string id, its metadata of the right types, and its user values
 /// normalised. Returns the id and the remaining keys.
 pub(super) fn open_object(value: Value) -> Result<(RecordId, Map<String, Value>)> {
+    // Before anything walks the value recursively (normalising zeros,
+    // comparing, dropping it on another refusal).
+    let value = check_record_value(value)?;
     let Value::Object(mut map) = value else {
         return Err(Error::invalid_record(
             None,

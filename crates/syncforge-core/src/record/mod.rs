@@ -13,6 +13,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
+use crate::depth::{too_deep, too_deep_error};
 use crate::error::{Error, Result};
 use crate::hlc::{ClientId, Stamp};
 use crate::names::{IntoName, RecordId};
@@ -76,6 +77,11 @@ fn is_reserved(key: &str) -> bool {
 /// newest stamp, and whether the record is deleted. `_sync` holds the state that makes merging a join. Keys are sorted
 /// (serde_json's default map), so the form is canonical: replicas holding equal
 /// records print byte-identical JSON.
+///
+/// A field value nests arrays and objects at most
+/// [`MAX_NESTING_DEPTH`](crate::MAX_NESTING_DEPTH) (64) levels deep: every
+/// way of making a record refuses deeper values, so that a record's JSON text
+/// always parses again, envelope and all.
 ///
 /// A record without `_sync` — as the TypeScript library writes it — is read by
 /// giving every field the stamp `(_timestamp, 0, _clientId)`, a deleted record
@@ -196,7 +202,8 @@ impl Record {
     }
 
     /// A record from its parts, checked for consistency: a valid id, user field
-    /// names only.
+    /// names only, values nested at most
+    /// [`MAX_NESTING_DEPTH`](crate::MAX_NESTING_DEPTH) deep.
     pub fn from_parts(
         id: impl IntoName<RecordId>,
         fields: impl Into<FieldStates>,
@@ -206,6 +213,27 @@ impl Record {
     ) -> Result<Record> {
         let id = id.into_name()?;
         let fields = fields.into();
+        if let Some((key, _)) = fields
+            .iter()
+            .find(|(_, state)| state.value.as_ref().is_some_and(too_deep))
+        {
+            return Err(too_deep_error(Some(&id), Some(key)));
+        }
+        Record::joined(id, fields, written, tombstone, versions)
+    }
+
+    /// A record from the parts of records: checks the field names but not
+    /// the values, which every record holds checked already (merge joins
+    /// records, and measuring every value again would cost each merge a walk
+    /// of the whole record).
+    pub(crate) fn joined(
+        id: impl IntoName<RecordId>,
+        fields: FieldStates,
+        written: Stamp,
+        tombstone: Option<Stamp>,
+        versions: VersionVector,
+    ) -> Result<Record> {
+        let id = id.into_name()?;
         if let Some(key) = fields.keys().find(|k| is_reserved(k)) {
             return Err(Error::invalid_field(
                 Some(&id),

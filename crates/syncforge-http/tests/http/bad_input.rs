@@ -190,6 +190,26 @@ async fn each_kind_of_bad_input_gets_its_typed_refusal_and_writes_nothing() {
     assert_eq!(detail.id.as_deref(), Some("wrong-version"));
     assert_eq!(detail.field.as_deref(), Some("_version"));
 
+    // A field nested past MAX_NESTING_DEPTH (which the parser would still
+    // read) names the record and the field; the batch writes nothing.
+    let mut deep = good[0].clone();
+    deep["id"] = json!("too-deep");
+    deep["v"] = serde_json::from_str(&format!(
+        "{}{}",
+        "[".repeat(syncforge::MAX_NESTING_DEPTH + 1),
+        "]".repeat(syncforge::MAX_NESTING_DEPTH + 1)
+    ))
+    .unwrap();
+    let answer = push(&server, "inbox", records(deep)).await;
+    let detail = expect(
+        &answer,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorCode::InvalidRecord,
+    );
+    assert_eq!(detail.index, Some(3));
+    assert_eq!(detail.id.as_deref(), Some("too-deep"));
+    assert_eq!(detail.field.as_deref(), Some("v"));
+
     // Stamps beyond the drift bound: the whole batch is refused, naming them.
     let answer = push(&server, "inbox", records(from_the_future("ahead"))).await;
     let detail = expect(

@@ -13,6 +13,7 @@ mod faults;
 mod flaws;
 mod handles;
 mod hostile;
+mod nesting;
 mod peers;
 mod scenarios;
 mod support;

@@ -1,0 +1,767 @@
+//! The nesting limit of record values, and the checks that enforce it
+//! without recursing.
+//!
+//! A field value may nest arrays and objects at most [`MAX_NESTING_DEPTH`]
+//! levels deep. Every way into a [`Record`](crate::Record) checks it:
+//! [`Content::from_value`](crate::Content::from_value),
+//! [`Record::from_json`](crate::Record::from_json) (and so every backend's
+//! read and every record received from a peer),
+//! [`Record::from_parts`](crate::Record::from_parts) and the deserialisation
+//! of [`FieldState`](crate::FieldState). A record therefore never holds a
+//! value that its own JSON text could not carry back.
+//!
+//! The checks here never recurse: a value is measured with an explicit stack,
+//! a refused value is taken apart with one ([`dismantle`]), and a user's
+//! `Serialize` type is measured by a serializer that stops it at the limit
+//! ([`check_serialize`]) before anything builds a JSON value from it. So a
+//! value nested 10,000 deep is refused, not a stack overflow.
+
+use serde::ser::{self, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::record::ID_KEY;
+
+/// How deep a record's field value may nest arrays and objects: a scalar
+/// field is at depth 0, `[1]` at depth 1, `{"a": [1]}` at depth 2.
+///
+/// Why 64: serde_json's parser refuses text nested more than 127 levels (its
+/// recursion limit is 128), and a record's value never travels alone. The
+/// record object adds a level, a stored or sent envelope adds more (the S3
+/// record body, the HTTP sync request's `records` array, a change page's
+/// entries), so a field at the limit must leave room for several of them. 64
+/// leaves the envelopes 62 levels, keeps every recursive walk of a value
+/// (comparison, printing, dropping) shallow on any thread's stack, and is far
+/// more than real documents nest.
+pub const MAX_NESTING_DEPTH: usize = 64;
+
+/// How deep `value` nests arrays and objects (a scalar is at depth 0),
+/// measured without recursion, so any value can be measured on any stack.
+pub fn nesting_depth(value: &Value) -> usize {
+    deepest(value, usize::MAX)
+}
+
+/// The depth of `value`, or anything above `stop` once it is known to be
+/// deeper than `stop` (the walk then ends early).
+fn deepest(value: &Value, stop: usize) -> usize {
+    let mut deepest = 0;
+    let mut stack: Vec<(&Value, usize)> = vec![(value, 0)];
+    while let Some((value, depth)) = stack.pop() {
+        let depth = depth + 1;
+        match value {
+            Value::Array(items) => stack.extend(items.iter().map(|child| (child, depth))),
+            Value::Object(map) => stack.extend(map.values().map(|child| (child, depth))),
+            _ => continue,
+        }
+        deepest = deepest.max(depth);
+        if deepest > stop {
+            return deepest;
+        }
+    }
+    deepest
+}
+
+/// Whether `value` nests deeper than [`MAX_NESTING_DEPTH`].
+pub(crate) fn too_deep(value: &Value) -> bool {
+    deepest(value, MAX_NESTING_DEPTH) > MAX_NESTING_DEPTH
+}
+
+/// The reason given when field `field` of record `id` nests too deep.
+pub(crate) fn too_deep_error(id: Option<&str>, field: Option<&str>) -> Error {
+    let reason = format!(
+        "nests arrays and objects more than {MAX_NESTING_DEPTH} levels deep, the limit for a record's values"
+    );
+    match field {
+        Some(field) => Error::invalid_field(id, field, reason),
+        None => Error::invalid_record(id, reason),
+    }
+}
+
+/// Checks a JSON value offered as a record (content or stored form): every
+/// key's value at most [`MAX_NESTING_DEPTH`] deep, metadata keys included
+/// (none of them nests that deep when valid). On refusal the value is taken
+/// apart without recursion, since dropping it would recurse as deep as it
+/// nests.
+pub(crate) fn check_record_value(value: Value) -> Result<Value> {
+    let offending = match &value {
+        Value::Object(map) => map
+            .iter()
+            .find(|(_, v)| too_deep(v))
+            .map(|(key, _)| Some(key.clone())),
+        // Not an object: refused as such later, unless it is too deep to
+        // drop safely.
+        other => too_deep(other).then_some(None),
+    };
+    let Some(field) = offending else {
+        return Ok(value);
+    };
+    let id = value.get(ID_KEY).and_then(Value::as_str).map(str::to_owned);
+    dismantle(value);
+    Err(too_deep_error(id.as_deref(), field.as_deref()))
+}
+
+/// Drops `value` without recursion. Dropping a `Value` recurses once per
+/// level of nesting, so a value nested tens of thousands deep would
+/// overflow the stack; this takes it apart with a heap stack instead.
+pub fn dismantle(value: Value) {
+    let mut stack = vec![value];
+    while let Some(value) = stack.pop() {
+        match value {
+            Value::Array(items) => stack.extend(items),
+            Value::Object(map) => stack.extend(map.into_iter().map(|(_, v)| v)),
+            _ => {}
+        }
+    }
+}
+
+/// Checks that `doc`, a document about to be turned into a record's JSON
+/// object, nests no field deeper than [`MAX_NESTING_DEPTH`]: it may nest one
+/// level more than that, its own object.
+///
+/// Walks `doc` with a serializer that builds nothing and fails as soon as the
+/// limit is passed, so the user's `Serialize` implementation unwinds before
+/// it can recurse deeper: call this before any serializer that recurses
+/// without a limit (such as `serde_json::to_value`). The refusal names the
+/// record (when `doc` has a string `id`) and the field. An error of `doc`'s
+/// own `Serialize` implementation is returned as an [`Error::InvalidRecord`]
+/// too.
+pub fn check_serialize<T: Serialize + ?Sized>(doc: &T) -> Result<()> {
+    let mut probe = Probe::new(Mode::Measure);
+    match doc.serialize(&mut probe) {
+        Ok(()) => Ok(()),
+        Err(ProbeError::TooDeep { field }) => {
+            // The id may come after the offending field: a second walk reads
+            // only the top level and the `id` value, so it cannot go deep.
+            let mut finder = Probe::new(Mode::FindId);
+            let id = match doc.serialize(&mut finder) {
+                Ok(()) => finder.id,
+                Err(_) => None,
+            };
+            Err(too_deep_error(id.as_deref(), field.as_deref()))
+        }
+        Err(ProbeError::Custom(message)) => Err(Error::invalid_record(
+            None,
+            format!("cannot be serialised to JSON: {message}"),
+        )),
+    }
+}
+
+/// Whether `value`, about to become the value of one top-level field of a
+/// record, nests at most [`MAX_NESTING_DEPTH`] deep: measured as
+/// [`check_serialize`] measures a field, building nothing. `Err` carries the
+/// message of `value`'s own `Serialize` implementation when it fails.
+///
+/// This lets a put convert its document field by field, each field measured
+/// just before it is converted, instead of walking the whole document twice.
+pub(crate) fn field_fits<T: Serialize + ?Sized>(value: &T) -> std::result::Result<bool, String> {
+    let mut probe = Probe::new(Mode::Measure);
+    // Inside the record's own object, below the top level.
+    probe.depth = 1;
+    match value.serialize(&mut probe) {
+        Ok(()) => Ok(true),
+        Err(ProbeError::TooDeep { .. }) => Ok(false),
+        Err(ProbeError::Custom(message)) => Err(message),
+    }
+}
+
+/// What a [`Probe`] walk is for.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// Measure every value, failing past the limit.
+    Measure,
+    /// Read the top-level `id` string only; descend into nothing else.
+    FindId,
+}
+
+/// A serializer that writes nothing: it counts how deep the JSON that
+/// serde_json would write nests, and remembers the top-level key being
+/// written (the field) and a top-level string `id`.
+struct Probe {
+    mode: Mode,
+    /// Containers open around the value being serialised.
+    depth: usize,
+    /// The top-level key whose value is being serialised.
+    field: Option<String>,
+    /// The key being serialised, while a map key is.
+    key: Option<String>,
+    /// Set while a map key is serialised: its string is the key.
+    in_key: bool,
+    /// Set while the top-level `id` value is serialised.
+    in_id: bool,
+    /// The top-level `id`, when it is a string.
+    id: Option<String>,
+}
+
+/// Why a [`Probe`] stopped.
+#[derive(Debug)]
+enum ProbeError {
+    /// The limit was passed inside top-level field `field`.
+    TooDeep { field: Option<String> },
+    /// The value's `Serialize` implementation failed.
+    Custom(String),
+}
+
+impl std::fmt::Display for ProbeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProbeError::TooDeep { .. } => write!(f, "nested too deep"),
+            ProbeError::Custom(message) => f.write_str(message),
+        }
+    }
+}
+
+impl std::error::Error for ProbeError {}
+
+impl ser::Error for ProbeError {
+    fn custom<T: std::fmt::Display>(msg: T) -> Self {
+        ProbeError::Custom(msg.to_string())
+    }
+}
+
+type ProbeResult = std::result::Result<(), ProbeError>;
+
+impl Probe {
+    fn new(mode: Mode) -> Self {
+        Probe {
+            mode,
+            depth: 0,
+            field: None,
+            key: None,
+            in_key: false,
+            in_id: false,
+            id: None,
+        }
+    }
+
+    /// Opens a container; fails when it nests past the limit (the record's
+    /// own object plus [`MAX_NESTING_DEPTH`] levels).
+    fn open(&mut self) -> ProbeResult {
+        if self.depth > MAX_NESTING_DEPTH {
+            return Err(ProbeError::TooDeep {
+                field: self.field.clone(),
+            });
+        }
+        self.depth += 1;
+        Ok(())
+    }
+
+    fn close(&mut self) -> ProbeResult {
+        self.depth = self.depth.saturating_sub(1);
+        Ok(())
+    }
+
+    fn string(&mut self, s: &str) -> ProbeResult {
+        if self.in_key {
+            self.key = Some(s.to_owned());
+        } else if self.in_id {
+            self.id = Some(s.to_owned());
+        }
+        Ok(())
+    }
+
+    /// Serialises the value of key `key` of the container being written.
+    /// Keys are copied only at the top level, where they name the field:
+    /// a document's every key is not worth an allocation.
+    fn value<T: Serialize + ?Sized>(&mut self, key: Option<&str>, value: &T) -> ProbeResult {
+        let top = self.depth == 1;
+        let is_id = top && key == Some(ID_KEY);
+        if self.mode == Mode::FindId && !is_id {
+            return Ok(());
+        }
+        if !top {
+            return value.serialize(&mut *self);
+        }
+        self.field = key.map(str::to_owned);
+        self.in_id = is_id;
+        let result = value.serialize(&mut *self);
+        self.in_id = false;
+        result
+    }
+
+    /// Serialises an element of a sequence (never a top-level field).
+    fn element<T: Serialize + ?Sized>(&mut self, value: &T) -> ProbeResult {
+        if self.mode == Mode::FindId {
+            return Ok(());
+        }
+        self.in_id = false;
+        value.serialize(&mut *self)
+    }
+}
+
+impl ser::Serializer for &mut Probe {
+    type Ok = ();
+    type Error = ProbeError;
+    type SerializeSeq = Self;
+    type SerializeTuple = Self;
+    type SerializeTupleStruct = Self;
+    type SerializeTupleVariant = Self;
+    type SerializeMap = Self;
+    type SerializeStruct = Self;
+    type SerializeStructVariant = Self;
+
+    fn serialize_bool(self, _: bool) -> ProbeResult {
+        Ok(())
+    }
+    fn serialize_i8(self, _: i8) -> ProbeResult {
+        Ok(())
+    }
+    fn serialize_i16(self, _: i16) -> ProbeResult {
+        Ok(())
+    }
+    fn serialize_i32(self, _: i32) -> ProbeResult {
+        Ok(())
+    }
+    fn serialize_i64(self, _: i64) -> ProbeResult {
+        Ok(())
+    }
+    fn serialize_i128(self, _: i128) -> ProbeResult {
+        Ok(())
+    }
+    fn serialize_u8(self, _: u8) -> ProbeResult {
+        Ok(())
+    }
+    fn serialize_u16(self, _: u16) -> ProbeResult {
+        Ok(())
+    }
+    fn serialize_u32(self, _: u32) -> ProbeResult {
+        Ok(())
+    }
+    fn serialize_u64(self, _: u64) -> ProbeResult {
+        Ok(())
+    }
+    fn serialize_u128(self, _: u128) -> ProbeResult {
+        Ok(())
+    }
+    fn serialize_f32(self, _: f32) -> ProbeResult {
+        Ok(())
+    }
+    fn serialize_f64(self, _: f64) -> ProbeResult {
+        Ok(())
+    }
+    fn serialize_char(self, c: char) -> ProbeResult {
+        self.string(c.encode_utf8(&mut [0; 4]))
+    }
+    fn serialize_str(self, s: &str) -> ProbeResult {
+        self.string(s)
+    }
+    /// serde_json writes bytes as an array of numbers: one level.
+    fn serialize_bytes(self, _: &[u8]) -> ProbeResult {
+        self.open()?;
+        self.close()
+    }
+    fn serialize_none(self) -> ProbeResult {
+        Ok(())
+    }
+    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> ProbeResult {
+        value.serialize(self)
+    }
+    fn serialize_unit(self) -> ProbeResult {
+        Ok(())
+    }
+    fn serialize_unit_struct(self, _: &'static str) -> ProbeResult {
+        Ok(())
+    }
+    fn serialize_unit_variant(self, _: &'static str, _: u32, v: &'static str) -> ProbeResult {
+        self.string(v)
+    }
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        value: &T,
+    ) -> ProbeResult {
+        value.serialize(self)
+    }
+    /// serde_json writes `{"variant": value}`: one level around the value.
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+        value: &T,
+    ) -> ProbeResult {
+        self.open()?;
+        self.value(Some(variant), value)?;
+        self.close()
+    }
+    fn serialize_seq(self, _: Option<usize>) -> std::result::Result<Self, ProbeError> {
+        self.open()?;
+        Ok(self)
+    }
+    fn serialize_tuple(self, _: usize) -> std::result::Result<Self, ProbeError> {
+        self.open()?;
+        Ok(self)
+    }
+    fn serialize_tuple_struct(
+        self,
+        _: &'static str,
+        _: usize,
+    ) -> std::result::Result<Self, ProbeError> {
+        self.open()?;
+        Ok(self)
+    }
+    /// serde_json writes `{"variant": [...]}`: two levels.
+    fn serialize_tuple_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+        _: usize,
+    ) -> std::result::Result<Self, ProbeError> {
+        self.open()?;
+        if self.depth == 1 {
+            self.field = Some(variant.to_owned());
+        }
+        self.open()?;
+        Ok(self)
+    }
+    fn serialize_map(self, _: Option<usize>) -> std::result::Result<Self, ProbeError> {
+        self.open()?;
+        Ok(self)
+    }
+    fn serialize_struct(self, _: &'static str, _: usize) -> std::result::Result<Self, ProbeError> {
+        self.open()?;
+        Ok(self)
+    }
+    /// serde_json writes `{"variant": {...}}`: two levels.
+    fn serialize_struct_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+        _: usize,
+    ) -> std::result::Result<Self, ProbeError> {
+        self.open()?;
+        if self.depth == 1 {
+            self.field = Some(variant.to_owned());
+        }
+        self.open()?;
+        Ok(self)
+    }
+}
+
+impl ser::SerializeSeq for &mut Probe {
+    type Ok = ();
+    type Error = ProbeError;
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> ProbeResult {
+        self.element(value)
+    }
+    fn end(self) -> ProbeResult {
+        self.close()
+    }
+}
+
+impl ser::SerializeTuple for &mut Probe {
+    type Ok = ();
+    type Error = ProbeError;
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> ProbeResult {
+        self.element(value)
+    }
+    fn end(self) -> ProbeResult {
+        self.close()
+    }
+}
+
+impl ser::SerializeTupleStruct for &mut Probe {
+    type Ok = ();
+    type Error = ProbeError;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> ProbeResult {
+        self.element(value)
+    }
+    fn end(self) -> ProbeResult {
+        self.close()
+    }
+}
+
+impl ser::SerializeTupleVariant for &mut Probe {
+    type Ok = ();
+    type Error = ProbeError;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> ProbeResult {
+        self.element(value)
+    }
+    fn end(self) -> ProbeResult {
+        self.close()?;
+        self.close()
+    }
+}
+
+impl ser::SerializeMap for &mut Probe {
+    type Ok = ();
+    type Error = ProbeError;
+    /// Keys are read only for their string (a key serde_json would refuse is
+    /// refused by it later); one that is a container counts as one.
+    fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> ProbeResult {
+        if self.depth != 1 {
+            return key.serialize(&mut **self);
+        }
+        self.key = None;
+        self.in_key = true;
+        let result = key.serialize(&mut **self);
+        self.in_key = false;
+        result
+    }
+    fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> ProbeResult {
+        let key = self.key.take();
+        self.value(key.as_deref(), value)
+    }
+    fn end(self) -> ProbeResult {
+        self.close()
+    }
+}
+
+impl ser::SerializeStruct for &mut Probe {
+    type Ok = ();
+    type Error = ProbeError;
+    fn serialize_field<T: Serialize + ?Sized>(
+        &mut self,
+        key: &'static str,
+        value: &T,
+    ) -> ProbeResult {
+        self.value(Some(key), value)
+    }
+    fn end(self) -> ProbeResult {
+        self.close()
+    }
+}
+
+impl ser::SerializeStructVariant for &mut Probe {
+    type Ok = ();
+    type Error = ProbeError;
+    fn serialize_field<T: Serialize + ?Sized>(
+        &mut self,
+        key: &'static str,
+        value: &T,
+    ) -> ProbeResult {
+        self.value(Some(key), value)
+    }
+    fn end(self) -> ProbeResult {
+        self.close()?;
+        self.close()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Content, FieldState, Record, Stamp, VersionVector};
+    use serde_json::json;
+
+    /// `[[...[1]...]]`, `levels` arrays deep, built without recursion.
+    fn nested(levels: usize) -> Value {
+        let mut value = json!(1);
+        for _ in 0..levels {
+            value = Value::Array(vec![value]);
+        }
+        value
+    }
+
+    /// A record object `{"id": "deep", "a": 1, "d": <nested(levels)>}`.
+    fn doc(levels: usize) -> Value {
+        let mut map = serde_json::Map::new();
+        map.insert("id".to_owned(), json!("deep"));
+        map.insert("a".to_owned(), json!(1));
+        map.insert("d".to_owned(), nested(levels));
+        Value::Object(map)
+    }
+
+    /// Runs `f` on a thread with the 2 MiB stack of a default thread or
+    /// tokio worker: a recursion as deep as the values tested would overflow
+    /// it and abort the test process.
+    fn on_small_stack(f: impl FnOnce() + Send + 'static) {
+        std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(f)
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    const REFUSAL: &str = "invalid record \"deep\", field `d`: nests arrays and objects more than 64 levels deep, the limit for a record's values";
+
+    #[test]
+    fn depth_is_measured_without_recursion() {
+        assert_eq!(nesting_depth(&json!(1)), 0);
+        assert_eq!(nesting_depth(&json!([1])), 1);
+        assert_eq!(nesting_depth(&json!({"a": [1, {"b": []}]})), 4);
+        on_small_stack(|| {
+            let value = nested(100_000);
+            assert_eq!(nesting_depth(&value), 100_000);
+            dismantle(value);
+        });
+    }
+
+    #[test]
+    fn content_at_the_limit_is_accepted_and_deeper_refused_naming_record_and_field() {
+        let content = Content::from_value(doc(MAX_NESTING_DEPTH)).unwrap();
+        assert_eq!(nesting_depth(&content.fields()["d"]), MAX_NESTING_DEPTH);
+        for levels in [MAX_NESTING_DEPTH + 1, 10_000] {
+            on_small_stack(move || {
+                let err = Content::from_value(doc(levels)).unwrap_err();
+                assert_eq!(err.to_string(), REFUSAL);
+                assert!(matches!(err, Error::InvalidRecord { field: Some(f), .. } if f == "d"));
+            });
+        }
+        // Not an object, and too deep to drop by recursion: still a refusal.
+        on_small_stack(|| {
+            let err = Content::from_value(nested(100_000)).unwrap_err();
+            assert!(
+                err.to_string().contains("more than 64 levels deep"),
+                "{err}"
+            );
+        });
+    }
+
+    #[test]
+    fn stored_records_are_checked_and_a_record_at_the_limit_survives_envelopes() {
+        let stamp = Stamp::new(1, 0, "c").unwrap();
+        let record = Record::create(Content::from_value(doc(MAX_NESTING_DEPTH)).unwrap(), &stamp);
+        // Three envelopes around the record (S3 body, HTTP request, page):
+        // serde_json still parses the text.
+        let text = format!("{{\"a\":[{{\"b\":{}}}]}}", record.to_json_string());
+        let back: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            Record::from_json(back["a"][0]["b"].clone()).unwrap(),
+            record
+        );
+
+        let mut deeper = record.to_json();
+        deeper["d"] = nested(MAX_NESTING_DEPTH + 1);
+        let err = Record::from_json(deeper.clone()).unwrap_err();
+        assert_eq!(err.to_string(), REFUSAL);
+        // Through the text, as every backend and peer reads records.
+        let err = serde_json::from_str::<Record>(&deeper.to_string()).unwrap_err();
+        assert!(err.to_string().starts_with(REFUSAL), "{err}");
+        on_small_stack(move || {
+            let mut deepest = record.to_json();
+            deepest["d"] = nested(10_000);
+            assert_eq!(Record::from_json(deepest).unwrap_err().to_string(), REFUSAL);
+        });
+    }
+
+    #[test]
+    fn records_from_parts_and_field_states_are_checked() {
+        let stamp = Stamp::new(1, 0, "c").unwrap();
+        let parts = |levels| {
+            let fields = [(
+                "d".to_owned(),
+                FieldState::new(Some(nested(levels)), stamp.clone()),
+            )];
+            Record::from_parts(
+                "deep",
+                fields.into_iter().collect::<crate::FieldStates>(),
+                stamp.clone(),
+                None,
+                VersionVector::new(),
+            )
+        };
+        assert!(parts(MAX_NESTING_DEPTH).is_ok());
+        assert_eq!(
+            parts(MAX_NESTING_DEPTH + 1).unwrap_err().to_string(),
+            REFUSAL
+        );
+        let state = |levels| {
+            format!(
+                "{{\"value\":{},\"stamp\":\"000000000001.00000000.c\"}}",
+                nested(levels)
+            )
+        };
+        assert!(serde_json::from_str::<FieldState>(&state(MAX_NESTING_DEPTH)).is_ok());
+        let err = serde_json::from_str::<FieldState>(&state(MAX_NESTING_DEPTH + 1)).unwrap_err();
+        assert!(
+            err.to_string().contains("more than 64 levels deep"),
+            "{err}"
+        );
+    }
+
+    /// A user type nesting by recursion in its `Serialize`, as deep as asked.
+    #[derive(serde::Serialize)]
+    struct Node {
+        child: Option<Box<Node>>,
+    }
+
+    #[derive(serde::Serialize)]
+    struct Doc {
+        a: u8,
+        tree: Node,
+        id: &'static str,
+    }
+
+    fn tree(levels: usize) -> Node {
+        let mut node = Node { child: None };
+        for _ in 1..levels {
+            node = Node {
+                child: Some(Box::new(node)),
+            };
+        }
+        node
+    }
+
+    /// Drops a [`tree`] without recursion.
+    fn fell(mut node: Node) {
+        while let Some(child) = node.child.take() {
+            node = *child;
+        }
+    }
+
+    #[test]
+    fn serialize_is_stopped_at_the_limit_before_it_recurses_deeper() {
+        assert!(check_serialize(&doc(MAX_NESTING_DEPTH)).is_ok());
+        let measured = serde_json::to_value(doc(MAX_NESTING_DEPTH)).unwrap();
+        assert_eq!(nesting_depth(&measured), MAX_NESTING_DEPTH + 1);
+        for levels in [MAX_NESTING_DEPTH + 1, 10_000] {
+            on_small_stack(move || {
+                let value = doc(levels);
+                let err = check_serialize(&value).unwrap_err();
+                dismantle(value);
+                assert_eq!(err.to_string(), REFUSAL);
+            });
+        }
+        // A derived type: `{"a":0,"tree":{"child":{...}},"id":"t"}`, the id
+        // after the field at fault.
+        assert!(check_serialize(&Doc {
+            a: 0,
+            tree: tree(MAX_NESTING_DEPTH),
+            id: "t"
+        })
+        .is_ok());
+        for levels in [MAX_NESTING_DEPTH + 1, 10_000] {
+            on_small_stack(move || {
+                let doc = Doc {
+                    a: 0,
+                    tree: tree(levels),
+                    id: "t",
+                };
+                let err = check_serialize(&doc).unwrap_err();
+                fell(doc.tree);
+                assert_eq!(
+                    err.to_string(),
+                    "invalid record \"t\", field `tree`: nests arrays and objects more than 64 levels deep, the limit for a record's values"
+                );
+            });
+        }
+        // What the probe counts is what serde_json writes, enums included.
+        #[derive(serde::Serialize)]
+        enum E {
+            New(Vec<u8>),
+            Tuple(u8, Vec<u8>),
+            Struct { x: Vec<u8> },
+            Unit,
+        }
+        for value in [
+            E::New(vec![1]),
+            E::Tuple(1, vec![]),
+            E::Struct { x: vec![] },
+            E::Unit,
+        ] {
+            let depth = nesting_depth(&serde_json::to_value(&value).unwrap());
+            // With `open` containers around it, the value fits when
+            // `open + depth` is within the document's limit.
+            let fits = |open: usize| {
+                let mut probe = Probe::new(Mode::Measure);
+                probe.depth = open;
+                value.serialize(&mut probe).is_ok() && probe.depth == open
+            };
+            assert!(fits(MAX_NESTING_DEPTH + 1 - depth));
+            assert!(depth == 0 || !fits(MAX_NESTING_DEPTH + 2 - depth));
+        }
+    }
+}
