@@ -37,7 +37,7 @@ impl Content {
         let fields = map
             .into_iter()
             .filter(|(key, _)| !is_reserved(key))
-            .map(|(key, value)| (shared_name(&key), value))
+            .map(|(key, value)| (shared_name(key), value))
             .collect();
         Ok(Content { id, fields })
     }
@@ -55,7 +55,7 @@ impl Content {
             Err(Refusal::Unsupported) => {
                 // `to_value` recurses once per level with no limit of its own.
                 check_serialize(doc)?;
-                let value = serde_json::to_value(doc).map_err(unserialisable)?;
+                let value = serde_json::to_value(doc).map_err(|e| unserialisable(&e))?;
                 Content::from_value(value)
             }
             // The whole document is measured again only to name the record
@@ -82,7 +82,7 @@ impl Content {
     }
 }
 
-fn unserialisable(e: serde_json::Error) -> Error {
+fn unserialisable(e: &serde_json::Error) -> Error {
     Error::invalid_record(None, format!("cannot be serialised to JSON: {e}"))
 }
 
@@ -176,7 +176,8 @@ fn json_value<T: Serialize + ?Sized>(value: &T) -> std::result::Result<Value, Re
             )))
         }
     }
-    let mut value = serde_json::to_value(value).map_err(|e| Refusal::Invalid(unserialisable(e)))?;
+    let mut value =
+        serde_json::to_value(value).map_err(|e| Refusal::Invalid(unserialisable(&e)))?;
     positive_zero(&mut value);
     Ok(value)
 }
@@ -307,7 +308,7 @@ impl SerializeMap for Fields {
     ) -> std::result::Result<(), Refusal> {
         let key = self.key.take().ok_or(Refusal::Unsupported)?;
         let value = json_value(value)?;
-        self.push(&key, value, shared_name);
+        self.push(&key, value, |k| shared_name(k));
         Ok(())
     }
 

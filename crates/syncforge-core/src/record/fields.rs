@@ -76,21 +76,21 @@ pub struct FieldStates(pub(crate) Vec<(Arc<str>, FieldState)>);
 /// million. Each thread keeps a table of the short names it has seen, bounded
 /// so that records with ever-new field names cannot grow it without limit
 /// (names beyond the bound are simply not shared).
-pub(super) fn shared_name(name: &str) -> Arc<str> {
+pub(super) fn shared_name<S: AsRef<str> + Into<Arc<str>>>(name: S) -> Arc<str> {
     const MAX_SHARED_LEN: usize = 64;
     const MAX_SHARED_NAMES: usize = 4096;
     thread_local! {
         static NAMES: RefCell<foldhash::HashSet<Arc<str>>> = RefCell::new(foldhash::HashSet::default());
     }
-    if name.len() > MAX_SHARED_LEN {
-        return Arc::from(name);
+    if name.as_ref().len() > MAX_SHARED_LEN {
+        return name.into();
     }
     NAMES.with(|names| {
         let mut names = names.borrow_mut();
-        if let Some(shared) = names.get(name) {
+        if let Some(shared) = names.get(name.as_ref()) {
             return Arc::clone(shared);
         }
-        let fresh: Arc<str> = Arc::from(name);
+        let fresh: Arc<str> = name.into();
         if names.len() < MAX_SHARED_NAMES {
             names.insert(Arc::clone(&fresh));
         }
@@ -155,7 +155,7 @@ impl FieldStates {
         match self.position(&name) {
             Ok(i) => Some(std::mem::replace(&mut self.0[i].1, state)),
             Err(i) => {
-                self.0.insert(i, (shared_name(&name), state));
+                self.0.insert(i, (shared_name(name), state));
                 None
             }
         }
@@ -220,7 +220,7 @@ impl FromIterator<(String, FieldState)> for FieldStates {
         FieldStates(
             entries
                 .into_iter()
-                .map(|(name, state)| (shared_name(&name), state))
+                .map(|(name, state)| (shared_name(name), state))
                 .collect(),
         )
     }
