@@ -642,7 +642,8 @@ fn out_dir() -> PathBuf {
 }
 
 /// `cargo xtask bench --profile ROW`: one run of a W1 to W3 row (`w1_put`,
-/// `w2_sync_empty`, `w3_sync_crdt`, each also with `_10k` or `_1m`) under
+/// `w2_sync_empty`, `w3_sync_crdt`, each also with `_10k` or `_1m`), or
+/// twenty rounds of a W4 row (`w4_incremental_1k`, `w4_incremental_1m`), under
 /// `valgrind --tool=callgrind`, recording only the workload itself (the
 /// bench binary's `profiled` function), not its setup. Instruction counts
 /// are stable on shared, noisy machines where timings are not: judge small
@@ -690,9 +691,12 @@ pub(crate) fn profile(row: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Records handled by one run of a W1 to W3 row, from its size suffix.
+/// Records handled by one run of a row: W1 to W3 from their size suffix,
+/// W4 twenty rounds of 100 changes.
 fn records_of(row: &str) -> usize {
-    if row.ends_with("_10k") {
+    if row.starts_with("w4_") {
+        2_000
+    } else if row.ends_with("_10k") {
         10_000
     } else if row.ends_with("_1m") {
         1_000_000

@@ -36,7 +36,8 @@ Commands:
          `--quick` runs few samples and skips the peers (everyday use);
          without it, enough for numbers worth reporting.
          `--profile ROW` records a callgrind profile of one W1-W3 row
-         (w1_put, w2_sync_empty, w3_sync_crdt, each also _10k or _1m) and
+         (w1_put, w2_sync_empty, w3_sync_crdt, each also _10k or _1m) or
+         of twenty W4 rounds (w4_incremental_1k, w4_incremental_1m) and
          prints its instructions per record.
   services
          Start the services the tests need (a standalone Redis on port 6391,

@@ -215,12 +215,35 @@ fn profiled<O>(run: impl FnOnce() -> O) -> O {
 /// [`profiled`], set up as its benchmark sets it up; no criterion, no timing.
 /// Prints the records the run handled, for counts per record.
 fn profile(rt: &Runtime, row: &str) {
+    if let Some(size) = [
+        ("w4_incremental_1k", 1_000),
+        ("w4_incremental_1m", 1_000_000),
+    ]
+    .iter()
+    .find_map(|(id, size)| (*id == row).then_some(*size))
+    {
+        // Rounds of 100 edits (not recorded) each read from the feed and
+        // synced (recorded), as the benchmark's iterations do.
+        const ROUNDS: usize = 20;
+        let Replicas {
+            sender,
+            receiver,
+            mut cursor,
+        } = Replicas::new(rt, size);
+        for round in 1..=ROUNDS {
+            rt.block_on(edit_spread(&sender, size, round));
+            let result = profiled(|| rt.block_on(feed_and_sync(&sender, &receiver, &mut cursor)));
+            assert_eq!(result.updated, INCREMENTAL);
+        }
+        println!("profiled {row}: {} records", ROUNDS * INCREMENTAL);
+        return;
+    }
     let Some((workload, size)) = [W1, W2, W3].iter().find_map(|w| {
         let suffix = row.strip_prefix(w)?;
         let (size, _) = SIZES.iter().find(|(_, s)| *s == suffix)?;
         Some((*w, *size))
     }) else {
-        panic!("no profile for row {row:?}: w1_put, w2_sync_empty or w3_sync_crdt, each with _10k, _1m or no suffix");
+        panic!("no profile for row {row:?}: w1_put, w2_sync_empty or w3_sync_crdt, each with _10k, _1m or no suffix, or w4_incremental_1k or _1m");
     };
     match workload {
         W1 => {
