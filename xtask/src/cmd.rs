@@ -10,7 +10,7 @@ const WORKSPACE_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
 /// One cargo invocation, shown to the user exactly as it is run.
 pub(crate) struct Cargo {
-    args: Vec<&'static str>,
+    args: Vec<String>,
     envs: Vec<(&'static str, OsString)>,
 }
 
@@ -18,9 +18,15 @@ impl Cargo {
     /// `cargo <args>`.
     pub(crate) fn new(args: &[&'static str]) -> Self {
         Cargo {
-            args: args.to_vec(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
             envs: Vec::new(),
         }
+    }
+
+    /// Appends an argument made at run time.
+    pub(crate) fn arg(mut self, arg: String) -> Self {
+        self.args.push(arg);
+        self
     }
 
     /// Sets an environment variable for this invocation only.

@@ -35,6 +35,10 @@ Commands:
          needed, peers) and print a table of medians against the targets.
          `--quick` runs few samples and skips the peers (everyday use);
          without it, enough for numbers worth reporting.
+         `--profile ROW` records a callgrind profile of one W1-W3 row
+         (w1_put, w2_sync_empty, w3_sync_crdt, each also _10k or _1m) or
+         of twenty W4 rounds (w4_incremental_1k, w4_incremental_1m) and
+         prints its instructions per record.
   services
          Start the services the tests need (a standalone Redis on port 6391,
          a 3-master Redis Cluster on 7001-7003) unless they already run,
@@ -48,7 +52,13 @@ Commands:
 enum Command {
     Ci,
     Deny,
-    Bench { quick: bool },
+    Bench {
+        quick: bool,
+    },
+    /// `bench --profile ROW`: a callgrind profile of one workload row.
+    Profile {
+        row: String,
+    },
     Services,
     Help,
 }
@@ -80,6 +90,9 @@ fn parse(args: &[String]) -> Result<Command, UsageError> {
     let (first, rest) = args.split_first().ok_or(UsageError::MissingCommand)?;
     let (command, name) = match (first.as_str(), rest) {
         ("bench", [flag]) if flag == "--quick" => return Ok(Command::Bench { quick: true }),
+        ("bench", [flag, row]) if flag == "--profile" => {
+            return Ok(Command::Profile { row: row.clone() })
+        }
         ("bench", _) => (Command::Bench { quick: false }, "bench"),
         ("ci", _) => (Command::Ci, "ci"),
         ("deny", _) => (Command::Deny, "deny"),
@@ -113,6 +126,7 @@ fn main() -> ExitCode {
         Command::Ci => ci::run(),
         Command::Deny => deny::run(),
         Command::Bench { quick } => bench::run(quick),
+        Command::Profile { row } => bench::profile(&row),
         Command::Services => services::run_in_foreground(),
     };
     match outcome {

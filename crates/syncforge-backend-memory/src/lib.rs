@@ -34,12 +34,13 @@
 //! # }
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::num::NonZeroUsize;
-use std::ops::Bound::{Excluded, Unbounded};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use hashbrown::HashTable;
 use parking_lot::{Mutex, MutexGuard};
 use syncforge_core::{
     async_trait, Change, ChangePage, CollectionName, Cursor, Error, Record, RecordId, Result,
@@ -68,7 +69,7 @@ pub struct MemoryBackend {
 /// Everything shared by the handles of one store.
 #[derive(Default)]
 struct State {
-    collections: HashMap<CollectionName, Collection>,
+    collections: HashMap<CollectionName, Collection, IdHasher>,
     meta: HashMap<String, String>,
     /// The newest stamp ever written. Kept instead of recomputed so that
     /// `newest_stamp` is O(1); after deletes it may be newer than any record
@@ -76,17 +77,27 @@ struct State {
     newest: Option<Stamp>,
 }
 
-/// One collection: the records and two indexes over them.
+/// The id table's hasher: seeded per table, so ids sent by a peer cannot be
+/// chosen to collide, and several times cheaper than the standard SipHash,
+/// which was the largest single cost of a write in profiles.
+type IdHasher = foldhash::fast::RandomState;
+
+/// One collection: the records and the change log over them.
 ///
-/// Ids are shared between the map and the indexes so that an update moves
-/// no string.
+/// No ordered tree: every write appends one entry to `log` and touches one
+/// hash slot, a cost that does not grow with the collection (a tree paid a
+/// cache miss per level on every write, which made incremental syncs into big
+/// collections slower than into small ones).
 #[derive(Default)]
 struct Collection {
-    records: HashMap<RecordId, Slot>,
-    /// Sequence of each record's latest change → id: the change feed.
-    by_sequence: BTreeMap<u64, RecordId>,
-    /// (`_timestamp` millis, sequence) → id: for `changes_since_timestamp`.
-    by_millis: BTreeMap<(u64, u64), RecordId>,
+    records: Records,
+    /// `(sequence, id)` of every write, in sequence order: the change feed.
+    /// An entry is live while its record's slot still holds that sequence;
+    /// rewrites and removals leave the old entry behind (stale) instead of
+    /// searching for it, and [`Collection::compact`] drops stale entries once
+    /// they outnumber the live ones, so the log stays within twice the
+    /// collection.
+    log: Vec<(u64, RecordId)>,
     /// Last sequence handed out. Survives deletes and clears, so a reader's
     /// cursor never skips records written after a clear.
     last_sequence: u64,
@@ -95,7 +106,76 @@ struct Collection {
 struct Slot {
     record: Record,
     sequence: u64,
-    millis: u64,
+}
+
+/// The records of a collection by id. A table of slots found by the id each
+/// record already holds, not a map with the id as a second key: a slot is
+/// half the size of a map entry, which matters at a million records.
+#[derive(Default)]
+struct Records {
+    slots: HashTable<Slot>,
+    hasher: IdHasher,
+}
+
+impl Records {
+    fn hash(&self, id: &str) -> u64 {
+        self.hasher.hash_one(id)
+    }
+
+    fn get(&self, id: &str) -> Option<&Slot> {
+        self.slots
+            .find(self.hash(id), |slot| slot.record.id().as_str() == id)
+    }
+
+    fn get_mut(&mut self, id: &str) -> Option<&mut Slot> {
+        let hash = self.hash(id);
+        self.slots
+            .find_mut(hash, |slot| slot.record.id().as_str() == id)
+    }
+
+    /// Adds a slot for a record the table does not hold.
+    fn insert_new(&mut self, slot: Slot) {
+        let hash = self.hash(slot.record.id());
+        let hasher = &self.hasher;
+        self.slots
+            .insert_unique(hash, slot, |s| hasher.hash_one(s.record.id().as_str()));
+    }
+
+    fn remove(&mut self, id: &str) -> bool {
+        let hash = self.hash(id);
+        match self
+            .slots
+            .find_entry(hash, |slot| slot.record.id().as_str() == id)
+        {
+            Ok(entry) => {
+                entry.remove();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn reserve(&mut self, additional: usize) {
+        let hasher = &self.hasher;
+        self.slots
+            .reserve(additional, |s| hasher.hash_one(s.record.id().as_str()));
+    }
+
+    fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.slots.clear();
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Slot> + '_ {
+        self.slots.iter()
+    }
 }
 
 impl MemoryBackend {
@@ -150,52 +230,42 @@ impl Collection {
         })
     }
 
+    /// The record written at `sequence` by log entry `id`, if that write is
+    /// still the record's latest.
+    fn live(&self, sequence: u64, id: &str) -> Option<&Record> {
+        self.records
+            .get(id)
+            .filter(|slot| slot.sequence == sequence)
+            .map(|slot| &slot.record)
+    }
+
     /// Applies one conditional write; a write that happens moves `newest`
     /// forward to its stamp if that is newer.
     fn apply(&mut self, write: &Write, newest: &mut Option<Stamp>) -> WriteOutcome {
         let Write { record, expected } = write;
         let sequence = self.last_sequence + 1;
-        let stamp = record.newest_stamp();
-        let millis = stamp.millis();
         match self.records.get_mut(record.id()) {
             Some(slot) => {
                 if !matches!(expected, Some(Token::Sequence(s)) if *s == slot.sequence) {
                     return WriteOutcome::Conflict;
                 }
-                take_newer(newest, stamp);
-                self.by_millis.remove(&(slot.millis, slot.sequence));
-                let id = match self.by_sequence.remove(&slot.sequence) {
-                    Some(id) => id,
-                    // Unreachable while the indexes agree; rebuilding the key
-                    // is still correct if they ever did not.
-                    None => record.id().clone(),
-                };
-                self.by_sequence.insert(sequence, id.clone());
-                self.by_millis.insert((millis, sequence), id);
                 slot.record = record.clone();
                 slot.sequence = sequence;
-                slot.millis = millis;
             }
             None => {
                 if expected.is_some() {
                     return WriteOutcome::Conflict;
                 }
-                take_newer(newest, stamp);
-                // The record's own id: indexing it costs no copy.
-                let id = record.id().clone();
-                self.by_sequence.insert(sequence, id.clone());
-                self.by_millis.insert((millis, sequence), id.clone());
-                self.records.insert(
-                    id,
-                    Slot {
-                        record: record.clone(),
-                        sequence,
-                        millis,
-                    },
-                );
+                self.records.insert_new(Slot {
+                    record: record.clone(),
+                    sequence,
+                });
             }
         }
+        take_newer(newest, record.newest_stamp());
+        self.log.push((sequence, record.id().clone()));
         self.last_sequence = sequence;
+        self.compact();
         WriteOutcome::Written {
             token: Token::Sequence(sequence),
             cursor: Cursor::new(sequence),
@@ -203,14 +273,33 @@ impl Collection {
     }
 
     fn remove(&mut self, id: &str) -> bool {
-        match self.records.remove(id) {
-            Some(slot) => {
-                self.by_sequence.remove(&slot.sequence);
-                self.by_millis.remove(&(slot.millis, slot.sequence));
-                true
-            }
-            None => false,
+        let removed = self.records.remove(id);
+        if removed {
+            self.compact();
         }
+        removed
+    }
+
+    /// Drops the stale log entries once they outnumber the live ones: one
+    /// pass over the log per as many writes as it then holds, so amortised
+    /// O(1) per write.
+    fn compact(&mut self) {
+        // The slack keeps small collections from compacting on every write.
+        const SLACK: usize = 1024;
+        if self.log.len() <= 2 * self.records.len() + SLACK {
+            return;
+        }
+        let records = &self.records;
+        self.log.retain(|(sequence, id)| {
+            records
+                .get(id.as_str())
+                .is_some_and(|slot| slot.sequence == *sequence)
+        });
+    }
+
+    fn clear(&mut self) {
+        self.records.clear();
+        self.log.clear();
     }
 }
 
@@ -248,7 +337,7 @@ impl StorageBackend for MemoryBackend {
         Ok(state
             .collections
             .get(collection)
-            .map(|c| c.records.values().map(|s| s.record.clone()).collect())
+            .map(|c| c.records.iter().map(|s| s.record.clone()).collect())
             .unwrap_or_default())
     }
 
@@ -266,6 +355,10 @@ impl StorageBackend for MemoryBackend {
             Some(c) => c,
             None => state.collections.entry(collection.clone()).or_default(),
         };
+        // Room for every write up front: growing the table and the log
+        // step by step rehashed and copied them mid-batch.
+        target.records.reserve(writes.len());
+        target.log.reserve(writes.len());
         let newest = &mut state.newest;
         Ok(writes
             .iter()
@@ -296,15 +389,20 @@ impl StorageBackend for MemoryBackend {
                 more: false,
             });
         };
-        let mut entries = c.by_sequence.range((Excluded(after.get()), Unbounded));
+        // The log is in sequence order: the first entry after the cursor is
+        // found by bisection, then stale entries are skipped.
+        let start = c
+            .log
+            .partition_point(|(sequence, _)| *sequence <= after.get());
+        let mut entries = c.log[start..]
+            .iter()
+            .filter_map(|(sequence, id)| c.live(*sequence, id).map(|r| (*sequence, r)));
         let mut changes = Vec::with_capacity(limit.min(c.records.len()));
-        for (&sequence, id) in entries.by_ref().take(limit) {
-            if let Some(slot) = c.records.get(id) {
-                changes.push(Change {
-                    cursor: Cursor::new(sequence),
-                    record: slot.record.clone(),
-                });
-            }
+        for (sequence, record) in entries.by_ref().take(limit) {
+            changes.push(Change {
+                cursor: Cursor::new(sequence),
+                record: record.clone(),
+            });
         }
         let more = entries.next().is_some();
         let next = changes.last().map_or(after, |change| change.cursor);
@@ -315,6 +413,9 @@ impl StorageBackend for MemoryBackend {
         })
     }
 
+    /// Scans the collection: this time-based query (kept from the original,
+    /// which scanned too) has no index of its own, so that no write pays for
+    /// keeping one ordered by time.
     async fn changes_since_timestamp(
         &self,
         collection: &CollectionName,
@@ -324,11 +425,11 @@ impl StorageBackend for MemoryBackend {
         let Some(c) = state.collections.get(collection) else {
             return Ok(Vec::new());
         };
-        // Keys are (millis, sequence): everything above (millis, MAX) has a
-        // strictly greater timestamp.
-        Ok(c.by_millis
-            .range((Excluded((millis, u64::MAX)), Unbounded))
-            .filter_map(|(_, id)| c.records.get(id).map(|s| s.record.clone()))
+        Ok(c.log
+            .iter()
+            .filter_map(|(sequence, id)| c.live(*sequence, id))
+            .filter(|record| record.timestamp() > millis)
+            .cloned()
             .collect())
     }
 
@@ -346,9 +447,7 @@ impl StorageBackend for MemoryBackend {
         let mut state = self.lock()?;
         if let Some(c) = state.collections.get_mut(collection) {
             // The collection itself stays, with its last sequence (see `Collection`).
-            c.records.clear();
-            c.by_sequence.clear();
-            c.by_millis.clear();
+            c.clear();
         }
         Ok(())
     }
@@ -415,12 +514,12 @@ mod tests {
     fn assert_indexes_agree(store: &MemoryBackend) {
         let state = store.state.lock();
         for c in state.collections.values() {
-            assert_eq!(c.by_sequence.len(), c.records.len());
-            assert_eq!(c.by_millis.len(), c.records.len());
-            for (id, slot) in &c.records {
-                assert_eq!(c.by_sequence.get(&slot.sequence), Some(id));
-                assert_eq!(c.by_millis.get(&(slot.millis, slot.sequence)), Some(id));
-                assert_eq!(slot.millis, slot.record.timestamp());
+            assert!(c.log.windows(2).all(|w| w[0].0 < w[1].0));
+            assert!(c.log.len() <= 2 * c.records.len() + 1024);
+            for slot in c.records.iter() {
+                let id = slot.record.id();
+                let live = c.log.iter().filter(|(s, i)| *s == slot.sequence && i == id);
+                assert_eq!(live.count(), 1);
             }
         }
     }

@@ -1,6 +1,6 @@
 //! Classifying incoming records against local state.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use crate::error::Result;
 use crate::merge::{is_conflict, merge, resolve_conflict, ConflictDetail, ConflictStrategy};
@@ -131,7 +131,8 @@ pub fn compute_delta(
 pub fn dedupe(records: Vec<Record>, strategy: ConflictStrategy) -> Result<Vec<Record>> {
     // Batches rarely repeat an id: checking with borrowed ids first spares
     // the common case a copy of every id.
-    let mut seen: HashSet<&str> = HashSet::with_capacity(records.len());
+    let mut seen: foldhash::HashSet<&str> =
+        foldhash::HashSet::with_capacity_and_hasher(records.len(), Default::default());
     if records.iter().all(|r| seen.insert(r.id().as_str())) {
         return Ok(records);
     }

@@ -146,6 +146,24 @@ pub fn check_serialize<T: Serialize + ?Sized>(doc: &T) -> Result<()> {
     }
 }
 
+/// Whether `value`, about to become the value of one top-level field of a
+/// record, nests at most [`MAX_NESTING_DEPTH`] deep: measured as
+/// [`check_serialize`] measures a field, building nothing. `Err` carries the
+/// message of `value`'s own `Serialize` implementation when it fails.
+///
+/// This lets a put convert its document field by field, each field measured
+/// just before it is converted, instead of walking the whole document twice.
+pub(crate) fn field_fits<T: Serialize + ?Sized>(value: &T) -> std::result::Result<bool, String> {
+    let mut probe = Probe::new(Mode::Measure);
+    // Inside the record's own object, below the top level.
+    probe.depth = 1;
+    match value.serialize(&mut probe) {
+        Ok(()) => Ok(true),
+        Err(ProbeError::TooDeep { .. }) => Ok(false),
+        Err(ProbeError::Custom(message)) => Err(message),
+    }
+}
+
 /// What a [`Probe`] walk is for.
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {

@@ -9,7 +9,6 @@
 //! stamps.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,7 +49,7 @@ fn shared_client(id: &str) -> ClientId {
     const MAX_SHARED_LEN: usize = 128;
     const MAX_SHARED_IDS: usize = 1024;
     thread_local! {
-        static IDS: RefCell<HashMap<String, ClientId>> = RefCell::new(HashMap::new());
+        static IDS: RefCell<foldhash::HashMap<String, ClientId>> = RefCell::new(foldhash::HashMap::default());
     }
     if id.len() > MAX_SHARED_LEN {
         return ClientId(Arc::new(id.to_owned()));
@@ -427,7 +426,12 @@ impl Hlc {
     /// How far `stamp` lies ahead of local physical time beyond the drift
     /// bound, if it does: `Some(ahead_ms)` means it must be refused.
     pub fn drift_excess(&self, stamp: &Stamp) -> Option<u64> {
-        let physical = self.time.now_millis();
+        self.drift_excess_at(stamp, self.time.now_millis())
+    }
+
+    /// [`drift_excess`](Self::drift_excess) against a physical time read
+    /// beforehand, so that a batch of stamps is checked with one clock read.
+    pub fn drift_excess_at(&self, stamp: &Stamp, physical: u64) -> Option<u64> {
         let ahead = stamp.millis.saturating_sub(physical);
         (ahead > self.max_drift_ms).then_some(ahead)
     }

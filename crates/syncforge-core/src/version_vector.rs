@@ -15,9 +15,39 @@ pub const MAX_VERSION: u64 = (1 << 53) - 1;
 ///
 /// Kept as a vector sorted by client id: records are usually written by a
 /// handful of clients, and a small sorted vector compares and merges faster
-/// than a tree.
-#[derive(Clone, Default, PartialEq, Eq, Hash)]
-pub struct VersionVector(Vec<(ClientId, u64)>);
+/// than a tree. Most records are written by one client, so a vector of at
+/// most one entry is kept inline: that spares every such record an
+/// allocation (its memory, and the cost of making and freeing it).
+#[derive(Clone, Default)]
+pub struct VersionVector(Entries);
+
+/// The entries, sorted by client id. Always `Inline` when at most one, so
+/// that equal vectors have one form.
+#[derive(Clone)]
+enum Entries {
+    Inline(Option<(ClientId, u64)>),
+    Heap(Vec<(ClientId, u64)>),
+}
+
+impl Default for Entries {
+    fn default() -> Self {
+        Entries::Inline(None)
+    }
+}
+
+impl PartialEq for VersionVector {
+    fn eq(&self, other: &Self) -> bool {
+        self.entries() == other.entries()
+    }
+}
+
+impl Eq for VersionVector {}
+
+impl std::hash::Hash for VersionVector {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.entries().hash(state);
+    }
+}
 
 /// How two version vectors relate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,63 +65,102 @@ pub enum Causality {
 impl VersionVector {
     /// An empty vector.
     pub fn new() -> Self {
-        VersionVector(Vec::new())
+        VersionVector(Entries::Inline(None))
+    }
+
+    /// A vector of sorted, distinct entries.
+    fn from_sorted(entries: Vec<(ClientId, u64)>) -> Self {
+        if entries.len() <= 1 {
+            VersionVector(Entries::Inline(entries.into_iter().next()))
+        } else {
+            VersionVector(Entries::Heap(entries))
+        }
+    }
+
+    fn entries(&self) -> &[(ClientId, u64)] {
+        match &self.0 {
+            Entries::Inline(entry) => entry.as_slice(),
+            Entries::Heap(entries) => entries,
+        }
+    }
+
+    /// Applies `change` to the entries as a vector, then returns to the
+    /// inline form if at most one entry is left.
+    fn edit(&mut self, change: impl FnOnce(&mut Vec<(ClientId, u64)>)) {
+        let mut entries = match std::mem::take(&mut self.0) {
+            Entries::Inline(entry) => entry.into_iter().collect(),
+            Entries::Heap(entries) => entries,
+        };
+        change(&mut entries);
+        *self = VersionVector::from_sorted(entries);
     }
 
     /// The count for `client` (0 when absent).
     pub fn get(&self, client: &ClientId) -> u64 {
-        self.0
+        let entries = self.entries();
+        entries
             .binary_search_by(|(c, _)| c.cmp(client))
-            .map_or(0, |i| self.0[i].1)
+            .map_or(0, |i| entries[i].1)
     }
 
     /// Sets the count for `client`, at most [`MAX_VERSION`]; a count of 0
     /// removes the entry.
     pub fn set(&mut self, client: ClientId, count: u64) {
         let count = count.min(MAX_VERSION);
-        match self.0.binary_search_by(|(c, _)| c.cmp(&client)) {
-            Ok(i) if count == 0 => {
-                self.0.remove(i);
-            }
-            Ok(i) => self.0[i].1 = count,
-            Err(_) if count == 0 => {}
-            Err(i) => self.0.insert(i, (client, count)),
-        }
+        self.edit(
+            |entries| match entries.binary_search_by(|(c, _)| c.cmp(&client)) {
+                Ok(i) if count == 0 => {
+                    entries.remove(i);
+                }
+                Ok(i) => entries[i].1 = count,
+                Err(_) if count == 0 => {}
+                Err(i) => entries.insert(i, (client, count)),
+            },
+        );
     }
 
     /// Counts one more write by `client`.
     pub fn increment(&mut self, client: &ClientId) {
-        match self.0.binary_search_by(|(c, _)| c.cmp(client)) {
-            Ok(i) => self.0[i].1 = (self.0[i].1 + 1).min(MAX_VERSION),
-            Err(i) => self.0.insert(i, (client.clone(), 1)),
+        match &mut self.0 {
+            // The common cases, without building a vector.
+            Entries::Inline(None) => self.0 = Entries::Inline(Some((client.clone(), 1))),
+            Entries::Inline(Some((c, n))) if c == client => *n = (*n + 1).min(MAX_VERSION),
+            _ => self.edit(
+                |entries| match entries.binary_search_by(|(c, _)| c.cmp(client)) {
+                    Ok(i) => entries[i].1 = (entries[i].1 + 1).min(MAX_VERSION),
+                    Err(i) => entries.insert(i, (client.clone(), 1)),
+                },
+            ),
         }
     }
 
     /// Total number of writes seen: the record's `_version`.
     pub fn total(&self) -> u64 {
-        self.0
+        self.entries()
             .iter()
             .fold(0u64, |sum, (_, n)| sum.saturating_add(*n))
     }
 
     /// Entries, sorted by client id.
     pub fn iter(&self) -> impl Iterator<Item = (&ClientId, u64)> + '_ {
-        self.0.iter().map(|(c, n)| (c, *n))
+        self.entries().iter().map(|(c, n)| (c, *n))
     }
 
     /// Whether no write was counted.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.entries().is_empty()
     }
 
     /// Pointwise maximum of both vectors.
     pub fn merge(&self, other: &VersionVector) -> VersionVector {
-        VersionVector(merge_sorted(&self.0, &other.0, |a, b| *a.max(b)))
+        VersionVector::from_sorted(merge_sorted(self.entries(), other.entries(), |a, b| {
+            *a.max(b)
+        }))
     }
 
     /// How `self` relates to `other`.
     pub fn compare(&self, other: &VersionVector) -> Causality {
-        let (a, b) = (&self.0, &other.0);
+        let (a, b) = (self.entries(), other.entries());
         let (mut left_ahead, mut right_ahead) = (false, false);
         let (mut i, mut j) = (0, 0);
         while i < a.len() || j < b.len() {

@@ -943,7 +943,7 @@ mod behaviour {
             let s = hlc.now().unwrap();
             let changed = record.apply_put(note(&after), &s).unwrap();
             prop_assert_eq!(changed, before != after);
-            let mut expected = note(&after).fields().clone();
+            let mut expected = note(&after).fields();
             expected.insert("id".into(), json!("n"));
             prop_assert_eq!(record.content(), expected);
             for (name, (b, a)) in FIELD_NAMES.iter().zip(before.iter().zip(&after)) {

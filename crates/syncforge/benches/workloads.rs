@@ -21,6 +21,7 @@
 mod support;
 
 use std::collections::HashMap;
+use std::hint::black_box;
 use std::time::SystemTime;
 
 use criterion::Criterion;
@@ -28,13 +29,29 @@ use syncforge::core::Content;
 use syncforge::{ClientId, Cursor, MemoryBackend, Record, Stamp, SyncEngine};
 use tokio::runtime::Runtime;
 
-use support::w3::{assert_no_edit_lost, diverge, CHANGED_EACH_SIDE};
+use support::w3::{assert_no_edit_lost_shaped, diverge_shaped, Shape};
 use support::{
     edit_spread, engine, engine_holding, feed_and_sync, feed_head, runtime, timed, timed_checked,
     written_records, Person, COLLECTION, INCREMENTAL, RECORDS,
 };
 
 const GROUP: &str = "workloads";
+const BASELINE: &str = "baseline_hashmap";
+const W1: &str = "w1_put";
+const W2: &str = "w2_sync_empty";
+const W3: &str = "w3_sync_crdt";
+/// The sizes W1 to W3 run at, and the suffix of their rows.
+const SIZES: [(usize, &str); 3] = [(10_000, "_10k"), (RECORDS, ""), (1_000_000, "_1m")];
+
+/// Whether the command line's filter (criterion's first free argument, a
+/// regular expression; plain names and `|` alternatives are understood
+/// here) selects row `id`, so that a filtered run does not build the
+/// records of rows it skips.
+fn selected(id: &str) -> bool {
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let pattern = |part: &str| part.contains(|c: char| "[](){}*+?.^$\\".contains(c));
+    filter.is_none_or(|f| f.split('|').any(|part| pattern(part) || id.contains(part)))
+}
 fn baseline(c: &mut Criterion, records: &[Record]) {
     c.benchmark_group(GROUP)
         .bench_function("baseline_hashmap", |b| {
@@ -54,9 +71,9 @@ fn baseline(c: &mut Criterion, records: &[Record]) {
         });
 }
 
-fn w1_put(c: &mut Criterion, rt: &Runtime) {
-    let people: Vec<Person> = (0..RECORDS).map(Person::nth).collect();
-    c.benchmark_group(GROUP).bench_function("w1_put", |b| {
+fn w1_put(c: &mut Criterion, rt: &Runtime, size: usize, id: &str) {
+    let people: Vec<Person> = (0..size).map(Person::nth).collect();
+    c.benchmark_group(GROUP).bench_function(id, |b| {
         b.iter_custom(|iters| {
             timed(
                 iters,
@@ -74,55 +91,54 @@ fn w1_put(c: &mut Criterion, rt: &Runtime) {
     });
 }
 
-fn w2_sync_into_empty(c: &mut Criterion, rt: &Runtime, records: &[Record]) {
-    c.benchmark_group(GROUP)
-        .bench_function("w2_sync_empty", |b| {
-            b.iter_custom(|iters| {
-                timed(
-                    iters,
-                    || {
-                        let target = rt.block_on(engine("w2", MemoryBackend::new()));
-                        (target, records.to_vec())
-                    },
-                    |(target, batch)| {
-                        let result = rt.block_on(target.sync(COLLECTION, batch)).unwrap();
-                        assert_eq!(result.added, RECORDS);
-                        target
-                    },
-                )
-            })
-        });
+fn w2_sync_into_empty(c: &mut Criterion, rt: &Runtime, records: &[Record], id: &str) {
+    c.benchmark_group(GROUP).bench_function(id, |b| {
+        b.iter_custom(|iters| {
+            timed(
+                iters,
+                || {
+                    let target = rt.block_on(engine("w2", MemoryBackend::new()));
+                    (target, records.to_vec())
+                },
+                |(target, batch)| {
+                    let result = rt.block_on(target.sync(COLLECTION, batch)).unwrap();
+                    assert_eq!(result.added, records.len());
+                    target
+                },
+            )
+        })
+    });
 }
 
-fn w3_sync_diverged(c: &mut Criterion, rt: &Runtime, base: &[Record]) {
+fn w3_sync_diverged(c: &mut Criterion, rt: &Runtime, base: &[Record], id: &str) {
+    let shape = Shape::of(base.len());
     // Criterion calls the closure below once per sample (and to warm up), so
     // the diverged sides are built on its first call and kept: built once,
     // and not at all in a run that filters this row out.
     let mut sides = None;
-    c.benchmark_group(GROUP)
-        .bench_function("w3_sync_crdt", |b| {
-            let sides = sides.get_or_insert_with(|| diverge(rt, base));
-            b.iter_custom(|iters| {
-                timed_checked(
-                    iters,
-                    || {
-                        let receiver = rt.block_on(engine_holding("receiver", &sides.local));
-                        (receiver, sides.remote.clone())
-                    },
-                    |(receiver, batch)| {
-                        let result = rt.block_on(receiver.sync(COLLECTION, batch)).unwrap();
-                        (receiver, result)
-                    },
-                    |(receiver, result)| {
-                        // Sender-only and overlapping records change; the
-                        // receiver's own newer edits and untouched records do not.
-                        assert_eq!(result.updated, CHANGED_EACH_SIDE);
-                        assert_eq!(result.unchanged, RECORDS - CHANGED_EACH_SIDE);
-                        assert_no_edit_lost(rt, receiver);
-                    },
-                )
-            })
-        });
+    c.benchmark_group(GROUP).bench_function(id, |b| {
+        let sides = sides.get_or_insert_with(|| diverge_shaped(rt, base, shape));
+        b.iter_custom(|iters| {
+            timed_checked(
+                iters,
+                || {
+                    let receiver = rt.block_on(engine_holding("receiver", &sides.local));
+                    (receiver, sides.remote.clone())
+                },
+                |(receiver, batch)| {
+                    let result = rt.block_on(receiver.sync(COLLECTION, batch)).unwrap();
+                    (receiver, result)
+                },
+                |(receiver, result)| {
+                    // Sender-only and overlapping records change; the
+                    // receiver's own newer edits and untouched records do not.
+                    assert_eq!(result.updated, shape.each_side);
+                    assert_eq!(result.unchanged, shape.records - shape.each_side);
+                    assert_no_edit_lost_shaped(rt, receiver, shape);
+                },
+            )
+        })
+    });
 }
 
 /// W4's two replicas holding the same `size` records, and the sender's
@@ -187,26 +203,124 @@ fn w4_incremental(c: &mut Criterion, rt: &Runtime, size: usize, id: &str) {
     });
 }
 
+/// Runs `run` once, outside criterion: the one function a profiler is told
+/// to record (`valgrind --tool=callgrind --toggle-collect='*profiled*'`), so
+/// setups and checks stay out of the counts.
+#[inline(never)]
+fn profiled<O>(run: impl FnOnce() -> O) -> O {
+    black_box(run())
+}
+
+/// `SYNCFORGE_BENCH_PROFILE=<row>`: one run of that row's workload under
+/// [`profiled`], set up as its benchmark sets it up; no criterion, no timing.
+/// Prints the records the run handled, for counts per record.
+fn profile(rt: &Runtime, row: &str) {
+    if let Some(size) = [
+        ("w4_incremental_1k", 1_000),
+        ("w4_incremental_1m", 1_000_000),
+    ]
+    .iter()
+    .find_map(|(id, size)| (*id == row).then_some(*size))
+    {
+        // Rounds of 100 edits (not recorded) each read from the feed and
+        // synced (recorded), as the benchmark's iterations do.
+        const ROUNDS: usize = 20;
+        let Replicas {
+            sender,
+            receiver,
+            mut cursor,
+        } = Replicas::new(rt, size);
+        for round in 1..=ROUNDS {
+            rt.block_on(edit_spread(&sender, size, round));
+            let result = profiled(|| rt.block_on(feed_and_sync(&sender, &receiver, &mut cursor)));
+            assert_eq!(result.updated, INCREMENTAL);
+        }
+        println!("profiled {row}: {} records", ROUNDS * INCREMENTAL);
+        return;
+    }
+    let Some((workload, size)) = [W1, W2, W3].iter().find_map(|w| {
+        let suffix = row.strip_prefix(w)?;
+        let (size, _) = SIZES.iter().find(|(_, s)| *s == suffix)?;
+        Some((*w, *size))
+    }) else {
+        panic!("no profile for row {row:?}: w1_put, w2_sync_empty or w3_sync_crdt, each with _10k, _1m or no suffix, or w4_incremental_1k or _1m");
+    };
+    match workload {
+        W1 => {
+            let people: Vec<Person> = (0..size).map(Person::nth).collect();
+            let target = rt.block_on(engine("w1", MemoryBackend::new()));
+            profiled(|| {
+                rt.block_on(async {
+                    for person in &people {
+                        target.put(COLLECTION, person).await.unwrap();
+                    }
+                })
+            });
+        }
+        W2 => {
+            let base = written_records(rt, "writer", size);
+            let target = rt.block_on(engine("w2", MemoryBackend::new()));
+            let result = profiled(|| rt.block_on(target.sync(COLLECTION, base)).unwrap());
+            assert_eq!(result.added, size);
+        }
+        _ => {
+            let shape = Shape::of(size);
+            let base = written_records(rt, "writer", size);
+            let sides = diverge_shaped(rt, &base, shape);
+            drop(base);
+            let receiver = rt.block_on(engine_holding("receiver", &sides.local));
+            let result = profiled(|| {
+                rt.block_on(receiver.sync(COLLECTION, sides.remote))
+                    .unwrap()
+            });
+            assert_eq!(result.updated, shape.each_side);
+            assert_no_edit_lost_shaped(rt, &receiver, shape);
+        }
+    }
+    println!("profiled {row}: {size} records");
+}
+
 fn main() {
     let since = SystemTime::now();
     let rt = runtime();
+    if let Some(row) = std::env::var_os("SYNCFORGE_BENCH_PROFILE") {
+        profile(&rt, &row.to_string_lossy());
+        return;
+    }
     let mut c = support::criterion();
-    let base = written_records(&rt, "writer", RECORDS);
-    baseline(&mut c, &base);
-    w1_put(&mut c, &rt);
-    w2_sync_into_empty(&mut c, &rt, &base);
-    w3_sync_diverged(&mut c, &rt, &base);
-    drop(base);
+    // W1 to W3 at three sizes, so that the cost per record is seen to stay
+    // flat as collections grow. Each size's records are made only if a row
+    // of it runs.
+    for (size, suffix) in SIZES {
+        let rows = [W1, W2, W3].map(|row| format!("{row}{suffix}"));
+        let wanted = rows.iter().any(|row| selected(row)) || size == RECORDS && selected(BASELINE);
+        if !wanted {
+            continue;
+        }
+        let base = written_records(&rt, "writer", size);
+        if size == RECORDS {
+            baseline(&mut c, &base);
+        }
+        w1_put(&mut c, &rt, size, &rows[0]);
+        w2_sync_into_empty(&mut c, &rt, &base, &rows[1]);
+        w3_sync_diverged(&mut c, &rt, &base, &rows[2]);
+    }
     w4_incremental(&mut c, &rt, 1_000, "w4_incremental_1k");
     w4_incremental(&mut c, &rt, 1_000_000, "w4_incremental_1m");
     c.final_summary();
     support::report_medians(
         GROUP,
         &[
-            ("baseline_hashmap", RECORDS),
+            (BASELINE, RECORDS),
             ("w1_put", RECORDS),
             ("w2_sync_empty", RECORDS),
             ("w3_sync_crdt", RECORDS),
+            ("w1_put_10k", 10_000),
+            ("w2_sync_empty_10k", 10_000),
+            ("w3_sync_crdt_10k", 10_000),
+            ("w1_put_1m", 1_000_000),
+            ("w2_sync_empty_1m", 1_000_000),
+            ("w3_sync_crdt_1m", 1_000_000),
             ("w4_incremental_1k", INCREMENTAL),
             ("w4_incremental_1m", INCREMENTAL),
         ],

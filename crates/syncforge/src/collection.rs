@@ -177,12 +177,9 @@ impl Collection {
     /// fails and writes nothing, it never overflows the stack.
     pub async fn put<T: Serialize + ?Sized>(&self, doc: &T) -> Result<Record> {
         self.engine.check_open()?;
-        // `to_value` recurses once per level with no limit of its own.
-        syncforge_core::check_serialize(doc)?;
-        let value = serde_json::to_value(doc).map_err(|e| {
-            Error::invalid_record(None, format!("cannot be serialised to JSON: {e}"))
-        })?;
-        let content = Content::from_value(value)?;
+        // Measures each field's nesting before it is converted: however
+        // deep `doc` nests, nothing recurses past the limit.
+        let content = Content::from_serialize(doc)?;
         let id = content.id().clone();
         let applied = self.apply_one(id.clone(), Intent::Put(content)).await?;
         applied.ok_or_else(|| self.lost_record(&id))

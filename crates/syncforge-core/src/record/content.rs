@@ -1,10 +1,15 @@
 //! The user content of a write.
 
+use std::sync::Arc;
+
+use serde::ser::{Impossible, Serialize, SerializeMap, SerializeStruct, Serializer};
 use serde_json::{Map, Value};
 
-use super::json::open_object;
-use super::RESERVED_KEYS;
-use crate::error::Result;
+use super::fields::{shared_name, shared_static_name};
+use super::json::{check_metadata_types, open_object, positive_zero, read_id};
+use super::{is_reserved, ID_KEY};
+use crate::depth::{check_serialize, field_fits, too_deep_error};
+use crate::error::{Error, Result};
 use crate::names::RecordId;
 
 /// The user content of a write: a valid id and the fields, without metadata.
@@ -16,7 +21,9 @@ use crate::names::RecordId;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Content {
     pub(super) id: RecordId,
-    pub(super) fields: Map<String, Value>,
+    /// Sorted by name, no name twice; names shared as records hold them, so
+    /// a record is built from them without copying a name.
+    pub(super) fields: Vec<(Arc<str>, Value)>,
 }
 
 impl Content {
@@ -25,11 +32,40 @@ impl Content {
     /// [`Error::InvalidRecord`](crate::Error::InvalidRecord) naming it, and
     /// the refused value is dropped without recursion.
     pub fn from_value(value: Value) -> Result<Content> {
-        let (id, mut map) = open_object(value)?;
-        for key in RESERVED_KEYS {
-            map.remove(key);
+        let (id, map) = open_object(value)?;
+        // A map iterates sorted and without repeats.
+        let fields = map
+            .into_iter()
+            .filter(|(key, _)| !is_reserved(key))
+            .map(|(key, value)| (shared_name(key), value))
+            .collect();
+        Ok(Content { id, fields })
+    }
+
+    /// Validates any serialisable value as record content, with the same
+    /// checks and errors as [`from_value`](Self::from_value).
+    ///
+    /// A struct or a map with string keys (what nearly every caller puts) is
+    /// taken apart field by field: each value becomes JSON on its own, and no
+    /// map of the whole object is built and searched. Anything else takes
+    /// the route through [`Value`].
+    pub fn from_serialize<T: Serialize + ?Sized>(doc: &T) -> Result<Content> {
+        match doc.serialize(Fields::default()) {
+            Ok(fields) => fields.into_content(),
+            Err(Refusal::Unsupported) => {
+                // `to_value` recurses once per level with no limit of its own.
+                check_serialize(doc)?;
+                let value = serde_json::to_value(doc).map_err(|e| unserialisable(&e))?;
+                Content::from_value(value)
+            }
+            // The whole document is measured again only to name the record
+            // and the field in the refusal, as every other way in names them.
+            Err(Refusal::TooDeep) => match check_serialize(doc) {
+                Err(error) => Err(error),
+                Ok(()) => Err(too_deep_error(None, None)),
+            },
+            Err(Refusal::Invalid(error)) => Err(error),
         }
-        Ok(Content { id, fields: map })
     }
 
     /// The record id.
@@ -37,9 +73,247 @@ impl Content {
         &self.id
     }
 
-    /// The user fields.
-    pub fn fields(&self) -> &Map<String, Value> {
-        &self.fields
+    /// The user fields, as a JSON map.
+    pub fn fields(&self) -> Map<String, Value> {
+        self.fields
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    }
+}
+
+fn unserialisable(e: &serde_json::Error) -> Error {
+    Error::invalid_record(None, format!("cannot be serialised to JSON: {e}"))
+}
+
+/// Why the field-by-field route did not produce content.
+#[derive(Debug)]
+enum Refusal {
+    /// Not a struct or a map with string keys: take the route through `Value`.
+    Unsupported,
+    /// A field nests deeper than [`MAX_NESTING_DEPTH`](crate::MAX_NESTING_DEPTH).
+    TooDeep,
+    /// The content is invalid (or a value cannot be JSON): the final answer.
+    Invalid(Error),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Unsupported => f.write_str("not an object with string keys"),
+            Refusal::TooDeep => f.write_str("a field nests too deep"),
+            Refusal::Invalid(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+impl serde::ser::Error for Refusal {
+    fn custom<T: std::fmt::Display>(msg: T) -> Self {
+        Refusal::Invalid(Error::invalid_record(
+            None,
+            format!("cannot be serialised to JSON: {msg}"),
+        ))
+    }
+}
+
+/// The top level of a put: collects `(name, value)` pairs of an object.
+#[derive(Default)]
+struct Fields {
+    fields: Vec<(Arc<str>, Value)>,
+    /// The value of `id`, checked once the object is complete.
+    id: Option<Value>,
+    /// The metadata keys, checked once the object is complete.
+    reserved: Map<String, Value>,
+    /// A map key waiting for its value.
+    key: Option<String>,
+}
+
+impl Fields {
+    /// Takes the id and metadata aside; `name` shares a user field's name.
+    fn push(&mut self, key: &str, value: Value, name: impl FnOnce(&str) -> Arc<str>) {
+        if key == ID_KEY {
+            self.id = Some(value);
+        } else if is_reserved(key) {
+            self.reserved.insert(key.to_owned(), value);
+        } else {
+            self.fields.push((name(key), value));
+        }
+    }
+
+    fn into_content(self) -> Result<Content> {
+        let id = read_id(self.id)?;
+        check_metadata_types(&id, &self.reserved)?;
+        let mut fields = self.fields;
+        if !fields.windows(2).all(|w| w[0].0 < w[1].0) {
+            // As in a map, the last of a repeated name counts: a stable sort
+            // keeps repeats in order, and the dedupe keeps the last.
+            fields.sort_by(|a, b| a.0.cmp(&b.0));
+            let mut unique: Vec<(Arc<str>, Value)> = Vec::with_capacity(fields.len());
+            for entry in fields {
+                match unique.last_mut() {
+                    Some(last) if last.0 == entry.0 => *last = entry,
+                    _ => unique.push(entry),
+                }
+            }
+            fields = unique;
+        }
+        Ok(Content { id, fields })
+    }
+}
+
+/// One field's value (or a map key) as JSON, normalised as stored values
+/// are; measured first, so that converting it cannot recurse past the limit.
+fn json_value<T: Serialize + ?Sized>(value: &T) -> std::result::Result<Value, Refusal> {
+    match field_fits(value) {
+        Ok(true) => {}
+        Ok(false) => return Err(Refusal::TooDeep),
+        Err(message) => {
+            return Err(Refusal::Invalid(Error::invalid_record(
+                None,
+                format!("cannot be serialised to JSON: {message}"),
+            )))
+        }
+    }
+    let mut value =
+        serde_json::to_value(value).map_err(|e| Refusal::Invalid(unserialisable(&e)))?;
+    positive_zero(&mut value);
+    Ok(value)
+}
+
+macro_rules! unsupported {
+    ($($method:ident($($arg:ty),*) -> $ret:ty;)*) => {
+        $(fn $method(self, $(_: $arg),*) -> std::result::Result<$ret, Refusal> {
+            Err(Refusal::Unsupported)
+        })*
+    };
+}
+
+impl Serializer for Fields {
+    type Ok = Fields;
+    type Error = Refusal;
+    type SerializeSeq = Impossible<Fields, Refusal>;
+    type SerializeTuple = Impossible<Fields, Refusal>;
+    type SerializeTupleStruct = Impossible<Fields, Refusal>;
+    type SerializeTupleVariant = Impossible<Fields, Refusal>;
+    type SerializeMap = Fields;
+    type SerializeStruct = Fields;
+    type SerializeStructVariant = Impossible<Fields, Refusal>;
+
+    unsupported! {
+        serialize_bool(bool) -> Fields;
+        serialize_i8(i8) -> Fields;
+        serialize_i16(i16) -> Fields;
+        serialize_i32(i32) -> Fields;
+        serialize_i64(i64) -> Fields;
+        serialize_u8(u8) -> Fields;
+        serialize_u16(u16) -> Fields;
+        serialize_u32(u32) -> Fields;
+        serialize_u64(u64) -> Fields;
+        serialize_f32(f32) -> Fields;
+        serialize_f64(f64) -> Fields;
+        serialize_char(char) -> Fields;
+        serialize_str(&str) -> Fields;
+        serialize_bytes(&[u8]) -> Fields;
+        serialize_unit() -> Fields;
+        serialize_unit_struct(&'static str) -> Fields;
+        serialize_unit_variant(&'static str, u32, &'static str) -> Fields;
+        serialize_seq(Option<usize>) -> Self::SerializeSeq;
+        serialize_tuple(usize) -> Self::SerializeTuple;
+        serialize_tuple_struct(&'static str, usize) -> Self::SerializeTupleStruct;
+        serialize_tuple_variant(&'static str, u32, &'static str, usize) -> Self::SerializeTupleVariant;
+        serialize_struct_variant(&'static str, u32, &'static str, usize) -> Self::SerializeStructVariant;
+        serialize_none() -> Fields;
+    }
+
+    fn serialize_some<T: Serialize + ?Sized>(self, _: &T) -> std::result::Result<Fields, Refusal> {
+        Err(Refusal::Unsupported)
+    }
+
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        _: &T,
+    ) -> std::result::Result<Fields, Refusal> {
+        Err(Refusal::Unsupported)
+    }
+
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: &T,
+    ) -> std::result::Result<Fields, Refusal> {
+        Err(Refusal::Unsupported)
+    }
+
+    fn serialize_map(self, len: Option<usize>) -> std::result::Result<Fields, Refusal> {
+        Ok(Fields {
+            fields: Vec::with_capacity(len.unwrap_or(0)),
+            ..self
+        })
+    }
+
+    fn serialize_struct(self, _: &'static str, len: usize) -> std::result::Result<Fields, Refusal> {
+        Ok(Fields {
+            fields: Vec::with_capacity(len),
+            ..self
+        })
+    }
+}
+
+impl SerializeStruct for Fields {
+    type Ok = Fields;
+    type Error = Refusal;
+
+    fn serialize_field<T: Serialize + ?Sized>(
+        &mut self,
+        key: &'static str,
+        value: &T,
+    ) -> std::result::Result<(), Refusal> {
+        let value = json_value(value)?;
+        self.push(key, value, |_| shared_static_name(key));
+        Ok(())
+    }
+
+    fn end(self) -> std::result::Result<Fields, Refusal> {
+        Ok(self)
+    }
+}
+
+impl SerializeMap for Fields {
+    type Ok = Fields;
+    type Error = Refusal;
+
+    fn serialize_key<T: Serialize + ?Sized>(
+        &mut self,
+        key: &T,
+    ) -> std::result::Result<(), Refusal> {
+        // Only string keys: serde_json turns other keys (numbers, booleans)
+        // into strings its own way, which the route through `Value` keeps.
+        match json_value(key)? {
+            Value::String(key) => {
+                self.key = Some(key);
+                Ok(())
+            }
+            _ => Err(Refusal::Unsupported),
+        }
+    }
+
+    fn serialize_value<T: Serialize + ?Sized>(
+        &mut self,
+        value: &T,
+    ) -> std::result::Result<(), Refusal> {
+        let key = self.key.take().ok_or(Refusal::Unsupported)?;
+        let value = json_value(value)?;
+        self.push(&key, value, |k| shared_name(k));
+        Ok(())
+    }
+
+    fn end(self) -> std::result::Result<Fields, Refusal> {
+        Ok(self)
     }
 }
 
@@ -57,5 +331,75 @@ mod tests {
         let c = content(json!({"id": "a", "_version": 3, "_sync": {}, "x": 1}));
         assert_eq!(c.fields().len(), 1);
         assert!(Content::from_value(json!({"id": "a", "_deleted": 1})).is_err());
+    }
+
+    #[test]
+    fn from_serialize_agrees_with_from_value() {
+        #[derive(serde::Serialize)]
+        struct Note<'a> {
+            title: &'a str,
+            id: &'a str,
+            n: f64,
+            tags: Vec<&'a str>,
+            #[serde(rename = "_version")]
+            version: u64,
+        }
+        let note = Note {
+            title: "t",
+            id: "n1",
+            n: -0.0,
+            tags: vec!["a"],
+            version: 2,
+        };
+        let direct = Content::from_serialize(&note).unwrap();
+        let through_value = content(serde_json::to_value(&note).unwrap());
+        assert_eq!(direct, through_value);
+        assert_eq!(
+            Value::Object(direct.fields()),
+            json!({"n": 0.0, "tags": ["a"], "title": "t"})
+        );
+        let map = std::collections::BTreeMap::from([(1, "x")]);
+        let numbered = Content::from_serialize(&map).unwrap_err().to_string();
+        assert!(numbered.contains("`id`"), "{numbered}");
+        let cases = [
+            json!({"id": 5}),
+            json!({"x": 1}),
+            json!({"id": "a", "_deleted": 1}),
+            json!([1]),
+            json!({"id": "a", "b": 1, "a": {"z": -0.0}}),
+        ];
+        for case in cases {
+            let direct = Content::from_serialize(&case).map_err(|e| e.to_string());
+            let through = Content::from_value(case.clone()).map_err(|e| e.to_string());
+            assert_eq!(direct, through, "{case}");
+        }
+    }
+
+    #[test]
+    fn from_serialize_refuses_a_field_nested_past_the_limit_without_recursing() {
+        #[derive(serde::Serialize)]
+        struct Doc {
+            deep: Value,
+            id: &'static str,
+        }
+        let nested = |levels: usize| (0..levels).fold(json!(1), |v, _| Value::Array(vec![v]));
+        let fits = Doc {
+            deep: nested(crate::MAX_NESTING_DEPTH),
+            id: "n1",
+        };
+        assert!(Content::from_serialize(&fits).is_ok());
+        // Deep enough to overflow the stack of a test thread if anything
+        // recursed into it.
+        let deep = Doc {
+            deep: nested(10_000),
+            id: "n1",
+        };
+        let refused = Content::from_serialize(&deep).unwrap_err();
+        assert!(
+            matches!(&refused, Error::InvalidRecord { id: Some(id), field: Some(field), .. } if id == "n1" && field == "deep"),
+            "{refused}"
+        );
+        crate::dismantle(deep.deep);
+        crate::dismantle(fits.deep);
     }
 }

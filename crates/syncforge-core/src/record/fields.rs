@@ -1,7 +1,7 @@
 //! Field states and the table that shares field names between records.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -76,25 +76,53 @@ pub struct FieldStates(pub(crate) Vec<(Arc<str>, FieldState)>);
 /// million. Each thread keeps a table of the short names it has seen, bounded
 /// so that records with ever-new field names cannot grow it without limit
 /// (names beyond the bound are simply not shared).
-fn shared_name(name: String) -> Arc<str> {
+pub(super) fn shared_name<S: AsRef<str> + Into<Arc<str>>>(name: S) -> Arc<str> {
     const MAX_SHARED_LEN: usize = 64;
     const MAX_SHARED_NAMES: usize = 4096;
     thread_local! {
-        static NAMES: RefCell<HashSet<Arc<str>>> = RefCell::new(HashSet::new());
+        static NAMES: RefCell<foldhash::HashSet<Arc<str>>> = RefCell::new(foldhash::HashSet::default());
     }
-    if name.len() > MAX_SHARED_LEN {
-        return Arc::from(name);
+    if name.as_ref().len() > MAX_SHARED_LEN {
+        return name.into();
     }
     NAMES.with(|names| {
         let mut names = names.borrow_mut();
-        if let Some(shared) = names.get(name.as_str()) {
+        if let Some(shared) = names.get(name.as_ref()) {
             return Arc::clone(shared);
         }
-        let fresh: Arc<str> = Arc::from(name);
+        let fresh: Arc<str> = name.into();
         if names.len() < MAX_SHARED_NAMES {
             names.insert(Arc::clone(&fresh));
         }
         fresh
+    })
+}
+
+/// [`shared_name`] for a name with a fixed address, such as a struct's field
+/// name: remembered by address and length in a small direct-mapped table,
+/// so that the names of a struct put again and again are found without
+/// hashing them. Bytes behind a `'static` address never change, so an equal
+/// address and length is the same name.
+pub(super) fn shared_static_name(name: &'static str) -> Arc<str> {
+    const SLOTS: usize = 64;
+    type Slots = [Option<(usize, Arc<str>)>; SLOTS];
+    thread_local! {
+        static BY_ADDRESS: RefCell<Slots> = RefCell::new(std::array::from_fn(|_| None));
+    }
+    let address = name.as_ptr() as usize;
+    // Fibonacci hashing: names of one struct lie a few bytes apart, and the
+    // top bits of the product spread them over the slots.
+    let slot = (address.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) % SLOTS;
+    BY_ADDRESS.with(|slots| {
+        let mut slots = slots.borrow_mut();
+        match &slots[slot] {
+            Some((a, shared)) if *a == address && shared.len() == name.len() => Arc::clone(shared),
+            _ => {
+                let shared = shared_name(name);
+                slots[slot] = Some((address, Arc::clone(&shared)));
+                shared
+            }
+        }
     })
 }
 
@@ -136,10 +164,6 @@ impl FieldStates {
     /// Fields and their states, sorted by name.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &FieldState)> + '_ {
         self.0.iter().map(|(k, s)| (&**k, s))
-    }
-
-    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (&str, &mut FieldState)> + '_ {
-        self.0.iter_mut().map(|(k, s)| (&**k, s))
     }
 
     /// Field names, sorted.

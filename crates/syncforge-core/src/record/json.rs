@@ -58,7 +58,7 @@ impl Record {
         if !removed.is_empty() {
             sync.insert("removed".to_owned(), Value::Object(removed));
         }
-        if let Some(t) = &self.state.tombstone {
+        if let Some(t) = self.state.tombstone.as_deref() {
             sync.insert("deleted".to_owned(), Value::String(t.to_string()));
         }
         sync.insert("versions".to_owned(), Value::Object(versions));
@@ -189,7 +189,12 @@ pub(super) fn open_object(value: Value) -> Result<(RecordId, Map<String, Value>)
 }
 
 fn take_id(map: &mut Map<String, Value>) -> Result<RecordId> {
-    match map.remove(ID_KEY) {
+    read_id(map.remove(ID_KEY))
+}
+
+/// The record id from the value of the `id` key, if there was one.
+pub(super) fn read_id(id: Option<Value>) -> Result<RecordId> {
+    match id {
         Some(Value::String(id)) => RecordId::new(id),
         Some(other) => Err(Error::invalid_field(
             None,
@@ -201,7 +206,7 @@ fn take_id(map: &mut Map<String, Value>) -> Result<RecordId> {
 }
 
 /// Checks the types of the metadata keys that are present.
-fn check_metadata_types(id: &str, map: &Map<String, Value>) -> Result<()> {
+pub(super) fn check_metadata_types(id: &str, map: &Map<String, Value>) -> Result<()> {
     if let Some(v) = map.get(VERSION_KEY) {
         if v.as_u64().is_none_or(|n| n > MAX_VERSION) {
             return Err(wrong_type(
@@ -365,8 +370,9 @@ fn from_sync_state(
         id,
         fields,
         written,
-        tombstone,
+        tombstone: tombstone.map(Box::new),
         versions: vv,
+        newest: Default::default(),
     }))
 }
 

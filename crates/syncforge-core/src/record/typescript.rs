@@ -45,8 +45,9 @@ pub(super) fn from_seed(
         id,
         fields,
         written,
-        tombstone,
+        tombstone: tombstone.map(Box::new),
         versions,
+        newest: Default::default(),
     }))
 }
 

@@ -1,18 +1,54 @@
-//! W3, shared with the peers comparison: two replicas of the same 100,000
-//! records, 10,000 edited on each side, 5,000 on both (the sender edits
-//! `email`, the receiver `age`).
+//! W3, shared with the peers comparison: two replicas of the same records,
+//! a tenth of them edited on each side and half of those on both (the sender
+//! edits `email`, the receiver `age`). At the table's size: 100,000 records,
+//! 10,000 edited on each side, 5,000 on both.
+
+use std::ops::Range;
 
 use syncforge::{Record, SyncEngine};
 use tokio::runtime::Runtime;
 
 use super::{deep_copy, engine_holding, Person, COLLECTION, RECORDS};
 
-/// Records changed on each side, and how many of them on both.
+/// Records changed on each side, and how many of them on both, at 100k.
 pub const CHANGED_EACH_SIDE: usize = 10_000;
 pub const CHANGED_BOTH: usize = 5_000;
 
+/// The size of one W3 run: records, and edits on each side.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    pub records: usize,
+    pub each_side: usize,
+    pub both: usize,
+}
+
+impl Shape {
+    /// The table's W3: 100,000 records.
+    pub const W3: Shape = Shape::of(RECORDS);
+
+    /// `records` records, a tenth edited on each side, half of those on both.
+    pub const fn of(records: usize) -> Shape {
+        Shape {
+            records,
+            each_side: records / 10,
+            both: records / 20,
+        }
+    }
+
+    /// Sender edits `email` of the first `each_side` records.
+    pub fn sender_edits(self) -> Range<usize> {
+        0..self.each_side
+    }
+
+    /// Receiver edits `age` of `each_side` records, the first `both` of them
+    /// also edited by the sender.
+    pub fn receiver_edits(self) -> Range<usize> {
+        self.each_side - self.both..2 * self.each_side - self.both
+    }
+}
+
 /// W3's two sides: what the receiver holds and what the sender sends, each
-/// with 10,000 edits of its own, 5,000 records edited on both.
+/// with its own edits.
 pub struct Diverged {
     /// The receiver's records (its own `age` edits included), deep copies.
     pub local: Vec<Record>,
@@ -20,14 +56,14 @@ pub struct Diverged {
     pub remote: Vec<Record>,
 }
 
-/// Sender edits `email` of records `0..10_000`; receiver edits `age` of
-/// `5_000..15_000`.
-pub fn sender_edits() -> std::ops::Range<usize> {
-    0..CHANGED_EACH_SIDE
+/// The table's sender edits (see [`Shape::sender_edits`]).
+pub fn sender_edits() -> Range<usize> {
+    Shape::W3.sender_edits()
 }
 
-pub fn receiver_edits() -> std::ops::Range<usize> {
-    CHANGED_EACH_SIDE - CHANGED_BOTH..2 * CHANGED_EACH_SIDE - CHANGED_BOTH
+/// The table's receiver edits (see [`Shape::receiver_edits`]).
+pub fn receiver_edits() -> Range<usize> {
+    Shape::W3.receiver_edits()
 }
 
 pub fn edited_email(i: usize) -> String {
@@ -38,16 +74,21 @@ pub fn edited_age(i: usize) -> u32 {
     100 + (i % 50) as u32
 }
 
+/// The table's W3 sides from `base` (100,000 records).
 pub fn diverge(rt: &Runtime, base: &[Record]) -> Diverged {
+    diverge_shaped(rt, base, Shape::W3)
+}
+
+pub fn diverge_shaped(rt: &Runtime, base: &[Record], shape: Shape) -> Diverged {
     rt.block_on(async {
         let sender = engine_holding("sender", base).await;
         let receiver = engine_holding("receiver", base).await;
-        for i in sender_edits() {
+        for i in shape.sender_edits() {
             let mut person = Person::nth(i);
             person.email = edited_email(i);
             sender.put(COLLECTION, &person).await.unwrap();
         }
-        for i in receiver_edits() {
+        for i in shape.receiver_edits() {
             let mut person = Person::nth(i);
             person.age = edited_age(i);
             receiver.put(COLLECTION, &person).await.unwrap();
@@ -62,9 +103,13 @@ pub fn diverge(rt: &Runtime, base: &[Record]) -> Diverged {
 
 /// Every record of the receiver shows both sides' edits: none was lost.
 pub fn assert_no_edit_lost(rt: &Runtime, receiver: &SyncEngine) {
+    assert_no_edit_lost_shaped(rt, receiver, Shape::W3);
+}
+
+pub fn assert_no_edit_lost_shaped(rt: &Runtime, receiver: &SyncEngine, shape: Shape) {
     let stored = rt.block_on(receiver.get_all(COLLECTION)).unwrap();
-    assert_eq!(stored.len(), RECORDS);
-    let (sender_side, receiver_side) = (sender_edits(), receiver_edits());
+    assert_eq!(stored.len(), shape.records);
+    let (sender_side, receiver_side) = (shape.sender_edits(), shape.receiver_edits());
     for record in stored {
         let i: usize = record.id()["person-".len()..].parse().unwrap();
         let mut expected = Person::nth(i);
