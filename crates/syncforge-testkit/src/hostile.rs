@@ -167,6 +167,25 @@ pub fn random_value(rng: &mut fastrand::Rng, depth: usize) -> Value {
     }
 }
 
+/// `[[...[1]...]]`, `levels` arrays deep, built without recursion. Drop a
+/// deep one with [`syncforge_core::dismantle`]: dropping it recurses.
+pub fn nested_arrays(levels: usize) -> Value {
+    let mut value = json!(1);
+    for _ in 0..levels {
+        value = Value::Array(vec![value]);
+    }
+    value
+}
+
+/// Gives a record in its canonical JSON form a field `deep` holding
+/// [`nested_arrays`]`(levels)`, stamped with the record's write stamp: a
+/// stored record as a hand edit (or a store written before the nesting
+/// limit) could leave it, for tests of what a backend's reads make of it.
+pub fn add_deep_field(record: &mut Value, levels: usize) {
+    record["deep"] = nested_arrays(levels);
+    record["_sync"]["fields"]["deep"] = record["_sync"]["written"].clone();
+}
+
 /// A value nested exactly `depth` levels deep.
 fn nested(rng: &mut fastrand::Rng, depth: usize) -> Value {
     let mut value = Value::from(rng.u8(..));

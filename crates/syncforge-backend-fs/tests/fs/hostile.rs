@@ -5,6 +5,7 @@ use std::path::Path;
 
 use syncforge_backend_fs::FsBackend;
 use syncforge_core::{Error, Record, StorageBackend, Write, WriteOutcome, MAX_NESTING_DEPTH};
+use syncforge_testkit::hostile;
 
 use crate::{at, coll, count_of, counter, limit, put_any, rid, rids, store_with_torn_r1, tree};
 
@@ -94,12 +95,7 @@ async fn skipped_corrupt_files_are_counted_where_the_caller_sees_them() {
 /// arrays deep and stamped like the others: well formed in every other way.
 fn with_deep_field(record: &Record, levels: usize) -> serde_json::Value {
     let mut value = record.to_json();
-    let mut deep = serde_json::json!(1);
-    for _ in 0..levels {
-        deep = serde_json::Value::Array(vec![deep]);
-    }
-    value["deep"] = deep;
-    value["_sync"]["fields"]["deep"] = value["_sync"]["written"].clone();
+    hostile::add_deep_field(&mut value, levels);
     value
 }
 

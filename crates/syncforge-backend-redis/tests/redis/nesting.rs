@@ -3,9 +3,10 @@
 //! read: a typed error naming the key, record and field, never a panic.
 
 use fred::interfaces::{ClientLike, HashesInterface};
-use serde_json::{json, Value};
+use serde_json::json;
 use syncforge_backend_redis::RedisBackend;
 use syncforge_core::{ClientId, Error, Hlc, StorageBackend, Write, MAX_NESTING_DEPTH};
+use syncforge_testkit::hostile;
 
 use crate::support::{coll, key, raw_client, record, remove_prefix, rid, standalone};
 
@@ -27,12 +28,7 @@ async fn a_stored_record_nested_past_the_limit_is_corrupt() {
     let (sequence, _) = stored.split_once(' ').unwrap();
     let with_deep_field = |levels: usize| {
         let mut value = base.to_json();
-        let mut deep = json!(1);
-        for _ in 0..levels {
-            deep = Value::Array(vec![deep]);
-        }
-        value["deep"] = deep;
-        value["_sync"]["fields"]["deep"] = value["_sync"]["written"].clone();
+        hostile::add_deep_field(&mut value, levels);
         format!("{sequence} {value}")
     };
 

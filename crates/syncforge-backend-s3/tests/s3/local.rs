@@ -14,6 +14,7 @@ use syncforge_core::{
     ClientId, CollectionName, Content, Cursor, Hlc, Record, RecordId, StorageBackend, Write,
     WriteOutcome,
 };
+use syncforge_testkit::hostile;
 
 use crate::writers::{all, follow};
 
@@ -277,13 +278,7 @@ async fn a_stored_record_nested_past_the_limit_is_corrupt() {
         serde_json::from_str(&std::fs::read_to_string(&object).unwrap()).unwrap();
     let with_deep_field = |levels: usize| {
         let mut body = body.clone();
-        let mut deep = json!(1);
-        for _ in 0..levels {
-            deep = serde_json::Value::Array(vec![deep]);
-        }
-        let record = &mut body["record"];
-        record["deep"] = deep;
-        record["_sync"]["fields"]["deep"] = record["_sync"]["written"].clone();
+        hostile::add_deep_field(&mut body["record"], levels);
         body.to_string()
     };
     let id = RecordId::new("r1").unwrap();

@@ -12,21 +12,12 @@ use syncforge::{
     SyncEngine, MAX_NESTING_DEPTH,
 };
 use syncforge_backend_fs::FsBackend;
-
-/// `[[...[1]...]]`, `levels` arrays deep, built without recursion (dropped
-/// with [`dismantle`] when deep: dropping recurses).
-fn nested(levels: usize) -> Value {
-    let mut value = json!(1);
-    for _ in 0..levels {
-        value = Value::Array(vec![value]);
-    }
-    value
-}
+use syncforge_testkit::hostile::nested_arrays;
 
 /// A document whose field `deep` nests `levels` deep.
 fn doc(levels: usize) -> Value {
     let mut doc = json!({"id": "n1", "title": "t"});
-    doc["deep"] = nested(levels);
+    doc["deep"] = nested_arrays(levels);
     doc
 }
 
@@ -178,7 +169,7 @@ async fn records_from_a_peer_past_the_limit_never_reach_sync() {
     );
 
     let mut deeper = at_limit.to_json();
-    deeper["deep"] = nested(MAX_NESTING_DEPTH + 1);
+    deeper["deep"] = nested_arrays(MAX_NESTING_DEPTH + 1);
     let err = serde_json::from_str::<Record>(&deeper.to_string()).unwrap_err();
     assert!(err.to_string().starts_with(REFUSAL), "{err}");
     let err = Record::from_json(deeper).unwrap_err();
