@@ -36,11 +36,10 @@ mod serving {
     use std::num::NonZeroUsize;
 
     use async_trait::async_trait;
-    use syncforge_core::{ChangePage, CollectionName, Cursor, Record, Result};
+    use syncforge_core::{ChangePage, CollectionName, Cursor, Record, Result, SyncPeer};
     use syncforge_http::{Replica, SyncOutcome, WatchGuard};
 
     use crate::events::{EventKind, SyncEvent, SyncTrigger};
-    use crate::feed::PageOptions;
     use crate::SyncEngine;
 
     /// The events of a write applied to a collection.
@@ -66,9 +65,8 @@ mod serving {
             after: Cursor,
             limit: NonZeroUsize,
         ) -> Result<ChangePage> {
-            self.collection(collection)?
-                .changes(after, PageOptions::default().limit(limit.get()))
-                .await
+            // The same page an engine serves another engine as a peer.
+            SyncPeer::pull(self, collection, after, limit).await
         }
 
         async fn sync(
