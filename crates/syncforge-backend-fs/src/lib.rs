@@ -42,6 +42,7 @@
 //!     .changes              change log: sequence of each record's last change
 //!     .wal                  write-ahead log: batches committed since the last checkpoint
 //!     .lock                 lock for writers (exclusive) and readers (shared)
+//!     .checkpoint.lock      lock held by the one checkpoint under way
 //!     .name                 the collection's name, when the directory name is hashed
 //!     .corrupt/             corrupt record files a write moved aside, kept for inspection
 //! ```
@@ -75,12 +76,14 @@
 //! commit): a call appends one frame holding all its records to `.wal` and,
 //! under [`Durability::Full`], syncs it once; from then on the write is
 //! durable and every handle, in this process or another, reads it from the
-//! log. The record files follow at a checkpoint — once the log holds 4 MiB
-//! of frames, when a handle opens the collection, on
-//! [`close`](StorageBackend::close) and [`FsBackend::checkpoint`] — which
-//! writes each file to a temporary file renamed over the old one (readers
-//! never see half a file), syncs the files, the directory and the change log,
-//! and only then empties the write-ahead log. So an acknowledged write is
+//! log. The record files follow at a checkpoint, which writes each file to a
+//! temporary file renamed over the old one (readers never see half a file),
+//! syncs the files, the directory and the change log, and only then drops
+//! the frames it wrote from the write-ahead log. Once the log holds 4 MiB of
+//! frames, a background thread checkpoints while writes go on (they wait
+//! only if the log reaches 16 MiB); opening a collection,
+//! [`close`](StorageBackend::close) and [`FsBackend::checkpoint`] checkpoint
+//! before they return. So an acknowledged write is
 //! always in a durable file or a durable frame, and opening a collection
 //! after a crash writes the files again from the frames. A sync of many
 //! records costs one flush per batch, not one per record. Other programs
@@ -172,6 +175,7 @@ use syncforge_core::{
     StorageBackend, Stored, Write, WriteOutcome,
 };
 
+use crate::collection::open::OpenCollection;
 use crate::collection::records::has_records;
 use crate::collection::wal::holds_records;
 use crate::collection::{Collection, PreparedWrite, NAME_FILE};
@@ -234,7 +238,8 @@ pub(crate) struct Tuning {
     /// Rewrite the change log once it holds this many lines and more than
     /// twice as many as there are live records.
     pub(crate) compact_min_lines: usize,
-    /// Checkpoint once the write-ahead log holds this many bytes of frames.
+    /// Checkpoint in the background once the write-ahead log holds this many
+    /// bytes of frames, and make writers wait for one at four times as many.
     /// It bounds the work of replaying the log when a collection is opened.
     pub(crate) checkpoint_bytes: u64,
 }
@@ -280,7 +285,7 @@ struct Inner {
     corrupt_skipped: AtomicU64,
     /// Collections opened by this handle, each with its own lock so that
     /// calls on different collections run in parallel.
-    collections: Mutex<HashMap<CollectionName, Arc<Mutex<Collection>>>>,
+    collections: Mutex<HashMap<CollectionName, Arc<OpenCollection>>>,
 }
 
 impl fmt::Debug for FsBackend {
@@ -366,8 +371,8 @@ impl FsBackend {
     /// record: call it before reading or editing them with other tools.
     pub async fn checkpoint(&self) -> Result<()> {
         for collection in self.list_collections().await? {
-            self.with_collection(&collection, false, |c| {
-                c.exclusive(Collection::checkpoint_if_used)
+            self.with_open_collection(&collection, false, |open| {
+                open.checkpointing(Collection::checkpoint_if_used)
             })
             .await?;
         }
@@ -400,13 +405,25 @@ impl FsBackend {
         create: bool,
         work: impl FnOnce(&mut Collection) -> Result<T> + Send + 'static,
     ) -> Result<Option<T>> {
+        self.with_open_collection(collection, create, |open| open.with(work))
+            .await
+    }
+
+    /// Runs `work` on a collection as this handle holds it open, opening it
+    /// first; `None` when the collection does not exist and `create` is
+    /// false.
+    async fn with_open_collection<T: Send + 'static>(
+        &self,
+        collection: &CollectionName,
+        create: bool,
+        work: impl FnOnce(&Arc<OpenCollection>) -> Result<T> + Send + 'static,
+    ) -> Result<Option<T>> {
         let name = collection.clone();
         self.run(move |inner| {
-            let Some(state) = inner.collection(&name, create)? else {
+            let Some(open) = inner.collection(&name, create)? else {
                 return Ok(None);
             };
-            let mut state = state.lock();
-            work(&mut state).map(Some)
+            work(&open).map(Some)
         })
         .await
     }
@@ -427,7 +444,7 @@ impl Inner {
         &self,
         name: &CollectionName,
         create: bool,
-    ) -> Result<Option<Arc<Mutex<Collection>>>> {
+    ) -> Result<Option<Arc<OpenCollection>>> {
         let mut open = self.collections.lock();
         if let Some(state) = open.get(name) {
             return Ok(Some(Arc::clone(state)));
@@ -443,7 +460,7 @@ impl Inner {
         else {
             return Ok(None);
         };
-        let state = Arc::new(Mutex::new(state));
+        let state = Arc::new(OpenCollection::new(state));
         open.insert(name.clone(), Arc::clone(&state));
         Ok(Some(state))
     }
@@ -574,8 +591,8 @@ impl StorageBackend for FsBackend {
             return Ok(Vec::new());
         }
         let outcomes = self
-            .with_collection(collection, true, move |c| {
-                c.exclusive(|c| c.put_batch(&prepared))
+            .with_open_collection(collection, true, move |open| {
+                open.write(|c| c.put_batch(&prepared))
             })
             .await?;
         outcomes.ok_or_else(|| {
@@ -586,7 +603,7 @@ impl StorageBackend for FsBackend {
     async fn delete(&self, collection: &CollectionName, id: &RecordId) -> Result<bool> {
         let id = id.clone();
         let existed = self
-            .with_collection(collection, false, move |c| c.exclusive(|c| c.delete(&id)))
+            .with_open_collection(collection, false, move |open| open.write(|c| c.delete(&id)))
             .await?;
         Ok(existed.unwrap_or(false))
     }
@@ -679,8 +696,10 @@ impl StorageBackend for FsBackend {
     }
 
     async fn clear_collection(&self, collection: &CollectionName) -> Result<()> {
-        self.with_collection(collection, false, |c| c.exclusive(Collection::clear))
-            .await?;
+        self.with_open_collection(collection, false, |open| {
+            open.checkpointing(Collection::clear)
+        })
+        .await?;
         Ok(())
     }
 
@@ -745,7 +764,7 @@ impl StorageBackend for FsBackend {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        let open: Vec<Arc<Mutex<Collection>>> = self
+        let open: Vec<Arc<OpenCollection>> = self
             .inner
             .collections
             .lock()
@@ -756,7 +775,8 @@ impl StorageBackend for FsBackend {
         blocking(move || {
             let mut first_error = None;
             for state in open {
-                let checkpointed = state.lock().exclusive(|c| c.checkpoint_if_used());
+                // Waits for a background checkpoint under way.
+                let checkpointed = state.checkpointing(Collection::checkpoint_if_used);
                 if let Err(err) = checkpointed {
                     first_error.get_or_insert(err);
                 }

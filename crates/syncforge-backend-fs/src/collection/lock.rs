@@ -31,7 +31,17 @@ pub(crate) struct DirLock {
 impl DirLock {
     /// Opens (creating if needed) the lock file in `dir`.
     pub(crate) fn open(ops: &dyn FileOps, dir: &Path, collection: &str) -> Result<DirLock> {
-        let path = dir.join(LOCK_FILE);
+        Self::open_file(ops, dir, LOCK_FILE, collection)
+    }
+
+    /// Opens (creating if needed) the lock file `name` in `dir`.
+    pub(crate) fn open_file(
+        ops: &dyn FileOps,
+        dir: &Path,
+        name: &str,
+        collection: &str,
+    ) -> Result<DirLock> {
+        let path = dir.join(name);
         let file = open_lock_file(ops, &path, collection)?;
         Ok(DirLock { path, file })
     }
@@ -43,6 +53,16 @@ impl DirLock {
             Mode::Shared => self.file.lock_shared(),
         };
         result.map_err(|err| io_error("locking", &self.path, err))
+    }
+
+    /// Takes the lock exclusively if no other holder has it: `false` when
+    /// one does.
+    pub(crate) fn try_lock(&self) -> Result<bool> {
+        match self.file.try_lock() {
+            Ok(()) => Ok(true),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+            Err(std::fs::TryLockError::Error(err)) => Err(io_error("locking", &self.path, err)),
+        }
     }
 
     /// Releases the lock. Closing the file would release it too, so a

@@ -18,8 +18,10 @@
 //! fresh sequences, so no change-feed reader misses them and no sequence is
 //! handed out twice.
 
+pub(crate) mod checkpoint;
 pub(crate) mod lock;
 pub(crate) mod log;
+pub(crate) mod open;
 pub(crate) mod records;
 pub(crate) mod wal;
 
@@ -31,21 +33,26 @@ use syncforge_core::{
     Change, ChangePage, Cursor, Error, Record, Result, Stamp, Stored, Token, WriteOutcome,
 };
 
+use self::checkpoint::{CheckpointJob, CheckpointLock, Due};
 use self::lock::{DirLock, Mode};
 use self::log::{micros_since_epoch, salvage, ChangeLog, LogEntry, NewestStamp};
-use self::records::{
-    file_name_for, has_records, id_of_file, load, move_aside, parse, RecordFile, CORRUPT_DIR,
-};
+use self::records::{file_name_for, has_records, id_of_file, load, parse, RecordFile};
 use self::wal::{Frame, Refresh, Wal, WalOp};
 use crate::encoding::{is_hashed, stem_for};
 use crate::files::{
-    corrupt, create_dir_all, io_error, read_dir, read_file, replace_atomically, sync_dir,
-    write_temp, FileOps, Read, LINK_REASON, TEMP_PREFIX,
+    corrupt, create_dir_all, io_error, read_dir, read_file, replace_atomically, sync_dir, FileOps,
+    Read, LINK_REASON, TEMP_PREFIX,
 };
 use crate::{Durability, Tuning};
 
 /// Name of the file holding a collection's name when its directory name is hashed.
 pub(crate) const NAME_FILE: &str = ".name";
+
+/// How many times [`Tuning::checkpoint_bytes`] the write-ahead log may hold
+/// before writers wait for a checkpoint: checkpoints run in the background
+/// while writes go on, and this bounds the log (and the memory holding its
+/// records) when writes outpace them.
+const BACKLOG_FACTOR: u64 = 4;
 
 /// A write that passed its condition, ready to be stored.
 pub(crate) struct PreparedWrite {
@@ -67,6 +74,7 @@ pub(crate) struct Collection {
     tuning: Tuning,
     ops: Arc<dyn FileOps>,
     lock: DirLock,
+    checkpoint_lock: Arc<CheckpointLock>,
     log: ChangeLog,
     wal: Wal,
     /// The last committed change of each record whose file the next
@@ -101,6 +109,7 @@ impl Collection {
             create_dir_all(ops.as_ref(), &dir, durability.is_full(), name)?;
         }
         let lock = DirLock::open(ops.as_ref(), &dir, name)?;
+        let checkpoint_lock = Arc::new(CheckpointLock::open(ops.as_ref(), &dir, name)?);
         let mut collection = Collection {
             name: name.to_owned(),
             log: ChangeLog::new(&dir, name),
@@ -112,9 +121,11 @@ impl Collection {
             tuning,
             ops,
             lock,
+            checkpoint_lock: Arc::clone(&checkpoint_lock),
         };
-        // Under the lock: another process reconciling the directory removes
-        // temporaries, which would include this write's.
+        // Under both locks: reconciling removes temporaries, which would
+        // include those of a write or a checkpoint under way elsewhere.
+        let _checkpointing = checkpoint_lock.acquire()?;
         collection.exclusive(|c| {
             c.write_name_file()?;
             // What the write-ahead log holds goes to the files now: after a
@@ -138,6 +149,12 @@ impl Collection {
             )?;
         }
         Ok(())
+    }
+
+    /// The lock a checkpoint of this collection holds; take it before the
+    /// collection's lock (see [`checkpoint`]).
+    pub(crate) fn checkpoint_lock(&self) -> Arc<CheckpointLock> {
+        Arc::clone(&self.checkpoint_lock)
     }
 
     fn durable(&self) -> bool {
@@ -315,97 +332,20 @@ impl Collection {
         self.log.append(self.ops.as_ref(), entries, durable)
     }
 
-    /// Writes a pending record's file (or removes it) unless it already
-    /// holds that content (under the exclusive lock).
-    fn write_file(&self, id: &str, content: Option<&str>) -> Result<()> {
-        let path = self.record_path(id);
-        let current = read_file(&path)?;
-        match content {
-            Some(json) => {
-                if matches!(&current, Read::Bytes(bytes) if bytes == json.as_bytes()) {
-                    return Ok(());
-                }
-                self.clear_the_way(id, &path, &current)?;
-                let temp = write_temp(self.ops(), &self.dir, json.as_bytes(), false)?;
-                if let Err(err) = self.ops().rename(&temp, &path) {
-                    self.remove_all(&[temp]);
-                    return Err(io_error("renaming into", &path, err));
-                }
-            }
-            None => {
-                if matches!(current, Read::Missing) {
-                    return Ok(());
-                }
-                self.clear_the_way(id, &path, &current)?;
-                match self.ops().remove_file(&path) {
-                    Ok(()) => {}
-                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(err) => return Err(io_error("removing", &path, err)),
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Before a record's file is replaced or removed: a file that holds
-    /// something other than a version of that record (and not merely the
-    /// zeros a power cut leaves) is moved aside rather than destroyed.
-    fn clear_the_way(&self, id: &str, path: &Path, current: &Read) -> Result<()> {
-        let keep = match current {
-            Read::Missing => false,
-            Read::Link => true,
-            Read::Bytes(bytes) => {
-                !bytes.iter().all(|b| *b == 0)
-                    && !matches!(
-                        parse(bytes, path, &self.name, Some(id)),
-                        RecordFile::Valid(_)
-                    )
-            }
-        };
-        if keep {
-            move_aside(self.ops(), &self.dir, path, self.durable(), &self.name)?;
-        }
-        Ok(())
-    }
-
-    /// Writes every pending record's file, makes them, the directory and
-    /// the change log durable, then empties the write-ahead log (under the
-    /// exclusive lock). A cut anywhere before the log is emptied leaves the
-    /// frames in it, and the next opening writes the files again.
+    /// Checkpoints at once (under the exclusive lock, the checkpoint lock
+    /// held): see [`checkpoint`] for the steps, here run back to back.
     pub(crate) fn checkpoint(&mut self) -> Result<()> {
-        let mut ids: Vec<&String> = self.pending.keys().collect();
-        ids.sort();
-        for id in &ids {
-            self.write_file(id, self.pending[*id].as_deref())?;
-        }
-        if self.durable() {
-            let paths: Vec<PathBuf> = ids
-                .iter()
-                .filter(|id| self.pending[**id].is_some())
-                .map(|id| self.record_path(id))
-                .collect();
-            self.ops()
-                .sync_files(&paths)
-                .map_err(|err| io_error("syncing the record files in", &self.dir, err))?;
-            let aside = self.dir.join(CORRUPT_DIR);
-            if std::fs::symlink_metadata(&aside).is_ok_and(|meta| meta.is_dir()) {
-                sync_dir(self.ops(), &aside)?;
+        match self.begin_checkpoint() {
+            Some(job) => {
+                job.write_files()?;
+                self.finish_checkpoint(&job)
             }
-            sync_dir(self.ops(), &self.dir)?;
-            match self.ops().sync_file(self.log.path()) {
-                Ok(()) => {}
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-                Err(err) => return Err(io_error("syncing", self.log.path(), err)),
-            }
+            None => Ok(()),
         }
-        let durable = self.durable();
-        self.wal.reset(self.ops.as_ref(), durable)?;
-        self.pending.clear();
-        self.pending_generation = self.wal.generation();
-        Ok(())
     }
 
-    /// Checkpoints when the write-ahead log holds any frame.
+    /// Checkpoints when the write-ahead log holds any frame (under the
+    /// exclusive lock, the checkpoint lock held).
     pub(crate) fn checkpoint_if_used(&mut self) -> Result<()> {
         if self.wal.frame_bytes() > 0 {
             self.checkpoint()?;
@@ -413,14 +353,65 @@ impl Collection {
         Ok(())
     }
 
-    /// Checkpoints once the write-ahead log has grown past its size. Best
-    /// effort after a committed write, which must not be reported as failed.
-    fn maybe_checkpoint(&mut self) {
-        if self.wal.frame_bytes() >= self.tuning.checkpoint_bytes {
-            if let Err(err) = self.checkpoint() {
-                tracing::warn!(%err, "could not checkpoint the write-ahead log; will retry on a later write");
+    /// Whether the write-ahead log has grown enough to be checkpointed, and
+    /// how urgently.
+    pub(crate) fn checkpoint_due(&self) -> Due {
+        let bytes = self.wal.frame_bytes();
+        if bytes >= self.tuning.checkpoint_bytes.saturating_mul(BACKLOG_FACTOR) {
+            Due::Now
+        } else if bytes >= self.tuning.checkpoint_bytes {
+            Due::Background
+        } else {
+            Due::No
+        }
+    }
+
+    /// Step 1 of a checkpoint (under the exclusive lock, the checkpoint
+    /// lock held): the pending records to write, and where the log ends.
+    /// `None` when the log holds no frame.
+    pub(crate) fn begin_checkpoint(&self) -> Option<CheckpointJob> {
+        if self.wal.frame_bytes() == 0 {
+            return None;
+        }
+        let mut records: Vec<(String, Option<String>, PathBuf)> = self
+            .pending
+            .iter()
+            .map(|(id, content)| (id.clone(), content.clone(), self.record_path(id)))
+            .collect();
+        records.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Some(CheckpointJob {
+            dir: self.dir.clone(),
+            name: self.name.clone(),
+            ops: Arc::clone(&self.ops),
+            durable: self.durable(),
+            change_log: self.log.path().to_path_buf(),
+            records,
+            generation: self.wal.generation(),
+            end: self.wal.end(),
+        })
+    }
+
+    /// Step 3 of a checkpoint (under the exclusive lock, the checkpoint lock
+    /// held, after [`CheckpointJob::write_files`]): drops the snapshot's
+    /// frames from the log. The records written since stay pending.
+    pub(crate) fn finish_checkpoint(&mut self, job: &CheckpointJob) -> Result<()> {
+        if self.wal.generation() != job.generation {
+            // The log was started again meanwhile (it had gone missing or
+            // been damaged): the snapshot's frames are not in it.
+            return Ok(());
+        }
+        let durable = self.durable();
+        self.wal.drop_through(self.ops.as_ref(), job.end, durable)?;
+        self.pending.clear();
+        self.pending_generation = self.wal.generation();
+        if self.wal.frame_bytes() > 0 {
+            match self.wal.read_all()? {
+                Refresh::Frames(frames) => self.absorb(&frames),
+                // Gone since it was written: the next call starts it again.
+                Refresh::Damaged(_) => self.wal.invalidate(),
             }
         }
+        Ok(())
     }
 
     /// Rebuilds a missing or unreadable log from the record files (under the
@@ -662,16 +653,8 @@ impl Collection {
             .collect();
         entries.extend(self.log.newest().raised_by(frame.newest.as_ref()));
         self.log.append(self.ops.as_ref(), entries, false)?;
-        self.maybe_checkpoint();
         self.maybe_compact();
         Ok(outcomes)
-    }
-
-    fn remove_all(&self, paths: &[PathBuf]) {
-        for path in paths {
-            // Best effort: leftovers are removed on the next open.
-            let _ = self.ops().remove_file(path);
-        }
     }
 
     /// Refuses to create a record whose hashed file name holds another
@@ -750,7 +733,6 @@ impl Collection {
             }],
             false,
         )?;
-        self.maybe_checkpoint();
         self.maybe_compact();
         Ok(existed)
     }

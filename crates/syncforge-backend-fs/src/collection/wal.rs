@@ -191,6 +191,11 @@ impl Wal {
         self.end.saturating_sub(self.header_len)
     }
 
+    /// Where the next frame goes: the end of the last intact one.
+    pub(crate) fn end(&self) -> u64 {
+        self.end
+    }
+
     /// Forgets the view: the next refresh reads every frame again.
     pub(crate) fn invalidate(&mut self) {
         self.generation = 0;
@@ -268,10 +273,36 @@ impl Wal {
         Ok(())
     }
 
-    /// Starts the log again, empty, with a new generation (under the
-    /// exclusive lock): a checkpoint made every frame durable elsewhere, or
-    /// the log was missing or damaged. A link in its place is replaced.
-    pub(crate) fn reset(&mut self, ops: &dyn FileOps, sync: bool) -> Result<()> {
+    /// Drops the frames before `upto` (a frame boundary of the current
+    /// generation, under the exclusive lock): a checkpoint made them durable
+    /// elsewhere. The frames after it are kept, under a new generation, in a
+    /// log that replaces the old one atomically, so a cut leaves either.
+    pub(crate) fn drop_through(&mut self, ops: &dyn FileOps, upto: u64, sync: bool) -> Result<()> {
+        if upto >= self.end {
+            return self.reset(ops, sync);
+        }
+        let read_error = |err| io_error("reading", &self.path, err);
+        let mut file = open_for_reading(&self.path)
+            .map_err(read_error)?
+            .ok_or_else(|| read_error(std::io::ErrorKind::NotFound.into()))?;
+        file.seek(SeekFrom::Start(upto)).map_err(read_error)?;
+        let mut kept = Vec::new();
+        file.take(self.end - upto)
+            .read_to_end(&mut kept)
+            .map_err(read_error)?;
+        let (generation, header) = self.next_header()?;
+        let mut bytes = header.into_bytes();
+        let header_len = bytes.len() as u64;
+        bytes.extend_from_slice(&kept);
+        replace_atomically(ops, &self.path, &bytes, sync)?;
+        self.generation = generation;
+        self.header_len = header_len;
+        self.end = bytes.len() as u64;
+        Ok(())
+    }
+
+    /// A new generation, and the header line that announces it.
+    fn next_header(&self) -> Result<(u64, String)> {
         let generation = self.generation.saturating_add(1).max(micros_since_epoch());
         let mut header = serde_json::to_string(&WalHeader {
             format: WAL_FORMAT.to_owned(),
@@ -282,6 +313,14 @@ impl Wal {
             Error::storage(crate::BACKEND_NAME, format!("encoding a log header: {err}"))
         })?;
         header.push('\n');
+        Ok((generation, header))
+    }
+
+    /// Starts the log again, empty, with a new generation (under the
+    /// exclusive lock): a checkpoint made every frame durable elsewhere, or
+    /// the log was missing or damaged. A link in its place is replaced.
+    pub(crate) fn reset(&mut self, ops: &dyn FileOps, sync: bool) -> Result<()> {
+        let (generation, header) = self.next_header()?;
         let regular = std::fs::symlink_metadata(&self.path).is_ok_and(|meta| meta.is_file());
         if regular {
             ops.write_at(&self.path, 0, header.as_bytes(), sync)

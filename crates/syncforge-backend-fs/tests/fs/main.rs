@@ -107,8 +107,6 @@ pub(crate) async fn increment(
     panic!("increment of {id} lost 10,000 races in a row");
 }
 
-/// Writes `record` unconditionally enough for a test: creates it or replaces
-/// whatever is stored.
 /// A store in `dir` holding `r0`, `r1`, `r2` in "notes", with `r1`'s file
 /// then torn by hand (cut off mid-JSON). Returns the store and that file.
 pub(crate) async fn store_with_torn_r1(dir: &std::path::Path) -> (FsBackend, std::path::PathBuf) {
@@ -122,6 +120,8 @@ pub(crate) async fn store_with_torn_r1(dir: &std::path::Path) -> (FsBackend, std
     (store, broken)
 }
 
+/// Writes `record` unconditionally enough for a test: creates it or replaces
+/// whatever is stored. Returns the write's cursor.
 pub(crate) async fn put_any(store: &FsBackend, collection: &str, record: Record) -> u64 {
     let collection = &coll(collection);
     let expected = store
