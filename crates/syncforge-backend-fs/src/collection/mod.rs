@@ -7,10 +7,11 @@
 //! [`Durability::Full`]) and then appends its sequences to the change log,
 //! unsynced. Its records are then *pending*: every handle keeps the content
 //! of the frames since the last checkpoint in memory and reads pending
-//! records from there. A checkpoint — once the frames reach
-//! [`Tuning::checkpoint_bytes`], when a handle opens the collection, before a
-//! clear, on close — writes the pending records' files, syncs them, the
-//! directory and the change log, and only then empties the write-ahead log.
+//! records from there. A checkpoint ([`checkpoint`]) — in the background
+//! once the frames reach [`Tuning::checkpoint_bytes`]; at once when a handle
+//! opens the collection, before a clear, on close — writes the pending
+//! records' files, syncs them, the directory and the change log, and only then
+//! drops the frames it wrote from the write-ahead log.
 //!
 //! Every call first catches up with both logs. A frame whose sequences the
 //! change log lacks (its writer died between the two appends, or a power cut

@@ -3,13 +3,14 @@
 //! A write appends one *frame* holding every record of its batch (and every
 //! removal) to the log and syncs it once: from then on it is durable and is
 //! acknowledged. The record files and the change log are written afterwards
-//! without syncs; a *checkpoint* (see the collection) makes them durable when
-//! the log has grown, and only then empties the log. Opening a collection
+//! without syncs; a *checkpoint* (see [`checkpoint`](super::checkpoint))
+//! makes them durable when the log has grown, and only then drops the frames
+//! it wrote from the log. Opening a collection
 //! replays what the log holds, so a record whose file did not reach the disk
 //! before a power cut is written again from its frame.
 //!
 //! The first line is a header with a generation, new at every checkpoint, by
-//! which other handles notice that the log was emptied. Each frame is one
+//! which other handles notice that frames were dropped and read the log again. Each frame is one
 //! line: 16 hex digits of the SHA-256 of the payload, a space, and the
 //! payload, `{"ops":[{"seq":7,"id":"n1","record":{...}},{"seq":8,"id":"n2"}],
 //! "newest":"<stamp>"}` (an op without `record` removes the record). A frame
