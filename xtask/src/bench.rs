@@ -180,6 +180,21 @@ const ROWS: &[RowSpec] = &[
         },
     },
     RowSpec {
+        key: "w1_put_wide_10k_fields",
+        label: "put adding 10k new fields to a record (per field)",
+        target: Target::None,
+    },
+    RowSpec {
+        key: "w1_put_wide_100k_fields",
+        label: "put adding 100k new fields to a record (per field)",
+        // n log n per put: a little more per field at 10x the fields; n²
+        // would be 10x.
+        target: Target::WithinTimeOf {
+            of: "w1_put_wide_10k_fields",
+            factor: 2.0,
+        },
+    },
+    RowSpec {
         key: "peak_rss_1m",
         label: "peak RSS holding 1M records (memory backend)",
         target: Target::BytesBelow(600.0 * MIB),

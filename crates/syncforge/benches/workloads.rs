@@ -9,7 +9,10 @@
 //!   changed `email`, the other `age`); afterwards, outside the timing, every
 //!   edit is checked to have survived;
 //! * W4: 100 changes read from the change feed of one replica and synced into
-//!   another, with collections of 1,000 and of 1,000,000 records.
+//!   another, with collections of 1,000 and of 1,000,000 records;
+//! * wide puts: one put adding 10,000 and 100,000 new field names to a record
+//!   of five fields, counted per field, whose cost must grow as n log n (the
+//!   names are sorted once), not n².
 //!
 //! Every workload is set up outside the timing (`iter_custom`). The remote
 //! records of W3 are deep copies of the sender's, as if they had arrived over
@@ -85,6 +88,48 @@ fn w1_put(c: &mut Criterion, rt: &Runtime, size: usize, id: &str) {
                         }
                     });
                     target
+                },
+            )
+        })
+    });
+}
+
+/// The field counts of the wide-put rows, and their names.
+const WIDE: [(usize, &str); 2] = [
+    (10_000, "w1_put_wide_10k_fields"),
+    (100_000, "w1_put_wide_100k_fields"),
+];
+
+/// One put of a person with `fields` more fields, into a collection holding
+/// that person with its five: timed per field added.
+fn w1_put_wide(c: &mut Criterion, rt: &Runtime, fields: usize, id: &str) {
+    if !selected(id) {
+        return;
+    }
+    let person = Person::nth(0);
+    let serde_json::Value::Object(mut wide) = serde_json::to_value(&person).unwrap() else {
+        unreachable!("a person serialises to an object")
+    };
+    for n in 0..fields {
+        wide.insert(format!("extra-{n:06}"), serde_json::Value::from(n));
+    }
+    let wide = serde_json::Value::Object(wide);
+    c.benchmark_group(GROUP).bench_function(id, |b| {
+        b.iter_custom(|iters| {
+            timed_checked(
+                iters,
+                || {
+                    let target = rt.block_on(engine("wide", MemoryBackend::new()));
+                    rt.block_on(target.put(COLLECTION, &person)).unwrap();
+                    (target, wide.clone())
+                },
+                |(target, value)| {
+                    rt.block_on(target.put(COLLECTION, &value)).unwrap();
+                    target
+                },
+                |target| {
+                    let stored = rt.block_on(target.get(COLLECTION, &person.id)).unwrap();
+                    assert_eq!(stored.unwrap().fields().count(), fields + 5);
                 },
             )
         })
@@ -307,6 +352,9 @@ fn main() {
     }
     w4_incremental(&mut c, &rt, 1_000, "w4_incremental_1k");
     w4_incremental(&mut c, &rt, 1_000_000, "w4_incremental_1m");
+    for (fields, id) in WIDE {
+        w1_put_wide(&mut c, &rt, fields, id);
+    }
     c.final_summary();
     support::report_medians(
         GROUP,
@@ -323,6 +371,8 @@ fn main() {
             ("w3_sync_crdt_1m", 1_000_000),
             ("w4_incremental_1k", INCREMENTAL),
             ("w4_incremental_1m", INCREMENTAL),
+            (WIDE[0].1, WIDE[0].0),
+            (WIDE[1].1, WIDE[1].0),
         ],
         since,
     );
