@@ -295,8 +295,11 @@ impl SyncEngine {
     }
 
     /// Refuses the whole batch if any stamp lies too far ahead; otherwise
-    /// moves the clock past every stamp in it.
-    pub(crate) fn observe_batch(&self, remote: &[Record]) -> Result<()> {
+    /// moves the clock past every stamp in it, and says whether every id of
+    /// the batch is distinct (when not, the caller merges the repeats). Both
+    /// in one pass: in a batch larger than the cache, every pass over the
+    /// records reads each of them from memory again.
+    pub(crate) fn observe_batch(&self, remote: &[Record]) -> Result<bool> {
         let mut clock = self.clock();
         // Physical time is read once for the batch, not once per record: a
         // clock read cost more than the rest of the check.
@@ -304,7 +307,13 @@ impl SyncEngine {
         let mut offenders = Vec::new();
         let mut worst = 0;
         let mut newest: Option<&Stamp> = None;
+        let mut seen: foldhash::HashSet<&str> =
+            foldhash::HashSet::with_capacity_and_hasher(remote.len(), Default::default());
+        let mut distinct = true;
         for record in remote {
+            if distinct {
+                distinct = seen.insert(record.id().as_str());
+            }
             let stamp = record.newest_stamp();
             if let Some(ahead) = clock.drift_excess_at(stamp, physical) {
                 offenders.push(record.id().to_string());
@@ -324,7 +333,7 @@ impl SyncEngine {
         if let Some(stamp) = newest {
             clock.seed(stamp);
         }
-        Ok(())
+        Ok(distinct)
     }
 
     /// Moves the clock past every stamp of `records` without a drift check:
@@ -739,8 +748,11 @@ impl SyncEngine {
     ) -> Result<SyncResult> {
         self.check_open()?;
         let started = Instant::now();
-        self.observe_batch(&remote)?;
-        let incoming = dedupe(remote, self.inner.config.conflict_strategy)?;
+        let incoming = if self.observe_batch(&remote)? {
+            remote
+        } else {
+            dedupe(remote, self.inner.config.conflict_strategy)?
+        };
         let total = incoming.len();
         let mut result = SyncResult::new(collection);
         self.apply_in_batches(
