@@ -132,14 +132,16 @@ impl Records {
 
     fn get(&self, id: &str) -> Option<&Slot> {
         let hash = self.hash(id);
-        self.slots
-            .find(hash, |slot| slot.hash == hash && slot.record.id().as_str() == id)
+        self.slots.find(hash, |slot| {
+            slot.hash == hash && slot.record.id().as_str() == id
+        })
     }
 
     /// The slot of `id`, whose hash is `hash`.
     fn get_mut_hashed(&mut self, hash: u64, id: &str) -> Option<&mut Slot> {
-        self.slots
-            .find_mut(hash, |slot| slot.hash == hash && slot.record.id().as_str() == id)
+        self.slots.find_mut(hash, |slot| {
+            slot.hash == hash && slot.record.id().as_str() == id
+        })
     }
 
     /// The slot whose latest write had `sequence`, if that write is still
@@ -156,10 +158,9 @@ impl Records {
 
     fn remove(&mut self, id: &str) -> bool {
         let hash = self.hash(id);
-        match self
-            .slots
-            .find_entry(hash, |slot| slot.hash == hash && slot.record.id().as_str() == id)
-        {
+        match self.slots.find_entry(hash, |slot| {
+            slot.hash == hash && slot.record.id().as_str() == id
+        }) {
             Ok(entry) => {
                 entry.remove();
                 true
@@ -230,9 +231,11 @@ impl Log {
         let start = rest
             .first()
             .map_or(0, |chunk| chunk.partition_point(|(s, _)| *s <= after));
-        rest.iter()
-            .enumerate()
-            .flat_map(move |(i, chunk)| chunk.get(if i == 0 { start } else { 0 }..).unwrap_or_default())
+        rest.iter().enumerate().flat_map(move |(i, chunk)| {
+            chunk
+                .get(if i == 0 { start } else { 0 }..)
+                .unwrap_or_default()
+        })
     }
 
     fn iter(&self) -> impl Iterator<Item = &(u64, u64)> + '_ {
@@ -821,9 +824,22 @@ mod tests {
             .collect();
         store.put_batch(&coll("c"), &writes).await.unwrap();
         let chunk = Log::CHUNK as u64;
-        for after in [0, 1, chunk - 1, chunk, chunk + 1, 2 * chunk, total - 1, total] {
+        for after in [
+            0,
+            1,
+            chunk - 1,
+            chunk,
+            chunk + 1,
+            2 * chunk,
+            total - 1,
+            total,
+        ] {
             let page = store
-                .changes(&coll("c"), Cursor::new(after), NonZeroUsize::new(3).unwrap())
+                .changes(
+                    &coll("c"),
+                    Cursor::new(after),
+                    NonZeroUsize::new(3).unwrap(),
+                )
                 .await
                 .unwrap();
             let cursors: Vec<u64> = page.changes.iter().map(|c| c.cursor.get()).collect();
@@ -853,7 +869,11 @@ mod tests {
             assert_indexes_agree(&store);
         }
         let page = store
-            .changes(&coll("c"), Cursor::START, NonZeroUsize::new(100_000).unwrap())
+            .changes(
+                &coll("c"),
+                Cursor::START,
+                NonZeroUsize::new(100_000).unwrap(),
+            )
             .await
             .unwrap();
         assert_eq!(page.changes.len() as u64, total);
