@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, MutexGuard};
 use syncforge_core::{
     classify, dedupe, ChangeKind, ClientId, CollectionName, ConflictDetail, Content, Cursor, Error,
-    Hlc, Record, RecordId, Result, Stamp, StorageBackend, TimeSource, Write, WriteOutcome,
+    Hlc, Record, RecordId, Result, Stamp, StorageBackend, Stored, TimeSource, Write, WriteOutcome,
 };
 use tokio::task::AbortHandle;
 use tracing::field::Empty;
@@ -171,14 +171,12 @@ impl Applied {
     }
 }
 
-/// One intent on its way through [`SyncEngine::apply`]; its id is kept
-/// beside it, in the vector of ids read on the next attempt.
+/// A write that lost a race, on its way through [`SyncEngine::apply_again`];
+/// its id is kept beside it, in the vector of ids read on the next attempt.
 struct Pending {
     /// Where its result goes in the output.
     slot: usize,
     kind: IntentKind,
-    /// The intent to apply on the next attempt (taken while it is planned).
-    intent: Option<Intent>,
     /// What an earlier attempt meant to store, when that write lost a race
     /// or a transient failure hid its answer.
     intended: Option<Record>,
@@ -188,11 +186,34 @@ struct Pending {
     planned: Option<Planned>,
 }
 
+/// A write of the first attempt, beside it until the store answers: where
+/// its outcome goes, how to rebuild its intent if it lost a race, and the
+/// state it replaced (for events, kept only when someone listens).
+struct Sent {
+    slot: usize,
+    kind: IntentKind,
+    previous: Option<Record>,
+}
+
 /// What the write of one intent is, kept beside it until the store answers.
 struct Planned {
     kind: ChangeKind,
     conflict: Option<Box<ConflictDetail>>,
     echo: bool,
+}
+
+impl Planned {
+    /// The outcome of this plan once the store holds `record` (at `cursor`,
+    /// when this call saw the store's answer).
+    fn into_applied(self, record: Option<Record>, cursor: Option<Cursor>) -> Applied {
+        Applied {
+            kind: self.kind,
+            record,
+            conflict: self.conflict,
+            cursor,
+            echo: self.echo,
+        }
+    }
 }
 
 impl SyncEngine {
@@ -349,52 +370,118 @@ impl SyncEngine {
     /// how each ended, in order. Emits the record and conflict events of the
     /// writes the store confirmed. With `track_echoes`, marks merges whose
     /// stored result is exactly the incoming record.
+    ///
+    /// The first attempt keeps nothing per intent beyond its write and where
+    /// its outcome goes: almost every write ends there. Writes that lost a
+    /// race go on in [`apply_again`](Self::apply_again).
     pub(crate) async fn apply(
         &self,
         collection: &CollectionName,
         intents: Vec<(RecordId, Intent)>,
         track_echoes: bool,
     ) -> Result<Vec<Applied>> {
-        let backend = &self.inner.backend;
         // Checked once per call: without listeners nothing below copies a
         // record for an event.
         let listening = self.inner.events.wants_any(&WRITE_EVENTS);
         // The ids are moved into the vector `get_many` reads, not cloned:
         // each clone and drop of an id was a reference count touched in
         // memory the batch does not otherwise read.
-        let (mut ids, intents): (Vec<RecordId>, Vec<Intent>) = intents.into_iter().unzip();
+        let (ids, intents): (Vec<RecordId>, Vec<Intent>) = intents.into_iter().unzip();
         // Every entry is overwritten before the call returns `Ok` (each
         // intent ends in `done` exactly once), so the placeholder is never
         // seen; filling the output in place spares a vector of options and
         // a copy of every outcome at the end.
         let mut done: Vec<Applied> = ids.iter().map(|_| Applied::placeholder()).collect();
-        let mut pending: Vec<Pending> = intents
-            .into_iter()
-            .enumerate()
-            .map(|(slot, intent)| Pending {
-                slot,
-                kind: intent.kind(),
-                intent: Some(intent),
-                intended: None,
-                previous: None,
-                planned: None,
-            })
-            .collect();
-        for attempt in 0..MAX_RACE_ATTEMPTS {
-            let stored = retry_transient(self.retries(), "get_many", || {
-                backend.get_many(collection, &ids)
-            })
-            .await?;
-            if stored.len() != ids.len() {
-                return Err(Error::storage(
-                    backend.name(),
-                    format!(
-                        "get_many answered {} entries for {} ids",
-                        stored.len(),
-                        ids.len()
-                    ),
-                ));
+        let stored = self.read_many(collection, &ids).await?;
+        drop(ids);
+        let mut writes = Vec::with_capacity(done.len());
+        let mut sent: Vec<Sent> = Vec::with_capacity(done.len());
+        for (slot, (intent, stored)) in intents.into_iter().zip(stored).enumerate() {
+            let (local, token) = match stored {
+                Some(stored) => (Some(stored.record), Some(stored.token)),
+                None => (None, None),
+            };
+            let kind = intent.kind();
+            match self.plan(collection, intent, local, track_echoes)? {
+                Step::Done(applied) => done[slot] = applied,
+                Step::Write {
+                    record,
+                    planned,
+                    previous,
+                } => {
+                    // The outcome as planned; the record and its position
+                    // are filled in once the store confirms the write.
+                    done[slot] = planned.into_applied(None, None);
+                    writes.push(Write {
+                        record,
+                        expected: token,
+                    });
+                    sent.push(Sent {
+                        slot,
+                        kind,
+                        previous: if listening { previous } else { None },
+                    });
+                }
             }
+        }
+        if writes.is_empty() {
+            return Ok(done);
+        }
+        let outcomes = self.write_many(collection, &writes).await?;
+        let mut ids = Vec::new();
+        let mut pending = Vec::new();
+        for ((write, sent), outcome) in writes.into_iter().zip(sent).zip(outcomes) {
+            let outcome_slot = &mut done[sent.slot];
+            match outcome {
+                WriteOutcome::Written { cursor, .. } => {
+                    outcome_slot.cursor = Some(cursor);
+                    outcome_slot.record = Some(write.record);
+                    if listening {
+                        self.announce(collection, outcome_slot, sent.previous);
+                    }
+                }
+                // Lost a race: apply the intent again to the state that
+                // won. Merge is a join, so nothing of it is lost.
+                WriteOutcome::Conflict => {
+                    let planned = std::mem::replace(outcome_slot, Applied::placeholder());
+                    ids.push(write.record.id().clone());
+                    pending.push(Pending {
+                        slot: sent.slot,
+                        kind: sent.kind,
+                        intended: Some(write.record),
+                        previous: sent.previous,
+                        planned: Some(Planned {
+                            kind: planned.kind,
+                            conflict: planned.conflict,
+                            echo: planned.echo,
+                        }),
+                    });
+                }
+            }
+        }
+        if !pending.is_empty() {
+            self.apply_again(collection, ids, pending, &mut done, listening)
+                .await?;
+        }
+        Ok(done)
+    }
+
+    /// The writes of [`apply`](Self::apply) that lost a race (their ids in
+    /// `ids`, in the order of `pending`): each is read again and its intent
+    /// applied again to the state that won, until it is written, unchanged,
+    /// or the race budget is spent. Their outcomes go to `done`.
+    async fn apply_again(
+        &self,
+        collection: &CollectionName,
+        mut ids: Vec<RecordId>,
+        mut pending: Vec<Pending>,
+        done: &mut [Applied],
+        listening: bool,
+    ) -> Result<()> {
+        let backend = &self.inner.backend;
+        // The first attempt was made by `apply`.
+        for _ in 1..MAX_RACE_ATTEMPTS {
+            let stored = self.read_many(collection, &ids).await?;
             let mut writes = Vec::with_capacity(pending.len());
             let mut waiting = Vec::with_capacity(pending.len());
             for (mut item, stored) in pending.into_iter().zip(stored) {
@@ -422,14 +509,11 @@ impl SyncEngine {
                 // Echoes are recognised on the first attempt only: after a
                 // lost race the intent is our own merge, not what the sender
                 // holds, and calling a write "not an echo" only costs a resend.
-                let echoes = track_echoes && attempt == 0;
-                let intent = match item.intent.take() {
-                    Some(intent) => intent,
-                    None => item.kind.again(item.intended.as_ref().ok_or_else(|| {
+                let intent =
+                    item.kind.again(item.intended.as_ref().ok_or_else(|| {
                         Error::storage(backend.name(), "a write lost its intent")
-                    })?)?,
-                };
-                match self.plan(collection, intent, local, echoes)? {
+                    })?)?;
+                match self.plan(collection, intent, local, false)? {
                     Step::Done(applied) => done[item.slot] = applied,
                     Step::Write {
                         record,
@@ -449,22 +533,9 @@ impl SyncEngine {
                 }
             }
             if writes.is_empty() {
-                return Ok(done);
+                return Ok(());
             }
-            let outcomes = retry_transient(self.retries(), "put_batch", || {
-                backend.put_batch(collection, &writes)
-            })
-            .await?;
-            if outcomes.len() != writes.len() {
-                return Err(Error::storage(
-                    backend.name(),
-                    format!(
-                        "put_batch answered {} outcomes for {} writes",
-                        outcomes.len(),
-                        writes.len()
-                    ),
-                ));
-            }
+            let outcomes = self.write_many(collection, &writes).await?;
             pending = Vec::new();
             ids = Vec::new();
             for ((write, mut item), outcome) in writes.into_iter().zip(waiting).zip(outcomes) {
@@ -482,8 +553,6 @@ impl SyncEngine {
                             listening,
                         );
                     }
-                    // Lost a race: apply the intent again to the state that
-                    // won. Merge is a join, so nothing of it is lost.
                     WriteOutcome::Conflict => {
                         ids.push(write.record.id().clone());
                         item.intended = Some(write.record);
@@ -492,7 +561,7 @@ impl SyncEngine {
                 }
             }
             if pending.is_empty() {
-                return Ok(done);
+                return Ok(());
             }
         }
         let id = ids.first().map_or("", |id| id.as_str());
@@ -506,6 +575,54 @@ impl SyncEngine {
             collection: collection.to_string(),
             id: id.to_owned(),
         })
+    }
+
+    /// The stored states of `ids`, in order, transient failures retried.
+    async fn read_many(
+        &self,
+        collection: &CollectionName,
+        ids: &[RecordId],
+    ) -> Result<Vec<Option<Stored>>> {
+        let backend = &self.inner.backend;
+        let stored = retry_transient(self.retries(), "get_many", || {
+            backend.get_many(collection, ids)
+        })
+        .await?;
+        if stored.len() != ids.len() {
+            return Err(Error::storage(
+                backend.name(),
+                format!(
+                    "get_many answered {} entries for {} ids",
+                    stored.len(),
+                    ids.len()
+                ),
+            ));
+        }
+        Ok(stored)
+    }
+
+    /// The outcomes of `writes`, in order, transient failures retried.
+    async fn write_many(
+        &self,
+        collection: &CollectionName,
+        writes: &[Write],
+    ) -> Result<Vec<WriteOutcome>> {
+        let backend = &self.inner.backend;
+        let outcomes = retry_transient(self.retries(), "put_batch", || {
+            backend.put_batch(collection, writes)
+        })
+        .await?;
+        if outcomes.len() != writes.len() {
+            return Err(Error::storage(
+                backend.name(),
+                format!(
+                    "put_batch answered {} outcomes for {} writes",
+                    outcomes.len(),
+                    writes.len()
+                ),
+            ));
+        }
+        Ok(outcomes)
     }
 
     /// What `intent` does to the stored state `local`.
@@ -612,25 +729,25 @@ impl SyncEngine {
         previous: Option<Record>,
         listening: bool,
     ) -> Applied {
+        let applied = planned.into_applied(record, cursor);
         if listening {
-            let events = &self.inner.events;
-            if let Some(conflict) = &planned.conflict {
-                if events.wants(EventKind::Conflict) {
-                    events.emit(SyncEvent::Conflict(Arc::new(ConflictDetail::clone(
-                        conflict,
-                    ))));
-                }
-            }
-            if let Some(record) = &record {
-                self.emit_record_event(collection, planned.kind, record.clone(), previous);
+            self.announce(collection, &applied, previous);
+        }
+        applied
+    }
+
+    /// Emits the conflict and `record:*` events of a write the store holds.
+    fn announce(&self, collection: &CollectionName, applied: &Applied, previous: Option<Record>) {
+        let events = &self.inner.events;
+        if let Some(conflict) = &applied.conflict {
+            if events.wants(EventKind::Conflict) {
+                events.emit(SyncEvent::Conflict(Arc::new(ConflictDetail::clone(
+                    conflict,
+                ))));
             }
         }
-        Applied {
-            kind: planned.kind,
-            record,
-            conflict: planned.conflict,
-            cursor,
-            echo: planned.echo,
+        if let Some(record) = &applied.record {
+            self.emit_record_event(collection, applied.kind, record.clone(), previous);
         }
     }
 
