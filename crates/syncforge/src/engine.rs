@@ -10,6 +10,7 @@
 //! operations on top of it live in [`crate::collection`].
 
 use std::collections::HashSet;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -317,9 +318,10 @@ impl SyncEngine {
 
     /// Refuses the whole batch if any stamp lies too far ahead; otherwise
     /// moves the clock past every stamp in it, and says whether every id of
-    /// the batch is distinct (when not, the caller merges the repeats). Both
-    /// in one pass: in a batch larger than the cache, every pass over the
-    /// records reads each of them from memory again.
+    /// the batch is certainly distinct (when not — repeats, or two ids with
+    /// one hash — the caller merges the repeats, comparing ids). Both in one
+    /// pass: in a batch larger than the cache, every pass over the records
+    /// reads each of them from memory again.
     pub(crate) fn observe_batch(&self, remote: &[Record]) -> Result<bool> {
         let mut clock = self.clock();
         // Physical time is read once for the batch, not once per record: a
@@ -328,12 +330,17 @@ impl SyncEngine {
         let mut offenders = Vec::new();
         let mut worst = 0;
         let mut newest: Option<&Stamp> = None;
-        let mut seen: foldhash::HashSet<&str> =
+        // Ids are told apart by their 64-bit hashes: a set of those is half
+        // the size of a set of string references, and probing it never reads
+        // an id again. Two ids that merely share a hash only send the batch
+        // through `dedupe`, which compares the ids themselves.
+        let ids = foldhash::fast::RandomState::default();
+        let mut seen: foldhash::HashSet<u64> =
             foldhash::HashSet::with_capacity_and_hasher(remote.len(), Default::default());
         let mut distinct = true;
         for record in remote {
             if distinct {
-                distinct = seen.insert(record.id().as_str());
+                distinct = seen.insert(ids.hash_one(record.id().as_str()));
             }
             let stamp = record.newest_stamp();
             if let Some(ahead) = clock.drift_excess_at(stamp, physical) {
