@@ -443,6 +443,18 @@ impl StorageBackend for MemoryBackend {
             .collect())
     }
 
+    /// [`put_batch`](StorageBackend::put_batch) of one write, without the
+    /// vector of outcomes: a local put writes one record at a time.
+    async fn put(&self, collection: &CollectionName, write: &Write) -> Result<WriteOutcome> {
+        let mut guard = self.lock()?;
+        let state = &mut *guard;
+        let target = match state.collections.get_mut(collection) {
+            Some(c) => c,
+            None => state.collections.entry(collection.clone()).or_default(),
+        };
+        Ok(target.apply(write, &mut state.newest))
+    }
+
     async fn delete(&self, collection: &CollectionName, id: &RecordId) -> Result<bool> {
         let mut state = self.lock()?;
         Ok(state

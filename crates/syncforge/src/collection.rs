@@ -353,14 +353,8 @@ impl Collection {
 
     /// Applies one intent and returns the record as stored afterwards.
     async fn apply_one(&self, id: RecordId, intent: Intent) -> Result<Option<Record>> {
-        let mut applied = self
-            .engine
-            .apply(&self.name, vec![(id.clone(), intent)], false)
-            .await?;
-        match applied.pop() {
-            Some(applied) => Ok(applied.record),
-            None => Err(self.lost_record(&id)),
-        }
+        let applied = self.engine.apply_single(&self.name, id, intent).await?;
+        Ok(applied.record)
     }
 
     fn lost_record(&self, id: &RecordId) -> Error {

@@ -473,6 +473,67 @@ impl SyncEngine {
         Ok(done)
     }
 
+    /// [`apply`](Self::apply) for one intent (no echo tracking): one `get`
+    /// and one `put`, with none of the vectors a batch needs. A local put or
+    /// delete is one record, and building a batch of one for it was a third
+    /// of its cost.
+    pub(crate) async fn apply_single(
+        &self,
+        collection: &CollectionName,
+        id: RecordId,
+        intent: Intent,
+    ) -> Result<Applied> {
+        let backend = &self.inner.backend;
+        let listening = self.inner.events.wants_any(&WRITE_EVENTS);
+        let stored =
+            retry_transient(self.retries(), "get", || backend.get(collection, &id)).await?;
+        let (local, token) = match stored {
+            Some(stored) => (Some(stored.record), Some(stored.token)),
+            None => (None, None),
+        };
+        let kind = intent.kind();
+        let (record, planned, previous) = match self.plan(collection, intent, local, false)? {
+            Step::Done(applied) => return Ok(applied),
+            Step::Write {
+                record,
+                planned,
+                previous,
+            } => (record, planned, previous),
+        };
+        let write = Write {
+            record,
+            expected: token,
+        };
+        let outcome =
+            retry_transient(self.retries(), "put", || backend.put(collection, &write)).await?;
+        let previous = if listening { previous } else { None };
+        match outcome {
+            WriteOutcome::Written { cursor, .. } => Ok(self.confirm(
+                collection,
+                Some(write.record),
+                planned,
+                Some(cursor),
+                previous,
+                listening,
+            )),
+            // Lost a race: go on as a batch of one would.
+            WriteOutcome::Conflict => {
+                let mut done = vec![Applied::placeholder()];
+                let pending = vec![Pending {
+                    slot: 0,
+                    kind,
+                    intended: Some(write.record),
+                    previous,
+                    planned: Some(planned),
+                }];
+                self.apply_again(collection, vec![id], pending, &mut done, listening)
+                    .await?;
+                done.pop()
+                    .ok_or_else(|| Error::storage(backend.name(), "a write lost its outcome"))
+            }
+        }
+    }
+
     /// The writes of [`apply`](Self::apply) that lost a race (their ids in
     /// `ids`, in the order of `pending`): each is read again and its intent
     /// applied again to the state that won, until it is written, unchanged,
