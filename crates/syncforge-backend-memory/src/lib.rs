@@ -131,7 +131,11 @@ impl Records {
     }
 
     fn get(&self, id: &str) -> Option<&Slot> {
-        let hash = self.hash(id);
+        self.get_hashed(self.hash(id), id)
+    }
+
+    /// The slot of `id`, whose hash is `hash`.
+    fn get_hashed(&self, hash: u64, id: &str) -> Option<&Slot> {
         self.slots.find(hash, |slot| {
             slot.hash == hash && slot.record.id().as_str() == id
         })
@@ -142,6 +146,11 @@ impl Records {
         self.slots.find_mut(hash, |slot| {
             slot.hash == hash && slot.record.id().as_str() == id
         })
+    }
+
+    /// A slot whose id has the hash `hash` (the id itself is not compared).
+    fn with_hash(&self, hash: u64) -> Option<&Slot> {
+        self.slots.find(hash, |slot| slot.hash == hash)
     }
 
     /// The slot whose latest write had `sequence`, if that write is still
@@ -310,6 +319,38 @@ impl Collection {
         })
     }
 
+    /// [`stored`](Self::stored) of each of `ids`, in two passes: first each
+    /// id's slot is found by its hash alone (the table's control bytes and
+    /// the slot), then each slot's record is checked to have that id. In a
+    /// collection larger than the cache each of those reads is a miss; one
+    /// lookup after another waited for the record and its id before the next
+    /// lookup could start, while passes that each read one thing per id let
+    /// the processor wait for many ids' reads at once.
+    fn stored_many(&self, ids: &[RecordId]) -> Vec<Option<Stored>> {
+        let found: Vec<(u64, Option<&Slot>)> = ids
+            .iter()
+            .map(|id| {
+                let hash = self.records.hash(id);
+                (hash, self.records.with_hash(hash))
+            })
+            .collect();
+        ids.iter()
+            .zip(found)
+            .map(|(id, (hash, slot))| {
+                let slot = match slot {
+                    None => return None,
+                    Some(slot) if slot.record.id() == id => slot,
+                    // Another id with the same 64-bit hash: search by id.
+                    Some(_) => self.records.get_hashed(hash, id)?,
+                };
+                Some(Stored {
+                    record: slot.record.clone(),
+                    token: Token::Sequence(slot.sequence),
+                })
+            })
+            .collect()
+    }
+
     /// The record written at `sequence` by log entry `hash`, if that write
     /// is still the record's latest.
     fn live(&self, sequence: u64, hash: u64) -> Option<&Record> {
@@ -405,7 +446,7 @@ impl StorageBackend for MemoryBackend {
     ) -> Result<Vec<Option<Stored>>> {
         let state = self.lock()?;
         Ok(match state.collections.get(collection) {
-            Some(c) => ids.iter().map(|id| c.stored(id)).collect(),
+            Some(c) => c.stored_many(ids),
             None => vec![None; ids.len()],
         })
     }
