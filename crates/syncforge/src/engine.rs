@@ -272,6 +272,13 @@ impl SyncEngine {
         &self.inner.backend
     }
 
+    /// The backend itself, to call: a call on the `Arc` goes through the
+    /// `Arc`'s own forwarding implementation of the trait first, one more
+    /// boxed future for every call.
+    pub(crate) fn store(&self) -> &dyn StorageBackend {
+        &*self.inner.backend
+    }
+
     /// The event hub: closure handlers (`on`, `once`, `off`, ...) and
     /// receivers.
     pub fn events(&self) -> &Events {
@@ -483,7 +490,7 @@ impl SyncEngine {
         id: RecordId,
         intent: Intent,
     ) -> Result<Applied> {
-        let backend = &self.inner.backend;
+        let backend = self.store();
         let listening = self.inner.events.wants_any(&WRITE_EVENTS);
         let stored =
             retry_transient(self.retries(), "get", || backend.get(collection, &id)).await?;
@@ -546,7 +553,7 @@ impl SyncEngine {
         done: &mut [Applied],
         listening: bool,
     ) -> Result<()> {
-        let backend = &self.inner.backend;
+        let backend = self.store();
         // The first attempt was made by `apply`.
         for _ in 1..MAX_RACE_ATTEMPTS {
             let stored = self.read_many(collection, &ids).await?;
@@ -651,7 +658,7 @@ impl SyncEngine {
         collection: &CollectionName,
         ids: &[RecordId],
     ) -> Result<Vec<Option<Stored>>> {
-        let backend = &self.inner.backend;
+        let backend = self.store();
         let stored = retry_transient(self.retries(), "get_many", || {
             backend.get_many(collection, ids)
         })
@@ -675,7 +682,7 @@ impl SyncEngine {
         collection: &CollectionName,
         writes: &[Write],
     ) -> Result<Vec<WriteOutcome>> {
-        let backend = &self.inner.backend;
+        let backend = self.store();
         let outcomes = retry_transient(self.retries(), "put_batch", || {
             backend.put_batch(collection, writes)
         })
