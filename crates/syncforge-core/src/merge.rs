@@ -17,6 +17,7 @@
 //! JSON, which keeps merge a join.
 
 use std::cmp::Ordering;
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -153,13 +154,33 @@ fn crdt_merge_is(target: &Record, other: &Record) -> bool {
     {
         return false;
     }
-    let ours = target.field_states();
-    other.field_states().iter().all(|(name, theirs)| {
-        ours.get(name).is_some_and(|kept| {
-            let winner = pick_field(kept, theirs);
-            std::ptr::eq(winner, kept) || winner == kept
-        })
-    })
+    // Both lists are sorted by name: one walk over both, as the merge makes.
+    let mut ours = target.field_states().0.iter();
+    'theirs: for (name, theirs) in &other.field_states().0 {
+        for (key, kept) in ours.by_ref() {
+            // Names are shared between records, so equal ones are mostly one
+            // allocation and compare by address.
+            let order = if Arc::ptr_eq(key, name) {
+                Ordering::Equal
+            } else {
+                (**key).cmp(&**name)
+            };
+            match order {
+                Ordering::Less => continue,
+                Ordering::Greater => return false,
+                Ordering::Equal => {
+                    let winner = pick_field(kept, theirs);
+                    if std::ptr::eq(winner, kept) || winner == kept {
+                        continue 'theirs;
+                    }
+                    return false;
+                }
+            }
+        }
+        // `other` holds a field `target` does not.
+        return false;
+    }
+    true
 }
 
 /// Whole-record order of the timestamp strategy: newest stamp, then (for
