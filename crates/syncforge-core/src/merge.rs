@@ -148,8 +148,10 @@ pub fn merge(local: &Record, remote: &Record, strategy: ConflictStrategy) -> Res
 /// write stamp, tombstone and version vector are at least `other`'s.
 fn crdt_merge_is(target: &Record, other: &Record) -> bool {
     use crate::version_vector::Causality::{Dominates, Equal};
-    if !matches!(target.versions().compare(other.versions()), Equal | Dominates)
-        || target.written() < other.written()
+    if !matches!(
+        target.versions().compare(other.versions()),
+        Equal | Dominates
+    ) || target.written() < other.written()
         || target.tombstone() < other.tombstone()
     {
         return false;
