@@ -91,13 +91,15 @@ type IdHasher = foldhash::fast::RandomState;
 #[derive(Default)]
 struct Collection {
     records: Records,
-    /// `(sequence, id)` of every write, in sequence order: the change feed.
-    /// An entry is live while its record's slot still holds that sequence;
-    /// rewrites and removals leave the old entry behind (stale) instead of
-    /// searching for it, and [`Collection::compact`] drops stale entries once
-    /// they outnumber the live ones, so the log stays within twice the
-    /// collection.
-    log: Vec<(u64, RecordId)>,
+    /// `(sequence, id hash)` of every write, in sequence order: the change
+    /// feed. An entry is live while a slot of that hash still holds that
+    /// sequence (a sequence is handed out once, so it names one write of one
+    /// record: the hash only says where to look, and no id is compared or
+    /// kept alive). Rewrites and removals leave the old entry behind (stale)
+    /// instead of searching for it, and [`Collection::compact`] drops stale
+    /// entries once they outnumber the live ones, so the log stays within
+    /// twice the collection.
+    log: Log,
     /// Last sequence handed out. Survives deletes and clears, so a reader's
     /// cursor never skips records written after a clear.
     last_sequence: u64,
@@ -106,11 +108,17 @@ struct Collection {
 struct Slot {
     record: Record,
     sequence: u64,
+    /// The hash of the record's id, kept so that growing the table,
+    /// rejecting a slot whose tag matched by chance, and finding a log
+    /// entry's slot never read the id: at a million records each such read
+    /// was a cache miss (two: the record, then its id).
+    hash: u64,
 }
 
 /// The records of a collection by id. A table of slots found by the id each
-/// record already holds, not a map with the id as a second key: a slot is
-/// half the size of a map entry, which matters at a million records.
+/// record already holds, not a map with the id as a second key: a slot (24
+/// bytes) is smaller than a map entry would be (32), which matters at a
+/// million records.
 #[derive(Default)]
 struct Records {
     slots: HashTable<Slot>,
@@ -123,30 +131,45 @@ impl Records {
     }
 
     fn get(&self, id: &str) -> Option<&Slot> {
-        self.slots
-            .find(self.hash(id), |slot| slot.record.id().as_str() == id)
+        self.get_hashed(self.hash(id), id)
     }
 
-    fn get_mut(&mut self, id: &str) -> Option<&mut Slot> {
-        let hash = self.hash(id);
+    /// The slot of `id`, whose hash is `hash`.
+    fn get_hashed(&self, hash: u64, id: &str) -> Option<&Slot> {
+        self.slots.find(hash, |slot| {
+            slot.hash == hash && slot.record.id().as_str() == id
+        })
+    }
+
+    /// The slot of `id`, whose hash is `hash`.
+    fn get_mut_hashed(&mut self, hash: u64, id: &str) -> Option<&mut Slot> {
+        self.slots.find_mut(hash, |slot| {
+            slot.hash == hash && slot.record.id().as_str() == id
+        })
+    }
+
+    /// A slot whose id has the hash `hash` (the id itself is not compared).
+    fn with_hash(&self, hash: u64) -> Option<&Slot> {
+        self.slots.find(hash, |slot| slot.hash == hash)
+    }
+
+    /// The slot whose latest write had `sequence`, if that write is still
+    /// its latest; `hash` is the hash of the record's id.
+    fn written(&self, hash: u64, sequence: u64) -> Option<&Slot> {
         self.slots
-            .find_mut(hash, |slot| slot.record.id().as_str() == id)
+            .find(hash, |slot| slot.sequence == sequence && slot.hash == hash)
     }
 
     /// Adds a slot for a record the table does not hold.
     fn insert_new(&mut self, slot: Slot) {
-        let hash = self.hash(slot.record.id());
-        let hasher = &self.hasher;
-        self.slots
-            .insert_unique(hash, slot, |s| hasher.hash_one(s.record.id().as_str()));
+        self.slots.insert_unique(slot.hash, slot, |s| s.hash);
     }
 
     fn remove(&mut self, id: &str) -> bool {
         let hash = self.hash(id);
-        match self
-            .slots
-            .find_entry(hash, |slot| slot.record.id().as_str() == id)
-        {
+        match self.slots.find_entry(hash, |slot| {
+            slot.hash == hash && slot.record.id().as_str() == id
+        }) {
             Ok(entry) => {
                 entry.remove();
                 true
@@ -156,9 +179,7 @@ impl Records {
     }
 
     fn reserve(&mut self, additional: usize) {
-        let hasher = &self.hasher;
-        self.slots
-            .reserve(additional, |s| hasher.hash_one(s.record.id().as_str()));
+        self.slots.reserve(additional, |s| s.hash);
     }
 
     fn len(&self) -> usize {
@@ -175,6 +196,74 @@ impl Records {
 
     fn iter(&self) -> impl Iterator<Item = &Slot> + '_ {
         self.slots.iter()
+    }
+}
+
+/// The change log: `(sequence, id hash)` entries in sequence order, in
+/// chunks of a fixed size. One vector doubled and copied the whole log when
+/// it filled up: 24 MB at a million records, in the middle of whichever
+/// write came next. A chunk is never moved once allocated.
+#[derive(Default)]
+struct Log {
+    chunks: Vec<Vec<(u64, u64)>>,
+    len: usize,
+}
+
+impl Log {
+    /// Entries per chunk: 64 KiB, large enough that the list of chunks stays
+    /// short, small enough that a new chunk is cheap to allocate.
+    const CHUNK: usize = 4096;
+
+    fn push(&mut self, entry: (u64, u64)) {
+        match self.chunks.last_mut() {
+            Some(chunk) if chunk.len() < Self::CHUNK => chunk.push(entry),
+            _ => {
+                let mut chunk = Vec::with_capacity(Self::CHUNK);
+                chunk.push(entry);
+                self.chunks.push(chunk);
+            }
+        }
+        self.len += 1;
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The entries with a sequence greater than `after`, oldest first: found
+    /// by bisection over the chunks, then within one.
+    fn after(&self, after: u64) -> impl Iterator<Item = &(u64, u64)> + '_ {
+        let first = self
+            .chunks
+            .partition_point(|chunk| chunk.last().is_some_and(|(s, _)| *s <= after));
+        let rest = self.chunks.get(first..).unwrap_or_default();
+        let start = rest
+            .first()
+            .map_or(0, |chunk| chunk.partition_point(|(s, _)| *s <= after));
+        rest.iter().enumerate().flat_map(move |(i, chunk)| {
+            chunk
+                .get(if i == 0 { start } else { 0 }..)
+                .unwrap_or_default()
+        })
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &(u64, u64)> + '_ {
+        self.chunks.iter().flatten()
+    }
+
+    /// Keeps the entries `keep` says to keep, in order, in fresh chunks.
+    fn retain(&mut self, mut keep: impl FnMut(&(u64, u64)) -> bool) {
+        let old = std::mem::take(self);
+        for entry in old.chunks.into_iter().flatten() {
+            if keep(&entry) {
+                self.push(entry);
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.chunks.clear();
+        self.len = 0;
     }
 }
 
@@ -230,12 +319,43 @@ impl Collection {
         })
     }
 
-    /// The record written at `sequence` by log entry `id`, if that write is
-    /// still the record's latest.
-    fn live(&self, sequence: u64, id: &str) -> Option<&Record> {
+    /// [`stored`](Self::stored) of each of `ids`, in two passes: first each
+    /// id's slot is found by its hash alone (the table's control bytes and
+    /// the slot), then each slot's record is checked to have that id. In a
+    /// collection larger than the cache each of those reads is a miss; one
+    /// lookup after another waited for the record and its id before the next
+    /// lookup could start, while passes that each read one thing per id let
+    /// the processor wait for many ids' reads at once.
+    fn stored_many(&self, ids: &[RecordId]) -> Vec<Option<Stored>> {
+        let found: Vec<(u64, Option<&Slot>)> = ids
+            .iter()
+            .map(|id| {
+                let hash = self.records.hash(id);
+                (hash, self.records.with_hash(hash))
+            })
+            .collect();
+        ids.iter()
+            .zip(found)
+            .map(|(id, (hash, slot))| {
+                let slot = match slot {
+                    None => return None,
+                    Some(slot) if slot.record.id() == id => slot,
+                    // Another id with the same 64-bit hash: search by id.
+                    Some(_) => self.records.get_hashed(hash, id)?,
+                };
+                Some(Stored {
+                    record: slot.record.clone(),
+                    token: Token::Sequence(slot.sequence),
+                })
+            })
+            .collect()
+    }
+
+    /// The record written at `sequence` by log entry `hash`, if that write
+    /// is still the record's latest.
+    fn live(&self, sequence: u64, hash: u64) -> Option<&Record> {
         self.records
-            .get(id)
-            .filter(|slot| slot.sequence == sequence)
+            .written(hash, sequence)
             .map(|slot| &slot.record)
     }
 
@@ -244,7 +364,8 @@ impl Collection {
     fn apply(&mut self, write: &Write, newest: &mut Option<Stamp>) -> WriteOutcome {
         let Write { record, expected } = write;
         let sequence = self.last_sequence + 1;
-        match self.records.get_mut(record.id()) {
+        let hash = self.records.hash(record.id());
+        match self.records.get_mut_hashed(hash, record.id()) {
             Some(slot) => {
                 if !matches!(expected, Some(Token::Sequence(s)) if *s == slot.sequence) {
                     return WriteOutcome::Conflict;
@@ -259,11 +380,12 @@ impl Collection {
                 self.records.insert_new(Slot {
                     record: record.clone(),
                     sequence,
+                    hash,
                 });
             }
         }
         take_newer(newest, record.newest_stamp());
-        self.log.push((sequence, record.id().clone()));
+        self.log.push((sequence, hash));
         self.last_sequence = sequence;
         self.compact();
         WriteOutcome::Written {
@@ -290,11 +412,8 @@ impl Collection {
             return;
         }
         let records = &self.records;
-        self.log.retain(|(sequence, id)| {
-            records
-                .get(id.as_str())
-                .is_some_and(|slot| slot.sequence == *sequence)
-        });
+        self.log
+            .retain(|(sequence, hash)| records.written(*hash, *sequence).is_some());
     }
 
     fn clear(&mut self) {
@@ -327,7 +446,7 @@ impl StorageBackend for MemoryBackend {
     ) -> Result<Vec<Option<Stored>>> {
         let state = self.lock()?;
         Ok(match state.collections.get(collection) {
-            Some(c) => ids.iter().map(|id| c.stored(id)).collect(),
+            Some(c) => c.stored_many(ids),
             None => vec![None; ids.len()],
         })
     }
@@ -355,15 +474,26 @@ impl StorageBackend for MemoryBackend {
             Some(c) => c,
             None => state.collections.entry(collection.clone()).or_default(),
         };
-        // Room for every write up front: growing the table and the log
-        // step by step rehashed and copied them mid-batch.
+        // Room for every write up front: growing the table step by step
+        // rehashed it mid-batch.
         target.records.reserve(writes.len());
-        target.log.reserve(writes.len());
         let newest = &mut state.newest;
         Ok(writes
             .iter()
             .map(|write| target.apply(write, newest))
             .collect())
+    }
+
+    /// [`put_batch`](StorageBackend::put_batch) of one write, without the
+    /// vector of outcomes: a local put writes one record at a time.
+    async fn put(&self, collection: &CollectionName, write: &Write) -> Result<WriteOutcome> {
+        let mut guard = self.lock()?;
+        let state = &mut *guard;
+        let target = match state.collections.get_mut(collection) {
+            Some(c) => c,
+            None => state.collections.entry(collection.clone()).or_default(),
+        };
+        Ok(target.apply(write, &mut state.newest))
     }
 
     async fn delete(&self, collection: &CollectionName, id: &RecordId) -> Result<bool> {
@@ -391,12 +521,10 @@ impl StorageBackend for MemoryBackend {
         };
         // The log is in sequence order: the first entry after the cursor is
         // found by bisection, then stale entries are skipped.
-        let start = c
+        let mut entries = c
             .log
-            .partition_point(|(sequence, _)| *sequence <= after.get());
-        let mut entries = c.log[start..]
-            .iter()
-            .filter_map(|(sequence, id)| c.live(*sequence, id).map(|r| (*sequence, r)));
+            .after(after.get())
+            .filter_map(|(sequence, hash)| c.live(*sequence, *hash).map(|r| (*sequence, r)));
         let mut changes = Vec::with_capacity(limit.min(c.records.len()));
         for (sequence, record) in entries.by_ref().take(limit) {
             changes.push(Change {
@@ -427,7 +555,7 @@ impl StorageBackend for MemoryBackend {
         };
         Ok(c.log
             .iter()
-            .filter_map(|(sequence, id)| c.live(*sequence, id))
+            .filter_map(|(sequence, hash)| c.live(*sequence, *hash))
             .filter(|record| record.timestamp() > millis)
             .cloned()
             .collect())
@@ -514,11 +642,16 @@ mod tests {
     fn assert_indexes_agree(store: &MemoryBackend) {
         let state = store.state.lock();
         for c in state.collections.values() {
-            assert!(c.log.windows(2).all(|w| w[0].0 < w[1].0));
+            let sequences: Vec<u64> = c.log.iter().map(|(s, _)| *s).collect();
+            assert!(sequences.windows(2).all(|w| w[0] < w[1]));
+            assert_eq!(sequences.len(), c.log.len());
             assert!(c.log.len() <= 2 * c.records.len() + 1024);
             for slot in c.records.iter() {
-                let id = slot.record.id();
-                let live = c.log.iter().filter(|(s, i)| *s == slot.sequence && i == id);
+                assert_eq!(slot.hash, c.records.hash(slot.record.id()));
+                let live = c
+                    .log
+                    .iter()
+                    .filter(|(s, h)| *s == slot.sequence && *h == slot.hash);
                 assert_eq!(live.count(), 1);
             }
         }
@@ -732,6 +865,72 @@ mod tests {
         store.clear_collection(&coll("c")).await.unwrap();
         assert_indexes_agree(&store);
         assert!(store.list_collections().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_feed_reads_across_log_chunks() {
+        let store = MemoryBackend::new();
+        let (_, mut hlc) = clock(1_000);
+        let total = 2 * Log::CHUNK as u64 + 10;
+        let writes: Vec<Write> = (0..total)
+            .map(|i| Write::create(record(&mut hlc, &format!("r{i}"), i)))
+            .collect();
+        store.put_batch(&coll("c"), &writes).await.unwrap();
+        let chunk = Log::CHUNK as u64;
+        for after in [
+            0,
+            1,
+            chunk - 1,
+            chunk,
+            chunk + 1,
+            2 * chunk,
+            total - 1,
+            total,
+        ] {
+            let page = store
+                .changes(
+                    &coll("c"),
+                    Cursor::new(after),
+                    NonZeroUsize::new(3).unwrap(),
+                )
+                .await
+                .unwrap();
+            let cursors: Vec<u64> = page.changes.iter().map(|c| c.cursor.get()).collect();
+            let expected: Vec<u64> = (after + 1..=total).take(3).collect();
+            assert_eq!(cursors, expected, "after {after}");
+            assert_eq!(page.more, after + 3 < total, "after {after}");
+        }
+        // Rewrites leave stale entries in every chunk; compaction drops them.
+        for round in 0..3u64 {
+            let writes: Vec<Write> = (0..total)
+                .step_by(2)
+                .map(|i| {
+                    let id = format!("r{i}");
+                    let token = Token::Sequence(
+                        store
+                            .state
+                            .lock()
+                            .collections
+                            .get(&coll("c"))
+                            .and_then(|c| c.records.get(&id).map(|s| s.sequence))
+                            .unwrap(),
+                    );
+                    Write::replace(record(&mut hlc, &id, round), token)
+                })
+                .collect();
+            store.put_batch(&coll("c"), &writes).await.unwrap();
+            assert_indexes_agree(&store);
+        }
+        let page = store
+            .changes(
+                &coll("c"),
+                Cursor::START,
+                NonZeroUsize::new(100_000).unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(page.changes.len() as u64, total);
+        assert!(page.changes.windows(2).all(|w| w[0].cursor < w[1].cursor));
     }
 
     #[tokio::test]

@@ -145,7 +145,7 @@ impl SyncEngine {
     /// Names of the collections holding at least one record.
     pub async fn list_collections(&self) -> Result<Vec<CollectionName>> {
         self.check_open()?;
-        let backend = self.backend();
+        let backend = self.store();
         retry_transient(self.retries(), "list_collections", || {
             backend.list_collections()
         })
@@ -189,7 +189,7 @@ impl Collection {
     pub async fn get(&self, id: impl IntoName<RecordId>) -> Result<Option<Record>> {
         self.engine.check_open()?;
         let id = id.into_name()?;
-        let backend = self.engine.backend();
+        let backend = self.engine.store();
         let stored = retry_transient(self.engine.retries(), "get", || {
             backend.get(&self.name, &id)
         })
@@ -214,7 +214,7 @@ impl Collection {
     /// Every record of the collection, soft-deleted ones included.
     pub async fn get_all(&self) -> Result<Vec<Record>> {
         self.engine.check_open()?;
-        let backend = self.engine.backend();
+        let backend = self.engine.store();
         retry_transient(self.engine.retries(), "get_all", || {
             backend.get_all(&self.name)
         })
@@ -252,7 +252,7 @@ impl Collection {
     pub async fn changes(&self, after: Cursor, options: PageOptions) -> Result<ChangePage> {
         self.engine.check_open()?;
         let limit = options.checked_limit()?;
-        let backend = self.engine.backend();
+        let backend = self.engine.store();
         retry_transient(self.engine.retries(), "changes", || {
             backend.changes(&self.name, after, limit)
         })
@@ -264,7 +264,7 @@ impl Collection {
     /// [`changes`](Self::changes) for incremental sync.
     pub async fn get_changes_since(&self, millis: u64) -> Result<Vec<Record>> {
         self.engine.check_open()?;
-        let backend = self.engine.backend();
+        let backend = self.engine.store();
         retry_transient(self.engine.retries(), "changes_since_timestamp", || {
             backend.changes_since_timestamp(&self.name, millis)
         })
@@ -353,14 +353,8 @@ impl Collection {
 
     /// Applies one intent and returns the record as stored afterwards.
     async fn apply_one(&self, id: RecordId, intent: Intent) -> Result<Option<Record>> {
-        let mut applied = self
-            .engine
-            .apply(&self.name, vec![(id.clone(), intent)], false)
-            .await?;
-        match applied.pop() {
-            Some(applied) => Ok(applied.record),
-            None => Err(self.lost_record(&id)),
-        }
+        let applied = self.engine.apply_single(&self.name, id, intent).await?;
+        Ok(applied.record)
     }
 
     fn lost_record(&self, id: &RecordId) -> Error {

@@ -10,6 +10,7 @@
 //! operations on top of it live in [`crate::collection`].
 
 use std::collections::HashSet;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, MutexGuard};
 use syncforge_core::{
     classify, dedupe, ChangeKind, ClientId, CollectionName, ConflictDetail, Content, Cursor, Error,
-    Hlc, Record, RecordId, Result, Stamp, StorageBackend, TimeSource, Write, WriteOutcome,
+    Hlc, Record, RecordId, Result, Stamp, StorageBackend, Stored, TimeSource, Write, WriteOutcome,
 };
 use tokio::task::AbortHandle;
 use tracing::field::Empty;
@@ -147,8 +148,10 @@ pub(crate) struct Applied {
     pub(crate) kind: ChangeKind,
     /// The record as stored afterwards (`None`: a delete of an unknown id).
     pub(crate) record: Option<Record>,
-    /// Set when the incoming record was written concurrently with the stored one.
-    pub(crate) conflict: Option<ConflictDetail>,
+    /// Set when the incoming record was written concurrently with the stored
+    /// one. Boxed: conflicts are rare, and an outcome that carried one inline
+    /// was four times the size, copied several times per record.
+    pub(crate) conflict: Option<Box<ConflictDetail>>,
     /// The feed position of the write, when this call wrote and saw the answer.
     pub(crate) cursor: Option<Cursor>,
     /// For a merge: the stored state is exactly the incoming record, so the
@@ -156,14 +159,25 @@ pub(crate) struct Applied {
     pub(crate) echo: bool,
 }
 
-/// One intent on its way through [`SyncEngine::apply`].
+impl Applied {
+    /// What fills an output entry until its intent ends.
+    fn placeholder() -> Applied {
+        Applied {
+            kind: ChangeKind::Unchanged,
+            record: None,
+            conflict: None,
+            cursor: None,
+            echo: false,
+        }
+    }
+}
+
+/// A write that lost a race, on its way through [`SyncEngine::apply_again`];
+/// its id is kept beside it, in the vector of ids read on the next attempt.
 struct Pending {
     /// Where its result goes in the output.
     slot: usize,
-    id: RecordId,
     kind: IntentKind,
-    /// The intent to apply on the next attempt (taken while it is planned).
-    intent: Option<Intent>,
     /// What an earlier attempt meant to store, when that write lost a race
     /// or a transient failure hid its answer.
     intended: Option<Record>,
@@ -173,11 +187,34 @@ struct Pending {
     planned: Option<Planned>,
 }
 
+/// A write of the first attempt, beside it until the store answers: where
+/// its outcome goes, how to rebuild its intent if it lost a race, and the
+/// state it replaced (for events, kept only when someone listens).
+struct Sent {
+    slot: usize,
+    kind: IntentKind,
+    previous: Option<Record>,
+}
+
 /// What the write of one intent is, kept beside it until the store answers.
 struct Planned {
     kind: ChangeKind,
-    conflict: Option<ConflictDetail>,
+    conflict: Option<Box<ConflictDetail>>,
     echo: bool,
+}
+
+impl Planned {
+    /// The outcome of this plan once the store holds `record` (at `cursor`,
+    /// when this call saw the store's answer).
+    fn into_applied(self, record: Option<Record>, cursor: Option<Cursor>) -> Applied {
+        Applied {
+            kind: self.kind,
+            record,
+            conflict: self.conflict,
+            cursor,
+            echo: self.echo,
+        }
+    }
 }
 
 impl SyncEngine {
@@ -235,6 +272,13 @@ impl SyncEngine {
         &self.inner.backend
     }
 
+    /// The backend itself, to call: a call on the `Arc` goes through the
+    /// `Arc`'s own forwarding implementation of the trait first, one more
+    /// boxed future for every call.
+    pub(crate) fn store(&self) -> &dyn StorageBackend {
+        &*self.inner.backend
+    }
+
     /// The event hub: closure handlers (`on`, `once`, `off`, ...) and
     /// receivers.
     pub fn events(&self) -> &Events {
@@ -280,8 +324,12 @@ impl SyncEngine {
     }
 
     /// Refuses the whole batch if any stamp lies too far ahead; otherwise
-    /// moves the clock past every stamp in it.
-    pub(crate) fn observe_batch(&self, remote: &[Record]) -> Result<()> {
+    /// moves the clock past every stamp in it, and says whether every id of
+    /// the batch is certainly distinct (when not — repeats, or two ids with
+    /// one hash — the caller merges the repeats, comparing ids). Both in one
+    /// pass: in a batch larger than the cache, every pass over the records
+    /// reads each of them from memory again.
+    pub(crate) fn observe_batch(&self, remote: &[Record]) -> Result<bool> {
         let mut clock = self.clock();
         // Physical time is read once for the batch, not once per record: a
         // clock read cost more than the rest of the check.
@@ -289,7 +337,18 @@ impl SyncEngine {
         let mut offenders = Vec::new();
         let mut worst = 0;
         let mut newest: Option<&Stamp> = None;
+        // Ids are told apart by their 64-bit hashes: a set of those is half
+        // the size of a set of string references, and probing it never reads
+        // an id again. Two ids that merely share a hash only send the batch
+        // through `dedupe`, which compares the ids themselves.
+        let ids = foldhash::fast::RandomState::default();
+        let mut seen: foldhash::HashSet<u64> =
+            foldhash::HashSet::with_capacity_and_hasher(remote.len(), Default::default());
+        let mut distinct = true;
         for record in remote {
+            if distinct {
+                distinct = seen.insert(ids.hash_one(record.id().as_str()));
+            }
             let stamp = record.newest_stamp();
             if let Some(ahead) = clock.drift_excess_at(stamp, physical) {
                 offenders.push(record.id().to_string());
@@ -309,7 +368,7 @@ impl SyncEngine {
         if let Some(stamp) = newest {
             clock.seed(stamp);
         }
-        Ok(())
+        Ok(distinct)
     }
 
     /// Moves the clock past every stamp of `records` without a drift check:
@@ -325,46 +384,179 @@ impl SyncEngine {
     /// how each ended, in order. Emits the record and conflict events of the
     /// writes the store confirmed. With `track_echoes`, marks merges whose
     /// stored result is exactly the incoming record.
+    ///
+    /// The first attempt keeps nothing per intent beyond its write and where
+    /// its outcome goes: almost every write ends there. Writes that lost a
+    /// race go on in [`apply_again`](Self::apply_again).
     pub(crate) async fn apply(
         &self,
         collection: &CollectionName,
         intents: Vec<(RecordId, Intent)>,
         track_echoes: bool,
     ) -> Result<Vec<Applied>> {
-        let backend = &self.inner.backend;
         // Checked once per call: without listeners nothing below copies a
         // record for an event.
         let listening = self.inner.events.wants_any(&WRITE_EVENTS);
-        let mut done: Vec<Option<Applied>> = intents.iter().map(|_| None).collect();
-        let mut pending: Vec<Pending> = intents
-            .into_iter()
-            .enumerate()
-            .map(|(slot, (id, intent))| Pending {
-                slot,
-                id,
-                kind: intent.kind(),
-                intent: Some(intent),
-                intended: None,
-                previous: None,
-                planned: None,
-            })
-            .collect();
-        for attempt in 0..MAX_RACE_ATTEMPTS {
-            let ids: Vec<RecordId> = pending.iter().map(|p| p.id.clone()).collect();
-            let stored = retry_transient(self.retries(), "get_many", || {
-                backend.get_many(collection, &ids)
-            })
-            .await?;
-            if stored.len() != ids.len() {
-                return Err(Error::storage(
-                    backend.name(),
-                    format!(
-                        "get_many answered {} entries for {} ids",
-                        stored.len(),
-                        ids.len()
-                    ),
-                ));
+        // The ids are moved into the vector `get_many` reads, not cloned:
+        // each clone and drop of an id was a reference count touched in
+        // memory the batch does not otherwise read.
+        let (ids, intents): (Vec<RecordId>, Vec<Intent>) = intents.into_iter().unzip();
+        // Every entry is overwritten before the call returns `Ok` (each
+        // intent ends in `done` exactly once), so the placeholder is never
+        // seen; filling the output in place spares a vector of options and
+        // a copy of every outcome at the end.
+        let mut done: Vec<Applied> = ids.iter().map(|_| Applied::placeholder()).collect();
+        let stored = self.read_many(collection, &ids).await?;
+        drop(ids);
+        let mut writes = Vec::with_capacity(done.len());
+        let mut sent: Vec<Sent> = Vec::with_capacity(done.len());
+        for (slot, (intent, stored)) in intents.into_iter().zip(stored).enumerate() {
+            let (local, token) = match stored {
+                Some(stored) => (Some(stored.record), Some(stored.token)),
+                None => (None, None),
+            };
+            let kind = intent.kind();
+            match self.plan(collection, intent, local, track_echoes)? {
+                Step::Done(applied) => done[slot] = applied,
+                Step::Write {
+                    record,
+                    planned,
+                    previous,
+                } => {
+                    // The outcome as planned; the record and its position
+                    // are filled in once the store confirms the write.
+                    done[slot] = planned.into_applied(None, None);
+                    writes.push(Write {
+                        record,
+                        expected: token,
+                    });
+                    sent.push(Sent {
+                        slot,
+                        kind,
+                        previous: if listening { previous } else { None },
+                    });
+                }
             }
+        }
+        if writes.is_empty() {
+            return Ok(done);
+        }
+        let outcomes = self.write_many(collection, &writes).await?;
+        let mut ids = Vec::new();
+        let mut pending = Vec::new();
+        for ((write, sent), outcome) in writes.into_iter().zip(sent).zip(outcomes) {
+            let outcome_slot = &mut done[sent.slot];
+            match outcome {
+                WriteOutcome::Written { cursor, .. } => {
+                    outcome_slot.cursor = Some(cursor);
+                    outcome_slot.record = Some(write.record);
+                    if listening {
+                        self.announce(collection, outcome_slot, sent.previous);
+                    }
+                }
+                // Lost a race: apply the intent again to the state that
+                // won. Merge is a join, so nothing of it is lost.
+                WriteOutcome::Conflict => {
+                    let planned = std::mem::replace(outcome_slot, Applied::placeholder());
+                    ids.push(write.record.id().clone());
+                    pending.push(Pending {
+                        slot: sent.slot,
+                        kind: sent.kind,
+                        intended: Some(write.record),
+                        previous: sent.previous,
+                        planned: Some(Planned {
+                            kind: planned.kind,
+                            conflict: planned.conflict,
+                            echo: planned.echo,
+                        }),
+                    });
+                }
+            }
+        }
+        if !pending.is_empty() {
+            self.apply_again(collection, ids, pending, &mut done, listening)
+                .await?;
+        }
+        Ok(done)
+    }
+
+    /// [`apply`](Self::apply) for one intent (no echo tracking): one `get`
+    /// and one `put`, with none of the vectors a batch needs. A local put or
+    /// delete is one record, and building a batch of one for it was a third
+    /// of its cost.
+    pub(crate) async fn apply_single(
+        &self,
+        collection: &CollectionName,
+        id: RecordId,
+        intent: Intent,
+    ) -> Result<Applied> {
+        let backend = self.store();
+        let listening = self.inner.events.wants_any(&WRITE_EVENTS);
+        let stored =
+            retry_transient(self.retries(), "get", || backend.get(collection, &id)).await?;
+        let (local, token) = match stored {
+            Some(stored) => (Some(stored.record), Some(stored.token)),
+            None => (None, None),
+        };
+        let kind = intent.kind();
+        let (record, planned, previous) = match self.plan(collection, intent, local, false)? {
+            Step::Done(applied) => return Ok(applied),
+            Step::Write {
+                record,
+                planned,
+                previous,
+            } => (record, planned, previous),
+        };
+        let write = Write {
+            record,
+            expected: token,
+        };
+        let outcome =
+            retry_transient(self.retries(), "put", || backend.put(collection, &write)).await?;
+        let previous = if listening { previous } else { None };
+        match outcome {
+            WriteOutcome::Written { cursor, .. } => Ok(self.confirm(
+                collection,
+                Some(write.record),
+                planned,
+                Some(cursor),
+                previous,
+                listening,
+            )),
+            // Lost a race: go on as a batch of one would.
+            WriteOutcome::Conflict => {
+                let mut done = vec![Applied::placeholder()];
+                let pending = vec![Pending {
+                    slot: 0,
+                    kind,
+                    intended: Some(write.record),
+                    previous,
+                    planned: Some(planned),
+                }];
+                self.apply_again(collection, vec![id], pending, &mut done, listening)
+                    .await?;
+                done.pop()
+                    .ok_or_else(|| Error::storage(backend.name(), "a write lost its outcome"))
+            }
+        }
+    }
+
+    /// The writes of [`apply`](Self::apply) that lost a race (their ids in
+    /// `ids`, in the order of `pending`): each is read again and its intent
+    /// applied again to the state that won, until it is written, unchanged,
+    /// or the race budget is spent. Their outcomes go to `done`.
+    async fn apply_again(
+        &self,
+        collection: &CollectionName,
+        mut ids: Vec<RecordId>,
+        mut pending: Vec<Pending>,
+        done: &mut [Applied],
+        listening: bool,
+    ) -> Result<()> {
+        let backend = self.store();
+        // The first attempt was made by `apply`.
+        for _ in 1..MAX_RACE_ATTEMPTS {
+            let stored = self.read_many(collection, &ids).await?;
             let mut writes = Vec::with_capacity(pending.len());
             let mut waiting = Vec::with_capacity(pending.len());
             for (mut item, stored) in pending.into_iter().zip(stored) {
@@ -378,29 +570,26 @@ impl SyncEngine {
                 // as planned.
                 if item.intended.is_some() && local.as_ref() == item.intended.as_ref() {
                     if let Some(planned) = item.planned.take() {
-                        done[item.slot] = Some(self.confirm(
+                        done[item.slot] = self.confirm(
                             collection,
                             item.intended.take(),
                             planned,
                             None,
                             item.previous.take(),
                             listening,
-                        ));
+                        );
                         continue;
                     }
                 }
                 // Echoes are recognised on the first attempt only: after a
                 // lost race the intent is our own merge, not what the sender
                 // holds, and calling a write "not an echo" only costs a resend.
-                let echoes = track_echoes && attempt == 0;
-                let intent = match item.intent.take() {
-                    Some(intent) => intent,
-                    None => item.kind.again(item.intended.as_ref().ok_or_else(|| {
+                let intent =
+                    item.kind.again(item.intended.as_ref().ok_or_else(|| {
                         Error::storage(backend.name(), "a write lost its intent")
-                    })?)?,
-                };
-                match self.plan(collection, intent, local, echoes)? {
-                    Step::Done(applied) => done[item.slot] = Some(applied),
+                    })?)?;
+                match self.plan(collection, intent, local, false)? {
+                    Step::Done(applied) => done[item.slot] = applied,
                     Step::Write {
                         record,
                         planned,
@@ -419,51 +608,38 @@ impl SyncEngine {
                 }
             }
             if writes.is_empty() {
-                return Ok(finished(done));
+                return Ok(());
             }
-            let outcomes = retry_transient(self.retries(), "put_batch", || {
-                backend.put_batch(collection, &writes)
-            })
-            .await?;
-            if outcomes.len() != writes.len() {
-                return Err(Error::storage(
-                    backend.name(),
-                    format!(
-                        "put_batch answered {} outcomes for {} writes",
-                        outcomes.len(),
-                        writes.len()
-                    ),
-                ));
-            }
+            let outcomes = self.write_many(collection, &writes).await?;
             pending = Vec::new();
+            ids = Vec::new();
             for ((write, mut item), outcome) in writes.into_iter().zip(waiting).zip(outcomes) {
                 match outcome {
                     WriteOutcome::Written { cursor, .. } => {
                         let planned = item.planned.take().ok_or_else(|| {
                             Error::storage(backend.name(), "a write lost its plan")
                         })?;
-                        done[item.slot] = Some(self.confirm(
+                        done[item.slot] = self.confirm(
                             collection,
                             Some(write.record),
                             planned,
                             Some(cursor),
                             item.previous.take(),
                             listening,
-                        ));
+                        );
                     }
-                    // Lost a race: apply the intent again to the state that
-                    // won. Merge is a join, so nothing of it is lost.
                     WriteOutcome::Conflict => {
+                        ids.push(write.record.id().clone());
                         item.intended = Some(write.record);
                         pending.push(item);
                     }
                 }
             }
             if pending.is_empty() {
-                return Ok(finished(done));
+                return Ok(());
             }
         }
-        let id = pending.first().map_or("", |item| item.id.as_str());
+        let id = ids.first().map_or("", |id| id.as_str());
         tracing::warn!(
             collection = collection.as_str(),
             id,
@@ -474,6 +650,54 @@ impl SyncEngine {
             collection: collection.to_string(),
             id: id.to_owned(),
         })
+    }
+
+    /// The stored states of `ids`, in order, transient failures retried.
+    async fn read_many(
+        &self,
+        collection: &CollectionName,
+        ids: &[RecordId],
+    ) -> Result<Vec<Option<Stored>>> {
+        let backend = self.store();
+        let stored = retry_transient(self.retries(), "get_many", || {
+            backend.get_many(collection, ids)
+        })
+        .await?;
+        if stored.len() != ids.len() {
+            return Err(Error::storage(
+                backend.name(),
+                format!(
+                    "get_many answered {} entries for {} ids",
+                    stored.len(),
+                    ids.len()
+                ),
+            ));
+        }
+        Ok(stored)
+    }
+
+    /// The outcomes of `writes`, in order, transient failures retried.
+    async fn write_many(
+        &self,
+        collection: &CollectionName,
+        writes: &[Write],
+    ) -> Result<Vec<WriteOutcome>> {
+        let backend = self.store();
+        let outcomes = retry_transient(self.retries(), "put_batch", || {
+            backend.put_batch(collection, writes)
+        })
+        .await?;
+        if outcomes.len() != writes.len() {
+            return Err(Error::storage(
+                backend.name(),
+                format!(
+                    "put_batch answered {} outcomes for {} writes",
+                    outcomes.len(),
+                    writes.len()
+                ),
+            ));
+        }
+        Ok(outcomes)
     }
 
     /// What `intent` does to the stored state `local`.
@@ -551,7 +775,7 @@ impl SyncEngine {
                 write(
                     classified.merged,
                     classified.kind,
-                    classified.conflict,
+                    classified.conflict.map(Box::new),
                     echo,
                     local,
                 )
@@ -580,23 +804,25 @@ impl SyncEngine {
         previous: Option<Record>,
         listening: bool,
     ) -> Applied {
+        let applied = planned.into_applied(record, cursor);
         if listening {
-            let events = &self.inner.events;
-            if let Some(conflict) = &planned.conflict {
-                if events.wants(EventKind::Conflict) {
-                    events.emit(SyncEvent::Conflict(Arc::new(conflict.clone())));
-                }
-            }
-            if let Some(record) = &record {
-                self.emit_record_event(collection, planned.kind, record.clone(), previous);
+            self.announce(collection, &applied, previous);
+        }
+        applied
+    }
+
+    /// Emits the conflict and `record:*` events of a write the store holds.
+    fn announce(&self, collection: &CollectionName, applied: &Applied, previous: Option<Record>) {
+        let events = &self.inner.events;
+        if let Some(conflict) = &applied.conflict {
+            if events.wants(EventKind::Conflict) {
+                events.emit(SyncEvent::Conflict(Arc::new(ConflictDetail::clone(
+                    conflict,
+                ))));
             }
         }
-        Applied {
-            kind: planned.kind,
-            record,
-            conflict: planned.conflict,
-            cursor,
-            echo: planned.echo,
+        if let Some(record) = &applied.record {
+            self.emit_record_event(collection, applied.kind, record.clone(), previous);
         }
     }
 
@@ -714,8 +940,11 @@ impl SyncEngine {
     ) -> Result<SyncResult> {
         self.check_open()?;
         let started = Instant::now();
-        self.observe_batch(&remote)?;
-        let incoming = dedupe(remote, self.inner.config.conflict_strategy)?;
+        let incoming = if self.observe_batch(&remote)? {
+            remote
+        } else {
+            dedupe(remote, self.inner.config.conflict_strategy)?
+        };
         let total = incoming.len();
         let mut result = SyncResult::new(collection);
         self.apply_in_batches(
@@ -757,7 +986,7 @@ impl SyncEngine {
             let applied = self.apply(collection, batch, echoes.is_some()).await?;
             for outcome in applied {
                 result.count(outcome.kind);
-                result.conflicts.extend(outcome.conflict);
+                result.conflicts.extend(outcome.conflict.map(|c| *c));
                 if let (true, Some(cursor), Some(echoes)) =
                     (outcome.echo, outcome.cursor, echoes.as_deref_mut())
                 {
@@ -808,15 +1037,6 @@ enum Step {
         planned: Planned,
         previous: Option<Record>,
     },
-}
-
-/// The outcomes of a call, in order. Collected into a vector of the right
-/// size: `flatten` gives no size hint, and growing the vector step by step
-/// copied every outcome several times.
-fn finished(done: Vec<Option<Applied>>) -> Vec<Applied> {
-    let mut out = Vec::with_capacity(done.len());
-    out.extend(done.into_iter().flatten());
-    out
 }
 
 /// A duration in whole milliseconds, saturating.

@@ -369,7 +369,7 @@ impl SyncEngine {
         };
         let peer_id = peer.peer_id();
         let feed_key = cursor_key(peer_id, collection, PeerState::Feed);
-        let backend = self.backend();
+        let backend = self.store();
         let known =
             retry_transient(self.retries(), "get_meta", || backend.get_meta(&feed_key)).await?;
         if known.as_deref() == Some(feed.as_str()) {
@@ -400,7 +400,7 @@ impl SyncEngine {
     }
 
     async fn load_cursor(&self, collection: &CollectionName, key: &str) -> Result<Cursor> {
-        let backend = self.backend();
+        let backend = self.store();
         let stored = retry_transient(self.retries(), "get_meta", || backend.get_meta(key)).await?;
         match stored {
             None => Ok(Cursor::START),
@@ -415,7 +415,7 @@ impl SyncEngine {
     }
 
     async fn store_cursor(&self, key: &str, cursor: Cursor) -> Result<()> {
-        let backend = self.backend();
+        let backend = self.store();
         let value = cursor.to_string();
         retry_transient(self.retries(), "set_meta", || backend.set_meta(key, &value)).await
     }

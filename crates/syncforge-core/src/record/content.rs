@@ -150,6 +150,11 @@ impl Fields {
             // As in a map, the last of a repeated name counts: a stable sort
             // keeps repeats in order, and the dedupe keeps the last.
             fields.sort_by(|a, b| a.0.cmp(&b.0));
+            // A struct's fields are rarely in name order but never repeated:
+            // sorted in place, they need no second vector.
+            if fields.windows(2).all(|w| w[0].0 != w[1].0) {
+                return Ok(Content { id, fields });
+            }
             let mut unique: Vec<(Arc<str>, Value)> = Vec::with_capacity(fields.len());
             for entry in fields {
                 match unique.last_mut() {
