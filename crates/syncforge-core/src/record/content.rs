@@ -5,6 +5,7 @@ use std::sync::Arc;
 use serde::ser::{Impossible, Serialize, SerializeMap, SerializeStruct, Serializer};
 use serde_json::{Map, Value};
 
+use super::build::{self, Fault};
 use super::fields::{shared_name, shared_static_name};
 use super::json::{check_metadata_types, open_object, positive_zero, read_id};
 use super::{is_reserved, ID_KEY};
@@ -118,12 +119,22 @@ impl serde::ser::Error for Refusal {
     }
 }
 
+/// The `id` of a put, as far as it was read.
+enum IdSlot {
+    /// A string, checked as it was read: most ids are strings, and reading
+    /// one as such spares building and dropping a JSON string.
+    Read(Result<RecordId>),
+    /// Anything else, for [`read_id`] to judge.
+    Value(Value),
+}
+
 /// The top level of a put: collects `(name, value)` pairs of an object.
 #[derive(Default)]
 struct Fields {
     fields: Vec<(Arc<str>, Value)>,
-    /// The value of `id`, checked once the object is complete.
-    id: Option<Value>,
+    /// The `id`; its errors are reported once the object is complete, after
+    /// those of the fields, as they always were.
+    id: Option<IdSlot>,
     /// The metadata keys, checked once the object is complete.
     reserved: Map<String, Value>,
     /// A map key waiting for its value.
@@ -134,7 +145,7 @@ impl Fields {
     /// Takes the id and metadata aside; `name` shares a user field's name.
     fn push(&mut self, key: &str, value: Value, name: impl FnOnce(&str) -> Arc<str>) {
         if key == ID_KEY {
-            self.id = Some(value);
+            self.id = Some(IdSlot::Value(value));
         } else if is_reserved(key) {
             self.reserved.insert(key.to_owned(), value);
         } else {
@@ -142,8 +153,31 @@ impl Fields {
         }
     }
 
+    /// Reads the value of key `key`: the id as a string when it is one, any
+    /// other value as JSON.
+    fn read<T: Serialize + ?Sized>(
+        &mut self,
+        key: &str,
+        value: &T,
+        name: impl FnOnce(&str) -> Arc<str>,
+    ) -> std::result::Result<(), Refusal> {
+        if key == ID_KEY {
+            if let Ok(id) = build::read_str(value, |id: &str| RecordId::new(id)) {
+                self.id = Some(IdSlot::Read(id));
+                return Ok(());
+            }
+        }
+        let value = json_value(value)?;
+        self.push(key, value, name);
+        Ok(())
+    }
+
     fn into_content(self) -> Result<Content> {
-        let id = read_id(self.id)?;
+        let id = match self.id {
+            Some(IdSlot::Read(id)) => id?,
+            Some(IdSlot::Value(value)) => read_id(Some(value))?,
+            None => read_id(None)?,
+        };
         check_metadata_types(&id, &self.reserved)?;
         let mut fields = self.fields;
         if !fields.windows(2).all(|w| w[0].0 < w[1].0) {
@@ -169,8 +203,19 @@ impl Fields {
 }
 
 /// One field's value (or a map key) as JSON, normalised as stored values
-/// are; measured first, so that converting it cannot recurse past the limit.
+/// are, built and measured in one pass; what that pass leaves to serde_json
+/// takes the [`measured_value`] route.
 fn json_value<T: Serialize + ?Sized>(value: &T) -> std::result::Result<Value, Refusal> {
+    match build::field_value(value) {
+        Ok(value) => Ok(value),
+        Err(Fault::TooDeep) => Err(Refusal::TooDeep),
+        Err(Fault::Other) => measured_value(value),
+    }
+}
+
+/// [`json_value`] through serde_json: measured first, so that converting it
+/// cannot recurse past the limit.
+fn measured_value<T: Serialize + ?Sized>(value: &T) -> std::result::Result<Value, Refusal> {
     match field_fits(value) {
         Ok(true) => {}
         Ok(false) => return Err(Refusal::TooDeep),
@@ -278,9 +323,7 @@ impl SerializeStruct for Fields {
         key: &'static str,
         value: &T,
     ) -> std::result::Result<(), Refusal> {
-        let value = json_value(value)?;
-        self.push(key, value, |_| shared_static_name(key));
-        Ok(())
+        self.read(key, value, |_| shared_static_name(key))
     }
 
     fn end(self) -> std::result::Result<Fields, Refusal> {
@@ -298,6 +341,10 @@ impl SerializeMap for Fields {
     ) -> std::result::Result<(), Refusal> {
         // Only string keys: serde_json turns other keys (numbers, booleans)
         // into strings its own way, which the route through `Value` keeps.
+        if let Ok(key) = build::read_str(key, str::to_owned) {
+            self.key = Some(key);
+            return Ok(());
+        }
         match json_value(key)? {
             Value::String(key) => {
                 self.key = Some(key);
@@ -312,9 +359,7 @@ impl SerializeMap for Fields {
         value: &T,
     ) -> std::result::Result<(), Refusal> {
         let key = self.key.take().ok_or(Refusal::Unsupported)?;
-        let value = json_value(value)?;
-        self.push(&key, value, |k| shared_name(k));
-        Ok(())
+        self.read(&key, value, |k| shared_name(k))
     }
 
     fn end(self) -> std::result::Result<Fields, Refusal> {
@@ -378,6 +423,82 @@ mod tests {
             let through = Content::from_value(case.clone()).map_err(|e| e.to_string());
             assert_eq!(direct, through, "{case}");
         }
+    }
+
+    #[test]
+    fn a_struct_put_is_stored_as_the_equal_json_value_is() {
+        #[derive(serde::Serialize)]
+        struct Inner {
+            z: f32,
+            a: Option<u8>,
+            m: std::collections::BTreeMap<String, i128>,
+        }
+        #[derive(serde::Serialize)]
+        enum Kind {
+            Unit,
+            New(i8),
+            Pair(u8, char),
+            Named { x: f64 },
+        }
+        #[derive(serde::Serialize)]
+        struct Wrapped(String);
+        #[derive(serde::Serialize)]
+        struct Doc {
+            name: String,
+            id: Wrapped,
+            tags: [String; 2],
+            kinds: Vec<Kind>,
+            inner: Inner,
+            numbered: std::collections::BTreeMap<u32, bool>,
+            #[serde(with = "serde_bytes_like")]
+            bytes: Vec<u8>,
+            none: Option<String>,
+            nan: f64,
+            zero: f64,
+            big: u64,
+            unit: (),
+            json: Value,
+        }
+        mod serde_bytes_like {
+            pub(super) fn serialize<S: serde::Serializer>(
+                b: &[u8],
+                s: S,
+            ) -> Result<S::Ok, S::Error> {
+                s.serialize_bytes(b)
+            }
+        }
+        let doc = Doc {
+            name: "n".into(),
+            id: Wrapped("d1".into()),
+            tags: ["a".into(), "b".into()],
+            kinds: vec![
+                Kind::Unit,
+                Kind::New(-1),
+                Kind::Pair(2, 'c'),
+                Kind::Named { x: -0.0 },
+            ],
+            inner: Inner {
+                z: -0.0,
+                a: None,
+                m: [("k".to_owned(), i128::from(i64::MIN))].into(),
+            },
+            numbered: [(7, true)].into(),
+            bytes: vec![1, 2],
+            none: None,
+            nan: f64::NAN,
+            zero: -0.0,
+            big: u64::MAX,
+            unit: (),
+            json: json!({"b": [1.5, {"c": null}], "a": "x"}),
+        };
+        let stamp = crate::Stamp::new(1, 0, "c").unwrap();
+        let direct = Content::from_serialize(&doc).unwrap();
+        let through = content(serde_json::to_value(&doc).unwrap());
+        assert_eq!(direct, through);
+        assert_eq!(
+            super::super::Record::create(direct, &stamp).to_json_string(),
+            super::super::Record::create(through, &stamp).to_json_string()
+        );
     }
 
     #[test]

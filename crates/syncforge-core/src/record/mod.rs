@@ -3,6 +3,7 @@
 //!
 //! The JSON form is described on [`Record`].
 
+mod build;
 mod canonical;
 mod content;
 mod fields;
