@@ -1,5 +1,7 @@
 //! The user content of a write.
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use serde::ser::{Impossible, Serialize, SerializeMap, SerializeStruct, Serializer};
@@ -48,8 +50,10 @@ impl Content {
     ///
     /// A struct or a map with string keys (what nearly every caller puts) is
     /// taken apart field by field: each value becomes JSON on its own, and no
-    /// map of the whole object is built and searched. Anything else takes
-    /// the route through [`Value`].
+    /// map of the whole object is built and searched. A struct's field
+    /// order is learnt at its first put: later puts of it find its field
+    /// names shared and their order known, without a sort. Anything else
+    /// takes the route through [`Value`].
     pub fn from_serialize<T: Serialize + ?Sized>(doc: &T) -> Result<Content> {
         match doc.serialize(Fields::default()) {
             Ok(fields) => fields.into_content(),
@@ -128,10 +132,103 @@ enum IdSlot {
     Value(Value),
 }
 
+/// A key of a struct by its fixed address and length: bytes behind a
+/// `'static` address never change, so equal keys are the same name.
+type KeyAddress = (usize, usize);
+
+fn address(key: &'static str) -> KeyAddress {
+    (key.as_ptr() as usize, key.len())
+}
+
+/// What a put of a struct learnt about its fields, to be reused by the next
+/// put of the same struct: a derived struct hands its field names over in a
+/// fixed order, so sorting them and sharing their names once is enough.
+struct Layout {
+    /// Every key in the order it arrived, `id` and metadata included.
+    keys: Box<[KeyAddress]>,
+    /// The shared name of each key that is a user field, in the same order.
+    names: Box<[Option<Arc<str>>]>,
+    /// The swaps that put the user fields, in arrival order, in name order.
+    swaps: Box<[(usize, usize)]>,
+}
+
+/// How a put of a struct uses the [`Layout`] of its last put.
+#[derive(Default)]
+enum Memo {
+    /// Not a struct.
+    #[default]
+    Off,
+    /// Every key so far arrived as in the layout.
+    Following(Rc<Layout>),
+    /// Keys as they arrived, and whether each became a user field.
+    Recording(Vec<(KeyAddress, bool)>),
+}
+
+/// A few layouts per thread, by the address of the struct's name: a
+/// program puts few kinds of struct, and a slot taken by another struct is
+/// only learnt again.
+const LAYOUT_SLOTS: usize = 16;
+
+/// Each slot: the address of a struct's name, and its layout.
+type LayoutSlots = [Option<(usize, Rc<Layout>)>; LAYOUT_SLOTS];
+
+thread_local! {
+    static LAYOUTS: RefCell<LayoutSlots> = RefCell::new(std::array::from_fn(|_| None));
+}
+
+fn layout_slot(name: &'static str) -> usize {
+    // Fibonacci hashing, as for the field names.
+    (name.as_ptr() as usize).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 60
+}
+
+fn known_layout(name: &'static str) -> Option<Rc<Layout>> {
+    LAYOUTS.with(
+        |slots| match &slots.borrow()[layout_slot(name) % LAYOUT_SLOTS] {
+            Some((a, layout)) if *a == name.as_ptr() as usize => Some(Rc::clone(layout)),
+            _ => None,
+        },
+    )
+}
+
+fn remember_layout(name: &'static str, layout: Layout) {
+    LAYOUTS.with(|slots| {
+        slots.borrow_mut()[layout_slot(name) % LAYOUT_SLOTS] =
+            Some((name.as_ptr() as usize, Rc::new(layout)));
+    });
+}
+
+/// The swaps that take `fields`, in arrival order, to name order (stable,
+/// so that of a repeated name the last stays last).
+fn sorting_swaps(fields: &[(Arc<str>, Value)]) -> Vec<(usize, usize)> {
+    let mut order: Vec<usize> = (0..fields.len()).collect();
+    order.sort_by(|&a, &b| fields[a].0.cmp(&fields[b].0));
+    // `at[p]`: the field now at position p; `place[f]`: where field f is.
+    let mut at: Vec<usize> = (0..fields.len()).collect();
+    let mut place = at.clone();
+    let mut swaps = Vec::new();
+    for (target, &field) in order.iter().enumerate() {
+        let from = place[field];
+        if from != target {
+            let displaced = at[target];
+            at.swap(target, from);
+            place[field] = target;
+            place[displaced] = from;
+            swaps.push((target, from));
+        }
+    }
+    swaps
+}
+
 /// The top level of a put: collects `(name, value)` pairs of an object.
 #[derive(Default)]
 struct Fields {
     fields: Vec<(Arc<str>, Value)>,
+    /// The name of the struct, when the document is one.
+    name: Option<&'static str>,
+    /// The layout the keys so far follow, or the keys themselves.
+    memo: Memo,
+    /// Keys of the struct so far.
+    arrived: usize,
     /// The `id`; its errors are reported once the object is complete, after
     /// those of the fields, as they always were.
     id: Option<IdSlot>,
@@ -172,6 +269,28 @@ impl Fields {
         Ok(())
     }
 
+    /// Takes note of struct field `key`: its shared name when the layout
+    /// knows it as a user field. Leaves the layout at the first key that
+    /// differs from it.
+    fn follow(&mut self, key: &'static str) -> Option<Arc<str>> {
+        let i = self.arrived;
+        self.arrived += 1;
+        let at = address(key);
+        match &mut self.memo {
+            Memo::Following(layout) => {
+                if layout.keys.get(i) == Some(&at) {
+                    return layout.names.get(i).cloned().flatten();
+                }
+                let mut keys = layout.arrivals(i);
+                keys.push((at, !is_reserved(key)));
+                self.memo = Memo::Recording(keys);
+            }
+            Memo::Recording(keys) => keys.push((at, !is_reserved(key))),
+            Memo::Off => {}
+        }
+        None
+    }
+
     fn into_content(self) -> Result<Content> {
         let id = match self.id {
             Some(IdSlot::Read(id)) => id?,
@@ -180,13 +299,40 @@ impl Fields {
         };
         check_metadata_types(&id, &self.reserved)?;
         let mut fields = self.fields;
+        let keys = match self.memo {
+            Memo::Following(layout) if layout.keys.len() == self.arrived => {
+                // The keys of a put whose names were sorted and unique.
+                for &(a, b) in layout.swaps.iter() {
+                    fields.swap(a, b);
+                }
+                return Ok(Content { id, fields });
+            }
+            // Fewer keys than last time (a field was skipped): learn anew.
+            Memo::Following(layout) => Some(layout.arrivals(self.arrived)),
+            Memo::Recording(keys) => Some(keys),
+            Memo::Off => None,
+        };
         if !fields.windows(2).all(|w| w[0].0 < w[1].0) {
             // As in a map, the last of a repeated name counts: a stable sort
             // keeps repeats in order, and the dedupe keeps the last.
-            fields.sort_by(|a, b| a.0.cmp(&b.0));
+            // A struct's order is learnt as the swaps that sort it.
+            let learnt = keys.map(|keys| {
+                let names = names_of(&keys, &fields);
+                let swaps = sorting_swaps(&fields);
+                for &(a, b) in &swaps {
+                    fields.swap(a, b);
+                }
+                Layout::new(keys, names, swaps)
+            });
+            if learnt.is_none() {
+                fields.sort_by(|a, b| a.0.cmp(&b.0));
+            }
             // A struct's fields are rarely in name order but never repeated:
             // sorted in place, they need no second vector.
             if fields.windows(2).all(|w| w[0].0 != w[1].0) {
+                if let (Some(layout), Some(struct_name)) = (learnt, self.name) {
+                    remember_layout(struct_name, layout);
+                }
                 return Ok(Content { id, fields });
             }
             let mut unique: Vec<(Arc<str>, Value)> = Vec::with_capacity(fields.len());
@@ -197,8 +343,49 @@ impl Fields {
                 }
             }
             fields = unique;
+        } else if let (Some(keys), Some(struct_name)) = (keys, self.name) {
+            let names = names_of(&keys, &fields);
+            remember_layout(struct_name, Layout::new(keys, names, Vec::new()));
         }
         Ok(Content { id, fields })
+    }
+}
+
+/// The shared name of each key that became a user field, in arrival order.
+fn names_of(keys: &[(KeyAddress, bool)], fields: &[(Arc<str>, Value)]) -> Vec<Option<Arc<str>>> {
+    let mut user = fields.iter();
+    keys.iter()
+        .map(|&(_, pushed)| {
+            if pushed {
+                user.next().map(|(name, _)| Arc::clone(name))
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+impl Layout {
+    fn new(
+        keys: Vec<(KeyAddress, bool)>,
+        names: Vec<Option<Arc<str>>>,
+        swaps: Vec<(usize, usize)>,
+    ) -> Layout {
+        Layout {
+            keys: keys.into_iter().map(|(k, _)| k).collect(),
+            names: names.into(),
+            swaps: swaps.into(),
+        }
+    }
+
+    /// The first `n` keys as a put records them.
+    fn arrivals(&self, n: usize) -> Vec<(KeyAddress, bool)> {
+        self.keys
+            .iter()
+            .zip(self.names.iter())
+            .take(n)
+            .map(|(&k, name)| (k, name.is_some()))
+            .collect()
     }
 }
 
@@ -306,9 +493,19 @@ impl Serializer for Fields {
         })
     }
 
-    fn serialize_struct(self, _: &'static str, len: usize) -> std::result::Result<Fields, Refusal> {
+    fn serialize_struct(
+        self,
+        name: &'static str,
+        len: usize,
+    ) -> std::result::Result<Fields, Refusal> {
+        let memo = match known_layout(name) {
+            Some(layout) => Memo::Following(layout),
+            None => Memo::Recording(Vec::with_capacity(len)),
+        };
         Ok(Fields {
             fields: Vec::with_capacity(len),
+            name: Some(name),
+            memo,
             ..self
         })
     }
@@ -323,7 +520,10 @@ impl SerializeStruct for Fields {
         key: &'static str,
         value: &T,
     ) -> std::result::Result<(), Refusal> {
-        self.read(key, value, |_| shared_static_name(key))
+        let known = self.follow(key);
+        self.read(key, value, |_| {
+            known.unwrap_or_else(|| shared_static_name(key))
+        })
     }
 
     fn end(self) -> std::result::Result<Fields, Refusal> {
@@ -499,6 +699,52 @@ mod tests {
             super::super::Record::create(direct, &stamp).to_json_string(),
             super::super::Record::create(through, &stamp).to_json_string()
         );
+    }
+
+    #[test]
+    fn a_struct_put_again_with_other_fields_is_sorted_anew() {
+        mod one {
+            #[derive(serde::Serialize)]
+            pub(super) struct Doc {
+                pub(super) z: u8,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                pub(super) m: Option<u8>,
+                pub(super) id: &'static str,
+                pub(super) a: u8,
+            }
+        }
+        mod two {
+            // The same name, other fields: may share a layout slot.
+            #[derive(serde::Serialize)]
+            pub(super) struct Doc {
+                pub(super) id: &'static str,
+                pub(super) y: u8,
+                pub(super) b: u8,
+                #[serde(rename = "_version")]
+                pub(super) version: u8,
+            }
+        }
+        let ones = [None, Some(1), Some(2), None, None, Some(3)].map(|m| one::Doc {
+            z: 1,
+            m,
+            id: "o",
+            a: 2,
+        });
+        for (i, doc) in ones.iter().enumerate() {
+            for _ in 0..2 {
+                let direct = Content::from_serialize(doc).unwrap();
+                let through = content(serde_json::to_value(doc).unwrap());
+                assert_eq!(direct, through);
+                let other = two::Doc {
+                    id: "t",
+                    y: 1,
+                    b: i as u8,
+                    version: 1,
+                };
+                let direct = Content::from_serialize(&other).unwrap();
+                assert_eq!(direct, content(serde_json::to_value(&other).unwrap()));
+            }
+        }
     }
 
     #[test]
