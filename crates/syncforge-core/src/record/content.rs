@@ -8,11 +8,12 @@ use serde::ser::{Impossible, Serialize, SerializeMap, SerializeStruct, Serialize
 use serde_json::{Map, Value};
 
 use super::build::{self, Fault};
-use super::fields::{shared_name, shared_static_name};
+use super::fields::{shared_name, shared_static_name, FieldState};
 use super::json::{check_metadata_types, open_object, positive_zero, read_id};
 use super::{is_reserved, ID_KEY};
 use crate::depth::{check_serialize, field_fits, too_deep_error};
 use crate::error::{Error, Result};
+use crate::hlc::Stamp;
 use crate::names::RecordId;
 
 /// The user content of a write: a valid id and the fields, without metadata.
@@ -21,12 +22,44 @@ use crate::names::RecordId;
 /// (`_version`, `_timestamp`, `_deleted`, `_clientId`, `_sync`) are checked
 /// for type and then dropped, so a record read from the engine can be edited
 /// and put back as it is.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone)]
 pub struct Content {
     pub(super) id: RecordId,
-    /// Sorted by name, no name twice; names shared as records hold them, so
-    /// a record is built from them without copying a name.
-    pub(super) fields: Vec<(Arc<str>, Value)>,
+    /// Sorted by name, no name twice; names shared as records hold them, and
+    /// laid out as a record holds its fields (each value present, stamped
+    /// with [`Stamp::unstamped`] until it is written), so that a record is
+    /// built from them without copying a name or the vector.
+    pub(super) fields: Vec<(Arc<str>, FieldState)>,
+}
+
+/// Id and values: the stand-in stamps are not content.
+impl PartialEq for Content {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+            && self.fields.len() == other.fields.len()
+            && self
+                .fields
+                .iter()
+                .zip(&other.fields)
+                .all(|((a, x), (b, y))| a == b && x.value == y.value)
+    }
+}
+
+impl std::fmt::Debug for Content {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Content")
+            .field("id", &self.id)
+            .field("fields", &self.fields())
+            .finish()
+    }
+}
+
+/// A field of a put's content, not yet stamped.
+fn unstamped(value: Value, stamp: &Stamp) -> FieldState {
+    FieldState {
+        value: Some(value),
+        stamp: stamp.clone(),
+    }
 }
 
 impl Content {
@@ -36,11 +69,12 @@ impl Content {
     /// the refused value is dropped without recursion.
     pub fn from_value(value: Value) -> Result<Content> {
         let (id, map) = open_object(value)?;
+        let stamp = Stamp::unstamped();
         // A map iterates sorted and without repeats.
         let fields = map
             .into_iter()
             .filter(|(key, _)| !is_reserved(key))
-            .map(|(key, value)| (shared_name(key), value))
+            .map(|(key, value)| (shared_name(key), unstamped(value, &stamp)))
             .collect();
         Ok(Content { id, fields })
     }
@@ -82,7 +116,7 @@ impl Content {
     pub fn fields(&self) -> Map<String, Value> {
         self.fields
             .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
+            .filter_map(|(k, s)| Some((k.to_string(), s.value.clone()?)))
             .collect()
     }
 }
@@ -199,7 +233,7 @@ fn remember_layout(name: &'static str, layout: Layout) {
 
 /// The swaps that take `fields`, in arrival order, to name order (stable,
 /// so that of a repeated name the last stays last).
-fn sorting_swaps(fields: &[(Arc<str>, Value)]) -> Vec<(usize, usize)> {
+fn sorting_swaps<V>(fields: &[(Arc<str>, V)]) -> Vec<(usize, usize)> {
     let mut order: Vec<usize> = (0..fields.len()).collect();
     order.sort_by(|&a, &b| fields[a].0.cmp(&fields[b].0));
     // `at[p]`: the field now at position p; `place[f]`: where field f is.
@@ -222,7 +256,9 @@ fn sorting_swaps(fields: &[(Arc<str>, Value)]) -> Vec<(usize, usize)> {
 /// The top level of a put: collects `(name, value)` pairs of an object.
 #[derive(Default)]
 struct Fields {
-    fields: Vec<(Arc<str>, Value)>,
+    fields: Vec<(Arc<str>, FieldState)>,
+    /// The stand-in stamp of every field, taken once per put.
+    stamp: Option<Stamp>,
     /// The name of the struct, when the document is one.
     name: Option<&'static str>,
     /// The layout the keys so far follow, or the keys themselves.
@@ -246,7 +282,9 @@ impl Fields {
         } else if is_reserved(key) {
             self.reserved.insert(key.to_owned(), value);
         } else {
-            self.fields.push((name(key), value));
+            let stamp = self.stamp.get_or_insert_with(Stamp::unstamped);
+            let state = unstamped(value, stamp);
+            self.fields.push((name(key), state));
         }
     }
 
@@ -335,7 +373,7 @@ impl Fields {
                 }
                 return Ok(Content { id, fields });
             }
-            let mut unique: Vec<(Arc<str>, Value)> = Vec::with_capacity(fields.len());
+            let mut unique: Vec<(Arc<str>, FieldState)> = Vec::with_capacity(fields.len());
             for entry in fields {
                 match unique.last_mut() {
                     Some(last) if last.0 == entry.0 => *last = entry,
@@ -352,7 +390,7 @@ impl Fields {
 }
 
 /// The shared name of each key that became a user field, in arrival order.
-fn names_of(keys: &[(KeyAddress, bool)], fields: &[(Arc<str>, Value)]) -> Vec<Option<Arc<str>>> {
+fn names_of<V>(keys: &[(KeyAddress, bool)], fields: &[(Arc<str>, V)]) -> Vec<Option<Arc<str>>> {
     let mut user = fields.iter();
     keys.iter()
         .map(|&(_, pushed)| {
