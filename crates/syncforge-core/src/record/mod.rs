@@ -188,14 +188,18 @@ impl Record {
         }
         let mut versions = VersionVector::new();
         versions.increment(stamp.client());
-        Record::from_state(RecordState {
-            id: content.id,
-            fields: FieldStates(fields),
-            written: stamp.clone(),
-            tombstone: None,
-            versions,
-            newest: Newest::default(),
-        })
+        Record {
+            state: Arc::new(RecordState {
+                id: content.id,
+                fields: FieldStates(fields),
+                written: stamp.clone(),
+                tombstone: None,
+                versions,
+                // Every stamp is the write stamp and there is no tombstone:
+                // what `Newest::of` would find without looking.
+                newest: Newest::default(),
+            }),
+        }
     }
 
     fn from_state(mut state: RecordState) -> Record {
