@@ -282,10 +282,15 @@ impl Fields {
         } else if is_reserved(key) {
             self.reserved.insert(key.to_owned(), value);
         } else {
-            let stamp = self.stamp.get_or_insert_with(Stamp::unstamped);
-            let state = unstamped(value, stamp);
-            self.fields.push((name(key), state));
+            self.push_field(name(key), value);
         }
+    }
+
+    /// Adds a user field.
+    fn push_field(&mut self, name: Arc<str>, value: Value) {
+        let stamp = self.stamp.get_or_insert_with(Stamp::unstamped);
+        let state = unstamped(value, stamp);
+        self.fields.push((name, state));
     }
 
     /// Reads the value of key `key`: the id as a string when it is one, any
@@ -310,6 +315,7 @@ impl Fields {
     /// Takes note of struct field `key`: its shared name when the layout
     /// knows it as a user field. Leaves the layout at the first key that
     /// differs from it.
+    #[inline]
     fn follow(&mut self, key: &'static str) -> Option<Arc<str>> {
         let i = self.arrived;
         self.arrived += 1;
@@ -558,10 +564,13 @@ impl SerializeStruct for Fields {
         key: &'static str,
         value: &T,
     ) -> std::result::Result<(), Refusal> {
-        let known = self.follow(key);
-        self.read(key, value, |_| {
-            known.unwrap_or_else(|| shared_static_name(key))
-        })
+        if let Some(name) = self.follow(key) {
+            // A user field by the layout: neither the id nor metadata.
+            let value = json_value(value)?;
+            self.push_field(name, value);
+            return Ok(());
+        }
+        self.read(key, value, |_| shared_static_name(key))
     }
 
     fn end(self) -> std::result::Result<Fields, Refusal> {
