@@ -89,8 +89,11 @@ impl Content {
     /// names shared and their order known, without a sort. Anything else
     /// takes the route through [`Value`].
     pub fn from_serialize<T: Serialize + ?Sized>(doc: &T) -> Result<Content> {
-        match doc.serialize(Fields::default()) {
-            Ok(fields) => fields.into_content(),
+        // Filled in place: the collector is large, and serde's by-value
+        // serializers would move it at every step.
+        let mut fields = Fields::default();
+        match doc.serialize(&mut fields) {
+            Ok(()) => fields.into_content(),
             Err(Refusal::Unsupported) => {
                 // `to_value` recurses once per level with no limit of its own.
                 check_serialize(doc)?;
@@ -471,44 +474,44 @@ macro_rules! unsupported {
     };
 }
 
-impl Serializer for Fields {
-    type Ok = Fields;
+impl<'a> Serializer for &'a mut Fields {
+    type Ok = ();
     type Error = Refusal;
-    type SerializeSeq = Impossible<Fields, Refusal>;
-    type SerializeTuple = Impossible<Fields, Refusal>;
-    type SerializeTupleStruct = Impossible<Fields, Refusal>;
-    type SerializeTupleVariant = Impossible<Fields, Refusal>;
-    type SerializeMap = Fields;
-    type SerializeStruct = Fields;
-    type SerializeStructVariant = Impossible<Fields, Refusal>;
+    type SerializeSeq = Impossible<(), Refusal>;
+    type SerializeTuple = Impossible<(), Refusal>;
+    type SerializeTupleStruct = Impossible<(), Refusal>;
+    type SerializeTupleVariant = Impossible<(), Refusal>;
+    type SerializeMap = &'a mut Fields;
+    type SerializeStruct = &'a mut Fields;
+    type SerializeStructVariant = Impossible<(), Refusal>;
 
     unsupported! {
-        serialize_bool(bool) -> Fields;
-        serialize_i8(i8) -> Fields;
-        serialize_i16(i16) -> Fields;
-        serialize_i32(i32) -> Fields;
-        serialize_i64(i64) -> Fields;
-        serialize_u8(u8) -> Fields;
-        serialize_u16(u16) -> Fields;
-        serialize_u32(u32) -> Fields;
-        serialize_u64(u64) -> Fields;
-        serialize_f32(f32) -> Fields;
-        serialize_f64(f64) -> Fields;
-        serialize_char(char) -> Fields;
-        serialize_str(&str) -> Fields;
-        serialize_bytes(&[u8]) -> Fields;
-        serialize_unit() -> Fields;
-        serialize_unit_struct(&'static str) -> Fields;
-        serialize_unit_variant(&'static str, u32, &'static str) -> Fields;
+        serialize_bool(bool) -> ();
+        serialize_i8(i8) -> ();
+        serialize_i16(i16) -> ();
+        serialize_i32(i32) -> ();
+        serialize_i64(i64) -> ();
+        serialize_u8(u8) -> ();
+        serialize_u16(u16) -> ();
+        serialize_u32(u32) -> ();
+        serialize_u64(u64) -> ();
+        serialize_f32(f32) -> ();
+        serialize_f64(f64) -> ();
+        serialize_char(char) -> ();
+        serialize_str(&str) -> ();
+        serialize_bytes(&[u8]) -> ();
+        serialize_unit() -> ();
+        serialize_unit_struct(&'static str) -> ();
+        serialize_unit_variant(&'static str, u32, &'static str) -> ();
         serialize_seq(Option<usize>) -> Self::SerializeSeq;
         serialize_tuple(usize) -> Self::SerializeTuple;
         serialize_tuple_struct(&'static str, usize) -> Self::SerializeTupleStruct;
         serialize_tuple_variant(&'static str, u32, &'static str, usize) -> Self::SerializeTupleVariant;
         serialize_struct_variant(&'static str, u32, &'static str, usize) -> Self::SerializeStructVariant;
-        serialize_none() -> Fields;
+        serialize_none() -> ();
     }
 
-    fn serialize_some<T: Serialize + ?Sized>(self, _: &T) -> std::result::Result<Fields, Refusal> {
+    fn serialize_some<T: Serialize + ?Sized>(self, _: &T) -> std::result::Result<(), Refusal> {
         Err(Refusal::Unsupported)
     }
 
@@ -516,7 +519,7 @@ impl Serializer for Fields {
         self,
         _: &'static str,
         _: &T,
-    ) -> std::result::Result<Fields, Refusal> {
+    ) -> std::result::Result<(), Refusal> {
         Err(Refusal::Unsupported)
     }
 
@@ -526,37 +529,32 @@ impl Serializer for Fields {
         _: u32,
         _: &'static str,
         _: &T,
-    ) -> std::result::Result<Fields, Refusal> {
+    ) -> std::result::Result<(), Refusal> {
         Err(Refusal::Unsupported)
     }
 
-    fn serialize_map(self, len: Option<usize>) -> std::result::Result<Fields, Refusal> {
-        Ok(Fields {
-            fields: Vec::with_capacity(len.unwrap_or(0)),
-            ..self
-        })
+    fn serialize_map(self, len: Option<usize>) -> std::result::Result<Self, Refusal> {
+        self.fields.reserve(len.unwrap_or(0));
+        Ok(self)
     }
 
     fn serialize_struct(
         self,
         name: &'static str,
         len: usize,
-    ) -> std::result::Result<Fields, Refusal> {
-        let memo = match known_layout(name) {
+    ) -> std::result::Result<Self, Refusal> {
+        self.memo = match known_layout(name) {
             Some(layout) => Memo::Following(layout),
             None => Memo::Recording(Vec::with_capacity(len)),
         };
-        Ok(Fields {
-            fields: Vec::with_capacity(len),
-            name: Some(name),
-            memo,
-            ..self
-        })
+        self.name = Some(name);
+        self.fields.reserve(len);
+        Ok(self)
     }
 }
 
-impl SerializeStruct for Fields {
-    type Ok = Fields;
+impl SerializeStruct for &mut Fields {
+    type Ok = ();
     type Error = Refusal;
 
     fn serialize_field<T: Serialize + ?Sized>(
@@ -573,13 +571,13 @@ impl SerializeStruct for Fields {
         self.read(key, value, |_| shared_static_name(key))
     }
 
-    fn end(self) -> std::result::Result<Fields, Refusal> {
-        Ok(self)
+    fn end(self) -> std::result::Result<(), Refusal> {
+        Ok(())
     }
 }
 
-impl SerializeMap for Fields {
-    type Ok = Fields;
+impl SerializeMap for &mut Fields {
+    type Ok = ();
     type Error = Refusal;
 
     fn serialize_key<T: Serialize + ?Sized>(
@@ -609,8 +607,8 @@ impl SerializeMap for Fields {
         self.read(&key, value, |k| shared_name(k))
     }
 
-    fn end(self) -> std::result::Result<Fields, Refusal> {
-        Ok(self)
+    fn end(self) -> std::result::Result<(), Refusal> {
+        Ok(())
     }
 }
 
