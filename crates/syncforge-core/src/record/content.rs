@@ -187,6 +187,9 @@ struct Layout {
     names: Box<[Option<Arc<str>>]>,
     /// The swaps that put the user fields, in arrival order, in name order.
     swaps: Box<[(usize, usize)]>,
+    /// How many keys are user fields: the record's vector is made that
+    /// long, not as long as the struct (whose `id` is no field).
+    fields: usize,
 }
 
 /// How a put of a struct uses the [`Layout`] of its last put.
@@ -419,6 +422,7 @@ impl Layout {
         swaps: Vec<(usize, usize)>,
     ) -> Layout {
         Layout {
+            fields: names.iter().flatten().count(),
             keys: keys.into_iter().map(|(k, _)| k).collect(),
             names: names.into(),
             swaps: swaps.into(),
@@ -543,12 +547,19 @@ impl<'a> Serializer for &'a mut Fields {
         name: &'static str,
         len: usize,
     ) -> std::result::Result<Self, Refusal> {
-        self.memo = match known_layout(name) {
-            Some(layout) => Memo::Following(layout),
-            None => Memo::Recording(Vec::with_capacity(len)),
+        let fields = match known_layout(name) {
+            Some(layout) => {
+                let fields = layout.fields;
+                self.memo = Memo::Following(layout);
+                fields
+            }
+            None => {
+                self.memo = Memo::Recording(Vec::with_capacity(len));
+                len
+            }
         };
         self.name = Some(name);
-        self.fields.reserve(len);
+        self.fields.reserve_exact(fields);
         Ok(self)
     }
 }
