@@ -285,6 +285,23 @@ impl MemoryBackend {
         }
         Ok(self.state.lock())
     }
+
+    /// `get`, which never waits: also answered by `get_now`.
+    fn get_at_once(&self, collection: &CollectionName, id: &RecordId) -> Result<Option<Stored>> {
+        let state = self.lock()?;
+        Ok(state.collections.get(collection).and_then(|c| c.stored(id)))
+    }
+
+    /// `put`, which never waits: also done by `put_now`.
+    fn put_at_once(&self, collection: &CollectionName, write: &Write) -> Result<WriteOutcome> {
+        let mut guard = self.lock()?;
+        let state = &mut *guard;
+        let target = match state.collections.get_mut(collection) {
+            Some(c) => c,
+            None => state.collections.entry(collection.clone()).or_default(),
+        };
+        Ok(target.apply(write, &mut state.newest))
+    }
 }
 
 impl Default for MemoryBackend {
@@ -435,8 +452,19 @@ impl StorageBackend for MemoryBackend {
     }
 
     async fn get(&self, collection: &CollectionName, id: &RecordId) -> Result<Option<Stored>> {
-        let state = self.lock()?;
-        Ok(state.collections.get(collection).and_then(|c| c.stored(id)))
+        self.get_at_once(collection, id)
+    }
+
+    fn get_now(
+        &self,
+        collection: &CollectionName,
+        id: &RecordId,
+    ) -> Option<Result<Option<Stored>>> {
+        Some(self.get_at_once(collection, id))
+    }
+
+    fn put_now(&self, collection: &CollectionName, write: &Write) -> Option<Result<WriteOutcome>> {
+        Some(self.put_at_once(collection, write))
     }
 
     async fn get_many(
@@ -487,13 +515,7 @@ impl StorageBackend for MemoryBackend {
     /// [`put_batch`](StorageBackend::put_batch) of one write, without the
     /// vector of outcomes: a local put writes one record at a time.
     async fn put(&self, collection: &CollectionName, write: &Write) -> Result<WriteOutcome> {
-        let mut guard = self.lock()?;
-        let state = &mut *guard;
-        let target = match state.collections.get_mut(collection) {
-            Some(c) => c,
-            None => state.collections.entry(collection.clone()).or_default(),
-        };
-        Ok(target.apply(write, &mut state.newest))
+        self.put_at_once(collection, write)
     }
 
     async fn delete(&self, collection: &CollectionName, id: &RecordId) -> Result<bool> {
@@ -655,6 +677,32 @@ mod tests {
                 assert_eq!(live.count(), 1);
             }
         }
+    }
+
+    #[tokio::test]
+    async fn calls_answered_at_once_are_the_awaited_calls() {
+        let store = MemoryBackend::new();
+        let (_, mut hlc) = clock(1_000);
+        let write = Write::create(record(&mut hlc, "a", 1));
+        let now = store.put_now(&coll("c"), &write).unwrap().unwrap();
+        assert!(matches!(now, WriteOutcome::Written { .. }));
+        // The same conditional write again: the record exists now.
+        assert_eq!(
+            store.put_now(&coll("c"), &write).unwrap().unwrap(),
+            store.put(&coll("c"), &write).await.unwrap()
+        );
+        let read = store.get_now(&coll("c"), &rid("a")).unwrap().unwrap();
+        assert_eq!(read, store.get(&coll("c"), &rid("a")).await.unwrap());
+        assert!(read.is_some());
+        store.close().await.unwrap();
+        assert!(matches!(
+            store.get_now(&coll("c"), &rid("a")),
+            Some(Err(Error::Closed { .. }))
+        ));
+        assert!(matches!(
+            store.put_now(&coll("c"), &write),
+            Some(Err(Error::Closed { .. }))
+        ));
     }
 
     #[tokio::test]

@@ -213,6 +213,18 @@ pub trait StorageBackend: Send + Sync + Debug {
     /// One record with its token, or `None`.
     async fn get(&self, collection: &CollectionName, id: &RecordId) -> Result<Option<Stored>>;
 
+    /// What [`get`](Self::get) answers, from a store that can answer at once
+    /// without waiting on anything (an in-process store); `None` from any
+    /// other, whose `get` must then be awaited. A caller reading one record
+    /// at a time spares the boxed future of each call this way.
+    fn get_now(
+        &self,
+        _collection: &CollectionName,
+        _id: &RecordId,
+    ) -> Option<Result<Option<Stored>>> {
+        None
+    }
+
     /// Several records at once, in the order of `ids`. Backends should override
     /// this with one round trip where they can.
     async fn get_many(
@@ -253,6 +265,17 @@ pub trait StorageBackend: Send + Sync + Debug {
         outcomes
             .pop()
             .ok_or_else(|| Error::storage(self.name(), "put_batch returned no outcome for a write"))
+    }
+
+    /// What [`put`](Self::put) does and answers, from a store that can do it
+    /// at once (see [`get_now`](Self::get_now)); `None` from any other, which
+    /// has then written nothing.
+    fn put_now(
+        &self,
+        _collection: &CollectionName,
+        _write: &Write,
+    ) -> Option<Result<WriteOutcome>> {
+        None
     }
 
     /// Removes a record for good (no tombstone: it will not sync). Returns
@@ -332,6 +355,22 @@ macro_rules! forward_backend {
                 id: &RecordId,
             ) -> Result<Option<Stored>> {
                 (**self).get(collection, id).await
+            }
+
+            fn get_now(
+                &self,
+                collection: &CollectionName,
+                id: &RecordId,
+            ) -> Option<Result<Option<Stored>>> {
+                (**self).get_now(collection, id)
+            }
+
+            fn put_now(
+                &self,
+                collection: &CollectionName,
+                write: &Write,
+            ) -> Option<Result<WriteOutcome>> {
+                (**self).put_now(collection, write)
             }
 
             async fn get_many(

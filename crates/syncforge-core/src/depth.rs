@@ -13,8 +13,10 @@
 //! The checks here never recurse: a value is measured with an explicit stack,
 //! a refused value is taken apart with one ([`dismantle`]), and a user's
 //! `Serialize` type is measured by a serializer that stops it at the limit
-//! ([`check_serialize`]) before anything builds a JSON value from it. So a
-//! value nested 10,000 deep is refused, not a stack overflow.
+//! ([`check_serialize`]) before anything builds a JSON value from it, or
+//! (a put's fields) built by one that counts the same levels as it builds and
+//! stops at the same limit. So a value nested 10,000 deep is refused, not a
+//! stack overflow.
 
 use serde::ser::{self, Serialize};
 use serde_json::Value;
@@ -152,7 +154,9 @@ pub fn check_serialize<T: Serialize + ?Sized>(doc: &T) -> Result<()> {
 /// message of `value`'s own `Serialize` implementation when it fails.
 ///
 /// This lets a put convert its document field by field, each field measured
-/// just before it is converted, instead of walking the whole document twice.
+/// just before it is converted, instead of walking the whole document twice;
+/// a put measures this way only the values its one-pass builder leaves to
+/// serde_json.
 pub(crate) fn field_fits<T: Serialize + ?Sized>(value: &T) -> std::result::Result<bool, String> {
     let mut probe = Probe::new(Mode::Measure);
     // Inside the record's own object, below the top level.

@@ -187,7 +187,38 @@ pub struct Stamp {
 /// Largest millisecond value a stamp can carry (12 hex digits; year 10889).
 pub const MAX_STAMP_MILLIS: u64 = (1 << 48) - 1;
 
+thread_local! {
+    /// A stamp of the client that wrote last on this thread (at first, of
+    /// an empty client id that nothing ever shows).
+    static LAST_WRITER: RefCell<Stamp> = RefCell::new(Stamp {
+        millis: 0,
+        counter: 0,
+        client: ClientId(Arc::new(String::new())),
+    });
+}
+
 impl Stamp {
+    /// A stand-in for the stamp a field of a put will get: the fields of a
+    /// put are laid out as a record holds them before the put is stamped,
+    /// so that the record takes them as they are. Its client is the last
+    /// writer on this thread, so [`assign`](Self::assign) usually finds the
+    /// client id in place and copies two integers, not a shared pointer.
+    /// Never seen outside: every field is stamped before a record holds it.
+    pub(crate) fn unstamped() -> Stamp {
+        LAST_WRITER.with(|last| last.borrow().clone())
+    }
+
+    /// Makes this stamp equal to `to`; the client id is cloned only when it
+    /// differs, and then becomes the next [`unstamped`](Self::unstamped).
+    pub(crate) fn assign(&mut self, to: &Stamp) {
+        self.millis = to.millis;
+        self.counter = to.counter;
+        if !Arc::ptr_eq(&self.client.0, &to.client.0) {
+            self.client = to.client.clone();
+            LAST_WRITER.with(|last| last.borrow_mut().client = to.client.clone());
+        }
+    }
+
     /// A stamp from its parts; the client is a [`ClientId`] or a string.
     /// Fails when `millis` exceeds [`MAX_STAMP_MILLIS`] or the client id is
     /// not valid.

@@ -7,6 +7,7 @@
 //! string: cloning one copies a pointer.
 
 use std::borrow::Borrow;
+use std::cell::RefCell;
 use std::fmt;
 use std::ops::Deref;
 use std::sync::Arc;
@@ -192,7 +193,7 @@ pub trait IntoName<T> {
 }
 
 macro_rules! into_name {
-    ($name:ident) => {
+    ($name:ident, $from_str:path) => {
         impl IntoName<$name> for $name {
             fn into_name(self) -> Result<$name> {
                 Ok(self)
@@ -207,7 +208,7 @@ macro_rules! into_name {
 
         impl IntoName<$name> for &str {
             fn into_name(self) -> Result<$name> {
-                $name::new(self)
+                $from_str(self)
             }
         }
 
@@ -219,14 +220,41 @@ macro_rules! into_name {
 
         impl IntoName<$name> for &String {
             fn into_name(self) -> Result<$name> {
-                $name::new(self.as_str())
+                $from_str(self.as_str())
             }
         }
     };
 }
 
-into_name!(CollectionName);
-into_name!(RecordId);
+into_name!(CollectionName, CollectionName::recent);
+into_name!(RecordId, RecordId::new);
+
+impl CollectionName {
+    /// [`CollectionName::new`] for a name given as a string, shared with the
+    /// same name given recently on this thread: a program names the same few
+    /// collections on every call (`engine.put("notes", ..)`), and each call
+    /// validated and copied the name again. A name is valid or not by its
+    /// bytes alone, so an equal name found here is valid. Keeps a handful of
+    /// names, so it cannot grow.
+    fn recent(name: &str) -> Result<CollectionName> {
+        const RECENT: usize = 4;
+        thread_local! {
+            static NAMES: RefCell<([Option<CollectionName>; RECENT], usize)> =
+                RefCell::new((std::array::from_fn(|_| None), 0));
+        }
+        NAMES.with(|names| {
+            let mut names = names.borrow_mut();
+            let (slots, next) = &mut *names;
+            if let Some(known) = slots.iter().flatten().find(|known| known.as_str() == name) {
+                return Ok(known.clone());
+            }
+            let fresh = CollectionName::new(name)?;
+            slots[*next] = Some(fresh.clone());
+            *next = (*next + 1) % RECENT;
+            Ok(fresh)
+        })
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -263,5 +291,20 @@ mod tests {
         let c: CollectionName = String::from("notes").into_name().unwrap();
         assert_eq!(a, b);
         assert_eq!(b, c);
+    }
+
+    #[test]
+    fn recent_collection_names_are_shared_and_still_checked() {
+        let names = ["a", "b", "c", "d", "e", "a"];
+        let first: Vec<CollectionName> = names.iter().map(|n| n.into_name().unwrap()).collect();
+        let again: CollectionName = "e".into_name().unwrap();
+        assert!(Arc::ptr_eq(first[4].as_shared(), again.as_shared()));
+        for (name, parsed) in names.iter().zip(&first) {
+            assert_eq!(parsed, name);
+        }
+        for _ in 0..2 {
+            let refused: Result<CollectionName> = "bad\u{1}".into_name();
+            assert!(matches!(refused, Err(Error::InvalidCollection { .. })));
+        }
     }
 }

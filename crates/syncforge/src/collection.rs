@@ -177,8 +177,8 @@ impl Collection {
     /// fails and writes nothing, it never overflows the stack.
     pub async fn put<T: Serialize + ?Sized>(&self, doc: &T) -> Result<Record> {
         self.engine.check_open()?;
-        // Measures each field's nesting before it is converted: however
-        // deep `doc` nests, nothing recurses past the limit.
+        // Measures each field's nesting as (or before) it is converted:
+        // however deep `doc` nests, nothing recurses past the limit.
         let content = Content::from_serialize(doc)?;
         let id = content.id().clone();
         let applied = self.apply_one(id.clone(), Intent::Put(content)).await?;

@@ -28,7 +28,7 @@ use crate::config::Config;
 use crate::events::{EventKind, EventReceiver, Events, SyncEvent, SyncTrigger};
 use crate::peer::SyncPeer;
 use crate::result::SyncResult;
-use crate::retry::retry_transient;
+use crate::retry::{retry_transient, retry_transient_after};
 
 /// How many times one write is re-read and applied again after losing a
 /// race against another writer before giving up with [`Error::Precondition`].
@@ -492,8 +492,17 @@ impl SyncEngine {
     ) -> Result<Applied> {
         let backend = self.store();
         let listening = self.inner.events.wants_any(&WRITE_EVENTS);
-        let stored =
-            retry_transient(self.retries(), "get", || backend.get(collection, &id)).await?;
+        // A store that answers at once is asked without a boxed future.
+        let stored = match backend.get_now(collection, &id) {
+            Some(Ok(stored)) => stored,
+            Some(first) => {
+                retry_transient_after(first, self.retries(), "get", || {
+                    backend.get(collection, &id)
+                })
+                .await?
+            }
+            None => retry_transient(self.retries(), "get", || backend.get(collection, &id)).await?,
+        };
         let (local, token) = match stored {
             Some(stored) => (Some(stored.record), Some(stored.token)),
             None => (None, None),
@@ -511,8 +520,18 @@ impl SyncEngine {
             record,
             expected: token,
         };
-        let outcome =
-            retry_transient(self.retries(), "put", || backend.put(collection, &write)).await?;
+        let outcome = match backend.put_now(collection, &write) {
+            Some(Ok(outcome)) => outcome,
+            Some(first) => {
+                retry_transient_after(first, self.retries(), "put", || {
+                    backend.put(collection, &write)
+                })
+                .await?
+            }
+            None => {
+                retry_transient(self.retries(), "put", || backend.put(collection, &write)).await?
+            }
+        };
         let previous = if listening { previous } else { None };
         match outcome {
             WriteOutcome::Written { cursor, .. } => Ok(self.confirm(

@@ -27,7 +27,23 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T>>,
 {
-    match call().await {
+    let first = call().await;
+    retry_transient_after(first, max_retries, what, call).await
+}
+
+/// [`retry_transient`] whose first call was made already and answered
+/// `first` (a backend's `get_now` or `put_now`): retried the same way.
+pub(crate) async fn retry_transient_after<T, F, Fut>(
+    first: Result<T>,
+    max_retries: u32,
+    what: &str,
+    call: F,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    match first {
         Err(error) if error.is_transient() && max_retries > 0 => {
             // The span exists only once something failed: the common path
             // pays nothing for it.

@@ -1,15 +1,19 @@
 //! The user content of a write.
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use serde::ser::{Impossible, Serialize, SerializeMap, SerializeStruct, Serializer};
 use serde_json::{Map, Value};
 
-use super::fields::{shared_name, shared_static_name};
+use super::build::{self, Fault};
+use super::fields::{shared_name, shared_static_name, FieldState};
 use super::json::{check_metadata_types, open_object, positive_zero, read_id};
 use super::{is_reserved, ID_KEY};
 use crate::depth::{check_serialize, field_fits, too_deep_error};
 use crate::error::{Error, Result};
+use crate::hlc::Stamp;
 use crate::names::RecordId;
 
 /// The user content of a write: a valid id and the fields, without metadata.
@@ -18,12 +22,44 @@ use crate::names::RecordId;
 /// (`_version`, `_timestamp`, `_deleted`, `_clientId`, `_sync`) are checked
 /// for type and then dropped, so a record read from the engine can be edited
 /// and put back as it is.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone)]
 pub struct Content {
     pub(super) id: RecordId,
-    /// Sorted by name, no name twice; names shared as records hold them, so
-    /// a record is built from them without copying a name.
-    pub(super) fields: Vec<(Arc<str>, Value)>,
+    /// Sorted by name, no name twice; names shared as records hold them, and
+    /// laid out as a record holds its fields (each value present, stamped
+    /// with [`Stamp::unstamped`] until it is written), so that a record is
+    /// built from them without copying a name or the vector.
+    pub(super) fields: Vec<(Arc<str>, FieldState)>,
+}
+
+/// Id and values: the stand-in stamps are not content.
+impl PartialEq for Content {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+            && self.fields.len() == other.fields.len()
+            && self
+                .fields
+                .iter()
+                .zip(&other.fields)
+                .all(|((a, x), (b, y))| a == b && x.value == y.value)
+    }
+}
+
+impl std::fmt::Debug for Content {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Content")
+            .field("id", &self.id)
+            .field("fields", &self.fields())
+            .finish()
+    }
+}
+
+/// A field of a put's content, not yet stamped.
+fn unstamped(value: Value, stamp: &Stamp) -> FieldState {
+    FieldState {
+        value: Some(value),
+        stamp: stamp.clone(),
+    }
 }
 
 impl Content {
@@ -33,11 +69,12 @@ impl Content {
     /// the refused value is dropped without recursion.
     pub fn from_value(value: Value) -> Result<Content> {
         let (id, map) = open_object(value)?;
+        let stamp = Stamp::unstamped();
         // A map iterates sorted and without repeats.
         let fields = map
             .into_iter()
             .filter(|(key, _)| !is_reserved(key))
-            .map(|(key, value)| (shared_name(key), value))
+            .map(|(key, value)| (shared_name(key), unstamped(value, &stamp)))
             .collect();
         Ok(Content { id, fields })
     }
@@ -47,11 +84,16 @@ impl Content {
     ///
     /// A struct or a map with string keys (what nearly every caller puts) is
     /// taken apart field by field: each value becomes JSON on its own, and no
-    /// map of the whole object is built and searched. Anything else takes
-    /// the route through [`Value`].
+    /// map of the whole object is built and searched. A struct's field
+    /// order is learnt at its first put: later puts of it find its field
+    /// names shared and their order known, without a sort. Anything else
+    /// takes the route through [`Value`].
     pub fn from_serialize<T: Serialize + ?Sized>(doc: &T) -> Result<Content> {
-        match doc.serialize(Fields::default()) {
-            Ok(fields) => fields.into_content(),
+        // Filled in place: the collector is large, and serde's by-value
+        // serializers would move it at every step.
+        let mut fields = Fields::default();
+        match doc.serialize(&mut fields) {
+            Ok(()) => fields.into_content(),
             Err(Refusal::Unsupported) => {
                 // `to_value` recurses once per level with no limit of its own.
                 check_serialize(doc)?;
@@ -77,7 +119,7 @@ impl Content {
     pub fn fields(&self) -> Map<String, Value> {
         self.fields
             .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
+            .filter_map(|(k, s)| Some((k.to_string(), s.value.clone()?)))
             .collect()
     }
 }
@@ -118,12 +160,120 @@ impl serde::ser::Error for Refusal {
     }
 }
 
+/// The `id` of a put, as far as it was read.
+enum IdSlot {
+    /// A string, checked as it was read: most ids are strings, and reading
+    /// one as such spares building and dropping a JSON string.
+    Read(Result<RecordId>),
+    /// Anything else, for [`read_id`] to judge.
+    Value(Value),
+}
+
+/// A key of a struct by its fixed address and length: bytes behind a
+/// `'static` address never change, so equal keys are the same name.
+type KeyAddress = (usize, usize);
+
+fn address(key: &'static str) -> KeyAddress {
+    (key.as_ptr() as usize, key.len())
+}
+
+/// What a put of a struct learnt about its fields, to be reused by the next
+/// put of the same struct: a derived struct hands its field names over in a
+/// fixed order, so sorting them and sharing their names once is enough.
+struct Layout {
+    /// Every key in the order it arrived, `id` and metadata included.
+    keys: Box<[KeyAddress]>,
+    /// The shared name of each key that is a user field, in the same order.
+    names: Box<[Option<Arc<str>>]>,
+    /// The swaps that put the user fields, in arrival order, in name order.
+    swaps: Box<[(usize, usize)]>,
+    /// How many keys are user fields: the record's vector is made that
+    /// long, not as long as the struct (whose `id` is no field).
+    fields: usize,
+}
+
+/// How a put of a struct uses the [`Layout`] of its last put.
+#[derive(Default)]
+enum Memo {
+    /// Not a struct.
+    #[default]
+    Off,
+    /// Every key so far arrived as in the layout.
+    Following(Rc<Layout>),
+    /// Keys as they arrived, and whether each became a user field.
+    Recording(Vec<(KeyAddress, bool)>),
+}
+
+/// A few layouts per thread, by the address of the struct's name: a
+/// program puts few kinds of struct, and a slot taken by another struct is
+/// only learnt again.
+const LAYOUT_SLOTS: usize = 16;
+
+/// Each slot: the address of a struct's name, and its layout.
+type LayoutSlots = [Option<(usize, Rc<Layout>)>; LAYOUT_SLOTS];
+
+thread_local! {
+    static LAYOUTS: RefCell<LayoutSlots> = RefCell::new(std::array::from_fn(|_| None));
+}
+
+fn layout_slot(name: &'static str) -> usize {
+    // Fibonacci hashing, as for the field names.
+    (name.as_ptr() as usize).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 60
+}
+
+fn known_layout(name: &'static str) -> Option<Rc<Layout>> {
+    LAYOUTS.with(
+        |slots| match &slots.borrow()[layout_slot(name) % LAYOUT_SLOTS] {
+            Some((a, layout)) if *a == name.as_ptr() as usize => Some(Rc::clone(layout)),
+            _ => None,
+        },
+    )
+}
+
+fn remember_layout(name: &'static str, layout: Layout) {
+    LAYOUTS.with(|slots| {
+        slots.borrow_mut()[layout_slot(name) % LAYOUT_SLOTS] =
+            Some((name.as_ptr() as usize, Rc::new(layout)));
+    });
+}
+
+/// The swaps that take `fields`, in arrival order, to name order (stable,
+/// so that of a repeated name the last stays last).
+fn sorting_swaps<V>(fields: &[(Arc<str>, V)]) -> Vec<(usize, usize)> {
+    let mut order: Vec<usize> = (0..fields.len()).collect();
+    order.sort_by(|&a, &b| fields[a].0.cmp(&fields[b].0));
+    // `at[p]`: the field now at position p; `place[f]`: where field f is.
+    let mut at: Vec<usize> = (0..fields.len()).collect();
+    let mut place = at.clone();
+    let mut swaps = Vec::new();
+    for (target, &field) in order.iter().enumerate() {
+        let from = place[field];
+        if from != target {
+            let displaced = at[target];
+            at.swap(target, from);
+            place[field] = target;
+            place[displaced] = from;
+            swaps.push((target, from));
+        }
+    }
+    swaps
+}
+
 /// The top level of a put: collects `(name, value)` pairs of an object.
 #[derive(Default)]
 struct Fields {
-    fields: Vec<(Arc<str>, Value)>,
-    /// The value of `id`, checked once the object is complete.
-    id: Option<Value>,
+    fields: Vec<(Arc<str>, FieldState)>,
+    /// The stand-in stamp of every field, taken once per put.
+    stamp: Option<Stamp>,
+    /// The name of the struct, when the document is one.
+    name: Option<&'static str>,
+    /// The layout the keys so far follow, or the keys themselves.
+    memo: Memo,
+    /// Keys of the struct so far.
+    arrived: usize,
+    /// The `id`; its errors are reported once the object is complete, after
+    /// those of the fields, as they always were.
+    id: Option<IdSlot>,
     /// The metadata keys, checked once the object is complete.
     reserved: Map<String, Value>,
     /// A map key waiting for its value.
@@ -134,28 +284,108 @@ impl Fields {
     /// Takes the id and metadata aside; `name` shares a user field's name.
     fn push(&mut self, key: &str, value: Value, name: impl FnOnce(&str) -> Arc<str>) {
         if key == ID_KEY {
-            self.id = Some(value);
+            self.id = Some(IdSlot::Value(value));
         } else if is_reserved(key) {
             self.reserved.insert(key.to_owned(), value);
         } else {
-            self.fields.push((name(key), value));
+            self.push_field(name(key), value);
         }
     }
 
+    /// Adds a user field.
+    fn push_field(&mut self, name: Arc<str>, value: Value) {
+        let stamp = self.stamp.get_or_insert_with(Stamp::unstamped);
+        let state = unstamped(value, stamp);
+        self.fields.push((name, state));
+    }
+
+    /// Reads the value of key `key`: the id as a string when it is one, any
+    /// other value as JSON.
+    fn read<T: Serialize + ?Sized>(
+        &mut self,
+        key: &str,
+        value: &T,
+        name: impl FnOnce(&str) -> Arc<str>,
+    ) -> std::result::Result<(), Refusal> {
+        if key == ID_KEY {
+            if let Ok(id) = build::read_str(value, |id: &str| RecordId::new(id)) {
+                self.id = Some(IdSlot::Read(id));
+                return Ok(());
+            }
+        }
+        let value = json_value(value)?;
+        self.push(key, value, name);
+        Ok(())
+    }
+
+    /// Takes note of struct field `key`: its shared name when the layout
+    /// knows it as a user field. Leaves the layout at the first key that
+    /// differs from it.
+    #[inline]
+    fn follow(&mut self, key: &'static str) -> Option<Arc<str>> {
+        let i = self.arrived;
+        self.arrived += 1;
+        let at = address(key);
+        match &mut self.memo {
+            Memo::Following(layout) => {
+                if layout.keys.get(i) == Some(&at) {
+                    return layout.names.get(i).cloned().flatten();
+                }
+                let mut keys = layout.arrivals(i);
+                keys.push((at, !is_reserved(key)));
+                self.memo = Memo::Recording(keys);
+            }
+            Memo::Recording(keys) => keys.push((at, !is_reserved(key))),
+            Memo::Off => {}
+        }
+        None
+    }
+
     fn into_content(self) -> Result<Content> {
-        let id = read_id(self.id)?;
+        let id = match self.id {
+            Some(IdSlot::Read(id)) => id?,
+            Some(IdSlot::Value(value)) => read_id(Some(value))?,
+            None => read_id(None)?,
+        };
         check_metadata_types(&id, &self.reserved)?;
         let mut fields = self.fields;
+        let keys = match self.memo {
+            Memo::Following(layout) if layout.keys.len() == self.arrived => {
+                // The keys of a put whose names were sorted and unique.
+                for &(a, b) in layout.swaps.iter() {
+                    fields.swap(a, b);
+                }
+                return Ok(Content { id, fields });
+            }
+            // Fewer keys than last time (a field was skipped): learn anew.
+            Memo::Following(layout) => Some(layout.arrivals(self.arrived)),
+            Memo::Recording(keys) => Some(keys),
+            Memo::Off => None,
+        };
         if !fields.windows(2).all(|w| w[0].0 < w[1].0) {
             // As in a map, the last of a repeated name counts: a stable sort
             // keeps repeats in order, and the dedupe keeps the last.
-            fields.sort_by(|a, b| a.0.cmp(&b.0));
+            // A struct's order is learnt as the swaps that sort it.
+            let learnt = keys.map(|keys| {
+                let names = names_of(&keys, &fields);
+                let swaps = sorting_swaps(&fields);
+                for &(a, b) in &swaps {
+                    fields.swap(a, b);
+                }
+                Layout::new(keys, names, swaps)
+            });
+            if learnt.is_none() {
+                fields.sort_by(|a, b| a.0.cmp(&b.0));
+            }
             // A struct's fields are rarely in name order but never repeated:
             // sorted in place, they need no second vector.
             if fields.windows(2).all(|w| w[0].0 != w[1].0) {
+                if let (Some(layout), Some(struct_name)) = (learnt, self.name) {
+                    remember_layout(struct_name, layout);
+                }
                 return Ok(Content { id, fields });
             }
-            let mut unique: Vec<(Arc<str>, Value)> = Vec::with_capacity(fields.len());
+            let mut unique: Vec<(Arc<str>, FieldState)> = Vec::with_capacity(fields.len());
             for entry in fields {
                 match unique.last_mut() {
                     Some(last) if last.0 == entry.0 => *last = entry,
@@ -163,14 +393,67 @@ impl Fields {
                 }
             }
             fields = unique;
+        } else if let (Some(keys), Some(struct_name)) = (keys, self.name) {
+            let names = names_of(&keys, &fields);
+            remember_layout(struct_name, Layout::new(keys, names, Vec::new()));
         }
         Ok(Content { id, fields })
     }
 }
 
+/// The shared name of each key that became a user field, in arrival order.
+fn names_of<V>(keys: &[(KeyAddress, bool)], fields: &[(Arc<str>, V)]) -> Vec<Option<Arc<str>>> {
+    let mut user = fields.iter();
+    keys.iter()
+        .map(|&(_, pushed)| {
+            if pushed {
+                user.next().map(|(name, _)| Arc::clone(name))
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+impl Layout {
+    fn new(
+        keys: Vec<(KeyAddress, bool)>,
+        names: Vec<Option<Arc<str>>>,
+        swaps: Vec<(usize, usize)>,
+    ) -> Layout {
+        Layout {
+            fields: names.iter().flatten().count(),
+            keys: keys.into_iter().map(|(k, _)| k).collect(),
+            names: names.into(),
+            swaps: swaps.into(),
+        }
+    }
+
+    /// The first `n` keys as a put records them.
+    fn arrivals(&self, n: usize) -> Vec<(KeyAddress, bool)> {
+        self.keys
+            .iter()
+            .zip(self.names.iter())
+            .take(n)
+            .map(|(&k, name)| (k, name.is_some()))
+            .collect()
+    }
+}
+
 /// One field's value (or a map key) as JSON, normalised as stored values
-/// are; measured first, so that converting it cannot recurse past the limit.
+/// are, built and measured in one pass; what that pass leaves to serde_json
+/// takes the [`measured_value`] route.
 fn json_value<T: Serialize + ?Sized>(value: &T) -> std::result::Result<Value, Refusal> {
+    match build::field_value(value) {
+        Ok(value) => Ok(value),
+        Err(Fault::TooDeep) => Err(Refusal::TooDeep),
+        Err(Fault::Other) => measured_value(value),
+    }
+}
+
+/// [`json_value`] through serde_json: measured first, so that converting it
+/// cannot recurse past the limit.
+fn measured_value<T: Serialize + ?Sized>(value: &T) -> std::result::Result<Value, Refusal> {
     match field_fits(value) {
         Ok(true) => {}
         Ok(false) => return Err(Refusal::TooDeep),
@@ -195,44 +478,44 @@ macro_rules! unsupported {
     };
 }
 
-impl Serializer for Fields {
-    type Ok = Fields;
+impl<'a> Serializer for &'a mut Fields {
+    type Ok = ();
     type Error = Refusal;
-    type SerializeSeq = Impossible<Fields, Refusal>;
-    type SerializeTuple = Impossible<Fields, Refusal>;
-    type SerializeTupleStruct = Impossible<Fields, Refusal>;
-    type SerializeTupleVariant = Impossible<Fields, Refusal>;
-    type SerializeMap = Fields;
-    type SerializeStruct = Fields;
-    type SerializeStructVariant = Impossible<Fields, Refusal>;
+    type SerializeSeq = Impossible<(), Refusal>;
+    type SerializeTuple = Impossible<(), Refusal>;
+    type SerializeTupleStruct = Impossible<(), Refusal>;
+    type SerializeTupleVariant = Impossible<(), Refusal>;
+    type SerializeMap = &'a mut Fields;
+    type SerializeStruct = &'a mut Fields;
+    type SerializeStructVariant = Impossible<(), Refusal>;
 
     unsupported! {
-        serialize_bool(bool) -> Fields;
-        serialize_i8(i8) -> Fields;
-        serialize_i16(i16) -> Fields;
-        serialize_i32(i32) -> Fields;
-        serialize_i64(i64) -> Fields;
-        serialize_u8(u8) -> Fields;
-        serialize_u16(u16) -> Fields;
-        serialize_u32(u32) -> Fields;
-        serialize_u64(u64) -> Fields;
-        serialize_f32(f32) -> Fields;
-        serialize_f64(f64) -> Fields;
-        serialize_char(char) -> Fields;
-        serialize_str(&str) -> Fields;
-        serialize_bytes(&[u8]) -> Fields;
-        serialize_unit() -> Fields;
-        serialize_unit_struct(&'static str) -> Fields;
-        serialize_unit_variant(&'static str, u32, &'static str) -> Fields;
+        serialize_bool(bool) -> ();
+        serialize_i8(i8) -> ();
+        serialize_i16(i16) -> ();
+        serialize_i32(i32) -> ();
+        serialize_i64(i64) -> ();
+        serialize_u8(u8) -> ();
+        serialize_u16(u16) -> ();
+        serialize_u32(u32) -> ();
+        serialize_u64(u64) -> ();
+        serialize_f32(f32) -> ();
+        serialize_f64(f64) -> ();
+        serialize_char(char) -> ();
+        serialize_str(&str) -> ();
+        serialize_bytes(&[u8]) -> ();
+        serialize_unit() -> ();
+        serialize_unit_struct(&'static str) -> ();
+        serialize_unit_variant(&'static str, u32, &'static str) -> ();
         serialize_seq(Option<usize>) -> Self::SerializeSeq;
         serialize_tuple(usize) -> Self::SerializeTuple;
         serialize_tuple_struct(&'static str, usize) -> Self::SerializeTupleStruct;
         serialize_tuple_variant(&'static str, u32, &'static str, usize) -> Self::SerializeTupleVariant;
         serialize_struct_variant(&'static str, u32, &'static str, usize) -> Self::SerializeStructVariant;
-        serialize_none() -> Fields;
+        serialize_none() -> ();
     }
 
-    fn serialize_some<T: Serialize + ?Sized>(self, _: &T) -> std::result::Result<Fields, Refusal> {
+    fn serialize_some<T: Serialize + ?Sized>(self, _: &T) -> std::result::Result<(), Refusal> {
         Err(Refusal::Unsupported)
     }
 
@@ -240,7 +523,7 @@ impl Serializer for Fields {
         self,
         _: &'static str,
         _: &T,
-    ) -> std::result::Result<Fields, Refusal> {
+    ) -> std::result::Result<(), Refusal> {
         Err(Refusal::Unsupported)
     }
 
@@ -250,27 +533,39 @@ impl Serializer for Fields {
         _: u32,
         _: &'static str,
         _: &T,
-    ) -> std::result::Result<Fields, Refusal> {
+    ) -> std::result::Result<(), Refusal> {
         Err(Refusal::Unsupported)
     }
 
-    fn serialize_map(self, len: Option<usize>) -> std::result::Result<Fields, Refusal> {
-        Ok(Fields {
-            fields: Vec::with_capacity(len.unwrap_or(0)),
-            ..self
-        })
+    fn serialize_map(self, len: Option<usize>) -> std::result::Result<Self, Refusal> {
+        self.fields.reserve(len.unwrap_or(0));
+        Ok(self)
     }
 
-    fn serialize_struct(self, _: &'static str, len: usize) -> std::result::Result<Fields, Refusal> {
-        Ok(Fields {
-            fields: Vec::with_capacity(len),
-            ..self
-        })
+    fn serialize_struct(
+        self,
+        name: &'static str,
+        len: usize,
+    ) -> std::result::Result<Self, Refusal> {
+        let fields = match known_layout(name) {
+            Some(layout) => {
+                let fields = layout.fields;
+                self.memo = Memo::Following(layout);
+                fields
+            }
+            None => {
+                self.memo = Memo::Recording(Vec::with_capacity(len));
+                len
+            }
+        };
+        self.name = Some(name);
+        self.fields.reserve_exact(fields);
+        Ok(self)
     }
 }
 
-impl SerializeStruct for Fields {
-    type Ok = Fields;
+impl SerializeStruct for &mut Fields {
+    type Ok = ();
     type Error = Refusal;
 
     fn serialize_field<T: Serialize + ?Sized>(
@@ -278,18 +573,22 @@ impl SerializeStruct for Fields {
         key: &'static str,
         value: &T,
     ) -> std::result::Result<(), Refusal> {
-        let value = json_value(value)?;
-        self.push(key, value, |_| shared_static_name(key));
-        Ok(())
+        if let Some(name) = self.follow(key) {
+            // A user field by the layout: neither the id nor metadata.
+            let value = json_value(value)?;
+            self.push_field(name, value);
+            return Ok(());
+        }
+        self.read(key, value, |_| shared_static_name(key))
     }
 
-    fn end(self) -> std::result::Result<Fields, Refusal> {
-        Ok(self)
+    fn end(self) -> std::result::Result<(), Refusal> {
+        Ok(())
     }
 }
 
-impl SerializeMap for Fields {
-    type Ok = Fields;
+impl SerializeMap for &mut Fields {
+    type Ok = ();
     type Error = Refusal;
 
     fn serialize_key<T: Serialize + ?Sized>(
@@ -298,6 +597,10 @@ impl SerializeMap for Fields {
     ) -> std::result::Result<(), Refusal> {
         // Only string keys: serde_json turns other keys (numbers, booleans)
         // into strings its own way, which the route through `Value` keeps.
+        if let Ok(key) = build::read_str(key, str::to_owned) {
+            self.key = Some(key);
+            return Ok(());
+        }
         match json_value(key)? {
             Value::String(key) => {
                 self.key = Some(key);
@@ -312,13 +615,11 @@ impl SerializeMap for Fields {
         value: &T,
     ) -> std::result::Result<(), Refusal> {
         let key = self.key.take().ok_or(Refusal::Unsupported)?;
-        let value = json_value(value)?;
-        self.push(&key, value, |k| shared_name(k));
-        Ok(())
+        self.read(&key, value, |k| shared_name(k))
     }
 
-    fn end(self) -> std::result::Result<Fields, Refusal> {
-        Ok(self)
+    fn end(self) -> std::result::Result<(), Refusal> {
+        Ok(())
     }
 }
 
@@ -377,6 +678,128 @@ mod tests {
             let direct = Content::from_serialize(&case).map_err(|e| e.to_string());
             let through = Content::from_value(case.clone()).map_err(|e| e.to_string());
             assert_eq!(direct, through, "{case}");
+        }
+    }
+
+    #[test]
+    fn a_struct_put_is_stored_as_the_equal_json_value_is() {
+        #[derive(serde::Serialize)]
+        struct Inner {
+            z: f32,
+            a: Option<u8>,
+            m: std::collections::BTreeMap<String, i128>,
+        }
+        #[derive(serde::Serialize)]
+        enum Kind {
+            Unit,
+            New(i8),
+            Pair(u8, char),
+            Named { x: f64 },
+        }
+        #[derive(serde::Serialize)]
+        struct Wrapped(String);
+        #[derive(serde::Serialize)]
+        struct Doc {
+            name: String,
+            id: Wrapped,
+            tags: [String; 2],
+            kinds: Vec<Kind>,
+            inner: Inner,
+            numbered: std::collections::BTreeMap<u32, bool>,
+            #[serde(with = "serde_bytes_like")]
+            bytes: Vec<u8>,
+            none: Option<String>,
+            nan: f64,
+            zero: f64,
+            big: u64,
+            unit: (),
+            json: Value,
+        }
+        mod serde_bytes_like {
+            pub(super) fn serialize<S: serde::Serializer>(
+                b: &[u8],
+                s: S,
+            ) -> Result<S::Ok, S::Error> {
+                s.serialize_bytes(b)
+            }
+        }
+        let doc = Doc {
+            name: "n".into(),
+            id: Wrapped("d1".into()),
+            tags: ["a".into(), "b".into()],
+            kinds: vec![
+                Kind::Unit,
+                Kind::New(-1),
+                Kind::Pair(2, 'c'),
+                Kind::Named { x: -0.0 },
+            ],
+            inner: Inner {
+                z: -0.0,
+                a: None,
+                m: [("k".to_owned(), i128::from(i64::MIN))].into(),
+            },
+            numbered: [(7, true)].into(),
+            bytes: vec![1, 2],
+            none: None,
+            nan: f64::NAN,
+            zero: -0.0,
+            big: u64::MAX,
+            unit: (),
+            json: json!({"b": [1.5, {"c": null}], "a": "x"}),
+        };
+        let stamp = crate::Stamp::new(1, 0, "c").unwrap();
+        let direct = Content::from_serialize(&doc).unwrap();
+        let through = content(serde_json::to_value(&doc).unwrap());
+        assert_eq!(direct, through);
+        assert_eq!(
+            super::super::Record::create(direct, &stamp).to_json_string(),
+            super::super::Record::create(through, &stamp).to_json_string()
+        );
+    }
+
+    #[test]
+    fn a_struct_put_again_with_other_fields_is_sorted_anew() {
+        mod one {
+            #[derive(serde::Serialize)]
+            pub(super) struct Doc {
+                pub(super) z: u8,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                pub(super) m: Option<u8>,
+                pub(super) id: &'static str,
+                pub(super) a: u8,
+            }
+        }
+        mod two {
+            // The same name, other fields: may share a layout slot.
+            #[derive(serde::Serialize)]
+            pub(super) struct Doc {
+                pub(super) id: &'static str,
+                pub(super) y: u8,
+                pub(super) b: u8,
+                #[serde(rename = "_version")]
+                pub(super) version: u8,
+            }
+        }
+        let ones = [None, Some(1), Some(2), None, None, Some(3)].map(|m| one::Doc {
+            z: 1,
+            m,
+            id: "o",
+            a: 2,
+        });
+        for (i, doc) in ones.iter().enumerate() {
+            for _ in 0..2 {
+                let direct = Content::from_serialize(doc).unwrap();
+                let through = content(serde_json::to_value(doc).unwrap());
+                assert_eq!(direct, through);
+                let other = two::Doc {
+                    id: "t",
+                    y: 1,
+                    b: i as u8,
+                    version: 1,
+                };
+                let direct = Content::from_serialize(&other).unwrap();
+                assert_eq!(direct, content(serde_json::to_value(&other).unwrap()));
+            }
         }
     }
 

@@ -3,6 +3,7 @@
 //!
 //! The JSON form is described on [`Record`].
 
+mod build;
 mod canonical;
 mod content;
 mod fields;
@@ -179,31 +180,26 @@ impl std::fmt::Debug for Record {
 impl Record {
     /// A new record holding `content`, every field stamped with `stamp`.
     pub fn create(content: Content, stamp: &Stamp) -> Record {
-        // Content is sorted, without repeats, and normalised: its entries
-        // become the field list as they are.
-        let fields = content
-            .fields
-            .into_iter()
-            .map(|(k, v)| {
-                (
-                    k,
-                    FieldState {
-                        value: Some(v),
-                        stamp: stamp.clone(),
-                    },
-                )
-            })
-            .collect();
+        // Content is sorted, without repeats, normalised and laid out as a
+        // record's fields: its vector becomes the field list, stamped.
+        let mut fields = content.fields;
+        for (_, state) in &mut fields {
+            state.stamp.assign(stamp);
+        }
         let mut versions = VersionVector::new();
         versions.increment(stamp.client());
-        Record::from_state(RecordState {
-            id: content.id,
-            fields: FieldStates(fields),
-            written: stamp.clone(),
-            tombstone: None,
-            versions,
-            newest: Newest::default(),
-        })
+        Record {
+            state: Arc::new(RecordState {
+                id: content.id,
+                fields: FieldStates(fields),
+                written: stamp.clone(),
+                tombstone: None,
+                versions,
+                // Every stamp is the write stamp and there is no tombstone:
+                // what `Newest::of` would find without looking.
+                newest: Newest::default(),
+            }),
+        }
     }
 
     fn from_state(mut state: RecordState) -> Record {
@@ -310,17 +306,19 @@ impl Record {
                         merged.push((name, state));
                     }
                 }
-                (_, Some((name, state)), Some((_, value))) => {
-                    if !deleted && state.value.as_ref() == Some(&value) {
+                (_, Some((name, state)), Some((_, mut put))) => {
+                    if !deleted && state.value == put.value {
                         merged.push((name, state));
                     } else {
                         changed = true;
-                        merged.push((name, stamped(Some(value))));
+                        put.stamp.assign(stamp);
+                        merged.push((name, put));
                     }
                 }
-                (_, None, Some((name, value))) => {
+                (_, None, Some((name, mut put))) => {
                     changed = true;
-                    merged.push((name, stamped(Some(value))));
+                    put.stamp.assign(stamp);
+                    merged.push((name, put));
                 }
                 (_, None, None) => break,
             }
