@@ -176,7 +176,7 @@ impl fmt::Debug for StoreUrl {
 /// Opens the storage backend a URL names: [`StoreUrl::parse`], then
 /// [`create_backend`]. A URL naming a sync server rather than a store is
 /// refused with [`Error::InvalidConfig`]; reach a server through its peer
-/// ([`StoreUrl::server_url`]).
+/// (`StoreUrl::server_url`, with the `http-client` feature).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
