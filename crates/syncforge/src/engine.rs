@@ -28,7 +28,7 @@ use crate::config::Config;
 use crate::events::{EventKind, EventReceiver, Events, SyncEvent, SyncTrigger};
 use crate::peer::SyncPeer;
 use crate::result::SyncResult;
-use crate::retry::{retry_transient, retry_transient_after};
+use crate::retry::{retry_transient, retry_transient_now};
 
 /// How many times one write is re-read and applied again after losing a
 /// race against another writer before giving up with [`Error::Precondition`].
@@ -492,16 +492,14 @@ impl SyncEngine {
     ) -> Result<Applied> {
         let backend = self.store();
         let listening = self.inner.events.wants_any(&WRITE_EVENTS);
-        // A store that answers at once is asked without a boxed future.
+        // A store that answers at once is asked without a boxed future, and
+        // its answer, when it is no failure, skips the retry machinery.
         let stored = match backend.get_now(collection, &id) {
             Some(Ok(stored)) => stored,
-            Some(first) => {
-                retry_transient_after(first, self.retries(), "get", || {
-                    backend.get(collection, &id)
-                })
-                .await?
+            now => {
+                retry_transient_now(now, self.retries(), "get", || backend.get(collection, &id))
+                    .await?
             }
-            None => retry_transient(self.retries(), "get", || backend.get(collection, &id)).await?,
         };
         let (local, token) = match stored {
             Some(stored) => (Some(stored.record), Some(stored.token)),
@@ -522,14 +520,11 @@ impl SyncEngine {
         };
         let outcome = match backend.put_now(collection, &write) {
             Some(Ok(outcome)) => outcome,
-            Some(first) => {
-                retry_transient_after(first, self.retries(), "put", || {
+            now => {
+                retry_transient_now(now, self.retries(), "put", || {
                     backend.put(collection, &write)
                 })
                 .await?
-            }
-            None => {
-                retry_transient(self.retries(), "put", || backend.put(collection, &write)).await?
             }
         };
         let previous = if listening { previous } else { None };
@@ -682,17 +677,7 @@ impl SyncEngine {
             backend.get_many(collection, ids)
         })
         .await?;
-        if stored.len() != ids.len() {
-            return Err(Error::storage(
-                backend.name(),
-                format!(
-                    "get_many answered {} entries for {} ids",
-                    stored.len(),
-                    ids.len()
-                ),
-            ));
-        }
-        Ok(stored)
+        one_each(backend, "get_many", "entries", stored, "ids", ids.len())
     }
 
     /// The outcomes of `writes`, in order, transient failures retried.
@@ -706,17 +691,14 @@ impl SyncEngine {
             backend.put_batch(collection, writes)
         })
         .await?;
-        if outcomes.len() != writes.len() {
-            return Err(Error::storage(
-                backend.name(),
-                format!(
-                    "put_batch answered {} outcomes for {} writes",
-                    outcomes.len(),
-                    writes.len()
-                ),
-            ));
-        }
-        Ok(outcomes)
+        one_each(
+            backend,
+            "put_batch",
+            "outcomes",
+            outcomes,
+            "writes",
+            writes.len(),
+        )
     }
 
     /// What `intent` does to the stored state `local`.
@@ -1056,6 +1038,29 @@ enum Step {
         planned: Planned,
         previous: Option<Record>,
     },
+}
+
+/// A backend's answer to a call about `asked` items, checked to hold one
+/// answer per item: a store answering more or fewer is broken, and pairing
+/// its answers with the items would misattribute them.
+fn one_each<T>(
+    backend: &dyn StorageBackend,
+    call: &str,
+    answers: &str,
+    answered: Vec<T>,
+    items: &str,
+    asked: usize,
+) -> Result<Vec<T>> {
+    if answered.len() == asked {
+        return Ok(answered);
+    }
+    Err(Error::storage(
+        backend.name(),
+        format!(
+            "{call} answered {} {answers} for {asked} {items}",
+            answered.len()
+        ),
+    ))
 }
 
 /// A duration in whole milliseconds, saturating.

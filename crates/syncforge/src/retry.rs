@@ -31,9 +31,29 @@ where
     retry_transient_after(first, max_retries, what, call).await
 }
 
+/// [`retry_transient`] for a backend call that may have answered at once
+/// (`get_now`, `put_now`): its answer, `now`, counts as the first attempt and
+/// is retried the same way; `None` makes the first attempt through `call`.
+pub(crate) async fn retry_transient_now<T, F, Fut>(
+    now: Option<Result<T>>,
+    max_retries: u32,
+    what: &str,
+    mut call: F,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let first = match now {
+        Some(answer) => answer,
+        None => call().await,
+    };
+    retry_transient_after(first, max_retries, what, call).await
+}
+
 /// [`retry_transient`] whose first call was made already and answered
-/// `first` (a backend's `get_now` or `put_now`): retried the same way.
-pub(crate) async fn retry_transient_after<T, F, Fut>(
+/// `first`: retried the same way.
+async fn retry_transient_after<T, F, Fut>(
     first: Result<T>,
     max_retries: u32,
     what: &str,
