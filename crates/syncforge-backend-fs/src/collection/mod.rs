@@ -402,16 +402,10 @@ impl Collection {
             return Ok(());
         }
         let durable = self.durable();
-        self.wal.drop_through(self.ops.as_ref(), job.end, durable)?;
-        self.pending.clear();
-        self.pending_generation = self.wal.generation();
-        if self.wal.frame_bytes() > 0 {
-            match self.wal.read_all()? {
-                Refresh::Frames(frames) => self.absorb(&frames),
-                // Gone since it was written: the next call starts it again.
-                Refresh::Damaged(_) => self.wal.invalidate(),
-            }
-        }
+        let kept = self.wal.drop_through(self.ops.as_ref(), job.end, durable)?;
+        // The log's new generation: `absorb` forgets the snapshot's records
+        // and keeps those of the frames committed since.
+        self.absorb(&kept);
         Ok(())
     }
 

@@ -278,9 +278,16 @@ impl Wal {
     /// generation, under the exclusive lock): a checkpoint made them durable
     /// elsewhere. The frames after it are kept, under a new generation, in a
     /// log that replaces the old one atomically, so a cut leaves either.
-    pub(crate) fn drop_through(&mut self, ops: &dyn FileOps, upto: u64, sync: bool) -> Result<()> {
+    /// Returns the kept frames, oldest first.
+    pub(crate) fn drop_through(
+        &mut self,
+        ops: &dyn FileOps,
+        upto: u64,
+        sync: bool,
+    ) -> Result<Vec<Frame>> {
         if upto >= self.end {
-            return self.reset(ops, sync);
+            self.reset(ops, sync)?;
+            return Ok(Vec::new());
         }
         let read_error = |err| io_error("reading", &self.path, err);
         let mut file = open_for_reading(&self.path)
@@ -299,7 +306,11 @@ impl Wal {
         self.generation = generation;
         self.header_len = header_len;
         self.end = bytes.len() as u64;
-        Ok(())
+        // Every kept line is an intact frame: `end` followed the last one.
+        Ok(kept
+            .split_inclusive(|b| *b == b'\n')
+            .filter_map(|line| line.strip_suffix(b"\n").and_then(Frame::decode))
+            .collect())
     }
 
     /// A new generation, and the header line that announces it.
