@@ -462,6 +462,7 @@ fn counter(id: &str, count: u64) -> Record {
 fn count_of(record: &Record) -> u64 {
     record
         .get(&coll("count"))
+        .as_ref()
         .and_then(serde_json::Value::as_u64)
         .unwrap()
 }

@@ -760,7 +760,7 @@ mod tests {
                 .unwrap()
                 .record
                 .get(&coll("n")),
-            Some(&json!(1))
+            Some(json!(1))
         );
     }
 

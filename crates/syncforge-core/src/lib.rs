@@ -41,8 +41,8 @@
 //! let a = merge(&on_laptop, &on_phone, ConflictStrategy::Crdt)?;
 //! let b = merge(&on_phone, &on_laptop, ConflictStrategy::Crdt)?;
 //! assert_eq!(a.to_json_string(), b.to_json_string());
-//! assert_eq!(a.get("title"), Some(&json!("Q3 Planning")));
-//! assert_eq!(a.get("body"), Some(&json!("Q3 + revenue")));
+//! assert_eq!(a.get("title"), Some(json!("Q3 Planning")));
+//! assert_eq!(a.get("body"), Some(json!("Q3 + revenue")));
 //! # Ok::<(), syncforge_core::Error>(())
 //! ```
 
@@ -75,8 +75,8 @@ pub use merge::{
 pub use names::{CollectionName, IntoName, RecordId};
 pub use peer::SyncPeer;
 pub use record::{
-    Content, FieldState, FieldStates, Record, CLIENT_ID_KEY, DELETED_KEY, ID_KEY, RESERVED_KEYS,
-    SYNC_KEY, TIMESTAMP_KEY, VERSION_KEY,
+    Content, FieldState, FieldStates, JsonText, Record, CLIENT_ID_KEY, DELETED_KEY, ID_KEY,
+    RESERVED_KEYS, SYNC_KEY, TIMESTAMP_KEY, VERSION_KEY,
 };
 pub use validate::{page_limit, validate_collection, validate_id, MAX_NAME_BYTES};
 pub use version_vector::{Causality, VersionVector, MAX_VERSION};

@@ -25,47 +25,54 @@ pub struct RegisterState {
 #[derive(Debug, Clone, PartialEq)]
 pub struct LwwRegister {
     state: FieldState,
+    /// The value the state holds as text, kept parsed for [`get`](Self::get).
+    value: Value,
 }
 
 impl LwwRegister {
-    /// A register holding `value`, written at `stamp`.
-    pub fn new(value: Value, stamp: Stamp) -> Self {
-        LwwRegister {
-            state: FieldState::new(Some(value), stamp),
-        }
+    /// A register holding `value`, written at `stamp`. A value nested deeper
+    /// than [`MAX_NESTING_DEPTH`](crate::MAX_NESTING_DEPTH) is refused, as a
+    /// record's field is.
+    pub fn new(value: Value, stamp: Stamp) -> Result<Self> {
+        let state = FieldState::new(Some(value), stamp)?;
+        Ok(LwwRegister::holding(state))
+    }
+
+    fn holding(state: FieldState) -> Self {
+        let value = state.value().unwrap_or(Value::Null);
+        LwwRegister { state, value }
     }
 
     /// Rebuilds a register from its state.
-    pub fn from_state(state: RegisterState) -> Self {
+    pub fn from_state(state: RegisterState) -> Result<Self> {
         LwwRegister::new(state.value, state.stamp)
     }
 
     /// Writes `value` at `stamp`; returns whether it won (a newer stamp).
-    pub fn set(&mut self, value: Value, stamp: Stamp) -> bool {
-        self.offer(FieldState::new(Some(value), stamp))
+    pub fn set(&mut self, value: Value, stamp: Stamp) -> Result<bool> {
+        Ok(self.offer(FieldState::new(Some(value), stamp)?))
     }
 
     /// Merges another register's state; returns whether it won.
-    pub fn merge(&mut self, other: &RegisterState) -> bool {
-        self.offer(FieldState::new(
+    pub fn merge(&mut self, other: &RegisterState) -> Result<bool> {
+        Ok(self.offer(FieldState::new(
             Some(other.value.clone()),
             other.stamp.clone(),
-        ))
+        )?))
     }
 
     fn offer(&mut self, candidate: FieldState) -> bool {
         let wins = std::ptr::eq(pick_field(&self.state, &candidate), &candidate)
             && candidate != self.state;
         if wins {
-            self.state = candidate;
+            *self = LwwRegister::holding(candidate);
         }
         wins
     }
 
-    /// The current value.
+    /// The current value (`-0.0` read as `0.0`, as everywhere in syncforge).
     pub fn get(&self) -> &Value {
-        // A register always holds a value: it is built with one and only set with one.
-        self.state.value.as_ref().unwrap_or(&Value::Null)
+        &self.value
     }
 
     /// The stamp of the current value.
@@ -76,7 +83,7 @@ impl LwwRegister {
     /// The serialisable state.
     pub fn state(&self) -> RegisterState {
         RegisterState {
-            value: self.get().clone(),
+            value: self.value.clone(),
             stamp: self.state.stamp.clone(),
         }
     }
@@ -108,14 +115,16 @@ impl LwwMap {
         LwwMap::default()
     }
 
-    /// Writes `key = value` at `stamp`; returns whether the write won.
-    pub fn set(&mut self, key: &str, value: Value, stamp: Stamp) -> bool {
-        self.offer(key, FieldState::new(Some(value), stamp))
+    /// Writes `key = value` at `stamp`; returns whether the write won. A
+    /// value nested deeper than [`MAX_NESTING_DEPTH`](crate::MAX_NESTING_DEPTH)
+    /// is refused, as a record's field is.
+    pub fn set(&mut self, key: &str, value: Value, stamp: Stamp) -> Result<bool> {
+        Ok(self.offer(key, FieldState::new(Some(value), stamp)?))
     }
 
     /// Removes `key` at `stamp`; returns whether the removal won.
     pub fn remove(&mut self, key: &str, stamp: Stamp) -> bool {
-        self.offer(key, FieldState::new(None, stamp))
+        self.offer(key, FieldState::from_text(None, stamp))
     }
 
     fn offer(&mut self, key: &str, candidate: FieldState) -> bool {
@@ -136,7 +145,7 @@ impl LwwMap {
     }
 
     /// The value of `key`, unless absent or removed.
-    pub fn get(&self, key: &str) -> Option<&Value> {
+    pub fn get(&self, key: &str) -> Option<Value> {
         self.entries.get(key).and_then(FieldState::value)
     }
 
@@ -154,7 +163,7 @@ impl LwwMap {
     pub fn to_record(&self) -> Map<String, Value> {
         self.entries
             .iter()
-            .filter_map(|(k, s)| s.value().map(|v| (k.to_owned(), v.clone())))
+            .filter_map(|(k, s)| s.value().map(|v| (k.to_owned(), v)))
             .collect()
     }
 
@@ -187,26 +196,29 @@ mod tests {
 
     #[test]
     fn register_follows_the_original_example() {
-        let mut reg = LwwRegister::new(json!("initial"), stamp(1000, "client-a"));
-        assert!(reg.set(json!("updated"), stamp(2000, "client-b")));
+        let mut reg = LwwRegister::new(json!("initial"), stamp(1000, "client-a")).unwrap();
+        assert!(reg.set(json!("updated"), stamp(2000, "client-b")).unwrap());
         assert_eq!(reg.get(), &json!("updated"));
-        assert!(!reg.set(json!("old"), stamp(500, "client-c")));
+        assert!(!reg.set(json!("old"), stamp(500, "client-c")).unwrap());
         assert_eq!(reg.get(), &json!("updated"));
-        assert!(reg.merge(&RegisterState {
-            value: json!("merged"),
-            stamp: stamp(3000, "client-c")
-        }));
+        assert!(reg
+            .merge(&RegisterState {
+                value: json!("merged"),
+                stamp: stamp(3000, "client-c")
+            })
+            .unwrap());
         assert_eq!(reg.get(), &json!("merged"));
-        let restored = LwwRegister::from_state(reg.state());
+        let restored = LwwRegister::from_state(reg.state()).unwrap();
         assert_eq!(restored, reg);
     }
 
     #[test]
     fn register_ties_break_by_value_in_both_orders() {
-        let mut a = LwwRegister::new(json!("x"), stamp(1, "c"));
-        let mut b = LwwRegister::new(json!("y"), stamp(1, "c"));
-        a.merge(&b.state());
-        b.merge(&LwwRegister::new(json!("x"), stamp(1, "c")).state());
+        let mut a = LwwRegister::new(json!("x"), stamp(1, "c")).unwrap();
+        let mut b = LwwRegister::new(json!("y"), stamp(1, "c")).unwrap();
+        a.merge(&b.state()).unwrap();
+        b.merge(&LwwRegister::new(json!("x"), stamp(1, "c")).unwrap().state())
+            .unwrap();
         assert_eq!(a, b);
         assert_eq!(a.get(), &json!("y"));
     }
@@ -214,27 +226,32 @@ mod tests {
     #[test]
     fn map_follows_the_original_example() {
         let mut map = LwwMap::new();
-        map.set("name", json!("Alice"), stamp(1000, "client-a"));
-        map.set("age", json!(30), stamp(1000, "client-a"));
+        map.set("name", json!("Alice"), stamp(1000, "client-a"))
+            .unwrap();
+        map.set("age", json!(30), stamp(1000, "client-a")).unwrap();
         assert_eq!(
             Value::Object(map.to_record()),
             json!({"name": "Alice", "age": 30})
         );
         let mut other = LwwMap::new();
-        other.set("name", json!("Bob"), stamp(2000, "client-b"));
-        other.set("email", json!("bob@example.com"), stamp(2000, "client-b"));
+        other
+            .set("name", json!("Bob"), stamp(2000, "client-b"))
+            .unwrap();
+        other
+            .set("email", json!("bob@example.com"), stamp(2000, "client-b"))
+            .unwrap();
         map.merge(other.state());
-        assert_eq!(map.get("name"), Some(&json!("Bob")));
-        assert_eq!(map.get("email"), Some(&json!("bob@example.com")));
-        assert_eq!(map.get("age"), Some(&json!(30)));
+        assert_eq!(map.get("name"), Some(json!("Bob")));
+        assert_eq!(map.get("email"), Some(json!("bob@example.com")));
+        assert_eq!(map.get("age"), Some(json!(30)));
     }
 
     #[test]
     fn map_removal_is_stamped() {
         let mut map = LwwMap::new();
-        map.set("k", json!(1), stamp(1, "a"));
+        map.set("k", json!(1), stamp(1, "a")).unwrap();
         assert!(map.remove("k", stamp(2, "a")));
-        assert!(!map.set("k", json!(2), stamp(1, "b")));
+        assert!(!map.set("k", json!(2), stamp(1, "b")).unwrap());
         assert_eq!(map.get("k"), None);
         let state = serde_json::to_value(map.state()).unwrap();
         assert_eq!(state, json!({"k": {"stamp": "000000000002.00000000.a"}}));
@@ -255,8 +272,8 @@ mod tests {
         }))
         .unwrap();
         let out = LwwMap::merge_records(&local, &remote).unwrap();
-        assert_eq!(out.merged.get("age"), Some(&json!(31)));
-        assert_eq!(out.merged.get("email"), Some(&json!("alice@example.com")));
+        assert_eq!(out.merged.get("age"), Some(json!(31)));
+        assert_eq!(out.merged.get("email"), Some(json!("alice@example.com")));
         assert!(out.conflicted_fields.is_empty());
     }
 }

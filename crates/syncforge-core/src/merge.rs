@@ -23,7 +23,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::names::{CollectionName, IntoName, RecordId};
-use crate::record::{FieldState, FieldStates, Record};
+use crate::record::{FieldState, FieldStates, JsonText, Record};
 use crate::sorted::merge_sorted;
 use crate::version_vector::Causality;
 
@@ -69,14 +69,9 @@ impl std::str::FromStr for ConflictStrategy {
 
 /// Orders two values written with equal stamps: removed < present, then by
 /// canonical JSON. Only imports produce such ties.
-pub(crate) fn cmp_tied_values(a: Option<&Value>, b: Option<&Value>) -> Ordering {
-    match (a, b) {
-        (None, None) => Ordering::Equal,
-        (None, Some(_)) => Ordering::Less,
-        (Some(_), None) => Ordering::Greater,
-        (Some(x), Some(y)) if x == y => Ordering::Equal,
-        (Some(x), Some(y)) => x.to_string().cmp(&y.to_string()),
-    }
+pub(crate) fn cmp_tied_values(a: Option<&JsonText>, b: Option<&JsonText>) -> Ordering {
+    // `None` sorts before any value, and values sort by their text.
+    a.cmp(&b)
 }
 
 /// The winner of two states of one field: the higher stamp, ties broken by value.

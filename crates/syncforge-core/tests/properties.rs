@@ -17,7 +17,7 @@ use proptest::test_runner::TestCaseError;
 use serde_json::{json, Map, Value};
 use syncforge_core::{
     classify, merge, ChangeKind, ClientId, CollectionName, ConflictStrategy, Content, FieldState,
-    Hlc, LwwMapState, ManualTime, Record, Stamp, VersionVector,
+    Hlc, JsonText, LwwMapState, ManualTime, Record, Stamp, VersionVector,
 };
 
 /// Cases per property: `PROPTEST_CASES` when set (soak runs), else 1,000.
@@ -115,7 +115,7 @@ mod gen {
                 .iter()
                 .zip(slots)
                 .filter_map(|(name, slot)| {
-                    slot.map(|(v, s)| ((*name).to_owned(), FieldState::new(v, s)))
+                    slot.map(|(v, s)| ((*name).to_owned(), FieldState::new(v, s).unwrap()))
                 })
                 .collect()
         })
@@ -219,7 +219,8 @@ mod gen {
             "\\PC{0,6}".prop_filter("user field", |k| {
                 !syncforge_core::RESERVED_KEYS.contains(&k.as_str())
             }),
-            (prop::option::of(any_value()), any_stamp()).prop_map(|(v, s)| FieldState::new(v, s)),
+            (prop::option::of(any_value()), any_stamp())
+                .prop_map(|(v, s)| FieldState::new(v, s).unwrap()),
             0..5,
         )
     }
@@ -828,6 +829,20 @@ mod clock {
 mod json_form {
     use super::*;
 
+    /// `value` with every `-0.0` read as `0.0`, as records hold values.
+    fn positive_zero(value: Value) -> Value {
+        match value {
+            Value::Number(n) if n.as_f64() == Some(0.0) && n.is_f64() => json!(0.0),
+            Value::Array(items) => Value::Array(items.into_iter().map(positive_zero).collect()),
+            Value::Object(map) => Value::Object(
+                map.into_iter()
+                    .map(|(k, v)| (k, positive_zero(v)))
+                    .collect(),
+            ),
+            other => other,
+        }
+    }
+
     proptest! {
         #![proptest_config(config())]
 
@@ -841,6 +856,66 @@ mod json_form {
             prop_assert_eq!(&text, &r.to_json().to_string());
             let back: Record = serde_json::from_str(&text).unwrap();
             same(&back, &r)?;
+        }
+
+        /// A value's text is what serde_json writes for it (`-0.0` as
+        /// `0.0`), reads back as the value, and two texts are equal exactly
+        /// when their values are.
+        #[test]
+        fn value_text_is_canonical(a in gen::any_value(), b in gen::any_value()) {
+            let (a, b) = (positive_zero(a), positive_zero(b));
+            let (ta, tb) = (JsonText::from_value(&a).unwrap(), JsonText::from_value(&b).unwrap());
+            prop_assert_eq!(ta.as_str(), serde_json::to_string(&a).unwrap());
+            prop_assert_eq!(&ta.to_value(), &a);
+            prop_assert_eq!(ta == tb, a == b);
+        }
+
+        /// A put of a struct (written as text field by field) holds what a
+        /// put of the equal JSON value holds, nested maps sorted included.
+        #[test]
+        fn struct_puts_hold_what_value_puts_hold(
+            score in any::<f64>(),
+            ratio in any::<f32>(),
+            name in "\\PC{0,30}|[\"\\\\\u{0}-\u{1f}]{0,3}",
+            count in any::<i64>(),
+            extra in gen::any_value(),
+            tags in prop::collection::vec("\\PC{0,8}", 0..4),
+        ) {
+            #[derive(serde::Serialize)]
+            struct Inner<'a> {
+                z: f64,
+                a: Option<&'a str>,
+                m: [i64; 2],
+            }
+            #[derive(serde::Serialize)]
+            struct Doc<'a> {
+                id: &'a str,
+                score: f64,
+                ratio: f32,
+                name: &'a str,
+                inner: Inner<'a>,
+                extra: &'a Value,
+                tags: &'a [String],
+                nothing: Option<u8>,
+            }
+            let doc = Doc {
+                id: "d",
+                score,
+                ratio,
+                name: &name,
+                inner: Inner { z: score, a: Some(&name), m: [count, -count.saturating_abs()] },
+                extra: &extra,
+                tags: &tags,
+                nothing: None,
+            };
+            let by_struct = Content::from_serialize(&doc).unwrap();
+            let by_value = Content::from_value(serde_json::to_value(&doc).unwrap()).unwrap();
+            prop_assert_eq!(&by_struct, &by_value);
+            let (one, other) = (
+                Record::create(by_struct, &stamp(1, 0, "a")),
+                Record::create(by_value, &stamp(1, 0, "a")),
+            );
+            prop_assert_eq!(one.to_json_string(), other.to_json_string());
         }
 
         #[test]
@@ -1024,7 +1099,7 @@ mod behaviour {
                     _ => {
                         let state = state.unwrap();
                         prop_assert_eq!(state.stamp(), &s);
-                        prop_assert_eq!(state.value(), a.as_ref());
+                        prop_assert_eq!(state.value(), a.clone());
                     }
                 }
             }
@@ -1214,7 +1289,8 @@ mod regressions {
     /// `json_form::field_states_round_trip`, same cause as above.
     #[test]
     fn field_state_float_survives_a_text_round_trip() {
-        let state = FieldState::new(Some(json!({"": 1.2567718930303923e-188})), stamp(0, 0, "A"));
+        let state =
+            FieldState::new(Some(json!({"": 1.2567718930303923e-188})), stamp(0, 0, "A")).unwrap();
         let back: FieldState =
             serde_json::from_str(&serde_json::to_string(&state).unwrap()).unwrap();
         assert_eq!(back, state);

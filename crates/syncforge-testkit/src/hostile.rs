@@ -97,14 +97,14 @@ pub fn parse(value: &Value) -> Outcome {
 /// Checks that `record` survives its canonical JSON text, and holds no
 /// value nested past [`MAX_NESTING_DEPTH`] (which every way in must refuse).
 pub fn round_trip(record: &Record) -> Result<(), String> {
-    if let Some((field, value)) = record
+    if let Some((field, depth)) = record
         .fields()
-        .find(|(_, value)| nesting_depth(value) > MAX_NESTING_DEPTH)
+        .map(|(field, text)| (field, nesting_depth(&text.to_value())))
+        .find(|(_, depth)| *depth > MAX_NESTING_DEPTH)
     {
         return Err(format!(
-            "an accepted record {:?} holds field {field:?} nested {} deep, past the limit of {MAX_NESTING_DEPTH}",
+            "an accepted record {:?} holds field {field:?} nested {depth} deep, past the limit of {MAX_NESTING_DEPTH}",
             record.id().as_str(),
-            nesting_depth(value)
         ));
     }
     let text = record.to_json_string();

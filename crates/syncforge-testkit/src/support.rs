@@ -185,7 +185,7 @@ pub(crate) async fn put_ok(
 
 /// The `n` field of a record.
 pub(crate) fn n_of(record: &Record) -> Option<i64> {
-    record.get("n").and_then(serde_json::Value::as_i64)
+    record.get("n").as_ref().and_then(serde_json::Value::as_i64)
 }
 
 /// A record id from a literal.

@@ -27,7 +27,7 @@ async fn main() -> syncforge::Result<()> {
     println!(
         "updated: version {}, age {}",
         updated.version(),
-        updated.get("age").unwrap_or(&json!(null))
+        updated.get("age").unwrap_or(json!(null))
     );
 
     // Delete it (soft delete: the tombstone travels in syncs).

@@ -31,7 +31,7 @@ use crate::retry::retry_transient;
 /// let notes = engine.collection("notes")?;
 /// notes.put(&json!({"id": "n1", "title": "Q3"})).await?;
 /// let note = notes.get("n1").await?.expect("just written");
-/// assert_eq!(note.get("title"), Some(&json!("Q3")));
+/// assert_eq!(note.get("title"), Some(json!("Q3")));
 /// # Ok(())
 /// # }
 /// ```

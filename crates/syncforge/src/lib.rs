@@ -35,8 +35,8 @@
 //!
 //! let on_phone = phone.get("notes", "n1").await?.expect("synced");
 //! let on_laptop = laptop.get("notes", "n1").await?.expect("synced");
-//! assert_eq!(on_phone.get("title"), Some(&json!("Q3 Planning Notes")));
-//! assert_eq!(on_phone.get("body"), Some(&json!("Discuss Q3 targets\n- Revenue goals")));
+//! assert_eq!(on_phone.get("title"), Some(json!("Q3 Planning Notes")));
+//! assert_eq!(on_phone.get("body"), Some(json!("Discuss Q3 targets\n- Revenue goals")));
 //! assert_eq!(on_phone.to_json_string(), on_laptop.to_json_string());
 //! # Ok(())
 //! # }

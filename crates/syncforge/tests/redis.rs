@@ -132,8 +132,8 @@ async fn two_regions_converge_through_the_change_feed() {
     let on_east = east.get("catalog", "p007").await.unwrap().unwrap();
     let on_west = west.get("catalog", "p007").await.unwrap().unwrap();
     assert_eq!(on_east.to_json_string(), on_west.to_json_string());
-    assert_eq!(on_east.get("title"), Some(&json!("Lamp")));
-    assert_eq!(on_east.get("price"), Some(&json!(70)));
+    assert_eq!(on_east.get("title"), Some(json!("Lamp")));
+    assert_eq!(on_east.get("price"), Some(json!(70)));
 
     east.close().await.unwrap();
     let reopened = engine("us-east-1", &east_url).await;

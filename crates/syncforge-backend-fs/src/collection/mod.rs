@@ -942,6 +942,7 @@ mod tests {
             .map(|s| {
                 s.as_ref()
                     .and_then(|s| s.record.get(&CollectionName::new("n").unwrap()))
+                    .as_ref()
                     .and_then(serde_json::Value::as_u64)
             })
             .collect();

@@ -138,6 +138,7 @@ mod tests {
         let field = CollectionName::new("count").unwrap();
         record
             .get(&field)
+            .as_ref()
             .and_then(serde_json::Value::as_u64)
             .unwrap()
     }

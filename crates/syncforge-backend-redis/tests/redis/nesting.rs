@@ -41,7 +41,7 @@ async fn a_stored_record_nested_past_the_limit_is_corrupt() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(read.record.get("n"), Some(&json!(1)));
+    assert_eq!(read.record.get("n"), Some(json!(1)));
     assert!(read.record.get("deep").is_some());
 
     let _: () = raw

@@ -242,7 +242,11 @@ pub(crate) fn edited(hlc: &mut Hlc, base: &Record, n: i64) -> Record {
 }
 
 pub(crate) fn n_of(record: &Record) -> i64 {
-    record.get("n").and_then(serde_json::Value::as_i64).unwrap()
+    record
+        .get("n")
+        .as_ref()
+        .and_then(serde_json::Value::as_i64)
+        .unwrap()
 }
 
 /// Records stored by `sync_records`.

@@ -1,20 +1,23 @@
-//! A field's value built straight from a user's `Serialize` type in one
-//! pass that also counts how deep it nests.
+//! A field's value written as canonical JSON text straight from a user's
+//! `Serialize` type, in one pass that also counts how deep it nests.
 //!
-//! The other way, measuring each field with the depth probe and then
-//! converting it with `serde_json::to_value`, walks every value twice; a put
-//! of a small struct spent most of its time there. This serializer builds
-//! exactly what `serde_json::to_value` builds (scalars are handed to
-//! serde_json's own value serializer), normalised as stored values are
-//! (`-0.0` becomes `0.0`), and stops at the nesting limit before the user's
-//! type can recurse deeper. What it does not handle itself — enum variants
-//! holding data, bytes, non-string map keys, serde_json's private tokens,
-//! and every error — it hands back as [`Fault::Other`], and the caller takes
-//! the measured route, which answers exactly as before.
+//! The other way, measuring each field with the depth probe, converting it
+//! with `serde_json::to_value` and writing that value's text, walks every
+//! value three times and builds a tree only to drop it; a put of a small
+//! struct spent most of its time there. This serializer writes exactly the
+//! text of the value `serde_json::to_value` builds (objects sorted by key,
+//! `-0.0` as `0.0`), and stops at the nesting limit before the user's type
+//! can recurse deeper. What it does not handle itself — enum variants
+//! holding data, bytes, non-string map keys, integers beyond 64 bits,
+//! serde_json's private tokens, and every error — it hands back as
+//! [`Fault::Other`], and the caller takes the measured route, which answers
+//! exactly as before.
 
 use serde::ser::{self, Impossible, Serialize, Serializer};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
+use super::canonical::{separate, write_f64, write_key, write_str, write_value};
+use super::text::{with_scratch, JsonText};
 use crate::depth::MAX_NESTING_DEPTH;
 
 /// Why a value was not built.
@@ -44,13 +47,15 @@ impl ser::Error for Fault {
     }
 }
 
-type Built = std::result::Result<Value, Fault>;
+type Built = std::result::Result<(), Fault>;
 
-/// Builds the value of one top-level field of a record.
-pub(super) fn field_value<T: Serialize + ?Sized>(value: &T) -> Built {
+/// The canonical text of one top-level field of a record.
+pub(super) fn field_text<T: Serialize + ?Sized>(value: &T) -> std::result::Result<JsonText, Fault> {
+    let mut built = Ok(());
     // The record's own object is open around the field, as the depth probe
     // counts it.
-    value.serialize(Build { depth: 1 })
+    let text = with_scratch(|out| built = value.serialize(Build { out, depth: 1 }));
+    built.map(|()| text)
 }
 
 /// `read` of the string that `value` is (through newtypes), without building
@@ -67,96 +72,114 @@ where
 /// the structs carrying them are left to serde_json.
 const PRIVATE_TOKEN: &str = "$serde_json::private::";
 
-fn json<T>(result: std::result::Result<T, serde_json::Error>) -> std::result::Result<T, Fault> {
-    result.map_err(|_| Fault::Other)
-}
-
-/// The serializer: `depth` containers are open around the value it builds.
-#[derive(Clone, Copy)]
-struct Build {
+/// The serializer: writes into `out`, with `depth` containers open around
+/// the value it writes.
+struct Build<'a> {
+    out: &'a mut String,
     depth: usize,
 }
 
-impl Build {
+impl Build<'_> {
     /// The depth inside a container opened here, or the refusal when that
     /// container would nest past the limit (as the depth probe's `open`).
-    fn open(self) -> std::result::Result<usize, Fault> {
+    fn open(&self) -> std::result::Result<usize, Fault> {
         if self.depth > MAX_NESTING_DEPTH {
             return Err(Fault::TooDeep);
         }
         Ok(self.depth + 1)
     }
+
+    /// Text written as it is: a literal or a formatted integer.
+    fn raw(self, text: &str) -> Built {
+        self.out.push_str(text);
+        Ok(())
+    }
+
+    /// A scalar as serde_json's value serializer makes it, then written.
+    fn scalar(self, value: std::result::Result<Value, serde_json::Error>) -> Built {
+        let value = value.map_err(|_| Fault::Other)?;
+        write_value(self.out, &value);
+        Ok(())
+    }
 }
 
-/// An array being built.
-struct Items {
-    items: Vec<Value>,
+/// An array being written.
+struct Items<'a> {
+    out: &'a mut String,
     depth: usize,
+    first: bool,
 }
 
-/// An object being built.
-struct Entries {
-    map: Map<String, Value>,
+/// An object being built: its entries are written apart and sorted by key
+/// at the end, as serde_json's map sorts them.
+struct Entries<'a> {
+    out: &'a mut String,
+    entries: Vec<(String, String)>,
     key: Option<String>,
     depth: usize,
 }
 
-fn positive(f: f64) -> Value {
-    // `-0.0 == 0.0`: both are stored as `0.0`, as everywhere in syncforge.
-    if f == 0.0 {
-        Value::from(0.0)
-    } else {
-        Value::from(f)
-    }
-}
-
-macro_rules! delegate {
+macro_rules! integers {
     ($($method:ident($arg:ty);)*) => {
         $(fn $method(self, v: $arg) -> Built {
-            json(serde_json::value::Serializer.$method(v))
+            self.raw(itoa::Buffer::new().format(v))
         })*
     };
 }
 
-impl Serializer for Build {
-    type Ok = Value;
+impl<'a> Serializer for Build<'a> {
+    type Ok = ();
     type Error = Fault;
-    type SerializeSeq = Items;
-    type SerializeTuple = Items;
-    type SerializeTupleStruct = Items;
-    type SerializeTupleVariant = Impossible<Value, Fault>;
-    type SerializeMap = Entries;
-    type SerializeStruct = Entries;
-    type SerializeStructVariant = Impossible<Value, Fault>;
+    type SerializeSeq = Items<'a>;
+    type SerializeTuple = Items<'a>;
+    type SerializeTupleStruct = Items<'a>;
+    type SerializeTupleVariant = Impossible<(), Fault>;
+    type SerializeMap = Entries<'a>;
+    type SerializeStruct = Entries<'a>;
+    type SerializeStructVariant = Impossible<(), Fault>;
 
-    delegate! {
-        serialize_bool(bool);
+    integers! {
         serialize_i8(i8);
         serialize_i16(i16);
         serialize_i32(i32);
         serialize_i64(i64);
-        serialize_i128(i128);
         serialize_u8(u8);
         serialize_u16(u16);
         serialize_u32(u32);
         serialize_u64(u64);
-        serialize_u128(u128);
-        serialize_char(char);
+    }
+
+    fn serialize_bool(self, v: bool) -> Built {
+        self.raw(if v { "true" } else { "false" })
+    }
+
+    fn serialize_i128(self, v: i128) -> Built {
+        let v = i64::try_from(v).map_err(|_| Fault::Other)?;
+        self.serialize_i64(v)
+    }
+
+    fn serialize_u128(self, v: u128) -> Built {
+        let v = u64::try_from(v).map_err(|_| Fault::Other)?;
+        self.serialize_u64(v)
     }
 
     fn serialize_f32(self, v: f32) -> Built {
-        if v == 0.0 {
-            return Ok(Value::from(0.0));
-        }
-        json(serde_json::value::Serializer.serialize_f32(v))
+        self.scalar(serde_json::value::Serializer.serialize_f32(v))
     }
 
     fn serialize_f64(self, v: f64) -> Built {
-        Ok(positive(v))
+        write_f64(self.out, v);
+        Ok(())
+    }
+
+    fn serialize_char(self, v: char) -> Built {
+        write_str(self.out, v.encode_utf8(&mut [0; 4]));
+        Ok(())
     }
 
     fn serialize_str(self, v: &str) -> Built {
-        Ok(Value::String(v.to_owned()))
+        write_str(self.out, v);
+        Ok(())
     }
 
     fn serialize_bytes(self, _: &[u8]) -> Built {
@@ -164,7 +187,7 @@ impl Serializer for Build {
     }
 
     fn serialize_none(self) -> Built {
-        Ok(Value::Null)
+        self.raw("null")
     }
 
     fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Built {
@@ -172,15 +195,15 @@ impl Serializer for Build {
     }
 
     fn serialize_unit(self) -> Built {
-        Ok(Value::Null)
+        self.raw("null")
     }
 
     fn serialize_unit_struct(self, _: &'static str) -> Built {
-        Ok(Value::Null)
+        self.raw("null")
     }
 
     fn serialize_unit_variant(self, _: &'static str, _: u32, variant: &'static str) -> Built {
-        Ok(Value::String(variant.to_owned()))
+        self.serialize_str(variant)
     }
 
     fn serialize_newtype_struct<T: Serialize + ?Sized>(
@@ -204,14 +227,17 @@ impl Serializer for Build {
         Err(Fault::Other)
     }
 
-    fn serialize_seq(self, len: Option<usize>) -> std::result::Result<Items, Fault> {
+    fn serialize_seq(self, _: Option<usize>) -> std::result::Result<Items<'a>, Fault> {
+        let depth = self.open()?;
+        self.out.push('[');
         Ok(Items {
-            depth: self.open()?,
-            items: Vec::with_capacity(len.unwrap_or(0)),
+            out: self.out,
+            depth,
+            first: true,
         })
     }
 
-    fn serialize_tuple(self, len: usize) -> std::result::Result<Items, Fault> {
+    fn serialize_tuple(self, len: usize) -> std::result::Result<Items<'a>, Fault> {
         self.serialize_seq(Some(len))
     }
 
@@ -219,7 +245,7 @@ impl Serializer for Build {
         self,
         _: &'static str,
         len: usize,
-    ) -> std::result::Result<Items, Fault> {
+    ) -> std::result::Result<Items<'a>, Fault> {
         self.serialize_seq(Some(len))
     }
 
@@ -233,10 +259,11 @@ impl Serializer for Build {
         Err(Fault::Other)
     }
 
-    fn serialize_map(self, _: Option<usize>) -> std::result::Result<Entries, Fault> {
+    fn serialize_map(self, len: Option<usize>) -> std::result::Result<Entries<'a>, Fault> {
         Ok(Entries {
             depth: self.open()?,
-            map: Map::new(),
+            out: self.out,
+            entries: Vec::with_capacity(len.unwrap_or(0)),
             key: None,
         })
     }
@@ -245,7 +272,7 @@ impl Serializer for Build {
         self,
         name: &'static str,
         len: usize,
-    ) -> std::result::Result<Entries, Fault> {
+    ) -> std::result::Result<Entries<'a>, Fault> {
         if name.starts_with(PRIVATE_TOKEN) {
             return Err(Fault::Other);
         }
@@ -263,79 +290,113 @@ impl Serializer for Build {
     }
 }
 
-impl Items {
-    fn push<T: Serialize + ?Sized>(&mut self, value: &T) -> std::result::Result<(), Fault> {
-        let value = value.serialize(Build { depth: self.depth })?;
-        self.items.push(value);
+impl Items<'_> {
+    fn push<T: Serialize + ?Sized>(&mut self, value: &T) -> Built {
+        separate(self.out, &mut self.first);
+        value.serialize(Build {
+            out: self.out,
+            depth: self.depth,
+        })
+    }
+
+    fn close(self) -> Built {
+        self.out.push(']');
         Ok(())
     }
 }
 
-impl ser::SerializeSeq for Items {
-    type Ok = Value;
+impl ser::SerializeSeq for Items<'_> {
+    type Ok = ();
     type Error = Fault;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Fault> {
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Built {
         self.push(value)
     }
     fn end(self) -> Built {
-        Ok(Value::Array(self.items))
+        self.close()
     }
 }
 
-impl ser::SerializeTuple for Items {
-    type Ok = Value;
+impl ser::SerializeTuple for Items<'_> {
+    type Ok = ();
     type Error = Fault;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Fault> {
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Built {
         self.push(value)
     }
     fn end(self) -> Built {
-        Ok(Value::Array(self.items))
+        self.close()
     }
 }
 
-impl ser::SerializeTupleStruct for Items {
-    type Ok = Value;
+impl ser::SerializeTupleStruct for Items<'_> {
+    type Ok = ();
     type Error = Fault;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Fault> {
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Built {
         self.push(value)
     }
     fn end(self) -> Built {
-        Ok(Value::Array(self.items))
+        self.close()
     }
 }
 
-impl ser::SerializeMap for Entries {
-    type Ok = Value;
+impl Entries<'_> {
+    fn insert<T: Serialize + ?Sized>(&mut self, key: String, value: &T) -> Built {
+        let mut text = String::new();
+        value.serialize(Build {
+            out: &mut text,
+            depth: self.depth,
+        })?;
+        self.entries.push((key, text));
+        Ok(())
+    }
+
+    fn close(mut self) -> Built {
+        // Sorted by key; of a key given twice the last counts, as a map
+        // insert keeps it (a stable sort keeps repeats in order).
+        self.entries.sort_by(|a, b| a.0.cmp(&b.0));
+        self.entries.dedup_by(|later, earlier| {
+            if later.0 == earlier.0 {
+                std::mem::swap(later, earlier);
+                true
+            } else {
+                false
+            }
+        });
+        self.out.push('{');
+        let mut first = true;
+        for (key, text) in &self.entries {
+            separate(self.out, &mut first);
+            write_key(self.out, key);
+            self.out.push_str(text);
+        }
+        self.out.push('}');
+        Ok(())
+    }
+}
+
+impl ser::SerializeMap for Entries<'_> {
+    type Ok = ();
     type Error = Fault;
-    fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), Fault> {
+    fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Built {
         self.key = Some(read_str(key, str::to_owned)?);
         Ok(())
     }
-    fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Fault> {
+    fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Built {
         let key = self.key.take().ok_or(Fault::Other)?;
-        let value = value.serialize(Build { depth: self.depth })?;
-        self.map.insert(key, value);
-        Ok(())
+        self.insert(key, value)
     }
     fn end(self) -> Built {
-        Ok(Value::Object(self.map))
+        self.close()
     }
 }
 
-impl ser::SerializeStruct for Entries {
-    type Ok = Value;
+impl ser::SerializeStruct for Entries<'_> {
+    type Ok = ();
     type Error = Fault;
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        key: &'static str,
-        value: &T,
-    ) -> Result<(), Fault> {
-        let value = value.serialize(Build { depth: self.depth })?;
-        self.map.insert(key.to_owned(), value);
-        Ok(())
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Built {
+        self.insert(key.to_owned(), value)
     }
     fn end(self) -> Built {
-        Ok(Value::Object(self.map))
+        self.close()
     }
 }
 

@@ -67,7 +67,7 @@ impl Record {
             while let Some((name, value)) = fields.next_if(|(name, _)| *name < member.name()) {
                 separate(out, &mut first);
                 write_key(out, name);
-                write_value(out, value);
+                out.push_str(value.as_str());
             }
             separate(out, &mut first);
             write_key(out, member.name());
@@ -76,9 +76,33 @@ impl Record {
         for (name, value) in fields {
             separate(out, &mut first);
             write_key(out, name);
-            write_value(out, value);
+            out.push_str(value.as_str());
         }
         out.push('}');
+    }
+
+    /// The JSON text of the user content, `id` and the visible fields, as
+    /// [`content`](Record::content) holds it.
+    pub(super) fn content_json_string(&self) -> String {
+        let mut out = String::with_capacity(128);
+        out.push('{');
+        let mut first = true;
+        let mut fields = self.fields().peekable();
+        while let Some((name, value)) = fields.next_if(|(name, _)| *name < ID_KEY) {
+            separate(&mut out, &mut first);
+            write_key(&mut out, name);
+            out.push_str(value.as_str());
+        }
+        separate(&mut out, &mut first);
+        write_key(&mut out, ID_KEY);
+        write_str(&mut out, self.id().as_str());
+        for (name, value) in fields {
+            out.push(',');
+            write_key(&mut out, name);
+            out.push_str(value.as_str());
+        }
+        out.push('}');
+        out
     }
 
     fn write_member(&self, out: &mut String, member: Member) {
@@ -139,13 +163,13 @@ impl Record {
     }
 }
 
-fn separate(out: &mut String, first: &mut bool) {
+pub(super) fn separate(out: &mut String, first: &mut bool) {
     if !std::mem::take(first) {
         out.push(',');
     }
 }
 
-fn write_key(out: &mut String, name: &str) {
+pub(super) fn write_key(out: &mut String, name: &str) {
     write_str(out, name);
     out.push(':');
 }
@@ -160,8 +184,9 @@ fn write_stamp(out: &mut String, stamp: &Stamp) {
 }
 
 /// A JSON value as serde_json writes it (objects sorted by key, as its map
-/// keeps them).
-fn write_value(out: &mut String, value: &Value) {
+/// keeps them), `-0.0` as `0.0`. Recurses once per level: only for values
+/// within the nesting limit.
+pub(super) fn write_value(out: &mut String, value: &Value) {
     match value {
         Value::Null => out.push_str("null"),
         Value::Bool(true) => out.push_str("true"),
@@ -190,24 +215,55 @@ fn write_value(out: &mut String, value: &Value) {
     }
 }
 
-fn write_u64(out: &mut String, value: u64) {
+pub(super) fn write_u64(out: &mut String, value: u64) {
     out.push_str(itoa::Buffer::new().format(value));
 }
 
 /// Integers as serde_json writes them; a float in its `Display` form, which
-/// is serde_json's own (the shortest text that reads back the same).
-fn write_number(out: &mut String, number: &serde_json::Number) {
+/// is serde_json's own (the shortest text that reads back the same), and
+/// `-0.0` as `0.0`.
+pub(super) fn write_number(out: &mut String, number: &serde_json::Number) {
     if let Some(value) = number.as_u64() {
         write_u64(out, value);
     } else if let Some(value) = number.as_i64() {
         out.push_str(itoa::Buffer::new().format(value));
+    } else if let Some(value) = number.as_f64() {
+        write_f64(out, value);
     } else {
         // Writing into a String cannot fail.
         let _ = write!(out, "{number}");
     }
 }
 
-fn write_str(out: &mut String, text: &str) {
+/// A float as serde_json writes it (its own formatter: the shortest text
+/// that reads back the same), `-0.0` as `0.0`, and a value JSON cannot hold
+/// as `null`, as serde_json's value makes it.
+pub(super) fn write_f64(out: &mut String, value: f64) {
+    use serde_json::ser::Formatter as _;
+    if value == 0.0 {
+        out.push_str("0.0");
+        return;
+    }
+    if !value.is_finite() {
+        out.push_str("null");
+        return;
+    }
+    // The longest such text is 24 bytes ("-2.2250738585072014e-308").
+    let mut buffer = [0u8; 32];
+    let mut rest: &mut [u8] = &mut buffer;
+    let written = serde_json::ser::CompactFormatter
+        .write_f64(&mut rest, value)
+        .map(|()| 32 - rest.len());
+    match written.map(|n| std::str::from_utf8(&buffer[..n])) {
+        Ok(Ok(text)) => out.push_str(text),
+        // Not reached (the buffer holds any float); the same text, slower.
+        _ => {
+            let _ = write!(out, "{}", Value::from(value));
+        }
+    }
+}
+
+pub(super) fn write_str(out: &mut String, text: &str) {
     out.push('"');
     write_escaped(out, text);
     out.push('"');
@@ -216,6 +272,11 @@ fn write_str(out: &mut String, text: &str) {
 /// The inside of a JSON string, escaped as serde_json escapes: `"`, `\` and
 /// the control characters, with the short forms where JSON has them.
 fn write_escaped(out: &mut String, text: &str) {
+    // Nearly every string needs no escape: found eight bytes at a time,
+    // the plain part is copied whole.
+    let plain = plain_prefix(text.as_bytes());
+    out.push_str(&text[..plain]);
+    let text = &text[plain..];
     let mut start = 0;
     for (index, byte) in text.bytes().enumerate() {
         let escape = match byte {
@@ -238,6 +299,36 @@ fn write_escaped(out: &mut String, text: &str) {
         start = index + 1;
     }
     out.push_str(&text[start..]);
+}
+
+/// How many leading bytes of `bytes` need no escape: none is `"`, `\\` or a
+/// control character. Always a character boundary, since every byte that
+/// ends the prefix is ASCII.
+fn plain_prefix(bytes: &[u8]) -> usize {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    // Whether any byte of `x` is zero (exact as to whether, not which).
+    let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS != 0;
+    let mut plain = 0;
+    for chunk in bytes.chunks_exact(8) {
+        let mut word = [0; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_ne_bytes(word);
+        // A byte below 0x20, or equal to `"` or `\`.
+        let control = x.wrapping_sub(ONES * 0x20) & !x & HIGHS != 0;
+        if control
+            || zero_byte(x ^ (ONES * u64::from(b'"')))
+            || zero_byte(x ^ (ONES * u64::from(b'\\')))
+        {
+            break;
+        }
+        plain += 8;
+    }
+    plain
+        + bytes[plain..]
+            .iter()
+            .position(|&b| b < 0x20 || b == b'"' || b == b'\\')
+            .unwrap_or(bytes.len() - plain)
 }
 
 #[cfg(test)]
@@ -302,6 +393,21 @@ mod tests {
         }))
         .unwrap();
         same_as_serde_json(&seeded);
+    }
+
+    #[test]
+    fn strings_are_escaped_as_serde_json_escapes_them() {
+        let specials = ["", "\"", "\\", "\n", "\u{1f}", "\u{0}", "é", "😀", "\u{7f}"];
+        for prefix in ["", "abcdefg", "abcdefgh", "abcdefghijklmnopq"] {
+            for special in specials {
+                for suffix in ["", "x", "0123456789"] {
+                    let text = format!("{prefix}{special}{suffix}");
+                    let mut out = String::new();
+                    write_str(&mut out, &text);
+                    assert_eq!(out, serde_json::to_string(&text).unwrap(), "{text:?}");
+                }
+            }
+        }
     }
 
     #[test]

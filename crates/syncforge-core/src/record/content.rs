@@ -9,7 +9,8 @@ use serde_json::{Map, Value};
 
 use super::build::{self, Fault};
 use super::fields::{shared_name, shared_static_name, FieldState};
-use super::json::{check_metadata_types, open_object, positive_zero, read_id};
+use super::json::{check_metadata_types, open_object, read_id};
+use super::text::JsonText;
 use super::{is_reserved, ID_KEY};
 use crate::depth::{check_serialize, field_fits, too_deep_error};
 use crate::error::{Error, Result};
@@ -55,7 +56,7 @@ impl std::fmt::Debug for Content {
 }
 
 /// A field of a put's content, not yet stamped.
-fn unstamped(value: Value, stamp: &Stamp) -> FieldState {
+fn unstamped(value: JsonText, stamp: &Stamp) -> FieldState {
     FieldState {
         value: Some(value),
         stamp: stamp.clone(),
@@ -74,7 +75,10 @@ impl Content {
         let fields = map
             .into_iter()
             .filter(|(key, _)| !is_reserved(key))
-            .map(|(key, value)| (shared_name(key), unstamped(value, &stamp)))
+            .map(|(key, value)| {
+                let text = JsonText::from_checked(&value);
+                (shared_name(key), unstamped(text, &stamp))
+            })
             .collect();
         Ok(Content { id, fields })
     }
@@ -119,7 +123,7 @@ impl Content {
     pub fn fields(&self) -> Map<String, Value> {
         self.fields
             .iter()
-            .filter_map(|(k, s)| Some((k.to_string(), s.value.clone()?)))
+            .filter_map(|(k, s)| Some((k.to_string(), s.value.as_ref()?.to_value())))
             .collect()
     }
 }
@@ -281,19 +285,8 @@ struct Fields {
 }
 
 impl Fields {
-    /// Takes the id and metadata aside; `name` shares a user field's name.
-    fn push(&mut self, key: &str, value: Value, name: impl FnOnce(&str) -> Arc<str>) {
-        if key == ID_KEY {
-            self.id = Some(IdSlot::Value(value));
-        } else if is_reserved(key) {
-            self.reserved.insert(key.to_owned(), value);
-        } else {
-            self.push_field(name(key), value);
-        }
-    }
-
     /// Adds a user field.
-    fn push_field(&mut self, name: Arc<str>, value: Value) {
+    fn push_field(&mut self, name: Arc<str>, value: JsonText) {
         let stamp = self.stamp.get_or_insert_with(Stamp::unstamped);
         let state = unstamped(value, stamp);
         self.fields.push((name, state));
@@ -312,9 +305,14 @@ impl Fields {
                 self.id = Some(IdSlot::Read(id));
                 return Ok(());
             }
+            self.id = Some(IdSlot::Value(measured_value(value)?));
+        } else if is_reserved(key) {
+            // Metadata is checked as a value once the object is complete.
+            self.reserved.insert(key.to_owned(), measured_value(value)?);
+        } else {
+            let text = json_text(value)?;
+            self.push_field(name(key), text);
         }
-        let value = json_value(value)?;
-        self.push(key, value, name);
         Ok(())
     }
 
@@ -440,19 +438,19 @@ impl Layout {
     }
 }
 
-/// One field's value (or a map key) as JSON, normalised as stored values
-/// are, built and measured in one pass; what that pass leaves to serde_json
-/// takes the [`measured_value`] route.
-fn json_value<T: Serialize + ?Sized>(value: &T) -> std::result::Result<Value, Refusal> {
-    match build::field_value(value) {
-        Ok(value) => Ok(value),
+/// One field's value as canonical JSON text, written and measured in one
+/// pass; what that pass leaves to serde_json takes the [`measured_value`]
+/// route.
+fn json_text<T: Serialize + ?Sized>(value: &T) -> std::result::Result<JsonText, Refusal> {
+    match build::field_text(value) {
+        Ok(text) => Ok(text),
         Err(Fault::TooDeep) => Err(Refusal::TooDeep),
-        Err(Fault::Other) => measured_value(value),
+        Err(Fault::Other) => measured_value(value).map(|value| JsonText::from_checked(&value)),
     }
 }
 
-/// [`json_value`] through serde_json: measured first, so that converting it
-/// cannot recurse past the limit.
+/// A value (or a map key, or metadata) through serde_json: measured first,
+/// so that converting it cannot recurse past the limit.
 fn measured_value<T: Serialize + ?Sized>(value: &T) -> std::result::Result<Value, Refusal> {
     match field_fits(value) {
         Ok(true) => {}
@@ -464,10 +462,7 @@ fn measured_value<T: Serialize + ?Sized>(value: &T) -> std::result::Result<Value
             )))
         }
     }
-    let mut value =
-        serde_json::to_value(value).map_err(|e| Refusal::Invalid(unserialisable(&e)))?;
-    positive_zero(&mut value);
-    Ok(value)
+    serde_json::to_value(value).map_err(|e| Refusal::Invalid(unserialisable(&e)))
 }
 
 macro_rules! unsupported {
@@ -575,8 +570,8 @@ impl SerializeStruct for &mut Fields {
     ) -> std::result::Result<(), Refusal> {
         if let Some(name) = self.follow(key) {
             // A user field by the layout: neither the id nor metadata.
-            let value = json_value(value)?;
-            self.push_field(name, value);
+            let text = json_text(value)?;
+            self.push_field(name, text);
             return Ok(());
         }
         self.read(key, value, |_| shared_static_name(key))
@@ -601,7 +596,7 @@ impl SerializeMap for &mut Fields {
             self.key = Some(key);
             return Ok(());
         }
-        match json_value(key)? {
+        match measured_value(key)? {
             Value::String(key) => {
                 self.key = Some(key);
                 Ok(())

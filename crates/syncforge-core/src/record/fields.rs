@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::json::positive_zero;
+use super::text::JsonText;
+use crate::error::Result;
 use crate::hlc::Stamp;
 
 /// One field of a record: its value (`None` once removed) and the stamp of the
@@ -21,36 +22,57 @@ pub struct FieldState {
         skip_serializing_if = "Option::is_none",
         deserialize_with = "present"
     )]
-    pub(crate) value: Option<Value>,
+    pub(crate) value: Option<JsonText>,
     pub(crate) stamp: Stamp,
 }
 
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<Value>, D::Error> {
+/// A present `value` key: the value, even when it is `null`.
+fn present<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<JsonText>, D::Error> {
     use serde::Deserialize;
-    let mut value = Value::deserialize(d)?;
-    if crate::depth::too_deep(&value) {
-        crate::depth::dismantle(value);
-        return Err(serde::de::Error::custom(format!(
-            "a field value nests arrays and objects more than {} levels deep, the limit for a record's values",
-            crate::depth::MAX_NESTING_DEPTH
-        )));
-    }
-    positive_zero(&mut value);
-    Ok(Some(value))
+    JsonText::deserialize(d).map(Some)
 }
 
 impl FieldState {
     /// A field holding `value` (or removed, for `None`) as written at `stamp`.
     /// A `-0.0` in the value is stored as `0.0`, as everywhere in syncforge.
-    pub fn new(mut value: Option<Value>, stamp: Stamp) -> Self {
-        if let Some(value) = &mut value {
-            positive_zero(value);
-        }
+    /// A value nested deeper than [`MAX_NESTING_DEPTH`](crate::MAX_NESTING_DEPTH)
+    /// is refused with [`Error::InvalidRecord`](crate::Error::InvalidRecord).
+    pub fn new(value: Option<Value>, stamp: Stamp) -> Result<Self> {
+        let value = match value {
+            Some(value) if crate::depth::too_deep(&value) => {
+                // Dropping it would recurse as deep as it nests.
+                crate::depth::dismantle(value);
+                return Err(crate::depth::too_deep_error(None, None));
+            }
+            Some(value) => Some(JsonText::from_checked(&value)),
+            None => None,
+        };
+        Ok(FieldState { value, stamp })
+    }
+
+    /// A field holding `value` as its canonical text (or removed, for `None`).
+    pub fn from_text(value: Option<JsonText>, stamp: Stamp) -> Self {
         FieldState { value, stamp }
     }
 
+    /// [`new`](Self::new) of a value already checked against the nesting limit.
+    pub(crate) fn checked(value: Option<&Value>, stamp: Stamp) -> Self {
+        FieldState {
+            value: value.map(JsonText::from_checked),
+            stamp,
+        }
+    }
+
     /// The value, or `None` when the field was removed.
-    pub fn value(&self) -> Option<&Value> {
+    pub fn value(&self) -> Option<Value> {
+        self.value.as_ref().map(JsonText::to_value)
+    }
+
+    /// The value as its canonical JSON text, or `None` when the field was
+    /// removed: no parsing, no copy.
+    pub fn text(&self) -> Option<&JsonText> {
         self.value.as_ref()
     }
 
@@ -256,7 +278,7 @@ mod tests {
 
     #[test]
     fn field_states_sort_keep_the_last_repeat_and_merge_by_stamp() {
-        let live = |v: i64, millis| FieldState::new(Some(json!(v)), stamp(millis, 0, "p"));
+        let live = |v: i64, millis| FieldState::new(Some(json!(v)), stamp(millis, 0, "p")).unwrap();
         let states: FieldStates = [
             ("b".to_owned(), live(1, 1)),
             ("a".to_owned(), live(2, 1)),

@@ -182,9 +182,6 @@ pub(super) fn open_object(value: Value) -> Result<(RecordId, Map<String, Value>)
     };
     let id = take_id(&mut map)?;
     check_metadata_types(&id, &map)?;
-    map.iter_mut()
-        .filter(|(key, _)| !is_reserved(key))
-        .for_each(|(_, value)| positive_zero(value));
     Ok((id, map))
 }
 
@@ -243,24 +240,6 @@ pub(super) fn check_metadata_types(id: &str, map: &Map<String, Value>) -> Result
         return Err(wrong_type(id, SYNC_KEY, "an object", v));
     }
     Ok(())
-}
-
-/// Reads `-0.0` as `0.0`, as JavaScript prints it. `-0.0` and `0.0` are equal
-/// JSON values with different text; were both allowed in, records equal as
-/// values could print differently, and ties between imported values (broken
-/// by value) could leave two replicas with different JSON.
-pub(super) fn positive_zero(value: &mut Value) {
-    match value {
-        Value::Number(n) if is_negative_zero(n) => *value = Value::from(0.0),
-        Value::Array(items) => items.iter_mut().for_each(positive_zero),
-        Value::Object(map) => map.values_mut().for_each(positive_zero),
-        _ => {}
-    }
-}
-
-fn is_negative_zero(n: &serde_json::Number) -> bool {
-    n.as_f64()
-        .is_some_and(|f| f.to_bits() == (-0.0f64).to_bits())
 }
 
 /// Reads the `_sync` state. `values` are the user fields beside it; every
@@ -326,7 +305,7 @@ fn from_sync_state(
         })?;
         fields.insert(
             name.clone(),
-            FieldState::new(Some(value), stamp(format!("_sync.fields.{name}"), s)?),
+            FieldState::checked(Some(&value), stamp(format!("_sync.fields.{name}"), s)?),
         );
     }
     if let Some(name) = values.keys().next() {
@@ -344,7 +323,7 @@ fn from_sync_state(
         }
         fields.insert(
             name.clone(),
-            FieldState::new(None, stamp(format!("_sync.removed.{name}"), s)?),
+            FieldState::checked(None, stamp(format!("_sync.removed.{name}"), s)?),
         );
     }
     let mut vv = VersionVector::new();

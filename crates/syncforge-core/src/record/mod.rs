@@ -8,6 +8,7 @@ mod canonical;
 mod content;
 mod fields;
 mod json;
+mod text;
 mod typescript;
 
 use std::num::NonZeroU32;
@@ -16,7 +17,6 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use crate::depth::{too_deep, too_deep_error};
 use crate::error::{Error, Result};
 use crate::hlc::{ClientId, Stamp};
 use crate::names::{IntoName, RecordId};
@@ -24,6 +24,7 @@ use crate::version_vector::VersionVector;
 
 pub use content::Content;
 pub use fields::{FieldState, FieldStates};
+pub use text::JsonText;
 
 /// Key of the record id.
 pub const ID_KEY: &str = "id";
@@ -210,8 +211,8 @@ impl Record {
     }
 
     /// A record from its parts, checked for consistency: a valid id, user field
-    /// names only, values nested at most
-    /// [`MAX_NESTING_DEPTH`](crate::MAX_NESTING_DEPTH) deep.
+    /// names only. (Every [`FieldState`] holds a value checked against
+    /// [`MAX_NESTING_DEPTH`](crate::MAX_NESTING_DEPTH) when it was made.)
     pub fn from_parts(
         id: impl IntoName<RecordId>,
         fields: impl Into<FieldStates>,
@@ -219,21 +220,11 @@ impl Record {
         tombstone: Option<Stamp>,
         versions: VersionVector,
     ) -> Result<Record> {
-        let id = id.into_name()?;
-        let fields = fields.into();
-        if let Some((key, _)) = fields
-            .iter()
-            .find(|(_, state)| state.value.as_ref().is_some_and(too_deep))
-        {
-            return Err(too_deep_error(Some(&id), Some(key)));
-        }
-        Record::joined(id, fields, written, tombstone, versions)
+        Record::joined(id, fields.into(), written, tombstone, versions)
     }
 
-    /// A record from the parts of records: checks the field names but not
-    /// the values, which every record holds checked already (merge joins
-    /// records, and measuring every value again would cost each merge a walk
-    /// of the whole record).
+    /// A record from parts whose values are checked already: checks the id
+    /// and the field names.
     pub(crate) fn joined(
         id: impl IntoName<RecordId>,
         fields: FieldStates,
@@ -380,13 +371,20 @@ impl Record {
         &self.state.id
     }
 
-    /// The value of a visible field.
-    pub fn get(&self, field: &str) -> Option<&Value> {
+    /// The value of a visible field (parsed from the text the record holds;
+    /// [`get_text`](Self::get_text) reads the text itself).
+    pub fn get(&self, field: &str) -> Option<Value> {
+        self.get_text(field).map(JsonText::to_value)
+    }
+
+    /// The value of a visible field as its canonical JSON text.
+    pub fn get_text(&self, field: &str) -> Option<&JsonText> {
         self.state.fields.get(field).and_then(|s| s.value.as_ref())
     }
 
-    /// Visible fields (removed ones are left out), sorted by name.
-    pub fn fields(&self) -> impl Iterator<Item = (&str, &Value)> + '_ {
+    /// Visible fields (removed ones are left out), sorted by name, with
+    /// their values as canonical JSON text.
+    pub fn fields(&self) -> impl Iterator<Item = (&str, &JsonText)> + '_ {
         self.state
             .fields
             .iter()
@@ -455,14 +453,15 @@ impl Record {
         let mut map = Map::new();
         map.insert(ID_KEY.to_owned(), Value::String(self.state.id.to_string()));
         for (k, v) in self.fields() {
-            map.insert(k.to_owned(), v.clone());
+            map.insert(k.to_owned(), v.to_value());
         }
         map
     }
 
-    /// The content deserialised as `T` (metadata left out).
+    /// The content deserialised as `T` (metadata left out), read straight
+    /// from the content's JSON text.
     pub fn get_as<T: DeserializeOwned>(&self) -> Result<T> {
-        serde_json::from_value(Value::Object(self.content())).map_err(|e| {
+        serde_json::from_str(&self.content_json_string()).map_err(|e| {
             Error::invalid_record(
                 Some(&self.state.id),
                 format!("cannot be read as the requested type: {e}"),
@@ -516,7 +515,7 @@ mod tests {
         );
         assert_eq!(
             *r.field_states().get("body").unwrap(),
-            FieldState::new(None, stamp(2, 0, "p"))
+            FieldState::new(None, stamp(2, 0, "p")).unwrap()
         );
         assert_eq!(r.get("body"), None);
         assert_eq!(r.version(), 2);
@@ -556,7 +555,7 @@ mod tests {
             .apply_put(content(json!({"id": "a", "x": 2})), &stamp(5, 0, "a"))
             .is_err());
         assert!(r.apply_delete(&stamp(4, 9, "z")).is_err());
-        assert_eq!(r.get("x"), Some(&json!(1)));
+        assert_eq!(r.get("x"), Some(json!(1)));
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub(super) fn from_seed(
     versions.set(client, version);
     let fields = fields
         .into_iter()
-        .map(|(k, v)| (k, FieldState::new(Some(v), written.clone())))
+        .map(|(k, v)| (k, FieldState::checked(Some(&v), written.clone())))
         .collect();
     Ok(Record::from_state(RecordState {
         id,

@@ -49,10 +49,10 @@ async fn the_readme_stories_replay_through_the_server() {
     sync(&phone, &phone_link, "notes").await;
     sync(&laptop, &laptop_link, "notes").await;
     let note = laptop.get("notes", "n1").await.unwrap().unwrap();
-    assert_eq!(note.get("title"), Some(&json!("Q3 Planning Notes")));
+    assert_eq!(note.get("title"), Some(json!("Q3 Planning Notes")));
     assert_eq!(
         note.get("body"),
-        Some(&json!("Discuss Q3 targets\n- Revenue goals"))
+        Some(json!("Discuss Q3 targets\n- Revenue goals"))
     );
 
     // Collaborative: Alice marks the task done while Bob reassigns it.
@@ -86,8 +86,8 @@ async fn the_readme_stories_replay_through_the_server() {
     );
     sync(&bob, &bob_link, "tasks").await;
     let task = bob.get("tasks", "task-1").await.unwrap().unwrap();
-    assert_eq!(task.get("status"), Some(&json!("done")));
-    assert_eq!(task.get("assignee"), Some(&json!("bob")));
+    assert_eq!(task.get("status"), Some(json!("done")));
+    assert_eq!(task.get("assignee"), Some(json!("bob")));
 
     for collection in ["notes", "tasks"] {
         let on_server = snapshot(server.engine(), collection).await;

@@ -289,7 +289,7 @@ async fn close_keeps_data_and_refuses_later_calls() {
     let reopened = SyncEngine::builder().backend(store).build().await.unwrap();
     assert_eq!(
         reopened.get("c", "a").await.unwrap().unwrap().get("v"),
-        Some(&json!(1))
+        Some(json!(1))
     );
 }
 
@@ -433,8 +433,8 @@ async fn engines_sharing_one_store_lose_no_update() {
     let check = SyncEngine::builder().backend(store).build().await.unwrap();
     for i in 0..20 {
         let r = check.get("c", &format!("r{i}")).await.unwrap().unwrap();
-        assert_eq!(r.get("field0"), Some(&json!(i)), "{r:?}");
-        assert_eq!(r.get("field1"), Some(&json!(i)), "{r:?}");
+        assert_eq!(r.get("field0"), Some(json!(i)), "{r:?}");
+        assert_eq!(r.get("field1"), Some(json!(i)), "{r:?}");
     }
 }
 

@@ -284,7 +284,7 @@ async fn auto_sync_with_peers_converges_both_ways() {
     tokio::time::sleep(INTERVAL + Duration::from_millis(100)).await;
     assert_eq!(
         a.get("c", "from-b").await.unwrap().unwrap().get("v"),
-        Some(&json!(2))
+        Some(json!(2))
     );
 
     assert!(a.remove_auto_sync_peer("b"));

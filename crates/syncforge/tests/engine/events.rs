@@ -90,8 +90,8 @@ async fn put_and_delete_emit_record_events_with_payloads() {
             previous,
         } => {
             assert_eq!(collection, "notes");
-            assert_eq!(record.get("title"), Some(&json!("two")));
-            assert_eq!(previous.get("title"), Some(&json!("one")));
+            assert_eq!(record.get("title"), Some(json!("two")));
+            assert_eq!(previous.get("title"), Some(json!("one")));
             assert!(record.version() > previous.version());
         }
         other => panic!("expected record:updated, got {other:?}"),
@@ -157,8 +157,8 @@ async fn sync_emits_start_conflict_record_progress_and_success() {
         .expect("a conflict event");
     assert_eq!(conflict.record_id, "shared");
     assert_eq!(conflict.fields_conflicted, ["x", "y"]);
-    assert_eq!(conflict.resolved_record.get("x"), Some(&json!(2)));
-    assert_eq!(conflict.resolved_record.get("y"), Some(&json!(3)));
+    assert_eq!(conflict.resolved_record.get("x"), Some(json!(2)));
+    assert_eq!(conflict.resolved_record.get("y"), Some(json!(3)));
     assert_eq!(result.conflicts.len(), 1);
 
     let mut record_events: Vec<(EventKind, String)> = events
@@ -183,7 +183,7 @@ async fn sync_emits_start_conflict_record_progress_and_success() {
         SyncEvent::RecordUpdated { previous, .. } => Some(previous.clone()),
         _ => None,
     });
-    assert_eq!(updated_previous.unwrap().get("y"), Some(&json!(3)));
+    assert_eq!(updated_previous.unwrap().get("y"), Some(json!(3)));
     assert_eq!(
         events
             .iter()

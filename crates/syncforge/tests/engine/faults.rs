@@ -143,7 +143,7 @@ async fn three_engines_under_twenty_percent_failures_converge_and_lose_nothing()
                 .await
                 .unwrap()
                 .unwrap();
-            assert_eq!(r.get("n"), Some(&json!(i)));
+            assert_eq!(r.get("n"), Some(json!(i)));
         }
     }
     for i in 0..10 {
@@ -155,7 +155,7 @@ async fn three_engines_under_twenty_percent_failures_converge_and_lose_nothing()
         for name in names {
             assert_eq!(
                 r.get(name),
-                Some(&json!(i)),
+                Some(json!(i)),
                 "lost {name}'s edit of shared-{i}"
             );
         }

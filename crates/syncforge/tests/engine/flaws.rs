@@ -48,10 +48,10 @@ async fn flaw_1_field_edits_on_both_sides_survive() {
         let r = a.get("c", &format!("r{i}")).await.unwrap().unwrap();
         assert_eq!(
             r.get("email"),
-            Some(&json!(format!("new{i}"))),
+            Some(json!(format!("new{i}"))),
             "lost a's edit"
         );
-        assert_eq!(r.get("age"), Some(&json!(i + 100)), "lost b's edit");
+        assert_eq!(r.get("age"), Some(json!(i + 100)), "lost b's edit");
     }
     assert_eq!(snapshot(&a, "c").await, snapshot(&b, "c").await);
 }
@@ -178,7 +178,7 @@ async fn flaw_5_a_clock_far_ahead_cannot_win_forever() {
     let _ = fast.sync("c", a.get_all("c").await.unwrap()).await.unwrap();
     assert_eq!(
         fast.get("c", "y").await.unwrap().unwrap().get("v"),
-        Some(&json!("later edit"))
+        Some(json!("later edit"))
     );
 }
 

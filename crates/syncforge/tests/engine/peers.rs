@@ -148,8 +148,8 @@ async fn concurrent_edits_converge_through_sync_with() {
     let report = a.sync_with(&b, "notes").await.unwrap();
     assert_eq!(report.pulled.conflicts.len(), 1);
     let n = b.get("notes", "n").await.unwrap().unwrap();
-    assert_eq!(n.get("title"), Some(&json!("new title")));
-    assert_eq!(n.get("body"), Some(&json!("new body")));
+    assert_eq!(n.get("title"), Some(json!("new title")));
+    assert_eq!(n.get("body"), Some(json!("new body")));
     assert_eq!(snapshot(&a, "notes").await, snapshot(&b, "notes").await);
 }
 

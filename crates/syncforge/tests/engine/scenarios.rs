@@ -24,7 +24,7 @@ async fn quick_start() {
     );
 
     let user = engine.get("users", "1").await.unwrap().unwrap();
-    assert_eq!(user.get("name"), Some(&json!("Alice")));
+    assert_eq!(user.get("name"), Some(json!("Alice")));
     let json = user.to_json();
     assert_eq!(json["_version"], 1);
     assert_eq!(json["_deleted"], false);
@@ -81,10 +81,10 @@ async fn multi_device_notes_keep_both_field_edits() {
 
     for device in [&phone, &laptop] {
         let note = device.get("notes", "n1").await.unwrap().unwrap();
-        assert_eq!(note.get("title"), Some(&json!("Q3 Planning Notes")));
+        assert_eq!(note.get("title"), Some(json!("Q3 Planning Notes")));
         assert_eq!(
             note.get("body"),
-            Some(&json!("Discuss Q3 targets\n- Revenue goals"))
+            Some(json!("Discuss Q3 targets\n- Revenue goals"))
         );
     }
     assert_eq!(
@@ -134,8 +134,8 @@ async fn collaborative_task_editing() {
 
     let task = alice.get("tasks", "task-1").await.unwrap().unwrap();
     // Each side changed one field: both edits survive.
-    assert_eq!(task.get("status"), Some(&json!("done")));
-    assert_eq!(task.get("assignee"), Some(&json!("bob")));
+    assert_eq!(task.get("status"), Some(json!("done")));
+    assert_eq!(task.get("assignee"), Some(json!("bob")));
     assert_eq!(conflict.resolved_record, task);
 
     let _ = push_all(&alice, &bob, "tasks").await;
@@ -207,7 +207,7 @@ async fn field_service_tablet_works_offline_then_syncs() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(insp.get("notes"), Some(&json!("Bearing noise detected")));
+    assert_eq!(insp.get("notes"), Some(json!("Bearing noise detected")));
     assert_eq!(reopened.get_all("inspections").await.unwrap().len(), 2);
 }
 
@@ -396,7 +396,7 @@ async fn two_client_sync() {
     );
     assert_eq!(
         a.get("tasks", "t1").await.unwrap().unwrap().get("done"),
-        Some(&json!(true))
+        Some(json!(true))
     );
     a.close().await.unwrap();
     b.close().await.unwrap();

@@ -1,0 +1,187 @@
+//! A field's value held as its canonical JSON text.
+
+use compact_str::CompactString;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::canonical::write_value;
+use crate::depth::{too_deep, too_deep_error};
+use crate::error::Result;
+
+/// A JSON value held as its canonical text: the text serde_json writes for
+/// the value (objects sorted by key, no spaces), with `-0.0` written as `0.0`.
+///
+/// Records hold their field values this way. A value of up to 24 bytes of
+/// text — most numbers, short strings, small arrays — is held inline, so a
+/// typical record's values need no allocation of their own; comparing two
+/// values compares their bytes, and writing a record's JSON copies them.
+/// Two values are equal exactly when their texts are: the text is canonical.
+///
+/// ```
+/// use serde_json::json;
+/// use syncforge_core::JsonText;
+///
+/// let text = JsonText::from_value(&json!({"b": [1, 2.5], "a": "x"}))?;
+/// assert_eq!(text.as_str(), r#"{"a":"x","b":[1,2.5]}"#);
+/// assert_eq!(text.to_value(), json!({"a": "x", "b": [1, 2.5]}));
+/// assert_eq!(text, json!({"a": "x", "b": [1, 2.5]}));
+/// # Ok::<(), syncforge_core::Error>(())
+/// ```
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct JsonText(CompactString);
+
+impl JsonText {
+    /// The canonical text of `value`. A value nested deeper than
+    /// [`MAX_NESTING_DEPTH`](crate::MAX_NESTING_DEPTH) is refused with
+    /// [`Error::InvalidRecord`](crate::Error::InvalidRecord).
+    pub fn from_value(value: &Value) -> Result<JsonText> {
+        if too_deep(value) {
+            return Err(too_deep_error(None, None));
+        }
+        Ok(JsonText::from_checked(value))
+    }
+
+    /// [`from_value`](Self::from_value) of a value already known to nest
+    /// within the limit (writing it recurses once per level).
+    pub(crate) fn from_checked(value: &Value) -> JsonText {
+        with_scratch(|out| write_value(out, value))
+    }
+
+    /// Text that is already canonical JSON of a value within the nesting
+    /// limit, as this crate's writers produce it.
+    pub(super) fn from_canonical(text: &str) -> JsonText {
+        JsonText(CompactString::new(text))
+    }
+
+    /// The canonical JSON text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The value, parsed from the text.
+    pub fn to_value(&self) -> Value {
+        // The text is canonical JSON written by this crate, nested within
+        // the limit: it always parses. `Null` only keeps this total.
+        serde_json::from_str(&self.0).unwrap_or(Value::Null)
+    }
+
+    /// The value deserialised as `T`, straight from the text.
+    pub fn parse<T: DeserializeOwned>(&self) -> std::result::Result<T, serde_json::Error> {
+        serde_json::from_str(&self.0)
+    }
+}
+
+/// Writes canonical text with a buffer kept per thread, then copies it into
+/// the value (inline when it is short): no allocation for a short value.
+pub(super) fn with_scratch(write: impl FnOnce(&mut String)) -> JsonText {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    }
+    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut out) => {
+            out.clear();
+            write(&mut out);
+            let text = JsonText::from_canonical(&out);
+            // A huge value once must not keep its buffer for good.
+            if out.capacity() > 64 * 1024 {
+                *out = String::new();
+            }
+            text
+        }
+        // Only if `write` itself wrote a value this way: a buffer of its own.
+        Err(_) => {
+            let mut out = String::new();
+            write(&mut out);
+            JsonText::from_canonical(&out)
+        }
+    })
+}
+
+impl PartialEq<Value> for JsonText {
+    fn eq(&self, other: &Value) -> bool {
+        !too_deep(other) && *self == JsonText::from_checked(other)
+    }
+}
+
+impl PartialEq<JsonText> for Value {
+    fn eq(&self, other: &JsonText) -> bool {
+        other == self
+    }
+}
+
+impl std::fmt::Display for JsonText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::fmt::Debug for JsonText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Serialised as the value it holds.
+impl serde::Serialize for JsonText {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.to_value().serialize(s)
+    }
+}
+
+/// Any JSON value within the nesting limit (deeper ones are refused without
+/// recursing into them).
+impl<'de> serde::Deserialize<'de> for JsonText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let value = Value::deserialize(d)?;
+        if too_deep(&value) {
+            crate::depth::dismantle(value);
+            return Err(serde::de::Error::custom(format!(
+                "a field value nests arrays and objects more than {} levels deep, the limit for a record's values",
+                crate::depth::MAX_NESTING_DEPTH
+            )));
+        }
+        Ok(JsonText::from_checked(&value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn text_is_what_serde_json_writes_with_positive_zero() {
+        for value in [
+            json!(null),
+            json!(true),
+            json!(-7),
+            json!(18446744073709551615u64),
+            json!(0.1),
+            json!(1e300),
+            json!("a \"q\" \u{1} é"),
+            json!([1, {"z": 1, "a": [{}]}]),
+        ] {
+            let text = JsonText::from_value(&value).unwrap();
+            assert_eq!(text.as_str(), serde_json::to_string(&value).unwrap());
+            assert_eq!(text.to_value(), value);
+            assert_eq!(text, value);
+        }
+        assert_eq!(
+            JsonText::from_value(&json!([-0.0, {"k": -0.0}]))
+                .unwrap()
+                .as_str(),
+            "[0.0,{\"k\":0.0}]"
+        );
+    }
+
+    #[test]
+    fn too_deep_values_are_refused() {
+        let mut deep = json!(1);
+        for _ in 0..=crate::depth::MAX_NESTING_DEPTH {
+            deep = json!([deep]);
+        }
+        assert!(JsonText::from_value(&deep).is_err());
+        assert_ne!(JsonText::from_canonical("1"), deep);
+        crate::depth::dismantle(deep);
+    }
+}
