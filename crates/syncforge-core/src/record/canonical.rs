@@ -235,35 +235,21 @@ pub(super) fn write_number(out: &mut String, number: &serde_json::Number) {
     }
 }
 
-/// A float as serde_json writes it (its own formatter: the shortest text
-/// that reads back the same), `-0.0` as `0.0`, and a value JSON cannot hold
-/// as `null`, as serde_json's value makes it.
+/// A float as serde_json writes it (with its own formatter: the shortest
+/// text that reads back the same), `-0.0` as `0.0`, and a value JSON cannot
+/// hold as `null`, as serde_json's value makes it.
 pub(super) fn write_f64(out: &mut String, value: f64) {
-    use serde_json::ser::Formatter as _;
     if value == 0.0 {
         out.push_str("0.0");
-        return;
-    }
-    if !value.is_finite() {
+    } else if value.is_finite() {
+        out.push_str(zmij::Buffer::new().format_finite(value));
+    } else {
         out.push_str("null");
-        return;
-    }
-    // The longest such text is 24 bytes ("-2.2250738585072014e-308").
-    let mut buffer = [0u8; 32];
-    let mut rest: &mut [u8] = &mut buffer;
-    let written = serde_json::ser::CompactFormatter
-        .write_f64(&mut rest, value)
-        .map(|()| 32 - rest.len());
-    match written.map(|n| std::str::from_utf8(&buffer[..n])) {
-        Ok(Ok(text)) => out.push_str(text),
-        // Not reached (the buffer holds any float); the same text, slower.
-        _ => {
-            let _ = write!(out, "{}", Value::from(value));
-        }
     }
 }
 
 pub(super) fn write_str(out: &mut String, text: &str) {
+    out.reserve(text.len() + 2);
     out.push('"');
     write_escaped(out, text);
     out.push('"');
@@ -275,6 +261,10 @@ fn write_escaped(out: &mut String, text: &str) {
     // Nearly every string needs no escape: found eight bytes at a time,
     // the plain part is copied whole.
     let plain = plain_prefix(text.as_bytes());
+    if plain == text.len() {
+        out.push_str(text);
+        return;
+    }
     out.push_str(&text[..plain]);
     let text = &text[plain..];
     let mut start = 0;
@@ -303,32 +293,45 @@ fn write_escaped(out: &mut String, text: &str) {
 
 /// How many leading bytes of `bytes` need no escape: none is `"`, `\\` or a
 /// control character. Always a character boundary, since every byte that
-/// ends the prefix is ASCII.
+/// ends the prefix is ASCII. Looks at eight bytes at a time, the last few
+/// padded with a plain byte.
 fn plain_prefix(bytes: &[u8]) -> usize {
-    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
-    // Whether any byte of `x` is zero (exact as to whether, not which).
-    let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS != 0;
+    let chunks = bytes.chunks_exact(8);
+    let tail = chunks.remainder();
     let mut plain = 0;
-    for chunk in bytes.chunks_exact(8) {
+    for chunk in chunks {
         let mut word = [0; 8];
         word.copy_from_slice(chunk);
-        let x = u64::from_ne_bytes(word);
-        // A byte below 0x20, or equal to `"` or `\`.
-        let control = x.wrapping_sub(ONES * 0x20) & !x & HIGHS != 0;
-        if control
-            || zero_byte(x ^ (ONES * u64::from(b'"')))
-            || zero_byte(x ^ (ONES * u64::from(b'\\')))
-        {
-            break;
+        if has_special(u64::from_ne_bytes(word)) {
+            return plain + first_special(chunk);
         }
         plain += 8;
     }
-    plain
-        + bytes[plain..]
-            .iter()
-            .position(|&b| b < 0x20 || b == b'"' || b == b'\\')
-            .unwrap_or(bytes.len() - plain)
+    let mut word = [b'a'; 8];
+    word[..tail.len()].copy_from_slice(tail);
+    if has_special(u64::from_ne_bytes(word)) {
+        return plain + first_special(tail);
+    }
+    bytes.len()
+}
+
+/// Whether any byte of `x` is below 0x20 or is `"` or `\\` (exact as to
+/// whether, not as to which).
+fn has_special(x: u64) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    let below = |x: u64, n: u64| x.wrapping_sub(ONES * n) & !x & HIGHS != 0;
+    below(x, 0x20)
+        || below(x ^ (ONES * u64::from(b'"')), 1)
+        || below(x ^ (ONES * u64::from(b'\\')), 1)
+}
+
+/// Where the first byte needing an escape is (or the length, if none is).
+fn first_special(bytes: &[u8]) -> usize {
+    bytes
+        .iter()
+        .position(|&b| b < 0x20 || b == b'"' || b == b'\\')
+        .unwrap_or(bytes.len())
 }
 
 #[cfg(test)]
