@@ -43,8 +43,8 @@ use std::sync::Arc;
 use hashbrown::HashTable;
 use parking_lot::{Mutex, MutexGuard};
 use syncforge_core::{
-    async_trait, Change, ChangePage, CollectionName, Cursor, Error, Record, RecordId, Result,
-    Stamp, StorageBackend, Stored, Token, Write, WriteOutcome,
+    async_trait, Change, ChangePage, CollectionName, Cursor, Error, IfAbsent, Record, RecordId,
+    Result, Stamp, StorageBackend, Stored, Token, Write, WriteOutcome,
 };
 
 const BACKEND_NAME: &str = "memory";
@@ -302,6 +302,25 @@ impl MemoryBackend {
         };
         Ok(target.apply(write, &mut state.newest))
     }
+
+    /// `insert_if_absent_now`: one lock, one lookup of the collection and
+    /// one probe of its table for what was a `get_now` and a `put_now`.
+    /// `make` runs under the lock, which is what makes the read and the
+    /// write one step; it only stamps and assembles a record.
+    fn insert_if_absent_at_once(
+        &self,
+        collection: &CollectionName,
+        id: &RecordId,
+        make: &mut dyn FnMut() -> Result<Record>,
+    ) -> Result<IfAbsent> {
+        let mut guard = self.lock()?;
+        let state = &mut *guard;
+        let target = match state.collections.get_mut(collection) {
+            Some(c) => c,
+            None => state.collections.entry(collection.clone()).or_default(),
+        };
+        target.insert_if_absent(id, make, &mut state.newest)
+    }
 }
 
 impl Default for MemoryBackend {
@@ -401,14 +420,62 @@ impl Collection {
                 });
             }
         }
-        take_newer(newest, record.newest_stamp());
-        self.log.push((sequence, hash));
-        self.last_sequence = sequence;
-        self.compact();
+        self.logged(sequence, hash, record, newest);
         WriteOutcome::Written {
             token: Token::Sequence(sequence),
             cursor: Cursor::new(sequence),
         }
+    }
+
+    /// The stored state of `id`, or else the record `make` builds for it,
+    /// inserted as a create would be.
+    fn insert_if_absent(
+        &mut self,
+        id: &RecordId,
+        make: &mut dyn FnMut() -> Result<Record>,
+        newest: &mut Option<Stamp>,
+    ) -> Result<IfAbsent> {
+        let hash = self.records.hash(id);
+        if let Some(slot) = self.records.get_hashed(hash, id) {
+            return Ok(IfAbsent::Present(Stored {
+                record: slot.record.clone(),
+                token: Token::Sequence(slot.sequence),
+            }));
+        }
+        let record = make()?;
+        // The slot is found by the hash of `id`: a record of another id
+        // there could never be found again.
+        if record.id() != id {
+            return Err(Error::storage(
+                BACKEND_NAME,
+                format!(
+                    "insert_if_absent_now for id {:?} was given record {:?}",
+                    id.as_str(),
+                    record.id().as_str()
+                ),
+            ));
+        }
+        let sequence = self.last_sequence + 1;
+        self.records.insert_new(Slot {
+            record: record.clone(),
+            sequence,
+            hash,
+        });
+        self.logged(sequence, hash, &record, newest);
+        Ok(IfAbsent::Inserted {
+            record,
+            token: Token::Sequence(sequence),
+            cursor: Cursor::new(sequence),
+        })
+    }
+
+    /// Records a write of `record` (whose id hashes to `hash`) at `sequence`
+    /// in the change log, the last sequence and `newest`.
+    fn logged(&mut self, sequence: u64, hash: u64, record: &Record, newest: &mut Option<Stamp>) {
+        take_newer(newest, record.newest_stamp());
+        self.log.push((sequence, hash));
+        self.last_sequence = sequence;
+        self.compact();
     }
 
     fn remove(&mut self, id: &str) -> bool {
@@ -465,6 +532,15 @@ impl StorageBackend for MemoryBackend {
 
     fn put_now(&self, collection: &CollectionName, write: &Write) -> Option<Result<WriteOutcome>> {
         Some(self.put_at_once(collection, write))
+    }
+
+    fn insert_if_absent_now(
+        &self,
+        collection: &CollectionName,
+        id: &RecordId,
+        make: &mut dyn FnMut() -> Result<Record>,
+    ) -> Option<Result<IfAbsent>> {
+        Some(self.insert_if_absent_at_once(collection, id, make))
     }
 
     async fn get_many(
@@ -701,6 +777,73 @@ mod tests {
         ));
         assert!(matches!(
             store.put_now(&coll("c"), &write),
+            Some(Err(Error::Closed { .. }))
+        ));
+    }
+
+    #[tokio::test]
+    async fn insert_if_absent_writes_only_a_new_record() {
+        let store = MemoryBackend::new();
+        let (_, mut hlc) = clock(1_000);
+        let first = record(&mut hlc, "a", 1);
+        let mut calls = 0;
+        let made = first.clone();
+        let inserted = store
+            .insert_if_absent_now(&coll("c"), &rid("a"), &mut || {
+                calls += 1;
+                Ok(made.clone())
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            inserted,
+            IfAbsent::Inserted {
+                record: first.clone(),
+                token: Token::Sequence(1),
+                cursor: Cursor::new(1)
+            }
+        );
+        // Present now: `make` is not called, and the stored state comes back.
+        let present = store
+            .insert_if_absent_now(&coll("c"), &rid("a"), &mut || {
+                calls += 1;
+                Ok(record(&mut hlc, "a", 2))
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(calls, 1);
+        assert_eq!(
+            present,
+            IfAbsent::Present(store.get(&coll("c"), &rid("a")).await.unwrap().unwrap())
+        );
+        // A failing `make` and a record of another id write nothing.
+        let failed = store.insert_if_absent_now(&coll("c"), &rid("b"), &mut || {
+            Err(Error::storage("test", "no record"))
+        });
+        assert!(matches!(failed, Some(Err(Error::Storage { .. }))));
+        let other = record(&mut hlc, "x", 1);
+        let wrong = store.insert_if_absent_now(&coll("c"), &rid("b"), &mut || Ok(other.clone()));
+        assert!(matches!(wrong, Some(Err(Error::Storage { .. }))));
+        assert_eq!(store.get_all(&coll("c")).await.unwrap().len(), 1);
+        // The feed goes on from the insert's sequence.
+        let next = store
+            .put(&coll("c"), &Write::create(record(&mut hlc, "b", 1)))
+            .await
+            .unwrap();
+        assert!(matches!(next, WriteOutcome::Written { cursor, .. } if cursor == Cursor::new(2)));
+        assert_eq!(
+            store.newest_stamp().await.unwrap().as_ref(),
+            store
+                .get(&coll("c"), &rid("b"))
+                .await
+                .unwrap()
+                .map(|s| s.record.newest_stamp().clone())
+                .as_ref()
+        );
+        assert_indexes_agree(&store);
+        store.close().await.unwrap();
+        assert!(matches!(
+            store.insert_if_absent_now(&coll("c"), &rid("z"), &mut || Ok(other.clone())),
             Some(Err(Error::Closed { .. }))
         ));
     }

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, MutexGuard};
 use syncforge_core::{
     classify, dedupe, ChangeKind, ClientId, CollectionName, ConflictDetail, Content, Cursor, Error,
-    Hlc, Record, RecordId, Result, Stamp, StorageBackend, Stored, TimeSource, Write, WriteOutcome,
+    Hlc, IfAbsent, Record, RecordId, Result, Stamp, StorageBackend, Stored, TimeSource, Write,
+    WriteOutcome,
 };
 use tokio::task::AbortHandle;
 use tracing::field::Empty;
@@ -492,9 +493,22 @@ impl SyncEngine {
     ) -> Result<Applied> {
         let backend = self.store();
         let listening = self.inner.events.wants_any(&WRITE_EVENTS);
-        // A store that answers at once is asked without a boxed future, and
-        // its answer, when it is no failure, skips the retry machinery.
-        let stored = match backend.get_now(collection, &id) {
+        // A put offers its record to a store that can insert it if absent in
+        // one step; only a store that holds the record already, or cannot do
+        // that at once, is read first. The offer's answer, when it is no
+        // failure, skips the retry machinery.
+        let (now, intent) = match intent {
+            Intent::Put(content) => {
+                match self.insert_if_absent(collection, &id, content, listening) {
+                    Offer::Inserted(applied) => return Ok(applied),
+                    Offer::Failed(error) => return Err(error),
+                    Offer::Read(now, content) => (now, Intent::Put(content)),
+                }
+            }
+            intent => (backend.get_now(collection, &id), intent),
+        };
+        // A store that answers at once is asked without a boxed future.
+        let stored = match now {
             Some(Ok(stored)) => stored,
             now => {
                 retry_transient_now(now, self.retries(), "get", || backend.get(collection, &id))
@@ -553,6 +567,71 @@ impl SyncEngine {
                     .ok_or_else(|| Error::storage(backend.name(), "a write lost its outcome"))
             }
         }
+    }
+
+    /// Offers a put of `content` to the store's insert-if-absent
+    /// ([`StorageBackend::insert_if_absent_now`]), which builds the record
+    /// only if the store holds none with its id: a put of a new record is
+    /// then one call. Otherwise hands the content back with what stands for
+    /// the store's `get_now` (the stored state, or the store's failure
+    /// before it built anything, or `None` from a store that cannot answer
+    /// at once), to go on as a put of a stored record.
+    fn insert_if_absent(
+        &self,
+        collection: &CollectionName,
+        id: &RecordId,
+        content: Content,
+        listening: bool,
+    ) -> Offer {
+        let backend = self.store();
+        let mut content = Some(content);
+        let answer = backend.insert_if_absent_now(collection, id, &mut || {
+            let content = content
+                .take()
+                .ok_or_else(|| Error::storage(backend.name(), "a record was built twice"))?;
+            self.create(content)
+        });
+        let Some(content) = content else {
+            // The record was built: the store wrote it, or failed.
+            return match answer {
+                Some(Ok(IfAbsent::Inserted { record, cursor, .. })) => {
+                    let planned = Planned {
+                        kind: ChangeKind::Added,
+                        conflict: None,
+                        echo: false,
+                    };
+                    Offer::Inserted(self.confirm(
+                        collection,
+                        Some(record),
+                        planned,
+                        Some(cursor),
+                        None,
+                        listening,
+                    ))
+                }
+                Some(Err(error)) => Offer::Failed(error),
+                Some(Ok(IfAbsent::Present(_))) | None => Offer::Failed(Error::storage(
+                    backend.name(),
+                    "insert_if_absent_now built a record and did not write it",
+                )),
+            };
+        };
+        match answer {
+            Some(Ok(IfAbsent::Present(stored))) => Offer::Read(Some(Ok(Some(stored))), content),
+            Some(Ok(IfAbsent::Inserted { .. })) => Offer::Failed(Error::storage(
+                backend.name(),
+                "insert_if_absent_now wrote a record it did not build",
+            )),
+            Some(Err(error)) => Offer::Read(Some(Err(error)), content),
+            None => Offer::Read(backend.get_now(collection, id), content),
+        }
+    }
+
+    /// A new record of `content`, stamped now: what a put writes where the
+    /// store holds no record of its id.
+    fn create(&self, content: Content) -> Result<Record> {
+        let stamp = self.stamp_after(None)?;
+        Ok(Record::create(content, &stamp))
     }
 
     /// The writes of [`apply`](Self::apply) that lost a race (their ids in
@@ -729,11 +808,7 @@ impl SyncEngine {
         };
         Ok(match intent {
             Intent::Put(content) => match local {
-                None => {
-                    let stamp = self.stamp_after(None)?;
-                    let record = Record::create(content, &stamp);
-                    write(record, ChangeKind::Added, None, false, None)
-                }
+                None => write(self.create(content)?, ChangeKind::Added, None, false, None),
                 Some(local) => {
                     let mut record = local.clone();
                     let stamp = self.stamp_after(Some(&record))?;
@@ -1026,6 +1101,18 @@ impl SyncEngine {
     pub fn is_closed(&self) -> bool {
         self.inner.closed.load(Ordering::Acquire)
     }
+}
+
+/// How a put's offer to insert its record if absent ended
+/// ([`SyncEngine::insert_if_absent`]).
+enum Offer {
+    /// The record was new: written, and this is its outcome.
+    Inserted(Applied),
+    /// The record was built, and then not written: the put fails.
+    Failed(Error),
+    /// Nothing was built: the content back, and the answer of a `get_now`
+    /// of the record to go on from.
+    Read(Option<Result<Option<Stored>>>, Content),
 }
 
 /// What one intent comes to against the stored state.
