@@ -34,6 +34,7 @@
 //! # }
 //! ```
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::num::NonZeroUsize;
@@ -69,12 +70,74 @@ pub struct MemoryBackend {
 /// Everything shared by the handles of one store.
 #[derive(Default)]
 struct State {
-    collections: HashMap<CollectionName, Collection, IdHasher>,
+    collections: Collections,
     meta: HashMap<String, String>,
     /// The newest stamp ever written. Kept instead of recomputed so that
     /// `newest_stamp` is O(1); after deletes it may be newer than any record
     /// left, which is harmless for its one use (seeding a clock forward).
     newest: Option<Stamp>,
+}
+
+/// The collections by name, the one looked up last kept at hand.
+///
+/// A program writes to the same collection call after call, and finding it
+/// by its name's hash was a tenth of the store's cost of a put. Handles on
+/// one collection, and names given as strings on one thread, share one name
+/// allocation with the store's key (see `CollectionName`): the one looked up
+/// last is recognised by that allocation alone, which cannot be another
+/// name's while the store holds it as a key.
+#[derive(Default)]
+struct Collections {
+    /// Never shrinks (a cleared collection keeps its last sequence), so an
+    /// index into it stays valid.
+    list: Vec<(CollectionName, Collection)>,
+    index: HashMap<CollectionName, usize, IdHasher>,
+    /// Where in `list` the last lookup found its collection.
+    last: Cell<usize>,
+}
+
+impl Collections {
+    /// Where collection `name` is in `list`.
+    fn find(&self, name: &CollectionName) -> Option<usize> {
+        let last = self.last.get();
+        if let Some((known, _)) = self.list.get(last) {
+            if Arc::ptr_eq(known.as_shared(), name.as_shared()) {
+                return Some(last);
+            }
+        }
+        let found = *self.index.get(name)?;
+        self.last.set(found);
+        Some(found)
+    }
+
+    fn get(&self, name: &CollectionName) -> Option<&Collection> {
+        let i = self.find(name)?;
+        self.list.get(i).map(|(_, c)| c)
+    }
+
+    fn get_mut(&mut self, name: &CollectionName) -> Option<&mut Collection> {
+        let i = self.find(name)?;
+        self.list.get_mut(i).map(|(_, c)| c)
+    }
+
+    /// Collection `name`, created empty if the store has none of that name.
+    fn get_or_create(&mut self, name: &CollectionName) -> &mut Collection {
+        let i = match self.find(name) {
+            Some(i) => i,
+            None => {
+                let i = self.list.len();
+                self.list.push((name.clone(), Collection::default()));
+                self.index.insert(name.clone(), i);
+                self.last.set(i);
+                i
+            }
+        };
+        &mut self.list[i].1
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&CollectionName, &Collection)> + '_ {
+        self.list.iter().map(|(name, c)| (name, c))
+    }
 }
 
 /// The id table's hasher: seeded per table, so ids sent by a peer cannot be
@@ -296,10 +359,7 @@ impl MemoryBackend {
     fn put_at_once(&self, collection: &CollectionName, write: &Write) -> Result<WriteOutcome> {
         let mut guard = self.lock()?;
         let state = &mut *guard;
-        let target = match state.collections.get_mut(collection) {
-            Some(c) => c,
-            None => state.collections.entry(collection.clone()).or_default(),
-        };
+        let target = state.collections.get_or_create(collection);
         Ok(target.apply(write, &mut state.newest))
     }
 
@@ -315,10 +375,7 @@ impl MemoryBackend {
     ) -> Result<IfAbsent> {
         let mut guard = self.lock()?;
         let state = &mut *guard;
-        let target = match state.collections.get_mut(collection) {
-            Some(c) => c,
-            None => state.collections.entry(collection.clone()).or_default(),
-        };
+        let target = state.collections.get_or_create(collection);
         target.insert_if_absent(id, make, &mut state.newest)
     }
 }
@@ -574,10 +631,7 @@ impl StorageBackend for MemoryBackend {
         }
         let mut guard = self.lock()?;
         let state = &mut *guard;
-        let target = match state.collections.get_mut(collection) {
-            Some(c) => c,
-            None => state.collections.entry(collection.clone()).or_default(),
-        };
+        let target = state.collections.get_or_create(collection);
         // Room for every write up front: growing the table step by step
         // rehashed it mid-batch.
         target.records.reserve(writes.len());
@@ -739,7 +793,7 @@ mod tests {
 
     fn assert_indexes_agree(store: &MemoryBackend) {
         let state = store.state.lock();
-        for c in state.collections.values() {
+        for (_, c) in state.collections.iter() {
             let sequences: Vec<u64> = c.log.iter().map(|(s, _)| *s).collect();
             assert!(sequences.windows(2).all(|w| w[0] < w[1]));
             assert_eq!(sequences.len(), c.log.len());
