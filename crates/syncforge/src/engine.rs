@@ -481,6 +481,46 @@ impl SyncEngine {
         Ok(done)
     }
 
+    /// A local put of `content`: the record as stored afterwards.
+    ///
+    /// The put first offers its record to a store that can insert it if
+    /// absent in one step; only a record the store holds already, or a
+    /// store that cannot do that at once, goes on to
+    /// [`apply_read`](Self::apply_read). The offer is made before any future
+    /// is built, so a put of a new record into an in-process store never
+    /// moves its state into one.
+    pub(crate) async fn put_content(
+        &self,
+        collection: &CollectionName,
+        content: Content,
+    ) -> Result<Record> {
+        let id = content.id().clone();
+        let listening = self.inner.events.wants_any(&WRITE_EVENTS);
+        let applied = match self.insert_if_absent(collection, &id, content, listening) {
+            Offer::Inserted(applied) => applied,
+            Offer::Failed(error) => return Err(error),
+            Offer::Read(now, content) => {
+                self.apply_read(collection, &id, Intent::Put(content), now, listening)
+                    .await?
+            }
+        };
+        applied
+            .record
+            .ok_or_else(|| self.lost_record(collection, &id))
+    }
+
+    /// The error of a write the store confirmed without its record.
+    fn lost_record(&self, collection: &CollectionName, id: &RecordId) -> Error {
+        Error::storage(
+            self.store().name(),
+            format!(
+                "the write of record {:?} in collection {:?} reported no outcome",
+                id.as_str(),
+                collection.as_str()
+            ),
+        )
+    }
+
     /// [`apply`](Self::apply) for one intent (no echo tracking): one `get`
     /// and one `put`, with none of the vectors a batch needs. A local put or
     /// delete is one record, and building a batch of one for it was a third
@@ -488,30 +528,33 @@ impl SyncEngine {
     pub(crate) async fn apply_single(
         &self,
         collection: &CollectionName,
-        id: RecordId,
+        id: &RecordId,
         intent: Intent,
     ) -> Result<Applied> {
-        let backend = self.store();
         let listening = self.inner.events.wants_any(&WRITE_EVENTS);
-        // A put offers its record to a store that can insert it if absent in
-        // one step; only a store that holds the record already, or cannot do
-        // that at once, is read first. The offer's answer, when it is no
-        // failure, skips the retry machinery.
-        let (now, intent) = match intent {
-            Intent::Put(content) => {
-                match self.insert_if_absent(collection, &id, content, listening) {
-                    Offer::Inserted(applied) => return Ok(applied),
-                    Offer::Failed(error) => return Err(error),
-                    Offer::Read(now, content) => (now, Intent::Put(content)),
-                }
-            }
-            intent => (backend.get_now(collection, &id), intent),
-        };
+        let now = self.store().get_now(collection, id);
+        self.apply_read(collection, id, intent, now, listening)
+            .await
+    }
+
+    /// [`apply_single`](Self::apply_single) once the store was asked for the
+    /// record at once: `now` is its answer (`None`: it cannot answer at
+    /// once, and is asked again and awaited). An answer that is no failure
+    /// skips the retry machinery.
+    async fn apply_read(
+        &self,
+        collection: &CollectionName,
+        id: &RecordId,
+        intent: Intent,
+        now: Option<Result<Option<Stored>>>,
+        listening: bool,
+    ) -> Result<Applied> {
+        let backend = self.store();
         // A store that answers at once is asked without a boxed future.
         let stored = match now {
             Some(Ok(stored)) => stored,
             now => {
-                retry_transient_now(now, self.retries(), "get", || backend.get(collection, &id))
+                retry_transient_now(now, self.retries(), "get", || backend.get(collection, id))
                     .await?
             }
         };
@@ -561,7 +604,7 @@ impl SyncEngine {
                     previous,
                     planned: Some(planned),
                 }];
-                self.apply_again(collection, vec![id], pending, &mut done, listening)
+                self.apply_again(collection, vec![id.clone()], pending, &mut done, listening)
                     .await?;
                 done.pop()
                     .ok_or_else(|| Error::storage(backend.name(), "a write lost its outcome"))
