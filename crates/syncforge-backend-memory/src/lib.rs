@@ -98,6 +98,7 @@ struct Collections {
 
 impl Collections {
     /// Where collection `name` is in `list`.
+    #[inline]
     fn find(&self, name: &CollectionName) -> Option<usize> {
         let last = self.last.get();
         if let Some((known, _)) = self.list.get(last) {
@@ -546,12 +547,19 @@ impl Collection {
     /// Drops the stale log entries once they outnumber the live ones: one
     /// pass over the log per as many writes as it then holds, so amortised
     /// O(1) per write.
+    #[inline]
     fn compact(&mut self) {
         // The slack keeps small collections from compacting on every write.
         const SLACK: usize = 1024;
-        if self.log.len() <= 2 * self.records.len() + SLACK {
-            return;
+        if self.log.len() > 2 * self.records.len() + SLACK {
+            self.drop_stale();
         }
+    }
+
+    /// The pass of [`compact`](Self::compact), out of line: the check
+    /// before it runs on every write.
+    #[inline(never)]
+    fn drop_stale(&mut self) {
         let records = &self.records;
         self.log
             .retain(|(sequence, hash)| records.written(*hash, *sequence).is_some());
