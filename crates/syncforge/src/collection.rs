@@ -7,10 +7,10 @@ use std::time::Instant;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use syncforge_core::{
-    ChangePage, CollectionName, Content, Cursor, Error, IntoName, Record, RecordId, Result,
+    ChangePage, CollectionName, Cursor, Error, IntoName, Record, RecordId, Result,
 };
 
-use crate::engine::{Intent, SyncEngine};
+use crate::engine::{Intent, PutAtOnce, SyncEngine};
 use crate::events::SyncTrigger;
 use crate::feed::PageOptions;
 use crate::result::SyncResult;
@@ -61,20 +61,10 @@ impl SyncEngine {
         // The name is resolved, not made into a handle: a handle holds a
         // clone of the engine, two more reference counts touched per put.
         let collection = collection.into_name()?;
-        self.put_in(&collection, doc).await
-    }
-
-    /// [`Collection::put`] on collection `collection`, already named.
-    async fn put_in<T: Serialize + ?Sized>(
-        &self,
-        collection: &CollectionName,
-        doc: &T,
-    ) -> Result<Record> {
-        self.check_open()?;
-        // Measures each field's nesting as (or before) it is converted:
-        // however deep `doc` nests, nothing recurses past the limit.
-        let content = Content::from_serialize(doc)?;
-        self.put_content(collection, content).await
+        match self.put_at_once(&collection, doc)? {
+            PutAtOnce::Done(record) => Ok(record),
+            PutAtOnce::Rest(rest) => self.put_rest(&collection, rest).await,
+        }
     }
 
     /// [`Collection::get`] on collection `collection`.
@@ -192,7 +182,10 @@ impl Collection {
     /// before `doc` is converted to JSON: however deep `doc` nests, the put
     /// fails and writes nothing, it never overflows the stack.
     pub async fn put<T: Serialize + ?Sized>(&self, doc: &T) -> Result<Record> {
-        self.engine.put_in(&self.name, doc).await
+        match self.engine.put_at_once(&self.name, doc)? {
+            PutAtOnce::Done(record) => Ok(record),
+            PutAtOnce::Rest(rest) => self.engine.put_rest(&self.name, rest).await,
+        }
     }
 
     /// One record, soft-deleted ones included (`is_deleted()` tells).

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, MutexGuard};
+use serde::Serialize;
 use syncforge_core::{
     classify, dedupe, ChangeKind, ClientId, CollectionName, ConflictDetail, Content, Cursor, Error,
     Hlc, IfAbsent, Record, RecordId, Result, Stamp, StorageBackend, Stored, TimeSource, Write,
@@ -481,29 +482,50 @@ impl SyncEngine {
         Ok(done)
     }
 
-    /// A local put of `content`: the record as stored afterwards.
-    ///
-    /// The put first offers its record to a store that can insert it if
-    /// absent in one step; only a record the store holds already, or a
-    /// store that cannot do that at once, goes on to
-    /// [`apply_read`](Self::apply_read). The offer is made before any future
-    /// is built, so a put of a new record into an in-process store never
-    /// moves its state into one.
-    pub(crate) async fn put_content(
+    /// The part of a local put of `doc` that needs no waiting: checks,
+    /// converts `doc`, and offers its record to a store that can insert it
+    /// if absent in one step. A put of a new record into an in-process store
+    /// ends here, without building or moving anything into a future; any
+    /// other goes on in [`put_rest`](Self::put_rest).
+    pub(crate) fn put_at_once<T: Serialize + ?Sized>(
         &self,
         collection: &CollectionName,
-        content: Content,
-    ) -> Result<Record> {
+        doc: &T,
+    ) -> Result<PutAtOnce> {
+        self.check_open()?;
+        // Measures each field's nesting as (or before) it is converted:
+        // however deep `doc` nests, nothing recurses past the limit.
+        let content = Content::from_serialize(doc)?;
         let id = content.id().clone();
         let listening = self.inner.events.wants_any(&WRITE_EVENTS);
-        let applied = match self.insert_if_absent(collection, &id, content, listening) {
-            Offer::Inserted(applied) => applied,
-            Offer::Failed(error) => return Err(error),
-            Offer::Read(now, content) => {
-                self.apply_read(collection, &id, Intent::Put(content), now, listening)
-                    .await?
-            }
-        };
+        match self.insert_if_absent(collection, &id, content, listening) {
+            Offer::Inserted(record) => Ok(PutAtOnce::Done(record)),
+            Offer::Failed(error) => Err(error),
+            Offer::Read(now, content) => Ok(PutAtOnce::Rest(PutRest {
+                id,
+                content,
+                now,
+                listening,
+            })),
+        }
+    }
+
+    /// The rest of a put that [`put_at_once`](Self::put_at_once) could not
+    /// end: its content applied to the record the store holds.
+    pub(crate) async fn put_rest(
+        &self,
+        collection: &CollectionName,
+        rest: PutRest,
+    ) -> Result<Record> {
+        let PutRest {
+            id,
+            content,
+            now,
+            listening,
+        } = rest;
+        let applied = self
+            .apply_read(collection, &id, Intent::Put(content), now, listening)
+            .await?;
         applied
             .record
             .ok_or_else(|| self.lost_record(collection, &id))
@@ -637,20 +659,13 @@ impl SyncEngine {
         let Some(content) = content else {
             // The record was built: the store wrote it, or failed.
             return match answer {
-                Some(Ok(IfAbsent::Inserted { record, cursor, .. })) => {
-                    let planned = Planned {
-                        kind: ChangeKind::Added,
-                        conflict: None,
-                        echo: false,
-                    };
-                    Offer::Inserted(self.confirm(
-                        collection,
-                        Some(record),
-                        planned,
-                        Some(cursor),
-                        None,
-                        listening,
-                    ))
+                Some(Ok(IfAbsent::Inserted { record, .. })) => {
+                    // What `confirm` announces for a put of a new record: no
+                    // conflict, nothing it replaced.
+                    if listening {
+                        self.emit_record_event(collection, ChangeKind::Added, record.clone(), None);
+                    }
+                    Offer::Inserted(record)
                 }
                 Some(Err(error)) => Offer::Failed(error),
                 Some(Ok(IfAbsent::Present(_))) | None => Offer::Failed(Error::storage(
@@ -1146,11 +1161,28 @@ impl SyncEngine {
     }
 }
 
+/// Where a local put stands after [`SyncEngine::put_at_once`].
+pub(crate) enum PutAtOnce {
+    /// Written (or found unchanged): the record as stored.
+    Done(Record),
+    /// To go on in [`SyncEngine::put_rest`].
+    Rest(PutRest),
+}
+
+/// A put still to apply to the record the store holds.
+pub(crate) struct PutRest {
+    id: RecordId,
+    content: Content,
+    /// What stands for the store's `get_now` of the record.
+    now: Option<Result<Option<Stored>>>,
+    listening: bool,
+}
+
 /// How a put's offer to insert its record if absent ended
 /// ([`SyncEngine::insert_if_absent`]).
 enum Offer {
-    /// The record was new: written, and this is its outcome.
-    Inserted(Applied),
+    /// The record was new: written, and announced; the record as stored.
+    Inserted(Record),
     /// The record was built, and then not written: the put fails.
     Failed(Error),
     /// Nothing was built: the content back, and the answer of a `get_now`
