@@ -501,12 +501,12 @@ impl SyncEngine {
         match self.insert_if_absent(collection, &id, content, listening) {
             Offer::Inserted(record) => Ok(PutAtOnce::Done(record)),
             Offer::Failed(error) => Err(error),
-            Offer::Read(now, content) => Ok(PutAtOnce::Rest(PutRest {
+            Offer::Read(now, content) => Ok(PutAtOnce::Rest(Box::new(PutRest {
                 id,
                 content,
                 now,
                 listening,
-            })),
+            }))),
         }
     }
 
@@ -515,14 +515,14 @@ impl SyncEngine {
     pub(crate) async fn put_rest(
         &self,
         collection: &CollectionName,
-        rest: PutRest,
+        rest: Box<PutRest>,
     ) -> Result<Record> {
         let PutRest {
             id,
             content,
             now,
             listening,
-        } = rest;
+        } = *rest;
         let applied = self
             .apply_read(collection, &id, Intent::Put(content), now, listening)
             .await?;
@@ -1165,8 +1165,10 @@ impl SyncEngine {
 pub(crate) enum PutAtOnce {
     /// Written (or found unchanged): the record as stored.
     Done(Record),
-    /// To go on in [`SyncEngine::put_rest`].
-    Rest(PutRest),
+    /// To go on in [`SyncEngine::put_rest`]. Boxed: the common answer is
+    /// `Done`, and an answer the size of a `PutRest` was copied whole at
+    /// every step back to the caller.
+    Rest(Box<PutRest>),
 }
 
 /// A put still to apply to the record the store holds.
