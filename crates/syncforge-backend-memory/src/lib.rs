@@ -122,18 +122,24 @@ impl Collections {
     }
 
     /// Collection `name`, created empty if the store has none of that name.
+    #[inline]
     fn get_or_create(&mut self, name: &CollectionName) -> &mut Collection {
         let i = match self.find(name) {
             Some(i) => i,
-            None => {
-                let i = self.list.len();
-                self.list.push((name.clone(), Collection::default()));
-                self.index.insert(name.clone(), i);
-                self.last.set(i);
-                i
-            }
+            None => self.create(name),
         };
         &mut self.list[i].1
+    }
+
+    /// Adds an empty collection `name`, which the store does not hold yet,
+    /// and returns where it is: out of line, as it happens once per name.
+    #[cold]
+    fn create(&mut self, name: &CollectionName) -> usize {
+        let i = self.list.len();
+        self.list.push((name.clone(), Collection::default()));
+        self.index.insert(name.clone(), i);
+        self.last.set(i);
+        i
     }
 
     fn iter(&self) -> impl Iterator<Item = (&CollectionName, &Collection)> + '_ {
@@ -278,16 +284,23 @@ impl Log {
     /// short, small enough that a new chunk is cheap to allocate.
     const CHUNK: usize = 4096;
 
+    #[inline]
     fn push(&mut self, entry: (u64, u64)) {
         match self.chunks.last_mut() {
             Some(chunk) if chunk.len() < Self::CHUNK => chunk.push(entry),
-            _ => {
-                let mut chunk = Vec::with_capacity(Self::CHUNK);
-                chunk.push(entry);
-                self.chunks.push(chunk);
-            }
+            _ => self.push_in_new_chunk(entry),
         }
         self.len += 1;
+    }
+
+    /// The push that starts a chunk: out of line, as it happens once per
+    /// chunk, so that the push into a chunk with room stays small enough to
+    /// be inlined into every write.
+    #[cold]
+    fn push_in_new_chunk(&mut self, entry: (u64, u64)) {
+        let mut chunk = Vec::with_capacity(Self::CHUNK);
+        chunk.push(entry);
+        self.chunks.push(chunk);
     }
 
     fn len(&self) -> usize {
