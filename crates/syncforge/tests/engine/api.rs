@@ -472,7 +472,7 @@ async fn a_put_of_a_record_another_engine_created_updates_it() {
     let created = first.put("c", &json!({"id": "a", "v": 1})).await.unwrap();
     let mut rx = second.subscribe();
     let updated = second.put("c", &json!({"id": "a", "v": 2})).await.unwrap();
-    assert_eq!(updated.get("v"), Some(&json!(2)));
+    assert_eq!(updated.content().get("v"), Some(&json!(2)));
     assert!(updated.newest_stamp() > created.newest_stamp());
     assert_eq!(updated.versions().get(created.client_id()), 1);
     match rx.try_recv().unwrap() {
