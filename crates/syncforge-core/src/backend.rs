@@ -138,6 +138,24 @@ pub enum WriteOutcome {
     Conflict,
 }
 
+/// What [`StorageBackend::insert_if_absent_now`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IfAbsent {
+    /// The store held no record of that id; it now holds the one built for
+    /// it, written as a [`Write::create`] would have been.
+    Inserted {
+        /// The record written.
+        record: Record,
+        /// Its token.
+        token: Token,
+        /// The feed position assigned to the write.
+        cursor: Cursor,
+    },
+    /// The store holds a record of that id: its state. Nothing was built or
+    /// written.
+    Present(Stored),
+}
+
 /// One entry of the change feed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Change {
@@ -278,6 +296,27 @@ pub trait StorageBackend: Send + Sync + Debug {
         None
     }
 
+    /// Reads record `id` and, if the store holds none, writes the record
+    /// `make` builds for it, as one atomic step: no other write of `id` can
+    /// come between the read and the write, so this is the conditional write
+    /// of a [`Write::create`] whose read came free. From a store that can do
+    /// it at once (see [`get_now`](Self::get_now)); `None` from any other,
+    /// which has then neither called `make` nor written anything.
+    ///
+    /// `make` is called at most once, and only when the record is absent; it
+    /// must build a record whose id is `id`. If it fails, nothing is written
+    /// and its error is returned as it is. A caller that knows no more than
+    /// "maybe absent" saves the separate read this way: a put of a new record
+    /// is one call instead of a read and a write.
+    fn insert_if_absent_now(
+        &self,
+        _collection: &CollectionName,
+        _id: &RecordId,
+        _make: &mut dyn FnMut() -> Result<Record>,
+    ) -> Option<Result<IfAbsent>> {
+        None
+    }
+
     /// Removes a record for good (no tombstone: it will not sync). Returns
     /// whether it existed.
     async fn delete(&self, collection: &CollectionName, id: &RecordId) -> Result<bool>;
@@ -379,6 +418,15 @@ macro_rules! forward_backend {
                 ids: &[RecordId],
             ) -> Result<Vec<Option<Stored>>> {
                 (**self).get_many(collection, ids).await
+            }
+
+            fn insert_if_absent_now(
+                &self,
+                collection: &CollectionName,
+                id: &RecordId,
+                make: &mut dyn FnMut() -> Result<Record>,
+            ) -> Option<Result<IfAbsent>> {
+                (**self).insert_if_absent_now(collection, id, make)
             }
 
             async fn get_all(&self, collection: &CollectionName) -> Result<Vec<Record>> {

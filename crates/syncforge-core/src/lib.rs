@@ -60,7 +60,9 @@ mod sorted;
 mod validate;
 mod version_vector;
 
-pub use backend::{Change, ChangePage, Cursor, StorageBackend, Stored, Token, Write, WriteOutcome};
+pub use backend::{
+    Change, ChangePage, Cursor, IfAbsent, StorageBackend, Stored, Token, Write, WriteOutcome,
+};
 pub use delta::{classify, compute_delta, dedupe, ChangeKind, Classified, Delta};
 pub use depth::{check_serialize, dismantle, nesting_depth, MAX_NESTING_DEPTH};
 pub use error::{BoxError, Error, Result, SharedError};

@@ -7,10 +7,10 @@ use std::time::Instant;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use syncforge_core::{
-    ChangePage, CollectionName, Content, Cursor, Error, IntoName, Record, RecordId, Result,
+    ChangePage, CollectionName, Cursor, Error, IntoName, Record, RecordId, Result,
 };
 
-use crate::engine::{Intent, SyncEngine};
+use crate::engine::{Intent, PutAtOnce, SyncEngine};
 use crate::events::SyncTrigger;
 use crate::feed::PageOptions;
 use crate::result::SyncResult;
@@ -58,7 +58,13 @@ impl SyncEngine {
         collection: impl IntoName<CollectionName>,
         doc: &T,
     ) -> Result<Record> {
-        self.collection(collection)?.put(doc).await
+        // The name is resolved, not made into a handle: a handle holds a
+        // clone of the engine, two more reference counts touched per put.
+        let collection = collection.into_name()?;
+        match self.put_at_once(&collection, doc)? {
+            PutAtOnce::Done(record) => Ok(record),
+            PutAtOnce::Rest(rest) => self.put_rest(&collection, rest).await,
+        }
     }
 
     /// [`Collection::get`] on collection `collection`.
@@ -176,13 +182,10 @@ impl Collection {
     /// before `doc` is converted to JSON: however deep `doc` nests, the put
     /// fails and writes nothing, it never overflows the stack.
     pub async fn put<T: Serialize + ?Sized>(&self, doc: &T) -> Result<Record> {
-        self.engine.check_open()?;
-        // Measures each field's nesting as (or before) it is converted:
-        // however deep `doc` nests, nothing recurses past the limit.
-        let content = Content::from_serialize(doc)?;
-        let id = content.id().clone();
-        let applied = self.apply_one(id.clone(), Intent::Put(content)).await?;
-        applied.ok_or_else(|| self.lost_record(&id))
+        match self.engine.put_at_once(&self.name, doc)? {
+            PutAtOnce::Done(record) => Ok(record),
+            PutAtOnce::Rest(rest) => self.engine.put_rest(&self.name, rest).await,
+        }
     }
 
     /// One record, soft-deleted ones included (`is_deleted()` tells).
@@ -353,18 +356,7 @@ impl Collection {
 
     /// Applies one intent and returns the record as stored afterwards.
     async fn apply_one(&self, id: RecordId, intent: Intent) -> Result<Option<Record>> {
-        let applied = self.engine.apply_single(&self.name, id, intent).await?;
+        let applied = self.engine.apply_single(&self.name, &id, intent).await?;
         Ok(applied.record)
-    }
-
-    fn lost_record(&self, id: &RecordId) -> Error {
-        Error::storage(
-            self.engine.backend().name(),
-            format!(
-                "the write of record {:?} in collection {:?} reported no outcome",
-                id.as_str(),
-                self.name.as_str()
-            ),
-        )
     }
 }

@@ -16,9 +16,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, MutexGuard};
+use serde::Serialize;
 use syncforge_core::{
     classify, dedupe, ChangeKind, ClientId, CollectionName, ConflictDetail, Content, Cursor, Error,
-    Hlc, Record, RecordId, Result, Stamp, StorageBackend, Stored, TimeSource, Write, WriteOutcome,
+    Hlc, IfAbsent, Record, RecordId, Result, Stamp, StorageBackend, Stored, TimeSource, Write,
+    WriteOutcome,
 };
 use tokio::task::AbortHandle;
 use tracing::field::Empty;
@@ -480,6 +482,67 @@ impl SyncEngine {
         Ok(done)
     }
 
+    /// The part of a local put of `doc` that needs no waiting: checks,
+    /// converts `doc`, and offers its record to a store that can insert it
+    /// if absent in one step. A put of a new record into an in-process store
+    /// ends here, without building or moving anything into a future; any
+    /// other goes on in [`put_rest`](Self::put_rest).
+    pub(crate) fn put_at_once<T: Serialize + ?Sized>(
+        &self,
+        collection: &CollectionName,
+        doc: &T,
+    ) -> Result<PutAtOnce> {
+        self.check_open()?;
+        // Measures each field's nesting as (or before) it is converted:
+        // however deep `doc` nests, nothing recurses past the limit.
+        let content = Content::from_serialize(doc)?;
+        let id = content.id().clone();
+        let listening = self.inner.events.wants_any(&WRITE_EVENTS);
+        match self.insert_if_absent(collection, &id, content, listening) {
+            Offer::Inserted(record) => Ok(PutAtOnce::Done(record)),
+            Offer::Failed(error) => Err(error),
+            Offer::Read(now, content) => Ok(PutAtOnce::Rest(Box::new(PutRest {
+                id,
+                content,
+                now,
+                listening,
+            }))),
+        }
+    }
+
+    /// The rest of a put that [`put_at_once`](Self::put_at_once) could not
+    /// end: its content applied to the record the store holds.
+    pub(crate) async fn put_rest(
+        &self,
+        collection: &CollectionName,
+        rest: Box<PutRest>,
+    ) -> Result<Record> {
+        let PutRest {
+            id,
+            content,
+            now,
+            listening,
+        } = *rest;
+        let applied = self
+            .apply_read(collection, &id, Intent::Put(content), now, listening)
+            .await?;
+        applied
+            .record
+            .ok_or_else(|| self.lost_record(collection, &id))
+    }
+
+    /// The error of a write the store confirmed without its record.
+    fn lost_record(&self, collection: &CollectionName, id: &RecordId) -> Error {
+        Error::storage(
+            self.store().name(),
+            format!(
+                "the write of record {:?} in collection {:?} reported no outcome",
+                id.as_str(),
+                collection.as_str()
+            ),
+        )
+    }
+
     /// [`apply`](Self::apply) for one intent (no echo tracking): one `get`
     /// and one `put`, with none of the vectors a batch needs. A local put or
     /// delete is one record, and building a batch of one for it was a third
@@ -487,17 +550,33 @@ impl SyncEngine {
     pub(crate) async fn apply_single(
         &self,
         collection: &CollectionName,
-        id: RecordId,
+        id: &RecordId,
         intent: Intent,
     ) -> Result<Applied> {
-        let backend = self.store();
         let listening = self.inner.events.wants_any(&WRITE_EVENTS);
-        // A store that answers at once is asked without a boxed future, and
-        // its answer, when it is no failure, skips the retry machinery.
-        let stored = match backend.get_now(collection, &id) {
+        let now = self.store().get_now(collection, id);
+        self.apply_read(collection, id, intent, now, listening)
+            .await
+    }
+
+    /// [`apply_single`](Self::apply_single) once the store was asked for the
+    /// record at once: `now` is its answer (`None`: it cannot answer at
+    /// once, and is asked again and awaited). An answer that is no failure
+    /// skips the retry machinery.
+    async fn apply_read(
+        &self,
+        collection: &CollectionName,
+        id: &RecordId,
+        intent: Intent,
+        now: Option<Result<Option<Stored>>>,
+        listening: bool,
+    ) -> Result<Applied> {
+        let backend = self.store();
+        // A store that answers at once is asked without a boxed future.
+        let stored = match now {
             Some(Ok(stored)) => stored,
             now => {
-                retry_transient_now(now, self.retries(), "get", || backend.get(collection, &id))
+                retry_transient_now(now, self.retries(), "get", || backend.get(collection, id))
                     .await?
             }
         };
@@ -547,12 +626,70 @@ impl SyncEngine {
                     previous,
                     planned: Some(planned),
                 }];
-                self.apply_again(collection, vec![id], pending, &mut done, listening)
+                self.apply_again(collection, vec![id.clone()], pending, &mut done, listening)
                     .await?;
                 done.pop()
                     .ok_or_else(|| Error::storage(backend.name(), "a write lost its outcome"))
             }
         }
+    }
+
+    /// Offers a put of `content` to the store's insert-if-absent
+    /// ([`StorageBackend::insert_if_absent_now`]), which builds the record
+    /// only if the store holds none with its id: a put of a new record is
+    /// then one call. Otherwise hands the content back with what stands for
+    /// the store's `get_now` (the stored state, or the store's failure
+    /// before it built anything, or `None` from a store that cannot answer
+    /// at once), to go on as a put of a stored record.
+    fn insert_if_absent(
+        &self,
+        collection: &CollectionName,
+        id: &RecordId,
+        content: Content,
+        listening: bool,
+    ) -> Offer {
+        let backend = self.store();
+        let mut content = Some(content);
+        let answer = backend.insert_if_absent_now(collection, id, &mut || {
+            let content = content
+                .take()
+                .ok_or_else(|| Error::storage(backend.name(), "a record was built twice"))?;
+            self.create(content)
+        });
+        let Some(content) = content else {
+            // The record was built: the store wrote it, or failed.
+            return match answer {
+                Some(Ok(IfAbsent::Inserted { record, .. })) => {
+                    // What `confirm` announces for a put of a new record: no
+                    // conflict, nothing it replaced.
+                    if listening {
+                        self.emit_record_event(collection, ChangeKind::Added, record.clone(), None);
+                    }
+                    Offer::Inserted(record)
+                }
+                Some(Err(error)) => Offer::Failed(error),
+                Some(Ok(IfAbsent::Present(_))) | None => Offer::Failed(Error::storage(
+                    backend.name(),
+                    "insert_if_absent_now built a record and did not write it",
+                )),
+            };
+        };
+        match answer {
+            Some(Ok(IfAbsent::Present(stored))) => Offer::Read(Some(Ok(Some(stored))), content),
+            Some(Ok(IfAbsent::Inserted { .. })) => Offer::Failed(Error::storage(
+                backend.name(),
+                "insert_if_absent_now wrote a record it did not build",
+            )),
+            Some(Err(error)) => Offer::Read(Some(Err(error)), content),
+            None => Offer::Read(backend.get_now(collection, id), content),
+        }
+    }
+
+    /// A new record of `content`, stamped now: what a put writes where the
+    /// store holds no record of its id.
+    fn create(&self, content: Content) -> Result<Record> {
+        let stamp = self.stamp_after(None)?;
+        Ok(Record::create(content, &stamp))
     }
 
     /// The writes of [`apply`](Self::apply) that lost a race (their ids in
@@ -729,11 +866,7 @@ impl SyncEngine {
         };
         Ok(match intent {
             Intent::Put(content) => match local {
-                None => {
-                    let stamp = self.stamp_after(None)?;
-                    let record = Record::create(content, &stamp);
-                    write(record, ChangeKind::Added, None, false, None)
-                }
+                None => write(self.create(content)?, ChangeKind::Added, None, false, None),
                 Some(local) => {
                     let mut record = local.clone();
                     let stamp = self.stamp_after(Some(&record))?;
@@ -1026,6 +1159,37 @@ impl SyncEngine {
     pub fn is_closed(&self) -> bool {
         self.inner.closed.load(Ordering::Acquire)
     }
+}
+
+/// Where a local put stands after [`SyncEngine::put_at_once`].
+pub(crate) enum PutAtOnce {
+    /// Written (or found unchanged): the record as stored.
+    Done(Record),
+    /// To go on in [`SyncEngine::put_rest`]. Boxed: the common answer is
+    /// `Done`, and an answer the size of a `PutRest` was copied whole at
+    /// every step back to the caller.
+    Rest(Box<PutRest>),
+}
+
+/// A put still to apply to the record the store holds.
+pub(crate) struct PutRest {
+    id: RecordId,
+    content: Content,
+    /// What stands for the store's `get_now` of the record.
+    now: Option<Result<Option<Stored>>>,
+    listening: bool,
+}
+
+/// How a put's offer to insert its record if absent ended
+/// ([`SyncEngine::insert_if_absent`]).
+enum Offer {
+    /// The record was new: written, and announced; the record as stored.
+    Inserted(Record),
+    /// The record was built, and then not written: the put fails.
+    Failed(Error),
+    /// Nothing was built: the content back, and the answer of a `get_now`
+    /// of the record to go on from.
+    Read(Option<Result<Option<Stored>>>, Content),
 }
 
 /// What one intent comes to against the stored state.

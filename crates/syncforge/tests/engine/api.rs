@@ -451,3 +451,44 @@ async fn a_change_page_of_zero_is_refused() {
         "{err:?}"
     );
 }
+
+#[tokio::test]
+async fn a_put_of_a_record_another_engine_created_updates_it() {
+    // The put finds the record held already (its insert-if-absent is
+    // refused) and goes on as an update of what the other engine wrote.
+    let store = MemoryBackend::new();
+    let first = SyncEngine::builder()
+        .client_id("one")
+        .backend(store.clone())
+        .build()
+        .await
+        .unwrap();
+    let second = SyncEngine::builder()
+        .client_id("two")
+        .backend(store)
+        .build()
+        .await
+        .unwrap();
+    let created = first.put("c", &json!({"id": "a", "v": 1})).await.unwrap();
+    let mut rx = second.subscribe();
+    let updated = second.put("c", &json!({"id": "a", "v": 2})).await.unwrap();
+    assert_eq!(updated.content().get("v"), Some(&json!(2)));
+    assert!(updated.newest_stamp() > created.newest_stamp());
+    assert_eq!(updated.versions().get(created.client_id()), 1);
+    match rx.try_recv().unwrap() {
+        syncforge::SyncEvent::RecordUpdated {
+            record, previous, ..
+        } => {
+            assert_eq!(record, updated);
+            assert_eq!(previous, created);
+        }
+        other => panic!("expected record:updated, got {other:?}"),
+    }
+    let page = first
+        .changes("c", Cursor::START, PageOptions::default().limit(10))
+        .await
+        .unwrap();
+    assert_eq!(page.changes.len(), 1);
+    assert_eq!(page.changes[0].cursor, Cursor::new(2));
+    assert_eq!(page.changes[0].record, updated);
+}
