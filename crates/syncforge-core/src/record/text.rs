@@ -27,8 +27,23 @@ use crate::error::Result;
 /// assert_eq!(text, json!({"a": "x", "b": [1, 2.5]}));
 /// # Ok::<(), syncforge_core::Error>(())
 /// ```
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Eq, PartialOrd, Ord)]
 pub struct JsonText(CompactString);
+
+/// Lengths first: most different values differ in length, and equal
+/// lengths leave one byte comparison.
+impl PartialEq for JsonText {
+    fn eq(&self, other: &Self) -> bool {
+        let (a, b) = (self.0.as_bytes(), other.0.as_bytes());
+        a.len() == b.len() && a == b
+    }
+}
+
+impl std::hash::Hash for JsonText {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.as_bytes().hash(state);
+    }
+}
 
 impl JsonText {
     /// The canonical text of `value`. A value nested deeper than
