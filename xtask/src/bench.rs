@@ -128,6 +128,19 @@ const ROWS: &[RowSpec] = &[
         target: Target::RatePerSec(5.5e6),
     },
     RowSpec {
+        key: "baseline_hashmap_10k",
+        label: "baseline: 10k ready records into a HashMap",
+        target: Target::None,
+    },
+    RowSpec {
+        key: "baseline_hashmap_1m",
+        label: "baseline: 1M ready records into a HashMap (held to the 1M rows' 2x)",
+        target: Target::WithinTimeOf {
+            of: "baseline_hashmap_10k",
+            factor: 2.0,
+        },
+    },
+    RowSpec {
         key: "w1_put_10k",
         label: "W1 put 10k",
         target: Target::None,
