@@ -128,6 +128,11 @@ const ROWS: &[RowSpec] = &[
         target: Target::RatePerSec(5.5e6),
     },
     RowSpec {
+        key: "baseline_lookup",
+        label: "baseline: 100k incoming records looked up, versions compared",
+        target: Target::None,
+    },
+    RowSpec {
         key: "baseline_hashmap_10k",
         label: "baseline: 10k ready records into a HashMap",
         target: Target::None,

@@ -40,6 +40,7 @@ use support::{
 
 const GROUP: &str = "workloads";
 const BASELINE: &str = "baseline_hashmap";
+const BASELINE_LOOKUP: &str = "baseline_lookup";
 const W1: &str = "w1_put";
 const W2: &str = "w2_sync_empty";
 const W3: &str = "w3_sync_crdt";
@@ -71,6 +72,42 @@ fn baseline(c: &mut Criterion, records: &[Record], id: &str) {
             )
         })
     });
+}
+
+/// The floor of W3: each incoming record (a deep copy, as W3's are) looked
+/// up by id in a table of the local records (foldhash, as the memory store
+/// hashes) and its version vector compared: "one lookup and a couple of
+/// integer comparisons", nothing else.
+fn baseline_lookup(c: &mut Criterion, rt: &Runtime, base: &[Record]) {
+    if !selected(BASELINE_LOOKUP) {
+        return;
+    }
+    let sides = diverge_shaped(rt, base, Shape::of(base.len()));
+    let local: foldhash::HashMap<String, Record> = sides
+        .local
+        .iter()
+        .map(|r| (r.id().to_string(), r.clone()))
+        .collect();
+    c.benchmark_group(GROUP)
+        .bench_function(BASELINE_LOOKUP, |b| {
+            b.iter_custom(|iters| {
+                timed(
+                    iters,
+                    || (),
+                    |()| {
+                        sides
+                            .remote
+                            .iter()
+                            .filter(|r| {
+                                local
+                                    .get(r.id().as_str())
+                                    .is_some_and(|l| l.versions() == r.versions())
+                            })
+                            .count()
+                    },
+                )
+            })
+        });
 }
 
 fn w1_put(c: &mut Criterion, rt: &Runtime, size: usize, id: &str) {
@@ -337,13 +374,17 @@ fn main() {
     // of it runs.
     for (size, suffix) in SIZES {
         let rows = [BASELINE, W1, W2, W3].map(|row| format!("{row}{suffix}"));
-        if !rows.iter().any(|row| selected(row)) {
+        if !rows.iter().any(|row| selected(row)) && !(size == RECORDS && selected(BASELINE_LOOKUP))
+        {
             continue;
         }
         let base = written_records(&rt, "writer", size);
         // The floor of each size: what touching every record once and one
         // hash insert cost there, in and out of cache alike.
         baseline(&mut c, &base, &rows[0]);
+        if size == RECORDS {
+            baseline_lookup(&mut c, &rt, &base);
+        }
         w1_put(&mut c, &rt, size, &rows[1]);
         w2_sync_into_empty(&mut c, &rt, &base, &rows[2]);
         w3_sync_diverged(&mut c, &rt, &base, &rows[3]);
@@ -358,6 +399,7 @@ fn main() {
         GROUP,
         &[
             (BASELINE, RECORDS),
+            (BASELINE_LOOKUP, RECORDS),
             ("baseline_hashmap_10k", 10_000),
             ("baseline_hashmap_1m", 1_000_000),
             ("w1_put", RECORDS),
