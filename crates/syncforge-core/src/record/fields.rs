@@ -40,15 +40,7 @@ impl FieldState {
     /// A value nested deeper than [`MAX_NESTING_DEPTH`](crate::MAX_NESTING_DEPTH)
     /// is refused with [`Error::InvalidRecord`](crate::Error::InvalidRecord).
     pub fn new(value: Option<Value>, stamp: Stamp) -> Result<Self> {
-        let value = match value {
-            Some(value) if crate::depth::too_deep(&value) => {
-                // Dropping it would recurse as deep as it nests.
-                crate::depth::dismantle(value);
-                return Err(crate::depth::too_deep_error(None, None));
-            }
-            Some(value) => Some(JsonText::from_checked(&value)),
-            None => None,
-        };
+        let value = value.map(JsonText::from_owned).transpose()?;
         Ok(FieldState { value, stamp })
     }
 

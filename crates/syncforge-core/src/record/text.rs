@@ -56,6 +56,17 @@ impl JsonText {
         Ok(JsonText::from_checked(value))
     }
 
+    /// [`from_value`](Self::from_value) of a value handed over: one refused
+    /// as too deep is taken apart without recursion, as dropping it would
+    /// recurse as deep as it nests.
+    pub(crate) fn from_owned(value: Value) -> Result<JsonText> {
+        if too_deep(&value) {
+            crate::depth::dismantle(value);
+            return Err(too_deep_error(None, None));
+        }
+        Ok(JsonText::from_checked(&value))
+    }
+
     /// [`from_value`](Self::from_value) of a value already known to nest
     /// within the limit (writing it recurses once per level).
     pub(crate) fn from_checked(value: &Value) -> JsonText {
@@ -114,7 +125,7 @@ pub(super) fn with_scratch(write: impl FnOnce(&mut String)) -> JsonText {
 
 impl PartialEq<Value> for JsonText {
     fn eq(&self, other: &Value) -> bool {
-        !too_deep(other) && *self == JsonText::from_checked(other)
+        JsonText::from_value(other).is_ok_and(|text| *self == text)
     }
 }
 
@@ -147,15 +158,12 @@ impl serde::Serialize for JsonText {
 /// recursing into them).
 impl<'de> serde::Deserialize<'de> for JsonText {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let value = Value::deserialize(d)?;
-        if too_deep(&value) {
-            crate::depth::dismantle(value);
-            return Err(serde::de::Error::custom(format!(
+        JsonText::from_owned(Value::deserialize(d)?).map_err(|_| {
+            serde::de::Error::custom(format!(
                 "a field value nests arrays and objects more than {} levels deep, the limit for a record's values",
                 crate::depth::MAX_NESTING_DEPTH
-            )));
-        }
-        Ok(JsonText::from_checked(&value))
+            ))
+        })
     }
 }
 
