@@ -58,10 +58,23 @@ impl Record {
     /// [`to_json_string`](Record::to_json_string) returns it, so that many
     /// records can be written into one buffer.
     pub fn write_json(&self, out: &mut String) {
+        self.write_object(out, &MEMBERS);
+    }
+
+    /// The JSON text of the user content, `id` and the visible fields, as
+    /// [`content`](Record::content) holds it.
+    pub(super) fn content_json_string(&self) -> String {
+        let mut out = String::with_capacity(128);
+        self.write_object(&mut out, &[Member::Id]);
+        out
+    }
+
+    /// An object of the visible fields and `members` (sorted by name).
+    fn write_object(&self, out: &mut String, members: &[Member]) {
         out.push('{');
         let mut first = true;
         let mut fields = self.fields().peekable();
-        for member in MEMBERS {
+        for &member in members {
             // Content fields sort among the record's own members: a walk
             // of both sorted sequences keeps serde_json's key order.
             while let Some((name, value)) = fields.next_if(|(name, _)| *name < member.name()) {
@@ -79,30 +92,6 @@ impl Record {
             out.push_str(value.as_str());
         }
         out.push('}');
-    }
-
-    /// The JSON text of the user content, `id` and the visible fields, as
-    /// [`content`](Record::content) holds it.
-    pub(super) fn content_json_string(&self) -> String {
-        let mut out = String::with_capacity(128);
-        out.push('{');
-        let mut first = true;
-        let mut fields = self.fields().peekable();
-        while let Some((name, value)) = fields.next_if(|(name, _)| *name < ID_KEY) {
-            separate(&mut out, &mut first);
-            write_key(&mut out, name);
-            out.push_str(value.as_str());
-        }
-        separate(&mut out, &mut first);
-        write_key(&mut out, ID_KEY);
-        write_str(&mut out, self.id().as_str());
-        for (name, value) in fields {
-            out.push(',');
-            write_key(&mut out, name);
-            out.push_str(value.as_str());
-        }
-        out.push('}');
-        out
     }
 
     fn write_member(&self, out: &mut String, member: Member) {
