@@ -34,9 +34,37 @@ pub(crate) fn merge_sorted<K: Ord + Clone, V: Clone>(
     out
 }
 
+/// Sorts `entries` by key and keeps, of a key given more than once, the
+/// last one given, as inserting them into a map one by one would.
+pub(crate) fn sort_keeping_last<K: Ord, V>(entries: &mut Vec<(K, V)>) {
+    // A stable sort keeps repeats in the order they were given.
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    keep_last_of_repeats(entries);
+}
+
+/// Of each run of entries with one key (in `entries` sorted stably by key),
+/// keeps the last.
+pub(crate) fn keep_last_of_repeats<K: PartialEq, V>(entries: &mut Vec<(K, V)>) {
+    entries.dedup_by(|later, earlier| {
+        let repeat = later.0 == earlier.0;
+        if repeat {
+            // `dedup_by` keeps the earlier one: it takes the later's place.
+            std::mem::swap(later, earlier);
+        }
+        repeat
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sorting_keeps_the_last_of_each_key() {
+        let mut entries = vec![(2, 'a'), (1, 'b'), (2, 'c'), (1, 'd'), (3, 'e'), (2, 'f')];
+        sort_keeping_last(&mut entries);
+        assert_eq!(entries, vec![(1, 'd'), (2, 'f'), (3, 'e')]);
+    }
 
     #[test]
     fn merges_keys_of_both_sides_in_order() {

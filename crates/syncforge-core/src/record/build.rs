@@ -19,6 +19,7 @@ use serde_json::Value;
 use super::canonical::{separate, write_f64, write_key, write_str, write_value};
 use super::text::{with_scratch, JsonText};
 use crate::depth::MAX_NESTING_DEPTH;
+use crate::sorted::sort_keeping_last;
 
 /// Why a value was not built.
 #[derive(Debug)]
@@ -350,17 +351,8 @@ impl Entries<'_> {
     }
 
     fn close(mut self) -> Built {
-        // Sorted by key; of a key given twice the last counts, as a map
-        // insert keeps it (a stable sort keeps repeats in order).
-        self.entries.sort_by(|a, b| a.0.cmp(&b.0));
-        self.entries.dedup_by(|later, earlier| {
-            if later.0 == earlier.0 {
-                std::mem::swap(later, earlier);
-                true
-            } else {
-                false
-            }
-        });
+        // Of a key given twice the last counts, as serde_json's map keeps it.
+        sort_keeping_last(&mut self.entries);
         self.out.push('{');
         let mut first = true;
         for (key, text) in &self.entries {

@@ -16,6 +16,7 @@ use crate::depth::{check_serialize, field_fits, too_deep_error};
 use crate::error::{Error, Result};
 use crate::hlc::Stamp;
 use crate::names::RecordId;
+use crate::sorted::keep_last_of_repeats;
 
 /// The user content of a write: a valid id and the fields, without metadata.
 ///
@@ -383,14 +384,7 @@ impl Fields {
                 }
                 return Ok(Content { id, fields });
             }
-            let mut unique: Vec<(Arc<str>, FieldState)> = Vec::with_capacity(fields.len());
-            for entry in fields {
-                match unique.last_mut() {
-                    Some(last) if last.0 == entry.0 => *last = entry,
-                    _ => unique.push(entry),
-                }
-            }
-            fields = unique;
+            keep_last_of_repeats(&mut fields);
         } else if let (Some(keys), Some(struct_name)) = (keys, self.name) {
             let names = names_of(&keys, &fields);
             remember_layout(struct_name, Layout::new(keys, names, Vec::new()));

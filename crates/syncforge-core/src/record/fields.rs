@@ -9,6 +9,7 @@ use serde_json::Value;
 use super::text::JsonText;
 use crate::error::Result;
 use crate::hlc::Stamp;
+use crate::sorted::sort_keeping_last;
 
 /// One field of a record: its value (`None` once removed) and the stamp of the
 /// write that set it.
@@ -233,16 +234,7 @@ impl FromIterator<(String, FieldState)> for FieldStates {
     fn from_iter<I: IntoIterator<Item = (String, FieldState)>>(iter: I) -> Self {
         let mut entries: Vec<(String, FieldState)> = iter.into_iter().collect();
         if !entries.windows(2).all(|w| w[0].0 < w[1].0) {
-            // A stable sort keeps repeats in input order; keep the last of each.
-            entries.sort_by(|x, y| x.0.cmp(&y.0));
-            let mut unique: Vec<(String, FieldState)> = Vec::with_capacity(entries.len());
-            for entry in entries {
-                match unique.last_mut() {
-                    Some(last) if last.0 == entry.0 => *last = entry,
-                    _ => unique.push(entry),
-                }
-            }
-            entries = unique;
+            sort_keeping_last(&mut entries);
         }
         FieldStates(
             entries
