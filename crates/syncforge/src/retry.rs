@@ -18,17 +18,12 @@ const MAX_DELAY: Duration = Duration::from_secs(30);
 /// transient error ([`Error::is_transient`]). Bad input and permanent
 /// failures are returned at once. Retries run in a `retry` tracing span that
 /// records the operation and how many retries it took.
-pub(crate) async fn retry_transient<T, F, Fut>(
-    max_retries: u32,
-    what: &str,
-    mut call: F,
-) -> Result<T>
+pub(crate) async fn retry_transient<T, F, Fut>(max_retries: u32, what: &str, call: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T>>,
 {
-    let first = call().await;
-    retry_transient_after(first, max_retries, what, call).await
+    retry_transient_now(None, max_retries, what, call).await
 }
 
 /// [`retry_transient`] for a backend call that may have answered at once
@@ -48,21 +43,6 @@ where
         Some(answer) => answer,
         None => call().await,
     };
-    retry_transient_after(first, max_retries, what, call).await
-}
-
-/// [`retry_transient`] whose first call was made already and answered
-/// `first`: retried the same way.
-async fn retry_transient_after<T, F, Fut>(
-    first: Result<T>,
-    max_retries: u32,
-    what: &str,
-    call: F,
-) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T>>,
-{
     match first {
         Err(error) if error.is_transient() && max_retries > 0 => {
             // The span exists only once something failed: the common path
