@@ -3,8 +3,9 @@
 //! Both are 1 to [`MAX_NAME_BYTES`](crate::MAX_NAME_BYTES) bytes of UTF-8
 //! without control characters. They are checked once, where they enter (a
 //! user call, a JSON record, a stored file), and then carried in these types,
-//! so that backends and the engine never check them again. Both are a shared
-//! string: cloning one copies a pointer.
+//! so that backends and the engine never check them again. Cloning either
+//! copies no string: a collection name is a shared string, and a record id
+//! of up to 23 bytes is held inline (a longer one is shared).
 
 use std::borrow::Borrow;
 use std::cell::RefCell;
@@ -16,25 +17,21 @@ use crate::error::{Error, Result};
 use crate::validate::{validate_collection, validate_id};
 
 macro_rules! validated_name {
-    ($(#[$doc:meta])* $name:ident, $validate:ident, $what:literal) => {
+    ($(#[$doc:meta])* $name:ident($inner:ty), $validate:ident, $what:literal) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-        pub struct $name(Arc<str>);
+        pub struct $name($inner);
 
         impl $name {
             #[doc = concat!("A ", $what, ": 1 to 1024 bytes of UTF-8, no control characters.")]
-            pub fn new(name: impl AsRef<str> + Into<Arc<str>>) -> Result<Self> {
-                $validate(name.as_ref())?;
-                Ok($name(name.into()))
+            pub fn new(name: impl AsRef<str>) -> Result<Self> {
+                let name = name.as_ref();
+                $validate(name)?;
+                Ok($name(<$inner>::from(name)))
             }
 
             /// The name as a string slice.
             pub fn as_str(&self) -> &str {
-                &self.0
-            }
-
-            /// The name as a shared string (no copy).
-            pub fn as_shared(&self) -> &Arc<str> {
                 &self.0
             }
         }
@@ -164,13 +161,18 @@ validated_name!(
     /// assert!(CollectionName::new("").is_err());
     /// # Ok::<(), syncforge_core::Error>(())
     /// ```
-    CollectionName,
+    CollectionName(Arc<str>),
     validate_collection,
     "collection name"
 );
 
 validated_name!(
     /// The id of a record, validated.
+    ///
+    /// An id of up to 23 bytes is held inline, in the record that carries
+    /// it: comparing and hashing ids (every store lookup and every batch's
+    /// repeated-id check) then reads no other memory, and making one
+    /// allocates nothing. A longer id is a shared string.
     ///
     /// ```
     /// use syncforge_core::RecordId;
@@ -179,7 +181,7 @@ validated_name!(
     /// assert!(RecordId::new("a\nb").is_err());
     /// # Ok::<(), syncforge_core::Error>(())
     /// ```
-    RecordId,
+    RecordId(smol_str::SmolStr),
     validate_id,
     "record id"
 );
@@ -230,6 +232,11 @@ into_name!(CollectionName, CollectionName::recent);
 into_name!(RecordId, RecordId::new);
 
 impl CollectionName {
+    /// The name as a shared string (no copy).
+    pub fn as_shared(&self) -> &Arc<str> {
+        &self.0
+    }
+
     /// [`CollectionName::new`] for a name given as a string, shared with the
     /// same name given recently on this thread: a program names the same few
     /// collections on every call (`engine.put("notes", ..)`), and each call
