@@ -34,7 +34,10 @@ Commands:
          Redis and S3 backends against the test servers, which it starts if
          needed, peers) and print a table of medians against the targets.
          `--quick` runs few samples and skips the peers (everyday use);
-         without it, enough for numbers worth reporting.
+         without it, enough for numbers worth reporting. glibc's malloc
+         is backed by transparent huge pages for the runs
+         (GLIBC_TUNABLES=glibc.malloc.hugetlb=1, unless GLIBC_TUNABLES is
+         set); `--default-malloc` measures with malloc as it comes.
          `--profile ROW` records a callgrind profile of one W1-W3 row
          (w1_put, w2_sync_empty, w3_sync_crdt, each also _10k or _1m) or
          of twenty W4 rounds (w4_incremental_1k, w4_incremental_1m) and
@@ -54,6 +57,8 @@ enum Command {
     Deny,
     Bench {
         quick: bool,
+        /// Whether glibc's malloc is asked for transparent huge pages.
+        huge_pages: bool,
     },
     /// `bench --profile ROW`: a callgrind profile of one workload row.
     Profile {
@@ -89,11 +94,10 @@ impl std::fmt::Display for UsageError {
 fn parse(args: &[String]) -> Result<Command, UsageError> {
     let (first, rest) = args.split_first().ok_or(UsageError::MissingCommand)?;
     let (command, name) = match (first.as_str(), rest) {
-        ("bench", [flag]) if flag == "--quick" => return Ok(Command::Bench { quick: true }),
         ("bench", [flag, row]) if flag == "--profile" => {
             return Ok(Command::Profile { row: row.clone() })
         }
-        ("bench", _) => (Command::Bench { quick: false }, "bench"),
+        ("bench", flags) => return bench_flags(flags),
         ("ci", _) => (Command::Ci, "ci"),
         ("deny", _) => (Command::Deny, "deny"),
         ("services", _) => (Command::Services, "services"),
@@ -107,6 +111,24 @@ fn parse(args: &[String]) -> Result<Command, UsageError> {
         }),
         None => Ok(command),
     }
+}
+
+/// `bench`'s flags, `--quick` and `--default-malloc`, each at most once.
+fn bench_flags(flags: &[String]) -> Result<Command, UsageError> {
+    let (mut quick, mut huge_pages) = (false, true);
+    for flag in flags {
+        match flag.as_str() {
+            "--quick" if !quick => quick = true,
+            "--default-malloc" if huge_pages => huge_pages = false,
+            _ => {
+                return Err(UsageError::UnexpectedArgument {
+                    command: "bench",
+                    argument: flag.clone(),
+                })
+            }
+        }
+    }
+    Ok(Command::Bench { quick, huge_pages })
 }
 
 fn main() -> ExitCode {
@@ -125,7 +147,7 @@ fn main() -> ExitCode {
         }
         Command::Ci => ci::run(),
         Command::Deny => deny::run(),
-        Command::Bench { quick } => bench::run(quick),
+        Command::Bench { quick, huge_pages } => bench::run(quick, huge_pages),
         Command::Profile { row } => bench::profile(&row),
         Command::Services => services::run_in_foreground(),
     };
@@ -153,11 +175,24 @@ mod tests {
         assert_eq!(parse(&args(&["services"])), Ok(Command::Services));
         assert_eq!(
             parse(&args(&["bench"])),
-            Ok(Command::Bench { quick: false })
+            Ok(Command::Bench {
+                quick: false,
+                huge_pages: true
+            })
         );
         assert_eq!(
             parse(&args(&["bench", "--quick"])),
-            Ok(Command::Bench { quick: true })
+            Ok(Command::Bench {
+                quick: true,
+                huge_pages: true
+            })
+        );
+        assert_eq!(
+            parse(&args(&["bench", "--default-malloc", "--quick"])),
+            Ok(Command::Bench {
+                quick: true,
+                huge_pages: false
+            })
         );
         assert_eq!(parse(&args(&["--help"])), Ok(Command::Help));
     }
@@ -178,6 +213,13 @@ mod tests {
             Err(UsageError::UnexpectedArgument {
                 command: "bench",
                 argument: "--fast".to_owned()
+            })
+        );
+        assert_eq!(
+            parse(&args(&["bench", "--quick", "--quick"])),
+            Err(UsageError::UnexpectedArgument {
+                command: "bench",
+                argument: "--quick".to_owned()
             })
         );
         assert_eq!(
