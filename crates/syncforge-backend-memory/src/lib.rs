@@ -585,8 +585,13 @@ impl Collection {
 }
 
 fn take_newer(newest: &mut Option<Stamp>, stamp: &Stamp) {
-    if newest.as_ref().is_none_or(|n| stamp > n) {
-        *newest = Some(stamp.clone());
+    match newest {
+        // In place: the newest stamp is nearly always of the same client,
+        // and a clone touched its reference count twice (the new stamp's
+        // and the replaced one's), on every write.
+        Some(known) if stamp > known => known.clone_from(stamp),
+        Some(_) => {}
+        None => *newest = Some(stamp.clone()),
     }
 }
 

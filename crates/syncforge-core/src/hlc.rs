@@ -26,8 +26,23 @@ use crate::validate::validate_id;
 /// one string, so comparing the stamps of one writer (all fields of a record
 /// written together have equal stamps) stops at the pointer instead of
 /// reading both strings.
-#[derive(Clone)]
 pub struct ClientId(Arc<String>);
+
+impl Clone for ClientId {
+    fn clone(&self) -> Self {
+        ClientId(Arc::clone(&self.0))
+    }
+
+    /// Leaves the id as it is when it already is `source`'s shared id: a
+    /// reference count is an atomic operation, which waits for every write
+    /// before it, and the stamps a store keeps up to date are nearly always
+    /// of the same client.
+    fn clone_from(&mut self, source: &Self) {
+        if !Arc::ptr_eq(&self.0, &source.0) {
+            self.0 = Arc::clone(&source.0);
+        }
+    }
+}
 
 impl ClientId {
     /// A client id: 1 to 1024 bytes, no control characters.
@@ -177,11 +192,29 @@ impl<'de> serde::Deserialize<'de> for ClientId {
 ///
 /// Ordered by milliseconds, then counter, then client id. Its string form,
 /// `"{millis:012x}.{counter:08x}.{client}"`, sorts the same way as the stamp.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Stamp {
     millis: u64,
     counter: u32,
     client: ClientId,
+}
+
+impl Clone for Stamp {
+    fn clone(&self) -> Self {
+        Stamp {
+            millis: self.millis,
+            counter: self.counter,
+            client: self.client.clone(),
+        }
+    }
+
+    /// Copies the two integers, and the client id only when it differs
+    /// ([`ClientId`]'s `clone_from`).
+    fn clone_from(&mut self, source: &Self) {
+        self.millis = source.millis;
+        self.counter = source.counter;
+        self.client.clone_from(&source.client);
+    }
 }
 
 /// Largest millisecond value a stamp can carry (12 hex digits; year 10889).
@@ -529,6 +562,19 @@ mod tests {
         // Every field of every record holds one: its size is the records' size.
         assert_eq!(std::mem::size_of::<Stamp>(), 24);
         assert_eq!(std::mem::size_of::<Option<Stamp>>(), 24);
+    }
+
+    #[test]
+    fn clone_from_keeps_a_shared_client_and_takes_another() {
+        let phone = client("phone");
+        let mut kept = Stamp::new(1, 0, phone.clone()).unwrap();
+        kept.clone_from(&Stamp::new(5, 2, phone.clone()).unwrap());
+        assert_eq!(kept, Stamp::new(5, 2, "phone").unwrap());
+        assert!(Arc::ptr_eq(&kept.client().0, &phone.0));
+        let laptop = Stamp::new(3, 1, "laptop").unwrap();
+        kept.clone_from(&laptop);
+        assert_eq!(kept, laptop);
+        assert!(Arc::ptr_eq(&kept.client().0, &laptop.client().0));
     }
 
     #[test]
