@@ -280,6 +280,26 @@ mod tests {
     }
 
     #[test]
+    fn ids_inline_and_shared_behave_as_their_strings() {
+        use std::hash::BuildHasher;
+        let hasher = foldhash::fast::FixedState::default();
+        // 23 bytes are held inline, 24 and the longest allowed are shared.
+        for len in [1, 23, 24, crate::MAX_NAME_BYTES] {
+            let text = "i".repeat(len);
+            let id = RecordId::new(&text).unwrap();
+            assert_eq!(id.as_str(), text);
+            assert_eq!(id, RecordId::new(text.clone()).unwrap());
+            assert_eq!(hasher.hash_one(&id), hasher.hash_one(text.as_str()));
+            let mut map = HashMap::new();
+            map.insert(id.clone(), len);
+            assert_eq!(map.get(text.as_str()), Some(&len));
+            assert_eq!(serde_json::to_string(&id).unwrap(), format!("\"{text}\""));
+        }
+        assert!(RecordId::new("i".repeat(crate::MAX_NAME_BYTES + 1)).is_err());
+        assert!(RecordId::new("a").unwrap() < RecordId::new("b".repeat(30)).unwrap());
+    }
+
+    #[test]
     fn invalid_names_are_refused_with_their_own_errors() {
         assert!(matches!(
             CollectionName::new(""),
