@@ -757,19 +757,23 @@ const HUGE_PAGES_TUNABLE: &str = "glibc.malloc.hugetlb=1";
 /// `GLIBC_TUNABLES` to give them (`None`: the environment's, if any).
 ///
 /// Huge pages by default: a collection of 100,000 records or more is spread
-/// over hundreds of megabytes, and with 4 KiB pages nearly every record a
-/// sync reads costs a page walk besides its cache miss (W3's lookup-only
-/// floor took 40% less time with huge pages on this machine kind, the
-/// syncs a quarter less). A deployment holding collections that size
-/// should turn them on; `--default-malloc` measures without.
+/// over tens to hundreds of megabytes, and with 4 KiB pages nearly every
+/// record a sync reads costs a page walk besides its cache miss (W3's
+/// lookup-only floor took 40% less time with huge pages on this machine
+/// kind, the syncs a quarter to a third less). A deployment holding
+/// collections that size should turn them on; `--default-malloc` measures
+/// without.
 fn malloc(huge_pages: bool) -> (String, Option<&'static str>) {
-    match std::env::var("GLIBC_TUNABLES") {
-        Ok(set) => (format!("GLIBC_TUNABLES={set} as set"), None),
-        Err(_) if huge_pages => (
+    match std::env::var_os("GLIBC_TUNABLES") {
+        Some(set) => (
+            format!("GLIBC_TUNABLES={} as set", set.to_string_lossy()),
+            None,
+        ),
+        None if huge_pages => (
             format!("glibc, transparent huge pages (GLIBC_TUNABLES={HUGE_PAGES_TUNABLE})"),
             Some(HUGE_PAGES_TUNABLE),
         ),
-        Err(_) => ("glibc as it comes (4 KiB pages)".to_owned(), None),
+        None => ("glibc as it comes (4 KiB pages)".to_owned(), None),
     }
 }
 
