@@ -893,6 +893,13 @@ impl SyncEngine {
                 }
             },
             Intent::Merge(remote) => {
+                // Most records of a sync are already held as received: the
+                // stored record is handed on as it is, where classifying
+                // would compare the same way and then copy it (two reference
+                // counts touched per record).
+                if local.as_ref() == Some(&remote) {
+                    return Ok(unchanged(local));
+                }
                 // A record new here is stored as received, so it is an echo
                 // without comparing; otherwise compare the merge with a copy.
                 let sent = (track_echo && local.is_some()).then(|| remote.clone());
