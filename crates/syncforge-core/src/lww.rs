@@ -151,7 +151,7 @@ impl LwwMap {
 
     /// Merges another map's state into this one, key by key.
     pub fn merge(&mut self, other: &LwwMapState) {
-        self.entries = merge_field_states(&self.entries, other);
+        self.entries = merge_field_states(self.entries.view(), other.view());
     }
 
     /// The serialisable state.
@@ -170,7 +170,7 @@ impl LwwMap {
     /// The fields of a record, with their stamps.
     pub fn from_record(record: &Record) -> Self {
         LwwMap {
-            entries: record.field_states().clone(),
+            entries: record.field_states().to_field_states(),
         }
     }
 

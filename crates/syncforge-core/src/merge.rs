@@ -23,7 +23,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::names::{CollectionName, IntoName, RecordId};
-use crate::record::{FieldState, FieldStates, JsonText, Record};
+use crate::record::{FieldState, FieldStates, FieldStatesRef, JsonText, Record};
 use crate::sorted::merge_sorted;
 use crate::version_vector::Causality;
 
@@ -127,7 +127,7 @@ pub fn merge(local: &Record, remote: &Record, strategy: ConflictStrategy) -> Res
             };
             Record::joined(
                 winner.id(),
-                winner.field_states().clone(),
+                winner.field_states().to_field_states(),
                 winner.written().clone(),
                 winner.tombstone().cloned(),
                 versions,
@@ -153,7 +153,7 @@ fn crdt_merge_is(target: &Record, other: &Record) -> bool {
     }
     // Both lists are sorted by name: one walk over both, as the merge makes.
     let mut ours = target.field_states().0.iter();
-    'theirs: for (name, theirs) in &other.field_states().0 {
+    'theirs: for (name, theirs) in other.field_states().0 {
         for (key, kept) in ours.by_ref() {
             // Names are shared between records, so equal ones are mostly one
             // allocation and compare by address.
@@ -274,8 +274,11 @@ pub fn resolve_conflict(
 
 /// Field-level merge (the CRDT rule): for each field the state that
 /// [`pick_field`] prefers, in one pass over both name-sorted lists.
-pub(crate) fn merge_field_states(ours: &FieldStates, theirs: &FieldStates) -> FieldStates {
-    FieldStates(merge_sorted(&ours.0, &theirs.0, |a, b| {
+pub(crate) fn merge_field_states(
+    ours: FieldStatesRef<'_>,
+    theirs: FieldStatesRef<'_>,
+) -> FieldStates {
+    FieldStates(merge_sorted(ours.0, theirs.0, |a, b| {
         pick_field(a, b).clone()
     }))
 }

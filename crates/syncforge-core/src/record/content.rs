@@ -8,7 +8,7 @@ use serde::ser::{Impossible, Serialize, SerializeMap, SerializeStruct, Serialize
 use serde_json::{Map, Value};
 
 use super::build::{self, Fault};
-use super::fields::{shared_name, shared_static_name, FieldState};
+use super::fields::{shared_name, shared_static_name, spare_fields, FieldState};
 use super::json::{check_metadata_types, open_object, read_id};
 use super::text::JsonText;
 use super::{is_reserved, ID_KEY};
@@ -96,7 +96,10 @@ impl Content {
     pub fn from_serialize<T: Serialize + ?Sized>(doc: &T) -> Result<Content> {
         // Filled in place: the collector is large, and serde's by-value
         // serializers would move it at every step.
-        let mut fields = Fields::default();
+        let mut fields = Fields {
+            fields: spare_fields(),
+            ..Fields::default()
+        };
         match doc.serialize(&mut fields) {
             Ok(()) => fields.into_content(),
             Err(Refusal::Unsupported) => {

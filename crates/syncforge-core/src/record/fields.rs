@@ -1,6 +1,6 @@
 //! Field states and the table that shares field names between records.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -90,12 +90,42 @@ pub struct FieldStates(pub(crate) Vec<(Arc<str>, FieldState)>);
 /// a shared client id, a shared name is one pointer, and a value is compared
 /// byte for byte only when both of those agree (records that are equal,
 /// which a sync mostly meets, are confirmed that way).
-impl PartialEq for FieldStates {
+impl PartialEq for FieldStatesRef<'_> {
     fn eq(&self, other: &Self) -> bool {
         self.0.len() == other.0.len()
-            && self.0.iter().zip(&other.0).all(|((a, x), (b, y))| {
+            && self.0.iter().zip(other.0).all(|((a, x), (b, y))| {
                 x.stamp == y.stamp && (Arc::ptr_eq(a, b) || a == b) && x.value == y.value
             })
+    }
+}
+
+impl PartialEq for FieldStates {
+    fn eq(&self, other: &Self) -> bool {
+        self.view() == other.view()
+    }
+}
+
+thread_local! {
+    /// An emptied field vector, kept for the next record built on this
+    /// thread.
+    static SPARE: Cell<Vec<(Arc<str>, FieldState)>> = const { Cell::new(Vec::new()) };
+}
+
+/// An empty vector to collect a record's fields in, with the room of the
+/// last one [`recycle_fields`] kept on this thread.
+pub(super) fn spare_fields() -> Vec<(Arc<str>, FieldState)> {
+    SPARE.try_with(Cell::take).unwrap_or_default()
+}
+
+/// Keeps the room of `fields` (emptied) for the next record built on this
+/// thread: a record's fields move into the record's own allocation, and the
+/// vector they were collected in would otherwise be freed, and another one
+/// allocated, for every record put. Only a small vector is kept.
+pub(super) fn recycle_fields(mut fields: Vec<(Arc<str>, FieldState)>) {
+    const MAX_KEPT: usize = 64;
+    if fields.capacity() <= MAX_KEPT {
+        fields.clear();
+        let _ = SPARE.try_with(|spare| spare.set(fields));
     }
 }
 
@@ -160,27 +190,29 @@ impl FieldStates {
         FieldStates(Vec::new())
     }
 
-    fn position(&self, name: &str) -> std::result::Result<usize, usize> {
-        self.0.binary_search_by(|(k, _)| (**k).cmp(name))
+    /// The fields borrowed as a record lends them.
+    pub fn view(&self) -> FieldStatesRef<'_> {
+        FieldStatesRef(&self.0)
     }
 
     /// The state of field `name` (any string-like key, as a map's `get` takes).
     pub fn get<Q: AsRef<str> + ?Sized>(&self, name: &Q) -> Option<&FieldState> {
-        self.position(name.as_ref()).ok().map(|i| &self.0[i].1)
+        self.view().get(name)
     }
 
     pub(crate) fn get_mut(&mut self, name: &str) -> Option<&mut FieldState> {
-        self.position(name).ok().map(|i| &mut self.0[i].1)
+        let at = self.view().position(name).ok()?;
+        self.0.get_mut(at).map(|(_, state)| state)
     }
 
     /// Whether the record holds a state (live or removed) for `name`.
     pub fn contains_key<Q: AsRef<str> + ?Sized>(&self, name: &Q) -> bool {
-        self.position(name.as_ref()).is_ok()
+        self.view().contains_key(name)
     }
 
     /// Sets the state of field `name`, returning the state it replaces.
     pub fn insert(&mut self, name: String, state: FieldState) -> Option<FieldState> {
-        match self.position(&name) {
+        match self.view().position(&name) {
             Ok(i) => Some(std::mem::replace(&mut self.0[i].1, state)),
             Err(i) => {
                 self.0.insert(i, (shared_name(name), state));
@@ -191,16 +223,70 @@ impl FieldStates {
 
     /// Fields and their states, sorted by name.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &FieldState)> + '_ {
-        self.0.iter().map(|(k, s)| (&**k, s))
+        self.view().iter()
     }
 
     /// Field names, sorted.
     pub fn keys(&self) -> impl Iterator<Item = &str> + '_ {
-        self.0.iter().map(|(k, _)| &**k)
+        self.view().keys()
     }
 
     /// Field states, in name order.
     pub fn values(&self) -> impl Iterator<Item = &FieldState> + '_ {
+        self.view().values()
+    }
+
+    /// Number of fields, removed ones included.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are no fields at all.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// The fields of a record, removed ones included, sorted by name, as the
+/// record holds them: borrowed from the record's own allocation, which keeps
+/// its fields right after its header. What
+/// [`Record::field_states`](super::Record::field_states) returns; reads like
+/// [`FieldStates`], and [`to_field_states`](Self::to_field_states) copies
+/// them into one.
+#[derive(Debug, Clone, Copy)]
+pub struct FieldStatesRef<'a>(pub(crate) &'a [(Arc<str>, FieldState)]);
+
+impl<'a> FieldStatesRef<'a> {
+    fn position(&self, name: &str) -> std::result::Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| (**k).cmp(name))
+    }
+
+    /// The state of field `name` (any string-like key, as a map's `get` takes).
+    pub fn get<Q: AsRef<str> + ?Sized>(&self, name: &Q) -> Option<&'a FieldState> {
+        let fields = self.0;
+        self.position(name.as_ref())
+            .ok()
+            .and_then(|i| fields.get(i))
+            .map(|(_, state)| state)
+    }
+
+    /// Whether the record holds a state (live or removed) for `name`.
+    pub fn contains_key<Q: AsRef<str> + ?Sized>(&self, name: &Q) -> bool {
+        self.position(name.as_ref()).is_ok()
+    }
+
+    /// Fields and their states, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&'a str, &'a FieldState)> + 'a {
+        self.0.iter().map(|(k, s)| (&**k, s))
+    }
+
+    /// Field names, sorted.
+    pub fn keys(&self) -> impl Iterator<Item = &'a str> + 'a {
+        self.0.iter().map(|(k, _)| &**k)
+    }
+
+    /// Field states, in name order.
+    pub fn values(&self) -> impl Iterator<Item = &'a FieldState> + 'a {
         self.0.iter().map(|(_, s)| s)
     }
 
@@ -212,6 +298,31 @@ impl FieldStates {
     /// Whether there are no fields at all.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// A copy of the fields (names stay shared).
+    pub fn to_field_states(&self) -> FieldStates {
+        FieldStates(self.0.to_vec())
+    }
+}
+
+/// Serialised as [`FieldStates`] is: a JSON object from field name to
+/// [`FieldState`].
+impl serde::Serialize for FieldStatesRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_map(self.iter())
+    }
+}
+
+impl<'a> IntoIterator for FieldStatesRef<'a> {
+    type Item = (&'a str, &'a FieldState);
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'a, (Arc<str>, FieldState)>,
+        fn(&'a (Arc<str>, FieldState)) -> (&'a str, &'a FieldState),
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(k, s)| (&**k, s))
     }
 }
 
@@ -260,7 +371,7 @@ impl<'a> IntoIterator for &'a FieldStates {
     >;
 
     fn into_iter(self) -> Self::IntoIter {
-        self.0.iter().map(|(k, s)| (&**k, s))
+        self.view().into_iter()
     }
 }
 
@@ -288,9 +399,12 @@ mod tests {
         let other: FieldStates = [("b".to_owned(), live(9, 2)), ("c".to_owned(), live(4, 1))]
             .into_iter()
             .collect();
-        let merged = crate::merge::merge_field_states(&states, &other);
+        let merged = crate::merge::merge_field_states(states.view(), other.view());
         assert_eq!(merged.keys().collect::<Vec<_>>(), ["a", "b", "c"]);
         assert_eq!(merged.get("b"), Some(&live(9, 2)));
-        assert_eq!(crate::merge::merge_field_states(&other, &states), merged);
+        assert_eq!(
+            crate::merge::merge_field_states(other.view(), states.view()),
+            merged
+        );
     }
 }

@@ -6,8 +6,7 @@ use serde_json::{Map, Value};
 use super::fields::{FieldState, FieldStates};
 use super::typescript::from_seed;
 use super::{
-    is_reserved, Record, RecordState, CLIENT_ID_KEY, DELETED_KEY, ID_KEY, SYNC_KEY, TIMESTAMP_KEY,
-    VERSION_KEY,
+    is_reserved, Record, CLIENT_ID_KEY, DELETED_KEY, ID_KEY, SYNC_KEY, TIMESTAMP_KEY, VERSION_KEY,
 };
 use crate::depth::check_record_value;
 use crate::error::{Error, Result};
@@ -35,7 +34,7 @@ impl Record {
     fn sync_state(&self) -> Map<String, Value> {
         let mut live = Map::new();
         let mut removed = Map::new();
-        for (name, state) in &self.state.fields {
+        for (name, state) in self.field_states() {
             let target = if state.value.is_some() {
                 &mut live
             } else {
@@ -44,21 +43,20 @@ impl Record {
             target.insert(name.to_owned(), Value::String(state.stamp.to_string()));
         }
         let versions: Map<String, Value> = self
-            .state
-            .versions
+            .versions()
             .iter()
             .map(|(c, n)| (c.as_str().to_owned(), Value::from(n)))
             .collect();
         let mut sync = Map::new();
         sync.insert(
             "written".to_owned(),
-            Value::String(self.state.written.to_string()),
+            Value::String(self.written().to_string()),
         );
         sync.insert("fields".to_owned(), Value::Object(live));
         if !removed.is_empty() {
             sync.insert("removed".to_owned(), Value::Object(removed));
         }
-        if let Some(t) = self.state.tombstone.as_deref() {
+        if let Some(t) = self.tombstone() {
             sync.insert("deleted".to_owned(), Value::String(t.to_string()));
         }
         sync.insert("versions".to_owned(), Value::Object(versions));
@@ -345,14 +343,7 @@ fn from_sync_state(
             })?;
         vv.set(ClientId::new(client)?, n);
     }
-    Ok(Record::from_state(RecordState {
-        id,
-        fields,
-        written,
-        tombstone: tombstone.map(Box::new),
-        versions: vv,
-        newest: Default::default(),
-    }))
+    Ok(Record::assembled(id, fields, written, tombstone, vv))
 }
 
 #[cfg(test)]

@@ -14,6 +14,8 @@ mod typescript;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
+use triomphe::ThinArc;
+
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
@@ -23,7 +25,7 @@ use crate::names::{IntoName, RecordId};
 use crate::version_vector::VersionVector;
 
 pub use content::Content;
-pub use fields::{FieldState, FieldStates};
+pub use fields::{FieldState, FieldStates, FieldStatesRef};
 pub use text::JsonText;
 
 /// Key of the record id.
@@ -93,26 +95,33 @@ fn is_reserved(key: &str) -> bool {
 /// `{_clientId: _version}`.
 ///
 /// Cheap to clone: clones share one immutable state until one of them is
-/// written (`apply_put`, `apply_delete`), which copies it first. Stores, change
-/// feeds and merges hand records around constantly, so a clone must not copy
-/// every field.
+/// written (`apply_put`, `apply_delete`), which builds a new one. Stores,
+/// change feeds and merges hand records around constantly, so a clone must
+/// not copy every field.
 #[derive(Clone)]
 pub struct Record {
-    state: Arc<RecordState>,
+    /// The header and, right after it in the same allocation, the fields:
+    /// one allocation per record instead of two, and a record's fields are
+    /// found at a fixed offset from its header instead of through a pointer
+    /// of their own (in a sync's profile, that second cache miss on every
+    /// record compared was a quarter of the comparison).
+    state: ThinArc<Header, Field>,
 }
 
-/// What a [`Record`] holds.
+/// One field as a record holds it: its shared name and its state.
+type Field = (Arc<str>, FieldState);
+
+/// What a [`Record`] holds before its fields.
 ///
 /// Laid out in this order (`repr(C)`) on purpose: the id, the write stamp
 /// and `newest` — what a lookup, a drift check, a store write and the
-/// reference count read for every record of a batch — fill the first 64
-/// bytes of the allocation, right after the reference counts, instead of
-/// wherever the compiler put them (it spread them over all three cache lines
-/// of the allocation, so a record that was not in cache cost three misses
-/// where one or two do).
+/// reference count read for every record of a batch — come first, right
+/// after the reference count, instead of wherever the compiler put them (it
+/// spread them over the allocation, so a record that was not in cache cost
+/// a miss more than it needs).
 #[derive(Clone)]
 #[repr(C)]
-struct RecordState {
+struct Header {
     id: RecordId,
     written: Stamp,
     /// Derived from the stamps whenever they change: every merge, drift
@@ -123,7 +132,6 @@ struct RecordState {
     /// stamp keeps every record 16 bytes smaller.
     tombstone: Option<Box<Stamp>>,
     versions: VersionVector,
-    fields: FieldStates,
 }
 
 /// Where a record's newest stamp is, and whether it is deleted. Eight bytes,
@@ -138,37 +146,35 @@ struct Newest {
 }
 
 impl Newest {
-    fn of(state: &RecordState) -> Newest {
-        let mut content = &state.written;
+    fn of(header: &Header, fields: &[Field]) -> Newest {
+        let mut content = &header.written;
         let mut field = None;
-        for (i, (_, f)) in state.fields.0.iter().enumerate() {
+        for (i, (_, f)) in fields.iter().enumerate() {
             if f.stamp > *content {
                 content = &f.stamp;
                 // A record has far fewer than 2^32 fields: the index fits.
                 field = u32::try_from(i + 1).ok().and_then(NonZeroU32::new);
             }
         }
-        let deleted = state.tombstone.as_deref().is_some_and(|t| t > content);
+        let deleted = header.tombstone.as_deref().is_some_and(|t| t > content);
         Newest { field, deleted }
     }
 }
 
-impl PartialEq for RecordState {
-    /// Cheapest differences first: two states of one record that differ
-    /// almost always differ in their version vectors or write stamps, and
-    /// equal ones are then confirmed field by field.
-    fn eq(&self, other: &Self) -> bool {
-        self.versions == other.versions
-            && self.written == other.written
-            && self.tombstone == other.tombstone
-            && self.id == other.id
-            && self.fields == other.fields
-    }
-}
-
+/// Cheapest differences first: two states of one record that differ almost
+/// always differ in their version vectors or write stamps, and equal ones
+/// are then confirmed field by field.
 impl PartialEq for Record {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.state, &other.state) || *self.state == *other.state
+        if std::ptr::eq(self.state.ptr(), other.state.ptr()) {
+            return true;
+        }
+        let (a, b) = (self.head(), other.head());
+        a.versions == b.versions
+            && a.written == b.written
+            && a.tombstone == b.tombstone
+            && a.id == b.id
+            && self.field_states() == other.field_states()
     }
 }
 
@@ -189,25 +195,38 @@ impl Record {
         }
         let mut versions = VersionVector::new();
         versions.increment(stamp.client());
-        Record {
-            state: Arc::new(RecordState {
-                id: content.id,
-                fields: FieldStates(fields),
-                written: stamp.clone(),
-                tombstone: None,
-                versions,
-                // Every stamp is the write stamp and there is no tombstone:
-                // what `Newest::of` would find without looking.
-                newest: Newest::default(),
-            }),
-        }
+        let header = Header {
+            id: content.id,
+            written: stamp.clone(),
+            tombstone: None,
+            versions,
+            // Every stamp is the write stamp and there is no tombstone:
+            // what `Newest::of` would find without looking.
+            newest: Newest::default(),
+        };
+        Record::allocate(header, fields)
     }
 
-    fn from_state(mut state: RecordState) -> Record {
-        state.newest = Newest::of(&state);
-        Record {
-            state: Arc::new(state),
-        }
+    /// A record of `header` and `fields`, its newest stamp found.
+    fn build(mut header: Header, fields: Vec<Field>) -> Record {
+        header.newest = Newest::of(&header, &fields);
+        Record::allocate(header, fields)
+    }
+
+    /// `header` and `fields` moved into the record's allocation; the emptied
+    /// vector is kept for the next record's fields.
+    fn allocate(header: Header, mut fields: Vec<Field>) -> Record {
+        let state = ThinArc::from_header_and_iter(header, fields.drain(..));
+        fields::recycle_fields(fields);
+        Record { state }
+    }
+
+    fn head(&self) -> &Header {
+        &self.state.header.header
+    }
+
+    fn slots(&self) -> &[Field] {
+        &self.state.slice
     }
 
     /// A record from its parts, checked for consistency: a valid id, user field
@@ -240,14 +259,25 @@ impl Record {
                 "is reserved for metadata and cannot be a field",
             ));
         }
-        Ok(Record::from_state(RecordState {
+        Ok(Record::assembled(id, fields, written, tombstone, versions))
+    }
+
+    /// A record of parts that are checked already.
+    fn assembled(
+        id: RecordId,
+        fields: FieldStates,
+        written: Stamp,
+        tombstone: Option<Stamp>,
+        versions: VersionVector,
+    ) -> Record {
+        let header = Header {
             id,
-            fields,
             written,
             tombstone: tombstone.map(Box::new),
             versions,
             newest: Newest::default(),
-        }))
+        };
+        Record::build(header, fields.0)
     }
 
     /// Replaces the visible content with `content` (same id), as written at
@@ -263,14 +293,11 @@ impl Record {
         self.check_newer(stamp)?;
         let deleted = self.is_deleted();
         let mut changed = deleted;
-        // Copies the state only if another clone shares it; an unchanged put
-        // then leaves an equal copy, which is harmless.
-        let record = Arc::make_mut(&mut self.state);
         // One pass over both name-sorted lists: linear in the fields, however
         // many names the put adds or removes.
-        let old = std::mem::take(&mut record.fields.0);
+        let old = self.slots();
         let mut merged = Vec::with_capacity(old.len().max(content.fields.len()));
-        let mut old = old.into_iter().peekable();
+        let mut old = old.iter().peekable();
         let mut new = content.fields.into_iter().peekable();
         loop {
             let order = match (old.peek(), new.peek()) {
@@ -292,18 +319,18 @@ impl Record {
                 (_, Some((name, state)), None) => {
                     if state.value.is_some() {
                         changed = true;
-                        merged.push((name, stamped(None)));
+                        merged.push((Arc::clone(name), stamped(None)));
                     } else {
-                        merged.push((name, state));
+                        merged.push((Arc::clone(name), state.clone()));
                     }
                 }
                 (_, Some((name, state)), Some((_, mut put))) => {
                     if !deleted && state.value == put.value {
-                        merged.push((name, state));
+                        merged.push((Arc::clone(name), state.clone()));
                     } else {
                         changed = true;
                         put.stamp.assign(stamp);
-                        merged.push((name, put));
+                        merged.push((Arc::clone(name), put));
                     }
                 }
                 (_, None, Some((name, mut put))) => {
@@ -314,13 +341,16 @@ impl Record {
                 (_, None, None) => break,
             }
         }
-        record.fields.0 = merged;
-        if changed {
-            record.written = stamp.clone();
-            record.versions.increment(stamp.client());
+        // Nothing changed: every field was kept as it was, and the record
+        // stays untouched.
+        if !changed {
+            return Ok(false);
         }
-        record.newest = Newest::of(record);
-        Ok(changed)
+        let mut header = self.head().clone();
+        header.written = stamp.clone();
+        header.versions.increment(stamp.client());
+        *self = Record::build(header, merged);
+        Ok(true)
     }
 
     /// Soft-deletes the record at `stamp`. Returns false (and changes nothing)
@@ -331,10 +361,10 @@ impl Record {
             return Ok(false);
         }
         self.check_newer(stamp)?;
-        let record = Arc::make_mut(&mut self.state);
-        record.tombstone = Some(Box::new(stamp.clone()));
-        record.versions.increment(stamp.client());
-        record.newest = Newest::of(record);
+        let mut header = self.head().clone();
+        header.tombstone = Some(Box::new(stamp.clone()));
+        header.versions.increment(stamp.client());
+        *self = Record::build(header, self.slots().to_vec());
         Ok(true)
     }
 
@@ -346,21 +376,21 @@ impl Record {
             Ok(())
         } else {
             Err(Error::invalid_record(
-                Some(&self.state.id),
+                Some(&self.head().id),
                 format!("write stamp {stamp} is not newer than the record's newest stamp {newest}; observe the record's stamps with the clock first"),
             ))
         }
     }
 
     fn check_same_id(&self, id: &str) -> Result<()> {
-        if *self.state.id == *id {
+        if *self.head().id == *id {
             Ok(())
         } else {
             Err(Error::invalid_record(
                 Some(id),
                 format!(
                     "cannot apply content of record {id:?} to record {:?}",
-                    self.state.id
+                    self.head().id
                 ),
             ))
         }
@@ -368,7 +398,7 @@ impl Record {
 
     /// The record id (a shared string: cloning it copies no bytes).
     pub fn id(&self) -> &RecordId {
-        &self.state.id
+        &self.head().id
     }
 
     /// The value of a visible field (parsed from the text the record holds;
@@ -379,31 +409,32 @@ impl Record {
 
     /// The value of a visible field as its canonical JSON text.
     pub fn get_text(&self, field: &str) -> Option<&JsonText> {
-        self.state.fields.get(field).and_then(|s| s.value.as_ref())
+        self.field_states()
+            .get(field)
+            .and_then(|s| s.value.as_ref())
     }
 
     /// Visible fields (removed ones are left out), sorted by name, with
     /// their values as canonical JSON text.
     pub fn fields(&self) -> impl Iterator<Item = (&str, &JsonText)> + '_ {
-        self.state
-            .fields
+        self.slots()
             .iter()
-            .filter_map(|(k, s)| s.value.as_ref().map(|v| (k, v)))
+            .filter_map(|(k, s)| s.value.as_ref().map(|v| (&**k, v)))
     }
 
     /// Every field with its stamp, removed ones included.
-    pub fn field_states(&self) -> &FieldStates {
-        &self.state.fields
+    pub fn field_states(&self) -> FieldStatesRef<'_> {
+        FieldStatesRef(self.slots())
     }
 
     /// The version: total number of writes this record has seen (`_version`).
     pub fn version(&self) -> u64 {
-        self.state.versions.total()
+        self.head().versions.total()
     }
 
     /// The version vector.
     pub fn versions(&self) -> &VersionVector {
-        &self.state.versions
+        &self.head().versions
     }
 
     /// Milliseconds of the newest stamp (`_timestamp`).
@@ -418,40 +449,41 @@ impl Record {
 
     /// Stamp of the latest write of content.
     pub fn written(&self) -> &Stamp {
-        &self.state.written
+        &self.head().written
     }
 
     /// Stamp of the latest delete, if any.
     pub fn tombstone(&self) -> Option<&Stamp> {
-        self.state.tombstone.as_deref()
+        self.head().tombstone.as_deref()
     }
 
     /// The newest stamp anywhere in the record.
     pub fn newest_stamp(&self) -> &Stamp {
         // `deleted` first: it sits beside the id, the tombstone does not.
-        match (self.state.newest.deleted, self.state.tombstone.as_deref()) {
+        let head = self.head();
+        match (head.newest.deleted, head.tombstone.as_deref()) {
             (true, Some(tombstone)) => tombstone,
             _ => self.newest_content_stamp(),
         }
     }
 
     fn newest_content_stamp(&self) -> &Stamp {
-        self.state
-            .newest
+        let head = self.head();
+        head.newest
             .field
-            .and_then(|i| self.state.fields.0.get(i.get() as usize - 1))
-            .map_or(&self.state.written, |(_, f)| &f.stamp)
+            .and_then(|i| self.slots().get(i.get() as usize - 1))
+            .map_or(&head.written, |(_, f)| &f.stamp)
     }
 
     /// Whether the record is soft-deleted: its tombstone is newer than every write.
     pub fn is_deleted(&self) -> bool {
-        self.state.newest.deleted
+        self.head().newest.deleted
     }
 
     /// The user content: `id` and the visible fields, without metadata.
     pub fn content(&self) -> Map<String, Value> {
         let mut map = Map::new();
-        map.insert(ID_KEY.to_owned(), Value::String(self.state.id.to_string()));
+        map.insert(ID_KEY.to_owned(), Value::String(self.head().id.to_string()));
         for (k, v) in self.fields() {
             map.insert(k.to_owned(), v.to_value());
         }
@@ -463,7 +495,7 @@ impl Record {
     pub fn get_as<T: DeserializeOwned>(&self) -> Result<T> {
         serde_json::from_str(&self.content_json_string()).map_err(|e| {
             Error::invalid_record(
-                Some(&self.state.id),
+                Some(&self.head().id),
                 format!("cannot be read as the requested type: {e}"),
             )
         })
@@ -494,6 +526,44 @@ mod tests {
 
     fn content(v: Value) -> Content {
         Content::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn an_unchanged_put_leaves_the_record_and_its_allocation_untouched() {
+        let written = Record::create(content(json!({"id": "n1", "a": 1})), &stamp(1, 0, "p"));
+        let mut put = written.clone();
+        assert!(!put
+            .apply_put(content(json!({"id": "n1", "a": 1})), &stamp(2, 0, "p"))
+            .unwrap());
+        assert!(std::ptr::eq(put.state.ptr(), written.state.ptr()));
+        assert!(put
+            .apply_put(content(json!({"id": "n1", "a": 2})), &stamp(3, 0, "p"))
+            .unwrap());
+        assert_eq!(written.get("a"), Some(json!(1)));
+        assert_eq!(put.get("a"), Some(json!(2)));
+    }
+
+    #[test]
+    fn records_built_one_after_another_hold_only_their_own_fields() {
+        // The vector a record's fields are collected in is kept for the next
+        // record: nothing of one may show in the other.
+        let wide = Record::create(
+            content(json!({"id": "w", "a": 1, "b": 2, "c": 3, "d": 4})),
+            &stamp(1, 0, "p"),
+        );
+        let narrow = Record::create(content(json!({"id": "n", "z": 9})), &stamp(1, 0, "p"));
+        let merged =
+            crate::merge::merge(&wide.clone(), &wide, crate::ConflictStrategy::Crdt).unwrap();
+        assert_eq!(
+            wide.field_states().keys().collect::<Vec<_>>(),
+            ["a", "b", "c", "d"]
+        );
+        assert_eq!(narrow.field_states().keys().collect::<Vec<_>>(), ["z"]);
+        assert_eq!(merged, wide);
+        assert_eq!(
+            narrow.field_states().to_field_states().view(),
+            narrow.field_states()
+        );
     }
 
     #[test]

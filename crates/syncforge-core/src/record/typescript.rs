@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 
 use super::fields::FieldState;
 use super::json::SeedMeta;
-use super::{Record, RecordState, CLIENT_ID_KEY, TIMESTAMP_KEY, VERSION_KEY};
+use super::{Record, CLIENT_ID_KEY, TIMESTAMP_KEY, VERSION_KEY};
 use crate::error::{Error, Result};
 use crate::hlc::{ClientId, Stamp};
 use crate::names::RecordId;
@@ -41,14 +41,7 @@ pub(super) fn from_seed(
         .into_iter()
         .map(|(k, v)| (k, FieldState::checked(Some(&v), written.clone())))
         .collect();
-    Ok(Record::from_state(RecordState {
-        id,
-        fields,
-        written,
-        tombstone: tombstone.map(Box::new),
-        versions,
-        newest: Default::default(),
-    }))
+    Ok(Record::assembled(id, fields, written, tombstone, versions))
 }
 
 #[cfg(test)]
