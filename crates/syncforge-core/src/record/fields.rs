@@ -277,7 +277,7 @@ impl<'a> FieldStatesRef<'a> {
 
     /// Fields and their states, sorted by name.
     pub fn iter(&self) -> impl Iterator<Item = (&'a str, &'a FieldState)> + 'a {
-        self.0.iter().map(|(k, s)| (&**k, s))
+        self.into_iter()
     }
 
     /// Field names, sorted.
