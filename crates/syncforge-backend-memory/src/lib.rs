@@ -426,13 +426,16 @@ impl Collection {
         })
     }
 
-    /// [`stored`](Self::stored) of each of `ids`, in two passes: first each
+    /// [`stored`](Self::stored) of each of `ids`, in three passes: first each
     /// id's slot is found by its hash alone (the table's control bytes and
-    /// the slot), then each slot's record is checked to have that id. In a
-    /// collection larger than the cache each of those reads is a miss; one
-    /// lookup after another waited for the record and its id before the next
-    /// lookup could start, while passes that each read one thing per id let
-    /// the processor wait for many ids' reads at once.
+    /// the slot), then each slot's record is checked to have that id, then
+    /// the records are copied. In a collection larger than the cache each
+    /// of the first two reads is a miss; one lookup after another waited for
+    /// the record and its id before the next lookup could start, while passes
+    /// that each read one thing per id let the processor wait for many ids'
+    /// reads at once. The copies come last because a copy's reference count
+    /// is a locked increment, which holds back every read after it until its
+    /// own line arrives.
     fn stored_many(&self, ids: &[RecordId]) -> Vec<Option<Stored>> {
         let found: Vec<(u64, Option<&Slot>)> = ids
             .iter()
@@ -441,16 +444,20 @@ impl Collection {
                 (hash, self.records.with_hash(hash))
             })
             .collect();
-        ids.iter()
+        let slots: Vec<Option<&Slot>> = ids
+            .iter()
             .zip(found)
-            .map(|(id, (hash, slot))| {
-                let slot = match slot {
-                    None => return None,
-                    Some(slot) if slot.record.id() == id => slot,
-                    // Another id with the same 64-bit hash: search by id.
-                    Some(_) => self.records.get_hashed(hash, id)?,
-                };
-                Some(Stored {
+            .map(|(id, (hash, slot))| match slot {
+                None => None,
+                Some(slot) if slot.record.id() == id => Some(slot),
+                // Another id with the same 64-bit hash: search by id.
+                Some(_) => self.records.get_hashed(hash, id),
+            })
+            .collect();
+        slots
+            .into_iter()
+            .map(|slot| {
+                slot.map(|slot| Stored {
                     record: slot.record.clone(),
                     token: Token::Sequence(slot.sequence),
                 })
