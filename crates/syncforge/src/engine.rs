@@ -418,6 +418,9 @@ impl SyncEngine {
             if slot % PRELOAD == 0 {
                 preload(intents.as_slice(), stored.as_slice());
             }
+            // `done`, `intents` and `stored` hold one entry per intent
+            // (`read_many` checked the store's answer), so this ends with
+            // `done`.
             let (Some(intent), Some(stored)) = (intents.next(), stored.next()) else {
                 break;
             };
