@@ -67,6 +67,7 @@ mod backends;
 mod builder;
 mod collection;
 mod config;
+mod distinct;
 mod engine;
 pub mod events;
 mod feed;
