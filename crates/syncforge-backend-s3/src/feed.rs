@@ -16,7 +16,7 @@ use syncforge_core::{
 use crate::format::{self, cursor, end_of, entry_of, Entry, Horizon, Item, RecordBody, Segment};
 use crate::io::{Condition, Put};
 use crate::keys::CollectionKeys;
-use crate::store::{kept_changing, State, Store, MAX_RACES};
+use crate::store::{Races, State, Store};
 use crate::BACKEND_NAME;
 
 /// How often a page is read again because compaction moved the feed under
@@ -214,8 +214,8 @@ impl Store {
             Some(head) => head,
             None => self.find_head(keys, 0).await?,
         };
-        let mut lost_before = false;
-        for _ in 0..MAX_RACES {
+        let mut races = Races::default();
+        loop {
             let number = head + 1;
             if number > format::MAX_ENTRY {
                 return Err(Error::storage(
@@ -235,25 +235,27 @@ impl Store {
                         // entry stays unread (readers and compactors skip
                         // entries at or below the horizon) until compaction
                         // deletes it.
+                        races.lost(&keys.entries()).await?;
                         head = horizon.horizon;
                         continue;
                     }
                     self.heads.lock().insert(collection.clone(), number);
                     return Ok(number);
                 }
-                // Taken: usually by a writer just as fast, so try the next
-                // number; list where the feed ends only when behind further.
-                Put::Lost if !lost_before => {
-                    lost_before = true;
-                    head = number;
-                }
                 Put::Lost => {
-                    lost_before = false;
-                    head = self.find_head(keys, number).await?;
+                    races.lost(&keys.entries()).await?;
+                    // Taken the first time: usually by a writer just as fast,
+                    // so try the next number. Taken again: the feed is further
+                    // on (and later, after a wait, further still): list where
+                    // it ends.
+                    head = if races.count() == 1 {
+                        number
+                    } else {
+                        self.find_head(keys, number).await?
+                    };
                 }
             }
         }
-        Err(kept_changing(&keys.entries()))
     }
 
     /// The highest entry number in use, at least `at_least`.
@@ -298,7 +300,8 @@ impl Store {
         state: &mut State,
     ) -> Result<()> {
         let path = keys.record(item.id());
-        for _ in 0..MAX_RACES {
+        let mut races = Races::default();
+        loop {
             let pending = match (&item.expect, &*state) {
                 (_, State::Record { seq, .. }) if *seq == at => return Ok(()),
                 (None, State::Absent) => true,
@@ -322,10 +325,12 @@ impl Store {
                     };
                     return Ok(());
                 }
-                Put::Lost => *state = self.read(collection, keys, item.id()).await?,
+                Put::Lost => {
+                    races.lost(&path).await?;
+                    *state = self.read(collection, keys, item.id()).await?;
+                }
             }
         }
-        Err(kept_changing(&path))
     }
 
     /// Settles every candidate (grouped by id, each id's items in cursor

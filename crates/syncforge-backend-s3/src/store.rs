@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
@@ -21,6 +22,84 @@ use crate::BACKEND_NAME;
 /// giving up with [`Error::Unavailable`] (each lost race is another
 /// writer's success, so this only trips under extreme contention).
 pub(crate) const MAX_RACES: usize = 64;
+
+/// Races a loop may lose in a row and still retry at once: one re-read is
+/// enough against a single other writer, and a claim whose cached feed head
+/// is stale loses twice (the number after it, then the next) before it
+/// lists where the feed ends, with no crowd to wait out.
+const FREE_RETRIES: usize = 2;
+
+/// The longest wait after the first race lost beyond [`FREE_RETRIES`]; each
+/// later loss doubles it, up to [`MAX_BACKOFF`]. The grain of Tokio's timer,
+/// and about one write's time on a local directory: such a writer steps
+/// aside for about one other write.
+const FIRST_BACKOFF: Duration = Duration::from_millis(1);
+
+/// The longest wait between two attempts. Only a writer that lost a dozen
+/// races in a row waits this long, and it must wait as long as the crowd
+/// ahead of it takes. 32 writers claiming entries of one local directory
+/// on a loaded two-core machine: with a cap of 32 ms some still lost all 64
+/// claims in a row, with 512 ms up to 53, with 1 s at most 39. Losing all
+/// [`MAX_RACES`] attempts thus takes under a minute of waiting (half that
+/// on average) before [`Error::Unavailable`].
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The races one read-then-write loop has lost, and the waits between its
+/// attempts. A loser that retried at once met the same crowd again: under
+/// load one writer lost all [`MAX_RACES`] claims of a feed entry in a row.
+/// Waiting a random time under a growing bound spreads the crowd out, while
+/// the uncontended path (no race lost) and the first retries never wait.
+#[derive(Debug, Default)]
+pub(crate) struct Races {
+    /// Races lost so far: every attempt but the one running now.
+    lost: usize,
+}
+
+impl Races {
+    /// Counts one more race lost on `path` and waits before the next attempt;
+    /// after [`MAX_RACES`] attempts, all lost, gives up instead.
+    pub(crate) async fn lost(&mut self, path: &Path) -> Result<()> {
+        self.lost += 1;
+        if self.lost >= MAX_RACES {
+            return Err(kept_changing(path));
+        }
+        let bound = backoff_bound(self.lost);
+        // Outside a Tokio runtime (LocalDirectory works there too) there is
+        // no timer to wait on: retry at once, as every loser did before.
+        if !bound.is_zero() && tokio::runtime::Handle::try_current().is_ok() {
+            tokio::time::sleep(jittered(bound)).await;
+        }
+        Ok(())
+    }
+
+    /// How many races were lost so far.
+    pub(crate) fn count(&self) -> usize {
+        self.lost
+    }
+}
+
+/// The bound on the wait after `lost` races lost in a row: none for the
+/// first [`FREE_RETRIES`], then [`FIRST_BACKOFF`] doubling up to
+/// [`MAX_BACKOFF`].
+fn backoff_bound(lost: usize) -> Duration {
+    let Some(doublings) = lost.checked_sub(FREE_RETRIES + 1) else {
+        return Duration::ZERO;
+    };
+    let factor = u32::try_from(doublings)
+        .ok()
+        .and_then(|doublings| 1u32.checked_shl(doublings))
+        .unwrap_or(u32::MAX);
+    FIRST_BACKOFF
+        .checked_mul(factor)
+        .map_or(MAX_BACKOFF, |delay| delay.min(MAX_BACKOFF))
+}
+
+/// A wait drawn uniformly from zero to `bound` ("full jitter"): losers that
+/// lost to the same writer at the same moment come back at different times.
+fn jittered(bound: Duration) -> Duration {
+    let micros = u64::try_from(bound.as_micros()).unwrap_or(u64::MAX);
+    Duration::from_micros(fastrand::u64(0..=micros))
+}
 
 /// Keys per listing request on S3.
 pub(crate) const LIST_PAGE: usize = 1000;
@@ -248,7 +327,8 @@ impl Store {
     pub(crate) async fn delete(&self, collection: &CollectionName, id: &RecordId) -> Result<bool> {
         let keys = self.keys.collection(collection);
         let path = keys.record(id);
-        for _ in 0..MAX_RACES {
+        let mut races = Races::default();
+        loop {
             match self.read(collection, &keys, id).await? {
                 State::Absent | State::Marker { .. } => return Ok(false),
                 State::Record { etag, .. } => {
@@ -257,8 +337,8 @@ impl Store {
                     }
                 }
             }
+            races.lost(&path).await?;
         }
-        Err(kept_changing(&path))
     }
 
     async fn put_marker(&self, path: &Path, etag: &str) -> Result<Put> {
@@ -276,7 +356,8 @@ impl Store {
             .filter(|meta| meta.size != MARKER_SIZE)
             .map(|meta| async move {
                 let mut etag = meta.e_tag.clone();
-                for _ in 0..MAX_RACES {
+                let mut races = Races::default();
+                loop {
                     let current = match etag.take() {
                         Some(etag) => etag,
                         None => match self.read_at(collection, &meta.location).await? {
@@ -287,8 +368,8 @@ impl Store {
                     if let Put::Done(_) = self.put_marker(&meta.location, &current).await? {
                         return Ok(());
                     }
+                    races.lost(&meta.location).await?;
                 }
-                Err(kept_changing(&meta.location))
             });
         futures::stream::iter(marks)
             .buffer_unordered(self.in_flight())
@@ -396,7 +477,8 @@ impl Store {
     ) -> Result<()> {
         let mut known = self.newest.lock().get(collection).cloned();
         let path = keys.newest();
-        for _ in 0..MAX_RACES {
+        let mut races = Races::default();
+        loop {
             if let Some((stored, etag)) = &known {
                 if stored >= stamp {
                     self.newest
@@ -419,10 +501,12 @@ impl Store {
                         .insert(collection.clone(), (stamp.clone(), etag));
                     return Ok(());
                 }
-                Put::Lost => known = self.read_newest(keys).await?,
+                Put::Lost => {
+                    races.lost(&path).await?;
+                    known = self.read_newest(keys).await?;
+                }
             }
         }
-        Err(kept_changing(&path))
     }
 
     /// The newest stamp of every collection: one listing and one small read
@@ -478,15 +562,16 @@ impl Store {
             key: key.to_owned(),
             value: value.to_owned(),
         })?;
-        for _ in 0..MAX_RACES {
+        let mut races = Races::default();
+        loop {
             if let Put::Done(_) = self.io.put(&path, body.clone(), Condition::Absent).await? {
                 return Ok(value.to_owned());
             }
             if let Some(kept) = self.get_meta(key).await? {
                 return Ok(kept);
             }
+            races.lost(&path).await?;
         }
-        Err(kept_changing(&path))
     }
 }
 
@@ -507,4 +592,126 @@ pub(crate) fn kept_changing(path: &Path) -> Error {
         BACKEND_NAME,
         format!("{path} changed under each of {MAX_RACES} attempts to write it; try again"),
     )
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn ms(millis: u64) -> Duration {
+        Duration::from_millis(millis)
+    }
+
+    /// The first retries cost nothing (a lone loser or a stale feed head is
+    /// not worth a wait); after them the bound doubles, and stops growing at
+    /// the cap however long the losing streak.
+    #[test]
+    fn the_bound_is_zero_at_first_then_doubles_up_to_the_cap() {
+        let bounds: Vec<Duration> = (1..=14).map(backoff_bound).collect();
+        assert_eq!(
+            bounds,
+            [
+                Duration::ZERO,
+                Duration::ZERO,
+                ms(1),
+                ms(2),
+                ms(4),
+                ms(8),
+                ms(16),
+                ms(32),
+                ms(64),
+                ms(128),
+                ms(256),
+                ms(512),
+                ms(1000),
+                ms(1000)
+            ]
+        );
+        assert_eq!(backoff_bound(MAX_RACES), MAX_BACKOFF);
+        assert_eq!(backoff_bound(usize::MAX), MAX_BACKOFF);
+        for lost in 1..200 {
+            assert!(backoff_bound(lost + 1) >= backoff_bound(lost), "{lost}");
+        }
+    }
+
+    /// Waits are spread over the whole range under the bound, so losers of
+    /// one race come back at different times.
+    #[test]
+    fn waits_are_jittered_within_the_bound() {
+        assert_eq!(jittered(Duration::ZERO), Duration::ZERO);
+        for bound in [ms(1), ms(8), MAX_BACKOFF] {
+            let draws: Vec<Duration> = (0..500).map(|_| jittered(bound)).collect();
+            assert!(draws.iter().all(|wait| *wait <= bound), "{bound:?}");
+            let distinct: HashSet<&Duration> = draws.iter().collect();
+            assert!(
+                distinct.len() > 100,
+                "{bound:?}: {} distinct",
+                distinct.len()
+            );
+            assert!(draws.iter().any(|wait| *wait < bound / 4), "{bound:?}");
+            assert!(draws.iter().any(|wait| *wait > bound * 3 / 4), "{bound:?}");
+        }
+    }
+
+    /// A loop that loses every race retries at once at first, then waits
+    /// (in all no more than the bounds add up to, plus the timer's
+    /// millisecond rounding of each wait), and gives up at its
+    /// [`MAX_RACES`]th lost attempt, without waiting, naming the object.
+    #[tokio::test(start_paused = true)]
+    async fn a_loop_losing_every_race_waits_then_gives_up() {
+        let path = Path::from("dse/c/x/f");
+        let mut races = Races::default();
+        let start = tokio::time::Instant::now();
+        for lost in 1..MAX_RACES {
+            races.lost(&path).await.unwrap();
+            assert_eq!(races.count(), lost);
+            if lost <= FREE_RETRIES {
+                assert_eq!(start.elapsed(), Duration::ZERO, "retry {lost} waited");
+            }
+        }
+        let waited = start.elapsed();
+        let bounds: Duration = (1..MAX_RACES).map(backoff_bound).sum();
+        let rounding = ms(1) * u32::try_from(MAX_RACES).unwrap();
+        assert!(waited > bounds / 4, "{waited:?} of at most {bounds:?}");
+        assert!(
+            waited <= bounds + rounding,
+            "{waited:?} of at most {bounds:?}"
+        );
+        assert!(bounds < Duration::from_secs(60), "{bounds:?}");
+
+        let error = races.lost(&path).await.unwrap_err();
+        assert!(matches!(error, Error::Unavailable { .. }), "{error}");
+        assert!(
+            error
+                .to_string()
+                .contains("dse/c/x/f changed under each of 64 attempts to write it"),
+            "{error}"
+        );
+        assert_eq!(start.elapsed(), waited);
+    }
+
+    /// Outside a Tokio runtime there is no timer: retries go on at once
+    /// (the whole losing streak completes in one poll).
+    #[test]
+    fn without_a_runtime_retries_do_not_wait() {
+        use std::future::Future;
+        use std::task::{Context, Poll, Waker};
+
+        let path = Path::from("dse/c/x/f");
+        let mut races = Races::default();
+        let mut streak = std::pin::pin!(async {
+            for _ in 1..MAX_RACES {
+                races.lost(&path).await?;
+            }
+            races.lost(&path).await
+        });
+        let polled = streak
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()));
+        assert!(
+            matches!(polled, Poll::Ready(Err(Error::Unavailable { .. }))),
+            "{polled:?}"
+        );
+    }
 }
