@@ -1199,9 +1199,46 @@ const TASKS_PER_HANDLE: usize = 4;
 const INCREMENTS_PER_TASK: i64 = 25;
 const MAX_ATTEMPTS_PER_INCREMENT: usize = 2_000;
 
+/// The writers of [`concurrent_writers_lose_no_update_in`]: how many handles
+/// are opened, how many writers share each, and how many increments each
+/// writer makes.
+#[derive(Debug, Clone, Copy)]
+pub struct Crowd {
+    /// Handles opened on the store, each as another process would.
+    pub handles: usize,
+    /// Concurrent writers on each handle.
+    pub writers_per_handle: usize,
+    /// Increments each writer makes.
+    pub increments: i64,
+}
+
 /// Read → merge → conditional write through two handles, retried on
 /// conflict: every increment survives.
 pub async fn concurrent_writers_lose_no_update(ctx: &Context<'_>) -> CheckResult {
+    concurrent_writers_lose_no_update_in(
+        ctx,
+        Crowd {
+            handles: HANDLES,
+            writers_per_handle: TASKS_PER_HANDLE,
+            increments: INCREMENTS_PER_TASK,
+        },
+    )
+    .await
+    .map(drop)
+}
+
+/// [`concurrent_writers_lose_no_update`] with a crowd of another size, for
+/// a backend's own stress test. Returns the collection written, for checks
+/// of more than the counter (its change feed, say).
+pub async fn concurrent_writers_lose_no_update_in(
+    ctx: &Context<'_>,
+    crowd: Crowd,
+) -> CheckResult<CollectionName> {
+    let Crowd {
+        handles: handle_count,
+        writers_per_handle,
+        increments,
+    } = crowd;
     let coll = ctx.collection("concurrent");
     let mut setup = ctx.clock("concurrent-setup")?;
     let counter = record(&mut setup, "counter", 0)?;
@@ -1213,15 +1250,15 @@ pub async fn concurrent_writers_lose_no_update(ctx: &Context<'_>) -> CheckResult
         "create the counter",
     )?;
 
-    let writers = HANDLES * TASKS_PER_HANDLE;
+    let writers = handle_count * writers_per_handle;
     let start = Arc::new(Barrier::new(writers));
     let mut tasks = JoinSet::new();
     let mut handles = Vec::new();
     let mut clients = Vec::new();
-    for h in 0..HANDLES {
+    for h in 0..handle_count {
         let handle = ctx.factory.open().await;
         handles.push(Arc::clone(&handle));
-        for t in 0..TASKS_PER_HANDLE {
+        for t in 0..writers_per_handle {
             let hlc = ctx.clock(&format!("writer-{h}-{t}"))?;
             clients.push(hlc.client().clone());
             tasks.spawn(increment(
@@ -1229,6 +1266,7 @@ pub async fn concurrent_writers_lose_no_update(ctx: &Context<'_>) -> CheckResult
                 coll.clone(),
                 hlc,
                 Arc::clone(&start),
+                increments,
             ));
         }
     }
@@ -1244,7 +1282,7 @@ pub async fn concurrent_writers_lose_no_update(ctx: &Context<'_>) -> CheckResult
         .await
         .or_fail("get")?
         .ok_or("the counter vanished")?;
-    let total = (HANDLES * TASKS_PER_HANDLE) as i64 * INCREMENTS_PER_TASK;
+    let total = writers as i64 * increments;
     ensure_eq!(
         n_of(&stored.record),
         Some(total),
@@ -1258,7 +1296,7 @@ pub async fn concurrent_writers_lose_no_update(ctx: &Context<'_>) -> CheckResult
     for client in &clients {
         ensure_eq!(
             stored.record.versions().get(client),
-            INCREMENTS_PER_TASK as u64,
+            increments as u64,
             "the version vector entry of writer {client}"
         );
     }
@@ -1268,21 +1306,22 @@ pub async fn concurrent_writers_lose_no_update(ctx: &Context<'_>) -> CheckResult
         conflicts >= writers - 1,
         "only {conflicts} conflicts among {writers} writers that all wrote over the same read state"
     );
-    Ok(())
+    Ok(coll)
 }
 
-/// One writer: increments the counter, retrying lost races. Returns how many
-/// conflicts it met. Its first write waits at `start` until every writer has
+/// One writer: increments the counter `increments` times, retrying lost
+/// races. Returns how many conflicts it met. Its first write waits at `start` until every writer has
 /// read the counter, so the first round is a real race.
 async fn increment(
     store: Arc<dyn StorageBackend>,
     coll: CollectionName,
     mut hlc: syncforge_core::Hlc,
     start: Arc<Barrier>,
+    increments: i64,
 ) -> CheckResult<usize> {
     let mut conflicts = 0;
     let mut first_write = true;
-    for _ in 0..INCREMENTS_PER_TASK {
+    for _ in 0..increments {
         let mut attempts = 0;
         loop {
             attempts += 1;

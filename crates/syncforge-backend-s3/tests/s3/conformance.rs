@@ -37,8 +37,8 @@ async fn conforms_on_object_stores_in_memory_store() {
 /// Opens handles on one directory, each with a `LocalDirectory` of its own
 /// (as separate processes would: their writes exclude each other through
 /// the lock file, not through shared memory).
-struct OnDirectory {
-    dir: tempfile::TempDir,
+pub(crate) struct OnDirectory {
+    pub(crate) dir: tempfile::TempDir,
 }
 
 #[syncforge_core::async_trait]

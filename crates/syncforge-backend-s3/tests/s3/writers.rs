@@ -15,6 +15,10 @@ use syncforge_core::{
 };
 use tokio::task::JoinSet;
 
+use syncforge_testkit::checks::{self, Crowd};
+use syncforge_testkit::Context;
+
+use crate::conformance::OnDirectory;
 use crate::support;
 use crate::wrapper::Wrapped;
 
@@ -170,114 +174,37 @@ async fn sixteen_writers_on_twenty_records_lose_no_update_on_s3() {
     sixteen_writers_lose_nothing(server.store(), &support::unique_prefix("sixteen"), 4).await;
 }
 
-/// Writers in the crowd below, increments each, and how long all may take.
-const CROWD: usize = 32;
-const CROWD_INCREMENTS: u64 = 5;
+/// How long the crowd below may take.
 const CROWD_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Four times the writers of the conformance suite's
-/// `concurrent_writers_lose_no_update`, all on one record of a local
-/// directory, each on a handle (and `LocalDirectory`) of its own: every
-/// increment survives, and no writer hears `Unavailable` because its claim
-/// of a feed entry kept losing to the others (which writers retrying at
-/// once did under load).
+/// `concurrent_writers_lose_no_update`, each on a handle (and
+/// `LocalDirectory`) of its own, all on one record of a local directory:
+/// every increment survives, and no writer hears `Unavailable` because its
+/// claim of a feed entry kept losing to the others (which writers retrying
+/// at once did under load). The change feed then holds the counter as
+/// stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_two_writers_on_one_record_of_a_local_directory_lose_nothing_and_never_give_up() {
-    let dir = tempfile::tempdir().unwrap();
-    let collection = coll("crowd");
-    let setup = S3Backend::local_directory(dir.path(), "dse").unwrap();
-    let mut clock = Hlc::new(ClientId::new("setup").unwrap());
-    let counter = Record::create(content("counter", 0), &clock.now().unwrap());
-    assert!(matches!(
-        setup
-            .put(&collection, &Write::create(counter))
-            .await
-            .unwrap(),
-        WriteOutcome::Written { .. }
-    ));
-    // Every writer reads the counter before the first one writes.
-    let start = Arc::new(tokio::sync::Barrier::new(CROWD));
-    let mut tasks = JoinSet::new();
-    for w in 0..CROWD {
-        let backend = S3Backend::local_directory(dir.path(), "dse").unwrap();
-        let collection = collection.clone();
-        let start = Arc::clone(&start);
-        tasks.spawn(async move {
-            let client = ClientId::new(&format!("writer-{w}")).unwrap();
-            let mut clock = Hlc::new(client.clone());
-            let mut first = true;
-            let mut conflicts = 0u64;
-            for _ in 0..CROWD_INCREMENTS {
-                loop {
-                    // The record's own races are the caller's to retry; any
-                    // error is a failure of the test.
-                    let stored = match backend.get(&collection, &rid("counter")).await {
-                        Ok(Some(stored)) => stored,
-                        Ok(None) => return Err(format!("writer {w}: the counter vanished")),
-                        Err(e) => return Err(format!("writer {w}: get: {e}")),
-                    };
-                    let n = stored.record.get("n").and_then(|v| v.as_i64()).unwrap();
-                    clock.observe(stored.record.newest_stamp()).unwrap();
-                    let mut next = stored.record.clone();
-                    next.apply_put(content("counter", n + 1), &clock.now().unwrap())
-                        .unwrap();
-                    if first {
-                        first = false;
-                        start.wait().await;
-                    } else {
-                        tokio::task::yield_now().await;
-                    }
-                    match backend
-                        .put(&collection, &Write::replace(next, stored.token))
-                        .await
-                    {
-                        Ok(WriteOutcome::Written { .. }) => break,
-                        Ok(WriteOutcome::Conflict) => conflicts += 1,
-                        Err(e) => return Err(format!("writer {w}: put: {e}")),
-                    }
-                }
-            }
-            Ok((client, conflicts))
-        });
-    }
-    let joined = tokio::time::timeout(CROWD_TIMEOUT, async {
-        let mut results = Vec::new();
-        while let Some(result) = tasks.join_next().await {
-            results.push(result.unwrap());
-        }
-        results
-    })
+    let factory = OnDirectory {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let ctx = Context::open(&factory).await;
+    let crowd = Crowd {
+        handles: 32,
+        writers_per_handle: 1,
+        increments: 5,
+    };
+    let collection = tokio::time::timeout(
+        CROWD_TIMEOUT,
+        checks::concurrent_writers_lose_no_update_in(&ctx, crowd),
+    )
     .await
-    .unwrap_or_else(|_| panic!("{CROWD} writers took longer than {CROWD_TIMEOUT:?}"));
-    let failures: Vec<&String> = joined.iter().filter_map(|r| r.as_ref().err()).collect();
-    assert!(failures.is_empty(), "writers failed: {failures:#?}");
-
-    let stored = setup
-        .get(&collection, &rid("counter"))
-        .await
-        .unwrap()
-        .unwrap();
-    let total = CROWD as u64 * CROWD_INCREMENTS;
-    assert_eq!(
-        stored.record.get("n").and_then(|v| v.as_i64()),
-        Some(total as i64),
-        "increments were lost"
-    );
-    assert_eq!(
-        stored.record.version(),
-        total + 1,
-        "the create and every increment"
-    );
-    for (client, _) in joined.iter().flatten() {
-        assert_eq!(
-            stored.record.versions().get(client),
-            CROWD_INCREMENTS,
-            "{client}"
-        );
-    }
+    .unwrap_or_else(|_| panic!("{crowd:?} took longer than {CROWD_TIMEOUT:?}"))
+    .unwrap_or_else(|message| panic!("{message}"));
     let mut seen = BTreeMap::new();
-    follow(&setup, &collection, Cursor::START, &mut seen).await;
-    assert_eq!(seen, all(&setup, &collection).await);
+    follow(ctx.store().as_ref(), &collection, Cursor::START, &mut seen).await;
+    assert_eq!(seen, all(ctx.store().as_ref(), &collection).await);
 }
 
 /// Two writers whose clocks are two minutes apart and a third replica that
