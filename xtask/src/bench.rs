@@ -118,6 +118,16 @@ const ROWS: &[RowSpec] = &[
         target: Target::RatePerSec(2.2e6),
     },
     RowSpec {
+        key: "baseline_put",
+        label: "baseline: 100k structs as serde_json text into a HashMap (W1's floor)",
+        target: Target::None,
+    },
+    RowSpec {
+        key: "w1_put",
+        label: "W1 put, rate as a share of its floor's",
+        target: Target::ShareOf { of: "baseline_put" },
+    },
+    RowSpec {
         key: "w2_sync_empty",
         label: "W2 sync 100k into an empty store",
         target: Target::RatePerSec(3e6),
@@ -129,8 +139,15 @@ const ROWS: &[RowSpec] = &[
     },
     RowSpec {
         key: "baseline_lookup",
-        label: "baseline: 100k incoming records looked up, versions compared",
+        label: "baseline: 100k incoming records looked up, versions compared (W3's floor)",
         target: Target::None,
+    },
+    RowSpec {
+        key: "w3_sync_crdt",
+        label: "W3 CRDT sync, rate as a share of its floor's",
+        target: Target::ShareOf {
+            of: "baseline_lookup",
+        },
     },
     RowSpec {
         key: "baseline_hashmap_10k",
@@ -868,6 +885,22 @@ mod tests {
             line(&lines, "peers: W3 merge, crdts").figure,
             "full mode only"
         );
+    }
+
+    #[test]
+    fn w1_and_w3_are_shown_as_shares_of_their_floors() {
+        let rows = measured(
+            "w1_put\t100000\t80000000\nbaseline_put\t100000\t40000000\n\
+             w3_sync_crdt\t100000\t50000000\nbaseline_lookup\t100000\t20000000\n",
+        );
+        let lines = table(&rows);
+        let w1 = line(&lines, "W1 put, rate as a share of its floor");
+        assert_eq!(
+            (w1.target.as_str(), w1.verdict),
+            ("50.0% of baseline_put", "")
+        );
+        let w3 = line(&lines, "W3 CRDT sync, rate as a share of its floor");
+        assert_eq!(w3.target, "40.0% of baseline_lookup");
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The four core workloads on the memory backend, and the plain baseline they
 //! are compared with. Run through `cargo xtask bench`, which prints the table.
 //!
-//! * baseline: 100,000 ready-made records inserted into a `HashMap`;
+//! * baseline: 100,000 ready-made records inserted into a `HashMap`; and the
+//!   floors of W1 (each person as serde_json text into a `HashMap`) and of
+//!   W3 (each incoming record looked up and its versions compared);
 //! * W1: 100,000 puts into an empty collection;
 //! * W2: a sync of 100,000 records into an empty store;
 //! * W3: a CRDT sync of 100,000 records into a store holding the same
@@ -41,6 +43,7 @@ use support::{
 const GROUP: &str = "workloads";
 const BASELINE: &str = "baseline_hashmap";
 const BASELINE_LOOKUP: &str = "baseline_lookup";
+const BASELINE_PUT: &str = "baseline_put";
 const W1: &str = "w1_put";
 const W2: &str = "w2_sync_empty";
 const W3: &str = "w3_sync_crdt";
@@ -108,6 +111,33 @@ fn baseline_lookup(c: &mut Criterion, rt: &Runtime, base: &[Record]) {
                 )
             })
         });
+}
+
+/// The floor of W1: each person serialised to JSON text by serde_json and
+/// inserted by id into a `HashMap` (foldhash, as the memory store hashes),
+/// with no field states, stamps, change feed or events: the least a put of
+/// a struct into a keyed store can do.
+fn baseline_put(c: &mut Criterion) {
+    if !selected(BASELINE_PUT) {
+        return;
+    }
+    let people: Vec<Person> = (0..RECORDS).map(Person::nth).collect();
+    c.benchmark_group(GROUP).bench_function(BASELINE_PUT, |b| {
+        b.iter_custom(|iters| {
+            timed(
+                iters,
+                || (),
+                |()| {
+                    let mut map = foldhash::HashMap::default();
+                    for person in &people {
+                        let text = serde_json::to_string(person).unwrap();
+                        map.insert(person.id.clone(), text);
+                    }
+                    map
+                },
+            )
+        })
+    });
 }
 
 fn w1_put(c: &mut Criterion, rt: &Runtime, size: usize, id: &str) {
@@ -374,8 +404,8 @@ fn main() {
     // of it runs.
     for (size, suffix) in SIZES {
         let rows = [BASELINE, W1, W2, W3].map(|row| format!("{row}{suffix}"));
-        let wanted =
-            rows.iter().any(|row| selected(row)) || size == RECORDS && selected(BASELINE_LOOKUP);
+        let wanted = rows.iter().any(|row| selected(row))
+            || size == RECORDS && (selected(BASELINE_LOOKUP) || selected(BASELINE_PUT));
         if !wanted {
             continue;
         }
@@ -385,6 +415,7 @@ fn main() {
         baseline(&mut c, &base, &rows[0]);
         if size == RECORDS {
             baseline_lookup(&mut c, &rt, &base);
+            baseline_put(&mut c);
         }
         w1_put(&mut c, &rt, size, &rows[1]);
         w2_sync_into_empty(&mut c, &rt, &base, &rows[2]);
@@ -401,6 +432,7 @@ fn main() {
         &[
             (BASELINE, RECORDS),
             (BASELINE_LOOKUP, RECORDS),
+            (BASELINE_PUT, RECORDS),
             ("baseline_hashmap_10k", 10_000),
             ("baseline_hashmap_1m", 1_000_000),
             ("w1_put", RECORDS),
