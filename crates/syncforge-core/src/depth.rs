@@ -40,12 +40,6 @@ pub const MAX_NESTING_DEPTH: usize = 64;
 /// How deep `value` nests arrays and objects (a scalar is at depth 0),
 /// measured without recursion, so any value can be measured on any stack.
 pub fn nesting_depth(value: &Value) -> usize {
-    deepest(value, usize::MAX)
-}
-
-/// The depth of `value`, or anything above `stop` once it is known to be
-/// deeper than `stop` (the walk then ends early).
-fn deepest(value: &Value, stop: usize) -> usize {
     let mut deepest = 0;
     let mut stack: Vec<(&Value, usize)> = vec![(value, 0)];
     while let Some((value, depth)) = stack.pop() {
@@ -56,16 +50,26 @@ fn deepest(value: &Value, stop: usize) -> usize {
             _ => continue,
         }
         deepest = deepest.max(depth);
-        if deepest > stop {
-            return deepest;
-        }
     }
     deepest
 }
 
 /// Whether `value` nests deeper than [`MAX_NESTING_DEPTH`].
 pub(crate) fn too_deep(value: &Value) -> bool {
-    deepest(value, MAX_NESTING_DEPTH) > MAX_NESTING_DEPTH
+    deeper_than(value, MAX_NESTING_DEPTH)
+}
+
+/// Whether `value` nests deeper than `levels`. Recurses, but never more
+/// than `levels + 1` calls deep whatever the value, so it is as safe on any
+/// stack as the heap walk of [`nesting_depth`] — and allocates nothing,
+/// where that walk allocated for every value of every record read.
+fn deeper_than(value: &Value, levels: usize) -> bool {
+    // A container is one level; `levels - 1` is only reached above zero.
+    match value {
+        Value::Array(items) => levels == 0 || items.iter().any(|c| deeper_than(c, levels - 1)),
+        Value::Object(map) => levels == 0 || map.values().any(|c| deeper_than(c, levels - 1)),
+        _ => false,
+    }
 }
 
 /// The reason given when field `field` of record `id` nests too deep.
@@ -580,6 +584,34 @@ mod tests {
     }
 
     const REFUSAL: &str = "invalid record \"deep\", field `d`: nests arrays and objects more than 64 levels deep, the limit for a record's values";
+
+    #[test]
+    fn the_limit_check_agrees_with_the_measured_depth_and_stays_shallow() {
+        let mixed = |levels: usize| {
+            let mut value = json!({"x": 1});
+            for level in 0..levels {
+                value = if level % 2 == 0 {
+                    json!([1, {"k": value}, []])
+                } else {
+                    json!({"a": [], "b": value, "c": "s"})
+                };
+            }
+            value
+        };
+        for levels in (0..=70).chain([MAX_NESTING_DEPTH * 3]) {
+            for value in [nested(levels), mixed(levels)] {
+                let depth = nesting_depth(&value);
+                assert_eq!(too_deep(&value), depth > MAX_NESTING_DEPTH, "depth {depth}");
+                dismantle(value);
+            }
+        }
+        // However deep the value, the check recurses only past the limit.
+        on_small_stack(|| {
+            let value = nested(100_000);
+            assert!(too_deep(&value));
+            dismantle(value);
+        });
+    }
 
     #[test]
     fn depth_is_measured_without_recursion() {

@@ -858,6 +858,18 @@ mod json_form {
             same(&back, &r)?;
         }
 
+        /// A stamp's text is its two numbers in fixed-width lowercase hex
+        /// and its client, and reads back as the stamp.
+        #[test]
+        fn stamp_text_is_fixed_width_hex_and_round_trips(stamp in gen::any_stamp()) {
+            let text = stamp.to_string();
+            prop_assert_eq!(
+                &text,
+                &format!("{:012x}.{:08x}.{}", stamp.millis(), stamp.counter(), stamp.client())
+            );
+            prop_assert_eq!(text.parse::<Stamp>().unwrap(), stamp);
+        }
+
         /// A value's text is what serde_json writes for it (`-0.0` as
         /// `0.0`), reads back as the value, and two texts are equal exactly
         /// when their values are.

@@ -120,7 +120,7 @@ impl Record {
         if self
             .field_states()
             .iter()
-            .any(|(_, state)| state.value().is_none())
+            .any(|(_, state)| state.text().is_none())
         {
             out.push_str(",\"removed\":");
             self.write_field_stamps(out, false);
@@ -142,7 +142,7 @@ impl Record {
         out.push('{');
         let mut first = true;
         for (name, state) in self.field_states().iter() {
-            if state.value().is_some() == live {
+            if state.text().is_some() == live {
                 separate(out, &mut first);
                 write_key(out, name);
                 write_stamp(out, state.stamp());
@@ -166,8 +166,9 @@ pub(super) fn write_key(out: &mut String, name: &str) {
 /// A stamp as a JSON string: its `Display` form, `{:012x}.{:08x}.{client}`.
 fn write_stamp(out: &mut String, stamp: &Stamp) {
     out.push('"');
-    // Writing into a String cannot fail.
-    let _ = write!(out, "{:012x}.{:08x}.", stamp.millis(), stamp.counter());
+    let fixed = stamp.fixed_text();
+    // ASCII digits and dots: always text.
+    out.push_str(std::str::from_utf8(&fixed).unwrap_or_default());
     write_escaped(out, stamp.client().as_str());
     out.push('"');
 }

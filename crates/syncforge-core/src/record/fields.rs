@@ -221,6 +221,15 @@ impl FieldStates {
         }
     }
 
+    /// [`insert`](Self::insert) by a borrowed name, returning nothing: no
+    /// string is made for a name already shared.
+    pub(crate) fn insert_shared(&mut self, name: &str, state: FieldState) {
+        match self.view().position(name) {
+            Ok(i) => self.0[i].1 = state,
+            Err(i) => self.0.insert(i, (shared_name(name), state)),
+        }
+    }
+
     /// Fields and their states, sorted by name.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &FieldState)> + '_ {
         self.view().iter()

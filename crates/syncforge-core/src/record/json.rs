@@ -81,7 +81,7 @@ impl Record {
             client: client.as_ref().and_then(Value::as_str),
         };
         let record = match sync {
-            Some(Value::Object(sync)) => from_sync_state(id, map, &sync)?,
+            Some(Value::Object(sync)) => from_sync_state(id, &map, &sync)?,
             // `open_object` checked that `_sync`, when present, is an object.
             Some(other) => return Err(wrong_type(&id, SYNC_KEY, "an object", &other)),
             None => from_seed(id, map, &meta)?,
@@ -242,16 +242,18 @@ pub(super) fn check_metadata_types(id: &str, map: &Map<String, Value>) -> Result
 
 /// Reads the `_sync` state. `values` are the user fields beside it; every
 /// one must have a stamp, and every stamp a field.
-fn from_sync_state(
+fn from_sync_state<'a>(
     id: RecordId,
-    mut values: Map<String, Value>,
-    sync: &Map<String, Value>,
+    values: &Map<String, Value>,
+    sync: &'a Map<String, Value>,
 ) -> Result<Record> {
-    let bad = |key: String, why: String| Error::invalid_field(Some(&id), &key, why);
-    let stamp = |key: String, v: &Value| -> Result<Stamp> {
+    // Keys for messages are only spelt out for a refusal: formatting one
+    // per field and stamp was a large part of reading a record.
+    let bad = |key: &dyn Fn() -> String, why: String| Error::invalid_field(Some(&id), &key(), why);
+    let stamp = |key: &dyn Fn() -> String, v: &Value| -> Result<Stamp> {
         let text = v.as_str().ok_or_else(|| {
             bad(
-                key.clone(),
+                key,
                 format!("must be a stamp string, found {}", describe(v)),
             )
         })?;
@@ -263,78 +265,84 @@ fn from_sync_state(
             other => other,
         })
     };
-    let object = |key: &str, v: &'_ Value| -> Result<Map<String, Value>> {
-        v.as_object().cloned().ok_or_else(|| {
+    let empty = Map::new();
+    let object = |key: &str, v: &'a Value| -> Result<&'a Map<String, Value>> {
+        v.as_object().ok_or_else(|| {
             bad(
-                format!("_sync.{key}"),
+                &|| format!("_sync.{key}"),
                 format!("must be an object, found {}", describe(v)),
             )
         })
     };
     let mut written = None;
     let mut tombstone = None;
-    let mut live = Map::new();
-    let mut removed = Map::new();
-    let mut versions = Map::new();
+    let mut live = &empty;
+    let mut removed = &empty;
+    let mut versions = &empty;
     for (key, value) in sync {
         match key.as_str() {
-            "written" => written = Some(stamp("_sync.written".to_owned(), value)?),
-            "deleted" => tombstone = Some(stamp("_sync.deleted".to_owned(), value)?),
+            "written" => written = Some(stamp(&|| "_sync.written".to_owned(), value)?),
+            "deleted" => tombstone = Some(stamp(&|| "_sync.deleted".to_owned(), value)?),
             "fields" => live = object(key, value)?,
             "removed" => removed = object(key, value)?,
             "versions" => versions = object(key, value)?,
             other => {
                 return Err(bad(
-                    format!("_sync.{other}"),
+                    &|| format!("_sync.{other}"),
                     "is not a key `_sync` can hold".to_owned(),
                 ))
             }
         }
     }
     let written =
-        written.ok_or_else(|| bad("_sync.written".to_owned(), "is missing".to_owned()))?;
+        written.ok_or_else(|| bad(&|| "_sync.written".to_owned(), "is missing".to_owned()))?;
     let mut fields = FieldStates::new();
-    for (name, s) in &live {
-        let value = values.remove(name).ok_or_else(|| {
-            bad(
-                name.clone(),
+    // Values are looked up, not taken out of their map: removing each was
+    // a large part of reading a record. Once every stamp found its value,
+    // equal counts mean every value has its stamp.
+    for (name, s) in live {
+        let Some(value) = values.get(name) else {
+            return Err(bad(
+                &|| name.clone(),
                 "has a stamp in `_sync.fields` but no value".to_owned(),
-            )
-        })?;
-        fields.insert(
-            name.clone(),
-            FieldState::checked(Some(&value), stamp(format!("_sync.fields.{name}"), s)?),
+            ));
+        };
+        fields.insert_shared(
+            name,
+            FieldState::checked(Some(value), stamp(&|| format!("_sync.fields.{name}"), s)?),
         );
     }
-    if let Some(name) = values.keys().next() {
-        return Err(bad(
-            name.clone(),
-            "has no stamp in `_sync.fields`".to_owned(),
-        ));
+    if values.len() != live.len() {
+        if let Some(name) = values.keys().find(|name| !live.contains_key(*name)) {
+            return Err(bad(
+                &|| name.clone(),
+                "has no stamp in `_sync.fields`".to_owned(),
+            ));
+        }
     }
-    for (name, s) in &removed {
+    for (name, s) in removed {
         if is_reserved(name) || fields.contains_key(name) {
             return Err(bad(
-                name.clone(),
+                &|| name.clone(),
                 "is listed in `_sync.removed` but present".to_owned(),
             ));
         }
-        fields.insert(
-            name.clone(),
-            FieldState::checked(None, stamp(format!("_sync.removed.{name}"), s)?),
+        fields.insert_shared(
+            name,
+            FieldState::checked(None, stamp(&|| format!("_sync.removed.{name}"), s)?),
         );
     }
     let mut vv = VersionVector::new();
-    for (client, n) in &versions {
-        let key = format!("_sync.versions.{client}");
+    for (client, n) in versions {
+        let key = || format!("_sync.versions.{client}");
         check_name(client)
-            .map_err(|reason| bad(key.clone(), format!("names a client id that {reason}")))?;
+            .map_err(|reason| bad(&key, format!("names a client id that {reason}")))?;
         let n = n
             .as_u64()
             .filter(|n| (1..=MAX_VERSION).contains(n))
             .ok_or_else(|| {
                 bad(
-                    key.clone(),
+                    &key,
                     format!(
                         "must be an integer from 1 to {MAX_VERSION}, found {}",
                         describe(n)
@@ -382,6 +390,7 @@ mod tests {
 
     #[test]
     fn bad_records_are_refused_with_reasons() {
+        const W: &str = "000000000001.00000000.c";
         let cases = [
             (json!([1]), "expected a JSON object"),
             (json!({"name": "x"}), "missing the string field `id`"),
@@ -415,6 +424,42 @@ mod tests {
             (
                 json!({"id": "a", "x": 1, "_sync": {"written": "000000000001.00000000.c", "fields": {}}}),
                 "field `x`: has no stamp in `_sync.fields`",
+            ),
+            (
+                json!({"id": "a", "y": 1, "_sync": {"written": W, "fields": {"x": W}}}),
+                "field `x`: has a stamp in `_sync.fields` but no value",
+            ),
+            (
+                json!({"id": "a", "x": 1, "z": 2, "_sync": {"written": W, "fields": {"x": W}}}),
+                "field `z`: has no stamp in `_sync.fields`",
+            ),
+            (
+                json!({"id": "a", "x": 1, "_sync": {"written": W, "fields": {"x": 5}}}),
+                "field `_sync.fields.x`: must be a stamp string, found 5",
+            ),
+            (
+                json!({"id": "a", "x": 1, "_sync": {"written": W, "fields": {"x": "000000000001.0000000A.c"}}}),
+                "field `_sync.fields.x`: stamp \"000000000001.0000000A.c\" is malformed: milliseconds and counter must be lowercase hex",
+            ),
+            (
+                json!({"id": "a", "x": 1, "_sync": {"written": W, "fields": {"x": W}, "removed": {"x": W}}}),
+                "field `x`: is listed in `_sync.removed` but present",
+            ),
+            (
+                json!({"id": "a", "_sync": {"written": W, "fields": {}, "removed": {"x": "0"}}}),
+                "field `_sync.removed.x`: stamp \"0\" is malformed",
+            ),
+            (
+                json!({"id": "a", "_sync": {"written": W, "fields": {}, "versions": {"c": 0}}}),
+                "field `_sync.versions.c`: must be an integer from 1 to",
+            ),
+            (
+                json!({"id": "a", "_sync": {"written": W, "fields": [], "versions": {}}}),
+                "field `_sync.fields`: must be an object, found an array",
+            ),
+            (
+                json!({"id": "a", "_sync": {"written": W, "fields": {}, "other": 1}}),
+                "field `_sync.other`: is not a key `_sync` can hold",
             ),
             (
                 json!({"id": "a", "_sync": {"written": "garbage"}}),
