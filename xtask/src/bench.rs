@@ -230,6 +230,16 @@ const ROWS: &[RowSpec] = &[
         },
     },
     RowSpec {
+        key: "record_json_write",
+        label: "records written as JSON text (10k)",
+        target: Target::None,
+    },
+    RowSpec {
+        key: "record_json_read",
+        label: "records read from JSON text, checked (10k)",
+        target: Target::None,
+    },
+    RowSpec {
         key: "peak_rss_1m",
         label: "peak RSS holding 1M records (memory backend)",
         target: Target::BytesBelow(600.0 * MIB),

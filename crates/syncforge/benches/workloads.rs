@@ -12,6 +12,8 @@
 //!   edit is checked to have survived;
 //! * W4: 100 changes read from the change feed of one replica and synced into
 //!   another, with collections of 1,000 and of 1,000,000 records;
+//! * record JSON: 10,000 records written as JSON text, and read back from
+//!   it with every check a record from outside gets;
 //! * wide puts: one put adding 10,000 and 100,000 new field names to a record
 //!   of five fields, counted per field, whose cost must grow as n log n (the
 //!   names are sorted once), not n².
@@ -44,6 +46,10 @@ const GROUP: &str = "workloads";
 const BASELINE: &str = "baseline_hashmap";
 const BASELINE_LOOKUP: &str = "baseline_lookup";
 const BASELINE_PUT: &str = "baseline_put";
+const JSON_WRITE: &str = "record_json_write";
+const JSON_READ: &str = "record_json_read";
+/// Records of the JSON rows.
+const JSON_RECORDS: usize = 10_000;
 const W1: &str = "w1_put";
 const W2: &str = "w2_sync_empty";
 const W3: &str = "w3_sync_crdt";
@@ -196,6 +202,47 @@ fn w1_put_wide(c: &mut Criterion, rt: &Runtime, fields: usize, id: &str) {
                 |target| {
                     let stored = rt.block_on(target.get(COLLECTION, &person.id)).unwrap();
                     assert_eq!(stored.unwrap().fields().count(), fields + 5);
+                },
+            )
+        })
+    });
+}
+
+/// Records written as JSON text and read back from it, as every store but
+/// memory and every transport does: `write_json` of each record into one
+/// buffer, and `Record::from_json` of each record's text (parsed by
+/// serde_json), with every check a record from outside gets.
+fn record_json(c: &mut Criterion, records: &[Record]) {
+    if !selected(JSON_WRITE) && !selected(JSON_READ) {
+        return;
+    }
+    let records = &records[..JSON_RECORDS.min(records.len())];
+    let texts: Vec<String> = records.iter().map(Record::to_json_string).collect();
+    let mut group = c.benchmark_group(GROUP);
+    group.bench_function(JSON_WRITE, |b| {
+        b.iter_custom(|iters| {
+            timed(
+                iters,
+                || String::with_capacity(texts.iter().map(String::len).sum()),
+                |mut out| {
+                    for record in records {
+                        record.write_json(&mut out);
+                    }
+                    out
+                },
+            )
+        })
+    });
+    group.bench_function(JSON_READ, |b| {
+        b.iter_custom(|iters| {
+            timed(
+                iters,
+                || (),
+                |()| {
+                    texts
+                        .iter()
+                        .map(|text| Record::from_json(serde_json::from_str(text).unwrap()).unwrap())
+                        .collect::<Vec<_>>()
                 },
             )
         })
@@ -405,7 +452,10 @@ fn main() {
     for (size, suffix) in SIZES {
         let rows = [BASELINE, W1, W2, W3].map(|row| format!("{row}{suffix}"));
         let wanted = rows.iter().any(|row| selected(row))
-            || size == RECORDS && (selected(BASELINE_LOOKUP) || selected(BASELINE_PUT));
+            || size == RECORDS
+                && [BASELINE_LOOKUP, BASELINE_PUT, JSON_WRITE, JSON_READ]
+                    .iter()
+                    .any(|row| selected(row));
         if !wanted {
             continue;
         }
@@ -416,6 +466,7 @@ fn main() {
         if size == RECORDS {
             baseline_lookup(&mut c, &rt, &base);
             baseline_put(&mut c);
+            record_json(&mut c, &base);
         }
         w1_put(&mut c, &rt, size, &rows[1]);
         w2_sync_into_empty(&mut c, &rt, &base, &rows[2]);
@@ -433,6 +484,8 @@ fn main() {
             (BASELINE, RECORDS),
             (BASELINE_LOOKUP, RECORDS),
             (BASELINE_PUT, RECORDS),
+            (JSON_WRITE, JSON_RECORDS),
+            (JSON_READ, JSON_RECORDS),
             ("baseline_hashmap_10k", 10_000),
             ("baseline_hashmap_1m", 1_000_000),
             ("w1_put", RECORDS),
