@@ -301,9 +301,14 @@ impl RedisBackend {
         let sequence: u64 = sequence
             .parse()
             .map_err(|_| bad(format!("{sequence:?} is not a sequence number")))?;
-        let json: serde_json::Value =
-            serde_json::from_str(json).map_err(|e| bad(format!("the record is not JSON: {e}")))?;
-        let record = Record::from_json(json).map_err(|e| bad(format!("not a record: {e}")))?;
+        let record = match Record::from_stored_json(json) {
+            Some(record) => record,
+            None => {
+                let json: serde_json::Value = serde_json::from_str(json)
+                    .map_err(|e| bad(format!("the record is not JSON: {e}")))?;
+                Record::from_json(json).map_err(|e| bad(format!("not a record: {e}")))?
+            }
+        };
         if record.id().as_str() != id {
             return Err(bad(format!(
                 "the record stored under this id has the id {:?}",

@@ -806,6 +806,12 @@ fn decode_changes(
         .into_iter()
         .map(|(cursor, range)| {
             let text = body.get(range).unwrap_or_default();
+            let quick = std::str::from_utf8(text)
+                .ok()
+                .and_then(Record::from_stored_json);
+            if let Some(record) = quick {
+                return Ok(Change { cursor, record });
+            }
             let value: serde_json::Value =
                 serde_json::from_slice(text).map_err(|error| error.to_string())?;
             let record = Record::from_json(value).map_err(|error| error.to_string())?;

@@ -210,8 +210,8 @@ fn w1_put_wide(c: &mut Criterion, rt: &Runtime, fields: usize, id: &str) {
 
 /// Records written as JSON text and read back from it, as every store but
 /// memory and every transport does: `write_json` of each record into one
-/// buffer, and `Record::from_json` of each record's text (parsed by
-/// serde_json), with every check a record from outside gets.
+/// buffer, and `Record::from_stored_json` of each record's text, with every
+/// check a record from outside gets.
 fn record_json(c: &mut Criterion, records: &[Record]) {
     if !selected(JSON_WRITE) && !selected(JSON_READ) {
         return;
@@ -241,7 +241,7 @@ fn record_json(c: &mut Criterion, records: &[Record]) {
                 |()| {
                     texts
                         .iter()
-                        .map(|text| Record::from_json(serde_json::from_str(text).unwrap()).unwrap())
+                        .map(|text| Record::from_stored_json(text).unwrap())
                         .collect::<Vec<_>>()
                 },
             )

@@ -69,13 +69,21 @@ pub(crate) fn load(path: &Path, collection: &str, id: Option<&str>) -> Result<Re
 /// Judges a record file's bytes (see [`load`]).
 pub(crate) fn parse(bytes: &[u8], path: &Path, collection: &str, id: Option<&str>) -> RecordFile {
     let fail = |reason: String| RecordFile::Corrupt(corrupt(collection, id, path, reason));
-    let value: serde_json::Value = match serde_json::from_slice(bytes) {
-        Ok(value) => value,
-        Err(err) => return fail(format!("not JSON: {err}")),
-    };
-    let record = match Record::from_json(value) {
-        Ok(record) => record,
-        Err(err) => return fail(err.to_string()),
+    let quick = std::str::from_utf8(bytes)
+        .ok()
+        .and_then(Record::from_stored_json);
+    let record = match quick {
+        Some(record) => record,
+        None => {
+            let value: serde_json::Value = match serde_json::from_slice(bytes) {
+                Ok(value) => value,
+                Err(err) => return fail(format!("not JSON: {err}")),
+            };
+            match Record::from_json(value) {
+                Ok(record) => record,
+                Err(err) => return fail(err.to_string()),
+            }
+        }
     };
     let belongs = match id {
         Some(id) => record.id() == id,

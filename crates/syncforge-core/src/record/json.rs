@@ -92,7 +92,7 @@ impl Record {
 
     /// Checks that the TypeScript-style metadata given with a record agrees with
     /// what its stamps say.
-    fn check_metadata(&self, meta: &SeedMeta<'_>) -> Result<()> {
+    pub(super) fn check_metadata(&self, meta: &SeedMeta<'_>) -> Result<()> {
         let newest = self.newest_stamp();
         let disagree =
             |key: &str, reason: String| Error::invalid_field(Some(self.id()), key, reason);

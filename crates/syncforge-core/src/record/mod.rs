@@ -8,6 +8,7 @@ mod canonical;
 mod content;
 mod fields;
 mod json;
+mod stored;
 mod text;
 mod typescript;
 

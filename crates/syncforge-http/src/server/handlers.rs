@@ -839,6 +839,12 @@ fn decode_chunk(
     let mut refused = None;
     for (index, span) in spans.iter().enumerate() {
         let record = text.get(span.clone()).unwrap_or_default();
+        if refused.is_none() {
+            if let Some(record) = Record::from_stored_json(record) {
+                records.push(record);
+                continue;
+            }
+        }
         let value: Value =
             serde_json::from_str(record).map_err(|error| ChunkError::Json(malformed(&error)))?;
         if refused.is_some() {
