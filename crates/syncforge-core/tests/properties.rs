@@ -1436,6 +1436,17 @@ mod behaviour {
 mod regressions {
     use super::*;
 
+    /// Found in review: the quick reader took `_sync` given as an array of
+    /// its members, in order, for the object (a derived `Deserialize` reads
+    /// a struct from either); `from_json` refuses it.
+    #[test]
+    fn stored_form_leaves_sync_as_an_array_to_from_json() {
+        let text = r#"{"_clientId":"c","_deleted":true,"_sync":["000000000001.00000000.c","000000000002.00000000.c",{"x":"000000000001.00000000.c"},{},{"c":2}],"_timestamp":2,"_version":2,"id":"a","x":1}"#;
+        assert_eq!(Record::from_stored_json(text), None);
+        let value = serde_json::from_str(text).unwrap();
+        assert!(Record::from_json(value).is_err());
+    }
+
     /// `stored_form::the_stored_form_accepts_only_what_from_json_accepts`:
     /// the quick reader took a `null` tombstone (and a `null` list of
     /// removed fields) for a missing one and read the record, which

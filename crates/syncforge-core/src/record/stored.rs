@@ -119,26 +119,50 @@ impl<T> Entries<'_, T> {
     }
 }
 
-/// `_sync`, as syncforge writes it.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `_sync`, as syncforge writes it: an object (a derived `Deserialize`
+/// would also take its members as an array, which `from_json` refuses).
+/// `deleted` and `removed` may be missing but not `null`.
 struct SyncText<'a> {
-    #[serde(borrow)]
     written: Text<'a>,
-    #[serde(borrow, default, deserialize_with = "present")]
     deleted: Option<Text<'a>>,
-    #[serde(borrow)]
     fields: Entries<'a, Text<'a>>,
-    #[serde(borrow, default, deserialize_with = "present")]
     removed: Option<Entries<'a, Text<'a>>>,
-    #[serde(borrow)]
     versions: Entries<'a, u64>,
 }
 
-/// A key that may be missing but, when there, holds a `T`: `null` is not
-/// read as missing, since `from_json` refuses it.
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
-    T::deserialize(d).map(Some)
+impl<'de: 'a, 'a> Deserialize<'de> for SyncText<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct SyncVisitor;
+        impl<'de> Visitor<'de> for SyncVisitor {
+            type Value = SyncText<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("the `_sync` object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let (mut written, mut deleted, mut fields, mut removed, mut versions) =
+                    (None, None, None, None, None);
+                while let Some(key) = map.next_key::<Text<'de>>()? {
+                    match key.0.as_ref() {
+                        "written" => once(&mut written, map.next_value()?)?,
+                        "deleted" => once(&mut deleted, map.next_value()?)?,
+                        "fields" => once(&mut fields, map.next_value()?)?,
+                        "removed" => once(&mut removed, map.next_value()?)?,
+                        "versions" => once(&mut versions, map.next_value()?)?,
+                        _ => return Err(de::Error::custom("a key `_sync` cannot hold")),
+                    }
+                }
+                let missing = || de::Error::custom("a key `_sync` must hold");
+                Ok(SyncText {
+                    written: written.ok_or_else(missing)?,
+                    deleted,
+                    fields: fields.ok_or_else(missing)?,
+                    removed,
+                    versions: versions.ok_or_else(missing)?,
+                })
+            }
+        }
+        d.deserialize_map(SyncVisitor)
+    }
 }
 
 /// A record's members as read from the text, before any check.
