@@ -308,14 +308,12 @@ impl Stamp {
     pub fn client(&self) -> &ClientId {
         &self.client
     }
-}
 
-impl Stamp {
-    /// The part of the string form before the client id,
-    /// `"{millis:012x}.{counter:08x}."`, as ASCII bytes. Spelt out digit by
-    /// digit: through `format!` it cost about 700 instructions a stamp, and
-    /// writing a record's JSON writes one stamp a field.
-    pub(crate) fn fixed_text(&self) -> [u8; 22] {
+    /// Writes the part of the string form before the client id,
+    /// `"{millis:012x}.{counter:08x}."`, spelt out digit by digit: through
+    /// `format!` it cost about 700 instructions a stamp, and writing a
+    /// record's JSON writes one stamp a field.
+    pub(crate) fn write_fixed_text(&self, out: &mut impl fmt::Write) -> fmt::Result {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let digit = |value: u64, shift: usize| HEX[(value >> shift & 0xf) as usize];
         let mut text = [b'.'; 22];
@@ -326,15 +324,14 @@ impl Stamp {
         for (i, byte) in text[13..21].iter_mut().enumerate() {
             *byte = digit(u64::from(self.counter), 4 * (7 - i));
         }
-        text
+        // ASCII digits and dots: always text.
+        out.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
     }
 }
 
 impl fmt::Display for Stamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let fixed = self.fixed_text();
-        // ASCII digits and dots: always text.
-        f.write_str(std::str::from_utf8(&fixed).map_err(|_| fmt::Error)?)?;
+        self.write_fixed_text(f)?;
         f.write_str(self.client.as_str())
     }
 }

@@ -166,9 +166,8 @@ pub(super) fn write_key(out: &mut String, name: &str) {
 /// A stamp as a JSON string: its `Display` form, `{:012x}.{:08x}.{client}`.
 fn write_stamp(out: &mut String, stamp: &Stamp) {
     out.push('"');
-    let fixed = stamp.fixed_text();
-    // ASCII digits and dots: always text.
-    out.push_str(std::str::from_utf8(&fixed).unwrap_or_default());
+    // Writing into a String cannot fail.
+    let _ = stamp.write_fixed_text(out);
     write_escaped(out, stamp.client().as_str());
     out.push('"');
 }
