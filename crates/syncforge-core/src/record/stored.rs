@@ -230,10 +230,8 @@ impl Stored<'_> {
         }
         let sync = self.sync?;
         let values = Entries(self.values).sorted()?.0;
-        if values
-            .iter()
-            .any(|(name, value)| is_reserved(&name.0) || too_deep(value))
-        {
+        // Every reserved key has its own member above: none is among the values.
+        if values.iter().any(|(_, value)| too_deep(value)) {
             return None;
         }
         let stamp = |text: &Text<'_>| text.0.parse::<Stamp>().ok();
@@ -263,9 +261,10 @@ impl Stored<'_> {
         }
         let mut versions = VersionVector::new();
         for (writer, count) in sync.versions.sorted()?.0 {
-            if check_name(&writer.0).is_err() || !(1..=MAX_VERSION).contains(&count) {
+            if !(1..=MAX_VERSION).contains(&count) {
                 return None;
             }
+            // `ClientId::new` checks the name as `from_json` does.
             versions.set(ClientId::new(&writer.0).ok()?, count);
         }
         let record = Record::assembled(id, fields, written, tombstone, versions);
