@@ -265,20 +265,12 @@ mod stored_form {
             0usize..5,
             any::<usize>(),
             prop::option::of(prop_oneof![
-                prop::sample::select(vec![
-                    "id",
-                    "_version",
-                    "_timestamp",
-                    "_deleted",
-                    "_clientId",
-                    "_sync",
-                    "written",
-                    "deleted",
-                    "fields",
-                    "removed",
-                    "versions",
-                    "",
-                ])
+                prop::sample::select(
+                    syncforge_core::RESERVED_KEYS
+                        .into_iter()
+                        .chain(["written", "deleted", "fields", "removed", "versions", ""])
+                        .collect::<Vec<_>>(),
+                )
                 .prop_map(str::to_owned),
                 "[a-z_]{1,3}",
             ]),

@@ -33,7 +33,9 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use serde_json::{json, Map, Number, Value};
-use syncforge_core::{nesting_depth, Content, Error, Record, Stamp, MAX_NESTING_DEPTH};
+use syncforge_core::{
+    nesting_depth, Content, Error, Record, Stamp, MAX_NESTING_DEPTH, RESERVED_KEYS,
+};
 
 /// Environment variable with the number of cases to run (soak runs).
 pub const CASES_ENV: &str = "SYNCFORGE_HOSTILE_CASES";
@@ -315,14 +317,7 @@ fn break_one_thing(rng: &mut fastrand::Rng, value: &mut Value) {
     let Some(map) = value.as_object_mut() else {
         return;
     };
-    let key = [
-        "id",
-        "_version",
-        "_timestamp",
-        "_deleted",
-        "_clientId",
-        "_sync",
-    ][rng.usize(..6)];
+    let key = RESERVED_KEYS[rng.usize(..RESERVED_KEYS.len())];
     match rng.usize(..4) {
         0 => {
             map.remove(key);
