@@ -6,7 +6,8 @@
 //!   then a conditional write (two round trips each);
 //! * sync 10,000 records into an empty collection, as the engine's `sync`
 //!   does it with its default batch of 100: one `get_many` and one
-//!   conditional `put_batch` per batch;
+//!   conditional `put_batch` per batch, each batch read while the one
+//!   before it is written;
 //! * an incremental sync of 100 changes — read from the sender's change
 //!   feed, synced into the receiver — with collections of 1,000 and of
 //!   100,000 records;
@@ -41,7 +42,7 @@ use serde_json::json;
 use syncforge_backend_redis::{RedisBackend, RedisConfig};
 use syncforge_core::{
     classify, ChangeKind, ClientId, CollectionName, ConflictStrategy, Content, Cursor, Hlc, Record,
-    RecordId, StorageBackend, Write, WriteOutcome,
+    RecordId, StorageBackend, Stored, Write, WriteOutcome,
 };
 use tokio::runtime::Runtime;
 
@@ -145,37 +146,67 @@ fn people(client: &str, count: usize) -> Vec<Record> {
 }
 
 /// The engine's `sync`: per batch one `get_many`, a merge of each record,
-/// one conditional `put_batch` of what changed.
+/// one conditional `put_batch` of what changed; each batch is read while the
+/// one before it is written.
 async fn sync(store: &RedisBackend, collection: &CollectionName, incoming: &[Record]) -> usize {
+    let ids_of = |chunk: &[Record]| chunk.iter().map(|r| r.id().clone()).collect::<Vec<_>>();
+    let mut chunks = incoming.chunks(BATCH);
+    let Some(mut chunk) = chunks.next() else {
+        return 0;
+    };
+    let mut locals = store.get_many(collection, &ids_of(chunk)).await.unwrap();
     let mut written = 0;
-    for chunk in incoming.chunks(BATCH) {
-        let ids: Vec<RecordId> = chunk.iter().map(|r| r.id().clone()).collect();
-        let locals = store.get_many(collection, &ids).await.unwrap();
-        let mut writes = Vec::with_capacity(chunk.len());
-        for (remote, local) in chunk.iter().zip(locals) {
-            let classified = classify(
-                collection,
-                local.as_ref().map(|s| &s.record),
-                remote.clone(),
-                ConflictStrategy::Crdt,
-            )
-            .unwrap();
-            if classified.kind != ChangeKind::Unchanged {
-                writes.push(Write {
-                    record: classified.merged,
-                    expected: local.map(|s| s.token),
-                });
+    loop {
+        let following = chunks.next();
+        let following_ids = following.map(ids_of);
+        let read_ahead = async {
+            match &following_ids {
+                Some(ids) => Some(store.get_many(collection, ids).await.unwrap()),
+                None => None,
             }
-        }
-        for outcome in store.put_batch(collection, &writes).await.unwrap() {
+        };
+        let write = async {
+            let writes = merged_writes(collection, chunk, locals);
+            store.put_batch(collection, &writes).await.unwrap()
+        };
+        let (read, outcomes) = tokio::join!(read_ahead, write);
+        for outcome in outcomes {
             assert!(
                 matches!(outcome, WriteOutcome::Written { .. }),
                 "no race here"
             );
             written += 1;
         }
+        match (following, read) {
+            (Some(next), Some(next_locals)) => (chunk, locals) = (next, next_locals),
+            _ => return written,
+        }
     }
-    written
+}
+
+/// The conditional writes of what `chunk` changes in the stored `locals`.
+fn merged_writes(
+    collection: &CollectionName,
+    chunk: &[Record],
+    locals: Vec<Option<Stored>>,
+) -> Vec<Write> {
+    let mut writes = Vec::with_capacity(chunk.len());
+    for (remote, local) in chunk.iter().zip(locals) {
+        let classified = classify(
+            collection,
+            local.as_ref().map(|s| &s.record),
+            remote.clone(),
+            ConflictStrategy::Crdt,
+        )
+        .unwrap();
+        if classified.kind != ChangeKind::Unchanged {
+            writes.push(Write {
+                record: classified.merged,
+                expected: local.map(|s| s.token),
+            });
+        }
+    }
+    writes
 }
 
 /// The engine's `put`: read the record, then write it conditionally.

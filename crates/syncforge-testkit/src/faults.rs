@@ -1,6 +1,6 @@
 //! Fault injection: a backend wrapper that fails a chosen fraction of calls
-//! and delays the others, deterministically from a seed, and counts every
-//! call by operation.
+//! and delays the others, deterministically from a seed, counts every call
+//! by operation, and keeps the most calls that were under way at once.
 //!
 //! Injected failures are [`Error::Unavailable`] — transient, what a network
 //! blip or an overloaded server gives — so the engine's retries see them as
@@ -100,6 +100,8 @@ pub struct FaultyBackend {
     dice: Mutex<Dice>,
     calls: [AtomicU64; OPERATIONS],
     injected: AtomicU64,
+    in_flight: AtomicU64,
+    most_in_flight: AtomicU64,
 }
 
 impl fmt::Debug for FaultyBackend {
@@ -138,6 +140,8 @@ impl FaultyBackend {
             }),
             calls: std::array::from_fn(|_| AtomicU64::new(0)),
             injected: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            most_in_flight: AtomicU64::new(0),
         }
     }
 
@@ -166,6 +170,13 @@ impl FaultyBackend {
     /// How many calls failed by injection.
     pub fn injected_failures(&self) -> u64 {
         self.injected.load(Ordering::SeqCst)
+    }
+
+    /// The most calls that were under way at once, on any tasks: a call is
+    /// under way from when it is first polled until it returns (or is
+    /// dropped), its injected delay included.
+    pub fn most_in_flight(&self) -> u64 {
+        self.most_in_flight.load(Ordering::SeqCst)
     }
 
     /// The wrapped backend.
@@ -210,6 +221,9 @@ impl FaultyBackend {
     where
         F: std::future::Future<Output = Result<T>>,
     {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_in_flight.fetch_max(now, Ordering::SeqCst);
+        let _under_way = UnderWay(&self.in_flight);
         match self.roll(operation) {
             Fate::Proceed { delay } => {
                 if !delay.is_zero() {
@@ -224,6 +238,15 @@ impl FaultyBackend {
                 Err(injected(operation, "after the call took effect"))
             }
         }
+    }
+}
+
+/// Counts a call as no longer under way when it ends, however it ends.
+struct UnderWay<'a>(&'a AtomicU64);
+
+impl Drop for UnderWay<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

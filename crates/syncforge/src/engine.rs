@@ -2,12 +2,14 @@
 //! every write goes through.
 //!
 //! Local puts, deletes, syncs and imports all become *intents* on records
-//! ([`Intent`]). [`SyncEngine::apply`] reads the records they name (one
-//! `get_many`), computes each new state in core (a stamped put, a tombstone,
-//! a merge), writes them back conditionally (one `put_batch`), and re-reads
-//! and re-applies the intents whose write lost a race with another writer,
-//! until each is written, unchanged, or the race budget is spent. The public
-//! operations on top of it live in [`crate::collection`].
+//! ([`Intent`]). A batch of them is read from the store (one `get_many`;
+//! [`SyncEngine::apply_in_batches`] reads each batch while the one before it
+//! is written), and [`SyncEngine::apply`] computes each new state in core (a
+//! stamped put, a tombstone, a merge), writes them back conditionally (one
+//! `put_batch`), and re-reads and re-applies the intents whose write lost a
+//! race with another writer, until each is written, unchanged, or the race
+//! budget is spent. The public operations on top of it live in
+//! [`crate::collection`].
 
 use std::collections::HashSet;
 use std::hash::BuildHasher;
@@ -15,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::future::join;
 use parking_lot::{Mutex, MutexGuard};
 use serde::Serialize;
 use syncforge_core::{
@@ -381,34 +384,31 @@ impl SyncEngine {
         }
     }
 
-    /// Applies `intents` (at most one per id) to `collection` and returns
-    /// how each ended, in order. Emits the record and conflict events of the
-    /// writes the store confirmed. With `track_echoes`, marks merges whose
-    /// stored result is exactly the incoming record.
+    /// Applies `intents` (at most one per id) to `collection`, where
+    /// `stored` holds what the store answered for their ids (one entry per
+    /// intent, in order), and returns how each ended, in order. Emits the
+    /// record and conflict events of the writes the store confirmed. With
+    /// `track_echoes`, marks merges whose stored result is exactly the
+    /// incoming record.
     ///
     /// The first attempt keeps nothing per intent beyond its write and where
     /// its outcome goes: almost every write ends there. Writes that lost a
     /// race go on in [`apply_again`](Self::apply_again).
-    pub(crate) async fn apply(
+    async fn apply(
         &self,
         collection: &CollectionName,
-        intents: Vec<(RecordId, Intent)>,
+        intents: Vec<Intent>,
+        stored: Vec<Option<Stored>>,
         track_echoes: bool,
     ) -> Result<Vec<Applied>> {
         // Checked once per call: without listeners nothing below copies a
         // record for an event.
         let listening = self.inner.events.wants_any(&WRITE_EVENTS);
-        // The ids are moved into the vector `get_many` reads, not cloned:
-        // each clone and drop of an id was a reference count touched in
-        // memory the batch does not otherwise read.
-        let (ids, intents): (Vec<RecordId>, Vec<Intent>) = intents.into_iter().unzip();
         // Every entry is overwritten before the call returns `Ok` (each
         // intent ends in `done` exactly once), so the placeholder is never
         // seen; filling the output in place spares a vector of options and
         // a copy of every outcome at the end.
-        let mut done: Vec<Applied> = ids.iter().map(|_| Applied::placeholder()).collect();
-        let stored = self.read_many(collection, &ids).await?;
-        drop(ids);
+        let mut done: Vec<Applied> = intents.iter().map(|_| Applied::placeholder()).collect();
         let mut writes = Vec::with_capacity(done.len());
         let mut sent: Vec<Sent> = Vec::with_capacity(done.len());
         let mut intents = intents.into_iter();
@@ -1115,27 +1115,55 @@ impl SyncEngine {
 
     /// Applies `intents` `batch_size` at a time, counting what each did in
     /// `result`, and emits `sync:progress` after each batch.
+    ///
+    /// Each batch is read from the store while the one before it is planned
+    /// and written: a store across a network then answers the read and the
+    /// write of two batches in one wait instead of two. The ids of one call
+    /// are distinct, so no batch reads a record an earlier one writes; and
+    /// were one given twice, the write planned on the early read would only
+    /// lose its conditional write and be applied again to what the store
+    /// holds.
     pub(crate) async fn apply_in_batches(
         &self,
         collection: &CollectionName,
-        intents: impl Iterator<Item = (RecordId, Intent)>,
+        mut intents: impl Iterator<Item = (RecordId, Intent)>,
         total: usize,
         result: &mut SyncResult,
         mut echoes: Option<&mut HashSet<Cursor>>,
     ) -> Result<()> {
-        let mut intents = intents.peekable();
+        let batch_size = self.inner.config.batch_size;
+        // Batches come off the front of one iterator: splitting the rest
+        // off a vector instead would move every remaining record once per
+        // batch, quadratic in the size of the sync. The ids are moved into
+        // the vector `get_many` reads, not cloned: each clone and drop of an
+        // id touched memory the batch does not otherwise read.
+        let mut next_batch =
+            || -> (Vec<RecordId>, Vec<Intent>) { intents.by_ref().take(batch_size).unzip() };
+        let (ids, mut batch) = next_batch();
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut stored = self.read_many(collection, &ids).await?;
+        drop(ids);
         let mut done = 0;
-        while intents.peek().is_some() {
-            // Batches come off the front of one iterator: splitting the rest
-            // off a vector instead would move every remaining record once per
-            // batch, quadratic in the size of the sync.
-            let batch: Vec<(RecordId, Intent)> = intents
-                .by_ref()
-                .take(self.inner.config.batch_size)
-                .collect();
+        loop {
             done += batch.len();
-            let applied = self.apply(collection, batch, echoes.is_some()).await?;
-            for outcome in applied {
+            let (following_ids, following) = next_batch();
+            // The read is polled first, so that its request is on its way
+            // before this batch is planned.
+            let read_ahead = async {
+                if following_ids.is_empty() {
+                    Ok(Vec::new())
+                } else {
+                    self.read_many(collection, &following_ids).await
+                }
+            };
+            let (read, applied) = join(
+                read_ahead,
+                self.apply(collection, batch, stored, echoes.is_some()),
+            )
+            .await;
+            for outcome in applied? {
                 result.count(outcome.kind);
                 result.conflicts.extend(outcome.conflict.map(|c| *c));
                 if let (true, Some(cursor), Some(echoes)) =
@@ -1151,8 +1179,12 @@ impl SyncEngine {
                     total,
                 });
             }
+            if following.is_empty() {
+                return Ok(());
+            }
+            stored = read?;
+            batch = following;
         }
-        Ok(())
     }
 
     /// Closes the engine and its backend handle. Never deletes stored data.

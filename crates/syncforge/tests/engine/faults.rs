@@ -386,6 +386,37 @@ async fn writes_whose_answer_was_lost_are_still_counted_and_announced() {
     assert_eq!(added, 30);
 }
 
+/// A sync of several batches reads each batch while the one before it is
+/// written: over a store that takes time to answer, a read and a write are
+/// under way together, each batch is read and written once, and every record
+/// arrives.
+#[tokio::test(start_paused = true)]
+async fn a_sync_reads_the_next_batch_while_writing_one() {
+    let source = SyncEngine::builder()
+        .client_id("source")
+        .conflict_strategy(STRATEGY)
+        .build()
+        .await
+        .unwrap();
+    for i in 0..50 {
+        source
+            .put("c", &json!({"id": format!("r{i:02}"), "v": i}))
+            .await
+            .unwrap();
+    }
+    let store = faulty(5, 0.0);
+    let target = faulty_engine("target", &store, 0, 10).await;
+    let result = target
+        .sync("c", source.get_all("c").await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!((result.added, result.unchanged), (50, 0));
+    assert_eq!(store.calls(Operation::GetMany), 5);
+    assert_eq!(store.calls(Operation::PutBatch), 5);
+    assert_eq!(store.most_in_flight(), 2);
+    assert_eq!(snapshot(&target, "c").await, snapshot(&source, "c").await);
+}
+
 /// The same for local writes: a put or delete whose answer was lost is
 /// announced exactly once.
 #[tokio::test(start_paused = true)]
