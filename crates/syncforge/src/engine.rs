@@ -404,6 +404,7 @@ impl SyncEngine {
         // Checked once per call: without listeners nothing below copies a
         // record for an event.
         let listening = self.inner.events.wants_any(&WRITE_EVENTS);
+        debug_assert_eq!(intents.len(), stored.len(), "one stored entry per intent");
         // Every entry is overwritten before the call returns `Ok` (each
         // intent ends in `done` exactly once), so the placeholder is never
         // seen; filling the output in place spares a vector of options and
@@ -1118,11 +1119,12 @@ impl SyncEngine {
     ///
     /// Each batch is read from the store while the one before it is planned
     /// and written: a store across a network then answers the read and the
-    /// write of two batches in one wait instead of two. The ids of one call
-    /// are distinct, so no batch reads a record an earlier one writes; and
-    /// were one given twice, the write planned on the early read would only
-    /// lose its conditional write and be applied again to what the store
-    /// holds.
+    /// write of two batches in one wait instead of two.
+    ///
+    /// The ids of `intents` must be distinct across the whole call (a sync
+    /// merges repeated ids first, an import refuses them): a batch is read
+    /// before the one ahead of it is written, so an id given twice could be
+    /// planned on a state its earlier intent was about to replace.
     pub(crate) async fn apply_in_batches(
         &self,
         collection: &CollectionName,

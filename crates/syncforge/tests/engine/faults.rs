@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use syncforge::{
-    merge, ConflictStrategy, Cursor, Error, EventKind, MemoryBackend, PageOptions, Record,
-    StorageBackend, SyncEngine, SyncEvent,
+    merge, CollectionName, ConflictStrategy, Cursor, Error, EventKind, MemoryBackend, PageOptions,
+    Record, StorageBackend, SyncEngine, SyncEvent,
 };
 use syncforge_testkit::faults::{FaultyBackend, Operation};
 
@@ -415,6 +415,72 @@ async fn a_sync_reads_the_next_batch_while_writing_one() {
     assert_eq!(store.calls(Operation::PutBatch), 5);
     assert_eq!(store.most_in_flight(), 2);
     assert_eq!(snapshot(&target, "c").await, snapshot(&source, "c").await);
+}
+
+/// A read ahead that fails ends the sync with its error once the batch before
+/// it is written: that batch is stored, announced and counted in progress,
+/// and no later batch is written. Seeds decide which read fails; some fail
+/// the first read (nothing is written), some a later one.
+#[tokio::test(start_paused = true)]
+async fn a_failed_read_ahead_ends_the_sync_after_the_batch_before_it() {
+    let source = SyncEngine::builder()
+        .client_id("source")
+        .conflict_strategy(STRATEGY)
+        .build()
+        .await
+        .unwrap();
+    for i in 0..30 {
+        source
+            .put("c", &json!({"id": format!("r{i:02}")}))
+            .await
+            .unwrap();
+    }
+    let incoming = source.get_all("c").await.unwrap();
+    let collection = CollectionName::new("c").unwrap();
+    let mut later_read_failed = 0;
+    for seed in 0..40 {
+        let store = Arc::new(
+            FaultyBackend::new(
+                Arc::new(MemoryBackend::new()),
+                seed,
+                0.3,
+                Duration::from_millis(1),
+            )
+            .failing_only(&[Operation::GetMany]),
+        );
+        let target = faulty_engine("target", &store, 0, 10).await;
+        let mut rx = target.subscribe();
+        let outcome = target.sync("c", incoming.clone()).await;
+        let reads = store.calls(Operation::GetMany);
+        let writes = store.calls(Operation::PutBatch);
+        let stored = store.inner().get_all(&collection).await.unwrap().len() as u64;
+        let (mut added, mut progress) = (0, 0);
+        while let Ok(event) = rx.try_recv() {
+            match event.kind() {
+                EventKind::RecordAdded => added += 1,
+                EventKind::SyncProgress => progress += 1,
+                _ => {}
+            }
+        }
+        match outcome {
+            Ok(result) => {
+                assert_eq!((result.added, stored, reads, writes), (30, 30, 3, 3));
+            }
+            Err(err) => {
+                assert!(err.is_transient(), "{err}");
+                // The read that failed was the last one made: every batch
+                // before it was read, written and announced.
+                let written = reads - 1;
+                assert_eq!(writes, written, "seed {seed}");
+                assert_eq!(stored, 10 * written, "seed {seed}");
+                assert_eq!((added, progress), (stored, written), "seed {seed}");
+                if written > 0 {
+                    later_read_failed += 1;
+                }
+            }
+        }
+    }
+    assert!(later_read_failed > 0);
 }
 
 /// The same for local writes: a put or delete whose answer was lost is
