@@ -118,20 +118,21 @@ pub fn merge(local: &Record, remote: &Record, strategy: ConflictStrategy) -> Res
             let fields = merge_field_states(local.field_states(), remote.field_states());
             let written = local.written().max(remote.written()).clone();
             let tombstone = local.tombstone().max(remote.tombstone()).cloned();
-            Record::joined(local.id(), fields, written, tombstone, versions)?
+            // The fields of two records hold no reserved name: nothing to check.
+            Record::assembled(local.id().clone(), fields, written, tombstone, versions)
         }
         ConflictStrategy::Timestamp => {
             let winner = match timestamp_order(local, remote) {
                 Ordering::Less => remote,
                 _ => local,
             };
-            Record::joined(
-                winner.id(),
+            Record::assembled(
+                winner.id().clone(),
                 winner.field_states().to_field_states(),
                 winner.written().clone(),
                 winner.tombstone().cloned(),
                 versions,
-            )?
+            )
         }
     };
     Ok(merged)
@@ -215,15 +216,24 @@ fn state_json(r: &Record) -> String {
 
 /// Fields held by both sides (live or removed) whose visible values differ.
 pub fn conflicted_fields(local: &Record, remote: &Record) -> Vec<String> {
-    let theirs = remote.field_states();
-    local
-        .field_states()
-        .iter()
-        .filter_map(|(name, ours)| {
-            let theirs = theirs.get(name)?;
-            (ours.value != theirs.value).then(|| name.to_owned())
-        })
-        .collect()
+    // Both lists are sorted by name: one walk over both, instead of a search
+    // of the remote list for every local name. Names are shared between
+    // records, so equal ones mostly compare by address.
+    let same = |a: &Arc<str>, b: &Arc<str>| Arc::ptr_eq(a, b) || a == b;
+    let mut theirs = remote.field_states().0.iter().peekable();
+    let mut conflicted = Vec::new();
+    for (name, ours) in local.field_states().0 {
+        while theirs
+            .next_if(|(other, _)| !same(other, name) && other < name)
+            .is_some()
+        {}
+        if let Some((_, theirs)) = theirs.next_if(|(other, _)| same(other, name)) {
+            if ours.value != theirs.value {
+                conflicted.push(name.to_string());
+            }
+        }
+    }
+    conflicted
 }
 
 /// Whether two states of a record were written concurrently: neither version

@@ -10,7 +10,10 @@ pub(crate) fn merge_sorted<K: Ord + Clone, V: Clone>(
     b: &[(K, V)],
     both: impl Fn(&V, &V) -> V,
 ) -> Vec<(K, V)> {
-    let mut out = Vec::with_capacity(a.len().max(b.len()));
+    // Room for the union however the keys fall: growing the vector in the
+    // middle of the merge cost more than the rest of merging two small
+    // version vectors.
+    let mut out = Vec::with_capacity(a.len() + b.len());
     let (mut i, mut j) = (0, 0);
     while i < a.len() && j < b.len() {
         match a[i].0.cmp(&b[j].0) {

@@ -153,9 +153,10 @@ impl VersionVector {
 
     /// Pointwise maximum of both vectors.
     pub fn merge(&self, other: &VersionVector) -> VersionVector {
-        VersionVector::from_sorted(merge_sorted(self.entries(), other.entries(), |a, b| {
-            *a.max(b)
-        }))
+        let mut entries = merge_sorted(self.entries(), other.entries(), |a, b| *a.max(b));
+        // A record keeps its vector: no room for clients both sides named.
+        entries.shrink_to_fit();
+        VersionVector::from_sorted(entries)
     }
 
     /// How `self` relates to `other`.

@@ -264,8 +264,9 @@ impl Record {
         Ok(Record::assembled(id, fields, written, tombstone, versions))
     }
 
-    /// A record of parts that are checked already.
-    fn assembled(
+    /// A record of parts that are checked already: a valid id, and fields
+    /// without a reserved name (the fields of records merged, say).
+    pub(crate) fn assembled(
         id: RecordId,
         fields: FieldStates,
         written: Stamp,
