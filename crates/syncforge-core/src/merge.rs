@@ -156,14 +156,7 @@ fn crdt_merge_is(target: &Record, other: &Record) -> bool {
     let mut ours = target.field_states().0.iter();
     'theirs: for (name, theirs) in other.field_states().0 {
         for (key, kept) in ours.by_ref() {
-            // Names are shared between records, so equal ones are mostly one
-            // allocation and compare by address.
-            let order = if Arc::ptr_eq(key, name) {
-                Ordering::Equal
-            } else {
-                (**key).cmp(&**name)
-            };
-            match order {
+            match name_order(key, name) {
                 Ordering::Less => continue,
                 Ordering::Greater => return false,
                 Ordering::Equal => {
@@ -179,6 +172,16 @@ fn crdt_merge_is(target: &Record, other: &Record) -> bool {
         return false;
     }
     true
+}
+
+/// How two field names sort. Names are shared between records, so equal
+/// ones are mostly one allocation and compare by address.
+fn name_order(a: &Arc<str>, b: &Arc<str>) -> Ordering {
+    if Arc::ptr_eq(a, b) {
+        Ordering::Equal
+    } else {
+        (**a).cmp(&**b)
+    }
 }
 
 /// Whole-record order of the timestamp strategy: newest stamp, then (for
@@ -217,17 +220,15 @@ fn state_json(r: &Record) -> String {
 /// Fields held by both sides (live or removed) whose visible values differ.
 pub fn conflicted_fields(local: &Record, remote: &Record) -> Vec<String> {
     // Both lists are sorted by name: one walk over both, instead of a search
-    // of the remote list for every local name. Names are shared between
-    // records, so equal ones mostly compare by address.
-    let same = |a: &Arc<str>, b: &Arc<str>| Arc::ptr_eq(a, b) || a == b;
+    // of the remote list for every local name.
     let mut theirs = remote.field_states().0.iter().peekable();
     let mut conflicted = Vec::new();
     for (name, ours) in local.field_states().0 {
         while theirs
-            .next_if(|(other, _)| !same(other, name) && other < name)
+            .next_if(|(other, _)| name_order(other, name).is_lt())
             .is_some()
         {}
-        if let Some((_, theirs)) = theirs.next_if(|(other, _)| same(other, name)) {
+        if let Some((_, theirs)) = theirs.next_if(|(other, _)| name_order(other, name).is_eq()) {
             if ours.value != theirs.value {
                 conflicted.push(name.to_string());
             }
