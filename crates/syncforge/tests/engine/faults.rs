@@ -38,6 +38,24 @@ async fn faulty_engine(
         .unwrap()
 }
 
+/// An engine on a memory store (no faults) holding `count` records of
+/// collection `c`, to sync from.
+async fn source_holding(count: usize) -> SyncEngine {
+    let source = SyncEngine::builder()
+        .client_id("source")
+        .conflict_strategy(STRATEGY)
+        .build()
+        .await
+        .unwrap();
+    for i in 0..count {
+        source
+            .put("c", &json!({"id": format!("r{i:02}"), "v": i}))
+            .await
+            .unwrap();
+    }
+    source
+}
+
 fn faulty(seed: u64, rate: f64) -> Arc<FaultyBackend> {
     Arc::new(FaultyBackend::new(
         Arc::new(MemoryBackend::new()),
@@ -353,18 +371,7 @@ async fn peer_cursors_never_pass_a_change_that_was_not_applied() {
 /// and the record events are exact under faults.
 #[tokio::test(start_paused = true)]
 async fn writes_whose_answer_was_lost_are_still_counted_and_announced() {
-    let source = SyncEngine::builder()
-        .client_id("source")
-        .conflict_strategy(STRATEGY)
-        .build()
-        .await
-        .unwrap();
-    for i in 0..30 {
-        source
-            .put("c", &json!({"id": format!("r{i}")}))
-            .await
-            .unwrap();
-    }
+    let source = source_holding(30).await;
     let store = Arc::new(
         FaultyBackend::new(Arc::new(MemoryBackend::new()), 21, 0.5, Duration::ZERO)
             .failing_only(&[Operation::PutBatch]),
@@ -392,18 +399,7 @@ async fn writes_whose_answer_was_lost_are_still_counted_and_announced() {
 /// arrives.
 #[tokio::test(start_paused = true)]
 async fn a_sync_reads_the_next_batch_while_writing_one() {
-    let source = SyncEngine::builder()
-        .client_id("source")
-        .conflict_strategy(STRATEGY)
-        .build()
-        .await
-        .unwrap();
-    for i in 0..50 {
-        source
-            .put("c", &json!({"id": format!("r{i:02}"), "v": i}))
-            .await
-            .unwrap();
-    }
+    let source = source_holding(50).await;
     let store = faulty(5, 0.0);
     let target = faulty_engine("target", &store, 0, 10).await;
     let result = target
@@ -423,18 +419,7 @@ async fn a_sync_reads_the_next_batch_while_writing_one() {
 /// the first read (nothing is written), some a later one.
 #[tokio::test(start_paused = true)]
 async fn a_failed_read_ahead_ends_the_sync_after_the_batch_before_it() {
-    let source = SyncEngine::builder()
-        .client_id("source")
-        .conflict_strategy(STRATEGY)
-        .build()
-        .await
-        .unwrap();
-    for i in 0..30 {
-        source
-            .put("c", &json!({"id": format!("r{i:02}")}))
-            .await
-            .unwrap();
-    }
+    let source = source_holding(30).await;
     let incoming = source.get_all("c").await.unwrap();
     let collection = CollectionName::new("c").unwrap();
     let mut later_read_failed = 0;
