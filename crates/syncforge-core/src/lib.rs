@@ -77,8 +77,8 @@ pub use merge::{
 pub use names::{CollectionName, IntoName, RecordId};
 pub use peer::SyncPeer;
 pub use record::{
-    Content, FieldState, FieldStates, FieldStatesRef, JsonText, Record, CLIENT_ID_KEY, DELETED_KEY,
-    ID_KEY, RESERVED_KEYS, SYNC_KEY, TIMESTAMP_KEY, VERSION_KEY,
+    Content, FieldName, FieldState, FieldStates, FieldStatesRef, JsonText, Record, CLIENT_ID_KEY,
+    DELETED_KEY, ID_KEY, RESERVED_KEYS, SYNC_KEY, TIMESTAMP_KEY, VERSION_KEY,
 };
 pub use validate::{page_limit, validate_collection, validate_id, MAX_NAME_BYTES};
 pub use version_vector::{Causality, VersionVector, MAX_VERSION};

@@ -17,7 +17,6 @@
 //! JSON, which keeps merge a join.
 
 use std::cmp::Ordering;
-use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -156,7 +155,7 @@ fn crdt_merge_is(target: &Record, other: &Record) -> bool {
     let mut ours = target.field_states().0.iter();
     'theirs: for (name, theirs) in other.field_states().0 {
         for (key, kept) in ours.by_ref() {
-            match name_order(key, name) {
+            match key.cmp(name) {
                 Ordering::Less => continue,
                 Ordering::Greater => return false,
                 Ordering::Equal => {
@@ -172,16 +171,6 @@ fn crdt_merge_is(target: &Record, other: &Record) -> bool {
         return false;
     }
     true
-}
-
-/// How two field names sort. Names are shared between records, so equal
-/// ones are mostly one allocation and compare by address.
-fn name_order(a: &Arc<str>, b: &Arc<str>) -> Ordering {
-    if Arc::ptr_eq(a, b) {
-        Ordering::Equal
-    } else {
-        (**a).cmp(&**b)
-    }
 }
 
 /// Whole-record order of the timestamp strategy: newest stamp, then (for
@@ -224,11 +213,8 @@ pub fn conflicted_fields(local: &Record, remote: &Record) -> Vec<String> {
     let mut theirs = remote.field_states().0.iter().peekable();
     let mut conflicted = Vec::new();
     for (name, ours) in local.field_states().0 {
-        while theirs
-            .next_if(|(other, _)| name_order(other, name).is_lt())
-            .is_some()
-        {}
-        if let Some((_, theirs)) = theirs.next_if(|(other, _)| name_order(other, name).is_eq()) {
+        while theirs.next_if(|(other, _)| other < name).is_some() {}
+        if let Some((_, theirs)) = theirs.next_if(|(other, _)| other == name) {
             if ours.value != theirs.value {
                 conflicted.push(name.to_string());
             }

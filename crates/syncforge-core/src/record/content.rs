@@ -2,13 +2,12 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::Arc;
 
 use serde::ser::{Impossible, Serialize, SerializeMap, SerializeStruct, Serializer};
 use serde_json::{Map, Value};
 
 use super::build::{self, Fault};
-use super::fields::{shared_name, shared_static_name, spare_fields, FieldState};
+use super::fields::{shared_name, shared_static_name, spare_fields, FieldName, FieldState};
 use super::json::{check_metadata_types, open_object, read_id};
 use super::text::JsonText;
 use super::{is_reserved, ID_KEY};
@@ -31,7 +30,7 @@ pub struct Content {
     /// laid out as a record holds its fields (each value present, stamped
     /// with [`Stamp::unstamped`] until it is written), so that a record is
     /// built from them without copying a name or the vector.
-    pub(super) fields: Vec<(Arc<str>, FieldState)>,
+    pub(super) fields: Vec<(FieldName, FieldState)>,
 }
 
 /// Id and values: the stand-in stamps are not content.
@@ -192,7 +191,7 @@ struct Layout {
     /// Every key in the order it arrived, `id` and metadata included.
     keys: Box<[KeyAddress]>,
     /// The shared name of each key that is a user field, in the same order.
-    names: Box<[Option<Arc<str>>]>,
+    names: Box<[Option<FieldName>]>,
     /// The swaps that put the user fields, in arrival order, in name order.
     swaps: Box<[(usize, usize)]>,
     /// How many keys are user fields: the record's vector is made that
@@ -247,7 +246,7 @@ fn remember_layout(name: &'static str, layout: Layout) {
 
 /// The swaps that take `fields`, in arrival order, to name order (stable,
 /// so that of a repeated name the last stays last).
-fn sorting_swaps<V>(fields: &[(Arc<str>, V)]) -> Vec<(usize, usize)> {
+fn sorting_swaps<V>(fields: &[(FieldName, V)]) -> Vec<(usize, usize)> {
     let mut order: Vec<usize> = (0..fields.len()).collect();
     order.sort_by(|&a, &b| fields[a].0.cmp(&fields[b].0));
     // `at[p]`: the field now at position p; `place[f]`: where field f is.
@@ -270,7 +269,7 @@ fn sorting_swaps<V>(fields: &[(Arc<str>, V)]) -> Vec<(usize, usize)> {
 /// The top level of a put: collects `(name, value)` pairs of an object.
 #[derive(Default)]
 struct Fields {
-    fields: Vec<(Arc<str>, FieldState)>,
+    fields: Vec<(FieldName, FieldState)>,
     /// The stand-in stamp of every field, taken once per put.
     stamp: Option<Stamp>,
     /// The name of the struct, when the document is one.
@@ -290,7 +289,7 @@ struct Fields {
 
 impl Fields {
     /// Adds a user field.
-    fn push_field(&mut self, name: Arc<str>, value: JsonText) {
+    fn push_field(&mut self, name: FieldName, value: JsonText) {
         let stamp = self.stamp.get_or_insert_with(Stamp::unstamped);
         let state = unstamped(value, stamp);
         self.fields.push((name, state));
@@ -302,7 +301,7 @@ impl Fields {
         &mut self,
         key: &str,
         value: &T,
-        name: impl FnOnce(&str) -> Arc<str>,
+        name: impl FnOnce(&str) -> FieldName,
     ) -> std::result::Result<(), Refusal> {
         if key == ID_KEY {
             if let Ok(id) = build::read_str(value, |id: &str| RecordId::new(id)) {
@@ -324,7 +323,7 @@ impl Fields {
     /// knows it as a user field. Leaves the layout at the first key that
     /// differs from it.
     #[inline]
-    fn follow(&mut self, key: &'static str) -> Option<Arc<str>> {
+    fn follow(&mut self, key: &'static str) -> Option<FieldName> {
         let i = self.arrived;
         self.arrived += 1;
         let at = address(key);
@@ -397,12 +396,12 @@ impl Fields {
 }
 
 /// The shared name of each key that became a user field, in arrival order.
-fn names_of<V>(keys: &[(KeyAddress, bool)], fields: &[(Arc<str>, V)]) -> Vec<Option<Arc<str>>> {
+fn names_of<V>(keys: &[(KeyAddress, bool)], fields: &[(FieldName, V)]) -> Vec<Option<FieldName>> {
     let mut user = fields.iter();
     keys.iter()
         .map(|&(_, pushed)| {
             if pushed {
-                user.next().map(|(name, _)| Arc::clone(name))
+                user.next().map(|(name, _)| name.clone())
             } else {
                 None
             }
@@ -413,7 +412,7 @@ fn names_of<V>(keys: &[(KeyAddress, bool)], fields: &[(Arc<str>, V)]) -> Vec<Opt
 impl Layout {
     fn new(
         keys: Vec<(KeyAddress, bool)>,
-        names: Vec<Option<Arc<str>>>,
+        names: Vec<Option<FieldName>>,
         swaps: Vec<(usize, usize)>,
     ) -> Layout {
         Layout {

@@ -13,7 +13,6 @@ mod text;
 mod typescript;
 
 use std::num::NonZeroU32;
-use std::sync::Arc;
 
 use triomphe::ThinArc;
 
@@ -26,7 +25,7 @@ use crate::names::{IntoName, RecordId};
 use crate::version_vector::VersionVector;
 
 pub use content::Content;
-pub use fields::{FieldState, FieldStates, FieldStatesRef};
+pub use fields::{FieldName, FieldState, FieldStates, FieldStatesRef};
 pub use text::JsonText;
 
 /// Key of the record id.
@@ -111,7 +110,7 @@ pub struct Record {
 }
 
 /// One field as a record holds it: its shared name and its state.
-type Field = (Arc<str>, FieldState);
+type Field = (FieldName, FieldState);
 
 /// What a [`Record`] holds before its fields.
 ///
@@ -322,18 +321,18 @@ impl Record {
                 (_, Some((name, state)), None) => {
                     if state.value.is_some() {
                         changed = true;
-                        merged.push((Arc::clone(name), stamped(None)));
+                        merged.push((name.clone(), stamped(None)));
                     } else {
-                        merged.push((Arc::clone(name), state.clone()));
+                        merged.push((name.clone(), state.clone()));
                     }
                 }
                 (_, Some((name, state)), Some((_, mut put))) => {
                     if !deleted && state.value == put.value {
-                        merged.push((Arc::clone(name), state.clone()));
+                        merged.push((name.clone(), state.clone()));
                     } else {
                         changed = true;
                         put.stamp.assign(stamp);
-                        merged.push((Arc::clone(name), put));
+                        merged.push((name.clone(), put));
                     }
                 }
                 (_, None, Some((name, mut put))) => {
