@@ -48,12 +48,18 @@ fn group(c: &mut Criterion) -> criterion::BenchmarkGroup<'_, criterion::measurem
     group
 }
 
+/// Where every run's directory is made; shared by runs with one output
+/// directory.
+fn scratch_parent() -> PathBuf {
+    support::out_dir().join("fs-scratch")
+}
+
 /// This run's directory, which holds every store it makes: all are removed
 /// together when the run ends (or unwinds), none between iterations. A full
 /// run keeps about fifty stores of 10,000 record files each, some 2 GB on
 /// a disk with 4 KiB blocks, until then.
 fn run_dir() -> TempDir {
-    let parent = support::out_dir().join("fs-scratch");
+    let parent = scratch_parent();
     std::fs::create_dir_all(&parent).unwrap();
     tempfile::tempdir_in(parent).unwrap()
 }
@@ -299,5 +305,5 @@ fn main() {
     }
     drop(run);
     // Removed only when no other run is using it.
-    std::fs::remove_dir(support::out_dir().join("fs-scratch")).ok();
+    std::fs::remove_dir(scratch_parent()).ok();
 }
