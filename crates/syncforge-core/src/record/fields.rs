@@ -105,13 +105,13 @@ impl FieldName {
 
 impl AsRef<str> for FieldName {
     fn as_ref(&self) -> &str {
-        &self.0
+        self.as_str()
     }
 }
 
 impl std::fmt::Display for FieldName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
@@ -119,13 +119,13 @@ impl Deref for FieldName {
     type Target = str;
 
     fn deref(&self) -> &str {
-        &self.0
+        self.as_str()
     }
 }
 
 impl Borrow<str> for FieldName {
     fn borrow(&self) -> &str {
-        &self.0
+        self.as_str()
     }
 }
 
@@ -146,7 +146,7 @@ impl From<String> for FieldName {
 /// By address first: equal names are mostly one shared string.
 impl PartialEq for FieldName {
     fn eq(&self, other: &Self) -> bool {
-        FieldName::same(self, other) || *self.0 == *other.0
+        FieldName::same(self, other) || self.as_str() == other.as_str()
     }
 }
 
@@ -158,7 +158,7 @@ impl Ord for FieldName {
         if FieldName::same(self, other) {
             Ordering::Equal
         } else {
-            self.0.as_str().cmp(other.0.as_str())
+            self.as_str().cmp(other.as_str())
         }
     }
 }
@@ -172,13 +172,13 @@ impl PartialOrd for FieldName {
 /// As the name's text, so that a table of names can be searched with a `&str`.
 impl std::hash::Hash for FieldName {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.0.as_str().hash(state);
+        self.as_str().hash(state);
     }
 }
 
 impl std::fmt::Debug for FieldName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(self.0.as_str(), f)
+        std::fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
