@@ -8,7 +8,7 @@
 
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, MutexGuard};
@@ -235,6 +235,10 @@ struct Listener {
 /// other handlers carry on. (This needs the default `panic = "unwind"`.)
 pub struct Events {
     sender: broadcast::Sender<SyncEvent>,
+    /// Whether [`subscribe`](Self::subscribe) was ever called. The channel
+    /// counts its receivers behind a lock, and every write asks whether
+    /// anyone listens: until someone subscribes, the answer needs no lock.
+    subscribed: AtomicBool,
     listeners: Mutex<Vec<Listener>>,
     /// Handlers per kind, kept beside the list so that checking for listeners
     /// needs no lock.
@@ -257,6 +261,7 @@ impl Events {
         let (sender, _) = broadcast::channel(capacity);
         Events {
             sender,
+            subscribed: AtomicBool::new(false),
             listeners: Mutex::new(Vec::new()),
             counts: std::array::from_fn(|_| AtomicUsize::new(0)),
             next_id: AtomicU64::new(1),
@@ -270,7 +275,16 @@ impl Events {
 
     /// A new receiver of every event emitted from now on.
     pub fn subscribe(&self) -> EventReceiver {
+        // Set before the receiver exists, so that whoever can see the
+        // receiver also sees the flag.
+        self.subscribed.store(true, Ordering::Release);
         self.sender.subscribe()
+    }
+
+    /// Whether a receiver from [`subscribe`](Self::subscribe) is alive,
+    /// without taking the channel's lock while none was ever made.
+    fn has_receivers(&self) -> bool {
+        self.subscribed.load(Ordering::Acquire) && self.sender.receiver_count() > 0
     }
 
     /// How many receivers from [`subscribe`](Self::subscribe) are alive.
@@ -352,12 +366,12 @@ impl Events {
     /// Whether an event of `kind` would reach anyone; checked before building
     /// a payload.
     pub(crate) fn wants(&self, kind: EventKind) -> bool {
-        self.listener_count(kind) > 0 || self.sender.receiver_count() > 0
+        self.listener_count(kind) > 0 || self.has_receivers()
     }
 
     /// Whether an event of any of `kinds` would reach anyone.
     pub(crate) fn wants_any(&self, kinds: &[EventKind]) -> bool {
-        kinds.iter().any(|kind| self.listener_count(*kind) > 0) || self.sender.receiver_count() > 0
+        kinds.iter().any(|kind| self.listener_count(*kind) > 0) || self.has_receivers()
     }
 
     /// Delivers `event` to the handlers of its kind, then to every receiver.
@@ -366,8 +380,10 @@ impl Events {
         if self.listener_count(kind) > 0 {
             self.call_handlers(kind, &event);
         }
-        // Fails only when no receiver is left, which is nobody's problem.
-        let _ = self.sender.send(event);
+        if self.subscribed.load(Ordering::Acquire) {
+            // Fails only when no receiver is left, which is nobody's problem.
+            let _ = self.sender.send(event);
+        }
     }
 
     fn call_handlers(&self, kind: EventKind, event: &SyncEvent) {

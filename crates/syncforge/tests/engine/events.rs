@@ -103,6 +103,30 @@ async fn put_and_delete_emit_record_events_with_payloads() {
     assert!(events.iter().all(|e| e.collection() == "notes"));
 }
 
+/// Until someone subscribes, writes skip the channel's lock; a receiver
+/// made later, or again after the last one was dropped, still hears every
+/// write made after it.
+#[tokio::test]
+async fn a_receiver_made_after_writes_hears_every_later_write() {
+    let e = engine("a", ConflictStrategy::Crdt).await;
+    e.put("notes", &json!({"id": "before"})).await.unwrap();
+    let mut first = e.subscribe();
+    e.put("notes", &json!({"id": "during"})).await.unwrap();
+    let heard = drain(&mut first);
+    assert_eq!(kinds(&heard), [EventKind::RecordAdded]);
+    assert!(matches!(&heard[0], SyncEvent::RecordAdded { record, .. } if record.id() == "during"));
+    drop(first);
+    assert_eq!(e.events().receiver_count(), 0);
+    e.put("notes", &json!({"id": "between"})).await.unwrap();
+    let mut second = e.subscribe();
+    e.delete("notes", "during").await.unwrap();
+    let heard = drain(&mut second);
+    assert_eq!(kinds(&heard), [EventKind::RecordDeleted]);
+    assert!(
+        matches!(&heard[0], SyncEvent::RecordDeleted { record, .. } if record.id() == "during")
+    );
+}
+
 #[tokio::test]
 async fn sync_emits_start_conflict_record_progress_and_success() {
     let time = Arc::new(ManualTime::new(T0));
