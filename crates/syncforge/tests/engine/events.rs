@@ -103,9 +103,8 @@ async fn put_and_delete_emit_record_events_with_payloads() {
     assert!(events.iter().all(|e| e.collection() == "notes"));
 }
 
-/// Until someone subscribes, writes skip the channel's lock; a receiver
-/// made later, or again after the last one was dropped, still hears every
-/// write made after it.
+/// A receiver made after writes, or made again after the last one was
+/// dropped, hears every write made after it (and none made before).
 #[tokio::test]
 async fn a_receiver_made_after_writes_hears_every_later_write() {
     let e = engine("a", ConflictStrategy::Crdt).await;
