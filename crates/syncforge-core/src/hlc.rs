@@ -254,12 +254,14 @@ impl Stamp {
     /// writer on this thread, so [`assign`](Self::assign) usually finds the
     /// client id in place and copies two integers, not a shared pointer.
     /// Never seen outside: every field is stamped before a record holds it.
+    #[inline]
     pub(crate) fn unstamped() -> Stamp {
         LAST_WRITER.with(|last| last.borrow().clone())
     }
 
     /// Makes this stamp equal to `to`; the client id is cloned only when it
     /// differs, and then becomes the next [`unstamped`](Self::unstamped).
+    #[inline]
     pub(crate) fn assign(&mut self, to: &Stamp) {
         self.millis = to.millis;
         self.counter = to.counter;

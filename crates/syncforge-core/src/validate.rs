@@ -11,6 +11,7 @@ use crate::error::{shorten, Error, Result};
 /// The longest accepted id or collection name, in bytes of UTF-8.
 pub const MAX_NAME_BYTES: usize = 1024;
 
+#[inline]
 pub(crate) fn check_name(name: &str) -> std::result::Result<(), String> {
     if name.is_empty() {
         return Err("must not be empty".to_owned());
@@ -57,6 +58,7 @@ fn may_hold_control(bytes: &[u8]) -> bool {
 }
 
 /// Checks a record id (or a client id): 1 to 1024 bytes, no control characters.
+#[inline]
 pub fn validate_id(id: &str) -> Result<()> {
     check_name(id).map_err(|reason| Error::InvalidId {
         id: shorten(id),

@@ -152,12 +152,14 @@ impl Record {
     }
 }
 
+#[inline]
 pub(super) fn separate(out: &mut String, first: &mut bool) {
     if !std::mem::take(first) {
         out.push(',');
     }
 }
 
+#[inline]
 pub(super) fn write_key(out: &mut String, name: &str) {
     write_str(out, name);
     out.push(':');
@@ -227,6 +229,7 @@ pub(super) fn write_number(out: &mut String, number: &serde_json::Number) {
 /// A float as serde_json writes it (with its own formatter: the shortest
 /// text that reads back the same), `-0.0` as `0.0`, and a value JSON cannot
 /// hold as `null`, as serde_json's value makes it.
+#[inline]
 pub(super) fn write_f64(out: &mut String, value: f64) {
     if value == 0.0 {
         out.push_str("0.0");
@@ -237,6 +240,7 @@ pub(super) fn write_f64(out: &mut String, value: f64) {
     }
 }
 
+#[inline]
 pub(super) fn write_str(out: &mut String, text: &str) {
     out.reserve(text.len() + 2);
     out.push('"');
@@ -246,6 +250,7 @@ pub(super) fn write_str(out: &mut String, text: &str) {
 
 /// The inside of a JSON string, escaped as serde_json escapes: `"`, `\` and
 /// the control characters, with the short forms where JSON has them.
+#[inline]
 fn write_escaped(out: &mut String, text: &str) {
     // Nearly every string needs no escape: found eight bytes at a time,
     // the plain part is copied whole.
@@ -284,6 +289,7 @@ fn write_escaped(out: &mut String, text: &str) {
 /// control character. Always a character boundary, since every byte that
 /// ends the prefix is ASCII. Looks at eight bytes at a time, the last few
 /// padded with a plain byte.
+#[inline]
 fn plain_prefix(bytes: &[u8]) -> usize {
     let chunks = bytes.chunks_exact(8);
     let tail = chunks.remainder();
@@ -306,6 +312,7 @@ fn plain_prefix(bytes: &[u8]) -> usize {
 
 /// Whether any byte of `x` is below 0x20 or is `"` or `\\` (exact as to
 /// whether, not as to which).
+#[inline]
 fn has_special(x: u64) -> bool {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);

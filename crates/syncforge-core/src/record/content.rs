@@ -56,6 +56,7 @@ impl std::fmt::Debug for Content {
 }
 
 /// A field of a put's content, not yet stamped.
+#[inline]
 fn unstamped(value: JsonText, stamp: &Stamp) -> FieldState {
     FieldState {
         value: Some(value),
@@ -289,6 +290,7 @@ struct Fields {
 
 impl Fields {
     /// Adds a user field.
+    #[inline]
     fn push_field(&mut self, name: FieldName, value: JsonText) {
         let stamp = self.stamp.get_or_insert_with(Stamp::unstamped);
         let state = unstamped(value, stamp);

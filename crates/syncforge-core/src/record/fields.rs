@@ -222,6 +222,7 @@ thread_local! {
 
 /// An empty vector to collect a record's fields in, with the room of the
 /// last one [`recycle_fields`] kept on this thread.
+#[inline]
 pub(super) fn spare_fields() -> Vec<(FieldName, FieldState)> {
     SPARE.try_with(Cell::take).unwrap_or_default()
 }
@@ -230,6 +231,7 @@ pub(super) fn spare_fields() -> Vec<(FieldName, FieldState)> {
 /// thread: a record's fields move into the record's own allocation, and the
 /// vector they were collected in would otherwise be freed, and another one
 /// allocated, for every record put. Only a small vector is kept.
+#[inline]
 pub(super) fn recycle_fields(mut fields: Vec<(FieldName, FieldState)>) {
     const MAX_KEPT: usize = 64;
     if fields.capacity() <= MAX_KEPT {
@@ -270,6 +272,7 @@ pub(super) fn shared_name<S: AsRef<str> + Into<FieldName>>(name: S) -> FieldName
 /// so that the names of a struct put again and again are found without
 /// hashing them. Bytes behind a `'static` address never change, so an equal
 /// address and length is the same name.
+#[inline]
 pub(super) fn shared_static_name(name: &'static str) -> FieldName {
     const SLOTS: usize = 64;
     type Slots = [Option<(usize, FieldName)>; SLOTS];

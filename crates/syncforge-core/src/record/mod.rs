@@ -209,6 +209,7 @@ impl Record {
     }
 
     /// A record of `header` and `fields`, its newest stamp found.
+    #[inline]
     fn build(mut header: Header, fields: Vec<Field>) -> Record {
         header.newest = Newest::of(&header, &fields);
         Record::allocate(header, fields)
@@ -216,6 +217,7 @@ impl Record {
 
     /// `header` and `fields` moved into the record's allocation; the emptied
     /// vector is kept for the next record's fields.
+    #[inline]
     fn allocate(header: Header, mut fields: Vec<Field>) -> Record {
         let state = ThinArc::from_header_and_iter(header, fields.drain(..));
         fields::recycle_fields(fields);

@@ -75,6 +75,7 @@ impl JsonText {
 
     /// Text that is already canonical JSON of a value within the nesting
     /// limit, as this crate's writers produce it.
+    #[inline]
     pub(super) fn from_canonical(text: &str) -> JsonText {
         JsonText(CompactString::new(text))
     }
