@@ -255,12 +255,15 @@ fn write_escaped(out: &mut String, text: &str) {
     // Nearly every string needs no escape: found eight bytes at a time,
     // the plain part is copied whole.
     let plain = plain_prefix(text.as_bytes());
-    if plain == text.len() {
-        out.push_str(text);
-        return;
-    }
     out.push_str(&text[..plain]);
-    let text = &text[plain..];
+    if plain < text.len() {
+        write_escaped_rest(out, &text[plain..]);
+    }
+}
+
+/// The rest of [`write_escaped`], from the first byte that needs an escape.
+#[cold]
+fn write_escaped_rest(out: &mut String, text: &str) {
     let mut start = 0;
     for (index, byte) in text.bytes().enumerate() {
         let escape = match byte {

@@ -290,7 +290,7 @@ struct Fields {
 
 impl Fields {
     /// Adds a user field.
-    #[inline]
+    #[inline(always)]
     fn push_field(&mut self, name: FieldName, value: JsonText) {
         let stamp = self.stamp.get_or_insert_with(Stamp::unstamped);
         let state = unstamped(value, stamp);
@@ -324,7 +324,7 @@ impl Fields {
     /// Takes note of struct field `key`: its shared name when the layout
     /// knows it as a user field. Leaves the layout at the first key that
     /// differs from it.
-    #[inline]
+    #[inline(always)]
     fn follow(&mut self, key: &'static str) -> Option<FieldName> {
         let i = self.arrived;
         self.arrived += 1;
@@ -439,6 +439,7 @@ impl Layout {
 /// One field's value as canonical JSON text, written and measured in one
 /// pass; what that pass leaves to serde_json takes the [`measured_value`]
 /// route.
+#[inline]
 fn json_text<T: Serialize + ?Sized>(value: &T) -> std::result::Result<JsonText, Refusal> {
     match build::field_text(value) {
         Ok(text) => Ok(text),
