@@ -68,6 +68,7 @@ mod keys;
 mod scripts;
 
 use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -512,11 +513,12 @@ fn expected_argument(expected: Option<&Token>) -> String {
     }
 }
 
-/// The arguments of the batch script for `writes` (at most [`CHUNK`]): their
-/// number, the newest stamp among them, the guessed sequence of the first
-/// write (0 for none), then the ids, the expectations, the `_timestamp`s and
-/// the values — each record's JSON, after its guessed sequence and a space
-/// when there is a guess — each as one run.
+/// The arguments of the batch script for `writes` (at most [`CHUNK`]), as
+/// `scripts::PUT_BATCH` documents them: their number, the newest stamp
+/// among them, the guessed sequence of the first write (0 for none),
+/// whether no id repeats, then the ids, the expectations, the
+/// `_timestamp`s and the values — each record's JSON, after its guessed
+/// sequence and a space when there is a guess — each as one run.
 fn batch_arguments(writes: &[Write], guess: u64) -> Vec<Value> {
     let n = writes.len();
     // A guess is only worth sending while every guessed sequence is one
@@ -526,13 +528,16 @@ fn batch_arguments(writes: &[Write], guess: u64) -> Vec<Value> {
     } else {
         0
     };
-    let mut args = Vec::with_capacity(3 + 4 * n);
+    let mut seen = HashSet::with_capacity(n);
+    let distinct = writes.iter().all(|w| seen.insert(w.record.id().as_str()));
+    let mut args = Vec::with_capacity(4 + 4 * n);
     args.push(Value::Integer(n as i64));
     let newest = writes.iter().map(|w| w.record.newest_stamp()).max();
     args.push(Value::from(
         newest.map(Stamp::to_string).unwrap_or_default(),
     ));
     args.push(Value::Integer(guess as i64));
+    args.push(Value::Integer(i64::from(distinct)));
     args.extend(writes.iter().map(|w| Value::from(w.record.id().as_str())));
     args.extend(
         writes
@@ -543,18 +548,45 @@ fn batch_arguments(writes: &[Write], guess: u64) -> Vec<Value> {
         // Millis stay far below 2^63 (a stamp holds 48 bits of them).
         Value::Integer(i64::try_from(w.record.newest_stamp().millis()).unwrap_or(i64::MAX))
     }));
+    // Each value written straight into its own buffer, sized by the one
+    // before (records of a batch tend to be alike).
+    let mut size = 256;
     args.extend(writes.iter().zip(guess..).map(|(w, sequence)| {
-        let json = w.record.to_json_string();
-        if guess == 0 {
-            return Value::from(json);
+        let mut value = String::with_capacity(size);
+        if guess > 0 {
+            // Writing into a String cannot fail.
+            let _ = write!(value, "{sequence} ");
         }
-        let mut value = String::with_capacity(json.len() + 17);
-        value.push_str(&sequence.to_string());
-        value.push(' ');
-        value.push_str(&json);
+        w.record.write_json(&mut value);
+        size = value.len() + value.len() / 8;
         Value::from(value)
     }));
     args
+}
+
+/// The outcomes the batch script answered for `n` writes: one integer
+/// per write (its sequence, 0 for a conflict), or the one integer `g` of
+/// its fast path, where every write happened and the `i`-th got `g + i - 1`.
+fn batch_outcomes(reply: Value, n: usize) -> std::result::Result<Vec<u64>, &'static str> {
+    match reply {
+        Value::Integer(first) => {
+            let first = u64::try_from(first).map_err(|_| "a negative first sequence")?;
+            if first == 0 || first.saturating_add(n as u64) > MAX_SEQUENCE + 1 {
+                return Err("a first sequence out of range");
+            }
+            Ok((first..first + n as u64).collect())
+        }
+        Value::Array(items) => {
+            if items.len() != n {
+                return Err("not one outcome per write");
+            }
+            items
+                .iter()
+                .map(|item| item.as_u64().ok_or("an outcome that is not a number"))
+                .collect()
+        }
+        _ => Err("neither a first sequence nor one outcome per write"),
+    }
 }
 
 impl Drop for RedisBackend {
@@ -687,31 +719,17 @@ impl StorageBackend for RedisBackend {
                     Some(collection),
                 )
                 .await?;
-            let sequences = array(reply);
-            if sequences.len() != slice.len() {
-                return Err(error::unexpected_reply(
-                    "writing records",
-                    &self.address,
-                    "not one outcome per write",
-                ));
-            }
+            let sequences = batch_outcomes(reply, slice.len())
+                .map_err(|what| error::unexpected_reply("writing records", &self.address, what))?;
             let mut last = None;
             for sequence in sequences {
-                outcomes.push(match sequence.as_u64() {
-                    Some(0) => WriteOutcome::Conflict,
-                    Some(sequence) => {
-                        last = last.max(Some(sequence));
-                        WriteOutcome::Written {
-                            token: Token::Sequence(sequence),
-                            cursor: Cursor::new(sequence),
-                        }
-                    }
-                    None => {
-                        return Err(error::unexpected_reply(
-                            "writing records",
-                            &self.address,
-                            "an outcome that is not a number",
-                        ))
+                outcomes.push(if sequence == 0 {
+                    WriteOutcome::Conflict
+                } else {
+                    last = last.max(Some(sequence));
+                    WriteOutcome::Written {
+                        token: Token::Sequence(sequence),
+                        cursor: Cursor::new(sequence),
                     }
                 });
             }
