@@ -978,6 +978,50 @@ mod tests {
     }
 
     #[test]
+    fn batch_replies_expand_to_one_sequence_per_write() {
+        // The fast path's one integer: every write, in order, from it on.
+        assert_eq!(batch_outcomes(Value::Integer(7), 3), Ok(vec![7, 8, 9]));
+        assert_eq!(
+            batch_outcomes(Value::Integer(MAX_SEQUENCE as i64 - 1), 2),
+            Ok(vec![MAX_SEQUENCE - 1, MAX_SEQUENCE])
+        );
+        assert!(batch_outcomes(Value::Integer(MAX_SEQUENCE as i64), 2).is_err());
+        assert!(batch_outcomes(Value::Integer(0), 1).is_err());
+        assert!(batch_outcomes(Value::Integer(-1), 1).is_err());
+        // The general path's array: one outcome per write, 0 a conflict.
+        let array =
+            |items: &[i64]| Value::Array(items.iter().map(|&i| Value::Integer(i)).collect());
+        assert_eq!(batch_outcomes(array(&[5, 0, 6]), 3), Ok(vec![5, 0, 6]));
+        assert!(batch_outcomes(array(&[5, 0]), 3).is_err());
+        assert!(batch_outcomes(Value::Array(vec![Value::from("x")]), 1).is_err());
+        assert!(batch_outcomes(Value::Null, 1).is_err());
+    }
+
+    #[test]
+    fn batch_arguments_say_whether_an_id_repeats() {
+        let mut hlc = syncforge_core::Hlc::new(syncforge_core::ClientId::new("args").unwrap());
+        let write = |hlc: &mut syncforge_core::Hlc, id: &str| {
+            let content =
+                syncforge_core::Content::from_value(serde_json::json!({ "id": id })).unwrap();
+            Write::create(Record::create(content, &hlc.now().unwrap()))
+        };
+        let distinct = [write(&mut hlc, "a"), write(&mut hlc, "b")];
+        let repeated = [write(&mut hlc, "a"), write(&mut hlc, "a")];
+        let flag = |args: &[Value]| args[3].as_i64();
+        let args = batch_arguments(&distinct, 5);
+        assert_eq!(args.len(), 4 + 4 * 2);
+        assert_eq!(flag(&args), Some(1));
+        assert_eq!(args[2].as_i64(), Some(5));
+        let value = |v: &Value| text(v).unwrap().into_owned();
+        assert!(value(&args[10]).starts_with("5 {"));
+        assert!(value(&args[11]).starts_with("6 {"));
+        assert_eq!(flag(&batch_arguments(&repeated, 5)), Some(0));
+        // Without a guess, the values are the bare JSON.
+        let args = batch_arguments(&distinct, 0);
+        assert!(value(&args[10]).starts_with('{'));
+    }
+
+    #[test]
     fn expectations_beyond_the_store_never_match() {
         assert_eq!(expected_argument(None), "");
         assert_eq!(expected_argument(Some(&Token::Sequence(42))), "42");
