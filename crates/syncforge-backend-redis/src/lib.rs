@@ -249,6 +249,36 @@ impl RedisBackend {
             .map_err(self.fail(operation, collection))
     }
 
+    /// Runs a script whose arguments `args` builds, loading the script first
+    /// if the server does not know it. Unlike [`eval`](Self::eval), no copy
+    /// of the arguments is kept for a second attempt: after a `NOSCRIPT`
+    /// they are built again. A batch's arguments hold all its records.
+    async fn eval_built(
+        &self,
+        script: &fred::types::scripts::Script,
+        keys: Vec<String>,
+        args: impl Fn() -> Vec<Value>,
+        operation: &str,
+        collection: Option<&CollectionName>,
+    ) -> Result<Value> {
+        match script
+            .evalsha::<Value, _, _, _>(&self.client, keys.clone(), args())
+            .await
+        {
+            Err(e) if e.details().starts_with("NOSCRIPT") => {
+                script
+                    .load(&self.client)
+                    .await
+                    .map_err(self.fail(operation, collection))?;
+                script
+                    .evalsha(&self.client, keys, args())
+                    .await
+                    .map_err(self.fail(operation, collection))
+            }
+            result => result.map_err(self.fail(operation, collection)),
+        }
+    }
+
     /// Adds the collection to the registry unless this handle already did.
     /// Done, and answered, before the first write, so a collection holding
     /// records is always registered, whichever node holds it.
@@ -709,12 +739,11 @@ impl StorageBackend for RedisBackend {
                 .lock()
                 .get(collection)
                 .map_or(0, |last| last + 1);
-            let args = batch_arguments(slice, guess);
             let reply = self
-                .eval(
+                .eval_built(
                     &self.scripts.put_batch,
                     script_keys.clone(),
-                    args,
+                    || batch_arguments(slice, guess),
                     "writing records",
                     Some(collection),
                 )

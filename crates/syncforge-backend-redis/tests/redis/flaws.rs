@@ -246,6 +246,49 @@ async fn the_fast_path_stores_what_the_general_path_stores() {
     remove_prefix(&config).await;
 }
 
+/// A server that forgot the scripts (`SCRIPT FLUSH`, as after a restart or
+/// a failover) gets the batch script loaded again and the batch sent once
+/// more, built anew: every write happens once, and the next batch takes
+/// the fast path from the sequences the first one answered. The server is
+/// one this test starts, so no other test's scripts are flushed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_after_the_scripts_were_flushed_is_written_once() {
+    let Some(server) = PrivateServer::start().await else {
+        return;
+    };
+    let prefix = fresh_prefix("flushed");
+    let config = server.config(&prefix);
+    let store = RedisBackend::connect(config.clone()).await.unwrap();
+    let raw = raw_client(&config).await.unwrap();
+    let notes = coll("flushed");
+    let mut hlc = Hlc::new(ClientId::new("flusher").unwrap());
+    for round in 0..3_usize {
+        let _: () = raw
+            .custom(
+                CustomCommand::new_static("SCRIPT", ClusterHash::Random, false),
+                vec!["FLUSH"],
+            )
+            .await
+            .unwrap();
+        let writes: Vec<Write> = (0..5)
+            .map(|i| Write::create(record(&mut hlc, &format!("s{round}-{i}"), 0)))
+            .collect();
+        let outcomes = store.put_batch(&notes, &writes).await.unwrap();
+        let first = 5 * round as u64 + 1;
+        let expected: Vec<WriteOutcome> = (first..first + 5)
+            .map(|sequence| WriteOutcome::Written {
+                token: syncforge_core::Token::Sequence(sequence),
+                cursor: Cursor::new(sequence),
+            })
+            .collect();
+        assert_eq!(outcomes, expected, "round {round}");
+    }
+    let stored = assert_consistent(&raw, &prefix, "flushed").await;
+    assert_eq!(stored.len(), 15);
+    raw.quit().await.ok();
+    store.close().await.unwrap();
+}
+
 /// The batches of [`the_fast_path_stores_what_the_general_path_stores`],
 /// each with whether the second handle writes it. Every sequence is known
 /// beforehand: the collection starts empty.
