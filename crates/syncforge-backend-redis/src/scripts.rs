@@ -4,8 +4,9 @@
 //! script touches are passed in `KEYS` and share the collection's hash tag,
 //! so the scripts run unchanged on a Redis Cluster.
 //!
-//! Numbers stay exact: sequences are at most 2^53 and always formatted with
-//! `%d` (Lua's default number format would print `1e+14`).
+//! Numbers stay exact: sequences are at most 2^53 and formatted with `%d`
+//! (Lua's default number format would print `1e+14`), or handed to
+//! `redis.call` as numbers, which Redis formats exactly (`%.17g`).
 
 use fred::types::scripts::Script;
 
@@ -48,9 +49,12 @@ end
 /// batch's earlier writes; the writes themselves are applied together at the
 /// end, so a script that fails writes nothing.
 ///
-/// Fast path: when there is a guess, the counter stands at `g - 1`, no id
-/// repeats and every expectation holds against the sequence `ZMSCORE` read
-/// — `''` for an absent record, or exactly the text of its score — those
+/// Fast path: when there is a guess, the counter stands at `g - 1`,
+/// `g + n - 1` is at most 2^53, no id repeats (the script trusts the flag:
+/// a batch wrongly marked `1` could have a repeated id's later write applied
+/// where it should conflict) and every expectation holds against the
+/// sequence `ZMSCORE` read — `''` for an absent record, or exactly the text
+/// of its score — those
 /// checks would pass every write, in order, with the sequences
 /// `g .. g + n - 1`, and store every value as it came. The script then only
 /// lays the arguments out for `HSET` and the two `ZADD`s, without the
