@@ -68,6 +68,7 @@ mod keys;
 mod scripts;
 
 use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -246,6 +247,36 @@ impl RedisBackend {
             .evalsha_with_reload(&self.client, keys, args)
             .await
             .map_err(self.fail(operation, collection))
+    }
+
+    /// Runs a script whose arguments `args` builds, loading the script first
+    /// if the server does not know it. Unlike [`eval`](Self::eval), no copy
+    /// of the arguments is kept for a second attempt: after a `NOSCRIPT`
+    /// they are built again. A batch's arguments hold all its records.
+    async fn eval_built(
+        &self,
+        script: &fred::types::scripts::Script,
+        keys: Vec<String>,
+        args: impl Fn() -> Vec<Value>,
+        operation: &str,
+        collection: Option<&CollectionName>,
+    ) -> Result<Value> {
+        match script
+            .evalsha::<Value, _, _, _>(&self.client, keys.clone(), args())
+            .await
+        {
+            Err(e) if e.details().starts_with("NOSCRIPT") => {
+                script
+                    .load(&self.client)
+                    .await
+                    .map_err(self.fail(operation, collection))?;
+                script
+                    .evalsha(&self.client, keys, args())
+                    .await
+                    .map_err(self.fail(operation, collection))
+            }
+            result => result.map_err(self.fail(operation, collection)),
+        }
     }
 
     /// Adds the collection to the registry unless this handle already did.
@@ -512,11 +543,12 @@ fn expected_argument(expected: Option<&Token>) -> String {
     }
 }
 
-/// The arguments of the batch script for `writes` (at most [`CHUNK`]): their
-/// number, the newest stamp among them, the guessed sequence of the first
-/// write (0 for none), then the ids, the expectations, the `_timestamp`s and
-/// the values — each record's JSON, after its guessed sequence and a space
-/// when there is a guess — each as one run.
+/// The arguments of the batch script for `writes` (at most [`CHUNK`]), as
+/// `scripts::PUT_BATCH` documents them: their number, the newest stamp
+/// among them, the guessed sequence of the first write (0 for none),
+/// whether no id repeats, then the ids, the expectations, the
+/// `_timestamp`s and the values — each record's JSON, after its guessed
+/// sequence and a space when there is a guess — each as one run.
 fn batch_arguments(writes: &[Write], guess: u64) -> Vec<Value> {
     let n = writes.len();
     // A guess is only worth sending while every guessed sequence is one
@@ -526,13 +558,16 @@ fn batch_arguments(writes: &[Write], guess: u64) -> Vec<Value> {
     } else {
         0
     };
-    let mut args = Vec::with_capacity(3 + 4 * n);
+    let mut seen = HashSet::with_capacity(n);
+    let distinct = writes.iter().all(|w| seen.insert(w.record.id().as_str()));
+    let mut args = Vec::with_capacity(4 + 4 * n);
     args.push(Value::Integer(n as i64));
     let newest = writes.iter().map(|w| w.record.newest_stamp()).max();
     args.push(Value::from(
         newest.map(Stamp::to_string).unwrap_or_default(),
     ));
     args.push(Value::Integer(guess as i64));
+    args.push(Value::Integer(i64::from(distinct)));
     args.extend(writes.iter().map(|w| Value::from(w.record.id().as_str())));
     args.extend(
         writes
@@ -543,18 +578,45 @@ fn batch_arguments(writes: &[Write], guess: u64) -> Vec<Value> {
         // Millis stay far below 2^63 (a stamp holds 48 bits of them).
         Value::Integer(i64::try_from(w.record.newest_stamp().millis()).unwrap_or(i64::MAX))
     }));
+    // Each value written straight into its own buffer, sized by the one
+    // before (records of a batch tend to be alike).
+    let mut size = 256;
     args.extend(writes.iter().zip(guess..).map(|(w, sequence)| {
-        let json = w.record.to_json_string();
-        if guess == 0 {
-            return Value::from(json);
+        let mut value = String::with_capacity(size);
+        if guess > 0 {
+            // Writing into a String cannot fail.
+            let _ = write!(value, "{sequence} ");
         }
-        let mut value = String::with_capacity(json.len() + 17);
-        value.push_str(&sequence.to_string());
-        value.push(' ');
-        value.push_str(&json);
+        w.record.write_json(&mut value);
+        size = value.len() + value.len() / 8;
         Value::from(value)
     }));
     args
+}
+
+/// The outcomes the batch script answered for `n` writes: one integer
+/// per write (its sequence, 0 for a conflict), or the one integer `g` of
+/// its fast path, where every write happened and the `i`-th got `g + i - 1`.
+fn batch_outcomes(reply: Value, n: usize) -> std::result::Result<Vec<u64>, &'static str> {
+    match reply {
+        Value::Integer(first) => {
+            let first = u64::try_from(first).map_err(|_| "a negative first sequence")?;
+            if first == 0 || first.saturating_add(n as u64) > MAX_SEQUENCE + 1 {
+                return Err("a first sequence out of range");
+            }
+            Ok((first..first + n as u64).collect())
+        }
+        Value::Array(items) => {
+            if items.len() != n {
+                return Err("not one outcome per write");
+            }
+            items
+                .iter()
+                .map(|item| item.as_u64().ok_or("an outcome that is not a number"))
+                .collect()
+        }
+        _ => Err("neither a first sequence nor one outcome per write"),
+    }
 }
 
 impl Drop for RedisBackend {
@@ -677,41 +739,26 @@ impl StorageBackend for RedisBackend {
                 .lock()
                 .get(collection)
                 .map_or(0, |last| last + 1);
-            let args = batch_arguments(slice, guess);
             let reply = self
-                .eval(
+                .eval_built(
                     &self.scripts.put_batch,
                     script_keys.clone(),
-                    args,
+                    || batch_arguments(slice, guess),
                     "writing records",
                     Some(collection),
                 )
                 .await?;
-            let sequences = array(reply);
-            if sequences.len() != slice.len() {
-                return Err(error::unexpected_reply(
-                    "writing records",
-                    &self.address,
-                    "not one outcome per write",
-                ));
-            }
+            let sequences = batch_outcomes(reply, slice.len())
+                .map_err(|what| error::unexpected_reply("writing records", &self.address, what))?;
             let mut last = None;
             for sequence in sequences {
-                outcomes.push(match sequence.as_u64() {
-                    Some(0) => WriteOutcome::Conflict,
-                    Some(sequence) => {
-                        last = last.max(Some(sequence));
-                        WriteOutcome::Written {
-                            token: Token::Sequence(sequence),
-                            cursor: Cursor::new(sequence),
-                        }
-                    }
-                    None => {
-                        return Err(error::unexpected_reply(
-                            "writing records",
-                            &self.address,
-                            "an outcome that is not a number",
-                        ))
+                outcomes.push(if sequence == 0 {
+                    WriteOutcome::Conflict
+                } else {
+                    last = last.max(Some(sequence));
+                    WriteOutcome::Written {
+                        token: Token::Sequence(sequence),
+                        cursor: Cursor::new(sequence),
                     }
                 });
             }
@@ -957,6 +1004,50 @@ mod tests {
         assert_eq!(parse_score(&Value::from("1.5")), None);
         assert_eq!(parse_score(&Value::from("-1")), None);
         assert_eq!(parse_score(&Value::Null), None);
+    }
+
+    #[test]
+    fn batch_replies_expand_to_one_sequence_per_write() {
+        // The fast path's one integer: every write, in order, from it on.
+        assert_eq!(batch_outcomes(Value::Integer(7), 3), Ok(vec![7, 8, 9]));
+        assert_eq!(
+            batch_outcomes(Value::Integer(MAX_SEQUENCE as i64 - 1), 2),
+            Ok(vec![MAX_SEQUENCE - 1, MAX_SEQUENCE])
+        );
+        assert!(batch_outcomes(Value::Integer(MAX_SEQUENCE as i64), 2).is_err());
+        assert!(batch_outcomes(Value::Integer(0), 1).is_err());
+        assert!(batch_outcomes(Value::Integer(-1), 1).is_err());
+        // The general path's array: one outcome per write, 0 a conflict.
+        let array =
+            |items: &[i64]| Value::Array(items.iter().map(|&i| Value::Integer(i)).collect());
+        assert_eq!(batch_outcomes(array(&[5, 0, 6]), 3), Ok(vec![5, 0, 6]));
+        assert!(batch_outcomes(array(&[5, 0]), 3).is_err());
+        assert!(batch_outcomes(Value::Array(vec![Value::from("x")]), 1).is_err());
+        assert!(batch_outcomes(Value::Null, 1).is_err());
+    }
+
+    #[test]
+    fn batch_arguments_say_whether_an_id_repeats() {
+        let mut hlc = syncforge_core::Hlc::new(syncforge_core::ClientId::new("args").unwrap());
+        let write = |hlc: &mut syncforge_core::Hlc, id: &str| {
+            let content =
+                syncforge_core::Content::from_value(serde_json::json!({ "id": id })).unwrap();
+            Write::create(Record::create(content, &hlc.now().unwrap()))
+        };
+        let distinct = [write(&mut hlc, "a"), write(&mut hlc, "b")];
+        let repeated = [write(&mut hlc, "a"), write(&mut hlc, "a")];
+        let flag = |args: &[Value]| args[3].as_i64();
+        let args = batch_arguments(&distinct, 5);
+        assert_eq!(args.len(), 4 + 4 * 2);
+        assert_eq!(flag(&args), Some(1));
+        assert_eq!(args[2].as_i64(), Some(5));
+        let value = |v: &Value| text(v).unwrap().into_owned();
+        assert!(value(&args[10]).starts_with("5 {"));
+        assert!(value(&args[11]).starts_with("6 {"));
+        assert_eq!(flag(&batch_arguments(&repeated, 5)), Some(0));
+        // Without a guess, the values are the bare JSON.
+        let args = batch_arguments(&distinct, 0);
+        assert!(value(&args[10]).starts_with('{'));
     }
 
     #[test]

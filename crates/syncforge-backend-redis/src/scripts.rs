@@ -4,8 +4,9 @@
 //! script touches are passed in `KEYS` and share the collection's hash tag,
 //! so the scripts run unchanged on a Redis Cluster.
 //!
-//! Numbers stay exact: sequences are at most 2^53 and always formatted with
-//! `%d` (Lua's default number format would print `1e+14`).
+//! Numbers stay exact: sequences are at most 2^53 and formatted with `%d`
+//! (Lua's default number format would print `1e+14`), or handed to
+//! `redis.call` as numbers, which Redis formats exactly (`%.17g`).
 
 use fred::types::scripts::Script;
 
@@ -25,12 +26,16 @@ end
 /// Conditional batch write.
 ///
 /// KEYS: records, feed, time, seq, newest.
-/// ARGV: `n`, the newest stamp of the batch, the guessed sequence `g` (0 for
-/// none), then four runs of `n` values: the ids, the expectations, the
+///
+/// ARGV: `n`, the newest stamp of the batch, the guessed sequence `g` of the
+/// first write (0 for none), `1` if no id occurs twice in the batch (else
+/// `0`), then four runs of `n` values: the ids, the expectations, the
 /// millis (`_timestamp`) and the values. An expectation is `''` for "must
 /// not exist", the decimal sequence the record must still have, or anything
 /// else for "never matches". The ids come as one run so that one `ZMSCORE`
-/// reads every current sequence.
+/// reads every current sequence. A batch with another number of arguments
+/// is refused (`ERR syncforge: malformed batch`) before anything is read or
+/// written.
 ///
 /// A value is the record's JSON, or, with a guess, `"<g + i - 1> <JSON>"`
 /// for the `i`-th write: the stored form if every write before it in the
@@ -40,27 +45,94 @@ end
 /// so the stored value is the same either way, and a right guess saves the
 /// server copying every record once more.
 ///
-/// Returns one integer per write: its new sequence, or 0 for a conflict.
 /// Checks run write by write, in order, against the state including the
 /// batch's earlier writes; the writes themselves are applied together at the
-/// end, so a script that fails writes nothing. Once any write happened the
-/// newest stamp of the batch is kept — at least the newest stamp written,
-/// which is what [`newest_stamp`](syncforge_core::StorageBackend::newest_stamp)
-/// promises — so the script never compares stamp strings itself (Lua
-/// compares strings by locale).
+/// end, so a script that fails writes nothing.
+///
+/// Fast path: when there is a guess, the counter stands at `g - 1`,
+/// `g + n - 1` is at most 2^53, no id repeats (the script trusts the flag:
+/// a batch wrongly marked `1` could have a repeated id's later write applied
+/// where it should conflict) and every expectation holds against the
+/// sequence `ZMSCORE` read — `''` for an absent record, or exactly the text
+/// of its score — those
+/// checks would pass every write, in order, with the sequences
+/// `g .. g + n - 1`, and store every value as it came. The script then only
+/// lays the arguments out for `HSET` and the two `ZADD`s, without the
+/// general path's bookkeeping (the ids written so far, each sequence
+/// formatted as text). Any other batch takes the general path; an
+/// expectation the fast check does not recognize (a sequence written
+/// another way, `"07"`) is compared as a number there. Both paths give the
+/// same outcomes and store the same bytes.
+///
+/// Returns the integer `g` when the fast path wrote the batch: every write
+/// happened, the `i`-th with the sequence `g + i - 1`. Otherwise an array
+/// of one integer per write: its new sequence, or 0 for a conflict.
+///
+/// Once any write happened the newest stamp of the batch is kept — at least
+/// the newest stamp written, which is what
+/// [`newest_stamp`](syncforge_core::StorageBackend::newest_stamp) promises —
+/// so the script never compares stamp strings itself (Lua compares strings
+/// by locale).
 const PUT_BATCH: &str = r"
 local records, feed = KEYS[1], KEYS[2]
 local n, guess = tonumber(ARGV[1]), tonumber(ARGV[3])
-if n == nil or guess == nil or #ARGV ~= 4 * n + 3 then
+if n == nil or guess == nil or #ARGV ~= 4 * n + 4 then
   return redis.error_reply('ERR syncforge: malformed batch')
 end
-local ids, expects, millis, values = 3, 3 + n, 3 + 2 * n, 3 + 3 * n
-local scores = {}
-for i = 1, n, 1000 do
-  local part = redis.call('ZMSCORE', feed, unpack(ARGV, ids + i, ids + math.min(i + 999, n)))
-  for j = 1, #part do scores[i + j - 1] = part[j] end
+if n == 0 then
+  return {}
+end
+local ids, expects, millis, values = 4, 4 + n, 4 + 2 * n, 4 + 3 * n
+local scores
+if n <= 1000 then
+  scores = redis.call('ZMSCORE', feed, unpack(ARGV, ids + 1, ids + n))
+else
+  scores = {}
+  for i = 1, n, 1000 do
+    local part = redis.call('ZMSCORE', feed, unpack(ARGV, ids + i, ids + math.min(i + 999, n)))
+    for j = 1, #part do scores[i + j - 1] = part[j] end
+  end
 end
 local seq = tonumber(redis.call('GET', KEYS[4]) or '0')
+local function write(hset, zfeed, ztime, last_seq)
+  for i = 1, #hset, 1000 do
+    local last = math.min(i + 999, #hset)
+    redis.call('HSET', records, unpack(hset, i, last))
+    redis.call('ZADD', feed, unpack(zfeed, i, last))
+    redis.call('ZADD', KEYS[3], unpack(ztime, i, last))
+  end
+  redis.call('SET', KEYS[4], string.format('%d', last_seq))
+  redis.call('ZADD', KEYS[5], 0, ARGV[2])
+  redis.call('ZREMRANGEBYRANK', KEYS[5], 0, -2)
+end
+if guess > 0 and ARGV[4] == '1' and seq == guess - 1 and guess + n - 1 <= 9007199254740992 then
+  local hset, zfeed, ztime = {}, {}, {}
+  local fast = true
+  for i = 1, n do
+    local expected, score = ARGV[expects + i], scores[i]
+    if expected == '' then
+      if score then
+        fast = false
+        break
+      end
+    elseif score ~= expected then
+      fast = false
+      break
+    end
+    local id = ARGV[ids + i]
+    hset[2 * i - 1] = id
+    hset[2 * i] = ARGV[values + i]
+    -- A number: redis.call passes it on exactly (as %.17g), up to 2^53.
+    zfeed[2 * i - 1] = guess + i - 1
+    zfeed[2 * i] = id
+    ztime[2 * i - 1] = ARGV[millis + i]
+    ztime[2 * i] = id
+  end
+  if fast then
+    write(hset, zfeed, ztime, guess + n - 1)
+    return guess
+  end
+end
 local written = {}
 local out, hset, zfeed, ztime = {}, {}, {}, {}
 local w = 0
@@ -102,15 +174,7 @@ for i = 1, n do
   end
 end
 if w > 0 then
-  for i = 1, 2 * w, 1000 do
-    local last = math.min(i + 999, 2 * w)
-    redis.call('HSET', records, unpack(hset, i, last))
-    redis.call('ZADD', feed, unpack(zfeed, i, last))
-    redis.call('ZADD', KEYS[3], unpack(ztime, i, last))
-  end
-  redis.call('SET', KEYS[4], string.format('%d', seq))
-  redis.call('ZADD', KEYS[5], 0, ARGV[2])
-  redis.call('ZREMRANGEBYRANK', KEYS[5], 0, -2)
+  write(hset, zfeed, ztime, seq)
 end
 return out
 ";

@@ -154,6 +154,243 @@ async fn stale_sequence_guesses_still_store_the_assigned_sequences() {
     remove_prefix(&config).await;
 }
 
+/// The batch script's fast path (a right guess, no repeated id, every
+/// expectation holding: the writes go in as the handle laid them out) stores
+/// exactly what its general path stores, and is not taken when it would
+/// not: after another handle wrote (a stale guess), with an id twice in a
+/// batch, with a token that no longer matches, and with a create of a
+/// record that exists. The same batches run twice:
+/// once through long-lived handles, whose guesses are right wherever they
+/// can be, and once each through a handle of its own, which never guesses
+/// and so always takes the general path. Outcomes and every stored byte —
+/// values, both indexes with their scores, the counter, the newest stamp —
+/// must be the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fast_path_stores_what_the_general_path_stores() {
+    let Some(config) = standalone("fastpath").await else {
+        return;
+    };
+    let prefix = config.key_prefix.clone();
+    let batches = fast_path_batches();
+    let fast = coll("fast");
+    let general = coll("general");
+
+    let main = RedisBackend::connect(config.clone()).await.unwrap();
+    let other = RedisBackend::connect(config.clone()).await.unwrap();
+    // Each batch's outcomes as sequences, 0 for a conflict.
+    let sequences = |outcomes: Vec<WriteOutcome>| -> Vec<u64> {
+        outcomes
+            .iter()
+            .map(|o| match o {
+                WriteOutcome::Written { token, cursor } => {
+                    assert_eq!(*token, syncforge_core::Token::Sequence(cursor.get()));
+                    cursor.get()
+                }
+                WriteOutcome::Conflict => 0,
+            })
+            .collect()
+    };
+    let mut fast_outcomes = Vec::new();
+    for (by_other, writes) in &batches {
+        let store = if *by_other { &other } else { &main };
+        fast_outcomes.push(sequences(store.put_batch(&fast, writes).await.unwrap()));
+    }
+    let mut general_outcomes = Vec::new();
+    for (_, writes) in &batches {
+        let store = RedisBackend::connect(config.clone()).await.unwrap();
+        general_outcomes.push(sequences(store.put_batch(&general, writes).await.unwrap()));
+        store.close().await.unwrap();
+    }
+    assert_eq!(fast_outcomes, general_outcomes);
+
+    let range = |from: u64, to: u64| (from..=to).collect::<Vec<u64>>();
+    let expected = vec![
+        range(1, 10),
+        range(11, 1_510),
+        range(1_511, 1_515),
+        range(1_516, 1_518),
+        // Stale guess: the other handle moved the counter.
+        range(1_519, 1_523),
+        // Repeated ids: the second create and the second update conflict.
+        vec![1_524, 0, 1_525, 0, 1_526],
+        // A token that no longer matches; later writes get one less than guessed.
+        vec![1_527, 0, 1_528, 1_529],
+        // A create of a record that exists.
+        vec![1_530, 0, 1_531],
+        range(1_532, 1_534),
+    ];
+    assert_eq!(fast_outcomes, expected);
+
+    let raw = raw_client(&config).await.unwrap();
+    let stored = assert_consistent(&raw, &prefix, "fast").await;
+    assert_eq!(stored.len(), 10 + 1_500 + 3 + 5 + 2 + 2 + 2 + 3);
+    assert_consistent(&raw, &prefix, "general").await;
+    let fast_dump = dump_collection(&raw, &prefix, "fast").await;
+    let general_dump = dump_collection(&raw, &prefix, "general").await;
+    assert_eq!(fast_dump, general_dump);
+    // The record of the first create of the repeated id is the one stored.
+    let f0: String = raw
+        .hget(key(&prefix, "fast", "records"), "f0")
+        .await
+        .unwrap();
+    assert!(f0.starts_with("1524 {"), "{f0}");
+    assert!(f0.contains(r#""n":1"#), "{f0}");
+    let g1: String = raw
+        .hget(key(&prefix, "fast", "records"), "g1")
+        .await
+        .unwrap();
+    assert!(g1.starts_with("1529 {"), "{g1}");
+    raw.quit().await.ok();
+    main.close().await.unwrap();
+    other.close().await.unwrap();
+    remove_prefix(&config).await;
+}
+
+/// A server that forgot the scripts (`SCRIPT FLUSH`, as after a restart or
+/// a failover) gets the batch script loaded again and the batch sent once
+/// more, built anew: every write happens once, and the next batch takes
+/// the fast path from the sequences the first one answered. The server is
+/// one this test starts, so no other test's scripts are flushed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_after_the_scripts_were_flushed_is_written_once() {
+    let Some(server) = PrivateServer::start().await else {
+        return;
+    };
+    let prefix = fresh_prefix("flushed");
+    let config = server.config(&prefix);
+    let store = RedisBackend::connect(config.clone()).await.unwrap();
+    let raw = raw_client(&config).await.unwrap();
+    let notes = coll("flushed");
+    let mut hlc = Hlc::new(ClientId::new("flusher").unwrap());
+    for round in 0..3_usize {
+        let _: () = raw
+            .custom(
+                CustomCommand::new_static("SCRIPT", ClusterHash::Random, false),
+                vec!["FLUSH"],
+            )
+            .await
+            .unwrap();
+        let writes: Vec<Write> = (0..5)
+            .map(|i| Write::create(record(&mut hlc, &format!("s{round}-{i}"), 0)))
+            .collect();
+        let outcomes = store.put_batch(&notes, &writes).await.unwrap();
+        let first = 5 * round as u64 + 1;
+        let expected: Vec<WriteOutcome> = (first..first + 5)
+            .map(|sequence| WriteOutcome::Written {
+                token: syncforge_core::Token::Sequence(sequence),
+                cursor: Cursor::new(sequence),
+            })
+            .collect();
+        assert_eq!(outcomes, expected, "round {round}");
+    }
+    let stored = assert_consistent(&raw, &prefix, "flushed").await;
+    assert_eq!(stored.len(), 15);
+    raw.quit().await.ok();
+    store.close().await.unwrap();
+}
+
+/// The batches of [`the_fast_path_stores_what_the_general_path_stores`],
+/// each with whether the second handle writes it. Every sequence is known
+/// beforehand: the collection starts empty.
+fn fast_path_batches() -> Vec<(bool, Vec<Write>)> {
+    let mut hlc = Hlc::new(ClientId::new("paths").unwrap());
+    let creates = |hlc: &mut Hlc, name: &str, count: usize| -> Vec<Write> {
+        (0..count)
+            .map(|i| Write::create(record(hlc, &format!("{name}{i}"), 0)))
+            .collect()
+    };
+    let a = creates(&mut hlc, "a", 10);
+    // Record `a<i>` holds sequence `i + 1` after the first batch.
+    let update = |hlc: &mut Hlc, i: usize, token: u64| {
+        Write::replace(
+            edited(hlc, &a[i].record, 1),
+            syncforge_core::Token::Sequence(token),
+        )
+    };
+    let updates: Vec<Write> = (0..5).map(|i| update(&mut hlc, i, i as u64 + 1)).collect();
+    let repeated = vec![
+        Write::create(record(&mut hlc, "f0", 1)),
+        Write::create(record(&mut hlc, "f0", 2)),
+        update(&mut hlc, 5, 6),
+        update(&mut hlc, 5, 6),
+        Write::create(record(&mut hlc, "f1", 0)),
+    ];
+    let one_fails = vec![
+        Write::create(record(&mut hlc, "g0", 0)),
+        update(&mut hlc, 6, 999),
+        update(&mut hlc, 7, 8),
+        Write::create(record(&mut hlc, "g1", 0)),
+    ];
+    let exists = vec![
+        Write::create(record(&mut hlc, "x0", 0)),
+        Write::create(record(&mut hlc, "a9", 1)),
+        Write::create(record(&mut hlc, "x1", 0)),
+    ];
+    vec![
+        (false, a.clone()),
+        (false, creates(&mut hlc, "b", 1_500)),
+        (false, updates),
+        (true, creates(&mut hlc, "d", 3)),
+        (false, creates(&mut hlc, "e", 5)),
+        (false, repeated),
+        (false, one_fails),
+        (false, exists),
+        (false, creates(&mut hlc, "h", 3)),
+    ]
+}
+
+/// Everything a collection stores, byte for byte: the values, both indexes
+/// with their scores, the counter and the newest stamp.
+#[allow(clippy::type_complexity)]
+async fn dump_collection(
+    raw: &fred::clients::Client,
+    prefix: &str,
+    collection: &str,
+) -> (
+    BTreeMap<String, String>,
+    Vec<(String, f64)>,
+    Vec<(String, f64)>,
+    Option<String>,
+    Vec<String>,
+) {
+    let records: HashMap<String, String> = raw
+        .hgetall(key(prefix, collection, "records"))
+        .await
+        .unwrap();
+    let mut index = Vec::new();
+    for part in ["feed", "time"] {
+        let entries: Vec<(String, f64)> = raw
+            .zrange(
+                key(prefix, collection, part),
+                0,
+                -1,
+                None,
+                false,
+                None,
+                true,
+            )
+            .await
+            .unwrap();
+        index.push(entries);
+    }
+    let counter: Option<String> = raw.get(key(prefix, collection, "seq")).await.unwrap();
+    let newest: Vec<String> = raw
+        .zrange(
+            key(prefix, collection, "newest"),
+            0,
+            -1,
+            None,
+            false,
+            None,
+            false,
+        )
+        .await
+        .unwrap();
+    let time = index.pop().unwrap();
+    let feed = index.pop().unwrap();
+    (records.into_iter().collect(), feed, time, counter, newest)
+}
+
 /// A hard delete removes the record from the hash and from both indexes;
 /// nothing of it stays in the feed or the time query.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
