@@ -6,7 +6,9 @@
 //!
 //! Numbers stay exact: sequences are at most 2^53 and formatted with `%d`
 //! (Lua's default number format would print `1e+14`), or handed to
-//! `redis.call` as numbers, which Redis formats exactly (`%.17g`).
+//! `redis.call` as numbers, which Redis turns into text that reads back
+//! exactly (`%.17g` before Redis 7.2, the shortest such text since; a score
+//! is read the same either way).
 
 use fred::types::scripts::Script;
 
@@ -105,7 +107,7 @@ local function write(hset, zfeed, ztime, last_seq)
   redis.call('ZADD', KEYS[5], 0, ARGV[2])
   redis.call('ZREMRANGEBYRANK', KEYS[5], 0, -2)
 end
-if guess > 0 and ARGV[4] == '1' and seq == guess - 1 and guess + n - 1 <= 9007199254740992 then
+if guess > 0 and ARGV[4] == '1' and seq == guess - 1 and n <= 9007199254740992 - seq then
   local hset, zfeed, ztime = {}, {}, {}
   local fast = true
   for i = 1, n do
@@ -122,7 +124,7 @@ if guess > 0 and ARGV[4] == '1' and seq == guess - 1 and guess + n - 1 <= 900719
     local id = ARGV[ids + i]
     hset[2 * i - 1] = id
     hset[2 * i] = ARGV[values + i]
-    -- A number: redis.call passes it on exactly (as %.17g), up to 2^53.
+    -- A number: redis.call passes it on as exact text, up to 2^53.
     zfeed[2 * i - 1] = guess + i - 1
     zfeed[2 * i] = id
     ztime[2 * i - 1] = ARGV[millis + i]
@@ -149,10 +151,12 @@ for i = 1, n do
     matches = current ~= false and current == tonumber(expected)
   end
   if matches then
-    seq = seq + 1
-    if seq > 9007199254740992 then
+    -- Checked before counting: a double cannot hold 2^53 + 1, so the sum
+    -- would round back to 2^53 and never be seen to pass it.
+    if seq >= 9007199254740992 then
       return redis.error_reply('ERR syncforge: the change sequence of ' .. feed .. ' is exhausted (2^53)')
     end
+    seq = seq + 1
     local s = string.format('%d', seq)
     local value = ARGV[values + i]
     if guess == 0 then

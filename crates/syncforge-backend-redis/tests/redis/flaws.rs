@@ -154,6 +154,65 @@ async fn stale_sequence_guesses_still_store_the_assigned_sequences() {
     remove_prefix(&config).await;
 }
 
+/// A collection's change sequence ends at 2^53, the last integer a sorted
+/// set's score and a JSON number hold exactly: the write that would take
+/// the counter past it is refused, with its whole batch, and nothing is
+/// written; up to it every write gets its own sequence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_change_sequence_ends_at_2_pow_53_with_a_refusal() {
+    const LAST: u64 = 1 << 53;
+    let Some(config) = standalone("exhausted").await else {
+        return;
+    };
+    let prefix = config.key_prefix.clone();
+    let notes = coll("exhausted");
+    let store = RedisBackend::connect(config.clone()).await.unwrap();
+    let mut hlc = Hlc::new(ClientId::new("counter").unwrap());
+    let mut create = |id: &str| Write::create(record(&mut hlc, id, 0));
+    store.put_batch(&notes, &[create("e0")]).await.unwrap();
+    let raw = raw_client(&config).await.unwrap();
+    let _: () = raw
+        .set(
+            key(&prefix, "exhausted", "seq"),
+            (LAST - 1).to_string(),
+            None,
+            None,
+            false,
+        )
+        .await
+        .unwrap();
+    let written = |outcomes: Vec<WriteOutcome>| -> Vec<u64> {
+        outcomes
+            .iter()
+            .map(|o| match o {
+                WriteOutcome::Written { cursor, .. } => cursor.get(),
+                WriteOutcome::Conflict => 0,
+            })
+            .collect()
+    };
+    // Two writes where one sequence is left: the batch is refused whole.
+    let refused = store
+        .put_batch(&notes, &[create("e1"), create("e2")])
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("exhausted"), "{refused}");
+    let missing: Option<String> = raw
+        .hget(key(&prefix, "exhausted", "records"), "e1")
+        .await
+        .unwrap();
+    assert_eq!(missing, None);
+    // The last sequence is handed out once, and then no more.
+    let last = store.put_batch(&notes, &[create("e1")]).await.unwrap();
+    assert_eq!(written(last), vec![LAST]);
+    let after = store.put_batch(&notes, &[create("e2")]).await.unwrap_err();
+    assert!(after.to_string().contains("exhausted"), "{after}");
+    let stored = assert_consistent(&raw, &prefix, "exhausted").await;
+    assert_eq!(stored.len(), 2);
+    raw.quit().await.ok();
+    store.close().await.unwrap();
+    remove_prefix(&config).await;
+}
+
 /// The batch script's fast path (a right guess, no repeated id, every
 /// expectation holding: the writes go in as the handle laid them out) stores
 /// exactly what its general path stores, and is not taken when it would
