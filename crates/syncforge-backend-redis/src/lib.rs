@@ -234,7 +234,8 @@ impl RedisBackend {
         }
     }
 
-    /// Runs a script, loading it first if the server does not know it.
+    /// Runs a script with a few short arguments, loading it first if the
+    /// server does not know it.
     async fn eval(
         &self,
         script: &fred::types::scripts::Script,
@@ -243,10 +244,8 @@ impl RedisBackend {
         operation: &str,
         collection: Option<&CollectionName>,
     ) -> Result<Value> {
-        script
-            .evalsha_with_reload(&self.client, keys, args)
+        self.eval_built(script, keys, || args.clone(), operation, collection)
             .await
-            .map_err(self.fail(operation, collection))
     }
 
     /// Runs a script whose arguments `args` builds, loading the script first
