@@ -14,8 +14,8 @@ use syncforge_core::{ClientId, Cursor, Hlc, Record, StorageBackend, Write, Write
 use tokio::sync::Barrier;
 
 use crate::support::{
-    assert_consistent, coll, edited, fresh_prefix, key, n_of, raw_client, record, remove_prefix,
-    rid, standalone, sync_records, PrivateServer,
+    assert_consistent, coll, edited, fresh_prefix, index_entries, key, n_of, raw_client, record,
+    remove_prefix, rid, standalone, sync_records, PrivateServer,
 };
 
 const RECORDS: usize = 50;
@@ -410,43 +410,16 @@ async fn dump_collection(
     Vec<(String, f64)>,
     Vec<(String, f64)>,
     Option<String>,
-    Vec<String>,
+    Vec<(String, f64)>,
 ) {
     let records: HashMap<String, String> = raw
         .hgetall(key(prefix, collection, "records"))
         .await
         .unwrap();
-    let mut index = Vec::new();
-    for part in ["feed", "time"] {
-        let entries: Vec<(String, f64)> = raw
-            .zrange(
-                key(prefix, collection, part),
-                0,
-                -1,
-                None,
-                false,
-                None,
-                true,
-            )
-            .await
-            .unwrap();
-        index.push(entries);
-    }
+    let feed = index_entries(raw, prefix, collection, "feed").await;
+    let time = index_entries(raw, prefix, collection, "time").await;
     let counter: Option<String> = raw.get(key(prefix, collection, "seq")).await.unwrap();
-    let newest: Vec<String> = raw
-        .zrange(
-            key(prefix, collection, "newest"),
-            0,
-            -1,
-            None,
-            false,
-            None,
-            false,
-        )
-        .await
-        .unwrap();
-    let time = index.pop().unwrap();
-    let feed = index.pop().unwrap();
+    let newest = index_entries(raw, prefix, collection, "newest").await;
     (records.into_iter().collect(), feed, time, counter, newest)
 }
 

@@ -333,6 +333,28 @@ async fn sync_step<'a>(
     Ok((lost, synced))
 }
 
+/// Every entry of one of a collection's sorted sets (`feed`, `time`,
+/// `newest`), in order, with its score.
+pub(crate) async fn index_entries(
+    client: &Client,
+    prefix: &str,
+    collection: &str,
+    part: &str,
+) -> Vec<(String, f64)> {
+    client
+        .zrange(
+            key(prefix, collection, part),
+            0,
+            -1,
+            None,
+            false,
+            None,
+            true,
+        )
+        .await
+        .unwrap()
+}
+
 /// Checks that the hash of records and both indexes of a collection agree
 /// exactly: the same ids; each record's feed score is the sequence stored
 /// with it, its time score its `_timestamp`; the counter is at least every
@@ -346,30 +368,8 @@ pub(crate) async fn assert_consistent(
         .hgetall(key(prefix, collection, "records"))
         .await
         .unwrap();
-    let feed: Vec<(String, f64)> = client
-        .zrange(
-            key(prefix, collection, "feed"),
-            0,
-            -1,
-            None,
-            false,
-            None,
-            true,
-        )
-        .await
-        .unwrap();
-    let time: Vec<(String, f64)> = client
-        .zrange(
-            key(prefix, collection, "time"),
-            0,
-            -1,
-            None,
-            false,
-            None,
-            true,
-        )
-        .await
-        .unwrap();
+    let feed = index_entries(client, prefix, collection, "feed").await;
+    let time = index_entries(client, prefix, collection, "time").await;
     let counter: Option<u64> = client.get(key(prefix, collection, "seq")).await.unwrap();
     let feed: HashMap<String, f64> = feed.into_iter().collect();
     let time: HashMap<String, f64> = time.into_iter().collect();
