@@ -633,6 +633,18 @@ impl StorageBackend for MemoryBackend {
         Some(self.insert_if_absent_at_once(collection, id, make))
     }
 
+    /// What [`insert_if_absent_now`](StorageBackend::insert_if_absent_now)
+    /// does, which already builds the record only when it is absent: a
+    /// wrapper that forwards only the awaited calls still finds the one step.
+    async fn insert_if_absent(
+        &self,
+        collection: &CollectionName,
+        id: &RecordId,
+        make: &mut (dyn FnMut() -> Result<Record> + Send),
+    ) -> Option<Result<IfAbsent>> {
+        Some(self.insert_if_absent_at_once(collection, id, make))
+    }
+
     async fn get_many(
         &self,
         collection: &CollectionName,

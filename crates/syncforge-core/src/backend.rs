@@ -138,7 +138,8 @@ pub enum WriteOutcome {
     Conflict,
 }
 
-/// What [`StorageBackend::insert_if_absent_now`] did.
+/// What [`StorageBackend::insert_if_absent_now`] or
+/// [`StorageBackend::insert_if_absent`] did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum IfAbsent {
     /// The store held no record of that id; it now holds the one built for
@@ -151,8 +152,8 @@ pub enum IfAbsent {
         /// The feed position assigned to the write.
         cursor: Cursor,
     },
-    /// The store holds a record of that id: its state. Nothing was built or
-    /// written.
+    /// The store holds a record of that id: its state. Nothing was written
+    /// (nor, by `insert_if_absent_now`, built).
     Present(Stored),
 }
 
@@ -317,6 +318,31 @@ pub trait StorageBackend: Send + Sync + Debug {
         None
     }
 
+    /// Writes the record `make` builds for `id` if the store holds no record
+    /// of that id, and otherwise writes nothing and answers with the stored
+    /// state — both in one round trip, from a store whose server can run the
+    /// check and the write as one step. `None` from any other store, which has
+    /// then neither called `make` nor written anything: the caller reads the
+    /// record and writes a [`Write::create`] instead.
+    ///
+    /// Unlike [`insert_if_absent_now`](Self::insert_if_absent_now), `make`
+    /// may be called before the store knows whether the record exists, and
+    /// its record then goes unwritten when one does. `make` is called at
+    /// most once and must build a record whose id is `id`; if it fails,
+    /// nothing is written and its error is returned as it is. An `Err` from
+    /// the store means, as for [`put_batch`](Self::put_batch), that the
+    /// record may or may not have been written. A put of a record that is
+    /// probably new is one round trip this way instead of two (a read, then
+    /// a conditional write).
+    async fn insert_if_absent(
+        &self,
+        _collection: &CollectionName,
+        _id: &RecordId,
+        _make: &mut (dyn FnMut() -> Result<Record> + Send),
+    ) -> Option<Result<IfAbsent>> {
+        None
+    }
+
     /// Removes a record for good (no tombstone: it will not sync). Returns
     /// whether it existed.
     async fn delete(&self, collection: &CollectionName, id: &RecordId) -> Result<bool>;
@@ -427,6 +453,15 @@ macro_rules! forward_backend {
                 make: &mut dyn FnMut() -> Result<Record>,
             ) -> Option<Result<IfAbsent>> {
                 (**self).insert_if_absent_now(collection, id, make)
+            }
+
+            async fn insert_if_absent(
+                &self,
+                collection: &CollectionName,
+                id: &RecordId,
+                make: &mut (dyn FnMut() -> Result<Record> + Send),
+            ) -> Option<Result<IfAbsent>> {
+                (**self).insert_if_absent(collection, id, make).await
             }
 
             async fn get_all(&self, collection: &CollectionName) -> Result<Vec<Record>> {
