@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use syncforge_core::{
-    Change, CollectionName, Cursor, Record, RecordId, StorageBackend, Write, WriteOutcome,
-    MAX_NAME_BYTES,
+    Change, CollectionName, Cursor, IfAbsent, Record, RecordId, StorageBackend, Write,
+    WriteOutcome, MAX_NAME_BYTES,
 };
 use tokio::sync::Barrier;
 use tokio::task::JoinSet;
@@ -1402,6 +1402,170 @@ pub async fn concurrent_creates_have_one_winner(ctx: &Context<'_>) -> CheckResul
         stored.as_ref(),
         winners.first(),
         "the stored record is the winner's"
+    );
+    Ok(())
+}
+
+/// `insert_if_absent`: a new record is written once, with a token and a
+/// feed position like a create's; a stored one is answered and left alone;
+/// a failing `make` or a record of another id writes nothing; of
+/// concurrent inserts of one id on several handles exactly one writes. A
+/// store without the one step answers `None` without calling `make`.
+pub async fn insert_if_absent(ctx: &Context<'_>) -> CheckResult {
+    let store = &*ctx.store;
+    let coll = ctx.collection("insert-if-absent");
+    let mut hlc = ctx.clock("inserter")?;
+    let first = record(&mut hlc, "a", 1)?;
+    let mut made = 0;
+    let answer = store
+        .insert_if_absent(&coll, &rid("a"), &mut || {
+            made += 1;
+            Ok(first.clone())
+        })
+        .await;
+    let Some(answer) = answer else {
+        ensure_eq!(made, 0, "a store without insert_if_absent calls no make");
+        let stored = store.get(&coll, &rid("a")).await.or_fail("get")?;
+        ensure!(
+            stored.is_none(),
+            "a store without insert_if_absent wrote {stored:?}"
+        );
+        return Ok(());
+    };
+    ensure_eq!(made, 1, "insert_if_absent of a new id calls make once");
+    let IfAbsent::Inserted {
+        record: inserted,
+        token,
+        cursor,
+    } = answer.or_fail("insert_if_absent of a new id")?
+    else {
+        return Err("insert_if_absent of a new id did not insert it".to_owned());
+    };
+    ensure_eq!(inserted, first, "the inserted record is the one made");
+    let stored = store
+        .get(&coll, &rid("a"))
+        .await
+        .or_fail("get")?
+        .ok_or("get after insert_if_absent returned None")?;
+    ensure_eq!(stored.record, first, "get returns the inserted record");
+    ensure_eq!(stored.token, token, "get returns the insert's token");
+    let (feed, end) = read_feed(store, &coll, Cursor::START, 10).await?;
+    ensure_eq!(
+        feed,
+        vec![Change {
+            cursor,
+            record: first.clone()
+        }],
+        "the feed holds the insert at its cursor"
+    );
+    let newest = store.newest_stamp().await.or_fail("newest_stamp")?;
+    ensure!(
+        newest.as_ref() >= Some(first.newest_stamp()),
+        "newest_stamp {newest:?} is older than the inserted record's"
+    );
+
+    // A stored id: answered, nothing written, make called at most once.
+    let rival = record(&mut hlc, "a", 2)?;
+    let mut made = 0;
+    let answer = store
+        .insert_if_absent(&coll, &rid("a"), &mut || {
+            made += 1;
+            Ok(rival.clone())
+        })
+        .await
+        .ok_or("insert_if_absent answered once and not again")?
+        .or_fail("insert_if_absent of a stored id")?;
+    ensure!(made <= 1, "make was called {made} times");
+    ensure_eq!(
+        answer,
+        IfAbsent::Present(stored.clone()),
+        "insert_if_absent of a stored id answers the stored state"
+    );
+    let (after, _) = read_feed(store, &coll, end, 10).await?;
+    ensure!(
+        after.is_empty(),
+        "insert_if_absent of a stored id wrote {after:?}"
+    );
+    let replaced = edited(&mut hlc, &first, 3)?;
+    put_ok(
+        store,
+        &coll,
+        &Write::replace(replaced, token),
+        "a replace with the insert's token",
+    )
+    .await?;
+
+    // A failing make, and a record of another id: nothing written.
+    let failed = store
+        .insert_if_absent(&coll, &rid("b"), &mut || {
+            Err(syncforge_core::Error::invalid_record(None, "made to fail"))
+        })
+        .await
+        .ok_or("insert_if_absent answered once and not again")?;
+    ensure!(
+        matches!(&failed, Err(e) if e.to_string().contains("made to fail")),
+        "a failing make's error comes back as it is, got {failed:?}"
+    );
+    let other = record(&mut hlc, "c", 4)?;
+    let wrong = store
+        .insert_if_absent(&coll, &rid("b"), &mut || Ok(other.clone()))
+        .await
+        .ok_or("insert_if_absent answered once and not again")?;
+    ensure!(
+        wrong.is_err(),
+        "insert_if_absent of id b accepted a record of id c: {wrong:?}"
+    );
+    let left = store
+        .get_many(&coll, &rids(&["b", "c"]))
+        .await
+        .or_fail("get_many")?;
+    ensure_eq!(
+        left,
+        vec![None, None],
+        "a failed insert_if_absent writes nothing"
+    );
+
+    // Concurrent inserts of one id: one is written, the rest see it.
+    let start = Arc::new(Barrier::new(HANDLES * TASKS_PER_HANDLE));
+    let mut tasks = JoinSet::new();
+    let mut handles = Vec::new();
+    for h in 0..HANDLES {
+        let handle = ctx.factory.open().await;
+        handles.push(Arc::clone(&handle));
+        for t in 0..TASKS_PER_HANDLE {
+            let mut hlc = ctx.clock(&format!("inserter-{h}-{t}"))?;
+            let rec = record(&mut hlc, "contested", (h * TASKS_PER_HANDLE + t) as i64)?;
+            let (handle, coll, start) = (Arc::clone(&handle), coll.clone(), Arc::clone(&start));
+            tasks.spawn(async move {
+                start.wait().await;
+                let answer = handle
+                    .insert_if_absent(&coll, &rid("contested"), &mut || Ok(rec.clone()))
+                    .await;
+                (rec, answer)
+            });
+        }
+    }
+    let (mut winners, mut seen) = (Vec::new(), Vec::new());
+    while let Some(joined) = tasks.join_next().await {
+        let (rec, answer) = joined.map_err(|e| format!("an inserter task failed: {e}"))?;
+        match answer.ok_or("insert_if_absent answered once and not again")? {
+            Ok(IfAbsent::Inserted { record, .. }) => {
+                ensure_eq!(record, rec, "the inserted record is the one made");
+                winners.push(record);
+            }
+            Ok(IfAbsent::Present(stored)) => seen.push(stored.record),
+            Err(e) => return Err(format!("a concurrent insert_if_absent failed: {e}")),
+        }
+    }
+    close_all(&handles).await?;
+    ensure_eq!(
+        winners.len(),
+        1,
+        "exactly one concurrent insert_if_absent of an id writes"
+    );
+    ensure!(
+        seen.iter().all(|r| Some(r) == winners.first()),
+        "every other concurrent insert_if_absent sees the winner's record"
     );
     Ok(())
 }

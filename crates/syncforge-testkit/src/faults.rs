@@ -7,7 +7,10 @@
 //! real outages. A failed `put_batch` fails either before writing anything or
 //! after writing everything (the client lost the answer, not the write): both
 //! happen in reality, and the second is the one that tests whether a retry is
-//! safe.
+//! safe. A failed `insert_if_absent` fails the same two ways.
+//!
+//! Only the awaited calls are wrapped: the engine finds no `*_now` answer
+//! here and awaits every call.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -29,8 +32,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use parking_lot::{Mutex, MutexGuard};
 use syncforge_core::{
-    ChangePage, CollectionName, Cursor, Error, Record, RecordId, Result, Stamp, StorageBackend,
-    Stored, Write, WriteOutcome,
+    ChangePage, CollectionName, Cursor, Error, IfAbsent, Record, RecordId, Result, Stamp,
+    StorageBackend, Stored, Write, WriteOutcome,
 };
 
 /// The calls of the [`StorageBackend`] trait, for counting and for choosing
@@ -45,6 +48,8 @@ pub enum Operation {
     GetAll,
     /// `put_batch`, and `put` (which goes through it).
     PutBatch,
+    /// `insert_if_absent`.
+    InsertIfAbsent,
     /// `delete` (the hard delete).
     Delete,
     /// `changes`.
@@ -67,7 +72,7 @@ pub enum Operation {
     Close,
 }
 
-const OPERATIONS: usize = 14;
+const OPERATIONS: usize = 15;
 
 impl Operation {
     fn index(self) -> usize {
@@ -202,7 +207,8 @@ impl FaultyBackend {
             .is_none_or(|ops| ops.contains(&operation));
         if may_fail && dice.rng.f64() < dice.failure_rate {
             self.injected.fetch_add(1, Ordering::SeqCst);
-            return if operation == Operation::PutBatch && dice.rng.bool() {
+            let writes = matches!(operation, Operation::PutBatch | Operation::InsertIfAbsent);
+            return if writes && dice.rng.bool() {
                 Fate::FailAfter
             } else {
                 Fate::FailBefore
@@ -299,6 +305,22 @@ impl StorageBackend for FaultyBackend {
             self.inner.put_batch(collection, writes),
         )
         .await
+    }
+
+    async fn insert_if_absent(
+        &self,
+        collection: &CollectionName,
+        id: &RecordId,
+        make: &mut (dyn FnMut() -> Result<Record> + Send),
+    ) -> Option<Result<IfAbsent>> {
+        // An injected failure stands for a store that tried the one step,
+        // even in front of one that has none: the caller must take either.
+        let answer = self
+            .faulty(Operation::InsertIfAbsent, async {
+                Ok(self.inner.insert_if_absent(collection, id, make).await)
+            })
+            .await;
+        answer.unwrap_or_else(|injected| Some(Err(injected)))
     }
 
     async fn delete(&self, collection: &CollectionName, id: &RecordId) -> Result<bool> {
