@@ -2,8 +2,8 @@
 //! `cargo xtask bench` (which starts the standalone test server and prints
 //! these rows in its table):
 //!
-//! * put 10,000 records one by one, as the engine's `put` does it: read,
-//!   then a conditional write (two round trips each);
+//! * put 10,000 new records one by one, as the engine's `put` does it: one
+//!   insert-if-absent script each (one round trip);
 //! * sync 10,000 records into an empty collection, as the engine's `sync`
 //!   does it with its default batch of 100: one `get_many` and one
 //!   conditional `put_batch` per batch, each batch read while the one
@@ -41,8 +41,8 @@ use criterion::Criterion;
 use serde_json::json;
 use syncforge_backend_redis::{RedisBackend, RedisConfig};
 use syncforge_core::{
-    classify, ChangeKind, ClientId, CollectionName, ConflictStrategy, Content, Cursor, Hlc, Record,
-    RecordId, StorageBackend, Stored, Write, WriteOutcome,
+    classify, ChangeKind, ClientId, CollectionName, ConflictStrategy, Content, Cursor, Hlc,
+    IfAbsent, Record, RecordId, StorageBackend, Stored, Write, WriteOutcome,
 };
 use tokio::runtime::Runtime;
 
@@ -209,15 +209,20 @@ fn merged_writes(
     writes
 }
 
-/// The engine's `put`: read the record, then write it conditionally.
+/// The engine's `put`: the record offered to the insert script, which
+/// writes it if absent and otherwise answers the stored one, to be written
+/// over conditionally.
 async fn put_one(store: &RedisBackend, collection: &CollectionName, record: &Record) {
-    let stored = store.get(collection, record.id()).await.unwrap();
-    let write = match stored {
-        None => Write::create(record.clone()),
-        Some(stored) => Write::replace(record.clone(), stored.token),
-    };
-    let outcome = store.put(collection, &write).await.unwrap();
-    assert!(matches!(outcome, WriteOutcome::Written { .. }));
+    let answer = store
+        .insert_if_absent(collection, record.id(), &mut || Ok(record.clone()))
+        .await
+        .unwrap()
+        .unwrap();
+    if let IfAbsent::Present(stored) = answer {
+        let write = Write::replace(record.clone(), stored.token);
+        let outcome = store.put(collection, &write).await.unwrap();
+        assert!(matches!(outcome, WriteOutcome::Written { .. }));
+    }
 }
 
 /// Fresh collection names for one workload.

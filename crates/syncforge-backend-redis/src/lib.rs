@@ -81,8 +81,8 @@ use fred::types::config::{Config as FredConfig, ReconnectPolicy, ServerConfig};
 use fred::types::{Builder, ConnectHandle, Value};
 use parking_lot::Mutex;
 use syncforge_core::{
-    async_trait, Change, ChangePage, CollectionName, Cursor, Error, Record, RecordId, Result,
-    Stamp, StorageBackend, Stored, Token, Write, WriteOutcome,
+    async_trait, Change, ChangePage, CollectionName, Cursor, Error, IfAbsent, Record, RecordId,
+    Result, Stamp, StorageBackend, Stored, Token, Write, WriteOutcome,
 };
 
 pub use config::{
@@ -348,6 +348,80 @@ impl RedisBackend {
         Ok((sequence, record))
     }
 
+    /// [`StorageBackend::insert_if_absent`]: the record `make` builds,
+    /// written by one script unless the id is stored.
+    async fn insert_new(
+        &self,
+        collection: &CollectionName,
+        id: &RecordId,
+        make: &mut (dyn FnMut() -> Result<Record> + Send),
+    ) -> Result<IfAbsent> {
+        self.check_open().await?;
+        let record = make()?;
+        // Stored under `id`, a record of another id could never be read.
+        if record.id() != id {
+            return Err(Error::storage(
+                BACKEND,
+                format!(
+                    "insert_if_absent for id {:?} was given record {:?}",
+                    id.as_str(),
+                    record.id().as_str()
+                ),
+            ));
+        }
+        self.register(collection).await?;
+        let keys = self.keys.collection(collection);
+        let script_keys = vec![
+            keys.records.clone(),
+            keys.feed.clone(),
+            keys.time.clone(),
+            keys.seq.clone(),
+            keys.newest.clone(),
+        ];
+        let reply = self
+            .eval_built(
+                &self.scripts.insert_if_absent,
+                script_keys,
+                || insert_arguments(&record),
+                "writing a record",
+                Some(collection),
+            )
+            .await?;
+        match reply {
+            Value::Array(stored) if stored.len() == 1 => {
+                let value = stored.first().and_then(text).ok_or_else(|| {
+                    let reason = "the stored value is not UTF-8 text".to_owned();
+                    error::corrupt(collection, Some(id), &keys.records, reason)
+                })?;
+                let (sequence, record) = self.decode(collection, &keys, id, &value)?;
+                Ok(IfAbsent::Present(Stored {
+                    record,
+                    token: Token::Sequence(sequence),
+                }))
+            }
+            reply => {
+                let sequence = reply
+                    .as_u64()
+                    .filter(|&sequence| sequence > 0 && sequence <= MAX_SEQUENCE)
+                    .ok_or_else(|| {
+                        error::unexpected_reply(
+                            "writing a record",
+                            &self.address,
+                            "neither the stored record nor a sequence",
+                        )
+                    })?;
+                self.last_sequence
+                    .lock()
+                    .insert(collection.clone(), sequence);
+                Ok(IfAbsent::Inserted {
+                    record,
+                    token: Token::Sequence(sequence),
+                    cursor: Cursor::new(sequence),
+                })
+            }
+        }
+    }
+
     /// One feed page script call: at most `limit` (≤ [`CHUNK`]) entries
     /// after `after`. Returns the changes, the cursor of the last entry
     /// examined, and whether more lie beyond.
@@ -593,6 +667,19 @@ fn batch_arguments(writes: &[Write], guess: u64) -> Vec<Value> {
     args
 }
 
+/// The arguments of the insert script for `record`, as
+/// `scripts::INSERT_IF_ABSENT` documents them.
+fn insert_arguments(record: &Record) -> Vec<Value> {
+    let newest = record.newest_stamp();
+    vec![
+        Value::from(record.id().as_str()),
+        Value::from(newest.to_string()),
+        // Millis stay far below 2^63 (a stamp holds 48 bits of them).
+        Value::Integer(i64::try_from(newest.millis()).unwrap_or(i64::MAX)),
+        Value::from(record.to_json_string()),
+    ]
+}
+
 /// The outcomes the batch script answered for `n` writes: one integer
 /// per write (its sequence, 0 for a conflict), or the one integer `g` of
 /// its fast path, where every write happened and the `i`-th got `g + i - 1`.
@@ -766,6 +853,16 @@ impl StorageBackend for RedisBackend {
             }
         }
         Ok(outcomes)
+    }
+
+    /// One script: the read and, for a new record, the write of a put.
+    async fn insert_if_absent(
+        &self,
+        collection: &CollectionName,
+        id: &RecordId,
+        make: &mut (dyn FnMut() -> Result<Record> + Send),
+    ) -> Option<Result<IfAbsent>> {
+        Some(self.insert_new(collection, id, make).await)
     }
 
     async fn delete(&self, collection: &CollectionName, id: &RecordId) -> Result<bool> {

@@ -25,6 +25,34 @@ local function hmget(key, ids)
 end
 ";
 
+/// Writes runs of `HSET` pairs (id, stored value) and the matching feed
+/// (sequence, id) and time (millis, id) pairs, then the counter at
+/// `last_seq` and the newest stamp `newest`; KEYS as the write scripts
+/// take them: records, feed, time, seq, newest. In slices, because Lua's
+/// `unpack` has a limit on how many values it spreads.
+///
+/// The newest set keeps at least the newest stamp written, which is what
+/// [`newest_stamp`](syncforge_core::StorageBackend::newest_stamp) promises:
+/// every stamp is added and all but the greatest (by byte order) dropped, so
+/// a script never compares stamp strings itself (Lua compares strings by
+/// locale).
+const WRITE_HELPER: &str = r"
+local function write(hset, zfeed, ztime, last_seq, newest)
+  for i = 1, #hset, 1000 do
+    local last = math.min(i + 999, #hset)
+    redis.call('HSET', KEYS[1], unpack(hset, i, last))
+    redis.call('ZADD', KEYS[2], unpack(zfeed, i, last))
+    redis.call('ZADD', KEYS[3], unpack(ztime, i, last))
+  end
+  redis.call('SET', KEYS[4], string.format('%d', last_seq))
+  redis.call('ZADD', KEYS[5], 0, newest)
+  redis.call('ZREMRANGEBYRANK', KEYS[5], 0, -2)
+end
+local function exhausted()
+  return redis.error_reply('ERR syncforge: the change sequence of ' .. KEYS[2] .. ' is exhausted (2^53)')
+end
+";
+
 /// Conditional batch write.
 ///
 /// KEYS: records, feed, time, seq, newest.
@@ -70,13 +98,10 @@ end
 /// happened, the `i`-th with the sequence `g + i - 1`. Otherwise an array
 /// of one integer per write: its new sequence, or 0 for a conflict.
 ///
-/// Once any write happened the newest stamp of the batch is kept — at least
-/// the newest stamp written, which is what
-/// [`newest_stamp`](syncforge_core::StorageBackend::newest_stamp) promises —
-/// so the script never compares stamp strings itself (Lua compares strings
-/// by locale).
+/// Once any write happened the newest stamp of the batch is kept (see
+/// [`WRITE_HELPER`]).
 const PUT_BATCH: &str = r"
-local records, feed = KEYS[1], KEYS[2]
+local feed = KEYS[2]
 local n, guess = tonumber(ARGV[1]), tonumber(ARGV[3])
 if n == nil or guess == nil or #ARGV ~= 4 * n + 4 then
   return redis.error_reply('ERR syncforge: malformed batch')
@@ -96,17 +121,6 @@ else
   end
 end
 local seq = tonumber(redis.call('GET', KEYS[4]) or '0')
-local function write(hset, zfeed, ztime, last_seq)
-  for i = 1, #hset, 1000 do
-    local last = math.min(i + 999, #hset)
-    redis.call('HSET', records, unpack(hset, i, last))
-    redis.call('ZADD', feed, unpack(zfeed, i, last))
-    redis.call('ZADD', KEYS[3], unpack(ztime, i, last))
-  end
-  redis.call('SET', KEYS[4], string.format('%d', last_seq))
-  redis.call('ZADD', KEYS[5], 0, ARGV[2])
-  redis.call('ZREMRANGEBYRANK', KEYS[5], 0, -2)
-end
 if guess > 0 and ARGV[4] == '1' and seq == guess - 1 and n <= 9007199254740992 - seq then
   local hset, zfeed, ztime = {}, {}, {}
   local fast = true
@@ -131,7 +145,7 @@ if guess > 0 and ARGV[4] == '1' and seq == guess - 1 and n <= 9007199254740992 -
     ztime[2 * i] = id
   end
   if fast then
-    write(hset, zfeed, ztime, guess + n - 1)
+    write(hset, zfeed, ztime, guess + n - 1, ARGV[2])
     return guess
   end
 end
@@ -154,7 +168,7 @@ for i = 1, n do
     -- Checked before counting: a double cannot hold 2^53 + 1, so the sum
     -- would round back to 2^53 and never be seen to pass it.
     if seq >= 9007199254740992 then
-      return redis.error_reply('ERR syncforge: the change sequence of ' .. feed .. ' is exhausted (2^53)')
+      return exhausted()
     end
     seq = seq + 1
     local s = string.format('%d', seq)
@@ -178,9 +192,33 @@ for i = 1, n do
   end
 end
 if w > 0 then
-  write(hset, zfeed, ztime, seq)
+  write(hset, zfeed, ztime, seq, ARGV[2])
 end
 return out
+";
+
+/// Writes one record unless its id is stored: the read and the create of a
+/// put of a new record in one round trip.
+///
+/// KEYS: records, feed, time, seq, newest. ARGV: the id, the record's newest
+/// stamp, its millis (`_timestamp`) and its JSON.
+///
+/// Returns an array holding the stored value when the id is stored (nothing
+/// is written), else the new record's sequence.
+const INSERT_IF_ABSENT: &str = r"
+local id = ARGV[1]
+local stored = redis.call('HGET', KEYS[1], id)
+if stored then
+  return {stored}
+end
+local seq = tonumber(redis.call('GET', KEYS[4]) or '0')
+if seq >= 9007199254740992 then
+  return exhausted()
+end
+seq = seq + 1
+local s = string.format('%d', seq)
+write({id, s .. ' ' .. ARGV[4]}, {s, id}, {ARGV[3], id}, seq, ARGV[2])
+return seq
 ";
 
 /// Hard delete of one record from the hash and both indexes.
@@ -258,6 +296,7 @@ return redis.call('HGET', KEYS[1], ARGV[1])
 #[derive(Debug)]
 pub(crate) struct Scripts {
     pub(crate) put_batch: Script,
+    pub(crate) insert_if_absent: Script,
     pub(crate) delete: Script,
     pub(crate) clear: Script,
     pub(crate) feed_page: Script,
@@ -268,7 +307,8 @@ pub(crate) struct Scripts {
 impl Scripts {
     pub(crate) fn new() -> Self {
         Scripts {
-            put_batch: Script::from_lua(PUT_BATCH),
+            put_batch: Script::from_lua(format!("{WRITE_HELPER}{PUT_BATCH}")),
+            insert_if_absent: Script::from_lua(format!("{WRITE_HELPER}{INSERT_IF_ABSENT}")),
             delete: Script::from_lua(DELETE),
             clear: Script::from_lua(CLEAR),
             feed_page: Script::from_lua(format!("{HMGET_HELPER}{FEED_PAGE}")),

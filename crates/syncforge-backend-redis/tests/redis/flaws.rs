@@ -10,7 +10,9 @@ use std::sync::Arc;
 use fred::interfaces::{ClientLike, HashesInterface, KeysInterface, SortedSetsInterface};
 use fred::types::{ClusterHash, CustomCommand, InfoKind};
 use syncforge_backend_redis::RedisBackend;
-use syncforge_core::{ClientId, Cursor, Hlc, Record, StorageBackend, Write, WriteOutcome};
+use syncforge_core::{
+    ClientId, Cursor, Hlc, IfAbsent, Record, StorageBackend, Write, WriteOutcome,
+};
 use tokio::sync::Barrier;
 
 use crate::support::{
@@ -206,6 +208,13 @@ async fn the_change_sequence_ends_at_2_pow_53_with_a_refusal() {
     assert_eq!(written(last), vec![LAST]);
     let after = store.put_batch(&notes, &[create("e2")]).await.unwrap_err();
     assert!(after.to_string().contains("exhausted"), "{after}");
+    let e3 = rid("e3");
+    let inserted = store
+        .insert_if_absent(&notes, &e3, &mut || Ok(record(&mut hlc, "e3", 0)))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(inserted.to_string().contains("exhausted"), "{inserted}");
     let stored = assert_consistent(&raw, &prefix, "exhausted").await;
     assert_eq!(stored.len(), 2);
     raw.quit().await.ok();
@@ -302,6 +311,66 @@ async fn the_fast_path_stores_what_the_general_path_stores() {
     raw.quit().await.ok();
     main.close().await.unwrap();
     other.close().await.unwrap();
+    remove_prefix(&config).await;
+}
+
+/// A record the insert script writes is stored exactly as the batch
+/// script's create stores it — value, both index entries with their scores,
+/// the counter and the newest stamp — and its sequence comes from the same
+/// counter, so batches after it still find their guess right. An insert of
+/// a stored id answers the stored value and changes no byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insert_stores_what_a_create_stores() {
+    let Some(config) = standalone("insert").await else {
+        return;
+    };
+    let prefix = config.key_prefix.clone();
+    let (inserted, created) = (coll("inserted"), coll("created"));
+    let store = RedisBackend::connect(config.clone()).await.unwrap();
+    let mut hlc = Hlc::new(ClientId::new("inserter").unwrap());
+    let records: Vec<Record> = (0..6)
+        .map(|i| record(&mut hlc, &format!("i{i}"), i))
+        .collect();
+    let first = store
+        .put_batch(&inserted, &[Write::create(records[0].clone())])
+        .await
+        .unwrap();
+    let mut cursors = vec![first];
+    for one in &records[1..4] {
+        let answer = store
+            .insert_if_absent(&inserted, one.id(), &mut || Ok(one.clone()))
+            .await
+            .unwrap()
+            .unwrap();
+        let IfAbsent::Inserted { token, cursor, .. } = answer else {
+            panic!("{answer:?}");
+        };
+        assert_eq!(token, syncforge_core::Token::Sequence(cursor.get()));
+        cursors.push(vec![WriteOutcome::Written { token, cursor }]);
+    }
+    let rest: Vec<Write> = records[4..].iter().cloned().map(Write::create).collect();
+    cursors.push(store.put_batch(&inserted, &rest).await.unwrap());
+    let all: Vec<Write> = records.iter().cloned().map(Write::create).collect();
+    let created_outcomes = store.put_batch(&created, &all).await.unwrap();
+    assert_eq!(cursors.concat(), created_outcomes);
+
+    let raw = raw_client(&config).await.unwrap();
+    let before = dump_collection(&raw, &prefix, "inserted").await;
+    assert_eq!(before, dump_collection(&raw, &prefix, "created").await);
+    let rival = record(&mut hlc, "i2", 99);
+    let again = store
+        .insert_if_absent(&inserted, rival.id(), &mut || Ok(rival.clone()))
+        .await;
+    let stored = store
+        .get(&inserted, records[2].id())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.unwrap().unwrap(), IfAbsent::Present(stored));
+    assert_eq!(dump_collection(&raw, &prefix, "inserted").await, before);
+    assert_consistent(&raw, &prefix, "inserted").await;
+    raw.quit().await.ok();
+    store.close().await.unwrap();
     remove_prefix(&config).await;
 }
 
