@@ -534,6 +534,18 @@ impl SyncEngine {
             now,
             listening,
         } = *rest;
+        let now = match now {
+            // A store that cannot answer at once may still write a new
+            // record in the same round trip that would have read it.
+            None => match self
+                .insert_if_absent_awaited(collection, &id, &content, listening)
+                .await
+            {
+                Ok(record) => return Ok(record),
+                Err(now) => now,
+            },
+            now => now,
+        };
         let applied = self
             .apply_read(collection, &id, Intent::Put(content), now, listening)
             .await?;
@@ -693,6 +705,46 @@ impl SyncEngine {
             )),
             Some(Err(error)) => Offer::Read(Some(Err(error)), content),
             None => Offer::Read(backend.get_now(collection, id), content),
+        }
+    }
+
+    /// Offers a put of `content` to the store's awaited insert-if-absent
+    /// ([`StorageBackend::insert_if_absent`]): the record as stored when it
+    /// was new and is now written. Otherwise `Err` with what stands for the
+    /// store's `get_now` of the record to go on from: the stored state, the
+    /// store's failure (a transient one is retried as the read would be; the
+    /// record may have been written, which the read then finds), or `None`
+    /// from a store without that one step.
+    async fn insert_if_absent_awaited(
+        &self,
+        collection: &CollectionName,
+        id: &RecordId,
+        content: &Content,
+        listening: bool,
+    ) -> std::result::Result<Record, Option<Result<Option<Stored>>>> {
+        let backend = self.store();
+        // Built before the store answers, so from a copy: a record already
+        // stored gets the put applied to it as any other put.
+        let answer = backend
+            .insert_if_absent(collection, id, &mut || self.create(content.clone()))
+            .await;
+        match answer {
+            Some(Ok(IfAbsent::Inserted { record, .. })) => {
+                if record.id() != id {
+                    return Err(Some(Err(Error::storage(
+                        backend.name(),
+                        "insert_if_absent wrote a record of another id",
+                    ))));
+                }
+                // What `confirm` announces for a put of a new record.
+                if listening {
+                    self.emit_record_event(collection, ChangeKind::Added, record.clone(), None);
+                }
+                Ok(record)
+            }
+            Some(Ok(IfAbsent::Present(stored))) => Err(Some(Ok(Some(stored)))),
+            Some(Err(error)) => Err(Some(Err(error))),
+            None => Err(None),
         }
     }
 

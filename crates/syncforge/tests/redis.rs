@@ -4,10 +4,14 @@
 //! of its own.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
-use syncforge::{BackendConfig, ConflictStrategy, Cursor, PageOptions, RedisBackend, SyncEngine};
+use syncforge::{
+    BackendConfig, ConflictStrategy, Cursor, PageOptions, RedisBackend, StorageBackend, SyncEngine,
+};
+use syncforge_testkit::faults::{FaultyBackend, Operation};
 use syncforge_testkit::services::{address, available};
 
 const ENV: &str = "SYNCFORGE_TEST_REDIS_URL";
@@ -40,6 +44,49 @@ async fn engine(client: &str, url: &str) -> SyncEngine {
         .build()
         .await
         .unwrap()
+}
+
+/// A put of a new record is one call to Redis — the insert script, which
+/// reads and writes at once — and a put of a stored record two: that script
+/// answers the stored record, and the conditional write follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_of_a_new_record_is_one_call() {
+    let Some(url) = server("insert").await else {
+        return;
+    };
+    let redis: Arc<dyn StorageBackend> = Arc::new(RedisBackend::connect_url(&url).await.unwrap());
+    let counted = Arc::new(FaultyBackend::new(redis, 0, 0.0, Duration::ZERO));
+    let shared: Arc<dyn StorageBackend> = counted.clone();
+    let putter = SyncEngine::builder()
+        .client_id("solo")
+        .conflict_strategy(ConflictStrategy::Crdt)
+        .backend(shared)
+        .build()
+        .await
+        .unwrap();
+    let calls = || {
+        [
+            Operation::InsertIfAbsent,
+            Operation::Get,
+            Operation::PutBatch,
+        ]
+        .map(|op| counted.calls(op))
+    };
+    let added = putter
+        .put("notes", &json!({"id": "n1", "v": 1}))
+        .await
+        .unwrap();
+    assert_eq!(calls(), [1, 0, 0]);
+    let updated = putter
+        .put("notes", &json!({"id": "n1", "v": 2}))
+        .await
+        .unwrap();
+    assert_eq!(calls(), [2, 0, 1]);
+    assert_eq!((added.version(), updated.version()), (1, 2));
+    let reader = engine("reader", &url).await;
+    assert_eq!(reader.get("notes", "n1").await.unwrap(), Some(updated));
+    reader.close().await.unwrap();
+    putter.close().await.unwrap();
 }
 
 /// Two engines on their own connections put the same 50 records 500 times

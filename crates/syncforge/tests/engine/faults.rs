@@ -502,3 +502,82 @@ async fn local_writes_whose_answer_was_lost_are_announced_once() {
         ])
     );
 }
+
+/// A store that answers only awaited calls is offered a put's record to
+/// insert if absent before anything is read: a put of a new record is that
+/// one call, and a put of a stored record reads it from that call's answer,
+/// not from a second one. Each write is announced as from any other store.
+#[tokio::test(start_paused = true)]
+async fn a_put_offers_its_record_to_insert_if_absent_before_reading() {
+    let store = faulty(1, 0.0);
+    let engine = faulty_engine("local", &store, 3, 10).await;
+    let calls = || {
+        [
+            Operation::InsertIfAbsent,
+            Operation::Get,
+            Operation::PutBatch,
+        ]
+        .map(|op| store.calls(op))
+    };
+    let mut rx = engine.subscribe();
+
+    let added = engine.put("c", &json!({"id": "a", "v": 1})).await.unwrap();
+    assert_eq!(calls(), [1, 0, 0]);
+    assert_eq!(added.version(), 1);
+    let updated = engine.put("c", &json!({"id": "a", "v": 2})).await.unwrap();
+    assert_eq!(calls(), [2, 0, 1]);
+    assert_eq!(updated.version(), 2);
+    let unchanged = engine.put("c", &json!({"id": "a", "v": 2})).await.unwrap();
+    assert_eq!(calls(), [3, 0, 1]);
+    assert_eq!(unchanged, updated);
+    assert_eq!(get_retrying(&engine, "a").await, Some(updated.clone()));
+
+    let mut heard = Vec::new();
+    while let Ok(event) = rx.try_recv() {
+        heard.push(event);
+    }
+    assert!(
+        matches!(
+            heard.as_slice(),
+            [
+                SyncEvent::RecordAdded { record: first, .. },
+                SyncEvent::RecordUpdated { record: second, previous, .. },
+            ] if *first == added && *second == updated && *previous == added
+        ),
+        "{heard:?}"
+    );
+}
+
+/// Inserts fail half the time, half of those after the record was written
+/// (the answer was lost, not the write): every put still lands exactly
+/// once. A put whose insert failed reads the record instead, finds its own
+/// write when it happened, and writes nothing more.
+#[tokio::test(start_paused = true)]
+async fn puts_whose_insert_fails_after_writing_are_written_once() {
+    const RECORDS: usize = 40;
+    for seed in 0..8 {
+        let store = Arc::new(
+            FaultyBackend::new(Arc::new(MemoryBackend::new()), seed, 0.5, Duration::ZERO)
+                .failing_only(&[Operation::InsertIfAbsent]),
+        );
+        let engine = faulty_engine("local", &store, 3, 10).await;
+        for round in 1..=2 {
+            for i in 0..RECORDS {
+                let doc = json!({"id": format!("r{i:02}"), "v": i + 100 * round});
+                let written = engine.put("c", &doc).await.unwrap();
+                assert_eq!(written.version(), round as u64, "seed {seed}: {doc}");
+            }
+        }
+        assert!(
+            store.injected_failures() > 0,
+            "seed {seed} injected nothing"
+        );
+        let all = engine.get_all("c").await.unwrap();
+        assert_eq!(all.len(), RECORDS);
+        for record in &all {
+            let i: usize = record.id()[1..].parse().unwrap();
+            assert_eq!(record.version(), 2, "seed {seed}: {record:?}");
+            assert_eq!(record.get("v"), Some(json!(i + 200)), "seed {seed}");
+        }
+    }
+}
