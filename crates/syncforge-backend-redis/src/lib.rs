@@ -47,12 +47,13 @@
 //!
 //! # Atomicity
 //!
-//! A conditional batch, a hard delete and a clear are each one Lua script,
-//! run by `EVALSHA` (reloaded after a `NOSCRIPT`, as after a restart or on
-//! a node that just took over a slot). Redis runs a script without
-//! interleaving other commands, so a record and its index entries are
-//! always in agreement, and a write whose token no longer matches reports
-//! [`WriteOutcome::Conflict`] while the others of the batch still happen.
+//! A conditional batch, an insert-if-absent, a hard delete and a clear are
+//! each one Lua script, run by `EVALSHA` (reloaded after a `NOSCRIPT`, as
+//! after a restart or on a node that just took over a slot). Redis runs a
+//! script without interleaving other commands, so a record and its index
+//! entries are always in agreement, and a write whose token no longer
+//! matches reports [`WriteOutcome::Conflict`] while the others of the batch
+//! still happen.
 //!
 //! The set of collection names and the metadata hash each live in a slot of
 //! their own. A writer adds the collection's name to the set, and waits for
@@ -112,7 +113,9 @@ const CHUNK: usize = 1_000;
 /// sends a command again when its connection dropped before the answer
 /// came: a conditional write that did happen then reports
 /// [`WriteOutcome::Conflict`] (its token moved), and the engine, re-reading,
-/// finds its own write there — nothing is lost or applied twice.
+/// finds its own write there — nothing is lost or applied twice. An
+/// insert-if-absent sent again answers the record its first run wrote,
+/// which the engine recognises as its own the same way.
 pub struct RedisBackend {
     client: Client,
     keys: Keys,

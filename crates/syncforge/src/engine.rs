@@ -710,11 +710,17 @@ impl SyncEngine {
 
     /// Offers a put of `content` to the store's awaited insert-if-absent
     /// ([`StorageBackend::insert_if_absent`]): the record as stored when it
-    /// was new and is now written. Otherwise `Err` with what stands for the
-    /// store's `get_now` of the record to go on from: the stored state, the
-    /// store's failure (a transient one is retried as the read would be; the
-    /// record may have been written, which the read then finds), or `None`
-    /// from a store without that one step.
+    /// was new and is now written by this put. Otherwise `Err` with what
+    /// stands for the store's `get_now` of the record to go on from: the
+    /// stored state, the store's failure, or `None` from a store without
+    /// that one step.
+    ///
+    /// The record this put built is kept to recognise it: a store that lost
+    /// its answer may answer a second attempt with the record the first one
+    /// wrote, and after a failure the record may have been written all the
+    /// same, which a read then shows. Either way it is this put's write, and
+    /// announced as such, once; applying the put to it again would find
+    /// nothing to change and announce nothing.
     async fn insert_if_absent_awaited(
         &self,
         collection: &CollectionName,
@@ -723,29 +729,48 @@ impl SyncEngine {
         listening: bool,
     ) -> std::result::Result<Record, Option<Result<Option<Stored>>>> {
         let backend = self.store();
+        let mut built = None;
         // Built before the store answers, so from a copy: a record already
         // stored gets the put applied to it as any other put.
         let answer = backend
-            .insert_if_absent(collection, id, &mut || self.create(content.clone()))
-            .await;
-        match answer {
-            Some(Ok(IfAbsent::Inserted { record, .. })) => {
-                if record.id() != id {
-                    return Err(Some(Err(Error::storage(
-                        backend.name(),
-                        "insert_if_absent wrote a record of another id",
-                    ))));
-                }
-                // What `confirm` announces for a put of a new record.
-                if listening {
-                    self.emit_record_event(collection, ChangeKind::Added, record.clone(), None);
-                }
+            .insert_if_absent(collection, id, &mut || {
+                let record = self.create(content.clone())?;
+                built = Some(record.clone());
                 Ok(record)
+            })
+            .await;
+        let stored = match (answer, built) {
+            (Some(Ok(IfAbsent::Inserted { record, .. })), Some(built)) if record == built => record,
+            (Some(Ok(IfAbsent::Inserted { .. })), _) => {
+                return Err(Some(Err(Error::storage(
+                    backend.name(),
+                    "insert_if_absent wrote a record it did not build",
+                ))))
             }
-            Some(Ok(IfAbsent::Present(stored))) => Err(Some(Ok(Some(stored)))),
-            Some(Err(error)) => Err(Some(Err(error))),
-            None => Err(None),
+            (Some(Ok(IfAbsent::Present(stored))), Some(built)) if stored.record == built => {
+                stored.record
+            }
+            (Some(Err(error)), Some(built)) => {
+                // The write may have happened: read to find out.
+                let read = retry_transient_now(Some(Err(error)), self.retries(), "get", || {
+                    backend.get(collection, id)
+                })
+                .await;
+                match read {
+                    Ok(Some(stored)) if stored.record == built => stored.record,
+                    read => return Err(Some(read)),
+                }
+            }
+            (Some(Ok(IfAbsent::Present(stored))), _) => return Err(Some(Ok(Some(stored)))),
+            // Nothing was built (or `make` failed): nothing was written.
+            (Some(Err(error)), None) => return Err(Some(Err(error))),
+            (None, _) => return Err(None),
+        };
+        // What `confirm` announces for a put of a new record.
+        if listening {
+            self.emit_record_event(collection, ChangeKind::Added, stored.clone(), None);
         }
+        Ok(stored)
     }
 
     /// A new record of `content`, stamped now: what a put writes where the

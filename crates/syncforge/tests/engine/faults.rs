@@ -474,7 +474,7 @@ async fn a_failed_read_ahead_ends_the_sync_after_the_batch_before_it() {
 async fn local_writes_whose_answer_was_lost_are_announced_once() {
     let store = Arc::new(
         FaultyBackend::new(Arc::new(MemoryBackend::new()), 33, 0.5, Duration::ZERO)
-            .failing_only(&[Operation::PutBatch]),
+            .failing_only(&[Operation::PutBatch, Operation::InsertIfAbsent]),
     );
     let e = faulty_engine("local", &store, 10, 10).await;
     let mut rx = e.subscribe();
@@ -550,8 +550,8 @@ async fn a_put_offers_its_record_to_insert_if_absent_before_reading() {
 
 /// Inserts fail half the time, half of those after the record was written
 /// (the answer was lost, not the write): every put still lands exactly
-/// once. A put whose insert failed reads the record instead, finds its own
-/// write when it happened, and writes nothing more.
+/// once, and is announced once. A put whose insert failed reads the record
+/// instead, finds its own write when it happened, and writes nothing more.
 #[tokio::test(start_paused = true)]
 async fn puts_whose_insert_fails_after_writing_are_written_once() {
     const RECORDS: usize = 40;
@@ -561,6 +561,7 @@ async fn puts_whose_insert_fails_after_writing_are_written_once() {
                 .failing_only(&[Operation::InsertIfAbsent]),
         );
         let engine = faulty_engine("local", &store, 3, 10).await;
+        let mut rx = engine.subscribe();
         for round in 1..=2 {
             for i in 0..RECORDS {
                 let doc = json!({"id": format!("r{i:02}"), "v": i + 100 * round});
@@ -571,6 +572,15 @@ async fn puts_whose_insert_fails_after_writing_are_written_once() {
         assert!(
             store.injected_failures() > 0,
             "seed {seed} injected nothing"
+        );
+        let mut counts = BTreeMap::new();
+        while let Ok(event) = rx.try_recv() {
+            *counts.entry(event.kind().name()).or_insert(0) += 1;
+        }
+        assert_eq!(
+            counts,
+            BTreeMap::from([("record:added", RECORDS), ("record:updated", RECORDS)]),
+            "seed {seed}: each write announced once"
         );
         let all = engine.get_all("c").await.unwrap();
         assert_eq!(all.len(), RECORDS);
