@@ -93,6 +93,8 @@ struct Dice {
     max_delay: Duration,
     /// Operations that may fail; `None`: all but `close`.
     failing: Option<Vec<Operation>>,
+    /// Whether each `insert_if_absent` that goes through is sent twice.
+    resend_inserts: bool,
 }
 
 /// A [`StorageBackend`] wrapper that injects transient failures and delays.
@@ -142,6 +144,7 @@ impl FaultyBackend {
                 failure_rate,
                 max_delay,
                 failing: None,
+                resend_inserts: false,
             }),
             calls: std::array::from_fn(|_| AtomicU64::new(0)),
             injected: AtomicU64::new(0),
@@ -153,6 +156,15 @@ impl FaultyBackend {
     /// Limits failures to the given operations (the others are only delayed).
     pub fn failing_only(self, operations: &[Operation]) -> Self {
         self.lock().failing = Some(operations.to_vec());
+        self
+    }
+
+    /// Sends every `insert_if_absent` that goes through twice, with the
+    /// same record, and answers what the second call answered: what a client
+    /// does that lost its connection before the answer came and sent the
+    /// command again. (Counted as one call.)
+    pub fn resending_inserts(self) -> Self {
+        self.lock().resend_inserts = true;
         self
     }
 
@@ -315,9 +327,24 @@ impl StorageBackend for FaultyBackend {
     ) -> Option<Result<IfAbsent>> {
         // An injected failure stands for a store that tried the one step,
         // even in front of one that has none: the caller must take either.
+        let resend = self.lock().resend_inserts;
         let answer = self
             .faulty(Operation::InsertIfAbsent, async {
-                Ok(self.inner.insert_if_absent(collection, id, make).await)
+                if !resend {
+                    return Ok(self.inner.insert_if_absent(collection, id, make).await);
+                }
+                // The second call sends the record the first one built.
+                let mut built: Option<Record> = None;
+                let mut once = || match &built {
+                    Some(record) => Ok(record.clone()),
+                    None => {
+                        let record = make()?;
+                        built = Some(record.clone());
+                        Ok(record)
+                    }
+                };
+                let _lost = self.inner.insert_if_absent(collection, id, &mut once).await;
+                Ok(self.inner.insert_if_absent(collection, id, &mut once).await)
             })
             .await;
         answer.unwrap_or_else(|injected| Some(Err(injected)))

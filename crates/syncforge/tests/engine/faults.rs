@@ -591,3 +591,44 @@ async fn puts_whose_insert_fails_after_writing_are_written_once() {
         }
     }
 }
+
+/// A client that lost its answer and sent the insert again gets the record
+/// its first call wrote: the put recognises its own write, returns it and
+/// announces it once, and writes nothing more.
+#[tokio::test(start_paused = true)]
+async fn a_put_whose_insert_was_sent_twice_is_announced_once() {
+    let store = Arc::new(
+        FaultyBackend::new(Arc::new(MemoryBackend::new()), 7, 0.0, Duration::ZERO)
+            .resending_inserts(),
+    );
+    let engine = faulty_engine("local", &store, 3, 10).await;
+    let mut rx = engine.subscribe();
+    let mut cursor = Cursor::START;
+    for i in 0..10 {
+        let written = engine
+            .put("c", &json!({"id": format!("r{i}"), "v": i}))
+            .await
+            .unwrap();
+        assert_eq!(written.version(), 1);
+        let page = store
+            .inner()
+            .changes(
+                &CollectionName::new("c").unwrap(),
+                cursor,
+                100.try_into().unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            page.records().collect::<Vec<_>>(),
+            [&written],
+            "written once"
+        );
+        cursor = page.next;
+    }
+    let mut heard = Vec::new();
+    while let Ok(event) = rx.try_recv() {
+        heard.push(event.kind().name());
+    }
+    assert_eq!(heard, ["record:added"; 10]);
+}
