@@ -30,6 +30,20 @@ pub(crate) struct CollectionKeys {
     pub(crate) newest: String,
 }
 
+impl CollectionKeys {
+    /// The `KEYS` of the write scripts, in the order they take them:
+    /// records, feed, time, seq, newest.
+    pub(crate) fn for_writes(&self) -> Vec<String> {
+        vec![
+            self.records.clone(),
+            self.feed.clone(),
+            self.time.clone(),
+            self.seq.clone(),
+            self.newest.clone(),
+        ]
+    }
+}
+
 impl Keys {
     /// Keys under `prefix`, which the configuration checked holds no brace.
     pub(crate) fn new(prefix: &str) -> Self {

@@ -374,17 +374,10 @@ impl RedisBackend {
         }
         self.register(collection).await?;
         let keys = self.keys.collection(collection);
-        let script_keys = vec![
-            keys.records.clone(),
-            keys.feed.clone(),
-            keys.time.clone(),
-            keys.seq.clone(),
-            keys.newest.clone(),
-        ];
         let reply = self
             .eval_built(
                 &self.scripts.insert_if_absent,
-                script_keys,
+                keys.for_writes(),
                 || insert_arguments(&record),
                 "writing a record",
                 Some(collection),
@@ -820,7 +813,7 @@ impl StorageBackend for RedisBackend {
         }
         self.register(collection).await?;
         let keys = self.keys.collection(collection);
-        let script_keys = vec![keys.records, keys.feed, keys.time, keys.seq, keys.newest];
+        let script_keys = keys.for_writes();
         let mut outcomes = Vec::with_capacity(writes.len());
         for slice in writes.chunks(CHUNK) {
             let guess = self
