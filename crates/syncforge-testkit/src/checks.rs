@@ -1360,33 +1360,16 @@ async fn increment(
 /// Of several writers creating the same id at once, exactly one wins.
 pub async fn concurrent_creates_have_one_winner(ctx: &Context<'_>) -> CheckResult {
     let coll = ctx.collection("concurrent-create");
-    let start = Arc::new(Barrier::new(HANDLES * TASKS_PER_HANDLE));
-    let mut tasks = JoinSet::new();
-    let mut handles = Vec::new();
-    for h in 0..HANDLES {
-        let handle = ctx.factory.open().await;
-        handles.push(Arc::clone(&handle));
-        for t in 0..TASKS_PER_HANDLE {
-            let mut hlc = ctx.clock(&format!("creator-{h}-{t}"))?;
-            let rec = record(&mut hlc, "contested", (h * TASKS_PER_HANDLE + t) as i64)?;
-            let handle = Arc::clone(&handle);
-            let coll = coll.clone();
-            let start = Arc::clone(&start);
-            tasks.spawn(async move {
-                start.wait().await;
-                let outcome = handle.put(&coll, &Write::create(rec.clone())).await;
-                (rec, outcome)
-            });
-        }
-    }
+    let outcomes = contend(ctx, &coll, "creator", |handle, coll, rec| async move {
+        handle.put(&coll, &Write::create(rec)).await
+    })
+    .await?;
     let mut winners = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        let (rec, outcome) = joined.map_err(|e| format!("a creator task failed: {e}"))?;
+    for (rec, outcome) in outcomes {
         if let WriteOutcome::Written { .. } = outcome.or_fail("create")? {
             winners.push(rec);
         }
     }
-    close_all(&handles).await?;
     ensure_eq!(
         winners.len(),
         1,
@@ -1404,6 +1387,47 @@ pub async fn concurrent_creates_have_one_winner(ctx: &Context<'_>) -> CheckResul
         "the stored record is the winner's"
     );
     Ok(())
+}
+
+/// Runs `attempt` at once on [`HANDLES`] new handles, [`TASKS_PER_HANDLE`]
+/// tasks each, every task with a record of id `contested` of its own, made
+/// by the clock `{who}-{handle}-{task}`. Returns each task's record with
+/// what its attempt answered, once every task ended and the handles are
+/// closed.
+async fn contend<T, F, Fut>(
+    ctx: &Context<'_>,
+    coll: &CollectionName,
+    who: &str,
+    attempt: F,
+) -> CheckResult<Vec<(Record, T)>>
+where
+    F: Fn(Arc<dyn StorageBackend>, CollectionName, Record) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let start = Arc::new(Barrier::new(HANDLES * TASKS_PER_HANDLE));
+    let mut tasks = JoinSet::new();
+    let mut handles = Vec::new();
+    for h in 0..HANDLES {
+        let handle = ctx.factory.open().await;
+        handles.push(Arc::clone(&handle));
+        for t in 0..TASKS_PER_HANDLE {
+            let mut hlc = ctx.clock(&format!("{who}-{h}-{t}"))?;
+            let rec = record(&mut hlc, "contested", (h * TASKS_PER_HANDLE + t) as i64)?;
+            let attempt = attempt(Arc::clone(&handle), coll.clone(), rec.clone());
+            let start = Arc::clone(&start);
+            tasks.spawn(async move {
+                start.wait().await;
+                (rec, attempt.await)
+            });
+        }
+    }
+    let mut answers = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        answers.push(joined.map_err(|e| format!("a task of {who} failed: {e}"))?);
+    }
+    close_all(&handles).await?;
+    Ok(answers)
 }
 
 /// `insert_if_absent`: a new record is written once, with a token and a
@@ -1526,28 +1550,14 @@ pub async fn insert_if_absent(ctx: &Context<'_>) -> CheckResult {
     );
 
     // Concurrent inserts of one id: one is written, the rest see it.
-    let start = Arc::new(Barrier::new(HANDLES * TASKS_PER_HANDLE));
-    let mut tasks = JoinSet::new();
-    let mut handles = Vec::new();
-    for h in 0..HANDLES {
-        let handle = ctx.factory.open().await;
-        handles.push(Arc::clone(&handle));
-        for t in 0..TASKS_PER_HANDLE {
-            let mut hlc = ctx.clock(&format!("inserter-{h}-{t}"))?;
-            let rec = record(&mut hlc, "contested", (h * TASKS_PER_HANDLE + t) as i64)?;
-            let (handle, coll, start) = (Arc::clone(&handle), coll.clone(), Arc::clone(&start));
-            tasks.spawn(async move {
-                start.wait().await;
-                let answer = handle
-                    .insert_if_absent(&coll, &rid("contested"), &mut || Ok(rec.clone()))
-                    .await;
-                (rec, answer)
-            });
-        }
-    }
+    let answers = contend(ctx, &coll, "inserter", |handle, coll, rec| async move {
+        handle
+            .insert_if_absent(&coll, &rid("contested"), &mut || Ok(rec.clone()))
+            .await
+    })
+    .await?;
     let (mut winners, mut seen) = (Vec::new(), Vec::new());
-    while let Some(joined) = tasks.join_next().await {
-        let (rec, answer) = joined.map_err(|e| format!("an inserter task failed: {e}"))?;
+    for (rec, answer) in answers {
         match answer.ok_or("insert_if_absent answered once and not again")? {
             Ok(IfAbsent::Inserted { record, .. }) => {
                 ensure_eq!(record, rec, "the inserted record is the one made");
@@ -1557,7 +1567,6 @@ pub async fn insert_if_absent(ctx: &Context<'_>) -> CheckResult {
             Err(e) => return Err(format!("a concurrent insert_if_absent failed: {e}")),
         }
     }
-    close_all(&handles).await?;
     ensure_eq!(
         winners.len(),
         1,
