@@ -93,8 +93,6 @@ struct Dice {
     max_delay: Duration,
     /// Operations that may fail; `None`: all but `close`.
     failing: Option<Vec<Operation>>,
-    /// Whether each `insert_if_absent` that goes through is sent twice.
-    resend_inserts: bool,
 }
 
 /// A [`StorageBackend`] wrapper that injects transient failures and delays.
@@ -109,6 +107,8 @@ pub struct FaultyBackend {
     injected: AtomicU64,
     in_flight: AtomicU64,
     most_in_flight: AtomicU64,
+    /// Whether each `insert_if_absent` that goes through is sent twice.
+    resend_inserts: bool,
 }
 
 impl fmt::Debug for FaultyBackend {
@@ -144,12 +144,12 @@ impl FaultyBackend {
                 failure_rate,
                 max_delay,
                 failing: None,
-                resend_inserts: false,
             }),
             calls: std::array::from_fn(|_| AtomicU64::new(0)),
             injected: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             most_in_flight: AtomicU64::new(0),
+            resend_inserts: false,
         }
     }
 
@@ -163,8 +163,8 @@ impl FaultyBackend {
     /// same record, and answers what the second call answered: what a client
     /// does that lost its connection before the answer came and sent the
     /// command again. (Counted as one call.)
-    pub fn resending_inserts(self) -> Self {
-        self.lock().resend_inserts = true;
+    pub fn resending_inserts(mut self) -> Self {
+        self.resend_inserts = true;
         self
     }
 
@@ -327,10 +327,9 @@ impl StorageBackend for FaultyBackend {
     ) -> Option<Result<IfAbsent>> {
         // An injected failure stands for a store that tried the one step,
         // even in front of one that has none: the caller must take either.
-        let resend = self.lock().resend_inserts;
         let answer = self
             .faulty(Operation::InsertIfAbsent, async {
-                if !resend {
+                if !self.resend_inserts {
                     return Ok(self.inner.insert_if_absent(collection, id, make).await);
                 }
                 // The second call sends the record the first one built.
