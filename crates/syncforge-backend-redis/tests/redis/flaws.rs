@@ -16,7 +16,7 @@ use syncforge_core::{
 use tokio::sync::Barrier;
 
 use crate::support::{
-    assert_consistent, coll, edited, fresh_prefix, index_entries, key, n_of, raw_client, record,
+    assert_consistent, coll, dump_collection, edited, fresh_prefix, key, n_of, raw_client, record,
     remove_prefix, rid, standalone, sync_records, PrivateServer,
 };
 
@@ -465,31 +465,6 @@ fn fast_path_batches() -> Vec<(bool, Vec<Write>)> {
         (false, exists),
         (false, creates(&mut hlc, "h", 3)),
     ]
-}
-
-/// Everything a collection stores, byte for byte: the values, both indexes
-/// with their scores, the counter and the newest stamp.
-#[allow(clippy::type_complexity)]
-async fn dump_collection(
-    raw: &fred::clients::Client,
-    prefix: &str,
-    collection: &str,
-) -> (
-    BTreeMap<String, String>,
-    Vec<(String, f64)>,
-    Vec<(String, f64)>,
-    Option<String>,
-    Vec<(String, f64)>,
-) {
-    let records: HashMap<String, String> = raw
-        .hgetall(key(prefix, collection, "records"))
-        .await
-        .unwrap();
-    let feed = index_entries(raw, prefix, collection, "feed").await;
-    let time = index_entries(raw, prefix, collection, "time").await;
-    let counter: Option<String> = raw.get(key(prefix, collection, "seq")).await.unwrap();
-    let newest = index_entries(raw, prefix, collection, "newest").await;
-    (records.into_iter().collect(), feed, time, counter, newest)
 }
 
 /// A hard delete removes the record from the hash and from both indexes;

@@ -335,7 +335,7 @@ async fn sync_step<'a>(
 
 /// Every entry of one of a collection's sorted sets (`feed`, `time`,
 /// `newest`), in order, with its score.
-pub(crate) async fn index_entries(
+async fn index_entries(
     client: &Client,
     prefix: &str,
     collection: &str,
@@ -355,6 +355,36 @@ pub(crate) async fn index_entries(
         .unwrap()
 }
 
+/// Everything a collection stores, byte for byte: the values by id, both
+/// indexes with their scores, the counter and the newest stamp.
+#[derive(Debug, PartialEq)]
+pub(crate) struct CollectionDump {
+    pub(crate) records: BTreeMap<String, String>,
+    pub(crate) feed: Vec<(String, f64)>,
+    pub(crate) time: Vec<(String, f64)>,
+    pub(crate) counter: Option<String>,
+    pub(crate) newest: Vec<(String, f64)>,
+}
+
+/// Reads everything `collection` stores.
+pub(crate) async fn dump_collection(
+    client: &Client,
+    prefix: &str,
+    collection: &str,
+) -> CollectionDump {
+    let records: HashMap<String, String> = client
+        .hgetall(key(prefix, collection, "records"))
+        .await
+        .unwrap();
+    CollectionDump {
+        records: records.into_iter().collect(),
+        feed: index_entries(client, prefix, collection, "feed").await,
+        time: index_entries(client, prefix, collection, "time").await,
+        counter: client.get(key(prefix, collection, "seq")).await.unwrap(),
+        newest: index_entries(client, prefix, collection, "newest").await,
+    }
+}
+
 /// Checks that the hash of records and both indexes of a collection agree
 /// exactly: the same ids; each record's feed score is the sequence stored
 /// with it, its time score its `_timestamp`; the counter is at least every
@@ -364,13 +394,14 @@ pub(crate) async fn assert_consistent(
     prefix: &str,
     collection: &str,
 ) -> BTreeMap<String, Record> {
-    let records: HashMap<String, String> = client
-        .hgetall(key(prefix, collection, "records"))
-        .await
-        .unwrap();
-    let feed = index_entries(client, prefix, collection, "feed").await;
-    let time = index_entries(client, prefix, collection, "time").await;
-    let counter: Option<u64> = client.get(key(prefix, collection, "seq")).await.unwrap();
+    let CollectionDump {
+        records,
+        feed,
+        time,
+        counter,
+        ..
+    } = dump_collection(client, prefix, collection).await;
+    let counter: Option<u64> = counter.map(|c| c.parse().unwrap());
     let feed: HashMap<String, f64> = feed.into_iter().collect();
     let time: HashMap<String, f64> = time.into_iter().collect();
     assert_eq!(
