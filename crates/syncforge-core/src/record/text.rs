@@ -33,10 +33,36 @@ pub struct JsonText(CompactString);
 /// Lengths first: most different values differ in length, and equal
 /// lengths leave one byte comparison.
 impl PartialEq for JsonText {
+    #[inline]
     fn eq(&self, other: &Self) -> bool {
-        let (a, b) = (self.0.as_bytes(), other.0.as_bytes());
-        a.len() == b.len() && a == b
+        same_bytes(self.0.as_bytes(), other.0.as_bytes())
     }
+}
+
+/// Whether `a` and `b` hold the same bytes. Confirming that an unchanged
+/// record equals the stored one compares every value, and most values are a
+/// few bytes long: up to 32 bytes they are compared as two overlapping
+/// words each (the first and the last `N` bytes), in line, where a slice
+/// comparison calls `memcmp` for every one.
+#[inline]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    match a.len() {
+        0..=3 => a.iter().zip(b).all(|(x, y)| x == y),
+        4..=7 => ends_equal::<4>(a, b),
+        8..=15 => ends_equal::<8>(a, b),
+        16..=32 => ends_equal::<16>(a, b),
+        _ => a == b,
+    }
+}
+
+/// Whether the first `N` and the last `N` bytes of `a` and `b` agree: all of
+/// them, for texts of `N` to `2N` bytes.
+#[inline]
+fn ends_equal<const N: usize>(a: &[u8], b: &[u8]) -> bool {
+    a.first_chunk::<N>() == b.first_chunk::<N>() && a.last_chunk::<N>() == b.last_chunk::<N>()
 }
 
 impl std::hash::Hash for JsonText {
@@ -172,6 +198,27 @@ impl<'de> serde::Deserialize<'de> for JsonText {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn bytes_are_equal_exactly_when_slices_are() {
+        let text: Vec<u8> = (0..40u8).map(|i| b'a' + i % 26).collect();
+        for len in 0..=text.len() {
+            let a = &text[..len];
+            assert!(same_bytes(a, a), "{len}");
+            if len < text.len() {
+                assert!(
+                    !same_bytes(a, &text[..=len]),
+                    "{len} against {} bytes",
+                    len + 1
+                );
+            }
+            for at in 0..len {
+                let mut b = a.to_vec();
+                b[at] ^= 0x20;
+                assert!(!same_bytes(a, &b), "{len} bytes, differing at {at}");
+            }
+        }
+    }
 
     #[test]
     fn text_is_what_serde_json_writes_with_positive_zero() {
