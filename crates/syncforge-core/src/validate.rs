@@ -54,7 +54,7 @@ fn may_hold_control(bytes: &[u8]) -> bool {
         return false;
     }
     // The tail as the last eight bytes, some of them checked already: the
-    // question is whether any byte holds one, not which.
+    // question is whether any byte is one of those sought, not which.
     match bytes.last_chunk::<8>() {
         Some(last) => holds(last),
         None => tail.iter().any(|&b| b < 0x20 || b == 0x7F || b == 0xC2),
