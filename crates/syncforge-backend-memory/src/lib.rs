@@ -44,8 +44,8 @@ use std::sync::Arc;
 use hashbrown::HashTable;
 use parking_lot::{Mutex, MutexGuard};
 use syncforge_core::{
-    async_trait, Change, ChangePage, CollectionName, Cursor, Error, IfAbsent, Record, RecordId,
-    Result, Stamp, StorageBackend, Stored, Token, Write, WriteOutcome,
+    async_trait, record_to_insert, Change, ChangePage, CollectionName, Cursor, Error, IfAbsent,
+    Record, RecordId, Result, Stamp, StorageBackend, Stored, Token, Write, WriteOutcome,
 };
 
 const BACKEND_NAME: &str = "memory";
@@ -520,19 +520,7 @@ impl Collection {
                 token: Token::Sequence(slot.sequence),
             }));
         }
-        let record = make()?;
-        // The slot is found by the hash of `id`: a record of another id
-        // there could never be found again.
-        if record.id() != id {
-            return Err(Error::storage(
-                BACKEND_NAME,
-                format!(
-                    "insert_if_absent_now for id {:?} was given record {:?}",
-                    id.as_str(),
-                    record.id().as_str()
-                ),
-            ));
-        }
+        let record = record_to_insert(BACKEND_NAME, id, make)?;
         let sequence = self.last_sequence + 1;
         self.records.insert_new(Slot {
             record: record.clone(),

@@ -82,8 +82,8 @@ use fred::types::config::{Config as FredConfig, ReconnectPolicy, ServerConfig};
 use fred::types::{Builder, ConnectHandle, Value};
 use parking_lot::Mutex;
 use syncforge_core::{
-    async_trait, Change, ChangePage, CollectionName, Cursor, Error, IfAbsent, Record, RecordId,
-    Result, Stamp, StorageBackend, Stored, Token, Write, WriteOutcome,
+    async_trait, record_to_insert, Change, ChangePage, CollectionName, Cursor, Error, IfAbsent,
+    Record, RecordId, Result, Stamp, StorageBackend, Stored, Token, Write, WriteOutcome,
 };
 
 pub use config::{
@@ -360,18 +360,7 @@ impl RedisBackend {
         make: &mut (dyn FnMut() -> Result<Record> + Send),
     ) -> Result<IfAbsent> {
         self.check_open().await?;
-        let record = make()?;
-        // Stored under `id`, a record of another id could never be read.
-        if record.id() != id {
-            return Err(Error::storage(
-                BACKEND,
-                format!(
-                    "insert_if_absent for id {:?} was given record {:?}",
-                    id.as_str(),
-                    record.id().as_str()
-                ),
-            ));
-        }
+        let record = record_to_insert(BACKEND, id, make)?;
         self.register(collection).await?;
         let keys = self.keys.collection(collection);
         let reply = self

@@ -157,6 +157,30 @@ pub enum IfAbsent {
     Present(Stored),
 }
 
+/// The record `make` builds for `id`, for a store answering
+/// [`StorageBackend::insert_if_absent_now`] or
+/// [`StorageBackend::insert_if_absent`]: `make`'s own error as it is, and a
+/// record of another id refused with [`Error::Storage`] naming `backend`,
+/// since stored under `id` it could never be read again.
+pub fn record_to_insert(
+    backend: &'static str,
+    id: &RecordId,
+    make: &mut dyn FnMut() -> Result<Record>,
+) -> Result<Record> {
+    let record = make()?;
+    if record.id() != id {
+        return Err(Error::storage(
+            backend,
+            format!(
+                "insert_if_absent for id {:?} was given record {:?}",
+                id.as_str(),
+                record.id().as_str()
+            ),
+        ));
+    }
+    Ok(record)
+}
+
 /// One entry of the change feed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Change {

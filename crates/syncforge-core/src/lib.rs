@@ -61,7 +61,8 @@ mod validate;
 mod version_vector;
 
 pub use backend::{
-    Change, ChangePage, Cursor, IfAbsent, StorageBackend, Stored, Token, Write, WriteOutcome,
+    record_to_insert, Change, ChangePage, Cursor, IfAbsent, StorageBackend, Stored, Token, Write,
+    WriteOutcome,
 };
 pub use delta::{classify, compute_delta, dedupe, ChangeKind, Classified, Delta};
 pub use depth::{check_serialize, dismantle, nesting_depth, MAX_NESTING_DEPTH};
