@@ -37,28 +37,51 @@ pub(crate) fn check_name(name: &str) -> std::result::Result<(), String> {
 /// time: every id of every store call and every synced record is checked,
 /// and a byte at a time cost more than the rest of the check.
 fn may_hold_control(bytes: &[u8]) -> bool {
-    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
-    const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
-    // Exact for "some byte is below n" when n <= 0x80, and so for "some
-    // byte is zero" (n = 1) after an exclusive or with the byte sought.
-    let below = |word: u64, n: u64| word.wrapping_sub(ONES * n) & !word & HIGHS != 0;
-    let holds = |word: &[u8; 8]| {
-        let word = u64::from_le_bytes(*word);
-        below(word, 0x20) || below(word ^ (ONES * 0x7F), 1) || below(word ^ (ONES * 0xC2), 1)
-    };
+    let holds =
+        |word: u64| some_byte_below(word, 0x20) || holds_byte(word, 0x7F) || holds_byte(word, 0xC2);
     let (words, tail) = bytes.as_chunks::<8>();
-    if words.iter().any(holds) {
-        return true;
+    words.iter().any(|word| holds(u64::from_ne_bytes(*word)))
+        || (!tail.is_empty() && holds(last_word(bytes)))
+}
+
+/// The bytes of `bytes` past its last whole word, read as one word (in no
+/// particular byte order), for a scan that asks whether some byte is one it
+/// seeks, not which: the last eight bytes, which overlap bytes the scan of
+/// whole words saw already; of a shorter text, its first and last four; of
+/// one to three bytes, its first, middle and last, with `a` (which no scan
+/// seeks) after them. Read this way, no tail is copied byte by byte (a copy
+/// into a padded word was a call to `memcpy` for every short string).
+#[inline(always)]
+pub(crate) fn last_word(bytes: &[u8]) -> u64 {
+    if let Some(last) = bytes.last_chunk::<8>() {
+        return u64::from_ne_bytes(*last);
     }
-    if tail.is_empty() {
-        return false;
+    if let (Some(first), Some(last)) = (bytes.first_chunk::<4>(), bytes.last_chunk::<4>()) {
+        return u64::from(u32::from_ne_bytes(*first)) << 32 | u64::from(u32::from_ne_bytes(*last));
     }
-    // The tail as the last eight bytes, some of them checked already: the
-    // question is whether any byte is one of those sought, not which.
-    match bytes.last_chunk::<8>() {
-        Some(last) => holds(last),
-        None => tail.iter().any(|&b| b < 0x20 || b == 0x7F || b == 0xC2),
-    }
+    let padded = match (bytes.first(), bytes.get(bytes.len() / 2), bytes.last()) {
+        (Some(&first), Some(&middle), Some(&last)) => {
+            [first, middle, last, b'a', b'a', b'a', b'a', b'a']
+        }
+        _ => [b'a'; 8],
+    };
+    u64::from_ne_bytes(padded)
+}
+
+const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+
+/// Whether some byte of `word` is below `n`, for `n` up to 0x80. Exact as to
+/// whether, not as to which: a borrow can mark a byte above one found.
+#[inline]
+pub(crate) fn some_byte_below(word: u64, n: u8) -> bool {
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    word.wrapping_sub(ONES * u64::from(n)) & !word & HIGHS != 0
+}
+
+/// Whether some byte of `word` is `byte` (a zero after the exclusive or).
+#[inline]
+pub(crate) fn holds_byte(word: u64, byte: u8) -> bool {
+    some_byte_below(word ^ (ONES * u64::from(byte)), 1)
 }
 
 /// Checks a record id (or a client id): 1 to 1024 bytes, no control characters.

@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::{Record, CLIENT_ID_KEY, DELETED_KEY, ID_KEY, SYNC_KEY, TIMESTAMP_KEY, VERSION_KEY};
 use crate::hlc::Stamp;
+use crate::validate::{holds_byte, last_word, some_byte_below};
 
 /// The record's own members, sorted by name (byte order, as serde_json's map
 /// sorts). Content field names are never one of these (they are reserved).
@@ -231,12 +232,18 @@ pub(super) fn write_number(out: &mut String, number: &serde_json::Number) {
 /// hold as `null`, as serde_json's value makes it.
 #[inline]
 pub(super) fn write_f64(out: &mut String, value: f64) {
+    out.push_str(f64_text(value, &mut zmij::Buffer::new()));
+}
+
+/// The text [`write_f64`] writes, formatted in `buffer` when it is a number.
+#[inline]
+pub(super) fn f64_text(value: f64, buffer: &mut zmij::Buffer) -> &str {
     if value == 0.0 {
-        out.push_str("0.0");
+        "0.0"
     } else if value.is_finite() {
-        out.push_str(zmij::Buffer::new().format_finite(value));
+        buffer.format_finite(value)
     } else {
-        out.push_str("null");
+        "null"
     }
 }
 
@@ -290,24 +297,17 @@ fn write_escaped_rest(out: &mut String, text: &str) {
 
 /// How many leading bytes of `bytes` need no escape: none is `"`, `\\` or a
 /// control character. Always a character boundary, since every byte that
-/// ends the prefix is ASCII. Looks at eight bytes at a time, the last few
-/// padded with a plain byte.
-#[inline]
-fn plain_prefix(bytes: &[u8]) -> usize {
-    let chunks = bytes.chunks_exact(8);
-    let tail = chunks.remainder();
-    let mut plain = 0;
-    for chunk in chunks {
-        let mut word = [0; 8];
-        word.copy_from_slice(chunk);
-        if has_special(u64::from_ne_bytes(word)) {
-            return plain + first_special(chunk);
+/// ends the prefix is ASCII. Looks at eight bytes at a time.
+#[inline(always)]
+pub(super) fn plain_prefix(bytes: &[u8]) -> usize {
+    let (words, tail) = bytes.as_chunks::<8>();
+    for (i, word) in words.iter().enumerate() {
+        if has_special(u64::from_ne_bytes(*word)) {
+            return 8 * i + first_special(word);
         }
-        plain += 8;
     }
-    let mut word = [b'a'; 8];
-    word[..tail.len()].copy_from_slice(tail);
-    if has_special(u64::from_ne_bytes(word)) {
+    let plain = bytes.len() - tail.len();
+    if !tail.is_empty() && has_special(last_word(bytes)) {
         return plain + first_special(tail);
     }
     bytes.len()
@@ -317,15 +317,13 @@ fn plain_prefix(bytes: &[u8]) -> usize {
 /// whether, not as to which).
 #[inline]
 fn has_special(x: u64) -> bool {
-    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
-    let below = |x: u64, n: u64| x.wrapping_sub(ONES * n) & !x & HIGHS != 0;
-    below(x, 0x20)
-        || below(x ^ (ONES * u64::from(b'"')), 1)
-        || below(x ^ (ONES * u64::from(b'\\')), 1)
+    some_byte_below(x, 0x20) || holds_byte(x, b'"') || holds_byte(x, b'\\')
 }
 
 /// Where the first byte needing an escape is (or the length, if none is).
+/// Out of line: few strings need an escape, and the scan that finds none
+/// stays small enough to be inlined.
+#[cold]
 fn first_special(bytes: &[u8]) -> usize {
     bytes
         .iter()
@@ -408,6 +406,42 @@ mod tests {
                     write_str(&mut out, &text);
                     assert_eq!(out, serde_json::to_string(&text).unwrap(), "{text:?}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn the_plain_prefix_ends_at_the_first_byte_to_escape() {
+        let bytewise = |bytes: &[u8]| {
+            bytes
+                .iter()
+                .position(|&b| b < 0x20 || b == b'"' || b == b'\\')
+                .unwrap_or(bytes.len())
+        };
+        // Every length up to two words and a tail (whole words, short tails
+        // and a last word overlapping the one before it), with every byte
+        // value at every position, alone and after an earlier escape.
+        let mut text = [b'a'; 19];
+        for len in 0..=text.len() {
+            let text = &mut text[..len];
+            assert_eq!(plain_prefix(text), len);
+            for at in 0..len {
+                for byte in 0..=255u8 {
+                    text[at] = byte;
+                    assert_eq!(
+                        plain_prefix(text),
+                        bytewise(text),
+                        "{byte:#x} at {at} of {len}"
+                    );
+                    text[len - 1 - at] = b'"';
+                    assert_eq!(
+                        plain_prefix(text),
+                        bytewise(text),
+                        "{byte:#x} at {at} of {len}"
+                    );
+                    text[len - 1 - at] = b'a';
+                }
+                text[at] = b'a';
             }
         }
     }
