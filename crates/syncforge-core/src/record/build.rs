@@ -12,11 +12,17 @@
 //! serde_json's private tokens, and every error — it hands back as
 //! [`Fault::Other`], and the caller takes the measured route, which answers
 //! exactly as before.
+//!
+//! A field that is one string, number or literal — most fields — is first
+//! tried with [`Scalar`], which makes its text straight into the field's
+//! value (a short string quoted on the stack and held inline) without
+//! borrowing the writer's buffer and copying out of it; a container refuses
+//! it at its first call and is written by [`Build`].
 
 use serde::ser::{self, Impossible, Serialize, Serializer};
 use serde_json::Value;
 
-use super::canonical::{separate, write_f64, write_key, write_str, write_value};
+use super::canonical::{f64_text, separate, write_key, write_str, write_value};
 use super::text::{with_scratch, JsonText};
 use crate::depth::MAX_NESTING_DEPTH;
 use crate::sorted::sort_keeping_last;
@@ -28,6 +34,8 @@ pub(super) enum Fault {
     TooDeep,
     /// Anything else: take the measured route for this value.
     Other,
+    /// A container, which [`Scalar`] leaves to the writer.
+    Compound,
 }
 
 impl std::fmt::Display for Fault {
@@ -35,6 +43,7 @@ impl std::fmt::Display for Fault {
         match self {
             Fault::TooDeep => f.write_str("nested too deep"),
             Fault::Other => f.write_str("not built directly"),
+            Fault::Compound => f.write_str("a container"),
         }
     }
 }
@@ -52,6 +61,12 @@ type Built = std::result::Result<(), Fault>;
 
 /// The canonical text of one top-level field of a record.
 pub(super) fn field_text<T: Serialize + ?Sized>(value: &T) -> std::result::Result<JsonText, Fault> {
+    // Most fields are one string or number: made straight into their text.
+    // A container fails at its first call, and is written in the buffer.
+    match value.serialize(Scalar) {
+        Err(Fault::Compound) => {}
+        made => return made,
+    }
     let mut built = Ok(());
     // The record's own object is open around the field, as the depth probe
     // counts it.
@@ -90,16 +105,21 @@ impl Build<'_> {
         Ok(self.depth + 1)
     }
 
-    /// Text written as it is: a literal or a formatted integer.
-    fn raw(self, text: &str) -> Built {
+    /// Text written as it is: a literal or a formatted number.
+    fn text(self, text: &str) -> Built {
         self.out.push_str(text);
         Ok(())
     }
 
-    /// A scalar as serde_json's value serializer makes it, then written.
-    fn scalar(self, value: std::result::Result<Value, serde_json::Error>) -> Built {
-        let value = value.map_err(|_| Fault::Other)?;
-        write_value(self.out, &value);
+    /// A string, quoted and escaped.
+    fn string(self, text: &str) -> Built {
+        write_str(self.out, text);
+        Ok(())
+    }
+
+    /// A scalar as serde_json's value serializer made it.
+    fn value(self, value: &Value) -> Built {
+        write_value(self.out, value);
         Ok(())
     }
 }
@@ -120,11 +140,125 @@ struct Entries<'a> {
     depth: usize,
 }
 
-macro_rules! integers {
-    ($($method:ident($arg:ty);)*) => {
-        $(fn $method(self, v: $arg) -> Built {
-            self.raw(itoa::Buffer::new().format(v))
+/// The methods of a scalar, alike in [`Build`] and [`Scalar`]: each is
+/// the text serde_json's value would hold, handed to the serializer's own
+/// `text` (a literal or a number), `string` or `value`. Refused as
+/// [`Fault::Other`], for the measured route: bytes, enum variants holding
+/// data, integers beyond 64 bits and serde_json's private tokens.
+macro_rules! scalar_methods {
+    ($ok:ty) => {
+        scalar_methods! { $ok;
+            serialize_i8(i8); serialize_i16(i16); serialize_i32(i32); serialize_i64(i64);
+            serialize_u8(u8); serialize_u16(u16); serialize_u32(u32); serialize_u64(u64);
+        }
+    };
+    ($ok:ty; $($integer:ident($arg:ty);)*) => {
+        $(fn $integer(self, v: $arg) -> std::result::Result<$ok, Fault> {
+            self.text(itoa::Buffer::new().format(v))
         })*
+
+        fn serialize_bool(self, v: bool) -> std::result::Result<$ok, Fault> {
+            self.text(if v { "true" } else { "false" })
+        }
+
+        fn serialize_i128(self, v: i128) -> std::result::Result<$ok, Fault> {
+            let v = i64::try_from(v).map_err(|_| Fault::Other)?;
+            self.serialize_i64(v)
+        }
+
+        fn serialize_u128(self, v: u128) -> std::result::Result<$ok, Fault> {
+            let v = u64::try_from(v).map_err(|_| Fault::Other)?;
+            self.serialize_u64(v)
+        }
+
+        fn serialize_f32(self, v: f32) -> std::result::Result<$ok, Fault> {
+            let value = serde_json::value::Serializer
+                .serialize_f32(v)
+                .map_err(|_| Fault::Other)?;
+            self.value(&value)
+        }
+
+        fn serialize_f64(self, v: f64) -> std::result::Result<$ok, Fault> {
+            self.text(f64_text(v, &mut zmij::Buffer::new()))
+        }
+
+        fn serialize_char(self, v: char) -> std::result::Result<$ok, Fault> {
+            self.string(v.encode_utf8(&mut [0; 4]))
+        }
+
+        fn serialize_str(self, v: &str) -> std::result::Result<$ok, Fault> {
+            self.string(v)
+        }
+
+        fn serialize_bytes(self, _: &[u8]) -> std::result::Result<$ok, Fault> {
+            Err(Fault::Other)
+        }
+
+        fn serialize_none(self) -> std::result::Result<$ok, Fault> {
+            self.text("null")
+        }
+
+        fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> std::result::Result<$ok, Fault> {
+            value.serialize(self)
+        }
+
+        fn serialize_unit(self) -> std::result::Result<$ok, Fault> {
+            self.text("null")
+        }
+
+        fn serialize_unit_struct(self, _: &'static str) -> std::result::Result<$ok, Fault> {
+            self.text("null")
+        }
+
+        fn serialize_unit_variant(
+            self,
+            _: &'static str,
+            _: u32,
+            variant: &'static str,
+        ) -> std::result::Result<$ok, Fault> {
+            self.string(variant)
+        }
+
+        fn serialize_newtype_struct<T: Serialize + ?Sized>(
+            self,
+            name: &'static str,
+            value: &T,
+        ) -> std::result::Result<$ok, Fault> {
+            if name.starts_with(PRIVATE_TOKEN) {
+                return Err(Fault::Other);
+            }
+            value.serialize(self)
+        }
+
+        fn serialize_newtype_variant<T: Serialize + ?Sized>(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            _: &T,
+        ) -> std::result::Result<$ok, Fault> {
+            Err(Fault::Other)
+        }
+
+        fn serialize_tuple_variant(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            _: usize,
+        ) -> std::result::Result<Self::SerializeTupleVariant, Fault> {
+            Err(Fault::Other)
+        }
+
+        fn serialize_struct_variant(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            _: usize,
+        ) -> std::result::Result<Self::SerializeStructVariant, Fault> {
+            Err(Fault::Other)
+        }
     };
 }
 
@@ -139,94 +273,7 @@ impl<'a> Serializer for Build<'a> {
     type SerializeStruct = Entries<'a>;
     type SerializeStructVariant = Impossible<(), Fault>;
 
-    integers! {
-        serialize_i8(i8);
-        serialize_i16(i16);
-        serialize_i32(i32);
-        serialize_i64(i64);
-        serialize_u8(u8);
-        serialize_u16(u16);
-        serialize_u32(u32);
-        serialize_u64(u64);
-    }
-
-    fn serialize_bool(self, v: bool) -> Built {
-        self.raw(if v { "true" } else { "false" })
-    }
-
-    fn serialize_i128(self, v: i128) -> Built {
-        let v = i64::try_from(v).map_err(|_| Fault::Other)?;
-        self.serialize_i64(v)
-    }
-
-    fn serialize_u128(self, v: u128) -> Built {
-        let v = u64::try_from(v).map_err(|_| Fault::Other)?;
-        self.serialize_u64(v)
-    }
-
-    fn serialize_f32(self, v: f32) -> Built {
-        self.scalar(serde_json::value::Serializer.serialize_f32(v))
-    }
-
-    fn serialize_f64(self, v: f64) -> Built {
-        write_f64(self.out, v);
-        Ok(())
-    }
-
-    fn serialize_char(self, v: char) -> Built {
-        write_str(self.out, v.encode_utf8(&mut [0; 4]));
-        Ok(())
-    }
-
-    fn serialize_str(self, v: &str) -> Built {
-        write_str(self.out, v);
-        Ok(())
-    }
-
-    fn serialize_bytes(self, _: &[u8]) -> Built {
-        Err(Fault::Other)
-    }
-
-    fn serialize_none(self) -> Built {
-        self.raw("null")
-    }
-
-    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Built {
-        value.serialize(self)
-    }
-
-    fn serialize_unit(self) -> Built {
-        self.raw("null")
-    }
-
-    fn serialize_unit_struct(self, _: &'static str) -> Built {
-        self.raw("null")
-    }
-
-    fn serialize_unit_variant(self, _: &'static str, _: u32, variant: &'static str) -> Built {
-        self.serialize_str(variant)
-    }
-
-    fn serialize_newtype_struct<T: Serialize + ?Sized>(
-        self,
-        name: &'static str,
-        value: &T,
-    ) -> Built {
-        if name.starts_with(PRIVATE_TOKEN) {
-            return Err(Fault::Other);
-        }
-        value.serialize(self)
-    }
-
-    fn serialize_newtype_variant<T: Serialize + ?Sized>(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: &T,
-    ) -> Built {
-        Err(Fault::Other)
-    }
+    scalar_methods!(());
 
     fn serialize_seq(self, _: Option<usize>) -> std::result::Result<Items<'a>, Fault> {
         let depth = self.open()?;
@@ -250,16 +297,6 @@ impl<'a> Serializer for Build<'a> {
         self.serialize_seq(Some(len))
     }
 
-    fn serialize_tuple_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> std::result::Result<Self::SerializeTupleVariant, Fault> {
-        Err(Fault::Other)
-    }
-
     fn serialize_map(self, len: Option<usize>) -> std::result::Result<Entries<'a>, Fault> {
         Ok(Entries {
             depth: self.open()?,
@@ -278,16 +315,6 @@ impl<'a> Serializer for Build<'a> {
             return Err(Fault::Other);
         }
         self.serialize_map(Some(len))
-    }
-
-    fn serialize_struct_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> std::result::Result<Self::SerializeStructVariant, Fault> {
-        Err(Fault::Other)
     }
 }
 
@@ -389,6 +416,57 @@ impl ser::SerializeStruct for Entries<'_> {
     }
     fn end(self) -> Built {
         self.close()
+    }
+}
+
+/// Makes the text of a value that is no container, as [`Build`] writes it,
+/// straight into a [`JsonText`]; refuses a container with
+/// [`Fault::Compound`] before anything of it is serialised.
+struct Scalar;
+
+type Made = std::result::Result<JsonText, Fault>;
+
+impl Scalar {
+    fn text(self, text: &str) -> Made {
+        Ok(JsonText::from_canonical(text))
+    }
+
+    fn string(self, text: &str) -> Made {
+        Ok(JsonText::of_str(text))
+    }
+
+    fn value(self, value: &Value) -> Made {
+        Ok(JsonText::from_checked(value))
+    }
+}
+
+macro_rules! compound {
+    ($($method:ident($($arg:ty),*) -> $ret:ty;)*) => {
+        $(fn $method(self, $(_: $arg),*) -> std::result::Result<$ret, Fault> {
+            Err(Fault::Compound)
+        })*
+    };
+}
+
+impl Serializer for Scalar {
+    type Ok = JsonText;
+    type Error = Fault;
+    type SerializeSeq = Impossible<JsonText, Fault>;
+    type SerializeTuple = Impossible<JsonText, Fault>;
+    type SerializeTupleStruct = Impossible<JsonText, Fault>;
+    type SerializeTupleVariant = Impossible<JsonText, Fault>;
+    type SerializeMap = Impossible<JsonText, Fault>;
+    type SerializeStruct = Impossible<JsonText, Fault>;
+    type SerializeStructVariant = Impossible<JsonText, Fault>;
+
+    scalar_methods!(JsonText);
+
+    compound! {
+        serialize_seq(Option<usize>) -> Self::SerializeSeq;
+        serialize_tuple(usize) -> Self::SerializeTuple;
+        serialize_tuple_struct(&'static str, usize) -> Self::SerializeTupleStruct;
+        serialize_map(Option<usize>) -> Self::SerializeMap;
+        serialize_struct(&'static str, usize) -> Self::SerializeStruct;
     }
 }
 

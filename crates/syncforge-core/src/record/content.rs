@@ -444,7 +444,9 @@ fn json_text<T: Serialize + ?Sized>(value: &T) -> std::result::Result<JsonText, 
     match build::field_text(value) {
         Ok(text) => Ok(text),
         Err(Fault::TooDeep) => Err(Refusal::TooDeep),
-        Err(Fault::Other) => measured_value(value).map(|value| JsonText::from_checked(&value)),
+        Err(Fault::Other | Fault::Compound) => {
+            measured_value(value).map(|value| JsonText::from_checked(&value))
+        }
     }
 }
 
@@ -749,6 +751,70 @@ mod tests {
             super::super::Record::create(direct, &stamp).to_json_string(),
             super::super::Record::create(through, &stamp).to_json_string()
         );
+    }
+
+    #[test]
+    fn every_kind_of_value_in_a_field_of_its_own_is_stored_as_its_json_value_is() {
+        // A field that is one scalar is made into its text without the
+        // writer's buffer; anything else falls back to the writer.
+        #[derive(serde::Serialize)]
+        struct One<T> {
+            id: &'static str,
+            value: T,
+        }
+        #[derive(serde::Serialize)]
+        struct Unit;
+        #[derive(serde::Serialize)]
+        struct Wrapped<T>(T);
+        #[derive(serde::Serialize)]
+        enum Kind {
+            Plain,
+            Holding(u8),
+        }
+        fn agrees<T: Serialize>(value: T) {
+            let doc = One { id: "s", value };
+            let direct = Content::from_serialize(&doc).map_err(|e| e.to_string());
+            match serde_json::to_value(&doc) {
+                Ok(value) => assert_eq!(direct, Ok(content(value))),
+                Err(_) => assert!(direct.is_err()),
+            }
+        }
+        macro_rules! agree {
+            ($($value:expr),* $(,)?) => { $(agrees($value);)* };
+        }
+        agree![true, false, i8::MIN, i16::MAX, i32::MIN, i64::MIN, i64::MAX];
+        agree![u8::MAX, u16::MAX, u32::MAX, u64::MAX, i128::from(i64::MIN)];
+        agree![u128::from(u64::MAX), u128::MAX, i128::MIN];
+        agree![
+            1.5f32,
+            -0.0f32,
+            f32::NAN,
+            0.1f64,
+            -0.0f64,
+            1e300,
+            f64::INFINITY
+        ];
+        agree!['é', '"', '\n', "", "x", "a \"q\" \\", "\u{1}", "😀"];
+        agree![
+            "x".repeat(21),
+            "x".repeat(22),
+            "x".repeat(23),
+            "é".repeat(11)
+        ];
+        agree![
+            None::<u8>,
+            Some(5),
+            Some("s"),
+            (),
+            Unit,
+            Kind::Plain,
+            Kind::Holding(1)
+        ];
+        agree![Wrapped("w"), Wrapped(vec![1, 2]), Some(vec!["a"]), (1, "b")];
+        agree![
+            std::collections::BTreeMap::from([("k", -0.0)]),
+            json!({"b": 1, "a": [2]})
+        ];
     }
 
     #[test]
