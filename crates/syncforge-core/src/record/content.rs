@@ -101,7 +101,7 @@ impl Content {
             ..Fields::default()
         };
         match doc.serialize(&mut fields) {
-            Ok(()) => fields.into_content(),
+            Ok(()) => fields.take_content(),
             Err(Refusal::Unsupported) => {
                 // `to_value` recurses once per level with no limit of its own.
                 check_serialize(doc)?;
@@ -344,15 +344,17 @@ impl Fields {
         None
     }
 
-    fn into_content(self) -> Result<Content> {
-        let id = match self.id {
+    /// The content collected. Takes it out of the collector in place: the
+    /// collector is large, and moving it into a call copied all of it.
+    fn take_content(&mut self) -> Result<Content> {
+        let id = match self.id.take() {
             Some(IdSlot::Read(id)) => id?,
             Some(IdSlot::Value(value)) => read_id(Some(value))?,
             None => read_id(None)?,
         };
         check_metadata_types(&id, &self.reserved)?;
-        let mut fields = self.fields;
-        let keys = match self.memo {
+        let mut fields = std::mem::take(&mut self.fields);
+        let keys = match std::mem::take(&mut self.memo) {
             Memo::Following(layout) if layout.keys.len() == self.arrived => {
                 // The keys of a put whose names were sorted and unique.
                 for &(a, b) in layout.swaps.iter() {
