@@ -282,8 +282,10 @@ struct Fields {
     /// The `id`; its errors are reported once the object is complete, after
     /// those of the fields, as they always were.
     id: Option<IdSlot>,
-    /// The metadata keys, checked once the object is complete.
-    reserved: Map<String, Value>,
+    /// The metadata keys, checked once the object is complete. A map only
+    /// once there is one: most puts have none, and dropping even an empty
+    /// map walked it.
+    reserved: Option<Map<String, Value>>,
     /// A map key waiting for its value.
     key: Option<String>,
 }
@@ -313,7 +315,10 @@ impl Fields {
             self.id = Some(IdSlot::Value(measured_value(value)?));
         } else if is_reserved(key) {
             // Metadata is checked as a value once the object is complete.
-            self.reserved.insert(key.to_owned(), measured_value(value)?);
+            let value = measured_value(value)?;
+            self.reserved
+                .get_or_insert_with(Map::new)
+                .insert(key.to_owned(), value);
         } else {
             let text = json_text(value)?;
             self.push_field(name(key), text);
@@ -352,7 +357,9 @@ impl Fields {
             Some(IdSlot::Value(value)) => read_id(Some(value))?,
             None => read_id(None)?,
         };
-        check_metadata_types(&id, &self.reserved)?;
+        if let Some(reserved) = &self.reserved {
+            check_metadata_types(&id, reserved)?;
+        }
         let mut fields = std::mem::take(&mut self.fields);
         let keys = match std::mem::take(&mut self.memo) {
             Memo::Following(layout) if layout.keys.len() == self.arrived => {
