@@ -110,6 +110,27 @@ pub fn page_limit(limit: usize) -> Result<NonZeroUsize> {
     })
 }
 
+/// Calls `check` with texts of every length up to two words and a tail (so
+/// whole words, tails shorter than a word and a last word overlapping the
+/// one before it), all `a` but for one byte of every value at every
+/// position: what a scan a word at a time must answer as a scan a byte at a
+/// time does.
+#[cfg(test)]
+pub(crate) fn every_byte_at_every_position(mut check: impl FnMut(&[u8])) {
+    let mut text = [b'a'; 19];
+    for len in 0..=text.len() {
+        let text = &mut text[..len];
+        check(text);
+        for at in 0..len {
+            for byte in 0..=255u8 {
+                text[at] = byte;
+                check(text);
+            }
+            text[at] = b'a';
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,25 +138,10 @@ mod tests {
     #[test]
     fn the_word_scan_finds_what_the_byte_scan_finds() {
         let bytewise = |bytes: &[u8]| bytes.iter().any(|&b| b < 0x20 || b == 0x7F || b == 0xC2);
+        every_byte_at_every_position(|text| {
+            assert_eq!(may_hold_control(text), bytewise(text), "{text:?}");
+        });
         let mut text = [b'a'; 19];
-        // Every length from none to two words and a tail, so that whole
-        // words, tails shorter than a word and the last word (overlapping
-        // the one before it) are all covered.
-        for len in 0..=text.len() {
-            let text = &mut text[..len];
-            assert!(!may_hold_control(text));
-            for at in 0..len {
-                for byte in 0..=255u8 {
-                    text[at] = byte;
-                    assert_eq!(
-                        may_hold_control(text),
-                        bytewise(text),
-                        "{byte:#x} at {at} of {len}"
-                    );
-                }
-                text[at] = b'a';
-            }
-        }
         // Every pair of neighbours, whose borrows could mislead a word scan.
         for (first, second) in (0..=255u8).flat_map(|a| (0..=255u8).map(move |b| (a, b))) {
             text[3] = first;

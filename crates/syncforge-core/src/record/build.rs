@@ -140,6 +140,34 @@ struct Entries<'a> {
     depth: usize,
 }
 
+/// The two newtype methods of every serializer here: a newtype struct is
+/// what it holds (but serde_json's private tokens are left to serde_json),
+/// and an enum variant holding data takes the measured route.
+macro_rules! newtype_methods {
+    ($ok:ty) => {
+        fn serialize_newtype_struct<T: Serialize + ?Sized>(
+            self,
+            name: &'static str,
+            value: &T,
+        ) -> std::result::Result<$ok, Fault> {
+            if name.starts_with(PRIVATE_TOKEN) {
+                return Err(Fault::Other);
+            }
+            value.serialize(self)
+        }
+
+        fn serialize_newtype_variant<T: Serialize + ?Sized>(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            _: &T,
+        ) -> std::result::Result<$ok, Fault> {
+            Err(Fault::Other)
+        }
+    };
+}
+
 /// The methods of a scalar, alike in [`Build`] and [`Scalar`]: each is
 /// the text serde_json's value would hold, handed to the serializer's own
 /// `text` (a literal or a number), `string` or `value`. Refused as
@@ -219,26 +247,7 @@ macro_rules! scalar_methods {
             self.string(variant)
         }
 
-        fn serialize_newtype_struct<T: Serialize + ?Sized>(
-            self,
-            name: &'static str,
-            value: &T,
-        ) -> std::result::Result<$ok, Fault> {
-            if name.starts_with(PRIVATE_TOKEN) {
-                return Err(Fault::Other);
-            }
-            value.serialize(self)
-        }
-
-        fn serialize_newtype_variant<T: Serialize + ?Sized>(
-            self,
-            _: &'static str,
-            _: u32,
-            _: &'static str,
-            _: &T,
-        ) -> std::result::Result<$ok, Fault> {
-            Err(Fault::Other)
-        }
+        newtype_methods!($ok);
 
         fn serialize_tuple_variant(
             self,
@@ -529,24 +538,5 @@ impl<O, F: FnOnce(&str) -> O> Serializer for Text<F> {
         Err(Fault::Other)
     }
 
-    fn serialize_newtype_struct<T: Serialize + ?Sized>(
-        self,
-        name: &'static str,
-        value: &T,
-    ) -> std::result::Result<O, Fault> {
-        if name.starts_with(PRIVATE_TOKEN) {
-            return Err(Fault::Other);
-        }
-        value.serialize(self)
-    }
-
-    fn serialize_newtype_variant<T: Serialize + ?Sized>(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: &T,
-    ) -> std::result::Result<O, Fault> {
-        Err(Fault::Other)
-    }
+    newtype_methods!(O);
 }

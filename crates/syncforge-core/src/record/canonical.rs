@@ -418,32 +418,15 @@ mod tests {
                 .position(|&b| b < 0x20 || b == b'"' || b == b'\\')
                 .unwrap_or(bytes.len())
         };
-        // Every length up to two words and a tail (whole words, short tails
-        // and a last word overlapping the one before it), with every byte
-        // value at every position, alone and after an earlier escape.
-        let mut text = [b'a'; 19];
-        for len in 0..=text.len() {
-            let text = &mut text[..len];
-            assert_eq!(plain_prefix(text), len);
-            for at in 0..len {
-                for byte in 0..=255u8 {
-                    text[at] = byte;
-                    assert_eq!(
-                        plain_prefix(text),
-                        bytewise(text),
-                        "{byte:#x} at {at} of {len}"
-                    );
-                    text[len - 1 - at] = b'"';
-                    assert_eq!(
-                        plain_prefix(text),
-                        bytewise(text),
-                        "{byte:#x} at {at} of {len}"
-                    );
-                    text[len - 1 - at] = b'a';
-                }
-                text[at] = b'a';
+        // Each text alone, and with a byte to escape at its end too.
+        crate::validate::every_byte_at_every_position(|text| {
+            assert_eq!(plain_prefix(text), bytewise(text), "{text:?}");
+            let mut quoted = text.to_vec();
+            if let Some(last) = quoted.last_mut() {
+                *last = b'"';
             }
-        }
+            assert_eq!(plain_prefix(&quoted), bytewise(&quoted), "{quoted:?}");
+        });
     }
 
     #[test]
