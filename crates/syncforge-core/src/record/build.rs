@@ -449,28 +449,37 @@ impl Scalar {
     }
 }
 
-macro_rules! compound {
-    ($($method:ident($($arg:ty),*) -> $ret:ty;)*) => {
+/// The types of a serializer that makes one value of type `$ok` and no
+/// container of its own (it refuses every container).
+macro_rules! no_containers {
+    ($ok:ty) => {
+        type Ok = $ok;
+        type Error = Fault;
+        type SerializeSeq = Impossible<$ok, Fault>;
+        type SerializeTuple = Impossible<$ok, Fault>;
+        type SerializeTupleStruct = Impossible<$ok, Fault>;
+        type SerializeTupleVariant = Impossible<$ok, Fault>;
+        type SerializeMap = Impossible<$ok, Fault>;
+        type SerializeStruct = Impossible<$ok, Fault>;
+        type SerializeStructVariant = Impossible<$ok, Fault>;
+    };
+}
+
+/// Methods that refuse with `$fault` whatever they are given.
+macro_rules! refuse {
+    ($fault:expr; $($method:ident($($arg:ty),*) -> $ret:ty;)*) => {
         $(fn $method(self, $(_: $arg),*) -> std::result::Result<$ret, Fault> {
-            Err(Fault::Compound)
+            Err($fault)
         })*
     };
 }
 
 impl Serializer for Scalar {
-    type Ok = JsonText;
-    type Error = Fault;
-    type SerializeSeq = Impossible<JsonText, Fault>;
-    type SerializeTuple = Impossible<JsonText, Fault>;
-    type SerializeTupleStruct = Impossible<JsonText, Fault>;
-    type SerializeTupleVariant = Impossible<JsonText, Fault>;
-    type SerializeMap = Impossible<JsonText, Fault>;
-    type SerializeStruct = Impossible<JsonText, Fault>;
-    type SerializeStructVariant = Impossible<JsonText, Fault>;
+    no_containers!(JsonText);
 
     scalar_methods!(JsonText);
 
-    compound! {
+    refuse! { Fault::Compound;
         serialize_seq(Option<usize>) -> Self::SerializeSeq;
         serialize_tuple(usize) -> Self::SerializeTuple;
         serialize_tuple_struct(&'static str, usize) -> Self::SerializeTupleStruct;
@@ -482,26 +491,10 @@ impl Serializer for Scalar {
 /// Reads a string (through newtypes), refusing anything else.
 struct Text<F>(F);
 
-macro_rules! not_a_string {
-    ($($method:ident($($arg:ty),*) -> $ret:ty;)*) => {
-        $(fn $method(self, $(_: $arg),*) -> std::result::Result<$ret, Fault> {
-            Err(Fault::Other)
-        })*
-    };
-}
-
 impl<O, F: FnOnce(&str) -> O> Serializer for Text<F> {
-    type Ok = O;
-    type Error = Fault;
-    type SerializeSeq = Impossible<O, Fault>;
-    type SerializeTuple = Impossible<O, Fault>;
-    type SerializeTupleStruct = Impossible<O, Fault>;
-    type SerializeTupleVariant = Impossible<O, Fault>;
-    type SerializeMap = Impossible<O, Fault>;
-    type SerializeStruct = Impossible<O, Fault>;
-    type SerializeStructVariant = Impossible<O, Fault>;
+    no_containers!(O);
 
-    not_a_string! {
+    refuse! { Fault::Other;
         serialize_bool(bool) -> O;
         serialize_i8(i8) -> O;
         serialize_i16(i16) -> O;
