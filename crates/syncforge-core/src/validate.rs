@@ -49,8 +49,9 @@ fn may_hold_control(bytes: &[u8]) -> bool {
 /// seeks, not which: the last eight bytes, which overlap bytes the scan of
 /// whole words saw already; of a shorter text, its first and last four; of
 /// one to three bytes, its first, middle and last, with `a` (which no scan
-/// seeks) after them. Read this way, no tail is copied byte by byte (a copy
-/// into a padded word was a call to `memcpy` for every short string).
+/// seeks) after them. Read this way, a tail takes one or two loads, or three
+/// for the shortest; a copy into a padded word was a call to `memcpy` for
+/// every short string.
 #[inline(always)]
 pub(crate) fn last_word(bytes: &[u8]) -> u64 {
     if let Some(last) = bytes.last_chunk::<8>() {
