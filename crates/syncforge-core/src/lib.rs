@@ -59,6 +59,7 @@ mod record;
 mod sorted;
 mod validate;
 mod version_vector;
+mod words;
 
 pub use backend::{
     record_to_insert, Change, ChangePage, Cursor, IfAbsent, StorageBackend, Stored, Token, Write,

@@ -7,6 +7,7 @@
 use std::num::NonZeroUsize;
 
 use crate::error::{shorten, Error, Result};
+use crate::words::{holds_byte, last_word, some_byte_below};
 
 /// The longest accepted id or collection name, in bytes of UTF-8.
 pub const MAX_NAME_BYTES: usize = 1024;
@@ -44,47 +45,6 @@ fn may_hold_control(bytes: &[u8]) -> bool {
         || (!tail.is_empty() && holds(last_word(bytes)))
 }
 
-/// The bytes of `bytes` past its last whole word, read as one word (in no
-/// particular byte order), for a scan that asks whether some byte is one it
-/// seeks, not which: the last eight bytes, which overlap bytes the scan of
-/// whole words saw already; of a shorter text, its first and last four; of
-/// one to three bytes, its first, middle and last, with `a` (which no scan
-/// seeks) after them. Read this way, a tail takes one or two loads, or three
-/// for the shortest; a copy into a padded word was a call to `memcpy` for
-/// every short string.
-#[inline(always)]
-pub(crate) fn last_word(bytes: &[u8]) -> u64 {
-    if let Some(last) = bytes.last_chunk::<8>() {
-        return u64::from_ne_bytes(*last);
-    }
-    if let (Some(first), Some(last)) = (bytes.first_chunk::<4>(), bytes.last_chunk::<4>()) {
-        return u64::from(u32::from_ne_bytes(*first)) << 32 | u64::from(u32::from_ne_bytes(*last));
-    }
-    let padded = match (bytes.first(), bytes.get(bytes.len() / 2), bytes.last()) {
-        (Some(&first), Some(&middle), Some(&last)) => {
-            [first, middle, last, b'a', b'a', b'a', b'a', b'a']
-        }
-        _ => [b'a'; 8],
-    };
-    u64::from_ne_bytes(padded)
-}
-
-const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-
-/// Whether some byte of `word` is below `n`, for `n` up to 0x80. Exact as to
-/// whether, not as to which: a borrow can mark a byte above one found.
-#[inline]
-pub(crate) fn some_byte_below(word: u64, n: u8) -> bool {
-    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
-    word.wrapping_sub(ONES * u64::from(n)) & !word & HIGHS != 0
-}
-
-/// Whether some byte of `word` is `byte` (a zero after the exclusive or).
-#[inline]
-pub(crate) fn holds_byte(word: u64, byte: u8) -> bool {
-    some_byte_below(word ^ (ONES * u64::from(byte)), 1)
-}
-
 /// Checks a record id (or a client id): 1 to 1024 bytes, no control characters.
 #[inline]
 pub fn validate_id(id: &str) -> Result<()> {
@@ -111,27 +71,6 @@ pub fn page_limit(limit: usize) -> Result<NonZeroUsize> {
     })
 }
 
-/// Calls `check` with texts of every length up to two words and a tail (so
-/// whole words, tails shorter than a word and a last word overlapping the
-/// one before it), all `a` but for one byte of every value at every
-/// position: what a scan a word at a time must answer as a scan a byte at a
-/// time does.
-#[cfg(test)]
-pub(crate) fn every_byte_at_every_position(mut check: impl FnMut(&[u8])) {
-    let mut text = [b'a'; 19];
-    for len in 0..=text.len() {
-        let text = &mut text[..len];
-        check(text);
-        for at in 0..len {
-            for byte in 0..=255u8 {
-                text[at] = byte;
-                check(text);
-            }
-            text[at] = b'a';
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,7 +78,7 @@ mod tests {
     #[test]
     fn the_word_scan_finds_what_the_byte_scan_finds() {
         let bytewise = |bytes: &[u8]| bytes.iter().any(|&b| b < 0x20 || b == 0x7F || b == 0xC2);
-        every_byte_at_every_position(|text| {
+        crate::words::every_byte_at_every_position(|text| {
             assert_eq!(may_hold_control(text), bytewise(text), "{text:?}");
         });
         let mut text = [b'a'; 19];

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::{Record, CLIENT_ID_KEY, DELETED_KEY, ID_KEY, SYNC_KEY, TIMESTAMP_KEY, VERSION_KEY};
 use crate::hlc::Stamp;
-use crate::validate::{holds_byte, last_word, some_byte_below};
+use crate::words::{holds_byte, last_word, some_byte_below};
 
 /// The record's own members, sorted by name (byte order, as serde_json's map
 /// sorts). Content field names are never one of these (they are reserved).
@@ -419,7 +419,7 @@ mod tests {
                 .unwrap_or(bytes.len())
         };
         // Each text alone, and with a byte to escape at its end too.
-        crate::validate::every_byte_at_every_position(|text| {
+        crate::words::every_byte_at_every_position(|text| {
             assert_eq!(plain_prefix(text), bytewise(text), "{text:?}");
             let mut quoted = text.to_vec();
             if let Some(last) = quoted.last_mut() {
