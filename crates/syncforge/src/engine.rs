@@ -1379,7 +1379,11 @@ fn preload(intents: &[Intent], stored: &[Option<Stored>]) {
     // an allocation of its own, read first by the comparison: its first
     // entry is read, which is all the cache needs (summing it cost more).
     let read = |record: &Record| {
-        let first = record.versions().iter().next().map_or(0, |(_, count)| count);
+        let first = record
+            .versions()
+            .iter()
+            .next()
+            .map_or(0, |(_, count)| count);
         record
             .field_states()
             .values()
