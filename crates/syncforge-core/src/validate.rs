@@ -7,7 +7,7 @@
 use std::num::NonZeroUsize;
 
 use crate::error::{shorten, Error, Result};
-use crate::words::{holds_byte, last_word, some_byte_below};
+use crate::words::{any_word, holds_byte, some_byte_below};
 
 /// The longest accepted id or collection name, in bytes of UTF-8.
 pub const MAX_NAME_BYTES: usize = 1024;
@@ -38,11 +38,9 @@ pub(crate) fn check_name(name: &str) -> std::result::Result<(), String> {
 /// time: every id of every store call and every synced record is checked,
 /// and a byte at a time cost more than the rest of the check.
 fn may_hold_control(bytes: &[u8]) -> bool {
-    let holds =
-        |word: u64| some_byte_below(word, 0x20) || holds_byte(word, 0x7F) || holds_byte(word, 0xC2);
-    let (words, tail) = bytes.as_chunks::<8>();
-    words.iter().any(|word| holds(u64::from_ne_bytes(*word)))
-        || (!tail.is_empty() && holds(last_word(bytes)))
+    any_word(bytes, |word| {
+        some_byte_below(word, 0x20) || holds_byte(word, 0x7F) || holds_byte(word, 0xC2)
+    })
 }
 
 /// Checks a record id (or a client id): 1 to 1024 bytes, no control characters.

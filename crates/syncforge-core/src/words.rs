@@ -13,7 +13,7 @@
 /// for the shortest; a copy into a padded word was a call to `memcpy` for
 /// every short string.
 #[inline(always)]
-pub(crate) fn last_word(bytes: &[u8]) -> u64 {
+fn last_word(bytes: &[u8]) -> u64 {
     if let Some(last) = bytes.last_chunk::<8>() {
         return u64::from_ne_bytes(*last);
     }
@@ -27,6 +27,15 @@ pub(crate) fn last_word(bytes: &[u8]) -> u64 {
         _ => [b'a'; 8],
     };
     u64::from_ne_bytes(padded)
+}
+
+/// Whether `holds` says yes of some word of `bytes`: each whole word, then
+/// the tail as [`last_word`] reads it.
+#[inline(always)]
+pub(crate) fn any_word(bytes: &[u8], holds: impl Fn(u64) -> bool) -> bool {
+    let (words, tail) = bytes.as_chunks::<8>();
+    words.iter().any(|word| holds(u64::from_ne_bytes(*word)))
+        || (!tail.is_empty() && holds(last_word(bytes)))
 }
 
 const ONES: u64 = u64::from_ne_bytes([0x01; 8]);

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::{Record, CLIENT_ID_KEY, DELETED_KEY, ID_KEY, SYNC_KEY, TIMESTAMP_KEY, VERSION_KEY};
 use crate::hlc::Stamp;
-use crate::words::{holds_byte, last_word, some_byte_below};
+use crate::words::{any_word, holds_byte, some_byte_below};
 
 /// The record's own members, sorted by name (byte order, as serde_json's map
 /// sorts). Content field names are never one of these (they are reserved).
@@ -297,20 +297,15 @@ fn write_escaped_rest(out: &mut String, text: &str) {
 
 /// How many leading bytes of `bytes` need no escape: none is `"`, `\\` or a
 /// control character. Always a character boundary, since every byte that
-/// ends the prefix is ASCII. Looks at eight bytes at a time.
+/// ends the prefix is ASCII. Looks at eight bytes at a time; where the
+/// first byte to escape is, is found byte by byte only when there is one.
 #[inline(always)]
 pub(super) fn plain_prefix(bytes: &[u8]) -> usize {
-    let (words, tail) = bytes.as_chunks::<8>();
-    for (i, word) in words.iter().enumerate() {
-        if has_special(u64::from_ne_bytes(*word)) {
-            return 8 * i + first_special(word);
-        }
+    if any_word(bytes, has_special) {
+        first_special(bytes)
+    } else {
+        bytes.len()
     }
-    let plain = bytes.len() - tail.len();
-    if !tail.is_empty() && has_special(last_word(bytes)) {
-        return plain + first_special(tail);
-    }
-    bytes.len()
 }
 
 /// Whether any byte of `x` is below 0x20 or is `"` or `\\` (exact as to
