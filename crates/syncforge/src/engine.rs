@@ -1376,8 +1376,9 @@ const PRELOAD: usize = 32;
 /// took a fifth less time).
 fn preload(intents: &[Intent], stored: &[Option<Stored>]) {
     // The version vector of a record written by more than one replica is
-    // an allocation of its own, read first by the comparison: its first
-    // entry is read, which is all the cache needs (summing it cost more).
+    // an allocation of its own, read first by the comparison: reading its
+    // first entry brings it into cache (a few clients fit in one line) at
+    // less cost than summing it did.
     let read = |record: &Record| {
         let first = record
             .versions()
