@@ -405,22 +405,20 @@ impl SyncEngine {
         // record for an event.
         let listening = self.inner.events.wants_any(&WRITE_EVENTS);
         debug_assert_eq!(intents.len(), stored.len(), "one stored entry per intent");
-        // Every entry is overwritten before the call returns `Ok` (each
-        // intent ends in `done` exactly once), so the placeholder is never
-        // seen; filling the output in place spares a vector of options and
-        // a copy of every outcome at the end.
-        let mut done: Vec<Applied> = intents.iter().map(|_| Applied::placeholder()).collect();
-        let mut writes = Vec::with_capacity(done.len());
-        let mut sent: Vec<Sent> = Vec::with_capacity(done.len());
+        // One outcome per intent, in order: a write's outcome is the plan,
+        // and the store's answer fills in its record and position.
+        let mut done: Vec<Applied> = Vec::with_capacity(intents.len());
+        let mut writes = Vec::with_capacity(intents.len());
+        let mut sent: Vec<Sent> = Vec::with_capacity(intents.len());
         let mut intents = intents.into_iter();
         let mut stored = stored.into_iter();
-        for (slot, outcome) in done.iter_mut().enumerate() {
-            if slot % PRELOAD == 0 {
+        loop {
+            let slot = done.len();
+            if slot.is_multiple_of(PRELOAD) {
                 preload(intents.as_slice(), stored.as_slice());
             }
-            // `done`, `intents` and `stored` hold one entry per intent
-            // (`read_many` checked the store's answer), so this ends with
-            // `done`.
+            // `intents` and `stored` hold one entry per intent (`read_many`
+            // checked the store's answer), so they end together.
             let (Some(intent), Some(stored)) = (intents.next(), stored.next()) else {
                 break;
             };
@@ -430,7 +428,7 @@ impl SyncEngine {
             };
             let kind = intent.kind();
             match self.plan(collection, intent, local, track_echoes)? {
-                Step::Done(applied) => *outcome = applied,
+                Step::Done(applied) => done.push(applied),
                 Step::Write {
                     record,
                     planned,
@@ -438,7 +436,7 @@ impl SyncEngine {
                 } => {
                     // The outcome as planned; the record and its position
                     // are filled in once the store confirms the write.
-                    *outcome = planned.into_applied(None, None);
+                    done.push(planned.into_applied(None, None));
                     writes.push(Write {
                         record,
                         expected: token,
