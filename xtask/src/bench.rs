@@ -714,21 +714,34 @@ fn out_dir() -> PathBuf {
 }
 
 /// `cargo xtask bench --profile ROW`: one run of a W1 to W3 row (`w1_put`,
-/// `w2_sync_empty`, `w3_sync_crdt`, each also with `_10k` or `_1m`), or
-/// twenty rounds of a W4 row (`w4_incremental_1k`, `w4_incremental_1m`), under
-/// `valgrind --tool=callgrind`, recording only the workload itself (the
-/// bench binary's `profiled` function), not its setup. Instruction counts
-/// are stable on shared, noisy machines where timings are not: judge small
-/// changes by them. Prints the instructions per record and where the
+/// `w2_sync_empty`, `w3_sync_crdt`) or of a floor they are held to
+/// (`baseline_put`, `baseline_lookup`), each also with `_10k` or `_1m`, or
+/// twenty rounds of a W4 row (`w4_incremental_1k`, `w4_incremental_1m`),
+/// under `valgrind --tool=callgrind`, recording only the workload itself
+/// (the bench binary's `profiled` function), not its setup. Instruction
+/// counts are stable on shared, noisy machines where timings are not: judge
+/// small changes by them. Prints the instructions per record and where the
 /// profile is, for `callgrind_annotate`.
-pub(crate) fn profile(row: &str) -> Result<(), String> {
+///
+/// With `cache`, the profile also simulates the caches, with a last-level
+/// cache of [`SIMULATED_LAST_LEVEL`] whatever the machine has (valgrind
+/// reads some processors' shared cache wrong, and a fixed size keeps
+/// counts comparable between machines), and prints the lines read from
+/// and written to memory per record: what a row larger than the cache
+/// waits for, as steady as the instruction count.
+pub(crate) fn profile(row: &str, cache: bool) -> Result<(), String> {
     let out = out_dir();
     std::fs::create_dir_all(&out)
         .map_err(|error| format!("cannot create {}: {error}", out.display()))?;
     let file = out.join(format!("callgrind.{row}.out"));
+    let cache_options = if cache {
+        format!("'--cache-sim=yes', '--LL={SIMULATED_LAST_LEVEL},16,64', ")
+    } else {
+        String::new()
+    };
     let runner = format!(
-        "target.'cfg(all())'.runner = ['valgrind', '--tool=callgrind', '--collect-atstart=no', \
-         '--toggle-collect=*profiled*', '--callgrind-out-file={}']",
+        "target.'cfg(all())'.runner = ['valgrind', '--tool=callgrind', {cache_options}\
+         '--collect-atstart=no', '--toggle-collect=*profiled*', '--callgrind-out-file={}']",
         file.display()
     );
     Cargo::new(&[
@@ -744,23 +757,60 @@ pub(crate) fn profile(row: &str) -> Result<(), String> {
     .run()?;
     let text = std::fs::read_to_string(&file)
         .map_err(|error| format!("cannot read {}: {error}", file.display()))?;
-    let total: f64 = text
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("totals:")
-                .or_else(|| l.strip_prefix("summary:"))
-        })
-        .and_then(|n| n.trim().parse().ok())
-        .ok_or_else(|| format!("{} holds no instruction total", file.display()))?;
-    let records = records_of(row);
+    let totals =
+        profile_totals(&text).ok_or_else(|| format!("{} holds no totals", file.display()))?;
+    let event = |name: &str| {
+        totals
+            .iter()
+            .find(|(event, _)| event == name)
+            .map(|(_, count)| *count)
+    };
+    let instructions =
+        event("Ir").ok_or_else(|| format!("{} holds no instruction total", file.display()))?;
+    let records = records_of(row) as f64;
     println!(
-        "\n{row}: {total:.0} instructions, {:.0} per record ({records} records)\n\
-         profile: {}\nread it with: callgrind_annotate --inclusive=yes {}",
-        total / records as f64,
+        "\n{row}: {instructions:.0} instructions, {:.0} per record ({records} records)",
+        instructions / records
+    );
+    if let (Some(reads), Some(writes)) = (event("DLmr"), event("DLmw")) {
+        println!(
+            "memory (a simulated {} MiB last-level cache): {:.2} lines read and {:.2} written per record",
+            SIMULATED_LAST_LEVEL >> 20,
+            reads / records,
+            writes / records
+        );
+    }
+    println!(
+        "profile: {}\nread it with: callgrind_annotate --inclusive=yes {}",
         file.display(),
         file.display()
     );
     Ok(())
+}
+
+/// The last-level cache `--profile ROW --cache` simulates, in bytes: the L3
+/// of the EPYC machines of this kind (16-way, 64-byte lines).
+const SIMULATED_LAST_LEVEL: u64 = 32 << 20;
+
+/// Each event of a callgrind profile with its total: the names of its
+/// `events:` line paired with the counts of its `totals:` (or `summary:`)
+/// line, which leaves out trailing zeros.
+fn profile_totals(text: &str) -> Option<Vec<(String, f64)>> {
+    let names = text.lines().find_map(|l| l.strip_prefix("events:"))?;
+    let counts = text.lines().find_map(|l| {
+        l.strip_prefix("totals:")
+            .or_else(|| l.strip_prefix("summary:"))
+    })?;
+    let mut counts = counts.split_whitespace();
+    names
+        .split_whitespace()
+        .map(|name| {
+            let count = counts
+                .next()
+                .map_or(Some(0.0), |count| count.parse().ok())?;
+            Some((name.to_owned(), count))
+        })
+        .collect()
 }
 
 /// Records handled by one run of a row: W1 to W3 from their size suffix,
@@ -1018,5 +1068,23 @@ mod tests {
             .collect();
         assert_eq!(widths.len(), ROWS.len() + 1);
         assert!(widths.windows(2).all(|w| w[0] == w[1]), "{text}");
+    }
+
+    #[test]
+    fn profile_totals_pair_each_event_with_its_count() {
+        let cached = "version: 1\nevents: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw\n\
+                      fl=(1) a.rs\nsummary: 1500 40 20 4 30 5 1 14 2\n\
+                      totals: 1500 40 20 4 30 5 1 14 2\n";
+        let totals = profile_totals(cached).unwrap();
+        assert_eq!(totals.len(), 9);
+        assert_eq!(totals[0], ("Ir".to_owned(), 1500.0));
+        assert_eq!(totals[7], ("DLmr".to_owned(), 14.0));
+        assert_eq!(totals[8], ("DLmw".to_owned(), 2.0));
+        let no_writes = profile_totals("events: Ir DLmr DLmw\ntotals: 151 3\n").unwrap();
+        assert_eq!(no_writes[2], ("DLmw".to_owned(), 0.0));
+        let plain = profile_totals("events: Ir\nsummary: 4075\n").unwrap();
+        assert_eq!(plain, vec![("Ir".to_owned(), 4075.0)]);
+        assert_eq!(profile_totals("events: Ir\n"), None);
+        assert_eq!(profile_totals("events: Ir\ntotals: many\n"), None);
     }
 }

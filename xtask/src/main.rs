@@ -39,9 +39,12 @@ Commands:
          (GLIBC_TUNABLES=glibc.malloc.hugetlb=1, unless GLIBC_TUNABLES is
          set); `--default-malloc` measures with malloc as it comes.
          `--profile ROW` records a callgrind profile of one W1-W3 row
-         (w1_put, w2_sync_empty, w3_sync_crdt, each also _10k or _1m) or
+         (w1_put, w2_sync_empty, w3_sync_crdt, each also _10k or _1m), of
+         one of their floors (baseline_put, baseline_lookup, likewise) or
          of twenty W4 rounds (w4_incremental_1k, w4_incremental_1m) and
-         prints its instructions per record.
+         prints its instructions per record; `--profile ROW --cache` also
+         simulates a 32 MiB last-level cache and prints the lines read
+         from and written to memory per record.
   services
          Start the services the tests need (a standalone Redis on port 6391,
          a 3-master Redis Cluster on 7001-7003) unless they already run,
@@ -60,9 +63,12 @@ enum Command {
         /// Whether glibc's malloc is asked for transparent huge pages.
         huge_pages: bool,
     },
-    /// `bench --profile ROW`: a callgrind profile of one workload row.
+    /// `bench --profile ROW [--cache]`: a callgrind profile of one
+    /// workload row.
     Profile {
         row: String,
+        /// Whether the profile simulates the cache (`--cache`).
+        cache: bool,
     },
     Services,
     Help,
@@ -95,7 +101,16 @@ fn parse(args: &[String]) -> Result<Command, UsageError> {
     let (first, rest) = args.split_first().ok_or(UsageError::MissingCommand)?;
     let (command, name) = match (first.as_str(), rest) {
         ("bench", [flag, row]) if flag == "--profile" => {
-            return Ok(Command::Profile { row: row.clone() })
+            return Ok(Command::Profile {
+                row: row.clone(),
+                cache: false,
+            })
+        }
+        ("bench", [flag, row, cache]) if flag == "--profile" && cache == "--cache" => {
+            return Ok(Command::Profile {
+                row: row.clone(),
+                cache: true,
+            })
         }
         ("bench", flags) => return bench_flags(flags),
         ("ci", _) => (Command::Ci, "ci"),
@@ -148,7 +163,7 @@ fn main() -> ExitCode {
         Command::Ci => ci::run(),
         Command::Deny => deny::run(),
         Command::Bench { quick, huge_pages } => bench::run(quick, huge_pages),
-        Command::Profile { row } => bench::profile(&row),
+        Command::Profile { row, cache } => bench::profile(&row, cache),
         Command::Services => services::run_in_foreground(),
     };
     match outcome {
@@ -194,6 +209,25 @@ mod tests {
                 huge_pages: false
             })
         );
+        assert_eq!(
+            parse(&args(&["bench", "--profile", "w3_sync_crdt"])),
+            Ok(Command::Profile {
+                row: "w3_sync_crdt".to_owned(),
+                cache: false
+            })
+        );
+        assert_eq!(
+            parse(&args(&[
+                "bench",
+                "--profile",
+                "baseline_put_10k",
+                "--cache"
+            ])),
+            Ok(Command::Profile {
+                row: "baseline_put_10k".to_owned(),
+                cache: true
+            })
+        );
         assert_eq!(parse(&args(&["--help"])), Ok(Command::Help));
     }
 
@@ -220,6 +254,13 @@ mod tests {
             Err(UsageError::UnexpectedArgument {
                 command: "bench",
                 argument: "--quick".to_owned()
+            })
+        );
+        assert_eq!(
+            parse(&args(&["bench", "--profile", "w1_put", "--quick"])),
+            Err(UsageError::UnexpectedArgument {
+                command: "bench",
+                argument: "--profile".to_owned()
             })
         );
         assert_eq!(

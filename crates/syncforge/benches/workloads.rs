@@ -92,31 +92,32 @@ fn baseline_lookup(c: &mut Criterion, rt: &Runtime, base: &[Record]) {
         return;
     }
     let sides = diverge_shaped(rt, base, Shape::of(base.len()));
-    let local: foldhash::HashMap<String, Record> = sides
-        .local
-        .iter()
-        .map(|r| (r.id().to_string(), r.clone()))
-        .collect();
+    let local = lookup_table(&sides.local);
     c.benchmark_group(GROUP)
         .bench_function(BASELINE_LOOKUP, |b| {
-            b.iter_custom(|iters| {
-                timed(
-                    iters,
-                    || (),
-                    |()| {
-                        sides
-                            .remote
-                            .iter()
-                            .filter(|r| {
-                                local
-                                    .get(r.id().as_str())
-                                    .is_some_and(|l| l.versions() == r.versions())
-                            })
-                            .count()
-                    },
-                )
-            })
+            b.iter_custom(|iters| timed(iters, || (), |()| lookup_floor(&local, &sides.remote)))
         });
+}
+
+/// The local records of W3's floor, by id.
+fn lookup_table(local: &[Record]) -> foldhash::HashMap<String, Record> {
+    local
+        .iter()
+        .map(|r| (r.id().to_string(), r.clone()))
+        .collect()
+}
+
+/// W3's floor itself: how many of `remote` have a local record with equal
+/// versions.
+fn lookup_floor(local: &foldhash::HashMap<String, Record>, remote: &[Record]) -> usize {
+    remote
+        .iter()
+        .filter(|r| {
+            local
+                .get(r.id().as_str())
+                .is_some_and(|l| l.versions() == r.versions())
+        })
+        .count()
 }
 
 /// The floor of W1: each person serialised to JSON text by serde_json and
@@ -129,21 +130,18 @@ fn baseline_put(c: &mut Criterion) {
     }
     let people: Vec<Person> = (0..RECORDS).map(Person::nth).collect();
     c.benchmark_group(GROUP).bench_function(BASELINE_PUT, |b| {
-        b.iter_custom(|iters| {
-            timed(
-                iters,
-                || (),
-                |()| {
-                    let mut map = foldhash::HashMap::default();
-                    for person in &people {
-                        let text = serde_json::to_string(person).unwrap();
-                        map.insert(person.id.clone(), text);
-                    }
-                    map
-                },
-            )
-        })
+        b.iter_custom(|iters| timed(iters, || (), |()| put_floor(&people)))
     });
+}
+
+/// W1's floor itself: `people` as serde_json text, by id.
+fn put_floor(people: &[Person]) -> foldhash::HashMap<String, String> {
+    let mut map = foldhash::HashMap::default();
+    for person in people {
+        let text = serde_json::to_string(person).unwrap();
+        map.insert(person.id.clone(), text);
+    }
+    map
 }
 
 fn w1_put(c: &mut Criterion, rt: &Runtime, size: usize, id: &str) {
@@ -396,14 +394,28 @@ fn profile(rt: &Runtime, row: &str) {
         println!("profiled {row}: {} records", ROUNDS * INCREMENTAL);
         return;
     }
-    let Some((workload, size)) = [W1, W2, W3].iter().find_map(|w| {
-        let suffix = row.strip_prefix(w)?;
-        let (size, _) = SIZES.iter().find(|(_, s)| *s == suffix)?;
-        Some((*w, *size))
-    }) else {
-        panic!("no profile for row {row:?}: w1_put, w2_sync_empty or w3_sync_crdt, each with _10k, _1m or no suffix, or w4_incremental_1k or _1m");
+    let Some((workload, size)) = [W1, W2, W3, BASELINE_PUT, BASELINE_LOOKUP]
+        .iter()
+        .find_map(|w| {
+            let suffix = row.strip_prefix(w)?;
+            let (size, _) = SIZES.iter().find(|(_, s)| *s == suffix)?;
+            Some((*w, *size))
+        })
+    else {
+        panic!("no profile for row {row:?}: w1_put, w2_sync_empty, w3_sync_crdt, baseline_put or baseline_lookup, each with _10k, _1m or no suffix, or w4_incremental_1k or _1m");
     };
     match workload {
+        BASELINE_PUT => {
+            let people: Vec<Person> = (0..size).map(Person::nth).collect();
+            profiled(|| put_floor(&people));
+        }
+        BASELINE_LOOKUP => {
+            let base = written_records(rt, "writer", size);
+            let sides = diverge_shaped(rt, &base, Shape::of(size));
+            drop(base);
+            let local = lookup_table(&sides.local);
+            profiled(|| lookup_floor(&local, &sides.remote));
+        }
         W1 => {
             let people: Vec<Person> = (0..size).map(Person::nth).collect();
             let target = rt.block_on(engine("w1", MemoryBackend::new()));
