@@ -74,10 +74,15 @@ pub(crate) fn cmp_tied_values(a: Option<&JsonText>, b: Option<&JsonText>) -> Ord
 }
 
 /// The winner of two states of one field: the higher stamp, ties broken by value.
+#[inline]
 pub(crate) fn pick_field<'a>(a: &'a FieldState, b: &'a FieldState) -> &'a FieldState {
     match a.stamp.cmp(&b.stamp) {
         Ordering::Greater => a,
         Ordering::Less => b,
+        // Equal stamps are nearly always one write seen on both sides, with
+        // equal values: an equality test in line settles those, where the
+        // ordering that breaks a real tie is a call.
+        Ordering::Equal if a.value == b.value => a,
         Ordering::Equal => match cmp_tied_values(a.value.as_ref(), b.value.as_ref()) {
             Ordering::Less => b,
             _ => a,
