@@ -100,16 +100,12 @@ impl std::fmt::Display for UsageError {
 fn parse(args: &[String]) -> Result<Command, UsageError> {
     let (first, rest) = args.split_first().ok_or(UsageError::MissingCommand)?;
     let (command, name) = match (first.as_str(), rest) {
-        ("bench", [flag, row]) if flag == "--profile" => {
+        ("bench", [flag, row, options @ ..])
+            if flag == "--profile" && (options.is_empty() || options == ["--cache"]) =>
+        {
             return Ok(Command::Profile {
                 row: row.clone(),
-                cache: false,
-            })
-        }
-        ("bench", [flag, row, cache]) if flag == "--profile" && cache == "--cache" => {
-            return Ok(Command::Profile {
-                row: row.clone(),
-                cache: true,
+                cache: !options.is_empty(),
             })
         }
         ("bench", flags) => return bench_flags(flags),
