@@ -95,6 +95,14 @@ enum Target {
     RequestsWithinOf { of: &'static str, factor: f64 },
     /// One iteration (the whole workload) in at most this many seconds.
     SecondsAtMost(f64),
+    /// The time per record this row adds to row `small` (the same work on a
+    /// smaller collection), set beside the time row `floor` adds to row
+    /// `floor_small` (a reference, not judged).
+    GrowthAgainst {
+        small: &'static str,
+        floor: &'static str,
+        floor_small: &'static str,
+    },
 }
 
 /// A row of the table: the key the bench binaries write, its label and target.
@@ -202,6 +210,34 @@ const ROWS: &[RowSpec] = &[
         },
     },
     RowSpec {
+        key: "w2_sync_empty_1m",
+        label: "W2: time 1M records add to a record, against what they add to its floor",
+        target: Target::GrowthAgainst {
+            small: "w2_sync_empty_10k",
+            floor: "baseline_hashmap_1m",
+            floor_small: "baseline_hashmap_10k",
+        },
+    },
+    RowSpec {
+        key: "baseline_lookup_10k",
+        label: "baseline: 10k incoming records looked up, versions compared",
+        target: Target::None,
+    },
+    RowSpec {
+        key: "baseline_lookup_1m",
+        label: "baseline: 1M incoming records looked up, versions compared",
+        target: Target::None,
+    },
+    RowSpec {
+        key: "w3_sync_crdt_1m",
+        label: "W3: time 1M records add to a record, against what they add to its floor",
+        target: Target::GrowthAgainst {
+            small: "w3_sync_crdt_10k",
+            floor: "baseline_lookup_1m",
+            floor_small: "baseline_lookup_10k",
+        },
+    },
+    RowSpec {
         key: "w4_incremental_1k",
         label: "W4 100 changes via feed+sync, 1k records",
         target: Target::None,
@@ -212,6 +248,25 @@ const ROWS: &[RowSpec] = &[
         target: Target::WithinTimeOf {
             of: "w4_incremental_1k",
             factor: 1.5,
+        },
+    },
+    RowSpec {
+        key: "baseline_replace_1k",
+        label: "baseline: 100 changed records put in place by id, 1k records (W4's floor)",
+        target: Target::None,
+    },
+    RowSpec {
+        key: "baseline_replace_1m",
+        label: "baseline: 100 changed records put in place by id, 1M records",
+        target: Target::None,
+    },
+    RowSpec {
+        key: "w4_incremental_1m",
+        label: "W4: time 1M records add to a change, against what they add to its floor",
+        target: Target::GrowthAgainst {
+            small: "w4_incremental_1k",
+            floor: "baseline_replace_1m",
+            floor_small: "baseline_replace_1k",
         },
     },
     RowSpec {
@@ -653,6 +708,31 @@ fn judge(
             (Some(own), Some(other)) => (format!("{:.1}% of {of}", 100.0 * own / other), ""),
             _ => (format!("share of {of}"), ""),
         },
+        Target::GrowthAgainst {
+            small,
+            floor,
+            floor_small,
+        } => {
+            let ns = |speed: Option<f64>| speed.filter(|s| *s > 0.0).map(|s| 1e9 / s);
+            match (
+                ns(own),
+                ns(speed(small)),
+                ns(speed(floor)),
+                ns(speed(floor_small)),
+            ) {
+                (Some(own), Some(small_ns), Some(floor_ns), Some(floor_small_ns)) => {
+                    let added = own - small_ns;
+                    let floor_added = floor_ns - floor_small_ns;
+                    (
+                        format!(
+                            "{added:+.0} ns over {small}; {floor}: {floor_added:+.0} ns over {floor_small}"
+                        ),
+                        "",
+                    )
+                }
+                _ => (format!("time added over {small}, against {floor}'s"), ""),
+            }
+        }
         Target::FasterThan { than, factor } => match (own, speed(than)) {
             (Some(own), Some(other)) => (
                 format!(">= {factor}x faster than {than} (is {:.1}x)", own / other),
@@ -716,7 +796,8 @@ fn out_dir() -> PathBuf {
 /// `cargo xtask bench --profile ROW`: one run of a W1 to W3 row (`w1_put`,
 /// `w2_sync_empty`, `w3_sync_crdt`) or of a floor they are held to
 /// (`baseline_put`, `baseline_lookup`), each also with `_10k` or `_1m`, or
-/// twenty rounds of a W4 row (`w4_incremental_1k`, `w4_incremental_1m`),
+/// twenty rounds of W4 or of its floor (`w4_incremental`, `baseline_replace`,
+/// each with `_1k` or `_1m`),
 /// under `valgrind --tool=callgrind`, recording only the workload itself
 /// (the bench binary's `profiled` function), not its setup. Instruction
 /// counts are stable on shared, noisy machines where timings are not: judge
@@ -813,10 +894,10 @@ fn profile_totals(text: &str) -> Option<Vec<(String, f64)>> {
         .collect()
 }
 
-/// Records handled by one run of a row: W1 to W3 from their size suffix,
-/// W4 twenty rounds of 100 changes.
+/// Records handled by one run of a row: W1 to W3 and their floors from
+/// their size suffix, W4 and its floor twenty rounds of 100 changes.
 fn records_of(row: &str) -> usize {
-    if row.starts_with("w4_") {
+    if row.starts_with("w4_") || row.starts_with("baseline_replace") {
         2_000
     } else if row.ends_with("_10k") {
         10_000
@@ -961,6 +1042,37 @@ mod tests {
         );
         let w3 = line(&lines, "W3 CRDT sync, rate as a share of its floor");
         assert_eq!(w3.target, "40.0% of baseline_lookup");
+    }
+
+    #[test]
+    fn a_profile_counts_per_record_by_its_rows_size() {
+        assert_eq!(records_of("w3_sync_crdt_10k"), 10_000);
+        assert_eq!(records_of("baseline_lookup"), 100_000);
+        assert_eq!(records_of("w2_sync_empty_1m"), 1_000_000);
+        assert_eq!(records_of("w4_incremental_1m"), 2_000);
+        assert_eq!(records_of("baseline_replace_1m"), 2_000);
+    }
+
+    #[test]
+    fn w4_growth_is_set_beside_its_floors_growth() {
+        // Per change: W4 1,000 ns at 1k and 1,500 at 1M; the floor 50 and 450.
+        let lines = table(&measured(
+            "w4_incremental_1k\t100\t100000\nw4_incremental_1m\t100\t150000\n\
+             baseline_replace_1k\t100\t5000\nbaseline_replace_1m\t100\t45000\n",
+        ));
+        let growth = line(&lines, "W4: time 1M records add");
+        assert_eq!(
+            (growth.target.as_str(), growth.verdict),
+            (
+                "+500 ns over w4_incremental_1k; baseline_replace_1m: +400 ns over baseline_replace_1k",
+                ""
+            )
+        );
+        let alone = table(&measured("w4_incremental_1m\t100\t150000\n"));
+        assert_eq!(
+            line(&alone, "W4: time").target,
+            "time added over w4_incremental_1k, against baseline_replace_1m's"
+        );
     }
 
     #[test]

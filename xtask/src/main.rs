@@ -41,8 +41,9 @@ Commands:
          `--profile ROW` records a callgrind profile of one W1-W3 row
          (w1_put, w2_sync_empty, w3_sync_crdt, each also _10k or _1m), of
          one of their floors (baseline_put, baseline_lookup, likewise) or
-         of twenty W4 rounds (w4_incremental_1k, w4_incremental_1m) and
-         prints its instructions per record; `--profile ROW --cache` also
+         of twenty rounds of W4 or of its floor (w4_incremental or
+         baseline_replace, each _1k or _1m) and prints its instructions
+         per record; `--profile ROW --cache` also
          simulates a 32 MiB last-level cache and prints the lines read
          from and written to memory per record.
   services

@@ -11,7 +11,9 @@
 //!   changed `email`, the other `age`); afterwards, outside the timing, every
 //!   edit is checked to have survived;
 //! * W4: 100 changes read from the change feed of one replica and synced into
-//!   another, with collections of 1,000 and of 1,000,000 records;
+//!   another, with collections of 1,000 and of 1,000,000 records; and its
+//!   floor at both sizes: 100 changed records each looked up by id in a table
+//!   and put in place of the record they replace, which is freed;
 //! * record JSON: 10,000 records written as JSON text, and read back from
 //!   it with every check a record from outside gets;
 //! * wide puts: one put adding 10,000 and 100,000 new field names to a record
@@ -33,7 +35,7 @@ use std::time::SystemTime;
 
 use criterion::Criterion;
 use syncforge::core::Content;
-use syncforge::{ClientId, Cursor, MemoryBackend, Record, Stamp, SyncEngine};
+use syncforge::{ClientId, Cursor, MemoryBackend, Record, RecordId, Stamp, SyncEngine};
 use tokio::runtime::Runtime;
 
 use support::w3::{assert_no_edit_lost_shaped, diverge_shaped, Shape};
@@ -46,6 +48,7 @@ const GROUP: &str = "workloads";
 const BASELINE: &str = "baseline_hashmap";
 const BASELINE_LOOKUP: &str = "baseline_lookup";
 const BASELINE_PUT: &str = "baseline_put";
+const BASELINE_REPLACE: &str = "baseline_replace";
 const JSON_WRITE: &str = "record_json_write";
 const JSON_READ: &str = "record_json_read";
 /// Records of the JSON rows.
@@ -53,6 +56,11 @@ const JSON_RECORDS: usize = 10_000;
 const W1: &str = "w1_put";
 const W2: &str = "w2_sync_empty";
 const W3: &str = "w3_sync_crdt";
+const W4: &str = "w4_incremental";
+/// The sizes W4 and its floor run at, and the suffix of their rows.
+const W4_SIZES: [(usize, &str); 2] = [(1_000, "_1k"), (1_000_000, "_1m")];
+/// The rounds of 100 changes a profile of W4 or of its floor records.
+const W4_ROUNDS: usize = 20;
 /// The sizes W1 to W3 run at, and the suffix of their rows.
 const SIZES: [(usize, &str); 3] = [(10_000, "_10k"), (RECORDS, ""), (1_000_000, "_1m")];
 
@@ -87,16 +95,15 @@ fn baseline(c: &mut Criterion, records: &[Record], id: &str) {
 /// up by id in a table of the local records (foldhash, as the memory store
 /// hashes) and its version vector compared: "one lookup and a couple of
 /// integer comparisons", nothing else.
-fn baseline_lookup(c: &mut Criterion, rt: &Runtime, base: &[Record]) {
-    if !selected(BASELINE_LOOKUP) {
+fn baseline_lookup(c: &mut Criterion, rt: &Runtime, base: &[Record], id: &str) {
+    if !selected(id) {
         return;
     }
     let sides = diverge_shaped(rt, base, Shape::of(base.len()));
     let local = lookup_table(&sides.local);
-    c.benchmark_group(GROUP)
-        .bench_function(BASELINE_LOOKUP, |b| {
-            b.iter_custom(|iters| timed(iters, || (), |()| lookup_floor(&local, &sides.remote)))
-        });
+    c.benchmark_group(GROUP).bench_function(id, |b| {
+        b.iter_custom(|iters| timed(iters, || (), |()| lookup_floor(&local, &sides.remote)))
+    });
 }
 
 /// The local records of W3's floor, by id.
@@ -299,6 +306,12 @@ fn w3_sync_diverged(c: &mut Criterion, rt: &Runtime, base: &[Record], id: &str) 
 
 /// W4's two replicas holding the same `size` records, and the sender's
 /// change-feed cursor past all of them.
+///
+/// Each holds records of its own, as replicas in two processes do. Records
+/// shared between the two stores would make the sender's (untimed) edit of
+/// a record bring the receiver's copy into cache just before the timed
+/// sync reads it: at a million records, W4 then read 3.3 lines from memory
+/// a change where the floor, whose records are its own, reads 7.2.
 struct Replicas {
     sender: SyncEngine,
     receiver: SyncEngine,
@@ -307,18 +320,8 @@ struct Replicas {
 
 impl Replicas {
     fn new(rt: &Runtime, size: usize) -> Replicas {
-        // Made directly in core: a million puts would only slow the setup down.
-        let maker = ClientId::new("maker").unwrap();
-        let base: Vec<Record> = (0..size)
-            .map(|i| {
-                let content = Content::from_value(serde_json::to_value(Person::nth(i)).unwrap());
-                let stamp = Stamp::new(1_700_000_000_000 + i as u64, 0, maker.clone()).unwrap();
-                Record::create(content.unwrap(), &stamp)
-            })
-            .collect();
-        let sender = rt.block_on(engine_holding("sender", &base));
-        let receiver = rt.block_on(engine_holding("receiver", &base));
-        drop(base);
+        let sender = rt.block_on(engine_holding("sender", &w4_base(size)));
+        let receiver = rt.block_on(engine_holding("receiver", &w4_base(size)));
         let cursor = rt.block_on(feed_head(&sender));
         Replicas {
             sender,
@@ -326,6 +329,88 @@ impl Replicas {
             cursor,
         }
     }
+}
+
+/// The `size` records each of W4's replicas, and its floor's table, start
+/// with. Made directly in core: a million puts would only slow the setup down.
+fn w4_base(size: usize) -> Vec<Record> {
+    let maker = ClientId::new("maker").unwrap();
+    (0..size)
+        .map(|i| person_record(&Person::nth(i), 1_700_000_000_000 + i as u64, &maker))
+        .collect()
+}
+
+/// `person` as a new record written at `millis` by `client`.
+fn person_record(person: &Person, millis: u64, client: &ClientId) -> Record {
+    let content = Content::from_value(serde_json::to_value(person).unwrap()).unwrap();
+    Record::create(content, &Stamp::new(millis, 0, client.clone()).unwrap())
+}
+
+/// W4's floor: the records of a collection of `size` by id (foldhash, as
+/// the memory store hashes; ids this short are held in the table's entry
+/// itself, as the store's slot leads to the record that holds its id).
+fn replace_table(size: usize) -> foldhash::HashMap<RecordId, Record> {
+    w4_base(size)
+        .into_iter()
+        .map(|r| (r.id().clone(), r))
+        .collect()
+}
+
+/// The changed records of round `round` of W4's floor: the people W4's
+/// sender edits in that round ([`edit_spread`]), with the same edit.
+fn replacements(size: usize, round: usize) -> Vec<Record> {
+    let editor = ClientId::new("sender").unwrap();
+    (0..INCREMENTAL)
+        .map(|k| {
+            let i = (k * size / INCREMENTAL + round) % size;
+            let mut person = Person::nth(i);
+            person.email = format!("round{round}@example.org");
+            person_record(&person, 1_800_000_000_000 + round as u64, &editor)
+        })
+        .collect()
+}
+
+/// W4's floor itself: each of `changed` looked up by id, told apart from
+/// the record it changes (by versions, then stamps: a later round may
+/// change a record again with equal versions), and put in that record's
+/// place; the replaced record is freed, as a sync frees the record it
+/// replaces. Returns how many were replaced.
+fn replace_floor(table: &mut foldhash::HashMap<RecordId, Record>, changed: Vec<Record>) -> usize {
+    let mut replaced = 0;
+    for record in changed {
+        if let Some(held) = table.get_mut(record.id()) {
+            if *held != record {
+                *held = record;
+                replaced += 1;
+            }
+        }
+    }
+    replaced
+}
+
+/// The floor of W4 at `size` records: each iteration replaces the 100
+/// records W4's sender would change (made outside the timing), so that what
+/// a larger collection adds to a change can be set against what it adds to
+/// the least a change costs.
+fn baseline_replace(c: &mut Criterion, size: usize, id: &str) {
+    let mut table = None;
+    let mut round = 0usize;
+    c.benchmark_group(GROUP).bench_function(id, |b| {
+        let table = table.get_or_insert_with(|| replace_table(size));
+        b.iter_custom(|iters| {
+            timed(
+                iters,
+                || {
+                    round += 1;
+                    replacements(size, round)
+                },
+                |changed| {
+                    let replaced = replace_floor(table, changed);
+                    assert_eq!(replaced, INCREMENTAL);
+                },
+            )
+        })
+    });
 }
 
 /// Two replicas holding the same `size` records; each iteration the sender
@@ -371,27 +456,37 @@ fn profiled<O>(run: impl FnOnce() -> O) -> O {
 /// [`profiled`], set up as its benchmark sets it up; no criterion, no timing.
 /// Prints the records the run handled, for counts per record.
 fn profile(rt: &Runtime, row: &str) {
-    if let Some(size) = [
-        ("w4_incremental_1k", 1_000),
-        ("w4_incremental_1m", 1_000_000),
-    ]
-    .iter()
-    .find_map(|(id, size)| (*id == row).then_some(*size))
-    {
-        // Rounds of 100 edits (not recorded) each read from the feed and
-        // synced (recorded), as the benchmark's iterations do.
-        const ROUNDS: usize = 20;
+    // W4 and its floor: rounds of 100 changes, each made outside the
+    // recording, as the benchmark's iterations are.
+    let w4_size = |name: &str| {
+        let suffix = row.strip_prefix(name)?;
+        W4_SIZES
+            .iter()
+            .find(|(_, s)| *s == suffix)
+            .map(|(size, _)| *size)
+    };
+    if let Some(size) = w4_size(W4) {
         let Replicas {
             sender,
             receiver,
             mut cursor,
         } = Replicas::new(rt, size);
-        for round in 1..=ROUNDS {
+        for round in 1..=W4_ROUNDS {
             rt.block_on(edit_spread(&sender, size, round));
             let result = profiled(|| rt.block_on(feed_and_sync(&sender, &receiver, &mut cursor)));
             assert_eq!(result.updated, INCREMENTAL);
         }
-        println!("profiled {row}: {} records", ROUNDS * INCREMENTAL);
+        println!("profiled {row}: {} records", W4_ROUNDS * INCREMENTAL);
+        return;
+    }
+    if let Some(size) = w4_size(BASELINE_REPLACE) {
+        let mut table = replace_table(size);
+        for round in 1..=W4_ROUNDS {
+            let changed = replacements(size, round);
+            let replaced = profiled(|| replace_floor(&mut table, changed));
+            assert_eq!(replaced, INCREMENTAL);
+        }
+        println!("profiled {row}: {} records", W4_ROUNDS * INCREMENTAL);
         return;
     }
     let Some((workload, size)) = [W1, W2, W3, BASELINE_PUT, BASELINE_LOOKUP]
@@ -402,7 +497,7 @@ fn profile(rt: &Runtime, row: &str) {
             Some((*w, *size))
         })
     else {
-        panic!("no profile for row {row:?}: w1_put, w2_sync_empty, w3_sync_crdt, baseline_put or baseline_lookup, each with _10k, _1m or no suffix, or w4_incremental_1k or _1m");
+        panic!("no profile for row {row:?}: w1_put, w2_sync_empty, w3_sync_crdt, baseline_put or baseline_lookup, each with _10k, _1m or no suffix, or w4_incremental or baseline_replace with _1k or _1m");
     };
     match workload {
         BASELINE_PUT => {
@@ -467,10 +562,10 @@ fn main() {
     // flat as collections grow. Each size's records are made only if a row
     // of it runs.
     for (size, suffix) in SIZES {
-        let rows = [BASELINE, W1, W2, W3].map(|row| format!("{row}{suffix}"));
+        let rows = [BASELINE, BASELINE_LOOKUP, W1, W2, W3].map(|row| format!("{row}{suffix}"));
         let wanted = rows.iter().any(|row| selected(row))
             || size == RECORDS
-                && [BASELINE_LOOKUP, BASELINE_PUT, JSON_WRITE, JSON_READ]
+                && [BASELINE_PUT, JSON_WRITE, JSON_READ]
                     .iter()
                     .any(|row| selected(row));
         if !wanted {
@@ -480,17 +575,19 @@ fn main() {
         // The floor of each size: what touching every record once and one
         // hash insert cost there, in and out of cache alike.
         baseline(&mut c, &base, &rows[0]);
+        baseline_lookup(&mut c, &rt, &base, &rows[1]);
         if size == RECORDS {
-            baseline_lookup(&mut c, &rt, &base);
             baseline_put(&mut c);
             record_json(&mut c, &base);
         }
-        w1_put(&mut c, &rt, size, &rows[1]);
-        w2_sync_into_empty(&mut c, &rt, &base, &rows[2]);
-        w3_sync_diverged(&mut c, &rt, &base, &rows[3]);
+        w1_put(&mut c, &rt, size, &rows[2]);
+        w2_sync_into_empty(&mut c, &rt, &base, &rows[3]);
+        w3_sync_diverged(&mut c, &rt, &base, &rows[4]);
     }
-    w4_incremental(&mut c, &rt, 1_000, "w4_incremental_1k");
-    w4_incremental(&mut c, &rt, 1_000_000, "w4_incremental_1m");
+    for (size, suffix) in W4_SIZES {
+        w4_incremental(&mut c, &rt, size, &format!("{W4}{suffix}"));
+        baseline_replace(&mut c, size, &format!("{BASELINE_REPLACE}{suffix}"));
+    }
     for (fields, id) in WIDE {
         w1_put_wide(&mut c, &rt, fields, id);
     }
@@ -505,6 +602,8 @@ fn main() {
             (JSON_READ, JSON_RECORDS),
             ("baseline_hashmap_10k", 10_000),
             ("baseline_hashmap_1m", 1_000_000),
+            ("baseline_lookup_10k", 10_000),
+            ("baseline_lookup_1m", 1_000_000),
             ("w1_put", RECORDS),
             ("w2_sync_empty", RECORDS),
             ("w3_sync_crdt", RECORDS),
@@ -516,6 +615,8 @@ fn main() {
             ("w3_sync_crdt_1m", 1_000_000),
             ("w4_incremental_1k", INCREMENTAL),
             ("w4_incremental_1m", INCREMENTAL),
+            ("baseline_replace_1k", INCREMENTAL),
+            ("baseline_replace_1m", INCREMENTAL),
             (WIDE[0].1, WIDE[0].0),
             (WIDE[1].1, WIDE[1].0),
         ],
