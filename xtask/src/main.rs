@@ -43,9 +43,9 @@ Commands:
          one of their floors (baseline_put, baseline_lookup, likewise) or
          of twenty rounds of W4 or of its floor (w4_incremental or
          baseline_replace, each _1k or _1m) and prints its instructions
-         per record; `--profile ROW --cache` also
-         simulates a 32 MiB last-level cache and prints the lines read
-         from and written to memory per record.
+         per record; `--profile ROW --cache` also simulates a 32 MiB
+         last-level cache and prints the lines read from and written to
+         memory per record.
   services
          Start the services the tests need (a standalone Redis on port 6391,
          a 3-master Redis Cluster on 7001-7003) unless they already run,
