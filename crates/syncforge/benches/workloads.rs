@@ -40,8 +40,8 @@ use tokio::runtime::Runtime;
 
 use support::w3::{assert_no_edit_lost_shaped, diverge_shaped, Shape};
 use support::{
-    edit_spread, engine, engine_holding, feed_and_sync, feed_head, runtime, timed, timed_checked,
-    written_records, Person, COLLECTION, INCREMENTAL, RECORDS,
+    edit_spread, engine, engine_holding, feed_and_sync, feed_head, runtime, spread_edits, timed,
+    timed_checked, written_records, Person, COLLECTION, INCREMENTAL, RECORDS,
 };
 
 const GROUP: &str = "workloads";
@@ -357,16 +357,11 @@ fn replace_table(size: usize) -> foldhash::HashMap<RecordId, Record> {
 }
 
 /// The changed records of round `round` of W4's floor: the people W4's
-/// sender edits in that round ([`edit_spread`]), with the same edit.
+/// sender edits in that round ([`spread_edits`]).
 fn replacements(size: usize, round: usize) -> Vec<Record> {
     let editor = ClientId::new("sender").unwrap();
-    (0..INCREMENTAL)
-        .map(|k| {
-            let i = (k * size / INCREMENTAL + round) % size;
-            let mut person = Person::nth(i);
-            person.email = format!("round{round}@example.org");
-            person_record(&person, 1_800_000_000_000 + round as u64, &editor)
-        })
+    spread_edits(size, round)
+        .map(|person| person_record(&person, 1_800_000_000_000 + round as u64, &editor))
         .collect()
 }
 

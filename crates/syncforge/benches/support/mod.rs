@@ -174,15 +174,23 @@ pub fn runtime() -> Runtime {
 /// Edits per round of the incremental workloads (W4 and its fs twin).
 pub const INCREMENTAL: usize = 100;
 
-/// One round of incremental edits on `sender`: [`INCREMENTAL`] people spread
-/// over a collection of `size`, each given an email naming the round.
+/// One round of incremental edits on `sender`: the people of
+/// [`spread_edits`], put.
 pub async fn edit_spread(sender: &SyncEngine, size: usize, round: usize) {
-    for k in 0..INCREMENTAL {
-        let i = (k * size / INCREMENTAL + round) % size;
-        let mut person = Person::nth(i);
-        person.email = format!("round{round}@example.org");
+    for person in spread_edits(size, round) {
         sender.put(COLLECTION, &person).await.unwrap();
     }
+}
+
+/// The people one round of incremental edits changes: [`INCREMENTAL`] of
+/// them spread over a collection of `size`, each given an email naming the
+/// round.
+pub fn spread_edits(size: usize, round: usize) -> impl Iterator<Item = Person> {
+    (0..INCREMENTAL).map(move |k| {
+        let mut person = Person::nth((k * size / INCREMENTAL + round) % size);
+        person.email = format!("round{round}@example.org");
+        person
+    })
 }
 
 /// The end of `sender`'s change feed: the cursor after everything it holds.
