@@ -277,13 +277,26 @@ impl Store {
     /// The horizon object and its ETag (`None`: none written yet).
     async fn read_horizon(&self, keys: &CollectionKeys) -> Result<(Horizon, Option<String>)> {
         let path = keys.horizon();
-        match self.io.get(&path).await? {
-            Some(fetched) => Ok((
-                format::parse(&fetched.body, keys.dir(), &path)?,
-                Some(fetched.etag),
-            )),
-            None => Ok((Horizon::default(), None)),
+        let Some(fetched) = self.io.get(&path).await? else {
+            return Ok((Horizon::default(), None));
+        };
+        let horizon: Horizon = format::parse(&fetched.body, keys.dir(), &path)?;
+        // Entry numbers past MAX_ENTRY have no cursors: a horizon there was
+        // not written by syncforge, and the arithmetic on it would overflow.
+        if horizon.horizon > format::MAX_ENTRY {
+            return Err(Error::Corrupt {
+                backend: BACKEND_NAME,
+                collection: keys.dir().to_owned(),
+                id: None,
+                location: path.to_string(),
+                reason: format!(
+                    "folds the feed up to entry {}, past the last entry number {}",
+                    horizon.horizon,
+                    format::MAX_ENTRY
+                ),
+            });
         }
+        Ok((horizon, Some(fetched.etag)))
     }
 
     /// Brings one item to its final fate against `state`, the record

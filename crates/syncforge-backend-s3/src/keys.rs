@@ -242,13 +242,18 @@ impl CollectionKeys {
         Path::from(format!("{}/f/{number:016x}", self.dir))
     }
 
-    /// The entry number of a feed key.
+    /// The entry number of a feed key. A name past
+    /// [`MAX_ENTRY`](crate::format::MAX_ENTRY) is no entry: syncforge never
+    /// writes one (its cursors would pass 2^53), and counting it would push
+    /// the feed's head past the numbers a cursor can hold.
     pub(crate) fn entry_number(path: &Path) -> Option<u64> {
         let last = path.filename()?;
         if last.len() != 16 {
             return None;
         }
-        u64::from_str_radix(last, 16).ok()
+        u64::from_str_radix(last, 16)
+            .ok()
+            .filter(|number| *number <= crate::format::MAX_ENTRY)
     }
 
     /// Directory of the records.
@@ -356,5 +361,15 @@ mod tests {
         let coll = keys.collection(&CollectionName::new("c").unwrap());
         assert!(coll.entry(9).as_ref() < coll.entry(10).as_ref());
         assert_eq!(CollectionKeys::entry_number(&coll.entry(300)), Some(300));
+    }
+
+    #[test]
+    fn a_feed_key_past_the_last_entry_number_is_no_entry() {
+        let keys = Keys::new("dse").unwrap();
+        let coll = keys.collection(&CollectionName::new("c").unwrap());
+        let last = crate::format::MAX_ENTRY;
+        assert_eq!(CollectionKeys::entry_number(&coll.entry(last)), Some(last));
+        assert_eq!(CollectionKeys::entry_number(&coll.entry(last + 1)), None);
+        assert_eq!(CollectionKeys::entry_number(&coll.entry(u64::MAX)), None);
     }
 }

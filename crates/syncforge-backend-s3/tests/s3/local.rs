@@ -297,3 +297,68 @@ async fn a_stored_record_nested_past_the_limit_is_corrupt() {
         "{err}"
     );
 }
+
+/// Objects in the feed's folders that syncforge never writes, from a
+/// hand-made or hostile bucket: an entry named past the last entry number
+/// is not taken for the feed's head (a fresh handle's next write and the
+/// feed go on as before), and a horizon past it is corrupt data naming its
+/// object, where the arithmetic on it would have overflowed.
+#[tokio::test]
+async fn feed_numbers_past_the_last_entry_are_not_trusted() {
+    use std::num::NonZeroUsize;
+    use syncforge_core::Error as SyncError;
+
+    let dir = tempfile::tempdir().unwrap();
+    let notes = collection();
+    let mut hlc = Hlc::new(ClientId::new("feeder").unwrap());
+    let mut record = |id: &str| {
+        Record::create(
+            Content::from_value(json!({"id": id, "n": 1})).unwrap(),
+            &hlc.now().unwrap(),
+        )
+    };
+    let all_changes = |store: S3Backend| async move {
+        let limit = NonZeroUsize::new(100).unwrap();
+        let page = store.changes(&collection(), Cursor::START, limit).await?;
+        Ok::<_, SyncError>(
+            page.changes
+                .iter()
+                .map(|change| change.record.id().as_str().to_owned())
+                .collect::<Vec<_>>(),
+        )
+    };
+    let first = S3Backend::local_directory(dir.path(), "dse").unwrap();
+    first
+        .put(&notes, &Write::create(record("a")))
+        .await
+        .unwrap();
+
+    let raw = LocalDirectory::new(dir.path()).unwrap();
+    let stray = Path::from(format!("dse/c/{}/f/ffffffffffffffff", notes.as_str()));
+    raw.put(&stray, r#"{"items":[]}"#.into()).await.unwrap();
+    let fresh = S3Backend::local_directory(dir.path(), "dse").unwrap();
+    fresh
+        .put(&notes, &Write::create(record("b")))
+        .await
+        .unwrap();
+    let reader = S3Backend::local_directory(dir.path(), "dse").unwrap();
+    assert_eq!(all_changes(reader).await.unwrap(), ["a", "b"]);
+
+    let horizon = Path::from(format!("dse/c/{}/h", notes.as_str()));
+    raw.put(&horizon, r#"{"horizon":18446744073709551615}"#.into())
+        .await
+        .unwrap();
+    let reader = S3Backend::local_directory(dir.path(), "dse").unwrap();
+    let err = all_changes(reader).await.unwrap_err();
+    assert!(matches!(&err, SyncError::Corrupt { .. }), "{err}");
+    assert!(
+        err.to_string().contains("past the last entry number"),
+        "{err}"
+    );
+    let writer = S3Backend::local_directory(dir.path(), "dse").unwrap();
+    let err = writer
+        .put(&notes, &Write::create(record("c")))
+        .await
+        .unwrap_err();
+    assert!(matches!(&err, SyncError::Corrupt { .. }), "{err}");
+}
