@@ -824,11 +824,12 @@ fn sum(total: Option<SyncResponse>, answer: SyncResponse) -> SyncResponse {
     match total {
         None => answer,
         Some(total) => SyncResponse {
-            added: total.added + answer.added,
-            updated: total.updated + answer.updated,
-            deleted: total.deleted + answer.deleted,
-            unchanged: total.unchanged + answer.unchanged,
-            conflicts: total.conflicts + answer.conflicts,
+            // Counts the server sends are not trusted to stay in range.
+            added: total.added.saturating_add(answer.added),
+            updated: total.updated.saturating_add(answer.updated),
+            deleted: total.deleted.saturating_add(answer.deleted),
+            unchanged: total.unchanged.saturating_add(answer.unchanged),
+            conflicts: total.conflicts.saturating_add(answer.conflicts),
             ..answer
         },
     }
@@ -867,6 +868,23 @@ mod tests {
 
     fn name(text: &str) -> CollectionName {
         CollectionName::new(text).unwrap()
+    }
+
+    #[test]
+    fn totals_of_a_push_in_parts_do_not_overflow() {
+        let answer = |added| SyncResponse {
+            feed_id: "f1".to_owned(),
+            collection: "notes".to_owned(),
+            added,
+            updated: 1,
+            deleted: 0,
+            unchanged: 2,
+            conflicts: 0,
+            echoes: CursorRanges::default(),
+        };
+        let total = sum(Some(answer(3)), answer(4));
+        assert_eq!((total.added, total.updated, total.unchanged), (7, 2, 4));
+        assert_eq!(sum(Some(answer(usize::MAX)), answer(4)).added, usize::MAX);
     }
 
     #[test]

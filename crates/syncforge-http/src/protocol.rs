@@ -242,9 +242,19 @@ impl ErrorCode {
 
 /// Sorted, disjoint, inclusive ranges of feed positions: `[[11, 20], [25,
 /// 25]]` in JSON, `11-20,25` in a query string.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Read from JSON through [`CursorRanges::new`]'s checks: ranges out of
+/// order, overlapping or ending before they start are refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
 pub struct CursorRanges(Vec<[u64; 2]>);
+
+impl<'de> Deserialize<'de> for CursorRanges {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let ranges = Vec::<[u64; 2]>::deserialize(deserializer)?;
+        CursorRanges::new(ranges).map_err(serde::de::Error::custom)
+    }
+}
 
 impl CursorRanges {
     /// The ranges covering `cursors`, which may come in any order.
@@ -294,7 +304,7 @@ impl CursorRanges {
     pub fn positions(&self) -> u64 {
         self.0
             .iter()
-            .map(|[start, end]| end - start + 1)
+            .map(|[start, end]| (end - start).saturating_add(1))
             .fold(0, u64::saturating_add)
     }
 
@@ -392,6 +402,19 @@ mod tests {
             assert!(CursorRanges::parse_query(bad, 10).is_err(), "{bad}");
         }
         assert!(CursorRanges::parse_query("1,2,3", 2).is_err());
+    }
+
+    #[test]
+    fn the_json_form_is_read_through_the_same_checks() {
+        let read: CursorRanges = serde_json::from_str("[[1,1],[3,5]]").unwrap();
+        assert_eq!(read.ranges(), &[[1, 1], [3, 5]]);
+        assert_eq!(serde_json::to_string(&read).unwrap(), "[[1,1],[3,5]]");
+        for bad in ["[[5,3]]", "[[3,5],[1,2]]", "[[1,4],[4,6]]"] {
+            let refused = serde_json::from_str::<CursorRanges>(bad).unwrap_err();
+            assert!(refused.to_string().contains("range"), "{bad}: {refused}");
+        }
+        let whole: CursorRanges = serde_json::from_str("[[0,18446744073709551615]]").unwrap();
+        assert_eq!(whole.positions(), u64::MAX);
     }
 
     #[test]
