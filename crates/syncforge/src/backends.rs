@@ -38,8 +38,8 @@ pub enum BackendConfig {
     /// Credentials come from the environment (`AWS_ACCESS_KEY_ID`,
     /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`) or the default chain,
     /// never from the URL. For every other setting, build
-    /// `S3Backend::new(S3Config { .. })` and pass it to the builder's
-    /// `backend`.
+    /// `S3Backend::new(S3Config::new(bucket).with_..(..))` and pass it to
+    /// the builder's `backend`.
     S3 {
         /// The bucket's URL.
         url: String,
