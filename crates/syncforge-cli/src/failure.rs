@@ -22,6 +22,19 @@ impl fmt::Display for Usage {
 
 impl std::error::Error for Usage {}
 
+/// Stdout was closed by its reader (`syncforge export .. | head`): the
+/// command stops, and that is the reader's choice, not a failure.
+#[derive(Debug)]
+pub(crate) struct StdoutClosed;
+
+impl fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("stdout was closed")
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
+
 /// A usage error (exit code 2) with this message.
 pub(crate) fn usage(message: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(Usage(message.into()))
@@ -40,15 +53,12 @@ pub(crate) fn report(error: &anyhow::Error) -> ExitCode {
     }
 }
 
-/// The exit code `error` calls for. A closed stdout (`syncforge export ..
-/// | head`) is the reader's choice, not a failure: 0, and nothing is printed.
+/// The exit code `error` calls for. A closed stdout ([`StdoutClosed`]) is
+/// the reader's choice, not a failure: 0, and nothing is printed. Any other
+/// broken pipe (a server that hung up mid-request) is a failure.
 fn exit_code(error: &anyhow::Error) -> u8 {
     let mut causes = error.chain();
-    if causes.clone().any(|cause| {
-        cause
-            .downcast_ref::<io::Error>()
-            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
-    }) {
+    if causes.clone().any(|cause| cause.is::<StdoutClosed>()) {
         0
     } else if causes.any(|cause| cause.is::<Usage>()) {
         USAGE_ERROR
@@ -102,7 +112,11 @@ mod tests {
             exit_code(&anyhow::anyhow!("no such record")),
             RUNTIME_FAILURE
         );
-        let closed = anyhow::Error::new(io::Error::from(io::ErrorKind::BrokenPipe));
+        let closed = anyhow::Error::new(StdoutClosed).context("while exporting notes");
         assert_eq!(exit_code(&closed), 0);
+        // A connection the server closed is no reader's choice.
+        let hung_up = anyhow::Error::new(io::Error::from(io::ErrorKind::BrokenPipe))
+            .context("cannot push to http://127.0.0.1:1");
+        assert_eq!(exit_code(&hung_up), RUNTIME_FAILURE);
     }
 }

@@ -2,9 +2,11 @@
 
 use std::io::{self, BufWriter, Stdout, Write};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde_json::Value;
 use syncforge::Record;
+
+use crate::failure::StdoutClosed;
 
 /// Stdout, buffered, in the form the command line asked for.
 pub(crate) struct Output {
@@ -27,7 +29,7 @@ impl Output {
 
     /// One line of text.
     pub(crate) fn line(&mut self, text: &str) -> Result<()> {
-        writeln!(self.out, "{text}").context("cannot write to stdout")
+        writeln!(self.out, "{text}").map_err(written)
     }
 
     /// A JSON value: pretty in the human form, one compact line with `--json`.
@@ -52,6 +54,16 @@ impl Output {
 
     /// Pushes out what is buffered: before waiting, and at the end.
     pub(crate) fn flush(&mut self) -> Result<()> {
-        self.out.flush().context("cannot write to stdout")
+        self.out.flush().map_err(written)
+    }
+}
+
+/// A failed write to stdout as the command reports it: a reader that closed
+/// its end is [`StdoutClosed`], anything else a failure.
+fn written(error: io::Error) -> anyhow::Error {
+    if error.kind() == io::ErrorKind::BrokenPipe {
+        anyhow::Error::new(StdoutClosed)
+    } else {
+        anyhow::Error::new(error).context("cannot write to stdout")
     }
 }

@@ -172,12 +172,10 @@ impl Reader {
         let mut cursor = Cursor::START;
         loop {
             let page = self.page(name, cursor, limit).await?;
-            // A page that does not move the cursor would be read forever.
-            let advanced = page.next > cursor;
+            let next = next_page(name, cursor, &page)?;
             cursor = cursor.max(page.next);
-            let more = page.more;
             page.changes.into_iter().for_each(&mut visit);
-            if !more || !advanced {
+            if next.is_none() {
                 return Ok(cursor);
             }
         }
@@ -195,3 +193,51 @@ impl Reader {
 
 /// Changes read per page of a feed.
 const PAGE: usize = 1000;
+
+/// Where the feed is read on from after `page`, read after `cursor`:
+/// `None` at its end. A page that says more follows without moving past
+/// `cursor` would be read forever, and ending there would print part of the
+/// feed as if it were all of it: an error.
+fn next_page(name: &CollectionName, cursor: Cursor, page: &ChangePage) -> Result<Option<Cursor>> {
+    if !page.more {
+        return Ok(None);
+    }
+    if page.next <= cursor {
+        anyhow::bail!(
+            "the feed of collection {:?} answered a page after cursor {cursor} that says more \
+             follows but does not move past it (next {})",
+            name.as_str(),
+            page.next
+        );
+    }
+    Ok(Some(page.next))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_that_promises_more_must_move_on() {
+        let name = CollectionName::new("notes").unwrap();
+        let page = |next, more| ChangePage {
+            changes: Vec::new(),
+            next: Cursor::new(next),
+            more,
+        };
+        let at = Cursor::new(5);
+        assert_eq!(
+            next_page(&name, at, &page(9, true)).unwrap(),
+            Some(Cursor::new(9))
+        );
+        assert_eq!(next_page(&name, at, &page(9, false)).unwrap(), None);
+        assert_eq!(next_page(&name, at, &page(5, false)).unwrap(), None);
+        for stuck in [5, 4] {
+            let error = next_page(&name, at, &page(stuck, true)).unwrap_err();
+            assert!(
+                error.to_string().contains("does not move past it"),
+                "{error}"
+            );
+        }
+    }
+}

@@ -1,5 +1,6 @@
 //! `syncforge stats STORE`: what each collection holds.
 
+use std::fmt::Write as _;
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::Result;
@@ -110,10 +111,16 @@ async fn figures(store: &Reader, name: &CollectionName) -> Result<Figures> {
     Ok(f)
 }
 
-/// The stamp's physical time, RFC 3339 with milliseconds, UTC.
+/// The stamp's physical time, RFC 3339 with milliseconds, UTC. A stamp may
+/// lie past the year 9999, which RFC 3339 cannot write: then its
+/// milliseconds since the Unix epoch.
 fn time(stamp: &Stamp) -> String {
     let at = UNIX_EPOCH + Duration::from_millis(stamp.millis());
-    humantime::format_rfc3339_millis(at).to_string()
+    let mut text = String::new();
+    match write!(text, "{}", humantime::format_rfc3339_millis(at)) {
+        Ok(()) => text,
+        Err(_) => format!("{} ms after 1970-01-01T00:00:00Z", stamp.millis()),
+    }
 }
 
 /// Columns padded to their widest cell: text left, numbers right.
@@ -151,6 +158,22 @@ fn layout(table: &[Vec<String>]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stamps_past_the_year_9999_are_written_as_milliseconds() {
+        let stamp = |millis| Stamp::new(millis, 0, "a").unwrap();
+        assert_eq!(time(&stamp(0)), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            time(&stamp(253_402_300_799_999)),
+            "9999-12-31T23:59:59.999Z"
+        );
+        assert_eq!(
+            time(&stamp(253_402_300_800_000)),
+            "253402300800000 ms after 1970-01-01T00:00:00Z"
+        );
+        let largest = (1 << 48) - 1;
+        assert!(time(&stamp(largest)).starts_with("281474976710655 ms"));
+    }
 
     #[test]
     fn columns_line_up() {

@@ -196,3 +196,38 @@ fn a_store_directory_of_the_typescript_original_imports_with_one_command() {
     assert!(refused.stderr.contains("bad.json"), "{refused:?}");
     assert!(!store2.exists(), "nothing written, not even the store");
 }
+
+/// A reader that stops reading (`syncforge export .. | head -1`) ends the
+/// export quietly with exit code 0: the rest is the reader's choice not to
+/// read, not a failure.
+#[test]
+fn an_export_whose_reader_stops_early_ends_quietly() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::Stdio;
+
+    let dir = TempDir::new().unwrap();
+    let a = dir.path().join("a");
+    // Far more than a pipe holds, so the export is still writing when the
+    // reader goes.
+    syncforge_with(&["put", arg(&a), "notes"], &docs("n", 3_000)).ok();
+    let mut child = crate::support::command(&["export", arg(&a), "notes"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("\"id\""), "{first}");
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(status.success(), "{status}: {stderr}");
+    assert_eq!(stderr, "");
+}
