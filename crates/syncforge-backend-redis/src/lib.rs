@@ -333,7 +333,9 @@ impl RedisBackend {
             .ok_or_else(|| bad("expected \"<sequence> <record JSON>\"".to_owned()))?;
         let sequence: u64 = sequence
             .parse()
-            .map_err(|_| bad(format!("{sequence:?} is not a sequence number")))?;
+            .ok()
+            .filter(|&parsed| parsed <= MAX_SEQUENCE)
+            .ok_or_else(|| bad(format!("{sequence:?} is not a sequence number")))?;
         let record = match Record::from_stored_json(json) {
             Some(record) => record,
             None => {
@@ -584,11 +586,13 @@ fn text(value: &Value) -> Option<std::borrow::Cow<'_, str>> {
 /// A sorted-set score as a whole number (scores of ours are integers ≤ 2^53).
 fn parse_score(value: &Value) -> Option<u64> {
     let text = text(value)?;
-    text.parse::<u64>().ok().or_else(|| {
-        let float: f64 = text.parse().ok()?;
-        (float.is_finite() && float >= 0.0 && float.fract() == 0.0 && float <= MAX_SEQUENCE as f64)
-            .then_some(float as u64)
-    })
+    // Digits alone are read exactly: as a float, 2^53 + 1 would round to 2^53.
+    if let Ok(whole) = text.parse::<u64>() {
+        return (whole <= MAX_SEQUENCE).then_some(whole);
+    }
+    let float: f64 = text.parse().ok()?;
+    (float.is_finite() && float >= 0.0 && float.fract() == 0.0 && float <= MAX_SEQUENCE as f64)
+        .then_some(float as u64)
 }
 
 /// The argument telling the write script what the record must still hold.
@@ -1082,6 +1086,8 @@ mod tests {
             parse_score(&Value::from("1e+15")),
             Some(1_000_000_000_000_000)
         );
+        assert_eq!(parse_score(&Value::from("9007199254740993")), None);
+        assert_eq!(parse_score(&Value::from("1e+16")), None);
         assert_eq!(parse_score(&Value::from("1.5")), None);
         assert_eq!(parse_score(&Value::from("-1")), None);
         assert_eq!(parse_score(&Value::Null), None);

@@ -36,8 +36,28 @@ end
 /// every stamp is added and all but the greatest (by byte order) dropped, so
 /// a script never compares stamp strings itself (Lua compares strings by
 /// locale).
+///
+/// A script that fails keeps what it wrote before the failure, so every
+/// key is known to hold its type before the first write: the sorted sets by
+/// `ZCARD`, which fails on a key of another type (`WRONGTYPE`) and changes
+/// nothing; the counter by `counter`, which callers read first and which
+/// must hold a whole sequence from 0 to 2^53; the records hash by the first
+/// write itself. `SET` takes a key of any type.
 const WRITE_HELPER: &str = r"
+local function counter()
+  local seq = tonumber(redis.call('GET', KEYS[4]) or '0')
+  if seq == nil or seq < 0 or seq > 9007199254740992 or seq ~= math.floor(seq) then
+    return nil
+  end
+  return seq
+end
+local function bad_counter()
+  return redis.error_reply('ERR syncforge: ' .. KEYS[4] .. ' does not hold a change sequence')
+end
 local function write(hset, zfeed, ztime, last_seq, newest)
+  redis.call('ZCARD', KEYS[2])
+  redis.call('ZCARD', KEYS[3])
+  redis.call('ZCARD', KEYS[5])
   for i = 1, #hset, 1000 do
     local last = math.min(i + 999, #hset)
     redis.call('HSET', KEYS[1], unpack(hset, i, last))
@@ -120,7 +140,10 @@ else
     for j = 1, #part do scores[i + j - 1] = part[j] end
   end
 end
-local seq = tonumber(redis.call('GET', KEYS[4]) or '0')
+local seq = counter()
+if seq == nil then
+  return bad_counter()
+end
 if guess > 0 and ARGV[4] == '1' and seq == guess - 1 and n <= 9007199254740992 - seq then
   local hset, zfeed, ztime = {}, {}, {}
   local fast = true
@@ -211,7 +234,10 @@ local stored = redis.call('HGET', KEYS[1], id)
 if stored then
   return {stored}
 end
-local seq = tonumber(redis.call('GET', KEYS[4]) or '0')
+local seq = counter()
+if seq == nil then
+  return bad_counter()
+end
 if seq >= 9007199254740992 then
   return exhausted()
 end
@@ -224,7 +250,11 @@ return seq
 /// Hard delete of one record from the hash and both indexes.
 ///
 /// KEYS: records, feed, time. ARGV: id. Returns 1 if the record existed.
+/// The indexes' types are known before the first removal, as for the
+/// writes ([`WRITE_HELPER`]).
 const DELETE: &str = r"
+redis.call('ZCARD', KEYS[2])
+redis.call('ZCARD', KEYS[3])
 local removed = redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])

@@ -11,7 +11,7 @@ use fred::interfaces::{ClientLike, HashesInterface, KeysInterface, SortedSetsInt
 use fred::types::{ClusterHash, CustomCommand, InfoKind};
 use syncforge_backend_redis::RedisBackend;
 use syncforge_core::{
-    ClientId, Cursor, Hlc, IfAbsent, Record, StorageBackend, Write, WriteOutcome,
+    ClientId, Cursor, Error, Hlc, IfAbsent, Record, StorageBackend, Write, WriteOutcome,
 };
 use tokio::sync::Barrier;
 
@@ -701,6 +701,110 @@ async fn close_and_clear_touch_nothing_else() {
     b.close().await.unwrap();
     remove_prefix(&first).await;
     remove_prefix(&second).await;
+}
+
+/// A key of a collection holding another type (another application's key
+/// under the prefix, or one set by hand), or a counter holding no change
+/// sequence, fails a write with a clear error before it writes anything: a
+/// script that fails midway keeps what it wrote, so the scripts check every
+/// key first. Each case has a collection of its own holding one record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_of_another_type_fails_a_write_before_it_writes_anything() {
+    let Some(config) = standalone("wrongtype").await else {
+        return;
+    };
+    let prefix = config.key_prefix.clone();
+    let store = RedisBackend::connect(config.clone()).await.unwrap();
+    let raw = raw_client(&config).await.unwrap();
+    let mut hlc = Hlc::new(ClientId::new("typist").unwrap());
+    let cases = [
+        ("feed", "x", "key prefix of its own"),
+        ("time", "x", "key prefix of its own"),
+        ("newest", "x", "key prefix of its own"),
+        ("seq", "-1", "does not hold a change sequence"),
+        ("seq", "1.5", "does not hold a change sequence"),
+        ("seq", "x", "does not hold a change sequence"),
+    ];
+    for (case, (part, value, said)) in cases.into_iter().enumerate() {
+        let name = format!("wrongtype{case}");
+        let notes = coll(&name);
+        let kept = record(&mut hlc, "kept", 1);
+        store
+            .put_batch(&notes, &[Write::create(kept)])
+            .await
+            .unwrap();
+        let target = key(&prefix, &name, part);
+        let _: () = raw.del(&target).await.unwrap();
+        let _: () = raw.set(&target, value, None, None, false).await.unwrap();
+        let before = dump_prefix(&raw, &prefix).await;
+
+        let new = Write::create(record(&mut hlc, "new", 1));
+        let batch = store.put_batch(&notes, &[new]).await.unwrap_err();
+        assert!(batch.to_string().contains(said), "{part}={value}: {batch}");
+        let inserted = store
+            .insert_if_absent(&notes, &rid("other"), &mut || {
+                Ok(record(&mut hlc, "other", 1))
+            })
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            inserted.to_string().contains(said),
+            "{part}={value}: {inserted}"
+        );
+        if part == "feed" || part == "time" {
+            let deleted = store.delete(&notes, &rid("kept")).await.unwrap_err();
+            assert!(
+                deleted.to_string().contains(said),
+                "{part}={value}: {deleted}"
+            );
+        }
+        assert_eq!(dump_prefix(&raw, &prefix).await, before, "{part}={value}");
+    }
+    raw.quit().await.ok();
+    store.close().await.unwrap();
+    remove_prefix(&config).await;
+}
+
+/// A stored value whose sequence lies past 2^53 (set by hand: the scripts
+/// never hand one out) reads as corrupt data naming the record, where it
+/// had read as a record that no update could ever match.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_sequence_past_2_pow_53_is_corrupt() {
+    let Some(config) = standalone("farseq").await else {
+        return;
+    };
+    let notes = coll("farseq");
+    let store = RedisBackend::connect(config.clone()).await.unwrap();
+    let mut hlc = Hlc::new(ClientId::new("far").unwrap());
+    let kept = record(&mut hlc, "r1", 1);
+    store
+        .put_batch(&notes, &[Write::create(kept.clone())])
+        .await
+        .unwrap();
+    let raw = raw_client(&config).await.unwrap();
+    let records = key(&config.key_prefix, "farseq", "records");
+    for (sequence, readable) in [((1u64 << 53), true), ((1 << 53) + 1, false)] {
+        let value = format!("{sequence} {}", kept.to_json_string());
+        let _: () = raw.hset(&records, ("r1", value)).await.unwrap();
+        let read = store.get(&notes, &rid("r1")).await;
+        if readable {
+            assert_eq!(read.unwrap().unwrap().record, kept);
+        } else {
+            let err = read.unwrap_err();
+            assert!(
+                matches!(&err, Error::Corrupt { id: Some(id), .. } if id == "r1"),
+                "{err}"
+            );
+            assert!(
+                err.to_string().contains("is not a sequence number"),
+                "{err}"
+            );
+        }
+    }
+    raw.quit().await.ok();
+    store.close().await.unwrap();
+    remove_prefix(&config).await;
 }
 
 /// Every key under `prefix` with a dump of its value.
