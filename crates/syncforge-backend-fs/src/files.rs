@@ -270,7 +270,9 @@ pub(crate) fn write_temp(
     match ops.create_file(&path, bytes, sync) {
         Ok(()) => Ok(path),
         Err(err) => {
-            // Best effort: a leftover temporary is removed on the next open anyway.
+            // Best effort: a leftover temporary is removed later anyway, a
+            // collection's when it is next opened, the metadata's when it is
+            // next written.
             let _ = ops.remove_file(&path);
             Err(io_error("writing", &path, err))
         }

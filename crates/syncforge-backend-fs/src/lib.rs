@@ -182,7 +182,7 @@ use crate::collection::{Collection, PreparedWrite, NAME_FILE};
 use crate::encoding::{decode, is_hashed};
 use crate::files::{
     corrupt, create_dir_all, io_error, open_lock_file, read_dir, read_file, replace_atomically,
-    FileOps, OsFiles, Read, LINK_REASON,
+    FileOps, OsFiles, Read, LINK_REASON, TEMP_PREFIX,
 };
 
 /// The backend's name in messages and errors, the same as the facade's
@@ -489,9 +489,24 @@ impl Inner {
         }
     }
 
+    /// Writes the metadata file. Called under the exclusive metadata lock,
+    /// so no other write of it is under way: a temporary in the root can
+    /// only be left by one that crashed, and is removed first.
     fn write_meta(&self, meta: &BTreeMap<String, String>) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(meta)
             .map_err(|err| Error::storage(BACKEND_NAME, format!("encoding metadata: {err}")))?;
+        for entry in read_dir(&self.root)? {
+            let is_temp = entry
+                .file_name()
+                .to_str()
+                .is_some_and(|name| name.starts_with(TEMP_PREFIX));
+            if is_temp {
+                let path = entry.path();
+                self.ops
+                    .remove_file(&path)
+                    .map_err(|err| io_error("removing", &path, err))?;
+            }
+        }
         replace_atomically(
             self.ops.as_ref(),
             &self.root.join(META_FILE),

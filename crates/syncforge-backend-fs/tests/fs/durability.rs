@@ -206,6 +206,28 @@ async fn an_incomplete_log_line_from_a_crash_is_ignored_and_cut_off() {
     assert!(!tree(tmp.path()).iter().any(|n| n.contains(".tmp-")));
 }
 
+/// A temporary in the store's root can only be left by a metadata write
+/// that crashed; the next metadata write, under the same lock, removes it.
+#[tokio::test]
+async fn a_crashed_metadata_write_leaves_nothing_after_the_next_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FsBackend::open(tmp.path()).await.unwrap();
+    store.set_meta("cursor:peer", "41").await.unwrap();
+    std::fs::write(tmp.path().join(".tmp-1-1"), b"{\"cursor:peer\":").unwrap();
+
+    let other = FsBackend::open(tmp.path()).await.unwrap();
+    assert_eq!(
+        other.get_meta("cursor:peer").await.unwrap().as_deref(),
+        Some("41")
+    );
+    other.set_meta("cursor:peer", "42").await.unwrap();
+    assert!(!tree(tmp.path()).iter().any(|n| n.contains(".tmp-")));
+    assert_eq!(
+        store.get_meta("cursor:peer").await.unwrap().as_deref(),
+        Some("42")
+    );
+}
+
 #[tokio::test]
 async fn close_keeps_data_and_clearing_is_explicit() {
     let tmp = tempfile::tempdir().unwrap();
