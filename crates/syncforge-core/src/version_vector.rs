@@ -134,11 +134,14 @@ impl VersionVector {
         }
     }
 
-    /// Total number of writes seen: the record's `_version`.
+    /// Total number of writes seen: the record's `_version`. It stops at
+    /// [`MAX_VERSION`], as each count does, so that a record's `_version`
+    /// always reads back (two counts near the bound would sum past it).
     pub fn total(&self) -> u64 {
         self.entries()
             .iter()
             .fold(0u64, |sum, (_, n)| sum.saturating_add(*n))
+            .min(MAX_VERSION)
     }
 
     /// Entries, sorted by client id.
@@ -252,6 +255,12 @@ mod tests {
         let m = vv(&[("a", 2), ("c", 1)]).merge(&vv(&[("a", 1), ("b", 4)]));
         assert_eq!(m, vv(&[("a", 2), ("b", 4), ("c", 1)]));
         assert_eq!(m.total(), 7);
+    }
+
+    #[test]
+    fn the_total_stops_at_the_largest_count() {
+        assert_eq!(vv(&[("a", MAX_VERSION), ("b", 1)]).total(), MAX_VERSION);
+        assert_eq!(vv(&[("a", MAX_VERSION - 1), ("b", 1)]).total(), MAX_VERSION);
     }
 
     #[test]

@@ -368,6 +368,27 @@ mod tests {
         Content::from_value(v).unwrap()
     }
 
+    /// Counts that are each within bounds but sum past them: the record's
+    /// `_version` stops at the largest count, so its JSON reads back (both
+    /// ways), where the sum had written a `_version` no reader took.
+    #[test]
+    fn a_version_vector_summing_past_the_bound_reads_back() {
+        let record = Record::from_json(json!({
+            "id": "x",
+            "_sync": {
+                "written": "000000000001.00000000.a",
+                "fields": {},
+                "versions": {"a": MAX_VERSION, "b": 1}
+            }
+        }))
+        .unwrap();
+        assert_eq!(record.version(), MAX_VERSION);
+        let text = record.to_json_string();
+        assert_eq!(Record::from_stored_json(&text), Some(record.clone()));
+        let value: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(Record::from_json(value).unwrap(), record);
+    }
+
     #[test]
     fn json_form_is_canonical_and_round_trips() {
         let mut r = Record::create(
