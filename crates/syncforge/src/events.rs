@@ -222,6 +222,9 @@ struct Listener {
     id: ListenerId,
     kind: EventKind,
     once: bool,
+    /// Installed by syncforge itself (an HTTP server's long-poll wake-ups):
+    /// not the user's to count or to remove wholesale.
+    internal: bool,
     handler: Handler,
 }
 
@@ -244,6 +247,8 @@ pub struct Events {
     /// Handlers per kind, kept beside the list so that checking for listeners
     /// needs no lock.
     counts: [AtomicUsize; KIND_COUNT],
+    /// The internal handlers among `counts`.
+    internal_counts: [AtomicUsize; KIND_COUNT],
     next_id: AtomicU64,
     panics: AtomicU64,
 }
@@ -265,6 +270,7 @@ impl Events {
             subscribed: AtomicBool::new(false),
             listeners: Mutex::new(Vec::new()),
             counts: std::array::from_fn(|_| AtomicUsize::new(0)),
+            internal_counts: std::array::from_fn(|_| AtomicUsize::new(0)),
             next_id: AtomicU64::new(1),
             panics: AtomicU64::new(0),
         }
@@ -299,7 +305,20 @@ impl Events {
         kind: EventKind,
         handler: impl Fn(&SyncEvent) + Send + Sync + 'static,
     ) -> ListenerId {
-        self.add(kind, false, Arc::new(handler))
+        self.add(kind, false, false, Arc::new(handler))
+    }
+
+    /// [`on`](Self::on) for a handler syncforge installs for itself, which
+    /// [`remove_all_listeners`](Self::remove_all_listeners) leaves in place
+    /// and [`listener_count`](Self::listener_count) leaves out: clearing the
+    /// user's handlers must not stop, say, a server's long polls waking.
+    #[cfg(any(test, feature = "http-server"))]
+    pub(crate) fn on_internal(
+        &self,
+        kind: EventKind,
+        handler: impl Fn(&SyncEvent) + Send + Sync + 'static,
+    ) -> ListenerId {
+        self.add(kind, false, true, Arc::new(handler))
     }
 
     /// Calls `handler` on the next event of `kind` only (the original's `once`).
@@ -308,19 +327,23 @@ impl Events {
         kind: EventKind,
         handler: impl Fn(&SyncEvent) + Send + Sync + 'static,
     ) -> ListenerId {
-        self.add(kind, true, Arc::new(handler))
+        self.add(kind, true, false, Arc::new(handler))
     }
 
-    fn add(&self, kind: EventKind, once: bool, handler: Handler) -> ListenerId {
+    fn add(&self, kind: EventKind, once: bool, internal: bool, handler: Handler) -> ListenerId {
         let id = ListenerId(self.next_id.fetch_add(1, Ordering::Relaxed));
         let mut listeners = self.lock();
         listeners.push(Listener {
             id,
             kind,
             once,
+            internal,
             handler,
         });
         self.counts[kind.index()].fetch_add(1, Ordering::Release);
+        if internal {
+            self.internal_counts[kind.index()].fetch_add(1, Ordering::Release);
+        }
         id
     }
 
@@ -333,19 +356,23 @@ impl Events {
         };
         let removed = listeners.remove(position);
         self.counts[removed.kind.index()].fetch_sub(1, Ordering::Release);
+        if removed.internal {
+            self.internal_counts[removed.kind.index()].fetch_sub(1, Ordering::Release);
+        }
         true
     }
 
     /// Removes every handler of `kind`, or every handler at all with `None`
     /// (the original's `removeAllListeners(event?)`). Receivers from
-    /// [`subscribe`](Self::subscribe) are not affected. Returns how many
-    /// handlers were removed.
+    /// [`subscribe`](Self::subscribe) are not affected, nor are the handlers
+    /// syncforge installs for itself (an HTTP server's long-poll wake-ups).
+    /// Returns how many handlers were removed.
     pub fn remove_all_listeners(&self, kind: impl Into<Option<EventKind>>) -> usize {
         let kind = kind.into();
         let mut listeners = self.lock();
         let before = listeners.len();
         listeners.retain(|l| {
-            let remove = kind.is_none_or(|k| k == l.kind);
+            let remove = !l.internal && kind.is_none_or(|k| k == l.kind);
             if remove {
                 self.counts[l.kind.index()].fetch_sub(1, Ordering::Release);
             }
@@ -354,8 +381,16 @@ impl Events {
         before - listeners.len()
     }
 
-    /// Handlers registered for `kind` (the original's `listenerCount`).
+    /// Handlers registered for `kind` (the original's `listenerCount`), not
+    /// counting those syncforge installs for itself.
     pub fn listener_count(&self, kind: EventKind) -> usize {
+        let internal = self.internal_counts[kind.index()].load(Ordering::Acquire);
+        self.handlers(kind).saturating_sub(internal)
+    }
+
+    /// Handlers registered for `kind`, internal ones included: whom an
+    /// event of `kind` reaches.
+    fn handlers(&self, kind: EventKind) -> usize {
         self.counts[kind.index()].load(Ordering::Acquire)
     }
 
@@ -367,18 +402,18 @@ impl Events {
     /// Whether an event of `kind` would reach anyone; checked before building
     /// a payload.
     pub(crate) fn wants(&self, kind: EventKind) -> bool {
-        self.listener_count(kind) > 0 || self.has_receivers()
+        self.handlers(kind) > 0 || self.has_receivers()
     }
 
     /// Whether an event of any of `kinds` would reach anyone.
     pub(crate) fn wants_any(&self, kinds: &[EventKind]) -> bool {
-        kinds.iter().any(|kind| self.listener_count(*kind) > 0) || self.has_receivers()
+        kinds.iter().any(|kind| self.handlers(*kind) > 0) || self.has_receivers()
     }
 
     /// Delivers `event` to the handlers of its kind, then to every receiver.
     pub(crate) fn emit(&self, event: SyncEvent) {
         let kind = event.kind();
-        if self.listener_count(kind) > 0 {
+        if self.handlers(kind) > 0 {
             self.call_handlers(kind, &event);
         }
         if self.subscribed.load(Ordering::Acquire) {
@@ -422,5 +457,43 @@ impl Events {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    fn start() -> SyncEvent {
+        SyncEvent::SyncStart {
+            collection: CollectionName::new("notes").unwrap(),
+            record_count: 0,
+            timestamp: 0,
+            trigger: SyncTrigger::Call,
+        }
+    }
+
+    /// Clearing the user's handlers leaves the ones syncforge installed for
+    /// itself, which the user's count does not show either.
+    #[test]
+    fn internal_handlers_outlive_remove_all_listeners() {
+        let events = Events::new(16);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::clone(&calls);
+        let internal = events.on_internal(EventKind::SyncStart, move |_| {
+            seen.fetch_add(1, Ordering::Relaxed);
+        });
+        events.on(EventKind::SyncStart, |_| {});
+        assert_eq!(events.listener_count(EventKind::SyncStart), 1);
+        assert_eq!(events.remove_all_listeners(None), 1);
+        assert_eq!(events.listener_count(EventKind::SyncStart), 0);
+        assert!(events.wants(EventKind::SyncStart));
+        events.emit(start());
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
+        assert!(events.off(internal));
+        assert!(!events.wants(EventKind::SyncStart));
+        assert_eq!(events.listener_count(EventKind::SyncStart), 0);
     }
 }

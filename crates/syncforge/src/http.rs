@@ -94,7 +94,7 @@ mod serving {
                 .into_iter()
                 .map(|kind| {
                     let wake = wake.clone();
-                    self.events().on(kind, move |event| match event {
+                    self.events().on_internal(kind, move |event| match event {
                         SyncEvent::RecordAdded { collection, .. }
                         | SyncEvent::RecordUpdated { collection, .. }
                         | SyncEvent::RecordDeleted { collection, .. } => wake(collection),

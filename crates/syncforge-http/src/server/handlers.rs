@@ -503,7 +503,11 @@ impl Shared {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let page = self.read_skipping(collection, query).await?;
+            // A page whose read budget ran out among skipped positions has
+            // nothing to show but more to read: the client reads on at once,
+            // where a wait would only read the same positions again.
             if !page.changes.is_empty()
+                || page.more
                 || tokio::time::Instant::now() >= deadline
                 || *closing.borrow()
             {

@@ -160,3 +160,89 @@ async fn a_wait_is_bounded_by_the_request_and_by_the_server() {
         "the wait outlived the server: {waited:?}"
     );
 }
+
+/// A long poll whose read budget runs out among skipped positions (echoes
+/// the client already holds, each a range of its own) answers at once with
+/// `more`, instead of waiting its whole time with a page it cannot fill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_among_skipped_positions_answers_at_once_with_more() {
+    let hq = memory_engine("hq").await;
+    let server = Server::bind(hq.clone(), "127.0.0.1:0", ServerOptions::default())
+        .await
+        .unwrap();
+    for i in 0..60 {
+        hq.put("notes", &json!({"id": format!("n{i:02}")}))
+            .await
+            .unwrap();
+    }
+    // Positions 1 to 58, one range each: a read of one change gets past
+    // two positions at most, so the read budget ends before position 59.
+    let skip: Vec<String> = (1..=58).map(|p: u64| p.to_string()).collect();
+    let started = Instant::now();
+    let text = crate::support::raw_client()
+        .get(format!(
+            "{}/v1/collections/notes/changes?after=0&limit=1&wait=20000&skip={}",
+            server.url(),
+            skip.join(",")
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert!(
+        waited < Duration::from_secs(5),
+        "waited {waited:?}: {answer}"
+    );
+    assert_eq!(answer["more"], json!(true), "{answer}");
+    assert!(answer["next"].as_u64().unwrap() > 0, "{answer}");
+    server.shutdown().await.unwrap();
+}
+
+/// The server's wake-ups are its own: an application clearing the engine's
+/// event handlers while a reader waits does not stop the reader waking at
+/// the next write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clearing_the_engines_handlers_does_not_stop_long_polls_waking() {
+    let hq = memory_engine("hq").await;
+    let server = Server::bind(hq.clone(), "127.0.0.1:0", ServerOptions::default())
+        .await
+        .unwrap();
+    let (reader_link, writer_link) = (peer(&server.url(), None), peer(&server.url(), None));
+    let writer = memory_engine("writer").await;
+    let waiting = {
+        let link = reader_link.clone();
+        tokio::spawn(async move {
+            link.wait_for_changes(
+                "notes",
+                syncforge::Cursor::START,
+                PAGE,
+                Duration::from_secs(20),
+            )
+            .await
+            .unwrap()
+        })
+    };
+    // Let the request reach the server and start waiting.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the wait returned with nothing new");
+    hq.events().remove_all_listeners(None);
+
+    writer.put("notes", &json!({"id": "n1"})).await.unwrap();
+    let pushed = Instant::now();
+    let _ = writer.sync_with(&writer_link, "notes").await.unwrap();
+    let page = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the reader was not woken by the write")
+        .unwrap();
+    assert_eq!(page.len(), 1);
+    assert!(
+        pushed.elapsed() < Duration::from_secs(5),
+        "woke {:?} after the write",
+        pushed.elapsed()
+    );
+    server.shutdown().await.unwrap();
+}
