@@ -248,7 +248,8 @@ impl CollectionKeys {
     /// the feed's head past the numbers a cursor can hold.
     pub(crate) fn entry_number(path: &Path) -> Option<u64> {
         let last = path.filename()?;
-        if last.len() != 16 {
+        // `from_str_radix` would also take a sign (`+00000000000001a`).
+        if last.len() != 16 || !last.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
         u64::from_str_radix(last, 16)
@@ -371,5 +372,7 @@ mod tests {
         assert_eq!(CollectionKeys::entry_number(&coll.entry(last)), Some(last));
         assert_eq!(CollectionKeys::entry_number(&coll.entry(last + 1)), None);
         assert_eq!(CollectionKeys::entry_number(&coll.entry(u64::MAX)), None);
+        let signed = Path::from(format!("{}/f/+00000000000001a", coll.dir()));
+        assert_eq!(CollectionKeys::entry_number(&signed), None);
     }
 }

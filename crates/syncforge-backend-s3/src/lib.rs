@@ -121,7 +121,10 @@ impl S3Backend {
     /// [`LocalDirectory`] do. object_store's own `LocalFileSystem` does not
     /// support `PutMode::Update`, and the first write that needs it fails
     /// with [`Error::Storage`] saying so: for a local directory use
-    /// [`local_directory`](Self::local_directory).
+    /// [`local_directory`](Self::local_directory). Its listings must come in
+    /// key order, as S3's, GCS's, Azure's, `InMemory`'s and
+    /// [`LocalDirectory`]'s do: a page of a listing is taken to hold the
+    /// first keys after its offset.
     ///
     /// # Errors
     ///

@@ -34,7 +34,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
@@ -255,7 +255,7 @@ impl ObjectStore for LocalDirectory {
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
-        self.files.list(prefix)
+        in_key_order(self.files.list(prefix))
     }
 
     fn list_with_offset(
@@ -263,7 +263,7 @@ impl ObjectStore for LocalDirectory {
         prefix: Option<&Path>,
         offset: &Path,
     ) -> BoxStream<'static, Result<ObjectMeta>> {
-        self.files.list_with_offset(prefix, offset)
+        in_key_order(self.files.list_with_offset(prefix, offset))
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
@@ -533,6 +533,22 @@ async fn blocking<T: Send + 'static>(
             .map_err(|source| Error::JoinError { source })?,
         Err(_) => work(),
     }
+}
+
+/// A listing in key order, as S3 gives it: the walk of a directory comes in
+/// whatever order the file system keeps, and a listing cut at its first
+/// `max` entries (a page of the feed, `get_many`'s window) must be the
+/// first `max` keys, not any `max` of them.
+fn in_key_order(
+    listing: BoxStream<'static, Result<ObjectMeta>>,
+) -> BoxStream<'static, Result<ObjectMeta>> {
+    futures::stream::once(async move {
+        let mut all: Vec<ObjectMeta> = listing.try_collect().await?;
+        all.sort_by(|a, b| a.location.cmp(&b.location));
+        Ok::<_, object_store::Error>(futures::stream::iter(all.into_iter().map(Ok)))
+    })
+    .try_flatten()
+    .boxed()
 }
 
 #[cfg(test)]

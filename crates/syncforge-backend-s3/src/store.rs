@@ -306,21 +306,37 @@ impl Store {
     pub(crate) async fn get_all(&self, collection: &CollectionName) -> Result<Vec<Record>> {
         let keys = self.keys.collection(collection);
         let listed = self.io.list(&keys.records(), None, None).await?;
+        let keys = &keys;
         let reads = listed
             .into_iter()
             .filter(|meta| meta.size != MARKER_SIZE)
-            .map(|meta| async move { self.read_at(collection, &meta.location).await });
-        let states: Vec<State> = futures::stream::iter(reads)
+            .map(|meta| async move {
+                let state = self.read_at(collection, &meta.location).await?;
+                match state {
+                    // An object copied or renamed by hand holds another key's
+                    // record: as `read` finds it, corrupt, never a second copy.
+                    State::Record { record, .. } if keys.record(record.id()) != meta.location => {
+                        Err(Error::Corrupt {
+                            backend: BACKEND_NAME,
+                            collection: collection.to_string(),
+                            id: Some(record.id().to_string()),
+                            location: meta.location.to_string(),
+                            reason: format!(
+                                "holds record {:?}, whose object is {}",
+                                record.id().as_str(),
+                                keys.record(record.id())
+                            ),
+                        })
+                    }
+                    State::Record { record, .. } => Ok(Some(record)),
+                    _ => Ok(None),
+                }
+            });
+        let records: Vec<Option<Record>> = futures::stream::iter(reads)
             .buffer_unordered(self.in_flight())
             .try_collect()
             .await?;
-        Ok(states
-            .into_iter()
-            .filter_map(|state| match state {
-                State::Record { record, .. } => Some(record),
-                _ => None,
-            })
-            .collect())
+        Ok(records.into_iter().flatten().collect())
     }
 
     /// Replaces a record by a marker; whether there was a record.

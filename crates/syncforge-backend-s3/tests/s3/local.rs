@@ -362,3 +362,83 @@ async fn feed_numbers_past_the_last_entry_are_not_trusted() {
         .unwrap_err();
     assert!(matches!(&err, SyncError::Corrupt { .. }), "{err}");
 }
+
+/// A local directory lists its objects in key order, as S3 does: a listing
+/// cut after its first 1,000 keys (`get_many`'s window over the records)
+/// must hold the first 1,000, or records it passed over read as absent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_directory_lists_in_key_order_so_get_many_finds_every_record() {
+    use futures::TryStreamExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = S3Backend::local_directory(dir.path(), "dse").unwrap();
+    let notes = collection();
+    let mut hlc = Hlc::new(ClientId::new("lister").unwrap());
+    let writes: Vec<Write> = (0..1_500)
+        .map(|i| {
+            let content = Content::from_value(json!({"id": format!("r{i:05}"), "n": i})).unwrap();
+            Write::create(Record::create(content, &hlc.now().unwrap()))
+        })
+        .collect();
+    for batch in writes.chunks(500) {
+        store.put_batch(&notes, batch).await.unwrap();
+    }
+    let ids: Vec<RecordId> = (0..1_500)
+        .step_by(25)
+        .map(|i| RecordId::new(format!("r{i:05}")).unwrap())
+        .collect();
+    let found = store.get_many(&notes, &ids).await.unwrap();
+    let missing: Vec<&RecordId> = ids
+        .iter()
+        .zip(&found)
+        .filter(|(_, stored)| stored.is_none())
+        .map(|(id, _)| id)
+        .collect();
+    assert!(missing.is_empty(), "read as absent: {missing:?}");
+
+    let raw = LocalDirectory::new(dir.path()).unwrap();
+    let listed: Vec<Path> = raw
+        .list(Some(&Path::from("dse")))
+        .map_ok(|meta| meta.location)
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(listed.len() > 1_500);
+    assert!(listed.windows(2).all(|pair| pair[0] < pair[1]));
+}
+
+/// An object copied by hand to another record's key holds a record that is
+/// not that key's: `get_all` reports it corrupt, as `get` does, instead of
+/// returning the record twice.
+#[tokio::test]
+async fn get_all_refuses_a_record_under_another_records_key() {
+    use syncforge_core::Error as SyncError;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = S3Backend::local_directory(dir.path(), "dse").unwrap();
+    let notes = collection();
+    let mut hlc = Hlc::new(ClientId::new("copier").unwrap());
+    let a = Record::create(
+        Content::from_value(json!({"id": "a", "n": 1})).unwrap(),
+        &hlc.now().unwrap(),
+    );
+    store.put(&notes, &Write::create(a)).await.unwrap();
+    assert_eq!(store.get_all(&notes).await.unwrap().len(), 1);
+
+    let raw = LocalDirectory::new(dir.path()).unwrap();
+    let records = format!("dse/c/{}/r", notes.as_str());
+    raw.copy(
+        &Path::from(format!("{records}/a")),
+        &Path::from(format!("{records}/b")),
+    )
+    .await
+    .unwrap();
+    let err = store.get_all(&notes).await.unwrap_err();
+    assert!(matches!(&err, SyncError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("holds record \"a\""), "{err}");
+    let err = store
+        .get(&notes, &RecordId::new("b").unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(&err, SyncError::Corrupt { .. }), "{err}");
+}
