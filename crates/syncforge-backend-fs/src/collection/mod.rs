@@ -680,12 +680,13 @@ impl Collection {
 
     /// At least the newest stamp of the collection's records (under the
     /// exclusive lock). Read from the log when it knows; otherwise from every
-    /// record file once, and then written to the log for the next time.
+    /// record once — the pending ones too, which their files do not hold
+    /// yet — and then written to the log for the next time.
     pub(crate) fn newest_stamp(&mut self) -> Result<Option<Stamp>> {
         if let NewestStamp::Known(newest) = self.log.newest() {
             return Ok(newest.clone());
         }
-        let (records, _) = records::read_all(&self.dir, &self.name)?;
+        let (records, _) = self.read_all()?;
         let newest = records.iter().map(Record::newest_stamp).max().cloned();
         let durable = self.durable();
         self.log.append(

@@ -120,3 +120,26 @@ async fn a_log_that_does_not_know_reads_the_files_once_and_remembers() {
         );
     }
 }
+
+/// A log that does not know the newest stamp learns it from the records,
+/// and those include the ones only the write-ahead log holds yet (written by
+/// another handle, not checkpointed): the files alone would give an older
+/// stamp, which the log would then remember for good.
+#[tokio::test]
+async fn a_log_that_does_not_know_counts_the_records_not_yet_in_their_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FsBackend::open(tmp.path()).await.unwrap();
+    put_any(&store, "notes", counter("r0", 3)).await;
+    store.close().await.unwrap();
+    std::fs::remove_file(tmp.path().join("notes").join(".changes")).unwrap();
+
+    let reader = FsBackend::open(tmp.path()).await.unwrap();
+    assert_eq!(
+        reader.get_all(&crate::coll("notes")).await.unwrap().len(),
+        1
+    );
+    let writer = FsBackend::open(tmp.path()).await.unwrap();
+    put_any(&writer, "notes", counter("r1", 40)).await;
+    assert_eq!(reader.newest_stamp().await.unwrap(), Some(stamp_of(40)));
+    assert_eq!(writer.newest_stamp().await.unwrap(), Some(stamp_of(40)));
+}
