@@ -75,7 +75,12 @@ fn without_password(url: &str) -> String {
             let user = user.split_once(':').map_or(user, |(name, _)| name);
             format!("{scheme}://{user}:***@{host}{tail}")
         }
-        None => url.to_owned(),
+        // A user part holding an unescaped `/` or `?` (a hand-built URL that
+        // a `StoreUrl` would refuse): hide all of it.
+        None => match rest.rsplit_once('@') {
+            Some((_, after)) => format!("{scheme}://***@{after}"),
+            None => url.to_owned(),
+        },
     }
 }
 
@@ -176,6 +181,8 @@ mod tests {
             ("rediss://:s3cret@cache", "rediss://:***@cache"),
             ("redis://app@cache/0", "redis://app:***@cache/0"),
             ("redis://cache:6379", "redis://cache:6379"),
+            ("redis://app:s3/cret@cache:6379", "redis://***@cache:6379"),
+            ("redis://app:s3?cret@cache", "redis://***@cache"),
         ] {
             let text = format!(
                 "{:?}",
@@ -184,7 +191,7 @@ mod tests {
                 }
             );
             assert!(text.contains(shown), "{text}");
-            assert!(!text.contains("s3cret"), "{text}");
+            assert!(!text.contains("cret"), "{text}");
         }
     }
 

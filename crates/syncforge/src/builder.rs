@@ -11,7 +11,8 @@ use syncforge_core::{
 use crate::backends::{create_backend, BackendConfig};
 use crate::config::{
     Config, DEFAULT_AUTO_SYNC_INTERVAL, DEFAULT_BATCH_SIZE, DEFAULT_EVENT_CAPACITY,
-    DEFAULT_MAX_RETRIES, MAX_BATCH_SIZE, MAX_EVENT_CAPACITY, MAX_RETRIES, MIN_AUTO_SYNC_INTERVAL,
+    DEFAULT_MAX_RETRIES, MAX_AUTO_SYNC_INTERVAL, MAX_BATCH_SIZE, MAX_EVENT_CAPACITY, MAX_RETRIES,
+    MIN_AUTO_SYNC_INTERVAL,
 };
 use crate::engine::SyncEngine;
 
@@ -209,6 +210,16 @@ impl EngineBuilder {
                 option: "auto_sync_interval",
                 reason: format!(
                     "{:?} is shorter than the minimum of {MIN_AUTO_SYNC_INTERVAL:?}",
+                    self.auto_sync_interval
+                ),
+            });
+        }
+        if self.auto_sync_interval > MAX_AUTO_SYNC_INTERVAL {
+            return Err(Error::InvalidConfig {
+                option: "auto_sync_interval",
+                reason: format!(
+                    "{:?} is longer than the maximum of {MAX_AUTO_SYNC_INTERVAL:?} (leave \
+                     auto-sync off for none)",
                     self.auto_sync_interval
                 ),
             });

@@ -20,6 +20,10 @@ pub const MAX_EVENT_CAPACITY: usize = 1 << 16;
 pub const DEFAULT_AUTO_SYNC_INTERVAL: Duration = Duration::from_secs(30);
 /// Shortest accepted auto-sync interval.
 pub const MIN_AUTO_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest accepted auto-sync interval (a year): the timer adds it to the
+/// present, which a longer one could carry past what a clock holds. For
+/// "never", leave auto-sync off.
+pub const MAX_AUTO_SYNC_INTERVAL: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
 /// The validated settings of an engine, read with
 /// [`SyncEngine::config`](crate::SyncEngine::config). Built by

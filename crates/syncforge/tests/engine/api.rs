@@ -23,6 +23,12 @@ async fn invalid_configuration_is_refused_naming_the_option() {
             SyncEngine::builder().auto_sync_interval(Duration::from_millis(999)),
             "auto_sync_interval",
         ),
+        (
+            SyncEngine::builder()
+                .auto_sync(true)
+                .auto_sync_interval(Duration::MAX),
+            "auto_sync_interval",
+        ),
         (SyncEngine::builder().client_id(""), "client_id"),
         (SyncEngine::builder().client_id("a\nb"), "client_id"),
         (
