@@ -247,8 +247,6 @@ pub struct Events {
     /// Handlers per kind, kept beside the list so that checking for listeners
     /// needs no lock.
     counts: [AtomicUsize; KIND_COUNT],
-    /// The internal handlers among `counts`.
-    internal_counts: [AtomicUsize; KIND_COUNT],
     next_id: AtomicU64,
     panics: AtomicU64,
 }
@@ -270,7 +268,6 @@ impl Events {
             subscribed: AtomicBool::new(false),
             listeners: Mutex::new(Vec::new()),
             counts: std::array::from_fn(|_| AtomicUsize::new(0)),
-            internal_counts: std::array::from_fn(|_| AtomicUsize::new(0)),
             next_id: AtomicU64::new(1),
             panics: AtomicU64::new(0),
         }
@@ -341,9 +338,6 @@ impl Events {
             handler,
         });
         self.counts[kind.index()].fetch_add(1, Ordering::Release);
-        if internal {
-            self.internal_counts[kind.index()].fetch_add(1, Ordering::Release);
-        }
         id
     }
 
@@ -356,9 +350,6 @@ impl Events {
         };
         let removed = listeners.remove(position);
         self.counts[removed.kind.index()].fetch_sub(1, Ordering::Release);
-        if removed.internal {
-            self.internal_counts[removed.kind.index()].fetch_sub(1, Ordering::Release);
-        }
         true
     }
 
@@ -384,8 +375,10 @@ impl Events {
     /// Handlers registered for `kind` (the original's `listenerCount`), not
     /// counting those syncforge installs for itself.
     pub fn listener_count(&self, kind: EventKind) -> usize {
-        let internal = self.internal_counts[kind.index()].load(Ordering::Acquire);
-        self.handlers(kind).saturating_sub(internal)
+        self.lock()
+            .iter()
+            .filter(|l| l.kind == kind && !l.internal)
+            .count()
     }
 
     /// Handlers registered for `kind`, internal ones included: whom an
