@@ -172,10 +172,10 @@ impl Reader {
         let mut cursor = Cursor::START;
         loop {
             let page = self.page(name, cursor, limit).await?;
-            let next = next_page(name, cursor, &page)?;
+            let read_on = reads_on(name, cursor, &page)?;
             cursor = cursor.max(page.next);
             page.changes.into_iter().for_each(&mut visit);
-            if next.is_none() {
+            if !read_on {
                 return Ok(cursor);
             }
         }
@@ -194,13 +194,13 @@ impl Reader {
 /// Changes read per page of a feed.
 const PAGE: usize = 1000;
 
-/// Where the feed is read on from after `page`, read after `cursor`:
-/// `None` at its end. A page that says more follows without moving past
-/// `cursor` would be read forever, and ending there would print part of the
-/// feed as if it were all of it: an error.
-fn next_page(name: &CollectionName, cursor: Cursor, page: &ChangePage) -> Result<Option<Cursor>> {
+/// Whether the feed is read on after `page`, read after `cursor` (from its
+/// `next`). A page that says more follows without moving past `cursor`
+/// would be read forever, and ending there would print part of the feed as
+/// if it were all of it: an error.
+fn reads_on(name: &CollectionName, cursor: Cursor, page: &ChangePage) -> Result<bool> {
     if !page.more {
-        return Ok(None);
+        return Ok(false);
     }
     if page.next <= cursor {
         anyhow::bail!(
@@ -210,7 +210,7 @@ fn next_page(name: &CollectionName, cursor: Cursor, page: &ChangePage) -> Result
             page.next
         );
     }
-    Ok(Some(page.next))
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -226,14 +226,11 @@ mod tests {
             more,
         };
         let at = Cursor::new(5);
-        assert_eq!(
-            next_page(&name, at, &page(9, true)).unwrap(),
-            Some(Cursor::new(9))
-        );
-        assert_eq!(next_page(&name, at, &page(9, false)).unwrap(), None);
-        assert_eq!(next_page(&name, at, &page(5, false)).unwrap(), None);
+        assert!(reads_on(&name, at, &page(9, true)).unwrap());
+        assert!(!reads_on(&name, at, &page(9, false)).unwrap());
+        assert!(!reads_on(&name, at, &page(5, false)).unwrap());
         for stuck in [5, 4] {
-            let error = next_page(&name, at, &page(stuck, true)).unwrap_err();
+            let error = reads_on(&name, at, &page(stuck, true)).unwrap_err();
             assert!(
                 error.to_string().contains("does not move past it"),
                 "{error}"
