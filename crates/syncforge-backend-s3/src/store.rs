@@ -225,13 +225,7 @@ impl Store {
         let state = self.read_at(collection, &path).await?;
         if let State::Record { record, .. } = &state {
             if record.id() != id {
-                return Err(Error::Corrupt {
-                    backend: BACKEND_NAME,
-                    collection: collection.to_string(),
-                    id: Some(id.to_string()),
-                    location: path.to_string(),
-                    reason: format!("holds record {:?} instead", record.id().as_str()),
-                });
+                return Err(misplaced(collection, id, &path, record.id()));
             }
         }
         Ok(state)
@@ -316,17 +310,12 @@ impl Store {
                     // An object copied or renamed by hand holds another key's
                     // record: as `read` finds it, corrupt, never a second copy.
                     State::Record { record, .. } if keys.record(record.id()) != meta.location => {
-                        Err(Error::Corrupt {
-                            backend: BACKEND_NAME,
-                            collection: collection.to_string(),
-                            id: Some(record.id().to_string()),
-                            location: meta.location.to_string(),
-                            reason: format!(
-                                "holds record {:?}, whose object is {}",
-                                record.id().as_str(),
-                                keys.record(record.id())
-                            ),
-                        })
+                        Err(misplaced(
+                            collection,
+                            record.id(),
+                            &meta.location,
+                            record.id(),
+                        ))
                     }
                     State::Record { record, .. } => Ok(Some(record)),
                     _ => Ok(None),
@@ -608,6 +597,24 @@ pub(crate) fn kept_changing(path: &Path) -> Error {
         BACKEND_NAME,
         format!("{path} changed under each of {MAX_RACES} attempts to write it; try again"),
     )
+}
+
+/// The error for the object at `location` holding record `found` where its
+/// key names another record; `id` is the record it was read for (by a
+/// listing, which names no record, `found` itself).
+fn misplaced(
+    collection: &CollectionName,
+    id: &RecordId,
+    location: &Path,
+    found: &RecordId,
+) -> Error {
+    Error::Corrupt {
+        backend: BACKEND_NAME,
+        collection: collection.to_string(),
+        id: Some(id.to_string()),
+        location: location.to_string(),
+        reason: format!("holds record {:?} instead", found.as_str()),
+    }
 }
 
 #[cfg(test)]
