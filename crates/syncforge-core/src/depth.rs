@@ -198,6 +198,40 @@ struct Probe {
     in_id: bool,
     /// The top-level `id`, when it is a string.
     id: Option<String>,
+    /// Set inside a serde_json `RawValue`, whose one string is JSON text.
+    raw: bool,
+}
+
+/// The name serde_json gives the struct (and its one field) that carries a
+/// `RawValue`'s text.
+const RAW_VALUE_TOKEN: &str = "$serde_json::private::RawValue";
+
+/// How deep JSON text nests arrays and objects: its brackets outside
+/// strings. The text is valid JSON (a `RawValue` is checked when made).
+fn text_depth(json: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for byte in json.bytes() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// Why a [`Probe`] stopped.
@@ -238,7 +272,22 @@ impl Probe {
             in_key: false,
             in_id: false,
             id: None,
+            raw: false,
         }
+    }
+
+    /// A `RawValue`'s JSON text: as deep as its brackets nest, where the
+    /// data model shows one string.
+    fn raw_text(&mut self, json: &str) -> ProbeResult {
+        if self.mode == Mode::FindId {
+            return Ok(());
+        }
+        let levels = text_depth(json);
+        for _ in 0..levels {
+            self.open()?;
+        }
+        self.depth -= levels;
+        Ok(())
     }
 
     /// Opens a container; fails when it nests past the limit (the record's
@@ -350,6 +399,9 @@ impl ser::Serializer for &mut Probe {
         self.string(c.encode_utf8(&mut [0; 4]))
     }
     fn serialize_str(self, s: &str) -> ProbeResult {
+        if self.raw {
+            return self.raw_text(s);
+        }
         self.string(s)
     }
     /// serde_json writes bytes as an array of numbers: one level.
@@ -426,8 +478,17 @@ impl ser::Serializer for &mut Probe {
         self.open()?;
         Ok(self)
     }
-    fn serialize_struct(self, _: &'static str, _: usize) -> std::result::Result<Self, ProbeError> {
-        self.open()?;
+    fn serialize_struct(
+        self,
+        name: &'static str,
+        _: usize,
+    ) -> std::result::Result<Self, ProbeError> {
+        // serde_json writes a `RawValue` as its text, not as an object.
+        if name == RAW_VALUE_TOKEN {
+            self.raw = true;
+        } else {
+            self.open()?;
+        }
         Ok(self)
     }
     /// serde_json writes `{"variant": {...}}`: two levels.
@@ -524,9 +585,15 @@ impl ser::SerializeStruct for &mut Probe {
         key: &'static str,
         value: &T,
     ) -> ProbeResult {
+        if self.raw {
+            return value.serialize(&mut **self);
+        }
         self.value(Some(key), value)
     }
     fn end(self) -> ProbeResult {
+        if std::mem::take(&mut self.raw) {
+            return Ok(());
+        }
         self.close()
     }
 }

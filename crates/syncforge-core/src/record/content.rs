@@ -552,6 +552,10 @@ impl<'a> Serializer for &'a mut Fields {
         name: &'static str,
         len: usize,
     ) -> std::result::Result<Self, Refusal> {
+        // A `RawValue` document: its JSON is read through `Value`.
+        if name.starts_with(build::PRIVATE_TOKEN) {
+            return Err(Refusal::Unsupported);
+        }
         let fields = match known_layout(name) {
             Some(layout) => {
                 let fields = layout.fields;
@@ -642,6 +646,48 @@ mod tests {
         let c = content(json!({"id": "a", "_version": 3, "_sync": {}, "x": 1}));
         assert_eq!(c.fields().len(), 1);
         assert!(Content::from_value(json!({"id": "a", "_deleted": 1})).is_err());
+    }
+
+    /// A `RawValue` field is measured as the JSON it holds, not as the one
+    /// string serde's data model shows: deeper than the limit, it was stored
+    /// and then refused by every read of the record.
+    #[test]
+    fn a_raw_value_nested_past_the_limit_is_refused_as_any_value_is() {
+        #[derive(serde::Serialize)]
+        struct Doc {
+            id: &'static str,
+            deep: Box<serde_json::value::RawValue>,
+        }
+        let nested = |levels: usize| Doc {
+            id: "a",
+            deep: serde_json::value::RawValue::from_string(format!(
+                "{}1{}",
+                "[".repeat(levels),
+                "]".repeat(levels)
+            ))
+            .unwrap(),
+        };
+        let deep = nested(100);
+        let direct = Content::from_serialize(&deep).unwrap_err().to_string();
+        let through = Content::from_value(serde_json::to_value(&deep).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(direct, through);
+        assert!(direct.contains("levels deep"), "{direct}");
+        let at_the_limit = nested(crate::MAX_NESTING_DEPTH);
+        let direct = Content::from_serialize(&at_the_limit).unwrap();
+        let through = content(serde_json::to_value(&at_the_limit).unwrap());
+        assert_eq!(direct.fields(), through.fields());
+    }
+
+    #[test]
+    fn a_raw_value_document_is_read_as_the_json_it_holds() {
+        let text = r#"{"x":[1,{"b":2,"a":1}],"id":"a"}"#;
+        let raw = serde_json::value::RawValue::from_string(text.to_owned()).unwrap();
+        let direct = Content::from_serialize(&*raw).unwrap();
+        let through = content(serde_json::from_str(text).unwrap());
+        assert_eq!(direct.id().as_str(), "a");
+        assert_eq!(direct.fields(), through.fields());
     }
 
     #[test]
