@@ -24,12 +24,24 @@ struct Step {
     needs_services: bool,
 }
 
-fn steps(test_env: Vec<(&'static str, OsString)>) -> Vec<Step> {
-    let tests = test_env.into_iter().fold(
-        // Plain `cargo test` runs unit, integration and doc tests alike.
-        Cargo::new(&["test", "--workspace", "--all-features"]),
-        |command, (name, value)| command.env(name, value),
-    );
+fn steps(test_env: &[(&'static str, OsString)]) -> Vec<Step> {
+    let with_env = |command: Cargo| {
+        test_env.iter().fold(command, |command, (name, value)| {
+            command.env(name, value.clone())
+        })
+    };
+    // Plain `cargo test` runs unit, integration and doc tests alike.
+    let tests = with_env(Cargo::new(&["test", "--workspace", "--all-features"]));
+    // Any crate of a program can turn on serde_json's `preserve_order`, and
+    // Cargo then turns it on for every crate: serde_json's map then keeps
+    // insertion order, which the canonical form must not follow.
+    let insertion_ordered_maps = with_env(Cargo::new(&[
+        "test",
+        "-p",
+        "syncforge-core",
+        "--features",
+        "serde_json/preserve_order",
+    ]));
     vec![
         Step {
             name: "fmt",
@@ -99,6 +111,7 @@ fn steps(test_env: Vec<(&'static str, OsString)>) -> Vec<Step> {
             name: "tests (unit, integration, doc)",
             commands: vec![
                 tests,
+                insertion_ordered_maps,
                 // The facade's own unit tests once more with only the memory
                 // backend: what a build without a backend's feature says
                 // about that backend (FeatureDisabled, naming the feature).
@@ -128,7 +141,7 @@ fn test_env(lookup: impl Fn(&str) -> Option<OsString>) -> Vec<(&'static str, OsS
 /// Runs every step; the error names the step that failed and why.
 pub(crate) fn run() -> Result<(), String> {
     let started = Instant::now();
-    let steps = steps(test_env(|name| std::env::var_os(name)));
+    let steps = steps(&test_env(|name| std::env::var_os(name)));
     let total = steps.len();
     // Started before the first step that needs them, stopped when `run` returns.
     let mut running: Option<services::Services> = None;
@@ -189,7 +202,7 @@ mod tests {
 
     #[test]
     fn lint_and_test_steps_cover_the_whole_workspace() {
-        let steps = steps(test_env(|_| None));
+        let steps = steps(&test_env(|_| None));
         let shown: Vec<String> = steps
             .iter()
             .flat_map(|step| step.commands.iter().map(ToString::to_string))
@@ -200,6 +213,11 @@ mod tests {
         ));
         assert!(shown.contains(
             &"SYNCFORGE_REQUIRE_SERVICES=1 PROPTEST_CASES=1000 cargo test --workspace --all-features"
+                .to_owned()
+        ));
+        assert!(shown.contains(
+            &"SYNCFORGE_REQUIRE_SERVICES=1 PROPTEST_CASES=1000 cargo test -p syncforge-core \
+              --features serde_json/preserve_order"
                 .to_owned()
         ));
     }

@@ -197,7 +197,13 @@ fn same_state(a: &Record, b: &Record) -> bool {
 }
 
 /// Canonical JSON of everything but the version vector.
-fn state_json(r: &Record) -> String {
+///
+/// Written by the canonical writer, not `Value`'s `to_string`: with
+/// serde_json's `preserve_order` feature on anywhere in a program, the
+/// latter prints keys in the order they were inserted (and a removal moves
+/// the last key into the removed one's place), so replicas built with and
+/// without it would break the same tie differently.
+fn state_json(r: &Record) -> crate::JsonText {
     let mut json = r.to_json();
     if let Some(sync) = json
         .get_mut(crate::record::SYNC_KEY)
@@ -208,7 +214,7 @@ fn state_json(r: &Record) -> String {
     if let Some(map) = json.as_object_mut() {
         map.remove(crate::record::VERSION_KEY);
     }
-    json.to_string()
+    crate::JsonText::from_checked(&json)
 }
 
 /// Fields held by both sides (live or removed) whose visible values differ.
@@ -285,4 +291,33 @@ pub(crate) fn merge_field_states(
     FieldStates(merge_sorted(ours.0, theirs.0, |a, b| {
         pick_field(a, b).clone()
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// Two records in the TypeScript library's format, equal stamps and
+    /// different values: the Timestamp strategy keeps the one whose
+    /// canonical text sorts last. With serde_json's `preserve_order`, a
+    /// `Value`'s own text puts the fields before the metadata, and the other
+    /// record's `"z"` would win instead of `"a"`'s shorter `_sync.fields`.
+    #[test]
+    fn a_timestamp_tie_goes_by_the_canonical_text() {
+        let record = |fields: serde_json::Value| {
+            let mut value = json!({"id": "r", "_timestamp": 1000, "_clientId": "c", "_version": 1});
+            if let (Some(value), Some(fields)) = (value.as_object_mut(), fields.as_object()) {
+                value.extend(fields.clone());
+            }
+            Record::from_json(value).unwrap()
+        };
+        let (short, long) = (record(json!({"a": "a"})), record(json!({"a": "z", "b": 1})));
+        assert!(short.to_json_string() > long.to_json_string());
+        for (local, remote) in [(&short, &long), (&long, &short)] {
+            let merged = merge(local, remote, ConflictStrategy::Timestamp).unwrap();
+            assert_eq!(merged.to_json_string(), short.to_json_string());
+        }
+    }
 }

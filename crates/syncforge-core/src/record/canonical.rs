@@ -194,17 +194,65 @@ pub(super) fn write_value(out: &mut String, value: &Value) {
             }
             out.push(']');
         }
-        Value::Object(map) => {
-            out.push('{');
-            let mut first = true;
-            for (key, item) in map {
-                separate(out, &mut first);
-                write_key(out, key);
-                write_value(out, item);
+        Value::Object(map) => write_members(out, map.iter()),
+    }
+}
+
+/// An object of `members`, written in key order whatever order they come in.
+///
+/// serde_json's map iterates in key order, unless any crate of the program
+/// turns on serde_json's `preserve_order` feature, which Cargo then turns on
+/// for every crate: its map then keeps the order keys came in, and equal
+/// objects would print differently.
+fn write_members<'a, I>(out: &mut String, members: I)
+where
+    I: Iterator<Item = (&'a String, &'a Value)> + Clone,
+{
+    if members.clone().map(|(key, _)| key).is_sorted() {
+        write_object(out, members);
+    } else {
+        let mut sorted: Vec<_> = members.collect();
+        // A map holds each key once.
+        sorted.sort_unstable_by_key(|&(key, _)| key);
+        write_object(out, sorted.into_iter());
+    }
+}
+
+/// A value serialised with every object's keys in order, as the canonical
+/// text has them: serde's own `Serialize` for a `Value` follows the map,
+/// whose order serde_json's `preserve_order` feature changes (see
+/// [`write_members`]).
+pub(super) struct InKeyOrder<'a>(pub(super) &'a Value);
+
+impl serde::Serialize for InKeyOrder<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self.0 {
+            Value::Array(items) => s.collect_seq(items.iter().map(InKeyOrder)),
+            Value::Object(map) => {
+                let mut members: Vec<_> = map.iter().collect();
+                if !members.is_sorted_by_key(|&(key, _)| key) {
+                    members.sort_unstable_by_key(|&(key, _)| key);
+                }
+                s.collect_map(
+                    members
+                        .into_iter()
+                        .map(|(key, value)| (key, InKeyOrder(value))),
+                )
             }
-            out.push('}');
+            scalar => scalar.serialize(s),
         }
     }
+}
+
+fn write_object<'a>(out: &mut String, members: impl Iterator<Item = (&'a String, &'a Value)>) {
+    out.push('{');
+    let mut first = true;
+    for (key, item) in members {
+        separate(out, &mut first);
+        write_key(out, key);
+        write_value(out, item);
+    }
+    out.push('}');
 }
 
 pub(super) fn write_u64(out: &mut String, value: u64) {
@@ -328,10 +376,41 @@ fn first_special(bytes: &[u8]) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{json, Map};
 
     use super::*;
-    use crate::{merge, ConflictStrategy, Content, MAX_STAMP_MILLIS};
+    use crate::{merge, ConflictStrategy, Content, JsonText, MAX_STAMP_MILLIS};
+
+    #[test]
+    fn serialised_in_key_order_whatever_order_the_map_keeps() {
+        let mut map = Map::new();
+        map.insert("b".to_owned(), json!([{"d": 1, "c": 2}]));
+        map.insert("a".to_owned(), json!(null));
+        let value = Value::Object(map);
+        let text = serde_json::to_string(&InKeyOrder(&value)).unwrap();
+        assert_eq!(text, r#"{"a":null,"b":[{"c":2,"d":1}]}"#);
+        assert_eq!(text, JsonText::from_checked(&value).as_str());
+    }
+
+    /// What a map in insertion order (serde_json's `preserve_order`) hands
+    /// the writer: equal objects print the same whatever their order.
+    #[test]
+    fn members_are_written_in_key_order_whatever_order_they_come_in() {
+        let (a, b, c) = ("a".to_owned(), "b".to_owned(), "c".to_owned());
+        let (one, two, inner) = (json!(1), json!(2), json!({"y": [], "x": null}));
+        let mut shuffled = String::new();
+        write_members(
+            &mut shuffled,
+            [(&c, &inner), (&a, &one), (&b, &two)].into_iter(),
+        );
+        let mut sorted = String::new();
+        write_members(
+            &mut sorted,
+            [(&a, &one), (&b, &two), (&c, &inner)].into_iter(),
+        );
+        assert_eq!(shuffled, r#"{"a":1,"b":2,"c":{"x":null,"y":[]}}"#);
+        assert_eq!(sorted, shuffled);
+    }
 
     fn stamp(millis: u64, counter: u32, client: &str) -> Stamp {
         Stamp::new(millis, counter, client).unwrap()
@@ -343,8 +422,12 @@ mod tests {
 
     fn same_as_serde_json(record: &Record) {
         let text = record.to_json_string();
-        assert_eq!(text, serde_json::to_string(&record.to_json()).unwrap());
+        // serde_json's own writer, with keys in order whatever its map keeps.
         assert_eq!(text, serde_json::to_string(record).unwrap());
+        assert_eq!(
+            serde_json::from_str::<Value>(&text).unwrap(),
+            record.to_json()
+        );
     }
 
     #[test]

@@ -72,8 +72,9 @@ impl Content {
     pub fn from_value(value: Value) -> Result<Content> {
         let (id, map) = open_object(value)?;
         let stamp = Stamp::unstamped();
-        // A map iterates sorted and without repeats.
-        let fields = map
+        // A map holds each key once, in key order unless serde_json's
+        // `preserve_order` feature is on somewhere in the program.
+        let mut fields: Vec<(FieldName, FieldState)> = map
             .into_iter()
             .filter(|(key, _)| !is_reserved(key))
             .map(|(key, value)| {
@@ -81,6 +82,9 @@ impl Content {
                 (shared_name(key), unstamped(text, &stamp))
             })
             .collect();
+        if !fields.is_sorted_by(|(a, _), (b, _)| a < b) {
+            fields.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
+        }
         Ok(Content { id, fields })
     }
 

@@ -506,9 +506,11 @@ impl Record {
     }
 }
 
+/// The canonical form's keys and values, in its key order whatever order
+/// serde_json's map keeps (see [`canonical::InKeyOrder`]).
 impl serde::Serialize for Record {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        self.to_json().serialize(s)
+        canonical::InKeyOrder(&self.to_json()).serialize(s)
     }
 }
 
