@@ -454,7 +454,17 @@ impl<T: TimeSource + ?Sized> TimeSource for Arc<T> {
 pub const DEFAULT_MAX_DRIFT: Duration = Duration::from_secs(300);
 
 /// A hybrid logical clock for one replica.
-#[derive(Debug, Clone)]
+///
+/// Not `Clone`: a copy would go on from the same reading and issue the same
+/// stamps as the original, for different writes. Share one clock instead
+/// (the engine keeps its own behind a lock).
+///
+/// ```compile_fail
+/// use syncforge_core::{ClientId, Hlc};
+/// let clock = Hlc::new(ClientId::new("phone").unwrap());
+/// let copy = clock.clone();
+/// ```
+#[derive(Debug)]
 pub struct Hlc {
     client: ClientId,
     millis: u64,

@@ -230,7 +230,8 @@ thread_local! {
 
 fn layout_slot(name: &'static str) -> usize {
     // Fibonacci hashing, as for the field names.
-    (name.as_ptr() as usize).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 60
+    // In 64 bits whatever the pointer width: the top four bits pick the slot.
+    ((name.as_ptr() as usize as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 60) as usize
 }
 
 fn known_layout(name: &'static str) -> Option<Rc<Layout>> {

@@ -281,8 +281,9 @@ pub(super) fn shared_static_name(name: &'static str) -> FieldName {
     }
     let address = name.as_ptr() as usize;
     // Fibonacci hashing: names of one struct lie a few bytes apart, and the
-    // top bits of the product spread them over the slots.
-    let slot = (address.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) % SLOTS;
+    // top bits of the product spread them over the slots. In 64 bits on
+    // every target; the six top bits fit any `usize`.
+    let slot = (((address as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize) % SLOTS;
     BY_ADDRESS.with(|slots| {
         let mut slots = slots.borrow_mut();
         match &slots[slot] {
