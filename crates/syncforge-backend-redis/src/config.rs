@@ -95,8 +95,9 @@ impl RedisConfig {
     /// * `redis-cluster://[user[:password]@]host:port[?node=host:port&node=...]`
     ///   — a cluster, from one or more seed nodes (`rediss-cluster://` over TLS).
     ///
-    /// Every form also takes `?prefix=...` for the key prefix. User and
-    /// password may be percent-encoded. Anything else is refused with
+    /// Every form also takes `?prefix=...` for the key prefix. User,
+    /// password and parameters may be percent-encoded, and a `/`, `?` or `@`
+    /// in them must be (`%2F`, `%3F`, `%40`). Anything else is refused with
     /// [`Error::InvalidConfig`], whose message never contains the password.
     ///
     /// ```
@@ -125,6 +126,17 @@ impl RedisConfig {
                 )))
             }
         };
+        // The user part ends at the first '/' or '?'. An '@' after that is
+        // a password holding an unescaped '/' or '?' (base64 passwords often
+        // do): parsed on, its pieces would be quoted as a host, port, database
+        // or parameter in the error, so it is refused here, quoting nothing.
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        if rest[authority_end..].contains('@') {
+            return Err(url_error(
+                "an '@' after the host's first '/' or '?': percent-encode '/', '?' and '@' \
+                 in the user name, password and parameters (%2F, %3F, %40)",
+            ));
+        }
         let (rest, query) = match rest.split_once('?') {
             Some((rest, query)) => (rest, Some(query)),
             None => (rest, None),
@@ -430,6 +442,13 @@ mod tests {
             "redis://h?color=blue",
             "redis://u:secret%zz@h",
             "redis://[::1",
+            // Unescaped '/' or '?' in the password: the text after either
+            // would be read as the host, port, database or a parameter.
+            "redis://app:secret/x@cache:6379",
+            "redis://app:6380/secret@h",
+            "redis://:7000/1secret@h",
+            "redis://u:pa?secret@h",
+            "redis-cluster://u:pa?secret@h:7000&node=h:7001",
         ] {
             let error = RedisConfig::from_url(url).unwrap_err();
             assert!(
