@@ -228,6 +228,8 @@ impl S3Config {
     }
 
     /// Allows plain HTTP (for a server on a trusted network or this machine).
+    /// Without it, an `http://` endpoint is refused as
+    /// [`Error::InvalidConfig`] (option `allow_http`) when the store is made.
     pub fn with_allow_http(mut self, allow: bool) -> Self {
         self.allow_http = allow;
         self
@@ -283,7 +285,8 @@ impl S3Config {
             .saturating_mul(retries.saturating_add(1))
             .saturating_add(MAX_BACKOFF.saturating_mul(retries));
         // A retry starts only within retry_timeout; the last one may then run its full time.
-        every_attempt.min(self.retry_timeout + MAX_BACKOFF + per_attempt)
+        let last_start = self.retry_timeout.saturating_add(MAX_BACKOFF);
+        every_attempt.min(last_start.saturating_add(per_attempt))
     }
 
     /// The object store client for this configuration.
@@ -311,6 +314,22 @@ impl S3Config {
                 return Err(Error::InvalidConfig {
                     option,
                     reason: "must be longer than zero".to_owned(),
+                });
+            }
+        }
+        // Refused here, naming the option: the client would only refuse
+        // the endpoint at the first request.
+        if let Some(endpoint) = &self.endpoint {
+            let plain = endpoint
+                .get(..7)
+                .is_some_and(|scheme| scheme.eq_ignore_ascii_case("http://"));
+            if plain && !self.allow_http {
+                return Err(Error::InvalidConfig {
+                    option: "allow_http",
+                    reason: format!(
+                        "the endpoint {endpoint:?} is plain http: allow it with \
+                         with_allow_http(true) (allow_http=true in a store URL)"
+                    ),
                 });
             }
         }
@@ -486,6 +505,42 @@ mod tests {
             .with_request_timeout(Duration::ZERO)
             .build()
             .is_err());
+    }
+
+    #[test]
+    fn a_plain_http_endpoint_needs_allow_http() {
+        let url = "s3://readings?endpoint=http://127.0.0.1:9000";
+        let error = S3Config::from_url(url).unwrap().build().unwrap_err();
+        assert!(
+            matches!(
+                error,
+                Error::InvalidConfig {
+                    option: "allow_http",
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        S3Config::from_url(&format!("{url}&allow_http=true"))
+            .unwrap()
+            .build()
+            .unwrap();
+        S3Config::new("readings")
+            .with_endpoint("https://127.0.0.1:9000")
+            .build()
+            .unwrap();
+    }
+
+    #[test]
+    fn the_failure_bound_of_endless_timeouts_is_endless() {
+        // Four attempts of the default 30 s end first.
+        let endless = S3Config::new("bucket").with_retries(3, Duration::MAX);
+        assert_eq!(
+            endless.failure_bound(),
+            Duration::from_secs(120) + 3 * MAX_BACKOFF
+        );
+        let endless = S3Config::new("bucket").with_request_timeout(Duration::MAX);
+        assert_eq!(endless.failure_bound(), Duration::MAX);
     }
 
     #[test]

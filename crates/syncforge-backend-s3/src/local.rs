@@ -70,6 +70,12 @@ const LOCK_FILE: &str = ".syncforge-lock#0";
 /// another program) bypasses the lock and voids these guarantees. Multipart
 /// uploads are not supported.
 ///
+/// Object keys become file names as they are, so the directory must be on a
+/// file system that tells names apart by case, as S3 does (Linux's are). On
+/// one that does not (macOS's default APFS, Windows' NTFS), the collections
+/// `Notes` and `notes` would share one folder. The filesystem store
+/// (`syncforge-backend-fs`) encodes names for such file systems.
+///
 /// ```
 /// use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, UpdateVersion};
 /// use syncforge_backend_s3::LocalDirectory;
