@@ -1064,6 +1064,14 @@ impl SyncEngine {
         let collection = collection.clone();
         let event = match (kind, previous) {
             (ChangeKind::Deleted, _) => SyncEvent::RecordDeleted { collection, record },
+            // A deleted record whose tombstone or versions moved (two
+            // replicas deleted it concurrently): written, but nothing visible
+            // changed, and `record:updated` is about visible records.
+            (ChangeKind::Updated, Some(previous))
+                if previous.is_deleted() && record.is_deleted() =>
+            {
+                return
+            }
             (ChangeKind::Updated, Some(previous)) => SyncEvent::RecordUpdated {
                 collection,
                 record,

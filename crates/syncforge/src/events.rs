@@ -46,7 +46,7 @@ pub enum EventKind {
     RecordUpdated,
     /// `record:deleted`: a record was soft-deleted.
     RecordDeleted,
-    /// `sync:progress`: a batch of a sync was applied (not in the original).
+    /// `sync:progress`: a batch of a sync or an import was applied.
     SyncProgress,
 }
 
@@ -169,7 +169,7 @@ pub enum SyncEvent {
         /// The deleted record (a tombstone).
         record: Record,
     },
-    /// `sync:progress`: after each applied batch of a sync, for progress bars.
+    /// `sync:progress`: after each applied batch of a sync or an import, for progress bars.
     SyncProgress {
         /// The collection.
         collection: CollectionName,

@@ -216,6 +216,41 @@ async fn sync_emits_start_conflict_record_progress_and_success() {
     );
 }
 
+/// `record:updated` is about visible records: a record deleted on both
+/// sides, whose merge only moves its tombstone and versions, is written and
+/// counted, but emits no `record:*` event.
+#[tokio::test]
+async fn a_record_deleted_on_both_sides_emits_no_record_event() {
+    let time = Arc::new(ManualTime::new(T0));
+    let a = engine_at("a", ConflictStrategy::Crdt, &time).await;
+    let b = engine_at("b", ConflictStrategy::Crdt, &time).await;
+    a.put("c", &json!({"id": "r", "x": 1})).await.unwrap();
+    let _ = b.sync("c", a.get_all("c").await.unwrap()).await.unwrap();
+    time.advance(5);
+    a.delete("c", "r").await.unwrap();
+    time.advance(5);
+    b.delete("c", "r").await.unwrap();
+    let before = b.get_all("c").await.unwrap();
+
+    let mut rx = b.subscribe();
+    let result = b.sync("c", a.get_all("c").await.unwrap()).await.unwrap();
+    let events = drain(&mut rx);
+    assert_eq!(result.updated, 1, "{result:?}");
+    let after = b.get_all("c").await.unwrap();
+    assert_ne!(after, before, "the merged versions are written");
+    assert!(after[0].is_deleted());
+    let record_events: Vec<EventKind> = kinds(&events)
+        .into_iter()
+        .filter(|kind| {
+            matches!(
+                kind,
+                EventKind::RecordAdded | EventKind::RecordUpdated | EventKind::RecordDeleted
+            )
+        })
+        .collect();
+    assert_eq!(record_events, [], "{events:?}");
+}
+
 #[tokio::test]
 async fn unchanged_records_emit_no_record_events() {
     let a = engine("a", ConflictStrategy::Crdt).await;
