@@ -507,7 +507,7 @@ impl Record {
 }
 
 /// The canonical form's keys and values, in its key order whatever order
-/// serde_json's map keeps (see [`canonical::InKeyOrder`]).
+/// serde_json's map keeps (its `preserve_order` feature changes that order).
 impl serde::Serialize for Record {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         canonical::InKeyOrder(&self.to_json()).serialize(s)
