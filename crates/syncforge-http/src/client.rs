@@ -107,7 +107,6 @@ impl Clone for HttpPeer {
     }
 }
 
-#[derive(Debug)]
 struct Inner {
     base: Url,
     peer_id: String,
@@ -117,6 +116,20 @@ struct Inner {
     retries: u32,
     retry_delay: Duration,
     state: Mutex<PeerState>,
+}
+
+/// Every setting, the bearer token as `***`.
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpPeer")
+            .field("base", &self.base.as_str())
+            .field("peer_id", &self.peer_id)
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("timeout", &self.timeout)
+            .field("retries", &self.retries)
+            .field("retry_delay", &self.retry_delay)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What the peer learnt from the server.
@@ -200,7 +213,7 @@ impl PeerState {
 }
 
 /// Builds an [`HttpPeer`]: [`HttpPeer::builder`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[must_use]
 pub struct HttpPeerBuilder {
     base_url: String,
@@ -211,6 +224,41 @@ pub struct HttpPeerBuilder {
     user_agent: String,
     retries: u32,
     retry_delay: Duration,
+}
+
+/// Every setting, the bearer token as `***`.
+impl std::fmt::Debug for HttpPeerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpPeerBuilder")
+            .field("base_url", &shown_url(&self.base_url))
+            .field("peer_id", &self.peer_id)
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("user_agent", &self.user_agent)
+            .field("retries", &self.retries)
+            .field("retry_delay", &self.retry_delay)
+            .finish()
+    }
+}
+
+/// A base URL as messages show it: hidden whole when it may name a user and
+/// password, which the builder refuses but must not print.
+fn shown_url(url: &str) -> String {
+    if url.contains('@') {
+        "(a URL naming a user, not shown)".to_owned()
+    } else {
+        format!("{url:?}")
+    }
+}
+
+/// The longest wait between two attempts of a call, as the engine's own
+/// retries wait at most.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+
+/// The wait after `delay`: four times longer, up to [`MAX_RETRY_DELAY`].
+fn next_retry_delay(delay: Duration) -> Duration {
+    delay.saturating_mul(4).min(MAX_RETRY_DELAY)
 }
 
 impl HttpPeerBuilder {
@@ -248,7 +296,7 @@ impl HttpPeerBuilder {
 
     /// How many times a call retries a transient failure before reporting
     /// [`Error::Unavailable`] (default 2), and the first delay, which
-    /// quadruples with each retry (default 100 ms).
+    /// quadruples with each retry (default 100 ms) up to 30 s.
     pub fn retries(mut self, retries: u32, first_delay: Duration) -> Self {
         self.retries = retries;
         self.retry_delay = first_delay;
@@ -259,18 +307,28 @@ impl HttpPeerBuilder {
     pub fn build(self) -> Result<HttpPeer> {
         let invalid =
             |option: &'static str, reason: String| Error::InvalidConfig { option, reason };
+        let shown = shown_url(&self.base_url);
         let mut base = Url::parse(&self.base_url)
-            .map_err(|error| invalid("base_url", format!("{:?}: {error}", self.base_url)))?;
+            .map_err(|error| invalid("base_url", format!("{shown}: {error}")))?;
         if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
             return Err(invalid(
                 "base_url",
-                format!("{:?} is not an http:// or https:// URL", self.base_url),
+                format!("{shown} is not an http:// or https:// URL"),
+            ));
+        }
+        // The base URL names the peer (its default id, messages, logs), so
+        // it must hold no secret: a server's token goes in `bearer_token`.
+        if !base.username().is_empty() || base.password().is_some() {
+            return Err(invalid(
+                "base_url",
+                "must not name a user or password: give the server's token to bearer_token"
+                    .to_owned(),
             ));
         }
         if base.query().is_some() || base.fragment().is_some() {
             return Err(invalid(
                 "base_url",
-                format!("{:?} must not have a query or fragment", self.base_url),
+                format!("{shown} must not have a query or fragment"),
             ));
         }
         // Routes are appended to the base's path.
@@ -337,7 +395,10 @@ impl HttpPeer {
     }
 
     /// A builder for a peer at `base_url` (`http://host:port`, or with a
-    /// path prefix where the router is nested: `https://host/sync`).
+    /// path prefix where the router is nested: `https://host/sync`). The URL
+    /// names the peer in cursors, events and logs, so it may not hold a user
+    /// or password: a server's token goes to
+    /// [`bearer_token`](HttpPeerBuilder::bearer_token).
     pub fn builder(base_url: impl Into<String>) -> HttpPeerBuilder {
         HttpPeerBuilder {
             base_url: base_url.into(),
@@ -572,7 +633,7 @@ impl HttpPeer {
 
     /// Makes `call`, retrying transient failures: the body of its success.
     async fn call_bytes(&self, call: &Call) -> Result<Bytes> {
-        let mut delay = self.inner.retry_delay;
+        let mut delay = self.inner.retry_delay.min(MAX_RETRY_DELAY);
         let mut attempt = 0;
         loop {
             match self.attempt(call).await {
@@ -580,7 +641,7 @@ impl HttpPeer {
                 Err(Failure::Transient(error)) if attempt < self.inner.retries => {
                     tracing::debug!(%error, attempt, url = %call.url, "retrying a transient failure");
                     tokio::time::sleep(delay).await;
-                    delay = delay.saturating_mul(4);
+                    delay = next_retry_delay(delay);
                     attempt += 1;
                 }
                 Err(Failure::Transient(error) | Failure::Permanent(error)) => return Err(error),
@@ -937,5 +998,48 @@ mod tests {
             peer.url(&["collections", "a/b c", "changes"]).as_str(),
             "http://127.0.0.1:8080/sync/v1/collections/a%2Fb%20c/changes"
         );
+    }
+
+    #[test]
+    fn retry_delays_quadruple_up_to_thirty_seconds() {
+        let ms = Duration::from_millis;
+        assert_eq!(next_retry_delay(ms(100)), ms(400));
+        assert_eq!(next_retry_delay(ms(6_400)), ms(25_600));
+        assert_eq!(next_retry_delay(ms(25_600)), MAX_RETRY_DELAY);
+        assert_eq!(next_retry_delay(Duration::MAX), MAX_RETRY_DELAY);
+    }
+
+    /// The token and any password in a base URL stay out of `Debug` and of
+    /// every refusal; a URL naming a user is refused, since it names the
+    /// peer in cursors, events and logs.
+    #[test]
+    fn secrets_never_show() {
+        let builder = HttpPeer::builder("http://127.0.0.1:8080").bearer_token("t0ken-secret");
+        let peer = builder.clone().build().unwrap();
+        for shown in [format!("{builder:?}"), format!("{peer:?}")] {
+            assert!(!shown.contains("t0ken-secret"), "{shown}");
+            assert!(shown.contains("***"), "{shown}");
+        }
+        for url in [
+            "http://ann:pa55word@127.0.0.1:8080",
+            "http://pa55word@127.0.0.1:8080",
+            "ftp://ann:pa55word@host",
+            "http://ann:pa55word@host/?q",
+        ] {
+            let builder = HttpPeer::builder(url);
+            assert!(!format!("{builder:?}").contains("pa55word"));
+            let error = builder.build().unwrap_err();
+            assert!(
+                matches!(
+                    error,
+                    Error::InvalidConfig {
+                        option: "base_url",
+                        ..
+                    }
+                ),
+                "{error:?}"
+            );
+            assert!(!error.to_string().contains("pa55word"), "{error}");
+        }
     }
 }
