@@ -199,6 +199,8 @@ fn no_etag(path: &Path) -> Error {
 /// its errors; requests are signed in headers it does not print).
 pub(crate) fn map_error(error: object_store::Error, doing: &str, path: &Path) -> Error {
     use object_store::Error as E;
+    // A server without conditional writes answers them 501 Not Implemented.
+    let not_implemented = http_status(&error.to_string()) == Some(501);
     match error {
         E::PermissionDenied { .. } | E::Unauthenticated { .. } => Error::storage_caused(
             BACKEND_NAME,
@@ -208,16 +210,8 @@ pub(crate) fn map_error(error: object_store::Error, doing: &str, path: &Path) ->
             ),
             error,
         ),
-        E::NotImplemented { .. } | E::NotSupported { .. } => Error::storage_caused(
-            BACKEND_NAME,
-            format!(
-                "{doing} {path}: this object store cannot do what the backend needs (conditional \
-                 create and conditional update on ETags); use S3, an S3-compatible server with \
-                 conditional writes, GCS, Azure, or S3Backend::local_directory for a local \
-                 directory"
-            ),
-            error,
-        ),
+        E::NotImplemented { .. } | E::NotSupported { .. } => unsupported(error, doing, path),
+        other if not_implemented => unsupported(other, doing, path),
         E::InvalidPath { .. } | E::UnknownConfigurationKey { .. } => Error::storage_caused(
             BACKEND_NAME,
             format!("{doing} {path}: the store refused the key"),
@@ -234,8 +228,23 @@ pub(crate) fn map_error(error: object_store::Error, doing: &str, path: &Path) ->
     }
 }
 
+/// A store that lacks an operation the backend needs.
+fn unsupported(error: object_store::Error, doing: &str, path: &Path) -> Error {
+    Error::storage_caused(
+        BACKEND_NAME,
+        format!(
+            "{doing} {path}: this object store cannot do what the backend needs (conditional \
+             create and conditional update on ETags); use S3, an S3-compatible server with \
+             conditional writes, GCS, Azure, or S3Backend::local_directory for a local \
+             directory"
+        ),
+        error,
+    )
+}
+
 /// Whether an error may go away by itself: no answer at all (connection,
-/// timeout), or an HTTP status that says "later" (5xx, 429, 408).
+/// timeout), or an HTTP status that says "later" (5xx but 501 and 505, which
+/// say the server cannot do it; 429, 408).
 fn is_transient(error: &object_store::Error) -> bool {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(current) = cause {
@@ -245,6 +254,7 @@ fn is_transient(error: &object_store::Error) -> bool {
         cause = current.source();
     }
     match http_status(&error.to_string()) {
+        Some(501 | 505) => false,
         Some(status) => status >= 500 || status == 429 || status == 408,
         // No status and no transport error: an error of the store's own
         // (a test wrapper's, a task join): treat as transient, the engine's
@@ -325,6 +335,18 @@ mod tests {
         );
         assert!(
             matches!(&unsupported, Error::Storage { message, .. } if message.contains("conditional"))
+        );
+        // A server without conditional writes: not worth retrying, and told
+        // apart from other failures.
+        let not_implemented = map_error(
+            generic("Error performing PUT - Server returned non-2xx status code: 501 Not Implemented: <Error/>"),
+            "writing",
+            &path,
+        );
+        assert!(!not_implemented.is_transient(), "{not_implemented}");
+        assert!(
+            matches!(&not_implemented, Error::Storage { message, .. } if message.contains("conditional")),
+            "{not_implemented}"
         );
     }
 }
