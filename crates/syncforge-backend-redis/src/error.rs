@@ -1,8 +1,10 @@
 //! The one place where Redis and client errors become syncforge errors.
 //!
-//! Lost connections, timeouts, a server still loading its data, a cluster
-//! between two states (`CLUSTERDOWN`, `TRYAGAIN`, a failover's `READONLY`)
-//! are [`Error::Unavailable`]: transient, the engine retries them. Wrong
+//! Lost connections, timeouts, a server still loading its data or full of
+//! clients, a cluster between two states (`CLUSTERDOWN`, `TRYAGAIN`, a
+//! failover's `READONLY`), too few replicas for `min-replicas-to-write`
+//! (`NOREPLICAS`) are [`Error::Unavailable`]: transient, the engine retries
+//! them. Wrong
 //! credentials, a missing database, a key of the wrong type, ACL refusals,
 //! out-of-memory and script errors are [`Error::Storage`] with a message
 //! saying what to do. No message ever holds the password: the address comes
@@ -26,15 +28,20 @@ const TRANSIENT_REPLIES: &[&str] = &[
     "READONLY",
     "MOVED",
     "ASK",
+    // Fewer replicas answering than `min-replicas-to-write` asks for.
+    "NOREPLICAS",
 ];
 
 /// The client's own words for a command it gave up routing: redirected
-/// (`MOVED`/`ASK`) more often than its attempts allow while a slot moves.
+/// (`MOVED`/`ASK`) more often than its attempts allow while a slot moves;
+/// and the server's refusal of a connection while it holds as many clients
+/// as it may.
 const TRANSIENT_CLIENT_ERRORS: &[&str] = &[
     "Too many failed write attempts",
     "Max attempts reached",
     "Too many redirections",
     "Failed to route command",
+    "ERR max number of clients reached",
 ];
 
 /// A failure, with the operation and the server it concerned.
@@ -185,6 +192,11 @@ mod tests {
                 ErrorKind::Unknown,
                 "READONLY You can't write against a read only replica.",
             ),
+            (
+                ErrorKind::Unknown,
+                "NOREPLICAS Not enough good replicas to write.",
+            ),
+            (ErrorKind::Unknown, "ERR max number of clients reached"),
         ] {
             let error = map(FredError::new(kind, details), "get", "redis://h:1/0");
             assert_eq!(kind_of(&error), "unavailable", "{details}");
