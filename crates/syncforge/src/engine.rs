@@ -539,7 +539,7 @@ impl SyncEngine {
                 .insert_if_absent_awaited(collection, &id, &content, listening)
                 .await
             {
-                Ok(record) => return Ok(record),
+                Ok(settled) => return settled,
                 Err(now) => now,
             },
             now => now,
@@ -707,11 +707,13 @@ impl SyncEngine {
     }
 
     /// Offers a put of `content` to the store's awaited insert-if-absent
-    /// ([`StorageBackend::insert_if_absent`]): the record as stored when it
-    /// was new and is now written by this put. Otherwise `Err` with what
-    /// stands for the store's `get_now` of the record to go on from: the
-    /// stored state, the store's failure, or `None` from a store without
-    /// that one step.
+    /// ([`StorageBackend::insert_if_absent`]): `Ok` when that settles the
+    /// put, with the record as stored when it was new and is now written by
+    /// this put, or with the error of the read that looked for it after a
+    /// failure (those reads had their retries: the put's own read must not
+    /// start them again). Otherwise `Err` with what stands for the store's
+    /// `get_now` of the record to go on from: the stored state, the store's
+    /// failure, or `None` from a store without that one step.
     ///
     /// The record this put built is kept to recognise it: a store that lost
     /// its answer may answer a second attempt with the record the first one
@@ -725,7 +727,7 @@ impl SyncEngine {
         id: &RecordId,
         content: &Content,
         listening: bool,
-    ) -> std::result::Result<Record, Option<Result<Option<Stored>>>> {
+    ) -> std::result::Result<Result<Record>, Option<Result<Option<Stored>>>> {
         let backend = self.store();
         let mut built = None;
         // Built before the store answers, so from a copy: a record already
@@ -756,7 +758,8 @@ impl SyncEngine {
                 .await;
                 match read {
                     Ok(Some(stored)) if stored.record == built => stored.record,
-                    read => return Err(Some(read)),
+                    Ok(stored) => return Err(Some(Ok(stored))),
+                    Err(error) => return Ok(Err(error)),
                 }
             }
             (Some(Ok(IfAbsent::Present(stored))), _) => return Err(Some(Ok(Some(stored)))),
@@ -768,7 +771,7 @@ impl SyncEngine {
         if listening {
             self.emit_record_event(collection, ChangeKind::Added, stored.clone(), None);
         }
-        Ok(stored)
+        Ok(Ok(stored))
     }
 
     /// A new record of `content`, stamped now: what a put writes where the

@@ -592,6 +592,29 @@ async fn puts_whose_insert_fails_after_writing_are_written_once() {
     }
 }
 
+/// A put whose insert failed reads the record to learn whether it was
+/// written. When those reads fail too, after their retries, the put ends
+/// with their error: the put's own read does not start the retries again.
+/// Each seed fails the insert before or after it wrote (half and half).
+#[tokio::test(start_paused = true)]
+async fn a_put_whose_insert_and_reads_fail_spends_one_retry_budget() {
+    for seed in 0..8 {
+        let store = Arc::new(
+            FaultyBackend::new(Arc::new(MemoryBackend::new()), seed, 1.0, Duration::ZERO)
+                .failing_only(&[Operation::InsertIfAbsent, Operation::Get]),
+        );
+        let engine = faulty_engine("local", &store, 3, 10).await;
+        let error = engine.put("c", &json!({"id": "a"})).await.unwrap_err();
+        assert!(error.is_transient(), "seed {seed}: {error}");
+        assert_eq!(store.calls(Operation::InsertIfAbsent), 1, "seed {seed}");
+        assert_eq!(
+            store.calls(Operation::Get),
+            3,
+            "seed {seed}: 3 retries after the insert failed"
+        );
+    }
+}
+
 /// A client that lost its answer and sent the insert again gets the record
 /// its first call wrote: the put recognises its own write, returns it and
 /// announces it once, and writes nothing more.
