@@ -34,6 +34,12 @@ impl ApiError {
     }
 }
 
+/// What a client is told when the server's store cannot be reached.
+const UNAVAILABLE: &str = "the server's store is unavailable for now: try again later";
+
+/// What a client is told when the server's store failed.
+const INTERNAL: &str = "the server's store failed; the server's log says why";
+
 impl From<Error> for ApiError {
     fn from(error: Error) -> Self {
         let message = error.to_string();
@@ -78,15 +84,21 @@ impl From<Error> for ApiError {
                 detail.reason = Some(reason.clone());
                 detail
             }
-            // Transient, or the engine is closing, or a record kept changing
-            // under concurrent writers: the same request later may succeed.
-            Error::Unavailable { .. } | Error::Closed { .. } | Error::Precondition { .. } => {
+            // The engine is closing, or a record kept changing under
+            // concurrent writers: the same request later may succeed.
+            Error::Closed { .. } | Error::Precondition { .. } => {
                 ErrorDetail::new(ErrorCode::Unavailable, message)
             }
-            // The store's own failures, not the request's: the one 500.
+            // The store's own failures name its address, files or keys:
+            // logged here, and told to the client without them.
+            Error::Unavailable { .. } => {
+                tracing::warn!(%error, "the store is unavailable");
+                ErrorDetail::new(ErrorCode::Unavailable, UNAVAILABLE)
+            }
+            // Not the request's fault: the one 500.
             _ => {
                 tracing::error!(%error, "request failed in the store");
-                ErrorDetail::new(ErrorCode::Internal, message)
+                ErrorDetail::new(ErrorCode::Internal, INTERNAL)
             }
         };
         if detail.code == ErrorCode::Unknown {
@@ -124,5 +136,37 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The store's failures reach the server's log, not its clients: they
+    /// name the store's address, files and keys.
+    #[test]
+    fn store_failures_are_told_without_the_stores_details() {
+        let address = "redis://10.0.0.5:6379/0";
+        for (error, code) in [
+            (
+                Error::unavailable("redis", format!("get at {address}: Connection refused")),
+                ErrorCode::Unavailable,
+            ),
+            (
+                Error::storage("fs", format!("writing /var/lib/app/{address}: disk full")),
+                ErrorCode::Internal,
+            ),
+        ] {
+            let refused = ApiError::from(error);
+            assert_eq!(refused.code(), code);
+            assert!(!refused.detail.message.contains(address), "{refused:?}");
+        }
+        // The request's own faults keep their explanation.
+        let refused = ApiError::from(Error::InvalidArgument {
+            name: "limit",
+            reason: "must be at least 1".to_owned(),
+        });
+        assert!(refused.detail.message.contains("at least 1"), "{refused:?}");
     }
 }
