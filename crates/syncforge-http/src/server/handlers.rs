@@ -42,6 +42,9 @@ use crate::protocol::{
 /// a request's work stays bounded whatever the skip list.
 const MAX_READS_PER_PAGE: usize = 16;
 
+/// The most a request body's declared length reserves before its bytes come.
+const MAX_RESERVED_BODY: usize = 1 << 20;
+
 /// What every handler shares.
 struct Shared {
     replica: Arc<dyn Replica>,
@@ -721,8 +724,10 @@ async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> Result<Vec<u8
     if declared.is_some_and(|length| length > max as u64) {
         return Err(too_large());
     }
+    // Reserved from the declared length only up to a point: the length is
+    // the client's word, and the bytes have not come yet.
     let capacity = declared.map_or(0, |length| usize::try_from(length).unwrap_or(0));
-    let mut collected = Vec::with_capacity(capacity);
+    let mut collected = Vec::with_capacity(capacity.min(MAX_RESERVED_BODY));
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|error| {

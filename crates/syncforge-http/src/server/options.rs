@@ -181,7 +181,8 @@ impl ServerOptions {
         self
     }
 
-    /// Lets browser apps from these origins call the server.
+    /// Lets browser apps from these origins call the server. `"*"` is
+    /// refused (see [`cors_allow_any_origin`](Self::cors_allow_any_origin)).
     #[must_use]
     pub fn cors_allow_origins<S: Into<String>>(
         mut self,
@@ -297,6 +298,13 @@ impl ServerOptions {
         }
         if let Cors::Origins(origins) = &self.cors {
             for origin in origins {
+                if origin == "*" {
+                    return invalid(
+                        "cors_allow_origins",
+                        "\"*\" is not an origin: allow every origin with cors_allow_any_origin()"
+                            .to_owned(),
+                    );
+                }
                 if axum::http::HeaderValue::from_str(origin).is_err() {
                     return invalid(
                         "cors_allow_origins",
@@ -345,6 +353,11 @@ mod tests {
                 ServerOptions::default().token(AccessToken::read_only("a").collections(["bad\n"]))
             ),
             "token"
+        );
+        // The CORS layer panics on a "*" in a list of origins.
+        assert_eq!(
+            refused(ServerOptions::default().cors_allow_origins(["https://a.example", "*"])),
+            "cors_allow_origins"
         );
     }
 

@@ -528,3 +528,38 @@ async fn a_thousand_random_malformed_requests_get_typed_4xx_and_write_nothing() 
     assert_eq!(health.status(), StatusCode::OK, "the server still answers");
     server.stop().await;
 }
+
+/// A body's declared length is the client's word: with no bound on bodies,
+/// a length near 2^64 made the server reserve that much before reading a
+/// byte (a capacity-overflow panic; a length of some TiB would abort the
+/// process). It gets an answer like any body that ends early.
+#[tokio::test]
+async fn a_declared_length_reserves_no_memory_before_the_bytes_come() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let options = ServerOptions::default()
+        .token(AccessToken::read_write(TOKEN))
+        .max_body_bytes(usize::MAX);
+    let mut server = FsServer::start(dir.path(), options).await;
+    let address = server.url().trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let request = format!(
+        "POST /v1/collections/notes/sync HTTP/1.1\r\nHost: {address}\r\n\
+         Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n\
+         Content-Length: 18446744073709551613\r\n\r\n{{\"records\":[]}}"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        stream.read_to_string(&mut answer),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
+    assert!(server.is_running());
+    server.stop().await;
+}
