@@ -54,7 +54,8 @@ impl Io {
     pub(crate) fn new(store: Arc<dyn ObjectStore>, max_in_flight: usize) -> Self {
         Io {
             store,
-            in_flight: Arc::new(Semaphore::new(max_in_flight)),
+            // More than the semaphore can count is as good as unbounded.
+            in_flight: Arc::new(Semaphore::new(max_in_flight.min(Semaphore::MAX_PERMITS))),
         }
     }
 
@@ -297,6 +298,14 @@ mod tests {
             store: "S3",
             source: message.to_owned().into(),
         }
+    }
+
+    /// `usize::MAX` for "no bound" is more than a semaphore counts, which
+    /// panicked when the store was made.
+    #[test]
+    fn any_bound_on_requests_in_flight_makes_a_store() {
+        let io = Io::new(Arc::new(object_store::memory::InMemory::new()), usize::MAX);
+        assert_eq!(io.in_flight.available_permits(), Semaphore::MAX_PERMITS);
     }
 
     #[test]
