@@ -91,6 +91,7 @@ use syncforge_core::StorageBackend;
 pub mod checks;
 pub mod faults;
 pub mod hostile;
+pub mod processes;
 pub mod services;
 mod support;
 

@@ -1,14 +1,18 @@
 //! Conditional writes from several handles and processes lose no update.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use syncforge_backend_fs::FsBackend;
 use syncforge_core::StorageBackend;
+use syncforge_testkit::processes;
 
 use crate::{child_process, coll, count_of, increment, rid};
 
 const DIR_ENV: &str = "SYNCFORGE_FS_TEST_INCREMENT_DIR";
 const CHILD_INCREMENTS: u64 = 40;
+/// Longer than a child process ever needs; a hung one is killed at this.
+const CHILD_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_handles_in_one_process_lose_no_increment() {
@@ -59,12 +63,12 @@ async fn two_processes_and_this_one_lose_no_increment() {
     for _ in 0..20 {
         increment(&store, &coll("counters"), "c").await;
     }
-    for mut child in children {
-        let status = tokio::task::spawn_blocking(move || child.wait())
+    for child in children {
+        let output = tokio::task::spawn_blocking(move || processes::finish(child, CHILD_TIMEOUT))
             .await
             .unwrap()
             .unwrap();
-        assert!(status.success(), "child failed: {status}");
+        assert!(output.status.success(), "child failed: {}", output.status);
     }
     let stored = store
         .get(&coll("counters"), &rid("c"))
@@ -123,7 +127,7 @@ fn processes_opening_a_fresh_directory_at_once_agree_on_one_store_id() {
             .collect();
         let mut answers = Vec::new();
         for child in children {
-            let output = child.wait_with_output().unwrap();
+            let output = processes::finish(child, CHILD_TIMEOUT).unwrap();
             assert!(output.status.success(), "round {round}: child failed");
             let stdout = String::from_utf8(output.stdout).unwrap();
             let answer = stdout

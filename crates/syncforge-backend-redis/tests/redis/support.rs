@@ -273,7 +273,13 @@ pub(crate) async fn sync_records(
     for chunk in incoming.chunks(batch) {
         let mut pending: Vec<&Record> = chunk.iter().collect();
         let mut failures = 0;
-        while !pending.is_empty() {
+        // A lost race is to another writer's write, which ends; the bound
+        // keeps a store that loses every race from looping for ever.
+        for step in 0.. {
+            if pending.is_empty() {
+                break;
+            }
+            assert!(step < 10_000, "records kept losing their races");
             match sync_step(store, collection, &pending).await {
                 Ok((lost, step)) => {
                     failures = 0;

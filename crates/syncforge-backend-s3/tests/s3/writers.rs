@@ -112,7 +112,9 @@ async fn increment_concurrently(
             let mut clock = Hlc::new(ClientId::new(&format!("writer-{w}")).unwrap());
             let mut done = BTreeMap::new();
             for round in 0..rounds {
-                let id = format!("r{:02}", (w * 7 + round * 3) % records);
+                // Writers go in pairs, each pair on one record a round, so
+                // that every round has writers racing for the same record.
+                let id = format!("r{:02}", (w / 2 * 7 + round * 3) % records);
                 for attempt in 0.. {
                     assert!(attempt < 500, "writer {w} kept losing on {id}");
                     let stored = backend.get(&collection, &rid(&id)).await.unwrap().unwrap();
@@ -229,7 +231,9 @@ async fn clocks_apart_and_a_follower(store: Arc<dyn ObjectStore>, prefix: &str, 
                 } else {
                     format!("own-{w}-{i}")
                 };
-                loop {
+                for attempt in 0.. {
+                    // Each loss is to the other writer's write of the id.
+                    assert!(attempt < 500, "sensor {w} kept losing on {id}");
                     let stored = backend.get(&collection, &rid(&id)).await.unwrap();
                     let write = match stored {
                         Some(stored) => {
@@ -262,7 +266,14 @@ async fn clocks_apart_and_a_follower(store: Arc<dyn ObjectStore>, prefix: &str, 
         }
     };
     tokio::pin!(writers_done);
+    // The writers end (their retries are bounded); the deadline keeps a hung
+    // store from hanging the test.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
     loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the writers did not finish within 300 s"
+        );
         tokio::select! {
             () = &mut writers_done => break,
             () = tokio::time::sleep(Duration::from_millis(20)) => {

@@ -2,6 +2,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
+use std::time::Duration;
 
 use tempfile::TempDir;
 
@@ -43,7 +44,10 @@ impl Served {
             .status()
             .unwrap();
         assert!(sent.success());
-        self.child.wait().unwrap().success()
+        // A server that does not stop on SIGTERM fails here, killed.
+        syncforge_testkit::processes::wait(&mut self.child, Duration::from_secs(60))
+            .unwrap()
+            .success()
     }
 }
 

@@ -3,8 +3,10 @@
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use serde_json::Value;
+use syncforge_testkit::processes;
 
 /// What one run of the binary did.
 #[derive(Debug)]
@@ -79,7 +81,8 @@ fn run(mut command: Command, stdin: &str) -> Run {
     let mut input = child.stdin.take().unwrap();
     input.write_all(stdin.as_bytes()).unwrap();
     drop(input);
-    let output = child.wait_with_output().unwrap();
+    // No command of these tests runs near this long; a hung one is killed.
+    let output = processes::finish(child, Duration::from_secs(120)).unwrap();
     Run {
         code: output.status.code().unwrap_or(-1),
         stdout: String::from_utf8(output.stdout).unwrap(),

@@ -202,8 +202,9 @@ fn a_store_directory_of_the_typescript_original_imports_with_one_command() {
 /// read, not a failure.
 #[test]
 fn an_export_whose_reader_stops_early_ends_quietly() {
-    use std::io::{BufRead, BufReader, Read};
+    use std::io::{BufRead, BufReader};
     use std::process::Stdio;
+    use std::time::Duration;
 
     let dir = TempDir::new().unwrap();
     let a = dir.path().join("a");
@@ -220,14 +221,8 @@ fn an_export_whose_reader_stops_early_ends_quietly() {
         .read_line(&mut first)
         .unwrap();
     assert!(first.contains("\"id\""), "{first}");
-    let status = child.wait().unwrap();
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    assert!(status.success(), "{status}: {stderr}");
+    let output = syncforge_testkit::processes::finish(child, Duration::from_secs(120)).unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{}: {stderr}", output.status);
     assert_eq!(stderr, "");
 }

@@ -153,6 +153,9 @@ async fn a_wait_is_bounded_by_the_request_and_by_the_server() {
         })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
+    // Still waiting: had the request failed at once, the bound below would
+    // hold without shutdown ending anything.
+    assert!(!waiting.is_finished(), "the wait ended before the shutdown");
     server.shutdown().await.unwrap();
     let waited = waiting.await.unwrap();
     assert!(
