@@ -7,14 +7,15 @@ use std::time::Instant;
 use crate::cmd::Cargo;
 use crate::services;
 
-/// Test settings `ci` uses unless the caller already set them: services are
-/// required (a test that needs a missing one fails instead of skipping; `ci`
-/// starts those that are not running, see [`services`]), and property tests
-/// run more cases than the quick default of a plain `cargo test`.
-const TEST_ENV_DEFAULTS: [(&str, &str); 2] = [
-    ("SYNCFORGE_REQUIRE_SERVICES", "1"),
-    ("PROPTEST_CASES", "1000"),
-];
+/// Services are required in every `ci` run, whatever the caller's
+/// environment says: a test that needs a missing one fails instead of
+/// skipping (`ci` starts those that are not running, see [`services`]).
+const REQUIRE_SERVICES: (&str, &str) = ("SYNCFORGE_REQUIRE_SERVICES", "1");
+
+/// Cases per property test unless the caller set a count: more than a plain
+/// `cargo test` runs (1,000 for the core crate's properties, proptest's 256
+/// for the others).
+const PROPTEST_CASES: (&str, &str) = ("PROPTEST_CASES", "4000");
 
 /// A named group of commands that pass or fail together.
 struct Step {
@@ -130,12 +131,15 @@ fn steps(test_env: &[(&'static str, OsString)]) -> Vec<Step> {
     ]
 }
 
-/// The test environment: each default unless `lookup` finds the variable set.
+/// The test environment: services required, and the property cases that
+/// `lookup` finds set, or the default.
 fn test_env(lookup: impl Fn(&str) -> Option<OsString>) -> Vec<(&'static str, OsString)> {
-    TEST_ENV_DEFAULTS
-        .iter()
-        .map(|&(name, default)| (name, lookup(name).unwrap_or_else(|| default.into())))
-        .collect()
+    let (require, required) = REQUIRE_SERVICES;
+    let (cases, default_cases) = PROPTEST_CASES;
+    vec![
+        (require, required.into()),
+        (cases, lookup(cases).unwrap_or_else(|| default_cases.into())),
+    ]
 }
 
 /// Runs every step; the error names the step that failed and why.
@@ -183,14 +187,17 @@ mod tests {
             env,
             vec![
                 ("SYNCFORGE_REQUIRE_SERVICES", OsString::from("1")),
-                ("PROPTEST_CASES", OsString::from("1000")),
+                ("PROPTEST_CASES", OsString::from("4000")),
             ]
         );
     }
 
     #[test]
-    fn test_env_keeps_what_the_caller_set() {
-        let env = test_env(|name| (name == "PROPTEST_CASES").then(|| OsString::from("100000")));
+    fn test_env_keeps_the_callers_cases_but_always_requires_services() {
+        let env = test_env(|name| match name {
+            "PROPTEST_CASES" => Some(OsString::from("100000")),
+            _ => Some(OsString::from("0")),
+        });
         assert_eq!(
             env,
             vec![
@@ -212,11 +219,11 @@ mod tests {
             &"cargo clippy --workspace --all-targets --all-features -- -D warnings".to_owned()
         ));
         assert!(shown.contains(
-            &"SYNCFORGE_REQUIRE_SERVICES=1 PROPTEST_CASES=1000 cargo test --workspace --all-features"
+            &"SYNCFORGE_REQUIRE_SERVICES=1 PROPTEST_CASES=4000 cargo test --workspace --all-features"
                 .to_owned()
         ));
         assert!(shown.contains(
-            &"SYNCFORGE_REQUIRE_SERVICES=1 PROPTEST_CASES=1000 cargo test -p syncforge-core \
+            &"SYNCFORGE_REQUIRE_SERVICES=1 PROPTEST_CASES=4000 cargo test -p syncforge-core \
               --features serde_json/preserve_order"
                 .to_owned()
         ));

@@ -27,8 +27,8 @@ Usage: cargo xtask <COMMAND>
 Commands:
   ci     Run every CI check: fmt, clippy, feature combinations of `syncforge`,
          then the workspace tests (doc tests included). Stops at the first
-         failing step. Sets SYNCFORGE_REQUIRE_SERVICES=1 and PROPTEST_CASES=1000
-         for the tests unless they are already set.
+         failing step. Sets SYNCFORGE_REQUIRE_SERVICES=1, and PROPTEST_CASES=4000
+         unless it is already set.
   deny   Run `cargo deny check bans licenses sources` (needs cargo-deny).
   bench  Run the benchmarks (core workloads, peak memory, filesystem backend,
          Redis and S3 backends against the test servers, which it starts if
