@@ -529,12 +529,19 @@ impl Inner {
     }
 }
 
+/// Runs blocking file work on Tokio's blocking threads when a Tokio runtime
+/// runs the caller, and in place otherwise: under another executor (such as
+/// `futures::executor::block_on`) `spawn_blocking` would panic.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|err| Error::storage(BACKEND_NAME, format!("file task failed: {err}")))?
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => runtime
+            .spawn_blocking(work)
+            .await
+            .map_err(|err| Error::storage(BACKEND_NAME, format!("file task failed: {err}")))?,
+        Err(_) => work(),
+    }
 }
 
 #[async_trait]

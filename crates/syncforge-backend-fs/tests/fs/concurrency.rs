@@ -171,3 +171,19 @@ async fn child_store_id() {
     let agreed = store.set_meta_if_absent(STORE_ID_KEY, &mine).await.unwrap();
     println!("store-id {agreed}");
 }
+
+/// The store needs no Tokio runtime: under another executor its file work
+/// runs in place (it panicked in `spawn_blocking`).
+#[test]
+fn a_store_works_under_another_executor() {
+    let tmp = tempfile::tempdir().unwrap();
+    futures::executor::block_on(async {
+        let store = FsBackend::open(tmp.path()).await.unwrap();
+        for _ in 0..3 {
+            increment(&store, &coll("counters"), "c").await;
+        }
+        let stored = store.get(&coll("counters"), &rid("c")).await.unwrap();
+        assert_eq!(count_of(&stored.unwrap().record), 3);
+        store.close().await.unwrap();
+    });
+}
