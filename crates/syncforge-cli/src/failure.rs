@@ -22,8 +22,10 @@ impl fmt::Display for Usage {
 
 impl std::error::Error for Usage {}
 
-/// Stdout was closed by its reader (`syncforge export .. | head`): the
-/// command stops, and that is the reader's choice, not a failure.
+/// Stdout was closed by its reader (`syncforge export .. | head`): a
+/// command that only reads stops, and that is the reader's choice, not a
+/// failure. (A command that writes finishes its writes instead: see
+/// [`Output::new`](crate::output::Output::new).)
 #[derive(Debug)]
 pub(crate) struct StdoutClosed;
 

@@ -12,13 +12,23 @@ use crate::failure::StdoutClosed;
 pub(crate) struct Output {
     json: bool,
     out: BufWriter<Stdout>,
+    /// Whether the command's work outlives its reader (see [`new`](Self::new)).
+    keeps_working: bool,
+    /// Set once the reader of a command that keeps working has gone.
+    closed: bool,
 }
 
 impl Output {
-    pub(crate) fn new(json: bool) -> Output {
+    /// Stdout for a command. When its reader closes its end, a command that
+    /// only reads stops there ([`StdoutClosed`], exit 0: `export | head`),
+    /// but one that writes (`keeps_working`) finishes its writes and prints
+    /// nothing more: stopping would leave them half done.
+    pub(crate) fn new(json: bool, keeps_working: bool) -> Output {
         Output {
             json,
             out: BufWriter::new(io::stdout()),
+            keeps_working,
+            closed: false,
         }
     }
 
@@ -29,7 +39,11 @@ impl Output {
 
     /// One line of text.
     pub(crate) fn line(&mut self, text: &str) -> Result<()> {
-        writeln!(self.out, "{text}").map_err(written)
+        if self.closed {
+            return Ok(());
+        }
+        let result = writeln!(self.out, "{text}");
+        self.written(result)
     }
 
     /// A JSON value: pretty in the human form, one compact line with `--json`.
@@ -54,16 +68,28 @@ impl Output {
 
     /// Pushes out what is buffered: before waiting, and at the end.
     pub(crate) fn flush(&mut self) -> Result<()> {
-        self.out.flush().map_err(written)
+        if self.closed {
+            return Ok(());
+        }
+        let result = self.out.flush();
+        self.written(result)
     }
-}
 
-/// A failed write to stdout as the command reports it: a reader that closed
-/// its end is [`StdoutClosed`], anything else a failure.
-fn written(error: io::Error) -> anyhow::Error {
-    if error.kind() == io::ErrorKind::BrokenPipe {
-        anyhow::Error::new(StdoutClosed)
-    } else {
-        anyhow::Error::new(error).context("cannot write to stdout")
+    /// A write to stdout as the command sees it: a reader that closed its
+    /// end is [`StdoutClosed`], or nothing for a command that keeps working;
+    /// anything else a failure.
+    fn written(&mut self, result: io::Result<()>) -> Result<()> {
+        match result {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == io::ErrorKind::BrokenPipe => {
+                if self.keeps_working {
+                    self.closed = true;
+                    Ok(())
+                } else {
+                    Err(anyhow::Error::new(StdoutClosed))
+                }
+            }
+            Err(error) => Err(anyhow::Error::new(error).context("cannot write to stdout")),
+        }
     }
 }

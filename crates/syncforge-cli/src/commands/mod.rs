@@ -53,8 +53,19 @@ impl Context {
 
 /// Runs the command `cli` names.
 pub(crate) async fn run(cli: Cli) -> Result<()> {
+    // A command that writes finishes its writes when its reader goes.
+    let writes = match &cli.command {
+        Command::Sync(_) | Command::Put(_) | Command::Delete(_) | Command::Import(_) => true,
+        #[cfg(feature = "http")]
+        Command::Serve(_) => true,
+        Command::Ls(_)
+        | Command::Get(_)
+        | Command::Export(_)
+        | Command::Stats(_)
+        | Command::Watch(_) => false,
+    };
     let mut context = Context {
-        out: Output::new(cli.json),
+        out: Output::new(cli.json, writes),
         progress: Progress::new(cli.no_progress),
         client_id: cli.client_id,
         #[cfg(feature = "http")]

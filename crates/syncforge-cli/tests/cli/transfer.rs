@@ -197,6 +197,37 @@ fn a_store_directory_of_the_typescript_original_imports_with_one_command() {
     assert!(!store2.exists(), "nothing written, not even the store");
 }
 
+/// A command that writes finishes its writes when its reader stops reading
+/// (`syncforge put .. | head -1`): it stopped part-way before, with exit 0.
+#[test]
+fn a_put_whose_reader_stops_early_still_puts_every_record() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    use std::time::Duration;
+
+    let dir = TempDir::new().unwrap();
+    let a = dir.path().join("a");
+    let mut child = crate::support::command(&["put", arg(&a), "notes"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The whole input is read before anything is written or printed.
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(docs("n", 3_000).as_bytes()).unwrap();
+    drop(input);
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let output = syncforge_testkit::processes::finish(child, Duration::from_secs(120)).unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{}: {stderr}", output.status);
+    assert_eq!(stderr, "");
+    assert_eq!(export(&a, "notes").lines().count(), 3_000);
+}
+
 /// A reader that stops reading (`syncforge export .. | head -1`) ends the
 /// export quietly with exit code 0: the rest is the reader's choice not to
 /// read, not a failure.
