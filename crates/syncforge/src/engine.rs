@@ -1178,10 +1178,14 @@ impl SyncEngine {
     ) -> Result<SyncResult> {
         self.check_open()?;
         let started = Instant::now();
-        let incoming = if self.observe_batch(&remote)? {
-            remote
+        let (incoming, echoes) = if self.observe_batch(&remote)? {
+            (remote, echoes)
         } else {
-            dedupe(remote, self.inner.config.conflict_strategy)?
+            // Repeated ids are merged into records the sender never sent, so
+            // none of this call's writes is reported as an echo: the sender
+            // then pulls them back, a resend where an echo would be a miss.
+            let merged = dedupe(remote, self.inner.config.conflict_strategy)?;
+            (merged, None)
         };
         let total = incoming.len();
         let mut result = SyncResult::new(collection);

@@ -2,7 +2,8 @@
 //! reason, and writes nothing: oversized bodies, malformed JSON, records
 //! that are not objects, ids over the limit, stamps beyond the drift bound,
 //! bad cursors, unknown routes — and 1,000 seeded random malformed requests,
-//! none of which gets a 500 or breaks the server.
+//! none of which gets a 500 or breaks the server. Odd but valid input too: a
+//! declared length far beyond the body, a push repeating an id.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -561,5 +562,39 @@ async fn a_declared_length_reserves_no_memory_before_the_bytes_come() {
     .unwrap();
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
     assert!(server.is_running());
+    server.stop().await;
+}
+
+/// A push holding one id twice is merged into a record the client never
+/// sent: no write of it is an echo, or the client would skip pulling it and
+/// keep one of its two halves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_repeating_an_id_reports_no_echo() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = FsServer::start(dir.path(), options()).await;
+    let mut halves = Vec::new();
+    for (client, field) in [("phone", "title"), ("laptop", "body")] {
+        let engine = SyncEngine::builder()
+            .client_id(client)
+            .build()
+            .await
+            .unwrap();
+        let record = engine
+            .put("inbox", &json!({"id": "n1", field: "x"}))
+            .await
+            .unwrap();
+        halves.push(serde_json::to_value(&record).unwrap());
+    }
+    let body = serde_json::to_vec(&json!({ "records": halves })).unwrap();
+    let answer = push(&server, "inbox", body).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+    let response: Value = serde_json::from_str(&answer.text).unwrap();
+    assert_eq!(response["added"], 1, "{response}");
+    assert_eq!(response["echoes"], json!([]), "{response}");
+    // One record alone is stored as sent: an echo.
+    let single = serde_json::to_vec(&json!({ "records": [halves[0].clone()] })).unwrap();
+    let answer = push(&server, "other", single).await;
+    let response: Value = serde_json::from_str(&answer.text).unwrap();
+    assert_ne!(response["echoes"], json!([]), "{response}");
     server.stop().await;
 }
