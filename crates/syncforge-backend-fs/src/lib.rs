@@ -191,6 +191,12 @@ pub(crate) const BACKEND_NAME: &str = "filesystem";
 
 /// Engine metadata file in the store's root.
 const META_FILE: &str = ".meta.json";
+
+/// Collections a handle keeps open at most. Each holds two lock files and
+/// its index of ids: a server writing a collection per user would otherwise
+/// run out of file descriptors. Past it, an idle one is checkpointed and
+/// closed to make room, and opened again when next used.
+const MAX_OPEN_COLLECTIONS: usize = 64;
 /// Lock guarding the metadata file.
 const META_LOCK_FILE: &str = ".lock";
 
@@ -460,8 +466,29 @@ impl Inner {
         else {
             return Ok(None);
         };
+        // Only the map holds an idle collection: no call is using it and no
+        // background checkpoint runs on it, and no one can take it from the
+        // map while the map is locked.
+        let idle = if open.len() >= MAX_OPEN_COLLECTIONS {
+            let idle = open
+                .iter()
+                .find(|(_, state)| Arc::strong_count(state) == 1)
+                .map(|(name, _)| name.clone());
+            idle.and_then(|name| open.remove(&name).map(|state| (name, state)))
+        } else {
+            None
+        };
         let state = Arc::new(OpenCollection::new(state));
         open.insert(name.clone(), Arc::clone(&state));
+        drop(open);
+        if let Some((name, idle)) = idle {
+            // As `close` leaves it: its records in their files. Should that
+            // fail, the write-ahead log keeps them, and the next open of the
+            // collection replays it.
+            if let Err(error) = idle.checkpointing(Collection::checkpoint_if_used) {
+                tracing::warn!(collection = name.as_str(), %error, "checkpoint of an idle collection failed");
+            }
+        }
         Ok(Some(state))
     }
 

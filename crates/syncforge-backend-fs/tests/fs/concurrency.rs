@@ -187,3 +187,40 @@ fn a_store_works_under_another_executor() {
         store.close().await.unwrap();
     });
 }
+
+/// A handle keeps a bounded number of collections open: writing hundreds of
+/// collections (a collection per user) does not hold two lock files for
+/// each, and every record stays readable, through the handle and after it
+/// closes.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_handle_writing_many_collections_keeps_few_files_open() {
+    const COLLECTIONS: usize = 300;
+    let open_files = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FsBackend::open(tmp.path()).await.unwrap();
+    let before = open_files();
+    for n in 0..COLLECTIONS {
+        increment(&store, &coll(&format!("user-{n:03}")), "c").await;
+    }
+    // Two lock files a collection would be 600; other tests of this binary
+    // open files meanwhile, hence the margin.
+    let grown = open_files().saturating_sub(before);
+    assert!(
+        grown < 400,
+        "{grown} more files open after {COLLECTIONS} collections"
+    );
+    for n in 0..COLLECTIONS {
+        increment(&store, &coll(&format!("user-{n:03}")), "c").await;
+    }
+    store.close().await.unwrap();
+    let store = FsBackend::open(tmp.path()).await.unwrap();
+    for n in 0..COLLECTIONS {
+        let stored = store
+            .get(&coll(&format!("user-{n:03}")), &rid("c"))
+            .await
+            .unwrap();
+        assert_eq!(count_of(&stored.unwrap().record), 2, "user-{n:03}");
+    }
+    store.close().await.unwrap();
+}
