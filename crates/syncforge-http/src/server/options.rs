@@ -46,6 +46,9 @@ pub enum Access {
 pub struct AccessToken {
     pub(crate) digest: [u8; 32],
     secret_len: usize,
+    /// Whether a client can send the secret: a header's value is read
+    /// trimmed, and clients refuse spaces and control characters.
+    secret_sendable: bool,
     pub(crate) access: Access,
     /// `None`: every collection.
     pub(crate) collections: Option<BTreeSet<String>>,
@@ -68,6 +71,7 @@ impl AccessToken {
         AccessToken {
             digest: digest(secret),
             secret_len: secret.len(),
+            secret_sendable: !secret.chars().any(|c| c.is_whitespace() || c.is_control()),
             access,
             collections: None,
         }
@@ -256,8 +260,11 @@ impl ServerOptions {
         }
     }
 
-    /// Refuses settings that cannot work, naming the option.
-    pub(crate) fn validate(&self) -> Result<()> {
+    /// Refuses settings that cannot work, naming the option
+    /// ([`Error::InvalidConfig`]): what [`router`](crate::router) and
+    /// [`Server::bind`](crate::Server::bind) check first, for a caller that
+    /// wants to know before it opens anything.
+    pub fn validate(&self) -> Result<()> {
         let invalid =
             |option: &'static str, reason: String| Err(Error::InvalidConfig { option, reason });
         for (option, value) in [
@@ -285,6 +292,14 @@ impl ServerOptions {
         for token in &self.tokens {
             if token.secret_len == 0 {
                 return invalid("token", "a token's secret must not be empty".to_owned());
+            }
+            if !token.secret_sendable {
+                return invalid(
+                    "token",
+                    "a token's secret must not hold spaces or control characters (a line end \
+                     read from a file, say): no client could send it"
+                        .to_owned(),
+                );
             }
             if !digests.insert(token.digest) {
                 return invalid("token", "the same secret is configured twice".to_owned());
@@ -352,6 +367,14 @@ mod tests {
             refused(
                 ServerOptions::default().token(AccessToken::read_only("a").collections(["bad\n"]))
             ),
+            "token"
+        );
+        assert_eq!(
+            refused(ServerOptions::default().token(AccessToken::read_write("secret\r"))),
+            "token"
+        );
+        assert_eq!(
+            refused(ServerOptions::default().token(AccessToken::read_only("two words"))),
             "token"
         );
         // The CORS layer panics on a "*" in a list of origins.
