@@ -306,8 +306,8 @@ pub(crate) struct WatchArgs {
     /// Stop after printing this many changes.
     #[arg(long, value_name = "N")]
     pub(crate) count: Option<u64>,
-    /// How often to look for new changes.
-    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = humantime::parse_duration)]
+    /// How often to look for new changes (more than zero).
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = interval)]
     pub(crate) interval: Duration,
 }
 
@@ -345,4 +345,14 @@ pub(crate) struct ServeArgs {
     /// the application uses for these collections.
     #[arg(long, value_enum, default_value_t = Strategy::Timestamp)]
     pub(crate) strategy: Strategy,
+}
+
+/// A polling interval: a duration longer than zero (zero would poll without
+/// pause).
+fn interval(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(duration) if duration.is_zero() => Err("must be longer than zero".to_owned()),
+        Ok(duration) => Ok(duration),
+        Err(error) => Err(error.to_string()),
+    }
 }

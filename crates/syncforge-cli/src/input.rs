@@ -209,7 +209,9 @@ fn read_directory(dir: &Path) -> Result<Values> {
         let place = Place::File(path.clone());
         let text =
             std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        match serde_json::from_slice(&text) {
+        // A byte-order mark, as some editors write, as for a single file.
+        let text = text.strip_prefix(b"\xef\xbb\xbf").unwrap_or(&text);
+        match serde_json::from_slice(text) {
             Ok(value) => values.push((place, value)),
             Err(error) => faults.push((place, error.to_string())),
         }

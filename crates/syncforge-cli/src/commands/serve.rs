@@ -29,6 +29,13 @@ pub(crate) async fn run(args: ServeArgs, cx: &mut Context) -> Result<()> {
         .map(AccessToken::read_write)
         .chain(args.read_only_tokens.iter().map(AccessToken::read_only))
         .fold(ServerOptions::default(), ServerOptions::token);
+    // Checked before the store is opened (which creates it): a bad token or
+    // address is a usage error, and leaves nothing behind.
+    options
+        .validate()
+        .map_err(|error| usage(format!("cannot serve with these options: {error}")))?;
+    std::net::ToSocketAddrs::to_socket_addrs(args.addr.as_str())
+        .map_err(|error| usage(format!("--addr {}: {error}", args.addr)))?;
     let store = Store::open(
         url,
         &EngineOptions {

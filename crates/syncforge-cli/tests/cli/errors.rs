@@ -37,6 +37,49 @@ fn usage_errors_exit_with_2() {
     assert!(run.stderr.contains("batch_size"), "{run:?}");
 }
 
+/// Options that cannot work are usage errors (2), found before anything is
+/// created: a polling interval of zero, a serve token no client could send,
+/// an address that does not parse.
+#[test]
+fn unusable_options_are_usage_errors_that_write_nothing() {
+    let dir = TempDir::new().unwrap();
+    let store = dir.path().join("store");
+    let run = syncforge(&["watch", arg(&store), "notes", "--interval", "0s"]).fails(2);
+    assert!(run.stderr.contains("longer than zero"), "{run:?}");
+    let run = syncforge(&["serve", arg(&store), "--token", "t0ken9\r"]).fails(2);
+    assert!(run.stderr.contains("control characters"), "{run:?}");
+    assert!(!run.stderr.contains("t0ken9"), "{run:?}");
+    let run = syncforge(&[
+        "serve",
+        arg(&store),
+        "--token",
+        "t",
+        "--addr",
+        "127.0.0.1:80x",
+    ])
+    .fails(2);
+    assert!(run.stderr.contains("--addr"), "{run:?}");
+    assert!(!store.exists(), "the store was created");
+}
+
+/// A directory of records read by `put` takes files that start with a
+/// byte-order mark, as a single file does.
+#[test]
+fn records_in_a_directory_may_start_with_a_byte_order_mark() {
+    let dir = TempDir::new().unwrap();
+    let records = dir.path().join("records");
+    std::fs::create_dir(&records).unwrap();
+    std::fs::write(
+        records.join("n1.json"),
+        "\u{feff}{\"id\": \"n1\", \"n\": 1}",
+    )
+    .unwrap();
+    let store = dir.path().join("store");
+    syncforge(&["put", arg(&store), "notes", arg(&records)]).ok();
+    let got = syncforge(&["get", arg(&store), "notes", "n1", "--json"]).ok();
+    assert!(got.stdout.contains("\"n\":1"), "{got:?}");
+}
+
 #[test]
 fn bad_store_urls_are_usage_errors_that_name_the_problem() {
     let run = syncforge(&["ls", "ftp://example.com/data"]).fails(2);
