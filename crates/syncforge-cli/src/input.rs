@@ -120,7 +120,9 @@ fn read_stdin() -> Result<Values> {
 }
 
 /// Reads text: a JSON array when it starts with `[`, one JSON value when it
-/// holds exactly one (even over several lines), JSON Lines otherwise.
+/// holds exactly one (even over several lines), JSON Lines otherwise. Text
+/// that opens an object on a line of its own, as `get` prints one, is one
+/// value: when it does not parse, it is refused where the parser stopped.
 pub(crate) fn parse(source: &str, bytes: &[u8]) -> Result<Values, Malformed> {
     let refuse = |place, fault: String| Malformed {
         source: source.to_owned(),
@@ -142,6 +144,12 @@ pub(crate) fn parse(source: &str, bytes: &[u8]) -> Result<Values, Malformed> {
         ),
         Some(_) => match serde_json::from_str::<Value>(text) {
             Ok(value) => (vec![(Place::Line(first_line(text)), value)], Vec::new()),
+            // A value printed over several lines (a record printed by `get`,
+            // edited) is refused at the line the parser stopped at, not
+            // line by line as JSON Lines.
+            Err(error) if opens_a_printed_object(text) => {
+                return Err(refuse(Place::Line(error.line()), without_position(&error)))
+            }
             Err(_) => parse_lines(text),
         },
     };
@@ -167,6 +175,14 @@ fn parse_array(text: &str) -> Result<Vec<(Place, Value)>, (Place, String)> {
                 .map_err(|error| (place, without_position(&error)))
         })
         .collect()
+}
+
+/// Whether the first line that is not blank is a lone `{`, as a value
+/// printed over several lines starts (`get`'s form): no JSON Lines line is.
+fn opens_a_printed_object(text: &str) -> bool {
+    text.lines()
+        .find(|line| !line.trim().is_empty())
+        .is_some_and(|line| line.trim() == "{")
 }
 
 /// JSON Lines: one value per line, blank lines skipped; the lines that hold
@@ -338,6 +354,16 @@ mod tests {
         let values = parse("t", b"\n{\n  \"id\": \"a\"\n}\n").unwrap();
         assert_eq!(lines(&values), vec![(2, json!({"id": "a"}))]);
         assert!(parse("t", b"  \n").unwrap().values.is_empty());
+    }
+
+    /// A record printed by `get`, edited, with a comma left out on line 4:
+    /// one fault, at that line, instead of one for every line.
+    #[test]
+    fn a_printed_record_that_does_not_parse_is_refused_at_its_line() {
+        let text = "{\n  \"id\": \"a\",\n  \"n\": 1\n  \"x\": 2\n}\n";
+        let error = faults(text.as_bytes());
+        assert_eq!(error.faults.len(), 1, "{error}");
+        assert_eq!(error.faults[0].0, Place::Line(4), "{error}");
     }
 
     #[test]
