@@ -97,6 +97,7 @@ impl Clone for HttpPeer {
                 timeout: inner.timeout,
                 retries: inner.retries,
                 retry_delay: inner.retry_delay,
+                max_response_bytes: inner.max_response_bytes,
                 state: Mutex::new(PeerState {
                     feed_id: None,
                     limits: inner.state.lock().limits,
@@ -115,6 +116,7 @@ struct Inner {
     timeout: Duration,
     retries: u32,
     retry_delay: Duration,
+    max_response_bytes: usize,
     state: Mutex<PeerState>,
 }
 
@@ -224,6 +226,7 @@ pub struct HttpPeerBuilder {
     user_agent: String,
     retries: u32,
     retry_delay: Duration,
+    max_response_bytes: usize,
 }
 
 /// Every setting, the bearer token as `***`.
@@ -238,6 +241,7 @@ impl std::fmt::Debug for HttpPeerBuilder {
             .field("user_agent", &self.user_agent)
             .field("retries", &self.retries)
             .field("retry_delay", &self.retry_delay)
+            .field("max_response_bytes", &self.max_response_bytes)
             .finish()
     }
 }
@@ -251,6 +255,10 @@ fn shown_url(url: &str) -> String {
         format!("{url:?}")
     }
 }
+
+/// The largest answer a peer reads by default: far above a page of 10,000
+/// records of a few KiB each.
+const DEFAULT_MAX_RESPONSE_BYTES: usize = 256 << 20;
 
 /// The longest wait between two attempts of a call, as the engine's own
 /// retries wait at most.
@@ -291,6 +299,14 @@ impl HttpPeerBuilder {
     /// The `User-Agent` header (default `syncforge-http/VERSION`).
     pub fn user_agent(mut self, user_agent: impl Into<String>) -> Self {
         self.user_agent = user_agent.into();
+        self
+    }
+
+    /// The largest answer read from the server, decompressed (default
+    /// 256 MiB); a larger one fails the call with
+    /// [`Error::PeerProtocol`]. A page of changes is the largest answer.
+    pub fn max_response_bytes(mut self, max: usize) -> Self {
+        self.max_response_bytes = max;
         self
     }
 
@@ -366,6 +382,7 @@ impl HttpPeerBuilder {
                 timeout: self.timeout,
                 retries: self.retries,
                 retry_delay: self.retry_delay,
+                max_response_bytes: self.max_response_bytes,
                 state: Mutex::new(PeerState::default()),
             }),
         })
@@ -409,6 +426,7 @@ impl HttpPeer {
             user_agent: concat!("syncforge-http/", env!("CARGO_PKG_VERSION")).to_owned(),
             retries: DEFAULT_RETRIES,
             retry_delay: Duration::from_millis(100),
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
         }
     }
 
@@ -677,14 +695,33 @@ impl HttpPeer {
             .await
             .map_err(|error| self.transport(error))?;
         let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|error| self.transport(error))?;
+        let bytes = self.body(response, &call.url).await?;
         if status.is_success() {
             return Ok(bytes);
         }
         Err(self.refusal(status, &bytes, &call.url))
+    }
+
+    /// The answer's body, decompressed, read up to the peer's bound: a
+    /// server's answer is the server's word, and a small compressed body
+    /// can stand for gigabytes.
+    async fn body(&self, mut response: reqwest::Response, url: &Url) -> Result<Bytes, Failure> {
+        let max = self.inner.max_response_bytes;
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|error| self.transport(error))?
+        {
+            if body.len().saturating_add(chunk.len()) > max {
+                return Err(Failure::Permanent(self.protocol_error(format!(
+                    "answered {} with more than max_response_bytes ({max} bytes)",
+                    url.path()
+                ))));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Bytes::from(body))
     }
 
     /// A failure to exchange a request at all.

@@ -215,3 +215,37 @@ async fn large_pushes_and_pages_arrive_whole_and_in_order() {
     assert_eq!(pulled, sent);
     server.shutdown().await.unwrap();
 }
+
+/// An answer larger than the peer's bound fails the call, whatever the
+/// server sent, instead of being read whole into memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_past_the_peers_bound_fails_the_call() {
+    let hq = memory_engine("hq").await;
+    for n in 0..50 {
+        hq.put(
+            "notes",
+            &json!({"id": format!("n{n}"), "text": "x".repeat(100)}),
+        )
+        .await
+        .unwrap();
+    }
+    let server = Server::bind(hq.clone(), "127.0.0.1:0", ServerOptions::default())
+        .await
+        .unwrap();
+    let phone = memory_engine("phone").await;
+    let small = syncforge::http::HttpPeer::builder(server.url())
+        .max_response_bytes(4 * 1024)
+        .retries(0, Duration::from_millis(1))
+        .build()
+        .unwrap();
+    let error = phone.sync_with(&small, "notes").await.unwrap_err();
+    assert!(matches!(error, Error::PeerProtocol { .. }), "{error:?}");
+    assert!(error.to_string().contains("max_response_bytes"), "{error}");
+    assert!(phone.get_all("notes").await.unwrap().is_empty());
+    let report = phone
+        .sync_with(&peer(&server.url(), None), "notes")
+        .await
+        .unwrap();
+    assert_eq!(report.pulled.added, 50, "{report:?}");
+    server.shutdown().await.unwrap();
+}
