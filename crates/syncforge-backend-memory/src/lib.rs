@@ -659,10 +659,11 @@ impl StorageBackend for MemoryBackend {
         collection: &CollectionName,
         writes: &[Write],
     ) -> Result<Vec<WriteOutcome>> {
+        // Before the empty batch's answer: a closed handle refuses every call.
+        let mut guard = self.lock()?;
         if writes.is_empty() {
             return Ok(Vec::new());
         }
-        let mut guard = self.lock()?;
         let state = &mut *guard;
         let target = state.collections.get_or_create(collection);
         // Room for every write up front: growing the table step by step
@@ -822,6 +823,14 @@ mod tests {
             Content::from_value(json!({"id": id, "n": n})).unwrap(),
             &hlc.now().unwrap(),
         )
+    }
+
+    #[tokio::test]
+    async fn a_closed_handle_refuses_even_an_empty_batch() {
+        let store = MemoryBackend::new();
+        store.close().await.unwrap();
+        let refused = store.put_batch(&coll("c"), &[]).await;
+        assert!(matches!(refused, Err(Error::Closed { .. })), "{refused:?}");
     }
 
     fn assert_indexes_agree(store: &MemoryBackend) {
