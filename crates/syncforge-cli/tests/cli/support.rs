@@ -2,7 +2,7 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -70,8 +70,9 @@ pub(crate) fn syncforge_env(args: &[&str], env: &[(&str, &str)]) -> Run {
     run(command, "")
 }
 
-/// Runs `command` to its end, `stdin` on its standard input.
-fn run(mut command: Command, stdin: &str) -> Run {
+/// `command` started with `stdin` written to its standard input, which is
+/// then closed, and its stdout and stderr piped.
+pub(crate) fn spawned(mut command: Command, stdin: &str) -> Child {
     let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -81,6 +82,12 @@ fn run(mut command: Command, stdin: &str) -> Run {
     let mut input = child.stdin.take().unwrap();
     input.write_all(stdin.as_bytes()).unwrap();
     drop(input);
+    child
+}
+
+/// Runs `command` to its end, `stdin` on its standard input.
+fn run(command: Command, stdin: &str) -> Run {
+    let child = spawned(command, stdin);
     // No command of these tests runs near this long; a hung one is killed.
     let output = processes::finish(child, Duration::from_secs(120)).unwrap();
     Run {

@@ -201,22 +201,14 @@ fn a_store_directory_of_the_typescript_original_imports_with_one_command() {
 /// (`syncforge put .. | head -1`): it stopped part-way before, with exit 0.
 #[test]
 fn a_put_whose_reader_stops_early_still_puts_every_record() {
-    use std::io::{BufRead, BufReader, Write};
-    use std::process::Stdio;
+    use std::io::{BufRead, BufReader};
     use std::time::Duration;
 
     let dir = TempDir::new().unwrap();
     let a = dir.path().join("a");
-    let mut child = crate::support::command(&["put", arg(&a), "notes"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     // The whole input is read before anything is written or printed.
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(docs("n", 3_000).as_bytes()).unwrap();
-    drop(input);
+    let command = crate::support::command(&["put", arg(&a), "notes"]);
+    let mut child = crate::support::spawned(command, &docs("n", 3_000));
     let mut first = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut first)
