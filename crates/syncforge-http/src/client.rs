@@ -20,8 +20,8 @@ use syncforge_core::{
 
 use crate::parallel;
 use crate::protocol::{
-    CollectionList, CursorRanges, ErrorBody, ErrorCode, Health, Limits, SyncResponse,
-    MAX_SKIP_RANGES,
+    bearer_token_fault, CollectionList, CursorRanges, ErrorBody, ErrorCode, Health, Limits,
+    SyncResponse, MAX_SKIP_RANGES,
 };
 
 /// The backend name in this crate's errors.
@@ -351,13 +351,13 @@ impl HttpPeerBuilder {
         if let Ok(mut segments) = base.path_segments_mut() {
             segments.pop_if_empty();
         }
-        if let Some(token) = &self.token {
-            if token.is_empty() || token.chars().any(|c| c.is_control() || c.is_whitespace()) {
-                return Err(invalid(
-                    "bearer_token",
-                    "must be non-empty, without spaces or control characters".to_owned(),
-                ));
-            }
+        if let Some(fault) = self.token.as_deref().and_then(bearer_token_fault) {
+            return Err(invalid(
+                "bearer_token",
+                format!(
+                    "{fault}: a token is a non-empty secret without spaces or control characters"
+                ),
+            ));
         }
         let peer_id = self
             .peer_id

@@ -27,6 +27,22 @@ pub const ROUTE_PREFIX: &str = "/v1";
 /// The most skip ranges one change-feed request may carry.
 pub const MAX_SKIP_RANGES: usize = 1024;
 
+/// Why `token` cannot travel as a bearer token (`Authorization: Bearer
+/// <token>`), or `None` when it can: a token is a non-empty secret without
+/// spaces or control characters, since a header's value is read trimmed
+/// and holds no control character. The client's tokens and the server's
+/// follow this one rule.
+#[cfg(any(feature = "client", feature = "server"))]
+pub(crate) fn bearer_token_fault(token: &str) -> Option<&'static str> {
+    if token.is_empty() {
+        Some("is empty")
+    } else if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Some("holds spaces or control characters")
+    } else {
+        None
+    }
+}
+
 /// `GET /v1/health`: the server is up; which store it serves and its limits.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use syncforge_core::{validate_collection, Error, Result};
 
-use crate::protocol::Limits;
+use crate::protocol::{bearer_token_fault, Limits};
 
 /// Default largest request body: 16 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -45,10 +45,9 @@ pub enum Access {
 #[derive(Clone)]
 pub struct AccessToken {
     pub(crate) digest: [u8; 32],
-    secret_len: usize,
-    /// Whether a client can send the secret: a header's value is read
-    /// trimmed, and clients refuse spaces and control characters.
-    secret_sendable: bool,
+    /// Why no client could send the secret, if none could
+    /// ([`bearer_token_fault`]); the secret itself is not kept.
+    secret_fault: Option<&'static str>,
     pub(crate) access: Access,
     /// `None`: every collection.
     pub(crate) collections: Option<BTreeSet<String>>,
@@ -70,8 +69,7 @@ impl AccessToken {
         let secret = secret.as_ref();
         AccessToken {
             digest: digest(secret),
-            secret_len: secret.len(),
-            secret_sendable: !secret.chars().any(|c| c.is_whitespace() || c.is_control()),
+            secret_fault: bearer_token_fault(secret),
             access,
             collections: None,
         }
@@ -290,15 +288,13 @@ impl ServerOptions {
         }
         let mut digests = BTreeSet::new();
         for token in &self.tokens {
-            if token.secret_len == 0 {
-                return invalid("token", "a token's secret must not be empty".to_owned());
-            }
-            if !token.secret_sendable {
+            if let Some(fault) = token.secret_fault {
                 return invalid(
                     "token",
-                    "a token's secret must not hold spaces or control characters (a line end \
-                     read from a file, say): no client could send it"
-                        .to_owned(),
+                    format!(
+                        "a token's secret {fault} (a line end read from a file, say): no client \
+                         could send it"
+                    ),
                 );
             }
             if !digests.insert(token.digest) {
