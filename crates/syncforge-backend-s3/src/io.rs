@@ -200,8 +200,7 @@ fn no_etag(path: &Path) -> Error {
 /// its errors; requests are signed in headers it does not print).
 pub(crate) fn map_error(error: object_store::Error, doing: &str, path: &Path) -> Error {
     use object_store::Error as E;
-    // A server without conditional writes answers them 501 Not Implemented.
-    let not_implemented = http_status(&error.to_string()) == Some(501);
+    let status = http_status(&error.to_string());
     match error {
         E::PermissionDenied { .. } | E::Unauthenticated { .. } => Error::storage_caused(
             BACKEND_NAME,
@@ -212,13 +211,14 @@ pub(crate) fn map_error(error: object_store::Error, doing: &str, path: &Path) ->
             error,
         ),
         E::NotImplemented { .. } | E::NotSupported { .. } => unsupported(error, doing, path),
-        other if not_implemented => unsupported(other, doing, path),
+        // A server without conditional writes answers them 501 Not Implemented.
+        other if status == Some(501) => unsupported(other, doing, path),
         E::InvalidPath { .. } | E::UnknownConfigurationKey { .. } => Error::storage_caused(
             BACKEND_NAME,
             format!("{doing} {path}: the store refused the key"),
             error,
         ),
-        other if is_transient(&other) => Error::unavailable(
+        other if is_transient(&other, status) => Error::unavailable(
             BACKEND_NAME,
             Described {
                 message: format!("{doing} {path}"),
@@ -245,8 +245,9 @@ fn unsupported(error: object_store::Error, doing: &str, path: &Path) -> Error {
 
 /// Whether an error may go away by itself: no answer at all (connection,
 /// timeout), or an HTTP status that says "later" (5xx but 501 and 505, which
-/// say the server cannot do it; 429, 408).
-fn is_transient(error: &object_store::Error) -> bool {
+/// say the server cannot do it; 429, 408). `status` is the one its message
+/// quotes ([`http_status`]).
+fn is_transient(error: &object_store::Error, status: Option<u16>) -> bool {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(current) = cause {
         if current.is::<object_store::client::HttpError>() {
@@ -254,7 +255,7 @@ fn is_transient(error: &object_store::Error) -> bool {
         }
         cause = current.source();
     }
-    match http_status(&error.to_string()) {
+    match status {
         Some(501 | 505) => false,
         Some(status) => status >= 500 || status == 429 || status == 408,
         // No status and no transport error: an error of the store's own
