@@ -14,7 +14,7 @@ use syncforge_core::{
     ClientId, CollectionName, Content, Cursor, Hlc, Record, RecordId, StorageBackend, Write,
     WriteOutcome,
 };
-use syncforge_testkit::hostile;
+use syncforge_testkit::{hostile, processes};
 
 use crate::writers::{all, follow};
 
@@ -203,15 +203,14 @@ async fn conditional_updates_are_atomic_across_processes() {
         .collect();
     increment(dir.path(), 0).await;
     let deadline = Instant::now() + CHILDREN_TIMEOUT;
-    for mut child in children {
-        while child.try_wait().unwrap().is_none() {
-            if Instant::now() > deadline {
-                child.kill().unwrap();
-                panic!("a child process took longer than {CHILDREN_TIMEOUT:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let output = child.wait_with_output().unwrap();
+    for child in children {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let output = tokio::task::spawn_blocking(move || processes::finish(child, left))
+            .await
+            .unwrap()
+            .unwrap_or_else(|error| {
+                panic!("a child process took longer than {CHILDREN_TIMEOUT:?}: {error}")
+            });
         assert!(
             output.status.success(),
             "a child process failed:\n{}\n{}",

@@ -84,7 +84,6 @@ fn watch_prints_the_feed_and_follows_new_changes() {
     .stderr(Stdio::piped())
     .spawn()
     .unwrap();
-    let stdout = watcher.stdout.take().unwrap();
     let mut stderr = BufReader::new(watcher.stderr.take().unwrap());
     let mut said = String::new();
     stderr.read_line(&mut said).unwrap();
@@ -95,22 +94,14 @@ fn watch_prints_the_feed_and_follows_new_changes() {
     )
     .ok();
     syncforge(&["delete", arg(&store), "notes", "n00000"]).ok();
-    let reader = std::thread::spawn(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map(Result::unwrap)
-            .collect::<Vec<String>>()
-    });
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while watcher.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            watcher.kill().unwrap();
-            panic!("watch did not print two changes within 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(watcher.wait().unwrap().success());
-    let printed = reader.join().unwrap();
+    let output = syncforge_testkit::processes::finish(watcher, Duration::from_secs(30))
+        .unwrap_or_else(|error| panic!("watch did not print two changes within 30 s: {error}"));
+    assert!(output.status.success());
+    let printed: Vec<String> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
     assert_eq!(
         printed,
         vec!["4  put     late  {\"x\":1}", "5  delete  n00000  {\"n\":0}"]
