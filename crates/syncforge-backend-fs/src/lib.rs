@@ -191,14 +191,14 @@ pub(crate) const BACKEND_NAME: &str = "filesystem";
 
 /// Engine metadata file in the store's root.
 const META_FILE: &str = ".meta.json";
+/// Lock guarding the metadata file.
+const META_LOCK_FILE: &str = ".lock";
 
 /// Collections a handle keeps open at most. Each holds two lock files and
 /// its index of ids: a server writing a collection per user would otherwise
 /// run out of file descriptors. Past it, an idle one is checkpointed and
 /// closed to make room, and opened again when next used.
 const MAX_OPEN_COLLECTIONS: usize = 64;
-/// Lock guarding the metadata file.
-const META_LOCK_FILE: &str = ".lock";
 
 /// How hard writes work to survive a power failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -4,10 +4,9 @@
 //! clients, a cluster between two states (`CLUSTERDOWN`, `TRYAGAIN`, a
 //! failover's `READONLY`), too few replicas for `min-replicas-to-write`
 //! (`NOREPLICAS`) are [`Error::Unavailable`]: transient, the engine retries
-//! them. Wrong
-//! credentials, a missing database, a key of the wrong type, ACL refusals,
-//! out-of-memory and script errors are [`Error::Storage`] with a message
-//! saying what to do. No message ever holds the password: the address comes
+//! them. Wrong credentials, a missing database, a key of the wrong type, ACL
+//! refusals, out-of-memory and script errors are [`Error::Storage`] with a
+//! message saying what to do. No message ever holds the password: the address comes
 //! from [`RedisConfig::address`](crate::RedisConfig::address), and Redis
 //! never repeats a password in its replies.
 

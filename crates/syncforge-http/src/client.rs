@@ -130,6 +130,7 @@ impl std::fmt::Debug for Inner {
             .field("timeout", &self.timeout)
             .field("retries", &self.retries)
             .field("retry_delay", &self.retry_delay)
+            .field("max_response_bytes", &self.max_response_bytes)
             .finish_non_exhaustive()
     }
 }

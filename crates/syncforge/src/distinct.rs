@@ -5,8 +5,8 @@
 /// for the exact check.
 const BITS_PER_HASH_LOG2: u32 = 4;
 
-/// The largest filter, 2^27 bits (16 MiB each of its two bitmaps): a larger batch only leaves more
-/// hashes to the exact check.
+/// The largest filter, 2^27 bits (16 MiB each of its two bitmaps): a larger
+/// batch only leaves more hashes to the exact check.
 const MAX_FILTER_BITS_LOG2: u32 = 27;
 
 /// Whether every value of `hashes` is distinct: exact, the same answer as
