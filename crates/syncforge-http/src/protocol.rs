@@ -37,7 +37,7 @@ pub(crate) fn bearer_token_fault(token: &str) -> Option<&'static str> {
     if token.is_empty() {
         Some("is empty")
     } else if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        Some("holds spaces or control characters")
+        Some("holds spaces or control characters (a line end read from a file, say)")
     } else {
         None
     }

@@ -291,10 +291,7 @@ impl ServerOptions {
             if let Some(fault) = token.secret_fault {
                 return invalid(
                     "token",
-                    format!(
-                        "a token's secret {fault} (a line end read from a file, say): no client \
-                         could send it"
-                    ),
+                    format!("a token's secret {fault}: no client could send it"),
                 );
             }
             if !digests.insert(token.digest) {
