@@ -33,6 +33,10 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default number of retries of a transient failure inside one call.
 pub const DEFAULT_RETRIES: u32 = 2;
+/// How long an idle connection is kept for the next call: less than a sync
+/// server keeps one (its header-read timeout, 30 s by default), so that a
+/// request is not sent on a connection the server is closing.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Feed ranges remembered per collection as echoes to skip; past this, the
 /// newest are forgotten (they are only downloaded again, never lost).
@@ -371,6 +375,7 @@ impl HttpPeerBuilder {
         let client = reqwest::Client::builder()
             .user_agent(self.user_agent)
             .connect_timeout(self.connect_timeout)
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .tcp_nodelay(true)
             .build()
             .map_err(|error| invalid("client", format!("cannot build the HTTP client: {error}")))?;

@@ -59,11 +59,10 @@ mod server;
 #[cfg(feature = "server")]
 pub use server::{
     router, serve, Access, AccessToken, Cors, Replica, Server, ServerOptions, SyncOutcome,
-    WatchGuard, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PAGE, DEFAULT_MAX_RECORDS, DEFAULT_MAX_WAIT,
-    DEFAULT_PAGE, DEFAULT_REQUEST_TIMEOUT,
+    WatchGuard, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_PAGE, DEFAULT_MAX_RECORDS, DEFAULT_MAX_WAIT, DEFAULT_PAGE, DEFAULT_REQUEST_TIMEOUT,
 };
 
-#[cfg(any(feature = "client", feature = "server"))]
 #[cfg(feature = "client")]
 #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
 mod client;

@@ -6,6 +6,7 @@
 //! implements it (feature `http-server` of `syncforge`), so an engine is
 //! served as it is.
 
+mod connections;
 mod error;
 mod handlers;
 mod options;
@@ -21,9 +22,12 @@ use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use connections::ConnectionLimits;
+
 pub use options::{
-    Access, AccessToken, Cors, ServerOptions, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PAGE,
-    DEFAULT_MAX_RECORDS, DEFAULT_MAX_WAIT, DEFAULT_PAGE, DEFAULT_REQUEST_TIMEOUT,
+    Access, AccessToken, Cors, ServerOptions, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PAGE, DEFAULT_MAX_RECORDS, DEFAULT_MAX_WAIT, DEFAULT_PAGE,
+    DEFAULT_REQUEST_TIMEOUT,
 };
 
 /// What a sync server serves: one replica's store, through its engine.
@@ -109,6 +113,12 @@ impl Drop for WatchGuard {
 ///
 /// Long polls in flight end within `max_wait`; [`Server`] ends them at once
 /// when it shuts down.
+///
+/// The router leaves connections to the server it is mounted in: give that
+/// server a header-read timeout and a bound on open connections, as
+/// [`Server`] has ([`ServerOptions::header_read_timeout`],
+/// [`ServerOptions::max_connections`]), or clients sending half a request
+/// can hold connections for good.
 pub fn router(replica: impl Replica, options: ServerOptions) -> Result<Router> {
     let (_, closing) = watch::channel(false);
     handlers::build(Arc::new(replica), options, closing)
@@ -132,7 +142,7 @@ pub fn router(replica: impl Replica, options: ServerOptions) -> Result<Router> {
 pub struct Server {
     address: SocketAddr,
     stop: watch::Sender<bool>,
-    task: Option<JoinHandle<std::io::Result<()>>>,
+    task: Option<JoinHandle<()>>,
 }
 
 impl Server {
@@ -144,6 +154,11 @@ impl Server {
         options: ServerOptions,
     ) -> Result<Server> {
         let (stop, closing) = watch::channel(false);
+        let limits = ConnectionLimits {
+            header_read_timeout: options.header_read_timeout,
+            max_connections: options.max_connections,
+            shutdown_grace: options.request_timeout,
+        };
         let app = handlers::build(Arc::new(replica), options, closing.clone())?;
         let listener = TcpListener::bind(address)
             .await
@@ -157,21 +172,9 @@ impl Server {
                 option: "address",
                 reason: format!("cannot read the bound address: {error}"),
             })?;
-        // Small answers (a long poll's page) must not wait for Nagle.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
-            if let Err(error) = stream.set_nodelay(true) {
-                tracing::debug!(%error, "could not set TCP_NODELAY");
-            }
-        });
-        let mut stopping = closing;
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    // A dropped sender means the Server is gone: stop too.
-                    let _ = stopping.wait_for(|stop| *stop).await;
-                })
-                .await
-        });
+        let task = tokio::spawn(connections::accept_until_closed(
+            listener, app, limits, closing,
+        ));
         tracing::info!(%address, "sync server listening");
         Ok(Server {
             address,
@@ -192,15 +195,18 @@ impl Server {
 
     /// Stops accepting connections, ends waiting long polls, lets requests
     /// in flight finish, and returns when the server has stopped.
+    ///
+    /// It waits at most the request timeout
+    /// ([`ServerOptions::request_timeout`]): connections still open then
+    /// (a client still sending its headers, or not reading its answer) are
+    /// closed.
     pub async fn shutdown(mut self) -> Result<()> {
         self.stop.send_replace(true);
         let Some(task) = self.task.take() else {
             return Ok(());
         };
-        let outcome = task
-            .await
+        task.await
             .map_err(|error| Error::storage("http", format!("the server task failed: {error}")))?;
-        outcome.map_err(|error| Error::storage_caused("http", "the server failed", error))?;
         tracing::info!(address = %self.address, "sync server stopped");
         Ok(())
     }

@@ -22,6 +22,12 @@ pub const DEFAULT_PAGE: usize = 100;
 pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(25);
 /// Default request timeout (longer than the longest wait).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time a client has to send a request's headers, and longest a
+/// connection stays open between two requests.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default most connections a [`Server`](crate::Server) keeps open at once:
+/// room under the usual limit of 1,024 open files a process, for the store's.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
 
 /// What a token may do with the collections it covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -158,6 +164,8 @@ pub struct ServerOptions {
     pub(crate) max_page: usize,
     pub(crate) max_wait: Duration,
     pub(crate) request_timeout: Duration,
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) max_connections: usize,
 }
 
 impl Default for ServerOptions {
@@ -171,6 +179,8 @@ impl Default for ServerOptions {
             max_page: DEFAULT_MAX_PAGE,
             max_wait: DEFAULT_MAX_WAIT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -248,6 +258,32 @@ impl ServerOptions {
         self
     }
 
+    /// How long a client has to send a request's headers, and how long a
+    /// connection may stay open between two requests (default 30 s); then
+    /// [`Server`](crate::Server) closes it. Without it, clients that send
+    /// half a request would hold their connections for good.
+    ///
+    /// Applies to [`Server`](crate::Server) and [`serve`](crate::serve), which
+    /// own their connections; a [`router`](crate::router) mounted in your own
+    /// server has that server's settings.
+    #[must_use]
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.header_read_timeout = timeout;
+        self
+    }
+
+    /// Most connections open at once (default 512). Further clients wait in
+    /// the operating system's queue until one closes; each long-polling
+    /// client holds one. Raise the process's open-file limit with it.
+    ///
+    /// Applies to [`Server`](crate::Server) and [`serve`](crate::serve), as
+    /// [`header_read_timeout`](Self::header_read_timeout) does.
+    #[must_use]
+    pub fn max_connections(mut self, connections: usize) -> Self {
+        self.max_connections = connections;
+        self
+    }
+
     /// The limits as the health route reports them.
     pub fn limits(&self) -> Limits {
         Limits {
@@ -269,13 +305,19 @@ impl ServerOptions {
             ("max_body_bytes", self.max_body_bytes),
             ("max_records", self.max_records),
             ("max_page", self.max_page),
+            ("max_connections", self.max_connections),
         ] {
             if value == 0 {
                 return invalid(option, "must be at least 1".to_owned());
             }
         }
-        if self.request_timeout.is_zero() {
-            return invalid("request_timeout", "must be longer than zero".to_owned());
+        for (option, timeout) in [
+            ("request_timeout", self.request_timeout),
+            ("header_read_timeout", self.header_read_timeout),
+        ] {
+            if timeout.is_zero() {
+                return invalid(option, "must be longer than zero".to_owned());
+            }
         }
         if self.max_wait >= self.request_timeout {
             return invalid(
@@ -339,6 +381,14 @@ mod tests {
         assert_eq!(
             refused(ServerOptions::default().max_records(0)),
             "max_records"
+        );
+        assert_eq!(
+            refused(ServerOptions::default().max_connections(0)),
+            "max_connections"
+        );
+        assert_eq!(
+            refused(ServerOptions::default().header_read_timeout(Duration::ZERO)),
+            "header_read_timeout"
         );
         assert_eq!(
             refused(ServerOptions::default().max_wait(Duration::from_secs(40))),

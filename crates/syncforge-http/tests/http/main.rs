@@ -9,5 +9,6 @@ mod browser;
 mod client;
 mod convergence;
 mod long_poll;
+mod slow_clients;
 mod support;
 mod tracing_spans;

@@ -1,0 +1,157 @@
+//! The accept loop of [`Server`](super::Server): HTTP/1 connections with a
+//! header-read timeout, a bound on how many are open at once, and a shutdown
+//! that lets requests in flight finish but does not wait for ever.
+//!
+//! `axum::serve` sets no timer on hyper, so a client that sends half a
+//! header (or nothing) holds its connection, and its file descriptor, until
+//! it leaves; enough of them lock real clients out and stall a graceful
+//! shutdown. Serving each connection through hyper directly sets the timer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+
+/// Longest timeout handed to hyper: it adds the timeout to `Instant::now()`,
+/// which panics past the clock's range. A year is as good as never.
+const LONGEST_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// How long to pause accepting after an error that is not one connection's
+/// (out of file descriptors): retrying at once would spin and flood the log.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_secs(1);
+
+/// How the accept loop treats connections.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ConnectionLimits {
+    /// Time to send a request's headers, and longest idle time between two
+    /// requests (hyper's header timer runs while it waits for the next one).
+    pub(super) header_read_timeout: Duration,
+    /// Most connections open at once.
+    pub(super) max_connections: usize,
+    /// Longest wait for open connections once shutdown starts.
+    pub(super) shutdown_grace: Duration,
+}
+
+/// Accepts connections on `listener` and serves `app` on each until
+/// `closing` turns true (or its sender is gone), then waits up to the grace
+/// for the connections to finish and drops those still open.
+pub(super) async fn accept_until_closed(
+    listener: TcpListener,
+    app: Router,
+    limits: ConnectionLimits,
+    mut closing: watch::Receiver<bool>,
+) {
+    let permits = Arc::new(Semaphore::new(
+        limits.max_connections.min(Semaphore::MAX_PERMITS),
+    ));
+    let mut connections = JoinSet::new();
+    loop {
+        // Past the limit, no connection is accepted: clients wait in the
+        // listen queue rather than being taken in and starved.
+        let next = async {
+            let permit = permits.clone().acquire_owned().await;
+            (permit, listener.accept().await)
+        };
+        tokio::select! {
+            biased;
+            () = closed(&mut closing) => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            (permit, accepted) = next => {
+                // The semaphore is never closed.
+                let Ok(permit) = permit else { break };
+                match accepted {
+                    Ok((stream, _)) => {
+                        connections.spawn(serve_connection(
+                            stream,
+                            app.clone(),
+                            limits.header_read_timeout,
+                            closing.clone(),
+                            permit,
+                        ));
+                    }
+                    Err(error) if is_one_connections_error(&error) => {
+                        tracing::debug!(%error, "a connection failed while being accepted");
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot accept connections; pausing");
+                        tokio::select! {
+                            () = closed(&mut closing) => break,
+                            () = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+    drop(listener);
+    let drained = tokio::time::timeout(limits.shutdown_grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            open = connections.len(),
+            grace = ?limits.shutdown_grace,
+            "closing connections still open after the shutdown grace"
+        );
+        connections.shutdown().await;
+    }
+}
+
+/// Resolves once shutdown starts (or the [`Server`](super::Server) is gone).
+async fn closed(closing: &mut watch::Receiver<bool>) {
+    // An error means the sender is gone: stop too.
+    let _ = closing.wait_for(|stop| *stop).await;
+}
+
+/// Errors of the one connection being accepted, after which the next
+/// accept works as before.
+fn is_one_connections_error(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        error.kind(),
+        ErrorKind::ConnectionAborted
+            | ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionRefused
+            | ErrorKind::Interrupted
+    )
+}
+
+/// Serves one connection until the client leaves, a timeout closes it, or
+/// shutdown: then the request in flight finishes and the connection closes.
+/// `_permit` frees its place when the connection ends.
+async fn serve_connection(
+    stream: TcpStream,
+    app: Router,
+    header_read_timeout: Duration,
+    mut closing: watch::Receiver<bool>,
+    _permit: OwnedSemaphorePermit,
+) {
+    // Small answers (a long poll's page) must not wait for Nagle.
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%error, "could not set TCP_NODELAY");
+    }
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout.min(LONGEST_TIMEOUT));
+    let connection = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+    let mut connection = std::pin::pin!(connection);
+    let outcome = tokio::select! {
+        outcome = connection.as_mut() => outcome,
+        () = closed(&mut closing) => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    // Clients leaving, and the header timeout, end connections every day.
+    if let Err(error) = outcome {
+        tracing::debug!(%error, "connection ended with an error");
+    }
+}

@@ -1,0 +1,149 @@
+//! Clients that connect and then stall: a server must close them in time,
+//! keep serving others, bound how many it holds, and still shut down.
+
+use std::time::Duration;
+
+use syncforge::http::{Server, ServerOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::memory_engine;
+
+const HEALTH: &str = "GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+/// Half a request: its headers never end.
+const HALF_HEADERS: &str = "GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n";
+
+async fn serve(options: ServerOptions) -> Server {
+    Server::bind(memory_engine("server").await, "127.0.0.1:0", options)
+        .await
+        .unwrap()
+}
+
+async fn connect(server: &Server) -> TcpStream {
+    TcpStream::connect(server.local_addr()).await.unwrap()
+}
+
+/// What the server sends until it closes the connection, or `None` if it
+/// is still open after `within`.
+async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Option<String> {
+    let mut received = Vec::new();
+    let reading = async {
+        let mut buffer = [0u8; 4096];
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(read) => received.extend_from_slice(&buffer[..read]),
+            }
+        }
+    };
+    tokio::time::timeout(within, reading).await.ok()?;
+    Some(String::from_utf8_lossy(&received).into_owned())
+}
+
+/// Reads at least one complete answer's head from `stream`.
+async fn read_answer_head(stream: &mut TcpStream, within: Duration) -> Option<String> {
+    let mut received = Vec::new();
+    let reading = async {
+        let mut buffer = [0u8; 4096];
+        while !received.windows(4).any(|window| window == b"\r\n\r\n") {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(read) => received.extend_from_slice(&buffer[..read]),
+            }
+        }
+    };
+    tokio::time::timeout(within, reading).await.ok()?;
+    Some(String::from_utf8_lossy(&received).into_owned())
+}
+
+/// Without a header-read timeout, half a header held a connection (and its
+/// file descriptor) for as long as the client liked, and so did a
+/// connection kept alive with no further request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_stall_are_disconnected_after_the_header_read_timeout() {
+    let server =
+        serve(ServerOptions::default().header_read_timeout(Duration::from_millis(300))).await;
+
+    let mut half = connect(&server).await;
+    half.write_all(HALF_HEADERS.as_bytes()).await.unwrap();
+    let answer = read_until_closed(&mut half, Duration::from_secs(15)).await;
+    assert!(
+        answer.is_some(),
+        "a connection stuck in its headers stayed open"
+    );
+
+    let mut kept_alive = connect(&server).await;
+    kept_alive.write_all(HEALTH.as_bytes()).await.unwrap();
+    let answer = read_until_closed(&mut kept_alive, Duration::from_secs(15)).await;
+    let answer = answer.expect("an idle kept-alive connection stayed open");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+
+    // Others are served as before.
+    let health = reqwest::get(format!("{}/v1/health", server.url()))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), reqwest::StatusCode::OK);
+    server.shutdown().await.unwrap();
+}
+
+/// Past `max_connections`, a client waits until a place frees up, and is
+/// then served; before, every connection was taken in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_past_the_connection_limit_wait_for_a_free_place() {
+    let server = serve(ServerOptions::default().max_connections(2)).await;
+    let mut first = connect(&server).await;
+    let second = connect(&server).await;
+    // The first two are served (and kept open, idle).
+    first.write_all(HEALTH.as_bytes()).await.unwrap();
+    let head = read_answer_head(&mut first, Duration::from_secs(15)).await;
+    assert!(head.is_some_and(|head| head.starts_with("HTTP/1.1 200")));
+
+    let mut third = connect(&server).await;
+    third.write_all(HEALTH.as_bytes()).await.unwrap();
+    let early = read_answer_head(&mut third, Duration::from_millis(500)).await;
+    assert_eq!(
+        early, None,
+        "a third connection was served past the limit of 2"
+    );
+
+    drop(first);
+    let head = read_answer_head(&mut third, Duration::from_secs(15)).await;
+    assert!(
+        head.as_deref()
+            .is_some_and(|head| head.starts_with("HTTP/1.1 200")),
+        "{head:?}"
+    );
+    drop(second);
+    server.shutdown().await.unwrap();
+}
+
+/// Shutdown lets requests in flight finish, but a client that never ends
+/// its headers (or never sends any) no longer keeps it waiting: it ends
+/// within the request timeout, closing them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_for_clients_that_never_finish_a_request() {
+    let options = ServerOptions::default()
+        .header_read_timeout(Duration::from_secs(600))
+        .request_timeout(Duration::from_secs(2))
+        .max_wait(Duration::from_secs(1));
+    let server = serve(options).await;
+    let mut half = connect(&server).await;
+    half.write_all(HALF_HEADERS.as_bytes()).await.unwrap();
+    let mut silent = connect(&server).await;
+    // Both are being served before shutdown starts.
+    let mut served = connect(&server).await;
+    served.write_all(HEALTH.as_bytes()).await.unwrap();
+    assert!(read_answer_head(&mut served, Duration::from_secs(15))
+        .await
+        .is_some());
+
+    tokio::time::timeout(Duration::from_secs(30), server.shutdown())
+        .await
+        .expect("shutdown waited for clients that never finish a request")
+        .unwrap();
+    for stream in [&mut half, &mut silent, &mut served] {
+        assert!(read_until_closed(stream, Duration::from_secs(15))
+            .await
+            .is_some());
+    }
+}
