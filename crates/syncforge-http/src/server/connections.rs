@@ -18,6 +18,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
+use super::closed;
+
 /// Longest timeout handed to hyper: it adds the timeout to `Instant::now()`,
 /// which panics past the clock's range. A year is as good as never.
 const LONGEST_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
@@ -39,7 +41,7 @@ pub(super) struct ConnectionLimits {
 }
 
 /// Accepts connections on `listener` and serves `app` on each until
-/// `closing` turns true (or its sender is gone), then waits up to the grace
+/// `closing` turns true, then waits up to the grace
 /// for the connections to finish and drops those still open.
 pub(super) async fn accept_until_closed(
     listener: TcpListener,
@@ -102,12 +104,6 @@ pub(super) async fn accept_until_closed(
         );
         connections.shutdown().await;
     }
-}
-
-/// Resolves once shutdown starts (or the [`Server`](super::Server) is gone).
-async fn closed(closing: &mut watch::Receiver<bool>) {
-    // An error means the sender is gone: stop too.
-    let _ = closing.wait_for(|stop| *stop).await;
 }
 
 /// Errors of the one connection being accepted, after which the next

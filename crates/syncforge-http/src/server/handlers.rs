@@ -31,16 +31,21 @@ use tracing::Instrument;
 
 use super::error::ApiError;
 use super::options::{digest, Access, AccessToken, Cors, ServerOptions, DEFAULT_PAGE};
-use super::{Replica, WatchGuard};
+use super::{closed, Replica, WatchGuard};
 use crate::parallel;
 use crate::protocol::{
     CollectionList, CursorRanges, ErrorCode, Health, SyncResponse, MAX_SKIP_RANGES,
     PROTOCOL_HEADER, PROTOCOL_VERSION,
 };
 
-/// Most backend pages one feed request reads while skipping echoes, so that
-/// a request's work stays bounded whatever the skip list.
+/// Most backend reads one feed request makes while skipping echoes, so that
+/// a request's round trips to the store stay bounded whatever the skip list.
 const MAX_READS_PER_PAGE: usize = 16;
+
+/// Most changes one feed request reads while skipping echoes, as a multiple
+/// of its `limit`: a skip list can make a request pass over changes, never
+/// more than a few pages of them.
+const MAX_SCANNED_PAGES: usize = 4;
 
 /// The most a request body's declared length reserves before its bytes come.
 const MAX_RESERVED_BODY: usize = 1 << 20;
@@ -493,19 +498,20 @@ impl Shared {
         query: &FeedQuery,
     ) -> Result<ChangePage, ApiError> {
         if query.wait.is_zero() {
-            return self.read_skipping(collection, query).await;
+            return self.read_skipping(collection, query.after, query).await;
         }
         let deadline = tokio::time::Instant::now() + query.wait;
         let waiting = Watchers::wait(&self.watchers, collection);
         let notify = &waiting.notify;
         let mut closing = self.closing.clone();
+        let mut after = query.after;
         loop {
             // Registered before reading, so a write landing between the read
             // and the wait still wakes this request.
             let notified = notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let page = self.read_skipping(collection, query).await?;
+            let page = self.read_skipping(collection, after, query).await?;
             // A page whose read budget ran out among skipped positions has
             // nothing to show but more to read: the client reads on at once,
             // where a wait would only read the same positions again.
@@ -516,6 +522,10 @@ impl Shared {
             {
                 return Ok(page);
             }
+            // Everything up to `page.next` was skipped: after a wake, only
+            // what came since is read (a skip list of future positions would
+            // otherwise make every write rescan the same pages).
+            after = page.next;
             tokio::select! {
                 () = &mut notified => {}
                 () = tokio::time::sleep_until(deadline) => {}
@@ -524,25 +534,35 @@ impl Shared {
         }
     }
 
-    /// Reads the feed after `query.after` until `query.limit` changes not in
-    /// `query.skip` are found, the feed ends, or the read budget is spent.
+    /// Reads the feed after `after` until `query.limit` changes not in
+    /// `query.skip` are found, the feed ends, or the read budget (reads, and
+    /// changes passed over) is spent.
     async fn read_skipping(
         &self,
         collection: &CollectionName,
+        after: Cursor,
         query: &FeedQuery,
     ) -> Result<ChangePage, ApiError> {
         let limit = query.limit;
         if query.skip.is_empty() {
-            return Ok(self.replica.changes(collection, query.after, limit).await?);
+            return Ok(self.replica.changes(collection, after, limit).await?);
         }
         let mut kept = Vec::new();
-        let mut position = query.after;
+        let mut position = after;
+        let mut unscanned = limit.get().saturating_mul(MAX_SCANNED_PAGES);
         for _ in 0..MAX_READS_PER_PAGE {
+            let Some(budget) = NonZeroUsize::new(unscanned) else {
+                break;
+            };
             // Positions right after this one that are all skipped need no read.
             if let Some([_, end]) = query.skip.find(position.get().saturating_add(1)) {
                 position = Cursor::new(end);
             }
-            let page = self.replica.changes(collection, position, limit).await?;
+            let page = self
+                .replica
+                .changes(collection, position, limit.min(budget))
+                .await?;
+            unscanned = unscanned.saturating_sub(page.changes.len());
             let last = page.changes.last().map(|change| change.cursor);
             let mut changes = page.changes.into_iter().peekable();
             let mut jumped = None;
@@ -585,14 +605,6 @@ impl Shared {
             next: position,
             more: true,
         })
-    }
-}
-
-/// Resolves when the server starts shutting down; never, for a router
-/// without a server.
-async fn closed(closing: &mut watch::Receiver<bool>) {
-    if closing.wait_for(|closing| *closing).await.is_err() {
-        std::future::pending::<()>().await;
     }
 }
 

@@ -218,6 +218,15 @@ impl Drop for Server {
     }
 }
 
+/// Resolves when the server starts shutting down; never, for a router
+/// without a server. ([`Server`]'s `Drop` turns `closing` true before its
+/// sender goes.)
+async fn closed(closing: &mut watch::Receiver<bool>) {
+    if closing.wait_for(|closing| *closing).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Serves `replica` on `address` until the process receives Ctrl-C (or
 /// SIGTERM on Unix), then shuts down gracefully.
 ///

@@ -2,11 +2,13 @@
 //! writes, and a wait with nothing to wake it ends when it should.
 
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use syncforge::http::{Server, ServerOptions};
-use syncforge::SyncPeer;
+use syncforge::http::{Replica, Server, ServerOptions, SyncOutcome, WatchGuard};
+use syncforge::{ChangePage, CollectionName, Cursor, SyncPeer};
 
 use crate::support::{memory_engine, peer};
 
@@ -247,5 +249,195 @@ async fn clearing_the_engines_handlers_does_not_stop_long_polls_waking() {
         "woke {:?} after the write",
         pushed.elapsed()
     );
+    server.shutdown().await.unwrap();
+}
+
+/// A replica that counts the changes its feed reads return: the work a skip
+/// list makes the server do.
+#[derive(Clone)]
+struct CountingReplica {
+    engine: syncforge::SyncEngine,
+    scanned: Arc<AtomicUsize>,
+}
+
+#[async_trait::async_trait]
+impl Replica for CountingReplica {
+    fn feed_id(&self) -> &str {
+        Replica::feed_id(&self.engine)
+    }
+
+    async fn collections(&self) -> syncforge::Result<Vec<CollectionName>> {
+        Replica::collections(&self.engine).await
+    }
+
+    async fn changes(
+        &self,
+        collection: &CollectionName,
+        after: Cursor,
+        limit: NonZeroUsize,
+    ) -> syncforge::Result<ChangePage> {
+        let page = Replica::changes(&self.engine, collection, after, limit).await?;
+        self.scanned.fetch_add(page.changes.len(), Ordering::SeqCst);
+        Ok(page)
+    }
+
+    async fn sync(
+        &self,
+        collection: &CollectionName,
+        records: Vec<syncforge::Record>,
+    ) -> syncforge::Result<SyncOutcome> {
+        Replica::sync(&self.engine, collection, records).await
+    }
+
+    fn watch(&self, wake: Box<dyn Fn(&CollectionName) + Send + Sync>) -> WatchGuard {
+        Replica::watch(&self.engine, wake)
+    }
+}
+
+/// Writes `blocks` runs of `LIMIT + 1` records to `collection`, then writes
+/// each run's last record again: the feed holds runs of `LIMIT` positions
+/// with a gap after each (where the rewritten record was), then the
+/// rewritten records. Returns the skip list naming every run.
+async fn runs_with_gaps(
+    engine: &syncforge::SyncEngine,
+    collection: &str,
+    blocks: u64,
+) -> Vec<String> {
+    let run = LIMIT as u64;
+    for block in 0..blocks {
+        for item in 0..=run {
+            engine
+                .put(collection, &json!({"id": format!("b{block}-{item}")}))
+                .await
+                .unwrap();
+        }
+    }
+    for block in 0..blocks {
+        engine
+            .put(
+                collection,
+                &json!({"id": format!("b{block}-{run}"), "again": true}),
+            )
+            .await
+            .unwrap();
+    }
+    (0..blocks)
+        .map(|block| format!("{}-{}", block * (run + 1) + 1, block * (run + 1) + run))
+        .collect()
+}
+
+const LIMIT: usize = 50;
+
+/// A skip list whose runs each end on a page's last position, with a gap
+/// after each, made one request read 16 pages of `limit` changes and answer
+/// none. What a request passes over is now bounded by a few pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skip_list_cannot_make_a_request_read_more_than_a_few_pages() {
+    let engine = memory_engine("hq").await;
+    let mut skip = runs_with_gaps(&engine, "notes", 20).await;
+    // The rewritten records are skipped too, but for the last.
+    let rewritten = 20 * (LIMIT as u64 + 1);
+    skip.push(format!("{}-{}", rewritten + 1, rewritten + 19));
+    let scanned = Arc::new(AtomicUsize::new(0));
+    let replica = CountingReplica {
+        engine,
+        scanned: scanned.clone(),
+    };
+    let server = Server::bind(replica, "127.0.0.1:0", ServerOptions::default())
+        .await
+        .unwrap();
+    let client = crate::support::raw_client();
+    let mut after = 0;
+    let mut found = Vec::new();
+    for _ in 0..100 {
+        scanned.store(0, Ordering::SeqCst);
+        let url = format!(
+            "{}/v1/collections/notes/changes?after={after}&limit={LIMIT}&skip={}",
+            server.url(),
+            skip.join(",")
+        );
+        let text = client.get(url).send().await.unwrap().text().await.unwrap();
+        let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let read = scanned.load(Ordering::SeqCst);
+        assert!(
+            read <= 4 * LIMIT,
+            "one request read {read} changes: {answer}"
+        );
+        for change in answer["changes"].as_array().unwrap() {
+            found.push(change["record"]["id"].as_str().unwrap().to_owned());
+        }
+        after = answer["next"].as_u64().unwrap();
+        if answer["more"] == json!(false) {
+            break;
+        }
+    }
+    // Following `more` still finds the one change not skipped.
+    assert_eq!(found, ["b19-50"]);
+    server.shutdown().await.unwrap();
+}
+
+/// A long poll that found only skipped changes waits; each write that wakes
+/// it used to read everything after its cursor again, so a skip list naming
+/// future positions made every write rescan. It reads on from where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_reader_woken_by_skipped_writes_reads_only_what_came_since() {
+    let engine = memory_engine("hq").await;
+    let mut skip = runs_with_gaps(&engine, "notes", 2).await;
+    // The two rewritten records, and the next three writes' positions.
+    let rewritten = 2 * (LIMIT as u64 + 1);
+    skip.push(format!("{}-{}", rewritten + 1, rewritten + 2));
+    for position in rewritten + 3..=rewritten + 5 {
+        skip.push(position.to_string());
+    }
+    let scanned = Arc::new(AtomicUsize::new(0));
+    let replica = CountingReplica {
+        engine: engine.clone(),
+        scanned: scanned.clone(),
+    };
+    let server = Server::bind(replica, "127.0.0.1:0", ServerOptions::default())
+        .await
+        .unwrap();
+    let url = format!(
+        "{}/v1/collections/notes/changes?after=0&limit={LIMIT}&wait=20000&skip={}",
+        server.url(),
+        skip.join(",")
+    );
+    let waiting = tokio::spawn(async move {
+        let text = crate::support::raw_client()
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()
+    });
+    // The first read passes over the second run and the rewritten records
+    // (the first run, right after the cursor, is passed without a read).
+    let first_read = LIMIT + 2;
+    for _ in 0..100 {
+        if scanned.load(Ordering::SeqCst) >= first_read {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(scanned.load(Ordering::SeqCst), first_read);
+    for write in 0..4 {
+        // Let the reader wake and wait again between writes.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        engine
+            .put("notes", &json!({"id": format!("late-{write}")}))
+            .await
+            .unwrap();
+    }
+    let answer = tokio::time::timeout(Duration::from_secs(15), waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer["changes"][0]["record"]["id"], "late-3", "{answer}");
+    // Each wake read the writes since the last read, not both runs again.
+    let read = scanned.load(Ordering::SeqCst);
+    assert!(read <= first_read + 4, "{read} changes read for 4 writes");
     server.shutdown().await.unwrap();
 }
