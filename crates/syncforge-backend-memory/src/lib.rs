@@ -121,14 +121,26 @@ impl Collections {
         self.list.get_mut(i).map(|(_, c)| c)
     }
 
-    /// Collection `name`, created empty if the store has none of that name.
+    /// Runs `write` on collection `name`, created empty if the store has
+    /// none of that name. A collection created for a write that stored
+    /// nothing (a lost conditional write, a record that could not be made)
+    /// is taken away again: names sent by peers would otherwise cost memory
+    /// for good even when every write to them is refused.
     #[inline]
-    fn get_or_create(&mut self, name: &CollectionName) -> &mut Collection {
-        let i = match self.find(name) {
-            Some(i) => i,
-            None => self.create(name),
+    fn write_to<T>(
+        &mut self,
+        name: &CollectionName,
+        write: impl FnOnce(&mut Collection) -> T,
+    ) -> T {
+        let (i, created) = match self.find(name) {
+            Some(i) => (i, false),
+            None => (self.create(name), true),
         };
-        &mut self.list[i].1
+        let outcome = write(&mut self.list[i].1);
+        if created && self.list[i].1.last_sequence == 0 {
+            self.discard_last();
+        }
+        outcome
     }
 
     /// Adds an empty collection `name`, which the store does not hold yet,
@@ -140,6 +152,16 @@ impl Collections {
         self.index.insert(name.clone(), i);
         self.last.set(i);
         i
+    }
+
+    /// Takes away the collection [`create`](Self::create) added last, which
+    /// nothing was written to: no index into `list` can name it yet.
+    #[cold]
+    fn discard_last(&mut self) {
+        if let Some((name, _)) = self.list.pop() {
+            self.index.remove(&name);
+        }
+        self.last.set(0);
     }
 
     fn iter(&self) -> impl Iterator<Item = (&CollectionName, &Collection)> + '_ {
@@ -373,8 +395,10 @@ impl MemoryBackend {
     fn put_at_once(&self, collection: &CollectionName, write: &Write) -> Result<WriteOutcome> {
         let mut guard = self.lock()?;
         let state = &mut *guard;
-        let target = state.collections.get_or_create(collection);
-        Ok(target.apply(write, &mut state.newest))
+        let newest = &mut state.newest;
+        Ok(state
+            .collections
+            .write_to(collection, |target| target.apply(write, newest)))
     }
 
     /// `insert_if_absent_now`: one lock, one lookup of the collection and
@@ -389,8 +413,10 @@ impl MemoryBackend {
     ) -> Result<IfAbsent> {
         let mut guard = self.lock()?;
         let state = &mut *guard;
-        let target = state.collections.get_or_create(collection);
-        target.insert_if_absent(id, make, &mut state.newest)
+        let newest = &mut state.newest;
+        state.collections.write_to(collection, |target| {
+            target.insert_if_absent(id, make, newest)
+        })
     }
 }
 
@@ -665,15 +691,16 @@ impl StorageBackend for MemoryBackend {
             return Ok(Vec::new());
         }
         let state = &mut *guard;
-        let target = state.collections.get_or_create(collection);
-        // Room for every write up front: growing the table step by step
-        // rehashed it mid-batch.
-        target.records.reserve(writes.len());
         let newest = &mut state.newest;
-        Ok(writes
-            .iter()
-            .map(|write| target.apply(write, newest))
-            .collect())
+        Ok(state.collections.write_to(collection, |target| {
+            // Room for every write up front: growing the table step by step
+            // rehashed it mid-batch.
+            target.records.reserve(writes.len());
+            writes
+                .iter()
+                .map(|write| target.apply(write, newest))
+                .collect()
+        }))
     }
 
     /// [`put_batch`](StorageBackend::put_batch) of one write, without the
@@ -942,6 +969,62 @@ mod tests {
             store.insert_if_absent_now(&coll("c"), &rid("z"), &mut || Ok(other.clone())),
             Some(Err(Error::Closed { .. }))
         ));
+    }
+
+    /// Writes that store nothing in a collection the store did not hold
+    /// used to leave it behind, empty, for good.
+    #[tokio::test]
+    async fn writes_that_store_nothing_leave_no_collection_behind() {
+        let store = MemoryBackend::new();
+        let (_, mut hlc) = clock(1_000);
+        let lost = Write {
+            record: record(&mut hlc, "a", 1),
+            expected: Some(Token::Sequence(7)),
+        };
+        let held = |store: &MemoryBackend| store.lock().unwrap().collections.list.len();
+        for name in ["lost-put", "lost-batch", "not-made"] {
+            let outcome = match name {
+                "lost-put" => store.put(&coll(name), &lost).await.unwrap(),
+                "lost-batch" => store
+                    .put_batch(&coll(name), std::slice::from_ref(&lost))
+                    .await
+                    .unwrap()
+                    .remove(0),
+                _ => {
+                    let failed = store.insert_if_absent_now(&coll(name), &rid("b"), &mut || {
+                        Err(Error::storage("test", "no record"))
+                    });
+                    assert!(matches!(failed, Some(Err(_))));
+                    WriteOutcome::Conflict
+                }
+            };
+            assert_eq!(outcome, WriteOutcome::Conflict);
+            assert_eq!(held(&store), 0, "{name} left a collection behind");
+        }
+        // A collection that held records stays, with its sequence, when
+        // emptied; and one created by a write that stored something stays.
+        store
+            .put(&coll("kept"), &Write::create(record(&mut hlc, "a", 1)))
+            .await
+            .unwrap();
+        store
+            .put(&coll("other"), &Write::create(record(&mut hlc, "a", 1)))
+            .await
+            .unwrap();
+        store.clear_collection(&coll("kept")).await.unwrap();
+        store.put(&coll("fresh"), &lost).await.unwrap();
+        assert_eq!(held(&store), 2);
+        let next = store
+            .put(&coll("kept"), &Write::create(record(&mut hlc, "b", 1)))
+            .await
+            .unwrap();
+        assert!(matches!(next, WriteOutcome::Written { cursor, .. } if cursor == Cursor::new(2)));
+        assert_eq!(
+            store.get_all(&coll("other")).await.unwrap().len(),
+            1,
+            "a discarded collection disturbed the index of another"
+        );
+        assert_indexes_agree(&store);
     }
 
     #[tokio::test]
