@@ -104,15 +104,20 @@ impl From<Strategy> for ConflictStrategy {
 #[derive(Debug, Clone, Copy, Args)]
 pub(crate) struct MergeOptions {
     /// How concurrent edits are merged; use the strategy the application
-    /// uses for these collections.
-    #[arg(long, value_enum, default_value_t = Strategy::Timestamp)]
-    pub(crate) strategy: Strategy,
+    /// uses for these collections [default: timestamp]. A sync server merges
+    /// what it is sent with its own strategy.
+    #[arg(long, value_enum)]
+    pub(crate) strategy: Option<Strategy>,
 
     /// Records merged and written per batch, and the page size of the change
-    /// feed (1 to 100000).
-    #[arg(long, value_name = "N", default_value_t = syncforge::DEFAULT_BATCH_SIZE)]
-    pub(crate) batch_size: usize,
+    /// feed (1 to 100000) [default: 100]. Importing into a sync server: the
+    /// records sent per request (default: as many as the server takes).
+    #[arg(long, value_name = "N")]
+    pub(crate) batch_size: Option<usize>,
 }
+
+// The --batch-size help names the engine's default.
+const _: () = assert!(syncforge::DEFAULT_BATCH_SIZE == 100);
 
 /// Sync collections from SRC to DST through the change feed.
 ///

@@ -12,7 +12,7 @@ use anyhow::Result;
 use serde_json::Value;
 use syncforge::SyncResult;
 
-use crate::cli::{Cli, Command, MergeOptions};
+use crate::cli::{Cli, Command, MergeOptions, Strategy};
 use crate::output::Output;
 use crate::progress::Progress;
 use crate::store::EngineOptions;
@@ -45,8 +45,8 @@ impl Context {
     pub(crate) fn merging(&self, merge: MergeOptions) -> EngineOptions {
         EngineOptions {
             client_id: self.client_id.clone(),
-            strategy: merge.strategy.into(),
-            batch_size: Some(merge.batch_size),
+            strategy: merge.strategy.unwrap_or(Strategy::Timestamp).into(),
+            batch_size: merge.batch_size,
         }
     }
 }

@@ -89,14 +89,39 @@ pub(crate) async fn import(args: ImportArgs, cx: &mut Context) -> Result<()> {
 enum Target {
     Local(Store),
     #[cfg(feature = "http")]
-    Remote(crate::remote::Remote),
+    Remote {
+        remote: crate::remote::Remote,
+        /// Records sent per request (`--batch-size`); `None`: as many as
+        /// the server takes.
+        per_request: Option<usize>,
+    },
 }
 
 impl Target {
     async fn open(url: StoreUrl, cx: &Context, merge: MergeOptions) -> Result<Target> {
         #[cfg(feature = "http")]
         if url.server_url().is_some() {
-            return Ok(Target::Remote(crate::remote::Remote::connect(url, cx)?));
+            if merge.strategy.is_some() {
+                return Err(crate::failure::usage(
+                    "--strategy: a sync server merges what it is sent with its own strategy \
+                     (syncforge serve --strategy)",
+                ));
+            }
+            let per_request = match merge.batch_size {
+                None => None,
+                Some(size @ 1..=syncforge::MAX_BATCH_SIZE) => Some(size),
+                Some(size) => {
+                    return Err(crate::failure::usage(format!(
+                        "--batch-size: {size} is outside 1..={}",
+                        syncforge::MAX_BATCH_SIZE
+                    )))
+                }
+            };
+            let remote = crate::remote::Remote::connect(url, cx)?;
+            return Ok(Target::Remote {
+                remote,
+                per_request,
+            });
         }
         Ok(Target::Local(Store::open(url, &cx.merging(merge)).await?))
     }
@@ -105,12 +130,11 @@ impl Target {
         match self {
             Target::Local(store) => store.url(),
             #[cfg(feature = "http")]
-            Target::Remote(remote) => remote.url(),
+            Target::Remote { remote, .. } => remote.url(),
         }
     }
 
-    /// Merges `records` into collection `name`, with a progress bar for a
-    /// local store (a server takes them in a few large requests).
+    /// Merges `records` into collection `name`, with a progress bar.
     async fn merge(
         &self,
         cx: &Context,
@@ -136,7 +160,30 @@ impl Target {
                 }
             }
             #[cfg(feature = "http")]
-            Target::Remote(remote) => remote.push(name, records).await,
+            Target::Remote {
+                remote,
+                per_request,
+            } => {
+                let bar = cx.progress.bar(name.as_str(), Some(records.len() as u64));
+                let per_request = per_request.unwrap_or(records.len()).max(1);
+                let mut counts = Counts::default();
+                let mut records = records;
+                while !records.is_empty() {
+                    let rest = records.split_off(per_request.min(records.len()));
+                    let part = std::mem::replace(&mut records, rest);
+                    let sent = part.len() as u64;
+                    match remote.push(name, part).await {
+                        Ok(done) => counts.add(done),
+                        Err(error) => {
+                            bar.abandon();
+                            return Err(error);
+                        }
+                    }
+                    bar.advance(sent);
+                }
+                bar.finish();
+                Ok(counts)
+            }
         }
     }
 
@@ -144,7 +191,7 @@ impl Target {
         match self {
             Target::Local(store) => store.close().await,
             #[cfg(feature = "http")]
-            Target::Remote(_) => Ok(()),
+            Target::Remote { .. } => Ok(()),
         }
     }
 }

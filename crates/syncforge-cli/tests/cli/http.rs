@@ -117,6 +117,32 @@ fn stores_sync_with_a_served_store_and_read_it_like_any_other() {
     )
     .ok();
     assert_eq!(counts(&imported.json_lines()[0]), [0, 0, 0, 7, 0]);
+    // The server merges with its own strategy: asking for another is a
+    // mistake, refused before anything is sent. --batch-size is the number
+    // of records a request carries.
+    let refused = syncforge_with(
+        &[&["import", url, "other", "--strategy", "crdt"][..], &token].concat(),
+        &export(&tablet, "inspections"),
+    )
+    .fails(2);
+    assert!(refused.stderr.contains("its own strategy"), "{refused:?}");
+    let parted = syncforge_with(
+        &[
+            &["import", url, "parted", "--json", "--batch-size", "3"][..],
+            &token,
+        ]
+        .concat(),
+        &export(&tablet, "inspections"),
+    )
+    .ok();
+    assert_eq!(counts(&parted.json_lines()[0]), [7, 0, 0, 0, 0]);
+    let listed = syncforge(&[&["ls", url][..], &token].concat()).ok();
+    assert_eq!(listed.stdout, "inspections\nparted\n", "{listed:?}");
+    syncforge_with(
+        &[&["import", url, "parted", "--batch-size", "0"][..], &token].concat(),
+        &export(&tablet, "inspections"),
+    )
+    .fails(2);
     let refused = syncforge_with(
         &[&["put", url, "inspections"][..], &token].concat(),
         "{\"id\": \"x\"}",
