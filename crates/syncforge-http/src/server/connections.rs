@@ -6,6 +6,9 @@
 //! header (or nothing) holds its connection, and its file descriptor, until
 //! it leaves; enough of them lock real clients out and stall a graceful
 //! shutdown. Serving each connection through hyper directly sets the timer.
+//! Nothing times out the writing of an answer: a client that stops reading
+//! a large page holds its connection (one of `max_connections`) until it
+//! leaves or the server shuts down.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,7 +66,13 @@ pub(super) async fn accept_until_closed(
         tokio::select! {
             biased;
             () = closed(&mut closing) => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            Some(ended) = connections.join_next(), if !connections.is_empty() => {
+                if let Err(error) = ended {
+                    if error.is_panic() {
+                        tracing::error!(%error, "a connection's task panicked");
+                    }
+                }
+            }
             (permit, accepted) = next => {
                 // The semaphore is never closed.
                 let Ok(permit) = permit else { break };

@@ -24,6 +24,10 @@ use tokio::task::JoinHandle;
 
 use connections::ConnectionLimits;
 
+/// How long shutdown waits past the request timeout: a request that began
+/// just before it may still be writing its answer, even a 503 `timeout`.
+const SHUTDOWN_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub use options::{
     Access, AccessToken, Cors, ServerOptions, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PAGE, DEFAULT_MAX_RECORDS, DEFAULT_MAX_WAIT, DEFAULT_PAGE,
@@ -157,7 +161,7 @@ impl Server {
         let limits = ConnectionLimits {
             header_read_timeout: options.header_read_timeout,
             max_connections: options.max_connections,
-            shutdown_grace: options.request_timeout,
+            shutdown_grace: options.request_timeout.saturating_add(SHUTDOWN_MARGIN),
         };
         let app = handlers::build(Arc::new(replica), options, closing.clone())?;
         let listener = TcpListener::bind(address)
@@ -197,9 +201,9 @@ impl Server {
     /// in flight finish, and returns when the server has stopped.
     ///
     /// It waits at most the request timeout
-    /// ([`ServerOptions::request_timeout`]): connections still open then
-    /// (a client still sending its headers, or not reading its answer) are
-    /// closed.
+    /// ([`ServerOptions::request_timeout`]) and five seconds more, for the
+    /// last answers to be written: connections still open then (a client
+    /// still sending its headers, or not reading its answer) are closed.
     pub async fn shutdown(mut self) -> Result<()> {
         self.stop.send_replace(true);
         let Some(task) = self.task.take() else {

@@ -252,6 +252,8 @@ impl ServerOptions {
     /// How long one request may take before the server answers 503
     /// `timeout` (default 30 s). A sync still running then completes in the
     /// background; the client, told to retry, merges again harmlessly.
+    /// [`Server::shutdown`](crate::Server::shutdown) waits for requests in
+    /// flight this long, and five seconds more.
     #[must_use]
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
@@ -261,7 +263,9 @@ impl ServerOptions {
     /// How long a client has to send a request's headers, and how long a
     /// connection may stay open between two requests (default 30 s); then
     /// [`Server`](crate::Server) closes it. Without it, clients that send
-    /// half a request would hold their connections for good.
+    /// half a request would hold their connections for good. Keep it longer
+    /// than clients keep idle connections (`HttpPeer`: 20 s), or a client
+    /// may send a request on a connection the server is closing.
     ///
     /// Applies to [`Server`](crate::Server) and [`serve`](crate::serve), which
     /// own their connections; a [`router`](crate::router) mounted in your own
@@ -274,7 +278,9 @@ impl ServerOptions {
 
     /// Most connections open at once (default 512). Further clients wait in
     /// the operating system's queue until one closes; each long-polling
-    /// client holds one. Raise the process's open-file limit with it.
+    /// client holds one for as long as it keeps polling, so set it above the
+    /// number of clients that follow the feed at once. Raise the process's
+    /// open-file limit with it.
     ///
     /// Applies to [`Server`](crate::Server) and [`serve`](crate::serve), as
     /// [`header_read_timeout`](Self::header_read_timeout) does.

@@ -61,21 +61,21 @@ async fn read_answer_head(stream: &mut TcpStream, within: Duration) -> Option<St
 /// connection kept alive with no further request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_stall_are_disconnected_after_the_header_read_timeout() {
-    let server =
-        serve(ServerOptions::default().header_read_timeout(Duration::from_millis(300))).await;
+    let server = serve(ServerOptions::default().header_read_timeout(Duration::from_secs(1))).await;
 
     let mut half = connect(&server).await;
     half.write_all(HALF_HEADERS.as_bytes()).await.unwrap();
-    let answer = read_until_closed(&mut half, Duration::from_secs(15)).await;
-    assert!(
-        answer.is_some(),
-        "a connection stuck in its headers stayed open"
-    );
-
     let mut kept_alive = connect(&server).await;
     kept_alive.write_all(HEALTH.as_bytes()).await.unwrap();
-    let answer = read_until_closed(&mut kept_alive, Duration::from_secs(15)).await;
-    let answer = answer.expect("an idle kept-alive connection stayed open");
+    let (half, kept_alive) = tokio::join!(
+        read_until_closed(&mut half, Duration::from_secs(15)),
+        read_until_closed(&mut kept_alive, Duration::from_secs(15)),
+    );
+    assert!(
+        half.is_some(),
+        "a connection stuck in its headers stayed open"
+    );
+    let answer = kept_alive.expect("an idle kept-alive connection stayed open");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
 
     // Others are served as before.
@@ -83,6 +83,26 @@ async fn clients_that_stall_are_disconnected_after_the_header_read_timeout() {
         .await
         .unwrap();
     assert_eq!(health.status(), reqwest::StatusCode::OK);
+    server.shutdown().await.unwrap();
+}
+
+/// The longest settings mean "never" and "no bound": hyper adds the header
+/// timeout to the clock, which panicked every connection's task at
+/// `Duration::MAX`, and tokio's semaphore refuses more than its maximum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_longest_timeout_and_the_largest_limit_serve_as_usual() {
+    let options = ServerOptions::default()
+        .header_read_timeout(Duration::MAX)
+        .max_connections(usize::MAX);
+    let server = serve(options).await;
+    let mut stream = connect(&server).await;
+    stream.write_all(HEALTH.as_bytes()).await.unwrap();
+    let head = read_answer_head(&mut stream, Duration::from_secs(15)).await;
+    assert!(
+        head.as_deref()
+            .is_some_and(|head| head.starts_with("HTTP/1.1 200")),
+        "{head:?}"
+    );
     server.shutdown().await.unwrap();
 }
 
@@ -142,6 +162,35 @@ async fn shutdown_does_not_wait_for_clients_that_never_finish_a_request() {
         .expect("shutdown waited for clients that never finish a request")
         .unwrap();
     for stream in [&mut half, &mut silent, &mut served] {
+        assert!(read_until_closed(stream, Duration::from_secs(15))
+            .await
+            .is_some());
+    }
+}
+
+/// Connections between requests, or that have sent nothing yet, close at
+/// once on shutdown: it does not wait the request timeout for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_idle_connections_at_once() {
+    let options = ServerOptions::default()
+        .header_read_timeout(Duration::from_secs(600))
+        .request_timeout(Duration::from_secs(60))
+        .max_wait(Duration::from_secs(1));
+    let server = serve(options).await;
+    let mut idle = connect(&server).await;
+    idle.write_all(HEALTH.as_bytes()).await.unwrap();
+    assert!(read_answer_head(&mut idle, Duration::from_secs(15))
+        .await
+        .is_some());
+    let mut silent = connect(&server).await;
+    // Let the server take the silent connection in before it stops.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    tokio::time::timeout(Duration::from_secs(20), server.shutdown())
+        .await
+        .expect("shutdown waited for idle connections")
+        .unwrap();
+    for stream in [&mut idle, &mut silent] {
         assert!(read_until_closed(stream, Duration::from_secs(15))
             .await
             .is_some());
