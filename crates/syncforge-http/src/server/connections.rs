@@ -22,6 +22,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use super::closed;
+use super::handlers::SyncSlots;
 
 /// Longest timeout handed to hyper: it adds the timeout to `Instant::now()`,
 /// which panics past the clock's range. A year is as good as never.
@@ -44,11 +45,12 @@ pub(super) struct ConnectionLimits {
 }
 
 /// Accepts connections on `listener` and serves `app` on each until
-/// `closing` turns true, then waits up to the grace
-/// for the connections to finish and drops those still open.
+/// `closing` turns true, then waits up to the grace for the connections,
+/// and then the merges, to finish, and drops the connections still open.
 pub(super) async fn accept_until_closed(
     listener: TcpListener,
     app: Router,
+    sync_slots: SyncSlots,
     limits: ConnectionLimits,
     mut closing: watch::Receiver<bool>,
 ) {
@@ -101,7 +103,8 @@ pub(super) async fn accept_until_closed(
         }
     }
     drop(listener);
-    let drained = tokio::time::timeout(limits.shutdown_grace, async {
+    let deadline = tokio::time::Instant::now() + limits.shutdown_grace;
+    let drained = tokio::time::timeout_at(deadline, async {
         while connections.join_next().await.is_some() {}
     })
     .await;
@@ -112,6 +115,16 @@ pub(super) async fn accept_until_closed(
             "closing connections still open after the shutdown grace"
         );
         connections.shutdown().await;
+    }
+    // Merges of requests that timed out run on their own tasks.
+    if tokio::time::timeout_at(deadline, sync_slots.all_returned())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace = ?limits.shutdown_grace,
+            "merges still running after the shutdown grace are left to finish on their own"
+        );
     }
 }
 

@@ -23,7 +23,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 use subtle::ConstantTimeEq;
 use syncforge_core::{ChangePage, CollectionName, Cursor, Record, Result};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tower_http::compression::{CompressionLayer, CompressionLevel};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::field::Empty;
@@ -57,6 +57,40 @@ struct Shared {
     watchers: Arc<Watchers>,
     /// Set when the server shuts down: long polls return at once.
     closing: watch::Receiver<bool>,
+    sync_slots: SyncSlots,
+}
+
+/// Room for merges running at once. A sync request takes a slot once its
+/// records are read, and its merge task keeps it until the merge ends, also
+/// after the request timed out; [`Server`](super::Server) waits for every
+/// slot to come back when it shuts down.
+#[derive(Clone)]
+pub(super) struct SyncSlots {
+    slots: Arc<Semaphore>,
+    capacity: u32,
+}
+
+impl SyncSlots {
+    fn new(capacity: usize) -> Self {
+        let capacity = u32::try_from(capacity.clamp(1, Semaphore::MAX_PERMITS)).unwrap_or(u32::MAX);
+        SyncSlots {
+            slots: Arc::new(Semaphore::new(capacity as usize)),
+            capacity,
+        }
+    }
+
+    /// A slot, once one is free.
+    async fn take(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        self.slots.clone().acquire_owned().await.map_err(|_| {
+            // The semaphore is never closed.
+            ApiError::new(ErrorCode::Unavailable, "the server is shutting down")
+        })
+    }
+
+    /// Resolves when no merge runs.
+    pub(super) async fn all_returned(&self) {
+        let _ = self.slots.acquire_many(self.capacity).await;
+    }
 }
 
 type AppState = Arc<Shared>;
@@ -66,7 +100,7 @@ pub(super) fn build(
     replica: Arc<dyn Replica>,
     options: ServerOptions,
     closing: watch::Receiver<bool>,
-) -> Result<Router> {
+) -> Result<(Router, SyncSlots)> {
     options.validate()?;
     if options.tokens.is_empty() {
         tracing::warn!(
@@ -76,11 +110,13 @@ pub(super) fn build(
     let watchers = Arc::new(Watchers::new(replica.clone()));
     let cors = cors_layer(&options.cors);
     let compression = options.compression;
+    let sync_slots = SyncSlots::new(options.max_concurrent_syncs);
     let state = Arc::new(Shared {
         replica,
         options,
         watchers,
         closing,
+        sync_slots: sync_slots.clone(),
     });
     let mut app = Router::new()
         .route("/v1/health", get(health))
@@ -101,7 +137,7 @@ pub(super) fn build(
     if let Some(cors) = cors {
         app = app.layer(cors);
     }
-    Ok(app.layer(middleware::from_fn(observe)))
+    Ok((app.layer(middleware::from_fn(observe)), sync_slots))
 }
 
 fn cors_layer(cors: &Cors) -> Option<CorsLayer> {
@@ -397,12 +433,20 @@ async fn sync(
     // Every record is read before anything is written: one bad record
     // refuses the whole request.
     let records = decode_records(Arc::new(text), spans).await?;
+    // Taken once the body is in: a client sending its body slowly holds a
+    // connection, not a merge's place.
+    let slot = state.sync_slots.take().await?;
     // The merge runs on its own task: a client that goes away or a request
     // that times out does not cut a write in half.
     let replica = state.replica.clone();
     let target = collection.clone();
     let outcome = tokio::spawn(
-        async move { replica.sync(&target, records).await }.instrument(tracing::Span::current()),
+        async move {
+            let outcome = replica.sync(&target, records).await;
+            drop(slot);
+            outcome
+        }
+        .instrument(tracing::Span::current()),
     )
     .await
     .map_err(|error| {

@@ -30,8 +30,8 @@ const SHUTDOWN_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub use options::{
     Access, AccessToken, Cors, ServerOptions, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_BODY_BYTES,
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PAGE, DEFAULT_MAX_RECORDS, DEFAULT_MAX_WAIT, DEFAULT_PAGE,
-    DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_MAX_CONCURRENT_SYNCS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PAGE, DEFAULT_MAX_RECORDS,
+    DEFAULT_MAX_WAIT, DEFAULT_PAGE, DEFAULT_REQUEST_TIMEOUT,
 };
 
 /// What a sync server serves: one replica's store, through its engine.
@@ -125,7 +125,7 @@ impl Drop for WatchGuard {
 /// can hold connections for good.
 pub fn router(replica: impl Replica, options: ServerOptions) -> Result<Router> {
     let (_, closing) = watch::channel(false);
-    handlers::build(Arc::new(replica), options, closing)
+    Ok(handlers::build(Arc::new(replica), options, closing)?.0)
 }
 
 /// A sync server listening on a socket, serving until
@@ -163,7 +163,7 @@ impl Server {
             max_connections: options.max_connections,
             shutdown_grace: options.request_timeout.saturating_add(SHUTDOWN_MARGIN),
         };
-        let app = handlers::build(Arc::new(replica), options, closing.clone())?;
+        let (app, sync_slots) = handlers::build(Arc::new(replica), options, closing.clone())?;
         let listener = TcpListener::bind(address)
             .await
             .map_err(|error| Error::InvalidConfig {
@@ -177,7 +177,7 @@ impl Server {
                 reason: format!("cannot read the bound address: {error}"),
             })?;
         let task = tokio::spawn(connections::accept_until_closed(
-            listener, app, limits, closing,
+            listener, app, sync_slots, limits, closing,
         ));
         tracing::info!(%address, "sync server listening");
         Ok(Server {
@@ -200,10 +200,13 @@ impl Server {
     /// Stops accepting connections, ends waiting long polls, lets requests
     /// in flight finish, and returns when the server has stopped.
     ///
+    /// It also waits for merges still running for requests that timed out.
     /// It waits at most the request timeout
     /// ([`ServerOptions::request_timeout`]) and five seconds more, for the
     /// last answers to be written: connections still open then (a client
-    /// still sending its headers, or not reading its answer) are closed.
+    /// still sending its headers, or not reading its answer) are closed, and
+    /// a merge still running is left to finish (or fail, if the store is
+    /// closed) on its own; its client was told to push again.
     pub async fn shutdown(mut self) -> Result<()> {
         self.stop.send_replace(true);
         let Some(task) = self.task.take() else {

@@ -25,6 +25,8 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default time a client has to send a request's headers, and longest a
 /// connection stays open between two requests.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default most sync requests merged at once.
+pub const DEFAULT_MAX_CONCURRENT_SYNCS: usize = 32;
 /// Default most connections a [`Server`](crate::Server) keeps open at once:
 /// room under the usual limit of 1,024 open files a process, for the store's.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
@@ -166,6 +168,7 @@ pub struct ServerOptions {
     pub(crate) request_timeout: Duration,
     pub(crate) header_read_timeout: Duration,
     pub(crate) max_connections: usize,
+    pub(crate) max_concurrent_syncs: usize,
 }
 
 impl Default for ServerOptions {
@@ -181,6 +184,7 @@ impl Default for ServerOptions {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_concurrent_syncs: DEFAULT_MAX_CONCURRENT_SYNCS,
         }
     }
 }
@@ -290,6 +294,17 @@ impl ServerOptions {
         self
     }
 
+    /// Most sync requests merged at once (default 32). A merge keeps its
+    /// place until it ends, also when its request has timed out and it
+    /// completes in the background; further sync requests wait for a place
+    /// (within the request timeout). Bounds the merges, and the records they
+    /// hold, that clients retrying slow pushes can pile up.
+    #[must_use]
+    pub fn max_concurrent_syncs(mut self, syncs: usize) -> Self {
+        self.max_concurrent_syncs = syncs;
+        self
+    }
+
     /// The limits as the health route reports them.
     pub fn limits(&self) -> Limits {
         Limits {
@@ -312,6 +327,7 @@ impl ServerOptions {
             ("max_records", self.max_records),
             ("max_page", self.max_page),
             ("max_connections", self.max_connections),
+            ("max_concurrent_syncs", self.max_concurrent_syncs),
         ] {
             if value == 0 {
                 return invalid(option, "must be at least 1".to_owned());
@@ -391,6 +407,10 @@ mod tests {
         assert_eq!(
             refused(ServerOptions::default().max_connections(0)),
             "max_connections"
+        );
+        assert_eq!(
+            refused(ServerOptions::default().max_concurrent_syncs(0)),
+            "max_concurrent_syncs"
         );
         assert_eq!(
             refused(ServerOptions::default().header_read_timeout(Duration::ZERO)),

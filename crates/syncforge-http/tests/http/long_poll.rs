@@ -2,15 +2,14 @@
 //! writes, and a wait with nothing to wake it ends when it should.
 
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use syncforge::http::{Replica, Server, ServerOptions, SyncOutcome, WatchGuard};
-use syncforge::{ChangePage, CollectionName, Cursor, SyncPeer};
+use syncforge::http::{Server, ServerOptions};
+use syncforge::SyncPeer;
 
-use crate::support::{memory_engine, peer};
+use crate::support::{memory_engine, peer, InstrumentedReplica};
 
 const PAGE: NonZeroUsize = NonZeroUsize::new(100).unwrap();
 
@@ -252,48 +251,6 @@ async fn clearing_the_engines_handlers_does_not_stop_long_polls_waking() {
     server.shutdown().await.unwrap();
 }
 
-/// A replica that counts the changes its feed reads return: the work a skip
-/// list makes the server do.
-#[derive(Clone)]
-struct CountingReplica {
-    engine: syncforge::SyncEngine,
-    scanned: Arc<AtomicUsize>,
-}
-
-#[async_trait::async_trait]
-impl Replica for CountingReplica {
-    fn feed_id(&self) -> &str {
-        Replica::feed_id(&self.engine)
-    }
-
-    async fn collections(&self) -> syncforge::Result<Vec<CollectionName>> {
-        Replica::collections(&self.engine).await
-    }
-
-    async fn changes(
-        &self,
-        collection: &CollectionName,
-        after: Cursor,
-        limit: NonZeroUsize,
-    ) -> syncforge::Result<ChangePage> {
-        let page = Replica::changes(&self.engine, collection, after, limit).await?;
-        self.scanned.fetch_add(page.changes.len(), Ordering::SeqCst);
-        Ok(page)
-    }
-
-    async fn sync(
-        &self,
-        collection: &CollectionName,
-        records: Vec<syncforge::Record>,
-    ) -> syncforge::Result<SyncOutcome> {
-        Replica::sync(&self.engine, collection, records).await
-    }
-
-    fn watch(&self, wake: Box<dyn Fn(&CollectionName) + Send + Sync>) -> WatchGuard {
-        Replica::watch(&self.engine, wake)
-    }
-}
-
 /// Writes `blocks` runs of `LIMIT + 1` records to `collection`, then writes
 /// each run's last record again: the feed holds runs of `LIMIT` positions
 /// with a gap after each (where the rewritten record was), then the
@@ -338,11 +295,8 @@ async fn a_skip_list_cannot_make_a_request_read_more_than_a_few_pages() {
     // The rewritten records are skipped too, but for the last.
     let rewritten = 20 * (LIMIT as u64 + 1);
     skip.push(format!("{}-{}", rewritten + 1, rewritten + 19));
-    let scanned = Arc::new(AtomicUsize::new(0));
-    let replica = CountingReplica {
-        engine,
-        scanned: scanned.clone(),
-    };
+    let replica = InstrumentedReplica::new(engine);
+    let scanned = replica.scanned.clone();
     let server = Server::bind(replica, "127.0.0.1:0", ServerOptions::default())
         .await
         .unwrap();
@@ -389,11 +343,8 @@ async fn a_waiting_reader_woken_by_skipped_writes_reads_only_what_came_since() {
     for position in rewritten + 3..=rewritten + 5 {
         skip.push(position.to_string());
     }
-    let scanned = Arc::new(AtomicUsize::new(0));
-    let replica = CountingReplica {
-        engine: engine.clone(),
-        scanned: scanned.clone(),
-    };
+    let replica = InstrumentedReplica::new(engine.clone());
+    let scanned = replica.scanned.clone();
     let server = Server::bind(replica, "127.0.0.1:0", ServerOptions::default())
         .await
         .unwrap();

@@ -9,6 +9,7 @@ mod browser;
 mod client;
 mod convergence;
 mod long_poll;
+mod merges;
 mod slow_clients;
 mod support;
 mod tracing_spans;

@@ -3,11 +3,17 @@
 //! canonical snapshots.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use syncforge::http::{HttpPeer, Server, ServerOptions};
-use syncforge::{ConflictStrategy, Cursor, FsBackend, MemoryBackend, PageOptions, SyncEngine};
+use syncforge::http::{HttpPeer, Replica, Server, ServerOptions, SyncOutcome, WatchGuard};
+use syncforge::{
+    ChangePage, CollectionName, ConflictStrategy, Cursor, FsBackend, MemoryBackend, PageOptions,
+    Record, SyncEngine,
+};
 
 /// An engine over a fresh memory store.
 pub(crate) async fn memory_engine(client: &str) -> SyncEngine {
@@ -141,4 +147,76 @@ pub(crate) fn raw_client() -> reqwest::Client {
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap()
+}
+
+/// An engine served through counters: the changes its feed reads return
+/// (the work a skip list makes the server do), and its merges — how many
+/// run at once, at most, and how many ended. Merges can be slowed down.
+#[derive(Clone)]
+pub(crate) struct InstrumentedReplica {
+    engine: SyncEngine,
+    pub(crate) scanned: Arc<AtomicUsize>,
+    pub(crate) syncs_running: Arc<AtomicUsize>,
+    pub(crate) most_syncs_running: Arc<AtomicUsize>,
+    pub(crate) syncs_ended: Arc<AtomicUsize>,
+    sync_delay: Duration,
+}
+
+impl InstrumentedReplica {
+    pub(crate) fn new(engine: SyncEngine) -> Self {
+        InstrumentedReplica {
+            engine,
+            scanned: Arc::default(),
+            syncs_running: Arc::default(),
+            most_syncs_running: Arc::default(),
+            syncs_ended: Arc::default(),
+            sync_delay: Duration::ZERO,
+        }
+    }
+
+    /// Each merge waits `delay` before it starts.
+    pub(crate) fn slow_syncs(mut self, delay: Duration) -> Self {
+        self.sync_delay = delay;
+        self
+    }
+}
+
+#[async_trait::async_trait]
+impl Replica for InstrumentedReplica {
+    fn feed_id(&self) -> &str {
+        Replica::feed_id(&self.engine)
+    }
+
+    async fn collections(&self) -> syncforge::Result<Vec<CollectionName>> {
+        Replica::collections(&self.engine).await
+    }
+
+    async fn changes(
+        &self,
+        collection: &CollectionName,
+        after: Cursor,
+        limit: NonZeroUsize,
+    ) -> syncforge::Result<ChangePage> {
+        let page = Replica::changes(&self.engine, collection, after, limit).await?;
+        self.scanned.fetch_add(page.changes.len(), Ordering::SeqCst);
+        Ok(page)
+    }
+
+    async fn sync(
+        &self,
+        collection: &CollectionName,
+        records: Vec<Record>,
+    ) -> syncforge::Result<SyncOutcome> {
+        let running = self.syncs_running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_syncs_running.fetch_max(running, Ordering::SeqCst);
+        tokio::time::sleep(self.sync_delay).await;
+        let outcome = Replica::sync(&self.engine, collection, records).await;
+        self.syncs_running.fetch_sub(1, Ordering::SeqCst);
+        self.syncs_ended.fetch_add(1, Ordering::SeqCst);
+        outcome
+    }
+
+    fn watch(&self, wake: Box<dyn Fn(&CollectionName) + Send + Sync>) -> WatchGuard {
+        Replica::watch(&self.engine, wake)
+    }
 }

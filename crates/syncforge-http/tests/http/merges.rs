@@ -1,0 +1,85 @@
+//! Merges of pushed records: how many run at once, and what shutdown waits
+//! for.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::json;
+use syncforge::http::{Server, ServerOptions};
+
+use crate::support::{memory_engine, raw_client, InstrumentedReplica};
+
+/// A push of one record stamped by a client engine, as a request body.
+async fn body(id: &str) -> Vec<u8> {
+    let client = memory_engine("client").await;
+    let record = client.put("notes", &json!({"id": id})).await.unwrap();
+    serde_json::to_vec(&json!({ "records": [record] })).unwrap()
+}
+
+async fn push(url: String, body: Vec<u8>) -> reqwest::StatusCode {
+    raw_client()
+        .post(format!("{url}/v1/collections/notes/sync"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+/// Past `max_concurrent_syncs`, a push waits for a merge to end before its
+/// own starts; every push is still merged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merges_past_the_limit_wait_for_a_place() {
+    let replica =
+        InstrumentedReplica::new(memory_engine("hq").await).slow_syncs(Duration::from_millis(200));
+    let (most, ended) = (
+        replica.most_syncs_running.clone(),
+        replica.syncs_ended.clone(),
+    );
+    let server = Server::bind(
+        replica,
+        "127.0.0.1:0",
+        ServerOptions::default().max_concurrent_syncs(2),
+    )
+    .await
+    .unwrap();
+    let mut pushes = Vec::new();
+    for i in 0..6 {
+        let body = body(&format!("n{i}")).await;
+        pushes.push(tokio::spawn(push(server.url(), body)));
+    }
+    for push in pushes {
+        assert_eq!(push.await.unwrap(), reqwest::StatusCode::OK);
+    }
+    assert_eq!(ended.load(Ordering::SeqCst), 6);
+    let most = most.load(Ordering::SeqCst);
+    assert!(most <= 2, "{most} merges ran at once, past the limit of 2");
+    server.shutdown().await.unwrap();
+}
+
+/// A push whose request timed out is still merged, in the background:
+/// shutdown waits for that merge before it returns, so that a store closed
+/// after it is not closed under a write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_the_merges_of_requests_that_timed_out() {
+    let replica =
+        InstrumentedReplica::new(memory_engine("hq").await).slow_syncs(Duration::from_millis(1500));
+    let ended = replica.syncs_ended.clone();
+    let options = ServerOptions::default()
+        .request_timeout(Duration::from_millis(500))
+        .max_wait(Duration::from_millis(100));
+    let server = Server::bind(replica, "127.0.0.1:0", options).await.unwrap();
+    let status = push(server.url(), body("n1").await).await;
+    assert_eq!(status, reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(ended.load(Ordering::SeqCst), 0, "the merge ended early");
+    tokio::time::timeout(Duration::from_secs(20), server.shutdown())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        ended.load(Ordering::SeqCst),
+        1,
+        "shutdown returned with a merge still running"
+    );
+}
