@@ -452,6 +452,14 @@ impl Inner {
         create: bool,
     ) -> Result<Option<Arc<OpenCollection>>> {
         let mut open = self.collections.lock();
+        // Under the map's lock: `close` sets the flag before it drains the
+        // map, so a call that passed its first check cannot open a
+        // collection again behind it.
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed {
+                what: "filesystem backend",
+            });
+        }
         if let Some(state) = open.get(name) {
             return Ok(Some(Arc::clone(state)));
         }
@@ -468,20 +476,23 @@ impl Inner {
         };
         // Only the map holds an idle collection: no call is using it and no
         // background checkpoint runs on it, and no one can take it from the
-        // map while the map is locked.
-        let idle = if open.len() >= MAX_OPEN_COLLECTIONS {
-            let idle = open
-                .iter()
-                .find(|(_, state)| Arc::strong_count(state) == 1)
-                .map(|(name, _)| name.clone());
-            idle.and_then(|name| open.remove(&name).map(|state| (name, state)))
-        } else {
-            None
-        };
+        // map while the map is locked. As many go as the map holds past the
+        // bound (more than one after a burst of calls kept many in use).
+        let excess = (open.len() + 1).saturating_sub(MAX_OPEN_COLLECTIONS);
+        let idle: Vec<CollectionName> = open
+            .iter()
+            .filter(|(_, state)| Arc::strong_count(state) == 1)
+            .map(|(name, _)| name.clone())
+            .take(excess)
+            .collect();
+        let idle: Vec<_> = idle
+            .into_iter()
+            .filter_map(|name| open.remove(&name).map(|state| (name, state)))
+            .collect();
         let state = Arc::new(OpenCollection::new(state));
         open.insert(name.clone(), Arc::clone(&state));
         drop(open);
-        if let Some((name, idle)) = idle {
+        for (name, idle) in idle {
             // As `close` leaves it: its records in their files. Should that
             // fail, the write-ahead log keeps them, and the next open of the
             // collection replays it.
@@ -813,15 +824,16 @@ impl StorageBackend for FsBackend {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        let open: Vec<Arc<OpenCollection>> = self
-            .inner
-            .collections
-            .lock()
-            .drain()
-            .map(|(_, state)| state)
-            .collect();
-        // Dropping the states closes the lock files.
+        let inner = Arc::clone(&self.inner);
+        // Dropping the states closes the lock files. The map is drained off
+        // the async runtime too: an open under way holds its lock.
         blocking(move || {
+            let open: Vec<Arc<OpenCollection>> = inner
+                .collections
+                .lock()
+                .drain()
+                .map(|(_, state)| state)
+                .collect();
             let mut first_error = None;
             for state in open {
                 // Waits for a background checkpoint under way.
@@ -833,5 +845,56 @@ impl StorageBackend for FsBackend {
             first_error.map_or(Ok(()), Err)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(text: &str) -> CollectionName {
+        CollectionName::new(text).unwrap()
+    }
+
+    /// A call that passed its first check before `close` drained the map
+    /// opened its collection again, into the closed handle.
+    #[tokio::test]
+    async fn no_collection_opens_once_the_handle_is_closed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = FsBackend::open(tmp.path()).await.unwrap();
+        store.close().await.unwrap();
+        // What such a call does next.
+        let opened = store.inner.collection(&name("late"), true);
+        assert!(
+            matches!(opened, Err(Error::Closed { .. })),
+            "{:?}",
+            opened.err()
+        );
+        assert!(store.inner.collections.lock().is_empty());
+    }
+
+    /// After a burst of calls kept more collections in use than the bound,
+    /// the next open closes idle ones until the map is back within it.
+    #[tokio::test]
+    async fn the_open_collections_go_back_within_the_bound_after_a_burst() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = FsBackend::open(tmp.path()).await.unwrap();
+        let in_use: Vec<_> = (0..MAX_OPEN_COLLECTIONS + 20)
+            .map(|n| {
+                store
+                    .inner
+                    .collection(&name(&format!("user-{n}")), true)
+                    .unwrap()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(
+            store.inner.collections.lock().len(),
+            MAX_OPEN_COLLECTIONS + 20
+        );
+        drop(in_use);
+        store.inner.collection(&name("one-more"), true).unwrap();
+        assert_eq!(store.inner.collections.lock().len(), MAX_OPEN_COLLECTIONS);
+        store.close().await.unwrap();
     }
 }

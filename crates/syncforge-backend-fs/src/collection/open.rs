@@ -82,10 +82,12 @@ impl OpenCollection {
         let spawned = std::thread::Builder::new()
             .name(CHECKPOINT_THREAD.to_owned())
             .spawn(move || {
+                // Cleared however the checkpoint ends, a panic included, or
+                // no background checkpoint would start again.
+                let _running = ClearOnDrop(&open.in_background);
                 if let Err(err) = open.checkpoint_in_steps() {
                     tracing::warn!(%err, "could not checkpoint the write-ahead log; a later write tries again");
                 }
-                open.in_background.store(false, Ordering::Release);
             });
         if let Err(err) = spawned {
             self.in_background.store(false, Ordering::Release);
@@ -109,8 +111,20 @@ impl OpenCollection {
     }
 }
 
+/// Clears a flag when dropped: on return and on unwinding alike.
+struct ClearOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::io;
+    use std::path::Path;
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
     use serde_json::json;
@@ -118,7 +132,8 @@ mod tests {
         CollectionName, Content, Record, RecordId, Stamp, StorageBackend, Write, WriteOutcome,
     };
 
-    use crate::files::OsFiles;
+    use super::CHECKPOINT_THREAD;
+    use crate::files::{FileOps, OsFiles};
     use crate::{FsBackend, FsOptions, Tuning};
 
     const WORKERS: u64 = 8;
@@ -158,6 +173,85 @@ mod tests {
             tokio::task::yield_now().await;
         }
         panic!("an increment of {id} lost 10,000 races in a row");
+    }
+
+    /// File operations whose first rename on a background checkpoint's
+    /// thread panics.
+    #[derive(Debug, Default)]
+    struct PanicsOnceInBackground {
+        panicked: AtomicBool,
+    }
+
+    impl FileOps for PanicsOnceInBackground {
+        fn create_dir(&self, path: &Path) -> io::Result<()> {
+            OsFiles.create_dir(path)
+        }
+        fn create_file(&self, path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
+            OsFiles.create_file(path, bytes, sync)
+        }
+        fn write_at(&self, path: &Path, offset: u64, bytes: &[u8], sync: bool) -> io::Result<()> {
+            OsFiles.write_at(path, offset, bytes, sync)
+        }
+        fn sync_file(&self, path: &Path) -> io::Result<()> {
+            OsFiles.sync_file(path)
+        }
+        fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+            if std::thread::current().name() == Some(CHECKPOINT_THREAD)
+                && !self.panicked.swap(true, Ordering::SeqCst)
+            {
+                panic!("a bug in a background checkpoint (expected by this test)");
+            }
+            OsFiles.rename(from, to)
+        }
+        fn remove_file(&self, path: &Path) -> io::Result<()> {
+            OsFiles.remove_file(path)
+        }
+        fn sync_dir(&self, path: &Path) -> io::Result<()> {
+            OsFiles.sync_dir(path)
+        }
+        fn open_lock_file(&self, path: &Path) -> io::Result<std::fs::File> {
+            OsFiles.open_lock_file(path)
+        }
+    }
+
+    /// A background checkpoint that panicked left its handle's flag set, and
+    /// no background checkpoint of that collection ever started again.
+    #[tokio::test]
+    async fn a_background_checkpoint_that_panics_lets_the_next_one_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ops = Arc::new(PanicsOnceInBackground::default());
+        let tuning = Tuning {
+            checkpoint_bytes: 1_000,
+            ..Tuning::default()
+        };
+        let store = FsBackend::open_on(ops.clone(), tmp.path(), FsOptions::default(), tuning)
+            .await
+            .unwrap();
+        let collection = CollectionName::new("notes").unwrap();
+        for n in 0..2_000 {
+            if ops.panicked.load(Ordering::SeqCst) {
+                break;
+            }
+            let write = Write::create(counter(&format!("n{n}"), 1));
+            store.put(&collection, &write).await.unwrap();
+        }
+        assert!(
+            ops.panicked.load(Ordering::SeqCst),
+            "no background checkpoint ran"
+        );
+        let open = store.inner.collection(&collection, false).unwrap().unwrap();
+        for _ in 0..200 {
+            if !open.in_background.load(Ordering::Acquire) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        assert!(
+            !open.in_background.load(Ordering::Acquire),
+            "the panicked checkpoint stopped every later one"
+        );
+        drop(open);
+        store.close().await.unwrap();
     }
 
     /// Two handles on one directory, each checkpointing in the background
