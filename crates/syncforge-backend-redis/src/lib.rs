@@ -697,10 +697,14 @@ fn batch_outcomes(reply: Value, n: usize) -> std::result::Result<Vec<u64>, &'sta
 impl Drop for RedisBackend {
     fn drop(&mut self) {
         if !self.closed.load(Ordering::Acquire) {
-            // Without a runtime there is nothing to stop; with one, ask the
-            // connection task to end instead of reconnecting forever.
+            // The connection task would otherwise stay connected, and
+            // reconnect forever, on the runtime that started it. Inside a
+            // runtime it is asked to quit; outside one (dropped after
+            // `block_on` returned), it is aborted, which needs no runtime.
             if tokio::runtime::Handle::try_current().is_ok() {
                 stop_in_background(&self.client);
+            } else {
+                self.connection.get_mut().abort();
             }
         }
     }

@@ -422,3 +422,54 @@ async fn cluster_cmd(client: &Client, args: &[&str]) {
         .await
         .unwrap();
 }
+
+/// The clients connected to the server of `client`, as `INFO clients`
+/// counts them (this client included).
+async fn connected_clients(client: &Client) -> usize {
+    let info: String = client
+        .custom(
+            CustomCommand::new_static("INFO", ClusterHash::Random, false),
+            vec!["clients"],
+        )
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix("connected_clients:"))
+        .and_then(|count| count.trim().parse().ok())
+        .unwrap()
+}
+
+/// A handle built inside a runtime and dropped outside of one (after
+/// `block_on` returned) left its connection task connected, reconnecting
+/// forever should the server go away.
+#[test]
+fn a_handle_dropped_outside_a_runtime_closes_its_connection() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let Some(server) = runtime.block_on(PrivateServer::start()) else {
+        return;
+    };
+    let config = server.config(&fresh_prefix("drop"));
+    let (store, watcher) = runtime.block_on(async {
+        let store = RedisBackend::connect(config.clone()).await.unwrap();
+        (store, raw_client(&config).await.unwrap())
+    });
+    let with_store = runtime.block_on(connected_clients(&watcher));
+    drop(store);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = runtime.block_on(connected_clients(&watcher));
+        if now < with_store {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dropped handle is still connected ({now} clients, {with_store} before)"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    runtime.block_on(async { watcher.quit().await.ok() });
+}
