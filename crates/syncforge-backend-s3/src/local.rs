@@ -139,11 +139,13 @@ impl LocalDirectory {
     }
 
     /// Holds the directory's write lock until the returned guard drops.
-    async fn lock(&self) -> Result<(tokio::sync::MutexGuard<'_, ()>, Locked)> {
-        let queued = self.queue.lock().await;
+    async fn lock(&self) -> Result<(tokio::sync::OwnedMutexGuard<()>, Locked)> {
+        let queued = Arc::clone(&self.queue).lock_owned().await;
         let lock_file = self.lock_file.clone();
-        let locked = blocking(move || Locked::acquire(&lock_file)).await?;
-        Ok((queued, locked))
+        // The place in the queue goes with the thread that waits for the
+        // file lock: a caller that stops waiting must not let the next one
+        // park another thread behind the same lock.
+        blocking(move || Locked::acquire(&lock_file).map(|locked| (queued, locked))).await
     }
 
     /// The object at `location` now, or `None`.
@@ -584,6 +586,43 @@ mod tests {
         let mut locked = Locked::acquire(&lock_file).unwrap();
         let ahead = last + Duration::from_secs(60);
         assert!(locked.next_time(tick, Some(ahead)).unwrap() > ahead);
+    }
+
+    /// A write that stopped waiting for the directory's lock (its caller
+    /// gave up) released its place in the queue while its thread went on
+    /// waiting: each such write parked one more blocking thread on the lock,
+    /// until none was left for other work.
+    #[test]
+    fn a_write_that_stops_waiting_for_the_lock_parks_no_second_thread() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .max_blocking_threads(2)
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDirectory::new(dir.path()).unwrap().with_fsync(false);
+        runtime.block_on(async {
+            store
+                .put_opts(&Path::from("kept"), "x".into(), PutMode::Create.into())
+                .await
+                .unwrap();
+        });
+        // Another process holds the directory's lock.
+        let elsewhere = Locked::acquire(&dir.path().join(LOCK_FILE)).unwrap();
+        runtime.block_on(async {
+            for n in 0..3 {
+                let location = Path::from(format!("w{n}"));
+                let write = store.put_opts(&location, "x".into(), PutMode::Create.into());
+                let gave_up = tokio::time::timeout(Duration::from_millis(100), write).await;
+                assert!(gave_up.is_err(), "the write did not wait for the lock");
+            }
+            // One thread waits for the lock; the other still reads.
+            let read =
+                tokio::time::timeout(Duration::from_secs(10), store.get(&Path::from("kept"))).await;
+            assert!(read.is_ok(), "no blocking thread was left to read with");
+        });
+        drop(elsewhere);
+        runtime.shutdown_timeout(Duration::from_secs(10));
     }
 
     /// Each written file carries the issued time: with the counter far
