@@ -246,7 +246,7 @@ impl Collection {
     }
 
     /// The changes after `after` ([`Cursor::START`] for the beginning), at
-    /// most `options.limit()` of them: every change applied to this replica,
+    /// most `options.get_limit()` of them: every change applied to this replica,
     /// local or synced, in the order applied, each record at most once at its
     /// latest change. Continue from the page's `next`.
     ///
