@@ -307,14 +307,17 @@ impl Collection {
     }
 
     /// Stores each record exactly as given, replacing what the store holds
-    /// for its id: no merge and no drift check. For seeding a store in tests,
+    /// for its id, without a merge. For seeding a store in tests,
     /// restoring an export, or migrating data the caller vouches for; to
     /// combine records with what replicas already hold, use
     /// [`sync`](Self::sync). The engine's clock moves past every imported
     /// stamp, so later local writes still win over them. Writes go through
     /// the same conditional write path as every other write and emit the same
-    /// record events; repeated ids are refused with
-    /// [`Error::InvalidArgument`].
+    /// record events. Refused before anything is written: repeated ids
+    /// ([`Error::InvalidArgument`]), and, as by [`sync`](Self::sync), stamps
+    /// further ahead of local time than the allowed drift
+    /// ([`Error::ClockDrift`]; the clock would carry them into every later
+    /// local write).
     pub fn import(
         &self,
         records: impl IntoIterator<Item = Record>,
@@ -335,7 +338,7 @@ impl Collection {
             });
         }
         drop(seen);
-        self.engine.seed_clock(&records);
+        self.engine.observe_batch(&records)?;
         let total = records.len();
         let mut result = SyncResult::new(&self.name);
         self.engine

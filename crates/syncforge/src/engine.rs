@@ -375,15 +375,6 @@ impl SyncEngine {
         Ok(all_distinct(&hashes))
     }
 
-    /// Moves the clock past every stamp of `records` without a drift check:
-    /// for imports, whose stamps the caller vouches for.
-    pub(crate) fn seed_clock(&self, records: &[Record]) {
-        let mut clock = self.clock();
-        for record in records {
-            clock.seed(record.newest_stamp());
-        }
-    }
-
     /// Applies `intents` (at most one per id) to `collection`, where
     /// `stored` holds what the store answered for their ids (one entry per
     /// intent, in order), and returns how each ended, in order. Emits the

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use futures_util::TryStreamExt;
 use serde::Deserialize;
 use serde_json::json;
-use syncforge::core::MAX_STAMP_MILLIS;
+use syncforge::core::{Write, MAX_STAMP_MILLIS};
 use syncforge::{
     BackendConfig, ConflictStrategy, Cursor, Error, EventKind, MemoryBackend, PageOptions, Record,
     Stamp, StorageBackend, SyncEngine,
@@ -165,16 +165,30 @@ async fn import_stores_records_as_given_and_moves_the_clock_past_them() {
     let e = engine("local", ConflictStrategy::Crdt).await;
     let tasks = e.collection("tasks").unwrap();
     let mut events = e.subscribe();
-    let seed = Record::from_json(json!({
-        "id": "task-1", "title": "Deploy v2", "status": "in-progress",
-        "_version": 1, "_timestamp": 4_000_000_000_000u64, "_deleted": false, "_clientId": "seed"
-    }))
-    .unwrap();
-    // Far beyond the drift bound: a sync would refuse it, an import takes it.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let stamped = |millis: u128| {
+        Record::from_json(json!({
+            "id": "task-1", "title": "Deploy v2", "status": "in-progress",
+            "_version": 1, "_timestamp": millis, "_deleted": false, "_clientId": "seed"
+        }))
+        .unwrap()
+    };
+    // Beyond the drift bound an import is refused as a sync is, writing
+    // nothing and leaving the clock where it was: taken, it would stamp every
+    // later local write that far ahead, and peers would refuse them all.
+    let far = stamped(4_000_000_000_000);
     assert!(matches!(
-        tasks.sync([seed.clone()]).await,
+        tasks.import([far.clone()]).await,
         Err(Error::ClockDrift { .. })
     ));
+    assert_eq!(tasks.get("task-1").await.unwrap(), None);
+    let probe = tasks.put(&json!({"id": "probe"})).await.unwrap();
+    assert!(probe.newest_stamp() < far.newest_stamp());
+    // A minute ahead is within the bound.
+    let seed = stamped(now + 60_000);
     let result = tasks.import([seed.clone()]).await.unwrap();
     assert_eq!(result.added, 1);
     assert_eq!(tasks.get("task-1").await.unwrap(), Some(seed.clone()));
@@ -306,20 +320,23 @@ async fn only_unavailable_errors_are_transient() {
 
 #[tokio::test]
 async fn a_store_holding_the_last_stamp_refuses_local_writes_with_a_typed_error() {
+    // Stamps this far ahead reach a store only from outside the engine's
+    // checks (another program, a broken clock): planted through the backend.
     let store = MemoryBackend::new();
+    let name = syncforge::CollectionName::new("c").unwrap();
     let planted = Record::from_json(json!({
         "id": "planted", "_version": 1, "_timestamp": MAX_STAMP_MILLIS, "_deleted": false, "_clientId": "z"
     }))
     .unwrap();
-    let e = SyncEngine::builder()
-        .client_id("a")
-        .backend(store.clone())
-        .build()
-        .await
-        .unwrap();
-    let c = e.collection("c").unwrap();
-    assert_eq!(c.import([planted]).await.unwrap().added, 1);
-    // The clock now stands at (MAX, 0, "z"); it can still count, but two
+    store.put(&name, &Write::create(planted)).await.unwrap();
+    let open = || {
+        SyncEngine::builder()
+            .client_id("a")
+            .backend(store.clone())
+            .build()
+    };
+    let c = open().await.unwrap().collection("c").unwrap();
+    // The clock opened at (MAX, 0, "z"); it can still count, but two
     // writes must never share a stamp, whatever comes.
     let first = c.put(&json!({"id": "one"})).await.unwrap();
     let second = c.put(&json!({"id": "two"})).await.unwrap();
@@ -336,7 +353,8 @@ async fn a_store_holding_the_last_stamp_refuses_local_writes_with_a_typed_error(
             .collect(),
     )
     .unwrap();
-    assert_eq!(c.import([at_the_end]).await.unwrap().added, 1);
+    store.put(&name, &Write::create(at_the_end)).await.unwrap();
+    let c = open().await.unwrap().collection("c").unwrap();
     let err = c.put(&json!({"id": "three"})).await.unwrap_err();
     assert!(matches!(err, Error::InvalidStamp { .. }), "{err}");
     assert!(c.get("three").await.unwrap().is_none());
