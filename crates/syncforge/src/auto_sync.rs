@@ -1,13 +1,15 @@
 //! The periodic sync window, optionally syncing with peers on each tick.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Weak};
 
+use futures_util::FutureExt;
 use syncforge_core::{CollectionName, Error, Result};
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 use tracing::Instrument;
 
 use crate::engine::{Inner, SyncEngine};
-use crate::events::{EventKind, SyncEvent, SyncTrigger};
+use crate::events::{panic_message, EventKind, SyncEvent, SyncTrigger};
 use crate::peer::SyncPeer;
 
 impl SyncEngine {
@@ -22,7 +24,8 @@ impl SyncEngine {
     /// `sync:start` with [`SyncTrigger::AutoSyncWindow`] and then runs
     /// [`sync_with`](Self::sync_with) with every peer added by
     /// [`add_auto_sync_peer`](Self::add_auto_sync_peer). A failed peer sync
-    /// emits `sync:error` and the window goes on with the next. When a window
+    /// emits `sync:error` and the window goes on with the next; so does one
+    /// that panics (reported as [`Error::PeerProtocol`]). When a window
     /// takes longer than the interval, the next one waits instead of
     /// bunching up.
     ///
@@ -129,8 +132,21 @@ impl SyncEngine {
                     });
                 }
                 for peer in &peers {
-                    // sync_with reports its own failure (event and log).
-                    let _ = self.sync_with(peer.as_ref(), collection).await;
+                    // sync_with reports its own failure (event and log). A
+                    // panic (a peer's, or a bug) ends that one sync, not the
+                    // window and the timer with it, and is reported alike.
+                    let syncing = AssertUnwindSafe(self.sync_with(peer.as_ref(), collection));
+                    if let Err(payload) = syncing.catch_unwind().await {
+                        let error = Error::PeerProtocol {
+                            peer: peer.peer_id().to_owned(),
+                            reason: format!(
+                                "the sync with it panicked: {}",
+                                panic_message(payload.as_ref())
+                            ),
+                        };
+                        tracing::error!(collection = collection.as_str(), %error, "auto-sync carries on");
+                        self.emit_sync_error(collection, &error);
+                    }
                 }
             }
         }

@@ -437,11 +437,7 @@ impl Events {
         for (id, handler) in due {
             if let Err(payload) = catch_unwind(AssertUnwindSafe(|| handler(event))) {
                 self.panics.fetch_add(1, Ordering::Relaxed);
-                let message = payload
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "(non-string panic payload)".to_owned());
+                let message = panic_message(payload.as_ref());
                 tracing::error!(
                     event = kind.name(),
                     listener = id.0,
@@ -451,6 +447,15 @@ impl Events {
             }
         }
     }
+}
+
+/// What a caught panic said, when it said it with a string.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(non-string panic payload)".to_owned())
 }
 
 #[cfg(test)]

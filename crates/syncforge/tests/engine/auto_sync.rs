@@ -294,3 +294,82 @@ async fn auto_sync_with_peers_converges_both_ways() {
     assert!(a.get("c", "late").await.unwrap().is_none());
     a.close().await.unwrap();
 }
+
+/// A peer whose pull panics: a bug somewhere below a sync.
+struct PanickingPeer;
+
+#[syncforge::core::async_trait]
+impl syncforge::SyncPeer for PanickingPeer {
+    fn peer_id(&self) -> &str {
+        "panicking"
+    }
+
+    async fn pull(
+        &self,
+        _collection: &syncforge::CollectionName,
+        _cursor: syncforge::Cursor,
+        _limit: std::num::NonZeroUsize,
+    ) -> syncforge::Result<syncforge::ChangePage> {
+        panic!("a bug in a peer (expected by this test)");
+    }
+
+    async fn push(
+        &self,
+        _collection: &syncforge::CollectionName,
+        _records: Vec<syncforge::Record>,
+    ) -> syncforge::Result<()> {
+        Ok(())
+    }
+}
+
+/// A sync that panicked ended the timer's task with it: auto-sync stopped
+/// for good, with no `sync:error`. It is reported, and the window goes on to
+/// the next peer, and the timer to the next window.
+#[tokio::test(start_paused = true)]
+async fn a_peer_sync_that_panics_is_reported_and_the_windows_go_on() {
+    let a = SyncEngine::builder()
+        .client_id("a")
+        .auto_sync(true)
+        .auto_sync_interval(INTERVAL)
+        .auto_sync_collections(["c"])
+        .build()
+        .await
+        .unwrap();
+    let b = SyncEngine::builder().client_id("b").build().await.unwrap();
+    a.add_auto_sync_peer(Arc::new(PanickingPeer));
+    a.add_auto_sync_peer(Arc::new(b.clone()));
+    let mut rx = a.subscribe();
+    for window in 0..2 {
+        b.put("c", &json!({"id": format!("from-b-{window}")}))
+            .await
+            .unwrap();
+        tokio::time::sleep(INTERVAL + SLACK).await;
+        let reported = timeout(INTERVAL / 2, async {
+            loop {
+                if let SyncEvent::SyncError { error, .. } = rx.recv().await.unwrap() {
+                    return error;
+                }
+            }
+        })
+        .await
+        .expect("no sync:error for the panic");
+        assert!(
+            matches!(&*reported, Error::PeerProtocol { peer, .. } if peer == "panicking"),
+            "{reported}"
+        );
+        timeout(INTERVAL / 2, async {
+            while a
+                .get("c", &format!("from-b-{window}"))
+                .await
+                .unwrap()
+                .is_none()
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the next peer was not synced");
+        assert!(a.is_auto_syncing());
+    }
+    a.close().await.unwrap();
+}
