@@ -132,20 +132,30 @@ impl Collections {
         name: &CollectionName,
         write: impl FnOnce(&mut Collection) -> T,
     ) -> T {
-        let (i, created) = match self.find(name) {
-            Some(i) => (i, false),
-            None => (self.create(name), true),
-        };
+        match self.find(name) {
+            Some(i) => write(&mut self.list[i].1),
+            None => self.write_to_new(name, write),
+        }
+    }
+
+    /// [`write_to`](Self::write_to) a collection the store does not hold:
+    /// out of line, as it happens once per name.
+    #[cold]
+    fn write_to_new<T>(
+        &mut self,
+        name: &CollectionName,
+        write: impl FnOnce(&mut Collection) -> T,
+    ) -> T {
+        let i = self.create(name);
         let outcome = write(&mut self.list[i].1);
-        if created && self.list[i].1.last_sequence == 0 {
+        if self.list[i].1.last_sequence == 0 {
             self.discard_last();
         }
         outcome
     }
 
     /// Adds an empty collection `name`, which the store does not hold yet,
-    /// and returns where it is: out of line, as it happens once per name.
-    #[cold]
+    /// and returns where it is.
     fn create(&mut self, name: &CollectionName) -> usize {
         let i = self.list.len();
         self.list.push((name.clone(), Collection::default()));
