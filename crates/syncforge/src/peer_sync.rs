@@ -270,11 +270,28 @@ impl SyncEngine {
         if direction.pulls() {
             let pull_key = cursor_key(peer_id, collection, PeerState::Pull);
             let mut cursor = self.load_cursor(collection, &pull_key).await?;
+            let mut empty_in_a_row = 0;
             loop {
                 let page = peer.pull(collection, cursor, limit).await?;
                 check_page(peer_id, cursor, &page)?;
                 let next = page.next;
                 let more = page.more;
+                empty_in_a_row = if page.is_empty() {
+                    empty_in_a_row + 1
+                } else {
+                    0
+                };
+                if more && empty_in_a_row >= MAX_EMPTY_PAGES_IN_A_ROW {
+                    // Stored first: the next sync resumes past these pages.
+                    self.store_cursor(&pull_key, next).await?;
+                    return Err(Error::PeerProtocol {
+                        peer: peer_id.to_owned(),
+                        reason: format!(
+                            "answered {MAX_EMPTY_PAGES_IN_A_ROW} empty pages in a row, each saying \
+                             more follow; this sync stops at cursor {next}, and the next resumes there"
+                        ),
+                    });
+                }
                 if !page.is_empty() {
                     let records = page.into_iter().collect();
                     let trigger = SyncTrigger::Pull {
@@ -420,6 +437,11 @@ impl SyncEngine {
         retry_transient(self.retries(), "set_meta", || backend.set_meta(key, &value)).await
     }
 }
+
+/// Most empty pages announcing more that one sync reads in a row. A server
+/// answers a few (it passed over changes the client holds); a peer that
+/// never stops would keep a sync, and an auto-sync window, going for ever.
+const MAX_EMPTY_PAGES_IN_A_ROW: usize = 1_000;
 
 /// Refuses a page that would move the cursor backwards or loop forever: a
 /// peer's answer is input like any other.

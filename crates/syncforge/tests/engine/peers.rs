@@ -282,6 +282,57 @@ async fn a_misbehaving_peer_is_refused_with_an_error_event() {
     assert_eq!(errors, 1);
 }
 
+/// A peer whose pages are always empty and always announce more: each one
+/// advances, so no single page is refused.
+struct EndlessPeer;
+
+#[syncforge::core::async_trait]
+impl SyncPeer for EndlessPeer {
+    fn peer_id(&self) -> &str {
+        "endless"
+    }
+
+    async fn pull(
+        &self,
+        _collection: &CollectionName,
+        cursor: Cursor,
+        _limit: NonZeroUsize,
+    ) -> Result<ChangePage> {
+        Ok(ChangePage {
+            changes: Vec::new(),
+            next: Cursor::new(cursor.get() + 1),
+            more: true,
+        })
+    }
+
+    async fn push(&self, _collection: &CollectionName, _records: Vec<Record>) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Such a peer kept `sync_with` (and an auto-sync window) going for ever. A
+/// sync stops after a bound of empty pages in a row with an error, keeping
+/// its progress: the next one resumes past them.
+#[tokio::test]
+async fn a_peer_answering_empty_pages_for_ever_is_stopped_with_an_error() {
+    let a = engine("a", ConflictStrategy::Crdt).await;
+    let err = tokio::time::timeout(Duration::from_secs(60), a.sync_with(&EndlessPeer, "c"))
+        .await
+        .expect("no endless loop")
+        .unwrap_err();
+    assert!(
+        matches!(&err, syncforge::Error::PeerProtocol { peer, .. } if peer == "endless"),
+        "{err:?}"
+    );
+    let reached = a.peer_cursors("endless", "c").await.unwrap().pulled;
+    assert_eq!(reached, Cursor::new(1_000));
+    let _ = a.sync_with(&EndlessPeer, "c").await.unwrap_err();
+    assert_eq!(
+        a.peer_cursors("endless", "c").await.unwrap().pulled,
+        Cursor::new(2_000)
+    );
+}
+
 /// DESIGN flaw 11: cost grows with the change, not the collection. The
 /// engine never loads a whole collection to sync, neither in `sync` nor in
 /// `sync_with`.
