@@ -196,7 +196,7 @@ const META_LOCK_FILE: &str = ".lock";
 
 /// Collections a handle keeps open at most. Each holds two lock files and
 /// its index of ids: a server writing a collection per user would otherwise
-/// run out of file descriptors. Past it, an idle one is checkpointed and
+/// run out of file descriptors. Past it, idle ones are checkpointed and
 /// closed to make room, and opened again when next used.
 const MAX_OPEN_COLLECTIONS: usize = 64;
 
@@ -292,6 +292,10 @@ struct Inner {
     /// Collections opened by this handle, each with its own lock so that
     /// calls on different collections run in parallel.
     collections: Mutex<HashMap<CollectionName, Arc<OpenCollection>>>,
+    /// Collections taken out of `collections` to make room, while their
+    /// last checkpoint runs: `close` checkpoints them too, which waits for
+    /// that checkpoint.
+    evicting: Mutex<Vec<Arc<OpenCollection>>>,
 }
 
 impl fmt::Debug for FsBackend {
@@ -346,6 +350,7 @@ impl FsBackend {
                 closed: AtomicBool::new(false),
                 corrupt_skipped: AtomicU64::new(0),
                 collections: Mutex::new(HashMap::new()),
+                evicting: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -491,6 +496,10 @@ impl Inner {
             .collect();
         let state = Arc::new(OpenCollection::new(state));
         open.insert(name.clone(), Arc::clone(&state));
+        // Before the map is let go: a `close` that drains it then finds them.
+        self.evicting
+            .lock()
+            .extend(idle.iter().map(|(_, idle)| Arc::clone(idle)));
         drop(open);
         for (name, idle) in idle {
             // As `close` leaves it: its records in their files. Should that
@@ -499,6 +508,9 @@ impl Inner {
             if let Err(error) = idle.checkpointing(Collection::checkpoint_if_used) {
                 tracing::warn!(collection = name.as_str(), %error, "checkpoint of an idle collection failed");
             }
+            self.evicting
+                .lock()
+                .retain(|evicting| !Arc::ptr_eq(evicting, &idle));
         }
         Ok(Some(state))
     }
@@ -828,12 +840,14 @@ impl StorageBackend for FsBackend {
         // Dropping the states closes the lock files. The map is drained off
         // the async runtime too: an open under way holds its lock.
         blocking(move || {
-            let open: Vec<Arc<OpenCollection>> = inner
+            let mut open: Vec<Arc<OpenCollection>> = inner
                 .collections
                 .lock()
                 .drain()
                 .map(|(_, state)| state)
                 .collect();
+            // Checkpointing one being evicted waits for its checkpoint.
+            open.append(&mut inner.evicting.lock());
             let mut first_error = None;
             for state in open {
                 // Waits for a background checkpoint under way.
@@ -871,6 +885,31 @@ mod tests {
             opened.err()
         );
         assert!(store.inner.collections.lock().is_empty());
+    }
+
+    /// A collection taken out of the map to make room was checkpointed
+    /// after the map was let go: a `close` draining the map meanwhile did
+    /// not see it and returned before its records were in their files.
+    #[tokio::test]
+    async fn close_checkpoints_a_collection_being_evicted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = FsBackend::open(tmp.path()).await.unwrap();
+        let notes = name("notes");
+        let record = Record::from_json(serde_json::json!({
+            "id": "n1", "_version": 1, "_timestamp": 1, "_deleted": false, "_clientId": "t"
+        }))
+        .unwrap();
+        store.put(&notes, &Write::create(record)).await.unwrap();
+        let dir = Collection::dir_for(tmp.path(), notes.as_str());
+        assert!(holds_records(&dir).unwrap(), "the write is in the log");
+        // As an eviction leaves it between the map and its checkpoint.
+        let evicted = store.inner.collections.lock().remove(&notes).unwrap();
+        store.inner.evicting.lock().push(evicted);
+        store.close().await.unwrap();
+        assert!(
+            !holds_records(&dir).unwrap(),
+            "close left the log to replay"
+        );
     }
 
     /// After a burst of calls kept more collections in use than the bound,

@@ -88,8 +88,9 @@ struct State {
 /// name's while the store holds it as a key.
 #[derive(Default)]
 struct Collections {
-    /// Never shrinks (a cleared collection keeps its last sequence), so an
-    /// index into it stays valid.
+    /// Only ever loses the collection just added for a write that stored
+    /// nothing (a cleared collection keeps its place and its last sequence),
+    /// so an index into it stays valid.
     list: Vec<(CollectionName, Collection)>,
     index: HashMap<CollectionName, usize, IdHasher>,
     /// Where in `list` the last lookup found its collection.

@@ -228,7 +228,7 @@ mod tests {
             .await
             .unwrap();
         let collection = CollectionName::new("notes").unwrap();
-        for n in 0..2_000 {
+        for n in 0..20_000 {
             if ops.panicked.load(Ordering::SeqCst) {
                 break;
             }

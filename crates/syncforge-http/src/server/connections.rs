@@ -24,8 +24,9 @@ use tokio::task::JoinSet;
 use super::closed;
 use super::handlers::SyncSlots;
 
-/// Longest timeout handed to hyper: it adds the timeout to `Instant::now()`,
-/// which panics past the clock's range. A year is as good as never.
+/// Longest timeout handed to hyper, and longest shutdown grace: both are
+/// added to `Instant::now()`, which panics past the clock's range. A year is
+/// as good as never.
 const LONGEST_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
 /// How long to pause accepting after an error that is not one connection's
@@ -103,7 +104,7 @@ pub(super) async fn accept_until_closed(
         }
     }
     drop(listener);
-    let deadline = tokio::time::Instant::now() + limits.shutdown_grace;
+    let deadline = tokio::time::Instant::now() + limits.shutdown_grace.min(LONGEST_TIMEOUT);
     let drained = tokio::time::timeout_at(deadline, async {
         while connections.join_next().await.is_some() {}
     })

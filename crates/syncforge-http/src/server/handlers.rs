@@ -81,10 +81,12 @@ impl SyncSlots {
 
     /// A slot, once one is free.
     async fn take(&self) -> Result<OwnedSemaphorePermit, ApiError> {
-        self.slots.clone().acquire_owned().await.map_err(|_| {
-            // The semaphore is never closed.
-            ApiError::new(ErrorCode::Unavailable, "the server is shutting down")
-        })
+        // Only a closed semaphore refuses, and this one is never closed.
+        self.slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::new(ErrorCode::Internal, "the merge slots are closed"))
     }
 
     /// Resolves when no merge runs.

@@ -64,7 +64,7 @@ async fn merges_past_the_limit_wait_for_a_place() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_waits_for_the_merges_of_requests_that_timed_out() {
     let replica =
-        InstrumentedReplica::new(memory_engine("hq").await).slow_syncs(Duration::from_millis(1500));
+        InstrumentedReplica::new(memory_engine("hq").await).slow_syncs(Duration::from_secs(4));
     let ended = replica.syncs_ended.clone();
     let options = ServerOptions::default()
         .request_timeout(Duration::from_millis(500))

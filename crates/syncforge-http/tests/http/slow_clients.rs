@@ -88,12 +88,15 @@ async fn clients_that_stall_are_disconnected_after_the_header_read_timeout() {
 
 /// The longest settings mean "never" and "no bound": hyper adds the header
 /// timeout to the clock, which panicked every connection's task at
-/// `Duration::MAX`, and tokio's semaphore refuses more than its maximum.
+/// `Duration::MAX`, shutdown added its grace to it the same way, and tokio's
+/// semaphores refuse more than their maximum.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_longest_timeout_and_the_largest_limit_serve_as_usual() {
     let options = ServerOptions::default()
         .header_read_timeout(Duration::MAX)
-        .max_connections(usize::MAX);
+        .request_timeout(Duration::MAX)
+        .max_connections(usize::MAX)
+        .max_concurrent_syncs(usize::MAX);
     let server = serve(options).await;
     let mut stream = connect(&server).await;
     stream.write_all(HEALTH.as_bytes()).await.unwrap();
