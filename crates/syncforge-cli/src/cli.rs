@@ -105,13 +105,13 @@ impl From<Strategy> for ConflictStrategy {
 pub(crate) struct MergeOptions {
     /// How concurrent edits are merged; use the strategy the application
     /// uses for these collections [default: timestamp]. A sync server merges
-    /// what it is sent with its own strategy.
+    /// what it is sent with its own strategy: importing into one refuses it.
     #[arg(long, value_enum)]
     pub(crate) strategy: Option<Strategy>,
 
     /// Records merged and written per batch, and the page size of the change
-    /// feed (1 to 100000) [default: 100]. Importing into a sync server: the
-    /// records sent per request (default: as many as the server takes).
+    /// feed (1 to 100000) [default: 100]. Records sent per request when the
+    /// store is a sync server (default: as many as the server takes).
     #[arg(long, value_name = "N")]
     pub(crate) batch_size: Option<usize>,
 }

@@ -29,6 +29,8 @@ pub(crate) async fn export(args: ExportArgs, cx: &mut Context) -> Result<()> {
 
 pub(crate) async fn import(args: ImportArgs, cx: &mut Context) -> Result<()> {
     let url = parse_url("STORE", &args.store)?;
+    // Before the input is read: it may be long, and the command refused.
+    let target = TargetKind::of(&url, args.merge)?;
     // Everything is read and checked before the store is even opened.
     let inputs = match (&args.store_dir, &args.collection) {
         (Some(dir), _) => input::collection_dirs(dir)?
@@ -59,7 +61,7 @@ pub(crate) async fn import(args: ImportArgs, cx: &mut Context) -> Result<()> {
         anyhow::bail!("the input holds no record to import");
     }
 
-    let store = Target::open(url, cx, args.merge).await?;
+    let store = Target::open(url, target, cx).await?;
     for (name, records) in batches {
         let count = records.len();
         let counts = store.merge(cx, &name, records).await.with_context(|| {
@@ -97,8 +99,20 @@ enum Target {
     },
 }
 
-impl Target {
-    async fn open(url: StoreUrl, cx: &Context, merge: MergeOptions) -> Result<Target> {
+/// Where an import goes, with its options checked, before anything opens.
+#[derive(Clone, Copy)]
+enum TargetKind {
+    Local(MergeOptions),
+    /// A sync server, sent `per_request` records a request (`None`: as many
+    /// as it takes).
+    #[cfg(feature = "http")]
+    Remote {
+        per_request: Option<usize>,
+    },
+}
+
+impl TargetKind {
+    fn of(url: &StoreUrl, merge: MergeOptions) -> Result<TargetKind> {
         #[cfg(feature = "http")]
         if url.server_url().is_some() {
             if merge.strategy.is_some() {
@@ -117,13 +131,26 @@ impl Target {
                     )))
                 }
             };
-            let remote = crate::remote::Remote::connect(url, cx)?;
-            return Ok(Target::Remote {
-                remote,
-                per_request,
-            });
+            return Ok(TargetKind::Remote { per_request });
         }
-        Ok(Target::Local(Store::open(url, &cx.merging(merge)).await?))
+        #[cfg(not(feature = "http"))]
+        let _ = url;
+        Ok(TargetKind::Local(merge))
+    }
+}
+
+impl Target {
+    async fn open(url: StoreUrl, kind: TargetKind, cx: &Context) -> Result<Target> {
+        match kind {
+            #[cfg(feature = "http")]
+            TargetKind::Remote { per_request } => Ok(Target::Remote {
+                remote: crate::remote::Remote::connect(url, cx)?,
+                per_request,
+            }),
+            TargetKind::Local(merge) => {
+                Ok(Target::Local(Store::open(url, &cx.merging(merge)).await?))
+            }
+        }
     }
 
     fn url(&self) -> &StoreUrl {
@@ -167,10 +194,12 @@ impl Target {
                 let bar = cx.progress.bar(name.as_str(), Some(records.len() as u64));
                 let per_request = per_request.unwrap_or(records.len()).max(1);
                 let mut counts = Counts::default();
-                let mut records = records;
-                while !records.is_empty() {
-                    let rest = records.split_off(per_request.min(records.len()));
-                    let part = std::mem::replace(&mut records, rest);
+                let mut records = records.into_iter();
+                loop {
+                    let part: Vec<Record> = records.by_ref().take(per_request).collect();
+                    if part.is_empty() {
+                        break;
+                    }
                     let sent = part.len() as u64;
                     match remote.push(name, part).await {
                         Ok(done) => counts.add(done),

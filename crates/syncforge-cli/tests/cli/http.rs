@@ -118,11 +118,11 @@ fn stores_sync_with_a_served_store_and_read_it_like_any_other() {
     .ok();
     assert_eq!(counts(&imported.json_lines()[0]), [0, 0, 0, 7, 0]);
     // The server merges with its own strategy: asking for another is a
-    // mistake, refused before anything is sent. --batch-size is the number
-    // of records a request carries.
+    // mistake, refused before the input is even read. --batch-size is the
+    // number of records a request carries.
     let refused = syncforge_with(
         &[&["import", url, "other", "--strategy", "crdt"][..], &token].concat(),
-        &export(&tablet, "inspections"),
+        "not even JSON",
     )
     .fails(2);
     assert!(refused.stderr.contains("its own strategy"), "{refused:?}");
