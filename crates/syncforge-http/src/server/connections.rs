@@ -13,6 +13,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::http::{header, HeaderValue};
+use axum::response::IntoResponse;
 use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -22,12 +24,22 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use super::closed;
+use super::error::ApiError;
 use super::handlers::SyncSlots;
+use crate::protocol::ErrorCode;
 
 /// Longest timeout handed to hyper, and longest shutdown grace: both are
 /// added to `Instant::now()`, which panics past the clock's range. A year is
 /// as good as never.
 const LONGEST_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// Connections past `max_connections` taken in at once only to be answered
+/// 503: past these, clients wait in the listen queue.
+const OVERFLOW_CONNECTIONS: usize = 64;
+
+/// How long a connection past `max_connections` has to send its request's
+/// headers before it is closed unanswered.
+const REFUSAL_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long to pause accepting after an error that is not one connection's
 /// (out of file descriptors): retrying at once would spin and flood the log.
@@ -58,13 +70,21 @@ pub(super) async fn accept_until_closed(
     let permits = Arc::new(Semaphore::new(
         limits.max_connections.min(Semaphore::MAX_PERMITS),
     ));
+    let overflow = Arc::new(Semaphore::new(OVERFLOW_CONNECTIONS));
+    let refusal = overloaded();
     let mut connections = JoinSet::new();
     loop {
-        // Past the limit, no connection is accepted: clients wait in the
-        // listen queue rather than being taken in and starved.
+        // Past the limit, a few more connections are taken in only to be
+        // told to come back (503 and Retry-After), so that clients fail
+        // fast instead of hanging; past those, clients wait in the listen
+        // queue.
         let next = async {
-            let permit = permits.clone().acquire_owned().await;
-            (permit, listener.accept().await)
+            let place = tokio::select! {
+                biased;
+                permit = permits.clone().acquire_owned() => permit.map(Place::Serve),
+                permit = overflow.clone().acquire_owned() => permit.map(Place::Refuse),
+            };
+            (place, listener.accept().await)
         };
         tokio::select! {
             biased;
@@ -76,15 +96,25 @@ pub(super) async fn accept_until_closed(
                     }
                 }
             }
-            (permit, accepted) = next => {
-                // The semaphore is never closed.
-                let Ok(permit) = permit else { break };
+            (place, accepted) = next => {
+                // The semaphores are never closed.
+                let Ok(place) = place else { break };
                 match accepted {
                     Ok((stream, _)) => {
+                        let (app, timeout, permit) = match place {
+                            Place::Serve(permit) => {
+                                (app.clone(), limits.header_read_timeout, permit)
+                            }
+                            Place::Refuse(permit) => (
+                                refusal.clone(),
+                                limits.header_read_timeout.min(REFUSAL_HEADER_TIMEOUT),
+                                permit,
+                            ),
+                        };
                         connections.spawn(serve_connection(
                             stream,
-                            app.clone(),
-                            limits.header_read_timeout,
+                            app,
+                            timeout,
                             closing.clone(),
                             permit,
                         ));
@@ -127,6 +157,30 @@ pub(super) async fn accept_until_closed(
             "merges still running after the shutdown grace are left to finish on their own"
         );
     }
+}
+
+/// Where an accepted connection goes.
+enum Place {
+    /// Served: one of `max_connections`.
+    Serve(OwnedSemaphorePermit),
+    /// Answered 503 and closed: one of [`OVERFLOW_CONNECTIONS`].
+    Refuse(OwnedSemaphorePermit),
+}
+
+/// What a connection past `max_connections` is answered: 503 `unavailable`
+/// with `Retry-After`, and the connection closes.
+fn overloaded() -> Router {
+    Router::new().fallback(|| async {
+        let mut response = ApiError::new(
+            ErrorCode::Unavailable,
+            "the server holds as many connections as it may; try again shortly",
+        )
+        .into_response();
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        response
+    })
 }
 
 /// Errors of the one connection being accepted, after which the next

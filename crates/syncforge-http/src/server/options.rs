@@ -280,9 +280,11 @@ impl ServerOptions {
         self
     }
 
-    /// Most connections open at once (default 512). Further clients wait in
-    /// the operating system's queue until one closes; each long-polling
-    /// client holds one for as long as it keeps polling, so set it above the
+    /// Most connections served at once (default 512). A further client is
+    /// answered 503 `unavailable` with `Retry-After` and its connection
+    /// closed (up to 64 such answers at a time; past those, clients wait in
+    /// the operating system's queue). Each long-polling client holds a
+    /// connection for as long as it keeps polling, so set it above the
     /// number of clients that follow the feed at once. Raise the process's
     /// open-file limit with it.
     ///

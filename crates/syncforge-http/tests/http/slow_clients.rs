@@ -109,10 +109,11 @@ async fn the_longest_timeout_and_the_largest_limit_serve_as_usual() {
     server.shutdown().await.unwrap();
 }
 
-/// Past `max_connections`, a client waits until a place frees up, and is
-/// then served; before, every connection was taken in.
+/// Past `max_connections`, a client is told at once to come back (503 with
+/// `Retry-After`) instead of hanging unanswered, and served once a place is
+/// free; past a few such answers in flight, clients wait in the listen queue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clients_past_the_connection_limit_wait_for_a_free_place() {
+async fn clients_past_the_connection_limit_are_told_to_come_back() {
     let server = serve(ServerOptions::default().max_connections(2)).await;
     let mut first = connect(&server).await;
     let second = connect(&server).await;
@@ -123,20 +124,68 @@ async fn clients_past_the_connection_limit_wait_for_a_free_place() {
 
     let mut third = connect(&server).await;
     third.write_all(HEALTH.as_bytes()).await.unwrap();
-    let early = read_answer_head(&mut third, Duration::from_millis(500)).await;
-    assert_eq!(
-        early, None,
-        "a third connection was served past the limit of 2"
+    let answer = read_until_closed(&mut third, Duration::from_secs(15)).await;
+    let answer = answer.expect("a third connection was neither answered nor closed");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after: 1"),
+        "{answer:?}"
     );
+    assert!(answer.contains("\"unavailable\""), "{answer:?}");
 
     drop(first);
-    let head = read_answer_head(&mut third, Duration::from_secs(15)).await;
+    // The place is free once the server has seen the first one go.
+    let mut served = None;
+    for _ in 0..100 {
+        let mut fourth = connect(&server).await;
+        fourth.write_all(HEALTH.as_bytes()).await.unwrap();
+        let head = read_answer_head(&mut fourth, Duration::from_secs(15)).await;
+        if head
+            .as_deref()
+            .is_some_and(|head| head.starts_with("HTTP/1.1 200"))
+        {
+            served = Some(fourth);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served.is_some(), "no place came free");
+    drop((second, served));
+    server.shutdown().await.unwrap();
+}
+
+/// The answers past the limit are bounded too: with those places taken by
+/// clients that send nothing, a further client waits (until the silent ones
+/// are closed after a few seconds) rather than being taken in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_limit_and_its_answers_clients_wait() {
+    let server = serve(ServerOptions::default().max_connections(1)).await;
+    let mut held = connect(&server).await;
+    held.write_all(HEALTH.as_bytes()).await.unwrap();
+    assert!(read_answer_head(&mut held, Duration::from_secs(15))
+        .await
+        .is_some());
+    let mut silent = Vec::new();
+    for _ in 0..64 {
+        silent.push(connect(&server).await);
+    }
+    // Let the server take them in.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut waiting = connect(&server).await;
+    waiting.write_all(HEALTH.as_bytes()).await.unwrap();
+    let early = read_answer_head(&mut waiting, Duration::from_millis(500)).await;
+    assert_eq!(
+        early, None,
+        "a client past every place was answered at once"
+    );
+    // The silent ones are closed after five seconds; then it is answered.
+    let head = read_answer_head(&mut waiting, Duration::from_secs(20)).await;
     assert!(
         head.as_deref()
-            .is_some_and(|head| head.starts_with("HTTP/1.1 200")),
+            .is_some_and(|head| head.starts_with("HTTP/1.1 503")),
         "{head:?}"
     );
-    drop(second);
+    drop((held, silent));
     server.shutdown().await.unwrap();
 }
 
