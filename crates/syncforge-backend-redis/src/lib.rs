@@ -566,6 +566,27 @@ async fn quit_quietly(client: &Client) {
     }
 }
 
+/// Drops every change of a record but its last. A page read in several
+/// script calls can meet a record twice: read live early on, then rewritten
+/// further along the feed before a later call reads it there. Each record
+/// is in a page at most once, at its latest change, as the feed promises.
+fn keep_latest_change_of_each_record(changes: &mut Vec<Change>) {
+    let mut latest: HashMap<&str, usize> = HashMap::with_capacity(changes.len());
+    for (index, change) in changes.iter().enumerate() {
+        latest.insert(change.record.id().as_str(), index);
+    }
+    if latest.len() == changes.len() {
+        return;
+    }
+    let keep: Vec<bool> = changes
+        .iter()
+        .enumerate()
+        .map(|(index, change)| latest.get(change.record.id().as_str()) == Some(&index))
+        .collect();
+    let mut keep = keep.into_iter();
+    changes.retain(|_| keep.next().unwrap_or(true));
+}
+
 /// The elements of an array reply (nothing for nil).
 fn array(value: Value) -> Vec<Value> {
     match value {
@@ -884,14 +905,19 @@ impl StorageBackend for RedisBackend {
         let mut remaining = limit.get();
         let mut changes = Vec::with_capacity(remaining.min(CHUNK));
         let mut next = after;
+        let mut chunks = 0;
         loop {
             let slice = remaining.min(CHUNK);
             let (mut found, last, more) = self.feed_chunk(collection, &keys, next, slice).await?;
             next = last;
+            chunks += 1;
             // Entries examined count against the limit, found or skipped.
             remaining = remaining.saturating_sub(slice);
             changes.append(&mut found);
             if !more || remaining == 0 {
+                if chunks > 1 {
+                    keep_latest_change_of_each_record(&mut changes);
+                }
                 return Ok(ChangePage {
                     changes,
                     next,
@@ -1078,6 +1104,40 @@ impl StorageBackend for RedisBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A record met twice in a page read in several calls (rewritten
+    /// further along the feed between them) is kept once, at its latest
+    /// change; the order of the rest stays.
+    #[test]
+    fn a_page_holds_each_record_once_at_its_latest_change() {
+        let change = |cursor: u64, id: &str| {
+            let stamp = Stamp::new(cursor, 0, "t").unwrap();
+            let content =
+                syncforge_core::Content::from_value(serde_json::json!({ "id": id, "at": cursor }))
+                    .unwrap();
+            Change {
+                cursor: Cursor::new(cursor),
+                record: Record::create(content, &stamp),
+            }
+        };
+        let mut changes = vec![
+            change(3, "a"),
+            change(4, "b"),
+            change(9, "c"),
+            change(1_500, "a"),
+            change(1_600, "d"),
+            change(1_700, "b"),
+        ];
+        keep_latest_change_of_each_record(&mut changes);
+        let kept: Vec<(u64, &str)> = changes
+            .iter()
+            .map(|change| (change.cursor.get(), change.record.id().as_str()))
+            .collect();
+        assert_eq!(kept, [(9, "c"), (1_500, "a"), (1_600, "d"), (1_700, "b")]);
+        let mut distinct = vec![change(1, "x"), change(2, "y")];
+        keep_latest_change_of_each_record(&mut distinct);
+        assert_eq!(distinct.len(), 2);
+    }
 
     #[test]
     fn scores_parse_exactly() {
