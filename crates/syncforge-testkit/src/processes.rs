@@ -1,8 +1,9 @@
 //! Child processes a test waits for within a bound: a child that hangs
 //! fails its test instead of hanging the whole test binary.
 
-use std::io::{self, Read};
+use std::io::{self, BufRead, BufReader, Read};
 use std::process::{Child, ExitStatus, Output};
+use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -44,6 +45,32 @@ pub fn wait(child: &mut Child, within: Duration) -> io::Result<ExitStatus> {
     }
 }
 
+/// The next line of `from` (with its newline; empty at the end of the
+/// stream), waiting at most `within`, and the reader to go on with. A child
+/// that neither prints a line nor exits would otherwise hold its test for
+/// ever; past `within` the answer is an error of kind
+/// [`io::ErrorKind::TimedOut`] (the reading thread is left to end with the
+/// child).
+pub fn read_line<R: Read + Send + 'static>(
+    from: BufReader<R>,
+    within: Duration,
+) -> io::Result<(String, BufReader<R>)> {
+    let (sender, receiver) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut from = from;
+        let mut line = String::new();
+        let read = from.read_line(&mut line).map(|_| (line, from));
+        // The test may have stopped waiting.
+        let _ = sender.send(read);
+    });
+    receiver.recv_timeout(within).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("a child process printed no line within {within:?}"),
+        )
+    })?
+}
+
 /// Reads `from` to its end on a thread of its own.
 fn read_all(mut from: impl Read + Send + 'static) -> JoinHandle<io::Result<Vec<u8>>> {
     std::thread::spawn(move || {
@@ -59,5 +86,45 @@ fn collected(reader: Option<JoinHandle<io::Result<Vec<u8>>>>) -> io::Result<Vec<
             .join()
             .map_err(|_| io::Error::other("the thread reading a child's output panicked"))?,
         None => Ok(Vec::new()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::{Command, Stdio};
+
+    use super::*;
+
+    /// A child that prints nothing and does not exit fails the wait for
+    /// its line, within the bound; one that prints is read as usual.
+    #[test]
+    fn a_line_is_waited_for_within_a_bound() {
+        let mut silent = Command::new("sleep")
+            .arg("30")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        let waited = read_line(
+            BufReader::new(silent.stdout.take().unwrap()),
+            Duration::from_millis(200),
+        );
+        assert_eq!(waited.unwrap_err().kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() < Duration::from_secs(20));
+        silent.kill().unwrap();
+        silent.wait().unwrap();
+
+        let mut speaking = Command::new("echo")
+            .arg("ready")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (line, _) = read_line(
+            BufReader::new(speaking.stdout.take().unwrap()),
+            Duration::from_secs(20),
+        )
+        .unwrap();
+        assert_eq!(line, "ready\n");
+        speaking.wait().unwrap();
     }
 }

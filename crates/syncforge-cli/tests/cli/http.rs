@@ -1,6 +1,6 @@
 //! Sync servers: `syncforge serve`, and http:// stores in the other commands.
 
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
@@ -23,10 +23,11 @@ impl Served {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let (line, _) = syncforge_testkit::processes::read_line(
+            BufReader::new(child.stdout.take().unwrap()),
+            Duration::from_secs(60),
+        )
+        .unwrap();
         let said: serde_json::Value = serde_json::from_str(&line)
             .unwrap_or_else(|_| panic!("serve printed {line:?} instead of its address"));
         Served {

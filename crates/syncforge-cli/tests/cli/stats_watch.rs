@@ -1,6 +1,6 @@
 //! `stats` and `watch`.
 
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -84,9 +84,12 @@ fn watch_prints_the_feed_and_follows_new_changes() {
     .stderr(Stdio::piped())
     .spawn()
     .unwrap();
-    let mut stderr = BufReader::new(watcher.stderr.take().unwrap());
-    let mut said = String::new();
-    stderr.read_line(&mut said).unwrap();
+    // Kept until the end: the watcher goes on writing to its stderr.
+    let (said, _stderr) = syncforge_testkit::processes::read_line(
+        BufReader::new(watcher.stderr.take().unwrap()),
+        Duration::from_secs(60),
+    )
+    .unwrap();
     assert!(said.ends_with("after cursor 3\n"), "{said:?}");
     syncforge_with(
         &["put", arg(&store), "notes"],

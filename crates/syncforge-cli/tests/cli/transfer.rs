@@ -201,7 +201,7 @@ fn a_store_directory_of_the_typescript_original_imports_with_one_command() {
 /// (`syncforge put .. | head -1`): it stopped part-way before, with exit 0.
 #[test]
 fn a_put_whose_reader_stops_early_still_puts_every_record() {
-    use std::io::{BufRead, BufReader};
+    use std::io::BufReader;
     use std::time::Duration;
 
     let dir = TempDir::new().unwrap();
@@ -209,10 +209,13 @@ fn a_put_whose_reader_stops_early_still_puts_every_record() {
     // The whole input is read before anything is written or printed.
     let command = crate::support::command(&["put", arg(&a), "notes"]);
     let mut child = crate::support::spawned(command, &docs("n", 3_000));
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
+    let (_first, reader) = syncforge_testkit::processes::read_line(
+        BufReader::new(child.stdout.take().unwrap()),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    // The reader stops here.
+    drop(reader);
     let output = syncforge_testkit::processes::finish(child, Duration::from_secs(120)).unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{}: {stderr}", output.status);
@@ -225,7 +228,7 @@ fn a_put_whose_reader_stops_early_still_puts_every_record() {
 /// read, not a failure.
 #[test]
 fn an_export_whose_reader_stops_early_ends_quietly() {
-    use std::io::{BufRead, BufReader};
+    use std::io::BufReader;
     use std::process::Stdio;
     use std::time::Duration;
 
@@ -239,10 +242,13 @@ fn an_export_whose_reader_stops_early_ends_quietly() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
+    let (first, reader) = syncforge_testkit::processes::read_line(
+        BufReader::new(child.stdout.take().unwrap()),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    // The reader stops here.
+    drop(reader);
     assert!(first.contains("\"id\""), "{first}");
     let output = syncforge_testkit::processes::finish(child, Duration::from_secs(120)).unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
