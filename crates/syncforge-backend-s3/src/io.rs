@@ -246,12 +246,22 @@ fn unsupported(error: object_store::Error, doing: &str, path: &Path) -> Error {
 /// Whether an error may go away by itself: no answer at all (connection,
 /// timeout), or an HTTP status that says "later" (5xx but 501 and 505, which
 /// say the server cannot do it; 429, 408). `status` is the one its message
-/// quotes ([`http_status`]).
+/// quotes ([`http_status`]). A local file's error is transient only when it
+/// says "later" too (a timeout, an interrupted or busy call): a permission,
+/// a full disk or a read-only file system stay until someone acts.
 fn is_transient(error: &object_store::Error, status: Option<u16>) -> bool {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(current) = cause {
         if current.is::<object_store::client::HttpError>() {
             return true;
+        }
+        // A local file's failure (`LocalDirectory`): only these pass.
+        if let Some(io) = current.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind as K;
+            return matches!(
+                io.kind(),
+                K::TimedOut | K::Interrupted | K::WouldBlock | K::ResourceBusy
+            );
         }
         cause = current.source();
     }
@@ -346,6 +356,27 @@ mod tests {
         assert!(
             matches!(&unsupported, Error::Storage { message, .. } if message.contains("conditional"))
         );
+        // A local directory's file errors: retried only when they say
+        // "later".
+        let local = |kind: std::io::ErrorKind| {
+            map_error(
+                object_store::Error::Generic {
+                    store: "LocalDirectory",
+                    source: Box::new(std::io::Error::new(kind, "from the file system")),
+                },
+                "writing",
+                &path,
+            )
+        };
+        for permanent in [
+            std::io::ErrorKind::PermissionDenied,
+            std::io::ErrorKind::StorageFull,
+            std::io::ErrorKind::ReadOnlyFilesystem,
+        ] {
+            let error = local(permanent);
+            assert!(matches!(error, Error::Storage { .. }), "{permanent:?}: {error}");
+        }
+        assert!(local(std::io::ErrorKind::TimedOut).is_transient());
         // A server without conditional writes: not worth retrying, and told
         // apart from other failures.
         let not_implemented = map_error(
