@@ -374,7 +374,10 @@ mod tests {
             std::io::ErrorKind::ReadOnlyFilesystem,
         ] {
             let error = local(permanent);
-            assert!(matches!(error, Error::Storage { .. }), "{permanent:?}: {error}");
+            assert!(
+                matches!(error, Error::Storage { .. }),
+                "{permanent:?}: {error}"
+            );
         }
         assert!(local(std::io::ErrorKind::TimedOut).is_transient());
         // A server without conditional writes: not worth retrying, and told

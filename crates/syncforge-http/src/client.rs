@@ -27,16 +27,38 @@ use crate::protocol::{
 /// The backend name in this crate's errors.
 const BACKEND: &str = "http";
 
-/// Default whole-request timeout (a long poll adds its wait to it).
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default whole-request timeout (a long poll adds its wait to it): longer
+/// than a sync server's request timeout (30 s by default), so that a slow
+/// request gets the server's answer (503 `timeout`, retried) rather than
+/// being cut off by the client while the server still works on it.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(40);
 /// Default connect timeout.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default number of retries of a transient failure inside one call.
 pub const DEFAULT_RETRIES: u32 = 2;
-/// How long an idle connection is kept for the next call: less than a sync
-/// server keeps one (its header-read timeout, 30 s by default), so that a
-/// request is not sent on a connection the server is closing.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long an idle connection is kept for the next call: well below what
+/// a sync server keeps one (its header-read timeout, 30 s by default), so
+/// that a request is not sent on a connection the server is closing, and so
+/// that a device between syncs does not hold one of the server's places.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The most a push puts in one request, below a server's own bound when
+/// that is larger: on a slow link a request must upload within the timeout.
+/// A record larger than this still goes, alone, up to the server's bound.
+const PUSH_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+
+/// Most feed reads one [`HttpPeer::wait_for_changes`] makes while the server
+/// answers pages with nothing to show but more to read.
+const MAX_FOLLOWED_PAGES: usize = 64;
+
+/// Most bytes of `skip` in a feed request's URL (each comma encoded as
+/// `%2C`): proxies refuse URLs past a few KiB (nginx: 8 KiB of header line).
+const MAX_SKIP_QUERY_BYTES: usize = 4_000;
+
+/// Decimal digits of `n`.
+fn digits(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |log| log as usize + 1)
+}
 
 /// Feed ranges remembered per collection as echoes to skip; past this, the
 /// newest are forgotten (they are only downloaded again, never lost).
@@ -199,11 +221,18 @@ impl PeerState {
             return CursorRanges::default();
         };
         let after = after.get();
+        let mut query_bytes = 0;
         let ranges: Vec<[u64; 2]> = ranges
             .iter()
             .filter(|&(_, &end)| end > after)
             .map(|(&start, &end)| [start.max(after.saturating_add(1)), end])
             .take(MAX_SKIP_RANGES)
+            // A URL past a few KiB is refused by proxies (414): the ranges
+            // left out are only downloaded again.
+            .take_while(|&[start, end]| {
+                query_bytes += digits(start) + if start == end { 0 } else { 1 + digits(end) } + 3;
+                query_bytes <= MAX_SKIP_QUERY_BYTES
+            })
             .collect();
         CursorRanges::new(ranges).unwrap_or_default()
     }
@@ -269,6 +298,39 @@ const DEFAULT_MAX_RESPONSE_BYTES: usize = 256 << 20;
 /// retries wait at most.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 
+/// The longest long poll asked of a server: its own bound is far below.
+const LONGEST_WAIT: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The time a refusal asks to wait before trying again (`Retry-After` in
+/// seconds; a date is not honoured), up to [`MAX_RETRY_DELAY`].
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let seconds: u64 = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(seconds).min(MAX_RETRY_DELAY))
+}
+
+/// How long to wait before a retry: the back-off `delay`, or what the
+/// server asked if longer, and up to half as much again at random, so that
+/// clients refused together (a server restarting, at its bound of
+/// connections) do not come back together.
+fn retry_wait(delay: Duration, asked: Option<Duration>) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let wait = asked
+        .map_or(delay, |asked| asked.max(delay))
+        .min(MAX_RETRY_DELAY);
+    // Randomly seeded per call: enough to spread clients, no generator needed.
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let spread = u64::try_from(wait.as_nanos() / 2).unwrap_or(u64::MAX);
+    wait + Duration::from_nanos(random.checked_rem(spread).unwrap_or(0))
+}
+
 /// The wait after `delay`: four times longer, up to [`MAX_RETRY_DELAY`].
 fn next_retry_delay(delay: Duration) -> Duration {
     delay.saturating_mul(4).min(MAX_RETRY_DELAY)
@@ -288,8 +350,8 @@ impl HttpPeerBuilder {
         self
     }
 
-    /// Longest time one request may take (default 30 s); a long poll gets
-    /// its wait on top.
+    /// Longest time one request may take (default 40 s, longer than a sync
+    /// server's request timeout); a long poll gets its wait on top.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -405,8 +467,9 @@ struct Call {
 
 /// How one attempt failed.
 enum Failure {
-    /// Worth trying again.
-    Transient(Error),
+    /// Worth trying again, not before the time the server asked for, if it
+    /// asked (`Retry-After`).
+    Transient(Error, Option<Duration>),
     /// Final.
     Permanent(Error),
 }
@@ -481,7 +544,9 @@ impl HttpPeer {
     /// most `limit`), waiting up to `wait` (bounded by the server's
     /// `max_wait`) for one to arrive if there is none yet. Returns as soon as
     /// a change lands; the page is empty when the wait ran out. This peer's
-    /// own echoes are left out, as in [`pull`](SyncPeer::pull).
+    /// own echoes are left out, as in [`pull`](SyncPeer::pull); pages the
+    /// server answers with nothing but more to read are followed inside (a
+    /// few dozen at most, then such a page is returned as it is).
     ///
     /// Use it to sync as soon as another client writes: wait on the cursor
     /// the engine keeps for this peer (`engine.peer_cursors(peer_id,
@@ -494,7 +559,32 @@ impl HttpPeer {
         wait: Duration,
     ) -> Result<ChangePage> {
         let collection = collection.into_name()?;
-        self.read_feed(&collection, after, limit, wait).await
+        // The server waits no longer than its own bound: asking for more
+        // would only let a connection that died silently go unnoticed longer.
+        let max_wait = self
+            .inner
+            .state
+            .lock()
+            .limits
+            .map_or(wait, |limits| Duration::from_millis(limits.max_wait_ms));
+        let deadline = tokio::time::Instant::now() + wait.min(max_wait).min(LONGEST_WAIT);
+        let mut after = after;
+        let mut followed = 0;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let page = self
+                .read_feed(&collection, after, limit, left, Prune::No)
+                .await?;
+            // Nothing to show but more to read: the server passed over
+            // changes this client holds. Asking again from the same place
+            // would get the same answer at once.
+            followed += 1;
+            if page.changes.is_empty() && page.more && followed < MAX_FOLLOWED_PAGES {
+                after = page.next;
+                continue;
+            }
+            return Ok(page);
+        }
     }
 
     /// Sends `records` to merge into the server's `collection`, in as many
@@ -530,8 +620,9 @@ impl HttpPeer {
                             ),
                         ));
                     }
+                    let target = limits.max_body_bytes.min(PUSH_REQUEST_BYTES);
                     let full = body.count == limits.max_records
-                        || body.len() + text.len() + 1 + ENVELOPE > limits.max_body_bytes;
+                        || (body.count > 0 && body.len() + text.len() + 1 + ENVELOPE > target);
                     if full {
                         let answer = self.send_records(&collection, body.finish()).await?;
                         total = Some(sum(total, answer));
@@ -569,6 +660,7 @@ impl HttpPeer {
         after: Cursor,
         limit: NonZeroUsize,
         wait: Duration,
+        prune: Prune,
     ) -> Result<ChangePage> {
         let skip = self.inner.state.lock().skip_after(collection, after);
         let mut url = self.url(&["collections", collection.as_str(), "changes"]);
@@ -605,7 +697,9 @@ impl HttpPeer {
                     ),
                 ));
             }
-            state.prune(collection, page.next);
+            if prune == Prune::Yes {
+                state.prune(collection, page.next);
+            }
         }
         // Each record located in the body, to be read on every core.
         let base = bytes.as_ptr() as usize;
@@ -662,13 +756,13 @@ impl HttpPeer {
         loop {
             match self.attempt(call).await {
                 Ok(answer) => return Ok(answer),
-                Err(Failure::Transient(error)) if attempt < self.inner.retries => {
+                Err(Failure::Transient(error, asked)) if attempt < self.inner.retries => {
                     tracing::debug!(%error, attempt, url = %call.url, "retrying a transient failure");
-                    tokio::time::sleep(delay).await;
+                    tokio::time::sleep(retry_wait(delay, asked)).await;
                     delay = next_retry_delay(delay);
                     attempt += 1;
                 }
-                Err(Failure::Transient(error) | Failure::Permanent(error)) => return Err(error),
+                Err(Failure::Transient(error, _) | Failure::Permanent(error)) => return Err(error),
             }
         }
     }
@@ -701,11 +795,15 @@ impl HttpPeer {
             .await
             .map_err(|error| self.transport(error))?;
         let status = response.status();
+        let asked = retry_after(response.headers());
         let bytes = self.body(response, &call.url).await?;
         if status.is_success() {
             return Ok(bytes);
         }
-        Err(self.refusal(status, &bytes, &call.url))
+        Err(match self.refusal(status, &bytes, &call.url) {
+            Failure::Transient(error, _) => Failure::Transient(error, asked),
+            permanent => permanent,
+        })
     }
 
     /// The answer's body, decompressed, read up to the peer's bound: a
@@ -741,7 +839,7 @@ impl HttpPeer {
         } else {
             // Refused, reset, timed out, cut off mid-answer: the server may
             // be back later.
-            Failure::Transient(Error::unavailable(BACKEND, error))
+            Failure::Transient(Error::unavailable(BACKEND, error), None)
         }
     }
 
@@ -768,7 +866,7 @@ impl HttpPeer {
                 | StatusCode::GATEWAY_TIMEOUT
         );
         if transient {
-            return Failure::Transient(Error::unavailable(BACKEND, described));
+            return Failure::Transient(Error::unavailable(BACKEND, described), None);
         }
         let Some(detail) = detail else {
             return Failure::Permanent(Error::storage(BACKEND, described));
@@ -799,6 +897,15 @@ impl HttpPeer {
             reason,
         }
     }
+}
+
+/// Whether a feed read forgets the echoes it passed. Only pulls do: a long
+/// poll runs ahead of the engine's cursor, and the pull after it still
+/// needs the echoes between the two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Prune {
+    Yes,
+    No,
 }
 
 /// `{"records":[` ... `]}` around the records and their commas.
@@ -955,7 +1062,7 @@ impl SyncPeer for HttpPeer {
         after: Cursor,
         limit: NonZeroUsize,
     ) -> Result<ChangePage> {
-        self.read_feed(collection, after, limit, Duration::ZERO)
+        self.read_feed(collection, after, limit, Duration::ZERO, Prune::Yes)
             .await
     }
 
@@ -1050,6 +1157,65 @@ mod tests {
         assert_eq!(next_retry_delay(ms(6_400)), ms(25_600));
         assert_eq!(next_retry_delay(ms(25_600)), MAX_RETRY_DELAY);
         assert_eq!(next_retry_delay(Duration::MAX), MAX_RETRY_DELAY);
+    }
+
+    /// A skip list of many long ranges is cut to what a proxy takes in a
+    /// URL (it refused them with 414 before, for good); what is left out is
+    /// only downloaded again.
+    #[test]
+    fn the_skip_list_fits_in_a_url() {
+        let notes = name("notes");
+        let mut state = PeerState::default();
+        let base = 1_000_000_000_000u64;
+        let ranges: Vec<[u64; 2]> = (0..1_000u64)
+            .map(|n| [base + n * 10, base + n * 10 + 5])
+            .collect();
+        state.remember_echoes(&notes, &CursorRanges::new(ranges).unwrap());
+        let skip = state.skip_after(&notes, Cursor::START);
+        let mut url = Url::parse("http://h/").unwrap();
+        url.query_pairs_mut().append_pair("skip", &skip.to_string());
+        let encoded = url.query().unwrap_or_default().len() - "skip=".len();
+        assert!(!skip.is_empty());
+        assert!(encoded <= MAX_SKIP_QUERY_BYTES, "{encoded} bytes");
+        assert!(skip.ranges().len() < 1_000);
+        // Short lists go whole.
+        let few = CursorRanges::new(vec![[3, 5], [9, 9]]).unwrap();
+        let mut state = PeerState::default();
+        state.remember_echoes(&notes, &few);
+        assert_eq!(state.skip_after(&notes, Cursor::START), few);
+    }
+
+    /// A retry waits at least the back-off and what the server asked, and
+    /// at random up to half as much again; never past the cap and a half.
+    #[test]
+    fn retries_wait_what_was_asked_and_spread_out() {
+        let ms = Duration::from_millis;
+        let mut waits = std::collections::BTreeSet::new();
+        for _ in 0..50 {
+            let wait = retry_wait(ms(100), Some(Duration::from_secs(2)));
+            assert!(
+                wait >= Duration::from_secs(2) && wait <= Duration::from_secs(3),
+                "{wait:?}"
+            );
+            waits.insert(wait);
+            let plain = retry_wait(ms(100), None);
+            assert!(plain >= ms(100) && plain <= ms(150), "{plain:?}");
+        }
+        assert!(waits.len() > 1, "every client would come back at once");
+        let capped = retry_wait(ms(100), Some(Duration::from_secs(3_600)));
+        assert!(
+            capped <= MAX_RETRY_DELAY + MAX_RETRY_DELAY / 2,
+            "{capped:?}"
+        );
+        let mut headers = reqwest::header::HeaderMap::new();
+        assert_eq!(retry_after(&headers), None);
+        headers.insert(reqwest::header::RETRY_AFTER, "7".parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
+        headers.insert(
+            reqwest::header::RETRY_AFTER,
+            "Wed, 21 Oct 2026 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&headers), None);
     }
 
     /// The token and any password in a base URL stay out of `Debug` and of

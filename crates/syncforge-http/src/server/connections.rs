@@ -26,7 +26,7 @@ use tokio::task::JoinSet;
 use super::closed;
 use super::error::ApiError;
 use super::handlers::SyncSlots;
-use crate::protocol::ErrorCode;
+use crate::protocol::{ErrorCode, PROTOCOL_HEADER, PROTOCOL_VERSION};
 
 /// Longest timeout handed to hyper, and longest shutdown grace: both are
 /// added to `Instant::now()`, which panics past the clock's range. A year is
@@ -176,9 +176,12 @@ fn overloaded() -> Router {
             "the server holds as many connections as it may; try again shortly",
         )
         .into_response();
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        let headers = response.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        headers.insert(
+            header::HeaderName::from_static(PROTOCOL_HEADER),
+            HeaderValue::from(PROTOCOL_VERSION),
+        );
         response
     })
 }

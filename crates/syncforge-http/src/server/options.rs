@@ -268,7 +268,7 @@ impl ServerOptions {
     /// connection may stay open between two requests (default 30 s); then
     /// [`Server`](crate::Server) closes it. Without it, clients that send
     /// half a request would hold their connections for good. Keep it longer
-    /// than clients keep idle connections (`HttpPeer`: 20 s), or a client
+    /// than clients keep idle connections (`HttpPeer`: 5 s), or a client
     /// may send a request on a connection the server is closing.
     ///
     /// Applies to [`Server`](crate::Server) and [`serve`](crate::serve), which

@@ -249,3 +249,167 @@ async fn an_answer_past_the_peers_bound_fails_the_call() {
     assert_eq!(report.pulled.added, 50, "{report:?}");
     server.shutdown().await.unwrap();
 }
+
+/// A long poll that saw another client's write used to forget the echoes
+/// before it: the pull after it, which starts from the engine's cursor,
+/// downloaded this client's own last push again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_keeps_the_echoes_the_next_pull_needs() {
+    let hq = memory_engine("hq").await;
+    let server = Server::bind(hq.clone(), "127.0.0.1:0", ServerOptions::default())
+        .await
+        .unwrap();
+    let (phone, laptop) = (memory_engine("phone").await, memory_engine("laptop").await);
+    let (phone_link, laptop_link) = (peer(&server.url(), None), peer(&server.url(), None));
+    let _ = phone.sync_with(&phone_link, "notes").await.unwrap();
+    for n in 0..20 {
+        phone
+            .put("notes", &json!({"id": format!("p{n}")}))
+            .await
+            .unwrap();
+    }
+    // sync_with pulls, then pushes: the cursor stays below the push.
+    let report = phone.sync_with(&phone_link, "notes").await.unwrap();
+    assert_eq!(report.pushed, 20);
+    laptop.put("notes", &json!({"id": "l0"})).await.unwrap();
+    let _ = laptop.sync_with(&laptop_link, "notes").await.unwrap();
+    let after = phone
+        .peer_cursors(phone_link.peer_id(), "notes")
+        .await
+        .unwrap()
+        .pulled;
+    let page = phone_link
+        .wait_for_changes(
+            "notes",
+            after,
+            100.try_into().unwrap(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.changes.len(), 1, "{page:?}");
+    let report = phone.sync_with(&phone_link, "notes").await.unwrap();
+    assert_eq!(report.pulled.total(), 1, "{report:?}");
+    server.shutdown().await.unwrap();
+}
+
+/// A push is sent in requests of a few MiB at most, below the server's own
+/// bound of 16 MiB, so that each uploads within the timeout on a slow link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_push_goes_in_requests_of_a_few_mebibytes() {
+    let replica = crate::support::InstrumentedReplica::new(memory_engine("hq").await);
+    let merges = replica.syncs_ended.clone();
+    let server = Server::bind(replica, "127.0.0.1:0", ServerOptions::default())
+        .await
+        .unwrap();
+    let phone = memory_engine("phone").await;
+    for n in 0..600 {
+        phone
+            .put(
+                "notes",
+                &json!({"id": format!("n{n}"), "text": "x".repeat(10_000)}),
+            )
+            .await
+            .unwrap();
+    }
+    let link = peer(&server.url(), None);
+    let _ = link.health().await.unwrap();
+    let records = phone.get_all("notes").await.unwrap();
+    let answer = link.push_records("notes", records).await.unwrap();
+    assert_eq!(answer.added, 600);
+    let requests = merges.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(requests >= 2, "6 MB went in {requests} request(s)");
+    server.shutdown().await.unwrap();
+}
+
+/// A server answering with canned responses, one a connection, in order;
+/// it hands back the request lines it received.
+async fn canned_server(answers: Vec<String>) -> (String, tokio::task::JoinHandle<Vec<String>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let served = tokio::spawn(async move {
+        let mut requests = Vec::new();
+        for answer in answers {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut received = Vec::new();
+            let mut buffer = [0u8; 4096];
+            while !received.windows(4).any(|window| window == b"\r\n\r\n") {
+                let read = stream.read(&mut buffer).await.unwrap();
+                if read == 0 {
+                    break;
+                }
+                received.extend_from_slice(&buffer[..read]);
+            }
+            let text = String::from_utf8_lossy(&received).into_owned();
+            requests.push(text.lines().next().unwrap_or_default().to_owned());
+            stream.write_all(answer.as_bytes()).await.unwrap();
+            stream.shutdown().await.ok();
+        }
+        requests
+    });
+    (url, served)
+}
+
+fn json_answer(status: &str, extra_headers: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n{extra_headers}\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// A refusal's `Retry-After` is honoured: the retry comes no sooner than
+/// asked (before, after 100 ms whatever the server said).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_waits_as_long_as_the_server_asked() {
+    let health = r#"{"status":"ok","protocol":1,"feed_id":"f1","limits":{"max_body_bytes":1000,"max_records":10,"max_page":10,"max_wait_ms":1000}}"#;
+    let (url, served) = canned_server(vec![
+        json_answer(
+            "503 Service Unavailable",
+            "retry-after: 2\r\n",
+            r#"{"error":{"code":"unavailable","message":"busy"}}"#,
+        ),
+        json_answer("200 OK", "", health),
+    ])
+    .await;
+    let link = peer(&url, None);
+    let started = Instant::now();
+    let answer = link.health().await.unwrap();
+    assert_eq!(answer.feed_id, "f1");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_secs(2), "retried after {waited:?}");
+    assert_eq!(served.await.unwrap().len(), 2);
+}
+
+/// A long poll answered with nothing to show but more to read (the server
+/// passed over changes this client holds) reads on from there, instead of
+/// handing the caller a page that asking again would only repeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_reads_on_past_a_page_of_skipped_changes() {
+    let page = |next: u64, more: bool| {
+        json_answer(
+            "200 OK",
+            "",
+            &format!(
+                r#"{{"feed_id":"f1","collection":"notes","changes":[],"next":{next},"more":{more}}}"#
+            ),
+        )
+    };
+    let (url, served) = canned_server(vec![page(40, true), page(40, false)]).await;
+    let link = peer(&url, None);
+    let answer = link
+        .wait_for_changes(
+            "notes",
+            syncforge::Cursor::new(7),
+            10.try_into().unwrap(),
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+    assert!(!answer.more, "{answer:?}");
+    assert_eq!(answer.next, syncforge::Cursor::new(40));
+    let requests = served.await.unwrap();
+    assert!(requests[0].contains("after=7"), "{requests:?}");
+    assert!(requests[1].contains("after=40"), "{requests:?}");
+}

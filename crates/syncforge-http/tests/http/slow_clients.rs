@@ -132,6 +132,12 @@ async fn clients_past_the_connection_limit_are_told_to_come_back() {
         "{answer:?}"
     );
     assert!(answer.contains("\"unavailable\""), "{answer:?}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("syncforge-protocol: 1"),
+        "{answer:?}"
+    );
 
     drop(first);
     // The place is free once the server has seen the first one go.
