@@ -32,7 +32,9 @@ use syncforge_core::{Error, Result};
 #[derive(Clone)]
 pub struct S3Config {
     pub(crate) bucket: String,
-    pub(crate) region: String,
+    /// `None`: the environment's (`AWS_REGION`, `AWS_DEFAULT_REGION`), else
+    /// [`DEFAULT_REGION`].
+    pub(crate) region: Option<String>,
     pub(crate) prefix: String,
     pub(crate) access_key_id: Option<String>,
     pub(crate) secret_access_key: Option<String>,
@@ -70,18 +72,33 @@ impl Default for StoreOptions {
     }
 }
 
+/// The region used when none is given, here or in the environment.
+pub const DEFAULT_REGION: &str = "us-east-1";
+
+/// The region requests go to: the one configured, else the environment's
+/// (read through `env`, as the AWS tools name it), else [`DEFAULT_REGION`].
+fn region(configured: Option<&str>, env: impl Fn(&str) -> Option<String>) -> String {
+    configured
+        .map(str::to_owned)
+        .or_else(|| env("AWS_REGION"))
+        .or_else(|| env("AWS_DEFAULT_REGION"))
+        .filter(|region| !region.is_empty())
+        .unwrap_or_else(|| DEFAULT_REGION.to_owned())
+}
+
 /// The prefix used when none is given (the TypeScript library's).
 pub const DEFAULT_PREFIX: &str = "dse";
 
 impl S3Config {
-    /// A configuration for `bucket` in region `us-east-1`, prefix `dse`,
+    /// A configuration for `bucket` in the environment's region
+    /// (`AWS_REGION`, else `AWS_DEFAULT_REGION`, else `us-east-1`), prefix `dse`,
     /// HTTPS, virtual-hosted-style requests, credentials from the default
     /// chain, 30 s per request, 5 s to connect, 3 retries within 30 s, 64
     /// requests in flight.
     pub fn new(bucket: impl Into<String>) -> Self {
         S3Config {
             bucket: bucket.into(),
-            region: "us-east-1".to_owned(),
+            region: None,
             prefix: DEFAULT_PREFIX.to_owned(),
             access_key_id: None,
             secret_access_key: None,
@@ -191,9 +208,10 @@ impl S3Config {
         Ok(config.with_path_style(path_style))
     }
 
-    /// The AWS region (default `us-east-1`).
+    /// The AWS region (default: `AWS_REGION` from the environment, else
+    /// `AWS_DEFAULT_REGION`, else `us-east-1`).
     pub fn with_region(mut self, region: impl Into<String>) -> Self {
-        self.region = region.into();
+        self.region = Some(region.into());
         self
     }
 
@@ -342,7 +360,9 @@ impl S3Config {
         };
         builder = builder
             .with_bucket_name(&self.bucket)
-            .with_region(&self.region)
+            .with_region(region(self.region.as_deref(), |name| {
+                std::env::var(name).ok()
+            }))
             .with_allow_http(self.allow_http)
             .with_virtual_hosted_style_request(!self.path_style)
             .with_client_options(
@@ -438,7 +458,7 @@ mod tests {
         .unwrap();
         assert_eq!(config.bucket, "readings");
         assert_eq!(config.prefix, "edge/site-3");
-        assert_eq!(config.region, "eu-west-1");
+        assert_eq!(config.region.as_deref(), Some("eu-west-1"));
         assert_eq!(config.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
         assert!(config.allow_http && config.path_style);
 
@@ -449,6 +469,33 @@ mod tests {
             S3Config::from_url("s3://readings?endpoint=https://s3.example&path_style=false")
                 .unwrap();
         assert!(!virtual_hosted.path_style);
+    }
+
+    /// A bucket outside us-east-1 is reached with `AWS_REGION` set, as with
+    /// the AWS tools: the region defaulted to us-east-1 whatever the
+    /// environment said.
+    #[test]
+    fn the_region_comes_from_the_configuration_then_the_environment() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(key, _)| *key == name)
+                    .map(|(_, value)| (*value).to_owned())
+            }
+        };
+        let set = &[
+            ("AWS_REGION", "eu-west-1"),
+            ("AWS_DEFAULT_REGION", "ap-south-1"),
+        ];
+        assert_eq!(region(None, env(set)), "eu-west-1");
+        assert_eq!(
+            region(None, env(&[("AWS_DEFAULT_REGION", "ap-south-1")])),
+            "ap-south-1"
+        );
+        assert_eq!(region(None, env(&[])), DEFAULT_REGION);
+        assert_eq!(region(Some("us-west-2"), env(set)), "us-west-2");
+        assert_eq!(S3Config::new("b").region, None);
     }
 
     #[test]

@@ -55,7 +55,7 @@ mod keys;
 mod local;
 mod store;
 
-pub use config::{S3Config, StoreOptions, DEFAULT_PREFIX};
+pub use config::{S3Config, StoreOptions, DEFAULT_PREFIX, DEFAULT_REGION};
 pub use local::LocalDirectory;
 
 /// The backend's name in messages and errors.
