@@ -329,6 +329,7 @@ pub(crate) struct WatchArgs {
 #[command(after_help = format!("{STORES}\n\nExamples:\n  \
     syncforge serve ./data --addr 127.0.0.1:8080 --token \"$SYNC_TOKEN\"\n  \
     syncforge serve ./data --addr 0.0.0.0:8080 --token rw-secret --read-only-token dashboard\n  \
+    syncforge serve ./data --addr 0.0.0.0:8080 --token-file /etc/syncforge/tokens\n  \
     syncforge serve memory: --addr 127.0.0.1:0 --open      # a throwaway server"))]
 pub(crate) struct ServeArgs {
     /// The store to serve (a local store, not another server).
@@ -342,9 +343,15 @@ pub(crate) struct ServeArgs {
     /// A token that may only read (repeatable).
     #[arg(long = "read-only-token", value_name = "TOKEN")]
     pub(crate) read_only_tokens: Vec<String>,
+    /// Tokens from a file, one a line: `read-write SECRET [COLLECTION...]`
+    /// or `read-only SECRET [COLLECTION...]` (no collection: every one);
+    /// blank lines and lines starting with `#` are skipped. Unlike --token,
+    /// keeps the secrets out of the process list.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) token_file: Option<PathBuf>,
     /// Serve without tokens: anyone who reaches the address may read and
     /// write.
-    #[arg(long, conflicts_with_all = ["tokens", "read_only_tokens"])]
+    #[arg(long, conflicts_with_all = ["tokens", "read_only_tokens", "token_file"])]
     pub(crate) open: bool,
     /// How concurrent edits pushed by clients are merged; use the strategy
     /// the application uses for these collections.

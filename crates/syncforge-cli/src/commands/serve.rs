@@ -1,8 +1,10 @@
 //! `syncforge serve STORE`: the HTTP sync server.
 
+use std::path::Path;
+
 use anyhow::{Context as _, Result};
 use serde_json::json;
-use syncforge::http::{AccessToken, Server, ServerOptions};
+use syncforge::http::{Access, AccessToken, Server, ServerOptions};
 
 use super::Context;
 use crate::cli::ServeArgs;
@@ -17,10 +19,18 @@ pub(crate) async fn run(args: ServeArgs, cx: &mut Context) -> Result<()> {
             url.kind()
         )));
     }
-    if args.tokens.is_empty() && args.read_only_tokens.is_empty() && !args.open {
+    let from_file = match &args.token_file {
+        Some(path) => token_file(path)?,
+        None => Vec::new(),
+    };
+    if args.tokens.is_empty()
+        && args.read_only_tokens.is_empty()
+        && from_file.is_empty()
+        && !args.open
+    {
         return Err(usage(
-            "give the clients' tokens with --token (read and write) or --read-only-token, \
-             or serve without tokens with --open (a trusted network only)",
+            "give the clients' tokens with --token (read and write), --read-only-token or \
+             --token-file, or serve without tokens with --open (a trusted network only)",
         ));
     }
     let options = args
@@ -28,6 +38,7 @@ pub(crate) async fn run(args: ServeArgs, cx: &mut Context) -> Result<()> {
         .iter()
         .map(AccessToken::read_write)
         .chain(args.read_only_tokens.iter().map(AccessToken::read_only))
+        .chain(from_file)
         .fold(ServerOptions::default(), ServerOptions::token);
     // Checked before the store is opened (which creates it): a bad token or
     // address is a usage error, and leaves nothing behind.
@@ -66,6 +77,56 @@ pub(crate) async fn run(args: ServeArgs, cx: &mut Context) -> Result<()> {
         .await
         .context("the server did not stop cleanly")?;
     store.close().await
+}
+
+/// The tokens of a `--token-file`: `read-write SECRET [COLLECTION...]` or
+/// `read-only SECRET [COLLECTION...]` a line; blank lines and `#` comments
+/// are skipped. A line that says anything else is a usage error naming it
+/// (never quoting it: it may hold a secret).
+fn token_file(path: &Path) -> Result<Vec<AccessToken>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| usage(format!("--token-file {}: {error}", path.display())))?;
+    let mut tokens = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        let access = match words.next() {
+            Some("read-write") => Access::ReadWrite,
+            Some("read-only") => Access::Read,
+            _ => {
+                return Err(usage(format!(
+                    "--token-file {} line {}: expected `read-write SECRET [COLLECTION...]` \
+                     or `read-only SECRET [COLLECTION...]`",
+                    path.display(),
+                    index + 1
+                )))
+            }
+        };
+        let Some(secret) = words.next() else {
+            return Err(usage(format!(
+                "--token-file {} line {}: the secret is missing",
+                path.display(),
+                index + 1
+            )));
+        };
+        let token = AccessToken::new(secret, access);
+        let collections: Vec<&str> = words.collect();
+        tokens.push(if collections.is_empty() {
+            token
+        } else {
+            token.collections(collections)
+        });
+    }
+    if tokens.is_empty() {
+        return Err(usage(format!(
+            "--token-file {} holds no token",
+            path.display()
+        )));
+    }
+    Ok(tokens)
 }
 
 /// Waits for Ctrl-C, or on Unix for SIGTERM (what service managers send).

@@ -213,3 +213,71 @@ fn an_unreachable_server_is_a_clear_runtime_error() {
     assert!(first.contains("http://127.0.0.1:9"), "{run:?}");
     assert!(run.stderr.contains("caused by"), "{run:?}");
 }
+
+/// Tokens given in a file stay out of the process list, and may be limited
+/// to collections; a line the file cannot mean is refused by its number,
+/// without quoting it.
+#[test]
+fn tokens_can_come_from_a_file_and_cover_some_collections() {
+    let dir = TempDir::new().unwrap();
+    let (hq, tablet) = (dir.path().join("hq"), dir.path().join("tablet"));
+    syncforge_with(&["put", arg(&tablet), "inspections"], &docs("t", 2)).ok();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(
+        &tokens,
+        "# the tablets\nread-write tablet-secret inspections\r\n\nread-only dashboard-secret\n",
+    )
+    .unwrap();
+    let server = Served::start(arg(&hq), &["--token-file", arg(&tokens)]);
+    let url = server.url.as_str();
+    let records = export(&tablet, "inspections");
+    let tablet_token = ["--bearer-token", "tablet-secret"];
+    syncforge_with(
+        &[&["import", url, "inspections"][..], &tablet_token].concat(),
+        &records,
+    )
+    .ok();
+    syncforge_with(
+        &[&["import", url, "other"][..], &tablet_token].concat(),
+        &records,
+    )
+    .fails(1);
+    let listed = syncforge(&["ls", url, "--bearer-token", "dashboard-secret"]).ok();
+    assert_eq!(listed.stdout, "inspections\n");
+    syncforge_with(
+        &[
+            "import",
+            url,
+            "inspections",
+            "--bearer-token",
+            "dashboard-secret",
+        ],
+        &records,
+    )
+    .fails(1);
+    drop(server);
+
+    std::fs::write(&tokens, "read-write fine\nadmin s3cret-value\n").unwrap();
+    let run = syncforge(&[
+        "serve",
+        arg(&hq),
+        "--addr",
+        "127.0.0.1:0",
+        "--token-file",
+        arg(&tokens),
+    ])
+    .fails(2);
+    assert!(run.stderr.contains("line 2"), "{run:?}");
+    assert!(!run.stderr.contains("s3cret-value"), "{run:?}");
+    std::fs::write(&tokens, "# nothing yet\n").unwrap();
+    let run = syncforge(&[
+        "serve",
+        arg(&hq),
+        "--addr",
+        "127.0.0.1:0",
+        "--token-file",
+        arg(&tokens),
+    ])
+    .fails(2);
+    assert!(run.stderr.contains("holds no token"), "{run:?}");
+}
