@@ -261,6 +261,8 @@ pub struct HttpPeerBuilder {
     retries: u32,
     retry_delay: Duration,
     max_response_bytes: usize,
+    /// PEM bundles of certificate authorities trusted besides the system's.
+    root_certificates: Vec<Vec<u8>>,
 }
 
 /// Every setting, the bearer token as `***`.
@@ -276,6 +278,7 @@ impl std::fmt::Debug for HttpPeerBuilder {
             .field("retries", &self.retries)
             .field("retry_delay", &self.retry_delay)
             .field("max_response_bytes", &self.max_response_bytes)
+            .field("root_certificates", &self.root_certificates.len())
             .finish()
     }
 }
@@ -377,6 +380,17 @@ impl HttpPeerBuilder {
         self
     }
 
+    /// Also trusts the certificate authorities of `pem` (one or more
+    /// PEM-encoded certificates) for `https://` servers: a private CA, or
+    /// roots a platform does not offer where the system's store is not
+    /// found (Android and iOS, where setting `SSL_CERT_FILE` to a bundle
+    /// shipped with the app does the same). Refused at
+    /// [`build`](Self::build) if it holds no certificate.
+    pub fn root_certificates_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.root_certificates.push(pem.into());
+        self
+    }
+
     /// How many times a call retries a transient failure before reporting
     /// [`Error::Unavailable`] (default 2), and the first delay, which
     /// quadruples with each retry (default 100 ms) up to 30 s.
@@ -434,11 +448,25 @@ impl HttpPeerBuilder {
         if self.timeout.is_zero() || self.connect_timeout.is_zero() {
             return Err(invalid("timeout", "must be longer than zero".to_owned()));
         }
-        let client = reqwest::Client::builder()
+        let mut client = reqwest::Client::builder()
             .user_agent(self.user_agent)
             .connect_timeout(self.connect_timeout)
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .tcp_nodelay(true)
+            .tcp_nodelay(true);
+        for pem in &self.root_certificates {
+            let certificates = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|error| invalid("root_certificates_pem", error.to_string()))?;
+            if certificates.is_empty() {
+                return Err(invalid(
+                    "root_certificates_pem",
+                    "holds no PEM certificate".to_owned(),
+                ));
+            }
+            for certificate in certificates {
+                client = client.add_root_certificate(certificate);
+            }
+        }
+        let client = client
             .build()
             .map_err(|error| invalid("client", format!("cannot build the HTTP client: {error}")))?;
         Ok(HttpPeer {
@@ -496,6 +524,7 @@ impl HttpPeer {
             retries: DEFAULT_RETRIES,
             retry_delay: Duration::from_millis(100),
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            root_certificates: Vec::new(),
         }
     }
 

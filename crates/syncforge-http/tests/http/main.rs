@@ -12,4 +12,5 @@ mod long_poll;
 mod merges;
 mod slow_clients;
 mod support;
+mod tls;
 mod tracing_spans;
