@@ -291,7 +291,9 @@ pub(crate) struct StatsArgs {
 /// Starts at the end of the feed (only changes made from now on), or at the
 /// start with --from-start, or after a cursor printed earlier with --after.
 /// Each line shows the change's cursor, so a later watch can go on from it.
-/// Runs until interrupted (Ctrl-C) or until --count changes were printed.
+/// Runs until interrupted (Ctrl-C) or until --count changes were printed; a
+/// store or sync server that is unreachable for a while is tried again
+/// (after 1 s, then twice as long each time, up to 30 s).
 #[derive(Debug, Args)]
 #[command(after_help = format!("{STORES}\n\nExamples:\n  \
     syncforge watch ./data notes\n  \

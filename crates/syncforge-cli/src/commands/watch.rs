@@ -2,6 +2,7 @@
 
 use std::io::Write as _;
 use std::num::NonZeroUsize;
+use std::time::Duration;
 
 use anyhow::Result;
 use serde_json::{json, Value};
@@ -14,6 +15,19 @@ use crate::store::{parse_collection, parse_url};
 
 /// Changes read per page of the feed.
 const PAGE: usize = 500;
+
+/// The wait before reading again after the store was unavailable; it
+/// doubles while it stays so, up to [`LAST_RETRY`].
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+const LAST_RETRY: Duration = Duration::from_secs(30);
+
+/// Whether a failure may go away by itself (the store or server
+/// unreachable for now).
+fn is_transient(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<syncforge::Error>()
+        .is_some_and(syncforge::Error::is_transient)
+}
 
 pub(crate) async fn run(args: WatchArgs, cx: &mut Context) -> Result<()> {
     let url = parse_url("STORE", &args.store)?;
@@ -35,6 +49,7 @@ pub(crate) async fn run(args: WatchArgs, cx: &mut Context) -> Result<()> {
     );
     let limit = NonZeroUsize::new(PAGE).unwrap_or(NonZeroUsize::MIN);
     let mut printed = 0u64;
+    let mut retry = FIRST_RETRY;
     let interrupted = tokio::signal::ctrl_c();
     tokio::pin!(interrupted);
     while args.count.is_none_or(|count| printed < count) {
@@ -42,8 +57,30 @@ pub(crate) async fn run(args: WatchArgs, cx: &mut Context) -> Result<()> {
         // Between pages a local store is looked at again every --interval;
         // a server answers a long poll as soon as a change lands.
         let page = tokio::select! {
-            page = store.next_page(&name, cursor, limit, args.interval) => page?,
+            page = store.next_page(&name, cursor, limit, args.interval) => page,
             _ = &mut interrupted => break,
+        };
+        let page = match page {
+            Ok(page) => {
+                retry = FIRST_RETRY;
+                page
+            }
+            // A server restarting, or briefly at its bound of connections:
+            // a watch outlives it.
+            Err(error) if is_transient(&error) => {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "{error:#}; trying again in {}s",
+                    retry.as_secs()
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(retry) => {}
+                    _ = &mut interrupted => break,
+                }
+                retry = (retry * 2).min(LAST_RETRY);
+                continue;
+            }
+            Err(error) => return Err(error),
         };
         for change in &page.changes {
             if args.count.is_some_and(|count| printed >= count) {

@@ -16,7 +16,11 @@ struct Served {
 
 impl Served {
     fn start(store: &str, tokens: &[&str]) -> Served {
-        let mut args = vec!["serve", store, "--addr", "127.0.0.1:0", "--json"];
+        Served::start_at(store, "127.0.0.1:0", tokens)
+    }
+
+    fn start_at(store: &str, addr: &str, tokens: &[&str]) -> Served {
+        let mut args = vec!["serve", store, "--addr", addr, "--json"];
         args.extend(tokens);
         let mut child = command(&args)
             .stdout(Stdio::piped())
@@ -280,4 +284,36 @@ fn tokens_can_come_from_a_file_and_cover_some_collections() {
     ])
     .fails(2);
     assert!(run.stderr.contains("holds no token"), "{run:?}");
+}
+
+/// A watch of a sync server outlives the server's restart: it used to end
+/// with an error at the first failed read.
+#[test]
+fn a_watch_outlives_a_server_restart() {
+    let dir = TempDir::new().unwrap();
+    let hq = dir.path().join("hq");
+    syncforge_with(&["put", arg(&hq), "notes"], &docs("n", 1)).ok();
+    let server = Served::start(arg(&hq), &["--open"]);
+    let url = server.url.clone();
+    let mut watcher = command(&["watch", &url, "notes", "--count", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kept until the end: the watcher reports on stderr as it retries.
+    let (said, _stderr) = syncforge_testkit::processes::read_line(
+        BufReader::new(watcher.stderr.take().unwrap()),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert!(said.starts_with("watching"), "{said:?}");
+    assert!(server.stop());
+    // Down long enough for the watcher to find it gone.
+    std::thread::sleep(Duration::from_millis(1_500));
+    syncforge_with(&["put", arg(&hq), "notes"], "{\"id\": \"late\"}").ok();
+    let _server = Served::start_at(arg(&hq), url.trim_start_matches("http://"), &["--open"]);
+    let output = syncforge_testkit::processes::finish(watcher, Duration::from_secs(90)).unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}: {printed}", output.status);
+    assert!(printed.contains("late"), "{printed:?}");
 }
