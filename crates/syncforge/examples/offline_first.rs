@@ -2,6 +2,12 @@
 //! then reconnect and exchange only what changed, through JSON as a real
 //! transport would. Every replica ends byte-identical, with every edit kept.
 //!
+//! This shows the parts at work: change feeds read after a cursor, records
+//! as JSON, `sync` merging them. An application does not write this loop:
+//! `engine.sync_with(&peer, "notes")` does it, with the cursors kept in the
+//! store and a server's feed id checked, in process or over HTTP with an
+//! `HttpPeer` (the `field_service` example of `syncforge-http`).
+//!
 //! Run with `cargo run -p syncforge --example offline_first`.
 #![allow(clippy::print_stdout)]
 
@@ -23,30 +29,32 @@ async fn exchange(
     server: &SyncEngine,
     link: &mut Link,
 ) -> syncforge::Result<()> {
-    let up = device
-        .changes(
-            "notes",
-            link.device_cursor,
-            PageOptions::default().limit(1000),
-        )
-        .await?;
-    let wire = to_wire(&up.records().cloned().collect::<Vec<_>>());
-    let pushed = server.sync("notes", from_wire(&wire)?).await?;
-    link.device_cursor = up.next;
-    report(&format!("{name} -> server"), &pushed, wire.len());
+    let up = format!("{name} -> server");
+    send(device, server, &mut link.device_cursor, &up).await?;
+    let down = format!("server -> {name}");
+    send(server, device, &mut link.server_cursor, &down).await
+}
 
-    let down = server
-        .changes(
-            "notes",
-            link.server_cursor,
-            PageOptions::default().limit(1000),
-        )
-        .await?;
-    let wire = to_wire(&down.records().cloned().collect::<Vec<_>>());
-    let pulled = device.sync("notes", from_wire(&wire)?).await?;
-    link.server_cursor = down.next;
-    report(&format!("server -> {name}"), &pulled, wire.len());
-    Ok(())
+/// Sends `from`'s changes after `cursor` to `to`, a page at a time until
+/// the feed has no more, moving `cursor` past each page once it is merged.
+async fn send(
+    from: &SyncEngine,
+    to: &SyncEngine,
+    cursor: &mut Cursor,
+    direction: &str,
+) -> syncforge::Result<()> {
+    loop {
+        let page = from
+            .changes("notes", *cursor, PageOptions::default().limit(1000))
+            .await?;
+        let wire = to_wire(&page.records().cloned().collect::<Vec<_>>());
+        let merged = to.sync("notes", from_wire(&wire)?).await?;
+        *cursor = page.next;
+        report(direction, &merged, wire.len());
+        if !page.more {
+            return Ok(());
+        }
+    }
 }
 
 fn to_wire(records: &[Record]) -> String {
