@@ -123,6 +123,56 @@ pub(crate) trait FileOps: Send + Sync + fmt::Debug {
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct OsFiles;
 
+/// File operations as [`OsFiles`] does them, each first shown to a hook
+/// (the operation's name and the path it works on, the target of a
+/// rename), which may fail it, or panic, instead: for tests of what a
+/// failure leaves behind.
+#[cfg(test)]
+pub(crate) struct Hooked<H>(pub(crate) H);
+
+#[cfg(test)]
+impl<H> fmt::Debug for Hooked<H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Hooked")
+    }
+}
+
+#[cfg(test)]
+impl<H: Fn(&'static str, &Path) -> io::Result<()> + Send + Sync> FileOps for Hooked<H> {
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
+        (self.0)("create_dir", path)?;
+        OsFiles.create_dir(path)
+    }
+    fn create_file(&self, path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
+        (self.0)("create_file", path)?;
+        OsFiles.create_file(path, bytes, sync)
+    }
+    fn write_at(&self, path: &Path, offset: u64, bytes: &[u8], sync: bool) -> io::Result<()> {
+        (self.0)("write_at", path)?;
+        OsFiles.write_at(path, offset, bytes, sync)
+    }
+    fn sync_file(&self, path: &Path) -> io::Result<()> {
+        (self.0)("sync_file", path)?;
+        OsFiles.sync_file(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        (self.0)("rename", to)?;
+        OsFiles.rename(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        (self.0)("remove_file", path)?;
+        OsFiles.remove_file(path)
+    }
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        (self.0)("sync_dir", path)?;
+        OsFiles.sync_dir(path)
+    }
+    fn open_lock_file(&self, path: &Path) -> io::Result<File> {
+        (self.0)("open_lock_file", path)?;
+        OsFiles.open_lock_file(path)
+    }
+}
+
 impl FileOps for OsFiles {
     fn create_dir(&self, path: &Path) -> io::Result<()> {
         fs::create_dir(path)

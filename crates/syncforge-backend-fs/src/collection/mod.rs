@@ -848,45 +848,19 @@ mod tests {
     use syncforge_core::{CollectionName, Content, RecordId, StorageBackend, Write};
 
     use super::*;
-    use crate::files::OsFiles;
+    use crate::files::Hooked;
     use crate::{FsBackend, FsOptions};
 
     /// File operations whose appends to the change log fail while `failing`
     /// is set: a writer that committed its frame and then could not (or did
     /// not live to) enter its sequences in the change log.
-    #[derive(Debug, Default)]
-    struct BrokenLogAppends {
-        failing: AtomicBool,
-    }
-
-    impl FileOps for BrokenLogAppends {
-        fn create_dir(&self, path: &Path) -> io::Result<()> {
-            OsFiles.create_dir(path)
-        }
-        fn create_file(&self, path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
-            OsFiles.create_file(path, bytes, sync)
-        }
-        fn write_at(&self, path: &Path, offset: u64, bytes: &[u8], sync: bool) -> io::Result<()> {
-            if self.failing.load(Ordering::SeqCst) && path.ends_with(log::LOG_FILE) {
+    fn broken_log_appends(failing: Arc<AtomicBool>) -> Arc<dyn FileOps> {
+        Arc::new(Hooked(move |op: &'static str, path: &Path| {
+            if op == "write_at" && failing.load(Ordering::SeqCst) && path.ends_with(log::LOG_FILE) {
                 return Err(io::Error::other("the writer died here"));
             }
-            OsFiles.write_at(path, offset, bytes, sync)
-        }
-        fn sync_file(&self, path: &Path) -> io::Result<()> {
-            OsFiles.sync_file(path)
-        }
-        fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-            OsFiles.rename(from, to)
-        }
-        fn remove_file(&self, path: &Path) -> io::Result<()> {
-            OsFiles.remove_file(path)
-        }
-        fn sync_dir(&self, path: &Path) -> io::Result<()> {
-            OsFiles.sync_dir(path)
-        }
-        fn open_lock_file(&self, path: &Path) -> io::Result<std::fs::File> {
-            OsFiles.open_lock_file(path)
-        }
+            Ok(())
+        }))
     }
 
     fn note(id: &str, n: u64) -> Record {
@@ -900,7 +874,8 @@ mod tests {
     #[tokio::test]
     async fn a_frame_committed_by_a_writer_that_died_is_entered_by_the_next_handle() {
         let tmp = tempfile::tempdir().unwrap();
-        let ops = Arc::new(BrokenLogAppends::default());
+        let failing = Arc::new(AtomicBool::new(false));
+        let ops = broken_log_appends(failing.clone());
         let notes = CollectionName::new("notes").unwrap();
         let writer = FsBackend::open_on(
             ops.clone(),
@@ -918,7 +893,7 @@ mod tests {
         // The reader has the collection open, with the log read.
         assert_eq!(reader.get_all(&notes).await.unwrap().len(), 1);
 
-        ops.failing.store(true, Ordering::SeqCst);
+        failing.store(true, Ordering::SeqCst);
         let stored = writer
             .get(&notes, &RecordId::new("n1").unwrap())
             .await
@@ -955,7 +930,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(page.changes.len(), 2);
-        ops.failing.store(false, Ordering::SeqCst);
+        failing.store(false, Ordering::SeqCst);
         let outcome = writer
             .put(&notes, &Write::create(note("n3", 1)))
             .await

@@ -122,7 +122,6 @@ impl Drop for ClearOnDrop<'_> {
 
 #[cfg(test)]
 mod tests {
-    use std::io;
     use std::path::Path;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
@@ -133,7 +132,7 @@ mod tests {
     };
 
     use super::CHECKPOINT_THREAD;
-    use crate::files::{FileOps, OsFiles};
+    use crate::files::{Hooked, OsFiles};
     use crate::{FsBackend, FsOptions, Tuning};
 
     const WORKERS: u64 = 8;
@@ -175,51 +174,23 @@ mod tests {
         panic!("an increment of {id} lost 10,000 races in a row");
     }
 
-    /// File operations whose first rename on a background checkpoint's
-    /// thread panics.
-    #[derive(Debug, Default)]
-    struct PanicsOnceInBackground {
-        panicked: AtomicBool,
-    }
-
-    impl FileOps for PanicsOnceInBackground {
-        fn create_dir(&self, path: &Path) -> io::Result<()> {
-            OsFiles.create_dir(path)
-        }
-        fn create_file(&self, path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
-            OsFiles.create_file(path, bytes, sync)
-        }
-        fn write_at(&self, path: &Path, offset: u64, bytes: &[u8], sync: bool) -> io::Result<()> {
-            OsFiles.write_at(path, offset, bytes, sync)
-        }
-        fn sync_file(&self, path: &Path) -> io::Result<()> {
-            OsFiles.sync_file(path)
-        }
-        fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-            if std::thread::current().name() == Some(CHECKPOINT_THREAD)
-                && !self.panicked.swap(true, Ordering::SeqCst)
-            {
-                panic!("a bug in a background checkpoint (expected by this test)");
-            }
-            OsFiles.rename(from, to)
-        }
-        fn remove_file(&self, path: &Path) -> io::Result<()> {
-            OsFiles.remove_file(path)
-        }
-        fn sync_dir(&self, path: &Path) -> io::Result<()> {
-            OsFiles.sync_dir(path)
-        }
-        fn open_lock_file(&self, path: &Path) -> io::Result<std::fs::File> {
-            OsFiles.open_lock_file(path)
-        }
-    }
-
     /// A background checkpoint that panicked left its handle's flag set, and
     /// no background checkpoint of that collection ever started again.
     #[tokio::test]
     async fn a_background_checkpoint_that_panics_lets_the_next_one_start() {
         let tmp = tempfile::tempdir().unwrap();
-        let ops = Arc::new(PanicsOnceInBackground::default());
+        // The first rename on a background checkpoint's thread panics.
+        let panicked = Arc::new(AtomicBool::new(false));
+        let seen = panicked.clone();
+        let ops = Arc::new(Hooked(move |op: &'static str, _: &Path| {
+            if op == "rename"
+                && std::thread::current().name() == Some(CHECKPOINT_THREAD)
+                && !seen.swap(true, Ordering::SeqCst)
+            {
+                panic!("a bug in a background checkpoint (expected by this test)");
+            }
+            Ok(())
+        }));
         let tuning = Tuning {
             checkpoint_bytes: 1_000,
             ..Tuning::default()
@@ -229,14 +200,14 @@ mod tests {
             .unwrap();
         let collection = CollectionName::new("notes").unwrap();
         for n in 0..20_000 {
-            if ops.panicked.load(Ordering::SeqCst) {
+            if panicked.load(Ordering::SeqCst) {
                 break;
             }
             let write = Write::create(counter(&format!("n{n}"), 1));
             store.put(&collection, &write).await.unwrap();
         }
         assert!(
-            ops.panicked.load(Ordering::SeqCst),
+            panicked.load(Ordering::SeqCst),
             "no background checkpoint ran"
         );
         let open = store.inner.collection(&collection, false).unwrap().unwrap();
