@@ -78,11 +78,13 @@ pub const DEFAULT_REGION: &str = "us-east-1";
 /// The region requests go to: the one configured, else the environment's
 /// (read through `env`, as the AWS tools name it), else [`DEFAULT_REGION`].
 fn region(configured: Option<&str>, env: impl Fn(&str) -> Option<String>) -> String {
+    // An empty value says nothing: the next place is asked.
+    let given = |region: &String| !region.is_empty();
     configured
         .map(str::to_owned)
-        .or_else(|| env("AWS_REGION"))
-        .or_else(|| env("AWS_DEFAULT_REGION"))
-        .filter(|region| !region.is_empty())
+        .filter(given)
+        .or_else(|| env("AWS_REGION").filter(given))
+        .or_else(|| env("AWS_DEFAULT_REGION").filter(given))
         .unwrap_or_else(|| DEFAULT_REGION.to_owned())
 }
 
@@ -495,6 +497,9 @@ mod tests {
         );
         assert_eq!(region(None, env(&[])), DEFAULT_REGION);
         assert_eq!(region(Some("us-west-2"), env(set)), "us-west-2");
+        let empty = &[("AWS_REGION", ""), ("AWS_DEFAULT_REGION", "ap-south-1")];
+        assert_eq!(region(None, env(empty)), "ap-south-1");
+        assert_eq!(region(Some(""), env(set)), "eu-west-1");
         assert_eq!(S3Config::new("b").region, None);
     }
 

@@ -92,7 +92,7 @@ const FALLBACK_LIMITS: Limits = Limits {
 ///
 /// let server = HttpPeer::builder("https://sync.example.com")
 ///     .bearer_token("tablet-secret")
-///     .timeout(Duration::from_secs(20))
+///     .timeout(Duration::from_secs(60))
 ///     .user_agent("field-app/2.1")
 ///     .build()?;
 /// // engine.sync_with(&server, "inspections").await?;
@@ -300,6 +300,32 @@ const DEFAULT_MAX_RESPONSE_BYTES: usize = 256 << 20;
 /// The longest wait between two attempts of a call, as the engine's own
 /// retries wait at most.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+
+/// Whether `error` is a TLS handshake that refused the server's
+/// certificate (unknown authority, expired, another name), somewhere in its
+/// chain of causes; an I/O error's own cause is looked into too, which its
+/// `source` skips.
+fn refused_certificate(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(current) = cause {
+        if let Some(tls) = current.downcast_ref::<rustls::Error>() {
+            return matches!(
+                tls,
+                rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+            );
+        }
+        if let Some(inner) = current
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            if refused_certificate(inner) {
+                return true;
+            }
+        }
+        cause = current.source();
+    }
+    false
+}
 
 /// The longest long poll asked of a server: its own bound is far below.
 const LONGEST_WAIT: Duration = Duration::from_secs(24 * 60 * 60);
@@ -590,12 +616,8 @@ impl HttpPeer {
         let collection = collection.into_name()?;
         // The server waits no longer than its own bound: asking for more
         // would only let a connection that died silently go unnoticed longer.
-        let max_wait = self
-            .inner
-            .state
-            .lock()
-            .limits
-            .map_or(wait, |limits| Duration::from_millis(limits.max_wait_ms));
+        let limits = self.inner.state.lock().limits.unwrap_or(FALLBACK_LIMITS);
+        let max_wait = Duration::from_millis(limits.max_wait_ms);
         let deadline = tokio::time::Instant::now() + wait.min(max_wait).min(LONGEST_WAIT);
         let mut after = after;
         let mut followed = 0;
@@ -608,7 +630,11 @@ impl HttpPeer {
             // changes this client holds. Asking again from the same place
             // would get the same answer at once.
             followed += 1;
-            if page.changes.is_empty() && page.more && followed < MAX_FOLLOWED_PAGES {
+            if page.changes.is_empty()
+                && page.more
+                && page.next > after
+                && followed < MAX_FOLLOWED_PAGES
+            {
                 after = page.next;
                 continue;
             }
@@ -628,12 +654,14 @@ impl HttpPeer {
         let limits = self.inner.state.lock().limits.unwrap_or(FALLBACK_LIMITS);
         let mut total: Option<SyncResponse> = None;
         let mut body = RequestBody::new();
-        let mut records = records;
-        while !records.is_empty() {
+        let mut records = records.into_iter();
+        loop {
             // Encoded a window at a time, so that a huge push is never held
             // twice in memory.
-            let rest = records.split_off(ENCODE_WINDOW.min(records.len()));
-            let window = std::mem::replace(&mut records, rest);
+            let window: Vec<Record> = records.by_ref().take(ENCODE_WINDOW).collect();
+            if window.is_empty() {
+                break;
+            }
             for chunk in encode(window).await? {
                 let mut start = 0;
                 for (&end, id) in chunk.ends.iter().zip(&chunk.ids) {
@@ -859,6 +887,18 @@ impl HttpPeer {
 
     /// A failure to exchange a request at all.
     fn transport(&self, error: reqwest::Error) -> Failure {
+        if refused_certificate(&error) {
+            // Not going away by itself: retrying would only hide it.
+            return Failure::Permanent(Error::storage_caused(
+                BACKEND,
+                format!(
+                    "{} presented a certificate this client does not trust: give its \
+                     authority with root_certificates_pem, or fix the server's certificate",
+                    self.inner.base
+                ),
+                error,
+            ));
+        }
         if error.is_builder() || error.is_redirect() {
             Failure::Permanent(Error::storage_caused(
                 BACKEND,

@@ -86,6 +86,8 @@ pub(crate) async fn run(args: ServeArgs, cx: &mut Context) -> Result<()> {
 fn token_file(path: &Path) -> Result<Vec<AccessToken>> {
     let text = std::fs::read_to_string(path)
         .map_err(|error| usage(format!("--token-file {}: {error}", path.display())))?;
+    // A byte-order mark, as some editors write one.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut tokens = Vec::new();
     for (index, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -114,6 +116,18 @@ fn token_file(path: &Path) -> Result<Vec<AccessToken>> {
         };
         let token = AccessToken::new(secret, access);
         let collections: Vec<&str> = words.collect();
+        // Checked here, to name the line; not quoted, in case the secret
+        // and a name were swapped.
+        if collections
+            .iter()
+            .any(|name| syncforge::core::validate_collection(name).is_err())
+        {
+            return Err(usage(format!(
+                "--token-file {} line {}: a collection name is not valid",
+                path.display(),
+                index + 1
+            )));
+        }
         tokens.push(if collections.is_empty() {
             token
         } else {

@@ -47,6 +47,10 @@ pub(crate) async fn run(args: WatchArgs, cx: &mut Context) -> Result<()> {
         name.as_str(),
         store.url()
     );
+    // The cursor means something only in this store's feed: after the store
+    // was unreachable, the watch goes on only if it is still this store.
+    let feed = store.id().await?;
+    let mut check_feed = false;
     let limit = NonZeroUsize::new(PAGE).unwrap_or(NonZeroUsize::MIN);
     let mut printed = 0u64;
     let mut retry = FIRST_RETRY;
@@ -57,12 +61,13 @@ pub(crate) async fn run(args: WatchArgs, cx: &mut Context) -> Result<()> {
         // Between pages a local store is looked at again every --interval;
         // a server answers a long poll as soon as a change lands.
         let page = tokio::select! {
-            page = store.next_page(&name, cursor, limit, args.interval) => page,
+            page = next_page(&store, &name, cursor, limit, args.interval, check_feed.then_some(feed.as_str())) => page,
             _ = &mut interrupted => break,
         };
         let page = match page {
             Ok(page) => {
                 retry = FIRST_RETRY;
+                check_feed = false;
                 page
             }
             // A server restarting, or briefly at its bound of connections:
@@ -78,6 +83,7 @@ pub(crate) async fn run(args: WatchArgs, cx: &mut Context) -> Result<()> {
                     _ = &mut interrupted => break,
                 }
                 retry = (retry * 2).min(LAST_RETRY);
+                check_feed = true;
                 continue;
             }
             Err(error) => return Err(error),
@@ -92,6 +98,30 @@ pub(crate) async fn run(args: WatchArgs, cx: &mut Context) -> Result<()> {
         cursor = cursor.max(page.next);
     }
     store.close().await
+}
+
+/// The next page after `cursor`; with `feed`, only once the store is seen
+/// to be that one still (a server may come back serving another store,
+/// whose feed the cursor does not belong to).
+async fn next_page(
+    store: &Reader,
+    name: &syncforge::CollectionName,
+    cursor: Cursor,
+    limit: NonZeroUsize,
+    wait: Duration,
+    feed: Option<&str>,
+) -> Result<syncforge::ChangePage> {
+    if let Some(feed) = feed {
+        let now = store.id().await?;
+        if now != feed {
+            anyhow::bail!(
+                "{} holds another store now (feed {now}, was {feed}): cursor {cursor} means \
+                 nothing there; start the watch again",
+                store.url()
+            );
+        }
+    }
+    store.next_page(name, cursor, limit, wait).await
 }
 
 /// One change: `cursor  put|delete  id  {fields}`, or a JSON line.

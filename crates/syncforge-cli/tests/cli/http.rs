@@ -19,25 +19,37 @@ impl Served {
         Served::start_at(store, "127.0.0.1:0", tokens)
     }
 
+    /// Serves at `addr`; a port just given up may take a moment to come
+    /// free, so a server that cannot listen yet is started again, a few
+    /// times.
     fn start_at(store: &str, addr: &str, tokens: &[&str]) -> Served {
         let mut args = vec!["serve", store, "--addr", addr, "--json"];
         args.extend(tokens);
-        let mut child = command(&args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
+        for _ in 0..50 {
+            let mut child = command(&args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let (line, _) = syncforge_testkit::processes::read_line(
+                BufReader::new(child.stdout.take().unwrap()),
+                Duration::from_secs(60),
+            )
             .unwrap();
-        let (line, _) = syncforge_testkit::processes::read_line(
-            BufReader::new(child.stdout.take().unwrap()),
-            Duration::from_secs(60),
-        )
-        .unwrap();
-        let said: serde_json::Value = serde_json::from_str(&line)
-            .unwrap_or_else(|_| panic!("serve printed {line:?} instead of its address"));
-        Served {
-            url: said["url"].as_str().unwrap().to_owned(),
-            child,
+            if line.is_empty() {
+                // It exited without a word: the address was not free.
+                let _ = syncforge_testkit::processes::wait(&mut child, Duration::from_secs(10));
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            let said: serde_json::Value = serde_json::from_str(&line)
+                .unwrap_or_else(|_| panic!("serve printed {line:?} instead of its address"));
+            return Served {
+                url: said["url"].as_str().unwrap().to_owned(),
+                child,
+            };
         }
+        panic!("serve could not listen at {addr}");
     }
 
     /// Stops the server as a service manager does, and returns whether it
@@ -229,7 +241,7 @@ fn tokens_can_come_from_a_file_and_cover_some_collections() {
     let tokens = dir.path().join("tokens");
     std::fs::write(
         &tokens,
-        "# the tablets\nread-write tablet-secret inspections\r\n\nread-only dashboard-secret\n",
+        "\u{feff}# the tablets\nread-write tablet-secret inspections\r\n\nread-only dashboard-secret\n",
     )
     .unwrap();
     let server = Served::start(arg(&hq), &["--token-file", arg(&tokens)]);
@@ -241,14 +253,15 @@ fn tokens_can_come_from_a_file_and_cover_some_collections() {
         &records,
     )
     .ok();
-    syncforge_with(
+    let elsewhere = syncforge_with(
         &[&["import", url, "other"][..], &tablet_token].concat(),
         &records,
     )
     .fails(1);
+    assert!(elsewhere.stderr.contains("may not write"), "{elsewhere:?}");
     let listed = syncforge(&["ls", url, "--bearer-token", "dashboard-secret"]).ok();
     assert_eq!(listed.stdout, "inspections\n");
-    syncforge_with(
+    let reading = syncforge_with(
         &[
             "import",
             url,
@@ -259,6 +272,7 @@ fn tokens_can_come_from_a_file_and_cover_some_collections() {
         &records,
     )
     .fails(1);
+    assert!(reading.stderr.contains("may not write"), "{reading:?}");
     drop(server);
 
     std::fs::write(&tokens, "read-write fine\nadmin s3cret-value\n").unwrap();
@@ -273,6 +287,17 @@ fn tokens_can_come_from_a_file_and_cover_some_collections() {
     .fails(2);
     assert!(run.stderr.contains("line 2"), "{run:?}");
     assert!(!run.stderr.contains("s3cret-value"), "{run:?}");
+    std::fs::write(&tokens, "read-only fine\nread-only fine2 bad\u{7}name\n").unwrap();
+    let run = syncforge(&[
+        "serve",
+        arg(&hq),
+        "--addr",
+        "127.0.0.1:0",
+        "--token-file",
+        arg(&tokens),
+    ])
+    .fails(2);
+    assert!(run.stderr.contains("line 2"), "{run:?}");
     std::fs::write(&tokens, "# nothing yet\n").unwrap();
     let run = syncforge(&[
         "serve",
@@ -287,33 +312,68 @@ fn tokens_can_come_from_a_file_and_cover_some_collections() {
 }
 
 /// A watch of a sync server outlives the server's restart: it used to end
-/// with an error at the first failed read.
+/// with an error at the first failed read. A server back with another store
+/// ends it with an error, since its cursor means nothing there.
 #[test]
-fn a_watch_outlives_a_server_restart() {
+fn a_watch_outlives_a_server_restart_but_not_a_change_of_store() {
     let dir = TempDir::new().unwrap();
-    let hq = dir.path().join("hq");
+    let (hq, other) = (dir.path().join("hq"), dir.path().join("other"));
     syncforge_with(&["put", arg(&hq), "notes"], &docs("n", 1)).ok();
-    let server = Served::start(arg(&hq), &["--open"]);
-    let url = server.url.clone();
-    let mut watcher = command(&["watch", &url, "notes", "--count", "1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+    syncforge_with(&["put", arg(&other), "notes"], &docs("o", 3)).ok();
+    let watch_through_a_restart = |store_after: &std::path::Path| {
+        let server = Served::start(arg(&hq), &["--open"]);
+        let url = server.url.clone();
+        let watcher = command(&["watch", &url, "notes", "--count", "1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut watcher = KilledOnDrop(Some(watcher));
+        let child = watcher.0.as_mut().unwrap();
+        // Kept until the end: the watcher reports on stderr as it retries.
+        let (said, stderr) = syncforge_testkit::processes::read_line(
+            BufReader::new(child.stderr.take().unwrap()),
+            Duration::from_secs(60),
+        )
         .unwrap();
-    // Kept until the end: the watcher reports on stderr as it retries.
-    let (said, _stderr) = syncforge_testkit::processes::read_line(
-        BufReader::new(watcher.stderr.take().unwrap()),
-        Duration::from_secs(60),
-    )
-    .unwrap();
-    assert!(said.starts_with("watching"), "{said:?}");
-    assert!(server.stop());
-    // Down long enough for the watcher to find it gone.
-    std::thread::sleep(Duration::from_millis(1_500));
-    syncforge_with(&["put", arg(&hq), "notes"], "{\"id\": \"late\"}").ok();
-    let _server = Served::start_at(arg(&hq), url.trim_start_matches("http://"), &["--open"]);
-    let output = syncforge_testkit::processes::finish(watcher, Duration::from_secs(90)).unwrap();
+        assert!(said.starts_with("watching"), "{said:?}");
+        assert!(server.stop());
+        // Down long enough for the watcher to find it gone.
+        std::thread::sleep(Duration::from_millis(1_500));
+        syncforge_with(&["put", arg(&hq), "notes"], "{\"id\": \"late\"}").ok();
+        let server = Served::start_at(
+            arg(store_after),
+            url.trim_start_matches("http://"),
+            &["--open"],
+        );
+        let child = watcher.0.take().unwrap();
+        let output = syncforge_testkit::processes::finish(child, Duration::from_secs(90)).unwrap();
+        drop(server);
+        let mut told = String::new();
+        let mut stderr = stderr;
+        std::io::Read::read_to_string(&mut stderr, &mut told).unwrap();
+        (output, told)
+    };
+
+    let (output, _) = watch_through_a_restart(&hq);
     let printed = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{}: {printed}", output.status);
     assert!(printed.contains("late"), "{printed:?}");
+
+    let (output, told) = watch_through_a_restart(&other);
+    assert_eq!(output.status.code(), Some(1), "{told}");
+    assert!(told.contains("another store"), "{told}");
+}
+
+/// A child process killed if its test ends early (a watch would otherwise
+/// go on retrying for good).
+struct KilledOnDrop(Option<Child>);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
