@@ -211,7 +211,8 @@ impl S3Config {
     }
 
     /// The AWS region (default: `AWS_REGION` from the environment, else
-    /// `AWS_DEFAULT_REGION`, else `us-east-1`).
+    /// `AWS_DEFAULT_REGION`, else [`DEFAULT_REGION`]); an empty one is no
+    /// region, and the environment's is taken.
     pub fn with_region(mut self, region: impl Into<String>) -> Self {
         self.region = Some(region.into());
         self

@@ -321,11 +321,11 @@ pub(crate) struct WatchArgs {
 /// Serve a store over HTTP: the sync server other replicas sync with.
 ///
 /// Clients sync with it as with any store (`syncforge sync ./tablet
-/// http://host:8080 --both`, or `HttpPeer` in a program). Every request needs
-/// one of the tokens given with --token (read and write) or
-/// --read-only-token; --open serves without tokens, for a trusted network
-/// only. Prints the URL it listens on, then serves until interrupted (Ctrl-C
-/// or SIGTERM), finishing the requests in progress.
+/// http://host:8080 --both`, or `HttpPeer` in a program). Every request but
+/// /v1/health needs one of the tokens given with --token (read and write),
+/// --read-only-token or --token-file; --open serves without tokens, for a
+/// trusted network only. Prints the URL it listens on, then serves until
+/// interrupted (Ctrl-C or SIGTERM), finishing the requests in progress.
 #[cfg(feature = "http")]
 #[derive(Debug, Args)]
 #[command(after_help = format!("{STORES}\n\nExamples:\n  \
@@ -359,6 +359,19 @@ pub(crate) struct ServeArgs {
     /// the application uses for these collections.
     #[arg(long, value_enum, default_value_t = Strategy::Timestamp)]
     pub(crate) strategy: Strategy,
+    /// Largest request body in bytes; behind a proxy, at most the proxy's
+    /// own limit (clients read it and split their pushes to fit).
+    #[arg(long, value_name = "BYTES", default_value_t = syncforge::http::DEFAULT_MAX_BODY_BYTES)]
+    pub(crate) max_body_bytes: usize,
+    /// Most connections served at once; past it, clients are told to come
+    /// back (503).
+    #[arg(long, value_name = "N", default_value_t = syncforge::http::DEFAULT_MAX_CONNECTIONS)]
+    pub(crate) max_connections: usize,
+    /// Time a client has to send a request's headers, and longest idle time
+    /// of a connection between requests; behind a proxy, longer than the
+    /// proxy keeps idle connections to the server.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = interval)]
+    pub(crate) header_read_timeout: Duration,
 }
 
 /// A polling interval: a duration longer than zero (zero would poll without

@@ -295,7 +295,11 @@ fn shown_url(url: &str) -> String {
 
 /// The largest answer a peer reads by default: far above a page of 10,000
 /// records of a few KiB each.
-const DEFAULT_MAX_RESPONSE_BYTES: usize = 256 << 20;
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 256 << 20;
+
+/// The default wait before the first retry of a call (then four times
+/// longer each time, up to 30 s).
+pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_millis(100);
 
 /// The longest wait between two attempts of a call, as the engine's own
 /// retries wait at most.
@@ -411,7 +415,9 @@ impl HttpPeerBuilder {
     /// roots a platform does not offer where the system's store is not
     /// found (Android and iOS, where setting `SSL_CERT_FILE` to a bundle
     /// shipped with the app does the same). Refused at
-    /// [`build`](Self::build) if it holds no certificate.
+    /// [`build`](Self::build) if it holds no certificate. A server whose
+    /// certificate the peer does not trust fails each call at once, with
+    /// [`Error::Storage`] naming this option: it is not retried.
     pub fn root_certificates_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.root_certificates.push(pem.into());
         self
@@ -471,8 +477,26 @@ impl HttpPeerBuilder {
             .unwrap_or_else(|| base.as_str().trim_end_matches('/').to_owned());
         syncforge_core::validate_id(&peer_id)
             .map_err(|error| invalid("peer_id", error.to_string()))?;
-        if self.timeout.is_zero() || self.connect_timeout.is_zero() {
-            return Err(invalid("timeout", "must be longer than zero".to_owned()));
+        for (option, timeout) in [
+            ("timeout", self.timeout),
+            ("connect_timeout", self.connect_timeout),
+        ] {
+            if timeout.is_zero() {
+                return Err(invalid(option, "must be longer than zero".to_owned()));
+            }
+        }
+        if self.max_response_bytes == 0 {
+            return Err(invalid(
+                "max_response_bytes",
+                "must be at least 1: every answer would fail".to_owned(),
+            ));
+        }
+        // Checked here, where reqwest would only say the client failed.
+        if reqwest::header::HeaderValue::from_str(&self.user_agent).is_err() {
+            return Err(invalid(
+                "user_agent",
+                "holds characters a header cannot carry".to_owned(),
+            ));
         }
         let mut client = reqwest::Client::builder()
             .user_agent(self.user_agent)
@@ -548,7 +572,7 @@ impl HttpPeer {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             user_agent: concat!("syncforge-http/", env!("CARGO_PKG_VERSION")).to_owned(),
             retries: DEFAULT_RETRIES,
-            retry_delay: Duration::from_millis(100),
+            retry_delay: DEFAULT_RETRY_DELAY,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             root_certificates: Vec::new(),
         }
@@ -1285,6 +1309,30 @@ mod tests {
             "Wed, 21 Oct 2026 07:28:00 GMT".parse().unwrap(),
         );
         assert_eq!(retry_after(&headers), None);
+    }
+
+    /// Settings that cannot work are refused naming the builder method
+    /// they came from (a zero connect timeout named `timeout`, and a bad
+    /// user agent named nothing the builder has).
+    #[test]
+    fn settings_that_cannot_work_are_refused_by_name() {
+        let refused = |builder: HttpPeerBuilder| match builder.build() {
+            Err(Error::InvalidConfig { option, .. }) => option,
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        };
+        let builder = || HttpPeer::builder("http://127.0.0.1:8080");
+        assert_eq!(refused(builder().timeout(Duration::ZERO)), "timeout");
+        assert_eq!(
+            refused(builder().connect_timeout(Duration::ZERO)),
+            "connect_timeout"
+        );
+        assert_eq!(
+            refused(builder().max_response_bytes(0)),
+            "max_response_bytes"
+        );
+        assert_eq!(refused(builder().user_agent("app\n2.0")), "user_agent");
+        assert_eq!(refused(builder().bearer_token("pässwort")), "bearer_token");
+        assert!(builder().build().is_ok());
     }
 
     /// The token and any password in a base URL stay out of `Debug` and of

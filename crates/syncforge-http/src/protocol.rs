@@ -28,16 +28,18 @@ pub const ROUTE_PREFIX: &str = "/v1";
 pub const MAX_SKIP_RANGES: usize = 1024;
 
 /// Why `token` cannot travel as a bearer token (`Authorization: Bearer
-/// <token>`), or `None` when it can: a token is a non-empty secret without
-/// spaces or control characters, since a header's value is read trimmed
-/// and holds no control character. The client's tokens and the server's
-/// follow this one rule.
+/// <token>`), or `None` when it can: a token is a non-empty secret of
+/// visible ASCII characters, since a header's value is read trimmed, holds
+/// no control character, and is read as ASCII by the server. The client's
+/// tokens and the server's follow this one rule.
 #[cfg(any(feature = "client", feature = "server"))]
 pub(crate) fn bearer_token_fault(token: &str) -> Option<&'static str> {
     if token.is_empty() {
         Some("is empty")
     } else if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
         Some("holds spaces or control characters (a line end read from a file, say)")
+    } else if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        Some("holds characters other than visible ASCII")
     } else {
         None
     }

@@ -114,15 +114,32 @@ pub use syncforge_backend_memory::MemoryBackend;
 #[cfg_attr(docsrs, doc(cfg(feature = "fs")))]
 pub use syncforge_backend_fs::{Durability, FsBackend, FsOptions};
 
+/// The filesystem backend's crate, whole: its defaults and `CorruptFile`.
+#[cfg(feature = "fs")]
+#[cfg_attr(docsrs, doc(cfg(feature = "fs")))]
+pub use syncforge_backend_fs as fs;
+
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use syncforge_backend_redis::{RedisBackend, RedisConfig};
+
+/// The Redis backend's crate, whole: its defaults (port, key prefix,
+/// timeouts).
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use syncforge_backend_redis as redis;
 
 #[cfg(feature = "s3")]
 #[cfg_attr(docsrs, doc(cfg(feature = "s3")))]
 pub use syncforge_backend_s3::{
     LocalDirectory, S3Backend, S3Config, StoreOptions as S3StoreOptions,
 };
+
+/// The S3 backend's crate, whole: its defaults (`DEFAULT_REGION`,
+/// `DEFAULT_PREFIX`).
+#[cfg(feature = "s3")]
+#[cfg_attr(docsrs, doc(cfg(feature = "s3")))]
+pub use syncforge_backend_s3 as s3;
 
 /// The guide's examples, compiled and run as doctests so the guide stays true.
 #[cfg(doctest)]

@@ -33,18 +33,31 @@ pub(crate) async fn run(args: ServeArgs, cx: &mut Context) -> Result<()> {
              --token-file, or serve without tokens with --open (a trusted network only)",
         ));
     }
-    let options = args
-        .tokens
-        .iter()
-        .map(AccessToken::read_write)
-        .chain(args.read_only_tokens.iter().map(AccessToken::read_only))
+    let mut tokens = Vec::new();
+    for secret in &args.tokens {
+        tokens.push(checked(AccessToken::read_write(secret), "--token")?);
+    }
+    for secret in &args.read_only_tokens {
+        tokens.push(checked(
+            AccessToken::read_only(secret),
+            "--read-only-token",
+        )?);
+    }
+    let options = tokens
+        .into_iter()
         .chain(from_file)
-        .fold(ServerOptions::default(), ServerOptions::token);
+        .fold(ServerOptions::default(), ServerOptions::token)
+        .max_body_bytes(args.max_body_bytes)
+        .max_connections(args.max_connections)
+        .header_read_timeout(args.header_read_timeout);
     // Checked before the store is opened (which creates it): a bad token or
     // address is a usage error, and leaves nothing behind.
-    options
-        .validate()
-        .map_err(|error| usage(format!("cannot serve with these options: {error}")))?;
+    options.validate().map_err(|error| match error {
+        syncforge::Error::InvalidConfig { option, reason } => {
+            usage(format!("--{}: {reason}", option.replace('_', "-")))
+        }
+        other => usage(format!("cannot serve with these options: {other}")),
+    })?;
     std::net::ToSocketAddrs::to_socket_addrs(args.addr.as_str())
         .map_err(|error| usage(format!("--addr {}: {error}", args.addr)))?;
     let store = Store::open(
@@ -114,7 +127,8 @@ fn token_file(path: &Path) -> Result<Vec<AccessToken>> {
                 index + 1
             )));
         };
-        let token = AccessToken::new(secret, access);
+        let here = format!("--token-file {} line {}", path.display(), index + 1);
+        let token = checked(AccessToken::new(secret, access), &here)?;
         let collections: Vec<&str> = words.collect();
         // Checked here, to name the line; not quoted, in case the secret
         // and a name were swapped.
@@ -141,6 +155,18 @@ fn token_file(path: &Path) -> Result<Vec<AccessToken>> {
         )));
     }
     Ok(tokens)
+}
+
+/// `token`, if the server would take it: otherwise a usage error naming
+/// `source`, where the user gave it (never quoting the secret).
+fn checked(token: AccessToken, source: &str) -> Result<AccessToken> {
+    match ServerOptions::default().token(token.clone()).validate() {
+        Ok(()) => Ok(token),
+        Err(syncforge::Error::InvalidConfig { reason, .. }) => {
+            Err(usage(format!("{source}: {reason}")))
+        }
+        Err(other) => Err(usage(format!("{source}: {other}"))),
+    }
 }
 
 /// Waits for Ctrl-C, or on Unix for SIGTERM (what service managers send).

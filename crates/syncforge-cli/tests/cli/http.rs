@@ -377,3 +377,48 @@ impl Drop for KilledOnDrop {
         }
     }
 }
+
+/// The server's limits a proxy in front needs are options of `serve`, and
+/// a refused setting or token names the flag it came from.
+#[test]
+fn serve_takes_the_limits_a_proxy_needs_and_names_refused_flags() {
+    let dir = TempDir::new().unwrap();
+    let (hq, tablet) = (dir.path().join("hq"), dir.path().join("tablet"));
+    let big = format!("{{\"id\": \"big\", \"text\": \"{}\"}}", "x".repeat(3_000));
+    syncforge_with(&["put", arg(&tablet), "notes"], &big).ok();
+    let server = Served::start(
+        arg(&hq),
+        &[
+            "--open",
+            "--max-body-bytes",
+            "2000",
+            "--max-connections",
+            "8",
+            "--header-read-timeout",
+            "10s",
+        ],
+    );
+    // The client reads the bound from the server and refuses the record.
+    let refused = syncforge(&["sync", arg(&tablet), &server.url, "-c", "notes"]).fails(1);
+    assert!(refused.stderr.contains("2000 bytes"), "{refused:?}");
+    drop(server);
+
+    let serve = |extra: &[&str]| {
+        let mut args = vec!["serve", arg(&hq), "--addr", "127.0.0.1:0"];
+        args.extend(extra);
+        syncforge(&args).fails(2)
+    };
+    let run = serve(&["--open", "--max-body-bytes", "0"]);
+    assert!(run.stderr.contains("--max-body-bytes"), "{run:?}");
+    let run = serve(&["--read-only-token", "two words"]);
+    assert!(run.stderr.contains("--read-only-token"), "{run:?}");
+    assert!(!run.stderr.contains("two words"), "{run:?}");
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "read-only fine\nread-write bad\u{7}secret\n").unwrap();
+    let run = serve(&["--token-file", arg(&tokens)]);
+    assert!(run.stderr.contains("line 2"), "{run:?}");
+    assert!(
+        !run.stderr.contains("secret\u{7}") && !run.stderr.contains("bad\u{7}"),
+        "{run:?}"
+    );
+}

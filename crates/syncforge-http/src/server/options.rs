@@ -448,6 +448,11 @@ mod tests {
             refused(ServerOptions::default().token(AccessToken::read_only("two words"))),
             "token"
         );
+        // The server reads the header as ASCII: such a secret never matched.
+        assert_eq!(
+            refused(ServerOptions::default().token(AccessToken::read_only("pässwort"))),
+            "token"
+        );
         // The CORS layer panics on a "*" in a list of origins.
         assert_eq!(
             refused(ServerOptions::default().cors_allow_origins(["https://a.example", "*"])),

@@ -498,3 +498,17 @@ async fn a_put_of_a_record_another_engine_created_updates_it() {
     assert_eq!(page.changes[0].cursor, Cursor::new(2));
     assert_eq!(page.changes[0].record, updated);
 }
+
+/// Each backend's crate is reachable from the facade with its feature, so
+/// that its defaults and types (`CorruptFile`) need no second dependency.
+#[test]
+fn the_backends_defaults_are_reachable_from_the_facade() {
+    #[cfg(feature = "s3")]
+    assert_eq!(syncforge::s3::DEFAULT_REGION, "us-east-1");
+    #[cfg(feature = "s3")]
+    assert_eq!(syncforge::s3::DEFAULT_PREFIX, "dse");
+    #[cfg(feature = "redis")]
+    assert_eq!(syncforge::redis::DEFAULT_PORT, 6379);
+    #[cfg(feature = "fs")]
+    let _: fn(&syncforge::fs::CorruptFile) -> String = |file| file.to_string();
+}
