@@ -456,18 +456,14 @@ impl Inner {
         name: &CollectionName,
         create: bool,
     ) -> Result<Option<Arc<OpenCollection>>> {
-        let mut open = self.collections.lock();
-        // Under the map's lock: `close` sets the flag before it drains the
-        // map, so a call that passed its first check cannot open a
-        // collection again behind it.
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed {
-                what: "filesystem backend",
-            });
-        }
-        if let Some(state) = open.get(name) {
+        if let Some(state) = self.open_collections()?.get(name) {
             return Ok(Some(Arc::clone(state)));
         }
+        // Opened without the map's lock: an open may wait for another
+        // process's locks and replays the write-ahead log, and calls on
+        // other collections must not wait behind it. Two calls opening one
+        // collection at once both open it, as two processes would; the one
+        // that finishes second takes the first one's.
         let Some(state) = Collection::open(
             Arc::clone(&self.ops),
             &self.root,
@@ -479,6 +475,10 @@ impl Inner {
         else {
             return Ok(None);
         };
+        let mut open = self.open_collections()?;
+        if let Some(opened) = open.get(name) {
+            return Ok(Some(Arc::clone(opened)));
+        }
         // Only the map holds an idle collection: no call is using it and no
         // background checkpoint runs on it, and no one can take it from the
         // map while the map is locked. As many go as the map holds past the
@@ -513,6 +513,21 @@ impl Inner {
                 .retain(|evicting| !Arc::ptr_eq(evicting, &idle));
         }
         Ok(Some(state))
+    }
+
+    /// The map of open collections, locked; refused once the handle is
+    /// closed. Checked under the map's lock: `close` sets the flag before it
+    /// drains the map, so no call opens a collection again behind it.
+    fn open_collections(
+        &self,
+    ) -> Result<parking_lot::MutexGuard<'_, HashMap<CollectionName, Arc<OpenCollection>>>> {
+        let open = self.collections.lock();
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed {
+                what: "filesystem backend",
+            });
+        }
+        Ok(open)
     }
 
     fn read_meta(&self) -> Result<BTreeMap<String, String>> {
@@ -885,6 +900,60 @@ mod tests {
             opened.err()
         );
         assert!(store.inner.collections.lock().is_empty());
+    }
+
+    /// Opening a collection waits for other processes' locks; it held the
+    /// handle's map of open collections meanwhile, so calls on collections
+    /// already open waited too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_open_does_not_hold_up_calls_on_other_collections() {
+        let tmp = tempfile::tempdir().unwrap();
+        let record = |id: &str| {
+            Record::from_json(serde_json::json!({
+                "id": id, "_version": 1, "_timestamp": 1, "_deleted": false, "_clientId": "t"
+            }))
+            .unwrap()
+        };
+        let (open_one, slow_one) = (name("open"), name("slow"));
+        let setup = FsBackend::open(tmp.path()).await.unwrap();
+        for collection in [&open_one, &slow_one] {
+            setup
+                .put(collection, &Write::create(record("r1")))
+                .await
+                .unwrap();
+        }
+        setup.close().await.unwrap();
+
+        let store = Arc::new(FsBackend::open(tmp.path()).await.unwrap());
+        let rid = RecordId::new("r1").unwrap();
+        assert!(store.get(&open_one, &rid).await.unwrap().is_some());
+        // Another process holds the slow collection's checkpoint lock.
+        let lock_path = Collection::dir_for(tmp.path(), slow_one.as_str())
+            .join(crate::collection::checkpoint::CHECKPOINT_LOCK_FILE);
+        let elsewhere = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .open(&lock_path)
+            .unwrap();
+        elsewhere.lock().unwrap();
+        let opening = {
+            let (store, slow_one, rid) = (Arc::clone(&store), slow_one.clone(), rid.clone());
+            tokio::spawn(async move { store.get(&slow_one, &rid).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(!opening.is_finished(), "the open did not wait for the lock");
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            store.get(&open_one, &rid),
+        )
+        .await;
+        elsewhere.unlock().unwrap();
+        assert!(
+            read.is_ok(),
+            "a call on an open collection waited for another's open"
+        );
+        assert!(opening.await.unwrap().unwrap().is_some());
+        store.close().await.unwrap();
     }
 
     /// A collection taken out of the map to make room was checkpointed
