@@ -73,39 +73,86 @@ fn steps(test_env: &[(&'static str, OsString)]) -> Vec<Step> {
             needs_services: false,
         },
         Step {
-            // Each feature set of the facade must build on its own, not only
-            // the union `--all-features` that clippy and the tests see.
-            name: "feature combinations of syncforge",
-            commands: vec![
-                Cargo::new(&["check", "-p", "syncforge", "--no-default-features"]),
-                Cargo::new(&[
-                    "check",
+            // Each feature set must build on its own, without warnings (code
+            // used only under another feature is dead here), not only the
+            // union `--all-features` that clippy and the tests see. Library
+            // and binary targets only (cargo's default): the tests'
+            // dev-dependencies turn the features back on.
+            name: "feature combinations",
+            commands: [
+                &["-p", "syncforge", "--no-default-features"][..],
+                &[
                     "-p",
                     "syncforge",
                     "--no-default-features",
                     "--features",
                     "fs",
-                ]),
-                Cargo::new(&[
-                    "check",
+                ],
+                &[
                     "-p",
                     "syncforge",
                     "--no-default-features",
                     "--features",
                     "redis",
-                ]),
-                Cargo::new(&[
-                    "check",
+                ],
+                &[
                     "-p",
                     "syncforge",
                     "--no-default-features",
                     "--features",
                     "s3",
-                ]),
-                Cargo::new(&["check", "-p", "syncforge"]),
-                Cargo::new(&["check", "-p", "syncforge", "--features", "http-server"]),
-                Cargo::new(&["check", "-p", "syncforge", "--features", "http-client"]),
-            ],
+                ],
+                &[
+                    "-p",
+                    "syncforge",
+                    "--no-default-features",
+                    "--features",
+                    "http-server",
+                ],
+                &[
+                    "-p",
+                    "syncforge",
+                    "--no-default-features",
+                    "--features",
+                    "http-client",
+                ],
+                &["-p", "syncforge"],
+                &["-p", "syncforge-http", "--no-default-features"],
+                &[
+                    "-p",
+                    "syncforge-http",
+                    "--no-default-features",
+                    "--features",
+                    "client",
+                ],
+                &[
+                    "-p",
+                    "syncforge-http",
+                    "--no-default-features",
+                    "--features",
+                    "server",
+                ],
+                &["-p", "syncforge-cli", "--no-default-features"],
+                &[
+                    "-p",
+                    "syncforge-cli",
+                    "--no-default-features",
+                    "--features",
+                    "fs",
+                ],
+                &[
+                    "-p",
+                    "syncforge-cli",
+                    "--no-default-features",
+                    "--features",
+                    "fs,http",
+                ],
+            ]
+            .into_iter()
+            .map(|combination| {
+                Cargo::new(&[&["clippy"][..], combination, &["--", "-D", "warnings"]].concat())
+            })
+            .collect(),
             needs_services: false,
         },
         Step {

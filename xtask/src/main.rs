@@ -25,7 +25,8 @@ Project automation for syncforge.
 Usage: cargo xtask <COMMAND>
 
 Commands:
-  ci     Run every CI check: fmt, clippy, feature combinations of `syncforge`,
+  ci     Run every CI check: fmt, clippy, docs, feature combinations (each
+         without warnings) of the facade, the HTTP crate and the CLI,
          then the workspace tests (doc tests included). Stops at the first
          failing step. Sets SYNCFORGE_REQUIRE_SERVICES=1, and PROPTEST_CASES=4000
          unless it is already set.

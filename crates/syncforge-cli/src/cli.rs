@@ -118,6 +118,9 @@ pub(crate) struct MergeOptions {
 
 // The --batch-size help names the engine's default.
 const _: () = assert!(syncforge::DEFAULT_BATCH_SIZE == 100);
+// serve's --header-read-timeout defaults to the server's own default.
+#[cfg(feature = "http")]
+const _: () = assert!(syncforge::http::DEFAULT_HEADER_READ_TIMEOUT.as_secs() == 30);
 
 /// Sync collections from SRC to DST through the change feed.
 ///

@@ -467,9 +467,7 @@ impl HttpPeerBuilder {
         if let Some(fault) = self.token.as_deref().and_then(bearer_token_fault) {
             return Err(invalid(
                 "bearer_token",
-                format!(
-                    "{fault}: a token is a non-empty secret without spaces or control characters"
-                ),
+                format!("{fault}: a token is a non-empty secret of visible ASCII characters"),
             ));
         }
         let peer_id = self

@@ -114,7 +114,8 @@ pub use syncforge_backend_memory::MemoryBackend;
 #[cfg_attr(docsrs, doc(cfg(feature = "fs")))]
 pub use syncforge_backend_fs::{Durability, FsBackend, FsOptions};
 
-/// The filesystem backend's crate, whole: its defaults and `CorruptFile`.
+/// The filesystem backend's crate, whole: `CorruptFile`, which
+/// `FsBackend::corrupt_files` lists, and the rest of its types.
 #[cfg(feature = "fs")]
 #[cfg_attr(docsrs, doc(cfg(feature = "fs")))]
 pub use syncforge_backend_fs as fs;

@@ -98,6 +98,7 @@ fn service_dir(name: &str) -> PathBuf {
 /// Makes every service available: those already running are used as they
 /// are, the others are started. On an error, what was started is stopped.
 pub(crate) fn ensure_all() -> Result<Services, String> {
+    require_tools()?;
     let mut services = Services {
         env: Vec::new(),
         started: Vec::new(),
@@ -116,6 +117,31 @@ pub(crate) fn ensure_all() -> Result<Services, String> {
         services.env.extend(service.env());
     }
     Ok(services)
+}
+
+/// Programs the tests run besides the services (certificates for the TLS
+/// test, a terminal for the progress-bar test, signals for the server's):
+/// checked before anything starts, so that a missing one is named at once
+/// rather than by a failing test after the build.
+fn require_tools() -> Result<(), String> {
+    for (tool, args, install) in [
+        ("openssl", &["version"][..], "apt-get install openssl"),
+        ("script", &["--version"][..], "apt-get install bsdutils"),
+        ("kill", &["-l"][..], "apt-get install procps"),
+    ] {
+        let found = std::process::Command::new(tool)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        if !found {
+            return Err(format!(
+                "`{tool}` not found; the tests run it (Debian: {install})"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `cargo xtask services`: starts what is missing, prints the variables to

@@ -1,5 +1,6 @@
 //! `syncforge serve STORE`: the HTTP sync server.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{Context as _, Result};
@@ -19,8 +20,10 @@ pub(crate) async fn run(args: ServeArgs, cx: &mut Context) -> Result<()> {
             url.kind()
         )));
     }
+    // Each secret once, where it was given: named, never quoted, if repeated.
+    let mut seen = HashMap::new();
     let from_file = match &args.token_file {
-        Some(path) => token_file(path)?,
+        Some(path) => token_file(path, &mut seen)?,
         None => Vec::new(),
     };
     if args.tokens.is_empty()
@@ -35,9 +38,11 @@ pub(crate) async fn run(args: ServeArgs, cx: &mut Context) -> Result<()> {
     }
     let mut tokens = Vec::new();
     for secret in &args.tokens {
+        once(&mut seen, secret, "--token")?;
         tokens.push(checked(AccessToken::read_write(secret), "--token")?);
     }
     for secret in &args.read_only_tokens {
+        once(&mut seen, secret, "--read-only-token")?;
         tokens.push(checked(
             AccessToken::read_only(secret),
             "--read-only-token",
@@ -53,9 +58,10 @@ pub(crate) async fn run(args: ServeArgs, cx: &mut Context) -> Result<()> {
     // Checked before the store is opened (which creates it): a bad token or
     // address is a usage error, and leaves nothing behind.
     options.validate().map_err(|error| match error {
-        syncforge::Error::InvalidConfig { option, reason } => {
-            usage(format!("--{}: {reason}", option.replace('_', "-")))
-        }
+        syncforge::Error::InvalidConfig {
+            option: option @ ("max_body_bytes" | "max_connections" | "header_read_timeout"),
+            reason,
+        } => usage(format!("--{}: {reason}", option.replace('_', "-"))),
         other => usage(format!("cannot serve with these options: {other}")),
     })?;
     std::net::ToSocketAddrs::to_socket_addrs(args.addr.as_str())
@@ -96,7 +102,7 @@ pub(crate) async fn run(args: ServeArgs, cx: &mut Context) -> Result<()> {
 /// `read-only SECRET [COLLECTION...]` a line; blank lines and `#` comments
 /// are skipped. A line that says anything else is a usage error naming it
 /// (never quoting it: it may hold a secret).
-fn token_file(path: &Path) -> Result<Vec<AccessToken>> {
+fn token_file(path: &Path, seen: &mut HashMap<String, String>) -> Result<Vec<AccessToken>> {
     let text = std::fs::read_to_string(path)
         .map_err(|error| usage(format!("--token-file {}: {error}", path.display())))?;
     // A byte-order mark, as some editors write one.
@@ -128,6 +134,7 @@ fn token_file(path: &Path) -> Result<Vec<AccessToken>> {
             )));
         };
         let here = format!("--token-file {} line {}", path.display(), index + 1);
+        once(seen, secret, &here)?;
         let token = checked(AccessToken::new(secret, access), &here)?;
         let collections: Vec<&str> = words.collect();
         // Checked here, to name the line; not quoted, in case the secret
@@ -155,6 +162,20 @@ fn token_file(path: &Path) -> Result<Vec<AccessToken>> {
         )));
     }
     Ok(tokens)
+}
+
+/// Notes that `secret` was given `here`; a usage error naming both places
+/// if it was given before.
+fn once(seen: &mut HashMap<String, String>, secret: &str, here: &str) -> Result<()> {
+    match seen.get(secret) {
+        Some(before) => Err(usage(format!(
+            "{here}: the same secret as {before}; give each secret once"
+        ))),
+        None => {
+            seen.insert(secret.to_owned(), here.to_owned());
+            Ok(())
+        }
+    }
 }
 
 /// `token`, if the server would take it: otherwise a usage error naming

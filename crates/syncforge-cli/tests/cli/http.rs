@@ -20,28 +20,39 @@ impl Served {
     }
 
     /// Serves at `addr`; a port just given up may take a moment to come
-    /// free, so a server that cannot listen yet is started again, a few
-    /// times.
+    /// free, so a server that cannot listen there yet is started again, a
+    /// few times. Any other failure to start fails the test, with what
+    /// `serve` said.
     fn start_at(store: &str, addr: &str, tokens: &[&str]) -> Served {
         let mut args = vec!["serve", store, "--addr", addr, "--json"];
         args.extend(tokens);
         for _ in 0..50 {
             let mut child = command(&args)
                 .stdout(Stdio::piped())
-                .stderr(Stdio::null())
+                .stderr(Stdio::piped())
                 .spawn()
                 .unwrap();
+            let stderr = child.stderr.take().unwrap();
             let (line, _) = syncforge_testkit::processes::read_line(
                 BufReader::new(child.stdout.take().unwrap()),
                 Duration::from_secs(60),
             )
             .unwrap();
             if line.is_empty() {
-                // It exited without a word: the address was not free.
                 let _ = syncforge_testkit::processes::wait(&mut child, Duration::from_secs(10));
+                let mut said = String::new();
+                let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut said);
+                assert!(
+                    !addr.ends_with(":0") && said.to_lowercase().contains("in use"),
+                    "serve did not start: {said}"
+                );
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
+            // Drained for as long as the server runs: it may log there.
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut BufReader::new(stderr), &mut std::io::sink());
+            });
             let said: serde_json::Value = serde_json::from_str(&line)
                 .unwrap_or_else(|_| panic!("serve printed {line:?} instead of its address"));
             return Served {
@@ -382,6 +393,8 @@ impl Drop for KilledOnDrop {
 /// a refused setting or token names the flag it came from.
 #[test]
 fn serve_takes_the_limits_a_proxy_needs_and_names_refused_flags() {
+    use std::io::{Read as _, Write as _};
+
     let dir = TempDir::new().unwrap();
     let (hq, tablet) = (dir.path().join("hq"), dir.path().join("tablet"));
     let big = format!("{{\"id\": \"big\", \"text\": \"{}\"}}", "x".repeat(3_000));
@@ -393,14 +406,39 @@ fn serve_takes_the_limits_a_proxy_needs_and_names_refused_flags() {
             "--max-body-bytes",
             "2000",
             "--max-connections",
-            "8",
+            "1",
             "--header-read-timeout",
-            "10s",
+            "1s",
         ],
     );
     // The client reads the bound from the server and refuses the record.
     let refused = syncforge(&["sync", arg(&tablet), &server.url, "-c", "notes"]).fails(1);
     assert!(refused.stderr.contains("2000 bytes"), "{refused:?}");
+    // One connection is served; a second is told to come back.
+    let address = server.url.trim_start_matches("http://").to_owned();
+    let mut first = std::net::TcpStream::connect(&address).unwrap();
+    first
+        .write_all(b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut second = std::net::TcpStream::connect(&address).unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    second
+        .write_all(b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    let _ = second.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
+    // The first, its headers never finished, is closed after a second.
+    first
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let _ = first.read_to_end(&mut rest);
+    assert!(started.elapsed() < Duration::from_secs(15), "still open");
     drop(server);
 
     let serve = |extra: &[&str]| {
@@ -409,16 +447,31 @@ fn serve_takes_the_limits_a_proxy_needs_and_names_refused_flags() {
         syncforge(&args).fails(2)
     };
     let run = serve(&["--open", "--max-body-bytes", "0"]);
-    assert!(run.stderr.contains("--max-body-bytes"), "{run:?}");
+    assert!(
+        run.stderr.contains("--max-body-bytes: must be at least 1"),
+        "{run:?}"
+    );
     let run = serve(&["--read-only-token", "two words"]);
-    assert!(run.stderr.contains("--read-only-token"), "{run:?}");
+    assert!(run.stderr.contains("--read-only-token: "), "{run:?}");
     assert!(!run.stderr.contains("two words"), "{run:?}");
+    let run = serve(&["--token", "same-secret", "--read-only-token", "same-secret"]);
+    assert!(
+        run.stderr
+            .contains("--read-only-token: the same secret as --token"),
+        "{run:?}"
+    );
+    assert!(!run.stderr.contains("same-secret"), "{run:?}");
     let tokens = dir.path().join("tokens");
     std::fs::write(&tokens, "read-only fine\nread-write bad\u{7}secret\n").unwrap();
     let run = serve(&["--token-file", arg(&tokens)]);
-    assert!(run.stderr.contains("line 2"), "{run:?}");
     assert!(
-        !run.stderr.contains("secret\u{7}") && !run.stderr.contains("bad\u{7}"),
+        run.stderr
+            .contains("line 2: a token's secret holds spaces or control"),
         "{run:?}"
     );
+    assert!(!run.stderr.contains('\u{7}'), "{run:?}");
+    std::fs::write(&tokens, "read-only twice\nread-write twice notes\n").unwrap();
+    let run = serve(&["--token-file", arg(&tokens)]);
+    assert!(run.stderr.contains("line 2: the same secret as"), "{run:?}");
+    assert!(run.stderr.contains("line 1"), "{run:?}");
 }
