@@ -124,10 +124,14 @@ impl Clone for HttpPeer {
                 retries: inner.retries,
                 retry_delay: inner.retry_delay,
                 max_response_bytes: inner.max_response_bytes,
-                state: Mutex::new(PeerState {
-                    feed_id: None,
-                    limits: inner.state.lock().limits,
-                    echoes: HashMap::new(),
+                state: Mutex::new({
+                    let state = inner.state.lock();
+                    PeerState {
+                        feed_id: None,
+                        limits: state.limits,
+                        push_bytes: state.push_bytes,
+                        echoes: HashMap::new(),
+                    }
                 }),
             }),
         }
@@ -168,6 +172,9 @@ struct PeerState {
     feed_id: Option<String>,
     /// The server's limits, once its health was read.
     limits: Option<Limits>,
+    /// The most a push request may carry, once something in front of the
+    /// server (a proxy) refused a larger one with 413.
+    push_bytes: Option<usize>,
     /// Per collection, echo ranges (start -> end) still ahead of the pulls.
     echoes: HashMap<CollectionName, BTreeMap<u64, u64>>,
 }
@@ -548,6 +555,8 @@ enum Failure {
     Transient(Error, Option<Duration>),
     /// Final.
     Permanent(Error),
+    /// Final for this body: refused as too large (413).
+    TooLarge(Error),
 }
 
 impl HttpPeer {
@@ -673,7 +682,14 @@ impl HttpPeer {
         records: Vec<Record>,
     ) -> Result<SyncResponse> {
         let collection = collection.into_name()?;
-        let limits = self.inner.state.lock().limits.unwrap_or(FALLBACK_LIMITS);
+        let (limits, push_bytes) = {
+            let state = self.inner.state.lock();
+            (state.limits.unwrap_or(FALLBACK_LIMITS), state.push_bytes)
+        };
+        let target = limits
+            .max_body_bytes
+            .min(PUSH_REQUEST_BYTES)
+            .min(push_bytes.unwrap_or(usize::MAX));
         let mut total: Option<SyncResponse> = None;
         let mut body = RequestBody::new();
         let mut records = records.into_iter();
@@ -699,11 +715,11 @@ impl HttpPeer {
                             ),
                         ));
                     }
-                    let target = limits.max_body_bytes.min(PUSH_REQUEST_BYTES);
                     let full = body.count == limits.max_records
                         || (body.count > 0 && body.len() + text.len() + 1 + ENVELOPE > target);
                     if full {
-                        let answer = self.send_records(&collection, body.finish()).await?;
+                        let (part, ends) = body.finish();
+                        let answer = self.send_part(&collection, part, &ends).await?;
                         total = Some(sum(total, answer));
                     }
                     body.push(text.as_bytes());
@@ -711,22 +727,73 @@ impl HttpPeer {
             }
         }
         if body.count > 0 || total.is_none() {
-            let answer = self.send_records(&collection, body.finish()).await?;
+            let (part, ends) = body.finish();
+            let answer = self.send_part(&collection, part, &ends).await?;
             total = Some(sum(total, answer));
         }
         total.ok_or_else(|| self.protocol_error("no request was sent".to_owned()))
     }
 
-    /// Sends a sync request's body.
-    async fn send_records(&self, collection: &CollectionName, body: Bytes) -> Result<SyncResponse> {
-        let answer: SyncResponse = self
-            .call(Call {
-                method: Method::POST,
-                url: self.url(&["collections", collection.as_str(), "sync"]),
-                body: Some(body),
-                extra_time: Duration::ZERO,
-            })
-            .await?;
+    /// Sends a sync request's body, whose records end at `ends` (offsets
+    /// after the envelope's opening). A body refused as too large (413) by
+    /// something in front of the server, which announced a larger bound, is
+    /// sent again in halves, down to single records, and later pushes send
+    /// no more than what went through.
+    async fn send_part(
+        &self,
+        collection: &CollectionName,
+        body: Bytes,
+        ends: &[usize],
+    ) -> Result<SyncResponse> {
+        let refused = match self.send_records(collection, body.clone()).await {
+            Ok(answer) => return Ok(answer),
+            Err(Failure::TooLarge(error)) if ends.len() > 1 => error,
+            Err(
+                Failure::TooLarge(error) | Failure::Transient(error, _) | Failure::Permanent(error),
+            ) => return Err(error),
+        };
+        tracing::debug!(%refused, records = ends.len(), "a push was refused as too large; sending it in halves");
+        let records = body
+            .get(RequestBody::OPEN.len()..body.len().saturating_sub(RequestBody::CLOSE.len()))
+            .unwrap_or_default();
+        let middle = ends.len() / 2;
+        let cut = ends.get(middle - 1).copied().unwrap_or_default();
+        {
+            let mut state = self.inner.state.lock();
+            let half = records.len() / 2;
+            state.push_bytes = Some(state.push_bytes.map_or(half, |bytes| bytes.min(half)));
+        }
+        let first = RequestBody::wrap(records.get(..cut).unwrap_or_default());
+        let second = RequestBody::wrap(records.get(cut + 1..).unwrap_or_default());
+        let second_ends: Vec<usize> = ends
+            .get(middle..)
+            .unwrap_or_default()
+            .iter()
+            .map(|end| end.saturating_sub(cut + 1))
+            .collect();
+        let first =
+            Box::pin(self.send_part(collection, first, ends.get(..middle).unwrap_or_default()))
+                .await?;
+        let second = Box::pin(self.send_part(collection, second, &second_ends)).await?;
+        Ok(sum(Some(first), second))
+    }
+
+    /// Sends a sync request's body once (with the retries of transient
+    /// failures).
+    async fn send_records(
+        &self,
+        collection: &CollectionName,
+        body: Bytes,
+    ) -> Result<SyncResponse, Failure> {
+        let call = Call {
+            method: Method::POST,
+            url: self.url(&["collections", collection.as_str(), "sync"]),
+            body: Some(body),
+            extra_time: Duration::ZERO,
+        };
+        let bytes = self.call_raw(&call).await?;
+        let answer: SyncResponse = serde_json::from_slice(&bytes)
+            .map_err(|error| Failure::Permanent(self.unexpected_body(&call.url, &error)))?;
         let mut state = self.inner.state.lock();
         state.follow_feed(&answer.feed_id);
         state.remember_echoes(collection, &answer.echoes);
@@ -830,6 +897,15 @@ impl HttpPeer {
 
     /// Makes `call`, retrying transient failures: the body of its success.
     async fn call_bytes(&self, call: &Call) -> Result<Bytes> {
+        self.call_raw(call).await.map_err(|failure| match failure {
+            Failure::Transient(error, _) | Failure::Permanent(error) | Failure::TooLarge(error) => {
+                error
+            }
+        })
+    }
+
+    /// [`call_bytes`](Self::call_bytes), telling how the last attempt failed.
+    async fn call_raw(&self, call: &Call) -> Result<Bytes, Failure> {
         let mut delay = self.inner.retry_delay.min(MAX_RETRY_DELAY);
         let mut attempt = 0;
         loop {
@@ -841,7 +917,7 @@ impl HttpPeer {
                     delay = next_retry_delay(delay);
                     attempt += 1;
                 }
-                Err(Failure::Transient(error, _) | Failure::Permanent(error)) => return Err(error),
+                Err(failure) => return Err(failure),
             }
         }
     }
@@ -959,6 +1035,9 @@ impl HttpPeer {
         if transient {
             return Failure::Transient(Error::unavailable(BACKEND, described), None);
         }
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            return Failure::TooLarge(Error::storage(BACKEND, described));
+        }
         let Some(detail) = detail else {
             return Failure::Permanent(Error::storage(BACKEND, described));
         };
@@ -1008,16 +1087,29 @@ const ENCODE_WINDOW: usize = 4096;
 struct RequestBody {
     text: Vec<u8>,
     count: usize,
+    /// Where each record ends, after [`OPEN`](Self::OPEN).
+    ends: Vec<usize>,
 }
 
 impl RequestBody {
     const OPEN: &'static [u8] = b"{\"records\":[";
+    const CLOSE: &'static [u8] = b"]}";
 
     fn new() -> Self {
         RequestBody {
             text: Self::OPEN.to_vec(),
             count: 0,
+            ends: Vec::new(),
         }
+    }
+
+    /// A body of `records`, already joined by commas.
+    fn wrap(records: &[u8]) -> Bytes {
+        let mut text = Vec::with_capacity(Self::OPEN.len() + records.len() + Self::CLOSE.len());
+        text.extend_from_slice(Self::OPEN);
+        text.extend_from_slice(records);
+        text.extend_from_slice(Self::CLOSE);
+        Bytes::from(text)
     }
 
     /// Bytes so far, without the envelope.
@@ -1031,14 +1123,16 @@ impl RequestBody {
         }
         self.text.extend_from_slice(record);
         self.count += 1;
+        self.ends.push(self.len());
     }
 
-    /// The finished body; this one starts over empty.
-    fn finish(&mut self) -> Bytes {
+    /// The finished body and where its records end; this one starts over
+    /// empty.
+    fn finish(&mut self) -> (Bytes, Vec<usize>) {
         let mut text = std::mem::replace(&mut self.text, Self::OPEN.to_vec());
         self.count = 0;
-        text.extend_from_slice(b"]}");
-        Bytes::from(text)
+        text.extend_from_slice(Self::CLOSE);
+        (Bytes::from(text), std::mem::take(&mut self.ends))
     }
 }
 

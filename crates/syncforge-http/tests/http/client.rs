@@ -413,3 +413,119 @@ async fn a_long_poll_reads_on_past_a_page_of_skipped_changes() {
     assert!(requests[0].contains("after=7"), "{requests:?}");
     assert!(requests[1].contains("after=40"), "{requests:?}");
 }
+
+/// A proxy before `backend` that refuses request bodies over `limit` bytes
+/// with 413 and a page of HTML, as nginx does (`client_max_body_size`), and
+/// passes the rest on, one request a connection. Counts what it refused.
+async fn body_limiting_proxy(
+    backend: std::net::SocketAddr,
+    limit: usize,
+) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = refused.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                return;
+            };
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buffer = [0u8; 8192];
+                let end = loop {
+                    if let Some(at) = head.windows(4).position(|window| window == b"\r\n\r\n") {
+                        break at + 4;
+                    }
+                    match client.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(read) => head.extend_from_slice(&buffer[..read]),
+                    }
+                };
+                let text = String::from_utf8_lossy(&head[..end]).to_ascii_lowercase();
+                let length: usize = text
+                    .lines()
+                    .find_map(|line| line.strip_prefix("content-length:"))
+                    .and_then(|value| value.trim().parse().ok())
+                    .unwrap_or(0);
+                if length > limit {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let page = "<html><body>413 Request Entity Too Large</body></html>";
+                    let answer = format!(
+                        "HTTP/1.1 413 Request Entity Too Large\r\ncontent-type: text/html\r\n\
+                         content-length: {}\r\nconnection: close\r\n\r\n{page}",
+                        page.len()
+                    );
+                    let _ = client.write_all(answer.as_bytes()).await;
+                    return;
+                }
+                let Ok(mut server) = tokio::net::TcpStream::connect(backend).await else {
+                    return;
+                };
+                // One request a connection: the server closes after it.
+                let mut forwarded = head[..end - 2].to_vec();
+                forwarded.extend_from_slice(b"connection: close\r\n\r\n");
+                forwarded.extend_from_slice(&head[end..]);
+                if server.write_all(&forwarded).await.is_err() {
+                    return;
+                }
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            });
+        }
+    });
+    (url, refused)
+}
+
+/// Behind a proxy that takes smaller bodies than the server announces, a
+/// push refused with 413 is sent again in halves, and later pushes send no
+/// more than what went through; before, every sync failed for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_a_proxy_refuses_as_too_large_is_sent_in_smaller_parts() {
+    let hq = memory_engine("hq").await;
+    let server = Server::bind(hq.clone(), "127.0.0.1:0", ServerOptions::default())
+        .await
+        .unwrap();
+    let (url, refused) = body_limiting_proxy(server.local_addr(), 64 * 1024).await;
+    let phone = memory_engine("phone").await;
+    for n in 0..400 {
+        phone
+            .put(
+                "notes",
+                &json!({"id": format!("n{n:03}"), "text": "x".repeat(1_000)}),
+            )
+            .await
+            .unwrap();
+    }
+    let link = peer(&url, None);
+    let report = phone.sync_with(&link, "notes").await.unwrap();
+    assert_eq!(report.pushed, 400);
+    assert_eq!(hq.get_all("notes").await.unwrap().len(), 400);
+    let first = refused.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        first > 0,
+        "the proxy refused nothing: the test proves nothing"
+    );
+    // The next push starts below what was refused.
+    for n in 0..400 {
+        phone
+            .put(
+                "notes",
+                &json!({"id": format!("n{n:03}"), "text": "y".repeat(1_000)}),
+            )
+            .await
+            .unwrap();
+    }
+    let report = phone.sync_with(&link, "notes").await.unwrap();
+    assert_eq!(report.pushed, 400);
+    assert_eq!(refused.load(std::sync::atomic::Ordering::SeqCst), first);
+    // A single record larger than the proxy takes still fails, clearly.
+    phone
+        .put("notes", &json!({"id": "huge", "text": "z".repeat(100_000)}))
+        .await
+        .unwrap();
+    let error = phone.sync_with(&link, "notes").await.unwrap_err();
+    assert!(error.to_string().contains("413"), "{error}");
+    server.shutdown().await.unwrap();
+}
