@@ -28,8 +28,15 @@ impl Remote {
         if let Some(token) = cx.bearer_token() {
             builder = builder.bearer_token(token);
         }
-        // What the builder refuses (a malformed token) is the command line's fault.
-        let peer = builder.build().map_err(|error| usage(error.to_string()))?;
+        // What the builder refuses (a malformed token) is the command line's
+        // fault, named as the user gave it.
+        let peer = builder.build().map_err(|error| match error {
+            syncforge::Error::InvalidConfig {
+                option: "bearer_token",
+                reason,
+            } => usage(format!("--bearer-token (or SYNCFORGE_TOKEN): {reason}")),
+            other => usage(other.to_string()),
+        })?;
         Ok(Remote { url, peer })
     }
 

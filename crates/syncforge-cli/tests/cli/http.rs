@@ -210,6 +210,15 @@ fn tokens_are_checked_and_never_shown() {
     );
     let wrong = syncforge(&["ls", url, "--bearer-token", "guess"]).fails(1);
     assert!(!wrong.stderr.contains("guess"), "{wrong:?}");
+    // A token no client could send is the command line's fault, named as given.
+    let malformed = syncforge(&["ls", url, "--bearer-token", "two words"]).fails(2);
+    assert!(
+        malformed
+            .stderr
+            .contains("--bearer-token (or SYNCFORGE_TOKEN): "),
+        "{malformed:?}"
+    );
+    assert!(!malformed.stderr.contains("two words"), "{malformed:?}");
     let read_only = syncforge_with(
         &["import", url, "notes", "--bearer-token", "ro"],
         &export(&hq, "notes"),
