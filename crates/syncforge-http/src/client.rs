@@ -559,6 +559,17 @@ enum Failure {
     TooLarge(Error),
 }
 
+impl Failure {
+    /// The error, however the attempt failed.
+    fn into_error(self) -> Error {
+        match self {
+            Failure::Transient(error, _) | Failure::Permanent(error) | Failure::TooLarge(error) => {
+                error
+            }
+        }
+    }
+}
+
 impl HttpPeer {
     /// A peer for the server at `base_url` with the default settings.
     pub fn new(base_url: impl Into<String>) -> Result<HttpPeer> {
@@ -715,8 +726,8 @@ impl HttpPeer {
                             ),
                         ));
                     }
-                    let full = body.count == limits.max_records
-                        || (body.count > 0 && body.len() + text.len() + 1 + ENVELOPE > target);
+                    let full = body.count() == limits.max_records
+                        || (body.count() > 0 && body.len() + text.len() + 1 + ENVELOPE > target);
                     if full {
                         let (part, ends) = body.finish();
                         let answer = self.send_part(&collection, part, &ends).await?;
@@ -726,7 +737,7 @@ impl HttpPeer {
                 }
             }
         }
-        if body.count > 0 || total.is_none() {
+        if body.count() > 0 || total.is_none() {
             let (part, ends) = body.finish();
             let answer = self.send_part(&collection, part, &ends).await?;
             total = Some(sum(total, answer));
@@ -748,9 +759,7 @@ impl HttpPeer {
         let refused = match self.send_records(collection, body.clone()).await {
             Ok(answer) => return Ok(answer),
             Err(Failure::TooLarge(error)) if ends.len() > 1 => error,
-            Err(
-                Failure::TooLarge(error) | Failure::Transient(error, _) | Failure::Permanent(error),
-            ) => return Err(error),
+            Err(failure) => return Err(failure.into_error()),
         };
         tracing::debug!(%refused, records = ends.len(), "a push was refused as too large; sending it in halves");
         let records = body
@@ -897,11 +906,7 @@ impl HttpPeer {
 
     /// Makes `call`, retrying transient failures: the body of its success.
     async fn call_bytes(&self, call: &Call) -> Result<Bytes> {
-        self.call_raw(call).await.map_err(|failure| match failure {
-            Failure::Transient(error, _) | Failure::Permanent(error) | Failure::TooLarge(error) => {
-                error
-            }
-        })
+        self.call_raw(call).await.map_err(Failure::into_error)
     }
 
     /// [`call_bytes`](Self::call_bytes), telling how the last attempt failed.
@@ -955,10 +960,7 @@ impl HttpPeer {
         if status.is_success() {
             return Ok(bytes);
         }
-        Err(match self.refusal(status, &bytes, &call.url) {
-            Failure::Transient(error, _) => Failure::Transient(error, asked),
-            permanent => permanent,
-        })
+        Err(self.refusal(status, &bytes, &call.url, asked))
     }
 
     /// The answer's body, decompressed, read up to the peer's bound: a
@@ -1010,8 +1012,15 @@ impl HttpPeer {
         }
     }
 
-    /// An error answer, as the matching syncforge error.
-    fn refusal(&self, status: StatusCode, bytes: &[u8], url: &Url) -> Failure {
+    /// An error answer, as the matching syncforge error; `asked`, the wait
+    /// its `Retry-After` asked for, goes with a transient one.
+    fn refusal(
+        &self,
+        status: StatusCode,
+        bytes: &[u8],
+        url: &Url,
+        asked: Option<Duration>,
+    ) -> Failure {
         let detail = serde_json::from_slice::<ErrorBody>(bytes)
             .ok()
             .map(|body| body.error);
@@ -1033,7 +1042,7 @@ impl HttpPeer {
                 | StatusCode::GATEWAY_TIMEOUT
         );
         if transient {
-            return Failure::Transient(Error::unavailable(BACKEND, described), None);
+            return Failure::Transient(Error::unavailable(BACKEND, described), asked);
         }
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             return Failure::TooLarge(Error::storage(BACKEND, described));
@@ -1086,8 +1095,7 @@ const ENCODE_WINDOW: usize = 4096;
 /// The body of a sync request being filled.
 struct RequestBody {
     text: Vec<u8>,
-    count: usize,
-    /// Where each record ends, after [`OPEN`](Self::OPEN).
+    /// Where each record ends, after [`OPEN`](Self::OPEN): one a record.
     ends: Vec<usize>,
 }
 
@@ -1098,7 +1106,6 @@ impl RequestBody {
     fn new() -> Self {
         RequestBody {
             text: Self::OPEN.to_vec(),
-            count: 0,
             ends: Vec::new(),
         }
     }
@@ -1112,17 +1119,21 @@ impl RequestBody {
         Bytes::from(text)
     }
 
+    /// Records so far.
+    fn count(&self) -> usize {
+        self.ends.len()
+    }
+
     /// Bytes so far, without the envelope.
     fn len(&self) -> usize {
         self.text.len() - Self::OPEN.len()
     }
 
     fn push(&mut self, record: &[u8]) {
-        if self.count > 0 {
+        if self.count() > 0 {
             self.text.push(b',');
         }
         self.text.extend_from_slice(record);
-        self.count += 1;
         self.ends.push(self.len());
     }
 
@@ -1130,7 +1141,6 @@ impl RequestBody {
     /// empty.
     fn finish(&mut self) -> (Bytes, Vec<usize>) {
         let mut text = std::mem::replace(&mut self.text, Self::OPEN.to_vec());
-        self.count = 0;
         text.extend_from_slice(Self::CLOSE);
         (Bytes::from(text), std::mem::take(&mut self.ends))
     }
