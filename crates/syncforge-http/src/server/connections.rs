@@ -25,8 +25,8 @@ use tokio::task::JoinSet;
 
 use super::closed;
 use super::error::ApiError;
-use super::handlers::SyncSlots;
-use crate::protocol::{ErrorCode, PROTOCOL_HEADER, PROTOCOL_VERSION};
+use super::handlers::{mark_protocol, SyncSlots};
+use crate::protocol::ErrorCode;
 
 /// Longest timeout handed to hyper, and longest shutdown grace: both are
 /// added to `Instant::now()`, which panics past the clock's range. A year is
@@ -178,10 +178,7 @@ fn overloaded() -> Router {
         .into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-        headers.insert(
-            header::HeaderName::from_static(PROTOCOL_HEADER),
-            HeaderValue::from(PROTOCOL_VERSION),
-        );
+        mark_protocol(headers);
         response
     })
 }

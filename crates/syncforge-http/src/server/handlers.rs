@@ -186,11 +186,16 @@ async fn observe(request: Request, next: Next) -> Response {
     span.record("status", status)
         .record("duration_ms", duration_ms);
     tracing::debug!(parent: &span, status, duration_ms, "request finished");
-    response.headers_mut().insert(
+    mark_protocol(response.headers_mut());
+    response
+}
+
+/// The protocol header every response carries.
+pub(super) fn mark_protocol(headers: &mut HeaderMap) {
+    headers.insert(
         header::HeaderName::from_static(PROTOCOL_HEADER),
         HeaderValue::from(PROTOCOL_VERSION),
     );
-    response
 }
 
 /// Answers 503 `timeout` when a request takes longer than allowed.
