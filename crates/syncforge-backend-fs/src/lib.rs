@@ -440,13 +440,7 @@ impl FsBackend {
     }
 
     fn check_open(&self) -> Result<()> {
-        if self.inner.closed.load(Ordering::Acquire) {
-            Err(Error::Closed {
-                what: "filesystem backend",
-            })
-        } else {
-            Ok(())
-        }
+        self.inner.check_open()
     }
 }
 
@@ -522,12 +516,19 @@ impl Inner {
         &self,
     ) -> Result<parking_lot::MutexGuard<'_, HashMap<CollectionName, Arc<OpenCollection>>>> {
         let open = self.collections.lock();
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed {
-                what: "filesystem backend",
-            });
-        }
+        self.check_open()?;
         Ok(open)
+    }
+
+    /// Refuses every call once the handle is closed.
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(Error::Closed {
+                what: "filesystem backend",
+            })
+        } else {
+            Ok(())
+        }
     }
 
     fn read_meta(&self) -> Result<BTreeMap<String, String>> {
