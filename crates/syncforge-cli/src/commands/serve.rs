@@ -113,27 +113,21 @@ fn token_file(path: &Path, seen: &mut HashMap<String, String>) -> Result<Vec<Acc
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
+        let here = format!("--token-file {} line {}", path.display(), index + 1);
         let mut words = line.split_whitespace();
         let access = match words.next() {
             Some("read-write") => Access::ReadWrite,
             Some("read-only") => Access::Read,
             _ => {
                 return Err(usage(format!(
-                    "--token-file {} line {}: expected `read-write SECRET [COLLECTION...]` \
-                     or `read-only SECRET [COLLECTION...]`",
-                    path.display(),
-                    index + 1
+                    "{here}: expected `read-write SECRET [COLLECTION...]` \
+                     or `read-only SECRET [COLLECTION...]`"
                 )))
             }
         };
         let Some(secret) = words.next() else {
-            return Err(usage(format!(
-                "--token-file {} line {}: the secret is missing",
-                path.display(),
-                index + 1
-            )));
+            return Err(usage(format!("{here}: the secret is missing")));
         };
-        let here = format!("--token-file {} line {}", path.display(), index + 1);
         once(seen, secret, &here)?;
         let token = checked(AccessToken::new(secret, access), &here)?;
         let collections: Vec<&str> = words.collect();
@@ -143,11 +137,7 @@ fn token_file(path: &Path, seen: &mut HashMap<String, String>) -> Result<Vec<Acc
             .iter()
             .any(|name| syncforge::core::validate_collection(name).is_err())
         {
-            return Err(usage(format!(
-                "--token-file {} line {}: a collection name is not valid",
-                path.display(),
-                index + 1
-            )));
+            return Err(usage(format!("{here}: a collection name is not valid")));
         }
         tokens.push(if collections.is_empty() {
             token
