@@ -12,6 +12,10 @@
 //! Only the awaited calls are wrapped: the engine finds no `*_now` answer
 //! here and awaits every call.
 //!
+//! A rival writer can also be put between a caller's read and its write
+//! ([`FaultyBackend::rival_before_next_put_batch`]): what another process on
+//! the same store does at the worst moment, on demand instead of by chance.
+//!
 //! ```
 //! use std::sync::Arc;
 //! use std::time::Duration;
@@ -24,7 +28,9 @@
 //! ```
 
 use std::fmt;
+use std::future::Future;
 use std::num::NonZeroUsize;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,6 +86,11 @@ impl Operation {
     }
 }
 
+/// Another writer's calls on the wrapped store, made before a write of the
+/// wrapper's caller reaches it.
+type Rival =
+    Box<dyn FnOnce(Arc<dyn StorageBackend>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
 /// What happens to one call.
 enum Fate {
     Proceed { delay: Duration },
@@ -109,6 +120,8 @@ pub struct FaultyBackend {
     most_in_flight: AtomicU64,
     /// Whether each `insert_if_absent` that goes through is sent twice.
     resend_inserts: bool,
+    /// What another writer does just before the next `put_batch`.
+    rival: Mutex<Option<Rival>>,
 }
 
 impl fmt::Debug for FaultyBackend {
@@ -150,7 +163,22 @@ impl FaultyBackend {
             in_flight: AtomicU64::new(0),
             most_in_flight: AtomicU64::new(0),
             resend_inserts: false,
+            rival: Mutex::new(None),
         }
+    }
+
+    /// Has another writer act on the wrapped store just before the next
+    /// `put_batch` (or `put`) reaches it: `rival` is given the wrapped store
+    /// and awaited first, once. That is a writer on another connection
+    /// acting between the caller's read of a record and its conditional
+    /// write, so the write finds a state it did not read.
+    pub fn rival_before_next_put_batch<F, Fut>(&self, rival: F)
+    where
+        F: FnOnce(Arc<dyn StorageBackend>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let rival: Rival = Box::new(move |store| Box::pin(rival(store)));
+        *self.rival.lock() = Some(rival);
     }
 
     /// Limits failures to the given operations (the others are only delayed).
@@ -312,6 +340,10 @@ impl StorageBackend for FaultyBackend {
         collection: &CollectionName,
         writes: &[Write],
     ) -> Result<Vec<WriteOutcome>> {
+        let rival = self.rival.lock().take();
+        if let Some(rival) = rival {
+            rival(Arc::clone(&self.inner)).await;
+        }
         self.faulty(
             Operation::PutBatch,
             self.inner.put_batch(collection, writes),

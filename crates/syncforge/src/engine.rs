@@ -132,16 +132,22 @@ impl Intent {
 impl IntentKind {
     /// The intent to apply again after its write of `intended` lost a race.
     /// For a put, the content to apply is the visible content of what it
-    /// meant to store, which is exactly what was put; a merge goes on from
-    /// its merged state, which holds everything of the incoming record
-    /// (merge is a join); an import stores the same state again.
-    fn again(self, intended: &Record) -> Result<Intent> {
+    /// meant to store, which is exactly what was put; a merge merges the
+    /// incoming record again (`incoming`: kept when the merge had a stored
+    /// record to merge it with; otherwise `intended` is the incoming record
+    /// as received); an import stores the same state again.
+    ///
+    /// A merge does not go on from its merged state: that holds the stored
+    /// record it read, and the state that won the race may have dropped it
+    /// (a hard delete or a clear between the read and the write), which
+    /// merging it again would bring back.
+    fn again(self, intended: &Record, incoming: Option<&Record>) -> Result<Intent> {
         Ok(match self {
             IntentKind::Put => Intent::Put(Content::from_value(serde_json::Value::Object(
                 intended.content(),
             ))?),
             IntentKind::Delete => Intent::Delete,
-            IntentKind::Merge => Intent::Merge(intended.clone()),
+            IntentKind::Merge => Intent::Merge(incoming.unwrap_or(intended).clone()),
             IntentKind::Replace => Intent::Replace(intended.clone()),
         })
     }
@@ -189,8 +195,14 @@ struct Pending {
     intended: Option<Record>,
     /// The stored state before the write, kept for events.
     previous: Option<Record>,
+    /// For a merge with a stored record: the record received.
+    incoming: Option<Record>,
     /// The plan of the earlier attempt (kind, conflict, echo).
     planned: Option<Planned>,
+    /// Whether the earlier attempt's write was sent again after a failure
+    /// hid the store's answer: its refusal may then be the store holding
+    /// what the first send wrote.
+    resent: bool,
 }
 
 /// A write of the first attempt, beside it until the store answers: where
@@ -200,6 +212,7 @@ struct Sent {
     slot: usize,
     kind: IntentKind,
     previous: Option<Record>,
+    incoming: Option<Record>,
 }
 
 /// What the write of one intent is, kept beside it until the store answers.
@@ -424,6 +437,7 @@ impl SyncEngine {
                     record,
                     planned,
                     previous,
+                    incoming,
                 } => {
                     // The outcome as planned; the record and its position
                     // are filled in once the store confirms the write.
@@ -436,6 +450,7 @@ impl SyncEngine {
                         slot,
                         kind,
                         previous: if listening { previous } else { None },
+                        incoming,
                     });
                 }
             }
@@ -443,7 +458,7 @@ impl SyncEngine {
         if writes.is_empty() {
             return Ok(done);
         }
-        let outcomes = self.write_many(collection, &writes).await?;
+        let (outcomes, resent) = self.write_many(collection, &writes).await?;
         let mut ids = Vec::new();
         let mut pending = Vec::new();
         for ((write, sent), outcome) in writes.into_iter().zip(sent).zip(outcomes) {
@@ -466,6 +481,8 @@ impl SyncEngine {
                         kind: sent.kind,
                         intended: Some(write.record),
                         previous: sent.previous,
+                        incoming: sent.incoming,
+                        resent,
                         planned: Some(Planned {
                             kind: planned.kind,
                             conflict: planned.conflict,
@@ -597,22 +614,28 @@ impl SyncEngine {
             None => (None, None),
         };
         let kind = intent.kind();
-        let (record, planned, previous) = match self.plan(collection, intent, local, false)? {
-            Step::Done(applied) => return Ok(applied),
-            Step::Write {
-                record,
-                planned,
-                previous,
-            } => (record, planned, previous),
-        };
+        let (record, planned, previous, incoming) =
+            match self.plan(collection, intent, local, false)? {
+                Step::Done(applied) => return Ok(applied),
+                Step::Write {
+                    record,
+                    planned,
+                    previous,
+                    incoming,
+                } => (record, planned, previous, incoming),
+            };
         let write = Write {
             record,
             expected: token,
         };
+        let mut sends = 0;
         let outcome = match backend.put_now(collection, &write) {
             Some(Ok(outcome)) => outcome,
             now => {
+                // An answer at once, if any, was the first send.
+                sends = u32::from(now.is_some());
                 retry_transient_now(now, self.retries(), "put", || {
+                    sends += 1;
                     backend.put(collection, &write)
                 })
                 .await?
@@ -636,7 +659,9 @@ impl SyncEngine {
                     kind,
                     intended: Some(write.record),
                     previous,
+                    incoming,
                     planned: Some(planned),
+                    resent: sends > 1,
                 }];
                 self.apply_again(collection, vec![id.clone()], pending, &mut done, listening)
                     .await?;
@@ -796,10 +821,15 @@ impl SyncEngine {
                     None => (None, None),
                 };
                 // The store holds exactly what an earlier attempt meant to
-                // write: that write did happen after all (its answer was
-                // lost) or another writer made the same change. Report it
-                // as planned.
-                if item.intended.is_some() && local.as_ref() == item.intended.as_ref() {
+                // write, and that write was sent twice: the first send did
+                // write it, and its answer was lost. Report it as planned.
+                // Without a second send the write was refused, so another
+                // writer made the same change: planned again below, it
+                // comes out unchanged, and that writer reports it.
+                if item.resent
+                    && item.intended.is_some()
+                    && local.as_ref() == item.intended.as_ref()
+                {
                     if let Some(planned) = item.planned.take() {
                         done[item.slot] = self.confirm(
                             collection,
@@ -815,17 +845,24 @@ impl SyncEngine {
                 // Echoes are recognised on the first attempt only: after a
                 // lost race the intent is our own merge, not what the sender
                 // holds, and calling a write "not an echo" only costs a resend.
-                let intent =
-                    item.kind.again(item.intended.as_ref().ok_or_else(|| {
-                        Error::storage(backend.name(), "a write lost its intent")
-                    })?)?;
+                let intended = item
+                    .intended
+                    .as_ref()
+                    .ok_or_else(|| Error::storage(backend.name(), "a write lost its intent"))?;
+                let intent = item.kind.again(intended, item.incoming.as_ref())?;
                 match self.plan(collection, intent, local, false)? {
                     Step::Done(applied) => done[item.slot] = applied,
                     Step::Write {
                         record,
                         planned,
                         previous,
+                        incoming,
                     } => {
+                        // A merge that found no stored record the first
+                        // time keeps the record received from now on.
+                        if item.incoming.is_none() {
+                            item.incoming = incoming;
+                        }
                         writes.push(Write {
                             record,
                             expected: token,
@@ -841,7 +878,7 @@ impl SyncEngine {
             if writes.is_empty() {
                 return Ok(());
             }
-            let outcomes = self.write_many(collection, &writes).await?;
+            let (outcomes, resent) = self.write_many(collection, &writes).await?;
             pending = Vec::new();
             ids = Vec::new();
             for ((write, mut item), outcome) in writes.into_iter().zip(waiting).zip(outcomes) {
@@ -862,6 +899,7 @@ impl SyncEngine {
                     WriteOutcome::Conflict => {
                         ids.push(write.record.id().clone());
                         item.intended = Some(write.record);
+                        item.resent = resent;
                         pending.push(item);
                     }
                 }
@@ -897,25 +935,30 @@ impl SyncEngine {
         one_each(backend, "get_many", "entries", stored, "ids", ids.len())
     }
 
-    /// The outcomes of `writes`, in order, transient failures retried.
+    /// The outcomes of `writes`, in order, transient failures retried, and
+    /// whether the batch was sent more than once (a failure may have hidden
+    /// a send that wrote).
     async fn write_many(
         &self,
         collection: &CollectionName,
         writes: &[Write],
-    ) -> Result<Vec<WriteOutcome>> {
+    ) -> Result<(Vec<WriteOutcome>, bool)> {
         let backend = self.store();
+        let mut sends = 0;
         let outcomes = retry_transient(self.retries(), "put_batch", || {
+            sends += 1;
             backend.put_batch(collection, writes)
         })
         .await?;
-        one_each(
+        let outcomes = one_each(
             backend,
             "put_batch",
             "outcomes",
             outcomes,
             "writes",
             writes.len(),
-        )
+        )?;
+        Ok((outcomes, sends > 1))
     }
 
     /// What `intent` does to the stored state `local`.
@@ -936,6 +979,7 @@ impl SyncEngine {
             })
         };
         let write = |record: Record, kind, conflict, echo, previous| Step::Write {
+            incoming: None,
             record,
             planned: Planned {
                 kind,
@@ -981,8 +1025,9 @@ impl SyncEngine {
                     return Ok(unchanged(local));
                 }
                 // A record new here is stored as received, so it is an echo
-                // without comparing; otherwise compare the merge with a copy.
-                let sent = (track_echo && local.is_some()).then(|| remote.clone());
+                // without comparing; otherwise compare the merge with a copy,
+                // which is also what a write that loses a race merges again.
+                let incoming = local.is_some().then(|| remote.clone());
                 let classified = classify(
                     collection,
                     local.as_ref(),
@@ -992,14 +1037,20 @@ impl SyncEngine {
                 if classified.kind == ChangeKind::Unchanged {
                     return Ok(unchanged(Some(classified.merged)));
                 }
-                let echo = track_echo && sent.is_none_or(|sent| sent == classified.merged);
-                write(
-                    classified.merged,
-                    classified.kind,
-                    classified.conflict.map(Box::new),
-                    echo,
-                    local,
-                )
+                let echo = track_echo
+                    && incoming
+                        .as_ref()
+                        .is_none_or(|sent| *sent == classified.merged);
+                Step::Write {
+                    record: classified.merged,
+                    planned: Planned {
+                        kind: classified.kind,
+                        conflict: classified.conflict.map(Box::new),
+                        echo,
+                    },
+                    previous: local,
+                    incoming,
+                }
             }
             Intent::Replace(record) => {
                 if local.as_ref() == Some(&record) {
@@ -1333,6 +1384,9 @@ enum Step {
         record: Record,
         planned: Planned,
         previous: Option<Record>,
+        /// For a merge with a stored record: the record received, to merge
+        /// again if the write loses a race.
+        incoming: Option<Record>,
     },
 }
 
