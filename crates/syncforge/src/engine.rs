@@ -108,8 +108,8 @@ pub(crate) enum Intent {
     Replace(Record),
 }
 
-/// The kind of an [`Intent`], all that is needed to rebuild it from the
-/// state its write meant to store.
+/// The kind of an [`Intent`]: with the state its write meant to store (and,
+/// for a merge, the record received), all that is needed to rebuild it.
 #[derive(Clone, Copy)]
 enum IntentKind {
     Put,
@@ -199,10 +199,6 @@ struct Pending {
     incoming: Option<Record>,
     /// The plan of the earlier attempt (kind, conflict, echo).
     planned: Option<Planned>,
-    /// Whether the earlier attempt's write was sent again after a failure
-    /// hid the store's answer: its refusal may then be the store holding
-    /// what the first send wrote.
-    resent: bool,
 }
 
 /// A write of the first attempt, beside it until the store answers: where
@@ -458,7 +454,7 @@ impl SyncEngine {
         if writes.is_empty() {
             return Ok(done);
         }
-        let (outcomes, resent) = self.write_many(collection, &writes).await?;
+        let outcomes = self.write_many(collection, &writes).await?;
         let mut ids = Vec::new();
         let mut pending = Vec::new();
         for ((write, sent), outcome) in writes.into_iter().zip(sent).zip(outcomes) {
@@ -482,7 +478,6 @@ impl SyncEngine {
                         intended: Some(write.record),
                         previous: sent.previous,
                         incoming: sent.incoming,
-                        resent,
                         planned: Some(Planned {
                             kind: planned.kind,
                             conflict: planned.conflict,
@@ -628,14 +623,10 @@ impl SyncEngine {
             record,
             expected: token,
         };
-        let mut sends = 0;
         let outcome = match backend.put_now(collection, &write) {
             Some(Ok(outcome)) => outcome,
             now => {
-                // An answer at once, if any, was the first send.
-                sends = u32::from(now.is_some());
                 retry_transient_now(now, self.retries(), "put", || {
-                    sends += 1;
                     backend.put(collection, &write)
                 })
                 .await?
@@ -661,7 +652,6 @@ impl SyncEngine {
                     previous,
                     incoming,
                     planned: Some(planned),
-                    resent: sends > 1,
                 }];
                 self.apply_again(collection, vec![id.clone()], pending, &mut done, listening)
                     .await?;
@@ -821,15 +811,12 @@ impl SyncEngine {
                     None => (None, None),
                 };
                 // The store holds exactly what an earlier attempt meant to
-                // write, and that write was sent twice: the first send did
-                // write it, and its answer was lost. Report it as planned.
-                // Without a second send the write was refused, so another
-                // writer made the same change: planned again below, it
-                // comes out unchanged, and that writer reports it.
-                if item.resent
-                    && item.intended.is_some()
-                    && local.as_ref() == item.intended.as_ref()
-                {
+                // write: that write did happen after all (its answer was
+                // lost: the engine, or a client that resends by itself as
+                // the Redis store's does, sent it again and was refused) or
+                // another writer made the same change. The two cannot be
+                // told apart; report it as planned.
+                if item.intended.is_some() && local.as_ref() == item.intended.as_ref() {
                     if let Some(planned) = item.planned.take() {
                         done[item.slot] = self.confirm(
                             collection,
@@ -842,9 +829,9 @@ impl SyncEngine {
                         continue;
                     }
                 }
-                // Echoes are recognised on the first attempt only: after a
-                // lost race the intent is our own merge, not what the sender
-                // holds, and calling a write "not an echo" only costs a resend.
+                // Echoes are recognised on the first attempt only: calling a
+                // write "not an echo" only costs a resend, and lost races
+                // are rare.
                 let intended = item
                     .intended
                     .as_ref()
@@ -878,7 +865,7 @@ impl SyncEngine {
             if writes.is_empty() {
                 return Ok(());
             }
-            let (outcomes, resent) = self.write_many(collection, &writes).await?;
+            let outcomes = self.write_many(collection, &writes).await?;
             pending = Vec::new();
             ids = Vec::new();
             for ((write, mut item), outcome) in writes.into_iter().zip(waiting).zip(outcomes) {
@@ -899,7 +886,6 @@ impl SyncEngine {
                     WriteOutcome::Conflict => {
                         ids.push(write.record.id().clone());
                         item.intended = Some(write.record);
-                        item.resent = resent;
                         pending.push(item);
                     }
                 }
@@ -935,30 +921,25 @@ impl SyncEngine {
         one_each(backend, "get_many", "entries", stored, "ids", ids.len())
     }
 
-    /// The outcomes of `writes`, in order, transient failures retried, and
-    /// whether the batch was sent more than once (a failure may have hidden
-    /// a send that wrote).
+    /// The outcomes of `writes`, in order, transient failures retried.
     async fn write_many(
         &self,
         collection: &CollectionName,
         writes: &[Write],
-    ) -> Result<(Vec<WriteOutcome>, bool)> {
+    ) -> Result<Vec<WriteOutcome>> {
         let backend = self.store();
-        let mut sends = 0;
         let outcomes = retry_transient(self.retries(), "put_batch", || {
-            sends += 1;
             backend.put_batch(collection, writes)
         })
         .await?;
-        let outcomes = one_each(
+        one_each(
             backend,
             "put_batch",
             "outcomes",
             outcomes,
             "writes",
             writes.len(),
-        )?;
-        Ok((outcomes, sends > 1))
+        )
     }
 
     /// What `intent` does to the stored state `local`.

@@ -656,12 +656,15 @@ async fn a_put_whose_insert_was_sent_twice_is_announced_once() {
     assert_eq!(heard, ["record:added"; 10]);
 }
 
-/// A merge whose write loses a race to a hard delete merges the incoming
-/// record into what the delete left (nothing), not the merge it had made
-/// with the deleted record: the deleted content does not come back.
+/// A merge whose write loses a race to a hard delete (or a clear) merges the
+/// incoming record into what the delete left (nothing), not the merge it had
+/// made with the deleted record: the deleted content does not come back.
 #[tokio::test(start_paused = true)]
 async fn a_merge_that_loses_a_race_to_a_hard_delete_does_not_bring_the_deleted_record_back() {
-    for strategy in [ConflictStrategy::Crdt, ConflictStrategy::Timestamp] {
+    let cases = [ConflictStrategy::Crdt, ConflictStrategy::Timestamp]
+        .into_iter()
+        .flat_map(|strategy| [(strategy, false), (strategy, true)]);
+    for (strategy, clear) in cases {
         let store = Arc::new(FaultyBackend::new(
             Arc::new(MemoryBackend::new()),
             11,
@@ -693,73 +696,23 @@ async fn a_merge_that_loses_a_race_to_a_hard_delete_does_not_bring_the_deleted_r
             .unwrap();
         // Between the sync's read of n1 and its write, n1 is removed for
         // good on the store.
-        store.rival_before_next_put_batch(|store| async move {
+        store.rival_before_next_put_batch(move |store| async move {
             let (c, n1) = (CollectionName::new("c").unwrap(), "n1".try_into().unwrap());
-            assert!(store.delete(&c, &n1).await.unwrap());
+            if clear {
+                store.clear_collection(&c).await.unwrap();
+            } else {
+                assert!(store.delete(&c, &n1).await.unwrap());
+            }
         });
         let result = local.sync("c", [incoming.clone()]).await.unwrap();
         // What the sync wrote is the incoming record, new to the store.
-        assert_eq!((result.added, result.updated), (1, 0), "{strategy:?}");
+        assert_eq!(
+            (result.added, result.updated),
+            (1, 0),
+            "{strategy:?}, clear: {clear}"
+        );
         let stored = local.get("c", "n1").await.unwrap().unwrap();
-        assert_eq!(stored, incoming, "{strategy:?}");
-        assert_eq!(stored.get("secret"), None, "{strategy:?}");
+        assert_eq!(stored, incoming, "{strategy:?}, clear: {clear}");
+        assert_eq!(stored.get("secret"), None, "{strategy:?}, clear: {clear}");
     }
-}
-
-/// Two engines on one store merge the same incoming record, one just before
-/// the other writes: the second write is refused, finds the first one's
-/// merge (the same state it meant to write) and reports nothing changed and
-/// no conflict. The engine that wrote reports both, once.
-#[tokio::test(start_paused = true)]
-async fn a_merge_another_engine_wrote_first_is_reported_unchanged_not_twice() {
-    let store = Arc::new(FaultyBackend::new(
-        Arc::new(MemoryBackend::new()),
-        12,
-        0.0,
-        Duration::ZERO,
-    ));
-    let local = faulty_engine("local", &store, 3, 10).await;
-    local
-        .put("c", &json!({"id": "n1", "title": "mine", "a": 1}))
-        .await
-        .unwrap();
-    let other = SyncEngine::builder()
-        .client_id("other")
-        .conflict_strategy(STRATEGY)
-        .build()
-        .await
-        .unwrap();
-    let incoming = other
-        .put("c", &json!({"id": "n1", "title": "theirs"}))
-        .await
-        .unwrap();
-    let (twin_result, heard) = (Arc::new(parking_lot::Mutex::new(None)), local.subscribe());
-    let twin_sent = incoming.clone();
-    let twin_saw = Arc::clone(&twin_result);
-    store.rival_before_next_put_batch(move |store| async move {
-        let twin = SyncEngine::builder()
-            .client_id("twin")
-            .conflict_strategy(STRATEGY)
-            .backend(store)
-            .build()
-            .await
-            .unwrap();
-        *twin_saw.lock() = Some(twin.sync("c", [twin_sent]).await.unwrap());
-    });
-    let result = local.sync("c", [incoming]).await.unwrap();
-    let twin = twin_result.lock().take().unwrap();
-    assert_eq!((twin.updated, twin.conflicts.len()), (1, 1));
-    assert_eq!(
-        (result.updated, result.unchanged, result.conflicts.len()),
-        (0, 1, 0)
-    );
-    let mut heard = heard;
-    let mut kinds = Vec::new();
-    while let Ok(event) = heard.try_recv() {
-        kinds.push(event.kind().name());
-    }
-    assert!(
-        !kinds.contains(&"record:updated") && !kinds.contains(&"conflict"),
-        "{kinds:?}"
-    );
 }
