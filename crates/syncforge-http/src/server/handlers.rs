@@ -58,6 +58,7 @@ struct Shared {
     /// Set when the server shuts down: long polls return at once.
     closing: watch::Receiver<bool>,
     sync_slots: SyncSlots,
+    body_room: BodyRoom,
 }
 
 /// Room for merges running at once. A sync request takes a slot once its
@@ -95,6 +96,40 @@ impl SyncSlots {
     }
 }
 
+/// Room for the bodies of sync requests held at once, counted in KiB (so
+/// that one request's share fits the semaphore's `u32`). A request takes
+/// room for its body before reading it; its merge task gives it back when
+/// the merge ends, so the room also covers the records decoded from it.
+struct BodyRoom {
+    kib: Arc<Semaphore>,
+    capacity: u32,
+}
+
+impl BodyRoom {
+    fn new(bytes: usize) -> Self {
+        let capacity = kib(bytes).min(u32::try_from(Semaphore::MAX_PERMITS).unwrap_or(u32::MAX));
+        BodyRoom {
+            kib: Arc::new(Semaphore::new(capacity as usize)),
+            capacity,
+        }
+    }
+
+    /// Room for a body of `bytes`, once there is that much.
+    async fn take(&self, bytes: usize) -> Result<OwnedSemaphorePermit, ApiError> {
+        // Only a closed semaphore refuses, and this one is never closed.
+        self.kib
+            .clone()
+            .acquire_many_owned(kib(bytes).min(self.capacity))
+            .await
+            .map_err(|_| ApiError::new(ErrorCode::Internal, "the body room is closed"))
+    }
+}
+
+/// `bytes` in KiB, rounded up.
+fn kib(bytes: usize) -> u32 {
+    u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX)
+}
+
 type AppState = Arc<Shared>;
 
 /// Builds the router over `replica`.
@@ -113,12 +148,14 @@ pub(super) fn build(
     let cors = cors_layer(&options.cors);
     let compression = options.compression;
     let sync_slots = SyncSlots::new(options.max_concurrent_syncs);
+    let body_room = BodyRoom::new(options.max_buffered_bytes.max(options.max_body_bytes));
     let state = Arc::new(Shared {
         replica,
         options,
         watchers,
         closing,
         sync_slots: sync_slots.clone(),
+        body_room,
     });
     let mut app = Router::new()
         .route("/v1/health", get(health))
@@ -427,7 +464,12 @@ async fn sync(
 ) -> Result<Json<SyncResponse>, ApiError> {
     let collection = state.collection(&headers, path, Access::ReadWrite)?;
     check_json_content_type(&headers)?;
-    let bytes = read_body(&headers, body, state.options.max_body_bytes).await?;
+    let max = state.options.max_body_bytes;
+    let declared = declared_length(&headers, max)?;
+    // Room for the body before a byte of it is read: bodies held at once,
+    // and the records decoded from them, stay within `max_buffered_bytes`.
+    let room = state.body_room.take(declared.unwrap_or(max)).await?;
+    let bytes = read_body(declared, body, max).await?;
     // Checked UTF-8 once, whole: the parsers then read it as text.
     let text = String::from_utf8(bytes).map_err(|error| {
         ApiError::new(
@@ -451,6 +493,7 @@ async fn sync(
         async move {
             let outcome = replica.sync(&target, records).await;
             drop(slot);
+            drop(room);
             outcome
         }
         .instrument(tracing::Span::current()),
@@ -773,24 +816,35 @@ fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
 
 /// The whole body, refused with 413 past `max` bytes (a `Content-Length`
 /// over it is refused before reading).
-async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> Result<Vec<u8>, ApiError> {
-    let too_large = || {
-        ApiError::new(
-            ErrorCode::PayloadTooLarge,
-            format!("the body is larger than the server accepts ({max} bytes)"),
-        )
-    };
+/// The refusal of a body larger than `max` bytes.
+fn too_large(max: usize) -> ApiError {
+    ApiError::new(
+        ErrorCode::PayloadTooLarge,
+        format!("the body is larger than the server accepts ({max} bytes)"),
+    )
+}
+
+/// The body length the request declares (`None`: it declares none), refused
+/// when it is larger than `max` bytes.
+fn declared_length(headers: &HeaderMap, max: usize) -> Result<Option<usize>, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > max as u64) {
-        return Err(too_large());
+    match declared {
+        Some(length) if length > max as u64 => Err(too_large(max)),
+        // At most `max`, so it fits.
+        Some(length) => Ok(Some(usize::try_from(length).unwrap_or(max))),
+        None => Ok(None),
     }
+}
+
+/// Reads a body of at most `max` bytes, of `declared` length if the request
+/// declared one ([`declared_length`]).
+async fn read_body(declared: Option<usize>, body: Body, max: usize) -> Result<Vec<u8>, ApiError> {
     // Reserved from the declared length only up to a point: the length is
     // the client's word, and the bytes have not come yet.
-    let capacity = declared.map_or(0, |length| usize::try_from(length).unwrap_or(0));
-    let mut collected = Vec::with_capacity(capacity.min(MAX_RESERVED_BODY));
+    let mut collected = Vec::with_capacity(declared.unwrap_or(0).min(MAX_RESERVED_BODY));
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|error| {
@@ -800,7 +854,7 @@ async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> Result<Vec<u8
             )
         })?;
         if collected.len() + chunk.len() > max {
-            return Err(too_large());
+            return Err(too_large(max));
         }
         collected.extend_from_slice(&chunk);
     }

@@ -27,6 +27,9 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default most sync requests merged at once.
 pub const DEFAULT_MAX_CONCURRENT_SYNCS: usize = 32;
+/// Default most bytes of sync request bodies held at once, across all
+/// requests: 256 MiB.
+pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 256 * 1024 * 1024;
 /// Default most connections a [`Server`](crate::Server) keeps open at once:
 /// room under the usual limit of 1,024 open files a process, for the store's.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
@@ -169,6 +172,7 @@ pub struct ServerOptions {
     pub(crate) header_read_timeout: Duration,
     pub(crate) max_connections: usize,
     pub(crate) max_concurrent_syncs: usize,
+    pub(crate) max_buffered_bytes: usize,
 }
 
 impl Default for ServerOptions {
@@ -185,6 +189,7 @@ impl Default for ServerOptions {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_concurrent_syncs: DEFAULT_MAX_CONCURRENT_SYNCS,
+            max_buffered_bytes: DEFAULT_MAX_BUFFERED_BYTES,
         }
     }
 }
@@ -307,6 +312,22 @@ impl ServerOptions {
         self
     }
 
+    /// Most bytes of sync request bodies held at once, across all requests
+    /// (default 256 MiB, and never less than
+    /// [`max_body_bytes`](Self::max_body_bytes), so that the largest body
+    /// allowed always gets in). A push takes room for its body (the length
+    /// it declares, or `max_body_bytes` if it declares none) before reading
+    /// it, and keeps the room until its merge ends; a push that finds no
+    /// room waits for it, within the request timeout. Without it, every
+    /// connection could hold a body of `max_body_bytes` at once (512 × 16
+    /// MiB by default), and the records decoded from a body take a few
+    /// times its size.
+    #[must_use]
+    pub fn max_buffered_bytes(mut self, bytes: usize) -> Self {
+        self.max_buffered_bytes = bytes;
+        self
+    }
+
     /// The limits as the health route reports them.
     pub fn limits(&self) -> Limits {
         Limits {
@@ -330,6 +351,7 @@ impl ServerOptions {
             ("max_page", self.max_page),
             ("max_connections", self.max_connections),
             ("max_concurrent_syncs", self.max_concurrent_syncs),
+            ("max_buffered_bytes", self.max_buffered_bytes),
         ] {
             if value == 0 {
                 return invalid(option, "must be at least 1".to_owned());
@@ -413,6 +435,10 @@ mod tests {
         assert_eq!(
             refused(ServerOptions::default().max_concurrent_syncs(0)),
             "max_concurrent_syncs"
+        );
+        assert_eq!(
+            refused(ServerOptions::default().max_buffered_bytes(0)),
+            "max_buffered_bytes"
         );
         assert_eq!(
             refused(ServerOptions::default().header_read_timeout(Duration::ZERO)),

@@ -58,6 +58,45 @@ async fn merges_past_the_limit_wait_for_a_place() {
     server.shutdown().await.unwrap();
 }
 
+/// Past `max_buffered_bytes`, a push waits for room before its body is
+/// read, and keeps its room until its merge ends: with room for one body,
+/// one merge runs at a time although many more may; every push is still
+/// merged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_past_the_buffered_bytes_wait_for_room() {
+    let replica =
+        InstrumentedReplica::new(memory_engine("hq").await).slow_syncs(Duration::from_millis(200));
+    let (most, ended) = (
+        replica.most_syncs_running.clone(),
+        replica.syncs_ended.clone(),
+    );
+    let mut bodies = Vec::new();
+    for i in 0..4 {
+        bodies.push(body(&format!("n{i}")).await);
+    }
+    let largest = bodies.iter().map(Vec::len).max().unwrap();
+    assert!(largest < 1024, "each body takes one KiB of room");
+    let options = ServerOptions::default()
+        .max_concurrent_syncs(100)
+        .max_body_bytes(1024)
+        .max_buffered_bytes(1024);
+    let server = Server::bind(replica, "127.0.0.1:0", options).await.unwrap();
+    let pushes: Vec<_> = bodies
+        .into_iter()
+        .map(|body| tokio::spawn(push(server.url(), body)))
+        .collect();
+    for push in pushes {
+        assert_eq!(push.await.unwrap(), reqwest::StatusCode::OK);
+    }
+    assert_eq!(ended.load(Ordering::SeqCst), 4);
+    let most = most.load(Ordering::SeqCst);
+    assert_eq!(
+        most, 1,
+        "{most} merges held their bodies at once, past the room for one"
+    );
+    server.shutdown().await.unwrap();
+}
+
 /// A push whose request timed out is still merged, in the background:
 /// shutdown waits for that merge before it returns, so that a store closed
 /// after it is not closed under a write.
