@@ -33,11 +33,29 @@ const PARALLEL_SYNCS: usize = 16;
 /// here.
 pub(crate) fn io_error(action: &str, path: &Path, err: io::Error) -> Error {
     let message = format!("{action} {}: {err}", path.display());
-    match err.kind() {
-        io::ErrorKind::Interrupted | io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => {
-            Error::unavailable(BACKEND_NAME, message)
-        }
-        _ => Error::storage_caused(BACKEND_NAME, message, err),
+    let transient = matches!(
+        err.kind(),
+        io::ErrorKind::Interrupted | io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+    ) || out_of_file_handles(&err);
+    if transient {
+        Error::unavailable(BACKEND_NAME, message)
+    } else {
+        Error::storage_caused(BACKEND_NAME, message, err)
+    }
+}
+
+/// Whether the process or the system ran out of open files: the store
+/// holds few of its own (it closes idle collections), so the handles of
+/// other work come back, and a retry can succeed.
+fn out_of_file_handles(err: &io::Error) -> bool {
+    #[cfg(unix)]
+    {
+        matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = err;
+        false
     }
 }
 
@@ -299,14 +317,18 @@ pub(crate) fn open_for_reading(path: &Path) -> io::Result<Option<File>> {
     }
 }
 
-/// A fresh temporary path in `dir`, unique across threads and processes.
+/// A fresh temporary path in `dir`, unique across threads and processes:
+/// the process id alone is not (two containers sharing a volume both run
+/// as process 1, and a restarted process may get its old id back), so a
+/// random number drawn once per process goes with it.
 pub(crate) fn temp_path(dir: &Path) -> PathBuf {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    // Asked once: each call is a system call, and a batch names many files.
-    static PROCESS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    // Drawn once: each call of `process::id` is a system call, and a batch
+    // names many files.
+    static PROCESS: std::sync::OnceLock<(u32, u64)> = std::sync::OnceLock::new();
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let process = PROCESS.get_or_init(std::process::id);
-    dir.join(format!("{TEMP_PREFIX}{process}-{n}"))
+    let (process, random) = PROCESS.get_or_init(|| (std::process::id(), fastrand::u64(..)));
+    dir.join(format!("{TEMP_PREFIX}{process}-{random:016x}-{n}"))
 }
 
 /// Writes `bytes` to a new temporary file in `dir`, synced when `sync`.
@@ -319,6 +341,10 @@ pub(crate) fn write_temp(
     let path = temp_path(dir);
     match ops.create_file(&path, bytes, sync) {
         Ok(()) => Ok(path),
+        // Not this call's file: another writer's, left alone.
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
+            Err(io_error("writing", &path, err))
+        }
         Err(err) => {
             // Best effort: a leftover temporary is removed later anyway, a
             // collection's when it is next opened, the metadata's when it is
@@ -517,5 +543,35 @@ mod tests {
         );
         assert!(matches!(permanent, Error::Storage { .. }));
         assert!(permanent.to_string().contains("reading /x"), "{permanent}");
+        #[cfg(unix)]
+        for out_of_files in [libc::EMFILE, libc::ENFILE] {
+            let err = io_error("opening", path, io::Error::from_raw_os_error(out_of_files));
+            assert!(err.is_transient(), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_temporary_name_holds_a_random_part_and_a_taken_one_is_left_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let name = temp_path(tmp.path());
+        let name = name.file_name().unwrap().to_str().unwrap();
+        let parts: Vec<&str> = name.trim_start_matches(TEMP_PREFIX).split('-').collect();
+        assert_eq!(parts.len(), 3, "{name}");
+        assert_eq!(parts[1].len(), 16, "{name}");
+        // Another writer's file under the name this call draws: creating
+        // fails, and the other writer's file stays.
+        let removed = std::sync::atomic::AtomicBool::new(false);
+        let taken = Hooked(|op: &'static str, path: &Path| {
+            if op == "create_file" {
+                std::fs::write(path, b"theirs")?;
+            }
+            if op == "remove_file" {
+                removed.store(true, Ordering::SeqCst);
+            }
+            Ok(())
+        });
+        let err = write_temp(&taken, tmp.path(), b"mine", false).unwrap_err();
+        assert!(matches!(err, Error::Storage { .. }), "{err}");
+        assert!(!removed.load(Ordering::SeqCst));
     }
 }

@@ -268,8 +268,21 @@ impl Wal {
     /// synced when `sync`: once this returns, the frame is committed.
     pub(crate) fn append(&mut self, ops: &dyn FileOps, frame: &Frame, sync: bool) -> Result<()> {
         let line = frame.encode()?;
-        ops.write_at(&self.path, self.end, line.as_bytes(), sync)
-            .map_err(|err| io_error("appending to", &self.path, err))?;
+        if let Err(err) = ops.write_at(&self.path, self.end, line.as_bytes(), sync) {
+            // The frame may be whole in the file's cached pages although it
+            // never reached the disk (its sync failed): cut it off, so that
+            // no reader and no later append takes an unacknowledged write
+            // for a committed one. A failed cut leaves it to the next
+            // append of this handle, which writes at the same place.
+            if let Err(cut) = ops.write_at(&self.path, self.end, b"", sync) {
+                tracing::error!(
+                    path = %self.path.display(),
+                    error = %cut,
+                    "a failed append to the log could not be cut off"
+                );
+            }
+            return Err(io_error("appending to", &self.path, err));
+        }
         self.end += line.len() as u64;
         Ok(())
     }
@@ -419,6 +432,67 @@ mod tests {
         assert_eq!(frames(reader.read_all().unwrap()), [first, second]);
         assert_eq!(reader.frame_bytes(), writer.frame_bytes());
         assert!(holds_records(tmp.path()).unwrap());
+    }
+
+    /// Writes whatever it is asked to, and then fails a synced write once:
+    /// a disk whose flush failed after the bytes reached the cache.
+    #[derive(Debug, Default)]
+    struct SyncFailsOnce(std::sync::atomic::AtomicBool);
+
+    impl FileOps for SyncFailsOnce {
+        fn create_dir(&self, path: &Path) -> std::io::Result<()> {
+            OsFiles.create_dir(path)
+        }
+        fn create_file(&self, path: &Path, bytes: &[u8], sync: bool) -> std::io::Result<()> {
+            OsFiles.create_file(path, bytes, sync)
+        }
+        fn write_at(
+            &self,
+            path: &Path,
+            offset: u64,
+            bytes: &[u8],
+            sync: bool,
+        ) -> std::io::Result<()> {
+            OsFiles.write_at(path, offset, bytes, false)?;
+            if sync && !self.0.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                return Err(std::io::Error::other("the flush failed"));
+            }
+            Ok(())
+        }
+        fn sync_file(&self, path: &Path) -> std::io::Result<()> {
+            OsFiles.sync_file(path)
+        }
+        fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+            OsFiles.rename(from, to)
+        }
+        fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+            OsFiles.remove_file(path)
+        }
+        fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
+            OsFiles.sync_dir(path)
+        }
+        fn open_lock_file(&self, path: &Path) -> std::io::Result<std::fs::File> {
+            OsFiles.open_lock_file(path)
+        }
+    }
+
+    #[test]
+    fn a_frame_whose_sync_failed_is_cut_off_not_read_as_committed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut writer = started(tmp.path());
+        let first = frame(1, &["a"]);
+        writer.append(&OsFiles, &first, true).unwrap();
+        let failing = SyncFailsOnce::default();
+        assert!(writer.append(&failing, &frame(2, &["b"]), true).is_err());
+        let mut reader = Wal::new(tmp.path());
+        assert_eq!(
+            frames(reader.refresh().unwrap()),
+            std::slice::from_ref(&first)
+        );
+        // The next append goes where the failed one was.
+        let third = frame(2, &["c"]);
+        writer.append(&failing, &third, true).unwrap();
+        assert_eq!(frames(reader.refresh().unwrap()), [third]);
     }
 
     #[test]
