@@ -83,7 +83,7 @@ pub use record::{
     DELETED_KEY, ID_KEY, RESERVED_KEYS, SYNC_KEY, TIMESTAMP_KEY, VERSION_KEY,
 };
 pub use validate::{page_limit, validate_collection, validate_id, MAX_NAME_BYTES};
-pub use version_vector::{Causality, VersionVector, MAX_VERSION};
+pub use version_vector::{Causality, VersionVector, MAX_RECEIVED_VERSION, MAX_VERSION};
 
 /// Re-exported so backends implement [`StorageBackend`] with the same macro version.
 pub use async_trait::async_trait;

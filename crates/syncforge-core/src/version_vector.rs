@@ -11,6 +11,15 @@ use crate::sorted::merge_sorted;
 /// 2^53 writes by one client.
 pub const MAX_VERSION: u64 = (1 << 53) - 1;
 
+/// The largest write count a record received from another replica (a sync,
+/// an import) may carry for one client: 2^48, far beyond what any client
+/// writes to one record (a write every microsecond for nine years), and far
+/// enough below [`MAX_VERSION`] that counting on from it never reaches it.
+/// A count at `MAX_VERSION` stops counting: a replica could no longer tell
+/// its own later writes from earlier ones, nor report the conflicts they
+/// make, so a record that would pin a count there is refused on arrival.
+pub const MAX_RECEIVED_VERSION: u64 = 1 << 48;
+
 /// Per-client write counts of one record. Merged by pointwise maximum.
 ///
 /// Kept as a vector sorted by client id: records are usually written by a
@@ -142,6 +151,16 @@ impl VersionVector {
             .iter()
             .fold(0u64, |sum, (_, n)| sum.saturating_add(*n))
             .min(MAX_VERSION)
+    }
+
+    /// The largest count of any client (0 for an empty vector).
+    #[inline]
+    pub fn largest_count(&self) -> u64 {
+        match &self.0 {
+            // Most records: checked on every record a sync receives.
+            Entries::Inline(entry) => entry.as_ref().map_or(0, |(_, n)| *n),
+            Entries::Heap(entries) => entries.iter().map(|(_, n)| *n).max().unwrap_or(0),
+        }
     }
 
     /// Entries, sorted by client id.

@@ -23,7 +23,7 @@ use serde::Serialize;
 use syncforge_core::{
     classify, dedupe, ChangeKind, ClientId, CollectionName, ConflictDetail, Content, Cursor, Error,
     Hlc, IfAbsent, Record, RecordId, Result, Stamp, StorageBackend, Stored, TimeSource, Write,
-    WriteOutcome,
+    WriteOutcome, MAX_RECEIVED_VERSION,
 };
 use tokio::task::AbortHandle;
 use tracing::field::Empty;
@@ -338,8 +338,9 @@ impl SyncEngine {
         self.inner.config.max_retries
     }
 
-    /// Refuses the whole batch if any stamp lies too far ahead; otherwise
-    /// moves the clock past every stamp in it, and says whether every id of
+    /// Refuses the whole batch if any stamp lies too far ahead, or any
+    /// record counts more writes of a client than [`MAX_RECEIVED_VERSION`];
+    /// otherwise moves the clock past every stamp in it, and says whether every id of
     /// the batch is certainly distinct (when not — repeats, or two ids with
     /// one hash — the caller merges the repeats, comparing ids). Both in one
     /// pass: in a batch larger than the cache, every pass over the records
@@ -352,6 +353,7 @@ impl SyncEngine {
         let mut offenders = Vec::new();
         let mut worst = 0;
         let mut newest: Option<&Stamp> = None;
+        let mut counted_past: Option<&Record> = None;
         // Ids are told apart by their 64-bit hashes, written in order into
         // a vector, where a set of them missed the cache at nearly every
         // insert in a large batch (a million-record sync spent 18% of its
@@ -369,6 +371,22 @@ impl SyncEngine {
             if newest.is_none_or(|n| stamp > n) {
                 newest = Some(stamp);
             }
+            if record.versions().largest_count() > MAX_RECEIVED_VERSION {
+                counted_past.get_or_insert(record);
+            }
+        }
+        if let Some(record) = counted_past {
+            return Err(Error::invalid_field(
+                Some(record.id().as_str()),
+                "_sync",
+                format!(
+                    "counts {} writes of one client, past the {MAX_RECEIVED_VERSION} a \
+                     received record may count: no replica writes a record that often, \
+                     and counting on from there would stop at the limit and hide \
+                     conflicts",
+                    record.versions().largest_count()
+                ),
+            ));
         }
         if !offenders.is_empty() {
             return Err(Error::ClockDrift {

@@ -326,6 +326,50 @@ async fn clock_is_seeded_from_the_store_on_open() {
     assert!(other.newest_stamp() > written.newest_stamp());
 }
 
+/// A record counting a client's writes near the largest count (a forged or
+/// broken peer's, or a hand-made import) is refused, with its batch, by sync
+/// and import alike: a count pinned there would stop counting that client's
+/// later writes, and two concurrent edits would no longer be seen as a
+/// conflict.
+#[tokio::test]
+async fn a_record_counting_writes_past_the_received_bound_is_refused_with_its_batch() {
+    let time = Arc::new(ManualTime::new(T0));
+    let local = engine_at("local", ConflictStrategy::Timestamp, &time).await;
+    let at = |id: &str, version: u64| {
+        Record::from_json(
+            json!({"id": id, "t": "a", "_version": version, "_timestamp": T0, "_clientId": "local"}),
+        )
+        .unwrap()
+    };
+    let good = at("ok", 3);
+    let bound = syncforge::core::MAX_RECEIVED_VERSION;
+    let pinned = at("n1", syncforge::core::MAX_VERSION);
+    for refused in [
+        local.sync("c", vec![good.clone(), pinned.clone()]).await,
+        local.import("c", vec![good.clone(), pinned]).await,
+    ] {
+        match refused.unwrap_err() {
+            Error::InvalidRecord { id, field, reason } => {
+                assert_eq!(id.as_deref(), Some("n1"));
+                assert_eq!(field.as_deref(), Some("_sync"));
+                assert!(reason.contains(&bound.to_string()), "{reason}");
+            }
+            other => panic!("expected InvalidRecord, got {other:?}"),
+        }
+        assert!(
+            local.get_all("c").await.unwrap().is_empty(),
+            "nothing written"
+        );
+    }
+    // At the bound a record is taken, and a local write still counts.
+    let _ = local.sync("c", vec![good, at("n1", bound)]).await.unwrap();
+    let edited = local
+        .put("c", &json!({"id": "n1", "t": "b"}))
+        .await
+        .unwrap();
+    assert_eq!(edited.version(), bound + 1);
+}
+
 #[tokio::test]
 async fn sync_rejects_a_whole_batch_with_a_far_future_stamp() {
     let time = Arc::new(ManualTime::new(T0));
