@@ -19,6 +19,9 @@ pub(crate) struct OpenCollection {
     checkpoint_lock: Arc<CheckpointLock>,
     /// Whether a background checkpoint started by this handle is running.
     in_background: AtomicBool,
+    /// Whether the checkpoint a full log made writers wait for failed: the
+    /// next write waits for one again, and is refused if that fails too.
+    behind: AtomicBool,
 }
 
 impl OpenCollection {
@@ -28,6 +31,7 @@ impl OpenCollection {
             checkpoint_lock: collection.checkpoint_lock(),
             state: Mutex::new(collection),
             in_background: AtomicBool::new(false),
+            behind: AtomicBool::new(false),
         }
     }
 
@@ -39,10 +43,20 @@ impl OpenCollection {
     /// Runs a write, then the checkpoint it made due: in the background
     /// once the write-ahead log has grown past its size, at once (the
     /// caller waiting) when background checkpoints have fallen behind.
+    ///
+    /// A full log whose checkpoint failed takes no more writes until a
+    /// checkpoint succeeds: the write waits for one first and is refused,
+    /// writing nothing, with that checkpoint's error. Otherwise a directory
+    /// that refused new files (permissions, a full disk) would let the log
+    /// and the records it holds in memory grow without bound.
     pub(crate) fn write<T>(
         self: &Arc<Self>,
         work: impl FnOnce(&mut Collection) -> Result<T>,
     ) -> Result<T> {
+        if self.behind.load(Ordering::Acquire) {
+            self.checkpointing(Collection::checkpoint_if_used)?;
+            self.behind.store(false, Ordering::Release);
+        }
         let (written, due) = {
             let mut state = self.state.lock();
             let written = state.exclusive(work)?;
@@ -54,7 +68,8 @@ impl OpenCollection {
             Due::Now => {
                 // The write is committed and must not be reported as failed.
                 if let Err(err) = self.checkpointing(Collection::checkpoint_if_used) {
-                    tracing::warn!(%err, "could not checkpoint the write-ahead log; a later write tries again");
+                    self.behind.store(true, Ordering::Release);
+                    tracing::warn!(%err, "could not checkpoint the full write-ahead log; the next write waits for a checkpoint, and is refused if it fails");
                 }
             }
         }
@@ -172,6 +187,65 @@ mod tests {
             tokio::task::yield_now().await;
         }
         panic!("an increment of {id} lost 10,000 races in a row");
+    }
+
+    /// A directory that refuses new files (so every checkpoint fails) stops
+    /// taking writes once the log is full, instead of letting it grow: the
+    /// refused write is not written, and writes go on once files can be
+    /// made again.
+    #[tokio::test]
+    async fn a_full_log_whose_checkpoints_fail_refuses_writes_until_one_succeeds() {
+        let tmp = tempfile::tempdir().unwrap();
+        let refusing = Arc::new(AtomicBool::new(false));
+        let refuse = refusing.clone();
+        let ops = Arc::new(Hooked(move |op: &'static str, path: &Path| {
+            let temporary = path
+                .file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with(crate::files::TEMP_PREFIX));
+            if op == "create_file" && temporary && refuse.load(Ordering::SeqCst) {
+                return Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied));
+            }
+            Ok(())
+        }));
+        let tuning = Tuning {
+            checkpoint_bytes: 1_000,
+            ..Tuning::default()
+        };
+        let store = FsBackend::open_on(ops, tmp.path(), FsOptions::default(), tuning)
+            .await
+            .unwrap();
+        let collection = CollectionName::new("notes").unwrap();
+        // The collection exists before files are refused.
+        let first = Write::create(counter("n0", 1));
+        store.put(&collection, &first).await.unwrap();
+        refusing.store(true, Ordering::SeqCst);
+        let mut refused = None;
+        for n in 1..1_000 {
+            let write = Write::create(counter(&format!("n{n}"), 1));
+            if let Err(err) = store.put(&collection, &write).await {
+                refused = Some((n, err));
+                break;
+            }
+        }
+        let (n, err) = refused.expect("the log grew without bound");
+        // The log took writes until it was full (four times the checkpoint
+        // size).
+        assert!(n > 1, "refused at write {n}: {err}");
+        assert!(
+            matches!(err, syncforge_core::Error::Storage { .. }),
+            "{err}"
+        );
+        refusing.store(false, Ordering::SeqCst);
+        let id = RecordId::new(format!("n{n}")).unwrap();
+        assert!(
+            store.get(&collection, &id).await.unwrap().is_none(),
+            "the refused write was written"
+        );
+        let write = Write::create(counter(&format!("n{n}"), 1));
+        store.put(&collection, &write).await.unwrap();
+        assert_eq!(store.get_all(&collection).await.unwrap().len(), n + 1);
+        store.close().await.unwrap();
     }
 
     /// A background checkpoint that panicked left its handle's flag set, and
