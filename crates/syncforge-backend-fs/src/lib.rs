@@ -867,8 +867,7 @@ impl StorageBackend for FsBackend {
             let mut first_error = None;
             for state in open {
                 // Waits for a background checkpoint under way.
-                let checkpointed = state.checkpointing(Collection::checkpoint_if_used);
-                if let Err(err) = checkpointed {
+                if let Err(err) = state.close() {
                     first_error.get_or_insert(err);
                 }
             }
@@ -901,6 +900,39 @@ mod tests {
             opened.err()
         );
         assert!(store.inner.collections.lock().is_empty());
+    }
+
+    /// A call that took its collection before `close` emptied the map, and
+    /// wrote after close's checkpoint, was acknowledged into a closed store
+    /// (and could start a checkpoint after `close` returned): it is refused.
+    #[tokio::test]
+    async fn a_write_into_a_collection_taken_before_close_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = FsBackend::open(tmp.path()).await.unwrap();
+        let notes = name("notes");
+        let record = Record::from_json(serde_json::json!({
+            "id": "n1", "_version": 1, "_timestamp": 1, "_deleted": false, "_clientId": "t"
+        }))
+        .unwrap();
+        let taken = store.inner.collection(&notes, true).unwrap().unwrap();
+        store.close().await.unwrap();
+        let prepared = vec![PreparedWrite {
+            id: "n1".to_owned(),
+            json: record.to_json_string(),
+            expected: None,
+            newest: record.newest_stamp().clone(),
+        }];
+        let late = taken.write(|c| c.put_batch(&prepared));
+        assert!(
+            matches!(late, Err(Error::Closed { .. })),
+            "{:?}",
+            late.err()
+        );
+        let dir = Collection::dir_for(tmp.path(), notes.as_str());
+        assert!(
+            !holds_records(&dir).unwrap(),
+            "the refused write is in the log"
+        );
     }
 
     /// Opening a collection waits for other processes' locks; it held the

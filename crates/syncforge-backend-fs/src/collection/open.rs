@@ -4,8 +4,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
-use syncforge_core::Result;
+use parking_lot::{Mutex, MutexGuard};
+use syncforge_core::{Error, Result};
 
 use super::checkpoint::{CheckpointLock, Due};
 use super::Collection;
@@ -22,6 +22,9 @@ pub(crate) struct OpenCollection {
     /// Whether the checkpoint a full log made writers wait for failed: the
     /// next write waits for one again, and is refused if that fails too.
     behind: AtomicBool,
+    /// Set by [`close`](Self::close), under the state's lock: every call
+    /// after it is refused.
+    closed: AtomicBool,
 }
 
 impl OpenCollection {
@@ -32,12 +35,38 @@ impl OpenCollection {
             state: Mutex::new(collection),
             in_background: AtomicBool::new(false),
             behind: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
         }
+    }
+
+    /// The collection's state, locked, unless the handle closed it.
+    fn state(&self) -> Result<MutexGuard<'_, Collection>> {
+        let state = self.state.lock();
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed {
+                what: "filesystem backend",
+            });
+        }
+        Ok(state)
     }
 
     /// Runs `work` on the collection's state.
     pub(crate) fn with<T>(&self, work: impl FnOnce(&mut Collection) -> Result<T>) -> Result<T> {
-        work(&mut self.state.lock())
+        let mut state = self.state()?;
+        work(&mut state)
+    }
+
+    /// Checkpoints what the log holds, waiting for a checkpoint under way,
+    /// and refuses every later call: a call that took the collection before
+    /// the handle's `close` emptied its map either ended before this
+    /// checkpoint, which then holds its write, or is refused. So a closed
+    /// store holds everything in its record files, with no write after it.
+    pub(crate) fn close(&self) -> Result<()> {
+        let _checkpointing = self.checkpoint_lock.acquire()?;
+        let mut state = self.state.lock();
+        let checkpointed = state.exclusive(Collection::checkpoint_if_used);
+        self.closed.store(true, Ordering::Release);
+        checkpointed
     }
 
     /// Runs a write, then the checkpoint it made due: in the background
@@ -58,7 +87,7 @@ impl OpenCollection {
             self.behind.store(false, Ordering::Release);
         }
         let (written, due) = {
-            let mut state = self.state.lock();
+            let mut state = self.state()?;
             let written = state.exclusive(work)?;
             (written, state.checkpoint_due())
         };
@@ -84,7 +113,7 @@ impl OpenCollection {
         work: impl FnOnce(&mut Collection) -> Result<T>,
     ) -> Result<T> {
         let _checkpointing = self.checkpoint_lock.acquire()?;
-        self.state.lock().exclusive(work)
+        self.state()?.exclusive(work)
     }
 
     /// Starts a checkpoint on a thread of its own, unless this handle has
