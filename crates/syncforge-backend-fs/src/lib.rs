@@ -885,6 +885,14 @@ mod tests {
         CollectionName::new(text).unwrap()
     }
 
+    /// A record `id` written once, by client `t`.
+    fn record(id: &str) -> Record {
+        Record::from_json(serde_json::json!({
+            "id": id, "_version": 1, "_timestamp": 1, "_deleted": false, "_clientId": "t"
+        }))
+        .unwrap()
+    }
+
     /// A call that passed its first check before `close` drained the map
     /// opened its collection again, into the closed handle.
     #[tokio::test]
@@ -910,10 +918,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let store = FsBackend::open(tmp.path()).await.unwrap();
         let notes = name("notes");
-        let record = Record::from_json(serde_json::json!({
-            "id": "n1", "_version": 1, "_timestamp": 1, "_deleted": false, "_clientId": "t"
-        }))
-        .unwrap();
+        let record = record("n1");
         let taken = store.inner.collection(&notes, true).unwrap().unwrap();
         store.close().await.unwrap();
         let prepared = vec![PreparedWrite {
@@ -941,12 +946,6 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_slow_open_does_not_hold_up_calls_on_other_collections() {
         let tmp = tempfile::tempdir().unwrap();
-        let record = |id: &str| {
-            Record::from_json(serde_json::json!({
-                "id": id, "_version": 1, "_timestamp": 1, "_deleted": false, "_clientId": "t"
-            }))
-            .unwrap()
-        };
         let (open_one, slow_one) = (name("open"), name("slow"));
         let setup = FsBackend::open(tmp.path()).await.unwrap();
         for collection in [&open_one, &slow_one] {
@@ -997,11 +996,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let store = FsBackend::open(tmp.path()).await.unwrap();
         let notes = name("notes");
-        let record = Record::from_json(serde_json::json!({
-            "id": "n1", "_version": 1, "_timestamp": 1, "_deleted": false, "_clientId": "t"
-        }))
-        .unwrap();
-        store.put(&notes, &Write::create(record)).await.unwrap();
+        store
+            .put(&notes, &Write::create(record("n1")))
+            .await
+            .unwrap();
         let dir = Collection::dir_for(tmp.path(), notes.as_str());
         assert!(holds_records(&dir).unwrap(), "the write is in the log");
         // As an eviction leaves it between the map and its checkpoint.
