@@ -665,11 +665,16 @@ impl Store {
             Some(etag) => Condition::Tag(etag),
             None => Condition::Absent,
         };
-        if let Put::Lost = self
-            .io
-            .put(&keys.horizon(), format::to_bytes(&moved)?, condition)
-            .await?
-        {
+        let lost = matches!(
+            self.io
+                .put(&keys.horizon(), format::to_bytes(&moved)?, condition)
+                .await?,
+            Put::Lost
+        );
+        // A refusal may answer a second send of this very put, made by the
+        // client after the first one landed and its answer was lost: then
+        // the horizon names this segment, which readers need.
+        if lost && self.read_horizon(keys).await?.0 != moved {
             // Someone else moved the horizon: this segment is nobody's.
             self.io.delete(vec![segment_path]).await?;
             return Ok(());

@@ -32,6 +32,9 @@ pub(crate) struct Wrapped {
     last_lands: AtomicBool,
     /// Extra delay for puts whose key contains this text (a slow writer).
     slow_puts: parking_lot::Mutex<Option<(String, Duration)>>,
+    /// Puts to keys ending with this text are sent twice, the caller told
+    /// what the second send was answered.
+    resent_puts: parking_lot::Mutex<Option<String>>,
 }
 
 impl Wrapped {
@@ -43,7 +46,18 @@ impl Wrapped {
             dies_after: AtomicU64::new(u64::MAX),
             last_lands: AtomicBool::new(false),
             slow_puts: parking_lot::Mutex::new(None),
+            resent_puts: parking_lot::Mutex::new(None),
         }
+    }
+
+    /// Sends each put to a key ending with `key_end` twice and answers what
+    /// the second send was answered: what a client does that retries a put
+    /// whose first send landed but whose answer was lost (object_store
+    /// retries a put after a 5xx, 429 or a cut response). A conditional put
+    /// is then refused, although it took effect.
+    pub(crate) fn resending_puts(self, key_end: &str) -> Self {
+        *self.resent_puts.lock() = Some(key_end.to_owned());
+        self
     }
 
     /// Every request waits this long first (the benches' 20 ms region).
@@ -153,6 +167,12 @@ impl ObjectStore for Wrapped {
             if location.as_ref().contains(&part) {
                 tokio::time::sleep(delay).await;
             }
+        }
+        let resent = self.resent_puts.lock().clone();
+        if resent.is_some_and(|end| location.as_ref().ends_with(&end)) {
+            let _lost = self
+                .around(self.inner.put_opts(location, payload.clone(), opts.clone()))
+                .await;
         }
         self.around(self.inner.put_opts(location, payload, opts))
             .await

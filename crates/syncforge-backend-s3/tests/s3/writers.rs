@@ -485,6 +485,42 @@ async fn compaction_bounds_the_feed(store: Arc<dyn ObjectStore>, prefix: &str, w
     }
 }
 
+/// A compaction whose horizon put landed, but was sent again (its answer
+/// lost) and refused, took the refusal for another compactor's move and
+/// deleted the segment the horizon now names: every reader from before the
+/// horizon failed from then on. It keeps the segment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compaction_whose_horizon_put_was_sent_twice_keeps_its_segment() {
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(Wrapped::new(Arc::new(InMemory::new())).resending_puts("/h"));
+    let options = StoreOptions {
+        compaction_interval: 4.try_into().unwrap(),
+        ..StoreOptions::default()
+    };
+    let backend = handle(&store, "dse").with_options(options);
+    let collection = coll("compacted");
+    let mut clock = Hlc::new(ClientId::new("w").unwrap());
+    for i in 0..20 {
+        let id = format!("r{i}");
+        let write = Write::create(Record::create(content(&id, i), &clock.now().unwrap()));
+        assert!(matches!(
+            backend.put(&collection, &write).await.unwrap(),
+            WriteOutcome::Written { .. }
+        ));
+    }
+    let segments = store
+        .list_with_delimiter(Some(&"dse/c/compacted/s".into()))
+        .await
+        .unwrap()
+        .objects
+        .len();
+    assert!(segments >= 1, "no compaction ran");
+    let mut seen = BTreeMap::new();
+    follow(&backend, &collection, Cursor::START, &mut seen).await;
+    assert_eq!(seen, all(&backend, &collection).await);
+    assert_eq!(seen.len(), 20);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_bounds_the_feed_and_readers_miss_nothing_in_memory() {
     compaction_bounds_the_feed(Arc::new(InMemory::new()), "dse", 60).await;
