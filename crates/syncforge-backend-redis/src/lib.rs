@@ -76,9 +76,9 @@ use std::time::Duration;
 
 use fred::clients::Client;
 use fred::interfaces::{
-    ClientLike, HashesInterface, KeysInterface, SetsInterface, SortedSetsInterface,
+    ClientLike, EventInterface, HashesInterface, KeysInterface, SetsInterface, SortedSetsInterface,
 };
-use fred::types::config::{Config as FredConfig, ReconnectPolicy, ServerConfig};
+use fred::types::config::{Config as FredConfig, ReconnectPolicy, Server, ServerConfig};
 use fred::types::{Builder, ConnectHandle, Value};
 use parking_lot::Mutex;
 use syncforge_core::{
@@ -131,8 +131,11 @@ pub struct RedisBackend {
     /// starts a new one.
     connection: tokio::sync::Mutex<ConnectHandle>,
     /// Collections this handle has added to the registry: later writes to
-    /// them skip that round trip.
+    /// them skip that round trip. Forgotten when the client reconnected
+    /// (see [`register`](Self::register)).
     registered: Mutex<HashSet<CollectionName>>,
+    /// The client's reconnections since `registered` was last looked at.
+    reconnects: Mutex<tokio::sync::broadcast::Receiver<Server>>,
     /// The last sequence this handle saw handed out in each collection: the
     /// batch script's guess of the next ones (see `scripts::PUT_BATCH`).
     last_sequence: Mutex<HashMap<CollectionName, u64>>,
@@ -166,6 +169,9 @@ impl RedisBackend {
                 return Err(error::connect_timeout(&address, config.connect_timeout));
             }
         };
+        // Subscribed after connecting: the first connection is announced
+        // too, and is no reconnection.
+        let reconnects = client.reconnect_rx();
         Ok(RedisBackend {
             client,
             keys: Keys::new(&config.key_prefix),
@@ -176,6 +182,7 @@ impl RedisBackend {
             connect_timeout: config.connect_timeout,
             connection: tokio::sync::Mutex::new(connection),
             registered: Mutex::new(HashSet::new()),
+            reconnects: Mutex::new(reconnects),
             last_sequence: Mutex::new(HashMap::new()),
         })
     }
@@ -284,7 +291,15 @@ impl RedisBackend {
     /// Adds the collection to the registry unless this handle already did.
     /// Done, and answered, before the first write, so a collection holding
     /// records is always registered, whichever node holds it.
+    ///
+    /// A reconnection makes the handle register every collection again: a
+    /// server that came back without its data, or a failover whose new
+    /// primary missed the registry's last writes, would otherwise never
+    /// list this handle's collections again.
     async fn register(&self, collection: &CollectionName) -> Result<()> {
+        if self.reconnected() {
+            self.registered.lock().clear();
+        }
         if self.registered.lock().contains(collection) {
             return Ok(());
         }
@@ -295,6 +310,40 @@ impl RedisBackend {
             .map_err(self.fail("registering", Some(collection)))?;
         self.registered.lock().insert(collection.clone());
         Ok(())
+    }
+
+    /// After a write of `collection`: a reconnection the write itself went
+    /// through (the client sent it again on a new connection) is noticed
+    /// only now, so the collection is registered again now. A failure is
+    /// left to the next write, which registers the collection, no longer
+    /// known here as registered.
+    async fn register_again_if_reconnected(&self, collection: &CollectionName) {
+        if !self.reconnected() {
+            return;
+        }
+        self.registered.lock().clear();
+        if let Err(error) = self.register(collection).await {
+            tracing::debug!(%error, "registering a collection again after a reconnection");
+        }
+    }
+
+    /// Whether the client reconnected since this was last asked.
+    fn reconnected(&self) -> bool {
+        use tokio::sync::broadcast::error::TryRecvError;
+        let mut reconnects = self.reconnects.lock();
+        let mut reconnected = false;
+        loop {
+            match reconnects.try_recv() {
+                Ok(_) | Err(TryRecvError::Lagged(_)) => reconnected = true,
+                Err(TryRecvError::Empty) => return reconnected,
+                // The client made a new channel (it was told to quit and
+                // started again): what happened meanwhile is unknown.
+                Err(TryRecvError::Closed) => {
+                    *reconnects = self.client.reconnect_rx();
+                    return true;
+                }
+            }
+        }
     }
 
     /// The names in the registry (collections ever written).
@@ -374,6 +423,7 @@ impl RedisBackend {
                 Some(collection),
             )
             .await?;
+        self.register_again_if_reconnected(collection).await;
         match reply {
             Value::Array(stored) if stored.len() == 1 => {
                 let value = stored.first().and_then(text).ok_or_else(|| {
@@ -866,6 +916,7 @@ impl StorageBackend for RedisBackend {
                 self.last_sequence.lock().insert(collection.clone(), last);
             }
         }
+        self.register_again_if_reconnected(collection).await;
         Ok(outcomes)
     }
 

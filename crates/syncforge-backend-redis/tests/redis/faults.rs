@@ -102,6 +102,49 @@ async fn a_server_killed_mid_sync_loses_nothing_and_tears_nothing() {
     store.close().await.unwrap();
 }
 
+/// A server that came back without the registry of collections (a restart
+/// without its data, a failover whose new primary missed the last writes)
+/// had a handle that registered a collection before never register it
+/// again: the collection was missing from `list_collections` for good. The
+/// handle registers its collections again after a reconnection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_registers_its_collections_again_after_a_reconnection() {
+    let Some(mut server) = PrivateServer::start().await else {
+        return;
+    };
+    let prefix = fresh_prefix("healed");
+    let config = server.config(&prefix);
+    let store = RedisBackend::connect(config.clone()).await.unwrap();
+    let mut hlc = Hlc::new(ClientId::new("w").unwrap());
+    let write = |record: Record| syncforge_core::Write::create(record);
+    store
+        .put(&coll("healed"), &write(record(&mut hlc, "r1", 1)))
+        .await
+        .unwrap();
+    let raw = raw_client(&config).await.unwrap();
+    let removed: i64 = fred::interfaces::KeysInterface::del(&raw, format!("{prefix}:collections"))
+        .await
+        .unwrap();
+    assert_eq!(removed, 1);
+    raw.quit().await.ok();
+    server.restart().await;
+    // The handle reconnects in the background; its first calls may fail.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let next = write(record(&mut hlc, "r2", 2));
+    while let Err(error) = store.put(&coll("healed"), &next).await {
+        assert!(error.is_transient(), "{error}");
+        assert!(
+            Instant::now() < deadline,
+            "the handle did not reconnect: {error}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let fresh = RedisBackend::connect(config).await.unwrap();
+    assert_eq!(fresh.list_collections().await.unwrap(), [coll("healed")]);
+    fresh.close().await.unwrap();
+    store.close().await.unwrap();
+}
+
 /// Connecting to a port where nothing listens fails with a transient error
 /// naming the address, within the connect timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
