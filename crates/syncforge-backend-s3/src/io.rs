@@ -183,7 +183,7 @@ fn no_etag(path: &Path) -> Error {
         BACKEND_NAME,
         format!(
             "the object store returned no ETag for {path}: compare-and-swap writes need a store \
-             with ETags (S3, GCS, Azure, MinIO, object_store's InMemory)"
+             with ETags (S3, Azure, MinIO, object_store's InMemory)"
         ),
     )
 }
@@ -236,7 +236,7 @@ fn unsupported(error: object_store::Error, doing: &str, path: &Path) -> Error {
         format!(
             "{doing} {path}: this object store cannot do what the backend needs (conditional \
              create and conditional update on ETags); use S3, an S3-compatible server with \
-             conditional writes, GCS, Azure, or S3Backend::local_directory for a local \
+             conditional writes, Azure, or S3Backend::local_directory for a local \
              directory"
         ),
         error,

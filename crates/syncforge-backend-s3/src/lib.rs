@@ -3,7 +3,8 @@
 //! [`S3Backend`]: a syncforge [`StorageBackend`] on an object store — Amazon
 //! S3 and S3-compatible servers through [`S3Config`], any
 //! [`object_store::ObjectStore`] that does conditional writes on ETags
-//! (Google Cloud Storage, Azure, object_store's `InMemory`) through
+//! (Azure, object_store's `InMemory`; not Google Cloud Storage, whose store
+//! conditions updates on generations) through
 //! [`S3Backend::from_store`], or a directory of this machine through
 //! [`S3Backend::local_directory`] (on [`LocalDirectory`], which adds the
 //! conditional updates object_store's `LocalFileSystem` lacks, under a lock
@@ -117,12 +118,13 @@ impl S3Backend {
 
     /// A handle on any object store, keeping everything under `prefix`.
     /// The store must support conditional puts (`PutMode::Create` and
-    /// `PutMode::Update` on ETags): S3, GCS, Azure, `InMemory` and
-    /// [`LocalDirectory`] do. object_store's own `LocalFileSystem` does not
+    /// `PutMode::Update` on ETags): S3, Azure, `InMemory` and
+    /// [`LocalDirectory`] do; object_store's GCS store conditions an update
+    /// on the object's generation instead, and does not work here. object_store's own `LocalFileSystem` does not
     /// support `PutMode::Update`, and the first write that needs it fails
     /// with [`Error::Storage`] saying so: for a local directory use
     /// [`local_directory`](Self::local_directory). Its listings must come in
-    /// key order, as S3's, GCS's, Azure's, `InMemory`'s and
+    /// key order, as S3's, Azure's, `InMemory`'s and
     /// [`LocalDirectory`]'s do: a page of a listing is taken to hold the
     /// first keys after its offset.
     ///
