@@ -244,6 +244,15 @@ impl Store {
                 }
                 Put::Lost => {
                     races.lost(&keys.entries()).await?;
+                    // A refusal usually means another writer took the
+                    // number, but not always: S3 answers 409 to a create
+                    // that raced another request on the key, which may have
+                    // failed too. A number left free below taken ones would
+                    // be claimed later, under cursors readers already hold:
+                    // it is tried again.
+                    if self.io.get(&keys.entry(number)).await?.is_none() {
+                        continue;
+                    }
                     // Taken the first time: usually by a writer just as fast,
                     // so try the next number. Taken again: the feed is further
                     // on (and later, after a wait, further still): list where

@@ -35,6 +35,9 @@ pub(crate) struct Wrapped {
     /// Puts to keys ending with this text are sent twice, the caller told
     /// what the second send was answered.
     resent_puts: parking_lot::Mutex<Option<String>>,
+    /// Creates of keys containing this text are refused once each, without
+    /// effect.
+    refused_creates: parking_lot::Mutex<Option<(String, std::collections::HashSet<Path>)>>,
 }
 
 impl Wrapped {
@@ -47,7 +50,16 @@ impl Wrapped {
             last_lands: AtomicBool::new(false),
             slow_puts: parking_lot::Mutex::new(None),
             resent_puts: parking_lot::Mutex::new(None),
+            refused_creates: parking_lot::Mutex::new(None),
         }
+    }
+
+    /// Refuses the first create-if-absent of each key containing
+    /// `key_part` as if the key existed, writing nothing: S3's 409 to a
+    /// create that raced another request on the key, which failed too.
+    pub(crate) fn refusing_first_creates(self, key_part: &str) -> Self {
+        *self.refused_creates.lock() = Some((key_part.to_owned(), Default::default()));
+        self
     }
 
     /// Sends each put to a key ending with `key_end` twice and answers what
@@ -166,6 +178,17 @@ impl ObjectStore for Wrapped {
         if let Some((part, delay)) = slow {
             if location.as_ref().contains(&part) {
                 tokio::time::sleep(delay).await;
+            }
+        }
+        if let (object_store::PutMode::Create, Some((part, refused))) =
+            (&opts.mode, self.refused_creates.lock().as_mut())
+        {
+            if location.as_ref().contains(part.as_str()) && refused.insert(location.clone()) {
+                self.requests.fetch_add(1, Ordering::SeqCst);
+                return Err(object_store::Error::AlreadyExists {
+                    path: location.to_string(),
+                    source: "a create racing another request on the key (409)".into(),
+                });
             }
         }
         let resent = self.resent_puts.lock().clone();

@@ -485,6 +485,38 @@ async fn compaction_bounds_the_feed(store: Arc<dyn ObjectStore>, prefix: &str, w
     }
 }
 
+/// A claim refused although no one took the number (S3's 409 to a create
+/// racing another request on the key) moved on to the next number and left
+/// a hole, which a writer with an older view of the feed would fill later,
+/// under the cursors readers already held. The number is tried again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_refused_without_the_number_being_taken_leaves_no_hole() {
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(Wrapped::new(Arc::new(InMemory::new())).refusing_first_creates("/f/"));
+    let backend = handle(&store, "dse");
+    let collection = coll("holes");
+    let mut clock = Hlc::new(ClientId::new("w").unwrap());
+    let mut cursors = Vec::new();
+    for i in 0..3 {
+        let id = format!("r{i}");
+        let write = Write::create(Record::create(content(&id, i), &clock.now().unwrap()));
+        match backend.put(&collection, &write).await.unwrap() {
+            WriteOutcome::Written { cursor, .. } => cursors.push(cursor),
+            WriteOutcome::Conflict => panic!("a lone writer conflicted"),
+        }
+    }
+    let entries: Vec<String> = store
+        .list_with_delimiter(Some(&"dse/c/holes/f".into()))
+        .await
+        .unwrap()
+        .objects
+        .into_iter()
+        .filter_map(|meta| meta.location.filename().map(str::to_owned))
+        .collect();
+    let numbered: Vec<String> = (1..=3u64).map(|n| format!("{n:016x}")).collect();
+    assert_eq!(entries, numbered, "entries 1 to 3, with no number skipped");
+}
+
 /// A compaction whose horizon put landed, but was sent again (its answer
 /// lost) and refused, took the refusal for another compactor's move and
 /// deleted the segment the horizon now names: every reader from before the
