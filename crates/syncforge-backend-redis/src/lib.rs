@@ -130,12 +130,15 @@ pub struct RedisBackend {
     /// [`ensure_connected`](Self::ensure_connected)); the next call then
     /// starts a new one.
     connection: tokio::sync::Mutex<ConnectHandle>,
-    /// Collections this handle has added to the registry: later writes to
-    /// them skip that round trip. Forgotten when the client reconnected
-    /// (see [`register`](Self::register)).
-    registered: Mutex<HashSet<CollectionName>>,
-    /// The client's reconnections since `registered` was last looked at.
+    /// Collections this handle has added to the registry, each with the
+    /// count of reconnections seen when it did: later writes to them skip
+    /// that round trip until the client reconnects (see
+    /// [`register`](Self::register)).
+    registered: Mutex<HashMap<CollectionName, u64>>,
+    /// The client's reconnections, as the client announces them.
     reconnects: Mutex<tokio::sync::broadcast::Receiver<Server>>,
+    /// How many of them this handle has seen.
+    connections: std::sync::atomic::AtomicU64,
     /// The last sequence this handle saw handed out in each collection: the
     /// batch script's guess of the next ones (see `scripts::PUT_BATCH`).
     last_sequence: Mutex<HashMap<CollectionName, u64>>,
@@ -181,8 +184,9 @@ impl RedisBackend {
             closed: AtomicBool::new(false),
             connect_timeout: config.connect_timeout,
             connection: tokio::sync::Mutex::new(connection),
-            registered: Mutex::new(HashSet::new()),
+            registered: Mutex::new(HashMap::new()),
             reconnects: Mutex::new(reconnects),
+            connections: std::sync::atomic::AtomicU64::new(0),
             last_sequence: Mutex::new(HashMap::new()),
         })
     }
@@ -296,54 +300,110 @@ impl RedisBackend {
     /// server that came back without its data, or a failover whose new
     /// primary missed the registry's last writes, would otherwise never
     /// list this handle's collections again.
-    async fn register(&self, collection: &CollectionName) -> Result<()> {
-        if self.reconnected() {
-            self.registered.lock().clear();
-        }
-        if self.registered.lock().contains(collection) {
-            return Ok(());
+    ///
+    /// Returns the count of reconnections seen before the registration,
+    /// for [`register_again_if_reconnected`](Self::register_again_if_reconnected).
+    async fn register(&self, collection: &CollectionName) -> Result<u64> {
+        let connection = self.connection_count();
+        if self.registered.lock().get(collection) == Some(&connection) {
+            return Ok(connection);
         }
         let _: i64 = self
             .client
             .sadd(self.keys.registry(), collection.as_str())
             .await
             .map_err(self.fail("registering", Some(collection)))?;
-        self.registered.lock().insert(collection.clone());
-        Ok(())
+        // Kept under the connection it was made on: after a reconnection
+        // (seen here or by any other call) the name is added again.
+        self.registered
+            .lock()
+            .insert(collection.clone(), connection);
+        Ok(connection)
     }
 
-    /// After a write of `collection`: a reconnection the write itself went
-    /// through (the client sent it again on a new connection) is noticed
-    /// only now, so the collection is registered again now. A failure is
-    /// left to the next write, which registers the collection, no longer
-    /// known here as registered.
-    async fn register_again_if_reconnected(&self, collection: &CollectionName) {
-        if !self.reconnected() {
+    /// After a write of `collection` (done or failed), whose registration
+    /// was made under `connection` ([`register`](Self::register)): a
+    /// reconnection since, which the write itself may have gone through
+    /// (the client sends a command again on a new connection), registers
+    /// the collection again now. A failure is left to the next write, which
+    /// finds the collection registered under an older connection.
+    async fn register_again_if_reconnected(&self, collection: &CollectionName, connection: u64) {
+        if self.connection_count() == connection {
             return;
         }
-        self.registered.lock().clear();
         if let Err(error) = self.register(collection).await {
             tracing::debug!(%error, "registering a collection again after a reconnection");
         }
     }
 
-    /// Whether the client reconnected since this was last asked.
-    fn reconnected(&self) -> bool {
+    /// How many reconnections of the client this handle has seen.
+    fn connection_count(&self) -> u64 {
         use tokio::sync::broadcast::error::TryRecvError;
         let mut reconnects = self.reconnects.lock();
         let mut reconnected = false;
         loop {
             match reconnects.try_recv() {
                 Ok(_) | Err(TryRecvError::Lagged(_)) => reconnected = true,
-                Err(TryRecvError::Empty) => return reconnected,
+                Err(TryRecvError::Empty) => break,
                 // The client made a new channel (it was told to quit and
                 // started again): what happened meanwhile is unknown.
                 Err(TryRecvError::Closed) => {
                     *reconnects = self.client.reconnect_rx();
-                    return true;
+                    reconnected = true;
+                    break;
                 }
             }
         }
+        if reconnected {
+            self.connections.fetch_add(1, Ordering::AcqRel) + 1
+        } else {
+            self.connections.load(Ordering::Acquire)
+        }
+    }
+
+    /// The scripts of a `put_batch`, [`CHUNK`] writes each.
+    async fn write_chunks(
+        &self,
+        collection: &CollectionName,
+        writes: &[Write],
+    ) -> Result<Vec<WriteOutcome>> {
+        let keys = self.keys.collection(collection);
+        let script_keys = keys.for_writes();
+        let mut outcomes = Vec::with_capacity(writes.len());
+        for slice in writes.chunks(CHUNK) {
+            let guess = self
+                .last_sequence
+                .lock()
+                .get(collection)
+                .map_or(0, |last| last + 1);
+            let reply = self
+                .eval_built(
+                    &self.scripts.put_batch,
+                    script_keys.clone(),
+                    || batch_arguments(slice, guess),
+                    "writing records",
+                    Some(collection),
+                )
+                .await?;
+            let sequences = batch_outcomes(reply, slice.len())
+                .map_err(|what| error::unexpected_reply("writing records", &self.address, what))?;
+            let mut last = None;
+            for sequence in sequences {
+                outcomes.push(if sequence == 0 {
+                    WriteOutcome::Conflict
+                } else {
+                    last = last.max(Some(sequence));
+                    WriteOutcome::Written {
+                        token: Token::Sequence(sequence),
+                        cursor: Cursor::new(sequence),
+                    }
+                });
+            }
+            if let Some(last) = last {
+                self.last_sequence.lock().insert(collection.clone(), last);
+            }
+        }
+        Ok(outcomes)
     }
 
     /// The names in the registry (collections ever written).
@@ -412,7 +472,7 @@ impl RedisBackend {
     ) -> Result<IfAbsent> {
         self.check_open().await?;
         let record = record_to_insert(BACKEND, id, make)?;
-        self.register(collection).await?;
+        let connection = self.register(collection).await?;
         let keys = self.keys.collection(collection);
         let reply = self
             .eval_built(
@@ -422,9 +482,11 @@ impl RedisBackend {
                 "writing a record",
                 Some(collection),
             )
-            .await?;
-        self.register_again_if_reconnected(collection).await;
-        match reply {
+            .await;
+        // Also after a failure: the write may have landed.
+        self.register_again_if_reconnected(collection, connection)
+            .await;
+        match reply? {
             Value::Array(stored) if stored.len() == 1 => {
                 let value = stored.first().and_then(text).ok_or_else(|| {
                     let reason = "the stored value is not UTF-8 text".to_owned();
@@ -879,45 +941,12 @@ impl StorageBackend for RedisBackend {
         if writes.is_empty() {
             return Ok(Vec::new());
         }
-        self.register(collection).await?;
-        let keys = self.keys.collection(collection);
-        let script_keys = keys.for_writes();
-        let mut outcomes = Vec::with_capacity(writes.len());
-        for slice in writes.chunks(CHUNK) {
-            let guess = self
-                .last_sequence
-                .lock()
-                .get(collection)
-                .map_or(0, |last| last + 1);
-            let reply = self
-                .eval_built(
-                    &self.scripts.put_batch,
-                    script_keys.clone(),
-                    || batch_arguments(slice, guess),
-                    "writing records",
-                    Some(collection),
-                )
-                .await?;
-            let sequences = batch_outcomes(reply, slice.len())
-                .map_err(|what| error::unexpected_reply("writing records", &self.address, what))?;
-            let mut last = None;
-            for sequence in sequences {
-                outcomes.push(if sequence == 0 {
-                    WriteOutcome::Conflict
-                } else {
-                    last = last.max(Some(sequence));
-                    WriteOutcome::Written {
-                        token: Token::Sequence(sequence),
-                        cursor: Cursor::new(sequence),
-                    }
-                });
-            }
-            if let Some(last) = last {
-                self.last_sequence.lock().insert(collection.clone(), last);
-            }
-        }
-        self.register_again_if_reconnected(collection).await;
-        Ok(outcomes)
+        let connection = self.register(collection).await?;
+        let written = self.write_chunks(collection, writes).await;
+        // Also after a failure: chunks before it landed.
+        self.register_again_if_reconnected(collection, connection)
+            .await;
+        written
     }
 
     /// One script: the read and, for a new record, the write of a put.
