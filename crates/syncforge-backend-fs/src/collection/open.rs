@@ -62,11 +62,12 @@ impl OpenCollection {
     /// checkpoint, which then holds its write, or is refused. So a closed
     /// store holds everything in its record files, with no write after it.
     pub(crate) fn close(&self) -> Result<()> {
-        let _checkpointing = self.checkpoint_lock.acquire()?;
-        let mut state = self.state.lock();
-        let checkpointed = state.exclusive(Collection::checkpoint_if_used);
+        // Refused first, under the state's lock: whatever happens below,
+        // no call writes after this.
         self.closed.store(true, Ordering::Release);
-        checkpointed
+        drop(self.state.lock());
+        let _checkpointing = self.checkpoint_lock.acquire()?;
+        self.state.lock().exclusive(Collection::checkpoint_if_used)
     }
 
     /// Runs a write, then the checkpoint it made due: in the background
@@ -147,6 +148,11 @@ impl OpenCollection {
         let Some(_checkpointing) = self.checkpoint_lock.try_acquire()? else {
             return Ok(());
         };
+        // Started by a write just before the handle closed: `close`
+        // checkpointed already, or is about to.
+        if self.closed.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let Some(job) = self.state.lock().exclusive(|c| Ok(c.begin_checkpoint()))? else {
             return Ok(());
         };

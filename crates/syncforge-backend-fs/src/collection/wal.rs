@@ -272,13 +272,14 @@ impl Wal {
             // The frame may be whole in the file's cached pages although it
             // never reached the disk (its sync failed): cut it off, so that
             // no reader and no later append takes an unacknowledged write
-            // for a committed one. A failed cut leaves it to the next
-            // append of this handle, which writes at the same place.
+            // for a committed one. If the cut fails too (a failing disk),
+            // the next reader takes the frame for committed: the write's
+            // outcome is then unknown, as when an answer is lost.
             if let Err(cut) = ops.write_at(&self.path, self.end, b"", sync) {
                 tracing::error!(
                     path = %self.path.display(),
                     error = %cut,
-                    "a failed append to the log could not be cut off"
+                    "a failed append to the log could not be cut off; its write may still appear"
                 );
             }
             return Err(io_error("appending to", &self.path, err));
