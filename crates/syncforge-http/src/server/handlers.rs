@@ -466,8 +466,9 @@ async fn sync(
     check_json_content_type(&headers)?;
     let max = state.options.max_body_bytes;
     let declared = declared_length(&headers, max)?;
-    // Room for the body before a byte of it is read: bodies held at once,
-    // and the records decoded from them, stay within `max_buffered_bytes`.
+    // Room for the body before a byte of it is read, kept while the records
+    // decoded from it are merged: the bodies held at once stay within
+    // `max_buffered_bytes` (and their records within a few times that).
     let room = state.body_room.take(declared.unwrap_or(max)).await?;
     let bytes = read_body(declared, body, max).await?;
     // Checked UTF-8 once, whole: the parsers then read it as text.
