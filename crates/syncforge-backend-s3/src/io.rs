@@ -11,7 +11,7 @@ use object_store::{
     GetOptions, ObjectMeta, ObjectStore, PutMode, PutOptions, PutPayload, UpdateVersion,
 };
 use syncforge_core::{Error, Result};
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::{OnceCell, Semaphore, SemaphorePermit};
 
 use crate::BACKEND_NAME;
 
@@ -48,15 +48,55 @@ pub(crate) enum Condition<'a> {
 pub(crate) struct Io {
     store: Arc<dyn ObjectStore>,
     in_flight: Arc<Semaphore>,
+    /// Where this handle tries the store's conditional writes, once, before
+    /// its first conditional write, and what it found: `Err` names the
+    /// condition the store ignores.
+    probe: Path,
+    conditions: Arc<OnceCell<std::result::Result<(), &'static str>>>,
 }
 
 impl Io {
-    pub(crate) fn new(store: Arc<dyn ObjectStore>, max_in_flight: usize) -> Self {
+    pub(crate) fn new(store: Arc<dyn ObjectStore>, max_in_flight: usize, probe: Path) -> Self {
         Io {
             store,
             // More than the semaphore can count is as good as unbounded.
             in_flight: Arc::new(Semaphore::new(max_in_flight.min(Semaphore::MAX_PERMITS))),
+            probe,
+            conditions: Arc::new(OnceCell::new()),
         }
+    }
+
+    /// Refuses a store that takes conditional puts but ignores their
+    /// condition (an older S3-compatible server, a gateway in front of one):
+    /// two writers would then overwrite each other's records and feed
+    /// entries without either noticing. Tried once per handle, before its
+    /// first conditional write: a create, a second create of the same key
+    /// (which must be refused), an update with an ETag the object never had
+    /// (which must be refused), and the removal of the key — four requests.
+    /// A transient failure is not remembered: the next write tries again.
+    async fn check_conditions(&self) -> Result<()> {
+        let found = self
+            .conditions
+            .get_or_try_init(|| async {
+                let tried = self.try_conditions().await;
+                // Removed whatever the tries left.
+                let removed = self.delete(vec![self.probe.clone()]).await;
+                let found = tried?;
+                removed?;
+                Ok::<_, Error>(found)
+            })
+            .await?;
+        found.map_err(|ignored| {
+            Error::storage(
+                BACKEND_NAME,
+                format!(
+                    "this object store does not honour conditional writes ({ignored}, at {}): \
+                     writers would overwrite each other; use S3, an S3-compatible server \
+                     with conditional writes, Azure, or S3Backend::local_directory",
+                    self.probe
+                ),
+            )
+        })
     }
 
     pub(crate) fn store(&self) -> &Arc<dyn ObjectStore> {
@@ -88,8 +128,44 @@ impl Io {
         Ok(Some(Fetched { etag, body }))
     }
 
-    /// Writes an object under `condition`.
+    /// Writes an object under `condition`, once the store was seen to
+    /// honour conditions ([`check_conditions`](Self::check_conditions)).
     pub(crate) async fn put(
+        &self,
+        path: &Path,
+        body: Bytes,
+        condition: Condition<'_>,
+    ) -> Result<Put> {
+        if !matches!(condition, Condition::None) {
+            self.check_conditions().await?;
+        }
+        self.put_unchecked(path, body, condition).await
+    }
+
+    /// The tries of [`check_conditions`](Self::check_conditions): `Err`
+    /// names the condition the store ignored.
+    async fn try_conditions(&self) -> Result<std::result::Result<(), &'static str>> {
+        let put = |body: &'static [u8], condition| {
+            self.put_unchecked(&self.probe, Bytes::from_static(body), condition)
+        };
+        if put(b"1", Condition::Absent).await? == Put::Lost {
+            return Ok(Err("a create of a new key was refused"));
+        }
+        if put(b"2", Condition::Absent).await? != Put::Lost {
+            return Ok(Err(
+                "create-if-absent (If-None-Match: *) wrote over an existing object",
+            ));
+        }
+        if put(b"3", Condition::Tag("\"syncforge-probe\"")).await? != Put::Lost {
+            return Ok(Err(
+                "update-if-ETag (If-Match) wrote with an ETag the object never had",
+            ));
+        }
+        Ok(Ok(()))
+    }
+
+    /// [`put`](Self::put) without the check.
+    async fn put_unchecked(
         &self,
         path: &Path,
         body: Bytes,
@@ -315,7 +391,11 @@ mod tests {
     /// panicked when the store was made.
     #[test]
     fn any_bound_on_requests_in_flight_makes_a_store() {
-        let io = Io::new(Arc::new(object_store::memory::InMemory::new()), usize::MAX);
+        let io = Io::new(
+            Arc::new(object_store::memory::InMemory::new()),
+            usize::MAX,
+            Path::from("probe"),
+        );
         assert_eq!(io.in_flight.available_permits(), Semaphore::MAX_PERMITS);
     }
 

@@ -148,6 +148,12 @@ impl Keys {
         &self.prefix
     }
 
+    /// A fresh key for a handle to try conditional writes on (see
+    /// `Io::check_conditions`), apart from every collection and value.
+    pub(crate) fn probe(&self) -> Path {
+        Path::from(format!("{}/p/{}", self.prefix, ulid::Ulid::new()))
+    }
+
     /// The directory holding every collection.
     pub(crate) fn collections(&self) -> Path {
         Path::from(format!("{}/c", self.prefix))

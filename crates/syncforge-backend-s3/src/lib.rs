@@ -180,6 +180,7 @@ impl S3Backend {
         let io = io::Io::new(
             Arc::clone(self.store.io.store()),
             options.max_in_flight.get(),
+            self.store.keys.probe(),
         );
         S3Backend {
             store: store::Store::new(io, self.store.keys.clone(), options),
@@ -194,7 +195,7 @@ impl S3Backend {
         description: String,
     ) -> Result<Self> {
         let keys = keys::Keys::new(prefix)?;
-        let io = io::Io::new(object_store, options.max_in_flight.get());
+        let io = io::Io::new(object_store, options.max_in_flight.get(), keys.probe());
         Ok(S3Backend {
             store: store::Store::new(io, keys, options),
             description,

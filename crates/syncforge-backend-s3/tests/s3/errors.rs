@@ -76,20 +76,11 @@ async fn a_store_without_conditional_updates_is_refused_with_a_clear_error() {
         Content::from_value(json!({"id": "n1"})).unwrap(),
         &clock.now().unwrap(),
     );
-    // Creating works (create-if-absent is supported) ...
-    backend
-        .put(&collection, &Write::create(record.clone()))
-        .await
-        .unwrap();
-    let stored = backend
-        .get(&collection, record.id())
-        .await
-        .unwrap()
-        .unwrap();
-    // ... replacing needs PutMode::Update, which LocalFileSystem lacks:
-    // the error says to use LocalDirectory's constructor instead.
+    // Replacing needs PutMode::Update, which LocalFileSystem lacks: the
+    // handle tries it before its first write, which is refused with an
+    // error that says to use LocalDirectory's constructor instead.
     let error = backend
-        .put(&collection, &Write::replace(record, stored.token))
+        .put(&collection, &Write::create(record.clone()))
         .await
         .unwrap_err();
     assert!(
@@ -97,4 +88,48 @@ async fn a_store_without_conditional_updates_is_refused_with_a_clear_error() {
             if message.contains("conditional") && message.contains("S3Backend::local_directory")),
         "{error}"
     );
+    assert!(backend
+        .get(&collection, record.id())
+        .await
+        .unwrap()
+        .is_none());
+}
+
+/// A store that takes conditional puts and ignores their conditions would
+/// let two writers overwrite each other unseen: the handle's first write
+/// finds out, is refused, writes nothing and leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_ignores_conditions_is_refused_before_the_first_write() {
+    let memory = Arc::new(object_store::memory::InMemory::new());
+    let ignoring = Arc::new(crate::wrapper::Wrapped::new(memory.clone()).ignoring_conditions());
+    let backend = S3Backend::from_store(ignoring, "dse").unwrap();
+    let collection = CollectionName::new("notes").unwrap();
+    let mut clock = Hlc::new(ClientId::new("c").unwrap());
+    let record = Record::create(
+        Content::from_value(json!({"id": "n1"})).unwrap(),
+        &clock.now().unwrap(),
+    );
+    let error = backend
+        .put(&collection, &Write::create(record.clone()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, Error::Storage { message, .. }
+            if message.contains("does not honour conditional writes")
+                && message.contains("If-None-Match")),
+        "{error}"
+    );
+    let left = futures::TryStreamExt::try_collect::<Vec<_>>(object_store::ObjectStore::list(
+        memory.as_ref(),
+        None,
+    ))
+    .await
+    .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+    // A store that honours them takes the write.
+    let honouring = S3Backend::from_store(memory, "dse").unwrap();
+    honouring
+        .put(&collection, &Write::create(record))
+        .await
+        .unwrap();
 }

@@ -35,6 +35,8 @@ pub(crate) struct Wrapped {
     /// Puts to keys ending with this text are sent twice, the caller told
     /// what the second send was answered.
     resent_puts: parking_lot::Mutex<Option<String>>,
+    /// Whether every put is made unconditionally, its condition ignored.
+    ignoring_conditions: AtomicBool,
     /// Creates of keys containing this text are refused once each, without
     /// effect.
     refused_creates: parking_lot::Mutex<Option<(String, std::collections::HashSet<Path>)>>,
@@ -51,7 +53,15 @@ impl Wrapped {
             slow_puts: parking_lot::Mutex::new(None),
             resent_puts: parking_lot::Mutex::new(None),
             refused_creates: parking_lot::Mutex::new(None),
+            ignoring_conditions: AtomicBool::new(false),
         }
+    }
+
+    /// Makes every put unconditionally: a store that takes `If-None-Match`
+    /// and `If-Match` and ignores them.
+    pub(crate) fn ignoring_conditions(self) -> Self {
+        self.ignoring_conditions.store(true, Ordering::SeqCst);
+        self
     }
 
     /// Refuses the first create-if-absent of each key containing
@@ -172,8 +182,11 @@ impl ObjectStore for Wrapped {
         &self,
         location: &Path,
         payload: PutPayload,
-        opts: PutOptions,
+        mut opts: PutOptions,
     ) -> Result<PutResult> {
+        if self.ignoring_conditions.load(Ordering::SeqCst) {
+            opts.mode = object_store::PutMode::Overwrite;
+        }
         let slow = self.slow_puts.lock().clone();
         if let Some((part, delay)) = slow {
             if location.as_ref().contains(&part) {
