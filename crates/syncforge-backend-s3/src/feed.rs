@@ -14,7 +14,7 @@ use syncforge_core::{
 };
 
 use crate::format::{self, cursor, end_of, entry_of, Entry, Horizon, Item, RecordBody, Segment};
-use crate::io::{Condition, Put};
+use crate::io::{same_etag, Condition, Put};
 use crate::keys::CollectionKeys;
 use crate::store::{Races, State, Store};
 use crate::BACKEND_NAME;
@@ -511,8 +511,7 @@ impl Store {
                     let Some(fetched) = self.io.get(&path).await? else {
                         return Ok::<_, Error>(None);
                     };
-                    if listed_tag.is_some() && listed_tag.as_deref() != Some(fetched.etag.as_str())
-                    {
+                    if listed_tag.is_some_and(|listed| !same_etag(&listed, &fetched.etag)) {
                         return Ok(None);
                     }
                     let entry: Entry = format::parse(&fetched.body, collection, &path)?;
@@ -592,7 +591,7 @@ impl Store {
                 let Some(fetched) = self.io.get(&path).await? else {
                     return Ok::<_, Error>(None);
                 };
-                if listed_tag.is_some() && listed_tag.as_deref() != Some(fetched.etag.as_str()) {
+                if listed_tag.is_some_and(|listed| !same_etag(&listed, &fetched.etag)) {
                     return Ok(None);
                 }
                 Ok(Some((

@@ -254,6 +254,20 @@ impl Io {
     }
 }
 
+/// Whether the ETag a listing gave and the one a read gave name the same
+/// version of an object. Some S3-compatible servers quote an ETag in one
+/// and not in the other (or mark it weak, `W/`): compared as they come,
+/// every entry would look replaced, and the feed could not be read.
+pub(crate) fn same_etag(listed: &str, read: &str) -> bool {
+    fn bare(tag: &str) -> &str {
+        let tag = tag.strip_prefix("W/").unwrap_or(tag);
+        tag.strip_prefix('"')
+            .and_then(|tag| tag.strip_suffix('"'))
+            .unwrap_or(tag)
+    }
+    bare(listed) == bare(read)
+}
+
 fn no_etag(path: &Path) -> Error {
     Error::storage(
         BACKEND_NAME,
@@ -385,6 +399,16 @@ mod tests {
             store: "S3",
             source: message.to_owned().into(),
         }
+    }
+
+    #[test]
+    fn etags_compare_without_quotes_or_a_weak_mark() {
+        assert!(same_etag("\"abc\"", "abc"));
+        assert!(same_etag("abc", "\"abc\""));
+        assert!(same_etag("W/\"abc\"", "\"abc\""));
+        assert!(same_etag("\"abc\"", "\"abc\""));
+        assert!(!same_etag("\"abc\"", "\"abd\""));
+        assert!(!same_etag("\"abc", "abc"));
     }
 
     /// `usize::MAX` for "no bound" is more than a semaphore counts, which

@@ -37,6 +37,8 @@ pub(crate) struct Wrapped {
     resent_puts: parking_lot::Mutex<Option<String>>,
     /// Whether every put is made unconditionally, its condition ignored.
     ignoring_conditions: AtomicBool,
+    /// Whether listings give bare the ETags that reads give in quotes.
+    unquoting_listed_tags: AtomicBool,
     /// Creates of keys containing this text are refused once each, without
     /// effect.
     refused_creates: parking_lot::Mutex<Option<(String, std::collections::HashSet<Path>)>>,
@@ -54,7 +56,15 @@ impl Wrapped {
             resent_puts: parking_lot::Mutex::new(None),
             refused_creates: parking_lot::Mutex::new(None),
             ignoring_conditions: AtomicBool::new(false),
+            unquoting_listed_tags: AtomicBool::new(false),
         }
+    }
+
+    /// Lists ETags bare where reads give them in quotes: a server that
+    /// formats them differently in `ListObjectsV2` and in `GET`.
+    pub(crate) fn unquoting_listed_tags(self) -> Self {
+        self.unquoting_listed_tags.store(true, Ordering::SeqCst);
+        self
     }
 
     /// Makes every put unconditionally: a store that takes `If-None-Match`
@@ -140,6 +150,16 @@ impl Wrapped {
         &self,
         stream: BoxStream<'static, Result<ObjectMeta>>,
     ) -> BoxStream<'static, Result<ObjectMeta>> {
+        let stream = if self.unquoting_listed_tags.load(Ordering::SeqCst) {
+            stream
+                .map_ok(|mut meta| {
+                    meta.e_tag = meta.e_tag.map(|tag| tag.trim_matches('"').to_owned());
+                    meta
+                })
+                .boxed()
+        } else {
+            stream
+        };
         let number = self.requests.fetch_add(1, Ordering::SeqCst);
         if number >= self.dies_after.load(Ordering::SeqCst) {
             return futures::stream::once(async { Err(dead()) }).boxed();
