@@ -106,7 +106,7 @@ pub(crate) fn map(error: FredError, operation: impl Into<String>, address: &str)
             "authentication failed: check the username and password".to_owned()
         }
         (_, "NOPERM") => {
-            "the ACL user may not run this command or touch this key: grant it the key prefix's keys and EVALSHA, SCRIPT LOAD, HMGET, HGET, HSET, SADD, SMEMBERS, EXISTS, ZRANGE".to_owned()
+            "the ACL user may not run this command or touch this key: grant it the key prefix's keys and EVALSHA, SCRIPT LOAD, HMGET, HGET, HSET, HSETNX, HDEL, SADD, SMEMBERS, EXISTS, GET, SET, UNLINK, ZADD, ZCARD, ZMSCORE, ZRANGE, ZRANGEBYSCORE, ZREM, ZREMRANGEBYRANK (the scripts' commands are checked too)".to_owned()
         }
         (_, "WRONGTYPE") => {
             "a key under this key prefix holds a value of another type: is another application using the prefix? Use a key prefix of its own".to_owned()

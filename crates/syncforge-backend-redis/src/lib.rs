@@ -413,19 +413,24 @@ impl RedisBackend {
             .smembers(self.keys.registry())
             .await
             .map_err(self.fail(operation, None))?;
-        names
+        // A name this backend did not write (it checks every name before
+        // adding it) names no collection it can hold: skipped, where
+        // refusing the whole set would keep every engine on the store from
+        // opening.
+        Ok(names
             .into_iter()
-            .map(|name| {
-                CollectionName::new(name.as_str()).map_err(|e| {
-                    error::corrupt(
-                        &name,
-                        None,
-                        &self.keys.registry(),
-                        format!("not a collection name: {e}"),
-                    )
-                })
+            .filter_map(|name| match CollectionName::new(name.as_str()) {
+                Ok(name) => Some(name),
+                Err(error) => {
+                    tracing::warn!(
+                        registry = %self.keys.registry(),
+                        %error,
+                        "skipping an entry of the collection registry that is not a collection name"
+                    );
+                    None
+                }
             })
-            .collect()
+            .collect())
     }
 
     /// Reads one stored value: `"<sequence> <record JSON>"`.

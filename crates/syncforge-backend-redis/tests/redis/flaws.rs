@@ -863,3 +863,33 @@ async fn dump_prefix(raw: &fred::clients::Client, prefix: &str) -> HashMap<Strin
     }
     out
 }
+
+/// An entry of the collection registry that is no collection name (written
+/// there by something else) made `list_collections` and `newest_stamp`
+/// fail, and so every engine opening on the store: it is skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_entry_that_is_no_collection_name_is_skipped() {
+    let Some(config) = standalone("registry").await else {
+        return;
+    };
+    let store = RedisBackend::connect(config.clone()).await.unwrap();
+    let mut hlc = Hlc::new(ClientId::new("w").unwrap());
+    store
+        .put(&coll("kept"), &Write::create(record(&mut hlc, "r1", 1)))
+        .await
+        .unwrap();
+    let raw = raw_client(&config).await.unwrap();
+    let added: i64 = fred::interfaces::SetsInterface::sadd(
+        &raw,
+        format!("{}:collections", config.key_prefix),
+        "bad\nname",
+    )
+    .await
+    .unwrap();
+    assert_eq!(added, 1);
+    assert_eq!(store.list_collections().await.unwrap(), [coll("kept")]);
+    assert!(store.newest_stamp().await.unwrap().is_some());
+    raw.quit().await.ok();
+    remove_prefix(&config).await;
+    store.close().await.unwrap();
+}
