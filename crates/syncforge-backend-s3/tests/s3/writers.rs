@@ -485,6 +485,29 @@ async fn compaction_bounds_the_feed(store: Arc<dyn ObjectStore>, prefix: &str, w
     }
 }
 
+/// A handle on `store` compacting every four entries, after it wrote 20 new
+/// records of `collection`, one by one.
+async fn twenty_new_records_compacted_every_four(
+    store: &Arc<dyn ObjectStore>,
+    collection: &CollectionName,
+) -> S3Backend {
+    let options = StoreOptions {
+        compaction_interval: 4.try_into().unwrap(),
+        ..StoreOptions::default()
+    };
+    let backend = handle(store, "dse").with_options(options);
+    let mut clock = Hlc::new(ClientId::new("w").unwrap());
+    for i in 0..20 {
+        let id = format!("r{i}");
+        let write = Write::create(Record::create(content(&id, i), &clock.now().unwrap()));
+        assert!(matches!(
+            backend.put(collection, &write).await.unwrap(),
+            WriteOutcome::Written { .. }
+        ));
+    }
+    backend
+}
+
 /// A server that gives ETags bare in listings and quoted in reads made every
 /// listed entry look replaced: the feed could not be read, and compaction
 /// never ran. Readers and compaction compare the tags without their quotes.
@@ -492,18 +515,8 @@ async fn compaction_bounds_the_feed(store: Arc<dyn ObjectStore>, prefix: &str, w
 async fn a_feed_reads_on_a_store_whose_listings_give_etags_bare() {
     let store: Arc<dyn ObjectStore> =
         Arc::new(Wrapped::new(Arc::new(InMemory::new())).unquoting_listed_tags());
-    let options = StoreOptions {
-        compaction_interval: 4.try_into().unwrap(),
-        ..StoreOptions::default()
-    };
-    let backend = handle(&store, "dse").with_options(options);
     let collection = coll("quoted");
-    let mut clock = Hlc::new(ClientId::new("w").unwrap());
-    for i in 0..20 {
-        let id = format!("r{i}");
-        let write = Write::create(Record::create(content(&id, i), &clock.now().unwrap()));
-        backend.put(&collection, &write).await.unwrap();
-    }
+    let backend = twenty_new_records_compacted_every_four(&store, &collection).await;
     let entries = store
         .list_with_delimiter(Some(&"dse/c/quoted/f".into()))
         .await
@@ -559,21 +572,8 @@ async fn a_claim_refused_without_the_number_being_taken_leaves_no_hole() {
 async fn a_compaction_whose_horizon_put_was_sent_twice_keeps_its_segment() {
     let store: Arc<dyn ObjectStore> =
         Arc::new(Wrapped::new(Arc::new(InMemory::new())).resending_puts("/h"));
-    let options = StoreOptions {
-        compaction_interval: 4.try_into().unwrap(),
-        ..StoreOptions::default()
-    };
-    let backend = handle(&store, "dse").with_options(options);
     let collection = coll("compacted");
-    let mut clock = Hlc::new(ClientId::new("w").unwrap());
-    for i in 0..20 {
-        let id = format!("r{i}");
-        let write = Write::create(Record::create(content(&id, i), &clock.now().unwrap()));
-        assert!(matches!(
-            backend.put(&collection, &write).await.unwrap(),
-            WriteOutcome::Written { .. }
-        ));
-    }
+    let backend = twenty_new_records_compacted_every_four(&store, &collection).await;
     let segments = store
         .list_with_delimiter(Some(&"dse/c/compacted/s".into()))
         .await
