@@ -226,13 +226,15 @@ impl Target {
 }
 
 /// The records of one input, in canonical or TypeScript form. A record
-/// stamped further ahead of this machine's clock than a sync accepts is a
-/// fault of its line too, so that no collection of an import is written
-/// when another would be refused.
+/// stamped further ahead of this machine's clock than a sync accepts, or
+/// counting more writes than a sync accepts, is a fault of its line too, so
+/// that no collection of an import is written when another would be
+/// refused.
 fn records(values: Values, now: u64) -> Result<Vec<Record>> {
     let max_drift_ms = u64::try_from(DEFAULT_MAX_DRIFT.as_millis()).unwrap_or(u64::MAX);
     let records = values.convert(|value| {
         let record = Record::from_json(value)?;
+        record.check_received_counts()?;
         let millis = record.newest_stamp().millis();
         if millis > now.saturating_add(max_drift_ms) {
             return Err(Error::ClockDrift {

@@ -95,6 +95,24 @@ fn records_stamped_far_in_the_future_are_refused_before_any_write() {
     assert!(!store.exists(), "nothing written, not even the store");
 }
 
+/// A record counting more writes than a sync accepts is a fault of its
+/// line, found before anything is written: the engine refused it only once
+/// the collections before it were written.
+#[test]
+fn records_counting_more_writes_than_a_sync_accepts_are_refused_before_any_write() {
+    let dir = TempDir::new().unwrap();
+    let store = dir.path().join("store");
+    let input = format!(
+        "{}\n{}\n",
+        json!({"id": "ok", "_version": 1, "_timestamp": 5, "_clientId": "a", "_deleted": false}),
+        json!({"id": "pinned", "_version": 9_007_199_254_740_991u64, "_timestamp": 5, "_clientId": "a", "_deleted": false}),
+    );
+    let run = syncforge_with(&["import", arg(&store), "notes"], &input).fails(1);
+    assert!(run.stderr.contains("line 2: "), "{run:?}");
+    assert!(run.stderr.contains("pinned"), "{run:?}");
+    assert!(!store.exists(), "nothing written, not even the store");
+}
+
 /// One record file as the TypeScript original's filesystem backend writes it.
 fn write_original(dir: &Path, file: &str, record: &serde_json::Value) {
     std::fs::create_dir_all(dir).unwrap();

@@ -22,7 +22,7 @@ use serde_json::{Map, Value};
 use crate::error::{Error, Result};
 use crate::hlc::{ClientId, Stamp};
 use crate::names::{IntoName, RecordId};
-use crate::version_vector::VersionVector;
+use crate::version_vector::{VersionVector, MAX_RECEIVED_VERSION};
 
 pub use content::Content;
 pub use fields::{FieldName, FieldState, FieldStates, FieldStatesRef};
@@ -439,6 +439,28 @@ impl Record {
     /// The version vector.
     pub fn versions(&self) -> &VersionVector {
         &self.head().versions
+    }
+
+    /// Refuses a record received from another replica (a sync, an import)
+    /// that counts more than [`MAX_RECEIVED_VERSION`] writes of one client,
+    /// with [`Error::InvalidRecord`] about `_sync`: counting on from near
+    /// the limit would stop there, and a replica could no longer tell its
+    /// later writes from earlier ones, nor see the conflicts they make.
+    #[inline]
+    pub fn check_received_counts(&self) -> Result<()> {
+        let largest = self.versions().largest_count();
+        if largest <= MAX_RECEIVED_VERSION {
+            return Ok(());
+        }
+        Err(Error::invalid_field(
+            Some(self.id().as_str()),
+            "_sync",
+            format!(
+                "counts {largest} writes of one client, past the {MAX_RECEIVED_VERSION} a \
+                 received record may count: no replica writes a record that often, and \
+                 counting on from there would stop at the limit and hide conflicts"
+            ),
+        ))
     }
 
     /// Milliseconds of the newest stamp (`_timestamp`).
