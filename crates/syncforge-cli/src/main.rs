@@ -35,6 +35,7 @@ use crate::cli::Cli;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    show_warnings();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -48,4 +49,24 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => failure::report(&error),
     }
+}
+
+/// Shows the library's warnings on stderr — a corrupt record file a read
+/// skipped, a log started again, a server open to anyone — which would
+/// otherwise go nowhere. `SYNCFORGE_LOG` sets another level (`error`,
+/// `info`, `debug`, `trace`).
+fn show_warnings() {
+    let level = std::env::var("SYNCFORGE_LOG")
+        .ok()
+        .and_then(|level| level.parse::<tracing::Level>().ok())
+        .unwrap_or(tracing::Level::WARN);
+    let shown = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_ansi(false)
+        .with_target(false)
+        .without_time()
+        .try_init();
+    // Only fails when a subscriber is set already, which nothing here does.
+    drop(shown);
 }

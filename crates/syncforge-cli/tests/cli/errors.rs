@@ -166,3 +166,22 @@ fn one_store_cannot_sync_with_itself() {
     let run = syncforge(&["sync", arg(&store), arg(&store)]).fails(2);
     assert!(run.stderr.contains("same store"), "{run:?}");
 }
+
+/// A record file a read proves corrupt (edited by hand) is skipped by the
+/// store with a warning: the CLI shows it on stderr, where it went nowhere
+/// and an export silently left the record out.
+#[test]
+fn a_corrupt_record_file_skipped_by_an_export_is_shown_on_stderr() {
+    let dir = TempDir::new().unwrap();
+    let store = dir.path().join("store");
+    syncforge_with(&["put", arg(&store), "notes"], &docs("n", 2)).ok();
+    std::fs::write(
+        store.join("notes").join("n00000.json"),
+        br#"{"id": "someone else"}"#,
+    )
+    .unwrap();
+    let run = syncforge(&["export", arg(&store), "notes"]).ok();
+    assert_eq!(run.stdout.lines().count(), 1, "{run:?}");
+    assert!(run.stderr.contains("corrupt"), "{run:?}");
+    assert!(run.stderr.contains("n00000.json"), "{run:?}");
+}
