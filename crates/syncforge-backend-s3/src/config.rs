@@ -206,6 +206,9 @@ impl S3Config {
                 }
             };
         }
+        if let Some(endpoint) = &config.endpoint {
+            refuse_credentials_in(endpoint)?;
+        }
         let path_style = path_style.unwrap_or(config.endpoint.is_some());
         Ok(config.with_path_style(path_style))
     }
@@ -341,6 +344,7 @@ impl S3Config {
         // Refused here, naming the option: the client would only refuse
         // the endpoint at the first request.
         if let Some(endpoint) = &self.endpoint {
+            refuse_credentials_in(endpoint)?;
             let plain = endpoint
                 .get(..7)
                 .is_some_and(|scheme| scheme.eq_ignore_ascii_case("http://"));
@@ -446,6 +450,29 @@ impl fmt::Debug for S3Config {
             .field("options", &self.options)
             .finish()
     }
+}
+
+/// Refuses an endpoint that carries credentials (`https://key:secret@host`):
+/// every message and log naming the store would show them. The endpoint is
+/// not quoted in the refusal, for the same reason.
+fn refuse_credentials_in(endpoint: &str) -> Result<()> {
+    let authority = endpoint
+        .split_once("://")
+        .map_or(endpoint, |(_, rest)| rest);
+    if authority
+        .split(['/', '?', '#'])
+        .next()
+        .is_some_and(|authority| authority.contains('@'))
+    {
+        return Err(Error::InvalidConfig {
+            option: "endpoint",
+            reason: "holds credentials (user:password@): give them with with_credentials \
+                     or the AWS_* environment variables, never in the endpoint, which \
+                     messages and logs show"
+                .to_owned(),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -558,6 +585,37 @@ mod tests {
             .with_request_timeout(Duration::ZERO)
             .build()
             .is_err());
+    }
+
+    #[test]
+    fn an_endpoint_holding_credentials_is_refused_without_showing_them() {
+        for endpoint in [
+            "https://KEYID:SECRETKEY@minio.internal:9000",
+            "https://SECRETKEY@minio.internal",
+        ] {
+            let refused = S3Config::new("readings")
+                .with_endpoint(endpoint)
+                .build()
+                .err()
+                .unwrap();
+            assert!(
+                matches!(
+                    &refused,
+                    Error::InvalidConfig {
+                        option: "endpoint",
+                        ..
+                    }
+                ),
+                "{refused}"
+            );
+            assert!(!refused.to_string().contains("SECRETKEY"), "{refused}");
+        }
+        let url = "s3://readings?endpoint=https://KEYID:SECRETKEY@minio.internal";
+        let refused = S3Config::from_url(url).err().unwrap();
+        assert!(!refused.to_string().contains("SECRETKEY"), "{refused}");
+        // An `@` past the host is no credential.
+        let fine = S3Config::new("readings").with_endpoint("https://minio.internal/a@b");
+        assert!(fine.build().is_ok());
     }
 
     #[test]
