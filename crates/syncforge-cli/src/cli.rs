@@ -112,8 +112,21 @@ pub(crate) struct MergeOptions {
     /// Records merged and written per batch, and the page size of the change
     /// feed (1 to 100000) [default: 100]. Records sent per request when the
     /// store is a sync server (default: as many as the server takes).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = batch_size)]
     pub(crate) batch_size: Option<usize>,
+}
+
+/// A batch size: 1 to `MAX_BATCH_SIZE`, refused as the flag's usage error
+/// before any input is read.
+fn batch_size(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(size @ 1..=syncforge::MAX_BATCH_SIZE) => Ok(size),
+        Ok(size) => Err(format!(
+            "{size} is outside 1..={}",
+            syncforge::MAX_BATCH_SIZE
+        )),
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 // The --batch-size help names the engine's default.
@@ -313,8 +326,8 @@ pub(crate) struct WatchArgs {
     /// Start after this cursor.
     #[arg(long, value_name = "CURSOR")]
     pub(crate) after: Option<u64>,
-    /// Stop after printing this many changes.
-    #[arg(long, value_name = "N")]
+    /// Stop after printing this many changes (at least 1).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) count: Option<u64>,
     /// How often to look for new changes (more than zero).
     #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = interval)]

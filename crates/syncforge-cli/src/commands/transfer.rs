@@ -121,17 +121,10 @@ impl TargetKind {
                      (syncforge serve --strategy)",
                 ));
             }
-            let per_request = match merge.batch_size {
-                None => None,
-                Some(size @ 1..=syncforge::MAX_BATCH_SIZE) => Some(size),
-                Some(size) => {
-                    return Err(crate::failure::usage(format!(
-                        "--batch-size: {size} is outside 1..={}",
-                        syncforge::MAX_BATCH_SIZE
-                    )))
-                }
-            };
-            return Ok(TargetKind::Remote { per_request });
+            // In 1..=MAX_BATCH_SIZE: checked as the flag was read.
+            return Ok(TargetKind::Remote {
+                per_request: merge.batch_size,
+            });
         }
         #[cfg(not(feature = "http"))]
         let _ = url;

@@ -34,7 +34,13 @@ fn usage_errors_exit_with_2() {
     let run = syncforge(&["ls", "memory:", "bad\u{7}name"]).fails(2);
     assert!(run.stderr.contains("invalid collection name"), "{run:?}");
     let run = syncforge(&["sync", "memory:", "memory:", "--batch-size", "0"]).fails(2);
-    assert!(run.stderr.contains("batch_size"), "{run:?}");
+    assert!(run.stderr.contains("--batch-size"), "{run:?}");
+    // Before any input is read: the input here is not even JSON.
+    let run = syncforge_with(&["import", "memory:", "c", "--batch-size", "0"], "not JSON").fails(2);
+    assert!(run.stderr.contains("--batch-size"), "{run:?}");
+    // A watch that stops after no change would read the feed to its end.
+    let run = syncforge(&["watch", "memory:", "c", "--count", "0"]).fails(2);
+    assert!(run.stderr.contains("--count"), "{run:?}");
 }
 
 /// Options that cannot work are usage errors (2), found before anything is
