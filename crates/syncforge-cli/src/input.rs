@@ -97,8 +97,16 @@ impl Values {
 
 /// Reads `file` (stdin when `None` or `-`): a directory of `*.json` files,
 /// one value each, or text holding JSON Lines, a JSON array or one value.
+///
+/// With no `file` and a terminal on stdin, nothing is waiting to be read:
+/// a usage error instead of a command that waits in silence (`-` still reads
+/// what is typed, to Ctrl-D).
 pub(crate) fn read(file: Option<&Path>) -> Result<Values> {
     match file {
+        None if std::io::IsTerminal::is_terminal(&std::io::stdin()) => Err(crate::failure::usage(
+            "no input: give FILE, or pipe the records in (FILE `-` reads what you type, \
+             ended by Ctrl-D)",
+        )),
         None => read_stdin(),
         Some(path) if path == Path::new("-") => read_stdin(),
         Some(path) if path.is_dir() => read_directory(path),

@@ -191,3 +191,20 @@ fn a_corrupt_record_file_skipped_by_an_export_is_shown_on_stderr() {
     assert!(run.stderr.contains("corrupt"), "{run:?}");
     assert!(run.stderr.contains("n00000.json"), "{run:?}");
 }
+
+/// `import` with no FILE and a terminal on stdin waited in silence for input
+/// nobody was typing: a usage error says what to give it.
+#[test]
+fn an_import_with_no_input_on_a_terminal_is_a_usage_error() {
+    let line = format!("{} import memory: notes", env!("CARGO_BIN_EXE_syncforge"));
+    // script(1) runs the command on a pseudo-terminal; -e passes its exit code.
+    let output = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env_remove("SYNCFORGE_CLIENT_ID")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script(1), from util-linux, runs the command on a terminal");
+    let screen = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(2), "{screen}");
+    assert!(screen.contains("no input"), "{screen}");
+}
