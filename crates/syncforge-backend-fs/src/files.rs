@@ -59,6 +59,13 @@ fn out_of_file_handles(err: &io::Error) -> bool {
     }
 }
 
+/// The refusal of a call on a closed handle.
+pub(crate) fn closed() -> Error {
+    Error::Closed {
+        what: "filesystem backend",
+    }
+}
+
 /// Stored data that cannot be what it should be: names the collection (empty
 /// for the store's own metadata), the record when known, and the path.
 pub(crate) fn corrupt(
@@ -165,9 +172,16 @@ impl<H: Fn(&'static str, &Path) -> io::Result<()> + Send + Sync> FileOps for Hoo
         (self.0)("create_file", path)?;
         OsFiles.create_file(path, bytes, sync)
     }
+    // Two hook points: before the write, and (when it is synced) between the
+    // write and its sync, where a failing flush leaves the bytes cached.
     fn write_at(&self, path: &Path, offset: u64, bytes: &[u8], sync: bool) -> io::Result<()> {
         (self.0)("write_at", path)?;
-        OsFiles.write_at(path, offset, bytes, sync)
+        OsFiles.write_at(path, offset, bytes, false)?;
+        if sync {
+            (self.0)("write_at_sync", path)?;
+            OsFiles.sync_file(path)?;
+        }
+        Ok(())
     }
     fn sync_file(&self, path: &Path) -> io::Result<()> {
         (self.0)("sync_file", path)?;

@@ -523,9 +523,7 @@ impl Inner {
     /// Refuses every call once the handle is closed.
     fn check_open(&self) -> Result<()> {
         if self.closed.load(Ordering::Acquire) {
-            Err(Error::Closed {
-                what: "filesystem backend",
-            })
+            Err(files::closed())
         } else {
             Ok(())
         }

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, MutexGuard};
-use syncforge_core::{Error, Result};
+use syncforge_core::Result;
 
 use super::checkpoint::{CheckpointLock, Due};
 use super::Collection;
@@ -43,9 +43,7 @@ impl OpenCollection {
     fn state(&self) -> Result<MutexGuard<'_, Collection>> {
         let state = self.state.lock();
         if self.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed {
-                what: "filesystem backend",
-            });
+            return Err(crate::files::closed());
         }
         Ok(state)
     }

@@ -435,55 +435,20 @@ mod tests {
         assert!(holds_records(tmp.path()).unwrap());
     }
 
-    /// Writes whatever it is asked to, and then fails a synced write once:
-    /// a disk whose flush failed after the bytes reached the cache.
-    #[derive(Debug, Default)]
-    struct SyncFailsOnce(std::sync::atomic::AtomicBool);
-
-    impl FileOps for SyncFailsOnce {
-        fn create_dir(&self, path: &Path) -> std::io::Result<()> {
-            OsFiles.create_dir(path)
-        }
-        fn create_file(&self, path: &Path, bytes: &[u8], sync: bool) -> std::io::Result<()> {
-            OsFiles.create_file(path, bytes, sync)
-        }
-        fn write_at(
-            &self,
-            path: &Path,
-            offset: u64,
-            bytes: &[u8],
-            sync: bool,
-        ) -> std::io::Result<()> {
-            OsFiles.write_at(path, offset, bytes, false)?;
-            if sync && !self.0.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                return Err(std::io::Error::other("the flush failed"));
-            }
-            Ok(())
-        }
-        fn sync_file(&self, path: &Path) -> std::io::Result<()> {
-            OsFiles.sync_file(path)
-        }
-        fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
-            OsFiles.rename(from, to)
-        }
-        fn remove_file(&self, path: &Path) -> std::io::Result<()> {
-            OsFiles.remove_file(path)
-        }
-        fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
-            OsFiles.sync_dir(path)
-        }
-        fn open_lock_file(&self, path: &Path) -> std::io::Result<std::fs::File> {
-            OsFiles.open_lock_file(path)
-        }
-    }
-
     #[test]
     fn a_frame_whose_sync_failed_is_cut_off_not_read_as_committed() {
         let tmp = tempfile::tempdir().unwrap();
         let mut writer = started(tmp.path());
         let first = frame(1, &["a"]);
         writer.append(&OsFiles, &first, true).unwrap();
-        let failing = SyncFailsOnce::default();
+        // The first synced write reaches the cache, and then its flush fails.
+        let flushed = std::sync::atomic::AtomicBool::new(false);
+        let failing = crate::files::Hooked(|op: &'static str, _: &Path| {
+            if op == "write_at_sync" && !flushed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                return Err(std::io::Error::other("the flush failed"));
+            }
+            Ok(())
+        });
         assert!(writer.append(&failing, &frame(2, &["b"]), true).is_err());
         let mut reader = Wal::new(tmp.path());
         assert_eq!(
