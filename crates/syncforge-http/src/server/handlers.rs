@@ -58,72 +58,56 @@ struct Shared {
     /// Set when the server shuts down: long polls return at once.
     closing: watch::Receiver<bool>,
     sync_slots: SyncSlots,
-    body_room: BodyRoom,
+    /// Room for request bodies, in KiB ([`kib`]): a sync request takes room
+    /// for its body before reading it, and its merge task gives it back
+    /// when the merge ends, so the room also covers the records decoded
+    /// from it.
+    body_room: Permits,
 }
 
-/// Room for merges running at once. A sync request takes a slot once its
-/// records are read, and its merge task keeps it until the merge ends, also
-/// after the request timed out; [`Server`](super::Server) waits for every
-/// slot to come back when it shuts down.
+/// Places that requests take and give back, some at a time, from a fixed
+/// number: the merges running at once ([`SyncSlots`]), and the KiB of sync
+/// request bodies held at once (counted in KiB so that one request's share
+/// fits the semaphore's `u32`).
 #[derive(Clone)]
-pub(super) struct SyncSlots {
-    slots: Arc<Semaphore>,
+pub(super) struct Permits {
+    permits: Arc<Semaphore>,
     capacity: u32,
+    /// The (unreachable) error of a closed semaphore.
+    closed: &'static str,
 }
 
-impl SyncSlots {
-    fn new(capacity: usize) -> Self {
-        let capacity = u32::try_from(capacity.clamp(1, Semaphore::MAX_PERMITS)).unwrap_or(u32::MAX);
-        SyncSlots {
-            slots: Arc::new(Semaphore::new(capacity as usize)),
+impl Permits {
+    fn new(capacity: u32, closed: &'static str) -> Self {
+        let capacity = capacity.clamp(1, u32::try_from(Semaphore::MAX_PERMITS).unwrap_or(u32::MAX));
+        Permits {
+            permits: Arc::new(Semaphore::new(capacity as usize)),
             capacity,
+            closed,
         }
     }
 
-    /// A slot, once one is free.
-    async fn take(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+    /// `wanted` permits (at most all of them), once they are free.
+    async fn take(&self, wanted: u32) -> Result<OwnedSemaphorePermit, ApiError> {
         // Only a closed semaphore refuses, and this one is never closed.
-        self.slots
+        self.permits
             .clone()
-            .acquire_owned()
+            .acquire_many_owned(wanted.min(self.capacity))
             .await
-            .map_err(|_| ApiError::new(ErrorCode::Internal, "the merge slots are closed"))
+            .map_err(|_| ApiError::new(ErrorCode::Internal, self.closed))
     }
 
-    /// Resolves when no merge runs.
+    /// Resolves when every permit is back.
     pub(super) async fn all_returned(&self) {
-        let _ = self.slots.acquire_many(self.capacity).await;
+        let _ = self.permits.acquire_many(self.capacity).await;
     }
 }
 
-/// Room for the bodies of sync requests held at once, counted in KiB (so
-/// that one request's share fits the semaphore's `u32`). A request takes
-/// room for its body before reading it; its merge task gives it back when
-/// the merge ends, so the room also covers the records decoded from it.
-struct BodyRoom {
-    kib: Arc<Semaphore>,
-    capacity: u32,
-}
-
-impl BodyRoom {
-    fn new(bytes: usize) -> Self {
-        let capacity = kib(bytes).min(u32::try_from(Semaphore::MAX_PERMITS).unwrap_or(u32::MAX));
-        BodyRoom {
-            kib: Arc::new(Semaphore::new(capacity as usize)),
-            capacity,
-        }
-    }
-
-    /// Room for a body of `bytes`, once there is that much.
-    async fn take(&self, bytes: usize) -> Result<OwnedSemaphorePermit, ApiError> {
-        // Only a closed semaphore refuses, and this one is never closed.
-        self.kib
-            .clone()
-            .acquire_many_owned(kib(bytes).min(self.capacity))
-            .await
-            .map_err(|_| ApiError::new(ErrorCode::Internal, "the body room is closed"))
-    }
-}
+/// Room for merges running at once, a permit each. A sync request takes a
+/// slot once its records are read, and its merge task keeps it until the
+/// merge ends, also after the request timed out; [`Server`](super::Server)
+/// waits for every slot to come back when it shuts down.
+pub(super) type SyncSlots = Permits;
 
 /// `bytes` in KiB, rounded up.
 fn kib(bytes: usize) -> u32 {
@@ -147,8 +131,12 @@ pub(super) fn build(
     let watchers = Arc::new(Watchers::new(replica.clone()));
     let cors = cors_layer(&options.cors);
     let compression = options.compression;
-    let sync_slots = SyncSlots::new(options.max_concurrent_syncs);
-    let body_room = BodyRoom::new(options.max_buffered_bytes.max(options.max_body_bytes));
+    let concurrent_syncs = u32::try_from(options.max_concurrent_syncs).unwrap_or(u32::MAX);
+    let sync_slots = SyncSlots::new(concurrent_syncs, "the merge slots are closed");
+    let body_room = Permits::new(
+        kib(options.max_buffered_bytes.max(options.max_body_bytes)),
+        "the room for request bodies is closed",
+    );
     let state = Arc::new(Shared {
         replica,
         options,
@@ -469,7 +457,7 @@ async fn sync(
     // Room for the body before a byte of it is read, kept while the records
     // decoded from it are merged: the bodies held at once stay within
     // `max_buffered_bytes` (and their records within a few times that).
-    let room = state.body_room.take(declared.unwrap_or(max)).await?;
+    let room = state.body_room.take(kib(declared.unwrap_or(max))).await?;
     let bytes = read_body(declared, body, max).await?;
     // Checked UTF-8 once, whole: the parsers then read it as text.
     let text = String::from_utf8(bytes).map_err(|error| {
@@ -485,7 +473,7 @@ async fn sync(
     let records = decode_records(Arc::new(text), spans).await?;
     // Taken once the body is in: a client sending its body slowly holds a
     // connection, not a merge's place.
-    let slot = state.sync_slots.take().await?;
+    let slot = state.sync_slots.take(1).await?;
     // The merge runs on its own task: a client that goes away or a request
     // that times out does not cut a write in half.
     let replica = state.replica.clone();
