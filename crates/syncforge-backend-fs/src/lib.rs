@@ -593,6 +593,81 @@ impl Inner {
     }
 }
 
+/// The collections of the store in `root` holding records, sorted by name.
+fn collections_in(root: &Path) -> Result<Vec<CollectionName>> {
+    let mut names = Vec::new();
+    for entry in read_dir(root)? {
+        let path = entry.path();
+        let Some(stem) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if stem.starts_with('.') {
+            continue;
+        }
+        let file_type = entry
+            .file_type()
+            .map_err(|err| io_error("inspecting", &path, err))?;
+        if file_type.is_symlink() {
+            tracing::warn!(path = %path.display(), "{LINK_REASON}: not listed as a collection");
+            continue;
+        }
+        if !file_type.is_dir() {
+            continue;
+        }
+        let name = if is_hashed(&stem) {
+            let name_file = path.join(NAME_FILE);
+            match read_file(&name_file)? {
+                Read::Bytes(bytes) => String::from_utf8(bytes).ok(),
+                Read::Missing => None,
+                Read::Link => {
+                    tracing::warn!(path = %name_file.display(), "{LINK_REASON}: collection not listed");
+                    None
+                }
+            }
+        } else {
+            decode(&stem)
+        };
+        let Some(name) = name.and_then(|name| CollectionName::new(name).ok()) else {
+            continue;
+        };
+        // Records committed to the write-ahead log count before their
+        // files are written (after a power cut, say).
+        if Collection::dir_for(root, &name) == path
+            && (has_records(&path)? || holds_records(&path)?)
+        {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Whether `dir` holds a store: its metadata (which every engine that
+/// opened it wrote) or a collection holding records.
+///
+/// Opening a directory makes it a store, so a program that only reads
+/// asks this first, to refuse a directory that holds something else (or
+/// nothing) instead of writing the store's files into it, as the CLI's
+/// reading commands do.
+///
+/// # Errors
+///
+/// [`Error::Storage`] when `dir` cannot be read; a missing `dir` holds no
+/// store.
+pub async fn holds_store(dir: impl AsRef<Path>) -> Result<bool> {
+    let root = dir.as_ref().to_path_buf();
+    blocking(move || {
+        if !root.is_dir() {
+            return Ok(false);
+        }
+        if root.join(META_FILE).exists() {
+            return Ok(true);
+        }
+        Ok(!collections_in(&root)?.is_empty())
+    })
+    .await
+}
+
 /// Runs blocking file work on Tokio's blocking threads when a Tokio runtime
 /// runs the caller, and in place otherwise: under another executor (such as
 /// `futures::executor::block_on`) `spawn_blocking` would panic.
@@ -731,54 +806,7 @@ impl StorageBackend for FsBackend {
     }
 
     async fn list_collections(&self) -> Result<Vec<CollectionName>> {
-        self.run(|inner| {
-            let mut names = Vec::new();
-            for entry in read_dir(&inner.root)? {
-                let path = entry.path();
-                let Some(stem) = entry.file_name().to_str().map(str::to_owned) else {
-                    continue;
-                };
-                if stem.starts_with('.') {
-                    continue;
-                }
-                let file_type = entry
-                    .file_type()
-                    .map_err(|err| io_error("inspecting", &path, err))?;
-                if file_type.is_symlink() {
-                    tracing::warn!(path = %path.display(), "{LINK_REASON}: not listed as a collection");
-                    continue;
-                }
-                if !file_type.is_dir() {
-                    continue;
-                }
-                let name = if is_hashed(&stem) {
-                    let name_file = path.join(NAME_FILE);
-                    match read_file(&name_file)? {
-                        Read::Bytes(bytes) => String::from_utf8(bytes).ok(),
-                        Read::Missing => None,
-                        Read::Link => {
-                            tracing::warn!(path = %name_file.display(), "{LINK_REASON}: collection not listed");
-                            None
-                        }
-                    }
-                } else {
-                    decode(&stem)
-                };
-                let Some(name) = name.and_then(|name| CollectionName::new(name).ok()) else {
-                    continue;
-                };
-                // Records committed to the write-ahead log count before their
-                // files are written (after a power cut, say).
-                if Collection::dir_for(&inner.root, &name) == path
-                    && (has_records(&path)? || holds_records(&path)?)
-                {
-                    names.push(name);
-                }
-            }
-            names.sort();
-            Ok(names)
-        })
-        .await
+        self.run(|inner| collections_in(&inner.root)).await
     }
 
     async fn clear_collection(&self, collection: &CollectionName) -> Result<()> {

@@ -13,7 +13,8 @@ Stores are named by URL:
                            useful only within one command (nothing carries
                            from one syncforge command to the next)
   ./data, /var/lib/app     the filesystem store in that directory (created
-  file:///var/lib/app      when missing)
+  file:///var/lib/app      by the commands that write; the reading commands
+                           refuse a directory that holds no store)
   redis://[:password@]host:port[/db][?prefix=P]   Redis (rediss:// over TLS;
   redis-cluster://host:port?node=host:port         a cluster from seed nodes)
   http://host:port         a sync server (`syncforge serve`); its token comes

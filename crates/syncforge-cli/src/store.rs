@@ -68,14 +68,24 @@ impl Store {
     }
 
     /// Opens a store that must exist already: reading a directory that is
-    /// not there is a typo far more often than a wish for an empty store, so
-    /// it is refused instead of created. Commands that write create stores
+    /// not there, or holds no store, is a typo far more often than a wish
+    /// for an empty store, and opening it would write a store's files into
+    /// it; it is refused instead. Commands that write create stores
     /// ([`open`](Self::open)).
     pub(crate) async fn open_existing(url: StoreUrl, options: &EngineOptions) -> Result<Store> {
         if let Some(BackendConfig::Filesystem { directory }) = url.backend_config() {
             if !directory.is_dir() {
                 anyhow::bail!(
                     "there is no store at {url}: no such directory (put and import create one)"
+                );
+            }
+            #[cfg(feature = "fs")]
+            if !syncforge::fs::holds_store(directory)
+                .await
+                .with_context(|| format!("cannot read the directory {url}"))?
+            {
+                anyhow::bail!(
+                    "there is no store at {url}: the directory holds none (put and import create one)"
                 );
             }
         }

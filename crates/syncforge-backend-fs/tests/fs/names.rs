@@ -213,3 +213,28 @@ async fn a_foreign_file_under_a_hashed_name_is_moved_aside_not_overwritten() {
         .unwrap()
         .is_empty());
 }
+
+/// A directory holds a store once it holds the store's metadata or a
+/// collection; a plain or missing directory holds none.
+#[tokio::test]
+async fn a_store_is_told_from_a_plain_directory() {
+    use syncforge_backend_fs::holds_store;
+    let dir = tempfile::TempDir::new().unwrap();
+    let missing = dir.path().join("missing");
+    assert!(!holds_store(&missing).await.unwrap());
+    let plain = dir.path().join("plain");
+    std::fs::create_dir_all(plain.join("pictures")).unwrap();
+    std::fs::write(plain.join("notes.txt"), "text").unwrap();
+    assert!(!holds_store(&plain).await.unwrap());
+    // Records written through the store alone, with no metadata.
+    let records = dir.path().join("records");
+    let store = FsBackend::open(&records).await.unwrap();
+    assert!(!holds_store(&records).await.unwrap());
+    put_any(&store, "notes", counter("n1", 1)).await;
+    assert!(holds_store(&records).await.unwrap());
+    // Metadata alone.
+    let meta = dir.path().join("meta");
+    let store = FsBackend::open(&meta).await.unwrap();
+    store.set_meta("key", "value").await.unwrap();
+    assert!(holds_store(&meta).await.unwrap());
+}

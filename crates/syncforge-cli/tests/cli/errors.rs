@@ -165,6 +165,39 @@ fn reading_a_store_that_is_not_there_creates_nothing() {
 }
 
 #[test]
+fn reading_a_directory_that_holds_no_store_writes_nothing_into_it() {
+    let dir = TempDir::new().unwrap();
+    let plain = dir.path().join("photos");
+    std::fs::create_dir(&plain).unwrap();
+    std::fs::write(plain.join("holiday.jpg"), "not a store").unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    for target in [&plain, &empty] {
+        for args in [
+            vec!["ls", arg(target)],
+            vec!["stats", arg(target)],
+            vec!["get", arg(target), "notes", "n1"],
+            vec!["export", arg(target), "notes"],
+            vec!["watch", arg(target), "notes", "--count", "1"],
+            vec!["sync", arg(target), "memory:"],
+        ] {
+            let run = syncforge(&args).fails(1);
+            assert!(
+                run.stderr.contains("the directory holds none"),
+                "{args:?}: {run:?}"
+            );
+        }
+    }
+    let entries = |dir: &std::path::Path| std::fs::read_dir(dir).unwrap().count();
+    assert_eq!(entries(&plain), 1);
+    assert_eq!(entries(&empty), 0);
+    // A store is read as before, once something made it one.
+    syncforge_with(&["put", arg(&empty), "notes"], &docs("n", 1)).ok();
+    let run = syncforge(&["ls", arg(&empty)]).ok();
+    assert!(run.stdout.contains("notes"), "{run:?}");
+}
+
+#[test]
 fn one_store_cannot_sync_with_itself() {
     let dir = TempDir::new().unwrap();
     let store = dir.path().join("store");
