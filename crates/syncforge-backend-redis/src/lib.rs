@@ -99,6 +99,12 @@ const MAX_SEQUENCE: u64 = 1 << 53;
 /// Records read or written per script call: bounds how long one script
 /// keeps the server busy and how large one reply grows.
 const CHUNK: usize = 1_000;
+/// Bytes of record values one write script takes before a batch goes on in
+/// the next call (a record larger than this goes alone). Redis drops a
+/// connection whose request outgrows its query buffer (1 GiB by default),
+/// which a thousand large records would; the client would then send the
+/// same request again, and fail the same way.
+const CHUNK_BYTES: usize = 16 << 20;
 
 /// A store on a Redis server or a Redis Cluster.
 ///
@@ -361,7 +367,8 @@ impl RedisBackend {
         }
     }
 
-    /// The scripts of a `put_batch`, [`CHUNK`] writes each.
+    /// The scripts of a `put_batch`, at most [`CHUNK`] writes and (but for
+    /// a single larger record) [`CHUNK_BYTES`] of values each.
     async fn write_chunks(
         &self,
         collection: &CollectionName,
@@ -370,22 +377,27 @@ impl RedisBackend {
         let keys = self.keys.collection(collection);
         let script_keys = keys.for_writes();
         let mut outcomes = Vec::with_capacity(writes.len());
-        for slice in writes.chunks(CHUNK) {
+        let mut remaining = writes;
+        while !remaining.is_empty() {
             let guess = self
                 .last_sequence
                 .lock()
                 .get(collection)
                 .map_or(0, |last| last + 1);
+            let (args, taken) = batch_arguments(remaining, guess, CHUNK_BYTES);
+            remaining = remaining.get(taken..).unwrap_or_default();
+            // Cloning the arguments shares their texts (no copy), for the
+            // second send after a `NOSCRIPT`.
             let reply = self
                 .eval_built(
                     &self.scripts.put_batch,
                     script_keys.clone(),
-                    || batch_arguments(slice, guess),
+                    || args.clone(),
                     "writing records",
                     Some(collection),
                 )
                 .await?;
-            let sequences = batch_outcomes(reply, slice.len())
+            let sequences = batch_outcomes(reply, taken)
                 .map_err(|what| error::unexpected_reply("writing records", &self.address, what))?;
             let mut last = None;
             for sequence in sequences {
@@ -743,21 +755,44 @@ fn expected_argument(expected: Option<&Token>) -> String {
     }
 }
 
-/// The arguments of the batch script for `writes` (at most [`CHUNK`]), as
-/// `scripts::PUT_BATCH` documents them: their number, the newest stamp
-/// among them, the guessed sequence of the first write (0 for none),
-/// whether no id repeats, then the ids, the expectations, the
-/// `_timestamp`s and the values — each record's JSON, after its guessed
-/// sequence and a space when there is a guess — each as one run.
-fn batch_arguments(writes: &[Write], guess: u64) -> Vec<Value> {
-    let n = writes.len();
+/// The arguments of the batch script for the first writes of `writes`, as
+/// `scripts::PUT_BATCH` documents them, and how many writes they hold: at
+/// most [`CHUNK`], and no more than take `budget` bytes of values, but at
+/// least one. The arguments are their number, the newest stamp among them,
+/// the guessed sequence of the first write (0 for none), whether no id
+/// repeats, then the ids, the expectations, the `_timestamp`s and the
+/// values — each record's JSON, after its guessed sequence and a space when
+/// there is a guess — each as one run.
+fn batch_arguments(writes: &[Write], guess: u64, budget: usize) -> (Vec<Value>, usize) {
+    let most = writes.len().min(CHUNK);
     // A guess is only worth sending while every guessed sequence is one
     // the store may hand out.
-    let guess = if guess > 0 && guess.saturating_add(n as u64) <= MAX_SEQUENCE {
+    let guess = if guess > 0 && guess.saturating_add(most as u64) <= MAX_SEQUENCE {
         guess
     } else {
         0
     };
+    // The values first, as they decide how many writes fit. Each is
+    // written straight into its own buffer, sized by the one before
+    // (records of a batch tend to be alike).
+    let mut values = Vec::with_capacity(most);
+    let (mut size, mut bytes) = (256, 0);
+    for (w, sequence) in writes.iter().take(most).zip(guess..) {
+        let mut value = String::with_capacity(size);
+        if guess > 0 {
+            // Writing into a String cannot fail.
+            let _ = write!(value, "{sequence} ");
+        }
+        w.record.write_json(&mut value);
+        size = value.len() + value.len() / 8;
+        bytes += value.len();
+        values.push(Value::from(value));
+        if bytes >= budget {
+            break;
+        }
+    }
+    let writes = writes.get(..values.len()).unwrap_or_default();
+    let n = writes.len();
     let mut seen = HashSet::with_capacity(n);
     let distinct = writes.iter().all(|w| seen.insert(w.record.id().as_str()));
     let mut args = Vec::with_capacity(4 + 4 * n);
@@ -778,20 +813,8 @@ fn batch_arguments(writes: &[Write], guess: u64) -> Vec<Value> {
         // Millis stay far below 2^63 (a stamp holds 48 bits of them).
         Value::Integer(i64::try_from(w.record.newest_stamp().millis()).unwrap_or(i64::MAX))
     }));
-    // Each value written straight into its own buffer, sized by the one
-    // before (records of a batch tend to be alike).
-    let mut size = 256;
-    args.extend(writes.iter().zip(guess..).map(|(w, sequence)| {
-        let mut value = String::with_capacity(size);
-        if guess > 0 {
-            // Writing into a String cannot fail.
-            let _ = write!(value, "{sequence} ");
-        }
-        w.record.write_json(&mut value);
-        size = value.len() + value.len() / 8;
-        Value::from(value)
-    }));
-    args
+    args.extend(values);
+    (args, n)
 }
 
 /// The arguments of the insert script for `record`, as
@@ -1273,17 +1296,42 @@ mod tests {
         let distinct = [write(&mut hlc, "a"), write(&mut hlc, "b")];
         let repeated = [write(&mut hlc, "a"), write(&mut hlc, "a")];
         let flag = |args: &[Value]| args[3].as_i64();
-        let args = batch_arguments(&distinct, 5);
-        assert_eq!(args.len(), 4 + 4 * 2);
+        let (args, taken) = batch_arguments(&distinct, 5, CHUNK_BYTES);
+        assert_eq!((args.len(), taken), (4 + 4 * 2, 2));
         assert_eq!(flag(&args), Some(1));
         assert_eq!(args[2].as_i64(), Some(5));
         let value = |v: &Value| text(v).unwrap().into_owned();
         assert!(value(&args[10]).starts_with("5 {"));
         assert!(value(&args[11]).starts_with("6 {"));
-        assert_eq!(flag(&batch_arguments(&repeated, 5)), Some(0));
+        assert_eq!(flag(&batch_arguments(&repeated, 5, CHUNK_BYTES).0), Some(0));
         // Without a guess, the values are the bare JSON.
-        let args = batch_arguments(&distinct, 0);
+        let (args, _) = batch_arguments(&distinct, 0, CHUNK_BYTES);
         assert!(value(&args[10]).starts_with('{'));
+    }
+
+    #[test]
+    fn a_script_takes_writes_up_to_its_byte_budget_and_at_least_one() {
+        let mut hlc = syncforge_core::Hlc::new(syncforge_core::ClientId::new("args").unwrap());
+        let writes: Vec<Write> = (0..5)
+            .map(|i| {
+                let content = syncforge_core::Content::from_value(
+                    serde_json::json!({ "id": format!("r{i}"), "blob": "x".repeat(1_000) }),
+                )
+                .unwrap();
+                Write::create(Record::create(content, &hlc.now().unwrap()))
+            })
+            .collect();
+        let one = writes[0].record.to_json_string().len();
+        // Two values reach a budget just over one: the second fills it.
+        let (args, taken) = batch_arguments(&writes, 0, one + 1);
+        assert_eq!((taken, args.len()), (2, 4 + 4 * 2));
+        assert_eq!(args[0].as_i64(), Some(2));
+        // A record larger than the budget goes alone.
+        let (args, taken) = batch_arguments(&writes, 7, 1);
+        assert_eq!((taken, args.len()), (1, 4 + 4));
+        assert!(text(&args[7]).unwrap().starts_with("7 {"));
+        // Everything, under a budget none reaches.
+        assert_eq!(batch_arguments(&writes, 0, CHUNK_BYTES).1, 5);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use fred::interfaces::{ClientLike, HashesInterface, KeysInterface, SortedSetsInt
 use fred::types::{ClusterHash, CustomCommand, InfoKind};
 use syncforge_backend_redis::RedisBackend;
 use syncforge_core::{
-    ClientId, Cursor, Error, Hlc, IfAbsent, Record, StorageBackend, Write, WriteOutcome,
+    ClientId, Content, Cursor, Error, Hlc, IfAbsent, Record, StorageBackend, Write, WriteOutcome,
 };
 use tokio::sync::Barrier;
 
@@ -636,6 +636,63 @@ async fn incremental_sync_commands(server: &PrivateServer, size: usize) -> BTree
     sender.close().await.unwrap();
     receiver.close().await.unwrap();
     parse_commandstats(&stats)
+}
+
+/// A batch whose records add up to more than one script call takes (16
+/// MiB of values) is written in several calls, each record once, in order:
+/// a thousand large records in one call would outgrow the server's query
+/// buffer, and the connection would be dropped and the request sent again
+/// with the same result. Counted by a server this test starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_large_records_is_written_in_several_scripts() {
+    let Some(server) = PrivateServer::start().await else {
+        return;
+    };
+    let config = server.config(&fresh_prefix("large"));
+    let store = RedisBackend::connect(config.clone()).await.unwrap();
+    let blobs = coll("blobs");
+    let mut hlc = Hlc::new(ClientId::new("large").unwrap());
+    let blob = "x".repeat(1 << 20);
+    let writes: Vec<Write> = (0..24)
+        .map(|i| {
+            let content =
+                Content::from_value(serde_json::json!({ "id": format!("b{i:02}"), "blob": blob }))
+                    .unwrap();
+            Write::create(Record::create(content, &hlc.now().unwrap()))
+        })
+        .collect();
+    // Loads the script and registers the collection first.
+    store.put_batch(&coll("warm"), &writes[..1]).await.unwrap();
+    let raw = raw_client(&config).await.unwrap();
+    let _: () = raw
+        .custom(
+            CustomCommand::new_static("CONFIG", ClusterHash::Random, false),
+            vec!["RESETSTAT"],
+        )
+        .await
+        .unwrap();
+    let outcomes = store.put_batch(&blobs, &writes).await.unwrap();
+    let stats: String = raw.info(Some(InfoKind::CommandStats)).await.unwrap();
+    let calls = parse_commandstats(&stats);
+    assert_eq!(calls.get("evalsha"), Some(&2), "{calls:?}");
+    let cursors: Vec<u64> = outcomes
+        .iter()
+        .map(|outcome| match outcome {
+            WriteOutcome::Written { cursor, .. } => cursor.get(),
+            WriteOutcome::Conflict => panic!("a create conflicted"),
+        })
+        .collect();
+    assert_eq!(cursors, (1..=24).collect::<Vec<u64>>());
+    let ids: Vec<_> = writes.iter().map(|w| w.record.id().clone()).collect();
+    for (write, stored) in writes
+        .iter()
+        .zip(store.get_many(&blobs, &ids).await.unwrap())
+    {
+        assert_eq!(stored.unwrap().record, write.record);
+    }
+    assert_consistent(&raw, &config.key_prefix, "blobs").await;
+    raw.quit().await.ok();
+    store.close().await.unwrap();
 }
 
 /// `cmdstat_<name>:calls=N,...` lines, without the measuring commands.
