@@ -290,7 +290,8 @@ fn no_etag(path: &Path) -> Error {
 /// its errors; requests are signed in headers it does not print).
 pub(crate) fn map_error(error: object_store::Error, doing: &str, path: &Path) -> Error {
     use object_store::Error as E;
-    let status = http_status(&error.to_string());
+    let message = error.to_string();
+    let status = http_status(&message);
     match error {
         E::PermissionDenied { .. } | E::Unauthenticated { .. } => Error::storage_caused(
             BACKEND_NAME,
@@ -308,7 +309,7 @@ pub(crate) fn map_error(error: object_store::Error, doing: &str, path: &Path) ->
             format!("{doing} {path}: the store refused the key"),
             error,
         ),
-        other if is_transient(&other, status) => Error::unavailable(
+        other if is_transient(&other, status, &message) => Error::unavailable(
             BACKEND_NAME,
             Described {
                 message: format!("{doing} {path}"),
@@ -335,11 +336,13 @@ fn unsupported(error: object_store::Error, doing: &str, path: &Path) -> Error {
 
 /// Whether an error may go away by itself: no answer at all (connection,
 /// timeout), or an HTTP status that says "later" (5xx but 501 and 505, which
-/// say the server cannot do it; 429, 408). `status` is the one its message
-/// quotes ([`http_status`]). A local file's error is transient only when it
-/// says "later" too (a timeout, an interrupted or busy call): a permission,
-/// a full disk or a read-only file system stay until someone acts.
-fn is_transient(error: &object_store::Error, status: Option<u16>) -> bool {
+/// say the server cannot do it; 429, 408; and S3's `400 RequestTimeout`,
+/// its answer to a request body that came too slowly). `status` is the one
+/// `message` (the error's) quotes ([`http_status`]). A local file's error is
+/// transient only when it says "later" too (a timeout, an interrupted or
+/// busy call): a permission, a full disk or a read-only file system stay
+/// until someone acts.
+fn is_transient(error: &object_store::Error, status: Option<u16>, message: &str) -> bool {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(current) = cause {
         if current.is::<object_store::client::HttpError>() {
@@ -357,6 +360,7 @@ fn is_transient(error: &object_store::Error, status: Option<u16>) -> bool {
     }
     match status {
         Some(501 | 505) => false,
+        Some(400) => message.contains("<Code>RequestTimeout</Code>"),
         Some(status) => status >= 500 || status == 429 || status == 408,
         // No status and no transport error: an error of the store's own
         // (a test wrapper's, a task join): treat as transient, the engine's
@@ -438,6 +442,19 @@ mod tests {
             &path,
         );
         assert!(matches!(bad, Error::Storage { .. }), "{bad}");
+        // S3's answer to a body sent too slowly: sent again, it goes through.
+        let slow = map_error(
+            generic("Server returned non-2xx status code: 400 Bad Request: <Error><Code>RequestTimeout</Code><Message>Your socket connection to the server was not read from or written to within the timeout period.</Message></Error>"),
+            "writing",
+            &path,
+        );
+        assert!(slow.is_transient(), "{slow}");
+        let skewed = map_error(
+            generic("Server returned non-2xx status code: 403 Forbidden: <Error><Code>RequestTimeTooSkewed</Code></Error>"),
+            "writing",
+            &path,
+        );
+        assert!(!skewed.is_transient(), "{skewed}");
         let denied = map_error(
             object_store::Error::PermissionDenied {
                 path: "p/k".to_owned(),
