@@ -252,7 +252,8 @@ pub(crate) struct ExportArgs {
 /// TypeScript original's files.
 ///
 /// Import is a sync: records merge with what the store holds (the newest
-/// write wins), so an import can be repeated. Records may be in syncforge's
+/// write wins), so an import can be repeated; records of one id in the
+/// input merge into one. Records may be in syncforge's
 /// canonical form (as `export` prints them) or in the TypeScript original's
 /// form ({id, ...fields, _version, _timestamp, _deleted, _clientId}). The
 /// whole input is checked first: a malformed line refuses the import with

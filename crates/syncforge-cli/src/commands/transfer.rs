@@ -64,6 +64,13 @@ pub(crate) async fn import(args: ImportArgs, cx: &mut Context) -> Result<()> {
     let store = Target::open(url, target, cx).await?;
     for (name, records) in batches {
         let count = records.len();
+        // Lines repeating an id are merged into one record, which has one
+        // outcome: the counts below add up to the ids, not the lines.
+        let ids = records
+            .iter()
+            .map(Record::id)
+            .collect::<std::collections::HashSet<_>>()
+            .len();
         let counts = store.merge(cx, &name, records).await.with_context(|| {
             format!(
                 "cannot import into collection {:?} of {}",
@@ -75,8 +82,14 @@ pub(crate) async fn import(args: ImportArgs, cx: &mut Context) -> Result<()> {
             let mut line = serde_json::Map::new();
             line.insert("collection".to_owned(), name.as_str().into());
             line.insert("records".to_owned(), count.into());
+            line.insert("ids".to_owned(), ids.into());
             line.extend(counts.json());
             cx.out.value(&Value::Object(line))?;
+        } else if ids < count {
+            cx.out.line(&format!(
+                "{name}: {count} records, {ids} distinct ids (records of one id are merged): {}",
+                counts.human()
+            ))?;
         } else {
             cx.out
                 .line(&format!("{name}: {count} records: {}", counts.human()))?;

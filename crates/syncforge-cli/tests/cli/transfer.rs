@@ -50,6 +50,29 @@ fn an_export_imports_into_another_store_and_an_import_can_be_repeated() {
 }
 
 #[test]
+fn an_import_repeating_ids_says_how_many_distinct_ids_its_counts_add_up_to() {
+    let dir = TempDir::new().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    syncforge_with(&["put", arg(&a), "notes"], &docs("n", 3)).ok();
+    let exported = export(&a, "notes");
+    let twice = format!("{exported}{exported}");
+    let run = syncforge_with(&["import", arg(&b), "notes"], &twice).ok();
+    assert_eq!(
+        run.stdout,
+        "notes: 6 records, 3 distinct ids (records of one id are merged): \
+         3 added, 0 updated, 0 deleted, 0 unchanged, 0 conflicts\n"
+    );
+    let run = syncforge_with(&["import", arg(&b), "notes", "--json"], &twice).ok();
+    let line = &run.json_lines()[0];
+    assert_eq!(
+        (line["records"].as_u64(), line["ids"].as_u64()),
+        (Some(6), Some(3))
+    );
+    assert_eq!(counts(line), [0, 0, 0, 3, 0]);
+    assert_eq!(export(&b, "notes"), exported);
+}
+
+#[test]
 fn a_malformed_line_refuses_the_whole_import_with_its_number() {
     let dir = TempDir::new().unwrap();
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
