@@ -317,14 +317,27 @@ impl FeedQuery {
                     ),
                 ));
             }
+            let code = if name == "after" {
+                ErrorCode::InvalidCursor
+            } else {
+                ErrorCode::InvalidArgument
+            };
             text.parse().map(Some).map_err(|_| {
-                ApiError::new(
-                    ErrorCode::InvalidArgument,
-                    format!("`{name}` is out of range: {}", shorten(text)),
-                )
+                ApiError::new(code, format!("`{name}` is out of range: {}", shorten(text)))
             })
         };
-        let after = number("after")?.map_or(Cursor::START, Cursor::new);
+        let after = match number("after")? {
+            None => Cursor::START,
+            // No feed position is past 2^53 (what every JSON reader keeps
+            // exact).
+            Some(after) if after > LARGEST_CURSOR => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidCursor,
+                    format!("`after` is past the largest cursor, 2^53: {after}"),
+                ))
+            }
+            Some(after) => Cursor::new(after),
+        };
         let limit = match number("limit")? {
             None => DEFAULT_PAGE,
             Some(0) => {
@@ -370,7 +383,13 @@ async fn changes(
     let query = FeedQuery::parse(pairs, &state.options)?;
     let page = state.feed_page(&collection, &query).await?;
     tracing::Span::current().record("records", page.changes.len());
-    let body = page_body(state.replica.feed_id(), &collection, page).await?;
+    let body = page_body(
+        state.replica.feed_id(),
+        &collection,
+        page,
+        state.options.max_body_bytes,
+    )
+    .await?;
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -385,10 +404,17 @@ async fn changes(
 /// it, the records written straight from each record (see `canonical`) and
 /// spread over the cores: a page of thousands of records is most of a
 /// pull's cost on the server.
+///
+/// The body stays within `max_bytes` (the server's `max_body_bytes`), but
+/// for a first record larger than that: the page then ends at the last
+/// change that fits, with `more` set. Pages were bounded by their count
+/// only, so a page of large records could outgrow what a client takes, and
+/// the client, asking for the same page again, never got past it.
 async fn page_body(
     feed_id: &str,
     collection: &CollectionName,
     page: ChangePage,
+    max_bytes: usize,
 ) -> Result<Vec<u8>, ApiError> {
     let failed = |error: &dyn std::fmt::Display| {
         tracing::error!(%error, "a feed page could not be written");
@@ -396,8 +422,8 @@ async fn page_body(
     };
     let ChangePage {
         changes,
-        next,
-        more,
+        mut next,
+        mut more,
     } = page;
     let chunks = parallel::in_chunks(changes, |chunk, _| write_changes(&chunk)).await;
     let mut body = Vec::new();
@@ -406,17 +432,37 @@ async fn page_body(
     body.extend_from_slice(b",\"collection\":");
     serde_json::to_writer(&mut body, collection.as_str()).map_err(|error| failed(&error))?;
     body.extend_from_slice(b",\"changes\":[");
-    let mut empty = true;
+    // Room for the separator and the page's end after the changes.
+    let budget = max_bytes.saturating_sub(64);
+    let mut last: Option<Cursor> = None;
     for chunk in chunks {
         let chunk = chunk.map_err(|error| failed(&error))?;
-        if chunk.is_empty() {
-            continue;
+        let separator = usize::from(last.is_some());
+        let room = budget.saturating_sub(body.len() + separator);
+        // The changes of the chunk that fit; the page's first always does.
+        let mut fits = chunk.ends.partition_point(|&(end, _)| end <= room);
+        if last.is_none() {
+            fits = fits.max(1);
         }
-        if !empty {
+        let Some(&(end, cursor)) = fits.checked_sub(1).and_then(|i| chunk.ends.get(i)) else {
+            if !chunk.ends.is_empty() {
+                // Nothing more fits: the page ends at the last change in it.
+                next = last.unwrap_or(next);
+                more = true;
+                break;
+            }
+            continue;
+        };
+        if separator == 1 {
             body.push(b',');
         }
-        body.extend_from_slice(&chunk);
-        empty = false;
+        body.extend_from_slice(chunk.bytes.get(..end).unwrap_or(&chunk.bytes));
+        last = Some(cursor);
+        if fits < chunk.ends.len() {
+            next = cursor;
+            more = true;
+            break;
+        }
     }
     body.extend_from_slice(b"],\"next\":");
     serde_json::to_writer(&mut body, &next).map_err(|error| failed(&error))?;
@@ -428,9 +474,17 @@ async fn page_body(
     Ok(body)
 }
 
+/// Changes written as JSON, comma-separated, and where each ends.
+struct WrittenChanges {
+    bytes: Vec<u8>,
+    /// For each change, the end of its text in `bytes` and its cursor.
+    ends: Vec<(usize, Cursor)>,
+}
+
 /// `{"cursor":N,"record":{...}}` for each change, comma-separated.
-fn write_changes(changes: &[syncforge_core::Change]) -> Vec<u8> {
+fn write_changes(changes: &[syncforge_core::Change]) -> WrittenChanges {
     let mut out = String::new();
+    let mut ends = Vec::with_capacity(changes.len());
     for (index, change) in changes.iter().enumerate() {
         if index > 0 {
             out.push(',');
@@ -440,8 +494,12 @@ fn write_changes(changes: &[syncforge_core::Change]) -> Vec<u8> {
         out.push_str(",\"record\":");
         change.record.write_json(&mut out);
         out.push('}');
+        ends.push((out.len(), change.cursor));
     }
-    out.into_bytes()
+    WrittenChanges {
+        bytes: out.into_bytes(),
+        ends,
+    }
 }
 
 async fn sync(
@@ -586,6 +644,12 @@ impl Shared {
         let deadline = tokio::time::Instant::now() + query.wait;
         let waiting = Watchers::wait(&self.watchers, collection);
         let notify = &waiting.notify;
+        // A write that began before this request started the watch does
+        // not wake it (it was not announced): the first wait of such a
+        // request ends early, for one more read.
+        let mut settling = waiting
+            .started_watch
+            .then(|| tokio::time::Instant::now() + WATCH_SETTLING);
         let mut closing = self.closing.clone();
         let mut after = query.after;
         loop {
@@ -609,9 +673,12 @@ impl Shared {
             // what came since is read (a skip list of future positions would
             // otherwise make every write rescan the same pages).
             after = page.next;
+            let until = settling
+                .take()
+                .map_or(deadline, |settled| settled.min(deadline));
             tokio::select! {
                 () = &mut notified => {}
-                () = tokio::time::sleep_until(deadline) => {}
+                () = tokio::time::sleep_until(until) => {}
                 () = closed(&mut closing) => {}
             }
         }
@@ -693,7 +760,9 @@ impl Shared {
 
 /// Long-poll wake-ups, one `Notify` per collection being waited on. The
 /// replica is watched only while a request waits, so that writes cost
-/// nothing extra when nobody long-polls.
+/// nothing extra when nobody long-polls; a write already under way when the
+/// watch starts is therefore not announced, and the request that started
+/// the watch reads once more after [`WATCH_SETTLING`].
 struct Watchers {
     replica: Arc<dyn Replica>,
     by_collection: Mutex<HashMap<CollectionName, Weak<Notify>>>,
@@ -704,11 +773,20 @@ struct Watchers {
     watching: Mutex<(usize, Option<WatchGuard>)>,
 }
 
+/// The largest feed position (2^53).
+const LARGEST_CURSOR: u64 = 1 << 53;
+
+/// How long after starting the watch a long poll reads once more: long
+/// enough for most writes under way when it started to land.
+const WATCH_SETTLING: Duration = Duration::from_secs(1);
+
 /// One waiting request: its collection's notifier, and its share in
 /// keeping the replica watched.
 struct Waiting {
     notify: Arc<Notify>,
     watchers: Arc<Watchers>,
+    /// Whether this request started the watch (nobody was waiting).
+    started_watch: bool,
 }
 
 impl Drop for Waiting {
@@ -741,7 +819,8 @@ impl Watchers {
         let notify = watchers.notify(collection);
         let mut watching = watchers.watching.lock();
         watching.0 += 1;
-        if watching.1.is_none() {
+        let started_watch = watching.1.is_none();
+        if started_watch {
             let woken = Arc::downgrade(watchers);
             watching.1 = Some(watchers.replica.watch(Box::new(
                 move |collection: &CollectionName| {
@@ -754,6 +833,7 @@ impl Watchers {
         Waiting {
             notify,
             watchers: watchers.clone(),
+            started_watch,
         }
     }
 
@@ -1132,12 +1212,69 @@ mod tests {
                 next: Cursor::new(count + 5),
                 more: count % 2 == 1,
             };
-            let body = page_body("feed", &collection, page).await.unwrap();
+            let body = page_body(
+                "feed",
+                &collection,
+                page,
+                super::super::DEFAULT_MAX_BODY_BYTES,
+            )
+            .await
+            .unwrap();
             assert_eq!(
                 String::from_utf8(body).unwrap(),
                 String::from_utf8(expected).unwrap()
             );
         }
+    }
+
+    /// A page whose records would outgrow the body bound ends at the last
+    /// change that fits, saying more follow; its first change is sent
+    /// whatever its size, so that every page advances.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn feed_pages_stay_within_the_body_bound() {
+        use crate::protocol::ChangesResponse;
+        use syncforge_core::{Change, Content, Stamp};
+        let collection = CollectionName::new("photos").unwrap();
+        let page = |count: u64| ChangePage {
+            changes: (0..count)
+                .map(|i| {
+                    let content = Content::from_value(
+                        serde_json::json!({"id": format!("p{i:04}"), "blob": "x".repeat(1_000)}),
+                    )
+                    .unwrap();
+                    let stamp = Stamp::new(1_700_000_000_000 + i, 0, "tablet").unwrap();
+                    Change {
+                        cursor: Cursor::new(i * 2 + 1),
+                        record: Record::create(content, &stamp),
+                    }
+                })
+                .collect(),
+            next: Cursor::new(count * 2 + 7),
+            more: false,
+        };
+        let read = |body: Vec<u8>| serde_json::from_slice::<ChangesResponse>(&body).unwrap();
+        // 1,000 changes of about 1.2 KB, within 100 KB: the first eighty or so.
+        let body = page_body("feed", &collection, page(1_000), 100_000)
+            .await
+            .unwrap();
+        assert!(body.len() <= 100_000, "{} bytes", body.len());
+        let answer = read(body);
+        let kept = answer.changes.len();
+        assert!((60..100).contains(&kept), "{kept}");
+        assert_eq!(answer.next, answer.changes[kept - 1].cursor);
+        assert!(answer.more);
+        // A first change larger than the bound goes alone.
+        let answer = read(page_body("feed", &collection, page(3), 10).await.unwrap());
+        assert_eq!(answer.changes.len(), 1);
+        assert_eq!((answer.next, answer.more), (Cursor::new(1), true));
+        // A page that fits is answered whole, with the store's next.
+        let answer = read(
+            page_body("feed", &collection, page(3), 100_000)
+                .await
+                .unwrap(),
+        );
+        assert_eq!(answer.changes.len(), 3);
+        assert_eq!((answer.next, answer.more), (Cursor::new(13), false));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -258,7 +258,9 @@ async fn each_kind_of_bad_input_gets_its_typed_refusal_and_writes_nothing() {
     for (query, code) in [
         ("after=abc", ErrorCode::InvalidCursor),
         ("after=-1", ErrorCode::InvalidCursor),
-        ("after=99999999999999999999999", ErrorCode::InvalidArgument),
+        ("after=99999999999999999999999", ErrorCode::InvalidCursor),
+        ("after=9007199254740993", ErrorCode::InvalidCursor),
+        ("limit=99999999999999999999999", ErrorCode::InvalidArgument),
         ("limit=0", ErrorCode::InvalidArgument),
         ("wait=soon", ErrorCode::InvalidArgument),
         ("skip=9-3", ErrorCode::InvalidArgument),

@@ -392,3 +392,38 @@ async fn a_waiting_reader_woken_by_skipped_writes_reads_only_what_came_since() {
     assert!(read <= first_read + 4, "{read} changes read for 4 writes");
     server.shutdown().await.unwrap();
 }
+
+/// A write that began before a long poll started the server's watch is not
+/// announced to it; the poll that started the watch reads once more a
+/// second later, where it slept until its deadline (here 20 s). The replica
+/// here never announces a write, standing for such a write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_poll_that_starts_the_watch_reads_again_soon_for_writes_under_way() {
+    let hq = memory_engine("hq").await;
+    hq.put("notes", &json!({"id": "n1"})).await.unwrap();
+    let replica = InstrumentedReplica::new(hq.clone()).deaf();
+    let server = Server::bind(replica, "127.0.0.1:0", ServerOptions::default())
+        .await
+        .unwrap();
+    let link = peer(&server.url(), None);
+    let started = Instant::now();
+    let waiting = tokio::spawn(async move {
+        link.wait_for_changes(
+            "notes",
+            syncforge::Cursor::new(1),
+            PAGE,
+            Duration::from_secs(20),
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    hq.put("notes", &json!({"id": "n2"})).await.unwrap();
+    let page = waiting.await.unwrap().unwrap();
+    assert_eq!(page.changes.len(), 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    server.shutdown().await.unwrap();
+}
