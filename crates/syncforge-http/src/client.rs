@@ -687,12 +687,28 @@ impl HttpPeer {
     /// Sends `records` to merge into the server's `collection`, in as many
     /// requests as the server's limits need, and returns the summed answer
     /// (`echoes` of the last request only).
+    ///
+    /// Records pushed this way are not echoes to the engine this peer
+    /// serves (they may not come from it): its next pull receives them like
+    /// any other change. Only the engine's own pushes
+    /// ([`SyncPeer::push`]) are left out of its pulls.
     pub async fn push_records(
         &self,
         collection: impl IntoName<CollectionName>,
         records: Vec<Record>,
     ) -> Result<SyncResponse> {
-        let collection = collection.into_name()?;
+        self.push_all(collection.into_name()?, records, Echoes::Forget)
+            .await
+    }
+
+    /// [`push_records`](Self::push_records), remembering the positions the
+    /// server gave the records as echoes when `echoes` says so.
+    async fn push_all(
+        &self,
+        collection: CollectionName,
+        records: Vec<Record>,
+        echoes: Echoes,
+    ) -> Result<SyncResponse> {
         let (limits, push_bytes) = {
             let state = self.inner.state.lock();
             (state.limits.unwrap_or(FALLBACK_LIMITS), state.push_bytes)
@@ -730,7 +746,7 @@ impl HttpPeer {
                         || (body.count() > 0 && body.len() + text.len() + 1 + ENVELOPE > target);
                     if full {
                         let (part, ends) = body.finish();
-                        let answer = self.send_part(&collection, part, &ends).await?;
+                        let answer = self.send_part(&collection, part, &ends, echoes).await?;
                         total = Some(sum(total, answer));
                     }
                     body.push(text.as_bytes());
@@ -739,7 +755,7 @@ impl HttpPeer {
         }
         if body.count() > 0 || total.is_none() {
             let (part, ends) = body.finish();
-            let answer = self.send_part(&collection, part, &ends).await?;
+            let answer = self.send_part(&collection, part, &ends, echoes).await?;
             total = Some(sum(total, answer));
         }
         total.ok_or_else(|| self.protocol_error("no request was sent".to_owned()))
@@ -755,8 +771,9 @@ impl HttpPeer {
         collection: &CollectionName,
         body: Bytes,
         ends: &[usize],
+        echoes: Echoes,
     ) -> Result<SyncResponse> {
-        let refused = match self.send_records(collection, body.clone()).await {
+        let refused = match self.send_records(collection, body.clone(), echoes).await {
             Ok(answer) => return Ok(answer),
             Err(Failure::TooLarge(error)) if ends.len() > 1 => error,
             Err(failure) => return Err(failure.into_error()),
@@ -780,10 +797,14 @@ impl HttpPeer {
             .iter()
             .map(|end| end.saturating_sub(cut + 1))
             .collect();
-        let first =
-            Box::pin(self.send_part(collection, first, ends.get(..middle).unwrap_or_default()))
-                .await?;
-        let second = Box::pin(self.send_part(collection, second, &second_ends)).await?;
+        let first = Box::pin(self.send_part(
+            collection,
+            first,
+            ends.get(..middle).unwrap_or_default(),
+            echoes,
+        ))
+        .await?;
+        let second = Box::pin(self.send_part(collection, second, &second_ends, echoes)).await?;
         Ok(sum(Some(first), second))
     }
 
@@ -793,10 +814,13 @@ impl HttpPeer {
         &self,
         collection: &CollectionName,
         body: Bytes,
+        echoes: Echoes,
     ) -> Result<SyncResponse, Failure> {
         let call = Call {
             method: Method::POST,
-            url: self.url(&["collections", collection.as_str(), "sync"]),
+            url: self
+                .collection_url(collection, "sync")
+                .map_err(Failure::Permanent)?,
             body: Some(body),
             extra_time: Duration::ZERO,
         };
@@ -805,7 +829,9 @@ impl HttpPeer {
             .map_err(|error| Failure::Permanent(self.unexpected_body(&call.url, &error)))?;
         let mut state = self.inner.state.lock();
         state.follow_feed(&answer.feed_id);
-        state.remember_echoes(collection, &answer.echoes);
+        if echoes == Echoes::Remember {
+            state.remember_echoes(collection, &answer.echoes);
+        }
         Ok(answer)
     }
 
@@ -818,7 +844,7 @@ impl HttpPeer {
         prune: Prune,
     ) -> Result<ChangePage> {
         let skip = self.inner.state.lock().skip_after(collection, after);
-        let mut url = self.url(&["collections", collection.as_str(), "changes"]);
+        let mut url = self.collection_url(collection, "changes")?;
         {
             let mut query = url.query_pairs_mut();
             query.append_pair("after", &after.to_string());
@@ -886,6 +912,24 @@ impl HttpPeer {
             next,
             more,
         })
+    }
+
+    /// The URL of a route of `collection`: `v1/collections/<name>/<route>`.
+    ///
+    /// The names `.` and `..` are refused: URLs treat those segments (and
+    /// their percent-encoded forms) as "this" and "the parent" directory, so
+    /// the request would reach another route and be refused there, as not
+    /// found, at every try.
+    fn collection_url(&self, collection: &CollectionName, route: &str) -> Result<Url> {
+        let name = collection.as_str();
+        if name == "." || name == ".." {
+            return Err(Error::InvalidCollection {
+                name: name.to_owned(),
+                reason: "cannot be named in a URL path, so it cannot be synced over HTTP"
+                    .to_owned(),
+            });
+        }
+        Ok(self.url(&["collections", name, route]))
     }
 
     /// The URL of a route: the base, `v1`, then `segments`, each
@@ -1078,6 +1122,14 @@ impl HttpPeer {
     }
 }
 
+/// Whether a push's records are echoes to the engine this peer serves:
+/// those its own sync pushed, which its pulls need not download again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Echoes {
+    Remember,
+    Forget,
+}
+
 /// Whether a feed read forgets the echoes it passed. Only pulls do: a long
 /// poll runs ahead of the engine's cursor, and the pull after it still
 /// needs the echoes between the two.
@@ -1262,7 +1314,7 @@ impl SyncPeer for HttpPeer {
     }
 
     async fn push(&self, collection: &CollectionName, records: Vec<Record>) -> Result<()> {
-        self.push_records(collection.clone(), records)
+        self.push_all(collection.clone(), records, Echoes::Remember)
             .await
             .map(drop)
     }

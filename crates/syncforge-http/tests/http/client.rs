@@ -529,3 +529,71 @@ async fn a_push_a_proxy_refuses_as_too_large_is_sent_in_smaller_parts() {
     assert!(error.to_string().contains("413"), "{error}");
     server.shutdown().await.unwrap();
 }
+
+/// The collections `.` and `..` cannot be named in a URL path (URLs read
+/// them as "here" and "the parent"): syncing one is refused at once as an
+/// invalid collection, where the request reached another route and was
+/// refused as not found at every try.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dot_collections_are_refused_before_any_request() {
+    let hq = memory_engine("hq").await;
+    let server = Server::bind(hq.clone(), "127.0.0.1:0", ServerOptions::default())
+        .await
+        .unwrap();
+    let phone = memory_engine("phone").await;
+    let link = peer(&server.url(), None);
+    for name in [".", ".."] {
+        phone.put(name, &json!({"id": "n1"})).await.unwrap();
+        let error = phone.sync_with(&link, name).await.unwrap_err();
+        assert!(
+            matches!(&error, Error::InvalidCollection { name: refused, .. } if refused == name),
+            "{error:?}"
+        );
+    }
+    // A name merely holding dots travels as usual.
+    phone.put("..notes", &json!({"id": "n1"})).await.unwrap();
+    let report = phone.sync_with(&link, "..notes").await.unwrap();
+    assert_eq!(report.pushed, 1);
+    assert_eq!(
+        hq.get("..notes", "n1")
+            .await
+            .unwrap()
+            .unwrap()
+            .id()
+            .as_str(),
+        "n1"
+    );
+    server.shutdown().await.unwrap();
+}
+
+/// Records sent with `push_records` (an import, say) are not the engine's
+/// own writes: its next sync through the same peer pulls them, where they
+/// were remembered as echoes and left out of its pulls for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_pushed_by_hand_reach_the_engine_syncing_through_that_peer() {
+    let hq = memory_engine("hq").await;
+    let server = Server::bind(hq.clone(), "127.0.0.1:0", ServerOptions::default())
+        .await
+        .unwrap();
+    let source = memory_engine("source").await;
+    for n in 0..3 {
+        source
+            .put("notes", &json!({"id": format!("n{n}")}))
+            .await
+            .unwrap();
+    }
+    let tablet = memory_engine("tablet").await;
+    let link = peer(&server.url(), None);
+    let imported = source.get_all("notes").await.unwrap();
+    assert_eq!(link.push_records("notes", imported).await.unwrap().added, 3);
+    let report = tablet.sync_with(&link, "notes").await.unwrap();
+    assert_eq!(report.pulled.added, 3, "{report:?}");
+    assert_eq!(tablet.get_all("notes").await.unwrap().len(), 3);
+    // The tablet's own writes are still echoes: pushed, then not pulled back.
+    tablet.put("notes", &json!({"id": "mine"})).await.unwrap();
+    let report = tablet.sync_with(&link, "notes").await.unwrap();
+    assert_eq!(report.pushed, 1);
+    let report = tablet.sync_with(&link, "notes").await.unwrap();
+    assert_eq!(report.pulled.total(), 0, "{report:?}");
+    server.shutdown().await.unwrap();
+}
