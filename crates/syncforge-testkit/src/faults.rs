@@ -122,6 +122,8 @@ pub struct FaultyBackend {
     resend_inserts: bool,
     /// What another writer does just before the next `put_batch`.
     rival: Mutex<Option<Rival>>,
+    /// Whether `changes` answers pages that never advance.
+    stalling_feed: bool,
 }
 
 impl fmt::Debug for FaultyBackend {
@@ -164,6 +166,7 @@ impl FaultyBackend {
             most_in_flight: AtomicU64::new(0),
             resend_inserts: false,
             rival: Mutex::new(None),
+            stalling_feed: false,
         }
     }
 
@@ -193,6 +196,14 @@ impl FaultyBackend {
     /// command again. (Counted as one call.)
     pub fn resending_inserts(mut self) -> Self {
         self.resend_inserts = true;
+        self
+    }
+
+    /// Answers every `changes` with an empty page that says more follow
+    /// without moving past `after`: a store breaking the feed's contract,
+    /// which a reader must refuse instead of asking again for ever.
+    pub fn stalling_feed(mut self) -> Self {
+        self.stalling_feed = true;
         self
     }
 
@@ -392,11 +403,20 @@ impl StorageBackend for FaultyBackend {
         after: Cursor,
         limit: NonZeroUsize,
     ) -> Result<ChangePage> {
-        self.faulty(
-            Operation::Changes,
-            self.inner.changes(collection, after, limit),
-        )
-        .await
+        let page = self
+            .faulty(
+                Operation::Changes,
+                self.inner.changes(collection, after, limit),
+            )
+            .await?;
+        if self.stalling_feed {
+            return Ok(ChangePage {
+                changes: Vec::new(),
+                next: after,
+                more: true,
+            });
+        }
+        Ok(page)
     }
 
     async fn changes_since_timestamp(

@@ -74,7 +74,16 @@ pub(crate) struct Inner {
     pub(crate) timer: Mutex<Option<AbortHandle>>,
     /// The peers each auto-sync window syncs with.
     pub(crate) peers: Mutex<Vec<Arc<dyn SyncPeer>>>,
+    /// One lock per peer and collection being synced, so that two syncs of
+    /// one peer and collection (an auto-sync window and a call, say) run one
+    /// after the other.
+    pub(crate) peer_syncs: Mutex<PeerSyncLocks>,
 }
+
+/// The locks of the peer syncs under way, by peer id and collection; a lock
+/// nobody holds any more is forgotten when the next one is made.
+pub(crate) type PeerSyncLocks =
+    std::collections::HashMap<(String, CollectionName), std::sync::Weak<tokio::sync::Mutex<()>>>;
 
 impl Drop for Inner {
     fn drop(&mut self) {
@@ -262,6 +271,7 @@ impl SyncEngine {
                 events,
                 timer: Mutex::new(None),
                 peers: Mutex::new(Vec::new()),
+                peer_syncs: Mutex::new(PeerSyncLocks::new()),
             }),
         })
     }

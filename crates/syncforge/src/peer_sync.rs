@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::num::NonZeroUsize;
+use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -254,6 +255,10 @@ impl SyncEngine {
         self.check_open()?;
         let peer_id = peer.peer_id();
         validate_peer_id(peer_id)?;
+        // Both syncs would share the cursors: one that restarts them for a
+        // peer's new feed could see the other save its old position after,
+        // and skip what lies before it in the new feed for good.
+        let _one_at_a_time = self.peer_sync_lock(peer_id, collection).lock_owned().await;
         let limit = syncforge_core::page_limit(self.config().batch_size())?;
         let handle = self.collection(collection)?;
         let mut report = PeerSyncReport {
@@ -335,6 +340,17 @@ impl SyncEngine {
                     peer.push(collection, records).await?;
                     report.pushed += count;
                 }
+                if page.more && page.next <= cursor {
+                    // A store's answer that would loop for ever.
+                    return Err(Error::storage(
+                        self.store().name(),
+                        format!(
+                            "answered a change page after cursor {cursor} that does not advance \
+                             (next {}, more true)",
+                            page.next
+                        ),
+                    ));
+                }
                 if page.next != cursor {
                     self.store_cursor(&push_key, page.next).await?;
                     cursor = page.next;
@@ -345,6 +361,23 @@ impl SyncEngine {
             }
         }
         Ok(report)
+    }
+
+    /// The lock of the syncs with `peer_id` on `collection`.
+    fn peer_sync_lock(
+        &self,
+        peer_id: &str,
+        collection: &CollectionName,
+    ) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.inner.peer_syncs.lock();
+        let key = (peer_id.to_owned(), collection.clone());
+        if let Some(lock) = locks.get(&key).and_then(std::sync::Weak::upgrade) {
+            return lock;
+        }
+        locks.retain(|_, lock| lock.strong_count() > 0);
+        let lock = Arc::new(tokio::sync::Mutex::new(()));
+        locks.insert(key, Arc::downgrade(&lock));
+        lock
     }
 
     /// Where this engine stands with `peer_id` on `collection` (both cursors

@@ -481,3 +481,111 @@ async fn a_store_keeps_its_id_across_engines() {
     let second = SyncEngine::builder().backend(store).build().await.unwrap();
     assert_eq!(first.store_id(), second.store_id());
 }
+
+/// A peer that counts the pulls under way at once, each taking a while.
+struct CountingPeer {
+    inner: SyncEngine,
+    in_flight: std::sync::atomic::AtomicUsize,
+    most_in_flight: std::sync::atomic::AtomicUsize,
+}
+
+#[syncforge::core::async_trait]
+impl SyncPeer for CountingPeer {
+    fn peer_id(&self) -> &str {
+        "counting"
+    }
+
+    async fn feed_id(&self) -> Result<Option<String>> {
+        SyncPeer::feed_id(&self.inner).await
+    }
+
+    async fn pull(
+        &self,
+        collection: &CollectionName,
+        cursor: Cursor,
+        limit: NonZeroUsize,
+    ) -> Result<ChangePage> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = self.in_flight.fetch_add(1, SeqCst) + 1;
+        self.most_in_flight.fetch_max(now, SeqCst);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let page = SyncPeer::pull(&self.inner, collection, cursor, limit).await;
+        self.in_flight.fetch_sub(1, SeqCst);
+        page
+    }
+
+    async fn push(&self, collection: &CollectionName, records: Vec<Record>) -> Result<()> {
+        SyncPeer::push(&self.inner, collection, records).await
+    }
+}
+
+/// Two syncs of one peer and collection (an auto-sync window and a call,
+/// say) run one after the other: they share the cursors, and one that
+/// restarts them for the peer's new feed could otherwise see the other
+/// save its old position after it. Syncs of other collections still run
+/// side by side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syncs_of_one_peer_and_collection_run_one_at_a_time() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let a = engine("a", ConflictStrategy::Crdt).await;
+    let b = engine("b", ConflictStrategy::Crdt).await;
+    put_many(&b, "c", "r", 3).await;
+    put_many(&b, "d", "r", 3).await;
+    let peer = CountingPeer {
+        inner: b.clone(),
+        in_flight: Default::default(),
+        most_in_flight: Default::default(),
+    };
+    let (first, second) = tokio::join!(a.sync_with(&peer, "c"), a.sync_with(&peer, "c"));
+    assert_eq!(
+        first.unwrap().pulled.added + second.unwrap().pulled.added,
+        3
+    );
+    assert_eq!(peer.most_in_flight.load(SeqCst), 1);
+    let (c, d) = tokio::join!(a.sync_with(&peer, "c"), a.sync_with(&peer, "d"));
+    assert_eq!(c.unwrap().pulled.total(), 0);
+    assert_eq!(d.unwrap().pulled.added, 3);
+    assert_eq!(peer.most_in_flight.load(SeqCst), 2);
+    assert_eq!(snapshot(&a, "c").await, snapshot(&b, "c").await);
+}
+
+/// A local store whose feed answers "more" without advancing would keep the
+/// push of a peer sync asking for ever; the sync fails with a storage error
+/// instead.
+#[test]
+fn a_local_feed_that_does_not_advance_fails_the_push() {
+    // On a thread of its own: a loop that never waits could not be timed
+    // out, nor its runtime shut down, from the test's thread.
+    let (done, outcome) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let result = runtime.block_on(async {
+            let stalling = FaultyBackend::new(
+                Arc::new(syncforge::MemoryBackend::new()),
+                1,
+                0.0,
+                Duration::ZERO,
+            )
+            .stalling_feed();
+            let a = SyncEngine::builder()
+                .client_id("a")
+                .backend(stalling)
+                .build()
+                .await
+                .unwrap();
+            let b = engine("b", ConflictStrategy::Crdt).await;
+            a.put("c", &json!({"id": "r"})).await.unwrap();
+            a.sync_with(&b, "c").await
+        });
+        let _ = done.send(result);
+    });
+    let error = outcome
+        .recv_timeout(Duration::from_secs(10))
+        .expect("no endless loop")
+        .unwrap_err();
+    assert!(matches!(error, Error::Storage { .. }), "{error:?}");
+    assert!(error.to_string().contains("does not advance"), "{error}");
+}
