@@ -31,11 +31,20 @@ impl SyncEngine {
     ///
     /// The timer holds only a weak handle on the engine: dropping the last
     /// `SyncEngine` handle, [`close`](Self::close) or
-    /// [`stop_auto_sync`](Self::stop_auto_sync) ends it. Needs a tokio runtime
-    /// with timers; outside one it fails with [`Error::InvalidConfig`].
+    /// [`stop_auto_sync`](Self::stop_auto_sync) ends it. An engine is kept
+    /// alive by an event handler or an auto-sync peer holding a handle on
+    /// it (an engine), so call `close` to be sure it stops. Needs a tokio
+    /// runtime with timers; outside one, or on one built without them, it
+    /// fails with [`Error::InvalidConfig`].
+    ///
+    /// A window whose store cannot list its collections (when
+    /// `auto_sync_collections` is not set) syncs nothing and only logs a
+    /// warning; the next window tries again.
     pub fn start_auto_sync(&self) -> Result<()> {
-        self.check_open()?;
         let mut task = self.inner.timer.lock();
+        // Checked under the timer's lock, which `close` takes after marking
+        // the engine closed: a timer started here is one `close` stops.
+        self.check_open()?;
         if task.as_ref().is_some_and(|t| !t.is_finished()) {
             return Ok(());
         }
@@ -45,10 +54,21 @@ impl SyncEngine {
                 reason: format!("auto-sync needs a running tokio runtime: {err}"),
             })?;
         let period = self.config().auto_sync_interval();
+        // Made here, not in the task: a runtime without timers panics at
+        // the first timer made on it, and in the task that panic would end
+        // auto-sync in silence.
+        let mut ticker = {
+            let _entered = runtime.enter();
+            std::panic::catch_unwind(|| interval_at(Instant::now() + period, period)).map_err(
+                |_| Error::InvalidConfig {
+                    option: "auto_sync",
+                    reason: "auto-sync needs a tokio runtime with timers (enable_time)".to_owned(),
+                },
+            )?
+        };
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let engine = Arc::downgrade(&self.inner);
         let handle = runtime.spawn(async move {
-            let mut ticker = interval_at(Instant::now() + period, period);
-            ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
             loop {
                 ticker.tick().await;
                 let Some(engine) = upgrade(&engine) else {
@@ -86,9 +106,15 @@ impl SyncEngine {
     /// Adds a peer that every auto-sync window syncs with, replacing one with
     /// the same [`peer_id`](SyncPeer::peer_id). The engine holds the peer
     /// until it is removed or the engine is closed (two engines that are each
-    /// other's peers keep each other alive until then).
+    /// other's peers keep each other alive until then). A closed engine
+    /// takes no peer.
     pub fn add_auto_sync_peer(&self, peer: Arc<dyn SyncPeer>) {
         let mut peers = self.inner.peers.lock();
+        // Under the peers' lock, which `close` takes after marking the
+        // engine closed to let go of every peer.
+        if self.is_closed() {
+            return;
+        }
         peers.retain(|p| p.peer_id() != peer.peer_id());
         peers.push(peer);
     }

@@ -184,6 +184,46 @@ fn starting_outside_a_runtime_is_an_error_not_a_panic() {
     );
 }
 
+/// A runtime built without timers runs the engine but cannot tick: starting
+/// auto-sync on it is refused, where the timer task panicked and auto-sync
+/// was reported started.
+#[test]
+fn starting_on_a_runtime_without_timers_is_an_error() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let outcome = runtime.block_on(async {
+        let e = SyncEngine::builder().build().await.unwrap();
+        let outcome = e.start_auto_sync();
+        assert!(!e.is_auto_syncing());
+        outcome
+    });
+    assert!(
+        matches!(
+            outcome,
+            Err(Error::InvalidConfig {
+                option: "auto_sync",
+                ..
+            })
+        ),
+        "{outcome:?}"
+    );
+}
+
+/// A closed engine takes no auto-sync peer: it would hold it for ever.
+#[tokio::test]
+async fn a_closed_engine_takes_no_peer() {
+    let e = SyncEngine::builder().build().await.unwrap();
+    let peer = SyncEngine::builder()
+        .client_id("peer")
+        .build()
+        .await
+        .unwrap();
+    e.close().await.unwrap();
+    e.add_auto_sync_peer(Arc::new(peer));
+    assert!(!e.remove_auto_sync_peer("peer"));
+}
+
 /// The original's pattern: a `sync:start` handler fetches remote records in
 /// the window and syncs them. Handlers cannot await, so it spawns a task.
 #[tokio::test(start_paused = true)]
