@@ -111,9 +111,14 @@ impl EngineBuilder {
         self
     }
 
-    /// The storage backend (default: a new in-process memory store). A
-    /// backend shared with other engines can be given as an `Arc` of it
-    /// (`Arc<dyn StorageBackend>` too).
+    /// The storage backend (default: a new in-process memory store), or an
+    /// `Arc` of one (`Arc<dyn StorageBackend>` too).
+    ///
+    /// [`SyncEngine::close`] closes the handle it was given. Engines that
+    /// share a store and close on their own each need a handle of their
+    /// own: a clone of a `MemoryBackend`, or the same directory, server or
+    /// bucket opened once per engine. A handle shared as an `Arc` is
+    /// closed for every engine using it by the first that closes.
     pub fn backend(mut self, backend: impl StorageBackend + 'static) -> Self {
         self.backend = BackendChoice::Ready(Arc::new(backend));
         self
