@@ -175,9 +175,11 @@ use syncforge_core::{
     StorageBackend, Stored, Write, WriteOutcome,
 };
 
+use crate::collection::log::LOG_FILE;
 use crate::collection::open::OpenCollection;
 use crate::collection::records::has_records;
 use crate::collection::wal::holds_records;
+use crate::collection::wal::WAL_FILE;
 use crate::collection::{Collection, PreparedWrite, NAME_FILE};
 use crate::encoding::{decode, is_hashed};
 use crate::files::{
@@ -593,57 +595,9 @@ impl Inner {
     }
 }
 
-/// The collections of the store in `root` holding records, sorted by name.
-fn collections_in(root: &Path) -> Result<Vec<CollectionName>> {
-    let mut names = Vec::new();
-    for entry in read_dir(root)? {
-        let path = entry.path();
-        let Some(stem) = entry.file_name().to_str().map(str::to_owned) else {
-            continue;
-        };
-        if stem.starts_with('.') {
-            continue;
-        }
-        let file_type = entry
-            .file_type()
-            .map_err(|err| io_error("inspecting", &path, err))?;
-        if file_type.is_symlink() {
-            tracing::warn!(path = %path.display(), "{LINK_REASON}: not listed as a collection");
-            continue;
-        }
-        if !file_type.is_dir() {
-            continue;
-        }
-        let name = if is_hashed(&stem) {
-            let name_file = path.join(NAME_FILE);
-            match read_file(&name_file)? {
-                Read::Bytes(bytes) => String::from_utf8(bytes).ok(),
-                Read::Missing => None,
-                Read::Link => {
-                    tracing::warn!(path = %name_file.display(), "{LINK_REASON}: collection not listed");
-                    None
-                }
-            }
-        } else {
-            decode(&stem)
-        };
-        let Some(name) = name.and_then(|name| CollectionName::new(name).ok()) else {
-            continue;
-        };
-        // Records committed to the write-ahead log count before their
-        // files are written (after a power cut, say).
-        if Collection::dir_for(root, &name) == path
-            && (has_records(&path)? || holds_records(&path)?)
-        {
-            names.push(name);
-        }
-    }
-    names.sort();
-    Ok(names)
-}
-
 /// Whether `dir` holds a store: its metadata (which every engine that
-/// opened it wrote) or a collection holding records.
+/// opened it wrote), or a collection directory holding the store's change
+/// log or write-ahead log.
 ///
 /// Opening a directory makes it a store, so a program that only reads
 /// asks this first, to refuse a directory that holds something else (or
@@ -663,7 +617,17 @@ pub async fn holds_store(dir: impl AsRef<Path>) -> Result<bool> {
         if root.join(META_FILE).exists() {
             return Ok(true);
         }
-        Ok(!collections_in(&root)?.is_empty())
+        for entry in read_dir(&root)? {
+            let hidden = entry
+                .file_name()
+                .to_str()
+                .is_none_or(|name| name.starts_with('.'));
+            let path = entry.path();
+            if !hidden && (path.join(LOG_FILE).is_file() || path.join(WAL_FILE).is_file()) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     })
     .await
 }
@@ -806,7 +770,54 @@ impl StorageBackend for FsBackend {
     }
 
     async fn list_collections(&self) -> Result<Vec<CollectionName>> {
-        self.run(|inner| collections_in(&inner.root)).await
+        self.run(|inner| {
+            let mut names = Vec::new();
+            for entry in read_dir(&inner.root)? {
+                let path = entry.path();
+                let Some(stem) = entry.file_name().to_str().map(str::to_owned) else {
+                    continue;
+                };
+                if stem.starts_with('.') {
+                    continue;
+                }
+                let file_type = entry
+                    .file_type()
+                    .map_err(|err| io_error("inspecting", &path, err))?;
+                if file_type.is_symlink() {
+                    tracing::warn!(path = %path.display(), "{LINK_REASON}: not listed as a collection");
+                    continue;
+                }
+                if !file_type.is_dir() {
+                    continue;
+                }
+                let name = if is_hashed(&stem) {
+                    let name_file = path.join(NAME_FILE);
+                    match read_file(&name_file)? {
+                        Read::Bytes(bytes) => String::from_utf8(bytes).ok(),
+                        Read::Missing => None,
+                        Read::Link => {
+                            tracing::warn!(path = %name_file.display(), "{LINK_REASON}: collection not listed");
+                            None
+                        }
+                    }
+                } else {
+                    decode(&stem)
+                };
+                let Some(name) = name.and_then(|name| CollectionName::new(name).ok()) else {
+                    continue;
+                };
+                // Records committed to the write-ahead log count before their
+                // files are written (after a power cut, say).
+                if Collection::dir_for(&inner.root, &name) == path
+                    && (has_records(&path)? || holds_records(&path)?)
+                {
+                    names.push(name);
+                }
+            }
+            names.sort();
+            Ok(names)
+        })
+        .await
     }
 
     async fn clear_collection(&self, collection: &CollectionName) -> Result<()> {

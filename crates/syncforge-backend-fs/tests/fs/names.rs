@@ -225,6 +225,9 @@ async fn a_store_is_told_from_a_plain_directory() {
     let plain = dir.path().join("plain");
     std::fs::create_dir_all(plain.join("pictures")).unwrap();
     std::fs::write(plain.join("notes.txt"), "text").unwrap();
+    // A project's directory, with JSON files that look like records.
+    std::fs::create_dir_all(plain.join("config")).unwrap();
+    std::fs::write(plain.join("config").join("default.json"), "{}").unwrap();
     assert!(!holds_store(&plain).await.unwrap());
     // Records written through the store alone, with no metadata.
     let records = dir.path().join("records");

@@ -170,6 +170,8 @@ fn reading_a_directory_that_holds_no_store_writes_nothing_into_it() {
     let plain = dir.path().join("photos");
     std::fs::create_dir(&plain).unwrap();
     std::fs::write(plain.join("holiday.jpg"), "not a store").unwrap();
+    std::fs::create_dir(plain.join("config")).unwrap();
+    std::fs::write(plain.join("config").join("default.json"), "{\"id\": \"x\"}").unwrap();
     let empty = dir.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
     for target in [&plain, &empty] {
@@ -189,7 +191,7 @@ fn reading_a_directory_that_holds_no_store_writes_nothing_into_it() {
         }
     }
     let entries = |dir: &std::path::Path| std::fs::read_dir(dir).unwrap().count();
-    assert_eq!(entries(&plain), 1);
+    assert_eq!(entries(&plain), 2);
     assert_eq!(entries(&empty), 0);
     // A store is read as before, once something made it one.
     syncforge_with(&["put", arg(&empty), "notes"], &docs("n", 1)).ok();
