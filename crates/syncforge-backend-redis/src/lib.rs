@@ -785,11 +785,12 @@ fn batch_arguments(writes: &[Write], guess: u64, budget: usize) -> (Vec<Value>, 
         }
         w.record.write_json(&mut value);
         size = value.len() + value.len() / 8;
-        bytes += value.len();
-        values.push(Value::from(value));
-        if bytes >= budget {
+        if !values.is_empty() && bytes + value.len() > budget {
+            // Left for the next call, which it may fill alone.
             break;
         }
+        bytes += value.len();
+        values.push(Value::from(value));
     }
     let writes = writes.get(..values.len()).unwrap_or_default();
     let n = writes.len();
@@ -1322,16 +1323,29 @@ mod tests {
             })
             .collect();
         let one = writes[0].record.to_json_string().len();
-        // Two values reach a budget just over one: the second fills it.
-        let (args, taken) = batch_arguments(&writes, 0, one + 1);
+        // Two values fit in a budget of two, not of two less a byte.
+        let (args, taken) = batch_arguments(&writes, 0, 2 * one);
         assert_eq!((taken, args.len()), (2, 4 + 4 * 2));
         assert_eq!(args[0].as_i64(), Some(2));
+        assert_eq!(batch_arguments(&writes, 0, 2 * one - 1).1, 1);
         // A record larger than the budget goes alone.
         let (args, taken) = batch_arguments(&writes, 7, 1);
         assert_eq!((taken, args.len()), (1, 4 + 4));
         assert!(text(&args[7]).unwrap().starts_with("7 {"));
         // Everything, under a budget none reaches.
         assert_eq!(batch_arguments(&writes, 0, CHUNK_BYTES).1, 5);
+        // A large record after small ones waits for a call of its own.
+        let large = syncforge_core::Content::from_value(
+            serde_json::json!({ "id": "large", "blob": "x".repeat(10_000) }),
+        )
+        .unwrap();
+        let mixed = [
+            Write::create(writes[0].record.clone()),
+            Write::create(writes[1].record.clone()),
+            Write::create(Record::create(large, &hlc.now().unwrap())),
+        ];
+        assert_eq!(batch_arguments(&mixed, 0, 5_000).1, 2);
+        assert_eq!(batch_arguments(&mixed[2..], 0, 5_000).1, 1);
     }
 
     #[test]
