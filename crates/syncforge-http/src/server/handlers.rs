@@ -425,7 +425,8 @@ async fn page_body(
         mut next,
         mut more,
     } = page;
-    let chunks = parallel::in_chunks(changes, |chunk, _| write_changes(&chunk)).await;
+    let chunks =
+        parallel::in_chunks(changes, move |chunk, _| write_changes(&chunk, max_bytes)).await;
     let mut body = Vec::new();
     body.extend_from_slice(b"{\"feed_id\":");
     serde_json::to_writer(&mut body, feed_id).map_err(|error| failed(&error))?;
@@ -458,7 +459,7 @@ async fn page_body(
         }
         body.extend_from_slice(chunk.bytes.get(..end).unwrap_or(&chunk.bytes));
         last = Some(cursor);
-        if fits < chunk.ends.len() {
+        if fits < chunk.ends.len() || !chunk.whole {
             next = cursor;
             more = true;
             break;
@@ -477,15 +478,27 @@ async fn page_body(
 /// Changes written as JSON, comma-separated, and where each ends.
 struct WrittenChanges {
     bytes: Vec<u8>,
-    /// For each change, the end of its text in `bytes` and its cursor.
+    /// For each change written, the end of its text in `bytes` and its
+    /// cursor.
     ends: Vec<(usize, Cursor)>,
+    /// Whether every change of the chunk was written.
+    whole: bool,
 }
 
-/// `{"cursor":N,"record":{...}}` for each change, comma-separated.
-fn write_changes(changes: &[syncforge_core::Change]) -> WrittenChanges {
+/// `{"cursor":N,"record":{...}}` for each change, comma-separated, until
+/// the text passes `max_bytes`: no page sends more, so writing on would be
+/// work thrown away.
+fn write_changes(changes: &[syncforge_core::Change], max_bytes: usize) -> WrittenChanges {
     let mut out = String::new();
     let mut ends = Vec::with_capacity(changes.len());
     for (index, change) in changes.iter().enumerate() {
+        if out.len() > max_bytes {
+            return WrittenChanges {
+                bytes: out.into_bytes(),
+                ends,
+                whole: false,
+            };
+        }
         if index > 0 {
             out.push(',');
         }
@@ -499,6 +512,7 @@ fn write_changes(changes: &[syncforge_core::Change]) -> WrittenChanges {
     WrittenChanges {
         bytes: out.into_bytes(),
         ends,
+        whole: true,
     }
 }
 
@@ -644,12 +658,10 @@ impl Shared {
         let deadline = tokio::time::Instant::now() + query.wait;
         let waiting = Watchers::wait(&self.watchers, collection);
         let notify = &waiting.notify;
-        // A write that began before this request started the watch does
-        // not wake it (it was not announced): the first wait of such a
-        // request ends early, for one more read.
-        let mut settling = waiting
-            .started_watch
-            .then(|| tokio::time::Instant::now() + WATCH_SETTLING);
+        // A write that began before the watch started is not announced:
+        // a request made in the watch's first moments reads once more when
+        // they are over.
+        let mut settling = waiting.settled;
         let mut closing = self.closing.clone();
         let mut after = query.after;
         loop {
@@ -761,8 +773,8 @@ impl Shared {
 /// Long-poll wake-ups, one `Notify` per collection being waited on. The
 /// replica is watched only while a request waits, so that writes cost
 /// nothing extra when nobody long-polls; a write already under way when the
-/// watch starts is therefore not announced, and the request that started
-/// the watch reads once more after [`WATCH_SETTLING`].
+/// watch starts is therefore not announced, and requests made in the
+/// watch's first [`WATCH_SETTLING`] read once more when it is over.
 struct Watchers {
     replica: Arc<dyn Replica>,
     by_collection: Mutex<HashMap<CollectionName, Weak<Notify>>>,
@@ -770,7 +782,7 @@ struct Watchers {
     /// Never locked on the writing path (`wake`), so that installing or
     /// dropping the watch, which takes the replica's own locks, cannot
     /// deadlock with a write calling `wake`.
-    watching: Mutex<(usize, Option<WatchGuard>)>,
+    watching: Mutex<Watching>,
 }
 
 /// The largest feed position (2^53).
@@ -780,22 +792,33 @@ const LARGEST_CURSOR: u64 = 1 << 53;
 /// enough for most writes under way when it started to land.
 const WATCH_SETTLING: Duration = Duration::from_secs(1);
 
+/// The requests waiting, and the watch on the replica while there are any.
+#[derive(Default)]
+struct Watching {
+    requests: usize,
+    guard: Option<WatchGuard>,
+    /// When the first moments of the watch end: writes under way when it
+    /// started have landed by then.
+    settled: Option<tokio::time::Instant>,
+}
+
 /// One waiting request: its collection's notifier, and its share in
 /// keeping the replica watched.
 struct Waiting {
     notify: Arc<Notify>,
     watchers: Arc<Watchers>,
-    /// Whether this request started the watch (nobody was waiting).
-    started_watch: bool,
+    /// When the watch's first moments end, if they had not when this
+    /// request came.
+    settled: Option<tokio::time::Instant>,
 }
 
 impl Drop for Waiting {
     fn drop(&mut self) {
         let unwatched = {
             let mut watching = self.watchers.watching.lock();
-            watching.0 -= 1;
-            if watching.0 == 0 {
-                watching.1.take()
+            watching.requests -= 1;
+            if watching.requests == 0 {
+                watching.guard.take()
             } else {
                 None
             }
@@ -809,7 +832,7 @@ impl Watchers {
         Watchers {
             replica,
             by_collection: Mutex::new(HashMap::new()),
-            watching: Mutex::new((0, None)),
+            watching: Mutex::new(Watching::default()),
         }
     }
 
@@ -818,11 +841,12 @@ impl Watchers {
     fn wait(watchers: &Arc<Watchers>, collection: &CollectionName) -> Waiting {
         let notify = watchers.notify(collection);
         let mut watching = watchers.watching.lock();
-        watching.0 += 1;
-        let started_watch = watching.1.is_none();
-        if started_watch {
+        watching.requests += 1;
+        let now = tokio::time::Instant::now();
+        if watching.guard.is_none() {
+            watching.settled = Some(now + WATCH_SETTLING);
             let woken = Arc::downgrade(watchers);
-            watching.1 = Some(watchers.replica.watch(Box::new(
+            watching.guard = Some(watchers.replica.watch(Box::new(
                 move |collection: &CollectionName| {
                     if let Some(watchers) = woken.upgrade() {
                         watchers.wake(collection);
@@ -833,7 +857,7 @@ impl Watchers {
         Waiting {
             notify,
             watchers: watchers.clone(),
-            started_watch,
+            settled: watching.settled.filter(|settled| now < *settled),
         }
     }
 

@@ -394,32 +394,41 @@ async fn a_waiting_reader_woken_by_skipped_writes_reads_only_what_came_since() {
 }
 
 /// A write that began before a long poll started the server's watch is not
-/// announced to it; the poll that started the watch reads once more a
-/// second later, where it slept until its deadline (here 20 s). The replica
-/// here never announces a write, standing for such a write.
+/// announced to it; polls made in the watch's first second (the one that
+/// started it, and one that joined it) read once more when that second is
+/// over, where they slept until their deadline (here 20 s). The replica
+/// here never announces a write, standing for such writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_poll_that_starts_the_watch_reads_again_soon_for_writes_under_way() {
+async fn polls_made_as_the_watch_starts_read_again_soon_for_writes_under_way() {
     let hq = memory_engine("hq").await;
     hq.put("notes", &json!({"id": "n1"})).await.unwrap();
+    hq.put("tasks", &json!({"id": "t1"})).await.unwrap();
     let replica = InstrumentedReplica::new(hq.clone()).deaf();
     let server = Server::bind(replica, "127.0.0.1:0", ServerOptions::default())
         .await
         .unwrap();
-    let link = peer(&server.url(), None);
     let started = Instant::now();
-    let waiting = tokio::spawn(async move {
-        link.wait_for_changes(
-            "notes",
-            syncforge::Cursor::new(1),
-            PAGE,
-            Duration::from_secs(20),
-        )
-        .await
-    });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let poll = |collection: &'static str| {
+        let link = peer(&server.url(), None);
+        tokio::spawn(async move {
+            link.wait_for_changes(
+                collection,
+                syncforge::Cursor::new(1),
+                PAGE,
+                Duration::from_secs(20),
+            )
+            .await
+        })
+    };
+    let first = poll("notes");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = poll("tasks");
+    tokio::time::sleep(Duration::from_millis(100)).await;
     hq.put("notes", &json!({"id": "n2"})).await.unwrap();
-    let page = waiting.await.unwrap().unwrap();
-    assert_eq!(page.changes.len(), 1);
+    hq.put("tasks", &json!({"id": "t2"})).await.unwrap();
+    for waiting in [first, second] {
+        assert_eq!(waiting.await.unwrap().unwrap().changes.len(), 1);
+    }
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "answered after {:?}",
