@@ -64,8 +64,8 @@ pub(crate) async fn import(args: ImportArgs, cx: &mut Context) -> Result<()> {
     let store = Target::open(url, target, cx).await?;
     for (name, records) in batches {
         let count = records.len();
-        // Lines repeating an id are merged into one record, which has one
-        // outcome: the counts below add up to the ids, not the lines.
+        // Records repeating an id merge into one, with one outcome (per
+        // request to a server, when the import takes several).
         let ids = records
             .iter()
             .map(Record::id)
@@ -87,7 +87,7 @@ pub(crate) async fn import(args: ImportArgs, cx: &mut Context) -> Result<()> {
             cx.out.value(&Value::Object(line))?;
         } else if ids < count {
             cx.out.line(&format!(
-                "{name}: {count} records, {ids} distinct ids (records of one id are merged): {}",
+                "{name}: {count} records, {ids} distinct ids: {}",
                 counts.human()
             ))?;
         } else {

@@ -59,7 +59,7 @@ fn an_import_repeating_ids_says_how_many_distinct_ids_its_counts_add_up_to() {
     let run = syncforge_with(&["import", arg(&b), "notes"], &twice).ok();
     assert_eq!(
         run.stdout,
-        "notes: 6 records, 3 distinct ids (records of one id are merged): \
+        "notes: 6 records, 3 distinct ids: \
          3 added, 0 updated, 0 deleted, 0 unchanged, 0 conflicts\n"
     );
     let run = syncforge_with(&["import", arg(&b), "notes", "--json"], &twice).ok();
