@@ -614,13 +614,7 @@ async fn incremental_sync_commands(server: &PrivateServer, size: usize) -> BTree
     sender.put_batch(&people, &edits).await.unwrap();
 
     let raw = raw_client(&server.config("count")).await.unwrap();
-    let _: () = raw
-        .custom(
-            CustomCommand::new_static("CONFIG", ClusterHash::Random, false),
-            vec!["RESETSTAT"],
-        )
-        .await
-        .unwrap();
+    reset_commandstats(&raw).await;
     let page = sender
         .changes(&people, cursor, NonZeroUsize::new(CHANGES).unwrap())
         .await
@@ -631,11 +625,11 @@ async fn incremental_sync_commands(server: &PrivateServer, size: usize) -> BTree
         .await
         .unwrap();
     assert_eq!(synced.written, CHANGES);
-    let stats: String = raw.info(Some(InfoKind::CommandStats)).await.unwrap();
+    let calls = commandstats(&raw).await;
     raw.quit().await.ok();
     sender.close().await.unwrap();
     receiver.close().await.unwrap();
-    parse_commandstats(&stats)
+    calls
 }
 
 /// A batch whose records add up to more than one script call takes (16
@@ -664,16 +658,9 @@ async fn a_batch_of_large_records_is_written_in_several_scripts() {
     // Loads the script and registers the collection first.
     store.put_batch(&coll("warm"), &writes[..1]).await.unwrap();
     let raw = raw_client(&config).await.unwrap();
-    let _: () = raw
-        .custom(
-            CustomCommand::new_static("CONFIG", ClusterHash::Random, false),
-            vec!["RESETSTAT"],
-        )
-        .await
-        .unwrap();
+    reset_commandstats(&raw).await;
     let outcomes = store.put_batch(&blobs, &writes).await.unwrap();
-    let stats: String = raw.info(Some(InfoKind::CommandStats)).await.unwrap();
-    let calls = parse_commandstats(&stats);
+    let calls = commandstats(&raw).await;
     assert_eq!(calls.get("evalsha"), Some(&2), "{calls:?}");
     let cursors: Vec<u64> = outcomes
         .iter()
@@ -693,6 +680,24 @@ async fn a_batch_of_large_records_is_written_in_several_scripts() {
     assert_consistent(&raw, &config.key_prefix, "blobs").await;
     raw.quit().await.ok();
     store.close().await.unwrap();
+}
+
+/// Sets the server's command counts back to zero.
+async fn reset_commandstats(raw: &fred::clients::Client) {
+    let _: () = raw
+        .custom(
+            CustomCommand::new_static("CONFIG", ClusterHash::Random, false),
+            vec!["RESETSTAT"],
+        )
+        .await
+        .unwrap();
+}
+
+/// The server's command counts since the last reset, without the measuring
+/// commands.
+async fn commandstats(raw: &fred::clients::Client) -> BTreeMap<String, u64> {
+    let stats: String = raw.info(Some(InfoKind::CommandStats)).await.unwrap();
+    parse_commandstats(&stats)
 }
 
 /// `cmdstat_<name>:calls=N,...` lines, without the measuring commands.
