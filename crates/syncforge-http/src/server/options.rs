@@ -96,8 +96,8 @@ impl AccessToken {
         AccessToken::new(secret, Access::Read)
     }
 
-    /// Limits the token to these collections (checked as names when the
-    /// router is built).
+    /// Limits the token to these collections (checked as names, and to
+    /// be at least one, when the router is built).
     #[must_use]
     pub fn collections<S: Into<String>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
         self.collections = Some(names.into_iter().map(Into::into).collect());
@@ -385,6 +385,12 @@ impl ServerOptions {
             if !digests.insert(token.digest) {
                 return invalid("token", "the same secret is configured twice".to_owned());
             }
+            if token.collections.as_ref().is_some_and(BTreeSet::is_empty) {
+                return invalid(
+                    "token",
+                    "a token is limited to no collection: it could do nothing".to_owned(),
+                );
+            }
             for name in token.collections.iter().flatten() {
                 validate_collection(name).map_err(|error| Error::InvalidConfig {
                     option: "token",
@@ -450,6 +456,14 @@ mod tests {
         );
         assert_eq!(
             refused(ServerOptions::default().token(AccessToken::read_only(""))),
+            "token"
+        );
+        // Limited to no collection, a token could not even list them.
+        let nothing: [&str; 0] = [];
+        assert_eq!(
+            refused(
+                ServerOptions::default().token(AccessToken::read_write("a").collections(nothing))
+            ),
             "token"
         );
         assert_eq!(
