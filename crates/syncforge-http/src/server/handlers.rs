@@ -303,12 +303,12 @@ impl FeedQuery {
             let Some(text) = seen.get(name) else {
                 return Ok(None);
             };
+            let code = if name == "after" {
+                ErrorCode::InvalidCursor
+            } else {
+                ErrorCode::InvalidArgument
+            };
             if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-                let code = if name == "after" {
-                    ErrorCode::InvalidCursor
-                } else {
-                    ErrorCode::InvalidArgument
-                };
                 return Err(ApiError::new(
                     code,
                     format!(
@@ -317,11 +317,6 @@ impl FeedQuery {
                     ),
                 ));
             }
-            let code = if name == "after" {
-                ErrorCode::InvalidCursor
-            } else {
-                ErrorCode::InvalidArgument
-            };
             text.parse().map(Some).map_err(|_| {
                 ApiError::new(code, format!("`{name}` is out of range: {}", shorten(text)))
             })
@@ -907,8 +902,6 @@ fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-/// The whole body, refused with 413 past `max` bytes (a `Content-Length`
-/// over it is refused before reading).
 /// The refusal of a body larger than `max` bytes.
 fn too_large(max: usize) -> ApiError {
     ApiError::new(
@@ -932,8 +925,9 @@ fn declared_length(headers: &HeaderMap, max: usize) -> Result<Option<usize>, Api
     }
 }
 
-/// Reads a body of at most `max` bytes, of `declared` length if the request
-/// declared one ([`declared_length`]).
+/// Reads the whole body, refused with 413 past `max` bytes, of `declared`
+/// length if the request declared one ([`declared_length`], which refuses a
+/// declared length over `max` before anything is read).
 async fn read_body(declared: Option<usize>, body: Body, max: usize) -> Result<Vec<u8>, ApiError> {
     // Reserved from the declared length only up to a point: the length is
     // the client's word, and the bytes have not come yet.
