@@ -456,11 +456,8 @@ async fn compaction_bounds_the_feed(store: Arc<dyn ObjectStore>, prefix: &str, w
             WriteOutcome::Conflict => panic!("a lone writer conflicted"),
         }
     }
-    let entries = store
-        .list_with_delimiter(Some(&format!("{prefix}/c/compacted/f").into()))
+    let entries = objects_under(&store, &format!("{prefix}/c/compacted/f"))
         .await
-        .unwrap()
-        .objects
         .len();
     assert!(entries <= 2 * 4 + 1, "{entries} feed entries left");
     let stored = all(&backend, &collection).await;
@@ -508,6 +505,19 @@ async fn twenty_new_records_compacted_every_four(
     backend
 }
 
+/// The objects right under `prefix` (one level, as a listing with a
+/// delimiter gives them).
+async fn objects_under(
+    store: &Arc<dyn ObjectStore>,
+    prefix: &str,
+) -> Vec<object_store::ObjectMeta> {
+    store
+        .list_with_delimiter(Some(&prefix.into()))
+        .await
+        .unwrap()
+        .objects
+}
+
 /// A server that gives ETags bare in listings and quoted in reads made every
 /// listed entry look replaced: the feed could not be read, and compaction
 /// never ran. Readers and compaction compare the tags without their quotes.
@@ -517,12 +527,7 @@ async fn a_feed_reads_on_a_store_whose_listings_give_etags_bare() {
         Arc::new(Wrapped::new(Arc::new(InMemory::new())).unquoting_listed_tags());
     let collection = coll("quoted");
     let backend = twenty_new_records_compacted_every_four(&store, &collection).await;
-    let entries = store
-        .list_with_delimiter(Some(&"dse/c/quoted/f".into()))
-        .await
-        .unwrap()
-        .objects
-        .len();
+    let entries = objects_under(&store, "dse/c/quoted/f").await.len();
     assert!(
         entries <= 2 * 4 + 1,
         "{entries} feed entries left: no compaction"
@@ -552,11 +557,8 @@ async fn a_claim_refused_without_the_number_being_taken_leaves_no_hole() {
             WriteOutcome::Conflict => panic!("a lone writer conflicted"),
         }
     }
-    let entries: Vec<String> = store
-        .list_with_delimiter(Some(&"dse/c/holes/f".into()))
+    let entries: Vec<String> = objects_under(&store, "dse/c/holes/f")
         .await
-        .unwrap()
-        .objects
         .into_iter()
         .filter_map(|meta| meta.location.filename().map(str::to_owned))
         .collect();
@@ -574,12 +576,7 @@ async fn a_compaction_whose_horizon_put_was_sent_twice_keeps_its_segment() {
         Arc::new(Wrapped::new(Arc::new(InMemory::new())).resending_puts("/h"));
     let collection = coll("compacted");
     let backend = twenty_new_records_compacted_every_four(&store, &collection).await;
-    let segments = store
-        .list_with_delimiter(Some(&"dse/c/compacted/s".into()))
-        .await
-        .unwrap()
-        .objects
-        .len();
+    let segments = objects_under(&store, "dse/c/compacted/s").await.len();
     assert!(segments >= 1, "no compaction ran");
     let mut seen = BTreeMap::new();
     follow(&backend, &collection, Cursor::START, &mut seen).await;
