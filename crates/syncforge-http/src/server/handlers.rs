@@ -22,7 +22,7 @@ use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::Value;
 use subtle::ConstantTimeEq;
-use syncforge_core::{ChangePage, CollectionName, Cursor, Record, Result};
+use syncforge_core::{CollectionName, Cursor, Record, Result};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tower_http::compression::{CompressionLayer, CompressionLevel};
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -46,6 +46,10 @@ const MAX_READS_PER_PAGE: usize = 16;
 /// of its `limit`: a skip list can make a request pass over changes, never
 /// more than a few pages of them.
 const MAX_SCANNED_PAGES: usize = 4;
+
+/// How many changes a feed request reads from the store first; later reads
+/// are sized by the text those took (see `read_page`).
+const FIRST_READ: usize = 64;
 
 /// The most a request body's declared length reserves before its bytes come.
 const MAX_RESERVED_BODY: usize = 1 << 20;
@@ -376,15 +380,10 @@ async fn changes(
         )
     })?;
     let query = FeedQuery::parse(pairs, &state.options)?;
-    let page = state.feed_page(&collection, &query).await?;
-    tracing::Span::current().record("records", page.changes.len());
-    let body = page_body(
-        state.replica.feed_id(),
-        &collection,
-        page,
-        state.options.max_body_bytes,
-    )
-    .await?;
+    let max_bytes = state.options.max_body_bytes;
+    let page = state.feed_page(&collection, &query, max_bytes).await?;
+    let (body, sent) = page_body(state.replica.feed_id(), &collection, page, max_bytes)?;
+    tracing::Span::current().record("records", sent);
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -396,43 +395,35 @@ async fn changes(
 }
 
 /// A feed page as its `ChangesResponse` JSON, exactly as serde_json writes
-/// it, the records written straight from each record (see `canonical`) and
-/// spread over the cores: a page of thousands of records is most of a
-/// pull's cost on the server.
+/// it, and how many changes it holds.
 ///
 /// The body stays within `max_bytes` (the server's `max_body_bytes`), but
 /// for a first record larger than that: the page then ends at the last
 /// change that fits, with `more` set. Pages were bounded by their count
 /// only, so a page of large records could outgrow what a client takes, and
 /// the client, asking for the same page again, never got past it.
-async fn page_body(
+fn page_body(
     feed_id: &str,
     collection: &CollectionName,
-    page: ChangePage,
+    page: WrittenPage,
     max_bytes: usize,
-) -> Result<Vec<u8>, ApiError> {
-    let failed = |error: &dyn std::fmt::Display| {
-        tracing::error!(%error, "a feed page could not be written");
-        ApiError::new(ErrorCode::Internal, "the feed page could not be written")
-    };
-    let ChangePage {
-        changes,
+) -> Result<(Vec<u8>, usize), ApiError> {
+    let WrittenPage {
+        chunks,
         mut next,
         mut more,
     } = page;
-    let chunks =
-        parallel::in_chunks(changes, move |chunk, _| write_changes(&chunk, max_bytes)).await;
     let mut body = Vec::new();
     body.extend_from_slice(b"{\"feed_id\":");
-    serde_json::to_writer(&mut body, feed_id).map_err(|error| failed(&error))?;
+    serde_json::to_writer(&mut body, feed_id).map_err(|error| unwritable(&error))?;
     body.extend_from_slice(b",\"collection\":");
-    serde_json::to_writer(&mut body, collection.as_str()).map_err(|error| failed(&error))?;
+    serde_json::to_writer(&mut body, collection.as_str()).map_err(|error| unwritable(&error))?;
     body.extend_from_slice(b",\"changes\":[");
     // Room for the separator and the page's end after the changes.
     let budget = max_bytes.saturating_sub(64);
     let mut last: Option<Cursor> = None;
+    let mut sent = 0;
     for chunk in chunks {
-        let chunk = chunk.map_err(|error| failed(&error))?;
         let separator = usize::from(last.is_some());
         let room = budget.saturating_sub(body.len() + separator);
         // The changes of the chunk that fit; the page's first always does.
@@ -454,6 +445,7 @@ async fn page_body(
         }
         body.extend_from_slice(chunk.bytes.get(..end).unwrap_or(&chunk.bytes));
         last = Some(cursor);
+        sent += fits;
         if fits < chunk.ends.len() || !chunk.whole {
             next = cursor;
             more = true;
@@ -461,13 +453,51 @@ async fn page_body(
         }
     }
     body.extend_from_slice(b"],\"next\":");
-    serde_json::to_writer(&mut body, &next).map_err(|error| failed(&error))?;
+    serde_json::to_writer(&mut body, &next).map_err(|error| unwritable(&error))?;
     body.extend_from_slice(if more {
         b",\"more\":true}"
     } else {
         b",\"more\":false}"
     });
-    Ok(body)
+    Ok((body, sent))
+}
+
+/// The answer to a feed page that could not be written, logged.
+fn unwritable(error: &dyn std::fmt::Display) -> ApiError {
+    tracing::error!(%error, "a feed page could not be written");
+    ApiError::new(ErrorCode::Internal, "the feed page could not be written")
+}
+
+/// The changes of a feed page read so far, written as JSON, and where the
+/// feed goes on after them.
+struct WrittenPage {
+    /// The changes, in feed order, in chunks as they were written.
+    chunks: Vec<WrittenChanges>,
+    /// Where the next page starts if every change written is sent.
+    next: Cursor,
+    /// Whether changes may follow `next`.
+    more: bool,
+}
+
+impl WrittenPage {
+    /// Whether no change was found.
+    fn is_empty(&self) -> bool {
+        self.chunks.iter().all(|chunk| chunk.ends.is_empty())
+    }
+}
+
+/// `changes` written as JSON, spread over the cores (a page of thousands of
+/// records is most of a pull's cost on the server), each chunk until its
+/// text passes `max_bytes`.
+async fn write_spread(
+    changes: Vec<syncforge_core::Change>,
+    max_bytes: usize,
+) -> Result<Vec<WrittenChanges>, ApiError> {
+    parallel::in_chunks(changes, move |chunk, _| write_changes(&chunk, max_bytes))
+        .await
+        .into_iter()
+        .map(|chunk| chunk.map_err(|error| unwritable(&error)))
+        .collect()
 }
 
 /// Changes written as JSON, comma-separated, and where each ends.
@@ -640,15 +670,18 @@ impl Shared {
     }
 
     /// A page of the feed after `query.after`, leaving out the positions in
-    /// `query.skip`; with `query.wait`, waits for a change if there is none
-    /// yet.
+    /// `query.skip`, written up to `max_bytes`; with `query.wait`, waits for
+    /// a change if there is none yet.
     async fn feed_page(
         &self,
         collection: &CollectionName,
         query: &FeedQuery,
-    ) -> Result<ChangePage, ApiError> {
+        max_bytes: usize,
+    ) -> Result<WrittenPage, ApiError> {
         if query.wait.is_zero() {
-            return self.read_skipping(collection, query.after, query).await;
+            return self
+                .read_page(collection, query.after, query, max_bytes)
+                .await;
         }
         let deadline = tokio::time::Instant::now() + query.wait;
         let waiting = Watchers::wait(&self.watchers, collection);
@@ -665,11 +698,11 @@ impl Shared {
             let notified = notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let page = self.read_skipping(collection, after, query).await?;
+            let page = self.read_page(collection, after, query, max_bytes).await?;
             // A page whose read budget ran out among skipped positions has
             // nothing to show but more to read: the client reads on at once,
             // where a wait would only read the same positions again.
-            if !page.changes.is_empty()
+            if !page.is_empty()
                 || page.more
                 || tokio::time::Instant::now() >= deadline
                 || *closing.borrow()
@@ -691,77 +724,97 @@ impl Shared {
         }
     }
 
-    /// Reads the feed after `after` until `query.limit` changes not in
-    /// `query.skip` are found, the feed ends, or the read budget (reads, and
+    /// Reads the feed after `after`, and writes what it found, until
+    /// `query.limit` changes not in `query.skip` are found, their text
+    /// passes `max_bytes`, the feed ends, or the read budget (reads, and
     /// changes passed over) is spent.
-    async fn read_skipping(
+    ///
+    /// The store is read in rounds: [`FIRST_READ`] changes, then as many as
+    /// the text written so far says will fill the rest of the body. A page
+    /// read at its `limit` in one go read up to that many records (10,000 by
+    /// default) from the store to send the few of them that fit in a body
+    /// when records were large, and a pull read its whole collection again
+    /// for every page.
+    async fn read_page(
         &self,
         collection: &CollectionName,
         after: Cursor,
         query: &FeedQuery,
-    ) -> Result<ChangePage, ApiError> {
-        let limit = query.limit;
-        if query.skip.is_empty() {
-            return Ok(self.replica.changes(collection, after, limit).await?);
-        }
-        let mut kept = Vec::new();
-        let mut position = after;
-        let mut unscanned = limit.get().saturating_mul(MAX_SCANNED_PAGES);
+        max_bytes: usize,
+    ) -> Result<WrittenPage, ApiError> {
+        let limit = query.limit.get();
+        let mut page = WrittenPage {
+            chunks: Vec::new(),
+            next: after,
+            more: true,
+        };
+        let (mut kept, mut bytes) = (0_usize, 0_usize);
+        let mut unscanned = if query.skip.is_empty() {
+            usize::MAX
+        } else {
+            limit.saturating_mul(MAX_SCANNED_PAGES)
+        };
+        let mut round = FIRST_READ.min(limit);
         for _ in 0..MAX_READS_PER_PAGE {
-            let Some(budget) = NonZeroUsize::new(unscanned) else {
+            let Some(wanted) = NonZeroUsize::new(round.min(unscanned)) else {
                 break;
             };
             // Positions right after this one that are all skipped need no read.
-            if let Some([_, end]) = query.skip.find(position.get().saturating_add(1)) {
-                position = Cursor::new(end);
+            if let Some([_, end]) = query.skip.find(page.next.get().saturating_add(1)) {
+                page.next = Cursor::new(end);
             }
-            let page = self
-                .replica
-                .changes(collection, position, limit.min(budget))
-                .await?;
-            unscanned = unscanned.saturating_sub(page.changes.len());
-            let last = page.changes.last().map(|change| change.cursor);
-            let mut changes = page.changes.into_iter().peekable();
+            let read = self.replica.changes(collection, page.next, wanted).await?;
+            unscanned = unscanned.saturating_sub(read.changes.len());
+            let last = read.changes.last().map(|change| change.cursor);
+            let mut found = Vec::new();
             let mut jumped = None;
-            while let Some(change) = changes.next() {
+            let mut changes = read.changes.into_iter().peekable();
+            let mut full = false;
+            for change in changes.by_ref() {
                 match query.skip.find(change.cursor.get()) {
-                    // A skipped run reaching past this page: read on after it.
+                    // A skipped run reaching past this read: read on after it.
                     Some([_, end]) if Some(Cursor::new(end)) > last => {
                         jumped = Some(Cursor::new(end));
                         break;
                     }
                     Some(_) => {}
                     None => {
-                        let cursor = change.cursor;
-                        kept.push(change);
-                        if kept.len() == limit.get() {
-                            let more = changes.peek().is_some() || page.more;
-                            return Ok(ChangePage {
-                                changes: kept,
-                                next: cursor,
-                                more,
-                            });
+                        found.push(change);
+                        if kept + found.len() == limit {
+                            full = true;
+                            break;
                         }
                     }
                 }
             }
-            position = match jumped {
-                Some(end) => end.max(page.next),
-                None => page.next,
-            };
-            if jumped.is_none() && !page.more {
-                return Ok(ChangePage {
-                    changes: kept,
-                    next: position,
-                    more: false,
-                });
+            if full {
+                // The page ends at its last change; more may follow it.
+                page.more = changes.peek().is_some() || read.more;
+                page.next = found.last().map_or(page.next, |change| change.cursor);
+            } else {
+                page.next = jumped.map_or(read.next, |end| end.max(read.next));
+                page.more = jumped.is_some() || read.more;
             }
+            kept += found.len();
+            for chunk in write_spread(found, max_bytes.saturating_sub(bytes)).await? {
+                bytes = bytes.saturating_add(chunk.bytes.len());
+                page.chunks.push(chunk);
+            }
+            if full || !page.more || bytes > max_bytes {
+                return Ok(page);
+            }
+            round = match bytes.checked_div(kept) {
+                // Enough changes of the size seen so far to fill the body,
+                // and a quarter more, so that one round usually does.
+                Some(each) => {
+                    let filling = (max_bytes - bytes) / each.max(1);
+                    filling.saturating_add(filling / 4).saturating_add(1)
+                }
+                None => limit,
+            }
+            .min(limit - kept);
         }
-        Ok(ChangePage {
-            changes: kept,
-            next: position,
-            more: true,
-        })
+        Ok(page)
     }
 }
 
@@ -1183,6 +1236,18 @@ fn shorten(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use syncforge_core::ChangePage;
+
+    /// `page` as `changes` answers it: written, then laid out within
+    /// `max_bytes`.
+    async fn body_of(collection: &CollectionName, page: ChangePage, max_bytes: usize) -> Vec<u8> {
+        let written = WrittenPage {
+            chunks: write_spread(page.changes, max_bytes).await.unwrap(),
+            next: page.next,
+            more: page.more,
+        };
+        page_body("feed", collection, written, max_bytes).unwrap().0
+    }
 
     /// The body checks of the sync route: UTF-8, then the envelope.
     fn parse_body(bytes: &[u8], max: usize) -> Result<Vec<Range<usize>>, ApiError> {
@@ -1230,14 +1295,7 @@ mod tests {
                 next: Cursor::new(count + 5),
                 more: count % 2 == 1,
             };
-            let body = page_body(
-                "feed",
-                &collection,
-                page,
-                super::super::DEFAULT_MAX_BODY_BYTES,
-            )
-            .await
-            .unwrap();
+            let body = body_of(&collection, page, super::super::DEFAULT_MAX_BODY_BYTES).await;
             assert_eq!(
                 String::from_utf8(body).unwrap(),
                 String::from_utf8(expected).unwrap()
@@ -1272,9 +1330,7 @@ mod tests {
         };
         let read = |body: Vec<u8>| serde_json::from_slice::<ChangesResponse>(&body).unwrap();
         // 1,000 changes of about 1.2 KB, within 100 KB: the first eighty or so.
-        let body = page_body("feed", &collection, page(1_000), 100_000)
-            .await
-            .unwrap();
+        let body = body_of(&collection, page(1_000), 100_000).await;
         assert!(body.len() <= 100_000, "{} bytes", body.len());
         let answer = read(body);
         let kept = answer.changes.len();
@@ -1282,15 +1338,11 @@ mod tests {
         assert_eq!(answer.next, answer.changes[kept - 1].cursor);
         assert!(answer.more);
         // A first change larger than the bound goes alone.
-        let answer = read(page_body("feed", &collection, page(3), 10).await.unwrap());
+        let answer = read(body_of(&collection, page(3), 10).await);
         assert_eq!(answer.changes.len(), 1);
         assert_eq!((answer.next, answer.more), (Cursor::new(1), true));
         // A page that fits is answered whole, with the store's next.
-        let answer = read(
-            page_body("feed", &collection, page(3), 100_000)
-                .await
-                .unwrap(),
-        );
+        let answer = read(body_of(&collection, page(3), 100_000).await);
         assert_eq!(answer.changes.len(), 3);
         assert_eq!((answer.next, answer.more), (Cursor::new(13), false));
     }

@@ -216,6 +216,55 @@ async fn large_pushes_and_pages_arrive_whole_and_in_order() {
     server.shutdown().await.unwrap();
 }
 
+/// A feed page of large records read its whole `limit` from the store (up
+/// to 10,000 records) and then sent the few that fit in a body, so a pull of
+/// large records read the rest of its collection again for every page. The
+/// store is now read in rounds sized by what the body can still take.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_large_records_reads_little_more_than_it_sends() {
+    let hq = memory_engine("hq").await;
+    for n in 0..300 {
+        hq.put(
+            "photos",
+            &json!({"id": format!("p{n:03}"), "blob": "x".repeat(20_000)}),
+        )
+        .await
+        .unwrap();
+    }
+    let replica = crate::support::InstrumentedReplica::new(hq);
+    let scanned = replica.scanned.clone();
+    let options = ServerOptions::default().max_body_bytes(256 * 1024);
+    let server = Server::bind(replica, "127.0.0.1:0", options).await.unwrap();
+    let client = crate::support::raw_client();
+    let mut after = 0;
+    let mut pulled = Vec::new();
+    for _ in 0..100 {
+        scanned.store(0, std::sync::atomic::Ordering::SeqCst);
+        let url = format!(
+            "{}/v1/collections/photos/changes?after={after}&limit=10000",
+            server.url()
+        );
+        let text = client.get(url).send().await.unwrap().text().await.unwrap();
+        let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let sent = answer["changes"].as_array().unwrap();
+        let read = scanned.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(!sent.is_empty());
+        assert!(
+            read <= 2 * sent.len() + 64,
+            "{read} records read to send {}",
+            sent.len()
+        );
+        pulled.extend(sent.iter().map(|change| change["record"]["id"].clone()));
+        after = answer["next"].as_u64().unwrap();
+        if answer["more"] == json!(false) {
+            break;
+        }
+    }
+    let expected: Vec<_> = (0..300).map(|n| json!(format!("p{n:03}"))).collect();
+    assert_eq!(pulled, expected);
+    server.shutdown().await.unwrap();
+}
+
 /// An answer larger than the peer's bound fails the call, whatever the
 /// server sent, instead of being read whole into memory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
