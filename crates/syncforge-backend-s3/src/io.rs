@@ -149,7 +149,19 @@ impl Io {
             self.put_unchecked(&self.probe, Bytes::from_static(body), condition)
         };
         if put(b"1", Condition::Absent).await? == Put::Lost {
-            return Ok(Err("a create of a new key was refused"));
+            // The key is this handle's own, so the object was left by an
+            // earlier try: its create landed and the answer was lost (the
+            // client resent it and was refused), or its removal failed. Not
+            // a verdict on the store: the probe is removed, and the next
+            // conditional write tries again.
+            return Err(Error::unavailable(
+                BACKEND_NAME,
+                format!(
+                    "the conditional-write check found its own key {} already written; \
+                     it is removed and tried again at the next write",
+                    self.probe
+                ),
+            ));
         }
         if put(b"2", Condition::Absent).await? != Put::Lost {
             return Ok(Err(

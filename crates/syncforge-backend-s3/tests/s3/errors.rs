@@ -10,6 +10,7 @@ use serde_json::json;
 use syncforge_backend_s3::{S3Backend, S3Config};
 use syncforge_core::{
     ClientId, CollectionName, Content, Error, Hlc, Record, RecordId, StorageBackend, Write,
+    WriteOutcome,
 };
 
 const SECRET: &str = "wJalrXUtnFEMI-K7MDENG-SECRET";
@@ -132,4 +133,53 @@ async fn a_store_that_ignores_conditions_is_refused_before_the_first_write() {
         .put(&collection, &Write::create(record))
         .await
         .unwrap();
+}
+
+/// A handle's conditional-write check found its probe key already written
+/// when its first create had landed and been resent by the client (whose
+/// second send is refused), and took that for a store that refuses creates:
+/// every conditional write of the handle then failed for good. It is a
+/// transient failure, and the next write checks again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_create_of_the_probe_key_does_not_disable_the_handle() {
+    let memory = Arc::new(object_store::memory::InMemory::new());
+    let resending =
+        Arc::new(crate::wrapper::Wrapped::new(memory.clone()).resending_puts_containing("/p/"));
+    let backend = S3Backend::from_store(resending.clone(), "dse").unwrap();
+    let collection = CollectionName::new("notes").unwrap();
+    let mut clock = Hlc::new(ClientId::new("c").unwrap());
+    let record = Record::create(
+        Content::from_value(json!({"id": "n1"})).unwrap(),
+        &clock.now().unwrap(),
+    );
+    let error = backend
+        .put(&collection, &Write::create(record.clone()))
+        .await
+        .unwrap_err();
+    assert!(matches!(&error, Error::Unavailable { .. }), "{error}");
+    resending.stop_resending();
+    let outcome = backend
+        .put(&collection, &Write::create(record.clone()))
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, WriteOutcome::Written { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        backend
+            .get(&collection, record.id())
+            .await
+            .unwrap()
+            .map(|s| s.record),
+        Some(record)
+    );
+    // The check leaves no probe behind.
+    let probes = futures::TryStreamExt::try_collect::<Vec<_>>(object_store::ObjectStore::list(
+        memory.as_ref(),
+        Some(&object_store::path::Path::from("dse/p")),
+    ))
+    .await
+    .unwrap();
+    assert!(probes.is_empty(), "{probes:?}");
 }

@@ -32,9 +32,9 @@ pub(crate) struct Wrapped {
     last_lands: AtomicBool,
     /// Extra delay for puts whose key contains this text (a slow writer).
     slow_puts: parking_lot::Mutex<Option<(String, Duration)>>,
-    /// Puts to keys ending with this text are sent twice, the caller told
-    /// what the second send was answered.
-    resent_puts: parking_lot::Mutex<Option<String>>,
+    /// Puts to keys this matches are sent twice, the caller told what the
+    /// second send was answered.
+    resent_puts: parking_lot::Mutex<Option<KeyMatch>>,
     /// Whether every put is made unconditionally, its condition ignored.
     ignoring_conditions: AtomicBool,
     /// Whether listings give bare the ETags that reads give in quotes.
@@ -88,8 +88,20 @@ impl Wrapped {
     /// retries a put after a 5xx, 429 or a cut response). A conditional put
     /// is then refused, although it took effect.
     pub(crate) fn resending_puts(self, key_end: &str) -> Self {
-        *self.resent_puts.lock() = Some(key_end.to_owned());
+        *self.resent_puts.lock() = Some(KeyMatch::Ending(key_end.to_owned()));
         self
+    }
+
+    /// [`resending_puts`](Self::resending_puts) for keys containing
+    /// `key_part`.
+    pub(crate) fn resending_puts_containing(self, key_part: &str) -> Self {
+        *self.resent_puts.lock() = Some(KeyMatch::Containing(key_part.to_owned()));
+        self
+    }
+
+    /// Sends every put once from now on.
+    pub(crate) fn stop_resending(&self) {
+        *self.resent_puts.lock() = None;
     }
 
     /// Every request waits this long first (the benches' 20 ms region).
@@ -183,6 +195,22 @@ impl Wrapped {
     }
 }
 
+/// Which keys a [`Wrapped`] option applies to.
+#[derive(Debug)]
+enum KeyMatch {
+    Ending(String),
+    Containing(String),
+}
+
+impl KeyMatch {
+    fn matches(&self, key: &str) -> bool {
+        match self {
+            KeyMatch::Ending(end) => key.ends_with(end.as_str()),
+            KeyMatch::Containing(part) => key.contains(part.as_str()),
+        }
+    }
+}
+
 fn dead() -> object_store::Error {
     object_store::Error::Generic {
         store: "test wrapper",
@@ -224,8 +252,12 @@ impl ObjectStore for Wrapped {
                 });
             }
         }
-        let resent = self.resent_puts.lock().clone();
-        if resent.is_some_and(|end| location.as_ref().ends_with(&end)) {
+        let resent = self
+            .resent_puts
+            .lock()
+            .as_ref()
+            .is_some_and(|keys| keys.matches(location.as_ref()));
+        if resent {
             let _lost = self
                 .around(self.inner.put_opts(location, payload.clone(), opts.clone()))
                 .await;
