@@ -511,7 +511,9 @@ fn sync_parent(path: &FsPath) -> io::Result<()> {
     Ok(())
 }
 
-/// An I/O error as object_store reports it.
+/// An I/O error as object_store reports it. Other kinds stay an
+/// `io::Error` (of the same kind, naming the file) inside `Generic`: whether
+/// the failure is transient is read from that kind.
 fn io_error(error: io::Error, path: &FsPath) -> Error {
     let path = path.display().to_string();
     match error.kind() {
@@ -523,9 +525,9 @@ fn io_error(error: io::Error, path: &FsPath) -> Error {
             path,
             source: error.into(),
         },
-        _ => Error::Generic {
+        kind => Error::Generic {
             store: STORE,
-            source: format!("{path}: {error}").into(),
+            source: Box::new(io::Error::new(kind, format!("{path}: {error}"))),
         },
     }
 }

@@ -242,6 +242,30 @@ async fn conditional_updates_are_atomic_across_processes() {
     assert_eq!(seen, stored);
 }
 
+/// A local directory's failures that stay until someone acts — here a file
+/// where the collection's folder must be; a full disk or a read-only file
+/// system alike — are `Error::Storage`. They lost their I/O error on the
+/// way, and a failure without one counts as transient: the engine retried
+/// them as if the store would come back.
+#[tokio::test]
+async fn a_lasting_local_failure_is_not_transient() {
+    use syncforge_core::Error as SyncError;
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("dse/c")).unwrap();
+    std::fs::write(dir.path().join("dse/c/notes"), "not a folder").unwrap();
+    let store = S3Backend::local_directory(dir.path(), "dse").unwrap();
+    let notes = CollectionName::new("notes").unwrap();
+    let mut hlc = Hlc::new(ClientId::new("writer").unwrap());
+    let record = Record::create(
+        Content::from_value(json!({"id": "r1"})).unwrap(),
+        &hlc.now().unwrap(),
+    );
+    let error = store.put(&notes, &Write::create(record)).await.unwrap_err();
+    assert!(matches!(&error, SyncError::Storage { .. }), "{error:?}");
+    assert!(error.to_string().contains("failed"), "{error}");
+}
+
 /// A stored record object holding a field nested past
 /// [`MAX_NESTING_DEPTH`](syncforge_core::MAX_NESTING_DEPTH) (written by
 /// hand, or before the limit) is corrupt data naming the object, record and
