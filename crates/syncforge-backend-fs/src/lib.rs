@@ -177,8 +177,7 @@ use syncforge_core::{
 
 use crate::collection::log::LOG_FILE;
 use crate::collection::open::OpenCollection;
-use crate::collection::records::has_records;
-use crate::collection::wal::holds_records;
+use crate::collection::records::holds_a_record;
 use crate::collection::wal::WAL_FILE;
 use crate::collection::{Collection, PreparedWrite, NAME_FILE};
 use crate::encoding::{decode, is_hashed};
@@ -806,10 +805,10 @@ impl StorageBackend for FsBackend {
                 let Some(name) = name.and_then(|name| CollectionName::new(name).ok()) else {
                     continue;
                 };
-                // Records committed to the write-ahead log count before their
-                // files are written (after a power cut, say).
+                // The write-ahead log counts before the record files: what
+                // it wrote (after a power cut, say) and what it removed.
                 if Collection::dir_for(&inner.root, &name) == path
-                    && (has_records(&path)? || holds_records(&path)?)
+                    && holds_a_record(&path, name.as_str())?
                 {
                     names.push(name);
                 }
@@ -917,6 +916,7 @@ impl StorageBackend for FsBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::collection::wal::holds_records;
 
     fn name(text: &str) -> CollectionName {
         CollectionName::new(text).unwrap()

@@ -134,6 +134,33 @@ pub(crate) fn read_all(dir: &Path, collection: &str) -> Result<(Vec<Record>, Vec
     Ok((records, skipped))
 }
 
+/// Whether the collection `collection` in `dir` holds a record: one the
+/// write-ahead log wrote last, or a record file whose record the log has
+/// not removed since (removals reach the files at the next checkpoint).
+pub(crate) fn holds_a_record(dir: &Path, collection: &str) -> Result<bool> {
+    let logged = super::wal::last_changes(dir)?;
+    if logged.values().any(|&written| written) {
+        return Ok(true);
+    }
+    for entry in read_dir(dir)? {
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if record_stem(&name).is_none() {
+            continue;
+        }
+        // With nothing removed in the log, any record file will do; a
+        // removal only hides the file of its own id.
+        if logged.is_empty() {
+            return Ok(true);
+        }
+        if id_of_file(dir, &name, collection)?.is_some_and(|id| !logged.contains_key(&id)) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Whether a collection directory holds at least one record file.
 pub(crate) fn has_records(dir: &Path) -> Result<bool> {
     Ok(read_dir(dir)?

@@ -361,19 +361,25 @@ impl Wal {
     }
 }
 
-/// Whether the log in `dir` holds a record whose last change is a write: a
-/// collection whose record files are not written yet (after a power cut,
-/// say) still has that record.
-pub(crate) fn holds_records(dir: &Path) -> Result<bool> {
+/// The last change the log in `dir` holds for each id: `true` for a write,
+/// `false` for a removal. Record files catch up with the log at the next
+/// checkpoint, so until then the log is what the collection holds: a record
+/// written after a power cut, or removed since its file was written.
+pub(crate) fn last_changes(dir: &Path) -> Result<std::collections::HashMap<String, bool>> {
     let mut wal = Wal::new(dir);
-    let Refresh::Frames(frames) = wal.refresh()? else {
-        return Ok(false);
-    };
     let mut last = std::collections::HashMap::new();
-    for op in frames.iter().flat_map(|frame| &frame.ops) {
-        last.insert(op.id.as_str(), op.record.is_some());
+    if let Refresh::Frames(frames) = wal.refresh()? {
+        for op in frames.into_iter().flat_map(|frame| frame.ops) {
+            last.insert(op.id, op.record.is_some());
+        }
     }
-    Ok(last.into_values().any(|written| written))
+    Ok(last)
+}
+
+/// Whether the log in `dir` holds a record whose last change is a write.
+#[cfg(test)]
+pub(crate) fn holds_records(dir: &Path) -> Result<bool> {
+    Ok(last_changes(dir)?.into_values().any(|written| written))
 }
 
 #[cfg(test)]

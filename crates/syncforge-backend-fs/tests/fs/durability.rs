@@ -289,6 +289,32 @@ async fn buffered_durability_stores_the_same_records() {
     assert_eq!(reopened.get_all(&coll("notes")).await.unwrap().len(), 50);
 }
 
+/// A removal reaches the record files at the next checkpoint; until then
+/// the collection was still listed for the file of its last record, though
+/// it held none. Ids long enough to be stored under a hashed file name too.
+#[tokio::test]
+async fn a_collection_whose_last_record_was_removed_is_not_listed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FsBackend::open(tmp.path()).await.unwrap();
+    let long = "l".repeat(300);
+    put_any(&store, "notes", counter("r0", 0)).await;
+    put_any(&store, "long", counter(&long, 0)).await;
+    put_any(&store, "kept", counter("k0", 0)).await;
+    store.close().await.unwrap();
+    let reopened = FsBackend::open(tmp.path()).await.unwrap();
+    assert!(reopened.delete(&coll("notes"), &rid("r0")).await.unwrap());
+    assert!(reopened.delete(&coll("long"), &rid(&long)).await.unwrap());
+    assert_eq!(reopened.list_collections().await.unwrap(), [coll("kept")]);
+    // Another handle, which reads the files and the log, agrees.
+    let other = FsBackend::open(tmp.path()).await.unwrap();
+    assert_eq!(other.list_collections().await.unwrap(), [coll("kept")]);
+    put_any(&reopened, "notes", counter("r1", 1)).await;
+    assert_eq!(
+        other.list_collections().await.unwrap(),
+        [coll("kept"), coll("notes")]
+    );
+}
+
 #[tokio::test]
 async fn deletes_are_gone_after_reopening() {
     let tmp = tempfile::tempdir().unwrap();
