@@ -328,15 +328,21 @@ impl Store {
         Ok(records.into_iter().flatten().collect())
     }
 
-    /// Replaces a record by a marker; whether there was a record.
+    /// Replaces a record by a marker; whether there was a record when the
+    /// call began.
     pub(crate) async fn delete(&self, collection: &CollectionName, id: &RecordId) -> Result<bool> {
         let keys = self.keys.collection(collection);
         let path = keys.record(id);
         let mut races = Races::default();
+        // A marker found after a record was seen is this call's own (its put
+        // landed, was sent again and refused) or a concurrent delete's:
+        // either way the record existed.
+        let mut existed = false;
         loop {
             match self.read(collection, &keys, id).await? {
-                State::Absent | State::Marker { .. } => return Ok(false),
+                State::Absent | State::Marker { .. } => return Ok(existed),
                 State::Record { etag, .. } => {
+                    existed = true;
                     if let Put::Done(_) = self.put_marker(&path, &etag).await? {
                         return Ok(true);
                     }

@@ -584,6 +584,26 @@ async fn a_compaction_whose_horizon_put_was_sent_twice_keeps_its_segment() {
     assert_eq!(seen.len(), 20);
 }
 
+/// A delete whose marker put landed, but was sent again (its answer lost)
+/// and refused, read its own marker back and answered that there had been
+/// no record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_whose_marker_put_was_sent_twice_says_the_record_existed() {
+    let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let collection = coll("notes");
+    let mut clock = Hlc::new(ClientId::new("w").unwrap());
+    let record = Record::create(content("a", 1), &clock.now().unwrap());
+    handle(&memory, "dse")
+        .put(&collection, &Write::create(record))
+        .await
+        .unwrap();
+    let resending: Arc<dyn ObjectStore> = Arc::new(Wrapped::new(memory).resending_puts("/r/a"));
+    let deleter = handle(&resending, "dse");
+    assert!(deleter.delete(&collection, &rid("a")).await.unwrap());
+    assert!(deleter.get(&collection, &rid("a")).await.unwrap().is_none());
+    assert!(!deleter.delete(&collection, &rid("a")).await.unwrap());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_bounds_the_feed_and_readers_miss_nothing_in_memory() {
     compaction_bounds_the_feed(Arc::new(InMemory::new()), "dse", 60).await;
