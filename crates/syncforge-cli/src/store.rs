@@ -35,6 +35,87 @@ pub(crate) struct EngineOptions {
     pub(crate) batch_size: Option<usize>,
 }
 
+/// Why `url` names no store yet — a directory that is not there, or holds
+/// none — or `None` when it may hold one. Only a directory can tell without
+/// being opened.
+async fn missing(url: &StoreUrl) -> Result<Option<&'static str>> {
+    let Some(BackendConfig::Filesystem { directory }) = url.backend_config() else {
+        return Ok(None);
+    };
+    if !directory.is_dir() {
+        return Ok(Some("no such directory"));
+    }
+    #[cfg(feature = "fs")]
+    if !syncforge::fs::holds_store(directory)
+        .await
+        .with_context(|| format!("cannot read the directory {url}"))?
+    {
+        return Ok(Some("the directory holds none"));
+    }
+    Ok(None)
+}
+
+/// The store a command writes into, which it creates if there is none:
+/// opened at once when it exists, created only by [`open`](Self::open),
+/// once the command's arguments are known to be good, so that a refused
+/// command writes nothing.
+pub(crate) enum Target {
+    /// The store, which existed.
+    Existing(Store),
+    /// A store to create.
+    New {
+        url: StoreUrl,
+        options: EngineOptions,
+    },
+}
+
+impl Target {
+    /// Opens the store at `url` if there is one.
+    pub(crate) async fn prepare(url: StoreUrl, options: &EngineOptions) -> Result<Target> {
+        Ok(if missing(&url).await?.is_some() {
+            Target::New {
+                url,
+                options: options.clone(),
+            }
+        } else {
+            Target::Existing(Store::open(url, options).await?)
+        })
+    }
+
+    /// The store's URL, as it may be shown.
+    pub(crate) fn url(&self) -> &StoreUrl {
+        match self {
+            Target::Existing(store) => store.url(),
+            Target::New { url, .. } => url,
+        }
+    }
+
+    /// The id of the store, if it exists.
+    pub(crate) fn store_id(&self) -> Option<&str> {
+        match self {
+            Target::Existing(store) => Some(store.engine().store_id()),
+            Target::New { .. } => None,
+        }
+    }
+
+    /// The collections holding records, sorted by name (none in a store
+    /// not created yet).
+    pub(crate) async fn collections(&self) -> Result<Vec<CollectionName>> {
+        match self {
+            Target::Existing(store) => store.collections().await,
+            Target::New { .. } => Ok(Vec::new()),
+        }
+    }
+
+    /// The store, created if it did not exist.
+    pub(crate) async fn open(self) -> Result<Store> {
+        match self {
+            Target::Existing(store) => Ok(store),
+            Target::New { url, options } => Store::open(url, &options).await,
+        }
+    }
+}
+
 /// A store a command works on: an engine over the backend its URL names.
 pub(crate) struct Store {
     url: StoreUrl,
@@ -73,21 +154,8 @@ impl Store {
     /// it; it is refused instead. Commands that write create stores
     /// ([`open`](Self::open)).
     pub(crate) async fn open_existing(url: StoreUrl, options: &EngineOptions) -> Result<Store> {
-        if let Some(BackendConfig::Filesystem { directory }) = url.backend_config() {
-            if !directory.is_dir() {
-                anyhow::bail!(
-                    "there is no store at {url}: no such directory (put and import create one)"
-                );
-            }
-            #[cfg(feature = "fs")]
-            if !syncforge::fs::holds_store(directory)
-                .await
-                .with_context(|| format!("cannot read the directory {url}"))?
-            {
-                anyhow::bail!(
-                    "there is no store at {url}: the directory holds none (put and import create one)"
-                );
-            }
+        if let Some(missing) = missing(&url).await? {
+            anyhow::bail!("there is no store at {url}: {missing} (put and import create one)");
         }
         Store::open(url, options).await
     }

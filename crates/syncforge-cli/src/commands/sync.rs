@@ -14,7 +14,7 @@ use super::{Context, Counts};
 use crate::cli::SyncArgs;
 use crate::failure::usage;
 use crate::progress::Following;
-use crate::store::{listing, parse_collection, parse_url, Store, StorePeer};
+use crate::store::{listing, parse_collection, parse_url, Store, StorePeer, Target};
 
 /// Changes read per page when counting what a sync will send.
 const COUNT_PAGE: usize = 1000;
@@ -47,8 +47,8 @@ pub(crate) async fn run(args: SyncArgs, cx: &mut Context) -> Result<()> {
         .iter()
         .map(|name| parse_collection(name))
         .collect::<Result<Vec<_>>>()?;
-    let ends = Ends::open(src_url, dst_url, cx, args.merge).await?;
-    let collections = ends.choose(&named, args.both).await?;
+    let (ends, collections) =
+        Ends::open(src_url, dst_url, cx, args.merge, &named, args.both).await?;
     if collections.is_empty() && !cx.out.json() {
         cx.out.line("nothing to sync: SRC holds no collection")?;
     }
@@ -70,12 +70,18 @@ pub(crate) async fn run(args: SyncArgs, cx: &mut Context) -> Result<()> {
 }
 
 impl Ends {
+    /// Opens both ends and chooses the collections to sync (see
+    /// [`choose`]). A local DST that holds no store yet is created only once
+    /// the collections named are known to be there: a refused sync writes
+    /// nothing.
     async fn open(
         src: StoreUrl,
         dst: StoreUrl,
         cx: &Context,
         merge: crate::cli::MergeOptions,
-    ) -> Result<Ends> {
+        named: &[CollectionName],
+        both: bool,
+    ) -> Result<(Ends, Vec<CollectionName>)> {
         let options = cx.merging(merge);
         #[cfg(feature = "http")]
         match (src.server_url().is_some(), dst.server_url().is_some()) {
@@ -86,28 +92,53 @@ impl Ends {
                 ))
             }
             (true, false) => {
-                return Ok(Ends::FromServer {
-                    src: crate::remote::Remote::connect(src, cx)?,
-                    dst: Store::open(dst, &options).await?,
-                })
+                let src = crate::remote::Remote::connect(src, cx)?;
+                let in_src = src.collections().await?;
+                let dst = Target::prepare(dst, &options).await?;
+                let chosen = choose(
+                    named,
+                    both,
+                    in_src,
+                    dst.collections(),
+                    (src.url(), dst.url()),
+                )
+                .await?;
+                let dst = dst.open().await?;
+                return Ok((Ends::FromServer { src, dst }, chosen));
             }
             (false, true) => {
-                return Ok(Ends::ToServer {
-                    src: Store::open_existing(src, &options).await?,
-                    dst: crate::remote::Remote::connect(dst, cx)?,
-                })
+                let src = Store::open_existing(src, &options).await?;
+                let dst = crate::remote::Remote::connect(dst, cx)?;
+                let chosen = choose(
+                    named,
+                    both,
+                    src.collections().await?,
+                    dst.collections(),
+                    (src.url(), dst.url()),
+                )
+                .await?;
+                return Ok((Ends::ToServer { src, dst }, chosen));
             }
             (false, false) => {}
         }
         let src = Store::open_existing(src, &options).await?;
-        let dst = Store::open(dst, &options).await?;
-        if src.engine().store_id() == dst.engine().store_id() {
+        let dst = Target::prepare(dst, &options).await?;
+        if dst.store_id() == Some(src.engine().store_id()) {
             return Err(usage(format!(
                 "SRC and DST are the same store ({})",
                 src.url()
             )));
         }
-        Ok(Ends::Local { src, dst })
+        let chosen = choose(
+            named,
+            both,
+            src.collections().await?,
+            dst.collections(),
+            (src.url(), dst.url()),
+        )
+        .await?;
+        let dst = dst.open().await?;
+        Ok((Ends::Local { src, dst }, chosen))
     }
 
     fn src_url(&self) -> &StoreUrl {
@@ -128,68 +159,6 @@ impl Ends {
             #[cfg(feature = "http")]
             Ends::ToServer { dst, .. } => dst.url(),
         }
-    }
-
-    async fn src_collections(&self) -> Result<Vec<CollectionName>> {
-        match self {
-            Ends::Local { src, .. } => src.collections().await,
-            #[cfg(feature = "http")]
-            Ends::FromServer { src, .. } => src.collections().await,
-            #[cfg(feature = "http")]
-            Ends::ToServer { src, .. } => src.collections().await,
-        }
-    }
-
-    async fn dst_collections(&self) -> Result<Vec<CollectionName>> {
-        match self {
-            Ends::Local { dst, .. } => dst.collections().await,
-            #[cfg(feature = "http")]
-            Ends::FromServer { dst, .. } => dst.collections().await,
-            #[cfg(feature = "http")]
-            Ends::ToServer { dst, .. } => dst.collections().await,
-        }
-    }
-
-    /// The collections to sync: those named, each held by SRC (or, with
-    /// --both, by either end); by default every collection of SRC (and DST).
-    async fn choose(&self, named: &[CollectionName], both: bool) -> Result<Vec<CollectionName>> {
-        let in_src = self.src_collections().await?;
-        let in_dst = if both {
-            self.dst_collections().await?
-        } else {
-            Vec::new()
-        };
-        if named.is_empty() {
-            let mut all: Vec<CollectionName> = in_src.into_iter().chain(in_dst).collect();
-            all.sort();
-            all.dedup();
-            return Ok(all);
-        }
-        for name in named {
-            if in_src.contains(name) || in_dst.contains(name) {
-                continue;
-            }
-            if both {
-                anyhow::bail!(
-                    "neither {} nor {} has a collection {:?} (SRC: {}; DST: {})",
-                    self.src_url(),
-                    self.dst_url(),
-                    name.as_str(),
-                    listing(&in_src),
-                    listing(&in_dst)
-                );
-            }
-            anyhow::bail!(
-                "{} has no collection {:?} ({})",
-                self.src_url(),
-                name.as_str(),
-                listing(&in_src)
-            );
-        }
-        let mut named = named.to_vec();
-        named.sort();
-        named.dedup();
-        Ok(named)
     }
 
     /// Syncs one collection and prints its summary line.
@@ -284,6 +253,47 @@ impl Ends {
             Ends::ToServer { src, .. } => src.close().await,
         }
     }
+}
+
+/// The collections to sync: those named, each held by SRC (or, with
+/// --both, by either end); by default every collection of SRC (and DST).
+/// DST's collections are only listed with --both.
+async fn choose(
+    named: &[CollectionName],
+    both: bool,
+    in_src: Vec<CollectionName>,
+    in_dst: impl std::future::Future<Output = Result<Vec<CollectionName>>>,
+    (src_url, dst_url): (&StoreUrl, &StoreUrl),
+) -> Result<Vec<CollectionName>> {
+    let in_dst = if both { in_dst.await? } else { Vec::new() };
+    if named.is_empty() {
+        let mut all: Vec<CollectionName> = in_src.into_iter().chain(in_dst).collect();
+        all.sort();
+        all.dedup();
+        return Ok(all);
+    }
+    for name in named {
+        if in_src.contains(name) || in_dst.contains(name) {
+            continue;
+        }
+        if both {
+            anyhow::bail!(
+                "neither {src_url} nor {dst_url} has a collection {:?} (SRC: {}; DST: {})",
+                name.as_str(),
+                listing(&in_src),
+                listing(&in_dst)
+            );
+        }
+        anyhow::bail!(
+            "{src_url} has no collection {:?} ({})",
+            name.as_str(),
+            listing(&in_src)
+        );
+    }
+    let mut named = named.to_vec();
+    named.sort();
+    named.dedup();
+    Ok(named)
 }
 
 /// A peer whose pushes move a progress bar: records sent to a server show

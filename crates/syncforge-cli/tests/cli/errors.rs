@@ -133,6 +133,33 @@ fn unknown_collections_and_records_are_runtime_errors() {
     syncforge(&["delete", arg(&store), "notes", "n9"]).fails(1);
 }
 
+/// A sync refused for a collection SRC lacks created DST's store first.
+#[test]
+fn a_refused_sync_creates_no_destination_store() {
+    let dir = TempDir::new().unwrap();
+    let phone = dir.path().join("phone");
+    syncforge_with(&["put", arg(&phone), "notes"], &docs("n", 2)).ok();
+    let typo = dir.path().join("lapotp");
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    for target in [&typo, &empty] {
+        for both in [false, true] {
+            let mut args = vec!["sync", arg(&phone), arg(target), "-c", "notez"];
+            if both {
+                args.push("--both");
+            }
+            let run = syncforge(&args).fails(1);
+            assert!(run.stderr.contains("collection \"notez\""), "{run:?}");
+        }
+    }
+    assert!(!typo.exists());
+    assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0);
+    // Named rightly, the sync creates it.
+    syncforge(&["sync", arg(&phone), arg(&typo), "-c", "notes"]).ok();
+    let run = syncforge(&["ls", arg(&typo)]).ok();
+    assert!(run.stdout.contains("notes"), "{run:?}");
+}
+
 #[test]
 fn a_store_that_cannot_be_opened_is_a_runtime_error_with_its_cause() {
     let dir = TempDir::new().unwrap();
