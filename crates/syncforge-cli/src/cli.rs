@@ -111,8 +111,9 @@ pub(crate) struct MergeOptions {
     pub(crate) strategy: Option<Strategy>,
 
     /// Records merged and written per batch, and the page size of the change
-    /// feed (1 to 100000) [default: 100]. Records sent per request when the
-    /// store is a sync server (default: as many as the server takes).
+    /// feed (1 to 100000) [default: 100]. To a sync server, `sync` sends a
+    /// page per request, and `import` N records per request (default: as
+    /// many as the server takes).
     #[arg(long, value_name = "N", value_parser = batch_size)]
     pub(crate) batch_size: Option<usize>,
 }
@@ -201,8 +202,9 @@ pub(crate) struct GetArgs {
 /// input is one object, a JSON array of objects, or JSON Lines (one
 /// object per line). All of it is checked first: one bad object refuses the
 /// whole input, naming its line, and nothing is written. Metadata keys
-/// (_version, _sync, ...) are ignored, so a record printed by `get` can be
-/// edited and put back. Prints the stored records.
+/// (_version, _sync, ...) are checked for their types and otherwise
+/// ignored, so a record printed by `get` can be edited and put back. Prints
+/// the stored records.
 #[derive(Debug, Args)]
 #[command(after_help = format!("{STORES}\n\nExamples:\n  \
     echo '{{\"id\": \"n1\", \"title\": \"Q3\"}}' | syncforge put ./data notes\n  \
