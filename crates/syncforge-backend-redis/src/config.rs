@@ -51,7 +51,10 @@ pub struct RedisConfig {
     pub cluster: bool,
     /// More seed nodes of a cluster besides `host:port`, tried when it is down.
     pub nodes: Vec<(String, u16)>,
-    /// ACL user name (Redis 6+); `None` logs in as the default user.
+    /// ACL user name (Redis 6+); `None` logs in as the default user. A user
+    /// name without a password logs in as that user with an empty password,
+    /// which a `nopass` user accepts and a user with a password refuses
+    /// (`WRONGPASS`): never as the default user instead.
     pub username: Option<String>,
     /// Password; never shown by `Debug`, `Display` or errors.
     pub password: Option<String>,
@@ -95,7 +98,9 @@ impl RedisConfig {
     /// * `redis-cluster://[user[:password]@]host:port[?node=host:port&node=...]`
     ///   — a cluster, from one or more seed nodes (`rediss-cluster://` over TLS).
     ///
-    /// Every form also takes `?prefix=...` for the key prefix. User,
+    /// A user without a password (`redis://app@host`) logs in as that user
+    /// with an empty password, as [`username`](Self::username) says. Every
+    /// form also takes `?prefix=...` for the key prefix. User,
     /// password and parameters may be percent-encoded, and a `/`, `?` or `@`
     /// in them must be (`%2F`, `%3F`, `%40`). Anything else is refused with
     /// [`Error::InvalidConfig`], whose message never contains the password.
@@ -184,7 +189,9 @@ impl RedisConfig {
             }
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
             match name {
-                "node" if cluster => config.nodes.push(parse_host_port(value)?),
+                "node" if cluster => config
+                    .nodes
+                    .push(parse_host_port(&percent_decode(value, "node")?)?),
                 "node" => {
                     return Err(url_error(
                         "`node=` names cluster nodes: use a redis-cluster:// URL",
@@ -366,8 +373,10 @@ fn percent_decode(text: &str, what: &str) -> Result<String> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
+            // `from_str_radix` alone would take a sign: "%+F" is no escape.
             let hex = text
                 .get(i + 1..i + 3)
+                .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
                 .ok_or_else(|| url_error(format!("the {what} has a malformed %-escape")))?;
             out.push(hex);
@@ -441,6 +450,10 @@ mod tests {
             "redis://h?node=a:1",
             "redis://h?color=blue",
             "redis://u:secret%zz@h",
+            // A sign is no hex digit, though `u8::from_str_radix` takes one.
+            "redis://u:pa%+Fss@h",
+            "redis://u:secret%-1@h",
+            "redis-cluster://h:7000?node=a%+31:7001",
             "redis://[::1",
             // Unescaped '/' or '?' in the password: the text after either
             // would be read as the host, port, database or a parameter.
@@ -456,6 +469,35 @@ mod tests {
                 "{url}: {error:?}"
             );
             assert!(!error.to_string().contains("secret"), "{error}");
+        }
+    }
+
+    /// Parameters may be percent-encoded, `node=` as much as `prefix=`.
+    #[test]
+    fn node_parameters_are_percent_decoded() {
+        let config = RedisConfig::from_url("redis-cluster://a:7000?node=10.0.0.2%3A7001").unwrap();
+        assert_eq!(config.nodes, [("10.0.0.2".to_owned(), 7001)]);
+        let config =
+            RedisConfig::from_url("redis-cluster://a:7000?node=%5Bfe80%3A%3A1%5D%3A7003").unwrap();
+        assert_eq!(config.nodes, [("fe80::1".to_owned(), 7003)]);
+    }
+
+    /// A sign after '%' is no hex digit: refused in every part, quoting none
+    /// of it.
+    #[test]
+    fn a_signed_percent_escape_is_refused() {
+        for url in [
+            "redis://u:pa%+Fss@h",
+            "redis://u:sekr%+Fet@h",
+            "redis://sekr%+F:pass@h",
+            "redis://h?prefix=sekr%+Fb",
+        ] {
+            let error = RedisConfig::from_url(url).unwrap_err();
+            assert!(
+                matches!(error, Error::InvalidConfig { option: "url", .. }),
+                "{url}: {error:?}"
+            );
+            assert!(!error.to_string().contains("sekr"), "{error}");
         }
     }
 

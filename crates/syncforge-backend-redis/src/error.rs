@@ -4,11 +4,12 @@
 //! clients, a cluster between two states (`CLUSTERDOWN`, `TRYAGAIN`, a
 //! failover's `READONLY`), too few replicas for `min-replicas-to-write`
 //! (`NOREPLICAS`) are [`Error::Unavailable`]: transient, the engine retries
-//! them. Wrong credentials, a missing database, a key of the wrong type, ACL
-//! refusals, out-of-memory and script errors are [`Error::Storage`] with a
-//! message saying what to do. No message ever holds the password: the address comes
-//! from [`RedisConfig::address`](crate::RedisConfig::address), and Redis
-//! never repeats a password in its replies.
+//! them, also when a script's `redis.call` met them. Wrong credentials, a
+//! missing database, a key of the wrong type, ACL refusals, out-of-memory
+//! and script errors are [`Error::Storage`] with a message saying what to
+//! do. No message ever holds the password: the address comes from
+//! [`RedisConfig::address`](crate::RedisConfig::address), and Redis never
+//! repeats a password in its replies.
 
 use std::fmt;
 
@@ -41,6 +42,10 @@ const TRANSIENT_CLIENT_ERRORS: &[&str] = &[
     "Too many redirections",
     "Failed to route command",
     "ERR max number of clients reached",
+    // fred's check of `CLUSTER INFO` on each new connection, when a node
+    // reports a `cluster_state` other than `ok`: the cluster's
+    // `CLUSTERDOWN`, met while connecting or reconnecting.
+    "Invalid or missing cluster state",
 ];
 
 /// A failure, with the operation and the server it concerned.
@@ -69,11 +74,36 @@ impl std::error::Error for RedisFailure {
     }
 }
 
+/// The code of the reply a script's `redis.call` got, when the server
+/// wrapped it in a script error, as Redis before 7 does:
+/// `ERR Error running script (call to f_<sha>): @user_script:1: -READONLY You
+/// can't write against a read only replica.`, some versions with a second
+/// `@user_script: 1:` before the code. Read by its first word alone, a
+/// failover's `READONLY` inside a script would look like a script bug.
+/// Redis 7 answers with the command's own code first, which needs nothing.
+fn script_reply_code(details: &str) -> Option<&str> {
+    let (_, message) = details
+        .strip_prefix("ERR Error running script")?
+        .split_once("): ")?;
+    let is_location = |word: &str| {
+        word.starts_with("@user_script")
+            || word
+                .strip_suffix(':')
+                .is_some_and(|line| !line.is_empty() && line.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let word = message.split_whitespace().find(|word| !is_location(word))?;
+    let code = word.strip_prefix('-').unwrap_or(word);
+    // A reply code is a word of capitals; a script's own message is not.
+    (!code.is_empty() && code.bytes().all(|b| b.is_ascii_uppercase())).then_some(code)
+}
+
 /// Maps a client error of `operation` against the server at `address`.
 pub(crate) fn map(error: FredError, operation: impl Into<String>, address: &str) -> Error {
     let operation = operation.into();
     let details = error.details().to_owned();
-    let reply_code = details.split_whitespace().next().unwrap_or("");
+    let reply_code = script_reply_code(&details)
+        .or_else(|| details.split_whitespace().next())
+        .unwrap_or("");
     let transient = match error.kind() {
         ErrorKind::IO
         | ErrorKind::Timeout
@@ -106,7 +136,7 @@ pub(crate) fn map(error: FredError, operation: impl Into<String>, address: &str)
             "authentication failed: check the username and password".to_owned()
         }
         (_, "NOPERM") => {
-            "the ACL user may not run this command or touch this key: grant it the key prefix's keys and EVALSHA, SCRIPT LOAD, HMGET, HGET, HSET, HSETNX, HDEL, SADD, SMEMBERS, EXISTS, GET, SET, UNLINK, ZADD, ZCARD, ZMSCORE, ZRANGE, ZRANGEBYSCORE, ZREM, ZREMRANGEBYRANK (the scripts' commands are checked too)".to_owned()
+            "the ACL user may not run this command or touch this key: grant it the key prefix's keys and EVALSHA, SCRIPT LOAD, HMGET, HGET, HSET, HSETNX, HDEL, SADD, SMEMBERS, EXISTS, GET, SET, UNLINK, ZADD, ZCARD, ZMSCORE, ZRANGE, ZRANGEBYSCORE, ZREM, ZREMRANGEBYRANK (the scripts' commands are checked too), PING, SELECT (for a database other than 0), and on a cluster CLUSTER INFO, CLUSTER SLOTS and ASKING".to_owned()
         }
         (_, "WRONGTYPE") => {
             "a key under this key prefix holds a value of another type: is another application using the prefix? Use a key prefix of its own".to_owned()
@@ -201,6 +231,127 @@ mod tests {
             assert_eq!(kind_of(&error), "unavailable", "{details}");
             assert!(error.is_transient());
             assert!(error.to_string().contains("redis://h:1/0"), "{error}");
+        }
+    }
+
+    /// fred checks `CLUSTER INFO` on every new connection to a cluster
+    /// node and refuses one whose `cluster_state` is not `ok`: a cluster
+    /// down while connecting or reconnecting, as transient as `CLUSTERDOWN`.
+    #[test]
+    fn a_cluster_in_a_failed_state_at_connect_is_transient() {
+        let error = map(
+            FredError::new(ErrorKind::Protocol, "Invalid or missing cluster state."),
+            "connecting",
+            "redis-cluster://h:7000",
+        );
+        assert_eq!(kind_of(&error), "unavailable", "{error:?}");
+        assert!(error.is_transient());
+        assert!(
+            error.to_string().contains("redis-cluster://h:7000"),
+            "{error}"
+        );
+    }
+
+    /// Redis before 7 wraps the error a script's `redis.call` got in a
+    /// script error (`ERR Error running script ...`); a transient code
+    /// inside stays transient, in either of the forms servers give.
+    #[test]
+    fn transient_codes_inside_a_script_error_are_transient() {
+        for wrapped in [
+            "@user_script:1: -READONLY You can't write against a read only replica.",
+            "@user_script:4: @user_script: 4: -READONLY You can't write against a read only replica.",
+            "@user_script:2: -MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
+            "@user_script:1: LOADING Redis is loading the dataset in memory",
+            "@user_script:3: @user_script: 3: -TRYAGAIN Multiple keys request during rehashing of slot",
+            "@user_script:1: -CLUSTERDOWN The cluster is down",
+        ] {
+            let details = format!("ERR Error running script (call to f_0a1b2c): {wrapped}");
+            let error = map(
+                FredError::new(ErrorKind::Unknown, details.clone()),
+                "writing records",
+                "redis://h:1/0",
+            );
+            assert_eq!(kind_of(&error), "unavailable", "{details}");
+            assert!(error.is_transient());
+        }
+        // What the scripts raise themselves, and a permanent code inside a
+        // script error, stay permanent, with the code's own advice.
+        for (wrapped, advice) in [
+            ("@user_script:1: boom", "script failed"),
+            (
+                "@user_script:55: ERR syncforge: dse:c:{n}:seq does not hold a change sequence",
+                "script failed",
+            ),
+            (
+                "@user_script:1: @user_script: 1: -WRONGTYPE Operation against a key holding the wrong kind of value",
+                "key prefix of its own",
+            ),
+            (
+                "@user_script:1: @user_script: 1: -OOM command not allowed when used memory > 'maxmemory'.",
+                "out of memory",
+            ),
+        ] {
+            let details = format!("ERR Error running script (call to f_0a1b2c): {wrapped}");
+            let error = map(
+                FredError::new(ErrorKind::Unknown, details.clone()),
+                "writing records",
+                "redis://h:1/0",
+            );
+            assert_eq!(kind_of(&error), "storage", "{details}");
+            assert!(error.to_string().contains(advice), "{error}");
+        }
+    }
+
+    /// The advice for an ACL refusal names every command the backend and
+    /// fred's connection setup send, so granting them all is enough.
+    #[test]
+    fn noperm_advice_names_every_command_sent() {
+        let error = map(
+            FredError::new(
+                ErrorKind::Unknown,
+                "NOPERM User app has no permissions to run the 'ping' command",
+            ),
+            "connecting",
+            "redis://h:1/0",
+        );
+        let text = error.to_string();
+        for command in [
+            // Connecting: fred's setup and the backend's check.
+            "PING",
+            "SELECT",
+            "CLUSTER INFO",
+            "CLUSTER SLOTS",
+            "ASKING",
+            // The backend's own commands.
+            "EVALSHA",
+            "SCRIPT LOAD",
+            "HMGET",
+            "HGET",
+            "HSET",
+            "SADD",
+            "SMEMBERS",
+            "EXISTS",
+            "ZRANGE",
+            // The scripts' commands.
+            "HSETNX",
+            "HDEL",
+            "GET",
+            "SET",
+            "UNLINK",
+            "ZADD",
+            "ZCARD",
+            "ZMSCORE",
+            "ZRANGEBYSCORE",
+            "ZREM",
+            "ZREMRANGEBYRANK",
+        ] {
+            assert!(
+                text.split([' ', ',', '(', ')'])
+                    .collect::<Vec<_>>()
+                    .windows(command.split(' ').count())
+                    .any(|words| words.join(" ") == command),
+                "{command} missing: {text}"
+            );
         }
     }
 

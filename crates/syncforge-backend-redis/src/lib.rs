@@ -180,13 +180,22 @@ impl RedisBackend {
         };
         // Subscribed after connecting: the first connection is announced
         // too, and is no reconnection.
+        Ok(RedisBackend::with_client(client, &config, connection))
+    }
+
+    /// The handle on `client`, whose connection task is `connection`.
+    fn with_client(
+        client: Client,
+        config: &RedisConfig,
+        connection: ConnectHandle,
+    ) -> RedisBackend {
         let reconnects = client.reconnect_rx();
-        Ok(RedisBackend {
+        RedisBackend {
             client,
             keys: Keys::new(&config.key_prefix),
             scripts: Scripts::new(),
-            address,
-            key_prefix: config.key_prefix,
+            address: config.address(),
+            key_prefix: config.key_prefix.clone(),
             closed: AtomicBool::new(false),
             connect_timeout: config.connect_timeout,
             connection: tokio::sync::Mutex::new(connection),
@@ -194,7 +203,7 @@ impl RedisBackend {
             reconnects: Mutex::new(reconnects),
             connections: std::sync::atomic::AtomicU64::new(0),
             last_sequence: Mutex::new(HashMap::new()),
-        })
+        }
     }
 
     /// Connects to the server a URL names (see [`RedisConfig::from_url`]).
@@ -223,18 +232,27 @@ impl RedisBackend {
     /// engine retries it), and the next call reconnects here. Once the
     /// migration completes, the old node answers `MOVED`, which fred follows.
     async fn check_open(&self) -> Result<()> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed {
-                what: "redis backend handle",
-            });
-        }
+        self.refuse_if_closed()?;
         let mut connection = self.connection.lock().await;
+        // `close` may have run while this call waited for the lock: a
+        // client started again now would stay connected after the close.
+        self.refuse_if_closed()?;
         if connection.is_finished() {
             tracing::warn!(address = %self.address, "the redis connection task ended; reconnecting");
             *connection = tokio::time::timeout(self.connect_timeout, connect(&self.client))
                 .await
                 .map_err(|_| error::connect_timeout(&self.address, self.connect_timeout))?
                 .map_err(self.fail("reconnecting", None))?;
+        }
+        Ok(())
+    }
+
+    /// [`Error::Closed`] once [`close`](StorageBackend::close) has begun.
+    fn refuse_if_closed(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed {
+                what: "redis backend handle",
+            });
         }
         Ok(())
     }
@@ -652,7 +670,7 @@ fn build_client(config: &RedisConfig) -> std::result::Result<Client, fred::error
     let mut fred_config = FredConfig {
         server,
         username: config.username.clone(),
-        password: config.password.clone(),
+        password: login_password(config),
         database: (config.db != 0).then_some(config.db),
         fail_fast: true,
         ..FredConfig::default()
@@ -676,6 +694,18 @@ fn build_client(config: &RedisConfig) -> std::result::Result<Client, fred::error
         // Reconnect in the background for as long as the handle is open.
         .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
         .build()
+}
+
+/// The password fred logs in with. fred sends `AUTH` only with a password,
+/// so a user name alone would connect as the `default` user, silently: it
+/// gets an empty password instead, which a `nopass` user accepts and any
+/// other refuses with `WRONGPASS` (as redis-py does for `redis://user@host`).
+fn login_password(config: &RedisConfig) -> Option<String> {
+    match (&config.password, config.username.as_deref()) {
+        (Some(password), _) => Some(password.clone()),
+        (None, Some(user)) if !user.is_empty() => Some(String::new()),
+        (None, _) => None,
+    }
 }
 
 /// Stops a client that failed to connect, so it does not keep retrying,
@@ -1203,6 +1233,12 @@ impl StorageBackend for RedisBackend {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
+        // Under the connection lock: a call restarting the client right now
+        // (it passed its check before `closed` was set) finishes first, and
+        // its client is stopped here; a call that takes the lock later finds
+        // the handle closed (see `check_open`). Quitting a client whose
+        // restart is half-way would do nothing, and leave it connected.
+        let _connection = self.connection.lock().await;
         // Data stays; only the connections end. A server already gone is no
         // reason to fail: the handle is closed either way.
         quit_quietly(&self.client).await;
@@ -1346,6 +1382,120 @@ mod tests {
         ];
         assert_eq!(batch_arguments(&mixed, 0, 5_000).1, 2);
         assert_eq!(batch_arguments(&mixed[2..], 0, 5_000).1, 1);
+    }
+
+    /// Polls `future` once, without waiting: whether it finished.
+    async fn poll_once<F: std::future::Future + ?Sized>(
+        mut future: std::pin::Pin<&mut F>,
+    ) -> std::task::Poll<F::Output> {
+        std::future::poll_fn(|cx| std::task::Poll::Ready(future.as_mut().poll(cx))).await
+    }
+
+    /// A handle on `config` whose connection task has ended, as after
+    /// fred gave up on an `ASK`: its next call starts the client again.
+    async fn handle_with_an_ended_task(config: &RedisConfig) -> RedisBackend {
+        let ended: ConnectHandle = tokio::spawn(async { Ok(()) });
+        while !ended.is_finished() {
+            tokio::task::yield_now().await;
+        }
+        RedisBackend::with_client(build_client(config).unwrap(), config, ended)
+    }
+
+    /// A call that passed the closed check and waits for the connection
+    /// lock while `close` runs finds the handle closed once it has the
+    /// lock, and does not start the client again. Nothing listens on the
+    /// port: a reconnection would fail as `Unavailable` instead.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_call_waiting_while_close_runs_does_not_reconnect() {
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let config = RedisConfig {
+            port,
+            connect_timeout: Duration::from_secs(1),
+            ..RedisConfig::default()
+        };
+        let store = handle_with_an_ended_task(&config).await;
+        let held = store.connection.lock().await;
+        let mut call = std::pin::pin!(store.check_open());
+        // Past the closed check, waiting for the lock.
+        assert!(poll_once(call.as_mut()).await.is_pending());
+        let mut closing = std::pin::pin!(store.close());
+        let closed = poll_once(closing.as_mut()).await;
+        drop(held);
+        let result = call.await;
+        assert!(matches!(result, Err(Error::Closed { .. })), "{result:?}");
+        match closed {
+            std::task::Poll::Ready(closed) => closed.unwrap(),
+            std::task::Poll::Pending => closing.await.unwrap(),
+        }
+    }
+
+    /// `close` while a call is starting the client again (it passed its
+    /// check before the close) stops the client that call started: no
+    /// connection outlives the close. Needs the test server.
+    #[tokio::test(flavor = "current_thread")]
+    async fn close_during_a_reconnection_stops_the_client_it_starts() {
+        use syncforge_testkit::services::{address, available};
+        const ENV: &str = "SYNCFORGE_TEST_REDIS_URL";
+        let url = address(ENV, "redis://127.0.0.1:6379/0");
+        let config = RedisConfig {
+            connect_timeout: Duration::from_secs(2),
+            ..RedisConfig::from_url(&url).unwrap()
+        };
+        let answered = match RedisBackend::connect(config.clone()).await {
+            Ok(probe) => probe.close().await.is_ok(),
+            Err(_) => false,
+        };
+        if !available("redis", ENV, &url, answered) {
+            return;
+        }
+        let store = handle_with_an_ended_task(&config).await;
+        let mut call = std::pin::pin!(store.check_open());
+        // Holding the lock, the client's new connection task spawned but
+        // not yet run (one thread: nothing else runs between the polls).
+        assert!(poll_once(call.as_mut()).await.is_pending());
+        let mut closing = std::pin::pin!(store.close());
+        let closed = poll_once(closing.as_mut()).await;
+        // Begun before the close, the call may finish its reconnection.
+        call.await.unwrap();
+        match closed {
+            std::task::Poll::Ready(closed) => closed.unwrap(),
+            std::task::Poll::Pending => closing.await.unwrap(),
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !store.connection.lock().await.is_finished() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the client started during close() is still running"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// What fred is told to log in with: a user name alone gets an empty
+    /// password, since fred sends no `AUTH` without one and the connection
+    /// would run as the `default` user.
+    #[test]
+    fn a_user_without_a_password_logs_in_as_that_user() {
+        let credentials = |url: &str| {
+            let config = build_client(&RedisConfig::from_url(url).unwrap())
+                .unwrap()
+                .client_config();
+            (config.username, config.password)
+        };
+        assert_eq!(
+            credentials("redis://app@h"),
+            (Some("app".to_owned()), Some(String::new()))
+        );
+        assert_eq!(
+            credentials("redis://app:pw@h"),
+            (Some("app".to_owned()), Some("pw".to_owned()))
+        );
+        assert_eq!(credentials("redis://:pw@h"), (None, Some("pw".to_owned())));
+        assert_eq!(credentials("redis://h"), (None, None));
+        assert_eq!(credentials("redis://@h"), (None, None));
     }
 
     #[test]

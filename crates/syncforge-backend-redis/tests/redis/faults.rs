@@ -13,8 +13,8 @@ use syncforge_backend_redis::{RedisBackend, RedisConfig};
 use syncforge_core::{ClientId, Error, Hlc, Record, StorageBackend};
 
 use crate::support::{
-    assert_consistent, cluster, coll, fresh_prefix, key, raw_client, record, sync_records,
-    PrivateServer,
+    assert_consistent, cluster, coll, fresh_prefix, key, raw_client, record, remove_prefix, rid,
+    standalone, sync_records, PrivateServer,
 };
 
 const SYNCED: usize = 10_000;
@@ -261,6 +261,122 @@ async fn wrong_credentials_and_a_missing_database_are_refused_clearly() {
     }
     let store = RedisBackend::connect(config).await.unwrap();
     store.close().await.unwrap();
+}
+
+/// A user name without a password (`redis://app@host`) logs in as that
+/// user, which a `nopass` ACL user accepts, and never as `default`; a user
+/// that has a password is refused with advice about the credentials. The
+/// users are made on the shared test server under names of their own and
+/// deleted afterwards, whatever the outcome; `requirepass` is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_name_without_a_password_logs_in_as_that_user() {
+    let Some(config) = standalone("nopass").await else {
+        return;
+    };
+    let admin = raw_client(&config).await.unwrap();
+    let open_user = config.key_prefix.clone();
+    let guarded_user = format!("{open_user}-pw");
+    acl(
+        &admin,
+        &[
+            "SETUSER",
+            &open_user,
+            "on",
+            "nopass",
+            &format!("~{}:*", config.key_prefix),
+            "+@all",
+        ],
+    )
+    .await;
+    acl(
+        &admin,
+        &[
+            "SETUSER",
+            &guarded_user,
+            "on",
+            ">pw-of-a-guarded-user-3b7f",
+            "~*",
+            "+@all",
+        ],
+    )
+    .await;
+    // Run apart, so that the users are deleted even when a check fails.
+    let checks = tokio::spawn(log_in_as_users_without_passwords(
+        config.clone(),
+        admin.clone(),
+        open_user.clone(),
+        guarded_user.clone(),
+    ))
+    .await;
+    acl(&admin, &["DELUSER", &open_user, &guarded_user]).await;
+    remove_prefix(&config).await;
+    admin.quit().await.ok();
+    if let Err(failed) = checks {
+        std::panic::resume_unwind(failed.into_panic());
+    }
+}
+
+async fn log_in_as_users_without_passwords(
+    config: RedisConfig,
+    admin: Client,
+    open_user: String,
+    guarded_user: String,
+) {
+    let open = RedisConfig {
+        username: Some(open_user.clone()),
+        password: None,
+        ..config.clone()
+    };
+    let store = RedisBackend::connect(open).await.unwrap();
+    let clients: String = admin
+        .custom(
+            CustomCommand::new_static("CLIENT", ClusterHash::Random, false),
+            vec!["LIST"],
+        )
+        .await
+        .unwrap();
+    let marker = format!(" user={open_user} ");
+    assert!(
+        clients.lines().any(|line| line.contains(&marker)),
+        "no connection of {open_user}: {clients}"
+    );
+    // The user may touch only the prefix's keys: the store works through it.
+    let mut hlc = Hlc::new(ClientId::new("nopass").unwrap());
+    let notes = coll("notes");
+    store
+        .put_batch(
+            &notes,
+            &[syncforge_core::Write::create(record(&mut hlc, "a", 1))],
+        )
+        .await
+        .unwrap();
+    assert!(store.get(&notes, &rid("a")).await.unwrap().is_some());
+    store.close().await.unwrap();
+
+    let guarded = RedisConfig {
+        username: Some(guarded_user),
+        password: None,
+        ..config
+    };
+    let error = RedisBackend::connect(guarded).await.unwrap_err();
+    assert!(matches!(error, Error::Storage { .. }), "{error:?}");
+    assert!(
+        error
+            .to_string()
+            .contains("check the username and password"),
+        "{error}"
+    );
+}
+
+/// Runs `ACL <args>` on the server of `client`.
+async fn acl(client: &Client, args: &[&str]) {
+    let _: fred::types::Value = client
+        .custom(
+            CustomCommand::new_static("ACL", ClusterHash::Random, false),
+            args.to_vec(),
+        )
+        .await
+        .unwrap();
 }
 
 /// One cluster slot — the one holding the collection — moves to another
