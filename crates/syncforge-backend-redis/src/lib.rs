@@ -47,8 +47,9 @@
 //!
 //! # Atomicity
 //!
-//! A conditional batch, an insert-if-absent, a hard delete and a clear are
-//! each one Lua script, run by `EVALSHA` (reloaded after a `NOSCRIPT`, as
+//! A conditional batch (one script per 1,000 writes or 16 MiB of records),
+//! an insert-if-absent, a hard delete and a clear are each one Lua script,
+//! run by `EVALSHA` (reloaded after a `NOSCRIPT`, as
 //! after a restart or on a node that just took over a slot). Redis runs a
 //! script without interleaving other commands, so a record and its index
 //! entries are always in agreement, and a write whose token no longer

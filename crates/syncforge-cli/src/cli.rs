@@ -17,10 +17,12 @@ Stores are named by URL:
                            refuse a directory that holds no store)
   redis://[:password@]host:port[/db][?prefix=P]   Redis (rediss:// over TLS;
   redis-cluster://host:port?node=host:port         a cluster from seed nodes)
+  s3://bucket/prefix[?endpoint=URL&region=R]     S3 or an S3-compatible store;
+                           credentials from the AWS_* environment variables
   http://host:port         a sync server (`syncforge serve`); its token comes
   https://host:port        from --bearer-token or SYNCFORGE_TOKEN
-A URL of a kind this build lacks (s3://) is refused and names the cargo
-feature that builds it in.";
+A URL of a kind this build lacks is refused and names the cargo feature
+that builds it in.";
 
 /// Sync, inspect, import and export syncforge stores.
 #[derive(Debug, Parser)]
