@@ -1112,12 +1112,18 @@ impl SyncEngine {
         let event = match (kind, previous) {
             (ChangeKind::Deleted, _) => SyncEvent::RecordDeleted { collection, record },
             // A deleted record whose tombstone or versions moved (two
-            // replicas deleted it concurrently): written, but nothing visible
-            // changed, and `record:updated` is about visible records.
+            // replicas deleted it concurrently): nothing visible changed, and
+            // `record:updated` is about visible records. The write is in the
+            // feed all the same, which a server's long polls wait for.
             (ChangeKind::Updated, Some(previous))
                 if previous.is_deleted() && record.is_deleted() =>
             {
-                return
+                self.inner.events.emit_internal(&SyncEvent::RecordUpdated {
+                    collection,
+                    record,
+                    previous,
+                });
+                return;
             }
             (ChangeKind::Updated, Some(previous)) => SyncEvent::RecordUpdated {
                 collection,

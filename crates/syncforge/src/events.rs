@@ -407,7 +407,7 @@ impl Events {
     pub(crate) fn emit(&self, event: SyncEvent) {
         let kind = event.kind();
         if self.handlers(kind) > 0 {
-            self.call_handlers(kind, &event);
+            self.call_handlers(kind, &event, false);
         }
         if self.subscribed.load(Ordering::Acquire) {
             // Fails only when no receiver is left, which is nobody's problem.
@@ -415,18 +415,31 @@ impl Events {
         }
     }
 
-    fn call_handlers(&self, kind: EventKind, event: &SyncEvent) {
+    /// `event` for syncforge's own handlers only (see
+    /// [`on_internal`](Self::on_internal)): a write that no user event
+    /// describes — a deleted record whose tombstone or versions moved — is
+    /// still in the feed, and a server's long polls wait for it.
+    pub(crate) fn emit_internal(&self, event: &SyncEvent) {
+        let kind = event.kind();
+        if self.handlers(kind) > 0 {
+            self.call_handlers(kind, event, true);
+        }
+    }
+
+    /// Runs the handlers of `kind` (with `internal_only`, syncforge's own).
+    fn call_handlers(&self, kind: EventKind, event: &SyncEvent, internal_only: bool) {
+        let called = |l: &Listener| l.kind == kind && (l.internal || !internal_only);
         let due: Vec<(ListenerId, Handler)> = {
             let mut listeners = self.lock();
             let due = listeners
                 .iter()
-                .filter(|l| l.kind == kind)
+                .filter(|l| called(l))
                 .map(|l| (l.id, Arc::clone(&l.handler)))
                 .collect();
             // A `once` handler is removed before it runs, so an event emitted
             // by the handler itself cannot run it again.
             listeners.retain(|l| {
-                let spent = l.once && l.kind == kind;
+                let spent = l.once && called(l);
                 if spent {
                     self.counts[kind.index()].fetch_sub(1, Ordering::Release);
                 }

@@ -393,6 +393,67 @@ async fn a_waiting_reader_woken_by_skipped_writes_reads_only_what_came_since() {
     server.shutdown().await.unwrap();
 }
 
+/// Two replicas that deleted one record each on their own: merging the
+/// second deletion writes the record again (its tombstone and versions
+/// move) although nothing visible changed, so no user event is emitted. A
+/// long poll waiting for the feed slept through that write until its
+/// deadline; it answers at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrent_deletion_wakes_a_waiting_reader() {
+    let hq = memory_engine("hq").await;
+    hq.put("notes", &json!({"id": "n1", "text": "draft"}))
+        .await
+        .unwrap();
+    let phone = memory_engine("phone").await;
+    let _ = phone
+        .sync("notes", hq.get_all("notes").await.unwrap())
+        .await
+        .unwrap();
+    hq.delete("notes", "n1").await.unwrap().unwrap();
+    phone.delete("notes", "n1").await.unwrap().unwrap();
+    let head = hq
+        .changes("notes", syncforge::Cursor::START, Default::default())
+        .await
+        .unwrap()
+        .next;
+    let server = Server::bind(hq.clone(), "127.0.0.1:0", ServerOptions::default())
+        .await
+        .unwrap();
+    let reader = peer(&server.url(), None);
+    let waiting = tokio::spawn(async move {
+        let started = Instant::now();
+        let page = reader
+            .wait_for_changes("notes", head, PAGE, Duration::from_secs(20))
+            .await
+            .unwrap();
+        (page, started.elapsed())
+    });
+    // Past the watch's first second, whose polls read again anyway.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let deleted = phone
+        .changes("notes", syncforge::Cursor::START, Default::default())
+        .await
+        .unwrap()
+        .changes
+        .into_iter()
+        .map(|change| change.record)
+        .collect::<Vec<_>>();
+    assert!(deleted.iter().all(|record| record.is_deleted()));
+    let answer = peer(&server.url(), None)
+        .push_records("notes", deleted)
+        .await
+        .unwrap();
+    assert_eq!(answer.updated, 1, "{answer:?}");
+    let (page, waited) = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(page.changes.len(), 1, "{page:?}");
+    assert!(page.changes[0].record.is_deleted());
+    assert!(waited < Duration::from_secs(5), "answered after {waited:?}");
+    server.shutdown().await.unwrap();
+}
+
 /// A write that began before a long poll started the server's watch is not
 /// announced to it; polls made in the watch's first second (the one that
 /// started it, and one that joined it) read once more when that second is
