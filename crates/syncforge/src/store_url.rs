@@ -217,6 +217,7 @@ fn scheme_of(url: &str) -> Option<&str> {
 }
 
 fn memory(rest: &str) -> Result<StoreUrl> {
+    refuse_unless(cfg!(feature = "memory"), "memory")?;
     if !rest.is_empty() && rest != "//" {
         return Err(invalid(
             "memory: takes nothing after the colon (each memory store is new and empty)",
@@ -312,6 +313,7 @@ fn file_path(rest: &str) -> Result<PathBuf> {
 
 /// The filesystem store in `directory`, shown as its path.
 fn directory(directory: PathBuf) -> Result<StoreUrl> {
+    refuse_unless(cfg!(feature = "fs"), "file")?;
     if directory.as_os_str().is_empty() {
         return Err(invalid("the directory path is empty"));
     }
@@ -320,6 +322,20 @@ fn directory(directory: PathBuf) -> Result<StoreUrl> {
         BackendConfig::Filesystem { directory },
         shown,
     ))
+}
+
+/// [`Error::FeatureDisabled`] for the kind of `scheme` unless it is
+/// `built` in, as [`StoreUrl::parse`] answers every kind it needs a
+/// feature's code to read: the memory and directory kinds need none to be
+/// read, and would otherwise pass until the store is opened.
+fn refuse_unless(built: bool, scheme: &str) -> Result<()> {
+    match KINDS.iter().find(|(known, ..)| *known == scheme) {
+        Some(&(_, kind, feature)) if !built => Err(Error::FeatureDisabled {
+            backend: kind.to_owned(),
+            feature,
+        }),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -334,6 +350,7 @@ mod tests {
             .clone()
     }
 
+    #[cfg(feature = "fs")]
     fn dir(path: &str) -> BackendConfig {
         BackendConfig::Filesystem {
             directory: PathBuf::from(path),
@@ -351,9 +368,14 @@ mod tests {
     }
 
     #[test]
-    fn memory_and_paths() {
+    fn memory_urls() {
         assert_eq!(backend("memory:"), BackendConfig::Memory);
         assert_eq!(backend("MEMORY:"), BackendConfig::Memory);
+    }
+
+    #[cfg(feature = "fs")]
+    #[test]
+    fn paths() {
         assert_eq!(backend("./data"), dir("./data"));
         assert_eq!(backend("data"), dir("data"));
         assert_eq!(backend("/var/lib/app"), dir("/var/lib/app"));
@@ -362,6 +384,7 @@ mod tests {
         assert_eq!(backend("dir/with:colon"), dir("dir/with:colon"));
     }
 
+    #[cfg(feature = "fs")]
     #[test]
     fn file_urls_are_decoded() {
         assert_eq!(backend("file:///var/lib/app"), dir("/var/lib/app"));
@@ -434,6 +457,19 @@ mod tests {
         }
     }
 
+    /// Paths and `file://` URLs need no code of the filesystem backend to
+    /// be read, and were taken without it: the store then failed only when
+    /// opened.
+    #[cfg(not(feature = "fs"))]
+    #[test]
+    fn paths_name_their_feature_when_it_is_off() {
+        for url in ["./data", "/var/lib/app", "file:///var/lib/app"] {
+            assert_eq!(disabled(url), ("filesystem".to_owned(), "fs"), "{url}");
+        }
+        // A malformed one is still refused as such.
+        assert!(refused("file:relative").contains("file:///absolute/path"));
+    }
+
     #[cfg(not(feature = "redis"))]
     #[test]
     fn redis_urls_name_their_feature_when_it_is_off() {
@@ -469,6 +505,7 @@ mod tests {
         assert!(!message.contains("s3cr3tvalue"), "{message}");
     }
 
+    #[cfg(feature = "fs")]
     #[test]
     fn display_gives_the_store_back() {
         for url in ["memory:", "./data", "/var/lib/app"] {
