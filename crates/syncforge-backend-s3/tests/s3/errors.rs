@@ -17,6 +17,16 @@ const SECRET: &str = "wJalrXUtnFEMI-K7MDENG-SECRET";
 const KEY_ID: &str = "AKIDSYNCFORGEKEYID";
 const TOKEN: &str = "FwoGZXIvYXdzSESSIONTOKEN";
 
+/// Collection `notes` and a new record `n1` to write into it.
+fn first_note() -> (CollectionName, Record) {
+    let mut clock = Hlc::new(ClientId::new("c").unwrap());
+    let record = Record::create(
+        Content::from_value(json!({"id": "n1"})).unwrap(),
+        &clock.now().unwrap(),
+    );
+    (CollectionName::new("notes").unwrap(), record)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_is_down_gives_a_clear_error_within_the_bound() {
     // Nothing listens on the discard port of this machine.
@@ -71,12 +81,7 @@ async fn a_store_without_conditional_updates_is_refused_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let local = Arc::new(LocalFileSystem::new_with_prefix(dir.path()).unwrap());
     let backend = S3Backend::from_store(local, "dse").unwrap();
-    let collection = CollectionName::new("notes").unwrap();
-    let mut clock = Hlc::new(ClientId::new("c").unwrap());
-    let record = Record::create(
-        Content::from_value(json!({"id": "n1"})).unwrap(),
-        &clock.now().unwrap(),
-    );
+    let (collection, record) = first_note();
     // Replacing needs PutMode::Update, which LocalFileSystem lacks: the
     // handle tries it before its first write, which is refused with an
     // error that says to use LocalDirectory's constructor instead.
@@ -104,12 +109,7 @@ async fn a_store_that_ignores_conditions_is_refused_before_the_first_write() {
     let memory = Arc::new(object_store::memory::InMemory::new());
     let ignoring = Arc::new(crate::wrapper::Wrapped::new(memory.clone()).ignoring_conditions());
     let backend = S3Backend::from_store(ignoring, "dse").unwrap();
-    let collection = CollectionName::new("notes").unwrap();
-    let mut clock = Hlc::new(ClientId::new("c").unwrap());
-    let record = Record::create(
-        Content::from_value(json!({"id": "n1"})).unwrap(),
-        &clock.now().unwrap(),
-    );
+    let (collection, record) = first_note();
     let error = backend
         .put(&collection, &Write::create(record.clone()))
         .await
@@ -146,12 +146,7 @@ async fn a_resent_create_of_the_probe_key_does_not_disable_the_handle() {
     let resending =
         Arc::new(crate::wrapper::Wrapped::new(memory.clone()).resending_puts_containing("/p/"));
     let backend = S3Backend::from_store(resending.clone(), "dse").unwrap();
-    let collection = CollectionName::new("notes").unwrap();
-    let mut clock = Hlc::new(ClientId::new("c").unwrap());
-    let record = Record::create(
-        Content::from_value(json!({"id": "n1"})).unwrap(),
-        &clock.now().unwrap(),
-    );
+    let (collection, record) = first_note();
     let error = backend
         .put(&collection, &Write::create(record.clone()))
         .await
