@@ -2,7 +2,7 @@
 //! echo skipping) and sync; authorisation, body limits, the request span and
 //! the request timeout around them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::num::NonZeroUsize;
 use std::ops::Range;
 use std::sync::{Arc, Weak};
@@ -22,7 +22,7 @@ use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::Value;
 use subtle::ConstantTimeEq;
-use syncforge_core::{CollectionName, Cursor, Record, Result};
+use syncforge_core::{CollectionName, Cursor, Record, RecordId, Result};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tower_http::compression::{CompressionLayer, CompressionLevel};
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -755,6 +755,9 @@ impl Shared {
             limit.saturating_mul(MAX_SCANNED_PAGES)
         };
         let mut round = FIRST_READ.min(limit);
+        // The records found by earlier reads: one rewritten since is met
+        // again, and a page holds each record once, at its latest change.
+        let mut earlier: HashSet<RecordId> = HashSet::new();
         for _ in 0..MAX_READS_PER_PAGE {
             let Some(wanted) = NonZeroUsize::new(round.min(unscanned)) else {
                 break;
@@ -770,6 +773,7 @@ impl Shared {
             let mut jumped = None;
             let mut changes = read.changes.into_iter().peekable();
             let mut full = false;
+            let mut repeated = false;
             for change in changes.by_ref() {
                 match query.skip.find(change.cursor.get()) {
                     // A skipped run reaching past this read: read on after it.
@@ -778,6 +782,12 @@ impl Shared {
                         break;
                     }
                     Some(_) => {}
+                    // Rewritten since an earlier read found it: the page ends
+                    // before it, and the next page brings its latest change.
+                    None if earlier.contains(change.record.id()) => {
+                        repeated = true;
+                        break;
+                    }
                     None => {
                         found.push(change);
                         if kept + found.len() == limit {
@@ -787,20 +797,24 @@ impl Shared {
                     }
                 }
             }
-            if full {
+            if full || repeated {
                 // The page ends at its last change; more may follow it.
-                page.more = changes.peek().is_some() || read.more;
+                page.more = repeated || changes.peek().is_some() || read.more;
                 page.next = found.last().map_or(page.next, |change| change.cursor);
             } else {
                 page.next = jumped.map_or(read.next, |end| end.max(read.next));
                 page.more = jumped.is_some() || read.more;
+            }
+            let ends = full || repeated || !page.more;
+            if !ends {
+                earlier.extend(found.iter().map(|change| change.record.id().clone()));
             }
             kept += found.len();
             for chunk in write_spread(found, max_bytes.saturating_sub(bytes)).await? {
                 bytes = bytes.saturating_add(chunk.bytes.len());
                 page.chunks.push(chunk);
             }
-            if full || !page.more || bytes > max_bytes {
+            if ends || bytes > max_bytes {
                 return Ok(page);
             }
             round = match bytes.checked_div(kept) {

@@ -265,6 +265,60 @@ async fn a_page_of_large_records_reads_little_more_than_it_sends() {
     server.shutdown().await.unwrap();
 }
 
+/// A page read from the store in rounds met a record rewritten between two
+/// of them twice, where a page holds each record once, at its latest
+/// change: it ends before the second, and the next page brings it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_rewritten_between_two_reads_of_a_page_is_sent_once() {
+    let hq = memory_engine("hq").await;
+    for n in 0..100 {
+        hq.put("notes", &json!({"id": format!("n{n:03}")}))
+            .await
+            .unwrap();
+    }
+    let replica = crate::support::InstrumentedReplica::new(hq).rewriting_after_next_read("n010");
+    let server = Server::bind(replica, "127.0.0.1:0", ServerOptions::default())
+        .await
+        .unwrap();
+    let client = crate::support::raw_client();
+    let mut after = 0;
+    let mut pages = Vec::new();
+    for _ in 0..10 {
+        let url = format!(
+            "{}/v1/collections/notes/changes?after={after}&limit=1000",
+            server.url()
+        );
+        let text = client.get(url).send().await.unwrap().text().await.unwrap();
+        let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let ids: Vec<String> = answer["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|change| change["record"]["id"].as_str().unwrap().to_owned())
+            .collect();
+        pages.push(ids);
+        after = answer["next"].as_u64().unwrap();
+        if answer["more"] == json!(false) {
+            break;
+        }
+    }
+    for ids in &pages {
+        let mut distinct = ids.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(
+            distinct.len(),
+            ids.len(),
+            "a page repeats a record: {ids:?}"
+        );
+    }
+    // Every record arrives, the rewritten one last, at its new change.
+    let all: Vec<&String> = pages.iter().flatten().collect();
+    assert_eq!(all.len(), 101, "{pages:?}");
+    assert_eq!(all.last().map(|id| id.as_str()), Some("n010"));
+    server.shutdown().await.unwrap();
+}
+
 /// An answer larger than the peer's bound fails the call, whatever the
 /// server sent, instead of being read whole into memory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -161,6 +161,8 @@ pub(crate) struct InstrumentedReplica {
     pub(crate) syncs_ended: Arc<AtomicUsize>,
     sync_delay: Duration,
     deaf: bool,
+    /// A record rewritten right after the next feed read.
+    rewrite: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl InstrumentedReplica {
@@ -173,7 +175,15 @@ impl InstrumentedReplica {
             syncs_ended: Arc::default(),
             sync_delay: Duration::ZERO,
             deaf: false,
+            rewrite: Arc::default(),
         }
+    }
+
+    /// Rewrites record `id` right after the next feed read, as a write
+    /// landing between two reads of one request.
+    pub(crate) fn rewriting_after_next_read(self, id: &str) -> Self {
+        *self.rewrite.lock().unwrap() = Some(id.to_owned());
+        self
     }
 
     /// Its watch never wakes anyone, as for writes that began before the
@@ -208,6 +218,15 @@ impl Replica for InstrumentedReplica {
     ) -> syncforge::Result<ChangePage> {
         let page = Replica::changes(&self.engine, collection, after, limit).await?;
         self.scanned.fetch_add(page.changes.len(), Ordering::SeqCst);
+        let rewrite = self.rewrite.lock().unwrap().take();
+        if let Some(id) = rewrite {
+            self.engine
+                .put(
+                    collection.clone(),
+                    &serde_json::json!({"id": id, "rewritten": true}),
+                )
+                .await?;
+        }
         Ok(page)
     }
 
