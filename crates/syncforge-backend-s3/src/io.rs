@@ -81,9 +81,17 @@ impl Io {
                 let tried = self.try_conditions().await;
                 // Removed whatever the tries left.
                 let removed = self.delete(vec![self.probe.clone()]).await;
-                let found = tried?;
-                removed?;
-                Ok::<_, Error>(found)
+                // A removal that cannot succeed (no permission to delete)
+                // is said first: the probe it leaves would otherwise make
+                // every later try look transient.
+                match removed {
+                    Err(error) if !error.is_transient() => Err(error),
+                    removed => {
+                        let found = tried?;
+                        removed?;
+                        Ok::<_, Error>(found)
+                    }
+                }
             })
             .await?;
         found.map_err(|ignored| {
@@ -149,19 +157,24 @@ impl Io {
             self.put_unchecked(&self.probe, Bytes::from_static(body), condition)
         };
         if put(b"1", Condition::Absent).await? == Put::Lost {
-            // The key is this handle's own, so the object was left by an
-            // earlier try: its create landed and the answer was lost (the
-            // client resent it and was refused), or its removal failed. Not
-            // a verdict on the store: the probe is removed, and the next
-            // conditional write tries again.
-            return Err(Error::unavailable(
-                BACKEND_NAME,
-                format!(
-                    "the conditional-write check found its own key {} already written; \
-                     it is removed and tried again at the next write",
-                    self.probe
-                ),
-            ));
+            // The key is this handle's own: an object there holding what
+            // this create sent was left by this try (the create landed, its
+            // answer was lost, and the client's resend was refused) or by an
+            // earlier one whose removal failed. Not a verdict on the store:
+            // the probe is removed, and the next conditional write tries
+            // again. A create refused with no object there is one.
+            let left = self.get(&self.probe).await?;
+            if left.is_some_and(|object| object.body.as_ref() == b"1") {
+                return Err(Error::unavailable(
+                    BACKEND_NAME,
+                    format!(
+                        "the conditional-write check found its own key {} already written; \
+                         it is removed, and tried again at the next write",
+                        self.probe
+                    ),
+                ));
+            }
+            return Ok(Err("a create of a new key was refused"));
         }
         if put(b"2", Condition::Absent).await? != Put::Lost {
             return Ok(Err(
@@ -204,9 +217,22 @@ impl Io {
             Ok(result) => result.e_tag.map(Put::Done).ok_or_else(|| no_etag(path)),
             Err(
                 object_store::Error::AlreadyExists { .. }
-                | object_store::Error::Precondition { .. }
-                | object_store::Error::NotFound { .. },
+                | object_store::Error::Precondition { .. },
             ) if !matches!(condition, Condition::None) => Ok(Put::Lost),
+            // An update of an object that is gone lost a race; a create
+            // answered "not found" names a bucket that is not there.
+            Err(object_store::Error::NotFound { .. }) if matches!(condition, Condition::Tag(_)) => {
+                Ok(Put::Lost)
+            }
+            Err(e @ object_store::Error::NotFound { .. })
+                if matches!(condition, Condition::Absent) =>
+            {
+                Err(Error::storage_caused(
+                    BACKEND_NAME,
+                    format!("writing {path}: not found; does the bucket exist?"),
+                    e,
+                ))
+            }
             Err(e) => Err(map_error(e, "writing", path)),
         }
     }

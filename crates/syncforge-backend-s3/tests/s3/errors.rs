@@ -178,3 +178,66 @@ async fn a_resent_create_of_the_probe_key_does_not_disable_the_handle() {
     .unwrap();
     assert!(probes.is_empty(), "{probes:?}");
 }
+
+/// The check's create refused with no object there is the store's verdict,
+/// not a resend of this handle's own create: permanent, as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_create_refused_with_nothing_there_is_a_verdict() {
+    let memory = Arc::new(object_store::memory::InMemory::new());
+    let refusing = Arc::new(crate::wrapper::Wrapped::new(memory).refusing_first_creates("/p/"));
+    let backend = S3Backend::from_store(refusing, "dse").unwrap();
+    let (collection, record) = first_note();
+    let error = backend
+        .put(&collection, &Write::create(record))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, Error::Storage { message, .. }
+            if message.contains("a create of a new key was refused")),
+        "{error}"
+    );
+}
+
+/// Credentials that may not delete leave the check's probe behind: the
+/// next check then found it and answered as if its own create had been
+/// resent, transient, for good. The refused removal is said every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_whose_probe_cannot_be_removed_says_so_every_time() {
+    let memory = Arc::new(object_store::memory::InMemory::new());
+    let denying = Arc::new(crate::wrapper::Wrapped::new(memory).denying_deletes());
+    let backend = S3Backend::from_store(denying, "dse").unwrap();
+    let (collection, record) = first_note();
+    for attempt in 0..3 {
+        let error = backend
+            .put(&collection, &Write::create(record.clone()))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&error, Error::Storage { message, .. } if message.contains("refused")),
+            "attempt {attempt}: {error}"
+        );
+    }
+}
+
+/// A bucket that is not there answers a create "not found": a permanent
+/// error that says so, where it read as the store refusing creates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_that_is_not_there_is_named() {
+    let Some(server) = crate::support::s3_server().await else {
+        return;
+    };
+    let missing = crate::support::Server {
+        endpoint: server.endpoint.clone(),
+        bucket: format!("{}-missing", server.bucket),
+    };
+    let backend = S3Backend::from_store(missing.store(), "dse").unwrap();
+    let (collection, record) = first_note();
+    let error = backend
+        .put(&collection, &Write::create(record))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, Error::Storage { message, .. } if message.contains("does the bucket exist")),
+        "{error}"
+    );
+}

@@ -39,6 +39,9 @@ pub(crate) struct Wrapped {
     ignoring_conditions: AtomicBool,
     /// Whether listings give bare the ETags that reads give in quotes.
     unquoting_listed_tags: AtomicBool,
+    /// Whether every delete is refused, as for credentials without
+    /// `DeleteObject`.
+    denying_deletes: AtomicBool,
     /// Creates of keys containing this text are refused once each, without
     /// effect.
     refused_creates: parking_lot::Mutex<Option<(String, std::collections::HashSet<Path>)>>,
@@ -57,6 +60,7 @@ impl Wrapped {
             refused_creates: parking_lot::Mutex::new(None),
             ignoring_conditions: AtomicBool::new(false),
             unquoting_listed_tags: AtomicBool::new(false),
+            denying_deletes: AtomicBool::new(false),
         }
     }
 
@@ -64,6 +68,13 @@ impl Wrapped {
     /// formats them differently in `ListObjectsV2` and in `GET`.
     pub(crate) fn unquoting_listed_tags(self) -> Self {
         self.unquoting_listed_tags.store(true, Ordering::SeqCst);
+        self
+    }
+
+    /// Refuses every delete, as a store does for credentials that may not
+    /// delete objects.
+    pub(crate) fn denying_deletes(self) -> Self {
+        self.denying_deletes.store(true, Ordering::SeqCst);
         self
     }
 
@@ -286,6 +297,16 @@ impl ObjectStore for Wrapped {
         let number = self.requests.fetch_add(1, Ordering::SeqCst);
         if number >= self.dies_after.load(Ordering::SeqCst) {
             return futures::stream::once(async { Err(dead()) }).boxed();
+        }
+        if self.denying_deletes.load(Ordering::SeqCst) {
+            return locations
+                .map(|location| {
+                    Err(object_store::Error::PermissionDenied {
+                        path: location.map(|path| path.to_string()).unwrap_or_default(),
+                        source: "AccessDenied: not allowed to delete".into(),
+                    })
+                })
+                .boxed();
         }
         // One request for the first 1,000 keys, one more per further 1,000,
         // as S3's DeleteObjects.
