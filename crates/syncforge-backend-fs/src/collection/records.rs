@@ -136,25 +136,24 @@ pub(crate) fn read_all(dir: &Path, collection: &str) -> Result<(Vec<Record>, Vec
 
 /// Whether the collection `collection` in `dir` holds a record: one the
 /// write-ahead log wrote last, or a record file whose record the log has
-/// not removed since (removals reach the files at the next checkpoint).
+/// not removed since (removals reach the files at the next checkpoint). The
+/// log is read only when it holds frames, or when there is no record file.
 pub(crate) fn holds_a_record(dir: &Path, collection: &str) -> Result<bool> {
+    let files: Vec<String> = read_dir(dir)?
+        .iter()
+        .filter_map(|entry| entry.file_name().to_str().map(str::to_owned))
+        .filter(|name| record_stem(name).is_some())
+        .collect();
+    if !files.is_empty() && !super::wal::holds_frames(dir)? {
+        return Ok(true);
+    }
     let logged = super::wal::last_changes(dir)?;
     if logged.values().any(|&written| written) {
         return Ok(true);
     }
-    for entry in read_dir(dir)? {
-        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-            continue;
-        };
-        if record_stem(&name).is_none() {
-            continue;
-        }
-        // With nothing removed in the log, any record file will do; a
-        // removal only hides the file of its own id.
-        if logged.is_empty() {
-            return Ok(true);
-        }
-        if id_of_file(dir, &name, collection)?.is_some_and(|id| !logged.contains_key(&id)) {
+    // A removal only hides the file of its own id.
+    for name in &files {
+        if id_of_file(dir, name, collection)?.is_some_and(|id| !logged.contains_key(&id)) {
             return Ok(true);
         }
     }
