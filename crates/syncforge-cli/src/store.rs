@@ -55,10 +55,11 @@ async fn missing(url: &StoreUrl) -> Result<Option<&'static str>> {
     Ok(None)
 }
 
-/// The store a command writes into, which it creates if there is none:
-/// opened at once when it exists, created only by [`open`](Self::open),
+/// The store a command writes into, which it creates if there is none. A
+/// directory that holds no store is created only by [`open`](Self::open),
 /// once the command's arguments are known to be good, so that a refused
-/// command writes nothing.
+/// command leaves no store behind; any other store is opened at once (a
+/// Redis or S3 store then holds its id, as any opening writes it).
 pub(crate) enum Target {
     /// The store, which existed.
     Existing(Store),

@@ -71,9 +71,9 @@ pub(crate) async fn run(args: SyncArgs, cx: &mut Context) -> Result<()> {
 
 impl Ends {
     /// Opens both ends and chooses the collections to sync (see
-    /// [`choose`]). A local DST that holds no store yet is created only once
-    /// the collections named are known to be there: a refused sync writes
-    /// nothing.
+    /// [`choose`]). A DST directory that holds no store yet is created only
+    /// once the collections named are known to be there: a refused sync
+    /// leaves no store behind there.
     async fn open(
         src: StoreUrl,
         dst: StoreUrl,
