@@ -217,12 +217,12 @@ fn scheme_of(url: &str) -> Option<&str> {
 }
 
 fn memory(rest: &str) -> Result<StoreUrl> {
-    refuse_unless(cfg!(feature = "memory"), "memory")?;
     if !rest.is_empty() && rest != "//" {
         return Err(invalid(
             "memory: takes nothing after the colon (each memory store is new and empty)",
         ));
     }
+    refuse_unless(cfg!(feature = "memory"), "memory")?;
     Ok(StoreUrl::backend(
         BackendConfig::Memory,
         "memory:".to_owned(),
@@ -367,6 +367,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "memory")]
     #[test]
     fn memory_urls() {
         assert_eq!(backend("memory:"), BackendConfig::Memory);
@@ -446,6 +447,8 @@ mod tests {
 
     /// The refusal a build without `feature` gives for `url`.
     #[cfg(any(
+        not(feature = "memory"),
+        not(feature = "fs"),
         not(feature = "redis"),
         not(feature = "s3"),
         not(feature = "http-client")
@@ -468,6 +471,12 @@ mod tests {
         }
         // A malformed one is still refused as such.
         assert!(refused("file:relative").contains("file:///absolute/path"));
+    }
+
+    #[cfg(not(feature = "memory"))]
+    #[test]
+    fn memory_urls_name_their_feature_when_it_is_off() {
+        assert_eq!(disabled("memory:"), ("memory".to_owned(), "memory"));
     }
 
     #[cfg(not(feature = "redis"))]
@@ -505,7 +514,7 @@ mod tests {
         assert!(!message.contains("s3cr3tvalue"), "{message}");
     }
 
-    #[cfg(feature = "fs")]
+    #[cfg(all(feature = "fs", feature = "memory"))]
     #[test]
     fn display_gives_the_store_back() {
         for url in ["memory:", "./data", "/var/lib/app"] {
