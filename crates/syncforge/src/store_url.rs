@@ -342,6 +342,7 @@ fn refuse_unless(built: bool, scheme: &str) -> Result<()> {
 mod tests {
     use super::*;
 
+    #[cfg(any(feature = "memory", feature = "fs"))]
     fn backend(url: &str) -> BackendConfig {
         StoreUrl::parse(url)
             .unwrap()
