@@ -244,8 +244,7 @@ async fn a_page_of_large_records_reads_little_more_than_it_sends() {
             "{}/v1/collections/photos/changes?after={after}&limit=10000",
             server.url()
         );
-        let text = client.get(url).send().await.unwrap().text().await.unwrap();
-        let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let answer = crate::support::get_json(&client, url).await;
         let sent = answer["changes"].as_array().unwrap();
         let read = scanned.load(std::sync::atomic::Ordering::SeqCst);
         assert!(!sent.is_empty());
@@ -288,8 +287,7 @@ async fn a_record_rewritten_between_two_reads_of_a_page_is_sent_once() {
             "{}/v1/collections/notes/changes?after={after}&limit=1000",
             server.url()
         );
-        let text = client.get(url).send().await.unwrap().text().await.unwrap();
-        let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let answer = crate::support::get_json(&client, url).await;
         let ids: Vec<String> = answer["changes"]
             .as_array()
             .unwrap()

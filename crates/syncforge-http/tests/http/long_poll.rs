@@ -310,8 +310,7 @@ async fn a_skip_list_cannot_make_a_request_read_more_than_a_few_pages() {
             server.url(),
             skip.join(",")
         );
-        let text = client.get(url).send().await.unwrap().text().await.unwrap();
-        let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let answer = crate::support::get_json(&client, url).await;
         let read = scanned.load(Ordering::SeqCst);
         assert!(
             read <= 4 * LIMIT,

@@ -142,6 +142,12 @@ pub(crate) async fn feed_head(engine: &SyncEngine, collection: &str) -> Cursor {
 }
 
 /// A plain HTTP client for hand-made requests.
+/// The JSON body of a GET of `url`, whatever its status.
+pub(crate) async fn get_json(client: &reqwest::Client, url: String) -> serde_json::Value {
+    let text = client.get(url).send().await.unwrap().text().await.unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
 pub(crate) fn raw_client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
