@@ -80,7 +80,12 @@ pub(crate) fn spawned(mut command: Command, stdin: &str) -> Child {
         .spawn()
         .unwrap();
     let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin.as_bytes()).unwrap();
+    match input.write_all(stdin.as_bytes()) {
+        // A command may end without reading its input (a usage error found
+        // first), closing its end of the pipe before this write.
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => {}
+        written => written.unwrap(),
+    }
     drop(input);
     child
 }
