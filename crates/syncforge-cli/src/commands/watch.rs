@@ -39,17 +39,17 @@ pub(crate) async fn run(args: WatchArgs, cx: &mut Context) -> Result<()> {
         (false, Some(after)) => Cursor::new(after),
         (false, None) => store.each_change(&name, drop).await?,
     };
-    // Said on stderr, so that whoever starts a watch knows from which point
-    // on changes will be printed.
+    // The cursor means something only in this store's feed: after the store
+    // was unreachable, the watch goes on only if it is still this store.
+    let feed = store.id().await?;
+    // Said on stderr once the store was reached, so that whoever starts a
+    // watch knows from which point on changes will be printed.
     let _ = writeln!(
         std::io::stderr(),
         "watching collection {:?} of {} after cursor {cursor}",
         name.as_str(),
         store.url()
     );
-    // The cursor means something only in this store's feed: after the store
-    // was unreachable, the watch goes on only if it is still this store.
-    let feed = store.id().await?;
     let mut check_feed = false;
     let limit = NonZeroUsize::new(PAGE).unwrap_or(NonZeroUsize::MIN);
     let mut printed = 0u64;
