@@ -60,7 +60,7 @@ async fn missing(url: &StoreUrl) -> Result<Option<&'static str>> {
 /// once the command's arguments are known to be good, so that a refused
 /// command leaves no store behind; any other store is opened at once (a
 /// Redis or S3 store then holds its id, as any opening writes it).
-pub(crate) enum Target {
+pub(crate) enum Destination {
     /// The store, which existed.
     Existing(Store),
     /// A store to create.
@@ -70,32 +70,32 @@ pub(crate) enum Target {
     },
 }
 
-impl Target {
+impl Destination {
     /// Opens the store at `url` if there is one.
-    pub(crate) async fn prepare(url: StoreUrl, options: &EngineOptions) -> Result<Target> {
+    pub(crate) async fn prepare(url: StoreUrl, options: &EngineOptions) -> Result<Destination> {
         Ok(if missing(&url).await?.is_some() {
-            Target::New {
+            Destination::New {
                 url,
                 options: options.clone(),
             }
         } else {
-            Target::Existing(Store::open(url, options).await?)
+            Destination::Existing(Store::open(url, options).await?)
         })
     }
 
     /// The store's URL, as it may be shown.
     pub(crate) fn url(&self) -> &StoreUrl {
         match self {
-            Target::Existing(store) => store.url(),
-            Target::New { url, .. } => url,
+            Destination::Existing(store) => store.url(),
+            Destination::New { url, .. } => url,
         }
     }
 
     /// The id of the store, if it exists.
     pub(crate) fn store_id(&self) -> Option<&str> {
         match self {
-            Target::Existing(store) => Some(store.engine().store_id()),
-            Target::New { .. } => None,
+            Destination::Existing(store) => Some(store.engine().store_id()),
+            Destination::New { .. } => None,
         }
     }
 
@@ -103,16 +103,16 @@ impl Target {
     /// not created yet).
     pub(crate) async fn collections(&self) -> Result<Vec<CollectionName>> {
         match self {
-            Target::Existing(store) => store.collections().await,
-            Target::New { .. } => Ok(Vec::new()),
+            Destination::Existing(store) => store.collections().await,
+            Destination::New { .. } => Ok(Vec::new()),
         }
     }
 
     /// The store, created if it did not exist.
     pub(crate) async fn open(self) -> Result<Store> {
         match self {
-            Target::Existing(store) => Ok(store),
-            Target::New { url, options } => Store::open(url, &options).await,
+            Destination::Existing(store) => Ok(store),
+            Destination::New { url, options } => Store::open(url, &options).await,
         }
     }
 }

@@ -14,7 +14,7 @@ use super::{Context, Counts};
 use crate::cli::SyncArgs;
 use crate::failure::usage;
 use crate::progress::Following;
-use crate::store::{listing, parse_collection, parse_url, Store, StorePeer, Target};
+use crate::store::{listing, parse_collection, parse_url, Destination, Store, StorePeer};
 
 /// Changes read per page when counting what a sync will send.
 const COUNT_PAGE: usize = 1000;
@@ -94,7 +94,7 @@ impl Ends {
             (true, false) => {
                 let src = crate::remote::Remote::connect(src, cx)?;
                 let in_src = src.collections().await?;
-                let dst = Target::prepare(dst, &options).await?;
+                let dst = Destination::prepare(dst, &options).await?;
                 let chosen = choose(
                     named,
                     both,
@@ -122,7 +122,7 @@ impl Ends {
             (false, false) => {}
         }
         let src = Store::open_existing(src, &options).await?;
-        let dst = Target::prepare(dst, &options).await?;
+        let dst = Destination::prepare(dst, &options).await?;
         if dst.store_id() == Some(src.engine().store_id()) {
             return Err(usage(format!(
                 "SRC and DST are the same store ({})",
