@@ -259,12 +259,21 @@ impl RedisBackend {
     }
 
     /// Maps a client error; the message is only built when a call fails.
+    ///
+    /// A call that passed its open check just before [`close`] and then
+    /// found the client stopped failed as a lost connection, which the
+    /// engine retries; once the handle is closed its failures say so.
+    ///
+    /// [`close`]: StorageBackend::close
     fn fail<'a>(
         &'a self,
         operation: &'a str,
         collection: Option<&'a CollectionName>,
     ) -> impl FnOnce(fred::error::Error) -> Error + 'a {
         move |e| {
+            if let Err(closed) = self.refuse_if_closed() {
+                return closed;
+            }
             let operation = match collection {
                 Some(c) => format!("{operation} in collection {:?}", c.as_str()),
                 None => operation.to_owned(),
@@ -1433,11 +1442,9 @@ mod tests {
         }
     }
 
-    /// `close` while a call is starting the client again (it passed its
-    /// check before the close) stops the client that call started: no
-    /// connection outlives the close. Needs the test server.
-    #[tokio::test(flavor = "current_thread")]
-    async fn close_during_a_reconnection_stops_the_client_it_starts() {
+    /// The test server's configuration, once it answered; `None` (and a
+    /// skip message) when it is not running.
+    async fn test_server() -> Option<RedisConfig> {
         use syncforge_testkit::services::{address, available};
         const ENV: &str = "SYNCFORGE_TEST_REDIS_URL";
         let url = address(ENV, "redis://127.0.0.1:6379/0");
@@ -1449,9 +1456,40 @@ mod tests {
             Ok(probe) => probe.close().await.is_ok(),
             Err(_) => false,
         };
-        if !available("redis", ENV, &url, answered) {
+        available("redis", ENV, &url, answered).then_some(config)
+    }
+
+    /// A call that passed its open check just before `close` and then
+    /// sends to the stopped client fails as closed, not as a lost
+    /// connection that the engine would retry. Needs the test server.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_call_meeting_the_client_stopped_by_close_is_refused_as_closed() {
+        let Some(config) = test_server().await else {
             return;
-        }
+        };
+        // The stopped client answers nothing: its command times out.
+        let config = RedisConfig {
+            command_timeout: Duration::from_millis(300),
+            ..config
+        };
+        let store = RedisBackend::connect(config).await.unwrap();
+        store.check_open().await.unwrap();
+        store.close().await.unwrap();
+        let collection = CollectionName::new("closed").unwrap();
+        let keys = store.keys.collection(&collection);
+        let ids = [RecordId::new("a").unwrap()];
+        let result = store.hmget(&keys, &ids, &collection).await;
+        assert!(matches!(result, Err(Error::Closed { .. })), "{result:?}");
+    }
+
+    /// `close` while a call is starting the client again (it passed its
+    /// check before the close) stops the client that call started: no
+    /// connection outlives the close. Needs the test server.
+    #[tokio::test(flavor = "current_thread")]
+    async fn close_during_a_reconnection_stops_the_client_it_starts() {
+        let Some(config) = test_server().await else {
+            return;
+        };
         let store = handle_with_an_ended_task(&config).await;
         let mut call = std::pin::pin!(store.check_open());
         // Holding the lock, the client's new connection task spawned but
