@@ -32,6 +32,8 @@ pub(crate) struct Wrapped {
     last_lands: AtomicBool,
     /// Extra delay for puts whose key contains this text (a slow writer).
     slow_puts: parking_lot::Mutex<Option<(String, Duration)>>,
+    /// Told when such a put begins its delay.
+    slow_put_began: tokio::sync::Notify,
     /// Puts to keys this matches are sent twice, the caller told what the
     /// second send was answered.
     resent_puts: parking_lot::Mutex<Option<KeyMatch>>,
@@ -56,6 +58,7 @@ impl Wrapped {
             dies_after: AtomicU64::new(u64::MAX),
             last_lands: AtomicBool::new(false),
             slow_puts: parking_lot::Mutex::new(None),
+            slow_put_began: tokio::sync::Notify::new(),
             resent_puts: parking_lot::Mutex::new(None),
             refused_creates: parking_lot::Mutex::new(None),
             ignoring_conditions: AtomicBool::new(false),
@@ -135,6 +138,13 @@ impl Wrapped {
     pub(crate) fn slow_puts(self, key_part: &str, delay: Duration) -> Self {
         *self.slow_puts.lock() = Some((key_part.to_owned(), delay));
         self
+    }
+
+    /// Waits until a put made slow by [`slow_puts`](Self::slow_puts) has
+    /// begun its delay (at once if one has since the last wait).
+    #[allow(dead_code)]
+    pub(crate) async fn slow_put_begun(&self) {
+        self.slow_put_began.notified().await;
     }
 
     /// Requests made so far (a listing counts one per 1,000 keys, as on S3).
@@ -249,6 +259,7 @@ impl ObjectStore for Wrapped {
         let slow = self.slow_puts.lock().clone();
         if let Some((part, delay)) = slow {
             if location.as_ref().contains(&part) {
+                self.slow_put_began.notify_one();
                 tokio::time::sleep(delay).await;
             }
         }

@@ -406,12 +406,13 @@ async fn readers_complete_a_slow_writers_items() {
     let collection = coll("slow");
     let slow =
         Arc::new(Wrapped::new(Arc::clone(&memory)).slow_puts("/r/", Duration::from_millis(500)));
-    let writer = S3Backend::from_store(slow, "dse").unwrap();
+    let writer = S3Backend::from_store(slow.clone(), "dse").unwrap();
     let mut clock = Hlc::new(ClientId::new("slow").unwrap());
     let record = Record::create(content("late", 1), &clock.now().unwrap());
     let write = Write::create(record.clone());
     let writing = tokio::spawn(async move { writer.put(&coll("slow"), &write).await });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // The writer has claimed its feed entry once its record write begins.
+    slow.slow_put_begun().await;
     let reader = handle(&memory, "dse");
     let page = reader
         .changes(&collection, Cursor::START, 10.try_into().unwrap())
