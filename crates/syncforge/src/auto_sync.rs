@@ -11,6 +11,7 @@ use tracing::Instrument;
 use crate::engine::{Inner, SyncEngine};
 use crate::events::{panic_message, EventKind, SyncEvent, SyncTrigger};
 use crate::peer::SyncPeer;
+use crate::retry::timer;
 
 impl SyncEngine {
     /// Starts the periodic sync window (the original's `startAutoSync`); a
@@ -59,12 +60,12 @@ impl SyncEngine {
         // auto-sync in silence.
         let mut ticker = {
             let _entered = runtime.enter();
-            std::panic::catch_unwind(|| interval_at(Instant::now() + period, period)).map_err(
-                |_| Error::InvalidConfig {
+            timer(|| interval_at(Instant::now() + period, period)).ok_or_else(|| {
+                Error::InvalidConfig {
                     option: "auto_sync",
                     reason: "auto-sync needs a tokio runtime with timers (enable_time)".to_owned(),
-                },
-            )?
+                }
+            })?
         };
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let engine = Arc::downgrade(&self.inner);

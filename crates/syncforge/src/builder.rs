@@ -138,6 +138,9 @@ impl EngineBuilder {
 
     /// Retries of a transient backend failure (default 3, at most 20), with
     /// exponential back-off from 100 ms. Invalid input is never retried.
+    /// On a tokio runtime built without timers (no `enable_time`) the
+    /// engine cannot wait between attempts, and returns the first transient
+    /// failure as it is.
     pub fn max_retries(mut self, retries: u32) -> Self {
         self.max_retries = retries;
         self

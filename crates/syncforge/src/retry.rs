@@ -78,7 +78,15 @@ where
             %error,
             "transient storage failure; retrying"
         );
-        tokio::time::sleep(delay).await;
+        let Some(wait) = timer(|| tokio::time::sleep(delay)) else {
+            tracing::warn!(
+                operation = what,
+                %error,
+                "cannot wait to retry: the tokio runtime was built without timers (enable_time)"
+            );
+            return Err(error);
+        };
+        wait.await;
         attempt += 1;
         span.record("retries", attempt);
         match call().await {
@@ -90,6 +98,13 @@ where
             other => return other,
         }
     }
+}
+
+/// The timer `make` makes, or `None` on a tokio runtime built without
+/// timers, where making one panics: the engine runs on such a runtime, and
+/// only what needs a timer is refused there.
+pub(crate) fn timer<T>(make: impl FnOnce() -> T + std::panic::UnwindSafe) -> Option<T> {
+    std::panic::catch_unwind(make).ok()
 }
 
 /// The delay before retry number `attempt + 1`.

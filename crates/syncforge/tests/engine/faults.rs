@@ -716,3 +716,32 @@ async fn a_merge_that_loses_a_race_to_a_hard_delete_does_not_bring_the_deleted_r
         assert_eq!(stored.get("secret"), None, "{strategy:?}, clear: {clear}");
     }
 }
+
+/// A runtime built without timers cannot wait between retries: the first
+/// transient failure is returned as it is, where making the back-off's
+/// sleep panicked.
+#[test]
+fn a_transient_failure_on_a_runtime_without_timers_is_returned_unretried() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        // No injected delay either: that is a timer too.
+        let store = Arc::new(FaultyBackend::new(
+            Arc::new(MemoryBackend::new()),
+            7,
+            0.0,
+            Duration::ZERO,
+        ));
+        let e = faulty_engine("untimed", &store, 3, 100).await;
+        store.set_failure_rate(1.0);
+        let before = store.injected_failures();
+        let outcome = e.put("c", &json!({"id": "a", "v": 1})).await;
+        assert!(
+            matches!(&outcome, Err(error) if error.is_transient()),
+            "{outcome:?}"
+        );
+        // Not retried: the put's single attempt failed.
+        assert_eq!(store.injected_failures() - before, 1);
+    });
+}
