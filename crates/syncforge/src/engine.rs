@@ -51,6 +51,12 @@ const WRITE_EVENTS: [EventKind; 4] = [
 /// The metadata key of the store's id.
 const STORE_ID_KEY: &str = "syncforge/store-id/v1";
 
+/// The most feed positions of echoes one sync collects. Past it an echo is
+/// pushed back to the peer that sent it, which finds it unchanged: nothing
+/// is lost, and the first sync of a huge collection does not keep a
+/// position for every record it pulled.
+const MAX_ECHOES: usize = 1 << 20;
+
 /// Synchronises JSON records between replicas over a pluggable backend.
 ///
 /// Cheap to clone: clones share one engine. Most work goes through a
@@ -1311,7 +1317,9 @@ impl SyncEngine {
                 if let (true, Some(cursor), Some(echoes)) =
                     (outcome.echo, outcome.cursor, echoes.as_deref_mut())
                 {
-                    echoes.insert(cursor);
+                    if echoes.len() < MAX_ECHOES {
+                        echoes.insert(cursor);
+                    }
                 }
             }
             if self.inner.events.wants(EventKind::SyncProgress) {

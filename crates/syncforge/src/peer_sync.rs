@@ -135,7 +135,9 @@ impl SyncEngine {
     ///
     /// Records just pulled come back in the local change feed; those whose
     /// stored state is exactly what the peer sent are not pushed back
-    /// (counted in [`PeerSyncReport::echoes_skipped`]). Changes this engine
+    /// (counted in [`PeerSyncReport::echoes_skipped`]; a sync remembers about
+    /// a million of them, and pushes back the rest, which the peer finds
+    /// unchanged). Changes this engine
     /// pushed come back in the peer's feed on the next pull and merge as
     /// unchanged, writing nothing.
     ///
@@ -270,7 +272,8 @@ impl SyncEngine {
         };
 
         self.follow_feed(peer, collection).await?;
-        // Feed positions of pulled writes the peer holds already: not pushed back.
+        // Feed positions of pulled writes the peer holds already: not pushed
+        // back (and not collected by a sync that does not push).
         let mut echoes = HashSet::new();
         if direction.pulls() {
             let pull_key = cursor_key(peer_id, collection, PeerState::Pull);
@@ -303,7 +306,12 @@ impl SyncEngine {
                         peer: peer_id.to_owned(),
                     };
                     let applied = self
-                        .sync_records(collection, records, trigger, Some(&mut echoes))
+                        .sync_records(
+                            collection,
+                            records,
+                            trigger,
+                            direction.pushes().then_some(&mut echoes),
+                        )
                         .await
                         .inspect_err(|_| *reported = true)?;
                     report.pulled.absorb(applied);
