@@ -287,7 +287,10 @@ impl Collection {
     ///
     /// Emits `sync:start`, then per batch the record and conflict events of
     /// the writes the store confirmed and a `sync:progress`, then exactly one
-    /// of `sync:success` or `sync:error` (the error is also returned). A
+    /// of `sync:success` or `sync:error` (the error is also returned). A sync
+    /// cancelled by dropping its future (a timeout around it, or
+    /// `stop_auto_sync` and `close` during an auto-sync window) emits
+    /// neither: it did not end, it stopped between two storage calls. A
     /// failed sync leaves every record either as it was or fully merged: the
     /// batches written before the failure stay, and syncing the same records
     /// again completes the rest.
