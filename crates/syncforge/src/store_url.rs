@@ -48,13 +48,18 @@ const KINDS: [(&str, &str, &str); 9] = [
 /// never show.
 ///
 /// ```
-/// use syncforge::{BackendConfig, StoreUrl};
+/// use syncforge::StoreUrl;
 ///
+/// # #[cfg(feature = "fs")]
+/// # {
+/// use syncforge::BackendConfig;
 /// let url: StoreUrl = "file:///var/lib/app%20data".parse()?;
 /// assert_eq!(
 ///     url.backend_config(),
 ///     Some(&BackendConfig::Filesystem { directory: "/var/lib/app data".into() })
 /// );
+/// # }
+/// # #[cfg(feature = "memory")]
 /// assert_eq!("memory:".parse::<StoreUrl>()?.to_string(), "memory:");
 /// assert!("ftp://example.com".parse::<StoreUrl>().is_err());
 /// # Ok::<(), syncforge::Error>(())
