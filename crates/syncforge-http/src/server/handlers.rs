@@ -51,6 +51,10 @@ const MAX_SCANNED_PAGES: usize = 4;
 /// are sized by the text those took (see `read_page`).
 const FIRST_READ: usize = 64;
 
+/// How many times larger than the one before it a later read of a feed
+/// request may be (see `read_page`).
+const ROUND_GROWTH: usize = 4;
+
 /// The most a request body's declared length reserves before its bytes come.
 const MAX_RESERVED_BODY: usize = 1 << 20;
 
@@ -730,7 +734,8 @@ impl Shared {
     /// changes passed over) is spent.
     ///
     /// The store is read in rounds: [`FIRST_READ`] changes, then as many as
-    /// the text written so far says will fill the rest of the body. A page
+    /// the text written so far says will fill the rest of the body, each
+    /// round at most [`ROUND_GROWTH`] times the one before. A page
     /// read at its `limit` in one go read up to that many records (10,000 by
     /// default) from the store to send the few of them that fit in a body
     /// when records were large, and a pull read its whole collection again
@@ -817,16 +822,22 @@ impl Shared {
             if ends || bytes > max_bytes {
                 return Ok(page);
             }
-            round = match bytes.checked_div(kept) {
-                // Enough changes of the size seen so far to fill the body,
-                // and a quarter more, so that one round usually does.
+            // Enough changes of the size seen so far to fill the body, and a
+            // quarter more, so that one round usually does; but at most
+            // ROUND_GROWTH times the last round, since the changes still
+            // unread may be far larger than those read (a few small records
+            // before many large ones would have had the next round read
+            // thousands of large records to send a few).
+            let filling = match bytes.checked_div(kept) {
                 Some(each) => {
                     let filling = (max_bytes - bytes) / each.max(1);
                     filling.saturating_add(filling / 4).saturating_add(1)
                 }
-                None => limit,
-            }
-            .min(limit - kept);
+                None => usize::MAX,
+            };
+            round = filling
+                .min(round.saturating_mul(ROUND_GROWTH))
+                .min(limit - kept);
         }
         Ok(page)
     }

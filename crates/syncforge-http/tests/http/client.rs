@@ -264,6 +264,43 @@ async fn a_page_of_large_records_reads_little_more_than_it_sends() {
     server.shutdown().await.unwrap();
 }
 
+/// A few small records before many large ones: the round after the small
+/// ones, sized by them alone, read thousands of large records to send the
+/// few that fit in the body. Each round is now at most four times the one
+/// before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_records_after_small_ones_are_read_in_growing_rounds() {
+    let hq = memory_engine("hq").await;
+    for n in 0..64 {
+        hq.put("mixed", &json!({"id": format!("a{n:04}")}))
+            .await
+            .unwrap();
+    }
+    for n in 0..2_000 {
+        hq.put(
+            "mixed",
+            &json!({"id": format!("b{n:04}"), "blob": "x".repeat(10_000)}),
+        )
+        .await
+        .unwrap();
+    }
+    let replica = crate::support::InstrumentedReplica::new(hq);
+    let scanned = replica.scanned.clone();
+    let options = ServerOptions::default().max_body_bytes(256 * 1024);
+    let server = Server::bind(replica, "127.0.0.1:0", options).await.unwrap();
+    let url = format!(
+        "{}/v1/collections/mixed/changes?after=0&limit=10000",
+        server.url()
+    );
+    let answer = crate::support::get_json(&crate::support::raw_client(), url).await;
+    let sent = answer["changes"].as_array().unwrap().len();
+    let read = scanned.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(sent > 64, "{sent} changes sent");
+    assert!(read <= 64 + 4 * 64, "{read} records read to send {sent}");
+    assert_eq!(answer["more"], json!(true));
+    server.shutdown().await.unwrap();
+}
+
 /// A page read from the store in rounds met a record rewritten between two
 /// of them twice, where a page holds each record once, at its latest
 /// change: it ends before the second, and the next page brings it.
