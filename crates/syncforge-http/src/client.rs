@@ -130,6 +130,7 @@ impl Clone for HttpPeer {
                         feed_id: None,
                         limits: state.limits,
                         push_bytes: state.push_bytes,
+                        page_limit: state.page_limit,
                         echoes: HashMap::new(),
                     }
                 }),
@@ -173,8 +174,12 @@ struct PeerState {
     /// The server's limits, once its health was read.
     limits: Option<Limits>,
     /// The most a push request may carry, once something in front of the
-    /// server (a proxy) refused a larger one with 413.
+    /// server (a proxy) refused a larger one with 413, or a larger one did
+    /// not go through in time.
     push_bytes: Option<usize>,
+    /// The most changes a feed read asks for, once a longer page did not
+    /// arrive in time or was larger than `max_response_bytes`.
+    page_limit: Option<NonZeroUsize>,
     /// Per collection, echo ranges (start -> end) still ahead of the pulls.
     echoes: HashMap<CollectionName, BTreeMap<u64, u64>>,
 }
@@ -391,7 +396,9 @@ impl HttpPeerBuilder {
     }
 
     /// Longest time one request may take (default 40 s, longer than a sync
-    /// server's request timeout); a long poll gets its wait on top.
+    /// server's request timeout); a long poll gets its wait on top. A push
+    /// or a page of changes that takes longer is sent or asked for again in
+    /// halves, and later ones through this peer are no larger.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -410,8 +417,11 @@ impl HttpPeerBuilder {
     }
 
     /// The largest answer read from the server, decompressed (default
-    /// 256 MiB); a larger one fails the call with
-    /// [`Error::PeerProtocol`]. A page of changes is the largest answer.
+    /// 256 MiB). A page of changes is the largest answer: a larger page is
+    /// asked for again with half as many changes (and later pages through
+    /// this peer no longer), down to one; any other larger answer, or a
+    /// single change that large, fails the call with
+    /// [`Error::PeerProtocol`].
     pub fn max_response_bytes(mut self, max: usize) -> Self {
         self.max_response_bytes = max;
         self
@@ -546,6 +556,10 @@ struct Call {
     url: Url,
     body: Option<Bytes>,
     extra_time: Duration,
+    /// Whether a smaller call could ask for the same: a slow answer is then
+    /// handed back at once ([`Failure::Slow`]) instead of being asked for
+    /// again as it is, which would time out the same way.
+    shrinkable: bool,
 }
 
 /// How one attempt failed.
@@ -555,17 +569,23 @@ enum Failure {
     Transient(Error, Option<Duration>),
     /// Final.
     Permanent(Error),
-    /// Final for this body: refused as too large (413).
+    /// Final for this body or page: refused as too large (413), or an
+    /// answer larger than `max_response_bytes`.
     TooLarge(Error),
+    /// Not done within the time allowed, the client's or the server's (408,
+    /// 504, or the server's own `timeout`): worth trying again, smaller if
+    /// the call can be.
+    Slow(Error),
 }
 
 impl Failure {
     /// The error, however the attempt failed.
     fn into_error(self) -> Error {
         match self {
-            Failure::Transient(error, _) | Failure::Permanent(error) | Failure::TooLarge(error) => {
-                error
-            }
+            Failure::Transient(error, _)
+            | Failure::Permanent(error)
+            | Failure::TooLarge(error)
+            | Failure::Slow(error) => error,
         }
     }
 }
@@ -610,6 +630,7 @@ impl HttpPeer {
                 url: self.url(&["health"]),
                 body: None,
                 extra_time: Duration::ZERO,
+                shrinkable: false,
             })
             .await?;
         let mut state = self.inner.state.lock();
@@ -626,6 +647,7 @@ impl HttpPeer {
                 url: self.url(&["collections"]),
                 body: None,
                 extra_time: Duration::ZERO,
+                shrinkable: false,
             })
             .await?;
         self.inner.state.lock().follow_feed(&list.feed_id);
@@ -763,9 +785,10 @@ impl HttpPeer {
 
     /// Sends a sync request's body, whose records end at `ends` (offsets
     /// after the envelope's opening). A body refused as too large (413) by
-    /// something in front of the server, which announced a larger bound, is
-    /// sent again in halves, down to single records, and later pushes send
-    /// no more than what went through.
+    /// something in front of the server, which announced a larger bound, or
+    /// one that did not go through in time (a slow link), is sent again in
+    /// halves, down to single records, and later pushes send no more than
+    /// what went through.
     async fn send_part(
         &self,
         collection: &CollectionName,
@@ -773,12 +796,16 @@ impl HttpPeer {
         ends: &[usize],
         echoes: Echoes,
     ) -> Result<SyncResponse> {
-        let refused = match self.send_records(collection, body.clone(), echoes).await {
+        let divisible = ends.len() > 1;
+        let refused = match self
+            .send_records(collection, body.clone(), echoes, divisible)
+            .await
+        {
             Ok(answer) => return Ok(answer),
-            Err(Failure::TooLarge(error)) if ends.len() > 1 => error,
+            Err(Failure::TooLarge(error) | Failure::Slow(error)) if divisible => error,
             Err(failure) => return Err(failure.into_error()),
         };
-        tracing::debug!(%refused, records = ends.len(), "a push was refused as too large; sending it in halves");
+        tracing::debug!(%refused, records = ends.len(), "a push was refused as too large or too slow; sending it in halves");
         let records = body
             .get(RequestBody::OPEN.len()..body.len().saturating_sub(RequestBody::CLOSE.len()))
             .unwrap_or_default();
@@ -809,12 +836,13 @@ impl HttpPeer {
     }
 
     /// Sends a sync request's body once (with the retries of transient
-    /// failures).
+    /// failures; a slow one is handed back when the body is `divisible`).
     async fn send_records(
         &self,
         collection: &CollectionName,
         body: Bytes,
         echoes: Echoes,
+        divisible: bool,
     ) -> Result<SyncResponse, Failure> {
         let call = Call {
             method: Method::POST,
@@ -823,6 +851,7 @@ impl HttpPeer {
                 .map_err(Failure::Permanent)?,
             body: Some(body),
             extra_time: Duration::ZERO,
+            shrinkable: divisible,
         };
         let bytes = self.call_raw(&call).await?;
         let answer: SyncResponse = serde_json::from_slice(&bytes)
@@ -843,26 +872,45 @@ impl HttpPeer {
         wait: Duration,
         prune: Prune,
     ) -> Result<ChangePage> {
-        let skip = self.inner.state.lock().skip_after(collection, after);
-        let mut url = self.collection_url(collection, "changes")?;
-        {
-            let mut query = url.query_pairs_mut();
-            query.append_pair("after", &after.to_string());
-            query.append_pair("limit", &limit.to_string());
-            if !wait.is_zero() {
-                query.append_pair("wait", &wait.as_millis().to_string());
-            }
-            if !skip.is_empty() {
-                query.append_pair("skip", &skip.to_string());
-            }
-        }
-        let call = Call {
-            method: Method::GET,
-            url,
-            body: None,
-            extra_time: wait,
+        let (skip, smaller) = {
+            let state = self.inner.state.lock();
+            (state.skip_after(collection, after), state.page_limit)
         };
-        let bytes = self.call_bytes(&call).await?;
+        let mut limit = smaller.map_or(limit, |smaller| smaller.min(limit));
+        let (call, bytes) = loop {
+            let mut url = self.collection_url(collection, "changes")?;
+            {
+                let mut query = url.query_pairs_mut();
+                query.append_pair("after", &after.to_string());
+                query.append_pair("limit", &limit.to_string());
+                if !wait.is_zero() {
+                    query.append_pair("wait", &wait.as_millis().to_string());
+                }
+                if !skip.is_empty() {
+                    query.append_pair("skip", &skip.to_string());
+                }
+            }
+            let call = Call {
+                method: Method::GET,
+                url,
+                body: None,
+                extra_time: wait,
+                shrinkable: limit.get() > 1,
+            };
+            match self.call_raw(&call).await {
+                Ok(bytes) => break (call, bytes),
+                // A page the link cannot bring in time, or larger than this
+                // peer takes: asked for again, half as long. Asked for again
+                // as it was, it would fail the same way, and the pull would
+                // never get past it.
+                Err(Failure::Slow(error) | Failure::TooLarge(error)) if limit.get() > 1 => {
+                    limit = NonZeroUsize::new(limit.get() / 2).unwrap_or(NonZeroUsize::MIN);
+                    tracing::debug!(%error, limit, "a feed page was too slow or too large; asking for fewer changes");
+                    self.inner.state.lock().page_limit = Some(limit);
+                }
+                Err(failure) => return Err(failure.into_error()),
+            }
+        };
         let page: RawPage<'_> = serde_json::from_slice(&bytes)
             .map_err(|error| self.unexpected_body(&call.url, &error))?;
         {
@@ -958,16 +1006,19 @@ impl HttpPeer {
         let mut delay = self.inner.retry_delay.min(MAX_RETRY_DELAY);
         let mut attempt = 0;
         loop {
-            match self.attempt(call).await {
+            let (error, asked) = match self.attempt(call).await {
                 Ok(answer) => return Ok(answer),
-                Err(Failure::Transient(error, asked)) if attempt < self.inner.retries => {
-                    tracing::debug!(%error, attempt, url = %call.url, "retrying a transient failure");
-                    tokio::time::sleep(retry_wait(delay, asked)).await;
-                    delay = next_retry_delay(delay);
-                    attempt += 1;
-                }
+                Err(Failure::Slow(error)) if !call.shrinkable => (error, None),
+                Err(Failure::Transient(error, asked)) => (error, asked),
                 Err(failure) => return Err(failure),
+            };
+            if attempt >= self.inner.retries {
+                return Err(Failure::Transient(error, asked));
             }
+            tracing::debug!(%error, attempt, url = %call.url, "retrying a transient failure");
+            tokio::time::sleep(retry_wait(delay, asked)).await;
+            delay = next_retry_delay(delay);
+            attempt += 1;
         }
     }
 
@@ -1019,7 +1070,7 @@ impl HttpPeer {
             .map_err(|error| self.transport(error))?
         {
             if body.len().saturating_add(chunk.len()) > max {
-                return Err(Failure::Permanent(self.protocol_error(format!(
+                return Err(Failure::TooLarge(self.protocol_error(format!(
                     "answered {} with more than max_response_bytes ({max} bytes)",
                     url.path()
                 ))));
@@ -1042,6 +1093,11 @@ impl HttpPeer {
                 ),
                 error,
             ));
+        }
+        if error.is_timeout() && !error.is_connect() {
+            // Connected, but the answer did not come in time: a smaller one
+            // may.
+            return Failure::Slow(Error::unavailable(BACKEND, error));
         }
         if error.is_builder() || error.is_redirect() {
             Failure::Permanent(Error::storage_caused(
@@ -1077,13 +1133,21 @@ impl HttpPeer {
             self.inner.base,
             url.path()
         );
+        let slow = matches!(
+            status,
+            StatusCode::REQUEST_TIMEOUT | StatusCode::GATEWAY_TIMEOUT
+        ) || (status == StatusCode::SERVICE_UNAVAILABLE
+            && detail
+                .as_ref()
+                .is_some_and(|detail| detail.code == ErrorCode::Timeout));
+        if slow {
+            return Failure::Slow(Error::unavailable(BACKEND, described));
+        }
         let transient = matches!(
             status,
-            StatusCode::REQUEST_TIMEOUT
-                | StatusCode::TOO_MANY_REQUESTS
+            StatusCode::TOO_MANY_REQUESTS
                 | StatusCode::BAD_GATEWAY
                 | StatusCode::SERVICE_UNAVAILABLE
-                | StatusCode::GATEWAY_TIMEOUT
         );
         if transient {
             return Failure::Transient(Error::unavailable(BACKEND, described), asked);

@@ -359,10 +359,11 @@ async fn a_record_rewritten_between_two_reads_of_a_page_is_sent_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_past_the_peers_bound_fails_the_call() {
     let hq = memory_engine("hq").await;
+    // Each change alone is over the bound: a shorter page cannot help.
     for n in 0..50 {
         hq.put(
             "notes",
-            &json!({"id": format!("n{n}"), "text": "x".repeat(100)}),
+            &json!({"id": format!("n{n}"), "text": "x".repeat(5_000)}),
         )
         .await
         .unwrap();
@@ -385,6 +386,126 @@ async fn an_answer_past_the_peers_bound_fails_the_call() {
         .await
         .unwrap();
     assert_eq!(report.pulled.added, 50, "{report:?}");
+    server.shutdown().await.unwrap();
+}
+
+/// A page larger than the peer's bound failed every pull from its cursor,
+/// so the pull never got past it. It is now asked for again, half as long,
+/// until it fits, and later pages are no longer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_past_the_peers_bound_are_asked_for_shorter() {
+    let hq = memory_engine("hq").await;
+    for n in 0..50 {
+        hq.put(
+            "notes",
+            &json!({"id": format!("n{n:02}"), "text": "x".repeat(100)}),
+        )
+        .await
+        .unwrap();
+    }
+    let replica = crate::support::InstrumentedReplica::new(hq);
+    let limits = replica.read_limits.clone();
+    let server = Server::bind(replica, "127.0.0.1:0", ServerOptions::default())
+        .await
+        .unwrap();
+    let phone = memory_engine("phone").await;
+    let small = syncforge::http::HttpPeer::builder(server.url())
+        .max_response_bytes(4 * 1024)
+        .build()
+        .unwrap();
+    let report = phone.sync_with(&small, "notes").await.unwrap();
+    assert_eq!(report.pulled.added, 50, "{report:?}");
+    // The server's first read of the engine's page of 100 is of 64; the
+    // store held 50, and halves of that follow until a page fits.
+    let limits = limits.lock().unwrap().clone();
+    assert_eq!(limits[..2], [64, 50], "{limits:?}");
+    assert!(halved_then_steady(&limits[1..]), "{limits:?}");
+    assert!(limits[limits.len() - 1] < 50, "{limits:?}");
+    server.shutdown().await.unwrap();
+}
+
+/// Whether each of `limits` is half the one before it until one repeats,
+/// and all after that are the same.
+fn halved_then_steady(limits: &[usize]) -> bool {
+    let steady = limits
+        .windows(2)
+        .position(|pair| pair[0] == pair[1])
+        .unwrap_or(limits.len());
+    limits[..(steady + 1).min(limits.len())]
+        .windows(2)
+        .all(|pair| pair[1] == pair[0] / 2)
+        && limits[steady..].windows(2).all(|pair| pair[0] == pair[1])
+}
+
+/// Over a link too slow for a full page within the peer's timeout, a pull
+/// asked for the same page again and again and never got past it. The page
+/// is now asked for again, half as long, and later pages are no longer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_too_slow_for_the_timeout_are_asked_for_shorter() {
+    let hq = memory_engine("hq").await;
+    for n in 0..64 {
+        hq.put("notes", &json!({"id": format!("n{n:02}")}))
+            .await
+            .unwrap();
+    }
+    // 64 changes take 2.56 s and 32 take 1.28 s, past the 1 s timeout;
+    // 16 take 0.64 s.
+    let replica =
+        crate::support::InstrumentedReplica::new(hq).slow_per_change(Duration::from_millis(40));
+    let limits = replica.read_limits.clone();
+    let server = Server::bind(replica, "127.0.0.1:0", ServerOptions::default())
+        .await
+        .unwrap();
+    let phone = SyncEngine::builder()
+        .client_id("phone")
+        .batch_size(64)
+        .build()
+        .await
+        .unwrap();
+    let slow_link = syncforge::http::HttpPeer::builder(server.url())
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let report = phone.sync_with(&slow_link, "notes").await.unwrap();
+    assert_eq!(report.pulled.added, 64, "{report:?}");
+    let limits = limits.lock().unwrap().clone();
+    assert_eq!(limits[..4], [64, 32, 16, 16], "{limits:?}");
+    assert!(halved_then_steady(&limits), "{limits:?}");
+    server.shutdown().await.unwrap();
+}
+
+/// Over a link too slow for a push within the peer's timeout, the push was
+/// sent again as it was and never went through. It is now sent again in
+/// halves, as a push refused as too large is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_too_slow_for_the_timeout_are_sent_in_halves() {
+    let hq = memory_engine("hq").await;
+    // 64 records take 2.56 s and 32 take 1.28 s to merge, past the 1 s
+    // timeout; 16 take 0.64 s.
+    let replica = crate::support::InstrumentedReplica::new(hq.clone())
+        .slow_per_change(Duration::from_millis(40));
+    let server = Server::bind(replica, "127.0.0.1:0", ServerOptions::default())
+        .await
+        .unwrap();
+    let phone = SyncEngine::builder()
+        .client_id("phone")
+        .batch_size(64)
+        .build()
+        .await
+        .unwrap();
+    for n in 0..64 {
+        phone
+            .put("notes", &json!({"id": format!("n{n:02}")}))
+            .await
+            .unwrap();
+    }
+    let slow_link = syncforge::http::HttpPeer::builder(server.url())
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let report = phone.sync_with(&slow_link, "notes").await.unwrap();
+    assert_eq!(report.pushed, 64, "{report:?}");
+    assert_eq!(hq.get_all("notes").await.unwrap().len(), 64);
     server.shutdown().await.unwrap();
 }
 

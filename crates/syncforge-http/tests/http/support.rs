@@ -156,8 +156,9 @@ pub(crate) fn raw_client() -> reqwest::Client {
 }
 
 /// An engine served through counters: the changes its feed reads return
-/// (the work a skip list makes the server do), and its merges — how many
-/// run at once, at most, and how many ended. Merges can be slowed down.
+/// (the work a skip list makes the server do), the limit of each feed read,
+/// and its merges — how many run at once, at most, and how many ended.
+/// Merges and feed reads can be slowed down.
 #[derive(Clone)]
 pub(crate) struct InstrumentedReplica {
     engine: SyncEngine,
@@ -165,7 +166,11 @@ pub(crate) struct InstrumentedReplica {
     pub(crate) syncs_running: Arc<AtomicUsize>,
     pub(crate) most_syncs_running: Arc<AtomicUsize>,
     pub(crate) syncs_ended: Arc<AtomicUsize>,
+    /// The limit of each feed read, in order.
+    pub(crate) read_limits: Arc<std::sync::Mutex<Vec<usize>>>,
     sync_delay: Duration,
+    /// How long each feed read and each merge takes per change it holds.
+    per_change: Duration,
     deaf: bool,
     /// A record rewritten right after the next feed read.
     rewrite: Arc<std::sync::Mutex<Option<String>>>,
@@ -179,7 +184,9 @@ impl InstrumentedReplica {
             syncs_running: Arc::default(),
             most_syncs_running: Arc::default(),
             syncs_ended: Arc::default(),
+            read_limits: Arc::default(),
             sync_delay: Duration::ZERO,
+            per_change: Duration::ZERO,
             deaf: false,
             rewrite: Arc::default(),
         }
@@ -204,6 +211,19 @@ impl InstrumentedReplica {
         self.sync_delay = delay;
         self
     }
+
+    /// Each feed read and each merge takes `delay` per change it holds, as
+    /// over a slow link.
+    pub(crate) fn slow_per_change(mut self, delay: Duration) -> Self {
+        self.per_change = delay;
+        self
+    }
+
+    /// How long `changes` changes take.
+    fn time_for(&self, changes: usize) -> Duration {
+        self.per_change
+            .saturating_mul(u32::try_from(changes).unwrap_or(u32::MAX))
+    }
 }
 
 #[async_trait::async_trait]
@@ -222,8 +242,10 @@ impl Replica for InstrumentedReplica {
         after: Cursor,
         limit: NonZeroUsize,
     ) -> syncforge::Result<ChangePage> {
+        self.read_limits.lock().unwrap().push(limit.get());
         let page = Replica::changes(&self.engine, collection, after, limit).await?;
         self.scanned.fetch_add(page.changes.len(), Ordering::SeqCst);
+        tokio::time::sleep(self.time_for(page.changes.len())).await;
         let rewrite = self.rewrite.lock().unwrap().take();
         if let Some(id) = rewrite {
             self.engine
@@ -243,7 +265,7 @@ impl Replica for InstrumentedReplica {
     ) -> syncforge::Result<SyncOutcome> {
         let running = self.syncs_running.fetch_add(1, Ordering::SeqCst) + 1;
         self.most_syncs_running.fetch_max(running, Ordering::SeqCst);
-        tokio::time::sleep(self.sync_delay).await;
+        tokio::time::sleep(self.sync_delay + self.time_for(records.len())).await;
         let outcome = Replica::sync(&self.engine, collection, records).await;
         self.syncs_running.fetch_sub(1, Ordering::SeqCst);
         self.syncs_ended.fetch_add(1, Ordering::SeqCst);
