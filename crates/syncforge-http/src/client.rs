@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroUsize;
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -29,7 +29,8 @@ const BACKEND: &str = "http";
 
 /// Default whole-request timeout (a long poll adds its wait to it): longer
 /// than a sync server's request timeout (30 s by default), so that a slow
-/// request gets the server's answer (503 `timeout`, retried) rather than
+/// request gets the server's answer (503 `timeout`: a page or push then
+/// asked for or sent again in halves, anything else retried) rather than
 /// being cut off by the client while the server still works on it.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(40);
 /// Default connect timeout.
@@ -54,6 +55,18 @@ const MAX_FOLLOWED_PAGES: usize = 64;
 /// Most bytes of `skip` in a feed request's URL (each comma encoded as
 /// `%2C`): proxies refuse URLs past a few KiB (nginx: 8 KiB of header line).
 const MAX_SKIP_QUERY_BYTES: usize = 4_000;
+
+/// A size learnt from slow requests, a quarter larger (at least one more):
+/// it grows back only while requests come well within the timeout.
+fn grown(size: usize) -> usize {
+    size.saturating_add((size / 4).max(1))
+}
+
+/// Whether a request that took `took` came quickly enough for the smaller
+/// sizes learnt from slow ones to grow: within a quarter of `timeout`.
+fn quick(took: Duration, timeout: Duration) -> bool {
+    took < timeout / 4
+}
 
 /// Decimal digits of `n`.
 fn digits(n: u64) -> usize {
@@ -80,7 +93,10 @@ const FALLBACK_LIMITS: Limits = Limits {
 /// left out of later pulls, so a client does not download its own writes.
 /// Transient failures — connection refused or reset, timeouts, 502, 503,
 /// 504 — are retried a few times inside, then reported as
-/// [`Error::Unavailable`], which auto-sync rides out; 401, 403 and other
+/// [`Error::Unavailable`], which auto-sync rides out; a page of changes or a
+/// push that timed out after taking at least half the timeout is instead
+/// asked for or sent again in halves (see
+/// [`HttpPeerBuilder::timeout`]); 401, 403 and other
 /// refusals are permanent errors carrying the server's message (a refused
 /// record comes back as the same typed error a local engine gives).
 ///
@@ -130,7 +146,8 @@ impl Clone for HttpPeer {
                         feed_id: None,
                         limits: state.limits,
                         push_bytes: state.push_bytes,
-                        page_limit: state.page_limit,
+                        slow_push_bytes: state.slow_push_bytes,
+                        page_limits: state.page_limits.clone(),
                         echoes: HashMap::new(),
                     }
                 }),
@@ -174,14 +191,28 @@ struct PeerState {
     /// The server's limits, once its health was read.
     limits: Option<Limits>,
     /// The most a push request may carry, once something in front of the
-    /// server (a proxy) refused a larger one with 413, or a larger one did
-    /// not go through in time.
+    /// server (a proxy) refused a larger one with 413.
     push_bytes: Option<usize>,
-    /// The most changes a feed read asks for, once a longer page did not
-    /// arrive in time or was larger than `max_response_bytes`.
-    page_limit: Option<NonZeroUsize>,
+    /// The most a push request carries while the link is slow: a larger
+    /// one did not go through in time. Grows back as requests go quickly.
+    slow_push_bytes: Option<usize>,
+    /// Per collection, the most changes a feed read asks for, once a
+    /// longer page did not arrive in time or was larger than
+    /// `max_response_bytes`.
+    page_limits: HashMap<CollectionName, PageLimit>,
     /// Per collection, echo ranges (start -> end) still ahead of the pulls.
     echoes: HashMap<CollectionName, BTreeMap<u64, u64>>,
+}
+
+/// The most changes a feed read of a collection asks for, learnt from pages
+/// that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PageLimit {
+    limit: NonZeroUsize,
+    /// Whether it grows back as pages come quickly: only while every page
+    /// that failed was slow. A page too large stays too large however fast
+    /// the link.
+    grows: bool,
 }
 
 impl PeerState {
@@ -247,6 +278,69 @@ impl PeerState {
             })
             .collect();
         CursorRanges::new(ranges).unwrap_or_default()
+    }
+
+    /// The limit of a page of `collection` asked for with `limit`: no more
+    /// than a shorter page that went through when a longer one did not.
+    fn page_limit(&self, collection: &CollectionName, limit: NonZeroUsize) -> NonZeroUsize {
+        self.page_limits
+            .get(collection)
+            .map_or(limit, |learnt| learnt.limit.min(limit))
+    }
+
+    /// A page of `limit` changes of `collection` did not come in time
+    /// (`slow`) or was too large: later pages ask for no more than
+    /// `limit / 2`. Returns that.
+    fn halve_page_limit(
+        &mut self,
+        collection: &CollectionName,
+        limit: NonZeroUsize,
+        slow: bool,
+    ) -> NonZeroUsize {
+        let half = NonZeroUsize::new(limit.get() / 2).unwrap_or(NonZeroUsize::MIN);
+        let learnt = PageLimit {
+            limit: self.page_limit(collection, half),
+            grows: slow && self.page_limits.get(collection).is_none_or(|l| l.grows),
+        };
+        self.page_limits.insert(collection.clone(), learnt);
+        learnt.limit
+    }
+
+    /// A page of `limit` changes of `collection`, asked for where `asked`
+    /// were wanted, came `quickly`: a smaller limit learnt from slow pages
+    /// grows by a quarter, and goes once it reaches `asked`.
+    fn page_came(
+        &mut self,
+        collection: &CollectionName,
+        limit: NonZeroUsize,
+        asked: NonZeroUsize,
+        quickly: bool,
+    ) {
+        let Some(learnt) = self.page_limits.get_mut(collection) else {
+            return;
+        };
+        if !quickly || !learnt.grows || learnt.limit != limit {
+            return;
+        }
+        match NonZeroUsize::new(grown(limit.get())).filter(|&grown| grown < asked) {
+            Some(grown) => learnt.limit = grown,
+            None => {
+                self.page_limits.remove(collection);
+            }
+        }
+    }
+
+    /// A push request of `bytes` went through `quickly`: a smaller request
+    /// size learnt from slow pushes grows by a quarter when the request was
+    /// near it, and goes once it reaches [`PUSH_REQUEST_BYTES`].
+    fn push_went(&mut self, bytes: usize, quickly: bool) {
+        let Some(cap) = self.slow_push_bytes else {
+            return;
+        };
+        if quickly && bytes.saturating_mul(2) >= cap {
+            let grown = grown(cap);
+            self.slow_push_bytes = (grown < PUSH_REQUEST_BYTES).then_some(grown);
+        }
     }
 
     /// Forgets echo ranges the pulls have passed.
@@ -397,14 +491,18 @@ impl HttpPeerBuilder {
 
     /// Longest time one request may take (default 40 s, longer than a sync
     /// server's request timeout); a long poll gets its wait on top. A push
-    /// or a page of changes that takes longer is sent or asked for again in
-    /// halves, and later ones through this peer are no larger.
+    /// or a page of changes that takes longer (or is answered 408, 504 or
+    /// the server's `timeout` after half of it) is sent or asked for again
+    /// in halves, and later ones through this peer are no larger until
+    /// requests come within a quarter of the timeout again, which lets them
+    /// grow back a quarter at a time.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
     }
 
-    /// Longest time to establish a connection (default 5 s).
+    /// Longest time to establish a connection (default 5 s, and at most
+    /// half the [`timeout`](Self::timeout)).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
@@ -418,9 +516,10 @@ impl HttpPeerBuilder {
 
     /// The largest answer read from the server, decompressed (default
     /// 256 MiB). A page of changes is the largest answer: a larger page is
-    /// asked for again with half as many changes (and later pages through
-    /// this peer no longer), down to one; any other larger answer, or a
-    /// single change that large, fails the call with
+    /// asked for again with half as many changes, down to one (and later
+    /// pages of that collection through this peer are no longer); any other
+    /// larger answer,
+    /// or a single change that large, fails the call with
     /// [`Error::PeerProtocol`].
     pub fn max_response_bytes(mut self, max: usize) -> Self {
         self.max_response_bytes = max;
@@ -515,7 +614,10 @@ impl HttpPeerBuilder {
         }
         let mut client = reqwest::Client::builder()
             .user_agent(self.user_agent)
-            .connect_timeout(self.connect_timeout)
+            // At most half the timeout, so that a connection that cannot be
+            // made fails as a connection failure, never as a slow answer
+            // (which would make pages and pushes smaller).
+            .connect_timeout(self.connect_timeout.min(self.timeout / 2))
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .tcp_nodelay(true);
         for pem in &self.root_certificates {
@@ -569,13 +671,17 @@ enum Failure {
     Transient(Error, Option<Duration>),
     /// Final.
     Permanent(Error),
-    /// Final for this body or page: refused as too large (413), or an
-    /// answer larger than `max_response_bytes`.
+    /// Final for this body: refused as too large (413).
     TooLarge(Error),
-    /// Not done within the time allowed, the client's or the server's (408,
-    /// 504, or the server's own `timeout`): worth trying again, smaller if
-    /// the call can be.
-    Slow(Error),
+    /// Final: an answer larger than `max_response_bytes`. A shorter page
+    /// may fit.
+    AnswerTooLarge(Error),
+    /// Not done within the time allowed: the client's timeout, or a 408,
+    /// 504 or the server's own `timeout` that came after at least half of
+    /// it (one that comes at once is no sign of a slow link, and is
+    /// [`Failure::Transient`]). Worth trying again, smaller if the call can
+    /// be.
+    Slow(Error, Option<Duration>),
 }
 
 impl Failure {
@@ -585,7 +691,8 @@ impl Failure {
             Failure::Transient(error, _)
             | Failure::Permanent(error)
             | Failure::TooLarge(error)
-            | Failure::Slow(error) => error,
+            | Failure::AnswerTooLarge(error)
+            | Failure::Slow(error, _) => error,
         }
     }
 }
@@ -731,14 +838,19 @@ impl HttpPeer {
         records: Vec<Record>,
         echoes: Echoes,
     ) -> Result<SyncResponse> {
-        let (limits, push_bytes) = {
+        let (limits, push_bytes, slow_push_bytes) = {
             let state = self.inner.state.lock();
-            (state.limits.unwrap_or(FALLBACK_LIMITS), state.push_bytes)
+            (
+                state.limits.unwrap_or(FALLBACK_LIMITS),
+                state.push_bytes,
+                state.slow_push_bytes,
+            )
         };
         let target = limits
             .max_body_bytes
             .min(PUSH_REQUEST_BYTES)
-            .min(push_bytes.unwrap_or(usize::MAX));
+            .min(push_bytes.unwrap_or(usize::MAX))
+            .min(slow_push_bytes.unwrap_or(usize::MAX));
         let mut total: Option<SyncResponse> = None;
         let mut body = RequestBody::new();
         let mut records = records.into_iter();
@@ -797,12 +909,18 @@ impl HttpPeer {
         echoes: Echoes,
     ) -> Result<SyncResponse> {
         let divisible = ends.len() > 1;
-        let refused = match self
+        let started = Instant::now();
+        let (refused, slow) = match self
             .send_records(collection, body.clone(), echoes, divisible)
             .await
         {
-            Ok(answer) => return Ok(answer),
-            Err(Failure::TooLarge(error) | Failure::Slow(error)) if divisible => error,
+            Ok(answer) => {
+                let quickly = quick(started.elapsed(), self.inner.timeout);
+                self.inner.state.lock().push_went(body.len(), quickly);
+                return Ok(answer);
+            }
+            Err(Failure::TooLarge(error)) if divisible => (error, false),
+            Err(Failure::Slow(error, _)) if divisible => (error, true),
             Err(failure) => return Err(failure.into_error()),
         };
         tracing::debug!(%refused, records = ends.len(), "a push was refused as too large or too slow; sending it in halves");
@@ -814,7 +932,13 @@ impl HttpPeer {
         {
             let mut state = self.inner.state.lock();
             let half = records.len() / 2;
-            state.push_bytes = Some(state.push_bytes.map_or(half, |bytes| bytes.min(half)));
+            // A proxy's bound stays; a slow link's is only while it is slow.
+            let learnt = if slow {
+                &mut state.slow_push_bytes
+            } else {
+                &mut state.push_bytes
+            };
+            *learnt = Some(learnt.map_or(half, |bytes| bytes.min(half)));
         }
         let first = RequestBody::wrap(records.get(..cut).unwrap_or_default());
         let second = RequestBody::wrap(records.get(cut + 1..).unwrap_or_default());
@@ -872,11 +996,19 @@ impl HttpPeer {
         wait: Duration,
         prune: Prune,
     ) -> Result<ChangePage> {
-        let (skip, smaller) = {
+        // A long poll's time is mostly its wait: whether it came in time
+        // says nothing of the link, and it keeps the limit it was given.
+        let adapts = wait.is_zero();
+        let asked = limit;
+        let (skip, mut limit) = {
             let state = self.inner.state.lock();
-            (state.skip_after(collection, after), state.page_limit)
+            let limit = if adapts {
+                state.page_limit(collection, limit)
+            } else {
+                limit
+            };
+            (state.skip_after(collection, after), limit)
         };
-        let mut limit = smaller.map_or(limit, |smaller| smaller.min(limit));
         let (call, bytes) = loop {
             let mut url = self.collection_url(collection, "changes")?;
             {
@@ -895,18 +1027,37 @@ impl HttpPeer {
                 url,
                 body: None,
                 extra_time: wait,
-                shrinkable: limit.get() > 1,
+                shrinkable: adapts && limit.get() > 1,
             };
+            let started = Instant::now();
             match self.call_raw(&call).await {
-                Ok(bytes) => break (call, bytes),
+                Ok(bytes) => {
+                    if adapts {
+                        let quickly = quick(started.elapsed(), self.inner.timeout);
+                        let mut state = self.inner.state.lock();
+                        state.page_came(collection, limit, asked, quickly);
+                    }
+                    break (call, bytes);
+                }
                 // A page the link cannot bring in time, or larger than this
                 // peer takes: asked for again, half as long. Asked for again
                 // as it was, it would fail the same way, and the pull would
                 // never get past it.
-                Err(Failure::Slow(error) | Failure::TooLarge(error)) if limit.get() > 1 => {
-                    limit = NonZeroUsize::new(limit.get() / 2).unwrap_or(NonZeroUsize::MIN);
-                    tracing::debug!(%error, limit, "a feed page was too slow or too large; asking for fewer changes");
-                    self.inner.state.lock().page_limit = Some(limit);
+                Err(Failure::Slow(error, _)) if adapts && limit.get() > 1 => {
+                    limit = self
+                        .inner
+                        .state
+                        .lock()
+                        .halve_page_limit(collection, limit, true);
+                    tracing::debug!(%error, limit, "a feed page was too slow; asking for fewer changes");
+                }
+                Err(Failure::AnswerTooLarge(error)) if adapts && limit.get() > 1 => {
+                    limit = self
+                        .inner
+                        .state
+                        .lock()
+                        .halve_page_limit(collection, limit, false);
+                    tracing::debug!(%error, limit, "a feed page was too large; asking for fewer changes");
                 }
                 Err(failure) => return Err(failure.into_error()),
             }
@@ -1008,7 +1159,7 @@ impl HttpPeer {
         loop {
             let (error, asked) = match self.attempt(call).await {
                 Ok(answer) => return Ok(answer),
-                Err(Failure::Slow(error)) if !call.shrinkable => (error, None),
+                Err(Failure::Slow(error, asked)) if !call.shrinkable => (error, asked),
                 Err(Failure::Transient(error, asked)) => (error, asked),
                 Err(failure) => return Err(failure),
             };
@@ -1031,11 +1182,13 @@ impl HttpPeer {
     }
 
     async fn attempt(&self, call: &Call) -> Result<Bytes, Failure> {
+        let allowed = self.inner.timeout.saturating_add(call.extra_time);
+        let started = Instant::now();
         let mut request = self
             .inner
             .client
             .request(call.method.clone(), call.url.clone())
-            .timeout(self.inner.timeout.saturating_add(call.extra_time));
+            .timeout(allowed);
         if let Some(token) = &self.inner.token {
             request = request.bearer_auth(token);
         }
@@ -1055,7 +1208,8 @@ impl HttpPeer {
         if status.is_success() {
             return Ok(bytes);
         }
-        Err(self.refusal(status, &bytes, &call.url, asked))
+        let took_long = started.elapsed() >= allowed / 2;
+        Err(self.refusal(status, &bytes, &call.url, asked, took_long))
     }
 
     /// The answer's body, decompressed, read up to the peer's bound: a
@@ -1070,7 +1224,7 @@ impl HttpPeer {
             .map_err(|error| self.transport(error))?
         {
             if body.len().saturating_add(chunk.len()) > max {
-                return Err(Failure::TooLarge(self.protocol_error(format!(
+                return Err(Failure::AnswerTooLarge(self.protocol_error(format!(
                     "answered {} with more than max_response_bytes ({max} bytes)",
                     url.path()
                 ))));
@@ -1097,7 +1251,7 @@ impl HttpPeer {
         if error.is_timeout() && !error.is_connect() {
             // Connected, but the answer did not come in time: a smaller one
             // may.
-            return Failure::Slow(Error::unavailable(BACKEND, error));
+            return Failure::Slow(Error::unavailable(BACKEND, error), None);
         }
         if error.is_builder() || error.is_redirect() {
             Failure::Permanent(Error::storage_caused(
@@ -1114,12 +1268,15 @@ impl HttpPeer {
 
     /// An error answer, as the matching syncforge error; `asked`, the wait
     /// its `Retry-After` asked for, goes with a transient one.
+    /// `took_long`: whether the request took at least half its time, which
+    /// makes an answer that it timed out a sign of a slow link.
     fn refusal(
         &self,
         status: StatusCode,
         bytes: &[u8],
         url: &Url,
         asked: Option<Duration>,
+        took_long: bool,
     ) -> Failure {
         let detail = serde_json::from_slice::<ErrorBody>(bytes)
             .ok()
@@ -1133,22 +1290,23 @@ impl HttpPeer {
             self.inner.base,
             url.path()
         );
-        let slow = matches!(
+        let timed_out = matches!(
             status,
             StatusCode::REQUEST_TIMEOUT | StatusCode::GATEWAY_TIMEOUT
         ) || (status == StatusCode::SERVICE_UNAVAILABLE
             && detail
                 .as_ref()
                 .is_some_and(|detail| detail.code == ErrorCode::Timeout));
-        if slow {
-            return Failure::Slow(Error::unavailable(BACKEND, described));
+        if timed_out && took_long {
+            return Failure::Slow(Error::unavailable(BACKEND, described), asked);
         }
-        let transient = matches!(
-            status,
-            StatusCode::TOO_MANY_REQUESTS
-                | StatusCode::BAD_GATEWAY
-                | StatusCode::SERVICE_UNAVAILABLE
-        );
+        let transient = timed_out
+            || matches!(
+                status,
+                StatusCode::TOO_MANY_REQUESTS
+                    | StatusCode::BAD_GATEWAY
+                    | StatusCode::SERVICE_UNAVAILABLE
+            );
         if transient {
             return Failure::Transient(Error::unavailable(BACKEND, described), asked);
         }
@@ -1434,6 +1592,102 @@ mod tests {
         assert!(!state.follow_feed("f1"));
         assert!(state.follow_feed("f2"));
         assert!(state.skip_after(&notes, Cursor::START).is_empty());
+    }
+
+    /// A 408, a 504 or the server's 503 `timeout` that came after half the
+    /// request's time is a slow link's; one that came at once is only
+    /// transient, as is any other 503.
+    #[test]
+    fn timeouts_answered_late_are_slow_and_early_transient() {
+        let peer = HttpPeer::new("http://127.0.0.1:1").unwrap();
+        let url = peer.url(&["health"]);
+        let timeout = br#"{"error":{"code":"timeout","message":"too long"}}"#;
+        let unavailable = br#"{"error":{"code":"unavailable","message":"down"}}"#;
+        let asked = Some(Duration::from_secs(2));
+        let kind = |status: u16, body: &[u8], took_long: bool| {
+            let status = StatusCode::from_u16(status).unwrap();
+            match peer.refusal(status, body, &url, asked, took_long) {
+                Failure::Slow(_, wait) => {
+                    assert_eq!(wait, asked, "the Retry-After goes with it");
+                    "slow"
+                }
+                Failure::Transient(_, wait) => {
+                    assert_eq!(wait, asked);
+                    "transient"
+                }
+                Failure::Permanent(_) => "permanent",
+                Failure::TooLarge(_) => "too large",
+                Failure::AnswerTooLarge(_) => "answer too large",
+            }
+        };
+        for status in [408, 504] {
+            assert_eq!(kind(status, b"", true), "slow", "{status}");
+            assert_eq!(kind(status, b"", false), "transient", "{status}");
+        }
+        assert_eq!(kind(503, timeout, true), "slow");
+        assert_eq!(kind(503, timeout, false), "transient");
+        assert_eq!(kind(503, unavailable, true), "transient");
+        assert_eq!(kind(502, b"", true), "transient");
+        assert_eq!(kind(413, b"", true), "too large");
+    }
+
+    /// A page limit learnt from a slow page grows back a quarter at a time
+    /// while pages come quickly, and is gone once it reaches what is asked;
+    /// one learnt from a page too large stays.
+    #[test]
+    fn page_limits_grow_back_only_after_slow_pages() {
+        let limit = |n: usize| NonZeroUsize::new(n).unwrap();
+        let (notes, photos) = (name("notes"), name("photos"));
+        let mut state = PeerState::default();
+        assert_eq!(state.halve_page_limit(&notes, limit(100), true), limit(50));
+        assert_eq!(state.halve_page_limit(&notes, limit(50), true), limit(25));
+        // Other collections keep theirs.
+        assert_eq!(state.page_limit(&photos, limit(100)), limit(100));
+        // A slow page at the smaller limit does not grow it.
+        state.page_came(&notes, limit(25), limit(100), false);
+        assert_eq!(state.page_limit(&notes, limit(100)), limit(25));
+        let mut sizes = Vec::new();
+        while state.page_limits.contains_key(&notes) {
+            let now = state.page_limit(&notes, limit(100));
+            sizes.push(now.get());
+            state.page_came(&notes, now, limit(100), true);
+        }
+        assert_eq!(sizes, [25, 31, 38, 47, 58, 72, 90]);
+        assert_eq!(state.page_limit(&notes, limit(100)), limit(100));
+        // Too large: halved, and it stays however quick the pages.
+        assert_eq!(
+            state.halve_page_limit(&photos, limit(100), false),
+            limit(50)
+        );
+        state.page_came(&photos, limit(50), limit(100), true);
+        assert_eq!(state.page_limit(&photos, limit(100)), limit(50));
+        // A limit of one grows too.
+        let mut one = PeerState::default();
+        assert_eq!(one.halve_page_limit(&notes, limit(1), true), limit(1));
+        one.page_came(&notes, limit(1), limit(100), true);
+        assert_eq!(one.page_limit(&notes, limit(100)), limit(2));
+    }
+
+    /// A push size learnt from slow pushes grows back a quarter at a time
+    /// when requests near it go quickly; one learnt from a 413 is another
+    /// field, which never grows.
+    #[test]
+    fn slow_push_sizes_grow_back_when_requests_go_quickly() {
+        let mut state = PeerState {
+            slow_push_bytes: Some(1_000_000),
+            ..PeerState::default()
+        };
+        state.push_went(1_000_000, false);
+        assert_eq!(state.slow_push_bytes, Some(1_000_000));
+        // A small request says little of the link.
+        state.push_went(1_000, true);
+        assert_eq!(state.slow_push_bytes, Some(1_000_000));
+        state.push_went(900_000, true);
+        assert_eq!(state.slow_push_bytes, Some(1_250_000));
+        while let Some(cap) = state.slow_push_bytes {
+            state.push_went(cap, true);
+        }
+        assert_eq!(state.push_bytes, None);
     }
 
     #[test]

@@ -448,10 +448,10 @@ async fn pages_too_slow_for_the_timeout_are_asked_for_shorter() {
             .await
             .unwrap();
     }
-    // 64 changes take 2.56 s and 32 take 1.28 s, past the 1 s timeout;
-    // 16 take 0.64 s.
+    // 64 changes take 5.12 s and 32 take 2.56 s, past the 2 s timeout;
+    // 16 take 1.28 s, more than a quarter of it: the limit stays at 16.
     let replica =
-        crate::support::InstrumentedReplica::new(hq).slow_per_change(Duration::from_millis(40));
+        crate::support::InstrumentedReplica::new(hq).slow_per_change(Duration::from_millis(80));
     let limits = replica.read_limits.clone();
     let server = Server::bind(replica, "127.0.0.1:0", ServerOptions::default())
         .await
@@ -463,7 +463,7 @@ async fn pages_too_slow_for_the_timeout_are_asked_for_shorter() {
         .await
         .unwrap();
     let slow_link = syncforge::http::HttpPeer::builder(server.url())
-        .timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(2))
         .build()
         .unwrap();
     let report = phone.sync_with(&slow_link, "notes").await.unwrap();
@@ -480,10 +480,10 @@ async fn pages_too_slow_for_the_timeout_are_asked_for_shorter() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushes_too_slow_for_the_timeout_are_sent_in_halves() {
     let hq = memory_engine("hq").await;
-    // 64 records take 2.56 s and 32 take 1.28 s to merge, past the 1 s
-    // timeout; 16 take 0.64 s.
+    // 64 records take 5.12 s and 32 take 2.56 s to merge, past the 2 s
+    // timeout; 16 take 1.28 s.
     let replica = crate::support::InstrumentedReplica::new(hq.clone())
-        .slow_per_change(Duration::from_millis(40));
+        .slow_per_change(Duration::from_millis(80));
     let server = Server::bind(replica, "127.0.0.1:0", ServerOptions::default())
         .await
         .unwrap();
@@ -500,7 +500,7 @@ async fn pushes_too_slow_for_the_timeout_are_sent_in_halves() {
             .unwrap();
     }
     let slow_link = syncforge::http::HttpPeer::builder(server.url())
-        .timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(2))
         .build()
         .unwrap();
     let report = phone.sync_with(&slow_link, "notes").await.unwrap();
