@@ -17,8 +17,8 @@ use tokio::sync::Barrier;
 use tokio::task::JoinSet;
 
 use crate::support::{
-    edited, ensure, ensure_eq, expect_closed, limit, n_of, put_ok, record, rid, rids, shortened,
-    soft_deleted, sorted, written, CheckResult, Context, OrFail,
+    edited, ensure, ensure_eq, expect_closed, expect_closed_or_declined, limit, n_of, put_ok,
+    record, rid, rids, shortened, soft_deleted, sorted, written, CheckResult, Context, OrFail,
 };
 
 /// Reads every change after `after` page by page, checking each page's
@@ -1103,8 +1103,33 @@ pub async fn close_keeps_data(ctx: &Context<'_>) -> CheckResult {
         "put",
     )?;
     expect_closed(
-        handle.put_batch(&coll, &[Write::create(probe)]).await,
+        handle
+            .put_batch(&coll, &[Write::create(probe.clone())])
+            .await,
         "put_batch",
+    )?;
+    // The calls a store may decline (`None`, having done nothing) are
+    // refused when it answers them.
+    expect_closed_or_declined(handle.get_now(&coll, &rid("r0")), "get_now")?;
+    expect_closed_or_declined(
+        handle.put_now(&coll, &Write::create(probe.clone())),
+        "put_now",
+    )?;
+    let mut make = || Ok(probe.clone());
+    expect_closed_or_declined(
+        handle.insert_if_absent_now(&coll, &rid("probe"), &mut make),
+        "insert_if_absent_now",
+    )?;
+    expect_closed_or_declined(
+        handle
+            .insert_if_absent(&coll, &rid("probe"), &mut make)
+            .await,
+        "insert_if_absent",
+    )?;
+    let unset = format!("{key}-unset");
+    expect_closed(
+        handle.set_meta_if_absent(&unset, "set").await,
+        "set_meta_if_absent",
     )?;
     expect_closed(handle.delete(&coll, &rid("r0")).await, "delete")?;
     expect_closed(
@@ -1166,6 +1191,14 @@ pub async fn close_keeps_data(ctx: &Context<'_>) -> CheckResult {
             .or_fail("get")?
             .is_none(),
         "writes refused by a closed handle must not have happened"
+    );
+    ensure_eq!(
+        reopened
+            .get_meta(&unset)
+            .await
+            .or_fail("get_meta after reopen")?,
+        None,
+        "a set_meta_if_absent refused by a closed handle must not have happened"
     );
     let newest = reopened
         .newest_stamp()

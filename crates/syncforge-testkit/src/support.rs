@@ -223,6 +223,15 @@ pub(crate) fn expect_closed<T: Debug>(
     }
 }
 
+/// [`expect_closed`] for a call a store may decline, answering `None` and
+/// doing nothing (the `_now` calls, `insert_if_absent`).
+pub(crate) fn expect_closed_or_declined<T: Debug>(
+    result: Option<syncforge_core::Result<T>>,
+    what: &str,
+) -> CheckResult {
+    result.map_or(Ok(()), |result| expect_closed(result, what))
+}
+
 /// A long name cut for a failure message.
 pub(crate) fn shortened(name: &str) -> String {
     let mut end = name.len().min(60);
