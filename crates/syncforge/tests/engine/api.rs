@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use syncforge::{
     BackendConfig, ConflictStrategy, Cursor, Error, ManualTime, MemoryBackend, PageOptions, Record,
-    SyncEngine,
+    StorageBackend, SyncEngine,
 };
 
 use crate::support::{engine, engine_at, T0};
@@ -442,6 +442,80 @@ async fn sync_batches_and_repeated_ids() {
     assert_eq!(target.get_all("c").await.unwrap().len(), 250);
 }
 
+/// Twenty records, each written by `w1` (`field0`) and by `w2` (`field1`):
+/// the two batches an engine syncs from each.
+async fn two_writers_batches() -> [Vec<Record>; 2] {
+    let writers = [
+        engine("w1", ConflictStrategy::Crdt).await,
+        engine("w2", ConflictStrategy::Crdt).await,
+    ];
+    for (n, w) in writers.iter().enumerate() {
+        for i in 0..20 {
+            w.put("c", &json!({"id": format!("r{i}"), format!("field{n}"): i}))
+                .await
+                .unwrap();
+        }
+    }
+    [
+        writers[0].get_all("c").await.unwrap(),
+        writers[1].get_all("c").await.unwrap(),
+    ]
+}
+
+/// Whether every record of `store` holds both writers' fields.
+async fn holds_both_writers_fields(store: Arc<dyn StorageBackend>) {
+    let check = SyncEngine::builder().backend(store).build().await.unwrap();
+    for i in 0..20 {
+        let r = check.get("c", &format!("r{i}")).await.unwrap().unwrap();
+        assert_eq!(r.get("field0"), Some(json!(i)), "{r:?}");
+        assert_eq!(r.get("field1"), Some(json!(i)), "{r:?}");
+    }
+}
+
+/// An engine's sync loses the race to another engine syncing the same
+/// records into the same store between its read and its conditional
+/// write: its write is refused, and it reads and merges again, so that
+/// neither engine's fields are lost.
+#[tokio::test]
+async fn a_sync_that_loses_a_race_to_another_engine_merges_again() {
+    use syncforge_testkit::faults::{FaultyBackend, Operation};
+    let memory: Arc<dyn StorageBackend> = Arc::new(MemoryBackend::new());
+    let raced = Arc::new(FaultyBackend::new(
+        Arc::clone(&memory),
+        1,
+        0.0,
+        Duration::ZERO,
+    ));
+    let shared: Arc<dyn StorageBackend> = raced.clone();
+    let a = SyncEngine::builder()
+        .client_id("a")
+        .conflict_strategy(ConflictStrategy::Crdt)
+        .backend(shared)
+        .build()
+        .await
+        .unwrap();
+    let [batch0, batch1] = two_writers_batches().await;
+    raced.rival_before_next_put_batch(move |store| async move {
+        let b = SyncEngine::builder()
+            .client_id("b")
+            .conflict_strategy(ConflictStrategy::Crdt)
+            .backend(store)
+            .build()
+            .await
+            .unwrap();
+        let written = b.sync("c", batch1).await.unwrap();
+        assert_eq!(written.added, 20);
+    });
+    let merged = a.sync("c", batch0).await.unwrap();
+    // Every record was there by then: each of a's is merged into it.
+    assert_eq!((merged.added, merged.updated), (0, 20), "{merged:?}");
+    assert!(
+        raced.calls(Operation::PutBatch) >= 2,
+        "the write that lost the race was not made again"
+    );
+    holds_both_writers_fields(memory).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engines_sharing_one_store_lose_no_update() {
     // Two engines write into one store concurrently; each merges remote
@@ -461,31 +535,14 @@ async fn engines_sharing_one_store_lose_no_update() {
         }
     };
     let (a, b) = (make("a").await, make("b").await);
-    let writers = [
-        engine("w1", ConflictStrategy::Crdt).await,
-        engine("w2", ConflictStrategy::Crdt).await,
-    ];
-    for (n, w) in writers.iter().enumerate() {
-        for i in 0..20 {
-            w.put("c", &json!({"id": format!("r{i}"), format!("field{n}"): i}))
-                .await
-                .unwrap();
-        }
-    }
-    let batch0 = writers[0].get_all("c").await.unwrap();
-    let batch1 = writers[1].get_all("c").await.unwrap();
+    let [batch0, batch1] = two_writers_batches().await;
     let (ra, rb) = tokio::join!(
         tokio::spawn(async move { a.sync("c", batch0).await }),
         tokio::spawn(async move { b.sync("c", batch1).await })
     );
     let _ = ra.unwrap().unwrap();
     let _ = rb.unwrap().unwrap();
-    let check = SyncEngine::builder().backend(store).build().await.unwrap();
-    for i in 0..20 {
-        let r = check.get("c", &format!("r{i}")).await.unwrap().unwrap();
-        assert_eq!(r.get("field0"), Some(json!(i)), "{r:?}");
-        assert_eq!(r.get("field1"), Some(json!(i)), "{r:?}");
-    }
+    holds_both_writers_fields(Arc::new(store)).await;
 }
 
 #[tokio::test]
