@@ -12,6 +12,8 @@ use syncforge::{
     Stamp, StorageBackend, SyncEngine,
 };
 
+use syncforge_testkit::faults::FaultyBackend;
+
 use crate::support::engine;
 
 #[derive(Debug, Deserialize, PartialEq)]
@@ -247,59 +249,70 @@ async fn shared_backends_are_arcs_and_boxes_of_backends() {
     assert_eq!(first.store_id(), second.store_id());
 }
 
-#[tokio::test]
+/// Eight engines opening one fresh store at once each find or make its id
+/// in one step: all agree. The store's calls wait a little, on several
+/// threads, so that the opens overlap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn engines_opening_one_fresh_store_at_once_agree_on_its_id() {
-    let store: Arc<dyn StorageBackend> = Arc::new(MemoryBackend::new());
-    let opens = (0..8).map(|n| {
-        let store = Arc::clone(&store);
-        tokio::spawn(async move {
-            SyncEngine::builder()
-                .client_id(format!("e{n}"))
-                .backend(store)
-                .build()
-                .await
-                .unwrap()
-                .store_id()
-                .to_owned()
+    let slowed = Arc::new(FaultyBackend::new(
+        Arc::new(MemoryBackend::new()),
+        11,
+        0.0,
+        std::time::Duration::from_millis(5),
+    ));
+    let store: Arc<dyn StorageBackend> = slowed.clone();
+    // All spawned before the first is awaited: a lazy iterator spawned each
+    // open only once the one before it had ended.
+    let opens: Vec<_> = (0..8)
+        .map(|n| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                SyncEngine::builder()
+                    .client_id(format!("e{n}"))
+                    .backend(store)
+                    .build()
+                    .await
+                    .unwrap()
+                    .store_id()
+                    .to_owned()
+            })
         })
-    });
+        .collect();
     let mut ids = std::collections::BTreeSet::new();
     for open in opens {
         ids.insert(open.await.unwrap());
     }
     assert_eq!(ids.len(), 1, "{ids:?}");
+    assert!(slowed.most_in_flight() >= 2, "the opens did not overlap");
 }
 
 #[tokio::test]
 async fn a_filesystem_config_without_a_usable_directory_is_an_invalid_config() {
+    // Without the `fs` feature every filesystem config is refused as such;
+    // with it, these two are refused for their directory.
+    let refused_as_expected = |outcome: &syncforge::Result<Arc<dyn StorageBackend>>| {
+        if cfg!(feature = "fs") {
+            matches!(
+                outcome,
+                Err(Error::InvalidConfig {
+                    option: "directory",
+                    ..
+                })
+            )
+        } else {
+            matches!(outcome, Err(Error::FeatureDisabled { .. }))
+        }
+    };
     let empty = syncforge::create_backend(&BackendConfig::Filesystem {
         directory: "".into(),
     })
     .await;
-    assert!(
-        matches!(
-            empty,
-            Err(Error::InvalidConfig {
-                option: "directory",
-                ..
-            }) | Err(Error::FeatureDisabled { .. })
-        ),
-        "{empty:?}"
-    );
+    assert!(refused_as_expected(&empty), "{empty:?}");
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("a-file");
     std::fs::write(&file, b"not a directory").unwrap();
     let unusable = syncforge::create_backend(&BackendConfig::Filesystem { directory: file }).await;
-    assert!(
-        matches!(
-            unusable,
-            Err(Error::InvalidConfig {
-                option: "directory",
-                ..
-            }) | Err(Error::FeatureDisabled { .. })
-        ),
-        "{unusable:?}"
-    );
+    assert!(refused_as_expected(&unusable), "{unusable:?}");
 }
 
 #[tokio::test]
