@@ -505,25 +505,68 @@ fn invalid_event_capacity_is_refused() {
 }
 
 /// A record's previous state is only kept when someone listens; the records
-/// the engine returns are the same either way.
+/// the engine stores are the same either way. The syncs update records
+/// (with concurrent edits, so conflicts too), where a previous state exists
+/// to keep or not.
 #[tokio::test]
 async fn listening_does_not_change_what_is_stored() {
     let quiet = engine("q", ConflictStrategy::Crdt).await;
     let loud = engine("q", ConflictStrategy::Crdt).await;
-    let _rx = loud.subscribe();
+    let mut rx = loud.subscribe();
     let source = engine("s", ConflictStrategy::Crdt).await;
+    let other = engine("o", ConflictStrategy::Crdt).await;
     for i in 0..30 {
         source
             .put("c", &json!({"id": format!("r{i}"), "n": i}))
             .await
             .unwrap();
     }
-    let remote: Vec<Record> = source.get_all("c").await.unwrap();
-    let a = quiet.sync("c", remote.clone()).await.unwrap();
-    let b = loud.sync("c", remote).await.unwrap();
-    assert_eq!((a.added, a.updated), (b.added, b.updated));
+    let first: Vec<Record> = source.get_all("c").await.unwrap();
+    let seeded = other.sync("c", first.clone()).await.unwrap();
+    assert_eq!(seeded.added, 30);
+    for i in 0..15 {
+        source
+            .put("c", &json!({"id": format!("r{i}"), "n": i + 100}))
+            .await
+            .unwrap();
+    }
+    for i in 10..20 {
+        other
+            .put("c", &json!({"id": format!("r{i}"), "n": i, "m": "o"}))
+            .await
+            .unwrap();
+    }
+    let rounds = [
+        first,
+        source.get_all("c").await.unwrap(),
+        other.get_all("c").await.unwrap(),
+    ];
+    let mut updated = 0;
+    for remote in rounds {
+        let a = quiet.sync("c", remote.clone()).await.unwrap();
+        let b = loud.sync("c", remote).await.unwrap();
+        assert_eq!(
+            (a.added, a.updated, a.unchanged, a.conflicts.len()),
+            (b.added, b.updated, b.unchanged, b.conflicts.len())
+        );
+        updated += b.updated;
+    }
+    assert!(updated >= 20, "{updated} records updated");
     assert_eq!(
         crate::support::snapshot(&quiet, "c").await,
         crate::support::snapshot(&loud, "c").await
     );
+    // The listener did hear updates, each with the state it replaced.
+    let mut heard = 0;
+    while let Ok(event) = rx.try_recv() {
+        if let SyncEvent::RecordUpdated {
+            record, previous, ..
+        } = event
+        {
+            assert_eq!(previous.id(), record.id());
+            assert_ne!(previous, record);
+            heard += 1;
+        }
+    }
+    assert_eq!(heard, updated);
 }
