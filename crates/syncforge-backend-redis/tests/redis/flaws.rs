@@ -23,10 +23,13 @@ use crate::support::{
 const RECORDS: usize = 50;
 const ROUNDS: usize = 500;
 
-/// Two engines, each on its own connection, write the same 50 records in
-/// 500 rounds. In every round both read the same state and only then write,
-/// so one of them must lose the race and merge again: 1,000 increments, and
-/// every one of them must be in the final counters.
+/// Two writers, each on its own connection, write the same 50 records in
+/// 500 rounds, each write as the engine makes it: read, edit, conditional
+/// write, and again after a conflict. In every round both read the same
+/// state and only then write, so one of them must lose the race and write
+/// again: 1,000 increments, and every one of them must be in the final
+/// counters. (Two engines merging on one Redis store are
+/// `syncforge/tests/redis.rs`'s.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_engines_hammering_the_same_records_lose_no_update() {
     let Some(config) = standalone("hammer").await else {
