@@ -160,9 +160,11 @@ fn steps(test_env: &[(&'static str, OsString)]) -> Vec<Step> {
             commands: vec![
                 tests,
                 insertion_ordered_maps,
-                // The facade's own unit tests once more with only the memory
-                // backend: what a build without a backend's feature says
-                // about that backend (FeatureDisabled, naming the feature).
+                // The facade's unit tests, engine tests and doc examples once
+                // more with only the memory backend, as `cargo test -p
+                // syncforge` builds it: what a build without a backend's
+                // feature says about that backend (FeatureDisabled, naming
+                // the feature), and the tests written for such a build.
                 Cargo::new(&[
                     "test",
                     "-p",
@@ -171,6 +173,17 @@ fn steps(test_env: &[(&'static str, OsString)]) -> Vec<Step> {
                     "--features",
                     "memory",
                     "--lib",
+                    "--test",
+                    "engine",
+                ]),
+                Cargo::new(&[
+                    "test",
+                    "-p",
+                    "syncforge",
+                    "--no-default-features",
+                    "--features",
+                    "memory",
+                    "--doc",
                 ]),
             ],
             needs_services: true,
