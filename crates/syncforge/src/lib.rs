@@ -60,8 +60,8 @@
 //! The merge rules live in [`syncforge_core`] (re-exported as [`core`]).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-// Modules below the engine first: each module uses only those above it in
-// this list, so dependencies run one way.
+// In alphabetical order; the order of their dependencies, which run one
+// way, is in docs/architecture.md.
 mod auto_sync;
 mod backends;
 mod builder;
