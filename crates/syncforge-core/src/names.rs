@@ -192,6 +192,18 @@ validated_name!(
 pub trait IntoName<T> {
     /// The validated name.
     fn into_name(self) -> Result<T>;
+
+    /// `use_name` run with the validated name, lent rather than made where
+    /// it can be: a collection name given as a string that was given
+    /// recently on this thread is lent from where it is kept, where
+    /// [`into_name`](Self::into_name) copies a shared reference to it (an
+    /// atomic count, taken and given back around every call).
+    fn with_name<R>(self, use_name: impl FnOnce(&T) -> R) -> Result<R>
+    where
+        Self: Sized,
+    {
+        self.into_name().map(|name| use_name(&name))
+    }
 }
 
 macro_rules! into_name {
@@ -212,6 +224,10 @@ macro_rules! into_name {
             fn into_name(self) -> Result<$name> {
                 $from_str(self)
             }
+
+            fn with_name<R>(self, use_name: impl FnOnce(&$name) -> R) -> Result<R> {
+                $name::with_str(self, use_name)
+            }
         }
 
         impl IntoName<$name> for String {
@@ -231,6 +247,24 @@ macro_rules! into_name {
 into_name!(CollectionName, CollectionName::recent);
 into_name!(RecordId, RecordId::new);
 
+impl RecordId {
+    /// [`IntoName::with_name`] of an id given as a string: ids are not
+    /// kept, so it is made.
+    fn with_str<R>(id: &str, use_id: impl FnOnce(&RecordId) -> R) -> Result<R> {
+        RecordId::new(id).map(|id| use_id(&id))
+    }
+}
+
+/// How many collection names given as strings each thread keeps.
+const RECENT_NAMES_KEPT: usize = 4;
+
+thread_local! {
+    /// The collection names this thread was given as strings last, and the
+    /// slot the next one takes.
+    static RECENT_NAMES: RefCell<([Option<CollectionName>; RECENT_NAMES_KEPT], usize)> =
+        RefCell::new((std::array::from_fn(|_| None), 0));
+}
+
 impl CollectionName {
     /// The name as a shared string (no copy).
     pub fn as_shared(&self) -> &Arc<str> {
@@ -244,21 +278,40 @@ impl CollectionName {
     /// bytes alone, so an equal name found here is valid. Keeps a handful of
     /// names, so it cannot grow.
     fn recent(name: &str) -> Result<CollectionName> {
-        const RECENT: usize = 4;
-        thread_local! {
-            static NAMES: RefCell<([Option<CollectionName>; RECENT], usize)> =
-                RefCell::new((std::array::from_fn(|_| None), 0));
-        }
-        NAMES.with(|names| {
-            let mut names = names.borrow_mut();
+        RECENT_NAMES.with(|names| {
+            // Lent to a `with_str` further up this thread's stack: made
+            // anew, and not kept.
+            let Ok(mut names) = names.try_borrow_mut() else {
+                return CollectionName::new(name);
+            };
             let (slots, next) = &mut *names;
             if let Some(known) = slots.iter().flatten().find(|known| known.as_str() == name) {
                 return Ok(known.clone());
             }
             let fresh = CollectionName::new(name)?;
             slots[*next] = Some(fresh.clone());
-            *next = (*next + 1) % RECENT;
+            *next = (*next + 1) % RECENT_NAMES_KEPT;
             Ok(fresh)
+        })
+    }
+
+    /// [`IntoName::with_name`] of a name given as a string: a name kept by
+    /// [`recent`](Self::recent) is lent while `use_name` runs, which may
+    /// itself name collections (an event handler that writes): those are
+    /// made as [`recent`](Self::recent) makes them, without the names kept.
+    fn with_str<R>(name: &str, use_name: impl FnOnce(&CollectionName) -> R) -> Result<R> {
+        RECENT_NAMES.with(|names| {
+            if let Ok(names) = names.try_borrow() {
+                if let Some(known) = names
+                    .0
+                    .iter()
+                    .flatten()
+                    .find(|known| known.as_str() == name)
+                {
+                    return Ok(use_name(known));
+                }
+            }
+            CollectionName::recent(name).map(|fresh| use_name(&fresh))
         })
     }
 }
@@ -318,6 +371,38 @@ mod tests {
         let c: CollectionName = String::from("notes").into_name().unwrap();
         assert_eq!(a, b);
         assert_eq!(b, c);
+    }
+
+    /// A name given as a string is lent from the names kept, also while a
+    /// call inside the one it was lent to names collections itself (kept
+    /// and new ones alike), and a bad name is refused before anything runs.
+    #[test]
+    fn names_are_lent_also_to_calls_that_name_collections_inside() {
+        let kept: CollectionName = "lent".into_name().unwrap();
+        let inner = "lent"
+            .with_name(|outer: &CollectionName| {
+                assert!(Arc::ptr_eq(outer.as_shared(), kept.as_shared()));
+                let again = "lent"
+                    .with_name(|again: &CollectionName| again.clone())
+                    .unwrap();
+                assert!(Arc::ptr_eq(again.as_shared(), kept.as_shared()));
+                let fresh: CollectionName = "made-inside".into_name().unwrap();
+                let lent_fresh = "made-inside-too"
+                    .with_name(|name: &CollectionName| name.to_string())
+                    .unwrap();
+                (fresh.to_string(), lent_fresh)
+            })
+            .unwrap();
+        assert_eq!(
+            inner,
+            ("made-inside".to_owned(), "made-inside-too".to_owned())
+        );
+        let mut ran = false;
+        let refused = "bad\u{1}".with_name(|_: &CollectionName| ran = true);
+        assert!(matches!(refused, Err(Error::InvalidCollection { .. })));
+        assert!(!ran);
+        let id = "r1".with_name(|id: &RecordId| id.to_string()).unwrap();
+        assert_eq!(id, "r1");
     }
 
     #[test]

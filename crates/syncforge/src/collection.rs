@@ -58,12 +58,20 @@ impl SyncEngine {
         collection: impl IntoName<CollectionName>,
         doc: &T,
     ) -> Result<Record> {
-        // The name is resolved, not made into a handle: a handle holds a
-        // clone of the engine, two more reference counts touched per put.
-        let collection = collection.into_name()?;
-        match self.put_at_once(&collection, doc)? {
-            PutAtOnce::Done(record) => Ok(record),
-            PutAtOnce::Rest(rest) => self.put_rest(&collection, rest).await,
+        // The name is lent, not made into a handle or even copied: a handle
+        // holds a clone of the engine, and a copy of the name a shared
+        // reference, each a count changed twice a put (atomically, after
+        // the put's writes, so waiting for them). A put the store cannot
+        // end at once copies it to go on.
+        let at_once = collection.with_name(|collection| {
+            self.put_at_once(collection, doc).map(|put| match put {
+                PutAtOnce::Done(record) => Ok(record),
+                PutAtOnce::Rest(rest) => Err((collection.clone(), rest)),
+            })
+        })??;
+        match at_once {
+            Ok(record) => Ok(record),
+            Err((collection, rest)) => self.put_rest(&collection, rest).await,
         }
     }
 
