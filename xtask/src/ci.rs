@@ -165,30 +165,26 @@ fn steps(test_env: &[(&'static str, OsString)]) -> Vec<Step> {
                 // syncforge` builds it: what a build without a backend's
                 // feature says about that backend (FeatureDisabled, naming
                 // the feature), and the tests written for such a build.
-                Cargo::new(&[
-                    "test",
-                    "-p",
-                    "syncforge",
-                    "--no-default-features",
-                    "--features",
-                    "memory",
-                    "--lib",
-                    "--test",
-                    "engine",
-                ]),
-                Cargo::new(&[
-                    "test",
-                    "-p",
-                    "syncforge",
-                    "--no-default-features",
-                    "--features",
-                    "memory",
-                    "--doc",
-                ]),
+                // (Cargo runs doc tests alone or not at all.)
+                memory_only_facade(&["--lib", "--test", "engine"]),
+                memory_only_facade(&["--doc"]),
             ],
             needs_services: true,
         },
     ]
+}
+
+/// `cargo test` of the facade's `targets` with only the memory backend.
+fn memory_only_facade(targets: &[&'static str]) -> Cargo {
+    let facade = [
+        "test",
+        "-p",
+        "syncforge",
+        "--no-default-features",
+        "--features",
+        "memory",
+    ];
+    Cargo::new(&[&facade[..], targets].concat())
 }
 
 /// The test environment: services required, and the property cases that

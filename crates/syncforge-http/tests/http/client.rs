@@ -216,6 +216,18 @@ async fn large_pushes_and_pages_arrive_whole_and_in_order() {
     server.shutdown().await.unwrap();
 }
 
+/// Puts the records `make` makes of each of `numbers` into `collection`.
+async fn put_each(
+    engine: &SyncEngine,
+    collection: &str,
+    numbers: std::ops::Range<usize>,
+    make: impl Fn(usize) -> serde_json::Value,
+) {
+    for n in numbers {
+        engine.put(collection, &make(n)).await.unwrap();
+    }
+}
+
 /// A feed page of large records read its whole `limit` from the store (up
 /// to 10,000 records) and then sent the few that fit in a body, so a pull of
 /// large records read the rest of its collection again for every page. The
@@ -223,14 +235,13 @@ async fn large_pushes_and_pages_arrive_whole_and_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_of_large_records_reads_little_more_than_it_sends() {
     let hq = memory_engine("hq").await;
-    for n in 0..300 {
-        hq.put(
-            "photos",
-            &json!({"id": format!("p{n:03}"), "blob": "x".repeat(20_000)}),
-        )
-        .await
-        .unwrap();
-    }
+    put_each(
+        &hq,
+        "photos",
+        0..300,
+        |n| json!({"id": format!("p{n:03}"), "blob": "x".repeat(20_000)}),
+    )
+    .await;
     let replica = crate::support::InstrumentedReplica::new(hq);
     let scanned = replica.scanned.clone();
     let options = ServerOptions::default().max_body_bytes(256 * 1024);
@@ -271,19 +282,14 @@ async fn a_page_of_large_records_reads_little_more_than_it_sends() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_records_after_small_ones_are_read_in_growing_rounds() {
     let hq = memory_engine("hq").await;
-    for n in 0..64 {
-        hq.put("mixed", &json!({"id": format!("a{n:04}")}))
-            .await
-            .unwrap();
-    }
-    for n in 0..2_000 {
-        hq.put(
-            "mixed",
-            &json!({"id": format!("b{n:04}"), "blob": "x".repeat(10_000)}),
-        )
-        .await
-        .unwrap();
-    }
+    put_each(&hq, "mixed", 0..64, |n| json!({"id": format!("a{n:04}")})).await;
+    put_each(
+        &hq,
+        "mixed",
+        0..2_000,
+        |n| json!({"id": format!("b{n:04}"), "blob": "x".repeat(10_000)}),
+    )
+    .await;
     let replica = crate::support::InstrumentedReplica::new(hq);
     let scanned = replica.scanned.clone();
     let options = ServerOptions::default().max_body_bytes(256 * 1024);
@@ -307,11 +313,7 @@ async fn large_records_after_small_ones_are_read_in_growing_rounds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_rewritten_between_two_reads_of_a_page_is_sent_once() {
     let hq = memory_engine("hq").await;
-    for n in 0..100 {
-        hq.put("notes", &json!({"id": format!("n{n:03}")}))
-            .await
-            .unwrap();
-    }
+    put_each(&hq, "notes", 0..100, |n| json!({"id": format!("n{n:03}")})).await;
     let replica = crate::support::InstrumentedReplica::new(hq).rewriting_after_next_read("n010");
     let server = Server::bind(replica, "127.0.0.1:0", ServerOptions::default())
         .await
@@ -360,14 +362,13 @@ async fn a_record_rewritten_between_two_reads_of_a_page_is_sent_once() {
 async fn an_answer_past_the_peers_bound_fails_the_call() {
     let hq = memory_engine("hq").await;
     // Each change alone is over the bound: a shorter page cannot help.
-    for n in 0..50 {
-        hq.put(
-            "notes",
-            &json!({"id": format!("n{n}"), "text": "x".repeat(5_000)}),
-        )
-        .await
-        .unwrap();
-    }
+    put_each(
+        &hq,
+        "notes",
+        0..50,
+        |n| json!({"id": format!("n{n}"), "text": "x".repeat(5_000)}),
+    )
+    .await;
     let server = Server::bind(hq.clone(), "127.0.0.1:0", ServerOptions::default())
         .await
         .unwrap();
@@ -395,14 +396,13 @@ async fn an_answer_past_the_peers_bound_fails_the_call() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_past_the_peers_bound_are_asked_for_shorter() {
     let hq = memory_engine("hq").await;
-    for n in 0..50 {
-        hq.put(
-            "notes",
-            &json!({"id": format!("n{n:02}"), "text": "x".repeat(100)}),
-        )
-        .await
-        .unwrap();
-    }
+    put_each(
+        &hq,
+        "notes",
+        0..50,
+        |n| json!({"id": format!("n{n:02}"), "text": "x".repeat(100)}),
+    )
+    .await;
     let replica = crate::support::InstrumentedReplica::new(hq);
     let limits = replica.read_limits.clone();
     let server = Server::bind(replica, "127.0.0.1:0", ServerOptions::default())
@@ -443,11 +443,7 @@ fn halved_then_steady(limits: &[usize]) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_too_slow_for_the_timeout_are_asked_for_shorter() {
     let hq = memory_engine("hq").await;
-    for n in 0..64 {
-        hq.put("notes", &json!({"id": format!("n{n:02}")}))
-            .await
-            .unwrap();
-    }
+    put_each(&hq, "notes", 0..64, |n| json!({"id": format!("n{n:02}")})).await;
     // 64 changes take 5.12 s and 32 take 2.56 s, past the 2 s timeout;
     // 16 take 1.28 s, more than a quarter of it: the limit stays at 16.
     let replica =
