@@ -1043,21 +1043,17 @@ impl HttpPeer {
                 // peer takes: asked for again, half as long. Asked for again
                 // as it was, it would fail the same way, and the pull would
                 // never get past it.
-                Err(Failure::Slow(error, _)) if adapts && limit.get() > 1 => {
+                Err(failure @ (Failure::Slow(..) | Failure::AnswerTooLarge(_)))
+                    if adapts && limit.get() > 1 =>
+                {
+                    let slow = matches!(failure, Failure::Slow(..));
                     limit = self
                         .inner
                         .state
                         .lock()
-                        .halve_page_limit(collection, limit, true);
-                    tracing::debug!(%error, limit, "a feed page was too slow; asking for fewer changes");
-                }
-                Err(Failure::AnswerTooLarge(error)) if adapts && limit.get() > 1 => {
-                    limit = self
-                        .inner
-                        .state
-                        .lock()
-                        .halve_page_limit(collection, limit, false);
-                    tracing::debug!(%error, limit, "a feed page was too large; asking for fewer changes");
+                        .halve_page_limit(collection, limit, slow);
+                    let error = failure.into_error();
+                    tracing::debug!(%error, slow, limit, "a feed page was too slow or too large; asking for fewer changes");
                 }
                 Err(failure) => return Err(failure.into_error()),
             }
