@@ -216,6 +216,16 @@ async fn large_pushes_and_pages_arrive_whole_and_in_order() {
     server.shutdown().await.unwrap();
 }
 
+/// A server of `hq` whose answers are at most 256 KiB, and the count of the
+/// changes its feed reads return.
+async fn counting_server(hq: SyncEngine) -> (Server, Arc<std::sync::atomic::AtomicUsize>) {
+    let replica = crate::support::InstrumentedReplica::new(hq);
+    let scanned = replica.scanned.clone();
+    let options = ServerOptions::default().max_body_bytes(256 * 1024);
+    let server = Server::bind(replica, "127.0.0.1:0", options).await.unwrap();
+    (server, scanned)
+}
+
 /// Puts the records `make` makes of each of `numbers` into `collection`.
 async fn put_each(
     engine: &SyncEngine,
@@ -242,10 +252,7 @@ async fn a_page_of_large_records_reads_little_more_than_it_sends() {
         |n| json!({"id": format!("p{n:03}"), "blob": "x".repeat(20_000)}),
     )
     .await;
-    let replica = crate::support::InstrumentedReplica::new(hq);
-    let scanned = replica.scanned.clone();
-    let options = ServerOptions::default().max_body_bytes(256 * 1024);
-    let server = Server::bind(replica, "127.0.0.1:0", options).await.unwrap();
+    let (server, scanned) = counting_server(hq).await;
     let client = crate::support::raw_client();
     let mut after = 0;
     let mut pulled = Vec::new();
@@ -290,10 +297,7 @@ async fn large_records_after_small_ones_are_read_in_growing_rounds() {
         |n| json!({"id": format!("b{n:04}"), "blob": "x".repeat(10_000)}),
     )
     .await;
-    let replica = crate::support::InstrumentedReplica::new(hq);
-    let scanned = replica.scanned.clone();
-    let options = ServerOptions::default().max_body_bytes(256 * 1024);
-    let server = Server::bind(replica, "127.0.0.1:0", options).await.unwrap();
+    let (server, scanned) = counting_server(hq).await;
     let url = format!(
         "{}/v1/collections/mixed/changes?after=0&limit=10000",
         server.url()
