@@ -441,18 +441,13 @@ fn halved_then_steady(limits: &[usize]) -> bool {
         && limits[steady..].windows(2).all(|pair| pair[0] == pair[1])
 }
 
-/// Over a link too slow for a full page within the peer's timeout, a pull
-/// asked for the same page again and again and never got past it. The page
-/// is now asked for again, half as long, and later pages are no longer.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pages_too_slow_for_the_timeout_are_asked_for_shorter() {
-    let hq = memory_engine("hq").await;
-    put_each(&hq, "notes", 0..64, |n| json!({"id": format!("n{n:02}")})).await;
-    // 64 changes take 5.12 s and 32 take 2.56 s, past the 2 s timeout;
-    // 16 take 1.28 s, more than a quarter of it: the limit stays at 16.
-    let replica =
-        crate::support::InstrumentedReplica::new(hq).slow_per_change(Duration::from_millis(80));
-    let limits = replica.read_limits.clone();
+/// A server of `replica` whose feed reads and merges take 80 ms a change,
+/// an engine syncing 64 records a batch, and its peer for the server with
+/// a 2 s timeout.
+async fn over_a_slow_link(
+    replica: crate::support::InstrumentedReplica,
+) -> (Server, SyncEngine, syncforge::http::HttpPeer) {
+    let replica = replica.slow_per_change(Duration::from_millis(80));
     let server = Server::bind(replica, "127.0.0.1:0", ServerOptions::default())
         .await
         .unwrap();
@@ -466,6 +461,21 @@ async fn pages_too_slow_for_the_timeout_are_asked_for_shorter() {
         .timeout(Duration::from_secs(2))
         .build()
         .unwrap();
+    (server, phone, slow_link)
+}
+
+/// Over a link too slow for a full page within the peer's timeout, a pull
+/// asked for the same page again and again and never got past it. The page
+/// is now asked for again, half as long, and later pages are no longer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_too_slow_for_the_timeout_are_asked_for_shorter() {
+    let hq = memory_engine("hq").await;
+    put_each(&hq, "notes", 0..64, |n| json!({"id": format!("n{n:02}")})).await;
+    // 64 changes take 5.12 s and 32 take 2.56 s, past the 2 s timeout;
+    // 16 take 1.28 s, more than a quarter of it: the limit stays at 16.
+    let replica = crate::support::InstrumentedReplica::new(hq);
+    let limits = replica.read_limits.clone();
+    let (server, phone, slow_link) = over_a_slow_link(replica).await;
     let report = phone.sync_with(&slow_link, "notes").await.unwrap();
     assert_eq!(report.pulled.added, 64, "{report:?}");
     let limits = limits.lock().unwrap().clone();
@@ -482,27 +492,15 @@ async fn pushes_too_slow_for_the_timeout_are_sent_in_halves() {
     let hq = memory_engine("hq").await;
     // 64 records take 5.12 s and 32 take 2.56 s to merge, past the 2 s
     // timeout; 16 take 1.28 s.
-    let replica = crate::support::InstrumentedReplica::new(hq.clone())
-        .slow_per_change(Duration::from_millis(80));
-    let server = Server::bind(replica, "127.0.0.1:0", ServerOptions::default())
-        .await
-        .unwrap();
-    let phone = SyncEngine::builder()
-        .client_id("phone")
-        .batch_size(64)
-        .build()
-        .await
-        .unwrap();
-    for n in 0..64 {
-        phone
-            .put("notes", &json!({"id": format!("n{n:02}")}))
-            .await
-            .unwrap();
-    }
-    let slow_link = syncforge::http::HttpPeer::builder(server.url())
-        .timeout(Duration::from_secs(2))
-        .build()
-        .unwrap();
+    let replica = crate::support::InstrumentedReplica::new(hq.clone());
+    let (server, phone, slow_link) = over_a_slow_link(replica).await;
+    put_each(
+        &phone,
+        "notes",
+        0..64,
+        |n| json!({"id": format!("n{n:02}")}),
+    )
+    .await;
     let report = phone.sync_with(&slow_link, "notes").await.unwrap();
     assert_eq!(report.pushed, 64, "{report:?}");
     assert_eq!(hq.get_all("notes").await.unwrap().len(), 64);
