@@ -209,6 +209,9 @@ struct PeerState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct PageLimit {
     limit: NonZeroUsize,
+    /// The limit asked for when the first page failed: growing back to it
+    /// ends what was learnt.
+    wanted: NonZeroUsize,
     /// Whether it grows back as pages come quickly: only while every page
     /// that failed was slow. A page too large stays too large however fast
     /// the link.
@@ -298,36 +301,43 @@ impl PeerState {
         slow: bool,
     ) -> NonZeroUsize {
         let half = NonZeroUsize::new(limit.get() / 2).unwrap_or(NonZeroUsize::MIN);
+        let known = self.page_limits.get(collection);
         let learnt = PageLimit {
             limit: self.page_limit(collection, half),
-            grows: slow && self.page_limits.get(collection).is_none_or(|l| l.grows),
+            wanted: known.map_or(limit, |known| known.wanted.max(limit)),
+            grows: slow && known.is_none_or(|known| known.grows),
         };
         self.page_limits.insert(collection.clone(), learnt);
         learnt.limit
     }
 
-    /// A page of `limit` changes of `collection`, asked for where `asked`
-    /// were wanted, came `quickly`: a smaller limit learnt from slow pages
-    /// grows by a quarter, and goes once it reaches `asked`.
-    fn page_came(
-        &mut self,
-        collection: &CollectionName,
-        limit: NonZeroUsize,
-        asked: NonZeroUsize,
-        quickly: bool,
-    ) {
+    /// A full page of `limit` changes of `collection` came `quickly`: a
+    /// smaller limit learnt from slow pages grows by a quarter, and goes once
+    /// it reaches the limit wanted when it was learnt. (A page that is not
+    /// full, as the last of a sync, is quick whatever the link: it says
+    /// nothing of how long a full one takes.)
+    fn full_page_came(&mut self, collection: &CollectionName, limit: NonZeroUsize, quickly: bool) {
         let Some(learnt) = self.page_limits.get_mut(collection) else {
             return;
         };
         if !quickly || !learnt.grows || learnt.limit != limit {
             return;
         }
-        match NonZeroUsize::new(grown(limit.get())).filter(|&grown| grown < asked) {
+        let wanted = learnt.wanted;
+        match NonZeroUsize::new(grown(limit.get())).filter(|&grown| grown < wanted) {
             Some(grown) => learnt.limit = grown,
             None => {
                 self.page_limits.remove(collection);
             }
         }
+    }
+
+    /// The most a push request may carry, as learnt from refused or slow
+    /// ones.
+    fn push_cap(&self) -> usize {
+        self.push_bytes
+            .unwrap_or(usize::MAX)
+            .min(self.slow_push_bytes.unwrap_or(usize::MAX))
     }
 
     /// A push request of `bytes` went through `quickly`: a smaller request
@@ -676,9 +686,10 @@ enum Failure {
     /// Final: an answer larger than `max_response_bytes`. A shorter page
     /// may fit.
     AnswerTooLarge(Error),
-    /// Not done within the time allowed: the client's timeout, or a 408,
-    /// 504 or the server's own `timeout` that came after at least half of
-    /// it (one that comes at once is no sign of a slow link, and is
+    /// Not done within the time allowed: the client's timeout, the
+    /// server's own 503 `timeout`, or a 408 or 504 that came after at least
+    /// half of the client's (one that comes at once, as from a gateway
+    /// restarting, is no sign of a slow link, and is
     /// [`Failure::Transient`]). Worth trying again, smaller if the call can
     /// be.
     Slow(Error, Option<Duration>),
@@ -838,19 +849,11 @@ impl HttpPeer {
         records: Vec<Record>,
         echoes: Echoes,
     ) -> Result<SyncResponse> {
-        let (limits, push_bytes, slow_push_bytes) = {
+        let (limits, push_cap) = {
             let state = self.inner.state.lock();
-            (
-                state.limits.unwrap_or(FALLBACK_LIMITS),
-                state.push_bytes,
-                state.slow_push_bytes,
-            )
+            (state.limits.unwrap_or(FALLBACK_LIMITS), state.push_cap())
         };
-        let target = limits
-            .max_body_bytes
-            .min(PUSH_REQUEST_BYTES)
-            .min(push_bytes.unwrap_or(usize::MAX))
-            .min(slow_push_bytes.unwrap_or(usize::MAX));
+        let target = limits.max_body_bytes.min(PUSH_REQUEST_BYTES).min(push_cap);
         let mut total: Option<SyncResponse> = None;
         let mut body = RequestBody::new();
         let mut records = records.into_iter();
@@ -909,37 +912,45 @@ impl HttpPeer {
         echoes: Echoes,
     ) -> Result<SyncResponse> {
         let divisible = ends.len() > 1;
-        let started = Instant::now();
-        let (refused, slow) = match self
-            .send_records(collection, body.clone(), echoes, divisible)
-            .await
-        {
-            Ok(answer) => {
-                let quickly = quick(started.elapsed(), self.inner.timeout);
-                self.inner.state.lock().push_went(body.len(), quickly);
-                return Ok(answer);
-            }
-            Err(Failure::TooLarge(error)) if divisible => (error, false),
-            Err(Failure::Slow(error, _)) if divisible => (error, true),
-            Err(failure) => return Err(failure.into_error()),
-        };
-        tracing::debug!(%refused, records = ends.len(), "a push was refused as too large or too slow; sending it in halves");
         let records = body
             .get(RequestBody::OPEN.len()..body.len().saturating_sub(RequestBody::CLOSE.len()))
             .unwrap_or_default();
+        // A part larger than what went through since it was made (the other
+        // half of one refused or too slow) is split without trying it.
+        let known_too_large = divisible && body.len() > self.inner.state.lock().push_cap();
+        if !known_too_large {
+            let started = Instant::now();
+            let (refused, slow, asked_wait) = match self
+                .send_records(collection, body.clone(), echoes, divisible)
+                .await
+            {
+                Ok(answer) => {
+                    let quickly = quick(started.elapsed(), self.inner.timeout);
+                    self.inner.state.lock().push_went(body.len(), quickly);
+                    return Ok(answer);
+                }
+                Err(Failure::TooLarge(error)) if divisible => (error, false, None),
+                Err(Failure::Slow(error, asked_wait)) if divisible => (error, true, asked_wait),
+                Err(failure) => return Err(failure.into_error()),
+            };
+            tracing::debug!(%refused, records = ends.len(), "a push was refused as too large or too slow; sending it in halves");
+            {
+                let mut state = self.inner.state.lock();
+                let half = records.len() / 2;
+                // A proxy's bound stays; a slow link's is only while it is slow.
+                let learnt = if slow {
+                    &mut state.slow_push_bytes
+                } else {
+                    &mut state.push_bytes
+                };
+                *learnt = Some(learnt.map_or(half, |bytes| bytes.min(half)));
+            }
+            if let Some(asked_wait) = asked_wait {
+                tokio::time::sleep(asked_wait.min(MAX_RETRY_DELAY)).await;
+            }
+        }
         let middle = ends.len() / 2;
         let cut = ends.get(middle - 1).copied().unwrap_or_default();
-        {
-            let mut state = self.inner.state.lock();
-            let half = records.len() / 2;
-            // A proxy's bound stays; a slow link's is only while it is slow.
-            let learnt = if slow {
-                &mut state.slow_push_bytes
-            } else {
-                &mut state.push_bytes
-            };
-            *learnt = Some(learnt.map_or(half, |bytes| bytes.min(half)));
-        }
         let first = RequestBody::wrap(records.get(..cut).unwrap_or_default());
         let second = RequestBody::wrap(records.get(cut + 1..).unwrap_or_default());
         let second_ends: Vec<usize> = ends
@@ -997,19 +1008,16 @@ impl HttpPeer {
         prune: Prune,
     ) -> Result<ChangePage> {
         // A long poll's time is mostly its wait: whether it came in time
-        // says nothing of the link, and it keeps the limit it was given.
-        let adapts = wait.is_zero();
-        let asked = limit;
+        // says nothing of the link, so only the size of its pages adapts.
+        let timed = wait.is_zero();
         let (skip, mut limit) = {
             let state = self.inner.state.lock();
-            let limit = if adapts {
-                state.page_limit(collection, limit)
-            } else {
-                limit
-            };
-            (state.skip_after(collection, after), limit)
+            (
+                state.skip_after(collection, after),
+                state.page_limit(collection, limit),
+            )
         };
-        let (call, bytes) = loop {
+        let (call, bytes, took) = loop {
             let mut url = self.collection_url(collection, "changes")?;
             {
                 let mut query = url.query_pairs_mut();
@@ -1027,39 +1035,40 @@ impl HttpPeer {
                 url,
                 body: None,
                 extra_time: wait,
-                shrinkable: adapts && limit.get() > 1,
+                shrinkable: timed && limit.get() > 1,
             };
             let started = Instant::now();
-            match self.call_raw(&call).await {
-                Ok(bytes) => {
-                    if adapts {
-                        let quickly = quick(started.elapsed(), self.inner.timeout);
-                        let mut state = self.inner.state.lock();
-                        state.page_came(collection, limit, asked, quickly);
-                    }
-                    break (call, bytes);
+            // A page the link cannot bring in time, or larger than this peer
+            // takes: asked for again, half as long. Asked for again as it
+            // was, it would fail the same way, and the pull would never get
+            // past it.
+            let (failure, asked_wait) = match self.call_raw(&call).await {
+                Ok(bytes) => break (call, bytes, started.elapsed()),
+                Err(Failure::Slow(error, asked_wait)) if timed && limit.get() > 1 => {
+                    (Failure::Slow(error, None), asked_wait)
                 }
-                // A page the link cannot bring in time, or larger than this
-                // peer takes: asked for again, half as long. Asked for again
-                // as it was, it would fail the same way, and the pull would
-                // never get past it.
-                Err(failure @ (Failure::Slow(..) | Failure::AnswerTooLarge(_)))
-                    if adapts && limit.get() > 1 =>
-                {
-                    let slow = matches!(failure, Failure::Slow(..));
-                    limit = self
-                        .inner
-                        .state
-                        .lock()
-                        .halve_page_limit(collection, limit, slow);
-                    let error = failure.into_error();
-                    tracing::debug!(%error, slow, limit, "a feed page was too slow or too large; asking for fewer changes");
-                }
+                Err(failure @ Failure::AnswerTooLarge(_)) if limit.get() > 1 => (failure, None),
                 Err(failure) => return Err(failure.into_error()),
+            };
+            let slow = matches!(failure, Failure::Slow(..));
+            limit = self
+                .inner
+                .state
+                .lock()
+                .halve_page_limit(collection, limit, slow);
+            let error = failure.into_error();
+            tracing::debug!(%error, slow, limit, "a feed page was too slow or too large; asking for fewer changes");
+            if let Some(asked_wait) = asked_wait {
+                tokio::time::sleep(asked_wait.min(MAX_RETRY_DELAY)).await;
             }
         };
         let page: RawPage<'_> = serde_json::from_slice(&bytes)
             .map_err(|error| self.unexpected_body(&call.url, &error))?;
+        if timed && page.changes.len() == limit.get() {
+            let quickly = quick(took, self.inner.timeout);
+            let mut state = self.inner.state.lock();
+            state.full_page_came(collection, limit, quickly);
+        }
         {
             let mut state = self.inner.state.lock();
             if state.follow_feed(&page.feed_id) {
@@ -1265,7 +1274,7 @@ impl HttpPeer {
     /// An error answer, as the matching syncforge error; `asked`, the wait
     /// its `Retry-After` asked for, goes with a transient one.
     /// `took_long`: whether the request took at least half its time, which
-    /// makes an answer that it timed out a sign of a slow link.
+    /// makes a 408 or 504 a sign of a slow link.
     fn refusal(
         &self,
         status: StatusCode,
@@ -1286,14 +1295,18 @@ impl HttpPeer {
             self.inner.base,
             url.path()
         );
+        // The server's own word that the request took too long; a 408 or
+        // 504 from something in front of it only when the request did take
+        // long (a gateway restarting answers 504 at once).
+        let server_timed_out = status == StatusCode::SERVICE_UNAVAILABLE
+            && detail
+                .as_ref()
+                .is_some_and(|detail| detail.code == ErrorCode::Timeout);
         let timed_out = matches!(
             status,
             StatusCode::REQUEST_TIMEOUT | StatusCode::GATEWAY_TIMEOUT
-        ) || (status == StatusCode::SERVICE_UNAVAILABLE
-            && detail
-                .as_ref()
-                .is_some_and(|detail| detail.code == ErrorCode::Timeout));
-        if timed_out && took_long {
+        );
+        if server_timed_out || (timed_out && took_long) {
             return Failure::Slow(Error::unavailable(BACKEND, described), asked);
         }
         let transient = timed_out
@@ -1590,9 +1603,9 @@ mod tests {
         assert!(state.skip_after(&notes, Cursor::START).is_empty());
     }
 
-    /// A 408, a 504 or the server's 503 `timeout` that came after half the
-    /// request's time is a slow link's; one that came at once is only
-    /// transient, as is any other 503.
+    /// The server's 503 `timeout`, or a 408 or 504 that came after half the
+    /// request's time, is a slow link's; a 408 or 504 that came at once is
+    /// only transient, as is any other 503.
     #[test]
     fn timeouts_answered_late_are_slow_and_early_transient() {
         let peer = HttpPeer::new("http://127.0.0.1:1").unwrap();
@@ -1620,16 +1633,17 @@ mod tests {
             assert_eq!(kind(status, b"", true), "slow", "{status}");
             assert_eq!(kind(status, b"", false), "transient", "{status}");
         }
+        // The server's own timeout, whatever its limit against the client's.
         assert_eq!(kind(503, timeout, true), "slow");
-        assert_eq!(kind(503, timeout, false), "transient");
+        assert_eq!(kind(503, timeout, false), "slow");
         assert_eq!(kind(503, unavailable, true), "transient");
         assert_eq!(kind(502, b"", true), "transient");
         assert_eq!(kind(413, b"", true), "too large");
     }
 
     /// A page limit learnt from a slow page grows back a quarter at a time
-    /// while pages come quickly, and is gone once it reaches what is asked;
-    /// one learnt from a page too large stays.
+    /// while full pages come quickly, and is gone once it reaches the limit
+    /// wanted when it was learnt; one learnt from a page too large stays.
     #[test]
     fn page_limits_grow_back_only_after_slow_pages() {
         let limit = |n: usize| NonZeroUsize::new(n).unwrap();
@@ -1637,16 +1651,18 @@ mod tests {
         let mut state = PeerState::default();
         assert_eq!(state.halve_page_limit(&notes, limit(100), true), limit(50));
         assert_eq!(state.halve_page_limit(&notes, limit(50), true), limit(25));
-        // Other collections keep theirs.
+        // Other collections keep theirs, and a read asking for less than
+        // the limit learnt asks for what it asks.
         assert_eq!(state.page_limit(&photos, limit(100)), limit(100));
+        assert_eq!(state.page_limit(&notes, limit(10)), limit(10));
         // A slow page at the smaller limit does not grow it.
-        state.page_came(&notes, limit(25), limit(100), false);
+        state.full_page_came(&notes, limit(25), false);
         assert_eq!(state.page_limit(&notes, limit(100)), limit(25));
         let mut sizes = Vec::new();
         while state.page_limits.contains_key(&notes) {
             let now = state.page_limit(&notes, limit(100));
             sizes.push(now.get());
-            state.page_came(&notes, now, limit(100), true);
+            state.full_page_came(&notes, now, true);
         }
         assert_eq!(sizes, [25, 31, 38, 47, 58, 72, 90]);
         assert_eq!(state.page_limit(&notes, limit(100)), limit(100));
@@ -1655,12 +1671,13 @@ mod tests {
             state.halve_page_limit(&photos, limit(100), false),
             limit(50)
         );
-        state.page_came(&photos, limit(50), limit(100), true);
+        state.full_page_came(&photos, limit(50), true);
         assert_eq!(state.page_limit(&photos, limit(100)), limit(50));
         // A limit of one grows too.
         let mut one = PeerState::default();
-        assert_eq!(one.halve_page_limit(&notes, limit(1), true), limit(1));
-        one.page_came(&notes, limit(1), limit(100), true);
+        assert_eq!(one.halve_page_limit(&notes, limit(4), true), limit(2));
+        assert_eq!(one.halve_page_limit(&notes, limit(2), true), limit(1));
+        one.full_page_came(&notes, limit(1), true);
         assert_eq!(one.page_limit(&notes, limit(100)), limit(2));
     }
 

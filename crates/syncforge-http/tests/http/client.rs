@@ -473,14 +473,25 @@ async fn pages_too_slow_for_the_timeout_are_asked_for_shorter() {
     put_each(&hq, "notes", 0..64, |n| json!({"id": format!("n{n:02}")})).await;
     // 64 changes take 5.12 s and 32 take 2.56 s, past the 2 s timeout;
     // 16 take 1.28 s, more than a quarter of it: the limit stays at 16.
-    let replica = crate::support::InstrumentedReplica::new(hq);
+    let replica = crate::support::InstrumentedReplica::new(hq.clone());
     let limits = replica.read_limits.clone();
     let (server, phone, slow_link) = over_a_slow_link(replica).await;
     let report = phone.sync_with(&slow_link, "notes").await.unwrap();
     assert_eq!(report.pulled.added, 64, "{report:?}");
-    let limits = limits.lock().unwrap().clone();
-    assert_eq!(limits[..4], [64, 32, 16, 16], "{limits:?}");
-    assert!(halved_then_steady(&limits), "{limits:?}");
+    let first = limits.lock().unwrap().clone();
+    assert_eq!(first[..4], [64, 32, 16, 16], "{first:?}");
+    assert!(halved_then_steady(&first), "{first:?}");
+    // A page that is not full comes quickly whatever the link: it does not
+    // let the limit grow.
+    hq.put("notes", &json!({"id": "o00"})).await.unwrap();
+    let report = phone.sync_with(&slow_link, "notes").await.unwrap();
+    assert_eq!(report.pulled.added, 1, "{report:?}");
+    put_each(&hq, "notes", 0..32, |n| json!({"id": format!("p{n:02}")})).await;
+    limits.lock().unwrap().clear();
+    let report = phone.sync_with(&slow_link, "notes").await.unwrap();
+    assert_eq!(report.pulled.added, 32, "{report:?}");
+    let later = limits.lock().unwrap().clone();
+    assert!(later.iter().all(|&l| l == 16), "{later:?}");
     server.shutdown().await.unwrap();
 }
 
