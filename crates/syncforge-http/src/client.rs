@@ -56,6 +56,11 @@ const MAX_FOLLOWED_PAGES: usize = 64;
 /// `%2C`): proxies refuse URLs past a few KiB (nginx: 8 KiB of header line).
 const MAX_SKIP_QUERY_BYTES: usize = 4_000;
 
+/// How long a request that a gateway answered 408 or 504 must have taken
+/// (or half the timeout, when that is less) for the answer to mean a slow
+/// link: a gateway that is restarting answers at once.
+const LONG_FOR_A_GATEWAY: Duration = Duration::from_secs(1);
+
 /// A size learnt from slow requests, a quarter larger (at least one more):
 /// it grows back only while requests come well within the timeout.
 fn grown(size: usize) -> usize {
@@ -94,9 +99,9 @@ const FALLBACK_LIMITS: Limits = Limits {
 /// Transient failures — connection refused or reset, timeouts, 502, 503,
 /// 504 — are retried a few times inside, then reported as
 /// [`Error::Unavailable`], which auto-sync rides out; a page of changes or a
-/// push that timed out after taking at least half the timeout is instead
-/// asked for or sent again in halves (see
-/// [`HttpPeerBuilder::timeout`]); 401, 403 and other
+/// push that ran out of time (the timeout, the server's `timeout`, or a 408
+/// or 504 that came after a second or more) is instead asked for or sent
+/// again in halves (see [`HttpPeerBuilder::timeout`]); 401, 403 and other
 /// refusals are permanent errors carrying the server's message (a refused
 /// record comes back as the same typed error a local engine gives).
 ///
@@ -332,8 +337,15 @@ impl PeerState {
         }
     }
 
-    /// The most a push request may carry, as learnt from refused or slow
-    /// ones.
+    /// `limit`, lowered to the largest page the server sends, once known.
+    fn server_page_limit(&self, limit: NonZeroUsize) -> NonZeroUsize {
+        self.limits
+            .and_then(|limits| NonZeroUsize::new(limits.max_page))
+            .map_or(limit, |max_page| max_page.min(limit))
+    }
+
+    /// The most a push request's records may take, as learnt from refused
+    /// or slow ones.
     fn push_cap(&self) -> usize {
         self.push_bytes
             .unwrap_or(usize::MAX)
@@ -501,11 +513,12 @@ impl HttpPeerBuilder {
 
     /// Longest time one request may take (default 40 s, longer than a sync
     /// server's request timeout); a long poll gets its wait on top. A push
-    /// or a page of changes that takes longer (or is answered 408, 504 or
-    /// the server's `timeout` after half of it) is sent or asked for again
-    /// in halves, and later ones through this peer are no larger until
-    /// requests come within a quarter of the timeout again, which lets them
-    /// grow back a quarter at a time.
+    /// or a page of changes that takes longer (or is answered the server's
+    /// `timeout`, or a 408 or 504 after a second or more, or half the
+    /// timeout if that is less) is sent or asked for again in halves, and
+    /// later ones through this peer are no larger until full pages (and
+    /// pushes near the size learnt) come within a quarter of the timeout
+    /// again, which lets them grow back a quarter at a time.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -687,10 +700,10 @@ enum Failure {
     /// may fit.
     AnswerTooLarge(Error),
     /// Not done within the time allowed: the client's timeout, the
-    /// server's own 503 `timeout`, or a 408 or 504 that came after at least
-    /// half of the client's (one that comes at once, as from a gateway
-    /// restarting, is no sign of a slow link, and is
-    /// [`Failure::Transient`]). Worth trying again, smaller if the call can
+    /// server's own 503 `timeout`, or a 408 or 504 that came after
+    /// [`LONG_FOR_A_GATEWAY`] or half the client's timeout, whichever is
+    /// less (one that comes at once, as from a gateway restarting, is no
+    /// sign of a slow link, and is [`Failure::Transient`]). Worth trying again, smaller if the call can
     /// be.
     Slow(Error, Option<Duration>),
 }
@@ -917,7 +930,7 @@ impl HttpPeer {
             .unwrap_or_default();
         // A part larger than what went through since it was made (the other
         // half of one refused or too slow) is split without trying it.
-        let known_too_large = divisible && body.len() > self.inner.state.lock().push_cap();
+        let known_too_large = divisible && records.len() > self.inner.state.lock().push_cap();
         if !known_too_large {
             let started = Instant::now();
             let (refused, slow, asked_wait) = match self
@@ -926,7 +939,7 @@ impl HttpPeer {
             {
                 Ok(answer) => {
                     let quickly = quick(started.elapsed(), self.inner.timeout);
-                    self.inner.state.lock().push_went(body.len(), quickly);
+                    self.inner.state.lock().push_went(records.len(), quickly);
                     return Ok(answer);
                 }
                 Err(Failure::TooLarge(error)) if divisible => (error, false, None),
@@ -1014,7 +1027,9 @@ impl HttpPeer {
             let state = self.inner.state.lock();
             (
                 state.skip_after(collection, after),
-                state.page_limit(collection, limit),
+                // No more than the server sends: halving a limit it lowers
+                // anyway would ask for the same page again.
+                state.page_limit(collection, state.server_page_limit(limit)),
             )
         };
         let (call, bytes, took) = loop {
@@ -1213,7 +1228,7 @@ impl HttpPeer {
         if status.is_success() {
             return Ok(bytes);
         }
-        let took_long = started.elapsed() >= allowed / 2;
+        let took_long = started.elapsed() >= (allowed / 2).min(LONG_FOR_A_GATEWAY);
         Err(self.refusal(status, &bytes, &call.url, asked, took_long))
     }
 
@@ -1273,8 +1288,8 @@ impl HttpPeer {
 
     /// An error answer, as the matching syncforge error; `asked`, the wait
     /// its `Retry-After` asked for, goes with a transient one.
-    /// `took_long`: whether the request took at least half its time, which
-    /// makes a 408 or 504 a sign of a slow link.
+    /// `took_long`: whether the request took long enough (see
+    /// [`LONG_FOR_A_GATEWAY`]) for a 408 or 504 to mean a slow link.
     fn refusal(
         &self,
         status: StatusCode,
@@ -1603,8 +1618,8 @@ mod tests {
         assert!(state.skip_after(&notes, Cursor::START).is_empty());
     }
 
-    /// The server's 503 `timeout`, or a 408 or 504 that came after half the
-    /// request's time, is a slow link's; a 408 or 504 that came at once is
+    /// The server's 503 `timeout`, or a 408 or 504 that came after the
+    /// request took long, is a slow link's; a 408 or 504 that came at once is
     /// only transient, as is any other 503.
     #[test]
     fn timeouts_answered_late_are_slow_and_early_transient() {

@@ -504,6 +504,7 @@ async fn pushes_too_slow_for_the_timeout_are_sent_in_halves() {
     // 64 records take 5.12 s and 32 take 2.56 s to merge, past the 2 s
     // timeout; 16 take 1.28 s.
     let replica = crate::support::InstrumentedReplica::new(hq.clone());
+    let (running, ended) = (replica.syncs_running.clone(), replica.syncs_ended.clone());
     let (server, phone, slow_link) = over_a_slow_link(replica).await;
     put_each(
         &phone,
@@ -515,6 +516,15 @@ async fn pushes_too_slow_for_the_timeout_are_sent_in_halves() {
     let report = phone.sync_with(&slow_link, "notes").await.unwrap();
     assert_eq!(report.pushed, 64, "{report:?}");
     assert_eq!(hq.get_all("notes").await.unwrap().len(), 64);
+    // The merges the client stopped waiting for end on the server too.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while running.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+        assert!(Instant::now() < deadline, "merges still running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // 64 (too slow), 32 (too slow), its halves of 16, and the other 32
+    // split at once, as larger than what went through: six requests.
+    assert_eq!(ended.load(std::sync::atomic::Ordering::SeqCst), 6);
     server.shutdown().await.unwrap();
 }
 
