@@ -95,14 +95,30 @@ impl Permits {
         }
     }
 
-    /// `wanted` permits (at most all of them), once they are free.
-    async fn take(&self, wanted: u32) -> Result<OwnedSemaphorePermit, ApiError> {
-        // Only a closed semaphore refuses, and this one is never closed.
-        self.permits
+    /// `wanted` permits (at most all of them), once they are free; or,
+    /// when none free within `patience`, `unavailable`: the server is busy,
+    /// which a smaller request would not help (where the request's own
+    /// `timeout` tells a client that its request or its link is too slow,
+    /// and makes it send less).
+    async fn take(
+        &self,
+        wanted: u32,
+        patience: Duration,
+    ) -> Result<OwnedSemaphorePermit, ApiError> {
+        let taking = self
+            .permits
             .clone()
-            .acquire_many_owned(wanted.min(self.capacity))
-            .await
-            .map_err(|_| ApiError::new(ErrorCode::Internal, self.closed))
+            .acquire_many_owned(wanted.min(self.capacity));
+        match tokio::time::timeout(patience, taking).await {
+            Ok(taken) => {
+                // Only a closed semaphore refuses, and this one is never closed.
+                taken.map_err(|_| ApiError::new(ErrorCode::Internal, self.closed))
+            }
+            Err(_) => Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "the server is busy with other pushes; try again later",
+            )),
+        }
     }
 
     /// Resolves when every permit is back.
@@ -558,7 +574,13 @@ async fn sync(
     // Room for the body before a byte of it is read, kept while the records
     // decoded from it are merged: the bodies held at once stay within
     // `max_buffered_bytes` (and their records within a few times that).
-    let room = state.body_room.take(kib(declared.unwrap_or(max))).await?;
+    // A wait for room or for a merge's place, longer than half the request
+    // timeout, is the server being busy.
+    let patience = state.options.request_timeout / 2;
+    let room = state
+        .body_room
+        .take(kib(declared.unwrap_or(max)), patience)
+        .await?;
     let bytes = read_body(declared, body, max).await?;
     // Checked UTF-8 once, whole: the parsers then read it as text.
     let text = String::from_utf8(bytes).map_err(|error| {
@@ -574,7 +596,7 @@ async fn sync(
     let records = decode_records(Arc::new(text), spans).await?;
     // Taken once the body is in: a client sending its body slowly holds a
     // connection, not a merge's place.
-    let slot = state.sync_slots.take(1).await?;
+    let slot = state.sync_slots.take(1, patience).await?;
     // The merge runs on its own task: a client that goes away or a request
     // that times out does not cut a write in half.
     let replica = state.replica.clone();

@@ -303,9 +303,10 @@ impl ServerOptions {
 
     /// Most sync requests merged at once (default 32). A merge keeps its
     /// place until it ends, also when its request has timed out and it
-    /// completes in the background; further sync requests wait for a place
-    /// (within the request timeout). Bounds the merges, and the records they
-    /// hold, that clients retrying slow pushes can pile up.
+    /// completes in the background; further sync requests wait for a place,
+    /// up to half the request timeout, and are then answered 503
+    /// `unavailable` (busy, try later). Bounds the merges, and the records
+    /// they hold, that clients retrying slow pushes can pile up.
     #[must_use]
     pub fn max_concurrent_syncs(mut self, syncs: usize) -> Self {
         self.max_concurrent_syncs = syncs;
@@ -318,7 +319,8 @@ impl ServerOptions {
     /// allowed always gets in). A push takes room for its body (the length
     /// it declares, or `max_body_bytes` if it declares none) before reading
     /// it, and keeps the room until its merge ends; a push that finds no
-    /// room waits for it, within the request timeout. Without it, every
+    /// room waits for it, up to half the request timeout, and is then
+    /// answered 503 `unavailable`. Without it, every
     /// connection could hold a body of `max_body_bytes` at once (512 × 16
     /// MiB by default), and the records decoded from a body take a few
     /// times its size.

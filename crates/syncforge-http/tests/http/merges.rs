@@ -122,3 +122,43 @@ async fn shutdown_waits_for_the_merges_of_requests_that_timed_out() {
         "shutdown returned with a merge still running"
     );
 }
+
+/// A push that waits for a merge's place longer than half the request
+/// timeout is answered 503 `unavailable` (busy: try later), not `timeout`,
+/// which tells a client that its request is too slow and makes it send
+/// less. The push that held the place is still merged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_waiting_too_long_for_a_place_is_told_the_server_is_busy() {
+    let replica =
+        InstrumentedReplica::new(memory_engine("hq").await).slow_syncs(Duration::from_secs(3));
+    let (running, ended) = (replica.syncs_running.clone(), replica.syncs_ended.clone());
+    let options = ServerOptions::default()
+        .max_concurrent_syncs(1)
+        .request_timeout(Duration::from_secs(2))
+        .max_wait(Duration::from_millis(100));
+    let server = Server::bind(replica, "127.0.0.1:0", options).await.unwrap();
+    let holding = tokio::spawn(push(server.url(), body("n1").await));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while running.load(Ordering::SeqCst) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first merge never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let answer = raw_client()
+        .post(format!("{}/v1/collections/notes/sync", server.url()))
+        .header("content-type", "application/json")
+        .body(body("n2").await)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    assert!(answer.headers().contains_key("retry-after"));
+    let error: serde_json::Value = serde_json::from_slice(&answer.bytes().await.unwrap()).unwrap();
+    assert_eq!(error["error"]["code"], "unavailable", "{error}");
+    // The first push's request timed out; its merge goes on and ends.
+    let _ = holding.await.unwrap();
+    server.shutdown().await.unwrap();
+    assert_eq!(ended.load(Ordering::SeqCst), 1);
+}
