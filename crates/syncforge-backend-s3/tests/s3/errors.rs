@@ -27,6 +27,15 @@ fn first_note() -> (CollectionName, Record) {
     (CollectionName::new("notes").unwrap(), record)
 }
 
+/// The error of a create of [`first_note`] that `backend` refuses.
+async fn first_note_refused(backend: &S3Backend) -> Error {
+    let (collection, record) = first_note();
+    backend
+        .put(&collection, &Write::create(record))
+        .await
+        .unwrap_err()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_is_down_gives_a_clear_error_within_the_bound() {
     // Nothing listens on the discard port of this machine.
@@ -186,11 +195,7 @@ async fn a_probe_create_refused_with_nothing_there_is_a_verdict() {
     let memory = Arc::new(object_store::memory::InMemory::new());
     let refusing = Arc::new(crate::wrapper::Wrapped::new(memory).refusing_first_creates("/p/"));
     let backend = S3Backend::from_store(refusing, "dse").unwrap();
-    let (collection, record) = first_note();
-    let error = backend
-        .put(&collection, &Write::create(record))
-        .await
-        .unwrap_err();
+    let error = first_note_refused(&backend).await;
     assert!(
         matches!(&error, Error::Storage { message, .. }
             if message.contains("a create of a new key was refused")),
@@ -206,12 +211,8 @@ async fn a_check_whose_probe_cannot_be_removed_says_so_every_time() {
     let memory = Arc::new(object_store::memory::InMemory::new());
     let denying = Arc::new(crate::wrapper::Wrapped::new(memory).denying_deletes());
     let backend = S3Backend::from_store(denying, "dse").unwrap();
-    let (collection, record) = first_note();
     for attempt in 0..3 {
-        let error = backend
-            .put(&collection, &Write::create(record.clone()))
-            .await
-            .unwrap_err();
+        let error = first_note_refused(&backend).await;
         assert!(
             matches!(&error, Error::Storage { message, .. } if message.contains("refused")),
             "attempt {attempt}: {error}"
@@ -231,11 +232,7 @@ async fn a_bucket_that_is_not_there_is_named() {
         bucket: format!("{}-missing", server.bucket),
     };
     let backend = S3Backend::from_store(missing.store(), "dse").unwrap();
-    let (collection, record) = first_note();
-    let error = backend
-        .put(&collection, &Write::create(record))
-        .await
-        .unwrap_err();
+    let error = first_note_refused(&backend).await;
     assert!(
         matches!(&error, Error::Storage { message, .. } if message.contains("does the bucket exist")),
         "{error}"
