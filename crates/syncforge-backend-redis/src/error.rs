@@ -257,6 +257,16 @@ mod tests {
     /// inside stays transient, in either of the forms servers give.
     #[test]
     fn transient_codes_inside_a_script_error_are_transient() {
+        // What a failed script's call gives, as this backend maps it.
+        let script_error = |wrapped: &str| {
+            let details = format!("ERR Error running script (call to f_0a1b2c): {wrapped}");
+            let error = map(
+                FredError::new(ErrorKind::Unknown, details.clone()),
+                "writing records",
+                "redis://h:1/0",
+            );
+            (details, error)
+        };
         for wrapped in [
             "@user_script:1: -READONLY You can't write against a read only replica.",
             "@user_script:4: @user_script: 4: -READONLY You can't write against a read only replica.",
@@ -265,12 +275,7 @@ mod tests {
             "@user_script:3: @user_script: 3: -TRYAGAIN Multiple keys request during rehashing of slot",
             "@user_script:1: -CLUSTERDOWN The cluster is down",
         ] {
-            let details = format!("ERR Error running script (call to f_0a1b2c): {wrapped}");
-            let error = map(
-                FredError::new(ErrorKind::Unknown, details.clone()),
-                "writing records",
-                "redis://h:1/0",
-            );
+            let (details, error) = script_error(wrapped);
             assert_eq!(kind_of(&error), "unavailable", "{details}");
             assert!(error.is_transient());
         }
@@ -291,12 +296,7 @@ mod tests {
                 "out of memory",
             ),
         ] {
-            let details = format!("ERR Error running script (call to f_0a1b2c): {wrapped}");
-            let error = map(
-                FredError::new(ErrorKind::Unknown, details.clone()),
-                "writing records",
-                "redis://h:1/0",
-            );
+            let (details, error) = script_error(wrapped);
             assert_eq!(kind_of(&error), "storage", "{details}");
             assert!(error.to_string().contains(advice), "{error}");
         }
