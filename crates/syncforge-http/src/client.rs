@@ -462,6 +462,14 @@ fn refused_certificate(error: &(dyn std::error::Error + 'static)) -> bool {
 /// The longest long poll asked of a server: its own bound is far below.
 const LONGEST_WAIT: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// Waits the time a slow answer asked for (`Retry-After`, already bounded
+/// by [`MAX_RETRY_DELAY`]) before a smaller request, if it asked.
+async fn wait_as_asked(asked: Option<Duration>) {
+    if let Some(asked) = asked {
+        tokio::time::sleep(asked).await;
+    }
+}
+
 /// The time a refusal asks to wait before trying again (`Retry-After` in
 /// seconds; a date is not honoured), up to [`MAX_RETRY_DELAY`].
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
@@ -541,8 +549,7 @@ impl HttpPeerBuilder {
     /// 256 MiB). A page of changes is the largest answer: a larger page is
     /// asked for again with half as many changes, down to one (and later
     /// pages of that collection through this peer are no longer); any other
-    /// larger answer,
-    /// or a single change that large, fails the call with
+    /// larger answer, or a single change that large, fails the call with
     /// [`Error::PeerProtocol`].
     pub fn max_response_bytes(mut self, max: usize) -> Self {
         self.max_response_bytes = max;
@@ -703,8 +710,8 @@ enum Failure {
     /// server's own 503 `timeout`, or a 408 or 504 that came after
     /// [`LONG_FOR_A_GATEWAY`] or half the client's timeout, whichever is
     /// less (one that comes at once, as from a gateway restarting, is no
-    /// sign of a slow link, and is [`Failure::Transient`]). Worth trying again, smaller if the call can
-    /// be.
+    /// sign of a slow link, and is [`Failure::Transient`]). Worth trying
+    /// again, smaller if the call can be.
     Slow(Error, Option<Duration>),
 }
 
@@ -958,9 +965,7 @@ impl HttpPeer {
                 };
                 *learnt = Some(learnt.map_or(half, |bytes| bytes.min(half)));
             }
-            if let Some(asked_wait) = asked_wait {
-                tokio::time::sleep(asked_wait.min(MAX_RETRY_DELAY)).await;
-            }
+            wait_as_asked(asked_wait).await;
         }
         let middle = ends.len() / 2;
         let cut = ends.get(middle - 1).copied().unwrap_or_default();
@@ -1057,35 +1062,29 @@ impl HttpPeer {
             // takes: asked for again, half as long. Asked for again as it
             // was, it would fail the same way, and the pull would never get
             // past it.
-            let (failure, asked_wait) = match self.call_raw(&call).await {
+            let (error, slow, asked_wait) = match self.call_raw(&call).await {
                 Ok(bytes) => break (call, bytes, started.elapsed()),
                 Err(Failure::Slow(error, asked_wait)) if timed && limit.get() > 1 => {
-                    (Failure::Slow(error, None), asked_wait)
+                    (error, true, asked_wait)
                 }
-                Err(failure @ Failure::AnswerTooLarge(_)) if limit.get() > 1 => (failure, None),
+                Err(Failure::AnswerTooLarge(error)) if limit.get() > 1 => (error, false, None),
                 Err(failure) => return Err(failure.into_error()),
             };
-            let slow = matches!(failure, Failure::Slow(..));
             limit = self
                 .inner
                 .state
                 .lock()
                 .halve_page_limit(collection, limit, slow);
-            let error = failure.into_error();
             tracing::debug!(%error, slow, limit, "a feed page was too slow or too large; asking for fewer changes");
-            if let Some(asked_wait) = asked_wait {
-                tokio::time::sleep(asked_wait.min(MAX_RETRY_DELAY)).await;
-            }
+            wait_as_asked(asked_wait).await;
         };
         let page: RawPage<'_> = serde_json::from_slice(&bytes)
             .map_err(|error| self.unexpected_body(&call.url, &error))?;
-        if timed && page.changes.len() == limit.get() {
-            let quickly = quick(took, self.inner.timeout);
-            let mut state = self.inner.state.lock();
-            state.full_page_came(collection, limit, quickly);
-        }
         {
             let mut state = self.inner.state.lock();
+            if timed && page.changes.len() == limit.get() {
+                state.full_page_came(collection, limit, quick(took, self.inner.timeout));
+            }
             if state.follow_feed(&page.feed_id) {
                 // The server now runs on another store: `after` meant nothing
                 // there. The next sync sees the new feed id and starts over.
