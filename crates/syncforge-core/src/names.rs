@@ -207,7 +207,7 @@ pub trait IntoName<T> {
 }
 
 macro_rules! into_name {
-    ($name:ident, $from_str:path) => {
+    ($name:ident, $from_str:path $(, $with_str:path)?) => {
         impl IntoName<$name> for $name {
             fn into_name(self) -> Result<$name> {
                 Ok(self)
@@ -225,9 +225,11 @@ macro_rules! into_name {
                 $from_str(self)
             }
 
-            fn with_name<R>(self, use_name: impl FnOnce(&$name) -> R) -> Result<R> {
-                $name::with_str(self, use_name)
-            }
+            $(
+                fn with_name<R>(self, use_name: impl FnOnce(&$name) -> R) -> Result<R> {
+                    $with_str(self, use_name)
+                }
+            )?
         }
 
         impl IntoName<$name> for String {
@@ -244,16 +246,12 @@ macro_rules! into_name {
     };
 }
 
-into_name!(CollectionName, CollectionName::recent);
+into_name!(
+    CollectionName,
+    CollectionName::recent,
+    CollectionName::with_str
+);
 into_name!(RecordId, RecordId::new);
-
-impl RecordId {
-    /// [`IntoName::with_name`] of an id given as a string: ids are not
-    /// kept, so it is made.
-    fn with_str<R>(id: &str, use_id: impl FnOnce(&RecordId) -> R) -> Result<R> {
-        RecordId::new(id).map(|id| use_id(&id))
-    }
-}
 
 /// How many collection names given as strings each thread keeps.
 const RECENT_NAMES_KEPT: usize = 4;
@@ -263,6 +261,11 @@ thread_local! {
     /// slot the next one takes.
     static RECENT_NAMES: RefCell<([Option<CollectionName>; RECENT_NAMES_KEPT], usize)> =
         RefCell::new((std::array::from_fn(|_| None), 0));
+}
+
+/// The name kept in `slots` that is `name`, if one is.
+fn kept<'a>(slots: &'a [Option<CollectionName>], name: &str) -> Option<&'a CollectionName> {
+    slots.iter().flatten().find(|known| known.as_str() == name)
 }
 
 impl CollectionName {
@@ -285,7 +288,7 @@ impl CollectionName {
                 return CollectionName::new(name);
             };
             let (slots, next) = &mut *names;
-            if let Some(known) = slots.iter().flatten().find(|known| known.as_str() == name) {
+            if let Some(known) = kept(slots, name) {
                 return Ok(known.clone());
             }
             let fresh = CollectionName::new(name)?;
@@ -302,12 +305,7 @@ impl CollectionName {
     fn with_str<R>(name: &str, use_name: impl FnOnce(&CollectionName) -> R) -> Result<R> {
         RECENT_NAMES.with(|names| {
             if let Ok(names) = names.try_borrow() {
-                if let Some(known) = names
-                    .0
-                    .iter()
-                    .flatten()
-                    .find(|known| known.as_str() == name)
-                {
+                if let Some(known) = kept(&names.0, name) {
                     return Ok(use_name(known));
                 }
             }
