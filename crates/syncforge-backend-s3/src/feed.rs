@@ -223,47 +223,59 @@ impl Store {
                     format!("the feed of {} has used every entry number", keys.dir()),
                 ));
             }
-            match self
+            let taken = match self
                 .io
                 .put(&keys.entry(number), body.clone(), Condition::Absent)
                 .await?
             {
-                Put::Done(_) => {
-                    let (horizon, _) = self.read_horizon(keys).await?;
-                    if horizon.horizon >= number {
-                        // Abandoned: compaction folded this number already. The
-                        // entry stays unread (readers and compactors skip
-                        // entries at or below the horizon) until compaction
-                        // deletes it.
+                Put::Done(_) => true,
+                // A refusal usually means another writer took the number,
+                // but not always. The create may have landed with its
+                // answer lost, and the client's resend been refused: the
+                // entry holding this writer's very bytes is its own (only
+                // a resend of the same writes, stamps and all, writes the
+                // same bytes), and claiming another number would commit
+                // the writes twice, the second commit refused as a
+                // conflict wherever a reader completed the first. Or S3
+                // answered 409 to a create that raced another request on
+                // the key, which may have failed too: a number left free
+                // below taken ones would be claimed later, under cursors
+                // readers already hold, so it is tried again.
+                Put::Lost => match self.io.get(&keys.entry(number)).await? {
+                    Some(found) if found.body == body => true,
+                    Some(_) => {
                         races.lost(&keys.entries()).await?;
-                        head = horizon.horizon;
-                        continue;
+                        // Taken the first time: usually by a writer just as
+                        // fast, so try the next number. Taken again: the
+                        // feed is further on (and later, after a wait,
+                        // further still): list where it ends.
+                        head = if races.count() == 1 {
+                            number
+                        } else {
+                            self.find_head(keys, number).await?
+                        };
+                        false
                     }
-                    self.heads.lock().insert(collection.clone(), number);
-                    return Ok(number);
-                }
-                Put::Lost => {
-                    races.lost(&keys.entries()).await?;
-                    // A refusal usually means another writer took the
-                    // number, but not always: S3 answers 409 to a create
-                    // that raced another request on the key, which may have
-                    // failed too. A number left free below taken ones would
-                    // be claimed later, under cursors readers already hold:
-                    // it is tried again.
-                    if self.io.get(&keys.entry(number)).await?.is_none() {
-                        continue;
+                    None => {
+                        races.lost(&keys.entries()).await?;
+                        false
                     }
-                    // Taken the first time: usually by a writer just as fast,
-                    // so try the next number. Taken again: the feed is further
-                    // on (and later, after a wait, further still): list where
-                    // it ends.
-                    head = if races.count() == 1 {
-                        number
-                    } else {
-                        self.find_head(keys, number).await?
-                    };
-                }
+                },
+            };
+            if !taken {
+                continue;
             }
+            let (horizon, _) = self.read_horizon(keys).await?;
+            if horizon.horizon >= number {
+                // Abandoned: compaction folded this number already. The
+                // entry stays unread (readers and compactors skip entries
+                // at or below the horizon) until compaction deletes it.
+                races.lost(&keys.entries()).await?;
+                head = horizon.horizon;
+                continue;
+            }
+            self.heads.lock().insert(collection.clone(), number);
+            return Ok(number);
         }
     }
 

@@ -429,6 +429,48 @@ async fn readers_complete_a_slow_writers_items() {
     );
 }
 
+/// A writer whose feed entry create landed, but was sent again (its answer
+/// lost) and refused, took its own entry for another writer's and claimed
+/// the next number with the same writes. A reader completed the first
+/// entry, and the writer's commit of the second was refused: a write that
+/// was applied came back as a conflict. The writer knows its entry by its
+/// bytes, and keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_whose_entry_claim_was_sent_twice_keeps_its_entry() {
+    let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let collection = coll("resent");
+    let slow = Arc::new(
+        Wrapped::new(Arc::clone(&memory))
+            .resending_puts_containing("/f/")
+            .slow_puts("/r/", Duration::from_millis(300)),
+    );
+    let writer = S3Backend::from_store(slow.clone(), "dse").unwrap();
+    let mut clock = Hlc::new(ClientId::new("resent").unwrap());
+    let record = Record::create(content("once", 1), &clock.now().unwrap());
+    let write = Write::create(record.clone());
+    let mut writing = tokio::spawn(async move { writer.put(&coll("resent"), &write).await });
+    tokio::select! {
+        () = slow.slow_put_begun() => {}
+        ended = &mut writing => panic!("the put ended before writing its record: {ended:?}"),
+    }
+    let reader = handle(&memory, "dse");
+    let page = reader
+        .changes(&collection, Cursor::START, 10.try_into().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(page.records().cloned().collect::<Vec<_>>(), vec![record]);
+    let outcome = writing.await.unwrap().unwrap();
+    assert!(
+        matches!(outcome, WriteOutcome::Written { cursor, .. } if cursor == page.changes[0].cursor),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        objects_under(&memory, "dse/c/resent/f").await.len(),
+        1,
+        "one entry for one put"
+    );
+}
+
 /// With a small compaction interval, entries are folded and deleted (in
 /// bulk): the bucket keeps a bounded number of feed objects, and readers
 /// from any cursor still see every change once.
