@@ -343,6 +343,19 @@ impl FieldStates {
         }
     }
 
+    /// Adds `more`, states of names this does not hold yet: appended and
+    /// sorted once. Inserting each in its place moved every later field,
+    /// which made a record of many removed names among many live ones
+    /// quadratic to read.
+    pub(crate) fn add_new(&mut self, more: Vec<(FieldName, FieldState)>) {
+        if more.is_empty() {
+            return;
+        }
+        self.0.extend(more);
+        // Mostly two sorted runs, which the stable sort merges in one pass.
+        self.0.sort_by(|a, b| a.0.cmp(&b.0));
+    }
+
     /// Fields and their states, sorted by name.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &FieldState)> + '_ {
         self.view().iter()

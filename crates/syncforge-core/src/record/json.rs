@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value};
 
-use super::fields::{FieldState, FieldStates};
+use super::fields::{shared_name, FieldState, FieldStates};
 use super::typescript::from_seed;
 use super::{
     is_reserved, Record, CLIENT_ID_KEY, DELETED_KEY, ID_KEY, SYNC_KEY, TIMESTAMP_KEY, VERSION_KEY,
@@ -320,6 +320,7 @@ fn from_sync_state<'a>(
             ));
         }
     }
+    let mut gone = Vec::with_capacity(removed.len());
     for (name, s) in removed {
         if is_reserved(name) || fields.contains_key(name) {
             return Err(bad(
@@ -327,11 +328,12 @@ fn from_sync_state<'a>(
                 "is listed in `_sync.removed` but present".to_owned(),
             ));
         }
-        fields.insert_shared(
-            name,
+        gone.push((
+            shared_name(name.as_str()),
             FieldState::checked(None, stamp(&|| format!("_sync.removed.{name}"), s)?),
-        );
+        ));
     }
+    fields.add_new(gone);
     let mut vv = VersionVector::new();
     for (client, n) in versions {
         let key = || format!("_sync.versions.{client}");
@@ -366,6 +368,31 @@ mod tests {
 
     fn content(v: Value) -> Content {
         Content::from_value(v).unwrap()
+    }
+
+    /// Removed names between live ones are read into their places by name
+    /// (they are added after the live ones and sorted once), by both
+    /// readers, and the record prints as it was read.
+    #[test]
+    fn removed_names_among_live_ones_are_read_in_name_order() {
+        let s = "018bcfe569f4.00000000.laptop";
+        let text = json!({
+            "id": "x", "b": 1, "d": 2,
+            "_clientId": "laptop", "_deleted": false, "_timestamp": 1700000000500u64,
+            "_version": 1,
+            "_sync": {
+                "written": s,
+                "fields": {"b": s, "d": s},
+                "removed": {"a": s, "c": s, "e": s},
+                "versions": {"laptop": 1}
+            }
+        });
+        let record = Record::from_json(text.clone()).unwrap();
+        let names: Vec<&str> = record.field_states().iter().map(|(name, _)| name).collect();
+        assert_eq!(names, ["a", "b", "c", "d", "e"]);
+        let printed = record.to_json_string();
+        assert_eq!(Record::from_stored_json(&printed), Some(record.clone()));
+        assert_eq!(printed, text.to_string());
     }
 
     /// Counts that are each within bounds but sum past them: the record's

@@ -16,7 +16,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::fields::{FieldState, FieldStates};
+use super::fields::{shared_name, FieldState, FieldStates};
 use super::json::SeedMeta;
 use super::{
     is_reserved, Record, CLIENT_ID_KEY, DELETED_KEY, ID_KEY, SYNC_KEY, TIMESTAMP_KEY, VERSION_KEY,
@@ -252,12 +252,18 @@ impl Stored<'_> {
             fields.insert_shared(&name.0, FieldState::checked(Some(value), stamp(text)?));
         }
         if let Some(removed) = sync.removed {
-            for (name, text) in removed.sorted()?.0 {
+            let removed = removed.sorted()?.0;
+            let mut gone = Vec::with_capacity(removed.len());
+            for (name, text) in removed {
                 if is_reserved(&name.0) || fields.contains_key(name.0.as_ref()) {
                     return None;
                 }
-                fields.insert_shared(&name.0, FieldState::checked(None, stamp(&text)?));
+                gone.push((
+                    shared_name(name.0.as_ref()),
+                    FieldState::checked(None, stamp(&text)?),
+                ));
             }
+            fields.add_new(gone);
         }
         let mut versions = VersionVector::new();
         for (writer, count) in sync.versions.sorted()?.0 {
