@@ -18,6 +18,8 @@ pub const MAX_VERSION: u64 = (1 << 53) - 1;
 /// A count at `MAX_VERSION` stops counting: a replica could no longer tell
 /// its own later writes from earlier ones, nor report the conflicts they
 /// make, so a record that would pin a count there is refused on arrival.
+/// A local write by a client counted at this bound already is refused too:
+/// the record it made would be refused by every other replica.
 pub const MAX_RECEIVED_VERSION: u64 = 1 << 48;
 
 /// Per-client write counts of one record. Merged by pointwise maximum.

@@ -350,6 +350,7 @@ impl Record {
         if !changed {
             return Ok(false);
         }
+        self.check_countable(stamp.client())?;
         let mut header = self.head().clone();
         header.written = stamp.clone();
         header.versions.increment(stamp.client());
@@ -365,6 +366,7 @@ impl Record {
             return Ok(false);
         }
         self.check_newer(stamp)?;
+        self.check_countable(stamp.client())?;
         let mut header = self.head().clone();
         header.tombstone = Some(Box::new(stamp.clone()));
         header.versions.increment(stamp.client());
@@ -459,6 +461,28 @@ impl Record {
                 "counts {largest} writes of one client, past the {MAX_RECEIVED_VERSION} a \
                  received record may count: no replica writes a record that often, and \
                  counting on from there would stop at the limit and hide conflicts"
+            ),
+        ))
+    }
+
+    /// Refuses one more write by `client` when the record counts
+    /// [`MAX_RECEIVED_VERSION`] of its writes already, with
+    /// [`Error::InvalidRecord`] about `_sync`: the record it would make
+    /// counts past what every other replica takes
+    /// ([`check_received_counts`](Self::check_received_counts)), and could
+    /// never be synced again.
+    fn check_countable(&self, client: &ClientId) -> Result<()> {
+        let count = self.versions().get(client);
+        if count < MAX_RECEIVED_VERSION {
+            return Ok(());
+        }
+        Err(Error::invalid_field(
+            Some(self.id().as_str()),
+            "_sync",
+            format!(
+                "counts {count} writes of client {client}, the most a record may count to be \
+                 taken by another replica: one more write by that client would make a record \
+                 no replica takes"
             ),
         ))
     }

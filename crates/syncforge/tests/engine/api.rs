@@ -361,13 +361,36 @@ async fn a_record_counting_writes_past_the_received_bound_is_refused_with_its_ba
             "nothing written"
         );
     }
-    // At the bound a record is taken, and a local write still counts.
+    // At the bound a record is taken, but one more write by the client it
+    // counts at the bound would make a record no replica takes: refused,
+    // with nothing written. Another client's write still counts.
     let _ = local.sync("c", vec![good, at("n1", bound)]).await.unwrap();
-    let edited = local
+    for refused in [
+        local
+            .put("c", &json!({"id": "n1", "t": "b"}))
+            .await
+            .map(Some),
+        local.delete("c", "n1").await,
+    ] {
+        match refused.unwrap_err() {
+            Error::InvalidRecord { id, field, reason } => {
+                assert_eq!(id.as_deref(), Some("n1"));
+                assert_eq!(field.as_deref(), Some("_sync"));
+                assert!(reason.contains(&bound.to_string()), "{reason}");
+            }
+            other => panic!("expected InvalidRecord, got {other:?}"),
+        }
+    }
+    let stored = local.get("c", "n1").await.unwrap().unwrap();
+    assert_eq!(stored.version(), bound);
+    let other = engine_at("other", ConflictStrategy::Timestamp, &time).await;
+    let _ = other.sync("c", vec![stored]).await.unwrap();
+    let edited = other
         .put("c", &json!({"id": "n1", "t": "b"}))
         .await
         .unwrap();
     assert_eq!(edited.version(), bound + 1);
+    let _ = local.sync("c", vec![edited]).await.unwrap();
 }
 
 #[tokio::test]
