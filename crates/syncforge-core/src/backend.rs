@@ -28,7 +28,8 @@ use crate::record::Record;
 /// last change it saw and asks for what came after. [`Cursor::START`] is
 /// before every change. Cursors are opaque positions (not times, not counts)
 /// and only comparable within one collection of one store. Serialised as a
-/// JSON number, at most 2^53 so that every JSON reader keeps it exact.
+/// JSON number; every backend hands out cursors of at most 2^53, so that
+/// every JSON reader keeps them exact, though a `Cursor` holds any `u64`.
 #[derive(
     Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize,
 )]

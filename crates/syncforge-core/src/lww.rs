@@ -1,9 +1,10 @@
 //! Last-writer-wins building blocks: a register and a map of registers.
 //!
 //! These are the primitives the CRDT strategy is made of, exposed for users who
-//! want field-level merging of their own data. Ties between equal stamps (only
-//! possible for imported data) are broken by the value's canonical JSON, the
-//! same rule as in [`crate::merge`].
+//! want field-level merging of their own data. Ties between equal stamps (from
+//! imported data, two writers sharing a client id, or a caller giving one
+//! stamp twice) are broken by the value's canonical JSON, the same rule as in
+//! [`crate::merge`].
 
 use serde_json::{Map, Value};
 
@@ -48,7 +49,8 @@ impl LwwRegister {
         LwwRegister::new(state.value, state.stamp)
     }
 
-    /// Writes `value` at `stamp`; returns whether it won (a newer stamp).
+    /// Writes `value` at `stamp`; returns whether it won: a newer stamp, or
+    /// an equal stamp with a value that wins the tie (see the module docs).
     pub fn set(&mut self, value: Value, stamp: Stamp) -> Result<bool> {
         Ok(self.offer(FieldState::new(Some(value), stamp)?))
     }
