@@ -606,7 +606,7 @@ impl RedisBackend {
             );
             // An index entry without its record cannot come from the scripts;
             // skipping it (the page's `next` passes it) keeps the feed moving.
-            let Some(value) = text(&value) else {
+            let Some(value) = stored_text(&value, collection, keys, &id)? else {
                 tracing::warn!(
                     collection = collection.as_str(),
                     id = id.as_ref(),
@@ -770,6 +770,27 @@ fn text(value: &Value) -> Option<std::borrow::Cow<'_, str>> {
     match value {
         Value::Null | Value::Boolean(false) => None,
         other => other.as_str(),
+    }
+}
+
+/// A stored record's text as a script returned it: `None` when there is no
+/// record, and [`Error::Corrupt`] for bytes that are not UTF-8 (written by
+/// something else), which skipping would hide from every reader of the feed.
+fn stored_text<'a>(
+    value: &'a Value,
+    collection: &CollectionName,
+    keys: &CollectionKeys,
+    id: &str,
+) -> Result<Option<std::borrow::Cow<'a, str>>> {
+    match text(value) {
+        Some(text) => Ok(Some(text)),
+        None if matches!(value, Value::Null | Value::Boolean(false)) => Ok(None),
+        None => Err(error::corrupt(
+            collection,
+            Some(id),
+            &keys.records,
+            "the stored record is not UTF-8 text".to_owned(),
+        )),
     }
 }
 
@@ -1105,7 +1126,7 @@ impl StorageBackend for RedisBackend {
             }
             for (id, value) in ids.iter().zip(&values) {
                 let id = text(id).ok_or_else(|| unexpected("an id that is not text"))?;
-                if let Some(value) = text(value) {
+                if let Some(value) = stored_text(value, collection, &keys, &id)? {
                     let (_, record) = self.decode(collection, &keys, &id, &value)?;
                     latest.insert(record.id().clone(), record);
                 }

@@ -876,6 +876,47 @@ async fn a_stored_sequence_past_2_pow_53_is_corrupt() {
     remove_prefix(&config).await;
 }
 
+/// A stored record whose bytes are not UTF-8 (written by something else)
+/// was skipped by the change feed with a warning: the page's `next` passed
+/// it, and a peer pulling the feed never received the record, nor an error.
+/// The feed and the reads by time report it as corrupt, naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_record_that_is_not_utf8_is_corrupt_in_the_feed() {
+    let Some(config) = standalone("notutf8").await else {
+        return;
+    };
+    let notes = coll("notutf8");
+    let store = RedisBackend::connect(config.clone()).await.unwrap();
+    let mut hlc = Hlc::new(ClientId::new("bytes").unwrap());
+    store
+        .put_batch(&notes, &[Write::create(record(&mut hlc, "r1", 1))])
+        .await
+        .unwrap();
+    let raw = raw_client(&config).await.unwrap();
+    let records = key(&config.key_prefix, "notutf8", "records");
+    let _: () = raw
+        .hset(&records, ("r1", &b"1 {\"id\":\"r1\xff\"}"[..]))
+        .await
+        .unwrap();
+    let corrupt = |err: Error| {
+        assert!(
+            matches!(&err, Error::Corrupt { id: Some(id), .. } if id == "r1"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("not UTF-8"), "{err}");
+    };
+    corrupt(
+        store
+            .changes(&notes, Cursor::START, 10.try_into().unwrap())
+            .await
+            .unwrap_err(),
+    );
+    corrupt(store.changes_since_timestamp(&notes, 0).await.unwrap_err());
+    raw.quit().await.ok();
+    store.close().await.unwrap();
+    remove_prefix(&config).await;
+}
+
 /// Every key under `prefix` with a dump of its value.
 async fn dump_prefix(raw: &fred::clients::Client, prefix: &str) -> HashMap<String, String> {
     let keys: Vec<String> = raw
