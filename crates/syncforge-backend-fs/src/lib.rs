@@ -382,7 +382,10 @@ impl FsBackend {
     /// collections the handle used). Afterwards the record files hold every
     /// record: call it before reading or editing them with other tools.
     pub async fn checkpoint(&self) -> Result<()> {
-        for collection in self.list_collections().await? {
+        // Every collection directory, not only those holding records: the
+        // removal of a collection's last record reaches its file here too.
+        let collections = self.run(|inner| collection_dirs(&inner.root)).await?;
+        for (collection, _) in collections {
             self.with_open_collection(&collection, false, |open| {
                 open.checkpointing(Collection::checkpoint_if_used)
             })
@@ -771,45 +774,10 @@ impl StorageBackend for FsBackend {
     async fn list_collections(&self) -> Result<Vec<CollectionName>> {
         self.run(|inner| {
             let mut names = Vec::new();
-            for entry in read_dir(&inner.root)? {
-                let path = entry.path();
-                let Some(stem) = entry.file_name().to_str().map(str::to_owned) else {
-                    continue;
-                };
-                if stem.starts_with('.') {
-                    continue;
-                }
-                let file_type = entry
-                    .file_type()
-                    .map_err(|err| io_error("inspecting", &path, err))?;
-                if file_type.is_symlink() {
-                    tracing::warn!(path = %path.display(), "{LINK_REASON}: not listed as a collection");
-                    continue;
-                }
-                if !file_type.is_dir() {
-                    continue;
-                }
-                let name = if is_hashed(&stem) {
-                    let name_file = path.join(NAME_FILE);
-                    match read_file(&name_file)? {
-                        Read::Bytes(bytes) => String::from_utf8(bytes).ok(),
-                        Read::Missing => None,
-                        Read::Link => {
-                            tracing::warn!(path = %name_file.display(), "{LINK_REASON}: collection not listed");
-                            None
-                        }
-                    }
-                } else {
-                    decode(&stem)
-                };
-                let Some(name) = name.and_then(|name| CollectionName::new(name).ok()) else {
-                    continue;
-                };
+            for (name, path) in collection_dirs(&inner.root)? {
                 // The write-ahead log counts before the record files: what
                 // it wrote (after a power cut, say) and what it removed.
-                if Collection::dir_for(&inner.root, &name) == path
-                    && holds_a_record(&path, name.as_str())?
-                {
+                if holds_a_record(&path, name.as_str())? {
                     names.push(name);
                 }
             }
@@ -911,6 +879,51 @@ impl StorageBackend for FsBackend {
         })
         .await
     }
+}
+
+/// Every collection directory under `root`, with its collection's name:
+/// those holding records and those emptied since.
+fn collection_dirs(root: &Path) -> Result<Vec<(CollectionName, PathBuf)>> {
+    let mut dirs = Vec::new();
+    for entry in read_dir(root)? {
+        let path = entry.path();
+        let Some(stem) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if stem.starts_with('.') {
+            continue;
+        }
+        let file_type = entry
+            .file_type()
+            .map_err(|err| io_error("inspecting", &path, err))?;
+        if file_type.is_symlink() {
+            tracing::warn!(path = %path.display(), "{LINK_REASON}: not listed as a collection");
+            continue;
+        }
+        if !file_type.is_dir() {
+            continue;
+        }
+        let name = if is_hashed(&stem) {
+            let name_file = path.join(NAME_FILE);
+            match read_file(&name_file)? {
+                Read::Bytes(bytes) => String::from_utf8(bytes).ok(),
+                Read::Missing => None,
+                Read::Link => {
+                    tracing::warn!(path = %name_file.display(), "{LINK_REASON}: collection not listed");
+                    None
+                }
+            }
+        } else {
+            decode(&stem)
+        };
+        let Some(name) = name.and_then(|name| CollectionName::new(name).ok()) else {
+            continue;
+        };
+        if Collection::dir_for(root, &name) == path {
+            dirs.push((name, path));
+        }
+    }
+    Ok(dirs)
 }
 
 #[cfg(test)]

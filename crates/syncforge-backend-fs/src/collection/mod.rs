@@ -196,14 +196,20 @@ impl Collection {
 
     fn locked<T>(&mut self, mode: Mode, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
         self.lock.lock(mode)?;
-        let result = self.catch_up(mode).and_then(|()| f(self));
-        if result.is_err() {
+        // A panic under the lock (the OS refusing a thread, say) still
+        // releases it: the handle keeps its lock file open, and every other
+        // handle and process would wait on the collection for as long as
+        // this one lives.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.catch_up(mode).and_then(|()| f(self))
+        }));
+        if !matches!(result, Ok(Ok(_))) {
             // What is on disk is unknown after a failure; read it all again next time.
             self.log.invalidate();
             self.wal.invalidate();
         }
         self.lock.unlock();
-        result
+        result.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     }
 
     /// Catches up with both logs. A missing or unreadable change log is
@@ -228,6 +234,14 @@ impl Collection {
                 Refresh::Frames(frames) => {
                     self.absorb(&frames);
                     frames
+                }
+                Refresh::Later(why) => {
+                    return Err(corrupt(
+                        &self.name,
+                        None,
+                        &self.dir.join(wal::WAL_FILE),
+                        &why,
+                    ))
                 }
                 Refresh::Damaged(why) => {
                     if held == Mode::Shared {
@@ -264,6 +278,12 @@ impl Collection {
                             self.register(&all)
                         }
                         Refresh::Damaged(_) => Ok(()),
+                        Refresh::Later(why) => Err(corrupt(
+                            &self.name,
+                            None,
+                            &self.dir.join(wal::WAL_FILE),
+                            &why,
+                        )),
                     }
                 }
                 None => self.register(&frames),
@@ -918,6 +938,40 @@ mod tests {
         synced.lock().clear();
         drop(open(recording, Durability::Buffered));
         assert!(synced.lock().is_empty(), "{:?}", synced.lock());
+    }
+
+    /// A panic while a collection's lock was held (under a checkpoint, the
+    /// OS refusing a thread) left the lock held: every other handle and
+    /// process waited on the collection for as long as the handle lived.
+    #[tokio::test]
+    async fn a_panic_under_the_lock_releases_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let panicking = Arc::new(AtomicBool::new(false));
+        let armed = Arc::clone(&panicking);
+        let ops: Arc<dyn FileOps> = Arc::new(Hooked(move |op: &'static str, _: &Path| {
+            if op == "create_file" && armed.swap(false, Ordering::SeqCst) {
+                panic!("no thread for the checkpoint");
+            }
+            Ok(())
+        }));
+        let notes = CollectionName::new("notes").unwrap();
+        let store = FsBackend::open_on(ops, tmp.path(), FsOptions::default(), Tuning::default())
+            .await
+            .unwrap();
+        store
+            .put(&notes, &Write::create(note("n1", 1)))
+            .await
+            .unwrap();
+        panicking.store(true, Ordering::SeqCst);
+        assert!(store.checkpoint().await.is_err());
+        assert!(!panicking.load(Ordering::SeqCst), "the hook never ran");
+        let lock_file = Collection::dir_for(tmp.path(), "notes").join(lock::LOCK_FILE);
+        std::fs::File::open(lock_file)
+            .unwrap()
+            .try_lock()
+            .expect("the collection's lock is free");
+        // The handle goes on working.
+        assert_eq!(store.get_all(&notes).await.unwrap().len(), 1);
     }
 
     #[tokio::test]

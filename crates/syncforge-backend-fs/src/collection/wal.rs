@@ -157,6 +157,10 @@ pub(crate) enum Refresh {
     /// The log is missing or its header unreadable: it must be started again
     /// (under the exclusive lock).
     Damaged(String),
+    /// The log is of a later version than this one reads (written by a
+    /// newer syncforge): its frames may hold acknowledged writes, so it is
+    /// neither read nor started again, and the collection is refused.
+    Later(String),
 }
 
 /// A handle's view of one collection's write-ahead log.
@@ -233,6 +237,13 @@ impl Wal {
             Ok(parsed) => parsed,
             Err(err) => return Ok(Refresh::Damaged(format!("unreadable header: {err}"))),
         };
+        if parsed.format == WAL_FORMAT && parsed.version > 1 {
+            return Ok(Refresh::Later(format!(
+                "is of version {}, later than the version 1 this syncforge reads: open the \
+                 collection with the syncforge that wrote it",
+                parsed.version
+            )));
+        }
         if parsed.format != WAL_FORMAT || parsed.version != 1 {
             return Ok(Refresh::Damaged(format!(
                 "unknown format {:?} version {}",
@@ -440,7 +451,7 @@ mod tests {
     fn frames(refresh: Refresh) -> Vec<Frame> {
         match refresh {
             Refresh::Frames(frames) => frames,
-            Refresh::Damaged(why) => panic!("damaged: {why}"),
+            Refresh::Damaged(why) | Refresh::Later(why) => panic!("unread: {why}"),
         }
     }
 
@@ -554,7 +565,7 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_or_foreign_log_is_damaged() {
+    fn a_missing_or_foreign_log_is_damaged_and_a_later_one_unread() {
         let tmp = tempfile::tempdir().unwrap();
         let mut wal = Wal::new(tmp.path());
         assert!(matches!(wal.refresh().unwrap(), Refresh::Damaged(why) if why == "missing"));
@@ -564,6 +575,12 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(wal.refresh().unwrap(), Refresh::Damaged(why) if why.contains("format")));
+        std::fs::write(
+            tmp.path().join(WAL_FILE),
+            format!("{{\"format\":\"{WAL_FORMAT}\",\"version\":2,\"generation\":1}}\n"),
+        )
+        .unwrap();
+        assert!(matches!(wal.refresh().unwrap(), Refresh::Later(why) if why.contains("version 2")));
         std::fs::write(tmp.path().join(WAL_FILE), b"").unwrap();
         assert!(matches!(wal.refresh().unwrap(), Refresh::Damaged(_)));
         wal.reset(&OsFiles, false).unwrap();

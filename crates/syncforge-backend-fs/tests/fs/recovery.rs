@@ -132,14 +132,19 @@ async fn a_batch_creating_a_record_over_its_corrupt_file_moves_the_file_aside() 
     assert_eq!(reopened.list_collections().await.unwrap(), ["notes"]);
 }
 
+/// A replace whose token still matches the log is written over a record
+/// file that something else made unreadable meanwhile: the unreadable file
+/// is moved aside into `.corrupt/` when the checkpoint writes the record,
+/// never destroyed.
 #[tokio::test]
-async fn only_a_create_moves_a_corrupt_file_aside() {
+async fn a_replace_over_a_corrupt_file_moves_the_file_aside() {
     let tmp = tempfile::tempdir().unwrap();
     let store = FsBackend::open(tmp.path()).await.unwrap();
     let outcome = store
         .put(&coll("notes"), &Write::create(counter("r1", 1)))
         .await
         .unwrap();
+    store.checkpoint().await.unwrap();
     let broken = tmp.path().join("notes").join("r1.json");
     std::fs::write(&broken, b"not json").unwrap();
     let outcome = store
@@ -156,9 +161,24 @@ async fn only_a_create_moves_a_corrupt_file_aside() {
             cursor: at(2)
         }
     );
-    // The token still matched the log: that write replaced the file as any
-    // replace does (the engine only sends tokens it read from a valid file).
-    assert!(!tmp.path().join("notes").join(".corrupt").exists());
+    store.checkpoint().await.unwrap();
+    assert_ne!(std::fs::read(&broken).unwrap(), b"not json");
+    assert!(store
+        .corrupt_files(&coll("notes"))
+        .await
+        .unwrap()
+        .is_empty());
+    let stored = store
+        .get(&coll("notes"), &rid("r1"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(count_of(&stored.record), 2);
+    let aside: Vec<Vec<u8>> = std::fs::read_dir(tmp.path().join("notes").join(".corrupt"))
+        .unwrap()
+        .map(|entry| std::fs::read(entry.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(aside, [b"not json".to_vec()]);
 }
 
 #[tokio::test]
@@ -398,4 +418,44 @@ async fn a_page_ending_in_corrupt_entries_moves_its_cursor_past_them() {
         .unwrap();
     assert!(rest.changes.is_empty());
     assert_eq!(rest.next, at(last));
+}
+
+/// A write-ahead log of a later version (left by a newer syncforge, say
+/// after a crash and a downgrade) counted as damaged and was started
+/// again, dropping the acknowledged writes its frames held. It is refused
+/// as corrupt, and left as it is.
+#[tokio::test]
+async fn a_write_ahead_log_of_a_later_version_is_refused_not_started_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FsBackend::open(tmp.path()).await.unwrap();
+    put_any(&store, "notes", counter("r0", 0)).await;
+    store.close().await.unwrap();
+    let wal = tmp.path().join("notes").join(".wal");
+    let later = b"{\"format\":\"syncforge-fs/wal\",\"version\":2,\"generation\":7}\nframes\n";
+    std::fs::write(&wal, later).unwrap();
+
+    let reopened = FsBackend::open(tmp.path()).await.unwrap();
+    let err = reopened.get(&coll("notes"), &rid("r0")).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Corrupt { .. }) && err.to_string().contains("version 2"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&wal).unwrap(), later);
+}
+
+/// A checkpoint skipped a collection whose last record had been removed
+/// (it lists only collections holding records): the removal never reached
+/// the record files, which other programs go on reading.
+#[tokio::test]
+async fn a_checkpoint_removes_the_file_of_a_collections_last_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FsBackend::open(tmp.path()).await.unwrap();
+    put_any(&store, "notes", counter("r1", 1)).await;
+    store.checkpoint().await.unwrap();
+    let file = tmp.path().join("notes").join("r1.json");
+    assert!(file.exists());
+    assert!(store.delete(&coll("notes"), &rid("r1")).await.unwrap());
+    store.checkpoint().await.unwrap();
+    assert!(!file.exists(), "the removed record's file is still there");
+    assert!(store.list_collections().await.unwrap().is_empty());
 }
