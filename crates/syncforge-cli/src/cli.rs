@@ -315,7 +315,10 @@ pub(crate) struct StatsArgs {
 /// Each line shows the change's cursor, so a later watch can go on from it.
 /// Runs until interrupted (Ctrl-C) or until --count changes were printed; a
 /// store or sync server that is unreachable for a while is tried again
-/// (after 1 s, then twice as long each time, up to 30 s).
+/// (after 1 s, then twice as long each time, up to 30 s). A watch whose
+/// store was replaced meanwhile (a server now serving another store, a
+/// Redis store wiped by a restart) stops with an error, as its cursor means
+/// nothing in the new store's feed.
 #[derive(Debug, Args)]
 #[command(after_help = format!("{STORES}\n\nExamples:\n  \
     syncforge watch ./data notes\n  \

@@ -38,11 +38,21 @@ impl Reader {
         }
     }
 
-    /// The store's id: a local store's, or the id of the store a server
-    /// serves.
+    /// Whether the store is opened here, not reached through a server.
+    pub(crate) fn is_local(&self) -> bool {
+        matches!(self, Reader::Local(_))
+    }
+
+    /// The store's id as the store holds it now: a local store's (`none`
+    /// once the store lost it, wiped under the engine), or the id of the
+    /// store a server serves.
     pub(crate) async fn id(&self) -> Result<String> {
         match self {
-            Reader::Local(store) => Ok(store.engine().store_id().to_owned()),
+            Reader::Local(store) => Ok(store
+                .engine()
+                .stored_id()
+                .await?
+                .unwrap_or_else(|| "none".to_owned())),
             #[cfg(feature = "http")]
             Reader::Remote(remote) => remote.feed_id().await,
         }

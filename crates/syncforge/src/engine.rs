@@ -288,6 +288,16 @@ impl SyncEngine {
         &self.inner.store_id
     }
 
+    /// The id the store holds now, read from it: [`store_id`](Self::store_id)
+    /// while the store is the one this engine opened. Another id, or `None`
+    /// (no id at all), says the store was replaced under the engine — a Redis
+    /// server restarted without persistence, a directory restored from a
+    /// backup — and that cursors into its change feed mean nothing any more.
+    pub async fn stored_id(&self) -> Result<Option<String>> {
+        self.check_open()?;
+        self.inner.backend.get_meta(STORE_ID_KEY).await
+    }
+
     /// The validated configuration.
     pub fn config(&self) -> &Config {
         &self.inner.config

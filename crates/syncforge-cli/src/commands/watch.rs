@@ -67,7 +67,13 @@ pub(crate) async fn run(args: WatchArgs, cx: &mut Context) -> Result<()> {
         let page = match page {
             Ok(page) => {
                 retry = FIRST_RETRY;
-                check_feed = false;
+                // A local store's feed with nothing new may have been
+                // replaced (a Redis server restarted without persistence
+                // numbers its feed from the start again, under the cursor
+                // held here): the store is looked at again before the next
+                // read. A server's id changes only with a restart, which
+                // the watch sees as a failure first.
+                check_feed = page.changes.is_empty() && store.is_local();
                 page
             }
             // A server restarting, or briefly at its bound of connections:

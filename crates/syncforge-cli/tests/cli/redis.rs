@@ -1,21 +1,60 @@
 //! Redis stores, against the test server `cargo xtask ci` starts
 //! (`SYNCFORGE_TEST_REDIS_URL`), each test under a key prefix of its own.
 
+use std::io::BufReader;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use syncforge_testkit::services::{address, available};
 use tempfile::TempDir;
 
-use crate::support::{arg, counts, docs, export, syncforge, syncforge_with};
+use crate::support::{arg, command, counts, docs, export, syncforge, syncforge_with};
 
 const REDIS_ENV: &str = "SYNCFORGE_TEST_REDIS_URL";
 
 /// The test server's URL with a fresh key prefix, or `None` (skipped).
 fn redis_url() -> Option<String> {
+    redis_store().map(|store| store.url)
+}
+
+/// A store on the test server under a key prefix of its own.
+struct RedisStore {
+    server: String,
+    prefix: String,
+    url: String,
+}
+
+/// [`redis_url`] with the server and the prefix apart.
+fn redis_store() -> Option<RedisStore> {
     let server = address(REDIS_ENV, "redis://127.0.0.1:6379/0");
-    let url = format!("{server}?prefix=syncforge-cli-test-{}", ulid::Ulid::new());
+    let prefix = format!("syncforge-cli-test-{}", ulid::Ulid::new());
+    let url = format!("{server}?prefix={prefix}");
     let answers = syncforge(&["ls", &url]).code == 0;
-    available("redis", REDIS_ENV, &server, answers).then_some(url)
+    available("redis", REDIS_ENV, &server, answers).then_some(RedisStore {
+        server,
+        prefix,
+        url,
+    })
+}
+
+/// Deletes every key of `store`, as a server restarted without persistence
+/// loses them.
+fn wipe(store: &RedisStore) {
+    let redis_cli = |args: &[&str]| {
+        let output = Command::new("redis-cli")
+            .args(["-u", &store.server])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let listed = redis_cli(&["--scan", "--pattern", &format!("{}*", store.prefix)]);
+    let keys: Vec<&str> = listed.lines().collect();
+    assert!(!keys.is_empty(), "no key under {}", store.prefix);
+    let mut delete = vec!["DEL"];
+    delete.extend(keys);
+    redis_cli(&delete);
 }
 
 #[test]
@@ -51,4 +90,33 @@ fn an_unreachable_redis_fails_within_the_connect_bound_without_its_password() {
     assert!(!run.stderr.contains("hunter2"), "{run:?}");
     let bad = syncforge(&["ls", "redis://:hunter2@127.0.0.1:port"]).fails(2);
     assert!(!bad.stderr.contains("hunter2"), "{bad:?}");
+}
+
+/// A watch on a Redis store that was wiped under it (a server restarted
+/// without persistence numbers its feed from the start again, under the
+/// watch's cursor) went on silently, never printing the changes numbered up
+/// to its cursor. It stops with an error.
+#[test]
+fn a_watch_on_a_wiped_redis_store_stops_with_an_error() {
+    let Some(store) = redis_store() else { return };
+    syncforge_with(&["put", &store.url, "notes"], &docs("n", 3)).ok();
+    let mut watcher = command(&["watch", &store.url, "notes", "--interval", "50ms"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (said, stderr) = syncforge_testkit::processes::read_line(
+        BufReader::new(watcher.stderr.take().unwrap()),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert!(said.ends_with("after cursor 3\n"), "{said:?}");
+    watcher.stderr = Some(stderr.into_inner());
+    wipe(&store);
+    syncforge_with(&["put", &store.url, "notes"], "{\"id\": \"new\"}").ok();
+    let output = syncforge_testkit::processes::finish(watcher, Duration::from_secs(30))
+        .unwrap_or_else(|error| panic!("the watch went on after the wipe: {error}"));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("holds another store now"), "{stderr}");
 }
