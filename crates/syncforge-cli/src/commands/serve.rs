@@ -77,6 +77,10 @@ pub(crate) async fn run(args: ServeArgs, cx: &mut Context) -> Result<()> {
     let server = Server::bind(store.engine().clone(), args.addr.as_str(), options)
         .await
         .with_context(|| format!("cannot serve {} at {}", store.url(), args.addr))?;
+    // Listened for before the address is printed: a supervisor may stop the
+    // server as soon as it has read it, and a signal with no listener yet
+    // would end the process at once, without the clean shutdown.
+    let stopped = stop_signals()?;
     if cx.out.json() {
         cx.out.value(&json!({
             "store": store.url().to_string(),
@@ -90,7 +94,7 @@ pub(crate) async fn run(args: ServeArgs, cx: &mut Context) -> Result<()> {
         ))?;
     }
     cx.out.flush()?;
-    stopped().await?;
+    stopped.await?;
     server
         .shutdown()
         .await
@@ -180,20 +184,26 @@ fn checked(token: AccessToken, source: &str) -> Result<AccessToken> {
     }
 }
 
-/// Waits for Ctrl-C, or on Unix for SIGTERM (what service managers send).
-async fn stopped() -> Result<()> {
+/// Ctrl-C, or on Unix also SIGTERM (what service managers send): listened
+/// for from this call on (on Unix), and waited for by the future it returns.
+fn stop_signals() -> Result<impl std::future::Future<Output = Result<()>>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
+        let mut interrupt = signal(SignalKind::interrupt()).context("cannot wait for Ctrl-C")?;
         let mut terminate = signal(SignalKind::terminate()).context("cannot wait for SIGTERM")?;
-        tokio::select! {
-            interrupted = tokio::signal::ctrl_c() => interrupted.context("cannot wait for Ctrl-C")?,
-            _ = terminate.recv() => {}
-        }
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            Ok(())
+        })
     }
     #[cfg(not(unix))]
-    tokio::signal::ctrl_c()
-        .await
-        .context("cannot wait for Ctrl-C")?;
-    Ok(())
+    Ok(async {
+        tokio::signal::ctrl_c()
+            .await
+            .context("cannot wait for Ctrl-C")
+    })
 }
