@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use crate::support::{arg, command, counts, docs, export, syncforge, syncforge_with};
+use crate::support::{
+    arg, command, counts, docs, export, syncforge, syncforge_env, syncforge_with,
+};
 
 /// A `syncforge serve` child process, stopped with SIGTERM when dropped.
 struct Served {
@@ -98,7 +100,7 @@ fn stores_sync_with_a_served_store_and_read_it_like_any_other() {
     syncforge_with(&["put", arg(&tablet), "inspections"], &docs("t", 4)).ok();
     let server = Served::start(
         arg(&hq),
-        &["--token", "rw-secret", "--read-only-token", "ro"],
+        &["--token", "rw-secret", "--read-only-token", "ro-secret"],
     );
     let url = server.url.as_str();
     let token = ["--bearer-token", "rw-secret"];
@@ -199,7 +201,7 @@ fn tokens_are_checked_and_never_shown() {
     syncforge_with(&["put", arg(&hq), "notes"], &docs("n", 1)).ok();
     let server = Served::start(
         arg(&hq),
-        &["--token", "rw-secret", "--read-only-token", "ro"],
+        &["--token", "rw-secret", "--read-only-token", "ro-secret"],
     );
     let url = server.url.as_str();
 
@@ -220,13 +222,15 @@ fn tokens_are_checked_and_never_shown() {
     );
     assert!(!malformed.stderr.contains("two words"), "{malformed:?}");
     let read_only = syncforge_with(
-        &["import", url, "notes", "--bearer-token", "ro"],
+        &["import", url, "notes", "--bearer-token", "ro-secret"],
         &export(&hq, "notes"),
     )
     .fails(1);
-    assert!(!read_only.stderr.contains("ro\n"), "{read_only:?}");
-    let help = syncforge(&["sync", "--help"]).ok();
-    assert!(!help.stdout.contains("rw-secret"));
+    assert!(!read_only.stderr.contains("ro-secret"), "{read_only:?}");
+    // The token given in the environment is not shown beside its flag.
+    let help = syncforge_env(&["sync", "--help"], &[("SYNCFORGE_TOKEN", "rw-secret")]).ok();
+    assert!(help.stdout.contains("SYNCFORGE_TOKEN"), "{help:?}");
+    assert!(!help.stdout.contains("rw-secret"), "{help:?}");
     drop(server);
 
     let run = syncforge(&["serve", arg(&hq), "--addr", "127.0.0.1:0"]).fails(2);
