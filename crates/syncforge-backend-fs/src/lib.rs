@@ -384,14 +384,22 @@ impl FsBackend {
     pub async fn checkpoint(&self) -> Result<()> {
         // Every collection directory, not only those holding records: the
         // removal of a collection's last record reaches its file here too.
-        let collections = self.run(|inner| collection_dirs(&inner.root)).await?;
+        let mut collections = self.run(|inner| collection_dirs(&inner.root)).await?;
+        collections.sort();
+        // One collection that cannot be read does not keep the others'
+        // writes out of their files: the first failure is returned after all.
+        let mut first_failure = None;
         for (collection, _) in collections {
-            self.with_open_collection(&collection, false, |open| {
-                open.checkpointing(Collection::checkpoint_if_used)
-            })
-            .await?;
+            if let Err(err) = self
+                .with_open_collection(&collection, false, |open| {
+                    open.checkpointing(Collection::checkpoint_if_used)
+                })
+                .await
+            {
+                first_failure.get_or_insert(err);
+            }
         }
-        Ok(())
+        first_failure.map_or(Ok(()), Err)
     }
 
     /// How many times reads through this handle (`get_all`, `get_many`,

@@ -147,7 +147,11 @@ pub(crate) fn holds_a_record(dir: &Path, collection: &str) -> Result<bool> {
     if !files.is_empty() && !super::wal::holds_frames(dir)? {
         return Ok(true);
     }
-    let logged = super::wal::last_changes(dir)?;
+    // A log of a later version may hold records: the collection is listed,
+    // and using it says why it cannot be read.
+    let Some(logged) = super::wal::last_changes(dir)? else {
+        return Ok(true);
+    };
     if logged.values().any(|&written| written) {
         return Ok(true);
     }

@@ -376,15 +376,20 @@ impl Wal {
 /// `false` for a removal. Record files catch up with the log at the next
 /// checkpoint, so until then the log is what the collection holds: a record
 /// written after a power cut, or removed since its file was written.
-pub(crate) fn last_changes(dir: &Path) -> Result<std::collections::HashMap<String, bool>> {
+/// `None` for a log of a later version, which this one does not read.
+pub(crate) fn last_changes(dir: &Path) -> Result<Option<std::collections::HashMap<String, bool>>> {
     let mut wal = Wal::new(dir);
     let mut last = std::collections::HashMap::new();
-    if let Refresh::Frames(frames) = wal.refresh()? {
-        for op in frames.into_iter().flat_map(|frame| frame.ops) {
-            last.insert(op.id, op.record.is_some());
+    match wal.refresh()? {
+        Refresh::Frames(frames) => {
+            for op in frames.into_iter().flat_map(|frame| frame.ops) {
+                last.insert(op.id, op.record.is_some());
+            }
         }
+        Refresh::Damaged(_) => {}
+        Refresh::Later(_) => return Ok(None),
     }
-    Ok(last)
+    Ok(Some(last))
 }
 
 /// Whether the log in `dir` may hold a frame, told from its size and its
@@ -417,7 +422,7 @@ pub(crate) fn holds_frames(dir: &Path) -> Result<bool> {
 /// Whether the log in `dir` holds a record whose last change is a write.
 #[cfg(test)]
 pub(crate) fn holds_records(dir: &Path) -> Result<bool> {
-    Ok(last_changes(dir)?.into_values().any(|written| written))
+    Ok(last_changes(dir)?.is_some_and(|last| last.into_values().any(|written| written)))
 }
 
 #[cfg(test)]

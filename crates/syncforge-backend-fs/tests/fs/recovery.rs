@@ -434,6 +434,11 @@ async fn a_write_ahead_log_of_a_later_version_is_refused_not_started_again() {
     let later = b"{\"format\":\"syncforge-fs/wal\",\"version\":2,\"generation\":7}\nframes\n";
     std::fs::write(&wal, later).unwrap();
 
+    // A collection whose records are all in such a log is still listed.
+    let unread = tmp.path().join("unread");
+    std::fs::create_dir(&unread).unwrap();
+    std::fs::write(unread.join(".wal"), later).unwrap();
+
     let reopened = FsBackend::open(tmp.path()).await.unwrap();
     let err = reopened.get(&coll("notes"), &rid("r0")).await.unwrap_err();
     assert!(
@@ -441,6 +446,16 @@ async fn a_write_ahead_log_of_a_later_version_is_refused_not_started_again() {
         "{err}"
     );
     assert_eq!(std::fs::read(&wal).unwrap(), later);
+    assert_eq!(
+        reopened.list_collections().await.unwrap(),
+        [coll("notes"), coll("unread")]
+    );
+    // A checkpoint still writes the other collections' records, and then
+    // reports the one it could not read.
+    put_any(&reopened, "other", counter("o1", 1)).await;
+    let err = reopened.checkpoint().await.unwrap_err();
+    assert!(matches!(&err, Error::Corrupt { .. }), "{err}");
+    assert!(tmp.path().join("other").join("o1.json").exists());
 }
 
 /// A checkpoint skipped a collection whose last record had been removed
