@@ -232,11 +232,12 @@ impl Store {
                 // A refusal usually means another writer took the number,
                 // but not always. The create may have landed with its
                 // answer lost, and the client's resend been refused: the
-                // entry holding this writer's very bytes is its own (only
-                // a resend of the same writes, stamps and all, writes the
-                // same bytes), and claiming another number would commit
-                // the writes twice, the second commit refused as a
-                // conflict wherever a reader completed the first. Or S3
+                // entry holding this writer's very bytes holds its writes,
+                // stamps and expected states and all (whoever wrote them:
+                // committing that entry is committing them), and claiming
+                // another number would commit the writes twice, the second
+                // commit refused as a conflict wherever a reader completed
+                // the first. Or S3
                 // answered 409 to a create that raced another request on
                 // the key, which may have failed too: a number left free
                 // below taken ones would be claimed later, under cursors

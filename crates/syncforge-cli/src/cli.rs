@@ -316,9 +316,9 @@ pub(crate) struct StatsArgs {
 /// Runs until interrupted (Ctrl-C) or until --count changes were printed; a
 /// store or sync server that is unreachable for a while is tried again
 /// (after 1 s, then twice as long each time, up to 30 s). A watch whose
-/// store was replaced meanwhile (a server now serving another store, a
-/// Redis store wiped by a restart) stops with an error, as its cursor means
-/// nothing in the new store's feed.
+/// store was replaced meanwhile (a server now serving another store; a
+/// Redis store it opened itself, wiped by a restart) stops with an error,
+/// as its cursor means nothing in the new store's feed.
 #[derive(Debug, Args)]
 #[command(after_help = format!("{STORES}\n\nExamples:\n  \
     syncforge watch ./data notes\n  \
