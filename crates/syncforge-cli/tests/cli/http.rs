@@ -100,7 +100,7 @@ fn stores_sync_with_a_served_store_and_read_it_like_any_other() {
     syncforge_with(&["put", arg(&tablet), "inspections"], &docs("t", 4)).ok();
     let server = Served::start(
         arg(&hq),
-        &["--token", "rw-secret", "--read-only-token", "ro-secret"],
+        &["--token", "rw-secret", "--read-only-token", "ro"],
     );
     let url = server.url.as_str();
     let token = ["--bearer-token", "rw-secret"];
