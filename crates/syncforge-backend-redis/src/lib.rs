@@ -474,6 +474,25 @@ impl RedisBackend {
     }
 
     /// Reads one stored value: `"<sequence> <record JSON>"`.
+    /// The record a read of `id` found, with its token: `None` when there
+    /// is none.
+    fn stored(
+        &self,
+        collection: &CollectionName,
+        keys: &CollectionKeys,
+        id: &RecordId,
+        value: &Value,
+    ) -> Result<Option<Stored>> {
+        let Some(text) = stored_text(value, collection, keys, id.as_str())? else {
+            return Ok(None);
+        };
+        let (sequence, record) = self.decode(collection, keys, id, &text)?;
+        Ok(Some(Stored {
+            record,
+            token: Token::Sequence(sequence),
+        }))
+    }
+
     fn decode(
         &self,
         collection: &CollectionName,
@@ -629,11 +648,11 @@ impl RedisBackend {
         keys: &CollectionKeys,
         ids: &[RecordId],
         collection: &CollectionName,
-    ) -> Result<Vec<Option<String>>> {
+    ) -> Result<Vec<Value>> {
         const OP: &str = "reading records";
         if ids.len() <= CHUNK {
             let fields: Vec<&str> = ids.iter().map(RecordId::as_str).collect();
-            let values: Vec<Option<String>> = self
+            let values: Vec<Value> = self
                 .client
                 .hmget(keys.records.as_str(), fields)
                 .await
@@ -650,7 +669,7 @@ impl RedisBackend {
                 .map_err(self.fail(OP, Some(collection)))?;
         }
         let mut values = Vec::with_capacity(ids.len());
-        for reply in pipeline.try_all::<Vec<Option<String>>>().await {
+        for reply in pipeline.try_all::<Vec<Value>>().await {
             values.extend(reply.map_err(self.fail(OP, Some(collection)))?);
         }
         Ok(values)
@@ -953,20 +972,12 @@ impl StorageBackend for RedisBackend {
     async fn get(&self, collection: &CollectionName, id: &RecordId) -> Result<Option<Stored>> {
         self.check_open().await?;
         let keys = self.keys.collection(collection);
-        let value: Option<String> = self
+        let value: Value = self
             .client
             .hget(keys.records.as_str(), id.as_str())
             .await
             .map_err(self.fail("reading a record", Some(collection)))?;
-        value
-            .map(|value| {
-                let (sequence, record) = self.decode(collection, &keys, id, &value)?;
-                Ok(Stored {
-                    record,
-                    token: Token::Sequence(sequence),
-                })
-            })
-            .transpose()
+        self.stored(collection, &keys, id, &value)
     }
 
     async fn get_many(
@@ -988,18 +999,8 @@ impl StorageBackend for RedisBackend {
             ));
         }
         ids.iter()
-            .zip(values)
-            .map(|(id, value)| {
-                value
-                    .map(|value| {
-                        let (sequence, record) = self.decode(collection, &keys, id, &value)?;
-                        Ok(Stored {
-                            record,
-                            token: Token::Sequence(sequence),
-                        })
-                    })
-                    .transpose()
-            })
+            .zip(&values)
+            .map(|(id, value)| self.stored(collection, &keys, id, value))
             .collect()
     }
 

@@ -878,10 +878,11 @@ async fn a_stored_sequence_past_2_pow_53_is_corrupt() {
 
 /// A stored record whose bytes are not UTF-8 (written by something else)
 /// was skipped by the change feed with a warning: the page's `next` passed
-/// it, and a peer pulling the feed never received the record, nor an error.
-/// The feed and the reads by time report it as corrupt, naming it.
+/// it, and a peer pulling the feed never received the record, nor an error;
+/// `get` and `get_many` failed as a refused command, naming no record.
+/// Every read reports it as corrupt, naming it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stored_record_that_is_not_utf8_is_corrupt_in_the_feed() {
+async fn a_stored_record_that_is_not_utf8_is_corrupt_to_every_read() {
     let Some(config) = standalone("notutf8").await else {
         return;
     };
@@ -912,6 +913,8 @@ async fn a_stored_record_that_is_not_utf8_is_corrupt_in_the_feed() {
             .unwrap_err(),
     );
     corrupt(store.changes_since_timestamp(&notes, 0).await.unwrap_err());
+    corrupt(store.get(&notes, &rid("r1")).await.unwrap_err());
+    corrupt(store.get_many(&notes, &[rid("r1")]).await.unwrap_err());
     raw.quit().await.ok();
     store.close().await.unwrap();
     remove_prefix(&config).await;
