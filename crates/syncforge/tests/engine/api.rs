@@ -344,18 +344,19 @@ async fn a_record_counting_writes_past_the_received_bound_is_refused_with_its_ba
     let good = at("ok", 3);
     let bound = syncforge::core::MAX_RECEIVED_VERSION;
     let pinned = at("n1", syncforge::core::MAX_VERSION);
+    let counts_past_the_bound = |err: Error| match err {
+        Error::InvalidRecord { id, field, reason } => {
+            assert_eq!(id.as_deref(), Some("n1"));
+            assert_eq!(field.as_deref(), Some("_sync"));
+            assert!(reason.contains(&bound.to_string()), "{reason}");
+        }
+        other => panic!("expected InvalidRecord, got {other:?}"),
+    };
     for refused in [
         local.sync("c", vec![good.clone(), pinned.clone()]).await,
         local.import("c", vec![good.clone(), pinned]).await,
     ] {
-        match refused.unwrap_err() {
-            Error::InvalidRecord { id, field, reason } => {
-                assert_eq!(id.as_deref(), Some("n1"));
-                assert_eq!(field.as_deref(), Some("_sync"));
-                assert!(reason.contains(&bound.to_string()), "{reason}");
-            }
-            other => panic!("expected InvalidRecord, got {other:?}"),
-        }
+        counts_past_the_bound(refused.unwrap_err());
         assert!(
             local.get_all("c").await.unwrap().is_empty(),
             "nothing written"
@@ -372,14 +373,7 @@ async fn a_record_counting_writes_past_the_received_bound_is_refused_with_its_ba
             .map(Some),
         local.delete("c", "n1").await,
     ] {
-        match refused.unwrap_err() {
-            Error::InvalidRecord { id, field, reason } => {
-                assert_eq!(id.as_deref(), Some("n1"));
-                assert_eq!(field.as_deref(), Some("_sync"));
-                assert!(reason.contains(&bound.to_string()), "{reason}");
-            }
-            other => panic!("expected InvalidRecord, got {other:?}"),
-        }
+        counts_past_the_bound(refused.unwrap_err());
     }
     let stored = local.get("c", "n1").await.unwrap().unwrap();
     assert_eq!(stored.version(), bound);
