@@ -619,10 +619,20 @@ impl RedisBackend {
         let mut changes = Vec::with_capacity(ids.len());
         let mut last = after;
         for ((id, score), value) in ids.into_iter().zip(scores).zip(values) {
-            let id = text(&id).ok_or_else(|| unexpected("an id that is not text"))?;
-            last = Cursor::new(
-                parse_score(&score).ok_or_else(|| unexpected("a sequence that is not a number"))?,
-            );
+            // The index's entries are data: one that no script writes is
+            // corrupt data naming the index, not a server that answers
+            // strangely.
+            let corrupt = |id: Option<&str>, reason: &str| {
+                error::corrupt(collection, id, &keys.feed, reason.to_owned())
+            };
+            let id =
+                text(&id).ok_or_else(|| corrupt(None, "holds an id that is not UTF-8 text"))?;
+            last = Cursor::new(parse_score(&score).ok_or_else(|| {
+                corrupt(
+                    Some(&id),
+                    "gives the record a sequence that is not a whole number of at most 2^53",
+                )
+            })?);
             // An index entry without its record cannot come from the scripts;
             // skipping it (the page's `next` passes it) keeps the feed moving.
             let Some(value) = stored_text(&value, collection, keys, &id)? else {
@@ -1126,7 +1136,14 @@ impl StorageBackend for RedisBackend {
                 return Err(unexpected("parts of different lengths"));
             }
             for (id, value) in ids.iter().zip(&values) {
-                let id = text(id).ok_or_else(|| unexpected("an id that is not text"))?;
+                let id = text(id).ok_or_else(|| {
+                    error::corrupt(
+                        collection,
+                        None,
+                        &keys.time,
+                        "holds an id that is not UTF-8 text".to_owned(),
+                    )
+                })?;
                 if let Some(value) = stored_text(value, collection, &keys, &id)? {
                     let (_, record) = self.decode(collection, &keys, &id, &value)?;
                     latest.insert(record.id().clone(), record);
@@ -1135,8 +1152,15 @@ impl StorageBackend for RedisBackend {
             match text(&last) {
                 None => return Ok(latest.into_values().collect()),
                 Some(_) => {
-                    let next = parse_score(&last)
-                        .ok_or_else(|| unexpected("a time that is not a number"))?;
+                    let next = parse_score(&last).ok_or_else(|| {
+                        error::corrupt(
+                            collection,
+                            None,
+                            &keys.time,
+                            "gives a record a time that is not a whole number of milliseconds"
+                                .to_owned(),
+                        )
+                    })?;
                     if next <= after {
                         return Err(unexpected("a time slice that does not advance"));
                     }

@@ -920,6 +920,59 @@ async fn a_stored_record_that_is_not_utf8_is_corrupt_to_every_read() {
     remove_prefix(&config).await;
 }
 
+/// An entry of the feed or time index that no script writes (a score that
+/// is not a whole number, put there by hand) failed reads as a server that
+/// answers strangely, with a hint to check its version. It is corrupt data,
+/// naming the index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_index_entry_is_corrupt_naming_the_index() {
+    let Some(config) = standalone("foreignidx").await else {
+        return;
+    };
+    let notes = coll("foreignidx");
+    let store = RedisBackend::connect(config.clone()).await.unwrap();
+    let mut hlc = Hlc::new(ClientId::new("idx").unwrap());
+    store
+        .put_batch(&notes, &[Write::create(record(&mut hlc, "r1", 1))])
+        .await
+        .unwrap();
+    let raw = raw_client(&config).await.unwrap();
+    let names = |err: &Error, index: &str| {
+        assert!(
+            matches!(err, Error::Corrupt { location, .. } if location.ends_with(index)),
+            "{err}"
+        );
+    };
+    let feed = key(&config.key_prefix, "foreignidx", "feed");
+    let _: () = raw
+        .zadd(&feed, None, None, false, false, (1.5, "x"))
+        .await
+        .unwrap();
+    let err = store
+        .changes(&notes, Cursor::START, 10.try_into().unwrap())
+        .await
+        .unwrap_err();
+    names(&err, ":feed");
+    let _: () = raw.zrem(&feed, "x").await.unwrap();
+    // A slice of the time index ends on its last entry's time: a whole
+    // slice (1,000 entries) of foreign ones, after every record's time.
+    let time = key(&config.key_prefix, "foreignidx", "time");
+    let foreign: Vec<(f64, String)> = (0..1_000)
+        .map(|i| (1e13 + f64::from(i) + 0.5, format!("x{i}")))
+        .collect();
+    let _: () = raw
+        .zadd(&time, None, None, false, false, foreign)
+        .await
+        .unwrap();
+    names(
+        &store.changes_since_timestamp(&notes, 0).await.unwrap_err(),
+        ":time",
+    );
+    raw.quit().await.ok();
+    store.close().await.unwrap();
+    remove_prefix(&config).await;
+}
+
 /// Every key under `prefix` with a dump of its value.
 async fn dump_prefix(raw: &fred::clients::Client, prefix: &str) -> HashMap<String, String> {
     let keys: Vec<String> = raw
