@@ -81,6 +81,11 @@ pub(crate) struct Collection {
     /// The last committed change of each record whose file the next
     /// checkpoint writes: its canonical JSON, or `None` once removed.
     pending: HashMap<String, Option<String>>,
+    /// Whether a frame of `pending` was acknowledged as durable (committed
+    /// by a `Full` handle): the checkpoint that drops it then syncs the files
+    /// it writes first, whatever this handle's durability, or a power cut
+    /// could take back a write that handle acknowledged.
+    pending_durable: bool,
     /// The write-ahead log generation `pending` was read from.
     pending_generation: u64,
 }
@@ -116,6 +121,7 @@ impl Collection {
             log: ChangeLog::new(&dir, name),
             wal: Wal::new(&dir),
             pending: HashMap::new(),
+            pending_durable: false,
             pending_generation: 0,
             dir,
             durability,
@@ -253,6 +259,7 @@ impl Collection {
                     }
                     self.wal.reset(self.ops.as_ref(), self.durable())?;
                     self.pending.clear();
+                    self.pending_durable = false;
                     self.pending_generation = self.wal.generation();
                     Vec::new()
                 }
@@ -307,9 +314,19 @@ impl Collection {
     fn absorb(&mut self, frames: &[Frame]) {
         if self.wal.generation() != self.pending_generation {
             self.pending.clear();
+            self.pending_durable = false;
             self.pending_generation = self.wal.generation();
         }
-        for op in frames.iter().flat_map(|frame| &frame.ops) {
+        for frame in frames {
+            self.take_pending(frame);
+        }
+    }
+
+    /// Takes the records of `frame`, committed, as pending until the next
+    /// checkpoint writes their files.
+    fn take_pending(&mut self, frame: &Frame) {
+        self.pending_durable |= !frame.buffered;
+        for op in &frame.ops {
             self.pending.insert(op.id.clone(), op.record.clone());
         }
     }
@@ -417,7 +434,7 @@ impl Collection {
             dir: self.dir.clone(),
             name: self.name.clone(),
             ops: Arc::clone(&self.ops),
-            durable: self.durable(),
+            durable: self.durable() || self.pending_durable,
             change_log: self.log.path().to_path_buf(),
             records,
             generation: self.wal.generation(),
@@ -434,8 +451,9 @@ impl Collection {
             // been damaged): the snapshot's frames are not in it.
             return Ok(());
         }
-        let durable = self.durable();
-        let kept = self.wal.drop_through(self.ops.as_ref(), job.end, durable)?;
+        let kept = self
+            .wal
+            .drop_through(self.ops.as_ref(), job.end, job.durable)?;
         // The log's new generation: `absorb` forgets the snapshot's records
         // and keeps those of the frames committed since.
         self.absorb(&kept);
@@ -665,13 +683,12 @@ impl Collection {
                 .map(|(write, _)| &write.newest)
                 .max()
                 .cloned(),
+            buffered: !durable,
         };
         self.wal.append(self.ops.as_ref(), &frame, durable)?;
         // Committed: the records are pending until the next checkpoint writes
         // their files (moving a corrupt one aside first).
-        for op in &frame.ops {
-            self.pending.insert(op.id.clone(), op.record.clone());
-        }
+        self.take_pending(&frame);
         let mut entries: Vec<LogEntry> = planned
             .iter()
             .map(|(write, seq)| LogEntry::Written {
@@ -743,6 +760,7 @@ impl Collection {
             return Ok(false);
         }
         let seq = self.log.checked_next(self.log.last_seq(), "sequence")?;
+        let durable = self.durable();
         let frame = Frame {
             ops: vec![WalOp {
                 seq,
@@ -750,10 +768,10 @@ impl Collection {
                 record: None,
             }],
             newest: None,
+            buffered: !durable,
         };
-        let durable = self.durable();
         self.wal.append(self.ops.as_ref(), &frame, durable)?;
-        self.pending.insert(id.to_owned(), None);
+        self.take_pending(&frame);
         self.log.append(
             self.ops.as_ref(),
             vec![LogEntry::Removed {
@@ -937,6 +955,53 @@ mod tests {
         assert!(synced.lock().contains(&tmp.path().to_owned()));
         synced.lock().clear();
         drop(open(recording, Durability::Buffered));
+        assert!(synced.lock().is_empty(), "{:?}", synced.lock());
+    }
+
+    /// Durability is a handle's, but a checkpoint drops every handle's
+    /// frames: a `Buffered` handle's checkpoint (at its open of the
+    /// collection, say) wrote the files of a `Full` handle's acknowledged
+    /// writes without syncing them, then dropped their frames, so a power cut
+    /// could take those writes back. It syncs the files of frames
+    /// acknowledged as durable, and still leaves its own unsynced.
+    #[tokio::test]
+    async fn a_buffered_checkpoint_syncs_the_files_of_durable_writes_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let notes = CollectionName::new("notes").unwrap();
+        let full = FsBackend::open(tmp.path()).await.unwrap();
+        full.put(&notes, &Write::create(note("n1", 1)))
+            .await
+            .unwrap();
+        let synced = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let seen = Arc::clone(&synced);
+        let recording: Arc<dyn FileOps> = Arc::new(Hooked(move |op: &'static str, path: &Path| {
+            if op == "sync_file" {
+                seen.lock().push(path.to_owned());
+            }
+            Ok(())
+        }));
+        let buffered = FsBackend::open_on(
+            recording,
+            tmp.path(),
+            FsOptions::default().durability(crate::Durability::Buffered),
+            Tuning::default(),
+        )
+        .await
+        .unwrap();
+        buffered.checkpoint().await.unwrap();
+        let dir = Collection::dir_for(tmp.path(), "notes");
+        assert!(
+            synced.lock().contains(&dir.join("n1.json")),
+            "{:?}",
+            synced.lock()
+        );
+        synced.lock().clear();
+        buffered
+            .put(&notes, &Write::create(note("n2", 1)))
+            .await
+            .unwrap();
+        buffered.checkpoint().await.unwrap();
+        assert!(dir.join("n2.json").exists());
         assert!(synced.lock().is_empty(), "{:?}", synced.lock());
     }
 

@@ -60,6 +60,13 @@ pub(crate) struct Frame {
     pub(crate) ops: Vec<WalOp>,
     /// The newest stamp among the records written.
     pub(crate) newest: Option<Stamp>,
+    /// Whether a handle of [`Durability::Buffered`](crate::Durability)
+    /// committed it, without syncing: a checkpoint by such a handle may then
+    /// drop it without syncing the files it writes. A frame without the mark
+    /// (a `Full` handle's, or one of a log written before the mark existed)
+    /// was acknowledged as durable, and its records' files are synced before
+    /// it is dropped, whoever checkpoints.
+    pub(crate) buffered: bool,
 }
 
 impl Frame {
@@ -92,6 +99,9 @@ impl Frame {
             payload.push_str(",\"newest\":");
             payload.push_str(&serde_json::to_string(newest).map_err(encode_error)?);
         }
+        if self.buffered {
+            payload.push_str(",\"buffered\":true");
+        }
         payload.push('}');
         let mut line = digest(payload.as_bytes());
         line.push(' ');
@@ -119,6 +129,7 @@ impl Frame {
                 })
                 .collect(),
             newest: wire.newest,
+            buffered: wire.buffered,
         })
     }
 }
@@ -129,6 +140,8 @@ struct FrameWire<'a> {
     ops: Vec<OpWire<'a>>,
     #[serde(default)]
     newest: Option<Stamp>,
+    #[serde(default)]
+    buffered: bool,
 }
 
 #[derive(Deserialize)]
@@ -443,6 +456,7 @@ mod tests {
                 })
                 .collect(),
             newest: Some(Stamp::new(1_000, 0, "t").unwrap()),
+            buffered: false,
         }
     }
 
@@ -473,7 +487,11 @@ mod tests {
             std::slice::from_ref(&first)
         );
         assert_eq!(first.last_seq(), 3);
-        let second = frame(4, &["weird \"id\"\n"]);
+        // A buffered handle's frame keeps its mark.
+        let second = Frame {
+            buffered: true,
+            ..frame(4, &["weird \"id\"\n"])
+        };
         writer.append(&OsFiles, &second, false).unwrap();
         assert_eq!(
             frames(reader.refresh().unwrap()),
