@@ -7,7 +7,10 @@
 //! them, also when a script's `redis.call` met them. Wrong credentials, a
 //! missing database, a key of the wrong type, ACL refusals, out-of-memory
 //! and script errors are [`Error::Storage`] with a message saying what to
-//! do. No message ever holds the password: the address comes from
+//! do; so is a redirection (`MOVED`, `ASK`) met through a plain `redis://`
+//! URL naming one node of a cluster, which says to use a `redis-cluster://`
+//! URL (a cluster client follows redirections, and one it could not follow
+//! while a slot moves is transient). No message ever holds the password: the address comes from
 //! [`RedisConfig::address`](crate::RedisConfig::address), and Redis never
 //! repeats a password in its replies.
 
@@ -158,6 +161,30 @@ pub(crate) fn map(error: FredError, operation: impl Into<String>, address: &str)
     Error::storage_caused(
         BACKEND,
         format!("{operation} at {address}: {advice} ({details})"),
+        error,
+    )
+}
+
+/// Whether the server sent the command to another node of a cluster
+/// (`MOVED`, `ASK`).
+pub(crate) fn is_redirection(error: &FredError) -> bool {
+    let details = error.details();
+    details.starts_with("MOVED ") || details.starts_with("ASK ")
+}
+
+/// A redirection met by a client that does not follow them: a plain
+/// `redis://` URL naming one node of a Redis Cluster. Retrying would meet it
+/// again on every command of that slot, so it is no transient failure, and
+/// the message says what URL to use.
+pub(crate) fn redirected(error: FredError, operation: &str, address: &str) -> Error {
+    let details = error.details().to_owned();
+    Error::storage_caused(
+        BACKEND,
+        format!(
+            "{operation} at {address}: the server is a node of a Redis Cluster and sent the \
+             command to another node ({details}); connect with a redis-cluster://host:port URL, \
+             which follows the cluster's redirections"
+        ),
         error,
     )
 }

@@ -129,6 +129,9 @@ pub struct RedisBackend {
     scripts: Scripts,
     /// The server's address for messages (never the password).
     address: String,
+    /// Whether the client follows a cluster's redirections (a
+    /// `redis-cluster://` URL).
+    cluster: bool,
     key_prefix: String,
     closed: AtomicBool,
     connect_timeout: Duration,
@@ -196,6 +199,7 @@ impl RedisBackend {
             keys: Keys::new(&config.key_prefix),
             scripts: Scripts::new(),
             address: config.address(),
+            cluster: config.cluster,
             key_prefix: config.key_prefix.clone(),
             closed: AtomicBool::new(false),
             connect_timeout: config.connect_timeout,
@@ -278,6 +282,9 @@ impl RedisBackend {
                 Some(c) => format!("{operation} in collection {:?}", c.as_str()),
                 None => operation.to_owned(),
             };
+            if !self.cluster && error::is_redirection(&e) {
+                return error::redirected(e, &operation, &self.address);
+            }
             error::map(e, operation, &self.address)
         }
     }

@@ -16,8 +16,8 @@ use syncforge_core::{
 use tokio::sync::Barrier;
 
 use crate::support::{
-    assert_consistent, coll, dump_collection, edited, fresh_prefix, key, n_of, raw_client, record,
-    remove_prefix, rid, standalone, sync_records, PrivateServer,
+    assert_consistent, cluster, coll, dump_collection, edited, fresh_prefix, key, n_of, raw_client,
+    record, remove_prefix, rid, standalone, sync_records, PrivateServer,
 };
 
 const RECORDS: usize = 50;
@@ -971,6 +971,43 @@ async fn a_foreign_index_entry_is_corrupt_naming_the_index() {
     raw.quit().await.ok();
     store.close().await.unwrap();
     remove_prefix(&config).await;
+}
+
+/// A plain `redis://` URL naming one node of a Redis Cluster connects (the
+/// node answers PING), and then every command on a slot another node holds
+/// is answered `MOVED`: that was retried as a transient failure until the
+/// engine gave up, never saying why. It is a storage error that names the
+/// cluster URL to use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_url_naming_a_cluster_node_says_to_use_the_cluster_url() {
+    let Some(mut config) = cluster("plainnode").await else {
+        return;
+    };
+    config.cluster = false;
+    config.nodes.clear();
+    let store = RedisBackend::connect(config.clone()).await.unwrap();
+    let mut hlc = Hlc::new(ClientId::new("plain").unwrap());
+    let mut moved = 0;
+    // Collections hash to slots by name: of ten, some are on other nodes.
+    for name in ["c0", "c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8", "c9"] {
+        let Err(err) = store
+            .put_batch(&coll(name), &[Write::create(record(&mut hlc, "r1", 1))])
+            .await
+        else {
+            continue;
+        };
+        assert!(
+            matches!(&err, Error::Storage { .. }) && !err.is_transient(),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("redis-cluster://"), "{err}");
+        moved += 1;
+    }
+    assert!(moved > 0, "every collection was on the node named");
+    store.close().await.unwrap();
+    let mut cleanup = config;
+    cleanup.cluster = true;
+    remove_prefix(&cleanup).await;
 }
 
 /// Every key under `prefix` with a dump of its value.
