@@ -257,7 +257,10 @@ impl Collection {
                     if why != "missing" {
                         tracing::warn!(log = %self.dir.join(wal::WAL_FILE).display(), why, "starting the write-ahead log again");
                     }
-                    self.wal.reset(self.ops.as_ref(), self.durable())?;
+                    // Synced whatever this handle's durability: a `Full`
+                    // handle's appends to the new log sync its data, not
+                    // its name in the directory.
+                    self.wal.reset(self.ops.as_ref(), true)?;
                     self.pending.clear();
                     self.pending_durable = false;
                     self.pending_generation = self.wal.generation();
@@ -451,9 +454,11 @@ impl Collection {
             // been damaged): the snapshot's frames are not in it.
             return Ok(());
         }
-        let kept = self
-            .wal
-            .drop_through(self.ops.as_ref(), job.end, job.durable)?;
+        // The frames kept (committed while the files were written) go into a
+        // new log: synced if any of them, or of the dropped ones, was
+        // acknowledged as durable.
+        let durable = job.durable || self.pending_durable;
+        let kept = self.wal.drop_through(self.ops.as_ref(), job.end, durable)?;
         // The log's new generation: `absorb` forgets the snapshot's records
         // and keeps those of the frames committed since.
         self.absorb(&kept);
@@ -972,11 +977,11 @@ mod tests {
         full.put(&notes, &Write::create(note("n1", 1)))
             .await
             .unwrap();
-        let synced = Arc::new(parking_lot::Mutex::new(Vec::new()));
-        let seen = Arc::clone(&synced);
+        let calls = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let seen = Arc::clone(&calls);
         let recording: Arc<dyn FileOps> = Arc::new(Hooked(move |op: &'static str, path: &Path| {
-            if op == "sync_file" {
-                seen.lock().push(path.to_owned());
+            if matches!(op, "sync_file" | "rename" | "write_at") {
+                seen.lock().push((op, path.to_owned()));
             }
             Ok(())
         }));
@@ -990,19 +995,33 @@ mod tests {
         .unwrap();
         buffered.checkpoint().await.unwrap();
         let dir = Collection::dir_for(tmp.path(), "notes");
-        assert!(
-            synced.lock().contains(&dir.join("n1.json")),
-            "{:?}",
-            synced.lock()
-        );
-        synced.lock().clear();
+        let at = |call: (&'static str, PathBuf)| calls.lock().iter().position(|c| *c == call);
+        // The log emptied of its frames (in place: it keeps none).
+        let wal_replaced = at(("write_at", dir.join(wal::WAL_FILE)));
+        // The file and the change log are synced before the log's frames
+        // are dropped.
+        for synced in [dir.join("n1.json"), dir.join(log::LOG_FILE)] {
+            let synced_at = at(("sync_file", synced.clone()));
+            assert!(
+                synced_at.is_some() && synced_at < wal_replaced,
+                "{synced:?} at {synced_at:?}, the log replaced at {wal_replaced:?}: {:?}",
+                calls.lock()
+            );
+        }
+        calls.lock().clear();
         buffered
             .put(&notes, &Write::create(note("n2", 1)))
             .await
             .unwrap();
         buffered.checkpoint().await.unwrap();
         assert!(dir.join("n2.json").exists());
-        assert!(synced.lock().is_empty(), "{:?}", synced.lock());
+        let syncs: Vec<_> = calls
+            .lock()
+            .iter()
+            .filter(|(op, _)| *op == "sync_file")
+            .cloned()
+            .collect();
+        assert!(syncs.is_empty(), "{syncs:?}");
     }
 
     /// A panic while a collection's lock was held (under a checkpoint, the

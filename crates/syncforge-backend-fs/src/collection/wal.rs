@@ -13,7 +13,10 @@
 //! which other handles notice that frames were dropped and read the log again. Each frame is one
 //! line: 16 hex digits of the SHA-256 of the payload, a space, and the
 //! payload, `{"ops":[{"seq":7,"id":"n1","record":{...}},{"seq":8,"id":"n2"}],
-//! "newest":"<stamp>"}` (an op without `record` removes the record). A frame
+//! "newest":"<stamp>"}` (an op without `record` removes the record; a frame
+//! committed by a `Buffered` handle, without a sync, also holds
+//! `"buffered":true`, so that only a checkpoint of such frames alone skips
+//! the syncs). A frame
 //! that is incomplete or whose digest does not match ends the log: it was
 //! being written when the process died or the power went, and was never
 //! acknowledged. The next append overwrites it.
