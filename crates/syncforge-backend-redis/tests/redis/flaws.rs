@@ -9,9 +9,10 @@ use std::sync::Arc;
 
 use fred::interfaces::{ClientLike, HashesInterface, KeysInterface, SortedSetsInterface};
 use fred::types::{ClusterHash, CustomCommand, InfoKind};
-use syncforge_backend_redis::RedisBackend;
+use syncforge_backend_redis::{RedisBackend, RedisConfig};
 use syncforge_core::{
-    ClientId, Content, Cursor, Error, Hlc, IfAbsent, Record, StorageBackend, Write, WriteOutcome,
+    ClientId, CollectionName, Content, Cursor, Error, Hlc, IfAbsent, Record, StorageBackend, Write,
+    WriteOutcome,
 };
 use tokio::sync::Barrier;
 
@@ -835,30 +836,69 @@ async fn a_key_of_another_type_fails_a_write_before_it_writes_anything() {
     remove_prefix(&config).await;
 }
 
+/// A collection `tag` on the test server holding one record, `r1`, with a
+/// client of its own to change its keys by hand, or `None` (skipped).
+struct Planted {
+    config: RedisConfig,
+    store: RedisBackend,
+    raw: fred::clients::Client,
+    notes: CollectionName,
+    r1: Record,
+}
+
+impl Planted {
+    async fn new(tag: &str) -> Option<Planted> {
+        let config = standalone(tag).await?;
+        let notes = coll(tag);
+        let store = RedisBackend::connect(config.clone()).await.unwrap();
+        let mut hlc = Hlc::new(ClientId::new(tag).unwrap());
+        let r1 = record(&mut hlc, "r1", 1);
+        store
+            .put_batch(&notes, &[Write::create(r1.clone())])
+            .await
+            .unwrap();
+        let raw = raw_client(&config).await.unwrap();
+        Some(Planted {
+            config,
+            store,
+            raw,
+            notes,
+            r1,
+        })
+    }
+
+    /// The key of the collection's `part` (`records`, `feed`, `time`).
+    fn key(&self, part: &str) -> String {
+        key(&self.config.key_prefix, self.notes.as_str(), part)
+    }
+
+    async fn remove(self) {
+        self.raw.quit().await.ok();
+        self.store.close().await.unwrap();
+        remove_prefix(&self.config).await;
+    }
+}
+
 /// A stored value whose sequence lies past 2^53 (set by hand: the scripts
 /// never hand one out) reads as corrupt data naming the record, where it
 /// had read as a record that no update could ever match.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stored_sequence_past_2_pow_53_is_corrupt() {
-    let Some(config) = standalone("farseq").await else {
+    let Some(planted) = Planted::new("farseq").await else {
         return;
     };
-    let notes = coll("farseq");
-    let store = RedisBackend::connect(config.clone()).await.unwrap();
-    let mut hlc = Hlc::new(ClientId::new("far").unwrap());
-    let kept = record(&mut hlc, "r1", 1);
-    store
-        .put_batch(&notes, &[Write::create(kept.clone())])
-        .await
-        .unwrap();
-    let raw = raw_client(&config).await.unwrap();
-    let records = key(&config.key_prefix, "farseq", "records");
+    let Planted {
+        store, raw, notes, ..
+    } = &planted;
     for (sequence, readable) in [((1u64 << 53), true), ((1 << 53) + 1, false)] {
-        let value = format!("{sequence} {}", kept.to_json_string());
-        let _: () = raw.hset(&records, ("r1", value)).await.unwrap();
-        let read = store.get(&notes, &rid("r1")).await;
+        let value = format!("{sequence} {}", planted.r1.to_json_string());
+        let _: () = raw
+            .hset(planted.key("records"), ("r1", value))
+            .await
+            .unwrap();
+        let read = store.get(notes, &rid("r1")).await;
         if readable {
-            assert_eq!(read.unwrap().unwrap().record, kept);
+            assert_eq!(read.unwrap().unwrap().record, planted.r1);
         } else {
             let err = read.unwrap_err();
             assert!(
@@ -871,9 +911,7 @@ async fn a_stored_sequence_past_2_pow_53_is_corrupt() {
             );
         }
     }
-    raw.quit().await.ok();
-    store.close().await.unwrap();
-    remove_prefix(&config).await;
+    planted.remove().await;
 }
 
 /// A stored record whose bytes are not UTF-8 (written by something else)
@@ -883,20 +921,17 @@ async fn a_stored_sequence_past_2_pow_53_is_corrupt() {
 /// Every read reports it as corrupt, naming it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stored_record_that_is_not_utf8_is_corrupt_to_every_read() {
-    let Some(config) = standalone("notutf8").await else {
+    let Some(planted) = Planted::new("notutf8").await else {
         return;
     };
-    let notes = coll("notutf8");
-    let store = RedisBackend::connect(config.clone()).await.unwrap();
-    let mut hlc = Hlc::new(ClientId::new("bytes").unwrap());
-    store
-        .put_batch(&notes, &[Write::create(record(&mut hlc, "r1", 1))])
-        .await
-        .unwrap();
-    let raw = raw_client(&config).await.unwrap();
-    let records = key(&config.key_prefix, "notutf8", "records");
+    let Planted {
+        store, raw, notes, ..
+    } = &planted;
     let _: () = raw
-        .hset(&records, ("r1", &b"1 {\"id\":\"r1\xff\"}"[..]))
+        .hset(
+            planted.key("records"),
+            ("r1", &b"1 {\"id\":\"r1\xff\"}"[..]),
+        )
         .await
         .unwrap();
     let corrupt = |err: Error| {
@@ -908,16 +943,14 @@ async fn a_stored_record_that_is_not_utf8_is_corrupt_to_every_read() {
     };
     corrupt(
         store
-            .changes(&notes, Cursor::START, 10.try_into().unwrap())
+            .changes(notes, Cursor::START, 10.try_into().unwrap())
             .await
             .unwrap_err(),
     );
-    corrupt(store.changes_since_timestamp(&notes, 0).await.unwrap_err());
-    corrupt(store.get(&notes, &rid("r1")).await.unwrap_err());
-    corrupt(store.get_many(&notes, &[rid("r1")]).await.unwrap_err());
-    raw.quit().await.ok();
-    store.close().await.unwrap();
-    remove_prefix(&config).await;
+    corrupt(store.changes_since_timestamp(notes, 0).await.unwrap_err());
+    corrupt(store.get(notes, &rid("r1")).await.unwrap_err());
+    corrupt(store.get_many(notes, &[rid("r1")]).await.unwrap_err());
+    planted.remove().await;
 }
 
 /// An entry of the feed or time index that no script writes (a score that
@@ -926,37 +959,32 @@ async fn a_stored_record_that_is_not_utf8_is_corrupt_to_every_read() {
 /// naming the index.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_foreign_index_entry_is_corrupt_naming_the_index() {
-    let Some(config) = standalone("foreignidx").await else {
+    let Some(planted) = Planted::new("foreignidx").await else {
         return;
     };
-    let notes = coll("foreignidx");
-    let store = RedisBackend::connect(config.clone()).await.unwrap();
-    let mut hlc = Hlc::new(ClientId::new("idx").unwrap());
-    store
-        .put_batch(&notes, &[Write::create(record(&mut hlc, "r1", 1))])
-        .await
-        .unwrap();
-    let raw = raw_client(&config).await.unwrap();
+    let Planted {
+        store, raw, notes, ..
+    } = &planted;
     let names = |err: &Error, index: &str| {
         assert!(
             matches!(err, Error::Corrupt { location, .. } if location.ends_with(index)),
             "{err}"
         );
     };
-    let feed = key(&config.key_prefix, "foreignidx", "feed");
+    let feed = planted.key("feed");
     let _: () = raw
         .zadd(&feed, None, None, false, false, (1.5, "x"))
         .await
         .unwrap();
     let err = store
-        .changes(&notes, Cursor::START, 10.try_into().unwrap())
+        .changes(notes, Cursor::START, 10.try_into().unwrap())
         .await
         .unwrap_err();
     names(&err, ":feed");
     let _: () = raw.zrem(&feed, "x").await.unwrap();
     // A slice of the time index ends on its last entry's time: a whole
     // slice (1,000 entries) of foreign ones, after every record's time.
-    let time = key(&config.key_prefix, "foreignidx", "time");
+    let time = planted.key("time");
     let foreign: Vec<(f64, String)> = (0..1_000)
         .map(|i| (1e13 + f64::from(i) + 0.5, format!("x{i}")))
         .collect();
@@ -965,12 +993,10 @@ async fn a_foreign_index_entry_is_corrupt_naming_the_index() {
         .await
         .unwrap();
     names(
-        &store.changes_since_timestamp(&notes, 0).await.unwrap_err(),
+        &store.changes_since_timestamp(notes, 0).await.unwrap_err(),
         ":time",
     );
-    raw.quit().await.ok();
-    store.close().await.unwrap();
-    remove_prefix(&config).await;
+    planted.remove().await;
 }
 
 /// A plain `redis://` URL naming one node of a Redis Cluster connects (the
