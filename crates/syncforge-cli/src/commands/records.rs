@@ -89,15 +89,24 @@ pub(crate) async fn put(args: PutArgs, cx: &mut Context) -> Result<()> {
     }
     let store = Store::open(url, &cx.engine()).await?;
     let collection = store.collection(&name)?;
-    for doc in &docs {
+    for (done, doc) in docs.iter().enumerate() {
         let record = collection.put(doc).await.with_context(|| {
             format!(
-                "cannot put into collection {:?} of {}",
+                "cannot put into collection {:?} of {} ({done} of the {} records were put)",
                 name.as_str(),
-                store.url()
+                store.url(),
+                docs.len()
             )
         })?;
-        cx.out.record(&record)?;
+        // The store holds what was put: whoever reads the error must know
+        // how far the put went.
+        cx.out.record(&record).with_context(|| {
+            format!(
+                "{} of the {} records were put before the output failed",
+                done + 1,
+                docs.len()
+            )
+        })?;
     }
     store.close().await
 }

@@ -264,6 +264,44 @@ fn a_put_whose_reader_stops_early_still_puts_every_record() {
     assert_eq!(export(&a, "notes").lines().count(), 3_000);
 }
 
+/// A put whose output fails otherwise than by its reader leaving (a full
+/// disk) stops there, and says how many records it put: the store holds
+/// them, which the error did not say.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_put_whose_output_fails_says_how_many_records_it_put() {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    use std::time::Duration;
+
+    let dir = TempDir::new().unwrap();
+    let a = dir.path().join("a");
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let mut child = crate::support::command(&["put", arg(&a), "notes"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::from(full))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(docs("n", 3_000).as_bytes()).unwrap();
+    drop(input);
+    let output = syncforge_testkit::processes::finish(child, Duration::from_secs(120)).unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let said = stderr
+        .split(" of the 3000 records were put before the output failed")
+        .next()
+        .and_then(|before| before.rsplit(' ').next())
+        .and_then(|count| count.parse::<usize>().ok())
+        .unwrap_or_else(|| panic!("no count of records put: {stderr}"));
+    assert!(0 < said && said < 3_000, "{stderr}");
+    assert_eq!(export(&a, "notes").lines().count(), said);
+}
+
 /// A reader that stops reading (`syncforge export .. | head -1`) ends the
 /// export quietly with exit code 0: the rest is the reader's choice not to
 /// read, not a failure.
