@@ -218,6 +218,12 @@ impl Collection {
         result.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     }
 
+    /// The refusal of a write-ahead log of a later version (`why`, from
+    /// [`Refresh::Later`]).
+    fn later_log(&self, why: &str) -> Error {
+        corrupt(&self.name, None, &self.dir.join(wal::WAL_FILE), why)
+    }
+
     /// Catches up with both logs. A missing or unreadable change log is
     /// rebuilt from the record files, a missing or damaged write-ahead log
     /// started again, and records of frames the change log lacks entered in
@@ -241,14 +247,7 @@ impl Collection {
                     self.absorb(&frames);
                     frames
                 }
-                Refresh::Later(why) => {
-                    return Err(corrupt(
-                        &self.name,
-                        None,
-                        &self.dir.join(wal::WAL_FILE),
-                        &why,
-                    ))
-                }
+                Refresh::Later(why) => return Err(self.later_log(&why)),
                 Refresh::Damaged(why) => {
                     if held == Mode::Shared {
                         held = self.upgrade()?;
@@ -288,12 +287,7 @@ impl Collection {
                             self.register(&all)
                         }
                         Refresh::Damaged(_) => Ok(()),
-                        Refresh::Later(why) => Err(corrupt(
-                            &self.name,
-                            None,
-                            &self.dir.join(wal::WAL_FILE),
-                            &why,
-                        )),
+                        Refresh::Later(why) => Err(self.later_log(&why)),
                     }
                 }
                 None => self.register(&frames),
