@@ -480,7 +480,6 @@ impl RedisBackend {
             .collect())
     }
 
-    /// Reads one stored value: `"<sequence> <record JSON>"`.
     /// The record a read of `id` found, with its token: `None` when there
     /// is none.
     fn stored(
@@ -500,6 +499,7 @@ impl RedisBackend {
         }))
     }
 
+    /// Reads one stored value: `"<sequence> <record JSON>"`.
     fn decode(
         &self,
         collection: &CollectionName,
@@ -801,12 +801,17 @@ fn array(value: Value) -> Vec<Value> {
     }
 }
 
+/// Whether a reply is nil, or a script's `false` standing for one.
+fn is_nil(value: &Value) -> bool {
+    matches!(value, Value::Null | Value::Boolean(false))
+}
+
 /// The text of a string reply; `None` for nil or bytes that are not UTF-8.
 fn text(value: &Value) -> Option<std::borrow::Cow<'_, str>> {
-    match value {
-        Value::Null | Value::Boolean(false) => None,
-        other => other.as_str(),
+    if is_nil(value) {
+        return None;
     }
+    value.as_str()
 }
 
 /// A stored record's text as a script returned it: `None` when there is no
@@ -818,16 +823,18 @@ fn stored_text<'a>(
     keys: &CollectionKeys,
     id: &str,
 ) -> Result<Option<std::borrow::Cow<'a, str>>> {
-    match text(value) {
-        Some(text) => Ok(Some(text)),
-        None if matches!(value, Value::Null | Value::Boolean(false)) => Ok(None),
-        None => Err(error::corrupt(
+    if is_nil(value) {
+        return Ok(None);
+    }
+    let text = value.as_str().ok_or_else(|| {
+        error::corrupt(
             collection,
             Some(id),
             &keys.records,
             "the stored record is not UTF-8 text".to_owned(),
-        )),
-    }
+        )
+    })?;
+    Ok(Some(text))
 }
 
 /// A sorted-set score as a whole number (scores of ours are integers ≤ 2^53).
@@ -1124,6 +1131,10 @@ impl StorageBackend for RedisBackend {
         self.check_open().await?;
         let keys = self.keys.collection(collection);
         let unexpected = |what: &str| error::unexpected_reply(OP, &self.address, what);
+        // The index's entries are data: one that no script writes is
+        // corrupt data naming the index.
+        let corrupt =
+            |reason: &str| error::corrupt(collection, None, &keys.time, reason.to_owned());
         let mut latest: HashMap<RecordId, Record> = HashMap::new();
         let mut after = millis;
         loop {
@@ -1143,14 +1154,7 @@ impl StorageBackend for RedisBackend {
                 return Err(unexpected("parts of different lengths"));
             }
             for (id, value) in ids.iter().zip(&values) {
-                let id = text(id).ok_or_else(|| {
-                    error::corrupt(
-                        collection,
-                        None,
-                        &keys.time,
-                        "holds an id that is not UTF-8 text".to_owned(),
-                    )
-                })?;
+                let id = text(id).ok_or_else(|| corrupt("holds an id that is not UTF-8 text"))?;
                 if let Some(value) = stored_text(value, collection, &keys, &id)? {
                     let (_, record) = self.decode(collection, &keys, &id, &value)?;
                     latest.insert(record.id().clone(), record);
@@ -1160,13 +1164,7 @@ impl StorageBackend for RedisBackend {
                 None => return Ok(latest.into_values().collect()),
                 Some(_) => {
                     let next = parse_score(&last).ok_or_else(|| {
-                        error::corrupt(
-                            collection,
-                            None,
-                            &keys.time,
-                            "gives a record a time that is not a whole number of milliseconds"
-                                .to_owned(),
-                        )
+                        corrupt("gives a record a time that is not a whole number of milliseconds")
                     })?;
                     if next <= after {
                         return Err(unexpected("a time slice that does not advance"));
