@@ -237,11 +237,10 @@ impl Store {
                 // committing that entry is committing them), and claiming
                 // another number would commit the writes twice, the second
                 // commit refused as a conflict wherever a reader completed
-                // the first. Or S3
-                // answered 409 to a create that raced another request on
-                // the key, which may have failed too: a number left free
-                // below taken ones would be claimed later, under cursors
-                // readers already hold, so it is tried again.
+                // the first. Or S3 answered 409 to a create that raced
+                // another request on the key, which may have failed too: a
+                // number left free below taken ones would be claimed later,
+                // under cursors readers already hold, so it is tried again.
                 Put::Lost => match self.io.get(&keys.entry(number)).await? {
                     Some(found) if found.body == body => true,
                     Some(_) => {
