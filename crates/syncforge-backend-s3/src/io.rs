@@ -124,6 +124,12 @@ impl Io {
         let _permit = self.permit().await?;
         let result = match self.store.get_opts(path, GetOptions::default()).await {
             Ok(result) => result,
+            // A bucket that is not there is no answer about the object: read
+            // as absent, every record would be, and a delete would find
+            // nothing to delete.
+            Err(e @ object_store::Error::NotFound { .. }) if names_no_bucket(&e) => {
+                return Err(missing_bucket(e, "reading", path))
+            }
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(map_error(e, "reading", path)),
         };
@@ -221,17 +227,15 @@ impl Io {
             ) if !matches!(condition, Condition::None) => Ok(Put::Lost),
             // An update of an object that is gone lost a race; a create
             // answered "not found" names a bucket that is not there.
-            Err(object_store::Error::NotFound { .. }) if matches!(condition, Condition::Tag(_)) => {
+            Err(ref e @ object_store::Error::NotFound { .. })
+                if matches!(condition, Condition::Tag(_)) && !names_no_bucket(e) =>
+            {
                 Ok(Put::Lost)
             }
             Err(e @ object_store::Error::NotFound { .. })
-                if matches!(condition, Condition::Absent) =>
+                if matches!(condition, Condition::Absent) || names_no_bucket(&e) =>
             {
-                Err(Error::storage_caused(
-                    BACKEND_NAME,
-                    format!("writing {path}: not found; does the bucket exist?"),
-                    e,
-                ))
+                Err(missing_bucket(e, "writing", path))
             }
             Err(e) => Err(map_error(e, "writing", path)),
         }
@@ -250,6 +254,9 @@ impl Io {
             self.store.delete_stream(locations).collect().await;
         for result in results {
             match result {
+                Err(e @ object_store::Error::NotFound { .. }) if names_no_bucket(&e) => {
+                    return Err(missing_bucket(e, "deleting objects from", &first))
+                }
                 Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(map_error(e, "deleting objects from", &first)),
             }
@@ -306,6 +313,31 @@ pub(crate) fn same_etag(listed: &str, read: &str) -> bool {
     bare(listed) == bare(read)
 }
 
+/// Whether a "not found" answer is S3's `NoSuchBucket`, about the bucket
+/// rather than the object. Its code is read from the answer's body, which
+/// object_store keeps at the end of the error's chain of causes (the body
+/// is XML, so a key quoted in it cannot spell the code).
+fn names_no_bucket(error: &object_store::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = cause {
+        if current.source().is_none() {
+            return current.to_string().contains("<Code>NoSuchBucket</Code>");
+        }
+        cause = current.source();
+    }
+    false
+}
+
+/// The error for a request answered "not found" for its bucket: permanent,
+/// naming what to check.
+fn missing_bucket(error: object_store::Error, doing: &str, path: &Path) -> Error {
+    Error::storage_caused(
+        BACKEND_NAME,
+        format!("{doing} {path}: not found; does the bucket exist?"),
+        error,
+    )
+}
+
 fn no_etag(path: &Path) -> Error {
     Error::storage(
         BACKEND_NAME,
@@ -328,6 +360,13 @@ fn no_etag(path: &Path) -> Error {
 /// its errors; requests are signed in headers it does not print).
 pub(crate) fn map_error(error: object_store::Error, doing: &str, path: &Path) -> Error {
     use object_store::Error as E;
+    if let E::NotSupported { source } = &error {
+        // `LocalDirectory` on a file system it cannot use: its reason is the
+        // advice, where the general one would send the user to it.
+        if let Some(coarse) = source.downcast_ref::<crate::local::CoarseTimes>() {
+            return Error::storage(BACKEND_NAME, format!("{doing} {path}: {coarse}"));
+        }
+    }
     let message = error.to_string();
     let status = http_status(&message);
     match error {
@@ -399,6 +438,12 @@ fn is_transient(error: &object_store::Error, status: Option<u16>, message: &str)
     match status {
         Some(501 | 505) => false,
         Some(400) => message.contains("<Code>RequestTimeout</Code>"),
+        // S3's answer to a write racing another request on the key, which
+        // says to try again.
+        Some(409) => {
+            message.contains("<Code>OperationAborted</Code>")
+                || message.contains("<Code>ConditionalRequestConflict</Code>")
+        }
         Some(status) => status >= 500 || status == 429 || status == 408,
         // No status and no transport error: an error of the store's own
         // (a test wrapper's, a task join): treat as transient, the engine's
@@ -551,5 +596,63 @@ mod tests {
             matches!(&not_implemented, Error::Storage { message, .. } if message.contains("conditional")),
             "{not_implemented}"
         );
+    }
+
+    /// A 409 to a plain put racing another request on the key says "try
+    /// again": it was taken for a permanent refusal, so a peer cursor's
+    /// save failed where a retry would have gone through.
+    #[test]
+    fn a_conflict_that_says_try_again_is_transient() {
+        let path = Path::from("p/m/k");
+        let conflict = |code: &str| {
+            map_error(
+                object_store::Error::AlreadyExists {
+                    path: "p/m/k".to_owned(),
+                    source: format!(
+                        "Server returned non-2xx status code: 409 Conflict: <Error><Code>{code}</Code></Error>"
+                    )
+                    .into(),
+                },
+                "writing",
+                &path,
+            )
+        };
+        assert!(conflict("OperationAborted").is_transient());
+        assert!(conflict("ConditionalRequestConflict").is_transient());
+        assert!(!conflict("BucketAlreadyOwnedByYou").is_transient());
+    }
+
+    /// A local directory on a file system without microsecond times was
+    /// told to use a local directory: the reason is now the message.
+    #[test]
+    fn a_file_system_with_coarse_times_is_named_as_the_reason() {
+        let error = map_error(
+            object_store::Error::NotSupported {
+                source: Box::new(crate::local::CoarseTimes("/mnt/fat/store".into())),
+            },
+            "writing",
+            &Path::from("dse/c/x/f/0000000000000001"),
+        );
+        let Error::Storage { message, .. } = &error else {
+            panic!("{error:?}");
+        };
+        assert!(message.contains("modification times"), "{message}");
+        assert!(!message.contains("local_directory"), "{message}");
+    }
+
+    /// Only S3's own code in an answer's body makes "not found" about the
+    /// bucket: a key that spells the code is still an object not found.
+    #[test]
+    fn a_missing_bucket_is_told_from_a_missing_object() {
+        let not_found = |body: &str| object_store::Error::NotFound {
+            path: "dse/c/x/r/NoSuchBucket".to_owned(),
+            source: format!("Server returned non-2xx status code: 404 Not Found: {body}").into(),
+        };
+        assert!(names_no_bucket(&not_found(
+            "<Error><Code>NoSuchBucket</Code><BucketName>b</BucketName></Error>"
+        )));
+        assert!(!names_no_bucket(&not_found(
+            "<Error><Code>NoSuchKey</Code><Key>dse/c/x/r/NoSuchBucket</Key></Error>"
+        )));
     }
 }

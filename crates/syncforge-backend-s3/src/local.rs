@@ -291,6 +291,28 @@ impl ObjectStore for LocalDirectory {
     }
 }
 
+/// Why a directory's file system cannot hold a store: it does not keep
+/// modification times to the microsecond (FAT, ext4 with 128-byte inodes),
+/// so ETags could repeat. Told apart from other stores' missing operations
+/// where errors are mapped, since the advice differs.
+#[derive(Debug)]
+pub(crate) struct CoarseTimes(pub(crate) PathBuf);
+
+impl fmt::Display for CoarseTimes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the file system under {} does not keep modification times to the microsecond, \
+             so ETags could repeat and conditional writes would not be safe; put the store's \
+             directory on a file system that keeps them (ext4 with 256-byte inodes, XFS, \
+             btrfs, APFS, NTFS)",
+            self.0.display()
+        )
+    }
+}
+
+impl std::error::Error for CoarseTimes {}
+
 /// The directory's write lock, held while this lives (closing the file
 /// releases it). Each holder opens the file itself: `flock` excludes other
 /// open files, not other users of the same one.
@@ -429,12 +451,7 @@ impl Staged {
             .map_err(|e| io_error(e, &self.path))?;
         if micros(kept) != micros(time) {
             return Err(Error::NotSupported {
-                source: format!(
-                    "the file system under {} does not keep modification times to the \
-                     microsecond, so ETags could repeat and conditional writes would not be safe",
-                    self.target.display()
-                )
-                .into(),
+                source: Box::new(CoarseTimes(self.target.clone())),
             });
         }
         if self.fsync {

@@ -221,7 +221,9 @@ async fn a_check_whose_probe_cannot_be_removed_says_so_every_time() {
 }
 
 /// A bucket that is not there answers a create "not found": a permanent
-/// error that says so, where it read as the store refusing creates.
+/// error that says so, where it read as the store refusing creates. Reads
+/// and deletes say so too: they found every record absent, and nothing to
+/// delete.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bucket_that_is_not_there_is_named() {
     let Some(server) = crate::support::s3_server().await else {
@@ -232,9 +234,22 @@ async fn a_bucket_that_is_not_there_is_named() {
         bucket: format!("{}-missing", server.bucket),
     };
     let backend = S3Backend::from_store(missing.store(), "dse").unwrap();
-    let error = first_note_refused(&backend).await;
-    assert!(
-        matches!(&error, Error::Storage { message, .. } if message.contains("does the bucket exist")),
-        "{error}"
+    let names_the_bucket = |error: Error| {
+        assert!(
+            matches!(&error, Error::Storage { message, .. } if message.contains("does the bucket exist")),
+            "{error}"
+        );
+    };
+    names_the_bucket(first_note_refused(&backend).await);
+    let (collection, record) = first_note();
+    let id = record.id();
+    names_the_bucket(backend.get(&collection, id).await.unwrap_err());
+    names_the_bucket(
+        backend
+            .get_many(&collection, std::slice::from_ref(id))
+            .await
+            .unwrap_err(),
     );
+    names_the_bucket(backend.get_meta("cursor").await.unwrap_err());
+    names_the_bucket(backend.delete(&collection, id).await.unwrap_err());
 }
