@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroUsize;
+use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
@@ -305,19 +306,83 @@ impl Store {
         // Entry numbers past MAX_ENTRY have no cursors: a horizon there was
         // not written by syncforge, and the arithmetic on it would overflow.
         if horizon.horizon > format::MAX_ENTRY {
-            return Err(Error::Corrupt {
-                backend: BACKEND_NAME,
-                collection: keys.dir().to_owned(),
-                id: None,
-                location: path.to_string(),
-                reason: format!(
+            return Err(feed_corrupt(
+                keys,
+                &path,
+                format!(
                     "folds the feed up to entry {}, past the last entry number {}",
                     horizon.horizon,
                     format::MAX_ENTRY
                 ),
-            });
+            ));
+        }
+        // Compaction always names the segment it folds into: without one,
+        // readers would skip every change folded before the horizon.
+        if horizon.horizon > 0 && horizon.segment.is_none() {
+            return Err(feed_corrupt(
+                keys,
+                &path,
+                format!(
+                    "folds the feed up to entry {} into no segment",
+                    horizon.horizon
+                ),
+            ));
         }
         Ok((horizon, Some(fetched.etag)))
+    }
+
+    /// The segment `horizon` names, read once per key (see
+    /// [`Store::last_segment`]); `None` when it is gone because compaction
+    /// moved the horizon since `horizon_tag` was read. A segment gone while
+    /// the horizon still names it was removed by something else than
+    /// syncforge, which only deletes a segment once the horizon names
+    /// another: reading again would never find it, so it is corrupt.
+    async fn read_segment(
+        &self,
+        collection: &CollectionName,
+        keys: &CollectionKeys,
+        horizon: &Horizon,
+        horizon_tag: Option<&str>,
+    ) -> Result<Option<Arc<Segment>>> {
+        let Some(name) = &horizon.segment else {
+            return Ok(Some(Arc::new(Segment::default())));
+        };
+        let path = keys.segment_named(name)?;
+        if let Some((cached, segment)) = &*self.last_segment.lock() {
+            if *cached == path {
+                return Ok(Some(Arc::clone(segment)));
+            }
+        }
+        let Some(fetched) = self.io.get(&path).await? else {
+            if self.read_horizon(keys).await?.1.as_deref() == horizon_tag {
+                return Err(feed_corrupt(
+                    keys,
+                    &keys.horizon(),
+                    format!("names the segment {name}, which is not there"),
+                ));
+            }
+            return Ok(None);
+        };
+        let segment: Segment = format::parse(&fetched.body, collection, &path)?;
+        // Readers find their place in it by a binary search.
+        if segment.horizon != horizon.horizon
+            || !segment
+                .writes
+                .is_sorted_by(|before, after| before.0 < after.0)
+        {
+            return Err(feed_corrupt(
+                keys,
+                &path,
+                format!(
+                    "is not the segment of horizon {}: its horizon is {}, or its writes are \
+                     not in the order of their cursors",
+                    horizon.horizon, segment.horizon
+                ),
+            ));
+        }
+        let segment = Arc::new(segment);
+        *self.last_segment.lock() = Some((path, Arc::clone(&segment)));
+        Ok(Some(segment))
     }
 
     /// Brings one item to its final fate against `state`, the record
@@ -452,21 +517,21 @@ impl Store {
         limit: usize,
     ) -> Result<Option<ChangePage>> {
         let (horizon, horizon_tag) = self.read_horizon(keys).await?;
-        let mut folded: Vec<(Cursor, RecordId)> = Vec::new();
+        let mut segment = Arc::new(Segment::default());
         if horizon.horizon > 0 && after < end_of(horizon.horizon) {
-            if let Some(name) = &horizon.segment {
-                let path = keys.segment_named(name)?;
-                let Some(fetched) = self.io.get(&path).await? else {
-                    return Ok(None);
-                };
-                let segment: Segment = format::parse(&fetched.body, collection, &path)?;
-                folded = segment
-                    .writes
-                    .into_iter()
-                    .filter(|(at, _)| *at > after)
-                    .collect();
-            }
+            let Some(read) = self
+                .read_segment(collection, keys, &horizon, horizon_tag.as_deref())
+                .await?
+            else {
+                return Ok(None);
+            };
+            segment = read;
         }
+        // The writes after `after`: found by a binary search, and taken a
+        // page at a time, so that a page costs what it holds, not what the
+        // segment holds.
+        let start = segment.writes.partition_point(|(at, _)| *at <= after);
+        let mut folded = segment.writes.iter().skip(start).peekable();
         let first = entry_of(after).max(horizon.horizon + 1);
         let offset = keys.entry(first - 1);
         let listed: Vec<(u64, Path, Option<String>)> = self
@@ -487,9 +552,9 @@ impl Store {
         let mut states: HashMap<RecordId, State> = HashMap::new();
 
         // The folded part: cursors of writes known to have happened.
-        let mut folded = folded.into_iter().peekable();
         while !page.full() && folded.peek().is_some() {
-            let chunk: Vec<(Cursor, RecordId)> = folded.by_ref().take(page.room()).collect();
+            let chunk: Vec<(Cursor, RecordId)> =
+                folded.by_ref().take(page.room()).cloned().collect();
             let upto = chunk.last().map_or(after, |(at, _)| *at);
             let candidates = chunk
                 .into_iter()
@@ -623,18 +688,14 @@ impl Store {
         }
 
         let mut latest: HashMap<RecordId, Cursor> = HashMap::new();
-        let old_segment = match &horizon.segment {
-            Some(name) => {
-                let path = keys.segment_named(name)?;
-                let Some(fetched) = self.io.get(&path).await? else {
-                    return Ok(());
-                };
-                let segment: Segment = format::parse(&fetched.body, collection, &path)?;
-                latest.extend(segment.writes.into_iter().map(|(at, id)| (id, at)));
-                Some(path)
-            }
-            None => None,
+        let Some(old_segment) = self
+            .read_segment(collection, keys, &horizon, horizon_tag.as_deref())
+            .await?
+        else {
+            // Another compaction moved the horizon.
+            return Ok(());
         };
+        latest.extend(old_segment.writes.iter().map(|(at, id)| (id.clone(), *at)));
         let candidates = entries
             .iter()
             .flat_map(|(number, entry)| {
@@ -699,9 +760,33 @@ impl Store {
             self.io.delete(vec![segment_path]).await?;
             return Ok(());
         }
-        obsolete.extend(old_segment);
+        // The next compaction starts from it.
+        *self.last_segment.lock() = Some((segment_path, Arc::new(segment)));
+        // Every segment of an older horizon is obsolete: the one this
+        // compaction replaced, and any an interrupted or failed compaction
+        // left behind (its horizon put failed or its deletes did). A
+        // compaction still under way with a horizon at or below this one
+        // loses its compare-and-swap and gives up its segment anyway.
+        let segments = self.io.list(&keys.segments(), None, None).await?;
+        obsolete.extend(segments.into_iter().filter_map(|meta| {
+            CollectionKeys::segment_horizon(&meta.location)
+                .is_some_and(|older| older < target)
+                .then_some(meta.location)
+        }));
         self.io.delete(obsolete).await?;
         Ok(())
+    }
+}
+
+/// The error for a feed object (`location`) that syncforge would not have
+/// written.
+fn feed_corrupt(keys: &CollectionKeys, location: &Path, reason: String) -> Error {
+    Error::Corrupt {
+        backend: BACKEND_NAME,
+        collection: keys.dir().to_owned(),
+        id: None,
+        location: location.to_string(),
+        reason,
     }
 }
 

@@ -227,6 +227,19 @@ impl CollectionKeys {
         Path::from(format!("{}/s/{horizon:016x}-{unique}", self.dir))
     }
 
+    /// Directory of the segments.
+    pub(crate) fn segments(&self) -> Path {
+        Path::from(format!("{}/s", self.dir))
+    }
+
+    /// The horizon a segment's key was written for (see
+    /// [`segment`](Self::segment)); `None` for a key syncforge does not
+    /// write there.
+    pub(crate) fn segment_horizon(path: &Path) -> Option<u64> {
+        let (number, _unique) = path.filename()?.split_once('-')?;
+        lower_hex(number)
+    }
+
     /// A segment object's key from its name in the horizon object.
     pub(crate) fn segment_named(&self, name: &str) -> Result<Path> {
         Path::parse(format!("{}/s/{name}", self.dir)).map_err(|e| Error::Corrupt {
@@ -253,14 +266,7 @@ impl CollectionKeys {
     /// writes one (its cursors would pass 2^53), and counting it would push
     /// the feed's head past the numbers a cursor can hold.
     pub(crate) fn entry_number(path: &Path) -> Option<u64> {
-        let last = path.filename()?;
-        // `from_str_radix` would also take a sign (`+00000000000001a`).
-        if last.len() != 16 || !last.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
-        u64::from_str_radix(last, 16)
-            .ok()
-            .filter(|number| *number <= crate::format::MAX_ENTRY)
+        lower_hex(path.filename()?).filter(|number| *number <= crate::format::MAX_ENTRY)
     }
 
     /// Directory of the records.
@@ -277,6 +283,17 @@ impl CollectionKeys {
     pub(crate) fn dir(&self) -> &str {
         &self.dir
     }
+}
+
+/// A number as syncforge names feed objects: 16 lowercase hexadecimal
+/// digits. Any other spelling of the same number (`000000000000000A`, or
+/// with a sign, which `from_str_radix` would take) is another key, and no
+/// number: counting it would give two objects one number.
+fn lower_hex(name: &str) -> Option<u64> {
+    if name.len() != 16 || !name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    u64::from_str_radix(name, 16).ok()
 }
 
 #[cfg(test)]
@@ -380,5 +397,28 @@ mod tests {
         assert_eq!(CollectionKeys::entry_number(&coll.entry(u64::MAX)), None);
         let signed = Path::from(format!("{}/f/+00000000000001a", coll.dir()));
         assert_eq!(CollectionKeys::entry_number(&signed), None);
+    }
+
+    /// An uppercase name spells the number of another key, which a reader
+    /// counted as that entry: two objects, one number, one cursor for two
+    /// writes. Only the names syncforge writes are entries.
+    #[test]
+    fn a_feed_key_in_uppercase_is_no_entry() {
+        let keys = Keys::new("dse").unwrap();
+        let coll = keys.collection(&CollectionName::new("c").unwrap());
+        let upper = Path::from(format!("{}/f/000000000000000A", coll.dir()));
+        assert_eq!(CollectionKeys::entry_number(&upper), None);
+        assert_eq!(CollectionKeys::entry_number(&coll.entry(10)), Some(10));
+    }
+
+    #[test]
+    fn a_segment_key_names_its_horizon() {
+        let keys = Keys::new("dse").unwrap();
+        let coll = keys.collection(&CollectionName::new("c").unwrap());
+        let segment = coll.segment(300, "01JUNIQUE");
+        assert!(segment.as_ref().starts_with(coll.segments().as_ref()));
+        assert_eq!(CollectionKeys::segment_horizon(&segment), Some(300));
+        let foreign = Path::from(format!("{}/s/notes.txt", coll.dir()));
+        assert_eq!(CollectionKeys::segment_horizon(&foreign), None);
     }
 }

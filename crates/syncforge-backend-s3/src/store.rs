@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
@@ -13,7 +14,7 @@ use syncforge_core::{
 };
 
 use crate::config::StoreOptions;
-use crate::format::{self, Meta, Name, Newest, RecordBody, MARKER_SIZE};
+use crate::format::{self, Meta, Name, Newest, RecordBody, Segment, MARKER_SIZE};
 use crate::io::{Condition, Io, Put};
 use crate::keys::{CollectionKeys, Keys, SegmentName};
 use crate::BACKEND_NAME;
@@ -148,6 +149,10 @@ pub(crate) struct Store {
     pub(crate) newest: Mutex<HashMap<CollectionName, (Stamp, String)>>,
     /// Hashed collections whose `name` object this handle has written.
     named: Mutex<HashSet<CollectionName>>,
+    /// The segment this handle read last, by its key: a segment is never
+    /// rewritten under its key, and a reader behind the horizon reads it
+    /// once for all its pages instead of once a page.
+    pub(crate) last_segment: Mutex<Option<(Path, Arc<Segment>)>>,
     closed: AtomicBool,
 }
 
@@ -160,6 +165,7 @@ impl Store {
             heads: Mutex::new(HashMap::new()),
             newest: Mutex::new(HashMap::new()),
             named: Mutex::new(HashSet::new()),
+            last_segment: Mutex::new(None),
             closed: AtomicBool::new(false),
         }
     }

@@ -47,6 +47,8 @@ pub(crate) struct Wrapped {
     /// Creates of keys containing this text are refused once each, without
     /// effect.
     refused_creates: parking_lot::Mutex<Option<(String, std::collections::HashSet<Path>)>>,
+    /// Reads of keys containing this text, counted.
+    counted_gets: parking_lot::Mutex<Option<(String, Arc<AtomicU64>)>>,
 }
 
 impl Wrapped {
@@ -64,7 +66,21 @@ impl Wrapped {
             ignoring_conditions: AtomicBool::new(false),
             unquoting_listed_tags: AtomicBool::new(false),
             denying_deletes: AtomicBool::new(false),
+            counted_gets: parking_lot::Mutex::new(None),
         }
+    }
+
+    /// Counts the reads of keys containing `key_part` into the counter it
+    /// returns.
+    pub(crate) fn counting_gets(self, key_part: &str) -> (Self, Arc<AtomicU64>) {
+        let counter = Arc::new(AtomicU64::new(0));
+        *self.counted_gets.lock() = Some((key_part.to_owned(), Arc::clone(&counter)));
+        (self, counter)
+    }
+
+    /// Refuses every delete from now on, or lets them through again.
+    pub(crate) fn set_denying_deletes(&self, denying: bool) {
+        self.denying_deletes.store(denying, Ordering::SeqCst);
     }
 
     /// Lists ETags bare where reads give them in quotes: a server that
@@ -298,6 +314,11 @@ impl ObjectStore for Wrapped {
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+        if let Some((key_part, counter)) = &*self.counted_gets.lock() {
+            if location.as_ref().contains(key_part.as_str()) {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+        }
         self.around(self.inner.get_opts(location, options)).await
     }
 

@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use object_store::memory::InMemory;
-use object_store::ObjectStore;
+use object_store::{ObjectStore, ObjectStoreExt};
 use serde_json::json;
 use syncforge_backend_s3::{S3Backend, StoreOptions};
 use syncforge_core::{
-    ClientId, CollectionName, Content, Cursor, Hlc, ManualTime, Record, RecordId, StorageBackend,
-    Write, WriteOutcome,
+    ClientId, CollectionName, Content, Cursor, Error, Hlc, ManualTime, Record, RecordId,
+    StorageBackend, Write, WriteOutcome,
 };
 use tokio::task::JoinSet;
 
@@ -645,6 +645,111 @@ async fn a_delete_whose_marker_put_was_sent_twice_says_the_record_existed() {
     assert!(deleter.delete(&collection, &rid("a")).await.unwrap());
     assert!(deleter.get(&collection, &rid("a")).await.unwrap().is_none());
     assert!(!deleter.delete(&collection, &rid("a")).await.unwrap());
+}
+
+/// A segment removed by something else than syncforge while the horizon
+/// still names it: every reader from before the horizon read it again
+/// eight times and gave up with `Unavailable`, which the engine retries for
+/// ever, and compaction stopped without a word. Both now say it is corrupt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_removed_under_its_horizon_is_corrupt() {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let collection = coll("compacted");
+    twenty_new_records_compacted_every_four(&store, &collection).await;
+    let segments = objects_under(&store, "dse/c/compacted/s").await;
+    assert_eq!(segments.len(), 1, "one compacted segment");
+    store.delete(&segments[0].location).await.unwrap();
+    // A handle that never read it, so that nothing of it is remembered.
+    let reader = handle(&store, "dse");
+    let error = reader
+        .changes(&collection, Cursor::START, 7.try_into().unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, Error::Corrupt { location, .. } if location.ends_with("/h")),
+        "{error:?}"
+    );
+}
+
+/// A horizon past entry 0 that names no segment (syncforge never writes
+/// one): readers from the start skipped every record folded before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_horizon_naming_no_segment_is_corrupt() {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let collection = coll("compacted");
+    let backend = twenty_new_records_compacted_every_four(&store, &collection).await;
+    store
+        .put(
+            &"dse/c/compacted/h".into(),
+            r#"{"horizon":4}"#.as_bytes().to_vec().into(),
+        )
+        .await
+        .unwrap();
+    let error = backend
+        .changes(&collection, Cursor::START, 7.try_into().unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Corrupt { .. }), "{error:?}");
+}
+
+/// Each page of a reader behind the horizon downloaded the whole segment:
+/// a new replica pulling a compacted collection page by page read it once
+/// a page, quadratic in the collection. It is read once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_behind_the_horizon_reads_the_segment_once() {
+    let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let collection = coll("compacted");
+    let writer = twenty_new_records_compacted_every_four(&memory, &collection).await;
+    let (counting, segment_reads) = Wrapped::new(Arc::clone(&memory)).counting_gets("/s/");
+    let counting: Arc<dyn ObjectStore> = Arc::new(counting);
+    let reader = handle(&counting, "dse");
+    let mut seen = BTreeMap::new();
+    follow(&reader, &collection, Cursor::START, &mut seen).await;
+    assert_eq!(seen, all(&writer, &collection).await);
+    // 20 records, 7 a page: three pages, at least two of them in the segment.
+    assert_eq!(segment_reads.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+/// A compaction whose deletes failed after it moved the horizon left the
+/// segment it replaced in the bucket for good: nothing listed the segments.
+/// The next compaction removes every segment of an older horizon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segments_a_failed_compaction_left_are_removed_by_the_next() {
+    let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let wrapped = Arc::new(Wrapped::new(Arc::clone(&memory)));
+    let store: Arc<dyn ObjectStore> = Arc::clone(&wrapped) as Arc<dyn ObjectStore>;
+    let options = StoreOptions {
+        compaction_interval: 4.try_into().unwrap(),
+        ..StoreOptions::default()
+    };
+    let backend = handle(&store, "dse").with_options(options);
+    let collection = coll("compacted");
+    let mut clock = Hlc::new(ClientId::new("w").unwrap());
+    for i in 0..24 {
+        // The first write checks the store's conditions, which deletes
+        // its probe; the next 19 compact with every delete refused.
+        wrapped.set_denying_deletes((1..20).contains(&i));
+        let id = format!("r{i}");
+        let write = Write::create(Record::create(content(&id, i), &clock.now().unwrap()));
+        assert!(matches!(
+            backend.put(&collection, &write).await.unwrap(),
+            WriteOutcome::Written { .. }
+        ));
+        if i == 19 {
+            let left = objects_under(&memory, "dse/c/compacted/s").await.len();
+            assert!(left > 1, "{left} segments: the deletes were not refused");
+        }
+    }
+    assert_eq!(objects_under(&memory, "dse/c/compacted/s").await.len(), 1);
+    let mut seen = BTreeMap::new();
+    follow(
+        &handle(&memory, "dse"),
+        &collection,
+        Cursor::START,
+        &mut seen,
+    )
+    .await;
+    assert_eq!(seen.len(), 24);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
