@@ -22,6 +22,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
+use tower_http::cors::CorsLayer;
 
 use super::closed;
 use super::error::ApiError;
@@ -63,6 +64,7 @@ pub(super) struct ConnectionLimits {
 pub(super) async fn accept_until_closed(
     listener: TcpListener,
     app: Router,
+    refusal: Router,
     sync_slots: SyncSlots,
     limits: ConnectionLimits,
     mut closing: watch::Receiver<bool>,
@@ -71,7 +73,6 @@ pub(super) async fn accept_until_closed(
         limits.max_connections.min(Semaphore::MAX_PERMITS),
     ));
     let overflow = Arc::new(Semaphore::new(OVERFLOW_CONNECTIONS));
-    let refusal = overloaded();
     let mut connections = JoinSet::new();
     loop {
         // Past the limit, a few more connections are taken in only to be
@@ -168,9 +169,10 @@ enum Place {
 }
 
 /// What a connection past `max_connections` is answered: 503 `unavailable`
-/// with `Retry-After`, and the connection closes.
-fn overloaded() -> Router {
-    Router::new().fallback(|| async {
+/// with `Retry-After`, and the connection closes; with the server's CORS
+/// headers, so that a browser can read it.
+pub(super) fn overloaded(cors: Option<CorsLayer>) -> Router {
+    let refusal = Router::new().fallback(|| async {
         let mut response = ApiError::new(
             ErrorCode::Unavailable,
             "the server holds as many connections as it may; try again shortly",
@@ -180,7 +182,11 @@ fn overloaded() -> Router {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         mark_protocol(headers);
         response
-    })
+    });
+    match cors {
+        Some(cors) => refusal.layer(cors),
+        None => refusal,
+    }
 }
 
 /// Errors of the one connection being accepted, after which the next

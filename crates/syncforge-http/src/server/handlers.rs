@@ -191,7 +191,10 @@ pub(super) fn build(
     Ok((app.layer(middleware::from_fn(observe)), sync_slots))
 }
 
-fn cors_layer(cors: &Cors) -> Option<CorsLayer> {
+/// The CORS answers browsers need: every route's, and the refusal of a
+/// connection past the limit, which a browser would otherwise see as an
+/// opaque network failure instead of a 503 to retry.
+pub(super) fn cors_layer(cors: &Cors) -> Option<CorsLayer> {
     let origins = match cors {
         Cors::Off => return None,
         Cors::AnyOrigin => AllowOrigin::any(),
@@ -206,7 +209,14 @@ fn cors_layer(cors: &Cors) -> Option<CorsLayer> {
             .allow_origin(origins)
             .allow_methods([Method::GET, Method::POST])
             .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
-            .expose_headers([header::HeaderName::from_static(PROTOCOL_HEADER)])
+            // A script reads only the headers exposed to it: the protocol
+            // version, how long to wait before retrying, and why a token
+            // was refused.
+            .expose_headers([
+                header::HeaderName::from_static(PROTOCOL_HEADER),
+                header::RETRY_AFTER,
+                header::WWW_AUTHENTICATE,
+            ])
             .max_age(Duration::from_secs(600)),
     )
 }

@@ -163,6 +163,7 @@ impl Server {
             max_connections: options.max_connections,
             shutdown_grace: options.request_timeout.saturating_add(SHUTDOWN_MARGIN),
         };
+        let refusal = connections::overloaded(handlers::cors_layer(&options.cors));
         let (app, sync_slots) = handlers::build(Arc::new(replica), options, closing.clone())?;
         let listener = TcpListener::bind(address)
             .await
@@ -177,7 +178,7 @@ impl Server {
                 reason: format!("cannot read the bound address: {error}"),
             })?;
         let task = tokio::spawn(connections::accept_until_closed(
-            listener, app, sync_slots, limits, closing,
+            listener, app, refusal, sync_slots, limits, closing,
         ));
         tracing::info!(%address, "sync server listening");
         Ok(Server {

@@ -160,6 +160,43 @@ async fn clients_past_the_connection_limit_are_told_to_come_back() {
     server.shutdown().await.unwrap();
 }
 
+/// The refusal past the limit went out without the CORS headers of every
+/// other answer, so a browser saw a network failure instead of a 503 to
+/// retry; and no answer exposed `Retry-After` to scripts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_refusal_past_the_limit_is_readable_by_a_browser() {
+    const ORIGIN: &str = "https://app.example.com";
+    let options = ServerOptions::default()
+        .max_connections(1)
+        .cors_allow_origins([ORIGIN]);
+    let server = serve(options).await;
+    let mut held = connect(&server).await;
+    held.write_all(HEALTH.as_bytes()).await.unwrap();
+    assert!(read_answer_head(&mut held, Duration::from_secs(15))
+        .await
+        .is_some());
+    let mut refused = connect(&server).await;
+    let request = format!("GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: {ORIGIN}\r\n\r\n");
+    refused.write_all(request.as_bytes()).await.unwrap();
+    let answer = read_until_closed(&mut refused, Duration::from_secs(15))
+        .await
+        .expect("the refused connection was neither answered nor closed")
+        .to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 503"), "{answer:?}");
+    assert!(
+        answer.contains(&format!("access-control-allow-origin: {ORIGIN}")),
+        "{answer:?}"
+    );
+    let exposed = answer
+        .lines()
+        .find_map(|line| line.strip_prefix("access-control-expose-headers:"))
+        .unwrap_or_default();
+    assert!(exposed.contains("retry-after"), "{answer:?}");
+    assert!(exposed.contains("www-authenticate"), "{answer:?}");
+    drop(held);
+    server.shutdown().await.unwrap();
+}
+
 /// The answers past the limit are bounded too: with those places taken by
 /// clients that send nothing, a further client waits (until the silent ones
 /// are closed after a few seconds) rather than being taken in.
