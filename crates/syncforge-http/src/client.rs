@@ -411,6 +411,46 @@ impl std::fmt::Debug for HttpPeerBuilder {
     }
 }
 
+/// Checks a sync server's base URL as [`HttpPeerBuilder::build`] does,
+/// without building a peer: an `http://` or `https://` URL with a host,
+/// no user or password, no query and no fragment. Fails with
+/// [`Error::InvalidConfig`] for the option `base_url`, saying what is wrong.
+pub fn check_base_url(base_url: &str) -> Result<()> {
+    self::base_url(base_url).map(drop)
+}
+
+/// The base URL the peer's routes are appended to.
+fn base_url(raw: &str) -> Result<Url> {
+    let invalid = |reason: String| Error::InvalidConfig {
+        option: "base_url",
+        reason,
+    };
+    let shown = shown_url(raw);
+    let mut base = Url::parse(raw).map_err(|error| invalid(format!("{shown}: {error}")))?;
+    if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
+        return Err(invalid(format!(
+            "{shown} is not an http:// or https:// URL"
+        )));
+    }
+    // The base URL names the peer (its default id, messages, logs), so
+    // it must hold no secret: a server's token goes in `bearer_token`.
+    if !base.username().is_empty() || base.password().is_some() {
+        return Err(invalid(
+            "must not name a user or password: give the server's token to bearer_token".to_owned(),
+        ));
+    }
+    if base.query().is_some() || base.fragment().is_some() {
+        return Err(invalid(format!(
+            "{shown} must not have a query or fragment"
+        )));
+    }
+    // Routes are appended to the base's path.
+    if let Ok(mut segments) = base.path_segments_mut() {
+        segments.pop_if_empty();
+    }
+    Ok(base)
+}
+
 /// A base URL as messages show it: hidden whole when it may name a user and
 /// password, which the builder refuses but must not print.
 fn shown_url(url: &str) -> String {
@@ -582,34 +622,7 @@ impl HttpPeerBuilder {
     pub fn build(self) -> Result<HttpPeer> {
         let invalid =
             |option: &'static str, reason: String| Error::InvalidConfig { option, reason };
-        let shown = shown_url(&self.base_url);
-        let mut base = Url::parse(&self.base_url)
-            .map_err(|error| invalid("base_url", format!("{shown}: {error}")))?;
-        if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
-            return Err(invalid(
-                "base_url",
-                format!("{shown} is not an http:// or https:// URL"),
-            ));
-        }
-        // The base URL names the peer (its default id, messages, logs), so
-        // it must hold no secret: a server's token goes in `bearer_token`.
-        if !base.username().is_empty() || base.password().is_some() {
-            return Err(invalid(
-                "base_url",
-                "must not name a user or password: give the server's token to bearer_token"
-                    .to_owned(),
-            ));
-        }
-        if base.query().is_some() || base.fragment().is_some() {
-            return Err(invalid(
-                "base_url",
-                format!("{shown} must not have a query or fragment"),
-            ));
-        }
-        // Routes are appended to the base's path.
-        if let Ok(mut segments) = base.path_segments_mut() {
-            segments.pop_if_empty();
-        }
+        let base = base_url(&self.base_url)?;
         if let Some(fault) = self.token.as_deref().and_then(bearer_token_fault) {
             return Err(invalid(
                 "bearer_token",

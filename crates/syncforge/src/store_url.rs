@@ -282,6 +282,13 @@ fn server(scheme: &str, rest: &str) -> Result<StoreUrl> {
         return Err(invalid("a sync server's URL takes no query or fragment"));
     }
     let base = format!("{scheme}://{}", after_slashes.trim_end_matches('/'));
+    // The peer's own check, so that a URL it would refuse (an empty host
+    // before a port, a bad port, a space in the host) fails here, where
+    // it is read.
+    syncforge_http::check_base_url(&base).map_err(|error| match error {
+        Error::InvalidConfig { reason, .. } => invalid(reason),
+        other => other,
+    })?;
     Ok(StoreUrl {
         target: Target::Server(base.clone()),
         shown: base,
@@ -313,6 +320,11 @@ fn file_path(rest: &str) -> Result<PathBuf> {
     let decoded = percent_encoding::percent_decode_str(path)
         .decode_utf8()
         .map_err(|_| invalid("the file URL's path is not UTF-8 once percent-decoded"))?;
+    if decoded.contains('\0') {
+        return Err(invalid(
+            "the file URL's path holds a NUL byte (%00), which no file name can",
+        ));
+    }
     Ok(PathBuf::from(decoded.into_owned()))
 }
 
@@ -401,6 +413,7 @@ mod tests {
         assert!(refused("file://otherhost/x").contains("this machine"));
         assert!(refused("file:///x?y=1").contains("no query"));
         assert!(refused("file:///%FF").contains("UTF-8"));
+        assert!(refused("file:///tmp/a%00b").contains("NUL"));
     }
 
     #[test]
@@ -426,6 +439,20 @@ mod tests {
         assert!(refused("http:sync.example.com").contains("host:port"));
         assert!(refused("http://").contains("no host"));
         assert!(refused("http://h/?token=x").contains("no query"));
+        // Read by the peer's own check: each of these would only fail later,
+        // when a peer is built on it.
+        for bad in [
+            "http://:8080",
+            "http://exa mple.com",
+            "http://h:port",
+            "http://h:99999",
+        ] {
+            let message = refused(bad);
+            assert!(
+                message.contains("invalid") || message.contains("empty"),
+                "{bad}: {message}"
+            );
+        }
     }
 
     #[cfg(feature = "redis")]
