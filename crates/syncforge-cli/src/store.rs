@@ -259,7 +259,7 @@ impl SyncPeer for StorePeer {
         &self,
         collection: &CollectionName,
         records: Vec<Record>,
-    ) -> syncforge::Result<()> {
+    ) -> syncforge::Result<syncforge::PushOutcome> {
         self.engine.push(collection, records).await
     }
 }

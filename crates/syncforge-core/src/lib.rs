@@ -77,7 +77,7 @@ pub use merge::{
     conflicted_fields, is_conflict, merge, resolve_conflict, ConflictDetail, ConflictStrategy,
 };
 pub use names::{CollectionName, IntoName, RecordId};
-pub use peer::SyncPeer;
+pub use peer::{PushOutcome, RefusedRecord, SyncPeer};
 pub use record::{
     Content, FieldName, FieldState, FieldStates, FieldStatesRef, JsonText, Record, CLIENT_ID_KEY,
     DELETED_KEY, ID_KEY, RESERVED_KEYS, SYNC_KEY, TIMESTAMP_KEY, VERSION_KEY,

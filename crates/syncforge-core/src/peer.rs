@@ -12,8 +12,51 @@ use async_trait::async_trait;
 
 use crate::backend::{ChangePage, Cursor};
 use crate::error::Result;
-use crate::names::CollectionName;
+use crate::names::{CollectionName, RecordId};
 use crate::record::Record;
+
+/// What a peer did with the records of a [`SyncPeer::push`]: it stored
+/// every one but those it [`refused`](Self::refused).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+#[must_use]
+pub struct PushOutcome {
+    /// Records the peer can never take as they are, each with the reason.
+    pub refused: Vec<RefusedRecord>,
+}
+
+impl PushOutcome {
+    /// Every record stored.
+    pub fn all_stored() -> Self {
+        PushOutcome::default()
+    }
+
+    /// Every record stored but `refused`.
+    pub fn refusing(refused: Vec<RefusedRecord>) -> Self {
+        PushOutcome { refused }
+    }
+}
+
+/// A record a peer refused for good: sending it again unchanged can never
+/// succeed (it is larger than the peer takes in one request).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RefusedRecord {
+    /// The record's id.
+    pub id: RecordId,
+    /// Why, in words.
+    pub reason: String,
+}
+
+impl RefusedRecord {
+    /// Record `id`, refused for `reason`.
+    pub fn new(id: RecordId, reason: impl Into<String>) -> Self {
+        RefusedRecord {
+            id,
+            reason: reason.into(),
+        }
+    }
+}
 
 /// Another replica to sync with: its change feed to pull from, and a way to
 /// push records into it.
@@ -50,6 +93,10 @@ pub trait SyncPeer: Send + Sync {
     ) -> Result<ChangePage>;
 
     /// Merges `records` into the peer's `collection`. Must not return `Ok`
-    /// before they are stored.
-    async fn push(&self, collection: &CollectionName, records: Vec<Record>) -> Result<()>;
+    /// before they are stored, except those it names as
+    /// [`refused`](PushOutcome::refused): records the peer can never take
+    /// as they are, which the engine's `sync_with` reports and moves past
+    /// (it sends them again once they change). Any other failure is an
+    /// `Err`, after which the push starts again from the same records.
+    async fn push(&self, collection: &CollectionName, records: Vec<Record>) -> Result<PushOutcome>;
 }

@@ -15,7 +15,8 @@ use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use syncforge_core::{
-    Change, ChangePage, CollectionName, Cursor, Error, IntoName, Record, RecordId, Result, SyncPeer,
+    Change, ChangePage, CollectionName, Cursor, Error, IntoName, PushOutcome, Record, RecordId,
+    RefusedRecord, Result, SyncPeer,
 };
 
 use crate::parallel;
@@ -870,17 +871,21 @@ impl HttpPeer {
         collection: impl IntoName<CollectionName>,
         records: Vec<Record>,
     ) -> Result<SyncResponse> {
-        self.push_all(collection.into_name()?, records, Echoes::Forget)
+        self.push_all(collection.into_name()?, records, Echoes::Forget, None)
             .await
     }
 
     /// [`push_records`](Self::push_records), remembering the positions the
-    /// server gave the records as echoes when `echoes` says so.
+    /// server gave the records as echoes when `echoes` says so. A record
+    /// larger than the server takes in one request fails the push with
+    /// [`Error::InvalidRecord`], or, given `refused`, is left out and
+    /// named there.
     async fn push_all(
         &self,
         collection: CollectionName,
         records: Vec<Record>,
         echoes: Echoes,
+        mut refused: Option<&mut Vec<RefusedRecord>>,
     ) -> Result<SyncResponse> {
         let (limits, push_cap) = {
             let state = self.inner.state.lock();
@@ -903,14 +908,18 @@ impl HttpPeer {
                     let text = chunk.text.get(start..end).unwrap_or_default();
                     start = end;
                     if text.len() + ENVELOPE > limits.max_body_bytes {
-                        return Err(Error::invalid_record(
-                            Some(id.as_str()),
-                            format!(
-                                "is {} bytes of JSON, more than the server accepts in one request ({} bytes)",
-                                text.len(),
-                                limits.max_body_bytes
-                            ),
-                        ));
+                        let reason = format!(
+                            "is {} bytes of JSON, more than the server accepts in one request ({} bytes)",
+                            text.len(),
+                            limits.max_body_bytes
+                        );
+                        match refused.as_deref_mut() {
+                            Some(refused) => {
+                                refused.push(RefusedRecord::new(id.clone(), reason));
+                                continue;
+                            }
+                            None => return Err(Error::invalid_record(Some(id.as_str()), reason)),
+                        }
                     }
                     let full = body.count() == limits.max_records
                         || (body.count() > 0 && body.len() + text.len() + 1 + ENVELOPE > target);
@@ -1571,10 +1580,21 @@ impl SyncPeer for HttpPeer {
             .await
     }
 
-    async fn push(&self, collection: &CollectionName, records: Vec<Record>) -> Result<()> {
-        self.push_all(collection.clone(), records, Echoes::Remember)
-            .await
-            .map(drop)
+    /// Records larger than the server takes in one request are refused
+    /// (see [`PushOutcome`]), not sent: a server can hold one (its own
+    /// application wrote it, two pushes merged into it, or its limit was
+    /// lowered), and failing the push on it held back every later change
+    /// of the collection for good.
+    async fn push(&self, collection: &CollectionName, records: Vec<Record>) -> Result<PushOutcome> {
+        let mut refused = Vec::new();
+        self.push_all(
+            collection.clone(),
+            records,
+            Echoes::Remember,
+            Some(&mut refused),
+        )
+        .await?;
+        Ok(PushOutcome::refusing(refused))
     }
 }
 

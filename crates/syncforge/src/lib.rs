@@ -94,7 +94,7 @@ pub use config::{
 pub use engine::SyncEngine;
 pub use events::{EventKind, EventReceiver, Events, ListenerId, SyncEvent, SyncTrigger};
 pub use feed::{PageOptions, DEFAULT_PAGE_LIMIT};
-pub use peer::{PeerCursors, SyncPeer};
+pub use peer::{PeerCursors, PushOutcome, RefusedRecord, SyncPeer};
 pub use peer_sync::PeerSyncReport;
 pub use result::SyncResult;
 pub use store_url::{open_store, StoreUrl};

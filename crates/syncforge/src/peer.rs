@@ -7,7 +7,7 @@
 //! (`syncforge-http`'s `HttpPeer`, ...) implements the same few methods.
 
 use syncforge_core::Cursor;
-pub use syncforge_core::SyncPeer;
+pub use syncforge_core::{PushOutcome, RefusedRecord, SyncPeer};
 
 /// How far an engine has synced a collection with a peer: positions in the
 /// two change feeds, kept in the store's metadata.

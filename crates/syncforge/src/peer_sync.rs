@@ -16,7 +16,7 @@ use tracing::Instrument;
 use crate::engine::{millis, SyncEngine};
 use crate::events::SyncTrigger;
 use crate::feed::PageOptions;
-use crate::peer::{PeerCursors, SyncPeer};
+use crate::peer::{PeerCursors, PushOutcome, RefusedRecord, SyncPeer};
 use crate::result::SyncResult;
 use crate::retry::retry_transient;
 
@@ -41,8 +41,9 @@ impl SyncPeer for SyncEngine {
             .await
     }
 
-    async fn push(&self, collection: &CollectionName, records: Vec<Record>) -> Result<()> {
-        self.collection(collection)?.sync(records).await.map(drop)
+    async fn push(&self, collection: &CollectionName, records: Vec<Record>) -> Result<PushOutcome> {
+        let _merged = self.collection(collection)?.sync(records).await?;
+        Ok(PushOutcome::all_stored())
     }
 }
 
@@ -57,11 +58,16 @@ pub struct PeerSyncReport {
     pub collection: CollectionName,
     /// What merging the peer's changes did here (summed over pages).
     pub pulled: SyncResult,
-    /// Records sent to the peer.
+    /// Records sent to the peer and stored there.
     pub pushed: usize,
     /// Local changes not sent because they are exactly records just pulled
     /// from the peer, which holds them already.
     pub echoes_skipped: usize,
+    /// Local changes the peer can never take as they are (larger than it
+    /// takes in one request), with its reason. The sync moved past them,
+    /// so that they hold back no other change; each is sent again once it
+    /// changes here. Each is also logged as a warning.
+    pub refused: Vec<RefusedRecord>,
 }
 
 /// What this engine keeps about a peer, per collection.
@@ -269,6 +275,7 @@ impl SyncEngine {
             pulled: SyncResult::new(collection),
             pushed: 0,
             echoes_skipped: 0,
+            refused: Vec::new(),
         };
 
         self.follow_feed(peer, collection).await?;
@@ -345,8 +352,18 @@ impl SyncEngine {
                 report.echoes_skipped += before - records.len();
                 if !records.is_empty() {
                     let count = records.len();
-                    peer.push(collection, records).await?;
-                    report.pushed += count;
+                    let outcome = peer.push(collection, records).await?;
+                    for refused in &outcome.refused {
+                        tracing::warn!(
+                            peer = peer_id,
+                            collection = %collection,
+                            id = %refused.id,
+                            reason = %refused.reason,
+                            "the peer refused a record; it is sent again once it changes"
+                        );
+                    }
+                    report.pushed += count.saturating_sub(outcome.refused.len());
+                    report.refused.extend(outcome.refused);
                 }
                 if page.more && page.next <= cursor {
                     // A store's answer that would loop for ever.

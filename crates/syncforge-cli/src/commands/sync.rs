@@ -338,11 +338,11 @@ impl<P: SyncPeer> SyncPeer for Counted<'_, P> {
         &self,
         collection: &CollectionName,
         records: Vec<syncforge::Record>,
-    ) -> syncforge::Result<()> {
+    ) -> syncforge::Result<syncforge::PushOutcome> {
         let count = records.len() as u64;
-        self.peer.push(collection, records).await?;
+        let outcome = self.peer.push(collection, records).await?;
         self.bar.advance(count);
-        Ok(())
+        Ok(outcome)
     }
 }
 

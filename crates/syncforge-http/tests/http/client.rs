@@ -216,6 +216,51 @@ async fn large_pushes_and_pages_arrive_whole_and_in_order() {
     server.shutdown().await.unwrap();
 }
 
+/// A record larger than the server takes in one request, which the server
+/// holds (its own application wrote it) and a client pulled, came back in
+/// the client's next push from a later sync: the push failed on it, before
+/// anything after it was sent, and so did every later sync of the
+/// collection. The peer refuses it, the sync reports it and moves past it,
+/// and the client's other changes reach the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_too_large_to_push_back_holds_back_no_other_change() {
+    let hq = memory_engine("hq").await;
+    hq.put("notes", &json!({"id": "big", "blob": "x".repeat(100_000)}))
+        .await
+        .unwrap();
+    let options = ServerOptions::default().max_body_bytes(64 * 1024);
+    let server = Server::bind(hq.clone(), "127.0.0.1:0", options)
+        .await
+        .unwrap();
+    let tablet = memory_engine("tablet").await;
+    let hq_peer = peer(&server.url(), None);
+    let pulled = tablet.pull_from(&hq_peer, "notes").await.unwrap();
+    assert_eq!(pulled.pulled.added, 1);
+    tablet.put("notes", &json!({"id": "n1"})).await.unwrap();
+
+    let report = tablet.sync_with(&hq_peer, "notes").await.unwrap();
+    let refused: Vec<&str> = report.refused.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(refused, ["big"]);
+    assert!(
+        report.refused[0]
+            .reason
+            .contains("more than the server accepts"),
+        "{:?}",
+        report.refused
+    );
+    assert_eq!(report.pushed, 1);
+    assert!(hq.get("notes", "n1").await.unwrap().is_some());
+
+    // Moved past: the next sync sends nothing, until the record changes.
+    let again = tablet.sync_with(&hq_peer, "notes").await.unwrap();
+    assert_eq!((again.pushed, again.refused.len()), (0, 0));
+    // Pushed as records (not by a sync), a record that large still fails.
+    let big = tablet.get("notes", "big").await.unwrap().unwrap();
+    let error = hq_peer.push_records("notes", vec![big]).await.unwrap_err();
+    assert!(matches!(error, Error::InvalidRecord { .. }), "{error:?}");
+    server.shutdown().await.unwrap();
+}
+
 /// A server of `hq` whose answers are at most 256 KiB, and the count of the
 /// changes its feed reads return.
 async fn counting_server(hq: SyncEngine) -> (Server, Arc<std::sync::atomic::AtomicUsize>) {

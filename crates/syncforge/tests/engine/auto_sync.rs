@@ -353,8 +353,8 @@ impl syncforge::SyncPeer for PanickingPeer {
         &self,
         _collection: &syncforge::CollectionName,
         _records: Vec<syncforge::Record>,
-    ) -> syncforge::Result<()> {
-        Ok(())
+    ) -> syncforge::Result<syncforge::PushOutcome> {
+        Ok(syncforge::PushOutcome::all_stored())
     }
 }
 

@@ -9,8 +9,8 @@ use std::num::NonZeroUsize;
 use syncforge::core::{Change, ChangePage};
 
 use syncforge::{
-    CollectionName, ConflictStrategy, Cursor, Error, EventKind, PageOptions, PeerCursors, Record,
-    Result, StorageBackend, SyncEngine, SyncEvent, SyncPeer, SyncTrigger,
+    CollectionName, ConflictStrategy, Cursor, Error, EventKind, PageOptions, PeerCursors,
+    PushOutcome, Record, Result, StorageBackend, SyncEngine, SyncEvent, SyncPeer, SyncTrigger,
 };
 use syncforge_testkit::faults::{FaultyBackend, Operation};
 
@@ -250,8 +250,12 @@ impl SyncPeer for StuckPeer {
         })
     }
 
-    async fn push(&self, _collection: &CollectionName, _records: Vec<Record>) -> Result<()> {
-        Ok(())
+    async fn push(
+        &self,
+        _collection: &CollectionName,
+        _records: Vec<Record>,
+    ) -> Result<PushOutcome> {
+        Ok(PushOutcome::all_stored())
     }
 }
 
@@ -305,8 +309,12 @@ impl SyncPeer for EndlessPeer {
         })
     }
 
-    async fn push(&self, _collection: &CollectionName, _records: Vec<Record>) -> Result<()> {
-        Ok(())
+    async fn push(
+        &self,
+        _collection: &CollectionName,
+        _records: Vec<Record>,
+    ) -> Result<PushOutcome> {
+        Ok(PushOutcome::all_stored())
     }
 }
 
@@ -514,7 +522,7 @@ impl SyncPeer for CountingPeer {
         page
     }
 
-    async fn push(&self, collection: &CollectionName, records: Vec<Record>) -> Result<()> {
+    async fn push(&self, collection: &CollectionName, records: Vec<Record>) -> Result<PushOutcome> {
         SyncPeer::push(&self.inner, collection, records).await
     }
 }
