@@ -577,6 +577,7 @@ async fn sync(
     path: Result<Path<String>, PathRejection>,
     body: Body,
 ) -> Result<Json<SyncResponse>, ApiError> {
+    let started = Instant::now();
     let collection = state.collection(&headers, path, Access::ReadWrite)?;
     check_json_content_type(&headers)?;
     let max = state.options.max_body_bytes;
@@ -605,8 +606,16 @@ async fn sync(
     // refuses the whole request.
     let records = decode_records(Arc::new(text), spans).await?;
     // Taken once the body is in: a client sending its body slowly holds a
-    // connection, not a merge's place.
-    let slot = state.sync_slots.take(1, patience).await?;
+    // connection, not a merge's place. The wait takes at most half the
+    // request's time left, so that a push that waited for room and then
+    // uploaded is answered busy, not cut off by the request's limit: a
+    // `timeout` would tell its client that the link is slow, and make it
+    // send smaller pushes to a server that is only busy.
+    let left = state
+        .options
+        .request_timeout
+        .saturating_sub(started.elapsed());
+    let slot = state.sync_slots.take(1, patience.min(left / 2)).await?;
     // The merge runs on its own task: a client that goes away or a request
     // that times out does not cut a write in half.
     let replica = state.replica.clone();

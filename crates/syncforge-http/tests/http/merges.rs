@@ -162,3 +162,55 @@ async fn a_push_waiting_too_long_for_a_place_is_told_the_server_is_busy() {
     server.shutdown().await.unwrap();
     assert_eq!(ended.load(Ordering::SeqCst), 1);
 }
+
+/// A push whose body took most of the request's time to arrive, and which
+/// then found every merge's place taken, waited for one with the full
+/// patience and was cut off by the request's limit: answered `timeout`,
+/// which tells a client its link is slow and makes it send smaller pushes
+/// to a server that is only busy. It is answered `unavailable` in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_uploaded_slowly_to_a_busy_server_is_told_it_is_busy() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let replica =
+        InstrumentedReplica::new(memory_engine("hq").await).slow_syncs(Duration::from_secs(4));
+    let running = replica.syncs_running.clone();
+    let options = ServerOptions::default()
+        .max_concurrent_syncs(1)
+        .request_timeout(Duration::from_secs(2))
+        .max_wait(Duration::from_millis(100));
+    let server = Server::bind(replica, "127.0.0.1:0", options).await.unwrap();
+    let holding = tokio::spawn(push(server.url(), body("n1").await));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while running.load(Ordering::SeqCst) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first merge never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let sent = body("n2").await;
+    let (first, rest) = sent.split_at(sent.len() / 2);
+    let mut stream = tokio::net::TcpStream::connect(server.local_addr())
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v1/collections/notes/sync HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        sent.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(first).await.unwrap();
+    // Most of the request's two seconds go to the upload.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stream.write_all(rest).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("\"unavailable\""), "{answer}");
+    let _ = holding.await.unwrap();
+    server.shutdown().await.unwrap();
+}
