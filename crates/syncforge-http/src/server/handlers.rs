@@ -71,6 +71,23 @@ struct Shared {
     /// when the merge ends, so the room also covers the records decoded
     /// from it.
     body_room: Permits,
+    /// The text a change of each collection took in the last page read of
+    /// it: the first read of the next page is sized by it ([`first_read`]).
+    text_per_change: Mutex<HashMap<CollectionName, usize>>,
+}
+
+/// Collections whose text per change a server remembers; past that, it
+/// starts again with none.
+const REMEMBERED_SIZES: usize = 1024;
+
+/// How many changes the first read of a page takes: [`FIRST_READ`], or
+/// fewer when the collection's changes were seen to be large, enough to
+/// fill a body of `max_bytes` at the size seen and one more. Reading
+/// [`FIRST_READ`] records of 16 MiB held a GiB to send one of them.
+fn first_read(text_per_change: Option<usize>, max_bytes: usize) -> usize {
+    text_per_change.map_or(FIRST_READ, |each| {
+        (max_bytes / each.max(1)).saturating_add(1).min(FIRST_READ)
+    })
 }
 
 /// Places that requests take and give back, some at a time, from a fixed
@@ -168,6 +185,7 @@ pub(super) fn build(
         closing,
         sync_slots: sync_slots.clone(),
         body_room,
+        text_per_change: Mutex::new(HashMap::new()),
     });
     let mut app = Router::new()
         .route("/v1/health", get(health))
@@ -774,7 +792,8 @@ impl Shared {
     /// passes `max_bytes`, the feed ends, or the read budget (reads, and
     /// changes passed over) is spent.
     ///
-    /// The store is read in rounds: [`FIRST_READ`] changes, then as many as
+    /// The store is read in rounds: [`FIRST_READ`] changes (fewer when
+    /// the collection's last page showed large ones), then as many as
     /// the text written so far says will fill the rest of the body, each
     /// round at most [`ROUND_GROWTH`] times the one before. A page
     /// read at its `limit` in one go read up to that many records (10,000 by
@@ -788,6 +807,40 @@ impl Shared {
         query: &FeedQuery,
         max_bytes: usize,
     ) -> Result<WrittenPage, ApiError> {
+        let learnt = self.text_per_change.lock().get(collection).copied();
+        let first = first_read(learnt, max_bytes);
+        let page = self
+            .read_page_in_rounds(collection, after, query, max_bytes, first)
+            .await?;
+        let (text, changes) =
+            page.chunks
+                .iter()
+                .fold((0_usize, 0_usize), |(text, changes), chunk| {
+                    (
+                        text.saturating_add(chunk.bytes.len()),
+                        changes + chunk.ends.len(),
+                    )
+                });
+        if let Some(each) = text.checked_div(changes) {
+            let mut sizes = self.text_per_change.lock();
+            if sizes.len() >= REMEMBERED_SIZES && !sizes.contains_key(collection) {
+                sizes.clear();
+            }
+            sizes.insert(collection.clone(), each);
+        }
+        Ok(page)
+    }
+
+    /// [`read_page`](Self::read_page), whose first read takes `first`
+    /// changes.
+    async fn read_page_in_rounds(
+        &self,
+        collection: &CollectionName,
+        after: Cursor,
+        query: &FeedQuery,
+        max_bytes: usize,
+        first: usize,
+    ) -> Result<WrittenPage, ApiError> {
         let limit = query.limit.get();
         let mut page = WrittenPage {
             chunks: Vec::new(),
@@ -800,7 +853,7 @@ impl Shared {
         } else {
             limit.saturating_mul(MAX_SCANNED_PAGES)
         };
-        let mut round = FIRST_READ.min(limit);
+        let mut round = first.min(limit);
         // The records found by earlier reads: one rewritten since is met
         // again, and a page holds each record once, at its latest change.
         let mut earlier: HashSet<RecordId> = HashSet::new();

@@ -327,6 +327,50 @@ async fn a_page_of_large_records_reads_little_more_than_it_sends() {
     server.shutdown().await.unwrap();
 }
 
+/// The first read of every page took 64 changes whatever their size: with
+/// records of 100 KB and a body of 256 KiB, 6.4 MB held to send three (with
+/// 16 MiB records, a GiB to send one). After a collection's first page, the
+/// first read is sized by the text its changes took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_read_of_a_page_is_sized_by_the_last_page() {
+    let hq = memory_engine("hq").await;
+    put_each(
+        &hq,
+        "photos",
+        0..100,
+        |n| json!({"id": format!("p{n:03}"), "blob": "x".repeat(100_000)}),
+    )
+    .await;
+    let (server, scanned) = counting_server(hq).await;
+    let client = crate::support::raw_client();
+    let mut after = 0;
+    let mut pulled = 0;
+    for page in 0..100 {
+        scanned.store(0, std::sync::atomic::Ordering::SeqCst);
+        let url = format!(
+            "{}/v1/collections/photos/changes?after={after}&limit=10000",
+            server.url()
+        );
+        let answer = crate::support::get_json(&client, url).await;
+        let sent = answer["changes"].as_array().unwrap().len();
+        let read = scanned.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(sent > 0);
+        if page > 0 {
+            assert!(
+                read <= sent + 2,
+                "page {page}: {read} records read to send {sent}"
+            );
+        }
+        pulled += sent;
+        after = answer["next"].as_u64().unwrap();
+        if answer["more"] == json!(false) {
+            break;
+        }
+    }
+    assert_eq!(pulled, 100);
+    server.shutdown().await.unwrap();
+}
+
 /// A few small records before many large ones: the round after the small
 /// ones, sized by them alone, read thousands of large records to send the
 /// few that fit in the body. Each round is now at most four times the one
