@@ -96,7 +96,7 @@ pub trait SyncPeer: Send + Sync {
     /// before they are stored, except those it names as
     /// [`refused`](PushOutcome::refused): records the peer can never take
     /// as they are, which the engine's `sync_with` reports and moves past
-    /// (it sends them again once they change). Any other failure is an
+    /// (offering them again at each later sync). Any other failure is an
     /// `Err`, after which the push starts again from the same records.
     async fn push(&self, collection: &CollectionName, records: Vec<Record>) -> Result<PushOutcome>;
 }

@@ -872,21 +872,23 @@ impl HttpPeer {
         records: Vec<Record>,
     ) -> Result<SyncResponse> {
         self.push_all(collection.into_name()?, records, Echoes::Forget, None)
-            .await
+            .await?
+            .ok_or_else(|| self.protocol_error("no request was sent".to_owned()))
     }
 
     /// [`push_records`](Self::push_records), remembering the positions the
     /// server gave the records as echoes when `echoes` says so. A record
     /// larger than the server takes in one request fails the push with
     /// [`Error::InvalidRecord`], or, given `refused`, is left out and
-    /// named there.
+    /// named there. `None` when no request was needed: every record was
+    /// refused.
     async fn push_all(
         &self,
         collection: CollectionName,
         records: Vec<Record>,
         echoes: Echoes,
         mut refused: Option<&mut Vec<RefusedRecord>>,
-    ) -> Result<SyncResponse> {
+    ) -> Result<Option<SyncResponse>> {
         let (limits, push_cap) = {
             let state = self.inner.state.lock();
             (state.limits.unwrap_or(FALLBACK_LIMITS), state.push_cap())
@@ -932,12 +934,15 @@ impl HttpPeer {
                 }
             }
         }
-        if body.count() > 0 || total.is_none() {
+        // A push of no records still makes its request, whose answer it
+        // returns; one whose every record was left out makes none.
+        let all_refused = refused.is_some_and(|refused| !refused.is_empty());
+        if body.count() > 0 || (total.is_none() && !all_refused) {
             let (part, ends) = body.finish();
             let answer = self.send_part(&collection, part, &ends, echoes).await?;
             total = Some(sum(total, answer));
         }
-        total.ok_or_else(|| self.protocol_error("no request was sent".to_owned()))
+        Ok(total)
     }
 
     /// Sends a sync request's body, whose records end at `ends` (offsets

@@ -1,14 +1,14 @@
 //! Replica-to-replica sync: [`SyncEngine::sync_with`], and an engine as a
 //! [`SyncPeer`] of another.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
 use syncforge_core::{
-    validate_id, ChangePage, CollectionName, Cursor, Error, IntoName, Record, Result,
+    validate_id, ChangePage, CollectionName, Cursor, Error, IntoName, Record, RecordId, Result,
 };
 use tracing::field::Empty;
 use tracing::Instrument;
@@ -63,10 +63,12 @@ pub struct PeerSyncReport {
     /// Local changes not sent because they are exactly records just pulled
     /// from the peer, which holds them already.
     pub echoes_skipped: usize,
-    /// Local changes the peer can never take as they are (larger than it
-    /// takes in one request), with its reason. The sync moved past them,
-    /// so that they hold back no other change; each is sent again once it
-    /// changes here. Each is also logged as a warning.
+    /// Records the peer would not take as they are (larger than it takes
+    /// in one request), with its reason. The push moves past them, so that
+    /// they hold back no other change, and keeps their ids in the store's
+    /// metadata: every later sync with the peer offers them again as they
+    /// are then (its limit may have gone up, or the record changed), and
+    /// lists here those it still refuses. Each is also logged as a warning.
     pub refused: Vec<RefusedRecord>,
 }
 
@@ -79,7 +81,13 @@ enum PeerState {
     Push,
     /// The peer's feed id the cursors refer to.
     Feed,
+    /// The ids of records the peer refused, offered again at each push.
+    Refused,
 }
+
+/// Most records a peer may have refused at once: past that, a push fails
+/// instead of adding to them.
+const MAX_REFUSED: usize = 10_000;
 
 /// The metadata key of one piece of peer state. The parts are JSON-encoded so
 /// that no peer id or collection name can make two keys collide.
@@ -88,6 +96,7 @@ fn cursor_key(peer_id: &str, collection: &CollectionName, state: PeerState) -> S
         PeerState::Pull => "pulled",
         PeerState::Push => "pushed",
         PeerState::Feed => "feed",
+        PeerState::Refused => "refused",
     };
     let parts = serde_json::Value::from(vec![peer_id, collection.as_str(), state]);
     format!("syncforge/peer-cursor/v1/{parts}")
@@ -138,6 +147,10 @@ impl SyncEngine {
     /// applied, so a failure never skips a change. Then pushes this engine's
     /// changes since the cursor for this peer the same way. Both cursors live
     /// in the store's metadata and survive a restart on a persistent backend.
+    ///
+    /// A record the peer refuses as too large holds back no other change:
+    /// it is listed in [`PeerSyncReport::refused`], and offered again at
+    /// every later sync until the peer takes it.
     ///
     /// Records just pulled come back in the local change feed; those whose
     /// stored state is exactly what the peer sent are not pushed back
@@ -338,7 +351,31 @@ impl SyncEngine {
 
         if direction.pushes() {
             let push_key = cursor_key(peer_id, collection, PeerState::Push);
+            let refused_key = cursor_key(peer_id, collection, PeerState::Refused);
             let mut cursor = self.load_cursor(collection, &push_key).await?;
+            let mut refused = self.load_refused(collection, &refused_key).await?;
+            if !refused.is_empty() {
+                // Offered again as they are now: the peer's limit may have
+                // gone up, or the record changed.
+                let ids: Vec<RecordId> = std::mem::take(&mut refused).into_iter().collect();
+                let backend = self.store();
+                let stored = retry_transient(self.retries(), "get_many", || {
+                    backend.get_many(collection, &ids)
+                })
+                .await?;
+                let records: Vec<Record> = stored
+                    .into_iter()
+                    .flatten()
+                    .map(|stored| stored.record)
+                    .collect();
+                if !records.is_empty() {
+                    self.push_to_peer(peer, collection, records, &mut report, &mut refused)
+                        .await?;
+                }
+                if refused.len() != ids.len() {
+                    self.store_refused(&refused_key, &refused).await?;
+                }
+            }
             let options = PageOptions::default().limit(limit.get());
             loop {
                 let page = handle.changes(cursor, options).await?;
@@ -351,19 +388,13 @@ impl SyncEngine {
                     .collect();
                 report.echoes_skipped += before - records.len();
                 if !records.is_empty() {
-                    let count = records.len();
-                    let outcome = peer.push(collection, records).await?;
-                    for refused in &outcome.refused {
-                        tracing::warn!(
-                            peer = peer_id,
-                            collection = %collection,
-                            id = %refused.id,
-                            reason = %refused.reason,
-                            "the peer refused a record; it is sent again once it changes"
-                        );
+                    let before = refused.len();
+                    self.push_to_peer(peer, collection, records, &mut report, &mut refused)
+                        .await?;
+                    // Kept before the cursor moves past them.
+                    if refused.len() != before {
+                        self.store_refused(&refused_key, &refused).await?;
                     }
-                    report.pushed += count.saturating_sub(outcome.refused.len());
-                    report.refused.extend(outcome.refused);
                 }
                 if page.more && page.next <= cursor {
                     // A store's answer that would loop for ever.
@@ -487,6 +518,74 @@ impl SyncEngine {
                 reason: format!("holds {text:?}, not a change-feed cursor"),
             }),
         }
+    }
+
+    /// Pushes `records` to `peer`, counting them in `report`, and adds
+    /// the ids of those it refused to `refused`.
+    async fn push_to_peer<P: SyncPeer + ?Sized>(
+        &self,
+        peer: &P,
+        collection: &CollectionName,
+        records: Vec<Record>,
+        report: &mut PeerSyncReport,
+        refused: &mut BTreeSet<RecordId>,
+    ) -> Result<()> {
+        let count = records.len();
+        let outcome = peer.push(collection, records).await?;
+        for record in &outcome.refused {
+            tracing::warn!(
+                peer = peer.peer_id(),
+                collection = %collection,
+                id = %record.id,
+                reason = %record.reason,
+                "the peer refused a record; it is offered again at each sync"
+            );
+            refused.insert(record.id.clone());
+        }
+        if refused.len() > MAX_REFUSED {
+            return Err(Error::PeerProtocol {
+                peer: peer.peer_id().to_owned(),
+                reason: format!(
+                    "refused more than {MAX_REFUSED} records of {collection}; \
+                     this sync stops before moving past them"
+                ),
+            });
+        }
+        report.pushed += count.saturating_sub(outcome.refused.len());
+        report.refused.extend(outcome.refused);
+        Ok(())
+    }
+
+    /// The ids of the records a peer refused, kept under `key`.
+    async fn load_refused(
+        &self,
+        collection: &CollectionName,
+        key: &str,
+    ) -> Result<BTreeSet<RecordId>> {
+        let backend = self.store();
+        let stored = retry_transient(self.retries(), "get_meta", || backend.get_meta(key)).await?;
+        let Some(text) = stored else {
+            return Ok(BTreeSet::new());
+        };
+        let corrupt = |reason: String| Error::Corrupt {
+            backend: backend.name(),
+            collection: collection.to_string(),
+            id: None,
+            location: format!("metadata key {key:?}"),
+            reason,
+        };
+        let ids: Vec<String> = serde_json::from_str(&text)
+            .map_err(|error| corrupt(format!("holds no list of record ids: {error}")))?;
+        ids.into_iter()
+            .map(|id| RecordId::new(id).map_err(|error| corrupt(error.to_string())))
+            .collect()
+    }
+
+    async fn store_refused(&self, key: &str, refused: &BTreeSet<RecordId>) -> Result<()> {
+        let backend = self.store();
+        let ids: Vec<&str> = refused.iter().map(RecordId::as_str).collect();
+        let value = serde_json::Value::from(ids).to_string();
+        retry_transient(self.retries(), "set_meta", || backend.set_meta(key, &value)).await
     }
 
     async fn store_cursor(&self, key: &str, cursor: Cursor) -> Result<()> {

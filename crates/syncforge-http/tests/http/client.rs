@@ -217,30 +217,38 @@ async fn large_pushes_and_pages_arrive_whole_and_in_order() {
 }
 
 /// A record larger than the server takes in one request, which the server
-/// holds (its own application wrote it) and a client pulled, came back in
-/// the client's next push from a later sync: the push failed on it, before
-/// anything after it was sent, and so did every later sync of the
-/// collection. The peer refuses it, the sync reports it and moves past it,
-/// and the client's other changes reach the server.
+/// holds (its own application wrote it) and a client pulled and edited,
+/// failed the client's push before anything after it was sent, and so did
+/// every later sync of the collection. The peer refuses it, the sync
+/// reports it and moves past it, and the client's other changes reach the
+/// server; each later sync offers it again, and once the server takes
+/// larger requests, it goes through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_record_too_large_to_push_back_holds_back_no_other_change() {
+async fn a_record_too_large_to_push_holds_back_no_other_change() {
     let hq = memory_engine("hq").await;
-    hq.put("notes", &json!({"id": "big", "blob": "x".repeat(100_000)}))
+    let blob = "x".repeat(100_000);
+    hq.put("notes", &json!({"id": "big", "blob": blob}))
         .await
         .unwrap();
-    let options = ServerOptions::default().max_body_bytes(64 * 1024);
-    let server = Server::bind(hq.clone(), "127.0.0.1:0", options)
+    let small = ServerOptions::default().max_body_bytes(64 * 1024);
+    let server = Server::bind(hq.clone(), "127.0.0.1:0", small)
         .await
         .unwrap();
     let tablet = memory_engine("tablet").await;
     let hq_peer = peer(&server.url(), None);
     let pulled = tablet.pull_from(&hq_peer, "notes").await.unwrap();
     assert_eq!(pulled.pulled.added, 1);
+    tablet
+        .put("notes", &json!({"id": "big", "blob": blob, "edited": true}))
+        .await
+        .unwrap();
     tablet.put("notes", &json!({"id": "n1"})).await.unwrap();
 
+    let refused_ids = |report: &syncforge::PeerSyncReport| -> Vec<String> {
+        report.refused.iter().map(|r| r.id.to_string()).collect()
+    };
     let report = tablet.sync_with(&hq_peer, "notes").await.unwrap();
-    let refused: Vec<&str> = report.refused.iter().map(|r| r.id.as_str()).collect();
-    assert_eq!(refused, ["big"]);
+    assert_eq!(refused_ids(&report), ["big"]);
     assert!(
         report.refused[0]
             .reason
@@ -250,14 +258,29 @@ async fn a_record_too_large_to_push_back_holds_back_no_other_change() {
     );
     assert_eq!(report.pushed, 1);
     assert!(hq.get("notes", "n1").await.unwrap().is_some());
-
-    // Moved past: the next sync sends nothing, until the record changes.
+    // Offered again, and refused again, at each sync.
     let again = tablet.sync_with(&hq_peer, "notes").await.unwrap();
-    assert_eq!((again.pushed, again.refused.len()), (0, 0));
+    assert_eq!(
+        (refused_ids(&again), again.pushed),
+        (vec!["big".to_owned()], 0)
+    );
     // Pushed as records (not by a sync), a record that large still fails.
     let big = tablet.get("notes", "big").await.unwrap().unwrap();
     let error = hq_peer.push_records("notes", vec![big]).await.unwrap_err();
     assert!(matches!(error, Error::InvalidRecord { .. }), "{error:?}");
+    server.shutdown().await.unwrap();
+
+    // The same server, now taking larger requests: the edit goes through.
+    let server = Server::bind(hq.clone(), "127.0.0.1:0", ServerOptions::default())
+        .await
+        .unwrap();
+    let hq_peer = peer(&server.url(), None);
+    let taken = tablet.sync_with(&hq_peer, "notes").await.unwrap();
+    assert_eq!((taken.refused.len(), taken.pushed), (0, 1));
+    let stored = hq.get("notes", "big").await.unwrap().unwrap();
+    assert_eq!(stored.get("edited"), Some(json!(true)));
+    let after = tablet.sync_with(&hq_peer, "notes").await.unwrap();
+    assert_eq!((after.refused.len(), after.pushed), (0, 0));
     server.shutdown().await.unwrap();
 }
 
