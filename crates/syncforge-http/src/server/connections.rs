@@ -178,15 +178,24 @@ pub(super) fn overloaded(cors: Option<CorsLayer>) -> Router {
             "the server holds as many connections as it may; try again shortly",
         )
         .into_response();
-        let headers = response.headers_mut();
-        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-        mark_protocol(headers);
+        mark_protocol(response.headers_mut());
         response
     });
-    match cors {
+    let refusal = match cors {
         Some(cors) => refusal.layer(cors),
         None => refusal,
-    }
+    };
+    // Every answer closes the connection, also a CORS preflight's, which
+    // the CORS layer answers itself: a place past the limit is not kept
+    // for a second request.
+    refusal.layer(axum::middleware::map_response(
+        |mut response: axum::response::Response| async move {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            response
+        },
+    ))
 }
 
 /// Errors of the one connection being accepted, after which the next

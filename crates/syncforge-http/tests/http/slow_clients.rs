@@ -193,6 +193,19 @@ async fn the_refusal_past_the_limit_is_readable_by_a_browser() {
         .unwrap_or_default();
     assert!(exposed.contains("retry-after"), "{answer:?}");
     assert!(exposed.contains("www-authenticate"), "{answer:?}");
+    // A preflight past the limit, which the CORS layer answers itself, is
+    // answered and closed too, not kept open for a second request.
+    let mut preflight = connect(&server).await;
+    let request = format!(
+        "OPTIONS /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: {ORIGIN}\r\n\
+         Access-Control-Request-Method: GET\r\n\r\n"
+    );
+    preflight.write_all(request.as_bytes()).await.unwrap();
+    let answer = read_until_closed(&mut preflight, Duration::from_secs(3))
+        .await
+        .expect("the preflight's connection was kept open")
+        .to_ascii_lowercase();
+    assert!(answer.contains("connection: close"), "{answer:?}");
     drop(held);
     server.shutdown().await.unwrap();
 }
