@@ -123,14 +123,17 @@ async fn shutdown_waits_for_the_merges_of_requests_that_timed_out() {
     );
 }
 
-/// A push that waits for a merge's place longer than half the request
-/// timeout is answered 503 `unavailable` (busy: try later), not `timeout`,
-/// which tells a client that its request is too slow and makes it send
-/// less. The push that held the place is still merged.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_push_waiting_too_long_for_a_place_is_told_the_server_is_busy() {
-    let replica =
-        InstrumentedReplica::new(memory_engine("hq").await).slow_syncs(Duration::from_secs(3));
+/// A server with one merge's place and a two-second request timeout, the
+/// place held by a push whose merge takes `merge_time` (once that merge
+/// began); with that push's task and the count of merges ended.
+async fn one_place_held(
+    merge_time: Duration,
+) -> (
+    Server,
+    tokio::task::JoinHandle<reqwest::StatusCode>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let replica = InstrumentedReplica::new(memory_engine("hq").await).slow_syncs(merge_time);
     let (running, ended) = (replica.syncs_running.clone(), replica.syncs_ended.clone());
     let options = ServerOptions::default()
         .max_concurrent_syncs(1)
@@ -146,6 +149,16 @@ async fn a_push_waiting_too_long_for_a_place_is_told_the_server_is_busy() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    (server, holding, ended)
+}
+
+/// A push that waits for a merge's place longer than half the request
+/// timeout is answered 503 `unavailable` (busy: try later), not `timeout`,
+/// which tells a client that its request is too slow and makes it send
+/// less. The push that held the place is still merged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_waiting_too_long_for_a_place_is_told_the_server_is_busy() {
+    let (server, holding, ended) = one_place_held(Duration::from_secs(3)).await;
     let answer = raw_client()
         .post(format!("{}/v1/collections/notes/sync", server.url()))
         .header("content-type", "application/json")
@@ -172,23 +185,7 @@ async fn a_push_waiting_too_long_for_a_place_is_told_the_server_is_busy() {
 async fn a_push_uploaded_slowly_to_a_busy_server_is_told_it_is_busy() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let replica =
-        InstrumentedReplica::new(memory_engine("hq").await).slow_syncs(Duration::from_secs(4));
-    let running = replica.syncs_running.clone();
-    let options = ServerOptions::default()
-        .max_concurrent_syncs(1)
-        .request_timeout(Duration::from_secs(2))
-        .max_wait(Duration::from_millis(100));
-    let server = Server::bind(replica, "127.0.0.1:0", options).await.unwrap();
-    let holding = tokio::spawn(push(server.url(), body("n1").await));
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while running.load(Ordering::SeqCst) == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the first merge never started"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (server, holding, _) = one_place_held(Duration::from_secs(4)).await;
     let sent = body("n2").await;
     let (first, rest) = sent.split_at(sent.len() / 2);
     let mut stream = tokio::net::TcpStream::connect(server.local_addr())
