@@ -50,6 +50,10 @@ use syncforge_core::{
 
 const BACKEND_NAME: &str = "memory";
 
+/// The capacity below which a collection's table is not shrunk: a small
+/// table is not worth its rehashes.
+const MIN_SHRUNK_CAPACITY: usize = 1024;
+
 /// An in-process storage backend.
 ///
 /// `Clone` gives another handle on the same data (in the same open or closed
@@ -275,6 +279,14 @@ impl Records {
         }) {
             Ok(entry) => {
                 entry.remove();
+                // A table never gives memory back by itself: one that held a
+                // million records kept it all once they were deleted. Halved
+                // once it is a quarter full, which costs a rehash of what is
+                // left, paid for by the removals that emptied it.
+                let (len, capacity) = (self.slots.len(), self.slots.capacity());
+                if capacity > MIN_SHRUNK_CAPACITY && len < capacity / 4 {
+                    self.slots.shrink_to(len.saturating_mul(2), |s| s.hash);
+                }
                 true
             }
             Err(_) => false,
@@ -294,7 +306,8 @@ impl Records {
     }
 
     fn clear(&mut self) {
-        self.slots.clear();
+        // A new table: clearing keeps the old one's memory.
+        self.slots = HashTable::new();
     }
 
     fn iter(&self) -> impl Iterator<Item = &Slot> + '_ {
@@ -704,9 +717,14 @@ impl StorageBackend for MemoryBackend {
         let state = &mut *guard;
         let newest = &mut state.newest;
         Ok(state.collections.write_to(collection, |target| {
-            // Room for every write up front: growing the table step by step
-            // rehashed it mid-batch.
-            target.records.reserve(writes.len());
+            // Room for every create up front: growing the table step by
+            // step rehashed it mid-batch. Replacements need none, and room
+            // reserved for them would be kept for good.
+            let creates = writes
+                .iter()
+                .filter(|write| write.expected.is_none())
+                .count();
+            target.records.reserve(creates);
             writes
                 .iter()
                 .map(|write| target.apply(write, newest))
@@ -745,9 +763,11 @@ impl StorageBackend for MemoryBackend {
         };
         // The log is in sequence order: the first entry after the cursor is
         // found by bisection, then stale entries are skipped.
+        let mut last_read = None;
         let mut entries = c
             .log
             .after(after.get())
+            .inspect(|(sequence, _)| last_read = Some(*sequence))
             .filter_map(|(sequence, hash)| c.live(*sequence, *hash).map(|r| (*sequence, r)));
         let mut changes = Vec::with_capacity(limit.min(c.records.len()));
         for (sequence, record) in entries.by_ref().take(limit) {
@@ -757,7 +777,16 @@ impl StorageBackend for MemoryBackend {
             });
         }
         let more = entries.next().is_some();
-        let next = changes.last().map_or(after, |change| change.cursor);
+        drop(entries);
+        let last_change = changes.last().map_or(after, |change| change.cursor);
+        // Read to the log's end: past the stale entries after the last
+        // change too, so that a reader does not walk them again at its
+        // next call (deleted records leave up to as many as there are
+        // records before the log is compacted).
+        let next = match last_read {
+            Some(last) if !more => last_change.max(Cursor::new(last)),
+            _ => last_change,
+        };
         Ok(ChangePage {
             changes,
             next,
@@ -861,6 +890,83 @@ mod tests {
             Content::from_value(json!({"id": id, "n": n})).unwrap(),
             &hlc.now().unwrap(),
         )
+    }
+
+    /// A collection that held many records kept their table's memory once
+    /// they were deleted or cleared, for the life of the store.
+    #[tokio::test]
+    async fn deleted_and_cleared_records_give_their_memory_back() {
+        let store = MemoryBackend::new();
+        let (_, mut hlc) = clock(1_000);
+        let capacity = |c: &CollectionName| {
+            store
+                .state
+                .lock()
+                .collections
+                .get(c)
+                .map_or(0, |c| c.records.slots.capacity())
+        };
+        for name in ["deleted", "cleared"] {
+            let c = coll(name);
+            let writes: Vec<Write> = (0..20_000)
+                .map(|n| Write::create(record(&mut hlc, &format!("r{n}"), n)))
+                .collect();
+            store.put_batch(&c, &writes).await.unwrap();
+            assert!(capacity(&c) >= 20_000);
+            if name == "deleted" {
+                for n in 0..19_990 {
+                    assert!(store.delete(&c, &rid(&format!("r{n}"))).await.unwrap());
+                }
+            } else {
+                store.clear_collection(&c).await.unwrap();
+            }
+            assert!(
+                capacity(&c) <= 2 * MIN_SHRUNK_CAPACITY,
+                "{name}: {}",
+                capacity(&c)
+            );
+        }
+        // What is left is still found.
+        let left = store.get(&coll("deleted"), &rid("r19995")).await.unwrap();
+        assert!(left.is_some());
+        assert_indexes_agree(&store);
+    }
+
+    /// A page that found no current change past the last it returned
+    /// answered the cursor of that change: a reader walked the same stale
+    /// entries (of deleted or rewritten records) again at every call.
+    #[tokio::test]
+    async fn a_page_reads_past_the_stale_entries_at_the_end_of_the_feed() {
+        let store = MemoryBackend::new();
+        let (_, mut hlc) = clock(1_000);
+        let c = coll("c");
+        store
+            .put(&c, &Write::create(record(&mut hlc, "kept", 0)))
+            .await
+            .unwrap();
+        for n in 0..50 {
+            let id = format!("t{n}");
+            store
+                .put(&c, &Write::create(record(&mut hlc, &id, n)))
+                .await
+                .unwrap();
+            assert!(store.delete(&c, &rid(&id)).await.unwrap());
+        }
+        let page = store
+            .changes(&c, Cursor::START, NonZeroUsize::new(10).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(page.changes.len(), 1);
+        assert!(!page.more);
+        assert_eq!(page.next, Cursor::new(51));
+        let after = store
+            .changes(&c, page.next, NonZeroUsize::new(10).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            (after.changes.len(), after.next, after.more),
+            (0, Cursor::new(51), false)
+        );
     }
 
     #[tokio::test]
