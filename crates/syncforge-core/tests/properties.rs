@@ -77,6 +77,15 @@ mod gen {
             json!([1]),
             json!({"k": 1}),
             json!({"k": "x"}),
+            // Text the canonical writer must escape or carry as it is,
+            // and numbers at the edges of their forms.
+            json!("é"),
+            json!("a\"b\\c\n"),
+            json!("\u{1F600}"),
+            json!(-7),
+            json!(1e300),
+            json!(u64::MAX),
+            json!([[], {}]),
         ])
     }
 
@@ -86,8 +95,12 @@ mod gen {
         prop_oneof![4 => small_value(), 1 => Just(json!(-0.0)), 1 => Just(json!(0.0)), 1 => Just(json!([-0.0]))]
     }
 
+    /// Client ids, one a prefix of another and one not ASCII, so that
+    /// stamps of equal time and counter are told apart by byte order.
+    const CLIENTS: [&str; 5] = ["a", "b", "c", "ab", "é"];
+
     pub(crate) fn client_id() -> impl Strategy<Value = ClientId> {
-        prop::sample::select(vec!["a", "b", "c"]).prop_map(client)
+        prop::sample::select(CLIENTS.to_vec()).prop_map(client)
     }
 
     pub(crate) fn small_stamp() -> impl Strategy<Value = Stamp> {
@@ -95,8 +108,8 @@ mod gen {
     }
 
     fn version_vector() -> impl Strategy<Value = VersionVector> {
-        prop::collection::vec(0u64..=3, 3).prop_map(|counts| {
-            ["a", "b", "c"]
+        prop::collection::vec(0u64..=3, CLIENTS.len()).prop_map(|counts| {
+            CLIENTS
                 .iter()
                 .zip(counts)
                 .map(|(c, n)| (client(c), n))
@@ -143,7 +156,7 @@ mod gen {
         (
             1u64..=3,
             1u64..=3,
-            prop::sample::select(vec!["a", "b", "c"]),
+            prop::sample::select(CLIENTS.to_vec()),
             any::<bool>(),
             prop::collection::vec(prop::option::of(seed_value()), FIELD_NAMES.len()),
         )
