@@ -374,6 +374,14 @@ impl Log {
         self.chunks.iter().flatten()
     }
 
+    /// The sequence of the last entry.
+    fn last(&self) -> Option<u64> {
+        self.chunks
+            .last()
+            .and_then(|chunk| chunk.last())
+            .map(|(sequence, _)| *sequence)
+    }
+
     /// Keeps the entries `keep` says to keep, in order, in fresh chunks.
     fn retain(&mut self, mut keep: impl FnMut(&(u64, u64)) -> bool) {
         let old = std::mem::take(self);
@@ -763,11 +771,9 @@ impl StorageBackend for MemoryBackend {
         };
         // The log is in sequence order: the first entry after the cursor is
         // found by bisection, then stale entries are skipped.
-        let mut last_read = None;
         let mut entries = c
             .log
             .after(after.get())
-            .inspect(|(sequence, _)| last_read = Some(*sequence))
             .filter_map(|(sequence, hash)| c.live(*sequence, *hash).map(|r| (*sequence, r)));
         let mut changes = Vec::with_capacity(limit.min(c.records.len()));
         for (sequence, record) in entries.by_ref().take(limit) {
@@ -777,13 +783,12 @@ impl StorageBackend for MemoryBackend {
             });
         }
         let more = entries.next().is_some();
-        drop(entries);
         let last_change = changes.last().map_or(after, |change| change.cursor);
         // Read to the log's end: past the stale entries after the last
         // change too, so that a reader does not walk them again at its
         // next call (deleted records leave up to as many as there are
         // records before the log is compacted).
-        let next = match last_read {
+        let next = match c.log.last() {
             Some(last) if !more => last_change.max(Cursor::new(last)),
             _ => last_change,
         };
