@@ -491,7 +491,7 @@ impl SyncEngine {
         if writes.is_empty() {
             return Ok(done);
         }
-        let outcomes = self.write_many(collection, &writes).await?;
+        let outcomes = self.write_many(collection, &writes, listening).await?;
         let mut ids = Vec::new();
         let mut pending = Vec::new();
         for ((write, sent), outcome) in writes.into_iter().zip(sent).zip(outcomes) {
@@ -529,6 +529,27 @@ impl SyncEngine {
                 .await?;
         }
         Ok(done)
+    }
+
+    /// A write that began before anyone listened announces nothing, and a
+    /// sync server's long poll that began watching while the write was on
+    /// its way to the store slept through it until its deadline. So once a
+    /// write that was not announced lands, syncforge's own handlers (the
+    /// server's) are told of it, with its record, if any came meanwhile.
+    /// User handlers are not: they came after the write began. Costs one
+    /// atomic read while nobody listens.
+    #[cold]
+    #[inline(never)]
+    fn wake_late_watchers(&self, collection: &CollectionName, record: Option<&Record>) {
+        let events = &self.inner.events;
+        let Some(record) = record else { return };
+        if events.wants(EventKind::RecordAdded) {
+            // Internal handlers read only the collection of the event.
+            events.emit_internal(&SyncEvent::RecordAdded {
+                collection: collection.clone(),
+                record: record.clone(),
+            });
+        }
     }
 
     /// The part of a local put of `doc` that needs no waiting: checks,
@@ -671,14 +692,19 @@ impl SyncEngine {
         };
         let previous = if listening { previous } else { None };
         match outcome {
-            WriteOutcome::Written { cursor, .. } => Ok(self.confirm(
-                collection,
-                Some(write.record),
-                planned,
-                Some(cursor),
-                previous,
-                listening,
-            )),
+            WriteOutcome::Written { cursor, .. } => {
+                if !listening {
+                    self.wake_late_watchers(collection, Some(&write.record));
+                }
+                Ok(self.confirm(
+                    collection,
+                    Some(write.record),
+                    planned,
+                    Some(cursor),
+                    previous,
+                    listening,
+                ))
+            }
             // Lost a race: go on as a batch of one would.
             WriteOutcome::Conflict => {
                 let mut done = vec![Applied::placeholder()];
@@ -692,8 +718,13 @@ impl SyncEngine {
                 }];
                 self.apply_again(collection, vec![id.clone()], pending, &mut done, listening)
                     .await?;
-                done.pop()
-                    .ok_or_else(|| Error::storage(backend.name(), "a write lost its outcome"))
+                let applied = done
+                    .pop()
+                    .ok_or_else(|| Error::storage(backend.name(), "a write lost its outcome"))?;
+                if !listening && applied.cursor.is_some() {
+                    self.wake_late_watchers(collection, applied.record.as_ref());
+                }
+                Ok(applied)
             }
         }
     }
@@ -813,6 +844,8 @@ impl SyncEngine {
         // What `confirm` announces for a put of a new record.
         if listening {
             self.emit_record_event(collection, ChangeKind::Added, stored.clone(), None);
+        } else {
+            self.wake_late_watchers(collection, Some(&stored));
         }
         Ok(Ok(stored))
     }
@@ -902,7 +935,7 @@ impl SyncEngine {
             if writes.is_empty() {
                 return Ok(());
             }
-            let outcomes = self.write_many(collection, &writes).await?;
+            let outcomes = self.write_many(collection, &writes, listening).await?;
             pending = Vec::new();
             ids = Vec::new();
             for ((write, mut item), outcome) in writes.into_iter().zip(waiting).zip(outcomes) {
@@ -963,20 +996,30 @@ impl SyncEngine {
         &self,
         collection: &CollectionName,
         writes: &[Write],
+        listening: bool,
     ) -> Result<Vec<WriteOutcome>> {
         let backend = self.store();
         let outcomes = retry_transient(self.retries(), "put_batch", || {
             backend.put_batch(collection, writes)
         })
         .await?;
-        one_each(
+        let outcomes = one_each(
             backend,
             "put_batch",
             "outcomes",
             outcomes,
             "writes",
             writes.len(),
-        )
+        )?;
+        // The watch is checked before the outcomes are searched.
+        if !listening && self.inner.events.wants(EventKind::RecordAdded) {
+            let written = writes
+                .iter()
+                .zip(&outcomes)
+                .find(|(_, outcome)| matches!(outcome, WriteOutcome::Written { .. }));
+            self.wake_late_watchers(collection, written.map(|(write, _)| &write.record));
+        }
+        Ok(outcomes)
     }
 
     /// What `intent` does to the stored state `local`.

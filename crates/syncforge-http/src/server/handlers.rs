@@ -939,9 +939,10 @@ impl Shared {
 
 /// Long-poll wake-ups, one `Notify` per collection being waited on. The
 /// replica is watched only while a request waits, so that writes cost
-/// nothing extra when nobody long-polls; a write already under way when the
-/// watch starts is therefore not announced, and requests made in the
-/// watch's first [`WATCH_SETTLING`] read once more when it is over.
+/// nothing extra when nobody long-polls. A write already under way when the
+/// watch starts may go unannounced (an engine announces it when it lands;
+/// another replica need not), so requests made in the watch's first
+/// [`WATCH_SETTLING`] read once more when it is over.
 struct Watchers {
     replica: Arc<dyn Replica>,
     by_collection: Mutex<HashMap<CollectionName, Weak<Notify>>>,

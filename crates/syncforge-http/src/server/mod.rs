@@ -60,8 +60,11 @@ pub trait Replica: Send + Sync + 'static {
     async fn sync(&self, collection: &CollectionName, records: Vec<Record>) -> Result<SyncOutcome>;
 
     /// Calls `wake` with a collection's name after each write applied to
-    /// it, until the returned guard is dropped. `wake` must be quick: it runs
-    /// on the writing task.
+    /// it, until the returned guard is dropped; also after a write that
+    /// began before the call and lands after it, where the replica can (an
+    /// engine does; the server reads once more a second after starting to
+    /// watch, for replicas that do not). `wake` must be quick: it runs on
+    /// the writing task.
     fn watch(&self, wake: Box<dyn Fn(&CollectionName) + Send + Sync>) -> WatchGuard;
 }
 

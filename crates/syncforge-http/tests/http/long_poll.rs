@@ -500,3 +500,59 @@ async fn polls_made_as_the_watch_starts_read_again_soon_for_writes_under_way() {
     );
     server.shutdown().await.unwrap();
 }
+
+/// A write that began before a reader's long poll started watching, and
+/// landed after the poll's second look (a second after it began), was
+/// announced to no one: the poll slept until its deadline. The write that
+/// lands wakes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_begun_before_the_wait_wakes_it_when_it_lands() {
+    use std::sync::Arc;
+    use syncforge::{MemoryBackend, StorageBackend, SyncEngine};
+    use syncforge_testkit::faults::FaultyBackend;
+
+    let slow = Arc::new(FaultyBackend::new(
+        Arc::new(MemoryBackend::new()),
+        1,
+        0.0,
+        Duration::ZERO,
+    ));
+    let hq = SyncEngine::builder()
+        .client_id("hq")
+        .backend(Arc::clone(&slow) as Arc<dyn StorageBackend>)
+        .build()
+        .await
+        .unwrap();
+    let server = Server::bind(hq.clone(), "127.0.0.1:0", ServerOptions::default())
+        .await
+        .unwrap();
+    let link = peer(&server.url(), None);
+    let writer = memory_engine("writer").await;
+    let record = writer.put("notes", &json!({"id": "n1"})).await.unwrap();
+    // The store takes two seconds to write the sync's batch.
+    slow.rival_before_next_put_batch(|_| tokio::time::sleep(Duration::from_secs(2)));
+    let syncing = {
+        let hq = hq.clone();
+        tokio::spawn(async move { hq.sync("notes", vec![record]).await })
+    };
+    // The sync has begun (nobody listening) before the wait starts.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let page = link
+        .wait_for_changes(
+            "notes",
+            syncforge::Cursor::START,
+            PAGE,
+            Duration::from_secs(15),
+        )
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    assert_eq!(page.len(), 1);
+    assert!(
+        waited < Duration::from_secs(6),
+        "the wait answered {waited:?} after it began, the write landing at about 2 s"
+    );
+    assert_eq!(syncing.await.unwrap().unwrap().added, 1);
+    server.shutdown().await.unwrap();
+}
