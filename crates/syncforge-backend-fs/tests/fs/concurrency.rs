@@ -1,5 +1,6 @@
 //! Conditional writes from several handles and processes lose no update.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -7,7 +8,7 @@ use syncforge_backend_fs::FsBackend;
 use syncforge_core::StorageBackend;
 use syncforge_testkit::processes;
 
-use crate::{child_process, coll, count_of, increment, rid};
+use crate::{child_process, coll, count_of, increment, rid, RACES_LOST};
 
 const DIR_ENV: &str = "SYNCFORGE_FS_TEST_INCREMENT_DIR";
 const CHILD_INCREMENTS: u64 = 40;
@@ -51,25 +52,41 @@ async fn two_handles_in_one_process_lose_no_increment() {
 async fn two_processes_and_this_one_lose_no_increment() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_str().unwrap().to_owned();
+    // All three start incrementing at once, each with its store open: this
+    // one could otherwise be done before the children began.
+    let start_at = (now_ms() + 1_500).to_string();
     let children: Vec<_> = (0..2)
         .map(|_| {
-            child_process("concurrency::child_incrementer", &[(DIR_ENV, &dir)])
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .unwrap()
+            child_process(
+                "concurrency::child_incrementer",
+                &[(DIR_ENV, &dir), (START_AT_ENV, &start_at)],
+            )
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
         })
         .collect();
     let store = FsBackend::open(tmp.path()).await.unwrap();
+    wait_until(&start_at).await;
+    let races_before = RACES_LOST.load(Ordering::Relaxed);
     for _ in 0..20 {
         increment(&store, &coll("counters"), "c").await;
     }
+    let mut races = RACES_LOST.load(Ordering::Relaxed) - races_before;
     for child in children {
         let output = tokio::task::spawn_blocking(move || processes::finish(child, CHILD_TIMEOUT))
             .await
             .unwrap()
             .unwrap();
         assert!(output.status.success(), "child failed: {}", output.status);
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        races += stdout
+            .lines()
+            .find_map(|line| line.split("races-lost ").nth(1))
+            .and_then(|count| count.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no count of races in {stdout:?}"));
     }
+    assert!(races > 0, "the three writers never raced");
     let stored = store
         .get(&coll("counters"), &rid("c"))
         .await
@@ -82,12 +99,22 @@ async fn two_processes_and_this_one_lose_no_increment() {
 #[tokio::test]
 #[ignore = "helper process, started by two_processes_and_this_one_lose_no_increment"]
 async fn child_incrementer() {
-    let Ok(dir) = std::env::var(DIR_ENV) else {
+    let (Ok(dir), Ok(start_at)) = (std::env::var(DIR_ENV), std::env::var(START_AT_ENV)) else {
         return;
     };
     let store = FsBackend::open(&dir).await.unwrap();
+    wait_until(&start_at).await;
     for _ in 0..CHILD_INCREMENTS {
         increment(&store, &coll("counters"), "c").await;
+    }
+    println!("races-lost {}", RACES_LOST.load(Ordering::Relaxed));
+}
+
+/// Sleeps until `start_at` (milliseconds since the epoch).
+async fn wait_until(start_at: &str) {
+    let start_at: u128 = start_at.parse().unwrap();
+    while now_ms() < start_at {
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 

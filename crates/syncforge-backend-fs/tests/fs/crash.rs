@@ -88,7 +88,14 @@ fn killed_writers_leave_whole_files_and_lose_no_acknowledged_write() {
         let status = child.wait().unwrap();
         reader.join().unwrap();
         lines.extend(lines_rx.try_iter());
-        if !status.success() {
+        // A writer that failed on its own (a panic after recovering a torn
+        // log, say) counted as killed, and a round in which it acknowledged
+        // nothing tested nothing.
+        assert!(
+            lines.iter().any(|line| line.starts_with("ack ")),
+            "round {round} (seed {seed}): the writer acknowledged nothing and ended {status}"
+        );
+        if killed_by_the_test(status) {
             killed_mid_run += 1;
         }
         for line in &lines {
@@ -150,6 +157,20 @@ fn killed_writers_leave_whole_files_and_lose_no_acknowledged_write() {
         killed_mid_run > KILLS / 2,
         "the writer was rarely killed mid-run: {killed_mid_run}"
     );
+}
+
+/// Whether the writer ended by the test's kill (SIGKILL), not of itself.
+#[cfg(unix)]
+fn killed_by_the_test(status: std::process::ExitStatus) -> bool {
+    use std::os::unix::process::ExitStatusExt as _;
+    status.signal() == Some(9)
+}
+
+/// Whether the writer ended by the test's kill: without signals, any end
+/// that is not a success.
+#[cfg(not(unix))]
+fn killed_by_the_test(status: std::process::ExitStatus) -> bool {
+    !status.success()
 }
 
 /// Run by the crash test in a child process: increments counters with single

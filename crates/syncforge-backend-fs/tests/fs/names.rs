@@ -81,6 +81,14 @@ async fn awkward_ids_are_distinct_records_inside_the_store() {
             .len(),
         names.len()
     );
+    // Record files exist only once the log is checkpointed: the walk below
+    // found none before, and so could not see one written out of place.
+    store.checkpoint().await.unwrap();
+    let record_files = tree(&root.join("notes"))
+        .into_iter()
+        .filter(|entry| entry.ends_with(".json"))
+        .count();
+    assert_eq!(record_files, names.len(), "one record file per id");
     // Nothing outside the store's directory, and every file name within limits.
     assert_eq!(tree(tmp.path()).first().map(String::as_str), Some("store"));
     for entry in tree(&root) {
