@@ -1463,6 +1463,152 @@ where
     Ok(answers)
 }
 
+/// The calls a store may answer at once (`get_now`, `put_now`,
+/// `insert_if_absent_now`), on an open handle: where the store answers one,
+/// it answers as the awaited call does (a create of a stored id conflicts,
+/// a stale token conflicts, the token read matches a replace, `make` runs
+/// once, a failing `make` or a record of another id writes nothing); where
+/// it declines (`None`), it has done nothing. The engine tries these first,
+/// so a store that got them wrong would pass every other check.
+pub async fn answers_at_once(ctx: &Context<'_>) -> CheckResult {
+    let store = &*ctx.store;
+    let coll = ctx.collection("at-once");
+    let mut hlc = ctx.clock("at-once")?;
+    let first = record(&mut hlc, "a", 1)?;
+
+    let mut made = 0;
+    let answer = store.insert_if_absent_now(&coll, &rid("a"), &mut || {
+        made += 1;
+        Ok(first.clone())
+    });
+    match answer {
+        None => {
+            ensure_eq!(made, 0, "a declined insert_if_absent_now calls no make");
+            let stored = store.get(&coll, &rid("a")).await.or_fail("get")?;
+            ensure!(
+                stored.is_none(),
+                "a declined insert_if_absent_now wrote {stored:?}"
+            );
+            put_ok(store, &coll, &Write::create(first.clone()), "create").await?;
+        }
+        Some(answer) => {
+            ensure_eq!(made, 1, "insert_if_absent_now of a new id calls make once");
+            ensure!(
+                matches!(
+                    answer.or_fail("insert_if_absent_now of a new id")?,
+                    IfAbsent::Inserted { ref record, .. } if *record == first
+                ),
+                "insert_if_absent_now of a new id inserts the record made"
+            );
+        }
+    }
+    let stored = store
+        .get(&coll, &rid("a"))
+        .await
+        .or_fail("get")?
+        .ok_or("record a is not stored")?;
+    ensure_eq!(stored.record, first, "the stored record is the one written");
+    if let Some(now) = store.get_now(&coll, &rid("a")) {
+        ensure_eq!(
+            now.or_fail("get_now")?,
+            Some(stored.clone()),
+            "get_now answers what get does"
+        );
+    }
+    if let Some(now) = store.get_now(&coll, &rid("missing")) {
+        let now = now.or_fail("get_now")?;
+        ensure!(now.is_none(), "get_now of a missing id answered {now:?}");
+    }
+
+    // A stored id: answered as it is, nothing written.
+    let rival = record(&mut hlc, "a", 2)?;
+    let mut made = 0;
+    if let Some(answer) = store.insert_if_absent_now(&coll, &rid("a"), &mut || {
+        made += 1;
+        Ok(rival.clone())
+    }) {
+        ensure!(made <= 1, "make was called {made} times");
+        ensure_eq!(
+            answer.or_fail("insert_if_absent_now of a stored id")?,
+            IfAbsent::Present(stored.clone()),
+            "insert_if_absent_now of a stored id answers the stored state"
+        );
+    }
+    if let Some(outcome) = store.put_now(&coll, &Write::create(rival.clone())) {
+        ensure_eq!(
+            outcome.or_fail("put_now")?,
+            WriteOutcome::Conflict,
+            "put_now of a create of a stored id"
+        );
+    }
+    let unchanged = store.get(&coll, &rid("a")).await.or_fail("get")?;
+    ensure_eq!(
+        unchanged,
+        Some(stored.clone()),
+        "refused or declined writes at once leave the record as it was"
+    );
+
+    // A replace with the token read, then one with that token gone stale.
+    let second = edited(&mut hlc, &first, 3)?;
+    let replace = Write::replace(second.clone(), stored.token.clone());
+    if let Some(outcome) = store.put_now(&coll, &replace) {
+        let WriteOutcome::Written { token, .. } = outcome.or_fail("put_now")? else {
+            return Err("put_now of a replace with the current token conflicted".to_owned());
+        };
+        let now = store
+            .get(&coll, &rid("a"))
+            .await
+            .or_fail("get")?
+            .ok_or("record a vanished")?;
+        ensure_eq!(now.record, second, "put_now wrote the replacement");
+        ensure_eq!(now.token, token, "get answers the token put_now gave");
+        let third = edited(&mut hlc, &second, 4)?;
+        if let Some(outcome) = store.put_now(&coll, &Write::replace(third, stored.token.clone())) {
+            ensure_eq!(
+                outcome.or_fail("put_now")?,
+                WriteOutcome::Conflict,
+                "put_now with a stale token"
+            );
+        }
+        let after = store.get(&coll, &rid("a")).await.or_fail("get")?;
+        ensure_eq!(
+            after,
+            Some(now),
+            "a stale put_now leaves the record as it was"
+        );
+    } else {
+        let after = store.get(&coll, &rid("a")).await.or_fail("get")?;
+        ensure_eq!(after, Some(stored), "a declined put_now writes nothing");
+    }
+
+    // A failing make, and a record of another id: nothing written.
+    if let Some(failed) = store.insert_if_absent_now(&coll, &rid("b"), &mut || {
+        Err(syncforge_core::Error::invalid_record(None, "made to fail"))
+    }) {
+        ensure!(
+            matches!(&failed, Err(e) if e.to_string().contains("made to fail")),
+            "a failing make's error comes back as it is, got {failed:?}"
+        );
+    }
+    let other = record(&mut hlc, "c", 5)?;
+    if let Some(wrong) = store.insert_if_absent_now(&coll, &rid("b"), &mut || Ok(other.clone())) {
+        ensure!(
+            wrong.is_err(),
+            "insert_if_absent_now of id b accepted a record of id c: {wrong:?}"
+        );
+    }
+    let left = store
+        .get_many(&coll, &rids(&["b", "c"]))
+        .await
+        .or_fail("get_many")?;
+    ensure_eq!(
+        left,
+        vec![None, None],
+        "a failed insert_if_absent_now writes nothing"
+    );
+    Ok(())
+}
+
 /// `insert_if_absent`: a new record is written once, with a token and a
 /// feed position like a create's; a stored one is answered and left alone;
 /// a failing `make` or a record of another id writes nothing; of

@@ -162,6 +162,7 @@ pub async fn run_conformance_within(factory: &dyn StoreFactory, check_timeout: D
         concurrent_writers_lose_no_update,
         concurrent_creates_have_one_winner,
         insert_if_absent,
+        answers_at_once,
         unusual_ids,
         unusual_collection_names,
         clear_run_collections,
