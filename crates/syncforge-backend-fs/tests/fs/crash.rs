@@ -1,6 +1,7 @@
 //! Crash test: a child process writes in a loop and is killed with SIGKILL at
-//! random moments; after each kill every record file parses, the store opens
-//! and no acknowledged write is lost.
+//! random moments, appending to its log or, in most rounds, writing record
+//! files in a checkpoint; after each kill every record file parses, the
+//! store opens and no acknowledged write is lost.
 
 use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader};
@@ -11,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use syncforge_backend_fs::{Durability, FsBackend, FsOptions};
 use syncforge_core::{Record, StorageBackend, Write, WriteOutcome};
 
-use crate::{at, child_process, coll, count_of, counter, increment, limit, rid, tree};
+use crate::{at, child_process, coll, count_of, increment, limit, rid, tree};
 
 const DIR_ENV: &str = "SYNCFORGE_FS_TEST_CRASH_DIR";
 /// Set (to anything) to make the child write with `Durability::Buffered`.
@@ -52,6 +53,12 @@ fn killed_writers_leave_whole_files_and_lose_no_acknowledged_write() {
         .unwrap();
     let mut acknowledged: HashMap<String, u64> = HashMap::new();
     let mut killed_mid_run = 0;
+    // The record files as this test left them after each round: a round
+    // whose writer changed one checkpointed before it was killed, so that
+    // kills can land in the middle of writing record files, not only of
+    // appending to the log.
+    let mut left: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut writer_checkpointed = 0;
 
     for round in 0..KILLS {
         // A killed process loses nothing the kernel holds, so both durability
@@ -74,7 +81,9 @@ fn killed_writers_leave_whole_files_and_lose_no_acknowledged_write() {
                 }
             }
         });
-        // Wait for the first acknowledged write, then kill a few ms later.
+        // Wait for the first acknowledged write, then kill up to 300 ms
+        // later: the writer's large batches fill the log past the size at
+        // which it checkpoints in the background within that time.
         let mut lines = Vec::new();
         while let Ok(line) = lines_rx.recv_timeout(Duration::from_secs(20)) {
             let started = line.starts_with("ack ");
@@ -83,7 +92,7 @@ fn killed_writers_leave_whole_files_and_lose_no_acknowledged_write() {
                 break;
             }
         }
-        std::thread::sleep(Duration::from_millis(rng.below(25)));
+        std::thread::sleep(Duration::from_millis(rng.below(300)));
         child.kill().unwrap();
         let status = child.wait().unwrap();
         reader.join().unwrap();
@@ -113,11 +122,13 @@ fn killed_writers_leave_whole_files_and_lose_no_acknowledged_write() {
 
         // Every record file parses and holds the record its name says.
         let collection_dir = tmp.path().join(COLLECTION);
+        let mut changed_by_writer = false;
         for name in tree(&collection_dir) {
             if name.starts_with('.') {
                 continue;
             }
             let text = std::fs::read_to_string(collection_dir.join(&name)).unwrap();
+            changed_by_writer |= left.get(&name) != Some(&text.clone().into_bytes());
             let value = serde_json::from_str(&text)
                 .unwrap_or_else(|e| panic!("round {round} (seed {seed}): {name} is torn: {e}"));
             let record = Record::from_json(value).unwrap();
@@ -147,6 +158,17 @@ fn killed_writers_leave_whole_files_and_lose_no_acknowledged_write() {
             assert!(store.corrupt_files(&collection()).await.unwrap().is_empty());
             store.close().await.unwrap();
         });
+        if changed_by_writer {
+            writer_checkpointed += 1;
+        }
+        left = tree(&collection_dir)
+            .into_iter()
+            .filter(|name| !name.starts_with('.'))
+            .map(|name| {
+                let bytes = std::fs::read(collection_dir.join(&name)).unwrap();
+                (name, bytes)
+            })
+            .collect();
         assert!(
             !tree(&collection_dir).iter().any(|n| n.starts_with(".tmp-")),
             "seed {seed}"
@@ -157,6 +179,19 @@ fn killed_writers_leave_whole_files_and_lose_no_acknowledged_write() {
         killed_mid_run > KILLS / 2,
         "the writer was rarely killed mid-run: {killed_mid_run}"
     );
+    assert!(
+        writer_checkpointed > 0,
+        "no writer wrote a record file before it was killed (seed {seed})"
+    );
+}
+
+/// A counter with 16 KiB of padding: a batch of them is a large frame of
+/// the log, which soon fills it past the size at which the writer
+/// checkpoints.
+fn padded_counter(id: &str, count: u64) -> Record {
+    let stamp = syncforge_core::Stamp::new(1_000 + count, 0, "tester").unwrap();
+    let value = serde_json::json!({"id": id, "count": count, "pad": "p".repeat(16 << 10)});
+    Record::create(syncforge_core::Content::from_value(value).unwrap(), &stamp)
 }
 
 /// Whether the writer ended by the test's kill (SIGKILL), not of itself.
@@ -197,8 +232,8 @@ async fn child_writer() {
                 .iter()
                 .zip(current)
                 .map(|(id, stored)| match stored {
-                    None => Write::create(counter(id, 1)),
-                    Some(s) => Write::replace(counter(id, count_of(&s.record) + 1), s.token),
+                    None => Write::create(padded_counter(id, 1)),
+                    Some(s) => Write::replace(padded_counter(id, count_of(&s.record) + 1), s.token),
                 })
                 .collect();
             let outcomes = store.put_batch(&collection(), &writes).await.unwrap();
