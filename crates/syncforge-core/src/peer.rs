@@ -37,8 +37,9 @@ impl PushOutcome {
     }
 }
 
-/// A record a peer refused for good: sending it again unchanged can never
-/// succeed (it is larger than the peer takes in one request).
+/// A record a peer refused: sending it again unchanged cannot succeed
+/// while the peer's limits stay as they are (it is larger than the peer
+/// takes in one request).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RefusedRecord {
@@ -96,7 +97,8 @@ pub trait SyncPeer: Send + Sync {
     /// before they are stored, except those it names as
     /// [`refused`](PushOutcome::refused): records the peer can never take
     /// as they are, which the engine's `sync_with` reports and moves past
-    /// (offering them again at each later sync). Any other failure is an
+    /// (sending them again when they change, or to an engine opened later).
+    /// Any other failure is an
     /// `Err`, after which the push starts again from the same records.
     async fn push(&self, collection: &CollectionName, records: Vec<Record>) -> Result<PushOutcome>;
 }

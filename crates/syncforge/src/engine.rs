@@ -84,6 +84,9 @@ pub(crate) struct Inner {
     /// one peer and collection (an auto-sync window and a call, say) run one
     /// after the other.
     pub(crate) peer_syncs: Mutex<PeerSyncLocks>,
+    /// The peers and collections whose refused records this engine has
+    /// offered again (once per engine: see `sync_with`).
+    pub(crate) reoffered: Mutex<std::collections::HashSet<(String, CollectionName)>>,
 }
 
 /// The locks of the peer syncs under way, by peer id and collection; a lock
@@ -278,6 +281,7 @@ impl SyncEngine {
                 timer: Mutex::new(None),
                 peers: Mutex::new(Vec::new()),
                 peer_syncs: Mutex::new(PeerSyncLocks::new()),
+                reoffered: Mutex::new(std::collections::HashSet::new()),
             }),
         })
     }
@@ -536,20 +540,18 @@ impl SyncEngine {
     /// its way to the store slept through it until its deadline. So once a
     /// write that was not announced lands, syncforge's own handlers (the
     /// server's) are told of it, with its record, if any came meanwhile.
-    /// User handlers are not: they came after the write began. Costs one
-    /// atomic read while nobody listens.
+    /// User handlers are not: they came after the write began. Callers
+    /// check `wants` first, so that this costs a look at the listener
+    /// counts while nobody listens.
     #[cold]
     #[inline(never)]
     fn wake_late_watchers(&self, collection: &CollectionName, record: Option<&Record>) {
-        let events = &self.inner.events;
         let Some(record) = record else { return };
-        if events.wants(EventKind::RecordAdded) {
-            // Internal handlers read only the collection of the event.
-            events.emit_internal(&SyncEvent::RecordAdded {
-                collection: collection.clone(),
-                record: record.clone(),
-            });
-        }
+        // Internal handlers read only the collection of the event.
+        self.inner.events.emit_internal(&SyncEvent::RecordAdded {
+            collection: collection.clone(),
+            record: record.clone(),
+        });
     }
 
     /// The part of a local put of `doc` that needs no waiting: checks,
@@ -693,7 +695,7 @@ impl SyncEngine {
         let previous = if listening { previous } else { None };
         match outcome {
             WriteOutcome::Written { cursor, .. } => {
-                if !listening {
+                if !listening && self.inner.events.wants(EventKind::RecordAdded) {
                     self.wake_late_watchers(collection, Some(&write.record));
                 }
                 Ok(self.confirm(
@@ -718,13 +720,10 @@ impl SyncEngine {
                 }];
                 self.apply_again(collection, vec![id.clone()], pending, &mut done, listening)
                     .await?;
-                let applied = done
-                    .pop()
-                    .ok_or_else(|| Error::storage(backend.name(), "a write lost its outcome"))?;
-                if !listening && applied.cursor.is_some() {
-                    self.wake_late_watchers(collection, applied.record.as_ref());
-                }
-                Ok(applied)
+                // Its write, if any, went through `write_many`, which woke
+                // late watchers.
+                done.pop()
+                    .ok_or_else(|| Error::storage(backend.name(), "a write lost its outcome"))
             }
         }
     }
@@ -844,7 +843,7 @@ impl SyncEngine {
         // What `confirm` announces for a put of a new record.
         if listening {
             self.emit_record_event(collection, ChangeKind::Added, stored.clone(), None);
-        } else {
+        } else if self.inner.events.wants(EventKind::RecordAdded) {
             self.wake_late_watchers(collection, Some(&stored));
         }
         Ok(Ok(stored))

@@ -66,9 +66,10 @@ pub struct PeerSyncReport {
     /// Records the peer would not take as they are (larger than it takes
     /// in one request), with its reason. The push moves past them, so that
     /// they hold back no other change, and keeps their ids in the store's
-    /// metadata: every later sync with the peer offers them again as they
-    /// are then (its limit may have gone up, or the record changed), and
-    /// lists here those it still refuses. Each is also logged as a warning.
+    /// metadata: each is sent again when it changes, and offered again as
+    /// it is at the first sync with the peer of an engine opened later (the
+    /// peer's limit may have gone up meanwhile). Each is also logged as a
+    /// warning.
     pub refused: Vec<RefusedRecord>,
 }
 
@@ -81,12 +82,12 @@ enum PeerState {
     Push,
     /// The peer's feed id the cursors refer to.
     Feed,
-    /// The ids of records the peer refused, offered again at each push.
+    /// The ids of records the peer refused, offered again by a later engine.
     Refused,
 }
 
-/// Most records a peer may have refused at once: past that, a push fails
-/// instead of adding to them.
+/// Most ids of refused records kept per peer and collection: a record
+/// refused past that is sent again only when it changes.
 const MAX_REFUSED: usize = 10_000;
 
 /// The metadata key of one piece of peer state. The parts are JSON-encoded so
@@ -149,8 +150,9 @@ impl SyncEngine {
     /// in the store's metadata and survive a restart on a persistent backend.
     ///
     /// A record the peer refuses as too large holds back no other change:
-    /// it is listed in [`PeerSyncReport::refused`], and offered again at
-    /// every later sync until the peer takes it.
+    /// it is listed in [`PeerSyncReport::refused`], sent again when it
+    /// changes, and offered again as it is at the first sync of an engine
+    /// opened later.
     ///
     /// Records just pulled come back in the local change feed; those whose
     /// stored state is exactly what the peer sent are not pushed back
@@ -354,28 +356,6 @@ impl SyncEngine {
             let refused_key = cursor_key(peer_id, collection, PeerState::Refused);
             let mut cursor = self.load_cursor(collection, &push_key).await?;
             let mut refused = self.load_refused(collection, &refused_key).await?;
-            if !refused.is_empty() {
-                // Offered again as they are now: the peer's limit may have
-                // gone up, or the record changed.
-                let ids: Vec<RecordId> = std::mem::take(&mut refused).into_iter().collect();
-                let backend = self.store();
-                let stored = retry_transient(self.retries(), "get_many", || {
-                    backend.get_many(collection, &ids)
-                })
-                .await?;
-                let records: Vec<Record> = stored
-                    .into_iter()
-                    .flatten()
-                    .map(|stored| stored.record)
-                    .collect();
-                if !records.is_empty() {
-                    self.push_to_peer(peer, collection, records, &mut report, &mut refused)
-                        .await?;
-                }
-                if refused.len() != ids.len() {
-                    self.store_refused(&refused_key, &refused).await?;
-                }
-            }
             let options = PageOptions::default().limit(limit.get());
             loop {
                 let page = handle.changes(cursor, options).await?;
@@ -388,11 +368,11 @@ impl SyncEngine {
                     .collect();
                 report.echoes_skipped += before - records.len();
                 if !records.is_empty() {
-                    let before = refused.len();
-                    self.push_to_peer(peer, collection, records, &mut report, &mut refused)
-                        .await?;
                     // Kept before the cursor moves past them.
-                    if refused.len() != before {
+                    if self
+                        .push_to_peer(peer, collection, records, &mut report, &mut refused)
+                        .await?
+                    {
                         self.store_refused(&refused_key, &refused).await?;
                     }
                 }
@@ -414,6 +394,53 @@ impl SyncEngine {
                 if !page.more {
                     break;
                 }
+            }
+            // Refused records that did not change are offered again as they
+            // are, once per engine (the first sync with the peer after it
+            // starts): the peer's limit may have gone up meanwhile. Every
+            // sync would read, and the peer encode, records that are by
+            // their nature the largest, to be refused again.
+            let reoffer_key = (peer_id.to_owned(), collection.clone());
+            // Those this sync sent from the feed (they changed) and the peer
+            // refused again are left out: a record the peer took is no
+            // longer among them.
+            let refused_now: HashSet<&RecordId> =
+                report.refused.iter().map(|record| &record.id).collect();
+            let unchanged: Vec<RecordId> = refused
+                .iter()
+                .filter(|id| !refused_now.contains(id))
+                .cloned()
+                .collect();
+            if !unchanged.is_empty() && !self.inner.reoffered.lock().contains(&reoffer_key) {
+                let mut changed = false;
+                for ids in unchanged.chunks(limit.get()) {
+                    let backend = self.store();
+                    let stored = retry_transient(self.retries(), "get_many", || {
+                        backend.get_many(collection, ids)
+                    })
+                    .await?;
+                    let records: Vec<Record> = stored
+                        .into_iter()
+                        .flatten()
+                        .map(|stored| stored.record)
+                        .collect();
+                    // Gone for good: nothing left to send.
+                    if records.len() < ids.len() {
+                        let present: HashSet<&RecordId> = records.iter().map(Record::id).collect();
+                        for id in ids.iter().filter(|id| !present.contains(id)) {
+                            changed |= refused.remove(id);
+                        }
+                    }
+                    if !records.is_empty() {
+                        changed |= self
+                            .push_to_peer(peer, collection, records, &mut report, &mut refused)
+                            .await?;
+                    }
+                }
+                if changed {
+                    self.store_refused(&refused_key, &refused).await?;
+                }
+                self.inner.reoffered.lock().insert(reoffer_key);
             }
         }
         Ok(report)
@@ -520,8 +547,10 @@ impl SyncEngine {
         }
     }
 
-    /// Pushes `records` to `peer`, counting them in `report`, and adds
-    /// the ids of those it refused to `refused`.
+    /// Pushes `records` to `peer`, counting them in `report`, and brings
+    /// `refused` up to date with what the peer did: the ids of those it
+    /// refused are added (up to [`MAX_REFUSED`]), those it took removed.
+    /// Returns whether `refused` changed.
     async fn push_to_peer<P: SyncPeer + ?Sized>(
         &self,
         peer: &P,
@@ -529,31 +558,51 @@ impl SyncEngine {
         records: Vec<Record>,
         report: &mut PeerSyncReport,
         refused: &mut BTreeSet<RecordId>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let count = records.len();
+        let was_refused: Vec<RecordId> = if refused.is_empty() {
+            Vec::new()
+        } else {
+            records
+                .iter()
+                .map(Record::id)
+                .filter(|id| refused.contains(*id))
+                .cloned()
+                .collect()
+        };
         let outcome = peer.push(collection, records).await?;
+        let mut changed = false;
+        let still: HashSet<&RecordId> = outcome.refused.iter().map(|record| &record.id).collect();
+        for id in was_refused.iter().filter(|id| !still.contains(id)) {
+            changed |= refused.remove(id);
+        }
         for record in &outcome.refused {
             tracing::warn!(
                 peer = peer.peer_id(),
                 collection = %collection,
                 id = %record.id,
                 reason = %record.reason,
-                "the peer refused a record; it is offered again at each sync"
+                "the peer refused a record; it is sent again when it changes"
             );
-            refused.insert(record.id.clone());
-        }
-        if refused.len() > MAX_REFUSED {
-            return Err(Error::PeerProtocol {
-                peer: peer.peer_id().to_owned(),
-                reason: format!(
-                    "refused more than {MAX_REFUSED} records of {collection}; \
-                     this sync stops before moving past them"
-                ),
-            });
+            if refused.contains(&record.id) {
+                continue;
+            }
+            if refused.len() < MAX_REFUSED {
+                refused.insert(record.id.clone());
+                changed = true;
+            } else {
+                // Past the bound, a refused record is sent again only when
+                // it changes: its id is not kept for the next start.
+                tracing::warn!(
+                    peer = peer.peer_id(),
+                    collection = %collection,
+                    "more than {MAX_REFUSED} records refused: no more are kept to offer again"
+                );
+            }
         }
         report.pushed += count.saturating_sub(outcome.refused.len());
         report.refused.extend(outcome.refused);
-        Ok(())
+        Ok(changed)
     }
 
     /// The ids of the records a peer refused, kept under `key`.
