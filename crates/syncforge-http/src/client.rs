@@ -452,11 +452,14 @@ fn base_url(raw: &str) -> Result<Url> {
     Ok(base)
 }
 
-/// A base URL as messages show it: hidden whole when it may name a user and
-/// password, which the builder refuses but must not print.
+/// A base URL as messages show it: hidden whole when it may carry a secret
+/// (a user and password, or a token in a query or fragment), which the
+/// builder refuses but must not print.
 fn shown_url(url: &str) -> String {
     if url.contains('@') {
         "(a URL naming a user, not shown)".to_owned()
+    } else if url.contains(['?', '#']) {
+        "(a URL with a query or fragment, not shown)".to_owned()
     } else {
         format!("{url:?}")
     }

@@ -432,7 +432,9 @@ mod tests {
         assert!(!message.contains("secret"), "{message}");
         assert!(refused("http:sync.example.com").contains("host:port"));
         assert!(refused("http://").contains("empty host"));
-        assert!(refused("http://h/?token=x").contains("query"));
+        let query = refused("http://h/?token=secret-x");
+        assert!(query.contains("query"), "{query}");
+        assert!(!query.contains("secret-x"), "{query}");
         // Read by the peer's own check: each of these would only fail later,
         // when a peer is built on it.
         for bad in [

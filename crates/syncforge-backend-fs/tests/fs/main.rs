@@ -85,15 +85,22 @@ pub(crate) fn count_of(record: &Record) -> u64 {
 
 /// Adds one to a counter record, re-reading and retrying on lost races, as
 /// the engine does. Returns the count written.
-/// Races [`increment`] lost in this process: a test of concurrent writers
-/// that lost none did not test them.
-pub(crate) static RACES_LOST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
 pub(crate) async fn increment(
     store: &dyn StorageBackend,
     collection: &CollectionName,
     id: &str,
 ) -> u64 {
+    increment_racing(store, collection, id).await.0
+}
+
+/// [`increment`], also returning how many races it lost: a test of
+/// concurrent writers that lost none did not test them.
+pub(crate) async fn increment_racing(
+    store: &dyn StorageBackend,
+    collection: &CollectionName,
+    id: &str,
+) -> (u64, u64) {
+    let mut lost = 0;
     for _ in 0..10_000 {
         let current = store.get(collection, &rid(id)).await.unwrap();
         let (next, write) = match current {
@@ -104,9 +111,9 @@ pub(crate) async fn increment(
             }
         };
         match store.put(collection, &write).await.unwrap() {
-            WriteOutcome::Written { .. } => return next,
+            WriteOutcome::Written { .. } => return (next, lost),
             WriteOutcome::Conflict => {
-                RACES_LOST.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                lost += 1;
                 tokio::task::yield_now().await;
             }
         }
