@@ -84,6 +84,7 @@ impl Service for Cluster {
         for port in CLUSTER_PORTS {
             // `--cluster create` wants empty nodes: start from empty directories.
             let node_dir = dir.join(port.to_string());
+            stop_leftover(&node_dir, port);
             if node_dir.exists() {
                 std::fs::remove_dir_all(&node_dir)
                     .map_err(|e| format!("cannot empty {}: {e}", node_dir.display()))?;
@@ -185,6 +186,7 @@ impl Server {
 fn start_server(dir: &Path, port: u16, extra: &[&str]) -> Result<Server, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let pid_file = dir.join("redis.pid");
+    stop_leftover(dir, port);
     // A pid file left by a server that is gone would name someone else.
     if pid_file.exists() {
         std::fs::remove_file(&pid_file)
@@ -220,6 +222,29 @@ fn start_server(dir: &Path, port: u16, extra: &[&str]) -> Result<Server, String>
         )
     })?;
     Ok(server)
+}
+
+/// Stops the server an earlier run started in `dir` on `port` and left
+/// running (that run was killed before it could stop it): it holds the
+/// port, and a cluster node of it would keep the new one from starting.
+/// Only a process that is still a `redis-server` on that port is stopped,
+/// never whatever the pid has been given to since.
+fn stop_leftover(dir: &Path, port: u16) {
+    let pid_file = dir.join("redis.pid");
+    let Some(pid) = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|text| text.trim().parse::<u32>().ok())
+    else {
+        return;
+    };
+    let ours = std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        cmdline.contains("redis-server") && cmdline.contains(&format!(":{port}"))
+    });
+    if ours {
+        eprintln!("--> stopping redis on port {port} left running by an earlier run (pid {pid})");
+        Server { port, pid_file }.stop();
+    }
 }
 
 /// `redis-cli -p PORT args...`, its output when it succeeded.
