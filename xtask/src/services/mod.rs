@@ -15,6 +15,7 @@ mod redis;
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, Once};
 
 /// One service the tests need.
 pub(crate) trait Service {
@@ -36,12 +37,12 @@ pub(crate) trait Service {
 /// A service this run started: dropping it stops the service.
 pub(crate) struct Started {
     name: &'static str,
-    stop: Option<Box<dyn FnOnce()>>,
+    stop: Option<Box<dyn FnOnce() + Send>>,
 }
 
 impl Started {
     /// A started service, stopped by `stop`.
-    pub(crate) fn new(name: &'static str, stop: impl FnOnce() + 'static) -> Self {
+    pub(crate) fn new(name: &'static str, stop: impl FnOnce() + Send + 'static) -> Self {
         Started {
             name,
             stop: Some(Box::new(stop)),
@@ -58,12 +59,47 @@ impl Drop for Started {
     }
 }
 
-/// The services of one run: the environment for the tests, and the handles
-/// of those this run started (stopped when this is dropped, in reverse
-/// order).
+/// The services this run started, in the order it started them: kept where
+/// the handler of an interrupting signal finds them too.
+static STARTED: Mutex<Vec<Started>> = Mutex::new(Vec::new());
+
+/// Stops every service this run started, in reverse order.
+fn stop_started() {
+    loop {
+        // Taken out before it stops, so that the lock is not held meanwhile.
+        let last = STARTED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        match last {
+            Some(started) => drop(started),
+            None => return,
+        }
+    }
+}
+
+/// On Ctrl-C, SIGTERM or SIGHUP, stops what this run started and exits:
+/// otherwise the Redis servers, daemons of their own, outlive the run and
+/// keep its ports. (The command running at the time gets Ctrl-C from the
+/// terminal itself.)
+fn stop_started_on_signals() {
+    static INSTALLED: Once = Once::new();
+    INSTALLED.call_once(|| {
+        let installed = ctrlc::set_handler(|| {
+            eprintln!("--> interrupted: stopping the services this run started");
+            stop_started();
+            std::process::exit(130);
+        });
+        if let Err(error) = installed {
+            eprintln!("--> cannot stop services on interruption: {error}");
+        }
+    });
+}
+
+/// The services of one run: the environment for the tests; those this run
+/// started are stopped when this is dropped, in reverse order.
 pub(crate) struct Services {
     env: Vec<(&'static str, String)>,
-    started: Vec<Started>,
 }
 
 impl Services {
@@ -75,9 +111,7 @@ impl Services {
 
 impl Drop for Services {
     fn drop(&mut self) {
-        while let Some(started) = self.started.pop() {
-            drop(started);
-        }
+        stop_started();
     }
 }
 
@@ -99,10 +133,8 @@ fn service_dir(name: &str) -> PathBuf {
 /// are, the others are started. On an error, what was started is stopped.
 pub(crate) fn ensure_all() -> Result<Services, String> {
     require_tools()?;
-    let mut services = Services {
-        env: Vec::new(),
-        started: Vec::new(),
-    };
+    stop_started_on_signals();
+    let mut services = Services { env: Vec::new() };
     for service in all() {
         if service.is_running() {
             eprintln!("--> {} already runs; using it", service.name());
@@ -112,7 +144,10 @@ pub(crate) fn ensure_all() -> Result<Services, String> {
             let started = service
                 .start(&dir)
                 .map_err(|reason| format!("could not start {}: {reason}", service.name()))?;
-            services.started.push(started);
+            STARTED
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(started);
         }
         services.env.extend(service.env());
     }
