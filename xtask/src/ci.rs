@@ -166,8 +166,8 @@ fn steps(test_env: &[(&'static str, OsString)]) -> Vec<Step> {
                 // feature says about that backend (FeatureDisabled, naming
                 // the feature), and the tests written for such a build.
                 // (Cargo runs doc tests alone or not at all.)
-                memory_only_facade(&["--lib", "--test", "engine"]),
-                memory_only_facade(&["--doc"]),
+                with_env(memory_only_facade(&["--lib", "--test", "engine"])),
+                with_env(memory_only_facade(&["--doc"])),
             ],
             needs_services: true,
         },
