@@ -48,8 +48,12 @@ impl Service for Moto {
         ]
     }
 
+    /// Something answers on the port and takes the bucket's creation as
+    /// S3 does (a PUT of a bucket it holds is answered 200): a server left
+    /// by a run killed before it made the bucket gets it now, and a server
+    /// that is not S3 is not taken for one.
     fn is_running(&self) -> bool {
-        answers()
+        answers() && create_bucket().is_ok()
     }
 
     fn start(&self, dir: &Path) -> Result<Started, String> {
