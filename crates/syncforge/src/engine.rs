@@ -541,17 +541,22 @@ impl SyncEngine {
     /// write that was not announced lands, syncforge's own handlers (the
     /// server's) are told of it, with its record, if any came meanwhile.
     /// User handlers are not: they came after the write began. Callers
-    /// check `wants` first, so that this costs a look at the listener
-    /// counts while nobody listens.
+    /// ask [`watched_late`](Self::watched_late) first, so that this costs
+    /// a look at the listener counts while nobody listens.
     #[cold]
     #[inline(never)]
-    fn wake_late_watchers(&self, collection: &CollectionName, record: Option<&Record>) {
-        let Some(record) = record else { return };
+    fn wake_late_watchers(&self, collection: &CollectionName, record: &Record) {
         // Internal handlers read only the collection of the event.
         self.inner.events.emit_internal(&SyncEvent::RecordAdded {
             collection: collection.clone(),
             record: record.clone(),
         });
+    }
+
+    /// Whether a write that began with nobody `listening` has someone to
+    /// wake now ([`wake_late_watchers`](Self::wake_late_watchers)).
+    fn watched_late(&self, listening: bool) -> bool {
+        !listening && self.inner.events.wants(EventKind::RecordAdded)
     }
 
     /// The part of a local put of `doc` that needs no waiting: checks,
@@ -695,8 +700,8 @@ impl SyncEngine {
         let previous = if listening { previous } else { None };
         match outcome {
             WriteOutcome::Written { cursor, .. } => {
-                if !listening && self.inner.events.wants(EventKind::RecordAdded) {
-                    self.wake_late_watchers(collection, Some(&write.record));
+                if self.watched_late(listening) {
+                    self.wake_late_watchers(collection, &write.record);
                 }
                 Ok(self.confirm(
                     collection,
@@ -843,8 +848,8 @@ impl SyncEngine {
         // What `confirm` announces for a put of a new record.
         if listening {
             self.emit_record_event(collection, ChangeKind::Added, stored.clone(), None);
-        } else if self.inner.events.wants(EventKind::RecordAdded) {
-            self.wake_late_watchers(collection, Some(&stored));
+        } else if self.watched_late(listening) {
+            self.wake_late_watchers(collection, &stored);
         }
         Ok(Ok(stored))
     }
@@ -1011,12 +1016,14 @@ impl SyncEngine {
             writes.len(),
         )?;
         // The watch is checked before the outcomes are searched.
-        if !listening && self.inner.events.wants(EventKind::RecordAdded) {
+        if self.watched_late(listening) {
             let written = writes
                 .iter()
                 .zip(&outcomes)
                 .find(|(_, outcome)| matches!(outcome, WriteOutcome::Written { .. }));
-            self.wake_late_watchers(collection, written.map(|(write, _)| &write.record));
+            if let Some((write, _)) = written {
+                self.wake_late_watchers(collection, &write.record);
+            }
         }
         Ok(outcomes)
     }
