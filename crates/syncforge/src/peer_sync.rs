@@ -395,55 +395,69 @@ impl SyncEngine {
                     break;
                 }
             }
-            // Refused records that did not change are offered again as they
-            // are, once per engine (the first sync with the peer after it
-            // starts): the peer's limit may have gone up meanwhile. Every
-            // sync would read, and the peer encode, records that are by
-            // their nature the largest, to be refused again.
-            let reoffer_key = (peer_id.to_owned(), collection.clone());
-            // Those this sync sent from the feed (they changed) and the peer
-            // refused again are left out: a record the peer took is no
-            // longer among them.
-            let refused_now: HashSet<&RecordId> =
-                report.refused.iter().map(|record| &record.id).collect();
-            let unchanged: Vec<RecordId> = refused
-                .iter()
-                .filter(|id| !refused_now.contains(id))
-                .cloned()
-                .collect();
-            if !unchanged.is_empty() && !self.inner.reoffered.lock().contains(&reoffer_key) {
-                let mut changed = false;
-                for ids in unchanged.chunks(limit.get()) {
-                    let backend = self.store();
-                    let stored = retry_transient(self.retries(), "get_many", || {
-                        backend.get_many(collection, ids)
-                    })
-                    .await?;
-                    let records: Vec<Record> = stored
-                        .into_iter()
-                        .flatten()
-                        .map(|stored| stored.record)
-                        .collect();
-                    // Gone for good: nothing left to send.
-                    if records.len() < ids.len() {
-                        let present: HashSet<&RecordId> = records.iter().map(Record::id).collect();
-                        for id in ids.iter().filter(|id| !present.contains(id)) {
-                            changed |= refused.remove(id);
-                        }
-                    }
-                    if !records.is_empty() {
-                        changed |= self
-                            .push_to_peer(peer, collection, records, &mut report, &mut refused)
-                            .await?;
-                    }
-                }
-                if changed {
-                    self.store_refused(&refused_key, &refused).await?;
-                }
-                self.inner.reoffered.lock().insert(reoffer_key);
-            }
+            self.offer_refused_again(peer, collection, limit, &refused_key, refused, &mut report)
+                .await?;
         }
         Ok(report)
+    }
+
+    /// Offers the records `peer` refused earlier and that did not change
+    /// since again as they are, once per engine (at its first sync with the
+    /// peer): the peer's limit may have gone up meanwhile. At every sync,
+    /// records that are by their nature the largest would be read, and
+    /// encoded by the peer, only to be refused again. Those this sync sent
+    /// from the feed (they changed) and the peer refused again are left
+    /// out; one the peer took is no longer among `refused`.
+    async fn offer_refused_again<P: SyncPeer + ?Sized>(
+        &self,
+        peer: &P,
+        collection: &CollectionName,
+        limit: NonZeroUsize,
+        refused_key: &str,
+        mut refused: BTreeSet<RecordId>,
+        report: &mut PeerSyncReport,
+    ) -> Result<()> {
+        let reoffer_key = (peer.peer_id().to_owned(), collection.clone());
+        let refused_now: HashSet<&RecordId> =
+            report.refused.iter().map(|record| &record.id).collect();
+        let unchanged: Vec<RecordId> = refused
+            .iter()
+            .filter(|id| !refused_now.contains(id))
+            .cloned()
+            .collect();
+        if unchanged.is_empty() || self.inner.reoffered.lock().contains(&reoffer_key) {
+            return Ok(());
+        }
+        let mut changed = false;
+        for ids in unchanged.chunks(limit.get()) {
+            let backend = self.store();
+            let stored = retry_transient(self.retries(), "get_many", || {
+                backend.get_many(collection, ids)
+            })
+            .await?;
+            let records: Vec<Record> = stored
+                .into_iter()
+                .flatten()
+                .map(|stored| stored.record)
+                .collect();
+            // Gone for good: nothing left to send.
+            if records.len() < ids.len() {
+                let present: HashSet<&RecordId> = records.iter().map(Record::id).collect();
+                for id in ids.iter().filter(|id| !present.contains(id)) {
+                    changed |= refused.remove(id);
+                }
+            }
+            if !records.is_empty() {
+                changed |= self
+                    .push_to_peer(peer, collection, records, report, &mut refused)
+                    .await?;
+            }
+        }
+        if changed {
+            self.store_refused(refused_key, &refused).await?;
+        }
+        self.inner.reoffered.lock().insert(reoffer_key);
+        Ok(())
     }
 
     /// The lock of the syncs with `peer_id` on `collection`.
@@ -537,13 +551,25 @@ impl SyncEngine {
         let stored = retry_transient(self.retries(), "get_meta", || backend.get_meta(key)).await?;
         match stored {
             None => Ok(Cursor::START),
-            Some(text) => text.parse().map_err(|_| Error::Corrupt {
-                backend: backend.name(),
-                collection: collection.to_string(),
-                id: None,
-                location: format!("metadata key {key:?}"),
-                reason: format!("holds {text:?}, not a change-feed cursor"),
+            Some(text) => text.parse().map_err(|_| {
+                self.corrupt_meta(
+                    collection,
+                    key,
+                    format!("holds {text:?}, not a change-feed cursor"),
+                )
             }),
+        }
+    }
+
+    /// The error for peer state under metadata `key` that this engine
+    /// would not have written.
+    fn corrupt_meta(&self, collection: &CollectionName, key: &str, reason: String) -> Error {
+        Error::Corrupt {
+            backend: self.store().name(),
+            collection: collection.to_string(),
+            id: None,
+            location: format!("metadata key {key:?}"),
+            reason,
         }
     }
 
@@ -616,13 +642,7 @@ impl SyncEngine {
         let Some(text) = stored else {
             return Ok(BTreeSet::new());
         };
-        let corrupt = |reason: String| Error::Corrupt {
-            backend: backend.name(),
-            collection: collection.to_string(),
-            id: None,
-            location: format!("metadata key {key:?}"),
-            reason,
-        };
+        let corrupt = |reason: String| self.corrupt_meta(collection, key, reason);
         let ids: Vec<String> = serde_json::from_str(&text)
             .map_err(|error| corrupt(format!("holds no list of record ids: {error}")))?;
         ids.into_iter()
