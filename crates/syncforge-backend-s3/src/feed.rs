@@ -306,8 +306,7 @@ impl Store {
         // Entry numbers past MAX_ENTRY have no cursors: a horizon there was
         // not written by syncforge, and the arithmetic on it would overflow.
         if horizon.horizon > format::MAX_ENTRY {
-            return Err(feed_corrupt(
-                keys,
+            return Err(keys.corrupt(
                 &path,
                 format!(
                     "folds the feed up to entry {}, past the last entry number {}",
@@ -319,8 +318,7 @@ impl Store {
         // Compaction always names the segment it folds into: without one,
         // readers would skip every change folded before the horizon.
         if horizon.horizon > 0 && horizon.segment.is_none() {
-            return Err(feed_corrupt(
-                keys,
+            return Err(keys.corrupt(
                 &path,
                 format!(
                     "folds the feed up to entry {} into no segment",
@@ -355,8 +353,7 @@ impl Store {
         }
         let Some(fetched) = self.io.get(&path).await? else {
             if self.read_horizon(keys).await?.1.as_deref() == horizon_tag {
-                return Err(feed_corrupt(
-                    keys,
+                return Err(keys.corrupt(
                     &keys.horizon(),
                     format!("names the segment {name}, which is not there"),
                 ));
@@ -370,8 +367,7 @@ impl Store {
                 .writes
                 .is_sorted_by(|before, after| before.0 < after.0)
         {
-            return Err(feed_corrupt(
-                keys,
+            return Err(keys.corrupt(
                 &path,
                 format!(
                     "is not the segment of horizon {}: its horizon is {}, or its writes are \
@@ -775,18 +771,6 @@ impl Store {
         }));
         self.io.delete(obsolete).await?;
         Ok(())
-    }
-}
-
-/// The error for a feed object (`location`) that syncforge would not have
-/// written.
-fn feed_corrupt(keys: &CollectionKeys, location: &Path, reason: String) -> Error {
-    Error::Corrupt {
-        backend: BACKEND_NAME,
-        collection: keys.dir().to_owned(),
-        id: None,
-        location: location.to_string(),
-        reason,
     }
 }
 

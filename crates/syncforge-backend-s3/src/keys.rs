@@ -242,13 +242,24 @@ impl CollectionKeys {
 
     /// A segment object's key from its name in the horizon object.
     pub(crate) fn segment_named(&self, name: &str) -> Result<Path> {
-        Path::parse(format!("{}/s/{name}", self.dir)).map_err(|e| Error::Corrupt {
+        Path::parse(format!("{}/s/{name}", self.dir)).map_err(|e| {
+            self.corrupt(
+                &self.horizon(),
+                format!("names an invalid segment {name:?}: {e}"),
+            )
+        })
+    }
+
+    /// The error for an object of this collection's feed (`location`) that
+    /// syncforge would not have written.
+    pub(crate) fn corrupt(&self, location: &Path, reason: String) -> Error {
+        Error::Corrupt {
             backend: crate::BACKEND_NAME,
             collection: self.dir.clone(),
             id: None,
-            location: self.horizon().to_string(),
-            reason: format!("names an invalid segment {name:?}: {e}"),
-        })
+            location: location.to_string(),
+            reason,
+        }
     }
 
     /// Directory of the feed entries.
