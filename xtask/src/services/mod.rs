@@ -63,14 +63,19 @@ impl Drop for Started {
 /// the handler of an interrupting signal finds them too.
 static STARTED: Mutex<Vec<Started>> = Mutex::new(Vec::new());
 
+/// The services this run started; a panic while they were held leaves
+/// them as they were.
+fn started() -> std::sync::MutexGuard<'static, Vec<Started>> {
+    STARTED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Stops every service this run started, in reverse order.
 fn stop_started() {
     loop {
         // Taken out before it stops, so that the lock is not held meanwhile.
-        let last = STARTED
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .pop();
+        let last = started().pop();
         match last {
             Some(started) => drop(started),
             None => return,
@@ -144,10 +149,7 @@ pub(crate) fn ensure_all() -> Result<Services, String> {
             let started = service
                 .start(&dir)
                 .map_err(|reason| format!("could not start {}: {reason}", service.name()))?;
-            STARTED
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .push(started);
+            self::started().push(started);
         }
         services.env.extend(service.env());
     }

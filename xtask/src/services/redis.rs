@@ -150,10 +150,7 @@ impl Server {
     /// Stops exactly the process the pid file names, and waits (bounded)
     /// until it is gone.
     fn stop(&self) {
-        let Some(pid) = std::fs::read_to_string(&self.pid_file)
-            .ok()
-            .and_then(|text| text.trim().parse::<u32>().ok())
-        else {
+        let Some(pid) = read_pid(&self.pid_file) else {
             eprintln!(
                 "--> redis on port {}: no pid in {}; nothing stopped",
                 self.port,
@@ -231,10 +228,7 @@ fn start_server(dir: &Path, port: u16, extra: &[&str]) -> Result<Server, String>
 /// never whatever the pid has been given to since.
 fn stop_leftover(dir: &Path, port: u16) {
     let pid_file = dir.join("redis.pid");
-    let Some(pid) = std::fs::read_to_string(&pid_file)
-        .ok()
-        .and_then(|text| text.trim().parse::<u32>().ok())
-    else {
+    let Some(pid) = read_pid(&pid_file) else {
         return;
     };
     let ours = std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
@@ -245,6 +239,13 @@ fn stop_leftover(dir: &Path, port: u16) {
         eprintln!("--> stopping redis on port {port} left running by an earlier run (pid {pid})");
         Server { port, pid_file }.stop();
     }
+}
+
+/// The pid a server wrote to `pid_file`, if the file holds one.
+fn read_pid(pid_file: &Path) -> Option<u32> {
+    std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
 }
 
 /// `redis-cli -p PORT args...`, its output when it succeeded.
