@@ -377,10 +377,14 @@ impl FsBackend {
     }
 
     /// Writes every record committed to a write-ahead log but not yet to
-    /// its file, in every collection, and makes the files durable (a
-    /// checkpoint; [`close`](StorageBackend::close) does the same for the
-    /// collections the handle used). Afterwards the record files hold every
-    /// record: call it before reading or editing them with other tools.
+    /// its file, in every collection (a checkpoint;
+    /// [`close`](StorageBackend::close) does the same for the collections
+    /// the handle used). Afterwards the record files hold every record:
+    /// call it before reading or editing them with other tools. The files
+    /// are synced under [`Durability::Full`], and those of writes a `Full`
+    /// handle acknowledged whatever this handle's durability; a
+    /// [`Durability::Buffered`] handle leaves its own to the operating
+    /// system, so this is no barrier against a power failure.
     pub async fn checkpoint(&self) -> Result<()> {
         // Every collection directory, not only those holding records: the
         // removal of a collection's last record reaches its file here too.
@@ -858,8 +862,9 @@ impl StorageBackend for FsBackend {
     }
 
     /// Checkpoints every collection this handle opened, so that a closed
-    /// store holds all its records in their files, durably, and no
-    /// write-ahead log to replay. Nothing is deleted.
+    /// store holds all its records in their files and no write-ahead log
+    /// to replay (synced as [`checkpoint`](FsBackend::checkpoint) says).
+    /// Nothing is deleted.
     async fn close(&self) -> Result<()> {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());

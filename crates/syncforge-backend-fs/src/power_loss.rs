@@ -848,3 +848,92 @@ async fn a_killed_process_loses_nothing_at_any_point_under_either_durability() {
         every_cut(durability, &[Variant::Killed]).await;
     }
 }
+
+/// A `Buffered` handle's checkpoint that keeps frames puts a new log in
+/// place without syncing the directory. A `Full` handle on the same
+/// collection then appended its write to that file and synced only the
+/// file: a power cut right after the acknowledgement could leave the
+/// directory naming the old log, and the write gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_write_after_a_buffered_checkpoint_survives_a_power_cut() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model_root = tmp.path().join("model");
+    std::fs::create_dir(&model_root).unwrap();
+    let recorder = Arc::new(Recorder::new(&model_root));
+    let root = model_root.join("store");
+    let tuning = Tuning {
+        compact_min_lines: 24,
+        checkpoint_bytes: 1_200,
+    };
+    let open = |durability| {
+        let ops: Arc<dyn FileOps> = recorder.clone();
+        FsBackend::open_on(
+            ops,
+            &root,
+            FsOptions::default().durability(durability),
+            tuning,
+        )
+    };
+    let full = open(Durability::Full).await.unwrap();
+    let buffered = open(Durability::Buffered).await.unwrap();
+    let name = coll(NOTES);
+    let create = |id: &str| Write::create(counter(id, 1));
+    full.put(&name, &create("first")).await.unwrap();
+    // The buffered handle's writes start a background checkpoint, held
+    // after writing its files; a frame committed meanwhile is kept.
+    recorder.arm_gate();
+    let mut round = 0;
+    while !recorder.gate_holding(Duration::from_millis(300)) {
+        assert!(round < 40, "no background checkpoint started");
+        buffered
+            .put(&name, &create(&format!("b{round}")))
+            .await
+            .unwrap();
+        round += 1;
+    }
+    buffered.put(&name, &create("kept")).await.unwrap();
+    let wal = Path::new(NOTES).join(crate::collection::wal::WAL_FILE);
+    let log_replacements = || {
+        recorder
+            .ops
+            .lock()
+            .iter()
+            .filter(|op| matches!(op, Op::Rename(_, to) if to.ends_with(&wal)))
+            .count()
+    };
+    let before = log_replacements();
+    recorder.open_gate();
+    let deadline = std::time::Instant::now() + GATE_WAIT;
+    while log_replacements() == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the checkpoint did not replace the log"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    full.put(&name, &create("acknowledged")).await.unwrap();
+    // The power goes right after the acknowledgement.
+    let ops = recorder.ops.lock().clone();
+    let mut model = Model::new();
+    for op in &ops {
+        model.apply(op);
+    }
+    for variant in Variant::POWER_CUTS {
+        let dir = tmp.path().join(format!("cut-{variant:?}"));
+        std::fs::create_dir(&dir).unwrap();
+        materialize(&dir, &model.survivors(variant));
+        let store = FsBackend::open_with(
+            &dir.join("store"),
+            FsOptions::default().durability(Durability::Buffered),
+        )
+        .await
+        .unwrap();
+        for id in ["first", "acknowledged"] {
+            let found = store.get(&name, &RecordId::new(id).unwrap()).await.unwrap();
+            assert!(found.is_some(), "{variant:?}: {id} was lost");
+        }
+        store.close().await.unwrap();
+    }
+    buffered.close().await.unwrap();
+    full.close().await.unwrap();
+}

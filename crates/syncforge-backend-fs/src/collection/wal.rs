@@ -31,7 +31,9 @@ use sha2::{Digest, Sha256};
 use syncforge_core::{Error, Result, Stamp};
 
 use crate::collection::log::micros_since_epoch;
-use crate::files::{io_error, is_link, open_for_reading, replace_atomically, FileOps};
+use crate::files::{
+    io_error, is_link, open_for_reading, parent, replace_atomically, sync_dir, FileOps,
+};
 
 /// Name of the write-ahead log in a collection directory.
 pub(crate) const WAL_FILE: &str = ".wal";
@@ -189,6 +191,12 @@ pub(crate) struct Wal {
     header_len: u64,
     /// The end of the last intact frame: where the next one goes.
     end: u64,
+    /// The generation whose file this handle knows the directory to name
+    /// durably (0: none). A `Buffered` handle's checkpoint puts a new log in
+    /// place without syncing the directory; a synced append to that file
+    /// would then be lost with its name at a power cut, so a synced append
+    /// to a generation not known here syncs the directory first.
+    named: u64,
 }
 
 impl Wal {
@@ -199,6 +207,7 @@ impl Wal {
             generation: 0,
             header_len: 0,
             end: 0,
+            named: 0,
         }
     }
 
@@ -295,6 +304,10 @@ impl Wal {
     /// synced when `sync`: once this returns, the frame is committed.
     pub(crate) fn append(&mut self, ops: &dyn FileOps, frame: &Frame, sync: bool) -> Result<()> {
         let line = frame.encode()?;
+        if sync && self.named != self.generation {
+            sync_dir(ops, parent(&self.path)?)?;
+            self.named = self.generation;
+        }
         if let Err(err) = ops.write_at(&self.path, self.end, line.as_bytes(), sync) {
             // The frame may be whole in the file's cached pages although it
             // never reached the disk (its sync failed): cut it off, so that
@@ -345,6 +358,7 @@ impl Wal {
         bytes.extend_from_slice(&kept);
         replace_atomically(ops, &self.path, &bytes, sync)?;
         self.generation = generation;
+        self.named = if sync { generation } else { 0 };
         self.header_len = header_len;
         self.end = bytes.len() as u64;
         // Every kept line is an intact frame: `end` followed the last one.
@@ -378,8 +392,13 @@ impl Wal {
         if regular {
             ops.write_at(&self.path, 0, header.as_bytes(), sync)
                 .map_err(|err| io_error("emptying", &self.path, err))?;
+            // Emptied in place: the directory names the same file as before.
+            if self.named != 0 && self.named == self.generation {
+                self.named = generation;
+            }
         } else {
             replace_atomically(ops, &self.path, header.as_bytes(), sync)?;
+            self.named = if sync { generation } else { 0 };
         }
         self.generation = generation;
         self.header_len = header.len() as u64;
