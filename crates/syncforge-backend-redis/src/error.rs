@@ -24,6 +24,10 @@ pub(crate) const BACKEND: &str = "redis";
 /// Server replies that mean "not now" rather than "never".
 const TRANSIENT_REPLIES: &[&str] = &[
     "LOADING",
+    // A script still unknown after it was loaded: a node that a failover
+    // promoted, or a `SCRIPT FLUSH`, between the load and the call. Nothing
+    // ran; the retry loads it again.
+    "NOSCRIPT",
     "BUSY",
     "TRYAGAIN",
     "CLUSTERDOWN",
@@ -253,6 +257,10 @@ mod tests {
                 "NOREPLICAS Not enough good replicas to write.",
             ),
             (ErrorKind::Unknown, "ERR max number of clients reached"),
+            (
+                ErrorKind::Unknown,
+                "NOSCRIPT No matching script. Please use EVAL.",
+            ),
         ] {
             let error = map(FredError::new(kind, details), "get", "redis://h:1/0");
             assert_eq!(kind_of(&error), "unavailable", "{details}");

@@ -137,7 +137,7 @@ pub struct RedisBackend {
     connect_timeout: Duration,
     /// The client's connection task. fred ends it for good on some routing
     /// failures (an `ASK` redirection during a slot migration is one, see
-    /// [`ensure_connected`](Self::ensure_connected)); the next call then
+    /// [`check_open`](Self::check_open)); the next call then
     /// starts a new one.
     connection: tokio::sync::Mutex<ConnectHandle>,
     /// Collections this handle has added to the registry, each with the
@@ -455,9 +455,12 @@ impl RedisBackend {
 
     /// The names in the registry (collections ever written).
     async fn registered_names(&self, operation: &str) -> Result<Vec<CollectionName>> {
-        let names: Vec<String> = self
+        // Read as raw values: bytes that are not UTF-8 would fail the
+        // whole reply as strings, before any entry could be skipped.
+        let registry = self.keys.registry();
+        let names: Vec<Value> = self
             .client
-            .smembers(self.keys.registry())
+            .smembers(&registry)
             .await
             .map_err(self.fail(operation, None))?;
         // A name this backend did not write (it checks every name before
@@ -465,17 +468,24 @@ impl RedisBackend {
         // refusing the whole set would keep every engine on the store from
         // opening.
         Ok(names
-            .into_iter()
-            .filter_map(|name| match CollectionName::new(name.as_str()) {
-                Ok(name) => Some(name),
-                Err(error) => {
+            .iter()
+            .filter_map(|entry| {
+                let Some(text) = entry.as_str() else {
                     tracing::warn!(
-                        registry = %self.keys.registry(),
-                        %error,
-                        "skipping an entry of the collection registry that is not a collection name"
+                        %registry,
+                        "skipping an entry of the collection registry that is not UTF-8 text"
                     );
-                    None
-                }
+                    return None;
+                };
+                CollectionName::new(text.as_ref())
+                    .inspect_err(|error| {
+                        tracing::warn!(
+                            %registry,
+                            %error,
+                            "skipping an entry of the collection registry that is not a collection name"
+                        );
+                    })
+                    .ok()
             })
             .collect())
     }
@@ -1237,16 +1247,19 @@ impl StorageBackend for RedisBackend {
                 .map_err(self.fail(OP, None))?;
         }
         let mut newest: Option<Stamp> = None;
-        for (name, reply) in names.iter().zip(pipeline.try_all::<Vec<String>>().await) {
-            for text in reply.map_err(self.fail(OP, None))? {
-                let stamp: Stamp = text.parse().map_err(|e| {
-                    error::corrupt(
-                        name,
-                        None,
-                        &self.keys.collection(name).newest,
-                        format!("not a stamp: {e}"),
-                    )
-                })?;
+        // Read as raw values: bytes that are not UTF-8 are a corrupt
+        // member, not a failed command.
+        for (name, reply) in names.iter().zip(pipeline.try_all::<Vec<Value>>().await) {
+            for member in reply.map_err(self.fail(OP, None))? {
+                let corrupt = |reason: String| {
+                    error::corrupt(name, None, &self.keys.collection(name).newest, reason)
+                };
+                let text = member
+                    .as_str()
+                    .ok_or_else(|| corrupt("not UTF-8 text".to_owned()))?;
+                let stamp: Stamp = text
+                    .parse()
+                    .map_err(|e| corrupt(format!("not a stamp: {e}")))?;
                 if newest.as_ref().is_none_or(|n| stamp > *n) {
                     newest = Some(stamp);
                 }

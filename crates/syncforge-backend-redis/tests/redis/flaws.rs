@@ -1089,9 +1089,10 @@ async fn dump_prefix(raw: &fred::clients::Client, prefix: &str) -> HashMap<Strin
     out
 }
 
-/// An entry of the collection registry that is no collection name (written
-/// there by something else) made `list_collections` and `newest_stamp`
-/// fail, and so every engine opening on the store: it is skipped.
+/// An entry of the collection registry that is no collection name, or no
+/// text at all (written there by something else), made `list_collections`
+/// and `newest_stamp` fail, and so every engine opening on the store: it is
+/// skipped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registry_entry_that_is_no_collection_name_is_skipped() {
     let Some(config) = standalone("registry").await else {
@@ -1104,16 +1105,40 @@ async fn a_registry_entry_that_is_no_collection_name_is_skipped() {
         .await
         .unwrap();
     let raw = raw_client(&config).await.unwrap();
+    // Not a collection name, and not even UTF-8 (which failed the whole
+    // reply before any entry could be skipped).
     let added: i64 = fred::interfaces::SetsInterface::sadd(
         &raw,
         format!("{}:collections", config.key_prefix),
-        "bad\nname",
+        vec![
+            fred::types::Value::from("bad\nname"),
+            fred::types::Value::Bytes(b"\xff\xfe"[..].to_vec().into()),
+        ],
     )
     .await
     .unwrap();
-    assert_eq!(added, 1);
+    assert_eq!(added, 2);
     assert_eq!(store.list_collections().await.unwrap(), [coll("kept")]);
     assert!(store.newest_stamp().await.unwrap().is_some());
+    // A newest-stamp member that is not text is a corrupt key, named as
+    // such, not a command the server refused.
+    let added: i64 = raw
+        .zadd(
+            key(&config.key_prefix, "kept", "newest"),
+            None,
+            None,
+            false,
+            false,
+            (1.0, fred::types::Value::Bytes(b"\xff"[..].to_vec().into())),
+        )
+        .await
+        .unwrap();
+    assert_eq!(added, 1);
+    let error = store.newest_stamp().await.unwrap_err();
+    assert!(
+        matches!(error, syncforge_core::Error::Corrupt { .. }),
+        "{error:?}"
+    );
     raw.quit().await.ok();
     remove_prefix(&config).await;
     store.close().await.unwrap();
