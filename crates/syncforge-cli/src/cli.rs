@@ -146,7 +146,11 @@ const _: () = assert!(syncforge::http::DEFAULT_HEADER_READ_TIMEOUT.as_secs() == 
 /// kept in DST's metadata, so repeating the command sends nothing new, and a
 /// sync that was interrupted resumes where it stopped. Prints one summary
 /// line per collection: what the merge did to DST (added, updated, deleted,
-/// unchanged, conflicts), and with --both what was sent to SRC.
+/// unchanged, conflicts), and with --both what was sent to SRC. A sync
+/// server's own merges are its business: the line counts the records sent
+/// to it. A record a server refuses (larger than it takes in one request)
+/// holds back no other change; it is counted as refused, and the command
+/// fails once every collection is synced.
 #[derive(Debug, Args)]
 #[command(after_help = format!("{STORES}\n\nExamples:\n  \
     syncforge sync ./phone ./backup                 # every collection, one way\n  \

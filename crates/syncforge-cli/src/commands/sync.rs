@@ -7,7 +7,8 @@ use futures_util::TryStreamExt;
 use parking_lot::Mutex;
 use serde_json::{Map, Value};
 use syncforge::{
-    CollectionName, Cursor, EventKind, PageOptions, PeerSyncReport, StoreUrl, SyncEvent, SyncPeer,
+    CollectionName, Cursor, EventKind, PageOptions, PeerSyncReport, RefusedRecord, StoreUrl,
+    SyncEvent, SyncPeer,
 };
 
 use super::{Context, Counts};
@@ -52,8 +53,12 @@ pub(crate) async fn run(args: SyncArgs, cx: &mut Context) -> Result<()> {
     if collections.is_empty() && !cx.out.json() {
         cx.out.line("nothing to sync: SRC holds no collection")?;
     }
+    // Records a server refused hold back no other change: the sync goes on
+    // and the command fails at the end, naming them.
+    let mut refused = Vec::new();
     for collection in &collections {
-        ends.sync(collection, args.both, cx)
+        let summary = ends
+            .sync(collection, args.both, cx)
             .await
             .with_context(|| {
                 format!(
@@ -63,10 +68,27 @@ pub(crate) async fn run(args: SyncArgs, cx: &mut Context) -> Result<()> {
                     ends.dst_url()
                 )
             })?;
+        summary.print(collection, cx)?;
         // A line per collection as it ends, not all at the end.
         cx.out.flush()?;
+        refused.extend(
+            summary
+                .refused()
+                .map(|record| (collection.clone(), record.clone())),
+        );
     }
-    ends.close().await
+    ends.close().await?;
+    match refused.first() {
+        None => Ok(()),
+        Some((collection, first)) => Err(anyhow::anyhow!(
+            "{} record(s) were not sent: the receiving end refused them; the first, {:?} of \
+             collection {:?}: {}. Every other change was synced.",
+            refused.len(),
+            first.id.as_str(),
+            collection.as_str(),
+            first.reason
+        )),
+    }
 }
 
 impl Ends {
@@ -161,9 +183,14 @@ impl Ends {
         }
     }
 
-    /// Syncs one collection and prints its summary line.
-    async fn sync(&self, collection: &CollectionName, both: bool, cx: &mut Context) -> Result<()> {
-        let summary = match self {
+    /// Syncs one collection and tells what it did.
+    async fn sync(
+        &self,
+        collection: &CollectionName,
+        both: bool,
+        cx: &mut Context,
+    ) -> Result<Summary> {
+        Ok(match self {
             Ends::Local { src, dst } => {
                 let peer = StorePeer::new(src);
                 let total = if cx.progress.enabled() {
@@ -191,6 +218,7 @@ impl Ends {
                             into_src: both.then_some(Leg {
                                 sent: Some(report.pushed),
                                 counts: Some(back),
+                                refused: report.refused,
                             }),
                         }
                     }
@@ -216,7 +244,7 @@ impl Ends {
                 Summary {
                     into_dst: Leg::merged(&report),
                     // What the server's merges did is its own business.
-                    into_src: both.then(|| Leg::sent(report.pushed)),
+                    into_src: both.then(|| Leg::sent(report.pushed, report.refused.clone())),
                 }
             }
             #[cfg(feature = "http")]
@@ -233,12 +261,11 @@ impl Ends {
                 };
                 let report = finished(&bar, report)?;
                 Summary {
-                    into_dst: Leg::sent(report.pushed),
+                    into_dst: Leg::sent(report.pushed, report.refused.clone()),
                     into_src: both.then(|| Leg::merged(&report)),
                 }
             }
-        };
-        summary.print(collection, cx)
+        })
     }
 
     async fn close(self) -> Result<()> {
@@ -377,6 +404,9 @@ struct Summary {
 struct Leg {
     sent: Option<usize>,
     counts: Option<Counts>,
+    /// Records the receiving end would not take (larger than a server
+    /// takes in one request); the sync went on past them.
+    refused: Vec<RefusedRecord>,
 }
 
 impl Leg {
@@ -385,22 +415,29 @@ impl Leg {
         Leg {
             sent: None,
             counts: Some(Counts::of(&report.pulled)),
+            refused: Vec::new(),
         }
     }
 
     /// Records pushed to a server.
     #[cfg(feature = "http")]
-    fn sent(count: usize) -> Leg {
+    fn sent(count: usize, refused: Vec<RefusedRecord>) -> Leg {
         Leg {
             sent: Some(count),
             counts: None,
+            refused,
         }
     }
 
     fn human(&self) -> String {
-        match (self.sent, self.counts) {
-            (Some(sent), Some(counts)) => format!("{sent} sent: {}", counts.human()),
-            (Some(sent), None) => format!("{sent} sent"),
+        let sent = match (self.sent, self.refused.len()) {
+            (None, _) => None,
+            (Some(sent), 0) => Some(format!("{sent} sent")),
+            (Some(sent), refused) => Some(format!("{sent} sent, {refused} refused")),
+        };
+        match (sent, self.counts) {
+            (Some(sent), Some(counts)) => format!("{sent}: {}", counts.human()),
+            (Some(sent), None) => sent,
             (None, Some(counts)) => counts.human(),
             (None, None) => String::new(),
         }
@@ -414,11 +451,29 @@ impl Leg {
         if let Some(counts) = self.counts {
             fields.extend(counts.json());
         }
+        if !self.refused.is_empty() {
+            let refused = self
+                .refused
+                .iter()
+                .map(
+                    |record| serde_json::json!({"id": record.id.as_str(), "reason": record.reason}),
+                )
+                .collect();
+            fields.insert("refused".to_owned(), Value::Array(refused));
+        }
         fields
     }
 }
 
 impl Summary {
+    /// The records either direction's receiving end refused.
+    fn refused(&self) -> impl Iterator<Item = &RefusedRecord> {
+        self.into_dst
+            .refused
+            .iter()
+            .chain(self.into_src.iter().flat_map(|leg| &leg.refused))
+    }
+
     fn print(&self, collection: &CollectionName, cx: &mut Context) -> Result<()> {
         if cx.out.json() {
             let mut line = Map::new();
