@@ -88,6 +88,9 @@ pub(crate) struct Collection {
     pending_durable: bool,
     /// The write-ahead log generation `pending` was read from.
     pending_generation: u64,
+    /// Whether this handle made the directory and has not built its log
+    /// yet: only then is a missing log a new one, numbered from 1.
+    new_dir: bool,
 }
 
 impl Collection {
@@ -108,7 +111,8 @@ impl Collection {
         create: bool,
     ) -> Result<Option<Collection>> {
         let dir = Self::dir_for(root, name);
-        if !check_dir(&dir, name)? {
+        let new_dir = !check_dir(&dir, name)?;
+        if new_dir {
             if !create {
                 return Ok(None);
             }
@@ -123,6 +127,7 @@ impl Collection {
             pending: HashMap::new(),
             pending_durable: false,
             pending_generation: 0,
+            new_dir,
             dir,
             durability,
             tuning,
@@ -206,11 +211,19 @@ impl Collection {
         // releases it: the handle keeps its lock file open, and every other
         // handle and process would wait on the collection for as long as
         // this one lives.
+        let mut caught_up = false;
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.catch_up(mode).and_then(|()| f(self))
+            self.catch_up(mode)?;
+            caught_up = true;
+            f(self)
         }));
-        if !matches!(result, Ok(Ok(_))) {
-            // What is on disk is unknown after a failure; read it all again next time.
+        // What is on disk is unknown after a failure to read or write it,
+        // or a panic: both logs are read again in full next time. A corrupt
+        // record file or a refused id, found by the work after the logs
+        // were read, changed nothing on disk, and re-reading a million-line
+        // log after each would cost what the collection holds, not the call.
+        let views_hold = caught_up && matches!(result, Ok(Ok(_) | Err(Error::Corrupt { .. })));
+        if !views_hold {
             self.log.invalidate();
             self.wal.invalidate();
         }
@@ -463,7 +476,8 @@ impl Collection {
     /// exclusive lock). Every record gets a fresh sequence above any the old
     /// log can have handed out, so change-feed readers see everything again
     /// rather than miss anything. A new collection directory takes this path
-    /// too, and starts at 1.
+    /// too, and starts at 1; a log missing from a directory that was there
+    /// (even an empty one: cleared, its log deleted by hand) is a lost log.
     fn rebuild(&mut self, problem: &str) -> Result<()> {
         let path = self.log.path().to_path_buf();
         let old = match read_file(&path)? {
@@ -482,7 +496,8 @@ impl Collection {
         // Records committed to the write-ahead log count before their files
         // are written.
         let has_records = has_records(&self.dir)? || self.pending.values().any(Option::is_some);
-        if old.is_some() || has_records {
+        let new_log = std::mem::take(&mut self.new_dir);
+        if old.is_some() || has_records || !new_log {
             // What the lost log held is unknown, so readers' cursors could
             // be anywhere up to its last sequence. No count of writes comes
             // near the current time in microseconds: starting above it keeps
@@ -919,6 +934,42 @@ mod tests {
             Content::from_value(json!({"id": id, "n": n})).unwrap(),
             &stamp,
         )
+    }
+
+    /// A corrupt record file read under the lock made the handle forget
+    /// both logs, so the next call read them again in full: with a
+    /// million-line change log, every read of that record cost what the
+    /// collection holds.
+    #[tokio::test]
+    async fn a_corrupt_record_file_keeps_the_logs_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let notes = CollectionName::new("notes").unwrap();
+        let store = FsBackend::open(tmp.path()).await.unwrap();
+        for id in ["good", "bad"] {
+            store
+                .put(&notes, &Write::create(note(id, 1)))
+                .await
+                .unwrap();
+        }
+        store.close().await.unwrap();
+        let dir = Collection::dir_for(tmp.path(), "notes");
+        std::fs::write(dir.join(file_name_for("bad")), b"{").unwrap();
+        let mut collection = Collection::open(
+            Arc::new(OsFiles),
+            tmp.path(),
+            "notes",
+            Durability::Full,
+            Tuning::default(),
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        collection.shared(|c| c.read_stored("good")).unwrap();
+        let read = collection.wal.generation();
+        assert_ne!(read, 0);
+        let error = collection.shared(|c| c.read_stored("bad")).unwrap_err();
+        assert!(matches!(error, Error::Corrupt { .. }), "{error:?}");
+        assert_eq!(collection.wal.generation(), read, "the logs were forgotten");
     }
 
     /// Opening a collection syncs its directory and the root, whatever a

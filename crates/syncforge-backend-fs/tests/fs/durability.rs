@@ -170,6 +170,34 @@ async fn a_lost_or_damaged_change_log_is_rebuilt_without_hiding_records() {
     assert!(matches!(outcome, WriteOutcome::Written { .. }));
 }
 
+/// A cleared collection keeps its numbering; its log deleted by hand then
+/// (the docs allow it: it is rebuilt) made the next open number from 1
+/// again, and a reader at the last cursor missed that many writes.
+#[tokio::test]
+async fn the_log_of_a_cleared_collection_deleted_by_hand_keeps_cursors_valid() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FsBackend::open(tmp.path()).await.unwrap();
+    let mut last = 0;
+    for n in 0..3 {
+        last = put_any(&store, "notes", counter(&format!("r{n}"), n)).await;
+    }
+    store.clear_collection(&coll("notes")).await.unwrap();
+    store.close().await.unwrap();
+    std::fs::remove_file(tmp.path().join("notes").join(".changes")).unwrap();
+    let reopened = FsBackend::open(tmp.path()).await.unwrap();
+    let next = put_any(&reopened, "notes", counter("after", 1)).await;
+    assert!(
+        next > last,
+        "sequence {next} after a reader's cursor {last}"
+    );
+    let page = reopened
+        .changes(&coll("notes"), at(last), limit(10))
+        .await
+        .unwrap();
+    assert_eq!(page.changes.len(), 1, "the write after the cursor is seen");
+    reopened.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn an_incomplete_log_line_from_a_crash_is_ignored_and_cut_off() {
     let tmp = tempfile::tempdir().unwrap();
