@@ -3,6 +3,7 @@
 //! change feed.
 
 use std::num::NonZeroUsize;
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
@@ -149,7 +150,8 @@ impl Reader {
     }
 
     /// One record (soft-deleted ones too). A server has no route for one
-    /// record: its feed is read until the record turns up.
+    /// record: its feed is read until the record turns up (the feed holds
+    /// each record once, at its last change).
     pub(crate) async fn get(&self, name: &CollectionName, id: &RecordId) -> Result<Option<Record>> {
         match self {
             Reader::Local(store) => store
@@ -160,10 +162,12 @@ impl Reader {
             #[cfg(feature = "http")]
             Reader::Remote(_) => {
                 let mut found = None;
-                self.each_change(name, |change| {
-                    if change.record.id() == id {
-                        found = Some(change.record);
+                self.each_change_until(name, |change| {
+                    if change.record.id() != id {
+                        return ControlFlow::Continue(());
                     }
+                    found = Some(change.record);
+                    ControlFlow::Break(())
                 })
                 .await?;
                 Ok(found)
@@ -178,13 +182,31 @@ impl Reader {
         name: &CollectionName,
         mut visit: impl FnMut(syncforge::Change),
     ) -> Result<Cursor> {
+        self.each_change_until(name, |change| {
+            visit(change);
+            ControlFlow::Continue(())
+        })
+        .await
+    }
+
+    /// [`each_change`](Self::each_change), ending early, without reading
+    /// another page, once `visit` breaks.
+    async fn each_change_until(
+        &self,
+        name: &CollectionName,
+        mut visit: impl FnMut(syncforge::Change) -> ControlFlow<()>,
+    ) -> Result<Cursor> {
         let limit = NonZeroUsize::new(PAGE).unwrap_or(NonZeroUsize::MIN);
         let mut cursor = Cursor::START;
         loop {
             let page = self.page(name, cursor, limit).await?;
             let read_on = reads_on(name, cursor, &page)?;
             cursor = cursor.max(page.next);
-            page.changes.into_iter().for_each(&mut visit);
+            for change in page.changes {
+                if visit(change).is_break() {
+                    return Ok(cursor);
+                }
+            }
             if !read_on {
                 return Ok(cursor);
             }
