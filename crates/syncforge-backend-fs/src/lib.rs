@@ -300,6 +300,8 @@ struct Inner {
     /// last checkpoint runs: `close` checkpoints them too, which waits for
     /// that checkpoint.
     evicting: Mutex<Vec<Arc<OpenCollection>>>,
+    /// Takes of open collections so far: their order of use.
+    uses: AtomicU64,
 }
 
 impl fmt::Debug for FsBackend {
@@ -355,6 +357,7 @@ impl FsBackend {
                 corrupt_skipped: AtomicU64::new(0),
                 collections: Mutex::new(HashMap::new()),
                 evicting: Mutex::new(Vec::new()),
+                uses: AtomicU64::new(0),
             }),
         })
     }
@@ -470,6 +473,7 @@ impl Inner {
         create: bool,
     ) -> Result<Option<Arc<OpenCollection>>> {
         if let Some(state) = self.open_collections()?.get(name) {
+            state.mark_used(self.uses.fetch_add(1, Ordering::Relaxed));
             return Ok(Some(Arc::clone(state)));
         }
         // Opened without the map's lock: an open may wait for another
@@ -490,24 +494,29 @@ impl Inner {
         };
         let mut open = self.open_collections()?;
         if let Some(opened) = open.get(name) {
+            opened.mark_used(self.uses.fetch_add(1, Ordering::Relaxed));
             return Ok(Some(Arc::clone(opened)));
         }
         // Only the map holds an idle collection: no call is using it and no
         // background checkpoint runs on it, and no one can take it from the
         // map while the map is locked. As many go as the map holds past the
-        // bound (more than one after a burst of calls kept many in use).
+        // bound (more than one after a burst of calls kept many in use),
+        // least recently used first: reopening one costs a read of its
+        // whole change log, so a busy collection must not be the one closed.
         let excess = (open.len() + 1).saturating_sub(MAX_OPEN_COLLECTIONS);
-        let idle: Vec<CollectionName> = open
+        let mut idle: Vec<(u64, CollectionName)> = open
             .iter()
             .filter(|(_, state)| Arc::strong_count(state) == 1)
-            .map(|(name, _)| name.clone())
-            .take(excess)
+            .map(|(name, state)| (state.last_used(), name.clone()))
             .collect();
+        idle.sort_unstable();
         let idle: Vec<_> = idle
             .into_iter()
-            .filter_map(|name| open.remove(&name).map(|state| (name, state)))
+            .take(excess)
+            .filter_map(|(_, name)| open.remove(&name).map(|state| (name, state)))
             .collect();
         let state = Arc::new(OpenCollection::new(state));
+        state.mark_used(self.uses.fetch_add(1, Ordering::Relaxed));
         open.insert(name.clone(), Arc::clone(&state));
         // Before the map is let go: a `close` that drains it then finds them.
         self.evicting
@@ -1100,6 +1109,37 @@ mod tests {
         drop(in_use);
         store.inner.collection(&name("one-more"), true).unwrap();
         assert_eq!(store.inner.collections.lock().len(), MAX_OPEN_COLLECTIONS);
+        store.close().await.unwrap();
+    }
+
+    /// The collection closed to make room was whichever the map's order
+    /// named first, often a busy one, which the next call then reopened
+    /// (a read of its whole change log): the least recently used goes.
+    #[tokio::test]
+    async fn the_least_recently_used_collection_is_closed_to_make_room() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = FsBackend::open(tmp.path()).await.unwrap();
+        let open = |collection: &str| {
+            store
+                .inner
+                .collection(&name(collection), true)
+                .unwrap()
+                .unwrap();
+        };
+        for n in 0..MAX_OPEN_COLLECTIONS {
+            open(&format!("user-{n}"));
+        }
+        // Every collection but user-7 is used again, in turn.
+        for n in (0..MAX_OPEN_COLLECTIONS).filter(|n| *n != 7) {
+            open(&format!("user-{n}"));
+        }
+        open("one-more");
+        let (count, kept_idle) = {
+            let still_open = store.inner.collections.lock();
+            (still_open.len(), still_open.contains_key(&name("user-7")))
+        };
+        assert_eq!(count, MAX_OPEN_COLLECTIONS);
+        assert!(!kept_idle, "a collection used since was closed instead");
         store.close().await.unwrap();
     }
 }

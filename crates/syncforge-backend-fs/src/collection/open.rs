@@ -1,7 +1,7 @@
 //! A collection as a handle holds it open: its state, shared by the handle's
 //! calls, and the checkpoints its writes start.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, MutexGuard};
@@ -25,6 +25,9 @@ pub(crate) struct OpenCollection {
     /// Set by [`close`](Self::close), under the state's lock: every call
     /// after it is refused.
     closed: AtomicBool,
+    /// When the handle last took it, on the handle's own count of takes:
+    /// the least recently used idle collection is closed first.
+    last_used: AtomicU64,
 }
 
 impl OpenCollection {
@@ -36,7 +39,18 @@ impl OpenCollection {
             in_background: AtomicBool::new(false),
             behind: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            last_used: AtomicU64::new(0),
         }
+    }
+
+    /// Notes that the handle took the collection at `use_count`.
+    pub(crate) fn mark_used(&self, use_count: u64) {
+        self.last_used.store(use_count, Ordering::Relaxed);
+    }
+
+    /// The count at which the handle last took the collection.
+    pub(crate) fn last_used(&self) -> u64 {
+        self.last_used.load(Ordering::Relaxed)
     }
 
     /// The collection's state, locked, unless the handle closed it.
