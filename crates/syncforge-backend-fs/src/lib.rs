@@ -212,10 +212,10 @@ pub enum Durability {
     /// Leave flushing to the operating system: much faster, still atomic, and
     /// an acknowledged write survives a crash of the process; a power failure
     /// or kernel crash can lose recent writes or leave their files empty
-    /// (reported as corrupt). The change-feed positions of lost writes are
-    /// then handed out again: a replica that pulled those writes before the
-    /// failure misses the ones made in their place until their records
-    /// change again (sync it from the start to be sure).
+    /// (reported as corrupt). The change feed still never hands out a
+    /// position twice: a collection a `Buffered` handle used carries a mark
+    /// (`.buffered`), and each open of it numbers on from the current time
+    /// in microseconds, above any position lost writes took.
     Buffered,
 }
 

@@ -937,3 +937,71 @@ async fn a_full_write_after_a_buffered_checkpoint_survives_a_power_cut() {
     buffered.close().await.unwrap();
     full.close().await.unwrap();
 }
+
+/// Under `Buffered`, a power cut took back the tails of both logs, and the
+/// numbering went on from what survived: change-feed positions a replica
+/// had already pulled were handed out again, to other writes, which that
+/// replica then skipped for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_power_cut_a_buffered_store_hands_out_no_position_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model_root = tmp.path().join("model");
+    std::fs::create_dir(&model_root).unwrap();
+    let recorder = Arc::new(Recorder::new(&model_root));
+    let ops: Arc<dyn FileOps> = recorder.clone();
+    let buffered = || FsOptions::default().durability(Durability::Buffered);
+    // A store made durably, with its id: lost, it would come back as a new
+    // store, which replicas pull from the start.
+    let root = model_root.join("store");
+    let made = FsBackend::open_on(ops.clone(), &root, FsOptions::default(), Tuning::default())
+        .await
+        .unwrap();
+    made.set_meta_if_absent(STORE_ID_KEY, "store-1")
+        .await
+        .unwrap();
+    made.close().await.unwrap();
+    let store = FsBackend::open_on(ops, &root, buffered(), Tuning::default())
+        .await
+        .unwrap();
+    let name = coll(NOTES);
+    let mut pulled = 0;
+    for n in 0..5 {
+        let outcome = store
+            .put(&name, &Write::create(counter(&format!("r{n}"), 1)))
+            .await
+            .unwrap();
+        let WriteOutcome::Written { cursor, .. } = outcome else {
+            panic!("r{n}: conflict");
+        };
+        pulled = cursor.get();
+    }
+    // The power goes: only what was synced survives.
+    let mut model = Model::new();
+    for op in recorder.ops.lock().iter() {
+        model.apply(op);
+    }
+    let dir = tmp.path().join("cut");
+    std::fs::create_dir(&dir).unwrap();
+    materialize(&dir, &model.survivors(Variant::Synced));
+    let reopened = FsBackend::open_with(&dir.join("store"), buffered())
+        .await
+        .unwrap();
+    assert_eq!(
+        reopened.get_meta(STORE_ID_KEY).await.unwrap().as_deref(),
+        Some("store-1")
+    );
+    let outcome = reopened
+        .put(&name, &Write::create(counter("after", 1)))
+        .await
+        .unwrap();
+    let WriteOutcome::Written { cursor, .. } = outcome else {
+        panic!("conflict");
+    };
+    assert!(
+        cursor.get() > pulled,
+        "position {} handed out again (a replica pulled up to {pulled})",
+        cursor.get()
+    );
+    reopened.close().await.unwrap();
+    store.close().await.unwrap();
+}

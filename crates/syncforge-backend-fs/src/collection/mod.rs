@@ -41,13 +41,18 @@ use self::records::{file_name_for, has_records, id_of_file, load, parse, RecordF
 use self::wal::{Frame, Refresh, Wal, WalOp};
 use crate::encoding::{is_hashed, stem_for};
 use crate::files::{
-    corrupt, create_dir_all, io_error, read_dir, read_file, replace_atomically, sync_dir, FileOps,
-    Read, LINK_REASON, TEMP_PREFIX,
+    corrupt, create_dir_all, io_error, parent, read_dir, read_file, replace_atomically, sync_dir,
+    FileOps, Read, LINK_REASON, TEMP_PREFIX,
 };
 use crate::{Durability, Tuning};
 
 /// Name of the file holding a collection's name when its directory name is hashed.
 pub(crate) const NAME_FILE: &str = ".name";
+/// Present once a [`Durability::Buffered`] handle may have written to the
+/// collection: what it wrote may be lost at a power cut, with the change-feed
+/// positions it handed out, so every later open moves the numbering past
+/// any of them (see [`Collection::number_past_lost_writes`]).
+pub(crate) const BUFFERED_FILE: &str = ".buffered";
 
 /// How many times [`Tuning::checkpoint_bytes`] the write-ahead log may hold
 /// before writers wait for a checkpoint: checkpoints run in the background
@@ -146,9 +151,35 @@ impl Collection {
             // What the write-ahead log holds goes to the files now: after a
             // crash they may hold older content, or half of the new.
             c.checkpoint_if_used()?;
-            c.reconcile()
+            c.reconcile()?;
+            c.number_past_lost_writes()
         })?;
         Ok(Some(collection))
+    }
+
+    /// Under [`Durability::Buffered`], a power cut can take back the tails
+    /// of both logs, and with them change-feed positions a replica may
+    /// already have pulled: numbering on from what survived would hand them
+    /// out again, and that replica would skip the writes given them. So a
+    /// `Buffered` handle first leaves a durable mark in the directory, and
+    /// every open that finds it moves the numbering to the current time in
+    /// microseconds, above anything handed out before the cut (as a rebuilt
+    /// log does; no count of writes comes near it). Under the exclusive lock.
+    fn number_past_lost_writes(&mut self) -> Result<()> {
+        let mark = self.dir.join(BUFFERED_FILE);
+        if std::fs::symlink_metadata(&mark).is_err() {
+            if self.durable() {
+                return Ok(());
+            }
+            // Durable, with the directory's own entry, before this handle
+            // writes anything it might lose.
+            self.ops()
+                .create_file(&mark, b"", true)
+                .map_err(|err| io_error("creating", &mark, err))?;
+            return self.sync_entries(parent(&self.dir)?);
+        }
+        let base = self.log.last_seq().max(micros_since_epoch());
+        self.log.rewrite(self.ops.as_ref(), base, self.durable())
     }
 
     /// Makes the directory's entries, and its own entry in the store's
@@ -1003,6 +1034,11 @@ mod tests {
         let dir = Collection::dir_for(tmp.path(), "notes");
         assert!(synced.lock().contains(&dir), "{:?}", synced.lock());
         assert!(synced.lock().contains(&tmp.path().to_owned()));
+        synced.lock().clear();
+        // A first `Buffered` open leaves its mark durably (see
+        // `number_past_lost_writes`); later ones sync nothing.
+        drop(open(Arc::clone(&recording), Durability::Buffered));
+        assert_eq!(*synced.lock(), [dir, tmp.path().to_owned()]);
         synced.lock().clear();
         drop(open(recording, Durability::Buffered));
         assert!(synced.lock().is_empty(), "{:?}", synced.lock());
