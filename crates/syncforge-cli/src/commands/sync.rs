@@ -117,6 +117,9 @@ impl Ends {
                 let src = crate::remote::Remote::connect(src, cx)?;
                 let in_src = src.collections().await?;
                 let dst = Destination::prepare(dst, &options).await?;
+                if dst.store_id() == Some(src.feed_id().await?.as_str()) {
+                    return Err(same_store(dst.url(), true));
+                }
                 let chosen = choose(
                     named,
                     both,
@@ -131,6 +134,9 @@ impl Ends {
             (false, true) => {
                 let src = Store::open_existing(src, &options).await?;
                 let dst = crate::remote::Remote::connect(dst, cx)?;
+                if src.engine().store_id() == dst.feed_id().await? {
+                    return Err(same_store(src.url(), true));
+                }
                 let chosen = choose(
                     named,
                     both,
@@ -146,10 +152,7 @@ impl Ends {
         let src = Store::open_existing(src, &options).await?;
         let dst = Destination::prepare(dst, &options).await?;
         if dst.store_id() == Some(src.engine().store_id()) {
-            return Err(usage(format!(
-                "SRC and DST are the same store ({})",
-                src.url()
-            )));
+            return Err(same_store(src.url(), false));
         }
         let chosen = choose(
             named,
@@ -280,6 +283,18 @@ impl Ends {
             Ends::ToServer { src, .. } => src.close().await,
         }
     }
+}
+
+/// The refusal of a sync of the store at `local` with itself, which
+/// would merge every record into itself; `served` when the other end is a
+/// sync server serving it.
+fn same_store(local: &StoreUrl, served: bool) -> anyhow::Error {
+    let how = if served {
+        ", which the server serves"
+    } else {
+        ""
+    };
+    usage(format!("SRC and DST are the same store ({local}{how})"))
 }
 
 /// The collections to sync: those named, each held by SRC (or, with

@@ -491,3 +491,23 @@ fn serve_takes_the_limits_a_proxy_needs_and_names_refused_flags() {
     assert!(run.stderr.contains("line 2: the same secret as"), "{run:?}");
     assert!(run.stderr.contains("line 1"), "{run:?}");
 }
+
+/// A store synced with the server that serves it merged every record into
+/// itself and said nothing: refused, as two local ends that are one store.
+#[test]
+fn sync_refuses_a_server_serving_the_local_end() {
+    let dir = TempDir::new().unwrap();
+    let hq = dir.path().join("hq");
+    syncforge_with(&["put", arg(&hq), "notes"], r#"{"id": "n1"}"#).ok();
+    let server = Served::start(arg(&hq), &["--open"]);
+    for (src, dst) in [
+        (arg(&hq), server.url.as_str()),
+        (server.url.as_str(), arg(&hq)),
+    ] {
+        let run = syncforge(&["sync", src, dst]).fails(2);
+        assert!(
+            run.stderr.contains("same store") && run.stderr.contains("the server serves"),
+            "{run:?}"
+        );
+    }
+}
