@@ -36,7 +36,8 @@ that builds it in.";
         syncforge get ./laptop notes n1\n  \
         syncforge export ./laptop notes > notes.jsonl\n  \
         syncforge import ./server notes notes.jsonl\n\n\
-        Exit codes: 0 success, 1 failure at run time, 2 usage error.")
+        Exit codes: 0 success, 1 failure at run time, 2 usage error, \
+        3 a sync that synced all but records the server refused.")
 )]
 pub(crate) struct Cli {
     /// Print machine-readable JSON instead of the human form.
@@ -150,7 +151,7 @@ const _: () = assert!(syncforge::http::DEFAULT_HEADER_READ_TIMEOUT.as_secs() == 
 /// server's own merges are its business: the line counts the records sent
 /// to it. A record a server refuses (larger than it takes in one request)
 /// holds back no other change; it is counted as refused, and the command
-/// fails once every collection is synced.
+/// exits with code 3 once every collection is synced.
 #[derive(Debug, Args)]
 #[command(after_help = format!("{STORES}\n\nExamples:\n  \
     syncforge sync ./phone ./backup                 # every collection, one way\n  \

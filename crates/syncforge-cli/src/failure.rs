@@ -9,6 +9,24 @@ use std::process::ExitCode;
 const RUNTIME_FAILURE: u8 = 1;
 /// Exit code of a command line that cannot be run as given (clap uses it too).
 const USAGE_ERROR: u8 = 2;
+/// Exit code of a sync that synced every change but records the receiving
+/// end refused (too large for a sync server): told apart from a sync that
+/// did not happen, since such a record is refused again at every run until
+/// it shrinks or the server takes more.
+const REFUSED_RECORDS: u8 = 3;
+
+/// Records the receiving end of a sync refused while every other change
+/// went through: the command exits with code 3.
+#[derive(Debug)]
+pub(crate) struct Refused(pub(crate) String);
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
 
 /// An argument that cannot be used as given: the command exits with code 2.
 #[derive(Debug)]
@@ -62,8 +80,10 @@ fn exit_code(error: &anyhow::Error) -> u8 {
     let mut causes = error.chain();
     if causes.clone().any(|cause| cause.is::<StdoutClosed>()) {
         0
-    } else if causes.any(|cause| cause.is::<Usage>()) {
+    } else if causes.clone().any(|cause| cause.is::<Usage>()) {
         USAGE_ERROR
+    } else if causes.any(|cause| cause.is::<Refused>()) {
+        REFUSED_RECORDS
     } else {
         RUNTIME_FAILURE
     }
@@ -116,6 +136,8 @@ mod tests {
         );
         let closed = anyhow::Error::new(StdoutClosed).context("while exporting notes");
         assert_eq!(exit_code(&closed), 0);
+        let refused = anyhow::Error::new(Refused("1 record".to_owned())).context("syncing");
+        assert_eq!(exit_code(&refused), REFUSED_RECORDS);
         // A connection the server closed is no reader's choice.
         let hung_up = anyhow::Error::new(io::Error::from(io::ErrorKind::BrokenPipe))
             .context("cannot push to http://127.0.0.1:1");

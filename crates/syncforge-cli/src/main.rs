@@ -12,7 +12,8 @@
 //! syncforge import ./server --store-dir ./ts-data  # the TypeScript original's files
 //! ```
 //!
-//! Exit codes: 0 success, 1 failure at run time, 2 usage error. Errors print
+//! Exit codes: 0 success, 1 failure at run time, 2 usage error, 3 a sync
+//! that synced all but records a sync server refused. Errors print
 //! their cause chain in one block. `--json` makes every command print
 //! machine-readable output.
 

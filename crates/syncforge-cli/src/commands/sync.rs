@@ -13,7 +13,7 @@ use syncforge::{
 
 use super::{Context, Counts};
 use crate::cli::SyncArgs;
-use crate::failure::usage;
+use crate::failure::{usage, Refused};
 use crate::progress::Following;
 use crate::store::{listing, parse_collection, parse_url, Destination, Store, StorePeer};
 
@@ -80,14 +80,14 @@ pub(crate) async fn run(args: SyncArgs, cx: &mut Context) -> Result<()> {
     ends.close().await?;
     match refused.first() {
         None => Ok(()),
-        Some((collection, first)) => Err(anyhow::anyhow!(
+        Some((collection, first)) => Err(anyhow::Error::new(Refused(format!(
             "{} record(s) were not sent: the receiving end refused them; the first, {:?} of \
              collection {:?}: {}. Every other change was synced.",
             refused.len(),
             first.id.as_str(),
             collection.as_str(),
             first.reason
-        )),
+        )))),
     }
 }
 

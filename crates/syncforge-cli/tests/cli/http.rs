@@ -413,11 +413,12 @@ fn serve_takes_the_limits_a_proxy_needs_and_names_refused_flags() {
         ],
     );
     // The client reads the bound from the server and does not send the
-    // record; the sync goes on past it, counts it as refused, and fails
-    // once done, naming it (a script checking the exit code sees it).
+    // record; the sync goes on past it, counts it as refused, and exits
+    // with code 3 once done, naming it (a script checking the exit code
+    // tells it from a sync that did not happen).
     let small = r#"{"id": "small", "text": "x"}"#;
     syncforge_with(&["put", arg(&tablet), "notes"], small).ok();
-    let refused = syncforge(&["sync", arg(&tablet), &server.url, "-c", "notes"]).fails(1);
+    let refused = syncforge(&["sync", arg(&tablet), &server.url, "-c", "notes"]).fails(3);
     assert!(
         refused.stdout.contains("notes: 1 sent, 1 refused"),
         "{refused:?}"
@@ -427,7 +428,7 @@ fn serve_takes_the_limits_a_proxy_needs_and_names_refused_flags() {
         refused.stderr.contains("1 record(s) were not sent") && refused.stderr.contains("\"big\""),
         "{refused:?}"
     );
-    let json = syncforge(&["sync", arg(&tablet), &server.url, "-c", "notes", "--json"]).fails(1);
+    let json = syncforge(&["sync", arg(&tablet), &server.url, "-c", "notes", "--json"]).fails(3);
     let line: serde_json::Value = serde_json::from_str(json.stdout.trim()).unwrap();
     assert_eq!(line["refused"][0]["id"], "big", "{json:?}");
     // One connection is served; a second is told to come back.
