@@ -377,7 +377,9 @@ impl FsBackend {
     /// and the change feed, read as absent by `get_many`).
     pub async fn corrupt_files(&self, collection: &CollectionName) -> Result<Vec<CorruptFile>> {
         let found = self
-            .with_collection(collection, false, |c| c.shared(Collection::read_all))
+            .with_collection(collection, Take::Existing, |c| {
+                c.shared(Collection::read_all)
+            })
             .await?;
         Ok(found.map(|(_, skipped)| skipped).unwrap_or_default())
     }
@@ -401,7 +403,7 @@ impl FsBackend {
         let mut first_failure = None;
         for (collection, _) in collections {
             if let Err(err) = self
-                .with_open_collection(&collection, false, |open| {
+                .with_open_collection(&collection, Take::Walking, |open| {
                     open.checkpointing(Collection::checkpoint_if_used)
                 })
                 .await
@@ -431,29 +433,29 @@ impl FsBackend {
     }
 
     /// Runs `work` on a collection's state, opening it first; `None` when the
-    /// collection does not exist and `create` is false.
+    /// collection does not exist and `take` does not create it.
     async fn with_collection<T: Send + 'static>(
         &self,
         collection: &CollectionName,
-        create: bool,
+        take: Take,
         work: impl FnOnce(&mut Collection) -> Result<T> + Send + 'static,
     ) -> Result<Option<T>> {
-        self.with_open_collection(collection, create, |open| open.with(work))
+        self.with_open_collection(collection, take, |open| open.with(work))
             .await
     }
 
     /// Runs `work` on a collection as this handle holds it open, opening it
-    /// first; `None` when the collection does not exist and `create` is
-    /// false.
+    /// first; `None` when the collection does not exist and `take` does not
+    /// create it.
     async fn with_open_collection<T: Send + 'static>(
         &self,
         collection: &CollectionName,
-        create: bool,
+        take: Take,
         work: impl FnOnce(&Arc<OpenCollection>) -> Result<T> + Send + 'static,
     ) -> Result<Option<T>> {
         let name = collection.clone();
         self.run(move |inner| {
-            let Some(open) = inner.collection(&name, create)? else {
+            let Some(open) = inner.collection(&name, take)? else {
                 return Ok(None);
             };
             work(&open).map(Some)
@@ -466,14 +468,29 @@ impl FsBackend {
     }
 }
 
+/// How a call takes a collection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Take {
+    /// To work on it, made if missing.
+    Create,
+    /// To work on it, if it exists.
+    Existing,
+    /// On a walk over every collection (a checkpoint of all, the newest
+    /// stamp): no use of the collection, so it does not make it recently
+    /// used, and a busy one is not closed in its place.
+    Walking,
+}
+
 impl Inner {
-    fn collection(
-        &self,
-        name: &CollectionName,
-        create: bool,
-    ) -> Result<Option<Arc<OpenCollection>>> {
+    /// The collection, opened if need be, as `take` says.
+    fn collection(&self, name: &CollectionName, take: Take) -> Result<Option<Arc<OpenCollection>>> {
+        let used = |state: &OpenCollection| {
+            if take != Take::Walking {
+                state.mark_used(self.uses.fetch_add(1, Ordering::Relaxed));
+            }
+        };
         if let Some(state) = self.open_collections()?.get(name) {
-            state.mark_used(self.uses.fetch_add(1, Ordering::Relaxed));
+            used(state);
             return Ok(Some(Arc::clone(state)));
         }
         // Opened without the map's lock: an open may wait for another
@@ -487,14 +504,14 @@ impl Inner {
             name,
             self.options.durability,
             self.tuning,
-            create,
+            take == Take::Create,
         )?
         else {
             return Ok(None);
         };
         let mut open = self.open_collections()?;
         if let Some(opened) = open.get(name) {
-            opened.mark_used(self.uses.fetch_add(1, Ordering::Relaxed));
+            used(opened);
             return Ok(Some(Arc::clone(opened)));
         }
         // Only the map holds an idle collection: no call is using it and no
@@ -504,6 +521,12 @@ impl Inner {
         // least recently used first: reopening one costs a read of its
         // whole change log, so a busy collection must not be the one closed.
         let excess = (open.len() + 1).saturating_sub(MAX_OPEN_COLLECTIONS);
+        let state = Arc::new(OpenCollection::new(state));
+        used(&state);
+        if excess == 0 {
+            open.insert(name.clone(), Arc::clone(&state));
+            return Ok(Some(state));
+        }
         let mut idle: Vec<(u64, CollectionName)> = open
             .iter()
             .filter(|(_, state)| Arc::strong_count(state) == 1)
@@ -515,8 +538,6 @@ impl Inner {
             .take(excess)
             .filter_map(|(_, name)| open.remove(&name).map(|state| (name, state)))
             .collect();
-        let state = Arc::new(OpenCollection::new(state));
-        state.mark_used(self.uses.fetch_add(1, Ordering::Relaxed));
         open.insert(name.clone(), Arc::clone(&state));
         // Before the map is let go: a `close` that drains it then finds them.
         self.evicting
@@ -682,7 +703,9 @@ impl StorageBackend for FsBackend {
     async fn get(&self, collection: &CollectionName, id: &RecordId) -> Result<Option<Stored>> {
         let id = id.clone();
         let found = self
-            .with_collection(collection, false, move |c| c.shared(|c| c.read_stored(&id)))
+            .with_collection(collection, Take::Existing, move |c| {
+                c.shared(|c| c.read_stored(&id))
+            })
             .await?;
         Ok(found.flatten())
     }
@@ -695,7 +718,7 @@ impl StorageBackend for FsBackend {
         let owned: Vec<RecordId> = ids.to_vec();
         let count = owned.len();
         let found = self
-            .with_collection(collection, false, move |c| {
+            .with_collection(collection, Take::Existing, move |c| {
                 c.shared(|c| {
                     let mut skipped = 0;
                     let found = owned
@@ -715,7 +738,9 @@ impl StorageBackend for FsBackend {
 
     async fn get_all(&self, collection: &CollectionName) -> Result<Vec<Record>> {
         let all = self
-            .with_collection(collection, false, |c| c.shared(Collection::read_all))
+            .with_collection(collection, Take::Existing, |c| {
+                c.shared(Collection::read_all)
+            })
             .await?;
         let Some((records, skipped)) = all else {
             return Ok(Vec::new());
@@ -742,7 +767,7 @@ impl StorageBackend for FsBackend {
             return Ok(Vec::new());
         }
         let outcomes = self
-            .with_open_collection(collection, true, move |open| {
+            .with_open_collection(collection, Take::Create, move |open| {
                 open.write(|c| c.put_batch(&prepared))
             })
             .await?;
@@ -754,7 +779,9 @@ impl StorageBackend for FsBackend {
     async fn delete(&self, collection: &CollectionName, id: &RecordId) -> Result<bool> {
         let id = id.clone();
         let existed = self
-            .with_open_collection(collection, false, move |open| open.write(|c| c.delete(&id)))
+            .with_open_collection(collection, Take::Existing, move |open| {
+                open.write(|c| c.delete(&id))
+            })
             .await?;
         Ok(existed.unwrap_or(false))
     }
@@ -766,7 +793,7 @@ impl StorageBackend for FsBackend {
         limit: NonZeroUsize,
     ) -> Result<ChangePage> {
         let page = self
-            .with_collection(collection, false, move |c| {
+            .with_collection(collection, Take::Existing, move |c| {
                 c.shared(|c| {
                     let mut skipped = 0;
                     let page = c.changes(after, limit.get(), &mut skipped)?;
@@ -812,7 +839,7 @@ impl StorageBackend for FsBackend {
     }
 
     async fn clear_collection(&self, collection: &CollectionName) -> Result<()> {
-        self.with_open_collection(collection, false, |open| {
+        self.with_open_collection(collection, Take::Existing, |open| {
             open.checkpointing(Collection::clear)
         })
         .await?;
@@ -826,7 +853,7 @@ impl StorageBackend for FsBackend {
         let mut newest = None;
         for collection in self.list_collections().await? {
             let found = self
-                .with_collection(&collection, false, |c| {
+                .with_collection(&collection, Take::Walking, |c| {
                     c.exclusive(Collection::newest_stamp)
                 })
                 .await?
@@ -976,7 +1003,7 @@ mod tests {
         let store = FsBackend::open(tmp.path()).await.unwrap();
         store.close().await.unwrap();
         // What such a call does next.
-        let opened = store.inner.collection(&name("late"), true);
+        let opened = store.inner.collection(&name("late"), Take::Create);
         assert!(
             matches!(opened, Err(Error::Closed { .. })),
             "{:?}",
@@ -994,7 +1021,11 @@ mod tests {
         let store = FsBackend::open(tmp.path()).await.unwrap();
         let notes = name("notes");
         let record = record("n1");
-        let taken = store.inner.collection(&notes, true).unwrap().unwrap();
+        let taken = store
+            .inner
+            .collection(&notes, Take::Create)
+            .unwrap()
+            .unwrap();
         store.close().await.unwrap();
         let prepared = vec![PreparedWrite {
             id: "n1".to_owned(),
@@ -1097,7 +1128,7 @@ mod tests {
             .map(|n| {
                 store
                     .inner
-                    .collection(&name(&format!("user-{n}")), true)
+                    .collection(&name(&format!("user-{n}")), Take::Create)
                     .unwrap()
                     .unwrap()
             })
@@ -1107,7 +1138,10 @@ mod tests {
             MAX_OPEN_COLLECTIONS + 20
         );
         drop(in_use);
-        store.inner.collection(&name("one-more"), true).unwrap();
+        store
+            .inner
+            .collection(&name("one-more"), Take::Create)
+            .unwrap();
         assert_eq!(store.inner.collections.lock().len(), MAX_OPEN_COLLECTIONS);
         store.close().await.unwrap();
     }
@@ -1122,7 +1156,7 @@ mod tests {
         let open = |collection: &str| {
             store
                 .inner
-                .collection(&name(collection), true)
+                .collection(&name(collection), Take::Create)
                 .unwrap()
                 .unwrap();
         };
@@ -1133,6 +1167,9 @@ mod tests {
         for n in (0..MAX_OPEN_COLLECTIONS).filter(|n| *n != 7) {
             open(&format!("user-{n}"));
         }
+        // A walk over every collection is no use of them.
+        store.checkpoint().await.unwrap();
+        store.newest_stamp().await.unwrap();
         open("one-more");
         let (count, kept_idle) = {
             let still_open = store.inner.collections.lock();

@@ -3,8 +3,9 @@
 //! Lost connections, timeouts, a server still loading its data or full of
 //! clients, a cluster between two states (`CLUSTERDOWN`, `TRYAGAIN`, a
 //! failover's `READONLY`), too few replicas for `min-replicas-to-write`
-//! (`NOREPLICAS`) are [`Error::Unavailable`]: transient, the engine retries
-//! them, also when a script's `redis.call` met them. Wrong credentials, a
+//! (`NOREPLICAS`), a script still unknown after it was loaded (`NOSCRIPT`)
+//! are [`Error::Unavailable`]: transient, the engine retries them, also when
+//! a script's `redis.call` met them. Wrong credentials, a
 //! missing database, a key of the wrong type, ACL refusals, out-of-memory
 //! and script errors are [`Error::Storage`] with a message saying what to
 //! do; so is a redirection (`MOVED`, `ASK`) met through a plain `redis://`

@@ -152,8 +152,16 @@ impl Collection {
             // crash they may hold older content, or half of the new.
             c.checkpoint_if_used()?;
             c.reconcile()?;
-            c.number_past_lost_writes()
+            c.number_past_lost_writes()?;
+            if durability.is_full() {
+                // `sync_entries` made the directory name this log durably.
+                c.wal.named_durably();
+            }
+            Ok(())
         })?;
+        // A missing log is a new one only while this open builds it: one
+        // found later, its collection there all along, is a lost log.
+        collection.new_dir = false;
         Ok(Some(collection))
     }
 
@@ -849,7 +857,11 @@ impl Collection {
         self.log.forget_records();
         let base = self.log.last_seq();
         let durable = self.durable();
-        self.log.rewrite(self.ops.as_ref(), base, durable)
+        // The view no longer matches the log on disk if the rewrite fails,
+        // whatever the error (even `Corrupt`, which keeps views otherwise).
+        self.log
+            .rewrite(self.ops.as_ref(), base, durable)
+            .inspect_err(|_| self.log.invalidate())
     }
 
     /// Every record, read from the files (under a lock), and the corrupt
@@ -1001,6 +1013,44 @@ mod tests {
         let error = collection.shared(|c| c.read_stored("bad")).unwrap_err();
         assert!(matches!(error, Error::Corrupt { .. }), "{error:?}");
         assert_eq!(collection.wal.generation(), read, "the logs were forgotten");
+    }
+
+    /// The first synced append after an open synced the directory again,
+    /// although the open had just synced it naming that log.
+    #[tokio::test]
+    async fn a_write_after_an_open_syncs_the_directory_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let notes = CollectionName::new("notes").unwrap();
+        let store = FsBackend::open(tmp.path()).await.unwrap();
+        store
+            .put(&notes, &Write::create(note("n1", 1)))
+            .await
+            .unwrap();
+        store.close().await.unwrap();
+        let synced = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let seen = Arc::clone(&synced);
+        let recording: Arc<dyn FileOps> = Arc::new(Hooked(move |op: &'static str, path: &Path| {
+            if op == "sync_dir" {
+                seen.lock().push(path.to_owned());
+            }
+            Ok(())
+        }));
+        let store = FsBackend::open_on(
+            recording,
+            tmp.path(),
+            FsOptions::default(),
+            Tuning::default(),
+        )
+        .await
+        .unwrap();
+        store
+            .put(&notes, &Write::create(note("n2", 1)))
+            .await
+            .unwrap();
+        let dir = Collection::dir_for(tmp.path(), "notes");
+        let syncs = synced.lock().iter().filter(|path| **path == dir).count();
+        assert_eq!(syncs, 1, "{:?}", synced.lock());
+        store.close().await.unwrap();
     }
 
     /// Opening a collection syncs its directory and the root, whatever a

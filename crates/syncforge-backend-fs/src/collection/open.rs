@@ -331,7 +331,11 @@ mod tests {
             panicked.load(Ordering::SeqCst),
             "no background checkpoint ran"
         );
-        let open = store.inner.collection(&collection, false).unwrap().unwrap();
+        let open = store
+            .inner
+            .collection(&collection, crate::Take::Existing)
+            .unwrap()
+            .unwrap();
         for _ in 0..200 {
             if !open.in_background.load(Ordering::Acquire) {
                 break;

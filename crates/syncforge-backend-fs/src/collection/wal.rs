@@ -300,6 +300,12 @@ impl Wal {
         self.refresh()
     }
 
+    /// Notes that the directory was just synced naming the current log (under
+    /// the exclusive lock): synced appends to it need no directory sync.
+    pub(crate) fn named_durably(&mut self) {
+        self.named = self.generation;
+    }
+
     /// Appends a frame after the last intact one (under the exclusive lock),
     /// synced when `sync`: once this returns, the frame is committed.
     pub(crate) fn append(&mut self, ops: &dyn FileOps, frame: &Frame, sync: bool) -> Result<()> {
