@@ -230,14 +230,20 @@ impl std::fmt::Debug for VersionVector {
     }
 }
 
+/// The highest count given for each client (at most [`MAX_VERSION`]), in
+/// any order: sorted once, where setting each entry in its place moved
+/// every later one, quadratic for entries that come in descending order.
 impl FromIterator<(ClientId, u64)> for VersionVector {
     fn from_iter<I: IntoIterator<Item = (ClientId, u64)>>(iter: I) -> Self {
-        let mut vv = VersionVector::new();
-        for (client, count) in iter {
-            let current = vv.get(&client);
-            vv.set(client, current.max(count));
-        }
-        vv
+        let mut entries: Vec<(ClientId, u64)> = iter
+            .into_iter()
+            .filter(|(_, count)| *count > 0)
+            .map(|(client, count)| (client, count.min(MAX_VERSION)))
+            .collect();
+        // Each client's highest count first, which `dedup_by` keeps.
+        entries.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        entries.dedup_by(|later, kept| later.0 == kept.0);
+        VersionVector::from_sorted(entries)
     }
 }
 
@@ -245,6 +251,28 @@ impl FromIterator<(ClientId, u64)> for VersionVector {
 mod tests {
     use super::*;
     use proptest::strategy::Strategy;
+
+    /// Built from entries in any order, with repeats, zeros and counts past
+    /// the cap, a vector is the one setting the highest count of each client.
+    #[test]
+    fn collected_entries_in_any_order_give_one_vector() {
+        let client = |name: &str| ClientId::new(name).unwrap();
+        let mut entries: Vec<(ClientId, u64)> = (0..300u64)
+            .map(|n| (client(&format!("c{n:03}")), n + 1))
+            .collect();
+        let ascending: VersionVector = entries.iter().cloned().collect();
+        entries.reverse();
+        entries.push((client("c005"), 2));
+        entries.push((client("c005"), 0));
+        entries.push((client("zero"), 0));
+        entries.push((client("capped"), u64::MAX));
+        let collected: VersionVector = entries.into_iter().collect();
+        let mut expected = ascending;
+        expected.set(client("capped"), MAX_VERSION);
+        assert_eq!(collected, expected);
+        assert_eq!(collected.get(&client("c005")), 6);
+        assert_eq!(collected.get(&client("zero")), 0);
+    }
 
     fn vv(entries: &[(&str, u64)]) -> VersionVector {
         entries

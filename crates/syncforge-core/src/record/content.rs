@@ -609,19 +609,14 @@ impl SerializeMap for &mut Fields {
         &mut self,
         key: &T,
     ) -> std::result::Result<(), Refusal> {
-        // Only string keys: serde_json turns other keys (numbers, booleans)
-        // into strings its own way, which the route through `Value` keeps.
-        if let Ok(key) = build::read_str(key, str::to_owned) {
-            self.key = Some(key);
-            return Ok(());
-        }
-        match measured_value(key)? {
-            Value::String(key) => {
-                self.key = Some(key);
-                Ok(())
-            }
-            _ => Err(Refusal::Unsupported),
-        }
+        // Only string keys: any other sends the whole document through
+        // `serde_json::to_value`, whose own rules for map keys (numbers
+        // written as text, `Some` refused) then answer, as `from_value`'s
+        // do. Reading the key alone as a value followed the rules for
+        // values instead.
+        let key = build::read_str(key, str::to_owned).map_err(|_| Refusal::Unsupported)?;
+        self.key = Some(key);
+        Ok(())
     }
 
     fn serialize_value<T: Serialize + ?Sized>(
@@ -693,6 +688,37 @@ mod tests {
         let through = content(serde_json::from_str(text).unwrap());
         assert_eq!(direct.id().as_str(), "a");
         assert_eq!(direct.fields(), through.fields());
+    }
+
+    /// A top-level key that is not a plain string was read as a value:
+    /// `Some("x")` was taken where serde_json refuses it as a map key, and
+    /// `u128::MAX` refused where serde_json writes it as text.
+    #[test]
+    fn top_level_keys_follow_serde_jsons_rules_for_map_keys() {
+        use std::collections::BTreeMap;
+        fn agrees<K: Serialize + Ord>(doc: &BTreeMap<K, &str>) {
+            let direct = Content::from_serialize(doc);
+            let through = serde_json::to_value(doc)
+                .map_err(|e| Error::invalid_record(None, e.to_string()))
+                .and_then(Content::from_value);
+            match (direct, through) {
+                (Ok(direct), Ok(through)) => assert_eq!(direct, through),
+                (Err(_), Err(_)) => {}
+                other => panic!("the two routes disagree: {other:?}"),
+            }
+        }
+        agrees(&BTreeMap::from([(Some("id"), "a"), (Some("x"), "1")]));
+        #[derive(serde::Serialize, PartialEq, Eq, PartialOrd, Ord)]
+        #[serde(untagged)]
+        enum Key {
+            Name(&'static str),
+            Number(u128),
+        }
+        agrees(&BTreeMap::from([
+            (Key::Name("id"), "a"),
+            (Key::Number(u128::MAX), "big"),
+        ]));
+        agrees(&BTreeMap::from([('i', "a"), ('x', "1")]));
     }
 
     #[test]

@@ -299,7 +299,12 @@ fn from_sync_state<'a>(
     let mut fields = FieldStates::new();
     // Values are looked up, not taken out of their map: removing each was
     // a large part of reading a record. Once every stamp found its value,
-    // equal counts mean every value has its stamp.
+    // equal counts mean every value has its stamp. The states are sorted
+    // once at the end: a map that keeps its text's order (serde_json's
+    // `preserve_order`, which any crate of a program can turn on) may hand
+    // them over in any order, and inserting each in its place was
+    // quadratic.
+    let mut present = Vec::with_capacity(live.len());
     for (name, s) in live {
         let Some(value) = values.get(name) else {
             return Err(bad(
@@ -307,11 +312,12 @@ fn from_sync_state<'a>(
                 "has a stamp in `_sync.fields` but no value".to_owned(),
             ));
         };
-        fields.insert_shared(
-            name,
+        present.push((
+            shared_name(name.as_str()),
             FieldState::checked(Some(value), stamp(&|| format!("_sync.fields.{name}"), s)?),
-        );
+        ));
     }
+    fields.add_new(present);
     if values.len() != live.len() {
         if let Some(name) = values.keys().find(|name| !live.contains_key(*name)) {
             return Err(bad(
@@ -334,7 +340,7 @@ fn from_sync_state<'a>(
         ));
     }
     fields.add_new(gone);
-    let mut vv = VersionVector::new();
+    let mut counts = Vec::with_capacity(versions.len());
     for (client, n) in versions {
         let key = || format!("_sync.versions.{client}");
         check_name(client)
@@ -351,8 +357,10 @@ fn from_sync_state<'a>(
                     ),
                 )
             })?;
-        vv.set(ClientId::new(client)?, n);
+        counts.push((ClientId::new(client)?, n));
     }
+    // Sorted once, as the fields are.
+    let vv: VersionVector = counts.into_iter().collect();
     Ok(Record::assembled(id, fields, written, tombstone, vv))
 }
 
