@@ -11,8 +11,8 @@ use syncforge_core::{
 use crate::backends::{create_backend, BackendConfig};
 use crate::config::{
     Config, DEFAULT_AUTO_SYNC_INTERVAL, DEFAULT_BATCH_SIZE, DEFAULT_EVENT_CAPACITY,
-    DEFAULT_MAX_RETRIES, MAX_AUTO_SYNC_INTERVAL, MAX_BATCH_SIZE, MAX_EVENT_CAPACITY, MAX_RETRIES,
-    MIN_AUTO_SYNC_INTERVAL,
+    DEFAULT_MAX_RETRIES, MAX_AUTO_SYNC_INTERVAL, MAX_BATCH_SIZE, MAX_CLOCK_DRIFT,
+    MAX_EVENT_CAPACITY, MAX_RETRIES, MIN_AUTO_SYNC_INTERVAL, MIN_CLOCK_DRIFT,
 };
 use crate::engine::SyncEngine;
 
@@ -162,7 +162,8 @@ impl EngineBuilder {
 
     /// The collections each auto-sync window covers (default: every
     /// collection the store lists at that moment). Name them when a peer may
-    /// hold collections this store does not have yet.
+    /// hold collections this store does not have yet. A name given twice
+    /// counts once.
     pub fn auto_sync_collections<I, S>(mut self, collections: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -180,7 +181,8 @@ impl EngineBuilder {
     }
 
     /// How far ahead of local physical time a remote stamp may be before a sync
-    /// refuses it (default 5 minutes).
+    /// refuses it (default 5 minutes; from [`MIN_CLOCK_DRIFT`] to
+    /// [`MAX_CLOCK_DRIFT`]).
     pub fn max_clock_drift(mut self, drift: Duration) -> Self {
         self.max_clock_drift = drift;
         self
@@ -246,6 +248,12 @@ impl EngineBuilder {
                     .collect::<Result<Vec<_>>>()?,
             ),
         };
+        // A name given twice would be synced twice in every window.
+        let auto_sync_collections = auto_sync_collections.map(|mut names| {
+            let mut seen = std::collections::HashSet::new();
+            names.retain(|name| seen.insert(name.clone()));
+            names
+        });
         // The broadcast channel cannot hold fewer than one event, nor more
         // than half of usize::MAX.
         if !(1..=MAX_EVENT_CAPACITY).contains(&self.event_capacity) {
@@ -257,10 +265,13 @@ impl EngineBuilder {
                 ),
             });
         }
-        if self.max_clock_drift.is_zero() {
+        if !(MIN_CLOCK_DRIFT..=MAX_CLOCK_DRIFT).contains(&self.max_clock_drift) {
             return Err(Error::InvalidConfig {
                 option: "max_clock_drift",
-                reason: "must be greater than zero".to_owned(),
+                reason: format!(
+                    "{:?} is outside {MIN_CLOCK_DRIFT:?}..={MAX_CLOCK_DRIFT:?}",
+                    self.max_clock_drift
+                ),
             });
         }
         Ok(Config {

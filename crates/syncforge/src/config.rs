@@ -24,6 +24,13 @@ pub const MIN_AUTO_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// present, which a longer one could carry past what a clock holds. For
 /// "never", leave auto-sync off.
 pub const MAX_AUTO_SYNC_INTERVAL: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+/// Shortest accepted clock-drift bound: the check counts whole milliseconds,
+/// so a shorter one would refuse every stamp ahead of the local clock.
+pub const MIN_CLOCK_DRIFT: Duration = Duration::from_millis(1);
+/// Longest accepted clock-drift bound (a day): a longer one would let a
+/// remote clock set far in the future carry every later local stamp there,
+/// the fault the bound exists to stop.
+pub const MAX_CLOCK_DRIFT: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// The validated settings of an engine, read with
 /// [`SyncEngine::config`](crate::SyncEngine::config). Built by

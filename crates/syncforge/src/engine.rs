@@ -1218,6 +1218,8 @@ impl SyncEngine {
         trigger: SyncTrigger,
         echoes: Option<&mut HashSet<Cursor>>,
     ) -> Result<SyncResult> {
+        // A closed engine starts no sync, and announces none.
+        self.check_open()?;
         let events = &self.inner.events;
         if events.wants(EventKind::SyncStart) {
             events.emit(SyncEvent::SyncStart {
@@ -1397,9 +1399,9 @@ impl SyncEngine {
     }
 
     /// Closes the engine and its backend handle. Never deletes stored data.
-    /// Stops auto-sync, forgets its peers and removes every event handler;
-    /// receivers see the stream end when the last handle on the engine is
-    /// dropped. Later calls fail with [`Error::Closed`]; closing twice is
+    /// Stops auto-sync, forgets its peers and removes every event handler
+    /// (one added later is dropped at once); receivers see the stream end
+    /// when the last handle on the engine is dropped. Later calls fail with [`Error::Closed`]; closing twice is
     /// harmless.
     pub async fn close(&self) -> Result<()> {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
@@ -1409,7 +1411,7 @@ impl SyncEngine {
             timer.abort();
         }
         self.inner.peers.lock().clear();
-        self.inner.events.remove_all_listeners(None);
+        self.inner.events.close();
         self.inner.backend.close().await
     }
 

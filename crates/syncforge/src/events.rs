@@ -249,6 +249,11 @@ pub struct Events {
     counts: [AtomicUsize; KIND_COUNT],
     next_id: AtomicU64,
     panics: AtomicU64,
+    /// Set, under the listeners' lock, when the engine closes: a handler
+    /// added later is never kept. One that held a handle on the engine
+    /// would keep it, and its event channel, alive for good, so receivers
+    /// would never see their stream end.
+    closed: AtomicBool,
 }
 
 impl fmt::Debug for Events {
@@ -270,7 +275,18 @@ impl Events {
             counts: std::array::from_fn(|_| AtomicUsize::new(0)),
             next_id: AtomicU64::new(1),
             panics: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
         }
+    }
+
+    /// The engine closed: removes the user's handlers (as
+    /// [`remove_all_listeners`](Self::remove_all_listeners)) and keeps none
+    /// added from now on.
+    pub(crate) fn close(&self) {
+        // Set before the handlers go: one added meanwhile is either removed
+        // below or sees the flag (both take the listeners' lock).
+        self.closed.store(true, Ordering::Release);
+        self.remove_all_listeners(None);
     }
 
     fn lock(&self) -> MutexGuard<'_, Vec<Listener>> {
@@ -296,7 +312,8 @@ impl Events {
         self.sender.receiver_count()
     }
 
-    /// Calls `handler` on every event of `kind` (the original's `on`).
+    /// Calls `handler` on every event of `kind` (the original's `on`). Once
+    /// the engine is closed, a handler is dropped at once and never called.
     pub fn on(
         &self,
         kind: EventKind,
@@ -330,6 +347,10 @@ impl Events {
     fn add(&self, kind: EventKind, once: bool, internal: bool, handler: Handler) -> ListenerId {
         let id = ListenerId(self.next_id.fetch_add(1, Ordering::Relaxed));
         let mut listeners = self.lock();
+        if self.closed.load(Ordering::Acquire) {
+            // Dropped here: nothing will ever call it.
+            return id;
+        }
         listeners.push(Listener {
             id,
             kind,

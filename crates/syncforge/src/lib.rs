@@ -88,8 +88,8 @@ pub use builder::EngineBuilder;
 pub use collection::Collection;
 pub use config::{
     Config, DEFAULT_AUTO_SYNC_INTERVAL, DEFAULT_BATCH_SIZE, DEFAULT_EVENT_CAPACITY,
-    DEFAULT_MAX_RETRIES, MAX_AUTO_SYNC_INTERVAL, MAX_BATCH_SIZE, MAX_EVENT_CAPACITY, MAX_RETRIES,
-    MIN_AUTO_SYNC_INTERVAL,
+    DEFAULT_MAX_RETRIES, MAX_AUTO_SYNC_INTERVAL, MAX_BATCH_SIZE, MAX_CLOCK_DRIFT,
+    MAX_EVENT_CAPACITY, MAX_RETRIES, MIN_AUTO_SYNC_INTERVAL, MIN_CLOCK_DRIFT,
 };
 pub use engine::SyncEngine;
 pub use events::{EventKind, EventReceiver, Events, ListenerId, SyncEvent, SyncTrigger};

@@ -35,6 +35,16 @@ async fn invalid_configuration_is_refused_naming_the_option() {
             SyncEngine::builder().max_clock_drift(Duration::ZERO),
             "max_clock_drift",
         ),
+        // Counted in whole milliseconds, it would refuse every stamp ahead.
+        (
+            SyncEngine::builder().max_clock_drift(Duration::from_micros(500)),
+            "max_clock_drift",
+        ),
+        // Would let a clock set years ahead carry every later stamp there.
+        (
+            SyncEngine::builder().max_clock_drift(Duration::MAX),
+            "max_clock_drift",
+        ),
         (SyncEngine::builder().event_capacity(0), "event_capacity"),
         (
             SyncEngine::builder().event_capacity(usize::MAX / 2),
@@ -53,6 +63,24 @@ async fn invalid_configuration_is_refused_naming_the_option() {
             other => panic!("{option}: expected InvalidConfig, got {other:?}"),
         }
     }
+}
+
+/// A collection named twice for auto-sync was synced twice in every window.
+#[tokio::test]
+async fn an_auto_sync_collection_named_twice_counts_once() {
+    let engine = SyncEngine::builder()
+        .auto_sync_collections(["b", "a", "b"])
+        .build()
+        .await
+        .unwrap();
+    let names: Vec<&str> = engine
+        .config()
+        .auto_sync_collections()
+        .unwrap()
+        .iter()
+        .map(|name| name.as_str())
+        .collect();
+    assert_eq!(names, ["b", "a"]);
 }
 
 #[tokio::test]

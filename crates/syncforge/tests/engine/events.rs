@@ -479,6 +479,31 @@ async fn receivers_end_when_the_engine_is_gone_and_close_removes_handlers() {
     assert_eq!(ended.unwrap_err(), RecvError::Closed);
 }
 
+/// A handler added after `close` was kept: one holding a handle on the
+/// engine kept it, and its event channel, alive for good, so receivers
+/// never saw their stream end. A closed engine's `sync` also announced a
+/// start it never made.
+#[tokio::test]
+async fn a_handler_added_after_close_is_dropped_and_receivers_still_end() {
+    let e = engine("a", ConflictStrategy::Crdt).await;
+    let mut rx = e.subscribe();
+    e.close().await.unwrap();
+    let kept = e.clone();
+    e.events().on(EventKind::SyncStart, move |_| {
+        let _ = kept.is_closed();
+    });
+    assert_eq!(e.events().listener_count(EventKind::SyncStart), 0);
+    assert!(matches!(
+        e.sync("c", Vec::new()).await,
+        Err(Error::Closed { .. })
+    ));
+    drop(e);
+    let ended = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("the stream did not end");
+    assert_eq!(ended.unwrap_err(), RecvError::Closed);
+}
+
 #[test]
 fn invalid_event_capacity_is_refused() {
     let runtime = tokio::runtime::Builder::new_current_thread()
