@@ -3,9 +3,10 @@
 use std::collections::HashMap;
 
 use crate::error::Result;
-use crate::merge::{is_conflict, merge, resolve_conflict, ConflictDetail, ConflictStrategy};
+use crate::merge::{merge, merge_knowing, resolve_conflict, ConflictDetail, ConflictStrategy};
 use crate::names::{CollectionName, IntoName, RecordId};
 use crate::record::Record;
+use crate::version_vector::Causality;
 
 /// What an incoming record does to local state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,14 +55,17 @@ pub fn classify(
             conflict: None,
         });
     };
-    if *local == remote {
+    // Compared once, for telling a conflict and for the merge's shortcuts;
+    // records whose version vectors differ differ.
+    let causality = local.versions().compare(remote.versions());
+    if causality == Causality::Equal && *local == remote {
         return Ok(unchanged(local));
     }
-    let (merged, conflict) = if is_conflict(local, &remote) {
+    let (merged, conflict) = if causality == Causality::Concurrent {
         let detail = resolve_conflict(collection, local, &remote, strategy)?;
         (detail.resolved_record.clone(), Some(detail))
     } else {
-        (merge(local, &remote, strategy)?, None)
+        (merge_knowing(local, &remote, strategy, causality)?, None)
     };
     if merged == *local {
         return Ok(unchanged(local));

@@ -94,13 +94,28 @@ pub(crate) fn pick_field<'a>(a: &'a FieldState, b: &'a FieldState) -> &'a FieldS
 ///
 /// Fails only when the records have different ids.
 pub fn merge(local: &Record, remote: &Record, strategy: ConflictStrategy) -> Result<Record> {
+    let causality = local.versions().compare(remote.versions());
+    merge_knowing(local, remote, strategy, causality)
+}
+
+/// [`merge`], given how the version vectors relate (`local` to `remote`):
+/// a caller that compared them already (to tell a conflict) does not pay
+/// for it again, nor do the shortcuts below, once each.
+pub(crate) fn merge_knowing(
+    local: &Record,
+    remote: &Record,
+    strategy: ConflictStrategy,
+    causality: Causality,
+) -> Result<Record> {
+    use crate::version_vector::Causality::{DominatedBy, Dominates, Equal};
     if local.id() != remote.id() {
         return Err(Error::invalid_record(
             Some(remote.id()),
             format!("cannot merge it with record {:?}", local.id()),
         ));
     }
-    if local == remote {
+    // Records whose version vectors differ differ.
+    if causality == Equal && local == remote {
         return Ok(local.clone());
     }
     // A newer copy of the record (or an older one) holds everything the other
@@ -109,10 +124,10 @@ pub fn merge(local: &Record, remote: &Record, strategy: ConflictStrategy) -> Res
     // by the same comparisons the merge makes, so it is exact whatever the
     // stamps (records written by the original can tie with different values).
     if strategy == ConflictStrategy::Crdt {
-        if crdt_merge_is(remote, local) {
+        if matches!(causality, Equal | DominatedBy) && crdt_fields_kept(remote, local) {
             return Ok(remote.clone());
         }
-        if crdt_merge_is(local, remote) {
+        if matches!(causality, Equal | Dominates) && crdt_fields_kept(local, remote) {
             return Ok(local.clone());
         }
     }
@@ -143,17 +158,12 @@ pub fn merge(local: &Record, remote: &Record, strategy: ConflictStrategy) -> Res
 }
 
 /// Whether the CRDT merge of `target` and `other` (in either order: the rule
-/// is symmetric) equals `target`: every field of `other` is in `target` and
-/// `pick_field` keeps `target`'s state (or one equal to it), and `target`'s
-/// write stamp, tombstone and version vector are at least `other`'s.
-fn crdt_merge_is(target: &Record, other: &Record) -> bool {
-    use crate::version_vector::Causality::{Dominates, Equal};
-    if !matches!(
-        target.versions().compare(other.versions()),
-        Equal | Dominates
-    ) || target.written() < other.written()
-        || target.tombstone() < other.tombstone()
-    {
+/// is symmetric) equals `target`, given that `target`'s version vector is at
+/// least `other`'s (the caller compared them): every field of `other` is in
+/// `target` and `pick_field` keeps `target`'s state (or one equal to it),
+/// and `target`'s write stamp and tombstone are at least `other`'s.
+fn crdt_fields_kept(target: &Record, other: &Record) -> bool {
+    if target.written() < other.written() || target.tombstone() < other.tombstone() {
         return false;
     }
     // Both lists are sorted by name: one walk over both, as the merge makes.
