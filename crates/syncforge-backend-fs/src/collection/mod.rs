@@ -979,6 +979,19 @@ mod tests {
         )
     }
 
+    /// File operations that note every directory they sync.
+    fn recording_dir_syncs() -> (Arc<dyn FileOps>, Arc<parking_lot::Mutex<Vec<PathBuf>>>) {
+        let synced = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let seen = Arc::clone(&synced);
+        let recording: Arc<dyn FileOps> = Arc::new(Hooked(move |op: &'static str, path: &Path| {
+            if op == "sync_dir" {
+                seen.lock().push(path.to_owned());
+            }
+            Ok(())
+        }));
+        (recording, synced)
+    }
+
     /// A corrupt record file read under the lock made the handle forget
     /// both logs, so the next call read them again in full: with a
     /// million-line change log, every read of that record cost what the
@@ -1027,14 +1040,7 @@ mod tests {
             .await
             .unwrap();
         store.close().await.unwrap();
-        let synced = Arc::new(parking_lot::Mutex::new(Vec::new()));
-        let seen = Arc::clone(&synced);
-        let recording: Arc<dyn FileOps> = Arc::new(Hooked(move |op: &'static str, path: &Path| {
-            if op == "sync_dir" {
-                seen.lock().push(path.to_owned());
-            }
-            Ok(())
-        }));
+        let (recording, synced) = recording_dir_syncs();
         let store = FsBackend::open_on(
             recording,
             tmp.path(),
@@ -1072,14 +1078,7 @@ mod tests {
             .unwrap()
         };
         drop(open(Arc::new(OsFiles), Durability::Full));
-        let synced = Arc::new(parking_lot::Mutex::new(Vec::new()));
-        let seen = Arc::clone(&synced);
-        let recording: Arc<dyn FileOps> = Arc::new(Hooked(move |op: &'static str, path: &Path| {
-            if op == "sync_dir" {
-                seen.lock().push(path.to_owned());
-            }
-            Ok(())
-        }));
+        let (recording, synced) = recording_dir_syncs();
         drop(open(Arc::clone(&recording), Durability::Full));
         let dir = Collection::dir_for(tmp.path(), "notes");
         assert!(synced.lock().contains(&dir), "{:?}", synced.lock());
