@@ -213,9 +213,10 @@ pub enum Durability {
     /// an acknowledged write survives a crash of the process; a power failure
     /// or kernel crash can lose recent writes or leave their files empty
     /// (reported as corrupt). The change feed still never hands out a
-    /// position twice: a collection a `Buffered` handle used carries a mark
-    /// (`.buffered`), and each open of it numbers on from the current time
-    /// in microseconds, above any position lost writes took.
+    /// position twice: before numbering its writes, a `Buffered` handle
+    /// reserves positions durably (`.reserved`, a million at a time), and
+    /// every open of the collection numbers on above the reservation, past
+    /// any position a lost write took (and a replica may have pulled).
     Buffered,
 }
 

@@ -950,8 +950,14 @@ async fn after_a_power_cut_a_buffered_store_hands_out_no_position_again() {
     let recorder = Arc::new(Recorder::new(&model_root));
     let ops: Arc<dyn FileOps> = recorder.clone();
     let buffered = || FsOptions::default().durability(Durability::Buffered);
-    // A store made durably, with its id: lost, it would come back as a new
-    // store, which replicas pull from the start.
+    let name = coll(NOTES);
+    let written = |outcome: WriteOutcome| match outcome {
+        WriteOutcome::Written { cursor, .. } => cursor.get(),
+        WriteOutcome::Conflict => panic!("conflict"),
+    };
+    // The store, its id and the collection's log made durably: lost, the
+    // store would come back as a new one, which replicas pull from the
+    // start, and a lost log is rebuilt above every position anyway.
     let root = model_root.join("store");
     let made = FsBackend::open_on(ops.clone(), &root, FsOptions::default(), Tuning::default())
         .await
@@ -959,21 +965,22 @@ async fn after_a_power_cut_a_buffered_store_hands_out_no_position_again() {
     made.set_meta_if_absent(STORE_ID_KEY, "store-1")
         .await
         .unwrap();
+    let first = made
+        .put(&name, &Write::create(counter("first", 1)))
+        .await
+        .unwrap();
+    assert_eq!(written(first), 1);
     made.close().await.unwrap();
     let store = FsBackend::open_on(ops, &root, buffered(), Tuning::default())
         .await
         .unwrap();
-    let name = coll(NOTES);
     let mut pulled = 0;
     for n in 0..5 {
         let outcome = store
             .put(&name, &Write::create(counter(&format!("r{n}"), 1)))
             .await
             .unwrap();
-        let WriteOutcome::Written { cursor, .. } = outcome else {
-            panic!("r{n}: conflict");
-        };
-        pulled = cursor.get();
+        pulled = written(outcome);
     }
     // The power goes: only what was synced survives.
     let mut model = Model::new();
@@ -990,17 +997,14 @@ async fn after_a_power_cut_a_buffered_store_hands_out_no_position_again() {
         reopened.get_meta(STORE_ID_KEY).await.unwrap().as_deref(),
         Some("store-1")
     );
-    let outcome = reopened
+    let after = reopened
         .put(&name, &Write::create(counter("after", 1)))
         .await
         .unwrap();
-    let WriteOutcome::Written { cursor, .. } = outcome else {
-        panic!("conflict");
-    };
+    let after = written(after);
     assert!(
-        cursor.get() > pulled,
-        "position {} handed out again (a replica pulled up to {pulled})",
-        cursor.get()
+        after > pulled,
+        "position {after} handed out again (a replica pulled up to {pulled})"
     );
     reopened.close().await.unwrap();
     store.close().await.unwrap();

@@ -41,18 +41,20 @@ use self::records::{file_name_for, has_records, id_of_file, load, parse, RecordF
 use self::wal::{Frame, Refresh, Wal, WalOp};
 use crate::encoding::{is_hashed, stem_for};
 use crate::files::{
-    corrupt, create_dir_all, io_error, parent, read_dir, read_file, replace_atomically, sync_dir,
-    FileOps, Read, LINK_REASON, TEMP_PREFIX,
+    corrupt, create_dir_all, io_error, read_dir, read_file, replace_atomically, sync_dir, FileOps,
+    Read, LINK_REASON, TEMP_PREFIX,
 };
 use crate::{Durability, Tuning};
 
 /// Name of the file holding a collection's name when its directory name is hashed.
 pub(crate) const NAME_FILE: &str = ".name";
-/// Present once a [`Durability::Buffered`] handle may have written to the
-/// collection: what it wrote may be lost at a power cut, with the change-feed
-/// positions it handed out, so every later open moves the numbering past
-/// any of them (see [`Collection::number_past_lost_writes`]).
-pub(crate) const BUFFERED_FILE: &str = ".buffered";
+/// The change-feed positions reserved for [`Durability::Buffered`] writes:
+/// every position such a write takes is at most the number this file
+/// holds, written durably first (see [`Collection::reserve_through`]).
+pub(crate) const RESERVED_FILE: &str = ".reserved";
+/// Positions reserved at once: one durable write of [`RESERVED_FILE`] per
+/// this many `Buffered` writes (and one at a handle's first).
+const RESERVATION: u64 = 1 << 20;
 
 /// How many times [`Tuning::checkpoint_bytes`] the write-ahead log may hold
 /// before writers wait for a checkpoint: checkpoints run in the background
@@ -96,6 +98,13 @@ pub(crate) struct Collection {
     /// Whether this handle made the directory and has not built its log
     /// yet: only then is a missing log a new one, numbered from 1.
     new_dir: bool,
+    /// The positions reserved for `Buffered` writes when this handle opened
+    /// the collection: a power cut can take back the logs' tails, and with
+    /// them positions such writes took, which a replica may already have
+    /// pulled; new ones are numbered above all of them.
+    floor: u64,
+    /// The reservation this handle knows to be durable.
+    reserved: u64,
 }
 
 impl Collection {
@@ -133,6 +142,8 @@ impl Collection {
             pending_durable: false,
             pending_generation: 0,
             new_dir,
+            floor: 0,
+            reserved: 0,
             dir,
             durability,
             tuning,
@@ -140,6 +151,9 @@ impl Collection {
             lock,
             checkpoint_lock: Arc::clone(&checkpoint_lock),
         };
+        // Before anything is numbered, catching up with the logs included.
+        collection.floor = collection.read_reserved()?;
+        collection.reserved = collection.floor;
         // Under both locks: reconciling removes temporaries, which would
         // include those of a write or a checkpoint under way elsewhere.
         let _checkpointing = checkpoint_lock.acquire()?;
@@ -152,7 +166,6 @@ impl Collection {
             // crash they may hold older content, or half of the new.
             c.checkpoint_if_used()?;
             c.reconcile()?;
-            c.number_past_lost_writes()?;
             if durability.is_full() {
                 // `sync_entries` made the directory name this log durably.
                 c.wal.named_durably();
@@ -165,31 +178,6 @@ impl Collection {
         Ok(Some(collection))
     }
 
-    /// Under [`Durability::Buffered`], a power cut can take back the tails
-    /// of both logs, and with them change-feed positions a replica may
-    /// already have pulled: numbering on from what survived would hand them
-    /// out again, and that replica would skip the writes given them. So a
-    /// `Buffered` handle first leaves a durable mark in the directory, and
-    /// every open that finds it moves the numbering to the current time in
-    /// microseconds, above anything handed out before the cut (as a rebuilt
-    /// log does; no count of writes comes near it). Under the exclusive lock.
-    fn number_past_lost_writes(&mut self) -> Result<()> {
-        let mark = self.dir.join(BUFFERED_FILE);
-        if std::fs::symlink_metadata(&mark).is_err() {
-            if self.durable() {
-                return Ok(());
-            }
-            // Durable, with the directory's own entry, before this handle
-            // writes anything it might lose.
-            self.ops()
-                .create_file(&mark, b"", true)
-                .map_err(|err| io_error("creating", &mark, err))?;
-            return self.sync_entries(parent(&self.dir)?);
-        }
-        let base = self.log.last_seq().max(micros_since_epoch());
-        self.log.rewrite(self.ops.as_ref(), base, self.durable())
-    }
-
     /// Makes the directory's entries, and its own entry in the store's
     /// root, durable (under the exclusive lock). A process killed between
     /// renaming a file into place (the log, the change log) or creating the
@@ -198,6 +186,58 @@ impl Collection {
     fn sync_entries(&self, root: &Path) -> Result<()> {
         sync_dir(self.ops.as_ref(), &self.dir)?;
         sync_dir(self.ops.as_ref(), root)
+    }
+
+    /// What [`RESERVED_FILE`] holds: 0 while no `Buffered` write was ever
+    /// numbered. It is only ever replaced whole, so a cut never leaves half.
+    fn read_reserved(&self) -> Result<u64> {
+        let path = self.dir.join(RESERVED_FILE);
+        match read_file(&path)? {
+            Read::Missing => Ok(0),
+            Read::Link => Err(corrupt(&self.name, None, &path, LINK_REASON)),
+            Read::Bytes(bytes) => std::str::from_utf8(&bytes)
+                .ok()
+                .and_then(|text| text.trim().parse().ok())
+                .ok_or_else(|| {
+                    corrupt(
+                        &self.name,
+                        None,
+                        &path,
+                        "does not hold a change-feed position",
+                    )
+                }),
+        }
+    }
+
+    /// Where numbering goes on from: past the log's last position, and past
+    /// every position reserved for `Buffered` writes when the handle opened.
+    fn next_base(&self) -> u64 {
+        self.log.last_seq().max(self.floor)
+    }
+
+    /// Before a `Buffered` handle hands out positions up to `last` (under
+    /// the exclusive lock): makes sure a durable reservation covers them,
+    /// writing a larger one if need be. A `Full` handle's positions are in
+    /// its synced frames already.
+    fn reserve_through(&mut self, last: u64) -> Result<()> {
+        if self.durable() || last <= self.reserved {
+            return Ok(());
+        }
+        // Another handle may have reserved further meanwhile.
+        let on_disk = self.read_reserved()?;
+        if last > on_disk {
+            let reserved = last.saturating_add(RESERVATION).min(log::MAX_SEQUENCE);
+            replace_atomically(
+                self.ops.as_ref(),
+                &self.dir.join(RESERVED_FILE),
+                reserved.to_string().as_bytes(),
+                true,
+            )?;
+            self.reserved = reserved;
+        } else {
+            self.reserved = on_disk;
+        }
+        Ok(())
     }
 
     /// Writes `.name` when the directory name is hashed and it is missing
@@ -396,7 +436,7 @@ impl Collection {
         let mut finals: Vec<&WalOp> = last.into_values().collect();
         finals.sort_by_key(|op| op.seq);
         let highest = frames.iter().map(Frame::last_seq).max().unwrap_or(0);
-        let mut next = self.log.last_seq().max(highest);
+        let mut next = self.next_base().max(highest);
         let mut entries = Vec::new();
         for op in finals {
             let registered = match op.record {
@@ -427,7 +467,9 @@ impl Collection {
             tracing::warn!(dir = %self.dir.display(), records = entries.len(), "entered committed writes the change log lacked");
         }
         // Synced: readers may see these sequences once the lock is released,
-        // so they must not be handed out again after a power cut.
+        // so they must not be handed out again after a power cut (a
+        // `Buffered` handle's reservation covers them instead).
+        self.reserve_through(next)?;
         let durable = self.durable();
         self.log.append(self.ops.as_ref(), entries, durable)
     }
@@ -524,7 +566,7 @@ impl Collection {
             Read::Link => Some(Vec::new()),
             Read::Missing => None,
         };
-        let mut highest_seq = self.log.last_seq();
+        let mut highest_seq = self.next_base();
         let mut highest_generation = self.log.generation();
         if let Some(bytes) = &old {
             tracing::warn!(log = %path.display(), problem, "rebuilding the change log from the record files");
@@ -584,7 +626,7 @@ impl Collection {
         let mut unknown: Vec<&String> = on_disk.iter().filter(|id| !self.log.knows(id)).collect();
         unknown.sort();
         let mut entries = Vec::with_capacity(unknown.len() + 1);
-        let mut seq = self.log.last_seq();
+        let mut seq = self.next_base();
         let mut newest = None;
         for id in unknown {
             seq = self.log.checked_next(seq, "sequence")?;
@@ -607,6 +649,7 @@ impl Collection {
                 seq: None,
             });
         }
+        self.reserve_through(seq)?;
         let durable = self.durable();
         self.log.append(self.ops.as_ref(), entries, durable)
     }
@@ -681,7 +724,7 @@ impl Collection {
         let mut outcomes = Vec::with_capacity(writes.len());
         let mut current: HashMap<&str, u64> = HashMap::new();
         let mut planned: Vec<(&PreparedWrite, u64)> = Vec::new();
-        let mut next = self.log.last_seq();
+        let mut next = self.next_base();
         for write in writes {
             let stored = match current.get(write.id.as_str()) {
                 Some(planned) => Some(*planned),
@@ -721,6 +764,7 @@ impl Collection {
         if planned.is_empty() {
             return Ok(outcomes);
         }
+        self.reserve_through(next)?;
         let durable = self.durable();
         let frame = Frame {
             ops: planned
@@ -812,7 +856,8 @@ impl Collection {
         if !existed && !self.log.knows(id) {
             return Ok(false);
         }
-        let seq = self.log.checked_next(self.log.last_seq(), "sequence")?;
+        let seq = self.log.checked_next(self.next_base(), "sequence")?;
+        self.reserve_through(seq)?;
         let durable = self.durable();
         let frame = Frame {
             ops: vec![WalOp {
@@ -1083,11 +1128,6 @@ mod tests {
         let dir = Collection::dir_for(tmp.path(), "notes");
         assert!(synced.lock().contains(&dir), "{:?}", synced.lock());
         assert!(synced.lock().contains(&tmp.path().to_owned()));
-        synced.lock().clear();
-        // A first `Buffered` open leaves its mark durably (see
-        // `number_past_lost_writes`); later ones sync nothing.
-        drop(open(Arc::clone(&recording), Durability::Buffered));
-        assert_eq!(*synced.lock(), [dir, tmp.path().to_owned()]);
         synced.lock().clear();
         drop(open(recording, Durability::Buffered));
         assert!(synced.lock().is_empty(), "{:?}", synced.lock());
