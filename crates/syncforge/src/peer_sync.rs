@@ -224,6 +224,8 @@ impl SyncEngine {
     ) -> Result<PeerSyncReport> {
         let collection = collection.into_name()?;
         let collection = &collection;
+        // A closed engine starts no sync, and announces none.
+        self.check_open()?;
         let span = tracing::info_span!(
             "sync_with",
             peer = peer.peer_id(),

@@ -497,6 +497,11 @@ async fn a_handler_added_after_close_is_dropped_and_receivers_still_end() {
         e.sync("c", Vec::new()).await,
         Err(Error::Closed { .. })
     ));
+    let peer = engine("peer", ConflictStrategy::Crdt).await;
+    assert!(matches!(
+        e.sync_with(&peer, "c").await,
+        Err(Error::Closed { .. })
+    ));
     drop(e);
     let ended = tokio::time::timeout(Duration::from_secs(5), rx.recv())
         .await
