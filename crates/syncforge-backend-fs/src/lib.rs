@@ -160,7 +160,7 @@ mod files;
 #[cfg(test)]
 mod power_loss;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -215,8 +215,9 @@ pub enum Durability {
     /// (reported as corrupt). The change feed still never hands out a
     /// position twice: before numbering its writes, a `Buffered` handle
     /// reserves positions durably (`.reserved`, a million at a time), and
-    /// every open of the collection numbers on above the reservation, past
-    /// any position a lost write took (and a replica may have pulled).
+    /// a handle's first open of the collection numbers on above the
+    /// reservation, past any position a lost write took (and a replica may
+    /// have pulled).
     Buffered,
 }
 
@@ -303,6 +304,9 @@ struct Inner {
     evicting: Mutex<Vec<Arc<OpenCollection>>>,
     /// Takes of open collections so far: their order of use.
     uses: AtomicU64,
+    /// The collections this handle opened before (see `Collection::open`'s
+    /// `first_open`).
+    opened: Mutex<HashSet<CollectionName>>,
 }
 
 impl fmt::Debug for FsBackend {
@@ -359,6 +363,7 @@ impl FsBackend {
                 collections: Mutex::new(HashMap::new()),
                 evicting: Mutex::new(Vec::new()),
                 uses: AtomicU64::new(0),
+                opened: Mutex::new(HashSet::new()),
             }),
         })
     }
@@ -499,6 +504,8 @@ impl Inner {
         // other collections must not wait behind it. Two calls opening one
         // collection at once both open it, as two processes would; the one
         // that finishes second takes the first one's.
+        // Read before opening, which may wait for other processes' locks.
+        let first_open = !self.opened.lock().contains(name);
         let Some(state) = Collection::open(
             Arc::clone(&self.ops),
             &self.root,
@@ -506,6 +513,7 @@ impl Inner {
             self.options.durability,
             self.tuning,
             take == Take::Create,
+            first_open,
         )?
         else {
             return Ok(None);
@@ -522,6 +530,7 @@ impl Inner {
         // least recently used first: reopening one costs a read of its
         // whole change log, so a busy collection must not be the one closed.
         let excess = (open.len() + 1).saturating_sub(MAX_OPEN_COLLECTIONS);
+        self.opened.lock().insert(name.clone());
         let state = Arc::new(OpenCollection::new(state));
         used(&state);
         if excess == 0 {
@@ -1145,6 +1154,52 @@ mod tests {
             .unwrap();
         assert_eq!(store.inner.collections.lock().len(), MAX_OPEN_COLLECTIONS);
         store.close().await.unwrap();
+    }
+
+    /// A `Buffered` handle reserves change-feed positions before numbering
+    /// (see `Collection::reserve_through`); one that only reads reserves
+    /// none, and a collection it closed to make room and opened again
+    /// numbers on from where it was, without reserving again.
+    #[tokio::test]
+    async fn buffered_numbering_reserves_only_for_what_it_numbers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let notes = name("notes");
+        let full = FsBackend::open(tmp.path()).await.unwrap();
+        async fn put(store: &FsBackend, id: &str) -> u64 {
+            let record = syncforge_core::Record::create(
+                syncforge_core::Content::from_value(serde_json::json!({"id": id})).unwrap(),
+                &syncforge_core::Stamp::new(1_000, 0, "t").unwrap(),
+            );
+            let write = syncforge_core::Write::create(record);
+            match store.put(&name("notes"), &write).await.unwrap() {
+                syncforge_core::WriteOutcome::Written { cursor, .. } => cursor.get(),
+                syncforge_core::WriteOutcome::Conflict => panic!("conflict"),
+            }
+        }
+        put(&full, "a").await;
+        full.close().await.unwrap();
+        let reserved = Collection::dir_for(tmp.path(), "notes").join(".reserved");
+        let buffered = FsBackend::open_with(
+            tmp.path(),
+            FsOptions::default().durability(Durability::Buffered),
+        )
+        .await
+        .unwrap();
+        assert_eq!(buffered.get_all(&notes).await.unwrap().len(), 1);
+        assert!(!reserved.exists(), "a handle that only read reserved");
+        let first = put(&buffered, "b").await;
+        let on_disk = std::fs::read_to_string(&reserved).unwrap();
+        for n in 0..MAX_OPEN_COLLECTIONS {
+            buffered
+                .inner
+                .collection(&name(&format!("other-{n}")), Take::Create)
+                .unwrap();
+        }
+        assert!(!buffered.inner.collections.lock().contains_key(&notes));
+        let again = put(&buffered, "c").await;
+        assert_eq!(again, first + 1, "a reopen numbered past its reservation");
+        assert_eq!(std::fs::read_to_string(&reserved).unwrap(), on_disk);
+        buffered.close().await.unwrap();
     }
 
     /// The collection closed to make room was whichever the map's order

@@ -955,9 +955,9 @@ async fn after_a_power_cut_a_buffered_store_hands_out_no_position_again() {
         WriteOutcome::Written { cursor, .. } => cursor.get(),
         WriteOutcome::Conflict => panic!("conflict"),
     };
-    // The store, its id and the collection's log made durably: lost, the
-    // store would come back as a new one, which replicas pull from the
-    // start, and a lost log is rebuilt above every position anyway.
+    // The store and its id made durably: lost, the store would come back
+    // as a new one, which replicas pull from the start. The collection is
+    // the `Buffered` handle's own, made without a sync.
     let root = model_root.join("store");
     let made = FsBackend::open_on(ops.clone(), &root, FsOptions::default(), Tuning::default())
         .await
@@ -965,11 +965,6 @@ async fn after_a_power_cut_a_buffered_store_hands_out_no_position_again() {
     made.set_meta_if_absent(STORE_ID_KEY, "store-1")
         .await
         .unwrap();
-    let first = made
-        .put(&name, &Write::create(counter("first", 1)))
-        .await
-        .unwrap();
-    assert_eq!(written(first), 1);
     made.close().await.unwrap();
     let store = FsBackend::open_on(ops, &root, buffered(), Tuning::default())
         .await

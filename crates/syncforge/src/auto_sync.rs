@@ -150,6 +150,11 @@ impl SyncEngine {
                 },
             };
             for collection in &collections {
+                // A close during the window ends it: nothing is announced
+                // after it (a closed engine's syncs fail before they yield).
+                if self.is_closed() {
+                    return;
+                }
                 if events.wants(EventKind::SyncStart) {
                     events.emit(SyncEvent::SyncStart {
                         collection: collection.clone(),

@@ -41,8 +41,8 @@ use self::records::{file_name_for, has_records, id_of_file, load, parse, RecordF
 use self::wal::{Frame, Refresh, Wal, WalOp};
 use crate::encoding::{is_hashed, stem_for};
 use crate::files::{
-    corrupt, create_dir_all, io_error, read_dir, read_file, replace_atomically, sync_dir, FileOps,
-    Read, LINK_REASON, TEMP_PREFIX,
+    corrupt, create_dir_all, io_error, parent, read_dir, read_file, replace_atomically, sync_dir,
+    FileOps, Read, LINK_REASON, TEMP_PREFIX,
 };
 use crate::{Durability, Tuning};
 
@@ -123,6 +123,7 @@ impl Collection {
         durability: Durability,
         tuning: Tuning,
         create: bool,
+        first_open: bool,
     ) -> Result<Option<Collection>> {
         let dir = Self::dir_for(root, name);
         let new_dir = !check_dir(&dir, name)?;
@@ -152,8 +153,14 @@ impl Collection {
             checkpoint_lock: Arc::clone(&checkpoint_lock),
         };
         // Before anything is numbered, catching up with the logs included.
-        collection.floor = collection.read_reserved()?;
-        collection.reserved = collection.floor;
+        // Once per handle: a collection closed to make room and opened again
+        // has lost nothing since (the process is still running), and
+        // numbering above the reservation at every reopen would reserve
+        // again, synced, at its first write.
+        collection.reserved = collection.read_reserved()?;
+        if first_open {
+            collection.floor = collection.reserved;
+        }
         // Under both locks: reconciling removes temporaries, which would
         // include those of a write or a checkpoint under way elsewhere.
         let _checkpointing = checkpoint_lock.acquire()?;
@@ -198,12 +205,15 @@ impl Collection {
             Read::Bytes(bytes) => std::str::from_utf8(&bytes)
                 .ok()
                 .and_then(|text| text.trim().parse().ok())
+                .filter(|reserved| *reserved <= log::MAX_SEQUENCE)
                 .ok_or_else(|| {
                     corrupt(
                         &self.name,
                         None,
                         &path,
-                        "does not hold a change-feed position",
+                        "does not hold a change-feed position: write into it a number above \
+                         every position the collection handed out (the time in microseconds \
+                         is one)",
                     )
                 }),
         }
@@ -233,6 +243,13 @@ impl Collection {
                 reserved.to_string().as_bytes(),
                 true,
             )?;
+            if on_disk == 0 {
+                // The first reservation: a `Buffered` handle made the
+                // directory without syncing its entry in the store's root,
+                // and a directory lost with its reservation would number
+                // from 1 again under the same store id.
+                sync_dir(self.ops.as_ref(), parent(&self.dir)?)?;
+            }
             self.reserved = reserved;
         } else {
             self.reserved = on_disk;
@@ -436,7 +453,8 @@ impl Collection {
         let mut finals: Vec<&WalOp> = last.into_values().collect();
         finals.sort_by_key(|op| op.seq);
         let highest = frames.iter().map(Frame::last_seq).max().unwrap_or(0);
-        let mut next = self.next_base().max(highest);
+        let base = self.next_base().max(highest);
+        let mut next = base;
         let mut entries = Vec::new();
         for op in finals {
             let registered = match op.record {
@@ -469,7 +487,9 @@ impl Collection {
         // Synced: readers may see these sequences once the lock is released,
         // so they must not be handed out again after a power cut (a
         // `Buffered` handle's reservation covers them instead).
-        self.reserve_through(next)?;
+        if next > base {
+            self.reserve_through(next)?;
+        }
         let durable = self.durable();
         self.log.append(self.ops.as_ref(), entries, durable)
     }
@@ -626,7 +646,8 @@ impl Collection {
         let mut unknown: Vec<&String> = on_disk.iter().filter(|id| !self.log.knows(id)).collect();
         unknown.sort();
         let mut entries = Vec::with_capacity(unknown.len() + 1);
-        let mut seq = self.next_base();
+        let base = self.next_base();
+        let mut seq = base;
         let mut newest = None;
         for id in unknown {
             seq = self.log.checked_next(seq, "sequence")?;
@@ -649,7 +670,9 @@ impl Collection {
                 seq: None,
             });
         }
-        self.reserve_through(seq)?;
+        if seq > base {
+            self.reserve_through(seq)?;
+        }
         let durable = self.durable();
         self.log.append(self.ops.as_ref(), entries, durable)
     }
@@ -1062,6 +1085,7 @@ mod tests {
             Durability::Full,
             Tuning::default(),
             false,
+            true,
         )
         .unwrap()
         .unwrap();
@@ -1117,6 +1141,7 @@ mod tests {
                 "notes",
                 durability,
                 Tuning::default(),
+                true,
                 true,
             )
             .unwrap()
