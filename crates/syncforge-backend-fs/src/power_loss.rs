@@ -849,6 +849,27 @@ async fn a_killed_process_loses_nothing_at_any_point_under_either_durability() {
     }
 }
 
+/// A directory for a model disk (`model` in a fresh temporary directory),
+/// and the recorder of what is done to it.
+fn recorded_disk() -> (tempfile::TempDir, PathBuf, Arc<Recorder>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let model_root = tmp.path().join("model");
+    std::fs::create_dir(&model_root).unwrap();
+    let recorder = Arc::new(Recorder::new(&model_root));
+    (tmp, model_root, recorder)
+}
+
+/// Writes to `dir` (made here) what a power cut of `variant` leaves of
+/// every change recorded so far.
+fn cut_now(recorder: &Recorder, variant: Variant, dir: &Path) {
+    let mut model = Model::new();
+    for op in recorder.ops.lock().iter() {
+        model.apply(op);
+    }
+    std::fs::create_dir(dir).unwrap();
+    materialize(dir, &model.survivors(variant));
+}
+
 /// A `Buffered` handle's checkpoint that keeps frames puts a new log in
 /// place without syncing the directory. A `Full` handle on the same
 /// collection then appended its write to that file and synced only the
@@ -856,10 +877,7 @@ async fn a_killed_process_loses_nothing_at_any_point_under_either_durability() {
 /// directory naming the old log, and the write gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_write_after_a_buffered_checkpoint_survives_a_power_cut() {
-    let tmp = tempfile::tempdir().unwrap();
-    let model_root = tmp.path().join("model");
-    std::fs::create_dir(&model_root).unwrap();
-    let recorder = Arc::new(Recorder::new(&model_root));
+    let (tmp, model_root, recorder) = recorded_disk();
     let root = model_root.join("store");
     let tuning = Tuning {
         compact_min_lines: 24,
@@ -913,15 +931,9 @@ async fn a_full_write_after_a_buffered_checkpoint_survives_a_power_cut() {
     }
     full.put(&name, &create("acknowledged")).await.unwrap();
     // The power goes right after the acknowledgement.
-    let ops = recorder.ops.lock().clone();
-    let mut model = Model::new();
-    for op in &ops {
-        model.apply(op);
-    }
     for variant in Variant::POWER_CUTS {
         let dir = tmp.path().join(format!("cut-{variant:?}"));
-        std::fs::create_dir(&dir).unwrap();
-        materialize(&dir, &model.survivors(variant));
+        cut_now(&recorder, variant, &dir);
         let store = FsBackend::open_with(
             &dir.join("store"),
             FsOptions::default().durability(Durability::Buffered),
@@ -944,10 +956,7 @@ async fn a_full_write_after_a_buffered_checkpoint_survives_a_power_cut() {
 /// replica then skipped for good.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_power_cut_a_buffered_store_hands_out_no_position_again() {
-    let tmp = tempfile::tempdir().unwrap();
-    let model_root = tmp.path().join("model");
-    std::fs::create_dir(&model_root).unwrap();
-    let recorder = Arc::new(Recorder::new(&model_root));
+    let (tmp, model_root, recorder) = recorded_disk();
     let ops: Arc<dyn FileOps> = recorder.clone();
     let buffered = || FsOptions::default().durability(Durability::Buffered);
     let name = coll(NOTES);
@@ -978,13 +987,8 @@ async fn after_a_power_cut_a_buffered_store_hands_out_no_position_again() {
         pulled = written(outcome);
     }
     // The power goes: only what was synced survives.
-    let mut model = Model::new();
-    for op in recorder.ops.lock().iter() {
-        model.apply(op);
-    }
     let dir = tmp.path().join("cut");
-    std::fs::create_dir(&dir).unwrap();
-    materialize(&dir, &model.survivors(Variant::Synced));
+    cut_now(&recorder, Variant::Synced, &dir);
     let reopened = FsBackend::open_with(&dir.join("store"), buffered())
         .await
         .unwrap();
