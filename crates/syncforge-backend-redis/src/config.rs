@@ -230,6 +230,24 @@ impl RedisConfig {
         out
     }
 
+    /// The store's URL as it may be shown: [`address`](Self::address) with
+    /// the user name and the key prefix (when not the default), never the
+    /// password. Two stores on one server under two prefixes show apart,
+    /// and [`from_url`](Self::from_url) reads it back as the same store
+    /// (given the password).
+    pub fn shown_url(&self) -> String {
+        let mut out = self.address();
+        if let (Some(user), Some(at)) = (&self.username, out.find("://")) {
+            out.insert_str(at + 3, &format!("{}@", percent_encode(user)));
+        }
+        if self.key_prefix != DEFAULT_KEY_PREFIX {
+            out.push(if out.contains('?') { '&' } else { '?' });
+            out.push_str("prefix=");
+            out.push_str(&percent_encode(&self.key_prefix));
+        }
+        out
+    }
+
     /// Checks every setting, so that a bad one is refused before connecting.
     pub(crate) fn validate(&self) -> Result<()> {
         let invalid =
@@ -389,6 +407,20 @@ fn percent_decode(text: &str, what: &str) -> Result<String> {
     String::from_utf8(out).map_err(|_| url_error(format!("the {what} is not UTF-8 once decoded")))
 }
 
+/// `text` with every byte but the unreserved ones of RFC 3986 %-escaped:
+/// what [`percent_decode`] reads back as `text`.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
 fn url_error(reason: impl Into<String>) -> Error {
     Error::InvalidConfig {
         option: "url",
@@ -399,6 +431,37 @@ fn url_error(reason: impl Into<String>) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shown URL names the same store, user and prefix included, and
+    /// never the password.
+    #[test]
+    fn the_shown_url_reads_back_as_the_same_store_without_its_password() {
+        for url in [
+            "rediss://app:hunter2@cache.example:6380/2?prefix=shop",
+            "redis://a%40b%3Ac:hunter2@h/0?prefix=p%2Fq%20r",
+            "redis-cluster://127.0.0.1:7001?node=127.0.0.1:7002&prefix=x",
+            "redis://localhost",
+        ] {
+            let config = RedisConfig::from_url(url).unwrap();
+            let shown = config.shown_url();
+            assert!(!shown.contains("hunter2"), "{shown}");
+            let again = RedisConfig::from_url(&shown).unwrap();
+            assert_eq!(
+                again,
+                RedisConfig {
+                    password: None,
+                    ..config
+                },
+                "{url} shown as {shown}"
+            );
+        }
+        assert_eq!(
+            RedisConfig::from_url("rediss://app:pw@cache:6380/2?prefix=shop")
+                .unwrap()
+                .shown_url(),
+            "rediss://app@cache:6380/2?prefix=shop"
+        );
+    }
 
     #[test]
     fn plain_urls() {

@@ -236,39 +236,15 @@ fn memory(rest: &str) -> Result<StoreUrl> {
 
 /// A Redis server or cluster: the URL is read by `RedisConfig::from_url`
 /// now, so that a bad one is refused before anything connects, and shown
-/// as its address with the user and key prefix it names, without the
-/// password: two stores on one server under two prefixes show apart, and
-/// what is shown opens the same store again (given the password).
+/// as `RedisConfig::shown_url` gives it, without the password.
 #[cfg(feature = "redis")]
 fn redis(scheme: &str, rest: &str) -> Result<StoreUrl> {
     let url = format!("{scheme}:{rest}");
     let config = syncforge_backend_redis::RedisConfig::from_url(&url)?;
-    let mut shown = config.address();
-    // The user and the prefix as the URL spells them (still encoded), so
-    // that the shown URL reads back the same.
-    let after_scheme = rest.trim_start_matches("//");
-    let (authority, query) = match after_scheme.split_once('?') {
-        Some((before, query)) => (before, Some(query)),
-        None => (after_scheme, None),
-    };
-    let authority = authority.split('/').next().unwrap_or_default();
-    if let Some((userinfo, _)) = authority.rsplit_once('@') {
-        let user = userinfo.split(':').next().unwrap_or_default();
-        if !user.is_empty() {
-            if let Some(at) = shown.find("://") {
-                shown.insert_str(at + 3, &format!("{user}@"));
-            }
-        }
-    }
-    for prefix in query
-        .into_iter()
-        .flat_map(|q| q.split('&'))
-        .filter(|pair| pair.starts_with("prefix="))
-    {
-        shown.push(if shown.contains('?') { '&' } else { '?' });
-        shown.push_str(prefix);
-    }
-    Ok(StoreUrl::backend(BackendConfig::Redis { url }, shown))
+    Ok(StoreUrl::backend(
+        BackendConfig::Redis { url },
+        config.shown_url(),
+    ))
 }
 
 /// An S3 bucket: the URL is read by `S3Config::from_url` now, so that a bad
