@@ -533,10 +533,6 @@ impl Inner {
         self.opened.lock().insert(name.clone());
         let state = Arc::new(OpenCollection::new(state));
         used(&state);
-        if excess == 0 {
-            open.insert(name.clone(), Arc::clone(&state));
-            return Ok(Some(state));
-        }
         let mut idle: Vec<(u64, CollectionName)> = open
             .iter()
             .filter(|(_, state)| Arc::strong_count(state) == 1)
