@@ -184,8 +184,10 @@ impl Collections {
     }
 }
 
-/// The id table's hasher: seeded per table, so ids sent by a peer cannot be
-/// chosen to collide, and several times cheaper than the standard SipHash,
+/// The id table's hasher: seeded at random, which foldhash calls minimally
+/// resistant to denial of service (a peer that does not know the seed
+/// cannot simply precompute ids that collide, though this is no keyed hash
+/// as SipHash is), and several times cheaper than the standard SipHash,
 /// which was the largest single cost of a write in profiles.
 type IdHasher = foldhash::fast::RandomState;
 

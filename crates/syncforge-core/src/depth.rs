@@ -198,13 +198,15 @@ struct Probe {
     in_id: bool,
     /// The top-level `id`, when it is a string.
     id: Option<String>,
-    /// Set inside a serde_json `RawValue`, whose one string is JSON text.
+    /// Set inside a serde_json `RawValue` or `arbitrary_precision` number,
+    /// whose one string is JSON text.
     raw: bool,
 }
 
-/// The name serde_json gives the struct (and its one field) that carries a
-/// `RawValue`'s text.
-const RAW_VALUE_TOKEN: &str = "$serde_json::private::RawValue";
+/// How the names serde_json gives its private structs start: the struct
+/// (and its one field) that carries a `RawValue`'s text, or an
+/// `arbitrary_precision` number's. serde_json writes either as that text.
+pub(crate) const PRIVATE_TOKEN: &str = "$serde_json::private::";
 
 /// How deep JSON text nests arrays and objects: its brackets outside
 /// strings. The text is valid JSON (a `RawValue` is checked when made).
@@ -483,8 +485,9 @@ impl ser::Serializer for &mut Probe {
         name: &'static str,
         _: usize,
     ) -> std::result::Result<Self, ProbeError> {
-        // serde_json writes a `RawValue` as its text, not as an object.
-        if name == RAW_VALUE_TOKEN {
+        // serde_json writes a `RawValue` or a number as its text, not as an
+        // object.
+        if name.starts_with(PRIVATE_TOKEN) {
             self.raw = true;
         } else {
             self.open()?;
@@ -711,6 +714,50 @@ mod tests {
                 "{err}"
             );
         });
+    }
+
+    /// A number as serde_json's `arbitrary_precision` feature (which any
+    /// crate of a program can turn on) serialises it: a private struct whose
+    /// one field is the number's text.
+    struct PreciseNumber;
+
+    impl Serialize for PreciseNumber {
+        fn serialize<S: ser::Serializer>(
+            &self,
+            serializer: S,
+        ) -> std::result::Result<S::Ok, S::Error> {
+            use ser::SerializeStruct;
+            const TOKEN: &str = "$serde_json::private::Number";
+            let mut number = serializer.serialize_struct(TOKEN, 1)?;
+            number.serialize_field(TOKEN, "1")?;
+            number.end()
+        }
+    }
+
+    /// `levels` arrays around a [`PreciseNumber`].
+    struct ArraysAround(usize);
+
+    impl Serialize for ArraysAround {
+        fn serialize<S: ser::Serializer>(
+            &self,
+            serializer: S,
+        ) -> std::result::Result<S::Ok, S::Error> {
+            use ser::SerializeSeq;
+            if self.0 == 0 {
+                return PreciseNumber.serialize(serializer);
+            }
+            let mut array = serializer.serialize_seq(Some(1))?;
+            array.serialize_element(&ArraysAround(self.0 - 1))?;
+            array.end()
+        }
+    }
+
+    /// Such a number was counted as an object, one level more than the
+    /// text serde_json writes: a value at the limit was refused.
+    #[test]
+    fn an_arbitrary_precision_number_nests_as_its_text() {
+        assert_eq!(field_fits(&ArraysAround(MAX_NESTING_DEPTH)), Ok(true));
+        assert_eq!(field_fits(&ArraysAround(MAX_NESTING_DEPTH + 1)), Ok(false));
     }
 
     #[test]

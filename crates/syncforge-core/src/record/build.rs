@@ -86,7 +86,7 @@ where
 
 /// serde_json's names for its raw-value and number tokens start with this:
 /// the structs carrying them are left to serde_json.
-pub(super) const PRIVATE_TOKEN: &str = "$serde_json::private::";
+pub(super) use crate::depth::PRIVATE_TOKEN;
 
 /// The serializer: writes into `out`, with `depth` containers open around
 /// the value it writes.
