@@ -3,7 +3,7 @@
 //! and the argument that no change is missed; the comments here point to
 //! the step of the argument each piece of code carries.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 
@@ -23,6 +23,10 @@ use crate::BACKEND_NAME;
 /// How often a page is read again because compaction moved the feed under
 /// it before giving up with [`Error::Unavailable`].
 const MAX_PAGE_ATTEMPTS: usize = 8;
+
+/// Entries a page fetches first, before it knows how many items an entry of
+/// this feed holds: few, as one may hold a whole batch of writes.
+const FIRST_FETCH: usize = 4;
 
 /// How one item of a writer's own entry ended.
 enum Outcome {
@@ -570,42 +574,49 @@ impl Store {
             page.read_to = page.read_to.max(end_of(horizon.horizon));
         }
 
-        // The entries after the horizon, fetched a few at a time.
+        // The entries after the horizon. An entry holds one batch of writes,
+        // from one item to thousands, and each item offered costs a read of
+        // its record: items are offered in cursor order, no more a pass than
+        // the page has room for, and entries are fetched as many at a time
+        // as the items per entry seen so far say the room needs.
         let mut listed = listed.into_iter().peekable();
-        while !page.full() && listed.peek().is_some() && folded.peek().is_none() {
-            // Each entry holds at least one item: as many entries as the page
-            // has room for changes, as many as can be read at once.
-            let batch: Vec<_> = listed
-                .by_ref()
-                .take(page.room().min(self.in_flight()))
-                .collect();
-            let fetched: Vec<Option<(u64, Entry)>> = futures::stream::iter(batch.into_iter().map(
-                |(number, path, listed_tag)| async move {
-                    let Some(fetched) = self.io.get(&path).await? else {
-                        return Ok::<_, Error>(None);
-                    };
-                    if listed_tag.is_some_and(|listed| !same_etag(&listed, &fetched.etag)) {
+        let mut fetched: VecDeque<(u64, Entry)> = VecDeque::new();
+        // Items of the first fetched entry offered in earlier passes.
+        let mut offered = 0;
+        let (mut entries_seen, mut items_seen) = (0usize, 0usize);
+        while !page.full()
+            && folded.peek().is_none()
+            && (!fetched.is_empty() || listed.peek().is_some())
+        {
+            if fetched.is_empty() {
+                let wanted = match items_seen.checked_div(entries_seen) {
+                    Some(per_entry) => page.room().div_ceil(per_entry.max(1)),
+                    None => page.room().min(FIRST_FETCH),
+                };
+                let batch: Vec<_> = listed.by_ref().take(wanted.min(self.in_flight())).collect();
+                for entry in self.fetch_entries(collection, batch).await? {
+                    // Deleted or replaced since the listing: compaction moved on.
+                    let Some((number, entry)) = entry else {
                         return Ok(None);
-                    }
-                    let entry: Entry = format::parse(&fetched.body, collection, &path)?;
-                    Ok(Some((number, entry)))
-                },
-            ))
-            .buffered(self.in_flight())
-            .try_collect()
-            .await?;
-            let mut entries = Vec::with_capacity(fetched.len());
-            for entry in fetched {
-                // Deleted or replaced since the listing: compaction moved on.
-                let Some(entry) = entry else { return Ok(None) };
-                entries.push(entry);
+                    };
+                    entries_seen += 1;
+                    items_seen += entry.items.len();
+                    fetched.push_back((number, entry));
+                }
             }
+            let room = page.room();
             let mut upto = page.read_to;
             let mut candidates = Vec::new();
-            for (number, entry) in &entries {
-                for (index, item) in entry.items.iter().enumerate() {
+            // Entries offered whole in this pass, then items of the next.
+            let (mut whole, mut partly) = (0, offered);
+            'offer: for (number, entry) in &fetched {
+                for (index, item) in entry.items.iter().enumerate().skip(partly) {
+                    if candidates.len() == room {
+                        break 'offer;
+                    }
                     let at = cursor(*number, index);
                     upto = upto.max(at);
+                    partly = index + 1;
                     if at > after {
                         candidates.push(Candidate {
                             cursor: at,
@@ -614,14 +625,45 @@ impl Store {
                         });
                     }
                 }
+                whole += 1;
+                partly = 0;
             }
             let settled = self
                 .settle_all(collection, keys, candidates, &mut states)
                 .await?;
             page.take(settled, upto, &mut states);
+            fetched.drain(..whole);
+            offered = partly;
         }
-        let unread = folded.peek().is_some() || listed.peek().is_some();
+        let unread = folded.peek().is_some() || listed.peek().is_some() || !fetched.is_empty();
         Ok(Some(page.finish(unread)))
+    }
+
+    /// Reads the listed entries `(number, path, listed ETag)` in their
+    /// order, concurrently; `None` for one deleted or replaced since it was
+    /// listed.
+    async fn fetch_entries(
+        &self,
+        collection: &CollectionName,
+        listed: Vec<(u64, Path, Option<String>)>,
+    ) -> Result<Vec<Option<(u64, Entry)>>> {
+        futures::stream::iter(
+            listed
+                .into_iter()
+                .map(|(number, path, listed_tag)| async move {
+                    let Some(fetched) = self.io.get(&path).await? else {
+                        return Ok::<_, Error>(None);
+                    };
+                    if listed_tag.is_some_and(|listed| !same_etag(&listed, &fetched.etag)) {
+                        return Ok(None);
+                    }
+                    let entry: Entry = format::parse(&fetched.body, collection, &path)?;
+                    Ok(Some((number, entry)))
+                }),
+        )
+        .buffered(self.in_flight())
+        .try_collect()
+        .await
     }
 
     /// Folds the entries more than one interval behind `claimed` into a new
@@ -659,23 +701,7 @@ impl Store {
                 obsolete.push(meta.location);
             }
         }
-        let fetched: Vec<Option<(u64, Entry)>> = futures::stream::iter(to_fold.into_iter().map(
-            |(number, path, listed_tag)| async move {
-                let Some(fetched) = self.io.get(&path).await? else {
-                    return Ok::<_, Error>(None);
-                };
-                if listed_tag.is_some_and(|listed| !same_etag(&listed, &fetched.etag)) {
-                    return Ok(None);
-                }
-                Ok(Some((
-                    number,
-                    format::parse::<Entry>(&fetched.body, collection, &path)?,
-                )))
-            },
-        ))
-        .buffer_unordered(self.in_flight())
-        .try_collect()
-        .await?;
+        let fetched = self.fetch_entries(collection, to_fold).await?;
         let mut entries = Vec::with_capacity(fetched.len());
         for entry in fetched {
             // Another compaction got there first.

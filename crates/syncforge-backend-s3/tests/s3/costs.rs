@@ -56,6 +56,57 @@ async fn a_sync_into_an_empty_collection_costs_at_most_1_2_requests_per_record()
     assert!(per_record <= 1.2, "{per_record} requests per record");
 }
 
+/// A feed of whole batches, read a page of 100 at a time as a peer sync
+/// reads it: each page reads the entries it needs and the records it
+/// returns. Each page fetched as many entries as it had room for changes
+/// (64 at once) and read the record of every item in them, 64 reads a change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_the_feed_reads_about_one_record_per_change() {
+    let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let collection = CollectionName::new("batches").unwrap();
+    let writer = S3Backend::from_store(Arc::clone(&memory), "dse").unwrap();
+    let mut clock = Hlc::new(ClientId::new("w").unwrap());
+    let records: Vec<Record> = (0..2000)
+        .map(|i| record(&mut clock, &format!("r{i:04}"), i))
+        .collect();
+    sync_in(&writer, &collection, &records).await;
+
+    let counted = Arc::new(Wrapped::new(Arc::clone(&memory)));
+    let reader = S3Backend::from_store(counted.clone(), "dse").unwrap();
+    let first = reader
+        .changes(&collection, Cursor::START, 100.try_into().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 100);
+    assert!(first.more);
+    assert!(
+        counted.requests() <= 110,
+        "{} requests for the first page",
+        counted.requests()
+    );
+    let mut seen: Vec<RecordId> = first
+        .changes
+        .iter()
+        .map(|c| c.record.id().clone())
+        .collect();
+    let mut after = first.next;
+    loop {
+        let page = reader
+            .changes(&collection, after, 100.try_into().unwrap())
+            .await
+            .unwrap();
+        seen.extend(page.changes.iter().map(|c| c.record.id().clone()));
+        after = page.next;
+        if !page.more {
+            break;
+        }
+    }
+    let expected: Vec<RecordId> = records.iter().map(|r| r.id().clone()).collect();
+    assert_eq!(seen, expected, "every record once, in the order written");
+    let per_change = counted.requests() as f64 / 2000.0;
+    assert!(per_change <= 1.2, "{per_change} requests per change");
+}
+
 /// Requests a reader at the end of the feed spends to read 10 changes, in a
 /// collection of `size` records.
 async fn incremental_cost(size: usize) -> (u64, u64) {
