@@ -435,6 +435,12 @@ fn is_transient(error: &object_store::Error, status: Option<u16>, message: &str)
         }
         cause = current.source();
     }
+    // object_store's answer to a redirect that names no place, which S3
+    // sends to a client configured for another region than the bucket's:
+    // it stays until the configuration changes.
+    if message.contains("Received redirect without LOCATION") {
+        return false;
+    }
     match status {
         Some(501 | 505) => false,
         Some(400) => message.contains("<Code>RequestTimeout</Code>"),
@@ -538,6 +544,13 @@ mod tests {
             &path,
         );
         assert!(!skewed.is_transient(), "{skewed}");
+        // A bucket in another region than configured: retrying only waits.
+        let elsewhere = map_error(
+            generic("Error performing GET https://b.s3.us-east-1.amazonaws.com/dse/m/kx in 40ms - Received redirect without LOCATION, this normally indicates an incorrectly configured region"),
+            "reading",
+            &path,
+        );
+        assert!(matches!(elsewhere, Error::Storage { .. }), "{elsewhere}");
         let denied = map_error(
             object_store::Error::PermissionDenied {
                 path: "p/k".to_owned(),
