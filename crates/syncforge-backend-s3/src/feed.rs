@@ -56,6 +56,9 @@ impl Store {
         writes: &[Write],
     ) -> Result<Vec<WriteOutcome>> {
         let keys = self.keys.collection(collection);
+        for write in writes {
+            self.keys.check_id(&keys, write.record.id())?;
+        }
         let mut outcomes = vec![WriteOutcome::Conflict; writes.len()];
         let mut pending: Vec<(usize, Item)> = Vec::with_capacity(writes.len());
         for (index, write) in writes.iter().enumerate() {

@@ -108,6 +108,8 @@ pub(crate) enum SegmentName {
 #[derive(Debug, Clone)]
 pub(crate) struct Keys {
     prefix: String,
+    /// In a local directory: the longest record file name it can write.
+    longest_file_name: Option<usize>,
 }
 
 impl Keys {
@@ -140,6 +142,38 @@ impl Keys {
         }
         Ok(Keys {
             prefix: prefix.to_owned(),
+            longest_file_name: None,
+        })
+    }
+
+    /// The layout in a local directory, whose files' names are bounded
+    /// ([`MAX_WRITABLE_NAME`](crate::local::MAX_WRITABLE_NAME)).
+    pub(crate) fn in_local_files(mut self) -> Keys {
+        self.longest_file_name = Some(crate::local::MAX_WRITABLE_NAME);
+        self
+    }
+
+    /// Refuses an id whose record key (in `keys`) ends in a longer name than
+    /// a local directory can write. Checked before a write's feed entry:
+    /// written, the entry would hold a write that can never land.
+    pub(crate) fn check_id(&self, keys: &CollectionKeys, id: &RecordId) -> Result<()> {
+        let Some(longest) = self.longest_file_name else {
+            return Ok(());
+        };
+        let record = keys.record(id);
+        let name = record.filename().unwrap_or_default();
+        if name.len() <= longest {
+            return Ok(());
+        }
+        Err(Error::InvalidId {
+            id: id.as_str().chars().take(64).collect(),
+            reason: format!(
+                "a local directory stores it in a file named by its key, {} bytes long \
+                 (an id encodes each byte but letters, digits, `-` and `_` as three), and a \
+                 file name holds at most {longest} here; ids whose key passes {MAX_PLAIN_ID} \
+                 bytes are stored under a hash and fit",
+                name.len()
+            ),
         })
     }
 

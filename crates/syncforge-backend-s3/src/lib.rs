@@ -194,7 +194,11 @@ impl S3Backend {
         options: StoreOptions,
         description: String,
     ) -> Result<Self> {
-        let keys = keys::Keys::new(prefix)?;
+        let mut keys = keys::Keys::new(prefix)?;
+        // A `LocalDirectory`, given by `local_directory` or to `from_store`.
+        if description.starts_with(&format!("{}(", local::STORE)) {
+            keys = keys.in_local_files();
+        }
         let io = io::Io::new(object_store, options.max_in_flight.get(), keys.probe());
         Ok(S3Backend {
             store: store::Store::new(io, keys, options),

@@ -43,8 +43,17 @@ use object_store::{
     Result,
 };
 
-/// The name this store gives itself in errors.
-const STORE: &str = "LocalDirectory";
+/// The name this store gives itself in errors, and starts its `Display` with.
+pub(crate) const STORE: &str = "LocalDirectory";
+
+/// The longest file name common file systems hold (ext4, XFS, Btrfs, APFS,
+/// NTFS): 255 bytes.
+const MAX_FILE_NAME: usize = 255;
+
+/// The longest last segment of an object's key this store can write: a
+/// write stages its file beside the object's as `{name}#N`, with the first
+/// free number from 1, which leaves room for 99 writes of one object at once.
+pub(crate) const MAX_WRITABLE_NAME: usize = MAX_FILE_NAME - 3;
 
 /// The lock file, in the directory's root. The `#` and digits are the form
 /// `LocalFileSystem` gives its unfinished uploads: listings skip such files
@@ -165,7 +174,7 @@ impl LocalDirectory {
 
 impl fmt::Display for LocalDirectory {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "LocalDirectory({})", self.root.display())
+        write!(f, "{STORE}({})", self.root.display())
     }
 }
 
@@ -242,6 +251,17 @@ impl ObjectStore for LocalDirectory {
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+        // No file has such a name, so no object has such a key: absent,
+        // where the file system's error would fail every read that meets it.
+        if location
+            .filename()
+            .is_some_and(|name| name.len() > MAX_FILE_NAME)
+        {
+            return Err(Error::NotFound {
+                path: location.to_string(),
+                source: "longer than a file name may be".into(),
+            });
+        }
         self.files.get_opts(location, options).await
     }
 

@@ -465,3 +465,47 @@ async fn get_all_refuses_a_record_under_another_records_key() {
         .unwrap_err();
     assert!(matches!(&err, SyncError::Corrupt { .. }), "{err}");
 }
+
+/// An id whose key is a longer file name than a local directory can write
+/// is refused before anything is written. Its write went into a feed entry
+/// first and then failed on the record's file, so every later read of the
+/// feed, and every later write, met it and failed too.
+#[tokio::test]
+async fn an_id_too_long_for_a_file_name_is_refused_and_the_feed_goes_on() {
+    use syncforge_core::Error as SyncError;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = S3Backend::local_directory(dir.path(), "dse").unwrap();
+    let notes = CollectionName::new("notes").unwrap();
+    let mut hlc = Hlc::new(ClientId::new("writer").unwrap());
+    let mut written = Vec::new();
+    // 252 plain bytes fit; 253 and 600 do not; past 600 the key is hashed.
+    for (id, fits) in [
+        ("a".repeat(252), true),
+        ("a".repeat(253), false),
+        ("/".repeat(200), false),
+        ("a".repeat(600), false),
+        ("a".repeat(601), true),
+    ] {
+        let record = Record::create(
+            Content::from_value(json!({"id": id})).unwrap(),
+            &hlc.now().unwrap(),
+        );
+        let id = RecordId::new(&id).unwrap();
+        let put = store.put(&notes, &Write::create(record)).await;
+        if fits {
+            assert!(matches!(put, Ok(WriteOutcome::Written { .. })), "{put:?}");
+            written.push(id);
+        } else {
+            assert!(matches!(&put, Err(SyncError::InvalidId { .. })), "{put:?}");
+            assert!(store.get(&notes, &id).await.unwrap().is_none());
+            assert!(!store.delete(&notes, &id).await.unwrap());
+        }
+        let page = store
+            .changes(&notes, Cursor::START, 100.try_into().unwrap())
+            .await
+            .unwrap();
+        let ids: Vec<RecordId> = page.changes.iter().map(|c| c.record.id().clone()).collect();
+        assert_eq!(ids, written);
+    }
+}
