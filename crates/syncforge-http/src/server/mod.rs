@@ -166,8 +166,11 @@ impl Server {
             max_connections: options.max_connections,
             shutdown_grace: options.request_timeout.saturating_add(SHUTDOWN_MARGIN),
         };
-        let refusal = connections::overloaded(handlers::cors_layer(&options.cors));
+        let cors = options.cors.clone();
+        // After `build` has checked the options: the CORS layer panics on
+        // a list of origins holding "*".
         let (app, sync_slots) = handlers::build(Arc::new(replica), options, closing.clone())?;
+        let refusal = connections::overloaded(handlers::cors_layer(&cors));
         let listener = TcpListener::bind(address)
             .await
             .map_err(|error| Error::InvalidConfig {

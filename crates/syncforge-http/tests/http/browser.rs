@@ -17,6 +17,26 @@ fn plain_client() -> reqwest::Client {
         .unwrap()
 }
 
+/// A "*" among listed origins is refused as the options' error, not by a
+/// panic of the CORS layer, which `bind` built before checking the options.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_star_among_listed_origins_is_a_config_error() {
+    let options = ServerOptions::default().cors_allow_origins(["https://a.example", "*"]);
+    let Err(refused) = Server::bind(memory_engine("hq").await, "127.0.0.1:0", options).await else {
+        panic!("a \"*\" in a list of origins is refused");
+    };
+    assert!(
+        matches!(
+            refused,
+            syncforge::Error::InvalidConfig {
+                option: "cors_allow_origins",
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preflights_are_answered_for_allowed_origins_only() {
     let hq = memory_engine("hq").await;
