@@ -264,6 +264,8 @@ async fn each_kind_of_bad_input_gets_its_typed_refusal_and_writes_nothing() {
         ("limit=0", ErrorCode::InvalidArgument),
         ("wait=soon", ErrorCode::InvalidArgument),
         ("skip=9-3", ErrorCode::InvalidArgument),
+        ("skip=1-9007199254740993", ErrorCode::InvalidArgument),
+        ("skip=1-18446744073709551615", ErrorCode::InvalidArgument),
         ("after=1&after=2", ErrorCode::InvalidArgument),
     ] {
         let answer = send(

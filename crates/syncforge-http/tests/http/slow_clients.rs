@@ -304,3 +304,56 @@ async fn shutdown_closes_idle_connections_at_once() {
             .is_some());
     }
 }
+
+/// Feed pages held for clients that do not read them take room in
+/// `max_buffered_bytes` until they are sent. Each page was held outside any
+/// bound: 512 connections asking for pages of large records, and reading
+/// nothing, held 512 bodies of up to `max_body_bytes`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_a_client_does_not_read_count_against_the_buffered_bytes() {
+    const MIB: usize = 1 << 20;
+    let hq = memory_engine("hq").await;
+    // Ten records of a MiB: a page of them is larger than what the kernel's
+    // socket buffers take from a client that reads nothing.
+    for i in 0..10 {
+        hq.put(
+            "photos",
+            &serde_json::json!({"id": format!("p{i}"), "pixels": "x".repeat(MIB)}),
+        )
+        .await
+        .unwrap();
+    }
+    let options = ServerOptions::default()
+        .max_body_bytes(12 * MIB)
+        .max_buffered_bytes(12 * MIB)
+        .max_wait(Duration::from_secs(1))
+        .request_timeout(Duration::from_secs(4));
+    let server = Server::bind(hq, "127.0.0.1:0", options).await.unwrap();
+    let request = "GET /v1/collections/photos/changes?limit=10 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    let mut stalled = connect(&server).await;
+    stalled.write_all(request.as_bytes()).await.unwrap();
+    // Its page is written and being sent when the next request comes.
+    let head = read_answer_head(&mut stalled, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let feed = format!("{}/v1/collections/photos/changes?limit=10", server.url());
+    let busy = client.get(&feed).send().await.unwrap();
+    assert_eq!(busy.status(), 503);
+    let answer: serde_json::Value = serde_json::from_slice(&busy.bytes().await.unwrap()).unwrap();
+    assert_eq!(answer["error"]["code"], "unavailable", "{answer}");
+
+    // Once the stalled client reads its page, the room is back.
+    let rest = read_until_closed(&mut stalled, Duration::from_millis(1500)).await;
+    assert!(rest.is_none(), "the connection stays open after the answer");
+    let served = client.get(&feed).send().await.unwrap();
+    assert_eq!(served.status(), 200);
+    let page: serde_json::Value = serde_json::from_slice(&served.bytes().await.unwrap()).unwrap();
+    assert_eq!(page["changes"].as_array().map(Vec::len), Some(10));
+    server.shutdown().await.unwrap();
+}
