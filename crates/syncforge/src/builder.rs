@@ -300,7 +300,14 @@ impl EngineBuilder {
         };
         let engine = SyncEngine::open(config, backend, self.time).await?;
         if engine.config().auto_sync() {
-            engine.start_auto_sync()?;
+            if let Err(error) = engine.start_auto_sync() {
+                // The store was opened for this engine alone: a build that
+                // fails leaves nothing open. The start's error says why.
+                if let Err(closing) = engine.close().await {
+                    tracing::warn!(error = %closing, "closing the store after auto-sync failed to start");
+                }
+                return Err(error);
+            }
         }
         Ok(engine)
     }

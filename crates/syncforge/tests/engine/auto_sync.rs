@@ -206,6 +206,31 @@ fn starting_on_a_runtime_without_timers_is_an_error() {
     assert_refused(&outcome);
 }
 
+/// A build whose auto-sync cannot start closes the store it opened: it
+/// returned the error and left the store open, with no engine to close it.
+#[test]
+fn a_build_whose_auto_sync_cannot_start_closes_its_store() {
+    use syncforge_testkit::faults::{FaultyBackend, Operation};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let store = Arc::new(FaultyBackend::new(
+        Arc::new(syncforge::MemoryBackend::new()),
+        1,
+        0.0,
+        Duration::ZERO,
+    ));
+    let shared: Arc<dyn syncforge::StorageBackend> = store.clone();
+    let outcome = runtime.block_on(
+        SyncEngine::builder()
+            .auto_sync(true)
+            .backend(shared)
+            .build(),
+    );
+    assert_refused(&outcome.map(drop));
+    assert_eq!(store.calls(Operation::Close), 1);
+}
+
 /// A closed engine takes no auto-sync peer: it would hold it for ever.
 #[tokio::test]
 async fn a_closed_engine_takes_no_peer() {
