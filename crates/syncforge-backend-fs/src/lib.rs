@@ -105,8 +105,8 @@
 //! see every record again instead of missing any). Sequences stay at or below
 //! 2^53 (exact in every JSON implementation): a log holding a bigger number is
 //! treated as damaged and rebuilt, and a log that would need one refuses
-//! writes with [`Error::Corrupt`]. A page limit of 0 is refused with
-//! [`Error::InvalidArgument`], since such a page could never advance.
+//! writes with [`Error::Corrupt`]. A page's limit is a `NonZeroUsize`, since
+//! a page of 0 could never advance.
 //!
 //! The log also keeps a bound on the newest stamp stored (raised by every
 //! write, and by files added by hand when they are indexed), so
