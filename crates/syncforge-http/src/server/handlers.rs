@@ -8,7 +8,7 @@ use std::ops::Range;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use axum::body::{Body, Bytes, HttpBody};
+use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{MatchedPath, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method};
@@ -17,7 +17,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::StreamExt;
-use hyper::body::{Frame, SizeHint};
 use parking_lot::Mutex;
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
@@ -134,7 +133,7 @@ impl Permits {
             }
             Err(_) => Err(ApiError::new(
                 ErrorCode::Unavailable,
-                "the server is busy with other requests; try again later",
+                "the server is busy with other pushes; try again later",
             )),
         }
     }
@@ -445,64 +444,14 @@ async fn changes(
     let page = state.feed_page(&collection, &query, max_bytes).await?;
     let (body, sent) = page_body(state.replica.feed_id(), &collection, page, max_bytes)?;
     tracing::Span::current().record("records", sent);
-    // Room for the body until it is sent: the pages held for clients that
-    // read slowly, or not at all, stay within `max_buffered_bytes`, as the
-    // bodies of pushes do. Taken once the page is written, so that long
-    // polls waiting for changes hold none.
-    let room = state
-        .body_room
-        .take(kib(body.len()), state.options.request_timeout / 2)
-        .await?;
     Ok((
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )],
-        Body::new(HeldPage::new(body, room)),
+        body,
     )
         .into_response())
-}
-
-/// A feed page's body, holding its room in `max_buffered_bytes` until the
-/// connection has taken its last frame. It is handed over in frames of
-/// [`HeldPage::FRAME`] bytes: the connection asks for the next frame only
-/// once it has written most of what it holds, so the room is given back when
-/// all but the last few frames are sent (or the client went away).
-struct HeldPage {
-    text: Bytes,
-    _room: OwnedSemaphorePermit,
-}
-
-impl HeldPage {
-    const FRAME: usize = 64 * 1024;
-
-    fn new(text: Vec<u8>, room: OwnedSemaphorePermit) -> Self {
-        HeldPage {
-            text: Bytes::from(text),
-            _room: room,
-        }
-    }
-}
-
-impl HttpBody for HeldPage {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<std::result::Result<Frame<Bytes>, Self::Error>>> {
-        let frame = self.text.len().min(Self::FRAME);
-        std::task::Poll::Ready((frame > 0).then(|| Ok(Frame::data(self.text.split_to(frame)))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.text.is_empty()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(u64::try_from(self.text.len()).unwrap_or(u64::MAX))
-    }
 }
 
 /// A feed page as its `ChangesResponse` JSON, exactly as serde_json writes

@@ -313,15 +313,14 @@ impl ServerOptions {
         self
     }
 
-    /// Most bytes of sync request bodies and feed pages held at once, across
-    /// all requests (default 256 MiB, and never less than
+    /// Most bytes of sync request bodies held at once, across all requests
+    /// (default 256 MiB, and never less than
     /// [`max_body_bytes`](Self::max_body_bytes), so that the largest body
     /// allowed always gets in). A push takes room for its body (the length
     /// it declares, or `max_body_bytes` if it declares none) before reading
-    /// it, and keeps the room until its merge ends; a feed page takes room
-    /// for its body once written and keeps it until sent. A request that
-    /// finds no room waits for it, up to half the request timeout, and is
-    /// then answered 503 `unavailable`. Without it, every
+    /// it, and keeps the room until its merge ends; a push that finds no
+    /// room waits for it, up to half the request timeout, and is then
+    /// answered 503 `unavailable`. Without it, every
     /// connection could hold a body of `max_body_bytes` at once (512 × 16
     /// MiB by default), and the records decoded from a body take a few
     /// times its size.
