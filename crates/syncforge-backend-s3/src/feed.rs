@@ -446,7 +446,13 @@ impl Store {
         states: &mut HashMap<RecordId, State>,
     ) -> Result<Vec<(RecordId, State)>> {
         let mut groups: BTreeMap<RecordId, Vec<Candidate<'_>>> = BTreeMap::new();
-        for candidate in candidates {
+        // A write whose record a local directory cannot hold never lands:
+        // void. Writes of such ids are refused before their entry, but an
+        // entry written before that check holds them.
+        let landable = candidates
+            .into_iter()
+            .filter(|candidate| self.keys.check_id(keys, &candidate.id).is_ok());
+        for candidate in landable {
             groups
                 .entry(candidate.id.clone())
                 .or_default()

@@ -128,6 +128,12 @@ impl S3Backend {
     /// [`LocalDirectory`]'s do: a page of a listing is taken to hold the
     /// first keys after its offset.
     ///
+    /// A [`LocalDirectory`], or a wrapper whose `Display` shows it (as
+    /// object_store's `LimitStore` does), is known by that text: its handle
+    /// refuses ids too long for a file name before writing anything. Behind
+    /// a wrapper that hides it (`PrefixStore`), such an id's write fails
+    /// after its feed entry and is void.
+    ///
     /// # Errors
     ///
     /// [`Error::InvalidConfig`] for a prefix that is empty, too long, or not
@@ -195,8 +201,9 @@ impl S3Backend {
         description: String,
     ) -> Result<Self> {
         let mut keys = keys::Keys::new(prefix)?;
-        // A `LocalDirectory`, given by `local_directory` or to `from_store`.
-        if description.starts_with(&format!("{}(", local::STORE)) {
+        // A `LocalDirectory`, given by `local_directory` or to `from_store`,
+        // also inside a wrapper that shows the store it wraps.
+        if description.contains(&format!("{}(", local::STORE)) {
             keys = keys.in_local_files();
         }
         let io = io::Io::new(object_store, options.max_in_flight.get(), keys.probe());

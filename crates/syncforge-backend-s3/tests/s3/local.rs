@@ -509,3 +509,44 @@ async fn an_id_too_long_for_a_file_name_is_refused_and_the_feed_goes_on() {
         assert_eq!(ids, written);
     }
 }
+
+/// A feed entry holding a write that a local directory cannot land (written
+/// where the handle did not know its store for one: behind a `PrefixStore`,
+/// or by a version without the check) is void: every read of the feed met
+/// it and failed.
+#[tokio::test]
+async fn a_write_too_long_for_a_file_name_in_the_feed_is_void() {
+    let dir = tempfile::tempdir().unwrap();
+    let hidden =
+        object_store::prefix::PrefixStore::new(LocalDirectory::new(dir.path()).unwrap(), "outer");
+    let unaware = S3Backend::from_store(std::sync::Arc::new(hidden), "dse").unwrap();
+    let notes = CollectionName::new("notes").unwrap();
+    let mut hlc = Hlc::new(ClientId::new("writer").unwrap());
+    let record = |id: &str, hlc: &mut Hlc| {
+        Record::create(
+            Content::from_value(json!({"id": id})).unwrap(),
+            &hlc.now().unwrap(),
+        )
+    };
+    let long = "a".repeat(400);
+    assert!(unaware
+        .put(&notes, &Write::create(record(&long, &mut hlc)))
+        .await
+        .is_err());
+    let short = record("short", &mut hlc);
+    let aware = S3Backend::local_directory(dir.path(), "outer/dse").unwrap();
+    assert!(matches!(
+        aware.put(&notes, &Write::create(short.clone())).await,
+        Ok(WriteOutcome::Written { .. })
+    ));
+    let page = aware
+        .changes(&notes, Cursor::START, 100.try_into().unwrap())
+        .await
+        .unwrap();
+    let ids: Vec<&str> = page
+        .changes
+        .iter()
+        .map(|c| c.record.id().as_str())
+        .collect();
+    assert_eq!(ids, ["short"]);
+}
