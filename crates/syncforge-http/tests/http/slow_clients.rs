@@ -304,3 +304,98 @@ async fn shutdown_closes_idle_connections_at_once() {
             .is_some());
     }
 }
+
+/// Ten records of a MiB, served with room for one page of them: a page is
+/// larger than what the kernel's socket buffers take from a client that
+/// reads nothing.
+async fn photo_server(request_timeout: Duration) -> Server {
+    const MIB: usize = 1 << 20;
+    let hq = memory_engine("hq").await;
+    for i in 0..10 {
+        hq.put(
+            "photos",
+            &serde_json::json!({"id": format!("p{i}"), "pixels": "x".repeat(MIB)}),
+        )
+        .await
+        .unwrap();
+    }
+    let options = ServerOptions::default()
+        .max_body_bytes(12 * MIB)
+        .max_buffered_bytes(12 * MIB)
+        .max_wait(request_timeout / 4)
+        .request_timeout(request_timeout);
+    Server::bind(hq, "127.0.0.1:0", options).await.unwrap()
+}
+
+const PHOTOS: &str =
+    "GET /v1/collections/photos/changes?limit=10 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+
+/// A client that asks for a page and reads nothing of it, once the page is
+/// being sent.
+async fn stalled_reader(server: &Server) -> TcpStream {
+    let mut stalled = connect(server).await;
+    stalled.write_all(PHOTOS.as_bytes()).await.unwrap();
+    let head = read_answer_head(&mut stalled, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    stalled
+}
+
+/// A page's status and what it says in short: its error, or how many
+/// changes it holds (a page of them is 10 MiB).
+async fn get_photos(server: &Server) -> (u16, String) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let feed = format!("{}/v1/collections/photos/changes?limit=10", server.url());
+    let answer = client.get(&feed).send().await.unwrap();
+    let status = answer.status().as_u16();
+    let body: serde_json::Value = serde_json::from_slice(&answer.bytes().await.unwrap()).unwrap();
+    let said = match body["changes"].as_array() {
+        Some(changes) => format!("{} changes", changes.len()),
+        None => body["error"].to_string(),
+    };
+    (status, said)
+}
+
+/// Feed pages take room in `max_buffered_bytes` from before their records
+/// are read until they are sent: a page held for a client that does not
+/// read it keeps its room, and the next page waits for room and is answered
+/// busy. Pages were held outside any bound: 512 connections asking for
+/// pages of large records, and reading nothing, held 512 bodies of up to
+/// `max_body_bytes`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_a_client_does_not_read_count_against_the_buffered_bytes() {
+    let server = photo_server(Duration::from_secs(8)).await;
+    let mut stalled = stalled_reader(&server).await;
+    let (status, busy) = get_photos(&server).await;
+    assert_eq!(status, 503, "{busy}");
+    assert!(busy.contains("\"unavailable\""), "{busy}");
+
+    // Once the stalled client reads its page, the room is back.
+    let read = read_until_closed(&mut stalled, Duration::from_millis(1500)).await;
+    assert!(read.is_none(), "the connection stays open after the answer");
+    let (status, page) = get_photos(&server).await;
+    assert_eq!((status, page.as_str()), (200, "10 changes"));
+    server.shutdown().await.unwrap();
+}
+
+/// A client that reads nothing of its answer is closed once it has taken
+/// no byte for the request timeout, and its page's room is given back: it
+/// held its connection, and the page, until it left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_nothing_is_closed_after_the_request_timeout() {
+    let server = photo_server(Duration::from_secs(2)).await;
+    let mut stalled = stalled_reader(&server).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (status, page) = get_photos(&server).await;
+    assert_eq!((status, page.as_str()), (200, "10 changes"));
+    // What the stalled client still gets is cut short, then closed.
+    let rest = read_until_closed(&mut stalled, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(rest.len() < 10 << 20, "{} bytes", rest.len());
+    server.shutdown().await.unwrap();
+}
