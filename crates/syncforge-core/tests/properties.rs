@@ -21,10 +21,12 @@ use syncforge_core::{
 };
 
 /// Cases per property: `PROPTEST_CASES` when set (soak runs), else 1,000.
+/// Zero is not taken: every property would pass without running a case.
 fn config() -> ProptestConfig {
     let cases = std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
+        .filter(|&cases: &u32| cases > 0)
         .unwrap_or(1000);
     ProptestConfig {
         failure_persistence: None,

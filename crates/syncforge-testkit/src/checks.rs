@@ -1171,9 +1171,9 @@ pub async fn close_keeps_data(ctx: &Context<'_>) -> CheckResult {
     );
     let (feed, _) = read_feed(&*reopened, &coll, Cursor::START, 2).await?;
     ensure_eq!(
-        feed.len(),
-        records.len(),
-        "the change feed survives reopening"
+        sorted(feed.into_iter().map(|change| change.record).collect()),
+        sorted(records.clone()),
+        "the change feed survives reopening, each record once"
     );
     ensure_eq!(
         reopened
@@ -1523,11 +1523,14 @@ pub async fn answers_at_once(ctx: &Context<'_>) -> CheckResult {
     // A stored id: answered as it is, nothing written.
     let rival = record(&mut hlc, "a", 2)?;
     let mut made = 0;
-    if let Some(answer) = store.insert_if_absent_now(&coll, &rid("a"), &mut || {
+    let answer = store.insert_if_absent_now(&coll, &rid("a"), &mut || {
         made += 1;
         Ok(rival.clone())
-    }) {
-        ensure!(made <= 1, "make was called {made} times");
+    });
+    // Whether it answers or declines: the engine takes a record made and
+    // not written for a broken store.
+    ensure_eq!(made, 0, "insert_if_absent_now of a stored id calls no make");
+    if let Some(answer) = answer {
         ensure_eq!(
             answer.or_fail("insert_if_absent_now of a stored id")?,
             IfAbsent::Present(stored.clone()),
@@ -1903,11 +1906,14 @@ pub async fn unusual_ids(ctx: &Context<'_>) -> CheckResult {
         "get_all returns every id exactly"
     );
     let (feed, _) = read_feed(store, &coll, Cursor::START, 7).await?;
-    ensure_eq!(
-        feed.len(),
-        names.len(),
-        "the feed lists every unusual id once"
-    );
+    let mut fed: Vec<String> = feed
+        .iter()
+        .map(|change| change.record.id().to_string())
+        .collect();
+    fed.sort();
+    let mut expected = names.clone();
+    expected.sort();
+    ensure_eq!(fed, expected, "the feed lists every unusual id once");
 
     ensure!(
         store.delete(&coll, &rid("a")).await.or_fail("delete")?,

@@ -179,7 +179,8 @@ async fn a_server_down_at_start_is_a_clear_error_within_the_bound() {
         "{text}"
     );
     assert!(!text.contains("never-shown") && !format!("{error:?}").contains("never-shown"));
-    assert!(took < bound + Duration::from_millis(500), "took {took:?}");
+    // Bounded, with room for a loaded machine: not a measurement.
+    assert!(took < bound * 2, "took {took:?}");
 
     // A listener that accepts connections but never answers.
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -198,7 +199,8 @@ async fn a_server_down_at_start_is_a_clear_error_within_the_bound() {
         error.to_string().contains(&silent_port.to_string()),
         "{error}"
     );
-    assert!(took < bound + Duration::from_millis(500), "took {took:?}");
+    // Bounded, with room for a loaded machine: not a measurement.
+    assert!(took < bound * 2, "took {took:?}");
     drop(silent);
 }
 
