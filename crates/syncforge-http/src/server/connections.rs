@@ -6,15 +6,11 @@
 //! header (or nothing) holds its connection, and its file descriptor, until
 //! it leaves; enough of them lock real clients out and stall a graceful
 //! shutdown. Serving each connection through hyper directly sets the timer.
-//! A client that stops reading an answer is closed once the connection has
-//! taken no byte of it for the request timeout ([`StallLimited`]): it held
-//! its connection, and the page it was sent, until it left.
+//! Nothing times out the writing of an answer: a client that stops reading
+//! a large page holds its connection (one of `max_connections`) until it
+//! leaves or the server shuts down.
 
-use std::future::Future;
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::http::{header, HeaderValue};
@@ -23,11 +19,9 @@ use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
-use tokio::time::Sleep;
 use tower_http::cors::CorsLayer;
 
 use super::closed;
@@ -62,8 +56,6 @@ pub(super) struct ConnectionLimits {
     pub(super) max_connections: usize,
     /// Longest wait for open connections once shutdown starts.
     pub(super) shutdown_grace: Duration,
-    /// Longest time an answer's writing may make no progress.
-    pub(super) send_stall_timeout: Duration,
 }
 
 /// Accepts connections on `listener` and serves `app` on each until
@@ -121,7 +113,7 @@ pub(super) async fn accept_until_closed(
                             ),
                         };
                         connections.spawn(serve_connection(
-                            StallLimited::new(stream, limits.send_stall_timeout),
+                            stream,
                             app,
                             timeout,
                             closing.clone(),
@@ -223,14 +215,14 @@ fn is_one_connections_error(error: &std::io::Error) -> bool {
 /// shutdown: then the request in flight finishes and the connection closes.
 /// `_permit` frees its place when the connection ends.
 async fn serve_connection(
-    stream: StallLimited,
+    stream: TcpStream,
     app: Router,
     header_read_timeout: Duration,
     mut closing: watch::Receiver<bool>,
     _permit: OwnedSemaphorePermit,
 ) {
     // Small answers (a long poll's page) must not wait for Nagle.
-    if let Err(error) = stream.stream.set_nodelay(true) {
+    if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%error, "could not set TCP_NODELAY");
     }
     let mut builder = http1::Builder::new();
@@ -249,104 +241,5 @@ async fn serve_connection(
     // Clients leaving, and the header timeout, end connections every day.
     if let Err(error) = outcome {
         tracing::debug!(%error, "connection ended with an error");
-    }
-}
-
-/// A connection whose writes fail once the client has taken no byte for
-/// `limit`: a client that stops reading an answer is closed, and lets go of
-/// the answer and its room in `max_buffered_bytes`. A client that reads
-/// slowly, but reads, is not cut off; nor is a long poll, which writes
-/// nothing while it waits.
-struct StallLimited {
-    stream: TcpStream,
-    limit: Duration,
-    /// Armed when a write finds the socket full; disarmed by any progress.
-    stalled: Option<Pin<Box<Sleep>>>,
-}
-
-impl StallLimited {
-    fn new(stream: TcpStream, limit: Duration) -> Self {
-        StallLimited {
-            stream,
-            limit: limit.min(LONGEST_TIMEOUT),
-            stalled: None,
-        }
-    }
-
-    /// What a write that made no progress answers: wait, or fail once it
-    /// has waited `limit`.
-    fn stall<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
-        let limit = self.limit;
-        let timer = self
-            .stalled
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-        match timer.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the client took no byte of the answer for the request timeout",
-            ))),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    /// `outcome` of a write or flush: progress disarms the timer.
-    fn after<T>(
-        &mut self,
-        outcome: Poll<io::Result<T>>,
-        cx: &mut Context<'_>,
-    ) -> Poll<io::Result<T>> {
-        match outcome {
-            Poll::Pending => self.stall(cx),
-            ready => {
-                self.stalled = None;
-                ready
-            }
-        }
-    }
-}
-
-impl AsyncRead for StallLimited {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for StallLimited {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let outcome = Pin::new(&mut this.stream).poll_write(cx, buf);
-        this.after(outcome, cx)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let outcome = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
-        this.after(outcome, cx)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let outcome = Pin::new(&mut this.stream).poll_flush(cx);
-        this.after(outcome, cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }

@@ -8,7 +8,7 @@ use std::ops::Range;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use axum::body::{Body, Bytes, HttpBody};
+use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{MatchedPath, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method};
@@ -17,7 +17,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::StreamExt;
-use hyper::body::{Frame, SizeHint};
 use parking_lot::Mutex;
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
@@ -134,7 +133,7 @@ impl Permits {
             }
             Err(_) => Err(ApiError::new(
                 ErrorCode::Unavailable,
-                "the server is busy with other requests; try again later",
+                "the server is busy with other pushes; try again later",
             )),
         }
     }
@@ -433,7 +432,6 @@ async fn changes(
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let started = Instant::now();
     let collection = state.collection(&headers, path, Access::Read)?;
     let Query(pairs) = query.map_err(|rejection| {
         ApiError::new(
@@ -443,74 +441,17 @@ async fn changes(
     })?;
     let query = FeedQuery::parse(pairs, &state.options)?;
     let max_bytes = state.options.max_body_bytes;
-    let (page, mut room) = state
-        .feed_page(&collection, &query, max_bytes, started)
-        .await?;
+    let page = state.feed_page(&collection, &query, max_bytes).await?;
     let (body, sent) = page_body(state.replica.feed_id(), &collection, page, max_bytes)?;
     tracing::Span::current().record("records", sent);
-    // Only the room the body takes stays taken until it is sent.
-    let wanted = usize::try_from(kib(body.len())).unwrap_or(usize::MAX);
-    let room = room.split(wanted).unwrap_or(room);
     Ok((
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )],
-        Body::new(HeldPage::new(body, room)),
+        body,
     )
         .into_response())
-}
-
-/// A feed page's body, holding its room in `max_buffered_bytes` until the
-/// connection has taken its last frame. It is handed over in frames of
-/// [`HeldPage::FRAME`] bytes, each a copy: the connection asks for the next
-/// frame only once it has written most of what it holds, and the page's
-/// text goes with its room, so what a client has not read stays counted
-/// (until the connection's send timeout closes a client that reads nothing).
-struct HeldPage {
-    text: Vec<u8>,
-    sent: usize,
-    _room: OwnedSemaphorePermit,
-}
-
-impl HeldPage {
-    const FRAME: usize = 64 * 1024;
-
-    fn new(text: Vec<u8>, room: OwnedSemaphorePermit) -> Self {
-        HeldPage {
-            text,
-            sent: 0,
-            _room: room,
-        }
-    }
-
-    fn unsent(&self) -> &[u8] {
-        self.text.get(self.sent..).unwrap_or_default()
-    }
-}
-
-impl HttpBody for HeldPage {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<std::result::Result<Frame<Bytes>, Self::Error>>> {
-        let this = self.get_mut();
-        let unsent = this.unsent();
-        let frame = Bytes::copy_from_slice(unsent.get(..Self::FRAME).unwrap_or(unsent));
-        this.sent += frame.len();
-        std::task::Poll::Ready((!frame.is_empty()).then(|| Ok(Frame::data(frame))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.unsent().is_empty()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(u64::try_from(self.unsent().len()).unwrap_or(u64::MAX))
-    }
 }
 
 /// A feed page as its `ChangesResponse` JSON, exactly as serde_json writes
@@ -803,42 +744,19 @@ impl Shared {
         Ok(CollectionName::new(name)?)
     }
 
-    /// Room for a page about to be read from the store: `max_bytes`, what
-    /// it writes (but for one first change larger than that), taken before
-    /// a record is read, so that the pages being written and sent stay
-    /// within `max_buffered_bytes` with the bodies of pushes. A request that
-    /// finds none waits up to half the request timeout, and half the time
-    /// it has left (so that it is answered busy, not cut off), and is then
-    /// answered busy.
-    async fn page_room(
-        &self,
-        max_bytes: usize,
-        started: Instant,
-    ) -> Result<OwnedSemaphorePermit, ApiError> {
-        let timeout = self.options.request_timeout;
-        let left = timeout.saturating_sub(started.elapsed());
-        self.body_room
-            .take(kib(max_bytes), (timeout / 2).min(left / 2))
-            .await
-    }
-
     /// A page of the feed after `query.after`, leaving out the positions in
-    /// `query.skip`, written up to `max_bytes`, with the room it was written
-    /// in ([`page_room`](Self::page_room)); with `query.wait`, waits for a
-    /// change if there is none yet, holding no room while it waits.
+    /// `query.skip`, written up to `max_bytes`; with `query.wait`, waits for
+    /// a change if there is none yet.
     async fn feed_page(
         &self,
         collection: &CollectionName,
         query: &FeedQuery,
         max_bytes: usize,
-        started: Instant,
-    ) -> Result<(WrittenPage, OwnedSemaphorePermit), ApiError> {
+    ) -> Result<WrittenPage, ApiError> {
         if query.wait.is_zero() {
-            let room = self.page_room(max_bytes, started).await?;
-            let page = self
+            return self
                 .read_page(collection, query.after, query, max_bytes)
-                .await?;
-            return Ok((page, room));
+                .await;
         }
         let deadline = tokio::time::Instant::now() + query.wait;
         let waiting = Watchers::wait(&self.watchers, collection);
@@ -855,7 +773,6 @@ impl Shared {
             let notified = notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let room = self.page_room(max_bytes, started).await?;
             let page = self.read_page(collection, after, query, max_bytes).await?;
             // A page whose read budget ran out among skipped positions has
             // nothing to show but more to read: the client reads on at once,
@@ -865,9 +782,8 @@ impl Shared {
                 || tokio::time::Instant::now() >= deadline
                 || *closing.borrow()
             {
-                return Ok((page, room));
+                return Ok(page);
             }
-            drop(room);
             // Everything up to `page.next` was skipped: after a wake, only
             // what came since is read (a skip list of future positions would
             // otherwise make every write rescan the same pages).

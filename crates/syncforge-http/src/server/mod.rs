@@ -165,7 +165,6 @@ impl Server {
             header_read_timeout: options.header_read_timeout,
             max_connections: options.max_connections,
             shutdown_grace: options.request_timeout.saturating_add(SHUTDOWN_MARGIN),
-            send_stall_timeout: options.request_timeout,
         };
         let cors = options.cors.clone();
         // After `build` has checked the options: the CORS layer panics on

@@ -262,9 +262,7 @@ impl ServerOptions {
     /// `timeout` (default 30 s). A sync still running then completes in the
     /// background; the client, told to retry, merges again harmlessly.
     /// [`Server::shutdown`](crate::Server::shutdown) waits for requests in
-    /// flight this long, and five seconds more. A [`Server`](crate::Server)
-    /// also closes a connection whose client has taken no byte of an answer
-    /// for this long.
+    /// flight this long, and five seconds more.
     #[must_use]
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
@@ -315,16 +313,14 @@ impl ServerOptions {
         self
     }
 
-    /// Most bytes of sync request bodies and feed pages held at once, across
-    /// all requests (default 256 MiB, and never less than
+    /// Most bytes of sync request bodies held at once, across all requests
+    /// (default 256 MiB, and never less than
     /// [`max_body_bytes`](Self::max_body_bytes), so that the largest body
     /// allowed always gets in). A push takes room for its body (the length
     /// it declares, or `max_body_bytes` if it declares none) before reading
-    /// it, and keeps the room until its merge ends. A feed page takes
-    /// `max_body_bytes` before reading the store (none while a long poll
-    /// waits) and keeps the room its body takes until the body is sent. A
-    /// request that finds no room waits for it, up to half the request
-    /// timeout, and is then answered 503 `unavailable`. Without it, every
+    /// it, and keeps the room until its merge ends; a push that finds no
+    /// room waits for it, up to half the request timeout, and is then
+    /// answered 503 `unavailable`. Without it, every
     /// connection could hold a body of `max_body_bytes` at once (512 × 16
     /// MiB by default), and the records decoded from a body take a few
     /// times its size.
