@@ -52,8 +52,11 @@ const MAX_FILE_NAME: usize = 255;
 
 /// The longest last segment of an object's key this store can write: a
 /// write stages its file beside the object's as `{name}#N`, with the first
-/// free number from 1, which leaves room for 99 writes of one object at once.
-pub(crate) const MAX_WRITABLE_NAME: usize = MAX_FILE_NAME - 3;
+/// free number from 1. At this length a tenth write of one object staged
+/// at once fails, and its feed entry's write is completed by a later
+/// reader or writer; one byte less would refuse ids that were written
+/// before this bound.
+pub(crate) const MAX_WRITABLE_NAME: usize = MAX_FILE_NAME - 2;
 
 /// The lock file, in the directory's root. The `#` and digits are the form
 /// `LocalFileSystem` gives its unfinished uploads: listings skip such files

@@ -479,10 +479,10 @@ async fn an_id_too_long_for_a_file_name_is_refused_and_the_feed_goes_on() {
     let notes = CollectionName::new("notes").unwrap();
     let mut hlc = Hlc::new(ClientId::new("writer").unwrap());
     let mut written = Vec::new();
-    // 252 plain bytes fit; 253 and 600 do not; past 600 the key is hashed.
+    // 253 plain bytes fit; 254 and 600 do not; past 600 the key is hashed.
     for (id, fits) in [
-        ("a".repeat(252), true),
-        ("a".repeat(253), false),
+        ("a".repeat(253), true),
+        ("a".repeat(254), false),
         ("/".repeat(200), false),
         ("a".repeat(600), false),
         ("a".repeat(601), true),
