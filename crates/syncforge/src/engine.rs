@@ -302,6 +302,29 @@ impl SyncEngine {
         self.inner.backend.get_meta(STORE_ID_KEY).await
     }
 
+    /// Fails unless the store still holds the id this engine opened it
+    /// with ([`stored_id`](Self::stored_id)): an engine whose store was
+    /// replaced under it numbers its change feed afresh while naming it by
+    /// the old id, and a peer that trusted that id would skip every change
+    /// up to its cursor, for good. Such an engine serves peers again once
+    /// reopened, with the store's new id.
+    pub(crate) async fn check_store_identity(&self) -> Result<()> {
+        let stored = self.stored_id().await?;
+        if stored.as_deref() == Some(self.store_id()) {
+            return Ok(());
+        }
+        Err(Error::storage(
+            self.inner.backend.name(),
+            format!(
+                "the store was replaced under this engine: it holds the id {}, the engine opened \
+                 it as {}; its change feed is numbered afresh, so peers cannot follow it until \
+                 the engine is reopened",
+                stored.as_deref().unwrap_or("none"),
+                self.store_id()
+            ),
+        ))
+    }
+
     /// The validated configuration.
     pub fn config(&self) -> &Config {
         &self.inner.config

@@ -55,6 +55,10 @@ mod serving {
             self.store_id()
         }
 
+        async fn check_feed_id(&self) -> Result<()> {
+            self.check_store_identity().await
+        }
+
         async fn collections(&self) -> Result<Vec<CollectionName>> {
             self.list_collections().await
         }

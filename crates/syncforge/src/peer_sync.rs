@@ -27,6 +27,7 @@ impl SyncPeer for SyncEngine {
     }
 
     async fn feed_id(&self) -> Result<Option<String>> {
+        self.check_store_identity().await?;
         Ok(Some(self.store_id().to_owned()))
     }
 

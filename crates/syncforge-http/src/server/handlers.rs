@@ -302,13 +302,14 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-async fn health(State(state): State<AppState>) -> Json<Health> {
-    Json(Health {
+async fn health(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
+    state.replica.check_feed_id().await?;
+    Ok(Json(Health {
         status: "ok".to_owned(),
         protocol: PROTOCOL_VERSION,
         feed_id: state.replica.feed_id().to_owned(),
         limits: state.options.limits(),
-    })
+    }))
 }
 
 async fn collections(

@@ -44,6 +44,14 @@ pub trait Replica: Send + Sync + 'static {
     /// The id of the store's change-feed numbering.
     fn feed_id(&self) -> &str;
 
+    /// Fails when [`feed_id`](Self::feed_id) no longer names the numbering
+    /// of the store's change feed (the store was replaced under a running
+    /// replica). Asked by the health route, which every client reads before
+    /// it follows the feed. The default trusts the id.
+    async fn check_feed_id(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Names of the collections holding at least one record.
     async fn collections(&self) -> Result<Vec<CollectionName>>;
 

@@ -602,3 +602,44 @@ async fn a_push_repeating_an_id_reports_no_echo() {
     assert_ne!(response["echoes"], json!([]), "{response}");
     server.stop().await;
 }
+
+/// A server whose store was replaced under its engine (a Redis restarted
+/// without persistence) answered its health route with the old feed id,
+/// and its clients, trusting it, skipped every change up to their cursors,
+/// for good. Its health route fails instead, and so does a client's sync,
+/// until the server is restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_whose_store_was_replaced_fails_its_health_route() {
+    use syncforge::StorageBackend;
+
+    let store = syncforge::MemoryBackend::new();
+    let engine = SyncEngine::builder()
+        .client_id("hq")
+        .backend(store.clone())
+        .build()
+        .await
+        .unwrap();
+    let server = syncforge::http::Server::bind(engine, "127.0.0.1:0", ServerOptions::default())
+        .await
+        .unwrap();
+    let health = format!("{}/v1/health", server.url());
+    let status = raw_client().get(&health).send().await.unwrap().status();
+    assert_eq!(status, StatusCode::OK);
+
+    store
+        .set_meta("syncforge/store-id/v1", "another-store")
+        .await
+        .unwrap();
+    let status = raw_client().get(&health).send().await.unwrap().status();
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    let phone = SyncEngine::builder()
+        .client_id("phone")
+        .build()
+        .await
+        .unwrap();
+    let peer = syncforge::http::HttpPeer::builder(server.url())
+        .build()
+        .unwrap();
+    assert!(phone.sync_with(&peer, "notes").await.is_err());
+    server.shutdown().await.unwrap();
+}

@@ -478,6 +478,42 @@ async fn a_peer_restarted_on_a_fresh_store_is_synced_from_the_beginning() {
     assert_eq!((again.pulled.added, again.pushed), (0, 0));
 }
 
+/// A peer whose store was replaced under its running engine (a Redis
+/// restarted without persistence) numbers its feed afresh, under the id the
+/// engine opened: a sync trusted that id and skipped every change up to its
+/// cursor, for good. The peer refuses to be followed until it is reopened.
+#[tokio::test]
+async fn a_peer_whose_store_was_replaced_under_it_refuses_to_be_followed() {
+    let hub = engine("hub", ConflictStrategy::Crdt).await;
+    let store = syncforge::MemoryBackend::new();
+    let open = |store: syncforge::MemoryBackend| {
+        SyncEngine::builder()
+            .client_id("device")
+            .conflict_strategy(ConflictStrategy::Crdt)
+            .backend(store)
+            .build()
+    };
+    let device = open(store.clone()).await.unwrap();
+    put_many(&device, "c", "d", 5).await;
+    let _ = hub.sync_with(&device, "c").await.unwrap();
+
+    // What a store replaced under the engine holds: another id.
+    store
+        .set_meta("syncforge/store-id/v1", "another-store")
+        .await
+        .unwrap();
+    let refused = hub.sync_with(&device, "c").await.unwrap_err();
+    assert!(matches!(refused, Error::Storage { .. }), "{refused:?}");
+    assert!(refused.to_string().contains("replaced"), "{refused}");
+
+    // Reopened, it serves under the store's id, and the hub follows it.
+    let reopened = open(store).await.unwrap();
+    assert_eq!(reopened.store_id(), "another-store");
+    reopened.put("c", &json!({"id": "later"})).await.unwrap();
+    let _ = hub.sync_with(&reopened, "c").await.unwrap();
+    assert!(hub.get("c", "later").await.unwrap().is_some());
+}
+
 #[tokio::test]
 async fn a_store_keeps_its_id_across_engines() {
     let store = syncforge::MemoryBackend::new();
