@@ -82,6 +82,17 @@ pub trait SyncPeer: Send + Sync {
         Ok(None)
     }
 
+    /// Told that the engine restarted its cursors for this peer's
+    /// `collection`: the peer's feed id changed, or the engine's own store
+    /// no longer holds them (it was replaced). Whatever the peer remembers
+    /// of that collection's exchanges, such as the feed positions of the
+    /// engine's own writes it leaves out of pulls, may name records the
+    /// engine no longer holds, and is to be forgotten. The default remembers
+    /// nothing.
+    async fn cursors_restarted(&self, collection: &CollectionName) {
+        let _ = collection;
+    }
+
     /// Changes of `collection` after `after`, at most `limit`, with the
     /// cursor to continue from, as a store's
     /// [`changes`](crate::StorageBackend::changes) answers them. Cursors must

@@ -1578,6 +1578,14 @@ impl SyncPeer for HttpPeer {
         Ok(Some(self.health().await?.feed_id))
     }
 
+    /// Forgets the positions of the engine's own writes it left out of
+    /// pulls of `collection`: an engine whose store was replaced no longer
+    /// holds them, and pulled again from the start it would never get them
+    /// back.
+    async fn cursors_restarted(&self, collection: &CollectionName) {
+        self.inner.state.lock().echoes.remove(collection);
+    }
+
     async fn pull(
         &self,
         collection: &CollectionName,

@@ -532,6 +532,7 @@ impl SyncEngine {
                 "peer's change feed restarted; syncing from the beginning"
             );
         }
+        peer.cursors_restarted(collection).await;
         // Cursors first: a crash before the feed id is stored only resets them again.
         self.store_cursor(
             &cursor_key(peer_id, collection, PeerState::Pull),

@@ -367,6 +367,10 @@ impl<P: SyncPeer> SyncPeer for Counted<'_, P> {
         self.peer.feed_id().await
     }
 
+    async fn cursors_restarted(&self, collection: &CollectionName) {
+        self.peer.cursors_restarted(collection).await;
+    }
+
     async fn pull(
         &self,
         collection: &CollectionName,

@@ -89,6 +89,30 @@ async fn a_client_does_not_download_its_own_writes() {
     server.shutdown().await.unwrap();
 }
 
+/// An engine whose store was replaced while the app kept its link (a
+/// Redis restarted without persistence): the link still left the writes the
+/// old store had pushed out of its pulls, and the new store never got them
+/// back. Restarting its cursors, the engine tells the link to forget them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_lost_its_store_gets_its_own_writes_back() {
+    let hq = memory_engine("hq").await;
+    let server = Server::bind(hq, "127.0.0.1:0", ServerOptions::default())
+        .await
+        .unwrap();
+    let link = peer(&server.url(), None);
+    let phone = memory_engine("phone").await;
+    phone.put("notes", &json!({"id": "x"})).await.unwrap();
+    let report = phone.sync_with(&link, "notes").await.unwrap();
+    assert_eq!(report.pushed, 1);
+
+    // The phone's store is replaced; the app keeps its link.
+    let restarted = memory_engine("phone").await;
+    let report = restarted.sync_with(&link, "notes").await.unwrap();
+    assert_eq!(report.pulled.added, 1, "{report:?}");
+    assert!(restarted.get("notes", "x").await.unwrap().is_some());
+    server.shutdown().await.unwrap();
+}
+
 async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while !check().await {
