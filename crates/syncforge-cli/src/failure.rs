@@ -1,6 +1,5 @@
 //! How a failed command ends: its exit code and its message.
 
-use std::fmt;
 use std::io::{self, Write};
 use std::process::ExitCode;
 
@@ -17,43 +16,22 @@ const REFUSED_RECORDS: u8 = 3;
 
 /// Records the receiving end of a sync refused while every other change
 /// went through: the command exits with code 3.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
 pub(crate) struct Refused(pub(crate) String);
 
-impl fmt::Display for Refused {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Refused {}
-
 /// An argument that cannot be used as given: the command exits with code 2.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
 pub(crate) struct Usage(pub(crate) String);
-
-impl fmt::Display for Usage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Usage {}
 
 /// Stdout was closed by its reader (`syncforge export .. | head`): a
 /// command that only reads stops, and that is the reader's choice, not a
 /// failure. (A command that writes finishes its writes instead: see
 /// [`Output::new`](crate::output::Output::new).)
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("stdout was closed")]
 pub(crate) struct StdoutClosed;
-
-impl fmt::Display for StdoutClosed {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("stdout was closed")
-    }
-}
-
-impl std::error::Error for StdoutClosed {}
 
 /// A usage error (exit code 2) with this message.
 pub(crate) fn usage(message: impl Into<String>) -> anyhow::Error {
