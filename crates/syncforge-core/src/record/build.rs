@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use super::canonical::{f64_text, separate, write_key, write_str, write_value};
 use super::text::{with_scratch, JsonText};
-use crate::depth::MAX_NESTING_DEPTH;
+use crate::depth::{MAX_NESTING_DEPTH, PRIVATE_TOKEN};
 use crate::sorted::sort_keeping_last;
 
 /// Why a value was not built.
@@ -83,10 +83,6 @@ where
 {
     value.serialize(Text(read))
 }
-
-/// serde_json's names for its raw-value and number tokens start with this:
-/// the structs carrying them are left to serde_json.
-pub(super) use crate::depth::PRIVATE_TOKEN;
 
 /// The serializer: writes into `out`, with `depth` containers open around
 /// the value it writes.

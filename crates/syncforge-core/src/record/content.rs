@@ -558,7 +558,7 @@ impl<'a> Serializer for &'a mut Fields {
         len: usize,
     ) -> std::result::Result<Self, Refusal> {
         // A `RawValue` document: its JSON is read through `Value`.
-        if name.starts_with(build::PRIVATE_TOKEN) {
+        if name.starts_with(crate::depth::PRIVATE_TOKEN) {
             return Err(Refusal::Unsupported);
         }
         let fields = match known_layout(name) {
