@@ -5,6 +5,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
 use syncforge_core::{Error, Result};
 
 /// The key prefix when none is given, as in the TypeScript original.
@@ -384,41 +386,34 @@ fn parse_host_port(text: &str) -> Result<(String, u16)> {
 }
 
 /// Decodes `%XX` escapes. `what` names the part for the error, which never
-/// repeats the text (it may be a password).
+/// repeats the text (it may be a password). A `%` not followed by two hex
+/// digits is refused rather than kept as it is.
 fn percent_decode(text: &str, what: &str) -> Result<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            // `from_str_radix` alone would take a sign: "%+F" is no escape.
-            let hex = text
-                .get(i + 1..i + 3)
-                .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| url_error(format!("the {what} has a malformed %-escape")))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
+    let malformed = text.match_indices('%').any(|(at, _)| {
+        !text
+            .get(at + 1..at + 3)
+            .is_some_and(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))
+    });
+    if malformed {
+        return Err(url_error(format!("the {what} has a malformed %-escape")));
     }
-    String::from_utf8(out).map_err(|_| url_error(format!("the {what} is not UTF-8 once decoded")))
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8()
+        .map(|decoded| decoded.into_owned())
+        .map_err(|_| url_error(format!("the {what} is not UTF-8 once decoded")))
 }
+
+/// The bytes [`percent_encode`] keeps: the unreserved ones of RFC 3986.
+const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// `text` with every byte but the unreserved ones of RFC 3986 %-escaped:
 /// what [`percent_decode`] reads back as `text`.
 fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
+    utf8_percent_encode(text, UNRESERVED).to_string()
 }
 
 fn url_error(reason: impl Into<String>) -> Error {

@@ -12,6 +12,7 @@
 //! <prefix>:c:{<name>}:newest    sorted set: the newest stamp written, or newer (one member)
 //! ```
 
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use syncforge_core::CollectionName;
 
 /// The keys of one store (one key prefix).
@@ -75,26 +76,18 @@ impl Keys {
     }
 }
 
+/// The bytes of a collection name that stay as they are in its key: ASCII
+/// letters, digits, `-`, `_` and `.`.
+const KEPT_IN_KEYS: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.');
+
 /// Encodes a collection name for a hash tag, one-to-one: ASCII letters,
 /// digits, `-`, `_` and `.` stay; every other byte of the UTF-8 form becomes
 /// `%XX` (uppercase hex). So no name yields a brace (which would end the
 /// tag), a `:` (which would blur the key's parts) or a `*`, and since `%`
 /// itself is escaped, two names never share an encoding.
 pub(crate) fn encode(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for byte in name.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.') {
-            out.push(char::from(byte));
-        } else {
-            out.push('%');
-            out.push(char::from(HEX[usize::from(byte >> 4)]));
-            out.push(char::from(HEX[usize::from(byte & 0xf)]));
-        }
-    }
-    out
+    utf8_percent_encode(name, KEPT_IN_KEYS).to_string()
 }
-
-const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
 #[cfg(test)]
 mod tests {
