@@ -543,6 +543,19 @@ impl RedisBackend {
         Ok((sequence, record))
     }
 
+    /// The text of the metadata field `key` as read: [`Error::Corrupt`]
+    /// when it is not UTF-8.
+    fn meta_text(&self, key: &str, value: &Value) -> Result<String> {
+        value.as_str().map(|text| text.into_owned()).ok_or_else(|| {
+            error::corrupt(
+                "",
+                None,
+                &self.keys.meta(),
+                format!("the metadata field {key:?} is not UTF-8 text"),
+            )
+        })
+    }
+
     /// [`StorageBackend::insert_if_absent`]: the record `make` builds,
     /// written by one script unless the id is stored.
     async fn insert_new(
@@ -1146,19 +1159,26 @@ impl StorageBackend for RedisBackend {
         let corrupt =
             |reason: &str| error::corrupt(collection, None, &keys.time, reason.to_owned());
         let mut latest: HashMap<RecordId, Record> = HashMap::new();
+        // The position in the index's order (millis, then id) after which
+        // the next slice starts; no id at first: strictly after `millis`.
         let mut after = millis;
+        let mut anchor = String::new();
         loop {
             let reply = self
                 .eval(
                     &self.scripts.time_slice,
                     vec![keys.records.clone(), keys.time.clone()],
-                    vec![Value::from(after.to_string()), Value::from(CHUNK as i64)],
+                    vec![
+                        Value::from(after.to_string()),
+                        Value::from(CHUNK as i64),
+                        Value::from(anchor.as_str()),
+                    ],
                     OP,
                     Some(collection),
                 )
                 .await?;
-            let [last, ids, values] =
-                <[Value; 3]>::try_from(array(reply)).map_err(|_| unexpected("not three parts"))?;
+            let [last, last_id, ids, values] =
+                <[Value; 4]>::try_from(array(reply)).map_err(|_| unexpected("not four parts"))?;
             let (ids, values) = (array(ids), array(values));
             if ids.len() != values.len() {
                 return Err(unexpected("parts of different lengths"));
@@ -1170,18 +1190,21 @@ impl StorageBackend for RedisBackend {
                     latest.insert(record.id().clone(), record);
                 }
             }
-            match text(&last) {
-                None => return Ok(latest.into_values().collect()),
-                Some(_) => {
-                    let next = parse_score(&last).ok_or_else(|| {
-                        corrupt("gives a record a time that is not a whole number of milliseconds")
-                    })?;
-                    if next <= after {
-                        return Err(unexpected("a time slice that does not advance"));
-                    }
-                    after = next;
-                }
+            if is_nil(&last) {
+                return Ok(latest.into_values().collect());
             }
+            let next = parse_score(&last).ok_or_else(|| {
+                corrupt("gives a record a time that is not a whole number of milliseconds")
+            })?;
+            let next_id = text(&last_id)
+                .ok_or_else(|| corrupt("holds an id that is not UTF-8 text"))?
+                .into_owned();
+            // The index's order: by millis, then by id byte for byte, as
+            // Rust orders strings.
+            if (next, next_id.as_str()) <= (after, anchor.as_str()) {
+                return Err(unexpected("a time slice that does not advance"));
+            }
+            (after, anchor) = (next, next_id);
         }
     }
 
@@ -1270,10 +1293,17 @@ impl StorageBackend for RedisBackend {
 
     async fn get_meta(&self, key: &str) -> Result<Option<String>> {
         self.check_open().await?;
-        self.client
+        // Read raw: bytes that are not UTF-8 (written by something else)
+        // are corrupt data, not a reply the client failed to convert.
+        let value: Value = self
+            .client
             .hget(self.keys.meta(), key)
             .await
-            .map_err(self.fail("reading metadata", None))
+            .map_err(self.fail("reading metadata", None))?;
+        if is_nil(&value) {
+            return Ok(None);
+        }
+        self.meta_text(key, &value).map(Some)
     }
 
     async fn set_meta(&self, key: &str, value: &str) -> Result<()> {
@@ -1298,9 +1328,10 @@ impl StorageBackend for RedisBackend {
                 None,
             )
             .await?;
-        text(&kept)
-            .map(|kept| kept.into_owned())
-            .ok_or_else(|| error::unexpected_reply(OP, &self.address, "no value"))
+        if is_nil(&kept) {
+            return Err(error::unexpected_reply(OP, &self.address, "no value"));
+        }
+        self.meta_text(key, &kept)
     }
 
     async fn close(&self) -> Result<()> {

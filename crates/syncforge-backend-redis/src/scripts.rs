@@ -290,28 +290,45 @@ end
 return {more, ids, scores, hmget(KEYS[1], ids)}
 ";
 
-/// A slice of the records with `_timestamp` after a time.
+/// A slice of the time index, in its order (by `_timestamp`, then by id
+/// byte for byte), after a position.
 ///
-/// KEYS: records, time. ARGV: after millis (exclusive), page size.
-/// A full page is extended by every record sharing its last timestamp, so
-/// the next slice can start strictly after that timestamp.
-/// Returns {last (or nil when this was the last slice), ids, values}.
+/// KEYS: records, time. ARGV: after millis, page size, anchor id. With an
+/// empty anchor the slice starts strictly after the millis; with one, just
+/// after the anchor's entry, found by its rank, so that a slice never
+/// holds more than a page however many records share a timestamp. An
+/// anchor that has moved since (rewritten, or deleted) cannot be found
+/// again: the slice then holds every record still at the anchor's millis
+/// (some returned before, which the caller keeps once), then a page
+/// strictly after them.
+///
+/// Returns {last millis, last id (both nil when this was the last slice),
+/// ids, values}.
 const TIME_SLICE: &str = r"
 local page = tonumber(ARGV[2])
-local entries = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[1], '+inf', 'WITHSCORES', 'LIMIT', 0, page)
-local ids = {}
-local last = false
-if #entries / 2 < page then
-  for i = 1, #entries, 2 do ids[#ids + 1] = entries[i] end
+local anchor = ARGV[3]
+local entries
+local tied = {}
+if anchor == '' then
+  entries = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[1], '+inf', 'WITHSCORES', 'LIMIT', 0, page)
 else
-  last = entries[#entries]
-  for i = 1, #entries, 2 do
-    if entries[i + 1] ~= last then ids[#ids + 1] = entries[i] end
+  local score = redis.call('ZSCORE', KEYS[2], anchor)
+  if score and tonumber(score) == tonumber(ARGV[1]) then
+    local rank = redis.call('ZRANK', KEYS[2], anchor)
+    entries = redis.call('ZRANGE', KEYS[2], rank + 1, rank + page, 'WITHSCORES')
+  else
+    tied = redis.call('ZRANGEBYSCORE', KEYS[2], ARGV[1], ARGV[1])
+    entries = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[1], '+inf', 'WITHSCORES', 'LIMIT', 0, page)
   end
-  local tied = redis.call('ZRANGEBYSCORE', KEYS[2], last, last)
-  for i = 1, #tied do ids[#ids + 1] = tied[i] end
 end
-return {last, ids, hmget(KEYS[1], ids)}
+local ids = {}
+for i = 1, #tied do ids[#ids + 1] = tied[i] end
+for i = 1, #entries, 2 do ids[#ids + 1] = entries[i] end
+local last, last_id = false, false
+if #entries / 2 >= page then
+  last, last_id = entries[#entries], entries[#entries - 1]
+end
+return {last, last_id, ids, hmget(KEYS[1], ids)}
 ";
 
 /// Stores a metadata value unless the field holds one; returns what it holds.

@@ -950,6 +950,16 @@ async fn a_stored_record_that_is_not_utf8_is_corrupt_to_every_read() {
     corrupt(store.changes_since_timestamp(notes, 0).await.unwrap_err());
     corrupt(store.get(notes, &rid("r1")).await.unwrap_err());
     corrupt(store.get_many(notes, &[rid("r1")]).await.unwrap_err());
+    // Metadata too: corrupt data naming the field, not a failed conversion.
+    let meta = format!("{}:meta", planted.config.key_prefix);
+    let _: () = raw.hset(&meta, ("odd", &b"\xff\xfe"[..])).await.unwrap();
+    for err in [
+        store.get_meta("odd").await.unwrap_err(),
+        store.set_meta_if_absent("odd", "x").await.unwrap_err(),
+    ] {
+        assert!(matches!(&err, Error::Corrupt { .. }), "{err:?}");
+        assert!(err.to_string().contains("\"odd\" is not UTF-8"), "{err}");
+    }
     planted.remove().await;
 }
 
@@ -1141,5 +1151,62 @@ async fn a_registry_entry_that_is_no_collection_name_is_skipped() {
     );
     raw.quit().await.ok();
     remove_prefix(&config).await;
+    store.close().await.unwrap();
+}
+
+/// Records sharing one `_timestamp`, more than a slice holds, are read by
+/// time in slices of at most 1,000, each starting just after the last
+/// record of the one before: every record once, and no script call reads
+/// the whole tie. Counted on a server of the test's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_sharing_a_timestamp_are_read_by_time_in_bounded_slices() {
+    let Some(server) = PrivateServer::start().await else {
+        return;
+    };
+    let config = server.config("tied");
+    let store = RedisBackend::connect(config.clone()).await.unwrap();
+    let notes = coll("notes");
+    let tied: Vec<Write> = (0..2_500)
+        .map(|i| {
+            let stamp = syncforge_core::Stamp::new(5_000, i, "tied").unwrap();
+            let content =
+                Content::from_value(serde_json::json!({ "id": format!("t{i:04}") })).unwrap();
+            Write::create(Record::create(content, &stamp))
+        })
+        .collect();
+    store.put_batch(&notes, &tied).await.unwrap();
+    let later = syncforge_core::Stamp::new(6_000, 0, "tied").unwrap();
+    let content = Content::from_value(serde_json::json!({ "id": "later" })).unwrap();
+    store
+        .put_batch(&notes, &[Write::create(Record::create(content, &later))])
+        .await
+        .unwrap();
+    let raw = raw_client(&config).await.unwrap();
+    // Loads the script, so that loading is not counted below.
+    assert!(store
+        .changes_since_timestamp(&notes, 6_000)
+        .await
+        .unwrap()
+        .is_empty());
+    reset_commandstats(&raw).await;
+    let read = store.changes_since_timestamp(&notes, 4_999).await.unwrap();
+    let calls = commandstats(&raw).await;
+    let mut ids: Vec<String> = read.iter().map(|r| r.id().as_str().to_owned()).collect();
+    ids.sort();
+    let mut expected: Vec<String> = (0..2_500).map(|i| format!("t{i:04}")).collect();
+    expected.push("later".to_owned());
+    expected.sort();
+    assert_eq!(ids, expected);
+    // Three slices (1,000, 1,000, 501 records): the first by time, the
+    // others by rank after their anchor; no read of the whole tie.
+    assert_eq!(calls.get("evalsha"), Some(&3), "{calls:?}");
+    assert_eq!(calls.get("zrangebyscore"), Some(&1), "{calls:?}");
+    assert_eq!(calls.get("zrange"), Some(&2), "{calls:?}");
+    assert_eq!(calls.get("zrank"), Some(&2), "{calls:?}");
+    // From exactly the tie's time: strictly after it.
+    let after = store.changes_since_timestamp(&notes, 5_000).await.unwrap();
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].id().as_str(), "later");
+    raw.quit().await.ok();
     store.close().await.unwrap();
 }
