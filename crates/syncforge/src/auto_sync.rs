@@ -81,14 +81,16 @@ impl SyncEngine {
                 engine.run_sync_window().await;
             }
         });
-        *task = Some(handle.abort_handle());
+        *task = Some(handle);
         Ok(())
     }
 
     /// Stops the periodic sync window (the original's `stopAutoSync`). A
-    /// window in progress is cancelled between two storage calls, which is
-    /// safe: every write is conditional and cursors advance only past applied
-    /// changes. Stopping a stopped timer does nothing.
+    /// window in progress is cancelled at its next await, which is safe:
+    /// every write is conditional and cursors advance only past applied
+    /// changes (a write already sent may still land, without its event).
+    /// It does not wait for the window to stop; [`close`](Self::close) does.
+    /// Stopping a stopped timer does nothing.
     pub fn stop_auto_sync(&self) {
         if let Some(task) = self.inner.timer.lock().take() {
             task.abort();

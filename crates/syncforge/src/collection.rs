@@ -298,7 +298,8 @@ impl Collection {
     /// of `sync:success` or `sync:error` (the error is also returned). A sync
     /// cancelled by dropping its future (a timeout around it, or
     /// `stop_auto_sync` and `close` during an auto-sync window) emits
-    /// neither: it did not end, it stopped between two storage calls. A
+    /// neither: it did not end, it stopped at an await (a write already
+    /// sent may land without its event). A
     /// failed sync leaves every record either as it was or fully merged: the
     /// batches written before the failure stay, and syncing the same records
     /// again completes the rest.

@@ -25,7 +25,7 @@ use syncforge_core::{
     Hlc, IfAbsent, Record, RecordId, Result, Stamp, StorageBackend, Stored, TimeSource, Write,
     WriteOutcome, MAX_RECEIVED_VERSION,
 };
-use tokio::task::AbortHandle;
+use tokio::task::JoinHandle;
 use tracing::field::Empty;
 use tracing::Instrument;
 
@@ -77,7 +77,7 @@ pub(crate) struct Inner {
     closed: AtomicBool,
     events: Events,
     /// The auto-sync timer task, when it runs.
-    pub(crate) timer: Mutex<Option<AbortHandle>>,
+    pub(crate) timer: Mutex<Option<JoinHandle<()>>>,
     /// The peers each auto-sync window syncs with.
     pub(crate) peers: Mutex<Vec<Arc<dyn SyncPeer>>>,
     /// One lock per peer and collection being synced, so that two syncs of
@@ -1422,16 +1422,27 @@ impl SyncEngine {
     }
 
     /// Closes the engine and its backend handle. Never deletes stored data.
-    /// Stops auto-sync, forgets its peers and removes every event handler
-    /// (one added later is dropped at once); receivers see the stream end
-    /// when the last handle on the engine is dropped. Later calls fail with [`Error::Closed`]; closing twice is
-    /// harmless.
+    /// Stops auto-sync, and waits for a window in progress to stop; forgets
+    /// its peers and removes every event handler (one added later is
+    /// dropped at once); receivers see the stream end when the last handle
+    /// on the engine is dropped. Later calls fail with [`Error::Closed`];
+    /// closing twice is harmless.
     pub async fn close(&self) -> Result<()> {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        if let Some(timer) = self.inner.timer.lock().take() {
+        let timer = self.inner.timer.lock().take();
+        if let Some(timer) = timer {
             timer.abort();
+            // A window stops at its next await; one that never awaits
+            // anything pending (an in-process peer on a memory store) runs to
+            // its end first. Waiting for it keeps its writes and events from
+            // landing after `close` returned. Not from the window itself
+            // (a peer closing this engine), which would wait for itself.
+            if tokio::task::try_id() != Some(timer.id()) {
+                // The task's end, cancelled or not, is all this waits for.
+                let _ = timer.await;
+            }
         }
         self.inner.peers.lock().clear();
         self.inner.events.close();

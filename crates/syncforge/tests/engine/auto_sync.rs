@@ -434,3 +434,77 @@ async fn a_peer_sync_that_panics_is_reported_and_the_windows_go_on() {
     }
     a.close().await.unwrap();
 }
+
+/// A peer whose pull works without awaiting anything (a blocking sleep
+/// stands for a long stretch of work between two awaits), and says when it
+/// entered and when it returned.
+struct SlowPeer {
+    entered: Arc<std::sync::atomic::AtomicBool>,
+    returned: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[syncforge::core::async_trait]
+impl syncforge::SyncPeer for SlowPeer {
+    fn peer_id(&self) -> &str {
+        "slow"
+    }
+
+    async fn pull(
+        &self,
+        _collection: &syncforge::core::CollectionName,
+        cursor: syncforge::core::Cursor,
+        _limit: std::num::NonZeroUsize,
+    ) -> syncforge::core::Result<syncforge::core::ChangePage> {
+        use std::sync::atomic::Ordering;
+        self.entered.store(true, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(300));
+        self.returned.store(true, Ordering::SeqCst);
+        Ok(syncforge::core::ChangePage {
+            changes: Vec::new(),
+            next: cursor,
+            more: false,
+        })
+    }
+
+    async fn push(
+        &self,
+        _collection: &syncforge::core::CollectionName,
+        _records: Vec<syncforge::core::Record>,
+    ) -> syncforge::core::Result<syncforge::core::PushOutcome> {
+        Ok(syncforge::core::PushOutcome::all_stored())
+    }
+}
+
+/// `close` during a window that is inside a peer call returns only once
+/// the window stopped: nothing of it runs after `close` returned. (An abort
+/// alone takes effect at the window's next await, after `close` had
+/// returned.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_waits_for_a_window_in_progress() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let e = SyncEngine::builder()
+        .client_id("a")
+        .backend(MemoryBackend::new())
+        .auto_sync(true)
+        .auto_sync_interval(Duration::from_secs(1))
+        .auto_sync_collections(["c"])
+        .build()
+        .await
+        .unwrap();
+    let entered = Arc::new(AtomicBool::new(false));
+    let returned = Arc::new(AtomicBool::new(false));
+    e.add_auto_sync_peer(Arc::new(SlowPeer {
+        entered: entered.clone(),
+        returned: returned.clone(),
+    }));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !entered.load(Ordering::SeqCst) {
+        assert!(tokio::time::Instant::now() < deadline, "no window started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    e.close().await.unwrap();
+    assert!(
+        returned.load(Ordering::SeqCst),
+        "close returned while the window was still in the peer's pull"
+    );
+}
