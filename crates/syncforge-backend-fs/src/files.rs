@@ -378,13 +378,27 @@ pub(crate) fn replace_atomically(
     bytes: &[u8],
     durable: bool,
 ) -> Result<(), Error> {
+    replace_whole(ops, target, bytes, durable, durable)
+}
+
+/// [`replace_atomically`], syncing the new content before it takes the
+/// name when `sync_data`, and the directory after when `sync_name`. With
+/// the first alone, a power cut leaves the old file or the new one, never
+/// the new name over content that was not written yet.
+pub(crate) fn replace_whole(
+    ops: &dyn FileOps,
+    target: &Path,
+    bytes: &[u8],
+    sync_data: bool,
+    sync_name: bool,
+) -> Result<(), Error> {
     let dir = parent(target)?;
-    let temp = write_temp(ops, dir, bytes, durable)?;
+    let temp = write_temp(ops, dir, bytes, sync_data)?;
     if let Err(err) = ops.rename(&temp, target) {
         let _ = ops.remove_file(&temp);
         return Err(io_error("replacing", target, err));
     }
-    if durable {
+    if sync_name {
         sync_dir(ops, dir)?;
     }
     Ok(())

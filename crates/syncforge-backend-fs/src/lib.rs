@@ -182,8 +182,8 @@ use crate::collection::wal::WAL_FILE;
 use crate::collection::{Collection, PreparedWrite, NAME_FILE};
 use crate::encoding::{decode, is_hashed};
 use crate::files::{
-    corrupt, create_dir_all, io_error, open_lock_file, read_dir, read_file, replace_atomically,
-    FileOps, OsFiles, Read, LINK_REASON, TEMP_PREFIX,
+    corrupt, create_dir_all, io_error, open_lock_file, read_dir, read_file, replace_whole, FileOps,
+    OsFiles, Read, LINK_REASON, TEMP_PREFIX,
 };
 
 /// The backend's name in messages and errors, the same as the facade's
@@ -626,10 +626,16 @@ impl Inner {
                     .map_err(|err| io_error("removing", &path, err))?;
             }
         }
-        replace_atomically(
+        // Its content is synced whatever the durability: a power cut that
+        // kept the new name over empty content would leave a store that no
+        // engine opens (every open reads the store id here). The directory
+        // is synced under `Full` only: without it the cut keeps the old
+        // metadata, which a `Buffered` store may lose.
+        replace_whole(
             self.ops.as_ref(),
             &self.root.join(META_FILE),
             &bytes,
+            true,
             self.options.durability.is_full(),
         )
     }

@@ -258,16 +258,22 @@ impl Collection {
     }
 
     /// Writes `.name` when the directory name is hashed and it is missing
-    /// (under the exclusive lock).
+    /// or holds anything but the name (under the exclusive lock). Synced
+    /// whatever the durability, as it is written once: a `.name` left
+    /// empty by a power cut would drop the collection from every listing.
     fn write_name_file(&self) -> Result<()> {
+        if !is_hashed(&stem_for(&self.name)) {
+            return Ok(());
+        }
         let name_file = self.dir.join(NAME_FILE);
-        if is_hashed(&stem_for(&self.name)) && std::fs::symlink_metadata(&name_file).is_err() {
-            replace_atomically(
-                self.ops.as_ref(),
-                &name_file,
-                self.name.as_bytes(),
-                self.durable(),
-            )?;
+        let holds_name = match read_file(&name_file)? {
+            Read::Bytes(bytes) => bytes == self.name.as_bytes(),
+            Read::Missing => false,
+            // Refused as corrupt by the listing; not replaced here.
+            Read::Link => true,
+        };
+        if !holds_name {
+            replace_atomically(self.ops.as_ref(), &name_file, self.name.as_bytes(), true)?;
         }
         Ok(())
     }
