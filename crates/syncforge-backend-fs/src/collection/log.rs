@@ -277,6 +277,14 @@ impl ChangeLog {
         self.newest = newest;
     }
 
+    /// Takes `entries` into this view without writing them: for a log about
+    /// to be written whole by [`rewrite`](Self::rewrite).
+    pub(crate) fn apply_all(&mut self, entries: Vec<LogEntry>) {
+        for entry in entries {
+            self.apply(entry);
+        }
+    }
+
     /// Forgets every record (the collection was cleared); the sequence goes on.
     pub(crate) fn forget_records(&mut self) {
         self.seqs.clear();

@@ -615,15 +615,47 @@ impl Collection {
         if !has_records {
             self.log.set_newest(NewestStamp::Known(None));
         }
+        // The new log is written whole, its entries with it: written
+        // first and filled after, a failure (or a crash) between the two
+        // left a log that reads as sound and lists no record, which every
+        // handle with the collection open took for the truth. Temporaries
+        // are left alone: a checkpoint under way elsewhere may be writing
+        // them (they are removed at the next open).
+        let entries = self.reconcile_entries()?;
+        self.log.apply_all(entries);
         self.log
-            .rewrite(self.ops.as_ref(), highest_seq, self.durable())?;
-        self.reconcile()
+            .rewrite(self.ops.as_ref(), highest_seq, self.durable())
     }
 
-    /// Brings the log in line with the files (under the exclusive lock):
-    /// gives a sequence to record files it does not know, forgets entries
-    /// whose file is gone, and removes temporaries left by a crashed writer.
+    /// Brings the log in line with the files (under the exclusive lock and
+    /// the checkpoint lock): removes temporaries left by a crashed writer,
+    /// gives a sequence to record files it does not know and forgets
+    /// entries whose file is gone.
     fn reconcile(&mut self) -> Result<()> {
+        for entry in read_dir(&self.dir)? {
+            let is_temp = entry
+                .file_name()
+                .to_str()
+                .is_some_and(|name| name.starts_with(TEMP_PREFIX));
+            if is_temp {
+                let path = entry.path();
+                match self.ops().remove_file(&path) {
+                    Ok(()) => {}
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(err) => return Err(io_error("removing", &path, err)),
+                }
+            }
+        }
+        let entries = self.reconcile_entries()?;
+        let durable = self.durable();
+        self.log.append(self.ops.as_ref(), entries, durable)
+    }
+
+    /// The entries that bring the log in line with the files: a sequence
+    /// for each record file it does not know, a removal for each entry
+    /// whose file is gone (under the exclusive lock). Reserves the
+    /// sequences they take.
+    fn reconcile_entries(&mut self) -> Result<Vec<LogEntry>> {
         let mut on_disk = HashSet::new();
         for entry in read_dir(&self.dir)? {
             let file_name = entry.file_name();
@@ -631,10 +663,6 @@ impl Collection {
                 continue;
             };
             if file_name.starts_with(TEMP_PREFIX) {
-                let path = entry.path();
-                self.ops()
-                    .remove_file(&path)
-                    .map_err(|err| io_error("removing", &path, err))?;
                 continue;
             }
             if let Some(id) = id_of_file(&self.dir, file_name, &self.name)? {
@@ -679,8 +707,7 @@ impl Collection {
         if seq > base {
             self.reserve_through(seq)?;
         }
-        let durable = self.durable();
-        self.log.append(self.ops.as_ref(), entries, durable)
+        Ok(entries)
     }
 
     /// Rewrites the log without superseded entries once it has grown enough.
