@@ -290,7 +290,9 @@ impl EngineBuilder {
     /// Validates the configuration, opens the backend and seeds the clock from
     /// the newest stamp the store holds, so this replica's stamps never go
     /// backwards across restarts. Starts the auto-sync timer when
-    /// `auto_sync(true)` was set.
+    /// `auto_sync(true)` was set. A build that fails once it has the store
+    /// (opened here, or handed over with [`backend`](Self::backend)) closes
+    /// it: the store was the engine's.
     pub async fn build(self) -> Result<SyncEngine> {
         let config = self.validate()?;
         let backend = match self.backend {
@@ -298,7 +300,17 @@ impl EngineBuilder {
             BackendChoice::Config(choice) => create_backend(&choice).await?,
             BackendChoice::Default => create_backend(&BackendConfig::Memory).await?,
         };
-        let engine = SyncEngine::open(config, backend, self.time).await?;
+        let engine = match SyncEngine::open(config, Arc::clone(&backend), self.time).await {
+            Ok(engine) => engine,
+            Err(error) => {
+                // The store is the engine's, as `close` closes it: a build
+                // that fails leaves nothing open (as below).
+                if let Err(closing) = backend.close().await {
+                    tracing::warn!(error = %closing, "closing the store after the engine failed to open");
+                }
+                return Err(error);
+            }
+        };
         if engine.config().auto_sync() {
             if let Err(error) = engine.start_auto_sync() {
                 // The store was opened for this engine alone: a build that

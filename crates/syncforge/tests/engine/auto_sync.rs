@@ -231,6 +231,30 @@ fn a_build_whose_auto_sync_cannot_start_closes_its_store() {
     assert_eq!(store.calls(Operation::Close), 1);
 }
 
+/// A build whose store fails as the engine opens it (reading its newest
+/// stamp) closes the store: it was handed to the engine, which never came.
+#[tokio::test]
+async fn a_build_whose_store_fails_to_open_closes_it() {
+    use syncforge_testkit::faults::{FaultyBackend, Operation};
+    let store = Arc::new(
+        FaultyBackend::new(
+            Arc::new(syncforge::MemoryBackend::new()),
+            1,
+            1.0,
+            Duration::ZERO,
+        )
+        .failing_only(&[Operation::NewestStamp]),
+    );
+    let shared: Arc<dyn syncforge::StorageBackend> = store.clone();
+    let outcome = SyncEngine::builder()
+        .max_retries(0)
+        .backend(shared)
+        .build()
+        .await;
+    assert!(outcome.is_err());
+    assert_eq!(store.calls(Operation::Close), 1);
+}
+
 /// A closed engine takes no auto-sync peer: it would hold it for ever.
 #[tokio::test]
 async fn a_closed_engine_takes_no_peer() {
