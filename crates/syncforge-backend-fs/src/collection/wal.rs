@@ -115,15 +115,25 @@ impl Frame {
         Ok(line)
     }
 
-    /// Reads a frame's line (without its newline); `None` when it is not a
-    /// whole, intact frame.
-    fn decode(line: &[u8]) -> Option<Frame> {
-        let (expected, payload) = (line.get(..DIGEST_HEX)?, line.get(DIGEST_HEX + 1..)?);
+    /// Reads a frame's line (without its newline): `Ok(None)` when it is
+    /// not a whole, intact frame (a torn tail); an error when it is intact
+    /// (its digest matches) and still cannot be read, as a frame written by
+    /// a later syncforge may be, and which may hold acknowledged writes.
+    fn decode(line: &[u8]) -> std::result::Result<Option<Frame>, String> {
+        let (Some(expected), Some(payload)) = (line.get(..DIGEST_HEX), line.get(DIGEST_HEX + 1..))
+        else {
+            return Ok(None);
+        };
         if line.get(DIGEST_HEX) != Some(&b' ') || digest(payload).as_bytes() != expected {
-            return None;
+            return Ok(None);
         }
-        let wire: FrameWire<'_> = serde_json::from_slice(payload).ok()?;
-        Some(Frame {
+        let wire: FrameWire<'_> = serde_json::from_slice(payload).map_err(|err| {
+            format!(
+                "holds an intact frame this syncforge cannot read ({err}): open the collection \
+                 with the syncforge that wrote it"
+            )
+        })?;
+        Ok(Some(Frame {
             ops: wire
                 .ops
                 .into_iter()
@@ -135,7 +145,7 @@ impl Frame {
                 .collect(),
             newest: wire.newest,
             buffered: wire.buffered,
-        })
+        }))
     }
 }
 
@@ -285,8 +295,15 @@ impl Wal {
         file.read_to_end(&mut tail).map_err(read_error)?;
         let mut frames = Vec::new();
         for line in tail.split_inclusive(|b| *b == b'\n') {
-            let Some(frame) = line.strip_suffix(b"\n").and_then(Frame::decode) else {
+            let Some(line_text) = line.strip_suffix(b"\n") else {
                 break;
+            };
+            let frame = match Frame::decode(line_text) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                // Taken for a torn tail, it would be cut off by the next
+                // append, with every frame after it.
+                Err(why) => return Ok(Refresh::Later(why)),
             };
             frames.push(frame);
             self.end += line.len() as u64;
@@ -370,7 +387,10 @@ impl Wal {
         // Every kept line is an intact frame: `end` followed the last one.
         Ok(kept
             .split_inclusive(|b| *b == b'\n')
-            .filter_map(|line| line.strip_suffix(b"\n").and_then(Frame::decode))
+            .filter_map(|line| {
+                line.strip_suffix(b"\n")
+                    .and_then(|line| Frame::decode(line).ok().flatten())
+            })
             .collect())
     }
 
@@ -528,6 +548,31 @@ mod tests {
         assert_eq!(frames(reader.read_all().unwrap()), [first, second]);
         assert_eq!(reader.frame_bytes(), writer.frame_bytes());
         assert!(holds_records(tmp.path()).unwrap());
+    }
+
+    /// A frame whose digest matches but which this version cannot read (a
+    /// later version's, say) refuses the collection: taken for a torn tail,
+    /// the next append would cut it off, and every frame after it.
+    #[test]
+    fn an_intact_frame_that_cannot_be_read_refuses_the_log() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut writer = started(tmp.path());
+        writer.append(&OsFiles, &frame(1, &["a"]), true).unwrap();
+        let payload = r#"{"ops":[{"seq":"two","id":"b"}]}"#;
+        let line = format!("{} {payload}\n", digest(payload.as_bytes()));
+        let path = tmp.path().join(WAL_FILE);
+        let end = std::fs::metadata(&path).unwrap().len();
+        OsFiles.write_at(&path, end, line.as_bytes(), true).unwrap();
+        let mut reader = Wal::new(tmp.path());
+        match reader.refresh().unwrap() {
+            Refresh::Later(why) => assert!(why.contains("cannot read"), "{why}"),
+            Refresh::Frames(frames) => panic!("read as {} frames and a torn tail", frames.len()),
+            Refresh::Damaged(why) => panic!("damaged: {why}"),
+        }
+        // A torn tail (digest wrong) still just ends the log.
+        let torn = format!("{} {payload}\n", "0".repeat(DIGEST_HEX));
+        OsFiles.write_at(&path, end, torn.as_bytes(), true).unwrap();
+        assert_eq!(frames(Wal::new(tmp.path()).refresh().unwrap()).len(), 1);
     }
 
     #[test]
