@@ -274,7 +274,10 @@ impl FileOps for OsFiles {
 #[cfg(unix)]
 fn no_follow(options: &mut OpenOptions) -> &mut OpenOptions {
     use std::os::unix::fs::OpenOptionsExt as _;
-    options.custom_flags(libc::O_NOFOLLOW)
+    // Non-blocking too: opening a named pipe put in a file's place would
+    // otherwise wait for a writer (or reader), for ever, under the
+    // collection's lock. Regular files and directories ignore the flag.
+    options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
 }
 
 /// Windows: links are refused by [`is_link`] checks before opening.
@@ -306,7 +309,7 @@ pub(crate) fn read_file(path: &Path) -> Result<Read, Error> {
     } else {
         return Ok(Read::Link);
     };
-    let result = opened.and_then(|mut file| {
+    let result = opened.and_then(regular).and_then(|mut file| {
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map(|_| bytes)
     });
@@ -325,9 +328,22 @@ pub(crate) fn open_for_reading(path: &Path) -> io::Result<Option<File>> {
         return Err(io::Error::other(LINK_REASON));
     }
     match no_follow(OpenOptions::new().read(true)).open(path) {
-        Ok(file) => Ok(Some(file)),
+        Ok(file) => regular(file).map(Some),
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(err) => Err(err),
+    }
+}
+
+/// `file`, when it is a regular file: a named pipe or a device in the
+/// place of one of the store's files is an error, not data.
+fn regular(file: File) -> io::Result<File> {
+    if file.metadata()?.is_file() {
+        Ok(file)
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file (a named pipe, a device or a directory)",
+        ))
     }
 }
 

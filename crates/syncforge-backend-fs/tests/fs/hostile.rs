@@ -65,6 +65,54 @@ async fn a_directory_in_a_record_files_place_is_an_error_not_an_absence() {
     assert_eq!(store.corrupt_skipped(), 0);
 }
 
+/// A named pipe in a record file's place, or the change log's, is an error
+/// naming it. Opened as a file, it waited for a writer, for ever, under the
+/// collection's lock: every call on the collection hung, in every handle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_pipe_in_a_files_place_is_an_error_not_a_hang() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FsBackend::open(tmp.path()).await.unwrap();
+    for n in 0..3 {
+        put_any(&store, "notes", counter(&format!("r{n}"), n)).await;
+    }
+    store.checkpoint().await.unwrap();
+    let mkfifo = |path: &Path| {
+        let made = std::process::Command::new("mkfifo")
+            .arg(path)
+            .status()
+            .is_ok_and(|status| status.success());
+        assert!(made, "mkfifo {}", path.display());
+    };
+    let file = tmp.path().join("notes").join("r1.json");
+    std::fs::remove_file(&file).unwrap();
+    mkfifo(&file);
+    let bounded = std::time::Duration::from_secs(20);
+    for call in [
+        store.get(&coll("notes"), &rid("r1")).await,
+        store.get_all(&coll("notes")).await.map(|_| None),
+    ] {
+        let err = call.unwrap_err();
+        assert!(matches!(err, Error::Storage { .. }), "{err}");
+        assert!(err.to_string().contains("r1.json"), "{err}");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+    }
+    std::fs::remove_file(&file).unwrap();
+    std::fs::write(&file, counter("r1", 7).to_json_string()).unwrap();
+    store.close().await.unwrap();
+
+    // The change log: a handle opening the collection refuses it.
+    let log = tmp.path().join("notes").join(".changes");
+    std::fs::remove_file(&log).unwrap();
+    mkfifo(&log);
+    let reopened = FsBackend::open(tmp.path()).await.unwrap();
+    let read = tokio::time::timeout(bounded, reopened.get(&coll("notes"), &rid("r0")))
+        .await
+        .expect("a call on the collection hung");
+    let err = read.unwrap_err();
+    assert!(err.to_string().contains(".changes"), "{err}");
+    reopened.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn skipped_corrupt_files_are_counted_where_the_caller_sees_them() {
     let tmp = tempfile::tempdir().unwrap();
