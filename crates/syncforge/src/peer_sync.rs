@@ -281,9 +281,9 @@ impl SyncEngine {
         self.check_open()?;
         let peer_id = peer.peer_id();
         validate_peer_id(peer_id)?;
-        // Both syncs would share the cursors: one that restarts them for a
-        // peer's new feed could see the other save its old position after,
-        // and skip what lies before it in the new feed for good.
+        // Both syncs would share the cursors and pull the same pages; and
+        // one restarting them for the peer's new feed is best seen by the
+        // other before it reads on (see `load_cursor`).
         let _one_at_a_time = self.peer_sync_lock(peer_id, collection).lock_owned().await;
         let limit = syncforge_core::page_limit(self.config().batch_size())?;
         let handle = self.collection(collection)?;
@@ -296,13 +296,14 @@ impl SyncEngine {
             refused: Vec::new(),
         };
 
-        self.follow_feed(peer, collection).await?;
+        let feed = self.follow_feed(peer, collection).await?;
+        let feed = feed.as_deref();
         // Feed positions of pulled writes the peer holds already: not pushed
         // back (and not collected by a sync that does not push).
         let mut echoes = HashSet::new();
         if direction.pulls() {
             let pull_key = cursor_key(peer_id, collection, PeerState::Pull);
-            let mut cursor = self.load_cursor(collection, &pull_key).await?;
+            let mut cursor = self.load_cursor(collection, &pull_key, feed).await?;
             let mut empty_in_a_row = 0;
             loop {
                 let page = peer.pull(collection, cursor, limit).await?;
@@ -316,7 +317,7 @@ impl SyncEngine {
                 };
                 if more && empty_in_a_row >= MAX_EMPTY_PAGES_IN_A_ROW {
                     // Stored first: the next sync resumes past these pages.
-                    self.store_cursor(&pull_key, next).await?;
+                    self.store_cursor(&pull_key, next, feed).await?;
                     return Err(Error::PeerProtocol {
                         peer: peer_id.to_owned(),
                         reason: format!(
@@ -342,7 +343,7 @@ impl SyncEngine {
                     report.pulled.absorb(applied);
                 }
                 if next != cursor {
-                    self.store_cursor(&pull_key, next).await?;
+                    self.store_cursor(&pull_key, next, feed).await?;
                     cursor = next;
                 }
                 if !more {
@@ -357,7 +358,7 @@ impl SyncEngine {
         if direction.pushes() {
             let push_key = cursor_key(peer_id, collection, PeerState::Push);
             let refused_key = cursor_key(peer_id, collection, PeerState::Refused);
-            let mut cursor = self.load_cursor(collection, &push_key).await?;
+            let mut cursor = self.load_cursor(collection, &push_key, feed).await?;
             let mut refused = self.load_refused(collection, &refused_key).await?;
             let options = PageOptions::default().limit(limit.get());
             loop {
@@ -391,7 +392,7 @@ impl SyncEngine {
                     ));
                 }
                 if page.next != cursor {
-                    self.store_cursor(&push_key, page.next).await?;
+                    self.store_cursor(&push_key, page.next, feed).await?;
                     cursor = page.next;
                 }
                 if !page.more {
@@ -490,17 +491,24 @@ impl SyncEngine {
         self.check_open()?;
         let collection = &collection.into_name()?;
         validate_peer_id(peer_id)?;
+        let backend = self.store();
+        let feed_key = cursor_key(peer_id, collection, PeerState::Feed);
+        let feed =
+            retry_transient(self.retries(), "get_meta", || backend.get_meta(&feed_key)).await?;
+        let feed = feed.as_deref();
         Ok(PeerCursors {
             pulled: self
                 .load_cursor(
                     collection,
                     &cursor_key(peer_id, collection, PeerState::Pull),
+                    feed,
                 )
                 .await?,
             pushed: self
                 .load_cursor(
                     collection,
                     &cursor_key(peer_id, collection, PeerState::Push),
+                    feed,
                 )
                 .await?,
         })
@@ -508,14 +516,15 @@ impl SyncEngine {
 
     /// Restarts both cursors for `peer` when its feed numbering changed since
     /// they were stored: they would point past its new feed and skip
-    /// everything, and what was pushed to its old store is gone.
+    /// everything, and what was pushed to its old store is gone. Returns the
+    /// peer's feed id, when it tells one.
     async fn follow_feed<P: SyncPeer + ?Sized>(
         &self,
         peer: &P,
         collection: &CollectionName,
-    ) -> Result<()> {
+    ) -> Result<Option<String>> {
         let Some(feed) = peer.feed_id().await? else {
-            return Ok(());
+            return Ok(None);
         };
         let peer_id = peer.peer_id();
         let feed_key = cursor_key(peer_id, collection, PeerState::Feed);
@@ -523,7 +532,7 @@ impl SyncEngine {
         let known =
             retry_transient(self.retries(), "get_meta", || backend.get_meta(&feed_key)).await?;
         if known.as_deref() == Some(feed.as_str()) {
-            return Ok(());
+            return Ok(Some(feed));
         }
         if known.is_some() {
             tracing::info!(
@@ -537,31 +546,55 @@ impl SyncEngine {
         self.store_cursor(
             &cursor_key(peer_id, collection, PeerState::Pull),
             Cursor::START,
+            Some(&feed),
         )
         .await?;
         self.store_cursor(
             &cursor_key(peer_id, collection, PeerState::Push),
             Cursor::START,
+            Some(&feed),
         )
         .await?;
         retry_transient(self.retries(), "set_meta", || {
             backend.set_meta(&feed_key, &feed)
         })
-        .await
+        .await?;
+        Ok(Some(feed))
     }
 
-    async fn load_cursor(&self, collection: &CollectionName, key: &str) -> Result<Cursor> {
+    /// The cursor under `key` for the peer's feed `feed`. A cursor is stored
+    /// with the feed it is a position in (`<feed>:<cursor>`; a bare cursor
+    /// for a peer that tells no feed, or as stored by an earlier version):
+    /// one stored in another feed counts as the start. Engines on one store
+    /// share the cursors, and one that restarted them for a peer's new feed
+    /// could otherwise see another, still reading the old feed, store its
+    /// position after; the next sync would then skip that much of the new
+    /// feed for good.
+    async fn load_cursor(
+        &self,
+        collection: &CollectionName,
+        key: &str,
+        feed: Option<&str>,
+    ) -> Result<Cursor> {
         let backend = self.store();
         let stored = retry_transient(self.retries(), "get_meta", || backend.get_meta(key)).await?;
-        match stored {
-            None => Ok(Cursor::START),
-            Some(text) => text.parse().map_err(|_| {
-                self.corrupt_meta(
-                    collection,
-                    key,
-                    format!("holds {text:?}, not a change-feed cursor"),
-                )
-            }),
+        let Some(text) = stored else {
+            return Ok(Cursor::START);
+        };
+        let (stored_feed, position) = match text.rsplit_once(':') {
+            Some((stored_feed, position)) => (Some(stored_feed), position),
+            None => (None, text.as_str()),
+        };
+        let cursor: Cursor = position.parse().map_err(|_| {
+            self.corrupt_meta(
+                collection,
+                key,
+                format!("holds {text:?}, not a change-feed cursor"),
+            )
+        })?;
+        match (stored_feed, feed) {
+            (Some(stored_feed), Some(feed)) if stored_feed != feed => Ok(Cursor::START),
+            _ => Ok(cursor),
         }
     }
 
@@ -661,9 +694,14 @@ impl SyncEngine {
         retry_transient(self.retries(), "set_meta", || backend.set_meta(key, &value)).await
     }
 
-    async fn store_cursor(&self, key: &str, cursor: Cursor) -> Result<()> {
+    /// Stores `cursor`, a position in the peer's feed `feed` (see
+    /// [`load_cursor`](Self::load_cursor)).
+    async fn store_cursor(&self, key: &str, cursor: Cursor, feed: Option<&str>) -> Result<()> {
         let backend = self.store();
-        let value = cursor.to_string();
+        let value = match feed {
+            Some(feed) => format!("{feed}:{cursor}"),
+            None => cursor.to_string(),
+        };
         retry_transient(self.retries(), "set_meta", || backend.set_meta(key, &value)).await
     }
 }

@@ -633,3 +633,91 @@ fn a_local_feed_that_does_not_advance_fails_the_push() {
     assert!(matches!(error, Error::Storage { .. }), "{error:?}");
     assert!(error.to_string().contains("does not advance"), "{error}");
 }
+
+/// A peer whose first pull waits at a gate: it says when it got there, and
+/// goes on once let through.
+struct GatedPeer {
+    inner: SyncEngine,
+    arrived: tokio::sync::Notify,
+    open: tokio::sync::Semaphore,
+}
+
+#[syncforge::core::async_trait]
+impl SyncPeer for GatedPeer {
+    fn peer_id(&self) -> &str {
+        SyncPeer::peer_id(&self.inner)
+    }
+
+    async fn feed_id(&self) -> Result<Option<String>> {
+        SyncPeer::feed_id(&self.inner).await
+    }
+
+    async fn pull(
+        &self,
+        collection: &CollectionName,
+        cursor: Cursor,
+        limit: NonZeroUsize,
+    ) -> Result<ChangePage> {
+        self.arrived.notify_one();
+        let _passed = self.open.acquire().await;
+        SyncPeer::pull(&self.inner, collection, cursor, limit).await
+    }
+
+    async fn push(&self, collection: &CollectionName, records: Vec<Record>) -> Result<PushOutcome> {
+        SyncPeer::push(&self.inner, collection, records).await
+    }
+}
+
+/// Two engines on one store share their peer cursors. One still reading a
+/// peer's old feed stores its position there after the other restarted
+/// the cursors for the peer's new feed (its store was replaced): that
+/// position, taken for one in the new feed, made the next sync skip that
+/// much of the new feed for good. A cursor is kept with the feed it is a
+/// position in, and one of another feed counts as the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_stored_for_a_peers_old_feed_skips_nothing_of_its_new_one() {
+    let store: Arc<dyn StorageBackend> = Arc::new(syncforge::MemoryBackend::new());
+    let on_store = |client: &'static str| {
+        SyncEngine::builder()
+            .client_id(client)
+            .conflict_strategy(ConflictStrategy::Crdt)
+            .backend(Arc::clone(&store))
+            .build()
+    };
+    let a = on_store("a").await.unwrap();
+    let b = on_store("b").await.unwrap();
+    let old = engine("p", ConflictStrategy::Crdt).await;
+    put_many(&old, "c", "old", 10).await;
+    let _ = a.pull_from(&old, "c").await.unwrap();
+    put_many(&old, "c", "later", 5).await;
+
+    // B follows the old feed and waits in its pull.
+    let gated = Arc::new(GatedPeer {
+        inner: old.clone(),
+        arrived: tokio::sync::Notify::new(),
+        open: tokio::sync::Semaphore::new(0),
+    });
+    let b_sync = tokio::spawn({
+        let (b, gated) = (b.clone(), Arc::clone(&gated));
+        async move { b.pull_from(gated.as_ref(), "c").await }
+    });
+    gated.arrived.notified().await;
+
+    // Meanwhile the peer comes back on a fresh store, and A follows it.
+    let new = engine("p", ConflictStrategy::Crdt).await;
+    put_many(&new, "c", "new", 3).await;
+    let _ = a.pull_from(&new, "c").await.unwrap();
+
+    // B's pull of the old feed ends, and stores its position.
+    gated.open.add_permits(1);
+    let _ = b_sync.await.unwrap().unwrap();
+
+    put_many(&new, "c", "more", 20).await;
+    let _ = a.pull_from(&new, "c").await.unwrap();
+    for i in 0..20 {
+        assert!(
+            a.get("c", &format!("more{i}")).await.unwrap().is_some(),
+            "more{i} of the new feed was skipped"
+        );
+    }
+}
