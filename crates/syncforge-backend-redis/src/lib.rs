@@ -335,7 +335,8 @@ impl RedisBackend {
 
     /// Adds the collection to the registry unless this handle already did.
     /// Done, and answered, before the first write, so a collection holding
-    /// records is always registered, whichever node holds it.
+    /// records is registered, whichever node holds it (docs/backends.md, "The
+    /// collection list and metadata on a cluster", has the one exception).
     ///
     /// A reconnection makes the handle register every collection again: a
     /// server that came back without its data, or a failover whose new
