@@ -184,7 +184,8 @@ impl FaultyBackend {
         *self.rival.lock() = Some(rival);
     }
 
-    /// Limits failures to the given operations (the others are only delayed).
+    /// Limits failures to the given operations (the others are only
+    /// delayed). `close` fails only when named here.
     pub fn failing_only(self, operations: &[Operation]) -> Self {
         self.lock().failing = Some(operations.to_vec());
         self
@@ -246,12 +247,18 @@ impl FaultyBackend {
 
     fn roll(&self, operation: Operation) -> Fate {
         self.calls[operation.index()].fetch_add(1, Ordering::SeqCst);
-        if operation == Operation::Close {
+        let mut dice = self.lock();
+        // Closing fails only when asked for by name: tests close their
+        // stores whatever the failure rate.
+        let close_may_fail = dice
+            .failing
+            .as_ref()
+            .is_some_and(|ops| ops.contains(&Operation::Close));
+        if operation == Operation::Close && !close_may_fail {
             return Fate::Proceed {
                 delay: Duration::ZERO,
             };
         }
-        let mut dice = self.lock();
         let may_fail = dice
             .failing
             .as_ref()

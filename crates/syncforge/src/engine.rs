@@ -75,6 +75,9 @@ pub(crate) struct Inner {
     clock: Mutex<Hlc>,
     time: Arc<dyn TimeSource>,
     closed: AtomicBool,
+    /// Whether the backend's `close` succeeded: a failed one is tried
+    /// again by the next [`SyncEngine::close`].
+    store_closed: AtomicBool,
     events: Events,
     /// The auto-sync timer task, when it runs.
     pub(crate) timer: Mutex<Option<JoinHandle<()>>>,
@@ -277,6 +280,7 @@ impl SyncEngine {
                 clock: Mutex::new(clock),
                 time,
                 closed: AtomicBool::new(false),
+                store_closed: AtomicBool::new(false),
                 events,
                 timer: Mutex::new(None),
                 peers: Mutex::new(Vec::new()),
@@ -1426,10 +1430,14 @@ impl SyncEngine {
     /// its peers and removes every event handler (one added later is
     /// dropped at once); receivers see the stream end when the last handle
     /// on the engine is dropped. Later calls fail with [`Error::Closed`];
-    /// closing twice is harmless.
+    /// closing twice is harmless, and a close whose store failed to close
+    /// (its error returned) is tried again by the next.
     pub async fn close(&self) -> Result<()> {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
-            return Ok(());
+            if self.inner.store_closed.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            return self.close_store().await;
         }
         let timer = self.inner.timer.lock().take();
         if let Some(timer) = timer {
@@ -1446,7 +1454,14 @@ impl SyncEngine {
         }
         self.inner.peers.lock().clear();
         self.inner.events.close();
-        self.inner.backend.close().await
+        self.close_store().await
+    }
+
+    /// Closes the backend, noting when that succeeded.
+    async fn close_store(&self) -> Result<()> {
+        self.inner.backend.close().await?;
+        self.inner.store_closed.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// Whether [`close`](Self::close) was called.

@@ -255,6 +255,30 @@ async fn a_build_whose_store_fails_to_open_closes_it() {
     assert_eq!(store.calls(Operation::Close), 1);
 }
 
+/// A close whose store failed to close returns that error, and the next
+/// close tries the store again rather than answering `Ok` at once.
+#[tokio::test]
+async fn a_close_whose_store_failed_to_close_is_tried_again() {
+    use syncforge_testkit::faults::{FaultyBackend, Operation};
+    let store = Arc::new(
+        FaultyBackend::new(
+            Arc::new(syncforge::MemoryBackend::new()),
+            1,
+            1.0,
+            Duration::ZERO,
+        )
+        .failing_only(&[Operation::Close]),
+    );
+    let shared: Arc<dyn syncforge::StorageBackend> = store.clone();
+    let e = SyncEngine::builder().backend(shared).build().await.unwrap();
+    assert!(e.close().await.is_err());
+    store.set_failure_rate(0.0);
+    e.close().await.unwrap();
+    assert_eq!(store.calls(Operation::Close), 2);
+    e.close().await.unwrap();
+    assert_eq!(store.calls(Operation::Close), 2);
+}
+
 /// A closed engine takes no auto-sync peer: it would hold it for ever.
 #[tokio::test]
 async fn a_closed_engine_takes_no_peer() {
