@@ -94,6 +94,9 @@ impl SyncEngine {
     pub fn stop_auto_sync(&self) {
         if let Some(task) = self.inner.timer.lock().take() {
             task.abort();
+            let mut stopped = self.inner.stopped.lock();
+            stopped.retain(|earlier| !earlier.is_finished());
+            stopped.push(task);
         }
     }
 

@@ -13,6 +13,7 @@
 
 use std::collections::HashSet;
 use std::hash::BuildHasher;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,11 +35,14 @@ use crate::distinct::all_distinct;
 use crate::events::{EventKind, EventReceiver, Events, SyncEvent, SyncTrigger};
 use crate::peer::SyncPeer;
 use crate::result::SyncResult;
-use crate::retry::{retry_transient, retry_transient_now};
+use crate::retry::{retry_transient, retry_transient_now, timer};
 
 /// How many times one write is re-read and applied again after losing a
 /// race against another writer before giving up with [`Error::Precondition`].
 const MAX_RACE_ATTEMPTS: u32 = 64;
+/// How long [`SyncEngine::close`] waits at most for an auto-sync window it
+/// cancelled to stop.
+const WINDOW_STOP_WAIT: Duration = Duration::from_secs(10);
 
 /// The events a confirmed write may emit.
 const WRITE_EVENTS: [EventKind; 4] = [
@@ -81,6 +85,9 @@ pub(crate) struct Inner {
     events: Events,
     /// The auto-sync timer task, when it runs.
     pub(crate) timer: Mutex<Option<JoinHandle<()>>>,
+    /// Timer tasks `stop_auto_sync` cancelled, which [`SyncEngine::close`]
+    /// waits for (those that ended are dropped at the next stop).
+    pub(crate) stopped: Mutex<Vec<JoinHandle<()>>>,
     /// The peers each auto-sync window syncs with.
     pub(crate) peers: Mutex<Vec<Arc<dyn SyncPeer>>>,
     /// One lock per peer and collection being synced, so that two syncs of
@@ -102,6 +109,9 @@ impl Drop for Inner {
         // The engine is gone: stop the timer now rather than at its next tick.
         if let Some(timer) = self.timer.get_mut().take() {
             timer.abort();
+        }
+        for stopped in self.stopped.get_mut().drain(..) {
+            stopped.abort();
         }
     }
 }
@@ -283,6 +293,7 @@ impl SyncEngine {
                 store_closed: AtomicBool::new(false),
                 events,
                 timer: Mutex::new(None),
+                stopped: Mutex::new(Vec::new()),
                 peers: Mutex::new(Vec::new()),
                 peer_syncs: Mutex::new(PeerSyncLocks::new()),
                 reoffered: Mutex::new(std::collections::HashSet::new()),
@@ -1426,7 +1437,9 @@ impl SyncEngine {
     }
 
     /// Closes the engine and its backend handle. Never deletes stored data.
-    /// Stops auto-sync, and waits for a window in progress to stop; forgets
+    /// Stops auto-sync, and waits (at most 10 s) for a window in progress,
+    /// or one `stop_auto_sync` cancelled, to stop: no window emits an event
+    /// or starts a storage call after `close` returned; forgets
     /// its peers and removes every event handler (one added later is
     /// dropped at once); receivers see the stream end when the last handle
     /// on the engine is dropped. Later calls fail with [`Error::Closed`];
@@ -1439,17 +1452,27 @@ impl SyncEngine {
             }
             return self.close_store().await;
         }
-        let timer = self.inner.timer.lock().take();
-        if let Some(timer) = timer {
-            timer.abort();
+        let mut windows: Vec<JoinHandle<()>> = self.inner.stopped.lock().drain(..).collect();
+        windows.extend(self.inner.timer.lock().take());
+        // A close from inside a window (a peer closing this engine) leaves
+        // that window alone: it ends by itself, the engine being closed,
+        // and aborting it would cancel this very close.
+        let own = tokio::task::try_id();
+        windows.retain(|window| Some(window.id()) != own);
+        for window in &windows {
+            window.abort();
+        }
+        if !windows.is_empty() {
             // A window stops at its next await; one that never awaits
-            // anything pending (an in-process peer on a memory store) runs to
-            // its end first. Waiting for it keeps its writes and events from
-            // landing after `close` returned. Not from the window itself
-            // (a peer closing this engine), which would wait for itself.
-            if tokio::task::try_id() != Some(timer.id()) {
-                // The task's end, cancelled or not, is all this waits for.
-                let _ = timer.await;
+            // anything pending (an in-process peer on a memory store) runs
+            // to its end first. Waiting for it keeps its events, and its
+            // next storage calls, from coming after `close` returned. At
+            // most WINDOW_STOP_WAIT: a window on a runtime that is not
+            // running (closed from another one) would never stop; and not
+            // at all where no timer can be made.
+            let ended = AssertUnwindSafe(futures_util::future::join_all(windows));
+            if let Some(bounded) = timer(move || tokio::time::timeout(WINDOW_STOP_WAIT, ended)) {
+                let _ = bounded.await;
             }
         }
         self.inner.peers.lock().clear();

@@ -487,7 +487,7 @@ async fn a_peer_sync_that_panics_is_reported_and_the_windows_go_on() {
 /// stands for a long stretch of work between two awaits), and says when it
 /// entered and when it returned.
 struct SlowPeer {
-    entered: Arc<std::sync::atomic::AtomicBool>,
+    entered: Arc<tokio::sync::Notify>,
     returned: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -503,10 +503,12 @@ impl syncforge::SyncPeer for SlowPeer {
         cursor: syncforge::core::Cursor,
         _limit: std::num::NonZeroUsize,
     ) -> syncforge::core::Result<syncforge::core::ChangePage> {
-        use std::sync::atomic::Ordering;
-        self.entered.store(true, Ordering::SeqCst);
+        // Told without a timer: with this worker asleep, the runtime's
+        // timers may wait until it wakes.
+        self.entered.notify_one();
         std::thread::sleep(Duration::from_millis(300));
-        self.returned.store(true, Ordering::SeqCst);
+        self.returned
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         Ok(syncforge::core::ChangePage {
             changes: Vec::new(),
             next: cursor,
@@ -539,20 +541,122 @@ async fn close_waits_for_a_window_in_progress() {
         .build()
         .await
         .unwrap();
-    let entered = Arc::new(AtomicBool::new(false));
+    let entered = Arc::new(tokio::sync::Notify::new());
     let returned = Arc::new(AtomicBool::new(false));
     e.add_auto_sync_peer(Arc::new(SlowPeer {
         entered: entered.clone(),
         returned: returned.clone(),
     }));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !entered.load(Ordering::SeqCst) {
-        assert!(tokio::time::Instant::now() < deadline, "no window started");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    timeout(Duration::from_secs(10), entered.notified())
+        .await
+        .expect("no window started");
     e.close().await.unwrap();
     assert!(
         returned.load(Ordering::SeqCst),
         "close returned while the window was still in the peer's pull"
     );
+}
+
+/// A window that `stop_auto_sync` cancelled while it was inside a peer call
+/// is waited for by a `close` after it, as one still running is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_waits_for_a_window_stopped_before_it() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let e = SyncEngine::builder()
+        .client_id("a")
+        .backend(MemoryBackend::new())
+        .auto_sync(true)
+        .auto_sync_interval(Duration::from_secs(1))
+        .auto_sync_collections(["c"])
+        .build()
+        .await
+        .unwrap();
+    let entered = Arc::new(tokio::sync::Notify::new());
+    let returned = Arc::new(AtomicBool::new(false));
+    e.add_auto_sync_peer(Arc::new(SlowPeer {
+        entered: entered.clone(),
+        returned: returned.clone(),
+    }));
+    timeout(Duration::from_secs(10), entered.notified())
+        .await
+        .expect("no window started");
+    e.stop_auto_sync();
+    e.close().await.unwrap();
+    assert!(
+        returned.load(Ordering::SeqCst),
+        "close returned while the stopped window was still in the peer's pull"
+    );
+}
+
+/// A peer that closes the engine syncing with it, from inside the window.
+struct ClosingPeer {
+    engine: std::sync::OnceLock<SyncEngine>,
+    closed: tokio::sync::Notify,
+}
+
+#[syncforge::core::async_trait]
+impl syncforge::SyncPeer for ClosingPeer {
+    fn peer_id(&self) -> &str {
+        "closing"
+    }
+
+    async fn pull(
+        &self,
+        _collection: &syncforge::core::CollectionName,
+        cursor: syncforge::core::Cursor,
+        _limit: std::num::NonZeroUsize,
+    ) -> syncforge::core::Result<syncforge::core::ChangePage> {
+        if let Some(engine) = self.engine.get() {
+            engine.close().await?;
+            self.closed.notify_one();
+        }
+        Ok(syncforge::core::ChangePage {
+            changes: Vec::new(),
+            next: cursor,
+            more: false,
+        })
+    }
+
+    async fn push(
+        &self,
+        _collection: &syncforge::core::CollectionName,
+        _records: Vec<syncforge::core::Record>,
+    ) -> syncforge::core::Result<syncforge::core::PushOutcome> {
+        Ok(syncforge::core::PushOutcome::all_stored())
+    }
+}
+
+/// A close from inside a window (a peer closing the engine) neither waits
+/// for its own window nor cancels itself: it returns, having closed the
+/// store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_from_inside_a_window_completes() {
+    use syncforge_testkit::faults::{FaultyBackend, Operation};
+    let store = Arc::new(FaultyBackend::new(
+        Arc::new(MemoryBackend::new()),
+        1,
+        0.0,
+        Duration::ZERO,
+    ));
+    let shared: Arc<dyn syncforge::StorageBackend> = store.clone();
+    let e = SyncEngine::builder()
+        .client_id("a")
+        .backend(shared)
+        .auto_sync(true)
+        .auto_sync_interval(Duration::from_secs(1))
+        .auto_sync_collections(["c"])
+        .build()
+        .await
+        .unwrap();
+    let peer = Arc::new(ClosingPeer {
+        engine: std::sync::OnceLock::new(),
+        closed: tokio::sync::Notify::new(),
+    });
+    let _ = peer.engine.set(e.clone());
+    e.add_auto_sync_peer(peer.clone());
+    timeout(Duration::from_secs(10), peer.closed.notified())
+        .await
+        .expect("the close inside the window did not complete");
+    assert!(e.is_closed());
+    assert_eq!(store.calls(Operation::Close), 1);
 }
