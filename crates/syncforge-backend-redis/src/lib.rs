@@ -1200,6 +1200,11 @@ impl StorageBackend for RedisBackend {
             let next_id = text(&last_id)
                 .ok_or_else(|| corrupt("holds an id that is not UTF-8 text"))?
                 .into_owned();
+            // An empty anchor means "none" to the script: it would go on
+            // strictly after the time, past the rest of the tie.
+            if next_id.is_empty() {
+                return Err(corrupt("holds an empty id"));
+            }
             // The index's order: by millis, then by id byte for byte, as
             // Rust orders strings.
             if (next, next_id.as_str()) <= (after, anchor.as_str()) {
@@ -1553,6 +1558,85 @@ mod tests {
             Err(_) => false,
         };
         available("redis", ENV, &url, answered).then_some(config)
+    }
+
+    /// The time slice script by hand: after an anchor it still finds at
+    /// the same time, it goes on by rank, a page at most; after one that
+    /// moved, it takes the whole tie at the anchor's time, then a page
+    /// strictly after. Needs the test server.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_time_slice_goes_on_by_rank_or_after_a_moved_anchor_by_time() {
+        let Some(mut config) = test_server().await else {
+            return;
+        };
+        config.key_prefix = format!(
+            "sft-slices-{}-{:x}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        );
+        let store = RedisBackend::connect(config).await.unwrap();
+        let notes = CollectionName::new("notes").unwrap();
+        let writes: Vec<Write> = ["a", "b", "c", "d", "e", "f", "g"]
+            .iter()
+            .enumerate()
+            .map(|(n, id)| {
+                let millis = if n < 5 { 5_000 } else { 6_000 };
+                let stamp = Stamp::new(millis, 0, "slices").unwrap();
+                let content =
+                    syncforge_core::Content::from_value(serde_json::json!({ "id": id })).unwrap();
+                Write::create(Record::create(content, &stamp))
+            })
+            .collect();
+        store.put_batch(&notes, &writes).await.unwrap();
+        let keys = store.keys.collection(&notes);
+        let slice = |after: &'static str, anchor: &'static str| {
+            let (store, keys) = (&store, &keys);
+            async move {
+                let reply = store
+                    .eval(
+                        &store.scripts.time_slice,
+                        vec![keys.records.clone(), keys.time.clone()],
+                        vec![Value::from(after), Value::from(3), Value::from(anchor)],
+                        "test",
+                        None,
+                    )
+                    .await
+                    .unwrap();
+                let [last, last_id, ids, _values] = <[Value; 4]>::try_from(array(reply)).unwrap();
+                let ids: Vec<String> = array(ids)
+                    .iter()
+                    .map(|id| text(id).unwrap().into_owned())
+                    .collect();
+                (
+                    parse_score(&last),
+                    text(&last_id).map(std::borrow::Cow::into_owned),
+                    ids,
+                )
+            }
+        };
+        let owned = |ids: &[&str]| ids.iter().map(|id| (*id).to_owned()).collect::<Vec<_>>();
+        // By rank after "b" (still at 5000): a page of three.
+        assert_eq!(
+            slice("5000", "b").await,
+            (Some(5_000), Some("e".to_owned()), owned(&["c", "d", "e"]))
+        );
+        // After the end: nothing, and no next slice.
+        assert_eq!(slice("6000", "g").await, (None, None, Vec::new()));
+        // An anchor gone from 5000: the whole tie there, then what follows.
+        assert_eq!(
+            slice("5000", "gone").await,
+            (None, None, owned(&["a", "b", "c", "d", "e", "f", "g"]))
+        );
+        // No anchor: strictly after the time, a page at most.
+        assert_eq!(
+            slice("4999", "").await,
+            (Some(5_000), Some("c".to_owned()), owned(&["a", "b", "c"]))
+        );
+        store.clear_collection(&notes).await.unwrap();
+        store.close().await.unwrap();
     }
 
     /// A call that passed its open check just before `close` and then
