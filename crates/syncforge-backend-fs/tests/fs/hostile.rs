@@ -87,10 +87,16 @@ async fn a_named_pipe_in_a_files_place_is_an_error_not_a_hang() {
     std::fs::remove_file(&file).unwrap();
     mkfifo(&file);
     let bounded = std::time::Duration::from_secs(20);
-    for call in [
-        store.get(&coll("notes"), &rid("r1")).await,
-        store.get_all(&coll("notes")).await.map(|_| None),
-    ] {
+    let calls = async {
+        [
+            store.get(&coll("notes"), &rid("r1")).await,
+            store.get_all(&coll("notes")).await.map(|_| None),
+        ]
+    };
+    let answers = tokio::time::timeout(bounded, calls)
+        .await
+        .expect("a call on the collection hung");
+    for call in answers {
         let err = call.unwrap_err();
         assert!(matches!(err, Error::Storage { .. }), "{err}");
         assert!(err.to_string().contains("r1.json"), "{err}");
