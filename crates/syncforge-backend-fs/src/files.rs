@@ -361,6 +361,26 @@ pub(crate) fn temp_path(dir: &Path) -> PathBuf {
     dir.join(format!("{TEMP_PREFIX}{process}-{random:016x}-{n}"))
 }
 
+/// Removes the temporaries in `dir` (left by a writer that crashed; call
+/// where no writer of them can be at work). One gone meanwhile is no error.
+pub(crate) fn remove_temporaries(ops: &dyn FileOps, dir: &Path) -> Result<(), Error> {
+    for entry in read_dir(dir)? {
+        let is_temp = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|name| name.starts_with(TEMP_PREFIX));
+        if is_temp {
+            let path = entry.path();
+            match ops.remove_file(&path) {
+                Ok(()) => {}
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                Err(err) => return Err(io_error("removing", &path, err)),
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Writes `bytes` to a new temporary file in `dir`, synced when `sync`.
 pub(crate) fn write_temp(
     ops: &dyn FileOps,

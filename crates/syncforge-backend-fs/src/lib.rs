@@ -182,8 +182,8 @@ use crate::collection::wal::WAL_FILE;
 use crate::collection::{Collection, PreparedWrite, NAME_FILE};
 use crate::encoding::{decode, is_hashed};
 use crate::files::{
-    corrupt, create_dir_all, io_error, open_lock_file, read_dir, read_file, replace_whole, FileOps,
-    OsFiles, Read, LINK_REASON, TEMP_PREFIX,
+    corrupt, create_dir_all, io_error, open_lock_file, read_dir, read_file, remove_temporaries,
+    replace_whole, FileOps, OsFiles, Read, LINK_REASON,
 };
 
 /// The backend's name in messages and errors, the same as the facade's
@@ -614,18 +614,7 @@ impl Inner {
     fn write_meta(&self, meta: &BTreeMap<String, String>) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(meta)
             .map_err(|err| Error::storage(BACKEND_NAME, format!("encoding metadata: {err}")))?;
-        for entry in read_dir(&self.root)? {
-            let is_temp = entry
-                .file_name()
-                .to_str()
-                .is_some_and(|name| name.starts_with(TEMP_PREFIX));
-            if is_temp {
-                let path = entry.path();
-                self.ops
-                    .remove_file(&path)
-                    .map_err(|err| io_error("removing", &path, err))?;
-            }
-        }
+        remove_temporaries(self.ops.as_ref(), &self.root)?;
         // Its content is synced whatever the durability: a power cut that
         // kept the new name over empty content would leave a store that no
         // engine opens (every open reads the store id here). The directory

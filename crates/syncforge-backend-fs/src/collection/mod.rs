@@ -41,8 +41,8 @@ use self::records::{file_name_for, has_records, id_of_file, load, parse, RecordF
 use self::wal::{Frame, Refresh, Wal, WalOp};
 use crate::encoding::{is_hashed, stem_for};
 use crate::files::{
-    corrupt, create_dir_all, io_error, parent, read_dir, read_file, replace_atomically, sync_dir,
-    FileOps, Read, LINK_REASON, TEMP_PREFIX,
+    corrupt, create_dir_all, io_error, parent, read_dir, read_file, remove_temporaries,
+    replace_atomically, sync_dir, FileOps, Read, LINK_REASON, TEMP_PREFIX,
 };
 use crate::{Durability, Tuning};
 
@@ -632,20 +632,7 @@ impl Collection {
     /// gives a sequence to record files it does not know and forgets
     /// entries whose file is gone.
     fn reconcile(&mut self) -> Result<()> {
-        for entry in read_dir(&self.dir)? {
-            let is_temp = entry
-                .file_name()
-                .to_str()
-                .is_some_and(|name| name.starts_with(TEMP_PREFIX));
-            if is_temp {
-                let path = entry.path();
-                match self.ops().remove_file(&path) {
-                    Ok(()) => {}
-                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(err) => return Err(io_error("removing", &path, err)),
-                }
-            }
-        }
+        remove_temporaries(self.ops(), &self.dir)?;
         let entries = self.reconcile_entries()?;
         let durable = self.durable();
         self.log.append(self.ops.as_ref(), entries, durable)

@@ -525,13 +525,9 @@ impl syncforge::SyncPeer for SlowPeer {
     }
 }
 
-/// `close` during a window that is inside a peer call returns only once
-/// the window stopped: nothing of it runs after `close` returned. (An abort
-/// alone takes effect at the window's next await, after `close` had
-/// returned.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn close_waits_for_a_window_in_progress() {
-    use std::sync::atomic::{AtomicBool, Ordering};
+/// An engine whose auto-sync window is inside a [`SlowPeer`]'s pull, and
+/// whether that pull returned.
+async fn inside_a_slow_pull() -> (SyncEngine, Arc<std::sync::atomic::AtomicBool>) {
     let e = SyncEngine::builder()
         .client_id("a")
         .backend(MemoryBackend::new())
@@ -542,7 +538,7 @@ async fn close_waits_for_a_window_in_progress() {
         .await
         .unwrap();
     let entered = Arc::new(tokio::sync::Notify::new());
-    let returned = Arc::new(AtomicBool::new(false));
+    let returned = Arc::new(std::sync::atomic::AtomicBool::new(false));
     e.add_auto_sync_peer(Arc::new(SlowPeer {
         entered: entered.clone(),
         returned: returned.clone(),
@@ -550,6 +546,17 @@ async fn close_waits_for_a_window_in_progress() {
     timeout(Duration::from_secs(10), entered.notified())
         .await
         .expect("no window started");
+    (e, returned)
+}
+
+/// `close` during a window that is inside a peer call returns only once
+/// the window stopped: nothing of it runs after `close` returned. (An abort
+/// alone takes effect at the window's next await, after `close` had
+/// returned.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_waits_for_a_window_in_progress() {
+    use std::sync::atomic::Ordering;
+    let (e, returned) = inside_a_slow_pull().await;
     e.close().await.unwrap();
     assert!(
         returned.load(Ordering::SeqCst),
@@ -561,25 +568,8 @@ async fn close_waits_for_a_window_in_progress() {
 /// is waited for by a `close` after it, as one still running is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_waits_for_a_window_stopped_before_it() {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let e = SyncEngine::builder()
-        .client_id("a")
-        .backend(MemoryBackend::new())
-        .auto_sync(true)
-        .auto_sync_interval(Duration::from_secs(1))
-        .auto_sync_collections(["c"])
-        .build()
-        .await
-        .unwrap();
-    let entered = Arc::new(tokio::sync::Notify::new());
-    let returned = Arc::new(AtomicBool::new(false));
-    e.add_auto_sync_peer(Arc::new(SlowPeer {
-        entered: entered.clone(),
-        returned: returned.clone(),
-    }));
-    timeout(Duration::from_secs(10), entered.notified())
-        .await
-        .expect("no window started");
+    use std::sync::atomic::Ordering;
+    let (e, returned) = inside_a_slow_pull().await;
     e.stop_auto_sync();
     e.close().await.unwrap();
     assert!(
