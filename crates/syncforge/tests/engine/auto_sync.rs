@@ -231,21 +231,33 @@ fn a_build_whose_auto_sync_cannot_start_closes_its_store() {
     assert_eq!(store.calls(Operation::Close), 1);
 }
 
-/// A build whose store fails as the engine opens it (reading its newest
-/// stamp) closes the store: it was handed to the engine, which never came.
-#[tokio::test]
-async fn a_build_whose_store_fails_to_open_closes_it() {
-    use syncforge_testkit::faults::{FaultyBackend, Operation};
+/// A memory store whose every `operation` fails, and the same as the
+/// engine takes it.
+fn store_failing(
+    operation: syncforge_testkit::faults::Operation,
+) -> (
+    Arc<syncforge_testkit::faults::FaultyBackend>,
+    Arc<dyn syncforge::StorageBackend>,
+) {
     let store = Arc::new(
-        FaultyBackend::new(
+        syncforge_testkit::faults::FaultyBackend::new(
             Arc::new(syncforge::MemoryBackend::new()),
             1,
             1.0,
             Duration::ZERO,
         )
-        .failing_only(&[Operation::NewestStamp]),
+        .failing_only(&[operation]),
     );
     let shared: Arc<dyn syncforge::StorageBackend> = store.clone();
+    (store, shared)
+}
+
+/// A build whose store fails as the engine opens it (reading its newest
+/// stamp) closes the store: it was handed to the engine, which never came.
+#[tokio::test]
+async fn a_build_whose_store_fails_to_open_closes_it() {
+    use syncforge_testkit::faults::Operation;
+    let (store, shared) = store_failing(Operation::NewestStamp);
     let outcome = SyncEngine::builder()
         .max_retries(0)
         .backend(shared)
@@ -259,17 +271,8 @@ async fn a_build_whose_store_fails_to_open_closes_it() {
 /// close tries the store again rather than answering `Ok` at once.
 #[tokio::test]
 async fn a_close_whose_store_failed_to_close_is_tried_again() {
-    use syncforge_testkit::faults::{FaultyBackend, Operation};
-    let store = Arc::new(
-        FaultyBackend::new(
-            Arc::new(syncforge::MemoryBackend::new()),
-            1,
-            1.0,
-            Duration::ZERO,
-        )
-        .failing_only(&[Operation::Close]),
-    );
-    let shared: Arc<dyn syncforge::StorageBackend> = store.clone();
+    use syncforge_testkit::faults::Operation;
+    let (store, shared) = store_failing(Operation::Close);
     let e = SyncEngine::builder().backend(shared).build().await.unwrap();
     assert!(e.close().await.is_err());
     store.set_failure_rate(0.0);
