@@ -486,18 +486,33 @@ async fn a_peer_sync_that_panics_is_reported_and_the_windows_go_on() {
     a.close().await.unwrap();
 }
 
-/// A peer whose pull works without awaiting anything (a blocking sleep
-/// stands for a long stretch of work between two awaits), and says when it
-/// entered and when it returned.
-struct SlowPeer {
-    entered: Arc<tokio::sync::Notify>,
-    returned: Arc<std::sync::atomic::AtomicBool>,
+/// A peer whose pull says it started, works for `works_for` without
+/// awaiting anything (a blocking sleep stands for a long stretch of work
+/// between two awaits), closes `closes` when set, and says it returned.
+struct WindowPeer {
+    entered: tokio::sync::Notify,
+    works_for: Duration,
+    closes: std::sync::OnceLock<SyncEngine>,
+    returned: std::sync::atomic::AtomicBool,
+    done: tokio::sync::Notify,
+}
+
+impl WindowPeer {
+    fn new(works_for: Duration) -> WindowPeer {
+        WindowPeer {
+            entered: tokio::sync::Notify::new(),
+            works_for,
+            closes: std::sync::OnceLock::new(),
+            returned: std::sync::atomic::AtomicBool::new(false),
+            done: tokio::sync::Notify::new(),
+        }
+    }
 }
 
 #[syncforge::core::async_trait]
-impl syncforge::SyncPeer for SlowPeer {
+impl syncforge::SyncPeer for WindowPeer {
     fn peer_id(&self) -> &str {
-        "slow"
+        "window"
     }
 
     async fn pull(
@@ -509,9 +524,13 @@ impl syncforge::SyncPeer for SlowPeer {
         // Told without a timer: with this worker asleep, the runtime's
         // timers may wait until it wakes.
         self.entered.notify_one();
-        std::thread::sleep(Duration::from_millis(300));
+        std::thread::sleep(self.works_for);
+        if let Some(engine) = self.closes.get() {
+            engine.close().await?;
+        }
         self.returned
             .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.done.notify_one();
         Ok(syncforge::core::ChangePage {
             changes: Vec::new(),
             next: cursor,
@@ -528,9 +547,9 @@ impl syncforge::SyncPeer for SlowPeer {
     }
 }
 
-/// An engine whose auto-sync window is inside a [`SlowPeer`]'s pull, and
-/// whether that pull returned.
-async fn inside_a_slow_pull() -> (SyncEngine, Arc<std::sync::atomic::AtomicBool>) {
+/// An engine whose auto-sync window is inside a slow [`WindowPeer`]'s
+/// pull, and that peer.
+async fn inside_a_slow_pull() -> (SyncEngine, Arc<WindowPeer>) {
     let e = SyncEngine::builder()
         .client_id("a")
         .backend(MemoryBackend::new())
@@ -540,16 +559,12 @@ async fn inside_a_slow_pull() -> (SyncEngine, Arc<std::sync::atomic::AtomicBool>
         .build()
         .await
         .unwrap();
-    let entered = Arc::new(tokio::sync::Notify::new());
-    let returned = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    e.add_auto_sync_peer(Arc::new(SlowPeer {
-        entered: entered.clone(),
-        returned: returned.clone(),
-    }));
-    timeout(Duration::from_secs(10), entered.notified())
+    let peer = Arc::new(WindowPeer::new(Duration::from_millis(300)));
+    e.add_auto_sync_peer(peer.clone());
+    timeout(Duration::from_secs(10), peer.entered.notified())
         .await
         .expect("no window started");
-    (e, returned)
+    (e, peer)
 }
 
 /// `close` during a window that is inside a peer call returns only once
@@ -559,10 +574,10 @@ async fn inside_a_slow_pull() -> (SyncEngine, Arc<std::sync::atomic::AtomicBool>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_waits_for_a_window_in_progress() {
     use std::sync::atomic::Ordering;
-    let (e, returned) = inside_a_slow_pull().await;
+    let (e, peer) = inside_a_slow_pull().await;
     e.close().await.unwrap();
     assert!(
-        returned.load(Ordering::SeqCst),
+        peer.returned.load(Ordering::SeqCst),
         "close returned while the window was still in the peer's pull"
     );
 }
@@ -572,51 +587,13 @@ async fn close_waits_for_a_window_in_progress() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_waits_for_a_window_stopped_before_it() {
     use std::sync::atomic::Ordering;
-    let (e, returned) = inside_a_slow_pull().await;
+    let (e, peer) = inside_a_slow_pull().await;
     e.stop_auto_sync();
     e.close().await.unwrap();
     assert!(
-        returned.load(Ordering::SeqCst),
+        peer.returned.load(Ordering::SeqCst),
         "close returned while the stopped window was still in the peer's pull"
     );
-}
-
-/// A peer that closes the engine syncing with it, from inside the window.
-struct ClosingPeer {
-    engine: std::sync::OnceLock<SyncEngine>,
-    closed: tokio::sync::Notify,
-}
-
-#[syncforge::core::async_trait]
-impl syncforge::SyncPeer for ClosingPeer {
-    fn peer_id(&self) -> &str {
-        "closing"
-    }
-
-    async fn pull(
-        &self,
-        _collection: &syncforge::core::CollectionName,
-        cursor: syncforge::core::Cursor,
-        _limit: std::num::NonZeroUsize,
-    ) -> syncforge::core::Result<syncforge::core::ChangePage> {
-        if let Some(engine) = self.engine.get() {
-            engine.close().await?;
-            self.closed.notify_one();
-        }
-        Ok(syncforge::core::ChangePage {
-            changes: Vec::new(),
-            next: cursor,
-            more: false,
-        })
-    }
-
-    async fn push(
-        &self,
-        _collection: &syncforge::core::CollectionName,
-        _records: Vec<syncforge::core::Record>,
-    ) -> syncforge::core::Result<syncforge::core::PushOutcome> {
-        Ok(syncforge::core::PushOutcome::all_stored())
-    }
 }
 
 /// A close from inside a window (a peer closing the engine) neither waits
@@ -641,13 +618,10 @@ async fn a_close_from_inside_a_window_completes() {
         .build()
         .await
         .unwrap();
-    let peer = Arc::new(ClosingPeer {
-        engine: std::sync::OnceLock::new(),
-        closed: tokio::sync::Notify::new(),
-    });
-    let _ = peer.engine.set(e.clone());
+    let peer = Arc::new(WindowPeer::new(Duration::ZERO));
+    let _ = peer.closes.set(e.clone());
     e.add_auto_sync_peer(peer.clone());
-    timeout(Duration::from_secs(10), peer.closed.notified())
+    timeout(Duration::from_secs(10), peer.done.notified())
         .await
         .expect("the close inside the window did not complete");
     assert!(e.is_closed());
