@@ -309,9 +309,16 @@ pub(crate) fn read_file(path: &Path) -> Result<Read, Error> {
     } else {
         return Ok(Read::Link);
     };
-    let result = opened.and_then(regular).and_then(|mut file| {
+    let result = opened.and_then(|mut file| {
         let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map(|_| bytes)
+        match file.read_to_end(&mut bytes) {
+            // What a named pipe answers (nothing, or "would block"): told
+            // from an empty file only then, which keeps the check off the
+            // path of every record read.
+            Ok(0) => regular(file).map(|_| bytes),
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => regular(file).and(Err(err)),
+            read => read.map(|_| bytes),
+        }
     });
     match result {
         Ok(bytes) => Ok(Read::Bytes(bytes)),
