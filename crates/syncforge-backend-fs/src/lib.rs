@@ -348,6 +348,17 @@ impl FsBackend {
             }
             if !root.is_dir() {
                 create_dir_all(ops.as_ref(), &root, durable, "")?;
+            } else if durable {
+                // Made without a sync (by a `Buffered` handle, say), the
+                // directory's own entry could vanish in a power cut, and
+                // with it every write a `Full` handle acknowledged in it.
+                // Best effort: a parent this process may not open for
+                // reading leaves that to the directory's age.
+                if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    if let Err(error) = ops.sync_dir(parent) {
+                        tracing::debug!(%error, dir = %parent.display(), "could not sync the store directory's parent");
+                    }
+                }
             }
             Ok((root, ops))
         })

@@ -1163,3 +1163,41 @@ async fn a_rebuilt_change_log_is_never_seen_without_its_records() {
     a.close().await.unwrap();
     b.close().await.unwrap();
 }
+
+/// A `Full` handle opening a store whose directory a `Buffered` handle made
+/// (without a sync) makes that directory's entry durable: a power cut right
+/// after its acknowledged write lost the whole store, the write with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_write_into_a_store_a_buffered_handle_made_survives_a_power_cut() {
+    let (tmp, model_root, recorder) = recorded_disk();
+    let ops: Arc<dyn FileOps> = recorder.clone();
+    let root = model_root.join("store");
+    let buffered = FsOptions::default().durability(Durability::Buffered);
+    FsBackend::open_on(ops.clone(), &root, buffered, Tuning::default())
+        .await
+        .unwrap()
+        .close()
+        .await
+        .unwrap();
+    let full = FsBackend::open_on(ops, &root, FsOptions::default(), Tuning::default())
+        .await
+        .unwrap();
+    let name = coll(NOTES);
+    full.put(&name, &Write::create(counter("r0", 1)))
+        .await
+        .unwrap();
+    for variant in Variant::POWER_CUTS {
+        let dir = tmp.path().join(format!("cut-{variant:?}"));
+        cut_now(&recorder, variant, &dir);
+        let reopened = FsBackend::open_with(&dir.join("store"), FsOptions::default())
+            .await
+            .unwrap();
+        let r0 = RecordId::new("r0").unwrap();
+        assert!(
+            reopened.get(&name, &r0).await.unwrap().is_some(),
+            "{variant:?}: the acknowledged write is gone"
+        );
+        reopened.close().await.unwrap();
+    }
+    full.close().await.unwrap();
+}
