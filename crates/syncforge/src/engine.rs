@@ -40,6 +40,9 @@ use crate::retry::{retry_transient, retry_transient_now, timer};
 /// How many times one write is re-read and applied again after losing a
 /// race against another writer before giving up with [`Error::Precondition`].
 const MAX_RACE_ATTEMPTS: u32 = 64;
+/// Races a write may lose in a row before it waits between attempts (see
+/// [`race_back_off`]).
+const FREE_RACE_ROUNDS: u32 = 3;
 /// How long [`SyncEngine::close`] waits at most for an auto-sync window it
 /// cancelled to stop.
 const WINDOW_STOP_WAIT: Duration = Duration::from_secs(10);
@@ -913,7 +916,8 @@ impl SyncEngine {
     ) -> Result<()> {
         let backend = self.store();
         // The first attempt was made by `apply`.
-        for _ in 1..MAX_RACE_ATTEMPTS {
+        for round in 1..MAX_RACE_ATTEMPTS {
+            race_back_off(round).await;
             let stored = self.read_many(collection, &ids).await?;
             let mut writes = Vec::with_capacity(pending.len());
             let mut waiting = Vec::with_capacity(pending.len());
@@ -1563,6 +1567,26 @@ fn one_each<T>(
 }
 
 /// A duration in whole milliseconds, saturating.
+/// Before attempt `round` of a write that keeps losing races: nothing for
+/// the first few, then a random wait below a bound that doubles from 1 ms
+/// to 64 ms. Writers contending for one record (engines on one Redis or
+/// S3 store) then spread out instead of spending every attempt within
+/// milliseconds. No wait where no timer can be made.
+async fn race_back_off(round: u32) {
+    use std::hash::BuildHasher as _;
+    let Some(over) = round.checked_sub(FREE_RACE_ROUNDS + 1) else {
+        return;
+    };
+    let bound_micros = 1_000u64 << over.min(6);
+    // A fresh `RandomState` is seeded apart from every other: jitter
+    // enough, without a random number crate.
+    let jitter = std::collections::hash_map::RandomState::new().hash_one(round);
+    let wait = Duration::from_micros(jitter % (bound_micros + 1));
+    if let Some(sleep) = timer(|| tokio::time::sleep(wait)) {
+        sleep.await;
+    }
+}
+
 pub(crate) fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }

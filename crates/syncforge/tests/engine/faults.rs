@@ -745,3 +745,54 @@ fn a_transient_failure_on_a_runtime_without_timers_is_returned_unretried() {
         assert_eq!(store.injected_failures() - before, 1);
     });
 }
+
+/// Before every `put_batch` of `store`, `left` times, another writer
+/// rewrites record `n1` of collection `c`: each conditional write of it
+/// loses the race.
+fn rewrite_n1_before_each_write(store: &Arc<FaultyBackend>, left: usize) {
+    if left == 0 {
+        return;
+    }
+    let again = Arc::clone(store);
+    store.rival_before_next_put_batch(move |inner| async move {
+        let (c, n1) = (
+            CollectionName::new("c").unwrap(),
+            syncforge::RecordId::new("n1").unwrap(),
+        );
+        let stored = inner.get(&c, &n1).await.unwrap().unwrap();
+        let rewrite = syncforge::core::Write::replace(stored.record, stored.token);
+        inner.put_batch(&c, &[rewrite]).await.unwrap();
+        rewrite_n1_before_each_write(&again, left - 1);
+    });
+}
+
+/// A put that keeps losing races waits a little between attempts after
+/// the first few, and still lands: writers contending for one record
+/// spread out instead of spending every attempt at once. (Time is paused:
+/// the waits cost the test nothing.)
+#[tokio::test(start_paused = true)]
+async fn a_write_that_keeps_losing_races_backs_off_and_lands() {
+    let store = Arc::new(FaultyBackend::new(
+        Arc::new(syncforge::MemoryBackend::new()),
+        1,
+        0.0,
+        Duration::ZERO,
+    ));
+    let shared: Arc<dyn StorageBackend> = store.clone();
+    let e = SyncEngine::builder()
+        .client_id("a")
+        .backend(shared)
+        .build()
+        .await
+        .unwrap();
+    e.put("c", &json!({"id": "n1", "n": 0})).await.unwrap();
+    rewrite_n1_before_each_write(&store, 10);
+    let started = tokio::time::Instant::now();
+    e.put("c", &json!({"id": "n1", "n": 1})).await.unwrap();
+    assert!(
+        started.elapsed() > Duration::ZERO,
+        "ten lost races in a row and no wait between attempts"
+    );
+    let stored = e.get("c", "n1").await.unwrap().unwrap();
+    assert_eq!(stored.get("n"), Some(json!(1)));
+}
