@@ -1566,14 +1566,12 @@ fn one_each<T>(
     ))
 }
 
-/// A duration in whole milliseconds, saturating.
 /// Before attempt `round` of a write that keeps losing races: nothing for
 /// the first few, then a random wait below a bound that doubles from 1 ms
 /// to 64 ms. Writers contending for one record (engines on one Redis or
 /// S3 store) then spread out instead of spending every attempt within
 /// milliseconds. No wait where no timer can be made.
 async fn race_back_off(round: u32) {
-    use std::hash::BuildHasher as _;
     let Some(over) = round.checked_sub(FREE_RACE_ROUNDS + 1) else {
         return;
     };
@@ -1587,6 +1585,7 @@ async fn race_back_off(round: u32) {
     }
 }
 
+/// A duration in whole milliseconds, saturating.
 pub(crate) fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
