@@ -491,10 +491,7 @@ impl SyncEngine {
         self.check_open()?;
         let collection = &collection.into_name()?;
         validate_peer_id(peer_id)?;
-        let backend = self.store();
-        let feed_key = cursor_key(peer_id, collection, PeerState::Feed);
-        let feed =
-            retry_transient(self.retries(), "get_meta", || backend.get_meta(&feed_key)).await?;
+        let feed = self.stored_feed(peer_id, collection).await?;
         let feed = feed.as_deref();
         Ok(PeerCursors {
             pulled: self
@@ -527,10 +524,7 @@ impl SyncEngine {
             return Ok(None);
         };
         let peer_id = peer.peer_id();
-        let feed_key = cursor_key(peer_id, collection, PeerState::Feed);
-        let backend = self.store();
-        let known =
-            retry_transient(self.retries(), "get_meta", || backend.get_meta(&feed_key)).await?;
+        let known = self.stored_feed(peer_id, collection).await?;
         if known.as_deref() == Some(feed.as_str()) {
             return Ok(Some(feed));
         }
@@ -555,11 +549,25 @@ impl SyncEngine {
             Some(&feed),
         )
         .await?;
+        let backend = self.store();
+        let feed_key = cursor_key(peer_id, collection, PeerState::Feed);
         retry_transient(self.retries(), "set_meta", || {
             backend.set_meta(&feed_key, &feed)
         })
         .await?;
         Ok(Some(feed))
+    }
+
+    /// The peer's feed id the cursors for `peer_id` on `collection` were
+    /// last restarted for, if any.
+    async fn stored_feed(
+        &self,
+        peer_id: &str,
+        collection: &CollectionName,
+    ) -> Result<Option<String>> {
+        let backend = self.store();
+        let feed_key = cursor_key(peer_id, collection, PeerState::Feed);
+        retry_transient(self.retries(), "get_meta", || backend.get_meta(&feed_key)).await
     }
 
     /// The cursor under `key` for the peer's feed `feed`. A cursor is stored
