@@ -309,17 +309,17 @@ local page = tonumber(ARGV[2])
 local anchor = ARGV[3]
 local entries
 local tied = {}
-if anchor == '' then
-  entries = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[1], '+inf', 'WITHSCORES', 'LIMIT', 0, page)
-else
+if anchor ~= '' then
   local score = redis.call('ZSCORE', KEYS[2], anchor)
   if score and tonumber(score) == tonumber(ARGV[1]) then
     local rank = redis.call('ZRANK', KEYS[2], anchor)
     entries = redis.call('ZRANGE', KEYS[2], rank + 1, rank + page, 'WITHSCORES')
   else
     tied = redis.call('ZRANGEBYSCORE', KEYS[2], ARGV[1], ARGV[1])
-    entries = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[1], '+inf', 'WITHSCORES', 'LIMIT', 0, page)
   end
+end
+if entries == nil then
+  entries = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[1], '+inf', 'WITHSCORES', 'LIMIT', 0, page)
 end
 local ids = {}
 for i = 1, #tied do ids[#ids + 1] = tied[i] end
