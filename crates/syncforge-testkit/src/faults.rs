@@ -248,21 +248,15 @@ impl FaultyBackend {
     fn roll(&self, operation: Operation) -> Fate {
         self.calls[operation.index()].fetch_add(1, Ordering::SeqCst);
         let mut dice = self.lock();
+        let named = dice.failing.as_ref().map(|ops| ops.contains(&operation));
         // Closing fails only when asked for by name: tests close their
         // stores whatever the failure rate.
-        let close_may_fail = dice
-            .failing
-            .as_ref()
-            .is_some_and(|ops| ops.contains(&Operation::Close));
-        if operation == Operation::Close && !close_may_fail {
+        if operation == Operation::Close && named != Some(true) {
             return Fate::Proceed {
                 delay: Duration::ZERO,
             };
         }
-        let may_fail = dice
-            .failing
-            .as_ref()
-            .is_none_or(|ops| ops.contains(&operation));
+        let may_fail = named.unwrap_or(true);
         if may_fail && dice.rng.f64() < dice.failure_rate {
             self.injected.fetch_add(1, Ordering::SeqCst);
             let writes = matches!(operation, Operation::PutBatch | Operation::InsertIfAbsent);
