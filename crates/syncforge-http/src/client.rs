@@ -929,38 +929,47 @@ impl HttpPeer {
                     let full = body.count() == limits.max_records
                         || (body.count() > 0 && body.len() + text.len() + 1 + ENVELOPE > target);
                     if full {
-                        let (part, ends) = body.finish();
-                        let answer = self.send_part(&collection, part, &ends, echoes).await?;
-                        total = Some(sum(total, answer));
+                        let (part, ends, ids) = body.finish();
+                        let answer = self
+                            .send_part(&collection, part, &ends, &ids, echoes, &mut refused)
+                            .await?;
+                        total = sum(total, answer);
                     }
-                    body.push(text.as_bytes());
+                    body.push(text.as_bytes(), id);
                 }
             }
         }
         // A push of no records still makes its request, whose answer it
         // returns; one whose every record was left out makes none.
-        let all_refused = refused.is_some_and(|refused| !refused.is_empty());
+        let all_refused = refused.as_ref().is_some_and(|refused| !refused.is_empty());
         if body.count() > 0 || (total.is_none() && !all_refused) {
-            let (part, ends) = body.finish();
-            let answer = self.send_part(&collection, part, &ends, echoes).await?;
-            total = Some(sum(total, answer));
+            let (part, ends, ids) = body.finish();
+            let answer = self
+                .send_part(&collection, part, &ends, &ids, echoes, &mut refused)
+                .await?;
+            total = sum(total, answer);
         }
         Ok(total)
     }
 
-    /// Sends a sync request's body, whose records end at `ends` (offsets
-    /// after the envelope's opening). A body refused as too large (413) by
-    /// something in front of the server, which announced a larger bound, or
-    /// one that did not go through in time (a slow link), is sent again in
-    /// halves, down to single records, and later pushes send no more than
-    /// what went through.
+    /// Sends a sync request's body, whose records (`ids`) end at `ends`
+    /// (offsets after the envelope's opening). A body refused as too large
+    /// (413) by something in front of the server, which announced a larger
+    /// bound, or one that did not go through in time (a slow link), is sent
+    /// again in halves, down to single records, and later pushes send no
+    /// more than what went through. A single record refused as too large is
+    /// refused like one over the server's own bound: named in `refused`
+    /// when given (`None` is answered, as for a part of no request), else
+    /// [`Error::InvalidRecord`].
     async fn send_part(
         &self,
         collection: &CollectionName,
         body: Bytes,
         ends: &[usize],
+        ids: &[RecordId],
         echoes: Echoes,
-    ) -> Result<SyncResponse> {
+        refused: &mut Option<&mut Vec<RefusedRecord>>,
+    ) -> Result<Option<SyncResponse>> {
         let divisible = ends.len() > 1;
         let records = body
             .get(RequestBody::OPEN.len()..body.len().saturating_sub(RequestBody::CLOSE.len()))
@@ -970,20 +979,39 @@ impl HttpPeer {
         let known_too_large = divisible && records.len() > self.inner.state.lock().push_cap();
         if !known_too_large {
             let started = Instant::now();
-            let (refused, slow, asked_wait) = match self
+            let (cause, slow, asked_wait) = match self
                 .send_records(collection, body.clone(), echoes, divisible)
                 .await
             {
                 Ok(answer) => {
                     let quickly = quick(started.elapsed(), self.inner.timeout);
                     self.inner.state.lock().push_went(records.len(), quickly);
-                    return Ok(answer);
+                    return Ok(Some(answer));
                 }
                 Err(Failure::TooLarge(error)) if divisible => (error, false, None),
+                // Something in front of the server takes less than this
+                // record: sent again it would be refused again, and failing
+                // the push on it would hold back every later change.
+                Err(Failure::TooLarge(error)) => {
+                    let Some(id) = ids.first().cloned() else {
+                        return Err(error);
+                    };
+                    let reason = format!(
+                        "is {} bytes of JSON, more than something in front of the server takes in one request: {error}",
+                        records.len()
+                    );
+                    return match refused.as_deref_mut() {
+                        Some(refused) => {
+                            refused.push(RefusedRecord::new(id, reason));
+                            Ok(None)
+                        }
+                        None => Err(Error::invalid_record(Some(id.as_str()), reason)),
+                    };
+                }
                 Err(Failure::Slow(error, asked_wait)) if divisible => (error, true, asked_wait),
                 Err(failure) => return Err(failure.into_error()),
             };
-            tracing::debug!(%refused, records = ends.len(), "a push was refused as too large or too slow; sending it in halves");
+            tracing::debug!(%cause, records = ends.len(), "a push was refused as too large or too slow; sending it in halves");
             {
                 let mut state = self.inner.state.lock();
                 let half = records.len() / 2;
@@ -1011,11 +1039,21 @@ impl HttpPeer {
             collection,
             first,
             ends.get(..middle).unwrap_or_default(),
+            ids.get(..middle).unwrap_or_default(),
             echoes,
+            refused,
         ))
         .await?;
-        let second = Box::pin(self.send_part(collection, second, &second_ends, echoes)).await?;
-        Ok(sum(Some(first), second))
+        let second = Box::pin(self.send_part(
+            collection,
+            second,
+            &second_ends,
+            ids.get(middle..).unwrap_or_default(),
+            echoes,
+            refused,
+        ))
+        .await?;
+        Ok(sum(first, second))
     }
 
     /// Sends a sync request's body once (with the retries of transient
@@ -1424,6 +1462,8 @@ struct RequestBody {
     text: Vec<u8>,
     /// Where each record ends, after [`OPEN`](Self::OPEN): one a record.
     ends: Vec<usize>,
+    /// Each record's id, in the same order.
+    ids: Vec<RecordId>,
 }
 
 impl RequestBody {
@@ -1434,6 +1474,7 @@ impl RequestBody {
         RequestBody {
             text: Self::OPEN.to_vec(),
             ends: Vec::new(),
+            ids: Vec::new(),
         }
     }
 
@@ -1456,20 +1497,25 @@ impl RequestBody {
         self.text.len() - Self::OPEN.len()
     }
 
-    fn push(&mut self, record: &[u8]) {
+    fn push(&mut self, record: &[u8], id: &RecordId) {
         if self.count() > 0 {
             self.text.push(b',');
         }
         self.text.extend_from_slice(record);
         self.ends.push(self.len());
+        self.ids.push(id.clone());
     }
 
-    /// The finished body and where its records end; this one starts over
-    /// empty.
-    fn finish(&mut self) -> (Bytes, Vec<usize>) {
+    /// The finished body, where its records end and their ids; this one
+    /// starts over empty.
+    fn finish(&mut self) -> (Bytes, Vec<usize>, Vec<RecordId>) {
         let mut text = std::mem::replace(&mut self.text, Self::OPEN.to_vec());
         text.extend_from_slice(Self::CLOSE);
-        (Bytes::from(text), std::mem::take(&mut self.ends))
+        (
+            Bytes::from(text),
+            std::mem::take(&mut self.ends),
+            std::mem::take(&mut self.ids),
+        )
     }
 }
 
@@ -1553,8 +1599,13 @@ fn decode_changes(
         .collect()
 }
 
-fn sum(total: Option<SyncResponse>, answer: SyncResponse) -> SyncResponse {
-    match total {
+/// The answer to a push sent in parts: the parts' answers so far, `total`,
+/// with the next one's (`None` for a part whose one record was refused).
+fn sum(total: Option<SyncResponse>, answer: Option<SyncResponse>) -> Option<SyncResponse> {
+    let Some(answer) = answer else {
+        return total;
+    };
+    Some(match total {
         None => answer,
         Some(total) => SyncResponse {
             // Counts the server sends are not trusted to stay in range.
@@ -1565,7 +1616,7 @@ fn sum(total: Option<SyncResponse>, answer: SyncResponse) -> SyncResponse {
             conflicts: total.conflicts.saturating_add(answer.conflicts),
             ..answer
         },
-    }
+    })
 }
 
 #[async_trait]
@@ -1634,9 +1685,16 @@ mod tests {
             conflicts: 0,
             echoes: CursorRanges::default(),
         };
-        let total = sum(Some(answer(3)), answer(4));
+        let total = sum(Some(answer(3)), Some(answer(4))).unwrap();
         assert_eq!((total.added, total.updated, total.unchanged), (7, 2, 4));
-        assert_eq!(sum(Some(answer(usize::MAX)), answer(4)).added, usize::MAX);
+        assert_eq!(
+            sum(Some(answer(usize::MAX)), Some(answer(4)))
+                .unwrap()
+                .added,
+            usize::MAX
+        );
+        assert_eq!(sum(Some(answer(1)), None).unwrap().added, 1);
+        assert!(sum(None, None).is_none());
     }
 
     #[test]

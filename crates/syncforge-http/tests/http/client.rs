@@ -909,7 +909,8 @@ async fn body_limiting_proxy(
 
 /// Behind a proxy that takes smaller bodies than the server announces, a
 /// push refused with 413 is sent again in halves, and later pushes send no
-/// more than what went through; before, every sync failed for good.
+/// more than what went through; before, every sync failed for good. A
+/// record the proxy refuses on its own is refused, not failed on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_a_proxy_refuses_as_too_large_is_sent_in_smaller_parts() {
     let hq = memory_engine("hq").await;
@@ -949,13 +950,35 @@ async fn a_push_a_proxy_refuses_as_too_large_is_sent_in_smaller_parts() {
     let report = phone.sync_with(&link, "notes").await.unwrap();
     assert_eq!(report.pushed, 400);
     assert_eq!(refused.load(std::sync::atomic::Ordering::SeqCst), first);
-    // A single record larger than the proxy takes still fails, clearly.
+    // A single record larger than the proxy takes is refused, named with
+    // the proxy's answer, and holds back no other change: failing the push
+    // on it, every later sync sent it first and failed again.
     phone
         .put("notes", &json!({"id": "huge", "text": "z".repeat(100_000)}))
         .await
         .unwrap();
-    let error = phone.sync_with(&link, "notes").await.unwrap_err();
-    assert!(error.to_string().contains("413"), "{error}");
+    phone
+        .put("notes", &json!({"id": "after", "text": "small"}))
+        .await
+        .unwrap();
+    let report = phone.sync_with(&link, "notes").await.unwrap();
+    assert_eq!(report.pushed, 1);
+    assert_eq!(report.refused.len(), 1, "{:?}", report.refused);
+    assert_eq!(report.refused[0].id.as_str(), "huge");
+    assert!(
+        report.refused[0].reason.contains("413"),
+        "{:?}",
+        report.refused
+    );
+    assert!(hq.get("notes", "after").await.unwrap().is_some());
+    assert!(hq.get("notes", "huge").await.unwrap().is_none());
+    // A push of records named by the caller fails on it, naming it.
+    let huge = phone.get("notes", "huge").await.unwrap().unwrap();
+    let error = link.push_records("notes", vec![huge]).await.unwrap_err();
+    assert!(
+        matches!(&error, Error::InvalidRecord { id: Some(id), .. } if id == "huge"),
+        "{error}"
+    );
     server.shutdown().await.unwrap();
 }
 
