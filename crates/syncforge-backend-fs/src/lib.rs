@@ -1170,7 +1170,7 @@ mod tests {
         async fn put(store: &FsBackend, id: &str) -> u64 {
             let record = syncforge_core::Record::create(
                 syncforge_core::Content::from_value(serde_json::json!({"id": id})).unwrap(),
-                &syncforge_core::Stamp::new(1_000, 0, "t").unwrap(),
+                syncforge_core::Stamp::new(1_000, 0, "t").unwrap(),
             );
             let write = syncforge_core::Write::create(record);
             match store.put(&name("notes"), &write).await.unwrap() {

@@ -895,7 +895,7 @@ mod tests {
     fn record(hlc: &mut Hlc, id: &str, n: u64) -> Record {
         Record::create(
             Content::from_value(json!({"id": id, "n": n})).unwrap(),
-            &hlc.now().unwrap(),
+            hlc.now().unwrap(),
         )
     }
 

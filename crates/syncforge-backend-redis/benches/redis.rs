@@ -137,7 +137,7 @@ fn person(hlc: &mut Hlc, i: usize) -> Record {
         "tags": [format!("tag-{}", i % 10), format!("group-{}", i % 7)],
         "score": (i % 1000) as f64 / 10.0,
     });
-    Record::create(Content::from_value(content).unwrap(), &hlc.now().unwrap())
+    Record::create(Content::from_value(content).unwrap(), hlc.now().unwrap())
 }
 
 fn people(client: &str, count: usize) -> Vec<Record> {

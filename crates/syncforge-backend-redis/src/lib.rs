@@ -1439,7 +1439,7 @@ mod tests {
         let write = |hlc: &mut syncforge_core::Hlc, id: &str| {
             let content =
                 syncforge_core::Content::from_value(serde_json::json!({ "id": id })).unwrap();
-            Write::create(Record::create(content, &hlc.now().unwrap()))
+            Write::create(Record::create(content, hlc.now().unwrap()))
         };
         let distinct = [write(&mut hlc, "a"), write(&mut hlc, "b")];
         let repeated = [write(&mut hlc, "a"), write(&mut hlc, "a")];
@@ -1466,7 +1466,7 @@ mod tests {
                     serde_json::json!({ "id": format!("r{i}"), "blob": "x".repeat(1_000) }),
                 )
                 .unwrap();
-                Write::create(Record::create(content, &hlc.now().unwrap()))
+                Write::create(Record::create(content, hlc.now().unwrap()))
             })
             .collect();
         let one = writes[0].record.to_json_string().len();
@@ -1489,7 +1489,7 @@ mod tests {
         let mixed = [
             Write::create(writes[0].record.clone()),
             Write::create(writes[1].record.clone()),
-            Write::create(Record::create(large, &hlc.now().unwrap())),
+            Write::create(Record::create(large, hlc.now().unwrap())),
         ];
         assert_eq!(batch_arguments(&mixed, 0, 5_000).1, 2);
         assert_eq!(batch_arguments(&mixed[2..], 0, 5_000).1, 1);

@@ -172,7 +172,7 @@ mod tests {
         let mut clock = Hlc::new(ClientId::new("c").unwrap());
         let smallest = Record::create(
             Content::from_value(json!({"id": "a"})).unwrap(),
-            &clock.now().unwrap(),
+            clock.now().unwrap(),
         );
         let body = to_bytes(&RecordBody::record(Cursor::new(1), smallest)).unwrap();
         assert!(body.len() as u64 > 2 * MARKER_SIZE, "{}", body.len());

@@ -247,6 +247,13 @@ thread_local! {
     });
 }
 
+/// A copy of a borrowed stamp, where a function takes `impl Into<Stamp>`.
+impl From<&Stamp> for Stamp {
+    fn from(stamp: &Stamp) -> Self {
+        stamp.clone()
+    }
+}
+
 impl Stamp {
     /// A stand-in for the stamp a field of a put will get: the fields of a
     /// put are laid out as a record holds them before the put is stamped,

@@ -1087,8 +1087,8 @@ mod json_form {
             let by_value = Content::from_value(serde_json::to_value(&doc).unwrap()).unwrap();
             prop_assert_eq!(&by_struct, &by_value);
             let (one, other) = (
-                Record::create(by_struct, &stamp(1, 0, "a")),
-                Record::create(by_value, &stamp(1, 0, "a")),
+                Record::create(by_struct, stamp(1, 0, "a")),
+                Record::create(by_value, stamp(1, 0, "a")),
             );
             prop_assert_eq!(one.to_json_string(), other.to_json_string());
         }
@@ -1171,7 +1171,7 @@ mod behaviour {
             for strategy in STRATEGIES {
                 let (_ta, mut hlc_a) = replica("a", 1_000);
                 let (_tb, mut hlc_b) = replica("b", 1_000u64.saturating_add_signed(b_offset));
-                let original = Record::create(note(&base), &hlc_a.now().unwrap());
+                let original = Record::create(note(&base), hlc_a.now().unwrap());
                 let (mut on_a, mut on_b) = (original.clone(), original.clone());
                 let a_writes = apply(&mut on_a, &mut hlc_a, &a_edits);
                 let b_writes = apply(&mut on_b, &mut hlc_b, &b_edits);
@@ -1231,7 +1231,7 @@ mod behaviour {
                 let (_t0, mut origin) = replica("o", 1_000);
                 let (_ta, mut hlc_a) = replica("a", 1_000u64.saturating_add_signed(a_offset));
                 let (_tb, mut hlc_b) = replica("b", 1_000u64.saturating_add_signed(b_offset));
-                let original = Record::create(note(&base), &origin.now().unwrap());
+                let original = Record::create(note(&base), origin.now().unwrap());
                 let mut deleted = original.clone();
                 apply(&mut deleted, &mut hlc_a, &[Edit::Delete]);
                 let mut updated = original.clone();
@@ -1255,7 +1255,7 @@ mod behaviour {
             after in prop::collection::vec(prop::option::of(gen::small_value()), 3),
         ) {
             let (time, mut hlc) = replica("p", 1_000);
-            let mut record = Record::create(note(&before), &hlc.now().unwrap());
+            let mut record = Record::create(note(&before), hlc.now().unwrap());
             let old = record.clone();
             time.advance(1);
             let s = hlc.now().unwrap();
@@ -1307,7 +1307,7 @@ mod behaviour {
         let (_lt, mut laptop) = replica("laptop", start + 300);
         let base = Record::create(
             content(json!({"id": "n1", "title": "Meeting", "body": "Q3"})),
-            &phone.now().unwrap(),
+            phone.now().unwrap(),
         );
         laptop.observe(base.newest_stamp()).unwrap();
         let mut on_laptop = base.clone();
@@ -1388,7 +1388,7 @@ mod behaviour {
         let (_tl, mut laptop) = replica("laptop", 1_000);
         let base = Record::create(
             content(json!({"id": "n1", "title": "Meeting Notes", "body": "Discuss Q3 targets"})),
-            &phone.now().unwrap(),
+            phone.now().unwrap(),
         );
         laptop.observe(base.newest_stamp()).unwrap();
         let mut on_laptop = base.clone();

@@ -531,7 +531,7 @@ mod tests {
         for i in 0..40 {
             let content = Content::from_value(serde_json::json!({"id": format!("r{i}")})).unwrap();
             let id = content.id().clone();
-            let write = Write::create(Record::create(content, &clock.now().unwrap()));
+            let write = Write::create(Record::create(content, clock.now().unwrap()));
             assert!(store.put(&collection, &write).await.is_err());
             if memory.get(&collection, &id).await.unwrap().is_some() {
                 written_anyway += 1;

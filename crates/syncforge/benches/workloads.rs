@@ -343,7 +343,7 @@ fn w4_base(size: usize) -> Vec<Record> {
 /// `person` as a new record written at `millis` by `client`.
 fn person_record(person: &Person, millis: u64, client: &ClientId) -> Record {
     let content = Content::from_value(serde_json::to_value(person).unwrap()).unwrap();
-    Record::create(content, &Stamp::new(millis, 0, client.clone()).unwrap())
+    Record::create(content, Stamp::new(millis, 0, client.clone()).unwrap())
 }
 
 /// W4's floor: the records of a collection of `size` by id (foldhash, as

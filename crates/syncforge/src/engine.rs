@@ -899,7 +899,7 @@ impl SyncEngine {
     /// store holds no record of its id.
     fn create(&self, content: Content) -> Result<Record> {
         let stamp = self.stamp_after(None)?;
-        Ok(Record::create(content, &stamp))
+        Ok(Record::create(content, stamp))
     }
 
     /// The writes of [`apply`](Self::apply) that lost a race (their ids in

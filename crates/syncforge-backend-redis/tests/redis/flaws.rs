@@ -656,7 +656,7 @@ async fn a_batch_of_large_records_is_written_in_several_scripts() {
             let content =
                 Content::from_value(serde_json::json!({ "id": format!("b{i:02}"), "blob": blob }))
                     .unwrap();
-            Write::create(Record::create(content, &hlc.now().unwrap()))
+            Write::create(Record::create(content, hlc.now().unwrap()))
         })
         .collect();
     // Loads the script and registers the collection first.

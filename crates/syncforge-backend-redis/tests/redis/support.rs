@@ -222,7 +222,7 @@ pub(crate) fn rid(id: &str) -> RecordId {
 pub(crate) fn record(hlc: &mut Hlc, id: &str, n: i64) -> Record {
     Record::create(
         Content::from_value(json!({"id": id, "n": n, "body": format!("body of {id}")})).unwrap(),
-        &hlc.now().unwrap(),
+        hlc.now().unwrap(),
     )
 }
 

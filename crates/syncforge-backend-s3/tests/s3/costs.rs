@@ -17,7 +17,7 @@ use crate::wrapper::Wrapped;
 fn record(clock: &mut Hlc, id: &str, n: i64) -> Record {
     Record::create(
         Content::from_value(json!({"id": id, "n": n})).unwrap(),
-        &clock.now().unwrap(),
+        clock.now().unwrap(),
     )
 }
 

@@ -22,7 +22,7 @@ fn first_note() -> (CollectionName, Record) {
     let mut clock = Hlc::new(ClientId::new("c").unwrap());
     let record = Record::create(
         Content::from_value(json!({"id": "n1"})).unwrap(),
-        &clock.now().unwrap(),
+        clock.now().unwrap(),
     );
     (CollectionName::new("notes").unwrap(), record)
 }

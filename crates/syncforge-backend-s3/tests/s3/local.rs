@@ -177,7 +177,7 @@ async fn conditional_updates_are_atomic_across_processes() {
     let setup = S3Backend::local_directory(dir.path(), "dse").unwrap();
     let mut clock = Hlc::new(ClientId::new("setup").unwrap());
     let creates: Vec<Write> = (0..RECORDS)
-        .map(|i| Write::create(Record::create(content(i, 0), &clock.now().unwrap())))
+        .map(|i| Write::create(Record::create(content(i, 0), clock.now().unwrap())))
         .collect();
     setup.put_batch(&collection(), &creates).await.unwrap();
 
@@ -259,7 +259,7 @@ async fn a_lasting_local_failure_is_not_transient() {
     let mut hlc = Hlc::new(ClientId::new("writer").unwrap());
     let record = Record::create(
         Content::from_value(json!({"id": "r1"})).unwrap(),
-        &hlc.now().unwrap(),
+        hlc.now().unwrap(),
     );
     let error = store.put(&notes, &Write::create(record)).await.unwrap_err();
     assert!(matches!(&error, SyncError::Storage { .. }), "{error:?}");
@@ -280,7 +280,7 @@ async fn a_stored_record_nested_past_the_limit_is_corrupt() {
     let mut hlc = Hlc::new(ClientId::new("nester").unwrap());
     let base = Record::create(
         Content::from_value(json!({"id": "r1", "n": 1})).unwrap(),
-        &hlc.now().unwrap(),
+        hlc.now().unwrap(),
     );
     store
         .put(&notes, &Write::create(base.clone()))
@@ -337,7 +337,7 @@ async fn feed_numbers_past_the_last_entry_are_not_trusted() {
     let mut record = |id: &str| {
         Record::create(
             Content::from_value(json!({"id": id, "n": 1})).unwrap(),
-            &hlc.now().unwrap(),
+            hlc.now().unwrap(),
         )
     };
     let all_changes = |store: S3Backend| async move {
@@ -400,7 +400,7 @@ async fn a_local_directory_lists_in_key_order_so_get_many_finds_every_record() {
     let writes: Vec<Write> = (0..1_500)
         .map(|i| {
             let content = Content::from_value(json!({"id": format!("r{i:05}"), "n": i})).unwrap();
-            Write::create(Record::create(content, &hlc.now().unwrap()))
+            Write::create(Record::create(content, hlc.now().unwrap()))
         })
         .collect();
     for batch in writes.chunks(500) {
@@ -443,7 +443,7 @@ async fn get_all_refuses_a_record_under_another_records_key() {
     let mut hlc = Hlc::new(ClientId::new("copier").unwrap());
     let a = Record::create(
         Content::from_value(json!({"id": "a", "n": 1})).unwrap(),
-        &hlc.now().unwrap(),
+        hlc.now().unwrap(),
     );
     store.put(&notes, &Write::create(a)).await.unwrap();
     assert_eq!(store.get_all(&notes).await.unwrap().len(), 1);
@@ -489,7 +489,7 @@ async fn an_id_too_long_for_a_file_name_is_refused_and_the_feed_goes_on() {
     ] {
         let record = Record::create(
             Content::from_value(json!({"id": id})).unwrap(),
-            &hlc.now().unwrap(),
+            hlc.now().unwrap(),
         );
         let id = RecordId::new(&id).unwrap();
         let put = store.put(&notes, &Write::create(record)).await;
@@ -525,7 +525,7 @@ async fn a_write_too_long_for_a_file_name_in_the_feed_is_void() {
     let record = |id: &str, hlc: &mut Hlc| {
         Record::create(
             Content::from_value(json!({"id": id})).unwrap(),
-            &hlc.now().unwrap(),
+            hlc.now().unwrap(),
         )
     };
     let long = "a".repeat(400);

@@ -97,7 +97,7 @@ async fn increment_concurrently(
         .map(|i| {
             Write::create(Record::create(
                 content(&format!("r{i:02}"), 0),
-                &clock.now().unwrap(),
+                clock.now().unwrap(),
             ))
         })
         .collect();
@@ -245,7 +245,7 @@ async fn clocks_apart_and_a_follower(store: Arc<dyn ObjectStore>, prefix: &str, 
                         }
                         None => Write::create(Record::create(
                             content(&id, i as i64),
-                            &clock.now().unwrap(),
+                            clock.now().unwrap(),
                         )),
                     };
                     if let WriteOutcome::Written { .. } =
@@ -311,7 +311,7 @@ async fn doomed_workload(backend: &S3Backend, collection: &CollectionName) -> Ve
     let mut acknowledged = Vec::new();
     let batch: Vec<Write> = ["a", "b", "c"]
         .iter()
-        .map(|id| Write::create(Record::create(content(id, 1), &clock.now().unwrap())))
+        .map(|id| Write::create(Record::create(content(id, 1), clock.now().unwrap())))
         .collect();
     let Ok(outcomes) = backend.put_batch(collection, &batch).await else {
         return acknowledged;
@@ -329,7 +329,7 @@ async fn doomed_workload(backend: &S3Backend, collection: &CollectionName) -> Ve
         .unwrap();
     let more = [
         Write::replace(next, stored.token),
-        Write::create(Record::create(content("d", 1), &clock.now().unwrap())),
+        Write::create(Record::create(content("d", 1), clock.now().unwrap())),
     ];
     if let Ok(outcomes) = backend.put_batch(collection, &more).await {
         for (write, outcome) in more.iter().zip(&outcomes) {
@@ -383,7 +383,7 @@ async fn a_writer_dying_between_any_two_requests_loses_nothing_acknowledged() {
             }
             // Another writer carries on; a reader from the old end sees it.
             let mut clock = Hlc::new(ClientId::new("survivor").unwrap());
-            let write = Write::create(Record::create(content("e", 1), &clock.now().unwrap()));
+            let write = Write::create(Record::create(content("e", 1), clock.now().unwrap()));
             assert!(matches!(
                 survivor.put(&collection, &write).await.unwrap(),
                 WriteOutcome::Written { .. }
@@ -408,7 +408,7 @@ async fn readers_complete_a_slow_writers_items() {
         Arc::new(Wrapped::new(Arc::clone(&memory)).slow_puts("/r/", Duration::from_millis(500)));
     let writer = S3Backend::from_store(slow.clone(), "dse").unwrap();
     let mut clock = Hlc::new(ClientId::new("slow").unwrap());
-    let record = Record::create(content("late", 1), &clock.now().unwrap());
+    let record = Record::create(content("late", 1), clock.now().unwrap());
     let write = Write::create(record.clone());
     let writing = tokio::spawn(async move { writer.put(&coll("slow"), &write).await });
     // The writer has claimed its feed entry once its record write begins.
@@ -446,7 +446,7 @@ async fn a_writer_whose_entry_claim_was_sent_twice_keeps_its_entry() {
     );
     let writer = S3Backend::from_store(slow.clone(), "dse").unwrap();
     let mut clock = Hlc::new(ClientId::new("resent").unwrap());
-    let record = Record::create(content("once", 1), &clock.now().unwrap());
+    let record = Record::create(content("once", 1), clock.now().unwrap());
     let write = Write::create(record.clone());
     let mut writing = tokio::spawn(async move { writer.put(&coll("resent"), &write).await });
     tokio::select! {
@@ -492,7 +492,7 @@ async fn compaction_bounds_the_feed(store: Arc<dyn ObjectStore>, prefix: &str, w
                     .unwrap();
                 Write::replace(next, stored.token)
             }
-            None => Write::create(Record::create(content(&id, i), &clock.now().unwrap())),
+            None => Write::create(Record::create(content(&id, i), clock.now().unwrap())),
         };
         match backend.put(&collection, &write).await.unwrap() {
             WriteOutcome::Written { cursor, .. } => cursors.push(cursor),
@@ -539,7 +539,7 @@ async fn twenty_new_records_compacted_every_four(
     let mut clock = Hlc::new(ClientId::new("w").unwrap());
     for i in 0..20 {
         let id = format!("r{i}");
-        let write = Write::create(Record::create(content(&id, i), &clock.now().unwrap()));
+        let write = Write::create(Record::create(content(&id, i), clock.now().unwrap()));
         assert!(matches!(
             backend.put(collection, &write).await.unwrap(),
             WriteOutcome::Written { .. }
@@ -594,7 +594,7 @@ async fn a_claim_refused_without_the_number_being_taken_leaves_no_hole() {
     let mut cursors = Vec::new();
     for i in 0..3 {
         let id = format!("r{i}");
-        let write = Write::create(Record::create(content(&id, i), &clock.now().unwrap()));
+        let write = Write::create(Record::create(content(&id, i), clock.now().unwrap()));
         match backend.put(&collection, &write).await.unwrap() {
             WriteOutcome::Written { cursor, .. } => cursors.push(cursor),
             WriteOutcome::Conflict => panic!("a lone writer conflicted"),
@@ -635,7 +635,7 @@ async fn a_delete_whose_marker_put_was_sent_twice_says_the_record_existed() {
     let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     let collection = coll("notes");
     let mut clock = Hlc::new(ClientId::new("w").unwrap());
-    let record = Record::create(content("a", 1), &clock.now().unwrap());
+    let record = Record::create(content("a", 1), clock.now().unwrap());
     handle(&memory, "dse")
         .put(&collection, &Write::create(record))
         .await
@@ -730,7 +730,7 @@ async fn segments_a_failed_compaction_left_are_removed_by_the_next() {
         // its probe; the next 19 compact with every delete refused.
         wrapped.set_denying_deletes((1..20).contains(&i));
         let id = format!("r{i}");
-        let write = Write::create(Record::create(content(&id, i), &clock.now().unwrap()));
+        let write = Write::create(Record::create(content(&id, i), clock.now().unwrap()));
         assert!(matches!(
             backend.put(&collection, &write).await.unwrap(),
             WriteOutcome::Written { .. }

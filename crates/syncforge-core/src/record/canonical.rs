@@ -439,7 +439,7 @@ mod tests {
                 "0digit": true, "zz": {}, "ü": "", "_under": 1, "i": 2, "idz": 3,
                 "we\"ird\tkey": [1e300, -7, 18446744073709551615u64, 0.1, -9223372036854775808i64],
             })),
-            &stamp(1_700_000_000_000, 0, "tablet"),
+            stamp(1_700_000_000_000, 0, "tablet"),
         );
         same_as_serde_json(&record);
         // A field removed, one changed, by another client.

@@ -430,7 +430,7 @@ mod tests {
     fn json_form_is_canonical_and_round_trips() {
         let mut r = Record::create(
             content(json!({"id": "n1", "z": 1, "a": {"y": 2, "b": 3}})),
-            &stamp(1000, 0, "phone"),
+            stamp(1000, 0, "phone"),
         );
         r.apply_put(
             content(json!({"id": "n1", "a": 5})),

@@ -186,19 +186,22 @@ impl std::fmt::Debug for Record {
 }
 
 impl Record {
-    /// A new record holding `content`, every field stamped with `stamp`.
-    pub fn create(content: Content, stamp: &Stamp) -> Record {
+    /// A new record holding `content`, every field stamped with `stamp`
+    /// (given by value, it becomes the record's write stamp: a copy of a
+    /// borrowed one changes the client id's shared count once more).
+    pub fn create(content: Content, stamp: impl Into<Stamp>) -> Record {
+        let stamp = stamp.into();
         // Content is sorted, without repeats, normalised and laid out as a
         // record's fields: its vector becomes the field list, stamped.
         let mut fields = content.fields;
         for (_, state) in &mut fields {
-            state.stamp.assign(stamp);
+            state.stamp.assign(&stamp);
         }
         let mut versions = VersionVector::new();
         versions.increment(stamp.client());
         let header = Header {
             id: content.id,
-            written: stamp.clone(),
+            written: stamp,
             tombstone: None,
             versions,
             // Every stamp is the write stamp and there is no tombstone:
@@ -582,7 +585,7 @@ mod tests {
 
     #[test]
     fn an_unchanged_put_leaves_the_record_and_its_allocation_untouched() {
-        let written = Record::create(content(json!({"id": "n1", "a": 1})), &stamp(1, 0, "p"));
+        let written = Record::create(content(json!({"id": "n1", "a": 1})), stamp(1, 0, "p"));
         let mut put = written.clone();
         assert!(!put
             .apply_put(content(json!({"id": "n1", "a": 1})), &stamp(2, 0, "p"))
@@ -601,9 +604,9 @@ mod tests {
         // record: nothing of one may show in the other.
         let wide = Record::create(
             content(json!({"id": "w", "a": 1, "b": 2, "c": 3, "d": 4})),
-            &stamp(1, 0, "p"),
+            stamp(1, 0, "p"),
         );
-        let narrow = Record::create(content(json!({"id": "n", "z": 9})), &stamp(1, 0, "p"));
+        let narrow = Record::create(content(json!({"id": "n", "z": 9})), stamp(1, 0, "p"));
         let merged =
             crate::merge::merge(&wide.clone(), &wide, crate::ConflictStrategy::Crdt).unwrap();
         assert_eq!(
@@ -622,7 +625,7 @@ mod tests {
     fn put_stamps_only_changed_fields_and_removes_missing_ones() {
         let mut r = Record::create(
             content(json!({"id": "n1", "title": "A", "body": "B"})),
-            &stamp(1, 0, "p"),
+            stamp(1, 0, "p"),
         );
         let changed = r
             .apply_put(
@@ -649,7 +652,7 @@ mod tests {
 
     #[test]
     fn unchanged_put_writes_nothing() {
-        let mut r = Record::create(content(json!({"id": "x", "a": 1})), &stamp(1, 0, "p"));
+        let mut r = Record::create(content(json!({"id": "x", "a": 1})), stamp(1, 0, "p"));
         let before = r.clone();
         assert!(!r
             .apply_put(content(json!({"id": "x", "a": 1})), &stamp(2, 0, "p"))
@@ -659,7 +662,7 @@ mod tests {
 
     #[test]
     fn empty_record_can_be_written_deleted_and_written_again() {
-        let mut r = Record::create(content(json!({"id": "e"})), &stamp(1, 0, "p"));
+        let mut r = Record::create(content(json!({"id": "e"})), stamp(1, 0, "p"));
         assert!(r.apply_delete(&stamp(2, 0, "p")).unwrap());
         assert!(r.is_deleted());
         assert!(!r.apply_delete(&stamp(3, 0, "p")).unwrap());
@@ -672,7 +675,7 @@ mod tests {
 
     #[test]
     fn writes_with_stale_stamps_are_refused() {
-        let mut r = Record::create(content(json!({"id": "a", "x": 1})), &stamp(5, 0, "p"));
+        let mut r = Record::create(content(json!({"id": "a", "x": 1})), stamp(5, 0, "p"));
         assert!(r
             .apply_put(content(json!({"id": "a", "x": 2})), &stamp(5, 0, "a"))
             .is_err());
@@ -682,7 +685,7 @@ mod tests {
 
     #[test]
     fn put_with_other_id_is_refused() {
-        let mut r = Record::create(content(json!({"id": "a"})), &stamp(1, 0, "p"));
+        let mut r = Record::create(content(json!({"id": "a"})), stamp(1, 0, "p"));
         assert!(r
             .apply_put(content(json!({"id": "b"})), &stamp(2, 0, "p"))
             .is_err());
@@ -695,7 +698,7 @@ mod tests {
             id: String,
             title: String,
         }
-        let r = Record::create(content(json!({"id": "n", "title": "t"})), &stamp(1, 0, "p"));
+        let r = Record::create(content(json!({"id": "n", "title": "t"})), stamp(1, 0, "p"));
         assert_eq!(
             r.get_as::<Note>().unwrap(),
             Note {
