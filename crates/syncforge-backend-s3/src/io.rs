@@ -299,10 +299,11 @@ impl Io {
     }
 }
 
-/// Whether the ETag a listing gave and the one a read gave name the same
-/// version of an object. Some S3-compatible servers quote an ETag in one
-/// and not in the other (or mark it weak, `W/`): compared as they come,
-/// every entry would look replaced, and the feed could not be read.
+/// Whether two ETags of an object name the same version of it, quoted or
+/// not, weak (`W/`) or not. Some S3-compatible servers quote an ETag in a
+/// listing and not in a read, and object_store quotes local ones from
+/// 0.14.1 on: compared as they come, every feed entry would look replaced,
+/// and an item kept from an older version would look void.
 pub(crate) fn same_etag(listed: &str, read: &str) -> bool {
     fn bare(tag: &str) -> &str {
         let tag = tag.strip_prefix("W/").unwrap_or(tag);
