@@ -6,9 +6,12 @@
 //! ETag and replacing the file must happen as one step, which a file system
 //! gives only under a lock. This store takes an advisory lock on a file in
 //! the directory (`std::fs::File::lock`, `flock` on Unix) around every write
-//! and delete: look at the current file, check the condition, publish the new
-//! file by rename (or hard link for a create). Reads and listings are
-//! `LocalFileSystem`'s own; renames make every write atomic for them.
+//! and delete, and then (on Unix) one on the directory of the file written
+//! (so that stores opened on nested roots, which reach one file by two
+//! paths, exclude each other too): look at the current file, check the
+//! condition, publish the new file by rename (or hard link for a create).
+//! Reads and listings are `LocalFileSystem`'s own; renames make every write
+//! atomic for them.
 //!
 //! ETags. `LocalFileSystem` derives an ETag from the file's inode, its
 //! modification time in microseconds and its size. A replacing write gets a
@@ -152,14 +155,24 @@ impl LocalDirectory {
         self
     }
 
-    /// Holds the directory's write lock until the returned guard drops.
-    async fn lock(&self) -> Result<(tokio::sync::OwnedMutexGuard<()>, Locked)> {
+    /// Holds the write locks of the store's directory and of the directory
+    /// holding the file at `target` until the returned guard drops.
+    async fn lock(&self, target: &FsPath) -> Result<(tokio::sync::OwnedMutexGuard<()>, Locked)> {
         let queued = Arc::clone(&self.queue).lock_owned().await;
         let lock_file = self.lock_file.clone();
+        // The store's own directory is locked once: a second lock on its
+        // file, through another descriptor, would wait for the first.
+        let folder = target
+            .parent()
+            .filter(|folder| *folder != self.root)
+            .map(FsPath::to_path_buf);
         // The place in the queue goes with the thread that waits for the
         // file lock: a caller that stops waiting must not let the next one
         // park another thread behind the same lock.
-        blocking(move || Locked::acquire(&lock_file).map(|locked| (queued, locked))).await
+        blocking(move || {
+            Locked::acquire(&lock_file, folder.as_deref()).map(|locked| (queued, locked))
+        })
+        .await
     }
 
     /// The object at `location` now, or `None`.
@@ -172,7 +185,8 @@ impl LocalDirectory {
     }
 
     async fn delete_one(&self, location: &Path) -> Result<()> {
-        let _locked = self.lock().await?;
+        let target = self.files.path_to_filesystem(location)?;
+        let _locked = self.lock(&target).await?;
         self.files.delete(location).await
     }
 }
@@ -201,8 +215,11 @@ impl ObjectStore for LocalDirectory {
         let fsync = self.fsync;
         // Written and synced before taking the lock: only the check and the
         // publication run one at a time.
-        let staged = blocking(move || Staged::write(target, &payload, fsync)).await?;
-        let locked = self.lock().await?;
+        let staged = {
+            let target = target.clone();
+            blocking(move || Staged::write(target, &payload, fsync)).await?
+        };
+        let locked = self.lock(&target).await?;
         let current = self.current(location).await?;
         match &opts.mode {
             PutMode::Create if current.is_some() => {
@@ -347,15 +364,36 @@ impl std::error::Error for CoarseTimes {}
 struct Locked {
     file: File,
     path: PathBuf,
+    /// The lock of the directory holding the file written or deleted, when
+    /// that is not the store's own (on Unix). Two handles that reach one file through
+    /// different roots (`/srv/data` with keys `app/…`, and `/srv/data/app`)
+    /// lock different store directories, but this one is the same: without
+    /// it, both could check one ETag and replace the file, and one
+    /// acknowledged write was lost.
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "held for its lock, which dropping it releases")
+    )]
+    folder: Option<File>,
 }
 
 impl Locked {
-    fn acquire(lock_file: &FsPath) -> Result<Locked> {
+    /// Locks `lock_file` (the store's), then the directory `folder` itself
+    /// if given: always in that order, so two writers never wait on each
+    /// other. The directory, not a file in it: a lock file in every
+    /// directory of a store would show as an object once the directory is
+    /// uploaded to a bucket.
+    fn acquire(lock_file: &FsPath, folder: Option<&FsPath>) -> Result<Locked> {
         let file = open_lock_file(lock_file).map_err(|e| io_error(e, lock_file))?;
         file.lock().map_err(|e| io_error(e, lock_file))?;
+        let folder = match folder {
+            Some(folder) => lock_directory(folder)?,
+            None => None,
+        };
         Ok(Locked {
             file,
             path: lock_file.to_owned(),
+            folder,
         })
     }
 
@@ -388,6 +426,28 @@ impl Locked {
         writeln!(self.file, "{issued}")?;
         Ok(UNIX_EPOCH + Duration::from_micros(issued))
     }
+}
+
+/// An exclusive lock on the directory `path`, or `None` when it does not
+/// exist (no file in it to write over or delete: a write makes it before
+/// taking its locks). Only Unix can lock a directory.
+#[cfg(unix)]
+fn lock_directory(path: &FsPath) -> Result<Option<File>> {
+    match File::open(path) {
+        Ok(directory) => {
+            directory.lock().map_err(|e| io_error(e, path))?;
+            Ok(Some(directory))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_error(e, path)),
+    }
+}
+
+/// Elsewhere a directory cannot be locked: stores on nested roots must not
+/// share a directory there (see [`Locked::folder`]).
+#[cfg(not(unix))]
+fn lock_directory(_path: &FsPath) -> Result<Option<File>> {
+    Ok(None)
 }
 
 fn open_lock_file(path: &FsPath) -> io::Result<File> {
@@ -654,6 +714,41 @@ mod tests {
         );
     }
 
+    /// Two stores can reach one file through different roots: one on
+    /// `dir` with keys under `app/`, one on `dir/app`. Each locks its own
+    /// root, so a write through one must also wait for the lock of the
+    /// file's directory, which a write through the other holds; before, both
+    /// checked one ETag and replaced the file, and one write was lost.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn stores_on_nested_roots_lock_a_files_directory_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let outer = LocalDirectory::new(dir.path()).unwrap().with_fsync(false);
+        let inner_root = dir.path().join("app");
+        let inner = LocalDirectory::new(&inner_root).unwrap().with_fsync(false);
+        let written = inner
+            .put_opts(&Path::from("notes/n1"), "1".into(), PutMode::Create.into())
+            .await
+            .unwrap();
+        let update = PutMode::Update(object_store::UpdateVersion {
+            e_tag: written.e_tag,
+            version: None,
+        });
+        // The inner store, in the middle of a write of `notes/n1`.
+        let held =
+            Locked::acquire(&inner_root.join(LOCK_FILE), Some(&inner_root.join("notes"))).unwrap();
+        assert!(held.folder.is_some(), "the directory was not locked");
+        let location = Path::from("app/notes/n1");
+        let write = outer.put_opts(&location, "2".into(), update.into());
+        tokio::pin!(write);
+        let waited = tokio::time::timeout(Duration::from_millis(300), &mut write).await;
+        assert!(waited.is_err(), "the write did not wait: {waited:?}");
+        drop(held);
+        write.await.unwrap();
+        let read = inner.get(&Path::from("notes/n1")).await.unwrap();
+        assert_eq!(read.bytes().await.unwrap().as_ref(), b"2");
+    }
+
     /// A clock that stands still (one coarse tick) or steps back (NTP)
     /// never makes a time come back, across holders of the lock too.
     #[test]
@@ -663,7 +758,7 @@ mod tests {
         let tick = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let mut last = UNIX_EPOCH;
         for round in 0..3u64 {
-            let mut locked = Locked::acquire(&lock_file).unwrap();
+            let mut locked = Locked::acquire(&lock_file, None).unwrap();
             // Round 1 reads a clock an hour behind the times issued so far.
             let now = tick - Duration::from_secs(3600 * round);
             for _ in 0..100 {
@@ -673,7 +768,7 @@ mod tests {
             }
         }
         // A file being replaced that carries a later time is passed as well.
-        let mut locked = Locked::acquire(&lock_file).unwrap();
+        let mut locked = Locked::acquire(&lock_file, None).unwrap();
         let ahead = last + Duration::from_secs(60);
         assert!(locked.next_time(tick, Some(ahead)).unwrap() > ahead);
     }
@@ -698,7 +793,7 @@ mod tests {
                 .unwrap();
         });
         // Another process holds the directory's lock.
-        let elsewhere = Locked::acquire(&dir.path().join(LOCK_FILE)).unwrap();
+        let elsewhere = Locked::acquire(&dir.path().join(LOCK_FILE), None).unwrap();
         runtime.block_on(async {
             for n in 0..3 {
                 let location = Path::from(format!("w{n}"));
