@@ -193,9 +193,18 @@ impl Keys {
         Path::from(format!("{}/c", self.prefix))
     }
 
-    /// The key of a metadata value.
+    /// The key of a metadata value. In a local directory a key whose file
+    /// name would pass what a file name holds is stored under a hash, as an
+    /// id's is past [`MAX_PLAIN_ID`] (the value's object names its key):
+    /// the engine's own keys name peers and collections, and a collection
+    /// of a few dozen non-ASCII characters made every sync of it fail.
     pub(crate) fn meta(&self, key: &str) -> Path {
-        Path::from(format!("{}/m/k{}", self.prefix, encode(key, MAX_PLAIN_ID)))
+        let plain = match self.longest_file_name {
+            // The name is `k` and the key.
+            Some(longest) => MAX_PLAIN_ID.min(longest.saturating_sub(1)),
+            None => MAX_PLAIN_ID,
+        };
+        Path::from(format!("{}/m/k{}", self.prefix, encode(key, plain)))
     }
 
     /// The key paths of one collection.

@@ -510,6 +510,35 @@ async fn an_id_too_long_for_a_file_name_is_refused_and_the_feed_goes_on() {
     }
 }
 
+/// A metadata key whose plain file name would be longer than a file name
+/// may be is stored under a hash in a local directory: the engine keeps a
+/// peer's cursors under keys naming the peer and the collection, and with a
+/// collection of 30 non-ASCII characters every sync of it failed to store
+/// them. A key that fits keeps its plain name.
+#[tokio::test]
+async fn a_metadata_key_too_long_for_a_file_name_is_stored_under_a_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = S3Backend::local_directory(dir.path(), "dse").unwrap();
+    let long = format!(
+        "syncforge/peer-cursor/v1/[\"http://hq.example:8080/\",\"{}\",\"refused\"]",
+        "日".repeat(30)
+    );
+    let short = "a".repeat(200);
+    for key in [&long, &short] {
+        store.set_meta(key, "42").await.unwrap();
+        assert_eq!(store.get_meta(key).await.unwrap().as_deref(), Some("42"));
+        assert_eq!(store.set_meta_if_absent(key, "7").await.unwrap(), "42");
+    }
+    let names: Vec<String> = std::fs::read_dir(dir.path().join("dse/m"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .filter(|name| !name.contains('#'))
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names.contains(&format!("k{short}")), "{names:?}");
+    assert!(names.iter().all(|name| name.len() <= 253), "{names:?}");
+}
+
 /// A feed entry holding a write that a local directory cannot land (written
 /// where the handle did not know its store for one: behind a `PrefixStore`,
 /// or by a version without the check) is void: every read of the feed met
