@@ -153,6 +153,11 @@ impl Keys {
         self
     }
 
+    /// Whether this is the layout in a local directory.
+    pub(crate) fn local(&self) -> bool {
+        self.longest_file_name.is_some()
+    }
+
     /// Refuses an id whose record key (in `keys`) ends in a longer name than
     /// a local directory can write. Checked before a write's feed entry:
     /// written, the entry would hold a write that can never land.

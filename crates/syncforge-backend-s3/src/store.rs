@@ -249,6 +249,9 @@ impl Store {
     /// One listing tells which of the ids exist when they lie close together
     /// (a sync into a new or small collection); the records found, and ids
     /// the listing did not reach, are read one request each, concurrently.
+    /// A local directory reads each id at once: its listing walks and sorts
+    /// the whole folder of records, whatever the page asked for, so a batch
+    /// of a few changes cost as much as the collection's size.
     pub(crate) async fn get_many(
         &self,
         collection: &CollectionName,
@@ -259,7 +262,7 @@ impl Store {
         // What the listing says, for the paths it covers: Some(true) = a record
         // to read, Some(false) = nothing or a marker, None = not covered.
         let mut known: HashMap<&Path, bool> = HashMap::new();
-        if ids.len() > 2 {
+        if ids.len() > 2 && !self.keys.local() {
             if let Some(smallest) = paths.iter().min() {
                 let text = smallest.as_ref();
                 // Exclusive offset just below the smallest key.

@@ -430,6 +430,52 @@ async fn a_local_directory_lists_in_key_order_so_get_many_finds_every_record() {
     assert!(listed.windows(2).all(|pair| pair[0] < pair[1]));
 }
 
+/// `get_many` in a local directory reads each id, never the folder of
+/// records: listing it walked and sorted the whole folder, so each batch of
+/// an incremental sync cost as much as the collection's size (and a file
+/// there that a listing cannot name failed every batch).
+#[cfg(unix)]
+#[tokio::test]
+async fn get_many_in_a_local_directory_reads_no_listing() {
+    use futures::TryStreamExt;
+    use std::os::unix::ffi::OsStrExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = S3Backend::local_directory(dir.path(), "dse").unwrap();
+    let notes = collection();
+    let mut hlc = Hlc::new(ClientId::new("reader").unwrap());
+    let writes: Vec<Write> = (0..5)
+        .map(|i| {
+            let content = Content::from_value(json!({"id": format!("r{i}")})).unwrap();
+            Write::create(Record::create(content, hlc.now().unwrap()))
+        })
+        .collect();
+    store.put_batch(&notes, &writes).await.unwrap();
+    let raw = LocalDirectory::new(dir.path()).unwrap();
+    let folder = raw
+        .list(Some(&Path::from("dse")))
+        .map_ok(|meta| meta.location)
+        .try_collect::<Vec<Path>>()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|path| path.as_ref().ends_with("r1"))
+        .and_then(|path| {
+            let text = path.as_ref().to_owned();
+            Some(dir.path().join(text.rsplit_once('/')?.0))
+        })
+        .unwrap();
+    // A name that is not UTF-8 fails any listing of the folder.
+    std::fs::write(folder.join(std::ffi::OsStr::from_bytes(b"stray\xff")), "x").unwrap();
+    let ids: Vec<RecordId> = ["r0", "r2", "r4", "absent"]
+        .iter()
+        .map(|id| RecordId::new(*id).unwrap())
+        .collect();
+    let found = store.get_many(&notes, &ids).await.unwrap();
+    let present: Vec<bool> = found.iter().map(Option::is_some).collect();
+    assert_eq!(present, [true, true, true, false]);
+}
+
 /// An object copied by hand to another record's key holds a record that is
 /// not that key's: `get_all` reports it corrupt, as `get` does, instead of
 /// returning the record twice.
