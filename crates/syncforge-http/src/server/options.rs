@@ -251,7 +251,11 @@ impl ServerOptions {
     }
 
     /// Longest long-poll wait (default 25 s); a larger `wait` is lowered to
-    /// it. Must be shorter than the request timeout.
+    /// it. Must be shorter than the request timeout. A waiting request wakes
+    /// at once for changes written through this server's engine, and sees
+    /// one written to a shared store by another process only when its wait
+    /// ends: where several processes write one store, this bounds how late
+    /// clients learn of such changes.
     #[must_use]
     pub fn max_wait(mut self, wait: Duration) -> Self {
         self.max_wait = wait;
