@@ -285,6 +285,21 @@ const ROWS: &[RowSpec] = &[
         },
     },
     RowSpec {
+        key: "lww_map_set_10k",
+        label: "LwwMap built of 10k keys in no order (per key)",
+        target: Target::None,
+    },
+    RowSpec {
+        key: "lww_map_set_100k",
+        label: "LwwMap built of 100k keys in no order (per key)",
+        // log n per key: a little more at 10x the keys; a sorted list,
+        // which moves every later key, would be 10x.
+        target: Target::WithinTimeOf {
+            of: "lww_map_set_10k",
+            factor: 2.0,
+        },
+    },
+    RowSpec {
         key: "record_json_write",
         label: "records written as JSON text (10k)",
         target: Target::None,

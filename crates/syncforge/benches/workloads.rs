@@ -18,7 +18,9 @@
 //!   it with every check a record from outside gets;
 //! * wide puts: one put adding 10,000 and 100,000 new field names to a record
 //!   of five fields, counted per field, whose cost must grow as n log n (the
-//!   names are sorted once), not n².
+//!   names are sorted once), not n²;
+//! * `LwwMap`: a map built of 10,000 and 100,000 keys set in no order,
+//!   counted per key, whose cost must grow as log n, not n.
 //!
 //! Every workload is set up outside the timing (`iter_custom`). The remote
 //! records of W3 are deep copies of the sender's, as if they had arrived over
@@ -35,7 +37,7 @@ use std::time::SystemTime;
 
 use criterion::Criterion;
 use syncforge::core::Content;
-use syncforge::{ClientId, Cursor, MemoryBackend, Record, RecordId, Stamp, SyncEngine};
+use syncforge::{ClientId, Cursor, LwwMap, MemoryBackend, Record, RecordId, Stamp, SyncEngine};
 use tokio::runtime::Runtime;
 
 use support::w3::{assert_no_edit_lost_shaped, diverge_shaped, Shape};
@@ -208,6 +210,39 @@ fn w1_put_wide(c: &mut Criterion, rt: &Runtime, fields: usize, id: &str) {
                     let stored = rt.block_on(target.get(COLLECTION, &person.id)).unwrap();
                     assert_eq!(stored.unwrap().fields().count(), fields + 5);
                 },
+            )
+        })
+    });
+}
+
+/// The key counts of the `LwwMap` rows, and their names.
+const LWW_MAP: [(usize, &str); 2] = [(10_000, "lww_map_set_10k"), (100_000, "lww_map_set_100k")];
+
+/// An `LwwMap` built of `keys` keys set in no order (a multiplicative
+/// shuffle of the key numbers): timed per key.
+fn lww_map_set(c: &mut Criterion, keys: usize, id: &str) {
+    if !selected(id) {
+        return;
+    }
+    let stamp = Stamp::new(1_000, 0, "writer").unwrap();
+    // 7919 is prime and does not divide either count: every key once.
+    let names: Vec<String> = (0..keys)
+        .map(|n| format!("key-{:06}", (n * 7919) % keys))
+        .collect();
+    c.benchmark_group(GROUP).bench_function(id, |b| {
+        b.iter_custom(|iters| {
+            timed_checked(
+                iters,
+                || (),
+                |()| {
+                    let mut map = LwwMap::new();
+                    for name in &names {
+                        map.set(name, serde_json::Value::from(1), stamp.clone())
+                            .unwrap();
+                    }
+                    map
+                },
+                |map| assert_eq!(map.to_record().len(), keys),
             )
         })
     });
@@ -586,6 +621,9 @@ fn main() {
     for (fields, id) in WIDE {
         w1_put_wide(&mut c, &rt, fields, id);
     }
+    for (keys, id) in LWW_MAP {
+        lww_map_set(&mut c, keys, id);
+    }
     c.final_summary();
     support::report_medians(
         GROUP,
@@ -614,6 +652,8 @@ fn main() {
             ("baseline_replace_1m", INCREMENTAL),
             (WIDE[0].1, WIDE[0].0),
             (WIDE[1].1, WIDE[1].0),
+            (LWW_MAP[0].1, LWW_MAP[0].0),
+            (LWW_MAP[1].1, LWW_MAP[1].0),
         ],
         since,
     );

@@ -313,11 +313,6 @@ impl FieldStates {
         self.view().get(name)
     }
 
-    pub(crate) fn get_mut(&mut self, name: &str) -> Option<&mut FieldState> {
-        let at = self.view().position(name).ok()?;
-        self.0.get_mut(at).map(|(_, state)| state)
-    }
-
     /// Whether the record holds a state (live or removed) for `name`.
     pub fn contains_key<Q: AsRef<str> + ?Sized>(&self, name: &Q) -> bool {
         self.view().contains_key(name)
