@@ -333,7 +333,9 @@ pub trait StorageBackend: Send + Sync + Debug {
     /// must build a record whose id is `id`. If it fails, nothing is written
     /// and its error is returned as it is. A caller that knows no more than
     /// "maybe absent" saves the separate read this way: a put of a new record
-    /// is one call instead of a read and a write.
+    /// is one call instead of a read and a write. A store may call `make`
+    /// while it holds its own lock (the memory store does): `make` must not
+    /// call the store, which could wait for itself.
     fn insert_if_absent_now(
         &self,
         _collection: &CollectionName,
