@@ -28,6 +28,47 @@ const MAX_PAGE_ATTEMPTS: usize = 8;
 /// this feed holds: few, as one may hold a whole batch of writes.
 const FIRST_FETCH: usize = 4;
 
+/// Most bytes of entry bodies a handle keeps read (see [`RecentEntries`]).
+const RECENT_ENTRY_BYTES: usize = 32 << 20;
+
+/// The feed entries a handle read last, by key and ETag (an entry is never
+/// rewritten: a key claimed again after compaction is another object, with
+/// another tag), up to [`RECENT_ENTRY_BYTES`] of their bodies. An entry
+/// holds a whole batch of writes, up to thousands: a peer reading it a page
+/// of 100 changes at a time read the whole entry again for every page.
+#[derive(Debug, Default)]
+pub(crate) struct RecentEntries {
+    kept: VecDeque<(Path, String, usize, Arc<Entry>)>,
+    bytes: usize,
+}
+
+impl RecentEntries {
+    /// The entry at `path` if one is kept whose tag is `listed`.
+    fn get(&self, path: &Path, listed: &str) -> Option<Arc<Entry>> {
+        self.kept
+            .iter()
+            .find(|(kept, tag, ..)| kept == path && same_etag(tag, listed))
+            .map(|(.., entry)| Arc::clone(entry))
+    }
+
+    /// Keeps `entry`, read from `path` with tag `etag` in a body of `bytes`,
+    /// forgetting the oldest beyond the bound (and any other of `path`).
+    fn keep(&mut self, path: Path, etag: String, bytes: usize, entry: Arc<Entry>) {
+        if bytes > RECENT_ENTRY_BYTES {
+            return;
+        }
+        self.kept.retain(|(kept, ..)| *kept != path);
+        self.kept.push_back((path, etag, bytes, entry));
+        self.bytes = self.kept.iter().map(|(_, _, bytes, _)| bytes).sum();
+        while self.bytes > RECENT_ENTRY_BYTES {
+            let Some((_, _, dropped, _)) = self.kept.pop_front() else {
+                break;
+            };
+            self.bytes -= dropped;
+        }
+    }
+}
+
 /// How one item of a writer's own entry ended.
 enum Outcome {
     Written {
@@ -583,7 +624,7 @@ impl Store {
         // the page has room for, and entries are fetched as many at a time
         // as the items per entry seen so far say the room needs.
         let mut listed = listed.into_iter().peekable();
-        let mut fetched: VecDeque<(u64, Entry)> = VecDeque::new();
+        let mut fetched: VecDeque<(u64, Arc<Entry>)> = VecDeque::new();
         // Items of the first fetched entry offered in earlier passes.
         let mut offered = 0;
         let (mut entries_seen, mut items_seen) = (0usize, 0usize);
@@ -644,23 +685,37 @@ impl Store {
 
     /// Reads the listed entries `(number, path, listed ETag)` in their
     /// order, concurrently; `None` for one deleted or replaced since it was
-    /// listed.
+    /// listed. An entry this handle read lately under the listed tag is not
+    /// read again.
     async fn fetch_entries(
         &self,
         collection: &CollectionName,
         listed: Vec<(u64, Path, Option<String>)>,
-    ) -> Result<Vec<Option<(u64, Entry)>>> {
+    ) -> Result<Vec<Option<(u64, Arc<Entry>)>>> {
         futures::stream::iter(
             listed
                 .into_iter()
                 .map(|(number, path, listed_tag)| async move {
+                    let kept = listed_tag
+                        .as_deref()
+                        .and_then(|listed| self.recent_entries.lock().get(&path, listed));
+                    if let Some(entry) = kept {
+                        return Ok::<_, Error>(Some((number, entry)));
+                    }
                     let Some(fetched) = self.io.get(&path).await? else {
-                        return Ok::<_, Error>(None);
+                        return Ok(None);
                     };
                     if listed_tag.is_some_and(|listed| !same_etag(&listed, &fetched.etag)) {
                         return Ok(None);
                     }
-                    let entry: Entry = format::parse(&fetched.body, collection, &path)?;
+                    let entry: Arc<Entry> =
+                        Arc::new(format::parse(&fetched.body, collection, &path)?);
+                    self.recent_entries.lock().keep(
+                        path,
+                        fetched.etag,
+                        fetched.body.len(),
+                        Arc::clone(&entry),
+                    );
                     Ok(Some((number, entry)))
                 }),
         )

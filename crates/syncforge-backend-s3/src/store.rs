@@ -14,6 +14,7 @@ use syncforge_core::{
 };
 
 use crate::config::StoreOptions;
+use crate::feed::RecentEntries;
 use crate::format::{self, Meta, Name, Newest, RecordBody, Segment, MARKER_SIZE};
 use crate::io::{Condition, Io, Put};
 use crate::keys::{CollectionKeys, Keys, SegmentName};
@@ -153,6 +154,8 @@ pub(crate) struct Store {
     /// rewritten under its key, and a reader behind the horizon reads it
     /// once for all its pages instead of once a page.
     pub(crate) last_segment: Mutex<Option<(Path, Arc<Segment>)>>,
+    /// The feed entries this handle read last (see [`RecentEntries`]).
+    pub(crate) recent_entries: Mutex<RecentEntries>,
     closed: AtomicBool,
 }
 
@@ -166,6 +169,7 @@ impl Store {
             newest: Mutex::new(HashMap::new()),
             named: Mutex::new(HashSet::new()),
             last_segment: Mutex::new(None),
+            recent_entries: Mutex::new(RecentEntries::default()),
             closed: AtomicBool::new(false),
         }
     }

@@ -107,6 +107,40 @@ async fn a_page_of_the_feed_reads_about_one_record_per_change() {
     assert!(per_change <= 1.2, "{per_change} requests per change");
 }
 
+/// A feed entry holding a whole batch of 1,000 writes, read a page of 100
+/// changes at a time: the entry is fetched once, not once a page (ten
+/// times its size, which grows with the batch, for the same changes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_read_a_page_at_a_time_is_fetched_once() {
+    let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let collection = CollectionName::new("batches").unwrap();
+    let writer = S3Backend::from_store(Arc::clone(&memory), "dse").unwrap();
+    let mut clock = Hlc::new(ClientId::new("w").unwrap());
+    let writes: Vec<Write> = (0..1000)
+        .map(|i| Write::create(record(&mut clock, &format!("r{i:04}"), i)))
+        .collect();
+    writer.put_batch(&collection, &writes).await.unwrap();
+
+    let (counted, entry_reads) = Wrapped::new(Arc::clone(&memory)).counting_gets("/f/");
+    let reader = S3Backend::from_store(Arc::new(counted), "dse").unwrap();
+    let mut after = Cursor::START;
+    let mut seen = 0;
+    loop {
+        let page = reader
+            .changes(&collection, after, 100.try_into().unwrap())
+            .await
+            .unwrap();
+        seen += page.len();
+        after = page.next;
+        if !page.more {
+            break;
+        }
+    }
+    assert_eq!(seen, 1000);
+    let reads = entry_reads.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(reads, 1, "the entry was fetched {reads} times");
+}
+
 /// Requests a reader at the end of the feed spends to read 10 changes, in a
 /// collection of `size` records.
 async fn incremental_cost(size: usize) -> (u64, u64) {
