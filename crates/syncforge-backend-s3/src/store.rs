@@ -468,8 +468,19 @@ impl Store {
         let body = format::to_bytes(&Name {
             name: collection.clone(),
         })?;
-        // Already there is as good as written: the hash names one collection.
-        self.io.put(&keys.name(), body, Condition::Absent).await?;
+        let path = keys.name();
+        let mut races = Races::default();
+        // Already there is as good as written: the hash names one
+        // collection. A refused create is read back: S3 refuses a create
+        // that races another request on the key (409) even when that one
+        // fails too, and a name taken as written and never there left the
+        // collection out of every listing.
+        while let Put::Lost = self.io.put(&path, body.clone(), Condition::Absent).await? {
+            if self.io.get(&path).await?.is_some() {
+                break;
+            }
+            races.lost(&path).await?;
+        }
         self.named.lock().insert(collection.clone());
         Ok(())
     }

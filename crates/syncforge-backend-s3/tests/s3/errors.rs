@@ -188,6 +188,28 @@ async fn a_resent_create_of_the_probe_key_does_not_disable_the_handle() {
     assert!(probes.is_empty(), "{probes:?}");
 }
 
+/// A hashed collection's `name` object whose create was refused with
+/// nothing there (S3's 409 to a create racing another request on the key)
+/// is written again: taken as written, it never was, and the collection
+/// was missing from every listing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collection_name_whose_create_was_refused_is_written_again() {
+    use syncforge_core::{ClientId, CollectionName, Content, Hlc, Record, Write};
+
+    let memory = Arc::new(object_store::memory::InMemory::new());
+    let refusing = Arc::new(crate::wrapper::Wrapped::new(memory).refusing_first_creates("/name"));
+    let backend = S3Backend::from_store(refusing, "dse").unwrap();
+    // Long enough for its key to be hashed.
+    let long = CollectionName::new("n".repeat(300)).unwrap();
+    let mut clock = Hlc::new(ClientId::new("w").unwrap());
+    let record = Record::create(
+        Content::from_value(serde_json::json!({"id": "r1"})).unwrap(),
+        clock.now().unwrap(),
+    );
+    backend.put(&long, &Write::create(record)).await.unwrap();
+    assert_eq!(backend.list_collections().await.unwrap(), vec![long]);
+}
+
 /// The check's create refused with no object there is the store's verdict,
 /// not a resend of this handle's own create: permanent, as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
