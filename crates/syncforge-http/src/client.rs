@@ -218,10 +218,15 @@ struct PageLimit {
     /// The limit asked for when the first page failed: growing back to it
     /// ends what was learnt.
     wanted: NonZeroUsize,
-    /// Whether it grows back as pages come quickly: only while every page
-    /// that failed was slow. A page too large stays too large however fast
-    /// the link.
-    grows: bool,
+    /// Whether a page that failed was slow: the limit then grows back only
+    /// with full pages that come quickly.
+    slow: bool,
+    /// Whether a page that failed was larger than `max_response_bytes`:
+    /// the limit then grows back only with full pages of at most a quarter
+    /// of that (the changes got smaller). Kept at its smaller size for
+    /// good, one burst of large records had every later page of small ones
+    /// ask for one change.
+    large: bool,
 }
 
 impl PeerState {
@@ -311,22 +316,33 @@ impl PeerState {
         let learnt = PageLimit {
             limit: self.page_limit(collection, half),
             wanted: known.map_or(limit, |known| known.wanted.max(limit)),
-            grows: slow && known.is_none_or(|known| known.grows),
+            slow: slow || known.is_some_and(|known| known.slow),
+            large: !slow || known.is_some_and(|known| known.large),
         };
         self.page_limits.insert(collection.clone(), learnt);
         learnt.limit
     }
 
-    /// A full page of `limit` changes of `collection` came `quickly`: a
-    /// smaller limit learnt from slow pages grows by a quarter, and goes once
+    /// A full page of `limit` changes of `collection` came, `quickly` if
+    /// timed (a long poll's time is mostly its wait), and `small` (at most
+    /// a quarter of `max_response_bytes`): a smaller limit learnt grows by a
+    /// quarter when the page tells that what made it smaller has passed (a
+    /// slow one's page came quickly, a large one's was small), and goes once
     /// it reaches the limit wanted when it was learnt. (A page that is not
-    /// full, as the last of a sync, is quick whatever the link: it says
-    /// nothing of how long a full one takes.)
-    fn full_page_came(&mut self, collection: &CollectionName, limit: NonZeroUsize, quickly: bool) {
+    /// full, as the last of a sync, is quick and small whatever the link
+    /// and the changes: it says nothing of a full one.)
+    fn full_page_came(
+        &mut self,
+        collection: &CollectionName,
+        limit: NonZeroUsize,
+        quickly: Option<bool>,
+        small: bool,
+    ) {
         let Some(learnt) = self.page_limits.get_mut(collection) else {
             return;
         };
-        if !quickly || !learnt.grows || learnt.limit != limit {
+        let passed = (!learnt.slow || quickly == Some(true)) && (!learnt.large || small);
+        if !passed || learnt.limit != limit {
             return;
         }
         let wanted = learnt.wanted;
@@ -1150,8 +1166,10 @@ impl HttpPeer {
             .map_err(|error| self.unexpected_body(&call.url, &error))?;
         {
             let mut state = self.inner.state.lock();
-            if timed && page.changes.len() == limit.get() {
-                state.full_page_came(collection, limit, quick(took, self.inner.timeout));
+            if page.changes.len() == limit.get() {
+                let quickly = timed.then(|| quick(took, self.inner.timeout));
+                let small = bytes.len() <= self.inner.max_response_bytes / 4;
+                state.full_page_came(collection, limit, quickly, small);
             }
             if state.follow_feed(&page.feed_id) {
                 // The server now runs on another store: `after` meant nothing
@@ -1764,9 +1782,12 @@ mod tests {
 
     /// A page limit learnt from a slow page grows back a quarter at a time
     /// while full pages come quickly, and is gone once it reaches the limit
-    /// wanted when it was learnt; one learnt from a page too large stays.
+    /// wanted when it was learnt; one learnt from a page too large grows
+    /// back only with full pages of a quarter of `max_response_bytes` or
+    /// less, however quick (it stayed for good: after one burst of large
+    /// records, every page of small ones asked for one change).
     #[test]
-    fn page_limits_grow_back_only_after_slow_pages() {
+    fn page_limits_grow_back_once_what_made_them_smaller_passed() {
         let limit = |n: usize| NonZeroUsize::new(n).unwrap();
         let (notes, photos) = (name("notes"), name("photos"));
         let mut state = PeerState::default();
@@ -1777,13 +1798,15 @@ mod tests {
         assert_eq!(state.page_limit(&photos, limit(100)), limit(100));
         assert_eq!(state.page_limit(&notes, limit(10)), limit(10));
         // A slow page at the smaller limit does not grow it.
-        state.full_page_came(&notes, limit(25), false);
+        state.full_page_came(&notes, limit(25), Some(false), true);
+        // A long poll's page says nothing of the link.
+        state.full_page_came(&notes, limit(25), None, true);
         assert_eq!(state.page_limit(&notes, limit(100)), limit(25));
         let mut sizes = Vec::new();
         while state.page_limits.contains_key(&notes) {
             let now = state.page_limit(&notes, limit(100));
             sizes.push(now.get());
-            state.full_page_came(&notes, now, true);
+            state.full_page_came(&notes, now, Some(true), true);
         }
         assert_eq!(sizes, [25, 31, 38, 47, 58, 72, 90]);
         assert_eq!(state.page_limit(&notes, limit(100)), limit(100));
@@ -1792,13 +1815,22 @@ mod tests {
             state.halve_page_limit(&photos, limit(100), false),
             limit(50)
         );
-        state.full_page_came(&photos, limit(50), true);
+        state.full_page_came(&photos, limit(50), Some(true), false);
         assert_eq!(state.page_limit(&photos, limit(100)), limit(50));
+        state.full_page_came(&photos, limit(50), None, true);
+        assert_eq!(state.page_limit(&photos, limit(100)), limit(62));
+        // Both slow and too large: it needs both to have passed.
+        assert_eq!(state.halve_page_limit(&photos, limit(62), true), limit(31));
+        state.full_page_came(&photos, limit(31), Some(true), false);
+        state.full_page_came(&photos, limit(31), Some(false), true);
+        assert_eq!(state.page_limit(&photos, limit(100)), limit(31));
+        state.full_page_came(&photos, limit(31), Some(true), true);
+        assert_eq!(state.page_limit(&photos, limit(100)), limit(38));
         // A limit of one grows too.
         let mut one = PeerState::default();
         assert_eq!(one.halve_page_limit(&notes, limit(4), true), limit(2));
         assert_eq!(one.halve_page_limit(&notes, limit(2), true), limit(1));
-        one.full_page_came(&notes, limit(1), true);
+        one.full_page_came(&notes, limit(1), Some(true), true);
         assert_eq!(one.page_limit(&notes, limit(100)), limit(2));
     }
 
