@@ -160,12 +160,9 @@ impl LocalDirectory {
     async fn lock(&self, target: &FsPath) -> Result<(tokio::sync::OwnedMutexGuard<()>, Locked)> {
         let queued = Arc::clone(&self.queue).lock_owned().await;
         let lock_file = self.lock_file.clone();
-        // The store's own directory is locked once: a second lock on its
-        // file, through another descriptor, would wait for the first.
-        let folder = target
-            .parent()
-            .filter(|folder| *folder != self.root)
-            .map(FsPath::to_path_buf);
+        // The store's own directory too, when the file is in it: it is
+        // another store's subdirectory if that one's root lies above.
+        let folder = target.parent().map(FsPath::to_path_buf);
         // The place in the queue goes with the thread that waits for the
         // file lock: a caller that stops waiting must not let the next one
         // park another thread behind the same lock.
@@ -371,7 +368,7 @@ struct Locked {
     /// it, both could check one ETag and replace the file, and one
     /// acknowledged write was lost.
     #[cfg_attr(
-        not(test),
+        any(not(test), not(unix)),
         expect(dead_code, reason = "held for its lock, which dropping it releases")
     )]
     folder: Option<File>,
@@ -430,14 +427,30 @@ impl Locked {
 
 /// An exclusive lock on the directory `path`, or `None` when it does not
 /// exist (no file in it to write over or delete: a write makes it before
-/// taking its locks). Only Unix can lock a directory.
+/// taking its locks) or cannot be locked. Only Unix can lock a directory,
+/// and not every file system there: NFS emulates `flock` with `fcntl`,
+/// which refuses an exclusive lock on a descriptor opened read-only, as a
+/// directory's is. There the store's own lock still excludes every handle
+/// on the same root, as it always did; stores on nested roots do not
+/// exclude each other (logged once).
 #[cfg(unix)]
 fn lock_directory(path: &FsPath) -> Result<Option<File>> {
+    static UNLOCKABLE_LOGGED: std::sync::atomic::AtomicBool =
+        std::sync::atomic::AtomicBool::new(false);
     match File::open(path) {
-        Ok(directory) => {
-            directory.lock().map_err(|e| io_error(e, path))?;
-            Ok(Some(directory))
-        }
+        Ok(directory) => match directory.lock() {
+            Ok(()) => Ok(Some(directory)),
+            Err(e) => {
+                if !UNLOCKABLE_LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(
+                        directory = %path.display(),
+                        error = %e,
+                        "this file system cannot lock a directory: stores opened on nested roots of it do not exclude each other"
+                    );
+                }
+                Ok(None)
+            }
+        },
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io_error(e, path)),
     }
@@ -747,6 +760,27 @@ mod tests {
         write.await.unwrap();
         let read = inner.get(&Path::from("notes/n1")).await.unwrap();
         assert_eq!(read.bytes().await.unwrap().as_ref(), b"2");
+
+        // A file right in the inner store's root: that directory is locked
+        // too, not only the inner store's lock file.
+        let written = inner
+            .put_opts(&Path::from("n2"), "1".into(), PutMode::Create.into())
+            .await
+            .unwrap();
+        let update = PutMode::Update(object_store::UpdateVersion {
+            e_tag: written.e_tag,
+            version: None,
+        });
+        // The inner store's own locks for a write of `n2`.
+        let held = inner.lock(&inner_root.join("n2")).await.unwrap();
+        assert!(held.1.folder.is_some(), "the directory was not locked");
+        let location = Path::from("app/n2");
+        let write = outer.put_opts(&location, "2".into(), update.into());
+        tokio::pin!(write);
+        let waited = tokio::time::timeout(Duration::from_millis(300), &mut write).await;
+        assert!(waited.is_err(), "the write did not wait: {waited:?}");
+        drop(held);
+        write.await.unwrap();
     }
 
     /// A clock that stands still (one coarse tick) or steps back (NTP)
