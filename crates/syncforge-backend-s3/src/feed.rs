@@ -31,9 +31,16 @@ const FIRST_FETCH: usize = 4;
 /// Most bytes of entry bodies a handle keeps read (see [`RecentEntries`]).
 const RECENT_ENTRY_BYTES: usize = 32 << 20;
 
+/// Most entries a handle keeps read: enough for the pages of a few
+/// collections read at once, few enough to look through on every fetch
+/// (entries of single puts are small, and 32 MiB of them are tens of
+/// thousands).
+const RECENT_ENTRIES: usize = 64;
+
 /// The feed entries a handle read last, by key and ETag (an entry is never
 /// rewritten: a key claimed again after compaction is another object, with
-/// another tag), up to [`RECENT_ENTRY_BYTES`] of their bodies. An entry
+/// another tag), up to [`RECENT_ENTRIES`] of them and [`RECENT_ENTRY_BYTES`]
+/// of their bodies (parsed, they take a few times that). An entry
 /// holds a whole batch of writes, up to thousands: a peer reading it a page
 /// of 100 changes at a time read the whole entry again for every page.
 #[derive(Debug, Default)]
@@ -60,7 +67,7 @@ impl RecentEntries {
         self.kept.retain(|(kept, ..)| *kept != path);
         self.kept.push_back((path, etag, bytes, entry));
         self.bytes = self.kept.iter().map(|(_, _, bytes, _)| bytes).sum();
-        while self.bytes > RECENT_ENTRY_BYTES {
+        while self.bytes > RECENT_ENTRY_BYTES || self.kept.len() > RECENT_ENTRIES {
             let Some((_, _, dropped, _)) = self.kept.pop_front() else {
                 break;
             };
