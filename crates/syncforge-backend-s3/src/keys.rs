@@ -58,6 +58,12 @@ fn encode(name: &str, max: usize) -> String {
     format!("{}{HASH_MARK}{hash}", &out[..cut])
 }
 
+/// The longest metadata key kept plain in a local directory whose file
+/// names hold at most `longest` bytes (the name is `k` and the key).
+fn local_meta_plain(longest: usize) -> usize {
+    MAX_PLAIN_ID.min(longest.saturating_sub(1))
+}
+
 /// Decodes a plain segment; `None` for a hashed one or one that is not the
 /// canonical encoding of any name.
 fn decode(segment: &str) -> Option<String> {
@@ -205,11 +211,23 @@ impl Keys {
     /// of a few dozen non-ASCII characters made every sync of it fail.
     pub(crate) fn meta(&self, key: &str) -> Path {
         let plain = match self.longest_file_name {
-            // The name is `k` and the key.
-            Some(longest) => MAX_PLAIN_ID.min(longest.saturating_sub(1)),
+            Some(longest) => local_meta_plain(longest),
             None => MAX_PLAIN_ID,
         };
         Path::from(format!("{}/m/k{}", self.prefix, encode(key, plain)))
+    }
+
+    /// Where a local directory keeps the metadata value of `key`, when that
+    /// is not [`meta`](Self::meta) (a bucket, and a key a local file name
+    /// cannot hold as it is): a directory uploaded to a bucket keeps its
+    /// values there.
+    pub(crate) fn meta_of_local_files(&self, key: &str) -> Option<Path> {
+        if self.longest_file_name.is_some() {
+            return None;
+        }
+        let local = encode(key, local_meta_plain(crate::local::MAX_WRITABLE_NAME));
+        (local != encode(key, MAX_PLAIN_ID))
+            .then(|| Path::from(format!("{}/m/k{local}", self.prefix)))
     }
 
     /// The key paths of one collection.

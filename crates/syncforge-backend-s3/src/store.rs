@@ -563,8 +563,15 @@ impl Store {
     }
 
     pub(crate) async fn get_meta(&self, key: &str) -> Result<Option<String>> {
-        let path = self.keys.meta(key);
-        let Some(fetched) = self.io.get(&path).await? else {
+        let mut path = self.keys.meta(key);
+        let mut fetched = self.io.get(&path).await?;
+        if fetched.is_none() {
+            if let Some(local) = self.keys.meta_of_local_files(key) {
+                fetched = self.io.get(&local).await?;
+                path = local;
+            }
+        }
+        let Some(fetched) = fetched else {
             return Ok(None);
         };
         let meta: Meta = format::parse(&fetched.body, "(metadata)", &path)?;
