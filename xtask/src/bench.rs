@@ -292,11 +292,12 @@ const ROWS: &[RowSpec] = &[
     RowSpec {
         key: "lww_map_set_100k",
         label: "LwwMap built of 100k keys in no order (per key)",
-        // log n per key: a little more at 10x the keys; a sorted list,
-        // which moves every later key, would be 10x.
+        // log n per key, and more of the tree out of cache at 10x the
+        // keys (1.7x on the twenty-fourth machine); a sorted list, which
+        // moves every later key, is 14x.
         target: Target::WithinTimeOf {
             of: "lww_map_set_10k",
-            factor: 2.0,
+            factor: 3.0,
         },
     },
     RowSpec {

@@ -1013,7 +1013,7 @@ impl HttpPeer {
                         return Err(error);
                     };
                     let reason = format!(
-                        "is {} bytes of JSON, more than something in front of the server takes in one request: {error}",
+                        "is {} bytes of JSON, more than the server, or something in front of it, takes in one request: {error}",
                         records.len()
                     );
                     return match refused.as_deref_mut() {
