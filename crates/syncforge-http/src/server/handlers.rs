@@ -609,9 +609,17 @@ async fn sync(
     body: Body,
 ) -> Result<Json<SyncResponse>, ApiError> {
     let started = Instant::now();
-    let collection = state.collection(&headers, path, Access::ReadWrite)?;
-    check_json_content_type(&headers)?;
     let max = state.options.max_body_bytes;
+    let refused = state
+        .collection(&headers, path, Access::ReadWrite)
+        .and_then(|collection| check_json_content_type(&headers).map(|()| collection));
+    let collection = match refused {
+        Ok(collection) => collection,
+        Err(error) => {
+            discard_body(body, max).await;
+            return Err(error);
+        }
+    };
     let declared = declared_length(&headers, max)?;
     // Room for the body before a byte of it is read, kept while the records
     // decoded from it are merged: the bodies held at once stay within
@@ -1132,6 +1140,23 @@ async fn read_body(declared: Option<usize>, body: Body, max: usize) -> Result<Ve
         collected.extend_from_slice(&chunk);
     }
     Ok(collected)
+}
+
+/// Reads and drops the body of a request refused before its body was
+/// needed (a token that may not write, a body that is not JSON), up to
+/// `max` bytes. Answered with its body unread, the connection was closed
+/// under a client still sending it, which saw a broken pipe instead of the
+/// refusal, took it for a transient failure, and tried again for ever (an
+/// auto-sync with a read-only token, say).
+async fn discard_body(body: Body, max: usize) {
+    let mut stream = body.into_data_stream();
+    let mut read = 0usize;
+    while let Some(Ok(chunk)) = stream.next().await {
+        read = read.saturating_add(chunk.len());
+        if read > max {
+            break;
+        }
+    }
 }
 
 /// Reads `{"records": [...]}`, refusing more than `max` records while

@@ -259,3 +259,36 @@ async fn a_token_limited_to_one_collection_cannot_reach_another() {
     assert!(phone.get("tasks", "t1").await.unwrap().is_none());
     server.stop().await;
 }
+
+/// A large push with a token that may not write is refused with 403 every
+/// time: answered with its body unread, the connection was closed under the
+/// client still sending it, which saw a broken pipe, took it for a
+/// transient failure and retried (an auto-sync for ever), about one time in
+/// three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_push_with_a_read_only_token_is_refused_not_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = seeded_server(dir.path()).await;
+    let base = server.url();
+    let phone = memory_engine("phone").await;
+    // About 3.8 MB: one request of the client's 4 MiB at most.
+    for n in 0..38 {
+        phone
+            .put(
+                "notes",
+                &json!({"id": format!("big{n}"), "text": "x".repeat(100_000)}),
+            )
+            .await
+            .unwrap();
+    }
+    for _ in 0..10 {
+        let error = phone
+            .sync_with(&peer(&base, Some("reader-secret")), "notes")
+            .await
+            .unwrap_err();
+        assert!(
+            !error.is_transient() && error.to_string().contains("403"),
+            "{error:?}"
+        );
+    }
+}
