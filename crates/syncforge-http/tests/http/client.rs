@@ -323,6 +323,41 @@ async fn a_record_too_large_to_push_holds_back_no_other_change() {
     server.shutdown().await.unwrap();
 }
 
+/// A peer that has not read the server's limits yet (`push_records` does
+/// not ask) pushes a record larger than the server takes: it fails with
+/// `InvalidRecord` naming the record, as it does when the peer knows the
+/// bound, every time. It failed with `Storage` quoting the 413.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_over_the_servers_bound_fails_naming_the_record() {
+    let hq = memory_engine("hq").await;
+    let small = ServerOptions::default().max_body_bytes(64 * 1024);
+    let server = Server::bind(hq.clone(), "127.0.0.1:0", small)
+        .await
+        .unwrap();
+    let tablet = memory_engine("tablet").await;
+    tablet
+        .put(
+            "notes",
+            &json!({"id": "big", "blob": "x".repeat(1_000_000)}),
+        )
+        .await
+        .unwrap();
+    let big = tablet.get("notes", "big").await.unwrap().unwrap();
+    let hq_peer = peer(&server.url(), None);
+    for _ in 0..10 {
+        let error = hq_peer
+            .push_records("notes", vec![big.clone()])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&error, Error::InvalidRecord { id: Some(id), .. } if id == "big"),
+            "{error:?}"
+        );
+    }
+    assert!(hq.get("notes", "big").await.unwrap().is_none());
+    server.shutdown().await.unwrap();
+}
+
 /// A server of `hq` whose answers are at most 256 KiB, and the count of the
 /// changes its feed reads return.
 async fn counting_server(hq: SyncEngine) -> (Server, Arc<std::sync::atomic::AtomicUsize>) {
