@@ -599,6 +599,13 @@ impl Store {
     }
 
     pub(crate) async fn set_meta_if_absent(&self, key: &str, value: &str) -> Result<String> {
+        // A value a local directory kept under a hash counts as present, as
+        // `get_meta` reads it.
+        if self.keys.meta_of_local_files(key).is_some() {
+            if let Some(kept) = self.get_meta(key).await? {
+                return Ok(kept);
+            }
+        }
         let path = self.keys.meta(key);
         let body = format::to_bytes(&Meta {
             key: key.to_owned(),

@@ -605,6 +605,8 @@ async fn a_metadata_key_too_long_for_a_file_name_is_stored_under_a_hash() {
         bucket.get_meta(&short).await.unwrap().as_deref(),
         Some("42")
     );
+    assert_eq!(bucket.set_meta_if_absent(&long, "7").await.unwrap(), "42");
+    assert_eq!(bucket.get_meta(&long).await.unwrap().as_deref(), Some("42"));
 }
 
 /// A feed entry holding a write that a local directory cannot land (written
