@@ -361,8 +361,8 @@ impl std::error::Error for CoarseTimes {}
 struct Locked {
     file: File,
     path: PathBuf,
-    /// The lock of the directory holding the file written or deleted, when
-    /// that is not the store's own (on Unix). Two handles that reach one file through
+    /// The lock of the directory holding the file written or deleted (on
+    /// Unix, where the file system can lock one). Two handles that reach one file through
     /// different roots (`/srv/data` with keys `app/…`, and `/srv/data/app`)
     /// lock different store directories, but this one is the same: without
     /// it, both could check one ETag and replace the file, and one
@@ -430,17 +430,29 @@ impl Locked {
 /// taking its locks) or cannot be locked. Only Unix can lock a directory,
 /// and not every file system there: NFS emulates `flock` with `fcntl`,
 /// which refuses an exclusive lock on a descriptor opened read-only, as a
-/// directory's is. There the store's own lock still excludes every handle
-/// on the same root, as it always did; stores on nested roots do not
-/// exclude each other (logged once).
+/// directory's is (`EBADF`), and some file systems lock nothing. There the
+/// store's own lock still excludes every handle on the same root, as it
+/// always did; stores on nested roots do not exclude each other (logged
+/// once a process). Any other failure fails the write, as before.
 #[cfg(unix)]
 fn lock_directory(path: &FsPath) -> Result<Option<File>> {
+    /// `EBADF`, the same on every Unix.
+    const BAD_DESCRIPTOR: i32 = 9;
     static UNLOCKABLE_LOGGED: std::sync::atomic::AtomicBool =
         std::sync::atomic::AtomicBool::new(false);
-    match File::open(path) {
-        Ok(directory) => match directory.lock() {
-            Ok(()) => Ok(Some(directory)),
-            Err(e) => {
+    let directory = match File::open(path) {
+        Ok(directory) => directory,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error(e, path)),
+    };
+    loop {
+        match directory.lock() {
+            Ok(()) => return Ok(Some(directory)),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if e.raw_os_error() == Some(BAD_DESCRIPTOR)
+                    || e.kind() == io::ErrorKind::Unsupported =>
+            {
                 if !UNLOCKABLE_LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
                     tracing::warn!(
                         directory = %path.display(),
@@ -448,11 +460,10 @@ fn lock_directory(path: &FsPath) -> Result<Option<File>> {
                         "this file system cannot lock a directory: stores opened on nested roots of it do not exclude each other"
                     );
                 }
-                Ok(None)
+                return Ok(None);
             }
-        },
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_error(e, path)),
+            Err(e) => return Err(io_error(e, path)),
+        }
     }
 }
 
