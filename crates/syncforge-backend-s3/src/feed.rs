@@ -31,16 +31,15 @@ const FIRST_FETCH: usize = 4;
 /// Most bytes of entry bodies a handle keeps read (see [`RecentEntries`]).
 const RECENT_ENTRY_BYTES: usize = 32 << 20;
 
-/// Most entries a handle keeps read: enough for the pages of a few
-/// collections read at once, few enough to look through on every fetch
-/// (entries of single puts are small, and 32 MiB of them are tens of
-/// thousands).
-const RECENT_ENTRIES: usize = 64;
+/// What an entry counts against [`RECENT_ENTRY_BYTES`] at least: entries
+/// of single puts are small, and 32 MiB of them were tens of thousands,
+/// looked through on every fetch; counted so, at most 512 are kept.
+const RECENT_ENTRY_LEAST: usize = 64 << 10;
 
 /// The feed entries a handle read last, by key and ETag (an entry is never
 /// rewritten: a key claimed again after compaction is another object, with
-/// another tag), up to [`RECENT_ENTRIES`] of them and [`RECENT_ENTRY_BYTES`]
-/// of their bodies (parsed, they take a few times that). An entry
+/// another tag), up to [`RECENT_ENTRY_BYTES`] of their bodies (parsed, they
+/// take a few times that), the least recently used forgotten first. An entry
 /// holds a whole batch of writes, up to thousands: a peer reading it a page
 /// of 100 changes at a time read the whole entry again for every page.
 #[derive(Debug, Default)]
@@ -50,24 +49,31 @@ pub(crate) struct RecentEntries {
 }
 
 impl RecentEntries {
-    /// The entry at `path` if one is kept whose tag is `listed`.
-    fn get(&self, path: &Path, listed: &str) -> Option<Arc<Entry>> {
-        self.kept
+    /// The entry at `path` if one is kept whose tag is `listed`, now the
+    /// most recently used: a peer paging through one entry keeps it while
+    /// other collections' entries come and go.
+    fn get(&mut self, path: &Path, listed: &str) -> Option<Arc<Entry>> {
+        let at = self
+            .kept
             .iter()
-            .find(|(kept, tag, ..)| kept == path && same_etag(tag, listed))
-            .map(|(.., entry)| Arc::clone(entry))
+            .position(|(kept, tag, ..)| kept == path && same_etag(tag, listed))?;
+        let used = self.kept.remove(at)?;
+        let entry = Arc::clone(&used.3);
+        self.kept.push_back(used);
+        Some(entry)
     }
 
     /// Keeps `entry`, read from `path` with tag `etag` in a body of `bytes`,
     /// forgetting the oldest beyond the bound (and any other of `path`).
     fn keep(&mut self, path: Path, etag: String, bytes: usize, entry: Arc<Entry>) {
+        let bytes = bytes.max(RECENT_ENTRY_LEAST);
         if bytes > RECENT_ENTRY_BYTES {
             return;
         }
         self.kept.retain(|(kept, ..)| *kept != path);
         self.kept.push_back((path, etag, bytes, entry));
         self.bytes = self.kept.iter().map(|(_, _, bytes, _)| bytes).sum();
-        while self.bytes > RECENT_ENTRY_BYTES || self.kept.len() > RECENT_ENTRIES {
+        while self.bytes > RECENT_ENTRY_BYTES {
             let Some((_, _, dropped, _)) = self.kept.pop_front() else {
                 break;
             };
@@ -966,6 +972,26 @@ fn pending(expect: Option<&str>, state: &State, at: Cursor) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An entry a reader pages through stays kept while other entries come
+    /// and go, and small entries count at their least, so that few enough
+    /// are kept to look through on every fetch.
+    #[test]
+    fn recent_entries_keep_the_one_in_use_and_few_small_ones() {
+        let mut recent = RecentEntries::default();
+        let entry = || Arc::new(Entry { items: Vec::new() });
+        recent.keep(Path::from("big"), "t".to_owned(), 16 << 20, entry());
+        for n in 0..1_000 {
+            let path = Path::from(format!("small{n}"));
+            recent.keep(path, "t".to_owned(), 100, entry());
+            assert!(
+                recent.get(&Path::from("big"), "\"t\"").is_some(),
+                "forgotten after {n} others"
+            );
+        }
+        assert!(recent.kept.len() <= RECENT_ENTRY_BYTES / RECENT_ENTRY_LEAST);
+        assert!(recent.get(&Path::from("big"), "other").is_none());
+    }
 
     #[test]
     fn an_item_is_pending_against_its_expected_tag_quoted_or_not() {
