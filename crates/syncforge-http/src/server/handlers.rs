@@ -616,7 +616,7 @@ async fn sync(
     let collection = match refused {
         Ok(collection) => collection,
         Err(error) => {
-            discard_body(body, max).await;
+            discard_body(&headers, body, max).await;
             return Err(error);
         }
     };
@@ -1147,8 +1147,14 @@ async fn read_body(declared: Option<usize>, body: Body, max: usize) -> Result<Ve
 /// `max` bytes. Answered with its body unread, the connection was closed
 /// under a client still sending it, which saw a broken pipe instead of the
 /// refusal, took it for a transient failure, and tried again for ever (an
-/// auto-sync with a read-only token, say).
-async fn discard_body(body: Body, max: usize) {
+/// auto-sync with a read-only token, say). Not read: a body declared
+/// longer than `max` (cut off anyway), or one the client sends only once
+/// told to go on (`Expect: 100-continue`, which reading would tell it).
+async fn discard_body(headers: &HeaderMap, body: Body, max: usize) {
+    let waits_to_send = headers.contains_key(header::EXPECT);
+    if waits_to_send || declared_length(headers, max).is_err() {
+        return;
+    }
     let mut stream = body.into_data_stream();
     let mut read = 0usize;
     while let Some(Ok(chunk)) = stream.next().await {

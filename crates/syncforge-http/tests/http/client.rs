@@ -336,10 +336,7 @@ async fn a_push_over_the_servers_bound_fails_naming_the_record() {
         .unwrap();
     let tablet = memory_engine("tablet").await;
     tablet
-        .put(
-            "notes",
-            &json!({"id": "big", "blob": "x".repeat(1_000_000)}),
-        )
+        .put("notes", &json!({"id": "big", "blob": "x".repeat(200_000)}))
         .await
         .unwrap();
     let big = tablet.get("notes", "big").await.unwrap().unwrap();
