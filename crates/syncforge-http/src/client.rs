@@ -934,13 +934,8 @@ impl HttpPeer {
                             text.len(),
                             limits.max_body_bytes
                         );
-                        match refused.as_deref_mut() {
-                            Some(refused) => {
-                                refused.push(RefusedRecord::new(id.clone(), reason));
-                                continue;
-                            }
-                            None => return Err(Error::invalid_record(Some(id.as_str()), reason)),
-                        }
+                        refuse(&mut refused, id.clone(), reason)?;
+                        continue;
                     }
                     let full = body.count() == limits.max_records
                         || (body.count() > 0 && body.len() + text.len() + 1 + ENVELOPE > target);
@@ -1016,13 +1011,8 @@ impl HttpPeer {
                         "is {} bytes of JSON, more than the server, or something in front of it, takes in one request: {error}",
                         records.len()
                     );
-                    return match refused.as_deref_mut() {
-                        Some(refused) => {
-                            refused.push(RefusedRecord::new(id, reason));
-                            Ok(None)
-                        }
-                        None => Err(Error::invalid_record(Some(id.as_str()), reason)),
-                    };
+                    refuse(refused, id, reason)?;
+                    return Ok(None);
                 }
                 Err(Failure::Slow(error, asked_wait)) if divisible => (error, true, asked_wait),
                 Err(failure) => return Err(failure.into_error()),
@@ -1615,6 +1605,23 @@ fn decode_changes(
             Ok(Change { cursor, record })
         })
         .collect()
+}
+
+/// Refuses record `id` of a push for `reason`: named in `refused` when
+/// given (the push goes on without it), else the push fails with
+/// [`Error::InvalidRecord`] naming it.
+fn refuse(
+    refused: &mut Option<&mut Vec<RefusedRecord>>,
+    id: RecordId,
+    reason: String,
+) -> Result<()> {
+    match refused.as_deref_mut() {
+        Some(refused) => {
+            refused.push(RefusedRecord::new(id, reason));
+            Ok(())
+        }
+        None => Err(Error::invalid_record(Some(id.as_str()), reason)),
+    }
 }
 
 /// The answer to a push sent in parts: the parts' answers so far, `total`,
