@@ -70,9 +70,13 @@ impl RecentEntries {
         if bytes > RECENT_ENTRY_BYTES {
             return;
         }
-        self.kept.retain(|(kept, ..)| *kept != path);
+        if let Some(at) = self.kept.iter().position(|(kept, ..)| *kept == path) {
+            if let Some((_, _, replaced, _)) = self.kept.remove(at) {
+                self.bytes -= replaced;
+            }
+        }
         self.kept.push_back((path, etag, bytes, entry));
-        self.bytes = self.kept.iter().map(|(_, _, bytes, _)| bytes).sum();
+        self.bytes += bytes;
         while self.bytes > RECENT_ENTRY_BYTES {
             let Some((_, _, dropped, _)) = self.kept.pop_front() else {
                 break;

@@ -39,14 +39,14 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use object_store::local::LocalFileSystem;
-
-use crate::io::same_etag;
 use object_store::path::Path;
 use object_store::{
     CopyMode, CopyOptions, Error, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta,
     ObjectStore, ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult,
     Result,
 };
+
+use crate::io::same_etag;
 
 /// The name this store gives itself in errors, and starts its `Display` with.
 pub(crate) const STORE: &str = "LocalDirectory";
@@ -362,11 +362,11 @@ struct Locked {
     file: File,
     path: PathBuf,
     /// The lock of the directory holding the file written or deleted (on
-    /// Unix, where the file system can lock one). Two handles that reach one file through
-    /// different roots (`/srv/data` with keys `app/…`, and `/srv/data/app`)
-    /// lock different store directories, but this one is the same: without
-    /// it, both could check one ETag and replace the file, and one
-    /// acknowledged write was lost.
+    /// Unix, where the file system can lock one). Two handles that reach
+    /// one file through different roots (`/srv/data` with keys `app/…`, and
+    /// `/srv/data/app`) lock different store directories, but this one is
+    /// the same: without it, both could check one ETag and replace the
+    /// file, and one acknowledged write was lost.
     #[cfg_attr(
         any(not(test), not(unix)),
         expect(dead_code, reason = "held for its lock, which dropping it releases")
