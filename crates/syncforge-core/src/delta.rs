@@ -170,6 +170,106 @@ mod tests {
         )
     }
 
+    fn content(value: serde_json::Value) -> Content {
+        Content::from_value(value).unwrap()
+    }
+
+    /// Local state of four records written by "a", and an incoming batch
+    /// that leaves one as it is, edits one, deletes one, edits one
+    /// concurrently with a local edit, brings a new one, and repeats the
+    /// edited one in an older state.
+    fn local_and_incoming() -> (HashMap<String, Record>, Vec<Record>) {
+        let base = |id: &str| {
+            Record::create(
+                content(json!({"id": id, "x": 1, "y": 1})),
+                Stamp::new(10, 0, "a").unwrap(),
+            )
+        };
+        let edited = |id: &str, x: i32, y: i32, millis: u64, client: &str| {
+            let mut record = base(id);
+            record
+                .apply_put(
+                    content(json!({"id": id, "x": x, "y": y})),
+                    &Stamp::new(millis, 0, client).unwrap(),
+                )
+                .unwrap();
+            record
+        };
+        let mut gone = base("gone");
+        gone.apply_delete(&Stamp::new(20, 0, "a").unwrap()).unwrap();
+        let local = [
+            base("same"),
+            base("edited"),
+            base("gone"),
+            edited("both", 5, 1, 30, "a"),
+        ]
+        .into_iter()
+        .map(|r| (r.id().to_string(), r))
+        .collect();
+        let incoming = vec![
+            base("same"),
+            edited("edited", 2, 1, 20, "a"),
+            gone,
+            edited("both", 1, 7, 31, "b"),
+            record("fresh", "x", 40),
+            base("edited"),
+        ];
+        (local, incoming)
+    }
+
+    #[test]
+    fn compute_delta_sorts_every_kind_of_change() {
+        let (local, incoming) = local_and_incoming();
+        let delta = compute_delta("c", &local, &incoming, ConflictStrategy::Crdt).unwrap();
+        let ids = |records: &[Record]| {
+            records
+                .iter()
+                .map(|r| r.id().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(&delta.added), ["fresh"]);
+        assert_eq!(ids(&delta.updated), ["edited", "both"]);
+        assert_eq!(ids(&delta.deleted), ["gone"]);
+        assert_eq!(delta.unchanged, [RecordId::new("same").unwrap()]);
+        // The repeated "edited" merged into its newer state.
+        assert_eq!(delta.updated[0].get("x"), Some(json!(2)));
+        // Concurrent edits of different fields: both kept, and described.
+        assert_eq!(delta.updated[1].get("x"), Some(json!(5)));
+        assert_eq!(delta.updated[1].get("y"), Some(json!(7)));
+        let [conflict] = &delta.conflicts[..] else {
+            panic!("{:?}", delta.conflicts);
+        };
+        assert_eq!(conflict.record_id.as_str(), "both");
+        assert_eq!(conflict.strategy, ConflictStrategy::Crdt);
+        assert_eq!(conflict.fields_conflicted, ["x", "y"]);
+        assert_eq!(conflict.resolved_record, delta.updated[1]);
+        assert_eq!(conflict.local_record, local["both"]);
+    }
+
+    #[test]
+    fn under_the_timestamp_strategy_the_newer_write_takes_the_whole_record() {
+        let (local, incoming) = local_and_incoming();
+        let delta = compute_delta("c", &local, &incoming, ConflictStrategy::Timestamp).unwrap();
+        let both = &delta.updated[1];
+        assert_eq!(both.id().as_str(), "both");
+        assert_eq!(
+            (both.get("x"), both.get("y")),
+            (Some(json!(1)), Some(json!(7)))
+        );
+        assert_eq!(delta.conflicts.len(), 1);
+        assert_eq!(delta.conflicts[0].strategy, ConflictStrategy::Timestamp);
+        assert_eq!(
+            resolve_conflict(
+                "c",
+                &local["both"],
+                &incoming[3],
+                ConflictStrategy::Timestamp
+            )
+            .unwrap(),
+            delta.conflicts[0]
+        );
+    }
+
     #[test]
     fn dedupe_keeps_distinct_ids_in_order() {
         let batch = vec![record("b", "x", 1), record("a", "x", 2)];

@@ -279,6 +279,32 @@ mod tests {
         assert_eq!(back, map.state());
     }
 
+    /// A map read from a record holds its fields with their stamps, removed
+    /// ones included: a write older than a field's stamp loses, a newer one
+    /// wins, and its state is the record's.
+    #[test]
+    fn map_from_record_keeps_every_field_and_stamp() {
+        let mut record = Record::create(
+            crate::record::Content::from_value(json!({"id": "r", "a": 1, "b": "x"})).unwrap(),
+            stamp(10, "a"),
+        );
+        record
+            .apply_put(
+                crate::record::Content::from_value(json!({"id": "r", "a": 1})).unwrap(),
+                &stamp(20, "a"),
+            )
+            .unwrap();
+        let mut map = LwwMap::from_record(&record);
+        assert_eq!(map.state(), record.field_states().to_field_states());
+        assert_eq!(Value::Object(map.to_record()), json!({"a": 1}));
+        assert_eq!(map.get("b"), None);
+        // "b" was removed at 20: a write at 15 loses, one at 30 wins.
+        assert!(!map.set("b", json!("y"), stamp(15, "c")).unwrap());
+        assert!(map.set("b", json!("z"), stamp(30, "c")).unwrap());
+        assert!(!map.set("a", json!(2), stamp(5, "c")).unwrap());
+        assert_eq!(Value::Object(map.to_record()), json!({"a": 1, "b": "z"}));
+    }
+
     #[test]
     fn merge_records_follows_the_original_example() {
         let local = Record::from_json(json!({

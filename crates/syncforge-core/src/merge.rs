@@ -309,6 +309,29 @@ mod tests {
 
     use super::*;
 
+    /// A strategy parses from the name it displays and serialises as, and
+    /// any other name is refused naming the option.
+    #[test]
+    fn a_strategy_reads_its_own_name_and_refuses_others() {
+        for strategy in [ConflictStrategy::Timestamp, ConflictStrategy::Crdt] {
+            let name = strategy.to_string();
+            assert_eq!(name.parse::<ConflictStrategy>().unwrap(), strategy);
+            assert_eq!(serde_json::to_value(strategy).unwrap(), json!(name));
+            let read: ConflictStrategy = serde_json::from_value(json!(name)).unwrap();
+            assert_eq!(read, strategy);
+        }
+        assert_eq!(ConflictStrategy::default(), ConflictStrategy::Timestamp);
+        for other in ["CRDT", "lww", ""] {
+            match other.parse::<ConflictStrategy>() {
+                Err(Error::InvalidConfig { option, reason }) => {
+                    assert_eq!(option, "conflict_strategy");
+                    assert!(reason.contains(&format!("{other:?}")), "{reason}");
+                }
+                parsed => panic!("{other:?} gave {parsed:?}"),
+            }
+        }
+    }
+
     /// Two records in the TypeScript library's format, equal stamps and
     /// different values: the Timestamp strategy keeps the one whose
     /// canonical text sorts last. With serde_json's `preserve_order`, a

@@ -583,6 +583,27 @@ mod tests {
         Content::from_value(v).unwrap()
     }
 
+    /// `get_text` gives a visible field's canonical text: numbers as
+    /// serde_json writes them, strings quoted, object keys sorted; nothing
+    /// for a field never written or removed.
+    #[test]
+    fn get_text_reads_the_canonical_text_of_visible_fields() {
+        let mut r = Record::create(
+            content(json!({"id": "n1", "n": 1.5, "s": "a\"b", "o": {"z": 1, "a": [true, null]}})),
+            stamp(1, 0, "p"),
+        );
+        let text = |r: &Record, field: &str| r.get_text(field).map(|t| t.as_str().to_owned());
+        assert_eq!(text(&r, "n").as_deref(), Some("1.5"));
+        assert_eq!(text(&r, "s").as_deref(), Some(r#""a\"b""#));
+        assert_eq!(text(&r, "o").as_deref(), Some(r#"{"a":[true,null],"z":1}"#));
+        assert_eq!(text(&r, "missing"), None);
+        assert_eq!(text(&r, "id"), None);
+        r.apply_put(content(json!({"id": "n1", "n": 1.5})), &stamp(2, 0, "p"))
+            .unwrap();
+        assert_eq!(text(&r, "s"), None);
+        assert!(r.field_states().contains_key("s"));
+    }
+
     #[test]
     fn an_unchanged_put_leaves_the_record_and_its_allocation_untouched() {
         let written = Record::create(content(json!({"id": "n1", "a": 1})), stamp(1, 0, "p"));
