@@ -70,7 +70,9 @@ pub struct RedisConfig {
     pub tls: bool,
     /// How long connecting may take before it fails (default 5 s).
     pub connect_timeout: Duration,
-    /// How long one command may take before it fails as transient (default 10 s).
+    /// How long one command may take before it fails as transient, and the
+    /// handle connects again in case its connection went silent (default
+    /// 10 s).
     pub command_timeout: Duration,
 }
 

@@ -105,6 +105,17 @@ fn script_reply_code(details: &str) -> Option<&str> {
     (!code.is_empty() && code.bytes().all(|b| b.is_ascii_uppercase())).then_some(code)
 }
 
+/// Whether `error` says the client's connections should be made again: a
+/// command that timed out (its connection may have gone silent), or a
+/// write refused as `READONLY` (the server was made a replica), in either
+/// form ([`script_reply_code`]).
+pub(crate) fn calls_for_new_connections(error: &FredError) -> bool {
+    let details = error.details();
+    *error.kind() == ErrorKind::Timeout
+        || script_reply_code(details).or_else(|| details.split_whitespace().next())
+            == Some("READONLY")
+}
+
 /// Maps a client error of `operation` against the server at `address`.
 pub(crate) fn map(error: FredError, operation: impl Into<String>, address: &str) -> Error {
     let operation = operation.into();
@@ -144,7 +155,7 @@ pub(crate) fn map(error: FredError, operation: impl Into<String>, address: &str)
             "authentication failed: check the username and password".to_owned()
         }
         (_, "NOPERM") => {
-            "the ACL user may not run this command or touch this key: grant it the key prefix's keys and EVALSHA, SCRIPT LOAD, HMGET, HGET, HSET, HSETNX, HDEL, SADD, SMEMBERS, EXISTS, GET, SET, UNLINK, ZADD, ZCARD, ZMSCORE, ZRANGE, ZRANGEBYSCORE, ZREM, ZREMRANGEBYRANK (the scripts' commands are checked too), PING, SELECT (for a database other than 0), and on a cluster CLUSTER INFO, CLUSTER SLOTS and ASKING".to_owned()
+            "the ACL user may not run this command or touch this key: grant it the key prefix's keys and EVALSHA, SCRIPT LOAD, HMGET, HGET, HSET, HSETNX, HDEL, SADD, SMEMBERS, EXISTS, GET, SET, UNLINK, ZADD, ZCARD, ZMSCORE, ZRANGE, ZRANGEBYSCORE, ZRANK, ZREM, ZREMRANGEBYRANK, ZSCORE (the scripts' commands are checked too), PING, SELECT (for a database other than 0), and on a cluster CLUSTER INFO, CLUSTER SLOTS and ASKING".to_owned()
         }
         (_, "WRONGTYPE") => {
             "a key under this key prefix holds a value of another type: is another application using the prefix? Use a key prefix of its own".to_owned()
@@ -338,6 +349,27 @@ mod tests {
         }
     }
 
+    /// The commands the scripts call (`redis.call('NAME', ...)`), which
+    /// Redis checks against the user's ACL as it runs them.
+    fn script_commands() -> Vec<String> {
+        let mut names: Vec<String> = crate::scripts::Scripts::new()
+            .sources()
+            .iter()
+            .flat_map(|source| {
+                source
+                    .split("redis.call('")
+                    .skip(1)
+                    .filter_map(|call| call.split('\'').next())
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        assert!(names.len() >= 15, "{names:?}");
+        names
+    }
+
     /// The advice for an ACL refusal names every command the backend and
     /// fred's connection setup send, so granting them all is enough.
     #[test]
@@ -368,25 +400,43 @@ mod tests {
             "SMEMBERS",
             "EXISTS",
             "ZRANGE",
-            // The scripts' commands.
-            "HSETNX",
-            "HDEL",
-            "GET",
-            "SET",
-            "UNLINK",
-            "ZADD",
-            "ZCARD",
-            "ZMSCORE",
-            "ZRANGEBYSCORE",
-            "ZREM",
-            "ZREMRANGEBYRANK",
-        ] {
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .chain(script_commands())
+        {
             assert!(
                 text.split([' ', ',', '(', ')'])
                     .collect::<Vec<_>>()
                     .windows(command.split(' ').count())
                     .any(|words| words.join(" ") == command),
                 "{command} missing: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn timeouts_and_read_only_replies_call_for_new_connections() {
+        for (kind, details, expected) in [
+            (ErrorKind::Timeout, "Request timed out.", true),
+            (
+                ErrorKind::Unknown,
+                "READONLY You can't write against a read only replica.",
+                true,
+            ),
+            (
+                ErrorKind::Unknown,
+                "ERR Error running script (call to f_0a1b): @user_script:1: -READONLY You can't write against a read only replica.",
+                true,
+            ),
+            (ErrorKind::IO, "Connection reset by peer", false),
+            (ErrorKind::Unknown, "NOSCRIPT No matching script.", false),
+            (ErrorKind::Unknown, "ERR READONLY is not a code here", false),
+        ] {
+            assert_eq!(
+                calls_for_new_connections(&FredError::new(kind, details)),
+                expected,
+                "{details}"
             );
         }
     }

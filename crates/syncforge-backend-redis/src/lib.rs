@@ -73,6 +73,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use fred::clients::Client;
@@ -149,6 +150,9 @@ pub struct RedisBackend {
     reconnects: Mutex<tokio::sync::broadcast::Receiver<Server>>,
     /// How many of them this handle has seen.
     connections: std::sync::atomic::AtomicU64,
+    /// Whether this handle asked the client to connect again and it has
+    /// not done so yet ([`reconnect_in_background`](Self::reconnect_in_background)).
+    reconnecting: Arc<AtomicBool>,
     /// The last sequence this handle saw handed out in each collection: the
     /// batch script's guess of the next ones (see `scripts::PUT_BATCH`).
     last_sequence: Mutex<HashMap<CollectionName, u64>>,
@@ -207,6 +211,7 @@ impl RedisBackend {
             registered: Mutex::new(HashMap::new()),
             reconnects: Mutex::new(reconnects),
             connections: std::sync::atomic::AtomicU64::new(0),
+            reconnecting: Arc::new(AtomicBool::new(false)),
             last_sequence: Mutex::new(HashMap::new()),
         }
     }
@@ -285,8 +290,37 @@ impl RedisBackend {
             if !self.cluster && error::is_redirection(&e) {
                 return error::redirected(e, &operation, &self.address);
             }
+            if error::calls_for_new_connections(&e) {
+                self.reconnect_in_background();
+            }
             error::map(e, operation, &self.address)
         }
+    }
+
+    /// Has the client drop its connections and make them again, in the
+    /// background, one such request at a time. A command that timed out
+    /// leaves its connection open: a server gone silent (a host that lost
+    /// power, a partition dropping packets) kept every later command on it
+    /// until the kernel gave up on the connection, a quarter of an hour
+    /// later. And a primary demoted to a replica without closing its
+    /// connections (a managed failover) answers every write with READONLY
+    /// for good, where a new connection follows a name that now points at
+    /// the new primary.
+    fn reconnect_in_background(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.reconnecting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let client = self.client.clone();
+        let reconnecting = Arc::clone(&self.reconnecting);
+        runtime.spawn(async move {
+            if let Err(error) = client.force_reconnection().await {
+                tracing::debug!(%error, "redis: connecting again failed; the client keeps trying");
+            }
+            reconnecting.store(false, Ordering::Release);
+        });
     }
 
     /// Runs a script with a few short arguments, loading it first if the

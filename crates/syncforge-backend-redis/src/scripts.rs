@@ -352,6 +352,34 @@ pub(crate) struct Scripts {
 }
 
 impl Scripts {
+    /// Every script's text, for the tests that hold the advice on missing
+    /// permissions to the commands the scripts call. Named field by field:
+    /// a script added to `Scripts` and not here fails to compile.
+    #[cfg(test)]
+    pub(crate) fn sources(&self) -> Vec<String> {
+        let Scripts {
+            put_batch,
+            insert_if_absent,
+            delete,
+            clear,
+            feed_page,
+            time_slice,
+            meta_if_absent,
+        } = self;
+        [
+            put_batch,
+            insert_if_absent,
+            delete,
+            clear,
+            feed_page,
+            time_slice,
+            meta_if_absent,
+        ]
+        .iter()
+        .filter_map(|script| script.lua().map(|lua| lua.to_string()))
+        .collect()
+    }
+
     pub(crate) fn new() -> Self {
         Scripts {
             put_batch: Script::from_lua(format!("{WRITE_HELPER}{PUT_BATCH}")),

@@ -154,6 +154,146 @@ async fn a_handle_registers_its_collections_again_after_a_reconnection() {
     store.close().await.unwrap();
 }
 
+/// A server that stops answering without closing its connections (a host
+/// that lost power, a partition dropping packets; here, a stopped process)
+/// has the handle connect again once a command timed out, even while
+/// commands keep coming (as an engine's retries send them). Kept, that
+/// connection would have carried every later command into the same silence
+/// until the kernel gave up on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_stops_answering_is_made_again() {
+    let Some(server) = PrivateServer::start().await else {
+        return;
+    };
+    let prefix = fresh_prefix("silent");
+    let config = server.config(&prefix);
+    let store = RedisBackend::connect(config.clone()).await.unwrap();
+    let mut hlc = Hlc::new(ClientId::new("w").unwrap());
+    let written = record(&mut hlc, "r1", 1);
+    store
+        .put(
+            &coll("silent"),
+            &syncforge_core::Write::create(written.clone()),
+        )
+        .await
+        .unwrap();
+    let raw = raw_client(&config).await.unwrap();
+    let before = connections_received(&raw).await;
+
+    server.pause();
+    // Calls every 300 ms for 5 s, each failing within the command timeout
+    // (2 s here).
+    let paused = Instant::now();
+    while paused.elapsed() < Duration::from_secs(5) {
+        let started = Instant::now();
+        let error = store.get(&coll("silent"), &rid("r1")).await.unwrap_err();
+        assert!(error.is_transient(), "{error}");
+        assert!(started.elapsed() < Duration::from_secs(10), "{error}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    server.resume();
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match store.get(&coll("silent"), &rid("r1")).await {
+            Ok(found) => {
+                assert_eq!(found.map(|stored| stored.record), Some(written));
+                break;
+            }
+            Err(error) => {
+                assert!(error.is_transient(), "{error}");
+                assert!(Instant::now() < deadline, "no answer again: {error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    assert!(
+        connections_received(&raw).await > before,
+        "the handle kept its silent connection"
+    );
+    raw.quit().await.ok();
+    store.close().await.unwrap();
+}
+
+/// A primary demoted to a replica without closing its connections (as a
+/// managed failover does) answers every write with READONLY: the handle
+/// then connects again, which follows a name that now points at the new
+/// primary, where the old connection stayed on the replica for good. Its
+/// writes fail as transient meanwhile, and go through once it is a primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_refused_as_read_only_makes_the_handle_connect_again() {
+    let (Some(server), Some(primary)) =
+        (PrivateServer::start().await, PrivateServer::start().await)
+    else {
+        return;
+    };
+    let prefix = fresh_prefix("demoted");
+    let config = server.config(&prefix);
+    let store = RedisBackend::connect(config.clone()).await.unwrap();
+    let mut hlc = Hlc::new(ClientId::new("w").unwrap());
+    let write = |record: Record| syncforge_core::Write::create(record);
+    store
+        .put(&coll("demoted"), &write(record(&mut hlc, "r1", 1)))
+        .await
+        .unwrap();
+    let raw = raw_client(&config).await.unwrap();
+    replica_of(&raw, &["127.0.0.1", &primary.port.to_string()]).await;
+    let before = connections_received(&raw).await;
+
+    let refused = store
+        .put(&coll("demoted"), &write(record(&mut hlc, "r2", 2)))
+        .await
+        .unwrap_err();
+    assert!(refused.is_transient(), "{refused}");
+    // The handle connects again in the background.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while connections_received(&raw).await <= before {
+        assert!(
+            Instant::now() < deadline,
+            "the handle stayed on the demoted server's connection"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    replica_of(&raw, &["NO", "ONE"]).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let next = write(record(&mut hlc, "r3", 3));
+    while let Err(error) = store.put(&coll("demoted"), &next).await {
+        assert!(error.is_transient(), "{error}");
+        assert!(Instant::now() < deadline, "no write went through: {error}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    raw.quit().await.ok();
+    store.close().await.unwrap();
+}
+
+/// `REPLICAOF` with `args` on the server of `client`.
+async fn replica_of(client: &Client, args: &[&str]) {
+    let _: String = client
+        .custom(
+            CustomCommand::new_static("REPLICAOF", ClusterHash::Random, false),
+            args.to_vec(),
+        )
+        .await
+        .unwrap();
+}
+
+/// The connections the server of `client` accepted since it started
+/// (`INFO stats`).
+async fn connections_received(client: &Client) -> u64 {
+    let info: String = client
+        .custom(
+            CustomCommand::new_static("INFO", ClusterHash::Random, false),
+            vec!["stats"],
+        )
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix("total_connections_received:"))
+        .and_then(|count| count.trim().parse().ok())
+        .unwrap()
+}
+
 /// Connecting to a port where nothing listens fails with a transient error
 /// naming the address, within the connect timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -162,6 +162,26 @@ impl PrivateServer {
         }
     }
 
+    /// Stops the server's process (SIGSTOP) without closing anything: its
+    /// connections stay open and go silent, as a host that lost power does.
+    pub(crate) fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a [paused](Self::pause) server run again (SIGCONT).
+    pub(crate) fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("the server runs");
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {signal}: {status}");
+    }
+
     /// Starts the server again on the same port and directory.
     pub(crate) async fn restart(&mut self) {
         self.kill();
