@@ -163,7 +163,8 @@ impl EngineBuilder {
     /// The collections each auto-sync window covers (default: every
     /// collection the store lists at that moment). Name them when a peer may
     /// hold collections this store does not have yet. A name given twice
-    /// counts once.
+    /// counts once; an empty list is refused by
+    /// [`build`](Self::build).
     pub fn auto_sync_collections<I, S>(mut self, collections: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -195,7 +196,19 @@ impl EngineBuilder {
         self
     }
 
-    fn validate(&self) -> Result<Config> {
+    /// Checks the settings as [`build`](Self::build) does before anything
+    /// else, without opening a store: a program can refuse a bad setting
+    /// before work that should not begin without an engine (reading a long
+    /// input, say).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] naming the option, as `build` would.
+    pub fn validate(&self) -> Result<()> {
+        self.settings().map(drop)
+    }
+
+    fn settings(&self) -> Result<Config> {
         let client_id = match &self.client_id {
             Some(id) => ClientId::new(id).map_err(|e| Error::InvalidConfig {
                 option: "client_id",
@@ -236,6 +249,16 @@ impl EngineBuilder {
         }
         let auto_sync_collections = match &self.auto_sync_collections {
             None => None,
+            // Every window would sync nothing, while a list read from a
+            // setting left empty most likely meant every collection.
+            Some(names) if names.is_empty() => {
+                return Err(Error::InvalidConfig {
+                    option: "auto_sync_collections",
+                    reason: "the list is empty: name at least one collection, or leave it \
+                             unset for every collection the store lists"
+                        .to_owned(),
+                })
+            }
             Some(names) => Some(
                 names
                     .iter()
@@ -294,7 +317,7 @@ impl EngineBuilder {
     /// (opened here, or handed over with [`backend`](Self::backend)) closes
     /// it: the store was the engine's.
     pub async fn build(self) -> Result<SyncEngine> {
-        let config = self.validate()?;
+        let config = self.settings()?;
         let backend = match self.backend {
             BackendChoice::Ready(backend) => backend,
             BackendChoice::Config(choice) => create_backend(&choice).await?,

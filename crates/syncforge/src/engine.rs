@@ -56,7 +56,7 @@ const WRITE_EVENTS: [EventKind; 4] = [
 ];
 
 /// The metadata key of the store's id.
-const STORE_ID_KEY: &str = "syncforge/store-id/v1";
+pub(crate) const STORE_ID_KEY: &str = "syncforge/store-id/v1";
 
 /// The most feed positions of echoes one sync collects. Past it an echo is
 /// pushed back to the peer that sent it, which finds it unchanged: nothing
@@ -85,6 +85,9 @@ pub(crate) struct Inner {
     /// Whether the backend's `close` succeeded: a failed one is tried
     /// again by the next [`SyncEngine::close`].
     store_closed: AtomicBool,
+    /// Held by a [`SyncEngine::close`] for its whole length: a second close
+    /// waits for the first instead of returning while a window still runs.
+    closing: tokio::sync::Mutex<()>,
     events: Events,
     /// The auto-sync timer task, when it runs.
     pub(crate) timer: Mutex<Option<JoinHandle<()>>>,
@@ -294,6 +297,7 @@ impl SyncEngine {
                 time,
                 closed: AtomicBool::new(false),
                 store_closed: AtomicBool::new(false),
+                closing: tokio::sync::Mutex::new(()),
                 events,
                 timer: Mutex::new(None),
                 stopped: Mutex::new(Vec::new()),
@@ -317,7 +321,13 @@ impl SyncEngine {
     /// backup — and that cursors into its change feed mean nothing any more.
     pub async fn stored_id(&self) -> Result<Option<String>> {
         self.check_open()?;
-        self.inner.backend.get_meta(STORE_ID_KEY).await
+        // Retried as every other read: each peer sync checks it, and one
+        // transient failure here failed the whole sync.
+        let backend = self.store();
+        retry_transient(self.retries(), "get_meta", || {
+            backend.get_meta(STORE_ID_KEY)
+        })
+        .await
     }
 
     /// Fails unless the store still holds the id this engine opened it
@@ -1447,14 +1457,18 @@ impl SyncEngine {
     /// its peers and removes every event handler (one added later is
     /// dropped at once); receivers see the stream end when the last handle
     /// on the engine is dropped. Later calls fail with [`Error::Closed`];
-    /// closing twice is harmless, and a close whose store failed to close
-    /// (its error returned) is tried again by the next.
+    /// closing twice is harmless, a close while another is under way
+    /// returns when that one has ended, and a close whose store failed to
+    /// close (its error returned) is tried again by the next.
     pub async fn close(&self) -> Result<()> {
-        if self.inner.closed.swap(true, Ordering::AcqRel) {
-            if self.inner.store_closed.load(Ordering::Acquire) {
-                return Ok(());
-            }
-            return self.close_store().await;
+        // Marked at once: every later call fails with `Closed`, even while
+        // this one waits for another close to end.
+        self.inner.closed.store(true, Ordering::Release);
+        // A close from inside a window, while another close waits for that
+        // window, waits here until that close aborts the window.
+        let _closing = self.inner.closing.lock().await;
+        if self.inner.store_closed.load(Ordering::Acquire) {
+            return Ok(());
         }
         let mut windows: Vec<JoinHandle<()>> = self.inner.stopped.lock().drain(..).collect();
         windows.extend(self.inner.timer.lock().take());

@@ -46,6 +46,11 @@ async fn invalid_configuration_is_refused_naming_the_option() {
             "max_clock_drift",
         ),
         (SyncEngine::builder().event_capacity(0), "event_capacity"),
+        // Every window would sync nothing.
+        (
+            SyncEngine::builder().auto_sync_collections(Vec::<String>::new()),
+            "auto_sync_collections",
+        ),
         (
             SyncEngine::builder().event_capacity(usize::MAX / 2),
             "event_capacity",

@@ -582,6 +582,32 @@ async fn close_waits_for_a_window_in_progress() {
     );
 }
 
+/// A second `close` while the first waits for a window returns only once
+/// the window stopped too: it closed the store under the running window
+/// and returned at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_close_waits_for_the_first() {
+    use std::sync::atomic::Ordering;
+    let (e, peer) = inside_a_slow_pull().await;
+    let first = tokio::spawn({
+        let e = e.clone();
+        async move { e.close().await }
+    });
+    timeout(Duration::from_secs(10), async {
+        while !e.is_closed() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the first close did not begin");
+    e.close().await.unwrap();
+    assert!(
+        peer.returned.load(Ordering::SeqCst),
+        "the second close returned while the window was still in the peer's pull"
+    );
+    first.await.unwrap().unwrap();
+}
+
 /// A window that `stop_auto_sync` cancelled while it was inside a peer call
 /// is waited for by a `close` after it, as one still running is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -180,6 +180,23 @@ async fn three_engines_under_twenty_percent_failures_converge_and_lose_nothing()
     }
 }
 
+/// Reading the store's id, which every peer sync checks, retries a
+/// transient failure as every other read does.
+#[tokio::test(start_paused = true)]
+async fn reading_the_store_id_retries_a_transient_failure() {
+    let store = Arc::new(
+        FaultyBackend::new(Arc::new(MemoryBackend::new()), 7, 0.0, Duration::ZERO)
+            .failing_only(&[Operation::GetMeta]),
+    );
+    let e = faulty_engine("a", &store, 10, 10).await;
+    store.set_failure_rate(0.5);
+    for _ in 0..20 {
+        let stored = e.stored_id().await.unwrap();
+        assert_eq!(stored.as_deref(), Some(e.store_id()));
+    }
+    assert!(store.injected_failures() > 0);
+}
+
 /// A local state, an incoming batch, and what a failed sync left: each record
 /// is either exactly as it was or exactly the merge, and syncing again
 /// completes the rest. Half of the batch writes fail, before or after writing,
