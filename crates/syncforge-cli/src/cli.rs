@@ -19,6 +19,8 @@ Stores are named by URL:
   redis-cluster://host:port?node=host:port         a cluster from seed nodes)
   s3://bucket/prefix[?endpoint=URL&region=R]     S3 or an S3-compatible store;
                            credentials from the AWS_* environment variables
+                           (the reading commands refuse a Redis or S3 prefix
+                           that holds no store, as they do a directory)
   http://host:port         a sync server (`syncforge serve`); its token comes
   https://host:port        from --bearer-token or SYNCFORGE_TOKEN
 A URL of a kind this build lacks is refused and names the cargo feature
@@ -206,8 +208,9 @@ pub(crate) struct GetArgs {
 /// Write records read from FILE or stdin.
 ///
 /// Each JSON object with a string "id" replaces that record's content. The
-/// input is one object, a JSON array of objects, or JSON Lines (one
-/// object per line). All of it is checked first: one bad object refuses the
+/// input is one object, a JSON array of objects, or objects one after
+/// another (JSON Lines, or printed over several lines each, as `get` and
+/// `jq .` print them). All of it is checked first: one bad object refuses the
 /// whole input, naming its line, and nothing is written. Metadata keys
 /// (_version, _sync, ...) are checked for their types and otherwise
 /// ignored, so a record printed by `get` can be edited and put back. Prints
@@ -284,7 +287,8 @@ pub(crate) struct ImportArgs {
     /// The collection to import into.
     #[arg(required_unless_present = "store_dir")]
     pub(crate) collection: Option<String>,
-    /// JSON Lines, a JSON array, or a directory of `<id>.json` files
+    /// JSON Lines (or objects printed one after another), a JSON array,
+    /// or a directory of `<id>.json` files
     /// (default, or `-`: stdin).
     #[arg(conflicts_with = "store_dir")]
     pub(crate) file: Option<PathBuf>,

@@ -128,9 +128,11 @@ fn read_stdin() -> Result<Values> {
 }
 
 /// Reads text: a JSON array when it starts with `[`, one JSON value when it
-/// holds exactly one (even over several lines), JSON Lines otherwise. Text
-/// that opens an object on a line of its own, as `get` prints one, is one
-/// value: when it does not parse, it is refused where the parser stopped.
+/// holds exactly one (even over several lines), values one after another
+/// (JSON Lines, or values printed over several lines each, as `jq .` and
+/// `get` print them) otherwise. Text that opens an object on a line of its
+/// own and does not parse is refused where the parser stopped; other text
+/// that does not parse is read as JSON Lines, each bad line named.
 pub(crate) fn parse(source: &str, bytes: &[u8]) -> Result<Values, Malformed> {
     let refuse = |place, fault: String| Malformed {
         source: source.to_owned(),
@@ -150,8 +152,8 @@ pub(crate) fn parse(source: &str, bytes: &[u8]) -> Result<Values, Malformed> {
             parse_array(text).map_err(|(place, fault)| refuse(place, fault))?,
             Vec::new(),
         ),
-        Some(_) => match serde_json::from_str::<Value>(text) {
-            Ok(value) => (vec![(Place::Line(first_line(text)), value)], Vec::new()),
+        Some(_) => match parse_values(text) {
+            Ok(values) => (values, Vec::new()),
             // A value printed over several lines (a record printed by `get`,
             // edited) is refused at the line the parser stopped at, not
             // line by line as JSON Lines.
@@ -168,16 +170,34 @@ pub(crate) fn parse(source: &str, bytes: &[u8]) -> Result<Values, Malformed> {
     })
 }
 
+/// JSON values one after another, separated by whitespace or not, each
+/// placed at the line where it starts.
+fn parse_values(text: &str) -> Result<Vec<(Place, Value)>, serde_json::Error> {
+    let mut lines = LineCounter::new(text);
+    let mut stream = serde_json::Deserializer::from_str(text).into_iter::<Value>();
+    let mut values = Vec::new();
+    let mut end = 0;
+    while let Some(value) = stream.next() {
+        let value = value?;
+        let rest = text.get(end..).unwrap_or_default();
+        let start = end + (rest.len() - rest.trim_start().len());
+        values.push((Place::Line(lines.line_at(start)), value));
+        end = stream.byte_offset();
+    }
+    Ok(values)
+}
+
 /// The elements of a JSON array, each placed at the line where it starts.
 fn parse_array(text: &str) -> Result<Vec<(Place, Value)>, (Place, String)> {
     let elements: Vec<&RawValue> = serde_json::from_str(text)
         .map_err(|error| (Place::Line(error.line()), without_position(&error)))?;
+    let mut lines = LineCounter::new(text);
     elements
         .into_iter()
         .map(|raw| {
             // The element borrows from `text`: its offset gives its line.
             let offset = (raw.get().as_ptr() as usize).saturating_sub(text.as_ptr() as usize);
-            let place = Place::Line(line_of(text.as_bytes(), offset));
+            let place = Place::Line(lines.line_at(offset));
             serde_json::from_str(raw.get())
                 .map(|value| (place.clone(), value))
                 .map_err(|error| (place, without_position(&error)))
@@ -292,10 +312,35 @@ fn line_of(bytes: &[u8], offset: usize) -> usize {
         + 1
 }
 
-/// The line of the first non-blank character.
-fn first_line(text: &str) -> usize {
-    let start = text.len() - text.trim_start().len();
-    line_of(text.as_bytes(), start)
+/// Lines of offsets that only grow, as an array's elements come: each call
+/// counts the newlines since the last one, where counting from the start
+/// for every element made a large array quadratic to read.
+struct LineCounter<'a> {
+    bytes: &'a [u8],
+    /// Where the last count stopped, and the line there.
+    offset: usize,
+    line: usize,
+}
+
+impl<'a> LineCounter<'a> {
+    fn new(text: &'a str) -> Self {
+        LineCounter {
+            bytes: text.as_bytes(),
+            offset: 0,
+            line: 1,
+        }
+    }
+
+    /// The 1-based line holding byte `offset`, not before the last one asked.
+    fn line_at(&mut self, offset: usize) -> usize {
+        let offset = offset.clamp(self.offset, self.bytes.len());
+        self.line += self.bytes[self.offset..offset]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count();
+        self.offset = offset;
+        self.line
+    }
 }
 
 #[cfg(test)]
@@ -320,6 +365,28 @@ mod tests {
             .and_then(|values| values.convert(Ok))
             .err()
             .unwrap()
+    }
+
+    /// An array's elements are placed by counting on from the one before,
+    /// reading its text once, not once per element.
+    #[test]
+    fn array_elements_are_placed_in_one_pass_over_the_text() {
+        let text = "[\n{\"id\":\"a\"},\n\n {\"id\":\"b\"}, {\"id\":\"c\"}\n]";
+        let values = parse("t", text.as_bytes()).unwrap();
+        assert_eq!(
+            lines(&values),
+            vec![
+                (2, json!({"id": "a"})),
+                (4, json!({"id": "b"})),
+                (4, json!({"id": "c"}))
+            ]
+        );
+        let mut counter = LineCounter::new(text);
+        assert_eq!(counter.line_at(text.len()), 5);
+        assert_eq!(counter.offset, text.len());
+        // Asked again, or for an earlier place, it reads nothing more.
+        assert_eq!(counter.line_at(0), 5);
+        assert_eq!(counter.offset, text.len());
     }
 
     #[test]
@@ -362,6 +429,26 @@ mod tests {
         let values = parse("t", b"\n{\n  \"id\": \"a\"\n}\n").unwrap();
         assert_eq!(lines(&values), vec![(2, json!({"id": "a"}))]);
         assert!(parse("t", b"  \n").unwrap().values.is_empty());
+    }
+
+    /// Records printed one after another over several lines each, as `jq .`
+    /// prints JSON Lines and `get` prints records: each placed at its line.
+    #[test]
+    fn values_printed_one_after_another_are_each_a_value() {
+        let text = "{\n  \"id\": \"a\"\n}\n\n{\n  \"id\": \"b\"\n}{\"id\":\"c\"}\n";
+        let values = parse("t", text.as_bytes()).unwrap();
+        assert_eq!(
+            lines(&values),
+            vec![
+                (1, json!({"id": "a"})),
+                (5, json!({"id": "b"})),
+                (7, json!({"id": "c"}))
+            ]
+        );
+        // The second of two printed records is broken: refused at its line.
+        let error = faults(b"{\n  \"id\": \"a\"\n}\n{\n  \"id\" \"b\"\n}\n");
+        assert_eq!(error.faults.len(), 1, "{error}");
+        assert_eq!(error.faults[0].0, Place::Line(5), "{error}");
     }
 
     /// A record printed by `get`, edited, with a comma left out on line 4:

@@ -35,31 +35,33 @@ pub(crate) struct EngineOptions {
     pub(crate) batch_size: Option<usize>,
 }
 
-/// Why `url` names no store yet — a directory that is not there, or holds
-/// none — or `None` when it may hold one. Only a directory can tell without
-/// being opened.
+/// Why `url` names no store yet — a directory that is not there, a
+/// directory, Redis key prefix or S3 prefix that holds none — or `None` when
+/// it holds one (a memory store is new and empty: reading it shows nothing,
+/// and leaves nothing behind).
 async fn missing(url: &StoreUrl) -> Result<Option<&'static str>> {
-    let Some(BackendConfig::Filesystem { directory }) = url.backend_config() else {
+    let Some(config) = url.backend_config() else {
         return Ok(None);
     };
-    if !directory.is_dir() {
-        return Ok(Some("no such directory"));
-    }
-    #[cfg(feature = "fs")]
-    if !syncforge::fs::holds_store(directory)
+    let why = match config {
+        BackendConfig::Memory => return Ok(None),
+        BackendConfig::Filesystem { directory } if !directory.is_dir() => {
+            return Ok(Some("no such directory"))
+        }
+        BackendConfig::Filesystem { .. } => "the directory holds none",
+        _ => "it holds no store id and no collection",
+    };
+    let held = syncforge::holds_store(config)
         .await
-        .with_context(|| format!("cannot read the directory {url}"))?
-    {
-        return Ok(Some("the directory holds none"));
-    }
-    Ok(None)
+        .with_context(|| format!("cannot open the store {url}"))?;
+    Ok((!held).then_some(why))
 }
 
 /// The store a command writes into, which it creates if there is none. A
 /// directory that holds no store is created only by [`open`](Self::open),
 /// once the command's arguments are known to be good, so that a refused
-/// command leaves no store behind; any other store is opened at once (a
-/// Redis or S3 store then holds its id, as any opening writes it).
+/// command leaves no store behind; so is a Redis or S3 store that holds
+/// nothing yet.
 pub(crate) enum Destination {
     /// The store, which existed.
     Existing(Store),
@@ -123,29 +125,52 @@ pub(crate) struct Store {
     engine: SyncEngine,
 }
 
+impl EngineOptions {
+    /// A builder with these options.
+    fn builder(&self) -> syncforge::EngineBuilder {
+        let mut builder = SyncEngine::builder().conflict_strategy(self.strategy);
+        if let Some(client_id) = &self.client_id {
+            builder = builder.client_id(client_id.as_str());
+        }
+        if let Some(batch_size) = self.batch_size {
+            builder = builder.batch_size(batch_size);
+        }
+        builder
+    }
+
+    /// Checks the options as opening a store does, without opening one: a
+    /// command whose input is long refuses them before reading it.
+    pub(crate) fn check(&self) -> Result<()> {
+        self.builder().validate().map_err(refused_option)
+    }
+}
+
+/// Settings the engine refuses (a batch size out of range, a bad client
+/// id) are usage errors.
+fn refused_option(error: syncforge::Error) -> anyhow::Error {
+    match error {
+        syncforge::Error::InvalidConfig {
+            option: "client_id" | "batch_size",
+            ..
+        } => usage(error.to_string()),
+        other => anyhow::Error::new(other),
+    }
+}
+
 impl Store {
-    /// Opens the store `url` names. Settings the engine refuses (a batch
-    /// size out of range, a bad client id) are usage errors.
+    /// Opens the store `url` names. Settings the engine refuses are usage
+    /// errors ([`EngineOptions::check`]).
     pub(crate) async fn open(url: StoreUrl, options: &EngineOptions) -> Result<Store> {
         let Some(config) = url.backend_config() else {
             return Err(usage(format!("{url} is not a store this command can open")));
         };
-        let mut builder = SyncEngine::builder()
+        options.check()?;
+        let engine = options
+            .builder()
             .backend_config(config.clone())
-            .conflict_strategy(options.strategy);
-        if let Some(client_id) = &options.client_id {
-            builder = builder.client_id(client_id.as_str());
-        }
-        if let Some(batch_size) = options.batch_size {
-            builder = builder.batch_size(batch_size);
-        }
-        let engine = builder.build().await.map_err(|error| match error {
-            syncforge::Error::InvalidConfig {
-                option: "client_id" | "batch_size",
-                ..
-            } => usage(error.to_string()),
-            other => anyhow::Error::new(other).context(format!("cannot open the store {url}")),
-        })?;
+            .build()
+            .await
+            .with_context(|| format!("cannot open the store {url}"))?;
         Ok(Store { url, engine })
     }
 

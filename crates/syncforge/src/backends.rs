@@ -167,6 +167,49 @@ pub async fn create_backend(config: &BackendConfig) -> Result<Arc<dyn StorageBac
     }
 }
 
+/// Whether the store `config` names already holds a syncforge store: the
+/// id every engine writes when it first opens a store, or any collection.
+/// Found without writing anything, where opening a store makes one: a
+/// program that only reads asks this first, to refuse a typo (a directory,
+/// a Redis key prefix or an S3 prefix holding nothing) instead of making a
+/// store there. A memory store is always new, and holds none.
+///
+/// Fails as [`create_backend`] does for a backend it opens (every kind but
+/// memory), and with the backend's error when it cannot be read.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> syncforge::Result<()> {
+/// use syncforge::{holds_store, BackendConfig};
+/// assert!(!holds_store(&BackendConfig::Memory).await?);
+/// # Ok(())
+/// # }
+/// ```
+pub async fn holds_store(config: &BackendConfig) -> Result<bool> {
+    match config {
+        BackendConfig::Memory => Ok(false),
+        #[cfg(feature = "fs")]
+        BackendConfig::Filesystem { directory } => {
+            syncforge_backend_fs::holds_store(directory).await
+        }
+        other => {
+            let backend = create_backend(other).await?;
+            let held = match backend.get_meta(crate::engine::STORE_ID_KEY).await {
+                Ok(Some(_)) => Ok(true),
+                Ok(None) => backend
+                    .list_collections()
+                    .await
+                    .map(|names| !names.is_empty()),
+                Err(error) => Err(error),
+            };
+            let closed = backend.close().await;
+            let held = held?;
+            closed?;
+            Ok(held)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -83,7 +83,7 @@ mod result;
 mod retry;
 mod store_url;
 
-pub use backends::{create_backend, BackendConfig};
+pub use backends::{create_backend, holds_store, BackendConfig};
 pub use builder::EngineBuilder;
 pub use collection::Collection;
 pub use config::{

@@ -66,6 +66,11 @@ pub(crate) async fn run(args: ServeArgs, cx: &mut Context) -> Result<()> {
     })?;
     std::net::ToSocketAddrs::to_socket_addrs(args.addr.as_str())
         .map_err(|error| usage(format!("--addr {}: {error}", args.addr)))?;
+    // Bound before the store is opened too: an address in use or not
+    // allowed leaves no new store behind either.
+    let listener = tokio::net::TcpListener::bind(args.addr.as_str())
+        .await
+        .with_context(|| format!("cannot serve {url} at {}", args.addr))?;
     let store = Store::open(
         url,
         &EngineOptions {
@@ -74,8 +79,7 @@ pub(crate) async fn run(args: ServeArgs, cx: &mut Context) -> Result<()> {
         },
     )
     .await?;
-    let server = Server::bind(store.engine().clone(), args.addr.as_str(), options)
-        .await
+    let server = Server::from_listener(store.engine().clone(), listener, options)
         .with_context(|| format!("cannot serve {} at {}", store.url(), args.addr))?;
     // Listened for before the address is printed: a supervisor may stop the
     // server as soon as it has read it, and a signal with no listener yet

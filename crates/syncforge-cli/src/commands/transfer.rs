@@ -30,7 +30,7 @@ pub(crate) async fn export(args: ExportArgs, cx: &mut Context) -> Result<()> {
 pub(crate) async fn import(args: ImportArgs, cx: &mut Context) -> Result<()> {
     let url = parse_url("STORE", &args.store)?;
     // Before the input is read: it may be long, and the command refused.
-    let target = TargetKind::of(&url, args.merge)?;
+    let target = TargetKind::of(&url, args.merge, cx)?;
     // Everything is read and checked before the store is even opened.
     let inputs = match (&args.store_dir, &args.collection) {
         (Some(dir), _) => input::collection_dirs(dir)?
@@ -113,19 +113,21 @@ enum Target {
 }
 
 /// Where an import goes, with its options checked, before anything opens.
-#[derive(Clone, Copy)]
 enum TargetKind {
     Local(MergeOptions),
-    /// A sync server, sent `per_request` records a request (`None`: as many
-    /// as it takes).
+    /// A sync server (nothing is sent before the input is read), sent
+    /// `per_request` records a request (`None`: as many as it takes).
     #[cfg(feature = "http")]
     Remote {
+        remote: crate::remote::Remote,
         per_request: Option<usize>,
     },
 }
 
 impl TargetKind {
-    fn of(url: &StoreUrl, merge: MergeOptions) -> Result<TargetKind> {
+    /// Checks every option the import's target takes (the token of a sync
+    /// server, the client id of a local store) before the input is read.
+    fn of(url: &StoreUrl, merge: MergeOptions, cx: &Context) -> Result<TargetKind> {
         #[cfg(feature = "http")]
         if url.server_url().is_some() {
             if merge.strategy.is_some() {
@@ -136,11 +138,13 @@ impl TargetKind {
             }
             // In 1..=MAX_BATCH_SIZE: checked as the flag was read.
             return Ok(TargetKind::Remote {
+                remote: crate::remote::Remote::connect(url.clone(), cx)?,
                 per_request: merge.batch_size,
             });
         }
         #[cfg(not(feature = "http"))]
         let _ = url;
+        cx.merging(merge).check()?;
         Ok(TargetKind::Local(merge))
     }
 }
@@ -149,8 +153,11 @@ impl Target {
     async fn open(url: StoreUrl, kind: TargetKind, cx: &Context) -> Result<Target> {
         match kind {
             #[cfg(feature = "http")]
-            TargetKind::Remote { per_request } => Ok(Target::Remote {
-                remote: crate::remote::Remote::connect(url, cx)?,
+            TargetKind::Remote {
+                remote,
+                per_request,
+            } => Ok(Target::Remote {
+                remote,
                 per_request,
             }),
             TargetKind::Local(merge) => {

@@ -38,6 +38,31 @@ fn usage_errors_exit_with_2() {
     // Before any input is read: the input here is not even JSON.
     let run = syncforge_with(&["import", "memory:", "c", "--batch-size", "0"], "not JSON").fails(2);
     assert!(run.stderr.contains("--batch-size"), "{run:?}");
+    // The client id and a server's token too: the input here is not JSON.
+    let dir = TempDir::new().unwrap();
+    let store = dir.path().join("store");
+    let run = syncforge_with(
+        &["import", arg(&store), "c", "--client-id", "a\u{7}b"],
+        "not JSON",
+    )
+    .fails(2);
+    assert!(run.stderr.contains("client"), "{run:?}");
+    assert!(!store.exists());
+    #[cfg(feature = "http")]
+    {
+        let run = syncforge_with(
+            &[
+                "import",
+                "http://127.0.0.1:9",
+                "c",
+                "--bearer-token",
+                "two words",
+            ],
+            "not JSON",
+        )
+        .fails(2);
+        assert!(run.stderr.contains("--bearer-token"), "{run:?}");
+    }
     // A watch that stops after no change would read the feed to its end.
     let run = syncforge(&["watch", "memory:", "c", "--count", "0"]).fails(2);
     assert!(run.stderr.contains("--count"), "{run:?}");

@@ -29,7 +29,10 @@ fn redis_store() -> Option<RedisStore> {
     let server = address(REDIS_ENV, "redis://127.0.0.1:6379/0");
     let prefix = format!("syncforge-cli-test-{}", ulid::Ulid::new());
     let url = format!("{server}?prefix={prefix}");
-    let answers = syncforge(&["ls", &url]).code == 0;
+    // A prefix that holds nothing is refused by reading commands; the
+    // refusal says the server answered.
+    let probe = syncforge(&["ls", &url]);
+    let answers = probe.code == 0 || probe.stderr.contains("there is no store at ");
     available("redis", REDIS_ENV, &server, answers).then_some(RedisStore {
         server,
         prefix,
@@ -37,24 +40,56 @@ fn redis_store() -> Option<RedisStore> {
     })
 }
 
+/// What `redis-cli` prints for `args` against `store`'s server.
+fn redis_cli(store: &RedisStore, args: &[&str]) -> String {
+    let output = Command::new("redis-cli")
+        .args(["-u", &store.server])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// The keys under `store`'s prefix.
+fn keys(store: &RedisStore) -> Vec<String> {
+    let pattern = format!("{}*", store.prefix);
+    redis_cli(store, &["--scan", "--pattern", &pattern])
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Deletes every key of `store`, as a server restarted without persistence
 /// loses them.
 fn wipe(store: &RedisStore) {
-    let redis_cli = |args: &[&str]| {
-        let output = Command::new("redis-cli")
-            .args(["-u", &store.server])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{output:?}");
-        String::from_utf8(output.stdout).unwrap()
-    };
-    let listed = redis_cli(&["--scan", "--pattern", &format!("{}*", store.prefix)]);
-    let keys: Vec<&str> = listed.lines().collect();
+    let keys = keys(store);
     assert!(!keys.is_empty(), "no key under {}", store.prefix);
     let mut delete = vec!["DEL"];
-    delete.extend(keys);
-    redis_cli(&delete);
+    delete.extend(keys.iter().map(String::as_str));
+    redis_cli(store, &delete);
+}
+
+/// A reading command on a key prefix that holds no store (a typo in the
+/// URL) is refused, and writes nothing under it: opening a store would
+/// have written its id there.
+#[test]
+fn reading_a_prefix_that_holds_no_store_writes_nothing_there() {
+    let Some(store) = redis_store() else { return };
+    let url = store.url.as_str();
+    for args in [
+        vec!["ls", url],
+        vec!["stats", url],
+        vec!["export", url, "notes"],
+        vec!["sync", url, "memory:"],
+    ] {
+        let run = syncforge(&args).fails(1);
+        assert!(run.stderr.contains("there is no store at "), "{run:?}");
+    }
+    assert_eq!(keys(&store), Vec::<String>::new());
+    // A store made there is read as any other.
+    syncforge_with(&["put", url, "notes"], &docs("n", 1)).ok();
+    assert!(syncforge(&["ls", url]).ok().stdout.contains("notes"));
 }
 
 #[test]

@@ -60,6 +60,27 @@ fn a_filesystem_store_syncs_through_a_bucket_and_a_repeat_sends_nothing() {
     assert_eq!(stats["kind"], "s3");
 }
 
+/// A reading command on a prefix that holds no store (a typo in the URL)
+/// is refused, and writes nothing there: had it written the store's id,
+/// the second round would have found a store.
+#[test]
+fn reading_a_prefix_that_holds_no_store_writes_nothing_there() {
+    let Some(bucket) = s3_url() else { return };
+    let dir = TempDir::new().unwrap();
+    let backup = dir.path().join("backup");
+    for _round in 0..2 {
+        for args in [
+            vec!["ls", bucket.as_str()],
+            vec!["export", bucket.as_str(), "readings"],
+            vec!["sync", bucket.as_str(), arg(&backup)],
+        ] {
+            let run = syncforge_env(&args, &CREDENTIALS).fails(1);
+            assert!(run.stderr.contains("there is no store at "), "{run:?}");
+        }
+    }
+    assert!(!backup.exists());
+}
+
 #[test]
 fn credentials_in_an_s3_url_are_refused_and_never_shown() {
     let run = syncforge_env(

@@ -168,6 +168,24 @@ impl Server {
         address: impl ToSocketAddrs,
         options: ServerOptions,
     ) -> Result<Server> {
+        options.validate()?;
+        let listener = TcpListener::bind(address)
+            .await
+            .map_err(|error| Error::InvalidConfig {
+                option: "address",
+                reason: format!("cannot listen: {error}"),
+            })?;
+        Server::from_listener(replica, listener, options)
+    }
+
+    /// Starts serving `replica` on the current tokio runtime, on a listener
+    /// bound already: a program can then bind first, and open or create
+    /// its store only once it knows it can serve it.
+    pub fn from_listener(
+        replica: impl Replica,
+        listener: TcpListener,
+        options: ServerOptions,
+    ) -> Result<Server> {
         let (stop, closing) = watch::channel(false);
         let limits = ConnectionLimits {
             header_read_timeout: options.header_read_timeout,
@@ -179,12 +197,6 @@ impl Server {
         // a list of origins holding "*".
         let (app, sync_slots) = handlers::build(Arc::new(replica), options, closing.clone())?;
         let refusal = connections::overloaded(handlers::cors_layer(&cors));
-        let listener = TcpListener::bind(address)
-            .await
-            .map_err(|error| Error::InvalidConfig {
-                option: "address",
-                reason: format!("cannot listen: {error}"),
-            })?;
         let address = listener
             .local_addr()
             .map_err(|error| Error::InvalidConfig {
