@@ -5,7 +5,24 @@ use std::time::Duration;
 use syncforge_core::{ChangeKind, CollectionName, ConflictDetail};
 
 /// What a [`sync`](crate::Collection::sync) (or an import) did.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Serialises as the JSON object the TypeScript library logs: camelCase
+/// keys, and the duration in whole milliseconds.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let engine = syncforge::SyncEngine::builder().build().await?;
+/// let result = engine.sync("users", Vec::new()).await?;
+/// let json = serde_json::to_value(&result)?;
+/// assert_eq!(json["collection"], "users");
+/// assert_eq!(json["added"], 0);
+/// assert!(json["duration"].is_u64());
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 #[must_use]
 pub struct SyncResult {
@@ -24,7 +41,16 @@ pub struct SyncResult {
     /// When the sync finished, in milliseconds since the Unix epoch.
     pub timestamp: u64,
     /// How long it took.
+    #[serde(serialize_with = "whole_millis")]
     pub duration: Duration,
+}
+
+/// A duration as its whole milliseconds (saturating).
+fn whole_millis<S: serde::Serializer>(
+    duration: &Duration,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_u64(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl SyncResult {
