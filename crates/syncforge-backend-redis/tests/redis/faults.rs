@@ -237,7 +237,7 @@ async fn a_write_refused_as_read_only_makes_the_handle_connect_again() {
         .await
         .unwrap();
     let raw = raw_client(&config).await.unwrap();
-    replica_of(&raw, &["127.0.0.1", &primary.port.to_string()]).await;
+    server_cmd(&raw, "REPLICAOF", &["127.0.0.1", &primary.port.to_string()]).await;
     let before = connections_received(&raw).await;
 
     let refused = store
@@ -255,7 +255,7 @@ async fn a_write_refused_as_read_only_makes_the_handle_connect_again() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    replica_of(&raw, &["NO", "ONE"]).await;
+    server_cmd(&raw, "REPLICAOF", &["NO", "ONE"]).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     let next = write(record(&mut hlc, "r3", 3));
     while let Err(error) = store.put(&coll("demoted"), &next).await {
@@ -265,33 +265,6 @@ async fn a_write_refused_as_read_only_makes_the_handle_connect_again() {
     }
     raw.quit().await.ok();
     store.close().await.unwrap();
-}
-
-/// `REPLICAOF` with `args` on the server of `client`.
-async fn replica_of(client: &Client, args: &[&str]) {
-    let _: String = client
-        .custom(
-            CustomCommand::new_static("REPLICAOF", ClusterHash::Random, false),
-            args.to_vec(),
-        )
-        .await
-        .unwrap();
-}
-
-/// The connections the server of `client` accepted since it started
-/// (`INFO stats`).
-async fn connections_received(client: &Client) -> u64 {
-    let info: String = client
-        .custom(
-            CustomCommand::new_static("INFO", ClusterHash::Random, false),
-            vec!["stats"],
-        )
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|line| line.strip_prefix("total_connections_received:"))
-        .and_then(|count| count.trim().parse().ok())
-        .unwrap()
 }
 
 /// Connecting to a port where nothing listens fails with a transient error
@@ -723,30 +696,44 @@ async fn node_client(address: &str) -> Client {
     client
 }
 
-async fn cluster_cmd(client: &Client, args: &[&str]) {
+/// Runs the server command `name` with `args` on the server of `client`.
+async fn server_cmd(client: &Client, name: &'static str, args: &[&str]) {
     let _: String = client
         .custom(
-            CustomCommand::new_static("CLUSTER", ClusterHash::Random, false),
+            CustomCommand::new_static(name, ClusterHash::Random, false),
             args.to_vec(),
         )
         .await
         .unwrap();
 }
 
-/// The clients connected to the server of `client`, as `INFO clients`
-/// counts them (this client included).
-async fn connected_clients(client: &Client) -> usize {
+async fn cluster_cmd(client: &Client, args: &[&str]) {
+    server_cmd(client, "CLUSTER", args).await;
+}
+
+/// The count `field` of `INFO section` on the server of `client`.
+async fn info_count(client: &Client, section: &str, field: &str) -> u64 {
     let info: String = client
         .custom(
             CustomCommand::new_static("INFO", ClusterHash::Random, false),
-            vec!["clients"],
+            vec![section],
         )
         .await
         .unwrap();
     info.lines()
-        .find_map(|line| line.strip_prefix("connected_clients:"))
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|count| count.trim().parse().ok())
         .unwrap()
+}
+
+/// The clients connected to the server of `client` (this client included).
+async fn connected_clients(client: &Client) -> u64 {
+    info_count(client, "clients", "connected_clients").await
+}
+
+/// The connections the server of `client` accepted since it started.
+async fn connections_received(client: &Client) -> u64 {
+    info_count(client, "stats", "total_connections_received").await
 }
 
 /// A handle built inside a runtime and dropped outside of one (after
