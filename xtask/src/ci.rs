@@ -27,9 +27,11 @@ struct Step {
 
 fn steps(test_env: &[(&'static str, OsString)]) -> Vec<Step> {
     let with_env = |command: Cargo| {
-        test_env.iter().fold(command, |command, (name, value)| {
-            command.env(name, value.clone())
-        })
+        test_env
+            .iter()
+            .fold(command.locked(), |command, (name, value)| {
+                command.env(name, value.clone())
+            })
     };
     // Plain `cargo test` runs unit, integration and doc tests alike.
     let tests = with_env(Cargo::new(&["test", "--workspace", "--all-features"]));
@@ -59,7 +61,8 @@ fn steps(test_env: &[(&'static str, OsString)]) -> Vec<Step> {
                 "--",
                 "-D",
                 "warnings",
-            ])],
+            ])
+            .locked()],
             needs_services: false,
         },
         Step {
@@ -68,6 +71,7 @@ fn steps(test_env: &[(&'static str, OsString)]) -> Vec<Step> {
             name: "docs",
             commands: vec![
                 Cargo::new(&["doc", "--workspace", "--no-deps", "--all-features"])
+                    .locked()
                     .env("RUSTDOCFLAGS", "-D warnings".into()),
             ],
             needs_services: false,
@@ -151,6 +155,7 @@ fn steps(test_env: &[(&'static str, OsString)]) -> Vec<Step> {
             .into_iter()
             .map(|combination| {
                 Cargo::new(&[&["clippy"][..], combination, &["--", "-D", "warnings"]].concat())
+                    .locked()
             })
             .collect(),
             needs_services: false,
@@ -272,14 +277,15 @@ mod tests {
             .collect();
         assert!(shown.contains(&"cargo fmt --all -- --check".to_owned()));
         assert!(shown.contains(
-            &"cargo clippy --workspace --all-targets --all-features -- -D warnings".to_owned()
-        ));
-        assert!(shown.contains(
-            &"SYNCFORGE_REQUIRE_SERVICES=1 PROPTEST_CASES=4000 cargo test --workspace --all-features"
+            &"cargo clippy --locked --workspace --all-targets --all-features -- -D warnings"
                 .to_owned()
         ));
         assert!(shown.contains(
-            &"SYNCFORGE_REQUIRE_SERVICES=1 PROPTEST_CASES=4000 cargo test -p syncforge-core \
+            &"SYNCFORGE_REQUIRE_SERVICES=1 PROPTEST_CASES=4000 cargo test --locked --workspace --all-features"
+                .to_owned()
+        ));
+        assert!(shown.contains(
+            &"SYNCFORGE_REQUIRE_SERVICES=1 PROPTEST_CASES=4000 cargo test --locked -p syncforge-core \
               --features serde_json/preserve_order"
                 .to_owned()
         ));

@@ -23,6 +23,15 @@ impl Cargo {
         }
     }
 
+    /// Refuses to run when `Cargo.lock` is out of date, instead of updating
+    /// it (`--locked`, right after the subcommand): a lockfile that does
+    /// not match the manifests fails CI instead of being resolved anew.
+    pub(crate) fn locked(mut self) -> Self {
+        let at = self.args.len().min(1);
+        self.args.insert(at, "--locked".to_owned());
+        self
+    }
+
     /// Appends an argument made at run time.
     pub(crate) fn arg(mut self, arg: String) -> Self {
         self.args.push(arg);

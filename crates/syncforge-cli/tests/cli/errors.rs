@@ -3,7 +3,7 @@
 
 use tempfile::TempDir;
 
-use crate::support::{arg, docs, syncforge, syncforge_with};
+use crate::support::{arg, docs, on_a_terminal, syncforge, syncforge_with};
 
 #[test]
 fn every_command_shows_an_example_in_its_help() {
@@ -284,14 +284,7 @@ fn a_corrupt_record_file_skipped_by_an_export_is_shown_on_stderr() {
 #[test]
 fn an_import_with_no_input_on_a_terminal_is_a_usage_error() {
     let line = format!("{} import memory: notes", env!("CARGO_BIN_EXE_syncforge"));
-    // script(1) runs the command on a pseudo-terminal; -e passes its exit code.
-    let output = std::process::Command::new("script")
-        .args(["-qec", &line, "/dev/null"])
-        .env_remove("SYNCFORGE_CLIENT_ID")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("script(1), from util-linux, runs the command on a terminal");
-    let screen = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(output.status.code(), Some(2), "{screen}");
-    assert!(screen.contains("no input"), "{screen}");
+    let run = on_a_terminal(&line);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stdout.contains("no input"), "{run:?}");
 }

@@ -102,6 +102,23 @@ fn run(command: Command, stdin: &str) -> Run {
     }
 }
 
+/// Runs the shell command line `line` on a pseudo-terminal (script(1),
+/// from util-linux, whose `-e` passes the exit code on), within the bound
+/// every run has: its stdout holds what the terminal showed.
+pub(crate) fn on_a_terminal(line: &str) -> Run {
+    let mut script = Command::new("script");
+    script
+        .args(["-qec", line, "/dev/null"])
+        .env_remove("SYNCFORGE_CLIENT_ID");
+    let run = run(script, "");
+    // 127: no script(1) on this machine.
+    assert_ne!(
+        run.code, 127,
+        "script(1) runs the command on a terminal: {run:?}"
+    );
+    run
+}
+
 /// A path argument.
 pub(crate) fn arg(path: &Path) -> &str {
     path.to_str().unwrap()

@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tempfile::TempDir;
 
-use crate::support::{arg, command, counts, docs, export, syncforge, syncforge_with};
+use crate::support::{
+    arg, command, counts, docs, export, on_a_terminal, syncforge, syncforge_with,
+};
 
 #[test]
 fn a_repeated_sync_sends_nothing_and_then_only_what_changed() {
@@ -192,13 +194,8 @@ fn progress_bars_are_drawn_on_a_terminal_only() {
         arg(&src),
         arg(&dst)
     );
-    let output = std::process::Command::new("script")
-        .args(["-qec", &line, "/dev/null"])
-        .env_remove("SYNCFORGE_CLIENT_ID")
-        .output()
-        .expect("script(1), from util-linux, runs the command on a terminal");
-    let screen = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{screen}");
-    assert!(screen.contains("50/50 records"), "{screen}");
-    assert!(screen.contains("notes: 50 added"), "{screen}");
+    let run = on_a_terminal(&line);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("50/50 records"), "{run:?}");
+    assert!(run.stdout.contains("notes: 50 added"), "{run:?}");
 }
