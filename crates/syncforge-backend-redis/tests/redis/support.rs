@@ -101,8 +101,15 @@ impl PrivateServer {
                 .unwrap_or_default(),
             password: password.map(str::to_owned),
         };
-        server.spawn().await;
-        Some(server)
+        // The port was free when chosen; a test running beside this one
+        // may take it before the server binds it: then another one.
+        for _attempt in 0..5 {
+            if server.spawn().await {
+                return Some(server);
+            }
+            server.port = free_port();
+        }
+        panic!("no private redis-server started on any of five free ports");
     }
 
     pub(crate) fn config(&self, prefix: &str) -> RedisConfig {
@@ -116,7 +123,10 @@ impl PrivateServer {
         }
     }
 
-    async fn spawn(&mut self) {
+    /// Starts the server on its port; `false` when it exited at once (the
+    /// port was taken meanwhile). Ready once the server that answers on the
+    /// port is this one (`INFO server`'s process id), not another test's.
+    async fn spawn(&mut self) -> bool {
         let bin = address(SERVER_BIN_ENV, "redis-server");
         let child = Command::new(bin)
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
@@ -135,14 +145,36 @@ impl PrivateServer {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        let pid = child.id();
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
+            if let Some(child) = self.child.as_mut() {
+                if child.try_wait().is_ok_and(|status| status.is_some()) {
+                    self.child = None;
+                    return false;
+                }
+            }
             if let Ok(client) = raw_client(&self.config("probe")).await {
-                let pong: Result<String, _> = client.ping(None).await;
+                let info: Result<String, _> = client
+                    .custom(
+                        fred::types::CustomCommand::new_static(
+                            "INFO",
+                            fred::types::ClusterHash::Random,
+                            false,
+                        ),
+                        vec!["server"],
+                    )
+                    .await;
                 client.quit().await.ok();
-                if pong.is_ok() {
-                    return;
+                // Another test's server on the port: this one exits soon.
+                let answering = info.ok().and_then(|info| {
+                    info.lines()
+                        .find_map(|line| line.strip_prefix("process_id:"))
+                        .and_then(|id| id.trim().parse::<u32>().ok())
+                });
+                if answering == Some(pid) {
+                    return true;
                 }
             }
             assert!(
@@ -185,7 +217,11 @@ impl PrivateServer {
     /// Starts the server again on the same port and directory.
     pub(crate) async fn restart(&mut self) {
         self.kill();
-        self.spawn().await;
+        assert!(
+            self.spawn().await,
+            "port {} was taken while the server was down",
+            self.port
+        );
     }
 }
 
