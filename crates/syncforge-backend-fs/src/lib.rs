@@ -160,7 +160,7 @@ mod files;
 #[cfg(test)]
 mod power_loss;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -304,9 +304,10 @@ struct Inner {
     evicting: Mutex<Vec<Arc<OpenCollection>>>,
     /// Takes of open collections so far: their order of use.
     uses: AtomicU64,
-    /// The collections this handle opened before (see `Collection::open`'s
-    /// `first_open`).
-    opened: Mutex<HashSet<CollectionName>>,
+    /// The collections this handle opened before, each with the floor of
+    /// its numbering taken at the first open (see `Collection::open`'s
+    /// `floor`): a collection closed to make room keeps it when reopened.
+    opened: Mutex<HashMap<CollectionName, u64>>,
 }
 
 impl fmt::Debug for FsBackend {
@@ -374,7 +375,7 @@ impl FsBackend {
                 collections: Mutex::new(HashMap::new()),
                 evicting: Mutex::new(Vec::new()),
                 uses: AtomicU64::new(0),
-                opened: Mutex::new(HashSet::new()),
+                opened: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -516,7 +517,7 @@ impl Inner {
         // collection at once both open it, as two processes would; the one
         // that finishes second takes the first one's.
         // Read before opening, which may wait for other processes' locks.
-        let first_open = !self.opened.lock().contains(name);
+        let floor = self.opened.lock().get(name).copied();
         let Some(state) = Collection::open(
             Arc::clone(&self.ops),
             &self.root,
@@ -524,7 +525,7 @@ impl Inner {
             self.options.durability,
             self.tuning,
             take == Take::Create,
-            first_open,
+            floor,
         )?
         else {
             return Ok(None);
@@ -541,7 +542,7 @@ impl Inner {
         // least recently used first: reopening one costs a read of its
         // whole change log, so a busy collection must not be the one closed.
         let excess = (open.len() + 1).saturating_sub(MAX_OPEN_COLLECTIONS);
-        self.opened.lock().insert(name.clone());
+        self.opened.lock().insert(name.clone(), state.floor());
         let state = Arc::new(OpenCollection::new(state));
         used(&state);
         let mut idle: Vec<(u64, CollectionName)> = open
@@ -776,6 +777,8 @@ impl StorageBackend for FsBackend {
             });
         }
         if prepared.is_empty() {
+            // Closed, an empty batch fails as any other call does.
+            self.check_open()?;
             return Ok(Vec::new());
         }
         let outcomes = self
@@ -1158,6 +1161,57 @@ mod tests {
         store.close().await.unwrap();
     }
 
+    /// Puts a new record `id` into collection "notes"; its feed position.
+    async fn put(store: &FsBackend, id: &str) -> u64 {
+        let record = syncforge_core::Record::create(
+            syncforge_core::Content::from_value(serde_json::json!({"id": id})).unwrap(),
+            syncforge_core::Stamp::new(1_000, 0, "t").unwrap(),
+        );
+        let write = syncforge_core::Write::create(record);
+        match store.put(&name("notes"), &write).await.unwrap() {
+            syncforge_core::WriteOutcome::Written { cursor, .. } => cursor.get(),
+            syncforge_core::WriteOutcome::Conflict => panic!("conflict"),
+        }
+    }
+
+    /// A power cut can take back the tail of a `Buffered` handle's logs,
+    /// with positions a replica may have pulled; the reservation left on
+    /// disk covers them. A handle numbers above it, also when its first open
+    /// of the collection only read and the collection was then closed to
+    /// make room and opened again (that reopen forgot the reservation and
+    /// numbered on from the log's end, handing those positions out again).
+    #[tokio::test]
+    async fn numbering_stays_above_a_reservation_a_power_cut_left_across_reopens() {
+        let tmp = tempfile::tempdir().unwrap();
+        let notes = name("notes");
+        let full = FsBackend::open(tmp.path()).await.unwrap();
+        assert_eq!(put(&full, "a").await, 1);
+        full.close().await.unwrap();
+        // What a `Buffered` handle reserved before the cut took its writes.
+        let reserved = Collection::dir_for(tmp.path(), "notes").join(".reserved");
+        std::fs::write(&reserved, "1000").unwrap();
+        let buffered = FsBackend::open_with(
+            tmp.path(),
+            FsOptions::default().durability(Durability::Buffered),
+        )
+        .await
+        .unwrap();
+        assert_eq!(buffered.get_all(&notes).await.unwrap().len(), 1);
+        for n in 0..MAX_OPEN_COLLECTIONS {
+            buffered
+                .inner
+                .collection(&name(&format!("other-{n}")), Take::Create)
+                .unwrap();
+        }
+        assert!(!buffered.inner.collections.lock().contains_key(&notes));
+        let position = put(&buffered, "b").await;
+        assert!(
+            position > 1000,
+            "numbered at {position}, below the reservation"
+        );
+        buffered.close().await.unwrap();
+    }
+
     /// A `Buffered` handle reserves change-feed positions before numbering
     /// (see `Collection::reserve_through`); one that only reads reserves
     /// none, and a collection it closed to make room and opened again
@@ -1167,17 +1221,6 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let notes = name("notes");
         let full = FsBackend::open(tmp.path()).await.unwrap();
-        async fn put(store: &FsBackend, id: &str) -> u64 {
-            let record = syncforge_core::Record::create(
-                syncforge_core::Content::from_value(serde_json::json!({"id": id})).unwrap(),
-                syncforge_core::Stamp::new(1_000, 0, "t").unwrap(),
-            );
-            let write = syncforge_core::Write::create(record);
-            match store.put(&name("notes"), &write).await.unwrap() {
-                syncforge_core::WriteOutcome::Written { cursor, .. } => cursor.get(),
-                syncforge_core::WriteOutcome::Conflict => panic!("conflict"),
-            }
-        }
         put(&full, "a").await;
         full.close().await.unwrap();
         let reserved = Collection::dir_for(tmp.path(), "notes").join(".reserved");

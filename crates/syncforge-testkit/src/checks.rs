@@ -1108,6 +1108,9 @@ pub async fn close_keeps_data(ctx: &Context<'_>) -> CheckResult {
             .await,
         "put_batch",
     )?;
+    // Calls with nothing to do are refused too, not answered empty.
+    expect_closed(handle.put_batch(&coll, &[]).await, "put_batch of nothing")?;
+    expect_closed(handle.get_many(&coll, &[]).await, "get_many of nothing")?;
     // The calls a store may decline (`None`, having done nothing) are
     // refused when it answers them.
     expect_closed_or_declined(handle.get_now(&coll, &rid("r0")), "get_now")?;

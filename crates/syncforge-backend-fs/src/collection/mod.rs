@@ -123,7 +123,7 @@ impl Collection {
         durability: Durability,
         tuning: Tuning,
         create: bool,
-        first_open: bool,
+        floor: Option<u64>,
     ) -> Result<Option<Collection>> {
         let dir = Self::dir_for(root, name);
         let new_dir = !check_dir(&dir, name)?;
@@ -153,14 +153,14 @@ impl Collection {
             checkpoint_lock: Arc::clone(&checkpoint_lock),
         };
         // Before anything is numbered, catching up with the logs included.
-        // Once per handle: a collection closed to make room and opened again
+        // Taken at the handle's first open (`floor` is `None` then) and kept
+        // by the handle: a collection closed to make room and opened again
         // has lost nothing since (the process is still running), and
         // numbering above the reservation at every reopen would reserve
-        // again, synced, at its first write.
+        // again, synced, at its first write; but what a power cut took
+        // before the first open is still missing from its logs.
         collection.reserved = collection.read_reserved()?;
-        if first_open {
-            collection.floor = collection.reserved;
-        }
+        collection.floor = floor.unwrap_or(collection.reserved);
         // Under both locks: reconciling removes temporaries, which would
         // include those of a write or a checkpoint under way elsewhere.
         let _checkpointing = checkpoint_lock.acquire()?;
@@ -217,6 +217,11 @@ impl Collection {
                     )
                 }),
         }
+    }
+
+    /// The floor of this handle's numbering (see [`next_base`](Self::next_base)).
+    pub(crate) fn floor(&self) -> u64 {
+        self.floor
     }
 
     /// Where numbering goes on from: past the log's last position, and past
@@ -1105,7 +1110,7 @@ mod tests {
             Durability::Full,
             Tuning::default(),
             false,
-            true,
+            None,
         )
         .unwrap()
         .unwrap();
@@ -1162,7 +1167,7 @@ mod tests {
                 durability,
                 Tuning::default(),
                 true,
-                true,
+                None,
             )
             .unwrap()
             .unwrap()

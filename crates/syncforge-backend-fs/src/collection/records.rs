@@ -137,23 +137,33 @@ pub(crate) fn read_all(dir: &Path, collection: &str) -> Result<(Vec<Record>, Vec
 /// Whether the collection `collection` in `dir` holds a record: one the
 /// write-ahead log wrote last, or a record file whose record the log has
 /// not removed since (removals reach the files at the next checkpoint). The
-/// log is read only when it holds frames, or when there is no record file.
+/// log is read only when it holds frames.
+///
+/// Read without a lock, the log before the files: a checkpoint writes a
+/// frame's record into its file before it drops the frame, so a record the
+/// log no longer shows is in the listing made after it. (Listed first, a
+/// checkpoint between the two reads hid a record from both.)
 pub(crate) fn holds_a_record(dir: &Path, collection: &str) -> Result<bool> {
-    let files: Vec<String> = read_dir(dir)?
+    let logged = if super::wal::holds_frames(dir)? {
+        // A log of a later version may hold records: the collection is
+        // listed, and using it says why it cannot be read.
+        let Some(logged) = super::wal::last_changes(dir)? else {
+            return Ok(true);
+        };
+        if logged.values().any(|&written| written) {
+            return Ok(true);
+        }
+        logged
+    } else {
+        std::collections::HashMap::new()
+    };
+    let files = read_dir(dir)?
         .iter()
         .filter_map(|entry| entry.file_name().to_str().map(str::to_owned))
         .filter(|name| record_stem(name).is_some())
-        .collect();
-    if !files.is_empty() && !super::wal::holds_frames(dir)? {
-        return Ok(true);
-    }
-    // A log of a later version may hold records: the collection is listed,
-    // and using it says why it cannot be read.
-    let Some(logged) = super::wal::last_changes(dir)? else {
-        return Ok(true);
-    };
-    if logged.values().any(|&written| written) {
-        return Ok(true);
+        .collect::<Vec<String>>();
+    if logged.is_empty() {
+        return Ok(!files.is_empty());
     }
     // A removal only hides the file of its own id.
     for name in &files {

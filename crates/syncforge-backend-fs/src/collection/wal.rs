@@ -41,6 +41,9 @@ const WAL_FORMAT: &str = "syncforge-fs/wal";
 /// Hex digits of the digest that starts each frame (64 bits).
 const DIGEST_HEX: usize = 16;
 
+/// The longest first line read as a header: one is well under 100 bytes.
+const MAX_HEADER_BYTES: usize = 4096;
+
 #[derive(Serialize, Deserialize)]
 struct WalHeader {
     format: String,
@@ -255,13 +258,16 @@ impl Wal {
         };
         let mut header = Vec::new();
         let mut buf = [0u8; 128];
-        loop {
+        // Each read's bytes are looked through once, and a first line longer
+        // than any header is damage (a log a power cut left as zeros was
+        // read whole, scanned again from its start after every read).
+        while header.len() <= MAX_HEADER_BYTES {
             let n = file.read(&mut buf).map_err(read_error)?;
             if n == 0 {
                 break;
             }
             header.extend_from_slice(&buf[..n]);
-            if header.contains(&b'\n') {
+            if buf[..n].contains(&b'\n') {
                 break;
             }
         }
@@ -505,6 +511,19 @@ mod tests {
                 .collect(),
             newest: Some(Stamp::new(1_000, 0, "t").unwrap()),
             buffered: false,
+        }
+    }
+
+    /// A log a power cut left as zeros has no header: damaged, found from
+    /// its first few KiB.
+    #[test]
+    fn a_log_of_zeros_is_damaged() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join(WAL_FILE), vec![0u8; 1 << 20]).unwrap();
+        let mut wal = Wal::new(tmp.path());
+        match wal.refresh().unwrap() {
+            Refresh::Damaged(why) => assert_eq!(why, "no header"),
+            Refresh::Frames(_) | Refresh::Later(_) => panic!("read as a log"),
         }
     }
 
