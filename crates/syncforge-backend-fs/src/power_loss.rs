@@ -1087,13 +1087,16 @@ async fn a_power_cut_leaves_a_buffered_store_that_opens_and_lists_its_collection
 }
 
 /// The disk as it is, except that appends to a change log fail while
-/// `failing` is set.
+/// `failing` is set, and syncs of files while `failing_syncs` is; it notes
+/// where files are renamed to.
 #[derive(Debug, Default)]
-struct FailingLogAppends {
+struct FaultyDisk {
     failing: std::sync::atomic::AtomicBool,
+    failing_syncs: std::sync::atomic::AtomicBool,
+    renamed_to: Mutex<Vec<PathBuf>>,
 }
 
-impl FileOps for FailingLogAppends {
+impl FileOps for FaultyDisk {
     fn create_dir(&self, path: &Path) -> io::Result<()> {
         OsFiles.create_dir(path)
     }
@@ -1108,9 +1111,13 @@ impl FileOps for FailingLogAppends {
         OsFiles.write_at(path, offset, bytes, sync)
     }
     fn sync_file(&self, path: &Path) -> io::Result<()> {
+        if self.failing_syncs.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(io::Error::other("a sync the test makes fail"));
+        }
         OsFiles.sync_file(path)
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.renamed_to.lock().push(to.to_path_buf());
         OsFiles.rename(from, to)
     }
     fn remove_file(&self, path: &Path) -> io::Result<()> {
@@ -1124,6 +1131,42 @@ impl FileOps for FailingLogAppends {
     }
 }
 
+/// A durable checkpoint whose sync failed keeps its frames in the log, and
+/// the next one writes the record files anew instead of trusting what it
+/// reads back: that may be pages the disk never got, which a sync through a
+/// file opened after the failure does not write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_after_a_failed_sync_writes_the_files_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let ops = Arc::new(FaultyDisk::default());
+    let dyn_ops: Arc<dyn FileOps> = ops.clone();
+    let store = FsBackend::open_on(dyn_ops, &root, FsOptions::default(), Tuning::default())
+        .await
+        .unwrap();
+    let name = coll(NOTES);
+    store
+        .put(&name, &Write::create(counter("r0", 1)))
+        .await
+        .unwrap();
+    ops.failing_syncs
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(store.checkpoint().await.is_err());
+    ops.failing_syncs
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let file = root
+        .join(NOTES)
+        .join(crate::collection::records::file_name_for("r0"));
+    assert!(file.exists(), "the failed checkpoint wrote no file");
+    ops.renamed_to.lock().clear();
+    store.checkpoint().await.unwrap();
+    assert!(
+        ops.renamed_to.lock().contains(&file),
+        "the record's file was trusted, not written again"
+    );
+    store.close().await.unwrap();
+}
+
 /// A change log rebuilt from the record files (it was deleted) is written
 /// whole. Written as a bare header first and filled after, a failure in
 /// between left a log that reads as sound and lists no record: another
@@ -1133,7 +1176,7 @@ impl FileOps for FailingLogAppends {
 async fn a_rebuilt_change_log_is_never_seen_without_its_records() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("store");
-    let ops = Arc::new(FailingLogAppends::default());
+    let ops = Arc::new(FaultyDisk::default());
     let dyn_ops: Arc<dyn FileOps> = ops.clone();
     let a = FsBackend::open_on(dyn_ops, &root, FsOptions::default(), Tuning::default())
         .await

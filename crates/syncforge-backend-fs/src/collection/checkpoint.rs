@@ -154,14 +154,23 @@ impl CheckpointJob {
         }
     }
 
-    /// Writes a record's file (or removes it) unless it already holds that
-    /// content. Readers never see half a file: it is written to a temporary
-    /// file renamed over the old one.
+    /// Writes a record's file (or removes it); a checkpoint that syncs
+    /// nothing leaves a file that already holds that content. Readers never
+    /// see half a file: it is written to a temporary file renamed over the
+    /// old one.
+    ///
+    /// A durable checkpoint writes the file anew even then: after a failed
+    /// sync (the frames stay in the log, and the next checkpoint comes back
+    /// to them) the content read back may be pages the disk never got, and
+    /// a sync through a file opened after the failure was reported succeeds
+    /// without writing them. Fresh pages are written and synced.
     fn write_file(&self, id: &str, content: Option<&str>, path: &Path) -> Result<()> {
         let current = read_file(path)?;
         match content {
             Some(json) => {
-                if matches!(&current, Read::Bytes(bytes) if bytes == json.as_bytes()) {
+                if !self.durable
+                    && matches!(&current, Read::Bytes(bytes) if bytes == json.as_bytes())
+                {
                     return Ok(());
                 }
                 self.clear_the_way(id, path, &current)?;
