@@ -64,12 +64,11 @@ impl RecentEntries {
     }
 
     /// Keeps `entry`, read from `path` with tag `etag` in a body of `bytes`,
-    /// forgetting the oldest beyond the bound (and any other of `path`).
+    /// forgetting the oldest beyond the bound (and any other of `path`). An
+    /// entry larger than the bound is kept alone: a reader pages through it,
+    /// and left out it was downloaded whole again for every page.
     fn keep(&mut self, path: Path, etag: String, bytes: usize, entry: Arc<Entry>) {
         let bytes = bytes.max(RECENT_ENTRY_LEAST);
-        if bytes > RECENT_ENTRY_BYTES {
-            return;
-        }
         if let Some(at) = self.kept.iter().position(|(kept, ..)| *kept == path) {
             if let Some((_, _, replaced, _)) = self.kept.remove(at) {
                 self.bytes -= replaced;
@@ -77,7 +76,7 @@ impl RecentEntries {
         }
         self.kept.push_back((path, etag, bytes, entry));
         self.bytes += bytes;
-        while self.bytes > RECENT_ENTRY_BYTES {
+        while self.bytes > RECENT_ENTRY_BYTES && self.kept.len() > 1 {
             let Some((_, _, dropped, _)) = self.kept.pop_front() else {
                 break;
             };
@@ -725,8 +724,7 @@ impl Store {
                     if listed_tag.is_some_and(|listed| !same_etag(&listed, &fetched.etag)) {
                         return Ok(None);
                     }
-                    let entry: Arc<Entry> =
-                        Arc::new(format::parse(&fetched.body, collection, &path)?);
+                    let entry = Arc::new(format::parse_entry(&fetched.body, collection, &path)?);
                     self.recent_entries.lock().keep(
                         path,
                         fetched.etag,
@@ -995,6 +993,24 @@ mod tests {
         }
         assert!(recent.kept.len() <= RECENT_ENTRY_BYTES / RECENT_ENTRY_LEAST);
         assert!(recent.get(&Path::from("big"), "other").is_none());
+    }
+
+    /// An entry larger than the bound was not kept at all, and a reader
+    /// paging through it downloaded it whole for every page: it is kept
+    /// alone, until the next entry read takes its place.
+    #[test]
+    fn an_entry_larger_than_the_bound_is_kept_alone() {
+        let mut recent = RecentEntries::default();
+        let entry = || Arc::new(Entry { items: Vec::new() });
+        recent.keep(Path::from("small"), "t".to_owned(), 100, entry());
+        recent.keep(Path::from("huge"), "t".to_owned(), 100 << 20, entry());
+        assert!(recent.get(&Path::from("huge"), "t").is_some());
+        assert!(recent.get(&Path::from("small"), "t").is_none());
+        assert_eq!(recent.kept.len(), 1);
+        recent.keep(Path::from("next"), "t".to_owned(), 100, entry());
+        assert!(recent.get(&Path::from("huge"), "t").is_none());
+        assert!(recent.get(&Path::from("next"), "t").is_some());
+        assert_eq!(recent.bytes, RECENT_ENTRY_LEAST);
     }
 
     #[test]

@@ -156,12 +156,48 @@ pub(crate) fn parse<T: for<'de> Deserialize<'de>>(
     })
 }
 
+/// Parses a feed entry's body (see [`check_item_count`]).
+pub(crate) fn parse_entry(body: &[u8], collection: &str, path: &Path) -> Result<Entry> {
+    let entry: Entry = parse(body, collection, path)?;
+    check_item_count(entry.items.len(), collection, path)?;
+    Ok(entry)
+}
+
+/// An entry of more items than a cursor can number ([`MAX_ITEMS`]) would
+/// share its last cursors with the next entry's first: it is corrupt.
+fn check_item_count(count: usize, collection: &str, path: &Path) -> Result<()> {
+    if count <= MAX_ITEMS {
+        return Ok(());
+    }
+    Err(Error::Corrupt {
+        backend: BACKEND_NAME,
+        collection: collection.to_owned(),
+        id: None,
+        location: path.to_string(),
+        reason: format!(
+            "a feed entry of {count} writes, more than the {MAX_ITEMS} one entry holds"
+        ),
+    })
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use serde_json::json;
     use syncforge_core::{ClientId, Content, Hlc};
+
+    #[test]
+    fn an_entry_of_more_items_than_cursors_number_is_corrupt() {
+        let path = Path::from("c/f/1");
+        assert!(check_item_count(MAX_ITEMS, "c", &path).is_ok());
+        match check_item_count(MAX_ITEMS + 1, "c", &path) {
+            Err(Error::Corrupt { location, .. }) => assert_eq!(location, "c/f/1"),
+            other => panic!("{other:?}"),
+        }
+        let empty = parse_entry(br#"{"items":[]}"#, "c", &path).unwrap();
+        assert!(empty.items.is_empty());
+    }
 
     #[test]
     fn markers_have_one_size_and_records_are_larger() {
