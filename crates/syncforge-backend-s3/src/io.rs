@@ -53,6 +53,9 @@ pub(crate) struct Io {
     /// condition the store ignores.
     probe: Path,
     conditions: Arc<OnceCell<std::result::Result<(), &'static str>>>,
+    /// Whether a check's create of the probe was refused with nothing there
+    /// before: once may be a conflict, twice is the store's verdict.
+    probe_create_refused: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Io {
@@ -63,6 +66,7 @@ impl Io {
             in_flight: Arc::new(Semaphore::new(max_in_flight.min(Semaphore::MAX_PERMITS))),
             probe,
             conditions: Arc::new(OnceCell::new()),
+            probe_create_refused: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         }
     }
 
@@ -168,7 +172,7 @@ impl Io {
             // answer was lost, and the client's resend was refused) or by an
             // earlier one whose removal failed. Not a verdict on the store:
             // the probe is removed, and the next conditional write tries
-            // again. A create refused with no object there is one.
+            // again.
             let left = self.get(&self.probe).await?;
             if left.is_some_and(|object| object.body.as_ref() == b"1") {
                 return Err(Error::unavailable(
@@ -176,6 +180,25 @@ impl Io {
                     format!(
                         "the conditional-write check found its own key {} already written; \
                          it is removed, and tried again at the next write",
+                        self.probe
+                    ),
+                ));
+            }
+            // A create refused with no object there: once, S3's 409 to a
+            // create racing another request on the key (a client's resend
+            // of this very create can be one), tried again at the next
+            // write; refused again then, the store's verdict. Taken as a
+            // verdict at once, one conflict failed every later write of the
+            // handle.
+            if !self
+                .probe_create_refused
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+            {
+                return Err(Error::unavailable(
+                    BACKEND_NAME,
+                    format!(
+                        "the conditional-write check's create of {} was refused with nothing \
+                         there; tried again at the next write",
                         self.probe
                     ),
                 ));

@@ -210,13 +210,37 @@ async fn a_collection_name_whose_create_was_refused_is_written_again() {
     assert_eq!(backend.list_collections().await.unwrap(), vec![long]);
 }
 
-/// The check's create refused with no object there is the store's verdict,
-/// not a resend of this handle's own create: permanent, as before.
+/// The check's create refused once with no object there (S3's 409 to a
+/// create racing another request on the key) is transient, and the next
+/// write checks again: taken as the store's verdict, it failed every later
+/// write of the handle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_probe_create_refused_with_nothing_there_is_a_verdict() {
+async fn a_probe_create_refused_once_with_nothing_there_is_tried_again() {
     let memory = Arc::new(object_store::memory::InMemory::new());
     let refusing = Arc::new(crate::wrapper::Wrapped::new(memory).refusing_first_creates("/p/"));
     let backend = S3Backend::from_store(refusing, "dse").unwrap();
+    let error = first_note_refused(&backend).await;
+    assert!(matches!(&error, Error::Unavailable { .. }), "{error}");
+    let (collection, record) = first_note();
+    let outcome = backend
+        .put(&collection, &Write::create(record))
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, WriteOutcome::Written { .. }),
+        "{outcome:?}"
+    );
+}
+
+/// A store that refuses the check's create again at the next write is
+/// given its verdict: permanent, naming what it refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_create_refused_twice_with_nothing_there_is_a_verdict() {
+    let memory = Arc::new(object_store::memory::InMemory::new());
+    let refusing = Arc::new(crate::wrapper::Wrapped::new(memory).refusing_creates("/p/"));
+    let backend = S3Backend::from_store(refusing, "dse").unwrap();
+    let first = first_note_refused(&backend).await;
+    assert!(matches!(&first, Error::Unavailable { .. }), "{first}");
     let error = first_note_refused(&backend).await;
     assert!(
         matches!(&error, Error::Storage { message, .. }

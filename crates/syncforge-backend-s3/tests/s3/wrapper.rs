@@ -46,7 +46,9 @@ pub(crate) struct Wrapped {
     denying_deletes: AtomicBool,
     /// Creates of keys containing this text are refused once each, without
     /// effect.
-    refused_creates: parking_lot::Mutex<Option<(String, std::collections::HashSet<Path>)>>,
+    /// Keys whose creates are refused: containing this, the first of each
+    /// key (those refused so far), or every one.
+    refused_creates: parking_lot::Mutex<Option<(String, std::collections::HashSet<Path>, bool)>>,
     /// Reads of keys containing this text, counted.
     counted_gets: parking_lot::Mutex<Option<(String, Arc<AtomicU64>)>>,
 }
@@ -108,7 +110,14 @@ impl Wrapped {
     /// `key_part` as if the key existed, writing nothing: S3's 409 to a
     /// create that raced another request on the key, which failed too.
     pub(crate) fn refusing_first_creates(self, key_part: &str) -> Self {
-        *self.refused_creates.lock() = Some((key_part.to_owned(), Default::default()));
+        *self.refused_creates.lock() = Some((key_part.to_owned(), Default::default(), false));
+        self
+    }
+
+    /// [`refusing_first_creates`](Self::refusing_first_creates), refusing
+    /// every create of those keys: a store that refuses creates.
+    pub(crate) fn refusing_creates(self, key_part: &str) -> Self {
+        *self.refused_creates.lock() = Some((key_part.to_owned(), Default::default(), true));
         self
     }
 
@@ -279,10 +288,12 @@ impl ObjectStore for Wrapped {
                 tokio::time::sleep(delay).await;
             }
         }
-        if let (object_store::PutMode::Create, Some((part, refused))) =
+        if let (object_store::PutMode::Create, Some((part, refused, always))) =
             (&opts.mode, self.refused_creates.lock().as_mut())
         {
-            if location.as_ref().contains(part.as_str()) && refused.insert(location.clone()) {
+            if location.as_ref().contains(part.as_str())
+                && (refused.insert(location.clone()) || *always)
+            {
                 self.requests.fetch_add(1, Ordering::SeqCst);
                 return Err(object_store::Error::AlreadyExists {
                     path: location.to_string(),
