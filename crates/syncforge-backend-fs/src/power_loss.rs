@@ -1132,9 +1132,9 @@ impl FileOps for FaultyDisk {
 }
 
 /// A durable checkpoint whose sync failed keeps its frames in the log, and
-/// the next one writes the record files anew instead of trusting what it
-/// reads back: that may be pages the disk never got, which a sync through a
-/// file opened after the failure does not write.
+/// the next one writes the record files and the change log anew instead of
+/// trusting what it reads back: that may be pages the disk never got, which
+/// a sync through a file opened after the failure does not write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkpoint_after_a_failed_sync_writes_the_files_again() {
     let tmp = tempfile::tempdir().unwrap();
@@ -1163,6 +1163,12 @@ async fn a_checkpoint_after_a_failed_sync_writes_the_files_again() {
     assert!(
         ops.renamed_to.lock().contains(&file),
         "the record's file was trusted, not written again"
+    );
+    assert!(
+        ops.renamed_to
+            .lock()
+            .contains(&root.join(NOTES).join(".changes")),
+        "the change log was trusted, not written again"
     );
     store.close().await.unwrap();
 }

@@ -105,6 +105,11 @@ pub(crate) struct Collection {
     floor: u64,
     /// The reservation this handle knows to be durable.
     reserved: u64,
+    /// Whether a checkpoint failed while writing or syncing files: the change
+    /// log's lines may then be pages the disk never got, which a later sync
+    /// through a newly opened file does not write. The next durable
+    /// checkpoint writes the log whole before it drops any frame.
+    log_suspect: bool,
 }
 
 impl Collection {
@@ -145,6 +150,7 @@ impl Collection {
             new_dir,
             floor: 0,
             reserved: 0,
+            log_suspect: false,
             dir,
             durability,
             tuning,
@@ -510,11 +516,20 @@ impl Collection {
     pub(crate) fn checkpoint(&mut self) -> Result<()> {
         match self.begin_checkpoint() {
             Some(job) => {
-                job.write_files()?;
+                if let Err(error) = job.write_files() {
+                    self.distrust_change_log();
+                    return Err(error);
+                }
                 self.finish_checkpoint(&job)
             }
             None => Ok(()),
         }
+    }
+
+    /// After a checkpoint failed to write or sync its files: see
+    /// `log_suspect`.
+    pub(crate) fn distrust_change_log(&mut self) {
+        self.log_suspect = true;
     }
 
     /// Checkpoints when the write-ahead log holds any frame (under the
@@ -572,6 +587,13 @@ impl Collection {
             // The log was started again meanwhile (it had gone missing or
             // been damaged): the snapshot's frames are not in it.
             return Ok(());
+        }
+        if self.log_suspect && job.durable {
+            // Written anew, from this handle's view of it: once the frames
+            // are dropped, its lines are the sequences' only record.
+            let base = self.log.last_seq();
+            self.log.rewrite(self.ops.as_ref(), base, true)?;
+            self.log_suspect = false;
         }
         // The frames kept (committed while the files were written) go into a
         // new log: synced if any of them, or of the dropped ones, was

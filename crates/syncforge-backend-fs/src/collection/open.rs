@@ -168,7 +168,10 @@ impl OpenCollection {
         let Some(job) = self.state.lock().exclusive(|c| Ok(c.begin_checkpoint()))? else {
             return Ok(());
         };
-        job.write_files()?;
+        if let Err(error) = job.write_files() {
+            self.state.lock().distrust_change_log();
+            return Err(error);
+        }
         self.state.lock().exclusive(|c| c.finish_checkpoint(&job))
     }
 }

@@ -41,7 +41,7 @@ const WAL_FORMAT: &str = "syncforge-fs/wal";
 /// Hex digits of the digest that starts each frame (64 bits).
 const DIGEST_HEX: usize = 16;
 
-/// The longest first line read as a header: one is well under 100 bytes.
+/// Past this many zeros, a log has no header: one is well under 100 bytes.
 const MAX_HEADER_BYTES: usize = 4096;
 
 #[derive(Serialize, Deserialize)]
@@ -258,16 +258,21 @@ impl Wal {
         };
         let mut header = Vec::new();
         let mut buf = [0u8; 128];
-        // Each read's bytes are looked through once, and a first line longer
-        // than any header is damage (a log a power cut left as zeros was
-        // read whole, scanned again from its start after every read).
-        while header.len() <= MAX_HEADER_BYTES {
+        // Each read's bytes are looked through once (a log a power cut left
+        // as zeros was scanned again from its start after every read), and
+        // zeros past the length of any header are damage: read no further.
+        let mut zeros_only = true;
+        loop {
             let n = file.read(&mut buf).map_err(read_error)?;
             if n == 0 {
                 break;
             }
             header.extend_from_slice(&buf[..n]);
             if buf[..n].contains(&b'\n') {
+                break;
+            }
+            zeros_only = zeros_only && buf[..n].iter().all(|b| *b == 0);
+            if zeros_only && header.len() > MAX_HEADER_BYTES {
                 break;
             }
         }
