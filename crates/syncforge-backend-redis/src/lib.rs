@@ -291,35 +291,53 @@ impl RedisBackend {
                 return error::redirected(e, &operation, &self.address);
             }
             if error::calls_for_new_connections(&e) {
-                self.reconnect_in_background();
+                self.reconnect_in_background(*e.kind() == fred::error::ErrorKind::Timeout);
             }
             error::map(e, operation, &self.address)
         }
     }
 
     /// Has the client drop its connections and make them again, in the
-    /// background, one such request at a time. A command that timed out
-    /// leaves its connection open: a server gone silent (a host that lost
-    /// power, a partition dropping packets) kept every later command on it
-    /// until the kernel gave up on the connection, a quarter of an hour
-    /// later. And a primary demoted to a replica without closing its
-    /// connections (a managed failover) answers every write with READONLY
-    /// for good, where a new connection follows a name that now points at
-    /// the new primary.
-    fn reconnect_in_background(&self) {
+    /// background. A command that timed out leaves its connection open: a
+    /// server gone silent (a host that lost power, a partition dropping
+    /// packets) kept every later command on it until the kernel gave up on
+    /// the connection, a quarter of an hour later. And a primary demoted to
+    /// a replica without closing its connections (a managed failover)
+    /// answers every write with READONLY for good, where a new connection
+    /// follows a name that now points at the new primary.
+    ///
+    /// After a `timed_out` command, a ping decides first: a server busy but
+    /// answering (a long script, a fork) keeps its connections. At most one
+    /// such request runs at a time, and one follows another no sooner than
+    /// the connect timeout: every caller's commands are sent again when
+    /// the connections are made again.
+    fn reconnect_in_background(&self, timed_out: bool) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        if self.reconnecting.swap(true, Ordering::AcqRel) {
+        if self.closed.load(Ordering::Acquire) || self.reconnecting.swap(true, Ordering::AcqRel) {
             return;
         }
         let client = self.client.clone();
-        let reconnecting = Arc::clone(&self.reconnecting);
+        let reconnecting = ClearOnDrop(Arc::clone(&self.reconnecting));
+        let bound = self.connect_timeout;
         runtime.spawn(async move {
-            if let Err(error) = client.force_reconnection().await {
-                tracing::debug!(%error, "redis: connecting again failed; the client keeps trying");
+            // Cleared however the task ends, dropped with its runtime too.
+            let _reconnecting = reconnecting;
+            if timed_out {
+                let ping = tokio::time::timeout(bound, client.ping::<String>(None)).await;
+                if matches!(ping, Ok(Ok(_))) {
+                    return;
+                }
             }
-            reconnecting.store(false, Ordering::Release);
+            match tokio::time::timeout(bound.saturating_mul(4), client.force_reconnection()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, "redis: connecting again failed; the client keeps trying");
+                }
+                Err(_) => tracing::debug!("redis: connecting again takes long; the client keeps trying"),
+            }
+            tokio::time::sleep(bound).await;
         });
     }
 
@@ -798,6 +816,15 @@ fn build_client(config: &RedisConfig) -> std::result::Result<Client, fred::error
         // Reconnect in the background for as long as the handle is open.
         .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
         .build()
+}
+
+/// Clears a flag when dropped.
+struct ClearOnDrop(Arc<AtomicBool>);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 /// The password fred logs in with. fred sends `AUTH` only with a password,
