@@ -51,20 +51,21 @@ pub(crate) struct Io {
     /// Where this handle tries the store's conditional writes, once, before
     /// its first conditional write, and what it found: `Err` names the
     /// condition the store ignores.
-    probe: Path,
+    probes: Path,
     conditions: Arc<OnceCell<std::result::Result<(), &'static str>>>,
-    /// Whether a check's create of the probe was refused with nothing there
-    /// before: once may be a conflict, twice is the store's verdict.
+    /// Whether a check's create of its probe was refused with nothing there
+    /// before: once may be a conflict, twice (each time a key never used
+    /// before) is the store's verdict.
     probe_create_refused: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Io {
-    pub(crate) fn new(store: Arc<dyn ObjectStore>, max_in_flight: usize, probe: Path) -> Self {
+    pub(crate) fn new(store: Arc<dyn ObjectStore>, max_in_flight: usize, probes: Path) -> Self {
         Io {
             store,
             // More than the semaphore can count is as good as unbounded.
             in_flight: Arc::new(Semaphore::new(max_in_flight.min(Semaphore::MAX_PERMITS))),
-            probe,
+            probes,
             conditions: Arc::new(OnceCell::new()),
             probe_create_refused: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         }
@@ -82,9 +83,12 @@ impl Io {
         let found = self
             .conditions
             .get_or_try_init(|| async {
-                let tried = self.try_conditions().await;
+                // A key of its own each try: a request of an earlier try
+                // still in flight cannot meet this one's.
+                let probe = Path::from(format!("{}/{}", self.probes, ulid::Ulid::new()));
+                let tried = self.try_conditions(&probe).await;
                 // Removed whatever the tries left.
-                let removed = self.delete(vec![self.probe.clone()]).await;
+                let removed = self.delete(vec![probe]).await;
                 // A removal that cannot succeed (no permission to delete)
                 // is said first: the probe it leaves would otherwise make
                 // every later try look transient.
@@ -102,10 +106,10 @@ impl Io {
             Error::storage(
                 BACKEND_NAME,
                 format!(
-                    "this object store does not honour conditional writes ({ignored}, at {}): \
-                     writers would overwrite each other; use S3, an S3-compatible server \
-                     with conditional writes, Azure, or S3Backend::local_directory",
-                    self.probe
+                    "this object store does not honour conditional writes ({ignored}, at a key \
+                     under {}): writers would overwrite each other; use S3, an S3-compatible \
+                     server with conditional writes, Azure, or S3Backend::local_directory",
+                    self.probes
                 ),
             )
         })
@@ -162,9 +166,9 @@ impl Io {
 
     /// The tries of [`check_conditions`](Self::check_conditions): `Err`
     /// names the condition the store ignored.
-    async fn try_conditions(&self) -> Result<std::result::Result<(), &'static str>> {
+    async fn try_conditions(&self, probe: &Path) -> Result<std::result::Result<(), &'static str>> {
         let put = |body: &'static [u8], condition| {
-            self.put_unchecked(&self.probe, Bytes::from_static(body), condition)
+            self.put_unchecked(probe, Bytes::from_static(body), condition)
         };
         if put(b"1", Condition::Absent).await? == Put::Lost {
             // The key is this handle's own: an object there holding what
@@ -173,23 +177,22 @@ impl Io {
             // earlier one whose removal failed. Not a verdict on the store:
             // the probe is removed, and the next conditional write tries
             // again.
-            let left = self.get(&self.probe).await?;
+            let left = self.get(probe).await?;
             if left.is_some_and(|object| object.body.as_ref() == b"1") {
                 return Err(Error::unavailable(
                     BACKEND_NAME,
                     format!(
-                        "the conditional-write check found its own key {} already written; \
-                         it is removed, and tried again at the next write",
-                        self.probe
+                        "the conditional-write check found its own key {probe} already written; \
+                         it is removed, and tried again at the next write"
                     ),
                 ));
             }
             // A create refused with no object there: once, S3's 409 to a
             // create racing another request on the key (a client's resend
             // of this very create can be one), tried again at the next
-            // write; refused again then, the store's verdict. Taken as a
-            // verdict at once, one conflict failed every later write of the
-            // handle.
+            // write, on another new key; refused again then, the store's
+            // verdict. Taken as a verdict at once, one conflict failed every
+            // later write of the handle.
             if !self
                 .probe_create_refused
                 .swap(true, std::sync::atomic::Ordering::AcqRel)
@@ -197,9 +200,8 @@ impl Io {
                 return Err(Error::unavailable(
                     BACKEND_NAME,
                     format!(
-                        "the conditional-write check's create of {} was refused with nothing \
-                         there; tried again at the next write",
-                        self.probe
+                        "the conditional-write check's create of {probe} was refused with \
+                         nothing there; tried again at the next write"
                     ),
                 ));
             }

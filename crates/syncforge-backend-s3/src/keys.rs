@@ -193,10 +193,10 @@ impl Keys {
         &self.prefix
     }
 
-    /// A fresh key for a handle to try conditional writes on (see
+    /// Where a handle tries conditional writes, on keys of its own (see
     /// `Io::check_conditions`), apart from every collection and value.
-    pub(crate) fn probe(&self) -> Path {
-        Path::from(format!("{}/p/{}", self.prefix, ulid::Ulid::new()))
+    pub(crate) fn probes(&self) -> Path {
+        Path::from(format!("{}/p", self.prefix))
     }
 
     /// The directory holding every collection.

@@ -186,7 +186,7 @@ impl S3Backend {
         let io = io::Io::new(
             Arc::clone(self.store.io.store()),
             options.max_in_flight.get(),
-            self.store.keys.probe(),
+            self.store.keys.probes(),
         );
         S3Backend {
             store: store::Store::new(io, self.store.keys.clone(), options),
@@ -206,7 +206,7 @@ impl S3Backend {
         if description.contains(&format!("{}(", local::STORE)) {
             keys = keys.in_local_files();
         }
-        let io = io::Io::new(object_store, options.max_in_flight.get(), keys.probe());
+        let io = io::Io::new(object_store, options.max_in_flight.get(), keys.probes());
         Ok(S3Backend {
             store: store::Store::new(io, keys, options),
             description,

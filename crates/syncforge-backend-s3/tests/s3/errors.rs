@@ -217,7 +217,7 @@ async fn a_collection_name_whose_create_was_refused_is_written_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_probe_create_refused_once_with_nothing_there_is_tried_again() {
     let memory = Arc::new(object_store::memory::InMemory::new());
-    let refusing = Arc::new(crate::wrapper::Wrapped::new(memory).refusing_first_creates("/p/"));
+    let refusing = Arc::new(crate::wrapper::Wrapped::new(memory).refusing_one_create("/p/"));
     let backend = S3Backend::from_store(refusing, "dse").unwrap();
     let error = first_note_refused(&backend).await;
     assert!(matches!(&error, Error::Unavailable { .. }), "{error}");
@@ -232,12 +232,13 @@ async fn a_probe_create_refused_once_with_nothing_there_is_tried_again() {
     );
 }
 
-/// A store that refuses the check's create again at the next write is
-/// given its verdict: permanent, naming what it refused.
+/// A store that refuses the check's create again at the next write, of
+/// another key never used, is given its verdict: permanent, naming what
+/// it refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_probe_create_refused_twice_with_nothing_there_is_a_verdict() {
     let memory = Arc::new(object_store::memory::InMemory::new());
-    let refusing = Arc::new(crate::wrapper::Wrapped::new(memory).refusing_creates("/p/"));
+    let refusing = Arc::new(crate::wrapper::Wrapped::new(memory).refusing_first_creates("/p/"));
     let backend = S3Backend::from_store(refusing, "dse").unwrap();
     let first = first_note_refused(&backend).await;
     assert!(matches!(&first, Error::Unavailable { .. }), "{first}");

@@ -44,13 +44,21 @@ pub(crate) struct Wrapped {
     /// Whether every delete is refused, as for credentials without
     /// `DeleteObject`.
     denying_deletes: AtomicBool,
-    /// Creates of keys containing this text are refused once each, without
-    /// effect.
-    /// Keys whose creates are refused: containing this, the first of each
-    /// key (those refused so far), or every one.
-    refused_creates: parking_lot::Mutex<Option<(String, std::collections::HashSet<Path>, bool)>>,
+    /// Creates of keys containing this text are refused without effect, as
+    /// the mode says (with the keys refused so far).
+    refused_creates:
+        parking_lot::Mutex<Option<(String, std::collections::HashSet<Path>, Refusing)>>,
     /// Reads of keys containing this text, counted.
     counted_gets: parking_lot::Mutex<Option<(String, Arc<AtomicU64>)>>,
+}
+
+/// Which creates [`Wrapped`] refuses of the keys it was told.
+#[derive(Debug, Clone, Copy)]
+enum Refusing {
+    /// The first create of each key.
+    FirstOfEachKey,
+    /// The first create of any of them, and no other.
+    Once,
 }
 
 impl Wrapped {
@@ -110,14 +118,19 @@ impl Wrapped {
     /// `key_part` as if the key existed, writing nothing: S3's 409 to a
     /// create that raced another request on the key, which failed too.
     pub(crate) fn refusing_first_creates(self, key_part: &str) -> Self {
-        *self.refused_creates.lock() = Some((key_part.to_owned(), Default::default(), false));
+        *self.refused_creates.lock() = Some((
+            key_part.to_owned(),
+            Default::default(),
+            Refusing::FirstOfEachKey,
+        ));
         self
     }
 
     /// [`refusing_first_creates`](Self::refusing_first_creates), refusing
-    /// every create of those keys: a store that refuses creates.
-    pub(crate) fn refusing_creates(self, key_part: &str) -> Self {
-        *self.refused_creates.lock() = Some((key_part.to_owned(), Default::default(), true));
+    /// only the first create of all those keys.
+    pub(crate) fn refusing_one_create(self, key_part: &str) -> Self {
+        *self.refused_creates.lock() =
+            Some((key_part.to_owned(), Default::default(), Refusing::Once));
         self
     }
 
@@ -288,12 +301,15 @@ impl ObjectStore for Wrapped {
                 tokio::time::sleep(delay).await;
             }
         }
-        if let (object_store::PutMode::Create, Some((part, refused, always))) =
+        if let (object_store::PutMode::Create, Some((part, refused, mode))) =
             (&opts.mode, self.refused_creates.lock().as_mut())
         {
-            if location.as_ref().contains(part.as_str())
-                && (refused.insert(location.clone()) || *always)
-            {
+            let refuse = location.as_ref().contains(part.as_str())
+                && match mode {
+                    Refusing::FirstOfEachKey => refused.insert(location.clone()),
+                    Refusing::Once => refused.is_empty() && refused.insert(location.clone()),
+                };
+            if refuse {
                 self.requests.fetch_add(1, Ordering::SeqCst);
                 return Err(object_store::Error::AlreadyExists {
                     path: location.to_string(),
