@@ -65,10 +65,11 @@ impl RecentEntries {
 
     /// Keeps `entry`, read from `path` with tag `etag` in a body of `bytes`,
     /// forgetting the oldest beyond the bound (and any other of `path`). An
-    /// entry larger than the bound is kept alone: a reader pages through it,
-    /// and left out it was downloaded whole again for every page.
+    /// entry larger than half the bound counts as half: a reader pages
+    /// through it, and left out it was downloaded whole again for every
+    /// page; at most two are kept.
     fn keep(&mut self, path: Path, etag: String, bytes: usize, entry: Arc<Entry>) {
-        let bytes = bytes.max(RECENT_ENTRY_LEAST);
+        let bytes = bytes.clamp(RECENT_ENTRY_LEAST, RECENT_ENTRY_BYTES / 2);
         if let Some(at) = self.kept.iter().position(|(kept, ..)| *kept == path) {
             if let Some((_, _, replaced, _)) = self.kept.remove(at) {
                 self.bytes -= replaced;
@@ -76,7 +77,7 @@ impl RecentEntries {
         }
         self.kept.push_back((path, etag, bytes, entry));
         self.bytes += bytes;
-        while self.bytes > RECENT_ENTRY_BYTES && self.kept.len() > 1 {
+        while self.bytes > RECENT_ENTRY_BYTES {
             let Some((_, _, dropped, _)) = self.kept.pop_front() else {
                 break;
             };
@@ -996,21 +997,31 @@ mod tests {
     }
 
     /// An entry larger than the bound was not kept at all, and a reader
-    /// paging through it downloaded it whole for every page: it is kept
-    /// alone, until the next entry read takes its place.
+    /// paging through it downloaded it whole for every page: it counts as
+    /// half the bound, and stays while in use as others come and go.
     #[test]
-    fn an_entry_larger_than_the_bound_is_kept_alone() {
+    fn an_entry_larger_than_the_bound_is_kept_while_in_use() {
         let mut recent = RecentEntries::default();
         let entry = || Arc::new(Entry { items: Vec::new() });
-        recent.keep(Path::from("small"), "t".to_owned(), 100, entry());
         recent.keep(Path::from("huge"), "t".to_owned(), 100 << 20, entry());
-        assert!(recent.get(&Path::from("huge"), "t").is_some());
-        assert!(recent.get(&Path::from("small"), "t").is_none());
-        assert_eq!(recent.kept.len(), 1);
-        recent.keep(Path::from("next"), "t".to_owned(), 100, entry());
+        for n in 0..1_000 {
+            recent.keep(
+                Path::from(format!("small{n}")),
+                "t".to_owned(),
+                100,
+                entry(),
+            );
+            assert!(
+                recent.get(&Path::from("huge"), "t").is_some(),
+                "forgotten after {n} others"
+            );
+        }
+        // Two such at most.
+        recent.keep(Path::from("huge2"), "t".to_owned(), 100 << 20, entry());
+        recent.keep(Path::from("huge3"), "t".to_owned(), 100 << 20, entry());
         assert!(recent.get(&Path::from("huge"), "t").is_none());
-        assert!(recent.get(&Path::from("next"), "t").is_some());
-        assert_eq!(recent.bytes, RECENT_ENTRY_LEAST);
+        assert!(recent.bytes <= RECENT_ENTRY_BYTES);
+        assert_eq!(recent.kept.len(), 2);
     }
 
     #[test]
