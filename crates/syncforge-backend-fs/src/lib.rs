@@ -1174,6 +1174,24 @@ mod tests {
         }
     }
 
+    /// A handle on `dir` with `Buffered` durability.
+    async fn open_buffered(dir: &Path) -> FsBackend {
+        let options = FsOptions::default().durability(Durability::Buffered);
+        FsBackend::open_with(dir, options).await.unwrap()
+    }
+
+    /// Opens as many other collections as a handle keeps open, so that
+    /// `collection` is closed to make room.
+    fn crowd_out(store: &FsBackend, collection: &CollectionName) {
+        for n in 0..MAX_OPEN_COLLECTIONS {
+            store
+                .inner
+                .collection(&name(&format!("other-{n}")), Take::Create)
+                .unwrap();
+        }
+        assert!(!store.inner.collections.lock().contains_key(collection));
+    }
+
     /// A power cut can take back the tail of a `Buffered` handle's logs,
     /// with positions a replica may have pulled; the reservation left on
     /// disk covers them. A handle numbers above it, also when its first open
@@ -1190,20 +1208,9 @@ mod tests {
         // What a `Buffered` handle reserved before the cut took its writes.
         let reserved = Collection::dir_for(tmp.path(), "notes").join(".reserved");
         std::fs::write(&reserved, "1000").unwrap();
-        let buffered = FsBackend::open_with(
-            tmp.path(),
-            FsOptions::default().durability(Durability::Buffered),
-        )
-        .await
-        .unwrap();
+        let buffered = open_buffered(tmp.path()).await;
         assert_eq!(buffered.get_all(&notes).await.unwrap().len(), 1);
-        for n in 0..MAX_OPEN_COLLECTIONS {
-            buffered
-                .inner
-                .collection(&name(&format!("other-{n}")), Take::Create)
-                .unwrap();
-        }
-        assert!(!buffered.inner.collections.lock().contains_key(&notes));
+        crowd_out(&buffered, &notes);
         let position = put(&buffered, "b").await;
         assert!(
             position > 1000,
@@ -1224,23 +1231,12 @@ mod tests {
         put(&full, "a").await;
         full.close().await.unwrap();
         let reserved = Collection::dir_for(tmp.path(), "notes").join(".reserved");
-        let buffered = FsBackend::open_with(
-            tmp.path(),
-            FsOptions::default().durability(Durability::Buffered),
-        )
-        .await
-        .unwrap();
+        let buffered = open_buffered(tmp.path()).await;
         assert_eq!(buffered.get_all(&notes).await.unwrap().len(), 1);
         assert!(!reserved.exists(), "a handle that only read reserved");
         let first = put(&buffered, "b").await;
         let on_disk = std::fs::read_to_string(&reserved).unwrap();
-        for n in 0..MAX_OPEN_COLLECTIONS {
-            buffered
-                .inner
-                .collection(&name(&format!("other-{n}")), Take::Create)
-                .unwrap();
-        }
-        assert!(!buffered.inner.collections.lock().contains_key(&notes));
+        crowd_out(&buffered, &notes);
         let again = put(&buffered, "c").await;
         assert_eq!(again, first + 1, "a reopen numbered past its reservation");
         assert_eq!(std::fs::read_to_string(&reserved).unwrap(), on_disk);
