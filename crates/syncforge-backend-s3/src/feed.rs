@@ -978,50 +978,32 @@ mod tests {
 
     /// An entry a reader pages through stays kept while other entries come
     /// and go, and small entries count at their least, so that few enough
-    /// are kept to look through on every fetch.
+    /// are kept to look through on every fetch. One larger than the bound
+    /// (it was not kept at all, and a reader paging through it downloaded
+    /// it whole for every page) counts as half of it: at most two are kept.
     #[test]
     fn recent_entries_keep_the_one_in_use_and_few_small_ones() {
-        let mut recent = RecentEntries::default();
         let entry = || Arc::new(Entry { items: Vec::new() });
-        recent.keep(Path::from("big"), "t".to_owned(), 16 << 20, entry());
-        for n in 0..1_000 {
-            let path = Path::from(format!("small{n}"));
-            recent.keep(path, "t".to_owned(), 100, entry());
-            assert!(
-                recent.get(&Path::from("big"), "\"t\"").is_some(),
-                "forgotten after {n} others"
-            );
+        for big in [16 << 20, 100 << 20] {
+            let mut recent = RecentEntries::default();
+            recent.keep(Path::from("big"), "t".to_owned(), big, entry());
+            for n in 0..1_000 {
+                let path = Path::from(format!("small{n}"));
+                recent.keep(path, "t".to_owned(), 100, entry());
+                assert!(
+                    recent.get(&Path::from("big"), "\"t\"").is_some(),
+                    "{big} bytes forgotten after {n} others"
+                );
+            }
+            assert!(recent.kept.len() <= RECENT_ENTRY_BYTES / RECENT_ENTRY_LEAST);
+            assert!(recent.get(&Path::from("big"), "other").is_none());
+            for huge in ["huge2", "huge3"] {
+                recent.keep(Path::from(huge), "t".to_owned(), 100 << 20, entry());
+            }
+            assert!(recent.get(&Path::from("big"), "t").is_none());
+            assert!(recent.bytes <= RECENT_ENTRY_BYTES);
+            assert_eq!(recent.kept.len(), 2);
         }
-        assert!(recent.kept.len() <= RECENT_ENTRY_BYTES / RECENT_ENTRY_LEAST);
-        assert!(recent.get(&Path::from("big"), "other").is_none());
-    }
-
-    /// An entry larger than the bound was not kept at all, and a reader
-    /// paging through it downloaded it whole for every page: it counts as
-    /// half the bound, and stays while in use as others come and go.
-    #[test]
-    fn an_entry_larger_than_the_bound_is_kept_while_in_use() {
-        let mut recent = RecentEntries::default();
-        let entry = || Arc::new(Entry { items: Vec::new() });
-        recent.keep(Path::from("huge"), "t".to_owned(), 100 << 20, entry());
-        for n in 0..1_000 {
-            recent.keep(
-                Path::from(format!("small{n}")),
-                "t".to_owned(),
-                100,
-                entry(),
-            );
-            assert!(
-                recent.get(&Path::from("huge"), "t").is_some(),
-                "forgotten after {n} others"
-            );
-        }
-        // Two such at most.
-        recent.keep(Path::from("huge2"), "t".to_owned(), 100 << 20, entry());
-        recent.keep(Path::from("huge3"), "t".to_owned(), 100 << 20, entry());
-        assert!(recent.get(&Path::from("huge"), "t").is_none());
-        assert!(recent.bytes <= RECENT_ENTRY_BYTES);
-        assert_eq!(recent.kept.len(), 2);
     }
 
     #[test]
