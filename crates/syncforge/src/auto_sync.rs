@@ -171,19 +171,32 @@ impl SyncEngine {
                 for peer in &peers {
                     // sync_with reports its own failure (event and log). A
                     // panic (a peer's, or a bug) ends that one sync, not the
-                    // window and the timer with it, and is reported alike.
+                    // window and the timer with it, and is reported alike;
+                    // so does a sync past its bound (a peer that never
+                    // answers held up every later window).
+                    let bound = self.config().auto_sync_peer_timeout();
                     let syncing = AssertUnwindSafe(self.sync_with(peer.as_ref(), collection));
-                    if let Err(payload) = syncing.catch_unwind().await {
-                        let error = Error::PeerProtocol {
+                    let error = match tokio::time::timeout(bound, syncing.catch_unwind()).await {
+                        Ok(Ok(_)) => continue,
+                        Ok(Err(payload)) => Error::PeerProtocol {
                             peer: peer.peer_id().to_owned(),
                             reason: format!(
                                 "the sync with it panicked: {}",
                                 panic_message(payload.as_ref())
                             ),
-                        };
-                        tracing::error!(collection = collection.as_str(), %error, "auto-sync carries on");
-                        self.emit_sync_error(collection, &error);
-                    }
+                        },
+                        Err(_) => Error::unavailable(
+                            "peer",
+                            format!(
+                                "the sync with peer {:?} did not end within {bound:?} (the \
+                                 auto-sync peer timeout); the next window goes on from its \
+                                 cursors",
+                                peer.peer_id()
+                            ),
+                        ),
+                    };
+                    tracing::error!(collection = collection.as_str(), %error, "auto-sync carries on");
+                    self.emit_sync_error(collection, &error);
                 }
             }
         }

@@ -10,9 +10,9 @@ use syncforge_core::{
 
 use crate::backends::{create_backend, BackendConfig};
 use crate::config::{
-    Config, DEFAULT_AUTO_SYNC_INTERVAL, DEFAULT_BATCH_SIZE, DEFAULT_EVENT_CAPACITY,
-    DEFAULT_MAX_RETRIES, MAX_AUTO_SYNC_INTERVAL, MAX_BATCH_SIZE, MAX_CLOCK_DRIFT,
-    MAX_EVENT_CAPACITY, MAX_RETRIES, MIN_AUTO_SYNC_INTERVAL, MIN_CLOCK_DRIFT,
+    Config, DEFAULT_AUTO_SYNC_INTERVAL, DEFAULT_AUTO_SYNC_PEER_TIMEOUT, DEFAULT_BATCH_SIZE,
+    DEFAULT_EVENT_CAPACITY, DEFAULT_MAX_RETRIES, MAX_AUTO_SYNC_INTERVAL, MAX_BATCH_SIZE,
+    MAX_CLOCK_DRIFT, MAX_EVENT_CAPACITY, MAX_RETRIES, MIN_AUTO_SYNC_INTERVAL, MIN_CLOCK_DRIFT,
 };
 use crate::engine::SyncEngine;
 
@@ -55,6 +55,7 @@ pub struct EngineBuilder {
     max_retries: u32,
     auto_sync: bool,
     auto_sync_interval: Duration,
+    auto_sync_peer_timeout: Duration,
     auto_sync_collections: Option<Vec<String>>,
     event_capacity: usize,
     max_clock_drift: Duration,
@@ -71,6 +72,7 @@ impl Default for EngineBuilder {
             max_retries: DEFAULT_MAX_RETRIES,
             auto_sync: false,
             auto_sync_interval: DEFAULT_AUTO_SYNC_INTERVAL,
+            auto_sync_peer_timeout: DEFAULT_AUTO_SYNC_PEER_TIMEOUT,
             auto_sync_collections: None,
             event_capacity: DEFAULT_EVENT_CAPACITY,
             max_clock_drift: DEFAULT_MAX_DRIFT,
@@ -89,6 +91,7 @@ impl std::fmt::Debug for EngineBuilder {
             .field("max_retries", &self.max_retries)
             .field("auto_sync", &self.auto_sync)
             .field("auto_sync_interval", &self.auto_sync_interval)
+            .field("auto_sync_peer_timeout", &self.auto_sync_peer_timeout)
             .field("auto_sync_collections", &self.auto_sync_collections)
             .field("event_capacity", &self.event_capacity)
             .field("max_clock_drift", &self.max_clock_drift)
@@ -157,6 +160,17 @@ impl EngineBuilder {
     /// Interval of the periodic sync window (default 30 s, at least 1 s).
     pub fn auto_sync_interval(mut self, interval: Duration) -> Self {
         self.auto_sync_interval = interval;
+        self
+    }
+
+    /// How long one peer's sync in an auto-sync window may take (default 10
+    /// minutes, at least 1 s). Past it that sync stops where it is, emits
+    /// `sync:error` with [`Error::Unavailable`], and the window goes on to
+    /// the next peer: a peer that never answers does not hold up the others
+    /// and every later window. What the sync applied stays applied, and the
+    /// next window goes on from the peer's cursors.
+    pub fn auto_sync_peer_timeout(mut self, timeout: Duration) -> Self {
+        self.auto_sync_peer_timeout = timeout;
         self
     }
 
@@ -247,6 +261,16 @@ impl EngineBuilder {
                 ),
             });
         }
+        if !(MIN_AUTO_SYNC_INTERVAL..=MAX_AUTO_SYNC_INTERVAL).contains(&self.auto_sync_peer_timeout)
+        {
+            return Err(Error::InvalidConfig {
+                option: "auto_sync_peer_timeout",
+                reason: format!(
+                    "{:?} is outside {MIN_AUTO_SYNC_INTERVAL:?} to {MAX_AUTO_SYNC_INTERVAL:?}",
+                    self.auto_sync_peer_timeout
+                ),
+            });
+        }
         let auto_sync_collections = match &self.auto_sync_collections {
             None => None,
             // Every window would sync nothing, while a list read from a
@@ -304,6 +328,7 @@ impl EngineBuilder {
             max_retries: self.max_retries,
             auto_sync: self.auto_sync,
             auto_sync_interval: self.auto_sync_interval,
+            auto_sync_peer_timeout: self.auto_sync_peer_timeout,
             auto_sync_collections,
             event_capacity: self.event_capacity,
             max_clock_drift: self.max_clock_drift,

@@ -18,7 +18,9 @@ pub const DEFAULT_EVENT_CAPACITY: usize = 1024;
 pub const MAX_EVENT_CAPACITY: usize = 1 << 16;
 /// Default auto-sync interval.
 pub const DEFAULT_AUTO_SYNC_INTERVAL: Duration = Duration::from_secs(30);
-/// Shortest accepted auto-sync interval.
+/// Default bound on one peer's sync in an auto-sync window.
+pub const DEFAULT_AUTO_SYNC_PEER_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// Shortest accepted auto-sync interval (and bound on a peer's sync).
 pub const MIN_AUTO_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest accepted auto-sync interval (a year): the timer adds it to the
 /// present, which a longer one could carry past what a clock holds. For
@@ -44,6 +46,7 @@ pub struct Config {
     pub(crate) max_retries: u32,
     pub(crate) auto_sync: bool,
     pub(crate) auto_sync_interval: Duration,
+    pub(crate) auto_sync_peer_timeout: Duration,
     pub(crate) auto_sync_collections: Option<Vec<CollectionName>>,
     pub(crate) event_capacity: usize,
     pub(crate) max_clock_drift: Duration,
@@ -78,6 +81,11 @@ impl Config {
     /// Interval of the periodic sync window.
     pub fn auto_sync_interval(&self) -> Duration {
         self.auto_sync_interval
+    }
+
+    /// How long one peer's sync in an auto-sync window may take.
+    pub fn auto_sync_peer_timeout(&self) -> Duration {
+        self.auto_sync_peer_timeout
     }
 
     /// The collections each auto-sync window covers; `None`: those the store

@@ -46,6 +46,10 @@ async fn invalid_configuration_is_refused_naming_the_option() {
             "max_clock_drift",
         ),
         (SyncEngine::builder().event_capacity(0), "event_capacity"),
+        (
+            SyncEngine::builder().auto_sync_peer_timeout(Duration::ZERO),
+            "auto_sync_peer_timeout",
+        ),
         // Every window would sync nothing.
         (
             SyncEngine::builder().auto_sync_collections(Vec::<String>::new()),

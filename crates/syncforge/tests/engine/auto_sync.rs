@@ -486,6 +486,88 @@ async fn a_peer_sync_that_panics_is_reported_and_the_windows_go_on() {
     a.close().await.unwrap();
 }
 
+/// A peer that never answers.
+struct SilentPeer;
+
+#[syncforge::core::async_trait]
+impl syncforge::SyncPeer for SilentPeer {
+    fn peer_id(&self) -> &str {
+        "silent"
+    }
+
+    async fn pull(
+        &self,
+        _collection: &syncforge::CollectionName,
+        _cursor: syncforge::Cursor,
+        _limit: std::num::NonZeroUsize,
+    ) -> syncforge::Result<syncforge::ChangePage> {
+        std::future::pending().await
+    }
+
+    async fn push(
+        &self,
+        _collection: &syncforge::CollectionName,
+        _records: Vec<syncforge::Record>,
+    ) -> syncforge::Result<syncforge::PushOutcome> {
+        std::future::pending().await
+    }
+}
+
+/// A peer that never answered held up every later peer and window, with
+/// nothing reported. Past the peer timeout its sync stops, `sync:error`
+/// says so, and the window goes on to the next peer.
+#[tokio::test(start_paused = true)]
+async fn a_peer_that_never_answers_is_given_up_on_and_the_windows_go_on() {
+    let bound = Duration::from_secs(2);
+    let a = SyncEngine::builder()
+        .client_id("a")
+        .auto_sync(true)
+        .auto_sync_interval(INTERVAL)
+        .auto_sync_peer_timeout(bound)
+        .auto_sync_collections(["c"])
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(a.config().auto_sync_peer_timeout(), bound);
+    let b = SyncEngine::builder().client_id("b").build().await.unwrap();
+    a.add_auto_sync_peer(Arc::new(SilentPeer));
+    a.add_auto_sync_peer(Arc::new(b.clone()));
+    let mut rx = a.subscribe();
+    for window in 0..2 {
+        b.put("c", &json!({"id": format!("from-b-{window}")}))
+            .await
+            .unwrap();
+        tokio::time::sleep(INTERVAL + SLACK).await;
+        let reported = timeout(INTERVAL / 2, async {
+            loop {
+                if let SyncEvent::SyncError { error, .. } = rx.recv().await.unwrap() {
+                    return error;
+                }
+            }
+        })
+        .await
+        .expect("no sync:error for the silent peer");
+        assert!(
+            matches!(&*reported, Error::Unavailable { .. })
+                && reported.to_string().contains("\"silent\""),
+            "{reported}"
+        );
+        timeout(INTERVAL / 2, async {
+            while a
+                .get("c", &format!("from-b-{window}"))
+                .await
+                .unwrap()
+                .is_none()
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the next peer was not synced");
+    }
+    a.close().await.unwrap();
+}
+
 /// A peer whose pull says it started, works for `works_for` without
 /// awaiting anything (a blocking sleep stands for a long stretch of work
 /// between two awaits), closes `closes` when set, and says it returned.
