@@ -439,16 +439,37 @@ impl syncforge::SyncPeer for PanickingPeer {
 /// the next peer, and the timer to the next window.
 #[tokio::test(start_paused = true)]
 async fn a_peer_sync_that_panics_is_reported_and_the_windows_go_on() {
-    let a = SyncEngine::builder()
+    let a = auto_syncing_c().build().await.unwrap();
+    windows_go_on_past(
+        &a,
+        Arc::new(PanickingPeer),
+        "the panic",
+        |reported| matches!(reported, Error::PeerProtocol { peer, .. } if peer == "panicking"),
+    )
+    .await;
+}
+
+/// Engine "a", auto-syncing collection "c" every [`INTERVAL`].
+fn auto_syncing_c() -> syncforge::EngineBuilder {
+    SyncEngine::builder()
         .client_id("a")
         .auto_sync(true)
         .auto_sync_interval(INTERVAL)
         .auto_sync_collections(["c"])
-        .build()
-        .await
-        .unwrap();
+}
+
+/// Adds `failing` and then a healthy peer to `a`'s auto-sync, and checks,
+/// over two windows, that `failing`'s sync is reported as `sync:error`
+/// (what `reported` accepts; `what` names it) and that each window goes on
+/// to sync the next peer, with the timer still running. Closes `a`.
+async fn windows_go_on_past(
+    a: &SyncEngine,
+    failing: Arc<dyn syncforge::SyncPeer>,
+    what: &str,
+    reported: impl Fn(&Error) -> bool,
+) {
     let b = SyncEngine::builder().client_id("b").build().await.unwrap();
-    a.add_auto_sync_peer(Arc::new(PanickingPeer));
+    a.add_auto_sync_peer(failing);
     a.add_auto_sync_peer(Arc::new(b.clone()));
     let mut rx = a.subscribe();
     for window in 0..2 {
@@ -456,7 +477,7 @@ async fn a_peer_sync_that_panics_is_reported_and_the_windows_go_on() {
             .await
             .unwrap();
         tokio::time::sleep(INTERVAL + SLACK).await;
-        let reported = timeout(INTERVAL / 2, async {
+        let error = timeout(INTERVAL / 2, async {
             loop {
                 if let SyncEvent::SyncError { error, .. } = rx.recv().await.unwrap() {
                     return error;
@@ -464,11 +485,8 @@ async fn a_peer_sync_that_panics_is_reported_and_the_windows_go_on() {
             }
         })
         .await
-        .expect("no sync:error for the panic");
-        assert!(
-            matches!(&*reported, Error::PeerProtocol { peer, .. } if peer == "panicking"),
-            "{reported}"
-        );
+        .unwrap_or_else(|_| panic!("no sync:error for {what}"));
+        assert!(reported(&error), "{error}");
         timeout(INTERVAL / 2, async {
             while a
                 .get("c", &format!("from-b-{window}"))
@@ -519,53 +537,16 @@ impl syncforge::SyncPeer for SilentPeer {
 #[tokio::test(start_paused = true)]
 async fn a_peer_that_never_answers_is_given_up_on_and_the_windows_go_on() {
     let bound = Duration::from_secs(2);
-    let a = SyncEngine::builder()
-        .client_id("a")
-        .auto_sync(true)
-        .auto_sync_interval(INTERVAL)
+    let a = auto_syncing_c()
         .auto_sync_peer_timeout(bound)
-        .auto_sync_collections(["c"])
         .build()
         .await
         .unwrap();
     assert_eq!(a.config().auto_sync_peer_timeout(), bound);
-    let b = SyncEngine::builder().client_id("b").build().await.unwrap();
-    a.add_auto_sync_peer(Arc::new(SilentPeer));
-    a.add_auto_sync_peer(Arc::new(b.clone()));
-    let mut rx = a.subscribe();
-    for window in 0..2 {
-        b.put("c", &json!({"id": format!("from-b-{window}")}))
-            .await
-            .unwrap();
-        tokio::time::sleep(INTERVAL + SLACK).await;
-        let reported = timeout(INTERVAL / 2, async {
-            loop {
-                if let SyncEvent::SyncError { error, .. } = rx.recv().await.unwrap() {
-                    return error;
-                }
-            }
-        })
-        .await
-        .expect("no sync:error for the silent peer");
-        assert!(
-            matches!(&*reported, Error::Unavailable { .. })
-                && reported.to_string().contains("\"silent\""),
-            "{reported}"
-        );
-        timeout(INTERVAL / 2, async {
-            while a
-                .get("c", &format!("from-b-{window}"))
-                .await
-                .unwrap()
-                .is_none()
-            {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await
-        .expect("the next peer was not synced");
-    }
-    a.close().await.unwrap();
+    windows_go_on_past(&a, Arc::new(SilentPeer), "the silent peer", |reported| {
+        matches!(reported, Error::Unavailable { .. }) && reported.to_string().contains("\"silent\"")
+    })
+    .await;
 }
 
 /// A peer whose pull says it started, works for `works_for` without
