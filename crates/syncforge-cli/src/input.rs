@@ -141,7 +141,7 @@ pub(crate) fn parse(source: &str, bytes: &[u8]) -> Result<Values, Malformed> {
     let text = match std::str::from_utf8(bytes) {
         Ok(text) => text,
         Err(error) => {
-            let line = line_of(bytes, error.valid_up_to());
+            let line = LineCounter::new(bytes).line_at(error.valid_up_to());
             return Err(refuse(Place::Line(line), "is not UTF-8 text".to_owned()));
         }
     };
@@ -173,7 +173,7 @@ pub(crate) fn parse(source: &str, bytes: &[u8]) -> Result<Values, Malformed> {
 /// JSON values one after another, separated by whitespace or not, each
 /// placed at the line where it starts.
 fn parse_values(text: &str) -> Result<Vec<(Place, Value)>, serde_json::Error> {
-    let mut lines = LineCounter::new(text);
+    let mut lines = LineCounter::new(text.as_bytes());
     let mut stream = serde_json::Deserializer::from_str(text).into_iter::<Value>();
     let mut values = Vec::new();
     let mut end = 0;
@@ -191,7 +191,7 @@ fn parse_values(text: &str) -> Result<Vec<(Place, Value)>, serde_json::Error> {
 fn parse_array(text: &str) -> Result<Vec<(Place, Value)>, (Place, String)> {
     let elements: Vec<&RawValue> = serde_json::from_str(text)
         .map_err(|error| (Place::Line(error.line()), without_position(&error)))?;
-    let mut lines = LineCounter::new(text);
+    let mut lines = LineCounter::new(text.as_bytes());
     elements
         .into_iter()
         .map(|raw| {
@@ -303,18 +303,9 @@ fn without_position(error: &serde_json::Error) -> String {
     }
 }
 
-/// The 1-based line holding byte `offset`.
-fn line_of(bytes: &[u8], offset: usize) -> usize {
-    bytes[..offset.min(bytes.len())]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
-}
-
-/// Lines of offsets that only grow, as an array's elements come: each call
-/// counts the newlines since the last one, where counting from the start
-/// for every element made a large array quadratic to read.
+/// The 1-based lines of byte offsets that only grow, as an array's elements
+/// come: each call counts the newlines since the last one, where counting
+/// from the start for every element made a large array quadratic to read.
 struct LineCounter<'a> {
     bytes: &'a [u8],
     /// Where the last count stopped, and the line there.
@@ -323,9 +314,9 @@ struct LineCounter<'a> {
 }
 
 impl<'a> LineCounter<'a> {
-    fn new(text: &'a str) -> Self {
+    fn new(bytes: &'a [u8]) -> Self {
         LineCounter {
-            bytes: text.as_bytes(),
+            bytes,
             offset: 0,
             line: 1,
         }
@@ -381,7 +372,7 @@ mod tests {
                 (4, json!({"id": "c"}))
             ]
         );
-        let mut counter = LineCounter::new(text);
+        let mut counter = LineCounter::new(text.as_bytes());
         assert_eq!(counter.line_at(text.len()), 5);
         assert_eq!(counter.offset, text.len());
         // Asked again, or for an earlier place, it reads nothing more.
