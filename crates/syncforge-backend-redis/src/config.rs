@@ -67,7 +67,14 @@ pub struct RedisConfig {
     /// empty, nor contain `{`, `}` or control characters.
     pub key_prefix: String,
     /// Whether to connect over TLS (crate feature `tls`, on by default).
+    /// The server's certificate must be signed by an authority the system
+    /// trusts (its store, or the bundle `SSL_CERT_FILE` names) or one of
+    /// [`tls_root_certificates`](Self::tls_root_certificates).
     pub tls: bool,
+    /// PEM bundles of certificate authorities trusted besides the system's,
+    /// for a server whose certificate a private authority signed (each
+    /// bundle holds one certificate or more). Only with `tls`.
+    pub tls_root_certificates: Vec<Vec<u8>>,
     /// How long connecting may take before it fails (default 5 s).
     pub connect_timeout: Duration,
     /// How long one command may take before it fails as transient, and the
@@ -88,6 +95,7 @@ impl Default for RedisConfig {
             db: 0,
             key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
             tls: false,
+            tls_root_certificates: Vec::new(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
         }
@@ -308,6 +316,15 @@ impl RedisConfig {
                 "TLS needs the `tls` feature of syncforge-backend-redis".to_owned(),
             ));
         }
+        if !self.tls && !self.tls_root_certificates.is_empty() {
+            return Err(invalid(
+                "tls_root_certificates",
+                "certificate authorities are for TLS: set `tls` (or use a rediss:// URL)"
+                    .to_owned(),
+            ));
+        }
+        #[cfg(feature = "tls")]
+        crate::tls::extra_roots(&self.tls_root_certificates)?;
         Ok(())
     }
 }
@@ -340,6 +357,7 @@ impl fmt::Debug for RedisConfig {
             .field("db", &self.db)
             .field("key_prefix", &self.key_prefix)
             .field("tls", &self.tls)
+            .field("tls_root_certificates", &self.tls_root_certificates.len())
             .field("connect_timeout", &self.connect_timeout)
             .field("command_timeout", &self.command_timeout)
             .finish()

@@ -123,7 +123,9 @@ pub(crate) fn map(error: FredError, operation: impl Into<String>, address: &str)
     let reply_code = script_reply_code(&details)
         .or_else(|| details.split_whitespace().next())
         .unwrap_or("");
+    let refused_by_tls = *error.kind() == ErrorKind::IO && refused_by_tls(&details);
     let transient = match error.kind() {
+        ErrorKind::IO if refused_by_tls => false,
         ErrorKind::IO
         | ErrorKind::Timeout
         | ErrorKind::Canceled
@@ -172,6 +174,9 @@ pub(crate) fn map(error: FredError, operation: impl Into<String>, address: &str)
         (ErrorKind::Tls, _) => {
             "TLS failed: check that the server speaks TLS and that its certificate is trusted".to_owned()
         }
+        _ if refused_by_tls => {
+            "the TLS handshake failed: check that the port serves TLS and that an authority the system trusts, or one of tls_root_certificates, signed the server's certificate for this host name".to_owned()
+        }
         _ => "the server refused the command".to_owned(),
     };
     Error::storage_caused(
@@ -179,6 +184,23 @@ pub(crate) fn map(error: FredError, operation: impl Into<String>, address: &str)
         format!("{operation} at {address}: {advice} ({details})"),
         error,
     )
+}
+
+/// Whether `details`, an I/O error's, is a TLS handshake's verdict (rustls
+/// hands it over as `InvalidData`): a certificate not trusted or not for
+/// this host, a peer that speaks no TLS or none acceptable. Connecting again
+/// meets the same verdict, so it is no transient failure.
+fn refused_by_tls(details: &str) -> bool {
+    [
+        "InvalidCertificate",
+        "InvalidMessage",
+        "AlertReceived",
+        "PeerIncompatible",
+        "PeerMisbehaved",
+        "NoCertificatesPresented",
+    ]
+    .iter()
+    .any(|verdict| details.contains(verdict))
 }
 
 /// Whether the server sent the command to another node of a cluster

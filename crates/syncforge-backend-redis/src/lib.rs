@@ -68,6 +68,8 @@ mod config;
 mod error;
 mod keys;
 mod scripts;
+#[cfg(feature = "tls")]
+mod tls;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
@@ -169,8 +171,7 @@ impl RedisBackend {
     pub async fn connect(config: RedisConfig) -> Result<RedisBackend> {
         config.validate()?;
         let address = config.address();
-        let client =
-            build_client(&config).map_err(|e| error::map(e, "configuring the client", &address))?;
+        let client = build_client(&config)?;
         // Connecting ends with a PING: a server that accepts connections but
         // does not answer, or wants credentials that were not given, fails
         // here rather than at the first command.
@@ -780,7 +781,7 @@ async fn connect(client: &Client) -> std::result::Result<ConnectHandle, fred::er
 }
 
 /// Builds (without connecting) the client for `config`.
-fn build_client(config: &RedisConfig) -> std::result::Result<Client, fred::error::Error> {
+fn build_client(config: &RedisConfig) -> Result<Client> {
     let server = if config.cluster {
         let mut hosts = vec![(config.host.clone(), config.port)];
         hosts.extend(config.nodes.iter().cloned());
@@ -799,7 +800,7 @@ fn build_client(config: &RedisConfig) -> std::result::Result<Client, fred::error
     };
     #[cfg(feature = "tls")]
     if config.tls {
-        fred_config.tls = Some(fred::types::config::TlsConnector::default_rustls()?.into());
+        fred_config.tls = Some(tls::connector(config)?.into());
     }
     let connect_timeout = config.connect_timeout;
     let command_timeout = config.command_timeout;
@@ -816,6 +817,7 @@ fn build_client(config: &RedisConfig) -> std::result::Result<Client, fred::error
         // Reconnect in the background for as long as the handle is open.
         .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
         .build()
+        .map_err(|e| error::map(e, "configuring the client", &config.address()))
 }
 
 /// Clears a flag when dropped.

@@ -88,6 +88,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use syncforge_core::StorageBackend;
 
+pub mod certificates;
 pub mod checks;
 pub mod faults;
 pub mod hostile;

@@ -1,7 +1,7 @@
 //! Integration tests of the Redis backend against real servers, in one
 //! binary: the conformance suite on a standalone server and on a 3-master
 //! cluster, one test per flaw of the original's Redis backend, connection
-//! errors, faults (a server killed mid-sync, a slot moved mid-sync).
+//! errors, faults (a server killed mid-sync, a slot moved mid-sync), TLS.
 //!
 //! Servers: `SYNCFORGE_TEST_REDIS_URL` (standalone) and
 //! `SYNCFORGE_TEST_REDIS_CLUSTER_URL` (cluster), which `cargo xtask ci`
@@ -22,3 +22,4 @@ mod faults;
 mod flaws;
 mod nesting;
 mod support;
+mod tls;

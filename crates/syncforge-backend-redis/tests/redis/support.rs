@@ -3,7 +3,9 @@
 //! and the check that every record agrees with both of its indexes.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
 use std::net::TcpListener;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -72,6 +74,15 @@ pub(crate) struct PrivateServer {
     child: Option<Child>,
     extra: Vec<String>,
     password: Option<String>,
+    tls: Option<TlsListener>,
+}
+
+/// A TLS port a private server listens on besides its plain one, with its
+/// certificate and key (PEM files).
+struct TlsListener {
+    port: u16,
+    certificate: PathBuf,
+    key: PathBuf,
 }
 
 impl PrivateServer {
@@ -82,6 +93,21 @@ impl PrivateServer {
 
     /// Starts one that requires `password` (when given) from every client.
     pub(crate) async fn start_with_password(password: Option<&str>) -> Option<PrivateServer> {
+        PrivateServer::start_with(password, None).await
+    }
+
+    /// Starts one that also serves TLS, on a port of its own
+    /// ([`tls_config`](Self::tls_config)), with `certificate` and `key`.
+    pub(crate) async fn start_with_tls(certificate: &Path, key: &Path) -> Option<PrivateServer> {
+        let tls = TlsListener {
+            port: free_port(),
+            certificate: certificate.to_owned(),
+            key: key.to_owned(),
+        };
+        PrivateServer::start_with(None, Some(tls)).await
+    }
+
+    async fn start_with(password: Option<&str>, tls: Option<TlsListener>) -> Option<PrivateServer> {
         let bin = address(SERVER_BIN_ENV, "redis-server");
         let found = Command::new(&bin)
             .arg("--version")
@@ -100,6 +126,7 @@ impl PrivateServer {
                 .map(|p| vec!["--requirepass".to_owned(), p.to_owned()])
                 .unwrap_or_default(),
             password: password.map(str::to_owned),
+            tls,
         };
         // The port was free when chosen; a test running beside this one
         // may take it before the server binds it: then another one.
@@ -108,6 +135,9 @@ impl PrivateServer {
                 return Some(server);
             }
             server.port = free_port();
+            if let Some(tls) = server.tls.as_mut() {
+                tls.port = free_port();
+            }
         }
         panic!("no private redis-server started on any of five free ports");
     }
@@ -120,6 +150,16 @@ impl PrivateServer {
             command_timeout: Duration::from_secs(2),
             password: self.password.clone(),
             ..RedisConfig::default()
+        }
+    }
+
+    /// What reaches this server over TLS, trusting `authority` (PEM).
+    pub(crate) fn tls_config(&self, prefix: &str, authority: &[u8]) -> RedisConfig {
+        RedisConfig {
+            port: self.tls.as_ref().map_or(self.port, |tls| tls.port),
+            tls: true,
+            tls_root_certificates: vec![authority.to_owned()],
+            ..self.config(prefix)
         }
     }
 
@@ -141,6 +181,18 @@ impl PrivateServer {
             .arg("--dir")
             .arg(self.dir.path())
             .args(&self.extra)
+            .args(self.tls.iter().flat_map(|tls| {
+                [
+                    OsString::from("--tls-port"),
+                    tls.port.to_string().into(),
+                    "--tls-cert-file".into(),
+                    tls.certificate.clone().into_os_string(),
+                    "--tls-key-file".into(),
+                    tls.key.clone().into_os_string(),
+                    "--tls-auth-clients".into(),
+                    "no".into(),
+                ]
+            }))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

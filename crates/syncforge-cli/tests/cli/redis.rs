@@ -155,3 +155,66 @@ fn a_watch_on_a_wiped_redis_store_stops_with_an_error() {
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("holds another store now"), "{stderr}");
 }
+
+/// A `rediss://` store in the CLI, whose build links two TLS crypto
+/// providers (ring for HTTP and Redis, aws-lc-rs for S3): the handshake
+/// runs, and a certificate no trusted authority signed is refused with
+/// advice, where rustls left to pick a provider would panic.
+#[test]
+fn a_tls_store_is_reached_with_two_crypto_providers_linked() {
+    let bin = address("SYNCFORGE_TEST_REDIS_SERVER_BIN", "redis-server");
+    let found = Command::new(&bin)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if !available(
+        "redis-server binary",
+        "SYNCFORGE_TEST_REDIS_SERVER_BIN",
+        &bin,
+        found,
+    ) {
+        return;
+    }
+    let dir = TempDir::new().unwrap();
+    let Some(certificates) = syncforge_testkit::certificates::make(dir.path()) else {
+        return;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = Command::new(&bin)
+        .args(["--port", "0", "--bind", "127.0.0.1", "--save", ""])
+        .args(["--tls-port", &port.to_string(), "--tls-auth-clients", "no"])
+        .arg("--tls-cert-file")
+        .arg(&certificates.server_certificate_file)
+        .arg("--tls-key-file")
+        .arg(&certificates.server_key_file)
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "redis-server did not listen on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let url = format!("rediss://127.0.0.1:{port}/0?prefix=tls");
+    let refused = syncforge(&["ls", &url]);
+    server.kill().ok();
+    server.wait().ok();
+    assert_ne!(refused.code, 0);
+    assert!(!refused.stderr.contains("panicked"), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("TLS handshake failed"),
+        "{}",
+        refused.stderr
+    );
+}

@@ -2,9 +2,6 @@
 //! front (rustls) before a sync server, its certificate made by `openssl`
 //! for this test.
 
-use std::io::Write as _;
-use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -12,107 +9,6 @@ use syncforge::http::{HttpPeer, Server, ServerOptions};
 use syncforge::Error;
 
 use crate::support::memory_engine;
-
-/// A certificate authority and a certificate it signed for 127.0.0.1, or
-/// `None` (skipped, with a message) when `openssl` is missing.
-fn certificates(dir: &Path) -> Option<(Vec<u8>, Vec<u8>, Vec<u8>)> {
-    let run = |args: &[&str]| {
-        Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .map(|output| {
-                assert!(
-                    output.status.success(),
-                    "openssl {args:?}: {}",
-                    String::from_utf8_lossy(&output.stderr)
-                );
-            })
-    };
-    if run(&["version"]).is_err() {
-        assert!(
-            !syncforge_testkit::services::required(),
-            "openssl is needed to make this test's certificates (services are required): \
-             install it (apt install openssl)"
-        );
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED: openssl not found; it makes this test's certificates"
-        );
-        return None;
-    }
-    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    for args in [
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=syncforge test CA",
-        ][..],
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "1",
-            "-extfile",
-            "ext.cnf",
-        ],
-        &[
-            "x509",
-            "-in",
-            "server.pem",
-            "-outform",
-            "DER",
-            "-out",
-            "server.der",
-        ],
-        &[
-            "pkcs8",
-            "-topk8",
-            "-nocrypt",
-            "-in",
-            "server.key",
-            "-outform",
-            "DER",
-            "-out",
-            "server.key.der",
-        ],
-    ] {
-        run(args).unwrap();
-    }
-    let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
-    Some((read("ca.pem"), read("server.der"), read("server.key.der")))
-}
 
 /// Serves TLS on a free port of 127.0.0.1, passing each connection on to
 /// `backend` in the clear; returns the `https://` URL.
@@ -157,9 +53,10 @@ async fn tls_front(certificate: Vec<u8>, key: Vec<u8>, backend: std::net::Socket
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_given_a_certificate_authority_reaches_a_server_it_signed() {
     let dir = tempfile::tempdir().unwrap();
-    let Some((authority, certificate, key)) = certificates(dir.path()) else {
+    let Some(certificates) = syncforge_testkit::certificates::make(dir.path()) else {
         return;
     };
+    let authority = certificates.authority_pem;
     let server = Server::bind(
         memory_engine("hq").await,
         "127.0.0.1:0",
@@ -167,7 +64,12 @@ async fn a_peer_given_a_certificate_authority_reaches_a_server_it_signed() {
     )
     .await
     .unwrap();
-    let url = tls_front(certificate, key, server.local_addr()).await;
+    let url = tls_front(
+        certificates.server_certificate_der,
+        certificates.server_key_der,
+        server.local_addr(),
+    )
+    .await;
 
     // Refused at once, and not as a failure that may go away by itself.
     let stranger = HttpPeer::new(&url).unwrap();

@@ -1,0 +1,107 @@
+//! `rediss://`: a private `redis-server` serving TLS with a certificate a
+//! test authority signed.
+
+use std::time::{Duration, Instant};
+
+use syncforge_backend_redis::{RedisBackend, RedisConfig};
+use syncforge_core::{ClientId, Error, Hlc, StorageBackend};
+
+use crate::support::{coll, fresh_prefix, record, rid, sync_records, PrivateServer};
+
+/// A client given the server's authority writes and reads over TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_given_the_servers_authority_works_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(certificates) = syncforge_testkit::certificates::make(dir.path()) else {
+        return;
+    };
+    let Some(server) = PrivateServer::start_with_tls(
+        &certificates.server_certificate_file,
+        &certificates.server_key_file,
+    )
+    .await
+    else {
+        return;
+    };
+    let config = server.tls_config(&fresh_prefix("tls"), &certificates.authority_pem);
+    assert!(config.to_string().starts_with("rediss://"));
+    let store = RedisBackend::connect(config).await.unwrap();
+    let notes = coll("notes");
+    let written = record(&mut Hlc::new(ClientId::new("tls").unwrap()), "n1", 1);
+    let synced = sync_records(&store, &notes, std::slice::from_ref(&written), 10, 0)
+        .await
+        .unwrap();
+    assert_eq!(synced.written, 1);
+    let read = store.get(&notes, &rid("n1")).await.unwrap().unwrap();
+    assert_eq!(read.record.to_json(), written.to_json());
+    store.close().await.unwrap();
+}
+
+/// A server whose certificate no trusted authority signed is refused at
+/// once, as a failure that retrying does not mend, with advice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_no_trusted_authority_signed_is_refused_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(certificates) = syncforge_testkit::certificates::make(dir.path()) else {
+        return;
+    };
+    let Some(server) = PrivateServer::start_with_tls(
+        &certificates.server_certificate_file,
+        &certificates.server_key_file,
+    )
+    .await
+    else {
+        return;
+    };
+    let trusted = server.tls_config(&fresh_prefix("tls-stranger"), &certificates.authority_pem);
+    let stranger = RedisConfig {
+        tls_root_certificates: Vec::new(),
+        connect_timeout: Duration::from_secs(10),
+        ..trusted
+    };
+    let started = Instant::now();
+    let error = RedisBackend::connect(stranger).await.err().unwrap();
+    assert!(
+        matches!(error, Error::Storage { .. }),
+        "refused as {error:?}"
+    );
+    assert!(
+        error.to_string().contains("TLS handshake failed"),
+        "{error}"
+    );
+    // Not a timeout: the handshake's verdict is the answer.
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+/// Authorities that are not PEM certificates, or given without TLS, are
+/// refused before connecting.
+#[tokio::test]
+async fn bad_certificate_authorities_are_refused_before_connecting() {
+    for (tls, roots) in [
+        (true, vec![b"not a certificate".to_vec()]),
+        (true, vec![Vec::new()]),
+        (
+            true,
+            vec![b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n".to_vec()],
+        ),
+        (false, vec![b"-----BEGIN CERTIFICATE-----\n".to_vec()]),
+    ] {
+        let config = RedisConfig {
+            port: 1,
+            tls,
+            tls_root_certificates: roots,
+            ..RedisConfig::default()
+        };
+        let error = RedisBackend::connect(config).await.err().unwrap();
+        assert!(
+            matches!(
+                error,
+                Error::InvalidConfig {
+                    option: "tls_root_certificates",
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+    }
+}
