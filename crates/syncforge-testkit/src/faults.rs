@@ -122,6 +122,9 @@ pub struct FaultyBackend {
     resend_inserts: bool,
     /// What another writer does just before the next `put_batch`.
     rival: Mutex<Option<Rival>>,
+    /// What another writer does after the next `put_batch` took effect,
+    /// whose answer is then lost.
+    rival_after_lost_answer: Mutex<Option<Rival>>,
     /// Whether `changes` answers pages that never advance.
     stalling_feed: bool,
 }
@@ -166,6 +169,7 @@ impl FaultyBackend {
             most_in_flight: AtomicU64::new(0),
             resend_inserts: false,
             rival: Mutex::new(None),
+            rival_after_lost_answer: Mutex::new(None),
             stalling_feed: false,
         }
     }
@@ -182,6 +186,19 @@ impl FaultyBackend {
     {
         let rival: Rival = Box::new(move |store| Box::pin(rival(store)));
         *self.rival.lock() = Some(rival);
+    }
+
+    /// Lets the next `put_batch` (or `put`) take effect, then has `rival`
+    /// act on the wrapped store, then fails the call as transient with its
+    /// answer lost: a writer that saw the caller's write and acted on it
+    /// while the caller waits to try again.
+    pub fn rival_after_next_lost_put_batch<F, Fut>(&self, rival: F)
+    where
+        F: FnOnce(Arc<dyn StorageBackend>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let rival: Rival = Box::new(move |store| Box::pin(rival(store)));
+        *self.rival_after_lost_answer.lock() = Some(rival);
     }
 
     /// Limits failures to the given operations (the others are only
@@ -355,6 +372,17 @@ impl StorageBackend for FaultyBackend {
         let rival = self.rival.lock().take();
         if let Some(rival) = rival {
             rival(Arc::clone(&self.inner)).await;
+        }
+        let after_lost = self.rival_after_lost_answer.lock().take();
+        if let Some(rival) = after_lost {
+            self.calls[Operation::PutBatch.index()].fetch_add(1, Ordering::SeqCst);
+            self.injected.fetch_add(1, Ordering::SeqCst);
+            let _lost = self.inner.put_batch(collection, writes).await;
+            rival(Arc::clone(&self.inner)).await;
+            return Err(injected(
+                Operation::PutBatch,
+                "after the call took effect, and after another writer acted",
+            ));
         }
         self.faulty(
             Operation::PutBatch,

@@ -887,6 +887,7 @@ impl SyncEngine {
                 .await;
                 match read {
                     Ok(Some(stored)) if stored.record == built => stored.record,
+                    Ok(Some(stored)) if holds_local_write(&stored.record, &built) => built,
                     Ok(stored) => return Err(Some(Ok(stored))),
                     Err(error) => return Ok(Err(error)),
                 }
@@ -941,8 +942,19 @@ impl SyncEngine {
                 // lost: the engine, or a client that resends by itself as
                 // the Redis store's does, sent it again and was refused) or
                 // another writer made the same change. The two cannot be
-                // told apart; report it as planned.
-                if item.intended.is_some() && local.as_ref() == item.intended.as_ref() {
+                // told apart; report it as planned. A put's or delete's
+                // write also landed when the store holds its fresh stamp
+                // under a later writer's change, which applying the write
+                // again would undo.
+                let landed = match (&item.intended, &local) {
+                    (Some(intended), Some(stored)) => {
+                        stored == intended
+                            || (matches!(item.kind, IntentKind::Put | IntentKind::Delete)
+                                && holds_local_write(stored, intended))
+                    }
+                    _ => false,
+                };
+                if landed {
                     if let Some(planned) = item.planned.take() {
                         done[item.slot] = self.confirm(
                             collection,
@@ -1560,6 +1572,21 @@ enum Step {
 /// A backend's answer to a call about `asked` items, checked to hold one
 /// answer per item: a store answering more or fewer is broken, and pairing
 /// its answers with the items would misattribute them.
+/// Whether `stored` holds the local write (put or delete) `intended` meant
+/// to make, as changed by a later writer: the write's stamp, this engine's
+/// and made for that write alone, is among `stored`'s. (A later writer that
+/// rewrote every field the write stamped leaves no trace of it; that write
+/// is then applied again.)
+fn holds_local_write(stored: &Record, intended: &Record) -> bool {
+    let stamp = intended.newest_stamp();
+    stored.written() == stamp
+        || stored.tombstone() == Some(stamp)
+        || stored
+            .field_states()
+            .values()
+            .any(|field| field.stamp() == stamp)
+}
+
 fn one_each<T>(
     backend: &dyn StorageBackend,
     call: &str,

@@ -813,3 +813,67 @@ async fn a_write_that_keeps_losing_races_backs_off_and_lands() {
     let stored = e.get("c", "n1").await.unwrap().unwrap();
     assert_eq!(stored.get("n"), Some(json!(1)));
 }
+
+/// A put or delete whose write landed but whose answer was lost is not
+/// applied again over a later writer's change: another engine read the
+/// landed write and changed the record before the retry, and that change
+/// (acknowledged to its caller) stays.
+#[tokio::test(start_paused = true)]
+async fn a_write_whose_answer_was_lost_is_not_applied_again_over_a_later_writer() {
+    let store = Arc::new(FaultyBackend::new(
+        Arc::new(MemoryBackend::new()),
+        1,
+        0.0,
+        Duration::ZERO,
+    ));
+    let engine = faulty_engine("a", &store, 3, 10).await;
+    engine
+        .put("c", &json!({"id": "n1", "title": "t0", "body": "b0"}))
+        .await
+        .unwrap();
+    engine
+        .put("c", &json!({"id": "n2", "title": "t0", "body": "b0"}))
+        .await
+        .unwrap();
+    // Another engine on the same store, acting while `a` waits to retry.
+    let later_writer = |doc: serde_json::Value| {
+        move |inner: Arc<dyn StorageBackend>| async move {
+            let other = SyncEngine::builder()
+                .client_id("b")
+                .conflict_strategy(STRATEGY)
+                .backend(inner)
+                .build()
+                .await
+                .unwrap();
+            other.put("c", &doc).await.unwrap();
+        }
+    };
+
+    // The later writer keeps the put's title and changes the body.
+    store.rival_after_next_lost_put_batch(later_writer(
+        json!({"id": "n1", "title": "t1", "body": "b1"}),
+    ));
+    let written = engine
+        .put("c", &json!({"id": "n1", "title": "t1", "body": "b0"}))
+        .await
+        .unwrap();
+    assert_eq!(written.get("title"), Some(json!("t1")));
+    let stored = engine.get("c", "n1").await.unwrap().unwrap();
+    assert_eq!(
+        stored.get("body"),
+        Some(json!("b1")),
+        "the later write was undone"
+    );
+    assert_eq!(stored.get("title"), Some(json!("t1")));
+
+    // The later writer brings a deleted record back.
+    store.rival_after_next_lost_put_batch(later_writer(
+        json!({"id": "n2", "title": "t2", "body": "b0"}),
+    ));
+    let deleted = engine.delete("c", "n2").await.unwrap().unwrap();
+    assert!(deleted.is_deleted());
+    let stored = engine.get("c", "n2").await.unwrap().unwrap();
+    assert!(!stored.is_deleted(), "the later write was undone");
+    assert_eq!(stored.get("title"), Some(json!("t2")));
+    assert_eq!(store.injected_failures(), 2);
+}
