@@ -22,7 +22,8 @@ use criterion::Criterion;
 use serde::Serialize;
 use syncforge::core::{StorageBackend, Write};
 use syncforge::{
-    CollectionName, ConflictStrategy, Cursor, MemoryBackend, PageOptions, Record, SyncEngine,
+    ChangePage, CollectionName, ConflictStrategy, Cursor, MemoryBackend, PageOptions, Record,
+    SyncEngine,
 };
 use tokio::runtime::Runtime;
 
@@ -215,6 +216,13 @@ pub async fn feed_and_sync(
     receiver: &SyncEngine,
     cursor: &mut Cursor,
 ) -> syncforge::SyncResult {
+    let page = feed_page(sender, cursor).await;
+    receiver.sync(COLLECTION, page).await.unwrap()
+}
+
+/// One round's page of `sender`'s change feed after `cursor`, which moves
+/// past it.
+pub async fn feed_page(sender: &SyncEngine, cursor: &mut Cursor) -> ChangePage {
     let page = sender
         .changes(
             COLLECTION,
@@ -224,7 +232,16 @@ pub async fn feed_and_sync(
         .await
         .unwrap();
     *cursor = page.next;
-    receiver.sync(COLLECTION, page).await.unwrap()
+    page
+}
+
+/// `page`'s records as another process receives them: copies sharing no
+/// memory with the sender's.
+pub fn received(page: &ChangePage) -> Vec<Record> {
+    page.changes
+        .iter()
+        .map(|change| deep_copy(&change.record))
+        .collect()
 }
 
 /// The benchmark collection as the storage layer names it.
