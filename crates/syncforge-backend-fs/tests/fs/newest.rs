@@ -15,12 +15,15 @@ fn stamp_of(count: u64) -> Stamp {
 /// Replaces every record file of `dir` with something that is not a record,
 /// so that only the log can still tell the newest stamp.
 fn spoil_record_files(dir: &Path) {
+    let mut spoiled = 0;
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "json") {
             std::fs::write(&path, b"spoiled").unwrap();
+            spoiled += 1;
         }
     }
+    assert!(spoiled > 0, "no record file in {}", dir.display());
 }
 
 #[tokio::test]

@@ -32,5 +32,6 @@ async fn cluster_conforms() {
     let Some(config) = cluster("conformance").await else {
         return;
     };
-    run_conformance(&Connections(config)).await;
+    run_conformance(&Connections(config.clone())).await;
+    remove_prefix(&config).await;
 }

@@ -64,6 +64,12 @@ async fn a_server_killed_mid_sync_loses_nothing_and_tears_nothing() {
         assert!(Instant::now() < deadline, "the sync does not progress");
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
+    // The kill must land mid-sync: a poll that came late may have seen a
+    // sync that already wrote everything.
+    assert!(
+        !syncing.is_finished() && seen_before_kill < SYNCED as u64,
+        "the sync ended before the kill ({seen_before_kill} records stored)"
+    );
     raw.quit().await.ok();
     server.kill();
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -639,6 +645,7 @@ async fn a_slot_moved_during_a_sync_is_followed() {
         client.quit().await.ok();
     }
     store.close().await.unwrap();
+    remove_prefix(&config).await;
 }
 
 /// A master of the cluster, as `CLUSTER NODES` lists it.

@@ -557,8 +557,25 @@ pub(crate) async fn assert_consistent(
 /// tests on a shared server leave nothing behind.
 pub(crate) async fn remove_prefix(config: &RedisConfig) {
     let client = raw_client(config).await.unwrap();
+    if !config.cluster {
+        remove_keys_of_node(&client, &config.key_prefix).await;
+        client.quit().await.ok();
+        return;
+    }
+    // A cluster's keys are spread over its primaries: each is scanned.
+    for node in client.split_cluster().unwrap() {
+        node.init().await.unwrap();
+        remove_keys_of_node(&node, &config.key_prefix).await;
+        node.quit().await.ok();
+    }
+    client.quit().await.ok();
+}
+
+/// Removes the keys under `prefix` that one server holds, one at a time: on
+/// a cluster, keys of several slots may not share a command.
+async fn remove_keys_of_node(client: &Client, prefix: &str) {
     let mut cursor = "0".to_owned();
-    loop {
+    for _round in 0..100_000 {
         let (next, keys): (String, Vec<String>) = client
             .custom(
                 fred::types::CustomCommand::new_static(
@@ -569,20 +586,20 @@ pub(crate) async fn remove_prefix(config: &RedisConfig) {
                 vec![
                     cursor.clone(),
                     "MATCH".to_owned(),
-                    format!("{}:*", config.key_prefix),
+                    format!("{prefix}:*"),
                     "COUNT".to_owned(),
                     "1000".to_owned(),
                 ],
             )
             .await
             .unwrap();
-        if !keys.is_empty() {
-            let _: i64 = client.unlink(keys).await.unwrap();
+        for key in keys {
+            let _: i64 = client.unlink(key).await.unwrap();
         }
         if next == "0" {
-            break;
+            return;
         }
         cursor = next;
     }
-    client.quit().await.ok();
+    panic!("SCAN did not end within 100,000 rounds");
 }

@@ -90,7 +90,8 @@ async fn a_page_of_the_feed_reads_about_one_record_per_change() {
         .map(|c| c.record.id().clone())
         .collect();
     let mut after = first.next;
-    loop {
+    for pages in 0.. {
+        assert!(pages < 100_000, "the feed did not end within 100,000 pages");
         let page = reader
             .changes(&collection, after, 100.try_into().unwrap())
             .await
@@ -125,7 +126,8 @@ async fn an_entry_read_a_page_at_a_time_is_fetched_once() {
     let reader = S3Backend::from_store(Arc::new(counted), "dse").unwrap();
     let mut after = Cursor::START;
     let mut seen = 0;
-    loop {
+    for pages in 0.. {
+        assert!(pages < 100_000, "the feed did not end within 100,000 pages");
         let page = reader
             .changes(&collection, after, 100.try_into().unwrap())
             .await
@@ -153,7 +155,8 @@ async fn incremental_cost(size: usize) -> (u64, u64) {
         .collect();
     sync_in(&writer, &collection, &records).await;
     let mut end = Cursor::START;
-    loop {
+    for pages in 0.. {
+        assert!(pages < 100_000, "the feed did not end within 100,000 pages");
         let page = writer
             .changes(&collection, end, 1000.try_into().unwrap())
             .await

@@ -409,7 +409,7 @@ fn serve_takes_the_limits_a_proxy_needs_and_names_refused_flags() {
             "--max-connections",
             "1",
             "--header-read-timeout",
-            "1s",
+            "3s",
         ],
     );
     // The client reads the bound from the server and does not send the
@@ -448,7 +448,7 @@ fn serve_takes_the_limits_a_proxy_needs_and_names_refused_flags() {
     let mut answer = String::new();
     let _ = second.read_to_string(&mut answer);
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
-    // The first, its headers never finished, is closed after a second.
+    // The first, its headers never finished, is closed after three seconds.
     first
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();

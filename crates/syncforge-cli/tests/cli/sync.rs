@@ -26,6 +26,7 @@ fn a_repeated_sync_sends_nothing_and_then_only_what_changed() {
 
     // Nothing changed: nothing is read, let alone written.
     let second = syncforge(&["sync", arg(&src), arg(&dst), "--json"]).ok();
+    assert_eq!(second.json_lines().len(), 2, "{second:?}");
     for line in second.json_lines() {
         assert_eq!(counts(&line), [0, 0, 0, 0, 0], "{second:?}");
     }
@@ -69,12 +70,14 @@ fn both_ways_converges_and_then_settles() {
     // What the laptop sent comes back once from the phone's feed and merges
     // as unchanged; nothing is written anywhere.
     let second = syncforge(&["sync", arg(&phone), arg(&laptop), "--both", "--json"]).ok();
+    assert_eq!(second.json_lines().len(), 2, "{second:?}");
     for line in second.json_lines() {
         let [added, updated, deleted, _, conflicts] = counts(&line);
         assert_eq!((added, updated, deleted, conflicts), (0, 0, 0, 0), "{line}");
         assert_eq!(line["to_src"]["sent"], 0, "{line}");
     }
     let third = syncforge(&["sync", arg(&phone), arg(&laptop), "--both", "--json"]).ok();
+    assert_eq!(third.json_lines().len(), 2, "{third:?}");
     for line in third.json_lines() {
         assert_eq!(counts(&line), [0, 0, 0, 0, 0], "{line}");
         assert_eq!(line["to_src"]["sent"], 0, "{line}");

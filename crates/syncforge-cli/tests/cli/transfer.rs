@@ -212,6 +212,7 @@ fn a_store_directory_of_the_typescript_original_imports_with_one_command() {
         "--json",
     ])
     .ok();
+    assert!(!again.json_lines().is_empty(), "{again:?}");
     for line in again.json_lines() {
         let [added, updated, deleted, _, _] = counts(&line);
         assert_eq!((added, updated, deleted), (0, 0, 0), "{line}");

@@ -129,7 +129,8 @@ pub(crate) async fn snapshot(engine: &SyncEngine, collection: &str) -> String {
 /// The end of `collection`'s change feed: moves with every write.
 pub(crate) async fn feed_head(engine: &SyncEngine, collection: &str) -> Cursor {
     let mut cursor = Cursor::START;
-    loop {
+    for pages in 0.. {
+        assert!(pages < 100_000, "the feed did not end within 100,000 pages");
         let page = engine
             .changes(collection, cursor, PageOptions::default().limit(1000))
             .await
@@ -139,6 +140,7 @@ pub(crate) async fn feed_head(engine: &SyncEngine, collection: &str) -> Cursor {
             return cursor;
         }
     }
+    unreachable!("the loop returns or fails")
 }
 
 /// A plain HTTP client for hand-made requests.

@@ -42,10 +42,19 @@ async fn changed_after(collection: &Collection, cursor: Cursor) -> bool {
         .is_empty()
 }
 
+/// Records as JSON text, by id.
+fn json_of(records: Vec<Record>) -> std::collections::BTreeMap<String, String> {
+    records
+        .into_iter()
+        .map(|record| (record.id().to_string(), record.to_json().to_string()))
+        .collect()
+}
+
 /// The end of the collection's feed.
 async fn head(collection: &Collection) -> Cursor {
     let mut cursor = Cursor::START;
-    loop {
+    // Bounded: a feed that never ends fails here instead of hanging.
+    for _page in 0..100_000 {
         let page = collection
             .changes(cursor, PageOptions::default().limit(1000))
             .await
@@ -55,6 +64,7 @@ async fn head(collection: &Collection) -> Cursor {
             return cursor;
         }
     }
+    panic!("the feed did not end within 100,000 pages");
 }
 
 /// Throws `cases` random records (from `seed`) at `engine`: parsed, put, and
@@ -195,16 +205,20 @@ async fn hostile_records_on_the_filesystem_backend() {
     .unwrap();
     let engine = engine_over(store, ConflictStrategy::Crdt).await;
     run_cases(&engine, 3, cases).await;
-    // What the store holds reads back whole after a reopen.
+    // What the store holds reads back whole, and the same, after a reopen.
+    let held = json_of(engine.get_all("hostile-3").await.unwrap());
+    assert!(!held.is_empty(), "no hostile record was stored");
     engine.close().await.unwrap();
     let reopened = engine_over(
         FsBackend::open(dir.path()).await.unwrap(),
         ConflictStrategy::Crdt,
     )
     .await;
-    for record in reopened.get_all("hostile-3").await.unwrap() {
-        hostile::round_trip(&record).unwrap();
+    let records = reopened.get_all("hostile-3").await.unwrap();
+    for record in &records {
+        hostile::round_trip(record).unwrap();
     }
+    assert_eq!(json_of(records), held);
 }
 
 /// A key prefix no other test or run uses.

@@ -27,7 +27,8 @@ async fn put_many(e: &SyncEngine, collection: &str, prefix: &str, n: usize) {
 /// The end of an engine's feed.
 async fn head(e: &SyncEngine, collection: &str) -> Cursor {
     let mut cursor = Cursor::START;
-    loop {
+    for pages in 0.. {
+        assert!(pages < 100_000, "the feed did not end within 100,000 pages");
         let page = e
             .changes(collection, cursor, PageOptions::default().limit(1000))
             .await
@@ -37,6 +38,7 @@ async fn head(e: &SyncEngine, collection: &str) -> Cursor {
             return cursor;
         }
     }
+    unreachable!("the loop returns or fails")
 }
 
 #[tokio::test]
