@@ -831,6 +831,13 @@ pub(crate) fn profile(row: &str, cache: bool) -> Result<(), String> {
     std::fs::create_dir_all(&out)
         .map_err(|error| format!("cannot create {}: {error}", out.display()))?;
     let file = out.join(format!("callgrind.{row}.out"));
+    // A profile left by an earlier run must not pass for this one's.
+    match std::fs::remove_file(&file) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            return Err(format!("cannot remove {}: {error}", file.display()));
+        }
+        _ => {}
+    }
     let cache_options = if cache {
         format!("'--cache-sim=yes', '--LL={SIMULATED_LAST_LEVEL},16,64', ")
     } else {
@@ -862,8 +869,12 @@ pub(crate) fn profile(row: &str, cache: bool) -> Result<(), String> {
             .find(|(event, _)| event == name)
             .map(|(_, count)| *count)
     };
-    let instructions =
-        event("Ir").ok_or_else(|| format!("{} holds no instruction total", file.display()))?;
+    let instructions = event("Ir").filter(|count| *count > 0.0).ok_or_else(|| {
+        format!(
+            "{} counts no instruction: did the workload run inside `profiled`?",
+            file.display()
+        )
+    })?;
     let records = records_of(row) as f64;
     println!(
         "\n{row}: {instructions:.0} instructions, {:.0} per record ({records} records)",

@@ -42,9 +42,11 @@ const GROUP: &str = "peers";
 fn syncforge_w3(c: &mut Criterion) {
     let rt = runtime();
     let base = written_records(&rt, "writer", RECORDS);
+    // Criterion calls the closure once per sample: the sides are made once.
+    let mut sides = None;
     c.benchmark_group(GROUP)
         .bench_function("peers_w3_syncforge", |b| {
-            let sides = diverge(&rt, &base);
+            let sides = sides.get_or_insert_with(|| diverge(&rt, &base));
             b.iter_custom(|iters| {
                 timed_checked(
                     iters,
@@ -152,9 +154,10 @@ fn crdts_check(merged: &HashMap<String, LwwRecord>) {
 }
 
 fn crdts_w3(c: &mut Criterion) {
+    let mut sides = None;
     c.benchmark_group(GROUP)
         .bench_function("peers_w3_crdts", |b| {
-            let (receiver, sender) = crdts_sides();
+            let (receiver, sender) = sides.get_or_insert_with(crdts_sides);
             b.iter_custom(|iters| {
                 timed_checked(
                     iters,
@@ -245,9 +248,10 @@ fn automerge_check(merged: &AutoCommit) {
 }
 
 fn automerge_w3(c: &mut Criterion) {
+    let mut sides = None;
     c.benchmark_group(GROUP)
         .bench_function("peers_w3_automerge", |b| {
-            let (receiver, sender) = automerge_sides();
+            let (receiver, sender) = sides.get_or_insert_with(automerge_sides);
             b.iter_custom(|iters| {
                 timed_checked(
                     iters,

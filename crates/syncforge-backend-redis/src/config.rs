@@ -49,7 +49,9 @@ pub struct RedisConfig {
     /// Port of the server (default 6379).
     pub port: u16,
     /// Whether the server is a Redis Cluster: the client then discovers every
-    /// node from the seed nodes and follows `MOVED`/`ASK` redirections.
+    /// node from the seed nodes and follows `MOVED` redirections. An `ASK`
+    /// (a slot being migrated) fails the command as transient, and the next
+    /// call finds the slot's new node.
     pub cluster: bool,
     /// More seed nodes of a cluster besides `host:port`, tried when it is down.
     pub nodes: Vec<(String, u16)>,
@@ -273,6 +275,12 @@ impl RedisConfig {
         if self.nodes.iter().any(|(host, _)| host.is_empty()) {
             return Err(invalid("nodes", "a seed node has an empty host".to_owned()));
         }
+        if let Some(reason) = bad_host(&self.host) {
+            return Err(invalid("host", reason));
+        }
+        if let Some(reason) = self.nodes.iter().find_map(|(host, _)| bad_host(host)) {
+            return Err(invalid("nodes", reason));
+        }
         if !self.cluster && !self.nodes.is_empty() {
             return Err(invalid(
                 "nodes",
@@ -362,6 +370,20 @@ impl fmt::Debug for RedisConfig {
             .field("command_timeout", &self.command_timeout)
             .finish()
     }
+}
+
+/// Why `host` names no host, if it does not: a name or address with a port
+/// or list in it (`cache:6380`, `h1,h2`), or characters no name has. Caught
+/// here, it is a clear refusal instead of a lookup failing as transient.
+fn bad_host(host: &str) -> Option<String> {
+    if host.contains(':') && host.parse::<std::net::Ipv6Addr>().is_err() {
+        return Some(format!(
+            "{host:?} is not a host name or address (a port goes in `port`, further nodes in `nodes`; an IPv6 address in a URL goes in brackets)"
+        ));
+    }
+    host.chars()
+        .find(|c| c.is_whitespace() || c.is_control() || matches!(c, ',' | '/' | '?' | '#' | '@'))
+        .map(|bad| format!("{host:?} is not a host name or address: it holds {bad:?}"))
 }
 
 fn host_port(host: &str, port: u16) -> String {
@@ -650,5 +672,40 @@ mod tests {
             }),
             "host"
         );
+        for host in [
+            "cache:6380",
+            "h1:7000,h2",
+            ":",
+            "a b",
+            "cache/0",
+            "user@cache",
+        ] {
+            let config = RedisConfig {
+                host: host.to_owned(),
+                ..base()
+            };
+            assert_eq!(check(config), "host", "{host:?}");
+        }
+        for host in ["::1", "fe80::1", "10.0.0.1", "redis.internal", "cache-1"] {
+            let config = RedisConfig {
+                host: host.to_owned(),
+                ..base()
+            };
+            assert!(config.validate().is_ok(), "{host:?}");
+        }
+        assert_eq!(
+            check(RedisConfig {
+                cluster: true,
+                nodes: vec![("h2:7001".to_owned(), 7001)],
+                ..base()
+            }),
+            "nodes"
+        );
+        // A list where a cluster URL takes `?node=`, and an IPv6 address
+        // without its brackets.
+        for url in ["redis-cluster://h1:7000,h2:7001", "redis://::1"] {
+            assert_eq!(check(RedisConfig::from_url(url).unwrap()), "host", "{url}");
+        }
+        assert_eq!(RedisConfig::from_url("redis://[::1]").unwrap().host, "::1");
     }
 }
