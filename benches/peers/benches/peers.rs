@@ -50,12 +50,7 @@ fn syncforge_w3(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 timed_checked(
                     iters,
-                    || {
-                        let local: Vec<_> = sides.local.iter().map(support::deep_copy).collect();
-                        let receiver = rt.block_on(support::engine_holding("receiver", &local));
-                        let batch: Vec<_> = sides.remote.iter().map(support::deep_copy).collect();
-                        (receiver, batch)
-                    },
+                    || sides.fresh(&rt),
                     |(receiver, batch)| {
                         let result = rt
                             .block_on(receiver.sync(support::COLLECTION, batch))

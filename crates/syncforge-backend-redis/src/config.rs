@@ -71,7 +71,9 @@ pub struct RedisConfig {
     /// Whether to connect over TLS (crate feature `tls`, on by default).
     /// The server's certificate must be signed by an authority the system
     /// trusts (its store, or the bundle `SSL_CERT_FILE` names) or one of
-    /// [`tls_root_certificates`](Self::tls_root_certificates).
+    /// [`tls_root_certificates`](Self::tls_root_certificates). No client
+    /// certificate is sent: the server's `tls-auth-clients` must be `no` or
+    /// `optional`.
     pub tls: bool,
     /// PEM bundles of certificate authorities trusted besides the system's,
     /// for a server whose certificate a private authority signed (each

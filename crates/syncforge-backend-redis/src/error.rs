@@ -174,6 +174,11 @@ pub(crate) fn map(error: FredError, operation: impl Into<String>, address: &str)
         (ErrorKind::Tls, _) => {
             "TLS failed: check that the server speaks TLS and that its certificate is trusted".to_owned()
         }
+        _ if refused_by_tls
+            && (details.contains("CertificateRequired") || details.contains("HandshakeFailure")) =>
+        {
+            "the server refused the TLS handshake: it may ask for a client certificate, which this client does not send (set the server's tls-auth-clients to no or optional)".to_owned()
+        }
         _ if refused_by_tls => {
             "the TLS handshake failed: check that the port serves TLS and that an authority the system trusts, or one of tls_root_certificates, signed the server's certificate for this host name".to_owned()
         }

@@ -14,6 +14,8 @@ use crate::services::required;
 pub struct TestCertificates {
     /// The authority's certificate, PEM.
     pub authority_pem: Vec<u8>,
+    /// The authority's certificate file, PEM.
+    pub authority_file: PathBuf,
     /// The server's certificate file, PEM.
     pub server_certificate_file: PathBuf,
     /// The server's private key file, PEM.
@@ -133,6 +135,7 @@ pub fn make(dir: &Path) -> Option<TestCertificates> {
     };
     Some(TestCertificates {
         authority_pem: read("ca.pem"),
+        authority_file: dir.join("ca.pem"),
         server_certificate_file: dir.join("server.pem"),
         server_key_file: dir.join("server.key"),
         server_certificate_der: read("server.der"),

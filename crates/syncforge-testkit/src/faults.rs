@@ -125,6 +125,8 @@ pub struct FaultyBackend {
     /// What another writer does after the next `put_batch` took effect,
     /// whose answer is then lost.
     rival_after_lost_answer: Mutex<Option<Rival>>,
+    /// The same, after the next `insert_if_absent`.
+    rival_after_lost_insert: Mutex<Option<Rival>>,
     /// Whether `changes` answers pages that never advance.
     stalling_feed: bool,
 }
@@ -170,6 +172,7 @@ impl FaultyBackend {
             resend_inserts: false,
             rival: Mutex::new(None),
             rival_after_lost_answer: Mutex::new(None),
+            rival_after_lost_insert: Mutex::new(None),
             stalling_feed: false,
         }
     }
@@ -199,6 +202,17 @@ impl FaultyBackend {
     {
         let rival: Rival = Box::new(move |store| Box::pin(rival(store)));
         *self.rival_after_lost_answer.lock() = Some(rival);
+    }
+
+    /// [`rival_after_next_lost_put_batch`](Self::rival_after_next_lost_put_batch)
+    /// for the next `insert_if_absent`.
+    pub fn rival_after_next_lost_insert<F, Fut>(&self, rival: F)
+    where
+        F: FnOnce(Arc<dyn StorageBackend>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let rival: Rival = Box::new(move |store| Box::pin(rival(store)));
+        *self.rival_after_lost_insert.lock() = Some(rival);
     }
 
     /// Limits failures to the given operations (the others are only
@@ -397,6 +411,17 @@ impl StorageBackend for FaultyBackend {
         id: &RecordId,
         make: &mut (dyn FnMut() -> Result<Record> + Send),
     ) -> Option<Result<IfAbsent>> {
+        let after_lost = self.rival_after_lost_insert.lock().take();
+        if let Some(rival) = after_lost {
+            self.calls[Operation::InsertIfAbsent.index()].fetch_add(1, Ordering::SeqCst);
+            self.injected.fetch_add(1, Ordering::SeqCst);
+            let _lost = self.inner.insert_if_absent(collection, id, make).await;
+            rival(Arc::clone(&self.inner)).await;
+            return Some(Err(injected(
+                Operation::InsertIfAbsent,
+                "after the call took effect, and after another writer acted",
+            )));
+        }
         // An injected failure stands for a store that tried the one step,
         // even in front of one that has none: the caller must take either.
         let answer = self

@@ -22,9 +22,11 @@
 //! * `LwwMap`: a map built of 10,000 and 100,000 keys set in no order,
 //!   counted per key, whose cost must grow as log n, not n.
 //!
-//! Every workload is set up outside the timing (`iter_custom`). The remote
-//! records of W3 are deep copies of the sender's, as if they had arrived over
-//! the wire, so no shortcut on shared memory can make them look unchanged.
+//! Every workload is set up outside the timing (`iter_custom`). W3's
+//! receiver and the records it syncs are deep copies of the two sides, made
+//! anew for each run, as if they had arrived over the wire: no shortcut on
+//! shared memory can make them look unchanged, and the sync frees what it
+//! does not keep, as a receiving replica does.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -320,10 +322,7 @@ fn w3_sync_diverged(c: &mut Criterion, rt: &Runtime, base: &[Record], id: &str) 
         b.iter_custom(|iters| {
             timed_checked(
                 iters,
-                || {
-                    let receiver = rt.block_on(engine_holding("receiver", &sides.local));
-                    (receiver, sides.remote.clone())
-                },
+                || sides.fresh(rt),
                 |(receiver, batch)| {
                     let result = rt.block_on(receiver.sync(COLLECTION, batch)).unwrap();
                     (receiver, result)
@@ -575,15 +574,8 @@ fn profile(rt: &Runtime, row: &str) {
             let base = written_records(rt, "writer", size);
             let sides = diverge_shaped(rt, &base, shape);
             drop(base);
-            let receiver = rt.block_on(engine_holding("receiver", &sides.local));
-            // A copy, as the benchmark syncs: `sides` keeps the incoming
-            // records alive, so the sync drops its references to them
-            // without freeing them, as it does in the timed row.
-            #[expect(
-                clippy::redundant_clone,
-                reason = "the original is kept for its drop, after the profiled sync"
-            )]
-            let batch = sides.remote.clone();
+            // As the timed row syncs: copies the sync frees.
+            let (receiver, batch) = sides.fresh(rt);
             let result = profiled(|| rt.block_on(receiver.sync(COLLECTION, batch)).unwrap());
             assert_eq!(result.updated, shape.each_side);
             assert_no_edit_lost_shaped(rt, &receiver, shape);

@@ -147,7 +147,7 @@ pub(crate) enum Intent {
 
 /// The kind of an [`Intent`]: with the state its write meant to store (and,
 /// for a merge, the record received), all that is needed to rebuild it.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum IntentKind {
     Put,
     Delete,
@@ -876,7 +876,11 @@ impl SyncEngine {
                     "insert_if_absent wrote a record it did not build",
                 ))))
             }
-            (Some(Ok(IfAbsent::Present(stored))), Some(built)) if stored.record == built => {
+            // Sent again by the store's client after a lost answer: its own
+            // record, or that record as a later writer changed it.
+            (Some(Ok(IfAbsent::Present(stored))), Some(built))
+                if stored.record == built || holds_local_write(&stored.record, &built) =>
+            {
                 stored.record
             }
             (Some(Err(error)), Some(built)) => {
@@ -886,8 +890,11 @@ impl SyncEngine {
                 })
                 .await;
                 match read {
-                    Ok(Some(stored)) if stored.record == built => stored.record,
-                    Ok(Some(stored)) if holds_local_write(&stored.record, &built) => built,
+                    Ok(Some(stored))
+                        if stored.record == built || holds_local_write(&stored.record, &built) =>
+                    {
+                        stored.record
+                    }
                     Ok(stored) => return Err(Some(Ok(stored))),
                     Err(error) => return Ok(Err(error)),
                 }
@@ -956,9 +963,18 @@ impl SyncEngine {
                 };
                 if landed {
                     if let Some(planned) = item.planned.take() {
+                        // A put is reported as the store holds it now, with
+                        // a later writer's change; a delete as it was made,
+                        // since a later put brings the record back and a
+                        // delete's outcome must be a deleted record.
+                        let record = if item.kind == IntentKind::Delete {
+                            item.intended.take()
+                        } else {
+                            local
+                        };
                         done[item.slot] = self.confirm(
                             collection,
-                            item.intended.take(),
+                            record,
                             planned,
                             None,
                             item.previous.take(),
@@ -1569,24 +1585,38 @@ enum Step {
     },
 }
 
+/// Whether `stored` holds the local write (put or delete) `intended` meant
+/// to make, as a later writer may have changed it since: every field the
+/// write stamped is in `stored` as the write left it, or stamped later (the
+/// later writer's change), and at least one is as the write left it; for a
+/// delete, its tombstone is there. Comparing the states, not only the
+/// stamp, keeps two processes that share a client id (and so may make equal
+/// stamps) from taking each other's write for their own. A later writer
+/// that rewrote every field the write stamped leaves no trace of it: the
+/// write is then applied again.
+fn holds_local_write(stored: &Record, intended: &Record) -> bool {
+    let stamp = intended.newest_stamp();
+    if intended.tombstone() == Some(stamp) {
+        return stored.tombstone() == Some(stamp);
+    }
+    let now = stored.field_states();
+    let mut kept = false;
+    for (name, state) in intended.field_states().iter() {
+        if state.stamp() != stamp {
+            continue;
+        }
+        match now.get(name) {
+            Some(current) if current == state => kept = true,
+            Some(current) if current.stamp() > stamp => {}
+            _ => return false,
+        }
+    }
+    kept
+}
+
 /// A backend's answer to a call about `asked` items, checked to hold one
 /// answer per item: a store answering more or fewer is broken, and pairing
 /// its answers with the items would misattribute them.
-/// Whether `stored` holds the local write (put or delete) `intended` meant
-/// to make, as changed by a later writer: the write's stamp, this engine's
-/// and made for that write alone, is among `stored`'s. (A later writer that
-/// rewrote every field the write stamped leaves no trace of it; that write
-/// is then applied again.)
-fn holds_local_write(stored: &Record, intended: &Record) -> bool {
-    let stamp = intended.newest_stamp();
-    stored.written() == stamp
-        || stored.tombstone() == Some(stamp)
-        || stored
-            .field_states()
-            .values()
-            .any(|field| field.stamp() == stamp)
-}
-
 fn one_each<T>(
     backend: &dyn StorageBackend,
     call: &str,

@@ -22,4 +22,5 @@ mod faults;
 mod flaws;
 mod nesting;
 mod support;
+#[cfg(feature = "tls")]
 mod tls;

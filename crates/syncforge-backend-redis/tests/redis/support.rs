@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -83,6 +83,8 @@ struct TlsListener {
     port: u16,
     certificate: PathBuf,
     key: PathBuf,
+    /// The authority whose client certificates the server asks for, if any.
+    client_authority: Option<PathBuf>,
 }
 
 impl PrivateServer {
@@ -96,13 +98,31 @@ impl PrivateServer {
         PrivateServer::start_with(password, None).await
     }
 
+    #[cfg(feature = "tls")]
     /// Starts one that also serves TLS, on a port of its own
-    /// ([`tls_config`](Self::tls_config)), with `certificate` and `key`.
-    pub(crate) async fn start_with_tls(certificate: &Path, key: &Path) -> Option<PrivateServer> {
+    /// ([`tls_config`](Self::tls_config)), with the server certificate of
+    /// `certificates`; asking clients for certificates of its authority
+    /// when `client_certificates`. `None` (skipped) when `redis-server` is
+    /// missing or was built without TLS.
+    pub(crate) async fn start_with_tls(
+        certificates: &syncforge_testkit::certificates::TestCertificates,
+        client_certificates: bool,
+    ) -> Option<PrivateServer> {
+        let bin = address(SERVER_BIN_ENV, "redis-server");
+        let speaks_tls = PrivateServer::speaks_tls(&bin, certificates);
+        if !available(
+            "redis-server built with TLS",
+            SERVER_BIN_ENV,
+            &bin,
+            speaks_tls,
+        ) {
+            return None;
+        }
         let tls = TlsListener {
             port: free_port(),
-            certificate: certificate.to_owned(),
-            key: key.to_owned(),
+            certificate: certificates.server_certificate_file.clone(),
+            key: certificates.server_key_file.clone(),
+            client_authority: client_certificates.then(|| certificates.authority_file.clone()),
         };
         PrivateServer::start_with(None, Some(tls)).await
     }
@@ -153,6 +173,52 @@ impl PrivateServer {
         }
     }
 
+    #[cfg(feature = "tls")]
+    /// Whether `bin` serves TLS: a server built without it exits at once
+    /// when given a TLS port, where one built with it listens there.
+    fn speaks_tls(
+        bin: &str,
+        certificates: &syncforge_testkit::certificates::TestCertificates,
+    ) -> bool {
+        // A port taken meanwhile makes a server exit as well: tried thrice.
+        (0..3).any(|_| PrivateServer::listens_on_tls(bin, certificates, free_port()))
+    }
+
+    #[cfg(feature = "tls")]
+    fn listens_on_tls(
+        bin: &str,
+        certificates: &syncforge_testkit::certificates::TestCertificates,
+        port: u16,
+    ) -> bool {
+        let Ok(mut server) = Command::new(bin)
+            .args(["--port", "0", "--bind", "127.0.0.1", "--save", ""])
+            .args(["--tls-port", &port.to_string(), "--tls-auth-clients", "no"])
+            .arg("--tls-cert-file")
+            .arg(&certificates.server_certificate_file)
+            .arg("--tls-key-file")
+            .arg(&certificates.server_key_file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+        else {
+            return false;
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let listening = loop {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break true;
+            }
+            if server.try_wait().is_ok_and(|status| status.is_some()) || Instant::now() > deadline {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        server.kill().ok();
+        server.wait().ok();
+        listening
+    }
+
+    #[cfg(feature = "tls")]
     /// What reaches this server over TLS, trusting `authority` (PEM).
     pub(crate) fn tls_config(&self, prefix: &str, authority: &[u8]) -> RedisConfig {
         RedisConfig {
@@ -189,9 +255,14 @@ impl PrivateServer {
                     tls.certificate.clone().into_os_string(),
                     "--tls-key-file".into(),
                     tls.key.clone().into_os_string(),
-                    "--tls-auth-clients".into(),
-                    "no".into(),
                 ]
+            }))
+            .args(self.tls.iter().flat_map(|tls| match &tls.client_authority {
+                Some(authority) => vec![
+                    OsString::from("--tls-ca-cert-file"),
+                    authority.clone().into_os_string(),
+                ],
+                None => vec![OsString::from("--tls-auth-clients"), "no".into()],
             }))
             .stdout(Stdio::null())
             .stderr(Stdio::null())

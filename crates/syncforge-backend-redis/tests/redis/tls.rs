@@ -15,12 +15,7 @@ async fn a_store_given_the_servers_authority_works_over_tls() {
     let Some(certificates) = syncforge_testkit::certificates::make(dir.path()) else {
         return;
     };
-    let Some(server) = PrivateServer::start_with_tls(
-        &certificates.server_certificate_file,
-        &certificates.server_key_file,
-    )
-    .await
-    else {
+    let Some(server) = PrivateServer::start_with_tls(&certificates, false).await else {
         return;
     };
     let config = server.tls_config(&fresh_prefix("tls"), &certificates.authority_pem);
@@ -45,12 +40,7 @@ async fn a_certificate_no_trusted_authority_signed_is_refused_for_good() {
     let Some(certificates) = syncforge_testkit::certificates::make(dir.path()) else {
         return;
     };
-    let Some(server) = PrivateServer::start_with_tls(
-        &certificates.server_certificate_file,
-        &certificates.server_key_file,
-    )
-    .await
-    else {
+    let Some(server) = PrivateServer::start_with_tls(&certificates, false).await else {
         return;
     };
     let trusted = server.tls_config(&fresh_prefix("tls-stranger"), &certificates.authority_pem);
@@ -70,6 +60,32 @@ async fn a_certificate_no_trusted_authority_signed_is_refused_for_good() {
         "{error}"
     );
     // Not a timeout: the handshake's verdict is the answer.
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+/// A server that asks for a client certificate (Redis's default) is
+/// refused for good, with advice about client certificates, which this
+/// client does not send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_asking_for_client_certificates_is_refused_with_advice() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(certificates) = syncforge_testkit::certificates::make(dir.path()) else {
+        return;
+    };
+    let Some(server) = PrivateServer::start_with_tls(&certificates, true).await else {
+        return;
+    };
+    let config = RedisConfig {
+        connect_timeout: Duration::from_secs(10),
+        ..server.tls_config(&fresh_prefix("tls-client"), &certificates.authority_pem)
+    };
+    let started = Instant::now();
+    let error = RedisBackend::connect(config).await.err().unwrap();
+    assert!(
+        matches!(error, Error::Storage { .. }),
+        "refused as {error:?}"
+    );
+    assert!(error.to_string().contains("client certificate"), "{error}");
     assert!(started.elapsed() < Duration::from_secs(10));
 }
 

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use syncforge_testkit::services::{address, available};
 use tempfile::TempDir;
 
-use crate::support::{arg, command, counts, docs, export, syncforge, syncforge_with};
+use crate::support::{
+    arg, command, counts, docs, export, syncforge, syncforge_env, syncforge_with,
+};
 
 const REDIS_ENV: &str = "SYNCFORGE_TEST_REDIS_URL";
 
@@ -156,12 +158,13 @@ fn a_watch_on_a_wiped_redis_store_stops_with_an_error() {
     assert!(stderr.contains("holds another store now"), "{stderr}");
 }
 
-/// A `rediss://` store in the CLI, whose build links two TLS crypto
-/// providers (ring for HTTP and Redis, aws-lc-rs for S3): the handshake
-/// runs, and a certificate no trusted authority signed is refused with
-/// advice, where rustls left to pick a provider would panic.
+/// A `rediss://` store in the CLI: reached when the system trusts the
+/// server's authority (`SSL_CERT_FILE`), refused with advice when it does
+/// not. With the default features the CLI links two TLS crypto providers
+/// (ring for HTTP and Redis, aws-lc-rs for S3), where rustls left to pick
+/// one panicked.
 #[test]
-fn a_tls_store_is_reached_with_two_crypto_providers_linked() {
+fn a_tls_store_is_reached_when_its_authority_is_trusted() {
     let bin = address("SYNCFORGE_TEST_REDIS_SERVER_BIN", "redis-server");
     let found = Command::new(&bin)
         .arg("--version")
@@ -200,6 +203,13 @@ fn a_tls_store_is_reached_with_two_crypto_providers_linked() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        // One built without TLS exits at once on a TLS port.
+        let exited = server.try_wait().is_ok_and(|status| status.is_some());
+        if exited {
+            let variable = "SYNCFORGE_TEST_REDIS_SERVER_BIN";
+            available("redis-server built with TLS", variable, &bin, false);
+            return;
+        }
         assert!(
             Instant::now() < deadline,
             "redis-server did not listen on {port}"
@@ -207,9 +217,16 @@ fn a_tls_store_is_reached_with_two_crypto_providers_linked() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let url = format!("rediss://127.0.0.1:{port}/0?prefix=tls");
+    let authority = certificates.authority_file.to_str().unwrap();
+    let trusted = syncforge_env(&["ls", &url], &[("SSL_CERT_FILE", authority)]);
     let refused = syncforge(&["ls", &url]);
     server.kill().ok();
     server.wait().ok();
+    // Connected and asked: the prefix holds no store yet.
+    assert!(
+        trusted.code == 0 || trusted.stderr.contains("there is no store at "),
+        "{trusted:?}"
+    );
     assert_ne!(refused.code, 0);
     assert!(!refused.stderr.contains("panicked"), "{}", refused.stderr);
     assert!(

@@ -63,7 +63,7 @@ pub(crate) fn syncforge_with(args: &[&str], stdin: &str) -> Run {
 }
 
 /// Runs the binary with `args` and the environment variables `env`.
-#[cfg_attr(not(feature = "s3"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "s3", feature = "redis")), allow(dead_code))]
 pub(crate) fn syncforge_env(args: &[&str], env: &[(&str, &str)]) -> Run {
     let mut command = command(args);
     command.envs(env.iter().copied());

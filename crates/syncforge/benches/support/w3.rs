@@ -56,6 +56,20 @@ pub struct Diverged {
     pub remote: Vec<Record>,
 }
 
+impl Diverged {
+    /// The receiver holding copies of `local` of its own, and copies of
+    /// `remote` to sync, made anew for each run as two processes hold them:
+    /// the sync then frees the incoming records it does not keep and the
+    /// stored ones it replaces, as a replica receiving them over the wire
+    /// does. (Synced as shared references, they were only counted down.)
+    pub fn fresh(&self, rt: &Runtime) -> (SyncEngine, Vec<Record>) {
+        let local: Vec<Record> = self.local.iter().map(deep_copy).collect();
+        let receiver = rt.block_on(engine_holding("receiver", &local));
+        drop(local);
+        (receiver, self.remote.iter().map(deep_copy).collect())
+    }
+}
+
 /// The table's sender edits (see [`Shape::sender_edits`]).
 pub fn sender_edits() -> Range<usize> {
     Shape::W3.sender_edits()

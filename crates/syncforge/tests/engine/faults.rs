@@ -857,7 +857,9 @@ async fn a_write_whose_answer_was_lost_is_not_applied_again_over_a_later_writer(
         .put("c", &json!({"id": "n1", "title": "t1", "body": "b0"}))
         .await
         .unwrap();
+    // Reported as stored: the put's title, the later writer's body.
     assert_eq!(written.get("title"), Some(json!("t1")));
+    assert_eq!(written.get("body"), Some(json!("b1")));
     let stored = engine.get("c", "n1").await.unwrap().unwrap();
     assert_eq!(
         stored.get("body"),
@@ -875,5 +877,21 @@ async fn a_write_whose_answer_was_lost_is_not_applied_again_over_a_later_writer(
     let stored = engine.get("c", "n2").await.unwrap().unwrap();
     assert!(!stored.is_deleted(), "the later write was undone");
     assert_eq!(stored.get("title"), Some(json!("t2")));
-    assert_eq!(store.injected_failures(), 2);
+
+    // A new record's insert, changed by the later writer before the retry.
+    store.rival_after_next_lost_insert(later_writer(
+        json!({"id": "n3", "title": "t3", "body": "b1"}),
+    ));
+    let added = engine
+        .put("c", &json!({"id": "n3", "title": "t3", "body": "b0"}))
+        .await
+        .unwrap();
+    assert_eq!(added.version(), 2, "the insert and the later write");
+    let stored = engine.get("c", "n3").await.unwrap().unwrap();
+    assert_eq!(
+        stored.get("body"),
+        Some(json!("b1")),
+        "the later write was undone"
+    );
+    assert_eq!(store.injected_failures(), 3);
 }
