@@ -2,6 +2,7 @@
 //! signed for 127.0.0.1, made by the `openssl` command, for tests of TLS
 //! connections (HTTPS, `rediss://`).
 
+use std::ffi::OsString;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,6 +25,23 @@ pub struct TestCertificates {
     pub server_certificate_der: Vec<u8>,
     /// The server's private key, PKCS#8 DER.
     pub server_key_der: Vec<u8>,
+}
+
+impl TestCertificates {
+    /// The arguments that make a `redis-server` serve TLS on `port`, with
+    /// the server certificate, asking clients for none.
+    pub fn redis_server_args(&self, port: u16) -> Vec<OsString> {
+        vec![
+            "--tls-port".into(),
+            port.to_string().into(),
+            "--tls-cert-file".into(),
+            self.server_certificate_file.clone().into(),
+            "--tls-key-file".into(),
+            self.server_key_file.clone().into(),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ]
+    }
 }
 
 /// Makes them in `dir`, or returns `None` (skipped, with a message) when

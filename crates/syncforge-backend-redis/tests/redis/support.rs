@@ -192,11 +192,7 @@ impl PrivateServer {
     ) -> bool {
         let Ok(mut server) = Command::new(bin)
             .args(["--port", "0", "--bind", "127.0.0.1", "--save", ""])
-            .args(["--tls-port", &port.to_string(), "--tls-auth-clients", "no"])
-            .arg("--tls-cert-file")
-            .arg(&certificates.server_certificate_file)
-            .arg("--tls-key-file")
-            .arg(&certificates.server_key_file)
+            .args(certificates.redis_server_args(port))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

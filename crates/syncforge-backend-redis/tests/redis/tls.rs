@@ -1,21 +1,33 @@
 //! `rediss://`: a private `redis-server` serving TLS with a certificate a
 //! test authority signed.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use syncforge_backend_redis::{RedisBackend, RedisConfig};
 use syncforge_core::{ClientId, Error, Hlc, StorageBackend};
+use syncforge_testkit::certificates::TestCertificates;
 
 use crate::support::{coll, fresh_prefix, record, rid, sync_records, PrivateServer};
+
+/// A private server serving TLS with a certificate of the test authority
+/// (files in `dir`), asking clients for certificates when
+/// `client_certificates`; `None` (skipped) without openssl or a TLS
+/// `redis-server`.
+async fn tls_server(
+    dir: &Path,
+    client_certificates: bool,
+) -> Option<(TestCertificates, PrivateServer)> {
+    let certificates = syncforge_testkit::certificates::make(dir)?;
+    let server = PrivateServer::start_with_tls(&certificates, client_certificates).await?;
+    Some((certificates, server))
+}
 
 /// A client given the server's authority writes and reads over TLS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_given_the_servers_authority_works_over_tls() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(certificates) = syncforge_testkit::certificates::make(dir.path()) else {
-        return;
-    };
-    let Some(server) = PrivateServer::start_with_tls(&certificates, false).await else {
+    let Some((certificates, server)) = tls_server(dir.path(), false).await else {
         return;
     };
     let config = server.tls_config(&fresh_prefix("tls"), &certificates.authority_pem);
@@ -37,10 +49,7 @@ async fn a_store_given_the_servers_authority_works_over_tls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_no_trusted_authority_signed_is_refused_for_good() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(certificates) = syncforge_testkit::certificates::make(dir.path()) else {
-        return;
-    };
-    let Some(server) = PrivateServer::start_with_tls(&certificates, false).await else {
+    let Some((certificates, server)) = tls_server(dir.path(), false).await else {
         return;
     };
     let trusted = server.tls_config(&fresh_prefix("tls-stranger"), &certificates.authority_pem);
@@ -69,10 +78,7 @@ async fn a_certificate_no_trusted_authority_signed_is_refused_for_good() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_asking_for_client_certificates_is_refused_with_advice() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(certificates) = syncforge_testkit::certificates::make(dir.path()) else {
-        return;
-    };
-    let Some(server) = PrivateServer::start_with_tls(&certificates, true).await else {
+    let Some((certificates, server)) = tls_server(dir.path(), true).await else {
         return;
     };
     let config = RedisConfig {

@@ -190,11 +190,7 @@ fn a_tls_store_is_reached_when_its_authority_is_trusted() {
         .port();
     let mut server = Command::new(&bin)
         .args(["--port", "0", "--bind", "127.0.0.1", "--save", ""])
-        .args(["--tls-port", &port.to_string(), "--tls-auth-clients", "no"])
-        .arg("--tls-cert-file")
-        .arg(&certificates.server_certificate_file)
-        .arg("--tls-key-file")
-        .arg(&certificates.server_key_file)
+        .args(certificates.redis_server_args(port))
         .arg("--dir")
         .arg(dir.path())
         .stdout(Stdio::null())
