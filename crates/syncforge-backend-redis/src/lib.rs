@@ -109,6 +109,12 @@ const CHUNK: usize = 1_000;
 /// which a thousand large records would; the client would then send the
 /// same request again, and fail the same way.
 const CHUNK_BYTES: usize = 16 << 20;
+/// Bytes of record values one read of the change feed returns before its
+/// page ends (a larger record comes alone): a collection of large records
+/// is read in replies of about this size, where a thousand records of a
+/// megabyte made a reply of a gigabyte, which timed out and was read again
+/// the same way.
+const READ_BYTES: usize = 16 << 20;
 
 /// A store on a Redis server or a Redis Cluster.
 ///
@@ -687,6 +693,7 @@ impl RedisBackend {
                 vec![
                     Value::from(after.get().to_string()),
                     Value::from(limit as i64),
+                    Value::from(READ_BYTES as i64),
                 ],
                 OP,
                 Some(collection),

@@ -272,22 +272,42 @@ return 1
 
 /// A page of the change feed.
 ///
-/// KEYS: records, feed. ARGV: after (exclusive), limit.
+/// KEYS: records, feed. ARGV: after (exclusive), limit, byte budget.
 /// Returns {more, ids, sequences, values}; a value is nil if the hash lost
 /// the record (which the write scripts never let happen).
+///
+/// Values are read a slice at a time, and the page ends (with `more`) before
+/// the record that would take its values past the budget, though it always
+/// holds one record however large: neither the script's memory nor its
+/// reply grows with the size of the records.
 const FEED_PAGE: &str = r"
-local limit = tonumber(ARGV[2])
+local limit, budget = tonumber(ARGV[2]), tonumber(ARGV[3])
 local entries = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[1], '+inf', 'WITHSCORES', 'LIMIT', 0, limit + 1)
 local n = #entries / 2
 local more = 0
 if n > limit then
   more, n = 1, limit
 end
-local ids, scores = {}, {}
-for i = 1, n do
-  ids[i], scores[i] = entries[2 * i - 1], entries[2 * i]
+local ids, scores, values, bytes = {}, {}, {}, 0
+for first = 1, n, 100 do
+  local last = math.min(first + 99, n)
+  local slice = {}
+  for i = first, last do
+    slice[#slice + 1] = entries[2 * i - 1]
+  end
+  local found = redis.call('HMGET', KEYS[1], unpack(slice))
+  for j = 1, #slice do
+    local value = found[j]
+    local size = value and #value or 0
+    if #ids > 0 and bytes + size > budget then
+      return {1, ids, scores, values}
+    end
+    bytes = bytes + size
+    local k = #ids + 1
+    ids[k], scores[k], values[k] = slice[j], entries[2 * (first + j - 1)], value
+  end
 end
-return {more, ids, scores, hmget(KEYS[1], ids)}
+return {more, ids, scores, values}
 ";
 
 /// A slice of the time index, in its order (by `_timestamp`, then by id
@@ -386,7 +406,7 @@ impl Scripts {
             insert_if_absent: Script::from_lua(format!("{WRITE_HELPER}{INSERT_IF_ABSENT}")),
             delete: Script::from_lua(DELETE),
             clear: Script::from_lua(CLEAR),
-            feed_page: Script::from_lua(format!("{HMGET_HELPER}{FEED_PAGE}")),
+            feed_page: Script::from_lua(FEED_PAGE),
             time_slice: Script::from_lua(format!("{HMGET_HELPER}{TIME_SLICE}")),
             meta_if_absent: Script::from_lua(META_IF_ABSENT),
         }

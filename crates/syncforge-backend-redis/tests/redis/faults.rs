@@ -9,8 +9,9 @@ use fred::clients::Client;
 use fred::interfaces::{ClientLike, HashesInterface};
 use fred::types::config::{Config as FredConfig, ServerConfig};
 use fred::types::{Builder, ClusterHash, CustomCommand};
+use serde_json::json;
 use syncforge_backend_redis::{RedisBackend, RedisConfig};
-use syncforge_core::{ClientId, Error, Hlc, Record, StorageBackend};
+use syncforge_core::{ClientId, Content, Cursor, Error, Hlc, Record, StorageBackend};
 
 use crate::support::{
     assert_consistent, cluster, coll, fresh_prefix, key, raw_client, record, remove_prefix, rid,
@@ -776,4 +777,69 @@ fn a_handle_dropped_outside_a_runtime_closes_its_connection() {
         std::thread::sleep(Duration::from_millis(50));
     }
     runtime.block_on(async { watcher.quit().await.ok() });
+}
+
+/// A collection of large records is read in pages of bounded size: each
+/// feed read stops past 16 MiB of values, so `get_all` of 40 records of a
+/// megabyte takes three reads where one would have built a 40 MiB reply,
+/// and a page of the feed ends early, saying more follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_records_are_read_in_pages_of_bounded_size() {
+    const RECORDS: usize = 40;
+    let Some(server) = PrivateServer::start().await else {
+        return;
+    };
+    let config = RedisConfig {
+        command_timeout: Duration::from_secs(30),
+        ..server.config(&fresh_prefix("large"))
+    };
+    let store = RedisBackend::connect(config.clone()).await.unwrap();
+    let collection = coll("large");
+    let mut hlc = Hlc::new(ClientId::new("w").unwrap());
+    let body = "x".repeat(1 << 20);
+    let records: Vec<Record> = (0..RECORDS)
+        .map(|i| {
+            Record::create(
+                Content::from_value(json!({"id": format!("r{i:02}"), "body": body})).unwrap(),
+                hlc.now().unwrap(),
+            )
+        })
+        .collect();
+    sync_records(&store, &collection, &records, 10, 0)
+        .await
+        .unwrap();
+
+    let raw = raw_client(&config).await.unwrap();
+    let before = evalsha_calls(&raw).await;
+    let all = store.get_all(&collection).await.unwrap();
+    let reads = evalsha_calls(&raw).await - before;
+    assert_eq!(all.len(), RECORDS);
+    assert!(
+        (3..=4).contains(&reads),
+        "{reads} feed reads for {RECORDS} MiB of records"
+    );
+
+    let page = store
+        .changes(&collection, Cursor::START, 1000.try_into().unwrap())
+        .await
+        .unwrap();
+    assert!(page.more, "a page of 40 MiB ended as the last");
+    assert!((10..=16).contains(&page.len()), "{} records", page.len());
+    raw.quit().await.ok();
+    store.close().await.unwrap();
+}
+
+/// `EVALSHA` calls the server of `client` answered since it started.
+async fn evalsha_calls(client: &Client) -> u64 {
+    let info: String = client
+        .custom(
+            CustomCommand::new_static("INFO", ClusterHash::Random, false),
+            vec!["commandstats"],
+        )
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap()
 }
