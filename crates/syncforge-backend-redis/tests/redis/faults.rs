@@ -719,16 +719,22 @@ async fn cluster_cmd(client: &Client, args: &[&str]) {
     server_cmd(client, "CLUSTER", args).await;
 }
 
-/// The count `field` of `INFO section` on the server of `client`.
-async fn info_count(client: &Client, section: &str, field: &str) -> u64 {
-    let info: String = client
+/// `INFO section` of the server of `client`.
+async fn info(client: &Client, section: &str) -> String {
+    client
         .custom(
             CustomCommand::new_static("INFO", ClusterHash::Random, false),
             vec![section],
         )
         .await
-        .unwrap();
-    info.lines()
+        .unwrap()
+}
+
+/// The count `field` of `INFO section` on the server of `client`.
+async fn info_count(client: &Client, section: &str, field: &str) -> u64 {
+    info(client, section)
+        .await
+        .lines()
         .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|count| count.trim().parse().ok())
         .unwrap()
@@ -831,14 +837,9 @@ async fn large_records_are_read_in_pages_of_bounded_size() {
 
 /// `EVALSHA` calls the server of `client` answered since it started.
 async fn evalsha_calls(client: &Client) -> u64 {
-    let info: String = client
-        .custom(
-            CustomCommand::new_static("INFO", ClusterHash::Random, false),
-            vec!["commandstats"],
-        )
+    info(client, "commandstats")
         .await
-        .unwrap();
-    info.lines()
+        .lines()
         .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
         .and_then(|rest| rest.split(',').next()?.parse().ok())
         .unwrap()
