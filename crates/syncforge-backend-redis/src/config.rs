@@ -333,8 +333,6 @@ impl RedisConfig {
                     .to_owned(),
             ));
         }
-        #[cfg(feature = "tls")]
-        crate::tls::extra_roots(&self.tls_root_certificates)?;
         Ok(())
     }
 }

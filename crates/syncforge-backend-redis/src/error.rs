@@ -110,19 +110,22 @@ fn script_reply_code(details: &str) -> Option<&str> {
 /// write refused as `READONLY` (the server was made a replica), in either
 /// form ([`script_reply_code`]).
 pub(crate) fn calls_for_new_connections(error: &FredError) -> bool {
-    let details = error.details();
-    *error.kind() == ErrorKind::Timeout
-        || script_reply_code(details).or_else(|| details.split_whitespace().next())
-            == Some("READONLY")
+    *error.kind() == ErrorKind::Timeout || reply_code(error.details()) == "READONLY"
+}
+
+/// The reply code of `details`, plain or wrapped in a script error
+/// ([`script_reply_code`]); empty when there is none.
+fn reply_code(details: &str) -> &str {
+    script_reply_code(details)
+        .or_else(|| details.split_whitespace().next())
+        .unwrap_or("")
 }
 
 /// Maps a client error of `operation` against the server at `address`.
 pub(crate) fn map(error: FredError, operation: impl Into<String>, address: &str) -> Error {
     let operation = operation.into();
     let details = error.details().to_owned();
-    let reply_code = script_reply_code(&details)
-        .or_else(|| details.split_whitespace().next())
-        .unwrap_or("");
+    let reply_code = reply_code(&details);
     let refused_by_tls = *error.kind() == ErrorKind::IO && refused_by_tls(&details);
     let transient = match error.kind() {
         ErrorKind::IO if refused_by_tls => false,

@@ -15,6 +15,9 @@ use crate::config::RedisConfig;
 /// explicitly. Left to choose, rustls panics when a program also links
 /// another provider (object_store's S3 client brings aws-lc-rs).
 pub(crate) fn connector(config: &RedisConfig) -> Result<TlsConnector> {
+    // Read first: a bundle that is no certificate is refused before the
+    // system's store is read.
+    let extra = extra_roots(&config.tls_root_certificates)?;
     let mut roots = RootCertStore::empty();
     // A system store that cannot be read in part still trusts what it could
     // read: a server signed by none of it fails its handshake with advice.
@@ -23,7 +26,7 @@ pub(crate) fn connector(config: &RedisConfig) -> Result<TlsConnector> {
         // others are enough.
         let _ = roots.add(certificate);
     }
-    for certificate in extra_roots(&config.tls_root_certificates)? {
+    for certificate in extra {
         roots
             .add(certificate)
             .map_err(|error| Error::InvalidConfig {
@@ -45,7 +48,7 @@ pub(crate) fn connector(config: &RedisConfig) -> Result<TlsConnector> {
 
 /// The certificates of `bundles` (PEM), refusing a bundle that holds none or
 /// cannot be read, so that a wrong file is named before connecting.
-pub(crate) fn extra_roots(bundles: &[Vec<u8>]) -> Result<Vec<CertificateDer<'static>>> {
+fn extra_roots(bundles: &[Vec<u8>]) -> Result<Vec<CertificateDer<'static>>> {
     let mut certificates = Vec::new();
     for (index, bundle) in bundles.iter().enumerate() {
         let refused = |reason: String| Error::InvalidConfig {

@@ -879,7 +879,7 @@ impl SyncEngine {
             // Sent again by the store's client after a lost answer: its own
             // record, or that record as a later writer changed it.
             (Some(Ok(IfAbsent::Present(stored))), Some(built))
-                if stored.record == built || holds_local_write(&stored.record, &built) =>
+                if holds_local_write(&stored.record, &built) =>
             {
                 stored.record
             }
@@ -890,11 +890,7 @@ impl SyncEngine {
                 })
                 .await;
                 match read {
-                    Ok(Some(stored))
-                        if stored.record == built || holds_local_write(&stored.record, &built) =>
-                    {
-                        stored.record
-                    }
+                    Ok(Some(stored)) if holds_local_write(&stored.record, &built) => stored.record,
                     Ok(stored) => return Err(Some(Ok(stored))),
                     Err(error) => return Ok(Err(error)),
                 }
@@ -1586,7 +1582,7 @@ enum Step {
 }
 
 /// Whether `stored` holds the local write (put or delete) `intended` meant
-/// to make, as a later writer may have changed it since: every field the
+/// to make, exactly or as a later writer changed it since: every field the
 /// write stamped is in `stored` as the write left it, or stamped later (the
 /// later writer's change), and at least one is as the write left it; for a
 /// delete, its tombstone is there. Comparing the states, not only the
@@ -1595,6 +1591,9 @@ enum Step {
 /// that rewrote every field the write stamped leaves no trace of it: the
 /// write is then applied again.
 fn holds_local_write(stored: &Record, intended: &Record) -> bool {
+    if stored == intended {
+        return true;
+    }
     let stamp = intended.newest_stamp();
     if intended.tombstone() == Some(stamp) {
         return stored.tombstone() == Some(stamp);
