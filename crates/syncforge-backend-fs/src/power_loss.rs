@@ -1086,6 +1086,16 @@ async fn a_power_cut_leaves_a_buffered_store_that_opens_and_lists_its_collection
     }
 }
 
+/// A handle on `root` whose files go through a new [`FaultyDisk`].
+async fn on_a_faulty_disk(root: &Path) -> (Arc<FaultyDisk>, FsBackend) {
+    let ops = Arc::new(FaultyDisk::default());
+    let dyn_ops: Arc<dyn FileOps> = ops.clone();
+    let store = FsBackend::open_on(dyn_ops, root, FsOptions::default(), Tuning::default())
+        .await
+        .unwrap();
+    (ops, store)
+}
+
 /// The disk as it is, except that appends to a change log fail while
 /// `failing` is set, and syncs of files while `failing_syncs` is; it notes
 /// where files are renamed to.
@@ -1139,11 +1149,7 @@ impl FileOps for FaultyDisk {
 async fn a_checkpoint_after_a_failed_sync_writes_the_files_again() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("store");
-    let ops = Arc::new(FaultyDisk::default());
-    let dyn_ops: Arc<dyn FileOps> = ops.clone();
-    let store = FsBackend::open_on(dyn_ops, &root, FsOptions::default(), Tuning::default())
-        .await
-        .unwrap();
+    let (ops, store) = on_a_faulty_disk(&root).await;
     let name = coll(NOTES);
     store
         .put(&name, &Write::create(counter("r0", 1)))
@@ -1182,11 +1188,7 @@ async fn a_checkpoint_after_a_failed_sync_writes_the_files_again() {
 async fn a_rebuilt_change_log_is_never_seen_without_its_records() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("store");
-    let ops = Arc::new(FaultyDisk::default());
-    let dyn_ops: Arc<dyn FileOps> = ops.clone();
-    let a = FsBackend::open_on(dyn_ops, &root, FsOptions::default(), Tuning::default())
-        .await
-        .unwrap();
+    let (ops, a) = on_a_faulty_disk(&root).await;
     let b = FsBackend::open_with(&root, FsOptions::default())
         .await
         .unwrap();

@@ -91,6 +91,15 @@ impl Operation {
 type Rival =
     Box<dyn FnOnce(Arc<dyn StorageBackend>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
+/// `rival` as a [`Rival`].
+fn rival<F, Fut>(rival: F) -> Rival
+where
+    F: FnOnce(Arc<dyn StorageBackend>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    Box::new(move |store| Box::pin(rival(store)))
+}
+
 /// What happens to one call.
 enum Fate {
     Proceed { delay: Duration },
@@ -187,8 +196,7 @@ impl FaultyBackend {
         F: FnOnce(Arc<dyn StorageBackend>) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let rival: Rival = Box::new(move |store| Box::pin(rival(store)));
-        *self.rival.lock() = Some(rival);
+        *self.rival.lock() = Some(self::rival(rival));
     }
 
     /// Lets the next `put_batch` (or `put`) take effect, then has `rival`
@@ -200,8 +208,7 @@ impl FaultyBackend {
         F: FnOnce(Arc<dyn StorageBackend>) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let rival: Rival = Box::new(move |store| Box::pin(rival(store)));
-        *self.rival_after_lost_answer.lock() = Some(rival);
+        *self.rival_after_lost_answer.lock() = Some(self::rival(rival));
     }
 
     /// [`rival_after_next_lost_put_batch`](Self::rival_after_next_lost_put_batch)
@@ -211,8 +218,7 @@ impl FaultyBackend {
         F: FnOnce(Arc<dyn StorageBackend>) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let rival: Rival = Box::new(move |store| Box::pin(rival(store)));
-        *self.rival_after_lost_insert.lock() = Some(rival);
+        *self.rival_after_lost_insert.lock() = Some(self::rival(rival));
     }
 
     /// Limits failures to the given operations (the others are only
@@ -304,6 +310,25 @@ impl FaultyBackend {
         }
     }
 
+    /// Lets `call` (a call of `operation`) take effect, then has `rival`
+    /// act on the wrapped store, and gives the transient failure the caller
+    /// gets in place of the call's answer.
+    async fn lose_answer<T>(
+        &self,
+        operation: Operation,
+        call: impl Future<Output = T>,
+        rival: Rival,
+    ) -> Error {
+        self.calls[operation.index()].fetch_add(1, Ordering::SeqCst);
+        self.injected.fetch_add(1, Ordering::SeqCst);
+        let _lost = call.await;
+        rival(Arc::clone(&self.inner)).await;
+        injected(
+            operation,
+            "after the call took effect, and after another writer acted",
+        )
+    }
+
     /// Runs `call` unless the dice say fail; a failure "after" runs it and
     /// throws its answer away.
     async fn faulty<T, F>(&self, operation: Operation, call: F) -> Result<T>
@@ -389,14 +414,8 @@ impl StorageBackend for FaultyBackend {
         }
         let after_lost = self.rival_after_lost_answer.lock().take();
         if let Some(rival) = after_lost {
-            self.calls[Operation::PutBatch.index()].fetch_add(1, Ordering::SeqCst);
-            self.injected.fetch_add(1, Ordering::SeqCst);
-            let _lost = self.inner.put_batch(collection, writes).await;
-            rival(Arc::clone(&self.inner)).await;
-            return Err(injected(
-                Operation::PutBatch,
-                "after the call took effect, and after another writer acted",
-            ));
+            let call = self.inner.put_batch(collection, writes);
+            return Err(self.lose_answer(Operation::PutBatch, call, rival).await);
         }
         self.faulty(
             Operation::PutBatch,
@@ -413,14 +432,10 @@ impl StorageBackend for FaultyBackend {
     ) -> Option<Result<IfAbsent>> {
         let after_lost = self.rival_after_lost_insert.lock().take();
         if let Some(rival) = after_lost {
-            self.calls[Operation::InsertIfAbsent.index()].fetch_add(1, Ordering::SeqCst);
-            self.injected.fetch_add(1, Ordering::SeqCst);
-            let _lost = self.inner.insert_if_absent(collection, id, make).await;
-            rival(Arc::clone(&self.inner)).await;
-            return Some(Err(injected(
-                Operation::InsertIfAbsent,
-                "after the call took effect, and after another writer acted",
-            )));
+            let call = self.inner.insert_if_absent(collection, id, make);
+            return Some(Err(self
+                .lose_answer(Operation::InsertIfAbsent, call, rival)
+                .await));
         }
         // An injected failure stands for a store that tried the one step,
         // even in front of one that has none: the caller must take either.

@@ -11,7 +11,7 @@ use fred::types::config::{Config as FredConfig, ServerConfig};
 use fred::types::{Builder, ClusterHash, CustomCommand};
 use serde_json::json;
 use syncforge_backend_redis::{RedisBackend, RedisConfig};
-use syncforge_core::{ClientId, Content, Cursor, Error, Hlc, Record, StorageBackend};
+use syncforge_core::{ClientId, Content, Cursor, Error, Hlc, Record, StorageBackend, Write};
 
 use crate::support::{
     assert_consistent, cluster, coll, fresh_prefix, key, raw_client, record, remove_prefix, rid,
@@ -128,15 +128,7 @@ async fn a_handle_registers_its_collections_again_after_a_reconnection() {
     let Some(mut server) = PrivateServer::start().await else {
         return;
     };
-    let prefix = fresh_prefix("healed");
-    let config = server.config(&prefix);
-    let store = RedisBackend::connect(config.clone()).await.unwrap();
-    let mut hlc = Hlc::new(ClientId::new("w").unwrap());
-    let write = |record: Record| syncforge_core::Write::create(record);
-    store
-        .put(&coll("healed"), &write(record(&mut hlc, "r1", 1)))
-        .await
-        .unwrap();
+    let (prefix, config, store, mut hlc) = holding_one_record(&server, "healed").await;
     let raw = raw_client(&config).await.unwrap();
     let removed: i64 = fred::interfaces::KeysInterface::del(&raw, format!("{prefix}:collections"))
         .await
@@ -145,16 +137,7 @@ async fn a_handle_registers_its_collections_again_after_a_reconnection() {
     raw.quit().await.ok();
     server.restart().await;
     // The handle reconnects in the background; its first calls may fail.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let next = write(record(&mut hlc, "r2", 2));
-    while let Err(error) = store.put(&coll("healed"), &next).await {
-        assert!(error.is_transient(), "{error}");
-        assert!(
-            Instant::now() < deadline,
-            "the handle did not reconnect: {error}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    put_once_reconnected(&store, "healed", record(&mut hlc, "r2", 2)).await;
     let fresh = RedisBackend::connect(config).await.unwrap();
     assert_eq!(fresh.list_collections().await.unwrap(), [coll("healed")]);
     fresh.close().await.unwrap();
@@ -178,10 +161,7 @@ async fn a_connection_that_stops_answering_is_made_again() {
     let mut hlc = Hlc::new(ClientId::new("w").unwrap());
     let written = record(&mut hlc, "r1", 1);
     store
-        .put(
-            &coll("silent"),
-            &syncforge_core::Write::create(written.clone()),
-        )
+        .put(&coll("silent"), &Write::create(written.clone()))
         .await
         .unwrap();
     let raw = raw_client(&config).await.unwrap();
@@ -234,21 +214,13 @@ async fn a_write_refused_as_read_only_makes_the_handle_connect_again() {
     else {
         return;
     };
-    let prefix = fresh_prefix("demoted");
-    let config = server.config(&prefix);
-    let store = RedisBackend::connect(config.clone()).await.unwrap();
-    let mut hlc = Hlc::new(ClientId::new("w").unwrap());
-    let write = |record: Record| syncforge_core::Write::create(record);
-    store
-        .put(&coll("demoted"), &write(record(&mut hlc, "r1", 1)))
-        .await
-        .unwrap();
+    let (_, config, store, mut hlc) = holding_one_record(&server, "demoted").await;
     let raw = raw_client(&config).await.unwrap();
     server_cmd(&raw, "REPLICAOF", &["127.0.0.1", &primary.port.to_string()]).await;
     let before = connections_received(&raw).await;
 
     let refused = store
-        .put(&coll("demoted"), &write(record(&mut hlc, "r2", 2)))
+        .put(&coll("demoted"), &Write::create(record(&mut hlc, "r2", 2)))
         .await
         .unwrap_err();
     assert!(refused.is_transient(), "{refused}");
@@ -263,13 +235,7 @@ async fn a_write_refused_as_read_only_makes_the_handle_connect_again() {
     }
 
     server_cmd(&raw, "REPLICAOF", &["NO", "ONE"]).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let next = write(record(&mut hlc, "r3", 3));
-    while let Err(error) = store.put(&coll("demoted"), &next).await {
-        assert!(error.is_transient(), "{error}");
-        assert!(Instant::now() < deadline, "no write went through: {error}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    put_once_reconnected(&store, "demoted", record(&mut hlc, "r3", 3)).await;
     raw.quit().await.ok();
     store.close().await.unwrap();
 }
@@ -475,10 +441,7 @@ async fn log_in_as_users_without_passwords(
     let mut hlc = Hlc::new(ClientId::new("nopass").unwrap());
     let notes = coll("notes");
     store
-        .put_batch(
-            &notes,
-            &[syncforge_core::Write::create(record(&mut hlc, "a", 1))],
-        )
+        .put_batch(&notes, &[Write::create(record(&mut hlc, "a", 1))])
         .await
         .unwrap();
     assert!(store.get(&notes, &rid("a")).await.unwrap().is_some());
@@ -843,4 +806,35 @@ async fn evalsha_calls(client: &Client) -> u64 {
         .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
         .and_then(|rest| rest.split(',').next()?.parse().ok())
         .unwrap()
+}
+
+/// A handle on `server` under a fresh prefix, holding one record (`r1`) in
+/// collection `name`; with its prefix, its config and the clock that wrote
+/// the record.
+async fn holding_one_record(
+    server: &PrivateServer,
+    name: &str,
+) -> (String, RedisConfig, RedisBackend, Hlc) {
+    let prefix = fresh_prefix(name);
+    let config = server.config(&prefix);
+    let store = RedisBackend::connect(config.clone()).await.unwrap();
+    let mut hlc = Hlc::new(ClientId::new("w").unwrap());
+    store
+        .put(&coll(name), &Write::create(record(&mut hlc, "r1", 1)))
+        .await
+        .unwrap();
+    (prefix, config, store, hlc)
+}
+
+/// Puts `record` into collection `name` as soon as the handle, connecting
+/// again in the background, lets a write through: within 30 seconds, its
+/// failures meanwhile transient.
+async fn put_once_reconnected(store: &RedisBackend, name: &str, record: Record) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let write = Write::create(record);
+    while let Err(error) = store.put(&coll(name), &write).await {
+        assert!(error.is_transient(), "{error}");
+        assert!(Instant::now() < deadline, "no write went through: {error}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -407,13 +407,21 @@ async fn auto_sync_with_peers_converges_both_ways() {
     a.close().await.unwrap();
 }
 
-/// A peer whose pull panics: a bug somewhere below a sync.
-struct PanickingPeer;
+/// A peer broken in one of two ways.
+enum BrokenPeer {
+    /// Its pull panics: a bug somewhere below a sync.
+    Panicking,
+    /// It never answers.
+    Silent,
+}
 
 #[syncforge::core::async_trait]
-impl syncforge::SyncPeer for PanickingPeer {
+impl syncforge::SyncPeer for BrokenPeer {
     fn peer_id(&self) -> &str {
-        "panicking"
+        match self {
+            BrokenPeer::Panicking => "panicking",
+            BrokenPeer::Silent => "silent",
+        }
     }
 
     async fn pull(
@@ -422,7 +430,10 @@ impl syncforge::SyncPeer for PanickingPeer {
         _cursor: syncforge::Cursor,
         _limit: std::num::NonZeroUsize,
     ) -> syncforge::Result<syncforge::ChangePage> {
-        panic!("a bug in a peer (expected by this test)");
+        match self {
+            BrokenPeer::Panicking => panic!("a bug in a peer (expected by this test)"),
+            BrokenPeer::Silent => std::future::pending().await,
+        }
     }
 
     async fn push(
@@ -430,7 +441,10 @@ impl syncforge::SyncPeer for PanickingPeer {
         _collection: &syncforge::CollectionName,
         _records: Vec<syncforge::Record>,
     ) -> syncforge::Result<syncforge::PushOutcome> {
-        Ok(syncforge::PushOutcome::all_stored())
+        match self {
+            BrokenPeer::Panicking => Ok(syncforge::PushOutcome::all_stored()),
+            BrokenPeer::Silent => std::future::pending().await,
+        }
     }
 }
 
@@ -442,7 +456,7 @@ async fn a_peer_sync_that_panics_is_reported_and_the_windows_go_on() {
     let a = auto_syncing_c().build().await.unwrap();
     windows_go_on_past(
         &a,
-        Arc::new(PanickingPeer),
+        Arc::new(BrokenPeer::Panicking),
         "the panic",
         |reported| matches!(reported, Error::PeerProtocol { peer, .. } if peer == "panicking"),
     )
@@ -504,33 +518,6 @@ async fn windows_go_on_past(
     a.close().await.unwrap();
 }
 
-/// A peer that never answers.
-struct SilentPeer;
-
-#[syncforge::core::async_trait]
-impl syncforge::SyncPeer for SilentPeer {
-    fn peer_id(&self) -> &str {
-        "silent"
-    }
-
-    async fn pull(
-        &self,
-        _collection: &syncforge::CollectionName,
-        _cursor: syncforge::Cursor,
-        _limit: std::num::NonZeroUsize,
-    ) -> syncforge::Result<syncforge::ChangePage> {
-        std::future::pending().await
-    }
-
-    async fn push(
-        &self,
-        _collection: &syncforge::CollectionName,
-        _records: Vec<syncforge::Record>,
-    ) -> syncforge::Result<syncforge::PushOutcome> {
-        std::future::pending().await
-    }
-}
-
 /// A peer that never answered held up every later peer and window, with
 /// nothing reported. Past the peer timeout its sync stops, `sync:error`
 /// says so, and the window goes on to the next peer.
@@ -543,9 +530,15 @@ async fn a_peer_that_never_answers_is_given_up_on_and_the_windows_go_on() {
         .await
         .unwrap();
     assert_eq!(a.config().auto_sync_peer_timeout(), bound);
-    windows_go_on_past(&a, Arc::new(SilentPeer), "the silent peer", |reported| {
-        matches!(reported, Error::Unavailable { .. }) && reported.to_string().contains("\"silent\"")
-    })
+    windows_go_on_past(
+        &a,
+        Arc::new(BrokenPeer::Silent),
+        "the silent peer",
+        |reported| {
+            matches!(reported, Error::Unavailable { .. })
+                && reported.to_string().contains("\"silent\"")
+        },
+    )
     .await;
 }
 
