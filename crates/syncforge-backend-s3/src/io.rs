@@ -283,6 +283,9 @@ impl Io {
                     return Err(missing_bucket(e, "deleting objects from", &first))
                 }
                 Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                // A key someone else removed first, as some S3-compatible
+                // servers list it in a bulk delete's answer.
+                Err(e) if bulk_delete_code(&e).as_deref() == Some("NoSuchKey") => {}
                 Err(e) => return Err(map_error(e, "deleting objects from", &first)),
             }
         }
@@ -395,15 +398,15 @@ pub(crate) fn map_error(error: object_store::Error, doing: &str, path: &Path) ->
     }
     let message = error.to_string();
     let status = http_status(&message);
+    let key_code = bulk_delete_code(&error);
     match error {
-        E::PermissionDenied { .. } | E::Unauthenticated { .. } => Error::storage_caused(
-            BACKEND_NAME,
-            format!(
-                "{doing} {path} was refused: check the credentials and that they may read, write, \
-                 list and delete objects under the prefix"
-            ),
-            error,
-        ),
+        E::PermissionDenied { .. } | E::Unauthenticated { .. } => refused(error, doing, path),
+        _ if key_code.as_deref().is_some_and(names_credentials) => refused(error, doing, path),
+        // Any other code a key of a bulk delete got, but those that say
+        // "later", stays until someone acts.
+        other if key_code.as_deref().is_some_and(|code| !says_later(code)) => {
+            Error::storage_caused(BACKEND_NAME, format!("{doing} {path} failed"), other)
+        }
         E::NotImplemented { .. } | E::NotSupported { .. } => unsupported(error, doing, path),
         // A server without conditional writes answers them 501 Not Implemented.
         other if status == Some(501) => unsupported(other, doing, path),
@@ -421,6 +424,54 @@ pub(crate) fn map_error(error: object_store::Error, doing: &str, path: &Path) ->
         ),
         other => Error::storage_caused(BACKEND_NAME, format!("{doing} {path} failed"), other),
     }
+}
+
+/// A request the credentials may not make: permanent, naming what to check.
+fn refused(error: object_store::Error, doing: &str, path: &Path) -> Error {
+    Error::storage_caused(
+        BACKEND_NAME,
+        format!(
+            "{doing} {path} was refused: check the credentials and that they may read, write, \
+             list and delete objects under the prefix"
+        ),
+        error,
+    )
+}
+
+/// The code S3 gave one key of a bulk delete. `DeleteObjects` answers `200
+/// OK` and lists each key it did not delete with a code, which object_store
+/// reports as a generic error quoting it: "DeleteObjects request failed for
+/// key k: Access Denied (code: AccessDenied)". `None` for any other error.
+fn bulk_delete_code(error: &object_store::Error) -> Option<String> {
+    let object_store::Error::Generic { source, .. } = error else {
+        return None;
+    };
+    let text = source.to_string();
+    let rest = text.strip_prefix("DeleteObjects request failed for key ")?;
+    let (_, code) = rest.rsplit_once("(code: ")?;
+    code.strip_suffix(')').map(str::to_owned)
+}
+
+/// Whether a bulk delete's code for a key says the credentials may not
+/// delete it (S3's codes for a refused, unknown or unsigned caller).
+fn names_credentials(code: &str) -> bool {
+    matches!(
+        code,
+        "AccessDenied"
+            | "AllAccessDisabled"
+            | "AccountProblem"
+            | "InvalidAccessKeyId"
+            | "SignatureDoesNotMatch"
+    )
+}
+
+/// Whether a bulk delete's code for a key says "try again later", as S3's
+/// answers of a server under load or a request racing another.
+fn says_later(code: &str) -> bool {
+    matches!(
+        code,
+        "InternalError" | "ServiceUnavailable" | "SlowDown" | "OperationAborted" | "RequestTimeout"
+    )
 }
 
 /// A store that lacks an operation the backend needs.
@@ -540,6 +591,36 @@ mod tests {
             Path::from("probe"),
         );
         assert_eq!(io.in_flight.available_permits(), Semaphore::MAX_PERMITS);
+    }
+
+    /// S3's bulk delete answers `200 OK` and names each key it did not
+    /// delete with a code, which object_store quotes in a generic error
+    /// without a status: every such refusal read as transient, so
+    /// credentials that may not delete failed every write as "try again".
+    #[test]
+    fn a_bulk_delete_refusal_is_classified_by_its_code() {
+        let path = Path::from("p/k");
+        let in_bulk = |code: &str| {
+            map_error(
+                generic(&format!(
+                    "DeleteObjects request failed for key p/k: Some text (code: {code})"
+                )),
+                "deleting objects from",
+                &path,
+            )
+        };
+        let denied = in_bulk("AccessDenied");
+        assert!(
+            matches!(&denied, Error::Storage { message, .. } if message.contains("credentials")),
+            "{denied}"
+        );
+        assert!(in_bulk("SlowDown").is_transient());
+        assert!(in_bulk("InternalError").is_transient());
+        let archived = in_bulk("InvalidObjectState");
+        assert!(matches!(&archived, Error::Storage { .. }), "{archived}");
+        let gone = generic("DeleteObjects request failed for key p/k: Not found (code: NoSuchKey)");
+        assert_eq!(bulk_delete_code(&gone).as_deref(), Some("NoSuchKey"));
+        assert_eq!(bulk_delete_code(&generic("(code: AccessDenied)")), None);
     }
 
     #[test]

@@ -5,7 +5,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::wrapper::DeleteRefusal;
+use futures::TryStreamExt;
 use object_store::local::LocalFileSystem;
+use object_store::ObjectStore;
 use serde_json::json;
 use syncforge_backend_s3::{S3Backend, S3Config};
 use syncforge_core::{
@@ -253,18 +256,46 @@ async fn a_probe_create_refused_twice_with_nothing_there_is_a_verdict() {
 /// Credentials that may not delete leave the check's probe behind: the
 /// next check then found it and answered as if its own create had been
 /// resent, transient, for good. The refused removal is said every time.
+///
+/// Both as a store that deletes key by key says it (`403`) and as S3 does,
+/// in its bulk delete's `200` answer, which read as transient before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_check_whose_probe_cannot_be_removed_says_so_every_time() {
-    let memory = Arc::new(object_store::memory::InMemory::new());
-    let denying = Arc::new(crate::wrapper::Wrapped::new(memory).denying_deletes());
-    let backend = S3Backend::from_store(denying, "dse").unwrap();
-    for attempt in 0..3 {
-        let error = first_note_refused(&backend).await;
-        assert!(
-            matches!(&error, Error::Storage { message, .. } if message.contains("refused")),
-            "attempt {attempt}: {error}"
-        );
+    for how in [DeleteRefusal::Forbidden, DeleteRefusal::AccessDeniedInBulk] {
+        let memory = Arc::new(object_store::memory::InMemory::new());
+        let denying = Arc::new(crate::wrapper::Wrapped::new(memory).refusing_deletes(how));
+        let backend = S3Backend::from_store(denying, "dse").unwrap();
+        for attempt in 0..3 {
+            let error = first_note_refused(&backend).await;
+            assert!(
+                matches!(&error, Error::Storage { message, .. } if message.contains("credentials")),
+                "{how:?}, attempt {attempt}: {error}"
+            );
+        }
     }
+}
+
+/// Some S3-compatible servers list a key already gone in a bulk delete's
+/// answer as `NoSuchKey`: that key is deleted, where every write failed as
+/// transient on its check's removed probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_a_bulk_delete_calls_missing_is_deleted() {
+    let memory = Arc::new(object_store::memory::InMemory::new());
+    let wrapped = crate::wrapper::Wrapped::new(Arc::clone(&memory) as Arc<dyn ObjectStore>)
+        .refusing_deletes(DeleteRefusal::DeletedButNoSuchKey);
+    let backend = S3Backend::from_store(Arc::new(wrapped), "dse").unwrap();
+    let (collection, record) = first_note();
+    let written = backend
+        .put(&collection, &Write::create(record))
+        .await
+        .unwrap();
+    assert!(matches!(written, WriteOutcome::Written { .. }));
+    let probes: Vec<_> = memory
+        .list(Some(&object_store::path::Path::from("dse/p")))
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(probes.is_empty(), "{probes:?}");
 }
 
 /// A bucket that is not there answers a create "not found": a permanent

@@ -41,15 +41,28 @@ pub(crate) struct Wrapped {
     ignoring_conditions: AtomicBool,
     /// Whether listings give bare the ETags that reads give in quotes.
     unquoting_listed_tags: AtomicBool,
-    /// Whether every delete is refused, as for credentials without
-    /// `DeleteObject`.
-    denying_deletes: AtomicBool,
+    /// How deletes are refused, if they are.
+    refused_deletes: parking_lot::Mutex<Option<DeleteRefusal>>,
     /// Creates of keys containing this text are refused without effect, as
     /// the mode says (with the keys refused so far).
     refused_creates:
         parking_lot::Mutex<Option<(String, std::collections::HashSet<Path>, Refusing)>>,
     /// Reads of keys containing this text, counted.
     counted_gets: parking_lot::Mutex<Option<(String, Arc<AtomicU64>)>>,
+}
+
+/// How [`Wrapped`] answers deletes it refuses.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum DeleteRefusal {
+    /// Each key forbidden (`403`), as a store that deletes key by key says
+    /// it to credentials without `DeleteObject`.
+    Forbidden,
+    /// Each key listed as `AccessDenied` in a bulk delete's `200` answer,
+    /// as S3 says it to those credentials.
+    AccessDeniedInBulk,
+    /// Each key deleted, and listed as `NoSuchKey` in the bulk delete's
+    /// answer, as some S3-compatible servers do for a key already gone.
+    DeletedButNoSuchKey,
 }
 
 /// Which creates [`Wrapped`] refuses of the keys it was told.
@@ -75,7 +88,7 @@ impl Wrapped {
             refused_creates: parking_lot::Mutex::new(None),
             ignoring_conditions: AtomicBool::new(false),
             unquoting_listed_tags: AtomicBool::new(false),
-            denying_deletes: AtomicBool::new(false),
+            refused_deletes: parking_lot::Mutex::new(None),
             counted_gets: parking_lot::Mutex::new(None),
         }
     }
@@ -88,9 +101,9 @@ impl Wrapped {
         (self, counter)
     }
 
-    /// Refuses every delete from now on, or lets them through again.
+    /// Forbids every delete from now on, or lets them through again.
     pub(crate) fn set_denying_deletes(&self, denying: bool) {
-        self.denying_deletes.store(denying, Ordering::SeqCst);
+        *self.refused_deletes.lock() = denying.then_some(DeleteRefusal::Forbidden);
     }
 
     /// Lists ETags bare where reads give them in quotes: a server that
@@ -100,10 +113,9 @@ impl Wrapped {
         self
     }
 
-    /// Refuses every delete, as a store does for credentials that may not
-    /// delete objects.
-    pub(crate) fn denying_deletes(self) -> Self {
-        self.denying_deletes.store(true, Ordering::SeqCst);
+    /// Answers every delete as `how` says.
+    pub(crate) fn refusing_deletes(self, how: DeleteRefusal) -> Self {
+        *self.refused_deletes.lock() = Some(how);
         self
     }
 
@@ -357,15 +369,40 @@ impl ObjectStore for Wrapped {
         if number >= self.dies_after.load(Ordering::SeqCst) {
             return futures::stream::once(async { Err(dead()) }).boxed();
         }
-        if self.denying_deletes.load(Ordering::SeqCst) {
-            return locations
-                .map(|location| {
-                    Err(object_store::Error::PermissionDenied {
-                        path: location.map(|path| path.to_string()).unwrap_or_default(),
-                        source: "AccessDenied: not allowed to delete".into(),
+        let in_bulk = |key: Result<Path>, code: &str| {
+            let key = key.map(|path| path.to_string()).unwrap_or_default();
+            Err(object_store::Error::Generic {
+                store: "S3",
+                source: format!(
+                    "DeleteObjects request failed for key {key}: Refused (code: {code})"
+                )
+                .into(),
+            })
+        };
+        match *self.refused_deletes.lock() {
+            None => {}
+            Some(DeleteRefusal::Forbidden) => {
+                return locations
+                    .map(|location| {
+                        Err(object_store::Error::PermissionDenied {
+                            path: location.map(|path| path.to_string()).unwrap_or_default(),
+                            source: "AccessDenied: not allowed to delete".into(),
+                        })
                     })
-                })
-                .boxed();
+                    .boxed();
+            }
+            Some(DeleteRefusal::AccessDeniedInBulk) => {
+                return locations
+                    .map(move |key| in_bulk(key, "AccessDenied"))
+                    .boxed();
+            }
+            Some(DeleteRefusal::DeletedButNoSuchKey) => {
+                return self
+                    .inner
+                    .delete_stream(locations)
+                    .map(move |key| in_bulk(key, "NoSuchKey"))
+                    .boxed();
+            }
         }
         // One request for the first 1,000 keys, one more per further 1,000,
         // as S3's DeleteObjects.
