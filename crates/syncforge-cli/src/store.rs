@@ -110,6 +110,14 @@ impl Destination {
         }
     }
 
+    /// Closes the store if it existed; one not created yet stays so.
+    pub(crate) async fn close(self) -> Result<()> {
+        match self {
+            Destination::Existing(store) => store.close().await,
+            Destination::New { .. } => Ok(()),
+        }
+    }
+
     /// The store, created if it did not exist.
     pub(crate) async fn open(self) -> Result<Store> {
         match self {

@@ -48,11 +48,14 @@ pub(crate) async fn run(args: SyncArgs, cx: &mut Context) -> Result<()> {
         .iter()
         .map(|name| parse_collection(name))
         .collect::<Result<Vec<_>>>()?;
-    let (ends, collections) =
-        Ends::open(src_url, dst_url, cx, args.merge, &named, args.both).await?;
-    if collections.is_empty() && !cx.out.json() {
-        cx.out.line("nothing to sync: SRC holds no collection")?;
-    }
+    let Some((ends, collections)) =
+        Ends::open(src_url, dst_url, cx, args.merge, &named, args.both).await?
+    else {
+        if !cx.out.json() {
+            cx.out.line("nothing to sync: SRC holds no collection")?;
+        }
+        return Ok(());
+    };
     // Records a server refused hold back no other change: the sync goes on
     // and the command fails at the end, naming them.
     let mut refused = Vec::new();
@@ -93,9 +96,10 @@ pub(crate) async fn run(args: SyncArgs, cx: &mut Context) -> Result<()> {
 
 impl Ends {
     /// Opens both ends and chooses the collections to sync (see
-    /// [`choose`]). A DST directory that holds no store yet is created only
-    /// once the collections named are known to be there: a refused sync
-    /// leaves no store behind there.
+    /// [`choose`]), or `None` when there are none. A DST directory that
+    /// holds no store yet is created only once there are collections to
+    /// sync and those named are known to be there: a refused sync, or one
+    /// with nothing to sync, leaves no store behind there.
     async fn open(
         src: StoreUrl,
         dst: StoreUrl,
@@ -103,7 +107,7 @@ impl Ends {
         merge: crate::cli::MergeOptions,
         named: &[CollectionName],
         both: bool,
-    ) -> Result<(Ends, Vec<CollectionName>)> {
+    ) -> Result<Option<(Ends, Vec<CollectionName>)>> {
         let options = cx.merging(merge);
         #[cfg(feature = "http")]
         match (src.server_url().is_some(), dst.server_url().is_some()) {
@@ -128,8 +132,12 @@ impl Ends {
                     (src.url(), dst.url()),
                 )
                 .await?;
+                if chosen.is_empty() {
+                    dst.close().await?;
+                    return Ok(None);
+                }
                 let dst = dst.open().await?;
-                return Ok((Ends::FromServer { src, dst }, chosen));
+                return Ok(Some((Ends::FromServer { src, dst }, chosen)));
             }
             (false, true) => {
                 let src = Store::open_existing(src, &options).await?;
@@ -145,7 +153,11 @@ impl Ends {
                     (src.url(), dst.url()),
                 )
                 .await?;
-                return Ok((Ends::ToServer { src, dst }, chosen));
+                if chosen.is_empty() {
+                    src.close().await?;
+                    return Ok(None);
+                }
+                return Ok(Some((Ends::ToServer { src, dst }, chosen)));
             }
             (false, false) => {}
         }
@@ -162,8 +174,13 @@ impl Ends {
             (src.url(), dst.url()),
         )
         .await?;
+        if chosen.is_empty() {
+            src.close().await?;
+            dst.close().await?;
+            return Ok(None);
+        }
         let dst = dst.open().await?;
-        Ok((Ends::Local { src, dst }, chosen))
+        Ok(Some((Ends::Local { src, dst }, chosen)))
     }
 
     fn src_url(&self) -> &StoreUrl {

@@ -122,52 +122,95 @@ fn concurrent_edits_merge_field_by_field_with_crdt() {
 
 #[test]
 fn a_killed_sync_resumes_where_it_stopped() {
-    const RECORDS: usize = 2000;
+    const RECORDS: u64 = 2000;
+    const PAGE: u64 = 10;
     let dir = TempDir::new().unwrap();
     let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
     syncforge_with(
         &["import", arg(&src), "c", "--batch-size", "1000"],
-        &canonical(&docs("r", RECORDS)),
+        &canonical(&docs("r", RECORDS as usize)),
     )
     .ok();
 
-    // Small pages, each a durable batch: slow enough to be killed halfway.
-    let mut child = command(&["sync", arg(&src), arg(&dst), "--batch-size", "10"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    // Small pages, each a durable batch whose cursor DST stores: slow
+    // enough to be killed halfway. Progress is read from that cursor: the
+    // records themselves reach their files only at a checkpoint, which may
+    // come at the very end.
+    let mut child = command(&[
+        "sync",
+        arg(&src),
+        arg(&dst),
+        "--batch-size",
+        &PAGE.to_string(),
+    ])
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
     let started = Instant::now();
-    let copied = || {
-        std::fs::read_dir(dst.join("c"))
-            .map(|entries| entries.filter_map(Result::ok).count())
-            .unwrap_or(0)
-    };
-    while copied() < 200 {
+    let pulled_at_kill = loop {
+        let pulled = pulled_cursor(&dst);
+        if pulled >= 10 * PAGE {
+            child.kill().unwrap();
+            break pulled;
+        }
         assert!(
             started.elapsed() < Duration::from_secs(60),
-            "the sync copied nothing within a minute"
+            "the sync pulled nothing within a minute"
         );
         assert!(
             child.try_wait().unwrap().is_none(),
             "the sync ended before it could be killed"
         );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.kill().unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    };
     let status = child.wait().unwrap();
     assert!(!status.success(), "the sync was killed, not finished");
+    assert!(
+        pulled_at_kill < RECORDS - 10 * PAGE,
+        "killed at {pulled_at_kill}: too close to the end to tell a resume from a finish"
+    );
 
     let resumed = syncforge(&["sync", arg(&src), arg(&dst), "--json"]).ok();
     let [added, updated, deleted, unchanged, _] = counts(&resumed.json_lines()[0]);
     assert_eq!((updated, deleted), (0, 0));
     // It went on from the last page whose cursor was stored (that page may
-    // come again, unchanged), not from the start.
-    assert!(added < RECORDS as u64, "{resumed:?}");
-    assert!(added + unchanged < RECORDS as u64, "{resumed:?}");
+    // come again, unchanged), not from the start, and the kill had left
+    // records to add.
+    assert!(added > 0, "{resumed:?}");
+    assert!(
+        added + unchanged <= RECORDS - pulled_at_kill + PAGE,
+        "killed at {pulled_at_kill}: {resumed:?}"
+    );
     assert_eq!(export(&src, "c"), export(&dst, "c"));
     let again = syncforge(&["sync", arg(&src), arg(&dst), "--json"]).ok();
     assert_eq!(counts(&again.json_lines()[0]), [0, 0, 0, 0, 0]);
+}
+
+/// The position in SRC's feed up to which the store at `dst` has pulled
+/// collection `c`, as its engine stored it (0 before the first page).
+fn pulled_cursor(dst: &std::path::Path) -> u64 {
+    // Written whole and renamed into place: a read sees one version or the
+    // other, or no file yet.
+    let Ok(text) = std::fs::read_to_string(dst.join(".meta.json")) else {
+        return 0;
+    };
+    let meta: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).unwrap();
+    meta.iter()
+        .find(|(key, _)| key.ends_with(r#","c","pulled"]"#))
+        .and_then(|(_, value)| value.as_str()?.rsplit(':').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// With no collection in SRC, nothing is synced and no store is created at
+/// DST, where an empty one was left behind.
+#[test]
+fn a_sync_with_nothing_to_sync_creates_no_store() {
+    let dir = TempDir::new().unwrap();
+    let dst = dir.path().join("typo");
+    let run = syncforge(&["sync", "memory:", arg(&dst)]).ok();
+    assert!(run.stdout.contains("nothing to sync"), "{run:?}");
+    assert!(!dst.exists(), "{run:?}");
 }
 
 /// Documents stamped as records, in canonical form: what `put` into a
