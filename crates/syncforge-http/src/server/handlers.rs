@@ -8,7 +8,7 @@ use std::ops::Range;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
+use axum::body::{Body, BodyDataStream};
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{MatchedPath, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method};
@@ -57,6 +57,13 @@ const ROUND_GROWTH: usize = 4;
 
 /// The most a request body's declared length reserves before its bytes come.
 const MAX_RESERVED_BODY: usize = 1 << 20;
+
+/// The most of a refused body read only to be dropped, when the server's
+/// own bound is smaller: twice the largest body a syncforge client sends to
+/// a server whose bound it has not learnt yet (16 MiB). Answered with its
+/// body unread, a client still sending it found the connection cut instead
+/// of the refusal.
+const MAX_DISCARDED_BODY: usize = 32 << 20;
 
 /// What every handler shares.
 struct Shared {
@@ -613,14 +620,21 @@ async fn sync(
     let refused = state
         .collection(&headers, path, Access::ReadWrite)
         .and_then(|collection| check_json_content_type(&headers).map(|()| collection));
+    let mut body = body.into_data_stream();
     let collection = match refused {
         Ok(collection) => collection,
         Err(error) => {
-            discard_body(&headers, body, max).await;
+            discard_body(&headers, &mut body, max).await;
             return Err(error);
         }
     };
-    let declared = declared_length(&headers, max)?;
+    let declared = match declared_length(&headers, max) {
+        Ok(declared) => declared,
+        Err(too_large) => {
+            discard_body(&headers, &mut body, max).await;
+            return Err(too_large);
+        }
+    };
     // Room for the body before a byte of it is read, kept while the records
     // decoded from it are merged: the bodies held at once stay within
     // `max_buffered_bytes` (and their records within a few times that).
@@ -631,7 +645,14 @@ async fn sync(
         .body_room
         .take(kib(declared.unwrap_or(max)), patience)
         .await?;
-    let bytes = read_body(declared, body, max).await?;
+    let bytes = match read_body(declared, &mut body, max).await {
+        Ok(bytes) => bytes,
+        Err(refused) => {
+            drop(room);
+            discard_body(&headers, &mut body, max).await;
+            return Err(refused);
+        }
+    };
     // Checked UTF-8 once, whole: the parsers then read it as text.
     let text = String::from_utf8(bytes).map_err(|error| {
         ApiError::new(
@@ -1122,11 +1143,14 @@ fn declared_length(headers: &HeaderMap, max: usize) -> Result<Option<usize>, Api
 /// Reads the whole body, refused with 413 past `max` bytes, of `declared`
 /// length if the request declared one ([`declared_length`], which refuses a
 /// declared length over `max` before anything is read).
-async fn read_body(declared: Option<usize>, body: Body, max: usize) -> Result<Vec<u8>, ApiError> {
+async fn read_body(
+    declared: Option<usize>,
+    stream: &mut BodyDataStream,
+    max: usize,
+) -> Result<Vec<u8>, ApiError> {
     // Reserved from the declared length only up to a point: the length is
     // the client's word, and the bytes have not come yet.
     let mut collected = Vec::with_capacity(declared.unwrap_or(0).min(MAX_RESERVED_BODY));
-    let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|error| {
             ApiError::new(
@@ -1142,24 +1166,26 @@ async fn read_body(declared: Option<usize>, body: Body, max: usize) -> Result<Ve
     Ok(collected)
 }
 
-/// Reads and drops the body of a request refused before its body was
-/// needed (a token that may not write, a body that is not JSON), up to
-/// `max` bytes. Answered with its body unread, the connection was closed
-/// under a client still sending it, which saw a broken pipe instead of the
-/// refusal, took it for a transient failure, and tried again for ever (an
-/// auto-sync with a read-only token, say). Not read: a body declared
-/// longer than `max` (cut off anyway), or one the client sends only once
-/// told to go on (`Expect: 100-continue`, which reading would tell it).
-async fn discard_body(headers: &HeaderMap, body: Body, max: usize) {
+/// Reads and drops the rest of the body of a refused request (a token that
+/// may not write, a body that is not JSON, one larger than `max`), up to
+/// `max` or [`MAX_DISCARDED_BODY`] bytes, whichever is larger. Answered
+/// with its body unread, the connection was closed under a client still
+/// sending it, which saw a broken pipe instead of the refusal, took it for
+/// a transient failure, and tried again for ever (an auto-sync with a
+/// read-only token, or a push of a record larger than the server takes).
+/// Not read: a body declared longer than that (cut off anyway), or one the
+/// client sends only once told to go on (`Expect: 100-continue`, which
+/// reading would tell it).
+async fn discard_body(headers: &HeaderMap, stream: &mut BodyDataStream, max: usize) {
+    let most = max.max(MAX_DISCARDED_BODY);
     let waits_to_send = headers.contains_key(header::EXPECT);
-    if waits_to_send || declared_length(headers, max).is_err() {
+    if waits_to_send || declared_length(headers, most).is_err() {
         return;
     }
-    let mut stream = body.into_data_stream();
     let mut read = 0usize;
     while let Some(Ok(chunk)) = stream.next().await {
         read = read.saturating_add(chunk.len());
-        if read > max {
+        if read > most {
             break;
         }
     }
