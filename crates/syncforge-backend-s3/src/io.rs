@@ -426,6 +426,19 @@ pub(crate) fn map_error(error: object_store::Error, doing: &str, path: &Path) ->
     }
 }
 
+/// Whether `error` is a local file system's refusal of a file name as too
+/// long: a key that store can never hold, however often it is written.
+pub(crate) fn names_a_key_too_long(error: &Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = cause {
+        if let Some(io) = current.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::InvalidFilename;
+        }
+        cause = current.source();
+    }
+    false
+}
+
 /// A request the credentials may not make: permanent, naming what to check.
 fn refused(error: object_store::Error, doing: &str, path: &Path) -> Error {
     Error::storage_caused(
