@@ -214,9 +214,23 @@ impl Reader {
     }
 
     /// Closes a local store's engine; a server needs nothing.
+    /// Closes the store, failing when its reads skipped corrupt record
+    /// files: what was shown lacks their records (an export taken as a
+    /// backup would lose them), which a warning alone let pass with success.
     pub(crate) async fn close(self) -> Result<()> {
         match self {
-            Reader::Local(store) => store.close().await,
+            Reader::Local(store) => {
+                let skipped = store.corrupt_skipped();
+                let url = store.url().to_string();
+                store.close().await?;
+                if skipped > 0 {
+                    anyhow::bail!(
+                        "{skipped} corrupt record file(s) of {url} were left out of what was \
+                         shown, each named in a warning above; repair or remove those files"
+                    );
+                }
+                Ok(())
+            }
             #[cfg(feature = "http")]
             Reader::Remote(_) => Ok(()),
         }

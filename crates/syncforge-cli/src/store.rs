@@ -131,6 +131,10 @@ impl Destination {
 pub(crate) struct Store {
     url: StoreUrl,
     engine: SyncEngine,
+    /// A filesystem store's own handle, which counts the corrupt record
+    /// files its reads skipped.
+    #[cfg(feature = "fs")]
+    fs: Option<std::sync::Arc<syncforge::FsBackend>>,
 }
 
 impl EngineOptions {
@@ -173,13 +177,41 @@ impl Store {
             return Err(usage(format!("{url} is not a store this command can open")));
         };
         options.check()?;
-        let engine = options
-            .builder()
-            .backend_config(config.clone())
+        let builder = options.builder();
+        #[cfg(feature = "fs")]
+        let (builder, fs) = match config {
+            BackendConfig::Filesystem { directory } => {
+                let fs = std::sync::Arc::new(
+                    syncforge::FsBackend::open(directory)
+                        .await
+                        .with_context(|| format!("cannot open the store {url}"))?,
+                );
+                (builder.backend(std::sync::Arc::clone(&fs)), Some(fs))
+            }
+            other => (builder.backend_config(other.clone()), None),
+        };
+        #[cfg(not(feature = "fs"))]
+        let builder = builder.backend_config(config.clone());
+        let engine = builder
             .build()
             .await
             .with_context(|| format!("cannot open the store {url}"))?;
-        Ok(Store { url, engine })
+        Ok(Store {
+            url,
+            engine,
+            #[cfg(feature = "fs")]
+            fs,
+        })
+    }
+
+    /// How many corrupt record files reads of this store skipped (each named
+    /// in a warning on stderr): 0 for a store of another kind.
+    pub(crate) fn corrupt_skipped(&self) -> u64 {
+        #[cfg(feature = "fs")]
+        if let Some(fs) = &self.fs {
+            return fs.corrupt_skipped();
+        }
+        0
     }
 
     /// Opens a store that must exist already: reading a directory that is

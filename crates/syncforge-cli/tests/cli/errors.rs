@@ -262,9 +262,11 @@ fn one_store_cannot_sync_with_itself() {
 
 /// A record file a read proves corrupt (edited by hand) is skipped by the
 /// store with a warning: the CLI shows it on stderr, where it went nowhere
-/// and an export silently left the record out.
+/// and an export silently left the record out, and the export fails once
+/// the rest is written, where it succeeded (a backup taken that way lacked
+/// the record).
 #[test]
-fn a_corrupt_record_file_skipped_by_an_export_is_shown_on_stderr() {
+fn a_corrupt_record_file_skipped_by_an_export_is_shown_and_fails_it() {
     let dir = TempDir::new().unwrap();
     let store = dir.path().join("store");
     syncforge_with(&["put", arg(&store), "notes"], &docs("n", 2)).ok();
@@ -273,10 +275,15 @@ fn a_corrupt_record_file_skipped_by_an_export_is_shown_on_stderr() {
         br#"{"id": "someone else"}"#,
     )
     .unwrap();
-    let run = syncforge(&["export", arg(&store), "notes"]).ok();
+    let run = syncforge(&["export", arg(&store), "notes"]).fails(1);
     assert_eq!(run.stdout.lines().count(), 1, "{run:?}");
     assert!(run.stderr.contains("corrupt"), "{run:?}");
     assert!(run.stderr.contains("n00000.json"), "{run:?}");
+    assert!(run.stderr.contains("1 corrupt record file(s)"), "{run:?}");
+    // Removed, the file is no longer skipped: the export succeeds.
+    std::fs::remove_file(store.join("notes").join("n00000.json")).unwrap();
+    let repaired = syncforge(&["export", arg(&store), "notes"]).ok();
+    assert_eq!(repaired.stdout.lines().count(), 1, "{repaired:?}");
 }
 
 /// `import` with no FILE and a terminal on stdin waited in silence for input
