@@ -81,8 +81,9 @@ end
 /// first write (0 for none), `1` if no id occurs twice in the batch (else
 /// `0`), then four runs of `n` values: the ids, the expectations, the
 /// millis (`_timestamp`) and the values. An expectation is `''` for "must
-/// not exist", the decimal sequence the record must still have, or anything
-/// else for "never matches". The ids come as one run so that one `ZMSCORE`
+/// not exist", the decimal sequence the record must still have, or text
+/// that is no number (`-`) for "never matches" (any text Lua reads as a
+/// number is compared as one: `1e3` matches 1000). The ids come as one run so that one `ZMSCORE`
 /// reads every current sequence. A batch with another number of arguments
 /// is refused (`ERR syncforge: malformed batch`) before anything is read or
 /// written.
