@@ -112,17 +112,23 @@ impl SyncEngine {
     /// Adds a peer that every auto-sync window syncs with, replacing one with
     /// the same [`peer_id`](SyncPeer::peer_id). The engine holds the peer
     /// until it is removed or the engine is closed (two engines that are each
-    /// other's peers keep each other alive until then). A closed engine
+    /// other's peers keep each other alive until then).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] (option `peer_id`) for a peer whose id is
+    /// not 1 to 1024 bytes without control characters, which every window
+    /// would refuse; [`Error::Closed`] once the engine is closed, which
     /// takes no peer.
-    pub fn add_auto_sync_peer(&self, peer: Arc<dyn SyncPeer>) {
+    pub fn add_auto_sync_peer(&self, peer: Arc<dyn SyncPeer>) -> Result<()> {
+        crate::peer_sync::validate_peer_id(peer.peer_id())?;
         let mut peers = self.inner.peers.lock();
         // Under the peers' lock, which `close` takes after marking the
         // engine closed to let go of every peer.
-        if self.is_closed() {
-            return;
-        }
+        self.check_open()?;
         peers.retain(|p| p.peer_id() != peer.peer_id());
         peers.push(peer);
+        Ok(())
     }
 
     /// Removes an auto-sync peer by id; returns whether it was there.

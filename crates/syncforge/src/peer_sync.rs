@@ -104,7 +104,7 @@ fn cursor_key(peer_id: &str, collection: &CollectionName, state: PeerState) -> S
     format!("syncforge/peer-cursor/v1/{parts}")
 }
 
-fn validate_peer_id(peer_id: &str) -> Result<()> {
+pub(crate) fn validate_peer_id(peer_id: &str) -> Result<()> {
     validate_id(peer_id).map_err(|e| Error::InvalidConfig {
         option: "peer_id",
         reason: e.to_string(),

@@ -135,7 +135,9 @@ async fn auto_sync_keeps_syncing_across_server_restarts() {
         .build()
         .await
         .unwrap();
-    tablet.add_auto_sync_peer(Arc::new(peer(&server.url(), None)));
+    tablet
+        .add_auto_sync_peer(Arc::new(peer(&server.url(), None)))
+        .unwrap();
 
     tablet
         .put(

@@ -282,7 +282,8 @@ async fn a_close_whose_store_failed_to_close_is_tried_again() {
     assert_eq!(store.calls(Operation::Close), 2);
 }
 
-/// A closed engine takes no auto-sync peer: it would hold it for ever.
+/// A closed engine takes no auto-sync peer: it would hold it for ever. It
+/// says so, where the peer was dropped in silence.
 #[tokio::test]
 async fn a_closed_engine_takes_no_peer() {
     let e = SyncEngine::builder().build().await.unwrap();
@@ -292,8 +293,62 @@ async fn a_closed_engine_takes_no_peer() {
         .await
         .unwrap();
     e.close().await.unwrap();
-    e.add_auto_sync_peer(Arc::new(peer));
+    let refused = e.add_auto_sync_peer(Arc::new(peer)).unwrap_err();
+    assert!(
+        matches!(refused, syncforge::Error::Closed { .. }),
+        "{refused:?}"
+    );
     assert!(!e.remove_auto_sync_peer("peer"));
+}
+
+/// A peer whose id no sync accepts is refused when it is added, where it
+/// was taken and then failed every auto-sync window.
+#[tokio::test]
+async fn a_peer_whose_id_no_sync_accepts_is_refused_when_added() {
+    let e = SyncEngine::builder().build().await.unwrap();
+    for id in ["", "line\nbreak"] {
+        let refused = e.add_auto_sync_peer(Arc::new(Named(id))).unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                syncforge::Error::InvalidConfig {
+                    option: "peer_id",
+                    ..
+                }
+            ),
+            "{id:?}: {refused:?}"
+        );
+    }
+    e.add_auto_sync_peer(Arc::new(Named("fine"))).unwrap();
+    assert!(e.remove_auto_sync_peer("fine"));
+    e.close().await.unwrap();
+}
+
+/// A peer of the given id that never answers (never asked here).
+struct Named(&'static str);
+
+#[syncforge::core::async_trait]
+impl syncforge::SyncPeer for Named {
+    fn peer_id(&self) -> &str {
+        self.0
+    }
+
+    async fn pull(
+        &self,
+        _collection: &syncforge::CollectionName,
+        _cursor: syncforge::Cursor,
+        _limit: std::num::NonZeroUsize,
+    ) -> syncforge::Result<syncforge::ChangePage> {
+        std::future::pending().await
+    }
+
+    async fn push(
+        &self,
+        _collection: &syncforge::CollectionName,
+        _records: Vec<syncforge::Record>,
+    ) -> syncforge::Result<syncforge::PushOutcome> {
+        std::future::pending().await
+    }
 }
 
 /// The original's pattern: a `sync:start` handler fetches remote records in
@@ -366,7 +421,7 @@ async fn auto_sync_with_peers_converges_both_ways() {
         .build()
         .await
         .unwrap();
-    a.add_auto_sync_peer(Arc::new(b.clone()));
+    a.add_auto_sync_peer(Arc::new(b.clone())).unwrap();
     a.put("c", &json!({"id": "from-a"})).await.unwrap();
     b.put("c", &json!({"id": "from-b"})).await.unwrap();
 
@@ -483,8 +538,8 @@ async fn windows_go_on_past(
     reported: impl Fn(&Error) -> bool,
 ) {
     let b = SyncEngine::builder().client_id("b").build().await.unwrap();
-    a.add_auto_sync_peer(failing);
-    a.add_auto_sync_peer(Arc::new(b.clone()));
+    a.add_auto_sync_peer(failing).unwrap();
+    a.add_auto_sync_peer(Arc::new(b.clone())).unwrap();
     let mut rx = a.subscribe();
     for window in 0..2 {
         b.put("c", &json!({"id": format!("from-b-{window}")}))
@@ -616,7 +671,7 @@ async fn inside_a_slow_pull() -> (SyncEngine, Arc<WindowPeer>) {
         .await
         .unwrap();
     let peer = Arc::new(WindowPeer::new(Duration::from_millis(300)));
-    e.add_auto_sync_peer(peer.clone());
+    e.add_auto_sync_peer(peer.clone()).unwrap();
     timeout(Duration::from_secs(10), peer.entered.notified())
         .await
         .expect("no window started");
@@ -702,7 +757,7 @@ async fn a_close_from_inside_a_window_completes() {
         .unwrap();
     let peer = Arc::new(WindowPeer::new(Duration::ZERO));
     let _ = peer.closes.set(e.clone());
-    e.add_auto_sync_peer(peer.clone());
+    e.add_auto_sync_peer(peer.clone()).unwrap();
     timeout(Duration::from_secs(10), peer.done.notified())
         .await
         .expect("the close inside the window did not complete");
