@@ -597,6 +597,82 @@ async fn a_peer_that_never_answers_is_given_up_on_and_the_windows_go_on() {
     .await;
 }
 
+/// A window that met a sync with its peer under way (one the application
+/// started) waited for it inside the peer timeout, and reported the peer,
+/// which was answering, as one that never did. It leaves that peer to the
+/// sync under way.
+#[tokio::test(start_paused = true)]
+async fn a_window_leaves_a_peer_to_a_sync_with_it_under_way() {
+    let a = auto_syncing_c()
+        .auto_sync(false)
+        .auto_sync_peer_timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .unwrap();
+    let peer = Arc::new(GatedPeer {
+        entered: tokio::sync::Notify::new(),
+        gate: tokio::sync::Semaphore::new(0),
+        pulls: std::sync::atomic::AtomicUsize::new(0),
+    });
+    a.add_auto_sync_peer(peer.clone()).unwrap();
+    let manual = tokio::spawn({
+        let (a, peer) = (a.clone(), peer.clone());
+        async move { a.sync_with(peer.as_ref(), "c").await }
+    });
+    peer.entered.notified().await;
+    let mut rx = a.subscribe();
+    a.start_auto_sync().unwrap();
+    // Three windows, each past the peer timeout.
+    tokio::time::sleep(3 * INTERVAL + SLACK).await;
+    while let Ok(event) = rx.try_recv() {
+        assert!(!matches!(event, SyncEvent::SyncError { .. }), "{event:?}");
+    }
+    peer.gate.add_permits(1);
+    let report = manual.await.unwrap().unwrap();
+    assert_eq!(report.peer_id, "gated");
+    a.close().await.unwrap();
+}
+
+/// A peer whose first pull says it started and waits for a permit of
+/// `gate`; later pulls answer at once. Nothing to push.
+struct GatedPeer {
+    entered: tokio::sync::Notify,
+    gate: tokio::sync::Semaphore,
+    pulls: std::sync::atomic::AtomicUsize,
+}
+
+#[syncforge::core::async_trait]
+impl syncforge::SyncPeer for GatedPeer {
+    fn peer_id(&self) -> &str {
+        "gated"
+    }
+
+    async fn pull(
+        &self,
+        _collection: &syncforge::core::CollectionName,
+        cursor: syncforge::core::Cursor,
+        _limit: std::num::NonZeroUsize,
+    ) -> syncforge::core::Result<syncforge::core::ChangePage> {
+        if self.pulls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            self.entered.notify_one();
+            drop(self.gate.acquire().await);
+        }
+        Ok(syncforge::core::ChangePage {
+            changes: Vec::new(),
+            next: cursor,
+            more: false,
+        })
+    }
+
+    async fn push(
+        &self,
+        _collection: &syncforge::core::CollectionName,
+        _records: Vec<syncforge::core::Record>,
+    ) -> syncforge::core::Result<syncforge::core::PushOutcome> {
+        Ok(syncforge::core::PushOutcome::all_stored())
+    }
+}
+
 /// A peer whose pull says it started, works for `works_for` without
 /// awaiting anything (a blocking sleep stands for a long stretch of work
 /// between two awaits), closes `closes` when set, and says it returned.
