@@ -35,15 +35,16 @@ fn steps(test_env: &[(&'static str, OsString)]) -> Vec<Step> {
     };
     // Plain `cargo test` runs unit, integration and doc tests alike.
     let tests = with_env(Cargo::new(&["test", "--workspace", "--all-features"]));
-    // Any crate of a program can turn on serde_json's `preserve_order`, and
-    // Cargo then turns it on for every crate: serde_json's map then keeps
-    // insertion order, which the canonical form must not follow.
+    // Any crate of a program can turn on serde_json's `preserve_order` or
+    // `arbitrary_precision`, and Cargo then turns it on for every crate:
+    // serde_json's map then keeps insertion order, and its numbers their
+    // text (`-0` an integer), neither of which the canonical form may follow.
     let insertion_ordered_maps = with_env(Cargo::new(&[
         "test",
         "-p",
         "syncforge-core",
         "--features",
-        "serde_json/preserve_order",
+        "serde_json/preserve_order,serde_json/arbitrary_precision",
     ]));
     vec![
         Step {

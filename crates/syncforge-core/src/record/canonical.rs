@@ -266,7 +266,15 @@ pub(super) fn write_number(out: &mut String, number: &serde_json::Number) {
     if let Some(value) = number.as_u64() {
         write_u64(out, value);
     } else if let Some(value) = number.as_i64() {
-        out.push_str(itoa::Buffer::new().format(value));
+        // A zero `as_u64` did not take is the text `-0`, which only a build
+        // with serde_json's `arbitrary_precision` keeps as an integer (any
+        // other reads it as the float `-0.0`): written as that float is, so
+        // that replicas built either way hold the same bytes.
+        if value == 0 {
+            write_f64(out, 0.0);
+        } else {
+            out.push_str(itoa::Buffer::new().format(value));
+        }
     } else if let Some(value) = number.as_f64() {
         write_f64(out, value);
     } else {

@@ -286,6 +286,13 @@ mod tests {
                 .as_str(),
             "[0.0,{\"k\":0.0}]"
         );
+        // The text `-0`, which serde_json reads as `-0.0`, or with its
+        // `arbitrary_precision` feature keeps as an integer: `0.0` either way.
+        let parsed: serde_json::Value = serde_json::from_str("[-0, {\"k\": -0}]").unwrap();
+        assert_eq!(
+            JsonText::from_value(&parsed).unwrap().as_str(),
+            "[0.0,{\"k\":0.0}]"
+        );
     }
 
     #[test]
