@@ -162,7 +162,11 @@ pub enum SyncEvent {
         /// The record before the change.
         previous: Record,
     },
-    /// `record:deleted`: a record was soft-deleted.
+    /// `record:deleted`: a record was soft-deleted, here or by a sync. A
+    /// sync that brings the tombstone of a record this replica never held
+    /// stores it and emits this too (and counts it in `deleted`), though
+    /// nothing visible went away: a count of visible records kept from
+    /// these events must not go below zero on it.
     RecordDeleted {
         /// The collection.
         collection: CollectionName,
