@@ -307,7 +307,9 @@ async fn a_closed_engine_takes_no_peer() {
 async fn a_peer_whose_id_no_sync_accepts_is_refused_when_added() {
     let e = SyncEngine::builder().build().await.unwrap();
     for id in ["", "line\nbreak"] {
-        let refused = e.add_auto_sync_peer(Arc::new(Named(id))).unwrap_err();
+        let refused = e
+            .add_auto_sync_peer(Arc::new(BrokenPeer::Misnamed(id)))
+            .unwrap_err();
         assert!(
             matches!(
                 refused,
@@ -319,36 +321,10 @@ async fn a_peer_whose_id_no_sync_accepts_is_refused_when_added() {
             "{id:?}: {refused:?}"
         );
     }
-    e.add_auto_sync_peer(Arc::new(Named("fine"))).unwrap();
+    e.add_auto_sync_peer(Arc::new(BrokenPeer::Misnamed("fine")))
+        .unwrap();
     assert!(e.remove_auto_sync_peer("fine"));
     e.close().await.unwrap();
-}
-
-/// A peer of the given id that never answers (never asked here).
-struct Named(&'static str);
-
-#[syncforge::core::async_trait]
-impl syncforge::SyncPeer for Named {
-    fn peer_id(&self) -> &str {
-        self.0
-    }
-
-    async fn pull(
-        &self,
-        _collection: &syncforge::CollectionName,
-        _cursor: syncforge::Cursor,
-        _limit: std::num::NonZeroUsize,
-    ) -> syncforge::Result<syncforge::ChangePage> {
-        std::future::pending().await
-    }
-
-    async fn push(
-        &self,
-        _collection: &syncforge::CollectionName,
-        _records: Vec<syncforge::Record>,
-    ) -> syncforge::Result<syncforge::PushOutcome> {
-        std::future::pending().await
-    }
 }
 
 /// The original's pattern: a `sync:start` handler fetches remote records in
@@ -468,6 +444,9 @@ enum BrokenPeer {
     Panicking,
     /// It never answers.
     Silent,
+    /// It never answers, and has the given id (which may be one no sync
+    /// accepts).
+    Misnamed(&'static str),
 }
 
 #[syncforge::core::async_trait]
@@ -476,6 +455,7 @@ impl syncforge::SyncPeer for BrokenPeer {
         match self {
             BrokenPeer::Panicking => "panicking",
             BrokenPeer::Silent => "silent",
+            BrokenPeer::Misnamed(id) => id,
         }
     }
 
@@ -487,7 +467,7 @@ impl syncforge::SyncPeer for BrokenPeer {
     ) -> syncforge::Result<syncforge::ChangePage> {
         match self {
             BrokenPeer::Panicking => panic!("a bug in a peer (expected by this test)"),
-            BrokenPeer::Silent => std::future::pending().await,
+            BrokenPeer::Silent | BrokenPeer::Misnamed(_) => std::future::pending().await,
         }
     }
 
@@ -498,7 +478,7 @@ impl syncforge::SyncPeer for BrokenPeer {
     ) -> syncforge::Result<syncforge::PushOutcome> {
         match self {
             BrokenPeer::Panicking => Ok(syncforge::PushOutcome::all_stored()),
-            BrokenPeer::Silent => std::future::pending().await,
+            BrokenPeer::Silent | BrokenPeer::Misnamed(_) => std::future::pending().await,
         }
     }
 }
@@ -609,11 +589,7 @@ async fn a_window_leaves_a_peer_to_a_sync_with_it_under_way() {
         .build()
         .await
         .unwrap();
-    let peer = Arc::new(GatedPeer {
-        entered: tokio::sync::Notify::new(),
-        gate: tokio::sync::Semaphore::new(0),
-        pulls: std::sync::atomic::AtomicUsize::new(0),
-    });
+    let peer = Arc::new(WindowPeer::gated());
     a.add_auto_sync_peer(peer.clone()).unwrap();
     let manual = tokio::spawn({
         let (a, peer) = (a.clone(), peer.clone());
@@ -629,55 +605,19 @@ async fn a_window_leaves_a_peer_to_a_sync_with_it_under_way() {
     }
     peer.gate.add_permits(1);
     let report = manual.await.unwrap().unwrap();
-    assert_eq!(report.peer_id, "gated");
+    assert_eq!(report.peer_id, "window");
     a.close().await.unwrap();
 }
 
-/// A peer whose first pull says it started and waits for a permit of
-/// `gate`; later pulls answer at once. Nothing to push.
-struct GatedPeer {
-    entered: tokio::sync::Notify,
-    gate: tokio::sync::Semaphore,
-    pulls: std::sync::atomic::AtomicUsize,
-}
-
-#[syncforge::core::async_trait]
-impl syncforge::SyncPeer for GatedPeer {
-    fn peer_id(&self) -> &str {
-        "gated"
-    }
-
-    async fn pull(
-        &self,
-        _collection: &syncforge::core::CollectionName,
-        cursor: syncforge::core::Cursor,
-        _limit: std::num::NonZeroUsize,
-    ) -> syncforge::core::Result<syncforge::core::ChangePage> {
-        if self.pulls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
-            self.entered.notify_one();
-            drop(self.gate.acquire().await);
-        }
-        Ok(syncforge::core::ChangePage {
-            changes: Vec::new(),
-            next: cursor,
-            more: false,
-        })
-    }
-
-    async fn push(
-        &self,
-        _collection: &syncforge::core::CollectionName,
-        _records: Vec<syncforge::core::Record>,
-    ) -> syncforge::core::Result<syncforge::core::PushOutcome> {
-        Ok(syncforge::core::PushOutcome::all_stored())
-    }
-}
-
-/// A peer whose pull says it started, works for `works_for` without
-/// awaiting anything (a blocking sleep stands for a long stretch of work
-/// between two awaits), closes `closes` when set, and says it returned.
+/// A peer whose pull says it started, waits (its first pull only) for a
+/// permit of `gate` when gated, works for `works_for` without awaiting
+/// anything (a blocking sleep stands for a long stretch of work between two
+/// awaits), closes `closes` when set, and says it returned.
 struct WindowPeer {
     entered: tokio::sync::Notify,
+    gated: bool,
+    gate: tokio::sync::Semaphore,
+    pulls: std::sync::atomic::AtomicUsize,
     works_for: Duration,
     closes: std::sync::OnceLock<SyncEngine>,
     returned: std::sync::atomic::AtomicBool,
@@ -688,10 +628,22 @@ impl WindowPeer {
     fn new(works_for: Duration) -> WindowPeer {
         WindowPeer {
             entered: tokio::sync::Notify::new(),
+            gated: false,
+            gate: tokio::sync::Semaphore::new(0),
+            pulls: std::sync::atomic::AtomicUsize::new(0),
             works_for,
             closes: std::sync::OnceLock::new(),
             returned: std::sync::atomic::AtomicBool::new(false),
             done: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// A peer whose first pull waits for a permit of `gate`, and that
+    /// works for no time.
+    fn gated() -> WindowPeer {
+        WindowPeer {
+            gated: true,
+            ..WindowPeer::new(Duration::ZERO)
         }
     }
 }
@@ -711,6 +663,10 @@ impl syncforge::SyncPeer for WindowPeer {
         // Told without a timer: with this worker asleep, the runtime's
         // timers may wait until it wakes.
         self.entered.notify_one();
+        let first = self.pulls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+        if self.gated && first {
+            drop(self.gate.acquire().await);
+        }
         std::thread::sleep(self.works_for);
         if let Some(engine) = self.closes.get() {
             engine.close().await?;
