@@ -58,12 +58,6 @@ const ROUND_GROWTH: usize = 4;
 /// The most a request body's declared length reserves before its bytes come.
 const MAX_RESERVED_BODY: usize = 1 << 20;
 
-/// Room for a request body is taken as its bytes come, this many KiB at a
-/// time: a client that sends slowly holds room for what it sent, not for
-/// all it declared (sixteen such clients declaring 16 MiB each held every
-/// byte of the default room, and every other push was answered busy).
-const ROOM_STEP_KIB: u32 = 1024;
-
 /// The most of a refused body read only to be dropped, when the server's
 /// own bound is smaller: twice the largest body a syncforge client sends to
 /// a server whose bound it has not learnt yet (16 MiB). Answered with its
@@ -641,19 +635,20 @@ async fn sync(
             return Err(too_large);
         }
     };
-    // Room for the body as it comes, kept while the records decoded from it
-    // are merged: the bodies held at once stay within `max_buffered_bytes`
-    // (and their records within a few times that). A wait for room or for
-    // a merge's place, longer than half the request timeout, is the server
-    // being busy.
+    // Room for the body before a byte of it is read, kept while the records
+    // decoded from it are merged: the bodies held at once stay within
+    // `max_buffered_bytes` (and their records within a few times that).
+    // A wait for room or for a merge's place, longer than half the request
+    // timeout, is the server being busy.
     let patience = state.options.request_timeout / 2;
-    let room = Room {
-        permits: &state.body_room,
-        patience,
-    };
-    let (bytes, room) = match read_body(declared, &mut body, max, room).await {
-        Ok(read) => read,
+    let room = state
+        .body_room
+        .take(kib(declared.unwrap_or(max)), patience)
+        .await?;
+    let bytes = match read_body(declared, &mut body, max).await {
+        Ok(bytes) => bytes,
         Err(refused) => {
+            drop(room);
             discard_body(&headers, &mut body, max).await;
             return Err(refused);
         }
@@ -1145,26 +1140,14 @@ fn declared_length(headers: &HeaderMap, max: usize) -> Result<Option<usize>, Api
     }
 }
 
-/// Where a body's room comes from, and how long a wait for it may take.
-struct Room<'a> {
-    permits: &'a Permits,
-    patience: Duration,
-}
-
 /// Reads the whole body, refused with 413 past `max` bytes, of `declared`
 /// length if the request declared one ([`declared_length`], which refuses a
-/// declared length over `max` before anything is read), with the room it
-/// holds: taken [`ROOM_STEP_KIB`] at a time (up to `max`) ahead of the
-/// bytes it is for, so that the bytes held never pass the room taken.
+/// declared length over `max` before anything is read).
 async fn read_body(
     declared: Option<usize>,
     stream: &mut BodyDataStream,
     max: usize,
-    room: Room<'_>,
-) -> Result<(Vec<u8>, OwnedSemaphorePermit), ApiError> {
-    let most_kib = kib(max);
-    let mut held_kib = kib(declared.unwrap_or(max)).min(ROOM_STEP_KIB);
-    let mut held = room.permits.take(held_kib, room.patience).await?;
+) -> Result<Vec<u8>, ApiError> {
     // Reserved from the declared length only up to a point: the length is
     // the client's word, and the bytes have not come yet.
     let mut collected = Vec::with_capacity(declared.unwrap_or(0).min(MAX_RESERVED_BODY));
@@ -1175,21 +1158,12 @@ async fn read_body(
                 format!("the body could not be read: {error}"),
             )
         })?;
-        let needed = collected.len() + chunk.len();
-        if needed > max {
+        if collected.len() + chunk.len() > max {
             return Err(too_large(max));
-        }
-        let needed_kib = kib(needed);
-        if needed_kib > held_kib {
-            let more = (needed_kib - held_kib)
-                .max(ROOM_STEP_KIB)
-                .min(most_kib - held_kib);
-            held.merge(room.permits.take(more, room.patience).await?);
-            held_kib += more;
         }
         collected.extend_from_slice(&chunk);
     }
-    Ok((collected, held))
+    Ok(collected)
 }
 
 /// Reads and drops the rest of the body of a refused request (a token that

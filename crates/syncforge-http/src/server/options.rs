@@ -320,12 +320,11 @@ impl ServerOptions {
     /// Most bytes of sync request bodies held at once, across all requests
     /// (default 256 MiB, and never less than
     /// [`max_body_bytes`](Self::max_body_bytes), so that the largest body
-    /// allowed always gets in). A push takes room for its body as the body
-    /// comes, a MiB ahead of its bytes (so a client that sends slowly holds
-    /// room for what it sent, not for what it declared), and keeps the room
-    /// until its merge ends; a push that finds no room waits for it, up to
-    /// half the request timeout, and is then answered 503 `unavailable`.
-    /// Without it, every
+    /// allowed always gets in). A push takes room for its body (the length
+    /// it declares, or `max_body_bytes` if it declares none) before reading
+    /// it, and keeps the room until its merge ends; a push that finds no
+    /// room waits for it, up to half the request timeout, and is then
+    /// answered 503 `unavailable`. Without it, every
     /// connection could hold a body of `max_body_bytes` at once (512 × 16
     /// MiB by default), and the records decoded from a body take a few
     /// times its size.
