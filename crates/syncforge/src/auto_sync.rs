@@ -175,18 +175,6 @@ impl SyncEngine {
                     });
                 }
                 for peer in &peers {
-                    // A sync with this peer under way (one the application
-                    // started) carries this window's changes: waiting for
-                    // it would count its time against the peer timeout,
-                    // and report a peer that answers as one that hung.
-                    if self.peer_sync_under_way(peer.peer_id(), collection) {
-                        tracing::debug!(
-                            peer = peer.peer_id(),
-                            collection = collection.as_str(),
-                            "auto-sync leaves a peer to the sync with it under way"
-                        );
-                        continue;
-                    }
                     // sync_with reports its own failure (event and log). A
                     // panic (a peer's, or a bug) ends that one sync, not the
                     // window and the timer with it, and is reported alike;

@@ -465,11 +465,6 @@ impl SyncEngine {
     }
 
     /// The lock of the syncs with `peer_id` on `collection`.
-    /// Whether a sync with `peer_id` of `collection` is under way now.
-    pub(crate) fn peer_sync_under_way(&self, peer_id: &str, collection: &CollectionName) -> bool {
-        self.peer_sync_lock(peer_id, collection).try_lock().is_err()
-    }
-
     fn peer_sync_lock(
         &self,
         peer_id: &str,

@@ -577,47 +577,11 @@ async fn a_peer_that_never_answers_is_given_up_on_and_the_windows_go_on() {
     .await;
 }
 
-/// A window that met a sync with its peer under way (one the application
-/// started) waited for it inside the peer timeout, and reported the peer,
-/// which was answering, as one that never did. It leaves that peer to the
-/// sync under way.
-#[tokio::test(start_paused = true)]
-async fn a_window_leaves_a_peer_to_a_sync_with_it_under_way() {
-    let a = auto_syncing_c()
-        .auto_sync(false)
-        .auto_sync_peer_timeout(Duration::from_secs(2))
-        .build()
-        .await
-        .unwrap();
-    let peer = Arc::new(WindowPeer::gated());
-    a.add_auto_sync_peer(peer.clone()).unwrap();
-    let manual = tokio::spawn({
-        let (a, peer) = (a.clone(), peer.clone());
-        async move { a.sync_with(peer.as_ref(), "c").await }
-    });
-    peer.entered.notified().await;
-    let mut rx = a.subscribe();
-    a.start_auto_sync().unwrap();
-    // Three windows, each past the peer timeout.
-    tokio::time::sleep(3 * INTERVAL + SLACK).await;
-    while let Ok(event) = rx.try_recv() {
-        assert!(!matches!(event, SyncEvent::SyncError { .. }), "{event:?}");
-    }
-    peer.gate.add_permits(1);
-    let report = manual.await.unwrap().unwrap();
-    assert_eq!(report.peer_id, "window");
-    a.close().await.unwrap();
-}
-
-/// A peer whose pull says it started, waits (its first pull only) for a
-/// permit of `gate` when gated, works for `works_for` without awaiting
-/// anything (a blocking sleep stands for a long stretch of work between two
-/// awaits), closes `closes` when set, and says it returned.
+/// A peer whose pull says it started, works for `works_for` without
+/// awaiting anything (a blocking sleep stands for a long stretch of work
+/// between two awaits), closes `closes` when set, and says it returned.
 struct WindowPeer {
     entered: tokio::sync::Notify,
-    gated: bool,
-    gate: tokio::sync::Semaphore,
-    pulls: std::sync::atomic::AtomicUsize,
     works_for: Duration,
     closes: std::sync::OnceLock<SyncEngine>,
     returned: std::sync::atomic::AtomicBool,
@@ -628,22 +592,10 @@ impl WindowPeer {
     fn new(works_for: Duration) -> WindowPeer {
         WindowPeer {
             entered: tokio::sync::Notify::new(),
-            gated: false,
-            gate: tokio::sync::Semaphore::new(0),
-            pulls: std::sync::atomic::AtomicUsize::new(0),
             works_for,
             closes: std::sync::OnceLock::new(),
             returned: std::sync::atomic::AtomicBool::new(false),
             done: tokio::sync::Notify::new(),
-        }
-    }
-
-    /// A peer whose first pull waits for a permit of `gate`, and that
-    /// works for no time.
-    fn gated() -> WindowPeer {
-        WindowPeer {
-            gated: true,
-            ..WindowPeer::new(Duration::ZERO)
         }
     }
 }
@@ -663,10 +615,6 @@ impl syncforge::SyncPeer for WindowPeer {
         // Told without a timer: with this worker asleep, the runtime's
         // timers may wait until it wakes.
         self.entered.notify_one();
-        let first = self.pulls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
-        if self.gated && first {
-            drop(self.gate.acquire().await);
-        }
         std::thread::sleep(self.works_for);
         if let Some(engine) = self.closes.get() {
             engine.close().await?;
