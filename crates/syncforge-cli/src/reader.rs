@@ -214,26 +214,34 @@ impl Reader {
     }
 
     /// Closes a local store's engine; a server needs nothing.
-    /// Closes the store, failing when its reads skipped corrupt record
-    /// files: what was shown lacks their records (an export taken as a
-    /// backup would lose them), which a warning alone let pass with success.
     pub(crate) async fn close(self) -> Result<()> {
         match self {
-            Reader::Local(store) => {
-                let skipped = store.corrupt_skipped();
-                let url = store.url().to_string();
-                store.close().await?;
-                if skipped > 0 {
-                    anyhow::bail!(
-                        "{skipped} corrupt record file(s) of {url} were left out of what was \
-                         shown, each named in a warning above; repair or remove those files"
-                    );
-                }
-                Ok(())
-            }
+            Reader::Local(store) => store.close().await,
             #[cfg(feature = "http")]
             Reader::Remote(_) => Ok(()),
         }
+    }
+
+    /// Closes the store after a command that showed whole collections
+    /// (`export`, `ls`, `stats`), failing when its reads skipped corrupt
+    /// record files: what was shown lacks their records (an export taken as
+    /// a backup would lose them), which a warning alone let pass with
+    /// success.
+    pub(crate) async fn close_whole(self) -> Result<()> {
+        let skipped = match &self {
+            Reader::Local(store) => store.corrupt_skipped(),
+            #[cfg(feature = "http")]
+            Reader::Remote(_) => 0,
+        };
+        let url = self.url().to_string();
+        self.close().await?;
+        if skipped > 0 {
+            anyhow::bail!(
+                "{skipped} corrupt record file(s) of {url} were left out of what was shown, each \
+                 named in a warning above; repair or remove those files"
+            );
+        }
+        Ok(())
     }
 }
 

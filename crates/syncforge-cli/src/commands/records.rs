@@ -49,7 +49,7 @@ pub(crate) async fn ls(args: LsArgs, cx: &mut Context) -> Result<()> {
             }
         }
     }
-    store.close().await
+    store.close_whole().await
 }
 
 /// One record in `ls --json`.

@@ -84,7 +84,7 @@ pub(crate) async fn run(args: StatsArgs, cx: &mut Context) -> Result<()> {
             cx.out.line(&line)?;
         }
     }
-    store.close().await
+    store.close_whole().await
 }
 
 /// Reads the collection's change feed once: every stored record appears in

@@ -24,7 +24,7 @@ pub(crate) async fn export(args: ExportArgs, cx: &mut Context) -> Result<()> {
     for record in &records {
         cx.out.line(&record.to_json_string())?;
     }
-    store.close().await
+    store.close_whole().await
 }
 
 pub(crate) async fn import(args: ImportArgs, cx: &mut Context) -> Result<()> {
