@@ -402,9 +402,11 @@ pub(crate) fn map_error(error: object_store::Error, doing: &str, path: &Path) ->
     match error {
         E::PermissionDenied { .. } | E::Unauthenticated { .. } => refused(error, doing, path),
         _ if key_code.as_deref().is_some_and(names_credentials) => refused(error, doing, path),
-        // Any other code a key of a bulk delete got, but those that say
-        // "later", stays until someone acts.
-        other if key_code.as_deref().is_some_and(|code| !says_later(code)) => {
+        // A code that says the delete can never succeed as asked stays until
+        // someone acts; any other (S3's `SlowDown`, MinIO's `SlowDownWrite`
+        // for a lost quorum, a code never seen) is tried again, as an
+        // answer without a status is.
+        other if key_code.as_deref().is_some_and(says_for_good) => {
             Error::storage_caused(BACKEND_NAME, format!("{doing} {path} failed"), other)
         }
         E::NotImplemented { .. } | E::NotSupported { .. } => unsupported(error, doing, path),
@@ -478,12 +480,20 @@ fn names_credentials(code: &str) -> bool {
     )
 }
 
-/// Whether a bulk delete's code for a key says "try again later", as S3's
-/// answers of a server under load or a request racing another.
-fn says_later(code: &str) -> bool {
+/// Whether a bulk delete's code for a key says the delete can never succeed
+/// as asked (S3's codes for an archived object, a bucket that is not
+/// there, a request it cannot take).
+fn says_for_good(code: &str) -> bool {
     matches!(
         code,
-        "InternalError" | "ServiceUnavailable" | "SlowDown" | "OperationAborted" | "RequestTimeout"
+        "InvalidObjectState"
+            | "NoSuchBucket"
+            | "InvalidBucketName"
+            | "InvalidArgument"
+            | "InvalidRequest"
+            | "MalformedXML"
+            | "MethodNotAllowed"
+            | "NotImplemented"
     )
 }
 
@@ -629,6 +639,9 @@ mod tests {
         );
         assert!(in_bulk("SlowDown").is_transient());
         assert!(in_bulk("InternalError").is_transient());
+        // MinIO's lost write quorum, and a code never seen: tried again.
+        assert!(in_bulk("SlowDownWrite").is_transient());
+        assert!(in_bulk("SomethingNew").is_transient());
         let archived = in_bulk("InvalidObjectState");
         assert!(matches!(&archived, Error::Storage { .. }), "{archived}");
         let gone = generic("DeleteObjects request failed for key p/k: Not found (code: NoSuchKey)");
