@@ -181,15 +181,19 @@ impl S3Backend {
         )
     }
 
-    /// The same handle with other tuning.
+    /// The same handle with other tuning; a closed handle stays closed.
     pub fn with_options(self, options: StoreOptions) -> Self {
         let io = io::Io::new(
             Arc::clone(self.store.io.store()),
             options.max_in_flight.get(),
             self.store.keys.probes(),
         );
+        let store = store::Store::new(io, self.store.keys.clone(), options);
+        if self.store.check_open().is_err() {
+            store.close();
+        }
         S3Backend {
-            store: store::Store::new(io, self.store.keys.clone(), options),
+            store,
             description: self.description,
         }
     }

@@ -331,3 +331,15 @@ async fn a_bucket_that_is_not_there_is_named() {
     names_the_bucket(backend.get_meta("cursor").await.unwrap_err());
     names_the_bucket(backend.delete(&collection, id).await.unwrap_err());
 }
+
+/// A closed handle given other tuning stays closed, where it came back
+/// open.
+#[tokio::test]
+async fn a_closed_handle_given_other_tuning_stays_closed() {
+    let memory = Arc::new(object_store::memory::InMemory::new());
+    let backend = S3Backend::from_store(memory, "dse").unwrap();
+    backend.close().await.unwrap();
+    let tuned = backend.with_options(syncforge_backend_s3::StoreOptions::default());
+    let error = first_note_refused(&tuned).await;
+    assert!(matches!(error, Error::Closed { .. }), "{error}");
+}
