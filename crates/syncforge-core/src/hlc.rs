@@ -53,18 +53,21 @@ impl ClientId {
             /// and an id equal to it was checked already and is shared as it.
             static LAST: RefCell<Option<ClientId>> = const { RefCell::new(None) };
         }
-        let last = LAST.with(|last| {
+        // `try_with` here and below: from another thread-local's
+        // destructor these tables may be gone, and the id is then checked
+        // and made afresh.
+        let last = LAST.try_with(|last| {
             last.borrow()
                 .as_ref()
                 .filter(|last| last.as_str() == id)
                 .cloned()
         });
-        if let Some(last) = last {
+        if let Ok(Some(last)) = last {
             return Ok(last);
         }
         validate_id(id)?;
         let made = shared_client(id);
-        LAST.with(|last| *last.borrow_mut() = Some(made.clone()));
+        let _ = LAST.try_with(|last| *last.borrow_mut() = Some(made.clone()));
         Ok(made)
     }
 
@@ -86,7 +89,7 @@ fn shared_client(id: &str) -> ClientId {
     if id.len() > MAX_SHARED_LEN {
         return ClientId(Arc::new(id.to_owned()));
     }
-    IDS.with(|ids| {
+    IDS.try_with(|ids| {
         let mut ids = ids.borrow_mut();
         if let Some(shared) = ids.get(id) {
             return shared.clone();
@@ -97,6 +100,7 @@ fn shared_client(id: &str) -> ClientId {
         }
         fresh
     })
+    .unwrap_or_else(|_| ClientId(Arc::new(id.to_owned())))
 }
 
 impl PartialEq for ClientId {
@@ -263,7 +267,15 @@ impl Stamp {
     /// Never seen outside: every field is stamped before a record holds it.
     #[inline]
     pub(crate) fn unstamped() -> Stamp {
-        LAST_WRITER.with(|last| last.borrow().clone())
+        // Gone (from another thread-local's destructor): a stamp of the
+        // empty client id, as at first.
+        LAST_WRITER
+            .try_with(|last| last.borrow().clone())
+            .unwrap_or_else(|_| Stamp {
+                millis: 0,
+                counter: 0,
+                client: ClientId(Arc::new(String::new())),
+            })
     }
 
     /// Makes this stamp equal to `to`; the client id is cloned only when it
@@ -274,7 +286,7 @@ impl Stamp {
         self.counter = to.counter;
         if !Arc::ptr_eq(&self.client.0, &to.client.0) {
             self.client = to.client.clone();
-            LAST_WRITER.with(|last| last.borrow_mut().client = to.client.clone());
+            let _ = LAST_WRITER.try_with(|last| last.borrow_mut().client = to.client.clone());
         }
     }
 

@@ -243,17 +243,23 @@ fn layout_slot(name: &'static str) -> usize {
     ((name.as_ptr() as usize as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 60) as usize
 }
 
+/// The layout remembered for the struct `name`; none also once the table
+/// is gone (from another thread-local's destructor).
 fn known_layout(name: &'static str) -> Option<Rc<Layout>> {
-    LAYOUTS.with(
-        |slots| match &slots.borrow()[layout_slot(name) % LAYOUT_SLOTS] {
-            Some((a, layout)) if *a == name.as_ptr() as usize => Some(Rc::clone(layout)),
-            _ => None,
-        },
-    )
+    LAYOUTS
+        .try_with(
+            |slots| match &slots.borrow()[layout_slot(name) % LAYOUT_SLOTS] {
+                Some((a, layout)) if *a == name.as_ptr() as usize => Some(Rc::clone(layout)),
+                _ => None,
+            },
+        )
+        .ok()
+        .flatten()
 }
 
+/// Remembers the layout of the struct `name`, unless the table is gone.
 fn remember_layout(name: &'static str, layout: Layout) {
-    LAYOUTS.with(|slots| {
+    let _ = LAYOUTS.try_with(|slots| {
         slots.borrow_mut()[layout_slot(name) % LAYOUT_SLOTS] =
             Some((name.as_ptr() as usize, Rc::new(layout)));
     });

@@ -254,17 +254,20 @@ pub(super) fn shared_name<S: AsRef<str> + Into<FieldName>>(name: S) -> FieldName
     if name.as_ref().len() > MAX_SHARED_LEN {
         return name.into();
     }
-    NAMES.with(|names| {
+    // `try_with`: from another thread-local's destructor the table may be
+    // gone, and the name is then simply not shared.
+    let found = NAMES.try_with(|names| names.borrow().get(name.as_ref()).cloned());
+    if let Ok(Some(shared)) = found {
+        return shared;
+    }
+    let fresh: FieldName = name.into();
+    let _ = NAMES.try_with(|names| {
         let mut names = names.borrow_mut();
-        if let Some(shared) = names.get(name.as_ref()) {
-            return shared.clone();
-        }
-        let fresh: FieldName = name.into();
         if names.len() < MAX_SHARED_NAMES {
             names.insert(fresh.clone());
         }
-        fresh
-    })
+    });
+    fresh
 }
 
 /// [`shared_name`] for a name with a fixed address, such as a struct's field
@@ -284,17 +287,17 @@ pub(super) fn shared_static_name(name: &'static str) -> FieldName {
     // top bits of the product spread them over the slots. In 64 bits on
     // every target; the six top bits fit any `usize`.
     let slot = (((address as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize) % SLOTS;
-    BY_ADDRESS.with(|slots| {
-        let mut slots = slots.borrow_mut();
-        match &slots[slot] {
-            Some((a, shared)) if *a == address && shared.len() == name.len() => shared.clone(),
-            _ => {
-                let shared = shared_name(name);
-                slots[slot] = Some((address, shared.clone()));
-                shared
-            }
-        }
-    })
+    let remembered = BY_ADDRESS.try_with(|slots| match &slots.borrow()[slot] {
+        Some((a, shared)) if *a == address && shared.len() == name.len() => Some(shared.clone()),
+        _ => None,
+    });
+    if let Ok(Some(shared)) = remembered {
+        return shared;
+    }
+    let shared = shared_name(name);
+    // Gone (from another thread-local's destructor): not remembered.
+    let _ = BY_ADDRESS.try_with(|slots| slots.borrow_mut()[slot] = Some((address, shared.clone())));
+    shared
 }
 
 impl FieldStates {

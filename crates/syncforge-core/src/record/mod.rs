@@ -583,6 +583,53 @@ mod tests {
         Content::from_value(v).unwrap()
     }
 
+    /// A record made from a struct, written as JSON and read back: every
+    /// table syncforge keeps per thread is used on the way.
+    fn round_trip(id: &'static str, client: &str) -> bool {
+        #[derive(serde::Serialize)]
+        struct Doc {
+            id: &'static str,
+            n: u32,
+            tags: Vec<&'static str>,
+        }
+        let doc = Doc {
+            id,
+            n: 1,
+            tags: vec!["a", "b"],
+        };
+        let record = Record::create(Content::from_serialize(&doc).unwrap(), stamp(1, 0, client));
+        let json: Value = serde_json::from_str(&record.to_json_string()).unwrap();
+        Record::from_json(json).is_ok_and(|back| back == record)
+    }
+
+    /// Records can be made and read from another thread-local's destructor,
+    /// when the tables syncforge keeps per thread may be gone: reaching
+    /// one then panicked.
+    #[test]
+    fn records_are_made_while_a_threads_locals_are_torn_down() {
+        struct MakesOnDrop(std::sync::mpsc::Sender<bool>);
+        impl Drop for MakesOnDrop {
+            fn drop(&mut self) {
+                let made = std::panic::catch_unwind(|| round_trip("late", "late-writer"));
+                let _ = self.0.send(made.unwrap_or(false));
+            }
+        }
+        thread_local! {
+            static LATE: std::cell::RefCell<Option<MakesOnDrop>> =
+                const { std::cell::RefCell::new(None) };
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // Set first, so torn down last: after syncforge's own tables,
+            // which the round trip below brings into being.
+            LATE.with(|late| *late.borrow_mut() = Some(MakesOnDrop(tx)));
+            assert!(round_trip("early", "early-writer"));
+        })
+        .join()
+        .unwrap();
+        assert_eq!(rx.recv(), Ok(true));
+    }
+
     /// `get_text` gives a visible field's canonical text: numbers as
     /// serde_json writes them, strings quoted, object keys sorted; nothing
     /// for a field never written or removed.

@@ -151,8 +151,11 @@ pub(super) fn with_scratch(write: impl FnOnce(&mut String)) -> JsonText {
     thread_local! {
         static SCRATCH: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
     }
-    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
-        Ok(mut out) => {
+    let mut write = Some(write);
+    let made = SCRATCH
+        .try_with(|scratch| {
+            let mut out = scratch.try_borrow_mut().ok()?;
+            let write = write.take()?;
             out.clear();
             write(&mut out);
             let text = JsonText::from_canonical(&out);
@@ -160,15 +163,21 @@ pub(super) fn with_scratch(write: impl FnOnce(&mut String)) -> JsonText {
             if out.capacity() > 64 * 1024 {
                 *out = String::new();
             }
-            text
-        }
-        // Only if `write` itself wrote a value this way: a buffer of its own.
-        Err(_) => {
-            let mut out = String::new();
-            write(&mut out);
-            JsonText::from_canonical(&out)
-        }
-    })
+            Some(text)
+        })
+        .ok()
+        .flatten();
+    if let Some(text) = made {
+        return text;
+    }
+    // The buffer in use (by a `write` that itself wrote a value this way)
+    // or gone (from another thread-local's destructor): a buffer of its
+    // own. `write` is still here: it is taken only where its text is made.
+    let mut out = String::new();
+    if let Some(write) = write {
+        write(&mut out);
+    }
+    JsonText::from_canonical(&out)
 }
 
 impl PartialEq<Value> for JsonText {
