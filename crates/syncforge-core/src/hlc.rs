@@ -267,15 +267,23 @@ impl Stamp {
     /// Never seen outside: every field is stamped before a record holds it.
     #[inline]
     pub(crate) fn unstamped() -> Stamp {
-        // Gone (from another thread-local's destructor): a stamp of the
-        // empty client id, as at first.
         LAST_WRITER
             .try_with(|last| last.borrow().clone())
-            .unwrap_or_else(|_| Stamp {
-                millis: 0,
-                counter: 0,
-                client: ClientId(Arc::new(String::new())),
-            })
+            .unwrap_or_else(|_| Stamp::of_no_writer())
+    }
+
+    /// What [`unstamped`](Self::unstamped) gives once this thread's last
+    /// writer is gone (from another thread-local's destructor): a stamp of
+    /// the empty client id, as at first. Out of line: it never comes on a
+    /// put's path but at a thread's end.
+    #[cold]
+    #[inline(never)]
+    fn of_no_writer() -> Stamp {
+        Stamp {
+            millis: 0,
+            counter: 0,
+            client: ClientId(Arc::new(String::new())),
+        }
     }
 
     /// Makes this stamp equal to `to`; the client id is cloned only when it

@@ -151,11 +151,13 @@ pub(super) fn with_scratch(write: impl FnOnce(&mut String)) -> JsonText {
     thread_local! {
         static SCRATCH: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
     }
-    let mut write = Some(write);
-    let made = SCRATCH
-        .try_with(|scratch| {
-            let mut out = scratch.try_borrow_mut().ok()?;
-            let write = write.take()?;
+    // Gone (from another thread-local's destructor): a buffer of its own.
+    // Asked first, so that `write` is not given to a closure that never runs.
+    if SCRATCH.try_with(|_| ()).is_err() {
+        return written_apart(write);
+    }
+    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut out) => {
             out.clear();
             write(&mut out);
             let text = JsonText::from_canonical(&out);
@@ -163,20 +165,17 @@ pub(super) fn with_scratch(write: impl FnOnce(&mut String)) -> JsonText {
             if out.capacity() > 64 * 1024 {
                 *out = String::new();
             }
-            Some(text)
-        })
-        .ok()
-        .flatten();
-    if let Some(text) = made {
-        return text;
-    }
-    // The buffer in use (by a `write` that itself wrote a value this way)
-    // or gone (from another thread-local's destructor): a buffer of its
-    // own. `write` is still here: it is taken only where its text is made.
+            text
+        }
+        // Only if `write` itself wrote a value this way: a buffer of its own.
+        Err(_) => written_apart(write),
+    })
+}
+
+/// [`with_scratch`] in a buffer of its own.
+fn written_apart(write: impl FnOnce(&mut String)) -> JsonText {
     let mut out = String::new();
-    if let Some(write) = write {
-        write(&mut out);
-    }
+    write(&mut out);
     JsonText::from_canonical(&out)
 }
 
