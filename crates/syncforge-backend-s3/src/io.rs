@@ -402,6 +402,8 @@ pub(crate) fn map_error(error: object_store::Error, doing: &str, path: &Path) ->
     match error {
         E::PermissionDenied { .. } | E::Unauthenticated { .. } => refused(error, doing, path),
         _ if key_code.as_deref().is_some_and(names_credentials) => refused(error, doing, path),
+        _ if key_code.as_deref() == Some("NoSuchBucket") => missing_bucket(error, doing, path),
+        _ if key_code.as_deref() == Some("NotImplemented") => unsupported(error, doing, path),
         // A code that says the delete can never succeed as asked stays until
         // someone acts; any other (S3's `SlowDown`, MinIO's `SlowDownWrite`
         // for a lost quorum, a code never seen) is tried again, as an
@@ -481,19 +483,18 @@ fn names_credentials(code: &str) -> bool {
 }
 
 /// Whether a bulk delete's code for a key says the delete can never succeed
-/// as asked (S3's codes for an archived object, a bucket that is not
-/// there, a request it cannot take).
+/// as asked (S3's codes for an archived object or a request it cannot
+/// take; a bucket that is not there and an operation the server lacks have
+/// errors of their own).
 fn says_for_good(code: &str) -> bool {
     matches!(
         code,
         "InvalidObjectState"
-            | "NoSuchBucket"
             | "InvalidBucketName"
             | "InvalidArgument"
             | "InvalidRequest"
             | "MalformedXML"
             | "MethodNotAllowed"
-            | "NotImplemented"
     )
 }
 
@@ -644,6 +645,11 @@ mod tests {
         assert!(in_bulk("SomethingNew").is_transient());
         let archived = in_bulk("InvalidObjectState");
         assert!(matches!(&archived, Error::Storage { .. }), "{archived}");
+        let no_bucket = in_bulk("NoSuchBucket");
+        assert!(
+            matches!(&no_bucket, Error::Storage { message, .. } if message.contains("does the bucket exist")),
+            "{no_bucket}"
+        );
         let gone = generic("DeleteObjects request failed for key p/k: Not found (code: NoSuchKey)");
         assert_eq!(bulk_delete_code(&gone).as_deref(), Some("NoSuchKey"));
         assert_eq!(bulk_delete_code(&generic("(code: AccessDenied)")), None);

@@ -260,7 +260,7 @@ thread_local! {
     /// The collection names this thread was given as strings last, and the
     /// slot the next one takes.
     static RECENT_NAMES: RefCell<([Option<CollectionName>; RECENT_NAMES_KEPT], usize)> =
-        RefCell::new((std::array::from_fn(|_| None), 0));
+        const { RefCell::new(([const { None }; RECENT_NAMES_KEPT], 0)) };
 }
 
 /// The name kept in `slots` that is `name`, if one is.
@@ -281,21 +281,24 @@ impl CollectionName {
     /// bytes alone, so an equal name found here is valid. Keeps a handful of
     /// names, so it cannot grow.
     fn recent(name: &str) -> Result<CollectionName> {
-        RECENT_NAMES.with(|names| {
-            // Lent to a `with_str` further up this thread's stack: made
-            // anew, and not kept.
-            let Ok(mut names) = names.try_borrow_mut() else {
-                return CollectionName::new(name);
-            };
-            let (slots, next) = &mut *names;
-            if let Some(known) = kept(slots, name) {
-                return Ok(known.clone());
-            }
-            let fresh = CollectionName::new(name)?;
-            slots[*next] = Some(fresh.clone());
-            *next = (*next + 1) % RECENT_NAMES_KEPT;
-            Ok(fresh)
-        })
+        RECENT_NAMES
+            .try_with(|names| {
+                // Lent to a `with_str` further up this thread's stack: made
+                // anew, and not kept.
+                let Ok(mut names) = names.try_borrow_mut() else {
+                    return CollectionName::new(name);
+                };
+                let (slots, next) = &mut *names;
+                if let Some(known) = kept(slots, name) {
+                    return Ok(known.clone());
+                }
+                let fresh = CollectionName::new(name)?;
+                slots[*next] = Some(fresh.clone());
+                *next = (*next + 1) % RECENT_NAMES_KEPT;
+                Ok(fresh)
+            })
+            // Gone (from another thread-local's destructor): made anew.
+            .unwrap_or_else(|_| CollectionName::new(name))
     }
 
     /// [`IntoName::with_name`] of a name given as a string: a name kept by

@@ -599,7 +599,9 @@ mod tests {
         };
         let record = Record::create(Content::from_serialize(&doc).unwrap(), stamp(1, 0, client));
         let json: Value = serde_json::from_str(&record.to_json_string()).unwrap();
+        let named: Result<crate::CollectionName> = crate::IntoName::into_name("notes");
         Record::from_json(json).is_ok_and(|back| back == record)
+            && named.is_ok_and(|name| name.as_str() == "notes")
     }
 
     /// Records can be made and read from another thread-local's destructor,
