@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader};
 use std::process::Stdio;
 use std::sync::mpsc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use syncforge_backend_fs::{Durability, FsBackend, FsOptions};
 use syncforge_core::{Record, StorageBackend, Write, WriteOutcome};
@@ -81,18 +81,29 @@ fn killed_writers_leave_whole_files_and_lose_no_acknowledged_write() {
                 }
             }
         });
-        // Wait for the first acknowledged write, then kill up to 300 ms
-        // later: the writer's large batches fill the log past the size at
-        // which it checkpoints in the background within that time.
+        // Kill after a random number of acknowledged writes, and a few
+        // milliseconds more: counted, not timed, so that on a machine of
+        // any speed most rounds fill the log past the size at which the
+        // writer checkpoints in the background (about 290 acknowledgements
+        // of its padded batches), and the kill lands while record files are
+        // written, not only the log. (Waiting up to 300 ms after the first
+        // acknowledgement, a slow machine under load had no round reach a
+        // checkpoint.) At most 20 s a round.
+        let kill_after = 1 + rng.below(700) as usize;
+        let deadline = Instant::now() + Duration::from_secs(20);
         let mut lines = Vec::new();
-        while let Ok(line) = lines_rx.recv_timeout(Duration::from_secs(20)) {
-            let started = line.starts_with("ack ");
-            lines.push(line);
-            if started {
+        let mut acknowledgements = 0;
+        while acknowledgements < kill_after {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = lines_rx.recv_timeout(left) else {
                 break;
+            };
+            if line.starts_with("ack ") {
+                acknowledgements += 1;
             }
+            lines.push(line);
         }
-        std::thread::sleep(Duration::from_millis(rng.below(300)));
+        std::thread::sleep(Duration::from_millis(rng.below(100)));
         child.kill().unwrap();
         let status = child.wait().unwrap();
         reader.join().unwrap();
