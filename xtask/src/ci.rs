@@ -287,7 +287,7 @@ mod tests {
         ));
         assert!(shown.contains(
             &"SYNCFORGE_REQUIRE_SERVICES=1 PROPTEST_CASES=4000 cargo test --locked -p syncforge-core \
-              --features serde_json/preserve_order"
+              --features serde_json/preserve_order,serde_json/arbitrary_precision"
                 .to_owned()
         ));
     }
