@@ -39,7 +39,7 @@ fn steps(test_env: &[(&'static str, OsString)]) -> Vec<Step> {
     // `arbitrary_precision`, and Cargo then turns it on for every crate:
     // serde_json's map then keeps insertion order, and its numbers their
     // text (`-0` an integer), neither of which the canonical form may follow.
-    let insertion_ordered_maps = with_env(Cargo::new(&[
+    let other_serde_json_builds = with_env(Cargo::new(&[
         "test",
         "-p",
         "syncforge-core",
@@ -165,7 +165,7 @@ fn steps(test_env: &[(&'static str, OsString)]) -> Vec<Step> {
             name: "tests (unit, integration, doc)",
             commands: vec![
                 tests,
-                insertion_ordered_maps,
+                other_serde_json_builds,
                 // The facade's unit tests, engine tests and doc examples once
                 // more with only the memory backend, as `cargo test -p
                 // syncforge` builds it: what a build without a backend's

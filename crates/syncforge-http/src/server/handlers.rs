@@ -617,22 +617,16 @@ async fn sync(
 ) -> Result<Json<SyncResponse>, ApiError> {
     let started = Instant::now();
     let max = state.options.max_body_bytes;
-    let refused = state
+    let checked = state
         .collection(&headers, path, Access::ReadWrite)
-        .and_then(|collection| check_json_content_type(&headers).map(|()| collection));
+        .and_then(|collection| check_json_content_type(&headers).map(|()| collection))
+        .and_then(|collection| declared_length(&headers, max).map(|length| (collection, length)));
     let mut body = body.into_data_stream();
-    let collection = match refused {
-        Ok(collection) => collection,
-        Err(error) => {
+    let (collection, declared) = match checked {
+        Ok(checked) => checked,
+        Err(refusal) => {
             discard_body(&headers, &mut body, max).await;
-            return Err(error);
-        }
-    };
-    let declared = match declared_length(&headers, max) {
-        Ok(declared) => declared,
-        Err(too_large) => {
-            discard_body(&headers, &mut body, max).await;
-            return Err(too_large);
+            return Err(refusal);
         }
     };
     // Room for the body before a byte of it is read, kept while the records
