@@ -1589,7 +1589,9 @@ enum Step {
 /// stamp, keeps two processes that share a client id (and so may make equal
 /// stamps) from taking each other's write for their own. A later writer
 /// that rewrote every field the write stamped leaves no trace of it: the
-/// write is then applied again.
+/// write is then applied again. A put that stamped no field (a record with
+/// no fields brought back) leaves only its write stamp, which a later
+/// delete keeps: that stamp is then its trace.
 fn holds_local_write(stored: &Record, intended: &Record) -> bool {
     if stored == intended {
         return true;
@@ -1599,18 +1601,24 @@ fn holds_local_write(stored: &Record, intended: &Record) -> bool {
         return stored.tombstone() == Some(stamp);
     }
     let now = stored.field_states();
+    let mut stamped_any = false;
     let mut kept = false;
     for (name, state) in intended.field_states().iter() {
         if state.stamp() != stamp {
             continue;
         }
+        stamped_any = true;
         match now.get(name) {
             Some(current) if current == state => kept = true,
             Some(current) if current.stamp() > stamp => {}
             _ => return false,
         }
     }
-    kept
+    if stamped_any {
+        kept
+    } else {
+        stored.written() == stamp
+    }
 }
 
 /// A backend's answer to a call about `asked` items, checked to hold one

@@ -893,5 +893,23 @@ async fn a_write_whose_answer_was_lost_is_not_applied_again_over_a_later_writer(
         Some(json!("b1")),
         "the later write was undone"
     );
-    assert_eq!(store.injected_failures(), 3);
+
+    // A put that brings back a record with no fields stamps none, and the
+    // later writer's delete keeps only the put's write stamp.
+    engine.put("c", &json!({"id": "n4"})).await.unwrap();
+    engine.delete("c", "n4").await.unwrap();
+    store.rival_after_next_lost_put_batch(|inner: Arc<dyn StorageBackend>| async move {
+        let other = SyncEngine::builder()
+            .client_id("b")
+            .conflict_strategy(STRATEGY)
+            .backend(inner)
+            .build()
+            .await
+            .unwrap();
+        other.delete("c", "n4").await.unwrap();
+    });
+    engine.put("c", &json!({"id": "n4"})).await.unwrap();
+    let stored = engine.get("c", "n4").await.unwrap().unwrap();
+    assert!(stored.is_deleted(), "the later delete was undone");
+    assert_eq!(store.injected_failures(), 4);
 }
