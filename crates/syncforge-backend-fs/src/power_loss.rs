@@ -1097,7 +1097,8 @@ async fn on_a_faulty_disk(root: &Path) -> (Arc<FaultyDisk>, FsBackend) {
 }
 
 /// The disk as it is, except that appends to a change log fail while
-/// `failing` is set, and syncs of files while `failing_syncs` is; it notes
+/// `failing` is set, and syncs of files (and synced writes, after writing)
+/// while `failing_syncs` is; it notes
 /// where files are renamed to.
 #[derive(Debug, Default)]
 struct FaultyDisk {
@@ -1117,6 +1118,11 @@ impl FileOps for FaultyDisk {
         let log = path.file_name().is_some_and(|name| name == ".changes");
         if log && self.failing.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(io::Error::other("an append the test makes fail"));
+        }
+        if sync && self.failing_syncs.load(std::sync::atomic::Ordering::SeqCst) {
+            // Written, as a failed sync leaves the pages readable.
+            OsFiles.write_at(path, offset, bytes, false)?;
+            return Err(io::Error::other("a sync the test makes fail"));
         }
         OsFiles.write_at(path, offset, bytes, sync)
     }
@@ -1177,6 +1183,52 @@ async fn a_checkpoint_after_a_failed_sync_writes_the_files_again() {
         "the change log was trusted, not written again"
     );
     store.close().await.unwrap();
+}
+
+/// A synced append to the change log whose sync failed (entering a frame
+/// whose writer did not) leaves lines that other handles read and the disk
+/// may never get; a later sync through a newly opened file does not write
+/// them. The next durable checkpoint writes the log anew before it drops
+/// the frame, as after a failed checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_log_append_whose_sync_failed_is_written_again_by_the_next_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let (ops, writer) = on_a_faulty_disk(&root).await;
+    let dyn_ops: Arc<dyn FileOps> = ops.clone();
+    let other = FsBackend::open_on(dyn_ops, &root, FsOptions::default(), Tuning::default())
+        .await
+        .unwrap();
+    let name = coll(NOTES);
+    writer
+        .put(&name, &Write::create(counter("r0", 1)))
+        .await
+        .unwrap();
+    assert_eq!(other.get_all(&name).await.unwrap().len(), 1);
+    // The frame is committed; its lines in the change log are not.
+    ops.failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(writer
+        .put(&name, &Write::create(counter("r1", 1)))
+        .await
+        .is_err());
+    ops.failing
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    ops.failing_syncs
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    // Entering the frame's lines happens in this call; their sync fails.
+    assert!(other.get_all(&name).await.is_err());
+    ops.failing_syncs
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    ops.renamed_to.lock().clear();
+    other.checkpoint().await.unwrap();
+    assert!(
+        ops.renamed_to
+            .lock()
+            .contains(&root.join(NOTES).join(".changes")),
+        "the change log was trusted, not written again"
+    );
+    other.close().await.unwrap();
+    writer.close().await.unwrap();
 }
 
 /// A change log rebuilt from the record files (it was deleted) is written

@@ -105,8 +105,9 @@ pub(crate) struct Collection {
     floor: u64,
     /// The reservation this handle knows to be durable.
     reserved: u64,
-    /// Whether a checkpoint failed while writing or syncing files: the change
-    /// log's lines may then be pages the disk never got, which a later sync
+    /// Whether a checkpoint failed while writing or syncing files, or a
+    /// synced append to the change log failed: the change log's lines may
+    /// then be pages the disk never got, which a later sync
     /// through a newly opened file does not write. The next durable
     /// checkpoint writes the log whole before it drops any frame.
     log_suspect: bool,
@@ -392,10 +393,13 @@ impl Collection {
                     Vec::new()
                 }
             };
+            // A torn append can keep a frame's sequence lines and lose its
+            // newest-stamp line, the last one: either missing is entered.
             let unregistered = problem.is_none()
-                && frames
-                    .iter()
-                    .any(|frame| frame.last_seq() > self.log.last_seq());
+                && frames.iter().any(|frame| {
+                    frame.last_seq() > self.log.last_seq()
+                        || self.log.newest().raised_by(frame.newest.as_ref()).is_some()
+                });
             if problem.is_none() && !unregistered {
                 return Ok(());
             }
@@ -508,7 +512,19 @@ impl Collection {
             self.reserve_through(next)?;
         }
         let durable = self.durable();
-        self.log.append(self.ops.as_ref(), entries, durable)
+        self.append_to_log(entries, durable)
+    }
+
+    /// Appends `entries` to the change log, synced when `durable`. Lines
+    /// whose sync failed are readable, so other handles may hand their
+    /// sequences out, yet may be pages the disk never gets (see
+    /// `log_suspect`).
+    fn append_to_log(&mut self, entries: Vec<LogEntry>, durable: bool) -> Result<()> {
+        let appended = self.log.append(self.ops.as_ref(), entries, durable);
+        if appended.is_err() && durable {
+            self.distrust_change_log();
+        }
+        appended
     }
 
     /// Checkpoints at once (under the exclusive lock, the checkpoint lock
@@ -662,7 +678,7 @@ impl Collection {
         remove_temporaries(self.ops(), &self.dir)?;
         let entries = self.reconcile_entries()?;
         let durable = self.durable();
-        self.log.append(self.ops.as_ref(), entries, durable)
+        self.append_to_log(entries, durable)
     }
 
     /// The entries that bring the log in line with the files: a sequence
@@ -906,8 +922,7 @@ impl Collection {
         let (records, _) = self.read_all()?;
         let newest = records.iter().map(Record::newest_stamp).max().cloned();
         let durable = self.durable();
-        self.log.append(
-            self.ops.as_ref(),
+        self.append_to_log(
             vec![LogEntry::Newest {
                 newest: newest.clone(),
             }],

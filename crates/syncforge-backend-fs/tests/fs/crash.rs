@@ -1,7 +1,9 @@
 //! Crash test: a child process writes in a loop and is killed with SIGKILL at
-//! random moments, appending to its log or, in most rounds, writing record
-//! files in a checkpoint; after each kill every record file parses, the
-//! store opens and no acknowledged write is lost.
+//! random moments, while appending to its log or, once its rounds reach a
+//! checkpoint, possibly while writing record files; after each kill every
+//! record file parses, the store opens and no acknowledged write is lost.
+//! The test checks that some round's writer wrote record files before it
+//! was killed, not that a kill landed inside such a write.
 
 use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader};
@@ -85,8 +87,8 @@ fn killed_writers_leave_whole_files_and_lose_no_acknowledged_write() {
         // milliseconds more: counted, not timed, so that on a machine of
         // any speed most rounds fill the log past the size at which the
         // writer checkpoints in the background (about 290 acknowledgements
-        // of its padded batches), and the kill lands while record files are
-        // written, not only the log. (Waiting up to 300 ms after the first
+        // of its padded batches), and the kill can land while record files
+        // are written, not only the log. (Waiting up to 300 ms after the first
         // acknowledgement, a slow machine under load had no round reach a
         // checkpoint.) At most 20 s a round.
         let kill_after = 1 + rng.below(700) as usize;

@@ -146,3 +146,30 @@ async fn a_log_that_does_not_know_counts_the_records_not_yet_in_their_files() {
     assert_eq!(reader.newest_stamp().await.unwrap(), Some(stamp_of(40)));
     assert_eq!(writer.newest_stamp().await.unwrap(), Some(stamp_of(40)));
 }
+
+/// A batch's change-log lines end with its newest stamp; a torn append can
+/// keep the sequence lines and lose that one. The write-ahead frame still
+/// holds the stamp, and the next handle enters it in the log before a
+/// checkpoint drops the frame, where the sequences alone counted the frame
+/// as entered and the bound stayed behind for good.
+#[tokio::test]
+async fn a_newest_stamp_lost_from_a_torn_log_append_is_entered_from_the_frame() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FsBackend::open(tmp.path()).await.unwrap();
+    put_any(&store, "notes", counter("r0", 3)).await;
+    put_any(&store, "notes", counter("r1", 40)).await;
+    let log = tmp.path().join("notes").join(".changes");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let last = text.trim_end().rsplit('\n').next().unwrap();
+    assert!(last.contains("newest"), "the append ends with {last}");
+    std::fs::write(&log, &text[..text.len() - last.len() - 1]).unwrap();
+    // The writer dies there, its frames not checkpointed.
+    drop(store);
+
+    let other = FsBackend::open(tmp.path()).await.unwrap();
+    assert_eq!(other.newest_stamp().await.unwrap(), Some(stamp_of(40)));
+    other.close().await.unwrap();
+    spoil_record_files(&tmp.path().join("notes"));
+    let again = FsBackend::open(tmp.path()).await.unwrap();
+    assert_eq!(again.newest_stamp().await.unwrap(), Some(stamp_of(40)));
+}
