@@ -908,6 +908,13 @@ impl HttpPeer {
         echoes: Echoes,
         mut refused: Option<&mut Vec<RefusedRecord>>,
     ) -> Result<Option<SyncResponse>> {
+        // The server's own limits, not a guess: a record larger than the
+        // fallback bound may be one it takes, and a smaller count bound
+        // refused as too large would be learnt as a byte bound for good.
+        let known = self.inner.state.lock().limits.is_some();
+        if !known {
+            self.health().await?;
+        }
         let (limits, push_cap) = {
             let state = self.inner.state.lock();
             (state.limits.unwrap_or(FALLBACK_LIMITS), state.push_cap())

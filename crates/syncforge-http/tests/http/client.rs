@@ -325,10 +325,10 @@ async fn a_record_too_large_to_push_holds_back_no_other_change() {
     server.shutdown().await.unwrap();
 }
 
-/// A peer that has not read the server's limits yet (`push_records` does
-/// not ask) pushes a record larger than the server takes: it fails with
-/// `InvalidRecord` naming the record, as it does when the peer knows the
-/// bound, every time. It failed with `Storage` quoting the 413.
+/// A record larger than the server takes, pushed by a fresh peer: it fails
+/// with `InvalidRecord` naming the record, every time. It failed with
+/// `Storage` quoting the 413 while `push_records` sent it unasked; it reads
+/// the server's limits first now.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_over_the_servers_bound_fails_naming_the_record() {
     let hq = memory_engine("hq").await;
@@ -360,6 +360,33 @@ async fn a_push_over_the_servers_bound_fails_naming_the_record() {
         }
     }
     assert!(hq.get("notes", "big").await.unwrap().is_none());
+    server.shutdown().await.unwrap();
+}
+
+/// `push_records` on a fresh peer reads the server's limits before it
+/// sends: it refused a record over the 16 MiB it assumed, which a server
+/// configured for larger bodies takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_takes_the_servers_own_bound_not_an_assumed_one() {
+    let hq = memory_engine("hq").await;
+    let large = ServerOptions::default().max_body_bytes(24 * 1024 * 1024);
+    let server = Server::bind(hq.clone(), "127.0.0.1:0", large)
+        .await
+        .unwrap();
+    let tablet = memory_engine("tablet").await;
+    let blob = "x".repeat(17 * 1024 * 1024);
+    tablet
+        .put("notes", &json!({"id": "big", "blob": blob}))
+        .await
+        .unwrap();
+    let big = tablet.get("notes", "big").await.unwrap().unwrap();
+    let answer = peer(&server.url(), None)
+        .push_records("notes", vec![big])
+        .await
+        .unwrap();
+    assert_eq!(answer.added, 1, "{answer:?}");
+    let stored = hq.get("notes", "big").await.unwrap().unwrap();
+    assert_eq!(stored.get("blob"), Some(json!(blob)));
     server.shutdown().await.unwrap();
 }
 
