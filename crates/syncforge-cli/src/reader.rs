@@ -139,10 +139,10 @@ impl Reader {
                 .with_context(|| format!("cannot read collection {:?}", name.as_str()))?,
             #[cfg(feature = "http")]
             Reader::Remote(_) => {
-                let mut records = Vec::new();
-                self.each_change(name, |change| records.push(change.record))
+                let mut changed = Vec::new();
+                self.each_change(name, |change| changed.push(change.record))
                     .await?;
-                records
+                return Ok(latest_states(changed));
             }
         };
         records.sort_by(|a, b| a.id().cmp(b.id()));
@@ -252,6 +252,18 @@ const PAGE: usize = 1000;
 /// `next`). A page that says more follows without moving past `cursor`
 /// would be read forever, and ending there would print part of the feed as
 /// if it were all of it: an error.
+/// The records of a feed read oldest first, each in its last state, sorted
+/// by id: a record written again while the feed is read turns up again at
+/// its new position.
+#[cfg(feature = "http")]
+fn latest_states(changed: Vec<Record>) -> Vec<Record> {
+    let mut latest = std::collections::BTreeMap::new();
+    for record in changed {
+        latest.insert(record.id().clone(), record);
+    }
+    latest.into_values().collect()
+}
+
 fn reads_on(name: &CollectionName, cursor: Cursor, page: &ChangePage) -> Result<bool> {
     if !page.more {
         return Ok(false);
@@ -290,5 +302,28 @@ mod tests {
                 "{error}"
             );
         }
+    }
+
+    #[cfg(feature = "http")]
+    #[test]
+    fn a_record_written_again_during_the_read_is_listed_once_in_its_last_state() {
+        let state = |id: &str, n: u64| {
+            let content =
+                syncforge::core::Content::from_value(serde_json::json!({"id": id, "n": n}))
+                    .unwrap();
+            Record::create(content, syncforge::Stamp::new(1_000 + n, 0, "c").unwrap())
+        };
+        let listed = latest_states(vec![state("b", 1), state("a", 2), state("b", 3)]);
+        let listed: Vec<(String, Option<serde_json::Value>)> = listed
+            .iter()
+            .map(|r| (r.id().to_string(), r.get("n")))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ("a".to_owned(), Some(serde_json::json!(2))),
+                ("b".to_owned(), Some(serde_json::json!(3)))
+            ]
+        );
     }
 }
