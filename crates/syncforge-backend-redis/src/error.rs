@@ -113,6 +113,18 @@ pub(crate) fn calls_for_new_connections(error: &FredError) -> bool {
     *error.kind() == ErrorKind::Timeout || reply_code(error.details()) == "READONLY"
 }
 
+/// Whether `error` is a reply the server sent (`BUSY` while a script runs,
+/// `LOADING`): the connection it came on works, though the server does not
+/// serve now.
+pub(crate) fn is_server_reply(error: &FredError) -> bool {
+    let code = reply_code(error.details());
+    !matches!(
+        error.kind(),
+        ErrorKind::IO | ErrorKind::Timeout | ErrorKind::Canceled
+    ) && !code.is_empty()
+        && code.bytes().all(|b| b.is_ascii_uppercase())
+}
+
 /// The reply code of `details`, plain or wrapped in a script error
 /// ([`script_reply_code`]); empty when there is none.
 fn reply_code(details: &str) -> &str {
@@ -273,6 +285,32 @@ mod tests {
             Error::Unavailable { .. } => "unavailable",
             Error::Storage { .. } => "storage",
             _ => "other",
+        }
+    }
+
+    /// After a timeout, a ping refused as `BUSY` (a long script runs) keeps
+    /// the connections: every caller's commands would otherwise be sent
+    /// again once the server is free, beside the ones it still holds.
+    #[test]
+    fn a_refusal_from_the_server_counts_as_an_answer() {
+        for (kind, details, answered) in [
+            (
+                ErrorKind::Unknown,
+                "BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.",
+                true,
+            ),
+            (
+                ErrorKind::Unknown,
+                "LOADING Redis is loading the dataset in memory",
+                true,
+            ),
+            (ErrorKind::Timeout, "Request timed out.", false),
+            (ErrorKind::IO, "Connection reset by peer", false),
+            (ErrorKind::Canceled, "Canceled.", false),
+            (ErrorKind::Unknown, "Request timed out.", false),
+        ] {
+            let error = FredError::new(kind, details);
+            assert_eq!(is_server_reply(&error), answered, "{details}");
         }
     }
 

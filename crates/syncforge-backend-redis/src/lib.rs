@@ -333,8 +333,11 @@ impl RedisBackend {
             let _reconnecting = reconnecting;
             if timed_out {
                 let ping = tokio::time::timeout(bound, client.ping::<String>(None)).await;
-                if matches!(ping, Ok(Ok(_))) {
-                    return;
+                match ping {
+                    // Refused as `BUSY` or `LOADING` is answered too.
+                    Ok(Ok(_)) => return,
+                    Ok(Err(error)) if error::is_server_reply(&error) => return,
+                    _ => {}
                 }
             }
             match tokio::time::timeout(bound.saturating_mul(4), client.force_reconnection()).await {

@@ -582,7 +582,9 @@ async fn a_slot_moved_during_a_sync_is_followed() {
         .expect("the sync ends")
         .unwrap();
     let synced = outcome.expect("the sync completes across the move");
-    assert_eq!(synced.written, RECORDS);
+    // A write whose answer a retry lost is found stored on the next pass:
+    // unchanged, not written.
+    assert_eq!(synced.written + synced.unchanged, RECORDS);
     assert!(
         moved_while_syncing,
         "the slot moved only after the sync ended"
