@@ -836,16 +836,18 @@ async fn a_write_whose_answer_was_lost_is_not_applied_again_over_a_later_writer(
         .await
         .unwrap();
     // Another engine on the same store, acting while `a` waits to retry.
+    let later_engine = |inner: Arc<dyn StorageBackend>| async move {
+        SyncEngine::builder()
+            .client_id("b")
+            .conflict_strategy(STRATEGY)
+            .backend(inner)
+            .build()
+            .await
+            .unwrap()
+    };
     let later_writer = |doc: serde_json::Value| {
         move |inner: Arc<dyn StorageBackend>| async move {
-            let other = SyncEngine::builder()
-                .client_id("b")
-                .conflict_strategy(STRATEGY)
-                .backend(inner)
-                .build()
-                .await
-                .unwrap();
-            other.put("c", &doc).await.unwrap();
+            later_engine(inner).await.put("c", &doc).await.unwrap();
         }
     };
 
@@ -898,15 +900,8 @@ async fn a_write_whose_answer_was_lost_is_not_applied_again_over_a_later_writer(
     // later writer's delete keeps only the put's write stamp.
     engine.put("c", &json!({"id": "n4"})).await.unwrap();
     engine.delete("c", "n4").await.unwrap();
-    store.rival_after_next_lost_put_batch(|inner: Arc<dyn StorageBackend>| async move {
-        let other = SyncEngine::builder()
-            .client_id("b")
-            .conflict_strategy(STRATEGY)
-            .backend(inner)
-            .build()
-            .await
-            .unwrap();
-        other.delete("c", "n4").await.unwrap();
+    store.rival_after_next_lost_put_batch(move |inner: Arc<dyn StorageBackend>| async move {
+        later_engine(inner).await.delete("c", "n4").await.unwrap();
     });
     engine.put("c", &json!({"id": "n4"})).await.unwrap();
     let stored = engine.get("c", "n4").await.unwrap().unwrap();
