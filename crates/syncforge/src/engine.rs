@@ -1591,7 +1591,8 @@ enum Step {
 /// that rewrote every field the write stamped leaves no trace of it: the
 /// write is then applied again. A put that stamped no field (a record with
 /// no fields brought back) leaves only its write stamp, which a later
-/// delete keeps: that stamp is then its trace.
+/// delete keeps: that stamp is then its trace, as long as no field carries
+/// it (a write with that stamp and fields is another process's).
 fn holds_local_write(stored: &Record, intended: &Record) -> bool {
     if stored == intended {
         return true;
@@ -1617,7 +1618,7 @@ fn holds_local_write(stored: &Record, intended: &Record) -> bool {
     if stamped_any {
         kept
     } else {
-        stored.written() == stamp
+        stored.written() == stamp && now.iter().all(|(_, state)| state.stamp() != stamp)
     }
 }
 

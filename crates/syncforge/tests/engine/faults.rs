@@ -908,3 +908,61 @@ async fn a_write_whose_answer_was_lost_is_not_applied_again_over_a_later_writer(
     assert!(stored.is_deleted(), "the later delete was undone");
     assert_eq!(store.injected_failures(), 4);
 }
+
+/// Two processes sharing a client id can make equal stamps. A put that
+/// stamped no field (a record with no fields brought back), which lost its
+/// race to such a twin's put of fields made with the same stamp, is not
+/// taken for landed: the twin's fields carry the stamp, and the put is
+/// applied again.
+#[tokio::test(start_paused = true)]
+async fn a_put_of_no_field_is_not_taken_for_a_twins_write_with_its_stamp() {
+    let store = Arc::new(FaultyBackend::new(
+        Arc::new(MemoryBackend::new()),
+        1,
+        0.0,
+        Duration::ZERO,
+    ));
+    let time = Arc::new(syncforge::ManualTime::new(1_700_000_000_000));
+    let on_a_clock = |backend: Arc<dyn StorageBackend>, time: Arc<syncforge::ManualTime>| {
+        SyncEngine::builder()
+            .client_id("a")
+            .conflict_strategy(STRATEGY)
+            .backend(backend)
+            .time_source(time)
+            .build()
+    };
+    let shared: Arc<dyn StorageBackend> = store.clone();
+    let engine = on_a_clock(shared, Arc::clone(&time)).await.unwrap();
+    engine.put("c", &json!({"id": "r"})).await.unwrap();
+    engine.delete("c", "r").await.unwrap();
+    let newest = engine
+        .get("c", "r")
+        .await
+        .unwrap()
+        .unwrap()
+        .newest_stamp()
+        .clone();
+    let before_twin = newest.clone();
+    store.rival_before_next_put_batch(move |inner: Arc<dyn StorageBackend>| async move {
+        let newest = before_twin;
+        let twin = on_a_clock(inner, time).await.unwrap();
+        let written = twin
+            .put("c", &json!({"id": "r", "title": "x"}))
+            .await
+            .unwrap();
+        assert_eq!(written.written().millis(), newest.millis());
+        assert_eq!(written.written().counter(), newest.counter() + 1);
+    });
+    let put = engine.put("c", &json!({"id": "r"})).await.unwrap();
+    assert!(
+        put.written().counter() > newest.counter() + 1,
+        "applied again"
+    );
+    let stored = engine.get("c", "r").await.unwrap().unwrap();
+    assert!(!stored.is_deleted());
+    assert_eq!(
+        stored.get("title"),
+        None,
+        "the put was taken for the twin's"
+    );
+}
