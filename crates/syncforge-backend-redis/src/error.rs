@@ -113,16 +113,11 @@ pub(crate) fn calls_for_new_connections(error: &FredError) -> bool {
     *error.kind() == ErrorKind::Timeout || reply_code(error.details()) == "READONLY"
 }
 
-/// Whether `error` is a reply the server sent (`BUSY` while a script runs,
-/// `LOADING`): the connection it came on works, though the server does not
-/// serve now.
-pub(crate) fn is_server_reply(error: &FredError) -> bool {
-    let code = reply_code(error.details());
-    !matches!(
-        error.kind(),
-        ErrorKind::IO | ErrorKind::Timeout | ErrorKind::Canceled
-    ) && !code.is_empty()
-        && code.bytes().all(|b| b.is_ascii_uppercase())
+/// Whether `error` is the server's `BUSY` (a script runs) or `LOADING`: the
+/// connection it came on works, though the server does not serve now. (Any
+/// other refusal, `NOAUTH` say, is better met on new connections.)
+pub(crate) fn is_busy_or_loading(error: &FredError) -> bool {
+    matches!(reply_code(error.details()), "BUSY" | "LOADING")
 }
 
 /// The reply code of `details`, plain or wrapped in a script error
@@ -292,7 +287,7 @@ mod tests {
     /// the connections: every caller's commands would otherwise be sent
     /// again once the server is free, beside the ones it still holds.
     #[test]
-    fn a_refusal_from_the_server_counts_as_an_answer() {
+    fn a_busy_or_loading_server_counts_as_answering() {
         for (kind, details, answered) in [
             (
                 ErrorKind::Unknown,
@@ -308,9 +303,10 @@ mod tests {
             (ErrorKind::IO, "Connection reset by peer", false),
             (ErrorKind::Canceled, "Canceled.", false),
             (ErrorKind::Unknown, "Request timed out.", false),
+            (ErrorKind::Auth, "NOAUTH Authentication required.", false),
         ] {
             let error = FredError::new(kind, details);
-            assert_eq!(is_server_reply(&error), answered, "{details}");
+            assert_eq!(is_busy_or_loading(&error), answered, "{details}");
         }
     }
 

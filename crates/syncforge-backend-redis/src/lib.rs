@@ -336,7 +336,7 @@ impl RedisBackend {
                 match ping {
                     // Refused as `BUSY` or `LOADING` is answered too.
                     Ok(Ok(_)) => return,
-                    Ok(Err(error)) if error::is_server_reply(&error) => return,
+                    Ok(Err(error)) if error::is_busy_or_loading(&error) => return,
                     _ => {}
                 }
             }

@@ -248,10 +248,6 @@ impl Reader {
 /// Changes read per page of a feed.
 const PAGE: usize = 1000;
 
-/// Whether the feed is read on after `page`, read after `cursor` (from its
-/// `next`). A page that says more follows without moving past `cursor`
-/// would be read forever, and ending there would print part of the feed as
-/// if it were all of it: an error.
 /// The records of a feed read oldest first, each in its last state, sorted
 /// by id: a record written again while the feed is read turns up again at
 /// its new position.
@@ -264,6 +260,10 @@ fn latest_states(changed: Vec<Record>) -> Vec<Record> {
     latest.into_values().collect()
 }
 
+/// Whether the feed is read on after `page`, read after `cursor` (from its
+/// `next`). A page that says more follows without moving past `cursor`
+/// would be read forever, and ending there would print part of the feed as
+/// if it were all of it: an error.
 fn reads_on(name: &CollectionName, cursor: Cursor, page: &ChangePage) -> Result<bool> {
     if !page.more {
         return Ok(false);
