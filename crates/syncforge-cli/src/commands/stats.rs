@@ -1,11 +1,12 @@
 //! `syncforge stats STORE`: what each collection holds.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::Result;
 use serde_json::{json, Value};
-use syncforge::{CollectionName, Cursor, Stamp};
+use syncforge::{CollectionName, Cursor, Record, RecordId, Stamp};
 
 use super::Context;
 use crate::cli::StatsArgs;
@@ -88,27 +89,55 @@ pub(crate) async fn run(args: StatsArgs, cx: &mut Context) -> Result<()> {
 }
 
 /// Reads the collection's change feed once: every stored record appears in
-/// it once, at its latest change.
+/// it once, at its latest change (again later if it is written during the
+/// read).
 async fn figures(store: &Reader, name: &CollectionName) -> Result<Figures> {
-    let mut f = Figures {
-        records: 0,
-        deleted: 0,
-        head: Cursor::START,
-        newest: None,
-        json_bytes: 0,
-    };
-    f.head = store
-        .each_change(name, |change| {
-            f.records += 1;
-            f.deleted += u64::from(change.record.is_deleted());
-            let stamp = change.record.newest_stamp();
-            if f.newest.as_ref().is_none_or(|newest| stamp > newest) {
-                f.newest = Some(stamp.clone());
-            }
-            f.json_bytes += change.record.to_json_string().len() as u64;
-        })
+    let mut tally = Tally::default();
+    let head = store
+        .each_change(name, |change| tally.count(&change.record))
         .await?;
-    Ok(f)
+    Ok(tally.figures(head))
+}
+
+/// Figures summed record by record, each record counted in the last state
+/// read: one written again while the feed is read turns up again at its new
+/// position, and its earlier state is taken back.
+#[derive(Default)]
+struct Tally {
+    /// Each record's share of `deleted` and `json_bytes`.
+    counted: HashMap<RecordId, (bool, u64)>,
+    deleted: u64,
+    newest: Option<Stamp>,
+    json_bytes: u64,
+}
+
+impl Tally {
+    fn count(&mut self, record: &Record) {
+        let deleted = record.is_deleted();
+        let bytes = record.to_json_string().len() as u64;
+        let stamp = record.newest_stamp();
+        if self.newest.as_ref().is_none_or(|newest| stamp > newest) {
+            self.newest = Some(stamp.clone());
+        }
+        if let Some((was_deleted, was_bytes)) =
+            self.counted.insert(record.id().clone(), (deleted, bytes))
+        {
+            self.deleted = self.deleted.saturating_sub(u64::from(was_deleted));
+            self.json_bytes = self.json_bytes.saturating_sub(was_bytes);
+        }
+        self.deleted += u64::from(deleted);
+        self.json_bytes += bytes;
+    }
+
+    fn figures(self, head: Cursor) -> Figures {
+        Figures {
+            records: self.counted.len() as u64,
+            deleted: self.deleted,
+            head,
+            newest: self.newest,
+            json_bytes: self.json_bytes,
+        }
+    }
 }
 
 /// The stamp's physical time, RFC 3339 with milliseconds, UTC. A stamp may
@@ -158,6 +187,35 @@ fn layout(table: &[Vec<String>]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_written_again_during_the_read_is_counted_once_in_its_last_state() {
+        let state = |id: &str, millis: u64, deleted: bool| {
+            let content =
+                syncforge::core::Content::from_value(json!({"id": id, "n": millis})).unwrap();
+            let stamp = Stamp::new(millis, 0, "c").unwrap();
+            let mut record = Record::create(content, stamp);
+            if deleted {
+                let tombstone = Stamp::new(millis + 1, 0, "c").unwrap();
+                assert!(record.apply_delete(&tombstone).unwrap());
+            }
+            record
+        };
+        let (a, b_live, b_gone) = (
+            state("a", 1_000, false),
+            state("b", 2_000, false),
+            state("b", 3_000, true),
+        );
+        let mut tally = Tally::default();
+        for record in [&b_live, &a, &b_gone] {
+            tally.count(record);
+        }
+        let f = tally.figures(Cursor::new(3));
+        assert_eq!((f.records, f.deleted), (2, 1));
+        let bytes = |r: &Record| r.to_json_string().len() as u64;
+        assert_eq!(f.json_bytes, bytes(&a) + bytes(&b_gone));
+        assert_eq!(f.newest.as_ref(), Some(b_gone.newest_stamp()));
+    }
 
     #[test]
     fn stamps_past_the_year_9999_are_written_as_milliseconds() {
