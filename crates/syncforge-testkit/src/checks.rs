@@ -757,7 +757,7 @@ pub async fn hard_delete(ctx: &Context<'_>) -> CheckResult {
     let keep = record(&mut hlc, "keep", 1)?;
     let doomed = record(&mut hlc, "doomed", 1)?;
     put_ok(store, &coll, &Write::create(keep.clone()), "create").await?;
-    let (_, seq) = put_ok(store, &coll, &Write::create(doomed), "create").await?;
+    let (stale, seq) = put_ok(store, &coll, &Write::create(doomed), "create").await?;
 
     ensure!(
         store
@@ -798,6 +798,26 @@ pub async fn hard_delete(ctx: &Context<'_>) -> CheckResult {
         feed.iter().all(|c| c.record.id() == "keep") && feed.len() == 1,
         "a hard-deleted record leaves the change feed"
     );
+    // A token read before the delete holds no more: a writer holding it
+    // would otherwise bring the record back unseen.
+    let revived = record(&mut hlc, "doomed", 3)?;
+    let outcome = store
+        .put(&coll, &Write::replace(revived.clone(), stale.clone()))
+        .await
+        .or_fail("replace with a token from before the delete")?;
+    ensure_eq!(
+        outcome,
+        WriteOutcome::Conflict,
+        "replace of a hard-deleted record with its old token"
+    );
+    ensure!(
+        store
+            .get(&coll, &rid("doomed"))
+            .await
+            .or_fail("get")?
+            .is_none(),
+        "a replace that conflicted must not bring back a hard-deleted record"
+    );
 
     let again = record(&mut hlc, "doomed", 2)?;
     let (_, seq_again) = put_ok(
@@ -817,8 +837,27 @@ pub async fn hard_delete(ctx: &Context<'_>) -> CheckResult {
             .await
             .or_fail("get")?
             .map(|s| s.record),
-        Some(again),
+        Some(again.clone()),
         "a re-created record"
+    );
+    // Nor does it hold for the record created again under that id.
+    let outcome = store
+        .put(&coll, &Write::replace(revived, stale))
+        .await
+        .or_fail("replace with a token from before the delete")?;
+    ensure_eq!(
+        outcome,
+        WriteOutcome::Conflict,
+        "replace of a re-created record with a token from before the delete"
+    );
+    ensure_eq!(
+        store
+            .get(&coll, &rid("doomed"))
+            .await
+            .or_fail("get")?
+            .map(|s| s.record),
+        Some(again),
+        "a re-created record after a stale replace"
     );
     Ok(())
 }
@@ -1345,6 +1384,96 @@ pub async fn concurrent_writers_lose_no_update_in(
     Ok(coll)
 }
 
+/// Records each writer of [`a_feed_read_during_writes_misses_nothing`]
+/// creates.
+const FEED_WRITES_PER_WRITER: usize = 40;
+
+/// A reader paging the change feed while writers on other handles create
+/// records, keeping only the cursor each page gives it, sees every record:
+/// a write that took a position below one a reader has passed, and became
+/// visible after, would be missed for good.
+pub async fn a_feed_read_during_writes_misses_nothing(ctx: &Context<'_>) -> CheckResult {
+    const PAGE: usize = 7;
+    const MAX_PAGES: usize = 100_000;
+    let coll = ctx.collection("feed-during-writes");
+    let writers = HANDLES * TASKS_PER_HANDLE;
+    let finished = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = JoinSet::new();
+    let mut handles = Vec::new();
+    let mut expected = BTreeSet::new();
+    for h in 0..HANDLES {
+        let handle = ctx.factory.open().await;
+        handles.push(Arc::clone(&handle));
+        for t in 0..TASKS_PER_HANDLE {
+            let mut hlc = ctx.clock(&format!("feed-writer-{h}-{t}"))?;
+            let mut records = Vec::with_capacity(FEED_WRITES_PER_WRITER);
+            for i in 0..FEED_WRITES_PER_WRITER {
+                let id = format!("w{h}-{t}-{i}");
+                expected.insert(id.clone());
+                records.push(record(&mut hlc, &id, 1)?);
+            }
+            let (handle, coll, finished) =
+                (Arc::clone(&handle), coll.clone(), Arc::clone(&finished));
+            tasks.spawn(async move {
+                for created in records {
+                    let outcome = handle
+                        .put(&coll, &Write::create(created))
+                        .await
+                        .or_fail("create")?;
+                    written(&outcome, "create while a reader pages the feed")?;
+                }
+                finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                CheckResult::Ok(())
+            });
+        }
+    }
+
+    let mut cursor = Cursor::START;
+    let mut seen = BTreeSet::new();
+    let mut read_all = false;
+    for _ in 0..MAX_PAGES {
+        // Read on until a page that ends the feed was asked for after the
+        // last writer finished.
+        let done = finished.load(std::sync::atomic::Ordering::SeqCst) == writers;
+        let page = ctx
+            .store
+            .changes(&coll, cursor, limit(PAGE))
+            .await
+            .or_fail("changes")?;
+        ensure!(
+            page.next >= cursor,
+            "a feed page moved the cursor back from {cursor} to {}",
+            page.next
+        );
+        seen.extend(page.changes.iter().map(|c| c.record.id().to_string()));
+        cursor = page.next;
+        if done && !page.more {
+            read_all = true;
+            break;
+        }
+        if !page.more {
+            tokio::task::yield_now().await;
+        }
+    }
+    ensure!(
+        read_all,
+        "the feed was not read to its end in {MAX_PAGES} pages"
+    );
+    while let Some(joined) = tasks.join_next().await {
+        joined.map_err(|e| format!("a writer task failed: {e}"))??;
+    }
+    close_all(&handles).await?;
+    let missed: Vec<&String> = expected.difference(&seen).collect();
+    ensure!(
+        missed.is_empty(),
+        "a reader keeping its cursor missed {} of {} records: {:?}",
+        missed.len(),
+        expected.len(),
+        missed.iter().take(10).collect::<Vec<_>>()
+    );
+    Ok(())
+}
+
 /// One writer: increments the counter `increments` times, retrying lost
 /// races. Returns how many conflicts it met. Its first write waits at `start` until every writer has
 /// read the counter, so the first round is a real race.
@@ -1496,13 +1625,17 @@ pub async fn answers_at_once(ctx: &Context<'_>) -> CheckResult {
         }
         Some(answer) => {
             ensure_eq!(made, 1, "insert_if_absent_now of a new id calls make once");
-            ensure!(
-                matches!(
-                    answer.or_fail("insert_if_absent_now of a new id")?,
-                    IfAbsent::Inserted { ref record, .. } if *record == first
-                ),
+            let IfAbsent::Inserted { record, cursor, .. } =
+                answer.or_fail("insert_if_absent_now of a new id")?
+            else {
+                return Err("insert_if_absent_now of a new id answered Present".to_owned());
+            };
+            ensure_eq!(
+                record,
+                first,
                 "insert_if_absent_now of a new id inserts the record made"
             );
+            listed_at(store, &coll, &first, cursor, "insert_if_absent_now").await?;
         }
     }
     let stored = store
@@ -1558,9 +1691,10 @@ pub async fn answers_at_once(ctx: &Context<'_>) -> CheckResult {
     let second = edited(&mut hlc, &first, 3)?;
     let replace = Write::replace(second.clone(), stored.token.clone());
     if let Some(outcome) = store.put_now(&coll, &replace) {
-        let WriteOutcome::Written { token, .. } = outcome.or_fail("put_now")? else {
+        let WriteOutcome::Written { token, cursor } = outcome.or_fail("put_now")? else {
             return Err("put_now of a replace with the current token conflicted".to_owned());
         };
+        listed_at(store, &coll, &second, cursor, "put_now").await?;
         let now = store
             .get(&coll, &rid("a"))
             .await
@@ -1594,6 +1728,24 @@ pub async fn answers_at_once(ctx: &Context<'_>) -> CheckResult {
     let other = record(&mut hlc, "c", 5)?;
     let wrong = store.insert_if_absent_now(&coll, &rid("b"), &mut || Ok(other.clone()));
     refused_inserts_wrote_nothing(store, &coll, failed, wrong, "insert_if_absent_now").await
+}
+
+/// Fails unless the change feed lists `record` (its last change) at
+/// `cursor`, the position its write was given.
+async fn listed_at(
+    store: &dyn StorageBackend,
+    collection: &CollectionName,
+    record: &Record,
+    cursor: Cursor,
+    what: &str,
+) -> CheckResult {
+    let (feed, _) = read_feed(store, collection, Cursor::START, 100).await?;
+    let listed = feed.iter().find(|change| change.record.id() == record.id());
+    ensure!(
+        listed.is_some_and(|change| change.cursor == cursor && change.record == *record),
+        "{what}: the feed lists {listed:?}, not the write at cursor {cursor}"
+    );
+    Ok(())
 }
 
 /// The answers of two inserts of id `b` that must write nothing, made by

@@ -162,6 +162,7 @@ pub async fn run_conformance_within(factory: &dyn StoreFactory, check_timeout: D
         close_keeps_data,
         concurrent_writers_lose_no_update,
         concurrent_creates_have_one_winner,
+        a_feed_read_during_writes_misses_nothing,
         insert_if_absent,
         answers_at_once,
         unusual_ids,
