@@ -257,8 +257,14 @@ impl Store {
         if let Put::Done(etag) = self.io.put(&path, body, condition).await? {
             return Ok(Outcome::Written { etag, cursor: at });
         }
-        Ok(match self.read(collection, keys, item.id()).await? {
-            // A reader or compactor completed it first (helping).
+        // Refused: a reader or compactor completed it first (helping),
+        // another writer moved the record, or the store refused a put that
+        // raced another request on the key (S3's 409), the item still
+        // pending. It is settled as a reader settles it: a pending item
+        // reported `Conflict` would land later through a reader.
+        let mut state = self.read(collection, keys, item.id()).await?;
+        self.settle(collection, keys, at, item, &mut state).await?;
+        Ok(match state {
             State::Record { etag, seq, .. } if seq == at => Outcome::Written { etag, cursor: at },
             State::Marker { etag } if item.expect.is_none() => Outcome::OnMarker(etag),
             _ => Outcome::Conflict,
@@ -426,17 +432,23 @@ impl Store {
             return Ok(None);
         };
         let segment: Segment = format::parse(&fetched.body, collection, &path)?;
-        // Readers find their place in it by a binary search.
+        // Readers find their place in it by a binary search, and take its
+        // last cursor for their `next`: one past the horizon would move them
+        // beyond every later write.
         if segment.horizon != horizon.horizon
             || !segment
                 .writes
                 .is_sorted_by(|before, after| before.0 < after.0)
+            || segment
+                .writes
+                .last()
+                .is_some_and(|(last, _)| *last > end_of(segment.horizon))
         {
             return Err(keys.corrupt(
                 &path,
                 format!(
                     "is not the segment of horizon {}: its horizon is {}, or its writes are \
-                     not in the order of their cursors",
+                     not in the order of their cursors, or lie past its horizon",
                     horizon.horizon, segment.horizon
                 ),
             ));
@@ -562,13 +574,14 @@ impl Store {
         Err(Error::unavailable(
             BACKEND_NAME,
             format!(
-                "the feed of {} was compacted under each of {MAX_PAGE_ATTEMPTS} attempts to read it; try again",
+                "the feed of {} moved (compacted, or listed with an entry missing) under each of {MAX_PAGE_ATTEMPTS} attempts to read it; try again",
                 keys.dir()
             ),
         ))
     }
 
-    /// Reads a page, or `None` when compaction moved the feed meanwhile.
+    /// Reads a page, or `None` when compaction moved the feed meanwhile or
+    /// the listing left out the first entry to read.
     ///
     /// Order matters: the horizon, then the listing of entries, then the
     /// horizon again (unchanged, or start over), then the entries, each
@@ -602,7 +615,7 @@ impl Store {
         let mut folded = segment.writes.iter().skip(start).peekable();
         let first = entry_of(after).max(horizon.horizon + 1);
         let offset = keys.entry(first - 1);
-        let listed: Vec<(u64, Path, Option<String>)> = self
+        let mut listed: Vec<(u64, Path, Option<String>)> = self
             .io
             .list(&keys.entries(), Some(&offset), None)
             .await?
@@ -615,6 +628,23 @@ impl Store {
         if self.read_horizon(keys).await?.1 != horizon_tag {
             return Ok(None);
         }
+        // Entries after the horizon are numbered without gaps: a number is
+        // claimed only once the one below it is taken. A listing is no
+        // snapshot, though: a directory read in several calls, or a bucket
+        // listed a page at a time, while writers create entries can leave
+        // one out and show a later one. Reading past the gap would move the
+        // reader beyond writes it never saw: the page stops before it, and
+        // a gap at its start is listed again.
+        let dense = listed
+            .iter()
+            .zip(first..)
+            .take_while(|((number, ..), expected)| number == expected)
+            .count();
+        let gapped = dense < listed.len();
+        if gapped && dense == 0 {
+            return Ok(None);
+        }
+        listed.truncate(dense);
 
         let mut page = PageBuilder::new(after, limit);
         let mut states: HashMap<RecordId, State> = HashMap::new();
@@ -703,7 +733,8 @@ impl Store {
             fetched.drain(..whole);
             offered = partly;
         }
-        let unread = folded.peek().is_some() || listed.peek().is_some() || !fetched.is_empty();
+        let unread =
+            gapped || folded.peek().is_some() || listed.peek().is_some() || !fetched.is_empty();
         Ok(Some(page.finish(unread)))
     }
 

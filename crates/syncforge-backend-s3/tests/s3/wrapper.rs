@@ -49,6 +49,9 @@ pub(crate) struct Wrapped {
         parking_lot::Mutex<Option<(String, std::collections::HashSet<Path>, Refusing)>>,
     /// Reads of keys containing this text, counted.
     counted_gets: parking_lot::Mutex<Option<(String, Arc<AtomicU64>)>>,
+    /// The next listing leaves out keys ending with this text, as a listing
+    /// made while the key was created may.
+    hidden_once: parking_lot::Mutex<Option<String>>,
 }
 
 /// How [`Wrapped`] answers deletes it refuses.
@@ -90,7 +93,15 @@ impl Wrapped {
             unquoting_listed_tags: AtomicBool::new(false),
             refused_deletes: parking_lot::Mutex::new(None),
             counted_gets: parking_lot::Mutex::new(None),
+            hidden_once: parking_lot::Mutex::new(None),
         }
+    }
+
+    /// Leaves keys ending with `key_end` out of the next listing: a
+    /// listing read in several calls (a directory, or a bucket a page at a
+    /// time) while the key was created, which showed a later key.
+    pub(crate) fn hide_from_next_listing(&self, key_end: &str) {
+        *self.hidden_once.lock() = Some(key_end.to_owned());
     }
 
     /// Counts the reads of keys containing `key_part` into the counter it
@@ -233,6 +244,14 @@ impl Wrapped {
         &self,
         stream: BoxStream<'static, Result<ObjectMeta>>,
     ) -> BoxStream<'static, Result<ObjectMeta>> {
+        let stream = match self.hidden_once.lock().take() {
+            Some(hidden) => stream
+                .try_filter(move |meta| {
+                    futures::future::ready(!meta.location.as_ref().ends_with(hidden.as_str()))
+                })
+                .boxed(),
+            None => stream,
+        };
         let stream = if self.unquoting_listed_tags.load(Ordering::SeqCst) {
             stream
                 .map_ok(|mut meta| {

@@ -677,6 +677,39 @@ async fn a_segment_removed_under_its_horizon_is_corrupt() {
     );
 }
 
+/// A segment whose last write lies past its horizon (a damaged or foreign
+/// object): a reader took that cursor for its `next`, and every later page
+/// started beyond every later write. It is corrupt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_with_a_cursor_past_its_horizon_is_corrupt() {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let collection = coll("compacted");
+    twenty_new_records_compacted_every_four(&store, &collection).await;
+    let segments = objects_under(&store, "dse/c/compacted/s").await;
+    assert_eq!(segments.len(), 1, "one compacted segment");
+    let location = &segments[0].location;
+    let body = store.get(location).await.unwrap().bytes().await.unwrap();
+    let mut segment: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let last = segment["writes"]
+        .as_array_mut()
+        .and_then(|writes| writes.last_mut())
+        .expect("the segment holds writes");
+    last[0] = json!(1u64 << 52);
+    store
+        .put(location, serde_json::to_vec(&segment).unwrap().into())
+        .await
+        .unwrap();
+    let reader = handle(&store, "dse");
+    let error = reader
+        .changes(&collection, Cursor::START, 100.try_into().unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, Error::Corrupt { location, .. } if location.contains("/s/")),
+        "{error:?}"
+    );
+}
+
 /// A horizon past entry 0 that names no segment (syncforge never writes
 /// one): readers from the start skipped every record folded before it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -769,4 +802,73 @@ async fn compaction_bounds_the_feed_and_readers_miss_nothing_on_s3() {
         return;
     };
     compaction_bounds_the_feed(server.store(), &support::unique_prefix("compaction"), 30).await;
+}
+
+/// A listing of the feed's entries that left one out (made while writers
+/// created them, read in several calls) and showed a later one: a reader
+/// settled the later entry, moved its cursor past the one left out, and
+/// never saw its writes. The page now stops before the gap, and a gap at
+/// the start is listed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_a_listing_left_out_is_read_on_the_next_page() {
+    let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let name = coll("gaps");
+    let writer = handle(&memory, "dse");
+    let mut clock = Hlc::new(ClientId::new("w").unwrap());
+    for id in ["r1", "r2", "r3"] {
+        let write = Write::create(Record::create(content(id, 1), clock.now().unwrap()));
+        assert!(matches!(
+            writer.put(&name, &write).await.unwrap(),
+            WriteOutcome::Written { .. }
+        ));
+    }
+    // One entry a write: the second and the first entry, each left out once.
+    for hidden in [2u64, 1] {
+        let wrapped = Arc::new(Wrapped::new(Arc::clone(&memory)));
+        let reader = S3Backend::from_store(wrapped.clone(), "dse").unwrap();
+        wrapped.hide_from_next_listing(&format!("/f/{hidden:016x}"));
+        let mut seen = Vec::new();
+        let mut after = Cursor::START;
+        for pages in 0.. {
+            assert!(pages < 10, "the feed did not end");
+            let page = reader
+                .changes(&name, after, 10.try_into().unwrap())
+                .await
+                .unwrap();
+            seen.extend(page.changes.iter().map(|c| c.record.id().to_string()));
+            after = page.next;
+            if !page.more {
+                break;
+            }
+        }
+        assert_eq!(seen, ["r1", "r2", "r3"], "entry {hidden} left out once");
+    }
+}
+
+/// A create refused without effect (S3's 409 to a put that raced another
+/// request on the key) leaves its item pending, and a reader would complete
+/// it: the writer settles it itself and reports it written. It reported
+/// `Conflict`, for a write that then landed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_refused_without_effect_is_written_not_reported_lost() {
+    let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let refusing = Arc::new(Wrapped::new(Arc::clone(&memory)).refusing_one_create("/r/"));
+    let writer = S3Backend::from_store(refusing, "dse").unwrap();
+    let name = coll("raced");
+    let mut clock = Hlc::new(ClientId::new("w").unwrap());
+    let created = Record::create(content("x", 1), clock.now().unwrap());
+    let outcome = writer
+        .put(&name, &Write::create(created.clone()))
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, WriteOutcome::Written { .. }),
+        "{outcome:?}"
+    );
+    let stored = handle(&memory, "dse")
+        .get(&name, &rid("x"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.record, created);
 }
