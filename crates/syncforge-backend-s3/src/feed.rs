@@ -563,9 +563,10 @@ impl Store {
         limit: NonZeroUsize,
     ) -> Result<ChangePage> {
         let keys = self.keys.collection(collection);
-        for _ in 0..MAX_PAGE_ATTEMPTS {
+        for attempt in 1..=MAX_PAGE_ATTEMPTS {
+            let past_gaps = attempt == MAX_PAGE_ATTEMPTS;
             if let Some(page) = self
-                .try_changes(collection, &keys, after, limit.get())
+                .try_changes(collection, &keys, after, limit.get(), past_gaps)
                 .await?
             {
                 return Ok(page);
@@ -574,14 +575,14 @@ impl Store {
         Err(Error::unavailable(
             BACKEND_NAME,
             format!(
-                "the feed of {} moved (compacted, or listed with an entry missing) under each of {MAX_PAGE_ATTEMPTS} attempts to read it; try again",
+                "the feed of {} was compacted under each of {MAX_PAGE_ATTEMPTS} attempts to read it; try again",
                 keys.dir()
             ),
         ))
     }
 
-    /// Reads a page, or `None` when compaction moved the feed meanwhile or
-    /// the listing left out the first entry to read.
+    /// Reads a page, or `None` when compaction moved the feed meanwhile or,
+    /// unless `past_gaps`, the listing of entries has a gap.
     ///
     /// Order matters: the horizon, then the listing of entries, then the
     /// horizon again (unchanged, or start over), then the entries, each
@@ -596,6 +597,7 @@ impl Store {
         keys: &CollectionKeys,
         after: Cursor,
         limit: usize,
+        past_gaps: bool,
     ) -> Result<Option<ChangePage>> {
         let (horizon, horizon_tag) = self.read_horizon(keys).await?;
         let mut segment = Arc::new(Segment::default());
@@ -615,7 +617,7 @@ impl Store {
         let mut folded = segment.writes.iter().skip(start).peekable();
         let first = entry_of(after).max(horizon.horizon + 1);
         let offset = keys.entry(first - 1);
-        let mut listed: Vec<(u64, Path, Option<String>)> = self
+        let listed: Vec<(u64, Path, Option<String>)> = self
             .io
             .list(&keys.entries(), Some(&offset), None)
             .await?
@@ -632,19 +634,22 @@ impl Store {
         // claimed only once the one below it is taken. A listing is no
         // snapshot, though: a directory read in several calls, or a bucket
         // listed a page at a time, while writers create entries can leave
-        // one out and show a later one. Reading past the gap would move the
-        // reader beyond writes it never saw: the page stops before it, and
-        // a gap at its start is listed again.
-        let dense = listed
+        // one out and show a later one, and reading past the gap would move
+        // the reader beyond writes it never saw. It is listed again. A gap
+        // that stays through every attempt is an entry lost (removed from
+        // outside, or to a power cut on a local directory without fsync):
+        // read past, as nothing can bring it back.
+        let gap = listed
             .iter()
             .zip(first..)
-            .take_while(|((number, ..), expected)| number == expected)
-            .count();
-        let gapped = dense < listed.len();
-        if gapped && dense == 0 {
-            return Ok(None);
+            .find(|((number, ..), expected)| number != expected)
+            .map(|(_, expected)| expected);
+        if let Some(missing) = gap {
+            if !past_gaps {
+                return Ok(None);
+            }
+            tracing::warn!(collection = %collection, entry = missing, "the feed's entry is missing; reading past it");
         }
-        listed.truncate(dense);
 
         let mut page = PageBuilder::new(after, limit);
         let mut states: HashMap<RecordId, State> = HashMap::new();
@@ -733,8 +738,7 @@ impl Store {
             fetched.drain(..whole);
             offered = partly;
         }
-        let unread =
-            gapped || folded.peek().is_some() || listed.peek().is_some() || !fetched.is_empty();
+        let unread = folded.peek().is_some() || listed.peek().is_some() || !fetched.is_empty();
         Ok(Some(page.finish(unread)))
     }
 

@@ -804,13 +804,36 @@ async fn compaction_bounds_the_feed_and_readers_miss_nothing_on_s3() {
     compaction_bounds_the_feed(server.store(), &support::unique_prefix("compaction"), 30).await;
 }
 
+/// The ids of the feed's changes after `after`, read to its end, after
+/// those in `seen`.
+async fn read_on(
+    reader: &S3Backend,
+    name: &CollectionName,
+    mut after: Cursor,
+    mut seen: Vec<String>,
+) -> Vec<String> {
+    for pages in 0.. {
+        assert!(pages < 10, "the feed did not end");
+        let page = reader
+            .changes(name, after, 10.try_into().unwrap())
+            .await
+            .unwrap();
+        seen.extend(page.changes.iter().map(|c| c.record.id().to_string()));
+        after = page.next;
+        if !page.more {
+            break;
+        }
+    }
+    seen
+}
+
 /// A listing of the feed's entries that left one out (made while writers
 /// created them, read in several calls) and showed a later one: a reader
 /// settled the later entry, moved its cursor past the one left out, and
-/// never saw its writes. The page now stops before the gap, and a gap at
-/// the start is listed again.
+/// never saw its writes. Such a listing is made again. An entry lost for
+/// good (removed from outside) is read past.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_entry_a_listing_left_out_is_read_on_the_next_page() {
+async fn an_entry_a_listing_left_out_is_listed_again() {
     let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     let name = coll("gaps");
     let writer = handle(&memory, "dse");
@@ -822,27 +845,36 @@ async fn an_entry_a_listing_left_out_is_read_on_the_next_page() {
             WriteOutcome::Written { .. }
         ));
     }
-    // One entry a write: the second and the first entry, each left out once.
-    for hidden in [2u64, 1] {
+    let entry = |number: u64| format!("/f/{number:016x}");
+    // One entry a write: the first or the second left out once, from the
+    // start, and the second left out once after the first was read.
+    for (hidden, read_before) in [(1u64, 0), (2, 0), (2, 1)] {
         let wrapped = Arc::new(Wrapped::new(Arc::clone(&memory)));
         let reader = S3Backend::from_store(wrapped.clone(), "dse").unwrap();
-        wrapped.hide_from_next_listing(&format!("/f/{hidden:016x}"));
-        let mut seen = Vec::new();
-        let mut after = Cursor::START;
-        for pages in 0.. {
-            assert!(pages < 10, "the feed did not end");
+        let (mut after, mut seen) = (Cursor::START, Vec::new());
+        if read_before > 0 {
             let page = reader
-                .changes(&name, after, 10.try_into().unwrap())
+                .changes(&name, after, read_before.try_into().unwrap())
                 .await
                 .unwrap();
             seen.extend(page.changes.iter().map(|c| c.record.id().to_string()));
             after = page.next;
-            if !page.more {
-                break;
-            }
         }
-        assert_eq!(seen, ["r1", "r2", "r3"], "entry {hidden} left out once");
+        wrapped.hide_from_next_listing(&entry(hidden));
+        let seen = read_on(&reader, &name, after, seen).await;
+        assert_eq!(
+            seen,
+            ["r1", "r2", "r3"],
+            "entry {hidden} left out once after {read_before} changes"
+        );
     }
+    // Lost for good: read past, not failed on.
+    memory
+        .delete(&format!("dse/c/gaps{}", entry(2)).as_str().into())
+        .await
+        .unwrap();
+    let seen = read_on(&handle(&memory, "dse"), &name, Cursor::START, Vec::new()).await;
+    assert_eq!(seen, ["r1", "r3"]);
 }
 
 /// A create refused without effect (S3's 409 to a put that raced another
