@@ -563,10 +563,9 @@ impl Store {
         limit: NonZeroUsize,
     ) -> Result<ChangePage> {
         let keys = self.keys.collection(collection);
-        for attempt in 1..=MAX_PAGE_ATTEMPTS {
-            let past_gaps = attempt == MAX_PAGE_ATTEMPTS;
+        for _ in 0..MAX_PAGE_ATTEMPTS {
             if let Some(page) = self
-                .try_changes(collection, &keys, after, limit.get(), past_gaps)
+                .try_changes(collection, &keys, after, limit.get())
                 .await?
             {
                 return Ok(page);
@@ -575,14 +574,14 @@ impl Store {
         Err(Error::unavailable(
             BACKEND_NAME,
             format!(
-                "the feed of {} was compacted under each of {MAX_PAGE_ATTEMPTS} attempts to read it; try again",
+                "the feed of {} moved (compacted, or listed with an entry left out) under each of {MAX_PAGE_ATTEMPTS} attempts to read it; try again",
                 keys.dir()
             ),
         ))
     }
 
-    /// Reads a page, or `None` when compaction moved the feed meanwhile or,
-    /// unless `past_gaps`, the listing of entries has a gap.
+    /// Reads a page, or `None` when compaction moved the feed meanwhile or
+    /// the listing of entries left one out.
     ///
     /// Order matters: the horizon, then the listing of entries, then the
     /// horizon again (unchanged, or start over), then the entries, each
@@ -597,7 +596,6 @@ impl Store {
         keys: &CollectionKeys,
         after: Cursor,
         limit: usize,
-        past_gaps: bool,
     ) -> Result<Option<ChangePage>> {
         let (horizon, horizon_tag) = self.read_horizon(keys).await?;
         let mut segment = Arc::new(Segment::default());
@@ -635,17 +633,20 @@ impl Store {
         // snapshot, though: a directory read in several calls, or a bucket
         // listed a page at a time, while writers create entries can leave
         // one out and show a later one, and reading past the gap would move
-        // the reader beyond writes it never saw. It is listed again. A gap
-        // that stays through every attempt is an entry lost (removed from
-        // outside, or to a power cut on a local directory without fsync):
-        // read past, as nothing can bring it back.
+        // the reader beyond writes it never saw. It is listed again. An
+        // entry not there when asked for, under the same horizon (compaction
+        // deletes what it folded only after moving it), is lost for good
+        // (removed from outside, or to a power cut on a local directory
+        // without fsync): read past, as nothing can bring it back.
         let gap = listed
             .iter()
             .zip(first..)
             .find(|((number, ..), expected)| number != expected)
             .map(|(_, expected)| expected);
         if let Some(missing) = gap {
-            if !past_gaps {
+            if self.io.get(&keys.entry(missing)).await?.is_some()
+                || self.read_horizon(keys).await?.1 != horizon_tag
+            {
                 return Ok(None);
             }
             tracing::warn!(collection = %collection, entry = missing, "the feed's entry is missing; reading past it");
