@@ -574,14 +574,13 @@ impl Store {
         Err(Error::unavailable(
             BACKEND_NAME,
             format!(
-                "the feed of {} moved (compacted, or listed with an entry left out) under each of {MAX_PAGE_ATTEMPTS} attempts to read it; try again",
+                "the feed of {} was compacted under each of {MAX_PAGE_ATTEMPTS} attempts to read it; try again",
                 keys.dir()
             ),
         ))
     }
 
-    /// Reads a page, or `None` when compaction moved the feed meanwhile or
-    /// the listing of entries left one out.
+    /// Reads a page, or `None` when compaction moved the feed meanwhile.
     ///
     /// Order matters: the horizon, then the listing of entries, then the
     /// horizon again (unchanged, or start over), then the entries, each
@@ -628,29 +627,12 @@ impl Store {
         if self.read_horizon(keys).await?.1 != horizon_tag {
             return Ok(None);
         }
-        // Entries after the horizon are numbered without gaps: a number is
-        // claimed only once the one below it is taken. A listing is no
-        // snapshot, though: a directory read in several calls, or a bucket
-        // listed a page at a time, while writers create entries can leave
-        // one out and show a later one, and reading past the gap would move
-        // the reader beyond writes it never saw. It is listed again. An
-        // entry not there when asked for, under the same horizon (compaction
-        // deletes what it folded only after moving it), is lost for good
-        // (removed from outside, or to a power cut on a local directory
-        // without fsync): read past, as nothing can bring it back.
-        let gap = listed
-            .iter()
-            .zip(first..)
-            .find(|((number, ..), expected)| number != expected)
-            .map(|(_, expected)| expected);
-        if let Some(missing) = gap {
-            if self.io.get(&keys.entry(missing)).await?.is_some()
-                || self.read_horizon(keys).await?.1 != horizon_tag
-            {
-                return Ok(None);
-            }
-            tracing::warn!(collection = %collection, entry = missing, "the feed's entry is missing; reading past it");
-        }
+        let Some(listed) = self
+            .fill_gaps(collection, keys, first, listed, horizon_tag.as_deref())
+            .await?
+        else {
+            return Ok(None);
+        };
 
         let mut page = PageBuilder::new(after, limit);
         let mut states: HashMap<RecordId, State> = HashMap::new();
@@ -741,6 +723,59 @@ impl Store {
         }
         let unread = folded.peek().is_some() || listed.peek().is_some() || !fetched.is_empty();
         Ok(Some(page.finish(unread)))
+    }
+
+    /// The listed entries `(number, path, listed ETag)` from `first` on,
+    /// with the numbers the listing skipped; `None` if the horizon moved.
+    ///
+    /// Entries after the horizon are numbered without gaps: a number is
+    /// claimed only once the one below it is taken. A listing is no
+    /// snapshot, though: a directory read in several calls, or a bucket
+    /// listed a page at a time, while writers create entries can leave one
+    /// out and show a later one, and reading past the gap would move the
+    /// reader beyond writes it never saw. So the first number of each gap
+    /// is asked for: there, it is read with the rest (and the gap's next
+    /// number asked for in turn); not there under the same horizon
+    /// (compaction deletes what it folded only after moving it), the gap is
+    /// entries lost for good (removed from outside, or to a power cut on a
+    /// local directory without fsync), read past with a warning, as
+    /// nothing can bring them back.
+    async fn fill_gaps(
+        &self,
+        collection: &CollectionName,
+        keys: &CollectionKeys,
+        first: u64,
+        listed: Vec<(u64, Path, Option<String>)>,
+        horizon_tag: Option<&str>,
+    ) -> Result<Option<Vec<(u64, Path, Option<String>)>>> {
+        let mut filled = Vec::with_capacity(listed.len());
+        let mut expected = first;
+        for (number, path, tag) in listed {
+            while expected < number {
+                let missing = keys.entry(expected);
+                match self.io.get(&missing).await? {
+                    Some(found) => {
+                        filled.push((expected, missing, Some(found.etag)));
+                        expected += 1;
+                    }
+                    None => {
+                        if self.read_horizon(keys).await?.1.as_deref() != horizon_tag {
+                            return Ok(None);
+                        }
+                        tracing::warn!(
+                            collection = %collection,
+                            from = expected,
+                            to = number - 1,
+                            "the feed's entries are missing; reading past them"
+                        );
+                        expected = number;
+                    }
+                }
+            }
+            filled.push((number, path, tag));
+            expected = number + 1;
+        }
+        Ok(Some(filled))
     }
 
     /// Reads the listed entries `(number, path, listed ETag)` in their
