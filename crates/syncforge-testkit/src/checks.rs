@@ -813,15 +813,8 @@ pub async fn hard_delete(ctx: &Context<'_>) -> CheckResult {
     // A token read before the delete holds no more: a writer holding it
     // would otherwise bring the record back unseen.
     let revived = record(&mut hlc, "doomed", 3)?;
-    let outcome = store
-        .put(&coll, &Write::replace(revived.clone(), stale.clone()))
-        .await
-        .or_fail("replace with a token from before the delete")?;
-    ensure_eq!(
-        outcome,
-        WriteOutcome::Conflict,
-        "replace of a hard-deleted record with its old token"
-    );
+    let stale_replace = Write::replace(revived, stale);
+    refused(store, &coll, &stale_replace, "a hard-deleted record").await?;
     ensure!(
         store
             .get(&coll, &rid("doomed"))
@@ -853,15 +846,7 @@ pub async fn hard_delete(ctx: &Context<'_>) -> CheckResult {
         "a re-created record"
     );
     // Nor does it hold for the record created again under that id.
-    let outcome = store
-        .put(&coll, &Write::replace(revived, stale))
-        .await
-        .or_fail("replace with a token from before the delete")?;
-    ensure_eq!(
-        outcome,
-        WriteOutcome::Conflict,
-        "replace of a re-created record with a token from before the delete"
-    );
+    refused(store, &coll, &stale_replace, "a re-created record").await?;
     ensure_eq!(
         store
             .get(&coll, &rid("doomed"))
@@ -870,6 +855,26 @@ pub async fn hard_delete(ctx: &Context<'_>) -> CheckResult {
             .map(|s| s.record),
         Some(again),
         "a re-created record after a stale replace"
+    );
+    Ok(())
+}
+
+/// Fails unless `write`, a replace of `what` with a token from before a
+/// hard delete, is refused as a conflict.
+async fn refused(
+    store: &dyn StorageBackend,
+    collection: &CollectionName,
+    write: &Write,
+    what: &str,
+) -> CheckResult {
+    let outcome = store
+        .put(collection, write)
+        .await
+        .or_fail("replace with a token from before the delete")?;
+    ensure_eq!(
+        outcome,
+        WriteOutcome::Conflict,
+        "replace of {what} with a token from before the delete"
     );
     Ok(())
 }
