@@ -830,10 +830,10 @@ async fn read_on(
 /// A listing of the feed's entries that left one out (made while writers
 /// created them, read in several calls) and showed a later one: a reader
 /// settled the later entry, moved its cursor past the one left out, and
-/// never saw its writes. Such a listing is made again. An entry lost for
+/// never saw its writes. Such an entry is asked for and read. An entry lost for
 /// good (removed from outside) is read past.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_entry_a_listing_left_out_is_listed_again() {
+async fn an_entry_a_listing_left_out_is_still_read() {
     let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     let name = coll("gaps");
     let writer = handle(&memory, "dse");
