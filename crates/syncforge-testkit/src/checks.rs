@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use syncforge_core::{
-    Change, CollectionName, Cursor, IfAbsent, Record, RecordId, StorageBackend, Write,
+    Change, CollectionName, Cursor, IfAbsent, Record, RecordId, StorageBackend, Token, Write,
     WriteOutcome, MAX_NAME_BYTES,
 };
 use tokio::sync::Barrier;
@@ -127,6 +127,34 @@ pub async fn crud(ctx: &Context<'_>) -> CheckResult {
         stored.token,
         token1,
         "a conflicting create must leave the token unchanged"
+    );
+    // A token of the kind this store never hands out holds for nothing: not
+    // taken for no token (a create), nor for the current one.
+    let foreign = match &token1 {
+        Token::Sequence(seq) => Token::Tag(seq.to_string()),
+        _ => Token::Sequence(seq1.get()),
+    };
+    for id in ["a", "never-written"] {
+        let write = Write::replace(record(&mut hlc, id, 98)?, foreign.clone());
+        let outcome = store.put(&coll, &write).await.or_fail("replace")?;
+        ensure_eq!(
+            outcome,
+            WriteOutcome::Conflict,
+            "replace of {id} with a token of the other kind ({foreign:?})"
+        );
+    }
+    ensure_eq!(
+        store.get(&coll, &rid("a")).await.or_fail("get")?,
+        Some(stored.clone()),
+        "a replace with a token of the other kind leaves the record as it was"
+    );
+    ensure!(
+        store
+            .get(&coll, &rid("never-written"))
+            .await
+            .or_fail("get")?
+            .is_none(),
+        "a replace with a token of the other kind creates nothing"
     );
 
     let second = edited(&mut hlc, &first, 2)?;
@@ -552,6 +580,20 @@ pub async fn change_feed(ctx: &Context<'_>) -> CheckResult {
         tail.next,
         end,
         "at the end of the feed next stays at the cursor"
+    );
+    let beyond = Cursor::new(end.get() + 1_000);
+    let past = store
+        .changes(&coll, beyond, limit(10))
+        .await
+        .or_fail("changes")?;
+    ensure!(
+        past.changes.is_empty() && !past.more,
+        "nothing lies past the end of the feed"
+    );
+    ensure_eq!(
+        past.next,
+        beyond,
+        "past the end of the feed next stays at the cursor asked for"
     );
 
     // A record arriving by sync, stamped long ago, still appears after the cursor.
@@ -993,6 +1035,10 @@ pub async fn newest_stamp(ctx: &Context<'_>) -> CheckResult {
     let store = &*ctx.store;
     let coll = ctx.collection("newest");
     let mut hlc = ctx.clock("newest")?;
+    // Another handle, which has answered once before the writes: what it
+    // learnt then must not stand in for what is stored later.
+    let other = ctx.factory.open().await;
+    other.newest_stamp().await.or_fail("newest_stamp")?;
     let rec = record(&mut hlc, "a", 1)?;
     put_ok(store, &coll, &Write::create(rec.clone()), "create").await?;
     let newest = store.newest_stamp().await.or_fail("newest_stamp")?;
@@ -1029,7 +1075,13 @@ pub async fn newest_stamp(ctx: &Context<'_>) -> CheckResult {
         "newest_stamp ({newest:?}) must be at least the newest stamp written ({:?}), also after an older record arrives",
         later.newest_stamp()
     );
-    Ok(())
+    let seen = other.newest_stamp().await.or_fail("newest_stamp")?;
+    ensure!(
+        seen.as_ref().is_some_and(|n| n >= later.newest_stamp()),
+        "another handle's newest_stamp ({seen:?}) must be at least the newest stamp written ({:?})",
+        later.newest_stamp()
+    );
+    other.close().await.or_fail("close")
 }
 
 /// Metadata: absent is `None`, values overwrite, keys are independent.
