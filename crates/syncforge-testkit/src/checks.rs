@@ -17,8 +17,9 @@ use tokio::sync::Barrier;
 use tokio::task::JoinSet;
 
 use crate::support::{
-    edited, ensure, ensure_eq, expect_closed, expect_closed_or_declined, limit, n_of, put_ok,
-    record, rid, rids, shortened, soft_deleted, sorted, written, CheckResult, Context, OrFail,
+    edited, ensure, ensure_eq, expect_closed, expect_closed_or_declined, limit, n_of,
+    put_conflicts, put_ok, record, rid, rids, shortened, soft_deleted, sorted, written,
+    CheckResult, Context, OrFail,
 };
 
 /// Reads every change after `after` page by page, checking each page's
@@ -104,15 +105,13 @@ pub async fn crud(ctx: &Context<'_>) -> CheckResult {
     );
 
     let rival = record(&mut hlc, "a", 99)?;
-    let outcome = store
-        .put(&coll, &Write::create(rival))
-        .await
-        .or_fail("create")?;
-    ensure_eq!(
-        outcome,
-        WriteOutcome::Conflict,
-        "create-only put of an existing record"
-    );
+    put_conflicts(
+        store,
+        &coll,
+        &Write::create(rival),
+        "create-only put of an existing record",
+    )
+    .await?;
     let stored = store
         .get(&coll, &rid("a"))
         .await
@@ -136,12 +135,8 @@ pub async fn crud(ctx: &Context<'_>) -> CheckResult {
     };
     for id in ["a", "never-written"] {
         let write = Write::replace(record(&mut hlc, id, 98)?, foreign.clone());
-        let outcome = store.put(&coll, &write).await.or_fail("replace")?;
-        ensure_eq!(
-            outcome,
-            WriteOutcome::Conflict,
-            "replace of {id} with a token of the other kind ({foreign:?})"
-        );
+        let what = format!("replace of {id} with a token of the other kind ({foreign:?})");
+        put_conflicts(store, &coll, &write, &what).await?;
     }
     ensure_eq!(
         store.get(&coll, &rid("a")).await.or_fail("get")?,
@@ -187,15 +182,8 @@ pub async fn crud(ctx: &Context<'_>) -> CheckResult {
     );
 
     let stale = edited(&mut hlc, &second, 3)?;
-    let outcome = store
-        .put(&coll, &Write::replace(stale, token1.clone()))
-        .await
-        .or_fail("replace")?;
-    ensure_eq!(
-        outcome,
-        WriteOutcome::Conflict,
-        "replace with a stale token"
-    );
+    let write = Write::replace(stale, token1.clone());
+    put_conflicts(store, &coll, &write, "replace with a stale token").await?;
     let stored = store
         .get(&coll, &rid("a"))
         .await
@@ -213,15 +201,14 @@ pub async fn crud(ctx: &Context<'_>) -> CheckResult {
     );
 
     let absent = record(&mut hlc, "b", 1)?;
-    let outcome = store
-        .put(&coll, &Write::replace(absent, token2.clone()))
-        .await
-        .or_fail("replace")?;
-    ensure_eq!(
-        outcome,
-        WriteOutcome::Conflict,
-        "replace of a record that does not exist"
-    );
+    let write = Write::replace(absent, token2.clone());
+    put_conflicts(
+        store,
+        &coll,
+        &write,
+        "replace of a record that does not exist",
+    )
+    .await?;
     ensure!(
         store.get(&coll, &rid("b")).await.or_fail("get")?.is_none(),
         "a replace that conflicted must not create the record"
@@ -856,7 +843,13 @@ pub async fn hard_delete(ctx: &Context<'_>) -> CheckResult {
     // would otherwise bring the record back unseen.
     let revived = record(&mut hlc, "doomed", 3)?;
     let stale_replace = Write::replace(revived, stale);
-    refused(store, &coll, &stale_replace, "a hard-deleted record").await?;
+    put_conflicts(
+        store,
+        &coll,
+        &stale_replace,
+        "replace of a hard-deleted record with a token from before the delete",
+    )
+    .await?;
     ensure!(
         store
             .get(&coll, &rid("doomed"))
@@ -888,7 +881,13 @@ pub async fn hard_delete(ctx: &Context<'_>) -> CheckResult {
         "a re-created record"
     );
     // Nor does it hold for the record created again under that id.
-    refused(store, &coll, &stale_replace, "a re-created record").await?;
+    put_conflicts(
+        store,
+        &coll,
+        &stale_replace,
+        "replace of a re-created record with a token from before the delete",
+    )
+    .await?;
     ensure_eq!(
         store
             .get(&coll, &rid("doomed"))
@@ -897,26 +896,6 @@ pub async fn hard_delete(ctx: &Context<'_>) -> CheckResult {
             .map(|s| s.record),
         Some(again),
         "a re-created record after a stale replace"
-    );
-    Ok(())
-}
-
-/// Fails unless `write`, a replace of `what` with a token from before a
-/// hard delete, is refused as a conflict.
-async fn refused(
-    store: &dyn StorageBackend,
-    collection: &CollectionName,
-    write: &Write,
-    what: &str,
-) -> CheckResult {
-    let outcome = store
-        .put(collection, write)
-        .await
-        .or_fail("replace with a token from before the delete")?;
-    ensure_eq!(
-        outcome,
-        WriteOutcome::Conflict,
-        "replace of {what} with a token from before the delete"
     );
     Ok(())
 }

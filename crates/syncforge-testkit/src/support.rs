@@ -183,6 +183,19 @@ pub(crate) async fn put_ok(
     written(&outcome, what)
 }
 
+/// Puts `write`, failing the check unless the backend refuses it as a
+/// conflict.
+pub(crate) async fn put_conflicts(
+    store: &dyn StorageBackend,
+    collection: &CollectionName,
+    write: &Write,
+    what: &str,
+) -> CheckResult {
+    let outcome = store.put(collection, write).await.or_fail(what)?;
+    ensure_eq!(outcome, WriteOutcome::Conflict, "{what}");
+    Ok(())
+}
+
 /// The `n` field of a record.
 pub(crate) fn n_of(record: &Record) -> Option<i64> {
     record.get("n").as_ref().and_then(serde_json::Value::as_i64)
