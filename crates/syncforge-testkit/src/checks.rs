@@ -17,8 +17,8 @@ use tokio::sync::Barrier;
 use tokio::task::JoinSet;
 
 use crate::support::{
-    edited, ensure, ensure_eq, expect_closed, expect_closed_or_declined, limit, n_of,
-    put_conflicts, put_ok, record, rid, rids, shortened, soft_deleted, sorted, written,
+    edited, ensure, ensure_absent, ensure_eq, expect_closed, expect_closed_or_declined, limit,
+    n_of, put_conflicts, put_ok, record, rid, rids, shortened, soft_deleted, sorted, written,
     CheckResult, Context, OrFail,
 };
 
@@ -78,10 +78,13 @@ pub async fn crud(ctx: &Context<'_>) -> CheckResult {
     let coll = ctx.collection("crud");
     let mut hlc = ctx.clock("crud")?;
 
-    ensure!(
-        store.get(&coll, &rid("a")).await.or_fail("get")?.is_none(),
-        "get of a record never written must be None"
-    );
+    ensure_absent(
+        store,
+        &coll,
+        "a",
+        "get of a record never written must be None",
+    )
+    .await?;
 
     let first = record(&mut hlc, "a", 1)?;
     let (token1, seq1) = put_ok(
@@ -143,14 +146,13 @@ pub async fn crud(ctx: &Context<'_>) -> CheckResult {
         Some(stored.clone()),
         "a replace with a token of the other kind leaves the record as it was"
     );
-    ensure!(
-        store
-            .get(&coll, &rid("never-written"))
-            .await
-            .or_fail("get")?
-            .is_none(),
-        "a replace with a token of the other kind creates nothing"
-    );
+    ensure_absent(
+        store,
+        &coll,
+        "never-written",
+        "a replace with a token of the other kind creates nothing",
+    )
+    .await?;
 
     let second = edited(&mut hlc, &first, 2)?;
     let (token2, seq2) = put_ok(
@@ -209,10 +211,13 @@ pub async fn crud(ctx: &Context<'_>) -> CheckResult {
         "replace of a record that does not exist",
     )
     .await?;
-    ensure!(
-        store.get(&coll, &rid("b")).await.or_fail("get")?.is_none(),
-        "a replace that conflicted must not create the record"
-    );
+    ensure_absent(
+        store,
+        &coll,
+        "b",
+        "a replace that conflicted must not create the record",
+    )
+    .await?;
 
     let deleted = soft_deleted(&mut hlc, &second)?;
     put_ok(
@@ -807,14 +812,7 @@ pub async fn hard_delete(ctx: &Context<'_>) -> CheckResult {
             .or_fail("delete")?,
         "delete of an existing record returns true"
     );
-    ensure!(
-        store
-            .get(&coll, &rid("doomed"))
-            .await
-            .or_fail("get")?
-            .is_none(),
-        "a deleted record is gone"
-    );
+    ensure_absent(store, &coll, "doomed", "a deleted record is gone").await?;
     ensure!(
         !store
             .delete(&coll, &rid("doomed"))
@@ -850,14 +848,13 @@ pub async fn hard_delete(ctx: &Context<'_>) -> CheckResult {
         "replace of a hard-deleted record with a token from before the delete",
     )
     .await?;
-    ensure!(
-        store
-            .get(&coll, &rid("doomed"))
-            .await
-            .or_fail("get")?
-            .is_none(),
-        "a replace that conflicted must not bring back a hard-deleted record"
-    );
+    ensure_absent(
+        store,
+        &coll,
+        "doomed",
+        "a replace that conflicted must not bring back a hard-deleted record",
+    )
+    .await?;
 
     let again = record(&mut hlc, "doomed", 2)?;
     let (_, seq_again) = put_ok(
@@ -953,10 +950,7 @@ pub async fn collections_list_and_clear(ctx: &Context<'_>) -> CheckResult {
         store.get_all(&first).await.or_fail("get_all")?.is_empty(),
         "a cleared collection is empty"
     );
-    ensure!(
-        store.get(&first, &rid("a")).await.or_fail("get")?.is_none(),
-        "a cleared record is gone"
-    );
+    ensure_absent(store, &first, "a", "a cleared record is gone").await?;
     let (feed, _) = read_feed(store, &first, Cursor::START, 100).await?;
     ensure!(feed.is_empty(), "a cleared collection's feed is empty");
     ensure!(
@@ -1274,14 +1268,13 @@ pub async fn close_keeps_data(ctx: &Context<'_>) -> CheckResult {
         Some("kept"),
         "meta survives close and reopen"
     );
-    ensure!(
-        reopened
-            .get(&coll, &rid("probe"))
-            .await
-            .or_fail("get")?
-            .is_none(),
-        "writes refused by a closed handle must not have happened"
-    );
+    ensure_absent(
+        &*reopened,
+        &coll,
+        "probe",
+        "writes refused by a closed handle must not have happened",
+    )
+    .await?;
     ensure_eq!(
         reopened
             .get_meta(&unset)

@@ -196,6 +196,18 @@ pub(crate) async fn put_conflicts(
     Ok(())
 }
 
+/// Fails the check unless `store` holds no record `id` in `collection`.
+pub(crate) async fn ensure_absent(
+    store: &dyn StorageBackend,
+    collection: &CollectionName,
+    id: &str,
+    what: &str,
+) -> CheckResult {
+    let stored = store.get(collection, &rid(id)).await.or_fail("get")?;
+    ensure!(stored.is_none(), "{what}: found {stored:?}");
+    Ok(())
+}
+
 /// The `n` field of a record.
 pub(crate) fn n_of(record: &Record) -> Option<i64> {
     record.get("n").as_ref().and_then(serde_json::Value::as_i64)
