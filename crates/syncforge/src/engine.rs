@@ -1494,8 +1494,15 @@ impl SyncEngine {
         if self.inner.store_closed.load(Ordering::Acquire) {
             return Ok(());
         }
-        let mut windows: Vec<JoinHandle<()>> = self.inner.stopped.lock().drain(..).collect();
-        windows.extend(self.inner.timer.lock().take());
+        let mut windows: Vec<JoinHandle<()>> = {
+            // Under the timer's lock, as `stop_auto_sync` moves the running
+            // window to the stopped ones: taken one after the other, a
+            // window stopped in between was in neither.
+            let mut timer = self.inner.timer.lock();
+            let mut windows: Vec<JoinHandle<()>> = self.inner.stopped.lock().drain(..).collect();
+            windows.extend(timer.take());
+            windows
+        };
         // A close from inside a window (a peer closing this engine) leaves
         // that window alone: it ends by itself, the engine being closed,
         // and aborting it would cancel this very close.
