@@ -306,6 +306,11 @@ impl CollectionName {
     /// itself name collections (an event handler that writes): those are
     /// made as [`recent`](Self::recent) makes them, without the names kept.
     fn with_str<R>(name: &str, use_name: impl FnOnce(&CollectionName) -> R) -> Result<R> {
+        // Gone (from another thread-local's destructor): made anew. Asked
+        // first, so that `use_name` is not given to a closure that never runs.
+        if RECENT_NAMES.try_with(|_| ()).is_err() {
+            return CollectionName::new(name).map(|fresh| use_name(&fresh));
+        }
         RECENT_NAMES.with(|names| {
             if let Ok(names) = names.try_borrow() {
                 if let Some(known) = kept(&names.0, name) {
@@ -321,6 +326,39 @@ impl CollectionName {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    /// A collection named by a string (`engine.put("notes", ..)`) from a
+    /// destructor run while the thread's tables are torn down: the table of
+    /// recent names was reached without asking whether it was still there,
+    /// which panicked.
+    #[test]
+    fn collections_are_named_while_a_threads_locals_are_torn_down() {
+        fn lend(name: &str) -> bool {
+            IntoName::<CollectionName>::with_name(name, |lent| lent.as_str() == name)
+                .unwrap_or(false)
+        }
+        struct NamesOnDrop(std::sync::mpsc::Sender<bool>);
+        impl Drop for NamesOnDrop {
+            fn drop(&mut self) {
+                let named = std::panic::catch_unwind(|| lend("late"));
+                let _ = self.0.send(named.unwrap_or(false));
+            }
+        }
+        thread_local! {
+            static LATE: std::cell::RefCell<Option<NamesOnDrop>> =
+                const { std::cell::RefCell::new(None) };
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // Set first, so torn down last: after the table of recent
+            // names, which the lend below brings into being.
+            LATE.with(|late| *late.borrow_mut() = Some(NamesOnDrop(tx)));
+            assert!(lend("early"));
+        })
+        .join()
+        .unwrap();
+        assert_eq!(rx.recv(), Ok(true));
+    }
 
     #[test]
     fn names_compare_with_strings_and_look_up_by_str() {
