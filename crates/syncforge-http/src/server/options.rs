@@ -326,8 +326,11 @@ impl ServerOptions {
     /// room waits for it, up to half the request timeout, and is then
     /// answered 503 `unavailable`. Without it, every
     /// connection could hold a body of `max_body_bytes` at once (512 × 16
-    /// MiB by default), and the records decoded from a body take a few
-    /// times its size.
+    /// MiB by default). The bound counts body bytes: the records decoded
+    /// from a body take a few times its size, and while one is decoded its
+    /// values are parsed whole, so a body of tiny values (an array of
+    /// one-digit numbers: two bytes of text each, 32 bytes parsed) takes 16
+    /// to 32 times its size for a moment.
     #[must_use]
     pub fn max_buffered_bytes(mut self, bytes: usize) -> Self {
         self.max_buffered_bytes = bytes;

@@ -214,6 +214,16 @@ async fn a_token_limited_to_one_collection_cannot_reach_another() {
     .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(code(&body), ErrorCode::Forbidden);
+    // A name no store takes is refused as such, whatever the token covers.
+    let (status, _, body) = request(
+        reqwest::Method::GET,
+        format!("{base}/v1/collections/bad%0Aname/changes"),
+        token,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(code(&body), ErrorCode::InvalidCollection);
 
     // It lists and reads its own collection only.
     let (status, _, body) = request(
