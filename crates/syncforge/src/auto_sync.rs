@@ -26,9 +26,12 @@ impl SyncEngine {
     /// [`sync_with`](Self::sync_with) with every peer added by
     /// [`add_auto_sync_peer`](Self::add_auto_sync_peer). A failed peer sync
     /// emits `sync:error` and the window goes on with the next; so does one
-    /// that panics (reported as [`Error::PeerProtocol`]). When a window
-    /// takes longer than the interval, the next one waits instead of
-    /// bunching up.
+    /// that panics (reported as [`Error::PeerProtocol`]). A pair already
+    /// being synced (a `sync_with` the application called) is left to that
+    /// sync. When a window takes longer than the interval, the next one
+    /// waits instead of bunching up; one that panics outside a peer sync
+    /// (its store listing the collections, say) is logged as an error, and
+    /// the next one runs on time.
     ///
     /// The timer holds only a weak handle on the engine: dropping the last
     /// `SyncEngine` handle, [`close`](Self::close) or
@@ -78,7 +81,16 @@ impl SyncEngine {
                 if engine.is_closed() {
                     break;
                 }
-                engine.run_sync_window().await;
+                // A panic outside the peers' syncs (a store listing its
+                // collections, the clock) ended the timer's task with it:
+                // auto-sync stopped for good, with nothing reported.
+                let window = AssertUnwindSafe(engine.run_sync_window());
+                if let Err(payload) = window.catch_unwind().await {
+                    tracing::error!(
+                        panic = panic_message(payload.as_ref()),
+                        "an auto-sync window panicked; the next one runs on time"
+                    );
+                }
             }
         });
         *task = Some(handle);
@@ -92,7 +104,11 @@ impl SyncEngine {
     /// It does not wait for the window to stop; [`close`](Self::close) does.
     /// Stopping a stopped timer does nothing.
     pub fn stop_auto_sync(&self) {
-        if let Some(task) = self.inner.timer.lock().take() {
+        // The timer's lock is held until the window is among the stopped
+        // ones: a `close` meanwhile, which takes the two locks in the same
+        // order, finds it in one place or the other.
+        let mut timer = self.inner.timer.lock();
+        if let Some(task) = timer.take() {
             task.abort();
             let mut stopped = self.inner.stopped.lock();
             stopped.retain(|earlier| !earlier.is_finished());
@@ -175,15 +191,26 @@ impl SyncEngine {
                     });
                 }
                 for peer in &peers {
-                    // sync_with reports its own failure (event and log). A
+                    // A sync of the pair under way (one the application
+                    // started) does this window's work, and is not waited
+                    // for. sync_with reports its own failure (event and log). A
                     // panic (a peer's, or a bug) ends that one sync, not the
                     // window and the timer with it, and is reported alike;
                     // so does a sync past its bound (a peer that never
                     // answers held up every later window).
                     let bound = self.config().auto_sync_peer_timeout();
-                    let syncing = AssertUnwindSafe(self.sync_with(peer.as_ref(), collection));
+                    let syncing =
+                        AssertUnwindSafe(self.sync_with_unless_busy(peer.as_ref(), collection));
                     let error = match tokio::time::timeout(bound, syncing.catch_unwind()).await {
-                        Ok(Ok(_)) => continue,
+                        Ok(Ok(Some(_))) => continue,
+                        Ok(Ok(None)) => {
+                            tracing::debug!(
+                                peer = peer.peer_id(),
+                                collection = collection.as_str(),
+                                "auto-sync leaves the pair to the sync of it under way"
+                            );
+                            continue;
+                        }
                         Ok(Err(payload)) => Error::PeerProtocol {
                             peer: peer.peer_id().to_owned(),
                             reason: format!(

@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use syncforge_core::{
     validate_id, ChangePage, CollectionName, Cursor, Error, IntoName, Record, RecordId, Result,
 };
+use tokio::sync::OwnedMutexGuard;
 use tracing::field::Empty;
 use tracing::Instrument;
 
@@ -170,7 +171,27 @@ impl SyncEngine {
         peer: &P,
         collection: impl IntoName<CollectionName>,
     ) -> Result<PeerSyncReport> {
-        self.peer_sync(peer, collection, Direction::Both).await
+        self.peer_sync(peer, collection, Direction::Both, None)
+            .await
+    }
+
+    /// [`sync_with`](Self::sync_with) for an auto-sync window: `None`, with
+    /// nothing done, while another sync of the pair is under way (that one
+    /// does the window's work; waiting for it under the peer timeout made a
+    /// busy peer look unavailable).
+    pub(crate) async fn sync_with_unless_busy(
+        &self,
+        peer: &dyn SyncPeer,
+        collection: &CollectionName,
+    ) -> Option<Result<PeerSyncReport>> {
+        let turn = self
+            .peer_sync_lock(peer.peer_id(), collection)
+            .try_lock_owned()
+            .ok()?;
+        Some(
+            self.peer_sync(peer, collection, Direction::Both, Some(turn))
+                .await,
+        )
     }
 
     /// One-way incremental sync: merges the peer's changes of `collection`
@@ -202,7 +223,8 @@ impl SyncEngine {
         peer: &P,
         collection: impl IntoName<CollectionName>,
     ) -> Result<PeerSyncReport> {
-        self.peer_sync(peer, collection, Direction::Pull).await
+        self.peer_sync(peer, collection, Direction::Pull, None)
+            .await
     }
 
     /// One-way incremental sync: sends this engine's changes of `collection`
@@ -214,7 +236,8 @@ impl SyncEngine {
         peer: &P,
         collection: impl IntoName<CollectionName>,
     ) -> Result<PeerSyncReport> {
-        self.peer_sync(peer, collection, Direction::Push).await
+        self.peer_sync(peer, collection, Direction::Push, None)
+            .await
     }
 
     async fn peer_sync<P: SyncPeer + ?Sized>(
@@ -222,6 +245,7 @@ impl SyncEngine {
         peer: &P,
         collection: impl IntoName<CollectionName>,
         direction: Direction,
+        turn: Option<OwnedMutexGuard<()>>,
     ) -> Result<PeerSyncReport> {
         let collection = collection.into_name()?;
         let collection = &collection;
@@ -239,7 +263,7 @@ impl SyncEngine {
         let started = Instant::now();
         let mut reported = false;
         let outcome = self
-            .sync_with_unreported(peer, collection, direction, &mut reported)
+            .sync_with_unreported(peer, collection, direction, turn, &mut reported)
             .instrument(span.clone())
             .await;
         match &outcome {
@@ -268,7 +292,8 @@ impl SyncEngine {
         outcome
     }
 
-    /// The body of `sync_with`, `pull_from` and `push_to`; sets `reported`
+    /// The body of `sync_with`, `pull_from` and `push_to`, in `turn` when
+    /// the caller holds the pair's lock already; sets `reported`
     /// when the error was already emitted as `sync:error` by the sync of a
     /// pulled page.
     async fn sync_with_unreported<P: SyncPeer + ?Sized>(
@@ -276,6 +301,7 @@ impl SyncEngine {
         peer: &P,
         collection: &CollectionName,
         direction: Direction,
+        turn: Option<OwnedMutexGuard<()>>,
         reported: &mut bool,
     ) -> Result<PeerSyncReport> {
         self.check_open()?;
@@ -284,7 +310,10 @@ impl SyncEngine {
         // Both syncs would share the cursors and pull the same pages; and
         // one restarting them for the peer's new feed is best seen by the
         // other before it reads on (see `load_cursor`).
-        let _one_at_a_time = self.peer_sync_lock(peer_id, collection).lock_owned().await;
+        let _one_at_a_time = match turn {
+            Some(turn) => turn,
+            None => self.peer_sync_lock(peer_id, collection).lock_owned().await,
+        };
         let limit = syncforge_core::page_limit(self.config().batch_size())?;
         let handle = self.collection(collection)?;
         let mut report = PeerSyncReport {

@@ -577,6 +577,129 @@ async fn a_peer_that_never_answers_is_given_up_on_and_the_windows_go_on() {
     .await;
 }
 
+/// A clock that panics while `broken` is set.
+#[derive(Debug, Default)]
+struct BreakableClock {
+    broken: std::sync::atomic::AtomicBool,
+}
+
+impl syncforge::TimeSource for BreakableClock {
+    fn now_millis(&self) -> u64 {
+        if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
+            panic!("a broken clock (expected by this test)");
+        }
+        1_700_000_000_000
+    }
+}
+
+/// A window that panicked outside a peer's sync (here its clock, read for
+/// the `sync:start` it announces) ended the timer's task: no window came
+/// after it, with nothing reported. The next window runs on time.
+#[tokio::test(start_paused = true)]
+async fn a_window_that_panics_outside_a_peer_sync_does_not_end_auto_sync() {
+    use std::sync::atomic::Ordering;
+    let clock = Arc::new(BreakableClock::default());
+    let a = auto_syncing_c()
+        .time_source(clock.clone())
+        .build()
+        .await
+        .unwrap();
+    let mut rx = a.subscribe();
+    clock.broken.store(true, Ordering::SeqCst);
+    tokio::time::sleep(INTERVAL + SLACK).await;
+    clock.broken.store(false, Ordering::SeqCst);
+    assert_eq!(
+        next_window(&mut rx, INTERVAL + SLACK).await.as_deref(),
+        Some("c"),
+        "no window after the one that panicked"
+    );
+    assert!(a.is_auto_syncing());
+    a.close().await.unwrap();
+}
+
+/// A peer whose pull waits, while `held` is set, until `release` is
+/// notified; it says when a pull started.
+#[derive(Default)]
+struct HeldPeer {
+    held: std::sync::atomic::AtomicBool,
+    entered: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+}
+
+#[syncforge::core::async_trait]
+impl syncforge::SyncPeer for HeldPeer {
+    fn peer_id(&self) -> &str {
+        "held"
+    }
+
+    async fn pull(
+        &self,
+        _collection: &syncforge::CollectionName,
+        cursor: syncforge::Cursor,
+        _limit: std::num::NonZeroUsize,
+    ) -> syncforge::Result<syncforge::ChangePage> {
+        self.entered.notify_one();
+        if self.held.load(std::sync::atomic::Ordering::SeqCst) {
+            self.release.notified().await;
+        }
+        Ok(syncforge::ChangePage {
+            changes: Vec::new(),
+            next: cursor,
+            more: false,
+        })
+    }
+
+    async fn push(
+        &self,
+        _collection: &syncforge::CollectionName,
+        _records: Vec<syncforge::Record>,
+    ) -> syncforge::Result<syncforge::PushOutcome> {
+        Ok(syncforge::PushOutcome::all_stored())
+    }
+}
+
+/// A window that came while the application's own `sync_with` of the same
+/// pair ran waited for it under the peer timeout, and reported the healthy
+/// peer as unavailable, window after window. It leaves the pair to the sync
+/// under way, which ends as it would have.
+#[tokio::test(start_paused = true)]
+async fn a_window_leaves_a_pair_being_synced_alone() {
+    use std::sync::atomic::Ordering;
+    let bound = Duration::from_secs(2);
+    let a = auto_syncing_c()
+        .auto_sync_peer_timeout(bound)
+        .build()
+        .await
+        .unwrap();
+    let peer = Arc::new(HeldPeer::default());
+    peer.held.store(true, Ordering::SeqCst);
+    a.add_auto_sync_peer(peer.clone()).unwrap();
+    let mut rx = a.subscribe();
+    let manual = tokio::spawn({
+        let (a, peer) = (a.clone(), peer.clone());
+        async move { a.sync_with(peer.as_ref(), "c").await }
+    });
+    peer.entered.notified().await;
+    let mut windows = 0;
+    let over = tokio::time::Instant::now() + 2 * INTERVAL + bound + SLACK;
+    while let Ok(event) = tokio::time::timeout_at(over, rx.recv()).await {
+        match event.unwrap() {
+            SyncEvent::SyncStart {
+                trigger: SyncTrigger::AutoSyncWindow,
+                ..
+            } => windows += 1,
+            SyncEvent::SyncError { error, .. } => panic!("a window reported {error}"),
+            _ => {}
+        }
+    }
+    assert_eq!(windows, 2);
+    peer.held.store(false, Ordering::SeqCst);
+    peer.release.notify_one();
+    let report = manual.await.unwrap().unwrap();
+    assert_eq!(report.peer_id, "held");
+    a.close().await.unwrap();
+}
+
 /// A peer whose pull says it started, works for `works_for` without
 /// awaiting anything (a blocking sleep stands for a long stretch of work
 /// between two awaits), closes `closes` when set, and says it returned.
