@@ -31,10 +31,18 @@ fn options() -> ServerOptions {
         .token(AccessToken::read_only(DASHBOARD_TOKEN))
 }
 
+/// `Ok` when `claim` holds, else an error saying what did not.
+fn check(claim: bool, what: &str) -> Result<(), String> {
+    if claim {
+        Ok(())
+    } else {
+        Err(format!("not so: {what}"))
+    }
+}
+
 #[tokio::main]
-async fn main() -> syncforge::Result<()> {
-    let dirs = tempfile::tempdir()
-        .map_err(|e| syncforge::Error::storage("example", format!("no temp dir: {e}")))?;
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let dirs = tempfile::tempdir()?;
     let (office_dir, tablet_dir) = (dirs.path().join("office"), dirs.path().join("tablet"));
 
     // The company server: an engine on the filesystem, served over HTTP.
@@ -70,7 +78,7 @@ async fn main() -> syncforge::Result<()> {
         Err(error) if error.is_transient() => {
             println!("at the site: no coverage, sync postponed ({error})");
         }
-        other => println!("unexpected: {other:?}"),
+        other => return Err(format!("the office was down, yet: {other:?}").into()),
     }
 
     // Back at the office: the server is up (same store, same address), and
@@ -90,6 +98,10 @@ async fn main() -> syncforge::Result<()> {
         report.pulled.added,
         report.pulled.total()
     );
+    check(
+        (report.pushed, report.pulled.added) == (2, 1),
+        "the two inspections went up and the follow-up came down",
+    )?;
 
     // The dispatcher adds a part number while the technician closes the
     // ticket on the tablet: different fields, both kept.
@@ -126,6 +138,10 @@ async fn main() -> syncforge::Result<()> {
         report.pushed,
         report.pulled.total()
     );
+    check(
+        (report.pushed, report.pulled.total()) == (0, 0),
+        "a sync after a restart moves nothing",
+    )?;
 
     // The dashboard's token reads but may not write.
     let dashboard = HttpPeer::builder(server.url())
@@ -139,8 +155,9 @@ async fn main() -> syncforge::Result<()> {
             &json!({"id": "insp-999", "status": "forged"}),
         )
         .await?;
-    if let Err(error) = viewer.sync_with(&dashboard, "inspections").await {
-        println!("a read-only token cannot push: {error}");
+    match viewer.sync_with(&dashboard, "inspections").await {
+        Err(error) => println!("a read-only token cannot push: {error}"),
+        Ok(report) => return Err(format!("a read-only token pushed: {report:?}").into()),
     }
 
     let on_tablet = tablet.get("inspections", "insp-001").await?;
@@ -148,11 +165,18 @@ async fn main() -> syncforge::Result<()> {
     if let Some(record) = &on_tablet {
         println!("insp-001 on the tablet: {}", record.to_json_string());
     }
-    println!(
-        "tablet and office agree byte for byte: {}",
-        on_tablet.map(|r| r.to_json_string()) == at_office.map(|r| r.to_json_string())
-    );
+    let closed = on_tablet.as_ref().map(|r| r.content()).unwrap_or_default();
+    check(
+        closed.get("status") == Some(&json!("repaired"))
+            && closed.get("part") == Some(&json!("bearing-6204")),
+        "insp-001 keeps the technician's status and the dispatcher's part",
+    )?;
+    check(
+        on_tablet.map(|r| r.to_json_string()) == at_office.map(|r| r.to_json_string()),
+        "tablet and office agree byte for byte",
+    )?;
+    println!("tablet and office agree byte for byte");
     server.shutdown().await?;
     tablet.close().await?;
-    office.close().await
+    Ok(office.close().await?)
 }

@@ -47,7 +47,7 @@ async fn send(
         let page = from
             .changes("notes", *cursor, PageOptions::default().limit(1000))
             .await?;
-        let wire = to_wire(&page.records().cloned().collect::<Vec<_>>());
+        let wire = to_wire(&page.records().cloned().collect::<Vec<_>>())?;
         let merged = to.sync("notes", from_wire(&wire)?).await?;
         *cursor = page.next;
         report(direction, &merged, wire.len());
@@ -57,8 +57,11 @@ async fn send(
     }
 }
 
-fn to_wire(records: &[Record]) -> String {
-    serde_json::to_string(records).unwrap_or_else(|_| "[]".to_owned())
+fn to_wire(records: &[Record]) -> syncforge::Result<String> {
+    // An error, not an empty page: the cursor must not move past records
+    // that were never sent.
+    serde_json::to_string(records)
+        .map_err(|e| syncforge::Error::invalid_record(None, format!("cannot encode: {e}")))
 }
 
 fn from_wire(text: &str) -> syncforge::Result<Vec<Record>> {
@@ -108,8 +111,17 @@ async fn print_notes(name: &str, engine: &SyncEngine) -> syncforge::Result<Strin
         .join("\n"))
 }
 
+/// `Ok` when `claim` holds, else an error saying what did not.
+fn check(claim: bool, what: &str) -> Result<(), String> {
+    if claim {
+        Ok(())
+    } else {
+        Err(format!("not so: {what}"))
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> syncforge::Result<()> {
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let server = replica("server").await?;
     let phone = replica("phone").await?;
     let laptop = replica("laptop").await?;
@@ -169,6 +181,30 @@ async fn main() -> syncforge::Result<()> {
     let s = print_notes("server", &server).await?;
     let p = print_notes("phone", &phone).await?;
     let l = print_notes("laptop", &laptop).await?;
-    println!("all three replicas byte-identical: {}", s == p && p == l);
+    check(s == p && p == l, "the three replicas are byte-identical")?;
+    let note = |id: &'static str| {
+        let server = server.clone();
+        async move { server.get("notes", id).await }
+    };
+    let n1 = note("n1").await?.map(|r| r.content()).unwrap_or_default();
+    check(
+        n1.get("title") == Some(&json!("Q3 Planning Notes"))
+            && n1.get("body") == Some(&json!("Discuss Q3 targets\n- Revenue goals")),
+        "n1 keeps the laptop's title and the phone's body",
+    )?;
+    let n2 = note("n2").await?.map(|r| r.content()).unwrap_or_default();
+    check(
+        n2.get("body") == Some(&json!("milk, eggs")),
+        "n2 keeps the phone's edit",
+    )?;
+    check(
+        note("n3").await?.is_some_and(|r| r.is_deleted()),
+        "n3 is deleted",
+    )?;
+    check(
+        note("n4").await?.is_some_and(|r| !r.is_deleted()),
+        "n4, written on the laptop, is everywhere",
+    )?;
+    println!("all three replicas byte-identical, every edit kept");
     Ok(())
 }
