@@ -27,8 +27,10 @@ impl SyncEngine {
     /// [`add_auto_sync_peer`](Self::add_auto_sync_peer). A failed peer sync
     /// emits `sync:error` and the window goes on with the next; so does one
     /// that panics (reported as [`Error::PeerProtocol`]). A pair already
-    /// being synced (a `sync_with` the application called) is left to that
-    /// sync. When a window takes longer than the interval, the next one
+    /// being synced (a `sync_with`, `pull_from` or `push_to` the
+    /// application called) is waited for, at most the peer timeout, before
+    /// that timeout starts for the window's own sync; one still busy then
+    /// is left to that sync. When a window takes longer than the interval, the next one
     /// waits instead of bunching up; one that panics outside a peer sync
     /// (its store listing the collections, say) is logged as an error, and
     /// the next one runs on time.
@@ -191,26 +193,31 @@ impl SyncEngine {
                     });
                 }
                 for peer in &peers {
-                    // A sync of the pair under way (one the application
-                    // started) does this window's work, and is not waited
-                    // for. sync_with reports its own failure (event and log). A
+                    // sync_with reports its own failure (event and log). A
                     // panic (a peer's, or a bug) ends that one sync, not the
                     // window and the timer with it, and is reported alike;
                     // so does a sync past its bound (a peer that never
-                    // answers held up every later window).
+                    // answers held up every later window). The bound starts
+                    // once the pair's turn came: a sync of the pair the
+                    // application runs meanwhile is waited for (as long
+                    // again at most), not counted against the peer.
                     let bound = self.config().auto_sync_peer_timeout();
-                    let syncing =
-                        AssertUnwindSafe(self.sync_with_unless_busy(peer.as_ref(), collection));
+                    let Some(turn) = self.peer_sync_turn(peer.peer_id(), collection, bound).await
+                    else {
+                        tracing::info!(
+                            peer = peer.peer_id(),
+                            collection = collection.as_str(),
+                            "auto-sync left the pair to its sync still under way"
+                        );
+                        continue;
+                    };
+                    let syncing = AssertUnwindSafe(self.sync_with_turn(
+                        peer.as_ref(),
+                        collection,
+                        turn,
+                    ));
                     let error = match tokio::time::timeout(bound, syncing.catch_unwind()).await {
-                        Ok(Ok(Some(_))) => continue,
-                        Ok(Ok(None)) => {
-                            tracing::debug!(
-                                peer = peer.peer_id(),
-                                collection = collection.as_str(),
-                                "auto-sync leaves the pair to the sync of it under way"
-                            );
-                            continue;
-                        }
+                        Ok(Ok(_)) => continue,
                         Ok(Err(payload)) => Error::PeerProtocol {
                             peer: peer.peer_id().to_owned(),
                             reason: format!(

@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashSet};
 use std::num::NonZeroUsize;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use syncforge_core::{
@@ -175,23 +175,31 @@ impl SyncEngine {
             .await
     }
 
-    /// [`sync_with`](Self::sync_with) for an auto-sync window: `None`, with
-    /// nothing done, while another sync of the pair is under way (that one
-    /// does the window's work; waiting for it under the peer timeout made a
-    /// busy peer look unavailable).
-    pub(crate) async fn sync_with_unless_busy(
+    /// The turn of the pair `peer_id` and `collection`, once no other sync
+    /// of it runs; `None` when that took longer than `patience`. An
+    /// auto-sync window waits for it before its own timeout starts: waiting
+    /// under that timeout for a sync the application runs made a busy peer
+    /// look unavailable.
+    pub(crate) async fn peer_sync_turn(
+        &self,
+        peer_id: &str,
+        collection: &CollectionName,
+        patience: Duration,
+    ) -> Option<OwnedMutexGuard<()>> {
+        let lock = self.peer_sync_lock(peer_id, collection);
+        tokio::time::timeout(patience, lock.lock_owned()).await.ok()
+    }
+
+    /// [`sync_with`](Self::sync_with) in `turn`, the pair's turn
+    /// [`peer_sync_turn`](Self::peer_sync_turn) gave.
+    pub(crate) async fn sync_with_turn(
         &self,
         peer: &dyn SyncPeer,
         collection: &CollectionName,
-    ) -> Option<Result<PeerSyncReport>> {
-        let turn = self
-            .peer_sync_lock(peer.peer_id(), collection)
-            .try_lock_owned()
-            .ok()?;
-        Some(
-            self.peer_sync(peer, collection, Direction::Both, Some(turn))
-                .await,
-        )
+        turn: OwnedMutexGuard<()>,
+    ) -> Result<PeerSyncReport> {
+        self.peer_sync(peer, collection, Direction::Both, Some(turn))
+            .await
     }
 
     /// One-way incremental sync: merges the peer's changes of `collection`

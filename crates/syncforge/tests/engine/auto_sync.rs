@@ -617,13 +617,28 @@ async fn a_window_that_panics_outside_a_peer_sync_does_not_end_auto_sync() {
     a.close().await.unwrap();
 }
 
-/// A peer whose pull waits, while `held` is set, until `release` is
-/// notified; it says when a pull started.
+/// A peer whose pull and push wait, while `held` is set, until `release`
+/// is notified; it says when a call started, and counts the pulls.
 #[derive(Default)]
 struct HeldPeer {
     held: std::sync::atomic::AtomicBool,
     entered: tokio::sync::Notify,
     release: tokio::sync::Notify,
+    pulls: std::sync::atomic::AtomicUsize,
+}
+
+impl HeldPeer {
+    async fn wait_while_held(&self) {
+        self.entered.notify_one();
+        if self.held.load(std::sync::atomic::Ordering::SeqCst) {
+            self.release.notified().await;
+        }
+    }
+
+    fn let_go(&self) {
+        self.held.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.release.notify_one();
+    }
 }
 
 #[syncforge::core::async_trait]
@@ -638,10 +653,8 @@ impl syncforge::SyncPeer for HeldPeer {
         cursor: syncforge::Cursor,
         _limit: std::num::NonZeroUsize,
     ) -> syncforge::Result<syncforge::ChangePage> {
-        self.entered.notify_one();
-        if self.held.load(std::sync::atomic::Ordering::SeqCst) {
-            self.release.notified().await;
-        }
+        self.wait_while_held().await;
+        self.pulls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(syncforge::ChangePage {
             changes: Vec::new(),
             next: cursor,
@@ -654,16 +667,18 @@ impl syncforge::SyncPeer for HeldPeer {
         _collection: &syncforge::CollectionName,
         _records: Vec<syncforge::Record>,
     ) -> syncforge::Result<syncforge::PushOutcome> {
+        self.wait_while_held().await;
         Ok(syncforge::PushOutcome::all_stored())
     }
 }
 
 /// A window that came while the application's own `sync_with` of the same
 /// pair ran waited for it under the peer timeout, and reported the healthy
-/// peer as unavailable, window after window. It leaves the pair to the sync
-/// under way, which ends as it would have.
+/// peer as unavailable, window after window. It waits for its turn apart,
+/// and leaves the pair, still busy, to the sync under way, which ends as it
+/// would have.
 #[tokio::test(start_paused = true)]
-async fn a_window_leaves_a_pair_being_synced_alone() {
+async fn a_window_does_not_count_a_long_sync_of_its_pair_against_the_peer() {
     use std::sync::atomic::Ordering;
     let bound = Duration::from_secs(2);
     let a = auto_syncing_c()
@@ -693,10 +708,50 @@ async fn a_window_leaves_a_pair_being_synced_alone() {
         }
     }
     assert_eq!(windows, 2);
-    peer.held.store(false, Ordering::SeqCst);
-    peer.release.notify_one();
+    peer.let_go();
     let report = manual.await.unwrap().unwrap();
     assert_eq!(report.peer_id, "held");
+    a.close().await.unwrap();
+}
+
+/// A window that comes while the application pushes to the same peer (a
+/// `push_to`, which pulls nothing) waits for that push and then syncs: the
+/// window's pull is not skipped because another sync of the pair ran.
+#[tokio::test(start_paused = true)]
+async fn a_window_syncs_its_pair_after_a_short_sync_of_it() {
+    use std::sync::atomic::Ordering;
+    let bound = Duration::from_secs(2);
+    let a = auto_syncing_c()
+        .auto_sync_peer_timeout(bound)
+        .build()
+        .await
+        .unwrap();
+    a.put("c", &json!({"id": "to-push"})).await.unwrap();
+    let peer = Arc::new(HeldPeer::default());
+    peer.held.store(true, Ordering::SeqCst);
+    a.add_auto_sync_peer(peer.clone()).unwrap();
+    let mut rx = a.subscribe();
+    let manual = tokio::spawn({
+        let (a, peer) = (a.clone(), peer.clone());
+        async move { a.push_to(peer.as_ref(), "c").await }
+    });
+    peer.entered.notified().await;
+    assert_eq!(
+        next_window(&mut rx, INTERVAL + SLACK).await.as_deref(),
+        Some("c")
+    );
+    // The window waits for the push; the push ends within the bound.
+    tokio::time::sleep(bound / 2).await;
+    peer.let_go();
+    let pushed = manual.await.unwrap().unwrap();
+    assert_eq!(pushed.pushed, 1);
+    timeout(bound, async {
+        while peer.pulls.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the window left its pair unsynced");
     a.close().await.unwrap();
 }
 
