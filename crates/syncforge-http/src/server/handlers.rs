@@ -390,8 +390,14 @@ impl FeedQuery {
             Some(after) if after > LARGEST_CURSOR => {
                 return Err(ApiError::new(
                     ErrorCode::InvalidCursor,
-                    format!("`after` is past the largest cursor, 2^53: {after}"),
-                ))
+                    // The text sent: a number past every integer was read
+                    // as the largest one.
+                    format!(
+                        "`after` is past the largest cursor, 2^53: {}",
+                        seen.get("after")
+                            .map_or_else(String::new, |text| shorten(text))
+                    ),
+                ));
             }
             Some(after) => Cursor::new(after),
         };

@@ -290,6 +290,36 @@ async fn each_kind_of_bad_input_gets_its_typed_refusal_and_writes_nothing() {
     )
     .await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+    // An `after` past every integer is refused quoting what was sent.
+    let answer = send(
+        &client,
+        Method::GET,
+        &format!("{feed}?after=99999999999999999999999"),
+        None,
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert!(
+        answer.text.contains("99999999999999999999999"),
+        "{}",
+        answer.text
+    );
+    // An empty collection name is a name no store takes.
+    let answer = send(
+        &client,
+        Method::GET,
+        &format!("{}/v1/collections//changes", server.url()),
+        None,
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    expect(
+        &answer,
+        StatusCode::BAD_REQUEST,
+        ErrorCode::InvalidCollection,
+    );
     let answer = send(
         &client,
         Method::GET,
