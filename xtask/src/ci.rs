@@ -177,22 +177,6 @@ fn steps(test_env: &[(&'static str, OsString)]) -> Vec<Step> {
             ],
             needs_services: true,
         },
-        Step {
-            // The examples check what they show (replicas converged, every
-            // edit kept) and fail when it does not hold: run, not only built.
-            name: "examples",
-            commands: [
-                ("syncforge", "quickstart"),
-                ("syncforge", "offline_first"),
-                ("syncforge-http", "field_service"),
-            ]
-            .into_iter()
-            .map(|(package, example)| {
-                Cargo::new(&["run", "-p", package, "--all-features", "--example", example]).locked()
-            })
-            .collect(),
-            needs_services: false,
-        },
     ]
 }
 

@@ -6,8 +6,17 @@
 use serde_json::json;
 use syncforge::SyncEngine;
 
+/// `Ok` when `claim` holds, else an error saying what did not.
+fn check(claim: bool, what: &str) -> Result<(), String> {
+    if claim {
+        Ok(())
+    } else {
+        Err(format!("not so: {what}"))
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> syncforge::Result<()> {
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let engine = SyncEngine::builder().build().await?;
 
     // Store a record.
@@ -16,9 +25,15 @@ async fn main() -> syncforge::Result<()> {
         .await?;
 
     // Retrieve it: the metadata is visible in its JSON form.
-    if let Some(user) = engine.get("users", "1").await? {
-        println!("stored:  {}", user.to_json());
-    }
+    let user = engine
+        .get("users", "1")
+        .await?
+        .ok_or("the record is not stored")?;
+    println!("stored:  {}", user.to_json());
+    check(
+        user.get("name") == Some(json!("Alice")),
+        "the record reads back",
+    )?;
 
     // Update it: only `age` gets a new stamp.
     let updated = engine
@@ -29,16 +44,23 @@ async fn main() -> syncforge::Result<()> {
         updated.version(),
         updated.get("age").unwrap_or(json!(null))
     );
+    check(
+        updated.version() == 2 && updated.get("age") == Some(json!(31)),
+        "the update is version 2, with the new age",
+    )?;
 
     // Delete it (soft delete: the tombstone travels in syncs).
-    if let Some(deleted) = engine.delete("users", "1").await? {
-        println!(
-            "deleted: {} (version {})",
-            deleted.is_deleted(),
-            deleted.version()
-        );
-    }
+    let deleted = engine
+        .delete("users", "1")
+        .await?
+        .ok_or("there was nothing to delete")?;
+    println!(
+        "deleted: {} (version {})",
+        deleted.is_deleted(),
+        deleted.version()
+    );
+    check(deleted.is_deleted(), "the record is deleted")?;
 
     // Close: releases the backend, never deletes stored data.
-    engine.close().await
+    Ok(engine.close().await?)
 }
