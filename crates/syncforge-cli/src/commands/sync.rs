@@ -288,16 +288,46 @@ impl Ends {
         })
     }
 
+    /// Closes the local ends, failing when their reads skipped corrupt
+    /// record files: the sync did not carry those records (a backup taken
+    /// with it would lack them), which a warning alone let pass with
+    /// success.
     async fn close(self) -> Result<()> {
+        let skipped: Vec<(String, u64)> = self
+            .local_stores()
+            .into_iter()
+            .map(|store| (store.url().to_string(), store.corrupt_skipped()))
+            .filter(|(_, count)| *count > 0)
+            .collect();
         match self {
             Ends::Local { src, dst } => {
                 src.close().await?;
-                dst.close().await
+                dst.close().await?;
             }
             #[cfg(feature = "http")]
-            Ends::FromServer { dst, .. } => dst.close().await,
+            Ends::FromServer { dst, .. } => dst.close().await?,
             #[cfg(feature = "http")]
-            Ends::ToServer { src, .. } => src.close().await,
+            Ends::ToServer { src, .. } => src.close().await?,
+        }
+        match skipped.first() {
+            None => Ok(()),
+            Some((url, count)) => anyhow::bail!(
+                "{count} corrupt record file(s) of {url} were skipped, each named in a warning \
+                 above: the sync did not carry their records. Every other change was synced; \
+                 repair or remove those files, then write a repaired record again so that it \
+                 travels"
+            ),
+        }
+    }
+
+    /// The ends that are stores of this process (not sync servers).
+    fn local_stores(&self) -> Vec<&Store> {
+        match self {
+            Ends::Local { src, dst } => vec![src, dst],
+            #[cfg(feature = "http")]
+            Ends::FromServer { dst, .. } => vec![dst],
+            #[cfg(feature = "http")]
+            Ends::ToServer { src, .. } => vec![src],
         }
     }
 }

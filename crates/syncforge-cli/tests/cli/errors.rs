@@ -7,9 +7,12 @@ use crate::support::{arg, docs, on_a_terminal, syncforge, syncforge_with};
 
 #[test]
 fn every_command_shows_an_example_in_its_help() {
-    let commands = [
+    let mut commands = vec![
         "sync", "ls", "get", "put", "delete", "export", "import", "stats", "watch",
     ];
+    if cfg!(feature = "http") {
+        commands.push("serve");
+    }
     for command in commands {
         let help = syncforge(&[command, "--help"]).ok();
         assert!(help.stdout.contains("Examples:"), "{command}: {help:?}");
@@ -284,6 +287,27 @@ fn a_corrupt_record_file_skipped_by_an_export_is_shown_and_fails_it() {
     std::fs::remove_file(store.join("notes").join("n00000.json")).unwrap();
     let repaired = syncforge(&["export", arg(&store), "notes"]).ok();
     assert_eq!(repaired.stdout.lines().count(), 1, "{repaired:?}");
+}
+
+/// A sync whose source skipped a corrupt record file synced the rest and
+/// exited 0, its cursor past the record, which a backup taken with `sync`
+/// then lacked for good: it fails once the rest is synced, as an export does.
+#[test]
+fn a_corrupt_record_file_skipped_by_a_sync_fails_it() {
+    let dir = TempDir::new().unwrap();
+    let (store, backup) = (dir.path().join("store"), dir.path().join("backup"));
+    syncforge_with(&["put", arg(&store), "notes"], &docs("n", 2)).ok();
+    std::fs::write(
+        store.join("notes").join("n00000.json"),
+        br#"{"id": "someone else"}"#,
+    )
+    .unwrap();
+    let run = syncforge(&["sync", arg(&store), arg(&backup)]).fails(1);
+    assert!(run.stderr.contains("n00000.json"), "{run:?}");
+    assert!(run.stderr.contains("1 corrupt record file(s)"), "{run:?}");
+    // The rest was synced.
+    let exported = syncforge(&["export", arg(&backup), "notes"]).ok();
+    assert_eq!(exported.stdout.lines().count(), 1, "{exported:?}");
 }
 
 /// `import` with no FILE and a terminal on stdin waited in silence for input
