@@ -341,7 +341,8 @@ pub(crate) struct WatchArgs {
     /// Print the whole feed first.
     #[arg(long, conflicts_with = "after")]
     pub(crate) from_start: bool,
-    /// Start after this cursor.
+    /// Start after this cursor, one of this store's feed (a cursor past
+    /// its end is refused).
     #[arg(long, value_name = "CURSOR")]
     pub(crate) after: Option<u64>,
     /// Stop after printing this many changes (at least 1).

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use serde_json::{json, Value};
-use syncforge::{Change, Cursor};
+use syncforge::{Change, CollectionName, Cursor};
 
 use super::Context;
 use crate::cli::WatchArgs;
@@ -29,6 +29,29 @@ fn is_transient(error: &anyhow::Error) -> bool {
         .is_some_and(syncforge::Error::is_transient)
 }
 
+/// `after`, unless it is past the end of the collection's feed, which no
+/// cursor of this store is: one taken from another store, or from this one
+/// before it was restored. Followed from there, the watch printed nothing
+/// until the feed reached it, and skipped every change until then. The
+/// whole feed is read only when nothing comes after `after`.
+async fn within_feed(store: &Reader, name: &CollectionName, after: Cursor) -> Result<Cursor> {
+    let next = store.page(name, after, NonZeroUsize::MIN).await?;
+    if !next.changes.is_empty() || next.next > after {
+        return Ok(after);
+    }
+    let end = store.each_change(name, drop).await?;
+    if after > end {
+        anyhow::bail!(
+            "--after {after} is past the end of the change feed of collection {:?} of {} (its \
+             end is cursor {end}): no change of it would be shown until the feed got there; \
+             was the cursor taken from another store, or before this one was restored?",
+            name.as_str(),
+            store.url()
+        );
+    }
+    Ok(after)
+}
+
 pub(crate) async fn run(args: WatchArgs, cx: &mut Context) -> Result<()> {
     let url = parse_url("STORE", &args.store)?;
     let name = parse_collection(&args.collection)?;
@@ -36,7 +59,7 @@ pub(crate) async fn run(args: WatchArgs, cx: &mut Context) -> Result<()> {
     store.require(&name).await?;
     let mut cursor = match (args.from_start, args.after) {
         (true, _) => Cursor::START,
-        (false, Some(after)) => Cursor::new(after),
+        (false, Some(after)) => within_feed(&store, &name, Cursor::new(after)).await?,
         (false, None) => store.each_change(&name, drop).await?,
     };
     // The cursor means something only in this store's feed: after the store

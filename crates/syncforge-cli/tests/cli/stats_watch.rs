@@ -69,6 +69,22 @@ fn watch_prints_the_feed_and_follows_new_changes() {
     assert_eq!(lines[0]["cursor"], 1);
     assert_eq!(lines[2]["record"]["id"], "n00002");
 
+    // A cursor past the end of the feed (taken from another store, or
+    // before a restore) is refused: followed, it showed nothing until the
+    // feed got there.
+    let past = syncforge(&[
+        "watch",
+        arg(&store),
+        "notes",
+        "--after",
+        "999",
+        "--count",
+        "1",
+    ])
+    .fails(1);
+    assert!(past.stderr.contains("past the end"), "{past:?}");
+    assert!(past.stderr.contains("cursor 3"), "{past:?}");
+
     // From the end of the feed: only what is written from now on. The
     // watcher says on stderr where it starts; write only after that.
     let mut watcher = command(&[

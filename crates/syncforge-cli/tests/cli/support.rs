@@ -48,7 +48,13 @@ impl Run {
 /// The binary, without the environment variables it reads.
 pub(crate) fn command(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_syncforge"));
-    command.args(args).env_remove("SYNCFORGE_CLIENT_ID");
+    // The variables the binary reads, unset: a developer's own token or
+    // log level must not change what the tests see.
+    command
+        .args(args)
+        .env_remove("SYNCFORGE_CLIENT_ID")
+        .env_remove("SYNCFORGE_TOKEN")
+        .env_remove("SYNCFORGE_LOG");
     command
 }
 
