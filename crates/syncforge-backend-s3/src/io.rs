@@ -136,7 +136,7 @@ impl Io {
             // as absent, every record would be, and a delete would find
             // nothing to delete.
             Err(e @ object_store::Error::NotFound { .. }) if names_no_bucket(&e) => {
-                return Err(missing_bucket(e, "reading", path))
+                return Err(missing_bucket(&e, "reading", path))
             }
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(map_error(e, "reading", path)),
@@ -260,7 +260,7 @@ impl Io {
             Err(e @ object_store::Error::NotFound { .. })
                 if matches!(condition, Condition::Absent) || names_no_bucket(&e) =>
             {
-                Err(missing_bucket(e, "writing", path))
+                Err(missing_bucket(&e, "writing", path))
             }
             Err(e) => Err(map_error(e, "writing", path)),
         }
@@ -280,7 +280,7 @@ impl Io {
         for result in results {
             match result {
                 Err(e @ object_store::Error::NotFound { .. }) if names_no_bucket(&e) => {
-                    return Err(missing_bucket(e, "deleting objects from", &first))
+                    return Err(missing_bucket(&e, "deleting objects from", &first))
                 }
                 Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
                 // A key someone else removed first, as some S3-compatible
@@ -359,11 +359,11 @@ fn names_no_bucket(error: &object_store::Error) -> bool {
 
 /// The error for a request answered "not found" for its bucket: permanent,
 /// naming what to check.
-fn missing_bucket(error: object_store::Error, doing: &str, path: &Path) -> Error {
+fn missing_bucket(error: &object_store::Error, doing: &str, path: &Path) -> Error {
     Error::storage_caused(
         BACKEND_NAME,
         format!("{doing} {path}: not found; does the bucket exist?"),
-        error,
+        StoreAnswer::of(error),
     )
 }
 
@@ -385,8 +385,9 @@ fn no_etag(path: &Path) -> Error {
 /// [`Error::Unavailable`] (transient: the engine retries them); refused
 /// credentials or permissions, unsupported operations and other client
 /// errors are [`Error::Storage`] saying what to check. Messages name the
-/// object and never carry credentials (object_store does not put them in
-/// its errors; requests are signed in headers it does not print).
+/// object and never carry credentials: requests are signed in headers
+/// object_store does not print, and what an answer's body quotes of them
+/// is taken out of the cause kept ([`StoreAnswer`]).
 pub(crate) fn map_error(error: object_store::Error, doing: &str, path: &Path) -> Error {
     use object_store::Error as E;
     if let E::NotSupported { source } = &error {
@@ -400,33 +401,47 @@ pub(crate) fn map_error(error: object_store::Error, doing: &str, path: &Path) ->
     let status = http_status(&message);
     let key_code = bulk_delete_code(&error);
     match error {
-        E::PermissionDenied { .. } | E::Unauthenticated { .. } => refused(error, doing, path),
-        _ if key_code.as_deref().is_some_and(names_credentials) => refused(error, doing, path),
-        _ if key_code.as_deref() == Some("NoSuchBucket") => missing_bucket(error, doing, path),
-        _ if key_code.as_deref() == Some("NotImplemented") => unsupported(error, doing, path),
+        E::PermissionDenied { .. } | E::Unauthenticated { .. } => refused(&error, doing, path),
+        _ if key_code.as_deref().is_some_and(names_credentials) => refused(&error, doing, path),
+        // An expired or unknown session token is answered 400, which says
+        // nothing more than "failed" without its code.
+        _ if ["ExpiredToken", "InvalidToken", "TokenRefreshRequired"]
+            .iter()
+            .any(|code| message.contains(&format!("<Code>{code}</Code>"))) =>
+        {
+            refused(&error, doing, path)
+        }
+        _ if key_code.as_deref() == Some("NoSuchBucket") => missing_bucket(&error, doing, path),
+        _ if key_code.as_deref() == Some("NotImplemented") => unsupported(&error, doing, path),
         // A code that says the delete can never succeed as asked stays until
         // someone acts; any other (S3's `SlowDown`, MinIO's `SlowDownWrite`
         // for a lost quorum, a code never seen) is tried again, as an
         // answer without a status is.
-        other if key_code.as_deref().is_some_and(says_for_good) => {
-            Error::storage_caused(BACKEND_NAME, format!("{doing} {path} failed"), other)
-        }
-        E::NotImplemented { .. } | E::NotSupported { .. } => unsupported(error, doing, path),
+        other if key_code.as_deref().is_some_and(says_for_good) => Error::storage_caused(
+            BACKEND_NAME,
+            format!("{doing} {path} failed"),
+            StoreAnswer::of(&other),
+        ),
+        E::NotImplemented { .. } | E::NotSupported { .. } => unsupported(&error, doing, path),
         // A server without conditional writes answers them 501 Not Implemented.
-        other if status == Some(501) => unsupported(other, doing, path),
+        other if status == Some(501) => unsupported(&other, doing, path),
         E::InvalidPath { .. } | E::UnknownConfigurationKey { .. } => Error::storage_caused(
             BACKEND_NAME,
             format!("{doing} {path}: the store refused the key"),
-            error,
+            StoreAnswer::of(&error),
         ),
         other if is_transient(&other, status, &message) => Error::unavailable(
             BACKEND_NAME,
             Described {
                 message: format!("{doing} {path}"),
-                source: other,
+                source: StoreAnswer::of(&other),
             },
         ),
-        other => Error::storage_caused(BACKEND_NAME, format!("{doing} {path} failed"), other),
+        other => Error::storage_caused(
+            BACKEND_NAME,
+            format!("{doing} {path} failed"),
+            StoreAnswer::of(&other),
+        ),
     }
 }
 
@@ -444,14 +459,14 @@ pub(crate) fn names_a_key_too_long(error: &Error) -> bool {
 }
 
 /// A request the credentials may not make: permanent, naming what to check.
-fn refused(error: object_store::Error, doing: &str, path: &Path) -> Error {
+fn refused(error: &object_store::Error, doing: &str, path: &Path) -> Error {
     Error::storage_caused(
         BACKEND_NAME,
         format!(
             "{doing} {path} was refused: check the credentials and that they may read, write, \
              list and delete objects under the prefix"
         ),
-        error,
+        StoreAnswer::of(error),
     )
 }
 
@@ -499,7 +514,7 @@ fn says_for_good(code: &str) -> bool {
 }
 
 /// A store that lacks an operation the backend needs.
-fn unsupported(error: object_store::Error, doing: &str, path: &Path) -> Error {
+fn unsupported(error: &object_store::Error, doing: &str, path: &Path) -> Error {
     Error::storage_caused(
         BACKEND_NAME,
         format!(
@@ -508,7 +523,7 @@ fn unsupported(error: object_store::Error, doing: &str, path: &Path) -> Error {
              conditional writes, Azure, or S3Backend::local_directory for a local \
              directory"
         ),
-        error,
+        StoreAnswer::of(error),
     )
 }
 
@@ -569,7 +584,7 @@ fn http_status(message: &str) -> Option<u16> {
 #[derive(Debug)]
 struct Described {
     message: String,
-    source: object_store::Error,
+    source: StoreAnswer,
 }
 
 impl std::fmt::Display for Described {
@@ -582,6 +597,97 @@ impl std::error::Error for Described {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         Some(&self.source)
     }
+}
+
+/// What the store answered, kept as the cause of an error: the store's
+/// error as text, with what an S3 answer quotes of the credentials taken
+/// out, and without the chain of causes under it, whose text quotes the
+/// answer again. S3 puts a rejected session token whole in the body of
+/// `ExpiredToken` and `InvalidToken` (`<Token-0>`), and the access key id,
+/// the string signed and the canonical request (with the session token's
+/// header) in the body of `SignatureDoesNotMatch`; a program prints every
+/// cause of an error it reports. A local file system's `io::Error` in that
+/// chain is kept, by kind and text (no credentials there), for the callers
+/// that look for it.
+#[derive(Debug)]
+struct StoreAnswer {
+    text: String,
+    io: Option<std::io::Error>,
+}
+
+impl StoreAnswer {
+    fn of(error: &object_store::Error) -> StoreAnswer {
+        let mut io = None;
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+        while let Some(current) = cause {
+            if let Some(found) = current.downcast_ref::<std::io::Error>() {
+                io = Some(std::io::Error::new(found.kind(), found.to_string()));
+                break;
+            }
+            cause = current.source();
+        }
+        StoreAnswer {
+            text: without_credentials(&error.to_string()),
+            io,
+        }
+    }
+}
+
+impl std::fmt::Display for StoreAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::error::Error for StoreAnswer {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.io
+            .as_ref()
+            .map(|io| io as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// The elements of an S3 error body that quote credentials: their content
+/// is replaced (`Token-0`, `Token-1`... by their common start).
+const CREDENTIAL_ELEMENTS: [&str; 7] = [
+    "Token-",
+    "AWSAccessKeyId",
+    "StringToSign",
+    "StringToSignBytes",
+    "CanonicalRequest",
+    "CanonicalRequestBytes",
+    "SignatureProvided",
+];
+
+/// `text` with the content of every [`CREDENTIAL_ELEMENTS`] element
+/// replaced by `(removed)`; the rest (the code, the message) as it was.
+fn without_credentials(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(open) = rest.find('<') {
+        let (before, tag) = rest.split_at(open);
+        out.push_str(before);
+        let Some(end) = tag.find('>') else {
+            rest = tag;
+            break;
+        };
+        let (opening, after) = tag.split_at(end + 1);
+        out.push_str(opening);
+        rest = after;
+        let name = &opening[1..opening.len() - 1];
+        let quotes_credentials = !name.starts_with('/')
+            && CREDENTIAL_ELEMENTS
+                .iter()
+                .any(|element| name.starts_with(element));
+        if quotes_credentials {
+            // Up to the element's end, or the whole rest of a cut body.
+            let content = rest.find("</").unwrap_or(rest.len());
+            out.push_str("(removed)");
+            rest = &rest[content..];
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -790,6 +896,75 @@ mod tests {
         };
         assert!(message.contains("modification times"), "{message}");
         assert!(!message.contains("local_directory"), "{message}");
+    }
+
+    /// S3 quotes a rejected session token whole in the body of
+    /// `ExpiredToken`, and the access key and the signed request in that of
+    /// `SignatureDoesNotMatch`: the error kept that body as its cause, and a
+    /// program printing every cause printed the credentials.
+    #[test]
+    fn credentials_an_answer_quotes_are_not_kept() {
+        let chain = |error: &Error| {
+            let mut text = String::new();
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+            while let Some(current) = cause {
+                text.push_str(&current.to_string());
+                text.push('\n');
+                cause = current.source();
+            }
+            text
+        };
+        let path = Path::from("p/k");
+        for (status, body) in [
+            (
+                "400 Bad Request",
+                "<Error><Code>ExpiredToken</Code><Message>The provided token has expired.\
+                 </Message><Token-0>FwoGZXIvYXdzEXAMPLESESSIONTOKEN</Token-0></Error>",
+            ),
+            (
+                "403 Forbidden",
+                "<Error><Code>SignatureDoesNotMatch</Code><AWSAccessKeyId>AKIAEXAMPLEKEYID\
+                 </AWSAccessKeyId><StringToSign>AWS4-HMAC-SHA256 EXAMPLESIGNED</StringToSign>\
+                 <CanonicalRequest>PUT /p/k x-amz-security-token:FwoGZXIvYXdzEXAMPLESESSIONTOKEN\
+                 </CanonicalRequest></Error>",
+            ),
+            // A body cut short inside an element.
+            (
+                "400 Bad Request",
+                "<Error><Token-0>FwoGZXIvYXdzEXAMPLESESSIONTOKEN",
+            ),
+        ] {
+            for error in [
+                generic(&format!(
+                    "Server returned non-2xx status code: {status}: {body}"
+                )),
+                object_store::Error::PermissionDenied {
+                    path: "p/k".to_owned(),
+                    source: format!("Server returned non-2xx status code: {status}: {body}").into(),
+                },
+            ] {
+                let text = chain(&map_error(error, "writing", &path));
+                for secret in ["EXAMPLESESSIONTOKEN", "AKIAEXAMPLEKEYID", "EXAMPLESIGNED"] {
+                    assert!(!text.contains(secret), "{text}");
+                }
+                assert!(text.contains("(removed)"), "{text}");
+            }
+        }
+        // The code and message stay.
+        let expired = chain(&map_error(
+            generic(
+                "Server returned non-2xx status code: 400 Bad Request: <Error><Code>\
+                 ExpiredToken</Code><Token-0>t</Token-0></Error>",
+            ),
+            "writing",
+            &path,
+        ));
+        assert!(expired.contains("<Code>ExpiredToken</Code>"), "{expired}");
+        assert!(expired.contains("check the credentials"), "{expired}");
+        assert_eq!(
+            without_credentials("a <Token-0>t</Token-0> b <Code>X</Code> <"),
+            "a <Token-0>(removed)</Token-0> b <Code>X</Code> <"
+        );
     }
 
     /// Only S3's own code in an answer's body makes "not found" about the
