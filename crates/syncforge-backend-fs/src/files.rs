@@ -123,23 +123,27 @@ pub(crate) trait FileOps: Send + Sync + fmt::Debug {
         }
         let next = AtomicUsize::new(0);
         let workers = PARALLEL_SYNCS.min(paths.len());
+        let work = || loop {
+            let index = next.fetch_add(1, Ordering::Relaxed);
+            let Some(path) = paths.get(index) else {
+                return Ok(());
+            };
+            skip_missing(path)?;
+        };
         std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..workers)
-                .map(|_| {
-                    scope.spawn(|| loop {
-                        let index = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(path) = paths.get(index) else {
-                            return Ok(());
-                        };
-                        skip_missing(path)?;
-                    })
-                })
+            // As many helpers as the system gives (`scope.spawn` panics
+            // when it refuses one), and this thread: the work gets done
+            // with none of them.
+            let helpers: Vec<_> = (1..workers)
+                .map_while(|_| std::thread::Builder::new().spawn_scoped(scope, work).ok())
                 .collect();
-            handles.into_iter().try_for_each(|handle| {
-                handle
+            let here = work();
+            helpers.into_iter().try_for_each(|helper| {
+                helper
                     .join()
                     .unwrap_or_else(|_| Err(io::Error::other("a file-sync thread panicked")))
-            })
+            })?;
+            here
         })
     }
 }
@@ -479,7 +483,9 @@ pub(crate) fn create_dir_all(
         Err(err) => return Err(io_error("inspecting", dir, err)),
     }
     let parent_dir = parent(dir)?;
-    if !parent_dir.as_os_str().is_empty() && !parent_dir.is_dir() {
+    // `.` is its own parent here: a current directory that is gone is an
+    // error of `create_dir` below, not a climb without end.
+    if parent_dir != dir && !parent_dir.is_dir() {
         create_dir_all(ops, parent_dir, durable, collection)?;
     }
     match ops.create_dir(dir) {
@@ -488,7 +494,7 @@ pub(crate) fn create_dir_all(
         Err(err) if err.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => return Ok(()),
         Err(err) => return Err(io_error("creating directory", dir, err)),
     }
-    if durable && !parent_dir.as_os_str().is_empty() {
+    if durable {
         sync_dir(ops, parent_dir)?;
     }
     Ok(())
@@ -510,12 +516,23 @@ pub(crate) fn open_lock_file(
 }
 
 pub(crate) fn parent(path: &Path) -> Result<&Path, Error> {
-    path.parent().ok_or_else(|| {
-        Error::storage(
-            BACKEND_NAME,
-            format!("{} has no parent directory", path.display()),
-        )
-    })
+    // A relative name of one part (`FsBackend::open("data")`) has the empty
+    // path for parent, which names no directory to sync: its entry lives
+    // in the current directory.
+    path.parent()
+        .map(|parent| {
+            if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            }
+        })
+        .ok_or_else(|| {
+            Error::storage(
+                BACKEND_NAME,
+                format!("{} has no parent directory", path.display()),
+            )
+        })
 }
 
 /// The entries of a directory.
@@ -528,6 +545,35 @@ pub(crate) fn read_dir(dir: &Path) -> Result<Vec<fs::DirEntry>, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A store opened by a relative name of one part (`FsBackend::open("data")`)
+    /// has the empty path for parent, and its directory's entry, in the
+    /// current directory, was never synced: a power cut could take the
+    /// store with every write acknowledged in it.
+    #[test]
+    fn a_directory_named_relative_is_synced_into_the_current_one() {
+        struct Removed(PathBuf);
+        impl Drop for Removed {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir(&self.0);
+            }
+        }
+        assert_eq!(parent(Path::new("data")).unwrap(), Path::new("."));
+        // Made in the current directory (the crate's, under `cargo test`),
+        // and removed again.
+        let name = PathBuf::from(format!(".syncforge-relative-{}", std::process::id()));
+        let _removed = Removed(name.clone());
+        let synced = std::sync::Mutex::new(Vec::new());
+        let ops = Hooked(|op: &'static str, path: &Path| {
+            if op == "sync_dir" {
+                synced.lock().unwrap().push(path.to_path_buf());
+            }
+            Ok(())
+        });
+        create_dir_all(&ops, &name, true, "").unwrap();
+        assert!(name.is_dir());
+        assert_eq!(*synced.lock().unwrap(), vec![PathBuf::from(".")]);
+    }
 
     #[test]
     fn a_link_is_read_as_a_link_never_followed() {

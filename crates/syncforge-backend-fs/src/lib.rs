@@ -44,6 +44,7 @@
 //!     .lock                 lock for writers (exclusive) and readers (shared)
 //!     .checkpoint.lock      lock held by the one checkpoint under way
 //!     .name                 the collection's name, when the directory name is hashed
+//!     .reserved             change-feed positions reserved for Buffered writes
 //!     .corrupt/             corrupt record files a write moved aside, kept for inspection
 //! ```
 //!
@@ -88,9 +89,11 @@
 //! after a crash writes the files again from the frames. A sync of many
 //! records costs one flush per batch, not one per record. Other programs
 //! reading the record files see every record once the store is closed or
-//! checkpointed. [`Durability::Buffered`] skips the syncs: a crash of the
-//! process still loses nothing, but a power failure or kernel crash can lose
-//! recent writes or leave them empty.
+//! checkpointed. [`Durability::Buffered`] skips the syncs of records (it
+//! still syncs what keeps the store readable and its feed's positions
+//! unique: the metadata, a collection's `.name`, `.reserved`): a crash of
+//! the process still loses nothing, but a power failure or kernel crash can
+//! lose recent writes or leave them empty.
 //!
 //! # Change feed and concurrency
 //!
@@ -355,7 +358,7 @@ impl FsBackend {
                 // with it every write a `Full` handle acknowledged in it.
                 // Best effort: a parent this process may not open for
                 // reading leaves that to the directory's age.
-                if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+                if let Ok(parent) = files::parent(&root) {
                     if let Err(error) = ops.sync_dir(parent) {
                         tracing::debug!(%error, dir = %parent.display(), "could not sync the store directory's parent");
                     }
