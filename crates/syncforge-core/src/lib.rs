@@ -61,6 +61,38 @@ mod validate;
 mod version_vector;
 mod words;
 
+/// Helpers the modules' tests share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::cell::RefCell;
+    use std::sync::mpsc::{channel, Sender};
+
+    /// Runs `early` on a new thread, then `late` from a thread-local's
+    /// destructor on that thread, one registered before the tables `early`
+    /// brought into being, so torn down after them; whether both held (a
+    /// panic in `late` counts as not).
+    pub(crate) fn held_while_torn_down(early: fn() -> bool, late: fn() -> bool) -> bool {
+        struct RunsOnDrop(Sender<bool>, fn() -> bool);
+        impl Drop for RunsOnDrop {
+            fn drop(&mut self) {
+                let held = std::panic::catch_unwind(self.1);
+                let _ = self.0.send(held.unwrap_or(false));
+            }
+        }
+        thread_local! {
+            static LATE: RefCell<Option<RunsOnDrop>> = const { RefCell::new(None) };
+        }
+        let (tx, rx) = channel();
+        let early_held = std::thread::spawn(move || {
+            LATE.with(|slot| *slot.borrow_mut() = Some(RunsOnDrop(tx, late)));
+            early()
+        })
+        .join()
+        .unwrap_or(false);
+        early_held && rx.recv() == Ok(true)
+    }
+}
+
 pub use backend::{
     record_to_insert, Change, ChangePage, Cursor, IfAbsent, StorageBackend, Stored, Token, Write,
     WriteOutcome,

@@ -337,29 +337,11 @@ mod tests {
             IntoName::<CollectionName>::with_name(name, |lent| lent.as_str() == name)
                 .unwrap_or(false)
         }
-        struct NamesOnDrop(std::sync::mpsc::Sender<bool>);
-        impl Drop for NamesOnDrop {
-            fn drop(&mut self) {
-                // The table must be gone here, or this test proves nothing.
-                let gone = RECENT_NAMES.try_with(|_| ()).is_err();
-                let named = std::panic::catch_unwind(|| lend("late"));
-                let _ = self.0.send(gone && named.unwrap_or(false));
-            }
-        }
-        thread_local! {
-            static LATE: std::cell::RefCell<Option<NamesOnDrop>> =
-                const { std::cell::RefCell::new(None) };
-        }
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            // Set first, so torn down last: after the table of recent
-            // names, which the lend below brings into being.
-            LATE.with(|late| *late.borrow_mut() = Some(NamesOnDrop(tx)));
-            assert!(lend("early"));
-        })
-        .join()
-        .unwrap();
-        assert_eq!(rx.recv(), Ok(true));
+        assert!(crate::testing::held_while_torn_down(
+            || lend("early"),
+            // The table must be gone by then, or this test proves nothing.
+            || RECENT_NAMES.try_with(|_| ()).is_err() && lend("late"),
+        ));
     }
 
     #[test]

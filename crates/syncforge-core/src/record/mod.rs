@@ -609,27 +609,10 @@ mod tests {
     /// one then panicked.
     #[test]
     fn records_are_made_while_a_threads_locals_are_torn_down() {
-        struct MakesOnDrop(std::sync::mpsc::Sender<bool>);
-        impl Drop for MakesOnDrop {
-            fn drop(&mut self) {
-                let made = std::panic::catch_unwind(|| round_trip("late", "late-writer"));
-                let _ = self.0.send(made.unwrap_or(false));
-            }
-        }
-        thread_local! {
-            static LATE: std::cell::RefCell<Option<MakesOnDrop>> =
-                const { std::cell::RefCell::new(None) };
-        }
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            // Set first, so torn down last: after syncforge's own tables,
-            // which the round trip below brings into being.
-            LATE.with(|late| *late.borrow_mut() = Some(MakesOnDrop(tx)));
-            assert!(round_trip("early", "early-writer"));
-        })
-        .join()
-        .unwrap();
-        assert_eq!(rx.recv(), Ok(true));
+        assert!(crate::testing::held_while_torn_down(
+            || round_trip("early", "early-writer"),
+            || round_trip("late", "late-writer"),
+        ));
     }
 
     /// `get_text` gives a visible field's canonical text: numbers as

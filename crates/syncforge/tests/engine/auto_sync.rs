@@ -672,6 +672,39 @@ impl syncforge::SyncPeer for HeldPeer {
     }
 }
 
+/// The auto-sync peer timeout of the engines [`inside_a_call_of_the_pair`]
+/// makes.
+const HELD_PEER_BOUND: Duration = Duration::from_secs(2);
+
+/// Engine "a", auto-syncing "c" every [`INTERVAL`] with a peer timeout of
+/// [`HELD_PEER_BOUND`] and a held [`HeldPeer`] as its peer, its events,
+/// and `call` (a sync of that pair the application makes) spawned and
+/// waiting inside the peer.
+async fn inside_a_call_of_the_pair<F>(
+    call: impl FnOnce(SyncEngine, Arc<HeldPeer>) -> F,
+) -> (
+    SyncEngine,
+    Arc<HeldPeer>,
+    EventReceiver,
+    tokio::task::JoinHandle<syncforge::Result<syncforge::PeerSyncReport>>,
+)
+where
+    F: std::future::Future<Output = syncforge::Result<syncforge::PeerSyncReport>> + Send + 'static,
+{
+    let a = auto_syncing_c()
+        .auto_sync_peer_timeout(HELD_PEER_BOUND)
+        .build()
+        .await
+        .unwrap();
+    let peer = Arc::new(HeldPeer::default());
+    peer.held.store(true, std::sync::atomic::Ordering::SeqCst);
+    a.add_auto_sync_peer(peer.clone()).unwrap();
+    let rx = a.subscribe();
+    let manual = tokio::spawn(call(a.clone(), peer.clone()));
+    peer.entered.notified().await;
+    (a, peer, rx, manual)
+}
+
 /// A window that came while the application's own `sync_with` of the same
 /// pair ran waited for it under the peer timeout, and reported the healthy
 /// peer as unavailable, window after window. It waits for its turn apart,
@@ -679,24 +712,11 @@ impl syncforge::SyncPeer for HeldPeer {
 /// would have.
 #[tokio::test(start_paused = true)]
 async fn a_window_does_not_count_a_long_sync_of_its_pair_against_the_peer() {
-    use std::sync::atomic::Ordering;
-    let bound = Duration::from_secs(2);
-    let a = auto_syncing_c()
-        .auto_sync_peer_timeout(bound)
-        .build()
-        .await
-        .unwrap();
-    let peer = Arc::new(HeldPeer::default());
-    peer.held.store(true, Ordering::SeqCst);
-    a.add_auto_sync_peer(peer.clone()).unwrap();
-    let mut rx = a.subscribe();
-    let manual = tokio::spawn({
-        let (a, peer) = (a.clone(), peer.clone());
-        async move { a.sync_with(peer.as_ref(), "c").await }
-    });
-    peer.entered.notified().await;
+    let (a, peer, mut rx, manual) =
+        inside_a_call_of_the_pair(|a, peer| async move { a.sync_with(peer.as_ref(), "c").await })
+            .await;
     let mut windows = 0;
-    let over = tokio::time::Instant::now() + 2 * INTERVAL + bound + SLACK;
+    let over = tokio::time::Instant::now() + 2 * INTERVAL + HELD_PEER_BOUND + SLACK;
     while let Ok(event) = tokio::time::timeout_at(over, rx.recv()).await {
         match event.unwrap() {
             SyncEvent::SyncStart {
@@ -720,32 +740,21 @@ async fn a_window_does_not_count_a_long_sync_of_its_pair_against_the_peer() {
 #[tokio::test(start_paused = true)]
 async fn a_window_syncs_its_pair_after_a_short_sync_of_it() {
     use std::sync::atomic::Ordering;
-    let bound = Duration::from_secs(2);
-    let a = auto_syncing_c()
-        .auto_sync_peer_timeout(bound)
-        .build()
-        .await
-        .unwrap();
-    a.put("c", &json!({"id": "to-push"})).await.unwrap();
-    let peer = Arc::new(HeldPeer::default());
-    peer.held.store(true, Ordering::SeqCst);
-    a.add_auto_sync_peer(peer.clone()).unwrap();
-    let mut rx = a.subscribe();
-    let manual = tokio::spawn({
-        let (a, peer) = (a.clone(), peer.clone());
-        async move { a.push_to(peer.as_ref(), "c").await }
-    });
-    peer.entered.notified().await;
+    let (a, peer, mut rx, manual) = inside_a_call_of_the_pair(|a, peer| async move {
+        a.put("c", &json!({"id": "to-push"})).await?;
+        a.push_to(peer.as_ref(), "c").await
+    })
+    .await;
     assert_eq!(
         next_window(&mut rx, INTERVAL + SLACK).await.as_deref(),
         Some("c")
     );
     // The window waits for the push; the push ends within the bound.
-    tokio::time::sleep(bound / 2).await;
+    tokio::time::sleep(HELD_PEER_BOUND / 2).await;
     peer.let_go();
     let pushed = manual.await.unwrap().unwrap();
     assert_eq!(pushed.pushed, 1);
-    timeout(bound, async {
+    timeout(HELD_PEER_BOUND, async {
         while peer.pulls.load(Ordering::SeqCst) == 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
