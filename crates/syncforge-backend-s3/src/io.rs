@@ -649,9 +649,12 @@ impl std::error::Error for StoreAnswer {
 
 /// The elements of an S3 error body that quote credentials: their content
 /// is replaced (`Token-0`, `Token-1`... by their common start).
-const CREDENTIAL_ELEMENTS: [&str; 7] = [
+const CREDENTIAL_ELEMENTS: [&str; 8] = [
     "Token-",
     "AWSAccessKeyId",
+    // The header an `AuthorizationHeaderMalformed` or `InvalidArgument`
+    // answer quotes (`Credential=<access key id>/...`).
+    "ArgumentValue",
     "StringToSign",
     "StringToSignBytes",
     "CanonicalRequest",
@@ -675,7 +678,9 @@ fn without_credentials(text: &str) -> String {
         out.push_str(opening);
         rest = after;
         let name = &opening[1..opening.len() - 1];
+        // Neither a closing tag nor an empty element (`<Token-0/>`).
         let quotes_credentials = !name.starts_with('/')
+            && !name.ends_with('/')
             && CREDENTIAL_ELEMENTS
                 .iter()
                 .any(|element| name.starts_with(element));
@@ -964,6 +969,13 @@ mod tests {
         assert_eq!(
             without_credentials("a <Token-0>t</Token-0> b <Code>X</Code> <"),
             "a <Token-0>(removed)</Token-0> b <Code>X</Code> <"
+        );
+        assert_eq!(
+            without_credentials(
+                "<Token-0/><Code>InvalidArgument</Code><ArgumentValue>AWS4-HMAC-SHA256 \
+                 Credential=AKIAEXAMPLEKEYID/x</ArgumentValue>"
+            ),
+            "<Token-0/><Code>InvalidArgument</Code><ArgumentValue>(removed)</ArgumentValue>"
         );
     }
 
