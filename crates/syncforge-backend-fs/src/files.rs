@@ -495,7 +495,15 @@ pub(crate) fn create_dir_all(
         Err(err) => return Err(io_error("creating directory", dir, err)),
     }
     if durable {
-        sync_dir(ops, parent_dir)?;
+        match sync_dir(ops, parent_dir) {
+            Ok(()) => {}
+            // The current directory, which the process may search but not
+            // read: best effort, as when the store is opened again.
+            Err(error) if parent_dir == Path::new(".") => {
+                tracing::debug!(%error, "could not sync the current directory");
+            }
+            Err(error) => return Err(error),
+        }
     }
     Ok(())
 }
