@@ -204,6 +204,24 @@ impl Store {
         })
     }
 
+    /// The corrupt record files of `collection` in this store, as they are
+    /// now (reading the whole collection): none for a store of another kind.
+    pub(crate) async fn corrupt_files(
+        &self,
+        collection: &CollectionName,
+    ) -> Result<Vec<std::path::PathBuf>> {
+        #[cfg(feature = "fs")]
+        if let Some(fs) = &self.fs {
+            let found = fs
+                .corrupt_files(collection)
+                .await
+                .with_context(|| format!("cannot list the corrupt files of {}", self.url))?;
+            return Ok(found.into_iter().map(|file| file.path).collect());
+        }
+        let _ = collection;
+        Ok(Vec::new())
+    }
+
     /// How many corrupt record files reads of this store skipped (each named
     /// in a warning on stderr): 0 for a store of another kind.
     pub(crate) fn corrupt_skipped(&self) -> u64 {

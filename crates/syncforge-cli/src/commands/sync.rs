@@ -80,17 +80,24 @@ pub(crate) async fn run(args: SyncArgs, cx: &mut Context) -> Result<()> {
                 .map(|record| (collection.clone(), record.clone())),
         );
     }
-    ends.close().await?;
-    match refused.first() {
-        None => Ok(()),
-        Some((collection, first)) => Err(anyhow::Error::new(Refused(format!(
+    let left_behind = ends.close(&collections, args.both).await?;
+    let refused = refused.first().map(|(collection, first)| {
+        format!(
             "{} record(s) were not sent: the receiving end refused them; the first, {:?} of \
              collection {:?}: {}. Every other change was synced.",
             refused.len(),
             first.id.as_str(),
             collection.as_str(),
             first.reason
-        )))),
+        )
+    });
+    match (left_behind, refused) {
+        (None, None) => Ok(()),
+        (None, Some(refused)) => Err(anyhow::Error::new(Refused(refused))),
+        (Some(left_behind), None) => Err(anyhow::anyhow!(left_behind)),
+        (Some(left_behind), Some(refused)) => {
+            Err(anyhow::anyhow!("{left_behind}. Besides, {refused}"))
+        }
     }
 }
 
@@ -288,17 +295,25 @@ impl Ends {
         })
     }
 
-    /// Closes the local ends, failing when their reads skipped corrupt
-    /// record files: the sync did not carry those records (a backup taken
-    /// with it would lack them), which a warning alone let pass with
-    /// success.
-    async fn close(self) -> Result<()> {
-        let skipped: Vec<(String, u64)> = self
-            .local_stores()
-            .into_iter()
-            .map(|store| (store.url().to_string(), store.corrupt_skipped()))
-            .filter(|(_, count)| *count > 0)
-            .collect();
+    /// Closes the ends; returns what the sync left behind, if anything:
+    /// the corrupt record files still in an end whose change feed it read
+    /// (SRC, and DST with `both`), whose records it skipped, each named in
+    /// a warning on stderr. A backup taken with a sync that succeeded then
+    /// lacked them. A corrupt file of the receiving end that the sync read
+    /// as absent and wrote over is healed (moved aside), and not counted.
+    async fn close(self, collections: &[CollectionName], both: bool) -> Result<Option<String>> {
+        let mut left: Vec<(String, std::path::PathBuf)> = Vec::new();
+        for store in self.read_ends(both) {
+            // Listing reads the whole collection: only where a read skipped.
+            if store.corrupt_skipped() == 0 {
+                continue;
+            }
+            for collection in collections {
+                let url = store.url().to_string();
+                let files = store.corrupt_files(collection).await?;
+                left.extend(files.into_iter().map(|file| (url.clone(), file)));
+            }
+        }
         match self {
             Ends::Local { src, dst } => {
                 src.close().await?;
@@ -309,23 +324,27 @@ impl Ends {
             #[cfg(feature = "http")]
             Ends::ToServer { src, .. } => src.close().await?,
         }
-        match skipped.first() {
-            None => Ok(()),
-            Some((url, count)) => anyhow::bail!(
-                "{count} corrupt record file(s) of {url} were skipped, each named in a warning \
-                 above: the sync did not carry their records. Every other change was synced; \
-                 repair or remove those files, then write a repaired record again so that it \
-                 travels"
-            ),
-        }
+        Ok(left.first().map(|(url, file)| {
+            format!(
+                "{} corrupt record file(s) were left behind, their records not synced (the \
+                 first: {} of {url}); every other change was synced. Repair or remove those \
+                 files, then write a repaired record again so that it travels",
+                left.len(),
+                file.display()
+            )
+        }))
     }
 
-    /// The ends that are stores of this process (not sync servers).
-    fn local_stores(&self) -> Vec<&Store> {
+    /// The local ends whose change feeds a sync reads: SRC, and DST with
+    /// `both` (a server's feed is its own business).
+    fn read_ends(&self, both: bool) -> Vec<&Store> {
         match self {
-            Ends::Local { src, dst } => vec![src, dst],
+            Ends::Local { src, dst } if both => vec![src, dst],
+            Ends::Local { src, .. } => vec![src],
             #[cfg(feature = "http")]
-            Ends::FromServer { dst, .. } => vec![dst],
+            Ends::FromServer { dst, .. } if both => vec![dst],
+            #[cfg(feature = "http")]
+            Ends::FromServer { .. } => Vec::new(),
             #[cfg(feature = "http")]
             Ends::ToServer { src, .. } => vec![src],
         }

@@ -33,11 +33,23 @@ fn is_transient(error: &anyhow::Error) -> bool {
 /// cursor of this store is: one taken from another store, or from this one
 /// before it was restored. Followed from there, the watch printed nothing
 /// until the feed reached it, and skipped every change until then. The
-/// whole feed is read only when nothing comes after `after`.
+/// whole feed is read only when neither `after` nor the position before it
+/// is seen to be within the feed (a cursor past its end; or one at its end
+/// whose own change is gone, superseded or removed).
 async fn within_feed(store: &Reader, name: &CollectionName, after: Cursor) -> Result<Cursor> {
     let next = store.page(name, after, NonZeroUsize::MIN).await?;
     if !next.changes.is_empty() || next.next > after {
         return Ok(after);
+    }
+    // A watch resumed where it stopped, at the end of the feed: the change
+    // at `after` itself is there.
+    if let Some(before) = after.get().checked_sub(1) {
+        let at = store
+            .page(name, Cursor::new(before), NonZeroUsize::MIN)
+            .await?;
+        if at.changes.iter().any(|change| change.cursor >= after) || at.next >= after {
+            return Ok(after);
+        }
     }
     let end = store.each_change(name, drop).await?;
     if after > end {

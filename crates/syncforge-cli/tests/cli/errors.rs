@@ -304,10 +304,39 @@ fn a_corrupt_record_file_skipped_by_a_sync_fails_it() {
     .unwrap();
     let run = syncforge(&["sync", arg(&store), arg(&backup)]).fails(1);
     assert!(run.stderr.contains("n00000.json"), "{run:?}");
-    assert!(run.stderr.contains("1 corrupt record file(s)"), "{run:?}");
+    assert!(
+        run.stderr
+            .contains("1 corrupt record file(s) were left behind"),
+        "{run:?}"
+    );
     // The rest was synced.
     let exported = syncforge(&["export", arg(&backup), "notes"]).ok();
     assert_eq!(exported.stdout.lines().count(), 1, "{exported:?}");
+}
+
+/// A corrupt record file of the receiving end, which the sync reads as
+/// absent and writes over (moving it aside), is healed: that sync carried
+/// the record, and succeeds.
+#[test]
+fn a_sync_that_heals_a_corrupt_file_of_its_destination_succeeds() {
+    let dir = TempDir::new().unwrap();
+    let (store, backup) = (dir.path().join("store"), dir.path().join("backup"));
+    syncforge_with(&["put", arg(&store), "notes"], &docs("n", 2)).ok();
+    syncforge(&["sync", arg(&store), arg(&backup)]).ok();
+    std::fs::write(
+        backup.join("notes").join("n00000.json"),
+        br#"{"id": "someone else"}"#,
+    )
+    .unwrap();
+    syncforge_with(
+        &["put", arg(&store), "notes"],
+        r#"{"id": "n00000", "n": 5}"#,
+    )
+    .ok();
+    let run = syncforge(&["sync", arg(&store), arg(&backup)]).ok();
+    assert!(run.stderr.contains("n00000.json"), "{run:?}");
+    let healed = syncforge(&["get", arg(&backup), "notes", "n00000"]).ok();
+    assert!(healed.stdout.contains("\"n\": 5"), "{healed:?}");
 }
 
 /// `import` with no FILE and a terminal on stdin waited in silence for input
