@@ -61,6 +61,33 @@ mod validate;
 mod version_vector;
 mod words;
 
+pub use backend::{
+    record_to_insert, Change, ChangePage, Cursor, IfAbsent, StorageBackend, Stored, Token, Write,
+    WriteOutcome,
+};
+pub use delta::{classify, compute_delta, dedupe, ChangeKind, Classified, Delta};
+pub use depth::{check_serialize, dismantle, nesting_depth, MAX_NESTING_DEPTH};
+pub use error::{BoxError, Error, Result, SharedError};
+pub use hlc::{
+    ClientId, Hlc, IntoClientId, ManualTime, Stamp, SystemClock, TimeSource, DEFAULT_MAX_DRIFT,
+    MAX_STAMP_MILLIS,
+};
+pub use lww::{LwwMap, LwwMapState, LwwRegister, MergedRecords, RegisterState};
+pub use merge::{
+    conflicted_fields, is_conflict, merge, resolve_conflict, ConflictDetail, ConflictStrategy,
+};
+pub use names::{CollectionName, IntoName, RecordId};
+pub use peer::{PushOutcome, RefusedRecord, SyncPeer};
+pub use record::{
+    Content, FieldName, FieldState, FieldStates, FieldStatesRef, JsonText, Record, CLIENT_ID_KEY,
+    DELETED_KEY, ID_KEY, RESERVED_KEYS, SYNC_KEY, TIMESTAMP_KEY, VERSION_KEY,
+};
+pub use validate::{page_limit, validate_collection, validate_id, MAX_NAME_BYTES};
+pub use version_vector::{Causality, VersionVector, MAX_RECEIVED_VERSION, MAX_VERSION};
+
+/// Re-exported so backends implement [`StorageBackend`] with the same macro version.
+pub use async_trait::async_trait;
+
 /// Helpers the modules' tests share.
 #[cfg(test)]
 pub(crate) mod testing {
@@ -92,30 +119,3 @@ pub(crate) mod testing {
         early_held && rx.recv() == Ok(true)
     }
 }
-
-pub use backend::{
-    record_to_insert, Change, ChangePage, Cursor, IfAbsent, StorageBackend, Stored, Token, Write,
-    WriteOutcome,
-};
-pub use delta::{classify, compute_delta, dedupe, ChangeKind, Classified, Delta};
-pub use depth::{check_serialize, dismantle, nesting_depth, MAX_NESTING_DEPTH};
-pub use error::{BoxError, Error, Result, SharedError};
-pub use hlc::{
-    ClientId, Hlc, IntoClientId, ManualTime, Stamp, SystemClock, TimeSource, DEFAULT_MAX_DRIFT,
-    MAX_STAMP_MILLIS,
-};
-pub use lww::{LwwMap, LwwMapState, LwwRegister, MergedRecords, RegisterState};
-pub use merge::{
-    conflicted_fields, is_conflict, merge, resolve_conflict, ConflictDetail, ConflictStrategy,
-};
-pub use names::{CollectionName, IntoName, RecordId};
-pub use peer::{PushOutcome, RefusedRecord, SyncPeer};
-pub use record::{
-    Content, FieldName, FieldState, FieldStates, FieldStatesRef, JsonText, Record, CLIENT_ID_KEY,
-    DELETED_KEY, ID_KEY, RESERVED_KEYS, SYNC_KEY, TIMESTAMP_KEY, VERSION_KEY,
-};
-pub use validate::{page_limit, validate_collection, validate_id, MAX_NAME_BYTES};
-pub use version_vector::{Causality, VersionVector, MAX_RECEIVED_VERSION, MAX_VERSION};
-
-/// Re-exported so backends implement [`StorageBackend`] with the same macro version.
-pub use async_trait::async_trait;
