@@ -59,7 +59,12 @@ pub(crate) async fn run(args: SyncArgs, cx: &mut Context) -> Result<()> {
     // Records a server refused hold back no other change: the sync goes on
     // and the command fails at the end, naming them.
     let mut refused = Vec::new();
+    // The collections whose sync skipped corrupt record files, by the end
+    // (of `Ends::read_ends`) that skipped them: only those are listed for
+    // files left behind.
+    let mut skipped_in: Vec<(usize, CollectionName)> = Vec::new();
     for collection in &collections {
+        let skips_before = ends.skips(args.both);
         let summary = ends
             .sync(collection, args.both, cx)
             .await
@@ -71,6 +76,15 @@ pub(crate) async fn run(args: SyncArgs, cx: &mut Context) -> Result<()> {
                     ends.dst_url()
                 )
             })?;
+        let skips_after = ends.skips(args.both);
+        skipped_in.extend(
+            skips_before
+                .iter()
+                .zip(&skips_after)
+                .enumerate()
+                .filter(|(_, (before, after))| after > before)
+                .map(|(end, _)| (end, collection.clone())),
+        );
         summary.print(collection, cx)?;
         // A line per collection as it ends, not all at the end.
         cx.out.flush()?;
@@ -80,7 +94,7 @@ pub(crate) async fn run(args: SyncArgs, cx: &mut Context) -> Result<()> {
                 .map(|record| (collection.clone(), record.clone())),
         );
     }
-    let left_behind = ends.close(&collections, args.both).await?;
+    let closed = ends.close(&skipped_in, args.both).await;
     let refused = refused.first().map(|(collection, first)| {
         format!(
             "{} record(s) were not sent: the receiving end refused them; the first, {:?} of \
@@ -91,6 +105,11 @@ pub(crate) async fn run(args: SyncArgs, cx: &mut Context) -> Result<()> {
             first.reason
         )
     });
+    let left_behind = match (closed, &refused) {
+        (Ok(left_behind), _) => left_behind,
+        (Err(error), None) => return Err(error),
+        (Err(error), Some(refused)) => return Err(error.context(refused.clone())),
+    };
     match (left_behind, refused) {
         (None, None) => Ok(()),
         (None, Some(refused)) => Err(anyhow::Error::new(Refused(refused))),
@@ -295,44 +314,73 @@ impl Ends {
         })
     }
 
-    /// Closes the ends; returns what the sync left behind, if anything:
-    /// the corrupt record files still in an end whose change feed it read
-    /// (SRC, and DST with `both`), whose records it skipped, each named in
-    /// a warning on stderr. A backup taken with a sync that succeeded then
-    /// lacked them. A corrupt file of the receiving end that the sync read
-    /// as absent and wrote over is healed (moved aside), and not counted.
-    async fn close(self, collections: &[CollectionName], both: bool) -> Result<Option<String>> {
-        let mut left: Vec<(String, std::path::PathBuf)> = Vec::new();
-        for store in self.read_ends(both) {
-            // Listing reads the whole collection: only where a read skipped.
-            if store.corrupt_skipped() == 0 {
-                continue;
-            }
-            for collection in collections {
-                let url = store.url().to_string();
-                let files = store.corrupt_files(collection).await?;
-                left.extend(files.into_iter().map(|file| (url.clone(), file)));
-            }
-        }
+    /// Closes the ends (whatever else fails), and returns what the sync
+    /// left behind, if anything: the corrupt record files still in the
+    /// collections of `skipped_in`, those whose sync skipped some in an end
+    /// whose change feed it read (SRC, and DST with `both`; by its place in
+    /// [`read_ends`](Self::read_ends)). A record whose file is corrupt is
+    /// not synced, and a backup taken with a sync that succeeded then
+    /// lacked it. A corrupt file of the receiving end that the sync read as
+    /// absent and wrote over is healed (moved aside), and not listed.
+    async fn close(
+        self,
+        skipped_in: &[(usize, CollectionName)],
+        both: bool,
+    ) -> Result<Option<String>> {
+        // Listed while the stores are open: a file healed by a write not
+        // checkpointed yet is not listed.
+        let listed = self.corrupt_files_in(skipped_in, both).await;
         match self {
             Ends::Local { src, dst } => {
-                src.close().await?;
+                let src_closed = src.close().await;
                 dst.close().await?;
+                src_closed?;
             }
             #[cfg(feature = "http")]
             Ends::FromServer { dst, .. } => dst.close().await?,
             #[cfg(feature = "http")]
             Ends::ToServer { src, .. } => src.close().await?,
         }
+        let left = listed?;
         Ok(left.first().map(|(url, file)| {
             format!(
-                "{} corrupt record file(s) were left behind, their records not synced (the \
-                 first: {} of {url}); every other change was synced. Repair or remove those \
-                 files, then write a repaired record again so that it travels",
+                "{} corrupt record file(s) remain in a store this sync read from (the first: {} \
+                 of {url}), each named in a warning above: a record whose file is corrupt is not \
+                 synced. Every other change was synced; repair or remove those files, then write \
+                 a repaired record again so that it travels",
                 left.len(),
                 file.display()
             )
         }))
+    }
+
+    /// The corrupt record files of the collections of `skipped_in`, in the
+    /// ends named there, with each end's address.
+    async fn corrupt_files_in(
+        &self,
+        skipped_in: &[(usize, CollectionName)],
+        both: bool,
+    ) -> Result<Vec<(String, std::path::PathBuf)>> {
+        let ends = self.read_ends(both);
+        let mut left = Vec::new();
+        for (end, collection) in skipped_in {
+            let Some(store) = ends.get(*end) else {
+                continue;
+            };
+            let url = store.url().to_string();
+            let files = store.corrupt_files(collection).await?;
+            left.extend(files.into_iter().map(|file| (url.clone(), file)));
+        }
+        Ok(left)
+    }
+
+    /// How many corrupt record files the reads of each of
+    /// [`read_ends`](Self::read_ends) skipped so far.
+    fn skips(&self, both: bool) -> Vec<u64> {
+        self.read_ends(both)
+            .iter()
+            .map(|store| store.corrupt_skipped())
+            .collect()
     }
 
     /// The local ends whose change feeds a sync reads: SRC, and DST with

@@ -306,7 +306,7 @@ fn a_corrupt_record_file_skipped_by_a_sync_fails_it() {
     assert!(run.stderr.contains("n00000.json"), "{run:?}");
     assert!(
         run.stderr
-            .contains("1 corrupt record file(s) were left behind"),
+            .contains("1 corrupt record file(s) remain in a store this sync read from"),
         "{run:?}"
     );
     // The rest was synced.
@@ -337,6 +337,20 @@ fn a_sync_that_heals_a_corrupt_file_of_its_destination_succeeds() {
     assert!(run.stderr.contains("n00000.json"), "{run:?}");
     let healed = syncforge(&["get", arg(&backup), "notes", "n00000"]).ok();
     assert!(healed.stdout.contains("\"n\": 5"), "{healed:?}");
+    // Both ways, the destination's feed is read too, and healed all the same.
+    std::fs::write(
+        backup.join("notes").join("n00000.json"),
+        br#"{"id": "someone else"}"#,
+    )
+    .unwrap();
+    syncforge_with(
+        &["put", arg(&store), "notes"],
+        r#"{"id": "n00000", "n": 6}"#,
+    )
+    .ok();
+    syncforge(&["sync", arg(&store), arg(&backup), "--both"]).ok();
+    let healed = syncforge(&["get", arg(&backup), "notes", "n00000"]).ok();
+    assert!(healed.stdout.contains("\"n\": 6"), "{healed:?}");
 }
 
 /// `import` with no FILE and a terminal on stdin waited in silence for input

@@ -84,6 +84,39 @@ fn watch_prints_the_feed_and_follows_new_changes() {
     .fails(1);
     assert!(past.stderr.contains("past the end"), "{past:?}");
     assert!(past.stderr.contains("cursor 3"), "{past:?}");
+    let one_past = syncforge(&[
+        "watch",
+        arg(&store),
+        "notes",
+        "--after",
+        "4",
+        "--count",
+        "1",
+    ])
+    .fails(1);
+    assert!(one_past.stderr.contains("past the end"), "{one_past:?}");
+    // The end itself is a cursor of the feed: the watch starts there.
+    let mut at_end = command(&[
+        "watch",
+        arg(&store),
+        "notes",
+        "--after",
+        "3",
+        "--count",
+        "1",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let (said, _stderr) = syncforge_testkit::processes::read_line(
+        BufReader::new(at_end.stderr.take().unwrap()),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert!(said.ends_with("after cursor 3\n"), "{said:?}");
+    at_end.kill().unwrap();
+    at_end.wait().unwrap();
 
     // From the end of the feed: only what is written from now on. The
     // watcher says on stderr where it starts; write only after that.
