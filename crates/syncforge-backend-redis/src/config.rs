@@ -375,15 +375,20 @@ impl fmt::Debug for RedisConfig {
 /// Why `host` names no host, if it does not: a name or address with a port
 /// or list in it (`cache:6380`, `h1,h2`), or characters no name has. Caught
 /// here, it is a clear refusal instead of a lookup failing as transient.
+/// The host is not quoted: credentials typed into it by mistake
+/// (`app:s3cret@cache`) would be.
 fn bad_host(host: &str) -> Option<String> {
     if host.contains(':') && host.parse::<std::net::Ipv6Addr>().is_err() {
-        return Some(format!(
-            "{host:?} is not a host name or address (a port goes in `port`, further nodes in `nodes`; an IPv6 address in a URL goes in brackets)"
-        ));
+        return Some(
+            "a host holds ':' and is no IPv6 address (a port goes in `port`, further nodes in \
+             `nodes`, a user and password in their own fields or before the '@' of a URL; an \
+             IPv6 address in a URL goes in brackets)"
+                .to_owned(),
+        );
     }
     host.chars()
         .find(|c| c.is_whitespace() || c.is_control() || matches!(c, ',' | '/' | '?' | '#' | '@'))
-        .map(|bad| format!("{host:?} is not a host name or address: it holds {bad:?}"))
+        .map(|bad| format!("a host holds {bad:?}, which no host name or address does"))
 }
 
 fn host_port(host: &str, port: u16) -> String {
@@ -399,12 +404,16 @@ fn parse_host_port(text: &str) -> Result<(String, u16)> {
     let (host, port) = if let Some(rest) = text.strip_prefix('[') {
         let (host, after) = rest
             .split_once(']')
-            .ok_or_else(|| url_error(format!("unclosed '[' in {text:?}")))?;
+            .ok_or_else(|| url_error("an unclosed '[' in the host".to_owned()))?;
         match after {
             "" => (host, None),
             _ => match after.strip_prefix(':') {
                 Some(port) => (host, Some(port)),
-                None => return Err(url_error(format!("expected ':port' after ']' in {text:?}"))),
+                None => {
+                    return Err(url_error(
+                        "expected ':port' after the host's ']'".to_owned(),
+                    ))
+                }
             },
         }
     } else {
@@ -413,15 +422,23 @@ fn parse_host_port(text: &str) -> Result<(String, u16)> {
             None => (text, None),
         }
     };
+    // Neither the host nor the port is quoted in these errors: a URL whose
+    // '@' was left out (`redis://app:s3cret`) holds the password there.
     if host.is_empty() {
-        return Err(url_error(format!("no host in {text:?}")));
+        return Err(url_error("no host before the port".to_owned()));
     }
     let port = match port {
         Some(port) => port
             .parse::<u16>()
             .ok()
             .filter(|p| *p != 0)
-            .ok_or_else(|| url_error(format!("{port:?} is not a port")))?,
+            .ok_or_else(|| {
+                url_error(
+                    "what follows the host's last ':' is not a port from 1 to 65535 (a password \
+                     goes before an '@': redis://user:password@host)"
+                        .to_owned(),
+                )
+            })?,
         None => DEFAULT_PORT,
     };
     Ok((host.to_owned(), port))
@@ -562,8 +579,29 @@ mod tests {
             "redis://:7000/1secret@h",
             "redis://u:pa?secret@h",
             "redis-cluster://u:pa?secret@h:7000&node=h:7001",
+            // The '@' left out: the password reads as the port, or as a
+            // host with a port.
+            "redis://app:secret",
+            "redis://:secret",
+            "redis://[app:secret",
         ] {
             assert_url_refused_without(url, "secret");
+        }
+        // Credentials typed into the host field, or a seed node's.
+        for (host, nodes) in [
+            ("app:secret@cache", vec![]),
+            ("app:secret", vec![]),
+            ("cache", vec![("app:secret@n1".to_owned(), 7001)]),
+            ("app secret", vec![]),
+        ] {
+            let config = RedisConfig {
+                host: host.to_owned(),
+                nodes,
+                cluster: true,
+                ..RedisConfig::default()
+            };
+            let error = config.validate().unwrap_err();
+            assert!(!error.to_string().contains("secret"), "{error}");
         }
     }
 
