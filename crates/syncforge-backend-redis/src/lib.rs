@@ -109,8 +109,9 @@ const CHUNK: usize = 1_000;
 /// which a thousand large records would; the client would then send the
 /// same request again, and fail the same way.
 const CHUNK_BYTES: usize = 16 << 20;
-/// Bytes of record values one read of the change feed returns before its
-/// page ends (a larger record comes alone): a collection of large records
+/// Bytes of record values one read of the change feed (or one slice of
+/// the time index) returns before its page ends (a larger record comes
+/// alone): a collection of large records
 /// is read in replies of about this size, where a thousand records of a
 /// megabyte made a reply of a gigabyte, which timed out and was read again
 /// the same way.
@@ -1246,6 +1247,7 @@ impl StorageBackend for RedisBackend {
                         Value::from(after.to_string()),
                         Value::from(CHUNK as i64),
                         Value::from(anchor.as_str()),
+                        Value::from(READ_BYTES as i64),
                     ],
                     OP,
                     Some(collection),
@@ -1665,14 +1667,19 @@ mod tests {
             .collect();
         store.put_batch(&notes, &writes).await.unwrap();
         let keys = store.keys.collection(&notes);
-        let slice = |after: &'static str, anchor: &'static str| {
+        let sliced = |after: &'static str, anchor: &'static str, budget: i64| {
             let (store, keys) = (&store, &keys);
             async move {
                 let reply = store
                     .eval(
                         &store.scripts.time_slice,
                         vec![keys.records.clone(), keys.time.clone()],
-                        vec![Value::from(after), Value::from(3), Value::from(anchor)],
+                        vec![
+                            Value::from(after),
+                            Value::from(3),
+                            Value::from(anchor),
+                            Value::from(budget),
+                        ],
                         "test",
                         None,
                     )
@@ -1690,6 +1697,7 @@ mod tests {
                 )
             }
         };
+        let slice = |after: &'static str, anchor: &'static str| sliced(after, anchor, 1 << 20);
         let owned = |ids: &[&str]| ids.iter().map(|id| (*id).to_owned()).collect::<Vec<_>>();
         // By rank after "b" (still at 5000): a page of three.
         assert_eq!(
@@ -1707,6 +1715,21 @@ mod tests {
         assert_eq!(
             slice("4999", "").await,
             (Some(5_000), Some("c".to_owned()), owned(&["a", "b", "c"]))
+        );
+        // A budget no value fits in: the first record alone, and the next
+        // slice goes on after it; after a moved anchor, the whole tie and
+        // one record past it.
+        assert_eq!(
+            sliced("4999", "", 1).await,
+            (Some(5_000), Some("a".to_owned()), owned(&["a"]))
+        );
+        assert_eq!(
+            sliced("5000", "gone", 1).await,
+            (
+                Some(6_000),
+                Some("f".to_owned()),
+                owned(&["a", "b", "c", "d", "e", "f"])
+            )
         );
         store.clear_collection(&notes).await.unwrap();
         store.close().await.unwrap();

@@ -314,14 +314,18 @@ return {more, ids, scores, values}
 /// A slice of the time index, in its order (by `_timestamp`, then by id
 /// byte for byte), after a position.
 ///
-/// KEYS: records, time. ARGV: after millis, page size, anchor id. With an
+/// KEYS: records, time. ARGV: after millis, page size, anchor id, byte
+/// budget. With an
 /// empty anchor the slice starts strictly after the millis; with one, just
 /// after the anchor's entry, found by its rank, so that a slice never
 /// holds more than a page however many records share a timestamp. An
 /// anchor that has moved since (rewritten, or deleted) cannot be found
 /// again: the slice then holds every record still at the anchor's millis
 /// (some returned before, which the caller keeps once), then a page
-/// strictly after them.
+/// strictly after them. The page after the tie ends before the record
+/// whose value would take the slice's values past the budget (its first
+/// record comes whatever its size), so that a reply stays near the budget
+/// however large the records.
 ///
 /// Returns {last millis, last id (both nil when this was the last slice),
 /// ids, values}.
@@ -349,7 +353,26 @@ local last, last_id = false, false
 if #entries / 2 >= page then
   last, last_id = entries[#entries], entries[#entries - 1]
 end
-return {last, last_id, ids, hmget(KEYS[1], ids)}
+local values = hmget(KEYS[1], ids)
+local budget = tonumber(ARGV[4])
+local bytes = 0
+for i = 1, #tied do
+  bytes = bytes + (values[i] and #values[i] or 0)
+end
+for i = #tied + 1, #ids do
+  local size = values[i] and #values[i] or 0
+  if i > #tied + 1 and bytes + size > budget then
+    local kept = i - 1 - #tied
+    last, last_id = entries[2 * kept], entries[2 * kept - 1]
+    for j = #ids, i, -1 do
+      ids[j] = nil
+      values[j] = nil
+    end
+    break
+  end
+  bytes = bytes + size
+end
+return {last, last_id, ids, values}
 ";
 
 /// Stores a metadata value unless the field holds one; returns what it holds.

@@ -796,6 +796,17 @@ async fn large_records_are_read_in_pages_of_bounded_size() {
         .unwrap();
     assert!(page.more, "a page of 40 MiB ended as the last");
     assert!((10..=16).contains(&page.len()), "{} records", page.len());
+
+    // The time index is read in slices of the same bound: one slice of a
+    // thousand records of a megabyte was a reply of a gigabyte.
+    let before = evalsha_calls(&raw).await;
+    let by_time = store.changes_since_timestamp(&collection, 0).await.unwrap();
+    let reads = evalsha_calls(&raw).await - before;
+    assert_eq!(by_time.len(), RECORDS);
+    assert!(
+        (3..=4).contains(&reads),
+        "{reads} time-index reads for {RECORDS} MiB of records"
+    );
     raw.quit().await.ok();
     store.close().await.unwrap();
 }
