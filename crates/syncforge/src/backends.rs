@@ -5,6 +5,10 @@ use std::sync::Arc;
 
 use syncforge_core::{Error, Result, StorageBackend};
 
+/// The metadata key under which an engine keeps its store's id (the
+/// engine sets it; a store that holds it holds syncforge's data).
+pub(crate) const STORE_ID_KEY: &str = "syncforge/store-id/v1";
+
 /// A backend chosen by name, with its settings: what [`create_backend`] builds.
 ///
 /// Every variant exists whatever features are enabled, so that asking for a
@@ -194,7 +198,7 @@ pub async fn holds_store(config: &BackendConfig) -> Result<bool> {
         }
         other => {
             let backend = create_backend(other).await?;
-            let held = match backend.get_meta(crate::engine::STORE_ID_KEY).await {
+            let held = match backend.get_meta(STORE_ID_KEY).await {
                 Ok(Some(_)) => Ok(true),
                 Ok(None) => backend
                     .list_collections()

@@ -30,6 +30,7 @@ use tokio::task::JoinHandle;
 use tracing::field::Empty;
 use tracing::Instrument;
 
+use crate::backends::STORE_ID_KEY;
 use crate::config::Config;
 use crate::distinct::all_distinct;
 use crate::events::{EventKind, EventReceiver, Events, SyncEvent, SyncTrigger};
@@ -54,9 +55,6 @@ const WRITE_EVENTS: [EventKind; 4] = [
     EventKind::RecordUpdated,
     EventKind::RecordDeleted,
 ];
-
-/// The metadata key of the store's id.
-pub(crate) const STORE_ID_KEY: &str = "syncforge/store-id/v1";
 
 /// The most feed positions of echoes one sync collects. Past it an echo is
 /// pushed back to the peer that sent it, which finds it unchanged: nothing
