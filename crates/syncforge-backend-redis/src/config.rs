@@ -141,10 +141,13 @@ impl RedisConfig {
             "rediss" => (false, true),
             "redis-cluster" => (true, false),
             "rediss-cluster" => (true, true),
-            other => {
-                return Err(url_error(format!(
-                    "unknown scheme {other:?}: use redis, rediss, redis-cluster or rediss-cluster"
-                )))
+            // Not quoted: a URL mistyped before its "://" may hold the
+            // password there.
+            _ => {
+                return Err(url_error(
+                    "an unknown scheme: use redis, rediss, redis-cluster or rediss-cluster"
+                        .to_owned(),
+                ));
             }
         };
         // The user part ends at the first '/' or '?'. An '@' after that is
@@ -194,9 +197,11 @@ impl RedisConfig {
         config.port = port;
         if !path.is_empty() {
             config.db = path.parse().map_err(|_| {
-                url_error(format!(
-                    "the path {path:?} is not a database number from 0 to 255"
-                ))
+                url_error(
+                    "the path after the host is not a database number from 0 to 255 (a \
+                     password goes before an '@': redis://user:password@host)"
+                        .to_owned(),
+                )
             })?;
         }
         for pair in query.into_iter().flat_map(|q| q.split('&')) {
@@ -214,10 +219,11 @@ impl RedisConfig {
                     ))
                 }
                 "prefix" => config.key_prefix = percent_decode(value, "prefix")?,
-                other => {
-                    return Err(url_error(format!(
-                        "unknown parameter {other:?} (known: node, prefix)"
-                    )))
+                // Not quoted, for the same reason as the path.
+                _ => {
+                    return Err(url_error(
+                        "an unknown parameter (known: node, prefix)".to_owned(),
+                    ))
                 }
             }
         }
@@ -584,6 +590,9 @@ mod tests {
             "redis://app:secret",
             "redis://:secret",
             "redis://[app:secret",
+            "redis://app:6380/secret",
+            "redis://app:6380?secret",
+            "redis:/u:secret@h?prefix=http://x",
         ] {
             assert_url_refused_without(url, "secret");
         }

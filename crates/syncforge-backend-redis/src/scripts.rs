@@ -322,10 +322,11 @@ return {more, ids, scores, values}
 /// anchor that has moved since (rewritten, or deleted) cannot be found
 /// again: the slice then holds every record still at the anchor's millis
 /// (some returned before, which the caller keeps once), then a page
-/// strictly after them. The page after the tie ends before the record
-/// whose value would take the slice's values past the budget (its first
-/// record comes whatever its size), so that a reply stays near the budget
-/// however large the records.
+/// strictly after them. The page after the tie is read a hundred values at
+/// a time, and ends before the record whose value would take the slice's
+/// values past the budget (its first record comes whatever its size), so
+/// that neither the script's memory nor its reply grows with the size of
+/// the records (but for a tie's).
 ///
 /// Returns {last millis, last id (both nil when this was the last slice),
 /// ids, values}.
@@ -348,29 +349,35 @@ if entries == nil then
 end
 local ids = {}
 for i = 1, #tied do ids[#ids + 1] = tied[i] end
-for i = 1, #entries, 2 do ids[#ids + 1] = entries[i] end
+local n = #entries / 2
 local last, last_id = false, false
-if #entries / 2 >= page then
-  last, last_id = entries[#entries], entries[#entries - 1]
+if n >= page then
+  last, last_id = entries[2 * n], entries[2 * n - 1]
 end
 local values = hmget(KEYS[1], ids)
-local budget = tonumber(ARGV[4])
-local bytes = 0
-for i = 1, #tied do
+local budget, bytes = tonumber(ARGV[4]), 0
+for i = 1, #values do
   bytes = bytes + (values[i] and #values[i] or 0)
 end
-for i = #tied + 1, #ids do
-  local size = values[i] and #values[i] or 0
-  if i > #tied + 1 and bytes + size > budget then
-    local kept = i - 1 - #tied
-    last, last_id = entries[2 * kept], entries[2 * kept - 1]
-    for j = #ids, i, -1 do
-      ids[j] = nil
-      values[j] = nil
-    end
-    break
+-- A hundred values at a time, ending before the one past the budget.
+for first = 1, n, 100 do
+  local upto = math.min(first + 99, n)
+  local slice = {}
+  for i = first, upto do
+    slice[#slice + 1] = entries[2 * i - 1]
   end
-  bytes = bytes + size
+  local found = redis.call('HMGET', KEYS[1], unpack(slice))
+  for j = 1, #slice do
+    local value = found[j]
+    local size = value and #value or 0
+    local at = first + j - 1
+    if at > 1 and bytes + size > budget then
+      return {entries[2 * (at - 1)], entries[2 * (at - 1) - 1], ids, values}
+    end
+    bytes = bytes + size
+    ids[#ids + 1] = slice[j]
+    values[#values + 1] = value
+  end
 end
 return {last, last_id, ids, values}
 ";
