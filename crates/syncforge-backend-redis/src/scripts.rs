@@ -25,6 +25,39 @@ local function hmget(key, ids)
 end
 ";
 
+/// Reads the values of the first `n` ids of `entries` (an index's range
+/// `WITHSCORES`: id, score, id, score...) a hundred at a time, appending
+/// each id, value and (when `scores` is a table) score, while `bytes` and
+/// the values read stay within `budget`; the first entry is taken whatever
+/// its size. Returns the place of the first entry left out, or nil.
+const READ_WITHIN_HELPER: &str = r"
+local function read_within(key, entries, n, budget, bytes, ids, scores, values)
+  for first = 1, n, 100 do
+    local upto = math.min(first + 99, n)
+    local slice = {}
+    for i = first, upto do
+      slice[#slice + 1] = entries[2 * i - 1]
+    end
+    local found = redis.call('HMGET', key, unpack(slice))
+    for j = 1, #slice do
+      local value = found[j]
+      local size = value and #value or 0
+      local at = first + j - 1
+      if at > 1 and bytes + size > budget then
+        return at
+      end
+      bytes = bytes + size
+      local k = #ids + 1
+      ids[k], values[k] = slice[j], value
+      if scores then
+        scores[k] = entries[2 * at]
+      end
+    end
+  end
+  return nil
+end
+";
+
 /// Writes runs of `HSET` pairs (id, stored value) and the matching feed
 /// (sequence, id) and time (millis, id) pairs, then the counter at
 /// `last_seq` and the newest stamp `newest`; KEYS as the write scripts
@@ -289,24 +322,9 @@ local more = 0
 if n > limit then
   more, n = 1, limit
 end
-local ids, scores, values, bytes = {}, {}, {}, 0
-for first = 1, n, 100 do
-  local last = math.min(first + 99, n)
-  local slice = {}
-  for i = first, last do
-    slice[#slice + 1] = entries[2 * i - 1]
-  end
-  local found = redis.call('HMGET', KEYS[1], unpack(slice))
-  for j = 1, #slice do
-    local value = found[j]
-    local size = value and #value or 0
-    if #ids > 0 and bytes + size > budget then
-      return {1, ids, scores, values}
-    end
-    bytes = bytes + size
-    local k = #ids + 1
-    ids[k], scores[k], values[k] = slice[j], entries[2 * (first + j - 1)], value
-  end
+local ids, scores, values = {}, {}, {}
+if read_within(KEYS[1], entries, n, budget, 0, ids, scores, values) then
+  more = 1
 end
 return {more, ids, scores, values}
 ";
@@ -359,25 +377,9 @@ local budget, bytes = tonumber(ARGV[4]), 0
 for i = 1, #values do
   bytes = bytes + (values[i] and #values[i] or 0)
 end
--- A hundred values at a time, ending before the one past the budget.
-for first = 1, n, 100 do
-  local upto = math.min(first + 99, n)
-  local slice = {}
-  for i = first, upto do
-    slice[#slice + 1] = entries[2 * i - 1]
-  end
-  local found = redis.call('HMGET', KEYS[1], unpack(slice))
-  for j = 1, #slice do
-    local value = found[j]
-    local size = value and #value or 0
-    local at = first + j - 1
-    if at > 1 and bytes + size > budget then
-      return {entries[2 * (at - 1)], entries[2 * (at - 1) - 1], ids, values}
-    end
-    bytes = bytes + size
-    ids[#ids + 1] = slice[j]
-    values[#values + 1] = value
-  end
+local cut = read_within(KEYS[1], entries, n, budget, bytes, ids, nil, values)
+if cut then
+  last, last_id = entries[2 * (cut - 1)], entries[2 * (cut - 1) - 1]
 end
 return {last, last_id, ids, values}
 ";
@@ -437,8 +439,8 @@ impl Scripts {
             insert_if_absent: Script::from_lua(format!("{WRITE_HELPER}{INSERT_IF_ABSENT}")),
             delete: Script::from_lua(DELETE),
             clear: Script::from_lua(CLEAR),
-            feed_page: Script::from_lua(FEED_PAGE),
-            time_slice: Script::from_lua(format!("{HMGET_HELPER}{TIME_SLICE}")),
+            feed_page: Script::from_lua(format!("{READ_WITHIN_HELPER}{FEED_PAGE}")),
+            time_slice: Script::from_lua(format!("{HMGET_HELPER}{READ_WITHIN_HELPER}{TIME_SLICE}")),
             meta_if_absent: Script::from_lua(META_IF_ABSENT),
         }
     }
