@@ -273,11 +273,7 @@ fn a_corrupt_record_file_skipped_by_an_export_is_shown_and_fails_it() {
     let dir = TempDir::new().unwrap();
     let store = dir.path().join("store");
     syncforge_with(&["put", arg(&store), "notes"], &docs("n", 2)).ok();
-    std::fs::write(
-        store.join("notes").join("n00000.json"),
-        br#"{"id": "someone else"}"#,
-    )
-    .unwrap();
+    corrupt_n00000(&store);
     let run = syncforge(&["export", arg(&store), "notes"]).fails(1);
     assert_eq!(run.stdout.lines().count(), 1, "{run:?}");
     assert!(run.stderr.contains("corrupt"), "{run:?}");
@@ -297,11 +293,7 @@ fn a_corrupt_record_file_skipped_by_a_sync_fails_it() {
     let dir = TempDir::new().unwrap();
     let (store, backup) = (dir.path().join("store"), dir.path().join("backup"));
     syncforge_with(&["put", arg(&store), "notes"], &docs("n", 2)).ok();
-    std::fs::write(
-        store.join("notes").join("n00000.json"),
-        br#"{"id": "someone else"}"#,
-    )
-    .unwrap();
+    corrupt_n00000(&store);
     let run = syncforge(&["sync", arg(&store), arg(&backup)]).fails(1);
     assert!(run.stderr.contains("n00000.json"), "{run:?}");
     assert!(
@@ -323,11 +315,7 @@ fn a_sync_that_heals_a_corrupt_file_of_its_destination_succeeds() {
     let (store, backup) = (dir.path().join("store"), dir.path().join("backup"));
     syncforge_with(&["put", arg(&store), "notes"], &docs("n", 2)).ok();
     syncforge(&["sync", arg(&store), arg(&backup)]).ok();
-    std::fs::write(
-        backup.join("notes").join("n00000.json"),
-        br#"{"id": "someone else"}"#,
-    )
-    .unwrap();
+    corrupt_n00000(&backup);
     syncforge_with(
         &["put", arg(&store), "notes"],
         r#"{"id": "n00000", "n": 5}"#,
@@ -338,11 +326,7 @@ fn a_sync_that_heals_a_corrupt_file_of_its_destination_succeeds() {
     let healed = syncforge(&["get", arg(&backup), "notes", "n00000"]).ok();
     assert!(healed.stdout.contains("\"n\": 5"), "{healed:?}");
     // Both ways, the destination's feed is read too, and healed all the same.
-    std::fs::write(
-        backup.join("notes").join("n00000.json"),
-        br#"{"id": "someone else"}"#,
-    )
-    .unwrap();
+    corrupt_n00000(&backup);
     syncforge_with(
         &["put", arg(&store), "notes"],
         r#"{"id": "n00000", "n": 6}"#,
@@ -361,4 +345,14 @@ fn an_import_with_no_input_on_a_terminal_is_a_usage_error() {
     let run = on_a_terminal(&line);
     assert_eq!(run.code, 2, "{run:?}");
     assert!(run.stdout.contains("no input"), "{run:?}");
+}
+
+/// Overwrites record n00000 of collection "notes" of the store at `store`
+/// with a record of another id, which a read proves corrupt.
+fn corrupt_n00000(store: &std::path::Path) {
+    std::fs::write(
+        store.join("notes").join("n00000.json"),
+        br#"{"id": "someone else"}"#,
+    )
+    .unwrap();
 }

@@ -96,7 +96,7 @@ fn watch_prints_the_feed_and_follows_new_changes() {
     .fails(1);
     assert!(one_past.stderr.contains("past the end"), "{one_past:?}");
     // The end itself is a cursor of the feed: the watch starts there.
-    let mut at_end = command(&[
+    let (mut at_end, said, _stderr) = watching(&[
         "watch",
         arg(&store),
         "notes",
@@ -104,23 +104,15 @@ fn watch_prints_the_feed_and_follows_new_changes() {
         "3",
         "--count",
         "1",
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let (said, _stderr) = syncforge_testkit::processes::read_line(
-        BufReader::new(at_end.stderr.take().unwrap()),
-        Duration::from_secs(60),
-    )
-    .unwrap();
+    ]);
     assert!(said.ends_with("after cursor 3\n"), "{said:?}");
     at_end.kill().unwrap();
     at_end.wait().unwrap();
 
     // From the end of the feed: only what is written from now on. The
     // watcher says on stderr where it starts; write only after that.
-    let mut watcher = command(&[
+    // Its stderr kept until the end: the watcher goes on writing to it.
+    let (watcher, said, _stderr) = watching(&[
         "watch",
         arg(&store),
         "notes",
@@ -128,17 +120,7 @@ fn watch_prints_the_feed_and_follows_new_changes() {
         "2",
         "--interval",
         "50ms",
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    // Kept until the end: the watcher goes on writing to its stderr.
-    let (said, _stderr) = syncforge_testkit::processes::read_line(
-        BufReader::new(watcher.stderr.take().unwrap()),
-        Duration::from_secs(60),
-    )
-    .unwrap();
+    ]);
     assert!(said.ends_with("after cursor 3\n"), "{said:?}");
     syncforge_with(
         &["put", arg(&store), "notes"],
@@ -158,4 +140,26 @@ fn watch_prints_the_feed_and_follows_new_changes() {
         printed,
         vec!["4  put     late  {\"x\":1}", "5  delete  n00000  {\"n\":0}"]
     );
+}
+
+/// The binary started with `args` (a watch), the first line it said on
+/// stderr (where it starts), and the rest of its stderr, kept open.
+fn watching(
+    args: &[&str],
+) -> (
+    std::process::Child,
+    String,
+    BufReader<std::process::ChildStderr>,
+) {
+    let mut watcher = command(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (said, stderr) = syncforge_testkit::processes::read_line(
+        BufReader::new(watcher.stderr.take().unwrap()),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    (watcher, said, stderr)
 }
