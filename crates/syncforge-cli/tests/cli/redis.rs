@@ -1,7 +1,6 @@
 //! Redis stores, against the test server `cargo xtask ci` starts
 //! (`SYNCFORGE_TEST_REDIS_URL`), each test under a key prefix of its own.
 
-use std::io::BufReader;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -9,7 +8,7 @@ use syncforge_testkit::services::{address, available};
 use tempfile::TempDir;
 
 use crate::support::{
-    arg, command, counts, docs, export, syncforge, syncforge_env, syncforge_with,
+    arg, counts, docs, export, syncforge, syncforge_env, syncforge_with, watching,
 };
 
 const REDIS_ENV: &str = "SYNCFORGE_TEST_REDIS_URL";
@@ -137,16 +136,8 @@ fn an_unreachable_redis_fails_within_the_connect_bound_without_its_password() {
 fn a_watch_on_a_wiped_redis_store_stops_with_an_error() {
     let Some(store) = redis_store() else { return };
     syncforge_with(&["put", &store.url, "notes"], &docs("n", 3)).ok();
-    let mut watcher = command(&["watch", &store.url, "notes", "--interval", "50ms"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (said, stderr) = syncforge_testkit::processes::read_line(
-        BufReader::new(watcher.stderr.take().unwrap()),
-        Duration::from_secs(60),
-    )
-    .unwrap();
+    let (mut watcher, said, stderr) =
+        watching(&["watch", &store.url, "notes", "--interval", "50ms"]);
     assert!(said.ends_with("after cursor 3\n"), "{said:?}");
     watcher.stderr = Some(stderr.into_inner());
     wipe(&store);

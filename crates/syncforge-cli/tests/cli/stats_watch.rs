@@ -1,12 +1,10 @@
 //! `stats` and `watch`.
 
-use std::io::BufReader;
-use std::process::Stdio;
 use std::time::Duration;
 
 use tempfile::TempDir;
 
-use crate::support::{arg, command, docs, syncforge, syncforge_with};
+use crate::support::{arg, docs, syncforge, syncforge_with, watching};
 
 #[test]
 fn stats_counts_records_deletions_and_bytes() {
@@ -140,26 +138,4 @@ fn watch_prints_the_feed_and_follows_new_changes() {
         printed,
         vec!["4  put     late  {\"x\":1}", "5  delete  n00000  {\"n\":0}"]
     );
-}
-
-/// The binary started with `args` (a watch), the first line it said on
-/// stderr (where it starts), and the rest of its stderr, kept open.
-fn watching(
-    args: &[&str],
-) -> (
-    std::process::Child,
-    String,
-    BufReader<std::process::ChildStderr>,
-) {
-    let mut watcher = command(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (said, stderr) = syncforge_testkit::processes::read_line(
-        BufReader::new(watcher.stderr.take().unwrap()),
-        Duration::from_secs(60),
-    )
-    .unwrap();
-    (watcher, said, stderr)
 }

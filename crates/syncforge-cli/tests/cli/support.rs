@@ -146,3 +146,21 @@ pub(crate) fn export(store: &Path, collection: &str) -> String {
 pub(crate) fn counts(line: &Value) -> [u64; 5] {
     ["added", "updated", "deleted", "unchanged", "conflicts"].map(|key| line[key].as_u64().unwrap())
 }
+
+/// The binary started with `args` (a watch), the first line it said on
+/// stderr (where it starts), and the rest of its stderr, kept open.
+pub(crate) fn watching(
+    args: &[&str],
+) -> (Child, String, std::io::BufReader<std::process::ChildStderr>) {
+    let mut watcher = command(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (said, stderr) = syncforge_testkit::processes::read_line(
+        std::io::BufReader::new(watcher.stderr.take().unwrap()),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    (watcher, said, stderr)
+}
