@@ -49,7 +49,8 @@ Commands:
          memory per record.
   services
          Start the services the tests need (a standalone Redis on port 6391,
-         a 3-master Redis Cluster on 7001-7003) unless they already run,
+         a 3-master Redis Cluster on 7001-7003, moto as the S3-compatible
+         server) unless they already run,
          print the variables to export for a plain `cargo test`, and stop
          what was started when Enter is pressed.
   help   Print this help.
