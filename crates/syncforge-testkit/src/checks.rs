@@ -17,9 +17,9 @@ use tokio::sync::Barrier;
 use tokio::task::JoinSet;
 
 use crate::support::{
-    edited, ensure, ensure_absent, ensure_eq, expect_closed, expect_closed_or_declined, limit,
-    n_of, put_conflicts, put_ok, record, rid, rids, shortened, soft_deleted, sorted, written,
-    CheckResult, Context, OrFail,
+    edited, ensure, ensure_absent, ensure_eq, ensure_nothing_after, expect_closed,
+    expect_closed_or_declined, limit, n_of, put_conflicts, put_ok, record, rid, rids, shortened,
+    soft_deleted, sorted, written, CheckResult, Context, OrFail,
 };
 
 /// Reads every change after `after` page by page, checking each page's
@@ -459,19 +459,13 @@ pub async fn change_feed(ctx: &Context<'_>) -> CheckResult {
     let coll = ctx.collection("feed");
     let mut hlc = ctx.clock("feed")?;
 
-    let empty = store
-        .changes(&coll, Cursor::new(0), limit(10))
-        .await
-        .or_fail("changes")?;
-    ensure!(
-        empty.changes.is_empty() && !empty.more,
-        "the feed of an unknown collection is empty"
-    );
-    ensure_eq!(
-        empty.next,
+    ensure_nothing_after(
+        store,
+        &coll,
         Cursor::START,
-        "an empty page's next is the cursor asked for"
-    );
+        "in the feed of an unknown collection",
+    )
+    .await?;
 
     let mut records = Vec::new();
     for i in 0..30 {
@@ -560,33 +554,9 @@ pub async fn change_feed(ctx: &Context<'_>) -> CheckResult {
             "after a page holding exactly the remaining changes, nothing lies beyond"
         );
     }
-    let tail = store
-        .changes(&coll, end, limit(10))
-        .await
-        .or_fail("changes")?;
-    ensure!(
-        tail.changes.is_empty() && !tail.more,
-        "nothing lies after the end of the feed"
-    );
-    ensure_eq!(
-        tail.next,
-        end,
-        "at the end of the feed next stays at the cursor"
-    );
+    ensure_nothing_after(store, &coll, end, "after the end of the feed").await?;
     let beyond = Cursor::new(end.get() + 1_000);
-    let past = store
-        .changes(&coll, beyond, limit(10))
-        .await
-        .or_fail("changes")?;
-    ensure!(
-        past.changes.is_empty() && !past.more,
-        "nothing lies past the end of the feed"
-    );
-    ensure_eq!(
-        past.next,
-        beyond,
-        "past the end of the feed next stays at the cursor asked for"
-    );
+    ensure_nothing_after(store, &coll, beyond, "past the end of the feed").await?;
 
     // A record arriving by sync, stamped long ago, still appears after the cursor.
     let (_, mut old_clock) = ctx.manual_clock("feed-old", 1_000)?;

@@ -208,6 +208,31 @@ pub(crate) async fn ensure_absent(
     Ok(())
 }
 
+/// Fails the check unless the page of `collection`'s feed after `after`
+/// holds nothing, says nothing follows, and keeps `after` as its `next`;
+/// `where_` says where `after` lies ("after the end of the feed").
+pub(crate) async fn ensure_nothing_after(
+    store: &dyn StorageBackend,
+    collection: &CollectionName,
+    after: Cursor,
+    where_: &str,
+) -> CheckResult {
+    let page = store
+        .changes(collection, after, limit(10))
+        .await
+        .or_fail("changes")?;
+    ensure!(
+        page.changes.is_empty() && !page.more,
+        "nothing lies {where_}"
+    );
+    ensure_eq!(
+        page.next,
+        after,
+        "{where_}, next stays at the cursor asked for"
+    );
+    Ok(())
+}
+
 /// The `n` field of a record.
 pub(crate) fn n_of(record: &Record) -> Option<i64> {
     record.get("n").as_ref().and_then(serde_json::Value::as_i64)
