@@ -40,6 +40,10 @@ impl Cursor {
     /// Before every change: reading from here returns the whole feed.
     pub const START: Cursor = Cursor(0);
 
+    /// The largest position a backend hands out: 2^53, the largest integer
+    /// every JSON reader keeps exact.
+    pub const LARGEST: Cursor = Cursor(1 << 53);
+
     /// The cursor with this position.
     pub const fn new(position: u64) -> Self {
         Cursor(position)
@@ -224,6 +228,39 @@ impl ChangePage {
     /// Number of changes in the page.
     pub fn len(&self) -> usize {
         self.changes.len()
+    }
+
+    /// Checks a page read after `after` against what every feed keeps to,
+    /// and says what is wrong with it otherwise: its changes ascend within
+    /// `after..=next`, `next` is not past [`Cursor::LARGEST`], and a page
+    /// announcing more moves past `after` (read again from there, it would
+    /// come back the same). A page from another replica is input like any
+    /// other: one that breaks these would move a reader's cursor backwards,
+    /// keep it reading for ever, or leave it stuck past every real position.
+    pub fn check_after(&self, after: Cursor) -> std::result::Result<(), String> {
+        let mut previous = after;
+        let out_of_order = self.changes.iter().any(|change| {
+            let bad = change.cursor <= previous || change.cursor > self.next;
+            previous = change.cursor;
+            bad
+        });
+        if self.next < after || out_of_order || (self.more && self.next == after) {
+            return Err(format!(
+                "answered a change page after cursor {after} that does not advance in order \
+                 (next {}, more {}, {} changes)",
+                self.next,
+                self.more,
+                self.changes.len()
+            ));
+        }
+        if self.next > Cursor::LARGEST {
+            return Err(format!(
+                "answered a change page whose next cursor {} is past {}, the largest any feed hands out",
+                self.next,
+                Cursor::LARGEST
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -287,9 +287,16 @@ impl Error {
     }
 }
 
-/// Shortens a user-supplied string for an error message, so a 1 MiB id does
-/// not become a 1 MiB message.
-pub(crate) fn shorten(s: &str) -> String {
+/// Shortens a string from outside (a user's, a peer's) for an error message,
+/// so a 1 MiB id does not become a 1 MiB message: its first 80 bytes or so,
+/// and its length.
+///
+/// ```
+/// let long = "x".repeat(1000);
+/// assert_eq!(syncforge_core::shorten("short"), "short");
+/// assert!(syncforge_core::shorten(&long).ends_with("... (1000 bytes)"));
+/// ```
+pub fn shorten(s: &str) -> String {
     const KEEP: usize = 80;
     if s.len() <= KEEP {
         return s.to_owned();

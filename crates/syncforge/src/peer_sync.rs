@@ -759,23 +759,9 @@ const MAX_EMPTY_PAGES_IN_A_ROW: usize = 1_000;
 /// Refuses a page that would move the cursor backwards or loop forever: a
 /// peer's answer is input like any other.
 fn check_page(peer_id: &str, cursor: Cursor, page: &ChangePage) -> Result<()> {
-    let mut previous = cursor;
-    let out_of_order = page.changes.iter().any(|change| {
-        let bad = change.cursor <= previous || change.cursor > page.next;
-        previous = change.cursor;
-        bad
-    });
-    if page.next < cursor || out_of_order || (page.more && page.next == cursor) {
-        return Err(Error::PeerProtocol {
+    page.check_after(cursor)
+        .map_err(|reason| Error::PeerProtocol {
             peer: peer_id.to_owned(),
-            reason: format!(
-                "answered a change page after cursor {cursor} that does not advance in order \
-                 (next {}, more {}, {} changes)",
-                page.next,
-                page.more,
-                page.changes.len()
-            ),
-        });
-    }
-    Ok(())
+            reason,
+        })
 }

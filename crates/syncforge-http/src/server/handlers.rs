@@ -22,7 +22,7 @@ use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::Value;
 use subtle::ConstantTimeEq;
-use syncforge_core::{CollectionName, Cursor, Record, RecordId, Result};
+use syncforge_core::{shorten, CollectionName, Cursor, Record, RecordId, Result};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tower_http::compression::{CompressionLayer, CompressionLevel};
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -387,7 +387,7 @@ impl FeedQuery {
             None => Cursor::START,
             // No feed position is past 2^53 (what every JSON reader keeps
             // exact).
-            Some(after) if after > LARGEST_CURSOR => {
+            Some(after) if after > Cursor::LARGEST.get() => {
                 return Err(ApiError::new(
                     ErrorCode::InvalidCursor,
                     // The text sent: a number past every integer was read
@@ -426,7 +426,7 @@ impl FeedQuery {
         if let Some([_, end]) = skip
             .ranges()
             .last()
-            .filter(|[_, end]| *end > LARGEST_CURSOR)
+            .filter(|[_, end]| *end > Cursor::LARGEST.get())
         {
             return Err(ApiError::new(
                 ErrorCode::InvalidArgument,
@@ -1004,9 +1004,6 @@ struct Watchers {
     watching: Mutex<Watching>,
 }
 
-/// The largest feed position (2^53).
-const LARGEST_CURSOR: u64 = 1 << 53;
-
 /// How long after starting the watch a long poll reads once more: long
 /// enough for most writes under way when it started to land.
 const WATCH_SETTLING: Duration = Duration::from_secs(1);
@@ -1417,19 +1414,6 @@ impl<'de> Visitor<'de> for RecordsSeed<'_> {
         }
         Ok(records)
     }
-}
-
-/// A user-supplied string cut short for a message.
-fn shorten(text: &str) -> String {
-    const KEEP: usize = 80;
-    if text.len() <= KEEP {
-        return text.to_owned();
-    }
-    let mut end = KEEP;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}... ({} bytes)", &text[..end], text.len())
 }
 
 #[cfg(test)]

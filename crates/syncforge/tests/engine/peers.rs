@@ -226,14 +226,17 @@ async fn a_trait_object_peer_works_and_bad_peer_ids_are_refused() {
     );
 }
 
-/// A peer answering pages that do not advance would loop forever; it is
-/// refused with an error instead, and its records are not applied.
-struct StuckPeer;
+/// A peer answering every pull with the page `answer` makes of the cursor
+/// asked for.
+struct BadPagePeer {
+    id: &'static str,
+    answer: fn(Cursor) -> ChangePage,
+}
 
 #[syncforge::core::async_trait]
-impl SyncPeer for StuckPeer {
+impl SyncPeer for BadPagePeer {
     fn peer_id(&self) -> &str {
-        "stuck"
+        self.id
     }
 
     async fn pull(
@@ -242,14 +245,7 @@ impl SyncPeer for StuckPeer {
         cursor: Cursor,
         _limit: NonZeroUsize,
     ) -> Result<ChangePage> {
-        let record = Record::from_json(json!({
-            "id": "r", "_version": 1, "_timestamp": 1, "_deleted": false, "_clientId": "stuck"
-        }))?;
-        Ok(ChangePage {
-            changes: vec![Change { cursor, record }],
-            next: cursor,
-            more: true,
-        })
+        Ok((self.answer)(cursor))
     }
 
     async fn push(
@@ -261,24 +257,50 @@ impl SyncPeer for StuckPeer {
     }
 }
 
-#[tokio::test]
-async fn a_misbehaving_peer_is_refused_with_an_error_event() {
-    let a = engine("a", ConflictStrategy::Crdt).await;
-    let mut rx = a.subscribe();
-    let err = tokio::time::timeout(Duration::from_secs(10), a.sync_with(&StuckPeer, "c"))
+/// A page of the record `r` at `cursor`, going on to `next`.
+fn page_of_r(cursor: Cursor, next: Cursor, more: bool) -> ChangePage {
+    let record = Record::from_json(json!({
+        "id": "r", "_version": 1, "_timestamp": 1, "_deleted": false, "_clientId": "stuck"
+    }))
+    .unwrap();
+    ChangePage {
+        changes: vec![Change { cursor, record }],
+        next,
+        more,
+    }
+}
+
+/// Syncs `a` with `peer`, which must refuse its answer as breaking the
+/// protocol without applying it or moving the pull cursor; returns the error.
+async fn refused_page(a: &SyncEngine, peer: &BadPagePeer) -> Error {
+    let err = tokio::time::timeout(Duration::from_secs(10), a.sync_with(peer, "c"))
         .await
         .expect("no endless loop")
         .unwrap_err();
-    assert!(err.to_string().contains("stuck"), "{err}");
+    assert!(err.to_string().contains(peer.id), "{err}");
     assert!(
         matches!(err, syncforge::Error::PeerProtocol { .. }),
         "{err:?}"
     );
     assert!(a.get("c", "r").await.unwrap().is_none());
     assert_eq!(
-        a.peer_cursors("stuck", "c").await.unwrap().pulled,
+        a.peer_cursors(peer.id, "c").await.unwrap().pulled,
         Cursor::START
     );
+    err
+}
+
+/// A peer answering pages that do not advance would loop forever; it is
+/// refused with an error instead, and its records are not applied.
+#[tokio::test]
+async fn a_misbehaving_peer_is_refused_with_an_error_event() {
+    let a = engine("a", ConflictStrategy::Crdt).await;
+    let mut rx = a.subscribe();
+    let stuck = BadPagePeer {
+        id: "stuck",
+        answer: |cursor| page_of_r(cursor, cursor, true),
+    };
+    refused_page(&a, &stuck).await;
     let mut errors = 0;
     while let Ok(event) = rx.try_recv() {
         if event.kind() == EventKind::SyncError {
@@ -286,6 +308,25 @@ async fn a_misbehaving_peer_is_refused_with_an_error_event() {
         }
     }
     assert_eq!(errors, 1);
+}
+
+/// A page going on past 2^53, where no feed reaches, was stored as the pull
+/// cursor, and every later pull from there was refused by the peer for good.
+#[tokio::test]
+async fn a_page_going_past_every_feed_position_is_refused() {
+    let a = engine("a", ConflictStrategy::Crdt).await;
+    let far = BadPagePeer {
+        id: "far",
+        answer: |_| {
+            page_of_r(
+                Cursor::new(1),
+                Cursor::new(Cursor::LARGEST.get() + 1),
+                false,
+            )
+        },
+    };
+    let err = refused_page(&a, &far).await;
+    assert!(err.to_string().contains("largest"), "{err}");
 }
 
 /// A peer whose pages are always empty and always announce more: each one
