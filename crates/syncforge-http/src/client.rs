@@ -998,7 +998,7 @@ impl HttpPeer {
         if !known_too_large {
             let started = Instant::now();
             let (cause, slow, asked_wait) = match self
-                .send_records(collection, body.clone(), echoes, divisible)
+                .send_records(collection, body.clone(), ids.len(), echoes, divisible)
                 .await
             {
                 Ok(answer) => {
@@ -1069,12 +1069,14 @@ impl HttpPeer {
         Ok(sum(first, second))
     }
 
-    /// Sends a sync request's body once (with the retries of transient
-    /// failures; a slow one is handed back when the body is `divisible`).
+    /// Sends a sync request's body of `records` records once (with the
+    /// retries of transient failures; a slow one is handed back when the body
+    /// is `divisible`).
     async fn send_records(
         &self,
         collection: &CollectionName,
         body: Bytes,
+        records: usize,
         echoes: Echoes,
         divisible: bool,
     ) -> Result<SyncResponse, Failure> {
@@ -1090,12 +1092,49 @@ impl HttpPeer {
         let bytes = self.call_raw(&call).await?;
         let answer: SyncResponse = serde_json::from_slice(&bytes)
             .map_err(|error| Failure::Permanent(self.unexpected_body(&call.url, &error)))?;
+        self.check_sync_answer(collection, records, &answer)
+            .map_err(Failure::Permanent)?;
         let mut state = self.inner.state.lock();
         state.follow_feed(&answer.feed_id);
         if echoes == Echoes::Remember {
             state.remember_echoes(collection, &answer.echoes);
         }
         Ok(answer)
+    }
+
+    /// Refuses an answer to a push of `records` records to `collection`
+    /// that cannot be one: the echoes it names are skipped by later pulls
+    /// unread, so positions that are not this push's own writes would hide
+    /// other replicas' changes for good, and one past every feed position
+    /// would make every later pull refused.
+    fn check_sync_answer(
+        &self,
+        collection: &CollectionName,
+        records: usize,
+        answer: &SyncResponse,
+    ) -> Result<()> {
+        if answer.collection != collection.as_str() {
+            return Err(self.protocol_error(format!(
+                "answered a push to collection {:?} for collection {:?}",
+                collection.as_str(),
+                syncforge_core::shorten(&answer.collection)
+            )));
+        }
+        let echoed = answer.echoes.positions();
+        if echoed > u64::try_from(records).unwrap_or(u64::MAX) {
+            return Err(self.protocol_error(format!(
+                "answered a push of {records} records with {echoed} echoed writes, more than one a record"
+            )));
+        }
+        if let Some([_, end]) = answer.echoes.ranges().last() {
+            if *end > Cursor::LARGEST.get() {
+                return Err(self.protocol_error(format!(
+                    "answered a push with echo position {end}, past {}, the largest any feed hands out",
+                    Cursor::LARGEST
+                )));
+            }
+        }
+        Ok(())
     }
 
     async fn read_feed(
@@ -1179,9 +1218,13 @@ impl HttpPeer {
                     ),
                 ));
             }
-            if prune == Prune::Yes {
-                state.prune(collection, page.next);
-            }
+        }
+        if page.collection != collection.as_str() {
+            return Err(self.protocol_error(format!(
+                "answered a change page of collection {:?} for collection {:?}",
+                syncforge_core::shorten(&page.collection),
+                collection.as_str()
+            )));
         }
         // Each record located in the body, to be read on every core.
         let base = bytes.as_ptr() as usize;
@@ -1208,11 +1251,19 @@ impl HttpPeer {
                 .map_err(|error| self.unexpected_body(&call.url, &error))?;
             changes.extend(chunk);
         }
-        Ok(ChangePage {
+        let page = ChangePage {
             changes,
             next,
             more,
-        })
+        };
+        // Checked before the echoes up to `next` are let go: a page refused
+        // leaves them for the pull that reads those positions again.
+        page.check_after(after)
+            .map_err(|reason| self.protocol_error(reason))?;
+        if prune == Prune::Yes {
+            self.inner.state.lock().prune(collection, next);
+        }
+        Ok(page)
     }
 
     /// The URL of a route of `collection`: `v1/collections/<name>/<route>`.
@@ -1428,6 +1479,17 @@ impl HttpPeer {
                 ahead_ms: detail.ahead_ms.unwrap_or(0),
                 max_drift_ms: detail.max_drift_ms.unwrap_or(0),
             },
+            // One stamp ahead, not a batch's records: as a local engine
+            // refuses it.
+            ErrorCode::ClockDrift if detail.stamp.is_some() => Error::StampAhead {
+                stamp: detail.stamp.unwrap_or_default(),
+                ahead_ms: detail.ahead_ms.unwrap_or(0),
+                max_drift_ms: detail.max_drift_ms.unwrap_or(0),
+            },
+            ErrorCode::InvalidStamp => Error::InvalidStamp {
+                stamp: detail.stamp.unwrap_or_default(),
+                reason: detail.reason.unwrap_or(message),
+            },
             ErrorCode::InvalidRecord => Error::InvalidRecord {
                 id: detail.id,
                 field: detail.field,
@@ -1576,8 +1638,8 @@ fn encode_chunk(records: Vec<Record>) -> Encoded {
 #[derive(serde::Deserialize)]
 struct RawPage<'a> {
     feed_id: String,
-    #[allow(dead_code)]
-    collection: serde::de::IgnoredAny,
+    #[serde(borrow)]
+    collection: std::borrow::Cow<'a, str>,
     #[serde(borrow)]
     changes: Vec<RawChange<'a>>,
     next: Cursor,

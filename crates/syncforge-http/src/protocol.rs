@@ -166,6 +166,10 @@ pub struct ErrorDetail {
     /// `clock_drift`: the server's allowed drift, in ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_drift_ms: Option<u64>,
+    /// `invalid_stamp`, and `clock_drift` of a single stamp (no `ids`): the
+    /// stamp refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stamp: Option<String>,
 }
 
 impl ErrorDetail {
@@ -181,6 +185,7 @@ impl ErrorDetail {
             ids: Vec::new(),
             ahead_ms: None,
             max_drift_ms: None,
+            stamp: None,
         }
     }
 }

@@ -57,12 +57,23 @@ impl From<Error> for ApiError {
                 detail.reason = Some(reason.clone());
                 detail
             }
-            Error::InvalidStamp { reason, .. } => {
+            Error::InvalidStamp { stamp, reason } => {
                 let mut detail = ErrorDetail::new(ErrorCode::InvalidStamp, message);
+                detail.stamp = Some(stamp.clone());
                 detail.reason = Some(reason.clone());
                 detail
             }
-            Error::StampAhead { .. } => ErrorDetail::new(ErrorCode::ClockDrift, message),
+            Error::StampAhead {
+                stamp,
+                ahead_ms,
+                max_drift_ms,
+            } => {
+                let mut detail = ErrorDetail::new(ErrorCode::ClockDrift, message);
+                detail.stamp = Some(stamp.clone());
+                detail.ahead_ms = Some(*ahead_ms);
+                detail.max_drift_ms = Some(*max_drift_ms);
+                detail
+            }
             Error::ClockDrift {
                 ids,
                 ahead_ms,

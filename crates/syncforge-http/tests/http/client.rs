@@ -819,7 +819,8 @@ async fn a_large_push_goes_in_requests_of_a_few_mebibytes() {
 }
 
 /// A server answering with canned responses, one a connection, in order;
-/// it hands back the request lines it received.
+/// it reads each request whole (its body by its `content-length`) and hands
+/// back the request lines it received.
 async fn canned_server(answers: Vec<String>) -> (String, tokio::task::JoinHandle<Vec<String>>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -830,7 +831,19 @@ async fn canned_server(answers: Vec<String>) -> (String, tokio::task::JoinHandle
             let (mut stream, _) = listener.accept().await.unwrap();
             let mut received = Vec::new();
             let mut buffer = [0u8; 4096];
-            while !received.windows(4).any(|window| window == b"\r\n\r\n") {
+            let whole = |received: &[u8]| {
+                let Some(head) = received.windows(4).position(|window| window == b"\r\n\r\n")
+                else {
+                    return false;
+                };
+                let head_text = String::from_utf8_lossy(&received[..head]).to_lowercase();
+                let body = head_text
+                    .lines()
+                    .find_map(|line| line.strip_prefix("content-length:"))
+                    .map_or(0, |length| length.trim().parse::<usize>().unwrap());
+                received.len() >= head + 4 + body
+            };
+            while !whole(&received) {
                 let read = stream.read(&mut buffer).await.unwrap();
                 if read == 0 {
                     break;
@@ -876,6 +889,149 @@ async fn a_retry_waits_as_long_as_the_server_asked() {
     let waited = started.elapsed();
     assert!(waited >= Duration::from_secs(2), "retried after {waited:?}");
     assert_eq!(served.await.unwrap().len(), 2);
+}
+
+const CANNED_HEALTH: &str = r#"{"status":"ok","protocol":1,"feed_id":"f1","limits":{"max_body_bytes":100000,"max_records":10,"max_page":10,"max_wait_ms":1000}}"#;
+
+/// Two records of `notes` to push.
+async fn two_notes() -> Vec<syncforge::Record> {
+    let phone = memory_engine("phone").await;
+    for id in ["n1", "n2"] {
+        phone.put("notes", &json!({"id": id})).await.unwrap();
+    }
+    phone.get_all("notes").await.unwrap()
+}
+
+fn notes() -> syncforge::CollectionName {
+    syncforge::CollectionName::new("notes").unwrap()
+}
+
+/// A push's answer names the feed positions of its writes, which later
+/// pulls skip unread. An answer naming more positions than it had records
+/// (here 996 for two) would have hidden other replicas' changes at those
+/// positions for good; one past every feed position would have made every
+/// later pull refused. Both are refused, and nothing of them is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echoes_a_push_could_not_have_written_are_refused_and_not_skipped() {
+    let synced = |echoes: &str| {
+        json_answer(
+            "200 OK",
+            "",
+            &format!(
+                r#"{{"feed_id":"f1","collection":"notes","added":2,"updated":0,"deleted":0,"unchanged":0,"conflicts":0,"echoes":{echoes}}}"#
+            ),
+        )
+    };
+    let empty_page = json_answer(
+        "200 OK",
+        "",
+        r#"{"feed_id":"f1","collection":"notes","changes":[],"next":0,"more":false}"#,
+    );
+    let (url, served) = canned_server(vec![
+        json_answer("200 OK", "", CANNED_HEALTH),
+        synced("[[5,1000]]"),
+        synced("[[9007199254740993,9007199254740993]]"),
+        synced("[[5,5],[1000,1000]]"),
+        empty_page,
+    ])
+    .await;
+    let link = peer(&url, None);
+    for reason in ["996 echoed writes", "past 9007199254740992"] {
+        let error = SyncPeer::push(&link, &notes(), two_notes().await)
+            .await
+            .unwrap_err();
+        assert!(matches!(error, Error::PeerProtocol { .. }), "{error:?}");
+        assert!(error.to_string().contains(reason), "{error}");
+    }
+    // Two positions for two records: taken, and skipped by the next pull.
+    let pushed = SyncPeer::push(&link, &notes(), two_notes().await)
+        .await
+        .unwrap();
+    assert!(pushed.refused.is_empty(), "{pushed:?}");
+    SyncPeer::pull(
+        &link,
+        &notes(),
+        syncforge::Cursor::START,
+        10.try_into().unwrap(),
+    )
+    .await
+    .unwrap();
+    let requests = served.await.unwrap();
+    assert!(requests[4].contains("&skip=5%2C1000 "), "{requests:?}");
+}
+
+/// A page that cannot answer the pull it came for is refused before its
+/// records are handed on: one of another collection (a proxy or cache
+/// answering for the wrong URL), or one going on past every feed position,
+/// which an engine would keep as its cursor and be refused from for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_another_collection_or_past_every_position_is_refused() {
+    let page = |collection: &str, next: u64| {
+        json_answer(
+            "200 OK",
+            "",
+            &format!(
+                r#"{{"feed_id":"f1","collection":"{collection}","changes":[],"next":{next},"more":false}}"#
+            ),
+        )
+    };
+    let (url, served) =
+        canned_server(vec![page("tasks", 3), page("notes", 9_007_199_254_740_993)]).await;
+    let link = peer(&url, None);
+    for reason in ["collection \"tasks\"", "largest"] {
+        let error = SyncPeer::pull(
+            &link,
+            &notes(),
+            syncforge::Cursor::START,
+            10.try_into().unwrap(),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(error, Error::PeerProtocol { .. }), "{error:?}");
+        assert!(error.to_string().contains(reason), "{error}");
+    }
+    assert_eq!(served.await.unwrap().len(), 2);
+}
+
+/// A stamp the server refuses keeps its type over HTTP, as a local engine
+/// gives it: `InvalidStamp`, and `StampAhead` for one stamp ahead of the
+/// server's clock. Both came back as a plain storage error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_stamp_keeps_its_type_over_http() {
+    let (url, _served) = canned_server(vec![
+        json_answer("200 OK", "", CANNED_HEALTH),
+        json_answer(
+            "422 Unprocessable Entity",
+            "",
+            r#"{"error":{"code":"invalid_stamp","message":"bad","stamp":"zz","reason":"not a stamp"}}"#,
+        ),
+        json_answer(
+            "422 Unprocessable Entity",
+            "",
+            r#"{"error":{"code":"clock_drift","message":"ahead","stamp":"s1","ahead_ms":9000,"max_drift_ms":5000}}"#,
+        ),
+    ])
+    .await;
+    let link = peer(&url, None);
+    let error = link
+        .push_records("notes", two_notes().await)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, Error::InvalidStamp { stamp, reason } if stamp == "zz" && reason == "not a stamp"),
+        "{error:?}"
+    );
+    let error = link
+        .push_records("notes", two_notes().await)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            Error::StampAhead { stamp, ahead_ms: 9000, max_drift_ms: 5000 } if stamp == "s1"
+        ),
+        "{error:?}"
+    );
 }
 
 /// A long poll answered with nothing to show but more to read (the server
