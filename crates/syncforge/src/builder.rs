@@ -189,7 +189,8 @@ impl EngineBuilder {
     }
 
     /// How many events a receiver from `subscribe()` may fall behind before
-    /// it loses the oldest and is told it lagged (default 1024, at least 1).
+    /// it loses the oldest and is told it lagged (default 1024, from 1 to
+    /// [`MAX_EVENT_CAPACITY`]).
     pub fn event_capacity(mut self, capacity: usize) -> Self {
         self.event_capacity = capacity;
         self

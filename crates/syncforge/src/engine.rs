@@ -812,6 +812,8 @@ impl SyncEngine {
                     // conflict, nothing it replaced.
                     if listening {
                         self.emit_record_event(collection, ChangeKind::Added, record.clone(), None);
+                    } else if self.watched_late(listening) {
+                        self.wake_late_watchers(collection, &record);
                     }
                     Offer::Inserted(record)
                 }
@@ -1476,8 +1478,8 @@ impl SyncEngine {
     /// Stops auto-sync, and waits (at most 10 s) for a window in progress,
     /// or one `stop_auto_sync` cancelled, to stop: no window emits an event
     /// or starts a storage call after `close` returned; forgets
-    /// its peers and removes every event handler (one added later is
-    /// dropped at once); receivers see the stream end when the last handle
+    /// its peers and removes every event handler added through
+    /// [`events`](Self::events) (one added later is dropped at once); receivers see the stream end when the last handle
     /// on the engine is dropped. Later calls fail with [`Error::Closed`];
     /// closing twice is harmless, a close while another is under way
     /// returns when that one has ended, and a close whose store failed to
@@ -1714,4 +1716,63 @@ fn preload(intents: &[Intent], stored: &[Option<Stored>]) {
     }
     // Kept, so that the reads are not optimised away.
     std::hint::black_box(seen);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    /// A clock that runs `hook` the first time it is read after the hook
+    /// is set: the moment a put stamps its record, inside the store's write.
+    #[derive(Default)]
+    struct HookedClock {
+        hook: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    }
+
+    impl std::fmt::Debug for HookedClock {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("HookedClock")
+        }
+    }
+
+    impl TimeSource for HookedClock {
+        fn now_millis(&self) -> u64 {
+            let hook = self.hook.lock().take();
+            if let Some(hook) = hook {
+                hook();
+            }
+            1_700_000_000_000
+        }
+    }
+
+    /// A watcher (an HTTP server's long poll) that arrives while a put of a
+    /// new record with no one listening is being inserted is woken by it,
+    /// as by every other write; before, it slept until its wait ran out.
+    #[tokio::test]
+    async fn a_watcher_arriving_during_the_insert_of_a_new_record_is_woken() {
+        let clock = Arc::new(HookedClock::default());
+        let engine = SyncEngine::builder()
+            .client_id("a")
+            .time_source(clock.clone())
+            .build()
+            .await
+            .unwrap();
+        let woken = Arc::new(AtomicUsize::new(0));
+        let (watched, seen) = (engine.clone(), Arc::clone(&woken));
+        *clock.hook.lock() = Some(Box::new(move || {
+            watched
+                .events()
+                .on_internal(EventKind::RecordAdded, move |_| {
+                    seen.fetch_add(1, Ordering::Relaxed);
+                });
+        }));
+        engine
+            .put("notes", &serde_json::json!({"id": "n1"}))
+            .await
+            .unwrap();
+        assert!(clock.hook.lock().is_none(), "the put read no clock");
+        assert_eq!(woken.load(Ordering::Relaxed), 1);
+    }
 }
