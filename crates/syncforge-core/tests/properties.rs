@@ -402,6 +402,36 @@ mod stored_form {
             assert_eq!(Record::from_stored_json(&other), None, "{other}");
         }
     }
+
+    /// A key given twice in one object, at the top or deeper, is read with
+    /// the last one counting (as serde_json and `JSON.parse` read it), in
+    /// the canonical form and in the TypeScript form alike: every replica
+    /// reads one text the same way.
+    #[test]
+    fn a_key_given_twice_counts_its_last_value() {
+        let r = Record::from_json(json!({
+            "id": "a", "x": 2, "o": {"k": 2},
+            "_version": 1, "_timestamp": 1, "_deleted": false, "_clientId": "c",
+            "_sync": {"written": "000000000001.00000000.c", "fields": {"o": "000000000001.00000000.c", "x": "000000000001.00000000.c"}, "versions": {"c": 1}},
+        }))
+        .unwrap();
+        let text = r.to_json_string();
+        let read = |text: &str| {
+            Record::from_stored_json(text)
+                .unwrap_or_else(|| serde_json::from_str::<Record>(text).unwrap())
+        };
+        let nested = text.replacen("\"k\":2", "\"k\":1,\"k\":2", 1);
+        let top = text.replacen("\"x\":2", "\"x\":1,\"x\":2", 1);
+        for twice in [nested, top] {
+            assert_ne!(twice, text);
+            assert_eq!(read(&twice), r, "{twice}");
+        }
+        let typescript = r#"{"id": "a", "x": 1, "x": 2, "o": {"k": 1, "k": 2},
+            "_version": 1, "_timestamp": 1, "_deleted": false, "_clientId": "c"}"#;
+        let read = read(typescript);
+        assert_eq!(read.get("x"), Some(json!(2)));
+        assert_eq!(read.get("o"), Some(json!({"k": 2})));
+    }
 }
 
 /// The CRDT merge is the field-by-field join it is documented to be, also
