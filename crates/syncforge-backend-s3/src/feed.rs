@@ -680,11 +680,14 @@ impl Store {
                     None => page.room().min(FIRST_FETCH),
                 };
                 let batch: Vec<_> = listed.by_ref().take(wanted.min(self.in_flight())).collect();
-                for entry in self.fetch_entries(collection, batch).await? {
-                    // Deleted or replaced since the listing: compaction moved on.
-                    let Some((number, entry)) = entry else {
-                        return Ok(None);
-                    };
+                let Some(batch) = self
+                    .fetch_entries(collection, keys, batch, horizon_tag.as_deref())
+                    .await?
+                else {
+                    // Compaction moved on since the listing.
+                    return Ok(None);
+                };
+                for (number, entry) in batch {
                     entries_seen += 1;
                     items_seen += entry.items.len();
                     fetched.push_back((number, entry));
@@ -754,8 +757,12 @@ impl Store {
             while expected < number {
                 let missing = keys.entry(expected);
                 match self.io.get(&missing).await? {
-                    Some(found) => {
-                        filled.push((expected, missing, Some(found.etag)));
+                    // Without a tag: read after the listing's horizon check,
+                    // it may be a number compaction freed since, claimed
+                    // again by a writer about to abandon it, which
+                    // `fetch_entries` then checks for.
+                    Some(_) => {
+                        filled.push((expected, missing, None));
                         expected += 1;
                     }
                     None => {
@@ -779,18 +786,28 @@ impl Store {
     }
 
     /// Reads the listed entries `(number, path, listed ETag)` in their
-    /// order, concurrently; `None` for one deleted or replaced since it was
-    /// listed. An entry this handle read lately under the listed tag is not
-    /// read again.
+    /// order, concurrently; `None` when one was deleted or replaced since it
+    /// was listed, which means compaction moved on since the horizon read
+    /// as `horizon_tag`. An entry this handle read lately under the listed
+    /// tag is not read again.
+    ///
+    /// An entry with no listed tag (a listing that gave none, or one the
+    /// listing left out) cannot be told from one compaction freed after the
+    /// listing and a writer with a stale view claimed again: such a claim
+    /// is abandoned, and its items, if completed here, would get cursors
+    /// below the horizon that no reader looks at. So after reading any, the
+    /// horizon is read again, and `None` answered if it moved.
     async fn fetch_entries(
         &self,
         collection: &CollectionName,
+        keys: &CollectionKeys,
         listed: Vec<(u64, Path, Option<String>)>,
-    ) -> Result<Vec<Option<(u64, Arc<Entry>)>>> {
-        futures::stream::iter(
-            listed
-                .into_iter()
-                .map(|(number, path, listed_tag)| async move {
+        horizon_tag: Option<&str>,
+    ) -> Result<Option<Vec<(u64, Arc<Entry>)>>> {
+        let untagged = listed.iter().any(|(_, _, tag)| tag.is_none());
+        let fetched: Vec<Option<(u64, Arc<Entry>)>> =
+            futures::stream::iter(listed.into_iter().map(
+                |(number, path, listed_tag)| async move {
                     let kept = listed_tag
                         .as_deref()
                         .and_then(|listed| self.recent_entries.lock().get(&path, listed));
@@ -811,11 +828,18 @@ impl Store {
                         Arc::clone(&entry),
                     );
                     Ok(Some((number, entry)))
-                }),
-        )
-        .buffered(self.in_flight())
-        .try_collect()
-        .await
+                },
+            ))
+            .buffered(self.in_flight())
+            .try_collect()
+            .await?;
+        let Some(fetched) = fetched.into_iter().collect::<Option<Vec<_>>>() else {
+            return Ok(None);
+        };
+        if untagged && self.read_horizon(keys).await?.1.as_deref() != horizon_tag {
+            return Ok(None);
+        }
+        Ok(Some(fetched))
     }
 
     /// Folds the entries more than one interval behind `claimed` into a new
@@ -853,13 +877,13 @@ impl Store {
                 obsolete.push(meta.location);
             }
         }
-        let fetched = self.fetch_entries(collection, to_fold).await?;
-        let mut entries = Vec::with_capacity(fetched.len());
-        for entry in fetched {
+        let Some(entries) = self
+            .fetch_entries(collection, keys, to_fold, horizon_tag.as_deref())
+            .await?
+        else {
             // Another compaction got there first.
-            let Some(entry) = entry else { return Ok(()) };
-            entries.push(entry);
-        }
+            return Ok(());
+        };
 
         let mut latest: HashMap<RecordId, Cursor> = HashMap::new();
         let Some(old_segment) = self

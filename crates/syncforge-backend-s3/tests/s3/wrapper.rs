@@ -52,6 +52,29 @@ pub(crate) struct Wrapped {
     /// The next listing leaves out keys ending with this text, as a listing
     /// made while the key was created may.
     hidden_once: parking_lot::Mutex<Option<String>>,
+    /// The next read of a key ending with this text is held until let
+    /// through.
+    held_get: parking_lot::Mutex<Option<(String, Arc<HeldGet>)>>,
+}
+
+/// A read [`Wrapped::hold_next_get`] holds: it says when it got there, and
+/// goes on once let through.
+#[derive(Debug, Default)]
+pub(crate) struct HeldGet {
+    arrived: tokio::sync::Notify,
+    released: tokio::sync::Notify,
+}
+
+impl HeldGet {
+    /// Waits until the read is held.
+    pub(crate) async fn arrived(&self) {
+        self.arrived.notified().await;
+    }
+
+    /// Lets the read go on.
+    pub(crate) fn release(&self) {
+        self.released.notify_one();
+    }
 }
 
 /// How [`Wrapped`] answers deletes it refuses.
@@ -94,7 +117,16 @@ impl Wrapped {
             refused_deletes: parking_lot::Mutex::new(None),
             counted_gets: parking_lot::Mutex::new(None),
             hidden_once: parking_lot::Mutex::new(None),
+            held_get: parking_lot::Mutex::new(None),
         }
+    }
+
+    /// Holds the next read of a key ending with `key_end` (before it is
+    /// made) until the [`HeldGet`] returned lets it through.
+    pub(crate) fn hold_next_get(&self, key_end: &str) -> Arc<HeldGet> {
+        let held = Arc::new(HeldGet::default());
+        *self.held_get.lock() = Some((key_end.to_owned(), Arc::clone(&held)));
+        held
     }
 
     /// Leaves keys ending with `key_end` out of the next listing: a
@@ -376,6 +408,21 @@ impl ObjectStore for Wrapped {
             if location.as_ref().contains(key_part.as_str()) {
                 counter.fetch_add(1, Ordering::SeqCst);
             }
+        }
+        let held = {
+            let mut slot = self.held_get.lock();
+            let matching = slot
+                .as_ref()
+                .is_some_and(|(end, _)| location.as_ref().ends_with(end.as_str()));
+            if matching {
+                slot.take().map(|(_, held)| held)
+            } else {
+                None
+            }
+        };
+        if let Some(held) = held {
+            held.arrived.notify_one();
+            held.released.notified().await;
         }
         self.around(self.inner.get_opts(location, options)).await
     }

@@ -877,6 +877,96 @@ async fn an_entry_a_listing_left_out_is_still_read() {
     assert_eq!(seen, ["r1", "r3"]);
 }
 
+/// An entry number compaction freed can be claimed again by a writer whose
+/// view of the feed is stale; it abandons that claim. A reader that had
+/// listed the feed before the compaction, and read the number afterwards
+/// (here: the listing left it out, so it was asked for), took the abandoned
+/// entry for the one it listed and completed its item, under a cursor below
+/// the new horizon that no reader looks at: the record's new state dropped
+/// out of the feed for good. The reader now reads the horizon again after
+/// an entry no listing vouched for, and starts over when it moved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_claim_read_by_a_reader_with_an_old_listing_stays_abandoned() {
+    let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let name = coll("reclaimed");
+    let every_two = StoreOptions {
+        compaction_interval: 2.try_into().unwrap(),
+        ..StoreOptions::default()
+    };
+    // A writer whose record writes take a while, so that the reader can
+    // come between its claim and its commit.
+    let slow_store =
+        Arc::new(Wrapped::new(Arc::clone(&memory)).slow_puts("/r/", Duration::from_millis(1500)));
+    let stale = S3Backend::from_store(slow_store.clone(), "dse")
+        .unwrap()
+        .with_options(every_two);
+    let other = handle(&memory, "dse").with_options(every_two);
+    let mut clock = Hlc::new(ClientId::new("w").unwrap());
+    let mut write = |backend: S3Backend, id: &'static str, n: i64| {
+        let record = Record::create(content(id, n), clock.now().unwrap());
+        async move {
+            let outcome = backend
+                .put(&coll("reclaimed"), &Write::create(record))
+                .await;
+            (backend, outcome)
+        }
+    };
+    // Entry 1 by the stale writer, which then knows the feed ends there;
+    // entries 2 and 3 by the other.
+    let (stale, first) = write(stale, "r1", 1).await;
+    assert!(matches!(first.unwrap(), WriteOutcome::Written { .. }));
+    slow_store.slow_put_begun().await;
+    let (other, _) = write(other, "r2", 1).await;
+    let (other, _) = write(other, "r3", 1).await;
+
+    // The reader, past entry 1, lists the feed without entry 2 and waits
+    // before asking for it.
+    let reading_store = Arc::new(Wrapped::new(Arc::clone(&memory)));
+    let reader = S3Backend::from_store(reading_store.clone(), "dse").unwrap();
+    let after = reader
+        .changes(&name, Cursor::START, 1.try_into().unwrap())
+        .await
+        .unwrap()
+        .next;
+    reading_store.hide_from_next_listing("/f/0000000000000002");
+    let held = reading_store.hold_next_get("/f/0000000000000002");
+    let reading = tokio::spawn(async move {
+        reader
+            .changes(&coll("reclaimed"), after, 10.try_into().unwrap())
+            .await
+    });
+    held.arrived().await;
+
+    // Meanwhile entry 4 folds entries 1 and 2, and the stale writer's
+    // update of r1 claims number 2 again, abandons it, and claims 5.
+    let (_other, fourth) = write(other, "r4", 1).await;
+    assert!(matches!(fourth.unwrap(), WriteOutcome::Written { .. }));
+    let stored = stale.get(&name, &rid("r1")).await.unwrap().unwrap();
+    let mut next = stored.record.clone();
+    next.apply_put(content("r1", 2), &clock.now().unwrap())
+        .unwrap();
+    let updating = tokio::spawn(async move {
+        stale
+            .put(&coll("reclaimed"), &Write::replace(next, stored.token))
+            .await
+    });
+    slow_store.slow_put_begun().await;
+    held.release();
+    reading.await.unwrap().unwrap();
+    updating.await.unwrap().unwrap();
+
+    // Every record's current state is in the feed.
+    let fresh = handle(&memory, "dse");
+    let mut seen = BTreeMap::new();
+    follow(&fresh, &name, Cursor::START, &mut seen).await;
+    assert_eq!(seen, all(&fresh, &name).await);
+    assert_eq!(
+        seen[&rid("r1")].get("n"),
+        Some(json!(2)),
+        "the update of r1 is in the feed"
+    );
+}
+
 /// A create refused without effect (S3's 409 to a put that raced another
 /// request on the key) leaves its item pending, and a reader would complete
 /// it: the writer settles it itself and reports it written. It reported
