@@ -74,10 +74,12 @@ impl Io {
     /// Refuses a store that takes conditional puts but ignores their
     /// condition (an older S3-compatible server, a gateway in front of one):
     /// two writers would then overwrite each other's records and feed
-    /// entries without either noticing. Tried once per handle, before its
-    /// first conditional write: a create, a second create of the same key
-    /// (which must be refused), an update with an ETag the object never had
-    /// (which must be refused), and the removal of the key — four requests.
+    /// entries without either noticing; and one that refuses every update
+    /// by ETag, which no write could get past. Tried once per handle, before
+    /// its first conditional write: a create, a second create of the same
+    /// key (which must be refused), an update with an ETag the object never
+    /// had (which must be refused), an update with the ETag it has (which
+    /// must go through), and the removal of the key — five requests.
     /// A transient failure is not remembered: the next write tries again.
     async fn check_conditions(&self) -> Result<()> {
         let found = self
@@ -170,7 +172,8 @@ impl Io {
         let put = |body: &'static [u8], condition| {
             self.put_unchecked(probe, Bytes::from_static(body), condition)
         };
-        if put(b"1", Condition::Absent).await? == Put::Lost {
+        let created = put(b"1", Condition::Absent).await?;
+        if created == Put::Lost {
             // The key is this handle's own: an object there holding what
             // this create sent was left by this try (the create landed, its
             // answer was lost, and the client's resend was refused) or by an
@@ -216,6 +219,16 @@ impl Io {
             return Ok(Err(
                 "update-if-ETag (If-Match) wrote with an ETag the object never had",
             ));
+        }
+        // A store that refuses every If-Match passes the two checks above,
+        // and then every update of a record would lose a race that is not
+        // there, try again for a minute, and fail as unavailable.
+        if let Put::Done(etag) = created {
+            if put(b"4", Condition::Tag(&etag)).await? == Put::Lost {
+                return Ok(Err(
+                    "update-if-ETag (If-Match) refused the ETag the object has",
+                ));
+            }
         }
         Ok(Ok(()))
     }
@@ -401,6 +414,16 @@ pub(crate) fn map_error(error: object_store::Error, doing: &str, path: &Path) ->
     let status = http_status(&message);
     let key_code = bulk_delete_code(&error);
     match error {
+        // Refused with 403 like bad credentials, but the credentials are
+        // fine: this machine's clock is not.
+        _ if message.contains("<Code>RequestTimeTooSkewed</Code>") => Error::storage_caused(
+            BACKEND_NAME,
+            format!(
+                "{doing} {path} was refused: this machine's clock is too far from the store's; \
+                 set it right (S3 takes requests at most 15 minutes off)"
+            ),
+            StoreAnswer::of(&error),
+        ),
         E::PermissionDenied { .. } | E::Unauthenticated { .. } => refused(&error, doing, path),
         _ if key_code.as_deref().is_some_and(names_credentials) => refused(&error, doing, path),
         // An expired or unknown session token is answered 400, which says
@@ -977,6 +1000,26 @@ mod tests {
             ),
             "<Token-0/><Code>InvalidArgument</Code><ArgumentValue>(removed)</ArgumentValue>"
         );
+    }
+
+    /// S3 refuses a request from a machine whose clock is off with 403,
+    /// as it refuses bad credentials: the error said to check the
+    /// credentials, which were fine.
+    #[test]
+    fn a_clock_too_far_off_is_told_apart_from_bad_credentials() {
+        let skewed = object_store::Error::PermissionDenied {
+            path: "p/k".to_owned(),
+            source: "Server returned non-2xx status code: 403 Forbidden: <Error><Code>\
+                     RequestTimeTooSkewed</Code><Message>The difference between the request \
+                     time and the current time is too large.</Message></Error>"
+                .into(),
+        };
+        let error = map_error(skewed, "writing", &Path::from("p/k"));
+        let Error::Storage { message, .. } = &error else {
+            panic!("{error:?}");
+        };
+        assert!(message.contains("clock"), "{message}");
+        assert!(!message.contains("credentials"), "{message}");
     }
 
     /// Only S3's own code in an answer's body makes "not found" about the

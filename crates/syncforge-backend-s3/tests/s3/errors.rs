@@ -147,6 +147,29 @@ async fn a_store_that_ignores_conditions_is_refused_before_the_first_write() {
         .unwrap();
 }
 
+/// A store that refuses every `If-Match` passed the conditional-write
+/// check, which tried only wrong ETags; every update of a record then lost
+/// a race that was not there, for a minute, and failed as unavailable. The
+/// check now also updates with the right ETag, and such a store is refused
+/// with the reason at the first write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_refuses_every_if_match_is_refused_before_the_first_write() {
+    let memory = Arc::new(object_store::memory::InMemory::new());
+    let refusing = Arc::new(crate::wrapper::Wrapped::new(memory).refusing_updates());
+    let backend = S3Backend::from_store(refusing, "dse").unwrap();
+    let (collection, record) = first_note();
+    let error = backend
+        .put(&collection, &Write::create(record))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, Error::Storage { message, .. }
+            if message.contains("does not honour conditional writes")
+                && message.contains("refused the ETag the object has")),
+        "{error}"
+    );
+}
+
 /// A handle's conditional-write check found its probe key already written
 /// when its first create had landed and been resent by the client (whose
 /// second send is refused), and took that for a store that refuses creates:

@@ -39,6 +39,8 @@ pub(crate) struct Wrapped {
     resent_puts: parking_lot::Mutex<Option<KeyMatch>>,
     /// Whether every put is made unconditionally, its condition ignored.
     ignoring_conditions: AtomicBool,
+    /// Whether every update-if-ETag is refused as if the ETag did not match.
+    refusing_updates: AtomicBool,
     /// Whether listings give bare the ETags that reads give in quotes.
     unquoting_listed_tags: AtomicBool,
     /// How deletes are refused, if they are.
@@ -113,6 +115,7 @@ impl Wrapped {
             resent_puts: parking_lot::Mutex::new(None),
             refused_creates: parking_lot::Mutex::new(None),
             ignoring_conditions: AtomicBool::new(false),
+            refusing_updates: AtomicBool::new(false),
             unquoting_listed_tags: AtomicBool::new(false),
             refused_deletes: parking_lot::Mutex::new(None),
             counted_gets: parking_lot::Mutex::new(None),
@@ -166,6 +169,14 @@ impl Wrapped {
     /// and `If-Match` and ignores them.
     pub(crate) fn ignoring_conditions(self) -> Self {
         self.ignoring_conditions.store(true, Ordering::SeqCst);
+        self
+    }
+
+    /// Refuses every update-if-ETag (`If-Match`) as if the ETag did not
+    /// match, writing nothing: a store that compares ETags in another form
+    /// than it hands them out, or takes no `If-Match` at all.
+    pub(crate) fn refusing_updates(self) -> Self {
+        self.refusing_updates.store(true, Ordering::SeqCst);
         self
     }
 
@@ -356,6 +367,14 @@ impl ObjectStore for Wrapped {
     ) -> Result<PutResult> {
         if self.ignoring_conditions.load(Ordering::SeqCst) {
             opts.mode = object_store::PutMode::Overwrite;
+        }
+        if self.refusing_updates.load(Ordering::SeqCst)
+            && matches!(opts.mode, object_store::PutMode::Update(_))
+        {
+            return Err(object_store::Error::Precondition {
+                path: location.to_string(),
+                source: "refused by the test wrapper".into(),
+            });
         }
         let slow = self.slow_puts.lock().clone();
         if let Some((part, delay)) = slow {
