@@ -53,10 +53,11 @@ pub(crate) struct Io {
     /// condition the store ignores.
     probes: Path,
     conditions: Arc<OnceCell<std::result::Result<(), &'static str>>>,
-    /// Whether a check's create of its probe was refused with nothing there
-    /// before: once may be a conflict, twice (each time a key never used
-    /// before) is the store's verdict.
-    probe_create_refused: Arc<std::sync::atomic::AtomicBool>,
+    /// Whether a check's write of its probe was refused for no reason it
+    /// could see before (a create with nothing there, an update with the
+    /// ETag the probe has): once may be a conflict, twice (each time a key
+    /// never used before) is the store's verdict.
+    probe_refused: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Io {
@@ -67,7 +68,7 @@ impl Io {
             in_flight: Arc::new(Semaphore::new(max_in_flight.min(Semaphore::MAX_PERMITS))),
             probes,
             conditions: Arc::new(OnceCell::new()),
-            probe_create_refused: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            probe_refused: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         }
     }
 
@@ -192,23 +193,8 @@ impl Io {
             }
             // A create refused with no object there: once, S3's 409 to a
             // create racing another request on the key (a client's resend
-            // of this very create can be one), tried again at the next
-            // write, on another new key; refused again then, the store's
-            // verdict. Taken as a verdict at once, one conflict failed every
-            // later write of the handle.
-            if !self
-                .probe_create_refused
-                .swap(true, std::sync::atomic::Ordering::AcqRel)
-            {
-                return Err(Error::unavailable(
-                    BACKEND_NAME,
-                    format!(
-                        "the conditional-write check's create of {probe} was refused with \
-                         nothing there; tried again at the next write"
-                    ),
-                ));
-            }
-            return Ok(Err("a create of a new key was refused"));
+            // of this very create can be one).
+            return self.refused_once(probe, "a create of a new key was refused");
         }
         if put(b"2", Condition::Absent).await? != Put::Lost {
             return Ok(Err(
@@ -225,12 +211,46 @@ impl Io {
         // there, try again for a minute, and fail as unavailable.
         if let Put::Done(etag) = created {
             if put(b"4", Condition::Tag(&etag)).await? == Put::Lost {
-                return Ok(Err(
-                    "update-if-ETag (If-Match) refused the ETag the object has",
-                ));
+                // Landed, its answer lost and the client's resend refused:
+                // the store took it.
+                let left = self.get(probe).await?;
+                if left.is_none_or(|object| object.body.as_ref() != b"4") {
+                    // Or S3's 409 to an update racing another request on
+                    // the key.
+                    return self.refused_once(
+                        probe,
+                        "update-if-ETag (If-Match) refused the ETag the object has",
+                    );
+                }
             }
         }
         Ok(Ok(()))
+    }
+
+    /// A conditional write of the probe refused for no reason it can see:
+    /// the first time, a conflict with another request on the key (S3
+    /// answers one with 409), and a transient failure, so that the next
+    /// write tries again on a new key; the second time, the store's verdict
+    /// `refusal`. Taken as a verdict at once, one conflict failed every
+    /// later write of the handle.
+    fn refused_once(
+        &self,
+        probe: &Path,
+        refusal: &'static str,
+    ) -> Result<std::result::Result<(), &'static str>> {
+        if self
+            .probe_refused
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return Ok(Err(refusal));
+        }
+        Err(Error::unavailable(
+            BACKEND_NAME,
+            format!(
+                "the conditional-write check's write of {probe} was refused ({refusal}); \
+                 tried again at the next write"
+            ),
+        ))
     }
 
     /// [`put`](Self::put) without the check.

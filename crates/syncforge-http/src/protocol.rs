@@ -140,6 +140,7 @@ pub struct ErrorBody {
 /// What went wrong with a request: a stable code, a message for people, and
 /// the record and reason when a record was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ErrorDetail {
     /// The kind of error; decides the HTTP status.
     pub code: ErrorCode,

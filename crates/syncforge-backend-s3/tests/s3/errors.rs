@@ -150,24 +150,33 @@ async fn a_store_that_ignores_conditions_is_refused_before_the_first_write() {
 /// A store that refuses every `If-Match` passed the conditional-write
 /// check, which tried only wrong ETags; every update of a record then lost
 /// a race that was not there, for a minute, and failed as unavailable. The
-/// check now also updates with the right ETag, and such a store is refused
-/// with the reason at the first write.
+/// check now also updates with the right ETag. Refused once, that may be a
+/// conflict with another request on the key, and the write fails as
+/// transient; refused again, on a new key, such a store is refused with
+/// the reason, and nothing is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_that_refuses_every_if_match_is_refused_before_the_first_write() {
     let memory = Arc::new(object_store::memory::InMemory::new());
-    let refusing = Arc::new(crate::wrapper::Wrapped::new(memory).refusing_updates());
+    let refusing = Arc::new(crate::wrapper::Wrapped::new(memory.clone()).refusing_updates());
     let backend = S3Backend::from_store(refusing, "dse").unwrap();
     let (collection, record) = first_note();
-    let error = backend
-        .put(&collection, &Write::create(record))
-        .await
-        .unwrap_err();
+    let write = Write::create(record);
+    let first = backend.put(&collection, &write).await.unwrap_err();
+    assert!(first.is_transient(), "{first:?}");
+    let error = backend.put(&collection, &write).await.unwrap_err();
     assert!(
         matches!(&error, Error::Storage { message, .. }
             if message.contains("does not honour conditional writes")
                 && message.contains("refused the ETag the object has")),
         "{error}"
     );
+    let left = futures::TryStreamExt::try_collect::<Vec<_>>(object_store::ObjectStore::list(
+        memory.as_ref(),
+        None,
+    ))
+    .await
+    .unwrap();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 /// A handle's conditional-write check found its probe key already written
@@ -212,6 +221,27 @@ async fn a_resent_create_of_the_probe_key_does_not_disable_the_handle() {
     .await
     .unwrap();
     assert!(probes.is_empty(), "{probes:?}");
+}
+
+/// The check's update of its probe landed, its answer was lost, and the
+/// client's resend was refused (the ETag had changed): the store took the
+/// update, and the check passes. Taken as a store refusing every
+/// `If-Match`, it would have disabled the handle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_update_of_the_probe_key_passes_the_check() {
+    let memory = Arc::new(object_store::memory::InMemory::new());
+    let resending =
+        Arc::new(crate::wrapper::Wrapped::new(memory).resending_updates_containing("/p/"));
+    let backend = S3Backend::from_store(resending, "dse").unwrap();
+    let (collection, record) = first_note();
+    let outcome = backend
+        .put(&collection, &Write::create(record))
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, WriteOutcome::Written { .. }),
+        "{outcome:?}"
+    );
 }
 
 /// A hashed collection's `name` object whose create was refused with

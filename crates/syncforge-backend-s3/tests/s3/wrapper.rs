@@ -217,6 +217,13 @@ impl Wrapped {
         self
     }
 
+    /// [`resending_puts`](Self::resending_puts) for updates (`If-Match`)
+    /// of keys containing `key_part`.
+    pub(crate) fn resending_updates_containing(self, key_part: &str) -> Self {
+        *self.resent_puts.lock() = Some(KeyMatch::UpdatesContaining(key_part.to_owned()));
+        self
+    }
+
     /// Sends every put once from now on.
     pub(crate) fn stop_resending(&self) {
         *self.resent_puts.lock() = None;
@@ -333,13 +340,17 @@ impl Wrapped {
 enum KeyMatch {
     Ending(String),
     Containing(String),
+    /// Updates only.
+    UpdatesContaining(String),
 }
 
 impl KeyMatch {
-    fn matches(&self, key: &str) -> bool {
+    /// Whether a put to `key` (an update or not) matches.
+    fn matches(&self, key: &str, update: bool) -> bool {
         match self {
             KeyMatch::Ending(end) => key.ends_with(end.as_str()),
             KeyMatch::Containing(part) => key.contains(part.as_str()),
+            KeyMatch::UpdatesContaining(part) => update && key.contains(part.as_str()),
         }
     }
 }
@@ -399,11 +410,12 @@ impl ObjectStore for Wrapped {
                 });
             }
         }
-        let resent = self
-            .resent_puts
-            .lock()
-            .as_ref()
-            .is_some_and(|keys| keys.matches(location.as_ref()));
+        let resent = self.resent_puts.lock().as_ref().is_some_and(|keys| {
+            keys.matches(
+                location.as_ref(),
+                matches!(opts.mode, object_store::PutMode::Update(_)),
+            )
+        });
         if resent {
             let _lost = self
                 .around(self.inner.put_opts(location, payload.clone(), opts.clone()))
