@@ -550,6 +550,26 @@ pub(crate) fn read_dir(dir: &Path) -> Result<Vec<fs::DirEntry>, Error> {
         .map_err(|err| io_error("listing", dir, err))
 }
 
+/// Whether an entry of a directory, named in UTF-8, is one `wanted` says
+/// it wants: read one entry at a time, and no further than the first, so
+/// that asking whether a collection of a million records holds any does
+/// not list them all.
+pub(crate) fn any_entry(
+    dir: &Path,
+    mut wanted: impl FnMut(&str) -> Result<bool, Error>,
+) -> Result<bool, Error> {
+    let entries = fs::read_dir(dir).map_err(|err| io_error("listing", dir, err))?;
+    for entry in entries {
+        let entry = entry.map_err(|err| io_error("listing", dir, err))?;
+        if let Some(name) = entry.file_name().to_str() {
+            if wanted(name)? {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

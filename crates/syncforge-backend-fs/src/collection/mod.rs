@@ -686,6 +686,17 @@ impl Collection {
     /// whose file is gone (under the exclusive lock). Reserves the
     /// sequences they take.
     fn reconcile_entries(&mut self) -> Result<Vec<LogEntry>> {
+        // A hashed file name does not say its id, but that of an id the log
+        // knows is known from the id: only the file of an id it does not
+        // know is read for it.
+        let known_hashed: HashMap<String, &String> = self
+            .log
+            .ids()
+            .filter_map(|id| {
+                let stem = stem_for(id);
+                is_hashed(&stem).then_some((stem, id))
+            })
+            .collect();
         let mut on_disk = HashSet::new();
         for entry in read_dir(&self.dir)? {
             let file_name = entry.file_name();
@@ -695,8 +706,24 @@ impl Collection {
             if file_name.starts_with(TEMP_PREFIX) {
                 continue;
             }
-            if let Some(id) = id_of_file(&self.dir, file_name, &self.name)? {
-                on_disk.insert(id);
+            if let Some(id) =
+                records::record_stem(file_name).and_then(|stem| known_hashed.get(stem))
+            {
+                on_disk.insert((*id).clone());
+                continue;
+            }
+            // A file that cannot be read (another owner, a directory under
+            // a record's name) stays out of the index, as a corrupt one
+            // does: failing here failed every call on the collection, and
+            // the engine's start, which opens every collection.
+            match id_of_file(&self.dir, file_name, &self.name) {
+                Ok(Some(id)) => {
+                    on_disk.insert(id);
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::warn!(%err, "leaving an unreadable record file out of the index");
+                }
             }
         }
         // Pending records are there even before their files are written.
@@ -717,9 +744,16 @@ impl Collection {
             seq = self.log.checked_next(seq, "sequence")?;
             if matches!(self.log.newest(), NewestStamp::Known(_)) {
                 // Files added by hand: their stamps count too. A corrupt one
-                // reads as absent, and whatever replaces it is a write.
-                if let RecordFile::Valid(record) = self.load(id)? {
-                    newest = newest.max(Some(record.newest_stamp().clone()));
+                // reads as absent, and whatever replaces it is a write; one
+                // that cannot be read is reported by the call that needs it.
+                match self.load(id) {
+                    Ok(RecordFile::Valid(record)) => {
+                        newest = newest.max(Some(record.newest_stamp().clone()));
+                    }
+                    Ok(_) => {}
+                    Err(err) => {
+                        tracing::warn!(%err, "a record file added by hand cannot be read");
+                    }
                 }
             }
             entries.push(LogEntry::Written {

@@ -13,7 +13,7 @@ use syncforge_core::{Error, Record, Result};
 
 use crate::encoding::{is_hashed, stem_for};
 use crate::files::{
-    corrupt, create_dir_all, io_error, read_dir, read_file, sync_dir, FileOps, Read, LINK_REASON,
+    any_entry, corrupt, create_dir_all, io_error, read_file, sync_dir, FileOps, Read, LINK_REASON,
 };
 use crate::CorruptFile;
 
@@ -157,28 +157,21 @@ pub(crate) fn holds_a_record(dir: &Path, collection: &str) -> Result<bool> {
     } else {
         std::collections::HashMap::new()
     };
-    let files = read_dir(dir)?
-        .iter()
-        .filter_map(|entry| entry.file_name().to_str().map(str::to_owned))
-        .filter(|name| record_stem(name).is_some())
-        .collect::<Vec<String>>();
-    if logged.is_empty() {
-        return Ok(!files.is_empty());
-    }
     // A removal only hides the file of its own id.
-    for name in &files {
-        if id_of_file(dir, name, collection)?.is_some_and(|id| !logged.contains_key(&id)) {
+    any_entry(dir, |name| {
+        if record_stem(name).is_none() {
+            return Ok(false);
+        }
+        if logged.is_empty() {
             return Ok(true);
         }
-    }
-    Ok(false)
+        Ok(id_of_file(dir, name, collection)?.is_some_and(|id| !logged.contains_key(&id)))
+    })
 }
 
 /// Whether a collection directory holds at least one record file.
 pub(crate) fn has_records(dir: &Path) -> Result<bool> {
-    Ok(read_dir(dir)?
-        .iter()
-        .any(|entry| entry.file_name().to_str().and_then(record_stem).is_some()))
+    any_entry(dir, |name| Ok(record_stem(name).is_some()))
 }
 
 /// The id a record file stores, read from its name, or for a hashed name

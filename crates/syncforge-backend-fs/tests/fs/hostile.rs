@@ -65,6 +65,52 @@ async fn a_directory_in_a_record_files_place_is_an_error_not_an_absence() {
     assert_eq!(store.corrupt_skipped(), 0);
 }
 
+/// A file under a hashed name (an id too long to spell in a file name) that
+/// cannot be read — here a directory in its place, of an id the change log
+/// knows and of one it does not — failed the opening of its collection,
+/// and with it every call on the collection and the opening of any engine
+/// on the store (which asks every collection for its newest stamp). Now
+/// only what needs that record fails; an id the log knows is found from
+/// its name without reading its file.
+#[tokio::test]
+async fn an_unreadable_file_under_a_hashed_name_fails_only_its_own_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FsBackend::open(tmp.path()).await.unwrap();
+    let long = "a".repeat(300);
+    put_any(&store, "notes", counter(&long, 1)).await;
+    put_any(&store, "notes", counter("r1", 2)).await;
+    store.checkpoint().await.unwrap();
+    store.close().await.unwrap();
+    let dir = tmp.path().join("notes");
+    let hashed = tree(&dir)
+        .into_iter()
+        .find(|name| name.contains('~') && name.ends_with(".json"))
+        .unwrap();
+    std::fs::remove_file(dir.join(&hashed)).unwrap();
+    std::fs::create_dir(dir.join(&hashed)).unwrap();
+    let unknown = hashed.replacen("aaaa", "bbbb", 1);
+    assert_ne!(unknown, hashed);
+    std::fs::create_dir(dir.join(&unknown)).unwrap();
+
+    let reopened = FsBackend::open(tmp.path()).await.unwrap();
+    reopened.newest_stamp().await.unwrap();
+    let r1 = reopened.get(&coll("notes"), &rid("r1")).await.unwrap();
+    assert_eq!(r1.map(|stored| count_of(&stored.record)), Some(2));
+    let err = reopened
+        .get(&coll("notes"), &rid(&long))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Storage { .. }), "{err}");
+    // Once readable again, the record is there, in the feed too.
+    std::fs::remove_dir(dir.join(&hashed)).unwrap();
+    std::fs::write(dir.join(&hashed), counter(&long, 3).to_json_string()).unwrap();
+    let page = reopened
+        .changes(&coll("notes"), at(0), limit(10))
+        .await
+        .unwrap();
+    assert_eq!(page.changes.len(), 2, "{page:?}");
+}
+
 /// A named pipe in a record file's place, or the change log's, is an error
 /// naming it. Opened as a file, it waited for a writer, for ever, under the
 /// collection's lock: every call on the collection hung, in every handle.
