@@ -82,8 +82,8 @@ pub struct RedisConfig {
     /// How long connecting may take before it fails (default 5 s).
     pub connect_timeout: Duration,
     /// How long one command may take before it fails as transient, and the
-    /// handle connects again in case its connection went silent (default
-    /// 10 s).
+    /// handle connects again in case its connection went silent (on a
+    /// cluster, to the node the command went to) (default 10 s).
     pub command_timeout: Duration,
 }
 

@@ -82,7 +82,9 @@ use fred::clients::Client;
 use fred::interfaces::{
     ClientLike, EventInterface, HashesInterface, KeysInterface, SetsInterface, SortedSetsInterface,
 };
-use fred::types::config::{Config as FredConfig, ReconnectPolicy, Server, ServerConfig};
+use fred::types::config::{
+    Config as FredConfig, ReconnectPolicy, Server, ServerConfig, UnresponsiveConfig,
+};
 use fred::types::{Builder, ConnectHandle, Value};
 use parking_lot::Mutex;
 use syncforge_core::{
@@ -815,12 +817,25 @@ fn build_client(config: &RedisConfig) -> Result<Client> {
     }
     let connect_timeout = config.connect_timeout;
     let command_timeout = config.command_timeout;
+    let cluster = config.cluster;
     Builder::from_config(fred_config)
         .with_connection_config(|connection| {
             connection.connection_timeout = connect_timeout;
             connection.internal_command_timeout = connect_timeout;
             connection.max_command_attempts = 10;
             connection.max_redirections = 10;
+            if cluster {
+                // A cluster's connection to a node gone silent is closed
+                // once a command on it waited the command timeout, and made
+                // again: connecting again as a whole (below) keeps every
+                // connection that has not failed. A node busy with a long
+                // script answers `BUSY` within seconds, so it is not taken
+                // for a silent one.
+                connection.unresponsive = UnresponsiveConfig {
+                    max_timeout: Some(command_timeout),
+                    interval: (command_timeout / 4).max(Duration::from_millis(100)),
+                };
+            }
         })
         .with_performance_config(|performance| {
             performance.default_command_timeout = command_timeout;

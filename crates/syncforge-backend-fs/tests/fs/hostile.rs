@@ -96,10 +96,7 @@ async fn an_unreadable_file_under_a_hashed_name_fails_only_its_own_reads() {
     reopened.newest_stamp().await.unwrap();
     let r1 = reopened.get(&coll("notes"), &rid("r1")).await.unwrap();
     assert_eq!(r1.map(|stored| count_of(&stored.record)), Some(2));
-    let err = reopened
-        .get(&coll("notes"), &rid(&long))
-        .await
-        .unwrap_err();
+    let err = reopened.get(&coll("notes"), &rid(&long)).await.unwrap_err();
     assert!(matches!(err, Error::Storage { .. }), "{err}");
     // Once readable again, the record is there, in the feed too.
     std::fs::remove_dir(dir.join(&hashed)).unwrap();

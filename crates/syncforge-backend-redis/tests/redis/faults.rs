@@ -15,7 +15,7 @@ use syncforge_core::{ClientId, Content, Cursor, Error, Hlc, Record, StorageBacke
 
 use crate::support::{
     assert_consistent, cluster, coll, fresh_prefix, key, raw_client, record, remove_prefix, rid,
-    standalone, sync_records, PrivateServer,
+    standalone, sync_records, PrivateCluster, PrivateServer,
 };
 
 const SYNCED: usize = 10_000;
@@ -199,6 +199,72 @@ async fn a_connection_that_stops_answering_is_made_again() {
         "the handle kept its silent connection"
     );
     raw.quit().await.ok();
+    store.close().await.unwrap();
+}
+
+/// On a cluster, a node gone silent kept its connection too: the check that
+/// decides whether to connect again pinged whichever node the client lists
+/// first, which answered for the silent one. Every node is asked now: each
+/// node in turn is paused, reads of its collections time out, and once it
+/// runs again it has been connected to anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_node_that_stops_answering_is_connected_to_again() {
+    let Some(cluster) = PrivateCluster::start().await else {
+        return;
+    };
+    let prefix = fresh_prefix("silent-node");
+    let store = Arc::new(
+        RedisBackend::connect(cluster.config(&prefix))
+            .await
+            .unwrap(),
+    );
+    let mut hlc = Hlc::new(ClientId::new("w").unwrap());
+    // Collections enough that each node holds some.
+    let names: Vec<String> = (0..24).map(|n| format!("c{n}")).collect();
+    for name in &names {
+        let write = Write::create(record(&mut hlc, "r1", 1));
+        store.put(&coll(name), &write).await.unwrap();
+    }
+    // Every collection read at once: `Ok` when each answered.
+    let read_all = |store: &Arc<RedisBackend>| {
+        let mut reads = tokio::task::JoinSet::new();
+        for name in &names {
+            let (store, name) = (Arc::clone(store), name.clone());
+            reads.spawn(async move { store.get(&coll(&name), &rid("r1")).await });
+        }
+        async move {
+            let mut failed = None;
+            while let Some(read) = reads.join_next().await {
+                if let Err(error) = read.unwrap() {
+                    assert!(error.is_transient(), "{error}");
+                    failed = Some(error);
+                }
+            }
+            failed.map_or(Ok(()), Err)
+        }
+    };
+    for node in &cluster.nodes {
+        let raw = raw_client(&node.config(&prefix)).await.unwrap();
+        let before = connections_received(&raw).await;
+        node.pause();
+        // The node's reads time out (2 s here), and the check's ping of it
+        // too; the handle then connects again.
+        let error = read_all(&store).await.unwrap_err();
+        assert!(matches!(error, Error::Unavailable { .. }), "{error}");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        node.resume();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Err(error) = read_all(&store).await {
+            assert!(Instant::now() < deadline, "no answer again: {error}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            connections_received(&raw).await > before,
+            "the handle kept its silent connection to node {}",
+            node.port
+        );
+        raw.quit().await.ok();
+    }
     store.close().await.unwrap();
 }
 

@@ -95,7 +95,7 @@ impl PrivateServer {
 
     /// Starts one that requires `password` (when given) from every client.
     pub(crate) async fn start_with_password(password: Option<&str>) -> Option<PrivateServer> {
-        PrivateServer::start_with(password, None).await
+        PrivateServer::start_with(password, None, Vec::new()).await
     }
 
     #[cfg(feature = "tls")]
@@ -124,10 +124,15 @@ impl PrivateServer {
             key: certificates.server_key_file.clone(),
             client_authority: client_certificates.then(|| certificates.authority_file.clone()),
         };
-        PrivateServer::start_with(None, Some(tls)).await
+        PrivateServer::start_with(None, Some(tls), Vec::new()).await
     }
 
-    async fn start_with(password: Option<&str>, tls: Option<TlsListener>) -> Option<PrivateServer> {
+    /// Starts one with `extra` arguments to `redis-server`.
+    async fn start_with(
+        password: Option<&str>,
+        tls: Option<TlsListener>,
+        extra: Vec<String>,
+    ) -> Option<PrivateServer> {
         let bin = address(SERVER_BIN_ENV, "redis-server");
         let found = Command::new(&bin)
             .arg("--version")
@@ -144,7 +149,10 @@ impl PrivateServer {
             child: None,
             extra: password
                 .map(|p| vec!["--requirepass".to_owned(), p.to_owned()])
-                .unwrap_or_default(),
+                .unwrap_or_default()
+                .into_iter()
+                .chain(extra)
+                .collect(),
             password: password.map(str::to_owned),
             tls,
         };
@@ -351,6 +359,76 @@ impl Drop for PrivateServer {
 }
 
 /// A port free right now on 127.0.0.1 (and its cluster-bus twin unused).
+/// Three private servers made one Redis Cluster, each a primary of a third
+/// of the slots, that a test may pause and resume node by node.
+pub(crate) struct PrivateCluster {
+    pub(crate) nodes: Vec<PrivateServer>,
+}
+
+impl PrivateCluster {
+    /// Starts one, or returns `None` (skipped) when `redis-server` is
+    /// missing; `redis-cli` makes the cluster.
+    pub(crate) async fn start() -> Option<PrivateCluster> {
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            // A bus port of its own (the default, port + 10,000, may be
+            // past the last port or taken); and a node timeout far longer
+            // than a test pauses a node, so that the others never call the
+            // cluster down meanwhile.
+            let extra = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-port",
+                &free_port().to_string(),
+                "--cluster-node-timeout",
+                "60000",
+            ]
+            .map(str::to_owned)
+            .to_vec();
+            nodes.push(PrivateServer::start_with(None, None, extra).await?);
+        }
+        let mut create = Command::new("redis-cli");
+        create.args(["--cluster", "create"]);
+        for node in &nodes {
+            create.arg(format!("127.0.0.1:{}", node.port));
+        }
+        let created = create
+            .arg("--cluster-yes")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(created.success(), "redis-cli --cluster create: {created}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for node in &nodes {
+            loop {
+                let info = Command::new("redis-cli")
+                    .args(["-p", &node.port.to_string(), "cluster", "info"])
+                    .output()
+                    .unwrap();
+                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the private cluster did not form"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Some(PrivateCluster { nodes })
+    }
+
+    /// A configuration for the cluster, seeded with its first node, keys
+    /// under `prefix`, and the private servers' short timeouts.
+    pub(crate) fn config(&self, prefix: &str) -> RedisConfig {
+        RedisConfig {
+            cluster: true,
+            ..self.nodes[0].config(prefix)
+        }
+    }
+}
+
 fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
