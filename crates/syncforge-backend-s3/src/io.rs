@@ -53,11 +53,31 @@ pub(crate) struct Io {
     /// condition the store ignores.
     probes: Path,
     conditions: Arc<OnceCell<std::result::Result<(), &'static str>>>,
-    /// Whether a check's write of its probe was refused for no reason it
-    /// could see before (a create with nothing there, an update with the
-    /// ETag the probe has): once may be a conflict, twice (each time a key
-    /// never used before) is the store's verdict.
-    probe_refused: Arc<std::sync::atomic::AtomicBool>,
+    /// Whether a check's write of its probe of each kind ([`ProbeWrite`])
+    /// was refused for no reason it could see before: once may be a
+    /// conflict, twice (each time a key never used before) is the store's
+    /// verdict.
+    probe_refused: Arc<[std::sync::atomic::AtomicBool; 2]>,
+}
+
+/// A write of the conditional-write check that the store may refuse for no
+/// reason the check can see.
+#[derive(Clone, Copy)]
+enum ProbeWrite {
+    /// The create of a new key, with nothing there.
+    Create,
+    /// The update of the probe with the ETag it has.
+    Update,
+}
+
+impl ProbeWrite {
+    /// What the store does wrong when it refuses this write every time.
+    fn refusal(self) -> &'static str {
+        match self {
+            ProbeWrite::Create => "a create of a new key was refused",
+            ProbeWrite::Update => "update-if-ETag (If-Match) refused the ETag the object has",
+        }
+    }
 }
 
 impl Io {
@@ -68,7 +88,7 @@ impl Io {
             in_flight: Arc::new(Semaphore::new(max_in_flight.min(Semaphore::MAX_PERMITS))),
             probes,
             conditions: Arc::new(OnceCell::new()),
-            probe_refused: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            probe_refused: Arc::new(Default::default()),
         }
     }
 
@@ -194,7 +214,7 @@ impl Io {
             // A create refused with no object there: once, S3's 409 to a
             // create racing another request on the key (a client's resend
             // of this very create can be one).
-            return self.refused_once(probe, "a create of a new key was refused");
+            return self.refused_once(probe, ProbeWrite::Create);
         }
         if put(b"2", Condition::Absent).await? != Put::Lost {
             return Ok(Err(
@@ -217,10 +237,7 @@ impl Io {
                 if left.is_none_or(|object| object.body.as_ref() != b"4") {
                     // Or S3's 409 to an update racing another request on
                     // the key.
-                    return self.refused_once(
-                        probe,
-                        "update-if-ETag (If-Match) refused the ETag the object has",
-                    );
+                    return self.refused_once(probe, ProbeWrite::Update);
                 }
             }
         }
@@ -228,20 +245,23 @@ impl Io {
     }
 
     /// A conditional write of the probe refused for no reason it can see:
-    /// the first time, a conflict with another request on the key (S3
-    /// answers one with 409), and a transient failure, so that the next
-    /// write tries again on a new key; the second time, the store's verdict
-    /// `refusal`. Taken as a verdict at once, one conflict failed every
-    /// later write of the handle.
+    /// the first time for its kind, a conflict with another request on the
+    /// key (S3 answers one with 409), and a transient failure, so that the
+    /// next write tries again on a new key; the second time, the store's
+    /// verdict. Taken as a verdict at once, one conflict failed every later
+    /// write of the handle; and two conflicts of different writes are no
+    /// verdict on either.
     fn refused_once(
         &self,
         probe: &Path,
-        refusal: &'static str,
+        write: ProbeWrite,
     ) -> Result<std::result::Result<(), &'static str>> {
-        if self
-            .probe_refused
-            .swap(true, std::sync::atomic::Ordering::AcqRel)
-        {
+        let refusal = write.refusal();
+        let seen = match write {
+            ProbeWrite::Create => &self.probe_refused[0],
+            ProbeWrite::Update => &self.probe_refused[1],
+        };
+        if seen.swap(true, std::sync::atomic::Ordering::AcqRel) {
             return Ok(Err(refusal));
         }
         Err(Error::unavailable(

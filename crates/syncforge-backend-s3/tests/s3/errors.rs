@@ -223,6 +223,35 @@ async fn a_resent_create_of_the_probe_key_does_not_disable_the_handle() {
     assert!(probes.is_empty(), "{probes:?}");
 }
 
+/// A create of the check refused once, then on the next try an update of
+/// it refused once: two conflicts of different writes, each transient. The
+/// check counted them as one refusal seen twice, took it for the store's
+/// verdict, and disabled the handle for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_different_probe_refusals_are_no_verdict() {
+    let memory = Arc::new(object_store::memory::InMemory::new());
+    // The second update of the probe keys: the right-ETag update of the
+    // second try (the first try stops at its create; the first update of
+    // the second is the wrong-ETag one, refused anyway).
+    let refusing = Arc::new(
+        crate::wrapper::Wrapped::new(memory)
+            .refusing_one_create("/p/")
+            .refusing_nth_update("/p/", 2),
+    );
+    let backend = S3Backend::from_store(refusing, "dse").unwrap();
+    let (collection, record) = first_note();
+    let write = Write::create(record);
+    for _ in 0..2 {
+        let error = backend.put(&collection, &write).await.unwrap_err();
+        assert!(error.is_transient(), "{error:?}");
+    }
+    let outcome = backend.put(&collection, &write).await.unwrap();
+    assert!(
+        matches!(outcome, WriteOutcome::Written { .. }),
+        "{outcome:?}"
+    );
+}
+
 /// The check's update of its probe landed, its answer was lost, and the
 /// client's resend was refused (the ETag had changed): the store took the
 /// update, and the check passes. Taken as a store refusing every

@@ -41,6 +41,9 @@ pub(crate) struct Wrapped {
     ignoring_conditions: AtomicBool,
     /// Whether every update-if-ETag is refused as if the ETag did not match.
     refusing_updates: AtomicBool,
+    /// The updates to keys containing this text are counted, and the one
+    /// of this number is refused as if its ETag did not match.
+    refused_update: parking_lot::Mutex<Option<(String, u64)>>,
     /// Whether listings give bare the ETags that reads give in quotes.
     unquoting_listed_tags: AtomicBool,
     /// How deletes are refused, if they are.
@@ -116,6 +119,7 @@ impl Wrapped {
             refused_creates: parking_lot::Mutex::new(None),
             ignoring_conditions: AtomicBool::new(false),
             refusing_updates: AtomicBool::new(false),
+            refused_update: parking_lot::Mutex::new(None),
             unquoting_listed_tags: AtomicBool::new(false),
             refused_deletes: parking_lot::Mutex::new(None),
             counted_gets: parking_lot::Mutex::new(None),
@@ -177,6 +181,14 @@ impl Wrapped {
     /// than it hands them out, or takes no `If-Match` at all.
     pub(crate) fn refusing_updates(self) -> Self {
         self.refusing_updates.store(true, Ordering::SeqCst);
+        self
+    }
+
+    /// Refuses the `nth` update-if-ETag (from 1) of keys containing
+    /// `key_part`, writing nothing, as S3's 409 to an update racing another
+    /// request on the key.
+    pub(crate) fn refusing_nth_update(self, key_part: &str, nth: u64) -> Self {
+        *self.refused_update.lock() = Some((key_part.to_owned(), nth));
         self
     }
 
@@ -379,8 +391,17 @@ impl ObjectStore for Wrapped {
         if self.ignoring_conditions.load(Ordering::SeqCst) {
             opts.mode = object_store::PutMode::Overwrite;
         }
-        if self.refusing_updates.load(Ordering::SeqCst)
-            && matches!(opts.mode, object_store::PutMode::Update(_))
+        let counted_out = matches!(opts.mode, object_store::PutMode::Update(_))
+            && match &mut *self.refused_update.lock() {
+                Some((part, left)) if *left > 0 && location.as_ref().contains(part.as_str()) => {
+                    *left -= 1;
+                    *left == 0
+                }
+                _ => false,
+            };
+        if counted_out
+            || (self.refusing_updates.load(Ordering::SeqCst)
+                && matches!(opts.mode, object_store::PutMode::Update(_)))
         {
             return Err(object_store::Error::Precondition {
                 path: location.to_string(),
