@@ -712,18 +712,11 @@ impl Collection {
                 on_disk.insert((*id).clone());
                 continue;
             }
-            // A file that cannot be read (another owner, a directory under
-            // a record's name) stays out of the index, as a corrupt one
-            // does: failing here failed every call on the collection, and
-            // the engine's start, which opens every collection.
-            match id_of_file(&self.dir, file_name, &self.name) {
-                Ok(Some(id)) => {
-                    on_disk.insert(id);
-                }
-                Ok(None) => {}
-                Err(err) => {
-                    tracing::warn!(%err, "leaving an unreadable record file out of the index");
-                }
+            // The file of an id the log does not know, which cannot be read,
+            // fails the opening: left out, its record would read as absent,
+            // and a rebuilt log (which knows no id) would lose it.
+            if let Some(id) = id_of_file(&self.dir, file_name, &self.name)? {
+                on_disk.insert(id);
             }
         }
         // Pending records are there even before their files are written.
@@ -744,16 +737,9 @@ impl Collection {
             seq = self.log.checked_next(seq, "sequence")?;
             if matches!(self.log.newest(), NewestStamp::Known(_)) {
                 // Files added by hand: their stamps count too. A corrupt one
-                // reads as absent, and whatever replaces it is a write; one
-                // that cannot be read is reported by the call that needs it.
-                match self.load(id) {
-                    Ok(RecordFile::Valid(record)) => {
-                        newest = newest.max(Some(record.newest_stamp().clone()));
-                    }
-                    Ok(_) => {}
-                    Err(err) => {
-                        tracing::warn!(%err, "a record file added by hand cannot be read");
-                    }
+                // reads as absent, and whatever replaces it is a write.
+                if let RecordFile::Valid(record) = self.load(id)? {
+                    newest = newest.max(Some(record.newest_stamp().clone()));
                 }
             }
             entries.push(LogEntry::Written {
