@@ -825,12 +825,13 @@ fn build_client(config: &RedisConfig) -> Result<Client> {
             connection.max_command_attempts = 10;
             connection.max_redirections = 10;
             if cluster {
-                // A cluster's connection to a node gone silent is closed
-                // once a command on it waited the command timeout, and made
-                // again: connecting again as a whole (below) keeps every
-                // connection that has not failed. A node busy with a long
-                // script answers `BUSY` within seconds, so it is not taken
-                // for a silent one.
+                // A cluster's connection to a node gone silent is closed,
+                // and made again, once nothing came back on it and nothing
+                // was written to it for the command timeout (every command
+                // on it has then timed out): connecting again as a whole
+                // keeps every connection that has not failed, and the ping
+                // that decides it goes to another node. Under steady
+                // traffic to the silent node it is not closed this way.
                 connection.unresponsive = UnresponsiveConfig {
                     max_timeout: Some(command_timeout),
                     interval: (command_timeout / 4).max(Duration::from_millis(100)),

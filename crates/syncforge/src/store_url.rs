@@ -93,6 +93,14 @@ impl StoreUrl {
             return Err(invalid("the store URL is empty"));
         }
         let Some(scheme) = scheme_of(url) else {
+            if looks_like_an_address(url) {
+                // Not quoted: text before an '@' would be a password.
+                return Err(invalid(
+                    "a host and port with no scheme is not a store URL: write http://host:port, \
+                     redis://host:port or s3://bucket (a directory whose name has a ':' is \
+                     written ./name)",
+                ));
+            }
             return directory(PathBuf::from(url));
         };
         let lower = scheme.to_ascii_lowercase();
@@ -219,6 +227,16 @@ fn scheme_of(url: &str) -> Option<&str> {
     let valid = first.is_ascii_alphabetic()
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
     (valid && scheme.len() > 1).then_some(scheme)
+}
+
+/// Whether `url`, which starts with no scheme, starts like an address
+/// (`127.0.0.1:8080`, `[::1]:6379`) rather than a path: its first part has a
+/// `:` and is no Windows drive (`C:`). Taken for a directory, a forgotten
+/// `http://` made a new store in a directory named after the address.
+fn looks_like_an_address(url: &str) -> bool {
+    let first = url.split(['/', '\\']).next().unwrap_or_default();
+    let drive = first.len() == 2 && first.starts_with(|c: char| c.is_ascii_alphabetic());
+    first.contains(':') && !drive
 }
 
 fn memory(rest: &str) -> Result<StoreUrl> {
@@ -417,6 +435,18 @@ mod tests {
         let unknown = refused("ftp://example.com/x");
         assert!(unknown.contains("\"ftp\""), "{unknown}");
         assert!(refused("memroy:").contains("./memroy:"));
+        // A forgotten scheme: refused, not a new directory named after the
+        // address, and the text (which may hold a password) not repeated.
+        for address in [
+            "127.0.0.1:8080",
+            "[::1]:6379",
+            ":s3cret@cache:6379",
+            "10.0.0.1:6379/0",
+        ] {
+            let reason = refused(address);
+            assert!(reason.contains("http://host:port"), "{reason}");
+            assert!(!reason.contains("s3cret"), "{reason}");
+        }
     }
 
     #[cfg(feature = "http-client")]

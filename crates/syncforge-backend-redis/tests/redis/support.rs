@@ -358,7 +358,6 @@ impl Drop for PrivateServer {
     }
 }
 
-/// A port free right now on 127.0.0.1 (and its cluster-bus twin unused).
 /// Three private servers made one Redis Cluster, each a primary of a third
 /// of the slots, that a test may pause and resume node by node.
 pub(crate) struct PrivateCluster {
@@ -369,6 +368,33 @@ impl PrivateCluster {
     /// Starts one, or returns `None` (skipped) when `redis-server` is
     /// missing; `redis-cli` makes the cluster.
     pub(crate) async fn start() -> Option<PrivateCluster> {
+        // `--cluster-port` came with Redis 7.
+        let bin = address(SERVER_BIN_ENV, "redis-server");
+        let version = Command::new(&bin)
+            .arg("--version")
+            .output()
+            .ok()
+            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+            .unwrap_or_default();
+        let seven = version
+            .split("v=")
+            .nth(1)
+            .and_then(|v| v.split('.').next())
+            .and_then(|major| major.parse::<u32>().ok())
+            .is_some_and(|major| major >= 7);
+        let cli = Command::new("redis-cli")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        if !available(
+            "redis-server 7+ and redis-cli",
+            SERVER_BIN_ENV,
+            &bin,
+            seven && cli,
+        ) {
+            return None;
+        }
         let mut nodes = Vec::new();
         for _ in 0..3 {
             // A bus port of its own (the default, port + 10,000, may be
@@ -429,6 +455,7 @@ impl PrivateCluster {
     }
 }
 
+/// A port free right now on 127.0.0.1 (and its cluster-bus twin unused).
 fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
