@@ -150,6 +150,13 @@ impl RedisConfig {
                 ));
             }
         };
+        // Not quoted either: the text around it may hold the password.
+        if rest.contains('#') {
+            return Err(url_error(
+                "a '#' has no meaning in a Redis URL (it would end up in the key prefix or \
+                 the password): percent-encode it as %23",
+            ));
+        }
         // The user part ends at the first '/' or '?'. An '@' after that is
         // a password holding an unescaped '/' or '?' (base64 passwords often
         // do): parsed on, its pieces would be quoted as a host, port, database
@@ -204,6 +211,7 @@ impl RedisConfig {
                 )
             })?;
         }
+        let mut seen_prefix = false;
         for pair in query.into_iter().flat_map(|q| q.split('&')) {
             if pair.is_empty() {
                 continue;
@@ -218,7 +226,13 @@ impl RedisConfig {
                         "`node=` names cluster nodes: use a redis-cluster:// URL",
                     ))
                 }
-                "prefix" => config.key_prefix = percent_decode(value, "prefix")?,
+                "prefix" if seen_prefix => {
+                    return Err(url_error("`prefix=` is given twice"));
+                }
+                "prefix" => {
+                    seen_prefix = true;
+                    config.key_prefix = percent_decode(value, "prefix")?;
+                }
                 // Not quoted, for the same reason as the path.
                 _ => {
                     return Err(url_error(
@@ -227,6 +241,8 @@ impl RedisConfig {
                 }
             }
         }
+        // Refused now, as connecting would refuse them.
+        config.validate()?;
         Ok(config)
     }
 
@@ -614,6 +630,34 @@ mod tests {
         }
     }
 
+    /// A '#' went into the key prefix (another store, silently) or the
+    /// password; a second `prefix=` silently won; and what connecting
+    /// refuses (an empty prefix, a database on a cluster) was taken by the
+    /// URL and refused only later. All are refused when the URL is read.
+    #[test]
+    fn urls_a_store_would_refuse_or_misread_are_refused_when_read() {
+        assert_url_refused_without("redis://h?prefix=shop#secret", "secret");
+        assert_url_refused_without("redis://:pa#secret@h", "secret");
+        assert_url_refused_without("redis://h?prefix=a&prefix=secret", "secret");
+        for (url, option) in [
+            ("redis://h?prefix=", "key_prefix"),
+            ("redis://h?prefix=a%7Bb", "key_prefix"),
+            ("redis-cluster://h:7000/3", "db"),
+        ] {
+            let error = RedisConfig::from_url(url).unwrap_err();
+            assert!(
+                matches!(&error, Error::InvalidConfig { option: found, .. } if *found == option),
+                "{url}: {error:?}"
+            );
+        }
+        assert_eq!(
+            RedisConfig::from_url("redis://h?prefix=a%23b")
+                .unwrap()
+                .key_prefix,
+            "a#b"
+        );
+    }
+
     /// `url` is refused as a bad `url`, in a message that does not quote
     /// `hidden`.
     fn assert_url_refused_without(url: &str, hidden: &str) {
@@ -750,8 +794,13 @@ mod tests {
         );
         // A list where a cluster URL takes `?node=`, and an IPv6 address
         // without its brackets.
+        // Refused as the URL is read, naming the host.
         for url in ["redis-cluster://h1:7000,h2:7001", "redis://::1"] {
-            assert_eq!(check(RedisConfig::from_url(url).unwrap()), "host", "{url}");
+            let error = RedisConfig::from_url(url).unwrap_err();
+            assert!(
+                matches!(error, Error::InvalidConfig { option: "host", .. }),
+                "{url}: {error:?}"
+            );
         }
         assert_eq!(RedisConfig::from_url("redis://[::1]").unwrap().host, "::1");
     }

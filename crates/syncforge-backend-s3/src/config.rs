@@ -210,7 +210,26 @@ impl S3Config {
             refuse_credentials_in(endpoint)?;
         }
         let path_style = path_style.unwrap_or(config.endpoint.is_some());
-        Ok(config.with_path_style(path_style))
+        let config = config.with_path_style(path_style);
+        // Refused now, as opening would refuse them, before anything else
+        // is done with the URL.
+        config.check_bucket()?;
+        crate::keys::Keys::new(&config.prefix)?;
+        Ok(config)
+    }
+
+    /// Refuses a bucket name no store has.
+    fn check_bucket(&self) -> Result<()> {
+        if self.bucket.len() < 3 {
+            return Err(Error::InvalidConfig {
+                option: "bucket",
+                reason: format!(
+                    "{:?} is not a bucket name (3 to 63 characters)",
+                    self.bucket
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// The AWS region (default: `AWS_REGION` from the environment, else
@@ -315,15 +334,7 @@ impl S3Config {
 
     /// The object store client for this configuration.
     pub(crate) fn build(&self) -> Result<AmazonS3> {
-        if self.bucket.len() < 3 {
-            return Err(Error::InvalidConfig {
-                option: "bucket",
-                reason: format!(
-                    "{:?} is not a bucket name (3 to 63 characters)",
-                    self.bucket
-                ),
-            });
-        }
+        self.check_bucket()?;
         if self.access_key_id.is_some() != self.secret_access_key.is_some() {
             return Err(Error::InvalidConfig {
                 option: "credentials",
@@ -549,6 +560,24 @@ mod tests {
             );
             assert!(!err.to_string().contains("s3cr3tvalue"), "{url}: {err}");
         }
+    }
+
+    /// A bucket or prefix the store refuses when made was taken by the URL,
+    /// and refused only later (after a command had read its input).
+    #[test]
+    fn names_a_store_would_refuse_are_refused_when_the_url_is_read() {
+        for (url, option) in [
+            ("s3://ab", "bucket"),
+            ("s3://bucket/a//c", "prefix"),
+            ("s3://bucket/my%20prefix", "prefix"),
+        ] {
+            let err = S3Config::from_url(url).unwrap_err();
+            assert!(
+                matches!(&err, Error::InvalidConfig { option: found, .. } if *found == option),
+                "{url}: {err:?}"
+            );
+        }
+        assert!(S3Config::from_url("s3://bucket/a/b").is_ok());
     }
 
     #[test]

@@ -62,8 +62,38 @@ impl std::fmt::Debug for BackendConfig {
                 .debug_struct("Redis")
                 .field("url", &without_password(url))
                 .finish(),
-            BackendConfig::S3 { url } => f.debug_struct("S3").field("url", url).finish(),
+            BackendConfig::S3 { url } => f
+                .debug_struct("S3")
+                .field("url", &s3_without_secrets(url))
+                .finish(),
         }
+    }
+}
+
+/// An S3 store URL as `Debug` shows it: any user part replaced by `***`,
+/// and the parameters named without their values (an `endpoint` may hold a
+/// user and password, and a credential given as a parameter is refused only
+/// when the store is made, after a program may have logged the URL).
+fn s3_without_secrets(url: &str) -> String {
+    let (location, query) = url.split_once('?').unwrap_or((url, ""));
+    let location = match location.rsplit_once('@') {
+        Some((_, rest)) => format!("s3://***@{rest}"),
+        None => location.to_owned(),
+    };
+    let names: Vec<String> = query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            format!(
+                "{}=***",
+                pair.split_once('=').map_or(pair, |(name, _)| name)
+            )
+        })
+        .collect();
+    if names.is_empty() {
+        location
+    } else {
+        format!("{location}?{}", names.join("&"))
     }
 }
 
@@ -217,6 +247,31 @@ pub async fn holds_store(config: &BackendConfig) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_never_shows_an_s3_credential() {
+        for (url, shown) in [
+            ("s3://AKID:s3cret@bucket/p", "s3://***@bucket/p"),
+            (
+                "s3://bucket/p?endpoint=https://k:s3cret@minio&region=eu",
+                "s3://bucket/p?endpoint=***&region=***",
+            ),
+            (
+                "s3://bucket/p?secret_access_key=s3cret",
+                "s3://bucket/p?secret_access_key=***",
+            ),
+            ("s3://bucket/p", "s3://bucket/p"),
+        ] {
+            let text = format!(
+                "{:?}",
+                BackendConfig::S3 {
+                    url: url.to_owned()
+                }
+            );
+            assert!(text.contains(shown), "{text}");
+            assert!(!text.contains("s3cret"), "{text}");
+        }
+    }
 
     #[test]
     fn debug_never_shows_a_redis_password() {

@@ -41,8 +41,9 @@ const KINDS: [(&str, &str, &str); 9] = [
 /// | `s3://bucket/prefix?endpoint=..&region=..&allow_http=true` | S3 and compatibles | `s3` |
 /// | `http://host:port`, `https://..` | a sync server (through its HTTP peer) | `http-client` |
 ///
-/// A string that names no known kind before a `:` is refused rather than
-/// taken for a directory (`memroy:` is a typo, not a directory name): write
+/// A string that names no known kind before a `:`, or starts like an
+/// address with no scheme (`127.0.0.1:8080`), is refused rather than taken
+/// for a directory (`memroy:` is a typo, not a directory name): write
 /// `./memroy:` to name such a directory. Credentials never come from a URL
 /// except a Redis password, which [`Display`](fmt::Display) and `Debug`
 /// never show.
