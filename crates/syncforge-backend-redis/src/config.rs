@@ -118,8 +118,11 @@ impl RedisConfig {
     /// with an empty password, as [`username`](Self::username) says. Every
     /// form also takes `?prefix=...` for the key prefix. User,
     /// password and parameters may be percent-encoded, and a `/`, `?` or `@`
-    /// in them must be (`%2F`, `%3F`, `%40`). Anything else is refused with
-    /// [`Error::InvalidConfig`], whose message never contains the password.
+    /// in them must be (`%2F`, `%3F`, `%40`), as must a `#` in a parameter
+    /// (`%23`). Anything else is refused with [`Error::InvalidConfig`],
+    /// whose message never contains the password: option `url`, or the
+    /// setting at fault (`host`, `db`, `key_prefix`...) as
+    /// [`RedisBackend::connect`](crate::RedisBackend::connect) would refuse it.
     ///
     /// ```
     /// use syncforge_backend_redis::RedisConfig;
@@ -150,13 +153,6 @@ impl RedisConfig {
                 ));
             }
         };
-        // Not quoted either: the text around it may hold the password.
-        if rest.contains('#') {
-            return Err(url_error(
-                "a '#' has no meaning in a Redis URL (it would end up in the key prefix or \
-                 the password): percent-encode it as %23",
-            ));
-        }
         // The user part ends at the first '/' or '?'. An '@' after that is
         // a password holding an unescaped '/' or '?' (base64 passwords often
         // do): parsed on, its pieces would be quoted as a host, port, database
@@ -166,6 +162,14 @@ impl RedisConfig {
             return Err(url_error(
                 "an '@' after the host's first '/' or '?': percent-encode '/', '?' and '@' \
                  in the user name, password and parameters (%2F, %3F, %40)",
+            ));
+        }
+        // A '#' in the database or a parameter went into it (a key prefix
+        // of another store, silently). Not quoted: a parameter may follow
+        // a password typed in the wrong place.
+        if rest[authority_end..].contains('#') {
+            return Err(url_error(
+                "a '#' after the host: percent-encode it as %23 in a parameter",
             ));
         }
         let (rest, query) = match rest.split_once('?') {
@@ -242,7 +246,7 @@ impl RedisConfig {
             }
         }
         // Refused now, as connecting would refuse them.
-        config.validate()?;
+        config.check_addressing()?;
         Ok(config)
     }
 
@@ -288,6 +292,36 @@ impl RedisConfig {
 
     /// Checks every setting, so that a bad one is refused before connecting.
     pub(crate) fn validate(&self) -> Result<()> {
+        self.check_addressing()?;
+        let invalid =
+            |option: &'static str, reason: String| Error::InvalidConfig { option, reason };
+        for (option, timeout) in [
+            ("connect_timeout", self.connect_timeout),
+            ("command_timeout", self.command_timeout),
+        ] {
+            if timeout.is_zero() {
+                return Err(invalid(option, "must be longer than zero".to_owned()));
+            }
+        }
+        if self.tls && !cfg!(feature = "tls") {
+            return Err(invalid(
+                "tls",
+                "TLS needs the `tls` feature of syncforge-backend-redis".to_owned(),
+            ));
+        }
+        if !self.tls && !self.tls_root_certificates.is_empty() {
+            return Err(invalid(
+                "tls_root_certificates",
+                "certificate authorities are for TLS: set `tls` (or use a rediss:// URL)"
+                    .to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks what a URL gives: the hosts and ports, the database and the
+    /// key prefix.
+    fn check_addressing(&self) -> Result<()> {
         let invalid =
             |option: &'static str, reason: String| Error::InvalidConfig { option, reason };
         if self.host.is_empty() {
@@ -332,27 +366,6 @@ impl RedisConfig {
                     "{:?} contains {bad:?}: braces would change which cluster slot a collection's keys share, and control characters are refused",
                     self.key_prefix
                 ),
-            ));
-        }
-        for (option, timeout) in [
-            ("connect_timeout", self.connect_timeout),
-            ("command_timeout", self.command_timeout),
-        ] {
-            if timeout.is_zero() {
-                return Err(invalid(option, "must be longer than zero".to_owned()));
-            }
-        }
-        if self.tls && !cfg!(feature = "tls") {
-            return Err(invalid(
-                "tls",
-                "TLS needs the `tls` feature of syncforge-backend-redis".to_owned(),
-            ));
-        }
-        if !self.tls && !self.tls_root_certificates.is_empty() {
-            return Err(invalid(
-                "tls_root_certificates",
-                "certificate authorities are for TLS: set `tls` (or use a rediss:// URL)"
-                    .to_owned(),
             ));
         }
         Ok(())
@@ -637,7 +650,15 @@ mod tests {
     #[test]
     fn urls_a_store_would_refuse_or_misread_are_refused_when_read() {
         assert_url_refused_without("redis://h?prefix=shop#secret", "secret");
-        assert_url_refused_without("redis://:pa#secret@h", "secret");
+        assert_url_refused_without("redis://h/0#secret", "secret");
+        // In the password, a '#' is the password's own.
+        assert_eq!(
+            RedisConfig::from_url("redis://:pa#ss@h")
+                .unwrap()
+                .password
+                .as_deref(),
+            Some("pa#ss")
+        );
         assert_url_refused_without("redis://h?prefix=a&prefix=secret", "secret");
         for (url, option) in [
             ("redis://h?prefix=", "key_prefix"),

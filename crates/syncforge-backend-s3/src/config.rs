@@ -137,7 +137,8 @@ impl S3Config {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] (option `url`) naming what is wrong.
+    /// [`Error::InvalidConfig`] naming what is wrong: option `url`, or
+    /// `bucket` or `prefix` for a name no store takes.
     pub fn from_url(url: &str) -> Result<Self> {
         let invalid = |reason: String| Error::InvalidConfig {
             option: "url",

@@ -75,11 +75,15 @@ impl std::fmt::Debug for BackendConfig {
 /// user and password, and a credential given as a parameter is refused only
 /// when the store is made, after a program may have logged the URL).
 fn s3_without_secrets(url: &str) -> String {
+    // The bucket ends at the first '/' or '?', as `S3Config::from_url`
+    // reads it: a user part there (which a store refuses) may hold either.
+    let rest = url.strip_prefix("s3://").unwrap_or(url);
+    let bucket_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    if rest[..bucket_end].contains(['@', ':']) {
+        return "s3://***".to_owned();
+    }
     let (location, query) = url.split_once('?').unwrap_or((url, ""));
-    let location = match location.rsplit_once('@') {
-        Some((_, rest)) => format!("s3://***@{rest}"),
-        None => location.to_owned(),
-    };
+    let location = location.to_owned();
     let names: Vec<String> = query
         .split('&')
         .filter(|pair| !pair.is_empty())
@@ -251,7 +255,9 @@ mod tests {
     #[test]
     fn debug_never_shows_an_s3_credential() {
         for (url, shown) in [
-            ("s3://AKID:s3cret@bucket/p", "s3://***@bucket/p"),
+            ("s3://AKID:s3cret@bucket/p", "s3://***"),
+            ("s3://AKID:s3?cret@bucket", "s3://***"),
+            ("s3://AKID:s3/cret@bucket", "s3://***"),
             (
                 "s3://bucket/p?endpoint=https://k:s3cret@minio&region=eu",
                 "s3://bucket/p?endpoint=***&region=***",

@@ -86,8 +86,9 @@ enum Target {
 impl StoreUrl {
     /// Reads a store URL (see the [type's documentation](StoreUrl)).
     ///
-    /// Fails with [`Error::InvalidConfig`] (option `url`) when the string is
-    /// not a store URL, and with [`Error::FeatureDisabled`] when it names a
+    /// Fails with [`Error::InvalidConfig`] when the string is not a store URL
+    /// (option `url`) or names a store that would refuse it when opened (the
+    /// option at fault), and with [`Error::FeatureDisabled`] when it names a
     /// kind of store this build lacks. Messages never repeat a password.
     pub fn parse(url: &str) -> Result<StoreUrl> {
         if url.is_empty() {
@@ -231,13 +232,28 @@ fn scheme_of(url: &str) -> Option<&str> {
 }
 
 /// Whether `url`, which starts with no scheme, starts like an address
-/// (`127.0.0.1:8080`, `[::1]:6379`) rather than a path: its first part has a
-/// `:` and is no Windows drive (`C:`). Taken for a directory, a forgotten
-/// `http://` made a new store in a directory named after the address.
+/// rather than a path: its first part is an IPv6 literal (`[::1]:6379`), or
+/// a host name or IPv4 address (after any user part) and a port
+/// (`127.0.0.1:8080`, `cache:6379`). Taken for a directory, a forgotten
+/// `http://` made a new store in a directory named after the address. A
+/// Windows drive (`C:`) is no host; a directory whose name looks like an
+/// address (a time, `10:00`) is written `./name`, as the refusal says.
 fn looks_like_an_address(url: &str) -> bool {
     let first = url.split(['/', '\\']).next().unwrap_or_default();
-    let drive = first.len() == 2 && first.starts_with(|c: char| c.is_ascii_alphabetic());
-    first.contains(':') && !drive
+    if first.starts_with('[') {
+        return true;
+    }
+    let Some((before, port)) = first.rsplit_once(':') else {
+        return false;
+    };
+    let host = before.rsplit_once('@').map_or(before, |(_, host)| host);
+    let port_like = (1..=5).contains(&port.len()) && port.bytes().all(|b| b.is_ascii_digit());
+    let host_like = host.len() > 1
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'))
+        && !host.starts_with(['.', '-']);
+    port_like && host_like
 }
 
 fn memory(rest: &str) -> Result<StoreUrl> {
@@ -414,6 +430,10 @@ mod tests {
         assert_eq!(backend("C:\\data"), dir("C:\\data"));
         assert_eq!(backend("./memroy:"), dir("./memroy:"));
         assert_eq!(backend("dir/with:colon"), dir("dir/with:colon"));
+        // Directory names with a ':' that no address has.
+        for name in ["a:b", "my_data:2024", "C:data", "C:/data", "x/10:00"] {
+            assert_eq!(backend(name), dir(name), "{name}");
+        }
     }
 
     #[cfg(feature = "fs")]

@@ -30,6 +30,29 @@ fn first_note() -> (CollectionName, Record) {
     (CollectionName::new("notes").unwrap(), record)
 }
 
+/// `error` refuses the store for not honouring conditional writes, naming
+/// what it mishandled.
+fn assert_refused_for(error: &Error, mishandled: &str) {
+    assert!(
+        matches!(error, Error::Storage { message, .. }
+            if message.contains("does not honour conditional writes")
+                && message.contains(mishandled)),
+        "{error}"
+    );
+}
+
+/// `memory` holds no object (under `prefix`, when given).
+async fn assert_holds_nothing(memory: &object_store::memory::InMemory, prefix: Option<&str>) {
+    let prefix = prefix.map(object_store::path::Path::from);
+    let left = futures::TryStreamExt::try_collect::<Vec<_>>(object_store::ObjectStore::list(
+        memory,
+        prefix.as_ref(),
+    ))
+    .await
+    .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+}
+
 /// The error of a create of [`first_note`] that `backend` refuses.
 async fn first_note_refused(backend: &S3Backend) -> Error {
     let (collection, record) = first_note();
@@ -126,19 +149,8 @@ async fn a_store_that_ignores_conditions_is_refused_before_the_first_write() {
         .put(&collection, &Write::create(record.clone()))
         .await
         .unwrap_err();
-    assert!(
-        matches!(&error, Error::Storage { message, .. }
-            if message.contains("does not honour conditional writes")
-                && message.contains("If-None-Match")),
-        "{error}"
-    );
-    let left = futures::TryStreamExt::try_collect::<Vec<_>>(object_store::ObjectStore::list(
-        memory.as_ref(),
-        None,
-    ))
-    .await
-    .unwrap();
-    assert!(left.is_empty(), "{left:?}");
+    assert_refused_for(&error, "If-None-Match");
+    assert_holds_nothing(&memory, None).await;
     // A store that honours them takes the write.
     let honouring = S3Backend::from_store(memory, "dse").unwrap();
     honouring
@@ -164,19 +176,8 @@ async fn a_store_that_refuses_every_if_match_is_refused_before_the_first_write()
     let first = backend.put(&collection, &write).await.unwrap_err();
     assert!(first.is_transient(), "{first:?}");
     let error = backend.put(&collection, &write).await.unwrap_err();
-    assert!(
-        matches!(&error, Error::Storage { message, .. }
-            if message.contains("does not honour conditional writes")
-                && message.contains("refused the ETag the object has")),
-        "{error}"
-    );
-    let left = futures::TryStreamExt::try_collect::<Vec<_>>(object_store::ObjectStore::list(
-        memory.as_ref(),
-        None,
-    ))
-    .await
-    .unwrap();
-    assert!(left.is_empty(), "{left:?}");
+    assert_refused_for(&error, "refused the ETag the object has");
+    assert_holds_nothing(&memory, None).await;
 }
 
 /// A handle's conditional-write check found its probe key already written
@@ -214,13 +215,7 @@ async fn a_resent_create_of_the_probe_key_does_not_disable_the_handle() {
         Some(record)
     );
     // The check leaves no probe behind.
-    let probes = futures::TryStreamExt::try_collect::<Vec<_>>(object_store::ObjectStore::list(
-        memory.as_ref(),
-        Some(&object_store::path::Path::from("dse/p")),
-    ))
-    .await
-    .unwrap();
-    assert!(probes.is_empty(), "{probes:?}");
+    assert_holds_nothing(&memory, Some("dse/p")).await;
 }
 
 /// A create of the check refused once, then on the next try an update of

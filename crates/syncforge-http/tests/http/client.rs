@@ -906,6 +906,29 @@ fn notes() -> syncforge::CollectionName {
     syncforge::CollectionName::new("notes").unwrap()
 }
 
+/// A canned answer: a page of `collection` holding no change, that ends
+/// the feed at `next`.
+fn empty_page(collection: &str, next: u64) -> String {
+    json_answer(
+        "200 OK",
+        "",
+        &format!(
+            r#"{{"feed_id":"f1","collection":"{collection}","changes":[],"next":{next},"more":false}}"#
+        ),
+    )
+}
+
+/// Pulls `notes` from the start of `link`'s feed, ten changes at most.
+async fn pull_notes(link: &impl SyncPeer) -> syncforge::Result<syncforge::core::ChangePage> {
+    SyncPeer::pull(
+        link,
+        &notes(),
+        syncforge::Cursor::START,
+        10.try_into().unwrap(),
+    )
+    .await
+}
+
 /// A push's answer names the feed positions of its writes, which later
 /// pulls skip unread. An answer naming more positions than it had records
 /// (here 996 for two) would have hidden other replicas' changes at those
@@ -922,17 +945,12 @@ async fn echoes_a_push_could_not_have_written_are_refused_and_not_skipped() {
             ),
         )
     };
-    let empty_page = json_answer(
-        "200 OK",
-        "",
-        r#"{"feed_id":"f1","collection":"notes","changes":[],"next":0,"more":false}"#,
-    );
     let (url, served) = canned_server(vec![
         json_answer("200 OK", "", CANNED_HEALTH),
         synced("[[5,1000]]"),
         synced("[[9007199254740993,9007199254740993]]"),
         synced("[[5,5],[1000,1000]]"),
-        empty_page,
+        empty_page("notes", 0),
     ])
     .await;
     let link = peer(&url, None);
@@ -948,14 +966,7 @@ async fn echoes_a_push_could_not_have_written_are_refused_and_not_skipped() {
         .await
         .unwrap();
     assert!(pushed.refused.is_empty(), "{pushed:?}");
-    SyncPeer::pull(
-        &link,
-        &notes(),
-        syncforge::Cursor::START,
-        10.try_into().unwrap(),
-    )
-    .await
-    .unwrap();
+    pull_notes(&link).await.unwrap();
     let requests = served.await.unwrap();
     assert!(requests[4].contains("&skip=5%2C1000 "), "{requests:?}");
 }
@@ -966,27 +977,14 @@ async fn echoes_a_push_could_not_have_written_are_refused_and_not_skipped() {
 /// which an engine would keep as its cursor and be refused from for good.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_of_another_collection_or_past_every_position_is_refused() {
-    let page = |collection: &str, next: u64| {
-        json_answer(
-            "200 OK",
-            "",
-            &format!(
-                r#"{{"feed_id":"f1","collection":"{collection}","changes":[],"next":{next},"more":false}}"#
-            ),
-        )
-    };
-    let (url, served) =
-        canned_server(vec![page("tasks", 3), page("notes", 9_007_199_254_740_993)]).await;
+    let (url, served) = canned_server(vec![
+        empty_page("tasks", 3),
+        empty_page("notes", 9_007_199_254_740_993),
+    ])
+    .await;
     let link = peer(&url, None);
     for reason in ["collection \"tasks\"", "largest"] {
-        let error = SyncPeer::pull(
-            &link,
-            &notes(),
-            syncforge::Cursor::START,
-            10.try_into().unwrap(),
-        )
-        .await
-        .unwrap_err();
+        let error = pull_notes(&link).await.unwrap_err();
         assert!(matches!(error, Error::PeerProtocol { .. }), "{error:?}");
         assert!(error.to_string().contains(reason), "{error}");
     }
