@@ -76,26 +76,28 @@ impl std::fmt::Debug for BackendConfig {
 /// when the store is made, after a program may have logged the URL).
 fn s3_without_secrets(url: &str) -> String {
     // The bucket ends at the first '/' or '?', as `S3Config::from_url`
-    // reads it: a user part there (which a store refuses) may hold either.
+    // reads it; a user part there (which a store refuses) may hold either,
+    // so an '@' anywhere before the parameters hides the whole URL.
     let rest = url.strip_prefix("s3://").unwrap_or(url);
     let bucket_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    if rest[..bucket_end].contains(['@', ':']) {
+    let (location, query) = url.split_once('?').unwrap_or((url, ""));
+    if rest[..bucket_end].contains(':') || location.contains('@') {
         return "s3://***".to_owned();
     }
-    let (location, query) = url.split_once('?').unwrap_or((url, ""));
-    let location = location.to_owned();
+    // A parameter's name only when it is one: a secret's '?' can start
+    // what looks like a parameter.
     let names: Vec<String> = query
         .split('&')
         .filter(|pair| !pair.is_empty())
         .map(|pair| {
-            format!(
-                "{}=***",
-                pair.split_once('=').map_or(pair, |(name, _)| name)
-            )
+            let name = pair.split_once('=').map_or(pair, |(name, _)| name);
+            let plain =
+                !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+            format!("{}=***", if plain { name } else { "***" })
         })
         .collect();
     if names.is_empty() {
-        location
+        location.to_owned()
     } else {
         format!("{location}?{}", names.join("&"))
     }
@@ -258,6 +260,8 @@ mod tests {
             ("s3://AKID:s3cret@bucket/p", "s3://***"),
             ("s3://AKID:s3?cret@bucket", "s3://***"),
             ("s3://AKID:s3/cret@bucket", "s3://***"),
+            ("s3://tok/s3cret@bucket", "s3://***"),
+            ("s3://bucket/p?s3cr/et@x", "s3://bucket/p?***=***"),
             (
                 "s3://bucket/p?endpoint=https://k:s3cret@minio&region=eu",
                 "s3://bucket/p?endpoint=***&region=***",

@@ -232,28 +232,40 @@ fn scheme_of(url: &str) -> Option<&str> {
 }
 
 /// Whether `url`, which starts with no scheme, starts like an address
-/// rather than a path: its first part is an IPv6 literal (`[::1]:6379`), or
-/// a host name or IPv4 address (after any user part) and a port
-/// (`127.0.0.1:8080`, `cache:6379`). Taken for a directory, a forgotten
-/// `http://` made a new store in a directory named after the address. A
-/// Windows drive (`C:`) is no host; a directory whose name looks like an
-/// address (a time, `10:00`) is written `./name`, as the refusal says.
+/// rather than a path (`127.0.0.1:8080`, `[::1]:6379`, `:password@host:6379`):
+/// taken for a directory, a forgotten `http://` or `redis://` made a new
+/// store in a directory named after the address, password and all. Its
+/// first part has a `:`; after any user part (which may hold any character,
+/// `/` included) comes an IPv6 literal, or a host and a port. Without a user
+/// part the host must look like one (letters, digits, `.` and `-`, more than
+/// one character), so that `C:data` and `my_data:2024` stay directories; a
+/// directory whose name looks like an address (a time, `10:00`) is written
+/// `./name`, as the refusal says.
 fn looks_like_an_address(url: &str) -> bool {
     let first = url.split(['/', '\\']).next().unwrap_or_default();
-    if first.starts_with('[') {
-        return true;
+    if !first.contains(':') {
+        return false;
     }
-    let Some((before, port)) = first.rsplit_once(':') else {
+    let user_part = url.contains('@');
+    let address = match url.rsplit_once('@') {
+        Some((_, after)) => after.split(['/', '?', '\\']).next().unwrap_or_default(),
+        None => first,
+    };
+    if let Some(inside) = address.strip_prefix('[') {
+        return inside
+            .split_once(']')
+            .is_some_and(|(host, _)| host.contains(':'));
+    }
+    let Some((host, port)) = address.rsplit_once(':') else {
         return false;
     };
-    let host = before.rsplit_once('@').map_or(before, |(_, host)| host);
     let port_like = (1..=5).contains(&port.len()) && port.bytes().all(|b| b.is_ascii_digit());
     let host_like = host.len() > 1
         && host
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'))
         && !host.starts_with(['.', '-']);
-    port_like && host_like
+    port_like && (host_like || (user_part && !host.is_empty()))
 }
 
 fn memory(rest: &str) -> Result<StoreUrl> {
@@ -431,7 +443,15 @@ mod tests {
         assert_eq!(backend("./memroy:"), dir("./memroy:"));
         assert_eq!(backend("dir/with:colon"), dir("dir/with:colon"));
         // Directory names with a ':' that no address has.
-        for name in ["a:b", "my_data:2024", "C:data", "C:/data", "x/10:00"] {
+        for name in [
+            "a:b",
+            "my_data:2024",
+            "C:data",
+            "C:/data",
+            "x/10:00",
+            "[old]/store",
+            "mail@home/a",
+        ] {
             assert_eq!(backend(name), dir(name), "{name}");
         }
     }
@@ -463,6 +483,10 @@ mod tests {
             "[::1]:6379",
             ":s3cret@cache:6379",
             "10.0.0.1:6379/0",
+            ":ab/s3cret@10.0.0.1:6379",
+            ":s3cret@h:6379",
+            ":s3cret@[::1]:6379",
+            ":s3cret@my_redis:6379",
         ] {
             let reason = refused(address);
             assert!(reason.contains("http://host:port"), "{reason}");
