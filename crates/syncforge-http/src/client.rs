@@ -53,6 +53,10 @@ const PUSH_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 /// answers pages with nothing to show but more to read.
 const MAX_FOLLOWED_PAGES: usize = 64;
 
+/// How often [`HttpPeer::wait_for_changes`] asks a server that holds no
+/// request (`max_wait` 0) while its wait lasts.
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Most bytes of `skip` in a feed request's URL (each comma encoded as
 /// `%2C`): proxies refuse URLs past a few KiB (nginx: 8 KiB of header line).
 const MAX_SKIP_QUERY_BYTES: usize = 4_000;
@@ -836,7 +840,10 @@ impl HttpPeer {
     /// a change lands; the page is empty when the wait ran out. This peer's
     /// own echoes are left out, as in [`pull`](SyncPeer::pull); pages the
     /// server answers with nothing but more to read are followed inside (a
-    /// few dozen at most, then such a page is returned as it is).
+    /// few dozen at most, then such a page is returned as it is). A server
+    /// that holds no request (`max_wait` 0) is asked again every second
+    /// until `wait` runs out, so that a loop of waits does not ask it
+    /// without pause.
     ///
     /// Use it to sync as soon as another client writes: wait on the cursor
     /// the engine keeps for this peer (`engine.peer_cursors(peer_id,
@@ -853,7 +860,9 @@ impl HttpPeer {
         // would only let a connection that died silently go unnoticed longer.
         let limits = self.inner.state.lock().limits.unwrap_or(FALLBACK_LIMITS);
         let max_wait = Duration::from_millis(limits.max_wait_ms);
-        let deadline = tokio::time::Instant::now() + wait.min(max_wait).min(LONGEST_WAIT);
+        let polled = max_wait.is_zero();
+        let waited = if polled { wait } else { wait.min(max_wait) };
+        let deadline = tokio::time::Instant::now() + waited.min(LONGEST_WAIT);
         let mut after = after;
         let mut followed = 0;
         loop {
@@ -871,6 +880,11 @@ impl HttpPeer {
                 && followed < MAX_FOLLOWED_PAGES
             {
                 after = page.next;
+                continue;
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if polled && page.changes.is_empty() && !left.is_zero() {
+                tokio::time::sleep(left.min(POLL_INTERVAL)).await;
                 continue;
             }
             return Ok(page);

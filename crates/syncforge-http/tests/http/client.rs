@@ -1032,6 +1032,39 @@ async fn a_refused_stamp_keeps_its_type_over_http() {
     );
 }
 
+/// A server that holds no request (`max_wait` 0) answered every wait at
+/// once, so a loop of waits asked it without pause. It is now asked again
+/// every second until the wait runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_on_a_server_that_holds_no_request_is_polled_each_second() {
+    let health = r#"{"status":"ok","protocol":1,"feed_id":"f1","limits":{"max_body_bytes":100000,"max_records":10,"max_page":10,"max_wait_ms":0}}"#;
+    let mut answers = vec![json_answer("200 OK", "", health)];
+    answers.extend((0..10).map(|_| empty_page("notes", 0)));
+    let (url, _served) = canned_server(answers).await;
+    let link = peer(&url, None);
+    link.health().await.unwrap();
+    let started = Instant::now();
+    let page = link
+        .wait_for_changes(
+            "notes",
+            syncforge::Cursor::START,
+            10.try_into().unwrap(),
+            Duration::from_millis(2_500),
+        )
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    assert!(page.changes.is_empty());
+    assert!(
+        waited >= Duration::from_millis(2_400),
+        "returned after {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(10),
+        "returned after {waited:?}"
+    );
+}
+
 /// A long poll answered with nothing to show but more to read (the server
 /// passed over changes this client holds) reads on from there, instead of
 /// handing the caller a page that asking again would only repeat.
