@@ -57,6 +57,7 @@ pub(crate) struct Cli {
     pub(crate) no_progress: bool,
 
     /// The token to present to sync servers (http:// and https:// stores).
+    /// Prefer SYNCFORGE_TOKEN: a flag shows in the process list.
     #[cfg(feature = "http")]
     #[arg(
         long,

@@ -57,17 +57,23 @@ fn main() -> ExitCode {
 /// otherwise go nowhere. `SYNCFORGE_LOG` sets another level (`error`,
 /// `info`, `debug`, `trace`).
 fn show_warnings() {
-    let level = std::env::var("SYNCFORGE_LOG")
-        .ok()
-        .and_then(|level| level.parse::<tracing::Level>().ok())
-        .unwrap_or(tracing::Level::WARN);
+    let asked = std::env::var("SYNCFORGE_LOG").ok();
+    let read = asked
+        .as_deref()
+        .and_then(|level| level.parse::<tracing::Level>().ok());
     let shown = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_max_level(level)
+        .with_max_level(read.unwrap_or(tracing::Level::WARN))
         .with_ansi(false)
         .with_target(false)
         .without_time()
         .try_init();
     // Only fails when a subscriber is set already, which nothing here does.
     drop(shown);
+    if let (Some(asked), None) = (asked, read) {
+        tracing::warn!(
+            "SYNCFORGE_LOG={:?} is not a level (error, warn, info, debug, trace); showing warnings",
+            syncforge::core::shorten(&asked)
+        );
+    }
 }

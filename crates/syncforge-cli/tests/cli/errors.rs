@@ -3,7 +3,7 @@
 
 use tempfile::TempDir;
 
-use crate::support::{arg, docs, on_a_terminal, syncforge, syncforge_with};
+use crate::support::{arg, docs, on_a_terminal, syncforge, syncforge_env, syncforge_with};
 
 #[test]
 fn every_command_shows_an_example_in_its_help() {
@@ -124,6 +124,26 @@ fn bad_store_urls_are_usage_errors_that_name_the_problem() {
     let run = syncforge(&["sync", "memory:", "file:relative/dir"]).fails(2);
     assert!(run.stderr.contains("DST: "), "{run:?}");
     assert!(run.stderr.contains("file:///absolute/path"), "{run:?}");
+}
+
+/// A destination whose `http://` was forgotten made a new store in a
+/// directory named after the address, and the sync exited 0.
+#[test]
+fn an_address_without_its_scheme_is_a_usage_error_that_makes_no_directory() {
+    let dir = TempDir::new().unwrap();
+    let mut command = crate::support::command(&["sync", "memory:", "127.0.0.1:8080"]);
+    command.current_dir(dir.path());
+    let run = crate::support::run_command(command).fails(2);
+    assert!(run.stderr.contains("http://host:port"), "{run:?}");
+    assert!(!dir.path().join("127.0.0.1:8080").exists());
+}
+
+/// A log level the binary cannot read was ignored in silence.
+#[test]
+fn an_unreadable_log_level_is_told() {
+    let run = syncforge_env(&["ls", "memory:"], &[("SYNCFORGE_LOG", "verbose")]).ok();
+    assert!(run.stderr.contains("SYNCFORGE_LOG"), "{run:?}");
+    assert!(run.stderr.contains("\"verbose\""), "{run:?}");
 }
 
 /// Only in a build without the `s3` feature; the library's own tests check

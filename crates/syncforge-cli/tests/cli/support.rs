@@ -69,7 +69,6 @@ pub(crate) fn syncforge_with(args: &[&str], stdin: &str) -> Run {
 }
 
 /// Runs the binary with `args` and the environment variables `env`.
-#[cfg_attr(not(any(feature = "s3", feature = "redis")), allow(dead_code))]
 pub(crate) fn syncforge_env(args: &[&str], env: &[(&str, &str)]) -> Run {
     let mut command = command(args);
     command.envs(env.iter().copied());
@@ -94,6 +93,11 @@ pub(crate) fn spawned(mut command: Command, stdin: &str) -> Child {
     }
     drop(input);
     child
+}
+
+/// Runs `command` (made by [`command`]) to its end, with no input.
+pub(crate) fn run_command(command: Command) -> Run {
+    run(command, "")
 }
 
 /// Runs `command` to its end, `stdin` on its standard input.
