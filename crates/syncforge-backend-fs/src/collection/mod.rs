@@ -688,15 +688,9 @@ impl Collection {
     fn reconcile_entries(&mut self) -> Result<Vec<LogEntry>> {
         // A hashed file name does not say its id, but that of an id the log
         // knows is known from the id: only the file of an id it does not
-        // know is read for it.
-        let known_hashed: HashMap<String, &String> = self
-            .log
-            .ids()
-            .filter_map(|id| {
-                let stem = stem_for(id);
-                is_hashed(&stem).then_some((stem, id))
-            })
-            .collect();
+        // know is read for it. The names of the log's ids are made at the
+        // first hashed file met: most collections have none.
+        let mut known_hashed: Option<HashMap<String, &String>> = None;
         let mut on_disk = HashSet::new();
         for entry in read_dir(&self.dir)? {
             let file_name = entry.file_name();
@@ -706,11 +700,20 @@ impl Collection {
             if file_name.starts_with(TEMP_PREFIX) {
                 continue;
             }
-            if let Some(id) =
-                records::record_stem(file_name).and_then(|stem| known_hashed.get(stem))
-            {
-                on_disk.insert((*id).clone());
-                continue;
+            if let Some(stem) = records::record_stem(file_name).filter(|stem| is_hashed(stem)) {
+                let known = known_hashed.get_or_insert_with(|| {
+                    self.log
+                        .ids()
+                        .filter_map(|id| {
+                            let stem = stem_for(id);
+                            is_hashed(&stem).then_some((stem, id))
+                        })
+                        .collect()
+                });
+                if let Some(id) = known.get(stem) {
+                    on_disk.insert((*id).clone());
+                    continue;
+                }
             }
             // The file of an id the log does not know, which cannot be read,
             // fails the opening: left out, its record would read as absent,
