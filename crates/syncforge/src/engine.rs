@@ -1479,8 +1479,9 @@ impl SyncEngine {
     /// or one `stop_auto_sync` cancelled, to stop: no window emits an event
     /// or starts a storage call after `close` returned; forgets
     /// its peers and removes every event handler added through
-    /// [`events`](Self::events) (one added later is dropped at once); receivers see the stream end when the last handle
-    /// on the engine is dropped. Later calls fail with [`Error::Closed`];
+    /// [`events`](Self::events) (one added later is dropped at once);
+    /// receivers see the stream end when the last handle on the engine is
+    /// dropped. Later calls fail with [`Error::Closed`];
     /// closing twice is harmless, a close while another is under way
     /// returns when that one has ended, and a close whose store failed to
     /// close (its error returned) is tried again by the next.
