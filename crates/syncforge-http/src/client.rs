@@ -1127,13 +1127,7 @@ impl HttpPeer {
         records: usize,
         answer: &SyncResponse,
     ) -> Result<()> {
-        if answer.collection != collection.as_str() {
-            return Err(self.protocol_error(format!(
-                "answered a push to collection {:?} for collection {:?}",
-                collection.as_str(),
-                syncforge_core::shorten(&answer.collection)
-            )));
-        }
+        self.check_collection("push", collection, &answer.collection)?;
         let echoed = answer.echoes.positions();
         if echoed > u64::try_from(records).unwrap_or(u64::MAX) {
             return Err(self.protocol_error(format!(
@@ -1149,6 +1143,19 @@ impl HttpPeer {
             }
         }
         Ok(())
+    }
+
+    /// Refuses an answer (`what` it is) naming another collection than the
+    /// one asked for: a proxy or cache answering for the wrong URL.
+    fn check_collection(&self, what: &str, asked: &CollectionName, answered: &str) -> Result<()> {
+        if answered == asked.as_str() {
+            return Ok(());
+        }
+        Err(self.protocol_error(format!(
+            "answered a {what} for collection {:?} with collection {:?}",
+            asked.as_str(),
+            syncforge_core::shorten(answered)
+        )))
     }
 
     async fn read_feed(
@@ -1233,13 +1240,7 @@ impl HttpPeer {
                 ));
             }
         }
-        if page.collection != collection.as_str() {
-            return Err(self.protocol_error(format!(
-                "answered a change page of collection {:?} for collection {:?}",
-                syncforge_core::shorten(&page.collection),
-                collection.as_str()
-            )));
-        }
+        self.check_collection("change page", collection, &page.collection)?;
         // Each record located in the body, to be read on every core.
         let base = bytes.as_ptr() as usize;
         let located: Vec<(Cursor, Range<usize>)> = page
