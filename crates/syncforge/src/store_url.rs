@@ -246,10 +246,12 @@ fn looks_like_an_address(url: &str) -> bool {
     if !first.contains(':') {
         return false;
     }
-    let user_part = url.contains('@');
-    let address = match url.rsplit_once('@') {
-        Some((_, after)) => after.split(['/', '?', '\\']).next().unwrap_or_default(),
-        None => first,
+    let (address, user_part) = match url.rsplit_once('@') {
+        Some((_, after)) => (
+            after.split(['/', '?', '\\']).next().unwrap_or_default(),
+            true,
+        ),
+        None => (first, false),
     };
     if let Some(inside) = address.strip_prefix('[') {
         return inside
