@@ -39,11 +39,8 @@ pub(crate) struct Wrapped {
     resent_puts: parking_lot::Mutex<Option<KeyMatch>>,
     /// Whether every put is made unconditionally, its condition ignored.
     ignoring_conditions: AtomicBool,
-    /// Whether every update-if-ETag is refused as if the ETag did not match.
-    refusing_updates: AtomicBool,
-    /// The updates to keys containing this text are counted, and the one
-    /// of this number is refused as if its ETag did not match.
-    refused_update: parking_lot::Mutex<Option<(String, u64)>>,
+    /// Which updates-if-ETag are refused as if the ETag did not match.
+    refused_updates: parking_lot::Mutex<Option<UpdateRefusal>>,
     /// Whether listings give bare the ETags that reads give in quotes.
     unquoting_listed_tags: AtomicBool,
     /// How deletes are refused, if they are.
@@ -79,6 +76,33 @@ impl HeldGet {
     /// Lets the read go on.
     pub(crate) fn release(&self) {
         self.released.notify_one();
+    }
+}
+
+/// Which updates-if-ETag [`Wrapped`] refuses.
+#[derive(Debug)]
+enum UpdateRefusal {
+    /// Every one.
+    Every,
+    /// Of the updates to keys containing `key_part`, the one that brings
+    /// `left` to 0.
+    Nth { key_part: String, left: u64 },
+}
+
+impl UpdateRefusal {
+    /// Whether the update of `key` is refused (counted when it is one of
+    /// those counted).
+    fn refuses(&mut self, key: &str) -> bool {
+        match self {
+            UpdateRefusal::Every => true,
+            UpdateRefusal::Nth { key_part, left }
+                if *left > 0 && key.contains(key_part.as_str()) =>
+            {
+                *left -= 1;
+                *left == 0
+            }
+            UpdateRefusal::Nth { .. } => false,
+        }
     }
 }
 
@@ -118,8 +142,7 @@ impl Wrapped {
             resent_puts: parking_lot::Mutex::new(None),
             refused_creates: parking_lot::Mutex::new(None),
             ignoring_conditions: AtomicBool::new(false),
-            refusing_updates: AtomicBool::new(false),
-            refused_update: parking_lot::Mutex::new(None),
+            refused_updates: parking_lot::Mutex::new(None),
             unquoting_listed_tags: AtomicBool::new(false),
             refused_deletes: parking_lot::Mutex::new(None),
             counted_gets: parking_lot::Mutex::new(None),
@@ -180,7 +203,7 @@ impl Wrapped {
     /// match, writing nothing: a store that compares ETags in another form
     /// than it hands them out, or takes no `If-Match` at all.
     pub(crate) fn refusing_updates(self) -> Self {
-        self.refusing_updates.store(true, Ordering::SeqCst);
+        *self.refused_updates.lock() = Some(UpdateRefusal::Every);
         self
     }
 
@@ -188,7 +211,10 @@ impl Wrapped {
     /// `key_part`, writing nothing, as S3's 409 to an update racing another
     /// request on the key.
     pub(crate) fn refusing_nth_update(self, key_part: &str, nth: u64) -> Self {
-        *self.refused_update.lock() = Some((key_part.to_owned(), nth));
+        *self.refused_updates.lock() = Some(UpdateRefusal::Nth {
+            key_part: key_part.to_owned(),
+            left: nth,
+        });
         self
     }
 
@@ -391,18 +417,13 @@ impl ObjectStore for Wrapped {
         if self.ignoring_conditions.load(Ordering::SeqCst) {
             opts.mode = object_store::PutMode::Overwrite;
         }
-        let counted_out = matches!(opts.mode, object_store::PutMode::Update(_))
-            && match &mut *self.refused_update.lock() {
-                Some((part, left)) if *left > 0 && location.as_ref().contains(part.as_str()) => {
-                    *left -= 1;
-                    *left == 0
-                }
-                _ => false,
-            };
-        if counted_out
-            || (self.refusing_updates.load(Ordering::SeqCst)
-                && matches!(opts.mode, object_store::PutMode::Update(_)))
-        {
+        let refused = matches!(opts.mode, object_store::PutMode::Update(_))
+            && self
+                .refused_updates
+                .lock()
+                .as_mut()
+                .is_some_and(|refusal| refusal.refuses(location.as_ref()));
+        if refused {
             return Err(object_store::Error::Precondition {
                 path: location.to_string(),
                 source: "refused by the test wrapper".into(),
