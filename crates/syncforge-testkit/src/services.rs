@@ -38,6 +38,22 @@ pub fn address(variable: &str, default: &str) -> String {
         .unwrap_or_else(|| default.to_owned())
 }
 
+/// What `program --version` prints, when the program is there and
+/// answers; `None` otherwise. Tests that start a server of their own (a
+/// private `redis-server`) ask first whether its binary is installed.
+pub fn version_of(program: &str) -> Option<String> {
+    let output = std::process::Command::new(program)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
 /// Whether services are required (`SYNCFORGE_REQUIRE_SERVICES=1`).
 pub fn required() -> bool {
     std::env::var(REQUIRE_SERVICES_ENV).is_ok_and(|value| value == "1")

@@ -19,7 +19,7 @@ use syncforge_core::{
     classify, ChangeKind, CollectionName, ConflictStrategy, Content, Error, Hlc, Record, RecordId,
     StorageBackend, Write, WriteOutcome,
 };
-use syncforge_testkit::services::{address, available};
+use syncforge_testkit::services::{address, available, version_of};
 
 pub(crate) const STANDALONE_ENV: &str = "SYNCFORGE_TEST_REDIS_URL";
 pub(crate) const CLUSTER_ENV: &str = "SYNCFORGE_TEST_REDIS_CLUSTER_URL";
@@ -134,11 +134,7 @@ impl PrivateServer {
         extra: Vec<String>,
     ) -> Option<PrivateServer> {
         let bin = address(SERVER_BIN_ENV, "redis-server");
-        let found = Command::new(&bin)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
+        let found = version_of(&bin).is_some();
         if !available("redis-server binary", SERVER_BIN_ENV, &bin, found) {
             return None;
         }
@@ -370,23 +366,18 @@ impl PrivateCluster {
     pub(crate) async fn start() -> Option<PrivateCluster> {
         // `--cluster-port` came with Redis 7.
         let bin = address(SERVER_BIN_ENV, "redis-server");
-        let version = Command::new(&bin)
-            .arg("--version")
-            .output()
-            .ok()
-            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
-            .unwrap_or_default();
-        let seven = version
-            .split("v=")
-            .nth(1)
-            .and_then(|v| v.split('.').next())
-            .and_then(|major| major.parse::<u32>().ok())
+        let seven = version_of(&bin)
+            .and_then(|version| {
+                let major = version
+                    .split("v=")
+                    .nth(1)?
+                    .split('.')
+                    .next()?
+                    .parse::<u32>();
+                major.ok()
+            })
             .is_some_and(|major| major >= 7);
-        let cli = Command::new("redis-cli")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success());
+        let cli = version_of("redis-cli").is_some();
         if !available(
             "redis-server 7+ and redis-cli",
             SERVER_BIN_ENV,

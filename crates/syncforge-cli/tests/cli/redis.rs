@@ -4,7 +4,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use syncforge_testkit::services::{address, available};
+use syncforge_testkit::services::{address, available, version_of};
 use tempfile::TempDir;
 
 use crate::support::{
@@ -157,11 +157,7 @@ fn a_watch_on_a_wiped_redis_store_stops_with_an_error() {
 #[test]
 fn a_tls_store_is_reached_when_its_authority_is_trusted() {
     let bin = address("SYNCFORGE_TEST_REDIS_SERVER_BIN", "redis-server");
-    let found = Command::new(&bin)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success());
+    let found = version_of(&bin).is_some();
     if !available(
         "redis-server binary",
         "SYNCFORGE_TEST_REDIS_SERVER_BIN",
