@@ -284,8 +284,9 @@ impl Events {
     }
 
     /// The engine closed: removes the user's handlers (as
-    /// [`remove_all_listeners`](Self::remove_all_listeners)) and keeps none
-    /// added from now on.
+    /// [`remove_all_listeners`](Self::remove_all_listeners)), keeps none
+    /// added from now on, and stops deliveries under way before their next
+    /// user handler.
     pub(crate) fn close(&self) {
         // Set before the handlers go: one added meanwhile is either removed
         // below or sees the flag (both take the listeners' lock).
@@ -367,7 +368,10 @@ impl Events {
     }
 
     /// Removes one handler (the original's `off`). Returns whether it was
-    /// still registered (a `once` handler that already ran is not).
+    /// still registered (a `once` handler that already ran is not). An event
+    /// being delivered at that moment still reaches it, as an emitter's
+    /// `off` during an `emit` does in Node; only closing the engine stops a
+    /// delivery under way.
     pub fn off(&self, id: ListenerId) -> bool {
         let mut listeners = self.lock();
         let Some(position) = listeners.iter().position(|l| l.id == id) else {
@@ -454,12 +458,12 @@ impl Events {
     /// Runs the handlers of `kind` (with `internal_only`, syncforge's own).
     fn call_handlers(&self, kind: EventKind, event: &SyncEvent, internal_only: bool) {
         let called = |l: &Listener| l.kind == kind && (l.internal || !internal_only);
-        let due: Vec<(ListenerId, Handler)> = {
+        let due: Vec<(ListenerId, Handler, bool)> = {
             let mut listeners = self.lock();
             let due = listeners
                 .iter()
                 .filter(|l| called(l))
-                .map(|l| (l.id, Arc::clone(&l.handler)))
+                .map(|l| (l.id, Arc::clone(&l.handler), l.internal))
                 .collect();
             // A `once` handler is removed before it runs, so an event emitted
             // by the handler itself cannot run it again.
@@ -472,7 +476,13 @@ impl Events {
             });
             due
         };
-        for (id, handler) in due {
+        for (id, handler, internal) in due {
+            // A close during this delivery (on another thread, or by a
+            // handler before this one) stops it: the user's handlers are
+            // gone once `close` returns, save a call already begun.
+            if !internal && self.closed.load(Ordering::Acquire) {
+                continue;
+            }
             if let Err(payload) = catch_unwind(AssertUnwindSafe(|| handler(event))) {
                 self.panics.fetch_add(1, Ordering::Relaxed);
                 let message = panic_message(payload.as_ref());
@@ -531,5 +541,28 @@ mod tests {
         assert!(events.off(internal));
         assert!(!events.wants(EventKind::SyncStart));
         assert_eq!(events.listener_count(EventKind::SyncStart), 0);
+    }
+
+    /// A handler that closes the engine stops the event it is handling from
+    /// reaching the user's later handlers, which were removed; syncforge's
+    /// own handlers still get it.
+    #[test]
+    fn a_close_during_a_delivery_calls_no_further_user_handler() {
+        let events = Arc::new(Events::new(16));
+        let closer = Arc::clone(&events);
+        events.on(EventKind::SyncStart, move |_| closer.close());
+        let later = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::clone(&later);
+        events.on(EventKind::SyncStart, move |_| {
+            seen.fetch_add(1, Ordering::Relaxed);
+        });
+        let internal = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::clone(&internal);
+        events.on_internal(EventKind::SyncStart, move |_| {
+            seen.fetch_add(1, Ordering::Relaxed);
+        });
+        events.emit(start());
+        assert_eq!(later.load(Ordering::Relaxed), 0);
+        assert_eq!(internal.load(Ordering::Relaxed), 1);
     }
 }
