@@ -164,8 +164,10 @@ impl SyncEngine {
     /// pushed come back in the peer's feed on the next pull and merge as
     /// unchanged, writing nothing.
     ///
-    /// On failure emits `sync:error` (once) and returns the error; whatever
-    /// was applied stays, and the next call resumes from there.
+    /// On failure emits `sync:error` (once; none when this engine was closed
+    /// meanwhile, as a closed engine announces no sync) and returns the
+    /// error; whatever was applied stays, and the next call resumes from
+    /// there.
     pub async fn sync_with<P: SyncPeer + ?Sized>(
         &self,
         peer: &P,
@@ -292,7 +294,9 @@ impl SyncEngine {
             }
             Err(error) => {
                 tracing::warn!(parent: &span, %error, "sync with peer failed");
-                if !reported {
+                // A closed engine announces nothing, as `sync` does not; a
+                // page's sync reports its own failure.
+                if !reported && !self.is_closed() {
                     self.emit_sync_error(collection, error);
                 }
             }
@@ -466,7 +470,13 @@ impl SyncEngine {
             .filter(|id| !refused_now.contains(id))
             .cloned()
             .collect();
-        if unchanged.is_empty() || self.inner.reoffered.lock().contains(&reoffer_key) {
+        if self.inner.reoffered.lock().contains(&reoffer_key) {
+            return Ok(());
+        }
+        if unchanged.is_empty() {
+            // Whatever the peer refused, this sync offered it just now: this
+            // engine's first offer is made.
+            self.inner.reoffered.lock().insert(reoffer_key);
             return Ok(());
         }
         let mut changed = false;

@@ -310,6 +310,69 @@ async fn a_misbehaving_peer_is_refused_with_an_error_event() {
     assert_eq!(errors, 1);
 }
 
+/// A peer that closes the engine syncing with it, in its pull or its push.
+struct ClosingPeer {
+    engine: SyncEngine,
+    in_push: bool,
+}
+
+#[syncforge::core::async_trait]
+impl SyncPeer for ClosingPeer {
+    fn peer_id(&self) -> &str {
+        "closing"
+    }
+
+    async fn pull(
+        &self,
+        _collection: &CollectionName,
+        cursor: Cursor,
+        _limit: NonZeroUsize,
+    ) -> Result<ChangePage> {
+        if self.in_push {
+            return Ok(ChangePage {
+                changes: Vec::new(),
+                next: cursor,
+                more: false,
+            });
+        }
+        self.engine.close().await?;
+        let next = Cursor::new(cursor.get() + 1);
+        Ok(page_of_r(next, next, false))
+    }
+
+    async fn push(
+        &self,
+        _collection: &CollectionName,
+        _records: Vec<Record>,
+    ) -> Result<PushOutcome> {
+        self.engine.close().await?;
+        Ok(PushOutcome::all_stored())
+    }
+}
+
+/// A sync with a peer cut short by closing the engine fails as closed and
+/// announces nothing, in either half, as a sync of a closed engine does.
+#[tokio::test]
+async fn a_sync_with_a_peer_cut_short_by_close_announces_no_error() {
+    for in_push in [false, true] {
+        let a = engine("a", ConflictStrategy::Crdt).await;
+        a.put("c", &json!({"id": "mine"})).await.unwrap();
+        let mut rx = a.subscribe();
+        let peer = ClosingPeer {
+            engine: a.clone(),
+            in_push,
+        };
+        let err = a.sync_with(&peer, "c").await.unwrap_err();
+        assert!(
+            matches!(err, Error::Closed { .. }),
+            "in push {in_push}: {err:?}"
+        );
+        while let Ok(event) = rx.try_recv() {
+            assert_ne!(event.kind(), EventKind::SyncError, "in push {in_push}");
+        }
+    }
+}
+
 /// A page going on past 2^53, where no feed reaches, was stored as the pull
 /// cursor, and every later pull from there was refused by the peer for good.
 #[tokio::test]
