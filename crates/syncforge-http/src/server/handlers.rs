@@ -81,6 +81,13 @@ struct Shared {
     /// The text a change of each collection took in the last page read of
     /// it: the first read of the next page is sized by it ([`first_read`]).
     text_per_change: Mutex<HashMap<CollectionName, usize>>,
+    /// The health route's last check of the store's identity, and when it
+    /// ended. The route needs no token, so health requests arriving while a
+    /// check runs share it: otherwise anyone could make the server read its
+    /// store (a billed request on S3) as many times at once as they like.
+    /// No result is kept longer, since a client trusts it to follow the
+    /// feed (a store replaced meanwhile must be told at once).
+    identity_checked: tokio::sync::Mutex<Option<(Instant, Result<()>)>>,
 }
 
 /// Collections whose text per change a server remembers; past that, it
@@ -193,6 +200,7 @@ pub(super) fn build(
         sync_slots: sync_slots.clone(),
         body_room,
         text_per_change: Mutex::new(HashMap::new()),
+        identity_checked: tokio::sync::Mutex::new(None),
     });
     let mut app = Router::new()
         .route("/v1/health", get(health))
@@ -310,7 +318,25 @@ async fn method_not_allowed() -> ApiError {
 }
 
 async fn health(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
-    state.replica.check_feed_id().await?;
+    {
+        let arrived = Instant::now();
+        // Held while checking: requests arriving meanwhile wait for the
+        // check and take its outcome.
+        let mut checked = state.identity_checked.lock().await;
+        let fresh = checked
+            .as_ref()
+            .filter(|(ended, _)| *ended >= arrived)
+            .map(|(_, outcome)| outcome.clone());
+        let outcome = match fresh {
+            Some(outcome) => outcome,
+            None => {
+                let outcome = state.replica.check_feed_id().await;
+                *checked = Some((Instant::now(), outcome.clone()));
+                outcome
+            }
+        };
+        outcome?;
+    }
     Ok(Json(Health {
         status: "ok".to_owned(),
         protocol: PROTOCOL_VERSION,
@@ -630,10 +656,15 @@ async fn sync(
         .and_then(|collection| check_json_content_type(&headers).map(|()| collection))
         .and_then(|collection| declared_length(&headers, max).map(|length| (collection, length)));
     let mut body = body.into_data_stream();
+    // Reading a refused body stops in time to send the refusal: cut off by
+    // the request's limit, it went out as a `timeout`, which tells a client
+    // on a slow link to try again, where the refusal tells it not to.
+    let limit = state.options.request_timeout;
+    let discard_until = started + limit.saturating_sub((limit / 10).min(Duration::from_secs(1)));
     let (collection, declared) = match checked {
         Ok(checked) => checked,
         Err(refusal) => {
-            discard_body(&headers, &mut body, max).await;
+            discard_body(&headers, &mut body, max, discard_until).await;
             return Err(refusal);
         }
     };
@@ -644,15 +675,24 @@ async fn sync(
     // A wait for room or for a merge's place, longer than half the request
     // timeout, is the server being busy.
     let patience = state.options.request_timeout / 2;
-    let room = state
+    let room = match state
         .body_room
         .take(kib(declared.unwrap_or(max)), patience)
-        .await?;
+        .await
+    {
+        Ok(room) => room,
+        Err(busy) => {
+            // Read too, so that the client sees the answer (and its
+            // `Retry-After`), not a connection cut under its upload.
+            discard_body(&headers, &mut body, max, discard_until).await;
+            return Err(busy);
+        }
+    };
     let bytes = match read_body(declared, &mut body, max).await {
         Ok(bytes) => bytes,
         Err(refused) => {
             drop(room);
-            discard_body(&headers, &mut body, max).await;
+            discard_body(&headers, &mut body, max, discard_until).await;
             return Err(refused);
         }
     };
@@ -1179,22 +1219,32 @@ async fn read_body(
 /// sending it, which saw a broken pipe instead of the refusal, took it for
 /// a transient failure, and tried again for ever (an auto-sync with a
 /// read-only token, or a push of a record larger than the server takes).
-/// Not read: a body declared longer than that (cut off anyway), or one the
+/// Not read: a body declared longer than that (cut off anyway), one the
 /// client sends only once told to go on (`Expect: 100-continue`, which
-/// reading would tell it).
-async fn discard_body(headers: &HeaderMap, stream: &mut BodyDataStream, max: usize) {
+/// reading would tell it), or what is still coming at `until`.
+async fn discard_body(
+    headers: &HeaderMap,
+    stream: &mut BodyDataStream,
+    max: usize,
+    until: Instant,
+) {
     let most = max.max(MAX_DISCARDED_BODY);
     let waits_to_send = headers.contains_key(header::EXPECT);
     if waits_to_send || declared_length(headers, most).is_err() {
         return;
     }
-    let mut read = 0usize;
-    while let Some(Ok(chunk)) = stream.next().await {
-        read = read.saturating_add(chunk.len());
-        if read > most {
-            break;
+    let read_all = async {
+        let mut read = 0usize;
+        while let Some(Ok(chunk)) = stream.next().await {
+            read = read.saturating_add(chunk.len());
+            if read > most {
+                break;
+            }
         }
-    }
+    };
+    // Past `until`, the rest is left unread: the connection closes after
+    // the answer.
+    let _ = tokio::time::timeout_at(until.into(), read_all).await;
 }
 
 /// Reads `{"records": [...]}`, refusing more than `max` records while

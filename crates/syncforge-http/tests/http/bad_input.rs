@@ -684,3 +684,29 @@ async fn a_server_whose_store_was_replaced_fails_its_health_route() {
     assert!(phone.sync_with(&peer, "notes").await.is_err());
     server.shutdown().await.unwrap();
 }
+
+/// The health route needs no token and checks the store's identity: health
+/// requests arriving together share one check, so that anyone could not
+/// make the server read its store as many times at once as they like.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_requests_arriving_together_share_one_store_check() {
+    let engine = crate::support::memory_engine("hq").await;
+    let replica = crate::support::InstrumentedReplica::new(engine)
+        .slow_identity_checks(std::time::Duration::from_millis(300));
+    let checks = replica.identity_checks.clone();
+    let server = syncforge::http::Server::bind(replica, "127.0.0.1:0", ServerOptions::default())
+        .await
+        .unwrap();
+    let health = format!("{}/v1/health", server.url());
+    let mut asked = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let request = raw_client().get(&health).send();
+        asked.spawn(async move { request.await.map(|answer| answer.status()) });
+    }
+    while let Some(answer) = asked.join_next().await {
+        assert_eq!(answer.unwrap().unwrap(), StatusCode::OK);
+    }
+    let made = checks.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((1..=3).contains(&made), "{made} checks for 20 requests");
+    server.shutdown().await.unwrap();
+}

@@ -304,3 +304,54 @@ async fn shutdown_closes_idle_connections_at_once() {
             .is_some());
     }
 }
+
+/// A push refused before its body is read (here: a read-only token) is
+/// answered with its refusal even when the body arrives more slowly than
+/// the request's time allows: reading the body to drop it stops in time.
+/// It ran into the request's limit, and the client was told `timeout`, a
+/// failure to retry, where a 403 tells it not to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_push_uploaded_slowly_gets_its_refusal_not_a_timeout() {
+    const BODY: usize = 2 << 20;
+    let options = ServerOptions::default()
+        .request_timeout(Duration::from_secs(1))
+        .max_wait(Duration::from_millis(500))
+        .token(syncforge::http::AccessToken::read_only("reader-secret"));
+    let server = serve(options).await;
+    let (mut reading, mut writing) = connect(&server).await.into_split();
+    let head = format!(
+        "POST /v1/collections/notes/sync HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+         Authorization: Bearer reader-secret\r\nContent-Type: application/json\r\n\
+         Content-Length: {BODY}\r\n\r\n"
+    );
+    // 64 KiB every 100 ms: the 2 MiB take three seconds.
+    let uploading = tokio::spawn(async move {
+        if writing.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        let chunk = vec![b' '; 64 << 10];
+        for _ in 0..BODY / chunk.len() {
+            if writing.write_all(&chunk).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let reading = async {
+        while !received.windows(4).any(|window| window == b"\r\n\r\n") {
+            match reading.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(read) => received.extend_from_slice(&buffer[..read]),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), reading)
+        .await
+        .expect("an answer within 15 s");
+    let answer = String::from_utf8_lossy(&received);
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer:?}");
+    uploading.abort();
+    server.shutdown().await.unwrap();
+}

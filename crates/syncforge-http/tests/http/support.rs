@@ -176,6 +176,9 @@ pub(crate) struct InstrumentedReplica {
     deaf: bool,
     /// A record rewritten right after the next feed read.
     rewrite: Arc<std::sync::Mutex<Option<String>>>,
+    /// Checks of the store's identity made, and how long each takes.
+    pub(crate) identity_checks: Arc<AtomicUsize>,
+    identity_check_delay: Duration,
 }
 
 impl InstrumentedReplica {
@@ -191,7 +194,15 @@ impl InstrumentedReplica {
             per_change: Duration::ZERO,
             deaf: false,
             rewrite: Arc::default(),
+            identity_checks: Arc::default(),
+            identity_check_delay: Duration::ZERO,
         }
+    }
+
+    /// Each check of the store's identity takes `delay`.
+    pub(crate) fn slow_identity_checks(mut self, delay: Duration) -> Self {
+        self.identity_check_delay = delay;
+        self
     }
 
     /// Rewrites record `id` right after the next feed read, as a write
@@ -232,6 +243,12 @@ impl InstrumentedReplica {
 impl Replica for InstrumentedReplica {
     fn feed_id(&self) -> &str {
         Replica::feed_id(&self.engine)
+    }
+
+    async fn check_feed_id(&self) -> syncforge::Result<()> {
+        self.identity_checks.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(self.identity_check_delay).await;
+        Replica::check_feed_id(&self.engine).await
     }
 
     async fn collections(&self) -> syncforge::Result<Vec<CollectionName>> {
