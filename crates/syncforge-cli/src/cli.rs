@@ -112,7 +112,8 @@ impl From<Strategy> for ConflictStrategy {
 pub(crate) struct MergeOptions {
     /// How concurrent edits are merged; use the strategy the application
     /// uses for these collections [default: timestamp]. A sync server merges
-    /// what it is sent with its own strategy: importing into one refuses it.
+    /// what it is sent with its own strategy: importing into one, or a sync
+    /// to one without --both, refuses it.
     #[arg(long, value_enum)]
     pub(crate) strategy: Option<Strategy>,
 
@@ -270,7 +271,8 @@ pub(crate) struct ExportArgs {
 /// canonical form (as `export` prints them) or in the TypeScript original's
 /// form ({id, ...fields, _version, _timestamp, _deleted, _clientId}). The
 /// whole input is checked first: a malformed line refuses the import with
-/// its line number, and nothing is written.
+/// its line number, and nothing is written. So does, for a sync server, a
+/// record larger than the server takes in one request.
 ///
 /// FILE may also be a directory holding one `<id>.json` file per record: a
 /// collection directory of the original's filesystem store. --store-dir

@@ -895,6 +895,11 @@ impl HttpPeer {
     /// requests as the server's limits need, and returns the summed answer
     /// (`echoes` of the last request only).
     ///
+    /// A record larger than the server takes in one request fails the
+    /// push with [`Error::InvalidRecord`] before any request is sent (see
+    /// [`check_sizes`](Self::check_sizes)), so that nothing of it is
+    /// merged; this costs one more encoding of each record.
+    ///
     /// Records pushed this way are not echoes to the engine this peer
     /// serves (they may not come from it): its next pull receives them like
     /// any other change. Only the engine's own pushes
@@ -904,9 +909,44 @@ impl HttpPeer {
         collection: impl IntoName<CollectionName>,
         records: Vec<Record>,
     ) -> Result<SyncResponse> {
-        self.push_all(collection.into_name()?, records, Echoes::Forget, None)
+        let collection = collection.into_name()?;
+        self.check_sizes(&records).await?;
+        self.push_all(collection, records, Echoes::Forget, None)
             .await?
             .ok_or_else(|| self.protocol_error("no request was sent".to_owned()))
+    }
+
+    /// Checks, without sending them, that the server takes each of
+    /// `records` in one request, asking it for its limits first when they
+    /// are not known yet: [`Error::InvalidRecord`] names the first one it
+    /// would refuse as too large. A caller pushing several batches checks
+    /// them all first, to send none when one cannot go.
+    pub async fn check_sizes(&self, records: &[Record]) -> Result<()> {
+        let limits = self.known_limits().await?;
+        let mut text = String::new();
+        for record in records {
+            text.clear();
+            record.write_json(&mut text);
+            if let Some(reason) = too_large(text.len(), &limits) {
+                return Err(Error::invalid_record(Some(record.id().as_str()), reason));
+            }
+        }
+        Ok(())
+    }
+
+    /// The server's limits, asked for when not known yet.
+    async fn known_limits(&self) -> Result<Limits> {
+        // The server's own limits, not a guess: a record larger than the
+        // fallback bound may be one it takes, and a smaller count bound
+        // refused as too large would be learnt as a byte bound for good.
+        let known = self.inner.state.lock().limits;
+        match known {
+            Some(limits) => Ok(limits),
+            None => {
+                self.health().await?;
+                Ok(self.inner.state.lock().limits.unwrap_or(FALLBACK_LIMITS))
+            }
+        }
     }
 
     /// [`push_records`](Self::push_records), remembering the positions the
@@ -922,17 +962,8 @@ impl HttpPeer {
         echoes: Echoes,
         mut refused: Option<&mut Vec<RefusedRecord>>,
     ) -> Result<Option<SyncResponse>> {
-        // The server's own limits, not a guess: a record larger than the
-        // fallback bound may be one it takes, and a smaller count bound
-        // refused as too large would be learnt as a byte bound for good.
-        let known = self.inner.state.lock().limits.is_some();
-        if !known {
-            self.health().await?;
-        }
-        let (limits, push_cap) = {
-            let state = self.inner.state.lock();
-            (state.limits.unwrap_or(FALLBACK_LIMITS), state.push_cap())
-        };
+        let limits = self.known_limits().await?;
+        let push_cap = self.inner.state.lock().push_cap();
         let target = limits.max_body_bytes.min(PUSH_REQUEST_BYTES).min(push_cap);
         let mut total: Option<SyncResponse> = None;
         let mut body = RequestBody::new();
@@ -949,12 +980,7 @@ impl HttpPeer {
                 for (&end, id) in chunk.ends.iter().zip(&chunk.ids) {
                     let text = chunk.text.get(start..end).unwrap_or_default();
                     start = end;
-                    if text.len() + ENVELOPE > limits.max_body_bytes {
-                        let reason = format!(
-                            "is {} bytes of JSON, more than the server accepts in one request ({} bytes)",
-                            text.len(),
-                            limits.max_body_bytes
-                        );
+                    if let Some(reason) = too_large(text.len(), &limits) {
                         refuse(&mut refused, id.clone(), reason)?;
                         continue;
                     }
@@ -1694,6 +1720,17 @@ fn decode_changes(
 /// Refuses record `id` of a push for `reason`: named in `refused` when
 /// given (the push goes on without it), else the push fails with
 /// [`Error::InvalidRecord`] naming it.
+/// Why a record of `len` bytes of JSON cannot go to a server with
+/// `limits` in one request, if it cannot.
+fn too_large(len: usize, limits: &Limits) -> Option<String> {
+    (len + ENVELOPE > limits.max_body_bytes).then(|| {
+        format!(
+            "is {len} bytes of JSON, more than the server accepts in one request ({} bytes)",
+            limits.max_body_bytes
+        )
+    })
+}
+
 fn refuse(
     refused: &mut Option<&mut Vec<RefusedRecord>>,
     id: RecordId,

@@ -62,6 +62,7 @@ pub(crate) async fn import(args: ImportArgs, cx: &mut Context) -> Result<()> {
     }
 
     let store = Target::open(url, target, cx).await?;
+    store.check_sizes(&batches).await?;
     for (name, records) in batches {
         let count = records.len();
         // Records repeating an id merge into one, with one outcome (per
@@ -172,6 +173,27 @@ impl Target {
             #[cfg(feature = "http")]
             Target::Remote { remote, .. } => remote.url(),
         }
+    }
+
+    /// Checks that a sync server takes every record of `batches` before
+    /// any is sent: one it would refuse as too large fails the import with
+    /// nothing written, where it failed the import half done.
+    async fn check_sizes(&self, batches: &[(CollectionName, Vec<Record>)]) -> Result<()> {
+        #[cfg(feature = "http")]
+        if let Target::Remote { remote, .. } = self {
+            for (name, records) in batches {
+                remote.peer().check_sizes(records).await.with_context(|| {
+                    format!(
+                        "cannot import into collection {:?} of {}; nothing was imported",
+                        name.as_str(),
+                        remote.url()
+                    )
+                })?;
+            }
+        }
+        #[cfg(not(feature = "http"))]
+        let _ = batches;
+        Ok(())
     }
 
     /// Merges `records` into collection `name`, with a progress bar.

@@ -431,6 +431,27 @@ fn serve_takes_the_limits_a_proxy_needs_and_names_refused_flags() {
     let json = syncforge(&["sync", arg(&tablet), &server.url, "-c", "notes", "--json"]).fails(3);
     let line: serde_json::Value = serde_json::from_str(json.stdout.trim()).unwrap();
     assert_eq!(line["refused"][0]["id"], "big", "{json:?}");
+    // An import, which promises all or nothing, sends nothing when one of
+    // its records is larger than the server takes: the small record sent
+    // first in its own request was merged before.
+    let exported = syncforge(&["export", arg(&tablet), "notes"]).ok();
+    let mut lines: Vec<&str> = exported.stdout.lines().collect();
+    lines.sort_by_key(|line| line.contains("\"big\""));
+    let lines = lines.join("\n");
+    let import = syncforge_with(
+        &["import", &server.url, "imported", "--batch-size", "1"],
+        &lines,
+    )
+    .fails(1);
+    assert!(
+        import.stderr.contains("nothing was imported") && import.stderr.contains("\"big\""),
+        "{import:?}"
+    );
+    syncforge(&["get", &server.url, "imported", "small"]).fails(1);
+    // A one-way sync to a server merges nothing here: a strategy for it is
+    // refused, not ignored.
+    let strategy = syncforge(&["sync", arg(&tablet), &server.url, "--strategy", "crdt"]).fails(2);
+    assert!(strategy.stderr.contains("--strategy: "), "{strategy:?}");
     // One connection is served; a second is told to come back.
     let address = server.url.trim_start_matches("http://").to_owned();
     let mut first = std::net::TcpStream::connect(&address).unwrap();
@@ -491,6 +512,16 @@ fn serve_takes_the_limits_a_proxy_needs_and_names_refused_flags() {
     let run = serve(&["--token-file", arg(&tokens)]);
     assert!(run.stderr.contains("line 2: the same secret as"), "{run:?}");
     assert!(run.stderr.contains("line 1"), "{run:?}");
+    // A malformed address is a usage error; an unreadable token file is a
+    // failure at run time, as an unreadable input file is.
+    let run = syncforge(&["serve", arg(&hq), "--open", "--addr", "127.0.0.1"]).fails(2);
+    assert!(run.stderr.contains("--addr 127.0.0.1: "), "{run:?}");
+    let missing = dir.path().join("no-such-tokens");
+    let run = syncforge(&["serve", arg(&hq), "--token-file", arg(&missing)]).fails(1);
+    assert!(
+        run.stderr.contains("cannot read the --token-file"),
+        "{run:?}"
+    );
 }
 
 /// A store synced with the server that serves it merged every record into
