@@ -108,6 +108,14 @@ pub(crate) async fn put(args: PutArgs, cx: &mut Context) -> Result<()> {
             )
         })?;
     }
+    // What is still buffered goes out now: its failure is told with the
+    // count, as a failure halfway is.
+    cx.out.flush().with_context(|| {
+        format!(
+            "{0} of the {0} records were put before the output failed",
+            docs.len()
+        )
+    })?;
     store.close().await
 }
 

@@ -64,8 +64,17 @@ pub(crate) async fn run(args: ServeArgs, cx: &mut Context) -> Result<()> {
         } => usage(format!("--{}: {reason}", option.replace('_', "-"))),
         other => usage(format!("cannot serve with these options: {other}")),
     })?;
-    std::net::ToSocketAddrs::to_socket_addrs(args.addr.as_str())
-        .map_err(|error| usage(format!("--addr {}: {error}", args.addr)))?;
+    // A malformed address is the command line's fault; a host name that
+    // does not resolve (the resolver down at boot) is a failure at run time,
+    // which a supervisor may retry.
+    std::net::ToSocketAddrs::to_socket_addrs(args.addr.as_str()).map_err(|error| {
+        let told = format!("--addr {}: {error}", args.addr);
+        if error.kind() == std::io::ErrorKind::InvalidInput {
+            usage(told)
+        } else {
+            anyhow::anyhow!(told)
+        }
+    })?;
     // Bound before the store is opened too: an address in use or not
     // allowed leaves no new store behind either.
     let listener = tokio::net::TcpListener::bind(args.addr.as_str())
@@ -111,8 +120,9 @@ pub(crate) async fn run(args: ServeArgs, cx: &mut Context) -> Result<()> {
 /// are skipped. A line that says anything else is a usage error naming it
 /// (never quoting it: it may hold a secret).
 fn token_file(path: &Path, seen: &mut HashMap<String, String>) -> Result<Vec<AccessToken>> {
+    // Unreadable is a failure at run time, as for any input file.
     let text = std::fs::read_to_string(path)
-        .map_err(|error| usage(format!("--token-file {}: {error}", path.display())))?;
+        .with_context(|| format!("cannot read the --token-file {}", path.display()))?;
     // A byte-order mark, as some editors write one.
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut tokens = Vec::new();

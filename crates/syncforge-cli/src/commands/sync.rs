@@ -166,6 +166,13 @@ impl Ends {
                 return Ok(Some((Ends::FromServer { src, dst }, chosen)));
             }
             (false, true) => {
+                if !both && merge.strategy.is_some() {
+                    return Err(usage(
+                        "--strategy: a sync to a server only sends, and the server merges \
+                         with its own strategy (syncforge serve --strategy); with --both, \
+                         the local store merges what it pulls with this one",
+                    ));
+                }
                 let src = Store::open_existing(src, &options).await?;
                 let dst = crate::remote::Remote::connect(dst, cx)?;
                 if src.engine().store_id() == dst.feed_id().await? {

@@ -301,6 +301,29 @@ fn a_put_whose_output_fails_says_how_many_records_it_put() {
         .unwrap_or_else(|| panic!("no count of records put: {stderr}"));
     assert!(0 < said && said < 3_000, "{stderr}");
     assert_eq!(export(&a, "notes").lines().count(), said);
+
+    // A put whose output was all buffered when the last record went in
+    // says so too.
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let mut child = crate::support::command(&["put", arg(&a), "small"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::from(full))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(docs("s", 1).as_bytes()).unwrap();
+    drop(input);
+    let output = syncforge_testkit::processes::finish(child, Duration::from_secs(120)).unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("1 of the 1 records were put before the output failed"),
+        "{stderr}"
+    );
 }
 
 /// A reader that stops reading (`syncforge export .. | head -1`) ends the
