@@ -920,7 +920,9 @@ impl HttpPeer {
     /// `records` in one request, asking it for its limits first when they
     /// are not known yet: [`Error::InvalidRecord`] names the first one it
     /// would refuse as too large. A caller pushing several batches checks
-    /// them all first, to send none when one cannot go.
+    /// them all first, to send none when one cannot go. The check knows
+    /// the server's own bound; a proxy in front of it that takes less is
+    /// learnt only when it refuses a request.
     pub async fn check_sizes(&self, records: &[Record]) -> Result<()> {
         let limits = self.known_limits().await?;
         let mut text = String::new();
@@ -1717,9 +1719,6 @@ fn decode_changes(
         .collect()
 }
 
-/// Refuses record `id` of a push for `reason`: named in `refused` when
-/// given (the push goes on without it), else the push fails with
-/// [`Error::InvalidRecord`] naming it.
 /// Why a record of `len` bytes of JSON cannot go to a server with
 /// `limits` in one request, if it cannot.
 fn too_large(len: usize, limits: &Limits) -> Option<String> {
@@ -1731,6 +1730,9 @@ fn too_large(len: usize, limits: &Limits) -> Option<String> {
     })
 }
 
+/// Refuses record `id` of a push for `reason`: named in `refused` when
+/// given (the push goes on without it), else the push fails with
+/// [`Error::InvalidRecord`] naming it.
 fn refuse(
     refused: &mut Option<&mut Vec<RefusedRecord>>,
     id: RecordId,

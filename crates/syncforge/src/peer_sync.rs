@@ -164,10 +164,10 @@ impl SyncEngine {
     /// pushed come back in the peer's feed on the next pull and merge as
     /// unchanged, writing nothing.
     ///
-    /// On failure emits `sync:error` (once; none when this engine was closed
-    /// meanwhile, as a closed engine announces no sync) and returns the
-    /// error; whatever was applied stays, and the next call resumes from
-    /// there.
+    /// On failure emits `sync:error` (once; none of its own when this
+    /// engine was closed meanwhile, though a page's merge cut short reports
+    /// its failure) and returns the error; whatever was applied stays, and
+    /// the next call resumes from there.
     pub async fn sync_with<P: SyncPeer + ?Sized>(
         &self,
         peer: &P,
@@ -294,8 +294,9 @@ impl SyncEngine {
             }
             Err(error) => {
                 tracing::warn!(parent: &span, %error, "sync with peer failed");
-                // A closed engine announces nothing, as `sync` does not; a
-                // page's sync reports its own failure.
+                // A sync cut short by closing the engine announces no
+                // failure of its own, as a sync of a closed engine starts
+                // none; a page's merge already under way reports its own.
                 if !reported && !self.is_closed() {
                     self.emit_sync_error(collection, error);
                 }

@@ -656,15 +656,11 @@ async fn sync(
         .and_then(|collection| check_json_content_type(&headers).map(|()| collection))
         .and_then(|collection| declared_length(&headers, max).map(|length| (collection, length)));
     let mut body = body.into_data_stream();
-    // Reading a refused body stops in time to send the refusal: cut off by
-    // the request's limit, it went out as a `timeout`, which tells a client
-    // on a slow link to try again, where the refusal tells it not to.
-    let limit = state.options.request_timeout;
-    let discard_until = started + limit.saturating_sub((limit / 10).min(Duration::from_secs(1)));
+    let discard = |body| discard_body(&headers, body, max, state.options.request_timeout);
     let (collection, declared) = match checked {
         Ok(checked) => checked,
         Err(refusal) => {
-            discard_body(&headers, &mut body, max, discard_until).await;
+            discard(body);
             return Err(refusal);
         }
     };
@@ -684,7 +680,7 @@ async fn sync(
         Err(busy) => {
             // Read too, so that the client sees the answer (and its
             // `Retry-After`), not a connection cut under its upload.
-            discard_body(&headers, &mut body, max, discard_until).await;
+            discard(body);
             return Err(busy);
         }
     };
@@ -692,7 +688,7 @@ async fn sync(
         Ok(bytes) => bytes,
         Err(refused) => {
             drop(room);
-            discard_body(&headers, &mut body, max, discard_until).await;
+            discard(body);
             return Err(refused);
         }
     };
@@ -1213,38 +1209,41 @@ async fn read_body(
 }
 
 /// Reads and drops the rest of the body of a refused request (a token that
-/// may not write, a body that is not JSON, one larger than `max`), up to
-/// `max` or [`MAX_DISCARDED_BODY`] bytes, whichever is larger. Answered
-/// with its body unread, the connection was closed under a client still
-/// sending it, which saw a broken pipe instead of the refusal, took it for
-/// a transient failure, and tried again for ever (an auto-sync with a
-/// read-only token, or a push of a record larger than the server takes).
-/// Not read: a body declared longer than that (cut off anyway), one the
+/// may not write, a body that is not JSON, one larger than `max`, a server
+/// busy with other pushes), up to `max` or [`MAX_DISCARDED_BODY`] bytes,
+/// whichever is larger, for at most `within`. Answered with its body
+/// unread, the connection was closed under a client still sending it,
+/// which saw a broken pipe instead of the refusal, took it for a transient
+/// failure, and tried again for ever (an auto-sync with a read-only token,
+/// or a push of a record larger than the server takes).
+///
+/// Read on a task of its own while the refusal goes out at once: read
+/// before answering, a body arriving more slowly than the request's time
+/// allows turned the refusal into a `timeout`, which tells a client on a
+/// slow link to try again, where the refusal tells it not to.
+///
+/// Not read: a body declared longer than that (cut off anyway), or one the
 /// client sends only once told to go on (`Expect: 100-continue`, which
-/// reading would tell it), or what is still coming at `until`.
-async fn discard_body(
-    headers: &HeaderMap,
-    stream: &mut BodyDataStream,
-    max: usize,
-    until: Instant,
-) {
+/// reading would tell it).
+fn discard_body(headers: &HeaderMap, mut stream: BodyDataStream, max: usize, within: Duration) {
     let most = max.max(MAX_DISCARDED_BODY);
     let waits_to_send = headers.contains_key(header::EXPECT);
     if waits_to_send || declared_length(headers, most).is_err() {
         return;
     }
-    let read_all = async {
-        let mut read = 0usize;
-        while let Some(Ok(chunk)) = stream.next().await {
-            read = read.saturating_add(chunk.len());
-            if read > most {
-                break;
+    tokio::spawn(async move {
+        let read_all = async {
+            let mut read = 0usize;
+            while let Some(Ok(chunk)) = stream.next().await {
+                read = read.saturating_add(chunk.len());
+                if read > most {
+                    break;
+                }
             }
-        }
-    };
-    // Past `until`, the rest is left unread: the connection closes after
-    // the answer.
-    let _ = tokio::time::timeout_at(until.into(), read_all).await;
+        };
+        // Past `within`, the rest is left unread: the connection closes.
+        let _ = tokio::time::timeout(within, read_all).await;
+    });
 }
 
 /// Reads `{"records": [...]}`, refusing more than `max` records while

@@ -306,10 +306,11 @@ async fn shutdown_closes_idle_connections_at_once() {
 }
 
 /// A push refused before its body is read (here: a read-only token) is
-/// answered with its refusal even when the body arrives more slowly than
-/// the request's time allows: reading the body to drop it stops in time.
-/// It ran into the request's limit, and the client was told `timeout`, a
-/// failure to retry, where a 403 tells it not to.
+/// answered with its refusal at once, even when the body arrives more
+/// slowly than the request's time allows: the body is read and dropped
+/// after the answer. Read first, it ran into the request's limit, and the
+/// client was told `timeout`, a failure to retry, where a 403 tells it not
+/// to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_push_uploaded_slowly_gets_its_refusal_not_a_timeout() {
     const BODY: usize = 2 << 20;
@@ -352,6 +353,8 @@ async fn a_refused_push_uploaded_slowly_gets_its_refusal_not_a_timeout() {
         .expect("an answer within 15 s");
     let answer = String::from_utf8_lossy(&received);
     assert!(answer.starts_with("HTTP/1.1 403"), "{answer:?}");
+    // The answer came while the body was still on its way.
+    assert!(!uploading.is_finished());
     uploading.abort();
     server.shutdown().await.unwrap();
 }
