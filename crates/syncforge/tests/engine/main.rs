@@ -8,6 +8,7 @@
 
 mod api;
 mod auto_sync;
+mod convergence;
 mod events;
 mod faults;
 mod flaws;
