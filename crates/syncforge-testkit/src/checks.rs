@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use syncforge_core::{
-    Change, CollectionName, Cursor, IfAbsent, Record, RecordId, StorageBackend, Token, Write,
-    WriteOutcome, MAX_NAME_BYTES,
+    Change, CollectionName, Cursor, IfAbsent, Record, RecordId, StorageBackend, SystemClock,
+    TimeSource, Token, Write, WriteOutcome, MAX_NAME_BYTES,
 };
 use tokio::sync::Barrier;
 use tokio::task::JoinSet;
@@ -1024,8 +1024,26 @@ pub async fn newest_stamp(ctx: &Context<'_>) -> CheckResult {
         "another handle's newest_stamp ({seen:?}) must be at least the newest stamp written ({:?})",
         later.newest_stamp()
     );
+    // Not just any large stamp: every stamp these checks (and the tests
+    // sharing a server) write is of the past or of the next few minutes.
+    // An engine opening on a store that answered a stamp far ahead would
+    // stamp its writes there, and its peers would refuse them.
+    let now = SystemClock.now_millis();
+    for (handle, stamp) in [("this", &newest), ("another", &seen)] {
+        ensure!(
+            stamp
+                .as_ref()
+                .is_some_and(|n| n.millis() <= now.saturating_add(NEWEST_STAMP_AHEAD_AT_MOST)),
+            "{handle} handle's newest_stamp ({stamp:?}) lies more than ten minutes ahead of \
+             the clock ({now}): no stamp written was"
+        );
+    }
     other.close().await.or_fail("close")
 }
+
+/// How far ahead of the clock [`newest_stamp`] may find a stamp: what a
+/// test may write ahead (the default drift bound, 5 minutes), twice.
+const NEWEST_STAMP_AHEAD_AT_MOST: u64 = 10 * 60 * 1000;
 
 /// Metadata: absent is `None`, values overwrite, keys are independent.
 pub async fn meta(ctx: &Context<'_>) -> CheckResult {
