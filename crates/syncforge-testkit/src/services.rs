@@ -54,9 +54,20 @@ pub fn version_of(program: &str) -> Option<String> {
         .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// Whether services are required (`SYNCFORGE_REQUIRE_SERVICES=1`).
+/// Whether services are required: `SYNCFORGE_REQUIRE_SERVICES` set to
+/// anything but nothing, `0`, `false` or `no`. A value meant as "yes"
+/// (`true`, `1 `) must not let a missing service skip its tests unseen.
 pub fn required() -> bool {
-    std::env::var(REQUIRE_SERVICES_ENV).is_ok_and(|value| value == "1")
+    std::env::var(REQUIRE_SERVICES_ENV).is_ok_and(|value| means_yes(&value))
+}
+
+/// Whether a setting's value asks for it (see [`required`]).
+fn means_yes(value: &str) -> bool {
+    let value = value.trim();
+    !(value.is_empty()
+        || value == "0"
+        || value.eq_ignore_ascii_case("false")
+        || value.eq_ignore_ascii_case("no"))
 }
 
 /// Decides what a test does about service `name` at `address` (taken from
@@ -84,4 +95,19 @@ pub fn available(name: &str, variable: &str, address: &str, answered: bool) -> b
          which starts it)"
     );
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::means_yes;
+
+    #[test]
+    fn a_require_setting_meant_as_yes_requires() {
+        for yes in ["1", "true", "TRUE", "yes", "1 ", "on"] {
+            assert!(means_yes(yes), "{yes:?}");
+        }
+        for no in ["", " ", "0", "false", "False", "no"] {
+            assert!(!means_yes(no), "{no:?}");
+        }
+    }
 }
