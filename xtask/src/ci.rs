@@ -194,20 +194,31 @@ fn memory_only_facade(targets: &[&'static str]) -> Cargo {
 }
 
 /// The test environment: services required, and the property cases that
-/// `lookup` finds set, or the default.
-fn test_env(lookup: impl Fn(&str) -> Option<OsString>) -> Vec<(&'static str, OsString)> {
+/// `lookup` finds set, or the default. Cases that are not a positive number
+/// are refused: with none, every property would pass without a case run.
+fn test_env(
+    lookup: impl Fn(&str) -> Option<OsString>,
+) -> Result<Vec<(&'static str, OsString)>, String> {
     let (require, required) = REQUIRE_SERVICES;
     let (cases, default_cases) = PROPTEST_CASES;
-    vec![
-        (require, required.into()),
-        (cases, lookup(cases).unwrap_or_else(|| default_cases.into())),
-    ]
+    let chosen = lookup(cases).unwrap_or_else(|| default_cases.into());
+    let positive = chosen
+        .to_str()
+        .and_then(|text| text.trim().parse::<u32>().ok())
+        .is_some_and(|count| count > 0);
+    if !positive {
+        return Err(format!(
+            "{cases}={chosen:?}: give a positive number of cases (every property would pass \
+             with none run), or leave it unset for {default_cases}"
+        ));
+    }
+    Ok(vec![(require, required.into()), (cases, chosen)])
 }
 
 /// Runs every step; the error names the step that failed and why.
 pub(crate) fn run() -> Result<(), String> {
     let started = Instant::now();
-    let steps = steps(&test_env(|name| std::env::var_os(name)));
+    let steps = steps(&test_env(|name| std::env::var_os(name))?);
     let total = steps.len();
     // Started before the first step that needs them, stopped when `run` returns.
     let mut running: Option<services::Services> = None;
@@ -244,7 +255,7 @@ mod tests {
 
     #[test]
     fn test_env_fills_in_defaults() {
-        let env = test_env(|_| None);
+        let env = test_env(|_| None).unwrap();
         assert_eq!(
             env,
             vec![
@@ -259,7 +270,8 @@ mod tests {
         let env = test_env(|name| match name {
             "PROPTEST_CASES" => Some(OsString::from("100000")),
             _ => Some(OsString::from("0")),
-        });
+        })
+        .unwrap();
         assert_eq!(
             env,
             vec![
@@ -270,8 +282,16 @@ mod tests {
     }
 
     #[test]
+    fn no_cases_or_no_number_of_cases_is_refused() {
+        for cases in ["0", "", "many", "-3"] {
+            let refused = test_env(|name| (name == "PROPTEST_CASES").then(|| cases.into()));
+            assert!(refused.is_err(), "{cases:?}");
+        }
+    }
+
+    #[test]
     fn lint_and_test_steps_cover_the_whole_workspace() {
-        let steps = steps(&test_env(|_| None));
+        let steps = steps(&test_env(|_| None).unwrap());
         let shown: Vec<String> = steps
             .iter()
             .flat_map(|step| step.commands.iter().map(ToString::to_string))
