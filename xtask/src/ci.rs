@@ -202,17 +202,21 @@ fn test_env(
     let (require, required) = REQUIRE_SERVICES;
     let (cases, default_cases) = PROPTEST_CASES;
     let chosen = lookup(cases).unwrap_or_else(|| default_cases.into());
-    let positive = chosen
+    // Passed on as read here: the tests would not read " 100000" at all.
+    let count = chosen
         .to_str()
         .and_then(|text| text.trim().parse::<u32>().ok())
-        .is_some_and(|count| count > 0);
-    if !positive {
+        .filter(|&count| count > 0);
+    let Some(count) = count else {
         return Err(format!(
             "{cases}={chosen:?}: give a positive number of cases (every property would pass \
              with none run), or leave it unset for {default_cases}"
         ));
-    }
-    Ok(vec![(require, required.into()), (cases, chosen)])
+    };
+    Ok(vec![
+        (require, required.into()),
+        (cases, count.to_string().into()),
+    ])
 }
 
 /// Runs every step; the error names the step that failed and why.
@@ -279,6 +283,12 @@ mod tests {
                 ("PROPTEST_CASES", OsString::from("100000")),
             ]
         );
+    }
+
+    #[test]
+    fn cases_are_passed_on_as_read() {
+        let env = test_env(|name| (name == "PROPTEST_CASES").then(|| " 100000 ".into())).unwrap();
+        assert_eq!(env[1], ("PROPTEST_CASES", OsString::from("100000")));
     }
 
     #[test]

@@ -40,11 +40,14 @@ use syncforge_core::{
 /// Environment variable with the number of cases to run (soak runs).
 pub const CASES_ENV: &str = "SYNCFORGE_HOSTILE_CASES";
 
-/// The number of cases: `SYNCFORGE_HOSTILE_CASES` when set, else `default`.
+/// The number of cases: `SYNCFORGE_HOSTILE_CASES` when set to a positive
+/// number, else `default`. Zero is not taken: every test would pass
+/// without a case run.
 pub fn cases(default: usize) -> usize {
     std::env::var(CASES_ENV)
         .ok()
-        .and_then(|value| value.parse().ok())
+        .and_then(|value| value.trim().parse().ok())
+        .filter(|&cases: &usize| cases > 0)
         .unwrap_or(default)
 }
 

@@ -71,8 +71,18 @@ fn started() -> std::sync::MutexGuard<'static, Vec<Started>> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Held while services are stopped: a second caller (the main thread
+/// unwinding from the command the signal also ended, while the signal's
+/// handler stops them) waits until every one is stopped. Without it the
+/// main thread returned from `main` while the handler was still stopping
+/// the cluster, and the process ended with its nodes running.
+static STOPPING: Mutex<()> = Mutex::new(());
+
 /// Stops every service this run started, in reverse order.
 fn stop_started() {
+    let _stopping = STOPPING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     loop {
         // Taken out before it stops, so that the lock is not held meanwhile.
         let last = started().pop();

@@ -248,10 +248,13 @@ fn read_pid(pid_file: &Path) -> Option<u32> {
         .and_then(|text| text.trim().parse().ok())
 }
 
-/// `redis-cli -p PORT args...`, its output when it succeeded.
+/// `redis-cli -p PORT args...`, its output when it succeeded within five
+/// seconds. Bounded (by coreutils' `timeout`): a program on the port that
+/// takes the connection and never answers (a stopped server, another
+/// protocol) held every readiness check, and the run, for good.
 fn cli(port: u16, args: &[&str]) -> Option<String> {
-    let output = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+    let output = Command::new("timeout")
+        .args(["5", "redis-cli", "-h", "127.0.0.1", "-p", &port.to_string()])
         .args(args)
         .stdin(Stdio::null())
         .stderr(Stdio::null())
