@@ -122,6 +122,7 @@ fn steps(test_env: &[(&'static str, OsString)]) -> Vec<Step> {
                     "http-client",
                 ],
                 &["-p", "syncforge"],
+                &["-p", "syncforge-backend-redis", "--no-default-features"],
                 &["-p", "syncforge-http", "--no-default-features"],
                 &[
                     "-p",
