@@ -271,28 +271,9 @@ fn a_put_whose_reader_stops_early_still_puts_every_record() {
 #[cfg(target_os = "linux")]
 #[test]
 fn a_put_whose_output_fails_says_how_many_records_it_put() {
-    use std::io::Write as _;
-    use std::process::Stdio;
-    use std::time::Duration;
-
     let dir = TempDir::new().unwrap();
     let a = dir.path().join("a");
-    let full = std::fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/full")
-        .unwrap();
-    let mut child = crate::support::command(&["put", arg(&a), "notes"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::from(full))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(docs("n", 3_000).as_bytes()).unwrap();
-    drop(input);
-    let output = syncforge_testkit::processes::finish(child, Duration::from_secs(120)).unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let stderr = put_into_a_full_disk(&a, "notes", &docs("n", 3_000));
     let said = stderr
         .split(" of the 3000 records were put before the output failed")
         .next()
@@ -304,26 +285,38 @@ fn a_put_whose_output_fails_says_how_many_records_it_put() {
 
     // A put whose output was all buffered when the last record went in
     // says so too.
+    let stderr = put_into_a_full_disk(&a, "small", &docs("s", 1));
+    assert!(
+        stderr.contains("1 of the 1 records were put before the output failed"),
+        "{stderr}"
+    );
+}
+
+/// Puts `input` into `collection` of `store` with stdout on a full disk
+/// (`/dev/full`); the put must fail with exit code 1. Its stderr.
+#[cfg(target_os = "linux")]
+fn put_into_a_full_disk(store: &std::path::Path, collection: &str, input: &str) -> String {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    use std::time::Duration;
+
     let full = std::fs::OpenOptions::new()
         .write(true)
         .open("/dev/full")
         .unwrap();
-    let mut child = crate::support::command(&["put", arg(&a), "small"])
+    let mut child = crate::support::command(&["put", arg(store), collection])
         .stdin(Stdio::piped())
         .stdout(Stdio::from(full))
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(docs("s", 1).as_bytes()).unwrap();
-    drop(input);
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).unwrap();
+    drop(stdin);
     let output = syncforge_testkit::processes::finish(child, Duration::from_secs(120)).unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("1 of the 1 records were put before the output failed"),
-        "{stderr}"
-    );
+    stderr
 }
 
 /// A reader that stops reading (`syncforge export .. | head -1`) ends the
