@@ -194,6 +194,9 @@ struct Probe {
     key: Option<String>,
     /// Set while a map key is serialised: its string is the key.
     in_key: bool,
+    /// Inside a map key at any depth: a key is written as a string, so an
+    /// integer of any width makes one.
+    in_any_key: bool,
     /// Set while the top-level `id` value is serialised.
     in_id: bool,
     /// The top-level `id`, when it is a string.
@@ -264,6 +267,20 @@ impl ser::Error for ProbeError {
 
 type ProbeResult = std::result::Result<(), ProbeError>;
 
+/// Refuses an integer beyond 64 bits, as serde_json does unless its
+/// `arbitrary_precision` feature is on; with it, such a number was kept as
+/// its digits and then written as the nearest float, changing it in silence
+/// (and a program with the feature took what one without it refused).
+fn in_64_bits(fits: bool) -> ProbeResult {
+    if fits {
+        Ok(())
+    } else {
+        Err(ProbeError::Custom(
+            "number out of range: an integer beyond 64 bits".to_owned(),
+        ))
+    }
+}
+
 impl Probe {
     fn new(mode: Mode) -> Self {
         Probe {
@@ -272,6 +289,7 @@ impl Probe {
             field: None,
             key: None,
             in_key: false,
+            in_any_key: false,
             in_id: false,
             id: None,
             raw: false,
@@ -373,8 +391,8 @@ impl ser::Serializer for &mut Probe {
     fn serialize_i64(self, _: i64) -> ProbeResult {
         Ok(())
     }
-    fn serialize_i128(self, _: i128) -> ProbeResult {
-        Ok(())
+    fn serialize_i128(self, v: i128) -> ProbeResult {
+        in_64_bits(self.in_any_key || i64::try_from(v).is_ok() || u64::try_from(v).is_ok())
     }
     fn serialize_u8(self, _: u8) -> ProbeResult {
         Ok(())
@@ -388,8 +406,8 @@ impl ser::Serializer for &mut Probe {
     fn serialize_u64(self, _: u64) -> ProbeResult {
         Ok(())
     }
-    fn serialize_u128(self, _: u128) -> ProbeResult {
-        Ok(())
+    fn serialize_u128(self, v: u128) -> ProbeResult {
+        in_64_bits(self.in_any_key || u64::try_from(v).is_ok())
     }
     fn serialize_f32(self, _: f32) -> ProbeResult {
         Ok(())
@@ -562,13 +580,17 @@ impl ser::SerializeMap for &mut Probe {
     /// Keys are read only for their string (a key serde_json would refuse is
     /// refused by it later); one that is a container counts as one.
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> ProbeResult {
-        if self.depth != 1 {
-            return key.serialize(&mut **self);
-        }
-        self.key = None;
-        self.in_key = true;
-        let result = key.serialize(&mut **self);
-        self.in_key = false;
+        let outer = std::mem::replace(&mut self.in_any_key, true);
+        let result = if self.depth != 1 {
+            key.serialize(&mut **self)
+        } else {
+            self.key = None;
+            self.in_key = true;
+            let result = key.serialize(&mut **self);
+            self.in_key = false;
+            result
+        };
+        self.in_any_key = outer;
         result
     }
     fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> ProbeResult {

@@ -881,7 +881,26 @@ mod tests {
         }
         agree![true, false, i8::MIN, i16::MAX, i32::MIN, i64::MIN, i64::MAX];
         agree![u8::MAX, u16::MAX, u32::MAX, u64::MAX, i128::from(i64::MIN)];
-        agree![u128::from(u64::MAX), u128::MAX, i128::MIN];
+        agree![u128::from(u64::MAX), i128::from(u64::MAX)];
+        // Beyond 64 bits: refused, also where serde_json's
+        // `arbitrary_precision` keeps it (and it was written as the nearest
+        // float, in silence).
+        for refused in [
+            Content::from_serialize(&One {
+                id: "s",
+                value: u128::MAX,
+            }),
+            Content::from_serialize(&One {
+                id: "s",
+                value: i128::MIN,
+            }),
+            Content::from_serialize(&One {
+                id: "s",
+                value: [u128::from(u64::MAX) + 1],
+            }),
+        ] {
+            assert!(refused.is_err(), "{refused:?}");
+        }
         agree![
             1.5f32,
             -0.0f32,
