@@ -363,7 +363,8 @@ pub(crate) struct WatchArgs {
 /// /v1/health needs one of the tokens given with --token (read and write),
 /// --read-only-token or --token-file; --open serves without tokens, for a
 /// trusted network only. Prints the URL it listens on, then serves until
-/// interrupted (Ctrl-C or SIGTERM), finishing the requests in progress.
+/// interrupted (Ctrl-C or SIGTERM), finishing the requests in progress; a
+/// second signal stops it at once (exit code 1).
 #[cfg(feature = "http")]
 #[derive(Debug, Args)]
 #[command(after_help = format!("{STORES}\n\nExamples:\n  \

@@ -93,7 +93,7 @@ pub(crate) async fn run(args: ServeArgs, cx: &mut Context) -> Result<()> {
     // Listened for before the address is printed: a supervisor may stop the
     // server as soon as it has read it, and a signal with no listener yet
     // would end the process at once, without the clean shutdown.
-    let stopped = stop_signals()?;
+    let mut signals = StopSignals::listen()?;
     if cx.out.json() {
         cx.out.value(&json!({
             "store": store.url().to_string(),
@@ -107,12 +107,27 @@ pub(crate) async fn run(args: ServeArgs, cx: &mut Context) -> Result<()> {
         ))?;
     }
     cx.out.flush()?;
-    stopped.await?;
-    server
-        .shutdown()
-        .await
-        .context("the server did not stop cleanly")?;
-    store.close().await
+    signals.next().await?;
+    // A clean stop waits for the requests under way (up to the request
+    // timeout and a few seconds); a second signal stops at once, which
+    // loses nothing acknowledged (a store's writes are whole when they are
+    // answered).
+    let clean_stop = async {
+        server
+            .shutdown()
+            .await
+            .context("the server did not stop cleanly")?;
+        store.close().await
+    };
+    tokio::select! {
+        stopped = clean_stop => stopped,
+        again = signals.next() => {
+            again?;
+            Err(anyhow::anyhow!(
+                "stopped at once by a second signal, without waiting for the requests under way"
+            ))
+        }
+    }
 }
 
 /// The tokens of a `--token-file`: `read-write SECRET [COLLECTION...]` or
@@ -198,26 +213,42 @@ fn checked(token: AccessToken, source: &str) -> Result<AccessToken> {
     }
 }
 
-/// Ctrl-C, or on Unix also SIGTERM (what service managers send): listened
-/// for from this call on (on Unix), and waited for by the future it returns.
-fn stop_signals() -> Result<impl std::future::Future<Output = Result<()>>> {
+/// Ctrl-C, or on Unix also SIGTERM (what service managers send), listened
+/// for from [`listen`](Self::listen) on.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut interrupt = signal(SignalKind::interrupt()).context("cannot wait for Ctrl-C")?;
-        let mut terminate = signal(SignalKind::terminate()).context("cannot wait for SIGTERM")?;
-        Ok(async move {
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn listen() -> Result<StopSignals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(StopSignals {
+                interrupt: signal(SignalKind::interrupt()).context("cannot wait for Ctrl-C")?,
+                terminate: signal(SignalKind::terminate()).context("cannot wait for SIGTERM")?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(StopSignals {})
+    }
+
+    /// The next signal.
+    async fn next(&mut self) -> Result<()> {
+        #[cfg(unix)]
+        {
             tokio::select! {
-                _ = interrupt.recv() => {}
-                _ = terminate.recv() => {}
+                _ = self.interrupt.recv() => {}
+                _ = self.terminate.recv() => {}
             }
             Ok(())
-        })
-    }
-    #[cfg(not(unix))]
-    Ok(async {
+        }
+        #[cfg(not(unix))]
         tokio::signal::ctrl_c()
             .await
             .context("cannot wait for Ctrl-C")
-    })
+    }
 }

@@ -543,3 +543,43 @@ fn sync_refuses_a_server_serving_the_local_end() {
         );
     }
 }
+
+/// A clean stop waits for the requests under way, up to the request
+/// timeout; a second SIGTERM (or Ctrl-C) stops the server at once. The
+/// second one was swallowed, and the server could not be hurried.
+#[test]
+fn a_second_stop_signal_stops_the_server_at_once() {
+    use std::io::Write as _;
+
+    let dir = TempDir::new().unwrap();
+    let mut server = Served::start(arg(&dir.path().join("hq")), &["--open"]);
+    // A push whose body is still coming: a clean stop waits for it.
+    let address = server.url.trim_start_matches("http://").to_owned();
+    let mut pushing = std::net::TcpStream::connect(&address).unwrap();
+    pushing
+        .write_all(
+            b"POST /v1/collections/notes/sync HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+              Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"records\": [",
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = server.child.id().to_string();
+    let term = || {
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    };
+    term();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "the first signal waits for the push under way"
+    );
+    term();
+    let stopped = syncforge_testkit::processes::wait(&mut server.child, Duration::from_secs(10));
+    let status = stopped.expect("a second signal stops the server within 10 s");
+    assert_eq!(status.code(), Some(1), "{status:?}");
+    drop(pushing);
+}
