@@ -46,7 +46,12 @@ fn main() -> ExitCode {
             return failure::report(&anyhow::Error::new(error).context("cannot start the runtime"))
         }
     };
-    match runtime.block_on(commands::run(cli)) {
+    let outcome = runtime.block_on(commands::run(cli));
+    // What a command left running (a server stopped at once by a second
+    // signal, with its requests and store) is not waited for long: dropping
+    // the runtime would wait for its blocking tasks without a bound.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => failure::report(&error),
     }

@@ -175,6 +175,8 @@ fn require_tools() -> Result<(), String> {
         ("openssl", &["version"][..], "apt-get install openssl"),
         ("script", &["--version"][..], "apt-get install bsdutils"),
         ("kill", &["-l"][..], "apt-get install procps"),
+        // Bounds each redis-cli check.
+        ("timeout", &["--version"][..], "apt-get install coreutils"),
     ] {
         let found = std::process::Command::new(tool)
             .args(args)

@@ -553,16 +553,25 @@ fn a_second_stop_signal_stops_the_server_at_once() {
 
     let dir = TempDir::new().unwrap();
     let mut server = Served::start(arg(&dir.path().join("hq")), &["--open"]);
-    // A push whose body is still coming: a clean stop waits for it.
+    // A push whose body is still coming: a clean stop waits for it. The
+    // server asks for the body (`100 Continue`) once it reads it: from then
+    // on the request is under way.
     let address = server.url.trim_start_matches("http://").to_owned();
     let mut pushing = std::net::TcpStream::connect(&address).unwrap();
     pushing
         .write_all(
             b"POST /v1/collections/notes/sync HTTP/1.1\r\nHost: 127.0.0.1\r\n\
-              Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"records\": [",
+              Content-Type: application/json\r\nContent-Length: 1000\r\n\
+              Expect: 100-continue\r\n\r\n",
         )
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    pushing
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut asked = [0u8; 12];
+    std::io::Read::read_exact(&mut pushing, &mut asked).unwrap();
+    assert_eq!(&asked, b"HTTP/1.1 100");
+    pushing.write_all(b"{\"records\": [").unwrap();
     let pid = server.child.id().to_string();
     let term = || {
         let sent = std::process::Command::new("kill")

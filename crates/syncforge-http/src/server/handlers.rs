@@ -656,7 +656,15 @@ async fn sync(
         .and_then(|collection| check_json_content_type(&headers).map(|()| collection))
         .and_then(|collection| declared_length(&headers, max).map(|length| (collection, length)));
     let mut body = body.into_data_stream();
-    let discard = |body| discard_body(&headers, body, max, state.options.request_timeout);
+    // The drain takes what is left of the request's time, as the request
+    // itself would have.
+    let discard = |body| {
+        let left = state
+            .options
+            .request_timeout
+            .saturating_sub(started.elapsed());
+        discard_body(&headers, body, max, left);
+    };
     let (collection, declared) = match checked {
         Ok(checked) => checked,
         Err(refusal) => {
