@@ -22,9 +22,9 @@ use futures_util::future::join;
 use parking_lot::{Mutex, MutexGuard};
 use serde::Serialize;
 use syncforge_core::{
-    classify, dedupe, ChangeKind, ClientId, CollectionName, ConflictDetail, Content, Cursor, Error,
-    Hlc, IfAbsent, Record, RecordId, Result, Stamp, StorageBackend, Stored, TimeSource, Write,
-    WriteOutcome, MAX_RECEIVED_VERSION,
+    classify, dedupe, merge, Causality, ChangeKind, ClientId, CollectionName, ConflictDetail,
+    ConflictStrategy, Content, Cursor, Error, Hlc, IfAbsent, Record, RecordId, Result, Stamp,
+    StorageBackend, Stored, TimeSource, Write, WriteOutcome, MAX_RECEIVED_VERSION,
 };
 use tokio::task::JoinHandle;
 use tracing::field::Empty;
@@ -234,6 +234,9 @@ struct Pending {
     incoming: Option<Record>,
     /// The plan of the earlier attempt (kind, conflict, echo).
     planned: Option<Planned>,
+    /// Whether the write of `intended` may have landed unseen: an attempt
+    /// of it failed with an unknown outcome before the store refused it.
+    maybe_landed: bool,
 }
 
 /// A write of the first attempt, beside it until the store answers: where
@@ -544,7 +547,7 @@ impl SyncEngine {
         if writes.is_empty() {
             return Ok(done);
         }
-        let outcomes = self.write_many(collection, &writes, listening).await?;
+        let (outcomes, maybe_landed) = self.write_many(collection, &writes, listening).await?;
         let mut ids = Vec::new();
         let mut pending = Vec::new();
         for ((write, sent), outcome) in writes.into_iter().zip(sent).zip(outcomes) {
@@ -573,6 +576,7 @@ impl SyncEngine {
                             conflict: planned.conflict,
                             echo: planned.echo,
                         }),
+                        maybe_landed,
                     });
                 }
             }
@@ -737,10 +741,15 @@ impl SyncEngine {
             record,
             expected: token,
         };
+        // Attempts made, the store's answer at once included: past the
+        // first, an earlier one failed and its write may have landed.
+        let mut attempts = 0u32;
         let outcome = match backend.put_now(collection, &write) {
             Some(Ok(outcome)) => outcome,
             now => {
+                attempts = u32::from(now.is_some());
                 retry_transient_now(now, self.retries(), "put", || {
+                    attempts += 1;
                     backend.put(collection, &write)
                 })
                 .await?
@@ -771,6 +780,7 @@ impl SyncEngine {
                     previous,
                     incoming,
                     planned: Some(planned),
+                    maybe_landed: attempts > 1,
                 }];
                 self.apply_again(collection, vec![id.clone()], pending, &mut done, listening)
                     .await?;
@@ -948,12 +958,17 @@ impl SyncEngine {
                 // told apart; report it as planned. A put's or delete's
                 // write also landed when the store holds its fresh stamp
                 // under a later writer's change, which applying the write
-                // again would undo.
+                // again would undo. After an attempt whose outcome is
+                // unknown, so did a write whose state the stored one has
+                // seen: under the timestamp strategy a later state that won
+                // whole keeps none of its stamps, and an import has none.
                 let landed = match (&item.intended, &local) {
                     (Some(intended), Some(stored)) => {
                         stored == intended
                             || (matches!(item.kind, IntentKind::Put | IntentKind::Delete)
                                 && holds_local_write(stored, intended))
+                            || (item.maybe_landed
+                                && built_on(stored, intended, self.inner.config.conflict_strategy))
                     }
                     _ => false,
                 };
@@ -1015,7 +1030,7 @@ impl SyncEngine {
             if writes.is_empty() {
                 return Ok(());
             }
-            let outcomes = self.write_many(collection, &writes, listening).await?;
+            let (outcomes, maybe_landed) = self.write_many(collection, &writes, listening).await?;
             pending = Vec::new();
             ids = Vec::new();
             for ((write, mut item), outcome) in writes.into_iter().zip(waiting).zip(outcomes) {
@@ -1036,6 +1051,7 @@ impl SyncEngine {
                     WriteOutcome::Conflict => {
                         ids.push(write.record.id().clone());
                         item.intended = Some(write.record);
+                        item.maybe_landed = maybe_landed;
                         pending.push(item);
                     }
                 }
@@ -1071,15 +1087,20 @@ impl SyncEngine {
         one_each(backend, "get_many", "entries", stored, "ids", ids.len())
     }
 
-    /// The outcomes of `writes`, in order, transient failures retried.
+    /// The outcomes of `writes`, in order, transient failures retried, and
+    /// whether an attempt failed before them: its writes may have landed
+    /// (a failure's outcome is unknown), so a write refused now may be one
+    /// that landed then.
     async fn write_many(
         &self,
         collection: &CollectionName,
         writes: &[Write],
         listening: bool,
-    ) -> Result<Vec<WriteOutcome>> {
+    ) -> Result<(Vec<WriteOutcome>, bool)> {
         let backend = self.store();
+        let mut attempts = 0u32;
         let outcomes = retry_transient(self.retries(), "put_batch", || {
+            attempts += 1;
             backend.put_batch(collection, writes)
         })
         .await?;
@@ -1101,7 +1122,7 @@ impl SyncEngine {
                 self.wake_late_watchers(collection, &write.record);
             }
         }
-        Ok(outcomes)
+        Ok((outcomes, attempts > 1))
     }
 
     /// What `intent` does to the stored state `local`.
@@ -1628,6 +1649,15 @@ fn holds_local_write(stored: &Record, intended: &Record) -> bool {
     } else {
         stored.written() == stamp && now.iter().all(|(_, state)| state.stamp() != stamp)
     }
+}
+
+/// Whether `stored` was built on `intended`: it has seen every write
+/// `intended` has and more, and merging `intended` into it changes nothing.
+/// Asked only of a write that may have landed unseen: the state that came
+/// after it then holds it.
+fn built_on(stored: &Record, intended: &Record, strategy: ConflictStrategy) -> bool {
+    stored.versions().compare(intended.versions()) == Causality::Dominates
+        && merge(stored, intended, strategy).is_ok_and(|merged| merged == *stored)
 }
 
 /// A backend's answer to a call about `asked` items, checked to hold one

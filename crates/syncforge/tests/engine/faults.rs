@@ -909,6 +909,121 @@ async fn a_write_whose_answer_was_lost_is_not_applied_again_over_a_later_writer(
     assert_eq!(store.injected_failures(), 4);
 }
 
+/// A write whose answer was lost and which a later writer then built on
+/// leaves no stamp of its own when, under the timestamp strategy, a later
+/// state won whole, or when it was an import (a state stored as it is).
+/// It is still known to have landed, since the stored state has seen it:
+/// applying it again undid the later writer's acknowledged change.
+#[tokio::test(start_paused = true)]
+async fn a_lost_answer_write_that_a_later_state_built_on_is_not_applied_again() {
+    let timestamp = ConflictStrategy::Timestamp;
+    let store = Arc::new(FaultyBackend::new(
+        Arc::new(MemoryBackend::new()),
+        1,
+        0.0,
+        Duration::ZERO,
+    ));
+    let shared: Arc<dyn StorageBackend> = store.clone();
+    let engine = SyncEngine::builder()
+        .client_id("a")
+        .conflict_strategy(timestamp)
+        .backend(shared)
+        .max_retries(3)
+        .build()
+        .await
+        .unwrap();
+    let engine_on = move |client: &'static str, backend: Arc<dyn StorageBackend>| async move {
+        SyncEngine::builder()
+            .client_id(client)
+            .conflict_strategy(timestamp)
+            .backend(backend)
+            .build()
+            .await
+            .unwrap()
+    };
+    engine
+        .put("c", &json!({"id": "n1", "title": "t0"}))
+        .await
+        .unwrap();
+    engine
+        .put("c", &json!({"id": "n2", "title": "t0"}))
+        .await
+        .unwrap();
+
+    // A put; then another engine syncs in a record written elsewhere a
+    // minute later (within the drift bound), which wins whole.
+    let later_record = |id: &'static str| {
+        move |inner: Arc<dyn StorageBackend>| async move {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap();
+            let minute_later = u64::try_from(now.as_millis()).unwrap() + 60_000;
+            let elsewhere = SyncEngine::builder()
+                .client_id("c")
+                .conflict_strategy(timestamp)
+                .time_source(Arc::new(syncforge::ManualTime::new(minute_later)))
+                .build()
+                .await
+                .unwrap();
+            let record = elsewhere
+                .put("c", &json!({"id": id, "x": 9}))
+                .await
+                .unwrap();
+            let merged = engine_on("b", inner)
+                .await
+                .sync("c", [record])
+                .await
+                .unwrap();
+            assert_eq!(
+                merged.added + merged.updated,
+                1,
+                "the later record won whole"
+            );
+        }
+    };
+    store.rival_after_next_lost_put_batch(later_record("n1"));
+    engine
+        .put("c", &json!({"id": "n1", "title": "t1"}))
+        .await
+        .unwrap();
+    let stored = engine.get("c", "n1").await.unwrap().unwrap();
+    assert_eq!(
+        stored.get("x"),
+        Some(json!(9)),
+        "the later state was undone"
+    );
+    assert_eq!(stored.get("title"), None);
+
+    // A delete, and the same.
+    store.rival_after_next_lost_put_batch(later_record("n2"));
+    engine.delete("c", "n2").await.unwrap();
+    let stored = engine.get("c", "n2").await.unwrap().unwrap();
+    assert!(!stored.is_deleted(), "the later state was undone");
+
+    // An import, which another engine then edits.
+    let imported = Record::from_json(json!({
+        "id": "n3", "title": "t3", "_version": 1, "_timestamp": 1_000,
+        "_deleted": false, "_clientId": "typescript"
+    }))
+    .unwrap();
+    store.rival_after_next_lost_put_batch(move |inner: Arc<dyn StorageBackend>| async move {
+        let later = engine_on("b", inner).await;
+        later
+            .put("c", &json!({"id": "n3", "title": "t4"}))
+            .await
+            .unwrap();
+    });
+    let result = engine.import("c", [imported]).await.unwrap();
+    assert_eq!(result.added, 1);
+    let stored = engine.get("c", "n3").await.unwrap().unwrap();
+    assert_eq!(
+        stored.get("title"),
+        Some(json!("t4")),
+        "the later put was undone"
+    );
+    assert_eq!(store.injected_failures(), 3);
+}
+
 /// Two processes sharing a client id can make equal stamps. A put that
 /// stamped no field (a record with no fields brought back), which lost its
 /// race to such a twin's put of fields made with the same stamp, is not
