@@ -23,8 +23,8 @@ use parking_lot::{Mutex, MutexGuard};
 use serde::Serialize;
 use syncforge_core::{
     classify, dedupe, merge, Causality, ChangeKind, ClientId, CollectionName, ConflictDetail,
-    ConflictStrategy, Content, Cursor, Error, Hlc, IfAbsent, Record, RecordId, Result, Stamp,
-    StorageBackend, Stored, TimeSource, Write, WriteOutcome, MAX_RECEIVED_VERSION,
+    Content, Cursor, Error, Hlc, IfAbsent, Record, RecordId, Result, Stamp, StorageBackend, Stored,
+    TimeSource, Write, WriteOutcome, MAX_RECEIVED_VERSION,
 };
 use tokio::task::JoinHandle;
 use tracing::field::Empty;
@@ -900,7 +900,12 @@ impl SyncEngine {
                 })
                 .await;
                 match read {
-                    Ok(Some(stored)) if holds_local_write(&stored.record, &built) => stored.record,
+                    Ok(Some(stored))
+                        if holds_local_write(&stored.record, &built)
+                            || self.built_on(&stored.record, &built) =>
+                    {
+                        stored.record
+                    }
                     Ok(stored) => return Err(Some(Ok(stored))),
                     Err(error) => return Ok(Err(error)),
                 }
@@ -959,16 +964,17 @@ impl SyncEngine {
                 // write also landed when the store holds its fresh stamp
                 // under a later writer's change, which applying the write
                 // again would undo. After an attempt whose outcome is
-                // unknown, so did a write whose state the stored one has
-                // seen: under the timestamp strategy a later state that won
-                // whole keeps none of its stamps, and an import has none.
+                // unknown, so did a put or delete whose state the stored one
+                // was built on: under the timestamp strategy a later state
+                // that won whole keeps none of its stamps. (Not an import:
+                // a backup restored over a state that had seen it would be
+                // taken for landed when its write failed.)
                 let landed = match (&item.intended, &local) {
                     (Some(intended), Some(stored)) => {
                         stored == intended
                             || (matches!(item.kind, IntentKind::Put | IntentKind::Delete)
-                                && holds_local_write(stored, intended))
-                            || (item.maybe_landed
-                                && built_on(stored, intended, self.inner.config.conflict_strategy))
+                                && (holds_local_write(stored, intended)
+                                    || (item.maybe_landed && self.built_on(stored, intended))))
                     }
                     _ => false,
                 };
@@ -1123,6 +1129,18 @@ impl SyncEngine {
             }
         }
         Ok((outcomes, attempts > 1))
+    }
+
+    /// Whether `stored` was built on the local write `intended`: it has
+    /// seen every write `intended` has and more, and merging `intended`
+    /// into it changes nothing. Asked only of a put or delete that may have
+    /// landed unseen: since `intended` carries a count of this engine's
+    /// that no other write of it has, the state that came after it then
+    /// holds it.
+    fn built_on(&self, stored: &Record, intended: &Record) -> bool {
+        stored.versions().compare(intended.versions()) == Causality::Dominates
+            && merge(stored, intended, self.inner.config.conflict_strategy)
+                .is_ok_and(|merged| merged == *stored)
     }
 
     /// What `intent` does to the stored state `local`.
@@ -1649,15 +1667,6 @@ fn holds_local_write(stored: &Record, intended: &Record) -> bool {
     } else {
         stored.written() == stamp && now.iter().all(|(_, state)| state.stamp() != stamp)
     }
-}
-
-/// Whether `stored` was built on `intended`: it has seen every write
-/// `intended` has and more, and merging `intended` into it changes nothing.
-/// Asked only of a write that may have landed unseen: the state that came
-/// after it then holds it.
-fn built_on(stored: &Record, intended: &Record, strategy: ConflictStrategy) -> bool {
-    stored.versions().compare(intended.versions()) == Causality::Dominates
-        && merge(stored, intended, strategy).is_ok_and(|merged| merged == *stored)
 }
 
 /// A backend's answer to a call about `asked` items, checked to hold one
