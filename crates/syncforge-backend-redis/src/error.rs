@@ -250,6 +250,20 @@ pub(crate) fn connect_timeout(address: &str, timeout: std::time::Duration) -> Er
     )
 }
 
+/// The error for a write whose answer may come from the client sending it
+/// again on a new connection: the first send may have run, and the answer
+/// (a conflict, the record already there, nothing to delete) would then
+/// describe that run's effect as another writer's. Its outcome is unknown,
+/// which is what [`Error::Unavailable`] tells the caller.
+pub(crate) fn maybe_sent_twice(operation: &str, address: &str) -> Error {
+    Error::unavailable(
+        BACKEND,
+        format!(
+            "{operation} at {address}: the connection was made again while the command was              under way, and the client may have sent it twice; its outcome is unknown"
+        ),
+    )
+}
+
 /// The error for stored data this backend cannot read.
 pub(crate) fn corrupt(collection: &str, id: Option<&str>, key: &str, reason: String) -> Error {
     Error::Corrupt {

@@ -130,11 +130,14 @@ const READ_BYTES: usize = 16 << 20;
 /// fails meanwhile, or takes longer than the command timeout, fails with
 /// [`Error::Unavailable`], which the engine retries. The client itself
 /// sends a command again when its connection dropped before the answer
-/// came: a conditional write that did happen then reports
-/// [`WriteOutcome::Conflict`] (its token moved), and the engine, re-reading,
-/// finds its own write there — nothing is lost or applied twice. An
-/// insert-if-absent sent again answers the record its first run wrote,
-/// which the engine recognises as its own the same way.
+/// came, and a write that did happen would then answer as if another
+/// writer had come first: a conditional write with
+/// [`WriteOutcome::Conflict`] (its token moved), an insert-if-absent with
+/// the record its first run wrote, a delete with "nothing there". Such an
+/// answer, from a call during which the client connected again, is
+/// reported as [`Error::Unavailable`] instead: its outcome is unknown, and
+/// the engine's retry then takes a state built on the write for the write
+/// having landed, rather than applying it again over a later writer's.
 pub struct RedisBackend {
     client: Client,
     keys: Keys,
@@ -443,6 +446,16 @@ impl RedisBackend {
         }
     }
 
+    /// Whether the client connected again since [`connection_count`]
+    /// answered `count`. The client announces a new connection before it
+    /// sends anything on it, so a command it sent again on one, and
+    /// answered, is always seen here.
+    ///
+    /// [`connection_count`]: Self::connection_count
+    fn reconnected_since(&self, count: u64) -> bool {
+        self.connection_count() != count
+    }
+
     /// How many reconnections of the client this handle has seen.
     fn connection_count(&self) -> u64 {
         use tokio::sync::broadcast::error::TryRecvError;
@@ -487,6 +500,7 @@ impl RedisBackend {
                 .map_or(0, |last| last + 1);
             let (args, taken) = batch_arguments(remaining, guess, CHUNK_BYTES);
             remaining = remaining.get(taken..).unwrap_or_default();
+            let connection = self.connection_count();
             // Cloning the arguments shares their texts (no copy), for the
             // second send after a `NOSCRIPT`.
             let reply = self
@@ -500,6 +514,11 @@ impl RedisBackend {
                 .await?;
             let sequences = batch_outcomes(reply, taken)
                 .map_err(|what| error::unexpected_reply("writing records", &self.address, what))?;
+            // A conflict answered to a second send is the first send's own
+            // write.
+            if sequences.contains(&0) && self.reconnected_since(connection) {
+                return Err(error::maybe_sent_twice("writing records", &self.address));
+            }
             let mut last = None;
             for sequence in sequences {
                 outcomes.push(if sequence == 0 {
@@ -634,6 +653,7 @@ impl RedisBackend {
         let record = record_to_insert(BACKEND, id, make)?;
         let connection = self.register(collection).await?;
         let keys = self.keys.collection(collection);
+        let sent = self.connection_count();
         let reply = self
             .eval_built(
                 &self.scripts.insert_if_absent,
@@ -647,6 +667,10 @@ impl RedisBackend {
         self.register_again_if_reconnected(collection, connection)
             .await;
         match reply? {
+            // The record a second send finds may be the first send's.
+            Value::Array(_) if self.reconnected_since(sent) => {
+                Err(error::maybe_sent_twice("writing a record", &self.address))
+            }
             Value::Array(stored) if stored.len() == 1 => {
                 let value = stored.first().and_then(text).ok_or_else(|| {
                     let reason = "the stored value is not UTF-8 text".to_owned();
@@ -1191,6 +1215,7 @@ impl StorageBackend for RedisBackend {
     async fn delete(&self, collection: &CollectionName, id: &RecordId) -> Result<bool> {
         self.check_open().await?;
         let keys = self.keys.collection(collection);
+        let sent = self.connection_count();
         let removed = self
             .eval(
                 &self.scripts.delete,
@@ -1200,7 +1225,12 @@ impl StorageBackend for RedisBackend {
                 Some(collection),
             )
             .await?;
-        Ok(removed.as_i64().is_some_and(|n| n > 0))
+        let removed = removed.as_i64().is_some_and(|n| n > 0);
+        // Nothing found by a second send may be what the first removed.
+        if !removed && self.reconnected_since(sent) {
+            return Err(error::maybe_sent_twice("deleting a record", &self.address));
+        }
+        Ok(removed)
     }
 
     async fn changes(

@@ -2,8 +2,11 @@
 //! refusing at start, a cluster slot moved while a sync runs.
 
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use fred::clients::Client;
 use fred::interfaces::{ClientLike, HashesInterface};
@@ -11,11 +14,13 @@ use fred::types::config::{Config as FredConfig, ServerConfig};
 use fred::types::{Builder, ClusterHash, CustomCommand};
 use serde_json::json;
 use syncforge_backend_redis::{RedisBackend, RedisConfig};
-use syncforge_core::{ClientId, Content, Cursor, Error, Hlc, Record, StorageBackend, Write};
+use syncforge_core::{
+    ClientId, Content, Cursor, Error, Hlc, Record, StorageBackend, Write, WriteOutcome,
+};
 
 use crate::support::{
-    assert_consistent, cluster, coll, fresh_prefix, key, raw_client, record, remove_prefix, rid,
-    standalone, sync_records, PrivateCluster, PrivateServer,
+    assert_consistent, cluster, coll, edited, fresh_prefix, key, raw_client, record, remove_prefix,
+    rid, standalone, sync_records, PrivateCluster, PrivateServer,
 };
 
 const SYNCED: usize = 10_000;
@@ -116,6 +121,144 @@ async fn a_server_killed_mid_sync_loses_nothing_and_tears_nothing() {
     );
     raw.quit().await.ok();
     store.close().await.unwrap();
+}
+
+/// A write that ran on the server, and whose answer was lost with its
+/// connection, is sent again by the client on its next connection, where
+/// it answers as if another writer had come first: a conflict (its token
+/// moved), the record already there, nothing to delete. Taken at its word,
+/// the engine would apply the write again, over whatever a later writer
+/// stored meanwhile. The handle reports such an answer as an unknown
+/// outcome (transient), for each of the three writes, and every one of
+/// them did run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_sent_again_on_a_new_connection_reports_its_outcome_unknown() {
+    let Some(direct) = standalone("resent").await else {
+        return;
+    };
+    let relay = AnswerDropper::start(&direct.host, direct.port).await;
+    let config = RedisConfig {
+        host: "127.0.0.1".to_owned(),
+        port: relay.port,
+        ..direct.clone()
+    };
+    let store = RedisBackend::connect(config).await.unwrap();
+    let c = coll("resent");
+    let mut hlc = Hlc::new(ClientId::new("w").unwrap());
+    let first = record(&mut hlc, "r1", 1);
+    let WriteOutcome::Written { token, .. } =
+        store.put(&c, &Write::create(first.clone())).await.unwrap()
+    else {
+        panic!("the first write conflicts");
+    };
+
+    let second = edited(&mut hlc, &first, 2);
+    relay.drop_next_answer();
+    let error = store
+        .put_batch(&c, &[Write::replace(second.clone(), token)])
+        .await
+        .expect_err("a write sent twice answers a conflict");
+    assert!(error.is_transient(), "{error}");
+    assert!(relay.dropped(), "the answer was not dropped");
+    let stored = store.get(&c, &rid("r1")).await.unwrap().unwrap();
+    assert_eq!(stored.record, second, "the write ran");
+
+    let new = record(&mut hlc, "r2", 3);
+    relay.drop_next_answer();
+    let error = store
+        .insert_if_absent(&c, &rid("r2"), &mut || Ok(new.clone()))
+        .await
+        .unwrap()
+        .expect_err("an insert sent twice finds its own record");
+    assert!(error.is_transient(), "{error}");
+    assert!(relay.dropped(), "the answer was not dropped");
+    let stored = store.get(&c, &rid("r2")).await.unwrap().unwrap();
+    assert_eq!(stored.record, new, "the insert ran");
+
+    // The server learns the delete script first: the answer dropped must
+    // be the delete's, not the one asking for the script.
+    assert!(!store.delete(&c, &rid("absent")).await.unwrap());
+    relay.drop_next_answer();
+    let error = store
+        .delete(&c, &rid("r2"))
+        .await
+        .expect_err("a delete sent twice finds nothing");
+    assert!(error.is_transient(), "{error}");
+    assert!(relay.dropped(), "the answer was not dropped");
+    assert!(
+        store.get(&c, &rid("r2")).await.unwrap().is_none(),
+        "the delete ran"
+    );
+
+    store.clear_collection(&c).await.unwrap();
+    store.close().await.unwrap();
+    remove_prefix(&direct).await;
+}
+
+/// A relay on loopback between clients and a Redis server that, when told,
+/// closes the connection carrying the server's next answer instead of
+/// passing that answer on: the command ran, and its answer was lost.
+struct AnswerDropper {
+    port: u16,
+    armed: Arc<AtomicBool>,
+    dropped: Arc<AtomicBool>,
+}
+
+impl AnswerDropper {
+    async fn start(host: &str, port: u16) -> AnswerDropper {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let relay = AnswerDropper {
+            port: listener.local_addr().unwrap().port(),
+            armed: Arc::new(AtomicBool::new(false)),
+            dropped: Arc::new(AtomicBool::new(false)),
+        };
+        let (armed, dropped) = (Arc::clone(&relay.armed), Arc::clone(&relay.dropped));
+        let server = format!("{host}:{port}");
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(upstream) = tokio::net::TcpStream::connect(&server).await else {
+                    continue;
+                };
+                let (armed, dropped) = (Arc::clone(&armed), Arc::clone(&dropped));
+                tokio::spawn(async move {
+                    let (mut from_client, mut to_client) = client.into_split();
+                    let (mut from_server, mut to_server) = upstream.into_split();
+                    let requests = tokio::io::copy(&mut from_client, &mut to_server);
+                    let answers = async {
+                        let mut buffer = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = from_server.read(&mut buffer).await?;
+                            if n == 0 {
+                                return Ok::<_, std::io::Error>(());
+                            }
+                            if armed.swap(false, AtomicOrdering::SeqCst) {
+                                dropped.store(true, AtomicOrdering::SeqCst);
+                                return Ok(());
+                            }
+                            to_client.write_all(&buffer[..n]).await?;
+                        }
+                    };
+                    // Either side ending ends both connections.
+                    tokio::select! {
+                        _ = requests => {}
+                        _ = answers => {}
+                    }
+                });
+            }
+        });
+        relay
+    }
+
+    /// Closes the connection at the next answer from the server.
+    fn drop_next_answer(&self) {
+        self.dropped.store(false, AtomicOrdering::SeqCst);
+        self.armed.store(true, AtomicOrdering::SeqCst);
+    }
+
+    /// Whether an answer was dropped since [`drop_next_answer`](Self::drop_next_answer).
+    fn dropped(&self) -> bool {
+        self.dropped.load(AtomicOrdering::SeqCst)
+    }
 }
 
 /// A server that came back without the registry of collections (a restart
