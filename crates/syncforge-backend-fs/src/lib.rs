@@ -144,8 +144,9 @@
 //! needs it fails with [`Error::Storage`] naming the path, and the change
 //! feed does not move past it.
 //!
-//! The store never follows a symbolic link inside its directory (the
-//! directory itself may be one). A link in a record file's place is corrupt
+//! The store never follows a symbolic link inside its directory. The
+//! directory itself may be one, or lie under one: its path is resolved when
+//! the store is opened, and the handle keeps the directory it found then. A link in a record file's place is corrupt
 //! (see above; writes replace or move aside the link itself, never its
 //! target); a link in place of a collection's directory, its `.lock` or
 //! `.corrupt/`, or the store's `.meta.json` fails the calls that need it
@@ -350,9 +351,16 @@ impl FsBackend {
                 let err = std::io::Error::from(std::io::ErrorKind::NotADirectory);
                 return Err(io_error("opening the store in", &root, err));
             }
-            if !root.is_dir() {
+            let made = !root.is_dir();
+            if made {
                 create_dir_all(ops.as_ref(), &root, durable, "")?;
-            } else if durable {
+            }
+            // Resolved once, here: every path below is opened without
+            // following links, the directory's own syncs included, and a
+            // linked root would refuse them all.
+            let root = std::fs::canonicalize(&root)
+                .map_err(|err| io_error("opening the store in", &root, err))?;
+            if !made && durable {
                 // Made without a sync (by a `Buffered` handle, say), the
                 // directory's own entry could vanish in a power cut, and
                 // with it every write a `Full` handle acknowledged in it.
@@ -383,7 +391,8 @@ impl FsBackend {
         })
     }
 
-    /// The store's directory.
+    /// The store's directory, as resolved when the store was opened (no
+    /// symbolic link, no `..`): the path given to `open` may differ.
     pub fn root(&self) -> &Path {
         &self.inner.root
     }

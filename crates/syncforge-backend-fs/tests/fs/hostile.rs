@@ -309,6 +309,36 @@ mod links {
         assert_eq!(aside.len(), 2, "{aside:?}");
     }
 
+    /// The store's own directory may be a link (a data directory on another
+    /// disk): every call works through it, with full durability, whose
+    /// directory syncs open each path without following links.
+    #[tokio::test]
+    async fn a_store_whose_directory_is_a_link_works_through_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = tmp.path().join("disk").join("store");
+        std::fs::create_dir_all(&real).unwrap();
+        let link = tmp.path().join("data");
+        symlink(&real, &link).unwrap();
+        // Full durability, the default.
+        let store = FsBackend::open(&link).await.unwrap();
+        put_any(&store, "notes", counter("r1", 1)).await;
+        let stored = store.get(&coll("notes"), &rid("r1")).await.unwrap();
+        assert_eq!(count_of(&stored.unwrap().record), 1);
+        let page = store
+            .changes(&coll("notes"), syncforge_core::Cursor::START, limit(10))
+            .await
+            .unwrap();
+        assert_eq!(page.len(), 1);
+        store.set_meta("k", "v").await.unwrap();
+        assert!(store.newest_stamp().await.unwrap().is_some());
+        store.close().await.unwrap();
+
+        let again = FsBackend::open(&link).await.unwrap();
+        assert_eq!(again.get_meta("k").await.unwrap().as_deref(), Some("v"));
+        assert_eq!(again.list_collections().await.unwrap(), [coll("notes")]);
+        assert!(real.join("notes").is_dir(), "written in the link's target");
+    }
+
     #[tokio::test]
     async fn a_linked_collection_directory_is_refused_and_not_listed() {
         let tmp = tempfile::tempdir().unwrap();
