@@ -142,7 +142,9 @@
 //! A file that cannot be read at all (permission denied, a directory in its
 //! place, a disk error) proves nothing about the record: every call that
 //! needs it fails with [`Error::Storage`] naming the path, and the change
-//! feed does not move past it.
+//! feed does not move past it. A write of that record the store accepted
+//! (a replace with a token read before, a delete) moves it into
+//! `.corrupt/` when the record's file is written.
 //!
 //! The store never follows a symbolic link inside its directory. The
 //! directory itself may be one, or lie under one: its path is resolved when

@@ -164,8 +164,21 @@ impl CheckpointJob {
     /// to them) the content read back may be pages the disk never got, and
     /// a sync through a file opened after the failure was reported succeeds
     /// without writing them. Fresh pages are written and synced.
+    ///
+    /// A file that cannot be read at all (a directory in its place, no
+    /// permission, a disk error) is moved aside first: the committed write
+    /// supersedes whatever it held, and failing here would fail every
+    /// checkpoint of the collection, and with them every later opening of
+    /// it, for one file.
     fn write_file(&self, id: &str, content: Option<&str>, path: &Path) -> Result<()> {
-        let current = read_file(path)?;
+        let current = match read_file(path) {
+            Ok(current) => current,
+            Err(error) => {
+                tracing::warn!(%error, "a record file the log replaces cannot be read");
+                move_aside(self.ops.as_ref(), &self.dir, path, self.durable, &self.name)?;
+                Read::Missing
+            }
+        };
         match content {
             Some(json) => {
                 if !self.durable

@@ -65,6 +65,58 @@ async fn a_directory_in_a_record_files_place_is_an_error_not_an_absence() {
     assert_eq!(store.corrupt_skipped(), 0);
 }
 
+/// A delete, or a replace with a token read before, of a record whose file
+/// became unreadable (here a directory in its place) is accepted into the
+/// log; writing the file then failed on reading the old one, every
+/// checkpoint of the collection failed, and so did every later opening of
+/// it, in any handle, and of any engine on the store. The unreadable file
+/// is now moved aside, as a corrupt one is.
+#[tokio::test]
+async fn an_unreadable_record_file_does_not_hold_up_the_writes_that_replace_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FsBackend::open(tmp.path()).await.unwrap();
+    for n in 0..3 {
+        put_any(&store, "notes", counter(&format!("r{n}"), n)).await;
+    }
+    let token = store
+        .get(&coll("notes"), &rid("r2"))
+        .await
+        .unwrap()
+        .unwrap()
+        .token;
+    store.checkpoint().await.unwrap();
+    let dir = tmp.path().join("notes");
+    for name in ["r1.json", "r2.json"] {
+        std::fs::remove_file(dir.join(name)).unwrap();
+        std::fs::create_dir(dir.join(name)).unwrap();
+    }
+
+    assert!(store.delete(&coll("notes"), &rid("r1")).await.unwrap());
+    let outcome = store
+        .put(&coll("notes"), &Write::replace(counter("r2", 5), token))
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, WriteOutcome::Written { .. }),
+        "{outcome:?}"
+    );
+    store.checkpoint().await.unwrap();
+    store.close().await.unwrap();
+
+    let reopened = FsBackend::open(tmp.path()).await.unwrap();
+    reopened.newest_stamp().await.unwrap();
+    assert!(reopened
+        .get(&coll("notes"), &rid("r1"))
+        .await
+        .unwrap()
+        .is_none());
+    let r2 = reopened.get(&coll("notes"), &rid("r2")).await.unwrap();
+    assert_eq!(r2.map(|stored| count_of(&stored.record)), Some(5));
+    assert_eq!(reopened.get_all(&coll("notes")).await.unwrap().len(), 2);
+    let aside = tree(&dir.join(".corrupt"));
+    assert_eq!(aside.len(), 2, "both kept for inspection: {aside:?}");
+}
+
 /// A file under a hashed name (an id too long to spell in a file name) of an
 /// id the change log knows that cannot be read — here a directory in its
 /// place — failed the opening of its collection, and with it every call on
