@@ -192,7 +192,7 @@ impl Store {
         }
         let entry = Entry { items };
         let body = format::to_bytes(&entry)?;
-        let number = self.claim(collection, keys, body).await?;
+        let (number, abandoned) = self.claim(collection, keys, body).await?;
 
         // Items of one id are committed in their order (the first of two
         // creates wins); different ids concurrently.
@@ -234,10 +234,27 @@ impl Store {
                 tracing::warn!(collection = %collection, error = %e, "feed compaction failed");
             }
         }
-        Ok(outcomes
+        let outcomes: Vec<Outcome> = outcomes
             .into_iter()
             .map(|outcome| outcome.unwrap_or(Outcome::Conflict))
-            .collect())
+            .collect();
+        // An abandoned claim may have been folded by a compaction that
+        // committed its items first: the refusals of this entry's items may
+        // then be those commits, not another writer's.
+        if abandoned
+            && outcomes
+                .iter()
+                .any(|outcome| !matches!(outcome, Outcome::Written { .. }))
+        {
+            return Err(Error::unavailable(
+                BACKEND_NAME,
+                format!(
+                    "writing to the feed of {}: a compaction folded an entry this writer had                      claimed, and may have committed its writes; their outcome is unknown",
+                    keys.dir()
+                ),
+            ));
+        }
+        Ok(outcomes)
     }
 
     /// Commits one item of the caller's own entry.
@@ -273,14 +290,21 @@ impl Store {
 
     /// Claims the next entry number with create-if-absent, so every number
     /// is taken by one entry and entries come into existence in number
-    /// order. A number freed by compaction (at or below the horizon) is
-    /// abandoned before anything of it is committed.
+    /// order, and answers it with whether a claim was abandoned first.
+    ///
+    /// A claimed number at or below the horizon is abandoned, and the next
+    /// one claimed. Either compaction had freed the number before this
+    /// writer took it, and no one reads the entry; or a compaction folded
+    /// the entry after this writer made it, settling its items first, which
+    /// may have committed them: the caller cannot take a refusal of one of
+    /// them for another writer's.
     async fn claim(
         &self,
         collection: &CollectionName,
         keys: &CollectionKeys,
         body: bytes::Bytes,
-    ) -> Result<u64> {
+    ) -> Result<(u64, bool)> {
+        let mut abandoned = false;
         let cached = self.heads.lock().get(collection).copied();
         let mut head = match cached {
             Some(head) => head,
@@ -344,10 +368,11 @@ impl Store {
                 // at or below the horizon) until compaction deletes it.
                 races.lost(&keys.entries()).await?;
                 head = horizon.horizon;
+                abandoned = true;
                 continue;
             }
             self.heads.lock().insert(collection.clone(), number);
-            return Ok(number);
+            return Ok((number, abandoned));
         }
     }
 

@@ -967,6 +967,71 @@ async fn an_abandoned_claim_read_by_a_reader_with_an_old_listing_stays_abandoned
     );
 }
 
+/// A writer claims an entry and, before it reads the horizon, another
+/// writer's compaction folds that entry, committing its item. The first
+/// writer then finds its number at the horizon and claims another, whose
+/// item its own landed write now refuses: it reported `Conflict` for a
+/// write that happened. It now reports the outcome unknown (transient).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_folded_by_another_writers_compaction_reports_its_outcome_unknown() {
+    let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let name = coll("folded");
+    let every_two = StoreOptions {
+        compaction_interval: 2.try_into().unwrap(),
+        ..StoreOptions::default()
+    };
+    let held_store = Arc::new(Wrapped::new(Arc::clone(&memory)));
+    let first = S3Backend::from_store(held_store.clone(), "dse")
+        .unwrap()
+        .with_options(every_two);
+    let other = handle(&memory, "dse").with_options(every_two);
+    let mut clock = Hlc::new(ClientId::new("w").unwrap());
+    let created = Record::create(content("r1", 1), clock.now().unwrap());
+    let WriteOutcome::Written { token, .. } = first
+        .put(&name, &Write::create(created.clone()))
+        .await
+        .unwrap()
+    else {
+        panic!("entry 1 conflicts");
+    };
+
+    // The update claims entry 2 and waits at its horizon read.
+    let mut updated = created.clone();
+    updated
+        .apply_put(content("r1", 2), &clock.now().unwrap())
+        .unwrap();
+    let held = held_store.hold_next_get("/h");
+    let updating = tokio::spawn({
+        let updated = updated.clone();
+        async move {
+            first
+                .put(&coll("folded"), &Write::replace(updated, token))
+                .await
+        }
+    });
+    held.arrived().await;
+    // Entries 3 and 4; the compaction at 4 folds entry 2 and commits it.
+    for (id, n) in [("r2", 1), ("r3", 1)] {
+        let record = Record::create(content(id, n), clock.now().unwrap());
+        let outcome = other.put(&name, &Write::create(record)).await.unwrap();
+        assert!(matches!(outcome, WriteOutcome::Written { .. }));
+    }
+    let stored = other.get(&name, &rid("r1")).await.unwrap().unwrap();
+    assert_eq!(
+        stored.record, updated,
+        "the compaction committed the update"
+    );
+    held.release();
+
+    let error = updating
+        .await
+        .unwrap()
+        .expect_err("the update's own commit refuses its second entry");
+    assert!(error.is_transient(), "{error}");
+    let stored = other.get(&name, &rid("r1")).await.unwrap().unwrap();
+    assert_eq!(stored.record, updated);
+}
+
 /// A create refused without effect (S3's 409 to a put that raced another
 /// request on the key) leaves its item pending, and a reader would complete
 /// it: the writer settles it itself and reports it written. It reported
