@@ -239,12 +239,13 @@ impl Store {
             .map(|outcome| outcome.unwrap_or(Outcome::Conflict))
             .collect();
         // An abandoned claim may have been folded by a compaction that
-        // committed its items first: the refusals of this entry's items may
-        // then be those commits, not another writer's.
+        // committed its items first: the conflicts of this entry's items may
+        // then be those commits, not another writer's. (A delete marker
+        // found is one: a committed create leaves a record.)
         if abandoned
             && outcomes
                 .iter()
-                .any(|outcome| !matches!(outcome, Outcome::Written { .. }))
+                .any(|outcome| matches!(outcome, Outcome::Conflict))
         {
             return Err(Error::unavailable(
                 BACKEND_NAME,
