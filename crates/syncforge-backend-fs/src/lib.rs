@@ -147,8 +147,9 @@
 //! `.corrupt/` when the record's file is written.
 //!
 //! The store never follows a symbolic link inside its directory. The
-//! directory itself may be one, or lie under one: its path is resolved when
-//! the store is opened, and the handle keeps the directory it found then. A link in a record file's place is corrupt
+//! directory itself may be one, or lie under one: on Unix-like systems its
+//! path is resolved when the store is opened, and the handle keeps the
+//! directory it found then. A link in a record file's place is corrupt
 //! (see above; writes replace or move aside the link itself, never its
 //! target); a link in place of a collection's directory, its `.lock` or
 //! `.corrupt/`, or the store's `.meta.json` fails the calls that need it
@@ -359,7 +360,9 @@ impl FsBackend {
             }
             // Resolved once, here: every path below is opened without
             // following links, the directory's own syncs included, and a
-            // linked root would refuse them all.
+            // linked root would refuse them all. (Windows follows no link
+            // when syncing, and would get a `\\?\` path.)
+            #[cfg(unix)]
             let root = std::fs::canonicalize(&root)
                 .map_err(|err| io_error("opening the store in", &root, err))?;
             if !made && durable {
@@ -393,8 +396,9 @@ impl FsBackend {
         })
     }
 
-    /// The store's directory, as resolved when the store was opened (no
-    /// symbolic link, no `..`): the path given to `open` may differ.
+    /// The store's directory. On Unix-like systems, as resolved when the
+    /// store was opened (no symbolic link, no `..`): the path given to
+    /// `open` may differ.
     pub fn root(&self) -> &Path {
         &self.inner.root
     }
