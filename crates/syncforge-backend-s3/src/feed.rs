@@ -193,6 +193,7 @@ impl Store {
         let entry = Entry { items };
         let body = format::to_bytes(&entry)?;
         let (number, abandoned) = self.claim(collection, keys, body).await?;
+        let abandoned = &abandoned;
 
         // Items of one id are committed in their order (the first of two
         // creates wins); different ids concurrently.
@@ -213,7 +214,7 @@ impl Store {
                     let item = &entry.items[index];
                     results.push((
                         index,
-                        self.commit_own(collection, keys, cursor(number, index), item)
+                        self.commit_own(collection, keys, (number, abandoned), index, item)
                             .await?,
                     ));
                 }
@@ -234,38 +235,27 @@ impl Store {
                 tracing::warn!(collection = %collection, error = %e, "feed compaction failed");
             }
         }
-        let outcomes: Vec<Outcome> = outcomes
+        Ok(outcomes
             .into_iter()
             .map(|outcome| outcome.unwrap_or(Outcome::Conflict))
-            .collect();
-        // An abandoned claim may have been folded by a compaction that
-        // committed its items first: the conflicts of this entry's items may
-        // then be those commits, not another writer's. (A delete marker
-        // found is one: a committed create leaves a record.)
-        if abandoned
-            && outcomes
-                .iter()
-                .any(|outcome| matches!(outcome, Outcome::Conflict))
-        {
-            return Err(Error::unavailable(
-                BACKEND_NAME,
-                format!(
-                    "writing to the feed of {}: a compaction folded an entry this writer had                      claimed, and may have committed its writes; their outcome is unknown",
-                    keys.dir()
-                ),
-            ));
-        }
-        Ok(outcomes)
+            .collect())
     }
 
-    /// Commits one item of the caller's own entry.
+    /// Commits item `index` of the caller's own entry: of entry `number`,
+    /// claimed after abandoning the entries `abandoned` with the same items.
+    ///
+    /// A compaction may have folded an abandoned entry before the writer saw
+    /// it at the horizon, committing its items: a record holding this
+    /// item's state at the item's cursor in such an entry is its write.
     async fn commit_own(
         &self,
         collection: &CollectionName,
         keys: &CollectionKeys,
-        at: Cursor,
+        (number, abandoned): (u64, &[u64]),
+        index: usize,
         item: &Item,
     ) -> Result<Outcome> {
+        let at = cursor(number, index);
         let path = keys.record(item.id());
         let body = format::to_bytes(&RecordBody::record(at, item.record.clone()))?;
         let condition = match &item.expect {
@@ -284,6 +274,12 @@ impl Store {
         self.settle(collection, keys, at, item, &mut state).await?;
         Ok(match state {
             State::Record { etag, seq, .. } if seq == at => Outcome::Written { etag, cursor: at },
+            State::Record { etag, seq, record }
+                if record == item.record
+                    && abandoned.iter().any(|&entry| seq == cursor(entry, index)) =>
+            {
+                Outcome::Written { etag, cursor: seq }
+            }
             State::Marker { etag } if item.expect.is_none() => Outcome::OnMarker(etag),
             _ => Outcome::Conflict,
         })
@@ -291,21 +287,22 @@ impl Store {
 
     /// Claims the next entry number with create-if-absent, so every number
     /// is taken by one entry and entries come into existence in number
-    /// order, and answers it with whether a claim was abandoned first.
+    /// order, and answers it with the numbers abandoned first.
     ///
     /// A claimed number at or below the horizon is abandoned, and the next
-    /// one claimed. Either compaction had freed the number before this
-    /// writer took it, and no one reads the entry; or a compaction folded
-    /// the entry after this writer made it, settling its items first, which
-    /// may have committed them: the caller cannot take a refusal of one of
-    /// them for another writer's.
+    /// one claimed. Usually compaction had freed the number before this
+    /// writer took it, and no one reads the entry. But a compaction may
+    /// also have folded the entry after this writer made it, settling its
+    /// items first, which may have committed them ([`commit_own`] looks).
+    ///
+    /// [`commit_own`]: Self::commit_own
     async fn claim(
         &self,
         collection: &CollectionName,
         keys: &CollectionKeys,
         body: bytes::Bytes,
-    ) -> Result<(u64, bool)> {
-        let mut abandoned = false;
+    ) -> Result<(u64, Vec<u64>)> {
+        let mut abandoned = Vec::new();
         let cached = self.heads.lock().get(collection).copied();
         let mut head = match cached {
             Some(head) => head,
@@ -369,7 +366,7 @@ impl Store {
                 // at or below the horizon) until compaction deletes it.
                 races.lost(&keys.entries()).await?;
                 head = horizon.horizon;
-                abandoned = true;
+                abandoned.push(number);
                 continue;
             }
             self.heads.lock().insert(collection.clone(), number);

@@ -971,9 +971,10 @@ async fn an_abandoned_claim_read_by_a_reader_with_an_old_listing_stays_abandoned
 /// writer's compaction folds that entry, committing its item. The first
 /// writer then finds its number at the horizon and claims another, whose
 /// item its own landed write now refuses: it reported `Conflict` for a
-/// write that happened. It now reports the outcome unknown (transient).
+/// write that happened. It now finds its item's state at the abandoned
+/// entry's cursor, and reports the write written there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_claim_folded_by_another_writers_compaction_reports_its_outcome_unknown() {
+async fn a_claim_folded_by_another_writers_compaction_is_reported_written() {
     let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     let name = coll("folded");
     let every_two = StoreOptions {
@@ -1023,13 +1024,17 @@ async fn a_claim_folded_by_another_writers_compaction_reports_its_outcome_unknow
     );
     held.release();
 
-    let error = updating
-        .await
-        .unwrap()
-        .expect_err("the update's own commit refuses its second entry");
-    assert!(error.is_transient(), "{error}");
+    let outcome = updating.await.unwrap().unwrap();
     let stored = other.get(&name, &rid("r1")).await.unwrap().unwrap();
     assert_eq!(stored.record, updated);
+    assert_eq!(
+        outcome,
+        WriteOutcome::Written {
+            token: stored.token,
+            cursor: Cursor::new(2 << 20),
+        },
+        "written at its first entry's cursor"
+    );
 }
 
 /// A create refused without effect (S3's 409 to a put that raced another
