@@ -333,6 +333,36 @@ pub(crate) fn read_file(path: &Path) -> Result<Read, Error> {
     }
 }
 
+/// `path` with every symbolic link and `..` resolved, the part that does not
+/// exist yet (the directories a new store makes) kept as given after its
+/// nearest existing ancestor, resolved. A path whose missing part has no
+/// name to keep (it ends in `..`) is answered as it is.
+#[cfg(unix)]
+pub(crate) fn resolved(path: &Path) -> io::Result<PathBuf> {
+    let mut missing = Vec::new();
+    let mut existing = path;
+    loop {
+        match fs::canonicalize(existing) {
+            Ok(mut real) => {
+                real.extend(missing.iter().rev());
+                return Ok(real);
+            }
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                let (Some(parent), Some(name)) = (existing.parent(), existing.file_name()) else {
+                    return Ok(path.to_path_buf());
+                };
+                missing.push(name);
+                existing = if parent.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    parent
+                };
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
 /// Opens a file for reading without following a link; `None` when missing.
 pub(crate) fn open_for_reading(path: &Path) -> io::Result<Option<File>> {
     if !cfg!(unix) && is_link(path) {

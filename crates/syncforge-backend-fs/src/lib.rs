@@ -354,17 +354,18 @@ impl FsBackend {
                 let err = std::io::Error::from(std::io::ErrorKind::NotADirectory);
                 return Err(io_error("opening the store in", &root, err));
             }
+            // Resolved once, here, before anything is made: every path below
+            // is opened without following links, the directories' syncs
+            // included, and a linked root, or a link among the parents of a
+            // root still to make, would refuse them. (Windows follows no link
+            // when syncing, and would get a `\\?\` path.)
+            #[cfg(unix)]
+            let root = files::resolved(&root)
+                .map_err(|err| io_error("opening the store in", &root, err))?;
             let made = !root.is_dir();
             if made {
                 create_dir_all(ops.as_ref(), &root, durable, "")?;
             }
-            // Resolved once, here: every path below is opened without
-            // following links, the directory's own syncs included, and a
-            // linked root would refuse them all. (Windows follows no link
-            // when syncing, and would get a `\\?\` path.)
-            #[cfg(unix)]
-            let root = std::fs::canonicalize(&root)
-                .map_err(|err| io_error("opening the store in", &root, err))?;
             if !made && durable {
                 // Made without a sync (by a `Buffered` handle, say), the
                 // directory's own entry could vanish in a power cut, and

@@ -362,8 +362,9 @@ mod links {
     }
 
     /// The store's own directory may be a link (a data directory on another
-    /// disk): every call works through it, with full durability, whose
-    /// directory syncs open each path without following links.
+    /// disk), or lie under one: every call works through it, with full
+    /// durability, whose directory syncs open each path without following
+    /// links.
     #[tokio::test]
     async fn a_store_whose_directory_is_a_link_works_through_it() {
         let tmp = tempfile::tempdir().unwrap();
@@ -389,6 +390,13 @@ mod links {
         assert_eq!(again.get_meta("k").await.unwrap().as_deref(), Some("v"));
         assert_eq!(again.list_collections().await.unwrap(), [coll("notes")]);
         assert!(real.join("notes").is_dir(), "written in the link's target");
+
+        // A store still to make under a linked directory: made through it.
+        let fresh = FsBackend::open(link.join("fresh").join("store"))
+            .await
+            .unwrap();
+        put_any(&fresh, "notes", counter("r1", 1)).await;
+        assert!(real.join("fresh").join("store").join("notes").is_dir());
     }
 
     #[tokio::test]
