@@ -259,7 +259,8 @@ pub(crate) fn maybe_sent_twice(operation: &str, address: &str) -> Error {
     Error::unavailable(
         BACKEND,
         format!(
-            "{operation} at {address}: the connection was made again while the command was              under way, and the client may have sent it twice; its outcome is unknown"
+            "{operation} at {address}: the connection was made again while the command was \
+             under way, and the client may have sent it twice; its outcome is unknown"
         ),
     )
 }

@@ -15,7 +15,7 @@ use fred::types::{Builder, ClusterHash, CustomCommand};
 use serde_json::json;
 use syncforge_backend_redis::{RedisBackend, RedisConfig};
 use syncforge_core::{
-    ClientId, Content, Cursor, Error, Hlc, Record, StorageBackend, Write, WriteOutcome,
+    ClientId, Content, Cursor, Error, Hlc, IfAbsent, Record, StorageBackend, Write, WriteOutcome,
 };
 
 use crate::support::{
@@ -163,6 +163,15 @@ async fn a_write_sent_again_on_a_new_connection_reports_its_outcome_unknown() {
     let stored = store.get(&c, &rid("r1")).await.unwrap().unwrap();
     assert_eq!(stored.record, second, "the write ran");
 
+    // The server learns each script before its answer is dropped: the
+    // answer dropped must be the write's, not the one asking for the script.
+    let warm = record(&mut hlc, "warm", 0);
+    let warmed = store
+        .insert_if_absent(&c, &rid("warm"), &mut || Ok(warm.clone()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(warmed, IfAbsent::Inserted { .. }), "{warmed:?}");
     let new = record(&mut hlc, "r2", 3);
     relay.drop_next_answer();
     let error = store
@@ -175,8 +184,6 @@ async fn a_write_sent_again_on_a_new_connection_reports_its_outcome_unknown() {
     let stored = store.get(&c, &rid("r2")).await.unwrap().unwrap();
     assert_eq!(stored.record, new, "the insert ran");
 
-    // The server learns the delete script first: the answer dropped must
-    // be the delete's, not the one asking for the script.
     assert!(!store.delete(&c, &rid("absent")).await.unwrap());
     relay.drop_next_answer();
     let error = store
