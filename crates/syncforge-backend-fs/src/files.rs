@@ -333,16 +333,24 @@ pub(crate) fn read_file(path: &Path) -> Result<Read, Error> {
     }
 }
 
-/// `path` with every symbolic link and `..` resolved, the part that does not
-/// exist yet (the directories a new store makes) kept as given after its
-/// nearest existing ancestor, resolved. A path whose missing part has no
-/// name to keep (it ends in `..`) is answered as it is.
+/// `path` with the symbolic links of its existing part resolved: its
+/// nearest existing ancestor resolved, and the part that does not exist yet
+/// (the directories a new store makes) kept as given after it. A relative
+/// path whose first directory is still to make, and a path whose missing
+/// part has no name to keep (it ends in `..`), are answered as they are:
+/// the current directory is no link, and making the directories resolves
+/// the rest.
 #[cfg(unix)]
 pub(crate) fn resolved(path: &Path) -> io::Result<PathBuf> {
     let mut missing = Vec::new();
     let mut existing = path;
     loop {
         match fs::canonicalize(existing) {
+            // Kept relative, so that making the store syncs the current
+            // directory as `.`, best effort.
+            Ok(_) if existing == Path::new(".") && path.is_relative() => {
+                return Ok(path.to_path_buf());
+            }
             Ok(mut real) => {
                 real.extend(missing.iter().rev());
                 return Ok(real);

@@ -366,6 +366,11 @@ impl FsBackend {
             if made {
                 create_dir_all(ops.as_ref(), &root, durable, "")?;
             }
+            // What is left of the path to resolve (a relative path, a `..`)
+            // is resolved now that the directory exists.
+            #[cfg(unix)]
+            let root = std::fs::canonicalize(&root)
+                .map_err(|err| io_error("opening the store in", &root, err))?;
             if !made && durable {
                 // Made without a sync (by a `Buffered` handle, say), the
                 // directory's own entry could vanish in a power cut, and
