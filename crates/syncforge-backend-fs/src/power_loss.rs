@@ -797,6 +797,9 @@ async fn every_cut(durability: Durability, variants: &[Variant]) -> usize {
     let tmp = tempfile::tempdir().unwrap();
     let model_root = tmp.path().join("model");
     std::fs::create_dir(&model_root).unwrap();
+    // As the store resolves its own (a temporary directory may lie under a
+    // link), so that the recorded paths lie under it.
+    let model_root = model_root.canonicalize().unwrap();
     let w = workload(&model_root, durability).await;
     let ops = w.recorder.ops.lock().clone();
     // Fewer under load: background checkpoints that overlap are one.
@@ -855,6 +858,9 @@ fn recorded_disk() -> (tempfile::TempDir, PathBuf, Arc<Recorder>) {
     let tmp = tempfile::tempdir().unwrap();
     let model_root = tmp.path().join("model");
     std::fs::create_dir(&model_root).unwrap();
+    // As the store resolves its own (a temporary directory may lie under a
+    // link), so that the recorded paths lie under it.
+    let model_root = model_root.canonicalize().unwrap();
     let recorder = Arc::new(Recorder::new(&model_root));
     (tmp, model_root, recorder)
 }
@@ -1156,6 +1162,8 @@ async fn a_checkpoint_after_a_failed_sync_writes_the_files_again() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("store");
     let (ops, store) = on_a_faulty_disk(&root).await;
+    // As the store names its files (its directory resolved).
+    let root = store.root().to_path_buf();
     let name = coll(NOTES);
     store
         .put(&name, &Write::create(counter("r0", 1)))
@@ -1195,6 +1203,8 @@ async fn a_change_log_append_whose_sync_failed_is_written_again_by_the_next_chec
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("store");
     let (ops, writer) = on_a_faulty_disk(&root).await;
+    // As the store names its files (its directory resolved).
+    let root = writer.root().to_path_buf();
     let dyn_ops: Arc<dyn FileOps> = ops.clone();
     let other = FsBackend::open_on(dyn_ops, &root, FsOptions::default(), Tuning::default())
         .await

@@ -1207,7 +1207,7 @@ mod tests {
             .put(&notes, &Write::create(note("n2", 1)))
             .await
             .unwrap();
-        let dir = Collection::dir_for(tmp.path(), "notes");
+        let dir = Collection::dir_for(store.root(), "notes");
         let syncs = synced.lock().iter().filter(|path| **path == dir).count();
         assert_eq!(syncs, 1, "{:?}", synced.lock());
         store.close().await.unwrap();
@@ -1274,7 +1274,7 @@ mod tests {
         .await
         .unwrap();
         buffered.checkpoint().await.unwrap();
-        let dir = Collection::dir_for(tmp.path(), "notes");
+        let dir = Collection::dir_for(buffered.root(), "notes");
         let at = |call: (&'static str, PathBuf)| calls.lock().iter().position(|c| *c == call);
         // The log emptied of its frames (in place: it keeps none).
         let wal_replaced = at(("write_at", dir.join(wal::WAL_FILE)));

@@ -129,7 +129,9 @@ pub(crate) async fn store_with_torn_r1(dir: &std::path::Path) -> (FsBackend, std
         put_any(&store, "notes", counter(&format!("r{n}"), n)).await;
     }
     store.checkpoint().await.unwrap();
-    let broken = dir.join("notes").join("r1.json");
+    // As the store names it: its directory resolved (a temporary directory
+    // may lie under a link).
+    let broken = store.root().join("notes").join("r1.json");
     std::fs::write(&broken, b"{\"id\": \"r1\", \"count\": ").unwrap();
     (store, broken)
 }
