@@ -265,7 +265,10 @@ impl S3Config {
     }
 
     /// The endpoint of an S3-compatible server (MinIO, LocalStack, R2, ...).
-    /// Such servers usually also need [`with_path_style`](Self::with_path_style).
+    /// Such servers usually also need [`with_path_style`](Self::with_path_style);
+    /// without it, requests go to the bucket's name in front of the
+    /// endpoint's host (`https://bucket.host/...`), and an endpoint given as
+    /// an IP address is refused when the store is made.
     pub fn with_endpoint(mut self, endpoint: impl Into<String>) -> Self {
         self.endpoint = Some(endpoint.into());
         self
@@ -280,7 +283,8 @@ impl S3Config {
     }
 
     /// Path-style requests (`endpoint/bucket/key`) instead of
-    /// virtual-hosted-style ones (`bucket.endpoint/key`).
+    /// virtual-hosted-style ones (`bucket.endpoint/key`: the bucket in front
+    /// of the endpoint's host, which therefore cannot be an IP address).
     pub fn with_path_style(mut self, path_style: bool) -> Self {
         self.path_style = path_style;
         self
@@ -331,6 +335,39 @@ impl S3Config {
         // A retry starts only within retry_timeout; the last one may then run its full time.
         let last_start = self.retry_timeout.saturating_add(MAX_BACKOFF);
         every_attempt.min(last_start.saturating_add(per_attempt))
+    }
+
+    /// The endpoint requests go to. The client takes a given endpoint with
+    /// virtual-hosted-style requests as the bucket's own (it adds the bucket
+    /// only to a path-style one): the bucket is put in front of its host
+    /// here, which a host given as an IP address cannot take.
+    fn request_endpoint(&self, endpoint: &str) -> Result<String> {
+        let refuse = |option: &'static str, reason: String| Error::InvalidConfig { option, reason };
+        let Some((scheme, rest)) = endpoint.split_once("://") else {
+            return Err(refuse(
+                "endpoint",
+                format!("{endpoint:?} names no scheme: start it with https:// or http://"),
+            ));
+        };
+        if self.path_style {
+            return Ok(endpoint.to_owned());
+        }
+        let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let name = match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host,
+        };
+        if name.starts_with('[') || name.parse::<std::net::IpAddr>().is_ok() {
+            return Err(refuse(
+                "path_style",
+                format!(
+                    "virtual-hosted-style requests put the bucket in front of the endpoint's \
+                     host, and {name} is an IP address: use path-style requests \
+                     (with_path_style(true), path_style=true in a store URL)"
+                ),
+            ));
+        }
+        Ok(format!("{scheme}://{}.{host}{path}", self.bucket))
     }
 
     /// The object store client for this configuration.
@@ -400,7 +437,7 @@ impl S3Config {
                 retry_timeout: self.retry_timeout,
             });
         if let Some(endpoint) = &self.endpoint {
-            builder = builder.with_endpoint(endpoint);
+            builder = builder.with_endpoint(self.request_endpoint(endpoint)?);
         }
         if let (Some(id), Some(secret)) = (&self.access_key_id, &self.secret_access_key) {
             builder = builder
@@ -491,6 +528,75 @@ fn refuse_credentials_in(endpoint: &str) -> Result<()> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// The client takes an endpoint given with virtual-hosted-style
+    /// requests as the bucket's own: every request of a store whose endpoint
+    /// was given without path style went to the endpoint's root, where the
+    /// server took the first segment of the key prefix for the bucket.
+    #[test]
+    fn a_virtual_hosted_endpoint_carries_the_bucket_in_its_host() {
+        let endpoint = |endpoint: &str, path_style: bool| {
+            S3Config::new("readings")
+                .with_path_style(path_style)
+                .request_endpoint(endpoint)
+        };
+        assert_eq!(
+            endpoint("https://s3.example", false).unwrap(),
+            "https://readings.s3.example"
+        );
+        assert_eq!(
+            endpoint("https://s3.example:9000/base", false).unwrap(),
+            "https://readings.s3.example:9000/base"
+        );
+        assert_eq!(
+            endpoint("http://127.0.0.1:9000", true).unwrap(),
+            "http://127.0.0.1:9000"
+        );
+        for ip in [
+            "http://127.0.0.1:9000",
+            "http://[::1]:9000",
+            "https://10.0.0.7",
+        ] {
+            let error = endpoint(ip, false).unwrap_err();
+            assert!(
+                matches!(
+                    error,
+                    Error::InvalidConfig {
+                        option: "path_style",
+                        ..
+                    }
+                ),
+                "{error}"
+            );
+        }
+        let error = endpoint("minio:9000", true).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                Error::InvalidConfig {
+                    option: "endpoint",
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        // Refused when the store is made, before any request.
+        let error = S3Config::new("readings")
+            .with_endpoint("http://127.0.0.1:9000")
+            .with_allow_http(true)
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(
+                error,
+                Error::InvalidConfig {
+                    option: "path_style",
+                    ..
+                }
+            ),
+            "{error}"
+        );
+    }
 
     #[test]
     fn store_urls_give_bucket_prefix_and_endpoint() {
@@ -668,6 +774,7 @@ mod tests {
             .unwrap();
         S3Config::new("readings")
             .with_endpoint("https://127.0.0.1:9000")
+            .with_path_style(true)
             .build()
             .unwrap();
     }
