@@ -236,7 +236,8 @@ fn scheme_of(url: &str) -> Option<&str> {
 /// taken for a directory, a forgotten `http://` or `redis://` made a new
 /// store in a directory named after the address, password and all. Its
 /// first part has a `:`; after any user part (which may hold any character,
-/// `/` included) comes an IPv6 literal, or a host and a port. Without a user
+/// `/` included) comes an IPv6 literal, or a host and a port, or, after a
+/// user part holding a password (`:pass@`), any host. Without a user
 /// part the host must look like one (letters, digits, `.` and `-`, more than
 /// one character), so that `C:data` and `my_data:2024` stay directories; a
 /// directory whose name looks like an address (a time, `10:00`) is written
@@ -247,10 +248,15 @@ fn looks_like_an_address(url: &str) -> bool {
         return false;
     }
     let (address, user_part) = match url.rsplit_once('@') {
-        Some((_, after)) => (
-            after.split(['/', '?', '\\']).next().unwrap_or_default(),
-            true,
-        ),
+        Some((before, after)) => {
+            let address = after.split(['/', '?', '\\']).next().unwrap_or_default();
+            // `user:password@host`, port or not: a password is no part of
+            // a directory's name by chance.
+            if before.contains(':') && !address.is_empty() {
+                return true;
+            }
+            (address, true)
+        }
         None => (first, false),
     };
     if let Some(inside) = address.strip_prefix('[') {
@@ -489,6 +495,8 @@ mod tests {
             ":s3cret@h:6379",
             ":s3cret@[::1]:6379",
             ":s3cret@my_redis:6379",
+            ":s3cret@cache",
+            ":s3cret@cache/0",
         ] {
             let reason = refused(address);
             assert!(reason.contains("http://host:port"), "{reason}");
