@@ -867,8 +867,12 @@ impl HttpPeer {
         let mut followed = 0;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            // A server that holds no request answers at once: its requests
+            // get the plain timeout, not the wait on top, which let a
+            // connection that died silently hold the call for all of it.
+            let held = if polled { Duration::ZERO } else { left };
             let page = self
-                .read_feed(&collection, after, limit, left, Prune::No)
+                .read_feed(&collection, after, limit, held, Prune::No)
                 .await?;
             // Nothing to show but more to read: the server passed over
             // changes this client holds. Asking again from the same place

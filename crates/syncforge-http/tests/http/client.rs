@@ -1060,6 +1060,59 @@ async fn a_wait_on_a_server_that_holds_no_request_is_polled_each_second() {
     );
 }
 
+/// A server that holds no request (`max_wait` 0) answers a wait at once,
+/// but each of the client's polls had the whole wait on top of its request
+/// timeout: a connection that died silently (here, a server that reads the
+/// request and never answers) held a wait of a minute for all of it. Each
+/// poll now has the plain timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_of_a_server_that_holds_no_request_has_the_plain_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let health = r#"{"status":"ok","protocol":1,"feed_id":"f1","limits":{"max_body_bytes":100000,"max_records":10,"max_page":10,"max_wait_ms":0}}"#;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let answer = json_answer("200 OK", "", health);
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        for n in 0..8 {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buffer = [0u8; 4096];
+            let _ = stream.read(&mut buffer).await;
+            if n == 0 {
+                stream.write_all(answer.as_bytes()).await.unwrap();
+                stream.shutdown().await.ok();
+            } else {
+                // Read, and never answered.
+                held.push(stream);
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(120)).await;
+    });
+    let link = syncforge::http::HttpPeer::builder(&url)
+        .peer_id("server")
+        .timeout(Duration::from_millis(500))
+        .retries(1, Duration::from_millis(20))
+        .build()
+        .unwrap();
+    link.health().await.unwrap();
+    let started = Instant::now();
+    let error = link
+        .wait_for_changes(
+            "notes",
+            syncforge::Cursor::START,
+            10.try_into().unwrap(),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap_err();
+    let waited = started.elapsed();
+    assert!(error.is_transient(), "{error}");
+    assert!(waited < Duration::from_secs(10), "failed after {waited:?}");
+    silent.abort();
+}
+
 /// A long poll answered with nothing to show but more to read (the server
 /// passed over changes this client holds) reads on from there, instead of
 /// handing the caller a page that asking again would only repeat.
