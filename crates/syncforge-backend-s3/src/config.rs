@@ -552,50 +552,26 @@ mod tests {
             endpoint("http://127.0.0.1:9000", true).unwrap(),
             "http://127.0.0.1:9000"
         );
+        let refused_as = |error: Error, named: &str| {
+            assert!(
+                matches!(&error, Error::InvalidConfig { option, .. } if *option == named),
+                "{error}"
+            );
+        };
         for ip in [
             "http://127.0.0.1:9000",
             "http://[::1]:9000",
             "https://10.0.0.7",
         ] {
-            let error = endpoint(ip, false).unwrap_err();
-            assert!(
-                matches!(
-                    error,
-                    Error::InvalidConfig {
-                        option: "path_style",
-                        ..
-                    }
-                ),
-                "{error}"
-            );
+            refused_as(endpoint(ip, false).unwrap_err(), "path_style");
         }
-        let error = endpoint("minio:9000", true).unwrap_err();
-        assert!(
-            matches!(
-                error,
-                Error::InvalidConfig {
-                    option: "endpoint",
-                    ..
-                }
-            ),
-            "{error}"
-        );
+        refused_as(endpoint("minio:9000", true).unwrap_err(), "endpoint");
         // Refused when the store is made, before any request.
-        let error = S3Config::new("readings")
+        let made = S3Config::new("readings")
             .with_endpoint("http://127.0.0.1:9000")
             .with_allow_http(true)
-            .build()
-            .unwrap_err();
-        assert!(
-            matches!(
-                error,
-                Error::InvalidConfig {
-                    option: "path_style",
-                    ..
-                }
-            ),
-            "{error}"
-        );
+            .build();
+        refused_as(made.unwrap_err(), "path_style");
     }
 
     #[test]
