@@ -151,6 +151,12 @@ impl SyncEngine {
     /// changes since the cursor for this peer the same way. Both cursors live
     /// in the store's metadata and survive a restart on a persistent backend.
     ///
+    /// A pull that fails for good (a page refused for a far-ahead clock, a
+    /// peer answering out of protocol) does not hold back the push: it runs
+    /// all the same, and the call returns the pull's error (a push failing
+    /// after it is only logged). After a pull that failed for now
+    /// ([`Error::is_transient`]: the peer unreachable) the push is not tried.
+    ///
     /// A record the peer refuses as too large holds back no other change:
     /// it is listed in [`PeerSyncReport::refused`], sent again when it
     /// changes, and offered again as it is at the first sync of an engine
@@ -327,8 +333,9 @@ impl SyncEngine {
             Some(turn) => turn,
             None => self.peer_sync_lock(peer_id, collection).lock_owned().await,
         };
+        // The engine may have been closed while this sync waited its turn.
+        self.check_open()?;
         let limit = syncforge_core::page_limit(self.config().batch_size())?;
-        let handle = self.collection(collection)?;
         let mut report = PeerSyncReport {
             peer_id: peer_id.to_owned(),
             collection: collection.clone(),
@@ -343,108 +350,184 @@ impl SyncEngine {
         // Feed positions of pulled writes the peer holds already: not pushed
         // back (and not collected by a sync that does not push).
         let mut echoes = HashSet::new();
-        if direction.pulls() {
-            let pull_key = cursor_key(peer_id, collection, PeerState::Pull);
-            let mut cursor = self.load_cursor(collection, &pull_key, feed).await?;
-            let mut empty_in_a_row = 0;
-            loop {
-                let page = peer.pull(collection, cursor, limit).await?;
-                check_page(peer_id, cursor, &page)?;
-                let next = page.next;
-                let more = page.more;
-                empty_in_a_row = if page.is_empty() {
-                    empty_in_a_row + 1
-                } else {
-                    0
-                };
-                if more && empty_in_a_row >= MAX_EMPTY_PAGES_IN_A_ROW {
-                    // Stored first: the next sync resumes past these pages.
-                    self.store_cursor(&pull_key, next, feed).await?;
-                    return Err(Error::PeerProtocol {
-                        peer: peer_id.to_owned(),
-                        reason: format!(
-                            "answered {MAX_EMPTY_PAGES_IN_A_ROW} empty pages in a row, each saying \
-                             more follow; this sync stops at cursor {next}, and the next resumes there"
-                        ),
-                    });
-                }
-                if !page.is_empty() {
-                    let records = page.into_iter().collect();
-                    let trigger = SyncTrigger::Pull {
-                        peer: peer_id.to_owned(),
-                    };
-                    let applied = self
-                        .sync_records(
-                            collection,
-                            records,
-                            trigger,
-                            direction.pushes().then_some(&mut echoes),
-                        )
-                        .await
-                        .inspect_err(|_| *reported = true)?;
-                    report.pulled.absorb(applied);
-                }
-                if next != cursor {
-                    self.store_cursor(&pull_key, next, feed).await?;
-                    cursor = next;
-                }
-                if !more {
-                    break;
-                }
-            }
-        }
-
+        let pulled = if direction.pulls() {
+            let echoes = direction.pushes().then_some(&mut echoes);
+            self.pull_pages(
+                peer,
+                collection,
+                feed,
+                limit,
+                echoes,
+                &mut report.pulled,
+                reported,
+            )
+            .await
+        } else {
+            Ok(())
+        };
         // When the pulled pages were merged (or found empty), as a sync reports it.
         report.pulled.timestamp = self.now_millis();
+        // A pull that failed for good (a page refused for its stamps, a
+        // peer answering out of protocol) does not hold back this engine's
+        // own writes: they are pushed all the same, and the pull's error is
+        // the sync's; a push that fails too is said in the log only. A peer
+        // unreachable for now would only make the push wait out the same
+        // failure.
+        let push = direction.pushes()
+            && match &pulled {
+                Ok(()) => true,
+                Err(error) => !error.is_transient() && !self.is_closed(),
+            };
+        if let Err(error) = &pulled {
+            // Announced as it happens, not after the push.
+            if !*reported && !self.is_closed() {
+                self.emit_sync_error(collection, error);
+                *reported = true;
+            }
+        }
+        if push {
+            let pushed = self
+                .push_pages(peer, collection, feed, limit, &echoes, &mut report)
+                .await;
+            match (&pulled, pushed) {
+                (Err(_), Err(error)) => {
+                    tracing::warn!(%error, "the push after a failed pull failed too");
+                }
+                (Err(_), Ok(())) => {
+                    tracing::warn!(
+                        pushed = report.pushed,
+                        refused = report.refused.len(),
+                        "pushed after a failed pull"
+                    );
+                }
+                (Ok(()), Err(error)) => return Err(error),
+                (Ok(()), Ok(())) => {}
+            }
+        }
+        pulled.map(|()| report)
+    }
 
-        if direction.pushes() {
-            let push_key = cursor_key(peer_id, collection, PeerState::Push);
-            let refused_key = cursor_key(peer_id, collection, PeerState::Refused);
-            let mut cursor = self.load_cursor(collection, &push_key, feed).await?;
-            let mut refused = self.load_refused(collection, &refused_key).await?;
-            let options = PageOptions::default().limit(limit.get());
-            loop {
-                let page = handle.changes(cursor, options).await?;
-                let before = page.changes.len();
-                let records: Vec<Record> = page
-                    .changes
-                    .into_iter()
-                    .filter(|change| !echoes.contains(&change.cursor))
-                    .map(|change| change.record)
-                    .collect();
-                report.echoes_skipped += before - records.len();
-                if !records.is_empty() {
-                    // Kept before the cursor moves past them.
-                    if self
-                        .push_to_peer(peer, collection, records, &mut report, &mut refused)
-                        .await?
-                    {
-                        self.store_refused(&refused_key, &refused).await?;
-                    }
-                }
-                if page.more && page.next <= cursor {
-                    // A store's answer that would loop for ever.
-                    return Err(Error::storage(
-                        self.store().name(),
-                        format!(
-                            "answered a change page after cursor {cursor} that does not advance \
-                             (next {}, more true)",
-                            page.next
-                        ),
-                    ));
-                }
-                if page.next != cursor {
-                    self.store_cursor(&push_key, page.next, feed).await?;
-                    cursor = page.next;
-                }
-                if !page.more {
-                    break;
+    /// The pull half of a peer sync: the pages of `peer`'s feed after the
+    /// stored pull cursor merged here, the cursor stored after each; the
+    /// feed positions of pulled writes the peer holds already go to
+    /// `echoes`.
+    #[allow(clippy::too_many_arguments)]
+    async fn pull_pages<P: SyncPeer + ?Sized>(
+        &self,
+        peer: &P,
+        collection: &CollectionName,
+        feed: Option<&str>,
+        limit: NonZeroUsize,
+        mut echoes: Option<&mut HashSet<Cursor>>,
+        pulled: &mut SyncResult,
+        reported: &mut bool,
+    ) -> Result<()> {
+        let peer_id = peer.peer_id();
+        let pull_key = cursor_key(peer_id, collection, PeerState::Pull);
+        let mut cursor = self.load_cursor(collection, &pull_key, feed).await?;
+        let mut empty_in_a_row = 0;
+        loop {
+            let page = peer.pull(collection, cursor, limit).await?;
+            check_page(peer_id, cursor, &page)?;
+            let next = page.next;
+            let more = page.more;
+            empty_in_a_row = if page.is_empty() {
+                empty_in_a_row + 1
+            } else {
+                0
+            };
+            if more && empty_in_a_row >= MAX_EMPTY_PAGES_IN_A_ROW {
+                // Stored first: the next sync resumes past these pages.
+                self.store_cursor(&pull_key, next, feed).await?;
+                return Err(Error::PeerProtocol {
+                    peer: peer_id.to_owned(),
+                    reason: format!(
+                        "answered {MAX_EMPTY_PAGES_IN_A_ROW} empty pages in a row, each saying \
+                         more follow; this sync stops at cursor {next}, and the next resumes there"
+                    ),
+                });
+            }
+            if !page.is_empty() {
+                let records = page.into_iter().collect();
+                let trigger = SyncTrigger::Pull {
+                    peer: peer_id.to_owned(),
+                };
+                let applied = self
+                    .sync_records(collection, records, trigger, echoes.as_deref_mut())
+                    .await
+                    .inspect_err(|_| *reported = true)?;
+                pulled.absorb(applied);
+            }
+            if next != cursor {
+                self.store_cursor(&pull_key, next, feed).await?;
+                cursor = next;
+            }
+            if !more {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The push half of a peer sync: this engine's changes after the
+    /// stored push cursor sent to `peer`, but for the pulled `echoes`;
+    /// then the records it refused earlier offered again.
+    async fn push_pages<P: SyncPeer + ?Sized>(
+        &self,
+        peer: &P,
+        collection: &CollectionName,
+        feed: Option<&str>,
+        limit: NonZeroUsize,
+        echoes: &HashSet<Cursor>,
+        report: &mut PeerSyncReport,
+    ) -> Result<()> {
+        let handle = self.collection(collection)?;
+        let peer_id = peer.peer_id();
+        let push_key = cursor_key(peer_id, collection, PeerState::Push);
+        let refused_key = cursor_key(peer_id, collection, PeerState::Refused);
+        let mut cursor = self.load_cursor(collection, &push_key, feed).await?;
+        let mut refused = self.load_refused(collection, &refused_key).await?;
+        let options = PageOptions::default().limit(limit.get());
+        loop {
+            let page = handle.changes(cursor, options).await?;
+            let before = page.changes.len();
+            let records: Vec<Record> = page
+                .changes
+                .into_iter()
+                .filter(|change| !echoes.contains(&change.cursor))
+                .map(|change| change.record)
+                .collect();
+            report.echoes_skipped += before - records.len();
+            if !records.is_empty() {
+                // Kept before the cursor moves past them.
+                if self
+                    .push_to_peer(peer, collection, records, report, &mut refused)
+                    .await?
+                {
+                    self.store_refused(&refused_key, &refused).await?;
                 }
             }
-            self.offer_refused_again(peer, collection, limit, &refused_key, refused, &mut report)
-                .await?;
+            if page.more && page.next <= cursor {
+                // A store's answer that would loop for ever.
+                return Err(Error::storage(
+                    self.store().name(),
+                    format!(
+                        "answered a change page after cursor {cursor} that does not advance \
+                         (next {}, more true)",
+                        page.next
+                    ),
+                ));
+            }
+            if page.next != cursor {
+                self.store_cursor(&push_key, page.next, feed).await?;
+                cursor = page.next;
+            }
+            if !page.more {
+                break;
+            }
         }
-        Ok(report)
+        self.offer_refused_again(peer, collection, limit, &refused_key, refused, report)
+            .await
     }
 
     /// Offers the records `peer` refused earlier and that did not change

@@ -9,12 +9,13 @@ use std::num::NonZeroUsize;
 use syncforge::core::{Change, ChangePage};
 
 use syncforge::{
-    CollectionName, ConflictStrategy, Cursor, Error, EventKind, PageOptions, PeerCursors,
-    PushOutcome, Record, Result, StorageBackend, SyncEngine, SyncEvent, SyncPeer, SyncTrigger,
+    CollectionName, ConflictStrategy, Cursor, Error, EventKind, ManualTime, PageOptions,
+    PeerCursors, PushOutcome, Record, Result, StorageBackend, SyncEngine, SyncEvent, SyncPeer,
+    SyncTrigger,
 };
 use syncforge_testkit::faults::{FaultyBackend, Operation};
 
-use crate::support::{engine, snapshot};
+use crate::support::{engine, engine_at, snapshot, T0};
 
 async fn put_many(e: &SyncEngine, collection: &str, prefix: &str, n: usize) {
     for i in 0..n {
@@ -826,4 +827,34 @@ async fn a_cursor_stored_for_a_peers_old_feed_skips_nothing_of_its_new_one() {
             "more{i} of the new feed was skipped"
         );
     }
+}
+
+/// A pull refused for good (here: the peer's records stamped further ahead
+/// than this engine's clock takes) held back the push too, so this
+/// engine's own writes stopped reaching the peer for as long as the stall
+/// lasted. They are pushed all the same now, and the sync reports the
+/// pull's error; once the clocks agree, the pull resumes and nothing is
+/// pushed twice.
+#[tokio::test]
+async fn a_pull_refused_for_a_far_ahead_clock_still_pushes_local_writes() {
+    let honest = Arc::new(ManualTime::new(T0));
+    let skewed = Arc::new(ManualTime::new(T0 + 3_600_000));
+    let a = engine_at("a", ConflictStrategy::Crdt, &honest).await;
+    let fast = engine_at("fast", ConflictStrategy::Crdt, &skewed).await;
+    fast.put("c", &json!({"id": "theirs"})).await.unwrap();
+    a.put("c", &json!({"id": "mine"})).await.unwrap();
+
+    let err = a.sync_with(&fast, "c").await.unwrap_err();
+    assert!(matches!(err, Error::ClockDrift { .. }), "{err}");
+    assert!(
+        fast.get("c", "mine").await.unwrap().is_some(),
+        "the push ran after the refused pull"
+    );
+    assert!(a.get("c", "theirs").await.unwrap().is_none());
+
+    honest.set(T0 + 3_600_000);
+    let report = a.sync_with(&fast, "c").await.unwrap();
+    assert_eq!(report.pulled.added, 1, "{report:?}");
+    assert_eq!(report.pushed, 0, "{report:?}");
+    assert_eq!(snapshot(&a, "c").await, snapshot(&fast, "c").await);
 }
