@@ -55,6 +55,11 @@ const FIRST_READ: usize = 64;
 /// request may be (see `read_page`).
 const ROUND_GROWTH: usize = 4;
 
+/// The share of the request's time (one part in this many) kept at the end
+/// of a push's upload for its `timeout` answer to go out before the request's
+/// limit cuts the connection.
+const ANSWER_MARGIN_DIVISOR: u32 = 10;
+
 /// The most a request body's declared length reserves before its bytes come.
 const MAX_RESERVED_BODY: usize = 1 << 20;
 
@@ -658,17 +663,17 @@ async fn sync(
     let mut body = body.into_data_stream();
     // The drain takes what is left of the request's time, as the request
     // itself would have.
-    let discard = |body| {
+    let discard = |body, reading| {
         let left = state
             .options
             .request_timeout
             .saturating_sub(started.elapsed());
-        discard_body(&headers, body, max, left);
+        discard_body(&headers, body, reading, max, left);
     };
     let (collection, declared) = match checked {
         Ok(checked) => checked,
         Err(refusal) => {
-            discard(body);
+            discard(body, Reading::NotBegun);
             return Err(refusal);
         }
     };
@@ -688,16 +693,48 @@ async fn sync(
         Err(busy) => {
             // Read too, so that the client sees the answer (and its
             // `Retry-After`), not a connection cut under its upload.
-            discard(body);
+            discard(body, Reading::NotBegun);
             return Err(busy);
         }
     };
-    let bytes = match read_body(declared, &mut body, max).await {
-        Ok(bytes) => bytes,
-        Err(refused) => {
+    // The upload ends a little before the request's limit, so that the
+    // `timeout` goes out while the rest of the body is still read and
+    // dropped: cut off by the limit, the connection was closed under a
+    // client still sending, which saw a broken pipe instead of the answer,
+    // and sent the same push again rather than smaller ones.
+    let upload_within = state
+        .options
+        .request_timeout
+        .saturating_sub(state.options.request_timeout / ANSWER_MARGIN_DIVISOR)
+        .saturating_sub(started.elapsed());
+    let bytes = match tokio::time::timeout(upload_within, read_body(declared, &mut body, max)).await
+    {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(refused)) => {
             drop(room);
-            discard(body);
+            discard(body, Reading::Begun);
             return Err(refused);
+        }
+        Err(_) => {
+            drop(room);
+            // The client is told to send less at a time; what it still
+            // sends is read and dropped for as long again as the request
+            // was allowed.
+            discard_body(
+                &headers,
+                body,
+                Reading::Begun,
+                max,
+                state.options.request_timeout,
+            );
+            return Err(ApiError::new(
+                ErrorCode::Timeout,
+                format!(
+                    "the request's body did not arrive within the server's limit of {:?}; \
+                     send fewer records at a time",
+                    state.options.request_timeout
+                ),
+            ));
         }
     };
     // Checked UTF-8 once, whole: the parsers then read it as text.
@@ -1232,10 +1269,16 @@ async fn read_body(
 ///
 /// Not read: a body declared longer than that (cut off anyway), or one the
 /// client sends only once told to go on (`Expect: 100-continue`, which
-/// reading would tell it).
-fn discard_body(headers: &HeaderMap, mut stream: BodyDataStream, max: usize, within: Duration) {
+/// reading would tell it), unless the reading has begun (it was told).
+fn discard_body(
+    headers: &HeaderMap,
+    mut stream: BodyDataStream,
+    reading: Reading,
+    max: usize,
+    within: Duration,
+) {
     let most = max.max(MAX_DISCARDED_BODY);
-    let waits_to_send = headers.contains_key(header::EXPECT);
+    let waits_to_send = reading == Reading::NotBegun && headers.contains_key(header::EXPECT);
     if waits_to_send || declared_length(headers, most).is_err() {
         return;
     }
@@ -1252,6 +1295,14 @@ fn discard_body(headers: &HeaderMap, mut stream: BodyDataStream, max: usize, wit
         // Past `within`, the rest is left unread: the connection closes.
         let _ = tokio::time::timeout(within, read_all).await;
     });
+}
+
+/// Whether a request's body was read from before it was refused: a client
+/// that waited to be told to go on (`Expect: 100-continue`) was told then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    NotBegun,
+    Begun,
 }
 
 /// Reads `{"records": [...]}`, refusing more than `max` records while

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use syncforge::http::{Server, ServerOptions};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::memory_engine;
@@ -41,7 +41,10 @@ async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Option<S
 }
 
 /// Reads at least one complete answer's head from `stream`.
-async fn read_answer_head(stream: &mut TcpStream, within: Duration) -> Option<String> {
+async fn read_answer_head(
+    stream: &mut (impl AsyncRead + Unpin),
+    within: Duration,
+) -> Option<String> {
     let mut received = Vec::new();
     let reading = async {
         let mut buffer = [0u8; 4096];
@@ -356,5 +359,46 @@ async fn a_refused_push_uploaded_slowly_gets_its_refusal_not_a_timeout() {
     // The answer came while the body was still on its way.
     assert!(!uploading.is_finished());
     uploading.abort();
+    server.shutdown().await.unwrap();
+}
+
+/// A push whose body arrives more slowly than the request's time allows is
+/// answered `timeout` while the body is still on its way, and the rest of it
+/// is read and dropped. Cut off by the request's limit, the connection was
+/// closed under the client still sending, which saw a broken pipe instead
+/// of the answer that tells it to send fewer records at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_uploaded_too_slowly_is_told_timeout_without_its_upload_cut() {
+    const BODY: usize = 2 << 20;
+    let options = ServerOptions::default()
+        .request_timeout(Duration::from_secs(2))
+        .max_wait(Duration::from_millis(500));
+    let server = serve(options).await;
+    let (mut reading, mut writing) = connect(&server).await.into_split();
+    let head = format!(
+        "POST /v1/collections/notes/sync HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+         Content-Type: application/json\r\nContent-Length: {BODY}\r\n\r\n"
+    );
+    // 64 KiB every 85 ms: the 2 MiB take 2.7 s, past the request's limit
+    // (answered at 1.8 s) and well within the time the rest is read for
+    // (until 3.8 s).
+    let uploading = tokio::spawn(async move {
+        writing.write_all(head.as_bytes()).await?;
+        let chunk = vec![b' '; 64 << 10];
+        for _ in 0..BODY / chunk.len() {
+            writing.write_all(&chunk).await?;
+            tokio::time::sleep(Duration::from_millis(85)).await;
+        }
+        std::io::Result::Ok(())
+    });
+    let answer = read_answer_head(&mut reading, Duration::from_secs(15))
+        .await
+        .expect("an answer within 15 s");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
+    let uploaded = tokio::time::timeout(Duration::from_secs(15), uploading)
+        .await
+        .expect("the upload ends within 15 s")
+        .unwrap();
+    assert!(uploaded.is_ok(), "the upload was cut: {uploaded:?}");
     server.shutdown().await.unwrap();
 }
