@@ -325,7 +325,7 @@ pub(crate) struct StatsArgs {
 /// Starts at the end of the feed (only changes made from now on), or at the
 /// start with --from-start, or after a cursor printed earlier with --after.
 /// Each line shows the change's cursor, so a later watch can go on from it.
-/// Runs until interrupted (Ctrl-C) or until --count changes were printed; a
+/// Runs until interrupted (Ctrl-C or SIGTERM) or until --count changes were printed; a
 /// store or sync server that is unreachable for a while is tried again
 /// (after 1 s, then twice as long each time, up to 30 s). A watch whose
 /// store was replaced meanwhile (a server now serving another store; a

@@ -3,6 +3,7 @@
 mod records;
 #[cfg(feature = "http")]
 mod serve;
+mod signals;
 mod stats;
 mod sync;
 mod transfer;

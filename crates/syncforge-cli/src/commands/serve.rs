@@ -7,6 +7,7 @@ use anyhow::{Context as _, Result};
 use serde_json::json;
 use syncforge::http::{Access, AccessToken, Server, ServerOptions};
 
+use super::signals::StopSignals;
 use super::Context;
 use crate::cli::ServeArgs;
 use crate::failure::usage;
@@ -210,45 +211,5 @@ fn checked(token: AccessToken, source: &str) -> Result<AccessToken> {
             Err(usage(format!("{source}: {reason}")))
         }
         Err(other) => Err(usage(format!("{source}: {other}"))),
-    }
-}
-
-/// Ctrl-C, or on Unix also SIGTERM (what service managers send), listened
-/// for from [`listen`](Self::listen) on.
-struct StopSignals {
-    #[cfg(unix)]
-    interrupt: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    terminate: tokio::signal::unix::Signal,
-}
-
-impl StopSignals {
-    fn listen() -> Result<StopSignals> {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            Ok(StopSignals {
-                interrupt: signal(SignalKind::interrupt()).context("cannot wait for Ctrl-C")?,
-                terminate: signal(SignalKind::terminate()).context("cannot wait for SIGTERM")?,
-            })
-        }
-        #[cfg(not(unix))]
-        Ok(StopSignals {})
-    }
-
-    /// The next signal.
-    async fn next(&mut self) -> Result<()> {
-        #[cfg(unix)]
-        {
-            tokio::select! {
-                _ = self.interrupt.recv() => {}
-                _ = self.terminate.recv() => {}
-            }
-            Ok(())
-        }
-        #[cfg(not(unix))]
-        tokio::signal::ctrl_c()
-            .await
-            .context("cannot wait for Ctrl-C")
     }
 }

@@ -8,6 +8,7 @@ use anyhow::Result;
 use serde_json::{json, Value};
 use syncforge::{Change, CollectionName, Cursor};
 
+use super::signals::StopSignals;
 use super::Context;
 use crate::cli::WatchArgs;
 use crate::reader::Reader;
@@ -77,6 +78,10 @@ pub(crate) async fn run(args: WatchArgs, cx: &mut Context) -> Result<()> {
     // The cursor means something only in this store's feed: after the store
     // was unreachable, the watch goes on only if it is still this store.
     let feed = store.id().await?;
+    // Listened for before the watch is said to start: whoever started it
+    // may stop it as soon as it has read that, and a signal with no
+    // listener yet would end the process without closing the store.
+    let mut signals = StopSignals::listen()?;
     // Said on stderr once the store was reached, so that whoever starts a
     // watch knows from which point on changes will be printed.
     let _ = writeln!(
@@ -89,15 +94,16 @@ pub(crate) async fn run(args: WatchArgs, cx: &mut Context) -> Result<()> {
     let limit = NonZeroUsize::new(PAGE).unwrap_or(NonZeroUsize::MIN);
     let mut printed = 0u64;
     let mut retry = FIRST_RETRY;
-    let interrupted = tokio::signal::ctrl_c();
-    tokio::pin!(interrupted);
     while args.count.is_none_or(|count| printed < count) {
         cx.out.flush()?;
         // Between pages a local store is looked at again every --interval;
         // a server answers a long poll as soon as a change lands.
         let page = tokio::select! {
             page = next_page(&store, &name, cursor, limit, args.interval, check_feed.then_some(feed.as_str())) => page,
-            _ = &mut interrupted => break,
+            stop = signals.next() => {
+                stop?;
+                break;
+            }
         };
         let page = match page {
             Ok(page) => {
@@ -121,7 +127,10 @@ pub(crate) async fn run(args: WatchArgs, cx: &mut Context) -> Result<()> {
                 );
                 tokio::select! {
                     () = tokio::time::sleep(retry) => {}
-                    _ = &mut interrupted => break,
+                    stop = signals.next() => {
+                        stop?;
+                        break;
+                    }
                 }
                 retry = (retry * 2).min(LAST_RETRY);
                 check_feed = true;
@@ -138,7 +147,15 @@ pub(crate) async fn run(args: WatchArgs, cx: &mut Context) -> Result<()> {
         }
         cursor = cursor.max(page.next);
     }
-    store.close().await
+    // A store that is slow to close (a server gone) does not hold the
+    // command once it is told (again) to stop.
+    tokio::select! {
+        closed = store.close() => closed,
+        again = signals.next() => {
+            again?;
+            Err(anyhow::anyhow!("stopped by a signal before the store was closed"))
+        }
+    }
 }
 
 /// The next page after `cursor`; with `feed`, only once the store is seen

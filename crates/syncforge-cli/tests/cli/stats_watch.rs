@@ -104,8 +104,24 @@ fn watch_prints_the_feed_and_follows_new_changes() {
         "1",
     ]);
     assert!(said.ends_with("after cursor 3\n"), "{said:?}");
-    at_end.kill().unwrap();
-    at_end.wait().unwrap();
+    // Stopped as a service manager (or `timeout`) does: SIGTERM ended the
+    // process at once, without closing the store. It stops cleanly now.
+    #[cfg(unix)]
+    {
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &at_end.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let stopped =
+            syncforge_testkit::processes::wait(&mut at_end, Duration::from_secs(60)).unwrap();
+        assert!(stopped.success(), "watch stopped by SIGTERM: {stopped:?}");
+    }
+    #[cfg(not(unix))]
+    {
+        at_end.kill().unwrap();
+        at_end.wait().unwrap();
+    }
 
     // From the end of the feed: only what is written from now on. The
     // watcher says on stderr where it starts; write only after that.
