@@ -148,8 +148,9 @@ const _: () = assert!(syncforge::http::DEFAULT_HEADER_READ_TIMEOUT.as_secs() == 
 ///
 /// Only what changed since the last sync between the two stores travels: the
 /// positions reached in SRC's change feed (and, with --both, in DST's) are
-/// kept in DST's metadata, so repeating the command sends nothing new, and a
-/// sync that was interrupted resumes where it stopped. Prints one summary
+/// kept in the metadata of the local end (DST, or SRC when DST is a sync
+/// server), so repeating the command sends nothing new, and a sync that was
+/// interrupted resumes where it stopped. Prints one summary
 /// line per collection: what the merge did to DST (added, updated, deleted,
 /// unchanged, conflicts), and with --both what was sent to SRC. A sync
 /// server's own merges are its business: the line counts the records sent
@@ -164,7 +165,8 @@ const _: () = assert!(syncforge::http::DEFAULT_HEADER_READ_TIMEOUT.as_secs() == 
 pub(crate) struct SyncArgs {
     /// The store changes come from.
     pub(crate) src: String,
-    /// The store changes go to; it keeps the sync's cursors.
+    /// The store changes go to; it keeps the sync's cursors, unless it is a
+    /// sync server (SRC keeps them then).
     pub(crate) dst: String,
     /// A collection to sync (repeatable; default: every collection of SRC,
     /// with --both of SRC and DST).

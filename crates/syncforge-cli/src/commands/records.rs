@@ -80,7 +80,9 @@ pub(crate) async fn get(args: GetArgs, cx: &mut Context) -> Result<()> {
 pub(crate) async fn put(args: PutArgs, cx: &mut Context) -> Result<()> {
     let url = local("put", parse_url("STORE", &args.store)?)?;
     let name = parse_collection(&args.collection)?;
-    // All of the input is read and checked before the store is opened.
+    // The options are checked before the input is read (all of it, perhaps
+    // typed at a terminal), and all of the input before the store is opened.
+    cx.engine().check()?;
     let values = input::read(args.file.as_deref())?;
     let source = values.source.clone();
     let docs = values.convert(|value| Content::from_value(value.clone()).map(|_| value))?;

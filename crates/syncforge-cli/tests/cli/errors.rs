@@ -1,9 +1,11 @@
 //! Bad command lines, unknown names and unusable stores: clear messages and
 //! the exit codes the help promises (1 at run time, 2 for usage).
 
+use std::time::Duration;
+
 use tempfile::TempDir;
 
-use crate::support::{arg, docs, on_a_terminal, syncforge, syncforge_env, syncforge_with};
+use crate::support::{arg, command, docs, on_a_terminal, syncforge, syncforge_env, syncforge_with};
 
 #[test]
 fn every_command_shows_an_example_in_its_help() {
@@ -69,6 +71,17 @@ fn usage_errors_exit_with_2() {
     // A watch that stops after no change would read the feed to its end.
     let run = syncforge(&["watch", "memory:", "c", "--count", "0"]).fails(2);
     assert!(run.stderr.contains("--count"), "{run:?}");
+    // A put refuses its client id before reading its input, which may be
+    // typed at a terminal: here it never ends.
+    let mut put = command(&["put", arg(&store), "c", "-", "--client-id", ""])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _input_left_open = put.stdin.take();
+    let status = syncforge_testkit::processes::wait(&mut put, Duration::from_secs(60)).unwrap();
+    assert_eq!(status.code(), Some(2), "{status:?}");
+    assert!(!store.exists());
 }
 
 /// Options that cannot work are usage errors (2), found before anything is
