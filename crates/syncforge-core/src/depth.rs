@@ -211,6 +211,13 @@ struct Probe {
 /// `arbitrary_precision` number's. serde_json writes either as that text.
 pub(crate) const PRIVATE_TOKEN: &str = "$serde_json::private::";
 
+/// The names of those two structs whole: a struct of the user's own whose
+/// name merely starts like them is written as an object, and counted so.
+const WRITTEN_AS_TEXT: [&str; 2] = [
+    "$serde_json::private::RawValue",
+    "$serde_json::private::Number",
+];
+
 /// How deep JSON text nests arrays and objects: its brackets outside
 /// strings. The text is valid JSON (a `RawValue` is checked when made).
 fn text_depth(json: &str) -> usize {
@@ -505,7 +512,7 @@ impl ser::Serializer for &mut Probe {
     ) -> std::result::Result<Self, ProbeError> {
         // serde_json writes a `RawValue` or a number as its text, not as an
         // object.
-        if name.starts_with(PRIVATE_TOKEN) {
+        if WRITTEN_AS_TEXT.contains(&name) {
             self.raw = true;
         } else {
             self.open()?;
@@ -870,6 +877,66 @@ mod tests {
         while let Some(child) = node.child.take() {
             node = *child;
         }
+    }
+
+    /// A value whose `Serialize` writes something deeper on a later call
+    /// than on the first ones was measured on one call and converted on the
+    /// next, and the record built held a value past the limit, which every
+    /// reader of it then refused.
+    #[test]
+    fn a_value_serialised_deeper_on_a_later_call_is_refused() {
+        struct Shifting(std::cell::Cell<u32>);
+        impl Serialize for Shifting {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let calls = self.0.get();
+                self.0.set(calls + 1);
+                let levels = if calls < 2 { 1 } else { MAX_NESTING_DEPTH + 6 };
+                serializer.serialize_newtype_variant("E", 0, "V", &nested(levels))
+            }
+        }
+        #[derive(serde::Serialize)]
+        struct Doc {
+            id: &'static str,
+            f: Shifting,
+        }
+        let doc = Doc {
+            id: "shifting",
+            f: Shifting(std::cell::Cell::new(0)),
+        };
+        let refused = Content::from_serialize(&doc);
+        assert!(doc.f.0.get() >= 3, "serialised {} times", doc.f.0.get());
+        let err = refused.unwrap_err();
+        assert!(err.to_string().contains("64 levels deep"), "{err}");
+    }
+
+    /// Only serde_json's own two private structs are written as text: one
+    /// of the user's whose name starts like theirs is an object, and was
+    /// counted as no level at all.
+    #[test]
+    fn a_struct_named_like_serde_jsons_private_ones_is_counted() {
+        #[derive(serde::Serialize)]
+        #[serde(rename = "$serde_json::private::Mine")]
+        struct Mine {
+            inner: Option<Box<Mine>>,
+        }
+        #[derive(serde::Serialize)]
+        struct Doc {
+            id: &'static str,
+            f: Mine,
+        }
+        let mut mine = Mine { inner: None };
+        for _ in 0..MAX_NESTING_DEPTH + 6 {
+            mine = Mine {
+                inner: Some(Box::new(mine)),
+            };
+        }
+        let doc = Doc {
+            id: "named",
+            f: mine,
+        };
+        let err = check_serialize(&doc).unwrap_err();
+        assert!(err.to_string().contains("64 levels deep"), "{err}");
+        assert!(Content::from_serialize(&doc).is_err());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use super::fields::{shared_name, shared_static_name, spare_fields, FieldName, Fi
 use super::json::{check_metadata_types, open_object, read_id};
 use super::text::JsonText;
 use super::{is_reserved, ID_KEY};
-use crate::depth::{check_serialize, field_fits, too_deep_error};
+use crate::depth::{check_serialize, dismantle, field_fits, too_deep, too_deep_error};
 use crate::error::{Error, Result};
 use crate::hlc::Stamp;
 use crate::names::RecordId;
@@ -488,7 +488,16 @@ fn measured_value<T: Serialize + ?Sized>(value: &T) -> std::result::Result<Value
             )))
         }
     }
-    serde_json::to_value(value).map_err(|e| Refusal::Invalid(unserialisable(&e)))
+    let value = serde_json::to_value(value).map_err(|e| Refusal::Invalid(unserialisable(&e)))?;
+    // Measured on one call and converted on the next: a `Serialize` that
+    // writes something else each time (through a `Cell`, or a lock another
+    // thread holds) would put a value past the limit into a record, which
+    // every reader of it would then refuse.
+    if too_deep(&value) {
+        dismantle(value);
+        return Err(Refusal::TooDeep);
+    }
+    Ok(value)
 }
 
 macro_rules! unsupported {
