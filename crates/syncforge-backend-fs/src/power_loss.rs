@@ -1314,3 +1314,84 @@ async fn a_full_write_into_a_store_a_buffered_handle_made_survives_a_power_cut()
     }
     full.close().await.unwrap();
 }
+
+/// A `Buffered` checkpoint dropped the frames of an update without syncing
+/// the change log's line for it: a power cut that kept the record's new file
+/// and the emptied write-ahead log (both on their way to the disk within
+/// seconds) but not that line (which waits for writeback) left the update at
+/// the record's old position in the feed, where a replica past it never got
+/// it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buffered_update_keeps_its_new_feed_position_through_a_power_cut() {
+    let (tmp, model_root, recorder) = recorded_disk();
+    let root = model_root.join("store");
+    let open = |durability| {
+        let ops: Arc<dyn FileOps> = recorder.clone();
+        FsBackend::open_on(
+            ops,
+            &root,
+            FsOptions::default().durability(durability),
+            Tuning::default(),
+        )
+    };
+    let name = coll(NOTES);
+    let id = RecordId::new("x").unwrap();
+    // The record's first position durable, as writeback makes it in time.
+    let full = open(Durability::Full).await.unwrap();
+    let WriteOutcome::Written { cursor: pulled, .. } = full
+        .put(&name, &Write::create(counter("x", 1)))
+        .await
+        .unwrap()
+    else {
+        panic!("conflict");
+    };
+    full.checkpoint().await.unwrap();
+    full.close().await.unwrap();
+    // A replica pulled up to `pulled`; the record is then updated.
+    let buffered = open(Durability::Buffered).await.unwrap();
+    let stored = buffered.get(&name, &id).await.unwrap().unwrap();
+    let updated = buffered
+        .put(&name, &Write::replace(counter("x", 2), stored.token))
+        .await
+        .unwrap();
+    assert!(matches!(updated, WriteOutcome::Written { .. }));
+    buffered.checkpoint().await.unwrap();
+    // The power goes: everything written is on the disk but what was
+    // appended to the change log and not synced.
+    let mut model = Model::new();
+    for op in recorder.ops.lock().iter() {
+        model.apply(op);
+    }
+    let change_log = Path::new(NOTES).join(crate::collection::log::LOG_FILE);
+    let survivors: Vec<(PathBuf, Option<Vec<u8>>)> = model
+        .survivors(Variant::Killed)
+        .into_iter()
+        .map(|(path, content)| {
+            if !path.ends_with(&change_log) {
+                return (path, content);
+            }
+            let node = model.lookup(&path);
+            let Node::File { synced, .. } = &model.nodes[node] else {
+                panic!("{} is not a file", path.display());
+            };
+            (path, Some(synced.clone()))
+        })
+        .collect();
+    let dir = tmp.path().join("cut");
+    std::fs::create_dir(&dir).unwrap();
+    materialize(&dir, &survivors);
+    let reopened = FsBackend::open_with(
+        &dir.join("store"),
+        FsOptions::default().durability(Durability::Buffered),
+    )
+    .await
+    .unwrap();
+    let page = reopened
+        .changes(&name, pulled, 100.try_into().unwrap())
+        .await
+        .unwrap();
+    let fed: Vec<u64> = page.changes.iter().map(|c| count_of(&c.record)).collect();
+    assert_eq!(fed, [2], "the update after position {pulled}");
+    reopened.close().await.unwrap();
+    buffered.close().await.unwrap();
+}
