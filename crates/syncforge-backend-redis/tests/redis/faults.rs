@@ -19,8 +19,8 @@ use syncforge_core::{
 };
 
 use crate::support::{
-    assert_consistent, cluster, coll, edited, fresh_prefix, key, raw_client, record, remove_prefix,
-    rid, standalone, sync_records, PrivateCluster, PrivateServer,
+    assert_consistent, coll, edited, fresh_prefix, key, raw_client, record, remove_prefix, rid,
+    standalone, sync_records, PrivateCluster, PrivateServer,
 };
 
 const SYNCED: usize = 10_000;
@@ -696,13 +696,16 @@ async fn acl(client: &Client, args: &[&str]) {
 /// ... NODE`) while a sync writes into it. The client follows the `ASK`
 /// and `MOVED` redirections, a script that meets keys on both sides gets
 /// `TRYAGAIN` (transient, retried), and the sync completes with every
-/// record consistent, now served by the new master.
+/// record consistent, now served by the new master. On a cluster of its
+/// own: moving a slot moves every key in it, and the shared test cluster
+/// may be a developer's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_moved_during_a_sync_is_followed() {
     const RECORDS: usize = 20_000;
-    let Some(config) = cluster("reshard").await else {
+    let Some(cluster) = PrivateCluster::start().await else {
         return;
     };
+    let config = cluster.config(&fresh_prefix("reshard"));
     let prefix = config.key_prefix.clone();
     // A collection name unique to this run, so each run moves some slot.
     let name = format!("reshard-{}", &prefix[prefix.len() - 8..]);

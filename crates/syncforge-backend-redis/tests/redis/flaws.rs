@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroUsize;
 use std::sync::Arc;
+use std::time::Duration;
 
 use fred::interfaces::{ClientLike, HashesInterface, KeysInterface, SortedSetsInterface};
 use fred::types::{ClusterHash, CustomCommand, InfoKind};
@@ -45,12 +46,12 @@ async fn two_engines_hammering_the_same_records_lose_no_update() {
     setup.put_batch(&notes, &creates).await.unwrap();
 
     let barrier = Arc::new(Barrier::new(2));
-    let mut tasks = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
     for engine in 0..2 {
         let store = RedisBackend::connect(config.clone()).await.unwrap();
         let barrier = Arc::clone(&barrier);
         let notes = notes.clone();
-        tasks.push(tokio::spawn(async move {
+        tasks.spawn(async move {
             let mut hlc = Hlc::new(ClientId::new(&format!("engine-{engine}")).unwrap());
             let mut conflicts = 0;
             for round in 0..ROUNDS {
@@ -80,12 +81,21 @@ async fn two_engines_hammering_the_same_records_lose_no_update() {
             }
             store.close().await.unwrap();
             conflicts
-        }));
+        });
     }
+    // A task that fails leaves the other waiting at the barrier for good:
+    // the whole exchange is bounded in time, and the first failure ends it.
     let mut conflicts = 0;
-    for task in tasks {
-        conflicts += task.await.unwrap();
-    }
+    let joined = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(task) = tasks.join_next().await {
+            conflicts += task.unwrap();
+        }
+    })
+    .await;
+    assert!(
+        joined.is_ok(),
+        "two engines did not finish {ROUNDS} rounds within 2 minutes"
+    );
 
     let all = setup.get_all(&notes).await.unwrap();
     assert_eq!(all.len(), RECORDS);
