@@ -7,7 +7,7 @@ use std::time::Duration;
 use tempfile::TempDir;
 
 use crate::support::{
-    arg, command, counts, docs, export, syncforge, syncforge_env, syncforge_with,
+    arg, command, counts, docs, export, syncforge, syncforge_env, syncforge_with, KilledOnDrop,
 };
 
 /// A `syncforge serve` child process, stopped with SIGTERM when dropped.
@@ -375,19 +375,6 @@ fn a_watch_outlives_a_server_restart_but_not_a_change_of_store() {
     let (output, told) = watch_through_a_restart(&other);
     assert_eq!(output.status.code(), Some(1), "{told}");
     assert!(told.contains("another store"), "{told}");
-}
-
-/// A child process killed if its test ends early (a watch would otherwise
-/// go on retrying for good).
-struct KilledOnDrop(Option<Child>);
-
-impl Drop for KilledOnDrop {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 /// The server's limits a proxy in front needs are options of `serve`, and

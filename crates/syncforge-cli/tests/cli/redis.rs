@@ -8,7 +8,7 @@ use syncforge_testkit::services::{address, available, version_of};
 use tempfile::TempDir;
 
 use crate::support::{
-    arg, counts, docs, export, syncforge, syncforge_env, syncforge_with, watching,
+    arg, counts, docs, export, syncforge, syncforge_env, syncforge_with, watching, KilledOnDrop,
 };
 
 const REDIS_ENV: &str = "SYNCFORGE_TEST_REDIS_URL";
@@ -175,7 +175,7 @@ fn a_tls_store_is_reached_when_its_authority_is_trusted() {
         .local_addr()
         .unwrap()
         .port();
-    let mut server = Command::new(&bin)
+    let server = Command::new(&bin)
         .args(["--port", "0", "--bind", "127.0.0.1", "--save", ""])
         .args(certificates.redis_server_args(port))
         .arg("--dir")
@@ -184,10 +184,15 @@ fn a_tls_store_is_reached_when_its_authority_is_trusted() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // Stopped also when the test fails before its end.
+    let mut server = KilledOnDrop(Some(server));
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         // One built without TLS exits at once on a TLS port.
-        let exited = server.try_wait().is_ok_and(|status| status.is_some());
+        let exited = server
+            .0
+            .as_mut()
+            .is_some_and(|child| child.try_wait().is_ok_and(|status| status.is_some()));
         if exited {
             let variable = "SYNCFORGE_TEST_REDIS_SERVER_BIN";
             available("redis-server built with TLS", variable, &bin, false);
@@ -203,8 +208,7 @@ fn a_tls_store_is_reached_when_its_authority_is_trusted() {
     let authority = certificates.authority_file.to_str().unwrap();
     let trusted = syncforge_env(&["ls", &url], &[("SSL_CERT_FILE", authority)]);
     let refused = syncforge(&["ls", &url]);
-    server.kill().ok();
-    server.wait().ok();
+    drop(server);
     // Connected and asked: the prefix holds no store yet.
     assert!(
         trusted.code == 0 || trusted.stderr.contains("there is no store at "),

@@ -168,3 +168,18 @@ pub(crate) fn watching(
     .unwrap();
     (watcher, said, stderr)
 }
+
+/// A child process killed if its test ends early (a watch would otherwise
+/// go on retrying for good, a server go on running).
+#[cfg(any(feature = "http", feature = "redis"))]
+pub(crate) struct KilledOnDrop(pub(crate) Option<Child>);
+
+#[cfg(any(feature = "http", feature = "redis"))]
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
