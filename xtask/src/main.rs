@@ -26,7 +26,8 @@ Usage: cargo xtask <COMMAND>
 
 Commands:
   ci     Run every CI check: fmt, clippy, docs, feature combinations (each
-         without warnings) of the facade, the HTTP crate and the CLI,
+         without warnings) of the facade, the Redis store, the HTTP crate
+         and the CLI,
          then the workspace tests (doc tests included). Stops at the first
          failing step. Sets SYNCFORGE_REQUIRE_SERVICES=1, and PROPTEST_CASES=4000
          unless it is already set.

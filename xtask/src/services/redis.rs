@@ -87,7 +87,8 @@ impl Service for Cluster {
             stop_leftover(&node_dir, port);
             if node_dir.exists() {
                 std::fs::remove_dir_all(&node_dir)
-                    .map_err(|e| format!("cannot empty {}: {e}", node_dir.display()))?;
+                    .map_err(|e| format!("cannot empty {}: {e}", node_dir.display()))
+                    .inspect_err(|_| stop_all(&servers))?;
             }
             let config_file = format!("nodes-{port}.conf");
             let server = start_server(
