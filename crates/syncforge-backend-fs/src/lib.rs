@@ -91,7 +91,8 @@
 //! reading the record files see every record once the store is closed or
 //! checkpointed. [`Durability::Buffered`] skips the syncs of records (it
 //! still syncs what keeps the store readable and its feed's positions
-//! unique: the metadata, a collection's `.name`, `.reserved`): a crash of
+//! unique and current: the metadata, a collection's `.name`, `.reserved`,
+//! and the change log once a checkpoint): a crash of
 //! the process still loses nothing, but a power failure or kernel crash can
 //! lose recent writes or leave them empty.
 //!
@@ -224,7 +225,9 @@ pub enum Durability {
     /// reserves positions durably (`.reserved`, a million at a time), and
     /// a handle's first open of the collection numbers on above the
     /// reservation, past any position a lost write took (and a replica may
-    /// have pulled).
+    /// have pulled). A checkpoint syncs the change log once before it drops
+    /// what it wrote from the write-ahead log, so that a write kept through
+    /// a power failure is at its new position in the feed.
     Buffered,
 }
 

@@ -604,9 +604,11 @@ impl Collection {
             // been damaged): the snapshot's frames are not in it.
             return Ok(());
         }
-        if self.log_suspect && job.durable {
+        if self.log_suspect {
             // Written anew, from this handle's view of it: once the frames
-            // are dropped, its lines are the sequences' only record.
+            // are dropped, its lines are the sequences' only record (and a
+            // sync after a failed one may report success without the lost
+            // pages, whatever the durability).
             let base = self.log.last_seq();
             self.log.rewrite(self.ops.as_ref(), base, true)?;
             self.log_suspect = false;
@@ -1241,6 +1243,57 @@ mod tests {
         synced.lock().clear();
         drop(open(recording, Durability::Buffered));
         assert!(synced.lock().is_empty(), "{:?}", synced.lock());
+    }
+
+    /// A `Buffered` checkpoint whose sync of the change log failed keeps
+    /// its frames; the next one's sync may report success without the lost
+    /// pages, and dropped the frames all the same, where a `Full` handle
+    /// writes the log anew first.
+    #[tokio::test]
+    async fn a_buffered_checkpoint_after_a_failed_log_sync_writes_the_log_anew() {
+        let tmp = tempfile::tempdir().unwrap();
+        let notes = CollectionName::new("notes").unwrap();
+        let failing = Arc::new(AtomicBool::new(false));
+        let calls = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let (fail, seen) = (Arc::clone(&failing), Arc::clone(&calls));
+        let ops: Arc<dyn FileOps> = Arc::new(Hooked(move |op: &'static str, path: &Path| {
+            if op == "sync_file" && path.ends_with(log::LOG_FILE) && fail.load(Ordering::SeqCst) {
+                return Err(io::Error::other("the disk lost these pages"));
+            }
+            if matches!(op, "rename" | "write_at") {
+                seen.lock().push((op, path.to_owned()));
+            }
+            Ok(())
+        }));
+        let buffered = FsBackend::open_on(
+            ops,
+            tmp.path(),
+            FsOptions::default().durability(crate::Durability::Buffered),
+            Tuning::default(),
+        )
+        .await
+        .unwrap();
+        buffered
+            .put(&notes, &Write::create(note("n1", 1)))
+            .await
+            .unwrap();
+        failing.store(true, Ordering::SeqCst);
+        assert!(buffered.checkpoint().await.is_err());
+        failing.store(false, Ordering::SeqCst);
+        calls.lock().clear();
+        buffered.checkpoint().await.unwrap();
+        let dir = Collection::dir_for(buffered.root(), "notes");
+        let calls = calls.lock().clone();
+        let at = |call: (&'static str, PathBuf)| calls.iter().position(|c| *c == call);
+        let log_rewritten = at(("rename", dir.join(log::LOG_FILE)));
+        let frames_dropped = at(("write_at", dir.join(wal::WAL_FILE)))
+            .or_else(|| at(("rename", dir.join(wal::WAL_FILE))));
+        assert!(
+            log_rewritten.is_some() && log_rewritten < frames_dropped,
+            "the log written anew at {log_rewritten:?}, the frames dropped at \
+             {frames_dropped:?}: {calls:?}"
+        );
+        buffered.close().await.unwrap();
     }
 
     /// Durability is a handle's, but a checkpoint drops every handle's
