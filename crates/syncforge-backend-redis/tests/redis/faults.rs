@@ -705,7 +705,12 @@ async fn a_slot_moved_during_a_sync_is_followed() {
     let Some(cluster) = PrivateCluster::start().await else {
         return;
     };
-    let config = cluster.config(&fresh_prefix("reshard"));
+    // The default command timeout: `MIGRATE` holds a node until the other
+    // has synced what it took, which the private servers do at every write.
+    let config = RedisConfig {
+        command_timeout: syncforge_backend_redis::DEFAULT_COMMAND_TIMEOUT,
+        ..cluster.config(&fresh_prefix("reshard"))
+    };
     let prefix = config.key_prefix.clone();
     // A collection name unique to this run, so each run moves some slot.
     let name = format!("reshard-{}", &prefix[prefix.len() - 8..]);
