@@ -38,9 +38,9 @@ const PEERS_MANIFEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../benches/pe
 /// peers comparison.
 fn runs(quick: bool) -> Vec<Cargo> {
     let mut runs = vec![
-        Cargo::new(&["bench", "-p", "syncforge", "--bench", "workloads"]),
-        Cargo::new(&["bench", "-p", "syncforge", "--bench", "peak_memory"]),
-        Cargo::new(&["bench", "-p", "syncforge", "--bench", "fs"]),
+        Cargo::new(&["bench", "-p", "syncforge", "--bench", "workloads"]).locked(),
+        Cargo::new(&["bench", "-p", "syncforge", "--bench", "peak_memory"]).locked(),
+        Cargo::new(&["bench", "-p", "syncforge", "--bench", "fs"]).locked(),
         Cargo::new(&[
             "bench",
             "-p",
@@ -49,9 +49,10 @@ fn runs(quick: bool) -> Vec<Cargo> {
             "server,client",
             "--bench",
             "http",
-        ]),
-        Cargo::new(&["bench", "-p", "syncforge-backend-redis", "--bench", "redis"]),
-        Cargo::new(&["bench", "-p", "syncforge-backend-s3", "--bench", "s3"]),
+        ])
+        .locked(),
+        Cargo::new(&["bench", "-p", "syncforge-backend-redis", "--bench", "redis"]).locked(),
+        Cargo::new(&["bench", "-p", "syncforge-backend-s3", "--bench", "s3"]).locked(),
     ];
     if !quick {
         // The peers workspace builds into this workspace's target directory,
@@ -64,7 +65,8 @@ fn runs(quick: bool) -> Vec<Cargo> {
                 "--bench",
                 "peers",
             ])
-            .env("CARGO_TARGET_DIR", target_dir().into_os_string()),
+            .env("CARGO_TARGET_DIR", target_dir().into_os_string())
+            .locked(),
         );
     }
     runs
@@ -857,6 +859,7 @@ pub(crate) fn profile(row: &str, cache: bool) -> Result<(), String> {
         "workloads",
         "--config",
     ])
+    .locked()
     .arg(runner)
     .env("SYNCFORGE_BENCH_PROFILE", OsString::from(row))
     .run()?;
