@@ -865,6 +865,23 @@ fn recorded_disk() -> (tempfile::TempDir, PathBuf, Arc<Recorder>) {
     (tmp, model_root, recorder)
 }
 
+/// Opens the store at `root` on the recorded disk.
+async fn open_recorded(
+    recorder: &Arc<Recorder>,
+    root: &Path,
+    durability: Durability,
+    tuning: Tuning,
+) -> syncforge_core::Result<FsBackend> {
+    let ops: Arc<dyn FileOps> = recorder.clone();
+    FsBackend::open_on(
+        ops,
+        root,
+        FsOptions::default().durability(durability),
+        tuning,
+    )
+    .await
+}
+
 /// Writes to `dir` (made here) what a power cut of `variant` leaves of
 /// every change recorded so far.
 fn cut_now(recorder: &Recorder, variant: Variant, dir: &Path) {
@@ -889,15 +906,7 @@ async fn a_full_write_after_a_buffered_checkpoint_survives_a_power_cut() {
         compact_min_lines: 24,
         checkpoint_bytes: 1_200,
     };
-    let open = |durability| {
-        let ops: Arc<dyn FileOps> = recorder.clone();
-        FsBackend::open_on(
-            ops,
-            &root,
-            FsOptions::default().durability(durability),
-            tuning,
-        )
-    };
+    let open = |durability| open_recorded(&recorder, &root, durability, tuning);
     let full = open(Durability::Full).await.unwrap();
     let buffered = open(Durability::Buffered).await.unwrap();
     let name = coll(NOTES);
@@ -1325,15 +1334,7 @@ async fn a_full_write_into_a_store_a_buffered_handle_made_survives_a_power_cut()
 async fn a_buffered_update_keeps_its_new_feed_position_through_a_power_cut() {
     let (tmp, model_root, recorder) = recorded_disk();
     let root = model_root.join("store");
-    let open = |durability| {
-        let ops: Arc<dyn FileOps> = recorder.clone();
-        FsBackend::open_on(
-            ops,
-            &root,
-            FsOptions::default().durability(durability),
-            Tuning::default(),
-        )
-    };
+    let open = |durability| open_recorded(&recorder, &root, durability, Tuning::default());
     let name = coll(NOTES);
     let id = RecordId::new("x").unwrap();
     // The record's first position durable, as writeback makes it in time.
