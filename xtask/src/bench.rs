@@ -38,9 +38,9 @@ const PEERS_MANIFEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../benches/pe
 /// peers comparison.
 fn runs(quick: bool) -> Vec<Cargo> {
     let mut runs = vec![
-        Cargo::new(&["bench", "-p", "syncforge", "--bench", "workloads"]).locked(),
-        Cargo::new(&["bench", "-p", "syncforge", "--bench", "peak_memory"]).locked(),
-        Cargo::new(&["bench", "-p", "syncforge", "--bench", "fs"]).locked(),
+        Cargo::new(&["bench", "-p", "syncforge", "--bench", "workloads"]),
+        Cargo::new(&["bench", "-p", "syncforge", "--bench", "peak_memory"]),
+        Cargo::new(&["bench", "-p", "syncforge", "--bench", "fs"]),
         Cargo::new(&[
             "bench",
             "-p",
@@ -49,10 +49,9 @@ fn runs(quick: bool) -> Vec<Cargo> {
             "server,client",
             "--bench",
             "http",
-        ])
-        .locked(),
-        Cargo::new(&["bench", "-p", "syncforge-backend-redis", "--bench", "redis"]).locked(),
-        Cargo::new(&["bench", "-p", "syncforge-backend-s3", "--bench", "s3"]).locked(),
+        ]),
+        Cargo::new(&["bench", "-p", "syncforge-backend-redis", "--bench", "redis"]),
+        Cargo::new(&["bench", "-p", "syncforge-backend-s3", "--bench", "s3"]),
     ];
     if !quick {
         // The peers workspace builds into this workspace's target directory,
@@ -65,11 +64,12 @@ fn runs(quick: bool) -> Vec<Cargo> {
                 "--bench",
                 "peers",
             ])
-            .env("CARGO_TARGET_DIR", target_dir().into_os_string())
-            .locked(),
+            .env("CARGO_TARGET_DIR", target_dir().into_os_string()),
         );
     }
-    runs
+    // A stale lockfile (this workspace's or the peers') fails the run
+    // instead of being resolved anew.
+    runs.into_iter().map(Cargo::locked).collect()
 }
 
 /// How a row is judged.
