@@ -7,7 +7,8 @@ use std::time::Duration;
 use tempfile::TempDir;
 
 use crate::support::{
-    arg, command, counts, docs, export, syncforge, syncforge_env, syncforge_with, KilledOnDrop,
+    arg, command, counts, docs, export, syncforge, syncforge_env, syncforge_with, terminate,
+    KilledOnDrop,
 };
 
 /// A `syncforge serve` child process, stopped with SIGTERM when dropped.
@@ -68,16 +69,7 @@ impl Served {
     /// Stops the server as a service manager does, and returns whether it
     /// exited cleanly.
     fn stop(mut self) -> bool {
-        let pid = self.child.id().to_string();
-        let sent = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
-        assert!(sent.success());
-        // A server that does not stop on SIGTERM fails here, killed.
-        syncforge_testkit::processes::wait(&mut self.child, Duration::from_secs(60))
-            .unwrap()
-            .success()
+        terminate(&mut self.child).success()
     }
 }
 

@@ -108,13 +108,7 @@ fn watch_prints_the_feed_and_follows_new_changes() {
     // process at once, without closing the store. It stops cleanly now.
     #[cfg(unix)]
     {
-        let sent = std::process::Command::new("kill")
-            .args(["-TERM", &at_end.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(sent.success());
-        let stopped =
-            syncforge_testkit::processes::wait(&mut at_end, Duration::from_secs(60)).unwrap();
+        let stopped = crate::support::terminate(&mut at_end);
         assert!(stopped.success(), "watch stopped by SIGTERM: {stopped:?}");
     }
     #[cfg(not(unix))]

@@ -169,6 +169,17 @@ pub(crate) fn watching(
     (watcher, said, stderr)
 }
 
+/// Stops `child` as a service manager does (SIGTERM), and waits for it;
+/// one that does not stop within a minute fails here, killed.
+pub(crate) fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    processes::wait(child, Duration::from_secs(60)).unwrap()
+}
+
 /// A child process killed if its test ends early (a watch would otherwise
 /// go on retrying for good, a server go on running).
 #[cfg(any(feature = "http", feature = "redis"))]
