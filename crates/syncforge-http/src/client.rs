@@ -66,6 +66,11 @@ const MAX_SKIP_QUERY_BYTES: usize = 4_000;
 /// link: a gateway that is restarting answers at once.
 const LONG_FOR_A_GATEWAY: Duration = Duration::from_secs(1);
 
+/// The most of an error answer's body read: enough for any message, and a
+/// proxy's large error page is neither buffered whole nor taken for an
+/// answer too large (which would shrink pages, or fail a push for good).
+const ERROR_BODY_BYTES: usize = 64 * 1024;
+
 /// A size learnt from slow requests, a quarter larger (at least one more):
 /// it grows back only while requests come well within the timeout.
 fn grown(size: usize) -> usize {
@@ -686,6 +691,11 @@ impl HttpPeerBuilder {
             // (which would make pages and pushes smaller).
             .connect_timeout(self.connect_timeout.min(self.timeout / 2))
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            // A redirect followed would turn a push into a GET without its
+            // body, and drop the token on a change of host or scheme: every
+            // sync would then fail with a misleading refusal. It is
+            // reported instead, naming where the server points.
+            .redirect(reqwest::redirect::Policy::none())
             .tcp_nodelay(true);
         for pem in &self.root_certificates {
             let certificates = reqwest::Certificate::from_pem_bundle(pem)
@@ -750,6 +760,9 @@ enum Failure {
     /// sign of a slow link, and is [`Failure::Transient`]). Worth trying
     /// again, smaller if the call can be.
     Slow(Error, Option<Duration>),
+    /// Final for this URL: refused as too long (414, or 431 for its
+    /// headers), by a proxy that takes shorter ones than the server.
+    UrlTooLong(Error),
 }
 
 impl Failure {
@@ -760,6 +773,7 @@ impl Failure {
             | Failure::Permanent(error)
             | Failure::TooLarge(error)
             | Failure::AnswerTooLarge(error)
+            | Failure::UrlTooLong(error)
             | Failure::Slow(error, _) => error,
         }
     }
@@ -858,7 +872,9 @@ impl HttpPeer {
         let collection = collection.into_name()?;
         // The server waits no longer than its own bound: asking for more
         // would only let a connection that died silently go unnoticed longer.
-        let limits = self.inner.state.lock().limits.unwrap_or(FALLBACK_LIMITS);
+        // Asked for when not known: the fallback's wait would take a server
+        // that holds no request for one that does, and ask it without pause.
+        let limits = self.known_limits().await?;
         let max_wait = Duration::from_millis(limits.max_wait_ms);
         let polled = max_wait.is_zero();
         let waited = if polled { wait } else { wait.min(max_wait) };
@@ -1201,7 +1217,7 @@ impl HttpPeer {
         // A long poll's time is mostly its wait: whether it came in time
         // says nothing of the link, so only the size of its pages adapts.
         let timed = wait.is_zero();
-        let (skip, mut limit) = {
+        let (mut skip, mut limit) = {
             let state = self.inner.state.lock();
             (
                 state.skip_after(collection, after),
@@ -1241,6 +1257,16 @@ impl HttpPeer {
                     (error, true, asked_wait)
                 }
                 Err(Failure::AnswerTooLarge(error)) if limit.get() > 1 => (error, false, None),
+                // Leaving out echoes only saves downloading them again: a
+                // URL too long for something in front of the server is
+                // asked for without them, and they are let go, so that
+                // every later pull does not fail the same way first.
+                Err(Failure::UrlTooLong(error)) if !skip.is_empty() => {
+                    tracing::debug!(%error, "a feed request with its skip list was refused as too long; asking without it");
+                    self.inner.state.lock().echoes.remove(collection);
+                    skip = CursorRanges::default();
+                    continue;
+                }
                 Err(failure) => return Err(failure.into_error()),
             };
             limit = self
@@ -1253,6 +1279,17 @@ impl HttpPeer {
         };
         let page: RawPage<'_> = serde_json::from_slice(&bytes)
             .map_err(|error| self.unexpected_body(&call.url, &error))?;
+        // Checked before anything is learnt from the page: an answer meant
+        // for another request (a cache or proxy answering the wrong URL)
+        // would otherwise switch this peer to its feed, forgetting every
+        // collection's echoes, or grow the page limit.
+        self.check_collection("change page", collection, &page.collection)?;
+        if page.changes.len() > limit.get() {
+            return Err(self.protocol_error(format!(
+                "answered a change page of {} changes, asked for at most {limit}",
+                page.changes.len()
+            )));
+        }
         {
             let mut state = self.inner.state.lock();
             if page.changes.len() == limit.get() {
@@ -1272,7 +1309,6 @@ impl HttpPeer {
                 ));
             }
         }
-        self.check_collection("change page", collection, &page.collection)?;
         // Each record located in the body, to be read on every core.
         let base = bytes.as_ptr() as usize;
         let located: Vec<(Cursor, Range<usize>)> = page
@@ -1403,13 +1439,59 @@ impl HttpPeer {
             .await
             .map_err(|error| self.transport(error))?;
         let status = response.status();
-        let asked = retry_after(response.headers());
-        let bytes = self.body(response, &call.url).await?;
-        if status.is_success() {
-            return Ok(bytes);
+        if status.is_redirection() {
+            return Err(Failure::Permanent(self.redirected(&response, &call.url)));
         }
-        let took_long = started.elapsed() >= (allowed / 2).min(LONG_FOR_A_GATEWAY);
-        Err(self.refusal(status, &bytes, &call.url, asked, took_long))
+        let asked = retry_after(response.headers());
+        if !status.is_success() {
+            let bytes = self.error_body(response).await?;
+            let took_long = started.elapsed() >= (allowed / 2).min(LONG_FOR_A_GATEWAY);
+            return Err(self.refusal(status, &bytes, &call.url, asked, took_long));
+        }
+        self.body(response, &call.url).await
+    }
+
+    /// A redirect, as the error that says where the server points: the
+    /// base URL to give instead, when it is another server.
+    fn redirected(&self, response: &reqwest::Response, url: &Url) -> Error {
+        let status = response.status();
+        let target = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|location| location.to_str().ok())
+            .and_then(|location| url.join(location).ok());
+        let advice = match target {
+            Some(target) if target.origin() != url.origin() => format!(
+                "; if the server moved, give {} as the base URL",
+                shown_url(target.origin().ascii_serialization().as_str())
+            ),
+            _ => String::new(),
+        };
+        Error::storage(
+            BACKEND,
+            format!(
+                "{} answered {status} to {}: redirects are not followed{advice}",
+                self.inner.base,
+                url.path()
+            ),
+        )
+    }
+
+    /// The start of an error answer's body (see [`ERROR_BODY_BYTES`]).
+    async fn error_body(&self, mut response: reqwest::Response) -> Result<Vec<u8>, Failure> {
+        let mut body = Vec::new();
+        while body.len() < ERROR_BODY_BYTES {
+            let Some(chunk) = response
+                .chunk()
+                .await
+                .map_err(|error| self.transport(error))?
+            else {
+                break;
+            };
+            let room = ERROR_BODY_BYTES - body.len();
+            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        }
+        Ok(body)
     }
 
     /// The answer's body, decompressed, read up to the peer's bound: a
@@ -1516,6 +1598,12 @@ impl HttpPeer {
         }
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             return Failure::TooLarge(Error::storage(BACKEND, described));
+        }
+        if matches!(
+            status,
+            StatusCode::URI_TOO_LONG | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        ) {
+            return Failure::UrlTooLong(Error::storage(BACKEND, described));
         }
         let Some(detail) = detail else {
             return Failure::Permanent(Error::storage(BACKEND, described));
@@ -1900,6 +1988,7 @@ mod tests {
                 Failure::Permanent(_) => "permanent",
                 Failure::TooLarge(_) => "too large",
                 Failure::AnswerTooLarge(_) => "answer too large",
+                Failure::UrlTooLong(_) => "URL too long",
             }
         };
         for status in [408, 504] {
@@ -1912,6 +2001,8 @@ mod tests {
         assert_eq!(kind(503, unavailable, true), "transient");
         assert_eq!(kind(502, b"", true), "transient");
         assert_eq!(kind(413, b"", true), "too large");
+        assert_eq!(kind(414, b"", true), "URL too long");
+        assert_eq!(kind(431, b"", true), "URL too long");
     }
 
     /// A page limit learnt from a slow page grows back a quarter at a time

@@ -1029,7 +1029,9 @@ async fn a_refused_stamp_keeps_its_type_over_http() {
 
 /// A server that holds no request (`max_wait` 0) answered every wait at
 /// once, so a loop of waits asked it without pause. It is now asked again
-/// every second until the wait runs out.
+/// every second until the wait runs out, also by a peer that has not asked
+/// for the server's limits before (which took it for one that holds
+/// requests).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wait_on_a_server_that_holds_no_request_is_polled_each_second() {
     let health = r#"{"status":"ok","protocol":1,"feed_id":"f1","limits":{"max_body_bytes":100000,"max_records":10,"max_page":10,"max_wait_ms":0}}"#;
@@ -1037,7 +1039,6 @@ async fn a_wait_on_a_server_that_holds_no_request_is_polled_each_second() {
     answers.extend((0..10).map(|_| empty_page("notes", 0)));
     let (url, _served) = canned_server(answers).await;
     let link = peer(&url, None);
-    link.health().await.unwrap();
     let started = Instant::now();
     let page = link
         .wait_for_changes(
@@ -1127,7 +1128,12 @@ async fn a_long_poll_reads_on_past_a_page_of_skipped_changes() {
             ),
         )
     };
-    let (url, served) = canned_server(vec![page(40, true), page(40, false)]).await;
+    let (url, served) = canned_server(vec![
+        json_answer("200 OK", "", CANNED_HEALTH),
+        page(40, true),
+        page(40, false),
+    ])
+    .await;
     let link = peer(&url, None);
     let answer = link
         .wait_for_changes(
@@ -1141,8 +1147,8 @@ async fn a_long_poll_reads_on_past_a_page_of_skipped_changes() {
     assert!(!answer.more, "{answer:?}");
     assert_eq!(answer.next, syncforge::Cursor::new(40));
     let requests = served.await.unwrap();
-    assert!(requests[0].contains("after=7"), "{requests:?}");
-    assert!(requests[1].contains("after=40"), "{requests:?}");
+    assert!(requests[1].contains("after=7"), "{requests:?}");
+    assert!(requests[2].contains("after=40"), "{requests:?}");
 }
 
 /// A proxy before `backend` that refuses request bodies over `limit` bytes
@@ -1350,4 +1356,141 @@ async fn records_pushed_by_hand_reach_the_engine_syncing_through_that_peer() {
     let report = tablet.sync_with(&link, "notes").await.unwrap();
     assert_eq!(report.pulled.total(), 0, "{report:?}");
     server.shutdown().await.unwrap();
+}
+
+/// A redirect was followed: a push arrived as a GET without its body, and
+/// the token was dropped on a change of host, so every sync failed with a
+/// misleading refusal. It is now reported, naming where the server points,
+/// and not followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_is_reported_with_where_it_points_and_not_followed() {
+    let (url, served) = canned_server(vec![
+        "HTTP/1.1 301 Moved Permanently\r\nlocation: http://127.0.0.1:1/v1/health\r\n\
+         content-length: 0\r\nconnection: close\r\n\r\n"
+            .to_owned(),
+    ])
+    .await;
+    let error = peer(&url, None).health().await.unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.contains("redirects are not followed") && message.contains("http://127.0.0.1:1"),
+        "{message}"
+    );
+    assert!(!error.is_transient(), "{error:?}");
+    assert_eq!(served.await.unwrap().len(), 1);
+}
+
+/// An error answer larger than `max_response_bytes` (a proxy's HTML page)
+/// was taken for an answer too large: a permanent protocol error. Only its
+/// start is read now, and its status decides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_error_page_is_judged_by_its_status() {
+    let page = format!("<html>{}</html>", "busy ".repeat(400));
+    let (url, _served) = canned_server(vec![format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/html\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{page}",
+        page.len()
+    )])
+    .await;
+    let link = syncforge::http::HttpPeer::builder(&url)
+        .max_response_bytes(1024)
+        .retries(0, Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let error = link.health().await.unwrap_err();
+    assert!(matches!(error, Error::Unavailable { .. }), "{error:?}");
+}
+
+/// A page holding more changes than asked for cannot be the one asked for;
+/// it was taken whole, however large.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_with_more_changes_than_asked_is_refused() {
+    let changes: Vec<String> = two_notes()
+        .await
+        .iter()
+        .chain(two_notes().await.iter().take(1))
+        .enumerate()
+        .map(|(n, record)| {
+            format!(
+                r#"{{"cursor":{},"record":{}}}"#,
+                n + 1,
+                record.to_json_string()
+            )
+        })
+        .collect();
+    let (url, _served) = canned_server(vec![json_answer(
+        "200 OK",
+        "",
+        &format!(
+            r#"{{"feed_id":"f1","collection":"notes","changes":[{}],"next":3,"more":false}}"#,
+            changes.join(",")
+        ),
+    )])
+    .await;
+    let link = peer(&url, None);
+    let error = SyncPeer::pull(
+        &link,
+        &notes(),
+        syncforge::Cursor::START,
+        2.try_into().unwrap(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(error, Error::PeerProtocol { .. }), "{error:?}");
+    assert!(error.to_string().contains("at most 2"), "{error}");
+}
+
+/// A page answering another URL (of another collection, from another
+/// feed) switched the peer to that feed before it was refused: the next
+/// right answer then failed as a change of stores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_refused_teaches_the_peer_nothing() {
+    let other_feed = json_answer(
+        "200 OK",
+        "",
+        r#"{"feed_id":"f2","collection":"tasks","changes":[],"next":3,"more":false}"#,
+    );
+    let (url, _served) = canned_server(vec![
+        json_answer("200 OK", "", CANNED_HEALTH),
+        other_feed,
+        empty_page("notes", 0),
+    ])
+    .await;
+    let link = peer(&url, None);
+    link.health().await.unwrap();
+    let error = pull_notes(&link).await.unwrap_err();
+    assert!(matches!(error, Error::PeerProtocol { .. }), "{error:?}");
+    pull_notes(&link).await.unwrap();
+}
+
+/// A proxy that refuses long URLs (414) refused every pull that carried
+/// echoes to skip, though skipping them only saves downloading them again.
+/// The pull is asked again without them, and they are let go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_refused_for_its_long_url_is_asked_again_without_echoes() {
+    let synced = json_answer(
+        "200 OK",
+        "",
+        r#"{"feed_id":"f1","collection":"notes","added":2,"updated":0,"deleted":0,"unchanged":0,"conflicts":0,"echoes":[[5,6]]}"#,
+    );
+    let too_long = "HTTP/1.1 414 URI Too Long\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+    let (url, served) = canned_server(vec![
+        json_answer("200 OK", "", CANNED_HEALTH),
+        synced,
+        too_long.to_owned(),
+        empty_page("notes", 0),
+        empty_page("notes", 0),
+    ])
+    .await;
+    let link = peer(&url, None);
+    let pushed = SyncPeer::push(&link, &notes(), two_notes().await)
+        .await
+        .unwrap();
+    assert!(pushed.refused.is_empty(), "{pushed:?}");
+    pull_notes(&link).await.unwrap();
+    pull_notes(&link).await.unwrap();
+    let requests = served.await.unwrap();
+    assert!(requests[2].contains("skip="), "{requests:?}");
+    assert!(!requests[3].contains("skip="), "{requests:?}");
+    assert!(!requests[4].contains("skip="), "{requests:?}");
 }
