@@ -1559,10 +1559,17 @@ impl SyncEngine {
             // most WINDOW_STOP_WAIT: a window on a runtime that is not
             // running (closed from another one) would never stop; and not
             // at all where no timer can be made.
-            let ended = AssertUnwindSafe(futures_util::future::join_all(windows));
+            let mut waiting = Unjoined {
+                windows,
+                stopped: &self.inner.stopped,
+                joined: false,
+            };
+            let ended =
+                AssertUnwindSafe(futures_util::future::join_all(waiting.windows.iter_mut()));
             if let Some(bounded) = timer(move || tokio::time::timeout(WINDOW_STOP_WAIT, ended)) {
                 let _ = bounded.await;
             }
+            waiting.joined = true;
         }
         self.inner.peers.lock().clear();
         self.inner.events.close();
@@ -1579,6 +1586,29 @@ impl SyncEngine {
     /// Whether [`close`](Self::close) was called.
     pub fn is_closed(&self) -> bool {
         self.inner.closed.load(Ordering::Acquire)
+    }
+}
+
+/// Windows [`SyncEngine::close`] waits for. A close cancelled while it
+/// waits (dropped by a timeout around it) hands the windows still running
+/// back to the stopped ones, so that the next close waits for them instead
+/// of returning under them.
+struct Unjoined<'a> {
+    windows: Vec<JoinHandle<()>>,
+    stopped: &'a Mutex<Vec<JoinHandle<()>>>,
+    /// Whether the wait ran its course (it is not taken up again).
+    joined: bool,
+}
+
+impl Drop for Unjoined<'_> {
+    fn drop(&mut self) {
+        if !self.joined {
+            let running = self
+                .windows
+                .drain(..)
+                .filter(|window| !window.is_finished());
+            self.stopped.lock().extend(running);
+        }
     }
 }
 

@@ -886,6 +886,28 @@ async fn a_second_close_waits_for_the_first() {
     first.await.unwrap().unwrap();
 }
 
+/// A `close` cancelled while it waited for a window (a timeout around it)
+/// let go of the window: the next `close` found none to wait for, and
+/// returned while the window was still inside the peer's pull.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_after_a_cancelled_one_waits_for_the_window() {
+    use std::sync::atomic::Ordering;
+    let (e, peer) = inside_a_slow_pull().await;
+    // Polled once, to its wait, and dropped there; without a timer, which
+    // may not fire while the peer holds a worker.
+    let first = e.close();
+    tokio::select! {
+        biased;
+        _ = first => panic!("the first close did not wait for the window"),
+        () = std::future::ready(()) => {}
+    }
+    e.close().await.unwrap();
+    assert!(
+        peer.returned.load(Ordering::SeqCst),
+        "the second close returned while the window was still in the peer's pull"
+    );
+}
+
 /// A window that `stop_auto_sync` cancelled while it was inside a peer call
 /// is waited for by a `close` after it, as one still running is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
