@@ -106,7 +106,12 @@ fn s3_without_secrets(url: &str) -> String {
 /// `url` with the password of its user part, if any, replaced by `***`.
 fn without_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+        // Malformed (`redis:/app:pw@host`, `app:pw@host:6379`): no user
+        // part can be told apart, so all before the host is hidden.
+        return match url.rsplit_once('@') {
+            Some((_, host)) => format!("***@{host}"),
+            None => url.to_owned(),
+        };
     };
     let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(authority_end);
@@ -295,6 +300,8 @@ mod tests {
             ("redis://cache:6379", "redis://cache:6379"),
             ("redis://app:s3/cret@cache:6379", "redis://***@cache:6379"),
             ("redis://app:s3?cret@cache", "redis://***@cache"),
+            ("redis:/app:s3cret@cache", "***@cache"),
+            ("app:s3cret@cache:6379", "***@cache:6379"),
         ] {
             let text = format!(
                 "{:?}",

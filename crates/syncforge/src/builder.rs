@@ -143,7 +143,10 @@ impl EngineBuilder {
     /// exponential back-off from 100 ms. Invalid input is never retried.
     /// On a tokio runtime built without timers (no `enable_time`) the
     /// engine cannot wait between attempts, and returns the first transient
-    /// failure as it is.
+    /// failure as it is. It learns that the runtime has no timers from the
+    /// panic tokio raises when one is made, which it catches: the process's
+    /// panic hook still runs each time, and a build with `panic = "abort"`
+    /// aborts there. Enable timers on such a runtime (`enable_time`).
     pub fn max_retries(mut self, retries: u32) -> Self {
         self.max_retries = retries;
         self

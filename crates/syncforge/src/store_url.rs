@@ -243,6 +243,13 @@ fn scheme_of(url: &str) -> Option<&str> {
 /// directory whose name looks like an address (a time, `10:00`) is written
 /// `./name`, as the refusal says.
 fn looks_like_an_address(url: &str) -> bool {
+    // A Windows drive path (`C:\\`, `C:/`): its `:` is the drive's, whatever
+    // the names after it hold (`C:\\Users\\jo@corp`).
+    if let [drive, b':', b'/' | b'\\', ..] = url.as_bytes() {
+        if drive.is_ascii_alphabetic() {
+            return false;
+        }
+    }
     let first = url.split(['/', '\\']).next().unwrap_or_default();
     if !first.contains(':') {
         return false;
@@ -344,14 +351,19 @@ fn server(scheme: &str, rest: &str) -> Result<StoreUrl> {
     })
 }
 
-/// The directory of a `file:` URL (the part after `file:`): `///path` or
-/// `//localhost/path`, percent-encoded.
+/// The directory of a `file:` URL (the part after `file:`): `///path`,
+/// `//localhost/path` or `/path`, percent-encoded; on Windows, the path
+/// `/C:/data` is the drive path `C:/data`.
 fn file_path(rest: &str) -> Result<PathBuf> {
-    let Some(authority_and_path) = rest.strip_prefix("//") else {
-        return Err(invalid(
-            "a file URL is file:///absolute/path; name a relative directory by its path alone",
-        ));
-    };
+    let authority_and_path =
+        match rest.strip_prefix("//") {
+            Some(authority_and_path) => authority_and_path,
+            // RFC 8089's form without an authority.
+            None if rest.starts_with('/') => rest,
+            None => return Err(invalid(
+                "a file URL is file:///absolute/path; name a relative directory by its path alone",
+            )),
+        };
     let path = match authority_and_path.find('/') {
         Some(0) => authority_and_path,
         Some(slash) if authority_and_path[..slash].eq_ignore_ascii_case("localhost") => {
@@ -374,7 +386,21 @@ fn file_path(rest: &str) -> Result<PathBuf> {
             "the file URL's path holds a NUL byte (%00), which no file name can",
         ));
     }
-    Ok(PathBuf::from(decoded.into_owned()))
+    let path = if cfg!(windows) {
+        windows_drive_path(&decoded)
+    } else {
+        &decoded
+    };
+    Ok(PathBuf::from(path))
+}
+
+/// `path` without the `/` a file URL puts before a drive letter
+/// (`/C:/data`, which Windows would read as a path on the current drive).
+fn windows_drive_path(path: &str) -> &str {
+    match path.as_bytes() {
+        [b'/', drive, b':', b'/', ..] if drive.is_ascii_alphabetic() => &path[1..],
+        _ => path,
+    }
 }
 
 /// The filesystem store in `directory`, shown as its path.
@@ -448,6 +474,10 @@ mod tests {
         assert_eq!(backend("data"), dir("data"));
         assert_eq!(backend("/var/lib/app"), dir("/var/lib/app"));
         assert_eq!(backend("C:\\data"), dir("C:\\data"));
+        // A drive path whose names hold an `@` after a `:` (the drive's).
+        for name in ["C:\\Users\\jo@corp\\store", "D:/backups/a:b@c"] {
+            assert_eq!(backend(name), dir(name), "{name}");
+        }
         assert_eq!(backend("./memroy:"), dir("./memroy:"));
         assert_eq!(backend("dir/with:colon"), dir("dir/with:colon"));
         // Directory names with a ':' that no address has.
@@ -470,6 +500,9 @@ mod tests {
         assert_eq!(backend("file:///var/lib/app"), dir("/var/lib/app"));
         assert_eq!(backend("file://localhost/srv/x"), dir("/srv/x"));
         assert_eq!(backend("file:///a%20b/%C3%A9"), dir("/a b/é"));
+        assert_eq!(backend("file:/srv/x"), dir("/srv/x"));
+        assert_eq!(windows_drive_path("/C:/data"), "C:/data");
+        assert_eq!(windows_drive_path("/srv/C:/data"), "/srv/C:/data");
         assert!(refused("file:relative").contains("file:///absolute/path"));
         assert!(refused("file://otherhost/x").contains("this machine"));
         assert!(refused("file:///x?y=1").contains("no query"));
