@@ -250,6 +250,22 @@ pub(crate) fn connect_timeout(address: &str, timeout: std::time::Duration) -> Er
     )
 }
 
+/// The error for a server older than the scripts need: connecting again
+/// meets the same server, so it is no transient failure.
+pub(crate) fn server_too_old(
+    address: &str,
+    found: &fred::types::Version,
+    (major, minor): (u64, u64),
+) -> Error {
+    Error::storage(
+        BACKEND,
+        format!(
+            "connecting at {address}: the server runs Redis {found}, and syncforge needs \
+             Redis {major}.{minor} or newer (its scripts call ZMSCORE): upgrade the server"
+        ),
+    )
+}
+
 /// The error for a write whose answer may come from the client sending it
 /// again on a new connection: the first send may have run, and the answer
 /// (a conflict, the record already there, nothing to delete) would then

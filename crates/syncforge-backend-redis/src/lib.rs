@@ -26,6 +26,16 @@
 //! # }
 //! ```
 //!
+//! # Server
+//!
+//! Redis 6.2 or newer, standalone or as a cluster: the batch script reads
+//! every write's token with one `ZMSCORE`, a command Redis 6.0 lacks.
+//! [`connect`](RedisBackend::connect) refuses an older server with
+//! [`Error::Storage`] naming its version. The client reads the version
+//! (`INFO server`) as it connects; a server that does not tell it (an ACL
+//! user without `INFO`) is not refused, since its version is unknown, not
+//! too old.
+//!
 //! # Layout
 //!
 //! Every key of a collection carries the collection's name, encoded, as its
@@ -85,7 +95,7 @@ use fred::interfaces::{
 use fred::types::config::{
     Config as FredConfig, ReconnectPolicy, Server, ServerConfig, UnresponsiveConfig,
 };
-use fred::types::{Builder, ConnectHandle, Value};
+use fred::types::{Builder, ConnectHandle, Value, Version};
 use parking_lot::Mutex;
 use syncforge_core::{
     async_trait, record_to_insert, Change, ChangePage, CollectionName, Cursor, Error, IfAbsent,
@@ -100,6 +110,11 @@ use crate::error::BACKEND;
 use crate::keys::{CollectionKeys, Keys};
 use crate::scripts::Scripts;
 
+/// The oldest Redis (major, minor) the scripts run on: `ZMSCORE` came with
+/// 6.2.
+const MIN_SERVER_VERSION: (u64, u64) = (6, 2);
+/// The collections a handle's caches hold at most ([`remember`]).
+const CACHED_COLLECTIONS: usize = 4_096;
 /// The largest sequence: every JSON reader and a sorted-set score keep it exact.
 const MAX_SEQUENCE: u64 = 1 << 53;
 /// Records read or written per script call: bounds how long one script
@@ -158,7 +173,8 @@ pub struct RedisBackend {
     /// Collections this handle has added to the registry, each with the
     /// count of reconnections seen when it did: later writes to them skip
     /// that round trip until the client reconnects (see
-    /// [`register`](Self::register)).
+    /// [`register`](Self::register)). A cache ([`remember`]): a collection
+    /// missing from it is registered again.
     registered: Mutex<HashMap<CollectionName, u64>>,
     /// The client's reconnections, as the client announces them.
     reconnects: Mutex<tokio::sync::broadcast::Receiver<Server>>,
@@ -168,7 +184,9 @@ pub struct RedisBackend {
     /// not done so yet ([`reconnect_in_background`](Self::reconnect_in_background)).
     reconnecting: Arc<AtomicBool>,
     /// The last sequence this handle saw handed out in each collection: the
-    /// batch script's guess of the next ones (see `scripts::PUT_BATCH`).
+    /// batch script's guess of the next ones (see `scripts::PUT_BATCH`). A
+    /// cache ([`remember`]): a batch without a guess, or with a wrong one,
+    /// stores the same.
     last_sequence: Mutex<HashMap<CollectionName, u64>>,
 }
 
@@ -179,7 +197,7 @@ impl RedisBackend {
     /// address (never the password): [`Error::InvalidConfig`] for a setting
     /// that cannot work, [`Error::Unavailable`] when the server does not
     /// answer, [`Error::Storage`] when it refuses the credentials or the
-    /// database.
+    /// database, or is older than Redis 6.2.
     pub async fn connect(config: RedisConfig) -> Result<RedisBackend> {
         config.validate()?;
         let address = config.address();
@@ -199,6 +217,13 @@ impl RedisBackend {
                 return Err(error::connect_timeout(&address, config.connect_timeout));
             }
         };
+        // Refused here: on an older server a put of a new record works, and
+        // every batch write then fails with a script error that names no
+        // cause.
+        if let Err(refused) = check_server_version(client.server_version().as_ref(), &address) {
+            stop_in_background(&client);
+            return Err(refused);
+        }
         // Subscribed after connecting: the first connection is announced
         // too, and is no reconnection.
         Ok(RedisBackend::with_client(client, &config, connection))
@@ -425,9 +450,7 @@ impl RedisBackend {
             .map_err(self.fail("registering", Some(collection)))?;
         // Kept under the connection it was made on: after a reconnection
         // (seen here or by any other call) the name is added again.
-        self.registered
-            .lock()
-            .insert(collection.clone(), connection);
+        remember(&mut self.registered.lock(), collection, connection);
         Ok(connection)
     }
 
@@ -532,7 +555,7 @@ impl RedisBackend {
                 });
             }
             if let Some(last) = last {
-                self.last_sequence.lock().insert(collection.clone(), last);
+                remember(&mut self.last_sequence.lock(), collection, last);
             }
         }
         Ok(outcomes)
@@ -693,9 +716,7 @@ impl RedisBackend {
                             "neither the stored record nor a sequence",
                         )
                     })?;
-                self.last_sequence
-                    .lock()
-                    .insert(collection.clone(), sequence);
+                remember(&mut self.last_sequence.lock(), collection, sequence);
                 Ok(IfAbsent::Inserted {
                     record,
                     token: Token::Sequence(sequence),
@@ -815,6 +836,34 @@ async fn connect(client: &Client) -> std::result::Result<ConnectHandle, fred::er
     let task = client.init().await?;
     client.ping::<String>(None).await?;
     Ok(task)
+}
+
+/// Records `value` for `collection` in one of the handle's caches
+/// (`registered`, `last_sequence`), which starts afresh once it holds
+/// [`CACHED_COLLECTIONS`]: a process writing ever new collections would
+/// otherwise grow it for good. Emptied rather than thinned, since which
+/// entries are still in use is unknown; each one in use then costs its next
+/// write a registration and a batch without a guess, once per
+/// [`CACHED_COLLECTIONS`] new collections.
+fn remember<V>(cache: &mut HashMap<CollectionName, V>, collection: &CollectionName, value: V) {
+    if cache.len() >= CACHED_COLLECTIONS && !cache.contains_key(collection) {
+        cache.clear();
+    }
+    cache.insert(collection.clone(), value);
+}
+
+/// Refuses a server older than [`MIN_SERVER_VERSION`], whose version the
+/// client read (`found`) from the server at `address`. Pre-release and
+/// patch numbers do not count. An unknown version is let through: the
+/// client reads it with `INFO`, which an ACL may deny to a user that can
+/// run everything the backend sends.
+fn check_server_version(found: Option<&Version>, address: &str) -> Result<()> {
+    match found {
+        Some(version) if (version.major, version.minor) < MIN_SERVER_VERSION => {
+            Err(error::server_too_old(address, version, MIN_SERVER_VERSION))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Builds (without connecting) the client for `config`.
@@ -1370,6 +1419,12 @@ impl StorageBackend for RedisBackend {
             Some(collection),
         )
         .await?;
+        // A cleared collection is often never written again, and its entries
+        // would stay for the handle's life. Both were still right (the name
+        // stays in the registry, the counter on the server): forgetting them
+        // costs its next write one registration and a batch without a guess.
+        self.registered.lock().remove(collection);
+        self.last_sequence.lock().remove(collection);
         Ok(())
     }
 
@@ -1857,6 +1912,217 @@ mod tests {
         assert_eq!(credentials("redis://:pw@h"), (None, Some("pw".to_owned())));
         assert_eq!(credentials("redis://h"), (None, None));
         assert_eq!(credentials("redis://@h"), (None, None));
+    }
+
+    /// The scripts call `ZMSCORE`, which came with Redis 6.2: an older
+    /// server is refused, naming both versions; one whose version the
+    /// client could not read is let through.
+    #[test]
+    fn servers_older_than_redis_6_2_are_refused() {
+        let check = |found: Option<&str>| {
+            let found = found.map(|v| Version::parse(v).unwrap());
+            check_server_version(found.as_ref(), "redis://h:1/0")
+        };
+        for old in ["6.0.16", "6.1.240", "5.0.14"] {
+            let refused = check(Some(old)).unwrap_err();
+            assert!(matches!(refused, Error::Storage { .. }), "{refused:?}");
+            assert!(!refused.is_transient());
+            let text = refused.to_string();
+            for part in [old, "Redis 6.2 or newer", "redis://h:1/0"] {
+                assert!(text.contains(part), "{part} missing: {text}");
+            }
+        }
+        for new in ["6.2.0", "6.2.0-rc1", "7.0.15", "8.0.2", "10.0.0"] {
+            assert!(check(Some(new)).is_ok(), "{new}");
+        }
+        assert!(check(None).is_ok());
+    }
+
+    /// The client reads the server's version as it connects, so the check
+    /// above runs against a real server; the test server is new enough.
+    /// Needs the test server.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_client_knows_the_version_of_the_server_it_connected_to() {
+        let Some(config) = test_server().await else {
+            return;
+        };
+        let store = RedisBackend::connect(config).await.unwrap();
+        let version = store.client.server_version();
+        assert!(
+            version
+                .as_ref()
+                .is_some_and(|v| (v.major, v.minor) >= MIN_SERVER_VERSION),
+            "{version:?}"
+        );
+        store.close().await.unwrap();
+    }
+
+    impl RedisBackend {
+        /// Whether the handle's caches hold `collection`: registered, and
+        /// the last sequence seen there.
+        fn cached(&self, collection: &CollectionName) -> (bool, Option<u64>) {
+            (
+                self.registered.lock().contains_key(collection),
+                self.last_sequence.lock().get(collection).copied(),
+            )
+        }
+
+        /// How many collections each of the handle's caches holds.
+        fn cached_collections(&self) -> (usize, usize) {
+            (
+                self.registered.lock().len(),
+                self.last_sequence.lock().len(),
+            )
+        }
+
+        /// Whether the registry holds `collection`'s name.
+        async fn in_registry(&self, collection: &CollectionName) -> bool {
+            self.client
+                .sismember(self.keys.registry(), collection.as_str())
+                .await
+                .unwrap()
+        }
+
+        /// Takes `collection`'s name out of the registry, as a failover
+        /// that lost the registry's last writes would: only a write that
+        /// registers the collection again puts it back.
+        async fn unregister(&self, collection: &CollectionName) {
+            let _: i64 = self
+                .client
+                .srem(self.keys.registry(), collection.as_str())
+                .await
+                .unwrap();
+        }
+
+        /// Deletes every key of `collections` and of the store itself.
+        async fn remove_keys(&self, collections: &[CollectionName]) {
+            let mut keys = vec![self.keys.registry(), self.keys.meta()];
+            keys.extend(
+                collections
+                    .iter()
+                    .flat_map(|c| self.keys.collection(c).for_writes()),
+            );
+            for slice in keys.chunks(1_000) {
+                let _: i64 = self.client.unlink(slice.to_vec()).await.unwrap();
+            }
+        }
+    }
+
+    /// A key prefix no other test or run uses.
+    fn fresh_prefix(tag: &str) -> String {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        format!("sft-{tag}-{}-{nanos:x}", std::process::id())
+    }
+
+    /// A create of the record `id`, or an update of it from `token`.
+    fn write_of(id: &str, millis: u64, expected: Option<Token>) -> Write {
+        let stamp = Stamp::new(millis, 0, "caches").unwrap();
+        let content =
+            syncforge_core::Content::from_value(serde_json::json!({ "id": id, "at": millis }))
+                .unwrap();
+        let record = Record::create(content, &stamp);
+        match expected {
+            None => Write::create(record),
+            Some(token) => Write::replace(record, token),
+        }
+    }
+
+    /// The one write of a batch, written.
+    async fn written(store: &RedisBackend, collection: &CollectionName, write: Write) -> u64 {
+        let outcomes = store.put_batch(collection, &[write]).await.unwrap();
+        match outcomes.as_slice() {
+            [WriteOutcome::Written {
+                token: Token::Sequence(sequence),
+                ..
+            }] => *sequence,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A clear forgets the collection in the handle's caches, which would
+    /// otherwise keep it for the handle's life. What that costs is a
+    /// registration and a batch without a guess: the next write registers
+    /// the collection again, and its sequence follows the counter the
+    /// clear kept. Needs the test server.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_clear_forgets_the_collection_and_its_next_write_registers_it_again() {
+        let Some(mut config) = test_server().await else {
+            return;
+        };
+        config.key_prefix = fresh_prefix("forget");
+        let store = RedisBackend::connect(config).await.unwrap();
+        let notes = CollectionName::new("notes").unwrap();
+        assert_eq!(written(&store, &notes, write_of("a", 1_000, None)).await, 1);
+        assert_eq!(store.cached(&notes), (true, Some(1)));
+        store.clear_collection(&notes).await.unwrap();
+        assert_eq!(store.cached(&notes), (false, None));
+        store.unregister(&notes).await;
+        assert_eq!(written(&store, &notes, write_of("b", 2_000, None)).await, 2);
+        assert!(store.in_registry(&notes).await);
+        assert_eq!(store.cached(&notes), (true, Some(2)));
+        let b = RecordId::new("b").unwrap();
+        let stored = store.get(&notes, &b).await.unwrap().unwrap();
+        assert_eq!(stored.token, Token::Sequence(2));
+        assert_eq!(store.list_collections().await.unwrap(), vec![notes.clone()]);
+        store.remove_keys(&[notes]).await;
+        store.close().await.unwrap();
+    }
+
+    /// A handle writing ever new collections kept an entry for each in
+    /// both caches for good. Past 4,096 collections they start afresh; a
+    /// collection forgotten that way is registered again by its next write,
+    /// whose sequence follows the counter. Needs the test server.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_handle_caches_hold_at_most_4096_collections() {
+        let Some(mut config) = test_server().await else {
+            return;
+        };
+        config.key_prefix = fresh_prefix("bounded");
+        let store = Arc::new(RedisBackend::connect(config).await.unwrap());
+        let collections: Vec<CollectionName> = (0..=CACHED_COLLECTIONS)
+            .map(|n| CollectionName::new(format!("c{n}")).unwrap())
+            .collect();
+        let (first, last) = (&collections[0], &collections[CACHED_COLLECTIONS]);
+        // Many at a time: one after another they take seconds.
+        for slice in collections[..CACHED_COLLECTIONS].chunks(128) {
+            let mut writes = tokio::task::JoinSet::new();
+            for collection in slice {
+                let (store, collection) = (Arc::clone(&store), collection.clone());
+                writes.spawn(async move {
+                    assert_eq!(
+                        written(&store, &collection, write_of("r", 1_000, None)).await,
+                        1
+                    );
+                });
+            }
+            while let Some(done) = writes.join_next().await {
+                done.unwrap();
+            }
+        }
+        assert_eq!(
+            store.cached_collections(),
+            (CACHED_COLLECTIONS, CACHED_COLLECTIONS)
+        );
+        assert_eq!(store.cached(first), (true, Some(1)));
+        assert_eq!(written(&store, last, write_of("r", 1_000, None)).await, 1);
+        assert_eq!(store.cached_collections(), (1, 1));
+        assert_eq!(store.cached(last), (true, Some(1)));
+        // Forgotten: its next write registers it again, and the update
+        // takes the sequence after the counter's, with no guess to go by.
+        store.unregister(first).await;
+        let update = write_of("r", 2_000, Some(Token::Sequence(1)));
+        assert_eq!(written(&store, first, update).await, 2);
+        assert!(store.in_registry(first).await);
+        assert_eq!(store.cached(first), (true, Some(2)));
+        let r = RecordId::new("r").unwrap();
+        let stored = store.get(first, &r).await.unwrap().unwrap();
+        assert_eq!(stored.token, Token::Sequence(2));
+        assert_eq!(stored.record.get("at"), Some(serde_json::json!(2_000)));
+        store.remove_keys(&collections).await;
+        store.close().await.unwrap();
     }
 
     #[test]

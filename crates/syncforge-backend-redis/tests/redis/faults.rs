@@ -578,6 +578,104 @@ async fn wrong_credentials_and_a_missing_database_are_refused_clearly() {
     store.close().await.unwrap();
 }
 
+/// A server older than Redis 6.2 (no `ZMSCORE`) is refused at connect with
+/// a permanent error naming its version and the one needed. It used to be
+/// accepted: a put of a new record then worked, and every batch write failed
+/// with a script error naming no cause. A server whose version the client
+/// cannot read (`INFO` denied) is let through. The servers are stand-ins
+/// answering what a client sends while connecting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_older_than_redis_6_2_is_refused_at_connect() {
+    let config = |port| RedisConfig {
+        port,
+        connect_timeout: Duration::from_secs(2),
+        ..RedisConfig::default()
+    };
+    let old = stand_in_server("$redis_version:6.0.16\r\nredis_mode:standalone").await;
+    let error = RedisBackend::connect(config(old)).await.unwrap_err();
+    assert!(matches!(error, Error::Storage { .. }), "{error:?}");
+    assert!(!error.is_transient());
+    let text = error.to_string();
+    for part in [
+        "6.0.16",
+        "Redis 6.2 or newer",
+        &format!("redis://127.0.0.1:{old}/0"),
+    ] {
+        assert!(text.contains(part), "{part} missing: {text}");
+    }
+
+    let unknown =
+        stand_in_server("-NOPERM this user has no permissions to run the 'info' command").await;
+    let store = RedisBackend::connect(config(unknown)).await.unwrap();
+    store.close().await.unwrap();
+}
+
+/// The port of a stand-in for a Redis server on loopback, answering the
+/// commands a client sends while connecting: `PING`, `CLIENT ID`, `QUIT`,
+/// and `INFO` with `info` — a bulk reply of the text after a `$`, or the
+/// error reply after a `-`. Anything else gets an error reply.
+async fn stand_in_server(info: &'static str) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let info = match info.strip_prefix('$') {
+        Some(text) => format!("${}\r\n{text}\r\n", text.len()),
+        None => format!("{info}\r\n"),
+    };
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let info = info.clone();
+            tokio::spawn(async move {
+                let mut received = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some((name, taken)) = command_name(&received) {
+                        received.drain(..taken);
+                        let reply = match name.to_ascii_uppercase().as_str() {
+                            "PING" => "+PONG\r\n",
+                            "CLIENT" => ":1\r\n",
+                            "QUIT" => "+OK\r\n",
+                            "INFO" => info.as_str(),
+                            _ => "-ERR unknown command\r\n",
+                        };
+                        if socket.write_all(reply.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    match socket.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => received.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// The name of the first command in `received` (an array of bulk strings,
+/// as clients send commands) and how many bytes it takes; `None` until the
+/// whole command has arrived.
+fn command_name(received: &[u8]) -> Option<(String, usize)> {
+    let line = |at: usize| {
+        let rest = received.get(at..)?;
+        let end = rest.windows(2).position(|pair| pair == b"\r\n")?;
+        let number: usize = std::str::from_utf8(rest.get(1..end)?).ok()?.parse().ok()?;
+        Some((number, at + end + 2))
+    };
+    let (count, mut at) = line(0)?;
+    let mut name = None;
+    for _ in 0..count {
+        let (length, start) = line(at)?;
+        let bytes = received.get(start..start + length)?;
+        name.get_or_insert_with(|| String::from_utf8_lossy(bytes).into_owned());
+        at = start + length + 2;
+    }
+    if received.len() < at {
+        return None;
+    }
+    Some((name?, at))
+}
+
 /// A user name without a password (`redis://app@host`) logs in as that
 /// user, which a `nopass` ACL user accepts, and never as `default`; a user
 /// that has a password is refused with advice about the credentials. The
