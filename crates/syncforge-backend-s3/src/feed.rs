@@ -759,13 +759,16 @@ impl Store {
     /// snapshot, though: a directory read in several calls, or a bucket
     /// listed a page at a time, while writers create entries can leave one
     /// out and show a later one, and reading past the gap would move the
-    /// reader beyond writes it never saw. So the first number of each gap
-    /// is asked for: there, it is read with the rest (and the gap's next
-    /// number asked for in turn); not there under the same horizon
-    /// (compaction deletes what it folded only after moving it), the gap is
-    /// entries lost for good (removed from outside, or to a power cut on a
-    /// local directory without fsync), read past with a warning, as
-    /// nothing can bring them back.
+    /// reader beyond writes it never saw. So every number of each gap is
+    /// asked for, one read each: there, it is read with the rest; not there
+    /// under the same horizon (compaction deletes what it folded only after
+    /// moving it), it is an entry lost for good (removed from outside, or to
+    /// a power cut on a local directory without fsync), read past with a
+    /// warning, as nothing can bring it back. A lost entry says nothing of
+    /// the numbers after it, which the same listing may have left out: read
+    /// past with it, their writes were never read. A gap lies after the
+    /// horizon, so asking for its numbers costs no more than reading them
+    /// as entries would.
     async fn fill_gaps(
         &self,
         collection: &CollectionName,
@@ -777,30 +780,34 @@ impl Store {
         let mut filled = Vec::with_capacity(listed.len());
         let mut expected = first;
         for (number, path, tag) in listed {
-            while expected < number {
-                let missing = keys.entry(expected);
-                match self.io.get(&missing).await? {
+            // Runs `(from, to)` of the gap's numbers found missing.
+            let mut lost: Vec<(u64, u64)> = Vec::new();
+            for missing in expected..number {
+                let key = keys.entry(missing);
+                match self.io.get(&key).await? {
                     // Without a tag: read after the listing's horizon check,
                     // it may be a number compaction freed since, claimed
                     // again by a writer about to abandon it, which
                     // `fetch_entries` then checks for.
-                    Some(_) => {
-                        filled.push((expected, missing, None));
-                        expected += 1;
-                    }
-                    None => {
-                        if self.read_horizon(keys).await?.1.as_deref() != horizon_tag {
-                            return Ok(None);
-                        }
-                        tracing::warn!(
-                            collection = %collection,
-                            from = expected,
-                            to = number - 1,
-                            "the feed's entries are missing; reading past them"
-                        );
-                        expected = number;
-                    }
+                    Some(_) => filled.push((missing, key, None)),
+                    None => match lost.last_mut() {
+                        Some((_, to)) if *to + 1 == missing => *to = missing,
+                        _ => lost.push((missing, missing)),
+                    },
                 }
+            }
+            // One read of the horizon vouches for every miss before it: the
+            // horizon never comes back to a tag it left.
+            if !lost.is_empty() && self.read_horizon(keys).await?.1.as_deref() != horizon_tag {
+                return Ok(None);
+            }
+            for (from, to) in lost {
+                tracing::warn!(
+                    collection = %collection,
+                    from,
+                    to,
+                    "the feed's entries are missing; reading past them"
+                );
             }
             filled.push((number, path, tag));
             expected = number + 1;

@@ -474,7 +474,12 @@ pub(crate) fn map_error(error: object_store::Error, doing: &str, path: &Path) ->
         {
             refused(&error, doing, path)
         }
-        _ if key_code.as_deref() == Some("NoSuchBucket") => missing_bucket(&error, doing, path),
+        // A listing's errors are not sorted out before this as a read's or
+        // a write's are: told by its code here, a missing bucket is named
+        // for listings too, where they said only that the listing failed.
+        _ if key_code.as_deref() == Some("NoSuchBucket") || names_no_bucket(&error) => {
+            missing_bucket(&error, doing, path)
+        }
         _ if key_code.as_deref() == Some("NotImplemented") => unsupported(&error, doing, path),
         // A code that says the delete can never succeed as asked stays until
         // someone acts; any other (S3's `SlowDown`, MinIO's `SlowDownWrite`

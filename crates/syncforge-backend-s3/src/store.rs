@@ -55,6 +55,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 pub(crate) struct Races {
     /// Races lost so far: every attempt but the one running now.
     lost: usize,
+    /// The runtime was found without timers: asking again would panic
+    /// (and print the panic) once more for every later loss.
+    timerless: bool,
 }
 
 impl Races {
@@ -68,8 +71,20 @@ impl Races {
         let bound = backoff_bound(self.lost);
         // Outside a Tokio runtime (LocalDirectory works there too) there is
         // no timer to wait on: retry at once, as every loser did before.
-        if !bound.is_zero() && tokio::runtime::Handle::try_current().is_ok() {
-            tokio::time::sleep(jittered(bound)).await;
+        if bound.is_zero() || tokio::runtime::Handle::try_current().is_err() {
+            return Ok(());
+        }
+        let wait = jittered(bound);
+        let timer = if self.timerless { None } else { sleep(wait) };
+        match timer {
+            Some(timer) => timer.await,
+            // A runtime built without `enable_time` (the engine runs on
+            // those): no wait is possible, but yielding still lets the tasks
+            // ahead of this one on the runtime run first.
+            None => {
+                self.timerless = true;
+                tokio::task::yield_now().await;
+            }
         }
         Ok(())
     }
@@ -94,6 +109,13 @@ fn backoff_bound(lost: usize) -> Duration {
     FIRST_BACKOFF
         .checked_mul(factor)
         .map_or(MAX_BACKOFF, |delay| delay.min(MAX_BACKOFF))
+}
+
+/// A sleep of `wait`, or `None` on a Tokio runtime built without timers,
+/// where making one panics: Tokio has no way to ask beforehand (the engine's
+/// retries do the same).
+fn sleep(wait: Duration) -> Option<tokio::time::Sleep> {
+    std::panic::catch_unwind(|| tokio::time::sleep(wait)).ok()
 }
 
 /// A wait drawn uniformly from zero to `bound` ("full jitter"): losers that
@@ -756,6 +778,26 @@ mod tests {
             "{error}"
         );
         assert_eq!(start.elapsed(), waited);
+    }
+
+    /// A runtime built without timers (no `enable_time`, as the engine
+    /// allows) panicked when a loop that lost enough races made its wait:
+    /// it yields instead, and still gives up at its [`MAX_RACES`]th loss.
+    #[test]
+    fn on_a_runtime_without_timers_retries_yield_instead_of_waiting() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let path = Path::from("dse/c/x/f");
+        let mut races = Races::default();
+        let last = runtime.block_on(async {
+            for _ in 1..MAX_RACES {
+                races.lost(&path).await.unwrap();
+            }
+            races.lost(&path).await
+        });
+        assert_eq!(races.count(), MAX_RACES);
+        assert!(matches!(last, Err(Error::Unavailable { .. })), "{last:?}");
     }
 
     /// Outside a Tokio runtime there is no timer: retries go on at once

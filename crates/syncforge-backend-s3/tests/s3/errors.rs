@@ -378,7 +378,8 @@ async fn a_key_a_bulk_delete_calls_missing_is_deleted() {
 /// A bucket that is not there answers a create "not found": a permanent
 /// error that says so, where it read as the store refusing creates. Reads
 /// and deletes say so too: they found every record absent, and nothing to
-/// delete.
+/// delete. So do the reads that list (every record, the collections), which
+/// said only that the listing failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bucket_that_is_not_there_is_named() {
     let Some(server) = crate::support::s3_server().await else {
@@ -407,6 +408,8 @@ async fn a_bucket_that_is_not_there_is_named() {
     );
     names_the_bucket(backend.get_meta("cursor").await.unwrap_err());
     names_the_bucket(backend.delete(&collection, id).await.unwrap_err());
+    names_the_bucket(backend.get_all(&collection).await.unwrap_err());
+    names_the_bucket(backend.list_collections().await.unwrap_err());
 }
 
 /// A closed handle given other tuning stays closed, where it came back

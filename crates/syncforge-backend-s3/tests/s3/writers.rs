@@ -877,6 +877,34 @@ async fn an_entry_a_listing_left_out_is_still_read() {
     assert_eq!(seen, ["r1", "r3"]);
 }
 
+/// A gap in a listing that begins with an entry lost for good (removed from
+/// outside) and goes on with one the listing only left out: the reader took
+/// the whole gap for lost, read past the entry it left out, and never saw
+/// its write. Each number of the gap is asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_left_out_after_one_lost_for_good_is_still_read() {
+    let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let name = coll("lostgap");
+    let writer = handle(&memory, "dse");
+    let mut clock = Hlc::new(ClientId::new("w").unwrap());
+    for id in ["r1", "r2", "r3", "r4"] {
+        let write = Write::create(Record::create(content(id, 1), clock.now().unwrap()));
+        assert!(matches!(
+            writer.put(&name, &write).await.unwrap(),
+            WriteOutcome::Written { .. }
+        ));
+    }
+    memory
+        .delete(&"dse/c/lostgap/f/0000000000000002".into())
+        .await
+        .unwrap();
+    let wrapped = Arc::new(Wrapped::new(Arc::clone(&memory)));
+    let reader = S3Backend::from_store(wrapped.clone(), "dse").unwrap();
+    wrapped.hide_from_next_listing("/f/0000000000000003");
+    let seen = read_on(&reader, &name, Cursor::START, Vec::new()).await;
+    assert_eq!(seen, ["r1", "r3", "r4"]);
+}
+
 /// An entry number compaction freed can be claimed again by a writer whose
 /// view of the feed is stale; it abandons that claim. A reader that had
 /// listed the feed before the compaction, and read the number afterwards
