@@ -2,8 +2,9 @@
 //!
 //! Sync, inspect, import and export syncforge stores from the shell, without
 //! writing a program each time. Stores are named by URL
-//! ([`syncforge::StoreUrl`]): `memory:`, a directory path or `file:///path`,
-//! and each further kind its cargo feature builds in.
+//! ([`syncforge::StoreUrl`]): `memory:` always; a directory path or
+//! `file:///path` with the `fs` feature (a default one); each further kind
+//! with the cargo feature that builds it in.
 //!
 //! ```text
 //! syncforge sync ./phone ./laptop --both        # two-way, incremental
