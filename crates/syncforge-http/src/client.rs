@@ -66,9 +66,11 @@ const MAX_SKIP_QUERY_BYTES: usize = 4_000;
 /// link: a gateway that is restarting answers at once.
 const LONG_FOR_A_GATEWAY: Duration = Duration::from_secs(1);
 
-/// The most of an error answer's body read: enough for any message, and a
-/// proxy's large error page is neither buffered whole nor taken for an
-/// answer too large (which would shrink pages, or fail a push for good).
+/// The most of an error answer's body read when it is not JSON: enough for
+/// any message, and a proxy's large error page is neither buffered whole
+/// nor taken for an answer too large (which would shrink pages, or fail a
+/// push for good). A JSON error (the server's own, which can list every id
+/// of a large batch) is read up to `max_response_bytes`.
 const ERROR_BODY_BYTES: usize = 64 * 1024;
 
 /// A size learnt from slow requests, a quarter larger (at least one more):
@@ -1451,26 +1453,23 @@ impl HttpPeer {
         self.body(response, &call.url).await
     }
 
-    /// A redirect, as the error that says where the server points: the
-    /// base URL to give instead, when it is another server.
+    /// A redirect, as the error that says where the server points.
     fn redirected(&self, response: &reqwest::Response, url: &Url) -> Error {
         let status = response.status();
         let target = response
             .headers()
             .get(reqwest::header::LOCATION)
             .and_then(|location| location.to_str().ok())
-            .and_then(|location| url.join(location).ok());
-        let advice = match target {
-            Some(target) if target.origin() != url.origin() => format!(
-                "; if the server moved, give {} as the base URL",
-                shown_url(target.origin().ascii_serialization().as_str())
-            ),
-            _ => String::new(),
-        };
+            .and_then(|location| url.join(location).ok())
+            .map_or_else(
+                || "no location".to_owned(),
+                |target| shown_url(target.as_str()),
+            );
         Error::storage(
             BACKEND,
             format!(
-                "{} answered {status} to {}: redirects are not followed{advice}",
+                "{} answered {status} to {}, pointing to {target}: redirects are not \
+                 followed; give the base URL that reaches the server itself",
                 self.inner.base,
                 url.path()
             ),
@@ -1479,8 +1478,18 @@ impl HttpPeer {
 
     /// The start of an error answer's body (see [`ERROR_BODY_BYTES`]).
     async fn error_body(&self, mut response: reqwest::Response) -> Result<Vec<u8>, Failure> {
+        let json = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|kind| kind.to_str().ok())
+            .is_some_and(|kind| kind.starts_with("application/json"));
+        let most = if json {
+            self.inner.max_response_bytes
+        } else {
+            ERROR_BODY_BYTES.min(self.inner.max_response_bytes)
+        };
         let mut body = Vec::new();
-        while body.len() < ERROR_BODY_BYTES {
+        while body.len() < most {
             let Some(chunk) = response
                 .chunk()
                 .await
@@ -1488,7 +1497,7 @@ impl HttpPeer {
             else {
                 break;
             };
-            let room = ERROR_BODY_BYTES - body.len();
+            let room = most - body.len();
             body.extend_from_slice(&chunk[..chunk.len().min(room)]);
         }
         Ok(body)

@@ -1401,6 +1401,35 @@ async fn a_large_error_page_is_judged_by_its_status() {
     assert!(matches!(error, Error::Unavailable { .. }), "{error:?}");
 }
 
+/// The server's own error answers are read whole, however long: a batch
+/// of records stamped ahead is named id by id, and was reported as a plain
+/// storage error when the answer was cut short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_error_of_the_server_keeps_its_type() {
+    let ids: Vec<String> = (0..3_000).map(|n| format!("\"record-{n:0>30}\"")).collect();
+    assert!(ids.len() * 38 > 64 * 1024);
+    let (url, _served) = canned_server(vec![
+        json_answer("200 OK", "", CANNED_HEALTH),
+        json_answer(
+            "422 Unprocessable Entity",
+            "",
+            &format!(
+                r#"{{"error":{{"code":"clock_drift","message":"ahead","ids":[{}],"ahead_ms":9000,"max_drift_ms":5000}}}}"#,
+                ids.join(",")
+            ),
+        ),
+    ])
+    .await;
+    let error = peer(&url, None)
+        .push_records("notes", two_notes().await)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, Error::ClockDrift { ids, ahead_ms: 9000, .. } if ids.len() == 3_000),
+        "{error:?}"
+    );
+}
+
 /// A page holding more changes than asked for cannot be the one asked for;
 /// it was taken whole, however large.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
