@@ -105,7 +105,18 @@ fn s3_without_secrets(url: &str) -> String {
 
 /// `url` with the password of its user part, if any, replaced by `***`.
 fn without_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
+    // Split at the first `://` only after a scheme: in `redis:/app:pa://ss@h`
+    // the first `://` lies inside the password.
+    let split = url.split_once("://").filter(|(scheme, _)| {
+        scheme
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic())
+            && scheme
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+    });
+    let Some((scheme, rest)) = split else {
         // Malformed (`redis:/app:pw@host`, `app:pw@host:6379`): no user
         // part can be told apart, so all before the host is hidden.
         return match url.rsplit_once('@') {
@@ -302,6 +313,7 @@ mod tests {
             ("redis://app:s3?cret@cache", "redis://***@cache"),
             ("redis:/app:s3cret@cache", "***@cache"),
             ("app:s3cret@cache:6379", "***@cache:6379"),
+            ("redis:/app:s3://cret@cache", "***@cache"),
         ] {
             let text = format!(
                 "{:?}",

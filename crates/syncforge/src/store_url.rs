@@ -243,11 +243,20 @@ fn scheme_of(url: &str) -> Option<&str> {
 /// directory whose name looks like an address (a time, `10:00`) is written
 /// `./name`, as the refusal says.
 fn looks_like_an_address(url: &str) -> bool {
-    // A Windows drive path (`C:\\`, `C:/`): its `:` is the drive's, whatever
-    // the names after it hold (`C:\\Users\\jo@corp`).
+    // A Windows drive path (`C:\\`, `C:/`): its `:` is the drive's, and an
+    // `@` in the names after it (`C:\\Users\\jo@corp`) no user part's,
+    // unless a host and port end it (`a:/pass@cache:6379`), which no
+    // Windows name can (it holds no `:`).
     if let [drive, b':', b'/' | b'\\', ..] = url.as_bytes() {
         if drive.is_ascii_alphabetic() {
-            return false;
+            return url.rsplit_once('@').is_some_and(|(_, address)| {
+                !address.contains(['/', '\\'])
+                    && address.rsplit_once(':').is_some_and(|(host, port)| {
+                        !host.is_empty()
+                            && (1..=5).contains(&port.len())
+                            && port.bytes().all(|b| b.is_ascii_digit())
+                    })
+            });
         }
     }
     let first = url.split(['/', '\\']).next().unwrap_or_default();
@@ -525,6 +534,7 @@ mod tests {
             ":s3cret@cache:6379",
             "10.0.0.1:6379/0",
             ":ab/s3cret@10.0.0.1:6379",
+            "a:/s3cret@cache:6379",
             ":s3cret@h:6379",
             ":s3cret@[::1]:6379",
             ":s3cret@my_redis:6379",
