@@ -636,17 +636,7 @@ impl Store {
         let start = segment.writes.partition_point(|(at, _)| *at <= after);
         let mut folded = segment.writes.iter().skip(start).peekable();
         let first = entry_of(after).max(horizon.horizon + 1);
-        let offset = keys.entry(first - 1);
-        let listed: Vec<(u64, Path, Option<String>)> = self
-            .io
-            .list(&keys.entries(), Some(&offset), None)
-            .await?
-            .into_iter()
-            .filter_map(|meta| {
-                let number = CollectionKeys::entry_number(&meta.location)?;
-                (number >= first).then_some((number, meta.location, meta.e_tag))
-            })
-            .collect();
+        let listed = self.list_entries(keys, first).await?;
         if self.read_horizon(keys).await?.1 != horizon_tag {
             return Ok(None);
         }
@@ -751,24 +741,43 @@ impl Store {
         Ok(Some(page.finish(unread)))
     }
 
+    /// The entries `(number, path, listed ETag)` a listing shows from
+    /// `first` on, in their order.
+    async fn list_entries(
+        &self,
+        keys: &CollectionKeys,
+        first: u64,
+    ) -> Result<Vec<(u64, Path, Option<String>)>> {
+        let offset = keys.entry(first - 1);
+        Ok(self
+            .io
+            .list(&keys.entries(), Some(&offset), None)
+            .await?
+            .into_iter()
+            .filter_map(|meta| {
+                let number = CollectionKeys::entry_number(&meta.location)?;
+                (number >= first).then_some((number, meta.location, meta.e_tag))
+            })
+            .collect())
+    }
+
     /// The listed entries `(number, path, listed ETag)` from `first` on,
-    /// with the numbers the listing skipped; `None` if the horizon moved.
+    /// with those the listing left out; `None` if the horizon moved.
     ///
     /// Entries after the horizon are numbered without gaps: a number is
     /// claimed only once the one below it is taken. A listing is no
     /// snapshot, though: a directory read in several calls, or a bucket
     /// listed a page at a time, while writers create entries can leave one
     /// out and show a later one, and reading past the gap would move the
-    /// reader beyond writes it never saw. So every number of each gap is
-    /// asked for, one read each: there, it is read with the rest; not there
-    /// under the same horizon (compaction deletes what it folded only after
-    /// moving it), it is an entry lost for good (removed from outside, or to
-    /// a power cut on a local directory without fsync), read past with a
-    /// warning, as nothing can bring it back. A lost entry says nothing of
-    /// the numbers after it, which the same listing may have left out: read
-    /// past with it, their writes were never read. A gap lies after the
-    /// horizon, so asking for its numbers costs no more than reading them
-    /// as entries would.
+    /// reader beyond writes it never saw. Every entry below one the listing
+    /// showed was there before that listing ended, so a listing begun
+    /// after it shows them all: a listing with gaps is listed again, once,
+    /// up to its last entry. A number still missing then, under the same
+    /// horizon (compaction deletes what it folded only after moving it), is
+    /// an entry lost for good (removed from outside, or to a power cut on a
+    /// local directory without fsync), read past with a warning, as nothing
+    /// can bring it back. One more listing costs every page that meets lost
+    /// entries less than a read of each missing number would.
     async fn fill_gaps(
         &self,
         collection: &CollectionName,
@@ -777,42 +786,33 @@ impl Store {
         listed: Vec<(u64, Path, Option<String>)>,
         horizon_tag: Option<&str>,
     ) -> Result<Option<Vec<(u64, Path, Option<String>)>>> {
-        let mut filled = Vec::with_capacity(listed.len());
+        let gapless = (first..).zip(&listed).all(|(n, (number, ..))| n == *number);
+        let Some(last) = listed
+            .last()
+            .map(|(number, ..)| *number)
+            .filter(|_| !gapless)
+        else {
+            return Ok(Some(listed));
+        };
+        // Entries past `last` may have been left out of this listing in turn.
+        let mut again = self.list_entries(keys, first).await?;
+        again.retain(|(number, ..)| *number <= last);
+        if self.read_horizon(keys).await?.1.as_deref() != horizon_tag {
+            return Ok(None);
+        }
         let mut expected = first;
-        for (number, path, tag) in listed {
-            // Runs `(from, to)` of the gap's numbers found missing.
-            let mut lost: Vec<(u64, u64)> = Vec::new();
-            for missing in expected..number {
-                let key = keys.entry(missing);
-                match self.io.get(&key).await? {
-                    // Without a tag: read after the listing's horizon check,
-                    // it may be a number compaction freed since, claimed
-                    // again by a writer about to abandon it, which
-                    // `fetch_entries` then checks for.
-                    Some(_) => filled.push((missing, key, None)),
-                    None => match lost.last_mut() {
-                        Some((_, to)) if *to + 1 == missing => *to = missing,
-                        _ => lost.push((missing, missing)),
-                    },
-                }
-            }
-            // One read of the horizon vouches for every miss before it: the
-            // horizon never comes back to a tag it left.
-            if !lost.is_empty() && self.read_horizon(keys).await?.1.as_deref() != horizon_tag {
-                return Ok(None);
-            }
-            for (from, to) in lost {
+        for (number, ..) in &again {
+            if *number > expected {
                 tracing::warn!(
                     collection = %collection,
-                    from,
-                    to,
+                    from = expected,
+                    to = number - 1,
                     "the feed's entries are missing; reading past them"
                 );
             }
-            filled.push((number, path, tag));
             expected = number + 1;
         }
-        Ok(Some(filled))
+        Ok(Some(again))
     }
 
     /// Reads the listed entries `(number, path, listed ETag)` in their
@@ -821,8 +821,8 @@ impl Store {
     /// as `horizon_tag`. An entry this handle read lately under the listed
     /// tag is not read again.
     ///
-    /// An entry with no listed tag (a listing that gave none, or one the
-    /// listing left out) cannot be told from one compaction freed after the
+    /// An entry with no listed tag (from a store whose listings give none)
+    /// cannot be told from one compaction freed after the
     /// listing and a writer with a stale view claimed again: such a claim
     /// is abandoned, and its items, if completed here, would get cursors
     /// below the horizon that no reader looks at. So after reading any, the
