@@ -70,6 +70,11 @@ const MAX_RESERVED_BODY: usize = 1 << 20;
 /// of the refusal.
 const MAX_DISCARDED_BODY: usize = 32 << 20;
 
+/// How long a client that asked to be told to go on (`Expect:
+/// 100-continue`) waits for that before it sends its body anyway (curl: a
+/// second): a refusal made later reads the body, which may be arriving.
+const EXPECT_PATIENCE: Duration = Duration::from_secs(1);
+
 /// What every handler shares.
 struct Shared {
     replica: Arc<dyn Replica>,
@@ -684,6 +689,7 @@ async fn sync(
     // A wait for room or for a merge's place, longer than half the request
     // timeout, is the server being busy.
     let patience = state.options.request_timeout / 2;
+    let waiting_since = Instant::now();
     let room = match state
         .body_room
         .take(kib(declared.unwrap_or(max)), patience)
@@ -692,8 +698,15 @@ async fn sync(
         Ok(room) => room,
         Err(busy) => {
             // Read too, so that the client sees the answer (and its
-            // `Retry-After`), not a connection cut under its upload.
-            discard(body, Reading::NotBegun);
+            // `Retry-After`), not a connection cut under its upload; also
+            // when it asked to be told to go on, once it may have stopped
+            // waiting for that.
+            let reading = if waiting_since.elapsed() >= EXPECT_PATIENCE {
+                Reading::Begun
+            } else {
+                Reading::NotBegun
+            };
+            discard(body, reading);
             return Err(busy);
         }
     };
@@ -908,9 +921,10 @@ impl Shared {
             // what came since is read (a skip list of future positions would
             // otherwise make every write rescan the same pages).
             after = page.next;
-            let until = settling
-                .take()
-                .map_or(deadline, |settled| settled.min(deadline));
+            // The second look stays due until it is made: a wake before it
+            // (a write this request skips) does not stand for it.
+            settling = settling.filter(|settled| tokio::time::Instant::now() < *settled);
+            let until = settling.map_or(deadline, |settled| settled.min(deadline));
             tokio::select! {
                 () = &mut notified => {}
                 () = tokio::time::sleep_until(until) => {}

@@ -501,6 +501,46 @@ async fn polls_made_as_the_watch_starts_read_again_soon_for_writes_under_way() {
     server.shutdown().await.unwrap();
 }
 
+/// A poll woken in the watch's first second by a write it skips (an echo
+/// of its own) forgot the second look due when that second is over: a write
+/// under way as the watch began, announced to no one, then waited for the
+/// poll's deadline (here 20 s). The replica here announces its first write
+/// only, standing for such writes after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_woken_early_still_reads_again_when_the_watch_settles() {
+    let hq = memory_engine("hq").await;
+    hq.put("notes", &json!({"id": "n1"})).await.unwrap();
+    let replica = InstrumentedReplica::new(hq.clone()).announces_at_most(1);
+    let server = Server::bind(replica, "127.0.0.1:0", ServerOptions::default())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let polling = crate::support::raw_client()
+        .get(format!(
+            "{}/v1/collections/notes/changes?after=1&wait=20000&skip=2",
+            server.url()
+        ))
+        .send();
+    let polling = tokio::spawn(polling);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Announced, at position 2, which the poll skips: it reads, finds
+    // nothing to show, and waits again.
+    hq.put("notes", &json!({"id": "n2"})).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Announced to no one.
+    hq.put("notes", &json!({"id": "n3"})).await.unwrap();
+    let answer = polling.await.unwrap().unwrap();
+    assert_eq!(answer.status(), reqwest::StatusCode::OK);
+    let page: serde_json::Value = serde_json::from_slice(&answer.bytes().await.unwrap()).unwrap();
+    assert_eq!(page["changes"].as_array().map(Vec::len), Some(1), "{page}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    server.shutdown().await.unwrap();
+}
+
 /// A write that began before a reader's long poll started watching, and
 /// landed after the poll's second look (a second after it began), was
 /// announced to no one: the poll slept until its deadline. The write that
@@ -509,7 +549,7 @@ async fn polls_made_as_the_watch_starts_read_again_soon_for_writes_under_way() {
 async fn a_write_begun_before_the_wait_wakes_it_when_it_lands() {
     use std::sync::Arc;
     use syncforge::{MemoryBackend, StorageBackend, SyncEngine};
-    use syncforge_testkit::faults::FaultyBackend;
+    use syncforge_testkit::faults::{FaultyBackend, Operation};
 
     let slow = Arc::new(FaultyBackend::new(
         Arc::new(MemoryBackend::new()),
@@ -530,6 +570,7 @@ async fn a_write_begun_before_the_wait_wakes_it_when_it_lands() {
     let writer = memory_engine("writer").await;
     let record = writer.put("notes", &json!({"id": "n1"})).await.unwrap();
     // The store takes two seconds to write the sync's batch.
+    let batches_before = slow.calls(Operation::PutBatch);
     slow.rival_before_next_put_batch(|_| tokio::time::sleep(Duration::from_secs(2)));
     let syncing = {
         let hq = hq.clone();
@@ -549,10 +590,21 @@ async fn a_write_begun_before_the_wait_wakes_it_when_it_lands() {
         .unwrap();
     let waited = started.elapsed();
     assert_eq!(page.len(), 1);
+    // Sooner, and the delay never held the write back: the wait would have
+    // found the record already there, and the test proved nothing.
+    assert!(
+        waited >= Duration::from_millis(1_500),
+        "the wait answered {waited:?} after it began: the write was not held back 2 s"
+    );
     assert!(
         waited < Duration::from_secs(6),
         "the wait answered {waited:?} after it began, the write landing at about 2 s"
     );
     assert_eq!(syncing.await.unwrap().unwrap().added, 1);
+    assert_eq!(
+        slow.calls(Operation::PutBatch) - batches_before,
+        1,
+        "the sync wrote through the one delayed put_batch, and only it"
+    );
     server.shutdown().await.unwrap();
 }

@@ -112,6 +112,73 @@ async fn the_longest_timeout_and_the_largest_limit_serve_as_usual() {
     server.shutdown().await.unwrap();
 }
 
+/// A push told the server is busy, after it waited for room longer than a
+/// second, had its upload cut when it had asked to be told to go on
+/// (`Expect: 100-continue`): such a client (curl) sends its body anyway once
+/// a second passed without an answer, and the refusal closed the
+/// connection under it, so it saw a broken pipe instead of the refusal and
+/// its `Retry-After`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_refusal_reads_the_upload_of_a_client_that_stopped_waiting_to_go_on() {
+    const BODY: usize = 256 << 10;
+    let replica = crate::support::InstrumentedReplica::new(memory_engine("hq").await)
+        .slow_syncs(Duration::from_secs(5));
+    let running = replica.syncs_running.clone();
+    // Room for one body of BODY bytes, which the merge of a small push
+    // holds; a busy refusal after half the request's time, 1.5 s.
+    let options = ServerOptions::default()
+        .max_body_bytes(BODY)
+        .max_buffered_bytes(BODY)
+        .request_timeout(Duration::from_secs(3))
+        .max_wait(Duration::from_millis(100));
+    let server = Server::bind(replica, "127.0.0.1:0", options).await.unwrap();
+    let writer = memory_engine("client").await;
+    let record = writer
+        .put("notes", &serde_json::json!({"id": "n1"}))
+        .await
+        .unwrap();
+    let holding = crate::support::raw_client()
+        .post(format!("{}/v1/collections/notes/sync", server.url()))
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&serde_json::json!({ "records": [record] })).unwrap())
+        .send();
+    let holding = tokio::spawn(holding);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while running.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(std::time::Instant::now() < deadline, "no merge began");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (mut reading, mut writing) = connect(&server).await.into_split();
+    let head = format!(
+        "POST /v1/collections/notes/sync HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+         Content-Type: application/json\r\nContent-Length: {BODY}\r\n\
+         Expect: 100-continue\r\n\r\n"
+    );
+    // The body goes after 1.1 s without an answer, 16 KiB every 100 ms:
+    // until 2.7 s, past the refusal at 1.5 s.
+    let uploading = tokio::spawn(async move {
+        writing.write_all(head.as_bytes()).await?;
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        let chunk = vec![b' '; 16 << 10];
+        for _ in 0..BODY / chunk.len() {
+            writing.write_all(&chunk).await?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        std::io::Result::Ok(())
+    });
+    let answer = read_answer_head(&mut reading, Duration::from_secs(15))
+        .await
+        .expect("an answer within 15 s");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
+    let uploaded = tokio::time::timeout(Duration::from_secs(15), uploading)
+        .await
+        .expect("the upload ends within 15 s")
+        .unwrap();
+    assert!(uploaded.is_ok(), "the upload was cut: {uploaded:?}");
+    let _ = holding.await.unwrap();
+    server.shutdown().await.unwrap();
+}
+
 /// Past `max_connections`, a client is told at once to come back (503 with
 /// `Retry-After`) instead of hanging unanswered, and served once a place is
 /// free; past a few such answers in flight, clients wait in the listen queue.

@@ -173,7 +173,8 @@ pub(crate) struct InstrumentedReplica {
     sync_delay: Duration,
     /// How long each feed read and each merge takes per change it holds.
     per_change: Duration,
-    deaf: bool,
+    /// How many writes its watch announces at most (all when `None`).
+    announced: Option<usize>,
     /// A record rewritten right after the next feed read.
     rewrite: Arc<std::sync::Mutex<Option<String>>>,
     /// Checks of the store's identity made, and how long each takes.
@@ -192,7 +193,7 @@ impl InstrumentedReplica {
             read_limits: Arc::default(),
             sync_delay: Duration::ZERO,
             per_change: Duration::ZERO,
-            deaf: false,
+            announced: None,
             rewrite: Arc::default(),
             identity_checks: Arc::default(),
             identity_check_delay: Duration::ZERO,
@@ -214,8 +215,13 @@ impl InstrumentedReplica {
 
     /// Its watch never wakes anyone, as for writes that began before the
     /// watch did.
-    pub(crate) fn deaf(mut self) -> Self {
-        self.deaf = true;
+    pub(crate) fn deaf(self) -> Self {
+        self.announces_at_most(0)
+    }
+
+    /// Its watch announces the first `writes` writes only.
+    pub(crate) fn announces_at_most(mut self, writes: usize) -> Self {
+        self.announced = Some(writes);
         self
     }
 
@@ -292,9 +298,25 @@ impl Replica for InstrumentedReplica {
     }
 
     fn watch(&self, wake: Box<dyn Fn(&CollectionName) + Send + Sync>) -> WatchGuard {
-        if self.deaf {
-            return WatchGuard::new(|| {});
+        match self.announced {
+            None => Replica::watch(&self.engine, wake),
+            Some(0) => WatchGuard::new(|| {}),
+            Some(most) => {
+                let left = AtomicUsize::new(most);
+                Replica::watch(
+                    &self.engine,
+                    Box::new(move |collection: &CollectionName| {
+                        let announced = left
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                                left.checked_sub(1)
+                            })
+                            .is_ok();
+                        if announced {
+                            wake(collection);
+                        }
+                    }),
+                )
+            }
         }
-        Replica::watch(&self.engine, wake)
     }
 }
