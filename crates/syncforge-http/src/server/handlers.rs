@@ -83,10 +83,11 @@ struct Shared {
     /// Set when the server shuts down: long polls return at once.
     closing: watch::Receiver<bool>,
     sync_slots: SyncSlots,
-    /// Room for request bodies, in KiB ([`kib`]): a sync request takes room
-    /// for its body before reading it, and its merge task gives it back
-    /// when the merge ends, so the room also covers the records decoded
-    /// from it.
+    /// Room for request and answer bodies, in KiB ([`kib`]): a sync request
+    /// takes room for its body before reading it, and its merge task gives
+    /// it back when the merge ends, so the room also covers the records
+    /// decoded from it; a feed page takes room for itself once written, and
+    /// gives it back once sent ([`HeldBody`]).
     body_room: Permits,
     /// The text a change of each collection took in the last page read of
     /// it: the first read of the next page is sized by it ([`first_read`]).
@@ -116,23 +117,26 @@ fn first_read(text_per_change: Option<usize>, max_bytes: usize) -> usize {
 
 /// Places that requests take and give back, some at a time, from a fixed
 /// number: the merges running at once ([`SyncSlots`]), and the KiB of sync
-/// request bodies held at once (counted in KiB so that one request's share
-/// fits the semaphore's `u32`).
+/// request bodies and feed pages held at once (counted in KiB so that one
+/// request's share fits the semaphore's `u32`).
 #[derive(Clone)]
 pub(super) struct Permits {
     permits: Arc<Semaphore>,
     capacity: u32,
     /// The (unreachable) error of a closed semaphore.
     closed: &'static str,
+    /// What the server is busy with when no permit frees in time.
+    busy: &'static str,
 }
 
 impl Permits {
-    fn new(capacity: u32, closed: &'static str) -> Self {
+    fn new(capacity: u32, closed: &'static str, busy: &'static str) -> Self {
         let capacity = capacity.clamp(1, u32::try_from(Semaphore::MAX_PERMITS).unwrap_or(u32::MAX));
         Permits {
             permits: Arc::new(Semaphore::new(capacity as usize)),
             capacity,
             closed,
+            busy,
         }
     }
 
@@ -155,10 +159,7 @@ impl Permits {
                 // Only a closed semaphore refuses, and this one is never closed.
                 taken.map_err(|_| ApiError::new(ErrorCode::Internal, self.closed))
             }
-            Err(_) => Err(ApiError::new(
-                ErrorCode::Unavailable,
-                "the server is busy with other pushes; try again later",
-            )),
+            Err(_) => Err(ApiError::new(ErrorCode::Unavailable, self.busy)),
         }
     }
 
@@ -197,10 +198,15 @@ pub(super) fn build(
     let cors = cors_layer(&options.cors);
     let compression = options.compression;
     let concurrent_syncs = u32::try_from(options.max_concurrent_syncs).unwrap_or(u32::MAX);
-    let sync_slots = SyncSlots::new(concurrent_syncs, "the merge slots are closed");
+    let sync_slots = SyncSlots::new(
+        concurrent_syncs,
+        "the merge slots are closed",
+        "the server is busy with other pushes; try again later",
+    );
     let body_room = Permits::new(
         kib(options.max_buffered_bytes.max(options.max_body_bytes)),
         "the room for request bodies is closed",
+        "the server holds as many request and answer bodies as it may; try again later",
     );
     let state = Arc::new(Shared {
         replica,
@@ -495,15 +501,73 @@ async fn changes(
     let max_bytes = state.options.max_body_bytes;
     let page = state.feed_page(&collection, &query, max_bytes).await?;
     let (body, sent) = page_body(state.replica.feed_id(), &collection, page, max_bytes)?;
+    // The page takes room among the bodies held, until it is sent: a
+    // client that reads its answers slowly, or not at all, held a page of
+    // up to `max_body_bytes` on each of its connections.
+    let patience = state.options.request_timeout / ANSWER_MARGIN_DIVISOR;
+    let room = state.body_room.take(kib(body.len()), patience).await?;
     tracing::Span::current().record("records", sent);
     Ok((
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )],
-        body,
+        Body::new(HeldBody::new(body, room)),
     )
         .into_response())
+}
+
+/// The slices a held body is handed over in: the connection asks for the
+/// next once it has written most of the last, so the body's room is given
+/// back with at most about this much of it still unsent.
+const HELD_BODY_SLICE: usize = 64 * 1024;
+
+/// A body holding its room among the bodies held at once
+/// (`max_buffered_bytes`) until it is sent, or dropped with its connection.
+struct HeldBody {
+    bytes: axum::body::Bytes,
+    /// Where the part not yet handed over begins.
+    sent: usize,
+    _room: OwnedSemaphorePermit,
+}
+
+impl HeldBody {
+    fn new(bytes: Vec<u8>, room: OwnedSemaphorePermit) -> Self {
+        HeldBody {
+            bytes: bytes.into(),
+            sent: 0,
+            _room: room,
+        }
+    }
+}
+
+impl hyper::body::Body for HeldBody {
+    type Data = axum::body::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<std::result::Result<hyper::body::Frame<Self::Data>, Self::Error>>>
+    {
+        let start = self.sent;
+        let end = start.saturating_add(HELD_BODY_SLICE).min(self.bytes.len());
+        if start >= end {
+            return std::task::Poll::Ready(None);
+        }
+        self.sent = end;
+        let slice = self.bytes.slice(start..end);
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(slice))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.sent >= self.bytes.len()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        let left = self.bytes.len().saturating_sub(self.sent);
+        hyper::body::SizeHint::with_exact(u64::try_from(left).unwrap_or(u64::MAX))
+    }
 }
 
 /// A feed page as its `ChangesResponse` JSON, exactly as serde_json writes

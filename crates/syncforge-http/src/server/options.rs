@@ -317,16 +317,20 @@ impl ServerOptions {
         self
     }
 
-    /// Most bytes of sync request bodies held at once, across all requests
-    /// (default 256 MiB, and never less than
+    /// Most bytes of sync request bodies and feed pages held at once,
+    /// across all requests (default 256 MiB, and never less than
     /// [`max_body_bytes`](Self::max_body_bytes), so that the largest body
     /// allowed always gets in). A push takes room for its body (the length
     /// it declares, or `max_body_bytes` if it declares none) before reading
     /// it, and keeps the room until its merge ends; a push that finds no
     /// room waits for it, up to half the request timeout, and is then
-    /// answered 503 `unavailable`. Without it, every
+    /// answered 503 `unavailable`. A feed page takes room for itself once
+    /// written, and keeps it until it is sent (or its connection closes); a
+    /// page that finds no room waits for it, up to a tenth of the request
+    /// timeout, and is then answered 503 `unavailable`. Without it, every
     /// connection could hold a body of `max_body_bytes` at once (512 × 16
-    /// MiB by default). The bound counts body bytes: the records decoded
+    /// MiB by default), a client that reads its answers slowly or not at
+    /// all included. The bound counts body bytes: the records decoded
     /// from a body take a few times its size, and while one is decoded its
     /// values are parsed whole, so a body of tiny values (an array of
     /// one-digit numbers: two bytes of text each, 32 bytes parsed) takes 16

@@ -179,6 +179,70 @@ async fn a_busy_refusal_reads_the_upload_of_a_client_that_stopped_waiting_to_go_
     server.shutdown().await.unwrap();
 }
 
+/// Feed pages held for clients that do not read them took no room among
+/// the bodies held: each connection could pin a page of up to
+/// `max_body_bytes`. A page now takes room until it is sent; with the room
+/// taken by two unread pages, a third is answered busy, and the room comes
+/// back when their connections close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feed_pages_a_client_does_not_read_hold_room_until_sent() {
+    const RECORD: usize = 100 << 10;
+    let engine = memory_engine("server").await;
+    for n in 0..60 {
+        engine
+            .put(
+                "notes",
+                &serde_json::json!({"id": format!("n{n}"), "text": "x".repeat(RECORD)}),
+            )
+            .await
+            .unwrap();
+    }
+    // A page of all 60 records (6 MiB: more than the kernel's buffers of a
+    // connection take) fits a body; two fit the room, three do not.
+    let options = ServerOptions::default()
+        .max_body_bytes(7 << 20)
+        .max_buffered_bytes(13 << 20);
+    let server = Server::bind(engine, "127.0.0.1:0", options).await.unwrap();
+    const PAGE: &str = "GET /v1/collections/notes/changes?after=0&limit=200 HTTP/1.1\r\n\
+                        Host: 127.0.0.1\r\n\r\n";
+    // Clients that read the head of their answer and no more, through a
+    // small receive buffer, so that the kernel cannot take a page whole.
+    let mut unread = Vec::new();
+    for _ in 0..2 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut stream = socket.connect(server.local_addr()).await.unwrap();
+        stream.write_all(PAGE.as_bytes()).await.unwrap();
+        let head = read_answer_head(&mut stream, Duration::from_secs(15)).await;
+        assert!(
+            head.as_deref()
+                .is_some_and(|head| head.starts_with("HTTP/1.1 200")),
+            "{head:?}"
+        );
+        unread.push(stream);
+    }
+    let mut third = connect(&server).await;
+    third.write_all(PAGE.as_bytes()).await.unwrap();
+    let head = read_answer_head(&mut third, Duration::from_secs(15)).await;
+    assert!(
+        head.as_deref()
+            .is_some_and(|head| head.starts_with("HTTP/1.1 503")),
+        "{head:?}"
+    );
+    drop(unread);
+    let mut fourth = connect(&server).await;
+    fourth.write_all(PAGE.as_bytes()).await.unwrap();
+    let head = read_answer_head(&mut fourth, Duration::from_secs(15)).await;
+    assert!(
+        head.as_deref()
+            .is_some_and(|head| head.starts_with("HTTP/1.1 200")),
+        "{head:?}"
+    );
+    // Closed, so that shutdown does not wait for the page it does not read.
+    drop((third, fourth));
+    server.shutdown().await.unwrap();
+}
+
 /// Past `max_connections`, a client is told at once to come back (503 with
 /// `Retry-After`) instead of hanging unanswered, and served once a place is
 /// free; past a few such answers in flight, clients wait in the listen queue.
