@@ -23,6 +23,51 @@ async fn connect(server: &Server) -> TcpStream {
     TcpStream::connect(server.local_addr()).await.unwrap()
 }
 
+/// A push body of `length` spaces sent slowly: after `first_after`, a
+/// `chunk` every `every`; with `Expect: 100-continue` if `expect_continue`.
+struct SlowUpload {
+    length: usize,
+    expect_continue: bool,
+    first_after: Duration,
+    chunk: usize,
+    every: Duration,
+}
+
+/// Sends `upload` to `server`'s sync route, and checks that it is answered
+/// 503 while its body is still read: the upload ends without being cut.
+async fn refused_503_with_its_upload_whole(server: &Server, upload: SlowUpload) {
+    let (mut reading, mut writing) = connect(server).await.into_split();
+    let expect = if upload.expect_continue {
+        "Expect: 100-continue\r\n"
+    } else {
+        ""
+    };
+    let head = format!(
+        "POST /v1/collections/notes/sync HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n{expect}\r\n",
+        upload.length
+    );
+    let uploading = tokio::spawn(async move {
+        writing.write_all(head.as_bytes()).await?;
+        tokio::time::sleep(upload.first_after).await;
+        let chunk = vec![b' '; upload.chunk];
+        for _ in 0..upload.length / upload.chunk {
+            writing.write_all(&chunk).await?;
+            tokio::time::sleep(upload.every).await;
+        }
+        std::io::Result::Ok(())
+    });
+    let answer = read_answer_head(&mut reading, Duration::from_secs(15))
+        .await
+        .expect("an answer within 15 s");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
+    let uploaded = tokio::time::timeout(Duration::from_secs(15), uploading)
+        .await
+        .expect("the upload ends within 15 s")
+        .unwrap();
+    assert!(uploaded.is_ok(), "the upload was cut: {uploaded:?}");
+}
+
 /// What the server sends until it closes the connection, or `None` if it
 /// is still open after `within`.
 async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Option<String> {
@@ -148,33 +193,19 @@ async fn a_busy_refusal_reads_the_upload_of_a_client_that_stopped_waiting_to_go_
         assert!(std::time::Instant::now() < deadline, "no merge began");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let (mut reading, mut writing) = connect(&server).await.into_split();
-    let head = format!(
-        "POST /v1/collections/notes/sync HTTP/1.1\r\nHost: 127.0.0.1\r\n\
-         Content-Type: application/json\r\nContent-Length: {BODY}\r\n\
-         Expect: 100-continue\r\n\r\n"
-    );
     // The body goes after 1.1 s without an answer, 16 KiB every 100 ms:
     // until 2.7 s, past the refusal at 1.5 s.
-    let uploading = tokio::spawn(async move {
-        writing.write_all(head.as_bytes()).await?;
-        tokio::time::sleep(Duration::from_millis(1_100)).await;
-        let chunk = vec![b' '; 16 << 10];
-        for _ in 0..BODY / chunk.len() {
-            writing.write_all(&chunk).await?;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        std::io::Result::Ok(())
-    });
-    let answer = read_answer_head(&mut reading, Duration::from_secs(15))
-        .await
-        .expect("an answer within 15 s");
-    assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
-    let uploaded = tokio::time::timeout(Duration::from_secs(15), uploading)
-        .await
-        .expect("the upload ends within 15 s")
-        .unwrap();
-    assert!(uploaded.is_ok(), "the upload was cut: {uploaded:?}");
+    refused_503_with_its_upload_whole(
+        &server,
+        SlowUpload {
+            length: BODY,
+            expect_continue: true,
+            first_after: Duration::from_millis(1_100),
+            chunk: 16 << 10,
+            every: Duration::from_millis(100),
+        },
+    )
+    .await;
     let _ = holding.await.unwrap();
     server.shutdown().await.unwrap();
 }
@@ -505,31 +536,19 @@ async fn a_push_uploaded_too_slowly_is_told_timeout_without_its_upload_cut() {
         .request_timeout(Duration::from_secs(2))
         .max_wait(Duration::from_millis(500));
     let server = serve(options).await;
-    let (mut reading, mut writing) = connect(&server).await.into_split();
-    let head = format!(
-        "POST /v1/collections/notes/sync HTTP/1.1\r\nHost: 127.0.0.1\r\n\
-         Content-Type: application/json\r\nContent-Length: {BODY}\r\n\r\n"
-    );
     // 64 KiB every 85 ms: the 2 MiB take 2.7 s, past the request's limit
     // (answered at 1.8 s) and well within the time the rest is read for
     // (until 3.8 s).
-    let uploading = tokio::spawn(async move {
-        writing.write_all(head.as_bytes()).await?;
-        let chunk = vec![b' '; 64 << 10];
-        for _ in 0..BODY / chunk.len() {
-            writing.write_all(&chunk).await?;
-            tokio::time::sleep(Duration::from_millis(85)).await;
-        }
-        std::io::Result::Ok(())
-    });
-    let answer = read_answer_head(&mut reading, Duration::from_secs(15))
-        .await
-        .expect("an answer within 15 s");
-    assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
-    let uploaded = tokio::time::timeout(Duration::from_secs(15), uploading)
-        .await
-        .expect("the upload ends within 15 s")
-        .unwrap();
-    assert!(uploaded.is_ok(), "the upload was cut: {uploaded:?}");
+    refused_503_with_its_upload_whole(
+        &server,
+        SlowUpload {
+            length: BODY,
+            expect_continue: false,
+            first_after: Duration::ZERO,
+            chunk: 64 << 10,
+            every: Duration::from_millis(85),
+        },
+    )
+    .await;
     server.shutdown().await.unwrap();
 }
