@@ -331,6 +331,8 @@ impl Log {
     /// Entries per chunk: 64 KiB, large enough that the list of chunks stays
     /// short, small enough that a new chunk is cheap to allocate.
     const CHUNK: usize = 4096;
+    /// Entries the first chunk has room for when it is made: 1 KiB.
+    const FIRST_CHUNK: usize = 64;
 
     #[inline]
     fn push(&mut self, entry: (u64, u64)) {
@@ -346,7 +348,14 @@ impl Log {
     /// be inlined into every write.
     #[cold]
     fn push_in_new_chunk(&mut self, entry: (u64, u64)) {
-        let mut chunk = Vec::with_capacity(Self::CHUNK);
+        // The first chunk grows as it fills: a store of many small
+        // collections held a whole chunk for each.
+        let capacity = if self.chunks.is_empty() {
+            Self::FIRST_CHUNK
+        } else {
+            Self::CHUNK
+        };
+        let mut chunk = Vec::with_capacity(capacity);
         chunk.push(entry);
         self.chunks.push(chunk);
     }
@@ -607,7 +616,13 @@ impl Collection {
     fn remove(&mut self, id: &str) -> bool {
         let removed = self.records.remove(id);
         if removed {
-            self.compact();
+            if self.records.is_empty() {
+                // Every entry is stale: compacting would keep up to its
+                // slack of them, and their chunk, for good.
+                self.log.clear();
+            } else {
+                self.compact();
+            }
         }
         removed
     }
@@ -936,6 +951,38 @@ mod tests {
         // What is left is still found.
         let left = store.get(&coll("deleted"), &rid("r19995")).await.unwrap();
         assert!(left.is_some());
+        assert_indexes_agree(&store);
+    }
+
+    /// Each collection's change log took a chunk of 64 KiB with its first
+    /// write, and kept it, and up to a thousand stale entries, once every
+    /// record of it was deleted: a store of many small collections held
+    /// 64 KiB for each, for good.
+    #[tokio::test]
+    async fn small_and_emptied_collections_hold_little_log() {
+        let store = MemoryBackend::new();
+        let (_, mut hlc) = clock(1_000);
+        for n in 0..100 {
+            let c = coll(&format!("c{n}"));
+            let write = Write::create(record(&mut hlc, "r", n));
+            store.put_batch(&c, &[write]).await.unwrap();
+            if n % 2 == 0 {
+                assert!(store.delete(&c, &rid("r")).await.unwrap());
+            }
+        }
+        let (entries, room) = {
+            let state = store.state.lock();
+            state
+                .collections
+                .list
+                .iter()
+                .fold((0, 0), |(len, room), (_, c)| {
+                    let chunks = c.log.chunks.iter().map(Vec::capacity).sum::<usize>();
+                    (len + c.log.len(), room + chunks)
+                })
+        };
+        assert_eq!(entries, 50, "the emptied collections' logs were kept");
+        assert!(room <= 50 * Log::FIRST_CHUNK, "room for {room} entries");
         assert_indexes_agree(&store);
     }
 
