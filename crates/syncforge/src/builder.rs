@@ -193,7 +193,8 @@ impl EngineBuilder {
 
     /// How many events a receiver from `subscribe()` may fall behind before
     /// it loses the oldest and is told it lagged (default 1024, from 1 to
-    /// [`MAX_EVENT_CAPACITY`]).
+    /// [`MAX_EVENT_CAPACITY`]). The channel rounds it up to a power of two:
+    /// with 1,000, a receiver may fall 1,024 events behind.
     pub fn event_capacity(mut self, capacity: usize) -> Self {
         self.event_capacity = capacity;
         self
