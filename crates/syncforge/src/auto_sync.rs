@@ -1,6 +1,7 @@
 //! The periodic sync window, optionally syncing with peers on each tick.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
 use futures_util::FutureExt;
@@ -211,10 +212,15 @@ impl SyncEngine {
                         );
                         continue;
                     };
+                    // Set once the sync announced its failure itself (a
+                    // pull refused for good, announced before the push): a
+                    // push then past the bound is the same failure.
+                    let reported = AtomicBool::new(false);
                     let syncing = AssertUnwindSafe(self.sync_with_turn(
                         peer.as_ref(),
                         collection,
                         turn,
+                        &reported,
                     ));
                     let error = match tokio::time::timeout(bound, syncing.catch_unwind()).await {
                         Ok(Ok(_)) => continue,
@@ -236,7 +242,9 @@ impl SyncEngine {
                         ),
                     };
                     tracing::error!(collection = collection.as_str(), %error, "auto-sync carries on");
-                    self.emit_sync_error(collection, &error);
+                    if !reported.load(Ordering::Acquire) {
+                        self.emit_sync_error(collection, &error);
+                    }
                 }
             }
         }

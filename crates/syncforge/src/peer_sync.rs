@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -179,8 +180,14 @@ impl SyncEngine {
         peer: &P,
         collection: impl IntoName<CollectionName>,
     ) -> Result<PeerSyncReport> {
-        self.peer_sync(peer, collection, Direction::Both, None)
-            .await
+        self.peer_sync(
+            peer,
+            collection,
+            Direction::Both,
+            None,
+            &AtomicBool::new(false),
+        )
+        .await
     }
 
     /// The turn of the pair `peer_id` and `collection`, once no other sync
@@ -199,14 +206,17 @@ impl SyncEngine {
     }
 
     /// [`sync_with`](Self::sync_with) in `turn`, the pair's turn
-    /// [`peer_sync_turn`](Self::peer_sync_turn) gave.
+    /// [`peer_sync_turn`](Self::peer_sync_turn) gave; sets `reported` once
+    /// the sync has announced a failure (`sync:error`) itself, which it may
+    /// do before it ends.
     pub(crate) async fn sync_with_turn(
         &self,
         peer: &dyn SyncPeer,
         collection: &CollectionName,
         turn: OwnedMutexGuard<()>,
+        reported: &AtomicBool,
     ) -> Result<PeerSyncReport> {
-        self.peer_sync(peer, collection, Direction::Both, Some(turn))
+        self.peer_sync(peer, collection, Direction::Both, Some(turn), reported)
             .await
     }
 
@@ -239,8 +249,14 @@ impl SyncEngine {
         peer: &P,
         collection: impl IntoName<CollectionName>,
     ) -> Result<PeerSyncReport> {
-        self.peer_sync(peer, collection, Direction::Pull, None)
-            .await
+        self.peer_sync(
+            peer,
+            collection,
+            Direction::Pull,
+            None,
+            &AtomicBool::new(false),
+        )
+        .await
     }
 
     /// One-way incremental sync: sends this engine's changes of `collection`
@@ -252,8 +268,14 @@ impl SyncEngine {
         peer: &P,
         collection: impl IntoName<CollectionName>,
     ) -> Result<PeerSyncReport> {
-        self.peer_sync(peer, collection, Direction::Push, None)
-            .await
+        self.peer_sync(
+            peer,
+            collection,
+            Direction::Push,
+            None,
+            &AtomicBool::new(false),
+        )
+        .await
     }
 
     async fn peer_sync<P: SyncPeer + ?Sized>(
@@ -262,6 +284,7 @@ impl SyncEngine {
         collection: impl IntoName<CollectionName>,
         direction: Direction,
         turn: Option<OwnedMutexGuard<()>>,
+        reported: &AtomicBool,
     ) -> Result<PeerSyncReport> {
         let collection = collection.into_name()?;
         let collection = &collection;
@@ -277,9 +300,8 @@ impl SyncEngine {
             duration_ms = Empty,
         );
         let started = Instant::now();
-        let mut reported = false;
         let outcome = self
-            .sync_with_unreported(peer, collection, direction, turn, &mut reported)
+            .sync_with_unreported(peer, collection, direction, turn, reported)
             .instrument(span.clone())
             .await;
         match &outcome {
@@ -303,7 +325,7 @@ impl SyncEngine {
                 // A sync cut short by closing the engine announces no
                 // failure of its own, as a sync of a closed engine starts
                 // none; a page's merge already under way reports its own.
-                if !reported && !self.is_closed() {
+                if !reported.load(Ordering::Acquire) && !self.is_closed() {
                     self.emit_sync_error(collection, error);
                 }
             }
@@ -321,7 +343,7 @@ impl SyncEngine {
         collection: &CollectionName,
         direction: Direction,
         turn: Option<OwnedMutexGuard<()>>,
-        reported: &mut bool,
+        reported: &AtomicBool,
     ) -> Result<PeerSyncReport> {
         self.check_open()?;
         let peer_id = peer.peer_id();
@@ -380,9 +402,9 @@ impl SyncEngine {
             };
         if let Err(error) = &pulled {
             // Announced as it happens, not after the push.
-            if !*reported && !self.is_closed() {
+            if !reported.load(Ordering::Acquire) && !self.is_closed() {
                 self.emit_sync_error(collection, error);
-                *reported = true;
+                reported.store(true, Ordering::Release);
             }
         }
         if push {
@@ -420,7 +442,7 @@ impl SyncEngine {
         limit: NonZeroUsize,
         mut echoes: Option<&mut HashSet<Cursor>>,
         pulled: &mut SyncResult,
-        reported: &mut bool,
+        reported: &AtomicBool,
     ) -> Result<()> {
         let peer_id = peer.peer_id();
         let pull_key = cursor_key(peer_id, collection, PeerState::Pull);
@@ -455,7 +477,7 @@ impl SyncEngine {
                 let applied = self
                     .sync_records(collection, records, trigger, echoes.as_deref_mut())
                     .await
-                    .inspect_err(|_| *reported = true)?;
+                    .inspect_err(|_| reported.store(true, Ordering::Release))?;
                 pulled.absorb(applied);
             }
             if next != cursor {

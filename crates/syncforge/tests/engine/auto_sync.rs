@@ -447,6 +447,9 @@ enum BrokenPeer {
     /// It never answers, and has the given id (which may be one no sync
     /// accepts).
     Misnamed(&'static str),
+    /// Its pull is refused for good (out of protocol), and its push never
+    /// answers.
+    RefusingThenSilent,
 }
 
 #[syncforge::core::async_trait]
@@ -456,6 +459,7 @@ impl syncforge::SyncPeer for BrokenPeer {
             BrokenPeer::Panicking => "panicking",
             BrokenPeer::Silent => "silent",
             BrokenPeer::Misnamed(id) => id,
+            BrokenPeer::RefusingThenSilent => "refusing",
         }
     }
 
@@ -468,6 +472,10 @@ impl syncforge::SyncPeer for BrokenPeer {
         match self {
             BrokenPeer::Panicking => panic!("a bug in a peer (expected by this test)"),
             BrokenPeer::Silent | BrokenPeer::Misnamed(_) => std::future::pending().await,
+            BrokenPeer::RefusingThenSilent => Err(Error::PeerProtocol {
+                peer: "refusing".to_owned(),
+                reason: "a page out of order".to_owned(),
+            }),
         }
     }
 
@@ -478,7 +486,9 @@ impl syncforge::SyncPeer for BrokenPeer {
     ) -> syncforge::Result<syncforge::PushOutcome> {
         match self {
             BrokenPeer::Panicking => Ok(syncforge::PushOutcome::all_stored()),
-            BrokenPeer::Silent | BrokenPeer::Misnamed(_) => std::future::pending().await,
+            BrokenPeer::Silent | BrokenPeer::Misnamed(_) | BrokenPeer::RefusingThenSilent => {
+                std::future::pending().await
+            }
         }
     }
 }
@@ -575,6 +585,33 @@ async fn a_peer_that_never_answers_is_given_up_on_and_the_windows_go_on() {
         },
     )
     .await;
+}
+
+/// A pull refused for good is announced at once, and the push still runs;
+/// when that push then outlived the peer timeout, the window announced the
+/// same sync's failure a second time.
+#[tokio::test(start_paused = true)]
+async fn a_sync_whose_pull_failed_and_push_hung_is_announced_once() {
+    let bound = Duration::from_secs(2);
+    let a = auto_syncing_c()
+        .auto_sync_peer_timeout(bound)
+        .build()
+        .await
+        .unwrap();
+    a.put("c", &json!({"id": "local"})).await.unwrap();
+    let mut rx = a.subscribe();
+    a.add_auto_sync_peer(Arc::new(BrokenPeer::RefusingThenSilent))
+        .unwrap();
+    tokio::time::sleep(INTERVAL + bound + Duration::from_secs(1)).await;
+    let mut errors = Vec::new();
+    while let Ok(event) = rx.try_recv() {
+        if let SyncEvent::SyncError { error, .. } = event {
+            errors.push(error.to_string());
+        }
+    }
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("out of order"), "{errors:?}");
+    a.close().await.unwrap();
 }
 
 /// A clock that panics while `broken` is set.
