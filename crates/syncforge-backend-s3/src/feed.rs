@@ -17,8 +17,13 @@ use syncforge_core::{
 use crate::format::{self, cursor, end_of, entry_of, Entry, Horizon, Item, RecordBody, Segment};
 use crate::io::{same_etag, Condition, Put};
 use crate::keys::CollectionKeys;
-use crate::store::{Races, State, Store};
+use crate::store::{expected, token, Races, State, Store};
 use crate::BACKEND_NAME;
+
+/// The ETag in the token of a write that landed and was replaced before
+/// its writer looked: no object has it, so a write made with that token
+/// fails its condition, as one with any stale token does.
+const REPLACED_TAG: &str = "\"syncforge-replaced\"";
 
 /// How often a page is read again because compaction moved the feed under
 /// it before giving up with [`Error::Unavailable`].
@@ -88,8 +93,9 @@ impl RecentEntries {
 
 /// How one item of a writer's own entry ended.
 enum Outcome {
+    /// Written: the token of the state it made (see [`token`]).
     Written {
-        etag: String,
+        token: String,
         cursor: Cursor,
     },
     Conflict,
@@ -148,9 +154,9 @@ impl Store {
                 let results = self.write_entry(collection, &keys, items).await?;
                 for ((index, item), result) in chunk.iter().zip(results) {
                     match result {
-                        Outcome::Written { etag, cursor } => {
+                        Outcome::Written { token, cursor } => {
                             outcomes[*index] = WriteOutcome::Written {
-                                token: Token::Tag(etag),
+                                token: Token::Tag(token),
                                 cursor,
                             }
                         }
@@ -158,7 +164,7 @@ impl Store {
                             *index,
                             Item {
                                 record: item.record.clone(),
-                                expect: Some(etag),
+                                expect: Some(token(&etag, &[])),
                             },
                         )),
                         Outcome::OnMarker(_) | Outcome::Conflict => {}
@@ -257,13 +263,19 @@ impl Store {
     ) -> Result<Outcome> {
         let at = cursor(number, index);
         let path = keys.record(item.id());
-        let body = format::to_bytes(&RecordBody::record(at, item.record.clone()))?;
-        let condition = match &item.expect {
-            Some(etag) => Condition::Tag(etag),
-            None => Condition::Absent,
+        // Blind, as the writer has not read the record: the states it
+        // replaces are those its token names.
+        let (condition, before) = match item.expect.as_deref().map(expected) {
+            Some((etag, history)) => (Condition::Tag(etag), history),
+            None => (Condition::Absent, Vec::new()),
         };
+        let body = format::to_bytes(&RecordBody::record(at, item.record.clone(), &before))?;
         if let Put::Done(etag) = self.io.put(&path, body, condition).await? {
-            return Ok(Outcome::Written { etag, cursor: at });
+            let history: Vec<Cursor> = std::iter::once(at).chain(before).collect();
+            return Ok(Outcome::Written {
+                token: token(&etag, &history),
+                cursor: at,
+            });
         }
         // Refused: a reader or compactor completed it first (helping),
         // another writer moved the record, or the store refused a put that
@@ -272,14 +284,31 @@ impl Store {
         // reported `Conflict` would land later through a reader.
         let mut state = self.read(collection, keys, item.id()).await?;
         self.settle(collection, keys, at, item, &mut state).await?;
+        let token_now = state.token();
         Ok(match state {
-            State::Record { etag, seq, .. } if seq == at => Outcome::Written { etag, cursor: at },
-            State::Record { etag, seq, record }
+            State::Record { seq, .. } if seq == at => Outcome::Written {
+                token: token_now.unwrap_or_default(),
+                cursor: at,
+            },
+            State::Record { seq, record, .. }
                 if record == item.record
                     && abandoned.iter().any(|&entry| seq == cursor(entry, index)) =>
             {
-                Outcome::Written { etag, cursor: seq }
+                Outcome::Written {
+                    token: token_now.unwrap_or_default(),
+                    cursor: seq,
+                }
             }
+            // Completed by a reader, then replaced by other writes (which
+            // name the states they replaced) before this check: written,
+            // under a token no object holds any more. Only this entry's
+            // cursor tells: this writer was the first to hold its number
+            // (it lay past the horizon), where a number it abandoned may
+            // have been another entry's before, whose writes name it.
+            State::Record { before, .. } if before.contains(&at) => Outcome::Written {
+                token: token(REPLACED_TAG, &[at]),
+                cursor: at,
+            },
             State::Marker { etag } if item.expect.is_none() => Outcome::OnMarker(etag),
             _ => Outcome::Conflict,
         })
@@ -500,9 +529,12 @@ impl Store {
             if !pending(item.expect.as_deref(), state, at) {
                 return Ok(());
             }
-            let body = format::to_bytes(&RecordBody::record(at, item.record.clone()))?;
-            let condition = match &item.expect {
-                Some(etag) => Condition::Tag(etag),
+            // Over the state read, which the item expects: the states it
+            // replaces are that one and those it names.
+            let before = state.history();
+            let body = format::to_bytes(&RecordBody::record(at, item.record.clone(), &before))?;
+            let condition = match item.expect.as_deref().map(expected) {
+                Some((etag, _)) => Condition::Tag(etag),
                 None => Condition::Absent,
             };
             let put = match self.io.put(&path, body, condition).await {
@@ -518,6 +550,7 @@ impl Store {
                         etag,
                         seq: at,
                         record: item.record.clone(),
+                        before,
                     };
                     return Ok(());
                 }
@@ -1099,7 +1132,10 @@ fn pending(expect: Option<&str>, state: &State, at: Cursor) -> bool {
     match (expect, state) {
         (_, State::Record { seq, .. }) if *seq == at => false,
         (None, State::Absent) => true,
-        (Some(expected), current) => current.etag().is_some_and(|tag| same_etag(tag, expected)),
+        (Some(named), current) => {
+            let (etag, _) = expected(named);
+            current.etag().is_some_and(|tag| same_etag(tag, etag))
+        }
         (None, _) => false,
     }
 }

@@ -45,7 +45,16 @@ pub(crate) struct RecordBody {
     pub(crate) record: Option<Record>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) void: Option<String>,
+    /// The cursors of the record states this one replaced, newest first, up
+    /// to [`KEPT_BEFORE`]: a writer whose write was completed by a reader
+    /// and then replaced before its own commit came back finds its cursor
+    /// here, and knows that its write landed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) before: Vec<Cursor>,
 }
+
+/// How many earlier states a record object names ([`RecordBody::before`]).
+pub(crate) const KEPT_BEFORE: usize = 16;
 
 /// The exact size of a marker body: `{"void":"<26-character ULID>"}`.
 /// Listings tell markers from records by size alone: every record body is
@@ -53,11 +62,14 @@ pub(crate) struct RecordBody {
 pub(crate) const MARKER_SIZE: u64 = 37;
 
 impl RecordBody {
-    pub(crate) fn record(seq: Cursor, record: Record) -> Self {
+    /// The body of `record` written at `seq`, over states written at
+    /// `before` (newest first; only the first [`KEPT_BEFORE`] are kept).
+    pub(crate) fn record(seq: Cursor, record: Record, before: &[Cursor]) -> Self {
         RecordBody {
             seq: Some(seq),
             record: Some(record),
             void: None,
+            before: before.iter().take(KEPT_BEFORE).copied().collect(),
         }
     }
 
@@ -66,6 +78,7 @@ impl RecordBody {
             seq: None,
             record: None,
             void: Some(ulid::Ulid::new().to_string()),
+            before: Vec::new(),
         }
     }
 }
@@ -210,7 +223,7 @@ mod tests {
             Content::from_value(json!({"id": "a"})).unwrap(),
             clock.now().unwrap(),
         );
-        let body = to_bytes(&RecordBody::record(Cursor::new(1), smallest)).unwrap();
+        let body = to_bytes(&RecordBody::record(Cursor::new(1), smallest, &[])).unwrap();
         assert!(body.len() as u64 > 2 * MARKER_SIZE, "{}", body.len());
     }
 

@@ -135,11 +135,13 @@ pub(crate) enum State {
     Absent,
     /// A hard delete's marker: reads as absent.
     Marker { etag: String },
-    /// A record, written by the feed item at `seq`.
+    /// A record, written by the feed item at `seq`, over the states
+    /// written at `before` (newest first, as many as the object names).
     Record {
         etag: String,
         seq: Cursor,
         record: Record,
+        before: Vec<Cursor>,
     },
 }
 
@@ -157,6 +159,50 @@ impl State {
             _ => None,
         }
     }
+
+    /// The cursors of this state and of those before it, newest first: what
+    /// a write over it names as the states it replaced.
+    pub(crate) fn history(&self) -> Vec<Cursor> {
+        match self {
+            State::Record { seq, before, .. } => std::iter::once(*seq)
+                .chain(before.iter().copied())
+                .take(format::KEPT_BEFORE)
+                .collect(),
+            State::Absent | State::Marker { .. } => Vec::new(),
+        }
+    }
+
+    /// The token of this state, as [`stored`] hands it out.
+    pub(crate) fn token(&self) -> Option<String> {
+        self.etag().map(|etag| token(etag, &self.history()))
+    }
+}
+
+/// A record token as this store hands it out: the cursors of the state it
+/// names and of the states before it (newest first, comma-separated), `/`,
+/// and the object's ETag. A write made with it names those states as the
+/// ones it replaced ([`RecordBody::before`]), so that the history travels
+/// from state to state though the first attempt of a write is made blind.
+pub(crate) fn token(etag: &str, history: &[Cursor]) -> String {
+    let cursors: Vec<String> = history.iter().map(|at| at.get().to_string()).collect();
+    format!("{}/{etag}", cursors.join(","))
+}
+
+/// What a token names (see [`token`]): the ETag, and the cursors of its
+/// state and those before it. A token without the cursors (an item a
+/// writer of an earlier version wrote into the feed) is its ETag alone.
+pub(crate) fn expected(token: &str) -> (&str, Vec<Cursor>) {
+    if let Some((cursors, etag)) = token.split_once('/') {
+        let history: Option<Vec<Cursor>> = cursors
+            .split(',')
+            .filter(|text| !text.is_empty())
+            .map(|text| text.parse().ok().map(Cursor::new))
+            .collect();
+        if let Some(history) = history {
+            return (etag, history);
+        }
+    }
+    (token, Vec::new())
 }
 
 /// One handle's view of a store: the object store, the key layout, and
@@ -225,16 +271,19 @@ impl Store {
                 seq: Some(seq),
                 record: Some(record),
                 void: None,
+                before,
             } => Ok(State::Record {
                 etag: fetched.etag,
                 seq,
                 record,
+                before,
             }),
             RecordBody {
                 seq: None,
                 record: None,
                 void: Some(_),
-            } => Ok(State::Marker { etag: fetched.etag }),
+                before,
+            } if before.is_empty() => Ok(State::Marker { etag: fetched.etag }),
             _ => Err(Error::Corrupt {
                 backend: BACKEND_NAME,
                 collection: collection.to_owned(),
@@ -648,10 +697,11 @@ impl Store {
 
 /// A record state as the trait returns it.
 pub(crate) fn stored(state: State) -> Option<Stored> {
+    let token = state.token()?;
     match state {
-        State::Record { etag, record, .. } => Some(Stored {
+        State::Record { record, .. } => Some(Stored {
             record,
-            token: Token::Tag(etag),
+            token: Token::Tag(token),
         }),
         State::Absent | State::Marker { .. } => None,
     }
@@ -798,6 +848,21 @@ mod tests {
         });
         assert_eq!(races.count(), MAX_RACES);
         assert!(matches!(last, Err(Error::Unavailable { .. })), "{last:?}");
+    }
+
+    /// A token names its state's cursor and those before it, then the
+    /// ETag, which may itself hold a `/` (a weak tag); a bare ETag (from an
+    /// item of an earlier version) is read as one with no cursors.
+    #[test]
+    fn tokens_carry_the_cursors_before_their_etag() {
+        let history = [Cursor::new(7 << 20), Cursor::new(3 << 20)];
+        for etag in ["\"abc\"", "W/\"abc\"", "12", ""] {
+            let text = token(etag, &history);
+            assert_eq!(expected(&text), (etag, history.to_vec()), "{text}");
+            assert_eq!(expected(&token(etag, &[])), (etag, Vec::new()));
+        }
+        assert_eq!(expected("W/\"abc\""), ("W/\"abc\"", Vec::new()));
+        assert_eq!(expected("12"), ("12", Vec::new()));
     }
 
     /// Outside a Tokio runtime there is no timer: retries go on at once

@@ -429,6 +429,62 @@ async fn readers_complete_a_slow_writers_items() {
     );
 }
 
+/// A slow writer's update that a reader completed, and that another writer
+/// then replaced before the slow writer's own record write came back, was
+/// reported as a conflict: the writer took a write that had landed for one
+/// refused, and an increment made again counted twice. The replacing state
+/// names the states it replaced, and the writer finds its own among them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_writers_update_completed_and_replaced_before_it_looked_is_written() {
+    let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let collection = coll("replaced");
+    let fast = handle(&memory, "dse");
+    let mut clock = Hlc::new(ClientId::new("w").unwrap());
+    let first = Record::create(content("r", 0), clock.now().unwrap());
+    assert!(matches!(
+        fast.put(&collection, &Write::create(first)).await.unwrap(),
+        WriteOutcome::Written { .. }
+    ));
+    let read = fast.get(&collection, &rid("r")).await.unwrap().unwrap();
+    let slow =
+        Arc::new(Wrapped::new(Arc::clone(&memory)).slow_puts("/r/", Duration::from_millis(500)));
+    let writer = S3Backend::from_store(slow.clone(), "dse").unwrap();
+    let mut update = read.record.clone();
+    update
+        .apply_put(content("r", 1), &clock.now().unwrap())
+        .unwrap();
+    let write = Write::replace(update, read.token);
+    let writing = tokio::spawn(async move { writer.put(&coll("replaced"), &write).await });
+    // The slow writer has claimed its feed entry once its record write
+    // begins; a reader completes it, and another writer replaces it.
+    slow.slow_put_begun().await;
+    let page = fast
+        .changes(&collection, Cursor::START, 10.try_into().unwrap())
+        .await
+        .unwrap();
+    let completed = page.changes.last().unwrap().cursor;
+    let now = fast.get(&collection, &rid("r")).await.unwrap().unwrap();
+    assert_eq!(
+        now.record.get("n"),
+        Some(json!(1)),
+        "the reader completed it"
+    );
+    let mut next = now.record.clone();
+    next.apply_put(content("r", 2), &clock.now().unwrap())
+        .unwrap();
+    assert!(matches!(
+        fast.put(&collection, &Write::replace(next, now.token))
+            .await
+            .unwrap(),
+        WriteOutcome::Written { .. }
+    ));
+    let outcome = writing.await.unwrap().unwrap();
+    assert!(
+        matches!(outcome, WriteOutcome::Written { cursor, .. } if cursor == completed),
+        "{outcome:?}"
+    );
+}
+
 /// A writer whose feed entry create landed, but was sent again (its answer
 /// lost) and refused, took its own entry for another writer's and claimed
 /// the next number with the same writes. A reader completed the first
