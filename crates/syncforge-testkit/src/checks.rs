@@ -7,10 +7,11 @@
 //! was expected and what the backend did when it fails.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use syncforge_core::{
-    Change, CollectionName, Cursor, IfAbsent, Record, RecordId, StorageBackend, SystemClock,
+    Change, CollectionName, Cursor, Hlc, IfAbsent, Record, RecordId, StorageBackend, SystemClock,
     TimeSource, Token, Write, WriteOutcome, MAX_NAME_BYTES,
 };
 use tokio::sync::Barrier;
@@ -973,7 +974,8 @@ pub async fn collections_list_and_clear(ctx: &Context<'_>) -> CheckResult {
     Ok(())
 }
 
-/// `newest_stamp` is at least the newest stamp written.
+/// `newest_stamp` is at least the newest stamp written, on the writing
+/// handle, on one that answered before the writes, and on one opened after.
 pub async fn newest_stamp(ctx: &Context<'_>) -> CheckResult {
     let store = &*ctx.store;
     let coll = ctx.collection("newest");
@@ -1004,6 +1006,12 @@ pub async fn newest_stamp(ctx: &Context<'_>) -> CheckResult {
         "replace",
     )
     .await?;
+    // A stamp of the clock's future, which no reading of the clock at the
+    // time of the check gives: a store answering the time instead of what
+    // it holds fails here.
+    let mut ahead_clock = ahead_clock(ctx, "newest-ahead")?;
+    let ahead = record(&mut ahead_clock, "ahead", 1)?;
+    put_ok(store, &coll, &Write::create(ahead.clone()), "create").await?;
     let (_, mut old_clock) = ctx.manual_clock("newest-old", 1_000)?;
     put_ok(
         store,
@@ -1013,23 +1021,39 @@ pub async fn newest_stamp(ctx: &Context<'_>) -> CheckResult {
     )
     .await?;
     let newest = store.newest_stamp().await.or_fail("newest_stamp")?;
-    ensure!(
-        newest.as_ref().is_some_and(|n| n >= later.newest_stamp()),
-        "newest_stamp ({newest:?}) must be at least the newest stamp written ({:?}), also after an older record arrives",
-        later.newest_stamp()
-    );
     let seen = other.newest_stamp().await.or_fail("newest_stamp")?;
-    ensure!(
-        seen.as_ref().is_some_and(|n| n >= later.newest_stamp()),
-        "another handle's newest_stamp ({seen:?}) must be at least the newest stamp written ({:?})",
-        later.newest_stamp()
-    );
+    let opened = ctx.factory.open().await;
+    let fresh = opened.newest_stamp().await.or_fail("newest_stamp")?;
+    opened.close().await.or_fail("close")?;
+    for (handle, stamp) in [
+        ("this", &newest),
+        ("another", &seen),
+        ("a newly opened", &fresh),
+    ] {
+        ensure!(
+            stamp.as_ref().is_some_and(|n| n >= later.newest_stamp()),
+            "{handle} handle's newest_stamp ({stamp:?}) must be at least the newest stamp \
+             written by the clock ({:?}), also after an older record arrives",
+            later.newest_stamp()
+        );
+        ensure!(
+            stamp.as_ref().is_some_and(|n| n >= ahead.newest_stamp()),
+            "{handle} handle's newest_stamp ({stamp:?}) must be at least the stamp written \
+             {} s ahead of the clock ({:?}): is it the time rather than what is stored?",
+            AHEAD_MILLIS / 1000,
+            ahead.newest_stamp()
+        );
+    }
     // Not just any large stamp: every stamp these checks (and the tests
     // sharing a server) write is of the past or of the next few minutes.
     // An engine opening on a store that answered a stamp far ahead would
     // stamp its writes there, and its peers would refuse them.
     let now = SystemClock.now_millis();
-    for (handle, stamp) in [("this", &newest), ("another", &seen)] {
+    for (handle, stamp) in [
+        ("this", &newest),
+        ("another", &seen),
+        ("a newly opened", &fresh),
+    ] {
         ensure!(
             stamp
                 .as_ref()
@@ -1039,6 +1063,19 @@ pub async fn newest_stamp(ctx: &Context<'_>) -> CheckResult {
         );
     }
     other.close().await.or_fail("close")
+}
+
+/// How far ahead of the system clock [`ahead_clock`] stamps: beyond any
+/// time a check reads while it runs, within the drift an engine accepts
+/// (5 minutes) and well within [`NEWEST_STAMP_AHEAD_AT_MOST`].
+const AHEAD_MILLIS: u64 = 3 * 60 * 1000;
+
+/// A clock standing [`AHEAD_MILLIS`] ahead of the system clock, for
+/// records whose stamps a store must have kept, not made up from the time.
+fn ahead_clock(ctx: &Context<'_>, who: &str) -> CheckResult<Hlc> {
+    let now = SystemClock.now_millis();
+    let (_, hlc) = ctx.manual_clock(who, now.saturating_add(AHEAD_MILLIS))?;
+    Ok(hlc)
 }
 
 /// How far ahead of the clock [`newest_stamp`] may find a stamp: what a
@@ -1072,8 +1109,9 @@ pub async fn meta(ctx: &Context<'_>) -> CheckResult {
 }
 
 /// `set_meta_if_absent` stores only into an empty key, atomically: of
-/// writers racing through several handles, exactly one value wins and every
-/// writer is told that value.
+/// writers racing through several handles, exactly one value wins, every
+/// writer is told that value, and a reader on another handle never sees a
+/// value it read replaced.
 pub async fn meta_if_absent(ctx: &Context<'_>) -> CheckResult {
     const RACERS: usize = 8;
     let store = &*ctx.store;
@@ -1102,21 +1140,90 @@ pub async fn meta_if_absent(ctx: &Context<'_>) -> CheckResult {
         "set_meta_if_absent on a set key changes nothing"
     );
 
-    let raced = format!("{}-meta-race", ctx.run);
-    let start = Arc::new(Barrier::new(RACERS));
+    let mut racers = Vec::with_capacity(RACERS);
+    for _ in 0..RACERS {
+        racers.push(ctx.factory.open().await);
+    }
+    let watcher = ctx.factory.open().await;
+    for race in 0..META_RACES {
+        let key = format!("{}-meta-race-{race}", ctx.run);
+        meta_race(store, &racers, &watcher, &key).await?;
+    }
+    close_all(&racers).await?;
+    watcher.close().await.or_fail("close")
+}
+
+/// Keys [`meta_if_absent`] races on, one race each: a store that checks and
+/// then sets loses a race only now and then.
+const META_RACES: usize = 10;
+
+/// Reads of a raced key the watcher of one race makes at most.
+const META_WATCHES: usize = 2_000;
+
+/// How long the watcher of one race reads at most.
+const META_WATCH_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// One race of [`meta_if_absent`] on `key`: each of `racers` sets it if
+/// absent at once, while `watcher` reads it over and over. The racers must
+/// all be told the value stored, and the watcher must never see a value
+/// replaced: a store that checks and then sets lets a second racer
+/// overwrite the first, even where it tells every racer the last value.
+async fn meta_race(
+    store: &dyn StorageBackend,
+    racers: &[Arc<dyn StorageBackend>],
+    watcher: &Arc<dyn StorageBackend>,
+    key: &str,
+) -> CheckResult {
+    let start = Arc::new(Barrier::new(racers.len() + 1));
+    let racing = Arc::new(AtomicUsize::new(racers.len()));
     let mut tasks = JoinSet::new();
-    for n in 0..RACERS {
-        let handle = ctx.factory.open().await;
-        let (raced, start) = (raced.clone(), Arc::clone(&start));
+    for (n, handle) in racers.iter().enumerate() {
+        let (handle, key, start, racing) = (
+            Arc::clone(handle),
+            key.to_owned(),
+            Arc::clone(&start),
+            Arc::clone(&racing),
+        );
         tasks.spawn(async move {
             start.wait().await;
-            let kept = handle
-                .set_meta_if_absent(&raced, &format!("racer-{n}"))
-                .await;
-            handle.close().await.ok();
+            let kept = handle.set_meta_if_absent(&key, &format!("racer-{n}")).await;
+            racing.fetch_sub(1, Ordering::SeqCst);
             kept
         });
     }
+    let watching = {
+        let (watcher, key) = (Arc::clone(watcher), key.to_owned());
+        tokio::spawn(async move {
+            start.wait().await;
+            let began = tokio::time::Instant::now();
+            let mut first: Option<String> = None;
+            for _ in 0..META_WATCHES {
+                // Read before the look, so that the last look comes after
+                // every racer ended.
+                let over = racing.load(Ordering::SeqCst) == 0;
+                let value = watcher.get_meta(&key).await.or_fail("get_meta")?;
+                match (&first, value) {
+                    (None, value) => first = value,
+                    (Some(seen), Some(value)) => ensure!(
+                        *seen == value,
+                        "racing set_meta_if_absent calls replaced a value another handle \
+                         had read: {seen:?}, then {value:?}"
+                    ),
+                    (Some(seen), None) => {
+                        return Err(format!(
+                            "a value another handle had read of a racing \
+                             set_meta_if_absent ({seen:?}) vanished"
+                        ))
+                    }
+                }
+                if over || began.elapsed() > META_WATCH_FOR {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            CheckResult::Ok(())
+        })
+    };
     let mut answers = BTreeSet::new();
     while let Some(joined) = tasks.join_next().await {
         let kept = joined
@@ -1124,13 +1231,16 @@ pub async fn meta_if_absent(ctx: &Context<'_>) -> CheckResult {
             .or_fail("set_meta_if_absent")?;
         answers.insert(kept);
     }
+    watching
+        .await
+        .map_err(|e| format!("the watching task failed: {e}"))??;
     ensure_eq!(
         answers.len(),
         1,
         "racing set_meta_if_absent calls must all be told the one value that won: {answers:?}"
     );
     ensure_eq!(
-        store.get_meta(&raced).await.or_fail("get_meta")?,
+        store.get_meta(key).await.or_fail("get_meta")?,
         answers.into_iter().next(),
         "the stored value is the one every racer was told"
     );
@@ -1145,12 +1255,17 @@ pub async fn close_keeps_data(ctx: &Context<'_>) -> CheckResult {
     let handle = ctx.factory.open().await;
     let bystander = ctx.factory.open().await;
 
+    // The soft-deleted record is stamped ahead of the clock, so that only a
+    // store that kept its stamps answers a newest_stamp at least as new.
+    let mut ahead = ahead_clock(ctx, "close-ahead")?;
     let mut records = Vec::new();
     for i in 0..3 {
-        let mut rec = record(&mut hlc, &format!("r{i}"), i)?;
-        if i == 2 {
-            rec = soft_deleted(&mut hlc, &rec)?;
-        }
+        let rec = if i == 2 {
+            let rec = record(&mut ahead, &format!("r{i}"), i)?;
+            soft_deleted(&mut ahead, &rec)?
+        } else {
+            record(&mut hlc, &format!("r{i}"), i)?
+        };
         written(
             &handle
                 .put(&coll, &Write::create(rec.clone()))
@@ -1279,7 +1394,10 @@ pub async fn close_keeps_data(ctx: &Context<'_>) -> CheckResult {
         newest
             .as_ref()
             .is_some_and(|n| n >= records[2].newest_stamp()),
-        "newest_stamp survives reopening"
+        "newest_stamp ({newest:?}) survives reopening: at least the stamp written {} s \
+         ahead of the clock ({:?})",
+        AHEAD_MILLIS / 1000,
+        records[2].newest_stamp()
     );
     let stored = reopened
         .get(&coll, &rid("r0"))
@@ -1414,54 +1532,63 @@ pub async fn concurrent_writers_lose_no_update_in(
 }
 
 /// Records each writer of [`a_feed_read_during_writes_misses_nothing`]
-/// creates.
+/// creates at least.
 const FEED_WRITES_PER_WRITER: usize = 40;
+
+/// Records each writer of [`a_feed_read_during_writes_misses_nothing`]
+/// creates at most: past the least, a writer goes on only until the reader
+/// has read a page while writers were still writing, which a fast store
+/// may otherwise finish before the reader's first look.
+const FEED_MOST_WRITES_PER_WRITER: usize = 2_000;
+
+/// How long a writer of [`a_feed_read_during_writes_misses_nothing`] goes on
+/// past its least, waiting for the reader to overlap it.
+const FEED_OVERLAP_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// A reader paging the change feed while writers on other handles create
 /// records, keeping only the cursor each page gives it, sees every record:
 /// a write that took a position below one a reader has passed, and became
-/// visible after, would be missed for good.
+/// visible after, would be missed for good. The reader and the writers
+/// start together, and the reader must have read records while writers
+/// were still writing, or the check proved nothing.
 pub async fn a_feed_read_during_writes_misses_nothing(ctx: &Context<'_>) -> CheckResult {
     const PAGE: usize = 7;
     const MAX_PAGES: usize = 50_000;
     let coll = ctx.collection("feed-during-writes");
     let writers = HANDLES * TASKS_PER_HANDLE;
+    let start = Arc::new(Barrier::new(writers + 1));
+    let writing = Arc::new(AtomicUsize::new(writers));
+    let overlapped = Arc::new(AtomicBool::new(false));
     let mut tasks = JoinSet::new();
     let mut handles = Vec::new();
-    let mut expected = BTreeSet::new();
     for h in 0..HANDLES {
         let handle = ctx.factory.open().await;
         handles.push(Arc::clone(&handle));
         for t in 0..TASKS_PER_HANDLE {
-            let mut hlc = ctx.clock(&format!("feed-writer-{h}-{t}"))?;
-            let mut records = Vec::with_capacity(FEED_WRITES_PER_WRITER);
-            for i in 0..FEED_WRITES_PER_WRITER {
-                let id = format!("w{h}-{t}-{i}");
-                expected.insert(id.clone());
-                records.push(record(&mut hlc, &id, 1)?);
-            }
-            let (handle, coll) = (Arc::clone(&handle), coll.clone());
-            tasks.spawn(async move {
-                for created in records {
-                    let outcome = handle
-                        .put(&coll, &Write::create(created))
-                        .await
-                        .or_fail("create")?;
-                    written(&outcome, "create while a reader pages the feed")?;
-                }
-                CheckResult::Ok(())
-            });
+            let hlc = ctx.clock(&format!("feed-writer-{h}-{t}"))?;
+            let writer = FeedWriter {
+                store: Arc::clone(&handle),
+                coll: coll.clone(),
+                hlc,
+                prefix: format!("w{h}-{t}-"),
+                start: Arc::clone(&start),
+                writing: Arc::clone(&writing),
+                overlapped: Arc::clone(&overlapped),
+            };
+            tasks.spawn(writer.write());
         }
     }
 
+    start.wait().await;
     let mut cursor = Cursor::START;
     let mut seen = BTreeSet::new();
+    let mut expected = BTreeSet::new();
     let mut read_all = false;
     let mut finished = 0;
     for _ in 0..MAX_PAGES {
         // A writer's failure is the check's, at once.
         while let Some(joined) = tasks.try_join_next() {
-            joined.map_err(|e| format!("a writer task failed: {e}"))??;
+            expected.extend(joined.map_err(|e| format!("a writer task failed: {e}"))??);
             finished += 1;
         }
         // Read on until a page that ends the feed was asked for after the
@@ -1472,6 +1599,11 @@ pub async fn a_feed_read_during_writes_misses_nothing(ctx: &Context<'_>) -> Chec
             .changes(&coll, cursor, limit(PAGE))
             .await
             .or_fail("changes")?;
+        // Looked at after the page came: a writer still writing then was
+        // writing while the page was read.
+        if !page.changes.is_empty() && writing.load(Ordering::SeqCst) > 0 {
+            overlapped.store(true, Ordering::SeqCst);
+        }
         ensure!(
             page.next >= cursor,
             "a feed page moved the cursor back from {cursor} to {}",
@@ -1486,7 +1618,16 @@ pub async fn a_feed_read_during_writes_misses_nothing(ctx: &Context<'_>) -> Chec
         if !page.more {
             // Caught up: the writers' turn, without a store (a server
             // answering one request at a time) kept busy by empty reads.
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            // Shorter until a page was read during the writes, so that the
+            // reader looks again before writers on a fast store reach
+            // their most; a sleep, not a yield, so that MAX_PAGES outlasts
+            // FEED_OVERLAP_WAIT.
+            let pause = if overlapped.load(Ordering::SeqCst) {
+                5
+            } else {
+                1
+            };
+            tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
         }
     }
     ensure!(
@@ -1494,6 +1635,12 @@ pub async fn a_feed_read_during_writes_misses_nothing(ctx: &Context<'_>) -> Chec
         "the feed was not read to its end in {MAX_PAGES} pages"
     );
     close_all(&handles).await?;
+    ensure!(
+        overlapped.load(Ordering::SeqCst),
+        "the reader read no record while writers were still writing ({} records written): \
+         the check proved nothing",
+        expected.len()
+    );
     let missed: Vec<&String> = expected.difference(&seen).collect();
     ensure!(
         missed.is_empty(),
@@ -1503,6 +1650,61 @@ pub async fn a_feed_read_during_writes_misses_nothing(ctx: &Context<'_>) -> Chec
         missed.iter().take(10).collect::<Vec<_>>()
     );
     Ok(())
+}
+
+/// One writer of [`a_feed_read_during_writes_misses_nothing`].
+struct FeedWriter {
+    store: Arc<dyn StorageBackend>,
+    coll: CollectionName,
+    hlc: Hlc,
+    /// Of the ids it writes.
+    prefix: String,
+    /// Passed by every writer and the reader before anyone starts.
+    start: Arc<Barrier>,
+    /// Writers that have not finished yet.
+    writing: Arc<AtomicUsize>,
+    /// Whether the reader has read records while writers were writing.
+    overlapped: Arc<AtomicBool>,
+}
+
+impl FeedWriter {
+    /// Creates [`FEED_WRITES_PER_WRITER`] records, then more until the
+    /// reader has overlapped the writes (within bounds). Returns their ids.
+    async fn write(mut self) -> CheckResult<Vec<String>> {
+        // Counted down however the writer ends, so the reader never takes
+        // a failed writer for one still writing.
+        struct Finished(Arc<AtomicUsize>);
+        impl Drop for Finished {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.start.wait().await;
+        let _finished = Finished(Arc::clone(&self.writing));
+        let began = tokio::time::Instant::now();
+        let mut ids = Vec::new();
+        for i in 0..FEED_MOST_WRITES_PER_WRITER {
+            let more = i < FEED_WRITES_PER_WRITER
+                || (!self.overlapped.load(Ordering::SeqCst) && began.elapsed() < FEED_OVERLAP_WAIT);
+            if !more {
+                break;
+            }
+            let id = format!("{}{i}", self.prefix);
+            let created = record(&mut self.hlc, &id, 1)?;
+            let outcome = self
+                .store
+                .put(&self.coll, &Write::create(created))
+                .await
+                .or_fail("create")?;
+            written(&outcome, "create while a reader pages the feed")?;
+            ids.push(id);
+            // On a store whose calls never wait (in memory), a writer would
+            // otherwise run to its end in one poll, holding a worker and
+            // the timers the reader sleeps on.
+            tokio::task::yield_now().await;
+        }
+        Ok(ids)
+    }
 }
 
 /// One writer: increments the counter `increments` times, retrying lost
@@ -1823,7 +2025,9 @@ async fn refused_inserts_wrote_nothing(
 pub async fn insert_if_absent(ctx: &Context<'_>) -> CheckResult {
     let store = &*ctx.store;
     let coll = ctx.collection("insert-if-absent");
-    let mut hlc = ctx.clock("inserter")?;
+    // Ahead of the clock, so that newest_stamp can only be as new as the
+    // inserted record if the store kept its stamp.
+    let mut hlc = ahead_clock(ctx, "inserter")?;
     let first = record(&mut hlc, "a", 1)?;
     let mut made = 0;
     let answer = store
@@ -1870,7 +2074,10 @@ pub async fn insert_if_absent(ctx: &Context<'_>) -> CheckResult {
     let newest = store.newest_stamp().await.or_fail("newest_stamp")?;
     ensure!(
         newest.as_ref() >= Some(first.newest_stamp()),
-        "newest_stamp {newest:?} is older than the inserted record's"
+        "newest_stamp {newest:?} is older than the inserted record's, stamped {} s ahead \
+         of the clock ({:?})",
+        AHEAD_MILLIS / 1000,
+        first.newest_stamp()
     );
 
     // A stored id: answered, nothing written, make called at most once.
@@ -2039,7 +2246,8 @@ fn unusual_names(run: &str) -> Vec<String> {
     names
 }
 
-/// Unusual but valid ids work and are all distinct.
+/// Unusual but valid ids work and are all distinct: each is created, read,
+/// replaced and deleted, and nothing done to one touches another.
 pub async fn unusual_ids(ctx: &Context<'_>) -> CheckResult {
     let store = &*ctx.store;
     let coll = ctx.collection("odd-ids");
@@ -2101,19 +2309,81 @@ pub async fn unusual_ids(ctx: &Context<'_>) -> CheckResult {
     expected.sort();
     ensure_eq!(fed, expected, "the feed lists every unusual id once");
 
+    // Each id replaced with its token, then each deleted, one at a time:
+    // after each call every other record is as it was, so a store that
+    // folds two ids into one key for a replace or a delete (but not for a
+    // create) is caught.
+    let mut state: Vec<Option<i64>> = (0..names.len()).map(|i| Some(i as i64)).collect();
+    let replaced = |i: usize| (names.len() + i) as i64;
+    for (i, id) in names.iter().enumerate() {
+        let stored = store
+            .get(&coll, &ids[i])
+            .await
+            .or_fail("get")?
+            .ok_or_else(|| format!("id {:?} not found", shortened(id)))?;
+        let next = edited(&mut hlc, &stored.record, replaced(i))?;
+        put_ok(
+            store,
+            &coll,
+            &Write::replace(next, stored.token),
+            &format!("replace of id {:?} with its token", shortened(id)),
+        )
+        .await?;
+        state[i] = Some(replaced(i));
+        ensure_unusual_ids(store, &coll, &names, &ids, &state, "replacing", id).await?;
+    }
+    for (i, id) in names.iter().enumerate() {
+        ensure!(
+            store.delete(&coll, &ids[i]).await.or_fail("delete")?,
+            "delete of id {:?} must report it deleted",
+            shortened(id)
+        );
+        state[i] = None;
+        ensure_unusual_ids(store, &coll, &names, &ids, &state, "deleting", id).await?;
+    }
+    let left = store.get_all(&coll).await.or_fail("get_all")?;
     ensure!(
-        store.delete(&coll, &rid("a")).await.or_fail("delete")?,
-        "delete of id \"a\""
+        left.is_empty(),
+        "every unusual id was deleted, yet get_all returns {} records",
+        left.len()
     );
+    Ok(())
+}
+
+/// Fails unless the records of `ids` (named `names`) hold the numbers of
+/// `state` (`None`: absent), after `doing` (replacing or deleting) `id`.
+async fn ensure_unusual_ids(
+    store: &dyn StorageBackend,
+    coll: &CollectionName,
+    names: &[String],
+    ids: &[RecordId],
+    state: &[Option<i64>],
+    doing: &str,
+    id: &str,
+) -> CheckResult {
+    let many = store.get_many(coll, ids).await.or_fail("get_many")?;
     ensure_eq!(
-        store.get_all(&coll).await.or_fail("get_all")?.len(),
-        names.len() - 1,
-        "deleting \"a\" removes only it (not \"A\", \"a \", ...)"
+        many.len(),
+        ids.len(),
+        "get_many answers one entry per id asked for"
     );
-    ensure!(
-        store.get(&coll, &rid("A")).await.or_fail("get")?.is_some(),
-        "\"A\" survives deleting \"a\""
-    );
+    for ((name, entry), expected) in names.iter().zip(&many).zip(state) {
+        ensure_eq!(
+            entry.as_ref().and_then(|s| n_of(&s.record)),
+            *expected,
+            "the record of id {:?} after {doing} id {:?} (only that record may change)",
+            shortened(name),
+            shortened(id)
+        );
+        if let Some(stored) = entry {
+            ensure_eq!(
+                stored.record.id(),
+                name.as_str(),
+                "the id reads back exactly after {doing} id {:?}",
+                shortened(id)
+            );
+        }
+    }
     Ok(())
 }
 
@@ -2196,6 +2466,233 @@ pub async fn unusual_collection_names(ctx: &Context<'_>) -> CheckResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::num::NonZeroUsize;
+    use std::time::{Duration, Instant};
+
+    use parking_lot::Mutex;
+    use syncforge_backend_memory::MemoryBackend;
+    use syncforge_core::{ChangePage, Result, Stamp, Stored};
+
+    use crate::StoreFactory;
+
+    /// What a [`Flawed`] store gets wrong.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Flaw {
+        /// `newest_stamp` answers the time instead of what is stored.
+        NewestIsNow,
+        /// A delete removes the id in lower case too (as a case-folding
+        /// file system would).
+        DeleteFoldsCase,
+        /// `set_meta_if_absent` checks, then sets, then reads back what
+        /// is stored.
+        CheckThenSet,
+        /// The feed answers nothing until writes have stopped for a while.
+        FeedSettlesFirst,
+    }
+
+    /// A memory store with one flaw, on every handle it opens.
+    struct Flawed {
+        inner: MemoryBackend,
+        flaw: Flaw,
+        last_write: Arc<Mutex<Instant>>,
+    }
+
+    impl Flawed {
+        fn new(flaw: Flaw) -> Self {
+            Flawed {
+                inner: MemoryBackend::new(),
+                flaw,
+                last_write: Arc::new(Mutex::new(Instant::now())),
+            }
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl StoreFactory for Flawed {
+        async fn open(&self) -> Arc<dyn StorageBackend> {
+            Arc::new(FlawedHandle {
+                inner: self.inner.clone(),
+                flaw: self.flaw,
+                last_write: Arc::clone(&self.last_write),
+            })
+        }
+    }
+
+    #[derive(Debug)]
+    struct FlawedHandle {
+        inner: MemoryBackend,
+        flaw: Flaw,
+        last_write: Arc<Mutex<Instant>>,
+    }
+
+    #[async_trait::async_trait]
+    impl StorageBackend for FlawedHandle {
+        fn name(&self) -> &'static str {
+            "flawed"
+        }
+        async fn get(&self, collection: &CollectionName, id: &RecordId) -> Result<Option<Stored>> {
+            self.inner.get(collection, id).await
+        }
+        async fn get_many(
+            &self,
+            collection: &CollectionName,
+            ids: &[RecordId],
+        ) -> Result<Vec<Option<Stored>>> {
+            self.inner.get_many(collection, ids).await
+        }
+        async fn get_all(&self, collection: &CollectionName) -> Result<Vec<Record>> {
+            self.inner.get_all(collection).await
+        }
+        async fn put_batch(
+            &self,
+            collection: &CollectionName,
+            writes: &[Write],
+        ) -> Result<Vec<WriteOutcome>> {
+            let outcomes = self.inner.put_batch(collection, writes).await;
+            *self.last_write.lock() = Instant::now();
+            outcomes
+        }
+        async fn insert_if_absent(
+            &self,
+            collection: &CollectionName,
+            id: &RecordId,
+            make: &mut (dyn FnMut() -> Result<Record> + Send),
+        ) -> Option<Result<IfAbsent>> {
+            self.inner.insert_if_absent(collection, id, make).await
+        }
+        async fn delete(&self, collection: &CollectionName, id: &RecordId) -> Result<bool> {
+            if self.flaw == Flaw::DeleteFoldsCase {
+                if let Ok(folded) = RecordId::new(id.to_lowercase()) {
+                    if folded != *id {
+                        self.inner.delete(collection, &folded).await?;
+                    }
+                }
+            }
+            self.inner.delete(collection, id).await
+        }
+        async fn changes(
+            &self,
+            collection: &CollectionName,
+            after: Cursor,
+            limit: NonZeroUsize,
+        ) -> Result<ChangePage> {
+            let settled = self.last_write.lock().elapsed() > Duration::from_millis(100);
+            if self.flaw == Flaw::FeedSettlesFirst && !settled {
+                return Ok(ChangePage {
+                    changes: Vec::new(),
+                    next: after,
+                    more: false,
+                });
+            }
+            self.inner.changes(collection, after, limit).await
+        }
+        async fn changes_since_timestamp(
+            &self,
+            collection: &CollectionName,
+            millis: u64,
+        ) -> Result<Vec<Record>> {
+            self.inner.changes_since_timestamp(collection, millis).await
+        }
+        async fn list_collections(&self) -> Result<Vec<CollectionName>> {
+            self.inner.list_collections().await
+        }
+        async fn clear_collection(&self, collection: &CollectionName) -> Result<()> {
+            self.inner.clear_collection(collection).await
+        }
+        async fn newest_stamp(&self) -> Result<Option<Stamp>> {
+            if self.flaw == Flaw::NewestIsNow {
+                self.inner.newest_stamp().await?;
+                // Counter high, so that it passes for at least any stamp
+                // of the same millisecond.
+                return Stamp::new(SystemClock.now_millis(), 1 << 20, "now").map(Some);
+            }
+            self.inner.newest_stamp().await
+        }
+        async fn get_meta(&self, key: &str) -> Result<Option<String>> {
+            self.inner.get_meta(key).await
+        }
+        async fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+            self.inner.set_meta(key, value).await
+        }
+        async fn set_meta_if_absent(&self, key: &str, value: &str) -> Result<String> {
+            if self.flaw != Flaw::CheckThenSet {
+                return self.inner.set_meta_if_absent(key, value).await;
+            }
+            if self.inner.get_meta(key).await?.is_none() {
+                // Every racer has looked before the first one sets; the
+                // sets spread over a few milliseconds, as a network's would.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                tokio::time::sleep(Duration::from_micros(fastrand::u64(0..5_000))).await;
+                self.inner.set_meta(key, value).await?;
+                // Every racer has set before any reads back, so all are
+                // told the same value.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            self.inner
+                .get_meta(key)
+                .await?
+                .ok_or_else(|| syncforge_core::Error::storage("flawed", "meta vanished"))
+        }
+        async fn close(&self) -> Result<()> {
+            self.inner.close().await
+        }
+    }
+
+    /// Fails the test unless a check on a store with `flaw` answered
+    /// `result`, a failure whose message holds `saying`.
+    fn failed(result: CheckResult, flaw: Flaw, saying: &str) {
+        match result {
+            Ok(()) => panic!("the check passed a store whose flaw is {flaw:?}"),
+            Err(message) => assert!(
+                message.contains(saying),
+                "{flaw:?}: the check failed for another reason: {message}"
+            ),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_answering_the_time_as_newest_stamp_fails() {
+        let flaw = Flaw::NewestIsNow;
+        let factory = Flawed::new(flaw);
+        let ctx = Context::open(&factory).await;
+        let ahead = "ahead of the clock";
+        failed(newest_stamp(&ctx).await, flaw, ahead);
+        failed(close_keeps_data(&ctx).await, flaw, ahead);
+        failed(insert_if_absent(&ctx).await, flaw, ahead);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_deleting_two_ids_as_one_fails() {
+        let flaw = Flaw::DeleteFoldsCase;
+        let factory = Flawed::new(flaw);
+        let ctx = Context::open(&factory).await;
+        failed(unusual_ids(&ctx).await, flaw, "only that record may change");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_checking_then_setting_meta_fails() {
+        let flaw = Flaw::CheckThenSet;
+        let factory = Flawed::new(flaw);
+        let ctx = Context::open(&factory).await;
+        failed(
+            meta_if_absent(&ctx).await,
+            flaw,
+            "replaced a value another handle had read",
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_feed_read_only_after_the_writes_fails() {
+        let flaw = Flaw::FeedSettlesFirst;
+        let factory = Flawed::new(flaw);
+        let ctx = Context::open(&factory).await;
+        failed(
+            a_feed_read_during_writes_misses_nothing(&ctx).await,
+            flaw,
+            "proved nothing",
+        );
+    }
 
     #[test]
     fn unusual_names_are_valid_and_distinct() {

