@@ -184,7 +184,11 @@ impl State {
 /// ones it replaced ([`RecordBody::before`]), so that the history travels
 /// from state to state though the first attempt of a write is made blind.
 pub(crate) fn token(etag: &str, history: &[Cursor]) -> String {
-    let cursors: Vec<String> = history.iter().map(|at| at.get().to_string()).collect();
+    let cursors: Vec<String> = history
+        .iter()
+        .take(format::KEPT_BEFORE)
+        .map(|at| at.get().to_string())
+        .collect();
     format!("{}/{etag}", cursors.join(","))
 }
 
@@ -197,6 +201,7 @@ pub(crate) fn expected(token: &str) -> (&str, Vec<Cursor>) {
             .split(',')
             .filter(|text| !text.is_empty())
             .map(|text| text.parse().ok().map(Cursor::new))
+            .take(format::KEPT_BEFORE)
             .collect();
         if let Some(history) = history {
             return (etag, history);

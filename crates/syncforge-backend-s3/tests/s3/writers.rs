@@ -485,6 +485,44 @@ async fn a_slow_writers_update_completed_and_replaced_before_it_looked_is_writte
     );
 }
 
+/// The token a write answers names the states before it, and it grew by
+/// one cursor with each write made with the token of the one before: a
+/// program chaining writes so sent ever longer tokens, which every feed
+/// item kept. It names 16 at most, as the token a read hands out does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_of_chained_writes_stay_bounded() {
+    let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let collection = coll("chained");
+    let store = handle(&memory, "dse");
+    let mut clock = Hlc::new(ClientId::new("w").unwrap());
+    let mut record = Record::create(content("r", 0), clock.now().unwrap());
+    let mut token = match store.put(&collection, &Write::create(record.clone())).await {
+        Ok(WriteOutcome::Written { token, .. }) => token,
+        other => panic!("{other:?}"),
+    };
+    for n in 1..=20 {
+        record
+            .apply_put(content("r", n), &clock.now().unwrap())
+            .unwrap();
+        token = match store
+            .put(&collection, &Write::replace(record.clone(), token))
+            .await
+        {
+            Ok(WriteOutcome::Written { token, .. }) => token,
+            other => panic!("write {n}: {other:?}"),
+        };
+    }
+    let read = store.get(&collection, &rid("r")).await.unwrap().unwrap();
+    assert_eq!(token, read.token, "the write's token is the read's");
+    let syncforge_core::Token::Tag(text) = &token else {
+        panic!("{token:?}")
+    };
+    let cursors = text
+        .split_once('/')
+        .map_or(0, |(cursors, _)| cursors.split(',').count());
+    assert_eq!(cursors, 16, "{text}");
+}
+
 /// A writer whose feed entry create landed, but was sent again (its answer
 /// lost) and refused, took its own entry for another writer's and claimed
 /// the next number with the same writes. A reader completed the first
