@@ -17,7 +17,7 @@ use syncforge_core::{
 use crate::format::{self, cursor, end_of, entry_of, Entry, Horizon, Item, RecordBody, Segment};
 use crate::io::{same_etag, Condition, Put};
 use crate::keys::CollectionKeys;
-use crate::store::{expected, token, Races, State, Store};
+use crate::store::{expected, history, token, Races, State, Store};
 use crate::BACKEND_NAME;
 
 /// The ETag in the token of a write that landed and was replaced before
@@ -271,9 +271,8 @@ impl Store {
         };
         let body = format::to_bytes(&RecordBody::record(at, item.record.clone(), &before))?;
         if let Put::Done(etag) = self.io.put(&path, body, condition).await? {
-            let history: Vec<Cursor> = std::iter::once(at).chain(before).collect();
             return Ok(Outcome::Written {
-                token: token(&etag, &history),
+                token: token(&etag, &history(at, &before)),
                 cursor: at,
             });
         }

@@ -164,10 +164,7 @@ impl State {
     /// a write over it names as the states it replaced.
     pub(crate) fn history(&self) -> Vec<Cursor> {
         match self {
-            State::Record { seq, before, .. } => std::iter::once(*seq)
-                .chain(before.iter().copied())
-                .take(format::KEPT_BEFORE)
-                .collect(),
+            State::Record { seq, before, .. } => history(*seq, before),
             State::Absent | State::Marker { .. } => Vec::new(),
         }
     }
@@ -176,6 +173,15 @@ impl State {
     pub(crate) fn token(&self) -> Option<String> {
         self.etag().map(|etag| token(etag, &self.history()))
     }
+}
+
+/// The cursors of a state written at `seq` over the states at `before`,
+/// and of those, newest first, as many as a record object names.
+pub(crate) fn history(seq: Cursor, before: &[Cursor]) -> Vec<Cursor> {
+    std::iter::once(seq)
+        .chain(before.iter().copied())
+        .take(format::KEPT_BEFORE)
+        .collect()
 }
 
 /// A record token as this store hands it out: the cursors of the state it
