@@ -1477,7 +1477,7 @@ impl HttpPeer {
     }
 
     /// The start of an error answer's body (see [`ERROR_BODY_BYTES`]).
-    async fn error_body(&self, mut response: reqwest::Response) -> Result<Vec<u8>, Failure> {
+    async fn error_body(&self, response: reqwest::Response) -> Result<Vec<u8>, Failure> {
         let json = response
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
@@ -1488,39 +1488,44 @@ impl HttpPeer {
         } else {
             ERROR_BODY_BYTES.min(self.inner.max_response_bytes)
         };
-        let mut body = Vec::new();
-        while body.len() < most {
-            let Some(chunk) = response
-                .chunk()
-                .await
-                .map_err(|error| self.transport(error))?
-            else {
-                break;
-            };
-            let room = most - body.len();
-            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        }
+        let (body, _) = self.read_at_most(response, most).await?;
         Ok(body)
     }
 
-    /// The answer's body, decompressed, read up to the peer's bound: a
-    /// server's answer is the server's word, and a small compressed body
-    /// can stand for gigabytes.
-    async fn body(&self, mut response: reqwest::Response, url: &Url) -> Result<Bytes, Failure> {
-        let max = self.inner.max_response_bytes;
+    /// The answer's body, decompressed, up to `most` bytes, and whether
+    /// more followed (not read).
+    async fn read_at_most(
+        &self,
+        mut response: reqwest::Response,
+        most: usize,
+    ) -> Result<(Vec<u8>, bool), Failure> {
         let mut body = Vec::new();
         while let Some(chunk) = response
             .chunk()
             .await
             .map_err(|error| self.transport(error))?
         {
-            if body.len().saturating_add(chunk.len()) > max {
-                return Err(Failure::AnswerTooLarge(self.protocol_error(format!(
-                    "answered {} with more than max_response_bytes ({max} bytes)",
-                    url.path()
-                ))));
+            let room = most - body.len();
+            if chunk.len() > room {
+                body.extend_from_slice(&chunk[..room]);
+                return Ok((body, true));
             }
             body.extend_from_slice(&chunk);
+        }
+        Ok((body, false))
+    }
+
+    /// The answer's body, decompressed, read up to the peer's bound: a
+    /// server's answer is the server's word, and a small compressed body
+    /// can stand for gigabytes.
+    async fn body(&self, response: reqwest::Response, url: &Url) -> Result<Bytes, Failure> {
+        let max = self.inner.max_response_bytes;
+        let (body, more) = self.read_at_most(response, max).await?;
+        if more {
+            return Err(Failure::AnswerTooLarge(self.protocol_error(format!(
+                "answered {} with more than max_response_bytes ({max} bytes)",
+                url.path()
+            ))));
         }
         Ok(Bytes::from(body))
     }
