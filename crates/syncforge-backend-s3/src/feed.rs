@@ -25,6 +25,26 @@ use crate::BACKEND_NAME;
 /// fails its condition, as one with any stale token does.
 const REPLACED_TAG: &str = "\"syncforge-replaced\"";
 
+/// How many times a writer reads the horizon and its segment to learn
+/// whether an entry it claimed was folded ([`Store::folded_own`]).
+const FOLDED_READS: usize = 4;
+
+/// The entry a writer claimed for its items.
+#[derive(Clone, Copy)]
+struct Claim<'a> {
+    /// The entry's number (at or below the horizon when a compaction
+    /// folded the entry before the writer read the horizon).
+    number: u64,
+    /// The numbers that may have held the same items before: claimed and
+    /// abandoned as the horizon had reached them (the segment did not name
+    /// this entry as folded there), or refused to a create sent again whose
+    /// first send may have landed (its answer lost) and been folded before
+    /// another writer took the number.
+    abandoned: &'a [u64],
+    /// The entry's [`Entry::id`].
+    id: &'a str,
+}
+
 /// How often a page is read again because compaction moved the feed under
 /// it before giving up with [`Error::Unavailable`].
 const MAX_PAGE_ATTEMPTS: usize = 8;
@@ -196,9 +216,9 @@ impl Store {
                 Stamp::new(millis, 0, newest.client().clone()).unwrap_or_else(|_| newest.clone());
             self.raise_newest(collection, keys, &bound).await?;
         }
-        let entry = Entry { items };
+        let entry = Entry::new(items);
         let body = format::to_bytes(&entry)?;
-        let (number, abandoned) = self.claim(collection, keys, body).await?;
+        let (number, abandoned) = self.claim(collection, keys, body, &entry.id).await?;
         let abandoned = &abandoned;
 
         // Items of one id are committed in their order (the first of two
@@ -218,9 +238,14 @@ impl Store {
                 let mut results = Vec::with_capacity(group.len());
                 for index in group {
                     let item = &entry.items[index];
+                    let claim = Claim {
+                        number,
+                        abandoned,
+                        id: &entry.id,
+                    };
                     results.push((
                         index,
-                        self.commit_own(collection, keys, (number, abandoned), index, item)
+                        self.commit_own(collection, keys, claim, index, item)
                             .await?,
                     ));
                 }
@@ -247,20 +272,26 @@ impl Store {
             .collect())
     }
 
-    /// Commits item `index` of the caller's own entry: of entry `number`,
-    /// claimed after abandoning the entries `abandoned` with the same items.
+    /// Commits item `index` of the caller's own entry, claimed as `claim`.
     ///
-    /// A compaction may have folded an abandoned entry before the writer saw
-    /// it at the horizon, committing its items: a record holding this
-    /// item's state at the item's cursor in such an entry is its write.
+    /// The claimed entry may lie at or below the horizon, folded by a
+    /// compaction that settled its items: the put is then refused, and the
+    /// state read tells, as for an item a reader completed. An abandoned
+    /// entry may have been folded too, when the writer could not tell it
+    /// for its own at the time: a record holding this item's state at the
+    /// item's cursor in such an entry is its write, and so is one that
+    /// replaced that state, if the entry folded was this writer's own.
     async fn commit_own(
         &self,
         collection: &CollectionName,
         keys: &CollectionKeys,
-        (number, abandoned): (u64, &[u64]),
+        claim: Claim<'_>,
         index: usize,
         item: &Item,
     ) -> Result<Outcome> {
+        let Claim {
+            number, abandoned, ..
+        } = claim;
         let at = cursor(number, index);
         let path = keys.record(item.id());
         // Blind, as the writer has not read the record: the states it
@@ -284,7 +315,7 @@ impl Store {
         let mut state = self.read(collection, keys, item.id()).await?;
         self.settle(collection, keys, at, item, &mut state).await?;
         let token_now = state.token();
-        Ok(match state {
+        let outcome = match state {
             State::Record { seq, .. } if seq == at => Outcome::Written {
                 token: token_now.unwrap_or_default(),
                 cursor: at,
@@ -309,19 +340,68 @@ impl Store {
                 cursor: at,
             },
             State::Marker { etag } if item.expect.is_none() => Outcome::OnMarker(etag),
+            // Replaced after a compaction committed it in an abandoned
+            // entry: the number may have been another entry's before, so
+            // the state replaced is this write only if the entry folded
+            // under that number was this writer's.
+            State::Record { before, .. } => {
+                for &entry in abandoned {
+                    let was = cursor(entry, index);
+                    if before.contains(&was)
+                        && self.folded_own(collection, keys, entry, claim.id).await?
+                    {
+                        return Ok(Outcome::Written {
+                            token: token(REPLACED_TAG, &[was]),
+                            cursor: was,
+                        });
+                    }
+                }
+                Outcome::Conflict
+            }
             _ => Outcome::Conflict,
-        })
+        };
+        Ok(outcome)
+    }
+
+    /// Whether a compaction folded entry `number` as the entry whose id is
+    /// `entry` (committing its items), by the folded entries the segment
+    /// of the horizon names now. `false` when it cannot tell: the horizon
+    /// kept moving, or the segment no longer names that number.
+    async fn folded_own(
+        &self,
+        collection: &CollectionName,
+        keys: &CollectionKeys,
+        number: u64,
+        entry: &str,
+    ) -> Result<bool> {
+        // A segment is gone only once a later compaction moved the horizon;
+        // each retry follows another compaction, and a few are enough.
+        for _ in 0..FOLDED_READS {
+            let (horizon, tag) = self.read_horizon(keys).await?;
+            if let Some(segment) = self
+                .read_segment(collection, keys, &horizon, tag.as_deref())
+                .await?
+            {
+                return Ok(names_folded(&segment, number, entry));
+            }
+        }
+        Ok(false)
     }
 
     /// Claims the next entry number with create-if-absent, so every number
     /// is taken by one entry and entries come into existence in number
-    /// order, and answers it with the numbers abandoned first.
+    /// order, and answers it with the numbers that may have held this
+    /// writer's entry first ([`Claim::abandoned`]).
     ///
-    /// A claimed number at or below the horizon is abandoned, and the next
-    /// one claimed. Usually compaction had freed the number before this
-    /// writer took it, and no one reads the entry. But a compaction may
-    /// also have folded the entry after this writer made it, settling its
-    /// items first, which may have committed them ([`commit_own`] looks).
+    /// A claimed number at or below the horizon was folded already. If the
+    /// segment names this writer's entry (`id`) as folded there, a
+    /// compaction folded it after this writer made it, settling its items:
+    /// each is committed at its cursor or void for good, and the number is
+    /// answered, for [`commit_own`] to tell which at once (a write
+    /// committed and then replaced is known by the states that replaced
+    /// it, which name 16 at most). Otherwise compaction had freed the
+    /// number before this writer took it, and no one reads the entry: the
+    /// claim is abandoned, and the next number claimed.
     ///
     /// [`commit_own`]: Self::commit_own
     async fn claim(
@@ -329,6 +409,7 @@ impl Store {
         collection: &CollectionName,
         keys: &CollectionKeys,
         body: bytes::Bytes,
+        id: &str,
     ) -> Result<(u64, Vec<u64>)> {
         let mut abandoned = Vec::new();
         let cached = self.heads.lock().get(collection).copied();
@@ -366,6 +447,10 @@ impl Store {
                 Put::Lost => match self.io.get(&keys.entry(number)).await? {
                     Some(found) if found.body == body => true,
                     Some(_) => {
+                        // The first send may have landed, and compaction
+                        // folded the entry before another writer took the
+                        // number: its items may be committed there.
+                        abandoned.push(number);
                         races.lost(&keys.entries()).await?;
                         // Taken the first time: usually by a writer just as
                         // fast, so try the next number. Taken again: the
@@ -387,8 +472,21 @@ impl Store {
             if !taken {
                 continue;
             }
-            let (horizon, _) = self.read_horizon(keys).await?;
+            let (horizon, tag) = self.read_horizon(keys).await?;
             if horizon.horizon >= number {
+                let folded = match self
+                    .read_segment(collection, keys, &horizon, tag.as_deref())
+                    .await?
+                {
+                    Some(segment) => names_folded(&segment, number, id),
+                    None => self.folded_own(collection, keys, number, id).await?,
+                };
+                if folded {
+                    self.heads
+                        .lock()
+                        .insert(collection.clone(), horizon.horizon);
+                    return Ok((number, abandoned));
+                }
                 // Abandoned: compaction folded this number already. The
                 // entry stays unread (readers and compactors skip entries
                 // at or below the horizon) until compaction deletes it.
@@ -994,6 +1092,7 @@ impl Store {
         let segment = Segment {
             horizon: target,
             writes,
+            folded: folded_after(&old_segment.folded, &entries),
         };
         self.io
             .put(&segment_path, format::to_bytes(&segment)?, Condition::None)
@@ -1036,6 +1135,38 @@ impl Store {
         self.io.delete(obsolete).await?;
         Ok(())
     }
+}
+
+/// Whether `segment` names entry `number` as folded with the id `id`.
+fn names_folded(segment: &Segment, number: u64, id: &str) -> bool {
+    let folded = &segment.folded;
+    let at = folded.partition_point(|(folded, _)| *folded < number);
+    folded
+        .get(at)
+        .is_some_and(|(folded, named)| *folded == number && named == id)
+}
+
+/// The entries a segment names as folded ([`Segment::folded`]): those the
+/// segment before named and `entries`, folded now, each by its number and
+/// id (entries written before entries had ids are left out), the last
+/// [`KEPT_FOLDED`](format::KEPT_FOLDED) in number order.
+fn folded_after(before: &[(u64, String)], entries: &[(u64, Arc<Entry>)]) -> Vec<(u64, String)> {
+    let mut folded: Vec<(u64, String)> = before
+        .iter()
+        .cloned()
+        .chain(
+            entries
+                .iter()
+                .filter(|(_, entry)| !entry.id.is_empty())
+                .map(|(number, entry)| (*number, entry.id.clone())),
+        )
+        .collect();
+    // Entries fold above the old horizon, so these come after the ones
+    // before; sorting keeps the order sure for the binary search.
+    folded.sort_unstable();
+    let excess = folded.len().saturating_sub(format::KEPT_FOLDED);
+    folded.drain(..excess);
+    folded
 }
 
 /// Collects a page: the changes found so far (each id once, at its latest
@@ -1150,7 +1281,7 @@ mod tests {
     /// it whole for every page) counts as half of it: at most two are kept.
     #[test]
     fn recent_entries_keep_the_one_in_use_and_few_small_ones() {
-        let entry = || Arc::new(Entry { items: Vec::new() });
+        let entry = || Arc::new(Entry::new(Vec::new()));
         for big in [16 << 20, 100 << 20] {
             let mut recent = RecentEntries::default();
             recent.keep(Path::from("big"), "t".to_owned(), big, entry());
@@ -1171,6 +1302,35 @@ mod tests {
             assert!(recent.bytes <= RECENT_ENTRY_BYTES);
             assert_eq!(recent.kept.len(), 2);
         }
+    }
+
+    /// A segment names the entries folded before it and those it folds,
+    /// the last `KEPT_FOLDED` of them, and none written without an id.
+    #[test]
+    fn a_segment_names_the_last_entries_folded_by_number_and_id() {
+        let kept = format::KEPT_FOLDED as u64;
+        let before: Vec<(u64, String)> = (1..=kept).map(|n| (n, format!("e{n}"))).collect();
+        let mut unnamed = Entry::new(Vec::new());
+        unnamed.id.clear();
+        let newest = Arc::new(Entry::new(Vec::new()));
+        let entries = vec![
+            (kept + 1, Arc::clone(&newest)),
+            (kept + 2, Arc::new(unnamed)),
+        ];
+        let folded = folded_after(&before, &entries);
+        assert_eq!(folded.len(), format::KEPT_FOLDED);
+        assert_eq!(folded.first(), Some(&(2, "e2".to_owned())));
+        assert_eq!(folded.last(), Some(&(kept + 1, newest.id.clone())));
+        let segment = Segment {
+            horizon: kept + 2,
+            writes: Vec::new(),
+            folded,
+        };
+        assert!(names_folded(&segment, kept + 1, &newest.id));
+        assert!(names_folded(&segment, 2, "e2"));
+        assert!(!names_folded(&segment, kept + 1, "another"));
+        assert!(!names_folded(&segment, 1, "e1"), "no longer kept");
+        assert!(!names_folded(&segment, kept + 2, ""), "no id");
     }
 
     #[test]

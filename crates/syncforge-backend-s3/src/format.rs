@@ -105,6 +105,24 @@ impl Item {
 #[serde(deny_unknown_fields)]
 pub(crate) struct Entry {
     pub(crate) items: Vec<Item>,
+    /// A ULID made for this entry. An entry number can be held by two
+    /// entries in turn (compaction deletes an entry it folded, and a writer
+    /// that still takes the feed to end before it claims the number again,
+    /// then abandons it): compaction keeps the ids of the entries it folds
+    /// ([`Segment::folded`]), so that a writer can tell whether the entry
+    /// folded under its number was its own.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub(crate) id: String,
+}
+
+impl Entry {
+    /// An entry of `items`, with an id of its own.
+    pub(crate) fn new(items: Vec<Item>) -> Self {
+        Entry {
+            items,
+            id: ulid::Ulid::new().to_string(),
+        }
+    }
 }
 
 /// The horizon: entries up to `horizon` are folded into `segment`.
@@ -123,7 +141,16 @@ pub(crate) struct Horizon {
 pub(crate) struct Segment {
     pub(crate) horizon: u64,
     pub(crate) writes: Vec<(Cursor, RecordId)>,
+    /// The entries folded by the compactions up to this one, by number and
+    /// [`Entry::id`]: the last [`KEPT_FOLDED`], in number order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) folded: Vec<(u64, String)>,
 }
+
+/// How many folded entries a segment names ([`Segment::folded`]): four
+/// compactions' worth at the default interval, more than are folded while
+/// a writer between its claim and its commit looks.
+pub(crate) const KEPT_FOLDED: usize = 1024;
 
 /// The bound on the newest stamp of a collection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -51,10 +51,6 @@ async fn conforms_on_object_stores_in_memory_store() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails about once in 400 runs (`concurrent_writers_lose_no_update` counts one \
-            increment twice): a write in an entry its writer abandoned, which compaction \
-            folded and completed, then replaced before the writer looked, is reported as a \
-            conflict; see docs/backends.md, S3, \"A write reported as a conflict\""]
 async fn conforms_on_object_stores_in_memory_store_compacting_often() {
     run_conformance(&OnStore {
         store: Arc::new(InMemory::new()),
