@@ -57,11 +57,20 @@ const MAX_FILE_NAME: usize = 255;
 
 /// The longest last segment of an object's key this store can write: a
 /// write stages its file beside the object's as `{name}#N`, with the first
-/// free number from 1. At this length a tenth write of one object staged
-/// at once fails, and its feed entry's write is completed by a later
-/// reader or writer; one byte less would refuse ids that were written
-/// before this bound.
+/// free number from 1. At this length nine writes of one object stage at
+/// once, and a tenth waits for one of them to finish ([`STAGING_PATIENCE`]);
+/// one byte less would refuse ids that were written before this bound.
 pub(crate) const MAX_WRITABLE_NAME: usize = MAX_FILE_NAME - 2;
+
+/// How long a write waits for a free staging name when every number that
+/// fits beside its object's name is taken (see [`MAX_WRITABLE_NAME`]).
+/// Failing at once with the file system's "name too long" would not do: a
+/// writer takes that answer for a key the store can never hold, and gives
+/// the write up for good, while the same write would land a moment later.
+const STAGING_PATIENCE: Duration = Duration::from_secs(5);
+
+/// How long such a write sleeps before it looks for a free name again.
+const STAGING_WAIT: Duration = Duration::from_millis(1);
 
 /// The lock file, in the directory's root. The `#` and digits are the form
 /// `LocalFileSystem` gives its unfinished uploads: listings skip such files
@@ -505,6 +514,7 @@ impl Staged {
     /// `LocalFileSystem` uses, so listings skip it), creating directories.
     fn write(target: PathBuf, payload: &PutPayload, fsync: bool) -> Result<Staged> {
         let mut number = 1u32;
+        let mut waited = Duration::ZERO;
         let mut staged = loop {
             let mut name = target.clone().into_os_string();
             name.push(format!("#{number}"));
@@ -527,6 +537,25 @@ impl Staged {
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => number += 1,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     create_parents(&path, fsync).map_err(|e| io_error(e, &path))?;
+                }
+                // `#1` fitted, so only the number's digits made the name too
+                // long: other writes of this object hold every number that
+                // fits. Wait for one of them to finish.
+                Err(e) if e.kind() == io::ErrorKind::InvalidFilename && number > 1 => {
+                    if waited >= STAGING_PATIENCE {
+                        let busy = io::Error::other(format!(
+                            "every staging name that fits beside this object's ({}#1 to \
+                             #{}) stayed taken for {STAGING_PATIENCE:?}: other writes of it \
+                             are under way, or such files were left by writes that were \
+                             cut off, and can be removed",
+                            target.display(),
+                            number - 1
+                        ));
+                        return Err(io_error(busy, &path));
+                    }
+                    std::thread::sleep(STAGING_WAIT);
+                    waited += STAGING_WAIT;
+                    number = 1;
                 }
                 Err(e) => return Err(io_error(e, &path)),
             }
@@ -843,6 +872,38 @@ mod tests {
         });
         drop(elsewhere);
         runtime.shutdown_timeout(Duration::from_secs(10));
+    }
+
+    /// A write of an object whose name is as long as this store writes,
+    /// while nine others of it are staged (`#1` to `#9`), failed with the
+    /// file system's "name too long" for its `#10`: an answer a writer
+    /// takes for a key the store can never hold, giving the write up for
+    /// good. It now waits for a staging name to free up, and lands.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tenth_write_of_a_longest_name_at_once_waits_and_lands() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDirectory::new(dir.path()).unwrap().with_fsync(false);
+        let name = "n".repeat(MAX_WRITABLE_NAME);
+        let staged: Vec<PathBuf> = (1..=9)
+            .map(|n| dir.path().join("a").join(format!("{name}#{n}")))
+            .collect();
+        std::fs::create_dir_all(dir.path().join("a")).unwrap();
+        for file in &staged {
+            std::fs::write(file, b"under way").unwrap();
+        }
+        let freed = staged[4].clone();
+        let finishing = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            std::fs::remove_file(freed).unwrap();
+        });
+        let location = Path::from(format!("a/{name}"));
+        store
+            .put_opts(&location, "x".into(), PutMode::Create.into())
+            .await
+            .unwrap();
+        finishing.join().unwrap();
+        let read = store.get(&location).await.unwrap().bytes().await.unwrap();
+        assert_eq!(&read[..], b"x");
     }
 
     /// Each written file carries the issued time: with the counter far
