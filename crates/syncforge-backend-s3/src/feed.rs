@@ -37,9 +37,10 @@ struct Claim<'a> {
     number: u64,
     /// The numbers that may have held the same items before: claimed and
     /// abandoned as the horizon had reached them (the segment did not name
-    /// this entry as folded there), or refused to a create sent again whose
-    /// first send may have landed (its answer lost) and been folded before
-    /// another writer took the number.
+    /// this entry as folded there, or could not be read as the horizon kept
+    /// moving), or refused to a create sent again whose first send may have
+    /// landed (its answer lost) and been folded before another writer took
+    /// the number.
     abandoned: &'a [u64],
     /// The entry's [`Entry::id`].
     id: &'a str,
@@ -331,10 +332,11 @@ impl Store {
             }
             // Completed by a reader, then replaced by other writes (which
             // name the states they replaced) before this check: written,
-            // under a token no object holds any more. Only this entry's
-            // cursor tells: this writer was the first to hold its number
-            // (it lay past the horizon), where a number it abandoned may
-            // have been another entry's before, whose writes name it.
+            // under a token no object holds any more. This entry's cursor
+            // is this write's: the number was past the horizon when the
+            // writer took it, or the segment names this writer's entry as
+            // the one folded under it. A number it abandoned may have been
+            // another entry's before, whose writes name it (below).
             State::Record { before, .. } if before.contains(&at) => Outcome::Written {
                 token: token(REPLACED_TAG, &[at]),
                 cursor: at,
@@ -399,9 +401,10 @@ impl Store {
     /// each is committed at its cursor or void for good, and the number is
     /// answered, for [`commit_own`] to tell which at once (a write
     /// committed and then replaced is known by the states that replaced
-    /// it, which name 16 at most). Otherwise compaction had freed the
-    /// number before this writer took it, and no one reads the entry: the
-    /// claim is abandoned, and the next number claimed.
+    /// it, which name 16 at most). Otherwise the claim is abandoned, and
+    /// the next number claimed: usually compaction had freed the number
+    /// before this writer took it, and no one reads the entry, but the
+    /// segment may also have no longer named it (see [`Claim::abandoned`]).
     ///
     /// [`commit_own`]: Self::commit_own
     async fn claim(
@@ -473,6 +476,10 @@ impl Store {
                 continue;
             }
             let (horizon, tag) = self.read_horizon(keys).await?;
+            // A number past the horizon held no entry of this writer's that
+            // was folded: such an entry is deleted only once the horizon has
+            // passed it, and another writer took the number only after.
+            abandoned.retain(|&earlier| earlier <= horizon.horizon);
             if horizon.horizon >= number {
                 let folded = match self
                     .read_segment(collection, keys, &horizon, tag.as_deref())
@@ -1148,8 +1155,9 @@ fn names_folded(segment: &Segment, number: u64, id: &str) -> bool {
 
 /// The entries a segment names as folded ([`Segment::folded`]): those the
 /// segment before named and `entries`, folded now, each by its number and
-/// id (entries written before entries had ids are left out), the last
-/// [`KEPT_FOLDED`](format::KEPT_FOLDED) in number order.
+/// id (entries written before entries had ids are left out), in number
+/// order: every one folded now, and before them the last of the others,
+/// up to [`KEPT_FOLDED`](format::KEPT_FOLDED) in all.
 fn folded_after(before: &[(u64, String)], entries: &[(u64, Arc<Entry>)]) -> Vec<(u64, String)> {
     let mut folded: Vec<(u64, String)> = before
         .iter()
@@ -1164,7 +1172,11 @@ fn folded_after(before: &[(u64, String)], entries: &[(u64, Arc<Entry>)]) -> Vec<
     // Entries fold above the old horizon, so these come after the ones
     // before; sorting keeps the order sure for the binary search.
     folded.sort_unstable();
-    let excess = folded.len().saturating_sub(format::KEPT_FOLDED);
+    // A fold larger than the bound (a long interval, or a compaction
+    // catching up) is kept whole: its writers look for their entries now.
+    let excess = folded
+        .len()
+        .saturating_sub(format::KEPT_FOLDED.max(entries.len()));
     folded.drain(..excess);
     folded
 }
@@ -1331,6 +1343,13 @@ mod tests {
         assert!(!names_folded(&segment, kept + 1, "another"));
         assert!(!names_folded(&segment, 1, "e1"), "no longer kept");
         assert!(!names_folded(&segment, kept + 2, ""), "no id");
+
+        let large: Vec<(u64, Arc<Entry>)> = (kept + 3..kept + 3 + 2 * kept)
+            .map(|n| (n, Arc::new(Entry::new(Vec::new()))))
+            .collect();
+        let folded = folded_after(&segment.folded, &large);
+        assert_eq!(folded.len(), large.len(), "a larger fold is kept whole");
+        assert_eq!(folded.first().map(|(n, _)| *n), Some(kept + 3));
     }
 
     #[test]

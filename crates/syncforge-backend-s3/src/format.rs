@@ -142,14 +142,16 @@ pub(crate) struct Segment {
     pub(crate) horizon: u64,
     pub(crate) writes: Vec<(Cursor, RecordId)>,
     /// The entries folded by the compactions up to this one, by number and
-    /// [`Entry::id`]: the last [`KEPT_FOLDED`], in number order.
+    /// [`Entry::id`], in number order: every entry this one folded, and
+    /// before them the last of the others, [`KEPT_FOLDED`] in all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) folded: Vec<(u64, String)>,
 }
 
-/// How many folded entries a segment names ([`Segment::folded`]): four
-/// compactions' worth at the default interval, more than are folded while
-/// a writer between its claim and its commit looks.
+/// How many folded entries a segment names at least ([`Segment::folded`];
+/// more when one compaction folds more): four compactions' worth at the
+/// default interval, more than are folded while a writer between its claim
+/// and its commit looks.
 pub(crate) const KEPT_FOLDED: usize = 1024;
 
 /// The bound on the newest stamp of a collection.

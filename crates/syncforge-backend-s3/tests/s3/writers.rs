@@ -1091,10 +1091,10 @@ async fn an_abandoned_claim_read_by_a_reader_with_an_old_listing_stays_abandoned
 
 /// A writer claims an entry and, before it reads the horizon, another
 /// writer's compaction folds that entry, committing its item. The first
-/// writer then finds its number at the horizon and claims another, whose
-/// item its own landed write now refuses: it reported `Conflict` for a
-/// write that happened. It now finds its item's state at the abandoned
-/// entry's cursor, and reports the write written there.
+/// writer then found its number at the horizon and claimed another, whose
+/// item its own landed write refused: it reported `Conflict` for a write
+/// that happened. The segment names its entry as the one folded there, and
+/// it reports the write written at its cursor in that entry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_folded_by_another_writers_compaction_is_reported_written() {
     claim_folded_by_another_writers_compaction(false).await;
