@@ -11,7 +11,7 @@ use serde_json::json;
 use syncforge_backend_s3::{S3Backend, StoreOptions};
 use syncforge_core::{
     ClientId, CollectionName, Content, Cursor, Error, Hlc, ManualTime, Record, RecordId,
-    StorageBackend, Write, WriteOutcome,
+    StorageBackend, Token, Write, WriteOutcome,
 };
 use tokio::task::JoinSet;
 
@@ -1011,10 +1011,7 @@ async fn an_entry_left_out_after_one_lost_for_good_is_still_read() {
 async fn an_abandoned_claim_read_by_a_reader_with_an_old_listing_stays_abandoned() {
     let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     let name = coll("reclaimed");
-    let every_two = StoreOptions {
-        compaction_interval: 2.try_into().unwrap(),
-        ..StoreOptions::default()
-    };
+    let every_two = compacting_every_two();
     // A writer whose record writes take a while, so that the reader can
     // come between its claim and its commit.
     let slow_store =
@@ -1089,6 +1086,29 @@ async fn an_abandoned_claim_read_by_a_reader_with_an_old_listing_stays_abandoned
     );
 }
 
+/// Options that fold the feed every two entries, so that a test reaches a
+/// compaction in a few writes.
+fn compacting_every_two() -> StoreOptions {
+    StoreOptions {
+        compaction_interval: 2.try_into().unwrap(),
+        ..StoreOptions::default()
+    }
+}
+
+/// Asserts that `outcome` is the write of item 0 of entry 2, under the
+/// token `current` when its state is still the record's (a state replaced
+/// since is answered under a token that matches nothing).
+fn assert_written_in_entry_two(outcome: &WriteOutcome, current: Option<Token>) {
+    let at = Cursor::new(2 << 20);
+    match (outcome, current) {
+        (WriteOutcome::Written { token, cursor }, Some(current)) => {
+            assert_eq!((token, *cursor), (&current, at), "{outcome:?}");
+        }
+        (WriteOutcome::Written { cursor, .. }, None) => assert_eq!(*cursor, at, "{outcome:?}"),
+        (other, _) => panic!("not written in entry 2: {other:?}"),
+    }
+}
+
 /// A writer claims an entry and, before it reads the horizon, another
 /// writer's compaction folds that entry, committing its item. The first
 /// writer then found its number at the horizon and claimed another, whose
@@ -1113,10 +1133,7 @@ async fn a_claim_folded_by_another_writers_compaction_then_replaced_is_reported_
 async fn claim_folded_by_another_writers_compaction(replaced: bool) {
     let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     let name = coll("folded");
-    let every_two = StoreOptions {
-        compaction_interval: 2.try_into().unwrap(),
-        ..StoreOptions::default()
-    };
+    let every_two = compacting_every_two();
     let held_store = Arc::new(Wrapped::new(Arc::clone(&memory)));
     let first = S3Backend::from_store(held_store.clone(), "dse")
         .unwrap()
@@ -1173,22 +1190,7 @@ async fn claim_folded_by_another_writers_compaction(replaced: bool) {
     let outcome = updating.await.unwrap().unwrap();
     let stored = other.get(&name, &rid("r1")).await.unwrap().unwrap();
     assert_eq!(stored.record, last);
-    let written_at = Cursor::new(2 << 20);
-    if replaced {
-        assert!(
-            matches!(outcome, WriteOutcome::Written { cursor, .. } if cursor == written_at),
-            "written at its first entry's cursor: {outcome:?}"
-        );
-    } else {
-        assert_eq!(
-            outcome,
-            WriteOutcome::Written {
-                token: stored.token,
-                cursor: written_at,
-            },
-            "written at its first entry's cursor"
-        );
-    }
+    assert_written_in_entry_two(&outcome, (!replaced).then_some(stored.token));
 }
 
 /// A writer's claim landed but its answer was lost, and the client's resend
@@ -1214,10 +1216,7 @@ async fn a_claim_folded_taken_again_and_replaced_before_its_lost_answer_was_chec
 async fn claim_folded_and_taken_again_before_its_lost_answer_was_checked(replaced: bool) {
     let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     let name = coll("retaken");
-    let every_two = StoreOptions {
-        compaction_interval: 2.try_into().unwrap(),
-        ..StoreOptions::default()
-    };
+    let every_two = compacting_every_two();
     let stale = handle(&memory, "dse").with_options(every_two);
     let other = handle(&memory, "dse").with_options(every_two);
     let resending = Arc::new(Wrapped::new(Arc::clone(&memory)).resending_puts_containing("/f/"));
@@ -1262,22 +1261,7 @@ async fn claim_folded_and_taken_again_before_its_lost_answer_was_checked(replace
     held.release();
 
     let outcome = writing.await.unwrap().unwrap();
-    let written_at = Cursor::new(2 << 20);
-    if replaced {
-        assert!(
-            matches!(outcome, WriteOutcome::Written { cursor, .. } if cursor == written_at),
-            "written where the compaction committed it: {outcome:?}"
-        );
-    } else {
-        assert_eq!(
-            outcome,
-            WriteOutcome::Written {
-                token: stored.token,
-                cursor: written_at,
-            },
-            "written where the compaction committed it"
-        );
-    }
+    assert_written_in_entry_two(&outcome, (!replaced).then_some(stored.token));
 }
 
 /// An entry number is held by two entries in turn when a writer that takes
@@ -1290,10 +1274,7 @@ async fn claim_folded_and_taken_again_before_its_lost_answer_was_checked(replace
 async fn a_claim_of_a_number_another_entry_held_is_not_reported_written() {
     let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     let name = coll("reused");
-    let every_two = StoreOptions {
-        compaction_interval: 2.try_into().unwrap(),
-        ..StoreOptions::default()
-    };
+    let every_two = compacting_every_two();
     let stale = handle(&memory, "dse").with_options(every_two);
     let other = handle(&memory, "dse").with_options(every_two);
     let mut clock = Hlc::new(ClientId::new("w").unwrap());
