@@ -233,17 +233,17 @@ impl Store {
             });
             groups[group].push(index);
         }
+        let claim = Claim {
+            number,
+            abandoned,
+            id: &entry.id,
+        };
         let commits = groups.into_iter().map(|group| {
             let entry = &entry;
             async move {
                 let mut results = Vec::with_capacity(group.len());
                 for index in group {
                     let item = &entry.items[index];
-                    let claim = Claim {
-                        number,
-                        abandoned,
-                        id: &entry.id,
-                    };
                     results.push((
                         index,
                         self.commit_own(collection, keys, claim, index, item)
@@ -350,7 +350,9 @@ impl Store {
                 for &entry in abandoned {
                     let was = cursor(entry, index);
                     if before.contains(&was)
-                        && self.folded_own(collection, keys, entry, claim.id).await?
+                        && self
+                            .folded_own(collection, keys, entry, claim.id, None)
+                            .await?
                     {
                         return Ok(Outcome::Written {
                             token: token(REPLACED_TAG, &[was]),
@@ -367,7 +369,8 @@ impl Store {
 
     /// Whether a compaction folded entry `number` as the entry whose id is
     /// `entry` (committing its items), by the folded entries the segment
-    /// of the horizon names now. `false` when it cannot tell: the horizon
+    /// of the horizon names now (`read`: the horizon and its tag, when the
+    /// caller has just read them). `false` when it cannot tell: the horizon
     /// kept moving, or the segment no longer names that number.
     async fn folded_own(
         &self,
@@ -375,11 +378,15 @@ impl Store {
         keys: &CollectionKeys,
         number: u64,
         entry: &str,
+        mut read: Option<(Horizon, Option<String>)>,
     ) -> Result<bool> {
         // A segment is gone only once a later compaction moved the horizon;
         // each retry follows another compaction, and a few are enough.
         for _ in 0..FOLDED_READS {
-            let (horizon, tag) = self.read_horizon(keys).await?;
+            let (horizon, tag) = match read.take() {
+                Some(read) => read,
+                None => self.read_horizon(keys).await?,
+            };
             if let Some(segment) = self
                 .read_segment(collection, keys, &horizon, tag.as_deref())
                 .await?
@@ -476,29 +483,22 @@ impl Store {
                 continue;
             }
             let (horizon, tag) = self.read_horizon(keys).await?;
+            let reached = horizon.horizon;
             // A number past the horizon held no entry of this writer's that
             // was folded: such an entry is deleted only once the horizon has
             // passed it, and another writer took the number only after.
-            abandoned.retain(|&earlier| earlier <= horizon.horizon);
-            if horizon.horizon >= number {
-                let folded = match self
-                    .read_segment(collection, keys, &horizon, tag.as_deref())
-                    .await?
-                {
-                    Some(segment) => names_folded(&segment, number, id),
-                    None => self.folded_own(collection, keys, number, id).await?,
-                };
-                if folded {
-                    self.heads
-                        .lock()
-                        .insert(collection.clone(), horizon.horizon);
+            abandoned.retain(|&earlier| earlier <= reached);
+            if reached >= number {
+                let read = Some((horizon, tag));
+                if self.folded_own(collection, keys, number, id, read).await? {
+                    self.heads.lock().insert(collection.clone(), reached);
                     return Ok((number, abandoned));
                 }
                 // Abandoned: compaction folded this number already. The
                 // entry stays unread (readers and compactors skip entries
                 // at or below the horizon) until compaction deletes it.
                 races.lost(&keys.entries()).await?;
-                head = horizon.horizon;
+                head = reached;
                 abandoned.push(number);
                 continue;
             }
