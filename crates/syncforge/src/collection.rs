@@ -189,6 +189,11 @@ impl Collection {
     /// is refused with [`Error::InvalidRecord`] naming the record and field,
     /// before `doc` is converted to JSON: however deep `doc` nests, the put
     /// fails and writes nothing, it never overflows the stack.
+    ///
+    /// `doc`'s `Serialize` may be called more than once for one put (a
+    /// field is offered to a writer of plain values before one of nested
+    /// ones, and is measured before it is converted), so it must describe
+    /// the same value every time, as every derived implementation does.
     pub async fn put<T: Serialize + ?Sized>(&self, doc: &T) -> Result<Record> {
         match self.engine.put_at_once(&self.name, doc)? {
             PutAtOnce::Done(record) => Ok(record),

@@ -59,6 +59,17 @@ impl ser::Error for Fault {
 
 type Built = std::result::Result<(), Fault>;
 
+/// Room to make ahead for a container whose `Serialize` announced `hint`
+/// entries. The hint is only the type's word (a hand-written one may say
+/// `usize::MAX`), so it is believed up to what a record's container
+/// commonly holds; past that the vector grows as the entries arrive.
+pub(super) fn room_for(hint: usize) -> usize {
+    /// Believed hints: a derived struct of up to this many fields is made
+    /// in one allocation.
+    const BELIEVED: usize = 64;
+    hint.min(BELIEVED)
+}
+
 /// The canonical text of one top-level field of a record.
 pub(super) fn field_text<T: Serialize + ?Sized>(value: &T) -> std::result::Result<JsonText, Fault> {
     // Most fields are one string or number: made straight into their text.
@@ -306,7 +317,7 @@ impl<'a> Serializer for Build<'a> {
         Ok(Entries {
             depth: self.open()?,
             out: self.out,
-            entries: Vec::with_capacity(len.unwrap_or(0)),
+            entries: Vec::with_capacity(room_for(len.unwrap_or(0))),
             key: None,
         })
     }

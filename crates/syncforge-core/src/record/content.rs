@@ -106,6 +106,10 @@ impl Content {
     /// order is learnt at its first put: later puts of it find its field
     /// names shared and their order known, without a sort. Anything else
     /// takes the route through [`Value`].
+    ///
+    /// `doc`'s `Serialize` may be called more than once, so it must
+    /// describe the same value every time; its size hints are taken as
+    /// hints, never trusted for an allocation beyond a few dozen entries.
     pub fn from_serialize<T: Serialize + ?Sized>(doc: &T) -> Result<Content> {
         // Filled in place: the collector is large, and serde's by-value
         // serializers would move it at every step.
@@ -568,7 +572,7 @@ impl<'a> Serializer for &'a mut Fields {
     }
 
     fn serialize_map(self, len: Option<usize>) -> std::result::Result<Self, Refusal> {
-        self.fields.reserve(len.unwrap_or(0));
+        self.fields.reserve(build::room_for(len.unwrap_or(0)));
         Ok(self)
     }
 
@@ -588,8 +592,10 @@ impl<'a> Serializer for &'a mut Fields {
                 fields
             }
             None => {
-                self.memo = Memo::Recording(Vec::with_capacity(len));
-                len
+                // The struct's own word, not yet confirmed by its keys.
+                let room = build::room_for(len);
+                self.memo = Memo::Recording(Vec::with_capacity(room));
+                room
             }
         };
         self.name = Some(name);
@@ -1014,5 +1020,38 @@ mod tests {
         );
         crate::dismantle(deep.deep);
         crate::dismantle(fits.deep);
+    }
+
+    /// A hand-written `Serialize` whose size hints are lies, at the top
+    /// and nested, as a map and as a struct.
+    struct Boasting {
+        nested: bool,
+    }
+
+    impl serde::Serialize for Boasting {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+            use serde::ser::{SerializeMap, SerializeStruct};
+            if self.nested {
+                let mut map = s.serialize_map(Some(usize::MAX))?;
+                map.serialize_entry("k", &1)?;
+                return map.end();
+            }
+            let mut doc = s.serialize_struct("Boasting", usize::MAX)?;
+            doc.serialize_field("id", "b1")?;
+            doc.serialize_field("inner", &Boasting { nested: true })?;
+            doc.end()
+        }
+    }
+
+    #[test]
+    fn from_serialize_takes_a_size_hint_for_a_hint() {
+        let top = Boasting { nested: false };
+        let put = Content::from_serialize(&top).unwrap();
+        let through_value = Content::from_value(serde_json::to_value(&top).unwrap()).unwrap();
+        assert_eq!(put, through_value);
+        assert_eq!(put.fields()["inner"], json!({"k": 1}));
+        // The same lie from a map at the top.
+        let map = Content::from_serialize(&Boasting { nested: true });
+        assert!(matches!(map, Err(Error::InvalidRecord { .. })), "{map:?}");
     }
 }
