@@ -3,7 +3,8 @@
 //! Lost connections, timeouts, a server still loading its data or full of
 //! clients, a cluster between two states (`CLUSTERDOWN`, `TRYAGAIN`, a
 //! failover's `READONLY`), too few replicas for `min-replicas-to-write`
-//! (`NOREPLICAS`), a script still unknown after it was loaded (`NOSCRIPT`)
+//! (`NOREPLICAS`), writes stopped while a background save fails
+//! (`MISCONF`), a script still unknown after it was loaded (`NOSCRIPT`)
 //! are [`Error::Unavailable`]: transient, the engine retries them, also when
 //! a script's `redis.call` met them. Wrong credentials, a
 //! missing database, a key of the wrong type, ACL refusals, out-of-memory
@@ -38,6 +39,10 @@ const TRANSIENT_REPLIES: &[&str] = &[
     "ASK",
     // Fewer replicas answering than `min-replicas-to-write` asks for.
     "NOREPLICAS",
+    // Writes stopped while the server's last background save failed
+    // (`stop-writes-on-bgsave-error`, on by default): refused before the
+    // script wrote anything, and taken again once a save succeeds.
+    "MISCONF",
 ];
 
 /// The client's own words for a command it gave up routing: redirected
@@ -362,6 +367,10 @@ mod tests {
             (
                 ErrorKind::Unknown,
                 "NOREPLICAS Not enough good replicas to write.",
+            ),
+            (
+                ErrorKind::Unknown,
+                "MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist to disk.",
             ),
             (ErrorKind::Unknown, "ERR max number of clients reached"),
             (

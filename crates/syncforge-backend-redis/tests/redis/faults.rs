@@ -458,6 +458,110 @@ async fn a_write_refused_as_read_only_makes_the_handle_connect_again() {
     store.close().await.unwrap();
 }
 
+/// A server whose last background save failed refuses every write
+/// (`MISCONF`, with `stop-writes-on-bgsave-error`, Redis's default) until a
+/// save succeeds. The refusal is transient and writes nothing, and the
+/// same handle's write lands once the server saves again. It was taken for
+/// a permanent refusal, which the engine does not retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_refused_while_the_server_cannot_save_is_transient() {
+    let Some(server) = PrivateServer::start_with_args(&[
+        "--appendonly",
+        "no",
+        "--save",
+        "3600 1",
+        // `dir` is changed below, which Redis 7 allows only so.
+        "--enable-protected-configs",
+        "yes",
+    ])
+    .await
+    else {
+        return;
+    };
+    let (_, config, store, mut hlc) = holding_one_record(&server, "unsaved").await;
+    let raw = raw_client(&config).await.unwrap();
+    // Snapshots go to a directory that is then removed: the next one
+    // cannot be created there, whoever the server runs as.
+    let gone = tempfile::tempdir().unwrap();
+    server_cmd(
+        &raw,
+        "CONFIG",
+        &["SET", "dir", gone.path().to_str().unwrap()],
+    )
+    .await;
+    drop(gone);
+    assert_eq!(background_save(&raw).await, "err");
+
+    let refused = store
+        .put(&coll("unsaved"), &Write::create(record(&mut hlc, "r2", 2)))
+        .await
+        .unwrap_err();
+    assert!(refused.is_transient(), "{refused}");
+    assert!(refused.to_string().contains("MISCONF"), "{refused}");
+    assert!(store
+        .get(&coll("unsaved"), &rid("r2"))
+        .await
+        .unwrap()
+        .is_none());
+
+    let saves = tempfile::tempdir().unwrap();
+    server_cmd(
+        &raw,
+        "CONFIG",
+        &["SET", "dir", saves.path().to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(background_save(&raw).await, "ok");
+    let r2 = record(&mut hlc, "r2", 2);
+    store
+        .put(&coll("unsaved"), &Write::create(r2.clone()))
+        .await
+        .unwrap();
+    let stored = store.get(&coll("unsaved"), &rid("r2")).await.unwrap();
+    assert_eq!(stored.map(|stored| stored.record), Some(r2));
+    raw.quit().await.ok();
+    store.close().await.unwrap();
+}
+
+/// Runs `BGSAVE` on the server of `client` and waits for it to end: its
+/// status as `INFO persistence` gives it (`ok` or `err`).
+async fn background_save(client: &Client) -> String {
+    let info = |client: &Client| {
+        let client = client.clone();
+        async move {
+            let info: String = client
+                .custom(
+                    CustomCommand::new_static("INFO", ClusterHash::Random, false),
+                    vec!["persistence"],
+                )
+                .await
+                .unwrap();
+            let field = |name: &str| {
+                info.lines()
+                    .find_map(|line| line.strip_prefix(name))
+                    .map(|value| value.trim().to_owned())
+                    .unwrap_or_default()
+            };
+            (
+                field("rdb_bgsave_in_progress:"),
+                field("rdb_last_bgsave_status:"),
+            )
+        }
+    };
+    // In progress from the moment `BGSAVE` answers; the server takes note
+    // of the end and of its status together.
+    server_cmd(client, "BGSAVE", &[]).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (in_progress, status) = info(client).await;
+        if in_progress == "0" {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "BGSAVE did not end");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Connecting to a port where nothing listens fails with a transient error
 /// naming the address, within the connect timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -93,6 +93,12 @@ impl PrivateServer {
         PrivateServer::start_with_password(None).await
     }
 
+    /// Starts one with `args` added to (and overriding) the usual ones.
+    pub(crate) async fn start_with_args(args: &[&str]) -> Option<PrivateServer> {
+        let extra = args.iter().map(|arg| (*arg).to_owned()).collect();
+        PrivateServer::start_with(None, None, extra).await
+    }
+
     /// Starts one that requires `password` (when given) from every client.
     pub(crate) async fn start_with_password(password: Option<&str>) -> Option<PrivateServer> {
         PrivateServer::start_with(password, None, Vec::new()).await
