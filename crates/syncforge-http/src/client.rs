@@ -1446,7 +1446,15 @@ impl HttpPeer {
         }
         let asked = retry_after(response.headers());
         if !status.is_success() {
-            let bytes = self.error_body(response).await?;
+            let bytes = match self.error_body(response).await {
+                Ok(bytes) => bytes,
+                // What these mean does not depend on the body: a proxy that
+                // refuses an upload often closes without sending its page
+                // whole, and taking that for a lost answer retried the same
+                // request instead of sending it in smaller parts.
+                Err(_) if decided_by_status(status) => Vec::new(),
+                Err(failure) => return Err(failure),
+            };
             let took_long = started.elapsed() >= (allowed / 2).min(LONG_FOR_A_GATEWAY);
             return Err(self.refusal(status, &bytes, &call.url, asked, took_long));
         }
@@ -1678,8 +1686,19 @@ enum Prune {
     No,
 }
 
+/// Whether an error answer with `status` means the same whatever its body
+/// says: a request too large, or a URL too long.
+fn decided_by_status(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::PAYLOAD_TOO_LARGE
+            | StatusCode::URI_TOO_LONG
+            | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    )
+}
+
 /// `{"records":[` ... `]}` around the records and their commas.
-const ENVELOPE: usize = 16;
+const ENVELOPE: usize = RequestBody::OPEN.len() + RequestBody::CLOSE.len();
 /// Records encoded at a time by a push.
 const ENCODE_WINDOW: usize = 4096;
 
