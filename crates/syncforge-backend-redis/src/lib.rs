@@ -95,7 +95,7 @@ use fred::interfaces::{
 use fred::types::config::{
     Config as FredConfig, ReconnectPolicy, Server, ServerConfig, UnresponsiveConfig,
 };
-use fred::types::{Builder, ConnectHandle, Value, Version};
+use fred::types::{Builder, ClusterHash, ConnectHandle, CustomCommand, Value, Version};
 use parking_lot::Mutex;
 use syncforge_core::{
     async_trait, record_to_insert, Change, ChangePage, CollectionName, Cursor, Error, IfAbsent,
@@ -133,6 +133,10 @@ const CHUNK_BYTES: usize = 16 << 20;
 /// megabyte made a reply of a gigabyte, which timed out and was read again
 /// the same way.
 const READ_BYTES: usize = 16 << 20;
+/// The largest value a Redis server takes as one argument unless told
+/// otherwise (`proto-max-bulk-len`, 512 MiB): assumed when the server does
+/// not say (`CONFIG` renamed, or denied to the user).
+const DEFAULT_VALUE_LIMIT: usize = 512 << 20;
 
 /// A store on a Redis server or a Redis Cluster.
 ///
@@ -188,6 +192,10 @@ pub struct RedisBackend {
     /// cache ([`remember`]): a batch without a guess, or with a wrong one,
     /// stores the same.
     last_sequence: Mutex<HashMap<CollectionName, u64>>,
+    /// The largest value the server takes as one argument, as it said when
+    /// this handle connected ([`value_limit`]): a larger record is refused
+    /// before it is sent.
+    max_value_bytes: usize,
 }
 
 impl RedisBackend {
@@ -198,6 +206,10 @@ impl RedisBackend {
     /// that cannot work, [`Error::Unavailable`] when the server does not
     /// answer, [`Error::Storage`] when it refuses the credentials or the
     /// database, or is older than Redis 6.2.
+    ///
+    /// It also reads the largest value the server takes as one argument
+    /// (`proto-max-bulk-len`): a write of a record whose JSON is larger fails
+    /// with [`Error::InvalidRecord`] naming it, before it is sent.
     pub async fn connect(config: RedisConfig) -> Result<RedisBackend> {
         config.validate()?;
         let address = config.address();
@@ -224,9 +236,15 @@ impl RedisBackend {
             stop_in_background(&client);
             return Err(refused);
         }
+        let max_value_bytes = value_limit(&client, config.connect_timeout).await;
         // Subscribed after connecting: the first connection is announced
         // too, and is no reconnection.
-        Ok(RedisBackend::with_client(client, &config, connection))
+        Ok(RedisBackend::with_client(
+            client,
+            &config,
+            connection,
+            max_value_bytes,
+        ))
     }
 
     /// The handle on `client`, whose connection task is `connection`.
@@ -234,6 +252,7 @@ impl RedisBackend {
         client: Client,
         config: &RedisConfig,
         connection: ConnectHandle,
+        max_value_bytes: usize,
     ) -> RedisBackend {
         let reconnects = client.reconnect_rx();
         RedisBackend {
@@ -251,6 +270,7 @@ impl RedisBackend {
             connections: std::sync::atomic::AtomicU64::new(0),
             reconnecting: Arc::new(AtomicBool::new(false)),
             last_sequence: Mutex::new(HashMap::new()),
+            max_value_bytes,
         }
     }
 
@@ -521,7 +541,8 @@ impl RedisBackend {
                 .lock()
                 .get(collection)
                 .map_or(0, |last| last + 1);
-            let (args, taken) = batch_arguments(remaining, guess, CHUNK_BYTES);
+            let (args, taken) =
+                batch_arguments(remaining, guess, CHUNK_BYTES, self.max_value_bytes)?;
             remaining = remaining.get(taken..).unwrap_or_default();
             let connection = self.connection_count();
             // Cloning the arguments shares their texts (no copy), for the
@@ -674,6 +695,7 @@ impl RedisBackend {
     ) -> Result<IfAbsent> {
         self.check_open().await?;
         let record = record_to_insert(BACKEND, id, make)?;
+        let value = record_value(&record, record.to_json_string(), self.max_value_bytes)?;
         let connection = self.register(collection).await?;
         let keys = self.keys.collection(collection);
         let sent = self.connection_count();
@@ -681,7 +703,7 @@ impl RedisBackend {
             .eval_built(
                 &self.scripts.insert_if_absent,
                 keys.for_writes(),
-                || insert_arguments(&record),
+                || insert_arguments(&record, value.clone()),
                 "writing a record",
                 Some(collection),
             )
@@ -1053,8 +1075,14 @@ fn expected_argument(expected: Option<&Token>) -> String {
 /// the guessed sequence of the first write (0 for none), whether no id
 /// repeats, then the ids, the expectations, the `_timestamp`s and the
 /// values — each record's JSON, after its guessed sequence and a space when
-/// there is a guess — each as one run.
-fn batch_arguments(writes: &[Write], guess: u64, budget: usize) -> (Vec<Value>, usize) {
+/// there is a guess — each as one run. A value larger than `max_value` (the
+/// server's limit for one argument) fails the call, naming its record.
+fn batch_arguments(
+    writes: &[Write],
+    guess: u64,
+    budget: usize,
+    max_value: usize,
+) -> Result<(Vec<Value>, usize)> {
     let most = writes.len().min(CHUNK);
     // A guess is only worth sending while every guessed sequence is one
     // the store may hand out.
@@ -1081,7 +1109,7 @@ fn batch_arguments(writes: &[Write], guess: u64, budget: usize) -> (Vec<Value>, 
             break;
         }
         bytes += value.len();
-        values.push(Value::from(value));
+        values.push(record_value(&w.record, value, max_value)?);
     }
     let writes = writes.get(..values.len()).unwrap_or_default();
     let n = writes.len();
@@ -1106,19 +1134,55 @@ fn batch_arguments(writes: &[Write], guess: u64, budget: usize) -> (Vec<Value>, 
         Value::Integer(i64::try_from(w.record.newest_stamp().millis()).unwrap_or(i64::MAX))
     }));
     args.extend(values);
-    (args, n)
+    Ok((args, n))
 }
 
-/// The arguments of the insert script for `record`, as
-/// `scripts::INSERT_IF_ABSENT` documents them.
-fn insert_arguments(record: &Record) -> Vec<Value> {
+/// `json`, the value that stores `record`, unless it is larger than the
+/// server takes as one argument (`max_value`): the server would drop the
+/// connection mid-request, the client send it again, and every attempt
+/// fail the same way, each looking like a lost connection.
+fn record_value(record: &Record, json: String, max_value: usize) -> Result<Value> {
+    if json.len() > max_value {
+        return Err(Error::InvalidRecord {
+            id: Some(record.id().to_string()),
+            field: None,
+            reason: format!(
+                "is {} bytes of JSON as Redis stores it, more than the server takes as one \
+                 value (proto-max-bulk-len, {max_value} bytes)",
+                json.len()
+            ),
+        });
+    }
+    Ok(Value::from(json))
+}
+
+/// The largest value the server takes as one argument (`CONFIG GET
+/// proto-max-bulk-len`), or Redis's default when it does not say within
+/// `patience` (a managed server may rename `CONFIG`, an ACL deny it).
+async fn value_limit(client: &Client, patience: Duration) -> usize {
+    let asked = client.custom::<HashMap<String, String>, _>(
+        CustomCommand::new_static("CONFIG", ClusterHash::Random, false),
+        vec!["GET", "proto-max-bulk-len"],
+    );
+    match tokio::time::timeout(patience, asked).await {
+        Ok(Ok(answer)) => answer
+            .get("proto-max-bulk-len")
+            .and_then(|limit| limit.parse().ok())
+            .unwrap_or(DEFAULT_VALUE_LIMIT),
+        _ => DEFAULT_VALUE_LIMIT,
+    }
+}
+
+/// The arguments of the insert script for `record`, stored as `value`
+/// ([`record_value`]), as `scripts::INSERT_IF_ABSENT` documents them.
+fn insert_arguments(record: &Record, value: Value) -> Vec<Value> {
     let newest = record.newest_stamp();
     vec![
         Value::from(record.id().as_str()),
         Value::from(newest.to_string()),
         // Millis stay far below 2^63 (a stamp holds 48 bits of them).
         Value::Integer(i64::try_from(newest.millis()).unwrap_or(i64::MAX)),
-        Value::from(record.to_json_string()),
+        value,
     ]
 }
 
@@ -1537,6 +1601,11 @@ impl StorageBackend for RedisBackend {
 mod tests {
     use super::*;
 
+    /// The batch script's arguments, under the default limit of a value.
+    fn arguments(writes: &[Write], guess: u64, budget: usize) -> (Vec<Value>, usize) {
+        batch_arguments(writes, guess, budget, DEFAULT_VALUE_LIMIT).unwrap()
+    }
+
     /// A record met twice in a page read in several calls (rewritten
     /// further along the feed between them) is kept once, at its latest
     /// change; the order of the rest stays.
@@ -1620,16 +1689,16 @@ mod tests {
         let distinct = [write(&mut hlc, "a"), write(&mut hlc, "b")];
         let repeated = [write(&mut hlc, "a"), write(&mut hlc, "a")];
         let flag = |args: &[Value]| args[3].as_i64();
-        let (args, taken) = batch_arguments(&distinct, 5, CHUNK_BYTES);
+        let (args, taken) = arguments(&distinct, 5, CHUNK_BYTES);
         assert_eq!((args.len(), taken), (4 + 4 * 2, 2));
         assert_eq!(flag(&args), Some(1));
         assert_eq!(args[2].as_i64(), Some(5));
         let value = |v: &Value| text(v).unwrap().into_owned();
         assert!(value(&args[10]).starts_with("5 {"));
         assert!(value(&args[11]).starts_with("6 {"));
-        assert_eq!(flag(&batch_arguments(&repeated, 5, CHUNK_BYTES).0), Some(0));
+        assert_eq!(flag(&arguments(&repeated, 5, CHUNK_BYTES).0), Some(0));
         // Without a guess, the values are the bare JSON.
-        let (args, _) = batch_arguments(&distinct, 0, CHUNK_BYTES);
+        let (args, _) = arguments(&distinct, 0, CHUNK_BYTES);
         assert!(value(&args[10]).starts_with('{'));
     }
 
@@ -1647,16 +1716,16 @@ mod tests {
             .collect();
         let one = writes[0].record.to_json_string().len();
         // Two values fit in a budget of two, not of two less a byte.
-        let (args, taken) = batch_arguments(&writes, 0, 2 * one);
+        let (args, taken) = arguments(&writes, 0, 2 * one);
         assert_eq!((taken, args.len()), (2, 4 + 4 * 2));
         assert_eq!(args[0].as_i64(), Some(2));
-        assert_eq!(batch_arguments(&writes, 0, 2 * one - 1).1, 1);
+        assert_eq!(arguments(&writes, 0, 2 * one - 1).1, 1);
         // A record larger than the budget goes alone.
-        let (args, taken) = batch_arguments(&writes, 7, 1);
+        let (args, taken) = arguments(&writes, 7, 1);
         assert_eq!((taken, args.len()), (1, 4 + 4));
         assert!(text(&args[7]).unwrap().starts_with("7 {"));
         // Everything, under a budget none reaches.
-        assert_eq!(batch_arguments(&writes, 0, CHUNK_BYTES).1, 5);
+        assert_eq!(arguments(&writes, 0, CHUNK_BYTES).1, 5);
         // A large record after small ones waits for a call of its own.
         let large = syncforge_core::Content::from_value(
             serde_json::json!({ "id": "large", "blob": "x".repeat(10_000) }),
@@ -1667,8 +1736,8 @@ mod tests {
             Write::create(writes[1].record.clone()),
             Write::create(Record::create(large, hlc.now().unwrap())),
         ];
-        assert_eq!(batch_arguments(&mixed, 0, 5_000).1, 2);
-        assert_eq!(batch_arguments(&mixed[2..], 0, 5_000).1, 1);
+        assert_eq!(arguments(&mixed, 0, 5_000).1, 2);
+        assert_eq!(arguments(&mixed[2..], 0, 5_000).1, 1);
     }
 
     /// Polls `future` once, without waiting: whether it finished.
@@ -1685,7 +1754,12 @@ mod tests {
         while !ended.is_finished() {
             tokio::task::yield_now().await;
         }
-        RedisBackend::with_client(build_client(config).unwrap(), config, ended)
+        RedisBackend::with_client(
+            build_client(config).unwrap(),
+            config,
+            ended,
+            DEFAULT_VALUE_LIMIT,
+        )
     }
 
     /// A call that passed the closed check and waits for the connection

@@ -523,6 +523,83 @@ async fn a_write_refused_while_the_server_cannot_save_is_transient() {
     store.close().await.unwrap();
 }
 
+/// A record larger than the server takes as one value (`proto-max-bulk-len`,
+/// lowered here to its least, 1 MiB) is refused as invalid, naming it,
+/// before any of it is sent, by every way of writing; a record within the
+/// limit is stored. The server dropped the connection in the middle of such
+/// a request, the client sent it whole again, and the write failed as
+/// transient after many uploads, for a record that can never be stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_larger_than_the_server_takes_is_refused_before_it_is_sent() {
+    let Some(server) = PrivateServer::start_with_args(&["--proto-max-bulk-len", "1mb"]).await
+    else {
+        return;
+    };
+    let prefix = fresh_prefix("bulky");
+    let config = server.config(&prefix);
+    let store = RedisBackend::connect(config.clone()).await.unwrap();
+    let raw = raw_client(&config).await.unwrap();
+    let mut hlc = Hlc::new(ClientId::new("w").unwrap());
+    let mut sized = |id: &str, bytes: usize| {
+        Record::create(
+            Content::from_value(json!({"id": id, "blob": "x".repeat(bytes)})).unwrap(),
+            hlc.now().unwrap(),
+        )
+    };
+    let (big, fits) = (sized("big", 2 << 20), sized("fits", 512 << 10));
+    let c = coll("bulky");
+    let sent_before = bytes_received(&raw).await;
+    let refusals = [
+        store
+            .put(&c, &Write::create(big.clone()))
+            .await
+            .unwrap_err(),
+        store
+            .put_batch(&c, &[Write::create(big.clone())])
+            .await
+            .unwrap_err(),
+        store
+            .insert_if_absent(&c, &rid("big"), &mut || Ok(big.clone()))
+            .await
+            .unwrap()
+            .unwrap_err(),
+    ];
+    for refused in refusals {
+        assert!(
+            matches!(&refused, Error::InvalidRecord { id: Some(id), .. } if id == "big"),
+            "{refused:?}"
+        );
+        assert!(
+            refused.to_string().contains("proto-max-bulk-len"),
+            "{refused}"
+        );
+    }
+    let sent = bytes_received(&raw).await - sent_before;
+    assert!(sent < 1 << 20, "{sent} bytes reached the server");
+    store.put(&c, &Write::create(fits.clone())).await.unwrap();
+    let stored = store.get(&c, &rid("fits")).await.unwrap();
+    assert_eq!(stored.map(|stored| stored.record), Some(fits));
+    assert!(store.get(&c, &rid("big")).await.unwrap().is_none());
+    raw.quit().await.ok();
+    store.close().await.unwrap();
+}
+
+/// The bytes the server of `client` has received from all its clients
+/// (`INFO stats`).
+async fn bytes_received(client: &Client) -> u64 {
+    let info: String = client
+        .custom(
+            CustomCommand::new_static("INFO", ClusterHash::Random, false),
+            vec!["stats"],
+        )
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix("total_net_input_bytes:"))
+        .and_then(|bytes| bytes.trim().parse().ok())
+        .unwrap()
+}
+
 /// Runs `BGSAVE` on the server of `client` and waits for it to end: its
 /// status as `INFO persistence` gives it (`ok` or `err`).
 async fn background_save(client: &Client) -> String {
