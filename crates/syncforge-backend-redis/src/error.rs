@@ -118,11 +118,13 @@ pub(crate) fn calls_for_new_connections(error: &FredError) -> bool {
     *error.kind() == ErrorKind::Timeout || reply_code(error.details()) == "READONLY"
 }
 
-/// Whether `error` is the server's `BUSY` (a script runs) or `LOADING`: the
-/// connection it came on works, though the server does not serve now. (Any
-/// other refusal, `NOAUTH` say, is better met on new connections.)
-pub(crate) fn is_busy_or_loading(error: &FredError) -> bool {
-    matches!(reply_code(error.details()), "BUSY" | "LOADING")
+/// Whether `error` is the server's `BUSY` (a script runs), `LOADING`, or
+/// `MISCONF` (its last background save failed, and it refuses writes and
+/// pings until one succeeds): the connection it came on works, though the
+/// server does not serve now. (Any other refusal, `NOAUTH` say, is better
+/// met on new connections.)
+pub(crate) fn answers_but_does_not_serve(error: &FredError) -> bool {
+    matches!(reply_code(error.details()), "BUSY" | "LOADING" | "MISCONF")
 }
 
 /// The reply code of `details`, plain or wrapped in a script error
@@ -323,7 +325,7 @@ mod tests {
     /// the connections: every caller's commands would otherwise be sent
     /// again once the server is free, beside the ones it still holds.
     #[test]
-    fn a_busy_or_loading_server_counts_as_answering() {
+    fn a_busy_loading_or_unsaving_server_counts_as_answering() {
         for (kind, details, answered) in [
             (
                 ErrorKind::Unknown,
@@ -335,6 +337,11 @@ mod tests {
                 "LOADING Redis is loading the dataset in memory",
                 true,
             ),
+            (
+                ErrorKind::Unknown,
+                "MISCONF Errors writing to the AOF file: No space left on device",
+                true,
+            ),
             (ErrorKind::Timeout, "Request timed out.", false),
             (ErrorKind::IO, "Connection reset by peer", false),
             (ErrorKind::Canceled, "Canceled.", false),
@@ -342,7 +349,7 @@ mod tests {
             (ErrorKind::Auth, "NOAUTH Authentication required.", false),
         ] {
             let error = FredError::new(kind, details);
-            assert_eq!(is_busy_or_loading(&error), answered, "{details}");
+            assert_eq!(answers_but_does_not_serve(&error), answered, "{details}");
         }
     }
 

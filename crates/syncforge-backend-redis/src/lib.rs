@@ -208,12 +208,15 @@ impl RedisBackend {
     /// database, or is older than Redis 6.2.
     ///
     /// It also reads the largest value the server takes as one argument
-    /// (`proto-max-bulk-len`): a write of a record whose JSON is larger fails
-    /// with [`Error::InvalidRecord`] naming it, before it is sent.
+    /// (`proto-max-bulk-len`, within what is left of the connect timeout;
+    /// Redis's default of 512 MiB when the server does not say): a write of
+    /// a record whose stored value could be larger fails with
+    /// [`Error::InvalidRecord`] naming it, and its batch writes nothing.
     pub async fn connect(config: RedisConfig) -> Result<RedisBackend> {
         config.validate()?;
         let address = config.address();
         let client = build_client(&config)?;
+        let started = tokio::time::Instant::now();
         // Connecting ends with a PING: a server that accepts connections but
         // does not answer, or wants credentials that were not given, fails
         // here rather than at the first command.
@@ -236,7 +239,9 @@ impl RedisBackend {
             stop_in_background(&client);
             return Err(refused);
         }
-        let max_value_bytes = value_limit(&client, config.connect_timeout).await;
+        // Within what is left of the connect timeout.
+        let left = config.connect_timeout.saturating_sub(started.elapsed());
+        let max_value_bytes = value_limit(&client, left, &address).await;
         // Subscribed after connecting: the first connection is announced
         // too, and is no reconnection.
         Ok(RedisBackend::with_client(
@@ -385,9 +390,9 @@ impl RedisBackend {
             if timed_out {
                 let ping = tokio::time::timeout(bound, client.ping::<String>(None)).await;
                 match ping {
-                    // Refused as `BUSY` or `LOADING` is answered too.
+                    // Refused as `BUSY`, `LOADING` or `MISCONF` is answered too.
                     Ok(Ok(_)) => return,
-                    Ok(Err(error)) if error::is_busy_or_loading(&error) => return,
+                    Ok(Err(error)) if error::answers_but_does_not_serve(&error) => return,
                     _ => {}
                 }
             }
@@ -524,25 +529,54 @@ impl RedisBackend {
         }
     }
 
+    /// The arguments of the first script of a `put_batch` of `writes`
+    /// ([`batch_arguments`]), once every write of the batch is known to fit
+    /// the server's limit of a value: a batch refused writes nothing.
+    fn first_chunk(
+        &self,
+        collection: &CollectionName,
+        writes: &[Write],
+    ) -> Result<(Vec<Value>, usize)> {
+        let guess = self.next_sequence_guess(collection);
+        let (args, taken) = batch_arguments(writes, guess, CHUNK_BYTES, self.max_value_bytes)?;
+        check_value_sizes(
+            writes.get(taken..).unwrap_or_default(),
+            self.max_value_bytes,
+        )?;
+        Ok((args, taken))
+    }
+
+    /// The sequence the next write to `collection` is guessed to get: the
+    /// one after the last this handle saw handed out (0: no guess).
+    fn next_sequence_guess(&self, collection: &CollectionName) -> u64 {
+        self.last_sequence
+            .lock()
+            .get(collection)
+            .map_or(0, |last| last + 1)
+    }
+
     /// The scripts of a `put_batch`, at most [`CHUNK`] writes and (but for
-    /// a single larger record) [`CHUNK_BYTES`] of values each.
+    /// a single larger record) [`CHUNK_BYTES`] of values each; the first
+    /// one's arguments made already ([`first_chunk`](Self::first_chunk)).
     async fn write_chunks(
         &self,
         collection: &CollectionName,
         writes: &[Write],
+        first: (Vec<Value>, usize),
     ) -> Result<Vec<WriteOutcome>> {
         let keys = self.keys.collection(collection);
         let script_keys = keys.for_writes();
         let mut outcomes = Vec::with_capacity(writes.len());
         let mut remaining = writes;
+        let mut first = Some(first);
         while !remaining.is_empty() {
-            let guess = self
-                .last_sequence
-                .lock()
-                .get(collection)
-                .map_or(0, |last| last + 1);
-            let (args, taken) =
-                batch_arguments(remaining, guess, CHUNK_BYTES, self.max_value_bytes)?;
+            let (args, taken) = match first.take() {
+                Some(made) => made,
+                None => {
+                    let guess = self.next_sequence_guess(collection);
+                    batch_arguments(remaining, guess, CHUNK_BYTES, self.max_value_bytes)?
+                }
+            };
             remaining = remaining.get(taken..).unwrap_or_default();
             let connection = self.connection_count();
             // Cloning the arguments shares their texts (no copy), for the
@@ -695,7 +729,9 @@ impl RedisBackend {
     ) -> Result<IfAbsent> {
         self.check_open().await?;
         let record = record_to_insert(BACKEND, id, make)?;
-        let value = record_value(&record, record.to_json_string(), self.max_value_bytes)?;
+        let json = record.to_json_string();
+        check_value_size(&record, json.len(), self.max_value_bytes)?;
+        let value = Value::from(json);
         let connection = self.register(collection).await?;
         let keys = self.keys.collection(collection);
         let sent = self.connection_count();
@@ -1102,14 +1138,16 @@ fn batch_arguments(
             // Writing into a String cannot fail.
             let _ = write!(value, "{sequence} ");
         }
+        let json_start = value.len();
         w.record.write_json(&mut value);
+        check_value_size(&w.record, value.len() - json_start, max_value)?;
         size = value.len() + value.len() / 8;
         if !values.is_empty() && bytes + value.len() > budget {
             // Left for the next call, which it may fill alone.
             break;
         }
         bytes += value.len();
-        values.push(record_value(&w.record, value, max_value)?);
+        values.push(Value::from(value));
     }
     let writes = writes.get(..values.len()).unwrap_or_default();
     let n = writes.len();
@@ -1137,44 +1175,74 @@ fn batch_arguments(
     Ok((args, n))
 }
 
-/// `json`, the value that stores `record`, unless it is larger than the
-/// server takes as one argument (`max_value`): the server would drop the
-/// connection mid-request, the client send it again, and every attempt
-/// fail the same way, each looking like a lost connection.
-fn record_value(record: &Record, json: String, max_value: usize) -> Result<Value> {
-    if json.len() > max_value {
-        return Err(Error::InvalidRecord {
-            id: Some(record.id().to_string()),
-            field: None,
-            reason: format!(
-                "is {} bytes of JSON as Redis stores it, more than the server takes as one \
-                 value (proto-max-bulk-len, {max_value} bytes)",
-                json.len()
-            ),
-        });
+/// The longest prefix of a stored value: a sequence (at most 2^53, 16
+/// digits) and a space.
+const SEQUENCE_PREFIX: usize = 17;
+
+/// Refuses `record`, whose JSON is `json_len` bytes long, when its stored
+/// value could be larger than the server takes as one argument
+/// (`max_value`): the server would drop the connection mid-request, the
+/// client send it again, and every attempt fail the same way, each looking
+/// like a lost connection. Measured with the longest sequence prefix,
+/// whichever way the record is written, so that one record is refused or
+/// taken the same way by every write.
+fn check_value_size(record: &Record, json_len: usize, max_value: usize) -> Result<()> {
+    if json_len.saturating_add(SEQUENCE_PREFIX) <= max_value {
+        return Ok(());
     }
-    Ok(Value::from(json))
+    Err(Error::InvalidRecord {
+        id: Some(record.id().to_string()),
+        field: None,
+        reason: format!(
+            "is {json_len} bytes of JSON, which with its sequence is more than the Redis \
+             server takes as one value (proto-max-bulk-len, {max_value} bytes)"
+        ),
+    })
+}
+
+/// Checks, as [`check_value_size`], the writes of a batch that its first
+/// script call does not take (`rest`), before that call is sent: a record too
+/// large later in the batch would otherwise fail it after earlier calls had
+/// written theirs. Each is written once more, into one buffer.
+fn check_value_sizes(rest: &[Write], max_value: usize) -> Result<()> {
+    let mut json = String::new();
+    for write in rest {
+        json.clear();
+        write.record.write_json(&mut json);
+        check_value_size(&write.record, json.len(), max_value)?;
+    }
+    Ok(())
 }
 
 /// The largest value the server takes as one argument (`CONFIG GET
 /// proto-max-bulk-len`), or Redis's default when it does not say within
-/// `patience` (a managed server may rename `CONFIG`, an ACL deny it).
-async fn value_limit(client: &Client, patience: Duration) -> usize {
+/// `patience` (a managed server may rename `CONFIG`, an ACL deny it, a
+/// proxy not pass it on).
+async fn value_limit(client: &Client, patience: Duration, address: &str) -> usize {
     let asked = client.custom::<HashMap<String, String>, _>(
         CustomCommand::new_static("CONFIG", ClusterHash::Random, false),
         vec!["GET", "proto-max-bulk-len"],
     );
-    match tokio::time::timeout(patience, asked).await {
+    let said = match tokio::time::timeout(patience, asked).await {
         Ok(Ok(answer)) => answer
             .get("proto-max-bulk-len")
             .and_then(|limit| limit.parse().ok())
-            .unwrap_or(DEFAULT_VALUE_LIMIT),
-        _ => DEFAULT_VALUE_LIMIT,
-    }
+            .ok_or_else(|| "no number in its answer".to_owned()),
+        Ok(Err(refused)) => Err(refused.details().to_owned()),
+        Err(_) => Err("no answer within the connect timeout".to_owned()),
+    };
+    said.unwrap_or_else(|reason| {
+        tracing::debug!(
+            %address,
+            %reason,
+            "the server did not say how large a value it takes; assuming Redis's default, 512 MiB"
+        );
+        DEFAULT_VALUE_LIMIT
+    })
 }
 
-/// The arguments of the insert script for `record`, stored as `value`
-/// ([`record_value`]), as `scripts::INSERT_IF_ABSENT` documents them.
+/// The arguments of the insert script for `record`, whose JSON is
+/// `value`, as `scripts::INSERT_IF_ABSENT` documents them.
 fn insert_arguments(record: &Record, value: Value) -> Vec<Value> {
     let newest = record.newest_stamp();
     vec![
@@ -1307,8 +1375,11 @@ impl StorageBackend for RedisBackend {
         if writes.is_empty() {
             return Ok(Vec::new());
         }
+        // Made before the collection is registered: a batch refused for a
+        // record too large registers nothing either.
+        let first = self.first_chunk(collection, writes)?;
         let connection = self.register(collection).await?;
-        let written = self.write_chunks(collection, writes).await;
+        let written = self.write_chunks(collection, writes, first).await;
         // Also after a failure: chunks before it landed.
         self.register_again_if_reconnected(collection, connection)
             .await;
@@ -1738,6 +1809,21 @@ mod tests {
         ];
         assert_eq!(arguments(&mixed, 0, 5_000).1, 2);
         assert_eq!(arguments(&mixed[2..], 0, 5_000).1, 1);
+        // A record whose JSON and longest sequence pass the server's limit
+        // of a value is refused, named, with or without a guess; one byte
+        // less is taken.
+        let json = mixed[2].record.to_json_string().len();
+        for guess in [0, 7] {
+            let refused = batch_arguments(&mixed, guess, CHUNK_BYTES, json + SEQUENCE_PREFIX - 1);
+            assert!(
+                matches!(&refused, Err(Error::InvalidRecord { id: Some(id), .. }) if id == "large"),
+                "{refused:?}"
+            );
+            let taken = batch_arguments(&mixed, guess, CHUNK_BYTES, json + SEQUENCE_PREFIX);
+            assert_eq!(taken.map(|(_, n)| n).ok(), Some(3));
+        }
+        assert!(check_value_sizes(&mixed, json + SEQUENCE_PREFIX - 1).is_err());
+        assert!(check_value_sizes(&mixed, json + SEQUENCE_PREFIX).is_ok());
     }
 
     /// Polls `future` once, without waiting: whether it finished.

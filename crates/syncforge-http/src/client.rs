@@ -1452,7 +1452,9 @@ impl HttpPeer {
                 // refuses an upload often closes without sending its page
                 // whole, and taking that for a lost answer retried the same
                 // request instead of sending it in smaller parts.
-                Err(_) if decided_by_status(status) => Vec::new(),
+                Err(cut) if decided_by_status(status) => {
+                    format!("(its body could not be read: {})", cut.into_error()).into_bytes()
+                }
                 Err(failure) => return Err(failure),
             };
             let took_long = started.elapsed() >= (allowed / 2).min(LONG_FOR_A_GATEWAY);

@@ -465,7 +465,7 @@ async fn a_write_refused_as_read_only_makes_the_handle_connect_again() {
 /// a permanent refusal, which the engine does not retry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_refused_while_the_server_cannot_save_is_transient() {
-    let Some(server) = PrivateServer::start_with_args(&[
+    let Some(server) = PrivateServer::start_seven_with_args(&[
         "--appendonly",
         "no",
         "--save",
@@ -524,9 +524,9 @@ async fn a_write_refused_while_the_server_cannot_save_is_transient() {
 }
 
 /// A record larger than the server takes as one value (`proto-max-bulk-len`,
-/// lowered here to its least, 1 MiB) is refused as invalid, naming it,
-/// before any of it is sent, by every way of writing; a record within the
-/// limit is stored. The server dropped the connection in the middle of such
+/// lowered here to its least, 1 MiB) is refused as invalid, naming it, by
+/// every way of writing, and a batch holding it sends nothing, however
+/// long; a record within the limit is stored. The server dropped the connection in the middle of such
 /// a request, the client sent it whole again, and the write failed as
 /// transient after many uploads, for a record that can never be stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -547,6 +547,12 @@ async fn a_record_larger_than_the_server_takes_is_refused_before_it_is_sent() {
         )
     };
     let (big, fits) = (sized("big", 2 << 20), sized("fits", 512 << 10));
+    // A batch whose first script call takes its first thousand writes,
+    // and the record too large after them: refused before that call.
+    let mut long_batch: Vec<Write> = (0..1_000)
+        .map(|i| Write::create(record(&mut hlc, &format!("s{i}"), i)))
+        .collect();
+    long_batch.push(Write::create(big.clone()));
     let c = coll("bulky");
     let sent_before = bytes_received(&raw).await;
     let refusals = [
@@ -555,9 +561,13 @@ async fn a_record_larger_than_the_server_takes_is_refused_before_it_is_sent() {
             .await
             .unwrap_err(),
         store
-            .put_batch(&c, &[Write::create(big.clone())])
+            .put_batch(
+                &c,
+                &[Write::create(fits.clone()), Write::create(big.clone())],
+            )
             .await
             .unwrap_err(),
+        store.put_batch(&c, &long_batch).await.unwrap_err(),
         store
             .insert_if_absent(&c, &rid("big"), &mut || Ok(big.clone()))
             .await
@@ -575,7 +585,11 @@ async fn a_record_larger_than_the_server_takes_is_refused_before_it_is_sent() {
         );
     }
     let sent = bytes_received(&raw).await - sent_before;
-    assert!(sent < 1 << 20, "{sent} bytes reached the server");
+    assert!(sent < 64 << 10, "{sent} bytes reached the server");
+    assert!(
+        store.get_all(&c).await.unwrap().is_empty(),
+        "a refused batch wrote"
+    );
     store.put(&c, &Write::create(fits.clone())).await.unwrap();
     let stored = store.get(&c, &rid("fits")).await.unwrap();
     assert_eq!(stored.map(|stored| stored.record), Some(fits));

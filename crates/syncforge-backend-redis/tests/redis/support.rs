@@ -87,16 +87,47 @@ struct TlsListener {
     client_authority: Option<PathBuf>,
 }
 
+/// Whether the `redis-server` at `bin` is Redis 7 or later.
+fn server_is_seven_or_later(bin: &str) -> bool {
+    version_of(bin)
+        .and_then(|version| {
+            let major = version
+                .split("v=")
+                .nth(1)?
+                .split('.')
+                .next()?
+                .parse::<u32>();
+            major.ok()
+        })
+        .is_some_and(|major| major >= 7)
+}
+
 impl PrivateServer {
     /// Starts one, or returns `None` (skipped) when `redis-server` is missing.
     pub(crate) async fn start() -> Option<PrivateServer> {
         PrivateServer::start_with_password(None).await
     }
 
-    /// Starts one with `args` added to (and overriding) the usual ones.
+    /// Starts one with `args` added to (and overriding) the usual ones, or
+    /// returns `None` (skipped) when `redis-server` is missing.
     pub(crate) async fn start_with_args(args: &[&str]) -> Option<PrivateServer> {
         let extra = args.iter().map(|arg| (*arg).to_owned()).collect();
         PrivateServer::start_with(None, None, extra).await
+    }
+
+    /// [`start_with_args`](Self::start_with_args) with `args` only Redis 7
+    /// knows: `None` (skipped) when `redis-server` is missing or older.
+    pub(crate) async fn start_seven_with_args(args: &[&str]) -> Option<PrivateServer> {
+        let bin = address(SERVER_BIN_ENV, "redis-server");
+        if !available(
+            "redis-server 7+",
+            SERVER_BIN_ENV,
+            &bin,
+            server_is_seven_or_later(&bin),
+        ) {
+            return None;
+        }
+        PrivateServer::start_with_args(args).await
     }
 
     /// Starts one that requires `password` (when given) from every client.
@@ -372,17 +403,7 @@ impl PrivateCluster {
     pub(crate) async fn start() -> Option<PrivateCluster> {
         // `--cluster-port` came with Redis 7.
         let bin = address(SERVER_BIN_ENV, "redis-server");
-        let seven = version_of(&bin)
-            .and_then(|version| {
-                let major = version
-                    .split("v=")
-                    .nth(1)?
-                    .split('.')
-                    .next()?
-                    .parse::<u32>();
-                major.ok()
-            })
-            .is_some_and(|major| major >= 7);
+        let seven = server_is_seven_or_later(&bin);
         let cli = version_of("redis-cli").is_some();
         if !available(
             "redis-server 7+ and redis-cli",

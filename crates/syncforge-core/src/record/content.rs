@@ -108,8 +108,12 @@ impl Content {
     /// takes the route through [`Value`].
     ///
     /// `doc`'s `Serialize` may be called more than once, so it must
-    /// describe the same value every time; its size hints are taken as
-    /// hints, never trusted for an allocation beyond a few dozen entries.
+    /// describe the same value every time. The size hints of its objects
+    /// and of its fields' objects are taken as hints, never trusted for an
+    /// allocation beyond a few dozen entries; a value this writer leaves to
+    /// serde_json (bytes, an enum variant holding data, a document that is
+    /// not an object) is made by serde_json, which trusts the hints of its
+    /// arrays.
     pub fn from_serialize<T: Serialize + ?Sized>(doc: &T) -> Result<Content> {
         // Filled in place: the collector is large, and serde's by-value
         // serializers would move it at every step.
