@@ -483,12 +483,7 @@ async fn a_write_refused_while_the_server_cannot_save_is_transient() {
     // Snapshots go to a directory that is then removed: the next one
     // cannot be created there, whoever the server runs as.
     let gone = tempfile::tempdir().unwrap();
-    server_cmd(
-        &raw,
-        "CONFIG",
-        &["SET", "dir", gone.path().to_str().unwrap()],
-    )
-    .await;
+    save_in(&raw, gone.path()).await;
     drop(gone);
     assert_eq!(background_save(&raw).await, "err");
 
@@ -505,12 +500,7 @@ async fn a_write_refused_while_the_server_cannot_save_is_transient() {
         .is_none());
 
     let saves = tempfile::tempdir().unwrap();
-    server_cmd(
-        &raw,
-        "CONFIG",
-        &["SET", "dir", saves.path().to_str().unwrap()],
-    )
-    .await;
+    save_in(&raw, saves.path()).await;
     assert_eq!(background_save(&raw).await, "ok");
     let r2 = record(&mut hlc, "r2", 2);
     store
@@ -598,59 +588,45 @@ async fn a_record_larger_than_the_server_takes_is_refused_before_it_is_sent() {
     store.close().await.unwrap();
 }
 
-/// The bytes the server of `client` has received from all its clients
-/// (`INFO stats`).
+/// The bytes the server of `client` has received from all its clients.
 async fn bytes_received(client: &Client) -> u64 {
+    let bytes = info_field(client, "stats", "total_net_input_bytes").await;
+    bytes.parse().unwrap()
+}
+
+/// The value of `field` in `section` of the `INFO` of the server of
+/// `client`; empty when it has none.
+async fn info_field(client: &Client, section: &'static str, field: &str) -> String {
     let info: String = client
         .custom(
             CustomCommand::new_static("INFO", ClusterHash::Random, false),
-            vec!["stats"],
+            vec![section],
         )
         .await
         .unwrap();
     info.lines()
-        .find_map(|line| line.strip_prefix("total_net_input_bytes:"))
-        .and_then(|bytes| bytes.trim().parse().ok())
-        .unwrap()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .map(|value| value.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Makes the server of `client` save its snapshots in `dir`.
+async fn save_in(client: &Client, dir: &std::path::Path) {
+    server_cmd(client, "CONFIG", &["SET", "dir", dir.to_str().unwrap()]).await;
 }
 
 /// Runs `BGSAVE` on the server of `client` and waits for it to end: its
 /// status as `INFO persistence` gives it (`ok` or `err`).
 async fn background_save(client: &Client) -> String {
-    let info = |client: &Client| {
-        let client = client.clone();
-        async move {
-            let info: String = client
-                .custom(
-                    CustomCommand::new_static("INFO", ClusterHash::Random, false),
-                    vec!["persistence"],
-                )
-                .await
-                .unwrap();
-            let field = |name: &str| {
-                info.lines()
-                    .find_map(|line| line.strip_prefix(name))
-                    .map(|value| value.trim().to_owned())
-                    .unwrap_or_default()
-            };
-            (
-                field("rdb_bgsave_in_progress:"),
-                field("rdb_last_bgsave_status:"),
-            )
-        }
-    };
     // In progress from the moment `BGSAVE` answers; the server takes note
     // of the end and of its status together.
     server_cmd(client, "BGSAVE", &[]).await;
     let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (in_progress, status) = info(client).await;
-        if in_progress == "0" {
-            return status;
-        }
+    while info_field(client, "persistence", "rdb_bgsave_in_progress").await != "0" {
         assert!(Instant::now() < deadline, "BGSAVE did not end");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    info_field(client, "persistence", "rdb_last_bgsave_status").await
 }
 
 /// Connecting to a port where nothing listens fails with a transient error

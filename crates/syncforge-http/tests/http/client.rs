@@ -852,15 +852,7 @@ async fn a_large_push_goes_in_requests_of_a_few_mebibytes() {
         .await
         .unwrap();
     let phone = memory_engine("phone").await;
-    for n in 0..600 {
-        phone
-            .put(
-                "notes",
-                &json!({"id": format!("n{n}"), "text": "x".repeat(10_000)}),
-            )
-            .await
-            .unwrap();
-    }
+    put_notes(&phone, 600, 10_000).await;
     let link = peer(&server.url(), None);
     let _ = link.health().await.unwrap();
     let records = phone.get_all("notes").await.unwrap();
@@ -1286,28 +1278,66 @@ enum ErrorPage {
     CutOff,
 }
 
+/// Puts `count` notes, `n000` on, each of `bytes` bytes of text, into
+/// collection `notes` of `engine`.
+async fn put_notes(engine: &SyncEngine, count: usize, bytes: usize) {
+    for n in 0..count {
+        engine
+            .put(
+                "notes",
+                &json!({"id": format!("n{n:03}"), "text": "x".repeat(bytes)}),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// A server behind a [`body_limiting_proxy`] of 64 KiB, and a phone holding
+/// notes of 1,000 bytes each, not yet pushed.
+struct BehindProxy {
+    hq: SyncEngine,
+    server: Server,
+    /// The proxy's URL.
+    url: String,
+    /// How many requests the proxy refused.
+    refused: Arc<std::sync::atomic::AtomicUsize>,
+    phone: SyncEngine,
+}
+
+impl BehindProxy {
+    /// The proxy sending its refusals as `page`; the phone holding `notes`
+    /// notes.
+    async fn start(page: ErrorPage, notes: usize) -> BehindProxy {
+        let hq = memory_engine("hq").await;
+        let server = Server::bind(hq.clone(), "127.0.0.1:0", ServerOptions::default())
+            .await
+            .unwrap();
+        let (url, refused) = body_limiting_proxy(server.local_addr(), 64 * 1024, page).await;
+        let phone = memory_engine("phone").await;
+        put_notes(&phone, notes, 1_000).await;
+        BehindProxy {
+            hq,
+            server,
+            url,
+            refused,
+            phone,
+        }
+    }
+}
+
 /// Behind a proxy that takes smaller bodies than the server announces, a
 /// push refused with 413 is sent again in halves, and later pushes send no
 /// more than what went through; before, every sync failed for good. A
 /// record the proxy refuses on its own is refused, not failed on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_a_proxy_refuses_as_too_large_is_sent_in_smaller_parts() {
-    let hq = memory_engine("hq").await;
-    let server = Server::bind(hq.clone(), "127.0.0.1:0", ServerOptions::default())
-        .await
-        .unwrap();
-    let (url, refused) =
-        body_limiting_proxy(server.local_addr(), 64 * 1024, ErrorPage::Whole).await;
-    let phone = memory_engine("phone").await;
-    for n in 0..400 {
-        phone
-            .put(
-                "notes",
-                &json!({"id": format!("n{n:03}"), "text": "x".repeat(1_000)}),
-            )
-            .await
-            .unwrap();
-    }
+    let BehindProxy {
+        hq,
+        server,
+        url,
+        refused,
+        phone,
+    } = BehindProxy::start(ErrorPage::Whole, 400).await;
     let link = peer(&url, None);
     let report = phone.sync_with(&link, "notes").await.unwrap();
     assert_eq!(report.pushed, 400);
@@ -1368,30 +1398,16 @@ async fn a_push_a_proxy_refuses_as_too_large_is_sent_in_smaller_parts() {
 /// again until the retries ran out, and every sync failed as unavailable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_refused_as_too_large_with_its_page_cut_off_is_sent_in_smaller_parts() {
-    let hq = memory_engine("hq").await;
-    let server = Server::bind(hq.clone(), "127.0.0.1:0", ServerOptions::default())
-        .await
-        .unwrap();
-    let (url, refused) =
-        body_limiting_proxy(server.local_addr(), 64 * 1024, ErrorPage::CutOff).await;
-    let phone = memory_engine("phone").await;
-    for n in 0..200 {
-        phone
-            .put(
-                "notes",
-                &json!({"id": format!("n{n:03}"), "text": "x".repeat(1_000)}),
-            )
-            .await
-            .unwrap();
-    }
-    let report = phone.sync_with(&peer(&url, None), "notes").await.unwrap();
+    let proxied = BehindProxy::start(ErrorPage::CutOff, 200).await;
+    let link = peer(&proxied.url, None);
+    let report = proxied.phone.sync_with(&link, "notes").await.unwrap();
     assert_eq!(report.pushed, 200);
-    assert_eq!(hq.get_all("notes").await.unwrap().len(), 200);
+    assert_eq!(proxied.hq.get_all("notes").await.unwrap().len(), 200);
     assert!(
-        refused.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        proxied.refused.load(std::sync::atomic::Ordering::SeqCst) > 0,
         "the proxy refused nothing: the test proves nothing"
     );
-    server.shutdown().await.unwrap();
+    proxied.server.shutdown().await.unwrap();
 }
 
 /// The collections `.` and `..` cannot be named in a URL path (URLs read
