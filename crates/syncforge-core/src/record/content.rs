@@ -1049,11 +1049,11 @@ mod tests {
 
     #[test]
     fn from_serialize_takes_a_size_hint_for_a_hint() {
-        let top = Boasting { nested: false };
-        let put = Content::from_serialize(&top).unwrap();
-        let through_value = Content::from_value(serde_json::to_value(&top).unwrap()).unwrap();
-        assert_eq!(put, through_value);
-        assert_eq!(put.fields()["inner"], json!({"k": 1}));
+        let put = Content::from_serialize(&Boasting { nested: false }).unwrap();
+        // Not compared through `serde_json::to_value`, which trusts the
+        // hints too when serde_json's `preserve_order` is on.
+        let written = Content::from_value(json!({"id": "b1", "inner": {"k": 1}})).unwrap();
+        assert_eq!(put, written);
         // The same lie from a map at the top.
         let map = Content::from_serialize(&Boasting { nested: true });
         assert!(matches!(map, Err(Error::InvalidRecord { .. })), "{map:?}");
