@@ -139,7 +139,12 @@ pub enum WriteOutcome {
         /// The feed position assigned to this write.
         cursor: Cursor,
     },
-    /// Not written: the record no longer matched the expected state.
+    /// Not written: the record no longer matched the expected state. A
+    /// store whose client may send a write again by itself reports the
+    /// refusal of such a resend as a failure instead (the first send may
+    /// have landed): the engine takes a conflict for a definite "not
+    /// written by this call", and leaves the state it finds to the writer
+    /// that made it.
     Conflict,
 }
 

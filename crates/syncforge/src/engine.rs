@@ -955,13 +955,16 @@ impl SyncEngine {
                     Some(stored) => (Some(stored.record), Some(stored.token)),
                     None => (None, None),
                 };
-                // The store holds exactly what an earlier attempt meant to
-                // write: that write did happen after all (its answer was
-                // lost: the engine, or a client that resends by itself as
-                // the Redis store's does, sent it again and was refused) or
-                // another writer made the same change. The two cannot be
-                // told apart; report it as planned. A put's or delete's
-                // write also landed when the store holds its fresh stamp
+                // After an attempt whose outcome is unknown, a store holding
+                // exactly what it meant to write holds that write (its
+                // answer was lost, and the resend was refused) or another
+                // writer's identical change; the two cannot be told apart,
+                // so it is reported as planned. With no such attempt the
+                // refusal was definite (a store whose client resends by
+                // itself reports a resend's refusal as a failure): the
+                // identical state is another writer's, and applying the
+                // intent again finds it unchanged. A put's or delete's
+                // write landed when the store holds its fresh stamp, even
                 // under a later writer's change, which applying the write
                 // again would undo. After an attempt whose outcome is
                 // unknown, so did a put or delete whose state the stored one
@@ -971,7 +974,7 @@ impl SyncEngine {
                 // taken for landed when its write failed.)
                 let landed = match (&item.intended, &local) {
                     (Some(intended), Some(stored)) => {
-                        stored == intended
+                        (item.maybe_landed && stored == intended)
                             || (matches!(item.kind, IntentKind::Put | IntentKind::Delete)
                                 && (holds_local_write(stored, intended)
                                     || (item.maybe_landed && self.built_on(stored, intended))))

@@ -600,3 +600,66 @@ async fn listening_does_not_change_what_is_stored() {
     }
     assert_eq!(heard, updated);
 }
+
+/// Another engine on the same store makes the very merge this sync planned,
+/// between this sync's read and its write: the store refuses this engine's
+/// write. The records, the conflict and their events are the other
+/// engine's; this sync finds them unchanged and announces nothing of them.
+#[tokio::test]
+async fn a_merge_another_engine_made_first_is_reported_by_that_engine_alone() {
+    use syncforge::StorageBackend;
+    use syncforge_testkit::faults::FaultyBackend;
+    let memory: Arc<dyn StorageBackend> = Arc::new(MemoryBackend::new());
+    let raced = Arc::new(FaultyBackend::new(memory, 1, 0.0, Duration::ZERO));
+    let shared: Arc<dyn StorageBackend> = raced.clone();
+    let a = SyncEngine::builder()
+        .client_id("a")
+        .conflict_strategy(ConflictStrategy::Crdt)
+        .backend(shared)
+        .build()
+        .await
+        .unwrap();
+    a.put("c", &json!({"id": "shared", "x": 1})).await.unwrap();
+    let source = engine("source", ConflictStrategy::Crdt).await;
+    source
+        .put("c", &json!({"id": "shared", "x": 2}))
+        .await
+        .unwrap();
+    source
+        .put("c", &json!({"id": "new", "x": 3}))
+        .await
+        .unwrap();
+    let batch = source.get_all("c").await.unwrap();
+    let same = batch.clone();
+    raced.rival_before_next_put_batch(move |store| async move {
+        let b = SyncEngine::builder()
+            .client_id("b")
+            .conflict_strategy(ConflictStrategy::Crdt)
+            .backend(store)
+            .build()
+            .await
+            .unwrap();
+        let first = b.sync("c", same).await.unwrap();
+        assert_eq!(
+            (first.added, first.updated, first.conflicts.len()),
+            (1, 1, 1),
+            "{first:?}"
+        );
+    });
+    let mut rx = a.subscribe();
+    let second = a.sync("c", batch).await.unwrap();
+    assert_eq!(
+        (second.added, second.updated, second.unchanged),
+        (0, 0, 2),
+        "{second:?}"
+    );
+    assert!(second.conflicts.is_empty(), "{second:?}");
+    assert_eq!(
+        kinds(&drain(&mut rx)),
+        [
+            EventKind::SyncStart,
+            EventKind::SyncProgress,
+            EventKind::SyncSuccess
+        ]
+    );
+}
