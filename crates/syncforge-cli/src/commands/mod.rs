@@ -90,6 +90,15 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
     outcome.and(flushed)
 }
 
+/// What a command that writes collection by collection says when its output
+/// fails after the first `done` of `all` collections were `verb` (`last`
+/// the last of them): the stores hold those, which the error would not say.
+pub(crate) fn output_failed_after(verb: &str, done: usize, all: usize, last: &str) -> String {
+    format!(
+        "{done} of the {all} collections were {verb} before the output failed (the last: {last:?})"
+    )
+}
+
 /// What a merge did to one collection of one store.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Counts {

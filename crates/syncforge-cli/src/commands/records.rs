@@ -133,7 +133,15 @@ pub(crate) async fn delete(args: DeleteArgs, cx: &mut Context) -> Result<()> {
         .await
         .with_context(|| format!("cannot delete record {:?}", id.as_str()))?;
     let record = deleted.ok_or_else(|| missing(store.url(), &name, &id))?;
-    cx.out.record(&record)?;
+    cx.out
+        .record(&record)
+        .and_then(|()| cx.out.flush())
+        .with_context(|| {
+            format!(
+                "record {:?} was deleted before the output failed",
+                id.as_str()
+            )
+        })?;
     store.close().await
 }
 

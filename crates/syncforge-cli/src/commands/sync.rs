@@ -11,7 +11,7 @@ use syncforge::{
     SyncEvent, SyncPeer,
 };
 
-use super::{Context, Counts};
+use super::{output_failed_after, Context, Counts};
 use crate::cli::SyncArgs;
 use crate::failure::{usage, Refused};
 use crate::progress::Following;
@@ -63,7 +63,7 @@ pub(crate) async fn run(args: SyncArgs, cx: &mut Context) -> Result<()> {
     // (of `Ends::read_ends`) that skipped them: only those are listed for
     // files left behind.
     let mut skipped_in: Vec<(usize, CollectionName)> = Vec::new();
-    for collection in &collections {
+    for (done, collection) in collections.iter().enumerate() {
         let skips_before = ends.skips(args.both);
         let summary = ends
             .sync(collection, args.both, cx)
@@ -85,9 +85,13 @@ pub(crate) async fn run(args: SyncArgs, cx: &mut Context) -> Result<()> {
                 .filter(|(_, (before, after))| after > before)
                 .map(|(end, _)| (end, collection.clone())),
         );
-        summary.print(collection, cx)?;
         // A line per collection as it ends, not all at the end.
-        cx.out.flush()?;
+        summary
+            .print(collection, cx)
+            .and_then(|()| cx.out.flush())
+            .with_context(|| {
+                output_failed_after("synced", done + 1, collections.len(), collection.as_str())
+            })?;
         refused.extend(
             summary
                 .refused()

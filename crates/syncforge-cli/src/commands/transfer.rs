@@ -8,7 +8,7 @@ use serde_json::Value;
 use syncforge::core::DEFAULT_MAX_DRIFT;
 use syncforge::{CollectionName, Error, Record, StoreUrl};
 
-use super::{Context, Counts};
+use super::{output_failed_after, Context, Counts};
 use crate::cli::{ExportArgs, ImportArgs, MergeOptions};
 use crate::input::{self, Values};
 use crate::reader::Reader;
@@ -63,7 +63,8 @@ pub(crate) async fn import(args: ImportArgs, cx: &mut Context) -> Result<()> {
 
     let store = Target::open(url, target, cx).await?;
     store.check_sizes(&batches).await?;
-    for (name, records) in batches {
+    let all = batches.len();
+    for (done, (name, records)) in batches.into_iter().enumerate() {
         let count = records.len();
         // Records repeating an id merge into one, with one outcome (per
         // request to a server, when the import takes several).
@@ -79,23 +80,25 @@ pub(crate) async fn import(args: ImportArgs, cx: &mut Context) -> Result<()> {
                 store.url()
             )
         })?;
-        if cx.out.json() {
+        let printed = if cx.out.json() {
             let mut line = serde_json::Map::new();
             line.insert("collection".to_owned(), name.as_str().into());
             line.insert("records".to_owned(), count.into());
             line.insert("ids".to_owned(), ids.into());
             line.extend(counts.json());
-            cx.out.value(&Value::Object(line))?;
+            cx.out.value(&Value::Object(line))
         } else if ids < count {
             cx.out.line(&format!(
                 "{name}: {count} records, {ids} distinct ids: {}",
                 counts.human()
-            ))?;
+            ))
         } else {
             cx.out
-                .line(&format!("{name}: {count} records: {}", counts.human()))?;
-        }
-        cx.out.flush()?;
+                .line(&format!("{name}: {count} records: {}", counts.human()))
+        };
+        printed
+            .and_then(|()| cx.out.flush())
+            .with_context(|| output_failed_after("imported", done + 1, all, name.as_str()))?;
     }
     store.close().await
 }

@@ -273,7 +273,7 @@ fn a_put_whose_reader_stops_early_still_puts_every_record() {
 fn a_put_whose_output_fails_says_how_many_records_it_put() {
     let dir = TempDir::new().unwrap();
     let a = dir.path().join("a");
-    let stderr = put_into_a_full_disk(&a, "notes", &docs("n", 3_000));
+    let stderr = into_a_full_disk(&["put", arg(&a), "notes"], &docs("n", 3_000));
     let said = stderr
         .split(" of the 3000 records were put before the output failed")
         .next()
@@ -285,17 +285,66 @@ fn a_put_whose_output_fails_says_how_many_records_it_put() {
 
     // A put whose output was all buffered when the last record went in
     // says so too.
-    let stderr = put_into_a_full_disk(&a, "small", &docs("s", 1));
+    let stderr = into_a_full_disk(&["put", arg(&a), "small"], &docs("s", 1));
     assert!(
         stderr.contains("1 of the 1 records were put before the output failed"),
         "{stderr}"
     );
 }
 
-/// Puts `input` into `collection` of `store` with stdout on a full disk
-/// (`/dev/full`); the put must fail with exit code 1. Its stderr.
+/// A writing command whose output fails otherwise than by its reader
+/// leaving stops, and says what it wrote: an import or a sync the
+/// collections it finished, a delete that it deleted.
 #[cfg(target_os = "linux")]
-fn put_into_a_full_disk(store: &std::path::Path, collection: &str, input: &str) -> String {
+#[test]
+fn a_write_whose_output_fails_says_what_it_wrote() {
+    let dir = TempDir::new().unwrap();
+    let original = dir.path().join("original");
+    for collection in ["first", "second"] {
+        write_original(
+            &original.join(collection),
+            "r-1.json",
+            &json!({"id": "r-1", "_version": 1, "_timestamp": 1_709_654_000_500u64,
+                   "_deleted": false, "_clientId": "sensor-3"}),
+        );
+    }
+    let store = dir.path().join("store");
+    let stderr = into_a_full_disk(&["import", arg(&store), "--store-dir", arg(&original)], "");
+    assert!(
+        stderr.contains(
+            "1 of the 2 collections were imported before the output failed (the last: \"first\")"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(export(&store, "first").lines().count(), 1);
+    // The rest, imported again with somewhere to print.
+    syncforge(&["import", arg(&store), "--store-dir", arg(&original)]).ok();
+
+    let copy = dir.path().join("copy");
+    let stderr = into_a_full_disk(&["sync", arg(&store), arg(&copy)], "");
+    assert!(
+        stderr.contains(
+            "1 of the 2 collections were synced before the output failed (the last: \"first\")"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(export(&copy, "first").lines().count(), 1);
+
+    let stderr = into_a_full_disk(&["delete", arg(&store), "first", "r-1"], "");
+    assert!(
+        stderr.contains("record \"r-1\" was deleted before the output failed"),
+        "{stderr}"
+    );
+    let deleted = syncforge(&["get", arg(&store), "first", "r-1", "--json"])
+        .ok()
+        .json();
+    assert_eq!(deleted["_deleted"], true);
+}
+
+/// Runs the binary with `args`, `input` on stdin and stdout on a full disk
+/// (`/dev/full`); the command must fail with exit code 1. Its stderr.
+#[cfg(target_os = "linux")]
+fn into_a_full_disk(args: &[&str], input: &str) -> String {
     use std::io::Write as _;
     use std::process::Stdio;
     use std::time::Duration;
@@ -304,7 +353,7 @@ fn put_into_a_full_disk(store: &std::path::Path, collection: &str, input: &str) 
         .write(true)
         .open("/dev/full")
         .unwrap();
-    let mut child = crate::support::command(&["put", arg(store), collection])
+    let mut child = crate::support::command(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::from(full))
         .stderr(Stdio::piped())
