@@ -184,7 +184,8 @@ impl ChangeLog {
                     None,
                     &self.path,
                     format!(
-                        "the {what} {value} cannot grow past {MAX_SEQUENCE}; delete the log to rebuild it"
+                        "the {what} {value} cannot grow past {MAX_SEQUENCE}: copy the store into \
+                         a new one (`syncforge sync OLD NEW`), whose change feed starts again"
                     ),
                 )
             })
