@@ -45,6 +45,7 @@
 //!     .checkpoint.lock      lock held by the one checkpoint under way
 //!     .name                 the collection's name, when the directory name is hashed
 //!     .reserved             change-feed positions reserved for Buffered writes
+//!     .highest              a bound on the change-feed positions of Full writes
 //!     .corrupt/             corrupt record files a write moved aside, kept for inspection
 //! ```
 //!

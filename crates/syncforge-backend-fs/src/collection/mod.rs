@@ -52,8 +52,16 @@ pub(crate) const NAME_FILE: &str = ".name";
 /// every position such a write takes is at most the number this file
 /// holds, written durably first (see [`Collection::reserve_through`]).
 pub(crate) const RESERVED_FILE: &str = ".reserved";
+/// A bound on the change-feed positions [`Durability::Full`] writes took,
+/// raised durably before positions pass it. A `Full` write's position is
+/// in the synced change log, but a log deleted whole takes them all with
+/// it: the log rebuilt then numbers above this bound (and the
+/// reservation), whatever the clock says. Unlike the reservation it is no
+/// floor at opening, since no power cut takes a `Full` write's position.
+pub(crate) const HIGHEST_FILE: &str = ".highest";
 /// Positions reserved at once: one durable write of [`RESERVED_FILE`] per
-/// this many `Buffered` writes (and one at a handle's first).
+/// this many `Buffered` writes (and one at a handle's first), or of
+/// [`HIGHEST_FILE`] per this many `Full` writes.
 const RESERVATION: u64 = 1 << 20;
 
 /// How many times [`Tuning::checkpoint_bytes`] the write-ahead log may hold
@@ -105,6 +113,9 @@ pub(crate) struct Collection {
     floor: u64,
     /// The reservation this handle knows to be durable.
     reserved: u64,
+    /// The bound on `Full` writes' positions this handle knows to be
+    /// durable ([`HIGHEST_FILE`]).
+    highest: u64,
     /// Whether a checkpoint failed while writing or syncing files, or a
     /// synced append to the change log failed: the change log's lines may
     /// then be pages the disk never got, which a later sync
@@ -151,6 +162,7 @@ impl Collection {
             new_dir,
             floor: 0,
             reserved: 0,
+            highest: 0,
             log_suspect: false,
             dir,
             durability,
@@ -166,7 +178,7 @@ impl Collection {
         // numbering above the reservation at every reopen would reserve
         // again, synced, at its first write; but what a power cut took
         // before the first open is still missing from its logs.
-        collection.reserved = collection.read_reserved()?;
+        collection.reserved = collection.read_bound(RESERVED_FILE)?;
         collection.floor = floor.unwrap_or(collection.reserved);
         // Under both locks: reconciling removes temporaries, which would
         // include those of a write or a checkpoint under way elsewhere.
@@ -202,10 +214,11 @@ impl Collection {
         sync_dir(self.ops.as_ref(), root)
     }
 
-    /// What [`RESERVED_FILE`] holds: 0 while no `Buffered` write was ever
-    /// numbered. It is only ever replaced whole, so a cut never leaves half.
-    fn read_reserved(&self) -> Result<u64> {
-        let path = self.dir.join(RESERVED_FILE);
+    /// What [`RESERVED_FILE`] or [`HIGHEST_FILE`] holds: 0 while no write
+    /// of that durability was ever numbered. Each is only ever replaced
+    /// whole, so a cut never leaves half.
+    fn read_bound(&self, file: &str) -> Result<u64> {
+        let path = self.dir.join(file);
         match read_file(&path)? {
             Read::Missing => Ok(0),
             Read::Link => Err(corrupt(&self.name, None, &path, LINK_REASON)),
@@ -219,8 +232,8 @@ impl Collection {
                         None,
                         &path,
                         "does not hold a change-feed position: write into it a number above \
-                         every position the collection handed out (the time in microseconds \
-                         is one)",
+                         every position the collection handed out (the last in its change \
+                         log, `.changes`)",
                     )
                 }),
         }
@@ -237,34 +250,44 @@ impl Collection {
         self.log.last_seq().max(self.floor)
     }
 
-    /// Before a `Buffered` handle hands out positions up to `last` (under
-    /// the exclusive lock): makes sure a durable reservation covers them,
-    /// writing a larger one if need be. A `Full` handle's positions are in
-    /// its synced frames already.
+    /// Before a handle hands out positions up to `last` (under the
+    /// exclusive lock): makes sure a durable bound covers them, writing a
+    /// larger one if need be: a `Buffered` handle's reservation, a `Full`
+    /// handle's [`HIGHEST_FILE`].
     fn reserve_through(&mut self, last: u64) -> Result<()> {
-        if self.durable() || last <= self.reserved {
+        let (file, known) = if self.durable() {
+            (HIGHEST_FILE, self.highest)
+        } else {
+            (RESERVED_FILE, self.reserved)
+        };
+        if last <= known {
             return Ok(());
         }
         // Another handle may have reserved further meanwhile.
-        let on_disk = self.read_reserved()?;
-        if last > on_disk {
-            let reserved = last.saturating_add(RESERVATION).min(log::MAX_SEQUENCE);
+        let on_disk = self.read_bound(file)?;
+        let bound = if last > on_disk {
+            let bound = last.saturating_add(RESERVATION).min(log::MAX_SEQUENCE);
             replace_atomically(
                 self.ops.as_ref(),
-                &self.dir.join(RESERVED_FILE),
-                reserved.to_string().as_bytes(),
+                &self.dir.join(file),
+                bound.to_string().as_bytes(),
                 true,
             )?;
-            if on_disk == 0 {
+            if on_disk == 0 && !self.durable() {
                 // The first reservation: a `Buffered` handle made the
                 // directory without syncing its entry in the store's root,
                 // and a directory lost with its reservation would number
                 // from 1 again under the same store id.
                 sync_dir(self.ops.as_ref(), parent(&self.dir)?)?;
             }
-            self.reserved = reserved;
+            bound
         } else {
-            self.reserved = on_disk;
+            on_disk
+        };
+        if self.durable() {
+            self.highest = bound;
+        } else {
+            self.reserved = bound;
         }
         Ok(())
     }
@@ -637,7 +660,12 @@ impl Collection {
             Read::Link => Some(Vec::new()),
             Read::Missing => None,
         };
-        let mut highest_seq = self.next_base();
+        // Past every position handed out, as far as the durable bounds
+        // say: a log deleted whole leaves nothing else that does.
+        let mut highest_seq = self
+            .next_base()
+            .max(self.read_bound(RESERVED_FILE)?)
+            .max(self.read_bound(HIGHEST_FILE)?);
         let mut highest_generation = self.log.generation();
         if let Some(bytes) = &old {
             tracing::warn!(log = %path.display(), problem, "rebuilding the change log from the record files");
@@ -651,9 +679,11 @@ impl Collection {
         let new_log = std::mem::take(&mut self.new_dir);
         if old.is_some() || has_records || !new_log {
             // What the lost log held is unknown, so readers' cursors could
-            // be anywhere up to its last sequence. No count of writes comes
-            // near the current time in microseconds: starting above it keeps
-            // the new sequences above every cursor.
+            // be anywhere up to its last sequence. The bounds above cover
+            // what was handed out since they were kept; for a store written
+            // before, no count of writes comes near the current time in
+            // microseconds: starting above it keeps the new sequences above
+            // every cursor.
             highest_seq = highest_seq.max(micros_since_epoch());
         }
         self.log.reset(highest_generation, highest_seq);
