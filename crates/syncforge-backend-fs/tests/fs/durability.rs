@@ -3,7 +3,9 @@
 use syncforge_backend_fs::{Durability, FsBackend, FsOptions};
 use syncforge_core::{Error, StorageBackend, Token, Write, WriteOutcome};
 
-use crate::{at, coll, count_of, counter, limit, put_any, rid, store_with_torn_r1, token_of, tree};
+use crate::{
+    at, coll, count_of, counter, ids_in, limit, put_any, rid, store_with_torn_r1, token_of, tree,
+};
 
 #[tokio::test]
 async fn records_are_plain_json_files_in_a_directory_per_collection() {
@@ -49,7 +51,7 @@ async fn reopening_resumes_the_sequence_and_the_feed() {
         .changes(&coll("notes"), at(0), limit(100))
         .await
         .unwrap();
-    let ids: Vec<&str> = all.changes.iter().map(|c| c.record.id().as_str()).collect();
+    let ids = ids_in(&all);
     assert_eq!(ids, ["r1", "r2", "r3", "r4", "r0"]);
 }
 
@@ -387,11 +389,7 @@ async fn a_handle_follows_a_log_rebuilt_by_another() {
         .changes(&coll("notes"), at(cursor), limit(10))
         .await
         .unwrap();
-    let mut ids: Vec<&str> = page
-        .changes
-        .iter()
-        .map(|c| c.record.id().as_str())
-        .collect();
+    let mut ids = ids_in(&page);
     ids.sort();
     assert_eq!(ids, ["r0", "r1", "r2"]);
 }

@@ -25,8 +25,8 @@ use std::num::NonZeroUsize;
 use syncforge_backend_fs::FsBackend;
 
 use syncforge_core::{
-    CollectionName, Content, Cursor, Record, RecordId, Stamp, StorageBackend, Token, Write,
-    WriteOutcome,
+    ChangePage, CollectionName, Content, Cursor, Record, RecordId, Stamp, StorageBackend, Token,
+    Write, WriteOutcome,
 };
 
 /// A collection name from a literal.
@@ -167,6 +167,14 @@ pub(crate) fn tree(dir: &Path) -> Vec<String> {
     }
     out.sort();
     out
+}
+
+/// The ids of a change page's records, in feed order.
+pub(crate) fn ids_in(page: &ChangePage) -> Vec<&str> {
+    page.changes
+        .iter()
+        .map(|change| change.record.id().as_str())
+        .collect()
 }
 
 /// The token a write produced.

@@ -9,7 +9,8 @@ use syncforge_backend_fs::FsBackend;
 use syncforge_core::{Error, StorageBackend, Token, Write, WriteOutcome};
 
 use crate::{
-    at, coll, count_of, counter, limit, put_any, rid, rids, store_with_torn_r1, token_of, tree,
+    at, coll, count_of, counter, ids_in, limit, put_any, rid, rids, store_with_torn_r1, token_of,
+    tree,
 };
 
 /// The largest sequence the log may hold (2^53).
@@ -106,11 +107,7 @@ async fn a_batch_creating_a_record_over_its_corrupt_file_moves_the_file_aside() 
         .changes(&coll("notes"), at(cursor), limit(10))
         .await
         .unwrap();
-    let ids_in_feed: Vec<&str> = page
-        .changes
-        .iter()
-        .map(|c| c.record.id().as_str())
-        .collect();
+    let ids_in_feed = ids_in(&page);
     assert_eq!(ids_in_feed, ["r1", "r2", "r3"]);
 
     // Nothing was destroyed: both files wait in the sidecar directory (moved
@@ -289,11 +286,7 @@ async fn log_sequences_beyond_the_limit_rebuild_the_log_instead_of_overflowing()
             .changes(&coll("notes"), at(0), limit(10))
             .await
             .unwrap();
-        let ids: Vec<&str> = page
-            .changes
-            .iter()
-            .map(|c| c.record.id().as_str())
-            .collect();
+        let ids = ids_in(&page);
         assert_eq!(ids, ["r1", "r2"], "{name}");
         assert_eq!(page.next, cursor, "{name}");
     }
@@ -376,11 +369,7 @@ async fn a_log_deleted_whole_numbers_above_positions_ahead_of_the_clock() {
         .changes(&coll("notes"), cursor, limit(10))
         .await
         .unwrap();
-    let mut ids: Vec<&str> = page
-        .changes
-        .iter()
-        .map(|c| c.record.id().as_str())
-        .collect();
+    let mut ids = ids_in(&page);
     ids.sort_unstable();
     assert_eq!(ids, ["r1", "r2"], "{page:?}");
 }

@@ -11,7 +11,7 @@ use syncforge::{
     StorageBackend, SyncEngine,
 };
 
-use crate::support::{engine, engine_at, T0};
+use crate::support::{crdt_engine_on, engine, engine_at, T0};
 
 #[tokio::test]
 async fn invalid_configuration_is_refused_naming_the_option() {
@@ -540,23 +540,10 @@ async fn a_sync_that_loses_a_race_to_another_engine_merges_again() {
         0.0,
         Duration::ZERO,
     ));
-    let shared: Arc<dyn StorageBackend> = raced.clone();
-    let a = SyncEngine::builder()
-        .client_id("a")
-        .conflict_strategy(ConflictStrategy::Crdt)
-        .backend(shared)
-        .build()
-        .await
-        .unwrap();
+    let a = crdt_engine_on("a", raced.clone()).await;
     let [batch0, batch1] = two_writers_batches().await;
     raced.rival_before_next_put_batch(move |store| async move {
-        let b = SyncEngine::builder()
-            .client_id("b")
-            .conflict_strategy(ConflictStrategy::Crdt)
-            .backend(store)
-            .build()
-            .await
-            .unwrap();
+        let b = crdt_engine_on("b", store).await;
         let written = b.sync("c", batch1).await.unwrap();
         assert_eq!(written.added, 20);
     });

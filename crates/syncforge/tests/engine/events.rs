@@ -14,7 +14,7 @@ use syncforge::{
 };
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
-use crate::support::{engine, engine_at, T0};
+use crate::support::{crdt_engine_on, engine, engine_at, T0};
 
 /// Every event waiting in `rx`, without blocking.
 fn drain(rx: &mut syncforge::EventReceiver) -> Vec<SyncEvent> {
@@ -611,14 +611,7 @@ async fn a_merge_another_engine_made_first_is_reported_by_that_engine_alone() {
     use syncforge_testkit::faults::FaultyBackend;
     let memory: Arc<dyn StorageBackend> = Arc::new(MemoryBackend::new());
     let raced = Arc::new(FaultyBackend::new(memory, 1, 0.0, Duration::ZERO));
-    let shared: Arc<dyn StorageBackend> = raced.clone();
-    let a = SyncEngine::builder()
-        .client_id("a")
-        .conflict_strategy(ConflictStrategy::Crdt)
-        .backend(shared)
-        .build()
-        .await
-        .unwrap();
+    let a = crdt_engine_on("a", raced.clone()).await;
     a.put("c", &json!({"id": "shared", "x": 1})).await.unwrap();
     let source = engine("source", ConflictStrategy::Crdt).await;
     source
@@ -632,13 +625,7 @@ async fn a_merge_another_engine_made_first_is_reported_by_that_engine_alone() {
     let batch = source.get_all("c").await.unwrap();
     let same = batch.clone();
     raced.rival_before_next_put_batch(move |store| async move {
-        let b = SyncEngine::builder()
-            .client_id("b")
-            .conflict_strategy(ConflictStrategy::Crdt)
-            .backend(store)
-            .build()
-            .await
-            .unwrap();
+        let b = crdt_engine_on("b", store).await;
         let first = b.sync("c", same).await.unwrap();
         assert_eq!(
             (first.added, first.updated, first.conflicts.len()),

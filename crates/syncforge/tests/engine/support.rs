@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use syncforge::{ConflictStrategy, ManualTime, MemoryBackend, SyncEngine};
+use syncforge::{ConflictStrategy, ManualTime, MemoryBackend, StorageBackend, SyncEngine};
 
 /// 2023-11-14T22:13:20Z: a fixed, realistic wall-clock start.
 pub(crate) const T0: u64 = 1_700_000_000_000;
@@ -13,6 +13,18 @@ pub(crate) async fn engine(client: &str, strategy: ConflictStrategy) -> SyncEngi
         .client_id(client)
         .conflict_strategy(strategy)
         .backend(MemoryBackend::new())
+        .build()
+        .await
+        .unwrap()
+}
+
+/// A CRDT engine with the given id over `store`, which other engines in the
+/// test may share.
+pub(crate) async fn crdt_engine_on(client: &str, store: Arc<dyn StorageBackend>) -> SyncEngine {
+    SyncEngine::builder()
+        .client_id(client)
+        .conflict_strategy(ConflictStrategy::Crdt)
+        .backend(store)
         .build()
         .await
         .unwrap()
