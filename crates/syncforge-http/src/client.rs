@@ -542,16 +542,22 @@ async fn wait_as_asked(asked: Option<Duration>) {
 }
 
 /// The time a refusal asks to wait before trying again (`Retry-After` in
-/// seconds; a date is not honoured), up to [`MAX_RETRY_DELAY`].
+/// seconds, or as an HTTP date, as a proxy in front of the server may send
+/// it: a date already past asks for no wait), up to [`MAX_RETRY_DELAY`].
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let seconds: u64 = headers
+    let value = headers
         .get(reqwest::header::RETRY_AFTER)?
         .to_str()
         .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(Duration::from_secs(seconds).min(MAX_RETRY_DELAY))
+        .trim();
+    let asked = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => httpdate::parse_http_date(value)
+            .ok()?
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    };
+    Some(asked.min(MAX_RETRY_DELAY))
 }
 
 /// How long to wait before a retry: the back-off `delay`, or what the
@@ -2202,10 +2208,24 @@ mod tests {
         assert_eq!(retry_after(&headers), None);
         headers.insert(reqwest::header::RETRY_AFTER, "7".parse().unwrap());
         assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
+        // A date, as a proxy may give it: the time until then; none once
+        // it is past.
+        let soon = std::time::SystemTime::now() + Duration::from_secs(20);
         headers.insert(
             reqwest::header::RETRY_AFTER,
-            "Wed, 21 Oct 2026 07:28:00 GMT".parse().unwrap(),
+            httpdate::fmt_http_date(soon).parse().unwrap(),
         );
+        let asked = retry_after(&headers).unwrap();
+        assert!(
+            asked > Duration::from_secs(15) && asked <= Duration::from_secs(20),
+            "{asked:?}"
+        );
+        headers.insert(
+            reqwest::header::RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&headers), Some(Duration::ZERO));
+        headers.insert(reqwest::header::RETRY_AFTER, "soon".parse().unwrap());
         assert_eq!(retry_after(&headers), None);
     }
 
