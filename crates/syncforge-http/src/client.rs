@@ -38,6 +38,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(40);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default number of retries of a transient failure inside one call.
 pub const DEFAULT_RETRIES: u32 = 2;
+/// The most retries a call may be given, as the engine's own retries.
+pub const MAX_RETRIES: u32 = 20;
 /// How long an idle connection is kept for the next call: well below what
 /// a sync server keeps one (its header-read timeout, 30 s by default), so
 /// that a request is not sent on a connection the server is closing, and so
@@ -647,8 +649,9 @@ impl HttpPeerBuilder {
     }
 
     /// How many times a call retries a transient failure before reporting
-    /// [`Error::Unavailable`] (default 2), and the first delay, which
-    /// quadruples with each retry (default 100 ms) up to 30 s.
+    /// [`Error::Unavailable`] (default 2, at most 20, as the engine's own
+    /// retries), and the first delay, which quadruples with each retry
+    /// (default 100 ms) up to 30 s.
     pub fn retries(mut self, retries: u32, first_delay: Duration) -> Self {
         self.retries = retries;
         self.retry_delay = first_delay;
@@ -678,6 +681,15 @@ impl HttpPeerBuilder {
             if timeout.is_zero() {
                 return Err(invalid(option, "must be longer than zero".to_owned()));
             }
+        }
+        // A bound on how long a call keeps at a server that keeps failing
+        // (with a first delay of zero, retries would follow one another
+        // at once, for as long as the count lasts).
+        if self.retries > MAX_RETRIES {
+            return Err(invalid(
+                "retries",
+                format!("{} is more than {MAX_RETRIES}", self.retries),
+            ));
         }
         if self.max_response_bytes == 0 {
             return Err(invalid(
@@ -2250,6 +2262,14 @@ mod tests {
         );
         assert_eq!(refused(builder().user_agent("app\n2.0")), "user_agent");
         assert_eq!(refused(builder().bearer_token("pässwort")), "bearer_token");
+        assert_eq!(
+            refused(builder().retries(MAX_RETRIES + 1, Duration::ZERO)),
+            "retries"
+        );
+        assert!(builder()
+            .retries(MAX_RETRIES, Duration::ZERO)
+            .build()
+            .is_ok());
         assert!(builder().build().is_ok());
     }
 

@@ -73,5 +73,5 @@ mod parallel;
 #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
 pub use client::{
     check_base_url, HttpPeer, HttpPeerBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_RESPONSE_BYTES,
-    DEFAULT_RETRIES, DEFAULT_RETRY_DELAY, DEFAULT_TIMEOUT,
+    DEFAULT_RETRIES, DEFAULT_RETRY_DELAY, DEFAULT_TIMEOUT, MAX_RETRIES,
 };
