@@ -22,6 +22,8 @@ const STANDALONE_PORT: u16 = 6391;
 const CLUSTER_PORTS: [u16; 3] = [7001, 7002, 7003];
 /// How long a server may take to answer, a cluster to agree.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long `redis-cli --cluster create` may take, as `timeout` reads it.
+const CLUSTER_CREATE_LIMIT: &str = "60s";
 
 /// The standalone server: `SYNCFORGE_TEST_REDIS_URL`.
 pub(crate) struct Standalone;
@@ -112,8 +114,14 @@ impl Service for Cluster {
                     cli(port, &["ping"]).is_some_and(|reply| reply.trim() == "PONG")
                 })?;
             }
-            let mut create = Command::new("redis-cli");
-            create.arg("--cluster").arg("create");
+            // Bounded as every other `redis-cli` call: it waits for the
+            // nodes to agree with no limit of its own, for good when one
+            // stops answering while they join.
+            let mut create = Command::new("timeout");
+            create
+                .args([CLUSTER_CREATE_LIMIT, "redis-cli"])
+                .arg("--cluster")
+                .arg("create");
             for port in CLUSTER_PORTS {
                 create.arg(format!("127.0.0.1:{port}"));
             }
@@ -124,7 +132,9 @@ impl Service for Cluster {
                 .map_err(|e| format!("cannot run redis-cli --cluster create: {e}"))?;
             if !output.status.success() {
                 return Err(format!(
-                    "redis-cli --cluster create failed: {}{}",
+                    "redis-cli --cluster create failed ({}; `timeout` ends it after \
+                     {CLUSTER_CREATE_LIMIT}): {}{}",
+                    output.status,
                     String::from_utf8_lossy(&output.stdout),
                     String::from_utf8_lossy(&output.stderr)
                 ));
@@ -170,11 +180,22 @@ impl Server {
             );
             return;
         }
-        let gone = wait_until(&format!("redis pid {pid} exits"), || {
-            !Path::new(&format!("/proc/{pid}")).exists()
-        });
-        if let Err(reason) = gone {
-            eprintln!("--> {reason}");
+        let exited = || !Path::new(&format!("/proc/{pid}")).exists();
+        let Err(reason) = wait_until(&format!("redis pid {pid} exits"), exited) else {
+            return;
+        };
+        // A server that does not stop when asked is made to: the run
+        // leaves nothing it started behind.
+        eprintln!("--> {reason}; killing it");
+        let killed = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !killed || wait_until(&format!("redis pid {pid} is killed"), exited).is_err() {
+            eprintln!(
+                "--> redis on port {}: pid {pid} is still running",
+                self.port
+            );
         }
     }
 }
