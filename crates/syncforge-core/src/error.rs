@@ -222,6 +222,12 @@ fn display_record(id: &Option<String>) -> String {
     }
 }
 
+/// The most retries of a transient failure ([`Error::is_transient`]) one
+/// call may be given: the engine's `max_retries` and an HTTP peer's
+/// `retries` refuse more. With a short first delay, more would keep a call
+/// at a store or server that keeps failing for as long as the count lasts.
+pub const MAX_RETRIES: u32 = 20;
+
 impl Error {
     /// Whether retrying the same call later may succeed: true exactly for
     /// [`Error::Unavailable`], which is what the engine retries with back-off.

@@ -67,7 +67,7 @@ pub use backend::{
 };
 pub use delta::{classify, compute_delta, dedupe, ChangeKind, Classified, Delta};
 pub use depth::{check_serialize, dismantle, nesting_depth, MAX_NESTING_DEPTH};
-pub use error::{shorten, BoxError, Error, Result, SharedError};
+pub use error::{shorten, BoxError, Error, Result, SharedError, MAX_RETRIES};
 pub use hlc::{
     ClientId, Hlc, IntoClientId, ManualTime, Stamp, SystemClock, TimeSource, DEFAULT_MAX_DRIFT,
     MAX_STAMP_MILLIS,

@@ -38,8 +38,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(40);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default number of retries of a transient failure inside one call.
 pub const DEFAULT_RETRIES: u32 = 2;
-/// The most retries a call may be given, as the engine's own retries.
-pub const MAX_RETRIES: u32 = 20;
+pub use syncforge_core::MAX_RETRIES;
 /// How long an idle connection is kept for the next call: well below what
 /// a sync server keeps one (its header-read timeout, 30 s by default), so
 /// that a request is not sent on a connection the server is closing, and so
@@ -682,9 +681,6 @@ impl HttpPeerBuilder {
                 return Err(invalid(option, "must be longer than zero".to_owned()));
             }
         }
-        // A bound on how long a call keeps at a server that keeps failing
-        // (with a first delay of zero, retries would follow one another
-        // at once, for as long as the count lasts).
         if self.retries > MAX_RETRIES {
             return Err(invalid(
                 "retries",

@@ -10,8 +10,7 @@ pub const DEFAULT_BATCH_SIZE: usize = 100;
 pub const MAX_BATCH_SIZE: usize = 100_000;
 /// Default number of retries of a transient backend failure.
 pub const DEFAULT_MAX_RETRIES: u32 = 3;
-/// Largest accepted number of retries.
-pub const MAX_RETRIES: u32 = 20;
+pub use syncforge_core::MAX_RETRIES;
 /// Default number of events a receiver may fall behind before it lags.
 pub const DEFAULT_EVENT_CAPACITY: usize = 1024;
 /// Largest accepted event buffer: the channel allocates every slot up front.
