@@ -590,24 +590,7 @@ async fn a_record_larger_than_the_server_takes_is_refused_before_it_is_sent() {
 
 /// The bytes the server of `client` has received from all its clients.
 async fn bytes_received(client: &Client) -> u64 {
-    let bytes = info_field(client, "stats", "total_net_input_bytes").await;
-    bytes.parse().unwrap()
-}
-
-/// The value of `field` in `section` of the `INFO` of the server of
-/// `client`; empty when it has none.
-async fn info_field(client: &Client, section: &'static str, field: &str) -> String {
-    let info: String = client
-        .custom(
-            CustomCommand::new_static("INFO", ClusterHash::Random, false),
-            vec![section],
-        )
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-        .map(|value| value.trim().to_owned())
-        .unwrap_or_default()
+    info_count(client, "stats", "total_net_input_bytes").await
 }
 
 /// Makes the server of `client` save its snapshots in `dir`.
@@ -1190,14 +1173,20 @@ async fn info(client: &Client, section: &str) -> String {
         .unwrap()
 }
 
-/// The count `field` of `INFO section` on the server of `client`.
-async fn info_count(client: &Client, section: &str, field: &str) -> u64 {
+/// The value of `field` in `INFO section` of the server of `client`;
+/// empty when it has none.
+async fn info_field(client: &Client, section: &str, field: &str) -> String {
     info(client, section)
         .await
         .lines()
         .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|count| count.trim().parse().ok())
-        .unwrap()
+        .map(|value| value.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// The count `field` of `INFO section` on the server of `client`.
+async fn info_count(client: &Client, section: &str, field: &str) -> u64 {
+    info_field(client, section, field).await.parse().unwrap()
 }
 
 /// The clients connected to the server of `client` (this client included).
