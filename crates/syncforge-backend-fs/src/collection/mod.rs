@@ -255,7 +255,8 @@ impl Collection {
     /// larger one if need be: a `Buffered` handle's reservation, a `Full`
     /// handle's [`HIGHEST_FILE`].
     fn reserve_through(&mut self, last: u64) -> Result<()> {
-        let (file, known) = if self.durable() {
+        let durable = self.durable();
+        let (file, known) = if durable {
             (HIGHEST_FILE, self.highest)
         } else {
             (RESERVED_FILE, self.reserved)
@@ -273,7 +274,7 @@ impl Collection {
                 bound.to_string().as_bytes(),
                 true,
             )?;
-            if on_disk == 0 && !self.durable() {
+            if on_disk == 0 && !durable {
                 // The first reservation: a `Buffered` handle made the
                 // directory without syncing its entry in the store's root,
                 // and a directory lost with its reservation would number
@@ -284,11 +285,11 @@ impl Collection {
         } else {
             on_disk
         };
-        if self.durable() {
-            self.highest = bound;
+        *if durable {
+            &mut self.highest
         } else {
-            self.reserved = bound;
-        }
+            &mut self.reserved
+        } = bound;
         Ok(())
     }
 
