@@ -387,9 +387,8 @@ fn file_path(rest: &str) -> Result<PathBuf> {
             "a file URL takes no query or fragment (percent-encode '?' and '#' in names as %3F and %23)",
         ));
     }
-    let decoded = percent_encoding::percent_decode_str(path)
-        .decode_utf8()
-        .map_err(|_| invalid("the file URL's path is not UTF-8 once percent-decoded"))?;
+    let decoded = syncforge_core::percent_decode(path)
+        .map_err(|error| invalid(format!("the file URL's path {error}")))?;
     if decoded.contains('\0') {
         return Err(invalid(
             "the file URL's path holds a NUL byte (%00), which no file name can",
@@ -516,6 +515,11 @@ mod tests {
         assert!(refused("file://otherhost/x").contains("this machine"));
         assert!(refused("file:///x?y=1").contains("no query"));
         assert!(refused("file:///%FF").contains("UTF-8"));
+        // A stray '%' is not kept as it is: the store opened would not be
+        // the one meant.
+        for url in ["file:///data/50%off", "file:///a%2", "file:///a%"] {
+            assert!(refused(url).contains("malformed %-escape"), "{url}");
+        }
         assert!(refused("file:///tmp/a%00b").contains("NUL"));
     }
 
