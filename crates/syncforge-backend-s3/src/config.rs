@@ -91,6 +91,10 @@ fn region(configured: Option<&str>, env: impl Fn(&str) -> Option<String>) -> Str
 /// The prefix used when none is given (the TypeScript library's).
 pub const DEFAULT_PREFIX: &str = "dse";
 
+/// The longest bucket name S3 ever allowed (in us-east-1, before 2018);
+/// a name of this form beyond 63 bytes may still name a bucket.
+const MAX_LEGACY_BUCKET: usize = 255;
+
 impl S3Config {
     /// A configuration for `bucket` in the environment's region
     /// (`AWS_REGION`, else `AWS_DEFAULT_REGION`, else `us-east-1`), prefix `dse`,
@@ -137,8 +141,10 @@ impl S3Config {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] naming what is wrong: option `url`, or
-    /// `bucket` or `prefix` for a name no store takes.
+    /// [`Error::InvalidConfig`] naming what is wrong: option `url` (for
+    /// credentials, a fragment, an unknown or repeated parameter, a
+    /// malformed %-escape), or `bucket` or `prefix` for a name no store
+    /// takes. The message never quotes what may be a secret.
     pub fn from_url(url: &str) -> Result<Self> {
         let invalid = |reason: String| Error::InvalidConfig {
             option: "url",
@@ -147,9 +153,18 @@ impl S3Config {
         let rest = url
             .strip_prefix("s3://")
             .ok_or_else(|| invalid("an S3 store URL starts with s3://".to_owned()))?;
+        if rest.contains('#') {
+            return Err(invalid(
+                "an S3 store URL takes no fragment ('#'): no bucket, prefix or parameter holds one"
+                    .to_owned(),
+            ));
+        }
         let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
         let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
-        if bucket.contains('@') || bucket.contains(':') {
+        // Anywhere before the query: `s3://key/secret@bucket` would
+        // otherwise be read as the bucket `key` under the prefix
+        // `secret@bucket`, and the prefix's refusal would quote the secret.
+        if location.contains('@') || bucket.contains(':') {
             return Err(invalid(
                 "an S3 store URL carries no credentials: set AWS_ACCESS_KEY_ID and \
                  AWS_SECRET_ACCESS_KEY (or use the default credential chain)"
@@ -167,16 +182,45 @@ impl S3Config {
             config = config.with_prefix(prefix);
         }
         let mut path_style = None;
+        let mut given: Vec<&str> = Vec::new();
         for pair in query.split('&').filter(|pair| !pair.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let value = percent_encoding::percent_decode_str(value)
-                .decode_utf8()
-                .map_err(|_| {
-                    invalid(format!(
-                        "the value of {key:?} is not UTF-8 once percent-decoded"
-                    ))
-                })?
-                .into_owned();
+            match key {
+                "region" | "endpoint" | "allow_http" | "path_style" => {}
+                "access_key_id" | "secret_access_key" | "session_token" | "access_key"
+                | "secret_key" => {
+                    return Err(invalid(format!(
+                        "an S3 store URL carries no credentials ({key}): set them in the \
+                         environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN)"
+                    )))
+                }
+                // Named only when it looks like a parameter's name: a
+                // mistyped URL may have put a secret where a name goes.
+                other => {
+                    let named = if other.len() <= 32
+                        && other
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                    {
+                        format!(" {other:?}")
+                    } else {
+                        String::new()
+                    };
+                    return Err(invalid(format!(
+                        "unknown S3 URL parameter{named}: expected region, endpoint, \
+                         allow_http or path_style"
+                    )));
+                }
+            }
+            // The last of two would win unseen: `region=a&region=b`.
+            if given.contains(&key) {
+                return Err(invalid(format!(
+                    "the S3 URL parameter {key} is given twice"
+                )));
+            }
+            given.push(key);
+            let value = syncforge_core::percent_decode(value)
+                .map_err(|error| invalid(format!("the value of {key} {error}")))?;
             let flag = |value: &str| match value {
                 "true" | "1" | "yes" => Ok(true),
                 "false" | "0" | "no" => Ok(false),
@@ -192,19 +236,8 @@ impl S3Config {
                     path_style = Some(flag(&value)?);
                     config
                 }
-                "access_key_id" | "secret_access_key" | "session_token" | "access_key"
-                | "secret_key" => {
-                    return Err(invalid(format!(
-                        "an S3 store URL carries no credentials ({key}): set them in the \
-                         environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN)"
-                    )))
-                }
-                other => {
-                    return Err(invalid(format!(
-                        "unknown S3 URL parameter {other:?}: expected region, endpoint, \
-                         allow_http or path_style"
-                    )))
-                }
+                // Every other key was refused above.
+                _ => config,
             };
         }
         if let Some(endpoint) = &config.endpoint {
@@ -219,14 +252,23 @@ impl S3Config {
         Ok(config)
     }
 
-    /// Refuses a bucket name no store has.
+    /// Refuses a bucket name no store has: S3's rules (3 to 63 lowercase
+    /// letters, digits, `.` and `-`) widened to what buckets made under
+    /// its older rules may hold (up to 255 bytes, capitals and `_`), so
+    /// that no bucket that exists is refused.
     fn check_bucket(&self) -> Result<()> {
-        if self.bucket.len() < 3 {
+        let bucket = &self.bucket;
+        let fits = (3..=MAX_LEGACY_BUCKET).contains(&bucket.len())
+            && bucket
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+        if !fits {
             return Err(Error::InvalidConfig {
                 option: "bucket",
                 reason: format!(
-                    "{:?} is not a bucket name (3 to 63 characters)",
-                    self.bucket
+                    "{bucket:?} is not a bucket name: 3 to 63 lowercase letters, digits, \
+                     '.' and '-' (up to {MAX_LEGACY_BUCKET}, with capitals and '_', \
+                     for buckets made under S3's older rules)"
                 ),
             });
         }
@@ -635,6 +677,15 @@ mod tests {
             "s3://readings?allow_http=maybe",
             "s3://",
             "http://readings",
+            // A secret read as a prefix, or as a parameter's name, is not
+            // quoted back.
+            "s3://AKID/s3cr3tvalue@readings",
+            "s3://readings/p?s3cr3tvalue/x@y",
+            // Mistakes that would otherwise fail only at the first request,
+            // or take the last of two values unseen.
+            "s3://readings?region=eu-west-1&region=us-east-1",
+            "s3://readings?region=eu-west-1#s3cr3tvalue",
+            "s3://readings?region=eu%zz",
         ] {
             let err = S3Config::from_url(url).unwrap_err();
             assert!(
@@ -651,6 +702,8 @@ mod tests {
     fn names_a_store_would_refuse_are_refused_when_the_url_is_read() {
         for (url, option) in [
             ("s3://ab", "bucket"),
+            ("s3://read%20ings", "bucket"),
+            ("s3://readings!", "bucket"),
             ("s3://bucket/a//c", "prefix"),
             ("s3://bucket/my%20prefix", "prefix"),
         ] {
@@ -661,6 +714,17 @@ mod tests {
             );
         }
         assert!(S3Config::from_url("s3://bucket/a/b").is_ok());
+        // Buckets made under S3's older rules are still taken.
+        let legacy = "Legacy_Bucket".repeat(20);
+        assert!(S3Config::from_url(&format!("s3://{}", &legacy[..255])).is_ok());
+        let too_long = S3Config::from_url(&format!("s3://{legacy}")).unwrap_err();
+        assert!(matches!(
+            too_long,
+            Error::InvalidConfig {
+                option: "bucket",
+                ..
+            }
+        ));
     }
 
     #[test]
