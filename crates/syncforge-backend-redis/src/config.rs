@@ -55,7 +55,8 @@ pub struct RedisConfig {
     pub cluster: bool,
     /// More seed nodes of a cluster besides `host:port`, tried when it is down.
     pub nodes: Vec<(String, u16)>,
-    /// ACL user name (Redis 6+); `None` logs in as the default user. A user
+    /// ACL user name (Redis 6+); `None` logs in as the default user, and an
+    /// empty name is refused. A user
     /// name without a password logs in as that user with an empty password,
     /// which a `nopass` user accepts and a user with a password refuses
     /// (`WRONGPASS`): never as the default user instead.
@@ -303,6 +304,15 @@ impl RedisConfig {
                 return Err(invalid(option, "must be longer than zero".to_owned()));
             }
         }
+        // A URL's empty user is no user; one set by hand (from an empty
+        // environment variable, say) would log in as the user "", which
+        // no server has, or, without a password, as the default user.
+        if self.username.as_deref() == Some("") {
+            return Err(invalid(
+                "username",
+                "is empty: use None to log in as the default user".to_owned(),
+            ));
+        }
         if self.tls && !cfg!(feature = "tls") {
             return Err(invalid(
                 "tls",
@@ -483,18 +493,7 @@ fn parse_host_port(text: &str) -> Result<(String, u16)> {
 /// repeats the text (it may be a password). A `%` not followed by two hex
 /// digits is refused rather than kept as it is.
 fn percent_decode(text: &str, what: &str) -> Result<String> {
-    let malformed = text.match_indices('%').any(|(at, _)| {
-        !text
-            .get(at + 1..at + 3)
-            .is_some_and(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))
-    });
-    if malformed {
-        return Err(url_error(format!("the {what} has a malformed %-escape")));
-    }
-    percent_encoding::percent_decode_str(text)
-        .decode_utf8()
-        .map(|decoded| decoded.into_owned())
-        .map_err(|_| url_error(format!("the {what} is not UTF-8 once decoded")))
+    syncforge_core::percent_decode(text).map_err(|error| url_error(format!("the {what} {error}")))
 }
 
 /// The bytes [`percent_encode`] keeps: the unreserved ones of RFC 3986.
@@ -741,6 +740,14 @@ mod tests {
         };
         let base = RedisConfig::default;
         assert!(base().validate().is_ok());
+        assert_eq!(
+            check(RedisConfig {
+                username: Some(String::new()),
+                password: Some("pw".to_owned()),
+                ..base()
+            }),
+            "username"
+        );
         assert_eq!(
             check(RedisConfig {
                 key_prefix: "a{b}".to_owned(),

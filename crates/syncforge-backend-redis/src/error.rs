@@ -299,6 +299,15 @@ pub(crate) fn corrupt(collection: &str, id: Option<&str>, key: &str, reason: Str
     }
 }
 
+/// The counter key a write script found holding no change sequence, named
+/// in its error ([`scripts`](crate::scripts)' `bad_counter`), in whatever
+/// wrapping the server gives a script's error.
+pub(crate) fn bad_counter_key(details: &str) -> Option<&str> {
+    let (_, named) = details.split_once("ERR syncforge: ")?;
+    let (key, _) = named.split_once(" does not hold a change sequence")?;
+    Some(key)
+}
+
 /// The error for a reply whose shape is not what the command returns.
 pub(crate) fn unexpected_reply(operation: &str, address: &str, what: &str) -> Error {
     Error::storage(

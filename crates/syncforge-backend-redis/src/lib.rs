@@ -133,6 +133,19 @@ const CHUNK_BYTES: usize = 16 << 20;
 /// megabyte made a reply of a gigabyte, which timed out and was read again
 /// the same way.
 const READ_BYTES: usize = 16 << 20;
+
+/// What one feed page script call read.
+struct FeedChunk {
+    /// The changes found, in feed order.
+    changes: Vec<Change>,
+    /// The cursor of the last entry examined (found or skipped).
+    last: Cursor,
+    /// Whether more entries lie beyond.
+    more: bool,
+    /// Whether the call stopped at [`READ_BYTES`] before its limit.
+    cut: bool,
+}
+
 /// The largest value a Redis server takes as one argument unless told
 /// otherwise (`proto-max-bulk-len`, 512 MiB): assumed when the server does
 /// not say (`CONFIG` renamed, or denied to the user).
@@ -352,6 +365,16 @@ impl RedisBackend {
             };
             if !self.cluster && error::is_redirection(&e) {
                 return error::redirected(e, &operation, &self.address);
+            }
+            // Stored data a script could not read, not a refused command.
+            if let (Some(collection), Some(key)) = (collection, error::bad_counter_key(e.details()))
+            {
+                return error::corrupt(
+                    collection.as_str(),
+                    None,
+                    key,
+                    "does not hold a change sequence (a whole number from 0 to 2^53)".to_owned(),
+                );
             }
             if error::calls_for_new_connections(&e) {
                 self.reconnect_in_background(*e.kind() == fred::error::ErrorKind::Timeout);
@@ -785,15 +808,14 @@ impl RedisBackend {
     }
 
     /// One feed page script call: at most `limit` (≤ [`CHUNK`]) entries
-    /// after `after`. Returns the changes, the cursor of the last entry
-    /// examined, and whether more lie beyond.
+    /// after `after`, fewer once their values pass [`READ_BYTES`].
     async fn feed_chunk(
         &self,
         collection: &CollectionName,
         keys: &CollectionKeys,
         after: Cursor,
         limit: usize,
-    ) -> Result<(Vec<Change>, Cursor, bool)> {
+    ) -> Result<FeedChunk> {
         const OP: &str = "reading the change feed";
         let reply = self
             .eval(
@@ -816,7 +838,8 @@ impl RedisBackend {
         if ids.len() != scores.len() || ids.len() != values.len() {
             return Err(unexpected("parts of different lengths"));
         }
-        let mut changes = Vec::with_capacity(ids.len());
+        let examined = ids.len();
+        let mut changes = Vec::with_capacity(examined);
         let mut last = after;
         for ((id, score), value) in ids.into_iter().zip(scores).zip(values) {
             // The index's entries are data: one that no script writes is
@@ -849,7 +872,12 @@ impl RedisBackend {
                 record,
             });
         }
-        Ok((changes, last, more))
+        Ok(FeedChunk {
+            changes,
+            last,
+            more,
+            cut: more && examined < limit,
+        })
     }
 
     /// The values of `ids` in the hash, in order.
@@ -1355,14 +1383,14 @@ impl StorageBackend for RedisBackend {
         let mut latest: HashMap<RecordId, Record> = HashMap::new();
         let mut after = Cursor::START;
         loop {
-            let (changes, last, more) = self.feed_chunk(collection, &keys, after, CHUNK).await?;
-            for change in changes {
+            let chunk = self.feed_chunk(collection, &keys, after, CHUNK).await?;
+            for change in chunk.changes {
                 latest.insert(change.record.id().clone(), change.record);
             }
-            if !more {
+            if !chunk.more {
                 return Ok(latest.into_values().collect());
             }
-            after = last;
+            after = chunk.last;
         }
     }
 
@@ -1431,13 +1459,16 @@ impl StorageBackend for RedisBackend {
         let mut chunks = 0;
         loop {
             let slice = remaining.min(CHUNK);
-            let (mut found, last, more) = self.feed_chunk(collection, &keys, next, slice).await?;
-            next = last;
+            let mut chunk = self.feed_chunk(collection, &keys, next, slice).await?;
+            next = chunk.last;
             chunks += 1;
             // Entries examined count against the limit, found or skipped.
             remaining = remaining.saturating_sub(slice);
-            changes.append(&mut found);
-            if !more || remaining == 0 {
+            changes.append(&mut chunk.changes);
+            let more = chunk.more;
+            // A call cut at the byte bound ends the page: a page of many
+            // calls would otherwise hold that bound once per call.
+            if !more || remaining == 0 || chunk.cut {
                 if chunks > 1 {
                     keep_latest_change_of_each_record(&mut changes);
                 }
@@ -2200,6 +2231,49 @@ mod tests {
             }] => *sequence,
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A batch whose sequence the handle guessed right, with no repeated id
+    /// and every expectation holding, takes the batch script's fast path:
+    /// its reply is the first sequence alone, where the general path
+    /// answers one per write. Both store the same bytes (the integration
+    /// test `the_fast_path_stores_what_the_general_path_stores`); this one
+    /// sees that the fast path is taken at all. Needs the test server.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_batch_guessed_right_takes_the_fast_path() {
+        let Some(mut config) = test_server().await else {
+            return;
+        };
+        config.key_prefix = fresh_prefix("fast");
+        let store = RedisBackend::connect(config).await.unwrap();
+        let notes = CollectionName::new("notes").unwrap();
+        assert_eq!(written(&store, &notes, write_of("a", 1_000, None)).await, 1);
+        let keys = store.keys.collection(&notes);
+        let run = |writes: Vec<Write>| {
+            let guess = store.next_sequence_guess(&notes);
+            let (args, _) =
+                batch_arguments(&writes, guess, CHUNK_BYTES, DEFAULT_VALUE_LIMIT).unwrap();
+            store.eval(
+                &store.scripts.put_batch,
+                keys.for_writes(),
+                args,
+                "test",
+                None,
+            )
+        };
+        let b = write_of("b", 2_000, None);
+        let fast = run(vec![b.clone()]).await.unwrap();
+        // Matched as it is: a one-integer array reads as that integer too.
+        assert!(matches!(fast, Value::Integer(2)), "{fast:?}");
+        // The same create again conflicts: the general path answers it.
+        remember(&mut store.last_sequence.lock(), &notes, 2);
+        let general = run(vec![b]).await.unwrap();
+        assert!(
+            matches!(&general, Value::Array(outcomes) if outcomes.len() == 1),
+            "{general:?}"
+        );
+        store.remove_keys(&[notes]).await;
+        store.close().await.unwrap();
     }
 
     /// A clear forgets the collection in the handle's caches, which would

@@ -1280,6 +1280,14 @@ async fn large_records_are_read_in_pages_of_bounded_size() {
         .unwrap();
     assert!(page.more, "a page of 40 MiB ended as the last");
     assert!((10..=16).contains(&page.len()), "{} records", page.len());
+    // A page asked of more than one script call's entries ends at the
+    // first call cut at the bound: it went on, and held all 40 MiB.
+    let page = store
+        .changes(&collection, Cursor::START, 5000.try_into().unwrap())
+        .await
+        .unwrap();
+    assert!(page.more, "a page of 40 MiB ended as the last");
+    assert!((10..=16).contains(&page.len()), "{} records", page.len());
 
     // The time index is read in slices of the same bound: one slice of a
     // thousand records of a megabyte was a reply of a gigabyte.

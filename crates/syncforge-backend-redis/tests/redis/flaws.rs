@@ -804,6 +804,7 @@ async fn a_key_of_another_type_fails_a_write_before_it_writes_anything() {
         ("seq", "-1", "does not hold a change sequence"),
         ("seq", "1.5", "does not hold a change sequence"),
         ("seq", "x", "does not hold a change sequence"),
+        ("seq", "9007199254740994", "does not hold a change sequence"),
     ];
     for (case, (part, value, said)) in cases.into_iter().enumerate() {
         let name = format!("wrongtype{case}");
@@ -821,6 +822,13 @@ async fn a_key_of_another_type_fails_a_write_before_it_writes_anything() {
         let new = Write::create(record(&mut hlc, "new", 1));
         let batch = store.put_batch(&notes, &[new]).await.unwrap_err();
         assert!(batch.to_string().contains(said), "{part}={value}: {batch}");
+        // A counter that is no sequence is stored data the store cannot
+        // read, as a record's; a key of another type is the server's refusal.
+        assert_eq!(
+            matches!(batch, Error::Corrupt { .. }),
+            part == "seq",
+            "{part}={value}: {batch:?}"
+        );
         let inserted = store
             .insert_if_absent(&notes, &rid("other"), &mut || {
                 Ok(record(&mut hlc, "other", 1))
