@@ -269,10 +269,23 @@ impl Collection {
         self.engine.check_open()?;
         let limit = options.checked_limit()?;
         let backend = self.engine.store();
-        retry_transient(self.engine.retries(), "changes", || {
+        let page = retry_transient(self.engine.retries(), "changes", || {
             backend.changes(&self.name, after, limit)
         })
-        .await
+        .await?;
+        // A reader following `next` would go back over what it read, or ask
+        // the same page for ever: a store's fault, not the reader's.
+        if page.next < after || (page.more && page.next == after) {
+            return Err(Error::storage(
+                backend.name(),
+                format!(
+                    "answered a change page after cursor {after} that does not advance \
+                     (next {}, more {})",
+                    page.next, page.more
+                ),
+            ));
+        }
+        Ok(page)
     }
 
     /// Records whose `_timestamp` is later than `millis`. Time-based: it

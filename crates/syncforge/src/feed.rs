@@ -103,10 +103,9 @@ impl Collection {
                     .collection
                     .changes(state.cursor, state.options)
                     .await?;
-                // A page that brings nothing and does not move the cursor
-                // would make the stream spin; the backend says whether more
-                // lies beyond, and the cursor must move for it to matter.
-                state.more = page.more && page.next > state.cursor;
+                // `changes` refuses a page saying "more" whose `next` does
+                // not advance, so the stream cannot spin.
+                state.more = page.more;
                 state.cursor = page.next;
                 state.buffered.extend(page.changes);
             }
