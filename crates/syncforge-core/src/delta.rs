@@ -116,9 +116,23 @@ pub fn compute_delta(
 ) -> Result<Delta> {
     let collection = collection.into_name()?;
     let mut delta = Delta::default();
-    for incoming in dedupe(remote.to_vec(), strategy)? {
+    let Deduped {
+        records,
+        conflicts: mut in_batch,
+    } = dedupe(&collection, remote.to_vec(), strategy)?;
+    for incoming in records {
         let id = incoming.id().clone();
         let out = classify(&collection, local.get(id.as_str()), incoming, strategy)?;
+        // A conflict between two states of the batch is this replica's to
+        // report when their merge changes what it holds; one that changes
+        // nothing was merged, and reported, before.
+        if !in_batch.is_empty() && out.kind != ChangeKind::Unchanged {
+            let (found, rest) = in_batch
+                .into_iter()
+                .partition(|conflict: &ConflictDetail| conflict.record_id == id);
+            delta.conflicts.extend(found);
+            in_batch = rest;
+        }
         delta.conflicts.extend(out.conflict);
         match out.kind {
             ChangeKind::Added => delta.added.push(out.merged),
@@ -130,21 +144,48 @@ pub fn compute_delta(
     Ok(delta)
 }
 
-/// Merges records that share an id into one, keeping the order of first
-/// appearance: a batch may carry several states of one record.
-pub fn dedupe(records: Vec<Record>, strategy: ConflictStrategy) -> Result<Vec<Record>> {
+/// A batch with each id once ([`dedupe`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Deduped {
+    /// One record per id, merged from every state of it the batch held, in
+    /// the order of each id's first appearance.
+    pub records: Vec<Record>,
+    /// The states of one id that were written concurrently, in the order
+    /// they were merged: the earlier states merged so far as the local
+    /// record, the next one as the remote, and their merge as resolved.
+    pub conflicts: Vec<ConflictDetail>,
+}
+
+/// Merges records of `collection` that share an id into one, keeping the
+/// order of first appearance: a batch may carry several states of one
+/// record. Two of them written concurrently are a conflict, reported as
+/// any other merge reports one.
+pub fn dedupe(
+    collection: &CollectionName,
+    records: Vec<Record>,
+    strategy: ConflictStrategy,
+) -> Result<Deduped> {
     // Batches rarely repeat an id: checking with borrowed ids first spares
     // the common case a copy of every id.
     let mut seen: foldhash::HashSet<&str> =
         foldhash::HashSet::with_capacity_and_hasher(records.len(), Default::default());
     if records.iter().all(|r| seen.insert(r.id().as_str())) {
-        return Ok(records);
+        return Ok(Deduped {
+            records,
+            conflicts: Vec::new(),
+        });
     }
     drop(seen);
     let mut position: HashMap<RecordId, usize> = HashMap::with_capacity(records.len());
     let mut out: Vec<Record> = Vec::with_capacity(records.len());
+    let mut conflicts = Vec::new();
     for record in records {
         match position.get(record.id()) {
+            Some(&i) if out[i].versions().compare(record.versions()) == Causality::Concurrent => {
+                let detail = resolve_conflict(collection.clone(), &out[i], &record, strategy)?;
+                out[i] = detail.resolved_record.clone();
+                conflicts.push(detail);
+            }
             Some(&i) => out[i] = merge(&out[i], &record, strategy)?,
             None => {
                 position.insert(record.id().clone(), out.len());
@@ -152,7 +193,10 @@ pub fn dedupe(records: Vec<Record>, strategy: ConflictStrategy) -> Result<Vec<Re
             }
         }
     }
-    Ok(out)
+    Ok(Deduped {
+        records: out,
+        conflicts,
+    })
 }
 
 #[cfg(test)]
@@ -270,11 +314,66 @@ mod tests {
         );
     }
 
+    fn dedupe(records: Vec<Record>, strategy: ConflictStrategy) -> Result<Vec<Record>> {
+        let deduped = super::dedupe(&"c".into_name().unwrap(), records, strategy)?;
+        assert!(deduped.conflicts.is_empty());
+        Ok(deduped.records)
+    }
+
     #[test]
     fn dedupe_keeps_distinct_ids_in_order() {
         let batch = vec![record("b", "x", 1), record("a", "x", 2)];
         let out = dedupe(batch.clone(), ConflictStrategy::Crdt).unwrap();
         assert_eq!(out, batch);
+    }
+
+    /// Two states of one record in a batch, written concurrently (`x` by
+    /// "a" after `base`, `y` by "b" after `base`), are a conflict this
+    /// replica reports, being the first to merge them: it merged them
+    /// into a state newer than its own and reported nothing, and that
+    /// state reached every other replica as a plain newer copy.
+    #[test]
+    fn two_concurrent_states_in_one_batch_are_reported_once_their_merge_lands() {
+        let base = Record::create(
+            content(json!({"id": "r", "x": 1, "y": 1})),
+            Stamp::new(10, 0, "a").unwrap(),
+        );
+        let edited = |x: i32, y: i32, millis: u64, client: &str| {
+            let mut record = base.clone();
+            record
+                .apply_put(
+                    content(json!({"id": "r", "x": x, "y": y})),
+                    &Stamp::new(millis, 0, client).unwrap(),
+                )
+                .unwrap();
+            record
+        };
+        let (x, y) = (edited(2, 1, 20, "a"), edited(1, 3, 21, "b"));
+        let resolved = merge(&x, &y, ConflictStrategy::Crdt).unwrap();
+        for local in [
+            HashMap::from([("r".to_owned(), base.clone())]),
+            HashMap::new(),
+        ] {
+            let delta = compute_delta("c", &local, &[x.clone(), y.clone()], ConflictStrategy::Crdt)
+                .unwrap();
+            assert_eq!(delta.conflicts.len(), 1, "{local:?}");
+            let conflict = &delta.conflicts[0];
+            assert_eq!(
+                (
+                    &conflict.local_record,
+                    &conflict.remote_record,
+                    &conflict.resolved_record
+                ),
+                (&x, &y, &resolved)
+            );
+            assert_eq!(conflict.fields_conflicted, ["x", "y"]);
+        }
+        // A replica that holds the merge already changes nothing, and
+        // reports nothing: whoever merged first did.
+        let merged_before = HashMap::from([("r".to_owned(), resolved)]);
+        let delta = compute_delta("c", &merged_before, &[x, y], ConflictStrategy::Crdt).unwrap();
+        assert!(delta.conflicts.is_empty());
+        assert_eq!(delta.unchanged.len(), 1);
     }
 
     #[test]

@@ -66,7 +66,7 @@ pub use backend::{
     record_to_insert, Change, ChangePage, Cursor, IfAbsent, StorageBackend, Stored, Token, Write,
     WriteOutcome,
 };
-pub use delta::{classify, compute_delta, dedupe, ChangeKind, Classified, Delta};
+pub use delta::{classify, compute_delta, dedupe, ChangeKind, Classified, Deduped, Delta};
 pub use depth::{check_serialize, dismantle, nesting_depth, MAX_NESTING_DEPTH};
 pub use error::{shorten, BoxError, Error, Result, SharedError, MAX_RETRIES};
 pub use hlc::{

@@ -380,6 +380,8 @@ impl Collection {
                 total,
                 &mut result,
                 None,
+                // An import refuses repeated ids: nothing was merged before.
+                &mut Default::default(),
             )
             .await?;
         result.timestamp = self.engine.now_millis();

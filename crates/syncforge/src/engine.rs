@@ -188,6 +188,11 @@ impl IntentKind {
     }
 }
 
+/// Conflicts found merging the states of one id given twice or more in one
+/// call, by id, until the write of their merge reports them
+/// ([`SyncEngine::apply_in_batches`]).
+pub(crate) type InBatchConflicts = std::collections::HashMap<RecordId, Vec<ConflictDetail>>;
+
 /// How one intent ended.
 #[derive(Debug)]
 pub(crate) struct Applied {
@@ -1413,14 +1418,21 @@ impl SyncEngine {
     ) -> Result<SyncResult> {
         self.check_open()?;
         let started = Instant::now();
+        let mut in_batch = InBatchConflicts::default();
         let (incoming, echoes) = if self.observe_batch(&remote)? {
             (remote, echoes)
         } else {
             // Repeated ids are merged into records the sender never sent, so
             // none of this call's writes is reported as an echo: the sender
             // then pulls them back, a resend where an echo would be a miss.
-            let merged = dedupe(remote, self.inner.config.conflict_strategy)?;
-            (merged, None)
+            let deduped = dedupe(collection, remote, self.inner.config.conflict_strategy)?;
+            for conflict in deduped.conflicts {
+                in_batch
+                    .entry(conflict.record_id.clone())
+                    .or_default()
+                    .push(conflict);
+            }
+            (deduped.records, None)
         };
         let total = incoming.len();
         let mut result = SyncResult::new(collection);
@@ -1432,6 +1444,7 @@ impl SyncEngine {
             total,
             &mut result,
             echoes,
+            &mut in_batch,
         )
         .await?;
         result.timestamp = self.now_millis();
@@ -1450,6 +1463,12 @@ impl SyncEngine {
     /// merges repeated ids first, an import refuses them): a batch is read
     /// before the one ahead of it is written, so an id given twice could be
     /// planned on a state its earlier intent was about to replace.
+    ///
+    /// `in_batch` holds the conflicts found merging the call's repeated ids
+    /// ([`dedupe`]): each is reported (in `result`, and as an event) when
+    /// the write of its merge changes the record, as a conflict with the
+    /// stored state is; one whose merge the store held already was
+    /// reported by whoever merged it first.
     pub(crate) async fn apply_in_batches(
         &self,
         collection: &CollectionName,
@@ -1457,6 +1476,7 @@ impl SyncEngine {
         total: usize,
         result: &mut SyncResult,
         mut echoes: Option<&mut HashSet<Cursor>>,
+        in_batch: &mut InBatchConflicts,
     ) -> Result<()> {
         let batch_size = self.inner.config.batch_size;
         // Batches come off the front of one iterator: splitting the rest
@@ -1492,6 +1512,12 @@ impl SyncEngine {
             .await;
             for outcome in applied? {
                 result.count(outcome.kind);
+                if !in_batch.is_empty() && outcome.kind != ChangeKind::Unchanged {
+                    let merged = outcome.record.as_ref().map(Record::id);
+                    if let Some(found) = merged.and_then(|id| in_batch.remove(id)) {
+                        self.report_in_batch(found, result);
+                    }
+                }
                 result.conflicts.extend(outcome.conflict.map(|c| *c));
                 if let (true, Some(cursor), Some(echoes)) =
                     (outcome.echo, outcome.cursor, echoes.as_deref_mut())
@@ -1514,6 +1540,18 @@ impl SyncEngine {
             stored = read?;
             batch = following;
         }
+    }
+
+    /// Reports the conflicts found merging two states of one record given
+    /// in the same call, once the merge's write changed the record.
+    fn report_in_batch(&self, found: Vec<ConflictDetail>, result: &mut SyncResult) {
+        let events = &self.inner.events;
+        if events.wants(EventKind::Conflict) {
+            for conflict in &found {
+                events.emit(SyncEvent::Conflict(Arc::new(conflict.clone())));
+            }
+        }
+        result.conflicts.extend(found);
     }
 
     /// Closes the engine and its backend handle. Never deletes stored data.

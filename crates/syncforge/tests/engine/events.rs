@@ -650,3 +650,50 @@ async fn a_merge_another_engine_made_first_is_reported_by_that_engine_alone() {
         ]
     );
 }
+
+/// One sync given two states of a record written concurrently (an edit on
+/// each of two other replicas) is the first to merge them, and reports the
+/// conflict, in its result and as an event: it merged them first into a
+/// state newer than its own and reported nothing. The same batch again
+/// changes nothing and reports nothing.
+#[tokio::test]
+async fn two_concurrent_states_in_one_batch_are_a_reported_conflict() {
+    let a = engine("a", ConflictStrategy::Crdt).await;
+    let b = engine("b", ConflictStrategy::Crdt).await;
+    let c = engine("c", ConflictStrategy::Crdt).await;
+    a.put("c", &json!({"id": "r", "x": 1, "y": 1}))
+        .await
+        .unwrap();
+    let base = a.get_all("c").await.unwrap();
+    for replica in [&b, &c] {
+        assert_eq!(replica.sync("c", base.clone()).await.unwrap().added, 1);
+    }
+    b.put("c", &json!({"id": "r", "x": 2, "y": 1}))
+        .await
+        .unwrap();
+    c.put("c", &json!({"id": "r", "x": 1, "y": 3}))
+        .await
+        .unwrap();
+    let mut batch = b.get_all("c").await.unwrap();
+    batch.extend(c.get_all("c").await.unwrap());
+
+    let mut rx = a.subscribe();
+    let result = a.sync("c", batch.clone()).await.unwrap();
+    assert_eq!((result.updated, result.conflicts.len()), (1, 1));
+    let conflict = &result.conflicts[0];
+    assert_eq!(conflict.fields_conflicted, ["x", "y"]);
+    assert_eq!(conflict.resolved_record.get("x"), Some(json!(2)));
+    assert_eq!(conflict.resolved_record.get("y"), Some(json!(3)));
+    let heard: Vec<_> = drain(&mut rx)
+        .into_iter()
+        .filter_map(|event| match event {
+            SyncEvent::Conflict(detail) => Some(detail),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(heard.len(), 1);
+    assert_eq!(*heard[0], *conflict);
+
+    let again = a.sync("c", batch).await.unwrap();
+    assert_eq!((again.unchanged, again.conflicts.len()), (1, 0));
+}
