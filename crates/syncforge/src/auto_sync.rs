@@ -182,7 +182,10 @@ impl SyncEngine {
             for collection in &collections {
                 // A close during the window ends it: nothing is announced
                 // after it (a closed engine's syncs fail before they yield).
-                if self.is_closed() {
+                // So does the drop of every handle of the engine: the
+                // window holds it only to finish the sync under way, not
+                // to sync the rest for no one.
+                if self.is_closed() || self.held_by_the_window_alone() {
                     return;
                 }
                 if events.wants(EventKind::SyncStart) {
@@ -250,6 +253,14 @@ impl SyncEngine {
         }
         .instrument(span)
         .await;
+    }
+}
+
+impl SyncEngine {
+    /// Whether the auto-sync window running on this handle holds the
+    /// engine's last handle: the application dropped all of its own.
+    fn held_by_the_window_alone(&self) -> bool {
+        Arc::strong_count(&self.inner) == 1
     }
 }
 

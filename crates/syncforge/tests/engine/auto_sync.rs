@@ -709,6 +709,27 @@ impl syncforge::SyncPeer for HeldPeer {
     }
 }
 
+/// Dropping every handle of an engine during a window ends the window
+/// after the sync under way: the timer's task held the engine until the
+/// window's end, and synced every remaining collection for no one.
+#[tokio::test(start_paused = true)]
+async fn a_window_under_way_when_the_engine_is_dropped_syncs_no_further_collection() {
+    let a = auto_syncing_c()
+        .auto_sync_collections(["c", "d"])
+        .build()
+        .await
+        .unwrap();
+    let peer = Arc::new(HeldPeer::default());
+    peer.held.store(true, std::sync::atomic::Ordering::SeqCst);
+    a.add_auto_sync_peer(peer.clone()).unwrap();
+    // The first window is inside its pull of "c".
+    peer.entered.notified().await;
+    drop(a);
+    peer.let_go();
+    tokio::time::sleep(INTERVAL * 3).await;
+    assert_eq!(peer.pulls.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
 /// The auto-sync peer timeout of the engines [`inside_a_call_of_the_pair`]
 /// makes.
 const HELD_PEER_BOUND: Duration = Duration::from_secs(2);
