@@ -347,7 +347,16 @@ impl EngineBuilder {
     /// (opened here, or handed over with [`backend`](Self::backend)) closes
     /// it: the store was the engine's.
     pub async fn build(self) -> Result<SyncEngine> {
-        let config = self.settings()?;
+        let config = match self.settings() {
+            Ok(config) => config,
+            Err(error) => {
+                // A store handed over is the engine's already.
+                if let BackendChoice::Ready(backend) = &self.backend {
+                    close_after_failed_build(backend.as_ref(), "a setting was refused").await;
+                }
+                return Err(error);
+            }
+        };
         let backend = match self.backend {
             BackendChoice::Ready(backend) => backend,
             BackendChoice::Config(choice) => create_backend(&choice).await?,
@@ -358,9 +367,7 @@ impl EngineBuilder {
             Err(error) => {
                 // The store is the engine's, as `close` closes it: a build
                 // that fails leaves nothing open (as below).
-                if let Err(closing) = backend.close().await {
-                    tracing::warn!(error = %closing, "closing the store after the engine failed to open");
-                }
+                close_after_failed_build(backend.as_ref(), "the engine failed to open").await;
                 return Err(error);
             }
         };
@@ -375,5 +382,13 @@ impl EngineBuilder {
             }
         }
         Ok(engine)
+    }
+}
+
+/// Closes the store of a build that failed for `why`: a failure to close is
+/// logged, as the build's own error is the one returned.
+async fn close_after_failed_build(backend: &dyn StorageBackend, why: &str) {
+    if let Err(closing) = backend.close().await {
+        tracing::warn!(error = %closing, "closing the store after {why}");
     }
 }

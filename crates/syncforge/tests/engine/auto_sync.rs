@@ -267,6 +267,30 @@ async fn a_build_whose_store_fails_to_open_closes_it() {
     assert_eq!(store.calls(Operation::Close), 1);
 }
 
+/// A build refusing one of its settings closes a store handed over to it,
+/// as any other failed build does: it was left open.
+#[tokio::test]
+async fn a_build_refusing_a_setting_closes_the_store_handed_to_it() {
+    use syncforge_testkit::faults::{FaultyBackend, Operation};
+    let store = Arc::new(FaultyBackend::new(
+        Arc::new(syncforge::MemoryBackend::new()),
+        1,
+        0.0,
+        Duration::ZERO,
+    ));
+    let shared: Arc<dyn syncforge::StorageBackend> = store.clone();
+    let outcome = SyncEngine::builder()
+        .batch_size(0)
+        .backend(shared)
+        .build()
+        .await;
+    assert!(
+        matches!(outcome, Err(Error::InvalidConfig { .. })),
+        "{outcome:?}"
+    );
+    assert_eq!(store.calls(Operation::Close), 1);
+}
+
 /// A close whose store failed to close returns that error, and the next
 /// close tries the store again rather than answering `Ok` at once.
 #[tokio::test]
