@@ -1501,4 +1501,107 @@ mod tests {
         let text = format!("{:?}", MemoryBackend::new());
         assert_eq!(text, "MemoryBackend { closed: false, .. }");
     }
+
+    /// One step of [`prop_the_feed_pages_each_latest_change_once`].
+    #[derive(Debug, Clone)]
+    enum FeedStep {
+        Write(u8),
+        Delete(u8),
+        Clear,
+        Page(usize),
+    }
+
+    /// Mostly rewrites of a dozen records, so that the log passes its
+    /// compaction threshold within a case; a clear once in some cases.
+    fn feed_steps() -> impl proptest::strategy::Strategy<Value = Vec<FeedStep>> {
+        use proptest::prelude::*;
+        let step = prop_oneof![
+            1000 => (0u8..12).prop_map(FeedStep::Write),
+            100 => (0u8..12).prop_map(FeedStep::Delete),
+            1 => Just(FeedStep::Clear),
+            250 => (1usize..6).prop_map(FeedStep::Page),
+        ];
+        proptest::collection::vec(step, 1_200..1_600)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+        /// A reader paging the feed between writes, deletes and clears
+        /// (past the log's compaction) is handed, page by page, every live
+        /// record whose latest write lies beyond its cursor, once, at that
+        /// write's cursor, in cursor order, and is never sent back.
+        #[test]
+        fn prop_the_feed_pages_each_latest_change_once(steps in feed_steps()) {
+            use proptest::prelude::*;
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            runtime.block_on(async {
+                let store = MemoryBackend::new();
+                let c = coll("c");
+                let (_, mut hlc) = clock(1_000);
+                // Live records by id: their latest write's cursor and state.
+                let mut live: HashMap<String, (Cursor, Record)> = HashMap::new();
+                let mut reader = Cursor::START;
+                for (n, step) in steps.into_iter().enumerate() {
+                    match step {
+                        FeedStep::Write(id) => {
+                            let id = format!("r{id}");
+                            let state = record(&mut hlc, &id, n as u64);
+                            let write = match live.get(&id) {
+                                Some((cursor, _)) => {
+                                    Write::replace(state.clone(), Token::Sequence(cursor.get()))
+                                }
+                                None => Write::create(state.clone()),
+                            };
+                            let outcome = store.put(&c, &write).await.unwrap();
+                            let WriteOutcome::Written { cursor, .. } = outcome else {
+                                return Err(TestCaseError::fail(format!("{outcome:?}")));
+                            };
+                            live.insert(id, (cursor, state));
+                        }
+                        FeedStep::Delete(id) => {
+                            let id = format!("r{id}");
+                            let deleted = store.delete(&c, &rid(&id)).await.unwrap();
+                            prop_assert_eq!(deleted, live.remove(&id).is_some());
+                        }
+                        FeedStep::Clear => {
+                            store.clear_collection(&c).await.unwrap();
+                            live.clear();
+                        }
+                        FeedStep::Page(limit) => {
+                            let page = store
+                                .changes(&c, reader, NonZeroUsize::new(limit).unwrap())
+                                .await
+                                .unwrap();
+                            prop_assert!(page.changes.len() <= limit);
+                            let mut previous = reader;
+                            for change in &page.changes {
+                                prop_assert!(change.cursor > previous, "{change:?} after {previous}");
+                                previous = change.cursor;
+                                let latest = live.get(change.record.id().as_str());
+                                prop_assert_eq!(latest, Some(&(change.cursor, change.record.clone())));
+                            }
+                            prop_assert!(page.next >= previous);
+                            // Nothing live within the page's reach is left out,
+                            // and nothing lies beyond a last page.
+                            for (id, (cursor, _)) in &live {
+                                if *cursor > reader && *cursor <= page.next {
+                                    prop_assert!(
+                                        page.changes.iter().any(|change| change.cursor == *cursor),
+                                        "{id} at {cursor} skipped by a page after {reader} to {}",
+                                        page.next
+                                    );
+                                }
+                                prop_assert!(page.more || *cursor <= page.next);
+                            }
+                            prop_assert!(!page.more || page.next > reader);
+                            reader = page.next;
+                        }
+                    }
+                }
+                assert_indexes_agree(&store);
+                Ok(())
+            })?;
+        }
+    }
 }
