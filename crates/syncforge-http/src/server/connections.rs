@@ -6,9 +6,10 @@
 //! header (or nothing) holds its connection, and its file descriptor, until
 //! it leaves; enough of them lock real clients out and stall a graceful
 //! shutdown. Serving each connection through hyper directly sets the timer.
-//! Nothing times out the writing of an answer: a client that stops reading
-//! a large page holds its connection (one of `max_connections`) until it
-//! leaves or the server shuts down.
+//! An answer the client takes none of for the request timeout closes its
+//! connection: a client that stops reading a large page held its
+//! connection (one of `max_connections`), and the page's room among the
+//! bodies held at once, until it left or the server shut down.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,6 +53,10 @@ pub(super) struct ConnectionLimits {
     /// Time to send a request's headers, and longest idle time between two
     /// requests (hyper's header timer runs while it waits for the next one).
     pub(super) header_read_timeout: Duration,
+    /// Longest time a connection's answer may wait for its client to take
+    /// any of it: past it the connection closes, giving back the room the
+    /// answer held among the bodies held at once.
+    pub(super) write_stall_timeout: Duration,
     /// Most connections open at once.
     pub(super) max_connections: usize,
     /// Longest wait for open connections once shutdown starts.
@@ -115,7 +120,10 @@ pub(super) async fn accept_until_closed(
                         connections.spawn(serve_connection(
                             stream,
                             app,
-                            timeout,
+                            Timeouts {
+                                header_read: timeout,
+                                write_stall: limits.write_stall_timeout,
+                            },
                             closing.clone(),
                             permit,
                         ));
@@ -211,13 +219,22 @@ fn is_one_connections_error(error: &std::io::Error) -> bool {
     )
 }
 
+/// The timeouts of one connection.
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    /// Time to send a request's headers (and idle time between requests).
+    header_read: Duration,
+    /// Longest wait for the client to take any of an answer.
+    write_stall: Duration,
+}
+
 /// Serves one connection until the client leaves, a timeout closes it, or
 /// shutdown: then the request in flight finishes and the connection closes.
 /// `_permit` frees its place when the connection ends.
 async fn serve_connection(
     stream: TcpStream,
     app: Router,
-    header_read_timeout: Duration,
+    timeouts: Timeouts,
     mut closing: watch::Receiver<bool>,
     _permit: OwnedSemaphorePermit,
 ) {
@@ -225,11 +242,20 @@ async fn serve_connection(
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%error, "could not set TCP_NODELAY");
     }
+    // hyper never gives up on an answer the client does not read: a client
+    // that stops reading (on purpose, or a phone out of signal) held its
+    // page, and the page's room, until the kernel gave up on the
+    // connection, a quarter of an hour later.
+    let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
+    stream.set_write_timeout(Some(timeouts.write_stall.min(LONGEST_TIMEOUT)));
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout.min(LONGEST_TIMEOUT));
-    let connection = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+        .header_read_timeout(timeouts.header_read.min(LONGEST_TIMEOUT));
+    let connection = builder.serve_connection(
+        TokioIo::new(Box::pin(stream)),
+        TowerToHyperService::new(app),
+    );
     let mut connection = std::pin::pin!(connection);
     let outcome = tokio::select! {
         outcome = connection.as_mut() => outcome,

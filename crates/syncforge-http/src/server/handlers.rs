@@ -58,7 +58,7 @@ const ROUND_GROWTH: usize = 4;
 /// The share of the request's time (one part in this many) kept at the end
 /// of a push's upload for its `timeout` answer to go out before the request's
 /// limit cuts the connection.
-const ANSWER_MARGIN_DIVISOR: u32 = 10;
+pub(super) const ANSWER_MARGIN_DIVISOR: u32 = 10;
 
 /// The most a request body's declared length reserves before its bytes come.
 const MAX_RESERVED_BODY: usize = 1 << 20;

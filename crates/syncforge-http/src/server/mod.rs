@@ -189,6 +189,7 @@ impl Server {
         let (stop, closing) = watch::channel(false);
         let limits = ConnectionLimits {
             header_read_timeout: options.header_read_timeout,
+            write_stall_timeout: options.request_timeout,
             max_connections: options.max_connections,
             shutdown_grace: options.request_timeout.saturating_add(SHUTDOWN_MARGIN),
         };

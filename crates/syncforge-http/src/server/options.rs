@@ -251,7 +251,8 @@ impl ServerOptions {
     }
 
     /// Longest long-poll wait (default 25 s); a larger `wait` is lowered to
-    /// it. Must be shorter than the request timeout. A waiting request wakes
+    /// it. Must leave at least a tenth of the request timeout, in which the
+    /// answer is read and sent. A waiting request wakes
     /// at once for changes written through this server's engine, and sees
     /// one written to a shared store by another process only when its wait
     /// ends: where several processes write one store, this bounds how late
@@ -264,7 +265,10 @@ impl ServerOptions {
 
     /// How long one request may take before the server answers 503
     /// `timeout` (default 30 s). A sync still running then completes in the
-    /// background; the client, told to retry, merges again harmlessly.
+    /// background; the client, told to retry, merges again harmlessly. A
+    /// connection whose client takes none of an answer for this long is
+    /// closed, giving back the room its answer held
+    /// ([`max_buffered_bytes`](Self::max_buffered_bytes)).
     /// [`Server::shutdown`](crate::Server::shutdown) waits for requests in
     /// flight this long, and five seconds more.
     #[must_use]
@@ -327,7 +331,9 @@ impl ServerOptions {
     /// answered 503 `unavailable`. A feed page takes room for itself once
     /// written, and keeps it until it is sent (or its connection closes); a
     /// page that finds no room waits for it, up to a tenth of the request
-    /// timeout, and is then answered 503 `unavailable`. Without it, every
+    /// timeout, and is then answered 503 `unavailable`; a client that takes
+    /// none of its page for the request timeout has its connection closed.
+    /// Without it, every
     /// connection could hold a body of `max_body_bytes` at once (512 × 16
     /// MiB by default), a client that reads its answers slowly or not at
     /// all included. The bound counts body bytes: the records decoded
@@ -378,11 +384,16 @@ impl ServerOptions {
                 return invalid(option, "must be longer than zero".to_owned());
             }
         }
-        if self.max_wait >= self.request_timeout {
+        // After the wait the feed is read once more and the page waits for
+        // room (up to that tenth too): a wait within the tenth left every
+        // long poll on a quiet collection to time out.
+        let answer_margin = self.request_timeout / super::handlers::ANSWER_MARGIN_DIVISOR;
+        if self.max_wait > self.request_timeout.saturating_sub(answer_margin) {
             return invalid(
                 "max_wait",
                 format!(
-                    "{:?} is not shorter than the request timeout {:?}: every long poll would time out",
+                    "{:?} leaves less than a tenth of the request timeout {:?} to answer a \
+                     long poll: every one that waits its whole time would time out",
                     self.max_wait, self.request_timeout
                 ),
             );
@@ -467,6 +478,16 @@ mod tests {
             refused(ServerOptions::default().max_wait(Duration::from_secs(40))),
             "max_wait"
         );
+        // The last tenth of the request's time is the answer's.
+        let nearly = ServerOptions::default().request_timeout(Duration::from_secs(1));
+        assert_eq!(
+            refused(nearly.clone().max_wait(Duration::from_millis(990))),
+            "max_wait"
+        );
+        assert!(nearly
+            .max_wait(Duration::from_millis(900))
+            .validate()
+            .is_ok());
         assert_eq!(
             refused(ServerOptions::default().token(AccessToken::read_only(""))),
             "token"

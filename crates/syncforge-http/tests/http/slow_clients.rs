@@ -217,6 +217,63 @@ async fn a_busy_refusal_reads_the_upload_of_a_client_that_stopped_waiting_to_go_
 /// back when their connections close.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn feed_pages_a_client_does_not_read_hold_room_until_sent() {
+    let (server, unread) = two_unread_pages(ServerOptions::default()).await;
+    let mut third = connect(&server).await;
+    third.write_all(PAGE_OF_60.as_bytes()).await.unwrap();
+    let head = read_answer_head(&mut third, Duration::from_secs(15)).await;
+    assert!(
+        head.as_deref()
+            .is_some_and(|head| head.starts_with("HTTP/1.1 503")),
+        "{head:?}"
+    );
+    drop(unread);
+    let mut fourth = connect(&server).await;
+    fourth.write_all(PAGE_OF_60.as_bytes()).await.unwrap();
+    let head = read_answer_head(&mut fourth, Duration::from_secs(15)).await;
+    assert!(
+        head.as_deref()
+            .is_some_and(|head| head.starts_with("HTTP/1.1 200")),
+        "{head:?}"
+    );
+    // Closed, so that shutdown does not wait for the page it does not read.
+    drop((third, fourth));
+    server.shutdown().await.unwrap();
+}
+
+/// A client that takes none of its page for the request time has its
+/// connection closed, and the page's room comes back: connections whose
+/// clients stopped reading held their pages' room until they left, so a
+/// few read-only clients could refuse every page and push of everyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_unread_for_the_request_time_gives_its_room_back() {
+    const REQUEST_TIME: Duration = Duration::from_secs(2);
+    let options = ServerOptions::default()
+        .request_timeout(REQUEST_TIME)
+        .max_wait(Duration::from_secs(1));
+    let (server, unread) = two_unread_pages(options).await;
+    tokio::time::sleep(REQUEST_TIME + Duration::from_secs(1)).await;
+    let mut third = connect(&server).await;
+    third.write_all(PAGE_OF_60.as_bytes()).await.unwrap();
+    let head = read_answer_head(&mut third, Duration::from_secs(15)).await;
+    assert!(
+        head.as_deref()
+            .is_some_and(|head| head.starts_with("HTTP/1.1 200")),
+        "{head:?}"
+    );
+    drop((unread, third));
+    server.shutdown().await.unwrap();
+}
+
+/// A feed request for all 60 records of [`two_unread_pages`]' server.
+const PAGE_OF_60: &str = "GET /v1/collections/notes/changes?after=0&limit=200 HTTP/1.1\r\n\
+                          Host: 127.0.0.1\r\n\r\n";
+
+/// A server (with `options`, and bounds on bodies such that two of its
+/// pages of 60 records fit the room held at once and three do not) and two
+/// clients that asked for such a page and read the head of their answer
+/// and no more, through a small receive buffer, so that the kernel cannot
+/// take a page whole.
+async fn two_unread_pages(options: ServerOptions) -> (Server, Vec<TcpStream>) {
     const RECORD: usize = 100 << 10;
     let engine = memory_engine("server").await;
     for n in 0..60 {
@@ -230,20 +287,14 @@ async fn feed_pages_a_client_does_not_read_hold_room_until_sent() {
     }
     // A page of all 60 records (6 MiB: more than the kernel's buffers of a
     // connection take) fits a body; two fit the room, three do not.
-    let options = ServerOptions::default()
-        .max_body_bytes(7 << 20)
-        .max_buffered_bytes(13 << 20);
+    let options = options.max_body_bytes(7 << 20).max_buffered_bytes(13 << 20);
     let server = Server::bind(engine, "127.0.0.1:0", options).await.unwrap();
-    const PAGE: &str = "GET /v1/collections/notes/changes?after=0&limit=200 HTTP/1.1\r\n\
-                        Host: 127.0.0.1\r\n\r\n";
-    // Clients that read the head of their answer and no more, through a
-    // small receive buffer, so that the kernel cannot take a page whole.
     let mut unread = Vec::new();
     for _ in 0..2 {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.set_recv_buffer_size(4096).unwrap();
         let mut stream = socket.connect(server.local_addr()).await.unwrap();
-        stream.write_all(PAGE.as_bytes()).await.unwrap();
+        stream.write_all(PAGE_OF_60.as_bytes()).await.unwrap();
         let head = read_answer_head(&mut stream, Duration::from_secs(15)).await;
         assert!(
             head.as_deref()
@@ -252,26 +303,7 @@ async fn feed_pages_a_client_does_not_read_hold_room_until_sent() {
         );
         unread.push(stream);
     }
-    let mut third = connect(&server).await;
-    third.write_all(PAGE.as_bytes()).await.unwrap();
-    let head = read_answer_head(&mut third, Duration::from_secs(15)).await;
-    assert!(
-        head.as_deref()
-            .is_some_and(|head| head.starts_with("HTTP/1.1 503")),
-        "{head:?}"
-    );
-    drop(unread);
-    let mut fourth = connect(&server).await;
-    fourth.write_all(PAGE.as_bytes()).await.unwrap();
-    let head = read_answer_head(&mut fourth, Duration::from_secs(15)).await;
-    assert!(
-        head.as_deref()
-            .is_some_and(|head| head.starts_with("HTTP/1.1 200")),
-        "{head:?}"
-    );
-    // Closed, so that shutdown does not wait for the page it does not read.
-    drop((third, fourth));
-    server.shutdown().await.unwrap();
+    (server, unread)
 }
 
 /// Past `max_connections`, a client is told at once to come back (503 with
