@@ -298,12 +298,17 @@ async fn observe(request: Request, next: Next) -> Response {
     response
 }
 
-/// The protocol header every response carries.
+/// The headers every response carries: the protocol version, and that no
+/// cache may keep it. Each answer is the store at one moment: a cache that
+/// kept a feed page (a server behind a proxy with a default lifetime) would
+/// answer later requests for it with changes missing, and a long poll at
+/// once, for as long as it kept it.
 pub(super) fn mark_protocol(headers: &mut HeaderMap) {
     headers.insert(
         header::HeaderName::from_static(PROTOCOL_HEADER),
         HeaderValue::from(PROTOCOL_VERSION),
     );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
 }
 
 /// Answers 503 `timeout` when a request takes longer than allowed.
@@ -456,7 +461,7 @@ impl FeedQuery {
         let limit = NonZeroUsize::new(limit.min(options.max_page)).unwrap_or(NonZeroUsize::MIN);
         let wait = number("wait")?
             .map_or(Duration::ZERO, Duration::from_millis)
-            .min(options.max_wait);
+            .min(options.longest_wait());
         let skip = match seen.get("skip") {
             None => CursorRanges::default(),
             Some(text) => CursorRanges::parse_query(text, MAX_SKIP_RANGES).map_err(|reason| {

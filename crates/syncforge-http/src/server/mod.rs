@@ -130,10 +130,13 @@ impl Drop for WatchGuard {
 /// when it shuts down.
 ///
 /// The router leaves connections to the server it is mounted in: give that
-/// server a header-read timeout and a bound on open connections, as
-/// [`Server`] has ([`ServerOptions::header_read_timeout`],
-/// [`ServerOptions::max_connections`]), or clients sending half a request
-/// can hold connections for good.
+/// server a header-read timeout, a bound on open connections and a timeout
+/// on answers their clients do not read, as [`Server`] has
+/// ([`ServerOptions::header_read_timeout`],
+/// [`ServerOptions::max_connections`], [`ServerOptions::request_timeout`]),
+/// or clients sending half a request can hold connections for good, and
+/// clients that stop reading, the room their answers hold among the
+/// bodies held at once.
 pub fn router(replica: impl Replica, options: ServerOptions) -> Result<Router> {
     let (_, closing) = watch::channel(false);
     Ok(handlers::build(Arc::new(replica), options, closing)?.0)

@@ -251,8 +251,9 @@ impl ServerOptions {
     }
 
     /// Longest long-poll wait (default 25 s); a larger `wait` is lowered to
-    /// it. Must leave at least a tenth of the request timeout, in which the
-    /// answer is read and sent. A waiting request wakes
+    /// it. Must be shorter than the request timeout, and a wait is lowered
+    /// further to leave the last tenth of it, in which the answer is read
+    /// and sent. A waiting request wakes
     /// at once for changes written through this server's engine, and sees
     /// one written to a shared store by another process only when its wait
     /// ends: where several processes write one store, this bounds how late
@@ -266,8 +267,9 @@ impl ServerOptions {
     /// How long one request may take before the server answers 503
     /// `timeout` (default 30 s). A sync still running then completes in the
     /// background; the client, told to retry, merges again harmlessly. A
-    /// connection whose client takes none of an answer for this long is
-    /// closed, giving back the room its answer held
+    /// connection of a [`Server`](crate::Server) (or [`serve`](crate::serve))
+    /// whose client takes none of an answer for this long is closed, giving
+    /// back the room its answer held
     /// ([`max_buffered_bytes`](Self::max_buffered_bytes)).
     /// [`Server::shutdown`](crate::Server::shutdown) waits for requests in
     /// flight this long, and five seconds more.
@@ -332,7 +334,9 @@ impl ServerOptions {
     /// written, and keeps it until it is sent (or its connection closes); a
     /// page that finds no room waits for it, up to a tenth of the request
     /// timeout, and is then answered 503 `unavailable`; a client that takes
-    /// none of its page for the request timeout has its connection closed.
+    /// none of its page for the request timeout has its connection closed
+    /// (by a [`Server`](crate::Server); a [`router`](crate::router) mounted
+    /// in your own server leaves that to the server).
     /// Without it, every
     /// connection could hold a body of `max_body_bytes` at once (512 × 16
     /// MiB by default), a client that reads its answers slowly or not at
@@ -353,8 +357,19 @@ impl ServerOptions {
             max_body_bytes: self.max_body_bytes,
             max_records: self.max_records,
             max_page: self.max_page,
-            max_wait_ms: u64::try_from(self.max_wait.as_millis()).unwrap_or(u64::MAX),
+            max_wait_ms: u64::try_from(self.longest_wait().as_millis()).unwrap_or(u64::MAX),
         }
+    }
+
+    /// The longest a long poll waits: [`max_wait`](Self::max_wait), but
+    /// leaving the last tenth of the request timeout for the answer (the
+    /// feed is read once more after the wait, and the page may wait for
+    /// room): a wait that took that tenth too timed out every long poll
+    /// on a quiet collection.
+    pub(crate) fn longest_wait(&self) -> Duration {
+        let answer_margin = self.request_timeout / super::handlers::ANSWER_MARGIN_DIVISOR;
+        self.max_wait
+            .min(self.request_timeout.saturating_sub(answer_margin))
     }
 
     /// Refuses settings that cannot work, naming the option
@@ -384,16 +399,11 @@ impl ServerOptions {
                 return invalid(option, "must be longer than zero".to_owned());
             }
         }
-        // After the wait the feed is read once more and the page waits for
-        // room (up to that tenth too): a wait within the tenth left every
-        // long poll on a quiet collection to time out.
-        let answer_margin = self.request_timeout / super::handlers::ANSWER_MARGIN_DIVISOR;
-        if self.max_wait > self.request_timeout.saturating_sub(answer_margin) {
+        if self.max_wait >= self.request_timeout {
             return invalid(
                 "max_wait",
                 format!(
-                    "{:?} leaves less than a tenth of the request timeout {:?} to answer a \
-                     long poll: every one that waits its whole time would time out",
+                    "{:?} is not shorter than the request timeout {:?}: every long poll would time out",
                     self.max_wait, self.request_timeout
                 ),
             );
@@ -478,16 +488,15 @@ mod tests {
             refused(ServerOptions::default().max_wait(Duration::from_secs(40))),
             "max_wait"
         );
-        // The last tenth of the request's time is the answer's.
-        let nearly = ServerOptions::default().request_timeout(Duration::from_secs(1));
-        assert_eq!(
-            refused(nearly.clone().max_wait(Duration::from_millis(990))),
-            "max_wait"
-        );
-        assert!(nearly
-            .max_wait(Duration::from_millis(900))
-            .validate()
-            .is_ok());
+        // The last tenth of the request's time is the answer's: a longer
+        // wait is lowered to leave it.
+        let nearly = ServerOptions::default()
+            .request_timeout(Duration::from_secs(1))
+            .max_wait(Duration::from_millis(990));
+        assert!(nearly.validate().is_ok());
+        assert_eq!(nearly.longest_wait(), Duration::from_millis(900));
+        assert_eq!(nearly.limits().max_wait_ms, 900);
+        assert_eq!(ServerOptions::default().longest_wait(), DEFAULT_MAX_WAIT);
         assert_eq!(
             refused(ServerOptions::default().token(AccessToken::read_only(""))),
             "token"

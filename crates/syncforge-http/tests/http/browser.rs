@@ -128,3 +128,30 @@ async fn responses_are_gzipped_when_asked_and_carry_the_protocol_version() {
     );
     server.shutdown().await.unwrap();
 }
+
+/// No answer may be kept by a cache between client and server: a kept feed
+/// page was answered again, with its changes as they were, to every later
+/// request for it (a long poll at once), for as long as the cache kept it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_answer_may_be_kept_by_a_cache() {
+    let hq = memory_engine("hq").await;
+    hq.put("notes", &json!({"id": "n"})).await.unwrap();
+    let server = Server::bind(hq, "127.0.0.1:0", ServerOptions::default())
+        .await
+        .unwrap();
+    let base = server.url();
+    for path in [
+        "/v1/health",
+        "/v1/collections",
+        "/v1/collections/notes/changes?after=0",
+        "/v1/no-such-route",
+    ] {
+        let answer = plain_client()
+            .get(format!("{base}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.headers()["cache-control"], "no-store", "{path}");
+    }
+    server.shutdown().await.unwrap();
+}
