@@ -107,7 +107,9 @@ pub struct Delta {
 }
 
 /// Classifies every remote record against a map of local records by id.
-/// A remote record that appears several times is merged cumulatively.
+/// A remote record that appears several times is merged cumulatively; two
+/// of its states written concurrently are a conflict, reported when their
+/// merge changes the local record ([`dedupe`]).
 pub fn compute_delta(
     collection: impl IntoName<CollectionName>,
     local: &HashMap<String, Record>,

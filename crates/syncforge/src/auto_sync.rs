@@ -37,7 +37,8 @@ impl SyncEngine {
     /// the next one runs on time.
     ///
     /// The timer holds only a weak handle on the engine: dropping the last
-    /// `SyncEngine` handle, [`close`](Self::close) or
+    /// `SyncEngine` handle (a window under way then finishes the sync it is
+    /// in and syncs no further collection), [`close`](Self::close) or
     /// [`stop_auto_sync`](Self::stop_auto_sync) ends it. An engine is kept
     /// alive by an event handler or an auto-sync peer holding a handle on
     /// it (an engine), so call `close` to be sure it stops. Needs a tokio

@@ -121,7 +121,8 @@ impl EngineBuilder {
     /// share a store and close on their own each need a handle of their
     /// own: a clone of a `MemoryBackend`, or the same directory, server or
     /// bucket opened once per engine. A handle shared as an `Arc` is
-    /// closed for every engine using it by the first that closes.
+    /// closed for every engine using it by the first that closes, and by
+    /// a build that fails (a refused setting too).
     pub fn backend(mut self, backend: impl StorageBackend + 'static) -> Self {
         self.backend = BackendChoice::Ready(Arc::new(backend));
         self

@@ -264,7 +264,10 @@ impl Collection {
     /// latest change. Continue from the page's `next`.
     ///
     /// A limit of 0 is refused with [`Error::InvalidArgument`]: a page that
-    /// can hold nothing would never let a reader advance.
+    /// can hold nothing would never let a reader advance. A page the store
+    /// answers out of order, or saying more without advancing, is
+    /// [`Error::Storage`]: a reader following it would read back over what
+    /// it read, or ask the same page for ever.
     pub async fn changes(&self, after: Cursor, options: PageOptions) -> Result<ChangePage> {
         self.engine.check_open()?;
         let limit = options.checked_limit()?;
@@ -275,16 +278,8 @@ impl Collection {
         .await?;
         // A reader following `next` would go back over what it read, or ask
         // the same page for ever: a store's fault, not the reader's.
-        if page.next < after || (page.more && page.next == after) {
-            return Err(Error::storage(
-                backend.name(),
-                format!(
-                    "answered a change page after cursor {after} that does not advance \
-                     (next {}, more {})",
-                    page.next, page.more
-                ),
-            ));
-        }
+        page.check_after(after)
+            .map_err(|reason| Error::storage(backend.name(), reason))?;
         Ok(page)
     }
 

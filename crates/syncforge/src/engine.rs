@@ -1512,13 +1512,15 @@ impl SyncEngine {
             .await;
             for outcome in applied? {
                 result.count(outcome.kind);
+                result.conflicts.extend(outcome.conflict.map(|c| *c));
+                // After the write's own conflict, in the result as in the
+                // events (the write announced its own as it landed).
                 if !in_batch.is_empty() && outcome.kind != ChangeKind::Unchanged {
                     let merged = outcome.record.as_ref().map(Record::id);
                     if let Some(found) = merged.and_then(|id| in_batch.remove(id)) {
                         self.report_in_batch(found, result);
                     }
                 }
-                result.conflicts.extend(outcome.conflict.map(|c| *c));
                 if let (true, Some(cursor), Some(echoes)) =
                     (outcome.echo, outcome.cursor, echoes.as_deref_mut())
                 {
@@ -1543,7 +1545,8 @@ impl SyncEngine {
     }
 
     /// Reports the conflicts found merging two states of one record given
-    /// in the same call, once the merge's write changed the record.
+    /// in the same call, once the merge's write changed the record: their
+    /// `conflict` events follow the write's own events.
     fn report_in_batch(&self, found: Vec<ConflictDetail>, result: &mut SyncResult) {
         let events = &self.inner.events;
         if events.wants(EventKind::Conflict) {
