@@ -86,8 +86,9 @@ struct Shared {
     /// Room for request and answer bodies, in KiB ([`kib`]): a sync request
     /// takes room for its body before reading it, and its merge task gives
     /// it back when the merge ends, so the room also covers the records
-    /// decoded from it; a feed page takes room for itself once written, and
-    /// gives it back once sent ([`HeldBody`]).
+    /// decoded from it; a feed page takes room before it is read, as much
+    /// as it is expected to take ([`page_room`]), keeps as much as it came
+    /// out, and gives it back once sent ([`HeldBody`]).
     body_room: Permits,
     /// The text a change of each collection took in the last page read of
     /// it: the first read of the next page is sized by it ([`first_read`]).
@@ -113,6 +114,13 @@ fn first_read(text_per_change: Option<usize>, max_bytes: usize) -> usize {
     text_per_change.map_or(FIRST_READ, |each| {
         (max_bytes / each.max(1)).saturating_add(1).min(FIRST_READ)
     })
+}
+
+/// The room a page of `limit` changes is expected to take: `limit` changes
+/// of the size the collection's last page showed, up to a body's bound
+/// `max_bytes`; a collection not read yet may take the whole bound.
+fn page_room(text_per_change: Option<usize>, limit: usize, max_bytes: usize) -> usize {
+    text_per_change.map_or(max_bytes, |each| each.saturating_mul(limit).min(max_bytes))
 }
 
 /// Places that requests take and give back, some at a time, from a fixed
@@ -161,6 +169,26 @@ impl Permits {
             }
             Err(_) => Err(ApiError::new(ErrorCode::Unavailable, self.busy)),
         }
+    }
+
+    /// `room` made `wanted` permits (at most all of them): the ones past
+    /// it given back, or the ones missing taken as [`take`](Self::take)
+    /// takes them.
+    async fn resize(
+        &self,
+        mut room: OwnedSemaphorePermit,
+        wanted: u32,
+        patience: Duration,
+    ) -> Result<OwnedSemaphorePermit, ApiError> {
+        let wanted = wanted.min(self.capacity) as usize;
+        let held = room.num_permits();
+        if held > wanted {
+            drop(room.split(held - wanted));
+        } else if held < wanted {
+            let missing = u32::try_from(wanted - held).unwrap_or(u32::MAX);
+            room.merge(self.take(missing, patience).await?);
+        }
+        Ok(room)
     }
 
     /// Resolves when every permit is back.
@@ -504,13 +532,16 @@ async fn changes(
     })?;
     let query = FeedQuery::parse(pairs, &state.options)?;
     let max_bytes = state.options.max_body_bytes;
-    let page = state.feed_page(&collection, &query, max_bytes).await?;
+    let (page, room) = state.feed_page(&collection, &query, max_bytes).await?;
     let (body, sent) = page_body(state.replica.feed_id(), &collection, page, max_bytes)?;
-    // The page takes room among the bodies held, until it is sent: a
-    // client that reads its answers slowly, or not at all, held a page of
-    // up to `max_body_bytes` on each of its connections.
-    let patience = state.options.request_timeout / ANSWER_MARGIN_DIVISOR;
-    let room = state.body_room.take(kib(body.len()), patience).await?;
+    // The page keeps room among the bodies held, as large as it came out,
+    // until it is sent: a client that reads its answers slowly, or not at
+    // all, held a page of up to `max_body_bytes` on each of its
+    // connections.
+    let room = state
+        .body_room
+        .resize(room, kib(body.len()), state.page_patience())
+        .await?;
     tracing::Span::current().record("records", sent);
     Ok((
         [(
@@ -954,7 +985,7 @@ impl Shared {
         collection: &CollectionName,
         query: &FeedQuery,
         max_bytes: usize,
-    ) -> Result<WrittenPage, ApiError> {
+    ) -> Result<(WrittenPage, OwnedSemaphorePermit), ApiError> {
         if query.wait.is_zero() {
             return self
                 .read_page(collection, query.after, query, max_bytes)
@@ -975,7 +1006,7 @@ impl Shared {
             let notified = notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let page = self.read_page(collection, after, query, max_bytes).await?;
+            let (page, room) = self.read_page(collection, after, query, max_bytes).await?;
             // A page whose read budget ran out among skipped positions has
             // nothing to show but more to read: the client reads on at once,
             // where a wait would only read the same positions again.
@@ -984,8 +1015,10 @@ impl Shared {
                 || tokio::time::Instant::now() >= deadline
                 || *closing.borrow()
             {
-                return Ok(page);
+                return Ok((page, room));
             }
+            // The room is the page's, not the wait's.
+            drop(room);
             // Everything up to `page.next` was skipped: after a wake, only
             // what came since is read (a skip list of future positions would
             // otherwise make every write rescan the same pages).
@@ -1015,14 +1048,24 @@ impl Shared {
     /// default) from the store to send the few of them that fit in a body
     /// when records were large, and a pull read its whole collection again
     /// for every page.
+    ///
+    /// Takes room among the bodies held first, as much as the page is
+    /// expected to take ([`page_room`]), and returns it with the page:
+    /// room taken once a page was written left every request reading at
+    /// once free to build a page of `max_bytes`, 512 of them by default.
     async fn read_page(
         &self,
         collection: &CollectionName,
         after: Cursor,
         query: &FeedQuery,
         max_bytes: usize,
-    ) -> Result<WrittenPage, ApiError> {
+    ) -> Result<(WrittenPage, OwnedSemaphorePermit), ApiError> {
         let learnt = self.text_per_change.lock().get(collection).copied();
+        let expected = page_room(learnt, query.limit.get(), max_bytes);
+        let room = self
+            .body_room
+            .take(kib(expected), self.page_patience())
+            .await?;
         let first = first_read(learnt, max_bytes);
         let page = self
             .read_page_in_rounds(collection, after, query, max_bytes, first)
@@ -1043,7 +1086,13 @@ impl Shared {
             }
             sizes.insert(collection.clone(), each);
         }
-        Ok(page)
+        Ok((page, room))
+    }
+
+    /// How long a feed page waits for room among the bodies held before it
+    /// is answered busy: a tenth of the request timeout.
+    fn page_patience(&self) -> Duration {
+        self.options.request_timeout / ANSWER_MARGIN_DIVISOR
     }
 
     /// [`read_page`](Self::read_page), whose first read takes `first`

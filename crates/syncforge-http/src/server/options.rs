@@ -330,10 +330,12 @@ impl ServerOptions {
     /// it declares, or `max_body_bytes` if it declares none) before reading
     /// it, and keeps the room until its merge ends; a push that finds no
     /// room waits for it, up to half the request timeout, and is then
-    /// answered 503 `unavailable`. A feed page takes room for itself once
-    /// written, and keeps it until it is sent (or its connection closes); a
-    /// page that finds no room waits for it, up to a tenth of the request
-    /// timeout, and is then answered 503 `unavailable`; a client that takes
+    /// answered 503 `unavailable`. A feed page takes room before it is
+    /// read (as much as the collection's last page took a change, times
+    /// its limit, up to `max_body_bytes`; the whole `max_body_bytes` for a
+    /// collection not read yet), keeps as much as it came out, and keeps
+    /// it until it is sent (or its connection closes); a page that finds
+    /// no room waits for it, up to a tenth of the request timeout, and is then answered 503 `unavailable`; a client that takes
     /// none of its page for the request timeout has its connection closed
     /// (by a [`Server`](crate::Server); a [`router`](crate::router) mounted
     /// in your own server leaves that to the server).

@@ -1,6 +1,8 @@
 //! Clients that connect and then stall: a server must close them in time,
 //! keep serving others, bound how many it holds, and still shut down.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use syncforge::http::{Server, ServerOptions};
@@ -217,7 +219,22 @@ async fn a_busy_refusal_reads_the_upload_of_a_client_that_stopped_waiting_to_go_
 /// back when their connections close.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn feed_pages_a_client_does_not_read_hold_room_until_sent() {
-    let (server, unread) = two_unread_pages(ServerOptions::default()).await;
+    let (server, unread, scanned) = two_unread_pages(ServerOptions::default()).await;
+    // Refused before their store reads: pages took room only once
+    // written, so every request read and wrote a page of up to
+    // `max_body_bytes` before it was turned away.
+    let read_before = scanned.load(Ordering::SeqCst);
+    for _ in 0..3 {
+        let mut refused = connect(&server).await;
+        refused.write_all(PAGE_OF_60.as_bytes()).await.unwrap();
+        let head = read_answer_head(&mut refused, Duration::from_secs(15)).await;
+        assert!(
+            head.as_deref()
+                .is_some_and(|head| head.starts_with("HTTP/1.1 503")),
+            "{head:?}"
+        );
+    }
+    assert_eq!(scanned.load(Ordering::SeqCst), read_before);
     let mut third = connect(&server).await;
     third.write_all(PAGE_OF_60.as_bytes()).await.unwrap();
     let head = read_answer_head(&mut third, Duration::from_secs(15)).await;
@@ -250,7 +267,7 @@ async fn a_page_unread_for_the_request_time_gives_its_room_back() {
     let options = ServerOptions::default()
         .request_timeout(REQUEST_TIME)
         .max_wait(Duration::from_secs(1));
-    let (server, unread) = two_unread_pages(options).await;
+    let (server, unread, _) = two_unread_pages(options).await;
     // Asked again until the room is back (the two stalled connections
     // close after the request time), within a bound well past it.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -283,8 +300,9 @@ const PAGE_OF_60: &str = "GET /v1/collections/notes/changes?after=0&limit=200 HT
 /// pages of 60 records fit the room held at once and three do not) and two
 /// clients that asked for such a page and read the head of their answer
 /// and no more, through a small receive buffer, so that the kernel cannot
-/// take a page whole.
-async fn two_unread_pages(options: ServerOptions) -> (Server, Vec<TcpStream>) {
+/// take a page whole; and the count of changes the server's store reads
+/// returned.
+async fn two_unread_pages(options: ServerOptions) -> (Server, Vec<TcpStream>, Arc<AtomicUsize>) {
     const RECORD: usize = 100 << 10;
     let engine = memory_engine("server").await;
     for n in 0..60 {
@@ -297,9 +315,13 @@ async fn two_unread_pages(options: ServerOptions) -> (Server, Vec<TcpStream>) {
             .unwrap();
     }
     // A page of all 60 records (6 MiB: more than the kernel's buffers of a
-    // connection take) fits a body; two fit the room, three do not.
-    let options = options.max_body_bytes(7 << 20).max_buffered_bytes(13 << 20);
-    let server = Server::bind(engine, "127.0.0.1:0", options).await.unwrap();
+    // connection take) fits a body; one page and the room another takes
+    // before it is read (a body's bound, 7 MiB) fit the room, three pages
+    // do not.
+    let options = options.max_body_bytes(7 << 20).max_buffered_bytes(14 << 20);
+    let replica = crate::support::InstrumentedReplica::new(engine);
+    let scanned = replica.scanned.clone();
+    let server = Server::bind(replica, "127.0.0.1:0", options).await.unwrap();
     let mut unread = Vec::new();
     for _ in 0..2 {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
@@ -314,7 +336,7 @@ async fn two_unread_pages(options: ServerOptions) -> (Server, Vec<TcpStream>) {
         );
         unread.push(stream);
     }
-    (server, unread)
+    (server, unread, scanned)
 }
 
 /// Past `max_connections`, a client is told at once to come back (503 with
