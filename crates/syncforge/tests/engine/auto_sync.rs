@@ -689,6 +689,14 @@ struct HeldPeer {
 }
 
 impl HeldPeer {
+    /// A peer of `engine`'s auto-sync, holding every call until let go.
+    fn held_by(engine: &SyncEngine) -> Arc<HeldPeer> {
+        let peer = Arc::new(HeldPeer::default());
+        peer.held.store(true, std::sync::atomic::Ordering::SeqCst);
+        engine.add_auto_sync_peer(peer.clone()).unwrap();
+        peer
+    }
+
     async fn wait_while_held(&self) {
         self.entered.notify_one();
         if self.held.load(std::sync::atomic::Ordering::SeqCst) {
@@ -743,9 +751,7 @@ async fn a_window_under_way_when_the_engine_is_dropped_syncs_no_further_collecti
         .build()
         .await
         .unwrap();
-    let peer = Arc::new(HeldPeer::default());
-    peer.held.store(true, std::sync::atomic::Ordering::SeqCst);
-    a.add_auto_sync_peer(peer.clone()).unwrap();
+    let peer = HeldPeer::held_by(&a);
     // The first window is inside its pull of "c".
     peer.entered.notified().await;
     drop(a);
@@ -778,9 +784,7 @@ where
         .build()
         .await
         .unwrap();
-    let peer = Arc::new(HeldPeer::default());
-    peer.held.store(true, std::sync::atomic::Ordering::SeqCst);
-    a.add_auto_sync_peer(peer.clone()).unwrap();
+    let peer = HeldPeer::held_by(&a);
     let rx = a.subscribe();
     let manual = tokio::spawn(call(a.clone(), peer.clone()));
     peer.entered.notified().await;

@@ -14,7 +14,7 @@ use syncforge::{
 
 use syncforge_testkit::faults::FaultyBackend;
 
-use crate::support::engine;
+use crate::support::{engine, engine_on_a_stalling_feed, on_a_thread_of_its_own};
 
 #[derive(Debug, Deserialize, PartialEq)]
 struct Note {
@@ -167,39 +167,16 @@ async fn the_change_stream_pages_underneath_and_ends_when_caught_up() {
 /// `changes` handed the page on, for the reader to ask again for ever.
 #[test]
 fn a_feed_that_does_not_advance_is_a_storage_error_for_every_reader() {
-    // On a thread of its own: a stream that read the same page for ever
-    // would never wait, so it could not be timed out from the test's own
-    // runtime.
-    let (done, outcome) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let errors = runtime.block_on(async {
-            let stalling =
-                FaultyBackend::new(Arc::new(MemoryBackend::new()), 1, 0.0, Default::default())
-                    .stalling_feed();
-            let e = SyncEngine::builder()
-                .client_id("a")
-                .backend(stalling)
-                .build()
-                .await
-                .unwrap();
-            let c = e.collection("c").unwrap();
-            c.put(&json!({"id": "r"})).await.unwrap();
-            let streamed: Result<Vec<_>, _> = c
-                .change_stream(Cursor::START, PageOptions::default())
-                .try_collect()
-                .await;
-            let paged = c.changes(Cursor::START, PageOptions::default()).await;
-            [streamed.map(drop), paged.map(drop)]
-        });
-        let _ = done.send(errors);
+    let errors = on_a_thread_of_its_own(std::time::Duration::from_secs(10), || async {
+        let c = engine_on_a_stalling_feed().await.collection("c").unwrap();
+        c.put(&json!({"id": "r"})).await.unwrap();
+        let streamed: Result<Vec<_>, _> = c
+            .change_stream(Cursor::START, PageOptions::default())
+            .try_collect()
+            .await;
+        let paged = c.changes(Cursor::START, PageOptions::default()).await;
+        [streamed.map(drop), paged.map(drop)]
     });
-    let errors = outcome
-        .recv_timeout(std::time::Duration::from_secs(10))
-        .expect("no endless loop");
     for error in errors {
         let error = error.unwrap_err();
         assert!(matches!(error, Error::Storage { .. }), "{error:?}");

@@ -15,7 +15,9 @@ use syncforge::{
 };
 use syncforge_testkit::faults::{FaultyBackend, Operation};
 
-use crate::support::{engine, engine_at, snapshot, T0};
+use crate::support::{
+    engine, engine_at, engine_on_a_stalling_feed, on_a_thread_of_its_own, snapshot, T0,
+};
 
 async fn put_many(e: &SyncEngine, collection: &str, prefix: &str, n: usize) {
     for i in 0..n {
@@ -705,38 +707,13 @@ async fn syncs_of_one_peer_and_collection_run_one_at_a_time() {
 /// instead.
 #[test]
 fn a_local_feed_that_does_not_advance_fails_the_push() {
-    // On a thread of its own: a loop that never waits could not be timed
-    // out, nor its runtime shut down, from the test's thread.
-    let (done, outcome) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let result = runtime.block_on(async {
-            let stalling = FaultyBackend::new(
-                Arc::new(syncforge::MemoryBackend::new()),
-                1,
-                0.0,
-                Duration::ZERO,
-            )
-            .stalling_feed();
-            let a = SyncEngine::builder()
-                .client_id("a")
-                .backend(stalling)
-                .build()
-                .await
-                .unwrap();
-            let b = engine("b", ConflictStrategy::Crdt).await;
-            a.put("c", &json!({"id": "r"})).await.unwrap();
-            a.sync_with(&b, "c").await
-        });
-        let _ = done.send(result);
+    let result = on_a_thread_of_its_own(Duration::from_secs(10), || async {
+        let a = engine_on_a_stalling_feed().await;
+        let b = engine("b", ConflictStrategy::Crdt).await;
+        a.put("c", &json!({"id": "r"})).await.unwrap();
+        a.sync_with(&b, "c").await
     });
-    let error = outcome
-        .recv_timeout(Duration::from_secs(10))
-        .expect("no endless loop")
-        .unwrap_err();
+    let error = result.unwrap_err();
     assert!(matches!(error, Error::Storage { .. }), "{error:?}");
     assert!(error.to_string().contains("does not advance"), "{error}");
 }

@@ -68,3 +68,43 @@ pub(crate) async fn push_all(
         .await
         .unwrap()
 }
+
+/// What `work` gives, run on a runtime of a thread of its own, or a panic
+/// past `within`: a loop that never waits (a feed read again for ever)
+/// could not be timed out, nor its runtime shut down, from the test's own.
+pub(crate) fn on_a_thread_of_its_own<T, F>(
+    within: std::time::Duration,
+    work: impl FnOnce() -> F + Send + 'static,
+) -> T
+where
+    F: std::future::Future<Output = T>,
+    T: Send + 'static,
+{
+    let (done, outcome) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _ = done.send(runtime.block_on(work()));
+    });
+    outcome.recv_timeout(within).expect("no endless loop")
+}
+
+/// Engine "a" over a memory store whose feed answers every page with "more"
+/// and a `next` that does not move.
+pub(crate) async fn engine_on_a_stalling_feed() -> SyncEngine {
+    let stalling = syncforge_testkit::faults::FaultyBackend::new(
+        Arc::new(MemoryBackend::new()),
+        1,
+        0.0,
+        std::time::Duration::ZERO,
+    )
+    .stalling_feed();
+    SyncEngine::builder()
+        .client_id("a")
+        .backend(stalling)
+        .build()
+        .await
+        .unwrap()
+}
