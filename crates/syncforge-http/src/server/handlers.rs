@@ -116,12 +116,32 @@ fn first_read(text_per_change: Option<usize>, max_bytes: usize) -> usize {
     })
 }
 
-/// The room a page of `limit` changes is expected to take: `limit` changes
-/// of the size the collection's last page showed, up to a body's bound
-/// `max_bytes`; a collection not read yet may take the whole bound.
+/// The room a page of `limit` changes takes before the store is read for
+/// it, which is also the most its body then holds ([`page_body`]; but for
+/// a first change larger than that, sent alone): `limit` changes of the
+/// size the collection's last page showed a change to take, or, for a
+/// collection no page showed yet, [`UNSEEN_CHANGE`] bytes for each of at
+/// most [`FIRST_READ`] changes; with [`PAGE_FRAME`] for the text around
+/// them, and at most a body's bound `max_bytes`. A page whose changes are
+/// larger than that ends early, saying more follow, and shows the next
+/// page their size.
 fn page_room(text_per_change: Option<usize>, limit: usize, max_bytes: usize) -> usize {
-    text_per_change.map_or(max_bytes, |each| each.saturating_mul(limit).min(max_bytes))
+    let changes = match text_per_change {
+        // And the comma between two changes.
+        Some(each) => each.saturating_add(1).saturating_mul(limit),
+        None => UNSEEN_CHANGE.saturating_mul(limit.min(FIRST_READ)),
+    };
+    changes.saturating_add(PAGE_FRAME).min(max_bytes)
 }
+
+/// The room a change of a collection no page showed yet is given
+/// ([`page_room`]): enough for a small record; a page of larger ones
+/// ends early and sizes the next.
+const UNSEEN_CHANGE: usize = 4 * 1024;
+
+/// The room of a page's text around its changes ([`page_room`]): the feed
+/// id, the collection's name, `next` and `more`.
+const PAGE_FRAME: usize = 4 * 1024;
 
 /// Places that requests take and give back, some at a time, from a fixed
 /// number: the merges running at once ([`SyncSlots`]), and the KiB of sync
@@ -172,21 +192,30 @@ impl Permits {
     }
 
     /// `room` made `wanted` permits (at most all of them): the ones past
-    /// it given back, or the ones missing taken as [`take`](Self::take)
-    /// takes them.
+    /// it given back, or the ones missing taken at once if they are free,
+    /// else all of them taken again as [`take`](Self::take) takes them,
+    /// with `room` given back first: a request waiting for more while it
+    /// held some kept that from others, who may hold what it waits for.
     async fn resize(
         &self,
         mut room: OwnedSemaphorePermit,
         wanted: u32,
         patience: Duration,
     ) -> Result<OwnedSemaphorePermit, ApiError> {
-        let wanted = wanted.min(self.capacity) as usize;
+        let wanted = wanted.min(self.capacity);
         let held = room.num_permits();
-        if held > wanted {
-            drop(room.split(held - wanted));
-        } else if held < wanted {
-            let missing = u32::try_from(wanted - held).unwrap_or(u32::MAX);
-            room.merge(self.take(missing, patience).await?);
+        let wanted_permits = wanted as usize;
+        if held > wanted_permits {
+            drop(room.split(held - wanted_permits));
+        } else if held < wanted_permits {
+            let missing = u32::try_from(wanted_permits - held).unwrap_or(u32::MAX);
+            match self.permits.clone().try_acquire_many_owned(missing) {
+                Ok(more) => room.merge(more),
+                Err(_) => {
+                    drop(room);
+                    return self.take(wanted, patience).await;
+                }
+            }
         }
         Ok(room)
     }
@@ -202,6 +231,11 @@ impl Permits {
 /// merge ends, also after the request timed out; [`Server`](super::Server)
 /// waits for every slot to come back when it shuts down.
 pub(super) type SyncSlots = Permits;
+
+/// The bytes `room` holds, taken in KiB ([`kib`]).
+fn room_bytes(room: &OwnedSemaphorePermit) -> usize {
+    room.num_permits().saturating_mul(1024)
+}
 
 /// `bytes` in KiB, rounded up.
 fn kib(bytes: usize) -> u32 {
@@ -533,7 +567,8 @@ async fn changes(
     let query = FeedQuery::parse(pairs, &state.options)?;
     let max_bytes = state.options.max_body_bytes;
     let (page, room) = state.feed_page(&collection, &query, max_bytes).await?;
-    let (body, sent) = page_body(state.replica.feed_id(), &collection, page, max_bytes)?;
+    let budget = room_bytes(&room).min(max_bytes);
+    let (body, sent) = page_body(state.replica.feed_id(), &collection, page, budget)?;
     // The page keeps room among the bodies held, as large as it came out,
     // until it is sent: a client that reads its answers slowly, or not at
     // all, held a page of up to `max_body_bytes` on each of its
@@ -1049,10 +1084,11 @@ impl Shared {
     /// when records were large, and a pull read its whole collection again
     /// for every page.
     ///
-    /// Takes room among the bodies held first, as much as the page is
-    /// expected to take ([`page_room`]), and returns it with the page:
-    /// room taken once a page was written left every request reading at
-    /// once free to build a page of `max_bytes`, 512 of them by default.
+    /// Takes room among the bodies held first ([`page_room`]), and writes
+    /// no more than it (but for a first change larger than it), returning
+    /// it with the page: room taken once a page was written left every
+    /// request reading at once free to build a page of `max_bytes`, 512 of
+    /// them by default.
     async fn read_page(
         &self,
         collection: &CollectionName,
@@ -1061,14 +1097,15 @@ impl Shared {
         max_bytes: usize,
     ) -> Result<(WrittenPage, OwnedSemaphorePermit), ApiError> {
         let learnt = self.text_per_change.lock().get(collection).copied();
-        let expected = page_room(learnt, query.limit.get(), max_bytes);
+        let wanted = page_room(learnt, query.limit.get(), max_bytes);
         let room = self
             .body_room
-            .take(kib(expected), self.page_patience())
+            .take(kib(wanted), self.page_patience())
             .await?;
-        let first = first_read(learnt, max_bytes);
+        let budget = room_bytes(&room).min(max_bytes);
+        let first = first_read(learnt, budget);
         let page = self
-            .read_page_in_rounds(collection, after, query, max_bytes, first)
+            .read_page_in_rounds(collection, after, query, budget, first)
             .await?;
         let (text, changes) =
             page.chunks
@@ -1660,6 +1697,46 @@ impl<'de> Visitor<'de> for RecordsSeed<'_> {
 mod tests {
     use super::*;
     use syncforge_core::ChangePage;
+
+    /// A page's room: `limit` changes of the size shown, with their commas
+    /// and the page's frame; for a collection no page showed yet, room for
+    /// a first read of small records; never past a body's bound.
+    #[test]
+    fn a_page_takes_room_for_the_changes_it_may_hold() {
+        const BODY: usize = 16 << 20;
+        assert_eq!(page_room(Some(300), 1_000, BODY), 301 * 1_000 + PAGE_FRAME);
+        assert_eq!(page_room(Some(300), 1_000_000, BODY), BODY);
+        assert_eq!(page_room(Some(usize::MAX), 2, BODY), BODY);
+        let unseen = UNSEEN_CHANGE * FIRST_READ + PAGE_FRAME;
+        assert_eq!(page_room(None, 10_000, BODY), unseen);
+        assert_eq!(page_room(None, 1, BODY), UNSEEN_CHANGE + PAGE_FRAME);
+        assert_eq!(page_room(None, 10_000, 1_000), 1_000);
+    }
+
+    /// Room made smaller gives the rest back; made larger, it takes what is
+    /// free at once, and otherwise gives back what it held before it waits
+    /// (a request waiting for more while holding some kept that from the
+    /// others), answering busy when nothing frees in time.
+    #[tokio::test]
+    async fn room_is_resized_without_waiting_while_holding_any() {
+        let room = Permits::new(10, "closed", "busy");
+        let free = || room.permits.available_permits();
+        let held = room.take(6, Duration::ZERO).await.unwrap();
+        let held = room.resize(held, 2, Duration::ZERO).await.unwrap();
+        assert_eq!((held.num_permits(), free()), (2, 8));
+        let held = room.resize(held, 5, Duration::ZERO).await.unwrap();
+        assert_eq!((held.num_permits(), free()), (5, 5));
+        let other = room.take(4, Duration::ZERO).await.unwrap();
+        let refused = room
+            .resize(held, 9, Duration::from_millis(10))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), ErrorCode::Unavailable);
+        assert_eq!(free(), 6);
+        drop(other);
+        let all = room.take(100, Duration::ZERO).await.unwrap();
+        assert_eq!(all.num_permits(), 10);
+    }
 
     /// `page` as `changes` answers it: written, then laid out within
     /// `max_bytes`.

@@ -330,16 +330,19 @@ impl ServerOptions {
     /// it declares, or `max_body_bytes` if it declares none) before reading
     /// it, and keeps the room until its merge ends; a push that finds no
     /// room waits for it, up to half the request timeout, and is then
-    /// answered 503 `unavailable`. A feed page takes room before it is
-    /// read (as much as the collection's last page took a change, times
-    /// its limit, up to `max_body_bytes`; the whole `max_body_bytes` for a
-    /// collection not read yet), keeps as much as it came out, and keeps
-    /// it until it is sent (or its connection closes); a page that finds
-    /// no room waits for it, up to a tenth of the request timeout, and is then answered 503 `unavailable`; a client that takes
-    /// none of its page for the request timeout has its connection closed
-    /// (by a [`Server`](crate::Server); a [`router`](crate::router) mounted
-    /// in your own server leaves that to the server).
-    /// Without it, every
+    /// answered 503 `unavailable`. A feed page takes room before the store
+    /// is read for it (its limit times what a change took in the
+    /// collection's last page, or 4 KiB for each of up to 64 changes in a
+    /// collection no page showed yet, with 4 KiB for the page's frame, up
+    /// to `max_body_bytes`), ends early (`more` set) rather than outgrow
+    /// it (but for a first change larger than it, sent alone), keeps as
+    /// much as it came out, and keeps that until it is sent (or its
+    /// connection closes). A page that finds no room waits for it, up to a
+    /// tenth of the request timeout, and is then answered 503
+    /// `unavailable`; a client that takes none of its page for the request
+    /// timeout has its connection closed (by a [`Server`](crate::Server);
+    /// a [`router`](crate::router) mounted in your own server leaves that
+    /// to the server). Without it, every
     /// connection could hold a body of `max_body_bytes` at once (512 × 16
     /// MiB by default), a client that reads its answers slowly or not at
     /// all included. The bound counts body bytes: the records decoded

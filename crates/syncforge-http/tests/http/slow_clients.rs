@@ -305,6 +305,21 @@ async fn two_unread_pages(options: ServerOptions) -> (Server, Vec<TcpStream>, Ar
     let replica = crate::support::InstrumentedReplica::new(engine);
     let scanned = replica.scanned.clone();
     let server = Server::bind(replica, "127.0.0.1:0", options).await.unwrap();
+    // A page read whole first shows the server how large the records are:
+    // the first page of a collection is sized for small ones.
+    let shown = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .unwrap()
+        .get(format!(
+            "{}/v1/collections/notes/changes?after=0&limit=1",
+            server.url()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(shown.status(), 200);
+    shown.bytes().await.unwrap();
     let mut unread = Vec::new();
     for _ in 0..2 {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
