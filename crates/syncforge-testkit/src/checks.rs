@@ -2463,6 +2463,349 @@ pub async fn unusual_collection_names(ctx: &Context<'_>) -> CheckResult {
     Ok(())
 }
 
+/// Cursors stay ahead of every cursor handed out in a collection, by any
+/// handle, across a clear and across the deletion of its newest record;
+/// and a token read before a clear holds for nothing after it.
+///
+/// A store whose handles count feed positions each on their own, seeded
+/// from what they find when opened, handed a position a reader had passed
+/// to a handle opened after a clear or a delete: the reader never saw the
+/// write made at it.
+pub async fn cursors_stay_ahead_across_handles(ctx: &Context<'_>) -> CheckResult {
+    let store = &*ctx.store;
+    let mut hlc = ctx.clock("ahead")?;
+    let cleared = ctx.collection("ahead-cleared");
+    let other = ctx.factory.open().await;
+    let (t1, _) = put_ok(
+        store,
+        &cleared,
+        &Write::create(record(&mut hlc, "r1", 1)?),
+        "create",
+    )
+    .await?;
+    put_ok(
+        store,
+        &cleared,
+        &Write::create(record(&mut hlc, "r2", 1)?),
+        "create",
+    )
+    .await?;
+    let (_, c3) = put_ok(
+        &*other,
+        &cleared,
+        &Write::create(record(&mut hlc, "r3", 1)?),
+        "create by another handle",
+    )
+    .await?;
+    store
+        .clear_collection(&cleared)
+        .await
+        .or_fail("clear_collection")?;
+    put_conflicts(
+        store,
+        &cleared,
+        &Write::replace(record(&mut hlc, "r1", 2)?, t1),
+        "a replace with a token read before the collection was cleared",
+    )
+    .await?;
+    ensure_absent(
+        store,
+        &cleared,
+        "r1",
+        "a refused replace after a clear writes nothing",
+    )
+    .await?;
+    let fresh = ctx.factory.open().await;
+    let (_, cx) = put_ok(
+        &*fresh,
+        &cleared,
+        &Write::create(record(&mut hlc, "x", 1)?),
+        "create by a handle opened after the clear",
+    )
+    .await?;
+    let (_, cy) = put_ok(
+        &*other,
+        &cleared,
+        &Write::create(record(&mut hlc, "y", 1)?),
+        "create after the clear",
+    )
+    .await?;
+    ensure!(
+        cx > c3 && cy > c3 && cx != cy,
+        "cursors after a clear ({cx} by a new handle, {cy} by an older one) must lie past every \
+         cursor handed out before it ({c3}) and differ"
+    );
+    let (seen, _) = read_feed(&*fresh, &cleared, c3, 10).await?;
+    let ids: BTreeSet<&str> = seen
+        .iter()
+        .map(|change| change.record.id().as_str())
+        .collect();
+    ensure_eq!(
+        ids,
+        BTreeSet::from(["x", "y"]),
+        "a reader at the last cursor before a clear sees every write after it"
+    );
+
+    let deleted = ctx.collection("ahead-deleted");
+    put_ok(
+        store,
+        &deleted,
+        &Write::create(record(&mut hlc, "d1", 1)?),
+        "create",
+    )
+    .await?;
+    let (_, c2) = put_ok(
+        store,
+        &deleted,
+        &Write::create(record(&mut hlc, "d2", 1)?),
+        "create",
+    )
+    .await?;
+    ensure!(
+        store.delete(&deleted, &rid("d2")).await.or_fail("delete")?,
+        "delete of an existing record returns true"
+    );
+    let later = ctx.factory.open().await;
+    let (_, c3) = put_ok(
+        &*later,
+        &deleted,
+        &Write::create(record(&mut hlc, "d3", 1)?),
+        "create by a handle opened after a delete",
+    )
+    .await?;
+    ensure!(
+        c3 > c2,
+        "a write after the newest record was deleted ({c3}) must lie past its cursor ({c2})"
+    );
+    let (seen, _) = read_feed(&*later, &deleted, c2, 10).await?;
+    ensure!(
+        seen.iter()
+            .any(|change| change.record.id().as_str() == "d3"),
+        "a reader at a deleted record's cursor sees the write made after it"
+    );
+    close_all(&[other, fresh, later]).await
+}
+
+/// The feed read in pages of 1, 2, 3 and 5 over runs of deleted records
+/// and rewrites holds what one large page holds, every page checked as a
+/// reader checks it; after a clear, a reader ends, and one at the old end
+/// finds the next write.
+///
+/// A store that set `next` to the last change it returned answered a page
+/// whose whole window was deleted with `next == after` and "more", and a
+/// reader asked it again for ever; one that said "more" only for a full
+/// page ended a reader early.
+pub async fn paging_over_deleted_records(ctx: &Context<'_>) -> CheckResult {
+    let store = &*ctx.store;
+    let coll = ctx.collection("sparse");
+    let mut hlc = ctx.clock("sparse")?;
+    let mut records = Vec::new();
+    for n in 0..20 {
+        records.push(record(&mut hlc, &format!("r{n:02}"), n)?);
+    }
+    let writes: Vec<Write> = records.iter().cloned().map(Write::create).collect();
+    let outcomes = store.put_batch(&coll, &writes).await.or_fail("put_batch")?;
+    let mut tokens = Vec::new();
+    for outcome in &outcomes {
+        tokens.push(written(outcome, "a create of a new record")?.0);
+    }
+    for n in 2..12 {
+        let id = format!("r{n:02}");
+        ensure!(
+            store.delete(&coll, &rid(&id)).await.or_fail("delete")?,
+            "delete of {id}"
+        );
+    }
+    let mut latest = records[12].clone();
+    let mut token = tokens[12].clone();
+    for n in [100, 101] {
+        let next = edited(&mut hlc, &latest, n)?;
+        token = put_ok(
+            store,
+            &coll,
+            &Write::replace(next.clone(), token),
+            "rewrite",
+        )
+        .await?
+        .0;
+        latest = next;
+    }
+    let (whole, end) = read_feed(store, &coll, Cursor::START, 1_000).await?;
+    ensure_eq!(
+        whole.len(),
+        10,
+        "the feed holds the ten records left, once each"
+    );
+    for page_size in [1, 2, 3, 5] {
+        let (paged, paged_end) = read_feed(store, &coll, Cursor::START, page_size).await?;
+        ensure_eq!(
+            paged,
+            whole,
+            "the feed read in pages of {page_size} holds what one page holds"
+        );
+        ensure_eq!(
+            paged_end,
+            end,
+            "pages of {page_size} end where one page ends"
+        );
+    }
+    store
+        .clear_collection(&coll)
+        .await
+        .or_fail("clear_collection")?;
+    read_feed(store, &coll, Cursor::START, 1).await?;
+    let (_, after_clear) = put_ok(
+        store,
+        &coll,
+        &Write::create(record(&mut hlc, "z", 1)?),
+        "create after a clear",
+    )
+    .await?;
+    let (seen, _) = read_feed(store, &coll, end, 1).await?;
+    ensure!(
+        seen.len() == 1 && seen[0].cursor == after_clear,
+        "a reader at the feed's end before a clear finds the write after it: {seen:?}"
+    );
+    Ok(())
+}
+
+/// Clearing a collection whose name reads as a pattern or a path, or is a
+/// prefix of other names, clears that collection alone.
+///
+/// A store that cleared by key or object pattern, or by a prefix without
+/// its delimiter, cleared `a b` and `ab` with `a`, and everything with `*`.
+pub async fn clear_takes_names_literally(ctx: &Context<'_>) -> CheckResult {
+    let store = &*ctx.store;
+    let mut hlc = ctx.clock("literal")?;
+    let tags = ["a", "a b", "a.b", "a/b", "ab", "A", "*", "?", "[ab]", "a*"];
+    let names: Vec<CollectionName> = tags.iter().map(|tag| ctx.collection(tag)).collect();
+    for name in &names {
+        put_ok(
+            store,
+            name,
+            &Write::create(record(&mut hlc, "r", 1)?),
+            "create",
+        )
+        .await?;
+    }
+    let mut cleared = BTreeSet::new();
+    for tag in ["*", "?", "[ab]", "a*", "a"] {
+        let target = ctx.collection(tag);
+        store
+            .clear_collection(&target)
+            .await
+            .or_fail("clear_collection")?;
+        cleared.insert(tag);
+        for (tag, name) in tags.iter().zip(&names) {
+            let held = store.get_all(name).await.or_fail("get_all")?.len();
+            let expected = usize::from(!cleared.contains(tag));
+            ensure_eq!(
+                held,
+                expected,
+                "collection {name:?} after clearing {target:?} (cleared so far: {cleared:?})"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// What a write answers is what the store then holds: the token `get`
+/// gives, and the cursor the feed lists the record at, for each write of a
+/// batch with conflicts among its writes, and for an insert if absent
+/// (which also lies past the writes before it).
+///
+/// A store whose batch numbered its writes without the refused ones, or
+/// whose insert read the counter without moving it, answered tokens and
+/// cursors that were not the record's: the engine's next replace conflicted
+/// for ever, or a reader skipped the insert.
+pub async fn answers_match_what_is_stored(ctx: &Context<'_>) -> CheckResult {
+    let store = &*ctx.store;
+    let coll = ctx.collection("answers");
+    let mut hlc = ctx.clock("answers")?;
+    let (stale, before) = put_ok(
+        store,
+        &coll,
+        &Write::create(record(&mut hlc, "s", 1)?),
+        "create",
+    )
+    .await?;
+    let current = put_ok(
+        store,
+        &coll,
+        &Write::replace(record(&mut hlc, "s", 2)?, stale.clone()),
+        "replace",
+    )
+    .await?;
+    let batch = vec![
+        Write::create(record(&mut hlc, "a", 1)?),
+        Write::create(record(&mut hlc, "a", 2)?),
+        Write::create(record(&mut hlc, "b", 1)?),
+        Write::replace(record(&mut hlc, "s", 3)?, stale),
+        Write::create(record(&mut hlc, "c", 1)?),
+        Write::replace(record(&mut hlc, "s", 4)?, current.0),
+    ];
+    let outcomes = store.put_batch(&coll, &batch).await.or_fail("put_batch")?;
+    let refused: Vec<bool> = outcomes
+        .iter()
+        .map(|o| *o == WriteOutcome::Conflict)
+        .collect();
+    ensure_eq!(
+        refused,
+        [false, true, false, true, false, false],
+        "a batch's repeated create and stale replace are refused, the rest written"
+    );
+    let (feed, _) = read_feed(store, &coll, current.1, 100).await?;
+    for (write, outcome) in batch.iter().zip(&outcomes) {
+        let WriteOutcome::Written { token, cursor } = outcome else {
+            continue;
+        };
+        let id = write.record.id();
+        let stored = store.get(&coll, id).await.or_fail("get")?;
+        ensure_eq!(
+            stored.map(|stored| stored.token),
+            Some(token.clone()),
+            "get of {id:?} gives the token its write in the batch answered"
+        );
+        ensure!(
+            feed.iter()
+                .any(|change| change.record.id() == id && change.cursor == *cursor),
+            "the feed lists {id:?} at the cursor its write in the batch answered ({cursor})"
+        );
+    }
+    let last = feed.last().map_or(before, |change| change.cursor);
+    let made = record(&mut hlc, "q", 1)?;
+    let inserted = store
+        .insert_if_absent(&coll, &rid("q"), &mut || Ok(made.clone()))
+        .await;
+    let Some(inserted) = inserted else {
+        // The store leaves inserts to the engine's read and create.
+        return Ok(());
+    };
+    let IfAbsent::Inserted { token, cursor, .. } = inserted.or_fail("insert_if_absent")? else {
+        return Err("insert_if_absent of a new id found it present".to_owned());
+    };
+    ensure!(
+        cursor > last,
+        "an insert ({cursor}) lies past the writes before it ({last})"
+    );
+    let stored = store.get(&coll, &rid("q")).await.or_fail("get")?;
+    ensure_eq!(
+        stored.map(|stored| stored.token),
+        Some(token),
+        "get of an inserted record gives the token the insert answered"
+    );
+    let (after_insert, _) = read_feed(store, &coll, last, 10).await?;
+    ensure_eq!(
+        after_insert
+            .iter()
+            .map(|change| (change.record.id().as_str(), change.cursor))
+            .collect::<Vec<_>>(),
+        [("q", cursor)],
+        "the feed lists the insert at the cursor it answered"
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
