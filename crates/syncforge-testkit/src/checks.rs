@@ -2806,6 +2806,235 @@ pub async fn answers_match_what_is_stored(ctx: &Context<'_>) -> CheckResult {
     Ok(())
 }
 
+/// Records rewritten and recreated by the writers of
+/// [`a_feed_read_during_rewrites_ends_at_every_latest_state`].
+const REWRITTEN_RECORDS: usize = 12;
+
+/// Edits each writer of
+/// [`a_feed_read_during_rewrites_ends_at_every_latest_state`] makes.
+const EDITS_PER_WRITER: usize = 30;
+
+/// A reader paging the feed while writers on two handles rewrite records,
+/// and delete and create them again, holds every record's latest state
+/// once it has read to the end, keeping only the cursor each page gives it.
+///
+/// Creates alone cannot show a store that hands out a replace's position
+/// before the new state can be read (a feed entry written before the
+/// record): a reader took the old state at the new position, passed it,
+/// and never saw the new one.
+pub async fn a_feed_read_during_rewrites_ends_at_every_latest_state(
+    ctx: &Context<'_>,
+) -> CheckResult {
+    const PAGE: usize = 5;
+    const MAX_PAGES: usize = 100_000;
+    let store = &*ctx.store;
+    let coll = ctx.collection("feed-during-rewrites");
+    let mut setup = ctx.clock("rewrites-setup")?;
+    for n in 0..REWRITTEN_RECORDS {
+        let first = record(&mut setup, &format!("r{n:02}"), 0)?;
+        put_ok(store, &coll, &Write::create(first), "create").await?;
+    }
+    let writers = HANDLES * 2;
+    let writing = Arc::new(AtomicUsize::new(writers));
+    let mut tasks = JoinSet::new();
+    let mut handles = Vec::new();
+    for h in 0..HANDLES {
+        let handle = ctx.factory.open().await;
+        handles.push(Arc::clone(&handle));
+        for t in 0..2 {
+            let writer = h * 2 + t;
+            let hlc = ctx.clock(&format!("rewriter-{writer}"))?;
+            let (handle, coll, writing) = (Arc::clone(&handle), coll.clone(), Arc::clone(&writing));
+            tasks.spawn(async move {
+                let edited = rewrite(&*handle, &coll, hlc, writer).await;
+                writing.fetch_sub(1, Ordering::AcqRel);
+                edited
+            });
+        }
+    }
+    let mut cursor = Cursor::START;
+    let mut seen: BTreeMap<RecordId, Record> = BTreeMap::new();
+    let mut pages = 0;
+    // Read while the writers write, then to the end once they are done.
+    let mut done = false;
+    loop {
+        pages += 1;
+        ensure!(
+            pages <= MAX_PAGES,
+            "the feed did not end within {MAX_PAGES} pages"
+        );
+        let page = store
+            .changes(&coll, cursor, limit(PAGE))
+            .await
+            .or_fail("changes")?;
+        page.check_after(cursor)?;
+        for change in page.changes {
+            seen.insert(change.record.id().clone(), change.record);
+        }
+        cursor = page.next;
+        if !page.more {
+            if done {
+                break;
+            }
+            if writing.load(Ordering::Acquire) == 0 {
+                while let Some(joined) = tasks.join_next().await {
+                    joined.map_err(|e| format!("a writer task failed: {e}"))??;
+                }
+                done = true;
+            } else {
+                // Caught up with writers still writing: look again soon.
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+    }
+    close_all(&handles).await?;
+    for stored in store.get_all(&coll).await.or_fail("get_all")? {
+        ensure_eq!(
+            seen.get(stored.id()),
+            Some(&stored),
+            "a reader at the end of the feed holds {:?} as it is stored",
+            stored.id()
+        );
+    }
+    Ok(())
+}
+
+/// One writer of [`a_feed_read_during_rewrites_ends_at_every_latest_state`]:
+/// rewrites records read just before (again on a conflict), and every
+/// eighth edit deletes its record and creates it again.
+async fn rewrite(
+    store: &dyn StorageBackend,
+    coll: &CollectionName,
+    mut hlc: Hlc,
+    writer: usize,
+) -> CheckResult {
+    const TRIES: usize = 50;
+    for edit in 0..EDITS_PER_WRITER {
+        let id = rid(&format!(
+            "r{:02}",
+            (writer * 7 + edit * 5) % REWRITTEN_RECORDS
+        ));
+        if edit % 8 == 7 {
+            store.delete(coll, &id).await.or_fail("delete")?;
+            let again = record(&mut hlc, id.as_str(), 0)?;
+            // Another writer may have made it again first.
+            store
+                .put(coll, &Write::create(again))
+                .await
+                .or_fail("create")?;
+            continue;
+        }
+        for _ in 0..TRIES {
+            let Some(stored) = store.get(coll, &id).await.or_fail("get")? else {
+                break;
+            };
+            let n = n_of(&stored.record).unwrap_or(0);
+            let next = edited(&mut hlc, &stored.record, n + 1)?;
+            let write = Write::replace(next, stored.token);
+            if store.put(coll, &write).await.or_fail("replace")? != WriteOutcome::Conflict {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A collection another handle cleared and then wrote again is listed,
+/// from every handle, and its stamps count in the store's newest; so is a
+/// collection holding only a soft-deleted record.
+///
+/// A store whose handles remembered which collections they had listed
+/// already, and whose clear took the name off the list, never listed the
+/// collection again: its records went unsynced, and a newest stamp read
+/// through the list missed theirs.
+pub async fn a_collection_written_again_after_a_clear_is_listed(ctx: &Context<'_>) -> CheckResult {
+    let coll = ctx.collection("relisted");
+    let writer = ctx.factory.open().await;
+    let mut hlc = ctx.clock("relisted")?;
+    put_ok(
+        &*writer,
+        &coll,
+        &Write::create(record(&mut hlc, "r1", 1)?),
+        "create",
+    )
+    .await?;
+    ctx.store
+        .clear_collection(&coll)
+        .await
+        .or_fail("clear_collection")?;
+    let mut ahead = ahead_clock(ctx, "relisted-ahead")?;
+    let late = record(&mut ahead, "r2", 1)?;
+    let stamp = late.newest_stamp().clone();
+    put_ok(
+        &*writer,
+        &coll,
+        &Write::create(late),
+        "create after a clear by another handle",
+    )
+    .await?;
+    let tombstoned = ctx.collection("tombstoned");
+    let base = record(&mut hlc, "t", 1)?;
+    put_ok(
+        &*writer,
+        &tombstoned,
+        &Write::create(soft_deleted(&mut hlc, &base)?),
+        "create of a soft-deleted record",
+    )
+    .await?;
+    let fresh = ctx.factory.open().await;
+    for (who, handle) in [("the clearing", &ctx.store), ("a fresh", &fresh)] {
+        let listed = handle
+            .list_collections()
+            .await
+            .or_fail("list_collections")?;
+        for name in [&coll, &tombstoned] {
+            ensure!(listed.contains(name), "{who} handle lists {name:?}");
+        }
+    }
+    let newest = fresh.newest_stamp().await.or_fail("newest_stamp")?;
+    ensure!(
+        newest.as_ref() >= Some(&stamp),
+        "a fresh handle's newest stamp ({newest:?}) counts a record written after a clear ({stamp:?})"
+    );
+    close_all(&[writer, fresh]).await
+}
+
+/// A delete racing a replace of the same record (on two handles) leaves
+/// the record deleted, whichever lands first: a replace checked before the
+/// delete and written after it brought the record back, with no write
+/// anyone could see as its cause.
+pub async fn a_delete_racing_a_replace_leaves_the_record_deleted(ctx: &Context<'_>) -> CheckResult {
+    const ROUNDS: usize = 20;
+    let coll = ctx.collection("delete-race");
+    let mut hlc = ctx.clock("delete-race")?;
+    let (deleter, replacer) = (ctx.factory.open().await, ctx.factory.open().await);
+    for round in 0..ROUNDS {
+        let id = format!("y{round:02}");
+        let first = record(&mut hlc, &id, 1)?;
+        let (token, _) =
+            put_ok(&*ctx.store, &coll, &Write::create(first.clone()), "create").await?;
+        let next = Write::replace(edited(&mut hlc, &first, 2)?, token);
+        let record_id = rid(&id);
+        let (deleted, replaced) = tokio::join!(
+            deleter.delete(&coll, &record_id),
+            replacer.put(&coll, &next)
+        );
+        ensure!(
+            deleted.or_fail("delete")?,
+            "a delete racing a replace finds {id} (round {round})"
+        );
+        replaced.or_fail("replace")?;
+        ensure_absent(
+            &*ctx.store,
+            &coll,
+            &id,
+            &format!("a delete racing a replace leaves {id} deleted (round {round})"),
+        )
+        .await?;
+    }
+    close_all(&[deleter, replacer]).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
