@@ -3061,6 +3061,14 @@ mod tests {
         CheckThenSet,
         /// The feed answers nothing until writes have stopped for a while.
         FeedSettlesFirst,
+        /// A clear clears every collection whose name starts with the name
+        /// given (as a key pattern or an object prefix would).
+        ClearsByPrefix,
+        /// A collection once cleared is never listed again, whatever is
+        /// written to it later.
+        ListForgetsCleared,
+        /// An insert answers the cursor before the one it wrote at.
+        InsertAnswersEarlierCursor,
     }
 
     /// A memory store with one flaw, on every handle it opens.
@@ -3068,6 +3076,7 @@ mod tests {
         inner: MemoryBackend,
         flaw: Flaw,
         last_write: Arc<Mutex<Instant>>,
+        cleared: Arc<Mutex<BTreeSet<CollectionName>>>,
     }
 
     impl Flawed {
@@ -3076,6 +3085,7 @@ mod tests {
                 inner: MemoryBackend::new(),
                 flaw,
                 last_write: Arc::new(Mutex::new(Instant::now())),
+                cleared: Arc::default(),
             }
         }
     }
@@ -3087,6 +3097,7 @@ mod tests {
                 inner: self.inner.clone(),
                 flaw: self.flaw,
                 last_write: Arc::clone(&self.last_write),
+                cleared: Arc::clone(&self.cleared),
             })
         }
     }
@@ -3096,6 +3107,7 @@ mod tests {
         inner: MemoryBackend,
         flaw: Flaw,
         last_write: Arc<Mutex<Instant>>,
+        cleared: Arc<Mutex<BTreeSet<CollectionName>>>,
     }
 
     #[async_trait::async_trait]
@@ -3131,7 +3143,22 @@ mod tests {
             id: &RecordId,
             make: &mut (dyn FnMut() -> Result<Record> + Send),
         ) -> Option<Result<IfAbsent>> {
-            self.inner.insert_if_absent(collection, id, make).await
+            let inserted = self.inner.insert_if_absent(collection, id, make).await;
+            if self.flaw != Flaw::InsertAnswersEarlierCursor {
+                return inserted;
+            }
+            Some(inserted?.map(|answer| match answer {
+                IfAbsent::Inserted {
+                    record,
+                    token,
+                    cursor,
+                } => IfAbsent::Inserted {
+                    record,
+                    token,
+                    cursor: Cursor::new(cursor.get().saturating_sub(1)),
+                },
+                present => present,
+            }))
         }
         async fn delete(&self, collection: &CollectionName, id: &RecordId) -> Result<bool> {
             if self.flaw == Flaw::DeleteFoldsCase {
@@ -3167,9 +3194,22 @@ mod tests {
             self.inner.changes_since_timestamp(collection, millis).await
         }
         async fn list_collections(&self) -> Result<Vec<CollectionName>> {
-            self.inner.list_collections().await
+            let mut listed = self.inner.list_collections().await?;
+            if self.flaw == Flaw::ListForgetsCleared {
+                let cleared = self.cleared.lock();
+                listed.retain(|name| !cleared.contains(name));
+            }
+            Ok(listed)
         }
         async fn clear_collection(&self, collection: &CollectionName) -> Result<()> {
+            self.cleared.lock().insert(collection.clone());
+            if self.flaw == Flaw::ClearsByPrefix {
+                for name in self.inner.list_collections().await? {
+                    if name.as_str().starts_with(collection.as_str()) {
+                        self.inner.clear_collection(&name).await?;
+                    }
+                }
+            }
             self.inner.clear_collection(collection).await
         }
         async fn newest_stamp(&self) -> Result<Option<Stamp>> {
@@ -3263,6 +3303,42 @@ mod tests {
             a_feed_read_during_writes_misses_nothing(&ctx).await,
             flaw,
             "proved nothing",
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_clearing_by_prefix_fails() {
+        let flaw = Flaw::ClearsByPrefix;
+        let factory = Flawed::new(flaw);
+        let ctx = Context::open(&factory).await;
+        failed(
+            clear_takes_names_literally(&ctx).await,
+            flaw,
+            "after clearing",
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_that_never_lists_a_cleared_collection_again_fails() {
+        let flaw = Flaw::ListForgetsCleared;
+        let factory = Flawed::new(flaw);
+        let ctx = Context::open(&factory).await;
+        failed(
+            a_collection_written_again_after_a_clear_is_listed(&ctx).await,
+            flaw,
+            "handle lists",
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_answering_an_insert_with_another_cursor_fails() {
+        let flaw = Flaw::InsertAnswersEarlierCursor;
+        let factory = Flawed::new(flaw);
+        let ctx = Context::open(&factory).await;
+        failed(
+            answers_match_what_is_stored(&ctx).await,
+            flaw,
+            "past the writes before it",
         );
     }
 
