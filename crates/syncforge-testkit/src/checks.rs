@@ -3035,6 +3035,80 @@ pub async fn a_delete_racing_a_replace_leaves_the_record_deleted(ctx: &Context<'
     close_all(&[deleter, replacer]).await
 }
 
+/// A batch larger than a store's own slices (a Redis script takes a
+/// thousand writes), with refused writes across the slices' edge, answers
+/// each written record's stored token and feed cursor, in rising order.
+///
+/// A store that numbered the writes of its second slice from where the
+/// first would have ended had every write gone through answered cursors
+/// the feed did not list them at.
+pub async fn a_large_batch_answers_what_it_stores(ctx: &Context<'_>) -> CheckResult {
+    const WRITES: usize = 1_100;
+    const REFUSED: std::ops::RangeInclusive<usize> = 998..=1_002;
+    let store = &*ctx.store;
+    let coll = ctx.collection("large-batch");
+    let mut hlc = ctx.clock("large-batch")?;
+    let mut ids = Vec::with_capacity(WRITES);
+    let mut writes = Vec::with_capacity(WRITES);
+    for n in 0..WRITES {
+        let id = if REFUSED.contains(&n) {
+            let taken = format!("taken-{n}");
+            put_ok(
+                store,
+                &coll,
+                &Write::create(record(&mut hlc, &taken, 0)?),
+                "create",
+            )
+            .await?;
+            taken
+        } else {
+            format!("b{n:04}")
+        };
+        writes.push(Write::create(record(&mut hlc, &id, 1)?));
+        ids.push(rid(&id));
+    }
+    let outcomes = store.put_batch(&coll, &writes).await.or_fail("put_batch")?;
+    ensure_eq!(outcomes.len(), WRITES, "a batch answers each of its writes");
+    let stored = store.get_many(&coll, &ids).await.or_fail("get_many")?;
+    let (feed, _) = read_feed(store, &coll, Cursor::START, 1_000).await?;
+    let listed: BTreeMap<&RecordId, Cursor> = feed
+        .iter()
+        .map(|change| (change.record.id(), change.cursor))
+        .collect();
+    let mut previous = Cursor::START;
+    for (n, (outcome, stored)) in outcomes.iter().zip(&stored).enumerate() {
+        let id = &ids[n];
+        match outcome {
+            WriteOutcome::Conflict => ensure!(
+                REFUSED.contains(&n),
+                "write {n} of a batch of new records ({id:?}) was refused"
+            ),
+            WriteOutcome::Written { token, cursor } => {
+                ensure!(
+                    !REFUSED.contains(&n),
+                    "write {n}, a create of a stored record, was written"
+                );
+                ensure!(
+                    *cursor > previous,
+                    "write {n}'s cursor ({cursor}) rises past {previous}"
+                );
+                previous = *cursor;
+                ensure_eq!(
+                    stored.as_ref().map(|stored| &stored.token),
+                    Some(token),
+                    "the stored token of {id:?}, written by write {n} of a large batch"
+                );
+                ensure_eq!(
+                    listed.get(id),
+                    Some(cursor),
+                    "the feed cursor of {id:?}, written by write {n} of a large batch"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

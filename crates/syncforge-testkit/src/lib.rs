@@ -169,6 +169,7 @@ pub async fn run_conformance_within(factory: &dyn StoreFactory, check_timeout: D
         paging_over_deleted_records,
         clear_takes_names_literally,
         answers_match_what_is_stored,
+        a_large_batch_answers_what_it_stores,
         a_feed_read_during_rewrites_ends_at_every_latest_state,
         a_collection_written_again_after_a_clear_is_listed,
         a_delete_racing_a_replace_leaves_the_record_deleted,
