@@ -2,10 +2,13 @@
 //!
 //! The conformance suite every syncforge [`StorageBackend`] runs, published
 //! so that whoever writes a backend for another store can prove it. It checks
-//! the whole storage contract — conditional writes, batches, the change feed,
-//! deletes, collections, metadata (with its atomic create-if-absent),
-//! closing, concurrent writers through several handles, unusual names — so
-//! every backend behaves the same way for the engine above it.
+//! the whole storage contract — conditional writes, batches (what each write
+//! answers is what is stored), the change feed (paged over deletes, read
+//! during rewrites), deletes, collections (clears that take names
+//! literally), metadata (with its atomic create-if-absent), closing,
+//! concurrent writers through several handles (whose cursors all stay
+//! ahead of every cursor handed out), unusual names — so every backend
+//! behaves the same way for the engine above it.
 //!
 //! A backend's tests implement [`StoreFactory`] (how to open another handle
 //! on the same store, as another process would) and call [`run_conformance`]:
