@@ -86,12 +86,14 @@ struct Shared {
     /// Room for request and answer bodies, in KiB ([`kib`]): a sync request
     /// takes room for its body before reading it, and its merge task gives
     /// it back when the merge ends, so the room also covers the records
-    /// decoded from it; a feed page takes room before it is read, as much
-    /// as it is expected to take ([`page_room`]), keeps as much as it came
-    /// out, and gives it back once sent ([`HeldBody`]).
+    /// decoded from it; a feed page takes room before it is read (a whole
+    /// body's when it is free, else [`page_room`]), writes no more than
+    /// that, keeps as much as it came out, and gives it back once sent
+    /// ([`HeldBody`]).
     body_room: Permits,
     /// The text a change of each collection took in the last page read of
-    /// it: the first read of the next page is sized by it ([`first_read`]).
+    /// it: the first read of the next page is sized by it ([`first_read`]),
+    /// and its room when room is short ([`page_room`]).
     text_per_change: Mutex<HashMap<CollectionName, usize>>,
     /// The health route's last check of the store's identity, and when it
     /// ended. The route needs no token, so health requests arriving while a
@@ -191,6 +193,14 @@ impl Permits {
         }
     }
 
+    /// `wanted` permits (at most all of them) if they are free now.
+    fn try_take(&self, wanted: u32) -> Option<OwnedSemaphorePermit> {
+        self.permits
+            .clone()
+            .try_acquire_many_owned(wanted.min(self.capacity))
+            .ok()
+    }
+
     /// `room` made `wanted` permits (at most all of them): the ones past
     /// it given back, or the ones missing taken at once if they are free,
     /// else all of them taken again as [`take`](Self::take) takes them,
@@ -209,9 +219,9 @@ impl Permits {
             drop(room.split(held - wanted_permits));
         } else if held < wanted_permits {
             let missing = u32::try_from(wanted_permits - held).unwrap_or(u32::MAX);
-            match self.permits.clone().try_acquire_many_owned(missing) {
-                Ok(more) => room.merge(more),
-                Err(_) => {
+            match self.try_take(missing) {
+                Some(more) => room.merge(more),
+                None => {
                     drop(room);
                     return self.take(wanted, patience).await;
                 }
@@ -644,7 +654,8 @@ impl hyper::body::Body for HeldBody {
 /// A feed page as its `ChangesResponse` JSON, exactly as serde_json writes
 /// it, and how many changes it holds.
 ///
-/// The body stays within `max_bytes` (the server's `max_body_bytes`), but
+/// The body stays within `max_bytes` (the page's room, at most the
+/// server's `max_body_bytes`), but
 /// for a first record larger than that: the page then ends at the last
 /// change that fits, with `more` set. Pages were bounded by their count
 /// only, so a page of large records could outgrow what a client takes, and
@@ -1013,7 +1024,8 @@ impl Shared {
     }
 
     /// A page of the feed after `query.after`, leaving out the positions in
-    /// `query.skip`, written up to `max_bytes`; with `query.wait`, waits for
+    /// `query.skip`, written within the room it takes (at most `max_bytes`,
+    /// [`read_page`](Self::read_page)); with `query.wait`, waits for
     /// a change if there is none yet.
     async fn feed_page(
         &self,
@@ -1084,11 +1096,12 @@ impl Shared {
     /// when records were large, and a pull read its whole collection again
     /// for every page.
     ///
-    /// Takes room among the bodies held first ([`page_room`]), and writes
-    /// no more than it (but for a first change larger than it), returning
-    /// it with the page: room taken once a page was written left every
-    /// request reading at once free to build a page of `max_bytes`, 512 of
-    /// them by default.
+    /// Takes room among the bodies held first, a whole body's if it is
+    /// free, else what the page is expected to take ([`page_room`]), and
+    /// writes no more than it (but for a first change larger than it),
+    /// returning it with the page: room taken once a page was written left
+    /// every request reading at once free to build a page of `max_bytes`,
+    /// 512 of them by default. Pages are cut short only when room is.
     async fn read_page(
         &self,
         collection: &CollectionName,
@@ -1097,11 +1110,18 @@ impl Shared {
         max_bytes: usize,
     ) -> Result<(WrittenPage, OwnedSemaphorePermit), ApiError> {
         let learnt = self.text_per_change.lock().get(collection).copied();
-        let wanted = page_room(learnt, query.limit.get(), max_bytes);
-        let room = self
-            .body_room
-            .take(kib(wanted), self.page_patience())
-            .await?;
+        // A whole body's room when it is free: the estimate, from what one
+        // page of the collection showed (another reader's, of records of
+        // another size, maybe), cuts pages short only when room is short.
+        let room = match self.body_room.try_take(kib(max_bytes)) {
+            Some(room) => room,
+            None => {
+                let wanted = page_room(learnt, query.limit.get(), max_bytes);
+                self.body_room
+                    .take(kib(wanted), self.page_patience())
+                    .await?
+            }
+        };
         let budget = room_bytes(&room).min(max_bytes);
         let first = first_read(learnt, budget);
         let page = self

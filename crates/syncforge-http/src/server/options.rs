@@ -331,10 +331,11 @@ impl ServerOptions {
     /// it, and keeps the room until its merge ends; a push that finds no
     /// room waits for it, up to half the request timeout, and is then
     /// answered 503 `unavailable`. A feed page takes room before the store
-    /// is read for it (its limit times what a change took in the
-    /// collection's last page, or 4 KiB for each of up to 64 changes in a
-    /// collection no page showed yet, with 4 KiB for the page's frame, up
-    /// to `max_body_bytes`), ends early (`more` set) rather than outgrow
+    /// is read for it (`max_body_bytes` when that much is free; else its
+    /// limit times what a change took in the collection's last page, or 4
+    /// KiB for each of up to 64 changes in a collection no page showed
+    /// yet, with 4 KiB for the page's frame, up to `max_body_bytes`), ends
+    /// early (`more` set) rather than outgrow
     /// it (but for a first change larger than it, sent alone), keeps as
     /// much as it came out, and keeps that until it is sent (or its
     /// connection closes). A page that finds no room waits for it, up to a

@@ -217,34 +217,25 @@ async fn large_pushes_and_pages_arrive_whole_and_in_order() {
     let answer = link.push_records("notes", sent.clone()).await.unwrap();
     assert_eq!(answer.added, 1_500);
 
-    // The first page of a collection the server has shown no page of is
-    // sized for small records; the second, sized by what the first showed,
-    // holds the rest, large, in one piece.
     let notes = syncforge::CollectionName::new("notes").unwrap();
-    let pull = |after| {
-        let link = peer(&server.url(), None);
-        let notes = notes.clone();
-        async move {
-            SyncPeer::pull(&link, &notes, after, 2_000.try_into().unwrap())
-                .await
-                .unwrap()
-        }
-    };
-    let first = pull(syncforge::Cursor::START).await;
-    assert!(first.more, "{} changes", first.changes.len());
-    let second = pull(first.next).await;
-    assert!(!second.more);
-    assert!(
-        second.changes.len() > 500,
-        "{} changes",
-        second.changes.len()
-    );
-    let changes: Vec<_> = first.changes.into_iter().chain(second.changes).collect();
-    assert_eq!(changes.len(), 1_500);
-    assert!(changes
+    let page = SyncPeer::pull(
+        &peer(&server.url(), None),
+        &notes,
+        syncforge::Cursor::START,
+        2_000.try_into().unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(page.changes.len(), 1_500);
+    assert!(page
+        .changes
         .windows(2)
         .all(|pair| pair[0].cursor < pair[1].cursor));
-    let mut pulled: Vec<_> = changes.into_iter().map(|change| change.record).collect();
+    let mut pulled: Vec<_> = page
+        .changes
+        .into_iter()
+        .map(|change| change.record)
+        .collect();
     pulled.sort_by(|a, b| a.id().cmp(b.id()));
     sent.sort_by(|a, b| a.id().cmp(b.id()));
     assert_eq!(pulled, sent);
