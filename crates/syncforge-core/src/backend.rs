@@ -331,7 +331,9 @@ pub trait StorageBackend: Send + Sync + Debug {
 
     /// Applies conditional writes, each on its own: a write whose expectation
     /// fails reports [`WriteOutcome::Conflict`] and the others still happen.
-    /// Outcomes come in the order of `writes`. An `Err` means the outcome of
+    /// They apply in the order of `writes` (of two creates of one id, the
+    /// first is written and the second refused; the feed cursors of the
+    /// writes made rise in that order), and outcomes come in that order. An `Err` means the outcome of
     /// the batch is unknown (some writes may have happened); each record is
     /// then either old or new, never torn.
     ///
