@@ -333,9 +333,9 @@ pub trait StorageBackend: Send + Sync + Debug {
     /// fails reports [`WriteOutcome::Conflict`] and the others still happen.
     /// They apply in the order of `writes` (of two creates of one id, the
     /// first is written and the second refused; the feed cursors of the
-    /// writes made rise in that order), and outcomes come in that order. An `Err` means the outcome of
-    /// the batch is unknown (some writes may have happened); each record is
-    /// then either old or new, never torn.
+    /// writes made rise in that order), and outcomes come in that order.
+    /// An `Err` means the outcome of the batch is unknown (some writes may
+    /// have happened); each record is then either old or new, never torn.
     ///
     /// Writes are borrowed so that the caller can retry them after a transient
     /// failure without copying.

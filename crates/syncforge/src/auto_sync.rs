@@ -159,6 +159,12 @@ impl SyncEngine {
         peers.len() != before
     }
 
+    /// Whether the auto-sync window running on this handle holds the
+    /// engine's last handle: the application dropped all of its own.
+    fn held_by_the_window_alone(&self) -> bool {
+        Arc::strong_count(&self.inner) == 1
+    }
+
     /// One tick: the window events, then a `sync_with` per collection and peer.
     async fn run_sync_window(&self) {
         let peers: Vec<Arc<dyn SyncPeer>> = self.inner.peers.lock().clone();
@@ -254,14 +260,6 @@ impl SyncEngine {
         }
         .instrument(span)
         .await;
-    }
-}
-
-impl SyncEngine {
-    /// Whether the auto-sync window running on this handle holds the
-    /// engine's last handle: the application dropped all of its own.
-    fn held_by_the_window_alone(&self) -> bool {
-        Arc::strong_count(&self.inner) == 1
     }
 }
 

@@ -55,11 +55,6 @@ const FIRST_READ: usize = 64;
 /// request may be (see `read_page`).
 const ROUND_GROWTH: usize = 4;
 
-/// The share of the request's time (one part in this many) kept at the end
-/// of a push's upload for its `timeout` answer to go out before the request's
-/// limit cuts the connection.
-pub(super) const ANSWER_MARGIN_DIVISOR: u32 = 10;
-
 /// The most a request body's declared length reserves before its bytes come.
 const MAX_RESERVED_BODY: usize = 1 << 20;
 
@@ -242,9 +237,10 @@ impl Permits {
 /// waits for every slot to come back when it shuts down.
 pub(super) type SyncSlots = Permits;
 
-/// The bytes `room` holds, taken in KiB ([`kib`]).
-fn room_bytes(room: &OwnedSemaphorePermit) -> usize {
-    room.num_permits().saturating_mul(1024)
+/// The most a feed page holding `room` may write: the bytes of the room
+/// (taken in KiB, [`kib`]), at most a body's bound `max_bytes`.
+fn page_budget(room: &OwnedSemaphorePermit, max_bytes: usize) -> usize {
+    room.num_permits().saturating_mul(1024).min(max_bytes)
 }
 
 /// `bytes` in KiB, rounded up.
@@ -577,7 +573,7 @@ async fn changes(
     let query = FeedQuery::parse(pairs, &state.options)?;
     let max_bytes = state.options.max_body_bytes;
     let (page, room) = state.feed_page(&collection, &query, max_bytes).await?;
-    let budget = room_bytes(&room).min(max_bytes);
+    let budget = page_budget(&room, max_bytes);
     let (body, sent) = page_body(state.replica.feed_id(), &collection, page, budget)?;
     // The page keeps room among the bodies held, as large as it came out,
     // until it is sent: a client that reads its answers slowly, or not at
@@ -864,7 +860,7 @@ async fn sync(
     let upload_within = state
         .options
         .request_timeout
-        .saturating_sub(state.options.request_timeout / ANSWER_MARGIN_DIVISOR)
+        .saturating_sub(state.options.answer_margin())
         .saturating_sub(started.elapsed());
     let bytes = match tokio::time::timeout(upload_within, read_body(declared, &mut body, max)).await
     {
@@ -1122,7 +1118,7 @@ impl Shared {
                     .await?
             }
         };
-        let budget = room_bytes(&room).min(max_bytes);
+        let budget = page_budget(&room, max_bytes);
         let first = first_read(learnt, budget);
         let page = self
             .read_page_in_rounds(collection, after, query, budget, first)
@@ -1147,9 +1143,9 @@ impl Shared {
     }
 
     /// How long a feed page waits for room among the bodies held before it
-    /// is answered busy: a tenth of the request timeout.
+    /// is answered busy.
     fn page_patience(&self) -> Duration {
-        self.options.request_timeout / ANSWER_MARGIN_DIVISOR
+        self.options.answer_margin()
     }
 
     /// [`read_page`](Self::read_page), whose first read takes `first`

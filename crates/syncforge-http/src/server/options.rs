@@ -373,9 +373,18 @@ impl ServerOptions {
     /// room): a wait that took that tenth too timed out every long poll
     /// on a quiet collection.
     pub(crate) fn longest_wait(&self) -> Duration {
-        let answer_margin = self.request_timeout / super::handlers::ANSWER_MARGIN_DIVISOR;
         self.max_wait
-            .min(self.request_timeout.saturating_sub(answer_margin))
+            .min(self.request_timeout.saturating_sub(self.answer_margin()))
+    }
+
+    /// The last tenth of the request timeout, kept for an answer to go out
+    /// before the request's limit cuts the connection: after a long poll's
+    /// wait, after a push's upload; also how long a feed page waits for
+    /// room.
+    pub(crate) fn answer_margin(&self) -> Duration {
+        /// The share of the request's time (one part in this many).
+        const ANSWER_MARGIN_DIVISOR: u32 = 10;
+        self.request_timeout / ANSWER_MARGIN_DIVISOR
     }
 
     /// Refuses settings that cannot work, naming the option
