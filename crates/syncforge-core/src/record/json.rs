@@ -28,6 +28,10 @@ impl Record {
             Value::String(newest.client().as_str().to_owned()),
         );
         map.insert(SYNC_KEY.to_owned(), Value::Object(self.sync_state()));
+        // Sorted already unless serde_json's `preserve_order` is on (any
+        // crate of a program can turn it on): its map prints keys in the
+        // order they were inserted, and the form is sorted.
+        map.sort_keys();
         Value::Object(map)
     }
 
@@ -60,6 +64,8 @@ impl Record {
             sync.insert("deleted".to_owned(), Value::String(t.to_string()));
         }
         sync.insert("versions".to_owned(), Value::Object(versions));
+        // The members inside were inserted in order; these were not.
+        sync.sort_keys();
         sync
     }
 
@@ -444,6 +450,29 @@ mod tests {
         );
         let back: Record = serde_json::from_str(&text).unwrap();
         assert_eq!(back, r);
+    }
+
+    /// `to_json` and `content` print sorted keys at every level, as the
+    /// text form does, also when serde_json's `preserve_order` is on (CI
+    /// runs this crate's tests that way too): that map prints keys in the
+    /// order they went in.
+    #[test]
+    fn the_value_forms_print_as_the_text_form() {
+        let mut r = Record::create(
+            content(json!({"id": "n1", "z": 1, "_a": [2], "b": {"y": 2, "c": 3}})),
+            stamp(1000, 0, "phone"),
+        );
+        r.apply_put(
+            content(json!({"id": "n1", "_a": [2], "b": 5})),
+            &stamp(2000, 3, "laptop"),
+        )
+        .unwrap();
+        r.apply_delete(&stamp(3000, 0, "tablet")).unwrap();
+        assert_eq!(r.to_json().to_string(), r.to_json_string());
+        assert_eq!(
+            Value::Object(r.content()).to_string(),
+            r#"{"_a":[2],"b":5,"id":"n1"}"#
+        );
     }
 
     #[test]

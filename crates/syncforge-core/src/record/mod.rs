@@ -540,6 +540,9 @@ impl Record {
         for (k, v) in self.fields() {
             map.insert(k.to_owned(), v.to_value());
         }
+        // `id` went in first: with serde_json's `preserve_order` the map
+        // keeps that order, and content is sorted by key like the record.
+        map.sort_keys();
         map
     }
 
