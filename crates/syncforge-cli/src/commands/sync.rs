@@ -15,7 +15,9 @@ use super::{output_failed_after, Context, Counts};
 use crate::cli::SyncArgs;
 use crate::failure::{usage, Refused};
 use crate::progress::Following;
-use crate::store::{listing, parse_collection, parse_url, Destination, Store, StorePeer};
+use crate::store::{
+    listing, parse_collection, parse_url, Destination, EngineOptions, Store, StorePeer,
+};
 
 /// Changes read per page when counting what a sync will send.
 const COUNT_PAGE: usize = 1000;
@@ -52,7 +54,11 @@ pub(crate) async fn run(args: SyncArgs, cx: &mut Context) -> Result<()> {
         Ends::open(src_url, dst_url, cx, args.merge, &named, args.both).await?
     else {
         if !cx.out.json() {
-            cx.out.line("nothing to sync: SRC holds no collection")?;
+            cx.out.line(if args.both {
+                "nothing to sync: neither end holds a collection"
+            } else {
+                "nothing to sync: SRC holds no collection"
+            })?;
         }
         return Ok(());
     };
@@ -177,9 +183,9 @@ impl Ends {
                          the local store merges what it pulls with this one",
                     ));
                 }
-                let src = Store::open_existing(src, &options).await?;
+                let src = source(src, &options, both).await?;
                 let dst = crate::remote::Remote::connect(dst, cx)?;
-                if src.engine().store_id() == dst.feed_id().await? {
+                if src.store_id() == Some(dst.feed_id().await?.as_str()) {
                     return Err(same_store(src.url(), true));
                 }
                 let chosen = choose(
@@ -194,13 +200,14 @@ impl Ends {
                     src.close().await?;
                     return Ok(None);
                 }
+                let src = src.open().await?;
                 return Ok(Some((Ends::ToServer { src, dst }, chosen)));
             }
             (false, false) => {}
         }
-        let src = Store::open_existing(src, &options).await?;
+        let src = source(src, &options, both).await?;
         let dst = Destination::prepare(dst, &options).await?;
-        if dst.store_id() == Some(src.engine().store_id()) {
+        if src.store_id().is_some() && dst.store_id() == src.store_id() {
             return Err(same_store(src.url(), false));
         }
         let chosen = choose(
@@ -216,6 +223,7 @@ impl Ends {
             dst.close().await?;
             return Ok(None);
         }
+        let src = src.open().await?;
         let dst = dst.open().await?;
         Ok(Some((Ends::Local { src, dst }, chosen)))
     }
@@ -413,6 +421,20 @@ impl Ends {
 /// The refusal of a sync of the store at `local` with itself, which
 /// would merge every record into itself; `served` when the other end is a
 /// sync server serving it.
+/// The local store SRC names. A one-way sync only reads it, so there must
+/// be one; with --both it is written as DST is, so, like DST, it may be new
+/// (a new device's first two-way sync), created once there is something to
+/// sync.
+async fn source(url: StoreUrl, options: &EngineOptions, both: bool) -> Result<Destination> {
+    if both {
+        Destination::prepare(url, options).await
+    } else {
+        Ok(Destination::Existing(
+            Store::open_existing(url, options).await?,
+        ))
+    }
+}
+
 fn same_store(local: &StoreUrl, served: bool) -> anyhow::Error {
     let how = if served {
         ", which the server serves"

@@ -118,6 +118,18 @@ fn stores_sync_with_a_served_store_and_read_it_like_any_other() {
         export(&tablet, "inspections")
     );
 
+    // A new tablet's first two-way sync creates its store.
+    let fresh = dir.path().join("fresh-tablet");
+    let joined =
+        syncforge(&[&["sync", arg(&fresh), url, "--both", "--json"][..], &token].concat()).ok();
+    let line = &joined.json_lines()[0];
+    assert_eq!(line["sent"], 0, "{joined:?}");
+    assert_eq!(line["to_src"]["added"], 7, "{joined:?}");
+    assert_eq!(
+        export(&fresh, "inspections"),
+        export(&tablet, "inspections")
+    );
+
     // The server reads like a store.
     let listed = syncforge(&[&["ls", url][..], &token].concat()).ok();
     assert_eq!(listed.stdout, "inspections\n");

@@ -84,6 +84,36 @@ fn both_ways_converges_and_then_settles() {
     }
 }
 
+/// Both ends are written by a two-way sync, so either may be new: a new
+/// device's first sync names it as SRC as readily as DST. A one-way sync
+/// only reads SRC, which must be there.
+#[test]
+fn a_two_way_sync_creates_a_new_source_store() {
+    let dir = TempDir::new().unwrap();
+    let (laptop, phone) = (dir.path().join("laptop"), dir.path().join("phone"));
+    syncforge_with(&["put", arg(&laptop), "notes"], &docs("l", 3)).ok();
+    let refused = syncforge(&["sync", arg(&phone), arg(&laptop)]).fails(1);
+    assert!(
+        refused.stderr.contains("there is no store at "),
+        "{refused:?}"
+    );
+    assert!(!phone.exists());
+
+    let first = syncforge(&["sync", arg(&phone), arg(&laptop), "--both", "--json"]).ok();
+    let line = &first.json_lines()[0];
+    assert_eq!(line["to_src"]["added"], 3, "{first:?}");
+    assert_eq!(export(&phone, "notes"), export(&laptop, "notes"));
+
+    // With nothing on either side, nothing is created.
+    let (empty, nothing) = (dir.path().join("empty"), dir.path().join("nothing"));
+    let idle = syncforge(&["sync", arg(&empty), arg(&nothing), "--both"]).ok();
+    assert_eq!(
+        idle.stdout,
+        "nothing to sync: neither end holds a collection\n"
+    );
+    assert!(!empty.exists() && !nothing.exists());
+}
+
 #[test]
 fn concurrent_edits_merge_field_by_field_with_crdt() {
     let dir = TempDir::new().unwrap();
