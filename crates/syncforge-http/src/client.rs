@@ -58,6 +58,53 @@ const MAX_FOLLOWED_PAGES: usize = 64;
 /// request (`max_wait` 0) while its wait lasts.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
+/// What [`HttpPeer::wait_for_changes`] does with a page it read.
+#[derive(Debug, PartialEq, Eq)]
+enum AfterWait {
+    /// Reads on from the page's `next`.
+    Follow,
+    /// Asks again from the same place after a pause.
+    Poll,
+    /// Hands the page to the caller.
+    Answer,
+}
+
+/// Where a [`HttpPeer::wait_for_changes`] reads from, and how many pages
+/// it followed.
+struct Waiting {
+    after: Cursor,
+    followed: usize,
+}
+
+impl Waiting {
+    /// What to do with `page`, read from `self.after`, when `may_poll` (the
+    /// server holds no request and the wait has time left); a page followed
+    /// moves `self.after` to its end.
+    fn then(&mut self, page: &ChangePage, may_poll: bool) -> AfterWait {
+        if !page.changes.is_empty() {
+            return AfterWait::Answer;
+        }
+        // Nothing to show but more to read: the server passed over changes
+        // this client holds. Asking again from the same place would get the
+        // same answer at once, so the wait reads on, a few dozen pages at
+        // most (counted apart from polls, which a quiet collection makes
+        // many of).
+        if page.more && page.next > self.after {
+            if self.followed >= MAX_FOLLOWED_PAGES {
+                return AfterWait::Answer;
+            }
+            self.followed += 1;
+            self.after = page.next;
+            return AfterWait::Follow;
+        }
+        if may_poll {
+            AfterWait::Poll
+        } else {
+            AfterWait::Answer
+        }
+    }
+}
+
 /// Most bytes of `skip` in a feed request's URL (each comma encoded as
 /// `%2C`): proxies refuse URLs past a few KiB (nginx: 8 KiB of header line).
 const MAX_SKIP_QUERY_BYTES: usize = 4_000;
@@ -757,6 +804,17 @@ struct Call {
     shrinkable: bool,
 }
 
+/// Why a push request is sent again in halves.
+#[derive(Clone, Copy)]
+enum Halved {
+    /// Refused as too large by something in front of the server.
+    Large,
+    /// Not sent within the time allowed.
+    Slow,
+    /// Refused by the server for its count of records.
+    Many,
+}
+
 /// How one attempt failed.
 enum Failure {
     /// Worth trying again, not before the time the server asked for, if it
@@ -766,6 +824,10 @@ enum Failure {
     Permanent(Error),
     /// Final for this body: refused as too large (413).
     TooLarge(Error),
+    /// Final for this body: refused by the server itself for holding more
+    /// records than it takes in one request (413 `too_many_records`), so
+    /// its limits are no longer those this peer read.
+    TooMany(Error),
     /// Final: an answer larger than `max_response_bytes`. A shorter page
     /// may fit.
     AnswerTooLarge(Error),
@@ -788,6 +850,7 @@ impl Failure {
             Failure::Transient(error, _)
             | Failure::Permanent(error)
             | Failure::TooLarge(error)
+            | Failure::TooMany(error)
             | Failure::AnswerTooLarge(error)
             | Failure::UrlTooLong(error)
             | Failure::Slow(error, _) => error,
@@ -895,8 +958,7 @@ impl HttpPeer {
         let polled = max_wait.is_zero();
         let waited = if polled { wait } else { wait.min(max_wait) };
         let deadline = tokio::time::Instant::now() + waited.min(LONGEST_WAIT);
-        let mut after = after;
-        let mut followed = 0;
+        let mut waiting = Waiting { after, followed: 0 };
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             // A server that holds no request answers at once: its requests
@@ -904,26 +966,14 @@ impl HttpPeer {
             // connection that died silently hold the call for all of it.
             let held = if polled { Duration::ZERO } else { left };
             let page = self
-                .read_feed(&collection, after, limit, held, Prune::No)
+                .read_feed(&collection, waiting.after, limit, held, Prune::No)
                 .await?;
-            // Nothing to show but more to read: the server passed over
-            // changes this client holds. Asking again from the same place
-            // would get the same answer at once.
-            followed += 1;
-            if page.changes.is_empty()
-                && page.more
-                && page.next > after
-                && followed < MAX_FOLLOWED_PAGES
-            {
-                after = page.next;
-                continue;
-            }
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if polled && page.changes.is_empty() && !left.is_zero() {
-                tokio::time::sleep(left.min(POLL_INTERVAL)).await;
-                continue;
+            match waiting.then(&page, polled && !left.is_zero()) {
+                AfterWait::Follow => {}
+                AfterWait::Poll => tokio::time::sleep(left.min(POLL_INTERVAL)).await,
+                AfterWait::Answer => return Ok(page),
             }
-            return Ok(page);
         }
     }
 
@@ -1053,7 +1103,10 @@ impl HttpPeer {
     /// (413) by something in front of the server, which announced a larger
     /// bound, or one that did not go through in time (a slow link), is sent
     /// again in halves, down to single records, and later pushes send no
-    /// more than what went through. A single record refused as too large is
+    /// more than what went through. One the server refuses for its count of
+    /// records (its limits changed since they were read) is sent again in
+    /// halves too, and the limits are read again before the next push. A
+    /// single record refused as too large is
     /// refused like one over the server's own bound: named in `refused`
     /// when given (`None` is answered, as for a part of no request), else
     /// [`Error::InvalidRecord`].
@@ -1075,7 +1128,7 @@ impl HttpPeer {
         let known_too_large = divisible && records.len() > self.inner.state.lock().push_cap();
         if !known_too_large {
             let started = Instant::now();
-            let (cause, slow, asked_wait) = match self
+            let (cause, halved, asked_wait) = match self
                 .send_records(collection, body.clone(), ids.len(), echoes, divisible)
                 .await
             {
@@ -1084,7 +1137,8 @@ impl HttpPeer {
                     self.inner.state.lock().push_went(records.len(), quickly);
                     return Ok(Some(answer));
                 }
-                Err(Failure::TooLarge(error)) if divisible => (error, false, None),
+                Err(Failure::TooLarge(error)) if divisible => (error, Halved::Large, None),
+                Err(Failure::TooMany(error)) if divisible => (error, Halved::Many, None),
                 // Something in front of the server takes less than this
                 // record: sent again it would be refused again, and failing
                 // the push on it would hold back every later change.
@@ -1099,20 +1153,27 @@ impl HttpPeer {
                     refuse(refused, id, reason)?;
                     return Ok(None);
                 }
-                Err(Failure::Slow(error, asked_wait)) if divisible => (error, true, asked_wait),
+                Err(Failure::Slow(error, asked_wait)) if divisible => {
+                    (error, Halved::Slow, asked_wait)
+                }
                 Err(failure) => return Err(failure.into_error()),
             };
             tracing::debug!(%cause, records = ends.len(), "a push was refused as too large or too slow; sending it in halves");
             {
                 let mut state = self.inner.state.lock();
                 let half = records.len() / 2;
-                // A proxy's bound stays; a slow link's is only while it is slow.
-                let learnt = if slow {
-                    &mut state.slow_push_bytes
-                } else {
-                    &mut state.push_bytes
+                // A proxy's bound stays; a slow link's is only while it is
+                // slow; the server's own count bound is asked for again
+                // before the next push (a byte bound learnt from it would
+                // stay for good).
+                let learn = |learnt: &mut Option<usize>| {
+                    *learnt = Some(learnt.map_or(half, |bytes| bytes.min(half)));
                 };
-                *learnt = Some(learnt.map_or(half, |bytes| bytes.min(half)));
+                match halved {
+                    Halved::Large => learn(&mut state.push_bytes),
+                    Halved::Slow => learn(&mut state.slow_push_bytes),
+                    Halved::Many => state.limits = None,
+                }
             }
             wait_as_asked(asked_wait).await;
         }
@@ -1635,7 +1696,15 @@ impl HttpPeer {
             return Failure::Transient(Error::unavailable(BACKEND, described), asked);
         }
         if status == StatusCode::PAYLOAD_TOO_LARGE {
-            return Failure::TooLarge(Error::storage(BACKEND, described));
+            let error = Error::storage(BACKEND, described);
+            let too_many = detail
+                .as_ref()
+                .is_some_and(|detail| detail.code == ErrorCode::TooManyRecords);
+            return if too_many {
+                Failure::TooMany(error)
+            } else {
+                Failure::TooLarge(error)
+            };
         }
         if matches!(
             status,
@@ -1962,6 +2031,38 @@ mod tests {
         CollectionName::new(text).unwrap()
     }
 
+    /// A wait on a server that holds no request polls a quiet collection
+    /// once a second; each poll counted as a followed page, so after about
+    /// a minute of quiet a page of nothing but more to read was polled
+    /// from the same place again, not followed, until the wait ran out.
+    /// Only follows count now, and once they reach the bound the page is
+    /// answered, as the docs say, not polled again.
+    #[test]
+    fn a_wait_follows_skipped_changes_however_long_it_polled() {
+        let page = |next: u64, more: bool| ChangePage {
+            changes: Vec::new(),
+            next: Cursor::new(next),
+            more,
+        };
+        let mut waiting = Waiting {
+            after: Cursor::new(7),
+            followed: 0,
+        };
+        for _ in 0..200 {
+            assert_eq!(waiting.then(&page(7, false), true), AfterWait::Poll);
+        }
+        // A page that does not move on is polled again too, while time is
+        // left, and answered once it is not.
+        assert_eq!(waiting.then(&page(7, true), true), AfterWait::Poll);
+        assert_eq!(waiting.then(&page(7, false), false), AfterWait::Answer);
+        for n in 1..=MAX_FOLLOWED_PAGES as u64 {
+            assert_eq!(waiting.then(&page(7 + n, true), true), AfterWait::Follow);
+            assert_eq!(waiting.after, Cursor::new(7 + n));
+        }
+        let last = 8 + MAX_FOLLOWED_PAGES as u64;
+        assert_eq!(waiting.then(&page(last, true), true), AfterWait::Answer);
+    }
+
     #[test]
     fn totals_of_a_push_in_parts_do_not_overflow() {
         let answer = |added| SyncResponse {
@@ -2036,6 +2137,7 @@ mod tests {
                 }
                 Failure::Permanent(_) => "permanent",
                 Failure::TooLarge(_) => "too large",
+                Failure::TooMany(_) => "too many",
                 Failure::AnswerTooLarge(_) => "answer too large",
                 Failure::UrlTooLong(_) => "URL too long",
             }

@@ -1392,6 +1392,48 @@ async fn a_push_a_proxy_refuses_as_too_large_is_sent_in_smaller_parts() {
     server.shutdown().await.unwrap();
 }
 
+/// A push the server refuses for its count of records (its limits were
+/// lowered since the peer read them, by a restart, say) is sent again in
+/// halves, and the limits are read again before the next push. It was
+/// taken for a proxy's byte bound and kept for good, so every later push
+/// went in requests of half that size, whatever the server took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_refused_for_its_count_of_records_reads_the_limits_again() {
+    let synced = json_answer(
+        "200 OK",
+        "",
+        r#"{"feed_id":"f1","collection":"notes","added":1,"updated":0,"deleted":0,"unchanged":0,"conflicts":0,"echoes":[]}"#,
+    );
+    let too_many = json_answer(
+        "413 Payload Too Large",
+        "",
+        r#"{"error":{"code":"too_many_records","message":"at most 1 record a request"}}"#,
+    );
+    let (url, served) = canned_server(vec![
+        json_answer("200 OK", "", CANNED_HEALTH),
+        too_many,
+        synced.clone(),
+        synced.clone(),
+        json_answer("200 OK", "", CANNED_HEALTH),
+        synced,
+    ])
+    .await;
+    let link = peer(&url, None);
+    let first = link.push_records("notes", two_notes().await).await.unwrap();
+    assert_eq!(first.added, 2);
+    link.push_records("notes", two_notes().await).await.unwrap();
+    let requests = served.await.unwrap();
+    let kinds: Vec<&str> = requests
+        .iter()
+        .map(|line| line.split('/').next().unwrap_or_default().trim())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["GET", "POST", "POST", "POST", "GET", "POST"],
+        "{requests:?}"
+    );
+}
+
 /// A proxy's 413 whose page is cut off (announced longer than sent, then
 /// the connection closed) is still a refusal of the size: the push is sent
 /// in smaller parts. It was taken for a lost answer, the same request sent
