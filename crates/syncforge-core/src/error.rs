@@ -75,7 +75,7 @@ pub enum Error {
         "clock drift: {} record(s) carry stamps up to {ahead_ms} ms ahead of local time \
          (limit {max_drift_ms} ms): {}",
         ids.len(),
-        ids.join(", ")
+        first_ids(ids)
     )]
     ClockDrift {
         /// Ids of the offending records (never empty).
@@ -215,6 +215,19 @@ fn display_field(field: &Option<String>) -> String {
     }
 }
 
+/// The ids a [`Error::ClockDrift`] message names: the first few, and how
+/// many more there are. A batch of a million records stamped by one clock
+/// running ahead would otherwise make a message, a log line and an HTTP
+/// answer of every id.
+fn first_ids(ids: &[String]) -> String {
+    const NAMED: usize = 10;
+    let named = ids.get(..NAMED).unwrap_or(ids).join(", ");
+    match ids.len().saturating_sub(NAMED) {
+        0 => named,
+        more => format!("{named} and {more} more"),
+    }
+}
+
 fn display_record(id: &Option<String>) -> String {
     match id {
         Some(id) => format!(", record {id:?},"),
@@ -312,4 +325,29 @@ pub fn shorten(s: &str) -> String {
         end -= 1;
     }
     format!("{}... ({} bytes)", &s[..end], s.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A drift refusal counts every offending record but names only the
+    /// first few: it named them all, so a batch of a million records made
+    /// a message (and an HTTP answer) of a million ids.
+    #[test]
+    fn a_drift_message_names_the_first_ids_and_counts_all() {
+        let drift = |count: usize| Error::ClockDrift {
+            ids: (0..count).map(|i| format!("r{i}")).collect(),
+            ahead_ms: 9_000,
+            max_drift_ms: 5_000,
+        };
+        let message = drift(1_000).to_string();
+        assert!(
+            message.starts_with("clock drift: 1000 record(s)"),
+            "{message}"
+        );
+        assert!(message.ends_with(": r0, r1, r2, r3, r4, r5, r6, r7, r8, r9 and 990 more"));
+        assert!(drift(2).to_string().ends_with(": r0, r1"));
+        assert!(drift(10).to_string().ends_with(", r9"));
+    }
 }

@@ -158,7 +158,9 @@ pub struct ErrorDetail {
     /// Why the record or value was refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// `clock_drift`: ids of every record whose stamp is too far ahead.
+    /// `clock_drift`: ids of the records whose stamps are too far ahead;
+    /// from a syncforge server, the first ones, as many as fit in 64 KiB
+    /// (the message counts them all).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ids: Vec<String>,
     /// `clock_drift`: how far the newest offending stamp is ahead, in ms.

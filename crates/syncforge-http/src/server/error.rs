@@ -8,6 +8,26 @@ use syncforge_core::Error;
 
 use crate::protocol::{ErrorBody, ErrorCode, ErrorDetail};
 
+/// The most bytes of ids a `clock_drift` answer lists. The answer is not
+/// counted against the server's room for bodies, and listing every id of
+/// a large push stamped ahead (each up to 1 KiB) made it larger than the
+/// push itself.
+const MAX_LISTED_ID_BYTES: usize = 64 * 1024;
+
+/// The first of `ids` that fit in [`MAX_LISTED_ID_BYTES`], at least one.
+fn listed_ids(ids: &[String]) -> Vec<String> {
+    let mut bytes = 0;
+    let listed = ids
+        .iter()
+        .position(|id| {
+            bytes += id.len();
+            bytes > MAX_LISTED_ID_BYTES
+        })
+        .unwrap_or(ids.len())
+        .max(1);
+    ids.iter().take(listed).cloned().collect()
+}
+
 /// A request refused or failed, as the client will see it.
 #[derive(Debug)]
 pub(crate) struct ApiError {
@@ -80,7 +100,7 @@ impl From<Error> for ApiError {
                 max_drift_ms,
             } => {
                 let mut detail = ErrorDetail::new(ErrorCode::ClockDrift, message);
-                detail.ids.clone_from(ids);
+                detail.ids = listed_ids(ids);
                 detail.ahead_ms = Some(*ahead_ms);
                 detail.max_drift_ms = Some(*max_drift_ms);
                 detail
@@ -179,5 +199,29 @@ mod tests {
             reason: "must be at least 1".to_owned(),
         });
         assert!(refused.detail.message.contains("at least 1"), "{refused:?}");
+    }
+
+    /// A push of many records stamped ahead was answered with every id
+    /// twice, in the message and in `ids`: for 10,000 ids of 1 KiB, 20 MB
+    /// that no room of the server's counted. The answer now names what fits
+    /// in 64 KiB, and the message counts them all.
+    #[test]
+    fn a_drift_answer_lists_what_fits_and_counts_all() {
+        let ids: Vec<String> = (0..10_000).map(|i| format!("{i:01024}")).collect();
+        let refused = ApiError::from(Error::ClockDrift {
+            ids: ids.clone(),
+            ahead_ms: 9_000,
+            max_drift_ms: 5_000,
+        });
+        let body = serde_json::to_vec(&ErrorBody {
+            error: (*refused.detail).clone(),
+        })
+        .unwrap();
+        assert!(body.len() < 96 * 1024, "{} bytes", body.len());
+        assert_eq!(refused.detail.ids, ids[..64]);
+        assert!(refused.detail.message.contains("10000 record(s)"));
+        // One id larger than the bound is still named.
+        let huge = ["h".repeat(MAX_LISTED_ID_BYTES + 1)];
+        assert_eq!(listed_ids(&huge), huge);
     }
 }
