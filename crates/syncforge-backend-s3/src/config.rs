@@ -88,6 +88,21 @@ fn region(configured: Option<&str>, env: impl Fn(&str) -> Option<String>) -> Str
         .unwrap_or_else(|| DEFAULT_REGION.to_owned())
 }
 
+/// The endpoint requests go to: the one configured, else the environment's
+/// (`AWS_ENDPOINT_URL`, else `AWS_ENDPOINT`, read through `env`, as the AWS
+/// tools name them), else none (Amazon S3 itself). Read here, not left to
+/// the client's own reading of the environment, so that an endpoint from
+/// either place is checked and given the bucket in the same way, whatever
+/// the credentials.
+fn endpoint(configured: Option<&str>, env: impl Fn(&str) -> Option<String>) -> Option<String> {
+    let given = |endpoint: &String| !endpoint.is_empty();
+    configured
+        .map(str::to_owned)
+        .filter(given)
+        .or_else(|| env("AWS_ENDPOINT_URL").filter(given))
+        .or_else(|| env("AWS_ENDPOINT").filter(given))
+}
+
 /// The prefix used when none is given (the TypeScript library's).
 pub const DEFAULT_PREFIX: &str = "dse";
 
@@ -307,6 +322,8 @@ impl S3Config {
     }
 
     /// The endpoint of an S3-compatible server (MinIO, LocalStack, R2, ...).
+    /// Without one, the environment's `AWS_ENDPOINT_URL` (else
+    /// `AWS_ENDPOINT`) is taken as if given here, else Amazon S3's own.
     /// Such servers usually also need [`with_path_style`](Self::with_path_style);
     /// without it, requests go to the bucket's name in front of the
     /// endpoint's host (`https://bucket.host/...`), and an endpoint given as
@@ -412,8 +429,19 @@ impl S3Config {
         Ok(format!("{scheme}://{}.{host}{path}", self.bucket))
     }
 
+    /// The endpoint requests go to, as [`endpoint`] finds it in this
+    /// configuration and the process's environment.
+    pub(crate) fn endpoint(&self) -> Option<String> {
+        endpoint(self.endpoint.as_deref(), |name| std::env::var(name).ok())
+    }
+
     /// The object store client for this configuration.
     pub(crate) fn build(&self) -> Result<AmazonS3> {
+        self.build_in(|name| std::env::var(name).ok())
+    }
+
+    /// [`build`](Self::build), with the environment read through `env`.
+    fn build_in(&self, env: impl Fn(&str) -> Option<String>) -> Result<AmazonS3> {
         self.check_bucket()?;
         if self.access_key_id.is_some() != self.secret_access_key.is_some() {
             return Err(Error::InvalidConfig {
@@ -434,7 +462,8 @@ impl S3Config {
         }
         // Refused here, naming the option: the client would only refuse
         // the endpoint at the first request.
-        if let Some(endpoint) = &self.endpoint {
+        let endpoint = endpoint(self.endpoint.as_deref(), &env);
+        if let Some(endpoint) = &endpoint {
             refuse_credentials_in(endpoint)?;
             let plain = endpoint
                 .get(..7)
@@ -458,9 +487,7 @@ impl S3Config {
         };
         builder = builder
             .with_bucket_name(&self.bucket)
-            .with_region(region(self.region.as_deref(), |name| {
-                std::env::var(name).ok()
-            }))
+            .with_region(region(self.region.as_deref(), &env))
             .with_allow_http(self.allow_http)
             .with_virtual_hosted_style_request(!self.path_style)
             .with_client_options(
@@ -478,7 +505,7 @@ impl S3Config {
                 max_retries: self.max_retries,
                 retry_timeout: self.retry_timeout,
             });
-        if let Some(endpoint) = &self.endpoint {
+        if let Some(endpoint) = &endpoint {
             builder = builder.with_endpoint(self.request_endpoint(endpoint)?);
         }
         if let (Some(id), Some(secret)) = (&self.access_key_id, &self.secret_access_key) {
@@ -575,6 +602,14 @@ mod tests {
     /// requests as the bucket's own: every request of a store whose endpoint
     /// was given without path style went to the endpoint's root, where the
     /// server took the first segment of the key prefix for the bucket.
+    /// Asserts that `error` refuses the configuration option `named`.
+    fn refused_as(error: &Error, named: &str) {
+        assert!(
+            matches!(error, Error::InvalidConfig { option, .. } if *option == named),
+            "{error}"
+        );
+    }
+
     #[test]
     fn a_virtual_hosted_endpoint_carries_the_bucket_in_its_host() {
         let endpoint = |endpoint: &str, path_style: bool| {
@@ -594,26 +629,56 @@ mod tests {
             endpoint("http://127.0.0.1:9000", true).unwrap(),
             "http://127.0.0.1:9000"
         );
-        let refused_as = |error: Error, named: &str| {
-            assert!(
-                matches!(&error, Error::InvalidConfig { option, .. } if *option == named),
-                "{error}"
-            );
-        };
         for ip in [
             "http://127.0.0.1:9000",
             "http://[::1]:9000",
             "https://10.0.0.7",
         ] {
-            refused_as(endpoint(ip, false).unwrap_err(), "path_style");
+            refused_as(&endpoint(ip, false).unwrap_err(), "path_style");
         }
-        refused_as(endpoint("minio:9000", true).unwrap_err(), "endpoint");
+        refused_as(&endpoint("minio:9000", true).unwrap_err(), "endpoint");
         // Refused when the store is made, before any request.
         let made = S3Config::new("readings")
             .with_endpoint("http://127.0.0.1:9000")
             .with_allow_http(true)
             .build();
-        refused_as(made.unwrap_err(), "path_style");
+        refused_as(&made.unwrap_err(), "path_style");
+    }
+
+    /// An endpoint from the environment (`AWS_ENDPOINT_URL`, which the
+    /// client read itself) was taken as the bucket's own with
+    /// virtual-hosted-style requests, so requests went to the endpoint's
+    /// root, where the server read the prefix as the bucket. It is now
+    /// checked and given the bucket as a configured one is, and a
+    /// configured one comes first.
+    #[test]
+    fn an_endpoint_from_the_environment_is_taken_as_a_configured_one() {
+        let env = |url: &'static str| {
+            move |name: &str| (name == "AWS_ENDPOINT_URL").then(|| url.to_owned())
+        };
+        let made = S3Config::new("readings").build_in(env("https://127.0.0.1:9000"));
+        refused_as(&made.unwrap_err(), "path_style");
+        let made = S3Config::new("readings").build_in(env("http://minio.example"));
+        refused_as(&made.unwrap_err(), "allow_http");
+        assert!(S3Config::new("readings")
+            .with_path_style(true)
+            .with_allow_http(true)
+            .build_in(env("http://127.0.0.1:9000"))
+            .is_ok());
+        assert_eq!(
+            endpoint(None, env("https://minio.example")).as_deref(),
+            Some("https://minio.example")
+        );
+        assert_eq!(
+            endpoint(Some("https://r2.example"), env("https://minio.example")).as_deref(),
+            Some("https://r2.example")
+        );
+        let older = |name: &str| (name == "AWS_ENDPOINT").then(|| "https://old.example".to_owned());
+        assert_eq!(
+            endpoint(None, older).as_deref(),
+            Some("https://old.example")
+        );
+        assert_eq!(endpoint(None, |_| Some(String::new())), None);
     }
 
     #[test]

@@ -103,8 +103,7 @@ impl S3Backend {
             "s3://{}{}",
             config.bucket,
             config
-                .endpoint
-                .as_deref()
+                .endpoint()
                 .map(|endpoint| format!(" at {endpoint}"))
                 .unwrap_or_default()
         );
