@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::ObjectMeta;
@@ -435,7 +436,22 @@ impl Store {
         let mut existed = false;
         loop {
             match self.read(collection, &keys, id).await? {
-                State::Absent | State::Marker { .. } => return Ok(existed),
+                State::Marker { .. } => return Ok(existed),
+                // A marker even where there is nothing: a create whose
+                // writer was told it failed may still be pending in the
+                // feed, and a reader would complete it after this delete,
+                // bringing the record back. A marker voids it.
+                State::Absent => {
+                    match self.io.put(&path, marker_body()?, Condition::Absent).await {
+                        // A key the store cannot hold holds no record either.
+                        Err(error) if crate::io::names_a_key_too_long(&error) => {
+                            return Ok(existed)
+                        }
+                        Err(error) => return Err(error),
+                        Ok(Put::Done(_)) => return Ok(existed),
+                        Ok(Put::Lost) => {}
+                    }
+                }
                 State::Record { etag, .. } => {
                     existed = true;
                     if let Put::Done(_) = self.put_marker(&path, &etag).await? {
@@ -448,8 +464,9 @@ impl Store {
     }
 
     async fn put_marker(&self, path: &Path, etag: &str) -> Result<Put> {
-        let body = format::to_bytes(&RecordBody::marker())?;
-        self.io.put(path, body, Condition::Tag(etag)).await
+        self.io
+            .put(path, marker_body()?, Condition::Tag(etag))
+            .await
     }
 
     /// Replaces every record by a marker, concurrently. The feed's numbering
@@ -719,6 +736,11 @@ pub(crate) fn stored(state: State) -> Option<Stored> {
 }
 
 /// An object that changed under every one of [`MAX_RACES`] attempts.
+/// The body of a marker: what stands where a record was deleted.
+fn marker_body() -> Result<Bytes> {
+    format::to_bytes(&RecordBody::marker())
+}
+
 pub(crate) fn kept_changing(path: &Path) -> Error {
     Error::unavailable(
         BACKEND_NAME,

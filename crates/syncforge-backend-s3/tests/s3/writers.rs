@@ -398,6 +398,53 @@ async fn a_writer_dying_between_any_two_requests_loses_nothing_acknowledged() {
     }
 }
 
+/// A create its writer was told failed (the writer died between claiming
+/// the record's feed entry and writing it), then a delete of that record,
+/// which found none: the next reader of the feed completed the pending
+/// create, and the record came back after the delete. A delete that finds
+/// no record leaves a marker, which voids such a create.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_create_does_not_come_back_after_a_delete() {
+    let collection = coll("deleted");
+    let create = || {
+        let mut clock = Hlc::new(ClientId::new("doomed").unwrap());
+        Write::create(Record::create(content("x", 1), clock.now().unwrap()))
+    };
+    let probe = Arc::new(Wrapped::new(Arc::new(InMemory::new())));
+    let backend = S3Backend::from_store(probe.clone(), "dse").unwrap();
+    backend.put(&collection, &create()).await.unwrap();
+    let total = probe.requests();
+    let mut failed = 0;
+    for dies_after in 0..total {
+        let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let dying = Arc::new(Wrapped::new(Arc::clone(&memory)).dying_after(dies_after, false));
+        let doomed = S3Backend::from_store(dying, "dse").unwrap();
+        if doomed.put(&collection, &create()).await.is_ok() {
+            continue;
+        }
+        failed += 1;
+        let survivor = handle(&memory, "dse");
+        survivor.delete(&collection, &rid("x")).await.unwrap();
+        let mut seen = BTreeMap::new();
+        follow(&survivor, &collection, Cursor::START, &mut seen).await;
+        assert!(
+            !seen.contains_key(&rid("x")),
+            "died after {dies_after}: the failed create came back after the delete"
+        );
+        assert!(survivor
+            .get(&collection, &rid("x"))
+            .await
+            .unwrap()
+            .is_none());
+        // A create after the delete is written as any other.
+        assert!(matches!(
+            survivor.put(&collection, &create()).await.unwrap(),
+            WriteOutcome::Written { .. }
+        ));
+    }
+    assert!(failed > 1, "{failed} of {total} deaths failed the create");
+}
+
 /// A slow writer (its record writes take long) does not hold readers up:
 /// a reader completes its claimed items, and the writer still hears Written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
