@@ -93,3 +93,48 @@ impl Output {
         }
     }
 }
+
+/// Resolves once nothing can read this process's standard output any more:
+/// the reader of its pipe went away (`syncforge watch ... | head -n 1`), or
+/// its terminal hung up. A command that prints only now and then (a watch
+/// of a quiet collection) would otherwise notice only when it next prints.
+/// Never resolves where that cannot be told: a file, or not on Unix.
+pub(crate) async fn reader_gone() {
+    #[cfg(unix)]
+    {
+        let (gone, told) = tokio::sync::oneshot::channel();
+        // A thread of its own, left blocked in `poll` until the process
+        // ends: a blocking task of the runtime would hold up its shutdown.
+        let watching = std::thread::Builder::new()
+            .name("stdout-watch".to_owned())
+            .spawn(move || {
+                if hung_up(&io::stdout()) {
+                    let _ = gone.send(());
+                }
+            });
+        if watching.is_ok() && told.await.is_ok() {
+            return;
+        }
+    }
+    std::future::pending::<()>().await;
+}
+
+/// Waits until `out` reports an error or a hang-up (`poll` reports those
+/// whatever it is asked for): true then, false if it cannot be waited on.
+#[cfg(unix)]
+fn hung_up(out: &impl std::os::fd::AsFd) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags};
+    loop {
+        let mut fds = [PollFd::new(out, PollFlags::empty())];
+        match poll(&mut fds, None) {
+            Ok(_) => {
+                let gone = PollFlags::ERR | PollFlags::HUP | PollFlags::NVAL;
+                if fds.iter().any(|fd| fd.revents().intersects(gone)) {
+                    return true;
+                }
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => return false,
+        }
+    }
+}

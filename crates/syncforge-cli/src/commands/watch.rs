@@ -90,6 +90,10 @@ pub(crate) async fn run(args: WatchArgs, cx: &mut Context) -> Result<()> {
         name.as_str(),
         store.url()
     );
+    // Whoever reads the watch may go while it waits for changes: it stops
+    // then, as it would at its next change.
+    let reader_gone = crate::output::reader_gone();
+    tokio::pin!(reader_gone);
     let mut check_feed = false;
     let limit = NonZeroUsize::new(PAGE).unwrap_or(NonZeroUsize::MIN);
     let mut printed = 0u64;
@@ -104,6 +108,7 @@ pub(crate) async fn run(args: WatchArgs, cx: &mut Context) -> Result<()> {
                 stop?;
                 break;
             }
+            () = &mut reader_gone => break,
         };
         let page = match page {
             Ok(page) => {
@@ -131,6 +136,7 @@ pub(crate) async fn run(args: WatchArgs, cx: &mut Context) -> Result<()> {
                         stop?;
                         break;
                     }
+                    () = &mut reader_gone => break,
                 }
                 retry = (retry * 2).min(LAST_RETRY);
                 check_feed = true;

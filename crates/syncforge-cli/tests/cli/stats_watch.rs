@@ -46,6 +46,36 @@ fn stats_counts_records_deletions_and_bytes() {
     );
 }
 
+/// `watch ... | head -n 1` on a quiet collection: the watch noticed that
+/// nothing read it any more only when it next printed a change, so the
+/// pipeline hung as long as nothing was written. It stops once its reader
+/// goes, like any command that reads.
+#[cfg(unix)]
+#[test]
+fn a_watch_stops_when_its_reader_goes_while_nothing_changes() {
+    use std::io::BufRead;
+    let dir = TempDir::new().unwrap();
+    let store = dir.path().join("store");
+    syncforge_with(&["put", arg(&store), "notes"], &docs("n", 2)).ok();
+    let (mut watcher, said, _stderr) = watching(&[
+        "watch",
+        arg(&store),
+        "notes",
+        "--from-start",
+        "--interval",
+        "50ms",
+    ]);
+    assert!(said.starts_with("watching collection"), "{said:?}");
+    let mut stdout = std::io::BufReader::new(watcher.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    assert!(first.contains("n00000"), "{first:?}");
+    drop(stdout);
+    let status = syncforge_testkit::processes::wait(&mut watcher, Duration::from_secs(20))
+        .unwrap_or_else(|error| panic!("the watch went on without a reader: {error}"));
+    assert!(status.success(), "{status:?}");
+}
+
 #[test]
 fn watch_prints_the_feed_and_follows_new_changes() {
     let dir = TempDir::new().unwrap();
