@@ -132,8 +132,8 @@ pub(crate) async fn run(args: ServeArgs, cx: &mut Context) -> Result<()> {
 }
 
 /// The tokens of a `--token-file`: `read-write SECRET [COLLECTION...]` or
-/// `read-only SECRET [COLLECTION...]` a line; blank lines and `#` comments
-/// are skipped. A line that says anything else is a usage error naming it
+/// `read-only SECRET [COLLECTION...]` a line, each collection name
+/// percent-encoded; blank lines and `#` comments are skipped. A line that says anything else is a usage error naming it
 /// (never quoting it: it may hold a secret).
 fn token_file(path: &Path, seen: &mut HashMap<String, String>) -> Result<Vec<AccessToken>> {
     // Unreadable is a failure at run time, as for any input file.
@@ -164,15 +164,22 @@ fn token_file(path: &Path, seen: &mut HashMap<String, String>) -> Result<Vec<Acc
         };
         once(seen, secret, &here)?;
         let token = checked(AccessToken::new(secret, access), &here)?;
-        let collections: Vec<&str> = words.collect();
-        // Checked here, to name the line; not quoted, in case the secret
-        // and a name were swapped.
-        if collections
-            .iter()
-            .any(|name| syncforge::core::validate_collection(name).is_err())
-        {
-            return Err(usage(format!("{here}: a collection name is not valid")));
-        }
+        // Names are separated by whitespace, so one holding a space (or a
+        // `%`) is written percent-encoded: `field%20notes`. Checked here,
+        // to name the line; not quoted, in case the secret and a name were
+        // swapped.
+        let collections = words
+            .map(|word| {
+                syncforge::core::percent_decode(word)
+                    .ok()
+                    .filter(|name| syncforge::core::validate_collection(name).is_ok())
+            })
+            .collect::<Option<Vec<String>>>()
+            .ok_or_else(|| {
+                usage(format!(
+                    "{here}: a collection name is not valid (write a space as %20, a % as %25)"
+                ))
+            })?;
         tokens.push(if collections.is_empty() {
             token
         } else {

@@ -269,7 +269,8 @@ fn tokens_can_come_from_a_file_and_cover_some_collections() {
     let tokens = dir.path().join("tokens");
     std::fs::write(
         &tokens,
-        "\u{feff}# the tablets\nread-write tablet-secret inspections\r\n\nread-only dashboard-secret\n",
+        "\u{feff}# the tablets\nread-write tablet-secret inspections\r\n\nread-only dashboard-secret\n\
+         read-write field-secret field%20notes\n",
     )
     .unwrap();
     let server = Served::start(arg(&hq), &["--token-file", arg(&tokens)]);
@@ -301,6 +302,22 @@ fn tokens_can_come_from_a_file_and_cover_some_collections() {
     )
     .fails(1);
     assert!(reading.stderr.contains("may not write"), "{reading:?}");
+    // A name holding a space is written percent-encoded: split at the
+    // space, the line gave the token the collections "field" and "notes".
+    let field_token = ["--bearer-token", "field-secret"];
+    syncforge_with(
+        &[&["import", url, "field notes"][..], &field_token].concat(),
+        &records,
+    )
+    .ok();
+    for other in ["field", "notes"] {
+        let refused = syncforge_with(
+            &[&["import", url, other][..], &field_token].concat(),
+            &records,
+        )
+        .fails(1);
+        assert!(refused.stderr.contains("may not write"), "{refused:?}");
+    }
     drop(server);
 
     // A token file serve refuses, and what it says.
@@ -322,6 +339,8 @@ fn tokens_can_come_from_a_file_and_cover_some_collections() {
         "{said}"
     );
     let said = refused("read-only fine\nread-only fine2 bad\u{7}name\n");
+    assert!(said.contains("line 2: a collection name"), "{said}");
+    let said = refused("read-only fine\nread-only fine2 50%off\n");
     assert!(said.contains("line 2: a collection name"), "{said}");
     let said = refused("# nothing yet\n");
     assert!(said.contains("holds no token"), "{said}");
