@@ -373,7 +373,9 @@ impl RedisBackend {
                     collection.as_str(),
                     None,
                     key,
-                    "does not hold a change sequence (a whole number from 0 to 2^53)".to_owned(),
+                    "does not hold a change sequence (a whole number from 0 to 2^53, no less \
+                     than the last in the collection's change feed)"
+                        .to_owned(),
                 );
             }
             if error::calls_for_new_connections(&e) {
@@ -1300,7 +1302,13 @@ fn batch_outcomes(reply: Value, n: usize) -> std::result::Result<Vec<u64>, &'sta
             }
             items
                 .iter()
-                .map(|item| item.as_u64().ok_or("an outcome that is not a number"))
+                .map(|item| match item {
+                    Value::Integer(n) => u64::try_from(*n)
+                        .ok()
+                        .filter(|&n| n <= MAX_SEQUENCE)
+                        .ok_or("an outcome that is no sequence"),
+                    _ => Err("an outcome that is not a number"),
+                })
                 .collect()
         }
         _ => Err("neither a first sequence nor one outcome per write"),
@@ -1778,6 +1786,17 @@ mod tests {
         assert!(batch_outcomes(array(&[5, 0]), 3).is_err());
         assert!(batch_outcomes(Value::Array(vec![Value::from("x")]), 1).is_err());
         assert!(batch_outcomes(Value::Null, 1).is_err());
+        // Outcomes past 2^53 (no cursor can hold them), negative ones, and
+        // numbers as text (which the script never answers) are no reply of
+        // the script's: a server or proxy that is not Redis.
+        assert_eq!(
+            batch_outcomes(array(&[MAX_SEQUENCE as i64]), 1),
+            Ok(vec![MAX_SEQUENCE])
+        );
+        assert!(batch_outcomes(array(&[MAX_SEQUENCE as i64 + 1]), 1).is_err());
+        assert!(batch_outcomes(array(&[i64::MAX]), 1).is_err());
+        assert!(batch_outcomes(array(&[-1]), 1).is_err());
+        assert!(batch_outcomes(Value::Array(vec![Value::from("5")]), 1).is_err());
     }
 
     #[test]

@@ -74,20 +74,43 @@ end
 /// key is known to hold its type before the first write: the sorted sets by
 /// `ZCARD`, which fails on a key of another type (`WRONGTYPE`) and changes
 /// nothing; the counter by `counter`, which callers read first and which
-/// must hold a whole sequence from 0 to 2^53; the records hash by the first
-/// write itself. `SET` takes a key of any type.
+/// must hold a whole sequence from 0 to 2^53, no less than the last in the
+/// feed (a counter deleted or set back by hand would hand out sequences
+/// again: a write under a cursor readers have passed, a token that matches
+/// two states); the records hash by the first write itself. `SET` takes a
+/// key of any type. And the ACL user is known to be allowed every command
+/// the write runs (`permitted`, on Redis 7 and later): the server checks each
+/// command of a script as it runs it, so a user allowed `HSET` but not `SET`
+/// wrote the record and then failed, leaving a sequence to be handed out
+/// twice.
 const WRITE_HELPER: &str = r"
 local function counter()
   local seq = tonumber(redis.call('GET', KEYS[4]) or '0')
   if seq == nil or seq < 0 or seq > 9007199254740992 or seq ~= math.floor(seq) then
     return nil
   end
+  local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')[2]
+  if last and tonumber(last) > seq then
+    return nil
+  end
   return seq
+end
+local function permitted(...)
+  if redis.acl_check_cmd == nil then
+    return
+  end
+  for _, command in ipairs({...}) do
+    if not redis.acl_check_cmd(unpack(command)) then
+      error({err = 'NOPERM syncforge: this user may not run ' .. command[1] .. ' on ' .. command[2] .. ', which the write needs; nothing was written'})
+    end
+  end
 end
 local function bad_counter()
   return redis.error_reply('ERR syncforge: ' .. KEYS[4] .. ' does not hold a change sequence')
 end
 local function write(hset, zfeed, ztime, last_seq, newest)
+  permitted({'HSET', KEYS[1], 'id', 'v'}, {'ZADD', KEYS[2], '0', 'id'}, {'ZADD', KEYS[3], '0', 'id'},
+    {'SET', KEYS[4], '0'}, {'ZADD', KEYS[5], '0', 's'}, {'ZREMRANGEBYRANK', KEYS[5], '0', '-2'})
   redis.call('ZCARD', KEYS[2])
   redis.call('ZCARD', KEYS[3])
   redis.call('ZCARD', KEYS[5])
@@ -284,9 +307,18 @@ return seq
 /// Hard delete of one record from the hash and both indexes.
 ///
 /// KEYS: records, feed, time. ARGV: id. Returns 1 if the record existed.
-/// The indexes' types are known before the first removal, as for the
-/// writes ([`WRITE_HELPER`]).
+/// The indexes' types, and the user's right to every removal (on Redis 7
+/// and later), are known before the first removal, as for the writes
+/// ([`WRITE_HELPER`]).
 const DELETE: &str = r"
+if redis.acl_check_cmd ~= nil then
+  for i = 1, 3 do
+    local command = i == 1 and 'HDEL' or 'ZREM'
+    if not redis.acl_check_cmd(command, KEYS[i], ARGV[1]) then
+      error({err = 'NOPERM syncforge: this user may not run ' .. command .. ' on ' .. KEYS[i] .. ', which the delete needs; nothing was deleted'})
+    end
+  end
+end
 redis.call('ZCARD', KEYS[2])
 redis.call('ZCARD', KEYS[3])
 local removed = redis.call('HDEL', KEYS[1], ARGV[1])
