@@ -136,6 +136,9 @@ pub struct FaultyBackend {
     rival_after_lost_answer: Mutex<Option<Rival>>,
     /// The same, after the next `insert_if_absent`.
     rival_after_lost_insert: Mutex<Option<Rival>>,
+    /// Whether the next `insert_if_absent` builds its record and then fails
+    /// without writing it.
+    fail_next_insert_after_building: std::sync::atomic::AtomicBool,
     /// Whether `changes` answers pages that never advance.
     stalling_feed: bool,
 }
@@ -182,6 +185,7 @@ impl FaultyBackend {
             rival: Mutex::new(None),
             rival_after_lost_answer: Mutex::new(None),
             rival_after_lost_insert: Mutex::new(None),
+            fail_next_insert_after_building: std::sync::atomic::AtomicBool::new(false),
             stalling_feed: false,
         }
     }
@@ -219,6 +223,15 @@ impl FaultyBackend {
         Fut: Future<Output = ()> + Send + 'static,
     {
         *self.rival_after_lost_insert.lock() = Some(self::rival(rival));
+    }
+
+    /// Has the next `insert_if_absent` build its record (call `make`) and
+    /// then fail as transient, writing nothing: a store that builds the
+    /// record before it looks for the id (the Redis store sends it with
+    /// the script), whose answer that the id is taken was lost.
+    pub fn fail_next_insert_after_building(&self) {
+        self.fail_next_insert_after_building
+            .store(true, Ordering::SeqCst);
     }
 
     /// Limits failures to the given operations (the others are only
@@ -430,6 +443,20 @@ impl StorageBackend for FaultyBackend {
         id: &RecordId,
         make: &mut (dyn FnMut() -> Result<Record> + Send),
     ) -> Option<Result<IfAbsent>> {
+        if self
+            .fail_next_insert_after_building
+            .swap(false, Ordering::SeqCst)
+        {
+            self.calls[Operation::InsertIfAbsent.index()].fetch_add(1, Ordering::SeqCst);
+            self.injected.fetch_add(1, Ordering::SeqCst);
+            if let Err(error) = make() {
+                return Some(Err(error));
+            }
+            return Some(Err(injected(
+                Operation::InsertIfAbsent,
+                "after building the record, with nothing written",
+            )));
+        }
         let after_lost = self.rival_after_lost_insert.lock().take();
         if let Some(rival) = after_lost {
             let call = self.inner.insert_if_absent(collection, id, make);

@@ -904,13 +904,13 @@ impl SyncEngine {
                     backend.get(collection, id)
                 })
                 .await;
+                // Only the write's own stamps show it landed. A state that
+                // merely absorbs it (`built_on`) may be one that was stored
+                // before this put began: a new record counts one write of
+                // this engine's, as its first write of the record did, and
+                // a later state by a clock running ahead absorbs it whole.
                 match read {
-                    Ok(Some(stored))
-                        if holds_local_write(&stored.record, &built)
-                            || self.built_on(&stored.record, &built) =>
-                    {
-                        stored.record
-                    }
+                    Ok(Some(stored)) if holds_local_write(&stored.record, &built) => stored.record,
                     Ok(stored) => return Err(Some(Ok(stored))),
                     Err(error) => return Ok(Err(error)),
                 }
@@ -1142,9 +1142,12 @@ impl SyncEngine {
     /// Whether `stored` was built on the local write `intended`: it has
     /// seen every write `intended` has and more, and merging `intended`
     /// into it changes nothing. Asked only of a put or delete that may have
-    /// landed unseen: since `intended` carries a count of this engine's
-    /// that no other write of it has, the state that came after it then
-    /// holds it.
+    /// landed unseen, planned on a state read before it: `intended` then
+    /// carries a count of this engine's that no state from before the write
+    /// has (another write of this engine's planned on the same state, at
+    /// the same time, is concurrent with it, and may come after it). Not of
+    /// a new record's first write, whose count of one every earlier first
+    /// write of the record by this engine had too.
     fn built_on(&self, stored: &Record, intended: &Record) -> bool {
         stored.versions().compare(intended.versions()) == Causality::Dominates
             && merge(stored, intended, self.inner.config.conflict_strategy)
