@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use syncforge_core::Result;
 
-use crate::files::{io_error, open_lock_file, FileOps};
+use crate::files::{corrupt, io_error, open_lock_file, FileOps};
 
 /// Name of the lock file in a collection directory.
 pub(crate) const LOCK_FILE: &str = ".lock";
@@ -26,6 +26,12 @@ pub(crate) enum Mode {
 pub(crate) struct DirLock {
     path: PathBuf,
     file: File,
+    /// The collection's name, for errors.
+    collection: String,
+    /// The file's device and inode when it was opened: a lock is good only
+    /// while the path still names that file.
+    #[cfg(unix)]
+    identity: (u64, u64),
 }
 
 impl DirLock {
@@ -43,7 +49,21 @@ impl DirLock {
     ) -> Result<DirLock> {
         let path = dir.join(name);
         let file = open_lock_file(ops, &path, collection)?;
-        Ok(DirLock { path, file })
+        #[cfg(unix)]
+        let identity = {
+            use std::os::unix::fs::MetadataExt;
+            let opened = file
+                .metadata()
+                .map_err(|err| io_error("reading the metadata of", &path, err))?;
+            (opened.dev(), opened.ino())
+        };
+        Ok(DirLock {
+            path,
+            file,
+            collection: collection.to_owned(),
+            #[cfg(unix)]
+            identity,
+        })
     }
 
     /// Waits for the lock in `mode`.
@@ -52,17 +72,48 @@ impl DirLock {
             Mode::Exclusive => self.file.lock(),
             Mode::Shared => self.file.lock_shared(),
         };
-        result.map_err(|err| io_error("locking", &self.path, err))
+        result.map_err(|err| io_error("locking", &self.path, err))?;
+        self.still_in_place()
     }
 
     /// Takes the lock exclusively if no other holder has it: `false` when
     /// one does.
     pub(crate) fn try_lock(&self) -> Result<bool> {
         match self.file.try_lock() {
-            Ok(()) => Ok(true),
+            Ok(()) => self.still_in_place().map(|()| true),
             Err(std::fs::TryLockError::WouldBlock) => Ok(false),
             Err(std::fs::TryLockError::Error(err)) => Err(io_error("locking", &self.path, err)),
         }
+    }
+
+    /// Checks, with the lock just taken, that the path still names the file
+    /// this handle locks, and releases it if not. A lock file deleted or
+    /// replaced while the store is open (taken for a stale one, or the
+    /// directory copied back over itself) would leave this handle locking
+    /// the old file and a handle opened since locking the new one: two
+    /// writers, each alone by its own lock, whose writes to the logs cut
+    /// each other's off. Every call then fails until the store is opened
+    /// again.
+    fn still_in_place(&self) -> Result<()> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let now = std::fs::symlink_metadata(&self.path)
+                .ok()
+                .map(|now| (now.dev(), now.ino()));
+            if now != Some(self.identity) {
+                self.unlock();
+                return Err(corrupt(
+                    &self.collection,
+                    None,
+                    &self.path,
+                    "was removed or replaced while the store was open, so its lock no longer \
+                     keeps other handles out: open the store again (in every process using it), \
+                     and leave the store's dot files alone while it is open",
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Releases the lock. Closing the file would release it too, so a
@@ -116,6 +167,34 @@ mod tests {
         first.unlock();
         second.unlock();
         third.try_lock().unwrap();
+    }
+
+    /// A lock file deleted, or replaced by another, while a handle holds it
+    /// open: the handle locked the old file and a newcomer the new one, and
+    /// both wrote as if alone. The handle now refuses to go on.
+    #[cfg(unix)]
+    #[test]
+    fn a_lock_file_removed_or_replaced_under_its_holder_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let holder = DirLock::open(&OsFiles, tmp.path(), "c").unwrap();
+        holder.lock(Mode::Exclusive).unwrap();
+        holder.unlock();
+        std::fs::remove_file(tmp.path().join(LOCK_FILE)).unwrap();
+        for mode in [Mode::Exclusive, Mode::Shared] {
+            let err = holder.lock(mode).unwrap_err();
+            assert!(
+                matches!(err, syncforge_core::Error::Corrupt { .. }),
+                "{err}"
+            );
+        }
+        let newcomer = DirLock::open(&OsFiles, tmp.path(), "c").unwrap();
+        newcomer.lock(Mode::Exclusive).unwrap();
+        assert!(holder.lock(Mode::Exclusive).is_err());
+        assert!(holder.try_lock().is_err());
+        // The newcomer holds the one lock there is: a handle opened now
+        // waits for it.
+        let third = DirLock::open(&OsFiles, tmp.path(), "c").unwrap();
+        assert!(!third.try_lock().unwrap());
     }
 
     #[cfg(unix)]

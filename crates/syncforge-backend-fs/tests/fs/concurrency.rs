@@ -47,6 +47,36 @@ async fn two_handles_in_one_process_lose_no_increment() {
     );
 }
 
+/// A collection's lock file deleted while a handle holds the store open
+/// (taken for a stale one): a handle opened since locks a new file, and the
+/// first went on writing beside it, each alone by its own lock. The first
+/// now refuses every call, and the newcomer carries on.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_whose_lock_file_was_removed_writes_no_more() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = FsBackend::open(tmp.path()).await.unwrap();
+    increment(&first, &coll("counters"), "c").await;
+    std::fs::remove_file(tmp.path().join("counters").join(".lock")).unwrap();
+    let newcomer = FsBackend::open(tmp.path()).await.unwrap();
+    increment(&newcomer, &coll("counters"), "c").await;
+    let refused = first.get(&coll("counters"), &rid("c")).await.unwrap_err();
+    assert!(
+        matches!(refused, syncforge_core::Error::Corrupt { .. }),
+        "{refused}"
+    );
+    assert!(
+        refused.to_string().contains("open the store again"),
+        "{refused}"
+    );
+    let stored = newcomer
+        .get(&coll("counters"), &rid("c"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(count_of(&stored.record), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_and_this_one_lose_no_increment() {
     let tmp = tempfile::tempdir().unwrap();
