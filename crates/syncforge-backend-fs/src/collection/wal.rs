@@ -30,7 +30,7 @@ use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use syncforge_core::{Error, Result, Stamp};
 
-use crate::collection::log::micros_since_epoch;
+use crate::collection::log::{micros_since_epoch, MAX_SEQUENCE};
 use crate::files::{
     io_error, is_link, open_for_reading, parent, replace_atomically, sync_dir, FileOps,
 };
@@ -407,7 +407,15 @@ impl Wal {
 
     /// A new generation, and the header line that announces it.
     fn next_header(&self) -> Result<(u64, String)> {
-        let generation = self.generation.saturating_add(1).max(micros_since_epoch());
+        // Other handles see a new log by its generation differing from the
+        // one they read: one found past 2^53 (a header edited by hand) is
+        // not counted on from, since adding to u64::MAX would give it again.
+        let generation = self
+            .generation
+            .checked_add(1)
+            .filter(|next| *next <= MAX_SEQUENCE)
+            .unwrap_or(0)
+            .max(micros_since_epoch());
         let mut header = serde_json::to_string(&WalHeader {
             format: WAL_FORMAT.to_owned(),
             version: 1,
@@ -501,6 +509,21 @@ pub(crate) fn holds_records(dir: &Path) -> Result<bool> {
 mod tests {
     use super::*;
     use crate::files::OsFiles;
+
+    /// A log whose header says generation u64::MAX (edited by hand) was
+    /// started again under that same generation, so a handle that had read
+    /// it never saw that the log was new: it missed the writes after.
+    #[test]
+    fn a_new_log_never_has_the_generation_of_the_old() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut wal = Wal::new(tmp.path());
+        for old in [u64::MAX, MAX_SEQUENCE, 1, micros_since_epoch() + 1_000_000] {
+            wal.generation = old;
+            let (next, _) = wal.next_header().unwrap();
+            assert_ne!(next, old);
+            assert!(next <= MAX_SEQUENCE, "{old} -> {next}");
+        }
+    }
 
     fn frame(first_seq: u64, ids: &[&str]) -> Frame {
         Frame {
