@@ -121,6 +121,8 @@ pub(crate) async fn reader_gone() {
 
 /// Waits until `out` reports an error or a hang-up (`poll` reports those
 /// whatever it is asked for): true then, false if it cannot be waited on.
+/// An invalid descriptor (`NVAL`) says nothing of a reader: macOS answers
+/// that for every terminal and device it cannot poll.
 #[cfg(unix)]
 fn hung_up(out: &impl std::os::fd::AsFd) -> bool {
     use rustix::event::{poll, PollFd, PollFlags};
@@ -128,8 +130,13 @@ fn hung_up(out: &impl std::os::fd::AsFd) -> bool {
         let mut fds = [PollFd::new(out, PollFlags::empty())];
         match poll(&mut fds, None) {
             Ok(_) => {
-                let gone = PollFlags::ERR | PollFlags::HUP | PollFlags::NVAL;
-                if fds.iter().any(|fd| fd.revents().intersects(gone)) {
+                let revents = fds
+                    .iter()
+                    .fold(PollFlags::empty(), |all, fd| all | fd.revents());
+                if revents.contains(PollFlags::NVAL) {
+                    return false;
+                }
+                if revents.intersects(PollFlags::ERR | PollFlags::HUP) {
                     return true;
                 }
             }
