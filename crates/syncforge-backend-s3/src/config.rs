@@ -598,10 +598,6 @@ fn refuse_credentials_in(endpoint: &str) -> Result<()> {
 mod tests {
     use super::*;
 
-    /// The client takes an endpoint given with virtual-hosted-style
-    /// requests as the bucket's own: every request of a store whose endpoint
-    /// was given without path style went to the endpoint's root, where the
-    /// server took the first segment of the key prefix for the bucket.
     /// Asserts that `error` refuses the configuration option `named`.
     fn refused_as(error: &Error, named: &str) {
         assert!(
@@ -610,6 +606,10 @@ mod tests {
         );
     }
 
+    /// The client takes an endpoint given with virtual-hosted-style
+    /// requests as the bucket's own: every request of a store whose endpoint
+    /// was given without path style went to the endpoint's root, where the
+    /// server took the first segment of the key prefix for the bucket.
     #[test]
     fn a_virtual_hosted_endpoint_carries_the_bucket_in_its_host() {
         let endpoint = |endpoint: &str, path_style: bool| {

@@ -735,12 +735,12 @@ pub(crate) fn stored(state: State) -> Option<Stored> {
     }
 }
 
-/// An object that changed under every one of [`MAX_RACES`] attempts.
 /// The body of a marker: what stands where a record was deleted.
 fn marker_body() -> Result<Bytes> {
     format::to_bytes(&RecordBody::marker())
 }
 
+/// An object that changed under every one of [`MAX_RACES`] attempts.
 pub(crate) fn kept_changing(path: &Path) -> Error {
     Error::unavailable(
         BACKEND_NAME,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use syncforge_core::Result;
 
-use crate::files::{corrupt, io_error, open_lock_file, FileOps};
+use crate::files::{io_error, open_lock_file, FileOps};
 
 /// Name of the lock file in a collection directory.
 pub(crate) const LOCK_FILE: &str = ".lock";
@@ -27,6 +27,7 @@ pub(crate) struct DirLock {
     path: PathBuf,
     file: File,
     /// The collection's name, for errors.
+    #[cfg(unix)]
     collection: String,
     /// The file's device and inode when it was opened: a lock is good only
     /// while the path still names that file.
@@ -60,6 +61,7 @@ impl DirLock {
         Ok(DirLock {
             path,
             file,
+            #[cfg(unix)]
             collection: collection.to_owned(),
             #[cfg(unix)]
             identity,
@@ -103,7 +105,7 @@ impl DirLock {
                 .map(|now| (now.dev(), now.ino()));
             if now != Some(self.identity) {
                 self.unlock();
-                return Err(corrupt(
+                return Err(crate::files::corrupt(
                     &self.collection,
                     None,
                     &self.path,

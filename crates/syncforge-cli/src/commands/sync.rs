@@ -418,9 +418,6 @@ impl Ends {
     }
 }
 
-/// The refusal of a sync of the store at `local` with itself, which
-/// would merge every record into itself; `served` when the other end is a
-/// sync server serving it.
 /// The local store SRC names. A one-way sync only reads it, so there must
 /// be one; with --both it is written as DST is, so, like DST, it may be new
 /// (a new device's first two-way sync), created once there is something to
@@ -435,6 +432,9 @@ async fn source(url: StoreUrl, options: &EngineOptions, both: bool) -> Result<De
     }
 }
 
+/// The refusal of a sync of the store at `local` with itself, which
+/// would merge every record into itself; `served` when the other end is a
+/// sync server serving it.
 fn same_store(local: &StoreUrl, served: bool) -> anyhow::Error {
     let how = if served {
         ", which the server serves"

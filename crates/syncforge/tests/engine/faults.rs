@@ -1004,8 +1004,8 @@ async fn a_lost_answer_write_that_a_later_state_built_on_is_not_applied_again() 
     let stored = engine.get("c", "n2").await.unwrap().unwrap();
     assert!(!stored.is_deleted(), "the later state was undone");
 
-    // A new record's insert: applied again over the later state, which
-    // keeps what it had that the put does not name.
+    // A new record's insert: applied again over the later state, whose
+    // content the put's replaces (its x is removed).
     store.rival_after_next_lost_insert(later_record("n3"));
     engine
         .put("c", &json!({"id": "n3", "title": "t3"}))
