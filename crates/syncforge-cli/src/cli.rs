@@ -172,7 +172,8 @@ pub(crate) struct SyncArgs {
     /// with --both of SRC and DST).
     #[arg(short, long = "collection", value_name = "COLLECTION")]
     pub(crate) collections: Vec<String>,
-    /// Sync both ways: DST's changes go to SRC too.
+    /// Sync both ways: DST's changes go to SRC too. Either end may then be
+    /// a directory or store not made yet (a new device's first sync).
     #[arg(long)]
     pub(crate) both: bool,
     #[command(flatten)]
