@@ -20,7 +20,7 @@
 //! Writing and reading records as JSON is most of what a sync over HTTP
 //! costs, more than the engines' own work: on both sides, the records of a
 //! push or of a feed page (from 256 of them) are encoded and decoded in
-//! chunks on tokio's blocking threads, one per core, and the async workers
+//! chunks on tokio's blocking threads, one per core (eight at most), and the async workers
 //! stay free meanwhile.
 //!
 //! ```
