@@ -111,6 +111,12 @@ pub(crate) trait FileOps: Send + Sync + fmt::Debug {
     /// Opens a file to hold advisory locks on, creating it empty if missing.
     fn open_lock_file(&self, path: &Path) -> io::Result<File>;
 
+    /// Reads a record file a checkpoint is about to replace, as
+    /// [`read_file`] does.
+    fn read_replaced(&self, path: &Path) -> Result<Read, Error> {
+        read_file(path)
+    }
+
     /// Makes the content of every file in `paths` durable, several at a
     /// time. A file that no longer exists needs nothing.
     fn sync_files(&self, paths: &[PathBuf]) -> io::Result<()> {
@@ -206,6 +212,10 @@ impl<H: Fn(&'static str, &Path) -> io::Result<()> + Send + Sync> FileOps for Hoo
     fn open_lock_file(&self, path: &Path) -> io::Result<File> {
         (self.0)("open_lock_file", path)?;
         OsFiles.open_lock_file(path)
+    }
+    fn read_replaced(&self, path: &Path) -> Result<Read, Error> {
+        (self.0)("read_replaced", path).map_err(|err| io_error("reading", path, err))?;
+        read_file(path)
     }
 }
 

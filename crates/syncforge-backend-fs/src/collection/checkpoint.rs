@@ -29,7 +29,7 @@ use syncforge_core::Result;
 
 use super::lock::{DirLock, Mode};
 use super::records::{move_aside, parse, RecordFile, CORRUPT_DIR};
-use crate::files::{io_error, read_file, sync_dir, write_temp, FileOps, Read};
+use crate::files::{io_error, sync_dir, write_temp, FileOps, Read};
 
 /// Name of the checkpoint lock file in a collection directory.
 pub(crate) const CHECKPOINT_LOCK_FILE: &str = ".checkpoint.lock";
@@ -179,10 +179,13 @@ impl CheckpointJob {
     /// permission, a disk error) is moved aside first: the committed write
     /// supersedes whatever it held, and failing here would fail every
     /// checkpoint of the collection, and with them every later opening of
-    /// it, for one file.
+    /// it, for one file. A read that failed for now (the process out of
+    /// file handles) says nothing of the file: the checkpoint fails, and
+    /// the next one comes back to it.
     fn write_file(&self, id: &str, content: Option<&str>, path: &Path) -> Result<()> {
-        let current = match read_file(path) {
+        let current = match self.ops.read_replaced(path) {
             Ok(current) => current,
+            Err(error) if error.is_transient() => return Err(error),
             Err(error) => {
                 tracing::warn!(%error, "a record file the log replaces cannot be read");
                 move_aside(self.ops.as_ref(), &self.dir, path, self.durable, &self.name)?;

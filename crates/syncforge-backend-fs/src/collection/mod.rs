@@ -1215,6 +1215,60 @@ mod tests {
         assert_eq!(collection.wal.generation(), read, "the logs were forgotten");
     }
 
+    /// A checkpoint whose read of a record file failed for now (the
+    /// process out of file handles) moved the file, which was whole, into
+    /// `.corrupt/` as one that cannot be read at all, with a warning calling
+    /// it corrupt. The checkpoint now fails, and the next one writes it.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_checkpoint_that_cannot_read_a_file_for_now_moves_none_aside() {
+        let tmp = tempfile::tempdir().unwrap();
+        let notes = CollectionName::new("notes").unwrap();
+        let out_of_handles = Arc::new(AtomicBool::new(false));
+        let failing = Arc::clone(&out_of_handles);
+        let ops: Arc<dyn FileOps> = Arc::new(Hooked(move |op: &'static str, _: &Path| {
+            if op == "read_replaced" && failing.load(Ordering::SeqCst) {
+                return Err(io::Error::from_raw_os_error(libc::EMFILE));
+            }
+            Ok(())
+        }));
+        let store = FsBackend::open_on(ops, tmp.path(), FsOptions::default(), Tuning::default())
+            .await
+            .unwrap();
+        let first = note("n1", 1);
+        store.put(&notes, &Write::create(first)).await.unwrap();
+        store.checkpoint().await.unwrap();
+        let stored = store
+            .get(&notes, &RecordId::new("n1").unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut second = stored.record.clone();
+        second
+            .apply_put(
+                Content::from_value(json!({"id": "n1", "n": 2})).unwrap(),
+                &Stamp::new(5_000, 0, "t").unwrap(),
+            )
+            .unwrap();
+        store
+            .put(&notes, &Write::replace(second.clone(), stored.token))
+            .await
+            .unwrap();
+        out_of_handles.store(true, Ordering::SeqCst);
+        let error = store.checkpoint().await.unwrap_err();
+        assert!(error.is_transient(), "{error:?}");
+        let dir = Collection::dir_for(tmp.path(), "notes");
+        assert!(
+            !dir.join(".corrupt").exists(),
+            "a whole file was moved aside"
+        );
+        out_of_handles.store(false, Ordering::SeqCst);
+        store.checkpoint().await.unwrap();
+        let text = std::fs::read_to_string(dir.join(file_name_for("n1"))).unwrap();
+        assert_eq!(text, second.to_json_string());
+        store.close().await.unwrap();
+    }
+
     /// The first synced append after an open synced the directory again,
     /// although the open had just synced it naming that log.
     #[tokio::test]
