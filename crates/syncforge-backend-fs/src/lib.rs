@@ -105,7 +105,7 @@
 //! advisory lock on the collection's `.lock` and readers a shared one, so
 //! conditional writes from several handles or processes on the same directory
 //! never lose an update. The log is rewritten without superseded entries once
-//! it grows to twice the live records; if it is deleted or damaged it is
+//! it grows to twice the live records (and at least 1,024 lines); if it is deleted or damaged it is
 //! rebuilt from the record files, giving them all new sequences (readers then
 //! see every record again instead of missing any). Sequences stay at or below
 //! 2^53 (exact in every JSON implementation): a log holding a bigger number is
@@ -153,15 +153,16 @@
 //! path is resolved when the store is opened, and the handle keeps the
 //! directory it found then. A link in a record file's place is corrupt
 //! (see above; writes replace or move aside the link itself, never its
-//! target); a link in place of a collection's directory, its `.lock` or
-//! `.corrupt/`, or the store's `.meta.json` fails the calls that need it
-//! with [`Error::Corrupt`]; a linked `.changes` is replaced by a rebuilt log.
+//! target); a link in place of a collection's directory, its `.lock`,
+//! `.checkpoint.lock`, `.reserved`, `.highest` or `.corrupt/`, or the store's
+//! `.meta.json` fails the calls that need it with [`Error::Corrupt`]; a linked `.changes` is replaced by a rebuilt log.
 //! Files are opened with `O_NOFOLLOW`, and a collection's directory is checked
 //! before every call.
 //!
 //! [`close`](StorageBackend::close) never deletes anything; only
 //! [`clear_collection`](StorageBackend::clear_collection) removes records in
-//! bulk.
+//! bulk, and with them every file that stands where a record's would (a
+//! corrupt one included: moved aside, it would be kept; cleared, it is not).
 
 mod collection;
 mod encoding;
