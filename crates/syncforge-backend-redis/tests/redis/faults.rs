@@ -19,8 +19,8 @@ use syncforge_core::{
 };
 
 use crate::support::{
-    assert_consistent, coll, edited, fresh_prefix, key, raw_client, record, remove_prefix, rid,
-    standalone, sync_records, PrivateCluster, PrivateServer,
+    assert_consistent, coll, edited, fresh_prefix, key, raw_client, record, refused_insert,
+    remove_prefix, rid, standalone, sync_records, PrivateCluster, PrivateServer,
 };
 
 const SYNCED: usize = 10_000;
@@ -1015,13 +1015,7 @@ async fn write_as_users_refused_a_command(
             let error = store.put_batch(&notes, &[new]).await.unwrap_err();
             let named = format!("run {} ", denied.to_uppercase());
             assert!(error.to_string().contains(&named), "{denied}: {error}");
-            let inserted = store
-                .insert_if_absent(&notes, &rid("other"), &mut || {
-                    Ok(record(&mut hlc, "other", 1))
-                })
-                .await
-                .unwrap()
-                .unwrap_err();
+            let inserted = refused_insert(&store, &notes, &mut hlc).await;
             assert!(
                 matches!(inserted, Error::Storage { .. }),
                 "{denied}: {inserted:?}"

@@ -19,7 +19,7 @@ use tokio::sync::Barrier;
 
 use crate::support::{
     assert_consistent, cluster, coll, dump_collection, edited, fresh_prefix, key, n_of, raw_client,
-    record, remove_prefix, rid, standalone, sync_records, PrivateServer,
+    record, refused_insert, remove_prefix, rid, standalone, sync_records, PrivateServer,
 };
 
 const RECORDS: usize = 50;
@@ -832,13 +832,7 @@ async fn a_key_of_another_type_fails_a_write_before_it_writes_anything() {
             part == "seq",
             "{part}={value}: {batch:?}"
         );
-        let inserted = store
-            .insert_if_absent(&notes, &rid("other"), &mut || {
-                Ok(record(&mut hlc, "other", 1))
-            })
-            .await
-            .unwrap()
-            .unwrap_err();
+        let inserted = refused_insert(&store, &notes, &mut hlc).await;
         assert!(
             inserted.to_string().contains(said),
             "{part}={value}: {inserted}"

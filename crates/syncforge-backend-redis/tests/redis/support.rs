@@ -517,6 +517,22 @@ pub(crate) fn rid(id: &str) -> RecordId {
 }
 
 /// A new record `{"id", "n", "body"}` stamped now.
+/// The refusal of an insert of a new record "other" into `collection`,
+/// which must fail.
+pub(crate) async fn refused_insert(
+    store: &RedisBackend,
+    collection: &CollectionName,
+    hlc: &mut Hlc,
+) -> Error {
+    store
+        .insert_if_absent(collection, &rid("other"), &mut || {
+            Ok(record(hlc, "other", 1))
+        })
+        .await
+        .unwrap()
+        .unwrap_err()
+}
+
 pub(crate) fn record(hlc: &mut Hlc, id: &str, n: i64) -> Record {
     Record::create(
         Content::from_value(json!({"id": id, "n": n, "body": format!("body of {id}")})).unwrap(),

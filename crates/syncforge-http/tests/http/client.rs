@@ -951,6 +951,18 @@ fn notes() -> syncforge::CollectionName {
     syncforge::CollectionName::new("notes").unwrap()
 }
 
+/// A canned answer to a push into `notes`: `added` records, the feed
+/// positions `echoes` (JSON ranges).
+fn sync_answer(added: usize, echoes: &str) -> String {
+    json_answer(
+        "200 OK",
+        "",
+        &format!(
+            r#"{{"feed_id":"f1","collection":"notes","added":{added},"updated":0,"deleted":0,"unchanged":0,"conflicts":0,"echoes":{echoes}}}"#
+        ),
+    )
+}
+
 /// A canned answer: a page of `collection` holding no change, that ends
 /// the feed at `next`.
 fn empty_page(collection: &str, next: u64) -> String {
@@ -981,15 +993,7 @@ async fn pull_notes(link: &impl SyncPeer) -> syncforge::Result<syncforge::core::
 /// later pull refused. Both are refused, and nothing of them is kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echoes_a_push_could_not_have_written_are_refused_and_not_skipped() {
-    let synced = |echoes: &str| {
-        json_answer(
-            "200 OK",
-            "",
-            &format!(
-                r#"{{"feed_id":"f1","collection":"notes","added":2,"updated":0,"deleted":0,"unchanged":0,"conflicts":0,"echoes":{echoes}}}"#
-            ),
-        )
-    };
+    let synced = |echoes: &str| sync_answer(2, echoes);
     let (url, served) = canned_server(vec![
         json_answer("200 OK", "", CANNED_HEALTH),
         synced("[[5,1000]]"),
@@ -1399,11 +1403,7 @@ async fn a_push_a_proxy_refuses_as_too_large_is_sent_in_smaller_parts() {
 /// went in requests of half that size, whatever the server took.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_refused_for_its_count_of_records_reads_the_limits_again() {
-    let synced = json_answer(
-        "200 OK",
-        "",
-        r#"{"feed_id":"f1","collection":"notes","added":1,"updated":0,"deleted":0,"unchanged":0,"conflicts":0,"echoes":[]}"#,
-    );
+    let synced = sync_answer(1, "[]");
     let too_many = json_answer(
         "413 Payload Too Large",
         "",
@@ -1659,11 +1659,7 @@ async fn a_page_refused_teaches_the_peer_nothing() {
 /// The pull is asked again without them, and they are let go.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pull_refused_for_its_long_url_is_asked_again_without_echoes() {
-    let synced = json_answer(
-        "200 OK",
-        "",
-        r#"{"feed_id":"f1","collection":"notes","added":2,"updated":0,"deleted":0,"unchanged":0,"conflicts":0,"echoes":[[5,6]]}"#,
-    );
+    let synced = sync_answer(2, "[[5,6]]");
     let too_long = "HTTP/1.1 414 URI Too Long\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
     let (url, served) = canned_server(vec![
         json_answer("200 OK", "", CANNED_HEALTH),
