@@ -158,9 +158,11 @@ impl LocalDirectory {
     /// Whether each write is synced to the device before it returns
     /// (default `true`). Without it, writes are faster and still atomic, and
     /// a crash of the process loses nothing, but a power cut can lose the
-    /// last writes, feed entries among them in any order: the change feed
-    /// can then number writes again at positions peers read past (see
-    /// docs/backends.md). For data a power cut may cost.
+    /// last writes, feed entries among them in any order, or leave a new
+    /// object empty (its name durable before its bytes), which then reads as
+    /// corrupt: the change feed can then number writes again at positions
+    /// peers read past, or stop at such an entry (see docs/backends.md). For
+    /// data a power cut may cost.
     pub fn with_fsync(mut self, fsync: bool) -> Self {
         self.fsync = fsync;
         self
