@@ -58,6 +58,25 @@ local function read_within(key, entries, n, budget, bytes, ids, scores, values)
 end
 ";
 
+/// `permitted(what, commands)`: fails the script with `NOPERM`, before it
+/// changes anything, unless the ACL user may run each of `commands` (each
+/// a command and its arguments, keys first) that the script's `what`
+/// (`write`, `delete`) will run. The server checks each command of a
+/// script only as it runs it, and keeps what the script changed before.
+/// Redis 6.2 has no such check for scripts: nothing is asked there.
+const PERMITTED_HELPER: &str = r"
+local function permitted(what, commands)
+  if redis.acl_check_cmd == nil then
+    return
+  end
+  for _, command in ipairs(commands) do
+    if not redis.acl_check_cmd(unpack(command)) then
+      error({err = 'NOPERM syncforge: this user may not run ' .. command[1] .. ' on ' .. command[2] .. ', which the ' .. what .. ' needs; nothing was changed'})
+    end
+  end
+end
+";
+
 /// Writes runs of `HSET` pairs (id, stored value) and the matching feed
 /// (sequence, id) and time (millis, id) pairs, then the counter at
 /// `last_seq` and the newest stamp `newest`; KEYS as the write scripts
@@ -79,8 +98,7 @@ end
 /// again: a write under a cursor readers have passed, a token that matches
 /// two states); the records hash by the first write itself. `SET` takes a
 /// key of any type. And the ACL user is known to be allowed every command
-/// the write runs (`permitted`, on Redis 7 and later): the server checks each
-/// command of a script as it runs it, so a user allowed `HSET` but not `SET`
+/// the write runs ([`PERMITTED_HELPER`]): a user allowed `HSET` but not `SET`
 /// wrote the record and then failed, leaving a sequence to be handed out
 /// twice.
 const WRITE_HELPER: &str = r"
@@ -95,22 +113,13 @@ local function counter()
   end
   return seq
 end
-local function permitted(...)
-  if redis.acl_check_cmd == nil then
-    return
-  end
-  for _, command in ipairs({...}) do
-    if not redis.acl_check_cmd(unpack(command)) then
-      error({err = 'NOPERM syncforge: this user may not run ' .. command[1] .. ' on ' .. command[2] .. ', which the write needs; nothing was written'})
-    end
-  end
-end
 local function bad_counter()
   return redis.error_reply('ERR syncforge: ' .. KEYS[4] .. ' does not hold a change sequence')
 end
 local function write(hset, zfeed, ztime, last_seq, newest)
-  permitted({'HSET', KEYS[1], 'id', 'v'}, {'ZADD', KEYS[2], '0', 'id'}, {'ZADD', KEYS[3], '0', 'id'},
-    {'SET', KEYS[4], '0'}, {'ZADD', KEYS[5], '0', 's'}, {'ZREMRANGEBYRANK', KEYS[5], '0', '-2'})
+  permitted('write', {{'HSET', KEYS[1], 'id', 'v'}, {'ZADD', KEYS[2], '0', 'id'},
+    {'ZADD', KEYS[3], '0', 'id'}, {'SET', KEYS[4], '0'}, {'ZADD', KEYS[5], '0', 's'},
+    {'ZREMRANGEBYRANK', KEYS[5], '0', '-2'}})
   redis.call('ZCARD', KEYS[2])
   redis.call('ZCARD', KEYS[3])
   redis.call('ZCARD', KEYS[5])
@@ -307,18 +316,12 @@ return seq
 /// Hard delete of one record from the hash and both indexes.
 ///
 /// KEYS: records, feed, time. ARGV: id. Returns 1 if the record existed.
-/// The indexes' types, and the user's right to every removal (on Redis 7
-/// and later), are known before the first removal, as for the writes
-/// ([`WRITE_HELPER`]).
+/// The indexes' types, and the user's right to every removal
+/// ([`PERMITTED_HELPER`]), are known before the first removal, as for the
+/// writes ([`WRITE_HELPER`]).
 const DELETE: &str = r"
-if redis.acl_check_cmd ~= nil then
-  for i = 1, 3 do
-    local command = i == 1 and 'HDEL' or 'ZREM'
-    if not redis.acl_check_cmd(command, KEYS[i], ARGV[1]) then
-      error({err = 'NOPERM syncforge: this user may not run ' .. command .. ' on ' .. KEYS[i] .. ', which the delete needs; nothing was deleted'})
-    end
-  end
-end
+permitted('delete', {{'HDEL', KEYS[1], ARGV[1]}, {'ZREM', KEYS[2], ARGV[1]},
+  {'ZREM', KEYS[3], ARGV[1]}})
 redis.call('ZCARD', KEYS[2])
 redis.call('ZCARD', KEYS[3])
 local removed = redis.call('HDEL', KEYS[1], ARGV[1])
@@ -467,9 +470,11 @@ impl Scripts {
 
     pub(crate) fn new() -> Self {
         Scripts {
-            put_batch: Script::from_lua(format!("{WRITE_HELPER}{PUT_BATCH}")),
-            insert_if_absent: Script::from_lua(format!("{WRITE_HELPER}{INSERT_IF_ABSENT}")),
-            delete: Script::from_lua(DELETE),
+            put_batch: Script::from_lua(format!("{PERMITTED_HELPER}{WRITE_HELPER}{PUT_BATCH}")),
+            insert_if_absent: Script::from_lua(format!(
+                "{PERMITTED_HELPER}{WRITE_HELPER}{INSERT_IF_ABSENT}"
+            )),
+            delete: Script::from_lua(format!("{PERMITTED_HELPER}{DELETE}")),
             clear: Script::from_lua(CLEAR),
             feed_page: Script::from_lua(format!("{READ_WITHIN_HELPER}{FEED_PAGE}")),
             time_slice: Script::from_lua(format!("{HMGET_HELPER}{READ_WITHIN_HELPER}{TIME_SLICE}")),

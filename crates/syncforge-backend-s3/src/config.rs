@@ -78,13 +78,7 @@ pub const DEFAULT_REGION: &str = "us-east-1";
 /// The region requests go to: the one configured, else the environment's
 /// (read through `env`, as the AWS tools name it), else [`DEFAULT_REGION`].
 fn region(configured: Option<&str>, env: impl Fn(&str) -> Option<String>) -> String {
-    // An empty value says nothing: the next place is asked.
-    let given = |region: &String| !region.is_empty();
-    configured
-        .map(str::to_owned)
-        .filter(given)
-        .or_else(|| env("AWS_REGION").filter(given))
-        .or_else(|| env("AWS_DEFAULT_REGION").filter(given))
+    given_or_set(configured, env, &["AWS_REGION", "AWS_DEFAULT_REGION"])
         .unwrap_or_else(|| DEFAULT_REGION.to_owned())
 }
 
@@ -95,12 +89,22 @@ fn region(configured: Option<&str>, env: impl Fn(&str) -> Option<String>) -> Str
 /// either place is checked and given the bucket in the same way, whatever
 /// the credentials.
 fn endpoint(configured: Option<&str>, env: impl Fn(&str) -> Option<String>) -> Option<String> {
-    let given = |endpoint: &String| !endpoint.is_empty();
+    given_or_set(configured, env, &["AWS_ENDPOINT_URL", "AWS_ENDPOINT"])
+}
+
+/// The `configured` value, else that of the first of the environment
+/// variables `names` that is set (read through `env`). An empty value says
+/// nothing: the next place is asked.
+fn given_or_set(
+    configured: Option<&str>,
+    env: impl Fn(&str) -> Option<String>,
+    names: &[&str],
+) -> Option<String> {
+    let given = |value: &String| !value.is_empty();
     configured
         .map(str::to_owned)
         .filter(given)
-        .or_else(|| env("AWS_ENDPOINT_URL").filter(given))
-        .or_else(|| env("AWS_ENDPOINT").filter(given))
+        .or_else(|| names.iter().find_map(|name| env(name).filter(given)))
 }
 
 /// The prefix used when none is given (the TypeScript library's).

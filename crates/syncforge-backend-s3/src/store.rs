@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::ObjectMeta;
@@ -442,7 +441,7 @@ impl Store {
                 // feed, and a reader would complete it after this delete,
                 // bringing the record back. A marker voids it.
                 State::Absent => {
-                    match self.io.put(&path, marker_body()?, Condition::Absent).await {
+                    match self.put_marker(&path, Condition::Absent).await {
                         // A key the store cannot hold holds no record either.
                         Err(error) if crate::io::names_a_key_too_long(&error) => {
                             return Ok(existed)
@@ -454,7 +453,7 @@ impl Store {
                 }
                 State::Record { etag, .. } => {
                     existed = true;
-                    if let Put::Done(_) = self.put_marker(&path, &etag).await? {
+                    if let Put::Done(_) = self.put_marker(&path, Condition::Tag(&etag)).await? {
                         return Ok(true);
                     }
                 }
@@ -463,10 +462,11 @@ impl Store {
         }
     }
 
-    async fn put_marker(&self, path: &Path, etag: &str) -> Result<Put> {
-        self.io
-            .put(path, marker_body()?, Condition::Tag(etag))
-            .await
+    /// Puts a marker, what stands where a record was deleted, at `path`
+    /// if `condition` holds.
+    async fn put_marker(&self, path: &Path, condition: Condition<'_>) -> Result<Put> {
+        let body = format::to_bytes(&RecordBody::marker())?;
+        self.io.put(path, body, condition).await
     }
 
     /// Replaces every record by a marker, concurrently. The feed's numbering
@@ -488,7 +488,10 @@ impl Store {
                             State::Absent | State::Marker { .. } => return Ok(()),
                         },
                     };
-                    if let Put::Done(_) = self.put_marker(&meta.location, &current).await? {
+                    if let Put::Done(_) = self
+                        .put_marker(&meta.location, Condition::Tag(&current))
+                        .await?
+                    {
                         return Ok(());
                     }
                     races.lost(&meta.location).await?;
@@ -733,11 +736,6 @@ pub(crate) fn stored(state: State) -> Option<Stored> {
         }),
         State::Absent | State::Marker { .. } => None,
     }
-}
-
-/// The body of a marker: what stands where a record was deleted.
-fn marker_body() -> Result<Bytes> {
-    format::to_bytes(&RecordBody::marker())
 }
 
 /// An object that changed under every one of [`MAX_RACES`] attempts.

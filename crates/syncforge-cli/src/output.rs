@@ -130,9 +130,8 @@ fn hung_up(out: &impl std::os::fd::AsFd) -> bool {
         let mut fds = [PollFd::new(out, PollFlags::empty())];
         match poll(&mut fds, None) {
             Ok(_) => {
-                let revents = fds
-                    .iter()
-                    .fold(PollFlags::empty(), |all, fd| all | fd.revents());
+                let [fd] = &fds;
+                let revents = fd.revents();
                 if revents.contains(PollFlags::NVAL) {
                     return false;
                 }

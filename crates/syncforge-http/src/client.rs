@@ -1158,7 +1158,7 @@ impl HttpPeer {
                 }
                 Err(failure) => return Err(failure.into_error()),
             };
-            tracing::debug!(%cause, records = ends.len(), "a push was refused as too large or too slow; sending it in halves");
+            tracing::debug!(%cause, records = ends.len(), "a push was refused as too large or too many records, or was too slow; sending it in halves");
             {
                 let mut state = self.inner.state.lock();
                 let half = records.len() / 2;

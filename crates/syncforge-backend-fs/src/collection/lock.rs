@@ -51,13 +51,10 @@ impl DirLock {
         let path = dir.join(name);
         let file = open_lock_file(ops, &path, collection)?;
         #[cfg(unix)]
-        let identity = {
-            use std::os::unix::fs::MetadataExt;
-            let opened = file
-                .metadata()
-                .map_err(|err| io_error("reading the metadata of", &path, err))?;
-            (opened.dev(), opened.ino())
-        };
+        let identity = file
+            .metadata()
+            .map(|opened| identity(&opened))
+            .map_err(|err| io_error("reading the metadata of", &path, err))?;
         Ok(DirLock {
             path,
             file,
@@ -99,10 +96,9 @@ impl DirLock {
     fn still_in_place(&self) -> Result<()> {
         #[cfg(unix)]
         {
-            use std::os::unix::fs::MetadataExt;
             let now = std::fs::symlink_metadata(&self.path)
                 .ok()
-                .map(|now| (now.dev(), now.ino()));
+                .map(|now| identity(&now));
             if now != Some(self.identity) {
                 self.unlock();
                 return Err(crate::files::corrupt(
@@ -125,6 +121,13 @@ impl DirLock {
             tracing::warn!(lock = %self.path.display(), %err, "could not release the lock");
         }
     }
+}
+
+/// Which file `metadata` is of: its device and inode.
+#[cfg(unix)]
+fn identity(metadata: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (metadata.dev(), metadata.ino())
 }
 
 #[cfg(test)]

@@ -133,8 +133,9 @@ pub(crate) async fn run(args: ServeArgs, cx: &mut Context) -> Result<()> {
 
 /// The tokens of a `--token-file`: `read-write SECRET [COLLECTION...]` or
 /// `read-only SECRET [COLLECTION...]` a line, each collection name
-/// percent-encoded; blank lines and `#` comments are skipped. A line that says anything else is a usage error naming it
-/// (never quoting it: it may hold a secret).
+/// percent-encoded; blank lines and `#` comments are skipped. A line that
+/// says anything else is a usage error naming it (never quoting it: it may
+/// hold a secret).
 fn token_file(path: &Path, seen: &mut HashMap<String, String>) -> Result<Vec<AccessToken>> {
     // Unreadable is a failure at run time, as for any input file.
     let text = std::fs::read_to_string(path)
