@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
-use crate::validate::validate_id;
+use crate::validate::validate_client_id;
 
 /// Identifies a replica. Cheap to clone (shared string).
 ///
@@ -45,7 +45,8 @@ impl Clone for ClientId {
 }
 
 impl ClientId {
-    /// A client id: 1 to 1024 bytes, no control characters.
+    /// A client id: 1 to 1024 bytes, no control characters. Anything else
+    /// is refused with [`Error::InvalidArgument`](crate::Error::InvalidArgument).
     pub fn new(id: &str) -> Result<Self> {
         thread_local! {
             /// The id this thread made last. Ids come in runs (every stamp
@@ -65,7 +66,7 @@ impl ClientId {
         if let Ok(Some(last)) = last {
             return Ok(last);
         }
-        validate_id(id)?;
+        validate_client_id(id)?;
         let made = shared_client(id);
         let _ = LAST.try_with(|last| *last.borrow_mut() = Some(made.clone()));
         Ok(made)
@@ -459,9 +460,14 @@ impl ManualTime {
         self.0.store(millis, Ordering::SeqCst);
     }
 
-    /// Moves the time forward by `millis`.
+    /// Moves the time forward by `millis`, stopping at `u64::MAX` instead of
+    /// wrapping round to the past.
     pub fn advance(&self, millis: u64) {
-        self.0.fetch_add(millis, Ordering::SeqCst);
+        let _ = self
+            .0
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |now| {
+                Some(now.saturating_add(millis))
+            });
     }
 }
 
@@ -640,6 +646,30 @@ mod tests {
         assert_eq!(a, unshared);
         assert_eq!(a.cmp(&unshared), std::cmp::Ordering::Equal);
         assert!(client("laptop") < a);
+    }
+
+    /// A bad client id was refused as a bad record id ("invalid record id").
+    #[test]
+    fn a_bad_client_id_is_refused_as_a_client_id() {
+        for bad in ["", "a\u{7}b"] {
+            match Stamp::new(1, 0, bad) {
+                Err(Error::InvalidArgument { name, reason }) => {
+                    assert_eq!(name, "client_id");
+                    assert!(reason.contains(&format!("{bad:?}")), "{reason}");
+                }
+                other => panic!("{bad:?} gave {other:?}"),
+            }
+        }
+    }
+
+    /// Moving the time forward by a huge step wrapped it round to the past.
+    #[test]
+    fn manual_time_advances_to_its_end_and_no_further() {
+        let time = ManualTime::new(5);
+        time.advance(u64::MAX);
+        assert_eq!(time.now_millis(), u64::MAX);
+        time.advance(1);
+        assert_eq!(time.now_millis(), u64::MAX);
     }
 
     #[test]

@@ -189,13 +189,16 @@ fn crdt_fields_kept(target: &Record, other: &Record) -> bool {
 }
 
 /// Whole-record order of the timestamp strategy: newest stamp, then (for
-/// imports with equal stamps) the canonical JSON of the state.
+/// imports with equal stamps) the canonical JSON of the content, then, for
+/// equal content, that of the state, so that the order stays total.
 fn timestamp_order(a: &Record, b: &Record) -> Ordering {
     a.newest_stamp().cmp(b.newest_stamp()).then_with(|| {
         if same_state(a, b) {
             Ordering::Equal
         } else {
-            state_json(a).cmp(&state_json(b))
+            a.content_json_string()
+                .cmp(&b.content_json_string())
+                .then_with(|| state_json(a).cmp(&state_json(b)))
         }
     })
 }
@@ -308,6 +311,8 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::hlc::Stamp;
+    use crate::version_vector::VersionVector;
 
     /// A strategy parses from the name it displays and serialises as, and
     /// any other name is refused naming the option.
@@ -338,7 +343,7 @@ mod tests {
     /// `Value`'s own text puts the fields before the metadata, and the other
     /// record's `"z"` would win instead of `"a"`'s shorter `_sync.fields`.
     #[test]
-    fn a_timestamp_tie_goes_by_the_canonical_text() {
+    fn a_timestamp_tie_goes_by_the_content_text() {
         let record = |fields: serde_json::Value| {
             let mut value = json!({"id": "r", "_timestamp": 1000, "_clientId": "c", "_version": 1});
             if let (Some(value), Some(fields)) = (value.as_object_mut(), fields.as_object()) {
@@ -346,11 +351,42 @@ mod tests {
             }
             Record::from_json(value).unwrap()
         };
+        // The whole state's text would pick `short` (its `_sync` sorts
+        // higher); the content's picks `long`, as the design asks.
         let (short, long) = (record(json!({"a": "a"})), record(json!({"a": "z", "b": 1})));
         assert!(short.to_json_string() > long.to_json_string());
         for (local, remote) in [(&short, &long), (&long, &short)] {
             let merged = merge(local, remote, ConflictStrategy::Timestamp).unwrap();
-            assert_eq!(merged.to_json_string(), short.to_json_string());
+            assert_eq!(merged.to_json_string(), long.to_json_string());
+        }
+    }
+
+    #[test]
+    fn a_timestamp_tie_of_equal_content_goes_by_the_state_text() {
+        // Equal content and newest stamps; one side also holds a removed
+        // field: the states differ only in what `_sync` holds.
+        let stamp = Stamp::new(1000, 0, "c").unwrap();
+        let field = |value: Option<serde_json::Value>| FieldState::new(value, stamp.clone());
+        let record = |fields: Vec<(String, FieldState)>| {
+            let mut versions = VersionVector::new();
+            versions.increment(stamp.client());
+            let fields: FieldStates = fields.into_iter().collect();
+            Record::from_parts("r", fields, stamp.clone(), None, versions).unwrap()
+        };
+        let plain = record(vec![("a".to_owned(), field(Some(json!(1))).unwrap())]);
+        let with_removed = record(vec![
+            ("a".to_owned(), field(Some(json!(1))).unwrap()),
+            ("b".to_owned(), field(None).unwrap()),
+        ]);
+        assert_eq!(
+            plain.content_json_string(),
+            with_removed.content_json_string()
+        );
+        assert_ne!(plain.to_json_string(), with_removed.to_json_string());
+        let expected = std::cmp::max(plain.to_json_string(), with_removed.to_json_string());
+        for (local, remote) in [(&plain, &with_removed), (&with_removed, &plain)] {
+            let merged = merge(local, remote, ConflictStrategy::Timestamp).unwrap();
+            assert_eq!(merged.to_json_string(), expected);
         }
     }
 }

@@ -43,12 +43,21 @@ fn may_hold_control(bytes: &[u8]) -> bool {
     })
 }
 
-/// Checks a record id (or a client id): 1 to 1024 bytes, no control characters.
+/// Checks a record id: 1 to 1024 bytes, no control characters.
 #[inline]
 pub fn validate_id(id: &str) -> Result<()> {
     check_name(id).map_err(|reason| Error::InvalidId {
         id: shorten(id),
         reason,
+    })
+}
+
+/// Checks a client id: 1 to 1024 bytes, no control characters. Refused as
+/// an [`Error::InvalidArgument`] named `client_id`, not as a record id.
+pub(crate) fn validate_client_id(id: &str) -> Result<()> {
+    check_name(id).map_err(|reason| Error::InvalidArgument {
+        name: "client_id",
+        reason: format!("{:?} {reason}", shorten(id)),
     })
 }
 

@@ -7,8 +7,9 @@ use crate::sorted::merge_sorted;
 
 /// The largest write count a version vector entry may hold: 2^53 - 1, the
 /// largest integer every JSON reader keeps exact. Records carrying a bigger
-/// count are refused where they enter; reaching it by writing would take
-/// 2^53 writes by one client.
+/// count are refused where they enter, and writing never reaches it: a
+/// local write to a record that counts [`MAX_RECEIVED_VERSION`] writes of
+/// its writer already is refused.
 pub const MAX_VERSION: u64 = (1 << 53) - 1;
 
 /// The largest write count a record received from another replica (a sync,

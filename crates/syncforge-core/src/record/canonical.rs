@@ -64,7 +64,7 @@ impl Record {
 
     /// The JSON text of the user content, `id` and the visible fields, as
     /// [`content`](Record::content) holds it.
-    pub(super) fn content_json_string(&self) -> String {
+    pub(crate) fn content_json_string(&self) -> String {
         let mut out = String::with_capacity(128);
         self.write_object(&mut out, &[Member::Id]);
         out

@@ -156,7 +156,9 @@ pub(super) fn describe(value: &Value) -> String {
     match value {
         Value::Null => "null".to_owned(),
         Value::Bool(b) => b.to_string(),
-        Value::Number(n) => n.to_string(),
+        // Shortened too: with serde_json's `arbitrary_precision` a number
+        // keeps every digit it was given, a million of them if need be.
+        Value::Number(n) => crate::error::shorten(&n.to_string()),
         Value::String(s) => format!("the string {:?}", crate::error::shorten(s)),
         Value::Array(_) => "an array".to_owned(),
         Value::Object(_) => "an object".to_owned(),
@@ -378,6 +380,23 @@ mod tests {
 
     fn stamp(millis: u64, counter: u32, client: &str) -> Stamp {
         Stamp::new(millis, counter, client).unwrap()
+    }
+
+    /// With serde_json's `arbitrary_precision` (which CI turns on for this
+    /// crate in one run) a number keeps all its digits, and a refusal
+    /// naming it printed every one. Without the feature such a number does
+    /// not parse, and there is nothing to shorten.
+    #[test]
+    fn a_refusal_shortens_a_huge_number() {
+        let digits = "1".repeat(100_000);
+        if let Ok(id) = serde_json::from_str::<Value>(&digits) {
+            let refused = Record::from_json(json!({"id": id})).unwrap_err();
+            assert!(
+                refused.to_string().len() < 1_000,
+                "{} bytes",
+                refused.to_string().len()
+            );
+        }
     }
 
     fn content(v: Value) -> Content {

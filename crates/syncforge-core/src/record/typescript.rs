@@ -9,6 +9,7 @@ use super::{Record, CLIENT_ID_KEY, TIMESTAMP_KEY, VERSION_KEY};
 use crate::error::{Error, Result};
 use crate::hlc::{ClientId, Stamp};
 use crate::names::RecordId;
+use crate::validate::check_name;
 use crate::version_vector::VersionVector;
 
 /// A record in the TypeScript library's form: every field stamped
@@ -27,7 +28,11 @@ pub(super) fn from_seed(
         )
     };
     let millis = meta.timestamp.ok_or_else(|| missing(TIMESTAMP_KEY))?;
-    let client = ClientId::new(meta.client.ok_or_else(|| missing(CLIENT_ID_KEY))?)?;
+    let client = meta.client.ok_or_else(|| missing(CLIENT_ID_KEY))?;
+    let client = ClientId::new(client).map_err(|_| {
+        let reason = check_name(client).err();
+        Error::invalid_field(Some(&id), CLIENT_ID_KEY, reason.unwrap_or_default())
+    })?;
     let version = meta.version.ok_or_else(|| missing(VERSION_KEY))?;
     let written = Stamp::new(millis, 0, client.clone())?;
     let tombstone = if meta.deleted == Some(true) {
@@ -72,5 +77,21 @@ mod tests {
         assert!(d.is_deleted());
         assert_eq!(d.tombstone(), Some(&stamp(5, 1, "b")));
         assert_eq!(Record::from_json(d.to_json()).unwrap(), d);
+    }
+
+    /// An empty `_clientId` was refused as an invalid record id.
+    #[test]
+    fn a_bad_client_id_is_refused_as_that_field() {
+        let refused = Record::from_json(json!({
+            "id": "3", "_version": 1, "_timestamp": 5, "_clientId": ""
+        }));
+        match refused {
+            Err(Error::InvalidRecord { id, field, reason }) => {
+                assert_eq!(id.as_deref(), Some("3"));
+                assert_eq!(field.as_deref(), Some(CLIENT_ID_KEY));
+                assert_eq!(reason, "must not be empty");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }
