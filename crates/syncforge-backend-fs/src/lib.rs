@@ -155,7 +155,9 @@
 //! (see above; writes replace or move aside the link itself, never its
 //! target); a link in place of a collection's directory, its `.lock`,
 //! `.checkpoint.lock`, `.reserved`, `.highest` or `.corrupt/`, or the store's
-//! `.meta.json` fails the calls that need it with [`Error::Corrupt`]; a linked `.changes` is replaced by a rebuilt log.
+//! `.meta.json` fails the calls that need it with [`Error::Corrupt`]; a
+//! linked `.changes` is replaced by a rebuilt log, and a linked `.name` (of
+//! a collection whose name is too long for a directory's) by the name.
 //! Files are opened with `O_NOFOLLOW`, and a collection's directory is checked
 //! before every call.
 //!

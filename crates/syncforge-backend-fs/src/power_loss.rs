@@ -1112,13 +1112,14 @@ async fn on_a_faulty_disk(root: &Path) -> (Arc<FaultyDisk>, FsBackend) {
 }
 
 /// The disk as it is, except that appends to a change log fail while
-/// `failing` is set, and syncs of files (and synced writes, after writing)
-/// while `failing_syncs` is; it notes
-/// where files are renamed to.
+/// `failing` is set, syncs of files (and synced writes, after writing)
+/// while `failing_syncs` is, and syncs of record files alone while
+/// `failing_record_syncs` is; it notes where files are renamed to.
 #[derive(Debug, Default)]
 struct FaultyDisk {
     failing: std::sync::atomic::AtomicBool,
     failing_syncs: std::sync::atomic::AtomicBool,
+    failing_record_syncs: std::sync::atomic::AtomicBool,
     renamed_to: Mutex<Vec<PathBuf>>,
 }
 
@@ -1142,7 +1143,13 @@ impl FileOps for FaultyDisk {
         OsFiles.write_at(path, offset, bytes, sync)
     }
     fn sync_file(&self, path: &Path) -> io::Result<()> {
-        if self.failing_syncs.load(std::sync::atomic::Ordering::SeqCst) {
+        let record = path.extension().is_some_and(|ext| ext == "json");
+        if self.failing_syncs.load(std::sync::atomic::Ordering::SeqCst)
+            || (record
+                && self
+                    .failing_record_syncs
+                    .load(std::sync::atomic::Ordering::SeqCst))
+        {
             return Err(io::Error::other("a sync the test makes fail"));
         }
         OsFiles.sync_file(path)
@@ -1178,10 +1185,12 @@ async fn a_checkpoint_after_a_failed_sync_writes_the_files_again() {
         .put(&name, &Write::create(counter("r0", 1)))
         .await
         .unwrap();
-    ops.failing_syncs
+    // The record files' sync fails (the change log is synced before any
+    // file is written).
+    ops.failing_record_syncs
         .store(true, std::sync::atomic::Ordering::SeqCst);
     assert!(store.checkpoint().await.is_err());
-    ops.failing_syncs
+    ops.failing_record_syncs
         .store(false, std::sync::atomic::Ordering::SeqCst);
     let file = root
         .join(NOTES)
@@ -1395,4 +1404,79 @@ async fn a_buffered_update_keeps_its_new_feed_position_through_a_power_cut() {
     assert_eq!(fed, [2], "the update after position {pulled}");
     reopened.close().await.unwrap();
     buffered.close().await.unwrap();
+}
+
+/// A `Full` handle's checkpoint of a `Buffered` handle's update synced the
+/// record file and the directory before the change log: a power cut between
+/// the two kept the new content, with no frame (the `Buffered` handle did
+/// not sync it) and no line to place it, at the record's old position in
+/// the feed, where a replica past it never got it. Cut at every point of
+/// that checkpoint, the update is either gone or fed after that position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_checkpoint_of_a_buffered_update_never_leaves_it_at_its_old_feed_position() {
+    let (tmp, model_root, recorder) = recorded_disk();
+    let root = model_root.join("store");
+    let open = |durability| open_recorded(&recorder, &root, durability, Tuning::default());
+    let name = coll(NOTES);
+    let id = RecordId::new("x").unwrap();
+    let full = open(Durability::Full).await.unwrap();
+    let WriteOutcome::Written { cursor: pulled, .. } = full
+        .put(&name, &Write::create(counter("x", 1)))
+        .await
+        .unwrap()
+    else {
+        panic!("conflict");
+    };
+    full.checkpoint().await.unwrap();
+    // A replica pulled up to `pulled`; a `Buffered` handle then updates the
+    // record, and the `Full` handle checkpoints that update.
+    let buffered = open(Durability::Buffered).await.unwrap();
+    let stored = buffered.get(&name, &id).await.unwrap().unwrap();
+    let updated = buffered
+        .put(&name, &Write::replace(counter("x", 2), stored.token))
+        .await
+        .unwrap();
+    assert!(matches!(updated, WriteOutcome::Written { .. }));
+    let start = recorder.count();
+    full.checkpoint().await.unwrap();
+    let end = recorder.count();
+    let x_file = Path::new(NOTES).join("x.json");
+    let ops: Vec<Op> = recorder.ops.lock().clone();
+    assert!(
+        ops[start..end]
+            .iter()
+            .any(|op| matches!(op, Op::Rename(_, to) if to.ends_with(&x_file))),
+        "the full handle's checkpoint did not write the buffered update"
+    );
+    for cut in start..=end {
+        let mut model = Model::new();
+        for op in &ops[..cut] {
+            model.apply(op);
+        }
+        let dir = tmp.path().join(format!("cut-{cut}"));
+        std::fs::create_dir(&dir).unwrap();
+        materialize(&dir, &model.survivors(Variant::Synced));
+        let reopened = FsBackend::open_with(
+            &dir.join("store"),
+            FsOptions::default().durability(Durability::Buffered),
+        )
+        .await
+        .unwrap();
+        let held = reopened.get(&name, &id).await.unwrap().unwrap();
+        let page = reopened
+            .changes(&name, pulled, 100.try_into().unwrap())
+            .await
+            .unwrap();
+        let fed: Vec<u64> = page.changes.iter().map(|c| count_of(&c.record)).collect();
+        let held = count_of(&held.record);
+        // The update, if it survived, is fed after `pulled`; if it did not,
+        // the record may be fed again as it was, which changes nothing.
+        assert!(
+            fed == [held] || (held == 1 && fed.is_empty()),
+            "cut at op {cut}: holds {held}, fed {fed:?}"
+        );
+        reopened.close().await.unwrap();
+    }
+    buffered.close().await.unwrap();
+    full.close().await.unwrap();
 }

@@ -124,17 +124,22 @@ impl CheckpointJob {
     /// Writes the snapshot's record files and makes them, the directory and
     /// the change log durable (step 2; under the checkpoint lock only).
     pub(crate) fn write_files(&self) -> Result<()> {
+        // The change log first, before any record file takes its new
+        // content: its lines for the snapshot's frames (appended unsynced,
+        // and the frames themselves maybe too, by a `Buffered` handle) are
+        // what place an update at its new position in the feed. A file
+        // renamed or synced before them could survive a power cut that
+        // took them, and the update would stay at the record's old
+        // position, where a replica past it never gets it. Without
+        // durability nothing else is synced, but this is: once the frames
+        // are dropped, its lines are the sequences' only record. One sync
+        // a checkpoint, not a write.
+        self.sync_change_log()?;
         for (id, content, path) in &self.records {
             self.write_file(id, content.as_deref(), path)?;
         }
         if !self.durable {
-            // Nothing else is synced, but the change log is: once the
-            // frames are dropped, its lines are the sequences' only record,
-            // and the log emptied could reach the disk before them (its
-            // lines wait for writeback), leaving an update that survived a
-            // power cut at its old position in the feed, where a replica
-            // past it never gets it. One sync a checkpoint, not a write.
-            return self.sync_change_log();
+            return Ok(());
         }
         let written: Vec<PathBuf> = self
             .records
@@ -149,13 +154,11 @@ impl CheckpointJob {
         if std::fs::symlink_metadata(&aside).is_ok_and(|meta| meta.is_dir()) {
             sync_dir(self.ops.as_ref(), &aside)?;
         }
-        sync_dir(self.ops.as_ref(), &self.dir)?;
-        self.sync_change_log()
+        sync_dir(self.ops.as_ref(), &self.dir)
     }
 
     /// Syncs the change log, whose lines for the snapshot's frames were
-    /// appended unsynced: once the frames are dropped, they are the
-    /// sequences' only record.
+    /// appended unsynced.
     fn sync_change_log(&self) -> Result<()> {
         match self.ops.sync_file(&self.change_log) {
             Ok(()) => Ok(()),

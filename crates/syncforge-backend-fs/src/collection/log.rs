@@ -346,11 +346,7 @@ impl ChangeLog {
     /// `base` as its base (under the exclusive lock). Other handles tell a
     /// rewritten log by its generation.
     pub(crate) fn rewrite(&mut self, ops: &dyn FileOps, base: u64, durable: bool) -> Result<()> {
-        // Taking the time keeps the generation new even when the old log was
-        // deleted and its generation is unknown here.
-        let generation = self
-            .checked_next(self.generation, "generation")?
-            .max(micros_since_epoch());
+        let generation = next_generation(self.generation);
         let header = LogHeader {
             format: LOG_FORMAT.to_owned(),
             version: 1,
@@ -434,10 +430,42 @@ pub(crate) fn micros_since_epoch() -> u64 {
         .unwrap_or(0)
 }
 
+/// The generation of a log started in place of one of `previous`: other
+/// handles see a new log by its generation differing from the one they
+/// read. Taking the time keeps it new even when the old log was deleted
+/// and its generation is unknown; one found past 2^53 (a header edited by
+/// hand) is not counted on from, since adding to it would leave the limit
+/// (or, from `u64::MAX`, give it again).
+pub(crate) fn next_generation(previous: u64) -> u64 {
+    previous
+        .checked_add(1)
+        .filter(|next| *next <= MAX_SEQUENCE)
+        .unwrap_or(0)
+        .max(micros_since_epoch())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::files::OsFiles;
+
+    /// A log whose header says generation 2^53 (edited by hand) could not
+    /// be rewritten: compaction, a clear and a rebuild all failed as
+    /// corrupt, for good.
+    #[test]
+    fn a_log_at_the_last_generation_is_rewritten_under_a_new_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut log = ChangeLog::new(tmp.path(), "notes");
+        log.generation = MAX_SEQUENCE;
+        log.rewrite(&OsFiles, 0, false).unwrap();
+        assert_ne!(log.generation, MAX_SEQUENCE);
+        assert!(log.generation <= MAX_SEQUENCE);
+        for old in [u64::MAX, 1, micros_since_epoch() + 1_000_000] {
+            let next = next_generation(old);
+            assert_ne!(next, old);
+            assert!(next <= MAX_SEQUENCE, "{old} -> {next}");
+        }
+    }
 
     fn written(seq: u64, id: &str) -> LogEntry {
         LogEntry::Written {

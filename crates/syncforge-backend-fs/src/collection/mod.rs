@@ -305,8 +305,10 @@ impl Collection {
         let holds_name = match read_file(&name_file)? {
             Read::Bytes(bytes) => bytes == self.name.as_bytes(),
             Read::Missing => false,
-            // Refused as corrupt by the listing; not replaced here.
-            Read::Link => true,
+            // Never followed: the listing leaves the collection out while
+            // it is there, so it is replaced (the link itself, not its
+            // target), as a linked `.changes` is.
+            Read::Link => false,
         };
         if !holds_name {
             replace_atomically(self.ops.as_ref(), &name_file, self.name.as_bytes(), true)?;

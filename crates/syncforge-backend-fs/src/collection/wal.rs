@@ -30,7 +30,7 @@ use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use syncforge_core::{Error, Result, Stamp};
 
-use crate::collection::log::{micros_since_epoch, MAX_SEQUENCE};
+use crate::collection::log::next_generation;
 use crate::files::{
     io_error, is_link, open_for_reading, parent, replace_atomically, sync_dir, FileOps,
 };
@@ -407,15 +407,7 @@ impl Wal {
 
     /// A new generation, and the header line that announces it.
     fn next_header(&self) -> Result<(u64, String)> {
-        // Other handles see a new log by its generation differing from the
-        // one they read: one found past 2^53 (a header edited by hand) is
-        // not counted on from, since adding to u64::MAX would give it again.
-        let generation = self
-            .generation
-            .checked_add(1)
-            .filter(|next| *next <= MAX_SEQUENCE)
-            .unwrap_or(0)
-            .max(micros_since_epoch());
+        let generation = next_generation(self.generation);
         let mut header = serde_json::to_string(&WalHeader {
             format: WAL_FORMAT.to_owned(),
             version: 1,
@@ -508,6 +500,7 @@ pub(crate) fn holds_records(dir: &Path) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::collection::log::{micros_since_epoch, MAX_SEQUENCE};
     use crate::files::OsFiles;
 
     /// A log whose header says generation u64::MAX (edited by hand) was

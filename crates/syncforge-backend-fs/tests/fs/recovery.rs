@@ -419,6 +419,42 @@ async fn the_name_file_of_a_hashed_collection_is_written_under_the_lock() {
     );
 }
 
+/// A link in place of a hashed collection's `.name` was taken for the name
+/// and kept: the listing (which never follows one) left the collection out
+/// of `list_collections` for good, and with it out of the store's
+/// checkpoint. It is replaced by the name, as a linked `.changes` is by a
+/// rebuilt log.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_link_in_place_of_the_name_file_is_replaced_by_the_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let collection = "c".repeat(300);
+    let first = FsBackend::open(tmp.path()).await.unwrap();
+    put_any(&first, &collection, counter("r1", 1)).await;
+    first.close().await.unwrap();
+    let dir_name = tree(tmp.path())
+        .into_iter()
+        .find(|n| n.contains('~') && !n.contains('/'))
+        .unwrap();
+    let dir = tmp.path().join(dir_name);
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::write(&elsewhere, &collection).unwrap();
+    std::fs::remove_file(dir.join(".name")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, dir.join(".name")).unwrap();
+
+    let second = FsBackend::open(tmp.path()).await.unwrap();
+    let found = second.get(&coll(&collection), &rid("r1")).await.unwrap();
+    assert_eq!(count_of(&found.unwrap().record), 1);
+    assert_eq!(
+        second.list_collections().await.unwrap(),
+        [coll(&collection)]
+    );
+    let name_file = std::fs::symlink_metadata(dir.join(".name")).unwrap();
+    assert!(name_file.is_file(), "{name_file:?}");
+    assert_eq!(std::fs::read_to_string(&elsewhere).unwrap(), collection);
+    second.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_page_ending_in_corrupt_entries_moves_its_cursor_past_them() {
     let tmp = tempfile::tempdir().unwrap();
