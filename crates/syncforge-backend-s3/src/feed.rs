@@ -715,6 +715,23 @@ impl Store {
             .await
     }
 
+    /// Brings every item of the feed past its horizon to its final fate,
+    /// as a reader of those pages would: the items folded into the
+    /// segment were committed, the others may still be pending.
+    pub(crate) async fn settle_pending(&self, collection: &CollectionName) -> Result<()> {
+        let page_size = NonZeroUsize::new(1_000).unwrap_or(NonZeroUsize::MIN);
+        let keys = self.keys.collection(collection);
+        let (horizon, _) = self.read_horizon(&keys).await?;
+        let mut after = end_of(horizon.horizon);
+        loop {
+            let page = self.changes(collection, after, page_size).await?;
+            after = page.next;
+            if !page.more {
+                return Ok(());
+            }
+        }
+    }
+
     /// A page of the change feed; see [`Store::try_changes`].
     pub(crate) async fn changes(
         &self,

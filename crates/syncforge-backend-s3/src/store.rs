@@ -429,18 +429,33 @@ impl Store {
         let keys = self.keys.collection(collection);
         let path = keys.record(id);
         let mut races = Races::default();
-        // A marker found after a record was seen is this call's own (its put
-        // landed, was sent again and refused) or a concurrent delete's:
-        // either way the record existed.
+        // Whether the record existed when the call began: a marker found
+        // after a record was seen is this call's own (its put landed, was
+        // sent again and refused) or a concurrent delete's.
         let mut existed = false;
+        // Whether this call has tried to put a marker: a marker found after
+        // that is its own (sent again and refused, as above) or another
+        // delete's, and either way the state the call began on is gone,
+        // with any create still pending in the feed that expected it.
+        let mut tried = false;
         loop {
             match self.read(collection, &keys, id).await? {
-                State::Marker { .. } => return Ok(existed),
+                State::Marker { .. } if tried => return Ok(existed),
+                // A fresh marker over the one found: a create whose entry
+                // expects that marker (its writer told it failed) is void
+                // then, as over nothing (below).
+                State::Marker { etag } => {
+                    tried = true;
+                    if let Put::Done(_) = self.put_marker(&path, Condition::Tag(&etag)).await? {
+                        return Ok(existed);
+                    }
+                }
                 // A marker even where there is nothing: a create whose
                 // writer was told it failed may still be pending in the
                 // feed, and a reader would complete it after this delete,
                 // bringing the record back. A marker voids it.
                 State::Absent => {
+                    tried = true;
                     match self.put_marker(&path, Condition::Absent).await {
                         // A key the store cannot hold holds no record either.
                         Err(error) if crate::io::names_a_key_too_long(&error) => {
@@ -453,6 +468,7 @@ impl Store {
                 }
                 State::Record { etag, .. } => {
                     existed = true;
+                    tried = true;
                     if let Put::Done(_) = self.put_marker(&path, Condition::Tag(&etag)).await? {
                         return Ok(true);
                     }
@@ -471,7 +487,13 @@ impl Store {
 
     /// Replaces every record by a marker, concurrently. The feed's numbering
     /// goes on (entries and horizon stay).
+    ///
+    /// The feed's pending writes are settled first: a create whose writer
+    /// was told it failed (of a record never written, or over a marker)
+    /// would otherwise be completed by a later reader, and its record come
+    /// back after the clear. Settled, it is a record, marked below.
     pub(crate) async fn clear(&self, collection: &CollectionName) -> Result<()> {
+        self.settle_pending(collection).await?;
         let keys = self.keys.collection(collection);
         let listed = self.io.list(&keys.records(), None, None).await?;
         let marks = listed

@@ -405,18 +405,66 @@ async fn a_writer_dying_between_any_two_requests_loses_nothing_acknowledged() {
 /// no record leaves a marker, which voids such a create.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_create_does_not_come_back_after_a_delete() {
+    a_failed_create_stays_gone(Before::Nothing, Removal::Delete).await;
+}
+
+/// The same over the marker of an earlier delete: the create's entry
+/// expected that marker, and a delete finding it wrote nothing, so the
+/// create came back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_create_over_a_marker_does_not_come_back_after_a_delete() {
+    a_failed_create_stays_gone(Before::Deleted, Removal::Delete).await;
+}
+
+/// The same with `clear_collection` in place of the delete, which marked
+/// only the records it listed: a pending create, of a record never written
+/// or over a marker, came back after the clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_create_does_not_come_back_after_a_clear() {
+    a_failed_create_stays_gone(Before::Nothing, Removal::Clear).await;
+    a_failed_create_stays_gone(Before::Deleted, Removal::Clear).await;
+}
+
+/// What the record was before the failed create.
+#[derive(Debug, Clone, Copy)]
+enum Before {
+    Nothing,
+    /// Created and deleted: a marker.
+    Deleted,
+}
+
+/// How the record is removed after the failed create.
+#[derive(Debug, Clone, Copy)]
+enum Removal {
+    Delete,
+    Clear,
+}
+
+/// A create of `x` that dies after each of its requests in turn, over what
+/// `before` leaves, then `removal`: a reader of the feed never sees `x`
+/// again, and a later create is written as any other.
+async fn a_failed_create_stays_gone(before: Before, removal: Removal) {
     let collection = coll("deleted");
     let create = || {
         let mut clock = Hlc::new(ClientId::new("doomed").unwrap());
         Write::create(Record::create(content("x", 1), clock.now().unwrap()))
     };
-    let probe = Arc::new(Wrapped::new(Arc::new(InMemory::new())));
+    let prepared = || async {
+        let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        if let Before::Deleted = before {
+            let earlier = handle(&memory, "dse");
+            earlier.put(&collection, &create()).await.unwrap();
+            assert!(earlier.delete(&collection, &rid("x")).await.unwrap());
+        }
+        memory
+    };
+    let probe = Arc::new(Wrapped::new(prepared().await));
     let backend = S3Backend::from_store(probe.clone(), "dse").unwrap();
     backend.put(&collection, &create()).await.unwrap();
     let total = probe.requests();
     let mut failed = 0;
     for dies_after in 0..total {
-        let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let memory = prepared().await;
         let dying = Arc::new(Wrapped::new(Arc::clone(&memory)).dying_after(dies_after, false));
         let doomed = S3Backend::from_store(dying, "dse").unwrap();
         if doomed.put(&collection, &create()).await.is_ok() {
@@ -424,25 +472,33 @@ async fn a_failed_create_does_not_come_back_after_a_delete() {
         }
         failed += 1;
         let survivor = handle(&memory, "dse");
-        survivor.delete(&collection, &rid("x")).await.unwrap();
+        match removal {
+            Removal::Delete => {
+                survivor.delete(&collection, &rid("x")).await.unwrap();
+            }
+            Removal::Clear => survivor.clear_collection(&collection).await.unwrap(),
+        }
         let mut seen = BTreeMap::new();
         follow(&survivor, &collection, Cursor::START, &mut seen).await;
         assert!(
             !seen.contains_key(&rid("x")),
-            "died after {dies_after}: the failed create came back after the delete"
+            "{before:?}, {removal:?}, died after {dies_after}: the failed create came back"
         );
         assert!(survivor
             .get(&collection, &rid("x"))
             .await
             .unwrap()
             .is_none());
-        // A create after the delete is written as any other.
+        // A create after the removal is written as any other.
         assert!(matches!(
             survivor.put(&collection, &create()).await.unwrap(),
             WriteOutcome::Written { .. }
         ));
     }
-    assert!(failed > 1, "{failed} of {total} deaths failed the create");
+    assert!(
+        failed > 1,
+        "{before:?}: {failed} of {total} deaths failed the create"
+    );
 }
 
 /// A slow writer (its record writes take long) does not hold readers up:
