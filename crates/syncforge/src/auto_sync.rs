@@ -38,7 +38,7 @@ impl SyncEngine {
     ///
     /// The timer holds only a weak handle on the engine: dropping the last
     /// `SyncEngine` handle (a window under way then finishes the sync it is
-    /// in and syncs no further collection), [`close`](Self::close) or
+    /// in and syncs no further peer or collection), [`close`](Self::close) or
     /// [`stop_auto_sync`](Self::stop_auto_sync) ends it. An engine is kept
     /// alive by an event handler or an auto-sync peer holding a handle on
     /// it (an engine), so call `close` to be sure it stops. Needs a tokio
@@ -191,7 +191,7 @@ impl SyncEngine {
                 // after it (a closed engine's syncs fail before they yield).
                 // So does the drop of every handle of the engine: the
                 // window holds it only to finish the sync under way, not
-                // to sync the rest for no one.
+                // to sync the rest (collections and peers) for no one.
                 if self.is_closed() || self.held_by_the_window_alone() {
                     return;
                 }
@@ -204,6 +204,12 @@ impl SyncEngine {
                     });
                 }
                 for peer in &peers {
+                    // Checked before each peer as well: a window whose
+                    // engine was dropped during one peer's sync syncs no
+                    // other peer either.
+                    if self.is_closed() || self.held_by_the_window_alone() {
+                        return;
+                    }
                     // sync_with reports its own failure (event and log). A
                     // panic (a peer's, or a bug) ends that one sync, not the
                     // window and the timer with it, and is reported alike;

@@ -1769,16 +1769,23 @@ fn one_each<T>(
     ))
 }
 
+/// The bound of the random wait before attempt `round` of a write (which
+/// follows `round` races lost in a row), or `None` for no wait: none until
+/// [`FREE_RACE_ROUNDS`] are lost, then 1 ms, doubling up to 64 ms.
+fn race_wait_bound_micros(round: u32) -> Option<u64> {
+    let over = round.checked_sub(FREE_RACE_ROUNDS)?;
+    Some(1_000u64 << over.min(6))
+}
+
 /// Before attempt `round` of a write that keeps losing races: nothing for
 /// the first few, then a random wait below a bound that doubles from 1 ms
 /// to 64 ms. Writers contending for one record (engines on one Redis or
 /// S3 store) then spread out instead of spending every attempt within
 /// milliseconds. No wait where no timer can be made.
 async fn race_back_off(round: u32) {
-    let Some(over) = round.checked_sub(FREE_RACE_ROUNDS + 1) else {
+    let Some(bound_micros) = race_wait_bound_micros(round) else {
         return;
     };
-    let bound_micros = 1_000u64 << over.min(6);
     // A fresh `RandomState` is seeded apart from every other: jitter
     // enough, without a random number crate.
     let jitter = std::collections::hash_map::RandomState::new().hash_one(round);
@@ -1840,6 +1847,18 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     use super::*;
+
+    /// The first wait came after four races lost in a row, where the docs
+    /// (and `FREE_RACE_ROUNDS`) say three.
+    #[test]
+    fn a_write_waits_after_its_third_lost_race_in_a_row() {
+        // Attempt `round` follows `round` lost races.
+        assert_eq!(race_wait_bound_micros(1), None);
+        assert_eq!(race_wait_bound_micros(FREE_RACE_ROUNDS - 1), None);
+        assert_eq!(race_wait_bound_micros(FREE_RACE_ROUNDS), Some(1_000));
+        assert_eq!(race_wait_bound_micros(FREE_RACE_ROUNDS + 1), Some(2_000));
+        assert_eq!(race_wait_bound_micros(MAX_RACE_ATTEMPTS), Some(64_000));
+    }
 
     /// A clock that runs `hook` the first time it is read after the hook
     /// is set: the moment a put stamps its record, inside the store's write.

@@ -682,6 +682,7 @@ async fn a_window_that_panics_outside_a_peer_sync_does_not_end_auto_sync() {
 /// is notified; it says when a call started, and counts the pulls.
 #[derive(Default)]
 struct HeldPeer {
+    id: &'static str,
     held: std::sync::atomic::AtomicBool,
     entered: tokio::sync::Notify,
     release: tokio::sync::Notify,
@@ -691,8 +692,16 @@ struct HeldPeer {
 impl HeldPeer {
     /// A peer of `engine`'s auto-sync, holding every call until let go.
     fn held_by(engine: &SyncEngine) -> Arc<HeldPeer> {
-        let peer = Arc::new(HeldPeer::default());
-        peer.held.store(true, std::sync::atomic::Ordering::SeqCst);
+        HeldPeer::added_to(engine, "held", true)
+    }
+
+    /// A peer `id` of `engine`'s auto-sync, holding its calls if `held`.
+    fn added_to(engine: &SyncEngine, id: &'static str, held: bool) -> Arc<HeldPeer> {
+        let peer = Arc::new(HeldPeer {
+            id,
+            ..HeldPeer::default()
+        });
+        peer.held.store(held, std::sync::atomic::Ordering::SeqCst);
         engine.add_auto_sync_peer(peer.clone()).unwrap();
         peer
     }
@@ -713,7 +722,7 @@ impl HeldPeer {
 #[syncforge::core::async_trait]
 impl syncforge::SyncPeer for HeldPeer {
     fn peer_id(&self) -> &str {
-        "held"
+        self.id
     }
 
     async fn pull(
@@ -758,6 +767,21 @@ async fn a_window_under_way_when_the_engine_is_dropped_syncs_no_further_collecti
     peer.let_go();
     tokio::time::sleep(INTERVAL * 3).await;
     assert_eq!(peer.pulls.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+/// Nor does it sync the collection under way with the peers after the one
+/// it is syncing with: it went on to every remaining peer for no one.
+#[tokio::test(start_paused = true)]
+async fn a_window_under_way_when_the_engine_is_dropped_syncs_no_further_peer() {
+    let a = auto_syncing_c().build().await.unwrap();
+    let first = HeldPeer::held_by(&a);
+    let second = HeldPeer::added_to(&a, "second", false);
+    first.entered.notified().await;
+    drop(a);
+    first.let_go();
+    tokio::time::sleep(INTERVAL * 3).await;
+    assert_eq!(first.pulls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(second.pulls.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
 
 /// The auto-sync peer timeout of the engines [`inside_a_call_of_the_pair`]
