@@ -389,8 +389,9 @@ pub(crate) struct ServeArgs {
     pub(crate) read_only_tokens: Vec<String>,
     /// Tokens from a file, one a line: `read-write SECRET [COLLECTION...]`
     /// or `read-only SECRET [COLLECTION...]` (no collection: every one; a
-    /// name holding a space or a % written %20 or %25); blank lines and
-    /// lines starting with `#` are skipped. Unlike --token,
+    /// name holding a space or a % written %20 or %25, a leading # as
+    /// %23); blank lines and lines starting with `#` are skipped (a `#`
+    /// after a line's words is refused). Unlike --token,
     /// keeps the secrets out of the process list.
     #[arg(long, value_name = "FILE")]
     pub(crate) token_file: Option<PathBuf>,

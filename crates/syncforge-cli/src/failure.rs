@@ -5,9 +5,9 @@ use std::process::ExitCode;
 
 /// Exit code of a failure at run time (a store that cannot be reached,
 /// malformed input, an unknown record, ...).
-const RUNTIME_FAILURE: u8 = 1;
+pub(crate) const RUNTIME_FAILURE: u8 = 1;
 /// Exit code of a command line that cannot be run as given (clap uses it too).
-const USAGE_ERROR: u8 = 2;
+pub(crate) const USAGE_ERROR: u8 = 2;
 /// Exit code of a sync that synced every change but records the receiving
 /// end refused (too large for a sync server): told apart from a sync that
 /// did not happen, since such a record is refused again at every run until
@@ -54,7 +54,7 @@ pub(crate) fn report(error: &anyhow::Error) -> ExitCode {
 /// The exit code `error` calls for. A closed stdout ([`StdoutClosed`]) is
 /// the reader's choice, not a failure: 0, and nothing is printed. Any other
 /// broken pipe (a server that hung up mid-request) is a failure.
-fn exit_code(error: &anyhow::Error) -> u8 {
+pub(crate) fn exit_code(error: &anyhow::Error) -> u8 {
     let mut causes = error.chain();
     if causes.clone().any(|cause| cause.is::<StdoutClosed>()) {
         0

@@ -17,6 +17,23 @@ pub(crate) struct Remote {
     peer: HttpPeer,
 }
 
+/// What the peer's builder refused, as the command reports it: a malformed
+/// token or address is the command line's fault (a usage error, named as
+/// the user gave it); an HTTP client that cannot be made (its TLS roots
+/// unreadable, say) is the machine's, a failure at run time.
+fn build_refused(error: syncforge::Error) -> anyhow::Error {
+    match error {
+        syncforge::Error::InvalidConfig {
+            option: "bearer_token",
+            reason,
+        } => usage(format!("--bearer-token (or SYNCFORGE_TOKEN): {reason}")),
+        error @ syncforge::Error::InvalidConfig {
+            option: "client", ..
+        } => anyhow::Error::new(error),
+        other => usage(other.to_string()),
+    }
+}
+
 impl Remote {
     /// A peer for the server `url` names, presenting the command's token.
     pub(crate) fn connect(url: StoreUrl, cx: &Context) -> Result<Remote> {
@@ -28,15 +45,7 @@ impl Remote {
         if let Some(token) = cx.bearer_token() {
             builder = builder.bearer_token(token);
         }
-        // What the builder refuses (a malformed token) is the command line's
-        // fault, named as the user gave it.
-        let peer = builder.build().map_err(|error| match error {
-            syncforge::Error::InvalidConfig {
-                option: "bearer_token",
-                reason,
-            } => usage(format!("--bearer-token (or SYNCFORGE_TOKEN): {reason}")),
-            other => usage(other.to_string()),
-        })?;
+        let peer = builder.build().map_err(build_refused)?;
         Ok(Remote { url, peer })
     }
 
@@ -102,5 +111,26 @@ impl Remote {
             unchanged: answer.unchanged,
             conflicts: answer.conflicts,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::build_refused;
+    use crate::failure::{exit_code, RUNTIME_FAILURE, USAGE_ERROR};
+
+    /// A client that could not be built was reported as a usage error
+    /// (exit 2), as if the command line were at fault.
+    #[test]
+    fn a_client_that_cannot_be_built_is_a_failure_at_run_time() {
+        let refused = |option, reason: &str| {
+            exit_code(&build_refused(syncforge::Error::InvalidConfig {
+                option,
+                reason: reason.to_owned(),
+            }))
+        };
+        assert_eq!(refused("client", "no TLS roots"), RUNTIME_FAILURE);
+        assert_eq!(refused("bearer_token", "holds a newline"), USAGE_ERROR);
+        assert_eq!(refused("base_url", "not http"), USAGE_ERROR);
     }
 }

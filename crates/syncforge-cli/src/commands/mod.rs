@@ -120,12 +120,14 @@ impl Counts {
         }
     }
 
+    /// Adds `other`, stopping at `usize::MAX`: a server's counts are not
+    /// trusted, and one answering absurd ones must not end the command.
     pub(crate) fn add(&mut self, other: Counts) {
-        self.added += other.added;
-        self.updated += other.updated;
-        self.deleted += other.deleted;
-        self.unchanged += other.unchanged;
-        self.conflicts += other.conflicts;
+        self.added = self.added.saturating_add(other.added);
+        self.updated = self.updated.saturating_add(other.updated);
+        self.deleted = self.deleted.saturating_add(other.deleted);
+        self.unchanged = self.unchanged.saturating_add(other.unchanged);
+        self.conflicts = self.conflicts.saturating_add(other.conflicts);
     }
 
     /// "3 added, 1 updated, 0 deleted, 10 unchanged, 0 conflicts"
@@ -148,5 +150,25 @@ impl Counts {
         .into_iter()
         .map(|(name, count)| (name.to_owned(), Value::from(count)))
         .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Counts;
+
+    /// A server answering `usize::MAX` records added, twice, overflowed the
+    /// sum: a panic in a debug build, a wrong count in a release one.
+    #[test]
+    fn counts_add_up_to_their_limit_and_no_further() {
+        let huge = Counts {
+            added: usize::MAX,
+            conflicts: 1,
+            ..Counts::default()
+        };
+        let mut total = huge;
+        total.add(huge);
+        assert_eq!(total.added, usize::MAX);
+        assert_eq!(total.conflicts, 2);
     }
 }

@@ -133,7 +133,8 @@ pub(crate) async fn run(args: ServeArgs, cx: &mut Context) -> Result<()> {
 
 /// The tokens of a `--token-file`: `read-write SECRET [COLLECTION...]` or
 /// `read-only SECRET [COLLECTION...]` a line, each collection name
-/// percent-encoded; blank lines and `#` comments are skipped. A line that
+/// percent-encoded; blank lines and `#` comments (on lines of their own)
+/// are skipped. A line that
 /// says anything else is a usage error naming it (never quoting it: it may
 /// hold a secret).
 fn token_file(path: &Path, seen: &mut HashMap<String, String>) -> Result<Vec<AccessToken>> {
@@ -168,17 +169,21 @@ fn token_file(path: &Path, seen: &mut HashMap<String, String>) -> Result<Vec<Acc
         // Names are separated by whitespace, so one holding a space (or a
         // `%`) is written percent-encoded: `field%20notes`. Checked here,
         // to name the line; not quoted, in case the secret and a name were
-        // swapped.
+        // swapped. A word starting with `#` is refused, not read as a
+        // name: a comment after the words would otherwise widen the token
+        // to every word of it.
         let collections = words
             .map(|word| {
-                syncforge::core::percent_decode(word)
-                    .ok()
+                Some(word)
+                    .filter(|word| !word.starts_with('#'))
+                    .and_then(|word| syncforge::core::percent_decode(word).ok())
                     .filter(|name| syncforge::core::validate_collection(name).is_ok())
             })
             .collect::<Option<Vec<String>>>()
             .ok_or_else(|| {
                 usage(format!(
-                    "{here}: a collection name is not valid (write a space as %20, a % as %25)"
+                    "{here}: a collection name is not valid (write a space as %20, a % as %25, \
+                     a leading # as %23; a comment takes a line of its own)"
                 ))
             })?;
         tokens.push(if collections.is_empty() {

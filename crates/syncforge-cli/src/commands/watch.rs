@@ -70,14 +70,18 @@ pub(crate) async fn run(args: WatchArgs, cx: &mut Context) -> Result<()> {
     let name = parse_collection(&args.collection)?;
     let store = Reader::open(url, cx).await?;
     store.require(&name).await?;
+    // The cursor means something only in this store's feed: after the store
+    // was unreachable, the watch goes on only if it is still this store.
+    // Read before the cursor is worked out: a server's id is read from its
+    // health, which takes on a new feed without a word, and read after, a
+    // store replaced in between would have been followed from the old
+    // store's cursor.
+    let feed = store.id().await?;
     let mut cursor = match (args.from_start, args.after) {
         (true, _) => Cursor::START,
         (false, Some(after)) => within_feed(&store, &name, Cursor::new(after)).await?,
         (false, None) => store.each_change(&name, drop).await?,
     };
-    // The cursor means something only in this store's feed: after the store
-    // was unreachable, the watch goes on only if it is still this store.
-    let feed = store.id().await?;
     // Listened for before the watch is said to start: whoever started it
     // may stop it as soon as it has read that, and a signal with no
     // listener yet would end the process without closing the store.

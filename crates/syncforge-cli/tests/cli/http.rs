@@ -342,6 +342,11 @@ fn tokens_can_come_from_a_file_and_cover_some_collections() {
     assert!(said.contains("line 2: a collection name"), "{said}");
     let said = refused("read-only fine\nread-only fine2 50%off\n");
     assert!(said.contains("line 2: a collection name"), "{said}");
+    // A comment after a line's words was taken for collection names:
+    // "notes # dashboard" scoped the token to `#` and `dashboard` too.
+    let said = refused("read-only fine notes # dashboard\n");
+    assert!(said.contains("line 1: a collection name"), "{said}");
+    assert!(said.contains("%23"), "{said}");
     let said = refused("# nothing yet\n");
     assert!(said.contains("holds no token"), "{said}");
 }
@@ -398,6 +403,114 @@ fn a_watch_outlives_a_server_restart_but_not_a_change_of_store() {
     let (output, told) = watch_through_a_restart(&other);
     assert_eq!(output.status.code(), Some(1), "{told}");
     assert!(told.contains("another store"), "{told}");
+}
+
+/// A server that serves engine `a` until its health is first asked for,
+/// and engine `b` from then on: a store replaced under the server between a
+/// client's reads.
+struct SwitchedAtHealth {
+    a: syncforge::SyncEngine,
+    b: syncforge::SyncEngine,
+    switched: std::sync::atomic::AtomicBool,
+}
+
+impl SwitchedAtHealth {
+    fn serving(&self) -> &syncforge::SyncEngine {
+        if self.switched.load(std::sync::atomic::Ordering::SeqCst) {
+            &self.b
+        } else {
+            &self.a
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl syncforge::http::Replica for SwitchedAtHealth {
+    fn feed_id(&self) -> &str {
+        self.serving().store_id()
+    }
+
+    async fn check_feed_id(&self) -> syncforge::Result<()> {
+        self.switched
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    async fn collections(&self) -> syncforge::Result<Vec<syncforge::CollectionName>> {
+        syncforge::http::Replica::collections(self.serving()).await
+    }
+
+    async fn changes(
+        &self,
+        collection: &syncforge::CollectionName,
+        after: syncforge::Cursor,
+        limit: std::num::NonZeroUsize,
+    ) -> syncforge::Result<syncforge::ChangePage> {
+        syncforge::http::Replica::changes(self.serving(), collection, after, limit).await
+    }
+
+    async fn sync(
+        &self,
+        collection: &syncforge::CollectionName,
+        records: Vec<syncforge::Record>,
+    ) -> syncforge::Result<syncforge::http::SyncOutcome> {
+        syncforge::http::Replica::sync(self.serving(), collection, records).await
+    }
+
+    fn watch(
+        &self,
+        wake: Box<dyn Fn(&syncforge::CollectionName) + Send + Sync>,
+    ) -> syncforge::http::WatchGuard {
+        syncforge::http::Replica::watch(self.serving(), wake)
+    }
+}
+
+/// A watch read the server's feed id (its health) only after working out
+/// its cursor from the feed: a store replaced in between was then taken on
+/// without a word, and followed from the old store's cursor, skipping the
+/// new store's changes up to it. The id is read first now: the cursor is
+/// the end of the store the watch follows.
+#[test]
+fn a_watch_takes_its_cursor_from_the_store_whose_id_it_keeps() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = runtime.block_on(async {
+        let engine = |records: usize| async move {
+            let engine = syncforge::SyncEngine::builder().build().await.unwrap();
+            for n in 0..records {
+                let record = serde_json::json!({"id": format!("r{n}")});
+                engine.put("notes", &record).await.unwrap();
+            }
+            engine
+        };
+        let replica = SwitchedAtHealth {
+            a: engine(3).await,
+            b: engine(5).await,
+            switched: std::sync::atomic::AtomicBool::new(false),
+        };
+        syncforge::http::Server::bind(
+            replica,
+            "127.0.0.1:0",
+            syncforge::http::ServerOptions::default(),
+        )
+        .await
+        .unwrap()
+    });
+    let url = format!("http://{}", server.local_addr());
+    let watcher = command(&["watch", &url, "notes"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut watcher = KilledOnDrop(Some(watcher));
+    let child = watcher.0.as_mut().unwrap();
+    let (said, _stderr) = syncforge_testkit::processes::read_line(
+        BufReader::new(child.stderr.take().unwrap()),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert!(said.trim_end().ends_with("after cursor 5"), "{said:?}");
+    drop(watcher);
+    runtime.block_on(server.shutdown()).unwrap();
 }
 
 /// The server's limits a proxy in front needs are options of `serve`, and
