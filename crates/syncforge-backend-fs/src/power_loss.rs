@@ -1333,6 +1333,31 @@ async fn a_full_write_into_a_store_a_buffered_handle_made_survives_a_power_cut()
     full.close().await.unwrap();
 }
 
+/// Record `x` of the notes created at count 1 through `store` and
+/// checkpointed; the cursor of its write.
+async fn x_created_durably(store: &FsBackend) -> Cursor {
+    let WriteOutcome::Written { cursor, .. } = store
+        .put(&coll(NOTES), &Write::create(counter("x", 1)))
+        .await
+        .unwrap()
+    else {
+        panic!("conflict");
+    };
+    store.checkpoint().await.unwrap();
+    cursor
+}
+
+/// Record `x` of the notes replaced by count 2 through `store`.
+async fn x_updated(store: &FsBackend) {
+    let (name, id) = (coll(NOTES), RecordId::new("x").unwrap());
+    let stored = store.get(&name, &id).await.unwrap().unwrap();
+    let updated = store
+        .put(&name, &Write::replace(counter("x", 2), stored.token))
+        .await
+        .unwrap();
+    assert!(matches!(updated, WriteOutcome::Written { .. }));
+}
+
 /// A `Buffered` checkpoint dropped the frames of an update without syncing
 /// the change log's line for it: a power cut that kept the record's new file
 /// and the emptied write-ahead log (both on their way to the disk within
@@ -1345,26 +1370,13 @@ async fn a_buffered_update_keeps_its_new_feed_position_through_a_power_cut() {
     let root = model_root.join("store");
     let open = |durability| open_recorded(&recorder, &root, durability, Tuning::default());
     let name = coll(NOTES);
-    let id = RecordId::new("x").unwrap();
     // The record's first position durable, as writeback makes it in time.
     let full = open(Durability::Full).await.unwrap();
-    let WriteOutcome::Written { cursor: pulled, .. } = full
-        .put(&name, &Write::create(counter("x", 1)))
-        .await
-        .unwrap()
-    else {
-        panic!("conflict");
-    };
-    full.checkpoint().await.unwrap();
+    let pulled = x_created_durably(&full).await;
     full.close().await.unwrap();
     // A replica pulled up to `pulled`; the record is then updated.
     let buffered = open(Durability::Buffered).await.unwrap();
-    let stored = buffered.get(&name, &id).await.unwrap().unwrap();
-    let updated = buffered
-        .put(&name, &Write::replace(counter("x", 2), stored.token))
-        .await
-        .unwrap();
-    assert!(matches!(updated, WriteOutcome::Written { .. }));
+    x_updated(&buffered).await;
     buffered.checkpoint().await.unwrap();
     // The power goes: everything written is on the disk but what was
     // appended to the change log and not synced.
@@ -1420,23 +1432,11 @@ async fn a_full_checkpoint_of_a_buffered_update_never_leaves_it_at_its_old_feed_
     let name = coll(NOTES);
     let id = RecordId::new("x").unwrap();
     let full = open(Durability::Full).await.unwrap();
-    let WriteOutcome::Written { cursor: pulled, .. } = full
-        .put(&name, &Write::create(counter("x", 1)))
-        .await
-        .unwrap()
-    else {
-        panic!("conflict");
-    };
-    full.checkpoint().await.unwrap();
+    let pulled = x_created_durably(&full).await;
     // A replica pulled up to `pulled`; a `Buffered` handle then updates the
     // record, and the `Full` handle checkpoints that update.
     let buffered = open(Durability::Buffered).await.unwrap();
-    let stored = buffered.get(&name, &id).await.unwrap().unwrap();
-    let updated = buffered
-        .put(&name, &Write::replace(counter("x", 2), stored.token))
-        .await
-        .unwrap();
-    assert!(matches!(updated, WriteOutcome::Written { .. }));
+    x_updated(&buffered).await;
     let start = recorder.count();
     full.checkpoint().await.unwrap();
     let end = recorder.count();

@@ -374,18 +374,25 @@ async fn a_log_deleted_whole_numbers_above_positions_ahead_of_the_clock() {
     assert_eq!(ids, ["r1", "r2"], "{page:?}");
 }
 
-#[tokio::test]
-async fn the_name_file_of_a_hashed_collection_is_written_under_the_lock() {
-    let tmp = tempfile::tempdir().unwrap();
+/// A collection whose name is too long for a directory's (so hashed, with
+/// a `.name` file), holding record `r1`, made in a store at `root` and
+/// closed; its name and its directory.
+async fn hashed_collection_holding_r1(root: &Path) -> (String, std::path::PathBuf) {
     let collection = "c".repeat(300);
-    let first = FsBackend::open(tmp.path()).await.unwrap();
+    let first = FsBackend::open(root).await.unwrap();
     put_any(&first, &collection, counter("r1", 1)).await;
     first.close().await.unwrap();
-    let dir_name = tree(tmp.path())
+    let dir_name = tree(root)
         .into_iter()
         .find(|n| n.contains('~') && !n.contains('/'))
         .unwrap();
-    let dir = tmp.path().join(dir_name);
+    (collection, root.join(dir_name))
+}
+
+#[tokio::test]
+async fn the_name_file_of_a_hashed_collection_is_written_under_the_lock() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (collection, dir) = hashed_collection_holding_r1(tmp.path()).await;
     std::fs::remove_file(dir.join(".name")).unwrap();
 
     // Another process holds the collection's lock (its reconcile removes
@@ -428,15 +435,7 @@ async fn the_name_file_of_a_hashed_collection_is_written_under_the_lock() {
 #[tokio::test]
 async fn a_link_in_place_of_the_name_file_is_replaced_by_the_name() {
     let tmp = tempfile::tempdir().unwrap();
-    let collection = "c".repeat(300);
-    let first = FsBackend::open(tmp.path()).await.unwrap();
-    put_any(&first, &collection, counter("r1", 1)).await;
-    first.close().await.unwrap();
-    let dir_name = tree(tmp.path())
-        .into_iter()
-        .find(|n| n.contains('~') && !n.contains('/'))
-        .unwrap();
-    let dir = tmp.path().join(dir_name);
+    let (collection, dir) = hashed_collection_holding_r1(tmp.path()).await;
     let elsewhere = tmp.path().join("elsewhere");
     std::fs::write(&elsewhere, &collection).unwrap();
     std::fs::remove_file(dir.join(".name")).unwrap();

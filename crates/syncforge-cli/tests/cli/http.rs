@@ -8,7 +8,7 @@ use tempfile::TempDir;
 
 use crate::support::{
     arg, command, counts, docs, export, syncforge, syncforge_env, syncforge_with, terminate,
-    KilledOnDrop,
+    watching, KilledOnDrop,
 };
 
 /// A `syncforge serve` child process, stopped with SIGTERM when dropped.
@@ -363,19 +363,10 @@ fn a_watch_outlives_a_server_restart_but_not_a_change_of_store() {
     let watch_through_a_restart = |store_after: &std::path::Path| {
         let server = Served::start(arg(&hq), &["--open"]);
         let url = server.url.clone();
-        let watcher = command(&["watch", &url, "notes", "--count", "1"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut watcher = KilledOnDrop(Some(watcher));
-        let child = watcher.0.as_mut().unwrap();
-        // Kept until the end: the watcher reports on stderr as it retries.
-        let (said, stderr) = syncforge_testkit::processes::read_line(
-            BufReader::new(child.stderr.take().unwrap()),
-            Duration::from_secs(60),
-        )
-        .unwrap();
+        // Its stderr kept until the end: the watcher reports there as it
+        // retries.
+        let (child, said, stderr) = watching(&["watch", &url, "notes", "--count", "1"]);
+        let mut watcher = KilledOnDrop(Some(child));
         assert!(said.starts_with("watching"), "{said:?}");
         assert!(server.stop());
         // Down long enough for the watcher to find it gone.
@@ -496,20 +487,9 @@ fn a_watch_takes_its_cursor_from_the_store_whose_id_it_keeps() {
         .unwrap()
     });
     let url = format!("http://{}", server.local_addr());
-    let watcher = command(&["watch", &url, "notes"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut watcher = KilledOnDrop(Some(watcher));
-    let child = watcher.0.as_mut().unwrap();
-    let (said, _stderr) = syncforge_testkit::processes::read_line(
-        BufReader::new(child.stderr.take().unwrap()),
-        Duration::from_secs(60),
-    )
-    .unwrap();
+    let (child, said, _stderr) = watching(&["watch", &url, "notes"]);
+    drop(KilledOnDrop(Some(child)));
     assert!(said.trim_end().ends_with("after cursor 5"), "{said:?}");
-    drop(watcher);
     runtime.block_on(server.shutdown()).unwrap();
 }
 
