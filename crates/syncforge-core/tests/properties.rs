@@ -504,8 +504,9 @@ mod crdt_merge_model {
 
 /// The timestamp strategy against its definition: the state with the newest
 /// stamp is kept whole; equal newest stamps (imports) keep the state whose
-/// canonical JSON without `_version` and the version vector sorts higher;
-/// the version vectors combine.
+/// content (id and visible fields) as canonical JSON sorts higher, and of
+/// equal content the one whose canonical JSON without `_version` and the
+/// version vector sorts higher; the version vectors combine.
 mod timestamp_merge_model {
     use super::*;
 
@@ -540,12 +541,21 @@ mod timestamp_merge_model {
         serde_json::to_string(&sorted).unwrap()
     }
 
+    /// The content's canonical JSON: id and visible fields, keys sorted.
+    fn content_text(r: &Record) -> String {
+        let sorted: BTreeMap<String, Value> = r.content().into_iter().collect();
+        serde_json::to_string(&sorted).unwrap()
+    }
+
     fn model(a: &Record, b: &Record) -> Record {
-        let winner = match newest(a).cmp(&newest(b)) {
+        let tie = || {
+            content_text(a)
+                .cmp(&content_text(b))
+                .then_with(|| state_text(a).cmp(&state_text(b)))
+        };
+        let winner = match newest(a).cmp(&newest(b)).then_with(tie) {
             std::cmp::Ordering::Less => b,
-            std::cmp::Ordering::Greater => a,
-            std::cmp::Ordering::Equal if state_text(b) > state_text(a) => b,
-            std::cmp::Ordering::Equal => a,
+            _ => a,
         };
         let fields: BTreeMap<String, FieldState> = winner
             .field_states()

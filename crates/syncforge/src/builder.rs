@@ -232,7 +232,11 @@ impl EngineBuilder {
         let client_id = match &self.client_id {
             Some(id) => ClientId::new(id).map_err(|e| Error::InvalidConfig {
                 option: "client_id",
-                reason: e.to_string(),
+                // Its reason alone: the option is named already.
+                reason: match e {
+                    Error::InvalidArgument { reason, .. } => reason,
+                    other => other.to_string(),
+                },
             })?,
             None => ClientId::new(&ulid::Ulid::new().to_string())?,
         };

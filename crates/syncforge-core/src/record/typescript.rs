@@ -29,10 +29,8 @@ pub(super) fn from_seed(
     };
     let millis = meta.timestamp.ok_or_else(|| missing(TIMESTAMP_KEY))?;
     let client = meta.client.ok_or_else(|| missing(CLIENT_ID_KEY))?;
-    let client = ClientId::new(client).map_err(|_| {
-        let reason = check_name(client).err();
-        Error::invalid_field(Some(&id), CLIENT_ID_KEY, reason.unwrap_or_default())
-    })?;
+    check_name(client).map_err(|reason| Error::invalid_field(Some(&id), CLIENT_ID_KEY, reason))?;
+    let client = ClientId::new(client)?;
     let version = meta.version.ok_or_else(|| missing(VERSION_KEY))?;
     let written = Stamp::new(millis, 0, client.clone())?;
     let tombstone = if meta.deleted == Some(true) {

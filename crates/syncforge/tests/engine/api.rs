@@ -68,6 +68,9 @@ async fn invalid_configuration_is_refused_naming_the_option() {
             }) => {
                 assert_eq!(got, option);
                 assert!(!reason.is_empty());
+                // The option is named once: a client id's refusal said
+                // "invalid argument `client_id`" inside it.
+                assert!(!reason.contains(option), "{reason}");
             }
             other => panic!("{option}: expected InvalidConfig, got {other:?}"),
         }
