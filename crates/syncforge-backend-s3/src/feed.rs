@@ -715,21 +715,26 @@ impl Store {
             .await
     }
 
-    /// Brings every item of the feed past its horizon to its final fate,
-    /// as a reader of those pages would: the items folded into the
-    /// segment were committed, the others may still be pending.
+    /// Brings every item of the feed's entries past its horizon, up to the
+    /// last one claimed when the call begins, to its final fate, as a
+    /// reader of those pages would: the items folded into the segment were
+    /// committed, the others may still be pending. Entries claimed later
+    /// are left to their writers, so that writers going on all the while
+    /// cannot keep the call from ending.
     pub(crate) async fn settle_pending(&self, collection: &CollectionName) -> Result<()> {
         let page_size = NonZeroUsize::new(1_000).unwrap_or(NonZeroUsize::MIN);
         let keys = self.keys.collection(collection);
         let (horizon, _) = self.read_horizon(&keys).await?;
+        let last = end_of(self.find_head(&keys, 0).await?);
         let mut after = end_of(horizon.horizon);
-        loop {
+        while after < last {
             let page = self.changes(collection, after, page_size).await?;
             after = page.next;
             if !page.more {
-                return Ok(());
+                break;
             }
         }
+        Ok(())
     }
 
     /// A page of the change feed; see [`Store::try_changes`].

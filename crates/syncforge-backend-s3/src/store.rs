@@ -16,7 +16,7 @@ use syncforge_core::{
 use crate::config::StoreOptions;
 use crate::feed::RecentEntries;
 use crate::format::{self, Meta, Name, Newest, RecordBody, Segment, MARKER_SIZE};
-use crate::io::{Condition, Io, Put};
+use crate::io::{same_etag, Condition, Io, Put};
 use crate::keys::{CollectionKeys, Keys, SegmentName};
 use crate::BACKEND_NAME;
 
@@ -433,22 +433,31 @@ impl Store {
         // after a record was seen is this call's own (its put landed, was
         // sent again and refused) or a concurrent delete's.
         let mut existed = false;
-        // Whether this call has tried to put a marker: a marker found after
-        // that is its own (sent again and refused, as above) or another
-        // delete's, and either way the state the call began on is gone,
-        // with any create still pending in the feed that expected it.
+        // The marker this call tried to put a fresh one over, if it did: a
+        // put refused (or given up as lost) without writing finds it again,
+        // and tries again.
+        let mut over: Option<String> = None;
+        // Whether this call has tried to put a marker where there was none
+        // or a record: a marker found after that is its own (sent again and
+        // refused, as above) or another delete's, and either way the state
+        // the call began on is gone, with any create still pending in the
+        // feed that expected it.
         let mut tried = false;
         loop {
             match self.read(collection, &keys, id).await? {
                 State::Marker { .. } if tried => return Ok(existed),
                 // A fresh marker over the one found: a create whose entry
                 // expects that marker (its writer told it failed) is void
-                // then, as over nothing (below).
+                // then, as over nothing (below). A marker other than the
+                // one this call tried to replace is another's fresh one.
                 State::Marker { etag } => {
-                    tried = true;
+                    if over.as_ref().is_some_and(|tried| !same_etag(tried, &etag)) {
+                        return Ok(existed);
+                    }
                     if let Put::Done(_) = self.put_marker(&path, Condition::Tag(&etag)).await? {
                         return Ok(existed);
                     }
+                    over = Some(etag);
                 }
                 // A marker even where there is nothing: a create whose
                 // writer was told it failed may still be pending in the

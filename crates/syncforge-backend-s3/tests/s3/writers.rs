@@ -416,6 +416,14 @@ async fn a_failed_create_over_a_marker_does_not_come_back_after_a_delete() {
     a_failed_create_stays_gone(Before::Deleted, Removal::Delete).await;
 }
 
+/// The same with the delete's marker put refused once, writing nothing
+/// (S3's 409 to a write racing another request on the key): the delete
+/// read the old marker again, took it for its own, and left it in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_create_over_a_marker_does_not_come_back_after_a_refused_delete() {
+    a_failed_create_stays_gone(Before::Deleted, Removal::DeleteRefusedOnce).await;
+}
+
 /// The same with `clear_collection` in place of the delete, which marked
 /// only the records it listed: a pending create, of a record never written
 /// or over a marker, came back after the clear.
@@ -437,6 +445,8 @@ enum Before {
 #[derive(Debug, Clone, Copy)]
 enum Removal {
     Delete,
+    /// A delete whose first conditional put is refused, writing nothing.
+    DeleteRefusedOnce,
     Clear,
 }
 
@@ -475,6 +485,12 @@ async fn a_failed_create_stays_gone(before: Before, removal: Removal) {
         match removal {
             Removal::Delete => {
                 survivor.delete(&collection, &rid("x")).await.unwrap();
+            }
+            Removal::DeleteRefusedOnce => {
+                let refusing: Arc<dyn ObjectStore> =
+                    Arc::new(Wrapped::new(Arc::clone(&memory)).refusing_nth_update("/r/", 1));
+                let deleter = handle(&refusing, "dse");
+                deleter.delete(&collection, &rid("x")).await.unwrap();
             }
             Removal::Clear => survivor.clear_collection(&collection).await.unwrap(),
         }
