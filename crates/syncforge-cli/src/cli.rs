@@ -17,8 +17,10 @@ Stores are named by URL:
                            refuse a directory that holds no store)
   redis://[:password@]host:port[/db][?prefix=P]   Redis (rediss:// over TLS;
   redis-cluster://host:port?node=host:port         a cluster from seed nodes)
-  s3://bucket/prefix[?endpoint=URL&region=R]     S3 or an S3-compatible store;
-                           credentials from the AWS_* environment variables
+  s3://bucket/prefix[?endpoint=URL&region=R&allow_http=true&path_style=true]
+                           S3 or an S3-compatible store (allow_http=true
+                           for an http:// endpoint); credentials from the
+                           AWS_* environment variables
                            (the reading commands refuse a Redis or S3 prefix
                            that holds no store, as they do a directory)
   http://host:port         a sync server (`syncforge serve`); its token comes
@@ -268,8 +270,9 @@ pub(crate) struct ExportArgs {
 /// Merge records into a store from JSON Lines, a JSON array or the
 /// TypeScript original's files.
 ///
-/// Import is a sync: records merge with what the store holds (the newest
-/// write wins), so an import can be repeated; records of one id in the
+/// Import is a sync: records merge with what the store holds (by the
+/// chosen --strategy; a server merges by its own), so an import can be
+/// repeated; records of one id in the
 /// input merge into one. Records may be in syncforge's
 /// canonical form (as `export` prints them) or in the TypeScript original's
 /// form ({id, ...fields, _version, _timestamp, _deleted, _clientId}). The

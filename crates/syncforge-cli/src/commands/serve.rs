@@ -164,6 +164,13 @@ fn token_file(path: &Path, seen: &mut HashMap<String, String>) -> Result<Vec<Acc
         let Some(secret) = words.next() else {
             return Err(usage(format!("{here}: the secret is missing")));
         };
+        // A comment where the secret goes would otherwise become a token
+        // whose secret is `#`, scoped to the comment's words.
+        if secret.starts_with('#') {
+            return Err(usage(format!(
+                "{here}: the secret is missing (a comment takes a line of its own)"
+            )));
+        }
         once(seen, secret, &here)?;
         let token = checked(AccessToken::new(secret, access), &here)?;
         // Names are separated by whitespace, so one holding a space (or a

@@ -347,6 +347,9 @@ fn tokens_can_come_from_a_file_and_cover_some_collections() {
     let said = refused("read-only fine notes # dashboard\n");
     assert!(said.contains("line 1: a collection name"), "{said}");
     assert!(said.contains("%23"), "{said}");
+    // Where the secret goes, it made a token whose secret was `#`.
+    let said = refused("read-only # old dashboard\n");
+    assert!(said.contains("line 1: the secret is missing"), "{said}");
     let said = refused("# nothing yet\n");
     assert!(said.contains("holds no token"), "{said}");
 }
