@@ -135,6 +135,14 @@ fn reply_code(details: &str) -> &str {
         .unwrap_or("")
 }
 
+/// Whether `details` is the answer to a script stopped with `SCRIPT KILL`
+/// (`ERR Script killed by user with SCRIPT KILL... script: ...` on Redis 7,
+/// wrapped in `ERR Error running script` before): the server kills only a
+/// script that has written nothing, so a retry is safe, as after `BUSY`.
+fn killed_script(details: &str) -> bool {
+    details.contains("Script killed by user with SCRIPT KILL")
+}
+
 /// Maps a client error of `operation` against the server at `address`.
 pub(crate) fn map(error: FredError, operation: impl Into<String>, address: &str) -> Error {
     let operation = operation.into();
@@ -154,6 +162,7 @@ pub(crate) fn map(error: FredError, operation: impl Into<String>, address: &str)
                 || TRANSIENT_CLIENT_ERRORS
                     .iter()
                     .any(|e| details.starts_with(e))
+                || killed_script(&details)
         }
     };
     if transient {
@@ -392,6 +401,18 @@ mod tests {
             (
                 ErrorKind::Unknown,
                 "NOSCRIPT No matching script. Please use EVAL.",
+            ),
+            // A script stopped by `SCRIPT KILL` (as Redis 7.0 answers, and
+            // as 6.2 wraps it): it wrote nothing.
+            (
+                ErrorKind::Unknown,
+                "ERR Script killed by user with SCRIPT KILL... script: \
+                 3fcf51a9b854b8f66cb8685600b0d7df968f4398, on @user_script:1.",
+            ),
+            (
+                ErrorKind::Unknown,
+                "ERR Error running script (call to f_3fcf51a9b854b8f66cb8685600b0d7df968f4398): \
+                 @user_script:1: Script killed by user with SCRIPT KILL...",
             ),
         ] {
             let error = map(FredError::new(kind, details), "get", "redis://h:1/0");
