@@ -58,6 +58,9 @@ async fn read_feed(
             "changes(after {cursor}).next ({}) must be at least the last cursor returned ({previous}), or the cursor asked for when empty",
             page.next
         );
+        // What a peer checks of a page it receives: also that `next` is
+        // not past the largest cursor any feed hands out.
+        page.check_after(cursor)?;
         all.extend(page.changes);
         if !page.more {
             return Ok((all, page.next));
@@ -1954,6 +1957,29 @@ pub async fn answers_at_once(ctx: &Context<'_>) -> CheckResult {
         ensure_eq!(after, Some(stored), "a declined put_now writes nothing");
     }
 
+    // A create of a new id (what the engine sends a lone put of a record
+    // it did not find): written, at the token and position it answers.
+    let fresh = record(&mut hlc, "d", 6)?;
+    match store.put_now(&coll, &Write::create(fresh.clone())) {
+        Some(outcome) => {
+            let outcome = outcome.or_fail("put_now")?;
+            let (token, cursor) = written(&outcome, "put_now of a create of a new id")?;
+            listed_at(store, &coll, &fresh, cursor, "put_now of a create").await?;
+            let now = store
+                .get(&coll, &rid("d"))
+                .await
+                .or_fail("get")?
+                .ok_or("record d is not stored")?;
+            ensure_eq!(now.record, fresh, "put_now of a create wrote the record");
+            ensure_eq!(
+                now.token,
+                token,
+                "get answers the token put_now of a create gave"
+            );
+        }
+        None => ensure_absent(store, &coll, "d", "a declined put_now of a create").await?,
+    }
+
     // A failing make, and a record of another id: nothing written.
     let failed = store.insert_if_absent_now(&coll, &rid("b"), &mut || {
         Err(syncforge_core::Error::invalid_record(None, "made to fail"))
@@ -2896,7 +2922,15 @@ pub async fn a_feed_read_during_rewrites_ends_at_every_latest_state(
         }
     }
     close_all(&handles).await?;
-    for stored in store.get_all(&coll).await.or_fail("get_all")? {
+    // Every delete is followed by its writer's create: every record is
+    // there at the end, and each is compared below.
+    let stored = store.get_all(&coll).await.or_fail("get_all")?;
+    ensure_eq!(
+        stored.len(),
+        REWRITTEN_RECORDS,
+        "records stored once the rewriters are done"
+    );
+    for stored in stored {
         ensure_eq!(
             seen.get(stored.id()),
             Some(&stored),
@@ -3078,6 +3112,9 @@ pub async fn a_large_batch_answers_what_it_stores(ctx: &Context<'_>) -> CheckRes
     let outcomes = store.put_batch(&coll, &writes).await.or_fail("put_batch")?;
     ensure_eq!(outcomes.len(), WRITES, "a batch answers each of its writes");
     let stored = store.get_many(&coll, &ids).await.or_fail("get_many")?;
+    // Checked, or a `get_many` cut short would end the walk below early
+    // and leave the writes past its cut unchecked.
+    ensure_eq!(stored.len(), WRITES, "get_many answers each of its ids");
     let (feed, _) = read_feed(store, &coll, Cursor::START, 1_000).await?;
     let listed: BTreeMap<&RecordId, Cursor> = feed
         .iter()

@@ -4,7 +4,6 @@
 use std::io::{self, BufRead, BufReader, Read};
 use std::process::{Child, ExitStatus, Output};
 use std::sync::mpsc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Waits for `child` to exit, at most `within`, collecting what it writes
@@ -13,14 +12,19 @@ use std::time::{Duration, Instant};
 ///
 /// Blocks its thread: from async code, call it through
 /// `tokio::task::spawn_blocking`.
+///
+/// The bound covers the reading of its output too: a process the child
+/// started and left running may hold the pipes open after the child exits,
+/// and the answer is then an error of kind [`io::ErrorKind::TimedOut`].
 pub fn finish(mut child: Child, within: Duration) -> io::Result<Output> {
+    let deadline = Instant::now() + within;
     let stdout = child.stdout.take().map(read_all);
     let stderr = child.stderr.take().map(read_all);
     let status = wait(&mut child, within)?;
     Ok(Output {
         status,
-        stdout: collected(stdout)?,
-        stderr: collected(stderr)?,
+        stdout: collected(stdout, deadline)?,
+        stderr: collected(stderr, deadline)?,
     })
 }
 
@@ -71,21 +75,36 @@ pub fn read_line<R: Read + Send + 'static>(
     })?
 }
 
-/// Reads `from` to its end on a thread of its own.
-fn read_all(mut from: impl Read + Send + 'static) -> JoinHandle<io::Result<Vec<u8>>> {
+/// Reads `from` to its end on a thread of its own, which sends what it
+/// read.
+fn read_all(mut from: impl Read + Send + 'static) -> mpsc::Receiver<io::Result<Vec<u8>>> {
+    let (sender, receiver) = mpsc::channel();
     std::thread::spawn(move || {
         let mut bytes = Vec::new();
-        from.read_to_end(&mut bytes).map(|_| bytes)
-    })
+        // The test may have stopped waiting.
+        let _ = sender.send(from.read_to_end(&mut bytes).map(|_| bytes));
+    });
+    receiver
 }
 
-/// What a reader thread read, or nothing for a stream that was not piped.
-fn collected(reader: Option<JoinHandle<io::Result<Vec<u8>>>>) -> io::Result<Vec<u8>> {
-    match reader {
-        Some(reader) => reader
-            .join()
-            .map_err(|_| io::Error::other("the thread reading a child's output panicked"))?,
-        None => Ok(Vec::new()),
+/// What a reader thread read by `deadline`, or nothing for a stream that
+/// was not piped.
+fn collected(
+    reader: Option<mpsc::Receiver<io::Result<Vec<u8>>>>,
+    deadline: Instant,
+) -> io::Result<Vec<u8>> {
+    let Some(reader) = reader else {
+        return Ok(Vec::new());
+    };
+    match reader.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        Ok(read) => read,
+        Err(mpsc::RecvTimeoutError::Timeout) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "a child process's output stayed open past the bound (a process it started holds it)",
+        )),
+        Err(mpsc::RecvTimeoutError::Disconnected) => Err(io::Error::other(
+            "the thread reading a child's output panicked",
+        )),
     }
 }
 
@@ -126,5 +145,27 @@ mod tests {
         .unwrap();
         assert_eq!(line, "ready\n");
         speaking.wait().unwrap();
+    }
+
+    /// A child that exits at once but leaves a process of its own holding
+    /// its output: the reading of that output waited for the grandchild,
+    /// past the bound.
+    #[test]
+    fn output_held_open_by_a_grandchild_fails_the_bound() {
+        let child = Command::new("sh")
+            .args(["-c", "sleep 3 & echo started"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let finished = finish(child, Duration::from_millis(500));
+        assert_eq!(finished.unwrap_err().kind(), io::ErrorKind::TimedOut);
+
+        let child = Command::new("echo")
+            .arg("done")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let output = finish(child, Duration::from_secs(20)).unwrap();
+        assert_eq!(output.stdout, b"done\n");
     }
 }

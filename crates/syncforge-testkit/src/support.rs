@@ -165,6 +165,10 @@ pub(crate) fn soft_deleted(hlc: &mut Hlc, base: &Record) -> CheckResult<Record> 
 /// The token and feed position of a write that must have happened.
 pub(crate) fn written(outcome: &WriteOutcome, what: &str) -> CheckResult<(Token, Cursor)> {
     match outcome {
+        WriteOutcome::Written { cursor, .. } if *cursor > Cursor::LARGEST => Err(format!(
+            "{what}: answered cursor {cursor}, past {}, the largest a feed may hand out",
+            Cursor::LARGEST
+        )),
         WriteOutcome::Written { token, cursor } => Ok((token.clone(), *cursor)),
         WriteOutcome::Conflict => Err(format!(
             "{what}: expected the write to happen, got Conflict"

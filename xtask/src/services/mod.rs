@@ -103,6 +103,8 @@ fn stop_started_on_signals() {
         let installed = ctrlc::set_handler(|| {
             eprintln!("--> interrupted: stopping the services this run started");
             stop_started();
+            // And the servers of a service that was still starting.
+            redis::stop_launched();
             std::process::exit(130);
         });
         if let Err(error) = installed {

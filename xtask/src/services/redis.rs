@@ -11,6 +11,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -152,15 +153,37 @@ impl Service for Cluster {
 }
 
 /// A `redis-server` this run started, known by its pid file.
+#[derive(Clone)]
 struct Server {
     port: u16,
     pid_file: PathBuf,
+}
+
+/// The servers this run launched and has not stopped, those of a service
+/// still starting included: a service enters the run's list of started
+/// ones only once it is up (a cluster's nodes a minute or more after the
+/// first was launched), and a signal meanwhile must stop its servers too,
+/// or they outlive the run, and the next run takes them for running ones.
+static LAUNCHED: Mutex<Vec<Server>> = Mutex::new(Vec::new());
+
+fn launched() -> MutexGuard<'static, Vec<Server>> {
+    LAUNCHED.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Stops every server this run launched and has not stopped yet.
+pub(crate) fn stop_launched() {
+    // Taken out first: each stop takes its server off the list itself.
+    let servers = std::mem::take(&mut *launched());
+    for server in servers.iter().rev() {
+        server.stop();
+    }
 }
 
 impl Server {
     /// Stops exactly the process the pid file names, and waits (bounded)
     /// until it is gone.
     fn stop(&self) {
+        launched().retain(|other| other.pid_file != self.pid_file);
         let Some(pid) = read_pid(&self.pid_file) else {
             eprintln!(
                 "--> redis on port {}: no pid in {}; nothing stopped",
@@ -230,6 +253,7 @@ fn start_server(dir: &Path, port: u16, extra: &[&str]) -> Result<Server, String>
         ));
     }
     let server = Server { port, pid_file };
+    launched().push(server.clone());
     wait_until(&format!("redis on port {port} writes its pid file"), || {
         server.pid_file.exists()
     })
@@ -344,5 +368,24 @@ mod tests {
             )]
         );
         assert!(!CLUSTER_PORTS.contains(&6379) && STANDALONE_PORT != 6379);
+    }
+
+    /// A launched server is on the list a signal's handler stops until it
+    /// is stopped; stopping what is on the list empties it.
+    #[test]
+    fn launched_servers_are_listed_until_stopped() {
+        // Pid files that do not exist: stopping such a server signals no one.
+        let dir = std::env::temp_dir().join(format!("xtask-launched-{}", std::process::id()));
+        let server = |name: &str| Server {
+            port: 1,
+            pid_file: dir.join(name),
+        };
+        launched().extend([server("a.pid"), server("b.pid")]);
+        server("a.pid").stop();
+        let listed: Vec<PathBuf> = launched().iter().map(|s| s.pid_file.clone()).collect();
+        assert!(listed.contains(&dir.join("b.pid")));
+        assert!(!listed.contains(&dir.join("a.pid")));
+        stop_launched();
+        assert!(launched().iter().all(|s| !s.pid_file.starts_with(&dir)));
     }
 }
