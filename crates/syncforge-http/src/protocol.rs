@@ -122,7 +122,8 @@ pub struct SyncResponse {
     pub deleted: usize,
     /// Records that changed nothing.
     pub unchanged: usize,
-    /// Records written concurrently with the stored state (merged).
+    /// Concurrent writes the merge met (merged): with the stored state, or
+    /// between the push's own records of one id.
     pub conflicts: usize,
     /// Feed positions of the writes that stored exactly a pushed record: the
     /// client holds those states already, so it may leave them out of its

@@ -87,7 +87,8 @@ pub struct SyncOutcome {
     pub deleted: usize,
     /// Records that changed nothing.
     pub unchanged: usize,
-    /// Records written concurrently with the stored state.
+    /// Concurrent writes the merge met: with the stored state, or between
+    /// the batch's own records of one id.
     pub conflicts: usize,
     /// Feed positions of the writes whose stored state is exactly the
     /// incoming record (any order).
