@@ -1401,8 +1401,10 @@ impl HttpPeer {
         drop(page);
         let mut changes = Vec::with_capacity(located.len());
         let body = bytes.clone();
-        let chunks =
-            parallel::in_chunks(located, move |chunk, _| decode_changes(&body, chunk)).await;
+        let chunks = parallel::in_chunks(located, body.len(), move |chunk, _| {
+            decode_changes(&body, chunk)
+        })
+        .await;
         for chunk in chunks {
             let chunk = chunk
                 .map_err(|error| {
@@ -1863,7 +1865,8 @@ struct Encoded {
 /// a push's cost on the client.
 async fn encode(records: Vec<Record>) -> Result<Vec<Encoded>> {
     let mut encoded = Vec::new();
-    for chunk in parallel::in_chunks(records, |chunk, _| encode_chunk(chunk)).await {
+    // The size of what is written is not known before it is written.
+    for chunk in parallel::in_chunks(records, 0, |chunk, _| encode_chunk(chunk)).await {
         let chunk = chunk.map_err(|error| {
             Error::storage(BACKEND, format!("a record encoding task failed: {error}"))
         })?;

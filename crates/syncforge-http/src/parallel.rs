@@ -9,12 +9,19 @@ const RECORDS_PER_THREAD: usize = 128;
 /// Most threads one batch of records is spread over.
 const MAX_THREADS: usize = 8;
 
+/// Bytes of input from which even a single chunk is worked on a blocking
+/// thread: a few large records take milliseconds to decode, which an async
+/// worker must not spend (every request waiting on it would wait too).
+const BLOCKING_BYTES: usize = 1 << 20;
+
 /// `work` applied to `items` split, in order, into one chunk per thread
-/// (each chunk with the index of its first item); a single chunk, run right
-/// here, when there are too few items to share. A chunk whose task failed
-/// (panicked) is `Err`.
+/// (each chunk with the index of its first item); a single chunk when there
+/// are too few items to share, run right here unless the input they come
+/// from is `bytes` long, [`BLOCKING_BYTES`] or more (0 when not known). A
+/// chunk whose task failed (panicked) is `Err`.
 pub(crate) async fn in_chunks<T, R>(
     items: Vec<T>,
+    bytes: usize,
     work: impl Fn(Vec<T>, usize) -> R + Send + Sync + Clone + 'static,
 ) -> Vec<Result<R, tokio::task::JoinError>>
 where
@@ -23,7 +30,10 @@ where
 {
     let threads = (items.len() / RECORDS_PER_THREAD).clamp(1, threads());
     if threads == 1 {
-        return vec![Ok(work(items, 0))];
+        if bytes < BLOCKING_BYTES {
+            return vec![Ok(work(items, 0))];
+        }
+        return vec![tokio::task::spawn_blocking(move || work(items, 0)).await];
     }
     let per_chunk = items.len().div_ceil(threads);
     let mut tasks = Vec::with_capacity(threads);
@@ -52,4 +62,22 @@ fn threads() -> usize {
             .map_or(1, std::num::NonZeroUsize::get)
             .min(MAX_THREADS)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One large record was decoded on the async worker that took the
+    /// request (fewer than 256 records were never spread), holding up every
+    /// request waiting on that worker for the length of the decode.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_single_chunk_of_large_input_runs_off_the_async_worker() {
+        let here = std::thread::current().id();
+        let on_thread = |_: Vec<u8>, _| std::thread::current().id();
+        let light = in_chunks(vec![1], BLOCKING_BYTES - 1, on_thread).await;
+        assert_eq!(light.into_iter().next().unwrap().unwrap(), here);
+        let heavy = in_chunks(vec![1], BLOCKING_BYTES, on_thread).await;
+        assert_ne!(heavy.into_iter().next().unwrap().unwrap(), here);
+    }
 }

@@ -747,7 +747,8 @@ async fn write_spread(
     changes: Vec<syncforge_core::Change>,
     max_bytes: usize,
 ) -> Result<Vec<WrittenChanges>, ApiError> {
-    parallel::in_chunks(changes, move |chunk, _| write_changes(&chunk, max_bytes))
+    // The size of what is written is not known before it is written.
+    parallel::in_chunks(changes, 0, move |chunk, _| write_changes(&chunk, max_bytes))
         .await
         .into_iter()
         .map(|chunk| chunk.map_err(|error| unwritable(&error)))
@@ -1533,7 +1534,7 @@ async fn decode_records(
 ) -> Result<Vec<Record>, ApiError> {
     let mut records = Vec::with_capacity(spans.len());
     let mut refused: Option<ChunkError> = None;
-    let chunks = parallel::in_chunks(spans, move |chunk, offset| {
+    let chunks = parallel::in_chunks(spans, text.len(), move |chunk, offset| {
         decode_chunk(&text, &chunk, offset)
     })
     .await;
