@@ -56,6 +56,17 @@ async fn source_holding(count: usize) -> SyncEngine {
     source
 }
 
+/// A store over memory that fails only where a test tells it to: no
+/// random failure, no delay (its seed then decides nothing).
+fn failing_on_cue() -> Arc<FaultyBackend> {
+    Arc::new(FaultyBackend::new(
+        Arc::new(MemoryBackend::new()),
+        1,
+        0.0,
+        Duration::ZERO,
+    ))
+}
+
 fn faulty(seed: u64, rate: f64) -> Arc<FaultyBackend> {
     Arc::new(FaultyBackend::new(
         Arc::new(MemoryBackend::new()),
@@ -682,12 +693,7 @@ async fn a_merge_that_loses_a_race_to_a_hard_delete_does_not_bring_the_deleted_r
         .into_iter()
         .flat_map(|strategy| [(strategy, false), (strategy, true)]);
     for (strategy, clear) in cases {
-        let store = Arc::new(FaultyBackend::new(
-            Arc::new(MemoryBackend::new()),
-            11,
-            0.0,
-            Duration::ZERO,
-        ));
+        let store = failing_on_cue();
         let shared: Arc<dyn StorageBackend> = store.clone();
         let local = SyncEngine::builder()
             .client_id("local")
@@ -744,12 +750,7 @@ fn a_transient_failure_on_a_runtime_without_timers_is_returned_unretried() {
         .unwrap();
     runtime.block_on(async {
         // No injected delay either: that is a timer too.
-        let store = Arc::new(FaultyBackend::new(
-            Arc::new(MemoryBackend::new()),
-            7,
-            0.0,
-            Duration::ZERO,
-        ));
+        let store = failing_on_cue();
         let e = faulty_engine("untimed", &store, 3, 100).await;
         store.set_failure_rate(1.0);
         let before = store.injected_failures();
@@ -789,12 +790,7 @@ fn rewrite_n1_before_each_write(store: &Arc<FaultyBackend>, left: usize) {
 /// the waits cost the test nothing.)
 #[tokio::test(start_paused = true)]
 async fn a_write_that_keeps_losing_races_backs_off_and_lands() {
-    let store = Arc::new(FaultyBackend::new(
-        Arc::new(syncforge::MemoryBackend::new()),
-        1,
-        0.0,
-        Duration::ZERO,
-    ));
+    let store = failing_on_cue();
     let shared: Arc<dyn StorageBackend> = store.clone();
     let e = SyncEngine::builder()
         .client_id("a")
@@ -820,12 +816,7 @@ async fn a_write_that_keeps_losing_races_backs_off_and_lands() {
 /// (acknowledged to its caller) stays.
 #[tokio::test(start_paused = true)]
 async fn a_write_whose_answer_was_lost_is_not_applied_again_over_a_later_writer() {
-    let store = Arc::new(FaultyBackend::new(
-        Arc::new(MemoryBackend::new()),
-        1,
-        0.0,
-        Duration::ZERO,
-    ));
+    let store = failing_on_cue();
     let engine = faulty_engine("a", &store, 3, 10).await;
     engine
         .put("c", &json!({"id": "n1", "title": "t0", "body": "b0"}))
@@ -921,12 +912,7 @@ async fn a_write_whose_answer_was_lost_is_not_applied_again_over_a_later_writer(
 #[tokio::test(start_paused = true)]
 async fn a_lost_answer_write_that_a_later_state_built_on_is_not_applied_again() {
     let timestamp = ConflictStrategy::Timestamp;
-    let store = Arc::new(FaultyBackend::new(
-        Arc::new(MemoryBackend::new()),
-        1,
-        0.0,
-        Duration::ZERO,
-    ));
+    let store = failing_on_cue();
     let shared: Arc<dyn StorageBackend> = store.clone();
     let engine = SyncEngine::builder()
         .client_id("a")
@@ -1026,12 +1012,7 @@ async fn a_lost_answer_write_that_a_later_state_built_on_is_not_applied_again() 
 /// reported written, and lost. Only the put's own stamps show it landed.
 #[tokio::test(start_paused = true)]
 async fn a_put_whose_insert_failed_is_not_taken_for_an_earlier_write() {
-    let store = Arc::new(FaultyBackend::new(
-        Arc::new(MemoryBackend::new()),
-        1,
-        0.0,
-        Duration::ZERO,
-    ));
+    let store = failing_on_cue();
     let now = 1_700_000_000_000;
     let on = |client: &'static str, millis: u64| {
         let backend: Arc<dyn StorageBackend> = store.clone();
@@ -1061,12 +1042,7 @@ async fn a_put_whose_insert_failed_is_not_taken_for_an_earlier_write() {
 /// applied again.
 #[tokio::test(start_paused = true)]
 async fn a_put_of_no_field_is_not_taken_for_a_twins_write_with_its_stamp() {
-    let store = Arc::new(FaultyBackend::new(
-        Arc::new(MemoryBackend::new()),
-        1,
-        0.0,
-        Duration::ZERO,
-    ));
+    let store = failing_on_cue();
     let time = Arc::new(syncforge::ManualTime::new(1_700_000_000_000));
     let on_a_clock = |backend: Arc<dyn StorageBackend>, time: Arc<syncforge::ManualTime>| {
         SyncEngine::builder()
