@@ -725,7 +725,9 @@ impl Store {
         let page_size = NonZeroUsize::new(1_000).unwrap_or(NonZeroUsize::MIN);
         let keys = self.keys.collection(collection);
         let (horizon, _) = self.read_horizon(&keys).await?;
-        let last = end_of(self.find_head(&keys, 0).await?);
+        // From the horizon's entry on: the horizon just read is not read
+        // again (but for a feed never compacted, horizon 0).
+        let last = end_of(self.find_head(&keys, horizon.horizon).await?);
         let mut after = end_of(horizon.horizon);
         while after < last {
             let page = self.changes(collection, after, page_size).await?;
