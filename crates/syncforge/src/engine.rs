@@ -188,10 +188,10 @@ impl IntentKind {
     }
 }
 
-/// Conflicts found merging the states of one id given twice or more in one
-/// call, by id, until the write of their merge reports them
-/// ([`SyncEngine::apply_in_batches`]).
-pub(crate) type InBatchConflicts = std::collections::HashMap<RecordId, Vec<ConflictDetail>>;
+/// The conflict found merging the states of one id given twice or more in
+/// one call (at most one an id, see [`dedupe`]), by id, until the write of
+/// their merge reports it ([`SyncEngine::apply_in_batches`]).
+pub(crate) type InBatchConflicts = std::collections::HashMap<RecordId, ConflictDetail>;
 
 /// How one intent ended.
 #[derive(Debug)]
@@ -1429,12 +1429,12 @@ impl SyncEngine {
             // none of this call's writes is reported as an echo: the sender
             // then pulls them back, a resend where an echo would be a miss.
             let deduped = dedupe(collection, remote, self.inner.config.conflict_strategy)?;
-            for conflict in deduped.conflicts {
-                in_batch
-                    .entry(conflict.record_id.clone())
-                    .or_default()
-                    .push(conflict);
-            }
+            in_batch.extend(
+                deduped
+                    .conflicts
+                    .into_iter()
+                    .map(|conflict| (conflict.record_id.clone(), conflict)),
+            );
             (deduped.records, None)
         };
         let total = incoming.len();
@@ -1468,7 +1468,7 @@ impl SyncEngine {
     /// planned on a state its earlier intent was about to replace.
     ///
     /// `in_batch` holds the conflicts found merging the call's repeated ids
-    /// ([`dedupe`]): each is reported (in `result`, and as an event) when
+    /// ([`dedupe`], one an id): each is reported (in `result`, and as an event) when
     /// the write of its merge changes the record, as a conflict with the
     /// stored state is; one whose merge the store held already was
     /// reported by whoever merged it first.
@@ -1547,17 +1547,15 @@ impl SyncEngine {
         }
     }
 
-    /// Reports the conflicts found merging two states of one record given
-    /// in the same call, once the merge's write changed the record: their
-    /// `conflict` events follow the write's own events.
-    fn report_in_batch(&self, found: Vec<ConflictDetail>, result: &mut SyncResult) {
+    /// Reports the conflict found merging two states of one record given
+    /// in the same call, once the merge's write changed the record: its
+    /// `conflict` event follows the write's own events.
+    fn report_in_batch(&self, found: ConflictDetail, result: &mut SyncResult) {
         let events = &self.inner.events;
         if events.wants(EventKind::Conflict) {
-            for conflict in &found {
-                events.emit(SyncEvent::Conflict(Arc::new(conflict.clone())));
-            }
+            events.emit(SyncEvent::Conflict(Arc::new(found.clone())));
         }
-        result.conflicts.extend(found);
+        result.conflicts.push(found);
     }
 
     /// Closes the engine and its backend handle. Never deletes stored data.
