@@ -361,6 +361,28 @@ mod tests {
         }
     }
 
+    /// What docs/semantics.md says of two records in the TypeScript form
+    /// with equal stamps: the tie rule decides, `_version` aside, so an
+    /// older copy can change what a replica holds.
+    #[test]
+    fn a_typescript_tie_goes_by_the_values_whatever_the_versions() {
+        let record = |x: &str, version: u64| {
+            Record::from_json(json!({
+                "id": "r", "x": x, "_version": version, "_timestamp": 1000,
+                "_deleted": false, "_clientId": "ts"
+            }))
+            .unwrap()
+        };
+        let (newer, older) = (record("a", 2), record("z", 1));
+        for strategy in [ConflictStrategy::Crdt, ConflictStrategy::Timestamp] {
+            for (local, remote) in [(&newer, &older), (&older, &newer)] {
+                let merged = merge(local, remote, strategy).unwrap();
+                assert_eq!(merged.content_json_string(), older.content_json_string());
+                assert_eq!(merged.versions(), newer.versions());
+            }
+        }
+    }
+
     #[test]
     fn a_timestamp_tie_of_equal_content_goes_by_the_state_text() {
         // Equal content and newest stamps; one side also holds a removed
