@@ -264,13 +264,26 @@ impl Collection {
     /// latest change. Continue from the page's `next`.
     ///
     /// A limit of 0 is refused with [`Error::InvalidArgument`]: a page that
-    /// can hold nothing would never let a reader advance. A page the store
+    /// can hold nothing would never let a reader advance. So is a cursor past
+    /// [`Cursor::LARGEST`], which no store hands out. A page the store
     /// answers out of order, or saying more without advancing, is
     /// [`Error::Storage`]: a reader following it would read back over what
     /// it read, or ask the same page for ever.
     pub async fn changes(&self, after: Cursor, options: PageOptions) -> Result<ChangePage> {
         self.engine.check_open()?;
         let limit = options.checked_limit()?;
+        // The caller's mistake, not the store's: without this, the store's
+        // page (whose `next` cannot be before `after`) would be refused
+        // below as a storage fault.
+        if after > Cursor::LARGEST {
+            return Err(Error::InvalidArgument {
+                name: "after",
+                reason: format!(
+                    "cursor {after} is past {}, the largest any store hands out",
+                    Cursor::LARGEST
+                ),
+            });
+        }
         let backend = self.engine.store();
         let page = retry_transient(self.engine.retries(), "changes", || {
             backend.changes(&self.name, after, limit)

@@ -603,6 +603,28 @@ async fn a_change_page_of_zero_is_refused() {
     );
 }
 
+/// A cursor past every feed position was read from the store, whose page
+/// (next at least the cursor) was then refused as the store's fault.
+#[tokio::test]
+async fn a_change_cursor_past_every_feed_position_is_the_callers_error() {
+    let engine = engine("e", ConflictStrategy::Crdt).await;
+    engine.put("c", &json!({"id": "a"})).await.unwrap();
+    let past = Cursor::new(Cursor::LARGEST.get() + 1);
+    let err = engine
+        .changes("c", past, PageOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidArgument { name: "after", .. }),
+        "{err:?}"
+    );
+    let page = engine
+        .changes("c", Cursor::LARGEST, PageOptions::default())
+        .await
+        .unwrap();
+    assert!(page.changes.is_empty() && !page.more, "{page:?}");
+}
+
 #[tokio::test]
 async fn a_put_of_a_record_another_engine_created_updates_it() {
     // The put finds the record held already (its insert-if-absent is
