@@ -783,7 +783,11 @@ impl SyncEngine {
                 .cloned()
                 .collect()
         };
-        let outcome = peer.push(collection, records).await?;
+        // A refusal is checked against what was sent: the peer's answer is
+        // input, and an id it never received is not to be kept as refused.
+        let sent: Vec<RecordId> = records.iter().map(|record| record.id().clone()).collect();
+        let mut outcome = peer.push(collection, records).await?;
+        check_refusals(peer.peer_id(), &sent, &mut outcome.refused)?;
         let mut changed = false;
         let still: HashSet<&RecordId> = outcome.refused.iter().map(|record| &record.id).collect();
         for id in was_refused.iter().filter(|id| !still.contains(id)) {
@@ -860,6 +864,33 @@ impl SyncEngine {
 /// answers a few (it passed over changes the client holds); a peer that
 /// never stops would keep a sync, and an auto-sync window, going for ever.
 const MAX_EMPTY_PAGES_IN_A_ROW: usize = 1_000;
+
+/// Refuses a push answer naming as refused a record that was not `sent`,
+/// and keeps one refusal of a record named more than once (with its first
+/// reason), so that neither the count of records pushed nor the ids kept
+/// to offer again take in what the peer never received.
+fn check_refusals(
+    peer_id: &str,
+    sent: &[RecordId],
+    refused: &mut Vec<RefusedRecord>,
+) -> Result<()> {
+    if refused.is_empty() {
+        return Ok(());
+    }
+    let sent: HashSet<&RecordId> = sent.iter().collect();
+    if let Some(stranger) = refused.iter().find(|record| !sent.contains(&record.id)) {
+        return Err(Error::PeerProtocol {
+            peer: peer_id.to_owned(),
+            reason: format!(
+                "answered a push refusing record {:?}, which the push did not send",
+                stranger.id.as_str()
+            ),
+        });
+    }
+    let mut seen = HashSet::with_capacity(refused.len());
+    refused.retain(|record| seen.insert(record.id.clone()));
+    Ok(())
+}
 
 /// Refuses a page that would move the cursor backwards or loop forever: a
 /// peer's answer is input like any other.

@@ -10,8 +10,8 @@ use syncforge::core::{Change, ChangePage};
 
 use syncforge::{
     CollectionName, ConflictStrategy, Cursor, Error, EventKind, ManualTime, PageOptions,
-    PeerCursors, PushOutcome, Record, Result, StorageBackend, SyncEngine, SyncEvent, SyncPeer,
-    SyncTrigger,
+    PeerCursors, PushOutcome, Record, RecordId, RefusedRecord, Result, StorageBackend, SyncEngine,
+    SyncEvent, SyncPeer, SyncTrigger,
 };
 use syncforge_testkit::faults::{FaultyBackend, Operation};
 
@@ -393,6 +393,73 @@ async fn a_page_going_past_every_feed_position_is_refused() {
     };
     let err = refused_page(&a, &far).await;
     assert!(err.to_string().contains("largest"), "{err}");
+}
+
+/// A peer with nothing to pull whose push answer is what `answer` makes of
+/// the ids pushed.
+struct RefusingPeer {
+    answer: fn(Vec<RecordId>) -> Vec<RecordId>,
+}
+
+#[syncforge::core::async_trait]
+impl SyncPeer for RefusingPeer {
+    fn peer_id(&self) -> &str {
+        "refusing"
+    }
+
+    async fn pull(
+        &self,
+        _collection: &CollectionName,
+        after: Cursor,
+        _limit: NonZeroUsize,
+    ) -> Result<ChangePage> {
+        Ok(ChangePage {
+            changes: Vec::new(),
+            next: after,
+            more: false,
+        })
+    }
+
+    async fn push(
+        &self,
+        _collection: &CollectionName,
+        records: Vec<Record>,
+    ) -> Result<PushOutcome> {
+        let sent = records.iter().map(|record| record.id().clone()).collect();
+        let refused = (self.answer)(sent)
+            .into_iter()
+            .map(|id| RefusedRecord::new(id, "too large"))
+            .collect();
+        Ok(PushOutcome::refusing(refused))
+    }
+}
+
+/// A refusal of a record the push did not send was counted against the
+/// records pushed, and its id kept as refused, to be offered again to the
+/// peer by every engine opened on the store; one refusal named twice was
+/// counted twice.
+#[tokio::test]
+async fn a_push_answer_is_checked_against_the_records_sent() {
+    let a = engine("a", ConflictStrategy::Crdt).await;
+    put_many(&a, "c", "r", 2).await;
+    let stranger = RefusingPeer {
+        answer: |_| vec![RecordId::new("x").unwrap()],
+    };
+    let err = a.sync_with(&stranger, "c").await.unwrap_err();
+    assert!(matches!(err, Error::PeerProtocol { .. }), "{err:?}");
+    assert!(err.to_string().contains("\"x\""), "{err}");
+    assert_eq!(
+        a.peer_cursors("refusing", "c").await.unwrap().pushed,
+        Cursor::START,
+        "the records are pushed again"
+    );
+
+    let twice = RefusingPeer {
+        answer: |sent| vec![sent[0].clone(), sent[0].clone()],
+    };
+    let report = a.sync_with(&twice, "c").await.unwrap();
+    assert_eq!(report.pushed, 1, "{report:?}");
+    assert_eq!(report.refused.len(), 1, "{report:?}");
 }
 
 /// A peer whose pages are always empty and always announce more: each one
