@@ -462,6 +462,14 @@ fn parse_host_port(text: &str) -> Result<(String, u16)> {
             },
         }
     } else {
+        // More than one ':' is an IPv6 address, whose last group reads as a
+        // port (`fd00::1:2`): it goes in brackets, as in every URL.
+        if text.matches(':').count() > 1 {
+            return Err(Error::InvalidConfig {
+                option: "host",
+                reason: "an IPv6 address goes in brackets: redis://[::1]:6379".to_owned(),
+            });
+        }
         match text.rsplit_once(':') {
             Some((host, port)) => (host, Some(port)),
             None => (text, None),
@@ -823,7 +831,14 @@ mod tests {
         // A list where a cluster URL takes `?node=`, and an IPv6 address
         // without its brackets.
         // Refused as the URL is read, naming the host.
-        for url in ["redis-cluster://h1:7000,h2:7001", "redis://::1"] {
+        // `fd00::1:2` was read as host `fd00::1`, port 2.
+        for url in [
+            "redis-cluster://h1:7000,h2:7001",
+            "redis://::1",
+            "redis://fd00::1:2",
+            "redis://u:pw@::1:6379/0",
+            "redis-cluster://[::1]:7000?node=fd00::2:7001",
+        ] {
             let error = RedisConfig::from_url(url).unwrap_err();
             assert!(
                 matches!(error, Error::InvalidConfig { option: "host", .. }),

@@ -240,6 +240,13 @@ impl S3Config {
             given.push(key);
             let value = syncforge_core::percent_decode(value)
                 .map_err(|error| invalid(format!("the value of {key} {error}")))?;
+            // `endpoint=` was ignored for the environment's, yet turned on
+            // path-style requests as if an endpoint had been given.
+            if value.is_empty() {
+                return Err(invalid(format!(
+                    "the S3 URL parameter {key} is empty: give a value, or leave it out"
+                )));
+            }
             let flag = |value: &str| match value {
                 "true" | "1" | "yes" => Ok(true),
                 "false" | "0" | "no" => Ok(false),
@@ -755,6 +762,10 @@ mod tests {
             "s3://readings?region=eu-west-1&region=us-east-1",
             "s3://readings?region=eu-west-1#s3cr3tvalue",
             "s3://readings?region=eu%zz",
+            // Ignored for the environment's (an empty `endpoint` turning on
+            // path-style requests all the same).
+            "s3://readings?endpoint=",
+            "s3://readings?region=",
         ] {
             let err = S3Config::from_url(url).unwrap_err();
             assert!(

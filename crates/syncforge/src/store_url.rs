@@ -94,7 +94,9 @@ impl StoreUrl {
         if url.is_empty() {
             return Err(invalid("the store URL is empty"));
         }
-        let Some(scheme) = scheme_of(url) else {
+        let scheme =
+            scheme_of(url).filter(|_| !unbracketed_ipv6(url.split('/').next().unwrap_or_default()));
+        let Some(scheme) = scheme else {
             if looks_like_an_address(url) {
                 // Not quoted: text before an '@' would be a password.
                 return Err(invalid(
@@ -231,8 +233,18 @@ fn scheme_of(url: &str) -> Option<&str> {
     (valid && scheme.len() > 1).then_some(scheme)
 }
 
-/// Whether `url`, which starts with no scheme, starts like an address
-/// rather than a path (`127.0.0.1:8080`, `[::1]:6379`, `:password@host:6379`):
+/// Whether `address` is an IPv6 address left unbracketed (`::1:6379`,
+/// `2001:db8::1`, `fd00::1`), with or without a port: no host and port
+/// check takes it, and its first group may read as a scheme (`fd00`).
+fn unbracketed_ipv6(address: &str) -> bool {
+    let ipv6 = |text: &str| text.parse::<std::net::Ipv6Addr>().is_ok();
+    ipv6(address) || address.rsplit_once(':').is_some_and(|(host, _)| ipv6(host))
+}
+
+/// Whether `url`, which starts with no scheme or with what may be an IPv6
+/// address's first group, starts like an address
+/// rather than a path (`127.0.0.1:8080`, `[::1]:6379`, `::1:6379`,
+/// `:password@host:6379`):
 /// taken for a directory, a forgotten `http://` or `redis://` made a new
 /// store in a directory named after the address, password and all. Its
 /// first part has a `:`; after any user part (which may hold any character,
@@ -243,6 +255,9 @@ fn scheme_of(url: &str) -> Option<&str> {
 /// directory whose name looks like an address (a time, `10:00`) is written
 /// `./name`, as the refusal says.
 fn looks_like_an_address(url: &str) -> bool {
+    if unbracketed_ipv6(url.split(['/', '\\']).next().unwrap_or_default()) {
+        return true;
+    }
     // A Windows drive path (`C:\\`, `C:/`): its `:` is the drive's, and an
     // `@` in the names after it (`C:\\Users\\jo@corp`) no user part's,
     // unless a host and port end it (`a:/pass@cache:6379`), which no
@@ -279,6 +294,9 @@ fn looks_like_an_address(url: &str) -> bool {
         return inside
             .split_once(']')
             .is_some_and(|(host, _)| host.contains(':'));
+    }
+    if unbracketed_ipv6(address) {
+        return true;
     }
     let Some((host, port)) = address.rsplit_once(':') else {
         return false;
@@ -535,6 +553,9 @@ mod tests {
         for address in [
             "127.0.0.1:8080",
             "[::1]:6379",
+            "::1:6379",
+            "2001:db8::1:6379",
+            "fd00::1",
             ":s3cret@cache:6379",
             "10.0.0.1:6379/0",
             ":ab/s3cret@10.0.0.1:6379",
