@@ -481,6 +481,24 @@ pub(crate) fn map_error(error: object_store::Error, doing: &str, path: &Path) ->
             missing_bucket(&error, doing, path)
         }
         _ if key_code.as_deref() == Some("NotImplemented") => unsupported(&error, doing, path),
+        // MinIO's refusal of a path segment over 255 bytes, which S3 takes:
+        // told apart as a local directory's "name too long" is, so that a
+        // write of such a key pending in a feed is void instead of failing
+        // every read of the feed after it.
+        _ if message.contains("<Code>KeyTooLongError</Code>") => Error::storage_caused(
+            BACKEND_NAME,
+            format!(
+                "{doing} {path} was refused: the store takes no key this long (MinIO takes at \
+                 most 255 bytes between two '/'); keep record ids within 255 bytes encoded"
+            ),
+            StoreAnswer {
+                text: without_credentials(&message),
+                io: Some(std::io::Error::new(
+                    std::io::ErrorKind::InvalidFilename,
+                    "key too long",
+                )),
+            },
+        ),
         // A code that says the delete can never succeed as asked stays until
         // someone acts; any other (S3's `SlowDown`, MinIO's `SlowDownWrite`
         // for a lost quorum, a code never seen) is tried again, as an
@@ -772,6 +790,33 @@ mod tests {
             store: "S3",
             source: message.to_owned().into(),
         }
+    }
+
+    /// MinIO's refusal of a long key was a permanent storage fault like
+    /// any other: a write of such a key pending in a feed failed every read
+    /// of the feed after it, where a local directory's refusal of the name
+    /// makes it void.
+    #[test]
+    fn a_key_too_long_for_the_store_is_told_apart() {
+        let path = Path::from("dse/notes/r/aaaa");
+        let refused = map_error(
+            generic(
+                "Client error with status 400 Bad Request: <?xml version=\"1.0\" \
+                 encoding=\"UTF-8\"?><Error><Code>KeyTooLongError</Code><Message>Your key is \
+                 too long</Message></Error>",
+            ),
+            "writing",
+            &path,
+        );
+        assert!(names_a_key_too_long(&refused), "{refused:?}");
+        assert!(matches!(refused, Error::Storage { .. }), "{refused:?}");
+        assert!(refused.to_string().contains("255 bytes"), "{refused}");
+        let other = map_error(
+            generic("Client error with status 400 Bad Request: <Code>InvalidArgument</Code>"),
+            "writing",
+            &path,
+        );
+        assert!(!names_a_key_too_long(&other), "{other:?}");
     }
 
     #[test]
