@@ -302,7 +302,8 @@ pub(crate) struct ImportArgs {
     #[arg(conflicts_with = "store_dir")]
     pub(crate) file: Option<PathBuf>,
     /// A whole store directory of the TypeScript original: every
-    /// subdirectory is a collection.
+    /// subdirectory is a collection (but those whose names start with a
+    /// dot, which are skipped with a warning).
     #[arg(long, value_name = "DIR", conflicts_with = "collection")]
     pub(crate) store_dir: Option<PathBuf>,
     #[command(flatten)]

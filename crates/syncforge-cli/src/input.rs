@@ -232,9 +232,10 @@ fn parse_lines(text: &str) -> (Vec<(Place, Value)>, Vec<Fault>) {
 }
 
 /// A directory holding one `<name>.json` file per value (the TypeScript
-/// original's collection directories), read in file-name order. Other
-/// entries — names starting with a dot, other extensions, subdirectories —
-/// are not values and are left alone.
+/// original's collection directories), read in file-name order; a record
+/// whose id starts with a dot has a file whose name does too. Other entries
+/// — other extensions, subdirectories, and the `._<name>` files macOS
+/// writes beside copied files — are not values and are left alone.
 fn read_directory(dir: &Path) -> Result<Values> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
@@ -242,7 +243,7 @@ fn read_directory(dir: &Path) -> Result<Values> {
         let path = entry.path();
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if !name.starts_with('.') && name.ends_with(".json") && path.is_file() {
+        if !name.starts_with("._") && name.ends_with(".json") && path.is_file() {
             files.push(path);
         }
     }
@@ -268,7 +269,9 @@ fn read_directory(dir: &Path) -> Result<Values> {
 }
 
 /// The subdirectories of a store directory of the TypeScript original (one
-/// per collection), by name; names starting with a dot are left alone.
+/// per collection), by name. Those whose names start with a dot (`.git`,
+/// say) are left alone, each named in a warning: a collection so named is
+/// imported on its own, naming it.
 pub(crate) fn collection_dirs(store: &Path) -> Result<Vec<(String, PathBuf)>> {
     let mut dirs = Vec::new();
     for entry in
@@ -285,7 +288,14 @@ pub(crate) fn collection_dirs(store: &Path) -> Result<Vec<(String, PathBuf)>> {
                 store.display()
             )
         })?;
-        if !name.starts_with('.') {
+        if name.starts_with('.') {
+            tracing::warn!(
+                "skipping {}: a directory whose name starts with a dot is taken for a hidden \
+                 one, not a collection; to import it as one, run `syncforge import STORE {name} {}`",
+                path.display(),
+                path.display()
+            );
+        } else {
             dirs.push((name, path));
         }
     }

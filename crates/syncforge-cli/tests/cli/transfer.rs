@@ -177,8 +177,20 @@ fn a_store_directory_of_the_typescript_original_imports_with_one_command() {
         &json!({"id": "r-1", "temperature": 21.5, "location": "warehouse-3", "_version": 1,
                "_timestamp": 1_709_654_000_500u64, "_deleted": false, "_clientId": "sensor-3"}),
     );
-    // Not records: left alone.
+    // A record whose id starts with a dot was skipped as a hidden file.
+    write_original(
+        &original.join("readings"),
+        ".r-2.json",
+        &json!({"id": ".r-2", "temperature": 20.0, "_version": 1,
+               "_timestamp": 1_709_654_000_600u64, "_deleted": false, "_clientId": "sensor-3"}),
+    );
+    // Not records: left alone (a hidden directory with a warning).
     std::fs::write(inspections.join("notes.txt"), "not a record").unwrap();
+    std::fs::write(
+        original.join("readings").join("._r-1.json"),
+        b"\0\x05\x16\x07",
+    )
+    .unwrap();
     std::fs::create_dir_all(original.join(".cache")).unwrap();
 
     let store = dir.path().join("store");
@@ -186,7 +198,11 @@ fn a_store_directory_of_the_typescript_original_imports_with_one_command() {
     assert_eq!(
         run.stdout,
         "inspections: 3 records: 2 added, 0 updated, 1 deleted, 0 unchanged, 0 conflicts\n\
-         readings: 1 records: 1 added, 0 updated, 0 deleted, 0 unchanged, 0 conflicts\n"
+         readings: 2 records: 2 added, 0 updated, 0 deleted, 0 unchanged, 0 conflicts\n"
+    );
+    assert!(
+        run.stderr.contains("skipping") && run.stderr.contains(".cache"),
+        "{run:?}"
     );
     let insp = syncforge(&["get", arg(&store), "inspections", "insp-001", "--json"])
         .ok()
