@@ -1,6 +1,7 @@
 //! `syncforge serve STORE`: the HTTP sync server.
 
 use std::collections::HashMap;
+use std::io::Read as _;
 use std::path::Path;
 
 use anyhow::{Context as _, Result};
@@ -131,6 +132,10 @@ pub(crate) async fn run(args: ServeArgs, cx: &mut Context) -> Result<()> {
     }
 }
 
+/// The largest `--token-file` read: a million bytes hold thousands of
+/// tokens.
+const MAX_TOKEN_FILE: u64 = 1 << 20;
+
 /// The tokens of a `--token-file`: `read-write SECRET [COLLECTION...]` or
 /// `read-only SECRET [COLLECTION...]` a line, each collection name
 /// percent-encoded; blank lines and `#` comments (on lines of their own)
@@ -139,8 +144,21 @@ pub(crate) async fn run(args: ServeArgs, cx: &mut Context) -> Result<()> {
 /// hold a secret).
 fn token_file(path: &Path, seen: &mut HashMap<String, String>) -> Result<Vec<AccessToken>> {
     // Unreadable is a failure at run time, as for any input file.
-    let text = std::fs::read_to_string(path)
+    let file = std::fs::File::open(path)
         .with_context(|| format!("cannot read the --token-file {}", path.display()))?;
+    // Read up to one byte past the bound, so that a file past it (a
+    // mistyped path, `/dev/zero`) is refused instead of read whole.
+    let mut text = String::new();
+    file.take(MAX_TOKEN_FILE + 1)
+        .read_to_string(&mut text)
+        .with_context(|| format!("cannot read the --token-file {}", path.display()))?;
+    if text.len() as u64 > MAX_TOKEN_FILE {
+        return Err(usage(format!(
+            "the --token-file {} is larger than {} KiB: not a token file",
+            path.display(),
+            MAX_TOKEN_FILE / 1024
+        )));
+    }
     // A byte-order mark, as some editors write one.
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut tokens = Vec::new();

@@ -618,6 +618,11 @@ fn serve_takes_the_limits_a_proxy_needs_and_names_refused_flags() {
     let run = serve(&["--token-file", arg(&tokens)]);
     assert!(run.stderr.contains("line 2: the same secret as"), "{run:?}");
     assert!(run.stderr.contains("line 1"), "{run:?}");
+    // A file of any size was read whole (`/dev/zero` until memory ran out).
+    let comment = format!("# {}\n", "x".repeat(1 << 20));
+    std::fs::write(&tokens, format!("read-only fine\n{comment}")).unwrap();
+    let run = serve(&["--token-file", arg(&tokens)]);
+    assert!(run.stderr.contains("larger than 1024 KiB"), "{run:?}");
     // A malformed address is a usage error; an unreadable token file is a
     // failure at run time, as an unreadable input file is.
     let run = syncforge(&["serve", arg(&hq), "--open", "--addr", "127.0.0.1"]).fails(2);
