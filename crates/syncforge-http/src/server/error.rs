@@ -14,13 +14,19 @@ use crate::protocol::{ErrorBody, ErrorCode, ErrorDetail};
 /// push itself.
 const MAX_LISTED_ID_BYTES: usize = 64 * 1024;
 
-/// The first of `ids` that fit in [`MAX_LISTED_ID_BYTES`], at least one.
+/// The first of `ids` whose JSON text fits in [`MAX_LISTED_ID_BYTES`], at
+/// least one.
 fn listed_ids(ids: &[String]) -> Vec<String> {
     let mut bytes = 0;
     let listed = ids
         .iter()
         .position(|id| {
-            bytes += id.len();
+            // As written in the answer: quoted, followed by a comma, each
+            // `"` and `\` escaped (ids hold no control characters, the
+            // only others JSON escapes). Counted raw, ids of quotes took
+            // twice the bound.
+            let escaped = id.bytes().filter(|b| matches!(b, b'"' | b'\\')).count();
+            bytes += id.len() + escaped + 3;
             bytes > MAX_LISTED_ID_BYTES
         })
         .unwrap_or(ids.len())
@@ -218,8 +224,17 @@ mod tests {
         })
         .unwrap();
         assert!(body.len() < 96 * 1024, "{} bytes", body.len());
-        assert_eq!(refused.detail.ids, ids[..64]);
+        // 63 ids of 1,024 bytes, quoted and with their commas, fit in 64 KiB.
+        assert_eq!(refused.detail.ids, ids[..63]);
         assert!(refused.detail.message.contains("10000 record(s)"));
+        // Ids of quotes, each escaped, listed twice the bound.
+        let quotes = vec!["\"".repeat(1024); 10_000];
+        let listed = serde_json::to_vec(&listed_ids(&quotes)).unwrap();
+        assert!(
+            listed.len() <= MAX_LISTED_ID_BYTES,
+            "{} bytes",
+            listed.len()
+        );
         // One id larger than the bound is still named.
         let huge = ["h".repeat(MAX_LISTED_ID_BYTES + 1)];
         assert_eq!(listed_ids(&huge), huge);
