@@ -315,6 +315,10 @@ pub(crate) enum Read {
     Link,
 }
 
+/// The bytes of a file read before checking that it is a regular one: a
+/// device in its place would otherwise be read until memory ran out.
+const CHECKED_AFTER_BYTES: u64 = 64 << 20;
+
 /// Reads a whole file without following a link. I/O errors (permission
 /// denied, a directory in the file's place, ...) are errors.
 pub(crate) fn read_file(path: &Path) -> Result<Read, Error> {
@@ -323,14 +327,19 @@ pub(crate) fn read_file(path: &Path) -> Result<Read, Error> {
     } else {
         return Ok(Read::Link);
     };
-    let result = opened.and_then(|mut file| {
+    let result = opened.and_then(|file| {
         let mut bytes = Vec::new();
-        match file.read_to_end(&mut bytes) {
+        match (&file).take(CHECKED_AFTER_BYTES).read_to_end(&mut bytes) {
             // What a named pipe answers (nothing, or "would block"): told
             // from an empty file only then, which keeps the check off the
             // path of every record read.
             Ok(0) => regular(file).map(|_| bytes),
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => regular(file).and(Err(err)),
+            // As long as a device's (`/dev/zero` never ends): checked
+            // before the rest is read.
+            Ok(read) if read as u64 == CHECKED_AFTER_BYTES => {
+                regular(file).and_then(|mut file| file.read_to_end(&mut bytes).map(|_| bytes))
+            }
             read => read.map(|_| bytes),
         }
     });

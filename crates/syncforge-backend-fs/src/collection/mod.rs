@@ -775,9 +775,23 @@ impl Collection {
             seq = self.log.checked_next(seq, "sequence")?;
             if matches!(self.log.newest(), NewestStamp::Known(_)) {
                 // Files added by hand: their stamps count too. A corrupt one
-                // reads as absent, and whatever replaces it is a write.
-                if let RecordFile::Valid(record) = self.load(id)? {
-                    newest = newest.max(Some(record.newest_stamp().clone()));
+                // reads as absent, and whatever replaces it is a write. One
+                // that cannot be read (a directory in its place, a file of
+                // another owner) fails its own reads, as a known record's
+                // does: failing here failed every call on the collection,
+                // and the engine's open.
+                match self.load(id) {
+                    Ok(RecordFile::Valid(record)) => {
+                        newest = newest.max(Some(record.newest_stamp().clone()));
+                    }
+                    Ok(_) => {}
+                    Err(error) if !error.is_transient() => tracing::warn!(
+                        collection = %self.name,
+                        id = %syncforge_core::shorten(id),
+                        %error,
+                        "a record file added by hand cannot be read; its reads fail until it can"
+                    ),
+                    Err(error) => return Err(error),
                 }
             }
             entries.push(LogEntry::Written {

@@ -157,6 +157,26 @@ async fn an_unreadable_file_under_a_hashed_name_fails_only_its_own_reads() {
     assert_eq!(page.changes.len(), 2, "{page:?}");
 }
 
+/// A record file added by hand that cannot be read (here a directory in
+/// its place) failed the collection's open, which reads the stamps of such
+/// files: every call on the collection failed, and the engine's open too.
+#[tokio::test]
+async fn an_unreadable_file_added_by_hand_fails_only_its_own_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FsBackend::open(tmp.path()).await.unwrap();
+    put_any(&store, "notes", counter("r0", 1)).await;
+    store.checkpoint().await.unwrap();
+    store.close().await.unwrap();
+    std::fs::create_dir(tmp.path().join("notes").join("new.json")).unwrap();
+
+    let reopened = FsBackend::open(tmp.path()).await.unwrap();
+    reopened.newest_stamp().await.unwrap();
+    let r0 = reopened.get(&coll("notes"), &rid("r0")).await.unwrap();
+    assert_eq!(r0.map(|stored| count_of(&stored.record)), Some(1));
+    let err = reopened.get(&coll("notes"), &rid("new")).await.unwrap_err();
+    assert!(matches!(err, Error::Storage { .. }), "{err}");
+}
+
 /// A named pipe in a record file's place, or the change log's, is an error
 /// naming it. Opened as a file, it waited for a writer, for ever, under the
 /// collection's lock: every call on the collection hung, in every handle.
@@ -209,6 +229,34 @@ async fn a_named_pipe_in_a_files_place_is_an_error_not_a_hang() {
     let err = read.unwrap_err();
     assert!(err.to_string().contains(".changes"), "{err}");
     reopened.close().await.unwrap();
+}
+
+/// A device that never ends (`/dev/zero`) in a record file's place was
+/// read until memory ran out. Making one takes root: the test says so
+/// where it cannot, as a service test without its service does.
+#[tokio::test]
+async fn an_endless_device_in_a_files_place_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FsBackend::open(tmp.path()).await.unwrap();
+    put_any(&store, "notes", counter("r1", 1)).await;
+    store.checkpoint().await.unwrap();
+    let file = tmp.path().join("notes").join("r1.json");
+    std::fs::remove_file(&file).unwrap();
+    let made = std::process::Command::new("mknod")
+        .arg(&file)
+        .args(["c", "1", "5"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if !made {
+        eprintln!("SKIPPED an_endless_device_in_a_files_place_is_an_error: mknod needs root");
+        return;
+    }
+    let err = store.get(&coll("notes"), &rid("r1")).await.unwrap_err();
+    assert!(matches!(err, Error::Storage { .. }), "{err}");
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+    std::fs::remove_file(&file).unwrap();
+    store.close().await.unwrap();
 }
 
 #[tokio::test]
