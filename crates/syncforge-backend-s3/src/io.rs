@@ -162,7 +162,18 @@ impl Io {
                 return Err(missing_bucket(&e, "reading", path))
             }
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(map_error(e, "reading", path)),
+            Err(e) => {
+                // A key the store can never hold (MinIO checks a key's
+                // length before it reads) holds nothing: read as absent, a
+                // write of it pending in a feed is settled as void, where
+                // failing failed every read of the feed.
+                let error = map_error(e, "reading", path);
+                return if names_a_key_too_long(&error) {
+                    Ok(None)
+                } else {
+                    Err(error)
+                };
+            }
         };
         let etag = result.meta.e_tag.clone();
         let body = result

@@ -57,6 +57,9 @@ pub(crate) struct Wrapped {
     /// The next read of a key ending with this text is held until let
     /// through.
     held_get: parking_lot::Mutex<Option<(String, Arc<HeldGet>)>>,
+    /// The longest part of a key between two `/` read or written; longer
+    /// ones are refused as MinIO refuses them (u64::MAX: no bound).
+    longest_segment: AtomicU64,
 }
 
 /// A read [`Wrapped::hold_next_get`] holds: it says when it got there, and
@@ -148,7 +151,33 @@ impl Wrapped {
             counted_gets: parking_lot::Mutex::new(None),
             hidden_once: parking_lot::Mutex::new(None),
             held_get: parking_lot::Mutex::new(None),
+            longest_segment: AtomicU64::new(u64::MAX),
         }
+    }
+
+    /// Refuses reads and writes of keys with a part between two `/` longer
+    /// than `bytes`, answering as MinIO does (a 400 with its code).
+    pub(crate) fn refusing_segments_over(self, bytes: u64) -> Self {
+        self.longest_segment.store(bytes, Ordering::SeqCst);
+        self
+    }
+
+    /// MinIO's refusal of `location`, when one of its parts is too long.
+    fn too_long(&self, location: &Path) -> Result<()> {
+        let longest = self.longest_segment.load(Ordering::SeqCst);
+        if location
+            .parts()
+            .any(|part| part.as_ref().len() as u64 > longest)
+        {
+            return Err(object_store::Error::Generic {
+                store: "S3",
+                source: "Client error with status 400 Bad Request: <?xml version=\"1.0\" \
+                         encoding=\"UTF-8\"?><Error><Code>KeyTooLongError</Code><Message>Your \
+                         key is too long</Message></Error>"
+                    .into(),
+            });
+        }
+        Ok(())
     }
 
     /// Holds the next read of a key ending with `key_end` (before it is
@@ -414,6 +443,7 @@ impl ObjectStore for Wrapped {
         payload: PutPayload,
         mut opts: PutOptions,
     ) -> Result<PutResult> {
+        self.too_long(location)?;
         if self.ignoring_conditions.load(Ordering::SeqCst) {
             opts.mode = object_store::PutMode::Overwrite;
         }
@@ -477,6 +507,7 @@ impl ObjectStore for Wrapped {
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+        self.too_long(location)?;
         if let Some((key_part, counter)) = &*self.counted_gets.lock() {
             if location.as_ref().contains(key_part.as_str()) {
                 counter.fetch_add(1, Ordering::SeqCst);
