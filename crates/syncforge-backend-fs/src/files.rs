@@ -315,10 +315,6 @@ pub(crate) enum Read {
     Link,
 }
 
-/// The bytes of a file read before checking that it is a regular one: a
-/// device in its place would otherwise be read until memory ran out.
-const CHECKED_AFTER_BYTES: u64 = 64 << 20;
-
 /// Reads a whole file without following a link. I/O errors (permission
 /// denied, a directory in the file's place, ...) are errors.
 pub(crate) fn read_file(path: &Path) -> Result<Read, Error> {
@@ -328,20 +324,21 @@ pub(crate) fn read_file(path: &Path) -> Result<Read, Error> {
         return Ok(Read::Link);
     };
     let result = opened.and_then(|file| {
-        let mut bytes = Vec::new();
-        match (&file).take(CHECKED_AFTER_BYTES).read_to_end(&mut bytes) {
-            // What a named pipe answers (nothing, or "would block"): told
-            // from an empty file only then, which keeps the check off the
-            // path of every record read.
-            Ok(0) => regular(file).map(|_| bytes),
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => regular(file).and(Err(err)),
-            // As long as a device's (`/dev/zero` never ends): checked
-            // before the rest is read.
-            Ok(read) if read as u64 == CHECKED_AFTER_BYTES => {
-                regular(file).and_then(|mut file| file.read_to_end(&mut bytes).map(|_| bytes))
-            }
-            read => read.map(|_| bytes),
+        // Its one look at the file's metadata (which reading to the end
+        // would make anyway, for the length) also refuses what is not a
+        // regular file: a named pipe, or a device that never ends
+        // (`/dev/zero`), which was read until memory ran out.
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Err(not_regular());
         }
+        let mut bytes = Vec::new();
+        bytes.try_reserve_exact(usize::try_from(meta.len()).unwrap_or(usize::MAX))?;
+        // Through `Take`, which has no length to look up again.
+        (&file)
+            .take(u64::MAX)
+            .read_to_end(&mut bytes)
+            .map(|_| bytes)
     });
     match result {
         Ok(bytes) => Ok(Read::Bytes(bytes)),
@@ -408,11 +405,15 @@ fn regular(file: File) -> io::Result<File> {
     if file.metadata()?.is_file() {
         Ok(file)
     } else {
-        Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a regular file (a named pipe, a device or a directory)",
-        ))
+        Err(not_regular())
     }
+}
+
+fn not_regular() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "not a regular file (a named pipe, a device or a directory)",
+    )
 }
 
 /// A fresh temporary path in `dir`, unique across threads and processes:
