@@ -959,15 +959,34 @@ impl HttpPeer {
         let waited = if polled { wait } else { wait.min(max_wait) };
         let deadline = tokio::time::Instant::now() + waited.min(LONGEST_WAIT);
         let mut waiting = Waiting { after, followed: 0 };
+        let (mut failed, mut delay) = (0, self.inner.retry_delay.min(MAX_RETRY_DELAY));
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             // A server that holds no request answers at once: its requests
             // get the plain timeout, not the wait on top, which let a
             // connection that died silently hold the call for all of it.
             let held = if polled { Duration::ZERO } else { left };
-            let page = self
+            // A held request is not retried inside (its wait would be asked
+            // for whole again, each time): it is retried here, asking for
+            // what is left of the wait, while some is.
+            let page = match self
                 .read_feed(&collection, waiting.after, limit, held, Prune::No)
-                .await?;
+                .await
+            {
+                Err(error)
+                    if error.is_transient()
+                        && !held.is_zero()
+                        && failed < self.inner.retries
+                        && tokio::time::Instant::now() + delay.saturating_mul(2) < deadline =>
+                {
+                    tracing::debug!(%error, failed, "retrying a long poll that failed for now");
+                    tokio::time::sleep(retry_wait(delay, None)).await;
+                    delay = next_retry_delay(delay);
+                    failed += 1;
+                    continue;
+                }
+                page => page?,
+            };
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             match waiting.then(&page, polled && !left.is_zero()) {
                 AfterWait::Follow => {}
@@ -1401,9 +1420,12 @@ impl HttpPeer {
         drop(page);
         let mut changes = Vec::with_capacity(located.len());
         let body = bytes.clone();
-        let chunks = parallel::in_chunks(located, body.len(), move |chunk, _| {
-            decode_changes(&body, chunk)
-        })
+        let bytes = body.len();
+        let chunks = parallel::in_chunks(
+            located,
+            |_| bytes,
+            move |chunk, _| decode_changes(&body, chunk),
+        )
         .await;
         for chunk in chunks {
             let chunk = chunk
@@ -1468,8 +1490,17 @@ impl HttpPeer {
     }
 
     /// [`call_bytes`](Self::call_bytes), telling how the last attempt failed.
+    /// A held request (a long poll, `extra_time` past zero) is tried once:
+    /// tried again, it would wait its whole time again, past what its caller
+    /// asked to wait; [`wait_for_changes`](Self::wait_for_changes) retries it
+    /// with the time left.
     async fn call_raw(&self, call: &Call) -> Result<Bytes, Failure> {
         let mut delay = self.inner.retry_delay.min(MAX_RETRY_DELAY);
+        let retries = if call.extra_time.is_zero() {
+            self.inner.retries
+        } else {
+            0
+        };
         let mut attempt = 0;
         loop {
             let (error, asked) = match self.attempt(call).await {
@@ -1478,7 +1509,7 @@ impl HttpPeer {
                 Err(Failure::Transient(error, asked)) => (error, asked),
                 Err(failure) => return Err(failure),
             };
-            if attempt >= self.inner.retries {
+            if attempt >= retries {
                 return Err(Failure::Transient(error, asked));
             }
             tracing::debug!(%error, attempt, url = %call.url, "retrying a transient failure");
@@ -1865,8 +1896,10 @@ struct Encoded {
 /// a push's cost on the client.
 async fn encode(records: Vec<Record>) -> Result<Vec<Encoded>> {
     let mut encoded = Vec::new();
-    // The size of what is written is not known before it is written.
-    for chunk in parallel::in_chunks(records, 0, |chunk, _| encode_chunk(chunk)).await {
+    // The size of what is written is known once written; its values' is
+    // less (see `write_spread` on the server).
+    let values = |records: &[Record]| records.iter().map(parallel::values_bytes).sum();
+    for chunk in parallel::in_chunks(records, values, |chunk, _| encode_chunk(chunk)).await {
         let chunk = chunk.map_err(|error| {
             Error::storage(BACKEND, format!("a record encoding task failed: {error}"))
         })?;

@@ -16,12 +16,13 @@ const BLOCKING_BYTES: usize = 1 << 20;
 
 /// `work` applied to `items` split, in order, into one chunk per thread
 /// (each chunk with the index of its first item); a single chunk when there
-/// are too few items to share, run right here unless the input they come
-/// from is `bytes` long, [`BLOCKING_BYTES`] or more (0 when not known). A
-/// chunk whose task failed (panicked) is `Err`.
+/// are too few items to share, run right here unless `bytes` says the
+/// items' input or output is [`BLOCKING_BYTES`] long or more (asked only
+/// then: a count that walks the items is paid only for a few). A chunk
+/// whose task failed (panicked) is `Err`.
 pub(crate) async fn in_chunks<T, R>(
     items: Vec<T>,
-    bytes: usize,
+    bytes: impl FnOnce(&[T]) -> usize,
     work: impl Fn(Vec<T>, usize) -> R + Send + Sync + Clone + 'static,
 ) -> Vec<Result<R, tokio::task::JoinError>>
 where
@@ -30,7 +31,7 @@ where
 {
     let threads = (items.len() / RECORDS_PER_THREAD).clamp(1, threads());
     if threads == 1 {
-        if bytes < BLOCKING_BYTES {
+        if bytes(&items) < BLOCKING_BYTES {
             return vec![Ok(work(items, 0))];
         }
         return vec![tokio::task::spawn_blocking(move || work(items, 0)).await];
@@ -54,6 +55,15 @@ where
     outcomes
 }
 
+/// The bytes of `record`'s visible field names and values: less than its
+/// JSON text, which holds each of them at least once.
+pub(crate) fn values_bytes(record: &syncforge_core::Record) -> usize {
+    record
+        .fields()
+        .map(|(name, value)| name.len() + value.as_str().len())
+        .sum()
+}
+
 /// The machine's cores, at most [`MAX_THREADS`].
 fn threads() -> usize {
     static THREADS: OnceLock<usize> = OnceLock::new();
@@ -75,9 +85,30 @@ mod tests {
     async fn a_single_chunk_of_large_input_runs_off_the_async_worker() {
         let here = std::thread::current().id();
         let on_thread = |_: Vec<u8>, _| std::thread::current().id();
-        let light = in_chunks(vec![1], BLOCKING_BYTES - 1, on_thread).await;
+        let light = in_chunks(vec![1], |_| BLOCKING_BYTES - 1, on_thread).await;
         assert_eq!(light.into_iter().next().unwrap().unwrap(), here);
-        let heavy = in_chunks(vec![1], BLOCKING_BYTES, on_thread).await;
+        let heavy = in_chunks(vec![1], |_| BLOCKING_BYTES, on_thread).await;
         assert_ne!(heavy.into_iter().next().unwrap().unwrap(), here);
+    }
+
+    /// A page or push of a few large records was written as JSON on the
+    /// async worker (the size of what is written was taken as unknown):
+    /// their values' bytes, a lower bound, send it to a blocking thread.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_few_large_records_are_written_off_the_async_worker() {
+        use syncforge_core::{Content, Record, Stamp};
+        let here = std::thread::current().id();
+        let text = "x".repeat(BLOCKING_BYTES);
+        let large = Record::create(
+            Content::from_value(serde_json::json!({"id": "r", "text": text})).unwrap(),
+            Stamp::new(1, 0, "c").unwrap(),
+        );
+        let values = values_bytes(&large);
+        assert!(values >= BLOCKING_BYTES, "{values}");
+        assert!(values < large.to_json_string().len(), "{values}");
+        let all = |records: &[Record]| records.iter().map(values_bytes).sum();
+        let on_thread = |_: Vec<Record>, _| std::thread::current().id();
+        let written = in_chunks(vec![large], all, on_thread).await;
+        assert_ne!(written.into_iter().next().unwrap().unwrap(), here);
     }
 }

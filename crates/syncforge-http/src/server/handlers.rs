@@ -747,12 +747,22 @@ async fn write_spread(
     changes: Vec<syncforge_core::Change>,
     max_bytes: usize,
 ) -> Result<Vec<WrittenChanges>, ApiError> {
-    // The size of what is written is not known before it is written.
-    parallel::in_chunks(changes, 0, move |chunk, _| write_changes(&chunk, max_bytes))
-        .await
-        .into_iter()
-        .map(|chunk| chunk.map_err(|error| unwritable(&error)))
-        .collect()
+    // The size of what is written is known once written; its values' is
+    // less, and a page of a few large records written on the async worker
+    // held up every request waiting on it.
+    let values = |changes: &[syncforge_core::Change]| {
+        changes
+            .iter()
+            .map(|change| parallel::values_bytes(&change.record))
+            .sum()
+    };
+    parallel::in_chunks(changes, values, move |chunk, _| {
+        write_changes(&chunk, max_bytes)
+    })
+    .await
+    .into_iter()
+    .map(|chunk| chunk.map_err(|error| unwritable(&error)))
+    .collect()
 }
 
 /// Changes written as JSON, comma-separated, and where each ends.
@@ -1534,9 +1544,12 @@ async fn decode_records(
 ) -> Result<Vec<Record>, ApiError> {
     let mut records = Vec::with_capacity(spans.len());
     let mut refused: Option<ChunkError> = None;
-    let chunks = parallel::in_chunks(spans, text.len(), move |chunk, offset| {
-        decode_chunk(&text, &chunk, offset)
-    })
+    let bytes = text.len();
+    let chunks = parallel::in_chunks(
+        spans,
+        |_| bytes,
+        move |chunk, offset| decode_chunk(&text, &chunk, offset),
+    )
     .await;
     for outcome in chunks {
         let outcome = outcome.map_err(|error| {

@@ -1520,6 +1520,47 @@ async fn records_pushed_by_hand_reach_the_engine_syncing_through_that_peer() {
     server.shutdown().await.unwrap();
 }
 
+/// A long poll that failed for now was tried again asking for its whole
+/// wait again, each time: a call asked to wait 1 s could take several. It
+/// is tried again asking for what is left of the wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_tried_again_asks_for_what_is_left_of_its_wait() {
+    let busy = json_answer(
+        "503 Service Unavailable",
+        "",
+        r#"{"error":{"code":"unavailable","message":"busy"}}"#,
+    );
+    let empty = json_answer(
+        "200 OK",
+        "",
+        r#"{"feed_id":"f1","collection":"notes","changes":[],"next":7,"more":false}"#,
+    );
+    let (url, served) =
+        canned_server(vec![json_answer("200 OK", "", CANNED_HEALTH), busy, empty]).await;
+    let link = syncforge::http::HttpPeer::builder(&url)
+        .retries(3, Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let page = link
+        .wait_for_changes(
+            "notes",
+            syncforge::Cursor::new(7),
+            10.try_into().unwrap(),
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+    assert!(page.changes.is_empty(), "{page:?}");
+    let requests = served.await.unwrap();
+    let wait_of = |line: &str| -> u64 {
+        let (_, after) = line.split_once("wait=").unwrap();
+        let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().unwrap()
+    };
+    let (first, again) = (wait_of(&requests[1]), wait_of(&requests[2]));
+    assert!(first > 900 && again <= first - 100, "{requests:?}");
+}
+
 /// A redirect was followed: a push arrived as a GET without its body, and
 /// the token was dropped on a change of host, so every sync failed with a
 /// misleading refusal. It is now reported, naming where the server points,
