@@ -235,7 +235,8 @@ fn parse_lines(text: &str) -> (Vec<(Place, Value)>, Vec<Fault>) {
 /// original's collection directories), read in file-name order; a record
 /// whose id starts with a dot has a file whose name does too. Other entries
 /// — other extensions, subdirectories, and the `._<name>` files macOS
-/// writes beside copied files — are not values and are left alone.
+/// writes beside copied files (told by their first bytes, so that a record
+/// whose id starts with `._` is read) — are not values and are left alone.
 fn read_directory(dir: &Path) -> Result<Values> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
@@ -243,7 +244,7 @@ fn read_directory(dir: &Path) -> Result<Values> {
         let path = entry.path();
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if !name.starts_with("._") && name.ends_with(".json") && path.is_file() {
+        if name.ends_with(".json") && path.is_file() {
             files.push(path);
         }
     }
@@ -254,6 +255,13 @@ fn read_directory(dir: &Path) -> Result<Values> {
         let place = Place::File(path.clone());
         let text =
             std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let apple_double = path
+            .file_name()
+            .is_some_and(|name| name.to_string_lossy().starts_with("._"))
+            && text.starts_with(APPLE_DOUBLE);
+        if apple_double {
+            continue;
+        }
         // A byte-order mark, as some editors write, as for a single file.
         let text = text.strip_prefix(b"\xef\xbb\xbf").unwrap_or(&text);
         match serde_json::from_slice(text) {
@@ -267,6 +275,11 @@ fn read_directory(dir: &Path) -> Result<Values> {
         faults,
     })
 }
+
+/// The first bytes of the `._<name>` files macOS writes beside the files it
+/// copies to a file system without its metadata (AppleDouble's magic
+/// number).
+const APPLE_DOUBLE: &[u8] = b"\x00\x05\x16\x07";
 
 /// The subdirectories of a store directory of the TypeScript original (one
 /// per collection), by name. Those whose names start with a dot (`.git`,

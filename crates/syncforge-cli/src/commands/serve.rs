@@ -148,17 +148,21 @@ fn token_file(path: &Path, seen: &mut HashMap<String, String>) -> Result<Vec<Acc
         .with_context(|| format!("cannot read the --token-file {}", path.display()))?;
     // Read up to one byte past the bound, so that a file past it (a
     // mistyped path, `/dev/zero`) is refused instead of read whole.
-    let mut text = String::new();
+    let mut bytes = Vec::new();
     file.take(MAX_TOKEN_FILE + 1)
-        .read_to_string(&mut text)
+        .read_to_end(&mut bytes)
         .with_context(|| format!("cannot read the --token-file {}", path.display()))?;
-    if text.len() as u64 > MAX_TOKEN_FILE {
+    // The length first: a cut through a character would otherwise be
+    // refused as text that is not UTF-8, a failure instead of a usage error.
+    if bytes.len() as u64 > MAX_TOKEN_FILE {
         return Err(usage(format!(
             "the --token-file {} is larger than {} KiB: not a token file",
             path.display(),
             MAX_TOKEN_FILE / 1024
         )));
     }
+    let text = String::from_utf8(bytes)
+        .with_context(|| format!("cannot read the --token-file {}", path.display()))?;
     // A byte-order mark, as some editors write one.
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut tokens = Vec::new();

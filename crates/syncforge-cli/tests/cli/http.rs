@@ -619,7 +619,8 @@ fn serve_takes_the_limits_a_proxy_needs_and_names_refused_flags() {
     assert!(run.stderr.contains("line 2: the same secret as"), "{run:?}");
     assert!(run.stderr.contains("line 1"), "{run:?}");
     // A file of any size was read whole (`/dev/zero` until memory ran out).
-    let comment = format!("# {}\n", "x".repeat(1 << 20));
+    // Its bound falls inside a character of two bytes.
+    let comment = format!("#  {}\n", "é".repeat(1 << 19));
     std::fs::write(&tokens, format!("read-only fine\n{comment}")).unwrap();
     let run = serve(&["--token-file", arg(&tokens)]);
     assert!(run.stderr.contains("larger than 1024 KiB"), "{run:?}");

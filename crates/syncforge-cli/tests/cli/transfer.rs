@@ -184,7 +184,14 @@ fn a_store_directory_of_the_typescript_original_imports_with_one_command() {
         &json!({"id": ".r-2", "temperature": 20.0, "_version": 1,
                "_timestamp": 1_709_654_000_600u64, "_deleted": false, "_clientId": "sensor-3"}),
     );
-    // Not records: left alone (a hidden directory with a warning).
+    write_original(
+        &original.join("readings"),
+        "._r-3.json",
+        &json!({"id": "._r-3", "temperature": 19.0, "_version": 1,
+               "_timestamp": 1_709_654_000_700u64, "_deleted": false, "_clientId": "sensor-3"}),
+    );
+    // Not records: left alone (a hidden directory with a warning, and the
+    // file macOS writes beside a copied one, told by its first bytes).
     std::fs::write(inspections.join("notes.txt"), "not a record").unwrap();
     std::fs::write(
         original.join("readings").join("._r-1.json"),
@@ -198,7 +205,7 @@ fn a_store_directory_of_the_typescript_original_imports_with_one_command() {
     assert_eq!(
         run.stdout,
         "inspections: 3 records: 2 added, 0 updated, 1 deleted, 0 unchanged, 0 conflicts\n\
-         readings: 2 records: 2 added, 0 updated, 0 deleted, 0 unchanged, 0 conflicts\n"
+         readings: 3 records: 3 added, 0 updated, 0 deleted, 0 unchanged, 0 conflicts\n"
     );
     assert!(
         run.stderr.contains("skipping") && run.stderr.contains(".cache"),
