@@ -130,7 +130,7 @@ pub fn compute_delta(
         // A conflict between two states of the batch is this replica's to
         // report when their merge changes what it holds; one that changes
         // nothing was merged, and reported, before.
-        if out.kind != ChangeKind::Unchanged {
+        if !in_batch.is_empty() && out.kind != ChangeKind::Unchanged {
             delta.conflicts.extend(in_batch.remove(&id));
         }
         delta.conflicts.extend(out.conflict);
