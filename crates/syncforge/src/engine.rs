@@ -286,6 +286,19 @@ impl SyncEngine {
         let retries = config.max_retries;
         let newest = retry_transient(retries, "newest_stamp", || backend.newest_stamp()).await?;
         if let Some(stamp) = newest {
+            // Taken all the same (the store's stamps were accepted once, or
+            // written by a co-writer trusted with it), but said: every write
+            // of this replica is stamped after it, and peers refuse them
+            // until their own clocks come near.
+            if let Some(ahead_ms) = clock.drift_excess(&stamp) {
+                tracing::warn!(
+                    stamp = %stamp,
+                    ahead_ms,
+                    "the store holds a stamp further ahead of this machine's clock than \
+                     max_clock_drift: this replica's writes are stamped after it, and peers \
+                     refuse them as stamped ahead until their clocks catch up"
+                );
+            }
             clock.seed(&stamp);
         }
         let fresh_id = ulid::Ulid::new().to_string();
@@ -896,7 +909,7 @@ impl SyncEngine {
             (Some(Ok(IfAbsent::Present(stored))), Some(built))
                 if holds_local_write(&stored.record, &built) =>
             {
-                stored.record
+                landed_put(stored.record, built)
             }
             (Some(Err(error)), Some(built)) => {
                 // The write may have happened: read to find out.
@@ -910,7 +923,9 @@ impl SyncEngine {
                 // this engine's, as its first write of the record did, and
                 // a later state by a clock running ahead absorbs it whole.
                 match read {
-                    Ok(Some(stored)) if holds_local_write(&stored.record, &built) => stored.record,
+                    Ok(Some(stored)) if holds_local_write(&stored.record, &built) => {
+                        landed_put(stored.record, built)
+                    }
                     Ok(stored) => return Err(Some(Ok(stored))),
                     Err(error) => return Ok(Err(error)),
                 }
@@ -989,13 +1004,16 @@ impl SyncEngine {
                 if landed {
                     if let Some(planned) = item.planned.take() {
                         // A put is reported as the store holds it now, with
-                        // a later writer's change; a delete as it was made,
-                        // since a later put brings the record back and a
-                        // delete's outcome must be a deleted record.
-                        let record = if item.kind == IntentKind::Delete {
-                            item.intended.take()
-                        } else {
-                            local
+                        // a later writer's change ([`landed_put`]); a delete
+                        // as it was made, since a later put brings the
+                        // record back and a delete's outcome must be a
+                        // deleted record.
+                        let record = match (item.kind, local, item.intended.take()) {
+                            (IntentKind::Delete, _, intended) => intended,
+                            (IntentKind::Put, Some(stored), Some(intended)) => {
+                                Some(landed_put(stored, intended))
+                            }
+                            (_, local, _) => local,
                         };
                         done[item.slot] = self.confirm(
                             collection,
@@ -1701,6 +1719,20 @@ enum Step {
         /// again if the write loses a race.
         incoming: Option<Record>,
     },
+}
+
+/// What a put whose write landed (its answer lost, or its race lost to a
+/// later writer) reports: the record as the store holds it, with the later
+/// writer's change, unless that change deleted it. A put's outcome is the
+/// live record it wrote; the later delete is another writer's, announced
+/// by that writer, and reporting the tombstone announced a put of a deleted
+/// record.
+fn landed_put(stored: Record, written: Record) -> Record {
+    if stored.is_deleted() {
+        written
+    } else {
+        stored
+    }
 }
 
 /// Whether `stored` holds the local write (put or delete) `intended` meant

@@ -900,6 +900,62 @@ async fn a_write_whose_answer_was_lost_is_not_applied_again_over_a_later_writer(
     assert_eq!(store.injected_failures(), 4);
 }
 
+/// A put whose write landed but whose answer was lost, and which a later
+/// writer then deleted, returned the tombstone and announced it as the
+/// record it added or updated: a put's outcome is the live record it wrote.
+#[tokio::test(start_paused = true)]
+async fn a_put_deleted_by_a_later_writer_before_its_retry_reports_what_it_wrote() {
+    let store = failing_on_cue();
+    let engine = faulty_engine("a", &store, 3, 10).await;
+    engine
+        .put("c", &json!({"id": "n1", "title": "t0"}))
+        .await
+        .unwrap();
+    let later_delete = |id: &'static str| {
+        move |inner: Arc<dyn StorageBackend>| async move {
+            let later = SyncEngine::builder()
+                .client_id("b")
+                .conflict_strategy(STRATEGY)
+                .backend(inner)
+                .build()
+                .await
+                .unwrap();
+            later.delete("c", id).await.unwrap();
+        }
+    };
+    let mut rx = engine.subscribe();
+    store.rival_after_next_lost_put_batch(later_delete("n1"));
+    let updated = engine
+        .put("c", &json!({"id": "n1", "title": "t1"}))
+        .await
+        .unwrap();
+    assert!(!updated.is_deleted(), "{updated:?}");
+    assert_eq!(updated.get("title"), Some(json!("t1")));
+    store.rival_after_next_lost_insert(later_delete("n2"));
+    let added = engine
+        .put("c", &json!({"id": "n2", "title": "t2"}))
+        .await
+        .unwrap();
+    assert!(!added.is_deleted(), "{added:?}");
+    assert_eq!(added.get("title"), Some(json!("t2")));
+    // The later deletes stand, and every record announced is live.
+    for id in ["n1", "n2"] {
+        let stored = engine.get("c", id).await.unwrap().unwrap();
+        assert!(stored.is_deleted(), "{id}: the later delete was undone");
+    }
+    let mut announced = 0;
+    while let Ok(event) = rx.try_recv() {
+        if let SyncEvent::RecordAdded { record, .. } | SyncEvent::RecordUpdated { record, .. } =
+            &event
+        {
+            assert!(!record.is_deleted(), "{event:?}");
+            announced += 1;
+        }
+    }
+    assert_eq!(announced, 2);
+    assert_eq!(store.injected_failures(), 2);
+}
+
 /// A put or delete whose answer was lost and which a later writer then
 /// built on leaves no stamp of its own when, under the timestamp strategy,
 /// a later state won whole. It is still known to have landed, since the
