@@ -20,11 +20,13 @@ use crate::support::engine;
 
 type Fields = BTreeMap<String, String>;
 
-/// A subscriber that keeps every span's name and fields.
+/// A subscriber that keeps every span's name and fields, and every event's
+/// fields.
 #[derive(Default)]
 struct Capture {
     next: AtomicU64,
     spans: Mutex<BTreeMap<u64, (String, Fields)>>,
+    events: Mutex<Vec<Fields>>,
 }
 
 struct Collect<'a>(&'a mut Fields);
@@ -60,7 +62,11 @@ impl Subscriber for Capture {
     }
 
     fn record_follows_from(&self, _: &Id, _: &Id) {}
-    fn event(&self, _: &Event<'_>) {}
+    fn event(&self, event: &Event<'_>) {
+        let mut fields = Fields::new();
+        event.record(&mut Collect(&mut fields));
+        self.events.lock().push(fields);
+    }
     fn enter(&self, _: &Id) {}
     fn exit(&self, _: &Id) {}
 }
@@ -105,6 +111,50 @@ impl Capture {
             .map(|(_, f)| f.clone())
             .collect()
     }
+}
+
+/// A store holding a stamp far ahead of this machine's clock (written by a
+/// co-writer whose clock ran fast) moved the clock of every engine opening
+/// it past that stamp, silently: their writes were then refused by every
+/// peer as stamped ahead, with nothing saying why.
+#[tokio::test]
+async fn opening_a_store_holding_a_stamp_far_ahead_warns() {
+    install_global_sink();
+    let store = Arc::new(MemoryBackend::new());
+    let now = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    let fast = SyncEngine::builder()
+        .client_id("fast")
+        .backend(store.clone())
+        .time_source(Arc::new(syncforge::ManualTime::new(now + 3_600_000)))
+        .build()
+        .await
+        .unwrap();
+    fast.put("notes", &json!({"id": "n1"})).await.unwrap();
+    let capture = Arc::new(Capture::default());
+    let _guard = tracing::subscriber::set_default(capture.clone());
+    let _opened = SyncEngine::builder()
+        .client_id("slow")
+        .backend(store)
+        .build()
+        .await
+        .unwrap();
+    let events = capture.events.lock();
+    let warned = events.iter().find(|fields| {
+        fields
+            .get("message")
+            .is_some_and(|message| message.contains("max_clock_drift"))
+    });
+    let warned = warned.unwrap_or_else(|| panic!("no warning among {events:?}"));
+    assert!(
+        warned["ahead_ms"].parse::<u64>().unwrap() > 3_000_000,
+        "{warned:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
