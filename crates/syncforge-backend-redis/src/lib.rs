@@ -142,8 +142,10 @@ struct FeedChunk {
     last: Cursor,
     /// Whether more entries lie beyond.
     more: bool,
-    /// Whether the call stopped at [`READ_BYTES`] before its limit.
+    /// Whether the call stopped at its byte budget before its limit.
     cut: bool,
+    /// The bytes of the values it read.
+    bytes: usize,
 }
 
 /// The largest value a Redis server takes as one argument unless told
@@ -810,13 +812,15 @@ impl RedisBackend {
     }
 
     /// One feed page script call: at most `limit` (≤ [`CHUNK`]) entries
-    /// after `after`, fewer once their values pass [`READ_BYTES`].
+    /// after `after`, fewer once their values pass `budget` bytes (the
+    /// first entry is read whatever its size).
     async fn feed_chunk(
         &self,
         collection: &CollectionName,
         keys: &CollectionKeys,
         after: Cursor,
         limit: usize,
+        budget: usize,
     ) -> Result<FeedChunk> {
         const OP: &str = "reading the change feed";
         let reply = self
@@ -826,7 +830,7 @@ impl RedisBackend {
                 vec![
                     Value::from(after.get().to_string()),
                     Value::from(limit as i64),
-                    Value::from(READ_BYTES as i64),
+                    Value::from(i64::try_from(budget).unwrap_or(i64::MAX)),
                 ],
                 OP,
                 Some(collection),
@@ -843,6 +847,7 @@ impl RedisBackend {
         let examined = ids.len();
         let mut changes = Vec::with_capacity(examined);
         let mut last = after;
+        let mut bytes = 0usize;
         for ((id, score), value) in ids.into_iter().zip(scores).zip(values) {
             // The index's entries are data: one that no script writes is
             // corrupt data naming the index, not a server that answers
@@ -868,6 +873,7 @@ impl RedisBackend {
                 );
                 continue;
             };
+            bytes = bytes.saturating_add(value.len());
             let (_, record) = self.decode(collection, keys, &id, &value)?;
             changes.push(Change {
                 cursor: last,
@@ -879,6 +885,7 @@ impl RedisBackend {
             last,
             more,
             cut: more && examined < limit,
+            bytes,
         })
     }
 
@@ -1391,7 +1398,9 @@ impl StorageBackend for RedisBackend {
         let mut latest: HashMap<RecordId, Record> = HashMap::new();
         let mut after = Cursor::START;
         loop {
-            let chunk = self.feed_chunk(collection, &keys, after, CHUNK).await?;
+            let chunk = self
+                .feed_chunk(collection, &keys, after, CHUNK, READ_BYTES)
+                .await?;
             for change in chunk.changes {
                 latest.insert(change.record.id().clone(), change.record);
             }
@@ -1465,18 +1474,23 @@ impl StorageBackend for RedisBackend {
         let mut changes = Vec::with_capacity(remaining.min(CHUNK));
         let mut next = after;
         let mut chunks = 0;
+        let mut read = 0usize;
         loop {
             let slice = remaining.min(CHUNK);
-            let mut chunk = self.feed_chunk(collection, &keys, next, slice).await?;
+            // The page's calls share one byte bound: each call kept to it
+            // alone, a page of a hundred calls held a hundred times it.
+            let budget = READ_BYTES.saturating_sub(read).max(1);
+            let mut chunk = self
+                .feed_chunk(collection, &keys, next, slice, budget)
+                .await?;
             next = chunk.last;
             chunks += 1;
+            read = read.saturating_add(chunk.bytes);
             // Entries examined count against the limit, found or skipped.
             remaining = remaining.saturating_sub(slice);
             changes.append(&mut chunk.changes);
             let more = chunk.more;
-            // A call cut at the byte bound ends the page: a page of many
-            // calls would otherwise hold that bound once per call.
-            if !more || remaining == 0 || chunk.cut {
+            if !more || remaining == 0 || chunk.cut || read >= READ_BYTES {
                 if chunks > 1 {
                     keep_latest_change_of_each_record(&mut changes);
                 }

@@ -1412,6 +1412,56 @@ async fn large_records_are_read_in_pages_of_bounded_size() {
     store.close().await.unwrap();
 }
 
+/// A page of several script calls, none of them cut at the byte bound,
+/// ends once they have read that bound between them: each call kept to it
+/// alone, so a page of 3,000 records of 10 KiB held 30 MB (and a page of a
+/// hundred thousand, a gigabyte).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_many_script_calls_is_bounded_in_bytes_as_one() {
+    const RECORDS: usize = 3_000;
+    let Some(server) = PrivateServer::start().await else {
+        return;
+    };
+    let config = RedisConfig {
+        command_timeout: Duration::from_secs(30),
+        ..server.config(&fresh_prefix("many"))
+    };
+    let store = RedisBackend::connect(config).await.unwrap();
+    let collection = coll("many");
+    let mut hlc = Hlc::new(ClientId::new("w").unwrap());
+    let body = "x".repeat(10 << 10);
+    let records: Vec<Record> = (0..RECORDS)
+        .map(|i| {
+            Record::create(
+                Content::from_value(json!({"id": format!("r{i:04}"), "body": body})).unwrap(),
+                hlc.now().unwrap(),
+            )
+        })
+        .collect();
+    sync_records(&store, &collection, &records, 500, 0)
+        .await
+        .unwrap();
+    let page = store
+        .changes(&collection, Cursor::START, RECORDS.try_into().unwrap())
+        .await
+        .unwrap();
+    assert!(page.more, "a page of 30 MB ended as the last");
+    let bytes: usize = page
+        .changes
+        .iter()
+        .map(|change| change.record.to_json_string().len())
+        .sum();
+    assert!(bytes < 17 << 20, "{bytes} bytes in one page");
+    // Read on from there, the rest follows.
+    let rest = store
+        .changes(&collection, page.next, RECORDS.try_into().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(page.len() + rest.len(), RECORDS);
+    assert!(!rest.more);
+    store.close().await.unwrap();
+}
+
 /// `EVALSHA` calls the server of `client` answered since it started.
 async fn evalsha_calls(client: &Client) -> u64 {
     info(client, "commandstats")
