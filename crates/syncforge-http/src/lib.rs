@@ -19,9 +19,10 @@
 //!
 //! Writing and reading records as JSON is most of what a sync over HTTP
 //! costs, more than the engines' own work: on both sides, the records of a
-//! push or of a feed page (from 256 of them) are encoded and decoded in
-//! chunks on tokio's blocking threads, one per core (eight at most), and the async workers
-//! stay free meanwhile.
+//! push or of a feed page are encoded and decoded on tokio's blocking
+//! threads — in chunks, one per core (eight at most), from 256 records on a
+//! machine of two cores or more, and in one piece from 1 MiB of values —
+//! and the async workers stay free meanwhile.
 //!
 //! ```
 //! # #[cfg(all(feature = "server", feature = "client"))]
