@@ -804,6 +804,34 @@ struct Call {
     shrinkable: bool,
 }
 
+impl Call {
+    /// This request held for `wait` instead (a long poll's `wait` parameter
+    /// set to it, or left out when zero), with its extra time to match.
+    fn held_for(&self, wait: Duration) -> Call {
+        let mut url = self.url.clone();
+        let kept: Vec<(String, String)> = self
+            .url
+            .query_pairs()
+            .filter(|(key, _)| key != "wait")
+            .map(|(key, value)| (key.into_owned(), value.into_owned()))
+            .collect();
+        {
+            let mut query = url.query_pairs_mut();
+            query.clear().extend_pairs(kept);
+            if !wait.is_zero() {
+                query.append_pair("wait", &wait.as_millis().to_string());
+            }
+        }
+        Call {
+            method: self.method.clone(),
+            url,
+            body: self.body.clone(),
+            extra_time: wait,
+            shrinkable: self.shrinkable,
+        }
+    }
+}
+
 /// Why a push request is sent again in halves.
 #[derive(Clone, Copy)]
 enum Halved {
@@ -959,34 +987,15 @@ impl HttpPeer {
         let waited = if polled { wait } else { wait.min(max_wait) };
         let deadline = tokio::time::Instant::now() + waited.min(LONGEST_WAIT);
         let mut waiting = Waiting { after, followed: 0 };
-        let (mut failed, mut delay) = (0, self.inner.retry_delay.min(MAX_RETRY_DELAY));
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             // A server that holds no request answers at once: its requests
             // get the plain timeout, not the wait on top, which let a
             // connection that died silently hold the call for all of it.
             let held = if polled { Duration::ZERO } else { left };
-            // A held request is not retried inside (its wait would be asked
-            // for whole again, each time): it is retried here, asking for
-            // what is left of the wait, while some is.
-            let page = match self
+            let page = self
                 .read_feed(&collection, waiting.after, limit, held, Prune::No)
-                .await
-            {
-                Err(error)
-                    if error.is_transient()
-                        && !held.is_zero()
-                        && failed < self.inner.retries
-                        && tokio::time::Instant::now() + delay.saturating_mul(2) < deadline =>
-                {
-                    tracing::debug!(%error, failed, "retrying a long poll that failed for now");
-                    tokio::time::sleep(retry_wait(delay, None)).await;
-                    delay = next_retry_delay(delay);
-                    failed += 1;
-                    continue;
-                }
-                page => page?,
-            };
+                .await?;
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             match waiting.then(&page, polled && !left.is_zero()) {
                 AfterWait::Follow => {}
@@ -1490,32 +1499,34 @@ impl HttpPeer {
     }
 
     /// [`call_bytes`](Self::call_bytes), telling how the last attempt failed.
-    /// A held request (a long poll, `extra_time` past zero) is tried once:
-    /// tried again, it would wait its whole time again, past what its caller
-    /// asked to wait; [`wait_for_changes`](Self::wait_for_changes) retries it
-    /// with the time left.
+    /// A held request (a long poll, `extra_time` past zero) is asked again
+    /// for what is left of its wait (nothing, once it has run out): asked
+    /// for its whole wait again, each retry waited it all again, past what
+    /// its caller asked to wait.
     async fn call_raw(&self, call: &Call) -> Result<Bytes, Failure> {
         let mut delay = self.inner.retry_delay.min(MAX_RETRY_DELAY);
-        let retries = if call.extra_time.is_zero() {
-            self.inner.retries
-        } else {
-            0
-        };
+        let held_until = tokio::time::Instant::now() + call.extra_time;
+        let mut again: Option<Call> = None;
         let mut attempt = 0;
         loop {
-            let (error, asked) = match self.attempt(call).await {
+            let current = again.as_ref().unwrap_or(call);
+            let (error, asked) = match self.attempt(current).await {
                 Ok(answer) => return Ok(answer),
                 Err(Failure::Slow(error, asked)) if !call.shrinkable => (error, asked),
                 Err(Failure::Transient(error, asked)) => (error, asked),
                 Err(failure) => return Err(failure),
             };
-            if attempt >= retries {
+            if attempt >= self.inner.retries {
                 return Err(Failure::Transient(error, asked));
             }
             tracing::debug!(%error, attempt, url = %call.url, "retrying a transient failure");
             tokio::time::sleep(retry_wait(delay, asked)).await;
             delay = next_retry_delay(delay);
             attempt += 1;
+            if !call.extra_time.is_zero() {
+                let left = held_until.saturating_duration_since(tokio::time::Instant::now());
+                again = Some(call.held_for(left));
+            }
         }
     }
 

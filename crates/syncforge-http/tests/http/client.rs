@@ -863,6 +863,18 @@ async fn a_large_push_goes_in_requests_of_a_few_mebibytes() {
     server.shutdown().await.unwrap();
 }
 
+/// `link`'s wait of up to a second for changes of `notes` after cursor 7.
+async fn wait_a_second_after_7(link: &syncforge::http::HttpPeer) -> syncforge::ChangePage {
+    link.wait_for_changes(
+        "notes",
+        syncforge::Cursor::new(7),
+        10.try_into().unwrap(),
+        Duration::from_secs(1),
+    )
+    .await
+    .unwrap()
+}
+
 /// A server answering with canned responses, one a connection, in order;
 /// it reads each request whole (its body by its `content-length`) and hands
 /// back the request lines it received.
@@ -1188,16 +1200,7 @@ async fn a_long_poll_reads_on_past_a_page_of_skipped_changes() {
         page(40, false),
     ])
     .await;
-    let link = peer(&url, None);
-    let answer = link
-        .wait_for_changes(
-            "notes",
-            syncforge::Cursor::new(7),
-            10.try_into().unwrap(),
-            Duration::from_secs(1),
-        )
-        .await
-        .unwrap();
+    let answer = wait_a_second_after_7(&peer(&url, None)).await;
     assert!(!answer.more, "{answer:?}");
     assert_eq!(answer.next, syncforge::Cursor::new(40));
     let requests = served.await.unwrap();
@@ -1541,15 +1544,7 @@ async fn a_long_poll_tried_again_asks_for_what_is_left_of_its_wait() {
         .retries(3, Duration::from_millis(100))
         .build()
         .unwrap();
-    let page = link
-        .wait_for_changes(
-            "notes",
-            syncforge::Cursor::new(7),
-            10.try_into().unwrap(),
-            Duration::from_secs(1),
-        )
-        .await
-        .unwrap();
+    let page = wait_a_second_after_7(&link).await;
     assert!(page.changes.is_empty(), "{page:?}");
     let requests = served.await.unwrap();
     let wait_of = |line: &str| -> u64 {
