@@ -464,8 +464,7 @@ fn parse_host_port(text: &str) -> Result<(String, u16)> {
     } else {
         // An IPv6 address, whose last group reads as a port (`fd00::1:2`):
         // it goes in brackets, as in every URL.
-        let ipv6 = |text: &str| text.parse::<std::net::Ipv6Addr>().is_ok();
-        if ipv6(text) || text.rsplit_once(':').is_some_and(|(host, _)| ipv6(host)) {
+        if syncforge_core::unbracketed_ipv6(text) {
             return Err(Error::InvalidConfig {
                 option: "host",
                 reason: "an IPv6 address goes in brackets: redis://[::1]:6379".to_owned(),

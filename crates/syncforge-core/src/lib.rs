@@ -83,7 +83,7 @@ pub use record::{
     Content, FieldName, FieldState, FieldStates, FieldStatesRef, JsonText, Record, CLIENT_ID_KEY,
     DELETED_KEY, ID_KEY, RESERVED_KEYS, SYNC_KEY, TIMESTAMP_KEY, VERSION_KEY,
 };
-pub use url_text::{percent_decode, EscapeError};
+pub use url_text::{percent_decode, unbracketed_ipv6, EscapeError};
 pub use validate::{page_limit, validate_collection, validate_id, MAX_NAME_BYTES};
 pub use version_vector::{Causality, VersionVector, MAX_RECEIVED_VERSION, MAX_VERSION};
 

@@ -1,5 +1,6 @@
-//! Percent-decoding of the parts of a store URL, shared by every crate that
-//! reads one, so that a store URL means the same wherever it is read.
+//! Percent-decoding of the parts of a store URL, and telling an IPv6 address
+//! left unbracketed, shared by every crate that reads one, so that a store
+//! URL means the same wherever it is read.
 //!
 //! Decoding is strict: a `%` not followed by two hex digits is refused
 //! rather than kept as it is, since a URL written by hand with a stray `%`
@@ -56,6 +57,23 @@ pub fn percent_decode(text: &str) -> Result<String, EscapeError> {
         .decode_utf8()
         .map(|decoded| decoded.into_owned())
         .map_err(|_| EscapeError::NotUtf8)
+}
+
+/// Whether `address` is an IPv6 address left without its brackets, with or
+/// without a port after it (`::1`, `fd00::1:6379`): its last group reads as
+/// a port, and its first may read as a URL scheme (`fd00`), so a host and
+/// port check would take it for something else. In a URL it is written
+/// `[::1]:6379`.
+///
+/// ```
+/// use syncforge_core::unbracketed_ipv6;
+/// assert!(unbracketed_ipv6("fd00::1:6379"));
+/// assert!(!unbracketed_ipv6("[::1]:6379"));
+/// assert!(!unbracketed_ipv6("cache:6379"));
+/// ```
+pub fn unbracketed_ipv6(address: &str) -> bool {
+    let ipv6 = |text: &str| text.parse::<std::net::Ipv6Addr>().is_ok();
+    ipv6(address) || address.rsplit_once(':').is_some_and(|(host, _)| ipv6(host))
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use syncforge_core::{Error, Result, StorageBackend};
+use syncforge_core::{unbracketed_ipv6, Error, Result, StorageBackend};
 
 use crate::backends::{create_backend, BackendConfig};
 
@@ -94,8 +94,9 @@ impl StoreUrl {
         if url.is_empty() {
             return Err(invalid("the store URL is empty"));
         }
-        let scheme =
-            scheme_of(url).filter(|_| !unbracketed_ipv6(url.split('/').next().unwrap_or_default()));
+        // `fd00::1` starts like a scheme, but is an address.
+        let first = url.split(['/', '\\']).next().unwrap_or_default();
+        let scheme = scheme_of(url).filter(|_| !unbracketed_ipv6(first));
         let Some(scheme) = scheme else {
             if looks_like_an_address(url) {
                 // Not quoted: text before an '@' would be a password.
@@ -233,14 +234,6 @@ fn scheme_of(url: &str) -> Option<&str> {
     (valid && scheme.len() > 1).then_some(scheme)
 }
 
-/// Whether `address` is an IPv6 address left unbracketed (`::1:6379`,
-/// `2001:db8::1`, `fd00::1`), with or without a port: no host and port
-/// check takes it, and its first group may read as a scheme (`fd00`).
-fn unbracketed_ipv6(address: &str) -> bool {
-    let ipv6 = |text: &str| text.parse::<std::net::Ipv6Addr>().is_ok();
-    ipv6(address) || address.rsplit_once(':').is_some_and(|(host, _)| ipv6(host))
-}
-
 /// Whether `url`, which starts with no scheme or with what may be an IPv6
 /// address's first group, starts like an address
 /// rather than a path (`127.0.0.1:8080`, `[::1]:6379`, `::1:6379`,
@@ -255,9 +248,6 @@ fn unbracketed_ipv6(address: &str) -> bool {
 /// directory whose name looks like an address (a time, `10:00`) is written
 /// `./name`, as the refusal says.
 fn looks_like_an_address(url: &str) -> bool {
-    if unbracketed_ipv6(url.split(['/', '\\']).next().unwrap_or_default()) {
-        return true;
-    }
     // A Windows drive path (`C:\\`, `C:/`): its `:` is the drive's, and an
     // `@` in the names after it (`C:\\Users\\jo@corp`) no user part's,
     // unless a host and port end it (`a:/pass@cache:6379`), which no
