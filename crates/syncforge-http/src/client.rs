@@ -1429,10 +1429,10 @@ impl HttpPeer {
         drop(page);
         let mut changes = Vec::with_capacity(located.len());
         let body = bytes.clone();
-        let bytes = body.len();
+        let length = body.len();
         let chunks = parallel::in_chunks(
             located,
-            |_| bytes,
+            |_| length,
             move |chunk, _| decode_changes(&body, chunk),
         )
         .await;
@@ -1909,7 +1909,7 @@ async fn encode(records: Vec<Record>) -> Result<Vec<Encoded>> {
     let mut encoded = Vec::new();
     // The size of what is written is known once written; its values' is
     // less (see `write_spread` on the server).
-    let values = |records: &[Record]| records.iter().map(parallel::values_bytes).sum();
+    let values = |records: &[Record]| parallel::values_bytes(records);
     for chunk in parallel::in_chunks(records, values, |chunk, _| encode_chunk(chunk)).await {
         let chunk = chunk.map_err(|error| {
             Error::storage(BACKEND, format!("a record encoding task failed: {error}"))

@@ -55,11 +55,14 @@ where
     outcomes
 }
 
-/// The bytes of `record`'s visible field names and values: less than its
+/// The bytes of `records`' visible field names and values: less than their
 /// JSON text, which holds each of them at least once.
-pub(crate) fn values_bytes(record: &syncforge_core::Record) -> usize {
-    record
-        .fields()
+pub(crate) fn values_bytes<'a>(
+    records: impl IntoIterator<Item = &'a syncforge_core::Record>,
+) -> usize {
+    records
+        .into_iter()
+        .flat_map(syncforge_core::Record::fields)
         .map(|(name, value)| name.len() + value.as_str().len())
         .sum()
 }
@@ -103,12 +106,11 @@ mod tests {
             Content::from_value(serde_json::json!({"id": "r", "text": text})).unwrap(),
             Stamp::new(1, 0, "c").unwrap(),
         );
-        let values = values_bytes(&large);
+        let values = values_bytes([&large]);
         assert!(values >= BLOCKING_BYTES, "{values}");
         assert!(values < large.to_json_string().len(), "{values}");
-        let all = |records: &[Record]| records.iter().map(values_bytes).sum();
         let on_thread = |_: Vec<Record>, _| std::thread::current().id();
-        let written = in_chunks(vec![large], all, on_thread).await;
+        let written = in_chunks(vec![large], |records| values_bytes(records), on_thread).await;
         assert_ne!(written.into_iter().next().unwrap().unwrap(), here);
     }
 }

@@ -751,10 +751,7 @@ async fn write_spread(
     // less, and a page of a few large records written on the async worker
     // held up every request waiting on it.
     let values = |changes: &[syncforge_core::Change]| {
-        changes
-            .iter()
-            .map(|change| parallel::values_bytes(&change.record))
-            .sum()
+        parallel::values_bytes(changes.iter().map(|change| &change.record))
     };
     parallel::in_chunks(changes, values, move |chunk, _| {
         write_changes(&chunk, max_bytes)
@@ -1544,10 +1541,10 @@ async fn decode_records(
 ) -> Result<Vec<Record>, ApiError> {
     let mut records = Vec::with_capacity(spans.len());
     let mut refused: Option<ChunkError> = None;
-    let bytes = text.len();
+    let length = text.len();
     let chunks = parallel::in_chunks(
         spans,
-        |_| bytes,
+        |_| length,
         move |chunk, offset| decode_chunk(&text, &chunk, offset),
     )
     .await;
