@@ -328,10 +328,7 @@ pub(crate) fn read_file(path: &Path) -> Result<Read, Error> {
         // would make anyway, for the length) also refuses what is not a
         // regular file: a named pipe, or a device that never ends
         // (`/dev/zero`), which was read until memory ran out.
-        let meta = file.metadata()?;
-        if !meta.is_file() {
-            return Err(not_regular());
-        }
+        let meta = regular_metadata(&file)?;
         let mut bytes = Vec::new();
         bytes.try_reserve_exact(usize::try_from(meta.len()).unwrap_or(usize::MAX))?;
         // Through `Take`, which has no length to look up again.
@@ -393,27 +390,24 @@ pub(crate) fn open_for_reading(path: &Path) -> io::Result<Option<File>> {
         return Err(io::Error::other(LINK_REASON));
     }
     match no_follow(OpenOptions::new().read(true)).open(path) {
-        Ok(file) => regular(file).map(Some),
+        Ok(file) => regular_metadata(&file).map(|_| Some(file)),
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(err) => Err(err),
     }
 }
 
-/// `file`, when it is a regular file: a named pipe or a device in the
-/// place of one of the store's files is an error, not data.
-fn regular(file: File) -> io::Result<File> {
-    if file.metadata()?.is_file() {
-        Ok(file)
+/// `file`'s metadata, when it is a regular file: a named pipe or a device
+/// in the place of one of the store's files is an error, not data.
+fn regular_metadata(file: &File) -> io::Result<std::fs::Metadata> {
+    let meta = file.metadata()?;
+    if meta.is_file() {
+        Ok(meta)
     } else {
-        Err(not_regular())
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file (a named pipe, a device or a directory)",
+        ))
     }
-}
-
-fn not_regular() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidInput,
-        "not a regular file (a named pipe, a device or a directory)",
-    )
 }
 
 /// A fresh temporary path in `dir`, unique across threads and processes:
