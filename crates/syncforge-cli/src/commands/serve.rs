@@ -144,14 +144,14 @@ const MAX_TOKEN_FILE: u64 = 1 << 20;
 /// hold a secret).
 fn token_file(path: &Path, seen: &mut HashMap<String, String>) -> Result<Vec<AccessToken>> {
     // Unreadable is a failure at run time, as for any input file.
-    let file = std::fs::File::open(path)
-        .with_context(|| format!("cannot read the --token-file {}", path.display()))?;
+    let unreadable = || format!("cannot read the --token-file {}", path.display());
+    let file = std::fs::File::open(path).with_context(unreadable)?;
     // Read up to one byte past the bound, so that a file past it (a
     // mistyped path, `/dev/zero`) is refused instead of read whole.
     let mut bytes = Vec::new();
     file.take(MAX_TOKEN_FILE + 1)
         .read_to_end(&mut bytes)
-        .with_context(|| format!("cannot read the --token-file {}", path.display()))?;
+        .with_context(unreadable)?;
     // The length first: a cut through a character would otherwise be
     // refused as text that is not UTF-8, a failure instead of a usage error.
     if bytes.len() as u64 > MAX_TOKEN_FILE {
@@ -161,8 +161,7 @@ fn token_file(path: &Path, seen: &mut HashMap<String, String>) -> Result<Vec<Acc
             MAX_TOKEN_FILE / 1024
         )));
     }
-    let text = String::from_utf8(bytes)
-        .with_context(|| format!("cannot read the --token-file {}", path.display()))?;
+    let text = String::from_utf8(bytes).with_context(unreadable)?;
     // A byte-order mark, as some editors write one.
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut tokens = Vec::new();
