@@ -15,7 +15,8 @@ use fred::types::{Builder, ClusterHash, CustomCommand};
 use serde_json::json;
 use syncforge_backend_redis::{RedisBackend, RedisConfig};
 use syncforge_core::{
-    ClientId, Content, Cursor, Error, Hlc, IfAbsent, Record, StorageBackend, Write, WriteOutcome,
+    ClientId, CollectionName, Content, Cursor, Error, Hlc, IfAbsent, Record, StorageBackend, Write,
+    WriteOutcome,
 };
 
 use crate::support::{
@@ -1343,6 +1344,38 @@ fn a_handle_dropped_outside_a_runtime_closes_its_connection() {
     runtime.block_on(async { watcher.quit().await.ok() });
 }
 
+/// A store on `server` (30 s a command, for large replies) whose collection
+/// `name` holds `count` records, each with a body of `body_bytes`, written
+/// `batch` at a time.
+async fn large_records(
+    server: &PrivateServer,
+    name: &str,
+    count: usize,
+    body_bytes: usize,
+    batch: usize,
+) -> (RedisConfig, RedisBackend, CollectionName) {
+    let config = RedisConfig {
+        command_timeout: Duration::from_secs(30),
+        ..server.config(&fresh_prefix(name))
+    };
+    let store = RedisBackend::connect(config.clone()).await.unwrap();
+    let collection = coll(name);
+    let mut hlc = Hlc::new(ClientId::new("w").unwrap());
+    let body = "x".repeat(body_bytes);
+    let records: Vec<Record> = (0..count)
+        .map(|i| {
+            Record::create(
+                Content::from_value(json!({"id": format!("r{i:05}"), "body": body})).unwrap(),
+                hlc.now().unwrap(),
+            )
+        })
+        .collect();
+    sync_records(&store, &collection, &records, batch, 0)
+        .await
+        .unwrap();
+    (config, store, collection)
+}
+
 /// A collection of large records is read in pages of bounded size: each
 /// feed read stops past 16 MiB of values, so `get_all` of 40 records of a
 /// megabyte takes three reads where one would have built a 40 MiB reply,
@@ -1353,25 +1386,7 @@ async fn large_records_are_read_in_pages_of_bounded_size() {
     let Some(server) = PrivateServer::start().await else {
         return;
     };
-    let config = RedisConfig {
-        command_timeout: Duration::from_secs(30),
-        ..server.config(&fresh_prefix("large"))
-    };
-    let store = RedisBackend::connect(config.clone()).await.unwrap();
-    let collection = coll("large");
-    let mut hlc = Hlc::new(ClientId::new("w").unwrap());
-    let body = "x".repeat(1 << 20);
-    let records: Vec<Record> = (0..RECORDS)
-        .map(|i| {
-            Record::create(
-                Content::from_value(json!({"id": format!("r{i:02}"), "body": body})).unwrap(),
-                hlc.now().unwrap(),
-            )
-        })
-        .collect();
-    sync_records(&store, &collection, &records, 10, 0)
-        .await
-        .unwrap();
+    let (config, store, collection) = large_records(&server, "large", RECORDS, 1 << 20, 10).await;
 
     let raw = raw_client(&config).await.unwrap();
     let before = evalsha_calls(&raw).await;
@@ -1422,25 +1437,7 @@ async fn a_page_of_many_script_calls_is_bounded_in_bytes_as_one() {
     let Some(server) = PrivateServer::start().await else {
         return;
     };
-    let config = RedisConfig {
-        command_timeout: Duration::from_secs(30),
-        ..server.config(&fresh_prefix("many"))
-    };
-    let store = RedisBackend::connect(config).await.unwrap();
-    let collection = coll("many");
-    let mut hlc = Hlc::new(ClientId::new("w").unwrap());
-    let body = "x".repeat(10 << 10);
-    let records: Vec<Record> = (0..RECORDS)
-        .map(|i| {
-            Record::create(
-                Content::from_value(json!({"id": format!("r{i:04}"), "body": body})).unwrap(),
-                hlc.now().unwrap(),
-            )
-        })
-        .collect();
-    sync_records(&store, &collection, &records, 500, 0)
-        .await
-        .unwrap();
+    let (_, store, collection) = large_records(&server, "many", RECORDS, 10 << 10, 500).await;
     let page = store
         .changes(&collection, Cursor::START, RECORDS.try_into().unwrap())
         .await

@@ -810,6 +810,18 @@ async fn a_write_that_keeps_losing_races_backs_off_and_lands() {
     assert_eq!(stored.get("n"), Some(json!(1)));
 }
 
+/// Another engine (client `b`) on the same store as the engine under test,
+/// acting while that one waits to retry.
+async fn later_engine(inner: Arc<dyn StorageBackend>) -> SyncEngine {
+    SyncEngine::builder()
+        .client_id("b")
+        .conflict_strategy(STRATEGY)
+        .backend(inner)
+        .build()
+        .await
+        .unwrap()
+}
+
 /// A put or delete whose write landed but whose answer was lost is not
 /// applied again over a later writer's change: another engine read the
 /// landed write and changed the record before the retry, and that change
@@ -826,16 +838,6 @@ async fn a_write_whose_answer_was_lost_is_not_applied_again_over_a_later_writer(
         .put("c", &json!({"id": "n2", "title": "t0", "body": "b0"}))
         .await
         .unwrap();
-    // Another engine on the same store, acting while `a` waits to retry.
-    let later_engine = |inner: Arc<dyn StorageBackend>| async move {
-        SyncEngine::builder()
-            .client_id("b")
-            .conflict_strategy(STRATEGY)
-            .backend(inner)
-            .build()
-            .await
-            .unwrap()
-    };
     let later_writer = |doc: serde_json::Value| {
         move |inner: Arc<dyn StorageBackend>| async move {
             later_engine(inner).await.put("c", &doc).await.unwrap();
@@ -913,14 +915,7 @@ async fn a_put_deleted_by_a_later_writer_before_its_retry_reports_what_it_wrote(
         .unwrap();
     let later_delete = |id: &'static str| {
         move |inner: Arc<dyn StorageBackend>| async move {
-            let later = SyncEngine::builder()
-                .client_id("b")
-                .conflict_strategy(STRATEGY)
-                .backend(inner)
-                .build()
-                .await
-                .unwrap();
-            later.delete("c", id).await.unwrap();
+            later_engine(inner).await.delete("c", id).await.unwrap();
         }
     };
     let mut rx = engine.subscribe();
