@@ -17,14 +17,15 @@
 //! JSON, which keeps merge a join.
 
 use std::cmp::Ordering;
+use std::collections::BTreeMap;
 
 use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::names::{CollectionName, IntoName, RecordId};
-use crate::record::{FieldState, FieldStates, FieldStatesRef, JsonText, Record};
+use crate::record::{FieldName, FieldState, FieldStates, FieldStatesRef, JsonText, Record};
 use crate::sorted::merge_sorted;
-use crate::version_vector::Causality;
+use crate::version_vector::{Causality, VersionVector};
 
 /// How concurrent edits of one record are resolved.
 ///
@@ -150,6 +151,81 @@ pub(crate) fn merge_knowing(
                 winner.field_states().to_field_states(),
                 winner.written().clone(),
                 winner.tombstone().cloned(),
+                versions,
+            )
+        }
+    };
+    Ok(merged)
+}
+
+/// The merge of `first` and every state in `rest` (all of one record): what
+/// folding [`merge`] over them gives, built once. A fold builds a record for
+/// every state it takes in, copying every field each time, so a batch
+/// carrying many states of one large record would cost their number times
+/// its size.
+///
+/// Exact because both strategies pick a maximum of a total order: the
+/// timestamp strategy the whole state first in [`timestamp_order`] (which
+/// reads no version vector), the CRDT strategy each field by
+/// [`pick_field`], the newest write stamp and tombstone; version vectors
+/// join by pointwise maximum. Fails only when the states have different ids.
+pub(crate) fn merge_all(
+    first: &Record,
+    rest: &[Record],
+    strategy: ConflictStrategy,
+) -> Result<Record> {
+    if let Some(other) = rest.iter().find(|r| r.id() != first.id()) {
+        return Err(Error::invalid_record(
+            Some(other.id()),
+            format!("cannot merge it with record {:?}", first.id()),
+        ));
+    }
+    let states = || std::iter::once(first).chain(rest);
+    // Sorted once, however many clients the states name between them.
+    let versions: VersionVector = states()
+        .flat_map(|r| r.versions().iter().map(|(client, n)| (client.clone(), n)))
+        .collect();
+    let merged = match strategy {
+        ConflictStrategy::Timestamp => {
+            let winner =
+                rest.iter()
+                    .fold(first, |kept, state| match timestamp_order(kept, state) {
+                        Ordering::Less => state,
+                        _ => kept,
+                    });
+            if *winner.versions() == versions {
+                return Ok(winner.clone());
+            }
+            Record::assembled(
+                winner.id().clone(),
+                winner.field_states().to_field_states(),
+                winner.written().clone(),
+                winner.tombstone().cloned(),
+                versions,
+            )
+        }
+        ConflictStrategy::Crdt => {
+            let mut fields: BTreeMap<&FieldName, &FieldState> = BTreeMap::new();
+            for (name, state) in states().flat_map(|r| r.field_states().0) {
+                fields
+                    .entry(name)
+                    .and_modify(|kept| *kept = pick_field(kept, state))
+                    .or_insert(state);
+            }
+            let fields = fields
+                .into_iter()
+                .map(|(name, state)| (name.clone(), state.clone()))
+                .collect();
+            let written = states()
+                .map(Record::written)
+                .fold(first.written(), Ord::max);
+            let tombstone = states().map(Record::tombstone).fold(None, Ord::max);
+            // The fields of records hold no reserved name: nothing to check.
+            Record::assembled(
+                first.id().clone(),
+                FieldStates(fields),
+                written.clone(),
+                tombstone.cloned(),
                 versions,
             )
         }

@@ -171,6 +171,11 @@ impl VersionVector {
         self.entries().iter().map(|(c, n)| (c, *n))
     }
 
+    /// How many clients the vector counts writes of.
+    pub(crate) fn len(&self) -> usize {
+        self.entries().len()
+    }
+
     /// Whether no write was counted.
     pub fn is_empty(&self) -> bool {
         self.entries().is_empty()

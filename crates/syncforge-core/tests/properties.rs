@@ -16,8 +16,9 @@ use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use serde_json::{json, Map, Value};
 use syncforge_core::{
-    classify, merge, ChangeKind, ClientId, CollectionName, ConflictStrategy, Content, FieldState,
-    Hlc, JsonText, LwwMapState, ManualTime, Record, Stamp, VersionVector,
+    classify, dedupe, is_conflict, merge, resolve_conflict, ChangeKind, ClientId, CollectionName,
+    ConflictStrategy, Content, FieldState, Hlc, JsonText, LwwMapState, ManualTime, Record, Stamp,
+    VersionVector,
 };
 
 /// Cases per property: `PROPTEST_CASES` when set (soak runs), else 1,000.
@@ -664,6 +665,31 @@ mod merge_laws {
                 let ab = merge(&a, &b, strategy).unwrap();
                 same(&merge(&ab, &b, strategy).unwrap(), &ab)?;
                 same(&merge(&ab, &a, strategy).unwrap(), &ab)?;
+            }
+        }
+
+        /// A batch carrying several states of one record holds, once
+        /// deduplicated, what folding `merge` over them in batch order
+        /// gives, and reports the first state written concurrently with the
+        /// merge of those before it, as that fold would meet it.
+        #[test]
+        fn dedupe_merges_a_batch_as_folding_merge_would(
+            states in prop::collection::vec(gen::record_state(), 1..8),
+        ) {
+            for strategy in STRATEGIES {
+                let mut folded = states[0].clone();
+                let mut expected_conflicts = Vec::new();
+                for state in &states[1..] {
+                    if expected_conflicts.is_empty() && is_conflict(&folded, state) {
+                        expected_conflicts
+                            .push(resolve_conflict(notes(), &folded, state, strategy).unwrap());
+                    }
+                    folded = merge(&folded, state, strategy).unwrap();
+                }
+                let deduped = dedupe(&notes(), states.clone(), strategy).unwrap();
+                prop_assert_eq!(deduped.records.len(), 1);
+                same(&deduped.records[0], &folded)?;
+                prop_assert_eq!(&deduped.conflicts, &expected_conflicts);
             }
         }
 

@@ -112,6 +112,13 @@ pub struct Record {
 /// One field as a record holds it: its shared name and its state.
 type Field = (FieldName, FieldState);
 
+#[cfg(test)]
+thread_local! {
+    /// Fields this thread has laid into new records: a test bounds by it how
+    /// much a call copies, which no timing could tell reliably.
+    pub(crate) static FIELDS_LAID: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// What a [`Record`] holds before its fields.
 ///
 /// Laid out in this order (`repr(C)`) on purpose: the id, the write stamp
@@ -222,6 +229,8 @@ impl Record {
     /// vector is kept for the next record's fields.
     #[inline]
     fn allocate(header: Header, mut fields: Vec<Field>) -> Record {
+        #[cfg(test)]
+        FIELDS_LAID.with(|laid| laid.set(laid.get() + fields.len()));
         let state = ThinArc::from_header_and_iter(header, fields.drain(..));
         fields::recycle_fields(fields);
         Record { state }
