@@ -116,7 +116,8 @@ impl RedisConfig {
     ///   — a cluster, from one or more seed nodes (`rediss-cluster://` over TLS).
     ///
     /// A user without a password (`redis://app@host`) logs in as that user
-    /// with an empty password, as [`username`](Self::username) says. Every
+    /// with an empty password, as [`username`](Self::username) says; an
+    /// empty user and password (`redis://:@host`) are no credentials. Every
     /// form also takes `?prefix=...` for the key prefix. User,
     /// password and parameters may be percent-encoded, and a `/`, `?` or `@`
     /// in them must be (`%2F`, `%3F`, `%40`), as must a `#` in a parameter
@@ -200,6 +201,10 @@ impl RedisConfig {
             let user = percent_decode(user, "user name")?;
             config.username = (!user.is_empty()).then_some(user);
             config.password = match password {
+                // `redis://:@host`, as a URL built from two empty settings
+                // reads: no credentials, not an empty password, which a
+                // server without one refuses.
+                Some("") if config.username.is_none() => None,
                 Some(password) => Some(percent_decode(password, "password")?),
                 None => None,
             };
@@ -418,7 +423,8 @@ impl fmt::Debug for RedisConfig {
 }
 
 /// Why `host` names no host, if it does not: a name or address with a port
-/// or list in it (`cache:6380`, `h1,h2`), or characters no name has. Caught
+/// or list in it (`cache:6380`, `h1,h2`), or characters no name has (a
+/// percent-encoded name in a URL is not decoded: `%2D` is refused). Caught
 /// here, it is a clear refusal instead of a lookup failing as transient.
 /// The host is not quoted: credentials typed into it by mistake
 /// (`app:s3cret@cache`) would be.
@@ -432,7 +438,11 @@ fn bad_host(host: &str) -> Option<String> {
         );
     }
     host.chars()
-        .find(|c| c.is_whitespace() || c.is_control() || matches!(c, ',' | '/' | '?' | '#' | '@'))
+        .find(|c| {
+            c.is_whitespace()
+                || c.is_control()
+                || matches!(c, ',' | '/' | '?' | '#' | '@' | '%' | '[' | ']')
+        })
         .map(|bad| format!("a host holds {bad:?}, which no host name or address does"))
 }
 
@@ -806,6 +816,8 @@ mod tests {
             "a b",
             "cache/0",
             "user@cache",
+            "cache%2Dhost",
+            "[cache]",
         ] {
             let config = RedisConfig {
                 host: host.to_owned(),
@@ -838,6 +850,9 @@ mod tests {
             "redis://fd00::1:2",
             "redis://u:pw@::1:6379/0",
             "redis-cluster://[::1]:7000?node=fd00::2:7001",
+            // Percent-encoded: no host name holds a '%', and none is
+            // decoded, so the lookup would fail as if the server were down.
+            "redis://cache%2Dhost:6379",
         ] {
             let error = RedisConfig::from_url(url).unwrap_err();
             assert!(

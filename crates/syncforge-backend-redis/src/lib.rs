@@ -2136,6 +2136,7 @@ mod tests {
         assert_eq!(credentials("redis://:pw@h"), (None, Some("pw".to_owned())));
         assert_eq!(credentials("redis://h"), (None, None));
         assert_eq!(credentials("redis://@h"), (None, None));
+        assert_eq!(credentials("redis://:@h"), (None, None));
     }
 
     /// The scripts call `ZMSCORE`, which came with Redis 6.2: an older
