@@ -183,7 +183,15 @@ impl S3Config {
         // Anywhere before the query: `s3://key/secret@bucket` would
         // otherwise be read as the bucket `key` under the prefix
         // `secret@bucket`, and the prefix's refusal would quote the secret.
-        if location.contains('@') || bucket.contains(':') {
+        if bucket.contains(':') && !location.contains('@') {
+            return Err(invalid(
+                "an S3 store URL names a bucket, not a server, and a bucket name holds no ':': \
+                 give the server as `?endpoint=http://host:port`, and credentials in \
+                 AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+                    .to_owned(),
+            ));
+        }
+        if location.contains('@') {
             return Err(invalid(
                 "an S3 store URL carries no credentials: set AWS_ACCESS_KEY_ID and \
                  AWS_SECRET_ACCESS_KEY (or use the default credential chain)"
@@ -774,6 +782,18 @@ mod tests {
             );
             assert!(!err.to_string().contains("s3cr3tvalue"), "{url}: {err}");
         }
+    }
+
+    /// A server's address where the bucket goes (`s3://localhost:9000/b`)
+    /// was refused as carrying credentials, which it did not.
+    #[test]
+    fn a_server_where_the_bucket_goes_is_told_to_go_in_endpoint() {
+        let err = S3Config::from_url("s3://localhost:9000/readings").unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidConfig { option: "url", reason } if reason.contains("?endpoint=")
+                && !reason.contains("carries no credentials")),
+            "{err}"
+        );
     }
 
     /// A bucket or prefix the store refuses when made was taken by the URL,
