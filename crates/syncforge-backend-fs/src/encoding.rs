@@ -82,8 +82,9 @@ pub(crate) fn decode(stem: &str) -> Option<String> {
     }
     let name = String::from_utf8(bytes).ok()?;
     // Only the canonical form decodes: this keeps the mapping one-to-one and
-    // rejects files the store did not name.
-    (!name.is_empty() && encode(&name) == stem).then_some(name)
+    // rejects files the store did not name. A readable form too long to use
+    // is not where its name is kept either: that is its hashed stem.
+    (!name.is_empty() && stem.len() <= MAX_READABLE_BYTES && encode(&name) == stem).then_some(name)
 }
 
 /// The readable form of a name (possibly too long to use; see [`stem_for`]).
@@ -259,6 +260,11 @@ mod tests {
         ] {
             assert_eq!(decode(foreign), None, "{foreign:?}");
         }
+        // Readable, but too long to be where its name is kept: that is its
+        // hashed stem, so the file stands for no record.
+        let long = "a".repeat(MAX_READABLE_BYTES + 1);
+        assert_eq!(decode(&long), None);
+        assert_eq!(decode(&long[1..]).as_deref(), Some(&long[1..]));
     }
 
     proptest! {

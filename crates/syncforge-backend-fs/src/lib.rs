@@ -1003,13 +1003,21 @@ fn collection_dirs(root: &Path) -> Result<Vec<(CollectionName, PathBuf)>> {
         }
         let name = if is_hashed(&stem) {
             let name_file = path.join(NAME_FILE);
-            match read_file(&name_file)? {
-                Read::Bytes(bytes) => String::from_utf8(bytes).ok(),
-                Read::Missing => None,
-                Read::Link => {
+            match read_file(&name_file) {
+                Ok(Read::Bytes(bytes)) => String::from_utf8(bytes).ok(),
+                Ok(Read::Missing) => None,
+                Ok(Read::Link) => {
                     tracing::warn!(path = %name_file.display(), "{LINK_REASON}: collection not listed");
                     None
                 }
+                // One collection whose name cannot be read failed the
+                // listing, and with it every engine's open on the store and
+                // every checkpoint of the others.
+                Err(error) if !error.is_transient() => {
+                    tracing::warn!(%error, "a collection's name cannot be read: collection not listed");
+                    None
+                }
+                Err(error) => return Err(error),
             }
         } else {
             decode(&stem)

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use syncforge_core::{Error, Record, Result};
 
-use crate::encoding::{is_hashed, stem_for};
+use crate::encoding::{decode, is_hashed, stem_for};
 use crate::files::{
     any_entry, corrupt, create_dir_all, io_error, read_file, sync_dir, FileOps, Read, LINK_REASON,
 };
@@ -29,6 +29,13 @@ pub(crate) fn record_stem(file_name: &str) -> Option<&str> {
     file_name
         .strip_suffix(RECORD_SUFFIX)
         .filter(|stem| !stem.starts_with('.'))
+}
+
+/// Whether a file is where a record of some id would be kept: a record
+/// file's name that is hashed, or the readable name of an id. A file named
+/// so by hand (`my notes.json`, `Note.json`) stands for no record.
+pub(crate) fn stands_for_a_record(file_name: &str) -> bool {
+    record_stem(file_name).is_some_and(|stem| is_hashed(stem) || decode(stem).is_some())
 }
 
 /// The file name of a record.
@@ -182,7 +189,7 @@ pub(crate) fn id_of_file(dir: &Path, file_name: &str, collection: &str) -> Resul
         return Ok(None);
     };
     if !is_hashed(stem) {
-        return Ok(crate::encoding::decode(stem));
+        return Ok(decode(stem));
     }
     match load(&dir.join(file_name), collection, None)? {
         RecordFile::Valid(record) => Ok(Some(record.id().to_string())),
