@@ -45,6 +45,11 @@ async fn missing(url: &StoreUrl) -> Result<Option<&'static str>> {
     };
     let why = match config {
         BackendConfig::Memory => return Ok(None),
+        // A file given where the store goes (arguments swapped, say) is
+        // neither a store to read nor a place to create one.
+        BackendConfig::Filesystem { directory } if directory.exists() && !directory.is_dir() => {
+            anyhow::bail!("there is no store at {url}: it is not a directory")
+        }
         BackendConfig::Filesystem { directory } if !directory.is_dir() => {
             return Ok(Some("no such directory"))
         }

@@ -252,6 +252,29 @@ fn reading_a_store_that_is_not_there_creates_nothing() {
     assert!(!typo.exists());
 }
 
+/// A file given where the store goes (`syncforge ls notes.jsonl`) was
+/// reported as "no such directory", with the advice to create one by
+/// `put`, which then failed on the file.
+#[test]
+fn a_file_where_the_store_goes_is_said_to_be_no_directory() {
+    let dir = TempDir::new().unwrap();
+    let file = dir.path().join("notes.jsonl");
+    std::fs::write(&file, "{\"id\": \"n1\"}\n").unwrap();
+    for args in [
+        vec!["ls", arg(&file)],
+        vec!["export", arg(&file), "notes"],
+        vec!["put", arg(&file), "notes"],
+    ] {
+        let run = syncforge_with(&args, "{\"id\": \"n2\"}").fails(1);
+        assert!(run.stderr.contains("not a directory"), "{run:?}");
+        assert!(!run.stderr.contains("no such directory"), "{run:?}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "{\"id\": \"n1\"}\n"
+    );
+}
+
 #[test]
 fn reading_a_directory_that_holds_no_store_writes_nothing_into_it() {
     let dir = TempDir::new().unwrap();
