@@ -243,25 +243,41 @@ impl ChangePage {
     /// other: one that breaks these would move a reader's cursor backwards,
     /// keep it reading for ever, or leave it stuck past every real position.
     pub fn check_after(&self, after: Cursor) -> std::result::Result<(), String> {
-        let mut previous = after;
-        let out_of_order = self.changes.iter().any(|change| {
-            let bad = change.cursor <= previous || change.cursor > self.next;
-            previous = change.cursor;
-            bad
-        });
-        if self.next < after || out_of_order || (self.more && self.next == after) {
+        ChangePage::check_cursors_after(
+            after,
+            self.changes.iter().map(|change| change.cursor),
+            self.next,
+            self.more,
+        )
+    }
+
+    /// [`check_after`](Self::check_after) of a page not yet read whole:
+    /// its changes' cursors in order, its `next` and its `more`. A reader
+    /// that learns from a page as it reads it (a page limit, a feed it
+    /// follows) checks the page first, so that a page it refuses teaches it
+    /// nothing.
+    pub fn check_cursors_after(
+        after: Cursor,
+        cursors: impl IntoIterator<Item = Cursor>,
+        next: Cursor,
+        more: bool,
+    ) -> std::result::Result<(), String> {
+        let (mut previous, mut count) = (after, 0usize);
+        let mut out_of_order = false;
+        for cursor in cursors {
+            out_of_order |= cursor <= previous || cursor > next;
+            previous = cursor;
+            count += 1;
+        }
+        if next < after || out_of_order || (more && next == after) {
             return Err(format!(
                 "answered a change page after cursor {after} that does not advance in order \
-                 (next {}, more {}, {} changes)",
-                self.next,
-                self.more,
-                self.changes.len()
+                 (next {next}, more {more}, {count} changes)"
             ));
         }
-        if self.next > Cursor::LARGEST {
+        if next > Cursor::LARGEST {
             return Err(format!(
-                "answered a change page whose next cursor {} is past {}, the largest any feed hands out",
-                self.next,
+                "answered a change page whose next cursor {next} is past {}, the largest any feed hands out",
                 Cursor::LARGEST
             ));
         }

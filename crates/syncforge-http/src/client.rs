@@ -1395,6 +1395,15 @@ impl HttpPeer {
                 page.changes.len()
             )));
         }
+        // Checked before the echoes up to `next` are let go too: a page
+        // refused leaves them for the pull that reads those positions again.
+        ChangePage::check_cursors_after(
+            after,
+            page.changes.iter().map(|change| change.cursor),
+            page.next,
+            page.more,
+        )
+        .map_err(|reason| self.protocol_error(reason))?;
         {
             let mut state = self.inner.state.lock();
             if page.changes.len() == limit.get() {
@@ -1444,19 +1453,14 @@ impl HttpPeer {
                 .map_err(|error| self.unexpected_body(&call.url, &error))?;
             changes.extend(chunk);
         }
-        let page = ChangePage {
-            changes,
-            next,
-            more,
-        };
-        // Checked before the echoes up to `next` are let go: a page refused
-        // leaves them for the pull that reads those positions again.
-        page.check_after(after)
-            .map_err(|reason| self.protocol_error(reason))?;
         if prune == Prune::Yes {
             self.inner.state.lock().prune(collection, next);
         }
-        Ok(page)
+        Ok(ChangePage {
+            changes,
+            next,
+            more,
+        })
     }
 
     /// The URL of a route of `collection`: `v1/collections/<name>/<route>`.

@@ -1690,6 +1690,30 @@ async fn a_page_refused_teaches_the_peer_nothing() {
     pull_notes(&link).await.unwrap();
 }
 
+/// A page out of order from another feed (a stale answer of a cache) was
+/// learnt from before its order was checked: the peer followed that feed
+/// and reported a change of stores, transient, to be retried, where the
+/// page breaks the protocol; the next right answer failed the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_out_of_order_is_refused_before_the_peer_follows_its_feed() {
+    let stale = json_answer(
+        "200 OK",
+        "",
+        r#"{"feed_id":"f2","collection":"notes","changes":[],"next":0,"more":true}"#,
+    );
+    let (url, _served) = canned_server(vec![
+        json_answer("200 OK", "", CANNED_HEALTH),
+        stale,
+        empty_page("notes", 0),
+    ])
+    .await;
+    let link = peer(&url, None);
+    link.health().await.unwrap();
+    let error = pull_notes(&link).await.unwrap_err();
+    assert!(matches!(error, Error::PeerProtocol { .. }), "{error:?}");
+    pull_notes(&link).await.unwrap();
+}
+
 /// A proxy that refuses long URLs (414) refused every pull that carried
 /// echoes to skip, though skipping them only saves downloading them again.
 /// The pull is asked again without them, and they are let go.
