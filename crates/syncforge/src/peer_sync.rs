@@ -106,6 +106,8 @@ fn cursor_key(peer_id: &str, collection: &CollectionName, state: PeerState) -> S
     format!("syncforge/peer-cursor/v1/{parts}")
 }
 
+/// Checks a peer id as a collection name is checked (1 to 1,024 bytes, no
+/// control characters): cursors are kept under it.
 pub(crate) fn validate_peer_id(peer_id: &str) -> Result<()> {
     validate_id(peer_id).map_err(|e| Error::InvalidConfig {
         option: "peer_id",
@@ -288,8 +290,10 @@ impl SyncEngine {
     ) -> Result<PeerSyncReport> {
         let collection = collection.into_name()?;
         let collection = &collection;
-        // A closed engine starts no sync, and announces none.
+        // A closed engine starts no sync, and announces none; nor does a
+        // peer whose id no sync takes, as a collection's bad name.
         self.check_open()?;
+        validate_peer_id(peer.peer_id())?;
         let span = tracing::info_span!(
             "sync_with",
             peer = peer.peer_id(),
@@ -347,7 +351,6 @@ impl SyncEngine {
     ) -> Result<PeerSyncReport> {
         self.check_open()?;
         let peer_id = peer.peer_id();
-        validate_peer_id(peer_id)?;
         // Both syncs would share the cursors and pull the same pages; and
         // one restarting them for the peer's new feed is best seen by the
         // other before it reads on (see `load_cursor`).

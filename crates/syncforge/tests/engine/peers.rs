@@ -227,6 +227,36 @@ async fn a_trait_object_peer_works_and_bad_peer_ids_are_refused() {
         ),
         "{err}"
     );
+    // A sync with a peer whose id no sync takes is refused before it
+    // starts: no page asked for, no cursor kept under that id, no event.
+    let mut rx = a.subscribe();
+    for id in ["", "line\nbreak"] {
+        let misnamed = BadPagePeer {
+            id,
+            answer: |cursor| ChangePage {
+                changes: Vec::new(),
+                next: cursor,
+                more: false,
+            },
+        };
+        for refused in [
+            a.sync_with(&misnamed, "c").await,
+            a.pull_from(&misnamed, "c").await,
+            a.push_to(&misnamed, "c").await,
+        ] {
+            assert!(
+                matches!(
+                    refused,
+                    Err(Error::InvalidConfig {
+                        option: "peer_id",
+                        ..
+                    })
+                ),
+                "{id:?}: {refused:?}"
+            );
+        }
+    }
+    assert!(rx.try_recv().is_err(), "a refused sync announced an event");
 }
 
 /// A peer answering every pull with the page `answer` makes of the cursor
