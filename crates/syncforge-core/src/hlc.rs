@@ -377,10 +377,17 @@ impl FromStr for Stamp {
 
     fn from_str(s: &str) -> Result<Self> {
         let bad = |why: &str| Error::invalid_stamp(s, format!("malformed: {why}"));
-        let millis_hex = s.get(..12).ok_or_else(|| bad("too short"))?;
-        let counter_hex = s.get(13..21).ok_or_else(|| bad("too short"))?;
+        const FORM: &str = "expected `MMMMMMMMMMMM.CCCCCCCC.client`";
+        // A long text whose character straddles a part's end is no
+        // shorter than a stamp: it is just not one.
+        let part = |range: std::ops::Range<usize>| {
+            s.get(range)
+                .ok_or_else(|| bad(if s.len() < 22 { "too short" } else { FORM }))
+        };
+        let millis_hex = part(0..12)?;
+        let counter_hex = part(13..21)?;
         if s.as_bytes().get(12) != Some(&b'.') || s.as_bytes().get(21) != Some(&b'.') {
-            return Err(bad("expected `MMMMMMMMMMMM.CCCCCCCC.client`"));
+            return Err(bad(FORM));
         }
         let (Some(millis), Some(counter)) = (lower_hex(millis_hex), lower_hex(counter_hex)) else {
             return Err(bad("milliseconds and counter must be lowercase hex"));
@@ -704,6 +711,14 @@ mod tests {
         ] {
             assert!(s.parse::<Stamp>().is_err(), "{s:?}");
         }
+        // Long enough, but a character straddles the end of the counter:
+        // it was called too short.
+        let straddling = "018bcfe56800.0000000é.client";
+        let error = straddling.parse::<Stamp>().unwrap_err().to_string();
+        assert!(error.contains("expected `MMMMMMMMMMMM"), "{error}");
+        assert!(!error.contains("too short"), "{error}");
+        let error = "018bcfe5".parse::<Stamp>().unwrap_err().to_string();
+        assert!(error.contains("too short"), "{error}");
     }
 
     #[test]

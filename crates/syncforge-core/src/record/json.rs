@@ -336,7 +336,15 @@ fn from_sync_state<'a>(
     }
     let mut gone = Vec::with_capacity(removed.len());
     for (name, s) in removed {
-        if is_reserved(name) || fields.contains_key(name) {
+        if is_reserved(name) {
+            return Err(bad(
+                &|| name.clone(),
+                "is listed in `_sync.removed`, but the name is kept for a record's metadata \
+                 and is never a field"
+                    .to_owned(),
+            ));
+        }
+        if fields.contains_key(name) {
             return Err(bad(
                 &|| name.clone(),
                 "is listed in `_sync.removed` but present".to_owned(),
@@ -550,6 +558,10 @@ mod tests {
             (
                 json!({"id": "a", "x": 1, "_sync": {"written": W, "fields": {"x": W}, "removed": {"x": W}}}),
                 "field `x`: is listed in `_sync.removed` but present",
+            ),
+            (
+                json!({"id": "a", "_sync": {"written": W, "fields": {}, "removed": {"_clientId": W}}}),
+                "field `_clientId`: is listed in `_sync.removed`, but the name is kept for a record's metadata",
             ),
             (
                 json!({"id": "a", "_sync": {"written": W, "fields": {}, "removed": {"x": "0"}}}),
