@@ -529,7 +529,7 @@ impl Store {
         let Some(fetched) = self.io.get(&path).await? else {
             return Ok((Horizon::default(), None));
         };
-        let horizon: Horizon = format::parse(&fetched.body, keys.dir(), &path)?;
+        let horizon: Horizon = format::parse(&fetched.body, keys.collection(), &path)?;
         // Entry numbers past MAX_ENTRY have no cursors: a horizon there was
         // not written by syncforge, and the arithmetic on it would overflow.
         if horizon.horizon > format::MAX_ENTRY {

@@ -232,16 +232,16 @@ impl Keys {
 
     /// The key paths of one collection.
     pub(crate) fn collection(&self, name: &CollectionName) -> CollectionKeys {
-        CollectionKeys::at(format!(
-            "{}/c/{}",
-            self.prefix,
-            encode(name, MAX_PLAIN_COLLECTION)
-        ))
+        CollectionKeys::at(
+            format!("{}/c/{}", self.prefix, encode(name, MAX_PLAIN_COLLECTION)),
+            Some(name.as_str()),
+        )
     }
 
     /// The keys of the collection stored under directory segment `segment`.
     pub(crate) fn collection_at(&self, segment: &str) -> CollectionKeys {
-        CollectionKeys::at(format!("{}/c/{segment}", self.prefix))
+        let name = decode(segment);
+        CollectionKeys::at(format!("{}/c/{segment}", self.prefix), name.as_deref())
     }
 
     /// Reads a collection directory's segment.
@@ -260,12 +260,25 @@ impl Keys {
 pub(crate) struct CollectionKeys {
     dir: String,
     hashed: bool,
+    /// The collection as errors name it: its name, or the directory when
+    /// only a hashed directory is known (its name is in an object there).
+    collection: String,
 }
 
 impl CollectionKeys {
-    fn at(dir: String) -> Self {
+    fn at(dir: String, name: Option<&str>) -> Self {
         let hashed = dir.rsplit('/').next().is_some_and(is_hashed);
-        CollectionKeys { dir, hashed }
+        let collection = name.map_or_else(|| dir.clone(), str::to_owned);
+        CollectionKeys {
+            dir,
+            hashed,
+            collection,
+        }
+    }
+
+    /// The collection as errors name it (see [`Error::Corrupt`]).
+    pub(crate) fn collection(&self) -> &str {
+        &self.collection
     }
 
     /// Whether the directory name is hashed (the `name` object holds the name).
@@ -321,7 +334,7 @@ impl CollectionKeys {
     pub(crate) fn corrupt(&self, location: &Path, reason: String) -> Error {
         Error::Corrupt {
             backend: crate::BACKEND_NAME,
-            collection: self.dir.clone(),
+            collection: self.collection.clone(),
             id: None,
             location: location.to_string(),
             reason,

@@ -582,7 +582,7 @@ impl Store {
         let path = keys.name();
         match self.io.get(&path).await? {
             Some(fetched) => {
-                let name: Name = format::parse(&fetched.body, keys.dir(), &path)?;
+                let name: Name = format::parse(&fetched.body, keys.collection(), &path)?;
                 Ok(Some(name.name))
             }
             None => Ok(None),
@@ -626,7 +626,7 @@ impl Store {
         let path = keys.newest();
         match self.io.get(&path).await? {
             Some(fetched) => {
-                let newest: Newest = format::parse(&fetched.body, keys.dir(), &path)?;
+                let newest: Newest = format::parse(&fetched.body, keys.collection(), &path)?;
                 Ok(Some((newest.stamp, fetched.etag)))
             }
             None => Ok(None),
