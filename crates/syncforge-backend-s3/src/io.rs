@@ -101,7 +101,9 @@ impl Io {
     /// key (which must be refused), an update with an ETag the object never
     /// had (which must be refused), an update with the ETag it has (which
     /// must go through), and the removal of the key — five requests.
-    /// A transient failure is not remembered: the next write tries again.
+    /// A transient failure is not remembered: the next write tries again
+    /// (the probe is then removed in the background, so that the failure
+    /// comes within the bound of one request).
     async fn check_conditions(&self) -> Result<()> {
         let found = self
             .conditions
@@ -110,6 +112,20 @@ impl Io {
                 // still in flight cannot meet this one's.
                 let probe = Path::from(format!("{}/{}", self.probes, ulid::Ulid::new()));
                 let tried = self.try_conditions(&probe).await;
+                if matches!(&tried, Err(error) if error.is_transient()) {
+                    // The store did not answer in time: removing the probe
+                    // now could take as long again before the caller heard
+                    // (a handle's first write failed after twice its
+                    // failure bound). Removed in the background instead;
+                    // the next try uses a key of its own.
+                    let io = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(error) = io.delete(vec![probe]).await {
+                            tracing::debug!(%error, "a probe of conditional writes is left to remove");
+                        }
+                    });
+                    return tried;
+                }
                 // Removed whatever the tries left.
                 let removed = self.delete(vec![probe]).await;
                 // A removal that cannot succeed (no permission to delete)

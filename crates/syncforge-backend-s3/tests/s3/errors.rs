@@ -160,6 +160,31 @@ async fn a_server_that_is_down_gives_a_clear_error_within_the_bound() {
     }
 }
 
+/// A handle tries the store's conditional writes with a probe before its
+/// first write, then removes the probe: against a server that takes
+/// connections but never answers, the removal waited out the failure bound
+/// a second time before the write failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_write_to_a_server_that_never_answers_fails_within_the_bound() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let config = S3Config::new("bucket")
+        .with_endpoint(format!("http://{}", silent.local_addr().unwrap()))
+        .with_allow_http(true)
+        .with_path_style(true)
+        .with_credentials(KEY_ID, SECRET)
+        .with_connect_timeout(Duration::from_millis(500))
+        .with_request_timeout(Duration::from_secs(2))
+        .with_retries(0, Duration::from_secs(1));
+    let bound = config.failure_bound();
+    let backend = S3Backend::new(config).unwrap();
+    let started = Instant::now();
+    let error = first_note_refused(&backend).await;
+    let took = started.elapsed();
+    assert!(error.is_transient(), "{error}");
+    assert!(took <= bound + bound / 2, "took {took:?}, bound {bound:?}");
+    drop(silent);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_without_conditional_updates_is_refused_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
