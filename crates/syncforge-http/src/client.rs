@@ -1012,7 +1012,12 @@ impl HttpPeer {
     /// A record larger than the server takes in one request fails the
     /// push with [`Error::InvalidRecord`] before any request is sent (see
     /// [`check_sizes`](Self::check_sizes)), so that nothing of it is
-    /// merged; this costs one more encoding of each record.
+    /// merged; this costs one more encoding of each record. Something in
+    /// front of the server with a smaller bound is only found by sending:
+    /// a record it refuses on its own fails the push with
+    /// [`Error::InvalidRecord`] naming it then, when the records of the
+    /// requests before it are merged already and those after it are not
+    /// sent. Pushing them again is safe: merging is idempotent.
     ///
     /// Records pushed this way are not echoes to the engine this peer
     /// serves (they may not come from it): its next pull receives them like
