@@ -364,6 +364,19 @@ impl CollectionKeys {
         Path::from(format!("{}/r", self.dir))
     }
 
+    /// Whether `location`, listed under [`records`](Self::records), is
+    /// where a record is kept: right in that directory, as every record
+    /// key is. A key deeper down is another store's, whose prefix lies
+    /// under this one's records (listings go down every level), and is
+    /// never read or cleared as this collection's.
+    pub(crate) fn holds_record_at(&self, location: &Path) -> bool {
+        location
+            .as_ref()
+            .strip_prefix(self.dir.as_str())
+            .and_then(|rest| rest.strip_prefix("/r/"))
+            .is_some_and(|name| !name.is_empty() && !name.contains('/'))
+    }
+
     /// The object of record `id`.
     pub(crate) fn record(&self, id: &RecordId) -> Path {
         Path::from(format!("{}/r/{}", self.dir, encode(id, MAX_PLAIN_ID)))

@@ -398,7 +398,7 @@ impl Store {
         let keys = &keys;
         let reads = listed
             .into_iter()
-            .filter(|meta| meta.size != MARKER_SIZE)
+            .filter(|meta| meta.size != MARKER_SIZE && keys.holds_record_at(&meta.location))
             .map(|meta| async move {
                 let state = self.read_at(collection, &meta.location).await?;
                 match state {
@@ -507,7 +507,7 @@ impl Store {
         let listed = self.io.list(&keys.records(), None, None).await?;
         let marks = listed
             .into_iter()
-            .filter(|meta| meta.size != MARKER_SIZE)
+            .filter(|meta| meta.size != MARKER_SIZE && keys.holds_record_at(&meta.location))
             .map(|meta| async move {
                 let mut etag = meta.e_tag.clone();
                 let mut races = Races::default();
@@ -568,7 +568,10 @@ impl Store {
         let mut offset: Option<Path> = None;
         loop {
             let page = self.io.list(&dir, offset.as_ref(), Some(LIST_PAGE)).await?;
-            if page.iter().any(|meta| meta.size != MARKER_SIZE) {
+            if page
+                .iter()
+                .any(|meta| meta.size != MARKER_SIZE && keys.holds_record_at(&meta.location))
+            {
                 return Ok(true);
             }
             if page.len() < LIST_PAGE {

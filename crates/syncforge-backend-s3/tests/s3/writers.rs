@@ -949,6 +949,32 @@ async fn a_horizon_naming_no_segment_is_corrupt() {
     );
 }
 
+/// A store whose prefix lies under another store's records folder
+/// (`app/c/notes/r` under `app`): listings go down every level, so the
+/// outer store's `clear_collection` overwrote every object of the inner
+/// store with a marker, and its `get_all` failed on them as misplaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_nested_under_another_stores_records_is_not_its_records() {
+    let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let (outer, inner) = (handle(&memory, "app"), handle(&memory, "app/c/notes/r"));
+    let notes = coll("notes");
+    let mut clock = Hlc::new(ClientId::new("c").unwrap());
+    for (store, id) in [(&outer, "o"), (&inner, "i")] {
+        let write = Write::create(Record::create(content(id, 1), clock.now().unwrap()));
+        store.put(&notes, &write).await.unwrap();
+    }
+    let outer_records = outer.get_all(&notes).await.unwrap();
+    assert_eq!(outer_records.len(), 1, "{outer_records:?}");
+    outer.clear_collection(&notes).await.unwrap();
+    assert!(outer.get_all(&notes).await.unwrap().is_empty());
+    let kept = inner.get_all(&notes).await.unwrap();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(kept[0].id().as_str(), "i");
+    // Cleared, the outer collection holds no record: the inner store's
+    // objects do not list it.
+    assert!(outer.list_collections().await.unwrap().is_empty());
+}
+
 /// Each page of a reader behind the horizon downloaded the whole segment:
 /// a new replica pulling a compacted collection page by page read it once
 /// a page, quadratic in the collection. It is read once.
