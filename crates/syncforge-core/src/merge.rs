@@ -146,16 +146,22 @@ pub(crate) fn merge_knowing(
                 Ordering::Less => remote,
                 _ => local,
             };
-            Record::assembled(
-                winner.id().clone(),
-                winner.field_states().to_field_states(),
-                winner.written().clone(),
-                winner.tombstone().cloned(),
-                versions,
-            )
+            with_versions(winner, versions)
         }
     };
     Ok(merged)
+}
+
+/// The timestamp strategy's merge: the winning state, with the version
+/// vector of every state merged.
+fn with_versions(winner: &Record, versions: VersionVector) -> Record {
+    Record::assembled(
+        winner.id().clone(),
+        winner.field_states().to_field_states(),
+        winner.written().clone(),
+        winner.tombstone().cloned(),
+        versions,
+    )
 }
 
 /// The merge of `first` and every state in `rest` (all of one record): what
@@ -196,13 +202,7 @@ pub(crate) fn merge_all(
             if *winner.versions() == versions {
                 return Ok(winner.clone());
             }
-            Record::assembled(
-                winner.id().clone(),
-                winner.field_states().to_field_states(),
-                winner.written().clone(),
-                winner.tombstone().cloned(),
-                versions,
-            )
+            with_versions(winner, versions)
         }
         ConflictStrategy::Crdt => {
             let mut fields: BTreeMap<&FieldName, &FieldState> = BTreeMap::new();

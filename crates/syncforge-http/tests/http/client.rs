@@ -1667,51 +1667,34 @@ async fn a_page_with_more_changes_than_asked_is_refused() {
     assert!(error.to_string().contains("at most 2"), "{error}");
 }
 
-/// A page answering another URL (of another collection, from another
-/// feed) switched the peer to that feed before it was refused: the next
-/// right answer then failed as a change of stores.
+/// A page the peer refuses teaches it nothing. One answering another URL
+/// (of another collection, from another feed) switched the peer to that
+/// feed before it was refused, and one out of order from another feed (a
+/// stale answer of a cache) was learnt from before its order was checked,
+/// reported as a change of stores (transient, to be retried) where it
+/// breaks the protocol: in both cases the next right answer then failed
+/// as a change of stores.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_refused_teaches_the_peer_nothing() {
-    let other_feed = json_answer(
-        "200 OK",
-        "",
+    for refused in [
         r#"{"feed_id":"f2","collection":"tasks","changes":[],"next":3,"more":false}"#,
-    );
-    let (url, _served) = canned_server(vec![
-        json_answer("200 OK", "", CANNED_HEALTH),
-        other_feed,
-        empty_page("notes", 0),
-    ])
-    .await;
-    let link = peer(&url, None);
-    link.health().await.unwrap();
-    let error = pull_notes(&link).await.unwrap_err();
-    assert!(matches!(error, Error::PeerProtocol { .. }), "{error:?}");
-    pull_notes(&link).await.unwrap();
-}
-
-/// A page out of order from another feed (a stale answer of a cache) was
-/// learnt from before its order was checked: the peer followed that feed
-/// and reported a change of stores, transient, to be retried, where the
-/// page breaks the protocol; the next right answer failed the same way.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_page_out_of_order_is_refused_before_the_peer_follows_its_feed() {
-    let stale = json_answer(
-        "200 OK",
-        "",
         r#"{"feed_id":"f2","collection":"notes","changes":[],"next":0,"more":true}"#,
-    );
-    let (url, _served) = canned_server(vec![
-        json_answer("200 OK", "", CANNED_HEALTH),
-        stale,
-        empty_page("notes", 0),
-    ])
-    .await;
-    let link = peer(&url, None);
-    link.health().await.unwrap();
-    let error = pull_notes(&link).await.unwrap_err();
-    assert!(matches!(error, Error::PeerProtocol { .. }), "{error:?}");
-    pull_notes(&link).await.unwrap();
+    ] {
+        let (url, _served) = canned_server(vec![
+            json_answer("200 OK", "", CANNED_HEALTH),
+            json_answer("200 OK", "", refused),
+            empty_page("notes", 0),
+        ])
+        .await;
+        let link = peer(&url, None);
+        link.health().await.unwrap();
+        let error = pull_notes(&link).await.unwrap_err();
+        assert!(
+            matches!(error, Error::PeerProtocol { .. }),
+            "{refused}: {error:?}"
+        );
+        pull_notes(&link).await.unwrap();
+    }
 }
 
 /// A proxy that refuses long URLs (414) refused every pull that carried
