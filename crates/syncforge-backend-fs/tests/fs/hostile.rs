@@ -19,6 +19,15 @@ fn outside(tmp: &Path) -> (std::path::PathBuf, std::path::PathBuf, Vec<u8>) {
     (dir, file, content)
 }
 
+/// The name of the one record file in `dir` whose name is hashed (its id
+/// too long to spell in a file name).
+fn hashed_record_file(dir: &Path) -> String {
+    tree(dir)
+        .into_iter()
+        .find(|name| name.contains('~') && name.ends_with(".json"))
+        .unwrap()
+}
+
 fn assert_corrupt(err: &Error, path_part: &str) {
     assert!(
         matches!(err, Error::Corrupt { location, .. } if location.contains(path_part)),
@@ -134,10 +143,7 @@ async fn an_unreadable_file_under_a_hashed_name_fails_only_its_own_reads() {
     store.checkpoint().await.unwrap();
     store.close().await.unwrap();
     let dir = tmp.path().join("notes");
-    let hashed = tree(&dir)
-        .into_iter()
-        .find(|name| name.contains('~') && name.ends_with(".json"))
-        .unwrap();
+    let hashed = hashed_record_file(&dir);
     std::fs::remove_file(dir.join(&hashed)).unwrap();
     std::fs::create_dir(dir.join(&hashed)).unwrap();
 
@@ -192,10 +198,7 @@ async fn an_unreadable_hashed_file_added_by_hand_is_left_out_until_it_can_be_rea
     put_any(&other, "notes", counter(&long, 3)).await;
     other.checkpoint().await.unwrap();
     other.close().await.unwrap();
-    let hashed = tree(&elsewhere.path().join("notes"))
-        .into_iter()
-        .find(|name| name.contains('~') && name.ends_with(".json"))
-        .unwrap();
+    let hashed = hashed_record_file(&elsewhere.path().join("notes"));
 
     let tmp = tempfile::tempdir().unwrap();
     let store = FsBackend::open(tmp.path()).await.unwrap();
