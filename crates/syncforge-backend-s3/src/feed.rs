@@ -516,7 +516,7 @@ impl Store {
         }
         let listed = self.io.list(&keys.entries(), offset.as_ref(), None).await?;
         for meta in &listed {
-            if let Some(number) = CollectionKeys::entry_number(&meta.location) {
+            if let Some(number) = keys.entry_number(&meta.location) {
                 head = head.max(number);
             }
         }
@@ -916,7 +916,7 @@ impl Store {
             .await?
             .into_iter()
             .filter_map(|meta| {
-                let number = CollectionKeys::entry_number(&meta.location)?;
+                let number = keys.entry_number(&meta.location)?;
                 (number >= first).then_some((number, meta.location, meta.e_tag))
             })
             .collect())
@@ -1056,7 +1056,7 @@ impl Store {
         let mut obsolete: Vec<Path> = Vec::new();
         let mut to_fold = Vec::new();
         for meta in listed {
-            let Some(number) = CollectionKeys::entry_number(&meta.location) else {
+            let Some(number) = keys.entry_number(&meta.location) else {
                 continue;
             };
             if number <= target {
@@ -1159,7 +1159,7 @@ impl Store {
         // loses its compare-and-swap and gives up its segment anyway.
         let segments = self.io.list(&keys.segments(), None, None).await?;
         obsolete.extend(segments.into_iter().filter_map(|meta| {
-            CollectionKeys::segment_horizon(&meta.location)
+            keys.segment_horizon(&meta.location)
                 .is_some_and(|older| older < target)
                 .then_some(meta.location)
         }));

@@ -118,12 +118,19 @@ impl Io {
                     // (a handle's first write failed after twice its
                     // failure bound). Removed in the background instead;
                     // the next try uses a key of its own.
+                    // Outside a runtime (a local directory driven by
+                    // another executor) nothing runs in the background: it
+                    // is removed before the failure is told.
                     let io = self.clone();
-                    tokio::spawn(async move {
+                    let removal = async move {
                         if let Err(error) = io.delete(vec![probe]).await {
                             tracing::debug!(%error, "a probe of conditional writes is left to remove");
                         }
-                    });
+                    };
+                    match tokio::runtime::Handle::try_current() {
+                        Ok(runtime) => drop(runtime.spawn(removal)),
+                        Err(_) => removal.await,
+                    }
                     return tried;
                 }
                 // Removed whatever the tries left.

@@ -314,8 +314,8 @@ impl CollectionKeys {
     /// The horizon a segment's key was written for (see
     /// [`segment`](Self::segment)); `None` for a key syncforge does not
     /// write there.
-    pub(crate) fn segment_horizon(path: &Path) -> Option<u64> {
-        let (number, _unique) = path.filename()?.split_once('-')?;
+    pub(crate) fn segment_horizon(&self, path: &Path) -> Option<u64> {
+        let (number, _unique) = self.name_in("s", path)?.split_once('-')?;
         lower_hex(number)
     }
 
@@ -355,8 +355,8 @@ impl CollectionKeys {
     /// [`MAX_ENTRY`](crate::format::MAX_ENTRY) is no entry: syncforge never
     /// writes one (its cursors would pass 2^53), and counting it would push
     /// the feed's head past the numbers a cursor can hold.
-    pub(crate) fn entry_number(path: &Path) -> Option<u64> {
-        lower_hex(path.filename()?).filter(|number| *number <= crate::format::MAX_ENTRY)
+    pub(crate) fn entry_number(&self, path: &Path) -> Option<u64> {
+        lower_hex(self.name_in("f", path)?).filter(|number| *number <= crate::format::MAX_ENTRY)
     }
 
     /// Directory of the records.
@@ -365,16 +365,24 @@ impl CollectionKeys {
     }
 
     /// Whether `location`, listed under [`records`](Self::records), is
-    /// where a record is kept: right in that directory, as every record
-    /// key is. A key deeper down is another store's, whose prefix lies
-    /// under this one's records (listings go down every level), and is
-    /// never read or cleared as this collection's.
+    /// where a record is kept.
     pub(crate) fn holds_record_at(&self, location: &Path) -> bool {
-        location
+        self.name_in("r", location).is_some()
+    }
+
+    /// The name of `location` when it lies right in this collection's
+    /// `folder` (`r`, `f` or `s`), as every key syncforge writes there
+    /// does. A key deeper down is another store's, whose prefix lies under
+    /// this one's folder (listings go down every level): it is never read,
+    /// folded, cleared or deleted as this collection's.
+    fn name_in<'a>(&self, folder: &str, location: &'a Path) -> Option<&'a str> {
+        let name = location
             .as_ref()
-            .strip_prefix(self.dir.as_str())
-            .and_then(|rest| rest.strip_prefix("/r/"))
-            .is_some_and(|name| !name.is_empty() && !name.contains('/'))
+            .strip_prefix(self.dir.as_str())?
+            .strip_prefix('/')?
+            .strip_prefix(folder)?
+            .strip_prefix('/')?;
+        (!name.is_empty() && !name.contains('/')).then_some(name)
     }
 
     /// The object of record `id`.
@@ -487,7 +495,7 @@ mod tests {
         let keys = Keys::new("dse").unwrap();
         let coll = keys.collection(&CollectionName::new("c").unwrap());
         assert!(coll.entry(9).as_ref() < coll.entry(10).as_ref());
-        assert_eq!(CollectionKeys::entry_number(&coll.entry(300)), Some(300));
+        assert_eq!(coll.entry_number(&coll.entry(300)), Some(300));
     }
 
     #[test]
@@ -495,11 +503,11 @@ mod tests {
         let keys = Keys::new("dse").unwrap();
         let coll = keys.collection(&CollectionName::new("c").unwrap());
         let last = crate::format::MAX_ENTRY;
-        assert_eq!(CollectionKeys::entry_number(&coll.entry(last)), Some(last));
-        assert_eq!(CollectionKeys::entry_number(&coll.entry(last + 1)), None);
-        assert_eq!(CollectionKeys::entry_number(&coll.entry(u64::MAX)), None);
+        assert_eq!(coll.entry_number(&coll.entry(last)), Some(last));
+        assert_eq!(coll.entry_number(&coll.entry(last + 1)), None);
+        assert_eq!(coll.entry_number(&coll.entry(u64::MAX)), None);
         let signed = Path::from(format!("{}/f/+00000000000001a", coll.dir()));
-        assert_eq!(CollectionKeys::entry_number(&signed), None);
+        assert_eq!(coll.entry_number(&signed), None);
     }
 
     /// An uppercase name spells the number of another key, which a reader
@@ -510,8 +518,32 @@ mod tests {
         let keys = Keys::new("dse").unwrap();
         let coll = keys.collection(&CollectionName::new("c").unwrap());
         let upper = Path::from(format!("{}/f/000000000000000A", coll.dir()));
-        assert_eq!(CollectionKeys::entry_number(&upper), None);
-        assert_eq!(CollectionKeys::entry_number(&coll.entry(10)), Some(10));
+        assert_eq!(coll.entry_number(&upper), None);
+        assert_eq!(coll.entry_number(&coll.entry(10)), Some(10));
+    }
+
+    /// Listings go down every level: a key deeper in a folder is another
+    /// store's, whose prefix lies under this one's folder (`dse/c/c/s`
+    /// under `dse`), and its segments, entries and records were taken for
+    /// this collection's: deleted by a compaction, folded into its feed,
+    /// marked by a clear.
+    #[test]
+    fn keys_of_a_store_nested_in_a_folder_are_not_this_collections() {
+        let keys = Keys::new("dse").unwrap();
+        let coll = keys.collection(&CollectionName::new("c").unwrap());
+        let inner = Keys::new(&format!("{}/s", coll.dir())).unwrap();
+        let nested = inner.collection(&CollectionName::new("c").unwrap());
+        let segment = nested.segment(300, "01JUNIQUE");
+        assert_eq!(nested.segment_horizon(&segment), Some(300));
+        assert_eq!(coll.segment_horizon(&segment), None);
+        let inner = Keys::new(&format!("{}/f", coll.dir())).unwrap();
+        let nested = inner.collection(&CollectionName::new("c").unwrap());
+        assert_eq!(coll.entry_number(&nested.entry(10)), None);
+        let inner = Keys::new(&format!("{}/r", coll.dir())).unwrap();
+        let nested = inner.collection(&CollectionName::new("c").unwrap());
+        let record = nested.record(&RecordId::new("x").unwrap());
+        assert!(nested.holds_record_at(&record));
+        assert!(!coll.holds_record_at(&record));
     }
 
     #[test]
@@ -520,8 +552,8 @@ mod tests {
         let coll = keys.collection(&CollectionName::new("c").unwrap());
         let segment = coll.segment(300, "01JUNIQUE");
         assert!(segment.as_ref().starts_with(coll.segments().as_ref()));
-        assert_eq!(CollectionKeys::segment_horizon(&segment), Some(300));
+        assert_eq!(coll.segment_horizon(&segment), Some(300));
         let foreign = Path::from(format!("{}/s/notes.txt", coll.dir()));
-        assert_eq!(CollectionKeys::segment_horizon(&foreign), None);
+        assert_eq!(coll.segment_horizon(&foreign), None);
     }
 }

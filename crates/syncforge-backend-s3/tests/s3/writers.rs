@@ -949,6 +949,32 @@ async fn a_horizon_naming_no_segment_is_corrupt() {
     );
 }
 
+/// A write whose check of the store's conditional writes fails for a
+/// reason that may pass removes its probe in the background where a Tokio
+/// runtime runs; driven by another executor (as a local directory may be),
+/// it is removed before the error is told, not spawned into no runtime.
+#[test]
+fn a_probe_failing_outside_a_runtime_is_an_error_not_a_panic() {
+    use std::future::Future;
+    let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let dead: Arc<dyn ObjectStore> = Arc::new(Wrapped::new(memory).dying_after(0, false));
+    let backend = handle(&dead, "dse");
+    let mut clock = Hlc::new(ClientId::new("c").unwrap());
+    let write = Write::create(Record::create(content("x", 1), clock.now().unwrap()));
+    let collection = coll("notes");
+    // Polled by hand, as an executor other than Tokio's would.
+    let mut put = std::pin::pin!(backend.put(&collection, &write));
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    let answer = (0..1_000)
+        .find_map(|_| match put.as_mut().poll(&mut context) {
+            std::task::Poll::Ready(answer) => Some(answer),
+            std::task::Poll::Pending => None,
+        })
+        .expect("the write never finished");
+    let error = answer.unwrap_err();
+    assert!(error.is_transient(), "{error}");
+}
+
 /// A store whose prefix lies under another store's records folder
 /// (`app/c/notes/r` under `app`): listings go down every level, so the
 /// outer store's `clear_collection` overwrote every object of the inner
