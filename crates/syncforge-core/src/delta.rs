@@ -513,6 +513,41 @@ mod tests {
         }
     }
 
+    /// The same batch with every state's stamps tied (imported records
+    /// tie): the timestamp strategy orders tied states by their canonical
+    /// text, and the merge wrote the large winner's text again for every
+    /// state it was compared with.
+    #[test]
+    fn a_batch_of_tied_states_writes_each_states_text_once() {
+        const FIELDS: usize = 2_000;
+        let tied = Stamp::new(5_000, 0, "tied").unwrap();
+        let mut fields = serde_json::Map::new();
+        fields.insert("id".to_owned(), json!("x"));
+        // Named to sort after the small states' `t`: the large state wins.
+        for i in 0..FIELDS {
+            fields.insert(format!("z{i}"), json!(i));
+        }
+        let large = Record::create(content(serde_json::Value::Object(fields)), &tied);
+        let large_text = large.content_json_string().len();
+        let batch: Vec<Record> = std::iter::once(large)
+            .chain((0..500).map(|i| Record::create(content(json!({"id": "x", "t": i})), &tied)))
+            .collect();
+        let written_before = crate::record::CONTENT_TEXT_WRITTEN.with(std::cell::Cell::get);
+        let deduped = super::dedupe(
+            &"c".into_name().unwrap(),
+            batch,
+            ConflictStrategy::Timestamp,
+        )
+        .unwrap();
+        let written =
+            crate::record::CONTENT_TEXT_WRITTEN.with(std::cell::Cell::get) - written_before;
+        assert!(written <= 2 * large_text, "{written} bytes written");
+        let [merged] = &deduped.records[..] else {
+            panic!("{} records", deduped.records.len());
+        };
+        assert_eq!(merged.field_states().len(), FIELDS);
+    }
+
     #[test]
     fn dedupe_merges_repeated_ids_at_first_position() {
         let batch = vec![

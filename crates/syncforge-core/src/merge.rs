@@ -186,6 +186,9 @@ pub(crate) fn merge_all(
             format!("cannot merge it with record {:?}", first.id()),
         ));
     }
+    if rest.is_empty() {
+        return Ok(first.clone());
+    }
     let states = || std::iter::once(first).chain(rest);
     // Sorted once, however many clients the states name between them.
     let versions: VersionVector = states()
@@ -193,12 +196,14 @@ pub(crate) fn merge_all(
         .collect();
     let merged = match strategy {
         ConflictStrategy::Timestamp => {
-            let winner =
-                rest.iter()
-                    .fold(first, |kept, state| match timestamp_order(kept, state) {
-                        Ordering::Less => state,
-                        _ => kept,
-                    });
+            let mut winner = TimestampRank::new(first);
+            for state in rest {
+                let mut next = TimestampRank::new(state);
+                if winner.cmp(&mut next) == Ordering::Less {
+                    winner = next;
+                }
+            }
+            let winner = winner.record;
             if *winner.versions() == versions {
                 return Ok(winner.clone());
             }
@@ -268,15 +273,51 @@ fn crdt_fields_kept(target: &Record, other: &Record) -> bool {
 /// imports with equal stamps) the canonical JSON of the content, then, for
 /// equal content, that of the state, so that the order stays total.
 fn timestamp_order(a: &Record, b: &Record) -> Ordering {
-    a.newest_stamp().cmp(b.newest_stamp()).then_with(|| {
-        if same_state(a, b) {
-            Ordering::Equal
-        } else {
-            a.content_json_string()
-                .cmp(&b.content_json_string())
-                .then_with(|| state_json(a).cmp(&state_json(b)))
+    TimestampRank::new(a).cmp(&mut TimestampRank::new(b))
+}
+
+/// A state as [`timestamp_order`] ranks it, keeping the texts a tie made it
+/// write for the next comparison: [`merge_all`] compares its winner so far
+/// with every state, and writing the winner's text anew each time cost
+/// the number of states times its size when their stamps tie.
+struct TimestampRank<'a> {
+    record: &'a Record,
+    content: Option<String>,
+    state: Option<crate::JsonText>,
+}
+
+impl<'a> TimestampRank<'a> {
+    fn new(record: &'a Record) -> Self {
+        TimestampRank {
+            record,
+            content: None,
+            state: None,
         }
-    })
+    }
+
+    fn content(&mut self) -> &str {
+        let record = self.record;
+        self.content
+            .get_or_insert_with(|| record.content_json_string())
+    }
+
+    fn state(&mut self) -> &crate::JsonText {
+        let record = self.record;
+        self.state.get_or_insert_with(|| state_json(record))
+    }
+
+    fn cmp(&mut self, other: &mut TimestampRank<'_>) -> Ordering {
+        let (a, b) = (self.record, other.record);
+        a.newest_stamp().cmp(b.newest_stamp()).then_with(|| {
+            if same_state(a, b) {
+                Ordering::Equal
+            } else {
+                self.content()
+                    .cmp(other.content())
+                    .then_with(|| self.state().cmp(other.state()))
+            }
+        })
+    }
 }
 
 fn same_state(a: &Record, b: &Record) -> bool {

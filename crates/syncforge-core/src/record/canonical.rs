@@ -67,6 +67,8 @@ impl Record {
     pub(crate) fn content_json_string(&self) -> String {
         let mut out = String::with_capacity(128);
         self.write_object(&mut out, &[Member::Id]);
+        #[cfg(test)]
+        super::CONTENT_TEXT_WRITTEN.with(|written| written.set(written.get() + out.len()));
         out
     }
 

@@ -112,11 +112,15 @@ pub struct Record {
 /// One field as a record holds it: its shared name and its state.
 type Field = (FieldName, FieldState);
 
+// What this thread has built, so that a test can bound how much work a
+// call does, which no timing could tell reliably.
 #[cfg(test)]
 thread_local! {
-    /// Fields this thread has laid into new records: a test bounds by it how
-    /// much a call copies, which no timing could tell reliably.
+    /// Fields laid into new records.
     pub(crate) static FIELDS_LAID: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// Bytes of content written as canonical JSON text to compare records.
+    pub(crate) static CONTENT_TEXT_WRITTEN: std::cell::Cell<usize> =
+        const { std::cell::Cell::new(0) };
 }
 
 /// What a [`Record`] holds before its fields.
