@@ -445,12 +445,14 @@ impl FsBackend {
     pub async fn checkpoint(&self) -> Result<()> {
         // Every collection directory, not only those holding records: the
         // removal of a collection's last record reaches its file here too.
-        let mut collections = self.run(|inner| collection_dirs(&inner.root)).await?;
-        collections.sort();
-        // One collection that cannot be read does not keep the others'
-        // writes out of their files: the first failure is returned after all.
-        let mut first_failure = None;
-        for (collection, _) in collections {
+        let CollectionDirs { mut found, unnamed } =
+            self.run(|inner| collection_dirs(&inner.root)).await?;
+        found.sort();
+        // One collection that cannot be read (its name among them) does not
+        // keep the others' writes out of their files: the first failure is
+        // returned after all.
+        let mut first_failure = unnamed.into_iter().next();
+        for (collection, _) in found {
             if let Err(err) = self
                 .with_open_collection(&collection, Take::Walking, |open| {
                     open.checkpointing(Collection::checkpoint_if_used)
@@ -871,7 +873,7 @@ impl StorageBackend for FsBackend {
     async fn list_collections(&self) -> Result<Vec<CollectionName>> {
         self.run(|inner| {
             let mut names = Vec::new();
-            for (name, path) in collection_dirs(&inner.root)? {
+            for (name, path) in collection_dirs(&inner.root)?.found {
                 // The write-ahead log counts before the record files: what
                 // it wrote (after a power cut, say) and what it removed.
                 if holds_a_record(&path, name.as_str())? {
@@ -979,10 +981,20 @@ impl StorageBackend for FsBackend {
     }
 }
 
-/// Every collection directory under `root`, with its collection's name:
-/// those holding records and those emptied since.
-fn collection_dirs(root: &Path) -> Result<Vec<(CollectionName, PathBuf)>> {
+/// The collection directories under `root`.
+struct CollectionDirs {
+    /// Each with its collection's name: those holding records and those
+    /// emptied since.
+    found: Vec<(CollectionName, PathBuf)>,
+    /// Why the name of each hashed directory whose `.name` cannot be read
+    /// is unknown: left out of listings, a failure of a checkpoint.
+    unnamed: Vec<Error>,
+}
+
+/// Every collection directory under `root`.
+fn collection_dirs(root: &Path) -> Result<CollectionDirs> {
     let mut dirs = Vec::new();
+    let mut unnamed = Vec::new();
     for entry in read_dir(root)? {
         let path = entry.path();
         let Some(stem) = entry.file_name().to_str().map(str::to_owned) else {
@@ -1015,6 +1027,7 @@ fn collection_dirs(root: &Path) -> Result<Vec<(CollectionName, PathBuf)>> {
                 // every checkpoint of the others.
                 Err(error) if !error.is_transient() => {
                     tracing::warn!(%error, "a collection's name cannot be read: collection not listed");
+                    unnamed.push(error);
                     None
                 }
                 Err(error) => return Err(error),
@@ -1029,7 +1042,10 @@ fn collection_dirs(root: &Path) -> Result<Vec<(CollectionName, PathBuf)>> {
             dirs.push((name, path));
         }
     }
-    Ok(dirs)
+    Ok(CollectionDirs {
+        found: dirs,
+        unnamed,
+    })
 }
 
 #[cfg(test)]

@@ -699,7 +699,7 @@ impl Collection {
         // handle with the collection open took for the truth. Temporaries
         // are left alone: a checkpoint under way elsewhere may be writing
         // them (they are removed at the next open).
-        let entries = self.reconcile_entries()?;
+        let entries = self.reconcile_entries(UnknownUnreadable::Fail)?;
         self.log.apply_all(entries);
         self.log
             .rewrite(self.ops.as_ref(), highest_seq, self.durable())
@@ -711,7 +711,7 @@ impl Collection {
     /// entries whose file is gone.
     fn reconcile(&mut self) -> Result<()> {
         remove_temporaries(self.ops(), &self.dir)?;
-        let entries = self.reconcile_entries()?;
+        let entries = self.reconcile_entries(UnknownUnreadable::LeaveOut)?;
         let durable = self.durable();
         self.append_to_log(entries, durable)
     }
@@ -720,7 +720,7 @@ impl Collection {
     /// for each record file it does not know, a removal for each entry
     /// whose file is gone (under the exclusive lock). Reserves the
     /// sequences they take.
-    fn reconcile_entries(&mut self) -> Result<Vec<LogEntry>> {
+    fn reconcile_entries(&mut self, unreadable: UnknownUnreadable) -> Result<Vec<LogEntry>> {
         // A hashed file name does not say its id, but that of an id the log
         // knows is known from the id: only the file of an id it does not
         // know is read for it. The names of the log's ids are made at the
@@ -755,19 +755,25 @@ impl Collection {
                     on_disk.insert(id);
                 }
                 Ok(None) => {}
-                // Only a hashed name is read for its id. One of an id the
-                // log does not know that cannot be read (a directory in its
-                // place, a file of another owner) is left out, named in a
-                // warning: failing here failed every call on the
-                // collection, and every engine's open on the store. Nothing
-                // is lost: every opening reads again the files of ids the
-                // log does not know, and indexes it once it can be read.
-                Err(error) if !error.is_transient() => tracing::warn!(
+                // Only a hashed name is read for its id. One of an id a
+                // sound log does not know that cannot be read (a directory
+                // in its place, a file of another owner) was added by hand:
+                // it is left out, named in a warning, where failing failed
+                // every call on the collection and every engine's open on
+                // the store. Nothing is lost: every opening reads again the
+                // files of ids the log does not know, and indexes it once it
+                // can be read.
+                Err(error)
+                    if !error.is_transient()
+                        && matches!(unreadable, UnknownUnreadable::LeaveOut) =>
+                {
+                    tracing::warn!(
                     collection = %self.name,
                     file = file_name,
                     %error,
                     "a record file added by hand cannot be read; left out until it can be"
-                ),
+                    );
+                }
                 Err(error) => return Err(error),
             }
         }
@@ -1161,6 +1167,18 @@ pub(crate) fn check_dir(dir: &Path, collection: &str) -> Result<bool> {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(err) => Err(io_error("inspecting", dir, err)),
     }
+}
+
+/// What an opening does with a file under a hashed name, of an id the
+/// change log does not know, that cannot be read to learn its id.
+#[derive(Clone, Copy)]
+enum UnknownUnreadable {
+    /// Leave it out, with a warning: a sound log knows every file the
+    /// store wrote, so this one was added by hand.
+    LeaveOut,
+    /// Fail the opening: a rebuilt log knows no id, so the file may hold a
+    /// record the store wrote and acknowledged, which would read as absent.
+    Fail,
 }
 
 #[cfg(test)]

@@ -172,7 +172,17 @@ pub(crate) fn holds_a_record(dir: &Path, collection: &str) -> Result<bool> {
         if logged.is_empty() {
             return Ok(true);
         }
-        Ok(id_of_file(dir, name, collection)?.is_some_and(|id| !logged.contains_key(&id)))
+        match id_of_file(dir, name, collection) {
+            Ok(id) => Ok(id.is_some_and(|id| !logged.contains_key(&id))),
+            // A file under a hashed name that cannot be read may hold any
+            // record: the collection is listed, and using it says what is
+            // wrong (failing here failed every listing of the store).
+            Err(error) if !error.is_transient() => {
+                tracing::warn!(%error, "a record file cannot be read; its collection is listed");
+                Ok(true)
+            }
+            Err(error) => Err(error),
+        }
     })
 }
 

@@ -251,9 +251,63 @@ async fn an_unreadable_collection_name_leaves_out_only_its_collection() {
     reopened.newest_stamp().await.unwrap();
     let listed = reopened.list_collections().await.unwrap();
     assert_eq!(listed, [coll("notes")]);
+    // A checkpoint writes the others' records, and fails for the one it
+    // cannot name: it may hold writes it did not reach.
     put_any(&reopened, "notes", counter("r1", 3)).await;
-    reopened.checkpoint().await.unwrap();
+    let err = reopened.checkpoint().await.unwrap_err();
+    assert!(err.to_string().contains(".name"), "{err}");
     assert!(tmp.path().join("notes").join("r1.json").is_file());
+}
+
+/// While the write-ahead log holds removals only, listing the collections
+/// reads the id of each file under a hashed name, to tell whether a removal
+/// hides it: one that could not be read failed the listing, and with it
+/// every engine's open on the store. Its collection is listed instead.
+#[tokio::test]
+async fn an_unreadable_hashed_file_beside_logged_removals_lists_its_collection() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FsBackend::open(tmp.path()).await.unwrap();
+    put_any(&store, "notes", counter("r0", 1)).await;
+    store.checkpoint().await.unwrap();
+    assert!(store.delete(&coll("notes"), &rid("r0")).await.unwrap());
+    // The writer dies there, its removal in the write-ahead log.
+    drop(store);
+    let added = format!("{}~0123456789abcdef0123456789abcdef.json", "e".repeat(64));
+    std::fs::create_dir(tmp.path().join("notes").join(added)).unwrap();
+
+    let reopened = FsBackend::open(tmp.path()).await.unwrap();
+    assert_eq!(reopened.list_collections().await.unwrap(), [coll("notes")]);
+}
+
+/// A change log that is lost is rebuilt from the record files, and then
+/// knows no id: a file under a hashed name that cannot be read may be a
+/// record the store wrote. Left out, it read as absent (and a create of
+/// its id went through): the opening fails instead, until it can be read.
+#[tokio::test]
+async fn an_unreadable_hashed_file_fails_the_rebuild_of_a_lost_change_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FsBackend::open(tmp.path()).await.unwrap();
+    let long = "d".repeat(300);
+    put_any(&store, "notes", counter(&long, 1)).await;
+    put_any(&store, "notes", counter("r1", 2)).await;
+    store.close().await.unwrap();
+    let dir = tmp.path().join("notes");
+    let hashed = hashed_record_file(&dir);
+    let kept = tmp.path().join("kept.json");
+    std::fs::rename(dir.join(&hashed), &kept).unwrap();
+    std::fs::create_dir(dir.join(&hashed)).unwrap();
+    std::fs::remove_file(dir.join(".changes")).unwrap();
+
+    let reopened = FsBackend::open(tmp.path()).await.unwrap();
+    let err = reopened.get(&coll("notes"), &rid(&long)).await.unwrap_err();
+    assert!(matches!(err, Error::Storage { .. }), "{err}");
+    reopened.close().await.unwrap();
+
+    std::fs::remove_dir(dir.join(&hashed)).unwrap();
+    std::fs::rename(&kept, dir.join(&hashed)).unwrap();
+    let readable = FsBackend::open(tmp.path()).await.unwrap();
+    let found = readable.get(&coll("notes"), &rid(&long)).await.unwrap();
+    assert_eq!(found.map(|stored| count_of(&stored.record)), Some(1));
 }
 
 /// Clearing a collection removed every `.json` file in its directory, a
