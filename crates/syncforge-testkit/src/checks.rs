@@ -7,6 +7,7 @@
 //! was expected and what the backend did when it fails.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -245,6 +246,25 @@ pub async fn crud(ctx: &Context<'_>) -> CheckResult {
         deleted,
         "a soft-deleted record reads back as written"
     );
+    // A soft-deleted record exists: a create of its id conflicts, and
+    // leaves the tombstone (its stamps and versions) as it was.
+    put_conflicts(
+        store,
+        &coll,
+        &Write::create(record(&mut hlc, "a", 7)?),
+        "create of an id holding a soft-deleted record",
+    )
+    .await?;
+    let after = store
+        .get(&coll, &rid("a"))
+        .await
+        .or_fail("get")?
+        .ok_or("soft-deleted record vanished")?;
+    ensure_eq!(
+        after,
+        stored,
+        "a create that conflicted leaves the soft-deleted record as it was"
+    );
     Ok(())
 }
 
@@ -477,6 +497,21 @@ pub async fn change_feed(ctx: &Context<'_>) -> CheckResult {
     }
     let writes: Vec<Write> = records.iter().cloned().map(Write::create).collect();
     let outcomes = store.put_batch(&coll, &writes).await.or_fail("put_batch")?;
+    // The largest page a caller may ask for: a store bounds its own work
+    // and answers what there is, where sizing a buffer or a count by it
+    // would abort or overflow.
+    let whole = store
+        .changes(&coll, Cursor::START, NonZeroUsize::MAX)
+        .await
+        .or_fail("changes with the largest limit")?;
+    ensure!(
+        whole.changes.len() <= records.len()
+            && (whole.more || whole.changes.len() == records.len()),
+        "a page of the largest limit answered {} of {} changes, more {}",
+        whole.changes.len(),
+        records.len(),
+        whole.more
+    );
     let mut sequences = BTreeMap::new();
     for (rec, outcome) in records.iter().zip(&outcomes) {
         sequences.insert(rec.id().clone(), written(outcome, "batch create")?.1);
@@ -1108,6 +1143,54 @@ pub async fn meta(ctx: &Context<'_>) -> CheckResult {
         None,
         "meta keys are independent"
     );
+    Ok(())
+}
+
+/// Metadata keys as the engine writes them (`syncforge/peer-cursor/v1/`
+/// and a JSON list of a peer id, a collection and a direction) hold `/`,
+/// quotes, brackets and any text a name may, run past 2 KB, differ only in
+/// case, and one may begin another: each is a key of its own, as it is.
+pub async fn meta_keys_as_the_engine_writes_them(ctx: &Context<'_>) -> CheckResult {
+    let store = &*ctx.store;
+    let key = |peer: &str| {
+        let parts = serde_json::json!([peer, "notes", "pulled"]);
+        format!("{}/peer-cursor/v1/{parts}", ctx.run)
+    };
+    let mut keys: Vec<String> = unusual_names(&ctx.run)
+        .iter()
+        .map(|name| key(name))
+        .collect();
+    let first = key("");
+    keys.push(format!("{first}x"));
+    keys.push(first);
+    keys.push(key(&"p".repeat(MAX_NAME_BYTES)));
+    keys.push(format!("{}/Store-Id", ctx.run));
+    keys.push(format!("{}/store-id", ctx.run));
+    for (n, key) in keys.iter().enumerate() {
+        store
+            .set_meta(key, &n.to_string())
+            .await
+            .or_fail("set_meta")?;
+    }
+    for (n, key) in keys.iter().enumerate() {
+        ensure_eq!(
+            store.get_meta(key).await.or_fail("get_meta")?,
+            Some(n.to_string()),
+            "key {key:?} holds its own value"
+        );
+    }
+    // An empty value is a value: a key holding one is not empty.
+    let empty = format!("{}/empty/[\"\"]", ctx.run);
+    let kept = store
+        .set_meta_if_absent(&empty, "")
+        .await
+        .or_fail("set_meta_if_absent")?;
+    ensure_eq!(kept, "", "set_meta_if_absent of an empty value stores it");
+    let kept = store
+        .set_meta_if_absent(&empty, "x")
+        .await
+        .or_fail("set_meta_if_absent")?;
+    ensure_eq!(kept, "", "a key holding an empty value keeps it");
     Ok(())
 }
 
@@ -2023,16 +2106,19 @@ async fn refused_inserts_wrote_nothing(
         None if !may_decline => Err(format!("{call} answered once and not again")),
         answer => Ok(answer),
     };
+    // The caller's error as it is (told as a storage fault, it would be
+    // retried as one), and a record of another id the store's own refusal.
     if let Some(failed) = answered(failed)? {
         ensure!(
-            matches!(&failed, Err(e) if e.to_string().contains("made to fail")),
+            matches!(&failed, Err(e @ syncforge_core::Error::InvalidRecord { .. })
+                if e.to_string().contains("made to fail")),
             "a failing make's error comes back as it is, got {failed:?}"
         );
     }
     if let Some(wrong) = answered(wrong)? {
         ensure!(
-            wrong.is_err(),
-            "{call} of id b accepted a record of id c: {wrong:?}"
+            matches!(wrong, Err(syncforge_core::Error::Storage { .. })),
+            "{call} of id b given a record of id c answers a storage error, got {wrong:?}"
         );
     }
     let left = store
@@ -2527,6 +2613,25 @@ pub async fn cursors_stay_ahead_across_handles(ctx: &Context<'_>) -> CheckResult
         .clear_collection(&cleared)
         .await
         .or_fail("clear_collection")?;
+    // The handle that wrote r3 sees it gone, and creates it anew.
+    ensure_absent(
+        &*other,
+        &cleared,
+        "r3",
+        "a record another handle cleared is gone for the handle that wrote it",
+    )
+    .await?;
+    let (_, c3_again) = put_ok(
+        &*other,
+        &cleared,
+        &Write::create(record(&mut hlc, "r3", 2)?),
+        "create, by the handle that wrote r3, of an id another handle cleared",
+    )
+    .await?;
+    ensure!(
+        c3_again > c3,
+        "r3 created again after a clear lies past its first cursor ({c3_again} vs {c3})"
+    );
     put_conflicts(
         store,
         &cleared,
@@ -2568,7 +2673,7 @@ pub async fn cursors_stay_ahead_across_handles(ctx: &Context<'_>) -> CheckResult
         .collect();
     ensure_eq!(
         ids,
-        BTreeSet::from(["x", "y"]),
+        BTreeSet::from(["r3", "x", "y"]),
         "a reader at the last cursor before a clear sees every write after it"
     );
 

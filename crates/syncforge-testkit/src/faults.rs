@@ -473,16 +473,29 @@ impl StorageBackend for FaultyBackend {
                 }
                 // The second call sends the record the first one built.
                 let mut built: Option<Record> = None;
-                let mut once = || match &built {
-                    Some(record) => Ok(record.clone()),
-                    None => {
+                let lost = {
+                    let mut building = || {
                         let record = make()?;
                         built = Some(record.clone());
                         Ok(record)
-                    }
+                    };
+                    self.inner
+                        .insert_if_absent(collection, id, &mut building)
+                        .await
                 };
-                let _lost = self.inner.insert_if_absent(collection, id, &mut once).await;
-                Ok(self.inner.insert_if_absent(collection, id, &mut once).await)
+                // A command that failed before it was built is never sent
+                // again: its `make` would be called a second time.
+                if built.is_none() && matches!(lost, Some(Err(_))) {
+                    return Ok(lost);
+                }
+                let mut resent = || match &built {
+                    Some(record) => Ok(record.clone()),
+                    None => make(),
+                };
+                Ok(self
+                    .inner
+                    .insert_if_absent(collection, id, &mut resent)
+                    .await)
             })
             .await;
         answer.unwrap_or_else(|injected| Some(Err(injected)))
@@ -604,6 +617,30 @@ mod tests {
         store.list_collections().await.unwrap();
         assert_eq!(store.calls(Operation::ListCollections), 2);
         assert_eq!(store.injected_failures(), 1);
+    }
+
+    /// A resent insert whose `make` failed was sent again, calling `make`
+    /// a second time: a client never resends a command it never built.
+    #[tokio::test]
+    async fn a_resent_insert_whose_make_failed_calls_it_once() {
+        let store = FaultyBackend::new(Arc::new(MemoryBackend::new()), 5, 0.0, Duration::ZERO)
+            .resending_inserts();
+        let mut made = 0;
+        let answer = store
+            .insert_if_absent(
+                &CollectionName::new("c").unwrap(),
+                &RecordId::new("r").unwrap(),
+                &mut || {
+                    made += 1;
+                    Err(Error::invalid_record(None, "made to fail"))
+                },
+            )
+            .await;
+        assert!(
+            matches!(answer, Some(Err(Error::InvalidRecord { .. }))),
+            "{answer:?}"
+        );
+        assert_eq!(made, 1);
     }
 
     #[tokio::test]

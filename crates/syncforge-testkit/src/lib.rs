@@ -69,7 +69,8 @@
 //! again (only the few run-unique metadata keys stay, as the trait cannot
 //! delete metadata). The checks of unusual collection names must use those
 //! names literally; they write only run-unique ids there and delete them
-//! again. Each check is bounded in work and time (see [`CHECK_TIMEOUT`]); the
+//! again. Each check is bounded in work; [`run_conformance`] bounds each in
+//! time too ([`CHECK_TIMEOUT`]), which a check called on its own is not. The
 //! whole suite takes seconds on the in-memory backend.
 //!
 //! Beside the suite: [`faults`] wraps a backend to inject transient failures
@@ -161,6 +162,7 @@ pub async fn run_conformance_within(factory: &dyn StoreFactory, check_timeout: D
         collections_list_and_clear,
         newest_stamp,
         meta,
+        meta_keys_as_the_engine_writes_them,
         meta_if_absent,
         close_keeps_data,
         concurrent_writers_lose_no_update,
