@@ -153,6 +153,10 @@ fn steps(test_env: &[(&'static str, OsString)]) -> Vec<Step> {
                     "--features",
                     "fs,http",
                 ],
+                // The shared suite, as a backend crate outside this
+                // workspace depends on it (it used `tokio::join!` without
+                // the feature that defines it).
+                &["-p", "syncforge-testkit"],
             ]
             .into_iter()
             .map(|combination| {
