@@ -192,6 +192,15 @@ impl Server {
             );
             return;
         };
+        // A server that died leaves its pid file: the pid may be another
+        // process's by now.
+        if !is_redis_on(pid, self.port) {
+            eprintln!(
+                "--> redis on port {}: pid {pid} is no longer that server; nothing stopped",
+                self.port
+            );
+            return;
+        }
         let sent = Command::new("kill")
             .arg(pid.to_string())
             .status()
@@ -277,14 +286,18 @@ fn stop_leftover(dir: &Path, port: u16) {
     let Some(pid) = read_pid(&pid_file) else {
         return;
     };
-    let ours = std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
-        let cmdline = String::from_utf8_lossy(&cmdline);
-        cmdline.contains("redis-server") && cmdline.contains(&format!(":{port}"))
-    });
-    if ours {
+    if is_redis_on(pid, port) {
         eprintln!("--> stopping redis on port {port} left running by an earlier run (pid {pid})");
         Server { port, pid_file }.stop();
     }
+}
+
+/// Whether process `pid` is a `redis-server` on `port`.
+fn is_redis_on(pid: u32, port: u16) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        cmdline.contains("redis-server") && cmdline.contains(&format!(":{port}"))
+    })
 }
 
 /// The pid a server wrote to `pid_file`, if the file holds one.
