@@ -165,7 +165,7 @@ pub struct Deduped {
 /// already reported are merged all the same, unreported: each report holds
 /// three copies of a state that grows with every state merged into it, so
 /// reporting them all would hold memory growing with the square of the
-/// batch. Each id's states are merged at once ([`merge_all`]), so that a
+/// batch. Each id's states are merged at once, so that a
 /// batch repeating one large record costs its size once, not once a state.
 pub fn dedupe(
     collection: &CollectionName,
