@@ -120,10 +120,15 @@ impl Io {
                     // the next try uses a key of its own.
                     // Outside a runtime (a local directory driven by
                     // another executor) nothing runs in the background: it
-                    // is removed before the failure is told.
-                    let io = self.clone();
+                    // is removed before the failure is told. It takes no
+                    // place among the requests in flight: holding one for
+                    // as long as the store does not answer, it would make
+                    // the next write wait that long before its own request.
+                    let store = Arc::clone(&self.store);
                     let removal = async move {
-                        if let Err(error) = io.delete(vec![probe]).await {
+                        let locations = futures::stream::once(async { Ok(probe) }).boxed();
+                        let answers: Vec<_> = store.delete_stream(locations).collect().await;
+                        if let Some(Err(error)) = answers.into_iter().next() {
                             tracing::debug!(%error, "a probe of conditional writes is left to remove");
                         }
                     };
