@@ -190,7 +190,7 @@ use syncforge_core::{
 use crate::collection::log::LOG_FILE;
 use crate::collection::open::OpenCollection;
 use crate::collection::records::holds_a_record;
-use crate::collection::wal::WAL_FILE;
+use crate::collection::wal::{self, WAL_FILE};
 use crate::collection::{Collection, PreparedWrite, NAME_FILE};
 use crate::encoding::{decode, is_hashed};
 use crate::files::{
@@ -986,8 +986,9 @@ struct CollectionDirs {
     /// Each with its collection's name: those holding records and those
     /// emptied since.
     found: Vec<(CollectionName, PathBuf)>,
-    /// Why the name of each hashed directory whose `.name` cannot be read
-    /// is unknown: left out of listings, a failure of a checkpoint.
+    /// For each hashed directory that cannot be named (its `.name` missing,
+    /// unreadable or naming another directory) and whose write-ahead log
+    /// holds writes: left out of listings, a failure of a checkpoint.
     unnamed: Vec<Error>,
 }
 
@@ -1027,7 +1028,6 @@ fn collection_dirs(root: &Path) -> Result<CollectionDirs> {
                 // every checkpoint of the others.
                 Err(error) if !error.is_transient() => {
                     tracing::warn!(%error, "a collection's name cannot be read: collection not listed");
-                    unnamed.push(error);
                     None
                 }
                 Err(error) => return Err(error),
@@ -1035,11 +1035,26 @@ fn collection_dirs(root: &Path) -> Result<CollectionDirs> {
         } else {
             decode(&stem)
         };
-        let Some(name) = name.and_then(|name| CollectionName::new(name).ok()) else {
-            continue;
-        };
-        if Collection::dir_for(root, &name) == path {
-            dirs.push((name, path));
+        let named = name
+            .and_then(|name| CollectionName::new(name).ok())
+            .filter(|name| Collection::dir_for(root, name) == path);
+        match named {
+            Some(name) => dirs.push((name, path)),
+            // A collection that cannot be named cannot be opened: writes its
+            // write-ahead log holds would stay out of its record files,
+            // which a checkpoint promises to bring them into.
+            None if is_hashed(&stem) && wal::holds_frames(&path).unwrap_or(true) => {
+                unnamed.push(Error::storage(
+                    BACKEND_NAME,
+                    format!(
+                        "the collection in {} cannot be named (its {NAME_FILE} is missing, \
+                         unreadable or not its name), and its write-ahead log holds writes \
+                         that no checkpoint can reach until it is",
+                        path.display()
+                    ),
+                ));
+            }
+            None => {}
         }
     }
     Ok(CollectionDirs {

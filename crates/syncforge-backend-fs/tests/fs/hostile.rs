@@ -229,34 +229,46 @@ async fn an_unreadable_hashed_file_added_by_hand_is_left_out_until_it_can_be_rea
 /// A collection whose name is too long for a directory's keeps it in a
 /// `.name` file. One such file that could not be read (here a directory in
 /// its place) failed the listing of every collection, and with it every
-/// engine's open on the store and every checkpoint of the others.
+/// engine's open on the store and every checkpoint of the others. The
+/// collection is left out; a checkpoint writes the others' records and
+/// fails for it while its write-ahead log holds writes it cannot reach.
 #[tokio::test]
 async fn an_unreadable_collection_name_leaves_out_only_its_collection() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = FsBackend::open(tmp.path()).await.unwrap();
     let long = "c".repeat(200);
-    put_any(&store, &long, counter("r0", 1)).await;
-    put_any(&store, "notes", counter("r0", 2)).await;
-    store.checkpoint().await.unwrap();
-    store.close().await.unwrap();
-    let name_file = tree(tmp.path())
-        .into_iter()
-        .find(|path| path.ends_with(".name"))
-        .unwrap();
-    let name_file = tmp.path().join(name_file);
-    std::fs::remove_file(&name_file).unwrap();
-    std::fs::create_dir(&name_file).unwrap();
+    for unreadable in [true, false] {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = FsBackend::open(tmp.path()).await.unwrap();
+        put_any(&store, &long, counter("r0", 1)).await;
+        put_any(&store, "notes", counter("r0", 2)).await;
+        // The writer dies there, both writes in the write-ahead logs.
+        drop(store);
+        let name_file = tree(tmp.path())
+            .into_iter()
+            .find(|path| path.ends_with(".name"))
+            .unwrap();
+        let name_file = tmp.path().join(name_file);
+        std::fs::remove_file(&name_file).unwrap();
+        if unreadable {
+            std::fs::create_dir(&name_file).unwrap();
+        }
 
-    let reopened = FsBackend::open(tmp.path()).await.unwrap();
-    reopened.newest_stamp().await.unwrap();
-    let listed = reopened.list_collections().await.unwrap();
-    assert_eq!(listed, [coll("notes")]);
-    // A checkpoint writes the others' records, and fails for the one it
-    // cannot name: it may hold writes it did not reach.
-    put_any(&reopened, "notes", counter("r1", 3)).await;
-    let err = reopened.checkpoint().await.unwrap_err();
-    assert!(err.to_string().contains(".name"), "{err}");
-    assert!(tmp.path().join("notes").join("r1.json").is_file());
+        let reopened = FsBackend::open(tmp.path()).await.unwrap();
+        reopened.newest_stamp().await.unwrap();
+        let listed = reopened.list_collections().await.unwrap();
+        assert_eq!(listed, [coll("notes")]);
+        let err = reopened.checkpoint().await.unwrap_err();
+        assert!(err.to_string().contains(".name"), "{err}");
+        assert!(tmp.path().join("notes").join("r0.json").is_file());
+
+        // Named again, it is checkpointed like any other.
+        if unreadable {
+            std::fs::remove_dir(&name_file).unwrap();
+        }
+        std::fs::write(&name_file, &long).unwrap();
+        reopened.checkpoint().await.unwrap();
+        let listed = reopened.list_collections().await.unwrap();
+        assert_eq!(listed, [coll(&long), coll("notes")]);
+    }
 }
 
 /// While the write-ahead log holds removals only, listing the collections
