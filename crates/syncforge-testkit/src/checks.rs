@@ -1148,22 +1148,26 @@ pub async fn meta(ctx: &Context<'_>) -> CheckResult {
 
 /// Metadata keys as the engine writes them (`syncforge/peer-cursor/v1/`
 /// and a JSON list of a peer id, a collection and a direction) hold `/`,
-/// quotes, brackets and any text a name may, run past 2 KB, differ only in
+/// quotes, brackets and any text a name may, run to 4 KB (a peer id and a
+/// collection name of 1,024 bytes each, every byte escaped), differ only in
 /// case, and one may begin another: each is a key of its own, as it is.
 pub async fn meta_keys_as_the_engine_writes_them(ctx: &Context<'_>) -> CheckResult {
     let store = &*ctx.store;
-    let key = |peer: &str| {
-        let parts = serde_json::json!([peer, "notes", "pulled"]);
+    let key = |peer: &str, collection: &str| {
+        let parts = serde_json::json!([peer, collection, "pulled"]);
         format!("{}/peer-cursor/v1/{parts}", ctx.run)
     };
     let mut keys: Vec<String> = unusual_names(&ctx.run)
         .iter()
-        .map(|name| key(name))
+        .map(|name| key(name, "notes"))
         .collect();
-    let first = key("");
+    let first = key("", "notes");
     keys.push(format!("{first}x"));
     keys.push(first);
-    keys.push(key(&"p".repeat(MAX_NAME_BYTES)));
+    keys.push(key(
+        &"\"".repeat(MAX_NAME_BYTES),
+        &"\\".repeat(MAX_NAME_BYTES),
+    ));
     keys.push(format!("{}/Store-Id", ctx.run));
     keys.push(format!("{}/store-id", ctx.run));
     for (n, key) in keys.iter().enumerate() {
@@ -2106,8 +2110,9 @@ async fn refused_inserts_wrote_nothing(
         None if !may_decline => Err(format!("{call} answered once and not again")),
         answer => Ok(answer),
     };
-    // The caller's error as it is (told as a storage fault, it would be
-    // retried as one), and a record of another id the store's own refusal.
+    // The caller's error as it is (the engine tells it to the caller as
+    // the caller's), and a record of another id refused for good (sent
+    // again, it would be refused again).
     if let Some(failed) = answered(failed)? {
         ensure!(
             matches!(&failed, Err(e @ syncforge_core::Error::InvalidRecord { .. })
@@ -2117,8 +2122,9 @@ async fn refused_inserts_wrote_nothing(
     }
     if let Some(wrong) = answered(wrong)? {
         ensure!(
-            matches!(wrong, Err(syncforge_core::Error::Storage { .. })),
-            "{call} of id b given a record of id c answers a storage error, got {wrong:?}"
+            matches!(&wrong, Err(e) if !e.is_transient()),
+            "{call} of id b given a record of id c answers an error that is not transient, \
+             got {wrong:?}"
         );
     }
     let left = store

@@ -244,7 +244,9 @@ impl FaultyBackend {
     /// Sends every `insert_if_absent` that goes through twice, with the
     /// same record, and answers what the second call answered: what a client
     /// does that lost its connection before the answer came and sent the
-    /// command again. (Counted as one call.)
+    /// command again. (Counted as one call.) A first call that failed before
+    /// its record was built is answered as it is: a client never resends a
+    /// command it never built.
     pub fn resending_inserts(mut self) -> Self {
         self.resend_inserts = true;
         self

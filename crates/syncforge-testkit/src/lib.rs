@@ -66,8 +66,8 @@
 //! Every check writes to its own collections, named with a run id unique to
 //! the process and moment, so stores shared between test runs (a Redis, a
 //! bucket) need no cleaning; [`checks::clear_run_collections`] clears them
-//! again (only the few run-unique metadata keys stay, as the trait cannot
-//! delete metadata). The checks of unusual collection names must use those
+//! again (only the run-unique metadata keys stay, a few dozen and some KB a
+//! run, as the trait cannot delete metadata). The checks of unusual collection names must use those
 //! names literally; they write only run-unique ids there and delete them
 //! again. Each check is bounded in work; [`run_conformance`] bounds each in
 //! time too ([`CHECK_TIMEOUT`]), which a check called on its own is not. The
