@@ -21,7 +21,7 @@
 //!
 //! let tablet = SyncEngine::builder().client_id("tablet").build().await?;
 //! let peer = HttpPeer::new("http://127.0.0.1:8080")?;
-//! tablet.sync_with(&peer, "inspections").await?;
+//! let _report = tablet.sync_with(&peer, "inspections").await?;
 //! server.shutdown().await?;
 //! # }
 //! # Ok(())

@@ -24,14 +24,14 @@
 //! let laptop = SyncEngine::builder().client_id("laptop").conflict_strategy(ConflictStrategy::Crdt).build().await?;
 //!
 //! phone.put("notes", &json!({"id": "n1", "title": "Meeting Notes", "body": "Discuss Q3 targets"})).await?;
-//! laptop.sync("notes", phone.get_all("notes").await?).await?;
+//! let _merged = laptop.sync("notes", phone.get_all("notes").await?).await?;
 //!
 //! // The laptop edits the title while the phone edits the body.
 //! laptop.put("notes", &json!({"id": "n1", "title": "Q3 Planning Notes", "body": "Discuss Q3 targets"})).await?;
 //! phone.put("notes", &json!({"id": "n1", "title": "Meeting Notes", "body": "Discuss Q3 targets\n- Revenue goals"})).await?;
 //!
-//! phone.sync("notes", laptop.get_all("notes").await?).await?;
-//! laptop.sync("notes", phone.get_all("notes").await?).await?;
+//! let _merged = phone.sync("notes", laptop.get_all("notes").await?).await?;
+//! let _merged = laptop.sync("notes", phone.get_all("notes").await?).await?;
 //!
 //! let on_phone = phone.get("notes", "n1").await?.expect("synced");
 //! let on_laptop = laptop.get("notes", "n1").await?.expect("synced");
