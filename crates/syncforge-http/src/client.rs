@@ -212,6 +212,7 @@ impl Clone for HttpPeer {
                         limits: state.limits,
                         push_bytes: state.push_bytes,
                         slow_push_bytes: state.slow_push_bytes,
+                        push_records: state.push_records,
                         page_limits: state.page_limits.clone(),
                         echoes: HashMap::new(),
                     }
@@ -261,6 +262,11 @@ struct PeerState {
     /// The most a push request carries while the link is slow: a larger
     /// one did not go through in time. Grows back as requests go quickly.
     slow_push_bytes: Option<usize>,
+    /// The most records a push request carries since the server refused
+    /// more (its limits were lowered since they were read), until they are
+    /// read again: the rest of that push is sent in parts it takes, where
+    /// each part was refused and halved in its turn.
+    push_records: Option<usize>,
     /// Per collection, the most changes a feed read asks for, once a
     /// longer page did not arrive in time or was larger than
     /// `max_response_bytes`.
@@ -932,6 +938,7 @@ impl HttpPeer {
         let mut state = self.inner.state.lock();
         state.follow_feed(&health.feed_id);
         state.limits = Some(health.limits);
+        state.push_records = None;
         Ok(health)
     }
 
@@ -1089,6 +1096,11 @@ impl HttpPeer {
         let mut total: Option<SyncResponse> = None;
         let mut body = RequestBody::new();
         let mut records = records.into_iter();
+        let most_records = || {
+            let learnt = self.inner.state.lock().push_records;
+            learnt.map_or(limits.max_records, |most| most.min(limits.max_records))
+        };
+        let mut max_records = most_records();
         loop {
             // Encoded a window at a time, so that a huge push is never held
             // twice in memory.
@@ -1105,7 +1117,7 @@ impl HttpPeer {
                         refuse(&mut refused, id.clone(), reason)?;
                         continue;
                     }
-                    let full = body.count() == limits.max_records
+                    let full = body.count() >= max_records
                         || (body.count() > 0 && body.len() + text.len() + 1 + ENVELOPE > target);
                     if full {
                         let (part, ends, ids) = body.finish();
@@ -1113,6 +1125,7 @@ impl HttpPeer {
                             .send_part(&collection, part, &ends, &ids, echoes, &mut refused)
                             .await?;
                         total = sum(total, answer);
+                        max_records = most_records();
                     }
                     body.push(text.as_bytes(), id);
                 }
@@ -1138,7 +1151,8 @@ impl HttpPeer {
     /// again in halves, down to single records, and later pushes send no
     /// more than what went through. One the server refuses for its count of
     /// records (its limits changed since they were read) is sent again in
-    /// halves too, and the limits are read again before the next push. A
+    /// halves too, the rest of the push in parts of no more records than
+    /// went through, and the limits are read again before the next push. A
     /// single record refused as too large is
     /// refused like one over the server's own bound: named in `refused`
     /// when given (`None` is answered, as for a part of no request), else
@@ -1158,7 +1172,11 @@ impl HttpPeer {
             .unwrap_or_default();
         // A part larger than what went through since it was made (the other
         // half of one refused or too slow) is split without trying it.
-        let known_too_large = divisible && records.len() > self.inner.state.lock().push_cap();
+        let known_too_large = divisible && {
+            let state = self.inner.state.lock();
+            records.len() > state.push_cap()
+                || state.push_records.is_some_and(|most| ends.len() > most)
+        };
         if !known_too_large {
             let started = Instant::now();
             let (cause, halved, asked_wait) = match self
@@ -1205,7 +1223,12 @@ impl HttpPeer {
                 match halved {
                     Halved::Large => learn(&mut state.push_bytes),
                     Halved::Slow => learn(&mut state.slow_push_bytes),
-                    Halved::Many => state.limits = None,
+                    Halved::Many => {
+                        state.limits = None;
+                        let fewer = ends.len() / 2;
+                        state.push_records =
+                            Some(state.push_records.map_or(fewer, |most| most.min(fewer)));
+                    }
                 }
             }
             wait_as_asked(asked_wait).await;

@@ -908,7 +908,11 @@ async fn canned_server(answers: Vec<String>) -> (String, tokio::task::JoinHandle
                 received.extend_from_slice(&buffer[..read]);
             }
             let text = String::from_utf8_lossy(&received).into_owned();
-            requests.push(text.lines().next().unwrap_or_default().to_owned());
+            let body = text
+                .split_once("\r\n\r\n")
+                .map_or(0, |(_, body)| body.len());
+            let line = text.lines().next().unwrap_or_default();
+            requests.push(format!("{line} | {body} body bytes"));
             stream.write_all(answer.as_bytes()).await.unwrap();
             stream.shutdown().await.ok();
         }
@@ -1435,6 +1439,61 @@ async fn a_push_refused_for_its_count_of_records_reads_the_limits_again() {
         ["GET", "POST", "POST", "POST", "GET", "POST"],
         "{requests:?}"
     );
+}
+
+/// The rest of a push the server refused for its count of records (its
+/// limits lowered since the peer read them) went in parts of the count read
+/// before, each refused and halved in its turn, uploading the rest of the
+/// push again and again. It goes in parts of the count that went through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rest_of_a_push_refused_for_its_count_goes_in_parts_the_server_takes() {
+    let too_many = json_answer(
+        "413 Payload Too Large",
+        "",
+        r#"{"error":{"code":"too_many_records","message":"at most 5 records a request"}}"#,
+    );
+    let synced = sync_answer(5, "[]");
+    let (url, served) = canned_server(vec![
+        json_answer("200 OK", "", CANNED_HEALTH),
+        too_many,
+        synced.clone(),
+        synced.clone(),
+        synced.clone(),
+        synced,
+    ])
+    .await;
+    let link = peer(&url, None);
+    let phone = memory_engine("phone").await;
+    for n in 0..20 {
+        phone
+            .put("notes", &json!({"id": format!("n{n:02}")}))
+            .await
+            .unwrap();
+    }
+    let pushed = link
+        .push_records("notes", phone.get_all("notes").await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(pushed.added, 20);
+    let requests = tokio::time::timeout(Duration::from_secs(10), served)
+        .await
+        .expect("the push made fewer requests than the parts the server takes")
+        .unwrap();
+    let bytes: Vec<usize> = requests
+        .iter()
+        .filter(|line| line.starts_with("POST"))
+        .map(|line| {
+            let (_, size) = line.rsplit_once(" | ").unwrap();
+            size.trim_end_matches(" body bytes").parse().unwrap()
+        })
+        .collect();
+    let [refused, parts @ ..] = &bytes[..] else {
+        panic!("{requests:?}");
+    };
+    assert_eq!(parts.len(), 4, "{requests:?}");
+    for part in parts {
+        assert!(part * 3 < refused * 2, "{requests:?}");
+    }
 }
 
 /// A proxy's 413 whose page is cut off (announced longer than sent, then
