@@ -464,6 +464,17 @@ mod tests {
         }
     }
 
+    /// Record `x` of `fields` fields, named `prefix` and their number,
+    /// written at `stamp`.
+    fn wide_record(prefix: &str, fields: usize, stamp: Stamp) -> Record {
+        let mut content_of = serde_json::Map::new();
+        content_of.insert("id".to_owned(), json!("x"));
+        for i in 0..fields {
+            content_of.insert(format!("{prefix}{i}"), json!(i));
+        }
+        Record::create(content(serde_json::Value::Object(content_of)), stamp)
+    }
+
     /// A batch carrying a large record and many small states of it was
     /// merged one state at a time, each merge copying every field of the
     /// large one: 500 states of a 10,000-field record laid five million
@@ -472,15 +483,7 @@ mod tests {
     #[test]
     fn a_batch_repeating_a_large_record_copies_it_a_few_times_not_once_a_state() {
         const FIELDS: usize = 10_000;
-        let mut fields = serde_json::Map::new();
-        fields.insert("id".to_owned(), json!("x"));
-        for i in 0..FIELDS {
-            fields.insert(format!("f{i}"), json!(i));
-        }
-        let large = Record::create(
-            content(serde_json::Value::Object(fields)),
-            Stamp::new(5_000, 0, "large").unwrap(),
-        );
+        let large = wide_record("f", FIELDS, Stamp::new(5_000, 0, "large").unwrap());
         let small: Vec<Record> = (0..500u64)
             .map(|i| {
                 Record::create(
@@ -521,13 +524,8 @@ mod tests {
     fn a_batch_of_tied_states_writes_each_states_text_once() {
         const FIELDS: usize = 2_000;
         let tied = Stamp::new(5_000, 0, "tied").unwrap();
-        let mut fields = serde_json::Map::new();
-        fields.insert("id".to_owned(), json!("x"));
         // Named to sort after the small states' `t`: the large state wins.
-        for i in 0..FIELDS {
-            fields.insert(format!("z{i}"), json!(i));
-        }
-        let large = Record::create(content(serde_json::Value::Object(fields)), &tied);
+        let large = wide_record("z", FIELDS, tied.clone());
         let large_text = large.content_json_string().len();
         let batch: Vec<Record> = std::iter::once(large)
             .chain((0..500).map(|i| Record::create(content(json!({"id": "x", "t": i})), &tied)))

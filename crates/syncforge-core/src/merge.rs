@@ -109,12 +109,7 @@ pub(crate) fn merge_knowing(
     causality: Causality,
 ) -> Result<Record> {
     use crate::version_vector::Causality::{DominatedBy, Dominates, Equal};
-    if local.id() != remote.id() {
-        return Err(Error::invalid_record(
-            Some(remote.id()),
-            format!("cannot merge it with record {:?}", local.id()),
-        ));
-    }
+    check_same_record(local, remote)?;
     // Records whose version vectors differ differ.
     if causality == Equal && local == remote {
         return Ok(local.clone());
@@ -164,6 +159,18 @@ fn with_versions(winner: &Record, versions: VersionVector) -> Record {
     )
 }
 
+/// Refuses to merge `other` into `record` when they are states of
+/// different records.
+fn check_same_record(record: &Record, other: &Record) -> Result<()> {
+    if record.id() == other.id() {
+        return Ok(());
+    }
+    Err(Error::invalid_record(
+        Some(other.id()),
+        format!("cannot merge it with record {:?}", record.id()),
+    ))
+}
+
 /// The merge of `first` and every state in `rest` (all of one record): what
 /// folding [`merge`] over them gives, built once. A fold builds a record for
 /// every state it takes in, copying every field each time, so a batch
@@ -180,11 +187,8 @@ pub(crate) fn merge_all(
     rest: &[Record],
     strategy: ConflictStrategy,
 ) -> Result<Record> {
-    if let Some(other) = rest.iter().find(|r| r.id() != first.id()) {
-        return Err(Error::invalid_record(
-            Some(other.id()),
-            format!("cannot merge it with record {:?}", first.id()),
-        ));
+    for other in rest {
+        check_same_record(first, other)?;
     }
     if rest.is_empty() {
         return Ok(first.clone());
