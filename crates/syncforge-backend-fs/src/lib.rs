@@ -172,7 +172,7 @@ mod files;
 #[cfg(test)]
 mod power_loss;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -316,6 +316,10 @@ struct Inner {
     /// last checkpoint runs: `close` checkpoints them too, which waits for
     /// that checkpoint.
     evicting: Mutex<Vec<Arc<OpenCollection>>>,
+    /// Collections closed to make room whose checkpoint failed: their
+    /// writes are only in their write-ahead logs, and `close` opens them
+    /// again to checkpoint them.
+    unflushed: Mutex<HashSet<CollectionName>>,
     /// Takes of open collections so far: their order of use.
     uses: AtomicU64,
     /// The collections this handle opened before, each with the floor of
@@ -403,6 +407,7 @@ impl FsBackend {
                 corrupt_skipped: AtomicU64::new(0),
                 collections: Mutex::new(HashMap::new()),
                 evicting: Mutex::new(Vec::new()),
+                unflushed: Mutex::new(HashSet::new()),
                 uses: AtomicU64::new(0),
                 opened: Mutex::new(HashMap::new()),
             }),
@@ -597,10 +602,11 @@ impl Inner {
         drop(open);
         for (name, idle) in idle {
             // As `close` leaves it: its records in their files. Should that
-            // fail, the write-ahead log keeps them, and the next open of the
-            // collection replays it.
+            // fail, the write-ahead log keeps them, the next open of the
+            // collection replays it, and `close` opens it for that.
             if let Err(error) = idle.checkpointing(Collection::checkpoint_if_used) {
                 tracing::warn!(collection = name.as_str(), %error, "checkpoint of an idle collection failed");
+                self.unflushed.lock().insert(name);
             }
             self.evicting
                 .lock()
@@ -953,8 +959,21 @@ impl StorageBackend for FsBackend {
     /// to replay (synced as [`checkpoint`](FsBackend::checkpoint) says).
     /// Nothing is deleted.
     async fn close(&self) -> Result<()> {
+        // Collections closed to make room whose checkpoint failed are
+        // opened again, so that the drain below checkpoints them; one that
+        // cannot be opened is named in the error.
+        let unflushed: Vec<CollectionName> = self.inner.unflushed.lock().drain().collect();
+        let mut first_error = None;
+        for collection in unflushed {
+            if let Err(err) = self
+                .with_open_collection(&collection, Take::Walking, |_| Ok(()))
+                .await
+            {
+                first_error.get_or_insert(err);
+            }
+        }
         if self.inner.closed.swap(true, Ordering::AcqRel) {
-            return Ok(());
+            return first_error.map_or(Ok(()), Err);
         }
         let inner = Arc::clone(&self.inner);
         // Dropping the states closes the lock files. The map is drained off
@@ -968,12 +987,25 @@ impl StorageBackend for FsBackend {
                 .collect();
             // Checkpointing one being evicted waits for its checkpoint.
             open.append(&mut inner.evicting.lock());
-            let mut first_error = None;
             for state in open {
                 // Waits for a background checkpoint under way.
                 if let Err(err) = state.close() {
                     first_error.get_or_insert(err);
                 }
+            }
+            // Closed to make room for those opened again above, and left
+            // with writes in their logs.
+            if let Some(collection) = inner.unflushed.lock().iter().next() {
+                first_error.get_or_insert_with(|| {
+                    Error::storage(
+                        BACKEND_NAME,
+                        format!(
+                            "collection {:?} keeps writes in its write-ahead log: its checkpoint \
+                             failed when it was closed to make room (the next open replays them)",
+                            collection.as_str()
+                        ),
+                    )
+                });
             }
             first_error.map_or(Ok(()), Err)
         })
@@ -1201,6 +1233,50 @@ mod tests {
             !holds_records(&dir).unwrap(),
             "close left the log to replay"
         );
+    }
+
+    /// A collection closed to make room whose checkpoint failed (a full
+    /// disk for a moment, too many open files) kept its writes in its
+    /// write-ahead log only, and `close` answered Ok without looking at it:
+    /// it opens such a collection again and checkpoints it.
+    #[tokio::test]
+    async fn close_checkpoints_a_collection_whose_checkpoint_failed_when_it_made_room() {
+        use std::sync::atomic::AtomicBool;
+        let tmp = tempfile::tempdir().unwrap();
+        let refusing = Arc::new(AtomicBool::new(false));
+        let in_notes = |path: &Path| {
+            path.parent()
+                .and_then(Path::file_name)
+                .is_some_and(|dir| dir == "notes")
+        };
+        let ops: Arc<dyn FileOps> = {
+            let refusing = Arc::clone(&refusing);
+            Arc::new(files::Hooked(move |op: &'static str, path: &Path| {
+                if refusing.load(Ordering::SeqCst) && op == "create_file" && in_notes(path) {
+                    return Err(std::io::Error::other("no room for now"));
+                }
+                Ok(())
+            }))
+        };
+        let store = FsBackend::open_on(ops, tmp.path(), FsOptions::default(), Tuning::default())
+            .await
+            .unwrap();
+        let notes = name("notes");
+        store
+            .put(&notes, &Write::create(record("n1")))
+            .await
+            .unwrap();
+        let dir = Collection::dir_for(store.root(), notes.as_str());
+        refusing.store(true, Ordering::SeqCst);
+        crowd_out(&store, &notes);
+        assert!(holds_records(&dir).unwrap(), "the checkpoint failed");
+        refusing.store(false, Ordering::SeqCst);
+        store.close().await.unwrap();
+        assert!(
+            !holds_records(&dir).unwrap(),
+            "close left the log to replay"
+        );
+        assert!(dir.join("n1.json").is_file());
     }
 
     /// After a burst of calls kept more collections in use than the bound,

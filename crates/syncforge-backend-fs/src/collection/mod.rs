@@ -37,7 +37,7 @@ use syncforge_core::{
 use self::checkpoint::{CheckpointJob, CheckpointLock, Due};
 use self::lock::{DirLock, Mode};
 use self::log::{micros_since_epoch, salvage, ChangeLog, LogEntry, NewestStamp};
-use self::records::{file_name_for, has_records, id_of_file, load, parse, RecordFile};
+use self::records::{file_name_for, has_records, id_of_file, load, parse, RecordFile, Unreadable};
 use self::wal::{Frame, Refresh, Wal, WalOp};
 use crate::encoding::{is_hashed, stem_for};
 use crate::files::{
@@ -1007,12 +1007,20 @@ impl Collection {
     /// exclusive lock). Read from the log when it knows; otherwise from every
     /// record once — the pending ones too, which their files do not hold
     /// yet — and then written to the log for the next time.
+    ///
+    /// A file that cannot be read is left out, with a warning, as its own
+    /// reads fail: failing here failed every engine's open on the store. The
+    /// stamp found is then not written to the log, so that the next call
+    /// reads that file again.
     pub(crate) fn newest_stamp(&mut self) -> Result<Option<Stamp>> {
         if let NewestStamp::Known(newest) = self.log.newest() {
             return Ok(newest.clone());
         }
-        let (records, _) = self.read_all()?;
+        let (records, _, left_out) = self.read_every(Unreadable::LeaveOut)?;
         let newest = records.iter().map(Record::newest_stamp).max().cloned();
+        if left_out > 0 {
+            return Ok(newest);
+        }
         let durable = self.durable();
         self.append_to_log(
             vec![LogEntry::Newest {
@@ -1089,9 +1097,17 @@ impl Collection {
     /// Every record, read from the files (under a lock), and the corrupt
     /// files skipped.
     pub(crate) fn read_all(&mut self) -> Result<(Vec<Record>, Vec<crate::CorruptFile>)> {
-        let (mut records, mut skipped) = records::read_all(&self.dir, &self.name)?;
+        let (records, skipped, _) = self.read_every(Unreadable::Fail)?;
+        Ok((records, skipped))
+    }
+
+    /// Every record, as [`read_all`](Self::read_all), a file that cannot be
+    /// read failing the call or left out and counted, as `unreadable` says.
+    fn read_every(&mut self, unreadable: Unreadable) -> Result<records::AllRecords> {
+        let (mut records, mut skipped, left_out) =
+            records::read_all(&self.dir, &self.name, unreadable)?;
         if self.pending.is_empty() {
-            return Ok((records, skipped));
+            return Ok((records, skipped, left_out));
         }
         // Pending records stand in for whatever their files hold.
         records.retain(|record| !self.pending.contains_key(record.id().as_str()));
@@ -1110,7 +1126,7 @@ impl Collection {
                 }),
             }
         }
-        Ok((records, skipped))
+        Ok((records, skipped, left_out))
     }
 
     /// The change feed after `after` (under the shared lock). A record whose

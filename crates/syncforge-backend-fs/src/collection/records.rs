@@ -110,16 +110,35 @@ pub(crate) fn parse(bytes: &[u8], path: &Path, collection: &str, id: Option<&str
     }
 }
 
+/// What a read of every record file does with a file it cannot read (a
+/// directory in its place, a file of another owner).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unreadable {
+    /// Fail the read: its record would read as absent.
+    Fail,
+    /// Leave it out, with a warning, and count it: for a read that asks
+    /// the records something other than their content.
+    LeaveOut,
+}
+
+/// The records of a collection directory's files, the corrupt files
+/// skipped, and the files left out as unreadable.
+pub(crate) type AllRecords = (Vec<Record>, Vec<CorruptFile>, usize);
+
 /// Every record of a collection directory, read from the files: each one is
 /// whole (written atomically). Corrupt files are skipped with a warning and
 /// returned in the second list, so one bad file cannot hide the others; a
-/// file that cannot be read fails the call.
-pub(crate) fn read_all(dir: &Path, collection: &str) -> Result<(Vec<Record>, Vec<CorruptFile>)> {
+/// file that cannot be read fails the call or is left out, as `unreadable`
+/// says (a transient failure always fails it).
+pub(crate) fn read_all(dir: &Path, collection: &str, unreadable: Unreadable) -> Result<AllRecords> {
     let mut records = Vec::new();
     let mut skipped = Vec::new();
+    let mut left_out = 0;
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok((records, skipped)),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            return Ok((records, skipped, left_out))
+        }
         Err(err) => return Err(io_error("listing", dir, err)),
     };
     for entry in entries {
@@ -129,16 +148,21 @@ pub(crate) fn read_all(dir: &Path, collection: &str) -> Result<(Vec<Record>, Vec
             continue;
         }
         let path = entry.path();
-        match load(&path, collection, None)? {
-            RecordFile::Valid(record) => records.push(record),
-            RecordFile::Missing => {}
-            RecordFile::Corrupt(error) => skipped.push(CorruptFile { path, error }),
+        match load(&path, collection, None) {
+            Ok(RecordFile::Valid(record)) => records.push(record),
+            Ok(RecordFile::Missing) => {}
+            Ok(RecordFile::Corrupt(error)) => skipped.push(CorruptFile { path, error }),
+            Err(error) if unreadable == Unreadable::LeaveOut && !error.is_transient() => {
+                tracing::warn!(%error, "a record file cannot be read; left out");
+                left_out += 1;
+            }
+            Err(error) => return Err(error),
         }
     }
     for file in &skipped {
         tracing::warn!(err = %file.error, "skipping a corrupt record file");
     }
-    Ok((records, skipped))
+    Ok((records, skipped, left_out))
 }
 
 /// Whether the collection `collection` in `dir` holds a record: one the
@@ -322,16 +346,18 @@ mod tests {
         write(tmp.path(), "a", record("a").to_json_string().as_bytes());
         write(tmp.path(), "b", b"torn {");
         std::fs::write(tmp.path().join(".changes"), b"not a record file").unwrap();
-        let (records, skipped) = read_all(tmp.path(), "c").unwrap();
+        let (records, skipped, _) = read_all(tmp.path(), "c", Unreadable::Fail).unwrap();
         assert_eq!(records.len(), 1);
         assert_eq!(skipped.len(), 1);
         assert!(skipped[0].path.ends_with("b.json"));
         // A directory where a record file should be cannot be read: an error,
-        // not a record quietly left out.
+        // not a record quietly left out, unless the caller asks for that.
         std::fs::create_dir(tmp.path().join("d.json")).unwrap();
-        let err = read_all(tmp.path(), "c").unwrap_err();
+        let err = read_all(tmp.path(), "c", Unreadable::Fail).unwrap_err();
         assert!(matches!(err, Error::Storage { .. }), "{err}");
         assert!(err.to_string().contains("d.json"), "{err}");
+        let (records, skipped, left_out) = read_all(tmp.path(), "c", Unreadable::LeaveOut).unwrap();
+        assert_eq!((records.len(), skipped.len(), left_out), (1, 1, 1));
     }
 
     #[test]
