@@ -143,6 +143,18 @@ fn killed_script(details: &str) -> bool {
     details.contains("Script killed by user with SCRIPT KILL")
 }
 
+/// Whether `details` is a script's command refused because the cluster is
+/// down: with `cluster-allow-reads-when-down`, a node runs a script while
+/// its cluster is down and refuses its first write (`ERR Script attempted
+/// to execute a write command while the cluster is down and readonly` on
+/// Redis 7, `Lua script attempted ...` wrapped in a script error before),
+/// a reply with no code of its own. The cluster's state cannot change
+/// while a script runs, so nothing was written: the cluster's
+/// `CLUSTERDOWN`, met inside a script.
+fn cluster_down_in_script(details: &str) -> bool {
+    details.contains("attempted to execute a") && details.contains("while the cluster is down")
+}
+
 /// Maps a client error of `operation` against the server at `address`.
 pub(crate) fn map(error: FredError, operation: impl Into<String>, address: &str) -> Error {
     let operation = operation.into();
@@ -163,6 +175,7 @@ pub(crate) fn map(error: FredError, operation: impl Into<String>, address: &str)
                     .iter()
                     .any(|e| details.starts_with(e))
                 || killed_script(&details)
+                || cluster_down_in_script(&details)
         }
     };
     if transient {
@@ -462,10 +475,24 @@ mod tests {
             "@user_script:1: LOADING Redis is loading the dataset in memory",
             "@user_script:3: @user_script: 3: -TRYAGAIN Multiple keys request during rehashing of slot",
             "@user_script:1: -CLUSTERDOWN The cluster is down",
+            "@user_script:9: Lua script attempted to execute a write command while the cluster is down and readonly",
         ] {
             let (details, error) = script_error(wrapped);
             assert_eq!(kind_of(&error), "unavailable", "{details}");
             assert!(error.is_transient());
+        }
+        // Redis 7's own words when a script's write meets a cluster that is
+        // down but lets reads through (`cluster-allow-reads-when-down`).
+        for details in [
+            "ERR Script attempted to execute a write command while the cluster is down and readonly script: 0a1b2c, on @user_script:120.",
+            "ERR Script attempted to execute a command while the cluster is down script: 0a1b2c, on @user_script:3.",
+        ] {
+            let error = map(
+                FredError::new(ErrorKind::Unknown, details),
+                "writing records",
+                "redis-cluster://h:7000",
+            );
+            assert_eq!(kind_of(&error), "unavailable", "{details}");
         }
         // What the scripts raise themselves, and a permanent code inside a
         // script error, stay permanent, with the code's own advice.
