@@ -4,7 +4,7 @@ use std::fmt;
 use std::num::{NonZeroU64, NonZeroUsize};
 use std::time::Duration;
 
-use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::{BackoffConfig, ClientOptions, RetryConfig};
 use syncforge_core::{Error, Result};
 
@@ -83,13 +83,29 @@ fn region(configured: Option<&str>, env: impl Fn(&str) -> Option<String>) -> Str
 }
 
 /// The endpoint requests go to: the one configured, else the environment's
-/// (`AWS_ENDPOINT_URL`, else `AWS_ENDPOINT`, read through `env`, as the AWS
-/// tools name them), else none (Amazon S3 itself). Read here, not left to
-/// the client's own reading of the environment, so that an endpoint from
-/// either place is checked and given the bucket in the same way, whatever
-/// the credentials.
+/// (`AWS_ENDPOINT_URL_S3`, else `AWS_ENDPOINT_URL`, else `AWS_ENDPOINT`,
+/// read through `env`, as the AWS tools name and rank them), else none
+/// (Amazon S3 itself). Read here, not left to the client's own reading of
+/// the environment, so that an endpoint from either place is checked and
+/// given the bucket in the same way, whatever the credentials.
 fn endpoint(configured: Option<&str>, env: impl Fn(&str) -> Option<String>) -> Option<String> {
-    given_or_set(configured, env, &["AWS_ENDPOINT_URL", "AWS_ENDPOINT"])
+    given_or_set(
+        configured,
+        env,
+        &["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT"],
+    )
+}
+
+/// Whether `bucket` can stand in front of a host name, as virtual-hosted
+/// requests put it: one label of lowercase letters, digits and `-`. A
+/// dotted name is a host name of several labels, which the wildcard
+/// certificate of `*.s3.<region>.amazonaws.com` (or of any endpoint) does
+/// not cover; capitals, `_` and longer names are no host name at all.
+fn fits_a_host_name(bucket: &str) -> bool {
+    bucket.len() <= 63
+        && bucket
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// The `configured` value, else that of the first of the environment
@@ -341,8 +357,9 @@ impl S3Config {
     }
 
     /// The endpoint of an S3-compatible server (MinIO, LocalStack, R2, ...).
-    /// Without one, the environment's `AWS_ENDPOINT_URL` (else
-    /// `AWS_ENDPOINT`) is taken as if given here, else Amazon S3's own.
+    /// Without one, the environment's `AWS_ENDPOINT_URL_S3` (else
+    /// `AWS_ENDPOINT_URL`, else `AWS_ENDPOINT`) is taken as if given here,
+    /// else Amazon S3's own.
     /// Such servers usually also need [`with_path_style`](Self::with_path_style);
     /// without it, requests go to the bucket's name in front of the
     /// endpoint's host (`https://bucket.host/...`), and an endpoint given as
@@ -363,6 +380,10 @@ impl S3Config {
     /// Path-style requests (`endpoint/bucket/key`) instead of
     /// virtual-hosted-style ones (`bucket.endpoint/key`: the bucket in front
     /// of the endpoint's host, which therefore cannot be an IP address).
+    /// A bucket whose name is no single host-name label (a dot, a capital,
+    /// `_`, over 63 bytes) is always reached path-style, as the AWS SDKs do:
+    /// in front of a host, a dotted name falls outside the endpoint's
+    /// wildcard certificate, and the others are no host name.
     pub fn with_path_style(mut self, path_style: bool) -> Self {
         self.path_style = path_style;
         self
@@ -427,7 +448,7 @@ impl S3Config {
                 format!("{endpoint:?} names no scheme: start it with https:// or http://"),
             ));
         };
-        if self.path_style {
+        if self.uses_path_style() {
             return Ok(endpoint.to_owned());
         }
         let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
@@ -448,6 +469,13 @@ impl S3Config {
         Ok(format!("{scheme}://{}.{host}{path}", self.bucket))
     }
 
+    /// Whether requests are path-style: when asked for, and for a bucket
+    /// whose name cannot stand in front of a host name
+    /// ([`fits_a_host_name`]), as the AWS SDKs do.
+    fn uses_path_style(&self) -> bool {
+        self.path_style || !fits_a_host_name(&self.bucket)
+    }
+
     /// The endpoint requests go to, as [`endpoint`] finds it in this
     /// configuration and the process's environment.
     pub(crate) fn endpoint(&self) -> Option<String> {
@@ -456,11 +484,17 @@ impl S3Config {
 
     /// The object store client for this configuration.
     pub(crate) fn build(&self) -> Result<AmazonS3> {
-        self.build_in(|name| std::env::var(name).ok())
+        self.build_in(|name| std::env::var(name).ok(), AmazonS3Builder::from_env)
     }
 
-    /// [`build`](Self::build), with the environment read through `env`.
-    fn build_in(&self, env: impl Fn(&str) -> Option<String>) -> Result<AmazonS3> {
+    /// [`build`](Self::build), with the environment read through `env`,
+    /// and the client's own reading of it (without static credentials)
+    /// made by `client_env`.
+    fn build_in(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+        client_env: impl FnOnce() -> AmazonS3Builder,
+    ) -> Result<AmazonS3> {
         self.check_bucket()?;
         if self.access_key_id.is_some() != self.secret_access_key.is_some() {
             return Err(Error::InvalidConfig {
@@ -502,13 +536,13 @@ impl S3Config {
         let mut builder = if self.access_key_id.is_some() {
             AmazonS3Builder::new()
         } else {
-            AmazonS3Builder::from_env()
+            client_env()
         };
         builder = builder
             .with_bucket_name(&self.bucket)
             .with_region(region(self.region.as_deref(), &env))
             .with_allow_http(self.allow_http)
-            .with_virtual_hosted_style_request(!self.path_style)
+            .with_virtual_hosted_style_request(!self.uses_path_style())
             .with_client_options(
                 ClientOptions::new()
                     .with_timeout(self.request_timeout)
@@ -525,7 +559,12 @@ impl S3Config {
                 retry_timeout: self.retry_timeout,
             });
         if let Some(endpoint) = &endpoint {
-            builder = builder.with_endpoint(self.request_endpoint(endpoint)?);
+            let endpoint = self.request_endpoint(endpoint)?;
+            // The client's own reading of the environment (`from_env`) may
+            // have set the S3 endpoint, which it ranks above this one.
+            builder = builder
+                .with_endpoint(&endpoint)
+                .with_config(AmazonS3ConfigKey::S3Endpoint, endpoint);
         }
         if let (Some(id), Some(secret)) = (&self.access_key_id, &self.secret_access_key) {
             builder = builder
@@ -664,6 +703,78 @@ mod tests {
         refused_as(&made.unwrap_err(), "path_style");
     }
 
+    /// `AWS_ENDPOINT_URL_S3`, which the AWS tools rank above
+    /// `AWS_ENDPOINT_URL`, was read by the client alone, which ranked it
+    /// above the configured endpoint too: requests went there, unchecked
+    /// (no bucket in front of its host, no `allow_http`). It is read and
+    /// ranked here, and the endpoint chosen is the one the client takes.
+    #[test]
+    fn the_s3_endpoint_of_the_environment_ranks_below_a_configured_one() {
+        let env = |name: &str| {
+            match name {
+                "AWS_ENDPOINT_URL_S3" => Some("https://s3-only.example"),
+                "AWS_ENDPOINT_URL" => Some("https://any-service.example"),
+                _ => None,
+            }
+            .map(str::to_owned)
+        };
+        assert_eq!(
+            endpoint(None, env).as_deref(),
+            Some("https://s3-only.example")
+        );
+        // As the client reads the environment where that variable is set.
+        let client_env = || {
+            AmazonS3Builder::new().with_config(AmazonS3ConfigKey::S3Endpoint, "http://127.0.0.1:9")
+        };
+        let made = S3Config::new("readings")
+            .with_endpoint("https://mine.example")
+            .build_in(env, client_env)
+            .unwrap();
+        let shown = format!("{made:?}");
+        assert!(
+            shown.contains("https://readings.mine.example") && !shown.contains("127.0.0.1:9"),
+            "{shown}"
+        );
+        let made = S3Config::new("readings").build_in(env, client_env).unwrap();
+        let shown = format!("{made:?}");
+        assert!(
+            shown.contains("https://readings.s3-only.example") && !shown.contains("127.0.0.1:9"),
+            "{shown}"
+        );
+    }
+
+    /// A bucket whose name is no host-name label was put in front of the
+    /// endpoint's host all the same: a dotted name outside the endpoint's
+    /// wildcard certificate, capitals and `_` no host name, each failing
+    /// every request as a transient connection failure, retried for good.
+    /// Such a bucket is reached path-style, as the AWS SDKs do.
+    #[test]
+    fn a_bucket_that_is_no_host_name_is_reached_path_style() {
+        for bucket in ["logs.example.com", "Logs", "old_logs", &"l".repeat(64)] {
+            assert_eq!(
+                S3Config::new(bucket)
+                    .request_endpoint("https://s3.example")
+                    .unwrap(),
+                "https://s3.example",
+                "{bucket}"
+            );
+            let made = S3Config::new(bucket)
+                .build_in(|_| None, AmazonS3Builder::new)
+                .unwrap();
+            let shown = format!("{made:?}");
+            assert!(
+                shown.contains(&format!("amazonaws.com/{bucket}")),
+                "{bucket}: {shown}"
+            );
+        }
+        assert_eq!(
+            S3Config::new("logs-2024")
+                .request_endpoint("https://s3.example")
+                .unwrap(),
+            "https://logs-2024.s3.example"
+        );
+    }
+
     /// An endpoint from the environment (`AWS_ENDPOINT_URL`, which the
     /// client read itself) was taken as the bucket's own with
     /// virtual-hosted-style requests, so requests went to the endpoint's
@@ -675,14 +786,16 @@ mod tests {
         let env = |url: &'static str| {
             move |name: &str| (name == "AWS_ENDPOINT_URL").then(|| url.to_owned())
         };
-        let made = S3Config::new("readings").build_in(env("https://127.0.0.1:9000"));
+        let made =
+            S3Config::new("readings").build_in(env("https://127.0.0.1:9000"), AmazonS3Builder::new);
         refused_as(&made.unwrap_err(), "path_style");
-        let made = S3Config::new("readings").build_in(env("http://minio.example"));
+        let made =
+            S3Config::new("readings").build_in(env("http://minio.example"), AmazonS3Builder::new);
         refused_as(&made.unwrap_err(), "allow_http");
         assert!(S3Config::new("readings")
             .with_path_style(true)
             .with_allow_http(true)
-            .build_in(env("http://127.0.0.1:9000"))
+            .build_in(env("http://127.0.0.1:9000"), AmazonS3Builder::new)
             .is_ok());
         assert_eq!(
             endpoint(None, env("https://minio.example")).as_deref(),
