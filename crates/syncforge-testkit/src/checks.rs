@@ -2956,8 +2956,10 @@ pub async fn answers_match_what_is_stored(ctx: &Context<'_>) -> CheckResult {
 const REWRITTEN_RECORDS: usize = 12;
 
 /// Edits each writer of
-/// [`a_feed_read_during_rewrites_ends_at_every_latest_state`] makes.
+/// [`a_feed_read_during_rewrites_ends_at_every_latest_state`] makes, and
+/// the most it makes while the reader has not yet read during the edits.
 const EDITS_PER_WRITER: usize = 30;
+const MOST_EDITS_PER_WRITER: usize = 2_000;
 
 /// A reader paging the feed while writers on two handles rewrite records,
 /// and delete and create them again, holds every record's latest state
@@ -2966,7 +2968,9 @@ const EDITS_PER_WRITER: usize = 30;
 /// Creates alone cannot show a store that hands out a replace's position
 /// before the new state can be read (a feed entry written before the
 /// record): a reader took the old state at the new position, passed it,
-/// and never saw the new one.
+/// and never saw the new one. The reader and the writers start together,
+/// and the reader must have read changes while writers were still writing,
+/// or the check proved nothing.
 pub async fn a_feed_read_during_rewrites_ends_at_every_latest_state(
     ctx: &Context<'_>,
 ) -> CheckResult {
@@ -2980,23 +2984,32 @@ pub async fn a_feed_read_during_rewrites_ends_at_every_latest_state(
         put_ok(store, &coll, &Write::create(first), "create").await?;
     }
     let writers = HANDLES * 2;
+    let start = Arc::new(Barrier::new(writers + 1));
     let writing = Arc::new(AtomicUsize::new(writers));
+    let overlapped = Arc::new(AtomicBool::new(false));
     let mut tasks = JoinSet::new();
     let mut handles = Vec::new();
     for h in 0..HANDLES {
         let handle = ctx.factory.open().await;
         handles.push(Arc::clone(&handle));
         for t in 0..2 {
-            let writer = h * 2 + t;
-            let hlc = ctx.clock(&format!("rewriter-{writer}"))?;
-            let (handle, coll, writing) = (Arc::clone(&handle), coll.clone(), Arc::clone(&writing));
+            let rewriter = Rewriter {
+                store: Arc::clone(&handle),
+                coll: coll.clone(),
+                hlc: ctx.clock(&format!("rewriter-{}", h * 2 + t))?,
+                writer: h * 2 + t,
+                start: Arc::clone(&start),
+                overlapped: Arc::clone(&overlapped),
+            };
+            let writing = Arc::clone(&writing);
             tasks.spawn(async move {
-                let edited = rewrite(&*handle, &coll, hlc, writer).await;
+                let edited = rewriter.rewrite().await;
                 writing.fetch_sub(1, Ordering::AcqRel);
                 edited
             });
         }
     }
+    start.wait().await;
     let mut cursor = Cursor::START;
     let mut seen: BTreeMap<RecordId, Record> = BTreeMap::new();
     let mut pages = 0;
@@ -3013,6 +3026,11 @@ pub async fn a_feed_read_during_rewrites_ends_at_every_latest_state(
             .await
             .or_fail("changes")?;
         page.check_after(cursor)?;
+        // Looked at after the page came: a writer still writing then was
+        // writing while the page was read.
+        if !page.changes.is_empty() && writing.load(Ordering::Acquire) > 0 {
+            overlapped.store(true, Ordering::SeqCst);
+        }
         for change in page.changes {
             seen.insert(change.record.id().clone(), change.record);
         }
@@ -3027,12 +3045,22 @@ pub async fn a_feed_read_during_rewrites_ends_at_every_latest_state(
                 }
                 done = true;
             } else {
-                // Caught up with writers still writing: look again soon.
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                // Caught up with writers still writing: look again soon,
+                // sooner until a page was read during the edits.
+                let pause = if overlapped.load(Ordering::SeqCst) {
+                    5
+                } else {
+                    1
+                };
+                tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
             }
         }
     }
     close_all(&handles).await?;
+    ensure!(
+        overlapped.load(Ordering::SeqCst),
+        "the reader read no change while writers were still editing: the check proved nothing"
+    );
     // Every delete is followed by its writer's create: every record is
     // there at the end, and each is compared below.
     let stored = store.get_all(&coll).await.or_fail("get_all")?;
@@ -3052,44 +3080,63 @@ pub async fn a_feed_read_during_rewrites_ends_at_every_latest_state(
     Ok(())
 }
 
-/// One writer of [`a_feed_read_during_rewrites_ends_at_every_latest_state`]:
-/// rewrites records read just before (again on a conflict), and every
-/// eighth edit deletes its record and creates it again.
-async fn rewrite(
-    store: &dyn StorageBackend,
-    coll: &CollectionName,
-    mut hlc: Hlc,
+/// One writer of [`a_feed_read_during_rewrites_ends_at_every_latest_state`].
+struct Rewriter {
+    store: Arc<dyn StorageBackend>,
+    coll: CollectionName,
+    hlc: Hlc,
     writer: usize,
-) -> CheckResult {
-    const TRIES: usize = 50;
-    for edit in 0..EDITS_PER_WRITER {
-        let id = rid(&format!(
-            "r{:02}",
-            (writer * 7 + edit * 5) % REWRITTEN_RECORDS
-        ));
-        if edit % 8 == 7 {
-            store.delete(coll, &id).await.or_fail("delete")?;
-            let again = record(&mut hlc, id.as_str(), 0)?;
-            // Another writer may have made it again first.
-            store
-                .put(coll, &Write::create(again))
-                .await
-                .or_fail("create")?;
-            continue;
-        }
-        for _ in 0..TRIES {
-            let Some(stored) = store.get(coll, &id).await.or_fail("get")? else {
-                break;
-            };
-            let n = n_of(&stored.record).unwrap_or(0);
-            let next = edited(&mut hlc, &stored.record, n + 1)?;
-            let write = Write::replace(next, stored.token);
-            if store.put(coll, &write).await.or_fail("replace")? != WriteOutcome::Conflict {
+    start: Arc<Barrier>,
+    overlapped: Arc<AtomicBool>,
+}
+
+impl Rewriter {
+    /// Rewrites records read just before (again on a conflict), every
+    /// eighth edit deleting its record and creating it again:
+    /// [`EDITS_PER_WRITER`] edits, then more until the reader has read
+    /// during the edits (within bounds).
+    async fn rewrite(mut self) -> CheckResult {
+        const TRIES: usize = 50;
+        let (store, coll) = (&*self.store, &self.coll);
+        self.start.wait().await;
+        let began = tokio::time::Instant::now();
+        for edit in 0..MOST_EDITS_PER_WRITER {
+            let more = edit < EDITS_PER_WRITER
+                || (!self.overlapped.load(Ordering::SeqCst) && began.elapsed() < FEED_OVERLAP_WAIT);
+            if !more {
                 break;
             }
+            let id = rid(&format!(
+                "r{:02}",
+                (self.writer * 7 + edit * 5) % REWRITTEN_RECORDS
+            ));
+            if edit % 8 == 7 {
+                store.delete(coll, &id).await.or_fail("delete")?;
+                let again = record(&mut self.hlc, id.as_str(), 0)?;
+                // Another writer may have made it again first.
+                store
+                    .put(coll, &Write::create(again))
+                    .await
+                    .or_fail("create")?;
+            } else {
+                for _ in 0..TRIES {
+                    let Some(stored) = store.get(coll, &id).await.or_fail("get")? else {
+                        break;
+                    };
+                    let n = n_of(&stored.record).unwrap_or(0);
+                    let next = edited(&mut self.hlc, &stored.record, n + 1)?;
+                    let write = Write::replace(next, stored.token);
+                    if store.put(coll, &write).await.or_fail("replace")? != WriteOutcome::Conflict {
+                        break;
+                    }
+                }
+            }
+            // On a store whose calls never wait (in memory), a writer would
+            // otherwise run to its end in one poll.
+            tokio::task::yield_now().await;
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// A collection another handle cleared and then wrote again is listed,
@@ -3531,6 +3578,18 @@ mod tests {
         let ctx = Context::open(&factory).await;
         failed(
             a_feed_read_during_writes_misses_nothing(&ctx).await,
+            flaw,
+            "proved nothing",
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_feed_of_rewrites_read_only_after_them_fails() {
+        let flaw = Flaw::FeedSettlesFirst;
+        let factory = Flawed::new(flaw);
+        let ctx = Context::open(&factory).await;
+        failed(
+            a_feed_read_during_rewrites_ends_at_every_latest_state(&ctx).await,
             flaw,
             "proved nothing",
         );
