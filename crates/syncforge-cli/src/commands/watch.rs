@@ -122,7 +122,8 @@ pub(crate) async fn run(args: WatchArgs, cx: &mut Context) -> Result<()> {
                 // numbers its feed from the start again, under the cursor
                 // held here): the store is looked at again before the next
                 // read. A server's id changes only with a restart, which
-                // the watch sees as a failure first.
+                // the watch sees as a failure first; a store replaced under
+                // a running server fails the server's pages.
                 check_feed = page.changes.is_empty() && store.is_local();
                 page
             }

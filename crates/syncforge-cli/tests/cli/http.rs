@@ -399,18 +399,43 @@ fn a_watch_outlives_a_server_restart_but_not_a_change_of_store() {
     assert!(told.contains("another store"), "{told}");
 }
 
-/// A server that serves engine `a` until its health is first asked for,
-/// and engine `b` from then on: a store replaced under the server between a
-/// client's reads.
-struct SwitchedAtHealth {
+/// A server that serves engine `a` and then engine `b`: a store replaced
+/// under the server between a client's reads.
+struct Switched {
     a: syncforge::SyncEngine,
     b: syncforge::SyncEngine,
-    switched: std::sync::atomic::AtomicBool,
+    switched: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    how: Switch,
 }
 
-impl SwitchedAtHealth {
+/// How the store behind a [`Switched`] server is replaced, and what the
+/// server says of it.
+#[derive(Clone, Copy, PartialEq)]
+enum Switch {
+    /// When its health is first asked for; the server names the new store.
+    AtHealth,
+    /// When the test says, under a server that keeps running: it still
+    /// names the store it opened, and its health fails, as an engine's does
+    /// whose store was wiped under it.
+    Wiped,
+}
+
+impl Switched {
+    fn new(a: syncforge::SyncEngine, b: syncforge::SyncEngine, how: Switch) -> Switched {
+        Switched {
+            a,
+            b,
+            switched: std::sync::Arc::default(),
+            how,
+        }
+    }
+
+    fn has_switched(&self) -> bool {
+        self.switched.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     fn serving(&self) -> &syncforge::SyncEngine {
-        if self.switched.load(std::sync::atomic::Ordering::SeqCst) {
+        if self.has_switched() {
             &self.b
         } else {
             &self.a
@@ -419,14 +444,24 @@ impl SwitchedAtHealth {
 }
 
 #[async_trait::async_trait]
-impl syncforge::http::Replica for SwitchedAtHealth {
+impl syncforge::http::Replica for Switched {
     fn feed_id(&self) -> &str {
-        self.serving().store_id()
+        match self.how {
+            Switch::AtHealth => self.serving().store_id(),
+            Switch::Wiped => self.a.store_id(),
+        }
     }
 
     async fn check_feed_id(&self) -> syncforge::Result<()> {
-        self.switched
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        match self.how {
+            Switch::AtHealth => self
+                .switched
+                .store(true, std::sync::atomic::Ordering::SeqCst),
+            Switch::Wiped if self.has_switched() => {
+                return Err(syncforge::Error::storage("test", "the store was replaced"))
+            }
+            Switch::Wiped => {}
+        }
         Ok(())
     }
 
@@ -459,15 +494,17 @@ impl syncforge::http::Replica for SwitchedAtHealth {
     }
 }
 
-/// A watch read the server's feed id (its health) only after working out
-/// its cursor from the feed: a store replaced in between was then taken on
-/// without a word, and followed from the old store's cursor, skipping the
-/// new store's changes up to it. The id is read first now: the cursor is
-/// the end of the store the watch follows.
-#[test]
-fn a_watch_takes_its_cursor_from_the_store_whose_id_it_keeps() {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let server = runtime.block_on(async {
+/// Engines holding `a` and `b` records of `notes`, served as one
+/// [`Switched`] server; and the flag that switches it.
+fn switched_server(
+    runtime: &tokio::runtime::Runtime,
+    (a, b): (usize, usize),
+    how: Switch,
+) -> (
+    syncforge::http::Server,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    runtime.block_on(async {
         let engine = |records: usize| async move {
             let engine = syncforge::SyncEngine::builder().build().await.unwrap();
             for n in 0..records {
@@ -476,23 +513,53 @@ fn a_watch_takes_its_cursor_from_the_store_whose_id_it_keeps() {
             }
             engine
         };
-        let replica = SwitchedAtHealth {
-            a: engine(3).await,
-            b: engine(5).await,
-            switched: std::sync::atomic::AtomicBool::new(false),
-        };
-        syncforge::http::Server::bind(
+        let replica = Switched::new(engine(a).await, engine(b).await, how);
+        let switched = replica.switched.clone();
+        let server = syncforge::http::Server::bind(
             replica,
             "127.0.0.1:0",
             syncforge::http::ServerOptions::default(),
         )
         .await
-        .unwrap()
-    });
+        .unwrap();
+        (server, switched)
+    })
+}
+
+/// A watch read the server's feed id (its health) only after working out
+/// its cursor from the feed: a store replaced in between was then taken on
+/// without a word, and followed from the old store's cursor, skipping the
+/// new store's changes up to it. The id is read first now: the cursor is
+/// the end of the store the watch follows.
+#[test]
+fn a_watch_takes_its_cursor_from_the_store_whose_id_it_keeps() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (server, _) = switched_server(&runtime, (3, 5), Switch::AtHealth);
     let url = format!("http://{}", server.local_addr());
     let (child, said, _stderr) = watching(&["watch", &url, "notes"]);
     drop(KilledOnDrop(Some(child)));
     assert!(said.trim_end().ends_with("after cursor 5"), "{said:?}");
+    runtime.block_on(server.shutdown()).unwrap();
+}
+
+/// A server's store replaced while the server runs (a Redis flushed or
+/// restarted without persistence) is still named by the id the server
+/// opened it with; only the server's health fails. A watch looked at that
+/// health for a local store only, and followed the new store's feed from
+/// the old store's cursor, skipping its changes up to it without a word:
+/// it stops with an error now.
+#[test]
+fn a_watch_stops_when_the_store_behind_a_running_server_is_replaced() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (server, switched) = switched_server(&runtime, (3, 5), Switch::Wiped);
+    let url = format!("http://{}", server.local_addr());
+    let (child, said, _stderr) = watching(&["watch", &url, "notes", "--interval", "100ms"]);
+    assert!(said.trim_end().ends_with("after cursor 3"), "{said:?}");
+    switched.store(true, std::sync::atomic::Ordering::SeqCst);
+    let output = syncforge_testkit::processes::finish(child, Duration::from_secs(60)).unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{printed}");
+    assert!(printed.is_empty(), "{printed:?}");
     runtime.block_on(server.shutdown()).unwrap();
 }
 

@@ -90,12 +90,10 @@ struct Shared {
     /// it: the first read of the next page is sized by it ([`first_read`]),
     /// and its room when room is short ([`page_room`]).
     text_per_change: Mutex<HashMap<CollectionName, usize>>,
-    /// The health route's last check of the store's identity, and when it
-    /// ended. The route needs no token, so health requests arriving while a
-    /// check runs share it: otherwise anyone could make the server read its
-    /// store (a billed request on S3) as many times at once as they like.
-    /// No result is kept longer, since a client trusts it to follow the
-    /// feed (a store replaced meanwhile must be told at once).
+    /// The last check of the store's identity ([`Shared::check_identity`]),
+    /// and when it began. No result is kept longer than the requests waiting
+    /// for it, since a client trusts it to follow the feed (a store replaced
+    /// meanwhile must be told at once).
     identity_checked: tokio::sync::Mutex<Option<(Instant, Result<()>)>>,
 }
 
@@ -407,25 +405,7 @@ async fn method_not_allowed() -> ApiError {
 }
 
 async fn health(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
-    {
-        let arrived = Instant::now();
-        // Held while checking: requests arriving meanwhile wait for the
-        // check and take its outcome.
-        let mut checked = state.identity_checked.lock().await;
-        let fresh = checked
-            .as_ref()
-            .filter(|(ended, _)| *ended >= arrived)
-            .map(|(_, outcome)| outcome.clone());
-        let outcome = match fresh {
-            Some(outcome) => outcome,
-            None => {
-                let outcome = state.replica.check_feed_id().await;
-                *checked = Some((Instant::now(), outcome.clone()));
-                outcome
-            }
-        };
-        outcome?;
-    }
+    state.check_identity().await?;
     Ok(Json(Health {
         status: "ok".to_owned(),
         protocol: PROTOCOL_VERSION,
@@ -573,6 +553,11 @@ async fn changes(
     let query = FeedQuery::parse(pairs, &state.options)?;
     let max_bytes = state.options.max_body_bytes;
     let (page, room) = state.feed_page(&collection, &query, max_bytes).await?;
+    // Checked after the read: a page read from a store replaced under the
+    // server (a Redis flushed while it runs) would be numbered afresh under
+    // the id the server opened, and a client following it from its cursor
+    // would skip the new store's changes up to that cursor for good.
+    state.check_identity().await?;
     let budget = page_budget(&room, max_bytes);
     let (body, sent) = page_body(state.replica.feed_id(), &collection, page, budget)?;
     // The page keeps room among the bodies held, as large as it came out,
@@ -1025,6 +1010,32 @@ impl Shared {
             }
         }
         Ok(collection)
+    }
+
+    /// Fails when the replica's feed id no longer names the feed it
+    /// serves ([`Replica::check_feed_id`]). Requests arriving while a check
+    /// runs wait for it, and share the next one: the health route needs no
+    /// token, and anyone could otherwise make the server read its store (a
+    /// billed request on S3) as many times at once as they like. Only a
+    /// check that began after a request arrived answers it: one begun
+    /// before may have read the store before the page this request read.
+    async fn check_identity(&self) -> Result<(), ApiError> {
+        let arrived = Instant::now();
+        let mut checked = self.identity_checked.lock().await;
+        let fresh = checked
+            .as_ref()
+            .filter(|(began, _)| *began >= arrived)
+            .map(|(_, outcome)| outcome.clone());
+        let outcome = match fresh {
+            Some(outcome) => outcome,
+            None => {
+                let began = Instant::now();
+                let outcome = self.replica.check_feed_id().await;
+                *checked = Some((began, outcome.clone()));
+                outcome
+            }
+        };
+        Ok(outcome?)
     }
 
     /// A page of the feed after `query.after`, leaving out the positions in

@@ -47,7 +47,8 @@ pub trait Replica: Send + Sync + 'static {
     /// Fails when [`feed_id`](Self::feed_id) no longer names the numbering
     /// of the store's change feed (the store was replaced under a running
     /// replica). Asked by the health route, which every client reads before
-    /// it follows the feed. The default trusts the id.
+    /// it follows the feed, and after each feed page is read, before it is
+    /// sent. The default trusts the id.
     async fn check_feed_id(&self) -> Result<()> {
         Ok(())
     }

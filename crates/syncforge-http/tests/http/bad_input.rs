@@ -648,7 +648,10 @@ async fn a_push_repeating_an_id_reports_no_echo() {
 /// without persistence) answered its health route with the old feed id,
 /// and its clients, trusting it, skipped every change up to their cursors,
 /// for good. Its health route fails instead, and so does a client's sync,
-/// until the server is restarted.
+/// until the server is restarted; and so do its feed pages, which a client
+/// that read the health before the store was replaced (a watch following
+/// the feed) goes on asking for, where they were numbered afresh under the
+/// old id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_whose_store_was_replaced_fails_its_health_route() {
     use syncforge::StorageBackend;
@@ -673,6 +676,12 @@ async fn a_server_whose_store_was_replaced_fails_its_health_route() {
         .unwrap();
     let status = raw_client().get(&health).send().await.unwrap().status();
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    let feed = format!("{}/v1/collections/notes/changes", server.url());
+    for query in ["?after=0", "?after=0&wait=50"] {
+        let url = format!("{feed}{query}");
+        let status = raw_client().get(&url).send().await.unwrap().status();
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{query}");
+    }
     let phone = SyncEngine::builder()
         .client_id("phone")
         .build()
