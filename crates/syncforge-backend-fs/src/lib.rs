@@ -316,9 +316,9 @@ struct Inner {
     /// last checkpoint runs: `close` checkpoints them too, which waits for
     /// that checkpoint.
     evicting: Mutex<Vec<Arc<OpenCollection>>>,
-    /// Collections closed to make room whose checkpoint failed: their
-    /// writes are only in their write-ahead logs, and `close` opens them
-    /// again to checkpoint them.
+    /// Collections closed to make room whose checkpoint failed, and not
+    /// opened since: their writes are only in their write-ahead logs, and
+    /// `close` opens them again to checkpoint them.
     unflushed: Mutex<HashSet<CollectionName>>,
     /// Takes of open collections so far: their order of use.
     uses: AtomicU64,
@@ -554,18 +554,7 @@ impl Inner {
         // other collections must not wait behind it. Two calls opening one
         // collection at once both open it, as two processes would; the one
         // that finishes second takes the first one's.
-        // Read before opening, which may wait for other processes' locks.
-        let floor = self.opened.lock().get(name).copied();
-        let Some(state) = Collection::open(
-            Arc::clone(&self.ops),
-            &self.root,
-            name,
-            self.options.durability,
-            self.tuning,
-            take == Take::Create,
-            floor,
-        )?
-        else {
+        let Some(state) = self.open_unmapped(name, take == Take::Create)? else {
             return Ok(None);
         };
         let mut open = self.open_collections()?;
@@ -573,6 +562,10 @@ impl Inner {
             used(opened);
             return Ok(Some(Arc::clone(opened)));
         }
+        // The state put in the map holds whatever a checkpoint that failed
+        // when the collection was closed to make room left in its log, and
+        // its own close or checkpoint writes it: `close` need not.
+        self.unflushed.lock().remove(name);
         // Only the map holds an idle collection: no call is using it and no
         // background checkpoint runs on it, and no one can take it from the
         // map while the map is locked. As many go as the map holds past the
@@ -613,6 +606,22 @@ impl Inner {
                 .retain(|evicting| !Arc::ptr_eq(evicting, &idle));
         }
         Ok(Some(state))
+    }
+
+    /// Opens the collection `name` (made if missing when `create`) outside
+    /// the map; `None` when it does not exist.
+    fn open_unmapped(&self, name: &CollectionName, create: bool) -> Result<Option<Collection>> {
+        // Read before opening, which may wait for other processes' locks.
+        let floor = self.opened.lock().get(name).copied();
+        Collection::open(
+            Arc::clone(&self.ops),
+            &self.root,
+            name,
+            self.options.durability,
+            self.tuning,
+            create,
+            floor,
+        )
     }
 
     /// The map of open collections, locked; refused once the handle is
@@ -959,21 +968,8 @@ impl StorageBackend for FsBackend {
     /// to replay (synced as [`checkpoint`](FsBackend::checkpoint) says).
     /// Nothing is deleted.
     async fn close(&self) -> Result<()> {
-        // Collections closed to make room whose checkpoint failed are
-        // opened again, so that the drain below checkpoints them; one that
-        // cannot be opened is named in the error.
-        let unflushed: Vec<CollectionName> = self.inner.unflushed.lock().drain().collect();
-        let mut first_error = None;
-        for collection in unflushed {
-            if let Err(err) = self
-                .with_open_collection(&collection, Take::Walking, |_| Ok(()))
-                .await
-            {
-                first_error.get_or_insert(err);
-            }
-        }
         if self.inner.closed.swap(true, Ordering::AcqRel) {
-            return first_error.map_or(Ok(()), Err);
+            return Ok(());
         }
         let inner = Arc::clone(&self.inner);
         // Dropping the states closes the lock files. The map is drained off
@@ -987,25 +983,24 @@ impl StorageBackend for FsBackend {
                 .collect();
             // Checkpointing one being evicted waits for its checkpoint.
             open.append(&mut inner.evicting.lock());
+            let mut first_error = None;
             for state in open {
                 // Waits for a background checkpoint under way.
                 if let Err(err) = state.close() {
                     first_error.get_or_insert(err);
                 }
             }
-            // Closed to make room for those opened again above, and left
-            // with writes in their logs.
-            if let Some(collection) = inner.unflushed.lock().iter().next() {
-                first_error.get_or_insert_with(|| {
-                    Error::storage(
-                        BACKEND_NAME,
-                        format!(
-                            "collection {:?} keeps writes in its write-ahead log: its checkpoint \
-                             failed when it was closed to make room (the next open replays them)",
-                            collection.as_str()
-                        ),
-                    )
+            // Closed to make room, their checkpoint failed and none opened
+            // them since: opened again, outside the map (which takes no
+            // more), so that their writes reach their files.
+            let unflushed: Vec<CollectionName> = inner.unflushed.lock().drain().collect();
+            for collection in unflushed {
+                let closed = inner.open_unmapped(&collection, false).and_then(|state| {
+                    state.map_or(Ok(()), |state| OpenCollection::new(state).close())
                 });
+                if let Err(err) = closed {
+                    first_error.get_or_insert(err);
+                }
             }
             first_error.map_or(Ok(()), Err)
         })
@@ -1241,6 +1236,16 @@ mod tests {
     /// it opens such a collection again and checkpoints it.
     #[tokio::test]
     async fn close_checkpoints_a_collection_whose_checkpoint_failed_when_it_made_room() {
+        for opened_again in [false, true] {
+            checkpoint_failed_when_it_made_room(opened_again).await;
+        }
+    }
+
+    /// A collection whose checkpoint failed when it was closed to make
+    /// room, written to its files by `close`; or, `opened_again` before,
+    /// by the state that opened it then (`close` then leaves it to that
+    /// state, where it opened it a second time, and failed if it could not).
+    async fn checkpoint_failed_when_it_made_room(opened_again: bool) {
         use std::sync::atomic::AtomicBool;
         let tmp = tempfile::tempdir().unwrap();
         let refusing = Arc::new(AtomicBool::new(false));
@@ -1271,6 +1276,11 @@ mod tests {
         crowd_out(&store, &notes);
         assert!(holds_records(&dir).unwrap(), "the checkpoint failed");
         refusing.store(false, Ordering::SeqCst);
+        if opened_again {
+            let n1 = RecordId::new("n1").unwrap();
+            assert!(store.get(&notes, &n1).await.unwrap().is_some());
+            assert!(store.inner.unflushed.lock().is_empty());
+        }
         store.close().await.unwrap();
         assert!(
             !holds_records(&dir).unwrap(),
