@@ -1,5 +1,6 @@
 //! [`S3Config`]: where the bucket is, how to sign in, and how hard to try.
 
+use std::ffi::OsString;
 use std::fmt;
 use std::num::{NonZeroU64, NonZeroUsize};
 use std::time::Duration;
@@ -94,6 +95,31 @@ fn endpoint(configured: Option<&str>, env: impl Fn(&str) -> Option<String>) -> O
         env,
         &["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT"],
     )
+}
+
+/// The client's settings from the `AWS_*` variables among `vars` (keys,
+/// web identity, container credentials, ...), as
+/// [`AmazonS3Builder::from_env`] reads them, less the endpoints: those are
+/// read and ranked by [`endpoint`], where the client would rank
+/// `AWS_ENDPOINT_URL_S3` above a configured endpoint, and take an empty one
+/// as given (every request then went to a relative address).
+fn client_env(vars: impl IntoIterator<Item = (OsString, OsString)>) -> AmazonS3Builder {
+    vars.into_iter()
+        .filter_map(|(name, value)| {
+            let name = name.to_str()?;
+            if !name.starts_with("AWS_") {
+                return None;
+            }
+            let key: AmazonS3ConfigKey = name.to_ascii_lowercase().parse().ok()?;
+            let endpoint = matches!(
+                key,
+                AmazonS3ConfigKey::Endpoint | AmazonS3ConfigKey::S3Endpoint
+            );
+            (!endpoint).then(|| Some((key, value.into_string().ok()?)))?
+        })
+        .fold(AmazonS3Builder::new(), |builder, (key, value)| {
+            builder.with_config(key, value)
+        })
 }
 
 /// Whether `bucket` can stand in front of a host name, as virtual-hosted
@@ -484,7 +510,10 @@ impl S3Config {
 
     /// The object store client for this configuration.
     pub(crate) fn build(&self) -> Result<AmazonS3> {
-        self.build_in(|name| std::env::var(name).ok(), AmazonS3Builder::from_env)
+        self.build_in(
+            |name| std::env::var(name).ok(),
+            || client_env(std::env::vars_os()),
+        )
     }
 
     /// [`build`](Self::build), with the environment read through `env`,
@@ -559,12 +588,7 @@ impl S3Config {
                 retry_timeout: self.retry_timeout,
             });
         if let Some(endpoint) = &endpoint {
-            let endpoint = self.request_endpoint(endpoint)?;
-            // The client's own reading of the environment (`from_env`) may
-            // have set the S3 endpoint, which it ranks above this one.
-            builder = builder
-                .with_endpoint(&endpoint)
-                .with_config(AmazonS3ConfigKey::S3Endpoint, endpoint);
+            builder = builder.with_endpoint(self.request_endpoint(endpoint)?);
         }
         if let (Some(id), Some(secret)) = (&self.access_key_id, &self.secret_access_key) {
             builder = builder
@@ -722,23 +746,42 @@ mod tests {
             endpoint(None, env).as_deref(),
             Some("https://s3-only.example")
         );
-        // As the client reads the environment where that variable is set.
-        let client_env = || {
-            AmazonS3Builder::new().with_config(AmazonS3ConfigKey::S3Endpoint, "http://127.0.0.1:9")
+        // The process's environment, as the client reads it.
+        let vars = || {
+            [
+                ("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9"),
+                ("AWS_ENDPOINT", "http://127.0.0.1:9"),
+                ("AWS_ALLOW_HTTP", "true"),
+            ]
+            .map(|(name, value)| (OsString::from(name), OsString::from(value)))
         };
+        let from_vars = || client_env(vars());
         let made = S3Config::new("readings")
             .with_endpoint("https://mine.example")
-            .build_in(env, client_env)
+            .build_in(env, from_vars)
             .unwrap();
         let shown = format!("{made:?}");
         assert!(
             shown.contains("https://readings.mine.example") && !shown.contains("127.0.0.1:9"),
             "{shown}"
         );
-        let made = S3Config::new("readings").build_in(env, client_env).unwrap();
+        let made = S3Config::new("readings").build_in(env, from_vars).unwrap();
         let shown = format!("{made:?}");
         assert!(
             shown.contains("https://readings.s3-only.example") && !shown.contains("127.0.0.1:9"),
+            "{shown}"
+        );
+        // Set but empty, as a template leaves an unset variable: Amazon S3.
+        let empty = || {
+            [("AWS_ENDPOINT_URL_S3", ""), ("AWS_ENDPOINT_URL", "")]
+                .map(|(name, value)| (OsString::from(name), OsString::from(value)))
+        };
+        let made = S3Config::new("readings")
+            .build_in(|_| Some(String::new()), || client_env(empty()))
+            .unwrap();
+        let shown = format!("{made:?}");
+        assert!(
+            shown.contains("https://readings.s3.us-east-1.amazonaws.com"),
             "{shown}"
         );
     }
