@@ -1076,9 +1076,19 @@ impl Collection {
             let file_name = entry.file_name();
             if file_name.to_str().is_some_and(records::stands_for_a_record) {
                 let path = entry.path();
-                self.ops()
-                    .remove_file(&path)
-                    .map_err(|err| io_error("removing", &path, err))?;
+                if let Err(err) = self.ops().remove_file(&path) {
+                    let error = io_error("removing", &path, err);
+                    if error.is_transient() {
+                        return Err(error);
+                    }
+                    // What stands in a record file's place and cannot be
+                    // removed as a file (a directory) is moved aside, as a
+                    // checkpoint moves a record file it cannot read: failing
+                    // here failed every clear of the collection, each after
+                    // removing the files listed before it.
+                    tracing::warn!(%error, "moving aside what stands in a record file's place");
+                    records::move_aside(self.ops(), &self.dir, &path, self.durable(), &self.name)?;
+                }
             }
         }
         if self.durable() {

@@ -350,6 +350,34 @@ async fn an_unreadable_hashed_file_fails_the_rebuild_of_a_lost_change_log() {
     assert_eq!(found.map(|stored| count_of(&stored.record)), Some(1));
 }
 
+/// A directory in a record file's place failed every clear of the
+/// collection, each after removing the files listed before it: it is moved
+/// aside into `.corrupt/`, as a checkpoint moves a record file it cannot
+/// read, and the clear goes through.
+#[tokio::test]
+async fn a_directory_in_a_record_files_place_does_not_stop_a_clear() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FsBackend::open(tmp.path()).await.unwrap();
+    put_any(&store, "notes", counter("r0", 1)).await;
+    put_any(&store, "notes", counter("r1", 2)).await;
+    store.checkpoint().await.unwrap();
+    let dir = tmp.path().join("notes");
+    std::fs::remove_file(dir.join("r1.json")).unwrap();
+    std::fs::create_dir(dir.join("r1.json")).unwrap();
+
+    store.clear_collection(&coll("notes")).await.unwrap();
+    assert!(store.get_all(&coll("notes")).await.unwrap().is_empty());
+    assert!(!dir.join("r1.json").exists());
+    let aside: Vec<String> = std::fs::read_dir(dir.join(".corrupt"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        aside.iter().any(|name| name.starts_with("r1.json.")),
+        "{aside:?}"
+    );
+}
+
 /// Clearing a collection removed every `.json` file in its directory, a
 /// file named so by hand (`my notes.json`, `Note.json`) included, though
 /// no record is kept under such a name.
