@@ -99,27 +99,52 @@ fn endpoint(configured: Option<&str>, env: impl Fn(&str) -> Option<String>) -> O
 
 /// The client's settings from the `AWS_*` variables among `vars` (keys,
 /// web identity, container credentials, ...), as
-/// [`AmazonS3Builder::from_env`] reads them, less the endpoints: those are
-/// read and ranked by [`endpoint`], where the client would rank
-/// `AWS_ENDPOINT_URL_S3` above a configured endpoint, and take an empty one
-/// as given (every request then went to a relative address).
-fn client_env(vars: impl IntoIterator<Item = (OsString, OsString)>) -> AmazonS3Builder {
-    vars.into_iter()
-        .filter_map(|(name, value)| {
-            let name = name.to_str()?;
-            if !name.starts_with("AWS_") {
-                return None;
-            }
-            let key: AmazonS3ConfigKey = name.to_ascii_lowercase().parse().ok()?;
-            let endpoint = matches!(
-                key,
-                AmazonS3ConfigKey::Endpoint | AmazonS3ConfigKey::S3Endpoint
-            );
-            (!endpoint).then(|| Some((key, value.into_string().ok()?)))?
-        })
-        .fold(AmazonS3Builder::new(), |builder, (key, value)| {
-            builder.with_config(key, value)
-        })
+/// [`AmazonS3Builder::from_env`] reads them, less the endpoints and the
+/// variables set empty: the endpoints are read and ranked by [`endpoint`]
+/// (the client would rank `AWS_ENDPOINT_URL_S3` above a configured
+/// endpoint), and an empty value (a template's unset variable) is no
+/// setting, as the AWS tools take it, where the client took it as given:
+/// empty keys in place of the role's, an empty endpoint (every request to a
+/// relative address), an empty flag failing the build. A credential that
+/// could not be sent is refused ([`check_credential`]).
+fn client_env(vars: impl IntoIterator<Item = (OsString, OsString)>) -> Result<AmazonS3Builder> {
+    let mut builder = AmazonS3Builder::new();
+    for (name, value) in vars {
+        let (Some(name), Ok(value)) = (name.to_str(), value.into_string()) else {
+            continue;
+        };
+        if !name.starts_with("AWS_") || value.is_empty() {
+            continue;
+        }
+        let Ok(key) = name.to_ascii_lowercase().parse::<AmazonS3ConfigKey>() else {
+            continue;
+        };
+        match key {
+            AmazonS3ConfigKey::Endpoint | AmazonS3ConfigKey::S3Endpoint => continue,
+            AmazonS3ConfigKey::AccessKeyId
+            | AmazonS3ConfigKey::SecretAccessKey
+            | AmazonS3ConfigKey::Token => check_credential(name, &value)?,
+            _ => {}
+        }
+        builder = builder.with_config(key, value);
+    }
+    Ok(builder)
+}
+
+/// Refuses a credential (named by `what`, never shown) holding a control
+/// character, a trailing newline of a secret file say: the client puts the
+/// key id and the session token in each request's headers, and panics on
+/// every signed request when it cannot.
+fn check_credential(what: &str, value: &str) -> Result<()> {
+    if value.chars().any(char::is_control) {
+        return Err(Error::InvalidConfig {
+            option: "credentials",
+            reason: format!(
+                "{what} holds a control character (a trailing newline?): no request could carry it"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Whether `bucket` can stand in front of a host name, as virtual-hosted
@@ -522,7 +547,7 @@ impl S3Config {
     fn build_in(
         &self,
         env: impl Fn(&str) -> Option<String>,
-        client_env: impl FnOnce() -> AmazonS3Builder,
+        client_env: impl FnOnce() -> Result<AmazonS3Builder>,
     ) -> Result<AmazonS3> {
         self.check_bucket()?;
         if self.access_key_id.is_some() != self.secret_access_key.is_some() {
@@ -530,6 +555,15 @@ impl S3Config {
                 option: "credentials",
                 reason: "an access key id needs its secret and the other way round".to_owned(),
             });
+        }
+        for (what, value) in [
+            ("the access key id", &self.access_key_id),
+            ("the secret access key", &self.secret_access_key),
+            ("the session token", &self.session_token),
+        ] {
+            if let Some(value) = value {
+                check_credential(what, value)?;
+            }
         }
         for (option, duration) in [
             ("request_timeout", self.request_timeout),
@@ -565,7 +599,7 @@ impl S3Config {
         let mut builder = if self.access_key_id.is_some() {
             AmazonS3Builder::new()
         } else {
-            client_env()
+            client_env()?
         };
         builder = builder
             .with_bucket_name(&self.bucket)
@@ -786,6 +820,52 @@ mod tests {
         );
     }
 
+    /// `AWS_*` variables set empty (a template's unset variable) were taken
+    /// as given: empty keys in place of the role's (every request refused),
+    /// an empty flag failing the build. The AWS tools take them as unset.
+    #[test]
+    fn empty_aws_variables_are_no_settings() {
+        let vars = [
+            ("AWS_ACCESS_KEY_ID", ""),
+            ("AWS_SECRET_ACCESS_KEY", ""),
+            ("AWS_SESSION_TOKEN", ""),
+            ("AWS_SKIP_SIGNATURE", ""),
+            ("AWS_S3_EXPRESS", ""),
+        ]
+        .map(|(name, value)| (OsString::from(name), OsString::from(value)));
+        let made = S3Config::new("readings")
+            .build_in(|_| None, || client_env(vars))
+            .unwrap();
+        let shown = format!("{made:?}");
+        assert!(!shown.contains("StaticCredentialProvider"), "{shown}");
+    }
+
+    /// A credential holding a control character (the trailing newline of a
+    /// secret file) was taken, and the client panicked on every signed
+    /// request putting it in a header: refused, without showing it.
+    #[test]
+    fn a_credential_no_request_could_carry_is_refused() {
+        let secret = "wJalrXUtnFEMI";
+        for config in [
+            S3Config::new("readings").with_credentials("AKIA\n", secret),
+            S3Config::new("readings").with_credentials("AKIA", format!("{secret}\r")),
+            S3Config::new("readings")
+                .with_credentials("AKIA", secret)
+                .with_session_token("token\n"),
+        ] {
+            let error = config
+                .build_in(|_| None, || Ok(AmazonS3Builder::new()))
+                .unwrap_err();
+            refused_as(&error, "credentials");
+            assert!(!error.to_string().contains(secret), "{error}");
+        }
+        let vars = [("AWS_SESSION_TOKEN", "token\n")]
+            .map(|(name, value)| (OsString::from(name), OsString::from(value)));
+        let error = client_env(vars).unwrap_err();
+        refused_as(&error, "credentials");
+        assert!(error.to_string().contains("AWS_SESSION_TOKEN"), "{error}");
+    }
+
     /// A bucket whose name is no host-name label was put in front of the
     /// endpoint's host all the same: a dotted name outside the endpoint's
     /// wildcard certificate, capitals and `_` no host name, each failing
@@ -802,7 +882,7 @@ mod tests {
                 "{bucket}"
             );
             let made = S3Config::new(bucket)
-                .build_in(|_| None, AmazonS3Builder::new)
+                .build_in(|_| None, || Ok(AmazonS3Builder::new()))
                 .unwrap();
             let shown = format!("{made:?}");
             assert!(
@@ -829,16 +909,16 @@ mod tests {
         let env = |url: &'static str| {
             move |name: &str| (name == "AWS_ENDPOINT_URL").then(|| url.to_owned())
         };
-        let made =
-            S3Config::new("readings").build_in(env("https://127.0.0.1:9000"), AmazonS3Builder::new);
+        let made = S3Config::new("readings")
+            .build_in(env("https://127.0.0.1:9000"), || Ok(AmazonS3Builder::new()));
         refused_as(&made.unwrap_err(), "path_style");
-        let made =
-            S3Config::new("readings").build_in(env("http://minio.example"), AmazonS3Builder::new);
+        let made = S3Config::new("readings")
+            .build_in(env("http://minio.example"), || Ok(AmazonS3Builder::new()));
         refused_as(&made.unwrap_err(), "allow_http");
         assert!(S3Config::new("readings")
             .with_path_style(true)
             .with_allow_http(true)
-            .build_in(env("http://127.0.0.1:9000"), AmazonS3Builder::new)
+            .build_in(env("http://127.0.0.1:9000"), || Ok(AmazonS3Builder::new()))
             .is_ok());
         assert_eq!(
             endpoint(None, env("https://minio.example")).as_deref(),
