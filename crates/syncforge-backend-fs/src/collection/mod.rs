@@ -699,7 +699,10 @@ impl Collection {
         // handle with the collection open took for the truth. Temporaries
         // are left alone: a checkpoint under way elsewhere may be writing
         // them (they are removed at the next open).
-        let entries = self.reconcile_entries(UnknownUnreadable::Fail)?;
+        // A rebuilt log knows no id: a hashed file that cannot be read may
+        // hold a record the store wrote and acknowledged, which would read
+        // as absent, so the opening fails on it.
+        let entries = self.reconcile_entries(Unreadable::Fail)?;
         self.log.apply_all(entries);
         self.log
             .rewrite(self.ops.as_ref(), highest_seq, self.durable())
@@ -711,7 +714,9 @@ impl Collection {
     /// entries whose file is gone.
     fn reconcile(&mut self) -> Result<()> {
         remove_temporaries(self.ops(), &self.dir)?;
-        let entries = self.reconcile_entries(UnknownUnreadable::LeaveOut)?;
+        // A sound log knows every file the store wrote: a hashed file of an
+        // id it does not know that cannot be read was added by hand.
+        let entries = self.reconcile_entries(Unreadable::LeaveOut)?;
         let durable = self.durable();
         self.append_to_log(entries, durable)
     }
@@ -719,8 +724,10 @@ impl Collection {
     /// The entries that bring the log in line with the files: a sequence
     /// for each record file it does not know, a removal for each entry
     /// whose file is gone (under the exclusive lock). Reserves the
-    /// sequences they take.
-    fn reconcile_entries(&mut self, unreadable: UnknownUnreadable) -> Result<Vec<LogEntry>> {
+    /// sequences they take. A file under a hashed name, of an id the log
+    /// does not know, that cannot be read to learn its id fails the call or
+    /// is left out, as `unreadable` says.
+    fn reconcile_entries(&mut self, unreadable: Unreadable) -> Result<Vec<LogEntry>> {
         // A hashed file name does not say its id, but that of an id the log
         // knows is known from the id: only the file of an id it does not
         // know is read for it. The names of the log's ids are made at the
@@ -763,10 +770,7 @@ impl Collection {
                 // the store. Nothing is lost: every opening reads again the
                 // files of ids the log does not know, and indexes it once it
                 // can be read.
-                Err(error)
-                    if !error.is_transient()
-                        && matches!(unreadable, UnknownUnreadable::LeaveOut) =>
-                {
+                Err(error) if !error.is_transient() && unreadable == Unreadable::LeaveOut => {
                     tracing::warn!(
                     collection = %self.name,
                     file = file_name,
@@ -1193,18 +1197,6 @@ pub(crate) fn check_dir(dir: &Path, collection: &str) -> Result<bool> {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(err) => Err(io_error("inspecting", dir, err)),
     }
-}
-
-/// What an opening does with a file under a hashed name, of an id the
-/// change log does not know, that cannot be read to learn its id.
-#[derive(Clone, Copy)]
-enum UnknownUnreadable {
-    /// Leave it out, with a warning: a sound log knows every file the
-    /// store wrote, so this one was added by hand.
-    LeaveOut,
-    /// Fail the opening: a rebuilt log knows no id, so the file may hold a
-    /// record the store wrote and acknowledged, which would read as absent.
-    Fail,
 }
 
 #[cfg(test)]

@@ -110,14 +110,16 @@ pub(crate) fn parse(bytes: &[u8], path: &Path, collection: &str, id: Option<&str
     }
 }
 
-/// What a read of every record file does with a file it cannot read (a
-/// directory in its place, a file of another owner).
+/// What a read of the record files does with one it cannot read (a
+/// directory in its place, a file of another owner); a transient failure
+/// fails it either way.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Unreadable {
-    /// Fail the read: its record would read as absent.
+    /// Fail the call: the file may hold a record the store acknowledged,
+    /// which would read as absent.
     Fail,
-    /// Leave it out, with a warning, and count it: for a read that asks
-    /// the records something other than their content.
+    /// Leave it out, with a warning: where the answer does not hang on it
+    /// (it fails its own reads), or it cannot be a file the store wrote.
     LeaveOut,
 }
 
