@@ -1635,6 +1635,44 @@ const FEED_MOST_WRITES_PER_WRITER: usize = 2_000;
 /// past its least, waiting for the reader to overlap it.
 const FEED_OVERLAP_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
+/// Whether the reader of a check of a feed read during writes has read
+/// writes while writers were still writing: without it the check proves
+/// nothing. Shared by the reader and its writers.
+#[derive(Default)]
+struct Overlap(AtomicBool);
+
+impl Overlap {
+    /// Records a page read while `writing` writers had not finished, when
+    /// it held what they wrote (`wrote`).
+    fn saw(&self, wrote: bool, writing: &AtomicUsize) {
+        if wrote && writing.load(Ordering::SeqCst) > 0 {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether the reader has read during the writes.
+    fn proved(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    /// Whether a writer that began at `began` and made `made` writes of its
+    /// `least` makes another: past the least only until the reader has read
+    /// during the writes, within [`FEED_OVERLAP_WAIT`].
+    fn writes_on(&self, made: usize, least: usize, began: tokio::time::Instant) -> bool {
+        made < least || (!self.proved() && began.elapsed() < FEED_OVERLAP_WAIT)
+    }
+
+    /// How long a reader caught up with writers still writing waits before
+    /// it looks again: the writers' turn, without a store (a server
+    /// answering one request at a time) kept busy by empty reads. Shorter
+    /// until it has read during the writes, so that it looks again before
+    /// writers on a fast store reach their most; a sleep, not a yield, so
+    /// that a reader's bound of pages outlasts [`FEED_OVERLAP_WAIT`].
+    fn pause(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(if self.proved() { 5 } else { 1 })
+    }
+}
+
 /// A reader paging the change feed while writers on other handles create
 /// records, keeping only the cursor each page gives it, sees every record:
 /// a write that took a position below one a reader has passed, and became
@@ -1648,7 +1686,7 @@ pub async fn a_feed_read_during_writes_misses_nothing(ctx: &Context<'_>) -> Chec
     let writers = HANDLES * TASKS_PER_HANDLE;
     let start = Arc::new(Barrier::new(writers + 1));
     let writing = Arc::new(AtomicUsize::new(writers));
-    let overlapped = Arc::new(AtomicBool::new(false));
+    let overlapped = Arc::new(Overlap::default());
     let mut tasks = JoinSet::new();
     let mut handles = Vec::new();
     for h in 0..HANDLES {
@@ -1691,9 +1729,7 @@ pub async fn a_feed_read_during_writes_misses_nothing(ctx: &Context<'_>) -> Chec
             .or_fail("changes")?;
         // Looked at after the page came: a writer still writing then was
         // writing while the page was read.
-        if !page.changes.is_empty() && writing.load(Ordering::SeqCst) > 0 {
-            overlapped.store(true, Ordering::SeqCst);
-        }
+        overlapped.saw(!page.changes.is_empty(), &writing);
         ensure!(
             page.next >= cursor,
             "a feed page moved the cursor back from {cursor} to {}",
@@ -1706,18 +1742,7 @@ pub async fn a_feed_read_during_writes_misses_nothing(ctx: &Context<'_>) -> Chec
             break;
         }
         if !page.more {
-            // Caught up: the writers' turn, without a store (a server
-            // answering one request at a time) kept busy by empty reads.
-            // Shorter until a page was read during the writes, so that the
-            // reader looks again before writers on a fast store reach
-            // their most; a sleep, not a yield, so that MAX_PAGES outlasts
-            // FEED_OVERLAP_WAIT.
-            let pause = if overlapped.load(Ordering::SeqCst) {
-                5
-            } else {
-                1
-            };
-            tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+            tokio::time::sleep(overlapped.pause()).await;
         }
     }
     ensure!(
@@ -1726,7 +1751,7 @@ pub async fn a_feed_read_during_writes_misses_nothing(ctx: &Context<'_>) -> Chec
     );
     close_all(&handles).await?;
     ensure!(
-        overlapped.load(Ordering::SeqCst),
+        overlapped.proved(),
         "the reader read no record while writers were still writing ({} records written): \
          the check proved nothing",
         expected.len()
@@ -1754,7 +1779,7 @@ struct FeedWriter {
     /// Writers that have not finished yet.
     writing: Arc<AtomicUsize>,
     /// Whether the reader has read records while writers were writing.
-    overlapped: Arc<AtomicBool>,
+    overlapped: Arc<Overlap>,
 }
 
 impl FeedWriter {
@@ -1774,9 +1799,7 @@ impl FeedWriter {
         let began = tokio::time::Instant::now();
         let mut ids = Vec::new();
         for i in 0..FEED_MOST_WRITES_PER_WRITER {
-            let more = i < FEED_WRITES_PER_WRITER
-                || (!self.overlapped.load(Ordering::SeqCst) && began.elapsed() < FEED_OVERLAP_WAIT);
-            if !more {
+            if !self.overlapped.writes_on(i, FEED_WRITES_PER_WRITER, began) {
                 break;
             }
             let id = format!("{}{i}", self.prefix);
@@ -2986,7 +3009,7 @@ pub async fn a_feed_read_during_rewrites_ends_at_every_latest_state(
     let writers = HANDLES * 2;
     let start = Arc::new(Barrier::new(writers + 1));
     let writing = Arc::new(AtomicUsize::new(writers));
-    let overlapped = Arc::new(AtomicBool::new(false));
+    let overlapped = Arc::new(Overlap::default());
     let mut tasks = JoinSet::new();
     let mut handles = Vec::new();
     for h in 0..HANDLES {
@@ -3034,9 +3057,7 @@ pub async fn a_feed_read_during_rewrites_ends_at_every_latest_state(
             .changes
             .iter()
             .any(|change| change.record.newest_stamp().client() != setup.client());
-        if edited_by_a_writer && writing.load(Ordering::Acquire) > 0 {
-            overlapped.store(true, Ordering::SeqCst);
-        }
+        overlapped.saw(edited_by_a_writer, &writing);
         for change in page.changes {
             seen.insert(change.record.id().clone(), change.record);
         }
@@ -3051,20 +3072,14 @@ pub async fn a_feed_read_during_rewrites_ends_at_every_latest_state(
                 }
                 done = true;
             } else {
-                // Caught up with writers still writing: look again soon,
-                // sooner until a page was read during the edits.
-                let pause = if overlapped.load(Ordering::SeqCst) {
-                    5
-                } else {
-                    1
-                };
-                tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                // Caught up with writers still writing: look again soon.
+                tokio::time::sleep(overlapped.pause()).await;
             }
         }
     }
     close_all(&handles).await?;
     ensure!(
-        overlapped.load(Ordering::SeqCst),
+        overlapped.proved(),
         "the reader read no change while writers were still editing: the check proved nothing"
     );
     // Every delete is followed by its writer's create: every record is
@@ -3093,7 +3108,7 @@ struct Rewriter {
     hlc: Hlc,
     writer: usize,
     start: Arc<Barrier>,
-    overlapped: Arc<AtomicBool>,
+    overlapped: Arc<Overlap>,
 }
 
 impl Rewriter {
@@ -3107,9 +3122,7 @@ impl Rewriter {
         self.start.wait().await;
         let began = tokio::time::Instant::now();
         for edit in 0..MOST_EDITS_PER_WRITER {
-            let more = edit < EDITS_PER_WRITER
-                || (!self.overlapped.load(Ordering::SeqCst) && began.elapsed() < FEED_OVERLAP_WAIT);
-            if !more {
+            if !self.overlapped.writes_on(edit, EDITS_PER_WRITER, began) {
                 break;
             }
             let id = rid(&format!(
