@@ -761,6 +761,11 @@ mod tests {
         refused_as(&made.unwrap_err(), "path_style");
     }
 
+    /// An environment variable as the process's environment holds it.
+    fn os_var((name, value): (&str, &str)) -> (OsString, OsString) {
+        (OsString::from(name), OsString::from(value))
+    }
+
     /// `AWS_ENDPOINT_URL_S3`, which the AWS tools rank above
     /// `AWS_ENDPOINT_URL`, was read by the client alone, which ranked it
     /// above the configured endpoint too: requests went there, unchecked
@@ -787,7 +792,7 @@ mod tests {
                 ("AWS_ENDPOINT", "http://127.0.0.1:9"),
                 ("AWS_ALLOW_HTTP", "true"),
             ]
-            .map(|(name, value)| (OsString::from(name), OsString::from(value)))
+            .map(os_var)
         };
         let from_vars = || client_env(vars());
         let made = S3Config::new("readings")
@@ -806,10 +811,7 @@ mod tests {
             "{shown}"
         );
         // Set but empty, as a template leaves an unset variable: Amazon S3.
-        let empty = || {
-            [("AWS_ENDPOINT_URL_S3", ""), ("AWS_ENDPOINT_URL", "")]
-                .map(|(name, value)| (OsString::from(name), OsString::from(value)))
-        };
+        let empty = || [("AWS_ENDPOINT_URL_S3", ""), ("AWS_ENDPOINT_URL", "")].map(os_var);
         let made = S3Config::new("readings")
             .build_in(|_| Some(String::new()), || client_env(empty()))
             .unwrap();
@@ -832,7 +834,7 @@ mod tests {
             ("AWS_SKIP_SIGNATURE", ""),
             ("AWS_S3_EXPRESS", ""),
         ]
-        .map(|(name, value)| (OsString::from(name), OsString::from(value)));
+        .map(os_var);
         let made = S3Config::new("readings")
             .build_in(|_| None, || client_env(vars))
             .unwrap();
@@ -859,8 +861,7 @@ mod tests {
             refused_as(&error, "credentials");
             assert!(!error.to_string().contains(secret), "{error}");
         }
-        let vars = [("AWS_SESSION_TOKEN", "token\n")]
-            .map(|(name, value)| (OsString::from(name), OsString::from(value)));
+        let vars = [("AWS_SESSION_TOKEN", "token\n")].map(os_var);
         let error = client_env(vars).unwrap_err();
         refused_as(&error, "credentials");
         assert!(error.to_string().contains("AWS_SESSION_TOKEN"), "{error}");
