@@ -315,7 +315,7 @@ struct Inner {
     /// Collections taken out of `collections` to make room, while their
     /// last checkpoint runs: `close` checkpoints them too, which waits for
     /// that checkpoint.
-    evicting: Mutex<Vec<Arc<OpenCollection>>>,
+    evicting: Mutex<Vec<(CollectionName, Arc<OpenCollection>)>>,
     /// Collections closed to make room whose checkpoint failed, and not
     /// opened since: their writes are only in their write-ahead logs, and
     /// `close` opens them again to checkpoint them.
@@ -589,9 +589,10 @@ impl Inner {
             .collect();
         open.insert(name.clone(), Arc::clone(&state));
         // Before the map is let go: a `close` that drains it then finds them.
-        self.evicting
-            .lock()
-            .extend(idle.iter().map(|(_, idle)| Arc::clone(idle)));
+        self.evicting.lock().extend(
+            idle.iter()
+                .map(|(name, idle)| (name.clone(), Arc::clone(idle))),
+        );
         drop(open);
         for (name, idle) in idle {
             // As `close` leaves it: its records in their files. Should that
@@ -603,7 +604,7 @@ impl Inner {
             }
             self.evicting
                 .lock()
-                .retain(|evicting| !Arc::ptr_eq(evicting, &idle));
+                .retain(|(_, evicting)| !Arc::ptr_eq(evicting, &idle));
         }
         Ok(Some(state))
     }
@@ -966,39 +967,41 @@ impl StorageBackend for FsBackend {
     /// Checkpoints every collection this handle opened, so that a closed
     /// store holds all its records in their files and no write-ahead log
     /// to replay (synced as [`checkpoint`](FsBackend::checkpoint) says).
-    /// Nothing is deleted.
+    /// Nothing is deleted. A close that failed can be tried again: it
+    /// checkpoints the collections whose checkpoint failed.
     async fn close(&self) -> Result<()> {
-        if self.inner.closed.swap(true, Ordering::AcqRel) {
+        let again = self.inner.closed.swap(true, Ordering::AcqRel);
+        if again && self.inner.unflushed.lock().is_empty() {
             return Ok(());
         }
         let inner = Arc::clone(&self.inner);
         // Dropping the states closes the lock files. The map is drained off
         // the async runtime too: an open under way holds its lock.
         blocking(move || {
-            let mut open: Vec<Arc<OpenCollection>> = inner
-                .collections
-                .lock()
-                .drain()
-                .map(|(_, state)| state)
-                .collect();
+            let mut open: Vec<(CollectionName, Arc<OpenCollection>)> =
+                inner.collections.lock().drain().collect();
             // Checkpointing one being evicted waits for its checkpoint.
             open.append(&mut inner.evicting.lock());
             let mut first_error = None;
-            for state in open {
+            for (collection, state) in open {
                 // Waits for a background checkpoint under way.
                 if let Err(err) = state.close() {
+                    inner.unflushed.lock().insert(collection);
                     first_error.get_or_insert(err);
                 }
             }
-            // Closed to make room, their checkpoint failed and none opened
-            // them since: opened again, outside the map (which takes no
-            // more), so that their writes reach their files.
+            // Closed to make room, or by a close before this one, their
+            // checkpoint failed and none opened them since: opened again,
+            // outside the map (which takes no more), so that their writes
+            // reach their files. Those that fail again are kept for the next
+            // close.
             let unflushed: Vec<CollectionName> = inner.unflushed.lock().drain().collect();
             for collection in unflushed {
                 let closed = inner.open_unmapped(&collection, false).and_then(|state| {
                     state.map_or(Ok(()), |state| OpenCollection::new(state).close())
                 });
                 if let Err(err) = closed {
+                    inner.unflushed.lock().insert(collection);
                     first_error.get_or_insert(err);
                 }
             }
@@ -1222,7 +1225,7 @@ mod tests {
         assert!(holds_records(&dir).unwrap(), "the write is in the log");
         // As an eviction leaves it between the map and its checkpoint.
         let evicted = store.inner.collections.lock().remove(&notes).unwrap();
-        store.inner.evicting.lock().push(evicted);
+        store.inner.evicting.lock().push((notes.clone(), evicted));
         store.close().await.unwrap();
         assert!(
             !holds_records(&dir).unwrap(),
@@ -1287,6 +1290,45 @@ mod tests {
             "close left the log to replay"
         );
         assert!(dir.join("n1.json").is_file());
+    }
+
+    /// A close whose checkpoint failed (a directory refusing new files for
+    /// a moment) is tried again by the next close, which writes the records
+    /// to their files, where it answered Ok and left them in the log.
+    #[tokio::test]
+    async fn a_close_that_failed_checkpoints_when_tried_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let refusing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ops: Arc<dyn FileOps> = {
+            let refusing = Arc::clone(&refusing);
+            Arc::new(files::Hooked(move |op: &'static str, _: &Path| {
+                if refusing.load(Ordering::SeqCst) && op == "create_file" {
+                    return Err(std::io::Error::other("no room for now"));
+                }
+                Ok(())
+            }))
+        };
+        let store = FsBackend::open_on(ops, tmp.path(), FsOptions::default(), Tuning::default())
+            .await
+            .unwrap();
+        let notes = name("notes");
+        store
+            .put(&notes, &Write::create(record("n1")))
+            .await
+            .unwrap();
+        let dir = Collection::dir_for(store.root(), notes.as_str());
+        refusing.store(true, Ordering::SeqCst);
+        assert!(store.close().await.is_err(), "the checkpoint was refused");
+        assert!(holds_records(&dir).unwrap());
+        refusing.store(false, Ordering::SeqCst);
+        store.close().await.unwrap();
+        assert!(
+            !holds_records(&dir).unwrap(),
+            "the second close left the log to replay"
+        );
+        assert!(dir.join("n1.json").is_file());
+        // Nothing is left to do: a third close is a no-op.
+        store.close().await.unwrap();
     }
 
     /// After a burst of calls kept more collections in use than the bound,
