@@ -53,9 +53,20 @@ pub(crate) fn stem_for(name: &str) -> String {
 }
 
 /// Whether a stem is a hashed name, whose original name must be read from
-/// the content.
+/// the content: a readable prefix of at most [`HASHED_PREFIX_BYTES`], the
+/// marker and [`HASH_HEX_DIGITS`] lowercase hex digits, as [`stem_for`]
+/// makes them. A file only holding a `~` (`notes~old.json`) is not one, so
+/// it is no record file and a clear leaves it alone.
 pub(crate) fn is_hashed(stem: &str) -> bool {
-    stem.contains(HASH_MARKER)
+    stem.split_once(HASH_MARKER).is_some_and(|(prefix, hash)| {
+        !prefix.is_empty()
+            && prefix.len() <= HASHED_PREFIX_BYTES
+            && !prefix.contains(HASH_MARKER)
+            && hash.len() == HASH_HEX_DIGITS
+            && hash
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }
 
 /// The name a readable stem stands for; `None` for anything that is not the
@@ -251,6 +262,25 @@ mod tests {
             stem_for(&escaped_cut).split('~').next().unwrap(),
             "a".repeat(63)
         );
+    }
+
+    /// Only the shape `stem_for` gives a hashed name is one: a name merely
+    /// holding a `~` was taken for one, and its file for a record's.
+    #[test]
+    fn only_the_shape_of_a_hashed_name_is_hashed() {
+        let hash = "0123456789abcdef0123456789abcdef";
+        assert!(is_hashed(&format!("notes~{hash}")));
+        for foreign in [
+            "notes~old".to_owned(),
+            "draft~2".to_owned(),
+            format!("~{hash}"),
+            format!("a~{}", hash.to_uppercase()),
+            format!("a~{hash}0"),
+            format!("a~b~{hash}"),
+            format!("{}~{hash}", "a".repeat(HASHED_PREFIX_BYTES + 1)),
+        ] {
+            assert!(!is_hashed(&foreign), "{foreign:?}");
+        }
     }
 
     #[test]

@@ -379,8 +379,8 @@ async fn a_directory_in_a_record_files_place_does_not_stop_a_clear() {
 }
 
 /// Clearing a collection removed every `.json` file in its directory, a
-/// file named so by hand (`my notes.json`, `Note.json`) included, though
-/// no record is kept under such a name.
+/// file named so by hand (`my notes.json`, `Note.json`, `notes~old.json`)
+/// included, though no record is kept under such a name.
 #[tokio::test]
 async fn clearing_a_collection_keeps_files_that_stand_for_no_record() {
     let tmp = tempfile::tempdir().unwrap();
@@ -388,7 +388,12 @@ async fn clearing_a_collection_keeps_files_that_stand_for_no_record() {
     put_any(&store, "notes", counter("r0", 1)).await;
     store.checkpoint().await.unwrap();
     let dir = tmp.path().join("notes");
-    let foreign = ["my notes.json", "Note.json"];
+    let foreign = [
+        "my notes.json",
+        "Note.json",
+        "notes~old.json",
+        "draft~2.json",
+    ];
     for name in foreign {
         std::fs::write(dir.join(name), "kept").unwrap();
     }
