@@ -168,8 +168,11 @@ impl BackendConfig {
 /// Fails with [`Error::FeatureDisabled`] naming the cargo feature when that
 /// backend was not compiled in, with [`Error::InvalidConfig`] naming the
 /// option when a setting cannot work (an empty directory path, a directory
-/// that cannot be created or written), and with the backend's own error when
-/// it cannot be opened.
+/// that cannot be created or opened), and with the backend's own error when
+/// it cannot be opened. Opening a filesystem store writes nothing into a
+/// directory that exists: one that cannot be written is found by the first
+/// write, the engine's `build` (which stores the store's id), as
+/// [`Error::Storage`].
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
