@@ -15,7 +15,8 @@ use syncforge_core::{Error, Result};
 /// Built with [`S3Config::new`] and the `with_*` methods. Credentials are
 /// optional: without them the default chain is used (the `AWS_*`
 /// environment variables, web identity, ECS and EC2 instance metadata).
-/// `Debug` never shows the access key id, the secret or the session token.
+/// The HTTP client's `AWS_*` settings (`AWS_PROXY_URL`, ...) apply either
+/// way. `Debug` never shows the access key id, the secret or the session token.
 ///
 /// ```
 /// use std::time::Duration;
@@ -107,28 +108,58 @@ fn endpoint(configured: Option<&str>, env: impl Fn(&str) -> Option<String>) -> O
 /// empty keys in place of the role's, an empty endpoint (every request to a
 /// relative address), an empty flag failing the build. A credential that
 /// could not be sent is refused ([`check_credential`]).
+/// The HTTP client's settings ([`client_options_env`]) are left out: they
+/// apply with static credentials too.
 fn client_env(vars: impl IntoIterator<Item = (OsString, OsString)>) -> Result<AmazonS3Builder> {
     let mut builder = AmazonS3Builder::new();
-    for (name, value) in vars {
-        let (Some(name), Ok(value)) = (name.to_str(), value.into_string()) else {
-            continue;
-        };
-        if !name.starts_with("AWS_") || value.is_empty() {
-            continue;
-        }
-        let Ok(key) = name.to_ascii_lowercase().parse::<AmazonS3ConfigKey>() else {
-            continue;
-        };
+    for (name, key, value) in aws_settings(vars) {
         match key {
-            AmazonS3ConfigKey::Endpoint | AmazonS3ConfigKey::S3Endpoint => continue,
+            AmazonS3ConfigKey::Endpoint
+            | AmazonS3ConfigKey::S3Endpoint
+            | AmazonS3ConfigKey::Client(_) => continue,
             AmazonS3ConfigKey::AccessKeyId
             | AmazonS3ConfigKey::SecretAccessKey
-            | AmazonS3ConfigKey::Token => check_credential(name, &value)?,
+            | AmazonS3ConfigKey::Token => check_credential(&name, &value)?,
             _ => {}
         }
         builder = builder.with_config(key, value);
     }
     Ok(builder)
+}
+
+/// The HTTP client's settings among the `AWS_*` variables of `vars`
+/// (`AWS_PROXY_URL`, `AWS_PROXY_CA_CERTIFICATE`, `AWS_USER_AGENT`, ...),
+/// as [`AmazonS3Builder::from_env`] reads them, less those set empty. The
+/// configuration's own settings (timeouts, `allow_http`) are set over them.
+fn client_options_env(vars: impl IntoIterator<Item = (OsString, OsString)>) -> ClientOptions {
+    aws_settings(vars)
+        .filter_map(|(_, key, value)| match key {
+            AmazonS3ConfigKey::Client(key) => Some((key, value)),
+            _ => None,
+        })
+        .fold(ClientOptions::new(), |options, (key, value)| {
+            options.with_config(key, value)
+        })
+}
+
+/// The client settings among `vars`: each `AWS_*` variable set, not empty,
+/// whose name the client knows, with its name, key and value.
+fn aws_settings(
+    vars: impl IntoIterator<Item = (OsString, OsString)>,
+) -> impl Iterator<Item = (String, AmazonS3ConfigKey, String)> {
+    vars.into_iter().filter_map(|(name, value)| {
+        let (Ok(name), Ok(value)) = (name.into_string(), value.into_string()) else {
+            return None;
+        };
+        if !name.starts_with("AWS_") || value.is_empty() {
+            return None;
+        }
+        let key = name
+            .to_ascii_lowercase()
+            .parse::<AmazonS3ConfigKey>()
+            .ok()?;
+        Some((name, key, value))
+    })
 }
 
 /// Refuses a credential (named by `what`, never shown) holding a control
@@ -517,6 +548,10 @@ impl S3Config {
                 ),
             ));
         }
+        // The client puts `/` and the key after a virtual-hosted endpoint as
+        // it is: a trailing `/` would start every key with one, which a
+        // listing of the prefix never finds.
+        let path = path.trim_end_matches('/');
         Ok(format!("{scheme}://{}.{host}{path}", self.bucket))
     }
 
@@ -538,16 +573,18 @@ impl S3Config {
         self.build_in(
             |name| std::env::var(name).ok(),
             || client_env(std::env::vars_os()),
+            client_options_env(std::env::vars_os()),
         )
     }
 
     /// [`build`](Self::build), with the environment read through `env`,
-    /// and the client's own reading of it (without static credentials)
-    /// made by `client_env`.
+    /// the client's own reading of it (without static credentials) made by
+    /// `client_env`, and the HTTP client's settings from it in `client`.
     fn build_in(
         &self,
         env: impl Fn(&str) -> Option<String>,
         client_env: impl FnOnce() -> Result<AmazonS3Builder>,
+        client: ClientOptions,
     ) -> Result<AmazonS3> {
         self.check_bucket()?;
         if self.access_key_id.is_some() != self.secret_access_key.is_some() {
@@ -607,7 +644,7 @@ impl S3Config {
             .with_allow_http(self.allow_http)
             .with_virtual_hosted_style_request(!self.uses_path_style())
             .with_client_options(
-                ClientOptions::new()
+                client
                     .with_timeout(self.request_timeout)
                     .with_connect_timeout(self.connect_timeout)
                     .with_allow_http(self.allow_http),
@@ -797,14 +834,16 @@ mod tests {
         let from_vars = || client_env(vars());
         let made = S3Config::new("readings")
             .with_endpoint("https://mine.example")
-            .build_in(env, from_vars)
+            .build_in(env, from_vars, ClientOptions::new())
             .unwrap();
         let shown = format!("{made:?}");
         assert!(
             shown.contains("https://readings.mine.example") && !shown.contains("127.0.0.1:9"),
             "{shown}"
         );
-        let made = S3Config::new("readings").build_in(env, from_vars).unwrap();
+        let made = S3Config::new("readings")
+            .build_in(env, from_vars, ClientOptions::new())
+            .unwrap();
         let shown = format!("{made:?}");
         assert!(
             shown.contains("https://readings.s3-only.example") && !shown.contains("127.0.0.1:9"),
@@ -813,7 +852,11 @@ mod tests {
         // Set but empty, as a template leaves an unset variable: Amazon S3.
         let empty = || [("AWS_ENDPOINT_URL_S3", ""), ("AWS_ENDPOINT_URL", "")].map(os_var);
         let made = S3Config::new("readings")
-            .build_in(|_| Some(String::new()), || client_env(empty()))
+            .build_in(
+                |_| Some(String::new()),
+                || client_env(empty()),
+                ClientOptions::new(),
+            )
             .unwrap();
         let shown = format!("{made:?}");
         assert!(
@@ -836,7 +879,7 @@ mod tests {
         ]
         .map(os_var);
         let made = S3Config::new("readings")
-            .build_in(|_| None, || client_env(vars))
+            .build_in(|_| None, || client_env(vars), ClientOptions::new())
             .unwrap();
         let shown = format!("{made:?}");
         assert!(!shown.contains("StaticCredentialProvider"), "{shown}");
@@ -856,7 +899,11 @@ mod tests {
                 .with_session_token("token\n"),
         ] {
             let error = config
-                .build_in(|_| None, || Ok(AmazonS3Builder::new()))
+                .build_in(
+                    |_| None,
+                    || Ok(AmazonS3Builder::new()),
+                    ClientOptions::new(),
+                )
                 .unwrap_err();
             refused_as(&error, "credentials");
             assert!(!error.to_string().contains(secret), "{error}");
@@ -865,6 +912,61 @@ mod tests {
         let error = client_env(vars).unwrap_err();
         refused_as(&error, "credentials");
         assert!(error.to_string().contains("AWS_SESSION_TOKEN"), "{error}");
+    }
+
+    /// A virtual-hosted endpoint given with a trailing `/` made every key
+    /// start with `/` (`https://readings.s3.example//dse/...`): writes and
+    /// reads by key worked, listings of the prefix never found them.
+    #[test]
+    fn a_trailing_slash_of_a_virtual_hosted_endpoint_is_dropped() {
+        let config = S3Config::new("readings");
+        for (given, used) in [
+            ("https://s3.example.com/", "https://readings.s3.example.com"),
+            (
+                "https://s3.example.com//",
+                "https://readings.s3.example.com",
+            ),
+            (
+                "https://s3.example.com/base/",
+                "https://readings.s3.example.com/base",
+            ),
+            ("https://s3.example.com", "https://readings.s3.example.com"),
+        ] {
+            assert_eq!(config.request_endpoint(given).unwrap(), used, "{given}");
+        }
+    }
+
+    /// The HTTP client's settings in the environment (`AWS_PROXY_URL`, ...)
+    /// were read, then replaced whole by the configuration's timeouts: a
+    /// proxy the environment names was never used. They are kept, with
+    /// static credentials too, under the configuration's own settings.
+    #[test]
+    fn the_client_settings_of_the_environment_are_kept() {
+        let vars = || {
+            [
+                ("AWS_PROXY_URL", "http://proxy.example:3128"),
+                ("AWS_USER_AGENT", "fleet-agent/7"),
+                ("AWS_ALLOW_HTTP", "true"),
+                ("AWS_TIMEOUT", "1s"),
+                ("AWS_ACCESS_KEY_ID", "AKIAFROMENV"),
+                ("AWS_SECRET_ACCESS_KEY", "from-env"),
+            ]
+            .map(os_var)
+        };
+        for config in [
+            S3Config::new("readings"),
+            S3Config::new("readings").with_credentials("AKIA", "secret"),
+        ] {
+            let made = config
+                .build_in(|_| None, || client_env(vars()), client_options_env(vars()))
+                .unwrap();
+            let shown = format!("{made:?}");
+            assert!(shown.contains("http://proxy.example:3128"), "{shown}");
+            assert!(shown.contains("fleet-agent/7"), "{shown}");
+            // The configuration's own settings win over the environment's.
+            assert!(shown.contains("allow_http: Parsed(false)"), "{shown}");
+            assert!(shown.contains("timeout: Some(Parsed(30s))"), "{shown}");
+        }
     }
 
     /// A bucket whose name is no host-name label was put in front of the
@@ -883,7 +985,11 @@ mod tests {
                 "{bucket}"
             );
             let made = S3Config::new(bucket)
-                .build_in(|_| None, || Ok(AmazonS3Builder::new()))
+                .build_in(
+                    |_| None,
+                    || Ok(AmazonS3Builder::new()),
+                    ClientOptions::new(),
+                )
                 .unwrap();
             let shown = format!("{made:?}");
             assert!(
@@ -910,16 +1016,26 @@ mod tests {
         let env = |url: &'static str| {
             move |name: &str| (name == "AWS_ENDPOINT_URL").then(|| url.to_owned())
         };
-        let made = S3Config::new("readings")
-            .build_in(env("https://127.0.0.1:9000"), || Ok(AmazonS3Builder::new()));
+        let made = S3Config::new("readings").build_in(
+            env("https://127.0.0.1:9000"),
+            || Ok(AmazonS3Builder::new()),
+            ClientOptions::new(),
+        );
         refused_as(&made.unwrap_err(), "path_style");
-        let made = S3Config::new("readings")
-            .build_in(env("http://minio.example"), || Ok(AmazonS3Builder::new()));
+        let made = S3Config::new("readings").build_in(
+            env("http://minio.example"),
+            || Ok(AmazonS3Builder::new()),
+            ClientOptions::new(),
+        );
         refused_as(&made.unwrap_err(), "allow_http");
         assert!(S3Config::new("readings")
             .with_path_style(true)
             .with_allow_http(true)
-            .build_in(env("http://127.0.0.1:9000"), || Ok(AmazonS3Builder::new()))
+            .build_in(
+                env("http://127.0.0.1:9000"),
+                || Ok(AmazonS3Builder::new()),
+                ClientOptions::new()
+            )
             .is_ok());
         assert_eq!(
             endpoint(None, env("https://minio.example")).as_deref(),
