@@ -1290,11 +1290,29 @@ impl HttpPeer {
         self.check_sync_answer(collection, records, &answer)
             .map_err(Failure::Permanent)?;
         let mut state = self.inner.state.lock();
-        state.follow_feed(&answer.feed_id);
+        if state.follow_feed(&answer.feed_id) {
+            // Merged into another store than the one the sync began with:
+            // the push must not count as the first one's, or the engine's
+            // push cursor would pass records that store never got.
+            return Err(Failure::Permanent(self.changed_stores(&answer.feed_id)));
+        }
         if echoes == Echoes::Remember {
             state.remember_echoes(collection, &answer.echoes);
         }
         Ok(answer)
+    }
+
+    /// The error of an answer from a store (`feed_id`) other than the one
+    /// the sync began with: transient, the next sync sees the new feed id
+    /// and starts over.
+    fn changed_stores(&self, feed_id: &str) -> Error {
+        Error::unavailable(
+            BACKEND,
+            format!(
+                "{} changed stores during the sync (feed {feed_id}); sync again",
+                self.inner.base
+            ),
+        )
     }
 
     /// Refuses an answer to a push of `records` records to `collection`
@@ -1442,13 +1460,7 @@ impl HttpPeer {
             if state.follow_feed(&page.feed_id) {
                 // The server now runs on another store: `after` meant nothing
                 // there. The next sync sees the new feed id and starts over.
-                return Err(Error::unavailable(
-                    BACKEND,
-                    format!(
-                        "{} changed stores during the sync (feed {}); sync again",
-                        self.inner.base, page.feed_id
-                    ),
-                ));
+                return Err(self.changed_stores(&page.feed_id));
             }
         }
         // Each record located in the body, to be read on every core.

@@ -1756,6 +1756,28 @@ async fn a_page_refused_teaches_the_peer_nothing() {
     }
 }
 
+/// A push merged by another store than the one the sync began with (the
+/// server restarted on another store between the pull and the push) was
+/// taken as pushed: the engine's push cursor, kept for the first store,
+/// passed records it never got, and they stayed missing there once the
+/// server was back on it. It fails as a change of stores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_answered_by_another_store_fails_as_a_change_of_stores() {
+    let other = json_answer(
+        "200 OK",
+        "",
+        r#"{"feed_id":"f2","collection":"notes","added":2,"updated":0,"deleted":0,"unchanged":0,"conflicts":0,"echoes":[]}"#,
+    );
+    let (url, _served) = canned_server(vec![json_answer("200 OK", "", CANNED_HEALTH), other]).await;
+    let link = peer(&url, None);
+    link.health().await.unwrap();
+    let error = SyncPeer::push(&link, &notes(), two_notes().await)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Unavailable { .. }), "{error:?}");
+    assert!(error.to_string().contains("changed stores"), "{error}");
+}
+
 /// A proxy that refuses long URLs (414) refused every pull that carried
 /// echoes to skip, though skipping them only saves downloading them again.
 /// The pull is asked again without them, and they are let go.
