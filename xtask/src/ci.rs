@@ -179,6 +179,28 @@ fn steps(test_env: &[(&'static str, OsString)]) -> Vec<Step> {
                 // (Cargo runs doc tests alone or not at all.)
                 with_env(memory_only_facade(&["--lib", "--test", "engine"])),
                 with_env(memory_only_facade(&["--doc"])),
+                // The tests written for a build without the memory backend
+                // (a `memory:` URL names its feature), and for a CLI
+                // without the s3 and redis backends (a URL of a kind not
+                // built in names its feature). Compiled by no other step.
+                with_env(Cargo::new(&[
+                    "test",
+                    "-p",
+                    "syncforge",
+                    "--no-default-features",
+                    "--lib",
+                ])),
+                with_env(Cargo::new(&[
+                    "test",
+                    "-p",
+                    "syncforge-cli",
+                    "--no-default-features",
+                    "--features",
+                    "fs,http",
+                    "--test",
+                    "cli",
+                    "a_kind_not_built_in",
+                ])),
             ],
             needs_services: true,
         },
@@ -325,5 +347,17 @@ mod tests {
               --features serde_json/preserve_order,serde_json/arbitrary_precision"
                 .to_owned()
         ));
+        // The tests that only a build without a backend's feature compiles.
+        for without in [
+            "-p syncforge --no-default-features --lib",
+            "-p syncforge-cli --no-default-features --features fs,http --test cli",
+        ] {
+            assert!(
+                shown
+                    .iter()
+                    .any(|command| command.contains("cargo test") && command.contains(without)),
+                "{without}: {shown:?}"
+            );
+        }
     }
 }

@@ -1874,8 +1874,6 @@ fn preload(intents: &[Intent], stored: &[Option<Stored>]) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicUsize;
-
     use super::*;
 
     /// The first wait came after four races lost in a row, where the docs
@@ -1890,55 +1888,64 @@ mod tests {
         assert_eq!(race_wait_bound_micros(MAX_RACE_ATTEMPTS), Some(64_000));
     }
 
-    /// A clock that runs `hook` the first time it is read after the hook
-    /// is set: the moment a put stamps its record, inside the store's write.
-    #[derive(Default)]
-    struct HookedClock {
-        hook: Mutex<Option<Box<dyn FnOnce() + Send>>>,
-    }
+    /// On the default store, the memory backend, whose write reads the
+    /// clock under its lock: a build without it refuses the engine.
+    #[cfg(feature = "memory")]
+    mod watched_during_a_put {
+        use std::sync::atomic::AtomicUsize;
 
-    impl std::fmt::Debug for HookedClock {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("HookedClock")
+        use super::*;
+
+        /// A clock that runs `hook` the first time it is read after the hook
+        /// is set: the moment a put stamps its record, inside the store's write.
+        #[derive(Default)]
+        struct HookedClock {
+            hook: Mutex<Option<Box<dyn FnOnce() + Send>>>,
         }
-    }
 
-    impl TimeSource for HookedClock {
-        fn now_millis(&self) -> u64 {
-            let hook = self.hook.lock().take();
-            if let Some(hook) = hook {
-                hook();
+        impl std::fmt::Debug for HookedClock {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("HookedClock")
             }
-            1_700_000_000_000
         }
-    }
 
-    /// A watcher (an HTTP server's long poll) that arrives while a put of a
-    /// new record with no one listening is being inserted is woken by it,
-    /// as by every other write; before, it slept until its wait ran out.
-    #[tokio::test]
-    async fn a_watcher_arriving_during_the_insert_of_a_new_record_is_woken() {
-        let clock = Arc::new(HookedClock::default());
-        let engine = SyncEngine::builder()
-            .client_id("a")
-            .time_source(clock.clone())
-            .build()
-            .await
-            .unwrap();
-        let woken = Arc::new(AtomicUsize::new(0));
-        let (watched, seen) = (engine.clone(), Arc::clone(&woken));
-        *clock.hook.lock() = Some(Box::new(move || {
-            watched
-                .events()
-                .on_internal(EventKind::RecordAdded, move |_| {
-                    seen.fetch_add(1, Ordering::Relaxed);
-                });
-        }));
-        engine
-            .put("notes", &serde_json::json!({"id": "n1"}))
-            .await
-            .unwrap();
-        assert!(clock.hook.lock().is_none(), "the put read no clock");
-        assert_eq!(woken.load(Ordering::Relaxed), 1);
+        impl TimeSource for HookedClock {
+            fn now_millis(&self) -> u64 {
+                let hook = self.hook.lock().take();
+                if let Some(hook) = hook {
+                    hook();
+                }
+                1_700_000_000_000
+            }
+        }
+
+        /// A watcher (an HTTP server's long poll) that arrives while a put of a
+        /// new record with no one listening is being inserted is woken by it,
+        /// as by every other write; before, it slept until its wait ran out.
+        #[tokio::test]
+        async fn a_watcher_arriving_during_the_insert_of_a_new_record_is_woken() {
+            let clock = Arc::new(HookedClock::default());
+            let engine = SyncEngine::builder()
+                .client_id("a")
+                .time_source(clock.clone())
+                .build()
+                .await
+                .unwrap();
+            let woken = Arc::new(AtomicUsize::new(0));
+            let (watched, seen) = (engine.clone(), Arc::clone(&woken));
+            *clock.hook.lock() = Some(Box::new(move || {
+                watched
+                    .events()
+                    .on_internal(EventKind::RecordAdded, move |_| {
+                        seen.fetch_add(1, Ordering::Relaxed);
+                    });
+            }));
+            engine
+                .put("notes", &serde_json::json!({"id": "n1"}))
+                .await
+                .unwrap();
+            assert!(clock.hook.lock().is_none(), "the put read no clock");
+            assert_eq!(woken.load(Ordering::Relaxed), 1);
+        }
     }
 }

@@ -159,8 +159,8 @@ fn an_unreadable_log_level_is_told() {
     assert!(run.stderr.contains("\"verbose\""), "{run:?}");
 }
 
-/// Only in a build without the `s3` feature; the library's own tests check
-/// every kind with its feature off (`cargo xtask ci` runs them so).
+/// Only in a build without the `s3` feature, which `cargo xtask ci` makes
+/// for it; the library's own tests check each kind with its feature off.
 #[cfg(not(feature = "s3"))]
 #[test]
 fn a_kind_not_built_in_names_its_feature() {
