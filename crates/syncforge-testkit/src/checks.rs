@@ -3221,7 +3221,9 @@ pub async fn a_collection_written_again_after_a_clear_is_listed(ctx: &Context<'_
 /// A delete racing a replace of the same record (on two handles) leaves
 /// the record deleted, whichever lands first: a replace checked before the
 /// delete and written after it brought the record back, with no write
-/// anyone could see as its cause.
+/// anyone could see as its cause. Each side is started first in half the
+/// rounds: a store whose calls end at their first step (the memory store)
+/// would otherwise only ever run the one started first before the other.
 pub async fn a_delete_racing_a_replace_leaves_the_record_deleted(ctx: &Context<'_>) -> CheckResult {
     const ROUNDS: usize = 20;
     let coll = ctx.collection("delete-race");
@@ -3234,10 +3236,18 @@ pub async fn a_delete_racing_a_replace_leaves_the_record_deleted(ctx: &Context<'
             put_ok(&*ctx.store, &coll, &Write::create(first.clone()), "create").await?;
         let next = Write::replace(edited(&mut hlc, &first, 2)?, token);
         let record_id = rid(&id);
-        let (deleted, replaced) = tokio::join!(
-            deleter.delete(&coll, &record_id),
-            replacer.put(&coll, &next)
-        );
+        let (deleted, replaced) = if round % 2 == 0 {
+            tokio::join!(
+                deleter.delete(&coll, &record_id),
+                replacer.put(&coll, &next)
+            )
+        } else {
+            let (replaced, deleted) = tokio::join!(
+                replacer.put(&coll, &next),
+                deleter.delete(&coll, &record_id)
+            );
+            (deleted, replaced)
+        };
         ensure!(
             deleted.or_fail("delete")?,
             "a delete racing a replace finds {id} (round {round})"
@@ -3365,6 +3375,9 @@ mod tests {
         ListForgetsCleared,
         /// An insert answers the cursor before the one it wrote at.
         InsertAnswersEarlierCursor,
+        /// A replace checks its token, then writes without a condition a
+        /// moment later (as a read and a write over a network would).
+        ReplaceChecksThenWrites,
     }
 
     /// A memory store with one flaw, on every handle it opens.
@@ -3429,6 +3442,21 @@ mod tests {
             collection: &CollectionName,
             writes: &[Write],
         ) -> Result<Vec<WriteOutcome>> {
+            if let (Flaw::ReplaceChecksThenWrites, [write]) = (self.flaw, writes) {
+                if let Some(expected) = &write.expected {
+                    let id = write.record.id();
+                    let held = self.inner.get(collection, id).await?;
+                    if held.is_some_and(|held| held.token == *expected) {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                        // Whatever is there now: the check was made before.
+                        let unchecked = match self.inner.get(collection, id).await? {
+                            Some(now) => Write::replace(write.record.clone(), now.token),
+                            None => Write::create(write.record.clone()),
+                        };
+                        return self.inner.put_batch(collection, &[unchecked]).await;
+                    }
+                }
+            }
             let outcomes = self.inner.put_batch(collection, writes).await;
             *self.last_write.lock() = Instant::now();
             outcomes
@@ -3647,6 +3675,18 @@ mod tests {
             answers_match_what_is_stored(&ctx).await,
             flaw,
             "past the writes before it",
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_writing_a_replace_after_checking_it_fails() {
+        let flaw = Flaw::ReplaceChecksThenWrites;
+        let factory = Flawed::new(flaw);
+        let ctx = Context::open(&factory).await;
+        failed(
+            a_delete_racing_a_replace_leaves_the_record_deleted(&ctx).await,
+            flaw,
+            "leaves",
         );
     }
 
