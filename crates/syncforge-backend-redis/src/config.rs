@@ -50,8 +50,9 @@ pub struct RedisConfig {
     pub port: u16,
     /// Whether the server is a Redis Cluster: the client then discovers every
     /// node from the seed nodes and follows `MOVED` redirections. An `ASK`
-    /// (a slot being migrated) fails the command as transient, and the next
-    /// call finds the slot's new node.
+    /// (a slot being migrated) fails the command as transient, as every
+    /// call on that slot fails until the migration ends; the first call
+    /// after it finds the slot's new node.
     pub cluster: bool,
     /// More seed nodes of a cluster besides `host:port`, tried when it is down.
     pub nodes: Vec<(String, u16)>,
