@@ -19,10 +19,11 @@
 //! borrowing the writer's buffer and copying out of it; a container refuses
 //! it at its first call and is written by [`Build`].
 
+use arrayvec::ArrayString;
 use serde::ser::{self, Impossible, Serialize, Serializer};
 use serde_json::Value;
 
-use super::canonical::{f64_text, separate, write_key, write_str, write_value};
+use super::canonical::{f64_text, plain_prefix, separate, write_key, write_str, write_value};
 use super::text::{with_scratch, JsonText};
 use crate::depth::{MAX_NESTING_DEPTH, PRIVATE_TOKEN};
 use crate::sorted::sort_keeping_last;
@@ -482,9 +483,147 @@ macro_rules! refuse {
 }
 
 impl Serializer for Scalar {
-    no_containers!(JsonText);
+    type Ok = JsonText;
+    type Error = Fault;
+    type SerializeSeq = ShortItems;
+    type SerializeTuple = ShortItems;
+    type SerializeTupleStruct = ShortItems;
+    type SerializeTupleVariant = Impossible<JsonText, Fault>;
+    type SerializeMap = Impossible<JsonText, Fault>;
+    type SerializeStruct = Impossible<JsonText, Fault>;
+    type SerializeStructVariant = Impossible<JsonText, Fault>;
 
     scalar_methods!(JsonText);
+
+    fn serialize_seq(self, _: Option<usize>) -> std::result::Result<ShortItems, Fault> {
+        ShortItems::open()
+    }
+
+    fn serialize_tuple(self, _: usize) -> std::result::Result<ShortItems, Fault> {
+        ShortItems::open()
+    }
+
+    fn serialize_tuple_struct(
+        self,
+        _: &'static str,
+        _: usize,
+    ) -> std::result::Result<ShortItems, Fault> {
+        ShortItems::open()
+    }
+
+    refuse! { Fault::Compound;
+        serialize_map(Option<usize>) -> Self::SerializeMap;
+        serialize_struct(&'static str, usize) -> Self::SerializeStruct;
+    }
+}
+
+/// The bytes of text a [`ShortItems`] array is written in, on the stack.
+const SHORT_ITEMS: usize = 64;
+
+/// A short array of scalars (`["a","b"]`, `[1,2,3]`), the text [`Build`]
+/// writes for it made on the stack and held as the field's value: the
+/// writer's buffer kept per thread, borrowed and copied out of, cost more
+/// than the array's own text. Anything that does not fit, needs an escape,
+/// or is not a plain scalar (a container, an `f32`, a refusal of any kind)
+/// gives up with [`Fault::Compound`], and [`Build`] writes the whole value
+/// anew and answers for it as before.
+struct ShortItems {
+    out: ArrayString<SHORT_ITEMS>,
+    first: bool,
+}
+
+impl ShortItems {
+    fn open() -> std::result::Result<ShortItems, Fault> {
+        let mut out = ArrayString::new();
+        out.try_push('[').map_err(|_| Fault::Compound)?;
+        Ok(ShortItems { out, first: true })
+    }
+
+    fn push<T: Serialize + ?Sized>(&mut self, value: &T) -> std::result::Result<(), Fault> {
+        if !std::mem::take(&mut self.first) {
+            self.out.try_push(',').map_err(|_| Fault::Compound)?;
+        }
+        value
+            .serialize(ShortItem { out: &mut self.out })
+            .map_err(|_| Fault::Compound)
+    }
+
+    fn close(mut self) -> Made {
+        self.out.try_push(']').map_err(|_| Fault::Compound)?;
+        Ok(JsonText::from_canonical(&self.out))
+    }
+}
+
+impl ser::SerializeSeq for ShortItems {
+    type Ok = JsonText;
+    type Error = Fault;
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Built {
+        self.push(value)
+    }
+    fn end(self) -> Made {
+        self.close()
+    }
+}
+
+impl ser::SerializeTuple for ShortItems {
+    type Ok = JsonText;
+    type Error = Fault;
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Built {
+        self.push(value)
+    }
+    fn end(self) -> Made {
+        self.close()
+    }
+}
+
+impl ser::SerializeTupleStruct for ShortItems {
+    type Ok = JsonText;
+    type Error = Fault;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Built {
+        self.push(value)
+    }
+    fn end(self) -> Made {
+        self.close()
+    }
+}
+
+/// One item of a [`ShortItems`] array, written as [`Build`] writes it; any
+/// refusal here only sends the array to [`Build`].
+struct ShortItem<'a> {
+    out: &'a mut ArrayString<SHORT_ITEMS>,
+}
+
+impl ShortItem<'_> {
+    fn text(self, text: &str) -> Built {
+        self.out.try_push_str(text).map_err(|_| Fault::Compound)
+    }
+
+    /// A string that needs no escape, quoted; one that does is left to
+    /// [`Build`].
+    fn string(self, text: &str) -> Built {
+        if plain_prefix(text.as_bytes()) != text.len() {
+            return Err(Fault::Compound);
+        }
+        let pushed = self.out.try_push('"').is_ok()
+            && self.out.try_push_str(text).is_ok()
+            && self.out.try_push('"').is_ok();
+        if pushed {
+            Ok(())
+        } else {
+            Err(Fault::Compound)
+        }
+    }
+
+    /// Only an `f32` comes here: left to [`Build`].
+    fn value(self, _: &Value) -> Built {
+        Err(Fault::Compound)
+    }
+}
+
+impl Serializer for ShortItem<'_> {
+    no_containers!(());
+
+    scalar_methods!(());
 
     refuse! { Fault::Compound;
         serialize_seq(Option<usize>) -> Self::SerializeSeq;

@@ -946,6 +946,29 @@ mod tests {
             Kind::Holding(1)
         ];
         agree![Wrapped("w"), Wrapped(vec![1, 2]), Some(vec!["a"]), (1, "b")];
+        // Short arrays of scalars are made on the stack; any that does not
+        // fit, needs an escape or holds anything else is left to the writer.
+        agree![
+            Vec::<u8>::new(),
+            ["tag-1", "group-2"],
+            [Some(1.5), None, Some(-0.0)],
+            (true, 'c', u64::MAX, i64::MIN, Unit, ()),
+            [Kind::Plain, Kind::Plain],
+            [Kind::Plain, Kind::Holding(1)],
+            [1.5f32, 2.0],
+            vec![Wrapped("w"), Wrapped("v")],
+            ["a \"q\"", "b"],
+            ["\u{1}"],
+            ["é", "😀"],
+            [vec![1], vec![2]],
+            vec![json!({"a": 1})],
+            vec![std::collections::BTreeMap::from([("k", 1)])],
+        ];
+        // Around the room on the stack: 64 bytes.
+        for len in 55..70 {
+            agree![vec!["x".repeat(len - 4)], vec!["x".repeat(len - 6), String::new()]];
+            agree![vec![7u8; len / 2], vec![f64::MAX; len / 20]];
+        }
         agree![
             std::collections::BTreeMap::from([("k", -0.0)]),
             json!({"b": 1, "a": [2]})
