@@ -69,19 +69,28 @@ pub(crate) async fn run(args: SyncArgs, cx: &mut Context) -> Result<()> {
     // (of `Ends::read_ends`) that skipped them: only those are listed for
     // files left behind.
     let mut skipped_in: Vec<(usize, CollectionName)> = Vec::new();
+    // Collections a sync server cannot be asked about (`.` and `..`, which
+    // no URL path can name): they hold back no other collection either.
+    let mut unsyncable: Vec<String> = Vec::new();
     for (done, collection) in collections.iter().enumerate() {
         let skips_before = ends.skips(args.both);
-        let summary = ends
-            .sync(collection, args.both, cx)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot sync collection {:?} from {} to {}",
-                    collection.as_str(),
-                    ends.src_url(),
-                    ends.dst_url()
-                )
-            })?;
+        let cannot = || {
+            format!(
+                "cannot sync collection {:?} from {} to {}",
+                collection.as_str(),
+                ends.src_url(),
+                ends.dst_url()
+            )
+        };
+        let summary = match ends.sync(collection, args.both, cx).await {
+            Ok(summary) => summary,
+            Err(error) if names_no_url(&error) => {
+                tracing::warn!("{}: {error:#}; syncing the others", cannot());
+                unsyncable.push(format!("{:?}: {error:#}", collection.as_str()));
+                continue;
+            }
+            Err(error) => return Err(error.context(cannot())),
+        };
         let skips_after = ends.skips(args.both);
         skipped_in.extend(
             skips_before
@@ -115,10 +124,25 @@ pub(crate) async fn run(args: SyncArgs, cx: &mut Context) -> Result<()> {
             first.reason
         )
     });
+
     let left_behind = match (closed, &refused) {
         (Ok(left_behind), _) => left_behind,
         (Err(error), None) => return Err(error),
         (Err(error), Some(refused)) => return Err(error.context(refused.clone())),
+    };
+    let unsyncable = (!unsyncable.is_empty()).then(|| {
+        format!(
+            "{} collection(s) were not synced: {}. Every other collection was synced",
+            unsyncable.len(),
+            unsyncable.join("; ")
+        )
+    });
+    let left_behind = match (left_behind, unsyncable) {
+        (left_behind, None) => left_behind,
+        (None, unsyncable) => unsyncable,
+        (Some(left_behind), Some(unsyncable)) => {
+            Some(format!("{left_behind}. Besides, {unsyncable}"))
+        }
     };
     match (left_behind, refused) {
         (None, None) => Ok(()),
@@ -128,6 +152,15 @@ pub(crate) async fn run(args: SyncArgs, cx: &mut Context) -> Result<()> {
             Err(anyhow::anyhow!("{left_behind}. Besides, {refused}"))
         }
     }
+}
+
+/// Whether `error` is a sync server's peer refusing a collection no URL
+/// can name, before any request.
+fn names_no_url(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .filter_map(|cause| cause.downcast_ref::<syncforge::Error>())
+        .any(|cause| matches!(cause, syncforge::Error::InvalidCollection { .. }))
 }
 
 impl Ends {

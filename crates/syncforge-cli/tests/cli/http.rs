@@ -723,6 +723,43 @@ fn sync_refuses_a_server_serving_the_local_end() {
     }
 }
 
+/// A collection named `.` or `..` cannot be named in a URL path, so the
+/// HTTP client refuses it before any request. A whole-store sync with a
+/// server stopped there (`.` sorts first), and the collections after it
+/// were never synced: they are synced, and the command fails at the end
+/// naming the ones it could not sync.
+#[test]
+fn a_collection_no_url_can_name_holds_back_no_other() {
+    let dir = TempDir::new().unwrap();
+    let (hq, backup, tablet) = (
+        dir.path().join("hq"),
+        dir.path().join("backup"),
+        dir.path().join("tablet"),
+    );
+    syncforge_with(&["put", arg(&hq), "."], r#"{"id": "d1"}"#).ok();
+    syncforge_with(&["put", arg(&hq), "notes"], &docs("n", 2)).ok();
+    syncforge_with(&["put", arg(&tablet), ".."], r#"{"id": "t1"}"#).ok();
+    syncforge_with(&["put", arg(&tablet), "tasks"], &docs("t", 3)).ok();
+    let server = Served::start(arg(&hq), &["--open"]);
+    let url = server.url.as_str();
+
+    let pulled = syncforge(&["sync", url, arg(&backup)]).fails(1);
+    assert!(
+        pulled.stderr.contains("1 collection(s) were not synced")
+            && pulled.stderr.contains("\".\""),
+        "{pulled:?}"
+    );
+    assert_eq!(export(&backup, "notes"), export(&hq, "notes"));
+
+    let pushed = syncforge(&["sync", arg(&tablet), url]).fails(1);
+    assert!(
+        pushed.stderr.contains("1 collection(s) were not synced")
+            && pushed.stderr.contains("\"..\""),
+        "{pushed:?}"
+    );
+    assert_eq!(export(&hq, "tasks"), export(&tablet, "tasks"));
+}
+
 /// A clean stop waits for the requests under way, up to the request
 /// timeout; a second SIGTERM (or Ctrl-C) stops the server at once. The
 /// second one was swallowed, and the server could not be hurried.
