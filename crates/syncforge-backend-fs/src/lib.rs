@@ -1249,32 +1249,9 @@ mod tests {
     /// by the state that opened it then (`close` then leaves it to that
     /// state, where it opened it a second time, and failed if it could not).
     async fn checkpoint_failed_when_it_made_room(opened_again: bool) {
-        use std::sync::atomic::AtomicBool;
         let tmp = tempfile::tempdir().unwrap();
-        let refusing = Arc::new(AtomicBool::new(false));
-        let in_notes = |path: &Path| {
-            path.parent()
-                .and_then(Path::file_name)
-                .is_some_and(|dir| dir == "notes")
-        };
-        let ops: Arc<dyn FileOps> = {
-            let refusing = Arc::clone(&refusing);
-            Arc::new(files::Hooked(move |op: &'static str, path: &Path| {
-                if refusing.load(Ordering::SeqCst) && op == "create_file" && in_notes(path) {
-                    return Err(std::io::Error::other("no room for now"));
-                }
-                Ok(())
-            }))
-        };
-        let store = FsBackend::open_on(ops, tmp.path(), FsOptions::default(), Tuning::default())
-            .await
-            .unwrap();
+        let (store, refusing, dir) = notes_refusing_new_files(tmp.path()).await;
         let notes = name("notes");
-        store
-            .put(&notes, &Write::create(record("n1")))
-            .await
-            .unwrap();
-        let dir = Collection::dir_for(store.root(), notes.as_str());
         refusing.store(true, Ordering::SeqCst);
         crowd_out(&store, &notes);
         assert!(holds_records(&dir).unwrap(), "the checkpoint failed");
@@ -1292,23 +1269,26 @@ mod tests {
         assert!(dir.join("n1.json").is_file());
     }
 
-    /// A close whose checkpoint failed (a directory refusing new files for
-    /// a moment) is tried again by the next close, which writes the records
-    /// to their files, where it answered Ok and left them in the log.
-    #[tokio::test]
-    async fn a_close_that_failed_checkpoints_when_tried_again() {
-        let tmp = tempfile::tempdir().unwrap();
-        let refusing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    /// A store in `root` holding `n1` in `notes`, only in its log, whose
+    /// `notes` directory refuses new files while the flag returned is set
+    /// (a full disk for a moment), with that directory.
+    async fn notes_refusing_new_files(root: &Path) -> (FsBackend, Arc<AtomicBool>, PathBuf) {
+        let refusing = Arc::new(AtomicBool::new(false));
+        let in_notes = |path: &Path| {
+            path.parent()
+                .and_then(Path::file_name)
+                .is_some_and(|dir| dir == "notes")
+        };
         let ops: Arc<dyn FileOps> = {
             let refusing = Arc::clone(&refusing);
-            Arc::new(files::Hooked(move |op: &'static str, _: &Path| {
-                if refusing.load(Ordering::SeqCst) && op == "create_file" {
+            Arc::new(files::Hooked(move |op: &'static str, path: &Path| {
+                if refusing.load(Ordering::SeqCst) && op == "create_file" && in_notes(path) {
                     return Err(std::io::Error::other("no room for now"));
                 }
                 Ok(())
             }))
         };
-        let store = FsBackend::open_on(ops, tmp.path(), FsOptions::default(), Tuning::default())
+        let store = FsBackend::open_on(ops, root, FsOptions::default(), Tuning::default())
             .await
             .unwrap();
         let notes = name("notes");
@@ -1317,6 +1297,16 @@ mod tests {
             .await
             .unwrap();
         let dir = Collection::dir_for(store.root(), notes.as_str());
+        (store, refusing, dir)
+    }
+
+    /// A close whose checkpoint failed (a directory refusing new files for
+    /// a moment) is tried again by the next close, which writes the records
+    /// to their files, where it answered Ok and left them in the log.
+    #[tokio::test]
+    async fn a_close_that_failed_checkpoints_when_tried_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (store, refusing, dir) = notes_refusing_new_files(tmp.path()).await;
         refusing.store(true, Ordering::SeqCst);
         assert!(store.close().await.is_err(), "the checkpoint was refused");
         assert!(holds_records(&dir).unwrap());

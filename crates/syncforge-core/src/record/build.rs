@@ -350,38 +350,47 @@ impl Items<'_> {
     }
 }
 
-impl ser::SerializeSeq for Items<'_> {
-    type Ok = ();
-    type Error = Fault;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Built {
-        self.push(value)
-    }
-    fn end(self) -> Built {
-        self.close()
-    }
+/// The sequence, tuple and tuple-struct serializers of an array writer
+/// `$writer`, each item to its `push` and the end to its `close`, which
+/// answers `$ok`.
+macro_rules! array_writer {
+    ($writer:ty, $ok:ty) => {
+        impl ser::SerializeSeq for $writer {
+            type Ok = $ok;
+            type Error = Fault;
+            fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Built {
+                self.push(value)
+            }
+            fn end(self) -> std::result::Result<$ok, Fault> {
+                self.close()
+            }
+        }
+
+        impl ser::SerializeTuple for $writer {
+            type Ok = $ok;
+            type Error = Fault;
+            fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Built {
+                self.push(value)
+            }
+            fn end(self) -> std::result::Result<$ok, Fault> {
+                self.close()
+            }
+        }
+
+        impl ser::SerializeTupleStruct for $writer {
+            type Ok = $ok;
+            type Error = Fault;
+            fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Built {
+                self.push(value)
+            }
+            fn end(self) -> std::result::Result<$ok, Fault> {
+                self.close()
+            }
+        }
+    };
 }
 
-impl ser::SerializeTuple for Items<'_> {
-    type Ok = ();
-    type Error = Fault;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Built {
-        self.push(value)
-    }
-    fn end(self) -> Built {
-        self.close()
-    }
-}
-
-impl ser::SerializeTupleStruct for Items<'_> {
-    type Ok = ();
-    type Error = Fault;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Built {
-        self.push(value)
-    }
-    fn end(self) -> Built {
-        self.close()
-    }
-}
+array_writer!(Items<'_>, ());
 
 impl Entries<'_> {
     fn insert<T: Serialize + ?Sized>(&mut self, key: String, value: &T) -> Built {
@@ -554,38 +563,7 @@ impl ShortItems {
     }
 }
 
-impl ser::SerializeSeq for ShortItems {
-    type Ok = JsonText;
-    type Error = Fault;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Built {
-        self.push(value)
-    }
-    fn end(self) -> Made {
-        self.close()
-    }
-}
-
-impl ser::SerializeTuple for ShortItems {
-    type Ok = JsonText;
-    type Error = Fault;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Built {
-        self.push(value)
-    }
-    fn end(self) -> Made {
-        self.close()
-    }
-}
-
-impl ser::SerializeTupleStruct for ShortItems {
-    type Ok = JsonText;
-    type Error = Fault;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Built {
-        self.push(value)
-    }
-    fn end(self) -> Made {
-        self.close()
-    }
-}
+array_writer!(ShortItems, JsonText);
 
 /// One item of a [`ShortItems`] array, written as [`Build`] writes it; any
 /// refusal here only sends the array to [`Build`].

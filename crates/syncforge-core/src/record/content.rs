@@ -966,7 +966,10 @@ mod tests {
         ];
         // Around the room on the stack: 64 bytes.
         for len in 55..70 {
-            agree![vec!["x".repeat(len - 4)], vec!["x".repeat(len - 6), String::new()]];
+            agree![
+                vec!["x".repeat(len - 4)],
+                vec!["x".repeat(len - 6), String::new()]
+            ];
             agree![vec![7u8; len / 2], vec![f64::MAX; len / 20]];
         }
         agree![
