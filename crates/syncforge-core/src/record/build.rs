@@ -539,25 +539,37 @@ const SHORT_ITEMS: usize = 64;
 struct ShortItems {
     out: ArrayString<SHORT_ITEMS>,
     first: bool,
+    /// An item gave up, leaving part of its text: the array gives up at its
+    /// end too, should the value's `Serialize` go on past the refusal.
+    gave_up: bool,
 }
 
 impl ShortItems {
     fn open() -> std::result::Result<ShortItems, Fault> {
         let mut out = ArrayString::new();
         out.try_push('[').map_err(|_| Fault::Compound)?;
-        Ok(ShortItems { out, first: true })
+        Ok(ShortItems {
+            out,
+            first: true,
+            gave_up: false,
+        })
     }
 
     fn push<T: Serialize + ?Sized>(&mut self, value: &T) -> std::result::Result<(), Fault> {
-        if !std::mem::take(&mut self.first) {
-            self.out.try_push(',').map_err(|_| Fault::Compound)?;
+        let pushed = (std::mem::take(&mut self.first) || self.out.try_push(',').is_ok())
+            && value.serialize(ShortItem { out: &mut self.out }).is_ok();
+        if pushed {
+            Ok(())
+        } else {
+            self.gave_up = true;
+            Err(Fault::Compound)
         }
-        value
-            .serialize(ShortItem { out: &mut self.out })
-            .map_err(|_| Fault::Compound)
     }
 
     fn close(mut self) -> Made {
+        if self.gave_up {
+            return Err(Fault::Compound);
+        }
         self.out.try_push(']').map_err(|_| Fault::Compound)?;
         Ok(JsonText::from_canonical(&self.out))
     }

@@ -964,6 +964,25 @@ mod tests {
             vec![json!({"a": 1})],
             vec![std::collections::BTreeMap::from([("k", 1)])],
         ];
+        // A value whose `Serialize` goes on past an item refused (on the
+        // stack: the item does not fit, or holds a container) is written
+        // whole by the writer, not as the items that fitted.
+        struct Lenient<T>(Vec<T>);
+        impl<T: Serialize> Serialize for Lenient<T> {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeSeq;
+                let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
+                for item in &self.0 {
+                    let _ = seq.serialize_element(item);
+                }
+                seq.end()
+            }
+        }
+        agree![
+            Lenient(vec![vec![1], vec![2]]),
+            Lenient(vec!["a".repeat(20), "b".repeat(20), "c".repeat(40)]),
+            Lenient(vec!["a", "\"b\""]),
+        ];
         // Around the room on the stack: 64 bytes.
         for len in 55..70 {
             agree![
