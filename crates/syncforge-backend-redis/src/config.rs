@@ -49,10 +49,10 @@ pub struct RedisConfig {
     /// Port of the server (default 6379).
     pub port: u16,
     /// Whether the server is a Redis Cluster: the client then discovers every
-    /// node from the seed nodes and follows `MOVED` redirections. An `ASK`
-    /// (a slot being migrated) fails the command as transient, as every
-    /// call on that slot fails until the migration ends; the first call
-    /// after it finds the slot's new node.
+    /// node from the seed nodes and follows `MOVED` redirections. While a
+    /// slot is being migrated, a call on its keys already moved is answered
+    /// `ASK` and fails as transient, as every such call does until the
+    /// migration ends; the first call after it finds the slot's new node.
     pub cluster: bool,
     /// More seed nodes of a cluster besides `host:port`, tried when it is down.
     pub nodes: Vec<(String, u16)>,

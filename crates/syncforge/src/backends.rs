@@ -171,8 +171,8 @@ impl BackendConfig {
 /// that cannot be created or opened), and with the backend's own error when
 /// it cannot be opened. Opening a filesystem store writes nothing into a
 /// directory that exists: one that cannot be written is found by the first
-/// write, the engine's `build` (which stores the store's id), as
-/// [`Error::Storage`].
+/// write, as [`Error::Storage`]: the engine's `build` for a new store (it
+/// stores the store's id), the first put or sync for a store made before.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
