@@ -215,6 +215,7 @@ impl Clone for HttpPeer {
                         push_records: state.push_records,
                         page_limits: state.page_limits.clone(),
                         echoes: HashMap::new(),
+                        feeds: HashMap::new(),
                     }
                 }),
             }),
@@ -273,6 +274,10 @@ struct PeerState {
     page_limits: HashMap<CollectionName, PageLimit>,
     /// Per collection, echo ranges (start -> end) still ahead of the pulls.
     echoes: HashMap<CollectionName, BTreeMap<u64, u64>>,
+    /// Per collection, the feed id of the last page or push answer about
+    /// it, until its cursors restart: what its cursors belong to, which
+    /// another call on the peer seeing a new store first does not change.
+    feeds: HashMap<CollectionName, String>,
 }
 
 /// The most changes a feed read of a collection asks for, learnt from pages
@@ -305,6 +310,24 @@ impl PeerState {
         self.echoes.clear();
         self.feed_id = Some(feed_id.to_owned());
         changed
+    }
+
+    /// Takes note of the feed id of an answer about `collection` (a page,
+    /// a push): returns whether it changed from the one the collection's
+    /// exchanges were on, or, before any, from the one known before.
+    fn follow_feed_of(&mut self, collection: &CollectionName, feed_id: &str) -> bool {
+        let changed = self.follow_feed(feed_id);
+        match self.feeds.get_mut(collection) {
+            Some(known) if known == feed_id => false,
+            Some(known) => {
+                feed_id.clone_into(known);
+                true
+            }
+            None => {
+                self.feeds.insert(collection.clone(), feed_id.to_owned());
+                changed
+            }
+        }
     }
 
     fn remember_echoes(&mut self, collection: &CollectionName, echoes: &CursorRanges) {
@@ -1290,7 +1313,7 @@ impl HttpPeer {
         self.check_sync_answer(collection, records, &answer)
             .map_err(Failure::Permanent)?;
         let mut state = self.inner.state.lock();
-        if state.follow_feed(&answer.feed_id) {
+        if state.follow_feed_of(collection, &answer.feed_id) {
             // Merged into another store than the one the sync began with:
             // the push must not count as the first one's, or the engine's
             // push cursor would pass records that store never got.
@@ -1457,7 +1480,7 @@ impl HttpPeer {
                 let small = bytes.len() <= self.inner.max_response_bytes / 4;
                 state.full_page_came(collection, limit, quickly, small);
             }
-            if state.follow_feed(&page.feed_id) {
+            if state.follow_feed_of(collection, &page.feed_id) {
                 // The server now runs on another store: `after` meant nothing
                 // there. The next sync sees the new feed id and starts over.
                 return Err(self.changed_stores(&page.feed_id));
@@ -2083,7 +2106,9 @@ impl SyncPeer for HttpPeer {
     /// holds them, and pulled again from the start it would never get them
     /// back.
     async fn cursors_restarted(&self, collection: &CollectionName) {
-        self.inner.state.lock().echoes.remove(collection);
+        let mut state = self.inner.state.lock();
+        state.echoes.remove(collection);
+        state.feeds.remove(collection);
     }
 
     async fn pull(

@@ -1778,6 +1778,44 @@ async fn a_push_answered_by_another_store_fails_as_a_change_of_stores() {
     assert!(error.to_string().contains("changed stores"), "{error}");
 }
 
+/// The same when another call on the peer (another collection's sync, a
+/// long poll) saw the new store first: the push was checked against the
+/// feed the peer saw last, which it had learnt, where the collection's
+/// cursors belong to the feed its own exchanges were on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_answered_by_another_store_fails_after_another_call_saw_it_first() {
+    let tasks_moved = r#"{"feed_id":"f2","collection":"tasks","changes":[],"next":0,"more":false}"#;
+    let other = json_answer(
+        "200 OK",
+        "",
+        r#"{"feed_id":"f2","collection":"notes","added":2,"updated":0,"deleted":0,"unchanged":0,"conflicts":0,"echoes":[]}"#,
+    );
+    let (url, _served) = canned_server(vec![
+        json_answer("200 OK", "", CANNED_HEALTH),
+        empty_page("notes", 0),
+        json_answer("200 OK", "", tasks_moved),
+        other,
+    ])
+    .await;
+    let link = peer(&url, None);
+    link.health().await.unwrap();
+    pull_notes(&link).await.unwrap();
+    let tasks = syncforge::CollectionName::new("tasks").unwrap();
+    let moved = SyncPeer::pull(
+        &link,
+        &tasks,
+        syncforge::Cursor::START,
+        10.try_into().unwrap(),
+    )
+    .await
+    .unwrap_err();
+    assert!(moved.to_string().contains("changed stores"), "{moved}");
+    let error = SyncPeer::push(&link, &notes(), two_notes().await)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Unavailable { .. }), "{error:?}");
+}
+
 /// A proxy that refuses long URLs (414) refused every pull that carried
 /// echoes to skip, though skipping them only saves downloading them again.
 /// The pull is asked again without them, and they are let go.
