@@ -93,6 +93,17 @@ pub trait SyncPeer: Send + Sync {
         let _ = collection;
     }
 
+    /// Told, as the engine's `sync_with` (or pull, or push) of `collection`
+    /// begins, the [`feed_id`](Self::feed_id) its cursors for this peer
+    /// belong to (restarted first if need be). A peer that learns the feed
+    /// id of each answer compares those of `collection` with it: an answer
+    /// from another feed (the peer's store replaced during the sync) must
+    /// fail, or the cursor moved past it would belong to neither. The
+    /// default does nothing.
+    async fn exchanges_begin(&self, collection: &CollectionName, feed_id: &str) {
+        let _ = (collection, feed_id);
+    }
+
     /// Changes of `collection` after `after`, at most `limit`, with the
     /// cursor to continue from, as a store's
     /// [`changes`](crate::StorageBackend::changes) answers them. Cursors must

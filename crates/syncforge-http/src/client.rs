@@ -274,9 +274,10 @@ struct PeerState {
     page_limits: HashMap<CollectionName, PageLimit>,
     /// Per collection, echo ranges (start -> end) still ahead of the pulls.
     echoes: HashMap<CollectionName, BTreeMap<u64, u64>>,
-    /// Per collection, the feed id of the last page or push answer about
-    /// it, until its cursors restart: what its cursors belong to, which
-    /// another call on the peer seeing a new store first does not change.
+    /// Per collection, the feed id its exchanges are on: the one an
+    /// engine's sync of it began with ([`SyncPeer::exchanges_begin`]), else
+    /// that of the last page or push answer about it. Another collection's
+    /// call seeing a new store first does not change it.
     feeds: HashMap<CollectionName, String>,
 }
 
@@ -313,21 +314,15 @@ impl PeerState {
     }
 
     /// Takes note of the feed id of an answer about `collection` (a page,
-    /// a push): returns whether it changed from the one the collection's
-    /// exchanges were on, or, before any, from the one known before.
+    /// a push): returns whether it changed, from the one known before (any
+    /// call's) or from the one the collection's exchanges are on.
     fn follow_feed_of(&mut self, collection: &CollectionName, feed_id: &str) -> bool {
         let changed = self.follow_feed(feed_id);
-        match self.feeds.get_mut(collection) {
-            Some(known) if known == feed_id => false,
-            Some(known) => {
-                feed_id.clone_into(known);
-                true
-            }
-            None => {
-                self.feeds.insert(collection.clone(), feed_id.to_owned());
-                changed
-            }
-        }
+        let moved = self
+            .feeds
+            .insert(collection.clone(), feed_id.to_owned())
+            .is_some_and(|known| known != feed_id);
+        changed || moved
     }
 
     fn remember_echoes(&mut self, collection: &CollectionName, echoes: &CursorRanges) {
@@ -2109,6 +2104,11 @@ impl SyncPeer for HttpPeer {
         let mut state = self.inner.state.lock();
         state.echoes.remove(collection);
         state.feeds.remove(collection);
+    }
+
+    async fn exchanges_begin(&self, collection: &CollectionName, feed_id: &str) {
+        let mut state = self.inner.state.lock();
+        state.feeds.insert(collection.clone(), feed_id.to_owned());
     }
 
     async fn pull(

@@ -671,6 +671,7 @@ impl SyncEngine {
         let peer_id = peer.peer_id();
         let known = self.stored_feed(peer_id, collection).await?;
         if known.as_deref() == Some(feed.as_str()) {
+            peer.exchanges_begin(collection, &feed).await;
             return Ok(Some(feed));
         }
         if known.is_some() {
@@ -700,6 +701,7 @@ impl SyncEngine {
             backend.set_meta(&feed_key, &feed)
         })
         .await?;
+        peer.exchanges_begin(collection, &feed).await;
         Ok(Some(feed))
     }
 

@@ -551,6 +551,10 @@ impl<P: SyncPeer> SyncPeer for Counted<'_, P> {
         self.peer.cursors_restarted(collection).await;
     }
 
+    async fn exchanges_begin(&self, collection: &CollectionName, feed_id: &str) {
+        self.peer.exchanges_begin(collection, feed_id).await;
+    }
+
     async fn pull(
         &self,
         collection: &CollectionName,

@@ -1816,6 +1816,80 @@ async fn a_push_answered_by_another_store_fails_after_another_call_saw_it_first(
     assert!(matches!(error, Error::Unavailable { .. }), "{error:?}");
 }
 
+/// A page is checked against both the feed last seen by any call and the
+/// feed its collection's exchanges are on, which an engine's sync sets as
+/// it begins: a page from the old store after the health named it again is
+/// refused; a push answered by a new store is refused when the sync began
+/// on the old one, though no exchange of the collection came before it;
+/// and a sync beginning on a store takes its pages, whatever its
+/// collection's exchanges were on before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_are_checked_against_the_feed_their_collection_syncs_on() {
+    let health = |feed: &str| json_answer("200 OK", "", &CANNED_HEALTH.replace("f1", feed));
+    let page = |feed: &str| {
+        json_answer(
+            "200 OK",
+            "",
+            &format!(
+                r#"{{"feed_id":"{feed}","collection":"tasks","changes":[],"next":0,"more":false}}"#
+            ),
+        )
+    };
+    let pushed = |feed: &str| {
+        json_answer(
+            "200 OK",
+            "",
+            &format!(
+                r#"{{"feed_id":"{feed}","collection":"notes","added":2,"updated":0,"deleted":0,"unchanged":0,"conflicts":0,"echoes":[]}}"#
+            ),
+        )
+    };
+    let (url, _served) = canned_server(vec![
+        health("f1"),
+        page("f1"),
+        page("f2"),
+        health("f1"),
+        page("f2"),
+        pushed("f2"),
+        health("f1"),
+        page("f1"),
+    ])
+    .await;
+    let link = peer(&url, None);
+    let tasks = syncforge::CollectionName::new("tasks").unwrap();
+    let pull_tasks = || {
+        SyncPeer::pull(
+            &link,
+            &tasks,
+            syncforge::Cursor::START,
+            10.try_into().unwrap(),
+        )
+    };
+    let changed = |result: syncforge::Result<syncforge::core::ChangePage>| {
+        let error = result.unwrap_err();
+        assert!(error.to_string().contains("changed stores"), "{error}");
+    };
+    link.health().await.unwrap();
+    pull_tasks().await.unwrap();
+    changed(pull_tasks().await);
+    // The health names the first store again: a page of the second is not
+    // its own.
+    link.health().await.unwrap();
+    changed(pull_tasks().await);
+    // An engine's sync of notes begins on f1, and the peer has seen f2.
+    link.exchanges_begin(&notes(), "f1").await;
+    let error = SyncPeer::push(&link, &notes(), two_notes().await)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Unavailable { .. }), "{error:?}");
+    // A sync of tasks beginning on f1 again (its cursors restarted when
+    // it synced on f2, say) takes f1's pages, though its exchanges were on
+    // f2 last.
+    link.health().await.unwrap();
+    link.exchanges_begin(&tasks, "f1").await;
+    pull_tasks().await.unwrap();
+}
+
 /// A proxy that refuses long URLs (414) refused every pull that carried
 /// echoes to skip, though skipping them only saves downloading them again.
 /// The pull is asked again without them, and they are let go.

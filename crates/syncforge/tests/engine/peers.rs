@@ -932,3 +932,70 @@ async fn a_pull_refused_for_a_far_ahead_clock_still_pushes_local_writes() {
     assert_eq!(report.pushed, 0, "{report:?}");
     assert_eq!(snapshot(&a, "c").await, snapshot(&fast, "c").await);
 }
+
+/// A peer that records what the engine tells it as each sync begins.
+struct BeginsPeer {
+    inner: SyncEngine,
+    begun: std::sync::Mutex<Vec<(String, String, usize)>>,
+    pulls: std::sync::atomic::AtomicUsize,
+}
+
+#[syncforge::core::async_trait]
+impl SyncPeer for BeginsPeer {
+    fn peer_id(&self) -> &str {
+        "begins"
+    }
+
+    async fn feed_id(&self) -> Result<Option<String>> {
+        SyncPeer::feed_id(&self.inner).await
+    }
+
+    async fn exchanges_begin(&self, collection: &CollectionName, feed_id: &str) {
+        let pulls = self.pulls.load(std::sync::atomic::Ordering::SeqCst);
+        self.begun.lock().unwrap().push((
+            collection.as_str().to_owned(),
+            feed_id.to_owned(),
+            pulls,
+        ));
+    }
+
+    async fn pull(
+        &self,
+        collection: &CollectionName,
+        cursor: Cursor,
+        limit: NonZeroUsize,
+    ) -> Result<ChangePage> {
+        self.pulls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        SyncPeer::pull(&self.inner, collection, cursor, limit).await
+    }
+
+    async fn push(&self, collection: &CollectionName, records: Vec<Record>) -> Result<PushOutcome> {
+        SyncPeer::push(&self.inner, collection, records).await
+    }
+}
+
+/// Every sync tells the peer, before its first exchange, the feed its
+/// cursors belong to (a peer checking its answers' feed ids compares them
+/// with it): the first, which starts the cursors, and the later ones,
+/// which keep them, alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_sync_tells_the_peer_the_feed_it_begins_on() {
+    let a = engine("a", ConflictStrategy::Crdt).await;
+    let b = engine("b", ConflictStrategy::Crdt).await;
+    put_many(&b, "c", "r", 3).await;
+    let feed = SyncPeer::feed_id(&b).await.unwrap().unwrap();
+    let peer = BeginsPeer {
+        inner: b.clone(),
+        begun: Default::default(),
+        pulls: Default::default(),
+    };
+    assert_eq!(a.sync_with(&peer, "c").await.unwrap().pulled.added, 3);
+    let pulls = peer.pulls.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(a.sync_with(&peer, "c").await.unwrap().pulled.total(), 0);
+    assert_eq!(a.push_to(&peer, "c").await.unwrap().pushed, 0);
+    let begun = peer.begun.lock().unwrap().clone();
+    let begun_on = |pulls: usize| ("c".to_owned(), feed.clone(), pulls);
+    assert_eq!(begun.len(), 3, "{begun:?}");
+    assert_eq!(begun[0], begun_on(0));
+    assert_eq!(begun[1], begun_on(pulls));
+}
