@@ -29,7 +29,7 @@ use crate::depth::{MAX_NESTING_DEPTH, PRIVATE_TOKEN};
 use crate::sorted::sort_keeping_last;
 
 /// Why a value was not built.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub(super) enum Fault {
     /// It nests deeper than [`MAX_NESTING_DEPTH`].
     TooDeep,
@@ -137,6 +137,10 @@ struct Items<'a> {
     out: &'a mut String,
     depth: usize,
     first: bool,
+    /// The first refusal of an item, which left part of its text: the
+    /// array answers it at its end too, should the value's `Serialize` go
+    /// on past it.
+    refused: Option<Fault>,
 }
 
 /// An object being built: its entries are written apart and sorted by key
@@ -299,6 +303,7 @@ impl<'a> Serializer for Build<'a> {
             out: self.out,
             depth,
             first: true,
+            refused: None,
         })
     }
 
@@ -338,13 +343,20 @@ impl<'a> Serializer for Build<'a> {
 impl Items<'_> {
     fn push<T: Serialize + ?Sized>(&mut self, value: &T) -> Built {
         separate(self.out, &mut self.first);
-        value.serialize(Build {
+        let pushed = value.serialize(Build {
             out: self.out,
             depth: self.depth,
-        })
+        });
+        if let Err(fault) = pushed {
+            self.refused.get_or_insert(fault);
+        }
+        pushed
     }
 
     fn close(self) -> Built {
+        if let Some(fault) = self.refused {
+            return Err(fault);
+        }
         self.out.push(']');
         Ok(())
     }

@@ -978,7 +978,21 @@ mod tests {
                 seq.end()
             }
         }
+        // An item the writer refuses, past which such a `Serialize` goes on:
+        // the writer's text is not kept, the value takes the route through
+        // `Value`, which leaves the item out as serde_json does.
+        struct Refused(Option<u8>);
+        impl Serialize for Refused {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                match self.0 {
+                    Some(n) => serializer.serialize_u8(n),
+                    None => Err(serde::ser::Error::custom("refused")),
+                }
+            }
+        }
         agree![
+            Lenient(vec![Refused(Some(1)), Refused(None), Refused(Some(2))]),
+            Lenient(vec![Lenient(vec![Refused(Some(1)), Refused(None)])]),
             Lenient(vec![vec![1], vec![2]]),
             Lenient(vec!["a".repeat(20), "b".repeat(20), "c".repeat(40)]),
             Lenient(vec!["a", "\"b\""]),
