@@ -732,11 +732,27 @@ async fn a_store_keeps_its_id_across_engines() {
     assert_eq!(first.store_id(), second.store_id());
 }
 
-/// A peer that counts the pulls under way at once, each taking a while.
+/// A peer that counts its pulls (and those under way at once, each taking
+/// a while), and records what the engine tells it as each sync begins: the
+/// collection, the feed, and the pulls made before.
 struct CountingPeer {
     inner: SyncEngine,
     in_flight: std::sync::atomic::AtomicUsize,
     most_in_flight: std::sync::atomic::AtomicUsize,
+    pulls: std::sync::atomic::AtomicUsize,
+    begun: std::sync::Mutex<Vec<(String, String, usize)>>,
+}
+
+impl CountingPeer {
+    fn new(inner: SyncEngine) -> CountingPeer {
+        CountingPeer {
+            inner,
+            in_flight: Default::default(),
+            most_in_flight: Default::default(),
+            pulls: Default::default(),
+            begun: Default::default(),
+        }
+    }
 }
 
 #[syncforge::core::async_trait]
@@ -749,6 +765,15 @@ impl SyncPeer for CountingPeer {
         SyncPeer::feed_id(&self.inner).await
     }
 
+    async fn exchanges_begin(&self, collection: &CollectionName, feed_id: &str) {
+        let pulls = self.pulls.load(std::sync::atomic::Ordering::SeqCst);
+        self.begun.lock().unwrap().push((
+            collection.as_str().to_owned(),
+            feed_id.to_owned(),
+            pulls,
+        ));
+    }
+
     async fn pull(
         &self,
         collection: &CollectionName,
@@ -756,6 +781,7 @@ impl SyncPeer for CountingPeer {
         limit: NonZeroUsize,
     ) -> Result<ChangePage> {
         use std::sync::atomic::Ordering::SeqCst;
+        self.pulls.fetch_add(1, SeqCst);
         let now = self.in_flight.fetch_add(1, SeqCst) + 1;
         self.most_in_flight.fetch_max(now, SeqCst);
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -781,11 +807,7 @@ async fn syncs_of_one_peer_and_collection_run_one_at_a_time() {
     let b = engine("b", ConflictStrategy::Crdt).await;
     put_many(&b, "c", "r", 3).await;
     put_many(&b, "d", "r", 3).await;
-    let peer = CountingPeer {
-        inner: b.clone(),
-        in_flight: Default::default(),
-        most_in_flight: Default::default(),
-    };
+    let peer = CountingPeer::new(b.clone());
     let (first, second) = tokio::join!(a.sync_with(&peer, "c"), a.sync_with(&peer, "c"));
     assert_eq!(
         first.unwrap().pulled.added + second.unwrap().pulled.added,
@@ -933,47 +955,6 @@ async fn a_pull_refused_for_a_far_ahead_clock_still_pushes_local_writes() {
     assert_eq!(snapshot(&a, "c").await, snapshot(&fast, "c").await);
 }
 
-/// A peer that records what the engine tells it as each sync begins.
-struct BeginsPeer {
-    inner: SyncEngine,
-    begun: std::sync::Mutex<Vec<(String, String, usize)>>,
-    pulls: std::sync::atomic::AtomicUsize,
-}
-
-#[syncforge::core::async_trait]
-impl SyncPeer for BeginsPeer {
-    fn peer_id(&self) -> &str {
-        "begins"
-    }
-
-    async fn feed_id(&self) -> Result<Option<String>> {
-        SyncPeer::feed_id(&self.inner).await
-    }
-
-    async fn exchanges_begin(&self, collection: &CollectionName, feed_id: &str) {
-        let pulls = self.pulls.load(std::sync::atomic::Ordering::SeqCst);
-        self.begun.lock().unwrap().push((
-            collection.as_str().to_owned(),
-            feed_id.to_owned(),
-            pulls,
-        ));
-    }
-
-    async fn pull(
-        &self,
-        collection: &CollectionName,
-        cursor: Cursor,
-        limit: NonZeroUsize,
-    ) -> Result<ChangePage> {
-        self.pulls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        SyncPeer::pull(&self.inner, collection, cursor, limit).await
-    }
-
-    async fn push(&self, collection: &CollectionName, records: Vec<Record>) -> Result<PushOutcome> {
-        SyncPeer::push(&self.inner, collection, records).await
-    }
-}
-
 /// Every sync tells the peer, before its first exchange, the feed its
 /// cursors belong to (a peer checking its answers' feed ids compares them
 /// with it): the first, which starts the cursors, and the later ones,
@@ -984,11 +965,7 @@ async fn every_sync_tells_the_peer_the_feed_it_begins_on() {
     let b = engine("b", ConflictStrategy::Crdt).await;
     put_many(&b, "c", "r", 3).await;
     let feed = SyncPeer::feed_id(&b).await.unwrap().unwrap();
-    let peer = BeginsPeer {
-        inner: b.clone(),
-        begun: Default::default(),
-        pulls: Default::default(),
-    };
+    let peer = CountingPeer::new(b.clone());
     assert_eq!(a.sync_with(&peer, "c").await.unwrap().pulled.added, 3);
     let pulls = peer.pulls.load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!(a.sync_with(&peer, "c").await.unwrap().pulled.total(), 0);
