@@ -124,7 +124,6 @@ pub(crate) async fn run(args: SyncArgs, cx: &mut Context) -> Result<()> {
             first.reason
         )
     });
-
     let left_behind = match (closed, &refused) {
         (Ok(left_behind), _) => left_behind,
         (Err(error), None) => return Err(error),
@@ -137,20 +136,17 @@ pub(crate) async fn run(args: SyncArgs, cx: &mut Context) -> Result<()> {
             unsyncable.join("; ")
         )
     });
-    let left_behind = match (left_behind, unsyncable) {
-        (left_behind, None) => left_behind,
-        (None, unsyncable) => unsyncable,
-        (Some(left_behind), Some(unsyncable)) => {
-            Some(format!("{left_behind}. Besides, {unsyncable}"))
-        }
-    };
-    match (left_behind, refused) {
-        (None, None) => Ok(()),
-        (None, Some(refused)) => Err(anyhow::Error::new(Refused(refused))),
-        (Some(left_behind), None) => Err(anyhow::anyhow!(left_behind)),
-        (Some(left_behind), Some(refused)) => {
-            Err(anyhow::anyhow!("{left_behind}. Besides, {refused}"))
-        }
+    // Refused records alone are their own failure; beside anything else,
+    // they are told after it, in a failure at run time.
+    let failures: Vec<String> = left_behind.into_iter().chain(unsyncable).collect();
+    match (failures.is_empty(), refused) {
+        (true, None) => Ok(()),
+        (true, Some(refused)) => Err(anyhow::Error::new(Refused(refused))),
+        (false, refused) => Err(anyhow::anyhow!(failures
+            .into_iter()
+            .chain(refused)
+            .collect::<Vec<_>>()
+            .join(". Besides, "))),
     }
 }
 
