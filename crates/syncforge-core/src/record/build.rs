@@ -150,6 +150,10 @@ struct Entries<'a> {
     entries: Vec<(String, String)>,
     key: Option<String>,
     depth: usize,
+    /// The first refusal of a key or a value, as [`Items`] keeps it: an
+    /// entry left out by a `Serialize` that goes on past it must not be
+    /// dropped silently.
+    refused: Option<Fault>,
 }
 
 /// The two newtype methods of every serializer here: a newtype struct is
@@ -325,6 +329,7 @@ impl<'a> Serializer for Build<'a> {
             out: self.out,
             entries: Vec::with_capacity(room_for(len.unwrap_or(0))),
             key: None,
+            refused: None,
         })
     }
 
@@ -407,15 +412,25 @@ array_writer!(Items<'_>, ());
 impl Entries<'_> {
     fn insert<T: Serialize + ?Sized>(&mut self, key: String, value: &T) -> Built {
         let mut text = String::new();
-        value.serialize(Build {
+        let built = value.serialize(Build {
             out: &mut text,
             depth: self.depth,
-        })?;
-        self.entries.push((key, text));
-        Ok(())
+        });
+        match built {
+            Ok(()) => self.entries.push((key, text)),
+            Err(fault) => self.refuse(fault),
+        }
+        built
+    }
+
+    fn refuse(&mut self, fault: Fault) {
+        self.refused.get_or_insert(fault);
     }
 
     fn close(mut self) -> Built {
+        if let Some(fault) = self.refused {
+            return Err(fault);
+        }
         // Of a key given twice the last counts, as serde_json's map keeps it.
         sort_keeping_last(&mut self.entries);
         self.out.push('{');
@@ -434,12 +449,25 @@ impl ser::SerializeMap for Entries<'_> {
     type Ok = ();
     type Error = Fault;
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Built {
-        self.key = Some(read_str(key, str::to_owned)?);
-        Ok(())
+        match read_str(key, str::to_owned) {
+            Ok(key) => {
+                self.key = Some(key);
+                Ok(())
+            }
+            Err(fault) => {
+                self.refuse(fault);
+                Err(fault)
+            }
+        }
     }
     fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Built {
-        let key = self.key.take().ok_or(Fault::Other)?;
-        self.insert(key, value)
+        match self.key.take() {
+            Some(key) => self.insert(key, value),
+            None => {
+                self.refuse(Fault::Other);
+                Err(Fault::Other)
+            }
+        }
     }
     fn end(self) -> Built {
         self.close()

@@ -122,8 +122,10 @@ impl Content {
             ..Fields::default()
         };
         match doc.serialize(&mut fields) {
-            Ok(()) => fields.take_content(),
-            Err(Refusal::Unsupported) => {
+            Ok(()) if !fields.went_on => fields.take_content(),
+            // What serde_json makes of a document that went on past a
+            // refusal answers, as for any document it makes.
+            Ok(()) | Err(Refusal::Unsupported) => {
                 // `to_value` recurses once per level with no limit of its own.
                 check_serialize(doc)?;
                 let value = serde_json::to_value(doc).map_err(|e| unserialisable(&e))?;
@@ -314,6 +316,11 @@ struct Fields {
     reserved: Option<Map<String, Value>>,
     /// A map key waiting for its value.
     key: Option<String>,
+    /// Whether a key or a value was refused and the document's `Serialize`
+    /// went on past the refusal: what was collected then lacks that field,
+    /// or a struct's keys and fields no longer pair up, so the document
+    /// takes the route through `Value` instead.
+    went_on: bool,
 }
 
 impl Fields {
@@ -348,6 +355,14 @@ impl Fields {
             self.push_field(name(key), text);
         }
         Ok(())
+    }
+
+    /// Passes on how reading a key or a value went, taking note of a
+    /// refusal in case the document's `Serialize` goes on past it.
+    #[inline(always)]
+    fn note(&mut self, read: std::result::Result<(), Refusal>) -> std::result::Result<(), Refusal> {
+        self.went_on |= read.is_err();
+        read
     }
 
     /// Takes note of struct field `key`: its shared name when the layout
@@ -617,13 +632,12 @@ impl SerializeStruct for &mut Fields {
         key: &'static str,
         value: &T,
     ) -> std::result::Result<(), Refusal> {
-        if let Some(name) = self.follow(key) {
+        let read = match self.follow(key) {
             // A user field by the layout: neither the id nor metadata.
-            let text = json_text(value)?;
-            self.push_field(name, text);
-            return Ok(());
-        }
-        self.read(key, value, |_| shared_static_name(key))
+            Some(name) => json_text(value).map(|text| self.push_field(name, text)),
+            None => self.read(key, value, |_| shared_static_name(key)),
+        };
+        self.note(read)
     }
 
     fn end(self) -> std::result::Result<(), Refusal> {
@@ -644,17 +658,21 @@ impl SerializeMap for &mut Fields {
         // written as text, `Some` refused) then answer, as `from_value`'s
         // do. Reading the key alone as a value followed the rules for
         // values instead.
-        let key = build::read_str(key, str::to_owned).map_err(|_| Refusal::Unsupported)?;
-        self.key = Some(key);
-        Ok(())
+        let read = build::read_str(key, str::to_owned)
+            .map(|key| self.key = Some(key))
+            .map_err(|_| Refusal::Unsupported);
+        self.note(read)
     }
 
     fn serialize_value<T: Serialize + ?Sized>(
         &mut self,
         value: &T,
     ) -> std::result::Result<(), Refusal> {
-        let key = self.key.take().ok_or(Refusal::Unsupported)?;
-        self.read(&key, value, |k| shared_name(k))
+        let read = match self.key.take() {
+            Some(key) => self.read(&key, value, |k| shared_name(k)),
+            None => Err(Refusal::Unsupported),
+        };
+        self.note(read)
     }
 
     fn end(self) -> std::result::Result<(), Refusal> {
@@ -669,6 +687,70 @@ mod tests {
 
     fn content(v: Value) -> Content {
         Content::from_value(v).unwrap()
+    }
+
+    /// A document of one field, `value`.
+    #[derive(serde::Serialize)]
+    struct One<T> {
+        id: &'static str,
+        value: T,
+    }
+
+    #[derive(serde::Serialize)]
+    enum Kind {
+        Plain,
+        Holding(u8),
+    }
+
+    /// `value`, in a field of its own, is stored as its JSON value is (or
+    /// refused when serde_json refuses it).
+    fn agrees<T: Serialize>(value: T) {
+        let doc = One { id: "s", value };
+        let direct = Content::from_serialize(&doc).map_err(|e| e.to_string());
+        match serde_json::to_value(&doc) {
+            Ok(value) => assert_eq!(direct, Ok(content(value))),
+            Err(_) => assert!(direct.is_err()),
+        }
+    }
+
+    macro_rules! agree {
+        ($($value:expr),* $(,)?) => { $(agrees($value);)* };
+    }
+
+    /// A sequence whose `Serialize` goes on past an item refused.
+    struct Lenient<T>(Vec<T>);
+    impl<T: Serialize> Serialize for Lenient<T> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeSeq;
+            let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
+            for item in &self.0 {
+                let _ = seq.serialize_element(item);
+            }
+            seq.end()
+        }
+    }
+    /// A number, or (for `None`) an error of its own `Serialize`.
+    struct Refused(Option<u8>);
+    impl Serialize for Refused {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            match self.0 {
+                Some(n) => serializer.serialize_u8(n),
+                None => Err(serde::ser::Error::custom("refused")),
+            }
+        }
+    }
+
+    /// A map whose `Serialize` goes on past an entry refused.
+    struct LenientMap<K, V>(Vec<(K, V)>);
+    impl<K: Serialize, V: Serialize> Serialize for LenientMap<K, V> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeMap;
+            let mut map = serializer.serialize_map(Some(self.0.len()))?;
+            for (key, value) in &self.0 {
+                let _ = map.serialize_entry(key, value);
+            }
+            map.end()
+        }
     }
 
     #[test]
@@ -874,30 +956,9 @@ mod tests {
         // A field that is one scalar is made into its text without the
         // writer's buffer; anything else falls back to the writer.
         #[derive(serde::Serialize)]
-        struct One<T> {
-            id: &'static str,
-            value: T,
-        }
-        #[derive(serde::Serialize)]
         struct Unit;
         #[derive(serde::Serialize)]
         struct Wrapped<T>(T);
-        #[derive(serde::Serialize)]
-        enum Kind {
-            Plain,
-            Holding(u8),
-        }
-        fn agrees<T: Serialize>(value: T) {
-            let doc = One { id: "s", value };
-            let direct = Content::from_serialize(&doc).map_err(|e| e.to_string());
-            match serde_json::to_value(&doc) {
-                Ok(value) => assert_eq!(direct, Ok(content(value))),
-                Err(_) => assert!(direct.is_err()),
-            }
-        }
-        macro_rules! agree {
-            ($($value:expr),* $(,)?) => { $(agrees($value);)* };
-        }
         agree![true, false, i8::MIN, i16::MAX, i32::MIN, i64::MIN, i64::MAX];
         agree![u8::MAX, u16::MAX, u32::MAX, u64::MAX, i128::from(i64::MIN)];
         agree![u128::from(u64::MAX), i128::from(u64::MAX)];
@@ -967,29 +1028,6 @@ mod tests {
         // A value whose `Serialize` goes on past an item refused (on the
         // stack: the item does not fit, or holds a container) is written
         // whole by the writer, not as the items that fitted.
-        struct Lenient<T>(Vec<T>);
-        impl<T: Serialize> Serialize for Lenient<T> {
-            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                use serde::ser::SerializeSeq;
-                let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
-                for item in &self.0 {
-                    let _ = seq.serialize_element(item);
-                }
-                seq.end()
-            }
-        }
-        // An item the writer refuses, past which such a `Serialize` goes on:
-        // the writer's text is not kept, the value takes the route through
-        // `Value`, which leaves the item out as serde_json does.
-        struct Refused(Option<u8>);
-        impl Serialize for Refused {
-            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                match self.0 {
-                    Some(n) => serializer.serialize_u8(n),
-                    None => Err(serde::ser::Error::custom("refused")),
-                }
-            }
-        }
         agree![
             Lenient(vec![Refused(Some(1)), Refused(None), Refused(Some(2))]),
             Lenient(vec![Lenient(vec![Refused(Some(1)), Refused(None)])]),
@@ -1009,6 +1047,89 @@ mod tests {
             std::collections::BTreeMap::from([("k", -0.0)]),
             json!({"b": 1, "a": [2]})
         ];
+    }
+
+    /// A map whose `Serialize` went on past an entry the writer refused
+    /// (an enum variant holding data, a key that is a number: both left to
+    /// serde_json) was stored without that entry, in a field and as the
+    /// document itself; the document also lost a field nested past the
+    /// limit, where serde_json's value of it is refused.
+    #[test]
+    fn a_map_that_goes_on_past_a_refused_entry_is_stored_as_its_json_value_is() {
+        agree![
+            LenientMap(vec![("a", Kind::Holding(1)), ("b", Kind::Plain)]),
+            LenientMap(vec![(json!(7), "x"), (json!("k"), "y")]),
+            LenientMap(vec![("a", Refused(None)), ("b", Refused(Some(1)))]),
+            One {
+                id: "inner",
+                value: LenientMap(vec![("a", Kind::Holding(2))]),
+            },
+        ];
+        let document = LenientMap(vec![
+            (json!("id"), json!("a")),
+            (json!(7), json!("x")),
+            (json!("y"), json!(1)),
+        ]);
+        let direct = Content::from_serialize(&document).unwrap();
+        assert_eq!(direct, content(serde_json::to_value(&document).unwrap()));
+        assert_eq!(direct.fields().len(), 2);
+        let mut deep = json!(1);
+        for _ in 0..crate::MAX_NESTING_DEPTH + 5 {
+            deep = json!([deep]);
+        }
+        let document = LenientMap(vec![("id", json!("a")), ("deep", deep), ("x", json!(1))]);
+        let direct = Content::from_serialize(&document).unwrap_err().to_string();
+        let through = Content::from_value(serde_json::to_value(&document).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(direct, through);
+    }
+
+    /// A struct whose `Serialize` went on past a field refused was counted
+    /// as if the field had been stored: the field order it learnt paired
+    /// names with the wrong values for every later put of the struct, and
+    /// a put of one field fewer against a learnt order panicked.
+    #[test]
+    fn a_struct_that_goes_on_past_a_refused_field_is_stored_as_its_json_value_is() {
+        /// Fields `id`, then `first` (refused for `None`), then two more in
+        /// the order `later` gives.
+        struct Lax {
+            name: &'static str,
+            first: (&'static str, Option<u8>),
+            later: [&'static str; 2],
+        }
+        impl Serialize for Lax {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeStruct;
+                let mut st = serializer.serialize_struct(self.name, 4)?;
+                st.serialize_field("id", "lax")?;
+                let _ = st.serialize_field(self.first.0, &Refused(self.first.1));
+                st.serialize_field(self.later[0], &1)?;
+                st.serialize_field(self.later[1], &2)?;
+                st.end()
+            }
+        }
+        // Each struct name has an order of its own to learn, from a first
+        // put that refused a field or from one that did not.
+        let refused_first = [None, Some(5), None, Some(6), Some(7), None];
+        for (name, first, later, puts) in [
+            ("LaxRefusedFirst", "b", ["a", "c"], &refused_first[..]),
+            ("LaxWholeFirst", "b", ["a", "c"], &refused_first[1..]),
+            ("LaxSwapsRefusedFirst", "c", ["b", "a"], &refused_first[..]),
+            ("LaxSwapsWholeFirst", "c", ["b", "a"], &refused_first[1..]),
+        ] {
+            for &value in puts {
+                let doc = Lax {
+                    name,
+                    first: (first, value),
+                    later,
+                };
+                let direct = Content::from_serialize(&doc).unwrap();
+                let through = content(serde_json::to_value(&doc).unwrap());
+                assert_eq!(direct, through, "{name}, {value:?}");
+                assert!(direct.fields.is_sorted_by(|(a, _), (b, _)| a < b));
+            }
+        }
     }
 
     #[test]
