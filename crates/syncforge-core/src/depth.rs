@@ -133,7 +133,8 @@ pub fn dismantle(value: Value) {
 /// too.
 pub fn check_serialize<T: Serialize + ?Sized>(doc: &T) -> Result<()> {
     let mut probe = Probe::new(Mode::Measure);
-    match doc.serialize(&mut probe) {
+    let walked = doc.serialize(&mut probe);
+    match probe.outcome(walked) {
         Ok(()) => Ok(()),
         Err(ProbeError::TooDeep { field }) => {
             // The id may come after the offending field: a second walk reads
@@ -165,7 +166,8 @@ pub(crate) fn field_fits<T: Serialize + ?Sized>(value: &T) -> std::result::Resul
     let mut probe = Probe::new(Mode::Measure);
     // Inside the record's own object, below the top level.
     probe.depth = 1;
-    match value.serialize(&mut probe) {
+    let walked = value.serialize(&mut probe);
+    match probe.outcome(walked) {
         Ok(()) => Ok(true),
         Err(ProbeError::TooDeep { .. }) => Ok(false),
         Err(ProbeError::Custom(message)) => Err(message),
@@ -204,6 +206,10 @@ struct Probe {
     /// Set inside a serde_json `RawValue` or `arbitrary_precision` number,
     /// whose one string is JSON text.
     raw: bool,
+    /// The field of the first container opened past the limit: a
+    /// `Serialize` that goes on past the refusal must not make the walk
+    /// answer `Ok`, or the caller would recurse without a limit after all.
+    too_deep: Option<Option<String>>,
 }
 
 /// How the names serde_json gives its private structs start: the struct
@@ -300,6 +306,16 @@ impl Probe {
             in_id: false,
             id: None,
             raw: false,
+            too_deep: None,
+        }
+    }
+
+    /// How the walk of a value ended: refused when any container went past
+    /// the limit, even one whose refusal the value's `Serialize` ignored.
+    fn outcome(&mut self, walked: ProbeResult) -> ProbeResult {
+        match self.too_deep.take() {
+            Some(field) => Err(ProbeError::TooDeep { field }),
+            None => walked,
         }
     }
 
@@ -321,9 +337,9 @@ impl Probe {
     /// own object plus [`MAX_NESTING_DEPTH`] levels).
     fn open(&mut self) -> ProbeResult {
         if self.depth > MAX_NESTING_DEPTH {
-            return Err(ProbeError::TooDeep {
-                field: self.field.clone(),
-            });
+            let field = self.field.clone();
+            self.too_deep.get_or_insert_with(|| field.clone());
+            return Err(ProbeError::TooDeep { field });
         }
         self.depth += 1;
         Ok(())
@@ -353,12 +369,22 @@ impl Probe {
             return Ok(());
         }
         if !top {
-            return value.serialize(&mut *self);
+            return self.nested(value);
         }
         self.field = key.map(str::to_owned);
         self.in_id = is_id;
-        let result = value.serialize(&mut *self);
+        let result = self.nested(value);
         self.in_id = false;
+        result
+    }
+
+    /// Serialises a value inside the containers open now, and leaves them
+    /// open as they were: a value that failed inside a container of its
+    /// own may not have closed it, and its siblings are no deeper for it.
+    fn nested<T: Serialize + ?Sized>(&mut self, value: &T) -> ProbeResult {
+        let depth = self.depth;
+        let result = value.serialize(&mut *self);
+        self.depth = depth;
         result
     }
 
@@ -368,7 +394,7 @@ impl Probe {
             return Ok(());
         }
         self.in_id = false;
-        value.serialize(&mut *self)
+        self.nested(value)
     }
 }
 
@@ -743,6 +769,98 @@ mod tests {
                 "{err}"
             );
         });
+    }
+
+    /// A sequence whose `Serialize` goes on past an item refused.
+    struct GoesOn(Vec<Item>);
+
+    impl Serialize for GoesOn {
+        fn serialize<S: ser::Serializer>(
+            &self,
+            serializer: S,
+        ) -> std::result::Result<S::Ok, S::Error> {
+            use ser::SerializeSeq;
+            let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
+            for item in &self.0 {
+                let _ = seq.serialize_element(item);
+            }
+            seq.end()
+        }
+    }
+
+    #[derive(serde::Serialize)]
+    #[serde(untagged)]
+    enum Item {
+        /// An enum variant holding data: left to serde_json by the writer.
+        Variant(Kind),
+        /// An array that fails after opening, without closing.
+        FailsInside(FailsInside),
+        Value(Value),
+    }
+
+    #[derive(serde::Serialize)]
+    enum Kind {
+        Holding(u8),
+    }
+
+    struct FailsInside;
+
+    impl Serialize for FailsInside {
+        fn serialize<S: ser::Serializer>(
+            &self,
+            serializer: S,
+        ) -> std::result::Result<S::Ok, S::Error> {
+            let _open = serializer.serialize_seq(None)?;
+            Err(ser::Error::custom("failed inside"))
+        }
+    }
+
+    /// A document `{"id": "s", "v": value}`.
+    #[derive(serde::Serialize)]
+    struct InAField {
+        id: &'static str,
+        v: GoesOn,
+    }
+
+    /// Drops `items` without recursion.
+    fn dismantle_items(items: GoesOn) {
+        for item in items.0 {
+            if let Item::Value(value) = item {
+                dismantle(value);
+            }
+        }
+    }
+
+    /// A `Serialize` that ignored the probe's refusal past the limit made
+    /// the walk answer `Ok`, and the value was then converted by
+    /// `serde_json::to_value` without a limit: the stack overflowed. And an
+    /// item failing inside an array it opened left the probe one level
+    /// deeper for its siblings, which were refused at the limit.
+    #[test]
+    fn a_value_that_goes_on_past_a_refusal_is_measured_as_it_is() {
+        on_small_stack(|| {
+            let deep = || Item::Value(nested(100_000));
+            let document = GoesOn(vec![deep()]);
+            assert!(Content::from_serialize(&document).is_err());
+            dismantle_items(document);
+            let in_a_field = InAField {
+                id: "s",
+                v: GoesOn(vec![Item::Variant(Kind::Holding(1)), deep()]),
+            };
+            let err = Content::from_serialize(&in_a_field).unwrap_err();
+            assert!(err.to_string().contains("levels deep"), "{err}");
+            dismantle_items(in_a_field.v);
+        });
+        // The field's array is one level: 63 more reach the limit.
+        let at_the_limit = InAField {
+            id: "s",
+            v: GoesOn(vec![
+                Item::FailsInside(FailsInside),
+                Item::Value(nested(MAX_NESTING_DEPTH - 1)),
+            ]),
+        };
+        let content = Content::from_serialize(&at_the_limit).unwrap();
+        assert_eq!(nesting_depth(&content.fields()["v"]), MAX_NESTING_DEPTH);
     }
 
     /// A number as serde_json's `arbitrary_precision` feature (which any
