@@ -84,6 +84,26 @@ fn region(configured: Option<&str>, env: impl Fn(&str) -> Option<String>) -> Str
         .unwrap_or_else(|| DEFAULT_REGION.to_owned())
 }
 
+/// Refuses a region no S3 service names: it becomes part of a host name and
+/// of every request's signature, and a space or a `/` in it made every call
+/// fail in the HTTP client, which a store reports as a passing outage to be
+/// tried again, not as the configuration's mistake.
+fn check_region(region: &str) -> Result<()> {
+    let named = region
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if named {
+        return Ok(());
+    }
+    Err(Error::InvalidConfig {
+        option: "region",
+        reason: format!(
+            "{region:?} is not a region: letters, digits, '-', '_' and '.' only (such as \
+             eu-west-1)"
+        ),
+    })
+}
+
 /// The endpoint requests go to: the one configured, else the environment's
 /// (`AWS_ENDPOINT_URL_S3`, else `AWS_ENDPOINT_URL`, else `AWS_ENDPOINT`,
 /// read through `env`, as the AWS tools name and rank them), else none
@@ -409,7 +429,9 @@ impl S3Config {
 
     /// The AWS region (default: `AWS_REGION` from the environment, else
     /// `AWS_DEFAULT_REGION`, else [`DEFAULT_REGION`]); an empty one is no
-    /// region, and the environment's is taken.
+    /// region, and the environment's is taken. Letters, digits, `-`, `_`
+    /// and `.` only: any other, here or in the environment, is refused with
+    /// [`Error::InvalidConfig`] when the store is made.
     pub fn with_region(mut self, region: impl Into<String>) -> Self {
         self.region = Some(region.into());
         self
@@ -613,6 +635,8 @@ impl S3Config {
                 });
             }
         }
+        let region = region(self.region.as_deref(), &env);
+        check_region(&region)?;
         // Refused here, naming the option: the client would only refuse
         // the endpoint at the first request.
         let endpoint = endpoint(self.endpoint.as_deref(), &env);
@@ -640,7 +664,7 @@ impl S3Config {
         };
         builder = builder
             .with_bucket_name(&self.bucket)
-            .with_region(region(self.region.as_deref(), &env))
+            .with_region(region)
             .with_allow_http(self.allow_http)
             .with_virtual_hosted_style_request(!self.uses_path_style())
             .with_client_options(
@@ -863,6 +887,53 @@ mod tests {
             shown.contains("https://readings.s3.us-east-1.amazonaws.com"),
             "{shown}"
         );
+    }
+
+    /// A region with a space or a `/` was taken, and every call then failed
+    /// in the HTTP client, reported as an outage to be tried again: it is
+    /// the configuration's mistake, from the configuration or the
+    /// environment, and said so when the store is made.
+    #[test]
+    fn a_region_no_service_names_is_refused_when_the_store_is_made() {
+        let build = |config: S3Config, region: Option<&'static str>| {
+            config.build_in(
+                move |name| {
+                    (name == "AWS_REGION")
+                        .then(|| region.map(str::to_owned))
+                        .flatten()
+                },
+                || client_env(std::iter::empty()),
+                ClientOptions::new(),
+            )
+        };
+        for bad in ["eu west-1", "eu/west", "eu-west-1?x", "r\u{e9}gion"] {
+            for made in [
+                build(S3Config::new("readings").with_region(bad), None),
+                build(S3Config::new("readings"), Some(bad)),
+            ] {
+                assert!(
+                    matches!(
+                        made,
+                        Err(Error::InvalidConfig {
+                            option: "region",
+                            ..
+                        })
+                    ),
+                    "{bad}: {made:?}"
+                );
+            }
+        }
+        let url = S3Config::from_url("s3://readings?region=eu%20west-1").unwrap();
+        assert!(matches!(
+            build(url, None),
+            Err(Error::InvalidConfig {
+                option: "region",
+                ..
+            })
+        ));
+        for good in ["eu-west-1", "garage", "us_east", "local.zone"] {
+            build(S3Config::new("readings").with_region(good), None).unwrap();
+        }
     }
 
     /// `AWS_*` variables set empty (a template's unset variable) were taken
