@@ -214,7 +214,7 @@ impl RedisConfig {
         config.host = host;
         config.port = port;
         if !path.is_empty() {
-            config.db = path.parse().map_err(|_| {
+            config.db = decimal(path).ok_or_else(|| {
                 url_error(
                     "the path after the host is not a database number from 0 to 255 (a \
                      password goes before an '@': redis://user:password@host)"
@@ -455,6 +455,15 @@ fn host_port(host: &str, port: u16) -> String {
     }
 }
 
+/// `text` as a number written in decimal digits only: Rust's own parsing
+/// also takes a leading `+` (`redis://h:+6379/+2`), which no Redis URL has.
+fn decimal<N: std::str::FromStr>(text: &str) -> Option<N> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
 /// `host`, `host:port`, `[v6]` or `[v6]:port`.
 fn parse_host_port(text: &str) -> Result<(String, u16)> {
     let (host, port) = if let Some(rest) = text.strip_prefix('[') {
@@ -492,17 +501,13 @@ fn parse_host_port(text: &str) -> Result<(String, u16)> {
         return Err(url_error("no host before the port".to_owned()));
     }
     let port = match port {
-        Some(port) => port
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| {
-                url_error(
-                    "what follows the host's last ':' is not a port from 1 to 65535 (a password \
+        Some(port) => decimal::<u16>(port).filter(|p| *p != 0).ok_or_else(|| {
+            url_error(
+                "what follows the host's last ':' is not a port from 1 to 65535 (a password \
                      goes before an '@': redis://user:password@host)"
-                        .to_owned(),
-                )
-            })?,
+                    .to_owned(),
+            )
+        })?,
         None => DEFAULT_PORT,
     };
     Ok((host.to_owned(), port))
@@ -616,6 +621,8 @@ mod tests {
             "redis://h:0",
             "redis://h:99999",
             "redis://h/256",
+            "redis://h:+6379",
+            "redis://h/+2",
             "redis://h/x",
             "redis://h?node=a:1",
             "redis://h?color=blue",
