@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use syncforge::ConflictStrategy;
+use syncforge::{ConflictStrategy, Cursor};
 
 /// What every `--help` says about naming stores.
 const STORES: &str = "\
@@ -331,6 +331,10 @@ pub(crate) struct StatsArgs {
 ///
 /// Starts at the end of the feed (only changes made from now on), or at the
 /// start with --from-start, or after a cursor printed earlier with --after.
+/// Finding the end reads the whole feed once (from a sync server, page by
+/// page: every record of the collection), where a cursor given with --after
+/// costs a page or two: a follower of a large collection keeps the cursor of
+/// the last line it read and goes on after it.
 /// Each line shows the change's cursor, so a later watch can go on from it.
 /// Runs until interrupted (Ctrl-C or SIGTERM) or until --count changes were printed; a
 /// store or sync server that is unreachable for a while is tried again
@@ -352,8 +356,9 @@ pub(crate) struct WatchArgs {
     #[arg(long, conflicts_with = "after")]
     pub(crate) from_start: bool,
     /// Start after this cursor, one of this store's feed (a cursor past
-    /// its end is refused).
-    #[arg(long, value_name = "CURSOR")]
+    /// its end is refused; none is past 2^53).
+    #[arg(long, value_name = "CURSOR",
+          value_parser = clap::value_parser!(u64).range(..=Cursor::LARGEST.get()))]
     pub(crate) after: Option<u64>,
     /// Stop after printing this many changes (at least 1).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]

@@ -93,6 +93,10 @@ fn unusable_options_are_usage_errors_that_write_nothing() {
     let store = dir.path().join("store");
     let run = syncforge(&["watch", arg(&store), "notes", "--interval", "0s"]).fails(2);
     assert!(run.stderr.contains("longer than zero"), "{run:?}");
+    // No feed hands out a cursor past 2^53: a usage error, as the other
+    // flags' bounds are, not a failure of the store.
+    let run = syncforge(&["watch", arg(&store), "notes", "--after", "9007199254740993"]).fails(2);
+    assert!(run.stderr.contains("--after"), "{run:?}");
     let run = syncforge(&["serve", arg(&store), "--token", "t0ken9\r"]).fails(2);
     assert!(run.stderr.contains("control characters"), "{run:?}");
     assert!(!run.stderr.contains("t0ken9"), "{run:?}");
