@@ -348,8 +348,12 @@ pub trait StorageBackend: Send + Sync + Debug {
     /// Applies conditional writes, each on its own: a write whose expectation
     /// fails reports [`WriteOutcome::Conflict`] and the others still happen.
     /// They apply in the order of `writes` (of two creates of one id, the
-    /// first is written and the second refused; the feed cursors of the
-    /// writes made rise in that order), and outcomes come in that order.
+    /// first is written and the second refused), and outcomes come in that
+    /// order. The feed cursors of the writes made rise in that order too,
+    /// but a store may give a write a later cursor than those of writes of
+    /// other ids after it in the batch (the S3 store does, for a create
+    /// over what a hard delete left): a reader of the feed misses nothing
+    /// either way, and callers must not rely on more.
     /// An `Err` means the outcome of the batch is unknown (some writes may
     /// have happened); each record is then either old or new, never torn.
     ///
