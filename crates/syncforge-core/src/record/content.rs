@@ -632,11 +632,17 @@ impl SerializeStruct for &mut Fields {
         key: &'static str,
         value: &T,
     ) -> std::result::Result<(), Refusal> {
-        let read = match self.follow(key) {
+        if let Some(name) = self.follow(key) {
             // A user field by the layout: neither the id nor metadata.
-            Some(name) => json_text(value).map(|text| self.push_field(name, text)),
-            None => self.read(key, value, |_| shared_static_name(key)),
-        };
+            return match json_text(value) {
+                Ok(text) => {
+                    self.push_field(name, text);
+                    Ok(())
+                }
+                Err(refusal) => self.note(Err(refusal)),
+            };
+        }
+        let read = self.read(key, value, |_| shared_static_name(key));
         self.note(read)
     }
 
