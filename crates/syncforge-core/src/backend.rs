@@ -349,11 +349,11 @@ pub trait StorageBackend: Send + Sync + Debug {
     /// fails reports [`WriteOutcome::Conflict`] and the others still happen.
     /// They apply in the order of `writes` (of two creates of one id, the
     /// first is written and the second refused), and outcomes come in that
-    /// order. The feed cursors of the writes made rise in that order too,
-    /// but a store may give a write a later cursor than those of writes of
-    /// other ids after it in the batch (the S3 store does, for a create
-    /// over what a hard delete left): a reader of the feed misses nothing
-    /// either way, and callers must not rely on more.
+    /// order. The feed cursors of the writes made rise in that order, with
+    /// one leeway: a create of an id a hard [`delete`](Self::delete) left
+    /// something of may come after writes of other ids later in the batch
+    /// (the S3 store writes it over the delete's marker, in a feed entry
+    /// of its own). A reader of the feed misses nothing either way.
     /// An `Err` means the outcome of the batch is unknown (some writes may
     /// have happened); each record is then either old or new, never torn.
     ///

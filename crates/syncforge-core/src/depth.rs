@@ -206,10 +206,19 @@ struct Probe {
     /// Set inside a serde_json `RawValue` or `arbitrary_precision` number,
     /// whose one string is JSON text.
     raw: bool,
-    /// The field of the first container opened past the limit: a
-    /// `Serialize` that goes on past the refusal must not make the walk
-    /// answer `Ok`, or the caller would recurse without a limit after all.
-    too_deep: Option<Option<String>>,
+    /// The first refusal a `Serialize` going on past it must not undo (a
+    /// container past the limit, an integer beyond 64 bits, a map's value
+    /// without a key): the walk answers it whatever came after, or the
+    /// caller would go on to `serde_json::to_value`, which recurses without
+    /// a limit, keeps such an integer under `arbitrary_precision`, and
+    /// panics at a value without a key.
+    refused: Option<ProbeError>,
+    /// Whether the map key serialised last is one serde_json takes, its
+    /// value not yet serialised.
+    key_taken: bool,
+    /// Set while a map key is serialised, once it holds anything serde_json
+    /// refuses as a key.
+    key_refused: bool,
 }
 
 /// How the names serde_json gives its private structs start: the struct
@@ -253,7 +262,7 @@ fn text_depth(json: &str) -> usize {
 }
 
 /// Why a [`Probe`] stopped.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum ProbeError {
     /// The limit was passed inside top-level field `field`.
     TooDeep { field: Option<String> },
@@ -280,20 +289,6 @@ impl ser::Error for ProbeError {
 
 type ProbeResult = std::result::Result<(), ProbeError>;
 
-/// Refuses an integer beyond 64 bits, as serde_json does unless its
-/// `arbitrary_precision` feature is on; with it, such a number was kept as
-/// its digits and then written as the nearest float, changing it in silence
-/// (and a program with the feature took what one without it refused).
-fn in_64_bits(fits: bool) -> ProbeResult {
-    if fits {
-        Ok(())
-    } else {
-        Err(ProbeError::Custom(
-            "number out of range: an integer beyond 64 bits".to_owned(),
-        ))
-    }
-}
-
 impl Probe {
     fn new(mode: Mode) -> Self {
         Probe {
@@ -306,15 +301,44 @@ impl Probe {
             in_id: false,
             id: None,
             raw: false,
-            too_deep: None,
+            refused: None,
+            key_taken: false,
+            key_refused: false,
         }
     }
 
-    /// How the walk of a value ended: refused when any container went past
-    /// the limit, even one whose refusal the value's `Serialize` ignored.
+    /// Answers `error`, and keeps it as the walk's answer.
+    fn refuse(&mut self, error: ProbeError) -> ProbeResult {
+        self.refused.get_or_insert_with(|| error.clone());
+        Err(error)
+    }
+
+    /// Inside a map key: the key holds what serde_json refuses as one.
+    fn not_a_key(&mut self) {
+        if self.in_any_key {
+            self.key_refused = true;
+        }
+    }
+
+    /// Refuses an integer beyond 64 bits, as serde_json does unless its
+    /// `arbitrary_precision` feature is on; with it, such a number was kept
+    /// as its digits and then written as the nearest float, changing it in
+    /// silence (and a program with the feature took what one without it
+    /// refused).
+    fn in_64_bits(&mut self, fits: bool) -> ProbeResult {
+        if fits {
+            return Ok(());
+        }
+        self.refuse(ProbeError::Custom(
+            "number out of range: an integer beyond 64 bits".to_owned(),
+        ))
+    }
+
+    /// How the walk of a value ended: refused when anything was refused
+    /// that must stay so, even where the value's `Serialize` went on past.
     fn outcome(&mut self, walked: ProbeResult) -> ProbeResult {
-        match self.too_deep.take() {
-            Some(field) => Err(ProbeError::TooDeep { field }),
+        match self.refused.take() {
+            Some(refusal) => Err(refusal),
             None => walked,
         }
     }
@@ -336,10 +360,10 @@ impl Probe {
     /// Opens a container; fails when it nests past the limit (the record's
     /// own object plus [`MAX_NESTING_DEPTH`] levels).
     fn open(&mut self) -> ProbeResult {
+        self.not_a_key();
         if self.depth > MAX_NESTING_DEPTH {
             let field = self.field.clone();
-            self.too_deep.get_or_insert_with(|| field.clone());
-            return Err(ProbeError::TooDeep { field });
+            return self.refuse(ProbeError::TooDeep { field });
         }
         self.depth += 1;
         Ok(())
@@ -425,7 +449,8 @@ impl ser::Serializer for &mut Probe {
         Ok(())
     }
     fn serialize_i128(self, v: i128) -> ProbeResult {
-        in_64_bits(self.in_any_key || i64::try_from(v).is_ok() || u64::try_from(v).is_ok())
+        let fits = self.in_any_key || i64::try_from(v).is_ok() || u64::try_from(v).is_ok();
+        self.in_64_bits(fits)
     }
     fn serialize_u8(self, _: u8) -> ProbeResult {
         Ok(())
@@ -440,12 +465,19 @@ impl ser::Serializer for &mut Probe {
         Ok(())
     }
     fn serialize_u128(self, v: u128) -> ProbeResult {
-        in_64_bits(self.in_any_key || u64::try_from(v).is_ok())
+        let fits = self.in_any_key || u64::try_from(v).is_ok();
+        self.in_64_bits(fits)
     }
-    fn serialize_f32(self, _: f32) -> ProbeResult {
+    fn serialize_f32(self, v: f32) -> ProbeResult {
+        if !v.is_finite() {
+            self.not_a_key();
+        }
         Ok(())
     }
-    fn serialize_f64(self, _: f64) -> ProbeResult {
+    fn serialize_f64(self, v: f64) -> ProbeResult {
+        if !v.is_finite() {
+            self.not_a_key();
+        }
         Ok(())
     }
     fn serialize_char(self, c: char) -> ProbeResult {
@@ -463,15 +495,19 @@ impl ser::Serializer for &mut Probe {
         self.close()
     }
     fn serialize_none(self) -> ProbeResult {
+        self.not_a_key();
         Ok(())
     }
     fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> ProbeResult {
+        self.not_a_key();
         value.serialize(self)
     }
     fn serialize_unit(self) -> ProbeResult {
+        self.not_a_key();
         Ok(())
     }
     fn serialize_unit_struct(self, _: &'static str) -> ProbeResult {
+        self.not_a_key();
         Ok(())
     }
     fn serialize_unit_variant(self, _: &'static str, _: u32, v: &'static str) -> ProbeResult {
@@ -610,23 +646,38 @@ impl ser::SerializeTupleVariant for &mut Probe {
 impl ser::SerializeMap for &mut Probe {
     type Ok = ();
     type Error = ProbeError;
-    /// Keys are read only for their string (a key serde_json would refuse is
-    /// refused by it later); one that is a container counts as one.
+    /// Keys are read for their string. One serde_json refuses (anything but
+    /// a string, a number, a `bool`, a `char` or a unit variant; a float
+    /// that is not finite) is refused as serde_json refuses it, and the
+    /// value after it too, should the map's `Serialize` go on to it.
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> ProbeResult {
         let outer = std::mem::replace(&mut self.in_any_key, true);
+        let outer_refused = std::mem::replace(&mut self.key_refused, false);
         let result = if self.depth != 1 {
-            key.serialize(&mut **self)
+            self.nested(key)
         } else {
             self.key = None;
             self.in_key = true;
-            let result = key.serialize(&mut **self);
+            let result = self.nested(key);
             self.in_key = false;
             result
         };
+        let refused = std::mem::replace(&mut self.key_refused, outer_refused);
         self.in_any_key = outer;
+        let result = match result {
+            Ok(()) if refused => self.refuse(ProbeError::Custom("key must be a string".to_owned())),
+            other => other,
+        };
+        self.key_taken = result.is_ok();
         result
     }
     fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> ProbeResult {
+        // serde_json panics at a value whose key it did not take.
+        if !std::mem::take(&mut self.key_taken) {
+            return self.refuse(ProbeError::Custom(
+                "a map's value came without its key".to_owned(),
+            ));
+        }
         let key = self.key.take();
         self.value(key.as_deref(), value)
     }
@@ -793,6 +844,9 @@ mod tests {
     enum Item {
         /// An enum variant holding data: left to serde_json by the writer.
         Variant(Kind),
+        /// Refused by the probe, and by serde_json without its
+        /// `arbitrary_precision` feature.
+        Wide(u128),
         /// An array that fails after opening, without closing.
         FailsInside(FailsInside),
         Value(Value),
@@ -817,9 +871,9 @@ mod tests {
 
     /// A document `{"id": "s", "v": value}`.
     #[derive(serde::Serialize)]
-    struct InAField {
+    struct InAField<T> {
         id: &'static str,
-        v: GoesOn,
+        v: T,
     }
 
     /// Drops `items` without recursion.
@@ -861,6 +915,88 @@ mod tests {
         };
         let content = Content::from_serialize(&at_the_limit).unwrap();
         assert_eq!(nesting_depth(&content.fields()["v"]), MAX_NESTING_DEPTH);
+    }
+
+    /// A map whose `Serialize` goes on past an entry refused.
+    struct GoesOnMap(Vec<(Key, Value)>);
+
+    impl Serialize for GoesOnMap {
+        fn serialize<S: ser::Serializer>(
+            &self,
+            serializer: S,
+        ) -> std::result::Result<S::Ok, S::Error> {
+            use ser::SerializeMap;
+            let mut map = serializer.serialize_map(Some(self.0.len()))?;
+            for (key, value) in &self.0 {
+                let _ = map.serialize_entry(key, value);
+            }
+            map.end()
+        }
+    }
+
+    #[derive(serde::Serialize)]
+    #[serde(untagged)]
+    enum Key {
+        Name(&'static str),
+        FailsInside(FailsInside),
+    }
+
+    /// A map whose `Serialize` goes on to a value after its key was refused
+    /// (`true`), or gives a value without a key (`false`).
+    struct Keyless(bool);
+
+    impl Serialize for Keyless {
+        fn serialize<S: ser::Serializer>(
+            &self,
+            serializer: S,
+        ) -> std::result::Result<S::Ok, S::Error> {
+            use ser::SerializeMap;
+            let mut map = serializer.serialize_map(None)?;
+            if self.0 {
+                let _ = map.serialize_key(&[1]);
+            }
+            let _ = map.serialize_value(&1);
+            map.end()
+        }
+    }
+
+    /// What a map's `Serialize` going on past a refusal left the probe
+    /// with: a key failing inside an array it opened left the entries
+    /// after it a level deeper (and the document's fields unnamed); an
+    /// integer beyond 64 bits was let through, to be dropped by serde_json,
+    /// or kept and rounded under `arbitrary_precision`; a value after a
+    /// refused key reached serde_json's map, which panics at it.
+    #[test]
+    fn a_map_that_goes_on_past_a_refusal_is_measured_as_serde_json_reads_it() {
+        let document = GoesOnMap(vec![
+            (Key::FailsInside(FailsInside), json!(0)),
+            (Key::Name("id"), json!("a")),
+            (Key::Name("d"), nested(MAX_NESTING_DEPTH)),
+        ]);
+        let direct = Content::from_serialize(&document).unwrap();
+        let through = Content::from_value(serde_json::to_value(&document).unwrap()).unwrap();
+        assert_eq!(direct, through);
+        let wide = InAField {
+            id: "s",
+            v: GoesOn(vec![Item::Wide(u128::MAX), Item::Value(json!(1))]),
+        };
+        let err = Content::from_serialize(&wide).unwrap_err();
+        assert!(err.to_string().contains("beyond 64 bits"), "{err}");
+        let err = Content::from_serialize(&InAField {
+            id: "s",
+            v: Keyless(true),
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("key must be a string"), "{err}");
+        for keyed in [true, false] {
+            assert!(check_serialize(&Keyless(keyed)).is_err());
+            let err = Content::from_serialize(&InAField {
+                id: "s",
+                v: Keyless(keyed),
+            })
+            .unwrap_err();
+            assert!(err.to_string().contains("key"), "{err}");
+        }
     }
 
     /// A number as serde_json's `arbitrary_precision` feature (which any
