@@ -242,6 +242,7 @@ impl Wal {
     /// Forgets the view: the next refresh reads every frame again.
     pub(crate) fn invalidate(&mut self) {
         self.generation = 0;
+        self.header_len = 0;
     }
 
     /// Reads the frames appended since the last look.
@@ -296,7 +297,12 @@ impl Wal {
                 parsed.format, parsed.version
             )));
         }
-        if parsed.generation != self.generation {
+        // No header read yet (`header_len` 0: a header is never empty), as
+        // well as a new log: a log whose header says generation 0, which no
+        // store writes but a hand or a broken disk may, was otherwise read
+        // from its first byte, its frames unseen, and the next append cut
+        // the header off.
+        if parsed.generation != self.generation || self.header_len == 0 {
             self.generation = parsed.generation;
             self.header_len = newline as u64 + 1;
             self.end = self.header_len;
@@ -533,6 +539,37 @@ mod tests {
             newest: Some(Stamp::new(1_000, 0, "t").unwrap()),
             buffered: false,
         }
+    }
+
+    /// A log whose header says generation 0 (no store writes it; a hand
+    /// or a broken disk may) matched a new view's "nothing read yet": its
+    /// frames were read from the header's first byte, none found, and the
+    /// next append was written over the header, which made the log damaged
+    /// and lost that acknowledged write at the next read.
+    #[test]
+    fn a_log_of_generation_zero_is_read_and_appended_to_after_its_header() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut writer = started(tmp.path());
+        let first = frame(1, &["a"]);
+        writer.append(&OsFiles, &first, true).unwrap();
+        let path = tmp.path().join(WAL_FILE);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let (_, frames_text) = text.split_once('\n').unwrap();
+        let header = format!("{{\"format\":{WAL_FORMAT:?},\"version\":1,\"generation\":0}}\n");
+        std::fs::write(&path, format!("{header}{frames_text}")).unwrap();
+        let mut view = Wal::new(tmp.path());
+        assert_eq!(
+            frames(view.refresh().unwrap()),
+            std::slice::from_ref(&first)
+        );
+        let second = frame(2, &["b"]);
+        view.append(&OsFiles, &second, true).unwrap();
+        assert!(std::fs::read_to_string(&path).unwrap().starts_with(&header));
+        assert_eq!(
+            frames(Wal::new(tmp.path()).refresh().unwrap()),
+            [first.clone(), second.clone()]
+        );
+        assert_eq!(frames(view.read_all().unwrap()), [first, second]);
     }
 
     /// A log a power cut left as zeros has no header: damaged, found from
