@@ -17,7 +17,7 @@ use syncforge_core::{
 use crate::format::{self, cursor, end_of, entry_of, Entry, Horizon, Item, RecordBody, Segment};
 use crate::io::{same_etag, Condition, Put};
 use crate::keys::CollectionKeys;
-use crate::store::{expected, history, token, Races, State, Store};
+use crate::store::{expected, history, remember, token, Races, State, Store};
 use crate::BACKEND_NAME;
 
 /// The ETag in the token of a write that landed and was replaced before
@@ -491,7 +491,7 @@ impl Store {
             if reached >= number {
                 let read = Some((horizon, tag));
                 if self.folded_own(collection, keys, number, id, read).await? {
-                    self.heads.lock().insert(collection.clone(), reached);
+                    remember(&mut self.heads.lock(), collection, reached);
                     return Ok((number, abandoned));
                 }
                 // Abandoned: compaction folded this number already. The
@@ -502,7 +502,7 @@ impl Store {
                 abandoned.push(number);
                 continue;
             }
-            self.heads.lock().insert(collection.clone(), number);
+            remember(&mut self.heads.lock(), collection, number);
             return Ok((number, abandoned));
         }
     }

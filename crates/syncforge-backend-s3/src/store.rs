@@ -1,6 +1,6 @@
 //! Records, metadata and collections: everything but the change feed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -216,6 +216,29 @@ pub(crate) fn expected(token: &str) -> (&str, Vec<Cursor>) {
     (token, Vec::new())
 }
 
+/// Collections one handle remembers hints for (the end of its feed, its
+/// newest-stamp object, that its name object is written); past that it
+/// starts again with none, as a process writing ever new collections would
+/// otherwise grow them for good. Each hint only saves requests: a
+/// collection whose hints were dropped costs its next write a listing of
+/// its feed's end, a read of its newest-stamp object and a create of its
+/// name object that finds it there.
+const CACHED_COLLECTIONS: usize = 4_096;
+
+/// Remembers `value` for `collection`, emptying `cache` first when it holds
+/// [`CACHED_COLLECTIONS`] others: which of them are still in use is
+/// unknown, and each costs only its next write a few requests.
+pub(crate) fn remember<V>(
+    cache: &mut HashMap<CollectionName, V>,
+    collection: &CollectionName,
+    value: V,
+) {
+    if cache.len() >= CACHED_COLLECTIONS && !cache.contains_key(collection) {
+        cache.clear();
+    }
+    cache.insert(collection.clone(), value);
+}
+
 /// One handle's view of a store: the object store, the key layout, and
 /// what this handle remembers to save requests.
 #[derive(Debug)]
@@ -228,7 +251,7 @@ pub(crate) struct Store {
     /// The newest-stamp object as this handle last saw or wrote it.
     pub(crate) newest: Mutex<HashMap<CollectionName, (Stamp, String)>>,
     /// Hashed collections whose `name` object this handle has written.
-    named: Mutex<HashSet<CollectionName>>,
+    named: Mutex<HashMap<CollectionName, ()>>,
     /// The segment this handle read last, by its key: a segment is never
     /// rewritten under its key, and a reader behind the horizon reads it
     /// once for all its pages instead of once a page.
@@ -246,7 +269,7 @@ impl Store {
             options,
             heads: Mutex::new(HashMap::new()),
             newest: Mutex::new(HashMap::new()),
-            named: Mutex::new(HashSet::new()),
+            named: Mutex::new(HashMap::new()),
             last_segment: Mutex::new(None),
             recent_entries: Mutex::new(RecentEntries::default()),
             closed: AtomicBool::new(false),
@@ -598,7 +621,7 @@ impl Store {
         collection: &CollectionName,
         keys: &CollectionKeys,
     ) -> Result<()> {
-        if !keys.is_hashed() || self.named.lock().contains(collection) {
+        if !keys.is_hashed() || self.named.lock().contains_key(collection) {
             return Ok(());
         }
         let body = format::to_bytes(&Name {
@@ -617,7 +640,7 @@ impl Store {
             }
             races.lost(&path).await?;
         }
-        self.named.lock().insert(collection.clone());
+        remember(&mut self.named.lock(), collection, ());
         Ok(())
     }
 
@@ -652,9 +675,8 @@ impl Store {
         loop {
             if let Some((stored, etag)) = &known {
                 if stored >= stamp {
-                    self.newest
-                        .lock()
-                        .insert(collection.clone(), (stored.clone(), etag.clone()));
+                    let known = (stored.clone(), etag.clone());
+                    remember(&mut self.newest.lock(), collection, known);
                     return Ok(());
                 }
             }
@@ -667,9 +689,7 @@ impl Store {
             };
             match self.io.put(&path, body, condition).await? {
                 Put::Done(etag) => {
-                    self.newest
-                        .lock()
-                        .insert(collection.clone(), (stamp.clone(), etag));
+                    remember(&mut self.newest.lock(), collection, (stamp.clone(), etag));
                     return Ok(());
                 }
                 Put::Lost => {
@@ -803,6 +823,24 @@ fn misplaced(
 mod tests {
     use super::*;
 
+    /// A handle kept a hint for every collection it ever wrote: a process
+    /// writing a new collection a day, or one per tenant, grew it for good.
+    #[test]
+    fn hints_are_kept_for_a_bounded_number_of_collections() {
+        let name = |n: usize| CollectionName::new(format!("c{n}")).unwrap();
+        let mut cache = HashMap::new();
+        for n in 0..CACHED_COLLECTIONS {
+            remember(&mut cache, &name(n), n);
+        }
+        assert_eq!(cache.len(), CACHED_COLLECTIONS);
+        // One already there is updated in place.
+        remember(&mut cache, &name(0), 7);
+        assert_eq!((cache.len(), cache[&name(0)]), (CACHED_COLLECTIONS, 7));
+        remember(&mut cache, &name(CACHED_COLLECTIONS), 1);
+        assert_eq!(cache.len(), 1);
+        assert_eq!(cache[&name(CACHED_COLLECTIONS)], 1);
+    }
+
     fn ms(millis: u64) -> Duration {
         Duration::from_millis(millis)
     }
@@ -847,7 +885,7 @@ mod tests {
         for bound in [ms(1), ms(8), MAX_BACKOFF] {
             let draws: Vec<Duration> = (0..500).map(|_| jittered(bound)).collect();
             assert!(draws.iter().all(|wait| *wait <= bound), "{bound:?}");
-            let distinct: HashSet<&Duration> = draws.iter().collect();
+            let distinct: std::collections::HashSet<&Duration> = draws.iter().collect();
             assert!(
                 distinct.len() > 100,
                 "{bound:?}: {} distinct",
