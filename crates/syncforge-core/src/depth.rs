@@ -726,6 +726,7 @@ impl ser::SerializeStructVariant for &mut Probe {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{Lenient, LenientMap};
     use crate::{Content, FieldState, Record, Stamp, VersionVector};
     use serde_json::json;
 
@@ -822,23 +823,6 @@ mod tests {
         });
     }
 
-    /// A sequence whose `Serialize` goes on past an item refused.
-    struct GoesOn(Vec<Item>);
-
-    impl Serialize for GoesOn {
-        fn serialize<S: ser::Serializer>(
-            &self,
-            serializer: S,
-        ) -> std::result::Result<S::Ok, S::Error> {
-            use ser::SerializeSeq;
-            let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
-            for item in &self.0 {
-                let _ = seq.serialize_element(item);
-            }
-            seq.end()
-        }
-    }
-
     #[derive(serde::Serialize)]
     #[serde(untagged)]
     enum Item {
@@ -877,7 +861,7 @@ mod tests {
     }
 
     /// Drops `items` without recursion.
-    fn dismantle_items(items: GoesOn) {
+    fn dismantle_items(items: Lenient<Item>) {
         for item in items.0 {
             if let Item::Value(value) = item {
                 dismantle(value);
@@ -894,12 +878,12 @@ mod tests {
     fn a_value_that_goes_on_past_a_refusal_is_measured_as_it_is() {
         on_small_stack(|| {
             let deep = || Item::Value(nested(100_000));
-            let document = GoesOn(vec![deep()]);
+            let document = Lenient(vec![deep()]);
             assert!(Content::from_serialize(&document).is_err());
             dismantle_items(document);
             let in_a_field = InAField {
                 id: "s",
-                v: GoesOn(vec![Item::Variant(Kind::Holding(1)), deep()]),
+                v: Lenient(vec![Item::Variant(Kind::Holding(1)), deep()]),
             };
             let err = Content::from_serialize(&in_a_field).unwrap_err();
             assert!(err.to_string().contains("levels deep"), "{err}");
@@ -908,30 +892,13 @@ mod tests {
         // The field's array is one level: 63 more reach the limit.
         let at_the_limit = InAField {
             id: "s",
-            v: GoesOn(vec![
+            v: Lenient(vec![
                 Item::FailsInside(FailsInside),
                 Item::Value(nested(MAX_NESTING_DEPTH - 1)),
             ]),
         };
         let content = Content::from_serialize(&at_the_limit).unwrap();
         assert_eq!(nesting_depth(&content.fields()["v"]), MAX_NESTING_DEPTH);
-    }
-
-    /// A map whose `Serialize` goes on past an entry refused.
-    struct GoesOnMap(Vec<(Key, Value)>);
-
-    impl Serialize for GoesOnMap {
-        fn serialize<S: ser::Serializer>(
-            &self,
-            serializer: S,
-        ) -> std::result::Result<S::Ok, S::Error> {
-            use ser::SerializeMap;
-            let mut map = serializer.serialize_map(Some(self.0.len()))?;
-            for (key, value) in &self.0 {
-                let _ = map.serialize_entry(key, value);
-            }
-            map.end()
-        }
     }
 
     #[derive(serde::Serialize)]
@@ -968,7 +935,7 @@ mod tests {
     /// refused key reached serde_json's map, which panics at it.
     #[test]
     fn a_map_that_goes_on_past_a_refusal_is_measured_as_serde_json_reads_it() {
-        let document = GoesOnMap(vec![
+        let document = LenientMap(vec![
             (Key::FailsInside(FailsInside), json!(0)),
             (Key::Name("id"), json!("a")),
             (Key::Name("d"), nested(MAX_NESTING_DEPTH)),
@@ -978,7 +945,7 @@ mod tests {
         assert_eq!(direct, through);
         let wide = InAField {
             id: "s",
-            v: GoesOn(vec![Item::Wide(u128::MAX), Item::Value(json!(1))]),
+            v: Lenient(vec![Item::Wide(u128::MAX), Item::Value(json!(1))]),
         };
         let err = Content::from_serialize(&wide).unwrap_err();
         assert!(err.to_string().contains("beyond 64 bits"), "{err}");

@@ -120,4 +120,33 @@ pub(crate) mod testing {
         .unwrap_or(false);
         early_held && rx.recv() == Ok(true)
     }
+
+    /// A sequence whose `Serialize` goes on past an item refused, as a
+    /// hand-written one may.
+    pub(crate) struct Lenient<T>(pub(crate) Vec<T>);
+
+    impl<T: serde::Serialize> serde::Serialize for Lenient<T> {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeSeq;
+            let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
+            for item in &self.0 {
+                let _ = seq.serialize_element(item);
+            }
+            seq.end()
+        }
+    }
+
+    /// A map whose `Serialize` goes on past an entry refused.
+    pub(crate) struct LenientMap<K, V>(pub(crate) Vec<(K, V)>);
+
+    impl<K: serde::Serialize, V: serde::Serialize> serde::Serialize for LenientMap<K, V> {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeMap;
+            let mut map = serializer.serialize_map(Some(self.0.len()))?;
+            for (key, value) in &self.0 {
+                let _ = map.serialize_entry(key, value);
+            }
+            map.end()
+        }
+    }
 }

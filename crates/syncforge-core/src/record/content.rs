@@ -689,6 +689,7 @@ impl SerializeMap for &mut Fields {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{Lenient, LenientMap};
     use serde_json::json;
 
     fn content(v: Value) -> Content {
@@ -723,18 +724,6 @@ mod tests {
         ($($value:expr),* $(,)?) => { $(agrees($value);)* };
     }
 
-    /// A sequence whose `Serialize` goes on past an item refused.
-    struct Lenient<T>(Vec<T>);
-    impl<T: Serialize> Serialize for Lenient<T> {
-        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-            use serde::ser::SerializeSeq;
-            let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
-            for item in &self.0 {
-                let _ = seq.serialize_element(item);
-            }
-            seq.end()
-        }
-    }
     /// A number, or (for `None`) an error of its own `Serialize`.
     struct Refused(Option<u8>);
     impl Serialize for Refused {
@@ -743,19 +732,6 @@ mod tests {
                 Some(n) => serializer.serialize_u8(n),
                 None => Err(serde::ser::Error::custom("refused")),
             }
-        }
-    }
-
-    /// A map whose `Serialize` goes on past an entry refused.
-    struct LenientMap<K, V>(Vec<(K, V)>);
-    impl<K: Serialize, V: Serialize> Serialize for LenientMap<K, V> {
-        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-            use serde::ser::SerializeMap;
-            let mut map = serializer.serialize_map(Some(self.0.len()))?;
-            for (key, value) in &self.0 {
-                let _ = map.serialize_entry(key, value);
-            }
-            map.end()
         }
     }
 
