@@ -182,7 +182,8 @@ fn steps(test_env: &[(&'static str, OsString)]) -> Vec<Step> {
                 // The tests written for a build without the memory backend
                 // (a `memory:` URL names its feature), and for a CLI
                 // without the s3 and redis backends (a URL of a kind not
-                // built in names its feature). Compiled by no other step.
+                // built in names its feature), by its exact name. Compiled
+                // by no other step.
                 with_env(Cargo::new(&[
                     "test",
                     "-p",
@@ -199,7 +200,9 @@ fn steps(test_env: &[(&'static str, OsString)]) -> Vec<Step> {
                     "fs,http",
                     "--test",
                     "cli",
-                    "a_kind_not_built_in",
+                    "--",
+                    "--exact",
+                    "errors::a_kind_not_built_in_names_its_feature",
                 ])),
             ],
             needs_services: true,

@@ -163,16 +163,23 @@ fn an_unreadable_log_level_is_told() {
     assert!(run.stderr.contains("\"verbose\""), "{run:?}");
 }
 
-/// Only in a build without the `s3` feature, which `cargo xtask ci` makes
-/// for it; the library's own tests check each kind with its feature off.
-#[cfg(not(feature = "s3"))]
+/// Only in a build without the `s3` and `redis` features, which `cargo
+/// xtask ci` makes for it (and runs by this exact name); the library's own
+/// tests check each kind with its feature off.
+#[cfg(not(any(feature = "s3", feature = "redis")))]
 #[test]
 fn a_kind_not_built_in_names_its_feature() {
-    let run = syncforge(&["stats", "s3://bucket/prefix?region=eu-west-1"]).fails(2);
-    assert!(
-        run.stderr.contains("enable the cargo feature `s3`"),
-        "{run:?}"
-    );
+    for (url, feature) in [
+        ("s3://bucket/prefix?region=eu-west-1", "s3"),
+        ("redis://127.0.0.1:9/0", "redis"),
+    ] {
+        let run = syncforge(&["stats", url]).fails(2);
+        assert!(
+            run.stderr
+                .contains(&format!("enable the cargo feature `{feature}`")),
+            "{run:?}"
+        );
+    }
 }
 
 #[test]
