@@ -34,7 +34,7 @@ use std::hint::black_box;
 use std::io::Write as _;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use criterion::Criterion;
@@ -390,11 +390,15 @@ fn incremental(c: &mut Criterion, rt: &Runtime, store: &RedisBackend, size: usiz
 
 /// `redis-benchmark -q -P 100 -t hset` on the same server: requests per second.
 fn redis_benchmark(config: &RedisConfig, requests: usize) -> Option<f64> {
-    let output = Command::new("redis-benchmark")
+    let child = Command::new("redis-benchmark")
         .args(["-h", &config.host, "-p", &config.port.to_string()])
         .args(["-q", "-P", "100", "-t", "hset", "-n", &requests.to_string()])
-        .output()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
         .ok()?;
+    let output = syncforge_testkit::processes::finish(child, Duration::from_secs(300)).ok()?;
     let text = String::from_utf8_lossy(&output.stdout);
     // `-q` redraws a progress line with '\r'; the last one has the result.
     let line = text.split(['\r', '\n']).rfind(|l| l.starts_with("HSET:"))?;

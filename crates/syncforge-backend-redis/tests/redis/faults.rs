@@ -834,13 +834,15 @@ fn command_name(received: &[u8]) -> Option<(String, usize)> {
 /// A user name without a password (`redis://app@host`) logs in as that
 /// user, which a `nopass` ACL user accepts, and never as `default`; a user
 /// that has a password is refused with advice about the credentials. The
-/// users are made on the shared test server under names of their own and
-/// deleted afterwards, whatever the outcome; `requirepass` is left alone.
+/// users are made on a private server (an ACL user is the whole server's:
+/// one left on a shared one by a killed test could run any command there)
+/// and deleted afterwards, whatever the outcome.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_name_without_a_password_logs_in_as_that_user() {
-    let Some(config) = standalone("nopass").await else {
+    let Some(server) = PrivateServer::start().await else {
         return;
     };
+    let config = server.config(&fresh_prefix("nopass"));
     let admin = raw_client(&config).await.unwrap();
     let open_user = config.key_prefix.clone();
     let guarded_user = format!("{open_user}-pw");
@@ -939,13 +941,14 @@ async fn log_in_as_users_without_passwords(
 /// (`ZADD`), leaving a sequence to be handed out twice or a record the
 /// feed does not know; a delete removed the record and then failed at its
 /// feed entry. The scripts now ask the ACL first (Redis 7 and later), and
-/// such a write or delete changes nothing. The users are made under names
-/// of their own and deleted afterwards, whatever the outcome.
+/// such a write or delete changes nothing. The users are made on a private
+/// server, as above, and deleted afterwards, whatever the outcome.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_refused_a_command_a_write_needs_changes_nothing() {
-    let Some(config) = standalone("noperm").await else {
+    let Some(server) = PrivateServer::start().await else {
         return;
     };
+    let config = server.config(&fresh_prefix("noperm"));
     let admin = raw_client(&config).await.unwrap();
     let checks_acl: i64 = admin
         .custom(
@@ -957,8 +960,8 @@ async fn a_user_refused_a_command_a_write_needs_changes_nothing() {
     // Redis before 7 checks no ACL in scripts ahead of their commands; a
     // skip is visible, and fails where services are required.
     if !syncforge_testkit::services::available(
-        "redis 7+ (ACL checks inside scripts)",
-        crate::support::STANDALONE_ENV,
+        "redis-server 7+ (ACL checks inside scripts)",
+        crate::support::SERVER_BIN_ENV,
         &config.address(),
         checks_acl != 0,
     ) {

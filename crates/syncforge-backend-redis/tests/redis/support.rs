@@ -19,6 +19,7 @@ use syncforge_core::{
     classify, ChangeKind, CollectionName, ConflictStrategy, Content, Error, Hlc, Record, RecordId,
     StorageBackend, Write, WriteOutcome,
 };
+use syncforge_testkit::processes;
 use syncforge_testkit::services::{address, available, version_of};
 
 pub(crate) const STANDALONE_ENV: &str = "SYNCFORGE_TEST_REDIS_URL";
@@ -436,20 +437,27 @@ impl PrivateCluster {
         for node in &nodes {
             create.arg(format!("127.0.0.1:{}", node.port));
         }
-        let created = create
+        // `--cluster create` waits for the nodes to agree with no limit of
+        // its own: for good when one stops answering.
+        let mut create = create
             .arg("--cluster-yes")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .status()
+            .spawn()
             .unwrap();
+        let created = processes::wait(&mut create, Duration::from_secs(60)).unwrap();
         assert!(created.success(), "redis-cli --cluster create: {created}");
         let deadline = Instant::now() + Duration::from_secs(30);
         for node in &nodes {
             loop {
                 let info = Command::new("redis-cli")
                     .args(["-p", &node.port.to_string(), "cluster", "info"])
-                    .output()
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null())
+                    .spawn()
                     .unwrap();
+                let info = processes::finish(info, Duration::from_secs(10)).unwrap();
                 if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
                     break;
                 }

@@ -43,11 +43,15 @@ fn redis_store() -> Option<RedisStore> {
 
 /// What `redis-cli` prints for `args` against `store`'s server.
 fn redis_cli(store: &RedisStore, args: &[&str]) -> String {
-    let output = Command::new("redis-cli")
+    let child = Command::new("redis-cli")
         .args(["-u", &store.server])
         .args(args)
-        .output()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    let output = syncforge_testkit::processes::finish(child, Duration::from_secs(60)).unwrap();
     assert!(output.status.success(), "{output:?}");
     String::from_utf8(output.stdout).unwrap()
 }
