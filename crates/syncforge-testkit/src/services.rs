@@ -25,6 +25,8 @@
 //! ```
 
 use std::io::Write as _;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
 
 /// The variable that turns a missing service from a skip into a failure.
 pub const REQUIRE_SERVICES_ENV: &str = "SYNCFORGE_REQUIRE_SERVICES";
@@ -36,6 +38,25 @@ pub fn address(variable: &str, default: &str) -> String {
         .ok()
         .filter(|value| !value.is_empty())
         .unwrap_or_else(|| default.to_owned())
+}
+
+/// Whether something listens at the host and port of `endpoint`, an
+/// `http://` or `https://` URL (a host name resolved, and the scheme's port
+/// taken when it names none), each address given 2 seconds to answer.
+/// Blocks its thread that long at most an address.
+pub fn listens(endpoint: &str) -> bool {
+    let (rest, default_port) = match endpoint.strip_prefix("https://") {
+        Some(rest) => (rest, 443),
+        None => (endpoint.strip_prefix("http://").unwrap_or(endpoint), 80),
+    };
+    let host = rest.split('/').next().unwrap_or(rest);
+    let addresses = host
+        .to_socket_addrs()
+        .or_else(|_| (host, default_port).to_socket_addrs());
+    addresses.is_ok_and(|mut addresses| {
+        addresses
+            .any(|address| TcpStream::connect_timeout(&address, Duration::from_secs(2)).is_ok())
+    })
 }
 
 /// What `program --version` prints, when the program is there and
@@ -99,7 +120,25 @@ pub fn available(name: &str, variable: &str, address: &str, answered: bool) -> b
 
 #[cfg(test)]
 mod tests {
-    use super::means_yes;
+    use super::{listens, means_yes};
+
+    /// An endpoint named by host name was never probed (only addresses
+    /// parsed): an S3 server at `localhost` was reported as not answering.
+    #[test]
+    fn an_endpoint_is_probed_by_host_name_or_address() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        for endpoint in [
+            format!("http://localhost:{port}"),
+            format!("http://127.0.0.1:{port}/"),
+            format!("https://localhost:{port}/bucket"),
+        ] {
+            assert!(listens(&endpoint), "{endpoint}");
+        }
+        drop(listener);
+        assert!(!listens(&format!("http://127.0.0.1:{port}")));
+        assert!(!listens("http://no such host"));
+    }
 
     #[test]
     fn a_require_setting_meant_as_yes_requires() {

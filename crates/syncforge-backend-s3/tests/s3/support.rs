@@ -1,11 +1,11 @@
 //! What the tests share: the S3 server, unique prefixes.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use object_store::aws::AmazonS3Builder;
 use object_store::ObjectStore;
-use syncforge_testkit::services::{address, available};
+use syncforge_testkit::services::{address, available, listens};
 
 /// Where the S3-compatible test server is (`cargo xtask ci` sets it).
 pub(crate) const ENDPOINT_ENV: &str = "SYNCFORGE_TEST_S3_ENDPOINT";
@@ -40,21 +40,12 @@ impl Server {
 pub(crate) async fn s3_server() -> Option<Server> {
     let endpoint = address(ENDPOINT_ENV, "http://127.0.0.1:45655");
     let bucket = address(BUCKET_ENV, "syncforge-test");
-    let answered = probe(&endpoint).await;
+    let probed = endpoint.clone();
+    let answered = tokio::task::spawn_blocking(move || listens(&probed))
+        .await
+        .unwrap();
     available("S3 server (moto)", ENDPOINT_ENV, &endpoint, answered)
         .then_some(Server { endpoint, bucket })
-}
-
-/// Whether something listens at the endpoint's host and port.
-async fn probe(endpoint: &str) -> bool {
-    let host = endpoint
-        .trim_start_matches("http://")
-        .trim_start_matches("https://")
-        .trim_end_matches('/');
-    matches!(
-        tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(host)).await,
-        Ok(Ok(_))
-    )
 }
 
 /// A prefix no other test or run uses.

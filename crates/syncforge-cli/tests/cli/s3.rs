@@ -3,10 +3,7 @@
 //! under a key prefix of its own. Credentials reach the command through the
 //! environment only.
 
-use std::net::TcpStream;
-use std::time::Duration;
-
-use syncforge_testkit::services::{address, available};
+use syncforge_testkit::services::{address, available, listens};
 use tempfile::TempDir;
 
 use crate::support::{arg, counts, docs, export, syncforge_env, syncforge_with};
@@ -23,14 +20,7 @@ const CREDENTIALS: [(&str, &str); 2] = [
 fn s3_url() -> Option<String> {
     let endpoint = address(ENDPOINT_ENV, "http://127.0.0.1:45655");
     let bucket = address(BUCKET_ENV, "syncforge-test");
-    let host = endpoint
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_owned();
-    let answers = host
-        .parse()
-        .ok()
-        .is_some_and(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok());
+    let answers = listens(&endpoint);
     available("S3 server (moto)", ENDPOINT_ENV, &endpoint, answers).then(|| {
         format!(
             "s3://{bucket}/syncforge-cli-test-{}?endpoint={endpoint}&allow_http=true",

@@ -263,18 +263,15 @@ async fn hostile_records_on_the_s3_backend_over_a_local_directory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_records_on_the_s3_backend_over_the_test_server() {
     use syncforge::{S3Backend, S3Config};
-    use syncforge_testkit::services::{address, available};
+    use syncforge_testkit::services::{address, available, listens};
 
     const ENV: &str = "SYNCFORGE_TEST_S3_ENDPOINT";
     let endpoint = address(ENV, "http://127.0.0.1:45655");
     let bucket = address("SYNCFORGE_TEST_S3_BUCKET", "syncforge-test");
-    let host = endpoint.trim_start_matches("http://").trim_end_matches('/');
-    let answers = tokio::time::timeout(
-        std::time::Duration::from_secs(2),
-        tokio::net::TcpStream::connect(host),
-    )
-    .await
-    .is_ok_and(|connected| connected.is_ok());
+    let probed = endpoint.clone();
+    let answers = tokio::task::spawn_blocking(move || listens(&probed))
+        .await
+        .unwrap();
     if !available("S3 server (moto)", ENV, &endpoint, answers) {
         return;
     }
