@@ -17,7 +17,10 @@
 //!
 //! The server is `SYNCFORGE_BENCH_REDIS_URL`, else `SYNCFORGE_TEST_REDIS_URL`,
 //! else `redis://127.0.0.1:6391/0`. Each run writes under a key prefix of
-//! its own and clears its collections afterwards. Every workload is set up
+//! its own and clears its collections afterwards; `redis-benchmark` writes
+//! its own key `myhash` in database 0 (it has no prefix of its own, and is
+//! given no password: point the bench at a server of its own, as `cargo
+//! xtask bench` does). Every workload is set up
 //! outside the timing (`iter_custom`). The engine itself lives in the
 //! `syncforge` crate; these loops make the same backend calls it makes.
 #![allow(
