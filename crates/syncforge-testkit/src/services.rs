@@ -135,9 +135,8 @@ mod tests {
         ] {
             assert!(listens(&endpoint), "{endpoint}");
         }
-        drop(listener);
-        assert!(!listens(&format!("http://127.0.0.1:{port}")));
-        assert!(!listens("http://no such host"));
+        // Port 0 is never listened at; a freed port may be taken again.
+        assert!(!listens("http://127.0.0.1:0"));
     }
 
     #[test]

@@ -1041,6 +1041,7 @@ mod tests {
         agree![
             LenientMap(vec![("a", Kind::Holding(1)), ("b", Kind::Plain)]),
             LenientMap(vec![(json!(7), "x"), (json!("k"), "y")]),
+            LenientMap(vec![(json!([1]), "x"), (json!("k"), "y")]),
             LenientMap(vec![("a", Refused(None)), ("b", Refused(Some(1)))]),
             One {
                 id: "inner",
