@@ -213,12 +213,13 @@ struct Probe {
     /// a limit, keeps such an integer under `arbitrary_precision`, and
     /// panics at a value without a key.
     refused: Option<ProbeError>,
-    /// Whether the map key serialised last is one serde_json takes, its
-    /// value not yet serialised.
+    /// Whether the map being written holds a key serde_json took, its
+    /// value not yet serialised (serde_json's map keeps the last key it
+    /// took until a value takes it).
     key_taken: bool,
-    /// Set while a map key is serialised, once it holds anything serde_json
-    /// refuses as a key.
-    key_refused: bool,
+    /// Whether the serde_json private struct being written (see
+    /// [`WRITTEN_AS_TEXT`]) had its one field.
+    raw_field: bool,
 }
 
 /// How the names serde_json gives its private structs start: the struct
@@ -303,7 +304,7 @@ impl Probe {
             raw: false,
             refused: None,
             key_taken: false,
-            key_refused: false,
+            raw_field: false,
         }
     }
 
@@ -313,11 +314,13 @@ impl Probe {
         Err(error)
     }
 
-    /// Inside a map key: the key holds what serde_json refuses as one.
-    fn not_a_key(&mut self) {
+    /// Refuses, inside a map key, what serde_json refuses as one at its
+    /// first call, without looking further into it, as serde_json does not.
+    fn not_a_key(&self) -> ProbeResult {
         if self.in_any_key {
-            self.key_refused = true;
+            return Err(ProbeError::Custom("key must be a string".to_owned()));
         }
+        Ok(())
     }
 
     /// Refuses an integer beyond 64 bits, as serde_json does unless its
@@ -360,7 +363,7 @@ impl Probe {
     /// Opens a container; fails when it nests past the limit (the record's
     /// own object plus [`MAX_NESTING_DEPTH`] levels).
     fn open(&mut self) -> ProbeResult {
-        self.not_a_key();
+        self.not_a_key()?;
         if self.depth > MAX_NESTING_DEPTH {
             let field = self.field.clone();
             return self.refuse(ProbeError::TooDeep { field });
@@ -469,16 +472,16 @@ impl ser::Serializer for &mut Probe {
         self.in_64_bits(fits)
     }
     fn serialize_f32(self, v: f32) -> ProbeResult {
-        if !v.is_finite() {
-            self.not_a_key();
+        if v.is_finite() {
+            return Ok(());
         }
-        Ok(())
+        self.not_a_key()
     }
     fn serialize_f64(self, v: f64) -> ProbeResult {
-        if !v.is_finite() {
-            self.not_a_key();
+        if v.is_finite() {
+            return Ok(());
         }
-        Ok(())
+        self.not_a_key()
     }
     fn serialize_char(self, c: char) -> ProbeResult {
         self.string(c.encode_utf8(&mut [0; 4]))
@@ -495,20 +498,17 @@ impl ser::Serializer for &mut Probe {
         self.close()
     }
     fn serialize_none(self) -> ProbeResult {
-        self.not_a_key();
-        Ok(())
+        self.not_a_key()
     }
     fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> ProbeResult {
-        self.not_a_key();
+        self.not_a_key()?;
         value.serialize(self)
     }
     fn serialize_unit(self) -> ProbeResult {
-        self.not_a_key();
-        Ok(())
+        self.not_a_key()
     }
     fn serialize_unit_struct(self, _: &'static str) -> ProbeResult {
-        self.not_a_key();
-        Ok(())
+        self.not_a_key()
     }
     fn serialize_unit_variant(self, _: &'static str, _: u32, v: &'static str) -> ProbeResult {
         self.string(v)
@@ -577,8 +577,9 @@ impl ser::Serializer for &mut Probe {
         // serde_json writes a `RawValue` or a number as its text, not as an
         // object; as a map key it refuses either.
         if WRITTEN_AS_TEXT.contains(&name) {
-            self.not_a_key();
+            self.not_a_key()?;
             self.raw = true;
+            self.raw_field = false;
         } else {
             self.open()?;
         }
@@ -651,30 +652,27 @@ impl ser::SerializeMap for &mut Probe {
     type Error = ProbeError;
     /// Keys are read for their string. One serde_json refuses (anything but
     /// a string, a number, a `bool`, a `char` or a unit variant; a float
-    /// that is not finite) is refused as serde_json refuses it, and the
-    /// value after it too, should the map's `Serialize` go on to it.
+    /// that is not finite) is refused as serde_json refuses it, at its
+    /// first call, and leaves the map as serde_json's is left: holding the
+    /// key it took before, if any, for the next value.
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> ProbeResult {
         let outer = std::mem::replace(&mut self.in_any_key, true);
-        let outer_refused = std::mem::replace(&mut self.key_refused, false);
         let result = if self.depth != 1 {
             self.nested(key)
         } else {
-            self.key = None;
+            let taken = self.key.take();
             self.in_key = true;
             let result = self.nested(key);
             self.in_key = false;
+            if result.is_err() {
+                self.key = taken;
+            }
             result
         };
-        let refused = std::mem::replace(&mut self.key_refused, outer_refused);
         self.in_any_key = outer;
-        // As serde_json refuses it: an entry a map's `Serialize` goes on
-        // past is left out, as serde_json leaves it out, and a value given
-        // after it anyway is refused below.
-        let result = match result {
-            Ok(()) if refused => Err(ProbeError::Custom("key must be a string".to_owned())),
-            other => other,
-        };
-        self.key_taken = result.is_ok();
+        if result.is_ok() {
+            self.key_taken = true;
+        }
         result
     }
     fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> ProbeResult {
@@ -685,7 +683,10 @@ impl ser::SerializeMap for &mut Probe {
             ));
         }
         let key = self.key.take();
-        self.value(key.as_deref(), value)
+        let result = self.value(key.as_deref(), value);
+        // The value took the key, whatever maps inside it left behind.
+        self.key_taken = false;
+        result
     }
     fn end(self) -> ProbeResult {
         // A key whose value never came is no key of the map around it.
@@ -703,12 +704,25 @@ impl ser::SerializeStruct for &mut Probe {
         value: &T,
     ) -> ProbeResult {
         if self.raw {
+            // serde_json's private struct holds one field, named as it is,
+            // and panics at its end without it.
+            if self.raw_field || !WRITTEN_AS_TEXT.contains(&key) {
+                return self.refuse(ProbeError::Custom(format!(
+                    "field {key:?} in a struct named as serde_json's own {WRITTEN_AS_TEXT:?}"
+                )));
+            }
+            self.raw_field = true;
             return value.serialize(&mut **self);
         }
         self.value(Some(key), value)
     }
     fn end(self) -> ProbeResult {
         if std::mem::take(&mut self.raw) {
+            if !std::mem::take(&mut self.raw_field) {
+                return self.refuse(ProbeError::Custom(
+                    "a struct named as serde_json's own without its one field".to_owned(),
+                ));
+            }
             return Ok(());
         }
         self.close()
@@ -987,6 +1001,108 @@ mod tests {
             v: RawKeyed
         })
         .is_err());
+    }
+
+    /// A map given a key, then failing before its value.
+    struct KeyThenFails;
+
+    impl Serialize for KeyThenFails {
+        fn serialize<S: ser::Serializer>(
+            &self,
+            serializer: S,
+        ) -> std::result::Result<S::Ok, S::Error> {
+            use ser::SerializeMap;
+            let mut map = serializer.serialize_map(None)?;
+            map.serialize_key("x")?;
+            Err(ser::Error::custom("stops"))
+        }
+    }
+
+    /// A map whose `Serialize` goes on past its entry `a`, whose value
+    /// failed, with a value of no key.
+    struct AfterAFailedValue;
+
+    impl Serialize for AfterAFailedValue {
+        fn serialize<S: ser::Serializer>(
+            &self,
+            serializer: S,
+        ) -> std::result::Result<S::Ok, S::Error> {
+            use ser::SerializeMap;
+            let mut map = serializer.serialize_map(None)?;
+            let _ = map.serialize_entry("a", &KeyThenFails);
+            let _ = map.serialize_value(&1);
+            map.end()
+        }
+    }
+
+    /// A map whose `Serialize` gives a second key that serde_json refuses
+    /// before a value: serde_json's map gives the value the key it took.
+    struct KeyKept;
+
+    impl Serialize for KeyKept {
+        fn serialize<S: ser::Serializer>(
+            &self,
+            serializer: S,
+        ) -> std::result::Result<S::Ok, S::Error> {
+            use ser::SerializeMap;
+            let mut map = serializer.serialize_map(None)?;
+            let _ = map.serialize_entry("id", "a");
+            let _ = map.serialize_key("x");
+            let _ = map.serialize_key(&());
+            let _ = map.serialize_value(&1);
+            map.end()
+        }
+    }
+
+    /// A struct named as serde_json's own, without its one field.
+    #[derive(serde::Serialize)]
+    #[serde(rename = "$serde_json::private::RawValue")]
+    struct NamedAsRawValue {}
+
+    /// What the probe still got wrong about maps whose `Serialize` goes on
+    /// past a refusal: a map inside a value, ending after its key, left
+    /// the key as the outer map's (serde_json's map then panicked at a
+    /// value without one); a refused key after a taken one lost the taken
+    /// one, which serde_json's map keeps for the next value; a key that is
+    /// a container was walked into, and refused as too deep where
+    /// serde_json refuses it at once and leaves the entry out; and a struct
+    /// named as serde_json's own passed without its field, at which
+    /// serde_json panics.
+    #[test]
+    fn maps_that_go_on_past_a_refusal_are_measured_as_serde_json_reads_them() {
+        assert!(Content::from_serialize(&InAField {
+            id: "s",
+            v: AfterAFailedValue
+        })
+        .is_err());
+        assert!(check_serialize(&AfterAFailedValue).is_err());
+        assert!(Content::from_serialize(&InAField {
+            id: "s",
+            v: NamedAsRawValue {}
+        })
+        .is_err());
+        let direct = Content::from_serialize(&KeyKept).unwrap();
+        let through = Content::from_value(serde_json::to_value(&KeyKept).unwrap()).unwrap();
+        assert_eq!(direct, through);
+        assert_eq!(direct.fields().get("x"), Some(&json!(1)));
+        let deep_key = LenientMap(vec![
+            (nested(MAX_NESTING_DEPTH + 1), json!(0)),
+            (json!("id"), json!("a")),
+            (json!("x"), json!(1)),
+        ]);
+        let direct = Content::from_serialize(&deep_key).unwrap();
+        let through = Content::from_value(serde_json::to_value(&deep_key).unwrap()).unwrap();
+        assert_eq!(direct, through);
+        let deep_key = LenientMap(vec![
+            (nested(MAX_NESTING_DEPTH), json!(0)),
+            (json!("k"), json!(1)),
+        ]);
+        let direct = Content::from_serialize(&InAField {
+            id: "s",
+            v: deep_key,
+        })
+        .unwrap();
+        assert_eq!(direct.fields()["v"], json!({"k": 1}));
     }
 
     /// What a map's `Serialize` going on past a refusal left the probe
