@@ -930,57 +930,121 @@ mod tests {
         FailsInside(FailsInside),
     }
 
-    /// A map whose `Serialize` goes on to a value after its key was refused
-    /// (`true`), or gives a value without a key (`false`).
-    struct Keyless(bool);
+    /// What a key or a value of a [`Scripted`] map is.
+    enum Part {
+        Json(Value),
+        Unit,
+        /// A `RawValue` of this text, which serde_json writes as its text
+        /// and refuses as a key.
+        Raw(&'static str),
+        Map(Scripted),
+    }
 
-    impl Serialize for Keyless {
+    impl Serialize for Part {
         fn serialize<S: ser::Serializer>(
             &self,
             serializer: S,
         ) -> std::result::Result<S::Ok, S::Error> {
-            use ser::SerializeMap;
-            let mut map = serializer.serialize_map(None)?;
-            if self.0 {
-                let _ = map.serialize_key(&[1]);
+            match self {
+                Part::Json(value) => value.serialize(serializer),
+                Part::Unit => serializer.serialize_unit(),
+                Part::Raw(text) => serde_json::value::RawValue::from_string((*text).to_owned())
+                    .map_err(ser::Error::custom)?
+                    .serialize(serializer),
+                Part::Map(map) => map.serialize(serializer),
             }
-            let _ = map.serialize_value(&1);
-            map.end()
         }
     }
 
-    /// A map given a key and ended without its value.
-    struct KeyOnly;
+    /// One call a [`Scripted`] map's `Serialize` makes.
+    enum Call {
+        /// `serialize_key`, going on past its error.
+        Key(Part),
+        /// `serialize_key`, stopping at its error.
+        KeyOrStop(Part),
+        /// `serialize_value`, going on past its error.
+        Value(Part),
+        /// `serialize_entry`, going on past its error.
+        Entry(Part, Part),
+        /// An error of the `Serialize` itself, the map left unended.
+        Fail,
+    }
 
-    impl Serialize for KeyOnly {
+    /// A map whose `Serialize` makes these calls in order, then ends it: a
+    /// hand-written one may go on past an error, or call out of order.
+    struct Scripted(Vec<Call>);
+
+    impl Serialize for Scripted {
         fn serialize<S: ser::Serializer>(
             &self,
             serializer: S,
         ) -> std::result::Result<S::Ok, S::Error> {
             use ser::SerializeMap;
             let mut map = serializer.serialize_map(None)?;
-            map.serialize_key("x")?;
+            for call in &self.0 {
+                match call {
+                    Call::Key(key) => drop(map.serialize_key(key)),
+                    Call::KeyOrStop(key) => map.serialize_key(key)?,
+                    Call::Value(value) => drop(map.serialize_value(value)),
+                    Call::Entry(key, value) => drop(map.serialize_entry(key, value)),
+                    Call::Fail => return Err(ser::Error::custom("stops")),
+                }
+            }
             map.end()
         }
     }
 
-    /// A map whose `Serialize` gives a value after a key serde_json refuses
-    /// (a `RawValue`, which it writes as its text, never as a key).
-    struct RawKeyed;
+    fn json(value: Value) -> Part {
+        Part::Json(value)
+    }
 
-    impl Serialize for RawKeyed {
-        fn serialize<S: ser::Serializer>(
-            &self,
-            serializer: S,
-        ) -> std::result::Result<S::Ok, S::Error> {
-            use ser::SerializeMap;
-            let raw = serde_json::value::RawValue::from_string("\"k\"".to_owned())
-                .map_err(ser::Error::custom)?;
-            let mut map = serializer.serialize_map(None)?;
-            let _ = map.serialize_key(&*raw);
-            let _ = map.serialize_value(&1);
-            map.end()
-        }
+    /// A value given after a key serde_json refuses (`keyed`), or without
+    /// a key at all.
+    fn keyless(keyed: bool) -> Scripted {
+        let key = keyed.then(|| Call::Key(json(json!([1]))));
+        Scripted(
+            key.into_iter()
+                .chain([Call::Value(json(json!(1)))])
+                .collect(),
+        )
+    }
+
+    /// A key and no value.
+    fn key_only() -> Scripted {
+        Scripted(vec![Call::KeyOrStop(json(json!("x")))])
+    }
+
+    /// A `RawValue` key, then a value.
+    fn raw_keyed() -> Scripted {
+        Scripted(vec![
+            Call::Key(Part::Raw("\"k\"")),
+            Call::Value(json(json!(1))),
+        ])
+    }
+
+    /// A key, then a failure before its value.
+    fn key_then_fails() -> Scripted {
+        Scripted(vec![Call::KeyOrStop(json(json!("x"))), Call::Fail])
+    }
+
+    /// An entry whose value failed (a map given a key), then a value of no
+    /// key.
+    fn after_a_failed_value() -> Scripted {
+        Scripted(vec![
+            Call::Entry(json(json!("a")), Part::Map(key_then_fails())),
+            Call::Value(json(json!(1))),
+        ])
+    }
+
+    /// A key serde_json refuses after one it took, then a value: serde_json's
+    /// map gives the value the key it took.
+    fn key_kept() -> Scripted {
+        Scripted(vec![
+            Call::Entry(json(json!("id")), json(json!("a"))),
+            Call::Key(json(json!("x"))),
+            Call::Key(Part::Unit),
+            Call::Value(json(json!(1))),
+        ])
     }
 
     /// A value without its key after a map that ended with its key's value
@@ -989,69 +1053,18 @@ mod tests {
     /// `RawValue` key.
     #[test]
     fn a_value_without_its_key_is_refused_whatever_came_before() {
-        assert!(check_serialize(&(KeyOnly, Keyless(false))).is_err());
-        assert!(check_serialize(&RawKeyed).is_err());
+        assert!(check_serialize(&(key_only(), keyless(false))).is_err());
+        assert!(check_serialize(&raw_keyed()).is_err());
         let after_a_key_only = InAField {
             id: "s",
-            v: (KeyOnly, Keyless(false)),
+            v: (key_only(), keyless(false)),
         };
         assert!(Content::from_serialize(&after_a_key_only).is_err());
         assert!(Content::from_serialize(&InAField {
             id: "s",
-            v: RawKeyed
+            v: raw_keyed()
         })
         .is_err());
-    }
-
-    /// A map given a key, then failing before its value.
-    struct KeyThenFails;
-
-    impl Serialize for KeyThenFails {
-        fn serialize<S: ser::Serializer>(
-            &self,
-            serializer: S,
-        ) -> std::result::Result<S::Ok, S::Error> {
-            use ser::SerializeMap;
-            let mut map = serializer.serialize_map(None)?;
-            map.serialize_key("x")?;
-            Err(ser::Error::custom("stops"))
-        }
-    }
-
-    /// A map whose `Serialize` goes on past its entry `a`, whose value
-    /// failed, with a value of no key.
-    struct AfterAFailedValue;
-
-    impl Serialize for AfterAFailedValue {
-        fn serialize<S: ser::Serializer>(
-            &self,
-            serializer: S,
-        ) -> std::result::Result<S::Ok, S::Error> {
-            use ser::SerializeMap;
-            let mut map = serializer.serialize_map(None)?;
-            let _ = map.serialize_entry("a", &KeyThenFails);
-            let _ = map.serialize_value(&1);
-            map.end()
-        }
-    }
-
-    /// A map whose `Serialize` gives a second key that serde_json refuses
-    /// before a value: serde_json's map gives the value the key it took.
-    struct KeyKept;
-
-    impl Serialize for KeyKept {
-        fn serialize<S: ser::Serializer>(
-            &self,
-            serializer: S,
-        ) -> std::result::Result<S::Ok, S::Error> {
-            use ser::SerializeMap;
-            let mut map = serializer.serialize_map(None)?;
-            let _ = map.serialize_entry("id", "a");
-            let _ = map.serialize_key("x");
-            let _ = map.serialize_key(&());
-            let _ = map.serialize_value(&1);
-            map.end()
-        }
     }
 
     /// A struct named as serde_json's own, without its one field.
@@ -1072,17 +1085,17 @@ mod tests {
     fn maps_that_go_on_past_a_refusal_are_measured_as_serde_json_reads_them() {
         assert!(Content::from_serialize(&InAField {
             id: "s",
-            v: AfterAFailedValue
+            v: after_a_failed_value()
         })
         .is_err());
-        assert!(check_serialize(&AfterAFailedValue).is_err());
+        assert!(check_serialize(&after_a_failed_value()).is_err());
         assert!(Content::from_serialize(&InAField {
             id: "s",
             v: NamedAsRawValue {}
         })
         .is_err());
-        let direct = Content::from_serialize(&KeyKept).unwrap();
-        let through = Content::from_value(serde_json::to_value(&KeyKept).unwrap()).unwrap();
+        let direct = Content::from_serialize(&key_kept()).unwrap();
+        let through = Content::from_value(serde_json::to_value(key_kept()).unwrap()).unwrap();
         assert_eq!(direct, through);
         assert_eq!(direct.fields().get("x"), Some(&json!(1)));
         let deep_key = LenientMap(vec![
@@ -1128,10 +1141,10 @@ mod tests {
         let err = Content::from_serialize(&wide).unwrap_err();
         assert!(err.to_string().contains("beyond 64 bits"), "{err}");
         for keyed in [true, false] {
-            assert!(check_serialize(&Keyless(keyed)).is_err());
+            assert!(check_serialize(&keyless(keyed)).is_err());
             let err = Content::from_serialize(&InAField {
                 id: "s",
-                v: Keyless(keyed),
+                v: keyless(keyed),
             })
             .unwrap_err();
             assert!(err.to_string().contains("key"), "{err}");
