@@ -98,8 +98,9 @@ use fred::types::config::{
 use fred::types::{Builder, ClusterHash, ConnectHandle, CustomCommand, Value, Version};
 use parking_lot::Mutex;
 use syncforge_core::{
-    async_trait, record_to_insert, Change, ChangePage, CollectionName, Cursor, Error, IfAbsent,
-    Record, RecordId, Result, Stamp, StorageBackend, Stored, Token, Write, WriteOutcome,
+    async_trait, record_to_insert, remember_collection_hint, Change, ChangePage, CollectionName,
+    Cursor, Error, IfAbsent, Record, RecordId, Result, Stamp, StorageBackend, Stored, Token, Write,
+    WriteOutcome,
 };
 
 pub use config::{
@@ -113,8 +114,6 @@ use crate::scripts::Scripts;
 /// The oldest Redis (major, minor) the scripts run on: `ZMSCORE` came with
 /// 6.2.
 const MIN_SERVER_VERSION: (u64, u64) = (6, 2);
-/// The collections a handle's caches hold at most ([`remember`]).
-const CACHED_COLLECTIONS: usize = 4_096;
 /// The largest sequence: every JSON reader and a sorted-set score keep it exact.
 const MAX_SEQUENCE: u64 = 1 << 53;
 /// Records read or written per script call: bounds how long one script
@@ -192,7 +191,7 @@ pub struct RedisBackend {
     /// Collections this handle has added to the registry, each with the
     /// count of reconnections seen when it did: later writes to them skip
     /// that round trip until the client reconnects (see
-    /// [`register`](Self::register)). A cache ([`remember`]): a collection
+    /// [`register`](Self::register)). A cache ([`remember_collection_hint`]): a collection
     /// missing from it is registered again.
     registered: Mutex<HashMap<CollectionName, u64>>,
     /// The client's reconnections, as the client announces them.
@@ -204,7 +203,7 @@ pub struct RedisBackend {
     reconnecting: Arc<AtomicBool>,
     /// The last sequence this handle saw handed out in each collection: the
     /// batch script's guess of the next ones (see `scripts::PUT_BATCH`). A
-    /// cache ([`remember`]): a batch without a guess, or with a wrong one,
+    /// cache ([`remember_collection_hint`]): a batch without a guess, or with a wrong one,
     /// stores the same.
     last_sequence: Mutex<HashMap<CollectionName, u64>>,
     /// The largest value the server takes as one argument, as it said when
@@ -502,7 +501,7 @@ impl RedisBackend {
             .map_err(self.fail("registering", Some(collection)))?;
         // Kept under the connection it was made on: after a reconnection
         // (seen here or by any other call) the name is added again.
-        remember(&mut self.registered.lock(), collection, connection);
+        remember_collection_hint(&mut self.registered.lock(), collection, connection);
         Ok(connection)
     }
 
@@ -637,7 +636,7 @@ impl RedisBackend {
                 });
             }
             if let Some(last) = last {
-                remember(&mut self.last_sequence.lock(), collection, last);
+                remember_collection_hint(&mut self.last_sequence.lock(), collection, last);
             }
         }
         Ok(outcomes)
@@ -801,7 +800,7 @@ impl RedisBackend {
                             "neither the stored record nor a sequence",
                         )
                     })?;
-                remember(&mut self.last_sequence.lock(), collection, sequence);
+                remember_collection_hint(&mut self.last_sequence.lock(), collection, sequence);
                 Ok(IfAbsent::Inserted {
                     record,
                     token: Token::Sequence(sequence),
@@ -931,20 +930,6 @@ async fn connect(client: &Client) -> std::result::Result<ConnectHandle, fred::er
     let task = client.init().await?;
     client.ping::<String>(None).await?;
     Ok(task)
-}
-
-/// Records `value` for `collection` in one of the handle's caches
-/// (`registered`, `last_sequence`), which starts afresh once it holds
-/// [`CACHED_COLLECTIONS`]: a process writing ever new collections would
-/// otherwise grow it for good. Emptied rather than thinned, since which
-/// entries are still in use is unknown; each one in use then costs its next
-/// write a registration and a batch without a guess, once per
-/// [`CACHED_COLLECTIONS`] new collections.
-fn remember<V>(cache: &mut HashMap<CollectionName, V>, collection: &CollectionName, value: V) {
-    if cache.len() >= CACHED_COLLECTIONS && !cache.contains_key(collection) {
-        cache.clear();
-    }
-    cache.insert(collection.clone(), value);
 }
 
 /// Refuses a server older than [`MIN_SERVER_VERSION`], whose version the
@@ -1724,6 +1709,7 @@ impl StorageBackend for RedisBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use syncforge_core::CACHED_COLLECTIONS;
 
     /// The batch script's arguments, under the default limit of a value.
     fn arguments(writes: &[Write], guess: u64, budget: usize) -> (Vec<Value>, usize) {
@@ -2300,7 +2286,7 @@ mod tests {
         // Matched as it is: a one-integer array reads as that integer too.
         assert!(matches!(fast, Value::Integer(2)), "{fast:?}");
         // The same create again conflicts: the general path answers it.
-        remember(&mut store.last_sequence.lock(), &notes, 2);
+        remember_collection_hint(&mut store.last_sequence.lock(), &notes, 2);
         let general = run(vec![b]).await.unwrap();
         assert!(
             matches!(&general, Value::Array(outcomes) if outcomes.len() == 1),

@@ -10,14 +10,14 @@ use std::sync::Arc;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use syncforge_core::{
-    Change, ChangePage, CollectionName, Cursor, Error, RecordId, Result, Stamp, Token, Write,
-    WriteOutcome,
+    remember_collection_hint, Change, ChangePage, CollectionName, Cursor, Error, RecordId, Result,
+    Stamp, Token, Write, WriteOutcome,
 };
 
 use crate::format::{self, cursor, end_of, entry_of, Entry, Horizon, Item, RecordBody, Segment};
 use crate::io::{same_etag, Condition, Put};
 use crate::keys::CollectionKeys;
-use crate::store::{expected, history, remember, token, Races, State, Store};
+use crate::store::{expected, history, token, Races, State, Store};
 use crate::BACKEND_NAME;
 
 /// The ETag in the token of a write that landed and was replaced before
@@ -491,7 +491,7 @@ impl Store {
             if reached >= number {
                 let read = Some((horizon, tag));
                 if self.folded_own(collection, keys, number, id, read).await? {
-                    remember(&mut self.heads.lock(), collection, reached);
+                    remember_collection_hint(&mut self.heads.lock(), collection, reached);
                     return Ok((number, abandoned));
                 }
                 // Abandoned: compaction folded this number already. The
@@ -502,7 +502,7 @@ impl Store {
                 abandoned.push(number);
                 continue;
             }
-            remember(&mut self.heads.lock(), collection, number);
+            remember_collection_hint(&mut self.heads.lock(), collection, number);
             return Ok((number, abandoned));
         }
     }

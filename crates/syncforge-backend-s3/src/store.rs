@@ -10,7 +10,8 @@ use object_store::path::Path;
 use object_store::ObjectMeta;
 use parking_lot::Mutex;
 use syncforge_core::{
-    CollectionName, Cursor, Error, Record, RecordId, Result, Stamp, Stored, Token,
+    remember_collection_hint, CollectionName, Cursor, Error, Record, RecordId, Result, Stamp,
+    Stored, Token,
 };
 
 use crate::config::StoreOptions;
@@ -216,31 +217,12 @@ pub(crate) fn expected(token: &str) -> (&str, Vec<Cursor>) {
     (token, Vec::new())
 }
 
-/// Collections one handle remembers hints for (the end of its feed, its
-/// newest-stamp object, that its name object is written); past that it
-/// starts again with none, as a process writing ever new collections would
-/// otherwise grow them for good. Each hint only saves requests: a
-/// collection whose hints were dropped costs its next write a listing of
-/// its feed's end, a read of its newest-stamp object and a create of its
-/// name object that finds it there.
-const CACHED_COLLECTIONS: usize = 4_096;
-
-/// Remembers `value` for `collection`, emptying `cache` first when it holds
-/// [`CACHED_COLLECTIONS`] others: which of them are still in use is
-/// unknown, and each costs only its next write a few requests.
-pub(crate) fn remember<V>(
-    cache: &mut HashMap<CollectionName, V>,
-    collection: &CollectionName,
-    value: V,
-) {
-    if cache.len() >= CACHED_COLLECTIONS && !cache.contains_key(collection) {
-        cache.clear();
-    }
-    cache.insert(collection.clone(), value);
-}
-
 /// One handle's view of a store: the object store, the key layout, and
-/// what this handle remembers to save requests.
+/// what this handle remembers to save requests (per collection, for a
+/// bounded number of them: [`remember_collection_hint`]; a collection
+/// whose hints were dropped costs its next write a listing of its feed's
+/// end, a read of its newest-stamp object and a create of its name object
+/// that finds it there).
 #[derive(Debug)]
 pub(crate) struct Store {
     pub(crate) io: Io,
@@ -640,7 +622,7 @@ impl Store {
             }
             races.lost(&path).await?;
         }
-        remember(&mut self.named.lock(), collection, ());
+        remember_collection_hint(&mut self.named.lock(), collection, ());
         Ok(())
     }
 
@@ -676,7 +658,7 @@ impl Store {
             if let Some((stored, etag)) = &known {
                 if stored >= stamp {
                     let known = (stored.clone(), etag.clone());
-                    remember(&mut self.newest.lock(), collection, known);
+                    remember_collection_hint(&mut self.newest.lock(), collection, known);
                     return Ok(());
                 }
             }
@@ -689,7 +671,11 @@ impl Store {
             };
             match self.io.put(&path, body, condition).await? {
                 Put::Done(etag) => {
-                    remember(&mut self.newest.lock(), collection, (stamp.clone(), etag));
+                    remember_collection_hint(
+                        &mut self.newest.lock(),
+                        collection,
+                        (stamp.clone(), etag),
+                    );
                     return Ok(());
                 }
                 Put::Lost => {
@@ -822,24 +808,6 @@ fn misplaced(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    /// A handle kept a hint for every collection it ever wrote: a process
-    /// writing a new collection a day, or one per tenant, grew it for good.
-    #[test]
-    fn hints_are_kept_for_a_bounded_number_of_collections() {
-        let name = |n: usize| CollectionName::new(format!("c{n}")).unwrap();
-        let mut cache = HashMap::new();
-        for n in 0..CACHED_COLLECTIONS {
-            remember(&mut cache, &name(n), n);
-        }
-        assert_eq!(cache.len(), CACHED_COLLECTIONS);
-        // One already there is updated in place.
-        remember(&mut cache, &name(0), 7);
-        assert_eq!((cache.len(), cache[&name(0)]), (CACHED_COLLECTIONS, 7));
-        remember(&mut cache, &name(CACHED_COLLECTIONS), 1);
-        assert_eq!(cache.len(), 1);
-        assert_eq!(cache[&name(CACHED_COLLECTIONS)], 1);
-    }
 
     fn ms(millis: u64) -> Duration {
         Duration::from_millis(millis)

@@ -10,6 +10,7 @@
 //! the last change it saw never misses a change, whatever the record's
 //! timestamp.
 
+use std::collections::HashMap;
 use std::fmt::{self, Debug};
 use std::num::NonZeroUsize;
 use std::sync::Arc;
@@ -189,6 +190,28 @@ pub fn record_to_insert(
         ));
     }
     Ok(record)
+}
+
+/// The collections a backend handle keeps per-collection hints for at most
+/// (see [`remember_collection_hint`]).
+pub const CACHED_COLLECTIONS: usize = 4_096;
+
+/// Records `value` for `collection` in one of a backend handle's caches of
+/// per-collection hints (what it registered, where a feed ended, ...),
+/// which starts afresh once it holds [`CACHED_COLLECTIONS`] others: a
+/// process writing ever new collections would otherwise grow it for good.
+/// Emptied rather than thinned, since which entries are still in use is
+/// unknown; a hint must only save work, each one dropped costing its
+/// collection's next call what the hint saved.
+pub fn remember_collection_hint<V>(
+    cache: &mut HashMap<CollectionName, V>,
+    collection: &CollectionName,
+    value: V,
+) {
+    if cache.len() >= CACHED_COLLECTIONS && !cache.contains_key(collection) {
+        cache.clear();
+    }
+    cache.insert(collection.clone(), value);
 }
 
 /// One entry of the change feed.
@@ -629,3 +652,26 @@ macro_rules! forward_backend {
 
 forward_backend!(Arc);
 forward_backend!(Box);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A handle kept a hint for every collection it ever wrote: a process
+    /// writing a new collection a day, or one per tenant, grew it for good.
+    #[test]
+    fn hints_are_kept_for_a_bounded_number_of_collections() {
+        let name = |n: usize| CollectionName::new(format!("c{n}")).unwrap();
+        let mut cache = HashMap::new();
+        for n in 0..CACHED_COLLECTIONS {
+            remember_collection_hint(&mut cache, &name(n), n);
+        }
+        assert_eq!(cache.len(), CACHED_COLLECTIONS);
+        // One already there is updated in place.
+        remember_collection_hint(&mut cache, &name(0), 7);
+        assert_eq!((cache.len(), cache[&name(0)]), (CACHED_COLLECTIONS, 7));
+        remember_collection_hint(&mut cache, &name(CACHED_COLLECTIONS), 1);
+        assert_eq!(cache.len(), 1);
+        assert_eq!(cache[&name(CACHED_COLLECTIONS)], 1);
+    }
+}

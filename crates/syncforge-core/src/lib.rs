@@ -63,8 +63,8 @@ mod version_vector;
 mod words;
 
 pub use backend::{
-    record_to_insert, Change, ChangePage, Cursor, IfAbsent, StorageBackend, Stored, Token, Write,
-    WriteOutcome,
+    record_to_insert, remember_collection_hint, Change, ChangePage, Cursor, IfAbsent,
+    StorageBackend, Stored, Token, Write, WriteOutcome, CACHED_COLLECTIONS,
 };
 pub use delta::{classify, compute_delta, dedupe, ChangeKind, Classified, Deduped, Delta};
 pub use depth::{check_serialize, dismantle, nesting_depth, MAX_NESTING_DEPTH};
