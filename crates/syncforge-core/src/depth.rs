@@ -689,8 +689,6 @@ impl ser::SerializeMap for &mut Probe {
         result
     }
     fn end(self) -> ProbeResult {
-        // A key whose value never came is no key of the map around it.
-        self.key_taken = false;
         self.close()
     }
 }

@@ -352,10 +352,7 @@ impl Items<'_> {
             out: self.out,
             depth: self.depth,
         });
-        if let Err(fault) = pushed {
-            self.refused.get_or_insert(fault);
-        }
-        pushed
+        keep_first(&mut self.refused, pushed)
     }
 
     fn close(self) -> Built {
@@ -365,6 +362,16 @@ impl Items<'_> {
         self.out.push(']');
         Ok(())
     }
+}
+
+/// Passes `built` on, keeping its fault in `refused` when it is a
+/// container's first: the container answers it at its end too, should the
+/// value's `Serialize` go on past it.
+fn keep_first(refused: &mut Option<Fault>, built: Built) -> Built {
+    if let Err(fault) = built {
+        refused.get_or_insert(fault);
+    }
+    built
 }
 
 /// The sequence, tuple and tuple-struct serializers of an array writer
@@ -412,19 +419,12 @@ array_writer!(Items<'_>, ());
 impl Entries<'_> {
     fn insert<T: Serialize + ?Sized>(&mut self, key: String, value: &T) -> Built {
         let mut text = String::new();
-        let built = value.serialize(Build {
+        value.serialize(Build {
             out: &mut text,
             depth: self.depth,
-        });
-        match built {
-            Ok(()) => self.entries.push((key, text)),
-            Err(fault) => self.refuse(fault),
-        }
-        built
-    }
-
-    fn refuse(&mut self, fault: Fault) {
-        self.refused.get_or_insert(fault);
+        })?;
+        self.entries.push((key, text));
+        Ok(())
     }
 
     fn close(mut self) -> Built {
@@ -449,25 +449,15 @@ impl ser::SerializeMap for Entries<'_> {
     type Ok = ();
     type Error = Fault;
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Built {
-        match read_str(key, str::to_owned) {
-            Ok(key) => {
-                self.key = Some(key);
-                Ok(())
-            }
-            Err(fault) => {
-                self.refuse(fault);
-                Err(fault)
-            }
-        }
+        let read = read_str(key, str::to_owned).map(|key| self.key = Some(key));
+        keep_first(&mut self.refused, read)
     }
     fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Built {
-        match self.key.take() {
+        let inserted = match self.key.take() {
             Some(key) => self.insert(key, value),
-            None => {
-                self.refuse(Fault::Other);
-                Err(Fault::Other)
-            }
-        }
+            None => Err(Fault::Other),
+        };
+        keep_first(&mut self.refused, inserted)
     }
     fn end(self) -> Built {
         self.close()
@@ -478,7 +468,8 @@ impl ser::SerializeStruct for Entries<'_> {
     type Ok = ();
     type Error = Fault;
     fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Built {
-        self.insert(key.to_owned(), value)
+        let inserted = self.insert(key.to_owned(), value);
+        keep_first(&mut self.refused, inserted)
     }
     fn end(self) -> Built {
         self.close()
